@@ -1,0 +1,123 @@
+// The engine boundary: every type that crosses from TypeScript into the native addon.
+// The CPU and CUDA backends implement the same functions (see native.ts), so the
+// scheduler and executor never know which one runs.
+
+/** The seven linear layers a LoRA adapter may target, in the order the native pool uses. */
+export const LORA_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+export type LoraModule = (typeof LORA_MODULES)[number];
+
+export type DType = 'F32' | 'F16' | 'BF16';
+
+/** Llama 3.1 style rope scaling ("rope_type": "llama3"); absent means plain RoPE. */
+export interface RopeScaling {
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+/** What the engine needs of config.json, in the names the native code uses. */
+export interface ModelConfig {
+  architecture: string; // e.g. LlamaForCausalLM
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  torchDtype: DType;
+}
+
+/** One tensor of a checkpoint, as validated by the safetensors reader; the native code reads the bytes itself. */
+export interface TensorRef {
+  name: string; // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
+  file: string; // absolute path of the .safetensors file
+  offset: number; // absolute byte offset of the data in the file
+  nbytes: number;
+  dtype: DType;
+  shape: number[];
+}
+
+export interface EngineOptions {
+  device: 'cpu' | 'cuda';
+  /** Tokens per KV block. */
+  blockSize: number;
+  /** KV blocks to allocate; 0 lets the backend size the cache (CUDA: memFractionStatic of free memory). */
+  kvBlocks: number;
+  memFractionStatic: number;
+  /** LoRA pool: slots (max_loras_per_batch), the largest rank, and the modules the pool holds. */
+  loraSlots: number;
+  maxLoraRank: number;
+  loraModules: LoraModule[];
+  /** Worker threads for the CPU backend; 0 = all cores. */
+  threads: number;
+  cudaGraphMaxBs: number;
+}
+
+export interface EngineInfo {
+  device: 'cpu' | 'cuda';
+  deviceName: string;
+  kvBlocks: number;
+  blockSize: number;
+  loraSlots: number;
+  maxLoraRank: number;
+}
+
+/**
+ * One forward step over a batch of sequences (prefill chunks and decodes mixed). Each
+ * sequence contributes the tokens it has not run yet; the native code writes their K/V
+ * into the sequence's blocks and attends over contextLens[i] tokens.
+ */
+export interface StepBatch {
+  tokens: Int32Array; // new tokens of all sequences, concatenated
+  positions: Int32Array; // absolute position of each token
+  seqStarts: Int32Array; // n + 1 offsets into tokens
+  contextLens: Int32Array; // per sequence: tokens in the KV cache after this step
+  blockTables: Int32Array; // n x maxBlocksPerSeq, padded with -1
+  maxBlocksPerSeq: number;
+  loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
+  sample: Uint8Array; // per sequence: 1 to sample a token from its last position
+  temperature: Float32Array; // 0 = greedy
+  topK: Int32Array; // -1 or 0 = off
+  topP: Float32Array; // 1 = off
+  minP: Float32Array; // 0 = off
+  seeds: Uint32Array; // per sequence random seed
+  draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
+  topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one)
+  returnLogits: boolean; // full last-position logits per sampled sequence (tests, debugging)
+}
+
+export interface StepResult {
+  tokens: Int32Array; // per sequence; -1 where sample = 0
+  logprobs: Float32Array; // per sequence: log-softmax of the chosen token (before temperature)
+  topIds: Int32Array; // n x topLogprobs
+  topLogprobValues: Float32Array; // n x topLogprobs
+  logits: Float32Array | null; // n x vocab when returnLogits
+}
+
+/** One adapter's weights, laid out for a pool slot: per layer and module, A (rank x in) and B (out x rank). */
+export interface AdapterWeights {
+  rank: number;
+  scaling: number;
+  weights: Array<{ layer: number; module: LoraModule; a: Float32Array; b: Float32Array }>;
+}
+
+/** Everything the addon exports (native/binding.cc). Handles are process-wide, so any worker thread may use one. */
+export interface NativeAddon {
+  buildInfo(): { cuda: boolean; cudaReason: string; version: string };
+  cudaDeviceCount(): number;
+  createEngine(config: ModelConfig, tensors: TensorRef[], options: EngineOptions): number;
+  engineInfo(handle: number): EngineInfo;
+  step(handle: number, batch: StepBatch): StepResult;
+  loadLoraSlot(handle: number, slot: number, adapter: AdapterWeights): void;
+  clearLoraSlot(handle: number, slot: number): void;
+  destroyEngine(handle: number): void;
+}
