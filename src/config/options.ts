@@ -1,0 +1,39 @@
+// The validated server options: what `troupe serve` flags and `createEngine` both produce.
+// flags.ts holds the one table of flags (names, defaults, help) that fills this in.
+import type { AdapterSpec } from '../api.js';
+import type { LoraModule } from '../engine/types.js';
+
+export type LogLevel = 'debug' | 'info' | 'warning' | 'error';
+
+export interface ServeOptions {
+  modelPath: string;
+  tokenizerPath: string | null;
+  host: string;
+  port: number;
+  servedModelName: string | null;
+  enableLora: boolean;
+  loraPaths: AdapterSpec[];
+  maxLorasPerBatch: number;
+  maxLoadedLoras: number | null;
+  loraEvictionPolicy: 'lru' | 'fifo';
+  loraBackend: 'csgmv' | 'sgmv';
+  maxLoraRank: number | null;
+  loraTargetModules: LoraModule[] | null;
+  maxLoraChunkSize: number;
+  enableLoraOverlapLoading: boolean;
+  tpSize: number;
+  cudaGraphMaxBs: number;
+  memFractionStatic: number;
+  device: 'auto' | 'cpu' | 'cuda';
+  logLevel: LogLevel;
+  /** Most sequences in one batch. */
+  maxRunningRequests: number;
+  /** Most prompt tokens one step prefills; longer prompts are prefilled in chunks. */
+  chunkedPrefillSize: number;
+  /** KV cache size in tokens; null lets the backend size it. */
+  maxTotalTokens: number | null;
+  /** Tokens per KV block. */
+  pageSize: number;
+  /** Longest prompt + output; null means the model's max_position_embeddings. */
+  contextLength: number | null;
+}
