@@ -1,0 +1,74 @@
+// The one table of `troupe serve` flags. The parser (parse.ts), the validation
+// (validate.ts), `--help` (help.ts) and the README's flag table are all generated from it,
+// so a flag's name, default and meaning are written down exactly once. Names and defaults
+// follow SGLang's server arguments so existing command lines keep working.
+import { LORA_MODULES } from '../engine/types.js';
+
+export type FlagKind = 'string' | 'int' | 'float' | 'bool' | 'choice' | 'list';
+
+export interface FlagSpec {
+  /** The long name without dashes, as SGLang spells it. */
+  name: string;
+  aliases?: string[];
+  kind: FlagKind;
+  /** The value when the flag is absent; null means "decided later" (see help). */
+  default: string | number | boolean | null | string[];
+  choices?: readonly string[];
+  /** For list flags: the allowed items. */
+  itemChoices?: readonly string[];
+  help: string;
+  group: 'model' | 'server' | 'lora' | 'memory' | 'runtime';
+}
+
+export const FLAGS: readonly FlagSpec[] = [
+  { name: 'model-path', aliases: ['model'], kind: 'string', default: null, group: 'model',
+    help: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Without it, the generated demo model and its adapters demo-a and demo-b are served.' },
+  { name: 'tokenizer-path', kind: 'string', default: null, group: 'model',
+    help: 'Directory holding tokenizer.json and tokenizer_config.json; defaults to --model-path.' },
+  { name: 'served-model-name', kind: 'string', default: null, group: 'model',
+    help: 'Model name reported by the API and used in OpenAI "model" fields; defaults to --model-path (demo for the demo model).' },
+  { name: 'context-length', kind: 'int', default: null, group: 'model',
+    help: "Longest prompt plus output in tokens; defaults to the model's max_position_embeddings." },
+  { name: 'host', kind: 'string', default: '127.0.0.1', group: 'server', help: 'Address to listen on.' },
+  { name: 'port', kind: 'int', default: 30000, group: 'server', help: 'Port to listen on.' },
+  { name: 'log-level', kind: 'choice', default: 'info', choices: ['debug', 'info', 'warning', 'error'], group: 'server',
+    help: 'Least severe log level printed.' },
+  { name: 'enable-lora', kind: 'bool', default: null, group: 'lora',
+    help: 'Enable LoRA serving. Set automatically when --lora-paths is given.' },
+  { name: 'lora-paths', kind: 'list', default: [], group: 'lora',
+    help: 'Adapters to load at start, each PATH, NAME=PATH, or JSON {"lora_name":...,"lora_path":...,"pinned":bool}.' },
+  { name: 'max-loras-per-batch', kind: 'int', default: 8, group: 'lora',
+    help: 'Most distinct adapters in one batch, the base model counting as one; also the number of GPU pool slots.' },
+  { name: 'max-loaded-loras', kind: 'int', default: null, group: 'lora',
+    help: 'Most adapters held in CPU memory at once; at least --max-loras-per-batch. Unlimited when absent.' },
+  { name: 'lora-eviction-policy', kind: 'choice', default: 'lru', choices: ['lru', 'fifo'], group: 'lora',
+    help: 'Which unused adapter leaves the pool when a slot is needed: least recently used, or first loaded.' },
+  { name: 'lora-backend', kind: 'choice', default: 'csgmv', choices: ['csgmv', 'sgmv', 'triton'], group: 'lora',
+    help: 'LoRA kernels: csgmv (chunked segments) or sgmv (one segment per request). triton is accepted as sgmv.' },
+  { name: 'max-lora-rank', kind: 'int', default: null, group: 'lora',
+    help: 'Largest adapter rank the pool holds; inferred from --lora-paths when absent.' },
+  { name: 'lora-target-modules', kind: 'list', default: [], itemChoices: [...LORA_MODULES, 'all'], group: 'lora',
+    help: `Modules the pool holds LoRA weights for (${LORA_MODULES.join(', ')}, or all); inferred from --lora-paths when absent.` },
+  { name: 'max-lora-chunk-size', kind: 'int', default: 16, group: 'lora',
+    help: 'Chunk size of the csgmv backend: a power of 2 from 16 to 128.' },
+  { name: 'enable-lora-overlap-loading', kind: 'bool', default: false, group: 'lora',
+    help: 'Copy adapters to the GPU while other batches run instead of waiting for them. Needs --max-loaded-loras at most 2 x --max-loras-per-batch.' },
+  { name: 'mem-fraction-static', kind: 'float', default: 0.85, group: 'memory',
+    help: 'Fraction of free GPU memory, after the weights, given to the KV cache.' },
+  { name: 'max-total-tokens', kind: 'int', default: null, group: 'memory',
+    help: 'KV cache size in tokens; overrides --mem-fraction-static (CPU default: 32768).' },
+  { name: 'page-size', kind: 'int', default: 16, group: 'memory', help: 'Tokens per KV cache block.' },
+  { name: 'max-running-requests', kind: 'int', default: 256, group: 'runtime', help: 'Most sequences in one batch.' },
+  { name: 'chunked-prefill-size', kind: 'int', default: 2048, group: 'runtime',
+    help: 'Most prompt tokens prefilled in one step; longer prompts are split into chunks.' },
+  { name: 'tp-size', aliases: ['tp', 'tensor-parallel-size'], kind: 'int', default: 1, group: 'runtime',
+    help: 'Tensor-parallel degree (GPUs per model).' },
+  { name: 'cuda-graph-max-bs', kind: 'int', default: 256, group: 'runtime', help: 'Largest decode batch captured as a CUDA graph.' },
+  { name: 'disable-cuda-graph', kind: 'bool', default: false, group: 'runtime', help: 'Run decode steps without CUDA graphs.' },
+  { name: 'device', kind: 'choice', default: 'auto', choices: ['auto', 'cpu', 'cuda'], group: 'runtime',
+    help: 'auto picks CUDA when the addon was built with it and a GPU is present, else CPU.' },
+];
+
+export function findFlag(name: string): FlagSpec | undefined {
+  return FLAGS.find((f) => f.name === name || f.aliases?.includes(name));
+}
