@@ -2,7 +2,7 @@
 // The `troupe` command; the code lives in dist/ (built by `npm install` / `npm run build`).
 import { existsSync } from 'node:fs';
 
-const entry = new URL('../dist/cli/main.js', import.meta.url);
+const entry = new URL('../dist/src/cli/main.js', import.meta.url);
 if (!existsSync(entry)) {
   process.stderr.write('troupe: dist/ is missing; run `npm install` (or `npm run build`) first\n');
   process.exit(2);
