@@ -1,0 +1,52 @@
+// SGLang's dynamic LoRA endpoints. Replies have SGLang's shape
+// {success, error_message, loaded_adapters: {name: path}}, with 400 when the engine refuses.
+import type { Context, Hono } from 'hono';
+import type { TroupeEngine } from '../api.js';
+import { TroupeError } from '../errors.js';
+import type { Log } from '../log.js';
+import { asBool, asNonEmptyString, readJsonObject, rejectUnknownKeys } from './validate.js';
+
+const LOAD_KEYS = new Set(['lora_name', 'lora_path', 'pinned']);
+const UNLOAD_KEYS = new Set(['lora_name']);
+
+export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log): void {
+  const loaded = (): Record<string, string> =>
+    Object.fromEntries(engine.adapters().map((a) => [a.name, a.path]));
+
+  // Request-shape errors go through the app's error handler like any other 400; only what the
+  // engine refuses is answered in SGLang's success:false form.
+  const failure = (c: Context, action: string, err: unknown): Response => {
+    const message = err instanceof Error ? err.message : String(err);
+    log('warning', `${action} failed: ${message}`);
+    const status = err instanceof TroupeError && err.status !== 500 ? err.status : 400;
+    return c.json({ success: false, error_message: message, loaded_adapters: loaded() }, status as 400);
+  };
+
+  app.post('/load_lora_adapter', async (c) => {
+    const body = await readJsonObject(c.req.raw);
+    rejectUnknownKeys(body, LOAD_KEYS, 'field');
+    const name = asNonEmptyString(body.lora_name, 'lora_name');
+    const path = asNonEmptyString(body.lora_path, 'lora_path');
+    const pinned = body.pinned === undefined || body.pinned === null ? false : asBool(body.pinned, 'pinned');
+    try {
+      await engine.loadAdapter({ name, path, pinned });
+    } catch (err) {
+      return failure(c, `loading adapter ${JSON.stringify(name)}`, err);
+    }
+    log('info', `loaded adapter ${JSON.stringify(name)} from ${path}${pinned ? ' (pinned)' : ''}`);
+    return c.json({ success: true, error_message: '', loaded_adapters: loaded() });
+  });
+
+  app.post('/unload_lora_adapter', async (c) => {
+    const body = await readJsonObject(c.req.raw);
+    rejectUnknownKeys(body, UNLOAD_KEYS, 'field');
+    const name = asNonEmptyString(body.lora_name, 'lora_name');
+    try {
+      await engine.unloadAdapter(name);
+    } catch (err) {
+      return failure(c, `unloading adapter ${JSON.stringify(name)}`, err);
+    }
+    log('info', `unloaded adapter ${JSON.stringify(name)}`);
+    return c.json({ success: true, error_message: '', loaded_adapters: loaded() });
+  });
+}

@@ -1,0 +1,41 @@
+// Liveness and model endpoints, as SGLang serves them.
+import type { Hono } from 'hono';
+import type { TroupeEngine } from '../api.js';
+import type { Log } from '../log.js';
+import { errorBody } from './error-body.js';
+import { parseSamplingParams } from './generate-request.js';
+
+// SGLang's limit for /health_generate; a server that cannot produce one token in this time is unhealthy.
+const HEALTH_GENERATE_TIMEOUT_MS = 20_000;
+
+export function registerHealthRoutes(app: Hono, engine: TroupeEngine, log: Log, servedModelName: string): void {
+  app.get('/health', (c) => c.body(null, 200));
+
+  app.get('/health_generate', async (c) => {
+    const signal = AbortSignal.any([c.req.raw.signal, AbortSignal.timeout(HEALTH_GENERATE_TIMEOUT_MS)]);
+    const sampling = parseSamplingParams({ max_new_tokens: 1, temperature: 0 }, 'sampling_params').options;
+    try {
+      // Token 0 exists in every vocabulary, which keeps the check independent of the tokenizer.
+      await engine.generate({ inputIds: [0], sampling, lora: null, returnLogprob: false, topLogprobsNum: 0, signal });
+    } catch (err) {
+      const { body } = errorBody(err);
+      log('warning', `health_generate failed: ${body.error.message}`);
+      body.error.code = 503;
+      body.error.type = 'server_error';
+      return c.json(body, 503);
+    }
+    return c.body(null, 200);
+  });
+
+  app.get('/get_model_info', (c) => {
+    const info = engine.modelInfo();
+    return c.json({
+      model_path: info.modelPath,
+      tokenizer_path: info.tokenizerPath,
+      is_generation: true,
+      served_model_name: servedModelName,
+      max_total_tokens: info.maxTotalTokens,
+      device: info.device,
+    });
+  });
+}

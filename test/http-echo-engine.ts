@@ -1,0 +1,108 @@
+// A TroupeEngine double for the HTTP tests: it records every request and answers with output
+// derived from what it received, so tests can pin parsing and response shaping.
+import type {
+  AdapterSpec, AdapterStatus, GenerateChunk, GenerateOutput, GenerateRequest, ModelInfo, TroupeEngine,
+} from '../src/api.js';
+import { TroupeError, badRequest } from '../src/errors.js';
+
+const TOKENS = ['A', 'B', 'C'];
+
+export class EchoEngine implements TroupeEngine {
+  readonly requests: GenerateRequest[] = [];
+  readonly adapterPaths = new Map<string, string>([['demo-a', '/models/demo-a']]);
+  /** When set, generate/stream wait for the request's signal instead of finishing. */
+  hang = false;
+  /** When set, generate rejects (and stream throws after its first chunk) with this error. */
+  failWith: Error | null = null;
+  /** Resolves once a request is waiting in hang mode. */
+  waiting: Promise<void> = Promise.resolve();
+  private markWaiting: () => void = () => {};
+
+  armHang(): void {
+    this.hang = true;
+    this.waiting = new Promise((res) => { this.markWaiting = res; });
+  }
+
+  private check(req: GenerateRequest): void {
+    this.requests.push(req);
+    if (req.lora !== null && !this.adapterPaths.has(req.lora)) {
+      throw badRequest(`adapter ${JSON.stringify(req.lora)} is not loaded`);
+    }
+  }
+
+  private untilAborted(signal: AbortSignal | undefined): Promise<never> {
+    this.markWaiting();
+    return new Promise((_, reject) => {
+      signal?.addEventListener('abort', () => reject(new TroupeError('invalid_request', 'aborted')));
+    });
+  }
+
+  private output(req: GenerateRequest, n: number): GenerateOutput {
+    const ids = Array.from({ length: n }, (_, i) => 100 + i);
+    const prompt = req.text ?? req.inputIds!.join(',');
+    const s = req.sampling;
+    const finishReason: GenerateOutput['finishReason'] =
+      s.stop.length > 0 ? { type: 'stop', matched: s.stop[0]! } : { type: 'length', length: s.maxNewTokens };
+    const out: GenerateOutput = {
+      id: req.rid ?? 'rid-auto',
+      text: `[${req.lora ?? 'base'}] ${prompt} -> ${TOKENS.slice(0, n).join('')}`,
+      outputIds: ids,
+      finishReason,
+      promptTokens: prompt.length,
+      completionTokens: n,
+      e2eLatency: 0.25,
+    };
+    if (req.returnLogprob) {
+      out.outputTokenLogprobs = ids.map((id) => [-0.5, id, `t${id}`]);
+      out.outputTopLogprobs = ids.map((id) =>
+        Array.from({ length: req.topLogprobsNum }, (_, k) => [-0.5 - k, id + k, `t${id + k}`] as [number, number, string]));
+    }
+    return out;
+  }
+
+  async generate(req: GenerateRequest): Promise<GenerateOutput> {
+    this.check(req);
+    if (this.hang) return this.untilAborted(req.signal);
+    if (this.failWith) throw this.failWith;
+    return this.output(req, Math.min(TOKENS.length, req.sampling.maxNewTokens));
+  }
+
+  async *stream(req: GenerateRequest): AsyncIterable<GenerateChunk> {
+    this.check(req);
+    const n = Math.min(TOKENS.length, req.sampling.maxNewTokens);
+    for (let k = 1; k <= n; k++) {
+      const full = this.output(req, k);
+      yield { ...full, finishReason: k === n ? full.finishReason : null };
+      if (this.failWith) throw this.failWith;
+      if (this.hang) await this.untilAborted(req.signal);
+    }
+  }
+
+  async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {
+    if (spec.path.includes('missing')) throw badRequest(`adapter path ${spec.path} has no adapter_config.json`);
+    this.adapterPaths.set(spec.name, spec.path);
+    return {
+      name: spec.name, path: spec.path, pinned: spec.pinned ?? false, state: 'ready',
+      rank: 8, targetModules: ['q_proj'], slot: null, error: null,
+    };
+  }
+
+  async unloadAdapter(name: string): Promise<void> {
+    if (!this.adapterPaths.delete(name)) throw badRequest(`adapter ${JSON.stringify(name)} is not loaded`);
+  }
+
+  adapters(): AdapterStatus[] {
+    return [...this.adapterPaths].map(([name, path]) => ({
+      name, path, pinned: false, state: 'ready', rank: 8, targetModules: ['q_proj'], slot: null, error: null,
+    }));
+  }
+
+  modelInfo(): ModelInfo {
+    return {
+      modelPath: '/models/demo', servedModelName: 'ignored-by-http', tokenizerPath: '/models/demo',
+      isGeneration: true, maxTotalTokens: 4096, device: 'cpu',
+    };
+  }
+
+  async close(): Promise<void> {}
+}
