@@ -146,3 +146,12 @@ describe('other rules', () => {
     expect(validate().options.cudaGraphMaxBs).toBe(256);
   });
 });
+
+describe('README', () => {
+  it("lists the flags exactly as the flag table does (regenerate with scripts/readme-flags.js)", async () => {
+    const { readFileSync } = await import('node:fs');
+    const { markdownFlagTable } = await import('../src/config/help.js');
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    expect(readme).toContain(`<!-- flags:start -->\n${markdownFlagTable()}\n<!-- flags:end -->`);
+  });
+});
