@@ -1,0 +1,166 @@
+// Reads PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors). Only what the
+// LoRA pool can run exactly is accepted: plain LoRA on the seven linear layers with one rank
+// and one scaling. Everything else (DoRA, biases, extra saved modules, new tokens, pickled
+// weights) is refused by name, because running it as plain LoRA would give wrong outputs.
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { LORA_MODULES, type AdapterWeights, type LoraModule, type ModelConfig } from '../engine/types.js';
+import { badRequest } from '../errors.js';
+import { isDirectory, isFile, readHeader, readJsonFile } from './json-file.js';
+import { toFloat32 } from './safetensors.js';
+
+export interface AdapterInfo {
+  path: string;
+  rank: number;
+  alpha: number;
+  scaling: number;
+  useRslora: boolean;
+  targetModules: LoraModule[];
+}
+
+/** Where each module sits inside a decoder layer, as in Hugging Face names. */
+export const MODULE_PATH: Record<LoraModule, string> = {
+  q_proj: 'self_attn.q_proj',
+  k_proj: 'self_attn.k_proj',
+  v_proj: 'self_attn.v_proj',
+  o_proj: 'self_attn.o_proj',
+  gate_proj: 'mlp.gate_proj',
+  up_proj: 'mlp.up_proj',
+  down_proj: 'mlp.down_proj',
+};
+
+const isModule = (s: string): s is LoraModule => (LORA_MODULES as readonly string[]).includes(s);
+const isEmpty = (v: unknown): boolean =>
+  v === undefined || v === null || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && Object.keys(v as object).length === 0);
+
+export function readAdapterInfo(path: string): AdapterInfo {
+  const dir = resolve(path);
+  if (!isDirectory(dir)) throw badRequest(`adapter path ${dir} is not a directory`);
+  const file = join(dir, 'adapter_config.json');
+  if (!isFile(file)) throw badRequest(`${file}: missing; a PEFT LoRA adapter directory needs adapter_config.json`);
+  const json = readJsonFile(file);
+  const fail = (field: string, detail: string): never => {
+    throw badRequest(`${file}: ${field}: ${detail}`);
+  };
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) fail('(root)', 'not a JSON object');
+  const c = json as Record<string, unknown>;
+
+  if (c.peft_type !== undefined && c.peft_type !== 'LORA') fail('peft_type', `${JSON.stringify(c.peft_type)} is not supported; only LORA is`);
+  if (c.use_dora === true) fail('use_dora', 'DoRA adapters are not supported');
+  if (!isEmpty(c.modules_to_save)) fail('modules_to_save', `${JSON.stringify(c.modules_to_save)}: adapters that save whole modules are not supported`);
+  if (c.bias !== undefined && c.bias !== null && c.bias !== 'none') fail('bias', `${JSON.stringify(c.bias)} is not supported; only "none" is`);
+  if (!isEmpty(c.trainable_token_indices)) fail('trainable_token_indices', 'adapters with added or trained tokens are not supported');
+  // Per-module ranks or alphas would need a scaling per module; the pool has one per adapter.
+  if (!isEmpty(c.rank_pattern)) fail('rank_pattern', 'per-module ranks are not supported');
+  if (!isEmpty(c.alpha_pattern)) fail('alpha_pattern', 'per-module alphas are not supported');
+
+  const r = c.r;
+  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail('r', `must be a positive integer, got ${JSON.stringify(r)}`);
+  const rank = r as number;
+  const a = c.lora_alpha;
+  if (typeof a !== 'number' || !Number.isFinite(a) || a <= 0) fail('lora_alpha', `must be a positive number, got ${JSON.stringify(a)}`);
+  const alpha = a as number;
+  const rs = c.use_rslora;
+  if (rs !== undefined && rs !== null && typeof rs !== 'boolean') fail('use_rslora', `must be true or false, got ${JSON.stringify(rs)}`);
+  const useRslora = rs === true;
+  const scaling = useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
+
+  const added = join(dir, 'added_tokens.json');
+  if (isFile(added) && !isEmpty(readJsonFile(added))) throw badRequest(`${added}: adapters with added tokens are not supported`);
+  return { path: dir, rank, alpha, scaling, useRslora, targetModules: parseTargetModules(c.target_modules, fail) };
+}
+
+function parseTargetModules(raw: unknown, fail: (field: string, detail: string) => never): LoraModule[] {
+  if (raw === 'all-linear') return [...LORA_MODULES];
+  if (typeof raw === 'string') {
+    // PEFT treats a string as a regex that must match a module's full name.
+    let re: RegExp;
+    try {
+      re = new RegExp(`^(?:${raw})$`);
+    } catch (err) {
+      return fail('target_modules', `${JSON.stringify(raw)} is not a valid regular expression: ${(err as Error).message}`);
+    }
+    const hits = LORA_MODULES.filter((m) => [`model.layers.0.${MODULE_PATH[m]}`, `base_model.model.model.layers.0.${MODULE_PATH[m]}`].some((n) => re.test(n)));
+    if (hits.length === 0) fail('target_modules', `${JSON.stringify(raw)} matches none of ${LORA_MODULES.join(', ')}`);
+    return hits;
+  }
+  if (!Array.isArray(raw) || raw.length === 0 || !raw.every((m) => typeof m === 'string')) {
+    return fail('target_modules', `must be a non-empty list of module names or "all-linear", got ${JSON.stringify(raw)}`);
+  }
+  const found = new Set<LoraModule>();
+  for (const name of raw as string[]) {
+    const last = name.slice(name.lastIndexOf('.') + 1);
+    if (last === 'embed_tokens' || last === 'lm_head') fail('target_modules', `LoRA on ${last} is not supported`);
+    if (!isModule(last)) fail('target_modules', `"${name}" is not one of the linear layers ${LORA_MODULES.join(', ')}`);
+    found.add(last as LoraModule);
+  }
+  return LORA_MODULES.filter((m) => found.has(m));
+}
+
+const TENSOR_NAME = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_(A|B)(?:\.default)?\.weight$/;
+
+/** Input and output width of each target module's base weight. */
+export function moduleDims(c: ModelConfig, m: LoraModule): { in: number; out: number } {
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  switch (m) {
+    case 'q_proj': return { in: c.hiddenSize, out: q };
+    case 'k_proj':
+    case 'v_proj': return { in: c.hiddenSize, out: kv };
+    case 'o_proj': return { in: q, out: c.hiddenSize };
+    case 'gate_proj':
+    case 'up_proj': return { in: c.hiddenSize, out: c.intermediateSize };
+    case 'down_proj': return { in: c.intermediateSize, out: c.hiddenSize };
+  }
+}
+
+export function loadAdapterWeights(path: string, config: ModelConfig): { info: AdapterInfo; weights: AdapterWeights } {
+  const info = readAdapterInfo(path);
+  const file = join(info.path, 'adapter_model.safetensors');
+  if (!isFile(file)) {
+    if (isFile(join(info.path, 'adapter_model.bin'))) {
+      throw badRequest(`${join(info.path, 'adapter_model.bin')}: pickled adapter_model.bin is not supported; convert it to safetensors`);
+    }
+    throw badRequest(`${file}: missing; the adapter has no weights`);
+  }
+  const header = readHeader(file);
+  const fail = (tensor: string, detail: string): never => {
+    throw badRequest(`${file}: tensor "${tensor}": ${detail}`);
+  };
+  const pairs = new Map<string, { layer: number; module: LoraModule; a?: [string, Uint8Array, string]; b?: [string, Uint8Array, string] }>();
+  const data = readFileSync(file);
+  for (const [name, e] of header.tensors) {
+    if (/(^|\.)(embed_tokens|lm_head)(\.|$)/.test(name)) fail(name, 'LoRA or saved weights on embed_tokens/lm_head are not supported');
+    const m = TENSOR_NAME.exec(name);
+    if (m === null) fail(name, 'unknown tensor; expected base_model.model.model.layers.N.{self_attn,mlp}.<module>.lora_{A,B}.weight');
+    const [, layerStr, group, mod, ab] = m as RegExpExecArray;
+    if (!isModule(mod!) || MODULE_PATH[mod].split('.')[0] !== group) fail(name, `"${group}.${mod}" is not one of the linear layers ${LORA_MODULES.join(', ')}`);
+    const module = mod as LoraModule;
+    const layer = Number(layerStr);
+    if (layer >= config.numLayers) fail(name, `layer ${layer} does not exist; the model has ${config.numLayers} layers`);
+    if (!info.targetModules.includes(module)) fail(name, `${module} is not in target_modules of adapter_config.json`);
+    if (e.dtype !== 'F32' && e.dtype !== 'F16' && e.dtype !== 'BF16') fail(name, `dtype ${e.dtype} is not supported; use F32, F16 or BF16`);
+    const dims = moduleDims(config, module);
+    const want = ab === 'A' ? [info.rank, dims.in] : [dims.out, info.rank];
+    if (e.shape.length !== 2 || e.shape[0] !== want[0] || e.shape[1] !== want[1]) {
+      fail(name, `shape [${e.shape.join(', ')}] does not match [${want.join(', ')}] (lora_${ab} of ${module} with r=${info.rank} for this model)`);
+    }
+    const key = `${layer}.${module}`;
+    const pair = pairs.get(key) ?? { layer, module };
+    const slot = ab === 'A' ? 'a' : 'b';
+    if (pair[slot] !== undefined) fail(name, `duplicates tensor "${pair[slot][0]}"`);
+    pair[slot] = [name, data.subarray(e.offset, e.offset + e.nbytes), e.dtype];
+    pairs.set(key, pair);
+  }
+  const weights: AdapterWeights['weights'] = [];
+  for (const p of pairs.values()) {
+    if (p.a === undefined || p.b === undefined) {
+      const have = (p.a ?? p.b)!;
+      fail(have[0], `has no matching lora_${p.a === undefined ? 'A' : 'B'} tensor`);
+    }
+    weights.push({ layer: p.layer, module: p.module, a: toFloat32(p.a![1], p.a![2], p.a![0]), b: toFloat32(p.b![1], p.b![2], p.b![0]) });
+  }
+  weights.sort((x, y) => x.layer - y.layer || LORA_MODULES.indexOf(x.module) - LORA_MODULES.indexOf(y.module));
+  if (weights.length === 0) throw badRequest(`${file}: holds no LoRA weights`);
+  return { info, weights: { rank: info.rank, scaling: info.scaling, weights } };
+}
