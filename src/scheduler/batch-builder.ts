@@ -1,0 +1,61 @@
+// Packs the chosen sequences' new tokens into the engine's flat StepBatch layout.
+import type { StepBatch } from '../engine/types.js';
+import type { Sequence } from './sequence.js';
+
+export interface StepEntry {
+  seq: Sequence;
+  /** New tokens this step runs: seq.tokens[seq.computed, seq.computed + chunk). */
+  chunk: number;
+  /** Whether this step reaches the end of its tokens and so samples the next one. */
+  sample: boolean;
+  /** LoRA pool slot, -1 for the base model. */
+  slot: number;
+}
+
+export function buildBatch(entries: readonly StepEntry[]): StepBatch {
+  const n = entries.length;
+  const total = entries.reduce((a, e) => a + e.chunk, 0);
+  const maxBlocksPerSeq = Math.max(1, ...entries.map((e) => e.seq.blocks.length));
+  const b: StepBatch = {
+    tokens: new Int32Array(total),
+    positions: new Int32Array(total),
+    seqStarts: new Int32Array(n + 1),
+    contextLens: new Int32Array(n),
+    blockTables: new Int32Array(n * maxBlocksPerSeq).fill(-1),
+    maxBlocksPerSeq,
+    loraSlots: new Int32Array(n),
+    sample: new Uint8Array(n),
+    temperature: new Float32Array(n),
+    topK: new Int32Array(n),
+    topP: new Float32Array(n),
+    minP: new Float32Array(n),
+    seeds: new Uint32Array(n),
+    draws: new Uint32Array(n),
+    topLogprobs: 0,
+    returnLogits: false,
+  };
+  let off = 0;
+  entries.forEach((e, i) => {
+    const s = e.seq;
+    b.seqStarts[i] = off;
+    for (let j = 0; j < e.chunk; j++) {
+      b.tokens[off + j] = s.tokens[s.computed + j]!;
+      b.positions[off + j] = s.computed + j;
+    }
+    off += e.chunk;
+    b.contextLens[i] = s.computed + e.chunk;
+    b.blockTables.set(s.blocks, i * maxBlocksPerSeq);
+    b.loraSlots[i] = e.slot;
+    b.sample[i] = e.sample ? 1 : 0;
+    const sp = s.init.sampling;
+    b.temperature[i] = sp.temperature;
+    b.topK[i] = sp.topK;
+    b.topP[i] = sp.topP;
+    b.minP[i] = sp.minP;
+    b.seeds[i] = s.init.seed >>> 0;
+    b.draws[i] = s.output.length;
+    if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
+  });
+  b.seqStarts[n] = off;
+  return b;
+}

@@ -1,0 +1,13 @@
+export { Scheduler, type SchedulerOptions } from './scheduler.js';
+export type { SeqInit, TokenEvent } from './sequence.js';
+export type { LoaderCommand, LoaderEvent } from './loader.js';
+export type { AdapterTransition } from './adapter-registry.js';
+export {
+  adapterMachine,
+  adapterChartJson,
+  adapterStateLabel,
+  type AdapterContext,
+  type AdapterEvent,
+  type AdapterInput,
+  type ChartJson,
+} from '../../statecharts/adapter.machine.js';

@@ -1,0 +1,13 @@
+// What the scheduler asks of the adapter loader (run by the host thread) and what it hears back.
+import type { LoraModule } from '../engine/types.js';
+
+export type LoaderCommand =
+  | { kind: 'load-cpu'; name: string; path: string } // read + validate from disk into CPU memory
+  | { kind: 'copy-to-slot'; name: string; slot: number } // copy the CPU copy into a pool slot
+  | { kind: 'clear-slot'; slot: number }
+  | { kind: 'drop-cpu'; name: string }; // free the CPU copy
+
+export type LoaderEvent =
+  | { kind: 'cpu-loaded'; name: string; rank: number; targetModules: LoraModule[] }
+  | { kind: 'load-failed'; name: string; error: string }
+  | { kind: 'slot-ready'; name: string; slot: number };
