@@ -1,5 +1,5 @@
-
-
+// The lifecycle of one LoRA adapter as a statechart. Residency (disk -> CPU -> GPU slot and
+// back) and admission (open, or unloading while requests still use it) are parallel regions:
 // a draining adapter must still be loadable, because requests queued before the unload
 // request have to run to completion.
 import { assign, setup, type SnapshotFrom, type StateNode } from 'xstate';
