@@ -1,0 +1,140 @@
+// The C++ side of the engine boundary (src/engine/types.ts). binding.cc converts JS values into
+// these structs; a Backend (CPU now, CUDA from native/cuda/ later) does the math.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace troupe {
+
+enum class DType { F32, F16, BF16 };
+
+struct RopeScaling {
+  double factor = 1;
+  double lowFreqFactor = 1;
+  double highFreqFactor = 4;
+  double originalMaxPositionEmbeddings = 8192;
+};
+
+struct ModelConfig {
+  std::string architecture;
+  int hiddenSize = 0;
+  int intermediateSize = 0;
+  int numLayers = 0;
+  int numHeads = 0;
+  int numKvHeads = 0;
+  int headDim = 0;
+  int vocabSize = 0;
+  double rmsNormEps = 1e-5;
+  double ropeTheta = 10000;
+  bool hasRopeScaling = false;
+  RopeScaling ropeScaling;
+  int maxPositionEmbeddings = 0;
+  bool tieWordEmbeddings = false;
+};
+
+struct TensorRef {
+  std::string name;
+  std::string file;
+  int64_t offset = 0;
+  int64_t nbytes = 0;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+
+// Same order as LORA_MODULES in types.ts.
+enum LoraModule { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLoraModules };
+extern const char* const kLoraModuleNames[kNumLoraModules];
+
+struct EngineOptions {
+  std::string device = "cpu";
+  int blockSize = 16;
+  int kvBlocks = 0;
+  double memFractionStatic = 0.9;
+  int loraSlots = 0;
+  int maxLoraRank = 0;
+  uint32_t loraModuleMask = 0;  // bit m set: the pool holds module m
+  int threads = 0;
+  int cudaGraphMaxBs = 0;
+};
+
+struct EngineInfo {
+  std::string device;
+  std::string deviceName;
+  int kvBlocks = 0;
+  int blockSize = 0;
+  int loraSlots = 0;
+  int maxLoraRank = 0;
+};
+
+template <class T>
+struct Span {
+  const T* data = nullptr;
+  size_t size = 0;
+  const T& operator[](size_t i) const { return data[i]; }
+};
+
+// Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
+struct StepBatch {
+  Span<int32_t> tokens, positions, seqStarts, contextLens, blockTables, loraSlots;
+  Span<uint8_t> sample;
+  Span<float> temperature, topP, minP;
+  Span<int32_t> topK;
+  Span<uint32_t> seeds, draws;
+  int maxBlocksPerSeq = 0;
+  int topLogprobs = 0;
+  bool returnLogits = false;
+  size_t numSeqs() const { return contextLens.size; }
+};
+
+struct StepOutput {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<int32_t> topIds;
+  std::vector<float> topLogprobValues;
+  std::vector<float> logits;  // numSeqs x vocab when returnLogits
+  bool hasLogits = false;
+};
+
+struct AdapterModuleWeights {
+  int layer = 0;
+  LoraModule module = kQ;
+  Span<float> a;  // rank x in
+  Span<float> b;  // out x rank
+};
+
+struct AdapterWeights {
+  int rank = 0;
+  double scaling = 1;
+  std::vector<AdapterModuleWeights> weights;
+};
+
+// One engine instance. Calls are serialized by the caller (binding.cc holds a per-engine mutex).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual EngineInfo info() const = 0;
+  virtual void step(const StepBatch& batch, StepOutput& out) = 0;
+  virtual void loadLoraSlot(int slot, const AdapterWeights& adapter) = 0;
+  virtual void clearLoraSlot(int slot) = 0;
+};
+
+std::unique_ptr<Backend> makeCpuBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,
+                                        const EngineOptions& options);
+
+#ifdef TROUPE_CUDA_BACKEND
+// Defined by the sources in native/cuda/.
+std::unique_ptr<Backend> makeCudaBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,
+                                         const EngineOptions& options);
+int cudaBackendDeviceCount();
+#endif
+
+// Checks a batch against the engine's shape; throws std::invalid_argument naming the problem.
+// slotLoaded[s] says whether pool slot s holds an adapter.
+void validateBatch(const StepBatch& batch, const ModelConfig& config, int kvBlocks, int blockSize,
+                   const std::vector<bool>& slotLoaded);
+
+}  // namespace troupe

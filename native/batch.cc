@@ -1,0 +1,109 @@
+// Batch validation shared by every backend: a bad index from the scheduler must become an
+// error naming the field, never an out-of-bounds write into the KV cache.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "backend.h"
+
+namespace troupe {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("step: " + msg); }
+
+void expectLength(const char* field, size_t got, size_t want) {
+  if (got != want) {
+    fail("batch." + std::string(field) + " has " + std::to_string(got) + " elements, expected " +
+         std::to_string(want));
+  }
+}
+
+}  // namespace
+
+void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, int blockSize,
+                   const std::vector<bool>& slotLoaded) {
+  const size_t n = b.numSeqs();
+  if (n == 0) fail("batch has no sequences (contextLens is empty)");
+  expectLength("seqStarts", b.seqStarts.size, n + 1);
+  expectLength("loraSlots", b.loraSlots.size, n);
+  expectLength("sample", b.sample.size, n);
+  expectLength("temperature", b.temperature.size, n);
+  expectLength("topK", b.topK.size, n);
+  expectLength("topP", b.topP.size, n);
+  expectLength("minP", b.minP.size, n);
+  expectLength("seeds", b.seeds.size, n);
+  expectLength("draws", b.draws.size, n);
+  if (b.maxBlocksPerSeq <= 0) fail("batch.maxBlocksPerSeq must be a positive integer");
+  expectLength("blockTables", b.blockTables.size, n * static_cast<size_t>(b.maxBlocksPerSeq));
+  if (b.seqStarts[0] != 0) fail("batch.seqStarts[0] must be 0");
+  // Checked before any token is read: a later offset below an earlier one would index past the arrays.
+  for (size_t i = 0; i < n; ++i) {
+    if (b.seqStarts[i + 1] <= b.seqStarts[i]) {
+      fail("batch.seqStarts must increase (sequence " + std::to_string(i) + " has no tokens)");
+    }
+  }
+  const size_t total = static_cast<size_t>(b.seqStarts[n]);
+  expectLength("tokens", b.tokens.size, total);
+  expectLength("positions", b.positions.size, total);
+  if (b.topLogprobs < 0 || b.topLogprobs > config.vocabSize) {
+    fail("batch.topLogprobs " + std::to_string(b.topLogprobs) + " is outside [0, " +
+         std::to_string(config.vocabSize) + "]");
+  }
+
+  const int numSlots = static_cast<int>(slotLoaded.size());
+  for (size_t i = 0; i < n; ++i) {
+    const std::string seq = "sequence " + std::to_string(i);
+    const int start = b.seqStarts[i];
+    const int end = b.seqStarts[i + 1];
+    const int count = end - start;
+    const int ctx = b.contextLens[i];
+    if (ctx < count) {
+      fail(seq + ": contextLens " + std::to_string(ctx) + " is smaller than its " + std::to_string(count) +
+           " new tokens");
+    }
+    for (int j = 0; j < count; ++j) {
+      const int want = ctx - count + j;
+      if (b.positions[start + j] != want) {
+        fail(seq + ": token " + std::to_string(j) + " has position " + std::to_string(b.positions[start + j]) +
+             " but contextLens " + std::to_string(ctx) + " puts it at " + std::to_string(want));
+      }
+      const int tok = b.tokens[start + j];
+      if (tok < 0 || tok >= config.vocabSize) {
+        fail(seq + ": token id " + std::to_string(tok) + " is outside the vocabulary [0, " +
+             std::to_string(config.vocabSize) + ")");
+      }
+    }
+    const long long needBlocks = (static_cast<long long>(ctx) + blockSize - 1) / blockSize;
+    if (needBlocks > b.maxBlocksPerSeq) {
+      fail(seq + ": contextLens " + std::to_string(ctx) + " needs " + std::to_string(needBlocks) +
+           " blocks of " + std::to_string(blockSize) + " but maxBlocksPerSeq is " +
+           std::to_string(b.maxBlocksPerSeq));
+    }
+    for (long long k = 0; k < needBlocks; ++k) {
+      const int block = b.blockTables[i * b.maxBlocksPerSeq + k];
+      if (block < 0 || block >= kvBlocks) {
+        fail(seq + ": block table entry " + std::to_string(k) + " is block " + std::to_string(block) +
+             ", outside the KV cache's [0, " + std::to_string(kvBlocks) + ")");
+      }
+    }
+    const int slot = b.loraSlots[i];
+    if (slot != -1) {
+      if (slot < 0 || slot >= numSlots) {
+        fail(seq + ": LoRA slot " + std::to_string(slot) + " is outside [0, " + std::to_string(numSlots) +
+             ") (use -1 for the base model)");
+      }
+      if (!slotLoaded[slot]) fail(seq + ": LoRA slot " + std::to_string(slot) + " holds no adapter");
+    }
+    if (b.sample[i]) {
+      const float t = b.temperature[i];
+      if (!(t >= 0) || !std::isfinite(t)) fail(seq + ": temperature must be a finite number >= 0");
+      const float p = b.topP[i];
+      if (!(p > 0 && p <= 1)) fail(seq + ": topP must be in (0, 1]");
+      const float mp = b.minP[i];
+      if (!(mp >= 0 && mp <= 1)) fail(seq + ": minP must be in [0, 1]");
+    }
+  }
+}
+
+}  // namespace troupe

@@ -1,0 +1,180 @@
+#include "engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+
+#include "cpu/gemm.h"
+#include "sampling.h"
+
+namespace troupe {
+
+namespace {
+
+// Without an explicit size the CPU cache holds this many tokens, capped by a memory budget.
+constexpr long long kDefaultCacheTokens = 32768;
+constexpr long long kDefaultCacheBytes = 512ll << 20;
+
+std::string cpuName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "unknown CPU";
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o)
+    : config_(c),
+      options_(o),
+      threads_(o.threads > 0 ? o.threads : omp_get_num_procs()),
+      weights_(loadWeights(c, tensors, threads_)),
+      rope_(c),
+      lora_(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask) {
+  int blocks = o.kvBlocks;
+  if (blocks == 0) {
+    const long long perToken = 2ll * c.numLayers * c.numKvHeads * c.headDim * sizeof(float);
+    const long long tokens = std::min(kDefaultCacheTokens, kDefaultCacheBytes / perToken);
+    blocks = static_cast<int>(std::max(1ll, tokens / o.blockSize));
+  }
+  cache_.allocate(c.numLayers, blocks, c.numKvHeads, o.blockSize, c.headDim);
+}
+
+EngineInfo CpuBackend::info() const {
+  EngineInfo i;
+  i.device = "cpu";
+  i.deviceName = cpuName() + " (" + std::to_string(threads_) + " threads)";
+  i.kvBlocks = cache_.blocks;
+  i.blockSize = cache_.blockSize;
+  i.loraSlots = lora_.slots();
+  i.maxLoraRank = options_.maxLoraRank;
+  return i;
+}
+
+void CpuBackend::step(const StepBatch& b, StepOutput& out) {
+  validateBatch(b, config_, cache_.blocks, cache_.blockSize, lora_.loadedSlots());
+  const int n = static_cast<int>(b.numSeqs());
+  const int tokens = static_cast<int>(b.tokens.size);
+  const int h = config_.hiddenSize;
+
+  std::vector<TokenPlace> places(tokens);
+  std::map<int, std::vector<int>> bySlot;
+  for (int i = 0; i < n; ++i) {
+    for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) {
+      places[t] = TokenPlace{b.positions[t], b.blockTables.data + static_cast<size_t>(i) * b.maxBlocksPerSeq};
+      if (b.loraSlots[i] >= 0) bySlot[b.loraSlots[i]].push_back(t);
+    }
+  }
+  std::vector<SlotGroup> groups;
+  for (auto& [slot, toks] : bySlot) groups.push_back(SlotGroup{slot, std::move(toks)});
+
+  const int half = rope_.half();
+  std::vector<std::vector<float>> cos(tokens, std::vector<float>(half)), sin(tokens, std::vector<float>(half));
+  for (int t = 0; t < tokens; ++t) rope_.angles(b.positions[t], cos[t].data(), sin[t].data());
+
+  std::vector<float> hidden(static_cast<size_t>(tokens) * h);
+  for (int t = 0; t < tokens; ++t) weights_.embed.rowToFloat(b.tokens[t], hidden.data() + static_cast<size_t>(t) * h);
+  for (int l = 0; l < config_.numLayers; ++l) layer(l, hidden.data(), tokens, places, cos, sin, groups);
+  sample(b, hidden.data(), out);
+}
+
+void CpuBackend::layer(int index, float* hidden, int tokens, const std::vector<TokenPlace>& places,
+                       const std::vector<std::vector<float>>& cos, const std::vector<std::vector<float>>& sin,
+                       const std::vector<SlotGroup>& groups) {
+  const LayerWeights& w = weights_.layers[index];
+  const int h = config_.hiddenSize;
+  const int qDim = config_.numHeads * config_.headDim;
+  const int kvDim = config_.numKvHeads * config_.headDim;
+  const int inter = config_.intermediateSize;
+  const float eps = static_cast<float>(config_.rmsNormEps);
+  const size_t T = static_cast<size_t>(tokens);
+
+  std::vector<float> xn(T * h), q(T * qDim), k(T * kvDim), v(T * kvDim), attn(T * qDim), proj(T * h);
+  rmsnorm(hidden, w.inputNorm.data(), xn.data(), tokens, h, eps, threads_);
+  gemm(w.q, xn.data(), tokens, h, q.data(), qDim, threads_);
+  gemm(w.k, xn.data(), tokens, h, k.data(), kvDim, threads_);
+  gemm(w.v, xn.data(), tokens, h, v.data(), kvDim, threads_);
+  lora_.apply(index, kQ, xn.data(), h, q.data(), qDim, groups, threads_);
+  lora_.apply(index, kK, xn.data(), h, k.data(), kvDim, groups, threads_);
+  lora_.apply(index, kV, xn.data(), h, v.data(), kvDim, groups, threads_);
+  for (int t = 0; t < tokens; ++t) {
+    rope_.apply(q.data() + t * qDim, config_.numHeads, cos[t].data(), sin[t].data());
+    rope_.apply(k.data() + t * kvDim, config_.numKvHeads, cos[t].data(), sin[t].data());
+  }
+  writeKv(cache_, index, k.data(), v.data(), kvDim, places);
+  pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, threads_);
+  gemm(w.o, attn.data(), tokens, qDim, proj.data(), h, threads_);
+  lora_.apply(index, kO, attn.data(), qDim, proj.data(), h, groups, threads_);
+  for (size_t i = 0; i < T * h; ++i) hidden[i] += proj[i];
+
+  std::vector<float> gate(T * inter), up(T * inter), act(T * inter);
+  rmsnorm(hidden, w.postNorm.data(), xn.data(), tokens, h, eps, threads_);
+  gemm(w.gate, xn.data(), tokens, h, gate.data(), inter, threads_);
+  gemm(w.up, xn.data(), tokens, h, up.data(), inter, threads_);
+  lora_.apply(index, kGate, xn.data(), h, gate.data(), inter, groups, threads_);
+  lora_.apply(index, kUp, xn.data(), h, up.data(), inter, groups, threads_);
+  siluAndMul(gate.data(), inter, up.data(), inter, act.data(), tokens, inter, threads_);
+  gemm(w.down, act.data(), tokens, inter, proj.data(), h, threads_);
+  lora_.apply(index, kDown, act.data(), inter, proj.data(), h, groups, threads_);
+  for (size_t i = 0; i < T * h; ++i) hidden[i] += proj[i];
+}
+
+void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out) {
+  const int n = static_cast<int>(b.numSeqs());
+  const int h = config_.hiddenSize;
+  const int vocab = config_.vocabSize;
+  const int topN = b.topLogprobs;
+  out.tokens.assign(n, -1);
+  out.logprobs.assign(n, 0.0f);
+  out.topIds.assign(static_cast<size_t>(n) * topN, -1);
+  out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
+  out.hasLogits = b.returnLogits;
+  out.logits.clear();
+
+  // Only the last position of each sampled sequence goes through the final norm and lm_head.
+  std::vector<int> seqs;
+  for (int i = 0; i < n; ++i)
+    if (b.sample[i]) seqs.push_back(i);
+  const int s = static_cast<int>(seqs.size());
+  std::vector<float> last(static_cast<size_t>(s) * h), normed(static_cast<size_t>(s) * h);
+  for (int j = 0; j < s; ++j) {
+    const int t = b.seqStarts[seqs[j] + 1] - 1;
+    std::copy(hidden + static_cast<size_t>(t) * h, hidden + static_cast<size_t>(t + 1) * h, last.begin() + static_cast<size_t>(j) * h);
+  }
+  rmsnorm(last.data(), weights_.finalNorm.data(), normed.data(), s, h, static_cast<float>(config_.rmsNormEps), threads_);
+  std::vector<float> logits(static_cast<size_t>(s) * vocab);
+  gemm(weights_.head(), normed.data(), s, h, logits.data(), vocab, threads_);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (threads_ > 1 && s > 1)
+  for (int j = 0; j < s; ++j) {
+    const int i = seqs[j];
+    const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
+    const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
+                                  out.topIds.data() + static_cast<size_t>(i) * topN,
+                                  out.topLogprobValues.data() + static_cast<size_t>(i) * topN);
+    out.tokens[i] = r.token;
+    out.logprobs[i] = r.logprob;
+  }
+  if (b.returnLogits) {
+    out.logits.assign(static_cast<size_t>(n) * vocab, std::nanf(""));
+    for (int j = 0; j < s; ++j)
+      std::copy(logits.begin() + static_cast<size_t>(j) * vocab, logits.begin() + static_cast<size_t>(j + 1) * vocab,
+                out.logits.begin() + static_cast<size_t>(seqs[j]) * vocab);
+  }
+}
+
+std::unique_ptr<Backend> makeCpuBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,
+                                        const EngineOptions& options) {
+  return std::make_unique<CpuBackend>(config, tensors, options);
+}
+
+}  // namespace troupe

@@ -1,0 +1,210 @@
+#include "js_args.h"
+
+#include <cmath>
+#include <string>
+
+namespace troupe {
+namespace {
+
+Napi::Object object(const Napi::Value& v, const std::string& what) {
+  if (!v.IsObject() || v.IsArray()) throw ArgError(what + " must be an object");
+  return v.As<Napi::Object>();
+}
+
+double number(const Napi::Object& o, const char* key, const std::string& what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw ArgError(what + "." + key + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) throw ArgError(what + "." + key + " must be finite");
+  return d;
+}
+
+int integer(const Napi::Object& o, const char* key, const std::string& what, int min) {
+  const double d = number(o, key, what);
+  if (d != std::floor(d) || d < min || d > 2147483647.0) {
+    throw ArgError(what + "." + key + " must be an integer >= " + std::to_string(min) + ", got " + std::to_string(d));
+  }
+  return static_cast<int>(d);
+}
+
+bool boolean(const Napi::Object& o, const char* key, const std::string& what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) throw ArgError(what + "." + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string string(const Napi::Object& o, const char* key, const std::string& what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsString()) throw ArgError(what + "." + key + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+template <class T>
+Span<T> typedArray(const Napi::Object& o, const char* key, napi_typedarray_type type, const char* typeName,
+                   const std::string& what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw ArgError(what + "." + key + " must be " + typeName);
+  }
+  auto a = v.As<Napi::TypedArrayOf<T>>();
+  return Span<T>{a.Data(), a.ElementLength()};
+}
+
+DType parseDType(const std::string& s, const std::string& what) {
+  if (s == "F32") return DType::F32;
+  if (s == "F16") return DType::F16;
+  if (s == "BF16") return DType::BF16;
+  throw ArgError(what + " has dtype " + s + ", expected F32, F16 or BF16");
+}
+
+LoraModule parseModule(const std::string& s, const std::string& what) {
+  for (int m = 0; m < kNumLoraModules; ++m)
+    if (s == kLoraModuleNames[m]) return static_cast<LoraModule>(m);
+  throw ArgError(what + ": unknown LoRA module \"" + s +
+                 "\" (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)");
+}
+
+}  // namespace
+
+ModelConfig parseConfig(const Napi::Value& v) {
+  const std::string w = "createEngine: config";
+  Napi::Object o = object(v, w);
+  ModelConfig c;
+  c.architecture = string(o, "architecture", w);
+  c.hiddenSize = integer(o, "hiddenSize", w, 1);
+  c.intermediateSize = integer(o, "intermediateSize", w, 1);
+  c.numLayers = integer(o, "numLayers", w, 1);
+  c.numHeads = integer(o, "numHeads", w, 1);
+  c.numKvHeads = integer(o, "numKvHeads", w, 1);
+  c.headDim = integer(o, "headDim", w, 2);
+  c.vocabSize = integer(o, "vocabSize", w, 1);
+  c.rmsNormEps = number(o, "rmsNormEps", w);
+  c.ropeTheta = number(o, "ropeTheta", w);
+  c.maxPositionEmbeddings = integer(o, "maxPositionEmbeddings", w, 1);
+  c.tieWordEmbeddings = boolean(o, "tieWordEmbeddings", w);
+  if (c.numHeads % c.numKvHeads != 0) {
+    throw std::invalid_argument(w + ": numHeads " + std::to_string(c.numHeads) + " is not a multiple of numKvHeads " +
+                                std::to_string(c.numKvHeads));
+  }
+  if (c.headDim % 2 != 0) throw std::invalid_argument(w + ": headDim must be even for rotary embeddings");
+  if (!(c.ropeTheta > 0)) throw std::invalid_argument(w + ": ropeTheta must be positive");
+  Napi::Value rs = o.Get("ropeScaling");
+  if (!rs.IsNull() && !rs.IsUndefined()) {
+    const std::string ws = w + ".ropeScaling";
+    Napi::Object s = object(rs, ws);
+    c.hasRopeScaling = true;
+    c.ropeScaling.factor = number(s, "factor", ws);
+    c.ropeScaling.lowFreqFactor = number(s, "lowFreqFactor", ws);
+    c.ropeScaling.highFreqFactor = number(s, "highFreqFactor", ws);
+    c.ropeScaling.originalMaxPositionEmbeddings = number(s, "originalMaxPositionEmbeddings", ws);
+    if (!(c.ropeScaling.factor > 0) || !(c.ropeScaling.lowFreqFactor > 0) ||
+        !(c.ropeScaling.highFreqFactor > c.ropeScaling.lowFreqFactor) ||
+        !(c.ropeScaling.originalMaxPositionEmbeddings > 0)) {
+      throw std::invalid_argument(
+          ws + ": needs factor > 0, 0 < lowFreqFactor < highFreqFactor and originalMaxPositionEmbeddings > 0");
+    }
+  }
+  return c;
+}
+
+std::vector<TensorRef> parseTensors(const Napi::Value& v) {
+  if (!v.IsArray()) throw ArgError("createEngine: tensors must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<TensorRef> out(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const std::string w = "createEngine: tensors[" + std::to_string(i) + "]";
+    Napi::Object o = object(a.Get(i), w);
+    TensorRef& t = out[i];
+    t.name = string(o, "name", w);
+    t.file = string(o, "file", w);
+    const double off = number(o, "offset", w), nb = number(o, "nbytes", w);
+    if (off < 0 || nb < 0 || off != std::floor(off) || nb != std::floor(nb)) {
+      throw ArgError(w + " (" + t.name + "): offset and nbytes must be non-negative integers");
+    }
+    t.offset = static_cast<int64_t>(off);
+    t.nbytes = static_cast<int64_t>(nb);
+    t.dtype = parseDType(string(o, "dtype", w), w + " (" + t.name + ")");
+    Napi::Value sv = o.Get("shape");
+    if (!sv.IsArray()) throw ArgError(w + " (" + t.name + "): shape must be an array");
+    Napi::Array s = sv.As<Napi::Array>();
+    for (uint32_t j = 0; j < s.Length(); ++j) {
+      Napi::Value d = s.Get(j);
+      if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 0) {
+        throw ArgError(w + " (" + t.name + "): shape must hold non-negative integers");
+      }
+      t.shape.push_back(d.As<Napi::Number>().Int64Value());
+    }
+  }
+  return out;
+}
+
+EngineOptions parseOptions(const Napi::Value& v) {
+  const std::string w = "createEngine: options";
+  Napi::Object o = object(v, w);
+  EngineOptions e;
+  e.device = string(o, "device", w);
+  if (e.device != "cpu" && e.device != "cuda") throw ArgError(w + ".device must be \"cpu\" or \"cuda\"");
+  e.blockSize = integer(o, "blockSize", w, 1);
+  e.kvBlocks = integer(o, "kvBlocks", w, 0);
+  e.memFractionStatic = number(o, "memFractionStatic", w);
+  e.loraSlots = integer(o, "loraSlots", w, 0);
+  e.maxLoraRank = integer(o, "maxLoraRank", w, 0);
+  e.threads = integer(o, "threads", w, 0);
+  e.cudaGraphMaxBs = integer(o, "cudaGraphMaxBs", w, 0);
+  Napi::Value mv = o.Get("loraModules");
+  if (!mv.IsArray()) throw ArgError(w + ".loraModules must be an array of module names");
+  Napi::Array mods = mv.As<Napi::Array>();
+  for (uint32_t i = 0; i < mods.Length(); ++i) {
+    Napi::Value m = mods.Get(i);
+    if (!m.IsString()) throw ArgError(w + ".loraModules[" + std::to_string(i) + "] must be a string");
+    e.loraModuleMask |= 1u << parseModule(m.As<Napi::String>().Utf8Value(), w + ".loraModules");
+  }
+  return e;
+}
+
+StepBatch parseBatch(const Napi::Value& v) {
+  const std::string w = "step: batch";
+  Napi::Object o = object(v, w);
+  StepBatch b;
+  b.tokens = typedArray<int32_t>(o, "tokens", napi_int32_array, "an Int32Array", w);
+  b.positions = typedArray<int32_t>(o, "positions", napi_int32_array, "an Int32Array", w);
+  b.seqStarts = typedArray<int32_t>(o, "seqStarts", napi_int32_array, "an Int32Array", w);
+  b.contextLens = typedArray<int32_t>(o, "contextLens", napi_int32_array, "an Int32Array", w);
+  b.blockTables = typedArray<int32_t>(o, "blockTables", napi_int32_array, "an Int32Array", w);
+  b.loraSlots = typedArray<int32_t>(o, "loraSlots", napi_int32_array, "an Int32Array", w);
+  b.sample = typedArray<uint8_t>(o, "sample", napi_uint8_array, "a Uint8Array", w);
+  b.temperature = typedArray<float>(o, "temperature", napi_float32_array, "a Float32Array", w);
+  b.topK = typedArray<int32_t>(o, "topK", napi_int32_array, "an Int32Array", w);
+  b.topP = typedArray<float>(o, "topP", napi_float32_array, "a Float32Array", w);
+  b.minP = typedArray<float>(o, "minP", napi_float32_array, "a Float32Array", w);
+  b.seeds = typedArray<uint32_t>(o, "seeds", napi_uint32_array, "a Uint32Array", w);
+  b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
+  b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);
+  b.topLogprobs = integer(o, "topLogprobs", w, 0);
+  b.returnLogits = boolean(o, "returnLogits", w);
+  return b;
+}
+
+AdapterWeights parseAdapter(const Napi::Value& v) {
+  const std::string w = "loadLoraSlot: adapter";
+  Napi::Object o = object(v, w);
+  AdapterWeights ad;
+  ad.rank = integer(o, "rank", w, 1);
+  ad.scaling = number(o, "scaling", w);
+  Napi::Value wv = o.Get("weights");
+  if (!wv.IsArray()) throw ArgError(w + ".weights must be an array");
+  Napi::Array arr = wv.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const std::string wi = w + ".weights[" + std::to_string(i) + "]";
+    Napi::Object m = object(arr.Get(i), wi);
+    AdapterModuleWeights mw;
+    mw.layer = integer(m, "layer", wi, 0);
+    mw.module = parseModule(string(m, "module", wi), wi);
+    mw.a = typedArray<float>(m, "a", napi_float32_array, "a Float32Array", wi);
+    mw.b = typedArray<float>(m, "b", napi_float32_array, "a Float32Array", wi);
+    ad.weights.push_back(mw);
+  }
+  return ad;
+}
+
+}  // namespace troupe

@@ -1,0 +1,53 @@
+// The LoRA pool: loraSlots slots, each holding one adapter's A and B for every layer and module
+// it targets, at the adapter's own rank (at most maxLoraRank).
+#pragma once
+
+#include <vector>
+
+#include "backend.h"
+
+namespace troupe {
+
+// Tokens of one step grouped by the pool slot their sequence uses.
+struct SlotGroup {
+  int slot;
+  std::vector<int> tokens;
+};
+
+class LoraPool {
+ public:
+  LoraPool(const ModelConfig& config, int slots, int maxRank, uint32_t moduleMask);
+
+  void load(int slot, const AdapterWeights& adapter);
+  void clear(int slot);
+  std::vector<bool> loadedSlots() const;
+  int slots() const { return static_cast<int>(slots_.size()); }
+
+  // y[t] += scaling * B (A x[t]) for every token t of every group whose slot targets module m.
+  void apply(int layer, LoraModule m, const float* x, size_t ldx, float* y, size_t ldy,
+             const std::vector<SlotGroup>& groups, int threads) const;
+
+  int inDim(LoraModule m) const { return in_[m]; }
+  int outDim(LoraModule m) const { return out_[m]; }
+
+ private:
+  struct Factors {
+    std::vector<float> a;  // rank x in
+    std::vector<float> b;  // out x rank
+  };
+  struct Slot {
+    bool loaded = false;
+    int rank = 0;
+    float scaling = 0;
+    std::vector<Factors> factors;  // layer * kNumLoraModules + module; empty a = not targeted
+  };
+
+  int layers_;
+  int maxRank_;
+  uint32_t moduleMask_;
+  int in_[kNumLoraModules];
+  int out_[kNumLoraModules];
+  std::vector<Slot> slots_;
+};
+
+}  // namespace troupe

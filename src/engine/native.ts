@@ -1,0 +1,40 @@
+// Loads the native addon. The path is found from the package root (the directory holding
+// package.json above this file), so it works from src/ under vitest and from dist/ alike.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { NativeAddon } from './types.js';
+
+export const ADDON_RELATIVE_PATH = join('build', 'Release', 'troupe_native.node');
+
+let cached: NativeAddon | null = null;
+
+/** The package root: the nearest ancestor of this module's directory that holds package.json. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`troupe: no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = parent;
+  }
+}
+
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const root = packageRoot();
+  const file = join(root, ADDON_RELATIVE_PATH);
+  if (!existsSync(file)) {
+    throw new Error(
+      `troupe: the native addon is not built (${file} is missing); run \`npm install\` or \`node scripts/build-native.js\` in ${root}`,
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    cached = require(file) as NativeAddon;
+  } catch (err) {
+    throw new Error(`troupe: cannot load the native addon ${file}: ${(err as Error).message}; rebuild it with \`node scripts/build-native.js\``);
+  }
+  return cached;
+}
