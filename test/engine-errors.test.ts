@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
-import { ADDON_RELATIVE_PATH, packageRoot } from '../src/engine/native.js';
+import { ADDON_RELATIVE_PATH } from '../src/engine/native.js';
+import { packageRoot } from '../src/paths.js';
 import { SMALL_MODEL, addon, createEngine, engineOptions, logitsRow, makeBatch, openCheckpoint, prompt, step, tempDir } from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;

@@ -2,24 +2,13 @@
 // package.json above this file), so it works from src/ under vitest and from dist/ alike.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../paths.js';
 import type { NativeAddon } from './types.js';
 
 export const ADDON_RELATIVE_PATH = join('build', 'Release', 'troupe_native.node');
 
 let cached: NativeAddon | null = null;
-
-/** The package root: the nearest ancestor of this module's directory that holds package.json. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`troupe: no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = parent;
-  }
-}
 
 export function loadNative(): NativeAddon {
   if (cached) return cached;
