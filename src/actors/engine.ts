@@ -1,0 +1,305 @@
+// The running engine on the main thread: validates and tokenizes requests, submits them to
+// the scheduler actor, and turns its token events back into outputs and stream chunks.
+import { randomInt, randomUUID } from 'node:crypto';
+import type {
+  AdapterSpec,
+  AdapterStatus,
+  GenerateChunk,
+  GenerateOutput,
+  GenerateRequest,
+  ModelInfo,
+  TroupeEngine,
+} from '../api.js';
+import type { LogLevel, ServeOptions } from '../config/options.js';
+import type { EngineInfo, ModelConfig } from '../engine/types.js';
+import { badRequest, fromWire, notFound, TroupeError } from '../errors.js';
+import { readAdapterInfo } from '../model/adapter.js';
+import type { TokenizerPool } from '../tokenizer/pool.js';
+import { poolMismatch, type EnginePlan } from './plan.js';
+import type { SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
+import { LiveRequest, type RequestSink } from './request.js';
+import type { Supervisor } from './supervisor.js';
+
+export type EngineLog = (level: LogLevel, msg: string) => void;
+
+/** What createEngine returns: the public API plus what operators and tests look at. */
+export interface LocalTroupeEngine extends TroupeEngine {
+  readonly engineInfo: EngineInfo;
+  /** Null while healthy; the error every request gets once an actor has died. */
+  unhealthy(): TroupeError | null;
+  stats(): Promise<SchedulerStats>;
+}
+
+export class Engine implements LocalTroupeEngine {
+  private readonly live = new Map<string, LiveRequest>();
+  private statuses: AdapterStatus[] = [];
+  private readonly adapterWaiters = new Set<() => void>();
+  // Token events are applied strictly in arrival order, one step at a time.
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly options: ServeOptions,
+    private readonly config: ModelConfig,
+    private readonly plan: EnginePlan,
+    readonly engineInfo: EngineInfo,
+    private readonly supervisor: Supervisor,
+    private readonly tokenizer: TokenizerPool,
+    private readonly log: EngineLog,
+  ) {
+    supervisor.actors.scheduler.serve((msg) => this.onScheduler(msg));
+    supervisor.onCrash((err) => {
+      log('error', err.message);
+      for (const l of this.live.values()) l.fail(err);
+      this.live.clear();
+      for (const w of [...this.adapterWaiters]) w();
+    });
+  }
+
+  unhealthy(): TroupeError | null {
+    return this.supervisor.unhealthy;
+  }
+
+  stats(): Promise<SchedulerStats> {
+    return this.supervisor.actors.scheduler.call({ type: 'stats' });
+  }
+
+  generate(req: GenerateRequest): Promise<GenerateOutput> {
+    return new Promise<GenerateOutput>((resolve, reject) => {
+      this.start(req, { done: resolve, error: reject }).catch(reject);
+    });
+  }
+
+  async *stream(req: GenerateRequest): AsyncIterable<GenerateChunk> {
+    const queue: GenerateChunk[] = [];
+    let failure: Error | null = null;
+    let ended = false;
+    let wake: (() => void) | null = null;
+    const notify = (): void => {
+      wake?.();
+      wake = null;
+    };
+    const sink: RequestSink = {
+      chunk: (c) => (queue.push(c), notify()),
+      done: () => ((ended = true), notify()),
+      error: (e) => ((failure = e), (ended = true), notify()),
+    };
+    const live = await this.start(req, sink);
+    try {
+      for (;;) {
+        const c = queue.shift();
+        if (c) {
+          yield c;
+          continue;
+        }
+        if (failure) throw failure;
+        if (ended) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    } finally {
+      // A consumer that stops reading early must not leave the sequence running.
+      this.abortRequest(live, 'the stream was closed');
+    }
+  }
+
+  /** Validates, tokenizes and submits; the sink hears the rest. Throws for a request that cannot start. */
+  private async start(req: GenerateRequest, sink: RequestSink): Promise<LiveRequest> {
+    this.assertUsable();
+    if ((req.text === undefined) === (req.inputIds === undefined)) throw badRequest('give exactly one of text and input_ids');
+    if (req.lora !== null) this.assertAdapterUsable(req.lora);
+    const id = req.rid ?? randomUUID();
+    if (this.live.has(id)) throw new TroupeError('conflict', `request id '${id}' is already in flight`);
+    const promptIds = req.text !== undefined ? await this.tokenizer.encode(req.text) : req.inputIds!;
+    if (promptIds.length === 0) throw badRequest('the prompt is empty');
+    const vocab = this.config.vocabSize;
+    promptIds.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= vocab) throw badRequest(`input_ids[${i}] = ${t} is not a token id of this model (0..${vocab - 1})`);
+    });
+    this.assertUsable();
+
+    const detach = (): void => req.signal?.removeEventListener('abort', onAbort);
+    const live: LiveRequest = new LiveRequest(id, req, promptIds.length, {
+      chunk: sink.chunk?.bind(sink),
+      done: (o) => (detach(), sink.done(o)),
+      error: (e) => (detach(), sink.error(e)),
+    });
+    const onAbort = (): void => this.abortRequest(live, 'the request was aborted');
+    if (req.signal?.aborted) {
+      live.finish({ type: 'abort', message: 'the request was aborted' });
+      return live;
+    }
+    this.live.set(id, live);
+    req.signal?.addEventListener('abort', onAbort, { once: true });
+    const seed = req.sampling.seed ?? randomInt(0, 2 ** 32);
+    try {
+      await this.supervisor.actors.scheduler.call({
+        type: 'submit',
+        seq: { id, promptIds, lora: req.lora, sampling: req.sampling, returnLogprob: req.returnLogprob, topLogprobsNum: req.topLogprobsNum, seed },
+      });
+    } catch (err) {
+      this.live.delete(id);
+      detach();
+      if (live.finished) return live; // aborted meanwhile
+      live.finished = { type: 'abort', message: 'refused' };
+      throw err;
+    }
+    return live;
+  }
+
+  private abortRequest(live: LiveRequest, message: string): void {
+    if (live.finished) return;
+    this.live.delete(live.id);
+    live.finish({ type: 'abort', message });
+    this.supervisor.actors.scheduler.call({ type: 'abort', id: live.id }).catch(() => {});
+  }
+
+  private assertUsable(): void {
+    if (this.closed) throw new TroupeError('unavailable', 'the engine is closed');
+    const bad = this.supervisor.unhealthy;
+    if (bad) throw bad;
+  }
+
+  private assertAdapterUsable(name: string): void {
+    const s = this.statuses.find((a) => a.name === name);
+    if (!s) throw badRequest(`LoRA adapter '${name}' is not loaded`);
+    if (s.error !== null) throw badRequest(`LoRA adapter '${name}' failed to load: ${s.error}`);
+  }
+
+  private onScheduler(msg: SchedulerOutMsg): void {
+    switch (msg.type) {
+      case 'tokens':
+        this.chain = this.chain.then(() => this.applyTokens(msg.events)).catch((err: unknown) => {
+          this.log('error', `applying token events failed: ${(err as Error).message}`);
+        });
+        return;
+      case 'failed': {
+        const err = fromWire(msg.error);
+        this.chain = this.chain.then(() => {
+          for (const id of msg.ids) {
+            this.live.get(id)?.fail(err);
+            this.live.delete(id);
+          }
+        });
+        return;
+      }
+      case 'adapters':
+        this.statuses = msg.statuses;
+        for (const w of [...this.adapterWaiters]) w();
+        return;
+    }
+  }
+
+  private async applyTokens(events: TokenEvent[]): Promise<void> {
+    const batch: Array<{ live: LiveRequest; ev: TokenEvent }> = [];
+    for (const ev of events) {
+      const live = this.live.get(ev.id);
+      if (!live || live.finished) continue;
+      live.addTokens(ev);
+      batch.push({ live, ev });
+    }
+    if (batch.length === 0) return;
+    let texts;
+    try {
+      texts = await this.tokenizer.detokenize(
+        batch.map(({ live, ev }) => ({ ids: live.ids, state: live.detok, skipSpecialTokens: live.skipSpecialTokens, final: ev.finish !== null })),
+      );
+    } catch (err) {
+      // Only the requests of this step fail; the others and the engine go on.
+      const failure = new TroupeError('internal', `detokenization failed: ${(err as Error).message}`);
+      for (const { live, ev } of batch) {
+        this.live.delete(live.id);
+        live.fail(failure);
+        if (ev.finish === null) this.supervisor.actors.scheduler.call({ type: 'abort', id: live.id }).catch(() => {});
+      }
+      return;
+    }
+    batch.forEach(({ live, ev }, i) => {
+      if (live.finished) return; // aborted while detokenizing
+      const r = texts[i]!;
+      live.detok = r.state;
+      const stop = live.addText(r.text);
+      if (stop !== null) {
+        this.live.delete(live.id);
+        if (ev.finish === null) this.supervisor.actors.scheduler.call({ type: 'abort', id: live.id }).catch(() => {});
+        live.finish({ type: 'stop', matched: stop });
+      } else if (ev.finish !== null) {
+        this.live.delete(live.id);
+        live.finish(ev.finish);
+      } else {
+        live.emitChunk();
+      }
+    });
+  }
+
+  async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {
+    this.assertUsable();
+    if (!this.plan.loraEnabled) throw badRequest('LoRA is not enabled; start the server with --enable-lora or --lora-paths');
+    if (this.statuses.some((a) => a.name === spec.name)) throw new TroupeError('conflict', `LoRA adapter '${spec.name}' is already loaded`);
+    // Checked here too so a bad path or an adapter the pool cannot hold fails at once with its reason.
+    const info = readAdapterInfo(spec.path);
+    const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);
+    if (misfit) throw badRequest(misfit);
+    const scheduler = this.supervisor.actors.scheduler;
+    this.statuses = await scheduler.call({ type: 'addAdapter', spec: { name: spec.name, path: spec.path, pinned: spec.pinned ?? false } });
+    const status = await this.waitForAdapter(spec.name);
+    if (status.error !== null) {
+      this.statuses = await scheduler.call({ type: 'removeAdapter', name: spec.name }).catch(() => this.statuses);
+      throw badRequest(`failed to load LoRA adapter '${spec.name}' from ${spec.path}: ${status.error}`);
+    }
+    this.log('info', `loaded LoRA adapter '${spec.name}' (rank ${status.rank}) from ${spec.path}`);
+    return status;
+  }
+
+  /**
+   * Resolves once the adapter's read from disk has ended (in CPU memory, or failed). One kept
+   * on disk by the --max-loaded-loras budget stays 'registered' and resolves at once.
+   */
+  private waitForAdapter(name: string): Promise<AdapterStatus> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        const bad = this.closed ? new TroupeError('unavailable', 'the engine is closed') : this.supervisor.unhealthy;
+        const s = this.statuses.find((a) => a.name === name);
+        if (bad || !s || s.state !== 'loading') {
+          this.adapterWaiters.delete(check);
+          if (bad) reject(bad);
+          else if (!s) reject(badRequest(`LoRA adapter '${name}' was removed while loading`));
+          else resolve(s);
+        }
+      };
+      this.adapterWaiters.add(check);
+      check();
+    });
+  }
+
+  async unloadAdapter(name: string): Promise<void> {
+    this.assertUsable();
+    if (!this.statuses.some((a) => a.name === name)) throw notFound(`LoRA adapter '${name}' is not loaded`);
+    this.statuses = await this.supervisor.actors.scheduler.call({ type: 'removeAdapter', name });
+    this.log('info', `unloaded LoRA adapter '${name}'`);
+  }
+
+  adapters(): AdapterStatus[] {
+    return this.statuses.map((s) => ({ ...s }));
+  }
+
+  modelInfo(): ModelInfo {
+    return {
+      modelPath: this.options.modelPath,
+      servedModelName: this.options.servedModelName ?? this.options.modelPath,
+      tokenizerPath: this.options.tokenizerPath ?? this.options.modelPath,
+      isGeneration: true,
+      maxTotalTokens: this.engineInfo.kvBlocks * this.engineInfo.blockSize,
+      device: this.engineInfo.device,
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new TroupeError('unavailable', 'the engine is closed');
+    for (const l of this.live.values()) l.fail(err);
+    this.live.clear();
+    for (const w of [...this.adapterWaiters]) w();
+    await Promise.allSettled([this.supervisor.close(), this.tokenizer.close()]);
+  }
+}

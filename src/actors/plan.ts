@@ -1,0 +1,104 @@
+// Turns server options and the checkpoint into the engine's and scheduler's settings:
+// which device, how big the KV cache and the LoRA pool are.
+import type { ServeOptions } from '../config/options.js';
+import { LORA_MODULES, type EngineOptions, type LoraModule, type ModelConfig, type NativeAddon } from '../engine/types.js';
+import { badRequest } from '../errors.js';
+import type { AdapterInfo } from '../model/adapter.js';
+
+/** KV cache of the CPU backend when --max-total-tokens is not given. */
+export const CPU_DEFAULT_TOTAL_TOKENS = 32768;
+/**
+ * SGLang's default page size is 1 token; our KV blocks hold 16 when it is left at 1.
+ * There is no prefix cache to share pages, so the page size only sets allocation grain
+ * and 16 keeps block tables short.
+ */
+export const BLOCK_SIZE_FOR_PAGE_SIZE_1 = 16;
+/** Pool rank when LoRA is enabled with neither --max-lora-rank nor --lora-paths to infer it from. */
+export const DEFAULT_MAX_LORA_RANK = 16;
+
+export interface EnginePlan {
+  engine: EngineOptions;
+  loraEnabled: boolean;
+  contextLength: number;
+}
+
+type Log = (level: 'debug' | 'info' | 'warning' | 'error', msg: string) => void;
+
+export function chooseDevice(
+  wanted: ServeOptions['device'],
+  native: Pick<NativeAddon, 'buildInfo' | 'cudaDeviceCount'>,
+  log: Log,
+): 'cpu' | 'cuda' {
+  const build = native.buildInfo();
+  const gpus = build.cuda ? native.cudaDeviceCount() : 0;
+  if (wanted === 'cpu') return 'cpu';
+  if (wanted === 'cuda') {
+    if (!build.cuda) throw badRequest(`--device cuda: the native addon was built without CUDA (${build.cudaReason})`);
+    if (gpus === 0) throw badRequest('--device cuda: no CUDA device is visible');
+    return 'cuda';
+  }
+  const device = build.cuda && gpus > 0 ? 'cuda' : 'cpu';
+  log('info', device === 'cuda'
+    ? `device auto: using CUDA (${gpus} device${gpus === 1 ? '' : 's'} visible)`
+    : `device auto: using the CPU (${build.cuda ? 'no CUDA device visible' : `addon built without CUDA: ${build.cudaReason}`})`);
+  return device;
+}
+
+export function planEngine(
+  opts: ServeOptions,
+  config: ModelConfig,
+  device: 'cpu' | 'cuda',
+  adapterInfos: AdapterInfo[],
+  log: Log,
+): EnginePlan {
+  const loraEnabled = opts.enableLora || opts.loraPaths.length > 0;
+  const blockSize = opts.pageSize === 1 ? BLOCK_SIZE_FOR_PAGE_SIZE_1 : opts.pageSize;
+  const totalTokens = opts.maxTotalTokens ?? (device === 'cpu' ? CPU_DEFAULT_TOTAL_TOKENS : null);
+  const kvBlocks = totalTokens === null ? 0 : Math.ceil(totalTokens / blockSize);
+
+  let maxLoraRank = opts.maxLoraRank ?? 0;
+  if (opts.maxLoraRank === null) {
+    maxLoraRank = adapterInfos.length > 0 ? Math.max(...adapterInfos.map((a) => a.rank)) : DEFAULT_MAX_LORA_RANK;
+    if (loraEnabled) log('info', `max LoRA rank ${maxLoraRank} (${adapterInfos.length > 0 ? 'from --lora-paths' : 'default'})`);
+  }
+  let loraModules: LoraModule[];
+  if (opts.loraTargetModules !== null) {
+    loraModules = [...opts.loraTargetModules];
+  } else if (adapterInfos.length > 0) {
+    const used = new Set(adapterInfos.flatMap((a) => a.targetModules));
+    loraModules = LORA_MODULES.filter((m) => used.has(m));
+  } else {
+    loraModules = [...LORA_MODULES];
+  }
+
+  return {
+    loraEnabled,
+    contextLength: opts.contextLength ?? config.maxPositionEmbeddings,
+    engine: {
+      device,
+      blockSize,
+      kvBlocks,
+      memFractionStatic: opts.memFractionStatic,
+      loraSlots: loraEnabled ? opts.maxLorasPerBatch : 0,
+      maxLoraRank: loraEnabled ? maxLoraRank : 0,
+      loraModules: loraEnabled ? loraModules : [],
+      threads: 0,
+      cudaGraphMaxBs: opts.cudaGraphMaxBs,
+    },
+  };
+}
+
+/** Why an adapter cannot live in the LoRA pool, or null if it fits. */
+export function poolMismatch(
+  name: string,
+  rank: number,
+  modules: readonly LoraModule[],
+  pool: { maxLoraRank: number; loraModules: readonly LoraModule[] },
+): string | null {
+  if (rank > pool.maxLoraRank) return `adapter '${name}' has rank ${rank}, above --max-lora-rank ${pool.maxLoraRank}`;
+  const outside = modules.filter((m) => !pool.loraModules.includes(m));
+  if (outside.length > 0) {
+    return `adapter '${name}' targets ${outside.join(', ')}, not in --lora-target-modules (${pool.loraModules.join(', ') || 'none'})`;
+  }
+  return null;
+}

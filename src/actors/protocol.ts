@@ -1,0 +1,88 @@
+// Every message of every actor, in one place. Each actor accepts a union tagged by `type`
+// and answers with the reply type named in its *Replies map (void for one-way messages).
+import type { AdapterSpec, AdapterStatus } from '../api.js';
+import type { EngineInfo, EngineOptions, LoraModule, ModelConfig, StepBatch, StepResult, TensorRef } from '../engine/types.js';
+import type { WireError } from '../errors.js';
+import type {
+  AdapterTransition,
+  LoaderCommand,
+  LoaderEvent,
+  SchedulerOptions,
+  SeqInit,
+  TokenEvent,
+} from '../scheduler/index.js';
+
+export type { AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
+
+// ---- executor: owns the engine, one native step per message ----
+export type ExecutorMsg =
+  | { type: 'init'; config: ModelConfig; tensors: TensorRef[]; options: EngineOptions }
+  | { type: 'step'; batch: StepBatch }
+  | { type: 'shutdown' };
+export interface ExecutorReplies {
+  init: { handle: number; info: EngineInfo };
+  step: StepResult;
+  shutdown: void;
+}
+
+// ---- loader: adapter weights from disk to CPU to pool slots ----
+export type LoaderMsg =
+  | { type: 'init'; handle: number; config: ModelConfig; maxLoraRank: number; loraModules: LoraModule[] }
+  | { type: 'command'; command: LoaderCommand };
+export interface LoaderReplies {
+  init: void;
+  command: void;
+}
+/** What the loader sends back to the scheduler. */
+export type LoaderOutMsg = { type: 'event'; event: LoaderEvent };
+export interface LoaderOutReplies {
+  event: void;
+}
+
+// ---- scheduler: the step loop; the main thread only submits and listens ----
+export interface SchedulerStats {
+  waiting: number;
+  running: number;
+  freeBlocks: number;
+  totalBlocks: number;
+}
+export type SchedulerMsg =
+  | { type: 'init'; options: SchedulerOptions }
+  | { type: 'submit'; seq: SeqInit }
+  | { type: 'abort'; id: string }
+  | { type: 'addAdapter'; spec: Required<AdapterSpec> }
+  | { type: 'removeAdapter'; name: string }
+  | { type: 'adapters' }
+  | { type: 'stats' };
+export interface SchedulerReplies {
+  init: void;
+  submit: void;
+  abort: void;
+  addAdapter: AdapterStatus[];
+  removeAdapter: AdapterStatus[];
+  adapters: AdapterStatus[];
+  stats: SchedulerStats;
+}
+
+/** What the scheduler tells the main thread, unasked. */
+export type SchedulerOutMsg =
+  | { type: 'tokens'; events: TokenEvent[] }
+  | { type: 'failed'; ids: string[]; error: WireError }
+  | { type: 'adapters'; transitions: AdapterTransition[]; statuses: AdapterStatus[] };
+export interface SchedulerOutReplies {
+  tokens: void;
+  failed: void;
+  adapters: void;
+}
+
+/** Handed to workers at spawn time: the direct channels between actors. */
+export interface SchedulerWorkerData {
+  executorPort: import('node:worker_threads').MessagePort;
+  loaderPort: import('node:worker_threads').MessagePort;
+}
+export interface ExecutorWorkerData {
+  schedulerPort: import('node:worker_threads').MessagePort;
+}
+export interface LoaderWorkerData {
+  schedulerPort: import('node:worker_threads').MessagePort;
+}

@@ -1,0 +1,142 @@
+// The scheduler actor: hosts the pure-logic Scheduler and drives the step loop. It talks
+// to the executor and the loader over direct channels; the main thread only submits,
+// aborts and receives the token events of each step as one message.
+import { parentPort, workerData } from 'node:worker_threads';
+import type { AdapterStatus } from '../api.js';
+import { toWire, TroupeError } from '../errors.js';
+import { Scheduler } from '../scheduler/index.js';
+import { Mailbox } from './mailbox.js';
+import type {
+  AdapterTransition,
+  ExecutorMsg,
+  ExecutorReplies,
+  LoaderMsg,
+  LoaderOutMsg,
+  LoaderOutReplies,
+  LoaderReplies,
+  SchedulerMsg,
+  SchedulerOutMsg,
+  SchedulerOutReplies,
+  SchedulerReplies,
+  SchedulerWorkerData,
+} from './protocol.js';
+
+if (!parentPort) throw new Error('scheduler.worker must run in a worker thread');
+const data = workerData as SchedulerWorkerData;
+
+const main = new Mailbox<SchedulerMsg, SchedulerReplies, SchedulerOutMsg, SchedulerOutReplies>(parentPort, 'main');
+const executor = new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(data.executorPort, 'executor');
+const loader = new Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies>(data.loaderPort, 'loader');
+
+let sched: Scheduler | null = null;
+let looping = false;
+let transitions: AdapterTransition[] = [];
+
+function scheduler(): Scheduler {
+  if (!sched) throw new TroupeError('unavailable', 'the scheduler is not initialized');
+  return sched;
+}
+
+function flushCommands(s: Scheduler): void {
+  for (const command of s.takeCommands()) loader.send({ type: 'command', command });
+}
+
+/** Events made outside a step (max_new_tokens 0, requests ended by an adapter's load failure). */
+function flushEvents(s: Scheduler): void {
+  const events = s.takeEvents();
+  if (events.length > 0) main.send({ type: 'tokens', events });
+}
+
+/** Adapter transitions of one tick go out as one message, with the statuses they led to. */
+function queueTransition(t: AdapterTransition): void {
+  if (transitions.length === 0) {
+    queueMicrotask(() => {
+      const batch = transitions;
+      transitions = [];
+      main.send({ type: 'adapters', transitions: batch, statuses: scheduler().adapters() });
+    });
+  }
+  transitions.push(t);
+}
+
+/** Runs steps until nothing is schedulable; any message that may unblock work calls it again. */
+async function loop(): Promise<void> {
+  if (looping || !sched) return;
+  looping = true;
+  const s = sched;
+  try {
+    for (;;) {
+      flushCommands(s);
+      flushEvents(s);
+      const next = s.schedule();
+      if (!next) break;
+      let result;
+      try {
+        result = await executor.call({ type: 'step', batch: next.batch });
+      } catch (err) {
+        // A failed step fails the sequences in it, not the engine: free them and go on.
+        const ids = next.seqIds;
+        for (const id of ids) s.abort(id);
+        main.send({ type: 'failed', ids, error: toWire(err) });
+        continue;
+      }
+      const events = s.complete(result);
+      if (events.length > 0) main.send({ type: 'tokens', events });
+    }
+    flushCommands(s);
+    flushEvents(s);
+  } finally {
+    looping = false;
+  }
+}
+
+let kicked = false;
+/** Starts the loop after the messages already queued are handled, so requests that arrive together share the first step. */
+function kick(): void {
+  if (looping || kicked) return;
+  kicked = true;
+  setImmediate(() => {
+    kicked = false;
+    void loop();
+  });
+}
+
+loader.serve((msg) => {
+  scheduler().onLoaderEvent(msg.event);
+  kick();
+});
+
+main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
+  switch (msg.type) {
+    case 'init':
+      if (sched) throw new Error('the scheduler is already initialized');
+      sched = new Scheduler(msg.options);
+      sched.subscribe(queueTransition);
+      return;
+    case 'submit':
+      scheduler().submit(msg.seq);
+      kick();
+      return;
+    case 'abort': {
+      const ev = scheduler().abort(msg.id);
+      if (ev) main.send({ type: 'tokens', events: [ev] });
+      kick();
+      return;
+    }
+    case 'addAdapter':
+      scheduler().addAdapter(msg.spec);
+      kick();
+      return scheduler().adapters();
+    case 'removeAdapter': {
+      const done = scheduler().removeAdapter(msg.name);
+      kick();
+      await done;
+      kick();
+      return scheduler().adapters();
+    }
+    case 'adapters':
+      return scheduler().adapters() satisfies AdapterStatus[];
+    case 'stats':
+      return scheduler().stats();
+  }
+});

@@ -1,0 +1,70 @@
+// createEngine: opens the checkpoint, picks the device, sizes the KV cache and LoRA pool,
+// starts the actors (executor, loader, scheduler) and the tokenizer pool, and registers the
+// --lora-paths adapters. The step loop then runs between the scheduler and executor threads.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.js';
+import { chooseDevice, planEngine } from './actors/plan.js';
+import { Supervisor } from './actors/supervisor.js';
+import type { ServeOptions } from './config/options.js';
+import { loadNative } from './engine/native.js';
+import { badRequest } from './errors.js';
+import { readAdapterInfo } from './model/adapter.js';
+import { openCheckpoint } from './model/checkpoint.js';
+import { createTokenizerPool } from './tokenizer/pool.js';
+
+export type CreateEngineOptions = ServeOptions & { log?: EngineLog };
+export type { EngineLog, LocalTroupeEngine };
+
+export async function createEngine(options: CreateEngineOptions): Promise<LocalTroupeEngine> {
+  const log: EngineLog = options.log ?? (() => {});
+  const ckpt = openCheckpoint(options.modelPath);
+  // openCheckpoint checked that the model directory's tokenizer files exist; these are their paths.
+  let tokenizerFile = ckpt.tokenizerJson;
+  let tokenizerConfigFile: string | null = ckpt.tokenizerConfigJson;
+  if (options.tokenizerPath) {
+    tokenizerFile = join(options.tokenizerPath, 'tokenizer.json');
+    if (!existsSync(tokenizerFile)) throw badRequest(`--tokenizer-path: ${tokenizerFile} does not exist`);
+    const cfg = join(options.tokenizerPath, 'tokenizer_config.json');
+    tokenizerConfigFile = existsSync(cfg) ? cfg : null;
+  }
+  const device = chooseDevice(options.device, loadNative(), log);
+  const plan = planEngine(options, ckpt.config, device, options.loraPaths.map((a) => readAdapterInfo(a.path)), log);
+
+  const supervisor = new Supervisor();
+  const tokenizer = createTokenizerPool(tokenizerFile, tokenizerConfigFile, 1);
+  try {
+    const { scheduler, executor, loader } = supervisor.actors;
+    const tokenizerReady = tokenizer.ready();
+    tokenizerReady.catch(() => {}); // awaited below; an earlier failure must not leave it unhandled
+    const { handle, info } = await executor.call({ type: 'init', config: ckpt.config, tensors: ckpt.tensors, options: plan.engine });
+    log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})`);
+    await loader.call({ type: 'init', handle, config: ckpt.config, maxLoraRank: plan.engine.maxLoraRank, loraModules: plan.engine.loraModules });
+    await scheduler.call({
+      type: 'init',
+      options: {
+        blockSize: info.blockSize,
+        numBlocks: info.kvBlocks,
+        maxRunningRequests: options.maxRunningRequests,
+        chunkedPrefillSize: options.chunkedPrefillSize,
+        // Counts the base model too, so it stays at least 1 when the pool has no slots.
+        maxLorasPerBatch: options.maxLorasPerBatch,
+        maxLoadedLoras: options.maxLoadedLoras,
+        evictionPolicy: options.loraEvictionPolicy,
+        overlapLoading: options.enableLoraOverlapLoading,
+        eosTokenIds: ckpt.config.eosTokenIds,
+        contextLength: plan.contextLength,
+        maxLoraRank: plan.engine.maxLoraRank,
+        loraModules: plan.engine.loraModules,
+      },
+    });
+    await tokenizerReady;
+    const engine = new Engine(options, ckpt.config, plan, info, supervisor, tokenizer, log);
+    await Promise.all(options.loraPaths.map((spec) => engine.loadAdapter(spec)));
+    return engine;
+  } catch (err) {
+    await Promise.allSettled([supervisor.close(), tokenizer.close()]);
+    throw err;
+  }
+}
+
