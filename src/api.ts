@@ -15,6 +15,20 @@ export interface SamplingOptions {
   skipSpecialTokens: boolean;
 }
 
+/** SGLang's defaults for every sampling option. */
+export const DEFAULT_SAMPLING: Readonly<SamplingOptions> = Object.freeze({
+  maxNewTokens: 128,
+  temperature: 1.0,
+  topP: 1.0,
+  topK: -1,
+  minP: 0,
+  seed: null,
+  stop: [],
+  stopTokenIds: [],
+  ignoreEos: false,
+  skipSpecialTokens: true,
+});
+
 export interface GenerateRequest {
   /** Exactly one of text and inputIds. */
   text?: string;
@@ -82,9 +96,30 @@ export interface ModelInfo {
   device: string;
 }
 
+/**
+ * What callers pass to generate and stream: a GenerateRequest whose options may be left out.
+ * Missing sampling options take DEFAULT_SAMPLING; a missing lora is the base model.
+ */
+export type GenerateInput = Omit<GenerateRequest, 'sampling' | 'lora' | 'returnLogprob' | 'topLogprobsNum'> & {
+  sampling?: Partial<SamplingOptions>;
+  lora?: string | null;
+  returnLogprob?: boolean;
+  topLogprobsNum?: number;
+};
+
+export function completeRequest(input: GenerateInput): GenerateRequest {
+  return {
+    ...input,
+    sampling: { ...DEFAULT_SAMPLING, ...input.sampling },
+    lora: input.lora ?? null,
+    returnLogprob: input.returnLogprob ?? false,
+    topLogprobsNum: input.topLogprobsNum ?? 0,
+  };
+}
+
 export interface TroupeEngine {
-  generate(req: GenerateRequest): Promise<GenerateOutput>;
-  stream(req: GenerateRequest): AsyncIterable<GenerateChunk>;
+  generate(req: GenerateInput): Promise<GenerateOutput>;
+  stream(req: GenerateInput): AsyncIterable<GenerateChunk>;
   loadAdapter(spec: AdapterSpec): Promise<AdapterStatus>;
   unloadAdapter(name: string): Promise<void>;
   adapters(): AdapterStatus[];

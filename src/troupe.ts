@@ -7,17 +7,20 @@ import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.
 import { chooseDevice, planEngine } from './actors/plan.js';
 import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
+import { resolveServeOptions } from './config/validate.js';
 import { loadNative } from './engine/native.js';
 import { badRequest } from './errors.js';
 import { readAdapterInfo } from './model/adapter.js';
 import { openCheckpoint } from './model/checkpoint.js';
 import { createTokenizerPool } from './tokenizer/pool.js';
 
-export type CreateEngineOptions = ServeOptions & { log?: EngineLog };
+/** Any ServeOptions left out take the `troupe serve` defaults (see config/flags.ts). */
+export type CreateEngineOptions = Partial<ServeOptions> & { modelPath: string; log?: EngineLog };
 export type { EngineLog, LocalTroupeEngine };
 
-export async function createEngine(options: CreateEngineOptions): Promise<LocalTroupeEngine> {
-  const log: EngineLog = options.log ?? (() => {});
+export async function createEngine(given: CreateEngineOptions): Promise<LocalTroupeEngine> {
+  const log: EngineLog = given.log ?? (() => {});
+  const options = resolveServeOptions(given);
   const ckpt = openCheckpoint(options.modelPath);
   // openCheckpoint checked that the model directory's tokenizer files exist; these are their paths.
   let tokenizerFile = ckpt.tokenizerJson;

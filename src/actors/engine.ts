@@ -1,14 +1,16 @@
 // The running engine on the main thread: validates and tokenizes requests, submits them to
 // the scheduler actor, and turns its token events back into outputs and stream chunks.
 import { randomInt, randomUUID } from 'node:crypto';
-import type {
-  AdapterSpec,
-  AdapterStatus,
-  GenerateChunk,
-  GenerateOutput,
-  GenerateRequest,
-  ModelInfo,
-  TroupeEngine,
+import {
+  completeRequest,
+  type AdapterSpec,
+  type AdapterStatus,
+  type GenerateChunk,
+  type GenerateInput,
+  type GenerateOutput,
+  type GenerateRequest,
+  type ModelInfo,
+  type TroupeEngine,
 } from '../api.js';
 import type { LogLevel, ServeOptions } from '../config/options.js';
 import type { EngineInfo, ModelConfig } from '../engine/types.js';
@@ -64,13 +66,14 @@ export class Engine implements LocalTroupeEngine {
     return this.supervisor.actors.scheduler.call({ type: 'stats' });
   }
 
-  generate(req: GenerateRequest): Promise<GenerateOutput> {
+  generate(input: GenerateInput): Promise<GenerateOutput> {
     return new Promise<GenerateOutput>((resolve, reject) => {
-      this.start(req, { done: resolve, error: reject }).catch(reject);
+      this.start(completeRequest(input), { done: resolve, error: reject }).catch(reject);
     });
   }
 
-  async *stream(req: GenerateRequest): AsyncIterable<GenerateChunk> {
+  async *stream(input: GenerateInput): AsyncIterable<GenerateChunk> {
+    const req = completeRequest(input);
     const queue: GenerateChunk[] = [];
     let failure: Error | null = null;
     let ended = false;

@@ -4,7 +4,7 @@
 import type { AdapterSpec } from '../api.js';
 import { LORA_MODULES, type LoraModule } from '../engine/types.js';
 import type { LogLevel, ServeOptions } from './options.js';
-import { FlagError, type RawFlags } from './parse.js';
+import { FlagError, parseArgs, type RawFlags } from './parse.js';
 
 export interface Validated {
   options: ServeOptions;
@@ -76,35 +76,6 @@ export function validateFlags(flags: RawFlags): Validated {
   }
 
   const overlap = bool('enable-lora-overlap-loading') ?? false;
-  if (enableLora) {
-    const names = new Set<string>();
-    for (const a of loraPaths) {
-      if (names.has(a.name)) throw new FlagError(`--lora-paths names the adapter "${a.name}" twice`);
-      names.add(a.name);
-    }
-    if (loraPaths.length === 0 && (maxLoraRank === null || loraTargetModules === null)) {
-      throw new FlagError('without --lora-paths, both --max-lora-rank and --lora-target-modules are required to size the LoRA pool');
-    }
-    if (maxLoadedLoras !== null) {
-      if (maxLoadedLoras < maxLorasPerBatch) {
-        throw new FlagError(`--max-loaded-loras (${maxLoadedLoras}) must be at least --max-loras-per-batch (${maxLorasPerBatch})`);
-      }
-      if (loraPaths.length > maxLoadedLoras) {
-        throw new FlagError(`--lora-paths lists ${loraPaths.length} adapters, more than --max-loaded-loras (${maxLoadedLoras})`);
-      }
-    }
-    if (overlap && (maxLoadedLoras === null || maxLoadedLoras > 2 * maxLorasPerBatch)) {
-      throw new FlagError(
-        `--enable-lora-overlap-loading keeps adapters in pinned CPU memory, so --max-loaded-loras must be set and at most 2 x --max-loras-per-batch (${2 * maxLorasPerBatch})` +
-          (maxLoadedLoras === null ? '; it is not set' : `; it is ${maxLoadedLoras}`),
-      );
-    }
-    const pinned = loraPaths.filter((a) => a.pinned).length;
-    if (pinned > maxLorasPerBatch - 1) {
-      throw new FlagError(`${pinned} pinned adapters leave no pool slot for others: at most --max-loras-per-batch - 1 (${maxLorasPerBatch - 1}) may be pinned`);
-    }
-  }
-
   const backend = str('lora-backend')!;
   const options: ServeOptions = {
     modelPath: str('model-path') ?? '',
@@ -134,6 +105,7 @@ export function validateFlags(flags: RawFlags): Validated {
     pageSize,
     contextLength: atLeast('context-length', 1),
   };
+  checkLoraRules(options, overlap);
   return { options, warnings };
 }
 
@@ -165,4 +137,57 @@ export function parseLoraPath(item: string): AdapterSpec {
   const path = text.slice(eq + 1);
   if (name === '' || path === '') throw new FlagError(`--lora-paths: "${item}" must be NAME=PATH with both parts non-empty`);
   return { name, path, pinned: false };
+}
+
+/**
+ * SGLang's rules for combining the LoRA options; shared by the CLI and createEngine, so an
+ * embedded engine refuses what `troupe serve` refuses.
+ */
+export function checkLoraRules(o: ServeOptions, overlapAsked = o.enableLoraOverlapLoading): void {
+  if (!o.enableLora) return;
+  const { loraPaths, maxLoraRank, loraTargetModules, maxLoadedLoras, maxLorasPerBatch } = o;
+  if (maxLorasPerBatch < 1) throw new FlagError(`--max-loras-per-batch must be at least 1, got ${maxLorasPerBatch}`);
+  const names = new Set<string>();
+  for (const a of loraPaths) {
+    if (names.has(a.name)) throw new FlagError(`--lora-paths names the adapter "${a.name}" twice`);
+    names.add(a.name);
+  }
+  if (loraPaths.length === 0 && (maxLoraRank === null || loraTargetModules === null)) {
+    throw new FlagError('without --lora-paths, both --max-lora-rank and --lora-target-modules are required to size the LoRA pool');
+  }
+  if (maxLoadedLoras !== null) {
+    if (maxLoadedLoras < maxLorasPerBatch) {
+      throw new FlagError(`--max-loaded-loras (${maxLoadedLoras}) must be at least --max-loras-per-batch (${maxLorasPerBatch})`);
+    }
+    if (loraPaths.length > maxLoadedLoras) {
+      throw new FlagError(`--lora-paths lists ${loraPaths.length} adapters, more than --max-loaded-loras (${maxLoadedLoras})`);
+    }
+  }
+  if (overlapAsked && (maxLoadedLoras === null || maxLoadedLoras > 2 * maxLorasPerBatch)) {
+    throw new FlagError(
+      `--enable-lora-overlap-loading keeps adapters in pinned CPU memory, so --max-loaded-loras must be set and at most 2 x --max-loras-per-batch (${2 * maxLorasPerBatch})` +
+        (maxLoadedLoras === null ? '; it is not set' : `; it is ${maxLoadedLoras}`),
+    );
+  }
+  const pinned = loraPaths.filter((a) => a.pinned).length;
+  if (pinned > maxLorasPerBatch - 1) {
+    throw new FlagError(`${pinned} pinned adapters leave no pool slot for others: at most --max-loras-per-batch - 1 (${maxLorasPerBatch - 1}) may be pinned`);
+  }
+}
+
+/**
+ * Options for an embedded engine: the flag defaults, overridden by what the caller gives.
+ * As on the command line, giving loraPaths turns LoRA on unless enableLora says otherwise.
+ */
+export function resolveServeOptions(given: Partial<ServeOptions> & { modelPath: string }): ServeOptions {
+  const defaults = validateFlags(parseArgs([]).flags).options;
+  const loraPaths = (given.loraPaths ?? []).map((a) => ({ ...a, pinned: a.pinned ?? false }));
+  const options: ServeOptions = {
+    ...defaults,
+    ...given,
+    loraPaths,
+    enableLora: given.enableLora ?? loraPaths.length > 0,
+  };
+  checkLoraRules(options);
+  return options;
 }

@@ -1,7 +1,7 @@
 // Parses SGLang's POST /generate body into GenerateRequests. Wire names are SGLang's
 // (snake_case); whether the call is a batch follows from the shape of text / input_ids,
 // and every per-prompt field may be one value for all prompts or a list, one per prompt.
-import type { GenerateRequest, SamplingOptions } from '../api.js';
+import { DEFAULT_SAMPLING, type GenerateRequest, type SamplingOptions } from '../api.js';
 import { badRequest } from '../errors.js';
 import {
   asBool, asInt, asNumber, asString, expected, isObject, rejectUnknownKeys,
@@ -45,8 +45,6 @@ const NEUTRAL_ONLY: Record<string, number> = {
   min_new_tokens: 0,
   n: 1,
 };
-
-export const DEFAULT_MAX_NEW_TOKENS = 128;
 
 export function parseGenerateRequest(body: JsonObject): ParsedGenerate {
   rejectUnknownKeys(body, TOP_LEVEL_KEYS, 'field');
@@ -185,18 +183,7 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
     }
   }
 
-  const options: SamplingOptions = {
-    maxNewTokens: DEFAULT_MAX_NEW_TOKENS,
-    temperature: 1.0,
-    topP: 1.0,
-    topK: -1,
-    minP: 0,
-    seed: null,
-    stop: [],
-    stopTokenIds: [],
-    ignoreEos: false,
-    skipSpecialTokens: true,
-  };
+  const options: SamplingOptions = { ...DEFAULT_SAMPLING, stop: [], stopTokenIds: [] };
 
   let x = get('max_new_tokens');
   if (x !== undefined) options.maxNewTokens = asInt(x, f('max_new_tokens'), 0);
