@@ -8,6 +8,9 @@ export interface SamplingOptions {
   topP: number;
   topK: number; // -1 = off
   minP: number;
+  frequencyPenalty: number; // 0 = off
+  presencePenalty: number; // 0 = off
+  repetitionPenalty: number; // 1 = off
   seed: number | null;
   stop: string[];
   stopTokenIds: number[];
@@ -22,6 +25,9 @@ export const DEFAULT_SAMPLING: Readonly<SamplingOptions> = Object.freeze({
   topP: 1.0,
   topK: -1,
   minP: 0,
+  frequencyPenalty: 0,
+  presencePenalty: 0,
+  repetitionPenalty: 1,
   seed: null,
   stop: [],
   stopTokenIds: [],

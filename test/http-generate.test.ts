@@ -53,6 +53,7 @@ describe('POST /generate shapes', () => {
     expect(req.sampling).toEqual({
       maxNewTokens: 128, temperature: 1, topP: 1, topK: -1, minP: 0, seed: null,
       stop: [], stopTokenIds: [], ignoreEos: false, skipSpecialTokens: true,
+      frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1,
     });
   });
 
@@ -115,6 +116,7 @@ describe('POST /generate shapes', () => {
     expect(engine.requests[0]!.sampling).toEqual({
       maxNewTokens: 0, temperature: 0.7, topP: 0.9, topK: 40, minP: 0.05, seed: 3,
       stop: ['END'], stopTokenIds: [128009], ignoreEos: true, skipSpecialTokens: false,
+      frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1,
     });
   });
 

@@ -34,6 +34,9 @@ export function sampling(o: Partial<SamplingOptions> = {}): SamplingOptions {
     stopTokenIds: [],
     ignoreEos: false,
     skipSpecialTokens: true,
+    frequencyPenalty: 0,
+    presencePenalty: 0,
+    repetitionPenalty: 1,
     ...o,
   };
 }

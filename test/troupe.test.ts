@@ -24,6 +24,9 @@ const sampling = (o: Partial<SamplingOptions> = {}): SamplingOptions => ({
   stopTokenIds: [],
   ignoreEos: true,
   skipSpecialTokens: true,
+  frequencyPenalty: 0,
+  presencePenalty: 0,
+  repetitionPenalty: 1,
   ...o,
 });
 const request = (o: Partial<GenerateRequest> & { s?: Partial<SamplingOptions> } = {}): GenerateRequest => {

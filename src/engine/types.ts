@@ -89,6 +89,15 @@ export interface StepBatch {
   topK: Int32Array; // -1 or 0 = off
   topP: Float32Array; // 1 = off
   minP: Float32Array; // 0 = off
+  // Penalties, as SGLang and OpenAI define them: frequency and presence over the tokens the
+  // sequence generated so far; repetition (divide positive logits, multiply negative ones)
+  // over its prompt and generated tokens.
+  frequencyPenalty: Float32Array; // per sequence; 0 = off
+  presencePenalty: Float32Array; // 0 = off
+  repetitionPenalty: Float32Array; // 1 = off
+  penaltyTokens: Int32Array; // for each sequence with a penalty: its prompt tokens then its generated tokens
+  penaltyStarts: Int32Array; // n + 1 offsets into penaltyTokens (an empty range when a sequence has no penalty)
+  penaltyPromptLens: Int32Array; // per sequence: how many of its penaltyTokens are prompt tokens
   seeds: Uint32Array; // per sequence random seed
   draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
   topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one)

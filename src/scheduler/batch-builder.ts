@@ -29,12 +29,19 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     topK: new Int32Array(n),
     topP: new Float32Array(n),
     minP: new Float32Array(n),
+    frequencyPenalty: new Float32Array(n),
+    presencePenalty: new Float32Array(n),
+    repetitionPenalty: new Float32Array(n),
+    penaltyTokens: new Int32Array(0),
+    penaltyStarts: new Int32Array(n + 1),
+    penaltyPromptLens: new Int32Array(n),
     seeds: new Uint32Array(n),
     draws: new Uint32Array(n),
     topLogprobs: 0,
     returnLogits: false,
   };
   let off = 0;
+  const history: number[] = [];
   entries.forEach((e, i) => {
     const s = e.seq;
     b.seqStarts[i] = off;
@@ -52,10 +59,21 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     b.topK[i] = sp.topK;
     b.topP[i] = sp.topP;
     b.minP[i] = sp.minP;
+    b.frequencyPenalty[i] = sp.frequencyPenalty;
+    b.presencePenalty[i] = sp.presencePenalty;
+    b.repetitionPenalty[i] = sp.repetitionPenalty;
+    b.penaltyStarts[i] = history.length;
+    // Only sequences that sample with a penalty send their history; s.tokens is prompt then output.
+    if (e.sample && (sp.frequencyPenalty !== 0 || sp.presencePenalty !== 0 || sp.repetitionPenalty !== 1)) {
+      for (const t of s.tokens) history.push(t);
+      b.penaltyPromptLens[i] = s.init.promptIds.length;
+    }
     b.seeds[i] = s.init.seed >>> 0;
     b.draws[i] = s.output.length;
     if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
   });
   b.seqStarts[n] = off;
+  b.penaltyStarts[n] = history.length;
+  b.penaltyTokens = Int32Array.from(history);
   return b;
 }
