@@ -1,6 +1,6 @@
 // Drives a Scheduler without an engine: a fake "GPU" picks tokens deterministically and a
 // fake loader answers load/copy commands.
-import type { SamplingOptions } from '../src/api.js';
+import { DEFAULT_SAMPLING, type SamplingOptions } from '../src/api.js';
 import type { LoraModule, StepBatch, StepResult } from '../src/engine/types.js';
 import { Scheduler, type LoaderCommand, type SchedulerOptions, type SeqInit, type TokenEvent } from '../src/scheduler/index.js';
 
@@ -23,22 +23,7 @@ export function options(o: Partial<SchedulerOptions> = {}): SchedulerOptions {
 }
 
 export function sampling(o: Partial<SamplingOptions> = {}): SamplingOptions {
-  return {
-    maxNewTokens: 4,
-    temperature: 0,
-    topP: 1,
-    topK: -1,
-    minP: 0,
-    seed: null,
-    stop: [],
-    stopTokenIds: [],
-    ignoreEos: false,
-    skipSpecialTokens: true,
-    frequencyPenalty: 0,
-    presencePenalty: 0,
-    repetitionPenalty: 1,
-    ...o,
-  };
+  return { ...DEFAULT_SAMPLING, maxNewTokens: 4, temperature: 0, ...o };
 }
 
 export function seq(id: string, o: Partial<SeqInit> & { prompt?: number; maxNewTokens?: number } = {}): SeqInit {

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GenerateChunk, GenerateRequest, SamplingOptions } from '../src/api.js';
+import { DEFAULT_SAMPLING, type GenerateChunk, type GenerateRequest, type SamplingOptions } from '../src/api.js';
 import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import { TroupeError } from '../src/errors.js';
@@ -13,22 +13,7 @@ import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
 let dir = '';
 let engine: LocalTroupeEngine;
 
-const sampling = (o: Partial<SamplingOptions> = {}): SamplingOptions => ({
-  maxNewTokens: 8,
-  temperature: 0,
-  topP: 1,
-  topK: -1,
-  minP: 0,
-  seed: null,
-  stop: [],
-  stopTokenIds: [],
-  ignoreEos: true,
-  skipSpecialTokens: true,
-  frequencyPenalty: 0,
-  presencePenalty: 0,
-  repetitionPenalty: 1,
-  ...o,
-});
+const sampling = (o: Partial<SamplingOptions> = {}): SamplingOptions => ({ ...DEFAULT_SAMPLING, maxNewTokens: 8, temperature: 0, ignoreEos: true, ...o });
 const request = (o: Partial<GenerateRequest> & { s?: Partial<SamplingOptions> } = {}): GenerateRequest => {
   const { s, ...rest } = o;
   return { text: 'The capital of France is', lora: null, returnLogprob: false, topLogprobsNum: 0, sampling: sampling(s), ...rest };
