@@ -83,6 +83,10 @@ struct StepBatch {
   Span<uint8_t> sample;
   Span<float> temperature, topP, minP;
   Span<int32_t> topK;
+  // Penalties (types.ts says how they apply): per sequence, plus each penalized sequence's prompt
+  // then generated tokens at penaltyTokens[penaltyStarts[i], penaltyStarts[i + 1]).
+  Span<float> frequencyPenalty, presencePenalty, repetitionPenalty;
+  Span<int32_t> penaltyTokens, penaltyStarts, penaltyPromptLens;
   Span<uint32_t> seeds, draws;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;

@@ -34,6 +34,16 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
   expectLength("minP", b.minP.size, n);
   expectLength("seeds", b.seeds.size, n);
   expectLength("draws", b.draws.size, n);
+  expectLength("frequencyPenalty", b.frequencyPenalty.size, n);
+  expectLength("presencePenalty", b.presencePenalty.size, n);
+  expectLength("repetitionPenalty", b.repetitionPenalty.size, n);
+  expectLength("penaltyStarts", b.penaltyStarts.size, n + 1);
+  expectLength("penaltyPromptLens", b.penaltyPromptLens.size, n);
+  if (b.penaltyStarts[0] != 0) fail("batch.penaltyStarts[0] must be 0");
+  for (size_t i = 0; i < n; ++i) {
+    if (b.penaltyStarts[i + 1] < b.penaltyStarts[i]) fail("batch.penaltyStarts must not decrease");
+  }
+  expectLength("penaltyTokens", b.penaltyTokens.size, static_cast<size_t>(b.penaltyStarts[n]));
   if (b.maxBlocksPerSeq <= 0) fail("batch.maxBlocksPerSeq must be a positive integer");
   expectLength("blockTables", b.blockTables.size, n * static_cast<size_t>(b.maxBlocksPerSeq));
   if (b.seqStarts[0] != 0) fail("batch.seqStarts[0] must be 0");
@@ -102,6 +112,23 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
       if (!(p > 0 && p <= 1)) fail(seq + ": topP must be in (0, 1]");
       const float mp = b.minP[i];
       if (!(mp >= 0 && mp <= 1)) fail(seq + ": minP must be in [0, 1]");
+      const float fp = b.frequencyPenalty[i], pp = b.presencePenalty[i], rp = b.repetitionPenalty[i];
+      if (!(fp >= -2 && fp <= 2)) fail(seq + ": frequencyPenalty must be in [-2, 2]");
+      if (!(pp >= -2 && pp <= 2)) fail(seq + ": presencePenalty must be in [-2, 2]");
+      if (!(rp > 0 && rp <= 2)) fail(seq + ": repetitionPenalty must be in (0, 2]");
+      const int hs = b.penaltyStarts[i], he = b.penaltyStarts[i + 1];
+      const int promptLen = b.penaltyPromptLens[i];
+      if (promptLen < 0 || promptLen > he - hs) {
+        fail(seq + ": penaltyPromptLens " + std::to_string(promptLen) + " is outside [0, " + std::to_string(he - hs) +
+             "], the length of its penalty tokens");
+      }
+      for (int j = hs; j < he; ++j) {
+        const int tok = b.penaltyTokens[j];
+        if (tok < 0 || tok >= config.vocabSize) {
+          fail(seq + ": penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " +
+               std::to_string(config.vocabSize) + ")");
+        }
+      }
     }
   }
 }

@@ -177,6 +177,12 @@ StepBatch parseBatch(const Napi::Value& v) {
   b.topK = typedArray<int32_t>(o, "topK", napi_int32_array, "an Int32Array", w);
   b.topP = typedArray<float>(o, "topP", napi_float32_array, "a Float32Array", w);
   b.minP = typedArray<float>(o, "minP", napi_float32_array, "a Float32Array", w);
+  b.frequencyPenalty = typedArray<float>(o, "frequencyPenalty", napi_float32_array, "a Float32Array", w);
+  b.presencePenalty = typedArray<float>(o, "presencePenalty", napi_float32_array, "a Float32Array", w);
+  b.repetitionPenalty = typedArray<float>(o, "repetitionPenalty", napi_float32_array, "a Float32Array", w);
+  b.penaltyTokens = typedArray<int32_t>(o, "penaltyTokens", napi_int32_array, "an Int32Array", w);
+  b.penaltyStarts = typedArray<int32_t>(o, "penaltyStarts", napi_int32_array, "an Int32Array", w);
+  b.penaltyPromptLens = typedArray<int32_t>(o, "penaltyPromptLens", napi_int32_array, "an Int32Array", w);
   b.seeds = typedArray<uint32_t>(o, "seeds", napi_uint32_array, "a Uint32Array", w);
   b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
   b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);

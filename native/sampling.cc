@@ -68,16 +68,51 @@ double uniformDraw(uint32_t seed, uint32_t draws) {
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
 }
 
-Sampled sampleToken(const float* logits, int vocab, const SamplingParams& p, int topN, int32_t* topIds,
-                    float* topValues) {
-  const float maxLogit = maxOf(logits, vocab);
-  const double logZ = maxLogit + std::log(sumExp(logits, vocab, maxLogit, 1.0f, nullptr));
-  auto logprob = [&](int i) { return static_cast<float>(logits[i] - logZ); };
+void applyPenalties(float* logits, int vocab, const Penalties& p) {
+  if (!p.active() || p.count <= 0) return;
+  // Sparse: a sequence has seen few distinct tokens next to a vocabulary of 128k.
+  std::vector<int32_t> seen(p.tokens, p.tokens + p.count);
+  std::vector<int32_t> generated(p.tokens + p.promptLen, p.tokens + p.count);
+  std::sort(seen.begin(), seen.end());
+  seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+  std::sort(generated.begin(), generated.end());
+  if (p.repetition != 1) {
+    for (const int32_t t : seen) {
+      if (t < 0 || t >= vocab) continue;
+      float& l = logits[t];
+      l = l > 0 ? l / p.repetition : l * p.repetition;
+    }
+  }
+  if (p.frequency != 0 || p.presence != 0) {
+    for (size_t i = 0; i < generated.size();) {
+      size_t j = i;
+      while (j < generated.size() && generated[j] == generated[i]) ++j;
+      const int32_t t = generated[i];
+      if (t >= 0 && t < vocab) logits[t] -= p.frequency * static_cast<float>(j - i) + p.presence;
+      i = j;
+    }
+  }
+}
+
+Sampled sampleToken(const float* rawLogits, int vocab, const SamplingParams& p, int topN, int32_t* topIds,
+                    float* topValues, const Penalties* penalties) {
+  const float maxRaw = maxOf(rawLogits, vocab);
+  const double logZ = maxRaw + std::log(sumExp(rawLogits, vocab, maxRaw, 1.0f, nullptr));
+  auto logprob = [&](int i) { return static_cast<float>(rawLogits[i] - logZ); };
+
+  std::vector<float> penalized;
+  const float* logits = rawLogits;
+  if (penalties && penalties->active() && penalties->count > 0) {
+    penalized.assign(rawLogits, rawLogits + vocab);
+    applyPenalties(penalized.data(), vocab, *penalties);
+    logits = penalized.data();
+  }
+  const float maxLogit = logits == rawLogits ? maxRaw : maxOf(logits, vocab);
 
   if (topN > 0) {
     std::vector<int> ids(vocab);
     for (int i = 0; i < vocab; ++i) ids[i] = i;
-    std::partial_sort(ids.begin(), ids.begin() + topN, ids.end(), ByValueDesc{logits});
+    std::partial_sort(ids.begin(), ids.begin() + topN, ids.end(), ByValueDesc{rawLogits});
     for (int i = 0; i < topN; ++i) {
       topIds[i] = ids[i];
       topValues[i] = logprob(ids[i]);

@@ -129,6 +129,8 @@ export interface TroupeEngine {
   loadAdapter(spec: AdapterSpec): Promise<AdapterStatus>;
   unloadAdapter(name: string): Promise<void>;
   adapters(): AdapterStatus[];
+  /** The text of each token id on its own (special tokens included), for logprob listings. */
+  tokenTexts(ids: number[]): Promise<Array<string | null>>;
   modelInfo(): ModelInfo;
   close(): Promise<void>;
 }

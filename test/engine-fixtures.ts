@@ -76,6 +76,12 @@ export interface SeqStep {
   minP?: number;
   seed?: number;
   draws?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  repetitionPenalty?: number;
+  /** Tokens the penalties look at: the first penaltyPromptLen are the prompt, the rest generated. */
+  penaltyTokens?: number[];
+  penaltyPromptLen?: number;
 }
 
 export function makeBatch(seqs: SeqStep[], opts: { maxBlocksPerSeq?: number; topLogprobs?: number; returnLogits?: boolean } = {}): StepBatch {
@@ -108,6 +114,12 @@ export function makeBatch(seqs: SeqStep[], opts: { maxBlocksPerSeq?: number; top
     minP: Float32Array.from(seqs.map((s) => s.minP ?? 0)),
     seeds: Uint32Array.from(seqs.map((s) => s.seed ?? 0)),
     draws: Uint32Array.from(seqs.map((s) => s.draws ?? 0)),
+    frequencyPenalty: Float32Array.from(seqs.map((s) => s.frequencyPenalty ?? 0)),
+    presencePenalty: Float32Array.from(seqs.map((s) => s.presencePenalty ?? 0)),
+    repetitionPenalty: Float32Array.from(seqs.map((s) => s.repetitionPenalty ?? 1)),
+    penaltyTokens: Int32Array.from(seqs.flatMap((s) => s.penaltyTokens ?? [])),
+    penaltyStarts: Int32Array.from(seqs.reduce((acc, s) => [...acc, acc[acc.length - 1]! + (s.penaltyTokens?.length ?? 0)], [0])),
+    penaltyPromptLens: Int32Array.from(seqs.map((s) => s.penaltyPromptLen ?? 0)),
     topLogprobs: opts.topLogprobs ?? 0,
     returnLogits: opts.returnLogits ?? false,
   };

@@ -97,6 +97,10 @@ export class EchoEngine implements TroupeEngine {
     }));
   }
 
+  async tokenTexts(ids: number[]): Promise<Array<string | null>> {
+    return ids.map((id) => `t${id}`);
+  }
+
   modelInfo(): ModelInfo {
     return {
       modelPath: '/models/demo', servedModelName: 'ignored-by-http', tokenizerPath: '/models/demo',

@@ -188,11 +188,16 @@ describe('POST /generate validation', () => {
     await expectError(await post({ text: 'a', image_data: 'x' }), 400, '"image_data"');
   });
 
-  it('rejects penalties other than their neutral value as not supported yet', async () => {
-    await expectError(await post({ text: 'a', sampling_params: { frequency_penalty: 0.5 } }), 400, 'frequency_penalty', 'not supported yet');
-    await expectError(await post({ text: 'a', sampling_params: { presence_penalty: 1 } }), 400, 'presence_penalty', 'not supported yet');
-    await expectError(await post({ text: 'a', sampling_params: { repetition_penalty: 1.1 } }), 400, 'repetition_penalty', 'not supported yet');
-    expect(engine.requests).toHaveLength(0);
+  it('passes frequency, presence and repetition penalties to the engine and checks SGLang\'s ranges', async () => {
+    const res = await post({ text: 'a', sampling_params: { frequency_penalty: 0.5, presence_penalty: -1.25, repetition_penalty: 1.1 } });
+    expect(res.status).toBe(200);
+    const s = engine.requests[0]!.sampling;
+    expect([s.frequencyPenalty, s.presencePenalty, s.repetitionPenalty]).toEqual([0.5, -1.25, 1.1]);
+    await expectError(await post({ text: 'a', sampling_params: { frequency_penalty: 2.5 } }), 400, 'frequency_penalty', '[-2, 2]', '2.5');
+    await expectError(await post({ text: 'a', sampling_params: { presence_penalty: -3 } }), 400, 'presence_penalty', '[-2, 2]');
+    await expectError(await post({ text: 'a', sampling_params: { repetition_penalty: 0 } }), 400, 'repetition_penalty', '(0, 2]');
+    await expectError(await post({ text: 'a', sampling_params: { repetition_penalty: 'x' } }), 400, 'repetition_penalty', 'number');
+    expect(engine.requests).toHaveLength(1);
   });
 
   it('names the field and what it expected for wrong types and ranges', async () => {

@@ -54,6 +54,8 @@ function greedy(h: number, slot: number, steps: number): number[] {
       contextLens: Int32Array.from([start + tokens.length]), blockTables: Int32Array.from([0, 1]), maxBlocksPerSeq: 2,
       loraSlots: Int32Array.from([slot]), sample: Uint8Array.from([1]), temperature: Float32Array.from([0]), topK: Int32Array.from([-1]),
       topP: Float32Array.from([1]), minP: Float32Array.from([0]), seeds: Uint32Array.from([0]), draws: Uint32Array.from([0]), topLogprobs: 0, returnLogits: false,
+      frequencyPenalty: Float32Array.from([0]), presencePenalty: Float32Array.from([0]), repetitionPenalty: Float32Array.from([1]),
+      penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(2), penaltyPromptLens: new Int32Array(1),
     });
     start += tokens.length;
     tokens = [r.tokens[0]!];

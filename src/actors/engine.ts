@@ -285,6 +285,10 @@ export class Engine implements LocalTroupeEngine {
     return this.statuses.map((s) => ({ ...s }));
   }
 
+  tokenTexts(ids: number[]): Promise<Array<string | null>> {
+    return ids.length === 0 ? Promise.resolve([]) : this.tokenizer.tokenTexts(ids);
+  }
+
   modelInfo(): ModelInfo {
     return {
       modelPath: this.options.modelPath,

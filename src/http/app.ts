@@ -7,8 +7,9 @@ import { registerAdapterRoutes } from './adapters.js';
 import { errorBody } from './error-body.js';
 import { registerGenerate } from './generate.js';
 import { registerHealthRoutes } from './health.js';
+import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
 
-export interface AppOptions {
+export interface AppOptions extends OpenAiOptions {
   servedModelName: string;
   log?: Log;
 }
@@ -27,6 +28,7 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   registerGenerate(app, engine, log);
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
+  registerOpenAiRoutes(app, engine, log, opts);
 
   app.notFound((c) => {
     const message = `no route for ${c.req.method} ${c.req.path}`;

@@ -39,9 +39,6 @@ const SAMPLING_KEYS = new Set([
 // Options the sampler does not implement yet: only their neutral value is accepted, so a
 // client relying on them hears about it instead of getting silently different output.
 const NEUTRAL_ONLY: Record<string, number> = {
-  frequency_penalty: 0,
-  presence_penalty: 0,
-  repetition_penalty: 1,
   min_new_tokens: 0,
   n: 1,
 };
@@ -214,6 +211,19 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
     if (options.minP < 0 || options.minP > 1) throw badRequest(`${f('min_p')} must be in [0, 1], got ${options.minP}`);
   }
 
+  // SGLang's ranges.
+  x = get('frequency_penalty');
+  if (x !== undefined) options.frequencyPenalty = parsePenalty(x, f('frequency_penalty'));
+  x = get('presence_penalty');
+  if (x !== undefined) options.presencePenalty = parsePenalty(x, f('presence_penalty'));
+  x = get('repetition_penalty');
+  if (x !== undefined) {
+    options.repetitionPenalty = asNumber(x, f('repetition_penalty'));
+    if (!(options.repetitionPenalty > 0 && options.repetitionPenalty <= 2)) {
+      throw badRequest(`${f('repetition_penalty')} must be in (0, 2], got ${options.repetitionPenalty}`);
+    }
+  }
+
   x = get('stop');
   if (x !== undefined) options.stop = parseStop(x, f('stop'));
 
@@ -245,6 +255,13 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
   const noStopTrim = x !== undefined ? asBool(x, f('no_stop_trim')) : false;
 
   return { options, noStopTrim };
+}
+
+/** Frequency and presence penalties: in [-2, 2], 0 is off. */
+export function parsePenalty(v: unknown, field: string): number {
+  const n = asNumber(v, field);
+  if (n < -2 || n > 2) throw badRequest(`${field} must be in [-2, 2], got ${n}`);
+  return n;
 }
 
 function parseStop(v: unknown, field: string): string[] {
