@@ -1,41 +1,24 @@
 // The OpenAI routes against the real engine on the demo model, over a real socket: adapters as
 // models, agreement with /generate, streaming, n, errors, and a cancelled stream freeing its
 // request, KV blocks and adapter reference.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseArgs } from '../src/config/parse.js';
-import { validateFlags } from '../src/config/validate.js';
-import { createApp } from '../src/http/app.js';
-import { startServer, type RunningServer } from '../src/http/server.js';
-import { makeDemo } from '../src/model/demo.js';
-import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
+import { join } from 'node:path';
 import { expectOpenAiError, sseEvents } from './openai-fixtures.js';
+import { startDemoServer, type DemoServer } from './demo-server.js';
 
-let dir = '';
-let engine: LocalTroupeEngine;
-let server: RunningServer;
+let demo: DemoServer;
 let base = '';
+let engine: DemoServer['engine'];
 const PROMPT = 'List 3 countries and their capitals.';
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'troupe-openai-'));
-  makeDemo(dir);
-  const argv = [
-    '--model-path', dir,
-    '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
-    '--max-loras-per-batch', '3', '--max-total-tokens', '8192', '--context-length', '4096', '--device', 'cpu',
-  ];
-  engine = await createEngine(validateFlags(parseArgs(argv).flags).options);
-  server = await startServer(createApp(engine, { servedModelName: 'demo' }), '127.0.0.1', 0);
-  base = `http://127.0.0.1:${server.port}`;
+  demo = await startDemoServer();
+  base = demo.base;
+  engine = demo.engine;
 });
 
 afterAll(async () => {
-  await server?.close();
-  await engine?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await demo?.close();
 });
 
 const post = (path: string, body: unknown, signal?: AbortSignal): Promise<Response> =>
@@ -124,7 +107,7 @@ describe('OpenAI API on the demo model', () => {
   });
 
   it('a stream the client aborts after 3 chunks frees its request, its KV blocks and its adapter', async () => {
-    await engine.loadAdapter({ name: 'demo-c', path: join(dir, 'adapters', 'demo-b') });
+    await engine.loadAdapter({ name: 'demo-c', path: join(demo.dir, 'adapters', 'demo-b') });
     const before = await engine.stats();
     const controller = new AbortController();
     const res = await post('/v1/completions', { model: 'demo:demo-c', prompt: PROMPT, max_tokens: 4000, ignore_eos: true, stream: true }, controller.signal);

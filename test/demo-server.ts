@@ -1,0 +1,41 @@
+// A real troupe server on a free port over a fresh demo model (engine + Hono app + socket),
+// shared by the tests that talk HTTP to the real engine.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from '../src/config/parse.js';
+import { validateFlags } from '../src/config/validate.js';
+import { createApp } from '../src/http/app.js';
+import { startServer } from '../src/http/server.js';
+import { makeDemo } from '../src/model/demo.js';
+import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
+
+export interface DemoServer {
+  dir: string;
+  base: string;
+  engine: LocalTroupeEngine;
+  close(): Promise<void>;
+}
+
+export async function startDemoServer(extraArgs: string[] = []): Promise<DemoServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'troupe-demo-server-'));
+  makeDemo(dir);
+  const argv = [
+    '--model-path', dir,
+    '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
+    '--max-loras-per-batch', '3', '--max-total-tokens', '8192', '--context-length', '4096', '--device', 'cpu',
+    ...extraArgs,
+  ];
+  const engine = await createEngine(validateFlags(parseArgs(argv).flags).options);
+  const server = await startServer(createApp(engine, { servedModelName: 'demo' }), '127.0.0.1', 0);
+  return {
+    dir,
+    base: `http://127.0.0.1:${server.port}`,
+    engine,
+    async close() {
+      await server.close();
+      await engine.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
