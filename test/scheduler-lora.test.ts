@@ -21,7 +21,7 @@ describe('adapter residency', () => {
   test('an adapter goes registered -> loading -> cpuLoaded at add and to a slot on demand', () => {
     const s = newScheduler();
     const seen: string[] = [];
-    s.subscribe((t) => seen.push(`${t.name}:${t.from}->${t.to}`));
+    s.subscribe((t) => seen.push(`${t.adapter}:${t.from}->${t.to}`));
     s.addAdapter({ name: 'A', path: '/ad/A', pinned: false });
     expect(s.takeCommands()).toEqual([{ kind: 'load-cpu', name: 'A', path: '/ad/A' }]);
     s.onLoaderEvent({ kind: 'cpu-loaded', name: 'A', rank: 8, targetModules: ['q_proj', 'v_proj'] });
@@ -326,7 +326,7 @@ describe('invariants under a mixed load', () => {
     let recomputes = 0;
     const starts = new Set<string>();
     const copies = new Set<string>();
-    s.subscribe((t) => t.to === 'h2dInFlight' && copies.add(t.name));
+    s.subscribe((t) => t.to === 'h2dInFlight' && copies.add(t.adapter));
     for (let i = 0; i < 400 && (submitted < 60 || s.hasWork()); i++) {
       if (submitted < 60 && rand(2) === 0) {
         const id = `r${submitted++}`;

@@ -15,10 +15,11 @@ import {
 import type { LogLevel, ServeOptions } from '../config/options.js';
 import type { EngineInfo, ModelConfig } from '../engine/types.js';
 import { badRequest, fromWire, notFound, TroupeError } from '../errors.js';
+import { EngineMetrics } from '../metrics/collector.js';
 import { readAdapterInfo } from '../model/adapter.js';
 import type { TokenizerPool } from '../tokenizer/pool.js';
 import { poolMismatch, type EnginePlan } from './plan.js';
-import type { SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
+import type { AdapterDetail, AdapterTransition, SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
 import { LiveRequest, type RequestSink } from './request.js';
 import type { Supervisor } from './supervisor.js';
 
@@ -30,12 +31,24 @@ export interface LocalTroupeEngine extends TroupeEngine {
   /** Null while healthy; the error every request gets once an actor has died. */
   unhealthy(): TroupeError | null;
   stats(): Promise<SchedulerStats>;
+  /** Prometheus metrics of this engine (GET /metrics). */
+  readonly metrics: EngineMetrics;
+  /** LoRA pool slots (--max-loras-per-batch). */
+  readonly poolSlots: number;
+  /** Every adapter's status with its refcount, bytes and last transition, fresh from the scheduler. */
+  adapterDetails(): Promise<AdapterDetail[]>;
+  /** Hears every adapter transition, with the statuses they led to; returns the unsubscribe. */
+  onAdapterTransition(listener: AdapterTransitionListener): () => void;
 }
+
+export type AdapterTransitionListener = (transitions: AdapterTransition[], statuses: AdapterDetail[]) => void;
 
 export class Engine implements LocalTroupeEngine {
   private readonly live = new Map<string, LiveRequest>();
-  private statuses: AdapterStatus[] = [];
+  private statuses: AdapterDetail[] = [];
   private readonly adapterWaiters = new Set<() => void>();
+  private readonly transitionListeners = new Set<AdapterTransitionListener>();
+  readonly metrics: EngineMetrics;
   // Token events are applied strictly in arrival order, one step at a time.
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
@@ -49,6 +62,7 @@ export class Engine implements LocalTroupeEngine {
     private readonly tokenizer: TokenizerPool,
     private readonly log: EngineLog,
   ) {
+    this.metrics = new EngineMetrics(options.maxLorasPerBatch, () => this.statuses);
     supervisor.actors.scheduler.serve((msg) => this.onScheduler(msg));
     supervisor.onCrash((err) => {
       log('error', err.message);
@@ -64,6 +78,19 @@ export class Engine implements LocalTroupeEngine {
 
   stats(): Promise<SchedulerStats> {
     return this.supervisor.actors.scheduler.call({ type: 'stats' });
+  }
+
+  get poolSlots(): number {
+    return this.options.maxLorasPerBatch;
+  }
+
+  adapterDetails(): Promise<AdapterDetail[]> {
+    return this.supervisor.actors.scheduler.call({ type: 'adapters' });
+  }
+
+  onAdapterTransition(listener: AdapterTransitionListener): () => void {
+    this.transitionListeners.add(listener);
+    return () => this.transitionListeners.delete(listener);
   }
 
   generate(input: GenerateInput): Promise<GenerateOutput> {
@@ -121,10 +148,12 @@ export class Engine implements LocalTroupeEngine {
     this.assertUsable();
 
     const detach = (): void => req.signal?.removeEventListener('abort', onAbort);
+    const count = (outcome: 'ok' | 'aborted' | 'error', o?: GenerateOutput): void =>
+      this.metrics.request({ lora: req.lora, outcome, promptTokens: o?.promptTokens ?? 0, completionTokens: o?.completionTokens ?? 0 });
     const live: LiveRequest = new LiveRequest(id, req, promptIds.length, {
       chunk: sink.chunk?.bind(sink),
-      done: (o) => (detach(), sink.done(o)),
-      error: (e) => (detach(), sink.error(e)),
+      done: (o) => (detach(), count(o.finishReason.type === 'abort' ? 'aborted' : 'ok', o), sink.done(o)),
+      error: (e) => (detach(), count('error'), sink.error(e)),
     });
     const onAbort = (): void => this.abortRequest(live, 'the request was aborted');
     if (req.signal?.aborted) {
@@ -187,6 +216,8 @@ export class Engine implements LocalTroupeEngine {
       }
       case 'adapters':
         this.statuses = msg.statuses;
+        this.metrics.transitions(msg.transitions);
+        for (const l of [...this.transitionListeners]) l(msg.transitions, msg.statuses);
         for (const w of [...this.adapterWaiters]) w();
         return;
     }
@@ -282,7 +313,9 @@ export class Engine implements LocalTroupeEngine {
   }
 
   adapters(): AdapterStatus[] {
-    return this.statuses.map((s) => ({ ...s }));
+    return this.statuses.map(({ name, path, pinned, state, rank, targetModules, slot, error }) => ({
+      name, path, pinned, state, rank, targetModules: [...targetModules], slot, error,
+    }));
   }
 
   tokenTexts(ids: number[]): Promise<Array<string | null>> {

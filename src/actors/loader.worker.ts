@@ -38,7 +38,8 @@ function run(cmd: LoaderCommand): void {
           return;
         }
         onCpu.set(cmd.name, weights);
-        emit({ kind: 'cpu-loaded', name: cmd.name, rank: info.rank, targetModules: info.targetModules });
+        const bytes = weights.weights.reduce((n, w) => n + w.a.byteLength + w.b.byteLength, 0);
+        emit({ kind: 'cpu-loaded', name: cmd.name, rank: info.rank, targetModules: info.targetModules, bytes });
       } catch (err) {
         emit({ kind: 'load-failed', name: cmd.name, error: toWire(err).message });
       }

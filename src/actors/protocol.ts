@@ -1,9 +1,10 @@
 // Every message of every actor, in one place. Each actor accepts a union tagged by `type`
 // and answers with the reply type named in its *Replies map (void for one-way messages).
-import type { AdapterSpec, AdapterStatus } from '../api.js';
+import type { AdapterSpec } from '../api.js';
 import type { EngineInfo, EngineOptions, LoraModule, ModelConfig, StepBatch, StepResult, TensorRef } from '../engine/types.js';
 import type { WireError } from '../errors.js';
 import type {
+  AdapterDetail,
   AdapterTransition,
   LoaderCommand,
   LoaderEvent,
@@ -12,7 +13,7 @@ import type {
   TokenEvent,
 } from '../scheduler/index.js';
 
-export type { AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
+export type { AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
 
 // ---- executor: owns the engine, one native step per message ----
 export type ExecutorMsg =
@@ -58,9 +59,9 @@ export interface SchedulerReplies {
   init: void;
   submit: void;
   abort: void;
-  addAdapter: AdapterStatus[];
-  removeAdapter: AdapterStatus[];
-  adapters: AdapterStatus[];
+  addAdapter: AdapterDetail[];
+  removeAdapter: AdapterDetail[];
+  adapters: AdapterDetail[];
   stats: SchedulerStats;
 }
 
@@ -68,7 +69,7 @@ export interface SchedulerReplies {
 export type SchedulerOutMsg =
   | { type: 'tokens'; events: TokenEvent[] }
   | { type: 'failed'; ids: string[]; error: WireError }
-  | { type: 'adapters'; transitions: AdapterTransition[]; statuses: AdapterStatus[] };
+  | { type: 'adapters'; transitions: AdapterTransition[]; statuses: AdapterDetail[] };
 export interface SchedulerOutReplies {
   tokens: void;
   failed: void;

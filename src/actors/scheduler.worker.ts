@@ -53,7 +53,7 @@ function queueTransition(t: AdapterTransition): void {
     queueMicrotask(() => {
       const batch = transitions;
       transitions = [];
-      main.send({ type: 'adapters', transitions: batch, statuses: scheduler().adapters() });
+      main.send({ type: 'adapters', transitions: batch, statuses: scheduler().adapterDetails() });
     });
   }
   transitions.push(t);
@@ -126,16 +126,16 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
     case 'addAdapter':
       scheduler().addAdapter(msg.spec);
       kick();
-      return scheduler().adapters();
+      return scheduler().adapterDetails();
     case 'removeAdapter': {
       const done = scheduler().removeAdapter(msg.name);
       kick();
       await done;
       kick();
-      return scheduler().adapters();
+      return scheduler().adapterDetails();
     }
     case 'adapters':
-      return scheduler().adapters() satisfies AdapterStatus[];
+      return scheduler().adapterDetails() satisfies AdapterStatus[];
     case 'stats':
       return scheduler().stats();
   }

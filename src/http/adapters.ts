@@ -1,5 +1,6 @@
 // SGLang's dynamic LoRA endpoints. Replies have SGLang's shape
-// {success, error_message, loaded_adapters: {name: path}}, with 400 when the engine refuses.
+// {success, error_message, loaded_adapters: {name: path}}, with 400 when the engine refuses
+// (SGLang answers a duplicate or unknown name with 400 too, not 409/404).
 import type { Context, Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
 import { TroupeError } from '../errors.js';
@@ -18,7 +19,7 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
   const failure = (c: Context, action: string, err: unknown): Response => {
     const message = err instanceof Error ? err.message : String(err);
     log('warning', `${action} failed: ${message}`);
-    const status = err instanceof TroupeError && err.status !== 500 ? err.status : 400;
+    const status = err instanceof TroupeError && err.kind === 'unavailable' ? 503 : 400;
     return c.json({ success: false, error_message: message, loaded_adapters: loaded() }, status as 400);
   };
 

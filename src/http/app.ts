@@ -4,6 +4,8 @@ import { Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
 import type { Log } from '../log.js';
 import { registerAdapterRoutes } from './adapters.js';
+import { registerAdapterDebugRoutes } from './debug/adapters.js';
+import { registerMetricsRoute } from './metrics.js';
 import { errorBody } from './error-body.js';
 import { registerGenerate } from './generate.js';
 import { registerHealthRoutes } from './health.js';
@@ -29,6 +31,8 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
   registerOpenAiRoutes(app, engine, log, opts);
+  registerAdapterDebugRoutes(app, engine);
+  registerMetricsRoute(app, engine);
 
   app.notFound((c) => {
     const message = `no route for ${c.req.method} ${c.req.path}`;

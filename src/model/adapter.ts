@@ -158,7 +158,14 @@ export function loadAdapterWeights(path: string, config: ModelConfig): { info: A
       const have = (p.a ?? p.b)!;
       fail(have[0], `has no matching lora_${p.a === undefined ? 'A' : 'B'} tensor`);
     }
-    weights.push({ layer: p.layer, module: p.module, a: toFloat32(p.a![1], p.a![2], p.a![0]), b: toFloat32(p.b![1], p.b![2], p.b![0]) });
+    const a = toFloat32(p.a![1], p.a![2], p.a![0]);
+    const b = toFloat32(p.b![1], p.b![2], p.b![0]);
+    // One NaN or Inf would poison every token of every request in the adapter's batches.
+    for (const [[name], values] of [[p.a!, a], [p.b!, b]] as const) {
+      const bad = values.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) fail(name, `holds ${values[bad]} at element ${bad}; the weights must be finite`);
+    }
+    weights.push({ layer: p.layer, module: p.module, a, b });
   }
   weights.sort((x, y) => x.layer - y.layer || LORA_MODULES.indexOf(x.module) - LORA_MODULES.indexOf(y.module));
   if (weights.length === 0) throw badRequest(`${file}: holds no LoRA weights`);

@@ -5,15 +5,30 @@ import { createActor, type Actor } from 'xstate';
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule } from '../engine/types.js';
 import { TroupeError, badRequest } from '../errors.js';
-import { adapterMachine, adapterStateLabel, residencyOf } from '../../statecharts/adapter.machine.js';
+import { adapterMachine, adapterStateLabel, residencyOf, type AdapterEvent } from '../../statecharts/adapter.machine.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 
+/** One published state change of an adapter; `time` is epoch milliseconds (sub-millisecond precision). */
 export interface AdapterTransition {
-  name: string;
+  adapter: string;
   from: string;
   to: string;
-  at: number;
+  reason: string;
+  time: number;
 }
+
+/** An adapter's status plus what a live view of the pool shows. */
+export interface AdapterDetail extends AdapterStatus {
+  /** Waiting and running requests that name it. */
+  refcount: number;
+  running: number;
+  /** Size of its weights (float32) while held in CPU memory, and while copied into or held by a slot. */
+  cpuBytes: number;
+  gpuBytes: number;
+  lastTransition: AdapterTransition | null;
+}
+
+const now = (): number => performance.timeOrigin + performance.now();
 
 interface AdapterRecord {
   name: string;
@@ -29,6 +44,9 @@ interface AdapterRecord {
   /** Logical clock of its last slot assignment: FIFO order. */
   slotSince: number;
   removal: { promise: Promise<void>; resolve: () => void } | null;
+  /** Float32 size of its weights, known once read from disk. */
+  bytes: number;
+  last: AdapterTransition | null;
 }
 
 const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
@@ -47,6 +65,8 @@ export class AdapterRegistry {
   private commands: LoaderCommand[] = [];
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private clock = 0;
+  /** Why the event being sent to an actor is sent; published with the transition it causes. */
+  private reason: string | null = null;
 
   constructor(private readonly limits: RegistryLimits) {
     this.slots = new Array<string | null>(limits.slots).fill(null);
@@ -83,19 +103,25 @@ export class AdapterRegistry {
       lastUsed: this.tick(),
       slotSince: 0,
       removal: null,
+      bytes: 0,
+      last: null,
     };
     this.records.set(spec.name, rec);
     actor.subscribe((snap) => {
       const to = adapterStateLabel(snap);
       if (to === rec.label) return;
-      const t = { name: rec.name, from: rec.label, to, at: Date.now() };
+      const from = rec.label;
       rec.label = to;
-      for (const l of this.listeners) l(t);
+      // A failure's reason is the machine's own error (a pool mismatch is found by its guard).
+      const reason = to === 'failed' ? `failed: ${snap.context.error ?? 'unknown error'}` : (this.reason ?? 'state change');
+      this.publish(rec, from, to, reason);
     });
     actor.start();
-    this.emitLabel(rec, 'registered');
+    this.publish(rec, 'none', 'registered', spec.pinned ? 'added, pinned' : 'added');
     // Load eagerly while the CPU budget allows, so a bad adapter fails at load time.
-    if (spec.pinned || this.limits.maxLoaded === null || this.cpuCount() < this.limits.maxLoaded) this.loadCpu(rec);
+    if (spec.pinned || this.limits.maxLoaded === null || this.cpuCount() < this.limits.maxLoaded) {
+      this.loadCpu(rec, 'read at registration');
+    }
   }
 
   /** Refuses new requests at once; resolves once its users are gone and its copies are released. */
@@ -106,7 +132,7 @@ export class AdapterRegistry {
     let resolve!: () => void;
     const promise = new Promise<void>((r) => (resolve = r));
     rec.removal = { promise, resolve };
-    rec.actor.send({ type: 'UNLOAD' });
+    this.send(rec, { type: 'UNLOAD' }, rec.users > 0 ? `unload requested; waiting for ${rec.users} request(s)` : 'unload requested');
     this.drain();
     return promise;
   }
@@ -131,14 +157,15 @@ export class AdapterRegistry {
     const before = residencyOf(rec.actor.getSnapshot());
     if (before === null) return null;
     if (ev.kind === 'cpu-loaded') {
-      rec.actor.send({ type: 'CPU_LOADED', rank: ev.rank, targetModules: ev.targetModules });
+      rec.bytes = ev.bytes ?? 0;
+      this.send(rec, { type: 'CPU_LOADED', rank: ev.rank, targetModules: ev.targetModules }, `read from disk (rank ${ev.rank})`);
     } else if (ev.kind === 'slot-ready') {
       if (rec.actor.getSnapshot().context.slot !== ev.slot) return null;
-      rec.actor.send({ type: 'SLOT_READY' });
+      this.send(rec, { type: 'SLOT_READY' }, `copied into slot ${ev.slot}`);
       rec.slotSince = this.tick();
     } else {
       const slot = rec.actor.getSnapshot().context.slot;
-      rec.actor.send({ type: 'LOAD_FAILED', error: ev.error });
+      this.send(rec, { type: 'LOAD_FAILED', error: ev.error }, `load failed: ${ev.error}`);
       if (rec.label === 'failed' && before === 'h2dInFlight' && slot !== null) {
         this.slots[slot] = null;
         this.commands.push({ kind: 'clear-slot', slot });
@@ -162,6 +189,22 @@ export class AdapterRegistry {
   subscribe(listener: (t: AdapterTransition) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  details(): AdapterDetail[] {
+    return this.list().map((s) => {
+      const rec = this.records.get(s.name)!;
+      const res = residencyOf(rec.actor.getSnapshot()) ?? '';
+      const inSlot = res === 'h2dInFlight' || res.startsWith('gpuResident');
+      return {
+        ...s,
+        refcount: rec.users,
+        running: rec.running,
+        cpuBytes: HOLDS_CPU.has(res) && res !== 'loading' ? rec.bytes : 0,
+        gpuBytes: inSlot ? rec.bytes : 0,
+        lastTransition: rec.last,
+      };
+    });
   }
 
   list(): AdapterStatus[] {
@@ -223,21 +266,22 @@ export class AdapterRegistry {
       const res = residencyOf(rec.actor.getSnapshot());
       const displaceable = (r: AdapterRecord): boolean =>
         !r.pinned && r.running === 0 && (rank.get(r.name) ?? Infinity) > i && r !== rec;
+      const why = rec.pinned ? 'pinned' : 'a waiting request needs it';
       if (res === 'registered') {
-        if (this.makeCpuRoom(displaceable, rank)) this.loadCpu(rec);
+        if (this.makeCpuRoom(displaceable, rank, rec.name)) this.loadCpu(rec, `read from disk: ${why}`);
       } else if (res === 'cpuLoaded') {
-        const slot = this.freeSlot(displaceable, rank);
+        const slot = this.freeSlot(displaceable, rank, rec.name);
         if (slot !== null) {
           this.slots[slot] = rec.name;
-          rec.actor.send({ type: 'COPY', slot });
+          this.send(rec, { type: 'COPY', slot }, `copying into slot ${slot}: ${why}`);
           this.commands.push({ kind: 'copy-to-slot', name: rec.name, slot });
         }
       }
     }
   }
 
-  private loadCpu(rec: AdapterRecord): void {
-    rec.actor.send({ type: 'LOAD' });
+  private loadCpu(rec: AdapterRecord, reason: string): void {
+    this.send(rec, { type: 'LOAD' }, reason);
     this.commands.push({ kind: 'load-cpu', name: rec.name, path: rec.path });
   }
 
@@ -257,7 +301,7 @@ export class AdapterRegistry {
     return later[0] ?? null;
   }
 
-  private makeCpuRoom(displaceable: (r: AdapterRecord) => boolean, rank: Map<string, number>): boolean {
+  private makeCpuRoom(displaceable: (r: AdapterRecord) => boolean, rank: Map<string, number>, forName: string): boolean {
     const max = this.limits.maxLoaded;
     if (max === null || this.cpuCount() < max) return true;
     const cands = [...this.records.values()].filter((r) => {
@@ -268,13 +312,14 @@ export class AdapterRegistry {
     const victim = this.pickVictim(cands, rank, false);
     // Pinned copies alone filling the budget must not block every other adapter forever.
     if (!victim) return [...this.records.values()].every((r) => r.pinned || !HOLDS_CPU.has(residencyOf(r.actor.getSnapshot()) ?? ''));
-    if (residencyOf(victim.actor.getSnapshot()) === 'gpuResident.unpinned') this.evict(victim);
-    victim.actor.send({ type: 'DROP_CPU' });
+    const why = `CPU memory holds at most ${max} adapters (--max-loaded-loras) and "${forName}" needs room; least recently used`;
+    if (residencyOf(victim.actor.getSnapshot()) === 'gpuResident.unpinned') this.evict(victim, `evicted from its slot: ${why}`);
+    this.send(victim, { type: 'DROP_CPU' }, `dropped from CPU memory: ${why}`);
     this.commands.push({ kind: 'drop-cpu', name: victim.name });
     return true;
   }
 
-  private freeSlot(displaceable: (r: AdapterRecord) => boolean, rank: Map<string, number>): number | null {
+  private freeSlot(displaceable: (r: AdapterRecord) => boolean, rank: Map<string, number>, forName: string): number | null {
     const free = this.slots.indexOf(null);
     if (free >= 0) return free;
     const cands = [...this.records.values()].filter(
@@ -282,12 +327,13 @@ export class AdapterRegistry {
     );
     const victim = this.pickVictim(cands, rank, true);
     if (!victim) return null;
-    return this.evict(victim);
+    const policy = rank.has(victim.name) ? 'wanted last by the waiting requests' : this.limits.evictionPolicy;
+    return this.evict(victim, `evicted from slot ${victim.actor.getSnapshot().context.slot} for "${forName}" (${policy})`);
   }
 
-  private evict(rec: AdapterRecord): number {
+  private evict(rec: AdapterRecord, reason: string): number {
     const slot = rec.actor.getSnapshot().context.slot!;
-    rec.actor.send({ type: 'EVICT' });
+    this.send(rec, { type: 'EVICT' }, reason);
     this.slots[slot] = null;
     return slot;
   }
@@ -310,14 +356,25 @@ export class AdapterRegistry {
 
   private finishRemoval(rec: AdapterRecord): void {
     if (rec.actor.getSnapshot().status !== 'done') {
-      rec.actor.send(rec.label === 'failed' ? { type: 'UNLOAD' } : { type: 'DRAINED' });
+      this.send(rec, rec.label === 'failed' ? { type: 'UNLOAD' } : { type: 'DRAINED' }, 'no request uses it any more; freed');
     }
     rec.actor.stop();
     this.records.delete(rec.name);
     rec.removal?.resolve();
   }
 
-  private emitLabel(rec: AdapterRecord, to: string): void {
-    for (const l of this.listeners) l({ name: rec.name, from: 'none', to, at: Date.now() });
+  private send(rec: AdapterRecord, event: AdapterEvent, reason: string): void {
+    this.reason = reason;
+    try {
+      rec.actor.send(event);
+    } finally {
+      this.reason = null;
+    }
+  }
+
+  private publish(rec: AdapterRecord, from: string, to: string, reason: string): void {
+    const t: AdapterTransition = { adapter: rec.name, from, to, reason, time: now() };
+    rec.last = t;
+    for (const l of this.listeners) l(t);
   }
 }

@@ -1,7 +1,7 @@
 export { Scheduler, type SchedulerOptions } from './scheduler.js';
 export type { SeqInit, TokenEvent } from './sequence.js';
 export type { LoaderCommand, LoaderEvent } from './loader.js';
-export type { AdapterTransition } from './adapter-registry.js';
+export type { AdapterDetail, AdapterTransition } from './adapter-registry.js';
 export {
   adapterMachine,
   adapterChartJson,

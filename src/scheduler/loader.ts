@@ -8,6 +8,6 @@ export type LoaderCommand =
   | { kind: 'drop-cpu'; name: string }; // free the CPU copy
 
 export type LoaderEvent =
-  | { kind: 'cpu-loaded'; name: string; rank: number; targetModules: LoraModule[] }
+  | { kind: 'cpu-loaded'; name: string; rank: number; targetModules: LoraModule[]; bytes?: number }
   | { kind: 'load-failed'; name: string; error: string }
   | { kind: 'slot-ready'; name: string; slot: number };

@@ -3,7 +3,7 @@
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule, StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { AdapterRegistry, type AdapterTransition } from './adapter-registry.js';
+import { AdapterRegistry, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
@@ -220,6 +220,10 @@ export class Scheduler {
 
   adapters(): AdapterStatus[] {
     return this.registry.list();
+  }
+
+  adapterDetails(): AdapterDetail[] {
+    return this.registry.details();
   }
 
   subscribe(listener: (t: AdapterTransition) => void): () => void {

@@ -1,0 +1,112 @@
+// Prometheus metrics of one engine, fed by the engine facade: finished requests per adapter,
+// and adapter transitions (loads, evictions, load times) as the scheduler publishes them.
+// Each engine has its own registry so several engines in one process do not collide.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AdapterDetail, AdapterTransition } from '../scheduler/index.js';
+
+/** The `adapter` label of requests for the base model. */
+export const BASE_LABEL = '(base)';
+
+export interface FinishedRequest {
+  lora: string | null;
+  outcome: 'ok' | 'aborted' | 'error';
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export class EngineMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'adapter' | 'outcome'>;
+  private readonly promptTokens: Counter<'adapter'>;
+  private readonly generatedTokens: Counter<'adapter'>;
+  private readonly loads: Counter<'adapter' | 'stage'>;
+  private readonly failures: Counter<'adapter'>;
+  private readonly evictions: Counter<'adapter' | 'from'>;
+  private readonly loadSeconds: Histogram<'adapter' | 'stage'>;
+  /** When each adapter's current read or copy began, to time it when it lands. */
+  private readonly started = new Map<string, number>();
+
+  constructor(poolSlots: number, statuses: () => readonly AdapterDetail[]) {
+    const registers = [this.registry];
+    this.requests = new Counter({
+      name: 'troupe_adapter_requests_total',
+      help: 'Finished generation requests per adapter ((base) = no adapter) and outcome (ok, aborted, error).',
+      labelNames: ['adapter', 'outcome'],
+      registers,
+    });
+    this.promptTokens = new Counter({ name: 'troupe_adapter_prompt_tokens_total', help: 'Prompt tokens of finished requests per adapter.', labelNames: ['adapter'], registers });
+    this.generatedTokens = new Counter({ name: 'troupe_adapter_generated_tokens_total', help: 'Generated tokens of finished requests per adapter.', labelNames: ['adapter'], registers });
+    this.loads = new Counter({
+      name: 'troupe_adapter_loads_total',
+      help: 'Completed adapter loads per stage: disk_to_cpu (read and checked) and cpu_to_gpu (copied into a pool slot).',
+      labelNames: ['adapter', 'stage'],
+      registers,
+    });
+    this.failures = new Counter({ name: 'troupe_adapter_load_failures_total', help: 'Adapter loads that failed.', labelNames: ['adapter'], registers });
+    this.evictions = new Counter({
+      name: 'troupe_adapter_evictions_total',
+      help: 'Evictions per adapter: from="gpu" gave up its pool slot, from="cpu" left CPU memory (--max-loaded-loras).',
+      labelNames: ['adapter', 'from'],
+      registers,
+    });
+    this.loadSeconds = new Histogram({
+      name: 'troupe_adapter_load_seconds',
+      help: 'Time of each adapter load stage: disk_to_cpu and cpu_to_gpu.',
+      labelNames: ['adapter', 'stage'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    new Gauge({ name: 'troupe_lora_pool_slots', help: 'LoRA pool slots (--max-loras-per-batch).', registers }).set(poolSlots);
+    new Gauge({
+      name: 'troupe_lora_pool_slots_used',
+      help: 'Pool slots holding an adapter or receiving one.',
+      registers,
+      collect() {
+        this.set(statuses().filter((s) => s.slot !== null).length);
+      },
+    });
+    new Gauge({
+      name: 'troupe_lora_cpu_adapters',
+      help: 'Adapters whose weights are in CPU memory.',
+      registers,
+      collect() {
+        this.set(statuses().filter((s) => s.cpuBytes > 0).length);
+      },
+    });
+    new Gauge({
+      name: 'troupe_lora_adapters',
+      help: 'Registered adapters per state of the adapter statechart.',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of statuses()) this.inc({ state: s.state });
+      },
+    });
+  }
+
+  request(r: FinishedRequest): void {
+    const adapter = r.lora ?? BASE_LABEL;
+    this.requests.inc({ adapter, outcome: r.outcome });
+    if (r.outcome === 'error') return;
+    this.promptTokens.inc({ adapter }, r.promptTokens);
+    this.generatedTokens.inc({ adapter }, r.completionTokens);
+  }
+
+  transitions(ts: readonly AdapterTransition[]): void {
+    for (const t of ts) {
+      const { adapter } = t;
+      if (t.to === 'loading' || t.to === 'h2dInFlight') this.started.set(adapter, t.time);
+      const stage = t.from === 'loading' && t.to === 'cpuLoaded' ? 'disk_to_cpu' : t.from === 'h2dInFlight' && t.to.startsWith('gpuResident') ? 'cpu_to_gpu' : null;
+      if (stage) {
+        this.loads.inc({ adapter, stage });
+        const since = this.started.get(adapter);
+        if (since !== undefined) this.loadSeconds.observe({ adapter, stage }, Math.max(0, t.time - since) / 1000);
+      }
+      if (t.to === 'failed') this.failures.inc({ adapter });
+      if (t.from === 'gpuResident.unpinned' && t.to === 'cpuLoaded') this.evictions.inc({ adapter, from: 'gpu' });
+      if (t.from === 'cpuLoaded' && t.to === 'registered') this.evictions.inc({ adapter, from: 'cpu' });
+      if (t.to === 'unloaded' || t.to === 'failed') this.started.delete(adapter);
+    }
+  }
+}
