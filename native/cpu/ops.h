@@ -25,6 +25,7 @@ class Rope {
   // Rotates heads [h0, h0 + nheads) of one token in place.
   void apply(float* x, int nheads, const float* cos, const float* sin) const;
   int half() const { return static_cast<int>(invFreq_.size()); }
+  const std::vector<float>& invFreq() const { return invFreq_; }
 
  private:
   std::vector<float> invFreq_;

@@ -1,0 +1,477 @@
+// The CUDA backend: the Llama forward of native/engine.cc on one GPU. The residual stream stays
+// in f32 (cuBLAS adds each layer's o_proj and down_proj output into it), GEMM inputs are bf16.
+// Multi-token sequences attend through two batched GEMMs and a masked softmax; single tokens
+// (decodes) through the paged decode kernel. Decode-only steps of up to cudaGraphMaxBs sequences
+// replay a CUDA graph captured once per batch size.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cpu/ops.h"
+#include "cuda/device.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+#include "cuda/weights.h"
+#include "sampling.h"
+
+namespace troupe {
+namespace {
+
+using cuda::bf16_t;
+using cuda::check;
+using cuda::DeviceBuffer;
+using cuda::ElemType;
+using cuda::PinnedBuffer;
+
+// Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
+constexpr size_t kScoreBudgetBytes = 256u << 20;
+constexpr int kMaxSplits = 32;
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t generation = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o);
+  ~CudaBackend() override;
+
+  EngineInfo info() const override { return info_; }
+  void step(const StepBatch& batch, StepOutput& out) override;
+  void loadLoraSlot(int, const AdapterWeights&) override {
+    throw std::invalid_argument(
+        "LoRA adapters on the CUDA backend are not supported yet; serve adapters with --device cpu");
+  }
+  void clearLoraSlot(int) override {}
+
+ private:
+  struct Plan {
+    int T = 0, n = 0, decodes = 0, sampled = 0, splits = 1;
+    std::vector<int> prefillSeqs;
+  };
+  void uploadInputs(const StepBatch& b, Plan& plan);
+  void forward(const StepBatch* b, const Plan& plan);
+  void attention(int layer, const StepBatch* b, const Plan& plan);
+  void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
+  void ensureActivations(int T, int decodes, int splits, int sampled);
+  bool graphable(const StepBatch& b, const Plan& plan) const;
+
+  ModelConfig c_;
+  EngineOptions o_;
+  int device_ = 0;
+  int sms_ = 1;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::GpuWeights> w_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  EngineInfo info_;
+  std::vector<bool> slotLoaded_;
+  cuda::AttnShape shape_{};
+  int qDim_, kvDim_, group_;
+  DeviceBuffer<float> invFreq_;
+  bf16_t* kCache_ = nullptr;
+  bf16_t* vCache_ = nullptr;
+  size_t layerStride_ = 0;  // cache elements per layer
+
+  // Step inputs: one int arena ([tokens | positions | tokenSeq | decIdx | rows | blockTables]).
+  int pitch_ = 0;
+  PinnedBuffer<int32_t> hostInts_;
+  DeviceBuffer<int32_t> ints_;
+  cuda::TokenMap map_{};
+  const int32_t* dTokens_ = nullptr;
+  const int32_t* dDecIdx_ = nullptr;
+  const int32_t* dRows_ = nullptr;
+  // Activations.
+  DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
+  DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
+  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
+  std::map<int, Graph> graphs_;
+  // Sampling.
+  PinnedBuffer<cuda::SampleRow> hostRows_;
+  DeviceBuffer<cuda::SampleRow> rows_;
+  PinnedBuffer<int32_t> hostPen_;
+  DeviceBuffer<int32_t> pen_;
+  DeviceBuffer<float> penOrig_;
+  DeviceBuffer<int32_t> outInts_;
+  DeviceBuffer<float> outFloats_;
+  PinnedBuffer<int32_t> hostOutInts_;
+  PinnedBuffer<float> hostOutFloats_;
+  PinnedBuffer<float> hostLogits_;
+};
+
+CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o)
+    : c_(c), o_(o) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw std::invalid_argument("createEngine: device \"cuda\" requested but no CUDA device is visible");
+  }
+  if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+  group_ = c.numHeads / c.numKvHeads;
+  if (!cuda::decodeAttentionSupported(c.headDim, group_)) {
+    throw std::invalid_argument("the CUDA backend supports head_dim 32, 64, 128 or 256 and 1, 2, 4 or 8 query heads per "
+                                "KV head (8 only up to head_dim 128); this model has head_dim " +
+                                std::to_string(c.headDim) + " and " + std::to_string(group_));
+  }
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+  sms_ = prop.multiProcessorCount;
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_);
+  gemm_ = std::make_unique<cuda::Gemm>(stream_);
+  qDim_ = c.numHeads * c.headDim;
+  kvDim_ = c.numKvHeads * c.headDim;
+  shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize};
+
+  const Rope rope(c);
+  invFreq_.ensure(rope.invFreq().size());
+  check(cudaMemcpy(invFreq_.get(), rope.invFreq().data(), rope.invFreq().size() * 4, cudaMemcpyHostToDevice), "upload");
+
+  // Activations for a typical step first, so the cache sizing below sees them.
+  ensureActivations(512, 256, kMaxSplits, 256);
+  const size_t perBlock = static_cast<size_t>(c.numLayers) * c.numKvHeads * o.blockSize * c.headDim * 2 * 2;
+  int blocks = o.kvBlocks;
+  if (blocks == 0) {
+    size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    blocks = static_cast<int>(std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / perBlock, 1u << 30));
+    if (blocks < 1) throw std::runtime_error("no GPU memory is left for the KV cache after the weights");
+  }
+  layerStride_ = static_cast<size_t>(blocks) * c.numKvHeads * o.blockSize * c.headDim;
+  void* k = nullptr;
+  void* v = nullptr;
+  const size_t cacheBytes = layerStride_ * c.numLayers * 2;
+  if (cudaMalloc(&k, cacheBytes) != cudaSuccess || cudaMalloc(&v, cacheBytes) != cudaSuccess) {
+    cudaGetLastError();
+    if (k) cudaFree(k);
+    throw std::runtime_error("CUDA out of memory allocating a KV cache of " + std::to_string(blocks) + " blocks (" +
+                             std::to_string(2 * cacheBytes >> 20) + " MiB)");
+  }
+  kCache_ = static_cast<bf16_t*>(k);
+  vCache_ = static_cast<bf16_t*>(v);
+  slotLoaded_.assign(o.loraSlots, false);
+
+  info_.device = "cuda";
+  info_.deviceName = std::string(prop.name) + " (" + std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
+  info_.kvBlocks = blocks;
+  info_.blockSize = o.blockSize;
+  info_.loraSlots = o.loraSlots;
+  info_.maxLoraRank = o.maxLoraRank;
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [bs, g] : graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  if (kCache_) cudaFree(kCache_);
+  if (vCache_) cudaFree(vCache_);
+  gemm_.reset();
+  w_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled) {
+  const size_t t = static_cast<size_t>(std::max(T, 1));
+  bool moved = false;
+  moved |= hidden_.ensure(t * c_.hiddenSize);
+  moved |= xn_.ensure(t * c_.hiddenSize);
+  moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_));
+  moved |= q_.ensure(t * qDim_);
+  moved |= attn_.ensure(t * qDim_);
+  moved |= gateUp_.ensure(t * 2 * c_.intermediateSize);
+  moved |= act_.ensure(t * c_.intermediateSize);
+  const size_t d = static_cast<size_t>(std::max(decodes, 1));
+  moved |= partial_.ensure(d * c_.numHeads * splits * c_.headDim);
+  moved |= partialMl_.ensure(d * c_.numHeads * splits * 2);
+  const size_t s = static_cast<size_t>(std::max(sampled, 1));
+  moved |= xs_.ensure(s * c_.hiddenSize);
+  moved |= logits_.ensure(s * c_.vocabSize);
+  if (moved) ++generation_;
+}
+
+void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
+  p.n = static_cast<int>(b.numSeqs());
+  p.T = static_cast<int>(b.tokens.size);
+  std::vector<int32_t> decIdx, rows;
+  for (int i = 0; i < p.n; ++i) {
+    const int count = b.seqStarts[i + 1] - b.seqStarts[i];
+    if (count == 1) {
+      decIdx.push_back(b.seqStarts[i]);
+    } else {
+      p.prefillSeqs.push_back(i);
+    }
+    if (b.sample[i]) rows.push_back(b.seqStarts[i + 1] - 1);
+  }
+  p.decodes = static_cast<int>(decIdx.size());
+  p.sampled = static_cast<int>(rows.size());
+  if (p.decodes > 0) {
+    const int work = p.decodes * c_.numKvHeads;
+    p.splits = std::clamp((2 * sms_ + work - 1) / work, 1, kMaxSplits);
+  }
+  if (b.maxBlocksPerSeq > pitch_) {
+    pitch_ = b.maxBlocksPerSeq;
+    ++generation_;
+  }
+  const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
+  const size_t total = 3 * T + D + S + n * pitch_;
+  hostInts_.ensure(total);
+  if (ints_.ensure(total)) ++generation_;
+  int32_t* h = hostInts_.get();
+  std::copy(b.tokens.data, b.tokens.data + T, h);
+  std::copy(b.positions.data, b.positions.data + T, h + T);
+  for (size_t i = 0; i < n; ++i)
+    std::fill(h + 2 * T + b.seqStarts[i], h + 2 * T + b.seqStarts[i + 1], static_cast<int32_t>(i));
+  std::copy(decIdx.begin(), decIdx.end(), h + 3 * T);
+  std::copy(rows.begin(), rows.end(), h + 3 * T + D);
+  int32_t* bt = h + 3 * T + D + S;
+  for (size_t i = 0; i < n; ++i) {
+    std::copy(b.blockTables.data + i * b.maxBlocksPerSeq, b.blockTables.data + (i + 1) * b.maxBlocksPerSeq,
+              bt + i * pitch_);
+    std::fill(bt + i * pitch_ + b.maxBlocksPerSeq, bt + (i + 1) * pitch_, -1);
+  }
+  check(cudaMemcpyAsync(ints_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_), "input upload");
+  int32_t* dv = ints_.get();
+  dTokens_ = dv;
+  map_ = cuda::TokenMap{dv + T, dv + 2 * T, dv + 3 * T + D + S, pitch_, p.T};
+  dDecIdx_ = dv + 3 * T;
+  dRows_ = dv + 3 * T + D;
+}
+
+bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
+  if (o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
+  return p.sampled == p.n;  // every row sampled: the rows list is then the identity
+}
+
+void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  validateBatch(b, c_, info_.kvBlocks, info_.blockSize, slotLoaded_);
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  Plan p;
+  uploadInputs(b, p);
+  ensureActivations(p.T, p.decodes, p.splits, p.sampled);
+  if (graphable(b, p)) {
+    Graph& g = graphs_[p.n];
+    if (!g.exec || g.generation != generation_) {
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+      cudaGraph_t graph;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
+      try {
+        forward(nullptr, p);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph), "graph capture");
+      const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e, "cudaGraphInstantiate");
+      g.generation = generation_;
+    }
+    check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+  } else {
+    forward(&b, p);
+  }
+  sample(b, p, out);
+}
+
+void CudaBackend::forward(const StepBatch* b, const Plan& p) {
+  const int h = c_.hiddenSize, inter = c_.intermediateSize, T = p.T;
+  const float eps = static_cast<float>(c_.rmsNormEps);
+  cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, stream_);
+  for (int l = 0; l < c_.numLayers; ++l) {
+    const cuda::GpuLayer& L = w_->layers[l];
+    cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
+    gemm_->linear(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), ElemType::F32, 1, 0);
+    cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
+                 vCache_ + l * layerStride_, stream_);
+    attention(l, b, p);
+    gemm_->linear(T, h, qDim_, L.o, attn_.get(), hidden_.get(), ElemType::F32, 1, 1);
+    cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
+    gemm_->linear(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), ElemType::F32, 1, 0);
+    cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
+    gemm_->linear(T, h, inter, L.down, act_.get(), hidden_.get(), ElemType::F32, 1, 1);
+  }
+  if (p.sampled > 0) {
+    cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
+    gemm_->linear(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), ElemType::F32, 1, 0);
+  }
+  check(cudaGetLastError(), "kernel launch");
+}
+
+void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
+  bf16_t* kc = kCache_ + l * layerStride_;
+  bf16_t* vc = vCache_ + l * layerStride_;
+  if (p.decodes > 0) {
+    cuda::decodeAttention(q_.get(), kc, vc, dDecIdx_, p.decodes, map_, shape_, p.splits, partial_.get(),
+                          partialMl_.get(), attn_.get(), stream_);
+  }
+  if (p.prefillSeqs.empty()) return;
+  const int G = group_, D = c_.headDim, KVH = c_.numKvHeads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  for (int i : p.prefillSeqs) {
+    const int t0 = b->seqStarts[i], count = b->seqStarts[i + 1] - t0, ctx = b->contextLens[i];
+    const int firstPos = ctx - count;
+    const size_t gathered = static_cast<size_t>(KVH) * ctx * D;
+    if (kGather_.ensure(gathered) | vGather_.ensure(gathered)) ++generation_;
+    cuda::gatherKv(kc, vc, map_, i, ctx, shape_, kGather_.get(), vGather_.get(), stream_);
+    const size_t perToken = static_cast<size_t>(KVH) * G * ctx;
+    const int tile = static_cast<int>(std::clamp<size_t>(kScoreBudgetBytes / 4 / perToken, 1, count));
+    for (int ts = 0; ts < count; ts += tile) {
+      const int tn = std::min(tile, count - ts);
+      const int keys = firstPos + ts + tn;
+      const int rows = tn * G;
+      const size_t sc = static_cast<size_t>(KVH) * rows * keys;
+      if (scores_.ensure(sc) | probs_.ensure(sc) | heads_.ensure(static_cast<size_t>(KVH) * rows * D)) ++generation_;
+      gemm_->batched(true, false, keys, rows, D, scale, kGather_.get(), D, static_cast<long long>(ctx) * D,
+                     q_.get() + static_cast<size_t>(t0 + ts) * G * D, D, static_cast<long long>(p.T) * G * D, 0,
+                     scores_.get(), ElemType::F32, keys, static_cast<long long>(rows) * keys, KVH);
+      cuda::causalSoftmax(scores_.get(), probs_.get(), KVH, tn, G, keys, firstPos + ts, stream_);
+      gemm_->batched(false, false, D, rows, keys, 1, vGather_.get(), D, static_cast<long long>(ctx) * D,
+                     probs_.get(), keys, static_cast<long long>(rows) * keys, 0, heads_.get(), ElemType::BF16, D,
+                     static_cast<long long>(rows) * D, KVH);
+      cuda::scatterHeads(heads_.get(), attn_.get(), tn, t0 + ts, shape_, stream_);
+    }
+  }
+}
+
+void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
+  const int n = p.n, V = c_.vocabSize, topN = b.topLogprobs, S = p.sampled;
+  out.tokens.assign(n, -1);
+  out.logprobs.assign(n, 0.0f);
+  out.topIds.assign(static_cast<size_t>(n) * topN, -1);
+  out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
+  out.hasLogits = b.returnLogits;
+  out.logits.clear();
+  if (b.returnLogits) out.logits.assign(static_cast<size_t>(n) * V, std::nanf(""));
+  if (S == 0) {
+    check(cudaStreamSynchronize(stream_), "step");
+    return;
+  }
+  std::vector<int> seqOf;
+  for (int i = 0; i < n; ++i)
+    if (b.sample[i]) seqOf.push_back(i);
+
+  // Per row: mode, draw, penalties (unique seen tokens with their generated counts).
+  hostRows_.ensure(S);
+  rows_.ensure(S);
+  std::vector<int32_t> penTok, penCnt;
+  std::vector<int> hostRows;
+  for (int r = 0; r < S; ++r) {
+    const int i = seqOf[r];
+    cuda::SampleRow& row = hostRows_[r];
+    row.temperature = b.temperature[i];
+    row.u = static_cast<float>(uniformDraw(b.seeds[i], b.draws[i]));
+    const bool greedy = b.temperature[i] <= 0 || b.topK[i] == 1;
+    const bool filtered = b.topK[i] > 0 || b.topP[i] < 1 || b.minP[i] > 0;
+    row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : filtered ? cuda::kHost : cuda::kSample;
+    if (row.mode == cuda::kHost) hostRows.push_back(r);
+    row.frequency = b.frequencyPenalty[i];
+    row.presence = b.presencePenalty[i];
+    row.repetition = b.repetitionPenalty[i];
+    row.penStart = static_cast<int32_t>(penTok.size());
+    const int hs = b.penaltyStarts[i], he = b.penaltyStarts[i + 1], promptLen = b.penaltyPromptLens[i];
+    const bool active = row.frequency != 0 || row.presence != 0 || row.repetition != 1;
+    if (active && he > hs) {
+      std::map<int32_t, int32_t> counts;
+      for (int j = hs; j < he; ++j) counts[b.penaltyTokens[j]] += (j - hs >= promptLen) ? 1 : 0;
+      for (auto& [tok, cnt] : counts) {
+        penTok.push_back(tok);
+        penCnt.push_back(cnt);
+      }
+    }
+    row.penEnd = static_cast<int32_t>(penTok.size());
+  }
+  const size_t P = penTok.size();
+  hostPen_.ensure(2 * P + 1);
+  pen_.ensure(2 * P + 1);
+  penOrig_.ensure(P + 1);
+  std::copy(penTok.begin(), penTok.end(), hostPen_.get());
+  std::copy(penCnt.begin(), penCnt.end(), hostPen_.get() + P);
+  check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
+        "sampling upload");
+  if (P > 0) check(cudaMemcpyAsync(pen_.get(), hostPen_.get(), 2 * P * 4, cudaMemcpyHostToDevice, stream_), "upload");
+
+  // Raw logits the host needs, copied before the penalties change them.
+  const bool allRows = b.returnLogits;
+  const size_t hostLogitRows = allRows ? S : hostRows.size();
+  hostLogits_.ensure(std::max<size_t>(hostLogitRows, 1) * V);
+  if (allRows) {
+    check(cudaMemcpyAsync(hostLogits_.get(), logits_.get(), static_cast<size_t>(S) * V * 4, cudaMemcpyDeviceToHost,
+                          stream_),
+          "logits download");
+  } else {
+    for (size_t k = 0; k < hostRows.size(); ++k) {
+      check(cudaMemcpyAsync(hostLogits_.get() + k * V, logits_.get() + static_cast<size_t>(hostRows[k]) * V,
+                            static_cast<size_t>(V) * 4, cudaMemcpyDeviceToHost, stream_),
+            "logits download");
+    }
+  }
+  const int gpuTopN = topN > cuda::kMaxTopN ? 0 : topN;
+  outInts_.ensure(S + static_cast<size_t>(S) * gpuTopN);
+  outFloats_.ensure(S + static_cast<size_t>(S) * gpuTopN);
+  cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
+                   outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
+  check(cudaGetLastError(), "sampling launch");
+  const size_t outCount = S + static_cast<size_t>(S) * gpuTopN;
+  hostOutInts_.ensure(outCount);
+  hostOutFloats_.ensure(outCount);
+  check(cudaMemcpyAsync(hostOutInts_.get(), outInts_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_), "download");
+  check(cudaMemcpyAsync(hostOutFloats_.get(), outFloats_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_),
+        "download");
+  check(cudaStreamSynchronize(stream_), "step");
+
+  std::vector<char> onHost(S, 0);
+  for (int r : hostRows) onHost[r] = 1;
+  for (int r = 0; r < S; ++r) {
+    const int i = seqOf[r];
+    if (b.returnLogits) {
+      std::copy(hostLogits_.get() + static_cast<size_t>(r) * V, hostLogits_.get() + static_cast<size_t>(r + 1) * V,
+                out.logits.begin() + static_cast<size_t>(i) * V);
+    }
+    if (onHost[r]) continue;
+    out.tokens[i] = hostOutInts_[r];
+    out.logprobs[i] = hostOutFloats_[r];
+    for (int k = 0; k < gpuTopN; ++k) {
+      out.topIds[static_cast<size_t>(i) * topN + k] = hostOutInts_[S + static_cast<size_t>(r) * gpuTopN + k];
+      out.topLogprobValues[static_cast<size_t>(i) * topN + k] = hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
+    }
+  }
+  // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row.
+  for (size_t k = 0; k < hostRows.size(); ++k) {
+    const int r = hostRows[k], i = seqOf[r];
+    const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
+    const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
+    const int hs = b.penaltyStarts[i];
+    const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
+                        b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
+    const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
+                                  out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
+    out.tokens[i] = s.token;
+    out.logprobs[i] = s.logprob;
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> makeCudaBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,
+                                         const EngineOptions& options) {
+  return std::make_unique<CudaBackend>(config, tensors, options);
+}
+
+int cudaBackendDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace troupe

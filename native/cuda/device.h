@@ -1,0 +1,83 @@
+// Small RAII helpers for device and pinned host memory, and error checks that throw.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace troupe {
+namespace cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + " failed: " + cudaGetErrorString(e));
+}
+
+// Device memory that grows on demand; `generation` counts reallocations, since a captured graph
+// holds the old address.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+
+  // Returns true when the buffer moved.
+  bool ensure(size_t count) {
+    if (count <= size_) return false;
+    release();
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, count * sizeof(T));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA out of memory allocating " + std::to_string(count * sizeof(T) >> 20) +
+                               " MiB of activations: " + cudaGetErrorString(e));
+    }
+    ptr_ = static_cast<T*>(p);
+    size_ = count;
+    return true;
+  }
+  void release() {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+  T* get() const { return ptr_; }
+  size_t size() const { return size_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  void ensure(size_t count) {
+    if (count <= size_) return;
+    if (ptr_) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+    void* p = nullptr;
+    check(cudaMallocHost(&p, count * sizeof(T)), "cudaMallocHost");
+    ptr_ = static_cast<T*>(p);
+    size_ = count;
+  }
+  T* get() const { return ptr_; }
+  T& operator[](size_t i) const { return ptr_[i]; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,213 @@
+// Elementwise and per-token kernels of the CUDA backend: conversion, embedding, RMSNorm, RoPE
+// with the KV write, SiLU-and-mul, and the pieces of the GEMM-based prefill attention.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+__device__ __forceinline__ float toF(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+__device__ __forceinline__ bf16_t toB(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+__global__ void convertKernel(const void* src, int dtype, bf16_t* dst, float* dstF, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    float v;
+    if (dtype == 0) {
+      v = static_cast<const float*>(src)[i];
+    } else if (dtype == 1) {
+      v = __half2float(static_cast<const __half*>(src)[i]);
+    } else {
+      v = toF(static_cast<const bf16_t*>(src)[i]);
+    }
+    if (dst) dst[i] = toB(v);
+    if (dstF) dstF[i] = v;
+  }
+}
+
+int gridFor(size_t n, int threads) {
+  size_t b = (n + threads - 1) / threads;
+  return static_cast<int>(b > 65535 * 8 ? 65535 * 8 : (b == 0 ? 1 : b));
+}
+
+__global__ void embedKernel(const bf16_t* table, const int32_t* tokens, float* hidden, int h) {
+  const int t = blockIdx.x;
+  const bf16_t* row = table + static_cast<size_t>(tokens[t]) * h;
+  float* out = hidden + static_cast<size_t>(t) * h;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = toF(row[i]);
+}
+
+constexpr int kNormThreads = 256;
+
+__global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, float eps) {
+  const int r = blockIdx.x;
+  const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
+  float ss = 0;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float scale;
+  const float total = Reduce(tmp).Sum(ss);
+  if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
+  __syncthreads();
+  bf16_t* yr = y + static_cast<size_t>(r) * h;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
+}
+
+__global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
+                             bf16_t* kCache, bf16_t* vCache) {
+  const int t = blockIdx.x;
+  const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
+  const int qDim = a.heads * D, kvDim = a.kvHeads * D;
+  const float* row = qkv + static_cast<size_t>(t) * (qDim + 2 * kvDim);
+  const int pos = map.positions[t];
+  const int block = map.blockTables[static_cast<size_t>(map.tokenSeq[t]) * map.pitch + pos / a.blockSize];
+  const int inBlock = pos % a.blockSize;
+  // q and k heads: rotate_half layout of transformers' Llama.
+  for (int e = threadIdx.x; e < (a.heads + a.kvHeads) * half; e += blockDim.x) {
+    const int head = e / half, i = e % half;
+    const float angle = invFreq[i] * static_cast<float>(pos);
+    double sd, cd;
+    sincos(static_cast<double>(angle), &sd, &cd);
+    const float c = static_cast<float>(cd), sn = static_cast<float>(sd);
+    const float* v = row + static_cast<size_t>(head) * D;  // k heads follow the q heads in the row
+    const float x1 = v[i], x2 = v[i + half];
+    const float o1 = x1 * c + (-x2) * sn, o2 = x2 * c + x1 * sn;
+    if (head < a.heads) {
+      const int g = head / G, j = head % G;
+      bf16_t* dst = q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D;
+      dst[i] = toB(o1);
+      dst[i + half] = toB(o2);
+    } else {
+      const int kh = head - a.heads;
+      bf16_t* dst = kCache + ((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D;
+      dst[i] = toB(o1);
+      dst[i + half] = toB(o2);
+    }
+  }
+  const float* vrow = row + qDim + kvDim;
+  for (int e = threadIdx.x; e < kvDim; e += blockDim.x) {
+    const int kh = e / D, d = e % D;
+    vCache[((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D + d] = toB(vrow[e]);
+  }
+}
+
+__global__ void gatherKvKernel(const bf16_t* kCache, const bf16_t* vCache, TokenMap map, int seq, int keys, AttnShape a,
+                               bf16_t* kOut, bf16_t* vOut) {
+  // One block per (key, kvHead); headDim values each, copied as 32-bit pairs.
+  const int key = blockIdx.x, kh = blockIdx.y;
+  const int D = a.headDim;
+  const int block = map.blockTables[static_cast<size_t>(seq) * map.pitch + key / a.blockSize];
+  const size_t src = ((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + key % a.blockSize) * D;
+  const size_t dst = (static_cast<size_t>(kh) * keys + key) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    kOut[dst + d] = kCache[src + d];
+    vOut[dst + d] = vCache[src + d];
+  }
+}
+
+constexpr int kSoftmaxThreads = 256;
+
+__global__ void causalSoftmaxKernel(const float* scores, bf16_t* probs, int tokens, int group, int keys, int firstPos) {
+  const int r = blockIdx.x, kh = blockIdx.y;
+  const size_t base = (static_cast<size_t>(kh) * tokens * group + r) * keys;
+  const float* s = scores + base;
+  bf16_t* p = probs + base;
+  const int valid = firstPos + r / group + 1;
+  using Reduce = cub::BlockReduce<float, kSoftmaxThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float shared;
+  float m = -INFINITY;
+  for (int k = threadIdx.x; k < valid; k += blockDim.x) m = fmaxf(m, s[k]);
+  m = Reduce(tmp).Reduce(m, MaxOp());
+  if (threadIdx.x == 0) shared = m;
+  __syncthreads();
+  m = shared;
+  float sum = 0;
+  for (int k = threadIdx.x; k < valid; k += blockDim.x) sum += __expf(s[k] - m);
+  __syncthreads();
+  sum = Reduce(tmp).Sum(sum);
+  if (threadIdx.x == 0) shared = 1.0f / sum;
+  __syncthreads();
+  const float inv = shared;
+  for (int k = threadIdx.x; k < keys; k += blockDim.x) p[k] = toB(k < valid ? __expf(s[k] - m) * inv : 0.0f);
+}
+
+__global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int firstToken, AttnShape a) {
+  const int t = blockIdx.x;
+  const int D = a.headDim, G = a.heads / a.kvHeads;
+  for (int e = threadIdx.x; e < a.heads * D; e += blockDim.x) {
+    const int head = e / D, d = e % D;
+    const int g = head / G, j = head % G;
+    out[(static_cast<size_t>(firstToken) + t) * a.heads * D + e] =
+        o[((static_cast<size_t>(g) * tokens + t) * G + j) * D + d];
+  }
+}
+
+__global__ void siluMulKernel(const float* gu, bf16_t* act, int inter) {
+  const int t = blockIdx.y;
+  const float* g = gu + static_cast<size_t>(t) * 2 * inter;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
+    const float x = g[i];
+    act[static_cast<size_t>(t) * inter + i] = toB(x / (1.0f + __expf(-x)) * g[inter + i]);
+  }
+}
+
+}  // namespace
+
+void convertToBf16(const void* src, int dtype, bf16_t* dst, size_t n, cudaStream_t s) {
+  convertKernel<<<gridFor(n, 256), 256, 0, s>>>(src, dtype, dst, nullptr, n);
+}
+
+void convertToF32(const void* src, int dtype, float* dst, size_t n, cudaStream_t s) {
+  convertKernel<<<gridFor(n, 256), 256, 0, s>>>(src, dtype, nullptr, dst, n);
+}
+
+void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, cudaStream_t s) {
+  embedKernel<<<T, 256, 0, s>>>(table, tokens, hidden, h);
+}
+
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s) {
+  rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+}
+
+void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
+            bf16_t* vCache, cudaStream_t s) {
+  ropeKvKernel<<<map.tokens, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
+}
+
+void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
+              bf16_t* kOut, bf16_t* vOut, cudaStream_t s) {
+  gatherKvKernel<<<dim3(keys, a.kvHeads), a.headDim < 128 ? a.headDim : 128, 0, s>>>(kCache, vCache, map, seq, keys, a,
+                                                                                   kOut, vOut);
+}
+
+void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, int group, int keys, int firstPos,
+                   cudaStream_t s) {
+  causalSoftmaxKernel<<<dim3(tokens * group, kvHeads), kSoftmaxThreads, 0, s>>>(scores, probs, tokens, group, keys,
+                                                                                firstPos);
+}
+
+void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s) {
+  scatterHeadsKernel<<<tokens, 256, 0, s>>>(o, out, tokens, firstToken, a);
+}
+
+void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s) {
+  const int blocks = (inter + 255) / 256;
+  siluMulKernel<<<dim3(blocks, T), 256, 0, s>>>(gu, act, inter);
+}
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,81 @@
+// Launchers for the CUDA backend's kernels. Plain C++ types only (bf16 values travel as
+// uint16_t), so host code compiled by the C++ compiler can include this header.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace troupe {
+namespace cuda {
+
+using bf16_t = uint16_t;
+
+// Where the step's tokens live: per token its position and sequence; per sequence a row of
+// the block table (pitch entries). Layouts: the KV cache of one layer is
+// [block][kvHead][row in block][headDim]; q is [kvHead][token][group][headDim], so the query
+// heads that share a KV head are adjacent rows for the prefill GEMMs.
+struct TokenMap {
+  const int32_t* positions;
+  const int32_t* tokenSeq;
+  const int32_t* blockTables;
+  int pitch;
+  int tokens;
+};
+
+struct AttnShape {
+  int heads, kvHeads, headDim, blockSize;
+};
+
+// src holds n values of dtype (0 = F32, 1 = F16, 2 = BF16).
+void convertToBf16(const void* src, int dtype, bf16_t* dst, size_t n, cudaStream_t s);
+void convertToF32(const void* src, int dtype, float* dst, size_t n, cudaStream_t s);
+
+void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, cudaStream_t s);
+
+// y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m.
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s);
+
+// Rotates q and k of qkv (f32 rows [q | k | v]) by each token's position, writes q (bf16, layout above)
+// and stores k and v into the layer's cache.
+void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
+            bf16_t* vCache, cudaStream_t s);
+
+// Attention of single tokens (decodes) over their sequence's cache, split over `splits` parts of
+// the context, then combined into out ([token][head][headDim], bf16). idx lists the tokens.
+bool decodeAttentionSupported(int headDim, int group);
+void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
+                     const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl,
+                     bf16_t* out, cudaStream_t s);
+
+// Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).
+void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
+              bf16_t* kOut, bf16_t* vOut, cudaStream_t s);
+// scores: [kvHead][rows][keys] with rows = tokens * group, already scaled; row (t, j) sees keys
+// [0, firstPos + t]. Writes the softmax to probs (bf16, zero where masked).
+void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, int group, int keys, int firstPos,
+                   cudaStream_t s);
+// o: [kvHead][tokens * group][headDim] -> out rows [firstToken + t][head][headDim].
+void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s);
+
+// act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]).
+void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s);
+
+// Per sampled row, after the lm_head: log-softmax statistics, the top-N, penalties, then the token.
+enum SampleMode : int32_t { kGreedy = 0, kSample = 1, kHost = 2 };
+struct SampleRow {
+  float temperature;
+  float u;  // the uniform draw for (seed, draws)
+  int32_t mode;
+  int32_t penStart, penEnd;  // unique seen tokens in penTokens/penCounts
+  float frequency, presence, repetition;
+};
+// logits: rows x vocab (modified in place by the penalties). topN <= kMaxTopN.
+constexpr int kMaxTopN = 64;
+void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
+                const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
+                int32_t* topIds, float* topValues, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,176 @@
+// Sampling on the GPU, one block per sampled row, following native/sampling.cc: log-softmax
+// statistics and the top-N on the raw logits, then the penalties (in place), then greedy argmax
+// or an inverse-CDF draw in token-id order. Rows whose filters (top-k, top-p, min-p) need the
+// sorted distribution are left to the host (mode kHost).
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+constexpr int kThreads = 1024;
+
+struct Best {
+  float v;
+  int i;
+};
+
+// Descending value, ascending id on ties, as ByValueDesc in sampling.cc.
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi) || (bi < 0 && !(v != v));
+}
+
+struct BestOp {
+  __device__ __forceinline__ Best operator()(const Best& a, const Best& b) const {
+    if (b.i < 0) return a;
+    if (a.i < 0) return b;
+    return better(b.v, b.i, a.v, a.i) ? b : a;
+  }
+};
+
+__global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int vocab, const SampleRow* params,
+                                                         const int32_t* penTokens, const int32_t* penCounts,
+                                                         float* penOrig, int topN, int32_t* outTokens,
+                                                         float* outLogprobs, int32_t* topIds, float* topValues) {
+  const int r = blockIdx.x;
+  const SampleRow p = params[r];
+  if (p.mode == kHost) return;
+  float* x = logits + static_cast<size_t>(r) * vocab;
+  using FloatReduce = cub::BlockReduce<float, kThreads>;
+  using BestReduce = cub::BlockReduce<Best, kThreads>;
+  using Scan = cub::BlockScan<double, kThreads>;
+  __shared__ union {
+    typename FloatReduce::TempStorage f;
+    typename BestReduce::TempStorage b;
+    typename Scan::TempStorage s;
+  } tmp;
+  __shared__ float sf;
+  __shared__ Best sb;
+  __shared__ int chosen;
+
+  // logZ of the raw logits.
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, x[i]);
+  m = FloatReduce(tmp.f).Reduce(m, MaxOp());
+  if (threadIdx.x == 0) sf = m;
+  __syncthreads();
+  const float maxRaw = sf;
+  float sum = 0;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) sum += __expf(x[i] - maxRaw);
+  __syncthreads();
+  sum = FloatReduce(tmp.f).Sum(sum);
+  if (threadIdx.x == 0) sf = maxRaw + logf(sum);
+  __syncthreads();
+  const float logZ = sf;
+
+  // Top-N: each pass takes the best entry after the previous one in the total order.
+  float pv = INFINITY;
+  int pi = -1;
+  for (int n = 0; n < topN; ++n) {
+    Best b{-INFINITY, -1};
+    for (int i = threadIdx.x; i < vocab; i += kThreads) {
+      const float v = x[i];
+      const bool after = v < pv || (v == pv && i > pi);
+      if (after && better(v, i, b.v, b.i)) b = Best{v, i};
+    }
+    __syncthreads();
+    b = BestReduce(tmp.b).Reduce(b, BestOp());
+    if (threadIdx.x == 0) sb = b;
+    __syncthreads();
+    pv = sb.v;
+    pi = sb.i;
+    if (threadIdx.x == 0) {
+      topIds[static_cast<size_t>(r) * topN + n] = pi;
+      topValues[static_cast<size_t>(r) * topN + n] = pv - logZ;
+    }
+  }
+
+  // Penalties: each unique seen token once (the host deduplicated them).
+  for (int e = p.penStart + threadIdx.x; e < p.penEnd; e += kThreads) {
+    const int tok = penTokens[e];
+    const int gen = penCounts[e];
+    float l = x[tok];
+    penOrig[e] = l;
+    if (p.repetition != 1.0f) l = l > 0 ? l / p.repetition : l * p.repetition;
+    l -= p.frequency * static_cast<float>(gen) + (gen > 0 ? p.presence : 0.0f);
+    x[tok] = l;
+  }
+  __syncthreads();
+
+  if (p.mode == kGreedy) {
+    Best b{-INFINITY, -1};
+    for (int i = threadIdx.x; i < vocab; i += kThreads)
+      if (better(x[i], i, b.v, b.i)) b = Best{x[i], i};
+    b = BestReduce(tmp.b).Reduce(b, BestOp());
+    if (threadIdx.x == 0) chosen = b.i < 0 ? 0 : b.i;
+  } else {
+    float mp = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += kThreads) mp = fmaxf(mp, x[i]);
+    mp = FloatReduce(tmp.f).Reduce(mp, MaxOp());
+    if (threadIdx.x == 0) sf = mp;
+    __syncthreads();
+    mp = sf;
+    const float invT = 1.0f / p.temperature;
+    // Each thread owns a contiguous chunk, so a scan of chunk sums walks the ids in order.
+    const int chunk = (vocab + kThreads - 1) / kThreads;
+    const int lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
+    double local = 0;
+    for (int i = lo; i < hi; ++i) local += __expf((x[i] - mp) * invT);
+    double before, total;
+    __syncthreads();
+    Scan(tmp.s).ExclusiveSum(local, before, total);
+    const double target = static_cast<double>(p.u) * total;
+    if (threadIdx.x == 0) chosen = -1;
+    __syncthreads();
+    if (local > 0 && target >= before && target < before + local) {
+      double cum = before;
+      int tok = hi - 1;
+      for (int i = lo; i < hi; ++i) {
+        cum += __expf((x[i] - mp) * invT);
+        if (cum > target) {
+          tok = i;
+          break;
+        }
+      }
+      chosen = tok;
+    }
+    __syncthreads();
+    if (chosen < 0) {  // rounding put the target past the end: the last token with mass
+      if (local > 0) atomicMax(&chosen, hi - 1);
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  const int tok = chosen;
+  // The logprob is that of the raw logit; the penalties may have changed the stored one.
+  __shared__ float raw;
+  if (threadIdx.x == 0) raw = x[tok];
+  __syncthreads();
+  for (int e = p.penStart + threadIdx.x; e < p.penEnd; e += kThreads)
+    if (penTokens[e] == tok) raw = penOrig[e];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    outTokens[r] = tok;
+    outLogprobs[r] = raw - logZ;
+  }
+}
+
+}  // namespace
+
+void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
+                const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
+                int32_t* topIds, float* topValues, cudaStream_t s) {
+  sampleKernel<<<rows, kThreads, 0, s>>>(logits, vocab, params, penTokens, penCounts, penOrig, topN, outTokens,
+                                         outLogprobs, topIds, topValues);
+}
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,41 @@
+// The base model's weights on the GPU: matrices in bf16 (q/k/v and gate/up fused into one
+// matrix each, so a layer runs four GEMMs), norm weights in f32.
+#pragma once
+
+#include <vector>
+
+#include "backend.h"
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+struct GpuLayer {
+  float* inputNorm = nullptr;
+  float* postNorm = nullptr;
+  bf16_t* qkv = nullptr;     // [qDim + 2 kvDim][hidden]
+  bf16_t* o = nullptr;       // [hidden][qDim]
+  bf16_t* gateUp = nullptr;  // [2 inter][hidden]
+  bf16_t* down = nullptr;    // [hidden][inter]
+};
+
+class GpuWeights {
+ public:
+  GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream);
+  ~GpuWeights();
+  GpuWeights(const GpuWeights&) = delete;
+  GpuWeights& operator=(const GpuWeights&) = delete;
+
+  bf16_t* embed = nullptr;
+  bf16_t* head = nullptr;  // == embed when tied
+  float* finalNorm = nullptr;
+  std::vector<GpuLayer> layers;
+  size_t bytes = 0;
+
+ private:
+  std::vector<void*> allocations_;
+  void* alloc(size_t bytes);
+};
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Random Llama checkpoints of real shapes, and transformers reference data for them.
+
+  python3 test/gpu/make_checkpoint.py --shape 1b --out /tmp/llama-1b --refs
+  python3 test/gpu/make_checkpoint.py --shape 8b --out /tmp/llama-8b
+
+Writes bf16 safetensors, config.json (with both rope_scaling and rope_parameters, so old and
+new readers agree), and the demo tokenizer. With --refs also reference.json: for fixed
+prompts (token ids), transformers' greedy continuation of 32 tokens and, teacher-forced on
+it, each token's logprob and the top-2 logprob gap at each position. The reference runs in
+float32 on the bf16 weights; the bf16 forward's logprobs are stored beside it for scale.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+SHAPES = {
+    # Llama-3.2-1B
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
+    # Llama-3.1-8B
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    # a few seconds anywhere, for trying the script
+    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
+}
+ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+ROPE_THETA = 500000.0
+PROMPT_LENGTHS = [5, 17, 64, 200, 333]
+CONTINUATION = 32
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOKENIZER_DIR = os.path.join(HERE, "..", "..", "node_modules", "@lenml", "tokenizer-llama3", "models")
+
+
+def hf_config_dict(shape):
+    d = dict(SHAPES[shape])
+    d.update(vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, bos_token_id=128000,
+             eos_token_id=[128001, 128009], hidden_act="silu", attention_bias=False, mlp_bias=False)
+    return d
+
+
+def build_config(shape):
+    d = hf_config_dict(shape)
+    try:
+        return LlamaConfig(**d, rope_parameters=dict(ROPE_SCALING, rope_theta=ROPE_THETA))
+    except TypeError:
+        return LlamaConfig(**d, rope_scaling=dict(ROPE_SCALING), rope_theta=ROPE_THETA)
+
+
+# Standard deviations chosen so every layer matters: unit-scale q/k/v and MLP activations,
+# sharp-ish attention, each layer adding about half the residual's scale, and logits with a
+# standard deviation of 3 (a random model's top token then has a clear but not total lead).
+def init_std(name, cfg):
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    q_dim = cfg.num_attention_heads * cfg.head_dim
+    if "embed_tokens" in name or "lm_head" in name:
+        return 3.0 / math.sqrt(h)
+    if "q_proj" in name or "k_proj" in name:
+        return 1.2 / math.sqrt(h)
+    if "v_proj" in name or "gate_proj" in name or "up_proj" in name:
+        return 1.0 / math.sqrt(h)
+    if "o_proj" in name:
+        return 0.5 / math.sqrt(q_dim)
+    if "down_proj" in name:
+        return 0.8 / math.sqrt(inter)
+    raise ValueError(name)
+
+
+def make_model(shape, seed):
+    cfg = build_config(shape)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg)
+    torch.set_default_dtype(torch.float32)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g, device="cuda"))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, device="cuda") * init_std(name, cfg))
+    return model.eval()
+
+
+def save(model, shape, out):
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(hf_config_dict(shape))
+    cfg["rope_scaling"] = dict(ROPE_SCALING)
+    cfg["rope_theta"] = ROPE_THETA
+    cfg["torch_dtype"] = "bfloat16"
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TOKENIZER_DIR, name), os.path.join(out, name))
+
+
+def prompts(seed=1234):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1000, 100000, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+
+
+@torch.no_grad()
+def teacher_forced(model, prompt, cont):
+    ids = torch.tensor([prompt + cont], device="cuda")
+    logits = model(ids).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1: len(prompt) - 1 + len(cont)]
+    target = torch.tensor(cont, device="cuda")
+    chosen = lp.gather(1, target[:, None])[:, 0]
+    top2 = lp.topk(2, dim=-1).values
+    return chosen.tolist(), (top2[:, 0] - top2[:, 1]).tolist(), lp.argmax(-1).tolist()
+
+
+@torch.no_grad()
+def greedy(model, prompt, n):
+    ids = torch.tensor([prompt], device="cuda")
+    out = []
+    for _ in range(n):
+        nxt = int(model(ids).logits[0, -1].float().argmax())
+        out.append(nxt)
+        ids = torch.cat([ids, torch.tensor([[nxt]], device="cuda")], dim=1)
+    return out
+
+
+def references(model):
+    f32 = model.float()
+    f32.config._attn_implementation = "sdpa"
+    cases = []
+    for prompt in prompts():
+        cont = greedy(f32, prompt, CONTINUATION)
+        lp, gap, _ = teacher_forced(f32, prompt, cont)
+        cases.append({"prompt": prompt, "continuation": cont, "logprobs": lp, "top2Gap": gap})
+    bf = f32.to(torch.bfloat16)
+    worst = 0.0
+    for case in cases:
+        lp, _, _ = teacher_forced(bf, case["prompt"], case["continuation"])
+        case["bf16Logprobs"] = lp
+        worst = max(worst, max(abs(a - b) for a, b in zip(lp, case["logprobs"])))
+    return {"dtype": "float32 forward on the bf16 weights", "bf16MaxAbsDiff": worst, "cases": cases}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refs", action="store_true")
+    args = ap.parse_args()
+    model = make_model(args.shape, args.seed)
+    save(model, args.shape, args.out)
+    print(f"wrote {args.shape} checkpoint to {args.out}", flush=True)
+    if args.refs:
+        refs = references(model)
+        with open(os.path.join(args.out, "reference.json"), "w") as f:
+            json.dump(refs, f)
+        print(f"wrote reference.json (transformers bf16 vs float32 max |logprob diff| {refs['bf16MaxAbsDiff']:.4f})",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
