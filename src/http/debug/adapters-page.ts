@@ -19,10 +19,11 @@ svg { background: #fff; border: 1px solid #d8dde4; border-radius: 6px; max-width
 .region-label { font-size: 11px; fill: #5a6472; text-transform: uppercase; letter-spacing: .05em; }
 .chips { font-size: 11px; fill: #1d4f91; }
 .edge path { fill: none; stroke: #8a94a3; stroke-width: 1.3; }
-.edge text { font-size: 10px; fill: #4a5462; }
+.edge text { font-size: 10px; fill: #4a5462; paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 .edge.last path { stroke: #c27803; stroke-width: 2.5; }
 table { border-collapse: collapse; margin-top: 14px; background: #fff; }
-th, td { border: 1px solid #d8dde4; padding: 4px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #d8dde4; padding: 4px 8px; text-align: left; vertical-align: top; white-space: nowrap; }
+td.transition { white-space: normal; }
 th { background: #f0f3f7; }
 tr.selected td { background: #fff4d6; }
 tbody tr { cursor: pointer; }
@@ -59,16 +60,42 @@ function measure(n) {
   n.rows = rows;
   const sizes = rows.map(row);
   n.w = Math.max(...sizes.map((s) => s.w)) + 2 * PAD;
-  n.h = sizes.reduce((a, s) => a + s.h, 0) + GAP * 0.5 * (rows.length - 1) + 2 * PAD + topRoom(n) + bottomRoom(n);
+  n.h = sizes.reduce((a, s) => a + s.h, 0) + rowGap(n) * (rows.length - 1) + 2 * PAD + topRoom(n) + bottomRoom(n);
+}
+// Rows under the root are spaced wider: the arcs between the final states need room above them.
+const rowGap = (n) => n === root ? GAP : GAP * 0.5;
+// The middle of the already placed states that c has transitions with, outside its own row.
+function pull(c, row) {
+  const xs = [];
+  for (const t of chart.transitions) {
+    const other = t.from === c.id ? t.to : t.to === c.id ? t.from : null;
+    const o = other === null ? undefined : nodes.get(other);
+    if (o && o.x !== undefined && !row.includes(o)) xs.push(o.x + o.w / 2);
+  }
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
 }
 function place(n, x, y) {
   n.x = x; n.y = y;
   if (!n.rows) return;
   let cy = y + PAD + topRoom(n);
   for (const r of n.rows) {
-    let cx = x + PAD;
-    for (const c of r) { place(c, cx, cy + (Math.max(...r.map((k) => k.h)) - c.h) / 2); cx += c.w + GAP; }
-    cy += Math.max(...r.map((k) => k.h)) + GAP * 0.5;
+    const h = Math.max(...r.map((k) => k.h));
+    if (n === root && r.every((c) => !c.rows)) {
+      // The root's plain states (failed, unloaded) sit under the states that lead to them, so
+      // their edges drop straight down instead of crossing the whole diagram.
+      let seq = x + PAD;
+      const want = r.map((c) => { const at = pull(c, r) ?? seq + c.w / 2; seq += c.w + GAP; return { c, at }; });
+      want.sort((a, b) => a.at - b.at);
+      let min = x + PAD;
+      for (const { c, at } of want) { const left = Math.max(min, at - c.w / 2); place(c, left, cy + (h - c.h) / 2); min = left + c.w + GAP; }
+      n.w = Math.max(n.w, min - GAP + PAD - x);
+    } else {
+      // A narrower region of a parallel state sits on the right, which leaves the space under
+      // the wide region's left end free for the edges that leave it downwards.
+      let cx = n.type === 'parallel' && r.length === 1 ? x + n.w - PAD - r[0].w : x + PAD;
+      for (const c of r) { place(c, cx, cy + (h - c.h) / 2); cx += c.w + GAP; }
+    }
+    cy += h + rowGap(n);
   }
 }
 measure(root);
@@ -106,7 +133,7 @@ function border(n, tx, ty) {
   const s = Math.min(Math.abs((n.w / 2) / (dx || 1e-9)), Math.abs((n.h / 2) / (dy || 1e-9)));
   return [cx + dx * s, cy + dy * s];
 }
-const edges = [];
+const edges = [], labels = [];
 const seen = new Map();
 for (const t of chart.transitions) {
   const a = nodes.get(t.from), b = nodes.get(t.to);
@@ -123,8 +150,22 @@ for (const t of chart.transitions) {
   const g = el('g', { class: 'edge', 'data-from': t.from, 'data-to': t.to }, edgeLayer);
   el('path', { d: 'M' + sx + ',' + sy + ' Q' + mx + ',' + my + ' ' + ex + ',' + ey, 'marker-end': 'url(#arrow)' }, g);
   const lx = 0.25 * sx + 0.5 * mx + 0.25 * ex, ly = 0.25 * sy + 0.5 * my + 0.25 * ey;
-  el('text', { x: lx, y: ly - 3, 'text-anchor': 'middle' }, g).textContent = t.event + (t.guard ? ' [' + t.guard + ']' : '');
+  const label = el('text', { x: lx, y: ly - 3, 'text-anchor': 'middle' }, g);
+  label.textContent = t.event + (t.guard ? ' [' + t.guard + ']' : '');
+  labels.push(label);
   edges.push(g);
+}
+// Labels of neighbouring edges can land on each other or on a state: each is nudged up or down
+// to the nearest free spot.
+const taken = [...nodes.values()].filter((n) => n.children.length === 0).map((n) => ({ x: n.x, y: n.y, width: n.w, height: n.h }));
+const hits = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+for (const label of labels) {
+  const y0 = Number(label.getAttribute('y'));
+  const b = label.getBBox(); // an SVGRect: its fields are getters, so it is copied by hand
+  const box = { x: b.x - 2, y: b.y, width: b.width + 4, height: b.height };
+  const free = [0, -12, 12, -24, 24, -36, 36].find((d) => !taken.some((t) => hits({ ...box, y: box.y + d }, t))) ?? 0;
+  label.setAttribute('y', y0 + free);
+  taken.push({ ...box, y: box.y + free });
 }
 
 // An adapter's published state ('gpuResident.pinned', 'unloading', 'failed') names a chart node.
@@ -154,7 +195,8 @@ function render() {
   const body = document.getElementById('rows');
   body.replaceChildren(...adapters.map((a) => {
     const tr = document.createElement('tr');
-    tr.dataset.adapter = a.name; tr.dataset.state = a.state;
+    // Data attributes give scripts and tests stable hooks that do not depend on the cell text.
+    tr.dataset.adapter = a.name; tr.dataset.state = a.state; tr.dataset.refcount = String(a.refcount);
     if (a.name === selected) tr.className = 'selected';
     const t = a.lastTransition;
     const cells = [a.name, a.state, a.slot === null ? '-' : String(a.slot), a.pinned ? 'yes' : 'no', a.refcount + ' (' + a.running + ' running)',
@@ -163,6 +205,7 @@ function render() {
       const td = document.createElement('td');
       td.textContent = text;
       if (i === 1) td.className = 'state';
+      if (i === 5) td.className = 'transition';
       if (i === 2 || i >= 6) td.classList.add('num');
       if (i === 5 && t) { const r = document.createElement('div'); r.className = 'reason'; r.textContent = t.reason + ' at ' + fmtTime(t.time); td.appendChild(r); }
       tr.appendChild(td);
