@@ -70,11 +70,20 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(const bf16_t* q, const 
 #pragma unroll
     for (int d = 0; d < DL; ++d) acc[j][d] = 0;
   }
-  for (int k = begin + sub; k < end; k += kGroups) {
-    const size_t off = ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + lane8 * DL;
+  // Every lane runs the same number of iterations (the shuffles need the whole warp); lanes past
+  // the end of the split skip the update.
+  for (int k0 = begin; k0 < end; k0 += kGroups) {
+    const int k = k0 + sub;
+    const bool valid = k < end;
     float kf[DL], vf[DL];
-    loadRow<DL>(kCache + off, kf);
-    loadRow<DL>(vCache + off, vf);
+    if (valid) {
+      const size_t off = ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + lane8 * DL;
+      loadRow<DL>(kCache + off, kf);
+      loadRow<DL>(vCache + off, vf);
+    } else {
+#pragma unroll
+      for (int d = 0; d < DL; ++d) kf[d] = vf[d] = 0;
+    }
 #pragma unroll
     for (int j = 0; j < G; ++j) {
       float dot = 0;
@@ -83,6 +92,7 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(const bf16_t* q, const 
       dot += __shfl_xor_sync(0xffffffffu, dot, 1);
       dot += __shfl_xor_sync(0xffffffffu, dot, 2);
       dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+      if (!valid) continue;
       const float mn = fmaxf(m[j], dot);
       const float c = __expf(m[j] - mn);
       const float p = __expf(dot - mn);

@@ -1,12 +1,14 @@
-// The CUDA backend against the CPU backend on the demo model: the same batches (prefill chunks,
-// decodes, every sampling mode and the penalties) give the same tokens and close logprobs.
+// The CUDA backend against the CPU backend on the test checkpoint of make_checkpoint.py
+// (TROUPE_GPU_CHECKPOINT, default /tmp/troupe-llama-1b): the same batches (prefill chunks,
+// decodes, every sampling mode and the penalties) give close logprobs and the same tokens. The
+// CPU backend keeps activations in f32; the CUDA one rounds GEMM inputs and the KV cache to
+// bf16, so logprobs agree within the parity bar and greedy tokens wherever the CPU's top-2 gap
+// exceeds twice that.
 import { afterAll, describe, expect, it } from 'vitest';
-import { makeDemo } from '../../src/model/demo.js';
-import { addon, engineOptions, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from '../engine-fixtures.js';
+import { addon, engineOptions, makeBatch, openCheckpoint, prompt, type SeqStep } from '../engine-fixtures.js';
 
-const tmp = tempDir('gpu-demo');
-makeDemo(tmp.dir);
-const ckpt = openCheckpoint(tmp.dir);
+const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
+const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
 const opts = { blockSize: 16, kvBlocks: 256, loraSlots: 0, loraModules: [], cudaGraphMaxBs: 16 };
 const cpu = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ ...opts, device: 'cpu' }));
@@ -15,8 +17,16 @@ const gpu = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ ...opt
 afterAll(() => {
   addon.destroyEngine(cpu);
   addon.destroyEngine(gpu);
-  tmp.cleanup();
 });
+
+const TOL = 0.05;
+
+/** Expects equal tokens for every row whose CPU top-2 logprob gap (topLogprobs >= 2) is not a near-tie. */
+function expectSameUnlessNearTie(a: { tokens: Int32Array; topLogprobValues: Float32Array }, b: { tokens: Int32Array }, topN: number): void {
+  for (let i = 0; i < a.tokens.length; i++) {
+    if (a.topLogprobValues[i * topN]! - a.topLogprobValues[i * topN + 1]! > 2 * TOL) expect(b.tokens[i]).toBe(a.tokens[i]);
+  }
+}
 
 function maxDiff(a: Float32Array, b: Float32Array): number {
   let m = 0;
@@ -24,7 +34,7 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-describe('CUDA backend vs CPU backend (demo model)', () => {
+describe('CUDA backend vs CPU backend', () => {
   it('prefill chunks and decodes give the same greedy tokens and logprobs', () => {
     const lens = [3, 20, 40, 70];
     const prompts = lens.map((n, i) => prompt(n, i + 1, vocab));
@@ -44,40 +54,111 @@ describe('CUDA backend vs CPU backend (demo model)', () => {
       const batch = makeBatch(seqs, { maxBlocksPerSeq: 8, topLogprobs: 3 });
       const a = addon.step(cpu, batch);
       const b = addon.step(gpu, batch);
-      expect(Array.from(b.tokens)).toEqual(Array.from(a.tokens));
+      expectSameUnlessNearTie(a, b, 3);
       if (s >= 1) {
         worst = Math.max(worst, maxDiff(a.logprobs, b.logprobs), maxDiff(a.topLogprobValues, b.topLogprobValues));
         lastTokens = Array.from(a.tokens);
         if (s >= 2) cached = cached.map((c) => c + 1);
       }
     }
-    console.log(`demo model CPU vs CUDA: max |logprob diff| ${worst.toFixed(4)}`);
-    expect(worst).toBeLessThan(0.05);
+    console.log(`CPU vs CUDA: max |logprob diff| ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(TOL);
   });
 
-  it('seeded sampling, filters and penalties choose the CPU backend tokens', () => {
-    const p = Array.from({ length: 8 }, (_, i) => prompt(12, 40 + i, vocab));
-    const gen = [11, 12, 13, 11, 14];
+  it('greedy choices under repetition, frequency and presence penalties match the CPU backend', () => {
+    const p = Array.from({ length: 6 }, (_, i) => prompt(12, 40 + i, vocab));
+    const blocks = (i: number) => [i * 2, i * 2 + 1];
+    // Each row's unpenalized choice is among its generated tokens, so the penalties bite.
+    const plain = addon.step(gpu, makeBatch(p.map((tokens, i) => ({ tokens, cached: 0, blocks: blocks(i) })), {}));
+    const seen = (i: number, extra: number[] = []) => [...p[i]!, plain.tokens[i]!, ...extra];
     const variants: Array<Partial<SeqStep>> = [
-      { temperature: 0 },
-      { temperature: 1, seed: 7, draws: 3 },
-      { temperature: 0.8, topP: 0.9, seed: 1 },
-      { temperature: 1, topK: 20, seed: 2 },
-      { temperature: 0, repetitionPenalty: 1.5, penaltyTokens: p[4], penaltyPromptLen: 12 },
-      { temperature: 1, seed: 5, frequencyPenalty: 1, presencePenalty: 0.5, penaltyTokens: [...p[5]!, ...gen], penaltyPromptLen: 12 },
-      { temperature: 1, minP: 0.1, seed: 9 },
-      { temperature: 0.7, seed: 11, repetitionPenalty: 1.2, penaltyTokens: p[7], penaltyPromptLen: 12 },
+      { repetitionPenalty: 1.5, penaltyTokens: seen(0) },
+      { frequencyPenalty: 1, presencePenalty: 0.5, penaltyTokens: seen(1, [plain.tokens[1]!, 11]) },
+      { repetitionPenalty: 3, penaltyTokens: seen(2) },
+      { presencePenalty: 2, penaltyTokens: seen(3, [12]) },
+      { frequencyPenalty: -1, penaltyTokens: seen(4, [13]) },
+      { repetitionPenalty: 1.2, frequencyPenalty: 0.5, penaltyTokens: seen(5) },
     ];
-    let agree = 0;
-    for (let round = 0; round < 4; round++) {
-      const seqs: SeqStep[] = p.map((tokens, i) => ({ tokens, cached: 0, blocks: [i * 2, i * 2 + 1], ...variants[i], seed: (variants[i]!.seed ?? 0) + round }));
-      const batch = makeBatch(seqs, { topLogprobs: 2 });
-      const a = addon.step(cpu, batch);
-      const b = addon.step(gpu, batch);
-      for (let i = 0; i < seqs.length; i++) if (a.tokens[i] === b.tokens[i]) agree++;
-      expect(maxDiff(a.topLogprobValues, b.topLogprobValues)).toBeLessThan(0.05);
+    const seqs: SeqStep[] = p.map((tokens, i) => ({ tokens, cached: 0, blocks: blocks(i), temperature: 0, penaltyPromptLen: 12, ...variants[i] }));
+    const batch = makeBatch(seqs, { returnLogits: true });
+    const a = addon.step(cpu, batch);
+    const b = addon.step(gpu, batch);
+    let compared = 0;
+    seqs.forEach((q, i) => {
+      // The penalized top-2 gap from the CPU's raw logits, as types.ts defines the penalties.
+      const l = Float64Array.from(a.logits!.subarray(i * vocab, (i + 1) * vocab));
+      const gen = new Map<number, number>();
+      q.penaltyTokens!.slice(12).forEach((t) => gen.set(t, (gen.get(t) ?? 0) + 1));
+      for (const t of new Set(q.penaltyTokens)) {
+        if (q.repetitionPenalty) l[t] = l[t]! > 0 ? l[t]! / q.repetitionPenalty : l[t]! * q.repetitionPenalty;
+        const n = gen.get(t) ?? 0;
+        l[t] = l[t]! - (q.frequencyPenalty ?? 0) * n - (n > 0 ? (q.presencePenalty ?? 0) : 0);
+      }
+      const order = Array.from(l.keys()).sort((x, y) => l[y]! - l[x]!);
+      expect(a.tokens[i]).toBe(order[0]);
+      if (l[order[0]!]! - l[order[1]!]! > 2 * TOL) {
+        expect(b.tokens[i]).toBe(a.tokens[i]);
+        compared++;
+      }
+    });
+    expect(compared).toBeGreaterThanOrEqual(3);
+    expect(maxDiff(a.logprobs, b.logprobs)).toBeLessThan(TOL);
+    expect(Array.from(b.tokens)).not.toEqual(Array.from(plain.tokens));
+  });
+});
+
+// Seeded sampling on the GPU, checked against the distribution of the GPU's own logits (the two
+// backends' logits differ by rounding, and a draw over 128k tokens in id order moves with it).
+describe('sampling on the GPU', () => {
+  const ROWS = 256;
+  const p = prompt(16, 77, vocab);
+  const rows = (over: Partial<SeqStep>): SeqStep[] =>
+    Array.from({ length: ROWS }, (_, i) => ({ tokens: p, cached: 0, blocks: [i], temperature: 1, seed: 1000 + i, ...over }));
+  const run = (over: Partial<SeqStep>) => addon.step(gpu, makeBatch(rows(over), { returnLogits: true }));
+  const probs = (logits: Float32Array, t: number): Float64Array => {
+    const row = logits.subarray(0, vocab);
+    let m = -Infinity;
+    for (const v of row) m = Math.max(m, v);
+    const e = Float64Array.from(row, (v) => Math.exp((v - m) / t));
+    const z = e.reduce((s, v) => s + v, 0);
+    return e.map((v) => v / z);
+  };
+
+  it('draws follow softmax(logits / T) and repeat for the same seed', () => {
+    for (const t of [1, 0.5]) {
+      const r = run({ temperature: t });
+      const pr = probs(r.logits!, t);
+      const counts = new Map<number, number>();
+      for (const tok of r.tokens) counts.set(tok, (counts.get(tok) ?? 0) + 1);
+      // The five likeliest tokens: observed counts within 4.5 standard deviations of expected.
+      const top = Array.from(pr.keys()).sort((x, y) => pr[y]! - pr[x]!).slice(0, 5);
+      for (const tok of top) {
+        const expected = ROWS * pr[tok]!;
+        const sd = Math.sqrt(ROWS * pr[tok]! * (1 - pr[tok]!));
+        expect(Math.abs((counts.get(tok) ?? 0) - expected)).toBeLessThanOrEqual(4.5 * sd + 1);
+      }
+      expect(Array.from(run({ temperature: t }).tokens)).toEqual(Array.from(r.tokens));
     }
-    // A draw that lands within rounding of a boundary between two tokens may pick the neighbour.
-    expect(agree).toBeGreaterThanOrEqual(30);
+  });
+
+  it('top-k, top-p and min-p keep every draw inside the filtered set', () => {
+    const r = run({ topK: 3 });
+    const pr = probs(r.logits!, 1);
+    const order = Array.from(pr.keys()).sort((x, y) => pr[y]! - pr[x]!);
+    expect(new Set(r.tokens).size).toBeGreaterThan(1);
+    for (const tok of r.tokens) expect(order.slice(0, 3)).toContain(tok);
+    const nucleus = (() => {
+      let c = 0;
+      const keep: number[] = [];
+      for (const tok of order) {
+        keep.push(tok);
+        c += pr[tok]!;
+        if (c >= 0.5) break;
+      }
+      return keep;
+    })();
+    for (const tok of run({ topP: 0.5 }).tokens) expect(nucleus).toContain(tok);
+    const floor = 0.3 * pr[order[0]!]!;
+    for (const tok of run({ minP: 0.3 }).tokens) expect(pr[tok]!).toBeGreaterThanOrEqual(floor * 0.99);
   });
 });

@@ -101,15 +101,19 @@ describe('CUDA backend parity with transformers', () => {
     try {
       expect(engine.modelInfo().device).toBe('cuda');
       const outs = await Promise.all(ref.cases.map((c) => engine.generate({ inputIds: c.prompt, sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true }, returnLogprob: true })));
+      let compared = 0;
       outs.forEach((o, i) => {
         const c = ref.cases[i]!;
-        // Compare up to the first near-tie: after a different pick the two continuations diverge.
-        for (let pos = 0; pos < c.continuation.length; pos++) {
+        // Compare up to the first near-tie: there either pick is right, and after a different
+        // pick the two continuations diverge.
+        for (let pos = 0; pos < c.continuation.length && c.top2Gap[pos]! > BAR; pos++) {
           expect(o.outputIds[pos]).toBe(c.continuation[pos]);
           expect(Math.abs(o.outputTokenLogprobs![pos]![0] - c.logprobs[pos]!)).toBeLessThanOrEqual(BAR);
-          if (c.top2Gap[pos]! <= BAR) break;
+          compared++;
         }
       });
+      console.log(`served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
+      expect(compared).toBeGreaterThan(ref.cases.length * 4);
     } finally {
       await engine.close();
     }
