@@ -5,6 +5,7 @@
 // replay a CUDA graph captured once per batch size.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -16,6 +17,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/timing.h"
 #include "cuda/weights.h"
 #include "sampling.h"
 
@@ -60,11 +62,16 @@ class CudaBackend : public Backend {
   void attention(int layer, const StepBatch* b, const Plan& plan);
   void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
   void ensureActivations(int T, int decodes, int splits, int sampled);
+  // Y[M][N] = X . W^T (+ Y when accumulating), f32 out: a GEMV kernel for a few tokens, else cuBLAS.
+  void project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   ModelConfig c_;
   EngineOptions o_;
   int device_ = 0;
+  // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
+  bool gemvEnabled_ = true;
+  cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr && std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;
@@ -119,6 +126,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
                                 std::to_string(c.headDim) + " and " + std::to_string(group_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
+  if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
@@ -245,7 +253,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
 }
 
 bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
-  if (o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
+  if (timer_.enabled() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
   return p.sampled == p.n;  // every row sampled: the rows list is then the identity
 }
 
@@ -276,33 +284,55 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     }
     check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
   } else {
+    timer_.begin(p.prefillSeqs.empty() ? "decode b" + std::to_string(p.n) : "prefill " + std::to_string(p.T) + " tokens");
     forward(&b, p);
+    timer_.mark("sample", stream_);
   }
   sample(b, p, out);
+  timer_.end(stream_);
 }
 
 void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   const int h = c_.hiddenSize, inter = c_.intermediateSize, T = p.T;
   const float eps = static_cast<float>(c_.rmsNormEps);
+  timer_.mark("embed", stream_);
   cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
     const cuda::GpuLayer& L = w_->layers[l];
+    timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
-    gemm_->linear(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), ElemType::F32, 1, 0);
+    timer_.mark("qkv", stream_);
+    project(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), false);
+    timer_.mark("rope", stream_);
     cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
                  vCache_ + l * layerStride_, stream_);
+    timer_.mark("attention", stream_);
     attention(l, b, p);
-    gemm_->linear(T, h, qDim_, L.o, attn_.get(), hidden_.get(), ElemType::F32, 1, 1);
+    timer_.mark("o", stream_);
+    project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), true);
+    timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
-    gemm_->linear(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), ElemType::F32, 1, 0);
+    timer_.mark("gate_up", stream_);
+    project(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), false);
+    timer_.mark("silu", stream_);
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
-    gemm_->linear(T, h, inter, L.down, act_.get(), hidden_.get(), ElemType::F32, 1, 1);
+    timer_.mark("down", stream_);
+    project(T, h, inter, L.down, act_.get(), hidden_.get(), true);
   }
   if (p.sampled > 0) {
+    timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
-    gemm_->linear(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), ElemType::F32, 1, 0);
+    project(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), false);
   }
   check(cudaGetLastError(), "kernel launch");
+}
+
+void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate) {
+  if (gemvEnabled_ && cuda::gemvSupported(M, K)) {
+    cuda::gemv(W, X, Y, M, N, K, accumulate, stream_);
+  } else {
+    gemm_->linear(M, N, K, W, X, Y, ElemType::F32, 1, accumulate ? 1 : 0);
+  }
 }
 
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {

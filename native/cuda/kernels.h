@@ -59,6 +59,12 @@ void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, 
 // o: [kvHead][tokens * group][headDim] -> out rows [firstToken + t][head][headDim].
 void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s);
 
+// Y[m][n] = X[m] . W[n] (+ Y[m][n] when accumulating) for m < M, with W [N][K] and X [M][K] bf16,
+// Y f32: the decode-step projection when only a few tokens run (gemvSupported says when).
+constexpr int kGemvMaxRows = 4;
+bool gemvSupported(int M, int K);
+void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool accumulate, cudaStream_t s);
+
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]).
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s);
 

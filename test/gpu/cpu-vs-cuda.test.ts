@@ -74,7 +74,7 @@ describe('CUDA backend vs CPU backend', () => {
     const variants: Array<Partial<SeqStep>> = [
       { repetitionPenalty: 1.5, penaltyTokens: seen(0) },
       { frequencyPenalty: 1, presencePenalty: 0.5, penaltyTokens: seen(1, [plain.tokens[1]!, 11]) },
-      { repetitionPenalty: 3, penaltyTokens: seen(2) },
+      { repetitionPenalty: 2, penaltyTokens: seen(2) },
       { presencePenalty: 2, penaltyTokens: seen(3, [12]) },
       { frequencyPenalty: -1, penaltyTokens: seen(4, [13]) },
       { repetitionPenalty: 1.2, frequencyPenalty: 0.5, penaltyTokens: seen(5) },

@@ -1,0 +1,92 @@
+// Matrix-vector products for decode steps of a few tokens: Y[m][n] (+)= X[m] . W[n] over K, for
+// M <= kGemvMaxRows. A step of one to a few sequences is bound by reading the weights once, and
+// cuBLAS's GEMM kernels at this shape stream them at well under the device's bandwidth. Here a
+// warp owns one output row n: its lanes read W[n] in contiguous 16-byte pieces (streaming loads,
+// since each weight is used once per step), several pieces in flight per lane, and dot them with
+// every token's x (small, cached in L1).
+#include <cuda_bf16.h>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 4;
+
+__device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
+  const uint32_t wa[4] = {w.x, w.y, w.z, w.w};
+  const uint32_t xa[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(wa[i] << 16), __uint_as_float(xa[i] << 16), acc);
+    acc = fmaf(__uint_as_float(wa[i] & 0xffff0000u), __uint_as_float(xa[i] & 0xffff0000u), acc);
+  }
+}
+
+template <int M>
+__global__ void __launch_bounds__(kWarps * 32) gemvKernel(const bf16_t* __restrict__ W, const bf16_t* __restrict__ X,
+                                                          float* __restrict__ Y, int N, int K, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int chunks = K / 8;  // 16-byte pieces per row
+  const uint4* w = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * K);
+  const uint4* x = reinterpret_cast<const uint4*>(X);
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0;
+  int c = lane;
+  for (; c + 32 * (kUnroll - 1) < chunks; c += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(w + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) dot8(wv[u], __ldg(x + static_cast<size_t>(m) * chunks + c + 32 * u), acc[m]);
+    }
+  }
+  for (; c < chunks; c += 32) {
+    const uint4 wv = __ldcs(w + c);
+#pragma unroll
+    for (int m = 0; m < M; ++m) dot8(wv, __ldg(x + static_cast<size_t>(m) * chunks + c), acc[m]);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float v = acc[m];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) {
+      float* y = Y + static_cast<size_t>(m) * N + n;
+      *y = accumulate ? *y + v : v;
+    }
+  }
+}
+
+template <int M>
+void launch(const bf16_t* W, const bf16_t* X, float* Y, int N, int K, bool accumulate, cudaStream_t s) {
+  gemvKernel<M><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, s>>>(W, X, Y, N, K, accumulate);
+}
+
+}  // namespace
+
+bool gemvSupported(int M, int K) { return M >= 1 && M <= kGemvMaxRows && K % 8 == 0; }
+
+void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool accumulate, cudaStream_t s) {
+  switch (M) {
+    case 1: return launch<1>(W, X, Y, N, K, accumulate, s);
+    case 2: return launch<2>(W, X, Y, N, K, accumulate, s);
+    case 3: return launch<3>(W, X, Y, N, K, accumulate, s);
+    case 4: return launch<4>(W, X, Y, N, K, accumulate, s);
+    case 5: return launch<5>(W, X, Y, N, K, accumulate, s);
+    case 6: return launch<6>(W, X, Y, N, K, accumulate, s);
+    case 7: return launch<7>(W, X, Y, N, K, accumulate, s);
+    default: return launch<8>(W, X, Y, N, K, accumulate, s);
+  }
+}
+
+}  // namespace cuda
+}  // namespace troupe
