@@ -59,6 +59,10 @@ struct EngineOptions {
   uint32_t loraModuleMask = 0;  // bit m set: the pool holds module m
   int threads = 0;
   int cudaGraphMaxBs = 0;
+  // CUDA LoRA kernels: chunks of at most loraChunkSize tokens of one adapter (csgmv), or one
+  // segment per sequence (sgmv). The CPU backend groups by slot either way.
+  bool loraSgmv = false;
+  int loraChunkSize = 16;
 };
 
 struct EngineInfo {

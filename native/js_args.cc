@@ -151,6 +151,12 @@ EngineOptions parseOptions(const Napi::Value& v) {
   e.maxLoraRank = integer(o, "maxLoraRank", w, 0);
   e.threads = integer(o, "threads", w, 0);
   e.cudaGraphMaxBs = integer(o, "cudaGraphMaxBs", w, 0);
+  if (o.Has("loraBackend") && !o.Get("loraBackend").IsUndefined()) {
+    const std::string backend = string(o, "loraBackend", w);
+    if (backend != "csgmv" && backend != "sgmv") throw ArgError(w + ".loraBackend must be \"csgmv\" or \"sgmv\"");
+    e.loraSgmv = backend == "sgmv";
+  }
+  if (o.Has("loraChunkSize") && !o.Get("loraChunkSize").IsUndefined()) e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
   Napi::Value mv = o.Get("loraModules");
   if (!mv.IsArray()) throw ArgError(w + ".loraModules must be an array of module names");
   Napi::Array mods = mv.As<Napi::Array>();

@@ -17,6 +17,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_pool.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 #include "sampling.h"
@@ -46,22 +47,24 @@ class CudaBackend : public Backend {
 
   EngineInfo info() const override { return info_; }
   void step(const StepBatch& batch, StepOutput& out) override;
-  void loadLoraSlot(int, const AdapterWeights&) override {
-    throw std::invalid_argument(
-        "LoRA adapters on the CUDA backend are not supported yet; serve adapters with --device cpu");
-  }
-  void clearLoraSlot(int) override {}
+  void loadLoraSlot(int slot, const AdapterWeights& adapter) override;
+  void clearLoraSlot(int slot) override;
 
  private:
   struct Plan {
     int T = 0, n = 0, decodes = 0, sampled = 0, splits = 1;
     std::vector<int> prefillSeqs;
+    std::vector<int> loraSlotsUsed;
+    int loraItems = 0;
   };
   void uploadInputs(const StepBatch& b, Plan& plan);
   void forward(const StepBatch* b, const Plan& plan);
   void attention(int layer, const StepBatch* b, const Plan& plan);
   void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
   void ensureActivations(int T, int decodes, int splits, int sampled);
+  // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter tokens.
+  void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
+                 float* y, int ldy);
   // Y[M][N] = X . W^T (+ Y when accumulating), f32 out: a GEMV kernel for a few tokens, else cuBLAS.
   void project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
@@ -97,7 +100,12 @@ class CudaBackend : public Backend {
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
   uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
-  std::map<int, Graph> graphs_;
+  std::map<std::pair<int, bool>, Graph> graphs_;  // by (batch size, has adapter tokens)
+  // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
+  std::unique_ptr<cuda::GpuLoraPool> lora_;
+  cuda::LoraItems loraItems_{};
+  bool stepHasLora_ = false;
+  DeviceBuffer<float> loraMid_;
   // Sampling.
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
@@ -141,6 +149,9 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
   invFreq_.ensure(rope.invFreq().size());
   check(cudaMemcpy(invFreq_.get(), rope.invFreq().data(), rope.invFreq().size() * 4, cudaMemcpyHostToDevice), "upload");
 
+  if (o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0) {
+    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  }
   // Activations for a typical step first, so the cache sizing below sees them.
   ensureActivations(512, 256, kMaxSplits, 256);
   const size_t perBlock = static_cast<size_t>(c.numLayers) * c.numKvHeads * o.blockSize * c.headDim * 2 * 2;
@@ -201,6 +212,7 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   const size_t s = static_cast<size_t>(std::max(sampled, 1));
   moved |= xs_.ensure(s * c_.hiddenSize);
   moved |= logits_.ensure(s * c_.vocabSize);
+  if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank());
   if (moved) ++generation_;
 }
 
@@ -221,14 +233,45 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.sampled = static_cast<int>(rows.size());
   if (p.decodes > 0) {
     const int work = p.decodes * c_.numKvHeads;
+    // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows).
     p.splits = std::clamp((2 * sms_ + work - 1) / work, 1, kMaxSplits);
   }
   if (b.maxBlocksPerSeq > pitch_) {
     pitch_ = b.maxBlocksPerSeq;
     ++generation_;
   }
+  // LoRA work items: csgmv gathers each slot's tokens across sequences and cuts them into chunks;
+  // sgmv makes one item per sequence.
+  std::vector<int32_t> perm, itemStart{0}, itemSlot;
+  if (lora_) {
+    std::vector<std::vector<int>> bySlot(lora_->slots());
+    for (int i = 0; i < p.n; ++i) {
+      const int slot = b.loraSlots[i];
+      if (slot < 0) continue;
+      if (bySlot[slot].empty()) p.loraSlotsUsed.push_back(slot);
+      if (o_.loraSgmv) {
+        for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) perm.push_back(t);
+        itemStart.push_back(static_cast<int32_t>(perm.size()));
+        itemSlot.push_back(slot);
+      }
+      for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) bySlot[slot].push_back(t);
+    }
+    if (!o_.loraSgmv) {
+      for (int slot : p.loraSlotsUsed) {
+        const auto& toks = bySlot[slot];
+        for (size_t k = 0; k < toks.size(); k += o_.loraChunkSize) {
+          const size_t e = std::min(toks.size(), k + o_.loraChunkSize);
+          perm.insert(perm.end(), toks.begin() + k, toks.begin() + e);
+          itemStart.push_back(static_cast<int32_t>(perm.size()));
+          itemSlot.push_back(slot);
+        }
+      }
+    }
+    p.loraItems = static_cast<int>(itemSlot.size());
+  }
   const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
-  const size_t total = 3 * T + D + S + n * pitch_;
+  const size_t loraInts = lora_ ? 3 * T + 2 : 0;
+  const size_t total = 3 * T + D + S + n * pitch_ + loraInts;
   hostInts_.ensure(total);
   if (ints_.ensure(total)) ++generation_;
   int32_t* h = hostInts_.get();
@@ -244,12 +287,24 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
               bt + i * pitch_);
     std::fill(bt + i * pitch_ + b.maxBlocksPerSeq, bt + (i + 1) * pitch_, -1);
   }
+  int32_t* li = bt + n * pitch_;
+  if (lora_) {
+    std::fill(li, li + loraInts, 0);
+    std::copy(perm.begin(), perm.end(), li);
+    std::copy(itemStart.begin(), itemStart.end(), li + T);
+    std::copy(itemSlot.begin(), itemSlot.end(), li + 2 * T + 1);
+    li[3 * T + 1] = p.loraItems;
+  }
   check(cudaMemcpyAsync(ints_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_), "input upload");
   int32_t* dv = ints_.get();
   dTokens_ = dv;
   map_ = cuda::TokenMap{dv + T, dv + 2 * T, dv + 3 * T + D + S, pitch_, p.T};
   dDecIdx_ = dv + 3 * T;
   dRows_ = dv + 3 * T + D;
+  if (lora_) {
+    const int32_t* dl = dv + 3 * T + D + S + n * pitch_;
+    loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems};
+  }
 }
 
 bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
@@ -263,8 +318,13 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   Plan p;
   uploadInputs(b, p);
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
+  stepHasLora_ = p.loraItems > 0;
+  for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   if (graphable(b, p)) {
-    Graph& g = graphs_[p.n];
+    // A replayed graph reads the item count from device memory: launch for the most items a
+    // step of this size can have (one per token).
+    if (stepHasLora_) loraItems_.gridItems = p.T;
+    Graph& g = graphs_[{p.n, stepHasLora_}];
     if (!g.exec || g.generation != generation_) {
       if (g.exec) cudaGraphExecDestroy(g.exec);
       g.exec = nullptr;
@@ -303,6 +363,8 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
     timer_.mark("qkv", stream_);
     project(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), false);
+    const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
+    applyLora(l, {kQ, kK, kV}, qkvOffsets, xn_.get(), h, qkv_.get(), qDim_ + 2 * kvDim_);
     timer_.mark("rope", stream_);
     cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
                  vCache_ + l * layerStride_, stream_);
@@ -310,14 +372,19 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     attention(l, b, p);
     timer_.mark("o", stream_);
     project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), true);
+    const int zero[1] = {0};
+    applyLora(l, {kO}, zero, attn_.get(), qDim_, hidden_.get(), h);
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
     timer_.mark("gate_up", stream_);
     project(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), false);
+    const int guOffsets[2] = {0, inter};
+    applyLora(l, {kGate, kUp}, guOffsets, xn_.get(), h, gateUp_.get(), 2 * inter);
     timer_.mark("silu", stream_);
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
     timer_.mark("down", stream_);
     project(T, h, inter, L.down, act_.get(), hidden_.get(), true);
+    applyLora(l, {kDown}, zero, act_.get(), inter, hidden_.get(), h);
   }
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
@@ -333,6 +400,36 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X,
   } else {
     gemm_->linear(M, N, K, W, X, Y, ElemType::F32, 1, accumulate ? 1 : 0);
   }
+}
+
+void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x,
+                            int ldx, float* y, int ldy) {
+  if (!lora_ || !stepHasLora_) return;
+  const cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
+  if (sl.count == 0) return;
+  timer_.mark("lora", stream_);
+  cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), stream_);
+  cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), y, ldy, stream_);
+}
+
+void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {
+  if (!lora_) {
+    throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) +
+                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
+  }
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  lora_->load(slot, adapter);
+  slotLoaded_[slot] = true;
+}
+
+void CudaBackend::clearLoraSlot(int slot) {
+  if (!lora_) {
+    throw std::invalid_argument("clearLoraSlot: slot " + std::to_string(slot) +
+                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
+  }
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  lora_->clear(slot);
+  slotLoaded_[slot] = false;
 }
 
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {

@@ -84,6 +84,8 @@ export function planEngine(
       loraModules: loraEnabled ? loraModules : [],
       threads: 0,
       cudaGraphMaxBs: opts.cudaGraphMaxBs,
+      loraBackend: opts.loraBackend,
+      loraChunkSize: opts.maxLoraChunkSize,
     },
   };
 }

@@ -60,6 +60,9 @@ export interface EngineOptions {
   /** Worker threads for the CPU backend; 0 = all cores. */
   threads: number;
   cudaGraphMaxBs: number;
+  /** CUDA LoRA kernels (--lora-backend, --max-lora-chunk-size); default csgmv with chunks of 16. */
+  loraBackend?: 'csgmv' | 'sgmv';
+  loraChunkSize?: number;
 }
 
 export interface EngineInfo {

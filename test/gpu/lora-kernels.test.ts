@@ -1,0 +1,131 @@
+// The CUDA LoRA kernels against the CPU backend's LoRA (f32, grouped per slot) on a small model:
+// odd sequence lengths, base rows between adapter rows, an odd rank, adapters that leave modules
+// out (rank 0 there), a loaded slot no row uses (an empty segment), every chunk size from 1 to
+// past the longest segment, and both kernel layouts, with and without CUDA graphs.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { makeRandomAdapter } from '../../src/model/demo.js';
+import { addon, createEngine, loadSlot, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from '../engine-fixtures.js';
+import type { StepResult } from '../../src/engine/types.js';
+
+// The test checkpoint of make_checkpoint.py: its weights round to bf16 without chaos, so the two
+// backends agree closely and a kernel error stands out.
+const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
+const hfConfig = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as object;
+const tmp = tempDir('gpu-lora');
+const ADAPTERS = [
+  { rank: 16, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const },
+  { rank: 5, targetModules: ['q_proj', 'v_proj'] as const },
+  { rank: 1, targetModules: ['down_proj'] as const },
+  { rank: 9, targetModules: ['gate_proj', 'up_proj', 'o_proj'] as const },
+];
+// Deltas of about 0.1 per output feature (see makeRandomAdapter's A), enough to move logprobs.
+ADAPTERS.forEach((a, i) =>
+  makeRandomAdapter(join(tmp.dir, `a${i}`), { rank: a.rank, targetModules: [...a.targetModules], alpha: 2 * a.rank, seed: 50 + i, bStd: 0.1 / Math.sqrt(a.rank) }, hfConfig),
+);
+const ckpt = openCheckpoint(dir);
+const vocab = ckpt.config.vocabSize;
+// The CPU keeps activations in f32, the GPU rounds GEMM inputs to bf16 (0.04 apart on this model
+// without adapters); a kernel that drops, misplaces or double-counts a delta moves logprobs by
+// several tenths.
+const TOL = 0.08;
+const pool = { blockSize: 4, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16 };
+
+function withAdapters(h: number): number {
+  ADAPTERS.forEach((_, i) => loadSlot(h, i, join(tmp.dir, `a${i}`), ckpt));
+  return h;
+}
+const cpu = withAdapters(createEngine(ckpt, { ...pool, device: 'cpu' }));
+afterAll(() => {
+  addon.destroyEngine(cpu);
+  tmp.cleanup();
+});
+
+/** A CUDA engine with the adapters loaded, destroyed after `fn`. */
+function withGpu<T>(opts: object, fn: (h: number) => T): T {
+  const h = withAdapters(createEngine(ckpt, { ...pool, device: 'cuda', ...opts }));
+  try {
+    return fn(h);
+  } finally {
+    addon.destroyEngine(h);
+  }
+}
+
+// Slot 3 is loaded but no row uses it.
+const LENS = [1, 3, 7, 17, 33, 2, 1, 5, 11];
+const SLOTS = [0, -1, 1, 2, 0, 1, -1, 2, 0];
+const blocks = LENS.map((_, i) => Array.from({ length: 12 }, (_, k) => i * 12 + k));
+
+function logprobs(r: StepResult, n: number): Float64Array[] {
+  return Array.from({ length: n }, (_, i) => {
+    const row = r.logits!.subarray(i * vocab, (i + 1) * vocab);
+    let m = -Infinity;
+    for (const v of row) m = Math.max(m, v);
+    let s = 0;
+    for (const v of row) s += Math.exp(v - m);
+    return Float64Array.from(row, (v) => v - m - Math.log(s));
+  });
+}
+
+/** Largest |logprob difference| over each row's 8 likeliest tokens in `b` (the reference). */
+function maxDiff(a: Float64Array[], b: Float64Array[]): number {
+  let d = 0;
+  b.forEach((ref, i) => {
+    const top = Array.from(ref.keys()).sort((x, y) => ref[y]! - ref[x]!).slice(0, 8);
+    for (const t of top) d = Math.max(d, Math.abs(a[i]![t]! - ref[t]!));
+  });
+  return d;
+}
+
+/** Prefill then three decodes fed `feed` (the CPU's choices), or the engine's own choices; the logprobs of every step. */
+function drive(h: number, slots: number[], feed?: number[][]): { lps: Float64Array[][]; tokens: number[][] } {
+  const prompts = LENS.map((n, i) => prompt(n, 90 + i, vocab));
+  const lps: Float64Array[][] = [];
+  const tokens: number[][] = [];
+  let seqs: SeqStep[] = prompts.map((p, i) => ({ tokens: p, cached: 0, blocks: blocks[i]!, slot: slots[i] }));
+  let cached = LENS.slice();
+  for (let s = 0; s < 4; s++) {
+    const r = addon.step(h, makeBatch(seqs, { maxBlocksPerSeq: 12, returnLogits: true }));
+    lps.push(logprobs(r, seqs.length));
+    const next = feed ? feed[s]! : Array.from(r.tokens);
+    tokens.push(next);
+    seqs = next.map((t, i) => ({ tokens: [t], cached: cached[i]!, blocks: blocks[i]!, slot: slots[i] }));
+    cached = cached.map((c) => c + 1);
+  }
+  return { lps, tokens };
+}
+
+describe('CUDA LoRA kernels vs the CPU backend', () => {
+  const { lps: reference, tokens: feed } = drive(cpu, SLOTS);
+
+  it('adapter rows differ from base rows, so a missing or misplaced delta shows', () => {
+    const base = withGpu({}, (h) => drive(h, SLOTS.map(() => -1), feed).lps);
+    for (let i = 0; i < LENS.length; i++) {
+      if (SLOTS[i]! >= 0) expect(maxDiff([reference[1]![i]!], [base[1]![i]!])).toBeGreaterThan(4 * TOL);
+    }
+  });
+
+  it.each([
+    ...[1, 2, 3, 5, 16, 32, 64].map((loraChunkSize) => ({ loraBackend: 'csgmv' as const, loraChunkSize, cudaGraphMaxBs: 16 })),
+    { loraBackend: 'csgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 0 },
+    { loraBackend: 'sgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 16 },
+    { loraBackend: 'sgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 0 },
+  ])('$loraBackend, chunk $loraChunkSize, graphs $cudaGraphMaxBs: logprobs within TOL of the CPU', (opts) => {
+    const got = withGpu(opts, (h) => drive(h, SLOTS, feed).lps);
+    let worst = 0;
+    got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
+    console.log(`LoRA kernels ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(TOL);
+  });
+
+  it('a cleared slot refuses its rows and a reload restores them', () => {
+    withGpu({ cudaGraphMaxBs: 16 }, (h) => {
+      addon.clearLoraSlot(h, 0);
+      expect(() => addon.step(h, makeBatch([{ tokens: [5, 6], cached: 0, blocks: [0], slot: 0 }]))).toThrow(/slot 0/);
+      loadSlot(h, 0, join(tmp.dir, 'a0'), ckpt);
+      const got = drive(h, SLOTS, feed).lps;
+      expect(maxDiff(got[3]!, reference[3]!)).toBeLessThan(TOL);
+    });
+  });
+});
