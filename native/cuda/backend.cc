@@ -56,6 +56,7 @@ class CudaBackend : public Backend {
     std::vector<int> prefillSeqs;
     std::vector<int> loraSlotsUsed;
     int loraItems = 0;
+    int loraTiles = 0;  // 16-token tiles of the longest item
   };
   void uploadInputs(const StepBatch& b, Plan& plan);
   void forward(const StepBatch* b, const Plan& plan);
@@ -105,7 +106,8 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::GpuLoraPool> lora_;
   cuda::LoraItems loraItems_{};
   bool stepHasLora_ = false;
-  DeviceBuffer<float> loraMid_;
+  DeviceBuffer<float> loraMid_;  // loraPieces_ slabs of partial shrink results
+  int loraPieces_ = 1;
   // Sampling.
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
@@ -151,6 +153,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
 
   if (o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0) {
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+    loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
   }
   // Activations for a typical step first, so the cache sizing below sees them.
   ensureActivations(512, 256, kMaxSplits, 256);
@@ -212,7 +215,7 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   const size_t s = static_cast<size_t>(std::max(sampled, 1));
   moved |= xs_.ensure(s * c_.hiddenSize);
   moved |= logits_.ensure(s * c_.vocabSize);
-  if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank());
+  if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * loraPieces_);
   if (moved) ++generation_;
 }
 
@@ -268,6 +271,10 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
       }
     }
     p.loraItems = static_cast<int>(itemSlot.size());
+    for (int i = 0; i < p.loraItems; ++i) {
+      const int tiles = (itemStart[i + 1] - itemStart[i] + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
+      p.loraTiles = std::max(p.loraTiles, tiles);
+    }
   }
   const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
   const size_t loraInts = lora_ ? 3 * T + 2 : 0;
@@ -303,7 +310,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   dRows_ = dv + 3 * T + D;
   if (lora_) {
     const int32_t* dl = dv + 3 * T + D + S + n * pitch_;
-    loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems};
+    loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems, p.loraTiles};
   }
 }
 
@@ -323,7 +330,12 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   if (graphable(b, p)) {
     // A replayed graph reads the item count from device memory: launch for the most items a
     // step of this size can have (one per token).
-    if (stepHasLora_) loraItems_.gridItems = p.T;
+    if (stepHasLora_) {
+      loraItems_.gridItems = p.T;
+      // Decode-only: sgmv items are single tokens; csgmv chunks hold at most chunk-size tokens.
+      const int longest = o_.loraSgmv ? 1 : std::min(p.T, o_.loraChunkSize);
+      loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
+    }
     Graph& g = graphs_[{p.n, stepHasLora_}];
     if (!g.exec || g.generation != generation_) {
       if (g.exec) cudaGraphExecDestroy(g.exec);
@@ -408,8 +420,9 @@ void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules
   const cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
   if (sl.count == 0) return;
   timer_.mark("lora", stream_);
-  cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), stream_);
-  cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), y, ldy, stream_);
+  const size_t slab = loraMid_.size() / loraPieces_;
+  cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
+  cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
 }
 
 void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {

@@ -23,7 +23,14 @@ struct LoraItems {
   const int32_t* itemSlot;
   const int32_t* numItems;
   int gridItems;  // blocks launched along the items (at least *numItems)
+  int gridTiles;  // blocks launched along each item's 16-token tiles (enough for the longest item)
 };
+
+// The shrink splits the input features into pieces of kLoraKSplit, each block writing its partial
+// dot products; the expand adds the pieces in a fixed order (deterministic, no atomics).
+constexpr int kLoraKSplit = 512;
+inline int loraKPieces(int in) { return (in + kLoraKSplit - 1) / kLoraKSplit; }
+constexpr int kLoraTileTokens = 16;
 
 // Up to three projections that share one input (q/k/v, or gate/up), run as one launch.
 struct LoraSlices {
@@ -39,12 +46,13 @@ struct LoraSlices {
   int module[kMaxLoraSlices];      // index into ranks (slot * 7 + module)
 };
 
-// mid[t][s * maxRank + r] = x[t] . A_s[slot][r] for r < rank(slot, s).
+// mid[piece][t][s * maxRank + r] = x[t][piece's features] . A_s[slot][r][same] for r < rank(slot, s);
+// mid holds loraKPieces(in) slabs of midSlab floats (tokens x count * maxRank).
 void loraShrink(const LoraItems& items, const LoraSlices& sl, const int32_t* ranks, const bf16_t* x, int ldx,
-                float* mid, cudaStream_t st);
-// y[t][outOffset_s + o] += scaling[slot] * sum_r mid[t][s * maxRank + r] B_s[slot][o][r].
+                float* mid, size_t midSlab, cudaStream_t st);
+// y[t][outOffset_s + o] += scaling[slot] * sum_r (sum over pieces of mid)[t][s * maxRank + r] B_s[slot][o][r].
 void loraExpand(const LoraItems& items, const LoraSlices& sl, const int32_t* ranks, const float* scaling,
-                const float* mid, float* y, int ldy, cudaStream_t st);
+                const float* mid, size_t midSlab, float* y, int ldy, cudaStream_t st);
 
 }  // namespace cuda
 }  // namespace troupe

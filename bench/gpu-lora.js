@@ -1,0 +1,109 @@
+// The multi-LoRA GPU benchmark: troupe's CUDA engine on the Llama-3.1-8B shape with 8 adapters of
+// rank 16 or 64 on all seven modules (written by bench/gpu_peft.py, which also times
+// transformers + PEFT on the same workload). On a CUDA machine:
+//   python3 bench/gpu_peft.py MODEL ADAPTERS peft.json && node bench/gpu-lora.js MODEL ADAPTERS peft.json OUT.json
+// Decode: 32 sequences over a 512-token context, the rows spread round-robin over 0 (base), 1, 4
+// or 8 distinct adapters; the median of 20 steps after warm-up, timed around the whole step as in
+// bench/gpu-decode.js. Prefill: 8 x 512 tokens with the same spread. Both kernel layouts.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url);
+const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
+const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
+const { loadAdapterWeights } = await import(new URL('dist/src/model/adapter.js', root).href);
+
+const [modelDir, adapterDir, peftFile, outFile] = process.argv.slice(2);
+if (!outFile) throw new Error('usage: node bench/gpu-lora.js MODEL_DIR ADAPTER_DIR PEFT_JSON OUT_JSON');
+const peft = JSON.parse(readFileSync(peftFile, 'utf8'));
+const addon = loadNative();
+const ckpt = openCheckpoint(modelDir);
+const BLOCK = 16;
+const CONTEXT = 512;
+const ROWS = 32;
+const STEPS = 20;
+const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
+
+function batch(seqs) {
+  const n = seqs.length;
+  const tokens = [], positions = [], seqStarts = [0];
+  const blockTables = new Int32Array(n * maxBlocks).fill(-1);
+  seqs.forEach((s, i) => {
+    s.tokens.forEach((t, j) => { tokens.push(t); positions.push(s.cached + j); });
+    seqStarts.push(tokens.length);
+    blockTables.set(s.blocks, i * maxBlocks);
+  });
+  const f = (v) => Float32Array.from(seqs.map(() => v));
+  return {
+    tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqStarts: Int32Array.from(seqStarts),
+    contextLens: Int32Array.from(seqs.map((s) => s.cached + s.tokens.length)), blockTables, maxBlocksPerSeq: maxBlocks,
+    loraSlots: Int32Array.from(seqs.map((s) => s.slot)), sample: Uint8Array.from(seqs.map(() => 1)),
+    temperature: f(0), topK: Int32Array.from(seqs.map(() => -1)), topP: f(1), minP: f(0),
+    frequencyPenalty: f(0), presencePenalty: f(0), repetitionPenalty: f(1),
+    penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(n + 1), penaltyPromptLens: new Int32Array(n),
+    seeds: new Uint32Array(n), draws: new Uint32Array(n), topLogprobs: 0, returnLogits: false,
+  };
+}
+
+let seed = 7;
+const randomTokens = (len) => Array.from({ length: len }, () => 1000 + ((seed = (seed * 1103515245 + 12345) % 2147483648) % 99000));
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const slotOf = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
+
+function decode(h, seqs, distinct) {
+  let last = seqs.map(() => 5000);
+  const times = [];
+  for (let s = 0; s < STEPS + 3; s++) {
+    const b = batch(seqs.map((q, i) => ({ tokens: [last[i]], cached: CONTEXT - 1, blocks: q.blocks, slot: slotOf(i, distinct) })));
+    const t0 = performance.now();
+    const r = addon.step(h, b);
+    if (s >= 3) times.push(performance.now() - t0);
+    last = Array.from(r.tokens);
+  }
+  return median(times);
+}
+
+function prefill(h, distinct) {
+  const times = [];
+  for (let rep = 0; rep < 4; rep++) {
+    const seqs = Array.from({ length: 8 }, (_, i) => ({
+      tokens: randomTokens(512), cached: 0, blocks: Array.from({ length: 32 }, (_, k) => (ROWS + i) * maxBlocks + k).slice(0, maxBlocks), slot: slotOf(i, distinct),
+    }));
+    const t0 = performance.now();
+    addon.step(h, batch(seqs));
+    if (rep > 0) times.push(performance.now() - t0);
+  }
+  const ms = median(times);
+  return { ms, tokensPerS: (8 * 512) / (ms / 1000) };
+}
+
+const result = { date: '2026-11-24', model: 'random weights, Llama-3.1-8B shape, bf16', rows: ROWS, context: CONTEXT, runs: [], peft };
+for (const rank of [16, 64]) {
+  for (const loraBackend of ['csgmv', 'sgmv']) {
+    const h = addon.createEngine(ckpt.config, ckpt.tensors, {
+      device: 'cuda', blockSize: BLOCK, kvBlocks: (ROWS + 8) * maxBlocks, memFractionStatic: 0.85, loraSlots: 8, maxLoraRank: rank,
+      loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], threads: 0, cudaGraphMaxBs: 64,
+      loraBackend, loraChunkSize: 16,
+    });
+    for (let i = 0; i < 8; i++) addon.loadLoraSlot(h, i, loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
+    const seqs = Array.from({ length: ROWS }, (_, i) => ({ tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k) }));
+    for (let i = 0; i < ROWS; i += 8) addon.step(h, batch(seqs.slice(i, i + 8).map((s) => ({ ...s, slot: -1 }))));
+    for (const distinct of [0, 1, 4, 8]) {
+      const ms = decode(h, seqs, distinct);
+      const p = prefill(h, distinct);
+      result.runs.push({ rank, loraBackend, adapters: distinct, decodeMs: ms, prefillTokensPerS: p.tokensPerS });
+      console.log(`rank ${rank} ${loraBackend} ${distinct} adapter(s): decode b${ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`);
+    }
+    addon.destroyEngine(h);
+  }
+}
+const base = (rank, backend) => result.runs.find((r) => r.rank === rank && r.loraBackend === backend && r.adapters === 0);
+for (const r of result.runs) {
+  const b = base(r.rank, r.loraBackend);
+  r.decodeOverhead = r.decodeMs / b.decodeMs - 1;
+  r.prefillOverhead = b.prefillTokensPerS / r.prefillTokensPerS - 1;
+}
+const mixed = result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.adapters === 8);
+result.speedupOverPeft = { eightAdapters: peft.decodeMs['8'] / mixed.decodeMs, oneAdapter: peft.decodeMs['1'] / result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.adapters === 1).decodeMs };
+console.log(`decode over transformers + PEFT: x${result.speedupOverPeft.eightAdapters.toFixed(1)} with 8 adapters, x${result.speedupOverPeft.oneAdapter.toFixed(1)} with 1`);
+writeFileSync(outFile, JSON.stringify(result, null, 2) + '\n');
