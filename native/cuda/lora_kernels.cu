@@ -14,7 +14,6 @@ namespace {
 
 constexpr int kTok = kLoraTileTokens;
 constexpr int kRankTile = 64;
-constexpr int kKTile = 64;
 constexpr int kOutTile = 128;
 constexpr int kThreads = 256;
 
@@ -32,6 +31,22 @@ __device__ __forceinline__ bool tileOf(const LoraItems& items, int item, int til
   return true;
 }
 
+// Copies `rows` rows of n bf16 values (row r from src(r)) to dst[r][0, n): 16 bytes at a time
+// when the rows allow it, spread over the whole block.
+template <class Src>
+__device__ __forceinline__ void stage(Src src, bf16_t (*dst)[kLoraKSplit], int rows, int n, int tid, bool vec) {
+  if (vec) {
+    const int per = n / 8;
+    for (int e = tid; e < rows * per; e += kThreads) {
+      reinterpret_cast<uint4*>(dst[e / per])[e % per] = reinterpret_cast<const uint4*>(src(e / per))[e % per];
+    }
+  } else {
+    for (int e = tid; e < rows * n; e += kThreads) dst[e / n][e % n] = src(e / n)[e % n];
+  }
+}
+
+// One round trip per block: the tile's x rows and the slot's A rows over one input piece go to
+// shared memory together, then each thread forms up to four (token, rank) dot products.
 __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
                                                          const bf16_t* x, int ldx, float* mid, size_t midSlab) {
   const int s = blockIdx.z % sl.count, piece = blockIdx.z / sl.count;
@@ -41,44 +56,37 @@ __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSl
   if (rank == 0) return;
   const bf16_t* A = sl.a[s] + t.slot * sl.aSlotStride[s];
   const int in = sl.in, midPitch = sl.count * sl.maxRank;
-  const int kBegin = piece * kLoraKSplit, kEnd = min(in, kBegin + kLoraKSplit);
-  __shared__ float xs[kTok][kKTile + 1];
-  __shared__ float as[kRankTile][kKTile + 1];
+  const int k0 = piece * kLoraKSplit, kn = min(kLoraKSplit, in - k0);
+  const bool vec = (in % 8 == 0) && (ldx % 8 == 0);
+  __shared__ __align__(16) bf16_t xs[kTok][kLoraKSplit];
+  __shared__ __align__(16) bf16_t as[kRankTile][kLoraKSplit];
   __shared__ int tok[kTok];
   const int tid = threadIdx.x, ti = tid / 16, rj = tid % 16;
   if (tid < kTok) tok[tid] = tid < t.count ? items.perm[t.begin + tid] : -1;
+  __syncthreads();
+  stage([&](int i) { return x + static_cast<size_t>(tok[i]) * ldx + k0; }, xs, t.count, kn, tid, vec);
   for (int r0 = 0; r0 < rank; r0 += kRankTile) {
     const int rn = min(kRankTile, rank - r0);
-    float acc[4] = {0, 0, 0, 0};
-    for (int k0 = kBegin; k0 < kEnd; k0 += kKTile) {
-      __syncthreads();
-      for (int e = tid; e < kTok * kKTile; e += kThreads) {
-        const int i = e / kKTile, k = e % kKTile;
-        xs[i][k] = (tok[i] >= 0 && k0 + k < kEnd) ? bf(x[static_cast<size_t>(tok[i]) * ldx + k0 + k]) : 0.0f;
-      }
-      for (int e = tid; e < rn * kKTile; e += kThreads) {
-        const int r = e / kKTile, k = e % kKTile;
-        as[r][k] = k0 + k < kEnd ? bf(A[static_cast<size_t>(r0 + r) * in + k0 + k]) : 0.0f;
-      }
-      __syncthreads();
+    if (r0 > 0) __syncthreads();
+    stage([&](int r) { return A + static_cast<size_t>(r0 + r) * in + k0; }, as, rn, kn, tid, vec);
+    __syncthreads();
+    if (ti >= t.count) continue;
+    float* out = mid + piece * midSlab + static_cast<size_t>(tok[ti]) * midPitch + s * sl.maxRank + r0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (16 * j >= rn) break;
-        const int r = rj + 16 * j;
-        if (r >= rn) continue;
-        float a = acc[j];
-#pragma unroll 16
-        for (int k = 0; k < kKTile; ++k) a = fmaf(xs[ti][k], as[r][k], a);
-        acc[j] = a;
+    for (int j = 0; j < 4; ++j) {
+      const int r = rj + 16 * j;
+      if (r >= rn) break;
+      float a = 0;
+      const __nv_bfloat162* xr = reinterpret_cast<const __nv_bfloat162*>(xs[ti]);
+      const __nv_bfloat162* ar = reinterpret_cast<const __nv_bfloat162*>(as[r]);
+#pragma unroll 8
+      for (int k = 0; k < kn / 2; ++k) {
+        const float2 xv = __bfloat1622float2(xr[k]), av = __bfloat1622float2(ar[k]);
+        a = fmaf(xv.x, av.x, a);
+        a = fmaf(xv.y, av.y, a);
       }
-    }
-    if (ti < t.count) {
-      float* out = mid + piece * midSlab + static_cast<size_t>(tok[ti]) * midPitch + s * sl.maxRank + r0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = rj + 16 * j;
-        if (r < rn) out[r] = acc[j];
-      }
+      if (kn % 2) a = fmaf(bf(xs[ti][kn - 1]), bf(as[r][kn - 1]), a);
+      out[r] = a;
     }
   }
 }

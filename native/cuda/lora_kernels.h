@@ -28,7 +28,7 @@ struct LoraItems {
 
 // The shrink splits the input features into pieces of kLoraKSplit, each block writing its partial
 // dot products; the expand adds the pieces in a fixed order (deterministic, no atomics).
-constexpr int kLoraKSplit = 512;
+constexpr int kLoraKSplit = 256;
 inline int loraKPieces(int in) { return (in + kLoraKSplit - 1) / kLoraKSplit; }
 constexpr int kLoraTileTokens = 16;
 
