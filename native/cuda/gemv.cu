@@ -1,5 +1,6 @@
 // Matrix-vector products for decode steps of a few tokens: Y[m][n] (+)= X[m] . W[n] over K, for
-// M <= kGemvMaxRows. A step of one to a few sequences is bound by reading the weights once, and
+// M <= kGemvMaxRows (past 4 rows the per-weight arithmetic outweighs the saved bandwidth and
+// cuBLAS wins). A step of one to a few sequences is bound by reading the weights once, and
 // cuBLAS's GEMM kernels at this shape stream them at well under the device's bandwidth. Here a
 // warp owns one output row n: its lanes read W[n] in contiguous 16-byte pieces (streaming loads,
 // since each weight is used once per step), several pieces in flight per lane, and dot them with
@@ -80,11 +81,7 @@ void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool 
     case 1: return launch<1>(W, X, Y, N, K, accumulate, s);
     case 2: return launch<2>(W, X, Y, N, K, accumulate, s);
     case 3: return launch<3>(W, X, Y, N, K, accumulate, s);
-    case 4: return launch<4>(W, X, Y, N, K, accumulate, s);
-    case 5: return launch<5>(W, X, Y, N, K, accumulate, s);
-    case 6: return launch<6>(W, X, Y, N, K, accumulate, s);
-    case 7: return launch<7>(W, X, Y, N, K, accumulate, s);
-    default: return launch<8>(W, X, Y, N, K, accumulate, s);
+    default: return launch<4>(W, X, Y, N, K, accumulate, s);
   }
 }
 

@@ -33,8 +33,10 @@ __device__ __forceinline__ bool tileOf(const LoraItems& items, int item, int til
 
 // Copies `rows` rows of n bf16 values (row r from src(r)) to dst[r][0, n): 16 bytes at a time
 // when the rows allow it, spread over the whole block.
+constexpr int kPitch = kLoraKSplit + 8;
+
 template <class Src>
-__device__ __forceinline__ void stage(Src src, bf16_t (*dst)[kLoraKSplit], int rows, int n, int tid, bool vec) {
+__device__ __forceinline__ void stage(Src src, bf16_t (*dst)[kPitch], int rows, int n, int tid, bool vec) {
   if (vec) {
     const int per = n / 8;
     for (int e = tid; e < rows * per; e += kThreads) {
@@ -58,8 +60,9 @@ __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSl
   const int in = sl.in, midPitch = sl.count * sl.maxRank;
   const int k0 = piece * kLoraKSplit, kn = min(kLoraKSplit, in - k0);
   const bool vec = (in % 8 == 0) && (ldx % 8 == 0);
-  __shared__ __align__(16) bf16_t xs[kTok][kLoraKSplit];
-  __shared__ __align__(16) bf16_t as[kRankTile][kLoraKSplit];
+  // Rows padded by 16 bytes: the 16 ranks a warp reads at one k then fall in different banks.
+  __shared__ __align__(16) bf16_t xs[kTok][kPitch];
+  __shared__ __align__(16) bf16_t as[kRankTile][kPitch];
   __shared__ int tok[kTok];
   const int tid = threadIdx.x, ti = tid / 16, rj = tid % 16;
   if (tid < kTok) tok[tid] = tid < t.count ? items.perm[t.begin + tid] : -1;
