@@ -1,0 +1,136 @@
+// How --tp-size N splits the model across N ranks, as Megatron-LM does and SGLang and vLLM
+// follow: q/k/v and gate/up are column-parallel (each rank owns whole attention heads and a
+// contiguous part of the intermediate features), o and down are row-parallel (each rank owns the
+// matching input columns, and the partial outputs are all-reduced), the embedding and lm_head
+// are vocab-parallel, norms are replicated. LoRA follows S-LoRA: for column-parallel modules A is
+// replicated and B is sliced like the base output; for row-parallel ones A is sliced like the
+// base input, its rank-r output is all-reduced, and B is replicated. Every rank's pool slot is
+// filled from the same host copy by slicing it here.
+import { badRequest } from '../errors.js';
+import type { AdapterWeights, LoraModule, ModelConfig, TensorRef } from '../engine/types.js';
+
+export interface Range {
+  start: number;
+  count: number;
+}
+
+/** What one rank owns. */
+export interface RankShard {
+  rank: number;
+  tpSize: number;
+  heads: Range; // query heads
+  kvHeads: Range; // KV heads (one, shared with other ranks, when tpSize > numKvHeads)
+  inter: Range; // intermediate (MLP) features
+  vocab: Range; // embedding and lm_head rows
+}
+
+/** The shards of every rank, or an error naming the dimension tpSize does not divide. */
+export function planTensorParallel(config: ModelConfig, tpSize: number): RankShard[] {
+  const fail = (what: string): never => {
+    throw badRequest(`--tp-size ${tpSize}: ${what}`);
+  };
+  if (!Number.isInteger(tpSize) || tpSize < 1) fail('must be a positive integer');
+  if (config.numHeads % tpSize !== 0) fail(`does not divide the ${config.numHeads} attention heads`);
+  if (config.intermediateSize % tpSize !== 0) fail(`does not divide intermediate_size ${config.intermediateSize}`);
+  const kv = config.numKvHeads;
+  if (kv % tpSize !== 0 && tpSize % kv !== 0) {
+    fail(`the ${kv} KV heads can neither be split evenly over ${tpSize} ranks nor replicated (${tpSize} is not a multiple of ${kv})`);
+  }
+  const headsPer = config.numHeads / tpSize;
+  const interPer = config.intermediateSize / tpSize;
+  const vocabPer = Math.ceil(config.vocabSize / tpSize);
+  return Array.from({ length: tpSize }, (_, rank) => ({
+    rank,
+    tpSize,
+    heads: { start: rank * headsPer, count: headsPer },
+    // More ranks than KV heads: each rank keeps the one KV head its query heads use.
+    kvHeads: kv >= tpSize ? { start: (rank * kv) / tpSize, count: kv / tpSize } : { start: Math.floor((rank * kv) / tpSize), count: 1 },
+    inter: { start: rank * interPer, count: interPer },
+    vocab: { start: Math.min(rank * vocabPer, config.vocabSize), count: Math.max(0, Math.min(vocabPer, config.vocabSize - rank * vocabPer)) },
+  }));
+}
+
+/**
+ * A rank's part of one checkpoint tensor: whole tensors (replicated), a contiguous band of rows
+ * (column-parallel and vocab-parallel weights, so the reference just narrows), or a band of
+ * columns (row-parallel weights, which the loader reads row by row).
+ */
+export type ShardedTensor =
+  | { kind: 'replicated'; ref: TensorRef }
+  | { kind: 'rows'; ref: TensorRef; rows: Range }
+  | { kind: 'columns'; ref: TensorRef; columns: Range };
+
+const BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
+
+function rowsOf(ref: TensorRef, rows: Range): ShardedTensor {
+  const rowBytes = (ref.nbytes / ref.shape[0]!) | 0;
+  return {
+    kind: 'rows',
+    rows,
+    ref: { ...ref, offset: ref.offset + rows.start * rowBytes, nbytes: rows.count * rowBytes, shape: [rows.count, ...ref.shape.slice(1)] },
+  };
+}
+
+function headRows(shard: Range, headDim: number): Range {
+  return { start: shard.start * headDim, count: shard.count * headDim };
+}
+
+export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShard): ShardedTensor {
+  const d = config.headDim;
+  const kind = /(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|embed_tokens|lm_head)\.weight$/.exec(ref.name)?.[1];
+  switch (kind) {
+    case 'q_proj':
+      return rowsOf(ref, headRows(shard.heads, d));
+    case 'k_proj':
+    case 'v_proj':
+      return rowsOf(ref, headRows(shard.kvHeads, d));
+    case 'gate_proj':
+    case 'up_proj':
+      return rowsOf(ref, shard.inter);
+    case 'embed_tokens':
+    case 'lm_head':
+      return rowsOf(ref, shard.vocab);
+    case 'o_proj':
+      return { kind: 'columns', ref, columns: headRows(shard.heads, d) };
+    case 'down_proj':
+      return { kind: 'columns', ref, columns: shard.inter };
+    default:
+      return { kind: 'replicated', ref };
+  }
+}
+
+/** Bytes per element of a tensor's dtype (for readers of a 'columns' shard). */
+export function elementBytes(ref: TensorRef): number {
+  return BYTES[ref.dtype];
+}
+
+const COLUMN_PARALLEL: ReadonlySet<LoraModule> = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);
+
+/** The output rows (column-parallel) or input columns (row-parallel) a rank owns of a module. */
+function moduleRange(m: LoraModule, config: ModelConfig, shard: RankShard): Range {
+  const d = config.headDim;
+  if (m === 'q_proj' || m === 'o_proj') return headRows(shard.heads, d);
+  if (m === 'k_proj' || m === 'v_proj') return headRows(shard.kvHeads, d);
+  return shard.inter;
+}
+
+/** A rank's slice of an adapter: what its pool slot holds. */
+export function shardAdapter(adapter: AdapterWeights, config: ModelConfig, shard: RankShard): AdapterWeights {
+  const r = adapter.rank;
+  return {
+    rank: r,
+    scaling: adapter.scaling,
+    weights: adapter.weights.map((w) => {
+      const range = moduleRange(w.module, config, shard);
+      if (COLUMN_PARALLEL.has(w.module)) {
+        // B is [out][rank]: keep the rank's output rows.
+        return { ...w, b: w.b.slice(range.start * r, (range.start + range.count) * r) };
+      }
+      // A is [rank][in]: keep the rank's input columns of every row.
+      const inDim = w.a.length / r;
+      const a = new Float32Array(r * range.count);
+      for (let i = 0; i < r; i++) a.set(w.a.subarray(i * inDim + range.start, i * inDim + range.start + range.count), i * range.count);
+      return { ...w, a };
+    }),
+  };
+}
