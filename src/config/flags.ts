@@ -62,7 +62,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'chunked-prefill-size', kind: 'int', default: 2048, group: 'runtime',
     help: 'Most prompt tokens prefilled in one step; longer prompts are split into chunks.' },
   { name: 'tp-size', aliases: ['tp', 'tensor-parallel-size'], kind: 'int', default: 1, group: 'runtime',
-    help: 'Tensor-parallel degree (GPUs per model).' },
+    help: 'Tensor-parallel degree (GPUs per model). Only 1 runs in this version; larger values are refused with an error.' },
   { name: 'cuda-graph-max-bs', kind: 'int', default: 256, group: 'runtime', help: 'Largest decode batch captured as a CUDA graph.' },
   { name: 'disable-cuda-graph', kind: 'bool', default: false, group: 'runtime', help: 'Run decode steps without CUDA graphs.' },
   { name: 'device', kind: 'choice', default: 'auto', choices: ['auto', 'cpu', 'cuda'], group: 'runtime',
