@@ -14,6 +14,15 @@ struct SlotGroup {
   std::vector<int> tokens;
 };
 
+// Input and output features of each LoRA module of the model (the shapes of its A and B).
+void loraModuleDims(const ModelConfig& config, int* in, int* out);
+
+// Checks an adapter against a pool of `slots` slots (max rank, layers, held modules, and the
+// in/out sizes per module) before slot `slot` takes it; throws std::invalid_argument naming the
+// problem. Returns, per layer * kNumLoraModules + module, whether the adapter gives that factor.
+std::vector<char> checkAdapter(const AdapterWeights& adapter, int slot, int slots, int maxRank, int layers,
+                               uint32_t moduleMask, const int* in, const int* out);
+
 class LoraPool {
  public:
   LoraPool(const ModelConfig& config, int slots, int maxRank, uint32_t moduleMask);

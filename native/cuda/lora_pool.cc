@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "lora.h"
+
 namespace troupe {
 namespace cuda {
 
@@ -20,11 +22,7 @@ uint16_t toBf16(float f) {
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask)
     : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask) {
-  const int h = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, inter = c.intermediateSize;
-  const int ins[kNumLoraModules] = {h, h, h, q, h, h, inter};
-  const int outs[kNumLoraModules] = {q, kv, kv, h, inter, inter, h};
-  std::memcpy(in_, ins, sizeof(in_));
-  std::memcpy(out_, outs, sizeof(out_));
+  loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   for (int l = 0; l < layers_; ++l) {
@@ -66,42 +64,10 @@ GpuLoraPool::~GpuLoraPool() {
 }
 
 void GpuLoraPool::load(int slot, const AdapterWeights& ad) {
-  const std::string where = "loadLoraSlot: slot " + std::to_string(slot) + ": ";
-  if (slot < 0 || slot >= slots_) {
-    throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) + " is outside [0, " +
-                                std::to_string(slots_) + ")");
-  }
-  if (ad.rank < 1 || ad.rank > maxRank_) {
-    throw std::invalid_argument(where + "adapter rank " + std::to_string(ad.rank) + " is outside [1, " +
-                                std::to_string(maxRank_) + "] (max LoRA rank)");
-  }
+  const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, layers_, mask_, in_, out_);
   const int r = ad.rank;
-  std::vector<char> seen(static_cast<size_t>(layers_) * kNumLoraModules, 0);
   size_t total = 0;
-  for (const auto& w : ad.weights) {
-    const std::string name = "layer " + std::to_string(w.layer) + " " + kLoraModuleNames[w.module];
-    if (w.layer < 0 || w.layer >= layers_) {
-      throw std::invalid_argument(where + "layer " + std::to_string(w.layer) + " is outside [0, " +
-                                  std::to_string(layers_) + ")");
-    }
-    if (!holds(w.module)) {
-      throw std::invalid_argument(where + "the adapter targets " + kLoraModuleNames[w.module] +
-                                  ", which the LoRA pool does not hold (see loraModules)");
-    }
-    const size_t aLen = static_cast<size_t>(r) * in_[w.module], bLen = static_cast<size_t>(out_[w.module]) * r;
-    if (w.a.size != aLen) {
-      throw std::invalid_argument(where + name + ": A has " + std::to_string(w.a.size) + " values, expected rank " +
-                                  std::to_string(r) + " x " + std::to_string(in_[w.module]));
-    }
-    if (w.b.size != bLen) {
-      throw std::invalid_argument(where + name + ": B has " + std::to_string(w.b.size) + " values, expected " +
-                                  std::to_string(out_[w.module]) + " x rank " + std::to_string(r));
-    }
-    char& s = seen[static_cast<size_t>(w.layer) * kNumLoraModules + w.module];
-    if (s) throw std::invalid_argument(where + name + " is given twice");
-    s = 1;
-    total += aLen + bLen;
-  }
+  for (const auto& w : ad.weights) total += w.a.size + w.b.size;
   // A module the adapter targets must be targeted in every layer (the per-module rank is per
   // slot); a layer it skips gets zero factors, which add nothing.
   int moduleRank[kNumLoraModules] = {0};
