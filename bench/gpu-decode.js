@@ -8,6 +8,7 @@
 // embedding table, plus the batch's KV cache) / the measured device-to-device bandwidth.
 import { readFileSync, writeFileSync } from 'node:fs';
 
+import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
@@ -32,30 +33,8 @@ function engine(graphMaxBs) {
   });
 }
 
-function batch(seqs) {
-  const n = seqs.length;
-  const tokens = [], positions = [], seqStarts = [0];
-  const blockTables = new Int32Array(n * maxBlocks).fill(-1);
-  seqs.forEach((s, i) => {
-    s.tokens.forEach((t, j) => { tokens.push(t); positions.push(s.cached + j); });
-    seqStarts.push(tokens.length);
-    blockTables.set(s.blocks, i * maxBlocks);
-  });
-  const f = (v) => Float32Array.from(seqs.map(() => v));
-  return {
-    tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqStarts: Int32Array.from(seqStarts),
-    contextLens: Int32Array.from(seqs.map((s) => s.cached + s.tokens.length)), blockTables, maxBlocksPerSeq: maxBlocks,
-    loraSlots: Int32Array.from(seqs.map(() => -1)), sample: Uint8Array.from(seqs.map(() => 1)),
-    temperature: f(0), topK: Int32Array.from(seqs.map(() => -1)), topP: f(1), minP: f(0),
-    frequencyPenalty: f(0), presencePenalty: f(0), repetitionPenalty: f(1),
-    penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(n + 1), penaltyPromptLens: new Int32Array(n),
-    seeds: new Uint32Array(n), draws: new Uint32Array(n), topLogprobs: 0, returnLogits: false,
-  };
-}
-
-let seed = 1;
-const randomTokens = (len) => Array.from({ length: len }, () => 1000 + ((seed = (seed * 1103515245 + 12345) % 2147483648) % 99000));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const batch = (seqs) => greedyBatch(seqs, maxBlocks);
+const randomTokens = randomTokenSource(1);
 
 function decode(h, bs) {
   const seqs = Array.from({ length: bs }, (_, i) => ({
@@ -81,13 +60,8 @@ function prefill(h, bs, len) {
     const seqs = Array.from({ length: bs }, (_, i) => ({
       tokens: randomTokens(len), cached: 0, blocks: Array.from({ length: Math.ceil(len / BLOCK) }, (_, k) => i * maxBlocks * 4 + k),
     }));
-    const b = batch(seqs.map((s) => ({ ...s, blocks: s.blocks.slice(0, maxBlocks) })));
-    if (Math.ceil(len / BLOCK) > maxBlocks) {
-      // 2048 tokens need more than maxBlocks blocks: widen the table for this batch.
-      b.maxBlocksPerSeq = Math.ceil(len / BLOCK);
-      b.blockTables = new Int32Array(bs * b.maxBlocksPerSeq).fill(-1);
-      seqs.forEach((s, i) => b.blockTables.set(s.blocks, i * b.maxBlocksPerSeq));
-    }
+    // 2048 tokens need a wider block table than the decodes.
+    const b = greedyBatch(seqs, Math.max(maxBlocks, Math.ceil(len / BLOCK)));
     const t0 = performance.now();
     addon.step(h, b);
     const t = performance.now() - t0;

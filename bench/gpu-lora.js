@@ -8,6 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
@@ -24,30 +25,8 @@ const ROWS = 32;
 const STEPS = 20;
 const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
 
-function batch(seqs) {
-  const n = seqs.length;
-  const tokens = [], positions = [], seqStarts = [0];
-  const blockTables = new Int32Array(n * maxBlocks).fill(-1);
-  seqs.forEach((s, i) => {
-    s.tokens.forEach((t, j) => { tokens.push(t); positions.push(s.cached + j); });
-    seqStarts.push(tokens.length);
-    blockTables.set(s.blocks, i * maxBlocks);
-  });
-  const f = (v) => Float32Array.from(seqs.map(() => v));
-  return {
-    tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqStarts: Int32Array.from(seqStarts),
-    contextLens: Int32Array.from(seqs.map((s) => s.cached + s.tokens.length)), blockTables, maxBlocksPerSeq: maxBlocks,
-    loraSlots: Int32Array.from(seqs.map((s) => s.slot)), sample: Uint8Array.from(seqs.map(() => 1)),
-    temperature: f(0), topK: Int32Array.from(seqs.map(() => -1)), topP: f(1), minP: f(0),
-    frequencyPenalty: f(0), presencePenalty: f(0), repetitionPenalty: f(1),
-    penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(n + 1), penaltyPromptLens: new Int32Array(n),
-    seeds: new Uint32Array(n), draws: new Uint32Array(n), topLogprobs: 0, returnLogits: false,
-  };
-}
-
-let seed = 7;
-const randomTokens = (len) => Array.from({ length: len }, () => 1000 + ((seed = (seed * 1103515245 + 12345) % 2147483648) % 99000));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const batch = (seqs) => greedyBatch(seqs, maxBlocks);
+const randomTokens = randomTokenSource(7);
 const slotOf = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
 
 function decode(h, seqs, distinct) {

@@ -147,6 +147,16 @@ export function maxAbs(v: Float32Array): number {
   return m;
 }
 
+/** log softmax of one row of logits, in float64. */
+export function logSoftmax(l: Float32Array): Float64Array {
+  let m = -Infinity;
+  for (const x of l) m = Math.max(m, x);
+  let s = 0;
+  for (const x of l) s += Math.exp(x - m);
+  const z = m + Math.log(s);
+  return Float64Array.from(l, (x) => x - z);
+}
+
 export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeRandomCheckpoint } from '../src/model/demo.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
 import type { StepResult } from '../src/engine/types.js';
-import { SMALL_MODEL, addon, argmax, createEngine, logitsRow, openCheckpoint, prompt, step, tempDir, type SeqStep } from './engine-fixtures.js';
+import { SMALL_MODEL, addon, argmax, createEngine, logSoftmax, logitsRow, openCheckpoint, prompt, step, tempDir, type SeqStep } from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;
 const tmp = tempDir('sampling');
@@ -27,15 +27,6 @@ afterAll(() => {
 /** n copies of the same prompt, each in its own block, with per-copy sampling options. */
 function copies(n: number, opts: (i: number) => Partial<SeqStep>, extra: { topLogprobs?: number } = {}): StepResult {
   return step(h, Array.from({ length: n }, (_, i) => ({ tokens: P, cached: 0, blocks: [i], ...opts(i) })), { returnLogits: true, ...extra });
-}
-
-function logSoftmax(l: Float32Array): Float64Array {
-  let m = -Infinity;
-  for (const x of l) m = Math.max(m, x);
-  let s = 0;
-  for (const x of l) s += Math.exp(x - m);
-  const z = m + Math.log(s);
-  return Float64Array.from(l, (x) => x - z);
 }
 
 /** Token ids sorted by logit, highest first. */

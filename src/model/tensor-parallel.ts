@@ -60,8 +60,6 @@ export type ShardedTensor =
   | { kind: 'rows'; ref: TensorRef; rows: Range }
   | { kind: 'columns'; ref: TensorRef; columns: Range };
 
-const BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
-
 function rowsOf(ref: TensorRef, rows: Range): ShardedTensor {
   const rowBytes = (ref.nbytes / ref.shape[0]!) | 0;
   return {
@@ -97,11 +95,6 @@ export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShar
     default:
       return { kind: 'replicated', ref };
   }
-}
-
-/** Bytes per element of a tensor's dtype (for readers of a 'columns' shard). */
-export function elementBytes(ref: TensorRef): number {
-  return BYTES[ref.dtype];
 }
 
 const COLUMN_PARALLEL: ReadonlySet<LoraModule> = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);

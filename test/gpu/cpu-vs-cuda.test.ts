@@ -5,7 +5,7 @@
 // bf16, so logprobs agree within the parity bar and greedy tokens wherever the CPU's top-2 gap
 // exceeds twice that.
 import { afterAll, describe, expect, it } from 'vitest';
-import { addon, engineOptions, makeBatch, openCheckpoint, prompt, type SeqStep } from '../engine-fixtures.js';
+import { addon, engineOptions, logSoftmax, makeBatch, maxAbsDiff, openCheckpoint, prompt, type SeqStep } from '../engine-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const ckpt = openCheckpoint(dir);
@@ -26,12 +26,6 @@ function expectSameUnlessNearTie(a: { tokens: Int32Array; topLogprobValues: Floa
   for (let i = 0; i < a.tokens.length; i++) {
     if (a.topLogprobValues[i * topN]! - a.topLogprobValues[i * topN + 1]! > 2 * TOL) expect(b.tokens[i]).toBe(a.tokens[i]);
   }
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
 }
 
 describe('CUDA backend vs CPU backend', () => {
@@ -56,7 +50,7 @@ describe('CUDA backend vs CPU backend', () => {
       const b = addon.step(gpu, batch);
       expectSameUnlessNearTie(a, b, 3);
       if (s >= 1) {
-        worst = Math.max(worst, maxDiff(a.logprobs, b.logprobs), maxDiff(a.topLogprobValues, b.topLogprobValues));
+        worst = Math.max(worst, maxAbsDiff(a.logprobs, b.logprobs), maxAbsDiff(a.topLogprobValues, b.topLogprobValues));
         lastTokens = Array.from(a.tokens);
         if (s >= 2) cached = cached.map((c) => c + 1);
       }
@@ -102,7 +96,7 @@ describe('CUDA backend vs CPU backend', () => {
       }
     });
     expect(compared).toBeGreaterThanOrEqual(3);
-    expect(maxDiff(a.logprobs, b.logprobs)).toBeLessThan(TOL);
+    expect(maxAbsDiff(a.logprobs, b.logprobs)).toBeLessThan(TOL);
     expect(Array.from(b.tokens)).not.toEqual(Array.from(plain.tokens));
   });
 });
@@ -115,14 +109,8 @@ describe('sampling on the GPU', () => {
   const rows = (over: Partial<SeqStep>): SeqStep[] =>
     Array.from({ length: ROWS }, (_, i) => ({ tokens: p, cached: 0, blocks: [i], temperature: 1, seed: 1000 + i, ...over }));
   const run = (over: Partial<SeqStep>) => addon.step(gpu, makeBatch(rows(over), { returnLogits: true }));
-  const probs = (logits: Float32Array, t: number): Float64Array => {
-    const row = logits.subarray(0, vocab);
-    let m = -Infinity;
-    for (const v of row) m = Math.max(m, v);
-    const e = Float64Array.from(row, (v) => Math.exp((v - m) / t));
-    const z = e.reduce((s, v) => s + v, 0);
-    return e.map((v) => v / z);
-  };
+  const probs = (logits: Float32Array, t: number): Float64Array =>
+    logSoftmax(Float32Array.from(logits.subarray(0, vocab), (v) => v / t)).map((v) => Math.exp(v));
 
   it('draws follow softmax(logits / T) and repeat for the same seed', () => {
     for (const t of [1, 0.5]) {

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeRandomAdapter } from '../../src/model/demo.js';
-import { addon, createEngine, loadSlot, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from '../engine-fixtures.js';
+import { addon, createEngine, loadSlot, logSoftmax, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from '../engine-fixtures.js';
 import type { StepResult } from '../../src/engine/types.js';
 
 // The test checkpoint of make_checkpoint.py: its weights round to bf16 without chaos, so the two
@@ -58,14 +58,7 @@ const SLOTS = [0, -1, 1, 2, 0, 1, -1, 2, 0];
 const blocks = LENS.map((_, i) => Array.from({ length: 12 }, (_, k) => i * 12 + k));
 
 function logprobs(r: StepResult, n: number): Float64Array[] {
-  return Array.from({ length: n }, (_, i) => {
-    const row = r.logits!.subarray(i * vocab, (i + 1) * vocab);
-    let m = -Infinity;
-    for (const v of row) m = Math.max(m, v);
-    let s = 0;
-    for (const v of row) s += Math.exp(v - m);
-    return Float64Array.from(row, (v) => v - m - Math.log(s));
-  });
+  return Array.from({ length: n }, (_, i) => logSoftmax(r.logits!.subarray(i * vocab, (i + 1) * vocab)));
 }
 
 /** Largest |logprob difference| over each row's 8 likeliest tokens in `b` (the reference). */

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { addon, engineOptions, loadSlot, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
+import { addon, engineOptions, loadSlot, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
@@ -21,15 +21,6 @@ interface Case {
 const ref = JSON.parse(readFileSync(join(dir, 'lora-reference.json'), 'utf8')) as { adapters: string[]; cases: Record<string, Case[]> };
 const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
-
-function logSoftmax(row: Float32Array): Float64Array {
-  let m = -Infinity;
-  for (const v of row) m = Math.max(m, v);
-  let s = 0;
-  for (const v of row) s += Math.exp(v - m);
-  const z = m + Math.log(s);
-  return Float64Array.from(row, (v) => v - z);
-}
 
 /** Every (model, case) pair as one sequence of a mixed batch: slot -1 for the base model. */
 const rows = ['base', ...ref.adapters].flatMap((model, mi) => ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })));

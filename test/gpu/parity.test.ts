@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createEngine as createTroupe } from '../../src/troupe.js';
-import { addon, argmax, engineOptions, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
+import { addon, argmax, engineOptions, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
@@ -22,15 +22,6 @@ const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { b
 const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
 const blockSize = 16;
-
-function logSoftmax(row: Float32Array): Float64Array {
-  let m = -Infinity;
-  for (const v of row) m = Math.max(m, v);
-  let s = 0;
-  for (const v of row) s += Math.exp(v - m);
-  const z = m + Math.log(s);
-  return Float64Array.from(row, (v) => v - z);
-}
 
 interface Measured {
   maxDiff: number;
