@@ -43,6 +43,25 @@ struct TensorRef {
   int64_t nbytes = 0;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
+  // Bytes between the starts of consecutive rows in the file; 0 when the rows are contiguous.
+  // A tensor-parallel rank's band of columns of a row-parallel weight has the full row's pitch.
+  int64_t rowPitch = 0;
+};
+
+// This engine's place in a tensor-parallel group (src/model/tensor-parallel.ts plans it): its
+// rank, the group's size and id, and the heads, KV heads, MLP features and vocabulary rows it
+// holds. vocabPart is every rank's row count before the last rank's remainder, so gathered
+// logits line up. Size 1 holds everything.
+struct TensorParallel {
+  int rank = 0;
+  int size = 1;
+  std::string group;
+  int numHeads = 0;
+  int numKvHeads = 0;
+  int intermediateSize = 0;
+  int vocabStart = 0;
+  int vocabCount = 0;
+  int vocabPart = 0;
 };
 
 // Same order as LORA_MODULES in types.ts.
@@ -63,6 +82,8 @@ struct EngineOptions {
   // segment per sequence (sgmv). The CPU backend groups by slot either way.
   bool loraSgmv = false;
   int loraChunkSize = 16;
+  TensorParallel tp;
+  int cudaDevice = 0;  // which GPU this rank runs on
 };
 
 struct EngineInfo {
@@ -72,6 +93,9 @@ struct EngineInfo {
   int blockSize = 0;
   int loraSlots = 0;
   int maxLoraRank = 0;
+  // How the tensor-parallel ranks exchange activations: "none" (one rank), "host" (through host
+  // memory) or "nccl".
+  std::string collective = "none";
 };
 
 template <class T>
@@ -139,6 +163,10 @@ std::unique_ptr<Backend> makeCudaBackend(const ModelConfig& config, const std::v
                                          const EngineOptions& options);
 int cudaBackendDeviceCount();
 #endif
+
+// Fills in a size-1 group and checks the rank's shard against the model; throws
+// std::invalid_argument naming what does not fit.
+void checkTensorParallel(const ModelConfig& config, TensorParallel& tp);
 
 // Checks a batch against the engine's shape; throws std::invalid_argument naming the problem.
 // slotLoaded[s] says whether pool slot s holds an adapter.

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "backend.h"
+#include "comm.h"
 #include "js_args.h"
 
 namespace troupe {
@@ -76,6 +77,11 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("cuda", kCudaBuilt);
   o.Set("cudaReason", TROUPE_CUDA_REASON);
+#ifdef TROUPE_HAVE_NCCL
+  o.Set("nccl", true);
+#else
+  o.Set("nccl", false);
+#endif
   o.Set("version", TROUPE_VERSION);
   return o;
 }
@@ -95,6 +101,7 @@ Napi::Value CreateEngine(const Napi::CallbackInfo& info) {
   ModelConfig config = parseConfig(info[0]);
   std::vector<TensorRef> tensors = parseTensors(info[1]);
   EngineOptions options = parseOptions(info[2]);
+  checkTensorParallel(config, options.tp);
   auto entry = std::make_shared<EngineEntry>();
   if (options.device == "cuda") {
 #ifdef TROUPE_CUDA_BACKEND
@@ -124,6 +131,7 @@ Napi::Value EngineInfoFn(const Napi::CallbackInfo& info) {
   o.Set("blockSize", i.blockSize);
   o.Set("loraSlots", i.loraSlots);
   o.Set("maxLoraRank", i.maxLoraRank);
+  o.Set("collective", i.collective);
   return o;
 }
 
@@ -188,6 +196,16 @@ Napi::Value DestroyEngine(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Releases every rank of a tensor-parallel group from its collectives with an error: called when
+// one rank's thread died, so the others do not wait for it forever.
+Napi::Value AbortTensorParallel(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    throw ArgError("abortTensorParallel(group, reason): expected two strings");
+  }
+  const bool found = CommGroup::abortGroup(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+  return Napi::Boolean::New(info.Env(), found);
+}
+
 // C++ exceptions become JS errors: argument type problems as TypeError, the rest as Error.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value guarded(const Napi::CallbackInfo& info) {
@@ -212,6 +230,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("step", Napi::Function::New<guarded<Step>>(env, "step"));
   exports.Set("loadLoraSlot", Napi::Function::New<guarded<LoadLoraSlot>>(env, "loadLoraSlot"));
   exports.Set("clearLoraSlot", Napi::Function::New<guarded<ClearLoraSlot>>(env, "clearLoraSlot"));
+  exports.Set("abortTensorParallel", Napi::Function::New<guarded<AbortTensorParallel>>(env, "abortTensorParallel"));
   exports.Set("destroyEngine", Napi::Function::New<guarded<DestroyEngine>>(env, "destroyEngine"));
   return exports;
 }

@@ -33,20 +33,36 @@ std::string cpuName() {
 
 }  // namespace
 
-CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o)
-    : config_(c),
+std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp) {
+  // A lone rank needs no registry entry (and several may share the empty id).
+  return tp.size == 1 ? std::make_shared<CommGroup>("", 1) : CommGroup::join(tp.group, tp.size, tp.rank);
+}
+
+CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
+    : tp_(o.tp),
+      comm_(joinGroup(o.tp)),
+      config_(rankConfig(c, o.tp)),
       options_(o),
       threads_(o.threads > 0 ? o.threads : omp_get_num_procs()),
-      weights_(loadWeights(c, tensors, threads_)),
+      weights_(loadWeights(config_, tensors, o.tp.vocabCount)),
       rope_(c),
-      lora_(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask) {
-  int blocks = o.kvBlocks;
+      lora_(config_, o.loraSlots, o.maxLoraRank, o.loraModuleMask) {
+  long long blocks = o.kvBlocks;
   if (blocks == 0) {
-    const long long perToken = 2ll * c.numLayers * c.numKvHeads * c.headDim * sizeof(float);
+    const long long perToken = 2ll * config_.numLayers * config_.numKvHeads * config_.headDim * sizeof(float);
     const long long tokens = std::min(kDefaultCacheTokens, kDefaultCacheBytes / perToken);
-    blocks = static_cast<int>(std::max(1ll, tokens / o.blockSize));
+    blocks = std::max(1ll, tokens / o.blockSize);
   }
-  cache_.allocate(c.numLayers, blocks, c.numKvHeads, o.blockSize, c.headDim);
+  // The scheduler keeps one block table for all ranks, so they all take the smallest cache.
+  blocks = comm_->allReduceMin(tp_.rank, blocks);
+  cache_.allocate(config_.numLayers, static_cast<int>(blocks), config_.numKvHeads, o.blockSize, config_.headDim);
+} catch (const std::exception& e) {
+  if (o.tp.size > 1) CommGroup::abortGroup(o.tp.group, "rank " + std::to_string(o.tp.rank) + " failed to start: " + e.what());
+  throw;
+}
+
+CpuBackend::~CpuBackend() {
+  if (tp_.size > 1) comm_->abort("rank " + std::to_string(tp_.rank) + " was shut down");
 }
 
 EngineInfo CpuBackend::info() const {
@@ -57,11 +73,39 @@ EngineInfo CpuBackend::info() const {
   i.blockSize = cache_.blockSize;
   i.loraSlots = lora_.slots();
   i.maxLoraRank = options_.maxLoraRank;
+  i.collective = tp_.size > 1 ? "host" : "none";
   return i;
 }
 
 void CpuBackend::step(const StepBatch& b, StepOutput& out) {
+  // Every rank checks the same batch against the same slot states, so a bad batch fails on all
+  // of them before any collective.
   validateBatch(b, config_, cache_.blocks, cache_.blockSize, lora_.loadedSlots());
+  try {
+    forward(b, out);
+  } catch (const std::exception& e) {
+    // The other ranks would wait for this one forever.
+    if (tp_.size > 1) comm_->abort("rank " + std::to_string(tp_.rank) + " failed during a step: " + e.what());
+    throw;
+  }
+}
+
+void CpuBackend::embed(const StepBatch& b, float* hidden) {
+  const int h = config_.hiddenSize;
+  for (size_t t = 0; t < b.tokens.size; ++t) {
+    const int row = b.tokens[t] - tp_.vocabStart;
+    float* dst = hidden + t * h;
+    // Vocab-parallel: a token outside this rank's rows comes from another rank's sum.
+    if (row >= 0 && row < tp_.vocabCount) {
+      weights_.embed.rowToFloat(row, dst);
+    } else {
+      std::fill(dst, dst + h, 0.0f);
+    }
+  }
+  comm_->allReduceSum(tp_.rank, hidden, b.tokens.size * h);
+}
+
+void CpuBackend::forward(const StepBatch& b, StepOutput& out) {
   const int n = static_cast<int>(b.numSeqs());
   const int tokens = static_cast<int>(b.tokens.size);
   const int h = config_.hiddenSize;
@@ -82,7 +126,7 @@ void CpuBackend::step(const StepBatch& b, StepOutput& out) {
   for (int t = 0; t < tokens; ++t) rope_.angles(b.positions[t], cos[t].data(), sin[t].data());
 
   std::vector<float> hidden(static_cast<size_t>(tokens) * h);
-  for (int t = 0; t < tokens; ++t) weights_.embed.rowToFloat(b.tokens[t], hidden.data() + static_cast<size_t>(t) * h);
+  embed(b, hidden.data());
   for (int l = 0; l < config_.numLayers; ++l) layer(l, hidden.data(), tokens, places, cos, sin, groups);
   sample(b, hidden.data(), out);
 }
@@ -114,6 +158,10 @@ void CpuBackend::layer(int index, float* hidden, int tokens, const std::vector<T
   pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, threads_);
   gemm(w.o, attn.data(), tokens, qDim, proj.data(), h, threads_);
   lora_.apply(index, kO, attn.data(), qDim, proj.data(), h, groups, threads_);
+  // Row-parallel: each rank's product covers its heads only. Its LoRA shrink saw those heads'
+  // input columns; the expand is linear, so summing the expanded partials here sums the
+  // rank-r shrink outputs as well.
+  comm_->allReduceSum(tp_.rank, proj.data(), T * h);
   for (size_t i = 0; i < T * h; ++i) hidden[i] += proj[i];
 
   std::vector<float> gate(T * inter), up(T * inter), act(T * inter);
@@ -125,6 +173,7 @@ void CpuBackend::layer(int index, float* hidden, int tokens, const std::vector<T
   siluAndMul(gate.data(), inter, up.data(), inter, act.data(), tokens, inter, threads_);
   gemm(w.down, act.data(), tokens, inter, proj.data(), h, threads_);
   lora_.apply(index, kDown, act.data(), inter, proj.data(), h, groups, threads_);
+  comm_->allReduceSum(tp_.rank, proj.data(), T * h);
   for (size_t i = 0; i < T * h; ++i) hidden[i] += proj[i];
 }
 
@@ -151,8 +200,10 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
     std::copy(hidden + static_cast<size_t>(t) * h, hidden + static_cast<size_t>(t + 1) * h, last.begin() + static_cast<size_t>(j) * h);
   }
   rmsnorm(last.data(), weights_.finalNorm.data(), normed.data(), s, h, static_cast<float>(config_.rmsNormEps), threads_);
-  std::vector<float> logits(static_cast<size_t>(s) * vocab);
-  gemm(weights_.head(), normed.data(), s, h, logits.data(), vocab, threads_);
+  std::vector<float> part(static_cast<size_t>(s) * tp_.vocabCount);
+  gemm(weights_.head(), normed.data(), s, h, part.data(), tp_.vocabCount, threads_);
+  const std::vector<float> logits = gatherLogits(std::move(part), s);
+  if (tp_.rank != 0) return;  // rank 0 samples for the group
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (threads_ > 1 && s > 1)
   for (int j = 0; j < s; ++j) {
@@ -173,6 +224,25 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
       std::copy(logits.begin() + static_cast<size_t>(j) * vocab, logits.begin() + static_cast<size_t>(j + 1) * vocab,
                 out.logits.begin() + static_cast<size_t>(seqs[j]) * vocab);
   }
+}
+
+std::vector<float> CpuBackend::gatherLogits(std::vector<float> local, int rows) {
+  if (tp_.size == 1) return local;
+  const int V = config_.vocabSize, part = tp_.vocabPart, count = tp_.vocabCount;
+  std::vector<float> padded(static_cast<size_t>(rows) * part, 0.0f), all(static_cast<size_t>(tp_.size) * rows * part);
+  for (int j = 0; j < rows; ++j)
+    std::copy(local.begin() + static_cast<size_t>(j) * count, local.begin() + static_cast<size_t>(j + 1) * count,
+              padded.begin() + static_cast<size_t>(j) * part);
+  comm_->allGather(tp_.rank, padded.data(), padded.size(), all.data());
+  std::vector<float> logits(static_cast<size_t>(rows) * V);
+  for (int r = 0; r < tp_.size; ++r) {
+    const int start = r * part, len = std::max(0, std::min(part, V - start));
+    for (int j = 0; j < rows; ++j) {
+      const float* src = all.data() + (static_cast<size_t>(r) * rows + j) * part;
+      std::copy(src, src + len, logits.begin() + static_cast<size_t>(j) * V + start);
+    }
+  }
+  return logits;
 }
 
 std::unique_ptr<Backend> makeCpuBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,

@@ -134,6 +134,12 @@ std::vector<TensorRef> parseTensors(const Napi::Value& v) {
       }
       t.shape.push_back(d.As<Napi::Number>().Int64Value());
     }
+    Napi::Value pitch = o.Get("rowPitch");
+    if (!pitch.IsUndefined()) {
+      const double p = number(o, "rowPitch", w);
+      if (p < 0 || p != std::floor(p)) throw ArgError(w + " (" + t.name + "): rowPitch must be a non-negative integer");
+      t.rowPitch = static_cast<int64_t>(p);
+    }
   }
   return out;
 }
@@ -157,6 +163,21 @@ EngineOptions parseOptions(const Napi::Value& v) {
     e.loraSgmv = backend == "sgmv";
   }
   if (o.Has("loraChunkSize") && !o.Get("loraChunkSize").IsUndefined()) e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
+  if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);
+  Napi::Value tv = o.Get("tp");
+  if (!tv.IsUndefined()) {
+    const std::string wt = w + ".tp";
+    Napi::Object t = object(tv, wt);
+    e.tp.rank = integer(t, "rank", wt, 0);
+    e.tp.size = integer(t, "size", wt, 1);
+    e.tp.group = string(t, "group", wt);
+    e.tp.numHeads = integer(t, "numHeads", wt, 1);
+    e.tp.numKvHeads = integer(t, "numKvHeads", wt, 1);
+    e.tp.intermediateSize = integer(t, "intermediateSize", wt, 1);
+    e.tp.vocabStart = integer(t, "vocabStart", wt, 0);
+    e.tp.vocabCount = integer(t, "vocabCount", wt, 0);
+    e.tp.vocabPart = integer(t, "vocabPart", wt, 1);
+  }
   Napi::Value mv = o.Get("loraModules");
   if (!mv.IsArray()) throw ArgError(w + ".loraModules must be an array of module names");
   Napi::Array mods = mv.As<Napi::Array>();

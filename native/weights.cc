@@ -1,21 +1,14 @@
-// Reads tensors with pread (the files may be large; nothing is mapped) and converts them to
-// float32, except BF16 matrices, which stay bf16 because widening them is exact.
+// Reads the tensors (tensor_file.h) and converts them to float32, except BF16 matrices, which
+// stay bf16 because widening them is exact.
 #include "weights.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
-#include <map>
-#include <stdexcept>
-#include <unordered_map>
+
+#include "tensor_file.h"
 
 namespace troupe {
 
 namespace {
-
-size_t dtypeBytes(DType d) { return d == DType::F32 ? 4 : 2; }
 
 float halfToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -44,68 +37,6 @@ float halfToFloat(uint16_t h) {
   return f;
 }
 
-std::string shapeString(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-class Reader {
- public:
-  Reader(const std::vector<TensorRef>& tensors) {
-    for (const auto& t : tensors) byName_[t.name] = &t;
-  }
-  ~Reader() {
-    for (auto& [file, fd] : fds_) ::close(fd);
-  }
-
-  const TensorRef& find(const std::string& name, const std::vector<int64_t>& shape) const {
-    auto it = byName_.find(name);
-    if (it == byName_.end()) throw std::invalid_argument("checkpoint is missing tensor " + name);
-    const TensorRef& t = *it->second;
-    if (t.shape != shape) {
-      throw std::invalid_argument("tensor " + name + " has shape " + shapeString(t.shape) + ", expected " +
-                                  shapeString(shape));
-    }
-    size_t count = 1;
-    for (auto d : shape) count *= static_cast<size_t>(d);
-    if (static_cast<size_t>(t.nbytes) != count * dtypeBytes(t.dtype)) {
-      throw std::invalid_argument("tensor " + name + " has " + std::to_string(t.nbytes) + " bytes, its shape " +
-                                  shapeString(shape) + " needs " + std::to_string(count * dtypeBytes(t.dtype)));
-    }
-    return t;
-  }
-
-  std::vector<uint8_t> bytes(const TensorRef& t) {
-    int fd = open(t.file);
-    std::vector<uint8_t> buf(static_cast<size_t>(t.nbytes));
-    size_t done = 0;
-    while (done < buf.size()) {
-      const ssize_t got = ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(t.offset + done));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        throw std::runtime_error(t.file + ": reading tensor " + t.name + " failed: " +
-                                 (got == 0 ? std::string("file ended early (truncated?)") : std::strerror(errno)));
-      }
-      done += static_cast<size_t>(got);
-    }
-    return buf;
-  }
-
- private:
-  int open(const std::string& file) {
-    auto it = fds_.find(file);
-    if (it != fds_.end()) return it->second;
-    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::runtime_error(file + ": cannot open: " + std::strerror(errno));
-    fds_[file] = fd;
-    return fd;
-  }
-
-  std::unordered_map<std::string, const TensorRef*> byName_;
-  std::map<std::string, int> fds_;
-};
-
 std::vector<float> toFloat(const std::vector<uint8_t>& raw, DType dtype) {
   const size_t n = raw.size() / dtypeBytes(dtype);
   std::vector<float> out(n);
@@ -125,17 +56,23 @@ std::vector<float> toFloat(const std::vector<uint8_t>& raw, DType dtype) {
   return out;
 }
 
-std::vector<float> loadVector(Reader& r, const std::string& name, int64_t n) {
-  const TensorRef& t = r.find(name, {n});
-  return toFloat(r.bytes(t), t.dtype);
+std::vector<uint8_t> bytes(TensorFiles& r, const TensorRef& t) {
+  std::vector<uint8_t> buf(static_cast<size_t>(t.nbytes));
+  r.read(t, 0, buf.size(), buf.data());
+  return buf;
 }
 
-Matrix loadMatrix(Reader& r, const std::string& name, int64_t rows, int64_t cols) {
+std::vector<float> loadVector(TensorFiles& r, const std::string& name, int64_t n) {
+  const TensorRef& t = r.find(name, {n});
+  return toFloat(bytes(r, t), t.dtype);
+}
+
+Matrix loadMatrix(TensorFiles& r, const std::string& name, int64_t rows, int64_t cols) {
   const TensorRef& t = r.find(name, {rows, cols});
   Matrix m;
   m.rows = static_cast<int>(rows);
   m.cols = static_cast<int>(cols);
-  auto raw = r.bytes(t);
+  auto raw = bytes(r, t);
   if (t.dtype == DType::BF16) {
     m.isBf16 = true;
     m.bf16.resize(raw.size() / 2);
@@ -148,15 +85,15 @@ Matrix loadMatrix(Reader& r, const std::string& name, int64_t rows, int64_t cols
 
 }  // namespace
 
-ModelWeights loadWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, int threads) {
-  Reader r(tensors);
+ModelWeights loadWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, int vocabRows) {
+  TensorFiles r(tensors);
   ModelWeights w;
   const int64_t h = c.hiddenSize, inter = c.intermediateSize;
   const int64_t qDim = static_cast<int64_t>(c.numHeads) * c.headDim;
   const int64_t kvDim = static_cast<int64_t>(c.numKvHeads) * c.headDim;
-  w.embed = loadMatrix(r, "model.embed_tokens.weight", c.vocabSize, h);
+  w.embed = loadMatrix(r, "model.embed_tokens.weight", vocabRows, h);
   w.tied = c.tieWordEmbeddings;
-  if (!w.tied) w.lmHead = loadMatrix(r, "lm_head.weight", c.vocabSize, h);
+  if (!w.tied) w.lmHead = loadMatrix(r, "lm_head.weight", vocabRows, h);
   w.finalNorm = loadVector(r, "model.norm.weight", h);
   w.layers.resize(c.numLayers);
   for (int i = 0; i < c.numLayers; ++i) {

@@ -24,8 +24,10 @@ struct ModelWeights {
   const Matrix& head() const { return tied ? embed : lmHead; }
 };
 
-// Loads every tensor of a Llama checkpoint; throws std::invalid_argument naming a missing or
-// mis-shaped tensor, std::runtime_error naming the file when a read fails.
-ModelWeights loadWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, int threads);
+// Loads every tensor of a Llama checkpoint (a tensor-parallel rank's part: config has its
+// heads and features, the embedding and lm_head have vocabRows rows); throws
+// std::invalid_argument naming a missing or mis-shaped tensor, std::runtime_error naming the
+// file when a read fails.
+ModelWeights loadWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, int vocabRows);
 
 }  // namespace troupe

@@ -1,14 +1,16 @@
 // createEngine: opens the checkpoint, picks the device, sizes the KV cache and LoRA pool,
-// starts the actors (executor, loader, scheduler) and the tokenizer pool, and registers the
-// --lora-paths adapters. The step loop then runs between the scheduler and executor threads.
+// starts the actors (an executor per tensor-parallel rank, the loader, the scheduler) and the
+// tokenizer pool, and registers the --lora-paths adapters. The step loop then runs between
+// the scheduler and executor threads.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.js';
-import { chooseDevice, planEngine } from './actors/plan.js';
+import { chooseDevice, planEngine, planRanks } from './actors/plan.js';
 import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
 import { resolveServeOptions } from './config/validate.js';
 import { loadNative } from './engine/native.js';
+import type { EngineInfo } from './engine/types.js';
 import { badRequest } from './errors.js';
 import { readAdapterInfo } from './model/adapter.js';
 import { openCheckpoint } from './model/checkpoint.js';
@@ -31,18 +33,34 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const cfg = join(options.tokenizerPath, 'tokenizer_config.json');
     tokenizerConfigFile = existsSync(cfg) ? cfg : null;
   }
-  const device = chooseDevice(options.device, loadNative(), log);
+  const native = loadNative();
+  const device = chooseDevice(options.device, native, log);
   const plan = planEngine(options, ckpt.config, device, options.loraPaths.map((a) => readAdapterInfo(a.path)), log);
+  const gpus = device === 'cuda' ? native.cudaDeviceCount() : 0;
 
-  const supervisor = new Supervisor();
+  const supervisor = new Supervisor(options.tpSize);
   const tokenizer = createTokenizerPool(tokenizerFile, tokenizerConfigFile, 1);
   try {
-    const { scheduler, executor, loader } = supervisor.actors;
+    const ranks = planRanks(plan, ckpt.config, ckpt.tensors, options, supervisor.tpGroup, gpus);
+    const { scheduler, executors, loader } = supervisor.actors;
     const tokenizerReady = tokenizer.ready();
     tokenizerReady.catch(() => {}); // awaited below; an earlier failure must not leave it unhandled
-    const { handle, info } = await executor.call({ type: 'init', config: ckpt.config, tensors: ckpt.tensors, options: plan.engine });
-    log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})`);
-    await loader.call({ type: 'init', handle, config: ckpt.config, maxLoraRank: plan.engine.maxLoraRank, loraModules: plan.engine.loraModules });
+    // All ranks build their engines at once: they meet in collectives while they start.
+    const started = await Promise.allSettled(ranks.map((r, i) => executors[i]!.call({ type: 'init', ...r })));
+    const failed = started.find((s) => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    const inits = started.map((s) => (s as PromiseFulfilledResult<{ handle: number; info: EngineInfo }>).value);
+    const info = inits[0]!.info;
+    const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
+    log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`);
+    await loader.call({
+      type: 'init',
+      handles: inits.map((i) => i.handle),
+      config: ckpt.config,
+      tpSize: options.tpSize,
+      maxLoraRank: plan.engine.maxLoraRank,
+      loraModules: plan.engine.loraModules,
+    });
     await scheduler.call({
       type: 'init',
       options: {

@@ -2,10 +2,13 @@
 // in f32 (cuBLAS adds each layer's o_proj and down_proj output into it), GEMM inputs are bf16.
 // Multi-token sequences attend through two batched GEMMs and a masked softmax; single tokens
 // (decodes) through the paged decode kernel. Decode-only steps of up to cudaGraphMaxBs sequences
-// replay a CUDA graph captured once per batch size.
+// replay a CUDA graph captured once per batch size. As one rank of a tensor-parallel group it
+// holds its heads, MLP features and vocabulary rows (collective.h carries the sums and gathers),
+// and rank 0 samples.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -13,7 +16,9 @@
 #include <vector>
 
 #include "backend.h"
+#include "comm.h"
 #include "cpu/ops.h"
+#include "cuda/collective.h"
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -59,9 +64,14 @@ class CudaBackend : public Backend {
     int loraTiles = 0;  // 16-token tiles of the longest item
   };
   void uploadInputs(const StepBatch& b, Plan& plan);
+  void run(const StepBatch& b, StepOutput& out);
   void forward(const StepBatch* b, const Plan& plan);
   void attention(int layer, const StepBatch* b, const Plan& plan);
   void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
+  // Sums a row-parallel layer's partial outputs, which the projection added into hidden_: rank 0
+  // added its part to the residual, the others to zeros (see zeroPartial).
+  void reducePartial(int T);
+  void zeroPartial(int T);
   void ensureActivations(int T, int decodes, int splits, int sampled);
   // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter tokens.
   void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
@@ -70,9 +80,12 @@ class CudaBackend : public Backend {
   void project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
-  ModelConfig c_;
+  TensorParallel tp_;
+  std::shared_ptr<CommGroup> group_;
+  ModelConfig c_;  // this rank's part (the vocabulary stays whole)
   EngineOptions o_;
   int device_ = 0;
+  std::unique_ptr<cuda::DeviceComm> comm_;
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr && std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
@@ -83,7 +96,7 @@ class CudaBackend : public Backend {
   EngineInfo info_;
   std::vector<bool> slotLoaded_;
   cuda::AttnShape shape_{};
-  int qDim_, kvDim_, group_;
+  int qDim_, kvDim_, headsPerKv_;
   DeviceBuffer<float> invFreq_;
   bf16_t* kCache_ = nullptr;
   bf16_t* vCache_ = nullptr;
@@ -99,6 +112,7 @@ class CudaBackend : public Backend {
   const int32_t* dRows_ = nullptr;
   // Activations.
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
+  DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
   uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
   std::map<std::pair<int, bool>, Graph> graphs_;  // by (batch size, has adapter tokens)
@@ -121,19 +135,28 @@ class CudaBackend : public Backend {
   PinnedBuffer<float> hostLogits_;
 };
 
-CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o)
-    : c_(c), o_(o) {
+std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp) {
+  return tp.size == 1 ? std::make_shared<CommGroup>("", 1) : CommGroup::join(tp.group, tp.size, tp.rank);
+}
+
+CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
+    : tp_(o.tp), group_(joinGroup(o.tp)), c_(rankConfig(full, o.tp)), o_(o), device_(o.cudaDevice) {
+  const ModelConfig& c = c_;
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     cudaGetLastError();
     throw std::invalid_argument("createEngine: device \"cuda\" requested but no CUDA device is visible");
   }
+  if (device_ >= count) {
+    throw std::invalid_argument("createEngine: CUDA device " + std::to_string(device_) + " requested, " +
+                                std::to_string(count) + " visible");
+  }
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
-  group_ = c.numHeads / c.numKvHeads;
-  if (!cuda::decodeAttentionSupported(c.headDim, group_)) {
+  headsPerKv_ = c.numHeads / c.numKvHeads;
+  if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
     throw std::invalid_argument("the CUDA backend supports head_dim 32, 64, 128 or 256 and 1, 2, 4 or 8 query heads per "
                                 "KV head (8 only up to head_dim 128); this model has head_dim " +
-                                std::to_string(c.headDim) + " and " + std::to_string(group_));
+                                std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
@@ -141,7 +164,8 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_);
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart);
+  comm_ = cuda::makeDeviceComm(group_, tp_.rank, device_);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
@@ -158,13 +182,20 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
   // Activations for a typical step first, so the cache sizing below sees them.
   ensureActivations(512, 256, kMaxSplits, 256);
   const size_t perBlock = static_cast<size_t>(c.numLayers) * c.numKvHeads * o.blockSize * c.headDim * 2 * 2;
-  int blocks = o.kvBlocks;
+  int64_t blocks = o.kvBlocks;
   if (blocks == 0) {
+    // Every rank measures after all have loaded their weights, and ranks sharing a GPU split it.
+    group_->allReduceMin(tp_.rank, 0);
+    const std::vector<uint8_t> devs = group_->allGatherBytes(tp_.rank, &device_, sizeof device_);
+    int sharing = 0;
+    for (int r = 0; r < tp_.size; ++r) sharing += std::memcmp(devs.data() + r * sizeof device_, &device_, sizeof device_) == 0;
     size_t free = 0, total = 0;
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    blocks = static_cast<int>(std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / perBlock, 1u << 30));
-    if (blocks < 1) throw std::runtime_error("no GPU memory is left for the KV cache after the weights");
+    blocks = static_cast<int64_t>(std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / sharing / perBlock, 1u << 30));
   }
+  // One block table serves every rank, so all take the smallest cache.
+  blocks = group_->allReduceMin(tp_.rank, blocks);
+  if (blocks < 1) throw std::runtime_error("no GPU memory is left for the KV cache after the weights");
   layerStride_ = static_cast<size_t>(blocks) * c.numKvHeads * o.blockSize * c.headDim;
   void* k = nullptr;
   void* v = nullptr;
@@ -185,15 +216,21 @@ CudaBackend::CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& ten
   info_.blockSize = o.blockSize;
   info_.loraSlots = o.loraSlots;
   info_.maxLoraRank = o.maxLoraRank;
+  info_.collective = comm_->name();
+} catch (const std::exception& e) {
+  if (o.tp.size > 1) CommGroup::abortGroup(o.tp.group, "rank " + std::to_string(o.tp.rank) + " failed to start: " + e.what());
+  throw;
 }
 
 CudaBackend::~CudaBackend() {
+  if (tp_.size > 1) group_->abort("rank " + std::to_string(tp_.rank) + " was shut down");
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [bs, g] : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   if (kCache_) cudaFree(kCache_);
   if (vCache_) cudaFree(vCache_);
+  comm_.reset();
   gemm_.reset();
   w_.reset();
   if (stream_) cudaStreamDestroy(stream_);
@@ -215,6 +252,10 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   const size_t s = static_cast<size_t>(std::max(sampled, 1));
   moved |= xs_.ensure(s * c_.hiddenSize);
   moved |= logits_.ensure(s * c_.vocabSize);
+  if (tp_.size > 1) {
+    moved |= vocabPart_.ensure(s * tp_.vocabPart);
+    moved |= vocabParts_.ensure(s * tp_.vocabPart * tp_.size);
+  }
   if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * loraPieces_);
   if (moved) ++generation_;
 }
@@ -315,12 +356,24 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
 }
 
 bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
-  if (timer_.enabled() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
+  if (timer_.enabled() || !comm_->capturable() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
   return p.sampled == p.n;  // every row sampled: the rows list is then the identity
 }
 
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  // Every rank checks the same batch against the same slot states, so a bad batch fails on all
+  // of them before any collective.
   validateBatch(b, c_, info_.kvBlocks, info_.blockSize, slotLoaded_);
+  try {
+    run(b, out);
+  } catch (const std::exception& e) {
+    // The other ranks would wait for this one forever.
+    if (tp_.size > 1) group_->abort("rank " + std::to_string(tp_.rank) + " failed during a step: " + e.what());
+    throw;
+  }
+}
+
+void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   check(cudaSetDevice(device_), "cudaSetDevice");
   Plan p;
   uploadInputs(b, p);
@@ -360,7 +413,11 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     forward(&b, p);
     timer_.mark("sample", stream_);
   }
-  sample(b, p, out);
+  if (tp_.rank == 0) {
+    sample(b, p, out);
+  } else {
+    check(cudaStreamSynchronize(stream_), "step");
+  }
   timer_.end(stream_);
 }
 
@@ -368,7 +425,8 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   const int h = c_.hiddenSize, inter = c_.intermediateSize, T = p.T;
   const float eps = static_cast<float>(c_.rmsNormEps);
   timer_.mark("embed", stream_);
-  cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, stream_);
+  cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, tp_.vocabStart, tp_.vocabCount, stream_);
+  comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
     const cuda::GpuLayer& L = w_->layers[l];
     timer_.mark("norm", stream_);
@@ -383,9 +441,13 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("attention", stream_);
     attention(l, b, p);
     timer_.mark("o", stream_);
+    zeroPartial(T);
     project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), true);
     const int zero[1] = {0};
+    // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
+    // all-reduce below sums the rank-r shrink outputs as well.
     applyLora(l, {kO}, zero, attn_.get(), qDim_, hidden_.get(), h);
+    reducePartial(T);
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
     timer_.mark("gate_up", stream_);
@@ -395,15 +457,33 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("silu", stream_);
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
     timer_.mark("down", stream_);
+    zeroPartial(T);
     project(T, h, inter, L.down, act_.get(), hidden_.get(), true);
     applyLora(l, {kDown}, zero, act_.get(), inter, hidden_.get(), h);
+    reducePartial(T);
   }
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
-    project(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), false);
+    if (tp_.size == 1) {
+      project(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), false);
+    } else {
+      project(p.sampled, tp_.vocabPart, h, w_->head, xs_.get(), vocabPart_.get(), false);
+      comm_->allGather(vocabPart_.get(), static_cast<size_t>(p.sampled) * tp_.vocabPart, vocabParts_.get(), stream_);
+      cuda::joinVocab(vocabParts_.get(), p.sampled, tp_.vocabPart, logits_.get(), c_.vocabSize, stream_);
+    }
   }
   check(cudaGetLastError(), "kernel launch");
+}
+
+void CudaBackend::zeroPartial(int T) {
+  if (tp_.size > 1 && tp_.rank != 0) {
+    check(cudaMemsetAsync(hidden_.get(), 0, static_cast<size_t>(T) * c_.hiddenSize * 4, stream_), "memset");
+  }
+}
+
+void CudaBackend::reducePartial(int T) {
+  if (tp_.size > 1) comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * c_.hiddenSize, stream_);
 }
 
 void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate) {
@@ -453,7 +533,7 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
                           partialMl_.get(), attn_.get(), stream_);
   }
   if (p.prefillSeqs.empty()) return;
-  const int G = group_, D = c_.headDim, KVH = c_.numKvHeads;
+  const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   for (int i : p.prefillSeqs) {
     const int t0 = b->seqStarts[i], count = b->seqStarts[i + 1] - t0, ctx = b->contextLens[i];

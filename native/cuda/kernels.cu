@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cub/block/block_reduce.cuh>
 
 #include "cuda/kernels.h"
@@ -42,11 +43,25 @@ int gridFor(size_t n, int threads) {
   return static_cast<int>(b > 65535 * 8 ? 65535 * 8 : (b == 0 ? 1 : b));
 }
 
-__global__ void embedKernel(const bf16_t* table, const int32_t* tokens, float* hidden, int h) {
+__global__ void embedKernel(const bf16_t* table, const int32_t* tokens, float* hidden, int h, int vocabStart,
+                            int vocabCount) {
   const int t = blockIdx.x;
-  const bf16_t* row = table + static_cast<size_t>(tokens[t]) * h;
+  const int r = tokens[t] - vocabStart;
   float* out = hidden + static_cast<size_t>(t) * h;
+  if (r < 0 || r >= vocabCount) {  // another rank's row
+    for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = 0.0f;
+    return;
+  }
+  const bf16_t* row = table + static_cast<size_t>(r) * h;
   for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = toF(row[i]);
+}
+
+__global__ void joinVocabKernel(const float* parts, int rows, int part, float* logits, int V) {
+  const int r = blockIdx.y;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < V; j += gridDim.x * blockDim.x) {
+    const int rank = j / part, col = j - rank * part;
+    logits[static_cast<size_t>(r) * V + j] = parts[(static_cast<size_t>(rank) * rows + r) * part + col];
+  }
 }
 
 constexpr int kNormThreads = 256;
@@ -175,8 +190,14 @@ void convertToF32(const void* src, int dtype, float* dst, size_t n, cudaStream_t
   convertKernel<<<gridFor(n, 256), 256, 0, s>>>(src, dtype, nullptr, dst, n);
 }
 
-void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, cudaStream_t s) {
-  embedKernel<<<T, 256, 0, s>>>(table, tokens, hidden, h);
+void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, int vocabStart, int vocabCount,
+           cudaStream_t s) {
+  embedKernel<<<T, 256, 0, s>>>(table, tokens, hidden, h, vocabStart, vocabCount);
+}
+
+void joinVocab(const float* parts, int rows, int part, float* logits, int V, cudaStream_t s) {
+  if (rows == 0) return;
+  joinVocabKernel<<<dim3(std::min((V + 255) / 256, 64), rows), 256, 0, s>>>(parts, rows, part, logits, V);
 }
 
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s) {

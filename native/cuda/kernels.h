@@ -32,7 +32,14 @@ struct AttnShape {
 void convertToBf16(const void* src, int dtype, bf16_t* dst, size_t n, cudaStream_t s);
 void convertToF32(const void* src, int dtype, float* dst, size_t n, cudaStream_t s);
 
-void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, cudaStream_t s);
+// hidden[t] = table[tokens[t] - vocabStart], or zeros when the token is not among this rank's
+// vocabCount rows (vocab-parallel: the all-reduce that follows fills it in).
+void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int h, int vocabStart, int vocabCount,
+           cudaStream_t s);
+
+// logits[r][j] = parts[j / part][r][j % part] for j < V: the lm_head outputs of all ranks, as
+// all-gathered rank-major, laid out row by row.
+void joinVocab(const float* parts, int rows, int part, float* logits, int V, cudaStream_t s);
 
 // y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m.
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s);

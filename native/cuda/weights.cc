@@ -2,16 +2,11 @@
 // (norm weights) on the GPU, so F32, F16 and BF16 checkpoints all load the same way.
 #include "cuda/weights.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <map>
+#include <algorithm>
 #include <stdexcept>
-#include <unordered_map>
 
 #include "cuda/device.h"
+#include "tensor_file.h"
 
 namespace troupe {
 namespace cuda {
@@ -20,51 +15,22 @@ namespace {
 
 constexpr size_t kChunkBytes = 64u << 20;
 
-size_t dtypeBytes(DType d) { return d == DType::F32 ? 4 : 2; }
 int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
-
-std::string shapeString(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 class Loader {
  public:
-  Loader(const std::vector<TensorRef>& tensors, cudaStream_t stream) : stream_(stream) {
-    for (const auto& t : tensors) byName_[t.name] = &t;
+  Loader(const std::vector<TensorRef>& tensors, cudaStream_t stream) : files_(tensors), stream_(stream) {
     pinned_.ensure(kChunkBytes);
     staging_.ensure(kChunkBytes);
-  }
-  ~Loader() {
-    for (auto& [file, fd] : fds_) ::close(fd);
-  }
-
-  const TensorRef& find(const std::string& name, const std::vector<int64_t>& shape) const {
-    auto it = byName_.find(name);
-    if (it == byName_.end()) throw std::invalid_argument("checkpoint is missing tensor " + name);
-    const TensorRef& t = *it->second;
-    if (t.shape != shape) {
-      throw std::invalid_argument("tensor " + name + " has shape " + shapeString(t.shape) + ", expected " +
-                                  shapeString(shape));
-    }
-    size_t count = 1;
-    for (auto d : shape) count *= static_cast<size_t>(d);
-    if (static_cast<size_t>(t.nbytes) != count * dtypeBytes(t.dtype)) {
-      throw std::invalid_argument("tensor " + name + " has " + std::to_string(t.nbytes) + " bytes, its shape " +
-                                  shapeString(shape) + " needs " + std::to_string(count * dtypeBytes(t.dtype)));
-    }
-    return t;
   }
 
   // Writes the tensor's values to dst (bf16 when toBf16, else f32), element offset 0.
   void load(const std::string& name, const std::vector<int64_t>& shape, void* dst, bool toBf16) {
-    const TensorRef& t = find(name, shape);
+    const TensorRef& t = files_.find(name, shape);
     const size_t elem = dtypeBytes(t.dtype);
-    const int fd = open(t.file);
     for (size_t done = 0; done < static_cast<size_t>(t.nbytes);) {
       const size_t n = std::min(kChunkBytes, static_cast<size_t>(t.nbytes) - done);
-      read(fd, t, done, n);
+      files_.read(t, done, n, pinned_.get());
       const size_t first = done / elem, count = n / elem;
       if (toBf16 && t.dtype == DType::BF16) {
         check(cudaMemcpyAsync(static_cast<bf16_t*>(dst) + first, pinned_.get(), n, cudaMemcpyHostToDevice, stream_),
@@ -84,30 +50,8 @@ class Loader {
   }
 
  private:
-  void read(int fd, const TensorRef& t, size_t from, size_t n) {
-    char* buf = reinterpret_cast<char*>(pinned_.get());
-    for (size_t got = 0; got < n;) {
-      const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(t.offset + from + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) {
-        throw std::runtime_error(t.file + ": reading tensor " + t.name + " failed: " +
-                                 (r == 0 ? std::string("file ended early (truncated?)") : std::strerror(errno)));
-      }
-      got += static_cast<size_t>(r);
-    }
-  }
-  int open(const std::string& file) {
-    auto it = fds_.find(file);
-    if (it != fds_.end()) return it->second;
-    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::runtime_error(file + ": cannot open: " + std::strerror(errno));
-    fds_[file] = fd;
-    return fd;
-  }
-
+  TensorFiles files_;
   cudaStream_t stream_;
-  std::unordered_map<std::string, const TensorRef*> byName_;
-  std::map<std::string, int> fds_;
   PinnedBuffer<uint8_t> pinned_;
   DeviceBuffer<uint8_t> staging_;
 };
@@ -127,10 +71,11 @@ void* GpuWeights::alloc(size_t n) {
   return p;
 }
 
-GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, cudaStream_t stream) {
+GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
+                       int vocabPart) {
   try {
     Loader r(tensors, stream);
-    const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = c.vocabSize;
+    const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = vocabRows;
     const int64_t qDim = static_cast<int64_t>(c.numHeads) * c.headDim;
     const int64_t kvDim = static_cast<int64_t>(c.numKvHeads) * c.headDim;
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };
@@ -139,13 +84,16 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
       r.load(name, {h}, p, false);
       return p;
     };
-    embed = matrix(V, h);
-    r.load("model.embed_tokens.weight", {V, h}, embed, true);
-    head = embed;
-    if (!c.tieWordEmbeddings) {
-      head = matrix(V, h);
-      r.load("lm_head.weight", {V, h}, head, true);
-    }
+    // vocabPart rows, the ones past this rank's vocabRows zero, so every rank's lm_head output
+    // has the same width for the all-gather.
+    auto vocabMatrix = [&](const std::string& name) {
+      bf16_t* m = matrix(vocabPart, h);
+      check(cudaMemsetAsync(m, 0, static_cast<size_t>(vocabPart) * h * 2, stream), "weight upload");
+      r.load(name, {V, h}, m, true);
+      return m;
+    };
+    embed = vocabMatrix("model.embed_tokens.weight");
+    head = c.tieWordEmbeddings ? embed : vocabMatrix("lm_head.weight");
     finalNorm = vec("model.norm.weight");
     layers.resize(c.numLayers);
     for (int i = 0; i < c.numLayers; ++i) {

@@ -21,12 +21,15 @@ struct GpuLayer {
 
 class GpuWeights {
  public:
-  GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream);
+  // A tensor-parallel rank's part: config has its heads and features; the embedding and lm_head
+  // have vocabRows rows of the checkpoint, zero-padded to vocabPart.
+  GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
+             int vocabPart);
   ~GpuWeights();
   GpuWeights(const GpuWeights&) = delete;
   GpuWeights& operator=(const GpuWeights&) = delete;
 
-  bf16_t* embed = nullptr;
+  bf16_t* embed = nullptr;  // [vocabPart][hidden]
   bf16_t* head = nullptr;  // == embed when tied
   float* finalNorm = nullptr;
   std::vector<GpuLayer> layers;

@@ -1,11 +1,13 @@
 // The loader actor: reads adapter weights from disk into CPU memory and copies them into
 // engine pool slots, off the step loop's thread. The scheduler decides what to load where;
-// this only executes its commands and reports back.
+// this only executes its commands and reports back. Under tensor parallelism every rank's
+// slot is filled with that rank's slice of the same host copy.
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
 import type { AdapterWeights, LoraModule, ModelConfig, NativeAddon } from '../engine/types.js';
 import { toWire } from '../errors.js';
 import { loadAdapterWeights } from '../model/adapter.js';
+import { planTensorParallel, shardAdapter, type RankShard } from '../model/tensor-parallel.js';
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
 import type { LoaderCommand, LoaderEvent, LoaderMsg, LoaderOutMsg, LoaderOutReplies, LoaderReplies, LoaderWorkerData } from './protocol.js';
@@ -15,7 +17,8 @@ const data = workerData as LoaderWorkerData;
 
 interface Pool {
   native: NativeAddon;
-  handle: number;
+  handles: number[]; // by rank
+  shards: RankShard[];
   config: ModelConfig;
   maxLoraRank: number;
   loraModules: LoraModule[];
@@ -51,16 +54,20 @@ function run(cmd: LoaderCommand): void {
         emit({ kind: 'load-failed', name: cmd.name, error: `adapter '${cmd.name}' is not in CPU memory` });
         return;
       }
+      const { native, handles, shards, config } = pool;
+      let filled = 0;
       try {
-        pool.native.loadLoraSlot(pool.handle, cmd.slot, weights);
+        for (; filled < handles.length; filled++) native.loadLoraSlot(handles[filled]!, cmd.slot, shardAdapter(weights, config, shards[filled]!));
         emit({ kind: 'slot-ready', name: cmd.name, slot: cmd.slot });
       } catch (err) {
+        // Ranks must agree on which slots hold adapters: undo the ranks already filled.
+        for (let r = 0; r < filled; r++) native.clearLoraSlot(handles[r]!, cmd.slot);
         emit({ kind: 'load-failed', name: cmd.name, error: toWire(err).message });
       }
       return;
     }
     case 'clear-slot':
-      pool.native.clearLoraSlot(pool.handle, cmd.slot);
+      for (const h of pool.handles) pool.native.clearLoraSlot(h, cmd.slot);
       return;
     case 'drop-cpu':
       onCpu.delete(cmd.name);
@@ -74,5 +81,12 @@ scheduler.serve((msg) => {
 
 new Mailbox<LoaderMsg, LoaderReplies, never, Record<never, never>>(parentPort, 'main').serve((msg) => {
   if (msg.type !== 'init') throw new Error(`the main thread sent ${msg.type}; only init comes from there`);
-  pool = { native: loadNative(), handle: msg.handle, config: msg.config, maxLoraRank: msg.maxLoraRank, loraModules: msg.loraModules };
+  pool = {
+    native: loadNative(),
+    handles: msg.handles,
+    shards: planTensorParallel(msg.config, msg.tpSize),
+    config: msg.config,
+    maxLoraRank: msg.maxLoraRank,
+    loraModules: msg.loraModules,
+  };
 });

@@ -1,9 +1,12 @@
 // Turns server options and the checkpoint into the engine's and scheduler's settings:
-// which device, how big the KV cache and the LoRA pool are.
+// which device, how big the KV cache and the LoRA pool are, and what each tensor-parallel
+// rank holds and where it runs.
+import { availableParallelism } from 'node:os';
 import type { ServeOptions } from '../config/options.js';
-import { LORA_MODULES, type EngineOptions, type LoraModule, type ModelConfig, type NativeAddon } from '../engine/types.js';
+import { LORA_MODULES, type EngineOptions, type LoraModule, type ModelConfig, type NativeAddon, type TensorRef } from '../engine/types.js';
 import { badRequest } from '../errors.js';
 import type { AdapterInfo } from '../model/adapter.js';
+import { planTensorParallel, rankOptions, shardTensor } from '../model/tensor-parallel.js';
 
 /** KV cache of the CPU backend when --max-total-tokens is not given. */
 export const CPU_DEFAULT_TOTAL_TOKENS = 32768;
@@ -88,6 +91,44 @@ export function planEngine(
       loraChunkSize: opts.maxLoraChunkSize,
     },
   };
+}
+
+/** What one rank's executor is given to build its engine. */
+export interface RankPlan {
+  config: ModelConfig;
+  tensors: TensorRef[];
+  options: EngineOptions;
+}
+
+/**
+ * One engine per rank: its part of every tensor, its place in the group and its GPU
+ * (--base-gpu-id + rank x --gpu-id-step). On the CPU the ranks split the cores.
+ */
+export function planRanks(
+  plan: EnginePlan,
+  config: ModelConfig,
+  tensors: TensorRef[],
+  opts: Pick<ServeOptions, 'tpSize' | 'baseGpuId' | 'gpuIdStep'>,
+  group: string,
+  gpus: number,
+): RankPlan[] {
+  const shards = planTensorParallel(config, opts.tpSize);
+  const device = (rank: number): number => opts.baseGpuId + rank * opts.gpuIdStep;
+  if (plan.engine.device === 'cuda') {
+    const last = device(shards.length - 1);
+    if (Math.max(opts.baseGpuId, last) >= gpus) {
+      throw badRequest(
+        `--tp-size ${opts.tpSize} with --base-gpu-id ${opts.baseGpuId} and --gpu-id-step ${opts.gpuIdStep} needs GPU ${Math.max(opts.baseGpuId, last)}, ` +
+          `but ${gpus} ${gpus === 1 ? 'is' : 'are'} visible (--gpu-id-step 0 puts every rank on one GPU)`,
+      );
+    }
+  }
+  const threads = opts.tpSize > 1 ? Math.max(1, Math.floor(availableParallelism() / opts.tpSize)) : plan.engine.threads;
+  return shards.map((shard) => ({
+    config,
+    tensors: tensors.map((t) => shardTensor(t, config, shard)),
+    options: { ...plan.engine, threads, tp: rankOptions(shard, group), cudaDevice: device(shard.rank) },
+  }));
 }
 
 /** Why an adapter cannot live in the LoRA pool, or null if it fits. */

@@ -28,7 +28,7 @@ export interface ExecutorReplies {
 
 // ---- loader: adapter weights from disk to CPU to pool slots ----
 export type LoaderMsg =
-  | { type: 'init'; handle: number; config: ModelConfig; maxLoraRank: number; loraModules: LoraModule[] }
+  | { type: 'init'; handles: number[]; config: ModelConfig; tpSize: number; maxLoraRank: number; loraModules: LoraModule[] }
   | { type: 'command'; command: LoaderCommand };
 export interface LoaderReplies {
   init: void;
@@ -78,11 +78,13 @@ export interface SchedulerOutReplies {
 
 /** Handed to workers at spawn time: the direct channels between actors. */
 export interface SchedulerWorkerData {
-  executorPort: import('node:worker_threads').MessagePort;
+  /** One per tensor-parallel rank, by rank. */
+  executorPorts: Array<import('node:worker_threads').MessagePort>;
   loaderPort: import('node:worker_threads').MessagePort;
 }
 export interface ExecutorWorkerData {
   schedulerPort: import('node:worker_threads').MessagePort;
+  rank: number;
 }
 export interface LoaderWorkerData {
   schedulerPort: import('node:worker_threads').MessagePort;

@@ -1,10 +1,12 @@
 // The scheduler actor: hosts the pure-logic Scheduler and drives the step loop. It talks
-// to the executor and the loader over direct channels; the main thread only submits,
-// aborts and receives the token events of each step as one message.
+// to the executors (one per tensor-parallel rank, each sent the same batch) and the loader
+// over direct channels; the main thread only submits, aborts and receives the token events
+// of each step as one message.
 import { parentPort, workerData } from 'node:worker_threads';
 import type { AdapterStatus } from '../api.js';
 import { toWire, TroupeError } from '../errors.js';
 import { Scheduler } from '../scheduler/index.js';
+import type { StepBatch, StepResult } from '../engine/types.js';
 import { Mailbox } from './mailbox.js';
 import type {
   AdapterTransition,
@@ -25,7 +27,18 @@ if (!parentPort) throw new Error('scheduler.worker must run in a worker thread')
 const data = workerData as SchedulerWorkerData;
 
 const main = new Mailbox<SchedulerMsg, SchedulerReplies, SchedulerOutMsg, SchedulerOutReplies>(parentPort, 'main');
-const executor = new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(data.executorPort, 'executor');
+const executors = data.executorPorts.map(
+  (port, rank) => new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(port, rank === 0 ? 'executor' : `executor-${rank}`),
+);
+
+/** Every rank runs the batch; rank 0 samples, so its result is the step's. */
+async function step(batch: StepBatch): Promise<StepResult> {
+  // Settled, not raced: the next step goes out only when no rank is still in this one.
+  const results = await Promise.allSettled(executors.map((e) => e.call({ type: 'step', batch })));
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return (results[0] as PromiseFulfilledResult<StepResult>).value;
+}
 const loader = new Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies>(data.loaderPort, 'loader');
 
 let sched: Scheduler | null = null;
@@ -72,7 +85,7 @@ async function loop(): Promise<void> {
       if (!next) break;
       let result;
       try {
-        result = await executor.call({ type: 'step', batch: next.batch });
+        result = await step(next.batch);
       } catch (err) {
         // A failed step fails the sequences in it, not the engine: free them and go on.
         const ids = next.seqIds;

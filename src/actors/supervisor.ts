@@ -1,7 +1,10 @@
-// Spawns the executor, loader and scheduler actors, wires their direct channels and
-// watches them. An actor that dies fails every outstanding call with an error naming it
-// and marks the engine unhealthy, so nothing waits forever on a thread that is gone.
+// Spawns the executor actors (one per tensor-parallel rank), the loader and the scheduler,
+// wires their direct channels and watches them. An actor that dies fails every outstanding
+// call with an error naming it and marks the engine unhealthy, so nothing waits forever on a
+// thread that is gone; the other ranks are released from the collectives they wait in.
+import { randomUUID } from 'node:crypto';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { loadNative } from '../engine/native.js';
 import { TroupeError } from '../errors.js';
 import { Mailbox } from './mailbox.js';
 import type {
@@ -19,47 +22,58 @@ import type {
 } from './protocol.js';
 import { workerUrl } from './worker-url.js';
 
-export type ActorName = 'executor' | 'loader' | 'scheduler';
+/** Rank 0's executor is 'executor'; rank r > 0's is 'executor-r'. */
+export type ActorName = 'executor' | `executor-${number}` | 'loader' | 'scheduler';
+
+type ExecutorBox = Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>;
 
 export interface Actors {
-  executor: Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>;
+  /** Rank 0's executor. */
+  executor: ExecutorBox;
+  /** Every rank's executor, by rank. */
+  executors: ExecutorBox[];
   loader: Mailbox<never, Record<never, never>, LoaderMsg, LoaderReplies>;
   scheduler: Mailbox<SchedulerOutMsg, SchedulerOutReplies, SchedulerMsg, SchedulerReplies>;
 }
 
 export class Supervisor {
   readonly actors: Actors;
-  private readonly workers: Record<ActorName, Worker>;
+  private readonly workers = new Map<ActorName, Worker>();
   private failure: TroupeError | null = null;
   private closing = false;
   private readonly crashListeners: Array<(err: TroupeError) => void> = [];
-  private readonly alive = new Set<ActorName>(['executor', 'loader', 'scheduler']);
+  private readonly alive = new Set<ActorName>();
+  /** The id the ranks' engines share, so they find each other in the native addon. */
+  readonly tpGroup = `troupe-tp-${randomUUID()}`;
 
-  constructor() {
-    const execSched = new MessageChannel();
+  constructor(readonly tpSize = 1) {
+    const rankName = (r: number): ActorName => (r === 0 ? 'executor' : `executor-${r}`);
+    const execScheds = Array.from({ length: tpSize }, () => new MessageChannel());
     const loaderSched = new MessageChannel();
-    const spawn = (name: ActorName, data: object, transfer: MessagePort[]): Worker =>
-      new Worker(workerUrl(`${name}.worker.js`, import.meta.url), {
-        workerData: data,
-        transferList: transfer,
-        name: `troupe-${name}`,
-      });
-    this.workers = {
-      executor: spawn('executor', { schedulerPort: execSched.port1 } satisfies ExecutorWorkerData, [execSched.port1]),
-      loader: spawn('loader', { schedulerPort: loaderSched.port1 } satisfies LoaderWorkerData, [loaderSched.port1]),
-      scheduler: spawn(
-        'scheduler',
-        { executorPort: execSched.port2, loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
-        [execSched.port2, loaderSched.port2],
-      ),
+    const spawn = (name: ActorName, file: string, data: object, transfer: MessagePort[]): Worker => {
+      const w = new Worker(workerUrl(file, import.meta.url), { workerData: data, transferList: transfer, name: `troupe-${name}` });
+      this.workers.set(name, w);
+      this.alive.add(name);
+      return w;
     };
+    const executors = execScheds.map((ch, r) =>
+      spawn(rankName(r), 'executor.worker.js', { schedulerPort: ch.port1, rank: r } satisfies ExecutorWorkerData, [ch.port1]),
+    );
+    const loader = spawn('loader', 'loader.worker.js', { schedulerPort: loaderSched.port1 } satisfies LoaderWorkerData, [loaderSched.port1]);
+    const scheduler = spawn(
+      'scheduler',
+      'scheduler.worker.js',
+      { executorPorts: execScheds.map((ch) => ch.port2), loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
+      [...execScheds.map((ch) => ch.port2), loaderSched.port2],
+    );
+    const boxes = executors.map((w, r) => new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(w, rankName(r)));
     this.actors = {
-      executor: new Mailbox(this.workers.executor, 'executor'),
-      loader: new Mailbox(this.workers.loader, 'loader'),
-      scheduler: new Mailbox(this.workers.scheduler, 'scheduler'),
+      executor: boxes[0]!,
+      executors: boxes,
+      loader: new Mailbox(loader, 'loader'),
+      scheduler: new Mailbox(scheduler, 'scheduler'),
     };
-    for (const name of Object.keys(this.workers) as ActorName[]) {
-      const w = this.workers[name];
+    for (const [name, w] of this.workers) {
       w.on('error', (err) => this.crashed(name, `crashed: ${err.message}`));
       w.on('exit', (code) => {
         this.alive.delete(name);
@@ -75,7 +89,9 @@ export class Supervisor {
 
   /** The thread behind an actor (fault drills and diagnostics). */
   worker(name: ActorName): Worker {
-    return this.workers[name];
+    const w = this.workers.get(name);
+    if (!w) throw new Error(`no actor named ${name}`);
+    return w;
   }
 
   onCrash(listener: (err: TroupeError) => void): void {
@@ -85,7 +101,8 @@ export class Supervisor {
   private crashed(name: ActorName, what: string): void {
     if (this.closing || this.failure) return;
     this.failure = new TroupeError('unavailable', `the ${name} actor ${what}; the engine must be restarted`);
-    for (const box of Object.values(this.actors)) (box as Mailbox<never, never, never, never>).failAll(this.failure);
+    this.releaseRanks(this.failure.message);
+    for (const box of this.boxes()) box.failAll(this.failure);
     for (const l of this.crashListeners) l(this.failure);
   }
 
@@ -94,16 +111,28 @@ export class Supervisor {
     this.closing = true;
     const closed = new TroupeError('unavailable', 'the engine is closed');
     this.failure ??= closed;
-    for (const box of Object.values(this.actors)) (box as Mailbox<never, never, never, never>).failAll(closed);
-    // Terminating a thread inside a native call would take the process down, so the executor
-    // first finishes its step and destroys the engine; a stuck one must not block closing.
-    if (this.alive.has('executor')) await this.shutdownExecutor(5000);
-    await Promise.all(Object.values(this.workers).map((w) => w.terminate()));
+    this.releaseRanks('the engine is closing');
+    for (const box of this.boxes()) box.failAll(closed);
+    // Terminating a thread inside a native call would take the process down, so each executor
+    // first finishes its step and destroys its engine; a stuck one must not block closing.
+    const executors = [...this.workers.keys()].filter((n) => n.startsWith('executor') && this.alive.has(n));
+    await Promise.all(executors.map((n) => this.shutdownExecutor(n, 5000)));
+    await Promise.all([...this.workers.values()].map((w) => w.terminate()));
+  }
+
+  private boxes(): Array<Mailbox<never, never, never, never>> {
+    const { executors, loader, scheduler } = this.actors;
+    return [...executors, loader, scheduler] as unknown as Array<Mailbox<never, never, never, never>>;
+  }
+
+  /** Ranks blocked in a collective with a dead one would wait forever: fail their collectives. */
+  private releaseRanks(why: string): void {
+    if (this.tpSize > 1) loadNative().abortTensorParallel(this.tpGroup, why);
   }
 
   /** A shutdown call outside the mailbox, which may already have failed every call. */
-  private shutdownExecutor(timeoutMs: number): Promise<void> {
-    const w = this.workers.executor;
+  private shutdownExecutor(name: ActorName, timeoutMs: number): Promise<void> {
+    const w = this.worker(name);
     return new Promise<void>((resolve) => {
       const done = (): void => {
         clearTimeout(timer);

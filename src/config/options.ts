@@ -22,6 +22,9 @@ export interface ServeOptions {
   maxLoraChunkSize: number;
   enableLoraOverlapLoading: boolean;
   tpSize: number;
+  /** GPU of rank r: baseGpuId + r * gpuIdStep. */
+  baseGpuId: number;
+  gpuIdStep: number;
   cudaGraphMaxBs: number;
   memFractionStatic: number;
   device: 'auto' | 'cpu' | 'cuda';

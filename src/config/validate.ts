@@ -39,9 +39,6 @@ export function validateFlags(flags: RawFlags): Validated {
   if (chunkedPrefillSize % pageSize !== 0) {
     throw new FlagError(`--chunked-prefill-size (${chunkedPrefillSize}) must be divisible by --page-size (${pageSize})`);
   }
-  if (tpSize > 1) {
-    throw new FlagError(`--tp-size ${tpSize}: tensor parallelism is not supported by this version; use --tp-size 1`);
-  }
 
   const servedModelName = str('served-model-name');
   if (servedModelName !== null && servedModelName.includes(':')) {
@@ -95,6 +92,8 @@ export function validateFlags(flags: RawFlags): Validated {
     maxLoraChunkSize: chunk,
     enableLoraOverlapLoading: enableLora && overlap,
     tpSize,
+    baseGpuId: atLeast('base-gpu-id', 0)!,
+    gpuIdStep: atLeast('gpu-id-step', 0)!,
     cudaGraphMaxBs: bool('disable-cuda-graph') ? 0 : atLeast('cuda-graph-max-bs', 0)!,
     memFractionStatic,
     device: str('device') as 'auto' | 'cpu' | 'cuda',

@@ -44,6 +44,24 @@ export interface TensorRef {
   nbytes: number;
   dtype: DType;
   shape: number[];
+  /** Bytes from one row's start to the next in the file when the rows are not contiguous (a band of columns). */
+  rowPitch?: number;
+}
+
+/** This engine's place in a tensor-parallel group (planned by src/model/tensor-parallel.ts). */
+export interface TensorParallelRank {
+  rank: number;
+  size: number;
+  /** Ranks with the same group id in one process exchange activations. */
+  group: string;
+  /** The rank's query heads, KV heads and MLP features. */
+  numHeads: number;
+  numKvHeads: number;
+  intermediateSize: number;
+  /** The embedding and lm_head rows it holds; vocabPart is every rank's share before the last rank's remainder. */
+  vocabStart: number;
+  vocabCount: number;
+  vocabPart: number;
 }
 
 export interface EngineOptions {
@@ -63,6 +81,10 @@ export interface EngineOptions {
   /** CUDA LoRA kernels (--lora-backend, --max-lora-chunk-size); default csgmv with chunks of 16. */
   loraBackend?: 'csgmv' | 'sgmv';
   loraChunkSize?: number;
+  /** Tensor parallelism; absent = one rank holding the whole model. */
+  tp?: TensorParallelRank;
+  /** The GPU this engine runs on (CUDA); 0 when absent. */
+  cudaDevice?: number;
 }
 
 export interface EngineInfo {
@@ -72,6 +94,8 @@ export interface EngineInfo {
   blockSize: number;
   loraSlots: number;
   maxLoraRank: number;
+  /** How tensor-parallel ranks exchange activations: none (one rank), host (through host memory) or nccl. */
+  collective: 'none' | 'host' | 'nccl';
 }
 
 /**
@@ -124,7 +148,7 @@ export interface AdapterWeights {
 
 /** Everything the addon exports (native/binding.cc). Handles are process-wide, so any worker thread may use one. */
 export interface NativeAddon {
-  buildInfo(): { cuda: boolean; cudaReason: string; version: string };
+  buildInfo(): { cuda: boolean; cudaReason: string; version: string; nccl: boolean };
   cudaDeviceCount(): number;
   createEngine(config: ModelConfig, tensors: TensorRef[], options: EngineOptions): number;
   engineInfo(handle: number): EngineInfo;
@@ -132,4 +156,6 @@ export interface NativeAddon {
   loadLoraSlot(handle: number, slot: number, adapter: AdapterWeights): void;
   clearLoraSlot(handle: number, slot: number): void;
   destroyEngine(handle: number): void;
+  /** Fails the collectives of every rank of a tensor-parallel group (one rank died); false if no such group. */
+  abortTensorParallel(group: string, reason: string): boolean;
 }

@@ -7,7 +7,7 @@
 // base input, its rank-r output is all-reduced, and B is replicated. Every rank's pool slot is
 // filled from the same host copy by slicing it here.
 import { badRequest } from '../errors.js';
-import type { AdapterWeights, LoraModule, ModelConfig, TensorRef } from '../engine/types.js';
+import type { AdapterWeights, LoraModule, ModelConfig, TensorParallelRank, TensorRef } from '../engine/types.js';
 
 export interface Range {
   start: number;
@@ -22,6 +22,7 @@ export interface RankShard {
   kvHeads: Range; // KV heads (one, shared with other ranks, when tpSize > numKvHeads)
   inter: Range; // intermediate (MLP) features
   vocab: Range; // embedding and lm_head rows
+  vocabPart: number; // every rank's vocab rows before the last rank's remainder (its gathered logits' width)
 }
 
 /** The shards of every rank, or an error naming the dimension tpSize does not divide. */
@@ -47,33 +48,29 @@ export function planTensorParallel(config: ModelConfig, tpSize: number): RankSha
     kvHeads: kv >= tpSize ? { start: (rank * kv) / tpSize, count: kv / tpSize } : { start: Math.floor((rank * kv) / tpSize), count: 1 },
     inter: { start: rank * interPer, count: interPer },
     vocab: { start: Math.min(rank * vocabPer, config.vocabSize), count: Math.max(0, Math.min(vocabPer, config.vocabSize - rank * vocabPer)) },
+    vocabPart: vocabPer,
   }));
 }
 
-/**
- * A rank's part of one checkpoint tensor: whole tensors (replicated), a contiguous band of rows
- * (column-parallel and vocab-parallel weights, so the reference just narrows), or a band of
- * columns (row-parallel weights, which the loader reads row by row).
- */
-export type ShardedTensor =
-  | { kind: 'replicated'; ref: TensorRef }
-  | { kind: 'rows'; ref: TensorRef; rows: Range }
-  | { kind: 'columns'; ref: TensorRef; columns: Range };
-
-function rowsOf(ref: TensorRef, rows: Range): ShardedTensor {
+/** A contiguous band of rows (column-parallel and vocab-parallel weights): the reference just narrows. */
+function rowsOf(ref: TensorRef, rows: Range): TensorRef {
   const rowBytes = (ref.nbytes / ref.shape[0]!) | 0;
-  return {
-    kind: 'rows',
-    rows,
-    ref: { ...ref, offset: ref.offset + rows.start * rowBytes, nbytes: rows.count * rowBytes, shape: [rows.count, ...ref.shape.slice(1)] },
-  };
+  return { ...ref, offset: ref.offset + rows.start * rowBytes, nbytes: rows.count * rowBytes, shape: [rows.count, ...ref.shape.slice(1)] };
+}
+
+/** A band of columns (row-parallel weights): every row's piece, a full row apart in the file. */
+function columnsOf(ref: TensorRef, columns: Range): TensorRef {
+  const [rows, cols] = ref.shape as [number, number];
+  const elem = ref.nbytes / (rows * cols);
+  return { ...ref, offset: ref.offset + columns.start * elem, nbytes: rows * columns.count * elem, shape: [rows, columns.count], rowPitch: cols * elem };
 }
 
 function headRows(shard: Range, headDim: number): Range {
   return { start: shard.start * headDim, count: shard.count * headDim };
 }
 
-export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShard): ShardedTensor {
+/** A rank's part of one checkpoint tensor; norms (and anything else) are replicated whole. */
+export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShard): TensorRef {
   const d = config.headDim;
   const kind = /(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|embed_tokens|lm_head)\.weight$/.exec(ref.name)?.[1];
   switch (kind) {
@@ -89,12 +86,27 @@ export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShar
     case 'lm_head':
       return rowsOf(ref, shard.vocab);
     case 'o_proj':
-      return { kind: 'columns', ref, columns: headRows(shard.heads, d) };
+      return columnsOf(ref, headRows(shard.heads, d));
     case 'down_proj':
-      return { kind: 'columns', ref, columns: shard.inter };
+      return columnsOf(ref, shard.inter);
     default:
-      return { kind: 'replicated', ref };
+      return ref;
   }
+}
+
+/** What the native engine of one rank is told about its place in the group. */
+export function rankOptions(shard: RankShard, group: string): TensorParallelRank {
+  return {
+    rank: shard.rank,
+    size: shard.tpSize,
+    group,
+    numHeads: shard.heads.count,
+    numKvHeads: shard.kvHeads.count,
+    intermediateSize: shard.inter.count,
+    vocabStart: shard.vocab.start,
+    vocabCount: shard.vocab.count,
+    vocabPart: shard.vocabPart,
+  };
 }
 
 const COLUMN_PARALLEL: ReadonlySet<LoraModule> = new Set(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']);

@@ -1,0 +1,89 @@
+#include "tensor_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace troupe {
+
+size_t dtypeBytes(DType d) { return d == DType::F32 ? 4 : 2; }
+
+std::string shapeString(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+TensorFiles::TensorFiles(const std::vector<TensorRef>& tensors) {
+  for (const auto& t : tensors) byName_[t.name] = &t;
+}
+
+TensorFiles::~TensorFiles() {
+  for (auto& [file, fd] : fds_) ::close(fd);
+}
+
+const TensorRef& TensorFiles::find(const std::string& name, const std::vector<int64_t>& shape) const {
+  auto it = byName_.find(name);
+  if (it == byName_.end()) throw std::invalid_argument("checkpoint is missing tensor " + name);
+  const TensorRef& t = *it->second;
+  if (t.shape != shape) {
+    throw std::invalid_argument("tensor " + name + " has shape " + shapeString(t.shape) + ", expected " +
+                                shapeString(shape));
+  }
+  size_t count = 1;
+  for (auto d : shape) count *= static_cast<size_t>(d);
+  if (static_cast<size_t>(t.nbytes) != count * dtypeBytes(t.dtype)) {
+    throw std::invalid_argument("tensor " + name + " has " + std::to_string(t.nbytes) + " bytes, its shape " +
+                                shapeString(shape) + " needs " + std::to_string(count * dtypeBytes(t.dtype)));
+  }
+  const int64_t rowBytes = shape.empty() ? 0 : t.nbytes / std::max<int64_t>(1, shape[0]);
+  if (t.rowPitch != 0 && t.rowPitch < rowBytes) {
+    throw std::invalid_argument("tensor " + name + " has a row pitch of " + std::to_string(t.rowPitch) +
+                                " bytes, shorter than its rows of " + std::to_string(rowBytes));
+  }
+  return t;
+}
+
+void TensorFiles::read(const TensorRef& t, size_t from, size_t n, void* dst) {
+  char* out = static_cast<char*>(dst);
+  const size_t rowBytes = t.shape.empty() ? 0 : static_cast<size_t>(t.nbytes / std::max<int64_t>(1, t.shape[0]));
+  if (t.rowPitch == 0 || static_cast<size_t>(t.rowPitch) == rowBytes) {
+    readAt(t, t.offset + static_cast<int64_t>(from), n, out);
+    return;
+  }
+  // A band of columns: one read per row piece.
+  for (size_t done = 0; done < n;) {
+    const size_t pos = from + done, row = pos / rowBytes, within = pos % rowBytes;
+    const size_t len = std::min(n - done, rowBytes - within);
+    readAt(t, t.offset + static_cast<int64_t>(row) * t.rowPitch + static_cast<int64_t>(within), len, out + done);
+    done += len;
+  }
+}
+
+void TensorFiles::readAt(const TensorRef& t, int64_t offset, size_t n, char* dst) {
+  const int fd = open(t.file);
+  for (size_t got = 0; got < n;) {
+    const ssize_t r = ::pread(fd, dst + got, n - got, static_cast<off_t>(offset + static_cast<int64_t>(got)));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      throw std::runtime_error(t.file + ": reading tensor " + t.name + " failed: " +
+                               (r == 0 ? std::string("file ended early (truncated?)") : std::strerror(errno)));
+    }
+    got += static_cast<size_t>(r);
+  }
+}
+
+int TensorFiles::open(const std::string& file) {
+  auto it = fds_.find(file);
+  if (it != fds_.end()) return it->second;
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(file + ": cannot open: " + std::strerror(errno));
+  fds_[file] = fd;
+  return fd;
+}
+
+}  // namespace troupe
