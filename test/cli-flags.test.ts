@@ -138,7 +138,13 @@ describe('other rules', () => {
     rejects(['--mem-fraction-static', '1.5'], /between 0 and 1/);
     rejects(['--chunked-prefill-size', '100', '--page-size', '16'], /divisible by --page-size/);
     rejects(['--served-model-name', 'a:b'], /cannot contain ":"/);
-    rejects(['--tp-size', '2'], /tensor parallelism/);
+    rejects(['--tp-size', '0'], /--tp-size must be at least 1/);
+    rejects(['--gpu-id-step', '-1'], /--gpu-id-step must be at least 0/);
+  });
+
+  it('takes SGLang\'s tensor-parallel flags', () => {
+    expect(validate('--tp', '4', '--base-gpu-id', '2', '--gpu-id-step', '0').options).toMatchObject({ tpSize: 4, baseGpuId: 2, gpuIdStep: 0 });
+    expect(validate('--tensor-parallel-size', '2').options).toMatchObject({ tpSize: 2, baseGpuId: 0, gpuIdStep: 1 });
   });
 
   it('--disable-cuda-graph turns graphs off', () => {

@@ -1,0 +1,62 @@
+// Runs a tensor-parallel group the way the server does, one executor actor per rank, each sent
+// the same batch, so tests can drive ranks step by step (teacher forcing, returned logits)
+// without the scheduler. Adapters go into every rank's slot as that rank's slice.
+import { Supervisor } from '../src/actors/supervisor.js';
+import { planRanks, type EnginePlan } from '../src/actors/plan.js';
+import type { EngineInfo, EngineOptions, StepBatch, StepResult } from '../src/engine/types.js';
+import { loadAdapterWeights } from '../src/model/adapter.js';
+import type { Checkpoint } from '../src/model/checkpoint.js';
+import { planTensorParallel, shardAdapter } from '../src/model/tensor-parallel.js';
+import { addon } from './engine-fixtures.js';
+
+export interface RankGroup {
+  info: EngineInfo;
+  step(batch: StepBatch): Promise<StepResult>;
+  loadSlot(slot: number, adapterDir: string): void;
+  /** One rank alone (the others are not sent the batch). */
+  stepRank(rank: number, batch: StepBatch): Promise<StepResult>;
+  /** Ends a rank's thread, as a crash would. */
+  kill(rank: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startRanks(
+  ckpt: Checkpoint,
+  tpSize: number,
+  engine: EngineOptions,
+  gpus: { baseGpuId?: number; gpuIdStep?: number; count?: number } = {},
+): Promise<RankGroup> {
+  const sup = new Supervisor(tpSize);
+  try {
+    const plan: EnginePlan = { engine, loraEnabled: engine.loraSlots > 0, contextLength: ckpt.config.maxPositionEmbeddings };
+    const opts = { tpSize, baseGpuId: gpus.baseGpuId ?? 0, gpuIdStep: gpus.gpuIdStep ?? 1 };
+    const ranks = planRanks(plan, ckpt.config, ckpt.tensors, opts, sup.tpGroup, gpus.count ?? 0);
+    const started = await Promise.allSettled(ranks.map((r, i) => sup.actors.executors[i]!.call({ type: 'init', ...r })));
+    const failed = started.find((s) => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    const inits = started.map((s) => (s as PromiseFulfilledResult<{ handle: number; info: EngineInfo }>).value);
+    const shards = planTensorParallel(ckpt.config, tpSize);
+    return {
+      info: inits[0]!.info,
+      async step(batch) {
+        const results = await Promise.all(sup.actors.executors.map((e) => e.call({ type: 'step', batch })));
+        return results[0]!;
+      },
+      stepRank: (rank, batch) => sup.actors.executors[rank]!.call({ type: 'step', batch }),
+      async kill(rank) {
+        const w = sup.worker(rank === 0 ? 'executor' : `executor-${rank}`);
+        const exited = new Promise((r) => w.once('exit', r));
+        await w.terminate();
+        await exited;
+      },
+      loadSlot(slot, adapterDir) {
+        const weights = loadAdapterWeights(adapterDir, ckpt.config).weights;
+        inits.forEach(({ handle }, r) => addon.loadLoraSlot(handle, slot, shardAdapter(weights, ckpt.config, shards[r]!)));
+      },
+      close: () => sup.close(),
+    };
+  } catch (err) {
+    await sup.close();
+    throw err;
+  }
+}
