@@ -6,11 +6,11 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.js';
 import { chooseDevice, planEngine, planRanks } from './actors/plan.js';
+import { initRanks } from './actors/ranks.js';
 import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
 import { resolveServeOptions } from './config/validate.js';
 import { loadNative } from './engine/native.js';
-import type { EngineInfo } from './engine/types.js';
 import { badRequest } from './errors.js';
 import { readAdapterInfo } from './model/adapter.js';
 import { openCheckpoint } from './model/checkpoint.js';
@@ -46,10 +46,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const tokenizerReady = tokenizer.ready();
     tokenizerReady.catch(() => {}); // awaited below; an earlier failure must not leave it unhandled
     // All ranks build their engines at once: they meet in collectives while they start.
-    const started = await Promise.allSettled(ranks.map((r, i) => executors[i]!.call({ type: 'init', ...r })));
-    const failed = started.find((s) => s.status === 'rejected');
-    if (failed) throw failed.reason;
-    const inits = started.map((s) => (s as PromiseFulfilledResult<{ handle: number; info: EngineInfo }>).value);
+    const inits = await initRanks(executors, ranks);
     const info = inits[0]!.info;
     const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
     log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`);

@@ -3,6 +3,7 @@
 // without the scheduler. Adapters go into every rank's slot as that rank's slice.
 import { Supervisor } from '../src/actors/supervisor.js';
 import { planRanks, type EnginePlan } from '../src/actors/plan.js';
+import { initRanks, stepRanks } from '../src/actors/ranks.js';
 import type { EngineInfo, EngineOptions, StepBatch, StepResult } from '../src/engine/types.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
@@ -31,17 +32,11 @@ export async function startRanks(
     const plan: EnginePlan = { engine, loraEnabled: engine.loraSlots > 0, contextLength: ckpt.config.maxPositionEmbeddings };
     const opts = { tpSize, baseGpuId: gpus.baseGpuId ?? 0, gpuIdStep: gpus.gpuIdStep ?? 1 };
     const ranks = planRanks(plan, ckpt.config, ckpt.tensors, opts, sup.tpGroup, gpus.count ?? 0);
-    const started = await Promise.allSettled(ranks.map((r, i) => sup.actors.executors[i]!.call({ type: 'init', ...r })));
-    const failed = started.find((s) => s.status === 'rejected');
-    if (failed) throw failed.reason;
-    const inits = started.map((s) => (s as PromiseFulfilledResult<{ handle: number; info: EngineInfo }>).value);
+    const inits = await initRanks(sup.actors.executors, ranks);
     const shards = planTensorParallel(ckpt.config, tpSize);
     return {
       info: inits[0]!.info,
-      async step(batch) {
-        const results = await Promise.all(sup.actors.executors.map((e) => e.call({ type: 'step', batch })));
-        return results[0]!;
-      },
+      step: (batch) => stepRanks(sup.actors.executors, batch),
       stepRank: (rank, batch) => sup.actors.executors[rank]!.call({ type: 'step', batch }),
       async kill(rank) {
         const w = sup.worker(rank === 0 ? 'executor' : `executor-${rank}`);

@@ -6,8 +6,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { AdapterStatus } from '../api.js';
 import { toWire, TroupeError } from '../errors.js';
 import { Scheduler } from '../scheduler/index.js';
-import type { StepBatch, StepResult } from '../engine/types.js';
 import { Mailbox } from './mailbox.js';
+import { stepRanks } from './ranks.js';
 import type {
   AdapterTransition,
   ExecutorMsg,
@@ -31,14 +31,6 @@ const executors = data.executorPorts.map(
   (port, rank) => new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(port, rank === 0 ? 'executor' : `executor-${rank}`),
 );
 
-/** Every rank runs the batch; rank 0 samples, so its result is the step's. */
-async function step(batch: StepBatch): Promise<StepResult> {
-  // Settled, not raced: the next step goes out only when no rank is still in this one.
-  const results = await Promise.allSettled(executors.map((e) => e.call({ type: 'step', batch })));
-  const failed = results.find((r) => r.status === 'rejected');
-  if (failed) throw failed.reason;
-  return (results[0] as PromiseFulfilledResult<StepResult>).value;
-}
 const loader = new Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies>(data.loaderPort, 'loader');
 
 let sched: Scheduler | null = null;
@@ -85,7 +77,7 @@ async function loop(): Promise<void> {
       if (!next) break;
       let result;
       try {
-        result = await step(next.batch);
+        result = await stepRanks(executors, next.batch);
       } catch (err) {
         // A failed step fails the sequences in it, not the engine: free them and go on.
         const ids = next.seqIds;

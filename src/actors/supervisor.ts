@@ -7,9 +7,9 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
 import { TroupeError } from '../errors.js';
 import { Mailbox } from './mailbox.js';
+import type { ExecutorBox } from './ranks.js';
 import type {
   ExecutorMsg,
-  ExecutorReplies,
   ExecutorWorkerData,
   LoaderMsg,
   LoaderReplies,
@@ -24,8 +24,6 @@ import { workerUrl } from './worker-url.js';
 
 /** Rank 0's executor is 'executor'; rank r > 0's is 'executor-r'. */
 export type ActorName = 'executor' | `executor-${number}` | 'loader' | 'scheduler';
-
-type ExecutorBox = Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>;
 
 export interface Actors {
   /** Rank 0's executor. */
@@ -66,7 +64,7 @@ export class Supervisor {
       { executorPorts: execScheds.map((ch) => ch.port2), loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
       [...execScheds.map((ch) => ch.port2), loaderSched.port2],
     );
-    const boxes = executors.map((w, r) => new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(w, rankName(r)));
+    const boxes: ExecutorBox[] = executors.map((w, r) => new Mailbox(w, rankName(r)));
     this.actors = {
       executor: boxes[0]!,
       executors: boxes,
