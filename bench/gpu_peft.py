@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The transformers + PEFT side of the multi-LoRA GPU benchmark (bench/gpu-lora.js runs troupe's).
 
-  python3 bench/gpu_peft.py MODEL_DIR ADAPTER_DIR OUT.json
+  python3 bench/gpu_peft.py MODEL_DIR ADAPTER_DIR OUT.json   (OUT.json "-": only write the adapters)
 
 Writes 8 random PEFT adapters of rank 16 and 8 of rank 64 on all seven modules to
 ADAPTER_DIR/r{16,64}-{0..7} (bf16 safetensors, every factor random), then times transformers +
@@ -50,6 +50,8 @@ def main():
     base = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     base = write_adapters(base, adapter_dir)
     print("adapters written", flush=True)
+    if out == "-":
+        return
     names = [f"r16-{i}" for i in range(8)]
     model = PeftModel.from_pretrained(base, os.path.join(adapter_dir, names[0]), adapter_name=names[0])
     for n in names[1:]:
