@@ -100,6 +100,9 @@ export interface ModelInfo {
   isGeneration: true;
   maxTotalTokens: number;
   device: string;
+  /** Tensor-parallel ranks, and how they exchange activations (none, host or nccl). */
+  tpSize: number;
+  collective: string;
 }
 
 /**

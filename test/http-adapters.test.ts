@@ -87,7 +87,7 @@ describe('health and model info', () => {
     const res = await app.request('/get_model_info');
     expect(await res.json()).toEqual({
       model_path: '/models/demo', tokenizer_path: '/models/demo', is_generation: true,
-      served_model_name: 'my-model', max_total_tokens: 4096, device: 'cpu',
+      served_model_name: 'my-model', max_total_tokens: 4096, device: 'cpu', tp_size: 1, tp_collective: 'none',
     });
   });
 });

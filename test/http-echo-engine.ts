@@ -104,7 +104,7 @@ export class EchoEngine implements TroupeEngine {
   modelInfo(): ModelInfo {
     return {
       modelPath: '/models/demo', servedModelName: 'ignored-by-http', tokenizerPath: '/models/demo',
-      isGeneration: true, maxTotalTokens: 4096, device: 'cpu',
+      isGeneration: true, maxTotalTokens: 4096, device: 'cpu', tpSize: 1, collective: 'none',
     };
   }
 

@@ -94,6 +94,7 @@ describe('tensor parallel through createEngine', () => {
       try {
         const res = await Promise.all([null, 'qv', 'all'].map((adapter) =>
           engine.generate({ inputIds: prompt(9, 7, 1000), lora: adapter, sampling: { maxNewTokens: 10, temperature: 0 }, returnLogprob: true })));
+        expect(engine.modelInfo()).toMatchObject({ tpSize, collective: tpSize === 1 ? 'none' : 'host' });
         outputs[tpSize] = res.map((r) => ({ ids: r.outputIds, logprobs: r.outputTokenLogprobs!.map((t) => t[0]) }));
       } finally {
         await engine.close();

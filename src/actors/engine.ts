@@ -330,6 +330,8 @@ export class Engine implements LocalTroupeEngine {
       isGeneration: true,
       maxTotalTokens: this.engineInfo.kvBlocks * this.engineInfo.blockSize,
       device: this.engineInfo.device,
+      tpSize: this.options.tpSize,
+      collective: this.engineInfo.collective,
     };
   }
 

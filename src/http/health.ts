@@ -36,6 +36,8 @@ export function registerHealthRoutes(app: Hono, engine: TroupeEngine, log: Log, 
       served_model_name: servedModelName,
       max_total_tokens: info.maxTotalTokens,
       device: info.device,
+      tp_size: info.tpSize,
+      tp_collective: info.collective,
     });
   });
 }
