@@ -8,7 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
+import { loraWorkload } from './gpu-steps.js';
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
@@ -19,59 +19,24 @@ if (!outFile) throw new Error('usage: node bench/gpu-lora.js MODEL_DIR ADAPTER_D
 const peft = JSON.parse(readFileSync(peftFile, 'utf8'));
 const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
-const BLOCK = 16;
-const CONTEXT = 512;
-const ROWS = 32;
-const STEPS = 20;
-const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
+const w = loraWorkload();
 
-const batch = (seqs) => greedyBatch(seqs, maxBlocks);
-const randomTokens = randomTokenSource(7);
-const slotOf = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
-
-function decode(h, seqs, distinct) {
-  let last = seqs.map(() => 5000);
-  const times = [];
-  for (let s = 0; s < STEPS + 3; s++) {
-    const b = batch(seqs.map((q, i) => ({ tokens: [last[i]], cached: CONTEXT - 1, blocks: q.blocks, slot: slotOf(i, distinct) })));
-    const t0 = performance.now();
-    const r = addon.step(h, b);
-    if (s >= 3) times.push(performance.now() - t0);
-    last = Array.from(r.tokens);
-  }
-  return median(times);
-}
-
-function prefill(h, distinct) {
-  const times = [];
-  for (let rep = 0; rep < 4; rep++) {
-    const seqs = Array.from({ length: 8 }, (_, i) => ({
-      tokens: randomTokens(512), cached: 0, blocks: Array.from({ length: 32 }, (_, k) => (ROWS + i) * maxBlocks + k).slice(0, maxBlocks), slot: slotOf(i, distinct),
-    }));
-    const t0 = performance.now();
-    addon.step(h, batch(seqs));
-    if (rep > 0) times.push(performance.now() - t0);
-  }
-  const ms = median(times);
-  return { ms, tokensPerS: (8 * 512) / (ms / 1000) };
-}
-
-const result = { date: '2026-11-24', model: 'random weights, Llama-3.1-8B shape, bf16', rows: ROWS, context: CONTEXT, runs: [], peft };
+const result = { date: '2026-11-24', model: 'random weights, Llama-3.1-8B shape, bf16', rows: w.ROWS, context: w.CONTEXT, runs: [], peft };
 for (const rank of [16, 64]) {
   for (const loraBackend of ['csgmv', 'sgmv']) {
     const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-      device: 'cuda', blockSize: BLOCK, kvBlocks: (ROWS + 8) * maxBlocks, memFractionStatic: 0.85, loraSlots: 8, maxLoraRank: rank,
+      device: 'cuda', blockSize: w.BLOCK, kvBlocks: w.kvBlocks, memFractionStatic: 0.85, loraSlots: 8, maxLoraRank: rank,
       loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], threads: 0, cudaGraphMaxBs: 64,
       loraBackend, loraChunkSize: 16,
     });
     for (let i = 0; i < 8; i++) addon.loadLoraSlot(h, i, loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
-    const seqs = Array.from({ length: ROWS }, (_, i) => ({ tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k) }));
-    for (let i = 0; i < ROWS; i += 8) addon.step(h, batch(seqs.slice(i, i + 8).map((s) => ({ ...s, slot: -1 }))));
+    const step = (b) => addon.step(h, b);
+    await w.fillContext(step);
     for (const distinct of [0, 1, 4, 8]) {
-      const ms = decode(h, seqs, distinct);
-      const p = prefill(h, distinct);
+      const ms = await w.decode(step, distinct);
+      const p = await w.prefill(step, distinct);
       result.runs.push({ rank, loraBackend, adapters: distinct, decodeMs: ms, prefillTokensPerS: p.tokensPerS });
-      console.log(`rank ${rank} ${loraBackend} ${distinct} adapter(s): decode b${ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`);
+      console.log(`rank ${rank} ${loraBackend} ${distinct} adapter(s): decode b${w.ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`);
     }
     addon.destroyEngine(h);
   }

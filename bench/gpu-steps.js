@@ -29,3 +29,55 @@ export function randomTokenSource(seed) {
 }
 
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * The decode and prefill workload of bench/gpu-lora.js and bench/gpu-tp.js: ROWS sequences over
+ * a CONTEXT-token context (each fed back its last token), and 8 x 512 prompt tokens, with the
+ * rows spread round-robin over `distinct` adapter slots (0: all base). `step(batch)` runs one
+ * step and may return a promise; only it is timed.
+ */
+export function loraWorkload() {
+  const BLOCK = 16, CONTEXT = 512, ROWS = 32, STEPS = 20;
+  const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
+  const randomTokens = randomTokenSource(7);
+  const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
+  const slot = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
+  const timed = async (step, seqs) => {
+    const b = greedyBatch(seqs, maxBlocks);
+    const t0 = performance.now();
+    const r = await step(b);
+    return { r, ms: performance.now() - t0 };
+  };
+  return {
+    BLOCK, CONTEXT, ROWS, maxBlocks,
+    /** KV blocks the workload uses. */
+    kvBlocks: (ROWS + 8) * maxBlocks,
+    /** Fills every row's context (unadapted), so the decode steps attend over real keys. */
+    async fillContext(step) {
+      const seqs = Array.from({ length: ROWS }, (_, i) => ({ tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: blocks(i) }));
+      for (let i = 0; i < ROWS; i += 8) await step(greedyBatch(seqs.slice(i, i + 8), maxBlocks));
+    },
+    /** Median ms of STEPS decode steps after 3 of warm-up. */
+    async decode(step, distinct) {
+      let last = Array.from({ length: ROWS }, () => 5000);
+      const times = [];
+      for (let s = 0; s < STEPS + 3; s++) {
+        const { r, ms } = await timed(step, last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1, blocks: blocks(i), slot: slot(i, distinct) })));
+        if (s >= 3) times.push(ms);
+        last = Array.from(r.tokens);
+      }
+      return median(times);
+    },
+    /** Prefill of 8 x 512 fresh tokens: the median of 3 runs after one of warm-up. */
+    async prefill(step, distinct) {
+      const times = [];
+      for (let rep = 0; rep < 4; rep++) {
+        const seqs = Array.from({ length: 8 }, (_, i) => ({ tokens: randomTokens(512), cached: 0, blocks: blocks(ROWS + i).slice(0, 32), slot: slot(i, distinct) }));
+        const { ms } = await timed(step, seqs);
+        if (rep > 0) times.push(ms);
+      }
+      const ms = median(times);
+      return { ms, tokensPerS: (8 * 512) / (ms / 1000) };
+    },
+  };
+}

@@ -126,6 +126,14 @@ int64_t CommGroup::allReduceMin(int rank, int64_t v) {
   return m;
 }
 
+std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp) {
+  return tp.size == 1 ? std::make_shared<CommGroup>("", 1) : CommGroup::join(tp.group, tp.size, tp.rank);
+}
+
+void releaseGroup(const TensorParallel& tp, const std::string& what) {
+  if (tp.size > 1) CommGroup::abortGroup(tp.group, "rank " + std::to_string(tp.rank) + " " + what);
+}
+
 void checkTensorParallel(const ModelConfig& c, TensorParallel& tp) {
   const std::string w = "createEngine: options.tp: ";
   if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) {

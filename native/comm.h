@@ -57,6 +57,12 @@ class CommGroup {
   std::vector<int64_t> values_ = std::vector<int64_t>(size_, 0);
 };
 
+// The group of this rank; a lone rank gets a private one (no registry entry, no waiting).
+std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp);
+// Fails the collectives of the rank's group with "rank R <what>" (nothing for a lone rank), so the
+// other ranks stop waiting for one that failed or is gone.
+void releaseGroup(const TensorParallel& tp, const std::string& what);
+
 // The rank's part of the model: the full config with its local head, KV head and MLP feature
 // counts (the vocabulary stays whole; embed and lm_head rows are tp.vocabStart..+vocabCount).
 ModelConfig rankConfig(const ModelConfig& full, const TensorParallel& tp);

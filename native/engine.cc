@@ -33,11 +33,6 @@ std::string cpuName() {
 
 }  // namespace
 
-std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp) {
-  // A lone rank needs no registry entry (and several may share the empty id).
-  return tp.size == 1 ? std::make_shared<CommGroup>("", 1) : CommGroup::join(tp.group, tp.size, tp.rank);
-}
-
 CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
     : tp_(o.tp),
       comm_(joinGroup(o.tp)),
@@ -57,13 +52,11 @@ CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tenso
   blocks = comm_->allReduceMin(tp_.rank, blocks);
   cache_.allocate(config_.numLayers, static_cast<int>(blocks), config_.numKvHeads, o.blockSize, config_.headDim);
 } catch (const std::exception& e) {
-  if (o.tp.size > 1) CommGroup::abortGroup(o.tp.group, "rank " + std::to_string(o.tp.rank) + " failed to start: " + e.what());
+  releaseGroup(o.tp, std::string("failed to start: ") + e.what());
   throw;
 }
 
-CpuBackend::~CpuBackend() {
-  if (tp_.size > 1) comm_->abort("rank " + std::to_string(tp_.rank) + " was shut down");
-}
+CpuBackend::~CpuBackend() { releaseGroup(tp_, "was shut down"); }
 
 EngineInfo CpuBackend::info() const {
   EngineInfo i;
@@ -85,7 +78,7 @@ void CpuBackend::step(const StepBatch& b, StepOutput& out) {
     forward(b, out);
   } catch (const std::exception& e) {
     // The other ranks would wait for this one forever.
-    if (tp_.size > 1) comm_->abort("rank " + std::to_string(tp_.rank) + " failed during a step: " + e.what());
+    releaseGroup(tp_, std::string("failed during a step: ") + e.what());
     throw;
   }
 }

@@ -3,11 +3,11 @@
 // without the scheduler. Adapters go into every rank's slot as that rank's slice.
 import { Supervisor } from '../src/actors/supervisor.js';
 import { planRanks, type EnginePlan } from '../src/actors/plan.js';
-import { initRanks, stepRanks } from '../src/actors/ranks.js';
+import { fillSlot, initRanks, stepRanks } from '../src/actors/ranks.js';
 import type { EngineInfo, EngineOptions, StepBatch, StepResult } from '../src/engine/types.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
-import { planTensorParallel, shardAdapter } from '../src/model/tensor-parallel.js';
+import { planTensorParallel } from '../src/model/tensor-parallel.js';
 import { addon } from './engine-fixtures.js';
 
 export interface RankGroup {
@@ -45,8 +45,8 @@ export async function startRanks(
         await exited;
       },
       loadSlot(slot, adapterDir) {
-        const weights = loadAdapterWeights(adapterDir, ckpt.config).weights;
-        inits.forEach(({ handle }, r) => addon.loadLoraSlot(handle, slot, shardAdapter(weights, ckpt.config, shards[r]!)));
+        const handles = inits.map((i) => i.handle);
+        fillSlot(addon, handles, shards, ckpt.config, slot, loadAdapterWeights(adapterDir, ckpt.config).weights);
       },
       close: () => sup.close(),
     };

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -135,10 +134,6 @@ class CudaBackend : public Backend {
   PinnedBuffer<float> hostLogits_;
 };
 
-std::shared_ptr<CommGroup> joinGroup(const TensorParallel& tp) {
-  return tp.size == 1 ? std::make_shared<CommGroup>("", 1) : CommGroup::join(tp.group, tp.size, tp.rank);
-}
-
 CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
     : tp_(o.tp), group_(joinGroup(o.tp)), c_(rankConfig(full, o.tp)), o_(o), device_(o.cudaDevice) {
   const ModelConfig& c = c_;
@@ -165,7 +160,6 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   sms_ = prop.multiProcessorCount;
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart);
-  comm_ = cuda::makeDeviceComm(group_, tp_.rank, device_);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
@@ -182,13 +176,13 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // Activations for a typical step first, so the cache sizing below sees them.
   ensureActivations(512, 256, kMaxSplits, 256);
   const size_t perBlock = static_cast<size_t>(c.numLayers) * c.numKvHeads * o.blockSize * c.headDim * 2 * 2;
+  // Every rank's GPU, gathered once all ranks have placed their weights, pool and activations, so
+  // the free memory measured below is what the cache can have.
+  const std::vector<int> devices = cuda::gatherDevices(*group_, tp_.rank, device_);
+  const int sharing = static_cast<int>(std::count(devices.begin(), devices.end(), device_));
+  comm_ = cuda::makeDeviceComm(group_, tp_.rank, devices);
   int64_t blocks = o.kvBlocks;
   if (blocks == 0) {
-    // Every rank measures after all have loaded their weights, and ranks sharing a GPU split it.
-    group_->allReduceMin(tp_.rank, 0);
-    const std::vector<uint8_t> devs = group_->allGatherBytes(tp_.rank, &device_, sizeof device_);
-    int sharing = 0;
-    for (int r = 0; r < tp_.size; ++r) sharing += std::memcmp(devs.data() + r * sizeof device_, &device_, sizeof device_) == 0;
     size_t free = 0, total = 0;
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     blocks = static_cast<int64_t>(std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / sharing / perBlock, 1u << 30));
@@ -218,12 +212,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   info_.maxLoraRank = o.maxLoraRank;
   info_.collective = comm_->name();
 } catch (const std::exception& e) {
-  if (o.tp.size > 1) CommGroup::abortGroup(o.tp.group, "rank " + std::to_string(o.tp.rank) + " failed to start: " + e.what());
+  releaseGroup(o.tp, std::string("failed to start: ") + e.what());
   throw;
 }
 
 CudaBackend::~CudaBackend() {
-  if (tp_.size > 1) group_->abort("rank " + std::to_string(tp_.rank) + " was shut down");
+  releaseGroup(tp_, "was shut down");
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [bs, g] : graphs_)
@@ -368,7 +362,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     run(b, out);
   } catch (const std::exception& e) {
     // The other ranks would wait for this one forever.
-    if (tp_.size > 1) group_->abort("rank " + std::to_string(tp_.rank) + " failed during a step: " + e.what());
+    releaseGroup(tp_, std::string("failed during a step: ") + e.what());
     throw;
   }
 }

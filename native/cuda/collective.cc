@@ -1,6 +1,7 @@
 #include "cuda/collective.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -100,17 +101,18 @@ bool ncclBuilt() {
 #endif
 }
 
-std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, int device) {
+std::vector<int> gatherDevices(CommGroup& group, int rank, int device) {
+  const std::vector<uint8_t> bytes = group.allGatherBytes(rank, &device, sizeof device);
+  std::vector<int> devices(group.size());
+  std::memcpy(devices.data(), bytes.data(), bytes.size());
+  return devices;
+}
+
+std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, const std::vector<int>& devices) {
   if (group->size() == 1) return std::make_unique<LoneComm>();
-  const std::vector<uint8_t> bytes = group->allGatherBytes(rank, &device, sizeof device);
-  std::set<int> devices;
-  for (int r = 0; r < group->size(); ++r) {
-    int d;
-    std::copy(bytes.begin() + r * sizeof d, bytes.begin() + (r + 1) * sizeof d, reinterpret_cast<uint8_t*>(&d));
-    devices.insert(d);
-  }
   // NCCL refuses two ranks on one GPU; every rank sees the same devices, so all choose alike.
-  if (ncclBuilt() && static_cast<int>(devices.size()) == group->size()) {
+  const bool distinct = std::set<int>(devices.begin(), devices.end()).size() == devices.size();
+  if (ncclBuilt() && distinct) {
 #ifdef TROUPE_HAVE_NCCL
     // NVLink SHARP multicast (NVLS) stays off: it reserves GPU memory for every communicator and
     // needs NVSwitch fabric support that not every multi-GPU host has.

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <vector>
 
 #include "comm.h"
 
@@ -25,9 +26,12 @@ class DeviceComm {
   virtual void allGather(const float* part, size_t n, float* out, cudaStream_t s) = 0;
 };
 
-// The collectives for `rank` of `group` running on GPU `device` (the current device). Every
-// rank must call it at the same time: it agrees on the transport with the others.
-std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, int device);
+// Every rank's GPU, by rank (a collective: all ranks call it together).
+std::vector<int> gatherDevices(CommGroup& group, int rank, int device);
+
+// The collectives for `rank` of `group`, whose ranks run on `devices` (the current device is
+// this rank's). Every rank must call it at the same time.
+std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, const std::vector<int>& devices);
 
 // Whether this build can use NCCL.
 bool ncclBuilt();

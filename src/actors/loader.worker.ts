@@ -7,9 +7,10 @@ import { loadNative } from '../engine/native.js';
 import type { AdapterWeights, LoraModule, ModelConfig, NativeAddon } from '../engine/types.js';
 import { toWire } from '../errors.js';
 import { loadAdapterWeights } from '../model/adapter.js';
-import { planTensorParallel, shardAdapter, type RankShard } from '../model/tensor-parallel.js';
+import { planTensorParallel, type RankShard } from '../model/tensor-parallel.js';
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
+import { fillSlot } from './ranks.js';
 import type { LoaderCommand, LoaderEvent, LoaderMsg, LoaderOutMsg, LoaderOutReplies, LoaderReplies, LoaderWorkerData } from './protocol.js';
 
 if (!parentPort) throw new Error('loader.worker must run in a worker thread');
@@ -54,14 +55,10 @@ function run(cmd: LoaderCommand): void {
         emit({ kind: 'load-failed', name: cmd.name, error: `adapter '${cmd.name}' is not in CPU memory` });
         return;
       }
-      const { native, handles, shards, config } = pool;
-      let filled = 0;
       try {
-        for (; filled < handles.length; filled++) native.loadLoraSlot(handles[filled]!, cmd.slot, shardAdapter(weights, config, shards[filled]!));
+        fillSlot(pool.native, pool.handles, pool.shards, pool.config, cmd.slot, weights);
         emit({ kind: 'slot-ready', name: cmd.name, slot: cmd.slot });
       } catch (err) {
-        // Ranks must agree on which slots hold adapters: undo the ranks already filled.
-        for (let r = 0; r < filled; r++) native.clearLoraSlot(handles[r]!, cmd.slot);
         emit({ kind: 'load-failed', name: cmd.name, error: toWire(err).message });
       }
       return;
