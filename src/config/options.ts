@@ -11,6 +11,20 @@ export interface ServeOptions {
   host: string;
   port: number;
   servedModelName: string | null;
+  /** Bearer token every route but the health probes and /metrics require; null = open. */
+  apiKey: string | null;
+  /** Host header values accepted; empty = decided by host (loopback names only on a loopback address). */
+  allowedHosts: string[];
+  /** Largest request body in bytes (413 above it). */
+  maxRequestBytes: number;
+  /** Largest top_logprobs_num a request may ask for. */
+  maxTopLogprobsNum: number;
+  /** Tokenizer threads for short prompts and detokenization (long prompts get one more). */
+  tokenizerWorkerNum: number;
+  /** Seconds running requests get to finish after a shutdown signal. */
+  gracefulShutdownTimeout: number;
+  /** Directories /load_lora_adapter may read from; empty = any. */
+  loraAllowedDirs: string[];
   enableLora: boolean;
   loraPaths: AdapterSpec[];
   maxLorasPerBatch: number;

@@ -72,6 +72,11 @@ export function validateFlags(flags: RawFlags): Validated {
     }
   }
 
+  const graceful = num('graceful-shutdown-timeout')!;
+  if (!(graceful >= 0)) throw new FlagError(`--graceful-shutdown-timeout must be at least 0, got ${graceful}`);
+  const apiKey = str('api-key');
+  if (apiKey !== null && apiKey.trim() === '') throw new FlagError('--api-key must not be blank');
+
   const overlap = bool('enable-lora-overlap-loading') ?? false;
   const backend = str('lora-backend')!;
   const options: ServeOptions = {
@@ -80,6 +85,13 @@ export function validateFlags(flags: RawFlags): Validated {
     host: str('host')!,
     port,
     servedModelName,
+    apiKey,
+    allowedHosts: list('allowed-hosts'),
+    maxRequestBytes: atLeast('max-request-bytes', 1024)!,
+    maxTopLogprobsNum: atLeast('max-top-logprobs-num', 0)!,
+    tokenizerWorkerNum: atLeast('tokenizer-worker-num', 1)!,
+    gracefulShutdownTimeout: graceful,
+    loraAllowedDirs: list('lora-allowed-dirs'),
     enableLora,
     loraPaths,
     maxLorasPerBatch,
