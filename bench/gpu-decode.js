@@ -74,7 +74,7 @@ function prefill(h, bs, len) {
 const kvBytesPerToken = 2 * c.numLayers * c.numKvHeads * c.headDim * 2;
 const stepWeightBytes = hf.weightBytes - hf.embedBytes;
 const result = {
-  date: '2026-11-24', gpu: hf.gpu, model: 'random weights, Llama-3.1-8B shape, bf16', context: CONTEXT,
+  date: new Date().toISOString().slice(0, 10), gpu: hf.gpu, model: 'random weights, Llama-3.1-8B shape, bf16', context: CONTEXT,
   copyBandwidthTBs: hf.copyBandwidthBytesPerS / 1e12, stepWeightBytes, decode: [], prefill: {}, decodeNoGraph: {},
 };
 const h = engine(256);

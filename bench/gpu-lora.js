@@ -21,7 +21,7 @@ const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
 const w = loraWorkload();
 
-const result = { date: '2026-11-24', model: 'random weights, Llama-3.1-8B shape, bf16', rows: w.ROWS, context: w.CONTEXT, runs: [], peft };
+const result = { date: new Date().toISOString().slice(0, 10), model: 'random weights, Llama-3.1-8B shape, bf16', rows: w.ROWS, context: w.CONTEXT, runs: [], peft };
 for (const rank of [16, 64]) {
   for (const loraBackend of ['csgmv', 'sgmv']) {
     const h = addon.createEngine(ckpt.config, ckpt.tensors, {

@@ -61,4 +61,4 @@ for (const tp of [2, 4]) {
   if (gpus >= tp) runs.push(await measure(tp, 1));
   else if (tp === 2) runs.push(await measure(2, 0));
 }
-writeFileSync(outFile, JSON.stringify({ date: '2026-11-24', model: 'random weights, Llama-3.1-8B shape, bf16', gpus, rows: w.ROWS, context: w.CONTEXT, runs }, null, 1));
+writeFileSync(outFile, JSON.stringify({ date: new Date().toISOString().slice(0, 10), model: 'random weights, Llama-3.1-8B shape, bf16', gpus, rows: w.ROWS, context: w.CONTEXT, runs }, null, 1));
