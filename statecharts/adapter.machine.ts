@@ -2,7 +2,7 @@
 // back) and admission (open, or unloading while requests still use it) are parallel regions:
 // a draining adapter must still be loadable, because requests queued before the unload
 // request have to run to completion.
-import { assign, setup, type SnapshotFrom, type StateNode } from 'xstate';
+import { assign, setup, type AnyStateNode, type SnapshotFrom } from 'xstate';
 import type { LoraModule } from '../src/engine/types.js';
 
 export interface AdapterInput {
@@ -153,7 +153,7 @@ export interface ChartJson {
 export function adapterChartJson(): ChartJson {
   const out: ChartJson = { states: [], transitions: [] };
   // StateNode's generics differ per machine; the walk only reads structure.
-  const walk = (node: StateNode<any, any>): void => {
+  const walk = (node: AnyStateNode): void => {
     const id = node.path.join('.');
     if (node.parent) {
       const parent = node.parent.path.join('.');
@@ -178,8 +178,8 @@ export function adapterChartJson(): ChartJson {
         }
       }
     }
-    for (const child of Object.values(node.states)) walk(child as StateNode<any, any>);
+    for (const child of Object.values(node.states)) walk(child as AnyStateNode);
   };
-  walk(adapterMachine.root as StateNode<any, any>);
+  walk(adapterMachine.root as AnyStateNode);
   return out;
 }

@@ -191,7 +191,7 @@ export interface DriveResult {
 
 /** Runs requests together, step by step, like a scheduler would: each step mixes prefill chunks and decodes. */
 export function drive(handle: number, reqs: DriveRequest[], vocab: number): DriveResult[] {
-  const state = reqs.map((r) => ({ done: 0, chunk: 0, cached: 0, out: { tokens: [] as number[], logits: [] as Float32Array[] } }));
+  const state = reqs.map(() => ({ done: 0, chunk: 0, cached: 0, out: { tokens: [] as number[], logits: [] as Float32Array[] } }));
   for (let stepIndex = 0; ; stepIndex++) {
     const active: number[] = [];
     const seqs: SeqStep[] = [];

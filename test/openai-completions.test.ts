@@ -43,7 +43,7 @@ describe('POST /v1/completions', () => {
       [{ model: 'demo', lora_path: 'demo-a' }, 'demo-a'],
       [{ model: 'demo:demo-a', lora_path: 'other' }, 'demo-a'],
     ];
-    for (const [fields, lora] of cases) {
+    for (const [fields] of cases) {
       const res = await post('/v1/completions', { prompt: 'x', ...fields });
       expect(res.status).toBe(200);
       expect((await res.json()).model).toBe(fields.model);

@@ -23,7 +23,7 @@ export function loadNative(): NativeAddon {
   try {
     cached = require(file) as NativeAddon;
   } catch (err) {
-    throw new Error(`troupe: cannot load the native addon ${file}: ${(err as Error).message}; rebuild it with \`node scripts/build-native.js\``);
+    throw new Error(`troupe: cannot load the native addon ${file}: ${(err as Error).message}; rebuild it with \`node scripts/build-native.js\``, { cause: err });
   }
   return cached;
 }

@@ -9,7 +9,7 @@ function readJson(file: string): object {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as object;
   } catch (err) {
-    throw new Error(`${file}: ${(err as Error).message}`);
+    throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
   }
 }
 
