@@ -129,6 +129,9 @@ struct StepOutput {
   std::vector<float> topLogprobValues;
   std::vector<float> logits;  // numSeqs x vocab when returnLogits
   bool hasLogits = false;
+  // Per sequence: why it got no token (its sampling values are malformed, or sampling it
+  // threw); empty when it is fine. The other sequences' results stand. Filled by rank 0.
+  std::vector<std::string> errors;
 };
 
 struct AdapterModuleWeights {
@@ -168,9 +171,14 @@ int cudaBackendDeviceCount();
 // std::invalid_argument naming what does not fit.
 void checkTensorParallel(const ModelConfig& config, TensorParallel& tp);
 
-// Checks a batch against the engine's shape; throws std::invalid_argument naming the problem.
-// slotLoaded[s] says whether pool slot s holds an adapter.
+// Checks a batch's structure against the engine's shape; throws std::invalid_argument naming the
+// problem. slotLoaded[s] says whether pool slot s holds an adapter. Sampling values are not
+// checked here: they fail their own sequence only (samplingError).
 void validateBatch(const StepBatch& batch, const ModelConfig& config, int kvBlocks, int blockSize,
                    const std::vector<bool>& slotLoaded);
+
+// What is wrong with sequence i's sampling values (ranges, penalty token ids), or "" when
+// nothing is. Needs a batch that passed validateBatch.
+std::string samplingError(const StepBatch& batch, size_t i, int vocabSize);
 
 }  // namespace troupe

@@ -1,6 +1,9 @@
 // Batch validation shared by every backend: a bad index from the scheduler must become an
-// error naming the field, never an out-of-bounds write into the KV cache.
+// error naming the field, never an out-of-bounds write into the KV cache. The structure of the
+// batch is the scheduler's and fails the step; one sequence's sampling values are its request's
+// and fail that sequence only (samplingError).
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -17,6 +20,13 @@ void expectLength(const char* field, size_t got, size_t want) {
     fail("batch." + std::string(field) + " has " + std::to_string(got) + " elements, expected " +
          std::to_string(want));
   }
+}
+
+// %g, so 1e-45 does not print as 0.000000.
+std::string show(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+  return buf;
 }
 
 }  // namespace
@@ -56,10 +66,6 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
   const size_t total = static_cast<size_t>(b.seqStarts[n]);
   expectLength("tokens", b.tokens.size, total);
   expectLength("positions", b.positions.size, total);
-  if (b.topLogprobs < 0 || b.topLogprobs > config.vocabSize) {
-    fail("batch.topLogprobs " + std::to_string(b.topLogprobs) + " is outside [0, " +
-         std::to_string(config.vocabSize) + "]");
-  }
 
   const int numSlots = static_cast<int>(slotLoaded.size());
   for (size_t i = 0; i < n; ++i) {
@@ -105,32 +111,34 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
       }
       if (!slotLoaded[slot]) fail(seq + ": LoRA slot " + std::to_string(slot) + " holds no adapter");
     }
-    if (b.sample[i]) {
-      const float t = b.temperature[i];
-      if (!(t >= 0) || !std::isfinite(t)) fail(seq + ": temperature must be a finite number >= 0");
-      const float p = b.topP[i];
-      if (!(p > 0 && p <= 1)) fail(seq + ": topP must be in (0, 1]");
-      const float mp = b.minP[i];
-      if (!(mp >= 0 && mp <= 1)) fail(seq + ": minP must be in [0, 1]");
-      const float fp = b.frequencyPenalty[i], pp = b.presencePenalty[i], rp = b.repetitionPenalty[i];
-      if (!(fp >= -2 && fp <= 2)) fail(seq + ": frequencyPenalty must be in [-2, 2]");
-      if (!(pp >= -2 && pp <= 2)) fail(seq + ": presencePenalty must be in [-2, 2]");
-      if (!(rp > 0 && rp <= 2)) fail(seq + ": repetitionPenalty must be in (0, 2]");
-      const int hs = b.penaltyStarts[i], he = b.penaltyStarts[i + 1];
-      const int promptLen = b.penaltyPromptLens[i];
-      if (promptLen < 0 || promptLen > he - hs) {
-        fail(seq + ": penaltyPromptLens " + std::to_string(promptLen) + " is outside [0, " + std::to_string(he - hs) +
-             "], the length of its penalty tokens");
-      }
-      for (int j = hs; j < he; ++j) {
-        const int tok = b.penaltyTokens[j];
-        if (tok < 0 || tok >= config.vocabSize) {
-          fail(seq + ": penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " +
-               std::to_string(config.vocabSize) + ")");
-        }
-      }
+  }
+}
+
+std::string samplingError(const StepBatch& b, size_t i, int vocabSize) {
+  // +Inf is a valid temperature (uniform sampling); NaN and negative ones are not.
+  const float t = b.temperature[i];
+  if (!(t >= 0)) return "temperature must be a number >= 0, got " + show(t);
+  const float p = b.topP[i];
+  if (!(p > 0 && p <= 1)) return "topP must be in (0, 1], got " + show(p);
+  const float mp = b.minP[i];
+  if (!(mp >= 0 && mp <= 1)) return "minP must be in [0, 1], got " + show(mp);
+  const float fp = b.frequencyPenalty[i], pp = b.presencePenalty[i], rp = b.repetitionPenalty[i];
+  if (!(fp >= -2 && fp <= 2)) return "frequencyPenalty must be in [-2, 2], got " + show(fp);
+  if (!(pp >= -2 && pp <= 2)) return "presencePenalty must be in [-2, 2], got " + show(pp);
+  if (!(rp > 0 && rp <= 2)) return "repetitionPenalty must be in (0, 2], got " + show(rp);
+  const int hs = b.penaltyStarts[i], he = b.penaltyStarts[i + 1];
+  const int promptLen = b.penaltyPromptLens[i];
+  if (promptLen < 0 || promptLen > he - hs) {
+    return "penaltyPromptLens " + std::to_string(promptLen) + " is outside [0, " + std::to_string(he - hs) +
+           "], the length of its penalty tokens";
+  }
+  for (int j = hs; j < he; ++j) {
+    const int tok = b.penaltyTokens[j];
+    if (tok < 0 || tok >= vocabSize) {
+      return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
     }
   }
+  return {};
 }
 
 }  // namespace troupe

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "backend.h"
 #include "comm.h"
 #include "js_args.h"
+#include "sampling.h"
 
 namespace troupe {
 namespace {
@@ -67,6 +69,18 @@ template <class T, class Arr>
 Arr copyOut(Napi::Env env, const std::vector<T>& v) {
   Arr a = Arr::New(env, v.size());
   if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+
+// Null when every row is fine (the usual case), else a string or null per row.
+Napi::Value rowErrors(Napi::Env env, const std::vector<std::string>& errors) {
+  bool any = false;
+  for (const std::string& e : errors) any = any || !e.empty();
+  if (!any) return env.Null();
+  Napi::Array a = Napi::Array::New(env, errors.size());
+  for (size_t i = 0; i < errors.size(); ++i) {
+    a.Set(static_cast<uint32_t>(i), errors[i].empty() ? env.Null() : Napi::String::New(env, errors[i]).As<Napi::Value>());
+  }
   return a;
 }
 
@@ -151,6 +165,25 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
   r.Set("topIds", copyOut<int32_t, Napi::Int32Array>(env, out.topIds));
   r.Set("topLogprobValues", copyOut<float, Napi::Float32Array>(env, out.topLogprobValues));
   r.Set("logits", out.hasLogits ? copyOut<float, Napi::Float32Array>(env, out.logits).As<Napi::Value>() : env.Null());
+  r.Set("errors", rowErrors(env, out.errors));
+  return r;
+}
+
+// sampleToken on one row of logits, for tests of the sampler itself.
+Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3) throw ArgError("sampleLogits(logits, params, topN): expected 3 arguments");
+  const SampleCall c = parseSampleCall(info[0], info[1], info[2]);
+  const int vocab = static_cast<int>(c.logits.size);
+  const int topN = std::min(c.topN, vocab);
+  std::vector<int32_t> topIds(topN, -1);
+  std::vector<float> topValues(topN, 0.0f);
+  const Sampled s = sampleToken(c.logits.data, vocab, c.params, topN, topIds.data(), topValues.data(), &c.penalties);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("token", s.token);
+  r.Set("logprob", s.logprob);
+  r.Set("topIds", copyOut<int32_t, Napi::Int32Array>(env, topIds));
+  r.Set("topValues", copyOut<float, Napi::Float32Array>(env, topValues));
   return r;
 }
 
@@ -228,6 +261,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createEngine", Napi::Function::New<guarded<CreateEngine>>(env, "createEngine"));
   exports.Set("engineInfo", Napi::Function::New<guarded<EngineInfoFn>>(env, "engineInfo"));
   exports.Set("step", Napi::Function::New<guarded<Step>>(env, "step"));
+  exports.Set("sampleLogits", Napi::Function::New<guarded<SampleLogits>>(env, "sampleLogits"));
   exports.Set("loadLoraSlot", Napi::Function::New<guarded<LoadLoraSlot>>(env, "loadLoraSlot"));
   exports.Set("clearLoraSlot", Napi::Function::New<guarded<ClearLoraSlot>>(env, "clearLoraSlot"));
   exports.Set("abortTensorParallel", Napi::Function::New<guarded<AbortTensorParallel>>(env, "abortTensorParallel"));

@@ -174,13 +174,14 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
   const int n = static_cast<int>(b.numSeqs());
   const int h = config_.hiddenSize;
   const int vocab = config_.vocabSize;
-  const int topN = b.topLogprobs;
+  const int topN = std::min(b.topLogprobs, vocab);  // asking for more than the vocabulary gets all of it
   out.tokens.assign(n, -1);
   out.logprobs.assign(n, 0.0f);
   out.topIds.assign(static_cast<size_t>(n) * topN, -1);
   out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
   out.hasLogits = b.returnLogits;
   out.logits.clear();
+  out.errors.assign(n, std::string());
 
   // Only the last position of each sampled sequence goes through the final norm and lm_head.
   std::vector<int> seqs;
@@ -201,15 +202,27 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (threads_ > 1 && s > 1)
   for (int j = 0; j < s; ++j) {
     const int i = seqs[j];
-    const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-    const int hs = b.penaltyStarts[i];
-    const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
-                        b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
-    const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
-                                  out.topIds.data() + static_cast<size_t>(i) * topN,
-                                  out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
-    out.tokens[i] = r.token;
-    out.logprobs[i] = r.logprob;
+    // One sequence's bad values or failure is its own: nothing may leave the parallel region.
+    try {
+      const std::string bad = samplingError(b, i, vocab);
+      if (!bad.empty()) {
+        out.errors[i] = "invalid sampling values: " + bad;
+        continue;
+      }
+      const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
+      const int hs = b.penaltyStarts[i];
+      const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
+                          b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
+      const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
+                                    out.topIds.data() + static_cast<size_t>(i) * topN,
+                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
+      out.tokens[i] = r.token;
+      out.logprobs[i] = r.logprob;
+    } catch (const std::exception& e) {
+      out.errors[i] = std::string("sampling failed: ") + e.what();
+    } catch (...) {
+      out.errors[i] = "sampling failed";
+    }
   }
   if (b.returnLogits) {
     out.logits.assign(static_cast<size_t>(n) * vocab, std::nanf(""));

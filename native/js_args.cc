@@ -64,6 +64,29 @@ LoraModule parseModule(const std::string& s, const std::string& what) {
                  "\" (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)");
 }
 
+// An optional number of any value (NaN and Inf included); fallback when absent.
+double anyNumber(const Napi::Object& o, const char* key, const std::string& what, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw ArgError(what + "." + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+// As Float32Array stores a double: beyond float's range is +/-Inf (a plain cast would be undefined).
+float toFloat(double d) {
+  if (std::fabs(d) >= 3.4028235677973366e38) return static_cast<float>(std::copysign(INFINITY, d));
+  return static_cast<float>(d);
+}
+
+// An optional integer in [lo, hi]; fallback when absent.
+double integerIn(const Napi::Object& o, const char* key, const std::string& what, double lo, double hi, double fallback) {
+  const double d = anyNumber(o, key, what, fallback);
+  if (d != std::floor(d) || d < lo || d > hi) {
+    throw ArgError(what + "." + key + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return d;
+}
+
 }  // namespace
 
 ModelConfig parseConfig(const Napi::Value& v) {
@@ -238,6 +261,41 @@ AdapterWeights parseAdapter(const Napi::Value& v) {
     ad.weights.push_back(mw);
   }
   return ad;
+}
+
+SampleCall parseSampleCall(const Napi::Value& logits, const Napi::Value& params, const Napi::Value& topN) {
+  const std::string w = "sampleLogits";
+  if (!logits.IsTypedArray() || logits.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw ArgError(w + ": logits must be a Float32Array");
+  }
+  auto a = logits.As<Napi::Float32Array>();
+  SampleCall c;
+  c.logits = Span<float>{a.Data(), a.ElementLength()};
+  if (c.logits.size == 0 || c.logits.size > 2147483647u) throw ArgError(w + ": logits must hold 1 to 2^31-1 values");
+  const std::string wp = w + ": params";
+  Napi::Object o = object(params, wp);
+  SamplingParams& p = c.params;
+  p.temperature = toFloat(anyNumber(o, "temperature", wp, p.temperature));
+  p.topK = static_cast<int>(integerIn(o, "topK", wp, -2147483648.0, 2147483647.0, p.topK));
+  p.topP = toFloat(anyNumber(o, "topP", wp, p.topP));
+  p.minP = toFloat(anyNumber(o, "minP", wp, p.minP));
+  p.seed = static_cast<uint32_t>(integerIn(o, "seed", wp, 0, 4294967295.0, 0));
+  p.draws = static_cast<uint32_t>(integerIn(o, "draws", wp, 0, 4294967295.0, 0));
+  Penalties& pen = c.penalties;
+  pen.frequency = toFloat(anyNumber(o, "frequencyPenalty", wp, 0));
+  pen.presence = toFloat(anyNumber(o, "presencePenalty", wp, 0));
+  pen.repetition = toFloat(anyNumber(o, "repetitionPenalty", wp, 1));
+  if (!o.Get("penaltyTokens").IsUndefined()) {
+    const Span<int32_t> t = typedArray<int32_t>(o, "penaltyTokens", napi_int32_array, "an Int32Array", wp);
+    pen.tokens = t.data;
+    pen.count = static_cast<int>(t.size);
+  }
+  pen.promptLen = static_cast<int>(integerIn(o, "promptLen", wp, -2147483648.0, 2147483647.0, 0));
+  if (!topN.IsNumber()) throw ArgError(w + ": topN must be a number");
+  const double n = topN.As<Napi::Number>().DoubleValue();
+  if (n != std::floor(n) || n < 0 || n > 2147483647.0) throw ArgError(w + ": topN must be a non-negative integer");
+  c.topN = static_cast<int>(n);
+  return c;
 }
 
 }  // namespace troupe

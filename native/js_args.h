@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "sampling.h"
 
 namespace troupe {
 
@@ -23,5 +24,16 @@ EngineOptions parseOptions(const Napi::Value& v);
 // The views point into the batch's typed arrays: valid while the call that received them runs.
 StepBatch parseBatch(const Napi::Value& v);
 AdapterWeights parseAdapter(const Napi::Value& v);
+
+// The arguments of sampleLogits(logits, params, topN), one direct call of sampleToken. Any
+// number is accepted where the native types can hold it (NaN and Inf included), so tests can
+// reach every value a batch can carry; absent params take their "off" value.
+struct SampleCall {
+  Span<float> logits;
+  SamplingParams params{1.0f, -1, 1.0f, 0.0f, 0, 0};
+  Penalties penalties;
+  int topN = 0;
+};
+SampleCall parseSampleCall(const Napi::Value& logits, const Napi::Value& params, const Napi::Value& topN);
 
 }  // namespace troupe

@@ -1,15 +1,30 @@
 // Token selection from one row of logits: greedy or seeded sampling with temperature, top-k,
 // top-p and min-p after frequency, presence and repetition penalties, plus the log-softmax values
 // the API reports.
+//
+// sampleToken is total: for any logits (NaN, +/-Inf, huge or denormal values) and any parameter
+// values it returns a token in [0, vocab) and logprobs that are never NaN. The rules, following
+// SGLang where it has one:
+// - A NaN logit counts as -Inf: the model gave that token no usable score.
+// - temperature below 1e-6 (SGLang's _SAMPLING_EPS), negative or NaN means greedy, as does top_k 1.
+//   temperature +Inf is uniform over the tokens whose logit is above -Inf.
+// - Logits at +Inf (in the model's output, or made by a penalty: a positive logit divided by a
+//   repetition penalty of 1e-45 overflows) share all the mass equally; every other token gets none.
+// - When no logit is above -Inf there is no distribution: the token is 0, at every temperature.
+// - top_k <= 0 or >= vocab is off; top_p and min_p always keep the most likely token; top_p
+//   outside (0, 1) and min_p outside (0, 1] act as their nearest meaningful value (NaN = off).
 #pragma once
 
 #include <cstdint>
 
 namespace troupe {
 
+// Temperatures below this are greedy (SGLang's _SAMPLING_EPS).
+constexpr float kGreedyTemperature = 1e-6f;
+
 struct SamplingParams {
-  float temperature;  // 0 = greedy
-  int topK;           // <= 0 = off
+  float temperature;  // < kGreedyTemperature = greedy
+  int topK;           // <= 0 or >= vocab = off
   float topP;         // 1 = off
   float minP;         // 0 = off
   uint32_t seed;
@@ -30,17 +45,21 @@ struct Penalties {
   bool active() const { return frequency != 0 || presence != 0 || repetition != 1; }
 };
 
-// Adjusts logits in place by the penalties.
+// Adjusts logits in place by the penalties. Token ids outside [0, vocab) are ignored and promptLen
+// is clamped to [0, count].
 void applyPenalties(float* logits, int vocab, const Penalties& p);
 
 struct Sampled {
   int32_t token;
-  float logprob;  // raw log-softmax of the chosen token (before temperature)
+  // Raw log-softmax of the chosen token (before penalties and temperature): finite, or -Inf
+  // when the raw logits give it no mass. Never NaN.
+  float logprob;
 };
 
-// topIds/topValues receive the topN highest raw log-softmax entries (ties: lower id first). With
-// penalties the token is chosen from the penalized logits, while the reported logprobs stay those
-// of the raw logits.
+// topIds/topValues receive the min(topN, vocab) highest raw log-softmax entries (ties: lower id
+// first; NaN logits rank as -Inf). With penalties the token is chosen from the penalized logits,
+// while the reported logprobs stay those of the raw logits. Throws std::invalid_argument only
+// for vocab < 1.
 Sampled sampleToken(const float* logits, int vocab, const SamplingParams& p, int topN, int32_t* topIds,
                     float* topValues, const Penalties* penalties = nullptr);
 

@@ -88,7 +88,6 @@ describe('batch errors', () => {
       () => addon.step(h, { ...makeBatch([{ tokens: P, cached: 0, blocks: [0, 1] }]), topP: new Float32Array(2) }),
       /batch\.topP has 2 elements, expected 1/,
     ],
-    ['a bad top_p', () => step(h, [{ tokens: P, cached: 0, blocks: [0, 1], temperature: 1, topP: 0 }]), /topP must be in \(0, 1\]/],
   ];
   for (const [what, run, message] of cases) {
     it(`rejects ${what} and keeps working`, () => {
@@ -97,6 +96,14 @@ describe('batch errors', () => {
       expect(logitsRow(good(), 0, VOCAB)).toEqual(logitsRow(before, 0, VOCAB));
     });
   }
+
+  it('fails only the row of a bad top_p, as a row error, and keeps working', () => {
+    const before = good();
+    const r = step(h, [{ tokens: P, cached: 0, blocks: [0, 1], temperature: 1, topP: 0 }]);
+    expect(r.errors).toEqual([expect.stringMatching(/topP must be in \(0, 1\]/)]);
+    expect(r.tokens[0]).toBe(-1);
+    expect(logitsRow(good(), 0, VOCAB)).toEqual(logitsRow(before, 0, VOCAB));
+  });
 
   it('rejects a typed array of the wrong type with a TypeError', () => {
     const bad = { ...makeBatch([{ tokens: P, cached: 0, blocks: [0, 1] }]), tokens: Float32Array.from(P) };

@@ -93,12 +93,13 @@ describe('penalties', () => {
     expect(banned).not.toContain(r.tokens[0]);
   });
 
-  it('rejects out-of-range penalties and inconsistent history offsets, naming the field', () => {
-    const bad = (s: Partial<SeqStep>): (() => unknown) => () => step(h, [{ tokens: P, cached: 0, blocks: [0], penaltyTokens: P, penaltyPromptLen: P.length, ...s }]);
-    expect(bad({ repetitionPenalty: 0 })).toThrow(/repetitionPenalty must be in \(0, 2\]/);
-    expect(bad({ frequencyPenalty: 2.5 })).toThrow(/frequencyPenalty must be in \[-2, 2\]/);
-    expect(bad({ presencePenalty: -3 })).toThrow(/presencePenalty must be in \[-2, 2\]/);
-    expect(bad({ penaltyPromptLen: P.length + 1 })).toThrow(/penaltyPromptLens/);
-    expect(bad({ penaltyTokens: [VOCAB], penaltyPromptLen: 0 })).toThrow(/penalty token id 1000 is outside the vocabulary/);
+  it('fails the row of out-of-range penalties and inconsistent history offsets, naming the field', () => {
+    const bad = (s: Partial<SeqStep>): string | null | undefined =>
+      step(h, [{ tokens: P, cached: 0, blocks: [0], penaltyTokens: P, penaltyPromptLen: P.length, ...s }]).errors?.[0];
+    expect(bad({ repetitionPenalty: 0 })).toMatch(/repetitionPenalty must be in \(0, 2\]/);
+    expect(bad({ frequencyPenalty: 2.5 })).toMatch(/frequencyPenalty must be in \[-2, 2\]/);
+    expect(bad({ presencePenalty: -3 })).toMatch(/presencePenalty must be in \[-2, 2\]/);
+    expect(bad({ penaltyPromptLen: P.length + 1 })).toMatch(/penaltyPromptLens/);
+    expect(bad({ penaltyTokens: [VOCAB], penaltyPromptLen: 0 })).toMatch(/penalty token id 1000 is outside the vocabulary/);
   });
 });

@@ -63,7 +63,7 @@ export function fakeResult(
       topVals[i * k + j] = -j;
     }
   });
-  return { tokens, logprobs, topIds, topLogprobValues: topVals, logits: null };
+  return { tokens, logprobs, topIds, topLogprobValues: topVals, logits: null, errors: null };
 }
 
 export interface LoaderSpec {

@@ -556,13 +556,15 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
 }
 
 void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
-  const int n = p.n, V = c_.vocabSize, topN = b.topLogprobs, S = p.sampled;
+  // Asking for more alternatives than the vocabulary holds gets all of it.
+  const int n = p.n, V = c_.vocabSize, topN = std::min(b.topLogprobs, V), S = p.sampled;
   out.tokens.assign(n, -1);
   out.logprobs.assign(n, 0.0f);
   out.topIds.assign(static_cast<size_t>(n) * topN, -1);
   out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
   out.hasLogits = b.returnLogits;
   out.logits.clear();
+  out.errors.assign(n, std::string());
   if (b.returnLogits) out.logits.assign(static_cast<size_t>(n) * V, std::nanf(""));
   if (S == 0) {
     check(cudaStreamSynchronize(stream_), "step");
@@ -580,10 +582,20 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   for (int r = 0; r < S; ++r) {
     const int i = seqOf[r];
     cuda::SampleRow& row = hostRows_[r];
+    row = cuda::SampleRow{};
+    row.penStart = row.penEnd = static_cast<int32_t>(penTok.size());
+    const std::string bad = samplingError(b, i, V);
+    if (!bad.empty()) {
+      // This sequence alone fails; kHost keeps the kernel off its row, and no host loop takes it.
+      out.errors[i] = "invalid sampling values: " + bad;
+      row.mode = cuda::kHost;
+      continue;
+    }
     row.temperature = b.temperature[i];
     row.u = static_cast<float>(uniformDraw(b.seeds[i], b.draws[i]));
-    const bool greedy = b.temperature[i] <= 0 || b.topK[i] == 1;
-    const bool filtered = b.topK[i] > 0 || b.topP[i] < 1 || b.minP[i] > 0;
+    // As sampleToken: below kGreedyTemperature is greedy; top_k <= 0 or >= vocab is off.
+    const bool greedy = !(b.temperature[i] >= kGreedyTemperature) || b.topK[i] == 1;
+    const bool filtered = (b.topK[i] > 0 && b.topK[i] < V) || b.topP[i] < 1 || b.minP[i] > 0;
     row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : filtered ? cuda::kHost : cuda::kSample;
     if (row.mode == cuda::kHost) hostRows.push_back(r);
     row.frequency = b.frequencyPenalty[i];
@@ -649,7 +661,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
       std::copy(hostLogits_.get() + static_cast<size_t>(r) * V, hostLogits_.get() + static_cast<size_t>(r + 1) * V,
                 out.logits.begin() + static_cast<size_t>(i) * V);
     }
-    if (onHost[r]) continue;
+    if (onHost[r] || !out.errors[i].empty()) continue;
     out.tokens[i] = hostOutInts_[r];
     out.logprobs[i] = hostOutFloats_[r];
     for (int k = 0; k < gpuTopN; ++k) {
@@ -665,10 +677,15 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     const int hs = b.penaltyStarts[i];
     const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
                         b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
-    const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
-                                  out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
-    out.tokens[i] = s.token;
-    out.logprobs[i] = s.logprob;
+    // One sequence's failure is its own.
+    try {
+      const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
+                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
+      out.tokens[i] = s.token;
+      out.logprobs[i] = s.logprob;
+    } catch (const std::exception& e) {
+      out.errors[i] = std::string("sampling failed: ") + e.what();
+    }
   }
 }
 

@@ -1,7 +1,10 @@
 // Sampling on the GPU, one block per sampled row, following native/sampling.cc: log-softmax
 // statistics and the top-N on the raw logits, then the penalties (in place), then greedy argmax
 // or an inverse-CDF draw in token-id order. Rows whose filters (top-k, top-p, min-p) need the
-// sorted distribution are left to the host (mode kHost).
+// sorted distribution are left to the host (mode kHost). The degenerate cases follow
+// native/sampling.h: NaN logits count as -Inf (rewritten in place first), +Inf logits share the
+// mass, temperature +Inf (invT 0) is uniform over the logits above -Inf, and a row with nothing
+// above -Inf gives token 0. Temperatures below kGreedyTemperature never get here (kGreedy).
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -36,6 +39,23 @@ struct BestOp {
   }
 };
 
+// Log-softmax of a raw logit v (no NaN) given the row's max m and logSum: log(sum exp(x - m))
+// for a finite m, log(count of +Inf logits) for m = +Inf.
+__device__ __forceinline__ float logprobOf(float v, float m, float logSum) {
+  if (m == INFINITY) return v == INFINITY ? -logSum : -INFINITY;
+  if (m == -INFINITY) return -INFINITY;
+  return (v - m) - logSum;
+}
+
+// Unnormalized probability of a penalized logit x (no NaN) given the row's max mp and 1 / T.
+// exp((x - mp) * invT) would be NaN for the cases handled first (Inf - Inf, -Inf * 0).
+__device__ __forceinline__ float weight(float x, float mp, float invT) {
+  if (mp == -INFINITY) return 0.0f;
+  if (mp == INFINITY) return x == INFINITY ? 1.0f : 0.0f;
+  if (invT == 0.0f) return x > -INFINITY ? 1.0f : 0.0f;
+  return __expf((x - mp) * invT);
+}
+
 __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int vocab, const SampleRow* params,
                                                          const int32_t* penTokens, const int32_t* penCounts,
                                                          float* penOrig, int topN, int32_t* outTokens,
@@ -56,6 +76,10 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
   __shared__ Best sb;
   __shared__ int chosen;
 
+  for (int i = threadIdx.x; i < vocab; i += kThreads)
+    if (x[i] != x[i]) x[i] = -INFINITY;
+  __syncthreads();
+
   // logZ of the raw logits.
   float m = -INFINITY;
   for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, x[i]);
@@ -64,12 +88,15 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
   __syncthreads();
   const float maxRaw = sf;
   float sum = 0;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) sum += __expf(x[i] - maxRaw);
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = x[i];
+    sum += maxRaw == INFINITY ? (v == INFINITY ? 1.0f : 0.0f) : maxRaw == -INFINITY ? 0.0f : __expf(v - maxRaw);
+  }
   __syncthreads();
   sum = FloatReduce(tmp.f).Sum(sum);
-  if (threadIdx.x == 0) sf = maxRaw + logf(sum);
+  if (threadIdx.x == 0) sf = logf(sum);
   __syncthreads();
-  const float logZ = sf;
+  const float logSum = sf;
 
   // Top-N: each pass takes the best entry after the previous one in the total order.
   float pv = INFINITY;
@@ -89,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
     pi = sb.i;
     if (threadIdx.x == 0) {
       topIds[static_cast<size_t>(r) * topN + n] = pi;
-      topValues[static_cast<size_t>(r) * topN + n] = pv - logZ;
+      topValues[static_cast<size_t>(r) * topN + n] = logprobOf(pv, maxRaw, logSum);
     }
   }
 
@@ -101,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
     penOrig[e] = l;
     if (p.repetition != 1.0f) l = l > 0 ? l / p.repetition : l * p.repetition;
     l -= p.frequency * static_cast<float>(gen) + (gen > 0 ? p.presence : 0.0f);
-    x[tok] = l;
+    x[tok] = l != l ? -INFINITY : l;
   }
   __syncthreads();
 
@@ -118,12 +145,12 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
     if (threadIdx.x == 0) sf = mp;
     __syncthreads();
     mp = sf;
-    const float invT = 1.0f / p.temperature;
+    const float invT = p.temperature == INFINITY ? 0.0f : 1.0f / p.temperature;
     // Each thread owns a contiguous chunk, so a scan of chunk sums walks the ids in order.
     const int chunk = (vocab + kThreads - 1) / kThreads;
     const int lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
     double local = 0;
-    for (int i = lo; i < hi; ++i) local += __expf((x[i] - mp) * invT);
+    for (int i = lo; i < hi; ++i) local += weight(x[i], mp, invT);
     double before, total;
     __syncthreads();
     Scan(tmp.s).ExclusiveSum(local, before, total);
@@ -132,20 +159,30 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
     __syncthreads();
     if (local > 0 && target >= before && target < before + local) {
       double cum = before;
-      int tok = hi - 1;
+      int tok = -1, last = lo;
       for (int i = lo; i < hi; ++i) {
-        cum += __expf((x[i] - mp) * invT);
+        const float w = weight(x[i], mp, invT);
+        if (w > 0) last = i;
+        cum += w;
         if (cum > target) {
           tok = i;
           break;
         }
       }
-      chosen = tok;
+      chosen = tok >= 0 ? tok : last;  // rounding: the chunk's last token with mass
     }
     __syncthreads();
-    if (chosen < 0) {  // rounding put the target past the end: the last token with mass
-      if (local > 0) atomicMax(&chosen, hi - 1);
+    // Read by every thread before any writes it, so the barrier below is reached by all or none.
+    const bool missed = chosen < 0;
+    __syncthreads();
+    if (missed) {  // rounding put the target past the end: the last token with mass
+      if (local > 0) {
+        int last = hi - 1;
+        while (last > lo && !(weight(x[last], mp, invT) > 0)) --last;
+        atomicMax(&chosen, last);
+      }
       __syncthreads();
+      if (threadIdx.x == 0 && chosen < 0) chosen = 0;  // no token has mass
     }
   }
   __syncthreads();
@@ -159,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, int voca
   __syncthreads();
   if (threadIdx.x == 0) {
     outTokens[r] = tok;
-    outLogprobs[r] = raw - logZ;
+    outLogprobs[r] = logprobOf(raw, maxRaw, logSum);
   }
 }
 

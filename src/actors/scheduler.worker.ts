@@ -52,6 +52,13 @@ function flushEvents(s: Scheduler): void {
   if (events.length > 0) main.send({ type: 'tokens', events });
 }
 
+/** Sequences a step failed alone: one `failed` message per distinct reason, the rest of the step stands. */
+function sendFailures(s: Scheduler): void {
+  const byMessage = new Map<string, string[]>();
+  for (const f of s.takeFailures()) byMessage.set(f.message, [...(byMessage.get(f.message) ?? []), f.id]);
+  for (const [message, ids] of byMessage) main.send({ type: 'failed', ids, error: { kind: 'internal', message } });
+}
+
 /** Adapter transitions of one tick go out as one message, with the statuses they led to. */
 function queueTransition(t: AdapterTransition): void {
   if (transitions.length === 0) {
@@ -87,6 +94,7 @@ async function loop(): Promise<void> {
       }
       const events = s.complete(result);
       if (events.length > 0) main.send({ type: 'tokens', events });
+      sendFailures(s);
     }
     flushCommands(s);
     flushEvents(s);

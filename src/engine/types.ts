@@ -112,8 +112,8 @@ export interface StepBatch {
   maxBlocksPerSeq: number;
   loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
   sample: Uint8Array; // per sequence: 1 to sample a token from its last position
-  temperature: Float32Array; // 0 = greedy
-  topK: Int32Array; // -1 or 0 = off
+  temperature: Float32Array; // below 1e-6 = greedy; +Inf = uniform
+  topK: Int32Array; // <= 0 or >= vocab = off
   topP: Float32Array; // 1 = off
   minP: Float32Array; // 0 = off
   // Penalties, as SGLang and OpenAI define them: frequency and presence over the tokens the
@@ -127,16 +127,47 @@ export interface StepBatch {
   penaltyPromptLens: Int32Array; // per sequence: how many of its penaltyTokens are prompt tokens
   seeds: Uint32Array; // per sequence random seed
   draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
-  topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one)
+  topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one; more than the vocabulary = all)
   returnLogits: boolean; // full last-position logits per sampled sequence (tests, debugging)
 }
 
 export interface StepResult {
-  tokens: Int32Array; // per sequence; -1 where sample = 0
-  logprobs: Float32Array; // per sequence: log-softmax of the chosen token (before temperature)
-  topIds: Int32Array; // n x topLogprobs
-  topLogprobValues: Float32Array; // n x topLogprobs
+  tokens: Int32Array; // per sequence; -1 where sample = 0 or the sequence failed
+  /** Per sequence: log-softmax of the chosen token (before penalties and temperature); finite or -Inf (no mass), never NaN. */
+  logprobs: Float32Array;
+  topIds: Int32Array; // n x min(topLogprobs, vocab)
+  topLogprobValues: Float32Array; // n x min(topLogprobs, vocab)
   logits: Float32Array | null; // n x vocab when returnLogits
+  /**
+   * Null when every sequence is fine; else per sequence why it got no token (malformed
+   * sampling values, or sampling it failed) or null. Only those sequences failed: the others'
+   * tokens stand. A malformed batch structure still throws for the whole step.
+   */
+  errors: Array<string | null> | null;
+}
+
+/** The parameters of one sampleToken call (native/sampling.h); absent ones are off (temperature 1). */
+export interface SampleParams {
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  seed?: number;
+  draws?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  repetitionPenalty?: number;
+  /** Prompt then generated tokens the penalties look at; the first promptLen are the prompt. */
+  penaltyTokens?: Int32Array;
+  promptLen?: number;
+}
+
+export interface SampleOutput {
+  token: number;
+  /** Raw log-softmax of the token: finite or -Inf, never NaN. */
+  logprob: number;
+  topIds: Int32Array;
+  topValues: Float32Array;
 }
 
 /** One adapter's weights, laid out for a pool slot: per layer and module, A (rank x in) and B (out x rank). */
@@ -153,6 +184,8 @@ export interface NativeAddon {
   createEngine(config: ModelConfig, tensors: TensorRef[], options: EngineOptions): number;
   engineInfo(handle: number): EngineInfo;
   step(handle: number, batch: StepBatch): StepResult;
+  /** The step's sampler on one row of logits (float32 values, as the engine sees them), with the min(topN, vocab) best alternatives. */
+  sampleLogits(logits: Float32Array, params: SampleParams, topN: number): SampleOutput;
   loadLoraSlot(handle: number, slot: number, adapter: AdapterWeights): void;
   clearLoraSlot(handle: number, slot: number): void;
   destroyEngine(handle: number): void;

@@ -12,6 +12,11 @@ export interface StepEntry {
   slot: number;
 }
 
+/** top_k as the engine takes it: beyond int32 (which would wrap, 2^32 + 1 to 1) or not a positive number is off (-1). */
+function topKOf(k: number): number {
+  return k >= 1 && k <= 0x7fffffff ? Math.floor(k) : -1;
+}
+
 export function buildBatch(entries: readonly StepEntry[]): StepBatch {
   const n = entries.length;
   const total = entries.reduce((a, e) => a + e.chunk, 0);
@@ -56,7 +61,7 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     b.sample[i] = e.sample ? 1 : 0;
     const sp = s.init.sampling;
     b.temperature[i] = sp.temperature;
-    b.topK[i] = sp.topK;
+    b.topK[i] = topKOf(sp.topK);
     b.topP[i] = sp.topP;
     b.minP[i] = sp.minP;
     b.frequencyPenalty[i] = sp.frequencyPenalty;

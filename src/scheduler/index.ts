@@ -1,4 +1,4 @@
-export { Scheduler, type SchedulerOptions } from './scheduler.js';
+export { Scheduler, type SchedulerOptions, type StepFailure } from './scheduler.js';
 export type { SeqInit, TokenEvent } from './sequence.js';
 export type { LoaderCommand, LoaderEvent } from './loader.js';
 export type { AdapterDetail, AdapterTransition } from './adapter-registry.js';

@@ -26,6 +26,13 @@ export interface SchedulerOptions {
   loraModules: LoraModule[];
 }
 
+/** A sequence that one step failed on its own while the rest of the batch went on. */
+export interface StepFailure {
+  id: string;
+  /** The engine's reason (StepResult.errors). */
+  message: string;
+}
+
 export class Scheduler {
   private readonly kv: BlockManager;
   private readonly registry: AdapterRegistry;
@@ -34,6 +41,7 @@ export class Scheduler {
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
+  private failures: StepFailure[] = [];
   private step: StepEntry[] | null = null;
   private arrivals = 0;
 
@@ -197,6 +205,12 @@ export class Scheduler {
       const s = e.seq;
       // Aborted while the step ran: its blocks are already free.
       if (s.status !== 'running' || this.byId.get(s.id) !== s) return;
+      const error = result.errors?.[i] ?? null;
+      if (error !== null) {
+        this.drop(s);
+        this.failures.push({ id: s.id, message: error });
+        return;
+      }
       s.computed += e.chunk;
       if (!e.sample) return;
       const k = Math.min(s.init.topLogprobsNum, width);
@@ -212,6 +226,13 @@ export class Scheduler {
     });
     this.pump();
     return events;
+  }
+
+  /** Sequences the engine failed alone in the last steps (malformed sampling values); already dropped. */
+  takeFailures(): StepFailure[] {
+    const out = this.failures;
+    this.failures = [];
+    return out;
   }
 
   hasWork(): boolean {
