@@ -4,6 +4,8 @@
 // CPU backend keeps activations in f32; the CUDA one rounds GEMM inputs and the KV cache to
 // bf16, so logprobs agree within the parity bar and greedy tokens wherever the CPU's top-2 gap
 // exceeds twice that.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { addon, engineOptions, logSoftmax, makeBatch, maxAbsDiff, openCheckpoint, prompt, type SeqStep } from '../engine-fixtures.js';
 
@@ -19,7 +21,12 @@ afterAll(() => {
   addon.destroyEngine(gpu);
 });
 
-const TOL = 0.05;
+// The CUDA side rounds to bf16 as transformers' bf16 forward does, so the bar is the parity bar
+// or, on a checkpoint where transformers' own bf16 forward drifts further from float32 (its
+// reference.json records how far), a quarter above that drift.
+const refFile = join(dir, 'reference.json');
+const bf16Drift = existsSync(refFile) ? (JSON.parse(readFileSync(refFile, 'utf8')) as { bf16MaxAbsDiff: number }).bf16MaxAbsDiff : 0;
+const TOL = Math.max(0.05, 1.25 * bf16Drift);
 
 /** Expects equal tokens for every row whose CPU top-2 logprob gap (topLogprobs >= 2) is not a near-tie. */
 function expectSameUnlessNearTie(a: { tokens: Int32Array; topLogprobValues: Float32Array }, b: { tokens: Int32Array }, topN: number): void {
@@ -55,7 +62,7 @@ describe('CUDA backend vs CPU backend', () => {
         if (s >= 2) cached = cached.map((c) => c + 1);
       }
     }
-    console.log(`CPU vs CUDA: max |logprob diff| ${worst.toFixed(4)}`);
+    console.log(`CPU vs CUDA: max |logprob diff| ${worst.toFixed(4)} (bar ${TOL.toFixed(4)}; transformers bf16 drift ${bf16Drift.toFixed(4)})`);
     expect(worst).toBeLessThan(TOL);
   });
 
