@@ -7,6 +7,9 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Supervisor } from '../src/actors/supervisor.js';
 import { runServe } from '../src/cli/serve.js';
+import { createApp } from '../src/http/app.js';
+import { loadingApp, startServer } from '../src/http/server.js';
+import { EchoEngine } from './http-echo-engine.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -98,11 +101,12 @@ async function readEvents(res: Response): Promise<string[]> {
   return text.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice('data: '.length));
 }
 
-/** Resolves once each named adapter has a running request (the requests are in the engine, past admission). */
-async function untilRunning(base: string, adapters: string[]): Promise<void> {
+/** Resolves once each adapter has at least the given number of running requests (in the engine, past admission). */
+async function untilRunning(base: string, want: Record<string, number>): Promise<void> {
   for (;;) {
     const state = (await (await fetch(`${base}/debug/adapters/state`)).json()) as { adapters: Array<{ name: string; running: number }> };
-    if (adapters.every((n) => state.adapters.some((a) => a.name === n && a.running > 0))) return;
+    const running = new Map(state.adapters.map((a) => [a.name, a.running]));
+    if (Object.entries(want).every(([name, n]) => (running.get(name) ?? 0) >= n)) return;
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -112,6 +116,21 @@ interface ErrorBody {
 }
 
 describe('troupe serve start-up', () => {
+  it('the socket answers 503 "loading" on every route until the app is put in place', async () => {
+    const server = await startServer(loadingApp(), '127.0.0.1', 0);
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      for (const res of [await fetch(`${base}/health`), await post(base, generateBody('demo-a', 1))]) {
+        expect(res.status).toBe(503);
+        expect(((await res.json()) as ErrorBody).error.message).toBe('the server is loading the model');
+      }
+      server.use(createApp(new EchoEngine(), { servedModelName: 'demo' }));
+      expect((await fetch(`${base}/health`)).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('a port in use ends the process with one line naming it, before the model is loaded', async () => {
     const blocker = createServer();
     const port = await listen(blocker, 0);
@@ -132,7 +151,12 @@ describe('troupe serve on SIGTERM', () => {
     const { proc, base } = await startServe(['--graceful-shutdown-timeout', '300']);
     const plain = post(base, generateBody('demo-a', 64));
     const stream = post(base, generateBody('demo-b', 64, true));
-    await untilRunning(base, ['demo-a', 'demo-b']);
+    // A long stream that keeps the drain open until new work has been seen refused, however
+    // fast the machine runs the two requests above; its client then hangs up, which ends it.
+    const holder = new AbortController();
+    const held = fetch(`${base}/generate`, { method: 'POST', body: generateBody('demo-a', 4000, true), signal: holder.signal });
+    held.catch(() => {});
+    await untilRunning(base, { 'demo-a': 2, 'demo-b': 1 });
     proc.child.kill('SIGTERM');
     await proc.waitFor(/SIGTERM: shutting down/);
 
@@ -153,14 +177,18 @@ describe('troupe serve on SIGTERM', () => {
     const last = JSON.parse(events.at(-2)!) as { error?: unknown; meta_info: { finish_reason: { type: string }; completion_tokens: number } };
     expect(last.error).toBeUndefined();
     expect(last.meta_info).toMatchObject({ finish_reason: { type: 'length' }, completion_tokens: 64 });
+    expect(proc.child.exitCode).toBeNull(); // still draining: the held stream runs
+
+    holder.abort();
     expect(await proc.closed).toEqual({ code: 0, signal: null });
+    expect(proc.stderr).not.toMatch(/did not finish/);
   });
 
   it('ends requests still running after the grace period with an error (a stream: error event, then [DONE]) and exits 0', async () => {
     const { proc, base } = await startServe(['--graceful-shutdown-timeout', '1']);
     const plain = post(base, generateBody('demo-a', 4000));
     const stream = post(base, generateBody('demo-b', 4000, true));
-    await untilRunning(base, ['demo-a', 'demo-b']);
+    await untilRunning(base, { 'demo-a': 1, 'demo-b': 1 });
     proc.child.kill('SIGTERM');
 
     const res = await plain;
@@ -178,7 +206,7 @@ describe('troupe serve on SIGTERM', () => {
     const { proc, base } = await startServe(['--graceful-shutdown-timeout', '300']);
     const stream = post(base, generateBody('demo-a', 4000, true));
     stream.catch(() => {}); // the connection is cut when the process exits
-    await untilRunning(base, ['demo-a']);
+    await untilRunning(base, { 'demo-a': 1 });
     proc.child.kill('SIGTERM');
     await proc.waitFor(/SIGTERM: shutting down/);
     proc.child.kill('SIGTERM');
@@ -199,7 +227,7 @@ describe('troupe serve when an essential actor dies', () => {
     expect(handle).not.toBeNull();
     const base = `http://127.0.0.1:${handle!.port}`;
     const plain = post(base, generateBody('demo-a', 4000));
-    await untilRunning(base, ['demo-a']);
+    await untilRunning(base, { 'demo-a': 1 });
     // The scheduler, not an executor: killing an executor inside a native step would end this process.
     void (handle!.engine as unknown as { supervisor: Supervisor }).supervisor.worker('scheduler').terminate();
     const res = await plain;

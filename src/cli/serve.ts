@@ -106,11 +106,13 @@ function superviseLifecycle(
   const signals = hooks.signals ?? process;
   let stopping = false;
   let fatal = false;
+  let engineClosed: Promise<void> | null = null;
+  const closeEngine = (): Promise<void> => (engineClosed ??= engine.close());
   const stop = (first: Promise<unknown>): void => {
     stopping = true;
     void first
       .then(() => server.close(FLUSH_MS))
-      .then(() => engine.close())
+      .then(closeEngine)
       .then(() => exit(fatal ? 1 : 0), (err: unknown) => {
         log('error', `shutdown failed: ${(err as Error).message}`);
         exit(1);
@@ -119,7 +121,10 @@ function superviseLifecycle(
   const onSignal = (signal: 'SIGINT' | 'SIGTERM'): void => {
     if (stopping) {
       log('warning', `${signal} again: exiting at once`);
-      exit(128 + osConstants.signals[signal]);
+      // Not process.exit right away: a thread inside a native step would abort the process.
+      // Closing the engine waits for the step that is running (a bounded wait) and ends the rest.
+      const code = 128 + osConstants.signals[signal];
+      void closeEngine().finally(() => exit(code));
       return;
     }
     log('info', `${signal}: shutting down; running requests get ${graceSeconds} s to finish (a second signal exits at once)`);
