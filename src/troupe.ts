@@ -38,11 +38,11 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
   const plan = planEngine(options, ckpt.config, device, options.loraPaths.map((a) => readAdapterInfo(a.path)), log);
   const gpus = device === 'cuda' ? native.cudaDeviceCount() : 0;
 
-  const supervisor = new Supervisor(options.tpSize);
+  const supervisor = new Supervisor(options.tpSize, log);
   const tokenizer = createTokenizerPool(tokenizerFile, tokenizerConfigFile, 1);
   try {
     const ranks = planRanks(plan, ckpt.config, ckpt.tensors, options, supervisor.tpGroup, gpus);
-    const { scheduler, executors, loader } = supervisor.actors;
+    const { scheduler, executors } = supervisor.actors;
     const tokenizerReady = tokenizer.ready();
     tokenizerReady.catch(() => {}); // awaited below; an earlier failure must not leave it unhandled
     // All ranks build their engines at once: they meet in collectives while they start.
@@ -50,7 +50,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const info = inits[0]!.info;
     const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
     log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`);
-    await loader.call({
+    await supervisor.initLoader({
       type: 'init',
       handles: inits.map((i) => i.handle),
       config: ckpt.config,

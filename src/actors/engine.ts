@@ -18,6 +18,7 @@ import { badRequest, fromWire, notFound, TroupeError } from '../errors.js';
 import { EngineMetrics } from '../metrics/collector.js';
 import { readAdapterInfo } from '../model/adapter.js';
 import type { TokenizerPool } from '../tokenizer/pool.js';
+import { LiveRequests } from './live-requests.js';
 import { poolMismatch, type EnginePlan } from './plan.js';
 import type { AdapterDetail, AdapterTransition, SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
 import { LiveRequest, type RequestSink } from './request.js';
@@ -28,8 +29,16 @@ export type EngineLog = (level: LogLevel, msg: string) => void;
 /** What createEngine returns: the public API plus what operators and tests look at. */
 export interface LocalTroupeEngine extends TroupeEngine {
   readonly engineInfo: EngineInfo;
-  /** Null while healthy; the error every request gets once an actor has died. */
+  /** Null while healthy; the error every new request gets once an actor has died or a drain began. */
   unhealthy(): TroupeError | null;
+  /**
+   * Stops taking new work (new requests and adapter loads get 503, unhealthy() reports it),
+   * gives the running requests up to `timeoutMs` (--graceful-shutdown-timeout by default) to
+   * finish, then ends the rest with an error. Resolves with how many were ended that way.
+   */
+  drain(timeoutMs?: number): Promise<number>;
+  /** Hears the death of an actor the engine cannot do without; returns the unsubscribe. */
+  onFatal(listener: (err: TroupeError) => void): () => void;
   stats(): Promise<SchedulerStats>;
   /** Prometheus metrics of this engine (GET /metrics). */
   readonly metrics: EngineMetrics;
@@ -44,7 +53,7 @@ export interface LocalTroupeEngine extends TroupeEngine {
 export type AdapterTransitionListener = (transitions: AdapterTransition[], statuses: AdapterDetail[]) => void;
 
 export class Engine implements LocalTroupeEngine {
-  private readonly live = new Map<string, LiveRequest>();
+  private readonly live = new LiveRequests();
   private statuses: AdapterDetail[] = [];
   private readonly adapterWaiters = new Set<() => void>();
   private readonly transitionListeners = new Set<AdapterTransitionListener>();
@@ -52,6 +61,8 @@ export class Engine implements LocalTroupeEngine {
   // Token events are applied strictly in arrival order, one step at a time.
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Set once a drain began: the error new work gets. */
+  private draining: TroupeError | null = null;
 
   constructor(
     private readonly options: ServeOptions,
@@ -73,7 +84,31 @@ export class Engine implements LocalTroupeEngine {
   }
 
   unhealthy(): TroupeError | null {
-    return this.supervisor.unhealthy;
+    return this.supervisor.unhealthy ?? this.draining;
+  }
+
+  onFatal(listener: (err: TroupeError) => void): () => void {
+    return this.supervisor.onCrash(listener);
+  }
+
+  async drain(timeoutMs = this.options.gracefulShutdownTimeout * 1000): Promise<number> {
+    this.draining ??= new TroupeError('unavailable', 'the server is shutting down and takes no new requests');
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
+    const late = await Promise.race([this.live.whenEmpty().then(() => false), timedOut]);
+    clearTimeout(timer);
+    if (!late) return 0;
+    const err = new TroupeError(
+      'unavailable',
+      `the server shut down before this request finished (running requests get ${timeoutMs / 1000} s, --graceful-shutdown-timeout)`,
+    );
+    const cut = [...this.live.values()];
+    for (const live of cut) {
+      this.live.delete(live.id);
+      live.fail(err);
+      this.supervisor.actors.scheduler.call({ type: 'abort', id: live.id }).catch(() => {});
+    }
+    return cut.length;
   }
 
   stats(): Promise<SchedulerStats> {
@@ -187,7 +222,7 @@ export class Engine implements LocalTroupeEngine {
 
   private assertUsable(): void {
     if (this.closed) throw new TroupeError('unavailable', 'the engine is closed');
-    const bad = this.supervisor.unhealthy;
+    const bad = this.unhealthy();
     if (bad) throw bad;
   }
 

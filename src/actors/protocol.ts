@@ -54,7 +54,9 @@ export type SchedulerMsg =
   | { type: 'addAdapter'; spec: Required<AdapterSpec> }
   | { type: 'removeAdapter'; name: string }
   | { type: 'adapters' }
-  | { type: 'stats' };
+  | { type: 'stats' }
+  /** The loader was replaced; `port` is the new one's channel (transferred). */
+  | { type: 'loaderRestarted'; port: import('node:worker_threads').MessagePort };
 export interface SchedulerReplies {
   init: void;
   submit: void;
@@ -63,6 +65,7 @@ export interface SchedulerReplies {
   removeAdapter: AdapterDetail[];
   adapters: AdapterDetail[];
   stats: SchedulerStats;
+  loaderRestarted: void;
 }
 
 /** What the scheduler tells the main thread, unasked. */

@@ -2,7 +2,7 @@
 // to the executors (one per tensor-parallel rank, each sent the same batch) and the loader
 // over direct channels; the main thread only submits, aborts and receives the token events
 // of each step as one message.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import type { AdapterStatus } from '../api.js';
 import { toWire, TroupeError } from '../errors.js';
 import { Scheduler } from '../scheduler/index.js';
@@ -31,7 +31,8 @@ const executors = data.executorPorts.map(
   (port, rank) => new Mailbox<never, Record<never, never>, ExecutorMsg, ExecutorReplies>(port, rank === 0 ? 'executor' : `executor-${rank}`),
 );
 
-const loader = new Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies>(data.loaderPort, 'loader');
+let loaderPort = data.loaderPort;
+let loader = connectLoader(loaderPort);
 
 let sched: Scheduler | null = null;
 let looping = false;
@@ -114,10 +115,12 @@ function kick(): void {
   });
 }
 
-loader.serve((msg) => {
-  scheduler().onLoaderEvent(msg.event);
-  kick();
-});
+function connectLoader(port: MessagePort): Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies> {
+  return new Mailbox<LoaderOutMsg, LoaderOutReplies, LoaderMsg, LoaderReplies>(port, 'loader').serve((msg) => {
+    scheduler().onLoaderEvent(msg.event);
+    kick();
+  });
+}
 
 main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
   switch (msg.type) {
@@ -151,5 +154,13 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
       return scheduler().adapterDetails() satisfies AdapterStatus[];
     case 'stats':
       return scheduler().stats();
+    case 'loaderRestarted':
+      // Events the old loader sent but that are not yet handled describe copies that are gone.
+      loaderPort.close();
+      loaderPort = msg.port;
+      loader = connectLoader(loaderPort);
+      sched?.loaderRestarted();
+      kick();
+      return;
   }
 });

@@ -1,7 +1,9 @@
-// `troupe serve`: flags -> options -> engine -> HTTP server. Without --model-path the demo
-// model is served (and generated first if it is missing), with its two adapters unless
-// --lora-paths names others.
+// `troupe serve`: flags -> options -> listening socket -> engine -> HTTP app, then the
+// process's life: draining on SIGTERM/SIGINT, exiting when an essential actor dies. Without
+// --model-path the demo model is served (and generated first if it is missing), with its two
+// adapters unless --lora-paths names others.
 import { existsSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { ServeOptions } from '../config/options.js';
 import { helpText } from '../config/help.js';
@@ -9,7 +11,9 @@ import { parseArgs } from '../config/parse.js';
 import { validateFlags } from '../config/validate.js';
 import { createLog, type Log } from '../log.js';
 import { makeDemo } from '../model/demo.js';
+import type { RunningServer } from '../http/server.js';
 import { demoModelDir } from '../paths.js';
+import type { LocalTroupeEngine } from '../troupe.js';
 
 export interface ResolvedServe {
   options: ServeOptions;
@@ -32,43 +36,109 @@ export function resolveServeArgs(argv: readonly string[], demoDir = demoModelDir
   return { options, warnings, usesDemo };
 }
 
-export async function runServe(argv: readonly string[]): Promise<void> {
+/** What runServe needs from the process; tests pass their own to watch it without dying. */
+export interface ServeHooks {
+  /** Ends the process (process.exit by default). */
+  exit?: (code: number) => void;
+  /** Where SIGINT and SIGTERM come from (the process by default). */
+  signals?: { on(event: 'SIGINT' | 'SIGTERM', listener: () => void): unknown };
+}
+
+/** The running server, once the model is loaded. */
+export interface ServeHandle {
+  port: number;
+  engine: LocalTroupeEngine;
+}
+
+// Time the last responses (final errors, a stream's [DONE]) get to reach their clients after
+// the engine has ended every request, before the connections are dropped.
+const FLUSH_MS = 5000;
+
+export async function runServe(argv: readonly string[], hooks: ServeHooks = {}): Promise<ServeHandle | null> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(helpText() + '\n');
-    return;
+    return null;
   }
   const { options, warnings, usesDemo } = resolveServeArgs(argv);
   const log: Log = createLog(options.logLevel);
   for (const w of warnings) log('warning', w);
-  if (usesDemo && !existsSync(join(options.modelPath, 'config.json'))) {
-    log('info', `no --model-path: writing the demo model to ${options.modelPath}`);
-    makeDemo(options.modelPath);
-  }
   // Loaded lazily so `--help` and flag errors never pay for worker start-up.
-  const [{ createEngine }, { createApp }, { startServer }] = await Promise.all([
+  const [{ createEngine }, { createApp }, { loadingApp, startServer }] = await Promise.all([
     import('../troupe.js'),
     import('../http/app.js'),
     import('../http/server.js'),
   ]);
-  const engine = await createEngine({ ...options, log });
+  // The port is bound before the model is loaded, and held: a port that cannot be bound ends
+  // the command at once, and health probes get 503 while loading instead of a refused
+  // connection. (Test-binding first and binding again after loading would leave a gap in
+  // which another process could take the port, after the model was loaded for nothing.)
+  const server = await startServer(loadingApp(), options.host, options.port);
+  log('info', `listening on http://${options.host}:${server.port}; answering 503 until the model is loaded`);
+  let engine: LocalTroupeEngine;
+  try {
+    if (usesDemo && !existsSync(join(options.modelPath, 'config.json'))) {
+      log('info', `no --model-path: writing the demo model to ${options.modelPath}`);
+      makeDemo(options.modelPath);
+    }
+    engine = await createEngine({ ...options, log });
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
   const servedModelName = options.servedModelName ?? options.modelPath;
   const app = createApp(engine, { servedModelName, log });
-  const server = await startServer(app, options.host, options.port);
+  server.use(app);
   log('info', `serving ${servedModelName} on http://${options.host}:${server.port}`);
+  superviseLifecycle(engine, server, options.gracefulShutdownTimeout, log, hooks);
+  return { port: server.port, engine };
+}
 
-  let closing = false;
-  const shutdown = (signal: string): void => {
-    if (closing) return;
-    closing = true;
-    log('info', `${signal}: shutting down`);
-    void server
-      .close()
-      .then(() => engine.close())
-      .then(() => process.exit(0), (err: unknown) => {
+/**
+ * SIGTERM or SIGINT drains: new requests get 503, running ones get the grace period, then the
+ * server closes and the process exits 0; a second signal exits at once. The death of an actor
+ * the engine cannot do without exits non-zero once the failed requests are answered, so an
+ * orchestrator starts a fresh server.
+ */
+function superviseLifecycle(
+  engine: LocalTroupeEngine, server: RunningServer, graceSeconds: number, log: Log, hooks: ServeHooks,
+): void {
+  const exit = hooks.exit ?? ((code: number) => process.exit(code));
+  const signals = hooks.signals ?? process;
+  let stopping = false;
+  let fatal = false;
+  let engineClosed: Promise<void> | null = null;
+  const closeEngine = (): Promise<void> => (engineClosed ??= engine.close());
+  const stop = (first: Promise<unknown>): void => {
+    stopping = true;
+    void first
+      .then(() => server.close(FLUSH_MS))
+      .then(closeEngine)
+      .then(() => exit(fatal ? 1 : 0), (err: unknown) => {
         log('error', `shutdown failed: ${(err as Error).message}`);
-        process.exit(1);
+        exit(1);
       });
   };
-  process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  const onSignal = (signal: 'SIGINT' | 'SIGTERM'): void => {
+    if (stopping) {
+      log('warning', `${signal} again: exiting at once`);
+      // Not process.exit right away: a thread inside a native step would abort the process.
+      // Closing the engine waits for the step that is running (a bounded wait) and ends the rest.
+      const code = 128 + osConstants.signals[signal];
+      void closeEngine().finally(() => exit(code));
+      return;
+    }
+    log('info', `${signal}: shutting down; running requests get ${graceSeconds} s to finish (a second signal exits at once)`);
+    stop(engine.drain(graceSeconds * 1000).then((cut) => {
+      if (cut > 0) log('warning', `${cut} request(s) did not finish within ${graceSeconds} s and were ended with an error`);
+    }));
+  };
+  engine.onFatal((err) => {
+    fatal = true;
+    // A drain under way ends anyway (the dead actor failed what was running) and now exits 1.
+    if (stopping) return;
+    log('error', `exiting with code 1 once the failed requests are answered, so that the server is started again (${err.message})`);
+    stop(Promise.resolve());
+  });
+  signals.on('SIGINT', () => onSignal('SIGINT'));
+  signals.on('SIGTERM', () => onSignal('SIGTERM'));
 }

@@ -180,6 +180,27 @@ export class AdapterRegistry {
     return rec.name;
   }
 
+  /**
+   * The loader thread was replaced: the CPU copies it held are gone, and commands sent to it
+   * may have been lost. Slots keep their weights (they live in the engines). The chart has no
+   * way back from 'loading' or 'h2dInFlight', so those reads and copies are simply issued again;
+   * a resident adapter is read again too, because after an eviction its next copy into a slot
+   * comes from its CPU copy.
+   */
+  loaderRestarted(): void {
+    for (const rec of this.records.values()) {
+      const res = residencyOf(rec.actor.getSnapshot());
+      const read: LoaderCommand = { kind: 'load-cpu', name: rec.name, path: rec.path };
+      if (res === 'cpuLoaded') {
+        this.send(rec, { type: 'DROP_CPU' }, 'the loader restarted and its CPU copy is gone; read from disk again when needed');
+      } else if (res === 'loading' || res?.startsWith('gpuResident')) {
+        this.commands.push(read);
+      } else if (res === 'h2dInFlight') {
+        this.commands.push(read, { kind: 'copy-to-slot', name: rec.name, slot: rec.actor.getSnapshot().context.slot! });
+      }
+    }
+  }
+
   takeCommands(): LoaderCommand[] {
     const out = this.commands;
     this.commands = [];

@@ -79,6 +79,12 @@ export class Scheduler {
     this.pump();
   }
 
+  /** The loader thread was replaced (see AdapterRegistry.loaderRestarted). */
+  loaderRestarted(): void {
+    this.registry.loaderRestarted();
+    this.pump();
+  }
+
   takeCommands(): LoaderCommand[] {
     return this.registry.takeCommands();
   }
