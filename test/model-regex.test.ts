@@ -158,6 +158,10 @@ describe('PythonRegex', () => {
       expect((compileOrError(p) as RegexError).message, p).toMatch(/the pattern is too large/);
     }
     expect(PythonRegex.compile('(a{10}){10}').fullmatch('a'.repeat(100))).toBe(true);
+    // Without counted repetitions no pattern within the length cap reaches the size cap.
+    expect(PythonRegex.compile('a+'.repeat(MAX_PATTERN_LENGTH / 2)).fullmatch('a'.repeat(600))).toBe(true);
+    expect(PythonRegex.compile('|'.repeat(MAX_PATTERN_LENGTH)).fullmatch('')).toBe(true);
+    expect(PythonRegex.compile('(?:.+?)+'.repeat(MAX_PATTERN_LENGTH / 8)).fullmatch('x'.repeat(200))).toBe(true);
   });
 });
 

@@ -6,8 +6,12 @@
 // The pattern's length and the size of its compiled form are capped, which bounds memory too.
 
 export const MAX_PATTERN_LENGTH = 1000;
-/** NFA instructions (and repetition copies) after counted repetitions like {m,n} are written out. */
-export const MAX_PROGRAM_SIZE = 20_000;
+/**
+ * NFA instructions (and repetition copies) after counted repetitions like {m,n} are written out.
+ * Any pattern within MAX_PATTERN_LENGTH and without counted repetitions compiles to fewer; the
+ * cap bounds the work per character of text.
+ */
+export const MAX_PROGRAM_SIZE = 4_000;
 
 export class RegexError extends Error {
   constructor(readonly detail: string, readonly position: number) {
@@ -351,7 +355,8 @@ export class PythonRegex {
   /** The character and match states reachable without consuming; anchors are checked at `place`. */
   private closure(raw: number[], place: Place, stamp = ++this.stamp): number[] {
     const out: number[] = [];
-    const stack = [...raw].reverse();
+    const stack: number[] = [];
+    for (let i = raw.length - 1; i >= 0; i--) stack.push(raw[i]!);
     while (stack.length > 0) {
       const pc = stack.pop()!;
       if (this.mark[pc] === stamp) continue;
