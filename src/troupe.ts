@@ -39,7 +39,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
   const gpus = device === 'cuda' ? native.cudaDeviceCount() : 0;
 
   const supervisor = new Supervisor(options.tpSize, log);
-  const tokenizer = createTokenizerPool(tokenizerFile, tokenizerConfigFile, 1);
+  const tokenizer = createTokenizerPool(tokenizerFile, tokenizerConfigFile, options.tokenizerWorkerNum);
   try {
     const ranks = planRanks(plan, ckpt.config, ckpt.tensors, options, supervisor.tpGroup, gpus);
     const { scheduler, executors } = supervisor.actors;

@@ -1,4 +1,4 @@
-import { cpSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAdapterWeights, readAdapterInfo } from '../src/model/adapter.js';
@@ -66,20 +66,106 @@ describe('readAdapterInfo', () => {
     editConfig(dir, { target_modules: '.*\\.(q_proj|up_proj)' });
     expect(readAdapterInfo(dir).targetModules).toEqual(['q_proj', 'up_proj']);
     editConfig(dir, { target_modules: '.*\\.(nothing)' });
-    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/target_modules: ".*" matches none of/);
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/target_modules: the pattern matches none of the linear layers q_proj, /);
+  });
+
+  it('matches a target_modules pattern as re.fullmatch over every layer\'s module names', () => {
+    const dir = copy();
+    const modules = (target: unknown): unknown => {
+      editConfig(dir, { target_modules: target });
+      return readAdapterInfo(dir).targetModules;
+    };
+    expect(modules('model\\.layers\\.(1[0-9]|2[0-9])\\.self_attn\\.(q|v)_proj')).toEqual(['q_proj', 'v_proj']);
+    expect(modules('base_model\\.model\\.model\\.layers\\.\\d+\\.mlp\\.(gate|up)_proj')).toEqual(['gate_proj', 'up_proj']);
+    expect(modules('.*self_attn.*')).toEqual(['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+    expect(modules('.*[^o]_proj')).toEqual(['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']);
+    // Full match: a bare module name is not a match for the qualified names.
+    expect(errorOf(() => modules('q_proj')).message).toMatch(/target_modules: the pattern matches none of/);
+    expect(errorOf(() => modules('.*')).message).toMatch(/target_modules: selects embed_tokens; LoRA on embed_tokens is not supported$/);
+    expect(errorOf(() => modules('.*(lm_head|q_proj)')).message).toMatch(/target_modules: selects lm_head; LoRA on lm_head is not supported$/);
+  });
+
+  it('matches a hostile target_modules pattern in bounded time, failing only that load', () => {
+    const dir = copy();
+    editConfig(dir, { target_modules: '(.+)+Z' });
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/adapter_config\.json: target_modules: the pattern matches none of the linear layers/);
+    editConfig(dir, { target_modules: '(.+)+_proj' });
+    expect(readAdapterInfo(dir).targetModules).toEqual([...LORA_MODULES]);
+    editConfig(dir, { target_modules: '((.{100}){100}){100}' });
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/target_modules: the regular expression cannot be used: the pattern is too large/);
+    editConfig(dir, { target_modules: 'x'.repeat(5000) });
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/the pattern is 5000 characters long; at most 1000 are supported/);
+    // The adapter next to it still loads.
+    expect(readAdapterInfo(qv).targetModules).toEqual(['q_proj', 'v_proj']);
+  });
+
+  it('names a construct of the pattern it does not support', () => {
+    const dir = copy();
+    editConfig(dir, { target_modules: '^(?!.*vision).*\\.(q_proj|v_proj)' });
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(
+      /adapter_config\.json: target_modules: the regular expression cannot be used: lookahead assertions \(\?!\.\.\.\) are not supported \(at position 1\)$/,
+    );
+  });
+
+  it('matches listed target_modules exactly or as a dotted suffix, as PEFT does', () => {
+    const dir = copy();
+    const modules = (target: unknown): unknown => {
+      editConfig(dir, { target_modules: target });
+      return readAdapterInfo(dir).targetModules;
+    };
+    expect(modules(['layers.3.self_attn.k_proj', 'model.layers.0.mlp.up_proj', 'base_model.model.model.layers.1.mlp.down_proj'])).toEqual(['k_proj', 'up_proj', 'down_proj']);
+    expect(modules(['v_proj', 'mlp.gate_proj'])).toEqual(['v_proj', 'gate_proj']);
+    expect(errorOf(() => modules(['q_proj', 'mlp.q_proj'])).message).toMatch(/target_modules\[1\]: names none of the linear layers q_proj, /);
+    expect(errorOf(() => modules(['_proj'])).message).toMatch(/target_modules\[0\]: names none of/);
+    expect(errorOf(() => modules(['(.+)+'])).message).toMatch(/target_modules\[0\]: names none of/);
+  });
+
+  it('never quotes what an adapter file holds in its errors', () => {
+    const secret = join(tmp.path, 'passwd');
+    writeFileSync(secret, 'root:x:0:0:root:/root:/bin/bash\n');
+    const messages: string[] = [];
+    const refused = (dir: string, want: RegExp): void => {
+      const msg = errorOf(() => loadAdapterWeights(dir, config)).message;
+      messages.push(msg);
+      expect(msg).toMatch(want);
+    };
+    for (const file of ['adapter_config.json', 'added_tokens.json', 'adapter_model.safetensors']) {
+      const dir = copy();
+      rmSync(join(dir, file), { force: true });
+      symlinkSync(secret, join(dir, file));
+      refused(dir, file === 'adapter_model.safetensors' ? /adapter_model\.safetensors: header length \d+ exceeds/ : new RegExp(`${file.replace('.', '\\.')}: is not valid JSON \\(at position 0\\)$`));
+    }
+    const value = 'root:x:0:0:root:/root:/bin/bash';
+    for (const [patch, want] of [
+      [{ peft_type: value }, /peft_type: only "LORA" is supported, got a different string$/],
+      [{ bias: value }, /bias: only "none" is supported, got a different string$/],
+      [{ modules_to_save: [value] }, /modules_to_save: adapters that save whole modules are not supported$/],
+      [{ r: value }, /r: must be a positive integer, got a string$/],
+      [{ lora_alpha: { value } }, /lora_alpha: must be a positive number, got an object$/],
+      [{ use_rslora: value }, /use_rslora: must be true or false, got a string$/],
+      [{ target_modules: `${value}(` }, /target_modules: the regular expression cannot be used: missing \), unterminated subpattern \(at position 31\)$/],
+      [{ target_modules: value }, /target_modules: the pattern matches none of/],
+      [{ target_modules: [value] }, /target_modules\[0\]: names none of/],
+      [{ target_modules: [3, value] }, /target_modules: must be a non-empty list of module names or "all-linear", got a list of 2 items$/],
+    ] as const) {
+      const dir = copy();
+      editConfig(dir, patch);
+      refused(dir, want);
+    }
+    expect(messages.join('\n')).not.toContain('root:');
   });
 
   it.each([
     [{ use_dora: true }, /use_dora: DoRA adapters are not supported/],
-    [{ modules_to_save: ['lm_head'] }, /modules_to_save: \["lm_head"\]: adapters that save whole modules are not supported/],
-    [{ bias: 'lora_only' }, /bias: "lora_only" is not supported/],
-    [{ target_modules: ['q_proj', 'dense'] }, /target_modules: "dense" is not one of the linear layers/],
-    [{ target_modules: ['q_proj', 'embed_tokens'] }, /target_modules: LoRA on embed_tokens is not supported/],
-    [{ target_modules: ['lm_head'] }, /target_modules: LoRA on lm_head is not supported/],
+    [{ modules_to_save: ['lm_head'] }, /modules_to_save: adapters that save whole modules are not supported/],
+    [{ bias: 'lora_only' }, /bias: only "none" is supported/],
+    [{ target_modules: ['q_proj', 'dense'] }, /target_modules\[1\]: names none of the linear layers/],
+    [{ target_modules: ['q_proj', 'embed_tokens'] }, /target_modules\[1\]: selects embed_tokens; LoRA on embed_tokens is not supported/],
+    [{ target_modules: ['lm_head'] }, /target_modules\[0\]: selects lm_head; LoRA on lm_head is not supported/],
     [{ target_modules: [] }, /target_modules: must be a non-empty list/],
     [{ r: 0 }, /adapter_config\.json: r: must be a positive integer, got 0/],
     [{ lora_alpha: 'x' }, /lora_alpha: must be a positive number/],
-    [{ peft_type: 'IA3' }, /peft_type: "IA3" is not supported/],
+    [{ peft_type: 'IA3' }, /peft_type: only "LORA" is supported/],
     [{ rank_pattern: { q_proj: 8 } }, /rank_pattern: per-module ranks are not supported/],
     [{ alpha_pattern: { q_proj: 8 } }, /alpha_pattern: per-module alphas are not supported/],
     [{ trainable_token_indices: [5] }, /trainable_token_indices: adapters with added or trained tokens/],
@@ -102,7 +188,7 @@ describe('readAdapterInfo', () => {
     expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/added_tokens\.json: adapters with added tokens are not supported/);
     rmSync(join(dir, 'added_tokens.json'));
     writeFileSync(join(dir, 'adapter_config.json'), 'not json');
-    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/adapter_config\.json: not valid JSON/);
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/adapter_config\.json: is not valid JSON \(at position 1\)$/);
     rmSync(join(dir, 'adapter_config.json'));
     expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/adapter_config\.json: missing/);
   });

@@ -1,4 +1,4 @@
-import { cpSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../src/model/checkpoint.js';
@@ -110,7 +110,7 @@ describe('openCheckpoint', () => {
     const dir = copy();
     const { second } = shard(dir);
     rmSync(join(dir, 'model-00002-of-00002.safetensors'));
-    expect(() => openCheckpoint(dir)).toThrow(new RegExp(`shard model-00002-of-00002\\.safetensors \\(holding tensor "${second[0]!.replace(/\./g, '\\.')}"\\) does not exist`));
+    expect(() => openCheckpoint(dir)).toThrow(new RegExp(`shard "model-00002-of-00002\\.safetensors" \\(holding tensor "${second[0]!.replace(/\./g, '\\.')}"\\) does not exist`));
   });
 
   it('names a tensor the index maps to a shard that lacks it', () => {
@@ -176,6 +176,34 @@ describe('openCheckpoint', () => {
     writeFileSync(join(dir, 'model.safetensors.index.json'), '{"weight_map": 3}');
     expect(() => openCheckpoint(dir)).toThrow(/weight_map: missing or not an object/);
     writeFileSync(join(dir, 'config.json'), '{oops');
-    expect(() => openCheckpoint(dir)).toThrow(/config\.json: not valid JSON/);
+    expect(() => openCheckpoint(dir)).toThrow(/config\.json: is not valid JSON \(at position 1\)$/);
+  });
+
+  it('never quotes what a model file holds in its errors', () => {
+    const secret = join(tmp.path, 'passwd');
+    writeFileSync(secret, 'root:x:0:0:root:/root:/bin/bash\n');
+    const seen: string[] = [];
+    const messageOf = (dir: string): string => {
+      try {
+        openCheckpoint(dir);
+      } catch (err) {
+        seen.push((err as Error).message);
+        return (err as Error).message;
+      }
+      throw new Error('expected an error');
+    };
+    let dir = copy();
+    rmSync(join(dir, 'config.json'));
+    symlinkSync(secret, join(dir, 'config.json'));
+    expect(messageOf(dir)).toBe(`${join(dir, 'config.json')}: is not valid JSON (at position 0)`);
+    dir = copy();
+    writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: 'root:x:0:0' }));
+    expect(messageOf(dir)).toMatch(/generation_config\.json: eos_token_id: must be a token id or a list of them, got a string$/);
+    dir = copy();
+    const { first } = shard(dir);
+    const index = join(dir, 'model.safetensors.index.json');
+    writeFileSync(index, JSON.stringify({ weight_map: { [first[0]!]: '../root:x:0:0' } }));
+    expect(messageOf(dir)).toMatch(/weight_map: the shard of tensor ".*" is not a file name in the model directory \(got a string\)$/);
+    expect(seen.join('\n')).not.toContain('root:');
   });
 });

@@ -71,7 +71,11 @@ describe('safetensors reader', () => {
   });
 
   it('rejects a header that is not JSON or not an object', () => {
-    expect(() => readSafetensorsHeader(raw('{"a": [1,', 0))).toThrow(/not valid UTF-8 JSON/);
+    expect(() => readSafetensorsHeader(raw('{"a": [1,', 0))).toThrow(/header is not valid JSON \(it ends early\)$/);
+    expect(() => readSafetensorsHeader(raw('{"a": 1} trailing', 0))).toThrow(/header is not valid JSON \(at position 9\)$/);
+    const binary = join(dir, 'binary.safetensors');
+    writeFileSync(binary, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0xff]));
+    expect(() => readSafetensorsHeader(binary)).toThrow(/header is not valid UTF-8$/);
     expect(() => readSafetensorsHeader(raw('[1, 2]', 0))).toThrow(/not a JSON object/);
   });
 
@@ -94,7 +98,9 @@ describe('safetensors reader', () => {
 
   it('rejects an unknown dtype', () => {
     const header = JSON.stringify({ w: { dtype: 'F4', shape: [2], data_offsets: [0, 1] } });
-    expect(() => readSafetensorsHeader(raw(header, 1))).toThrow(/tensor "w": unknown dtype "F4"/);
+    expect(() => readSafetensorsHeader(raw(header, 1))).toThrow(/tensor "w": unknown dtype: it must be one of F64, .*, got another string$/);
+    const inherited = JSON.stringify({ w: { dtype: 'constructor', shape: [2], data_offsets: [0, 1] } });
+    expect(() => readSafetensorsHeader(raw(inherited, 1))).toThrow(/unknown dtype/);
   });
 
   it('refuses to write data that does not fit the shape', () => {

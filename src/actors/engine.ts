@@ -174,6 +174,7 @@ export class Engine implements LocalTroupeEngine {
     if (req.lora !== null) this.assertAdapterUsable(req.lora);
     const id = req.rid ?? randomUUID();
     if (this.live.has(id)) throw new TroupeError('conflict', `request id '${id}' is already in flight`);
+    if (req.text !== undefined) this.assertTextCanFit(req.text);
     const promptIds = req.text !== undefined ? await this.tokenizer.encode(req.text) : req.inputIds!;
     if (promptIds.length === 0) throw badRequest('the prompt is empty');
     const vocab = this.config.vocabSize;
@@ -211,6 +212,24 @@ export class Engine implements LocalTroupeEngine {
       throw err;
     }
     return live;
+  }
+
+  /**
+   * Refuses, before any tokenizer thread spends time on it, a text that needs more tokens than
+   * the context holds even if every token spelled the tokenizer's longest. A text that fits
+   * this bound but tokenizes past the context is refused by the scheduler on submit.
+   */
+  private assertTextCanFit(text: string): void {
+    const perToken = this.tokenizer.maxTokenBytes;
+    if (perToken === null) return;
+    const ctx = this.plan.contextLength;
+    const bytes = Buffer.byteLength(text, 'utf8');
+    if (bytes > ctx * perToken) {
+      throw badRequest(
+        `the prompt is ${bytes} bytes, more than the context length of ${ctx} tokens can hold ` +
+          `(at most ${perToken} bytes per token of this tokenizer, ${ctx * perToken} bytes in all)`,
+      );
+    }
   }
 
   private abortRequest(live: LiveRequest, message: string): void {

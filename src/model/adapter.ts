@@ -2,12 +2,15 @@
 // LoRA pool can run exactly is accepted: plain LoRA on the seven linear layers with one rank
 // and one scaling. Everything else (DoRA, biases, extra saved modules, new tokens, pickled
 // weights) is refused by name, because running it as plain LoRA would give wrong outputs.
+// Errors describe what a field holds without quoting it: the path may lead to any file.
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { LORA_MODULES, type AdapterWeights, type LoraModule, type ModelConfig } from '../engine/types.js';
 import { badRequest } from '../errors.js';
 import { isDirectory, isFile, readHeader, readJsonFile } from './json-file.js';
-import { toFloat32 } from './safetensors.js';
+import { describeValue } from './json-text.js';
+import { PythonRegex, RegexError } from './python-regex.js';
+import { tensorLabel, toFloat32 } from './safetensors.js';
 
 export interface AdapterInfo {
   path: string;
@@ -45,23 +48,23 @@ export function readAdapterInfo(path: string): AdapterInfo {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) fail('(root)', 'not a JSON object');
   const c = json as Record<string, unknown>;
 
-  if (c.peft_type !== undefined && c.peft_type !== 'LORA') fail('peft_type', `${JSON.stringify(c.peft_type)} is not supported; only LORA is`);
+  if (c.peft_type !== undefined && c.peft_type !== 'LORA') fail('peft_type', `only "LORA" is supported, got ${other(c.peft_type)}`);
   if (c.use_dora === true) fail('use_dora', 'DoRA adapters are not supported');
-  if (!isEmpty(c.modules_to_save)) fail('modules_to_save', `${JSON.stringify(c.modules_to_save)}: adapters that save whole modules are not supported`);
-  if (c.bias !== undefined && c.bias !== null && c.bias !== 'none') fail('bias', `${JSON.stringify(c.bias)} is not supported; only "none" is`);
+  if (!isEmpty(c.modules_to_save)) fail('modules_to_save', 'adapters that save whole modules are not supported');
+  if (c.bias !== undefined && c.bias !== null && c.bias !== 'none') fail('bias', `only "none" is supported, got ${other(c.bias)}`);
   if (!isEmpty(c.trainable_token_indices)) fail('trainable_token_indices', 'adapters with added or trained tokens are not supported');
   // Per-module ranks or alphas would need a scaling per module; the pool has one per adapter.
   if (!isEmpty(c.rank_pattern)) fail('rank_pattern', 'per-module ranks are not supported');
   if (!isEmpty(c.alpha_pattern)) fail('alpha_pattern', 'per-module alphas are not supported');
 
   const r = c.r;
-  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail('r', `must be a positive integer, got ${JSON.stringify(r)}`);
+  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail('r', `must be a positive integer, got ${describeValue(r)}`);
   const rank = r as number;
   const a = c.lora_alpha;
-  if (typeof a !== 'number' || !Number.isFinite(a) || a <= 0) fail('lora_alpha', `must be a positive number, got ${JSON.stringify(a)}`);
+  if (typeof a !== 'number' || !Number.isFinite(a) || a <= 0) fail('lora_alpha', `must be a positive number, got ${describeValue(a)}`);
   const alpha = a as number;
   const rs = c.use_rslora;
-  if (rs !== undefined && rs !== null && typeof rs !== 'boolean') fail('use_rslora', `must be true or false, got ${JSON.stringify(rs)}`);
+  if (rs !== undefined && rs !== null && typeof rs !== 'boolean') fail('use_rslora', `must be true or false, got ${describeValue(rs)}`);
   const useRslora = rs === true;
   const scaling = useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
 
@@ -70,31 +73,59 @@ export function readAdapterInfo(path: string): AdapterInfo {
   return { path: dir, rank, alpha, scaling, useRslora, targetModules: parseTargetModules(c.target_modules, fail) };
 }
 
+/** For a field that must be one given string: what it holds instead, without quoting it. */
+const other = (v: unknown): string => (typeof v === 'string' ? 'a different string' : describeValue(v));
+
+// PEFT matches target_modules against the names of the base model's modules
+// (model.named_modules(): model.layers.N.self_attn.q_proj, ...); names as they appear under the
+// PEFT wrapper are accepted too. N is any layer index, matched exactly (see fullmatchAnyIndex).
+const LAYER_PREFIXES = ['model.layers.', 'base_model.model.model.layers.'];
+// Modules PEFT could also put LoRA on, which the pool cannot run.
+const REFUSED_MODULES: Array<[string, string[]]> = [
+  ['embed_tokens', ['model.embed_tokens', 'base_model.model.model.embed_tokens']],
+  ['lm_head', ['lm_head', 'base_model.model.lm_head']],
+];
+const MAX_LIST_ENTRY = 200;
+
+/** The modules a PEFT target_modules value selects, by PEFT's rules, in bounded time. */
 function parseTargetModules(raw: unknown, fail: (field: string, detail: string) => never): LoraModule[] {
   if (raw === 'all-linear') return [...LORA_MODULES];
   if (typeof raw === 'string') {
-    // PEFT treats a string as a regex that must match a module's full name.
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${raw})$`);
-    } catch (err) {
-      return fail('target_modules', `${JSON.stringify(raw)} is not a valid regular expression: ${(err as Error).message}`);
-    }
-    const hits = LORA_MODULES.filter((m) => [`model.layers.0.${MODULE_PATH[m]}`, `base_model.model.model.layers.0.${MODULE_PATH[m]}`].some((n) => re.test(n)));
-    if (hits.length === 0) fail('target_modules', `${JSON.stringify(raw)} matches none of ${LORA_MODULES.join(', ')}`);
-    return hits;
+    // PEFT: re.fullmatch(target_modules, name) for every module name.
+    const hits = selectModules(compilePattern(raw, 'target_modules', fail), 'target_modules', fail);
+    if (hits.size === 0) fail('target_modules', `the pattern matches none of the linear layers ${LORA_MODULES.join(', ')}`);
+    return LORA_MODULES.filter((m) => hits.has(m));
   }
   if (!Array.isArray(raw) || raw.length === 0 || !raw.every((m) => typeof m === 'string')) {
-    return fail('target_modules', `must be a non-empty list of module names or "all-linear", got ${JSON.stringify(raw)}`);
+    return fail('target_modules', `must be a non-empty list of module names or "all-linear", got ${describeValue(raw)}`);
   }
+  // PEFT: a listed name selects a module whose name it equals or is a dotted suffix of.
   const found = new Set<LoraModule>();
-  for (const name of raw as string[]) {
-    const last = name.slice(name.lastIndexOf('.') + 1);
-    if (last === 'embed_tokens' || last === 'lm_head') fail('target_modules', `LoRA on ${last} is not supported`);
-    if (!isModule(last)) fail('target_modules', `"${name}" is not one of the linear layers ${LORA_MODULES.join(', ')}`);
-    found.add(last as LoraModule);
-  }
+  (raw as string[]).forEach((name, i) => {
+    const field = `target_modules[${i}]`;
+    if (name.length > MAX_LIST_ENTRY) fail(field, `is ${name.length} characters long; a module name has at most ${MAX_LIST_ENTRY}`);
+    const suffix = `(?:.*\\.)?${name.replace(/[^A-Za-z0-9_]/gu, (c) => `\\${c}`)}`;
+    const hits = selectModules(compilePattern(suffix, field, fail), field, fail);
+    if (hits.size === 0) fail(field, `names none of the linear layers ${LORA_MODULES.join(', ')}`);
+    for (const m of hits) found.add(m);
+  });
   return LORA_MODULES.filter((m) => found.has(m));
+}
+
+function compilePattern(pattern: string, field: string, fail: (field: string, detail: string) => never): PythonRegex {
+  try {
+    return PythonRegex.compile(pattern);
+  } catch (err) {
+    if (err instanceof RegexError) return fail(field, `the regular expression cannot be used: ${err.message}`);
+    throw err;
+  }
+}
+
+function selectModules(re: PythonRegex, field: string, fail: (field: string, detail: string) => never): Set<LoraModule> {
+  for (const [module, names] of REFUSED_MODULES) {
+    if (names.some((n) => re.fullmatch(n))) fail(field, `selects ${module}; LoRA on ${module} is not supported`);
+  }
+  return new Set(LORA_MODULES.filter((m) => LAYER_PREFIXES.some((p) => re.fullmatchAnyIndex(p, `.${MODULE_PATH[m]}`))));
 }
 
 const TENSOR_NAME = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_(A|B)(?:\.default)?\.weight$/;
@@ -125,7 +156,7 @@ export function loadAdapterWeights(path: string, config: ModelConfig): { info: A
   }
   const header = readHeader(file);
   const fail = (tensor: string, detail: string): never => {
-    throw badRequest(`${file}: tensor "${tensor}": ${detail}`);
+    throw badRequest(`${file}: ${tensorLabel(tensor)}: ${detail}`);
   };
   const pairs = new Map<string, { layer: number; module: LoraModule; a?: [string, Uint8Array, string]; b?: [string, Uint8Array, string] }>();
   const data = readFileSync(file);
@@ -148,7 +179,7 @@ export function loadAdapterWeights(path: string, config: ModelConfig): { info: A
     const key = `${layer}.${module}`;
     const pair = pairs.get(key) ?? { layer, module };
     const slot = ab === 'A' ? 'a' : 'b';
-    if (pair[slot] !== undefined) fail(name, `duplicates tensor "${pair[slot][0]}"`);
+    if (pair[slot] !== undefined) fail(name, `duplicates ${tensorLabel(pair[slot][0])}`);
     pair[slot] = [name, data.subarray(e.offset, e.offset + e.nbytes), e.dtype];
     pairs.set(key, pair);
   }

@@ -6,8 +6,9 @@ import { resolve, join } from 'node:path';
 import type { DType, ModelConfig, TensorRef } from '../engine/types.js';
 import { badRequest } from '../errors.js';
 import { parseModelConfig } from './config.js';
+import { describeValue, quoteName } from './json-text.js';
 import { isDirectory, isFile, readHeader, readJsonFile } from './json-file.js';
-import type { SafetensorsEntry, SafetensorsHeader } from './safetensors.js';
+import { tensorLabel, type SafetensorsEntry, type SafetensorsHeader } from './safetensors.js';
 
 export interface Checkpoint {
   dir: string;
@@ -72,7 +73,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     if (expected.has(name) || IGNORED.test(name)) continue;
     // Tied checkpoints sometimes still carry a copy of lm_head; the embedding is used instead.
     if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
-    throw badRequest(`${e.file}: unexpected tensor "${name}" (not part of a ${config.numLayers}-layer Llama model without biases)`);
+    throw badRequest(`${e.file}: unexpected ${tensorLabel(name)} (not part of a ${config.numLayers}-layer Llama model without biases)`);
   }
 
   const tokenizerJson = join(root, 'tokenizer.json');
@@ -92,7 +93,7 @@ function addGenerationEos(root: string, config: ModelConfig): void {
   const eos = (g as Record<string, unknown>).eos_token_id;
   const ids = Array.isArray(eos) ? eos : eos === undefined || eos === null ? [] : [eos];
   for (const id of ids) {
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw badRequest(`${file}: eos_token_id: ${JSON.stringify(eos)} is not a token id or list of them`);
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw badRequest(`${file}: eos_token_id: must be a token id or a list of them, got ${describeValue(eos)}`);
     if (!config.eosTokenIds.includes(id)) config.eosTokenIds.push(id);
   }
 }
@@ -116,17 +117,17 @@ function readTensorEntries(root: string): Map<string, SafetensorsEntry> {
   const entries = new Map<string, SafetensorsEntry>();
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
     if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-      throw badRequest(`${indexFile}: weight_map["${name}"]: ${JSON.stringify(shard)} is not a file name in the model directory`);
+      throw badRequest(`${indexFile}: weight_map: the shard of ${tensorLabel(name)} is not a file name in the model directory (got ${describeValue(shard)})`);
     }
     let header = headers.get(shard);
     if (header === undefined) {
       const file = join(root, shard);
-      if (!isFile(file)) throw badRequest(`${indexFile}: shard ${shard} (holding tensor "${name}") does not exist`);
+      if (!isFile(file)) throw badRequest(`${indexFile}: ${quoteName('shard', shard)} (holding ${tensorLabel(name)}) does not exist`);
       header = readHeader(file);
       headers.set(shard, header);
     }
     const e = header.tensors.get(name);
-    if (e === undefined) throw badRequest(`${header.file}: tensor "${name}" is listed in model.safetensors.index.json but missing from this shard`);
+    if (e === undefined) throw badRequest(`${header.file}: ${tensorLabel(name)} is listed in model.safetensors.index.json but missing from this shard`);
     entries.set(name, e);
   }
   return entries;

@@ -1,10 +1,14 @@
 // Validates a Hugging Face config.json for the Llama architecture and maps it onto the
 // engine's ModelConfig. Anything the native code would silently get wrong (biases, other
-// activations, unsupported rope scaling) is refused here with the file and field named.
+// activations, unsupported rope scaling) is refused here with the file and field named; string
+// values are described, not quoted (see json-text.ts).
 import type { DType, ModelConfig, RopeScaling } from '../engine/types.js';
 import { badRequest } from '../errors.js';
+import { describeValue } from './json-text.js';
 
 const DTYPES: Record<string, DType> = { bfloat16: 'BF16', float16: 'F16', float32: 'F32' };
+/** For a field that must be one given string: what it holds instead, without quoting it. */
+const other = (v: unknown): string => (typeof v === 'string' ? 'a different string' : describeValue(v));
 
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const fail = (field: string, detail: string): never => {
@@ -16,18 +20,18 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const posInt = (field: string): number => {
     const v = c[field];
     if (v === undefined || v === null) fail(field, 'missing');
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) fail(field, `must be a positive integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) fail(field, `must be a positive integer, got ${describeValue(v)}`);
     return v as number;
   };
   const posNum = (field: string, dflt?: number): number => {
     const v = c[field];
     if ((v === undefined || v === null) && dflt !== undefined) return dflt;
     if (v === undefined || v === null) fail(field, 'missing');
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(field, `must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(field, `must be a positive number, got ${describeValue(v)}`);
     return v as number;
   };
   const tokenId = (field: string, v: unknown): number => {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) fail(field, `must be a token id (non-negative integer), got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) fail(field, `must be a token id (non-negative integer), got ${describeValue(v)}`);
     return v as number;
   };
 
@@ -35,18 +39,18 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   if (archs !== undefined && archs !== null) {
     if (!Array.isArray(archs) || !archs.every((a) => typeof a === 'string')) fail('architectures', 'must be a list of strings');
     if (!(archs as string[]).includes('LlamaForCausalLM')) {
-      fail('architectures', `${JSON.stringify(archs)} is not supported; only LlamaForCausalLM is`);
+      fail('architectures', 'does not list LlamaForCausalLM, the only architecture supported');
     }
   } else if (c.model_type !== 'llama') {
-    fail('architectures', `missing, and model_type ${JSON.stringify(c.model_type)} is not "llama"`);
+    fail('architectures', c.model_type === undefined ? 'missing, and so is model_type' : `missing, and model_type is not "llama" (it is ${other(c.model_type)})`);
   }
-  if (c.model_type !== undefined && c.model_type !== 'llama') fail('model_type', `${JSON.stringify(c.model_type)} is not supported; only "llama" is`);
-  if (c.hidden_act !== undefined && c.hidden_act !== 'silu') fail('hidden_act', `${JSON.stringify(c.hidden_act)} is not supported; only "silu" is`);
+  if (c.model_type !== undefined && c.model_type !== 'llama') fail('model_type', `only "llama" is supported, got ${other(c.model_type)}`);
+  if (c.hidden_act !== undefined && c.hidden_act !== 'silu') fail('hidden_act', `only "silu" is supported, got ${other(c.hidden_act)}`);
   // The native code loads no bias tensors, so a model with them would run wrong.
   if (c.attention_bias === true) fail('attention_bias', 'true is not supported (no attention biases)');
   if (c.mlp_bias === true) fail('mlp_bias', 'true is not supported (no MLP biases)');
   if (c.pretraining_tp !== undefined && c.pretraining_tp !== null && c.pretraining_tp !== 1) {
-    fail('pretraining_tp', `${JSON.stringify(c.pretraining_tp)} is not supported; only 1 is`);
+    fail('pretraining_tp', `${describeValue(c.pretraining_tp)} is not supported; only 1 is`);
   }
 
   const hiddenSize = posInt('hidden_size');
@@ -70,7 +74,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const maxPositionEmbeddings = posInt('max_position_embeddings');
 
   const tie = c.tie_word_embeddings;
-  if (tie !== undefined && tie !== null && typeof tie !== 'boolean') fail('tie_word_embeddings', `must be true or false, got ${JSON.stringify(tie)}`);
+  if (tie !== undefined && tie !== null && typeof tie !== 'boolean') fail('tie_word_embeddings', `must be true or false, got ${describeValue(tie)}`);
   const tieWordEmbeddings = tie === true;
 
   const bos = c.bos_token_id;
@@ -86,7 +90,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   let torchDtype: DType = 'F32';
   if (dt !== undefined && dt !== null) {
     const mapped = typeof dt === 'string' ? DTYPES[dt] : undefined;
-    if (mapped === undefined) fail(dtField, `${JSON.stringify(dt)} is not supported; use bfloat16, float16 or float32`);
+    if (mapped === undefined) fail(dtField, `only bfloat16, float16 and float32 are supported, got ${other(dt)}`);
     torchDtype = mapped as DType;
   }
 
@@ -117,12 +121,12 @@ function parseRopeScaling(raw: unknown, fail: (field: string, detail: string) =>
   const kind = r.rope_type ?? r.type;
   if (kind === 'default') return null;
   if (kind !== 'llama3') {
-    fail('rope_scaling.rope_type', `${JSON.stringify(kind)} is not supported; only "llama3" (or no rope_scaling) is`);
+    fail('rope_scaling.rope_type', `only "llama3" (or no rope_scaling) is supported, got ${other(kind)}`);
   }
   const num = (key: string): number => {
     const v = r[key];
     if (v === undefined || v === null) fail(`rope_scaling.${key}`, 'missing');
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`rope_scaling.${key}`, `must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`rope_scaling.${key}`, `must be a positive number, got ${describeValue(v)}`);
     return v as number;
   };
   const factor = num('factor');

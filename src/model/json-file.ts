@@ -1,8 +1,12 @@
-// Reading the small JSON files of checkpoints and adapters with errors that name the file.
+// Reading the small JSON files of checkpoints and adapters with errors that name the file
+// (and never quote it: see json-text.ts).
 import { readFileSync, statSync } from 'node:fs';
-import { basename } from 'node:path';
-import { SafetensorsError, readSafetensorsHeader, type SafetensorsHeader } from './safetensors.js';
+import { parseJson } from './json-text.js';
+import { SafetensorsError, readSafetensorsHeader, tensorLabel, type SafetensorsHeader } from './safetensors.js';
 import { badRequest } from '../errors.js';
+
+/** Configs, indexes and token lists are kilobytes; a larger "config" is a mistake and is not read. */
+export const MAX_JSON_FILE_BYTES = 64 * 1024 * 1024;
 
 export function isFile(path: string): boolean {
   try {
@@ -23,14 +27,17 @@ export function isDirectory(path: string): boolean {
 export function readJsonFile(path: string): unknown {
   let text: string;
   try {
+    const size = statSync(path).size;
+    if (size > MAX_JSON_FILE_BYTES) throw new Error(`it is ${size} bytes; a JSON file here may hold at most ${MAX_JSON_FILE_BYTES}`);
     text = readFileSync(path, 'utf8');
   } catch (err) {
+    // Node's fs messages name the path and the system error, nothing the file holds.
     throw badRequest(`${path}: cannot read: ${(err as Error).message}`);
   }
   try {
-    return JSON.parse(text) as unknown;
+    return parseJson(text);
   } catch (err) {
-    throw badRequest(`${path}: not valid JSON: ${(err as Error).message}`);
+    throw badRequest(`${path}: ${(err as Error).message}`);
   }
 }
 
@@ -40,10 +47,8 @@ export function readHeader(path: string): SafetensorsHeader {
     return readSafetensorsHeader(path);
   } catch (err) {
     if (err instanceof SafetensorsError) {
-      const tensor = err.tensor === null ? '' : `: tensor "${err.tensor}"`;
       // The reader names only the base name; checkpoints have several shards, so keep the path.
-      const detail = err.message.slice(`${basename(err.file)}${tensor}: `.length);
-      throw badRequest(`${path}${tensor}: ${detail}`);
+      throw badRequest(`${path}${err.tensor === null ? '' : `: ${tensorLabel(err.tensor)}`}: ${err.detail}`);
     }
     throw err;
   }

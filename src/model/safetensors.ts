@@ -4,6 +4,7 @@
 // with the file and tensor named instead of producing garbage weights.
 import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
+import { describeValue, parseJson, quoteName } from './json-text.js';
 
 export const DTYPE_BYTES: Record<string, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
@@ -14,11 +15,18 @@ export const DTYPE_BYTES: Record<string, number> = {
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 export class SafetensorsError extends Error {
-  constructor(readonly file: string, readonly tensor: string | null, detail: string) {
-    super(`${basename(file)}${tensor === null ? '' : `: tensor "${tensor}"`}: ${detail}`);
+  constructor(readonly file: string, readonly tensor: string | null, readonly detail: string) {
+    super(`${basename(file)}${tensor === null ? '' : `: ${tensorLabel(tensor)}`}: ${detail}`);
     this.name = 'SafetensorsError';
   }
 }
+
+/**
+ * How errors name a tensor. A name is only ever seen in a file that is well-formed safetensors
+ * (a binary length, then a JSON object), never in a text file reached by mistake, so quoting it
+ * tells nothing about other files.
+ */
+export const tensorLabel = (name: string): string => quoteName('tensor', name);
 
 export interface SafetensorsEntry {
   name: string;
@@ -57,11 +65,18 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
     if (8 + n > size) throw new SafetensorsError(file, null, `header length ${n} runs past the end of the ${size}-byte file (truncated?)`);
     const headerBuf = Buffer.alloc(n);
     readSync(fd, headerBuf, 0, n, 8);
+    let text: string;
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(headerBuf);
+    } catch {
+      throw new SafetensorsError(file, null, 'header is not valid UTF-8');
+    }
     let json: unknown;
     try {
-      json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBuf));
+      json = parseJson(text);
     } catch (err) {
-      throw new SafetensorsError(file, null, `header is not valid UTF-8 JSON: ${(err as Error).message}`);
+      // The position counts from the start of the header, after the 8-byte length.
+      throw new SafetensorsError(file, null, `header ${(err as Error).message}`);
     }
     if (json === null || typeof json !== 'object' || Array.isArray(json)) {
       throw new SafetensorsError(file, null, 'header is not a JSON object');
@@ -93,13 +108,15 @@ function parseEntry(file: string, name: string, raw: unknown, dataStart: number,
   };
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) fail('entry is not an object');
   const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-  if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) fail(`unknown dtype ${JSON.stringify(e.dtype)}`);
+  if (typeof e.dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, e.dtype)) {
+    fail(`unknown dtype: it must be one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${typeof e.dtype === 'string' ? 'another string' : describeValue(e.dtype)}`);
+  }
   const dtype = e.dtype as string;
-  if (!Array.isArray(e.shape) || !e.shape.every(isCount)) fail(`shape ${JSON.stringify(e.shape)} is not a list of non-negative integers`);
+  if (!Array.isArray(e.shape) || !e.shape.every(isCount)) fail(`shape is not a list of non-negative integers (got ${describeValue(e.shape)})`);
   const shape = e.shape as number[];
   const off = e.data_offsets;
   if (!Array.isArray(off) || off.length !== 2 || !isCount(off[0]) || !isCount(off[1])) {
-    fail(`data_offsets ${JSON.stringify(off)} is not a pair of non-negative integers`);
+    fail(`data_offsets is not a pair of non-negative integers (got ${describeValue(off)})`);
   }
   const [begin, end] = off as [number, number];
   if (end < begin) fail(`data_offsets [${begin}, ${end}] end before they begin`);
@@ -117,7 +134,7 @@ function checkOverlaps(file: string, entries: SafetensorsEntry[]): void {
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
     if (cur.offset < prev.offset + prev.nbytes) {
-      throw new SafetensorsError(file, cur.name, `data overlaps tensor "${prev.name}"`);
+      throw new SafetensorsError(file, cur.name, `data overlaps ${tensorLabel(prev.name)}`);
     }
   }
 }

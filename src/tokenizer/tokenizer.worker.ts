@@ -3,11 +3,14 @@
 import { readFileSync } from 'node:fs';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Piscina } from 'piscina';
-import type { DetokItem, DetokResult, TokenizerWorkerData } from './types.js';
+import { parseJson } from '../model/json-text.js';
+import { longestTokenBytes } from './token-bytes.js';
+import type { DetokItem, DetokResult, TokenizerFacts, TokenizerWorkerData } from './types.js';
 
+// parseJson's errors give the position, never a snippet of the file.
 function readJson(file: string): object {
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as object;
+    return parseJson(readFileSync(file, 'utf8')) as object;
   } catch (err) {
     throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
   }
@@ -16,10 +19,13 @@ function readJson(file: string): object {
 // A tokenizer that cannot load fails every task with the reason instead of killing the
 // thread (the pool would restart it and the task would never be answered).
 let loaded: Tokenizer | Error;
+let facts: TokenizerFacts = { maxTokenBytes: null };
 try {
   const init = Piscina.workerData as TokenizerWorkerData;
   const config = init.tokenizerConfigFile ? readJson(init.tokenizerConfigFile) : {};
-  loaded = new Tokenizer(readJson(init.tokenizerFile), config);
+  const json = readJson(init.tokenizerFile);
+  loaded = new Tokenizer(json, config);
+  facts = { maxTokenBytes: longestTokenBytes(json) };
 } catch (err) {
   loaded = new Error(`cannot load the tokenizer: ${(err as Error).message}`);
 }
@@ -35,8 +41,9 @@ const tokenizer = new Proxy({} as Tokenizer, {
 const decodeIds = (ids: number[], skipSpecialTokens: boolean): string =>
   ids.length === 0 ? '' : tokenizer.decode(ids, { skip_special_tokens: skipSpecialTokens });
 
-export function ready(): void {
+export function ready(): TokenizerFacts {
   if (loaded instanceof Error) throw loaded;
+  return facts;
 }
 
 export function encode(texts: string[]): number[][] {

@@ -6,6 +6,12 @@ export interface TokenizerWorkerData {
   tokenizerConfigFile: string | null;
 }
 
+/** What a thread learns about the tokenizer when it loads it. */
+export interface TokenizerFacts {
+  /** The most UTF-8 bytes of input one token stands for; null when no such bound holds. */
+  maxTokenBytes: number | null;
+}
+
 /** One sequence's incremental detokenization step; offsets index into ids. */
 export interface DetokItem {
   ids: number[];
