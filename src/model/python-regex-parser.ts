@@ -24,6 +24,7 @@ export type Node =
 // "_", \s whatever str.isspace() accepts (not JS's \s: it differs in \x1c-\x1f and U+FEFF).
 const DIGIT = /^\p{Nd}$/u;
 const WORD = /^[\p{L}\p{N}_]$/u;
+// eslint-disable-next-line no-control-regex -- \x1c-\x1f are whitespace to Python
 const SPACE = /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]$/u;
 const CATEGORIES: Record<string, Pred> = {
   d: (c) => DIGIT.test(String.fromCodePoint(c)),

@@ -59,7 +59,10 @@ function compile(root: Node): Inst[] {
         return;
       }
       case 'rep': {
-        for (let i = 0; i < n.min; i++) (charge(), gen(n.node));
+        for (let i = 0; i < n.min; i++) {
+          charge();
+          gen(n.node);
+        }
         if (n.max === Infinity) {
           const loop = split();
           gen(n.node);
@@ -68,7 +71,10 @@ function compile(root: Node): Inst[] {
           return;
         }
         const skips: number[] = [];
-        for (let i = n.min; i < n.max; i++) (skips.push(split()), gen(n.node));
+        for (let i = n.min; i < n.max; i++) {
+          skips.push(split());
+          gen(n.node);
+        }
         skips.forEach(land);
         return;
       }
@@ -125,7 +131,10 @@ export class PythonRegex {
     const seen = new Set(afterMany);
     for (let i = 0; i < afterMany.length; i++) {
       for (const next of this.stepRaw(this.closure([afterMany[i]!], between, stamp), DIGITS)) {
-        if (!seen.has(next)) (seen.add(next), afterMany.push(next));
+        if (!seen.has(next)) {
+          seen.add(next);
+          afterMany.push(next);
+        }
       }
     }
     return this.matched(this.feed([...afterZero, ...afterMany], suffix, false, 0, lastIsNewline));
