@@ -52,7 +52,7 @@ export async function runServe(argv: readonly string[]): Promise<void> {
   ]);
   const engine = await createEngine({ ...options, log });
   const servedModelName = options.servedModelName ?? options.modelPath;
-  const app = createApp(engine, { servedModelName, log });
+  const app = createApp(engine, { ...options, servedModelName, log });
   const server = await startServer(app, options.host, options.port);
   log('info', `serving ${servedModelName} on http://${options.host}:${server.port}`);
 

@@ -2,22 +2,37 @@
 // tests drive it without sockets; server.ts puts it on a port.
 import { Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
+import type { ServeOptions } from '../config/options.js';
+import { parseArgs } from '../config/parse.js';
+import { validateFlags } from '../config/validate.js';
 import type { Log } from '../log.js';
 import { registerAdapterRoutes } from './adapters.js';
 import { registerAdapterDebugRoutes } from './debug/adapters.js';
 import { registerMetricsRoute } from './metrics.js';
 import { errorBody } from './error-body.js';
 import { registerGenerate } from './generate.js';
+import { apiKeyGuard, hostGuard, jsonBodyGuard, sizeGuard } from './guards.js';
 import { registerHealthRoutes } from './health.js';
 import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
 
-export interface AppOptions extends OpenAiOptions {
+/** The server flags the HTTP layer enforces; any left out take their `troupe serve` defaults. */
+export type HttpLimits = Pick<ServeOptions, 'host' | 'apiKey' | 'allowedHosts' | 'maxRequestBytes' | 'maxTopLogprobsNum'>;
+
+export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<HttpLimits> {
   servedModelName: string;
   log?: Log;
 }
 
 export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   const log: Log = opts.log ?? (() => {});
+  const defaults = validateFlags(parseArgs([]).flags).options;
+  const limits: HttpLimits = {
+    host: opts.host ?? defaults.host,
+    apiKey: opts.apiKey ?? defaults.apiKey,
+    allowedHosts: opts.allowedHosts ?? defaults.allowedHosts,
+    maxRequestBytes: opts.maxRequestBytes ?? defaults.maxRequestBytes,
+    maxTopLogprobsNum: opts.maxTopLogprobsNum ?? defaults.maxTopLogprobsNum,
+  };
   const app = new Hono();
 
   app.use(async (c, next) => {
@@ -26,11 +41,16 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
     const ms = (performance.now() - start).toFixed(1);
     log('debug', `${c.req.method} ${c.req.path} ${c.res.status} ${ms}ms`);
   });
+  const hosts = hostGuard(limits.host, limits.allowedHosts);
+  if (hosts) app.use(hosts);
+  if (limits.apiKey !== null) app.use(apiKeyGuard(limits.apiKey));
+  app.use(jsonBodyGuard);
+  app.use(sizeGuard(limits.maxRequestBytes));
 
-  registerGenerate(app, engine, log);
+  registerGenerate(app, engine, log, limits);
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
-  registerOpenAiRoutes(app, engine, log, opts);
+  registerOpenAiRoutes(app, engine, log, { ...opts, maxTopLogprobsNum: limits.maxTopLogprobsNum });
   registerAdapterDebugRoutes(app, engine);
   registerMetricsRoute(app, engine);
 
