@@ -156,6 +156,18 @@ export const TOP_K_OFF_FROM = 2 ** 30;
  * temperature is accepted, as SGLang does, and sent as this: sampling is uniform for all such values.
  */
 const FLOAT32_MAX = 3.4028234663852886e38;
+/**
+ * float32's smallest normal number. A smaller top_p would reach the sampler as 0 (or a denormal
+ * that fast-math code reads as 0) while it is accepted here; it keeps the one most likely token
+ * just as this does.
+ */
+const FLOAT32_MIN_NORMAL = 1.1754943508222875e-38;
+/**
+ * The sampler divides the positive logits of seen tokens by repetition_penalty in float32; below
+ * this they would overflow to Infinity. Any penalty this small already puts those tokens ahead of
+ * all others by more than any temperature short of float32's range evens out.
+ */
+const REPETITION_PENALTY_FLOOR = 1e-30;
 
 export function asNumber(v: unknown, field: string): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) expected(field, 'a number', v);
@@ -187,7 +199,7 @@ export const SAMPLING_RULES: Readonly<Record<NumericSamplingKey, (v: unknown, fi
     if (t < GREEDY_BELOW_TEMPERATURE) return 0;
     return Math.min(t, FLOAT32_MAX);
   },
-  topP: (v, f) => inRange(v, f, '(0, 1]', (x) => x > 0 && x <= 1),
+  topP: (v, f) => Math.max(inRange(v, f, '(0, 1]', (x) => x > 0 && x <= 1), FLOAT32_MIN_NORMAL),
   topK: (v, f) => {
     if (typeof v !== 'number' || !Number.isInteger(v)) expected(f, 'an integer (-1 for no limit)', v);
     if (v >= TOP_K_OFF_FROM) return -1;
@@ -197,7 +209,7 @@ export const SAMPLING_RULES: Readonly<Record<NumericSamplingKey, (v: unknown, fi
   minP: (v, f) => inRange(v, f, '[0, 1]', (x) => x >= 0 && x <= 1),
   frequencyPenalty: (v, f) => inRange(v, f, '[-2, 2]', (x) => x >= -2 && x <= 2),
   presencePenalty: (v, f) => inRange(v, f, '[-2, 2]', (x) => x >= -2 && x <= 2),
-  repetitionPenalty: (v, f) => inRange(v, f, '(0, 2]', (x) => x > 0 && x <= 2),
+  repetitionPenalty: (v, f) => Math.max(inRange(v, f, '(0, 2]', (x) => x > 0 && x <= 2), REPETITION_PENALTY_FLOOR),
 };
 
 export function checkStop(v: unknown, field: string): string[] {

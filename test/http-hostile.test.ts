@@ -97,6 +97,14 @@ describe('sampling values at the edges', () => {
     expect(body.meta_info.completion_tokens).toBe(8);
   });
 
+  it('runs top_p and repetition_penalty too small for float32 (5e-324, 1e-45), and a request decoding beside them is untouched', async () => {
+    const res = await besideAGreedyStream(() => post('/generate', {
+      text: PROMPT, sampling_params: { max_new_tokens: 4, temperature: 1, top_p: 5e-324, repetition_penalty: 1e-45, ignore_eos: true },
+    }));
+    expect(res.status).toBe(200);
+    expect((await res.json()).meta_info.completion_tokens).toBe(4);
+  });
+
   it('reads top_k 2^32+1 as no limit, never as 1 (greedy)', async () => {
     const hot = { temperature: 1.5, sampling_seed: 1234 };
     const unlimited = await generateText({ ...hot, top_k: -1 });

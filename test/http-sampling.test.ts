@@ -44,6 +44,20 @@ describe('sampling values as the engine gets them', () => {
     for (const s of await samplingVia({ temperature: 1e30 })) expect(s.temperature).toBe(1e30);
   });
 
+  it('keeps top_p and repetition_penalty that float32 would round to 0 above 0 (and repetition_penalty where dividing by it cannot overflow)', async () => {
+    for (const tiny of [5e-324, 1e-45, 1e-40]) {
+      for (const s of await samplingVia({ top_p: tiny, repetition_penalty: tiny })) {
+        expect(Math.fround(s.topP)).toBeGreaterThan(1e-38);
+        expect(Math.fround(s.repetitionPenalty)).toBeGreaterThan(0);
+        expect(Number.isFinite(Math.fround(100 / Math.fround(s.repetitionPenalty)))).toBe(true);
+      }
+    }
+    for (const s of await samplingVia({ top_p: 1e-3, repetition_penalty: 1e-3 })) {
+      expect(s.topP).toBe(1e-3);
+      expect(s.repetitionPenalty).toBe(1e-3);
+    }
+  });
+
   it('turns top_k at or above 2^30 into -1 (off) instead of wrapping it, and keeps smaller ones', async () => {
     for (const k of [2 ** 30, 2 ** 31, 2 ** 32 + 1, 2 ** 53, 1e20]) {
       for (const s of await samplingVia({ top_k: k })) expect(s.topK, `top_k ${k}`).toBe(-1);
