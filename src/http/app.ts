@@ -15,10 +15,14 @@ import { apiKeyGuard, hostGuard, jsonBodyGuard, sizeGuard } from './guards.js';
 import { registerHealthRoutes } from './health.js';
 import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
 
-/** The server flags the HTTP layer enforces; any left out take their `troupe serve` defaults. */
-export type HttpLimits = Pick<ServeOptions, 'host' | 'apiKey' | 'allowedHosts' | 'maxRequestBytes' | 'maxTopLogprobsNum'>;
+/**
+ * The server flags the HTTP layer enforces; any left out take their `troupe serve` defaults.
+ * host is the address the app is served on: with no allowedHosts, a loopback one accepts only
+ * loopback Host names, so an app served elsewhere should say where.
+ */
+export type AppFlags = Pick<ServeOptions, 'host' | 'apiKey' | 'allowedHosts' | 'maxRequestBytes' | 'maxTopLogprobsNum'>;
 
-export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<HttpLimits> {
+export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<AppFlags> {
   servedModelName: string;
   log?: Log;
 }
@@ -26,7 +30,7 @@ export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Pa
 export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   const log: Log = opts.log ?? (() => {});
   const defaults = validateFlags(parseArgs([]).flags).options;
-  const limits: HttpLimits = {
+  const flags: AppFlags = {
     host: opts.host ?? defaults.host,
     apiKey: opts.apiKey ?? defaults.apiKey,
     allowedHosts: opts.allowedHosts ?? defaults.allowedHosts,
@@ -41,16 +45,18 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
     const ms = (performance.now() - start).toFixed(1);
     log('debug', `${c.req.method} ${c.req.path} ${c.res.status} ${ms}ms`);
   });
-  const hosts = hostGuard(limits.host, limits.allowedHosts);
+  // A foreign Host is refused even with the right key, and the key is checked before anything
+  // about the body, so an unauthenticated client learns nothing about what the routes accept.
+  const hosts = hostGuard(flags.host, flags.allowedHosts);
   if (hosts) app.use(hosts);
-  if (limits.apiKey !== null) app.use(apiKeyGuard(limits.apiKey));
+  if (flags.apiKey !== null) app.use(apiKeyGuard(flags.apiKey));
   app.use(jsonBodyGuard);
-  app.use(sizeGuard(limits.maxRequestBytes));
+  app.use(sizeGuard(flags.maxRequestBytes));
 
-  registerGenerate(app, engine, log, limits);
+  registerGenerate(app, engine, log, flags);
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
-  registerOpenAiRoutes(app, engine, log, { ...opts, maxTopLogprobsNum: limits.maxTopLogprobsNum });
+  registerOpenAiRoutes(app, engine, log, { ...opts, maxTopLogprobsNum: flags.maxTopLogprobsNum });
   registerAdapterDebugRoutes(app, engine);
   registerMetricsRoute(app, engine);
 
