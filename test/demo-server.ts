@@ -26,8 +26,10 @@ export async function startDemoServer(extraArgs: string[] = []): Promise<DemoSer
     '--max-loras-per-batch', '3', '--max-total-tokens', '8192', '--context-length', '4096', '--device', 'cpu',
     ...extraArgs,
   ];
-  const engine = await createEngine(validateFlags(parseArgs(argv).flags).options);
-  const server = await startServer(createApp(engine, { servedModelName: 'demo' }), '127.0.0.1', 0);
+  const { options } = validateFlags(parseArgs(argv).flags);
+  const engine = await createEngine(options);
+  // The app gets the same flags as the engine, as `troupe serve` gives them.
+  const server = await startServer(createApp(engine, { ...options, servedModelName: 'demo' }), '127.0.0.1', 0);
   return {
     dir,
     base: `http://127.0.0.1:${server.port}`,

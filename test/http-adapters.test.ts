@@ -11,7 +11,7 @@ beforeEach(() => {
 });
 
 const post = (path: string, body: unknown): Promise<Response> =>
-  Promise.resolve(app.request(path, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body) }));
+  Promise.resolve(app.request(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) }));
 
 describe('LoRA adapter endpoints', () => {
   it('loads an adapter and lists every loaded one', async () => {

@@ -245,7 +245,7 @@ describe('errors and aborts', () => {
     engine.armHang();
     const client = new AbortController();
     const pending = app.request('/generate', {
-      method: 'POST', body: JSON.stringify({ text: ['a', 'b'] }), signal: client.signal,
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: ['a', 'b'] }), signal: client.signal,
     });
     await engine.waiting;
     expect(engine.requests.every((r) => r.signal?.aborted === false)).toBe(true);

@@ -24,7 +24,7 @@ describe('startServer', () => {
     const server = await start(new EchoEngine());
     expect(server.port).toBeGreaterThan(0);
     const res = await fetch(`http://127.0.0.1:${server.port}/generate`, {
-      method: 'POST', body: JSON.stringify({ text: 'x' }),
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x' }),
     });
     expect(res.status).toBe(200);
     expect(((await res.json()) as { text: string }).text).toBe('[base] x -> ABC');
@@ -40,7 +40,7 @@ describe('startServer', () => {
     const engine = new EchoEngine();
     engine.armHang();
     const server = await start(engine);
-    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST' });
+    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST', headers: { 'content-type': 'application/json' } });
     req.on('error', () => {});
     req.end(JSON.stringify({ text: 'x' }));
     await engine.waiting;
@@ -56,7 +56,7 @@ describe('startServer', () => {
     const engine = new EchoEngine();
     engine.armHang();
     const server = await start(engine);
-    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST' });
+    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST', headers: { 'content-type': 'application/json' } });
     req.on('error', () => {});
     const firstChunk = new Promise<string>((res) => {
       req.on('response', (r) => r.once('data', (d: Buffer) => res(d.toString())));
@@ -77,7 +77,7 @@ describe('startServer', () => {
     engine.armHang();
     const server = await start(engine);
     const res = await fetch(`http://127.0.0.1:${server.port}/generate`, {
-      method: 'POST', body: JSON.stringify({ text: 'x', stream: true }),
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x', stream: true }),
     });
     expect(res.status).toBe(200);
     await engine.waiting;

@@ -12,7 +12,7 @@ beforeEach(() => {
 });
 
 const post = (body: unknown, signal?: AbortSignal): Promise<Response> =>
-  Promise.resolve(app.request('/generate', { method: 'POST', body: JSON.stringify(body), signal }));
+  Promise.resolve(app.request('/generate', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal }));
 
 /** Splits an SSE body into its data payloads, checking the framing SGLang uses. */
 function events(raw: string): string[] {

@@ -2,6 +2,7 @@
 // the scheduler actor, and turns its token events back into outputs and stream chunks.
 import { randomInt, randomUUID } from 'node:crypto';
 import {
+  checkRequest,
   completeRequest,
   type AdapterSpec,
   type AdapterStatus,
@@ -19,6 +20,7 @@ import { EngineMetrics } from '../metrics/collector.js';
 import { readAdapterInfo } from '../model/adapter.js';
 import type { TokenizerPool } from '../tokenizer/pool.js';
 import { LiveRequests } from './live-requests.js';
+import { assertAllowedAdapterPath } from './lora-allowed-dirs.js';
 import { poolMismatch, type EnginePlan } from './plan.js';
 import type { AdapterDetail, AdapterTransition, SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
 import { LiveRequest, type RequestSink } from './request.js';
@@ -170,6 +172,8 @@ export class Engine implements LocalTroupeEngine {
   /** Validates, tokenizes and submits; the sink hears the rest. Throws for a request that cannot start. */
   private async start(req: GenerateRequest, sink: RequestSink): Promise<LiveRequest> {
     this.assertUsable();
+    // Embedding callers reach here without the HTTP parsers: the same rules, so a bad value fails this request alone.
+    req = checkRequest(req, { maxTopLogprobsNum: this.options.maxTopLogprobsNum, vocabSize: this.config.vocabSize });
     if ((req.text === undefined) === (req.inputIds === undefined)) throw badRequest('give exactly one of text and input_ids');
     if (req.lora !== null) this.assertAdapterUsable(req.lora);
     const id = req.rid ?? randomUUID();
@@ -323,6 +327,9 @@ export class Engine implements LocalTroupeEngine {
     this.assertUsable();
     if (!this.plan.loraEnabled) throw badRequest('LoRA is not enabled; start the server with --enable-lora or --lora-paths');
     if (this.statuses.some((a) => a.name === spec.name)) throw new TroupeError('conflict', `LoRA adapter '${spec.name}' is already loaded`);
+    // The operator's own --lora-paths are trusted; anything else must come from --lora-allowed-dirs.
+    const configured = this.options.loraPaths.some((a) => a.name === spec.name && a.path === spec.path);
+    if (!configured) assertAllowedAdapterPath(spec.path, this.options.loraAllowedDirs);
     // Checked here too so a bad path or an adapter the pool cannot hold fails at once with its reason.
     const info = readAdapterInfo(spec.path);
     const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);

@@ -86,7 +86,7 @@ export async function runServe(argv: readonly string[], hooks: ServeHooks = {}):
     throw err;
   }
   const servedModelName = options.servedModelName ?? options.modelPath;
-  const app = createApp(engine, { servedModelName, log });
+  const app = createApp(engine, { ...options, servedModelName, log });
   server.use(app);
   log('info', `serving ${servedModelName} on http://${options.host}:${server.port}`);
   superviseLifecycle(engine, server, options.gracefulShutdownTimeout, log, hooks);

@@ -19,7 +19,8 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
   const failure = (c: Context, action: string, err: unknown): Response => {
     const message = err instanceof Error ? err.message : String(err);
     log('warning', `${action} failed: ${message}`);
-    const status = err instanceof TroupeError && err.kind === 'unavailable' ? 503 : 400;
+    // A path outside --lora-allowed-dirs keeps its 403, and a stopped engine its 503.
+    const status = err instanceof TroupeError && (err.kind === 'unavailable' || err.kind === 'forbidden') ? err.status : 400;
     return c.json({ success: false, error_message: message, loaded_adapters: loaded() }, status as 400);
   };
 

@@ -2,22 +2,41 @@
 // tests drive it without sockets; server.ts puts it on a port.
 import { Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
+import type { ServeOptions } from '../config/options.js';
+import { parseArgs } from '../config/parse.js';
+import { validateFlags } from '../config/validate.js';
 import type { Log } from '../log.js';
 import { registerAdapterRoutes } from './adapters.js';
 import { registerAdapterDebugRoutes } from './debug/adapters.js';
 import { registerMetricsRoute } from './metrics.js';
 import { errorBody } from './error-body.js';
 import { registerGenerate } from './generate.js';
+import { apiKeyGuard, hostGuard, jsonBodyGuard, sizeGuard } from './guards.js';
 import { registerHealthRoutes } from './health.js';
 import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
 
-export interface AppOptions extends OpenAiOptions {
+/**
+ * The server flags the HTTP layer enforces; any left out take their `troupe serve` defaults.
+ * host is the address the app is served on: with no allowedHosts, a loopback one accepts only
+ * loopback Host names, so an app served elsewhere should say where.
+ */
+export type AppFlags = Pick<ServeOptions, 'host' | 'apiKey' | 'allowedHosts' | 'maxRequestBytes' | 'maxTopLogprobsNum'>;
+
+export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<AppFlags> {
   servedModelName: string;
   log?: Log;
 }
 
 export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   const log: Log = opts.log ?? (() => {});
+  const defaults = validateFlags(parseArgs([]).flags).options;
+  const flags: AppFlags = {
+    host: opts.host ?? defaults.host,
+    apiKey: opts.apiKey ?? defaults.apiKey,
+    allowedHosts: opts.allowedHosts ?? defaults.allowedHosts,
+    maxRequestBytes: opts.maxRequestBytes ?? defaults.maxRequestBytes,
+    maxTopLogprobsNum: opts.maxTopLogprobsNum ?? defaults.maxTopLogprobsNum,
+  };
   const app = new Hono();
 
   app.use(async (c, next) => {
@@ -26,11 +45,18 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
     const ms = (performance.now() - start).toFixed(1);
     log('debug', `${c.req.method} ${c.req.path} ${c.res.status} ${ms}ms`);
   });
+  // A foreign Host is refused even with the right key, and the key is checked before anything
+  // about the body, so an unauthenticated client learns nothing about what the routes accept.
+  const hosts = hostGuard(flags.host, flags.allowedHosts);
+  if (hosts) app.use(hosts);
+  if (flags.apiKey !== null) app.use(apiKeyGuard(flags.apiKey));
+  app.use(jsonBodyGuard);
+  app.use(sizeGuard(flags.maxRequestBytes));
 
-  registerGenerate(app, engine, log);
+  registerGenerate(app, engine, log, flags);
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
-  registerOpenAiRoutes(app, engine, log, opts);
+  registerOpenAiRoutes(app, engine, log, { ...opts, maxTopLogprobsNum: flags.maxTopLogprobsNum });
   registerAdapterDebugRoutes(app, engine);
   registerMetricsRoute(app, engine);
 

@@ -1,7 +1,10 @@
 // Parses SGLang's POST /generate body into GenerateRequests. Wire names are SGLang's
 // (snake_case); whether the call is a batch follows from the shape of text / input_ids,
 // and every per-prompt field may be one value for all prompts or a list, one per prompt.
-import { DEFAULT_SAMPLING, type GenerateRequest, type SamplingOptions } from '../api.js';
+import {
+  checkStop, checkStopTokenIds, checkTopLogprobsNum, DEFAULT_SAMPLING, SAMPLING_RULES,
+  type GenerateRequest, type NumericSamplingKey, type SamplingOptions,
+} from '../api.js';
 import { badRequest } from '../errors.js';
 import {
   asBool, asInt, asNumber, asString, expected, isObject, rejectUnknownKeys,
@@ -36,6 +39,15 @@ const SAMPLING_KEYS = new Set([
   'repetition_penalty', 'min_new_tokens', 'n',
 ]);
 
+/**
+ * The numeric sampling options whose wire names SGLang's native API and the OpenAI routes share
+ * (the output length is max_new_tokens here and max_tokens there).
+ */
+export const SAMPLING_WIRE_NAMES: ReadonlyArray<readonly [string, Exclude<NumericSamplingKey, 'maxNewTokens'>]> = [
+  ['temperature', 'temperature'], ['top_p', 'topP'], ['top_k', 'topK'], ['min_p', 'minP'],
+  ['frequency_penalty', 'frequencyPenalty'], ['presence_penalty', 'presencePenalty'], ['repetition_penalty', 'repetitionPenalty'],
+];
+
 // Options the sampler does not implement yet: only their neutral value is accepted, so a
 // client relying on them hears about it instead of getting silently different output.
 const NEUTRAL_ONLY: Record<string, number> = {
@@ -43,7 +55,12 @@ const NEUTRAL_ONLY: Record<string, number> = {
   n: 1,
 };
 
-export function parseGenerateRequest(body: JsonObject): ParsedGenerate {
+export interface GenerateLimits {
+  /** --max-top-logprobs-num */
+  maxTopLogprobsNum: number;
+}
+
+export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): ParsedGenerate {
   rejectUnknownKeys(body, TOP_LEVEL_KEYS, 'field');
   const present = (k: string): boolean => body[k] !== undefined && body[k] !== null;
 
@@ -85,7 +102,7 @@ export function parseGenerateRequest(body: JsonObject): ParsedGenerate {
   const sampling = perPrompt(body, 'sampling_params', n, batch, parseSamplingParams, () => parseSamplingParams({}, 'sampling_params'));
   const lora = perPrompt(body, 'lora_path', n, batch, parseLoraPath, () => null);
   const returnLogprob = perPrompt(body, 'return_logprob', n, batch, asBool, () => false);
-  const topLogprobsNum = perPrompt(body, 'top_logprobs_num', n, batch, (v, f) => asInt(v, f, 0), () => 0);
+  const topLogprobsNum = perPrompt(body, 'top_logprobs_num', n, batch, (v, f) => checkTopLogprobsNum(v, f, limits.maxTopLogprobsNum), () => 0);
   const returnText = perPrompt(body, 'return_text_in_logprobs', n, batch, asBool, () => false);
   const rids = parseRid(body.rid, n, batch);
   const stream = present('stream') ? asBool(body.stream, 'stream') : false;
@@ -183,55 +200,17 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
   const options: SamplingOptions = { ...DEFAULT_SAMPLING, stop: [], stopTokenIds: [] };
 
   let x = get('max_new_tokens');
-  if (x !== undefined) options.maxNewTokens = asInt(x, f('max_new_tokens'), 0);
-
-  x = get('temperature');
-  if (x !== undefined) {
-    options.temperature = asNumber(x, f('temperature'));
-    if (options.temperature < 0) throw badRequest(`${f('temperature')} must be >= 0, got ${options.temperature}`);
-  }
-
-  x = get('top_p');
-  if (x !== undefined) {
-    options.topP = asNumber(x, f('top_p'));
-    if (!(options.topP > 0 && options.topP <= 1)) throw badRequest(`${f('top_p')} must be in (0, 1], got ${options.topP}`);
-  }
-
-  x = get('top_k');
-  if (x !== undefined) {
-    options.topK = asInt(x, f('top_k'));
-    if (options.topK !== -1 && options.topK < 1) {
-      throw badRequest(`${f('top_k')} must be -1 (off) or >= 1, got ${options.topK}`);
-    }
-  }
-
-  x = get('min_p');
-  if (x !== undefined) {
-    options.minP = asNumber(x, f('min_p'));
-    if (options.minP < 0 || options.minP > 1) throw badRequest(`${f('min_p')} must be in [0, 1], got ${options.minP}`);
-  }
-
-  // SGLang's ranges.
-  x = get('frequency_penalty');
-  if (x !== undefined) options.frequencyPenalty = parsePenalty(x, f('frequency_penalty'));
-  x = get('presence_penalty');
-  if (x !== undefined) options.presencePenalty = parsePenalty(x, f('presence_penalty'));
-  x = get('repetition_penalty');
-  if (x !== undefined) {
-    options.repetitionPenalty = asNumber(x, f('repetition_penalty'));
-    if (!(options.repetitionPenalty > 0 && options.repetitionPenalty <= 2)) {
-      throw badRequest(`${f('repetition_penalty')} must be in (0, 2], got ${options.repetitionPenalty}`);
-    }
+  if (x !== undefined) options.maxNewTokens = SAMPLING_RULES.maxNewTokens(x, f('max_new_tokens'));
+  for (const [wire, key] of SAMPLING_WIRE_NAMES) {
+    x = get(wire);
+    if (x !== undefined) options[key] = SAMPLING_RULES[key](x, f(wire));
   }
 
   x = get('stop');
-  if (x !== undefined) options.stop = parseStop(x, f('stop'));
+  if (x !== undefined) options.stop = checkStop(x, f('stop'));
 
   x = get('stop_token_ids');
-  if (x !== undefined) {
-    if (!Array.isArray(x)) expected(f('stop_token_ids'), 'a list of token ids', x);
-    options.stopTokenIds = x.map((id, i) => asInt(id, `${f('stop_token_ids')}[${i}]`, 0));
-  }
+  if (x !== undefined) options.stopTokenIds = checkStopTokenIds(x, f('stop_token_ids'));
 
   x = get('ignore_eos');
   if (x !== undefined) options.ignoreEos = asBool(x, f('ignore_eos'));
@@ -255,21 +234,4 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
   const noStopTrim = x !== undefined ? asBool(x, f('no_stop_trim')) : false;
 
   return { options, noStopTrim };
-}
-
-/** Frequency and presence penalties: in [-2, 2], 0 is off. */
-export function parsePenalty(v: unknown, field: string): number {
-  const n = asNumber(v, field);
-  if (n < -2 || n > 2) throw badRequest(`${field} must be in [-2, 2], got ${n}`);
-  return n;
-}
-
-function parseStop(v: unknown, field: string): string[] {
-  const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list)) expected(field, 'a string or a list of strings', v);
-  return list.map((s, i) => {
-    const str = asString(s, `${field}[${i}]`);
-    if (str === '') throw badRequest(`${field}[${i}] is empty; stop strings must not be empty`);
-    return str;
-  });
 }

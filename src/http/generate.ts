@@ -5,13 +5,13 @@ import { streamSSE } from 'hono/streaming';
 import type { GenerateChunk, TroupeEngine } from '../api.js';
 import type { Log } from '../log.js';
 import { errorBody } from './error-body.js';
-import { parseGenerateRequest, type ParsedGenerate } from './generate-request.js';
+import { parseGenerateRequest, type GenerateLimits, type ParsedGenerate } from './generate-request.js';
 import { toWireItem } from './generate-response.js';
 import { readJsonObject } from './validate.js';
 
-export function registerGenerate(app: Hono, engine: TroupeEngine, log: Log): void {
+export function registerGenerate(app: Hono, engine: TroupeEngine, log: Log, limits: GenerateLimits): void {
   app.post('/generate', async (c) => {
-    const parsed = parseGenerateRequest(await readJsonObject(c.req.raw));
+    const parsed = parseGenerateRequest(await readJsonObject(c.req.raw), limits);
     // One controller for the whole call: a client that goes away, or one prompt of a batch
     // failing, stops the engine work for every prompt and frees their KV blocks.
     const controller = new AbortController();

@@ -1,26 +1,14 @@
 // Small checks shared by the request parsers. Every failure is a 400 that names the field
 // and says what was expected and what arrived, so a client can fix its request at once.
-import { badRequest } from '../errors.js';
+import { badRequest, expected } from '../errors.js';
+
+export { expected } from '../errors.js';
+export { asInt, asNumber } from '../api.js';
 
 export type JsonObject = Record<string, unknown>;
 
-/** A short description of a JSON value for error messages. */
-export function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}`;
-  if (typeof v === 'number') return `the number ${v}`;
-  if (typeof v === 'boolean') return `${v}`;
-  if (typeof v === 'object') return 'an object';
-  return typeof v;
-}
-
 export function isObject(v: unknown): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-export function expected(field: string, what: string, got: unknown): never {
-  throw badRequest(`${field} must be ${what}, got ${describe(got)}`);
 }
 
 export function rejectUnknownKeys(obj: JsonObject, known: ReadonlySet<string>, where: string): void {
@@ -33,17 +21,6 @@ export function rejectUnknownKeys(obj: JsonObject, known: ReadonlySet<string>, w
 
 export function asBool(v: unknown, field: string): boolean {
   if (typeof v !== 'boolean') expected(field, 'true or false', v);
-  return v;
-}
-
-export function asInt(v: unknown, field: string, min?: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) expected(field, 'an integer', v);
-  if (min !== undefined && v < min) throw badRequest(`${field} must be >= ${min}, got ${v}`);
-  return v;
-}
-
-export function asNumber(v: unknown, field: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) expected(field, 'a number', v);
   return v;
 }
 

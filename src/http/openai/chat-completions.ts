@@ -2,10 +2,11 @@
 // prompt, then run like a completion with n choices, streamed or not.
 import { randomUUID } from 'node:crypto';
 import type { Hono } from 'hono';
-import type { GenerateChunk, TroupeEngine } from '../../api.js';
+import { checkTopLogprobsNum, type GenerateChunk, type TroupeEngine } from '../../api.js';
 import { badRequest } from '../../errors.js';
 import type { Log } from '../../log.js';
-import { asBool, asInt, asString, expected, isObject, readJsonObject, type JsonObject } from '../validate.js';
+import type { GenerateLimits } from '../generate-request.js';
+import { asBool, asString, expected, isObject, readJsonObject, type JsonObject } from '../validate.js';
 import type { ChatMessage, ChatTemplate } from './chat-template.js';
 import { at, openAiError } from './errors.js';
 import { chatLogprobs } from './logprobs.js';
@@ -18,7 +19,7 @@ const KEYS = [
 ];
 
 export function registerChatCompletions(
-  app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, template: () => ChatTemplate,
+  app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, template: () => ChatTemplate, limits: GenerateLimits,
 ): void {
   app.post('/v1/chat/completions', async (c) => {
     const controller = new AbortController();
@@ -32,8 +33,7 @@ export function registerChatCompletions(
       let topN = 0;
       if (body.top_logprobs !== undefined && body.top_logprobs !== null) {
         topN = at('top_logprobs', () => {
-          const k = asInt(body.top_logprobs, 'top_logprobs', 0);
-          if (k > 20) throw badRequest(`top_logprobs must be at most 20, got ${k}`);
+          const k = checkTopLogprobsNum(body.top_logprobs, 'top_logprobs', limits.maxTopLogprobsNum);
           if (!logprobs) throw badRequest('top_logprobs needs "logprobs": true');
           return k;
         });

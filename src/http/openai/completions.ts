@@ -2,9 +2,10 @@
 // ids), n choices each, streamed or not.
 import { randomUUID } from 'node:crypto';
 import type { Hono } from 'hono';
-import type { GenerateChunk, TroupeEngine } from '../../api.js';
+import { checkTopLogprobsNum, type GenerateChunk, type TroupeEngine } from '../../api.js';
 import { badRequest } from '../../errors.js';
 import type { Log } from '../../log.js';
+import type { GenerateLimits } from '../generate-request.js';
 import { asBool, asInt, asString, expected, readJsonObject, type JsonObject } from '../validate.js';
 import { at, openAiError } from './errors.js';
 import { completionLogprobs } from './logprobs.js';
@@ -15,7 +16,7 @@ const KEYS = [...COMMON_KEYS, 'prompt', 'logprobs', 'echo', 'best_of', 'suffix']
 // OpenAI's and SGLang's default for completions.
 const DEFAULT_MAX_TOKENS = 16;
 
-export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, servedModelName: string): void {
+export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, limits: GenerateLimits): void {
   app.post('/v1/completions', async (c) => {
     const controller = new AbortController();
     const detach = abortOnDisconnect(c, controller);
@@ -24,11 +25,9 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
       rejectUnknown(body, KEYS);
       const common = parseCommon(body, servedModelName, engine, ['max_tokens'], DEFAULT_MAX_TOKENS);
       const prompts = at('prompt', () => parsePrompt(body.prompt));
-      const topN = body.logprobs === undefined || body.logprobs === null ? null : at('logprobs', () => {
-        const k = asInt(body.logprobs, 'logprobs', 0);
-        if (k > 20) throw badRequest(`logprobs must be at most 20, got ${k}`);
-        return k;
-      });
+      const topN = body.logprobs === undefined || body.logprobs === null
+        ? null
+        : at('logprobs', () => checkTopLogprobsNum(body.logprobs, 'logprobs', limits.maxTopLogprobsNum));
       checkUnsupported(body, common.n);
       const jobs = makeJobs(prompts, common, topN !== null, topN ?? 0);
       const id = `cmpl-${randomUUID().replace(/-/g, '')}`;

@@ -13,6 +13,8 @@ export interface OpenAiOptions {
   servedModelName: string;
   /** Defaults to the chat template in tokenizer_config.json of the engine's tokenizer directory. */
   chatTemplate?: ChatTemplate;
+  /** --max-top-logprobs-num: the most logprobs (completions) or top_logprobs (chat) a request may ask for. */
+  maxTopLogprobsNum: number;
 }
 
 export function registerOpenAiRoutes(app: Hono, engine: TroupeEngine, log: Log, opts: OpenAiOptions): void {
@@ -24,7 +26,8 @@ export function registerOpenAiRoutes(app: Hono, engine: TroupeEngine, log: Log, 
     template ??= ChatTemplate.fromTokenizerDir(engine.modelInfo().tokenizerPath);
     return template;
   };
-  registerCompletions(app, engine, log, served);
-  registerChatCompletions(app, engine, log, served, getTemplate);
+  const limits = { maxTopLogprobsNum: opts.maxTopLogprobsNum };
+  registerCompletions(app, engine, log, served, limits);
+  registerChatCompletions(app, engine, log, served, getTemplate, limits);
   registerModels(app, engine, served);
 }

@@ -1,10 +1,12 @@
 // The fields /v1/completions and /v1/chat/completions share: the model (which picks the adapter),
 // sampling, n, streaming. OpenAI's names and ranges, SGLang's where OpenAI has no rule; SGLang's
 // extra sampling fields (top_k, min_p, repetition_penalty, ...) are accepted as SGLang does.
-import { DEFAULT_SAMPLING, type SamplingOptions, type TroupeEngine } from '../../api.js';
+import {
+  checkStop, checkStopTokenIds, DEFAULT_SAMPLING, SAMPLING_RULES, type SamplingOptions, type TroupeEngine,
+} from '../../api.js';
 import { badRequest } from '../../errors.js';
-import { parsePenalty } from '../generate-request.js';
-import { asBool, asInt, asNumber, asString, expected, isObject, type JsonObject } from '../validate.js';
+import { SAMPLING_WIRE_NAMES } from '../generate-request.js';
+import { asBool, asInt, asString, expected, isObject, type JsonObject } from '../validate.js';
 import { at, modelNotFound } from './errors.js';
 
 export const COMMON_KEYS = [
@@ -78,63 +80,18 @@ export function parseCommon(
   for (const k of maxTokensKeys) {
     const v = get(k);
     if (v !== undefined) {
-      s.maxNewTokens = at(k, () => asInt(v, k, 0));
+      s.maxNewTokens = at(k, () => SAMPLING_RULES.maxNewTokens(v, k));
       break;
     }
   }
-  let v = get('temperature');
-  if (v !== undefined) {
-    s.temperature = at('temperature', () => {
-      const t = asNumber(v, 'temperature');
-      if (t < 0) throw badRequest(`temperature must be >= 0, got ${t}`);
-      return t;
-    });
+  for (const [wire, key] of SAMPLING_WIRE_NAMES) {
+    const x = get(wire);
+    if (x !== undefined) s[key] = at(wire, () => SAMPLING_RULES[key](x, wire));
   }
-  v = get('top_p');
-  if (v !== undefined) {
-    s.topP = at('top_p', () => {
-      const p = asNumber(v, 'top_p');
-      if (!(p > 0 && p <= 1)) throw badRequest(`top_p must be in (0, 1], got ${p}`);
-      return p;
-    });
-  }
-  v = get('top_k');
-  if (v !== undefined) {
-    s.topK = at('top_k', () => {
-      const k = asInt(v, 'top_k');
-      if (k !== -1 && k < 1) throw badRequest(`top_k must be -1 (off) or >= 1, got ${k}`);
-      return k;
-    });
-  }
-  v = get('min_p');
-  if (v !== undefined) {
-    s.minP = at('min_p', () => {
-      const p = asNumber(v, 'min_p');
-      if (p < 0 || p > 1) throw badRequest(`min_p must be in [0, 1], got ${p}`);
-      return p;
-    });
-  }
-  v = get('frequency_penalty');
-  if (v !== undefined) s.frequencyPenalty = at('frequency_penalty', () => parsePenalty(v, 'frequency_penalty'));
-  v = get('presence_penalty');
-  if (v !== undefined) s.presencePenalty = at('presence_penalty', () => parsePenalty(v, 'presence_penalty'));
-  v = get('repetition_penalty');
-  if (v !== undefined) {
-    s.repetitionPenalty = at('repetition_penalty', () => {
-      const r = asNumber(v, 'repetition_penalty');
-      if (!(r > 0 && r <= 2)) throw badRequest(`repetition_penalty must be in (0, 2], got ${r}`);
-      return r;
-    });
-  }
-  v = get('stop');
-  if (v !== undefined) s.stop = at('stop', () => parseStop(v));
+  let v = get('stop');
+  if (v !== undefined) s.stop = at('stop', () => checkStop(v, 'stop'));
   v = get('stop_token_ids');
-  if (v !== undefined) {
-    s.stopTokenIds = at('stop_token_ids', () => {
-      if (!Array.isArray(v)) expected('stop_token_ids', 'a list of token ids', v);
-      return v.map((id, i) => asInt(id, `stop_token_ids[${i}]`, 0));
-    });
-  }
+  if (v !== undefined) s.stopTokenIds = at('stop_token_ids', () => checkStopTokenIds(v, 'stop_token_ids'));
   v = get('seed');
   if (v !== undefined) s.seed = at('seed', () => asInt(v, 'seed', 0));
   v = get('ignore_eos');
@@ -172,16 +129,6 @@ export function parseCommon(
     });
   }
   return { model, lora, sampling: s, n, stream, includeUsage };
-}
-
-function parseStop(v: unknown): string[] {
-  const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list)) expected('stop', 'a string or a list of strings', v);
-  return list.map((x, i) => {
-    const str = asString(x, `stop[${i}]`);
-    if (str === '') throw badRequest(`stop[${i}] is empty; stop strings must not be empty`);
-    return str;
-  });
 }
 
 /** The seed of choice j: consecutive seeds, so n seeded choices differ from each other yet repeat. */
