@@ -93,7 +93,8 @@ const generateBody = (lora: string, maxNewTokens: number, stream = false): strin
     sampling_params: { max_new_tokens: maxNewTokens, temperature: 0, ignore_eos: true },
   });
 
-const post = (base: string, body: string): Promise<Response> => fetch(`${base}/generate`, { method: 'POST', body });
+const JSON_BODY = { 'content-type': 'application/json' };
+const post = (base: string, body: string): Promise<Response> => fetch(`${base}/generate`, { method: 'POST', headers: JSON_BODY, body });
 
 /** The data payloads of a server-sent event stream, read to its end. */
 async function readEvents(res: Response): Promise<string[]> {
@@ -154,7 +155,7 @@ describe('troupe serve on SIGTERM', () => {
     // A long stream that keeps the drain open until new work has been seen refused, however
     // fast the machine runs the two requests above; its client then hangs up, which ends it.
     const holder = new AbortController();
-    const held = fetch(`${base}/generate`, { method: 'POST', body: generateBody('demo-a', 4000, true), signal: holder.signal });
+    const held = fetch(`${base}/generate`, { method: 'POST', headers: JSON_BODY, body: generateBody('demo-a', 4000, true), signal: holder.signal });
     held.catch(() => {});
     await untilRunning(base, { 'demo-a': 2, 'demo-b': 1 });
     proc.child.kill('SIGTERM');
