@@ -1,0 +1,298 @@
+// Serving benchmark for many LoRA adapters, through HTTP as users meet the server, after S-LoRA's
+// evaluation: starts `troupe serve` over N adapters named a0000... (bench/make-adapters.js
+// writes them), sends an open-loop stream of /generate requests (Gamma arrivals, power-law
+// adapter popularity, uniform lengths; bench/serve-workload.js) and reports throughput, TTFT,
+// inter-token latency, SLO attainment and the adapter loads and evictions /metrics counted.
+//   node bench/serve-lora.js --model DIR --adapters DIR --num-adapters 256 --rate 4 --duration 300 \
+//     --out bench/results/run.json [--max-loaded-loras 64] [--capacity] [-- extra troupe serve flags]
+// --capacity instead finds the highest rate at which >= 99% of requests meet the TTFT SLO.
+// `--help` lists every option.
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { adapterName } from './make-adapters.js';
+import { adapterActivity, parseMetrics, request, streamGenerate, summarize } from './serve-client.js';
+import { describeDevice, freePort, startServer } from './serve-server.js';
+import { makeWorkload } from './serve-workload.js';
+import { searchCapacity } from './serve-capacity.js';
+
+const repo = fileURLToPath(new URL('..', import.meta.url));
+// Paths inside the repository are kept relative to it (the server runs there), so results
+// files name them the same on every machine; others are made absolute.
+const pathArg = (p) => {
+  const rel = relative(repo, resolve(p));
+  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : resolve(p);
+};
+const inRepo = (p) => resolve(repo, p);
+
+const OPTIONS = {
+  model: ['string', undefined, 'model directory (config.json, weights, tokenizer)'],
+  adapters: ['string', undefined, 'directory holding a0000, a0001, ... (bench/make-adapters.js)'],
+  'num-adapters': ['string', undefined, 'adapters served and requested: a0000..a(N-1) (default: all present)'],
+  'max-loras-per-batch': ['string', '8', 'troupe serve --max-loras-per-batch'],
+  'max-loaded-loras': ['string', undefined, 'troupe serve --max-loaded-loras (unlimited when absent)'],
+  'enable-lora-overlap-loading': ['boolean', false, 'troupe serve --enable-lora-overlap-loading'],
+  'max-lora-rank': ['string', undefined, 'troupe serve --max-lora-rank (inferred from the adapters when absent)'],
+  'lora-target-modules': ['string', undefined, 'troupe serve --lora-target-modules, comma-separated (inferred when absent)'],
+  device: ['string', 'auto', 'troupe serve --device'],
+  host: ['string', '127.0.0.1', 'address the server listens on'],
+  port: ['string', undefined, 'its port (a free one when absent)'],
+  base: ['string', undefined, 'benchmark a server already running at this URL instead of starting one'],
+  rate: ['string', '4', 'mean arrival rate, requests/s'],
+  cv: ['string', '1', 'coefficient of variation of the inter-arrival times (1: Poisson)'],
+  alpha: ['string', '1', 'power-law exponent of adapter popularity'],
+  seed: ['string', '0', 'seed of the whole workload'],
+  duration: ['string', undefined, 'seconds of arrivals (default 300 unless --requests is given)'],
+  requests: ['string', undefined, 'number of requests (with --duration: whichever ends first)'],
+  'input-len': ['string', '8:512', 'prompt length range in tokens, MIN:MAX (uniform)'],
+  'output-len': ['string', '8:256', 'output length range in tokens, MIN:MAX (uniform; ignore_eos)'],
+  'token-range': ['string', undefined, 'random prompt token ids in LO:HI (default 100:min(vocab_size, 128000))'],
+  slo: ['string', '6', 'TTFT service-level objective, seconds'],
+  'drain-timeout': ['string', '300', 'seconds after the last arrival before unfinished requests are cut (they count as failed)'],
+  'startup-timeout': ['string', '900', 'seconds to wait for /health'],
+  capacity: ['boolean', false, 'find the highest rate with >= --capacity-target of requests within the SLO'],
+  'capacity-target': ['string', '0.99', 'SLO attainment a capacity probe must reach'],
+  'capacity-start': ['string', '1', 'first probe rate, requests/s'],
+  'capacity-max': ['string', '256', 'highest rate probed'],
+  'capacity-min': ['string', '0.05', 'lowest rate probed'],
+  'capacity-bisections': ['string', '4', 'bisection probes after the bracketing ones'],
+  'probe-duration': ['string', '60', 'seconds of arrivals per capacity probe'],
+  'probe-drain-timeout': ['string', '60', 'drain timeout of a capacity probe'],
+  label: ['string', undefined, 'a name for this configuration, kept in the JSON'],
+  out: ['string', undefined, 'JSON result file'],
+  'server-log': ['string', undefined, "the server's log (default: next to --out, .server.log)"],
+  'progress-interval': ['string', '10', 'seconds between progress lines'],
+  'per-request': ['boolean', false, 'keep every request (adapter, lengths, TTFT, e2e) in the JSON'],
+  help: ['boolean', false, 'this text'],
+};
+
+function usage() {
+  const lines = Object.entries(OPTIONS).map(([k, [t, d, h]]) => `  --${k}${t === 'string' ? ' X' : ''}  ${h}${d !== undefined && d !== false ? ` [${d}]` : ''}`);
+  return `usage: node bench/serve-lora.js --model DIR --adapters DIR [options] [-- extra troupe serve flags]\n${lines.join('\n')}`;
+}
+
+const num = (v, name) => {
+  const x = Number(v);
+  if (v === undefined || !Number.isFinite(x)) throw new Error(`--${name} takes a number, got ${v}`);
+  return x;
+};
+const range = (v, name) => {
+  const m = /^(\d+):(\d+)$/.exec(v ?? '');
+  if (!m) throw new Error(`--${name} takes MIN:MAX, got ${v}`);
+  return [Number(m[1]), Number(m[2])];
+};
+
+function parseCli(argv) {
+  const { values: v, positionals } = parseArgs({
+    args: argv, allowPositionals: true, strict: true,
+    options: Object.fromEntries(Object.entries(OPTIONS).map(([k, [type, def]]) => [k, def === undefined ? { type } : { type, default: def }])),
+  });
+  if (v.help) return null;
+  if (!v.model) throw new Error('--model is required');
+  if (!v.adapters && !v.base) throw new Error('--adapters is required');
+  if (!v.out) throw new Error('--out is required');
+  const hf = JSON.parse(readFileSync(join(v.model, 'config.json'), 'utf8'));
+  const present = v.adapters ? readdirSync(v.adapters).filter((n) => /^a\d{4,}$/.test(n)).length : 0;
+  const opts = {
+    label: v.label ?? null,
+    model: pathArg(v.model),
+    adapters: v.adapters ? pathArg(v.adapters) : null,
+    numAdapters: v['num-adapters'] === undefined ? present : num(v['num-adapters'], 'num-adapters'),
+    server: {
+      maxLorasPerBatch: num(v['max-loras-per-batch'], 'max-loras-per-batch'),
+      maxLoadedLoras: v['max-loaded-loras'] === undefined ? null : num(v['max-loaded-loras'], 'max-loaded-loras'),
+      enableLoraOverlapLoading: v['enable-lora-overlap-loading'],
+      maxLoraRank: v['max-lora-rank'] === undefined ? null : num(v['max-lora-rank'], 'max-lora-rank'),
+      loraTargetModules: v['lora-target-modules']?.split(',').filter(Boolean) ?? null,
+      device: v.device,
+      extraArgs: positionals,
+    },
+    workload: {
+      seed: num(v.seed, 'seed'), rate: num(v.rate, 'rate'), cv: num(v.cv, 'cv'), alpha: num(v.alpha, 'alpha'),
+      duration: v.duration !== undefined ? num(v.duration, 'duration') : v.requests !== undefined ? null : 300,
+      requests: v.requests === undefined ? null : num(v.requests, 'requests'),
+      inputLen: range(v['input-len'], 'input-len'), outputLen: range(v['output-len'], 'output-len'),
+      tokenRange: v['token-range'] ? range(v['token-range'], 'token-range') : [100, Math.min(hf.vocab_size ?? 128000, 128000)],
+    },
+    slo: num(v.slo, 'slo'),
+    drainTimeout: num(v['drain-timeout'], 'drain-timeout'),
+    startupTimeout: num(v['startup-timeout'], 'startup-timeout'),
+    capacity: v.capacity ? {
+      target: num(v['capacity-target'], 'capacity-target'), start: num(v['capacity-start'], 'capacity-start'),
+      max: num(v['capacity-max'], 'capacity-max'), min: num(v['capacity-min'], 'capacity-min'),
+      bisections: num(v['capacity-bisections'], 'capacity-bisections'), probeDuration: num(v['probe-duration'], 'probe-duration'),
+      probeDrainTimeout: num(v['probe-drain-timeout'], 'probe-drain-timeout'),
+    } : null,
+    host: v.host, port: v.port === undefined ? null : num(v.port, 'port'), base: v.base ?? null,
+    out: pathArg(v.out),
+    serverLog: pathArg(v['server-log'] ?? v.out.replace(/\.json$/, '') + '.server.log'),
+    progressInterval: num(v['progress-interval'], 'progress-interval'),
+    perRequest: v['per-request'],
+  };
+  if (!(opts.numAdapters >= 1)) throw new Error(`no adapters: ${opts.adapters} holds no a0000-style directories (run bench/make-adapters.js)`);
+  return opts;
+}
+
+function serverArgs(opts, names) {
+  const s = opts.server;
+  const args = ['--model-path', opts.model, '--lora-paths', ...names.map((n) => `${n}=${join(opts.adapters, n)}`),
+    '--max-loras-per-batch', String(s.maxLorasPerBatch), '--device', s.device];
+  if (s.maxLoadedLoras !== null) args.push('--max-loaded-loras', String(s.maxLoadedLoras));
+  if (s.enableLoraOverlapLoading) args.push('--enable-lora-overlap-loading');
+  if (s.maxLoraRank !== null) args.push('--max-lora-rank', String(s.maxLoraRank));
+  if (s.loraTargetModules) args.push('--lora-target-modules', ...s.loraTargetModules);
+  return [...args, ...s.extraArgs];
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Sends the workload open-loop (each request at its arrival time, whatever is still running) and
+ * waits for every answer, cutting those unfinished drainTimeout seconds after the last arrival.
+ */
+export async function runLoad(base, workload, names, { slo, drainTimeout, progressInterval, tag = '' }) {
+  const records = new Array(workload.length);
+  const pending = [];
+  const cut = new AbortController();
+  let finished = 0;
+  let failed = 0;
+  let lagSum = 0;
+  let lagMax = 0;
+  const t0 = performance.now();
+  const progress = setInterval(() => {
+    const done = records.filter(Boolean);
+    const s = summarize(done, (performance.now() - t0) / 1000, slo);
+    console.log(`${tag}t=${((performance.now() - t0) / 1000).toFixed(0)} s: sent ${pending.length}/${workload.length}, finished ${finished}, running ${pending.length - finished}, failed ${failed}; TTFT p50 ${s.ttft.p50 ?? '-'} s p99 ${s.ttft.p99 ?? '-'} s, SLO ${s.sloAttainment ?? '-'}`);
+  }, progressInterval * 1000);
+  for (const w of workload) {
+    const wait = t0 + w.at * 1000 - performance.now();
+    if (wait > 0) await sleep(wait);
+    const lag = Math.max(0, performance.now() - (t0 + w.at * 1000));
+    lagSum += lag;
+    lagMax = Math.max(lagMax, lag);
+    const body = { input_ids: w.inputIds, sampling_params: { max_new_tokens: w.maxNewTokens, ignore_eos: true, temperature: 0 }, lora_path: names[w.adapter], stream: true };
+    const sentAt = (performance.now() - t0) / 1000;
+    pending.push(streamGenerate(base, body, cut.signal).then((r) => {
+      records[w.index] = { ...r, sentAt, index: w.index, adapter: names[w.adapter], promptLen: w.inputIds.length, maxNewTokens: w.maxNewTokens };
+      finished++;
+      if (!r.ok) failed++;
+    }));
+  }
+  const drain = setTimeout(() => cut.abort(), drainTimeout * 1000);
+  await Promise.all(pending);
+  clearTimeout(drain);
+  clearInterval(progress);
+  const lastEnd = records.reduce((m, r) => Math.max(m, r.sentAt + r.e2e), 0);
+  return { records, elapsed: lastEnd, lagMs: { mean: +(lagSum / Math.max(1, workload.length)).toFixed(3), max: +lagMax.toFixed(3) } };
+}
+
+function errorCounts(records) {
+  const counts = new Map();
+  for (const r of records) if (!r.ok) counts.set(r.error, (counts.get(r.error) ?? 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([message, count]) => ({ message, count }));
+}
+
+function workloadStats(workload, adapters) {
+  const mean = (xs) => (xs.length ? +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(2) : null);
+  const byRank = new Map();
+  for (const w of workload) byRank.set(w.rank, (byRank.get(w.rank) ?? 0) + 1);
+  const top = (k) => +([...byRank].filter(([r]) => r < k).reduce((s, [, c]) => s + c, 0) / Math.max(1, workload.length)).toFixed(4);
+  return {
+    requests: workload.length, meanPromptTokens: mean(workload.map((w) => w.inputIds.length)), meanOutputTokens: mean(workload.map((w) => w.maxNewTokens)),
+    distinctAdapters: byRank.size, adaptersServed: adapters, shareOfTop8: top(8), shareOfTop64: top(64),
+  };
+}
+
+const scrape = async (base) => {
+  const res = await request(base, '/metrics');
+  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
+  return parseMetrics(res.body);
+};
+
+/** One measured run over `workload`: the summary, the adapter activity, the errors. */
+export async function measure(base, workload, names, o) {
+  const before = await scrape(base);
+  const load = await runLoad(base, workload, names, o);
+  const after = await scrape(base);
+  return {
+    summary: summarize(load.records, load.elapsed, o.slo),
+    adapterActivity: adapterActivity(before, after),
+    workload: workloadStats(workload, names.length),
+    driverLagMs: load.lagMs,
+    errors: errorCounts(load.records),
+    records: load.records,
+  };
+}
+
+/** Rank, modules and size of the set's adapters, as the first one's files say. */
+function describeAdapters(dir, first) {
+  const c = JSON.parse(readFileSync(join(dir, first, 'adapter_config.json'), 'utf8'));
+  return { rank: c.r, alpha: c.lora_alpha, targetModules: c.target_modules, bytesEach: statSync(join(dir, first, 'adapter_model.safetensors')).size };
+}
+
+const compactRecords = (records) => records.map((r) => ({ i: r.index, adapter: r.adapter, prompt: r.promptLen, out: r.outputTokens, sentAt: +r.sentAt.toFixed(3), ttft: r.ttft === null ? null : +r.ttft.toFixed(4), e2e: +r.e2e.toFixed(4), ok: r.ok }));
+
+async function main() {
+  const opts = parseCli(process.argv.slice(2));
+  if (!opts) return console.log(usage());
+  const names = Array.from({ length: opts.numAdapters }, (_, i) => adapterName(i));
+  if (opts.adapters) {
+    const missing = names.filter((n) => !existsSync(join(inRepo(opts.adapters), n, 'adapter_model.safetensors')));
+    if (missing.length) throw new Error(`${missing.length} adapter(s) missing under ${opts.adapters}, first ${missing[0]}; write them with bench/make-adapters.js`);
+  }
+  mkdirSync(dirname(inRepo(opts.out)), { recursive: true });
+  const adapterSet = opts.adapters ? describeAdapters(inRepo(opts.adapters), names[0]) : null;
+  const args = serverArgs(opts, names);
+  console.log(`serve-lora${opts.label ? ` ${opts.label}` : ''}: ${names.length} adapters, rate ${opts.workload.rate} req/s, cv ${opts.workload.cv}, alpha ${opts.workload.alpha}, ${opts.capacity ? 'capacity search' : `${opts.workload.duration ?? '-'} s / ${opts.workload.requests ?? '-'} requests`}`);
+  let server = null;
+  let base = opts.base;
+  if (!base) {
+    server = await startServer({
+      args, host: opts.host, port: opts.port ?? (await freePort()), logFile: inRepo(opts.serverLog), startupTimeout: opts.startupTimeout, adapterCount: names.length,
+    });
+    base = server.base;
+  }
+  const result = { benchmark: 'serve-lora', date: new Date().toISOString(), label: opts.label, device: await describeDevice(base, server?.info.engineLine ?? null), config: { ...opts, adapterSet, serverCommand: `node bin/troupe.js serve ${args.length > 40 ? `[${args.length} arguments; --lora-paths lists ${names.length} adapters]` : args.join(' ')}` }, startupSeconds: server?.startupSeconds ?? null };
+  const o = { slo: opts.slo, drainTimeout: opts.drainTimeout, progressInterval: opts.progressInterval };
+  try {
+    if (opts.capacity) {
+      result.capacity = await searchCapacity(opts.capacity, async (rate, i) => {
+        const workload = makeWorkload({ ...opts.workload, rate, duration: opts.capacity.probeDuration, requests: null, adapters: names.length });
+        console.log(`probe ${i + 1}: ${rate} req/s, ${workload.length} requests over ${opts.capacity.probeDuration} s`);
+        const m = await measure(base, workload, names, { ...o, drainTimeout: opts.capacity.probeDrainTimeout, tag: `  probe ${i + 1} ` });
+        delete m.records;
+        return m;
+      });
+    } else {
+      const workload = makeWorkload({ ...opts.workload, adapters: names.length });
+      console.log(`sending ${workload.length} requests over ${workload.at(-1)?.at.toFixed(0) ?? 0} s`);
+      const m = await measure(base, workload, names, { ...o, tag: '  ' });
+      if (opts.perRequest) m.requests = compactRecords(m.records);
+      delete m.records;
+      Object.assign(result, m);
+    }
+  } finally {
+    const exit = await server?.stop();
+    if (exit) result.serverExit = exit;
+  }
+  writeFileSync(inRepo(opts.out), JSON.stringify(result, null, 2) + '\n');
+  report(result);
+  console.log(`written to ${opts.out}`);
+}
+
+function report(r) {
+  const line = (s, a) => `${s.requests} requests, ${s.failed} failed; ${s.requestThroughput} req/s, ${s.outputTokenThroughput} output tokens/s; TTFT p50 ${s.ttft.p50} p90 ${s.ttft.p90} p99 ${s.ttft.p99} s; ITL p50 ${s.itl.p50} p99 ${s.itl.p99} s; SLO (${s.sloSeconds} s) ${(s.sloAttainment * 100).toFixed(1)}%; loads ${JSON.stringify(a.loads)}, evictions ${JSON.stringify(a.evictions)}`;
+  if (r.summary) console.log(line(r.summary, r.adapterActivity));
+  if (r.capacity) {
+    for (const p of r.capacity.probes) console.log(`  ${p.rate} req/s: ${line(p.summary, p.adapterActivity)}`);
+    console.log(`capacity: ${r.capacity.rate} req/s (${r.capacity.bound}) at >= ${r.capacity.target * 100}% within ${r.config.slo} s`);
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((err) => {
+    console.error(`serve-lora: ${err.message}`);
+    process.exit(1);
+  });
+}
