@@ -10,6 +10,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setMaxListeners } from 'node:events';
 import { parseArgs } from 'node:util';
 import { adapterName } from './make-adapters.js';
 import { adapterActivity, parseMetrics, request, streamGenerate, summarize } from './serve-client.js';
@@ -60,6 +61,7 @@ const OPTIONS = {
   'probe-duration': ['string', '60', 'seconds of arrivals per capacity probe'],
   'probe-drain-timeout': ['string', '60', 'drain timeout of a capacity probe'],
   label: ['string', undefined, 'a name for this configuration, kept in the JSON'],
+  note: ['string', undefined, 'free text kept in the JSON (what the model is, what else ran on the machine)'],
   out: ['string', undefined, 'JSON result file'],
   'server-log': ['string', undefined, "the server's log (default: next to --out, .server.log)"],
   'progress-interval': ['string', '10', 'seconds between progress lines'],
@@ -96,6 +98,7 @@ function parseCli(argv) {
   const present = v.adapters ? readdirSync(v.adapters).filter((n) => /^a\d{4,}$/.test(n)).length : 0;
   const opts = {
     label: v.label ?? null,
+    note: v.note ?? null,
     model: pathArg(v.model),
     adapters: v.adapters ? pathArg(v.adapters) : null,
     numAdapters: v['num-adapters'] === undefined ? present : num(v['num-adapters'], 'num-adapters'),
@@ -134,9 +137,15 @@ function parseCli(argv) {
   return opts;
 }
 
+/**
+ * The adapters named at start: all of them, or with --max-loaded-loras the first that many (troupe,
+ * like SGLang, refuses more in --lora-paths than the CPU cache holds); registerRest adds the others.
+ */
+const atStart = (opts, names) => names.slice(0, opts.server.maxLoadedLoras ?? names.length);
+
 function serverArgs(opts, names) {
   const s = opts.server;
-  const args = ['--model-path', opts.model, '--lora-paths', ...names.map((n) => `${n}=${join(opts.adapters, n)}`),
+  const args = ['--model-path', opts.model, '--lora-paths', ...atStart(opts, names).map((n) => `${n}=${join(opts.adapters, n)}`),
     '--max-loras-per-batch', String(s.maxLorasPerBatch), '--device', s.device];
   if (s.maxLoadedLoras !== null) args.push('--max-loaded-loras', String(s.maxLoadedLoras));
   if (s.enableLoraOverlapLoading) args.push('--enable-lora-overlap-loading');
@@ -148,6 +157,34 @@ function serverArgs(opts, names) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * Registers the adapters left out of --lora-paths through POST /load_lora_adapter, a few at a
+ * time; with the CPU cache full the server only checks each config, and reads the weights when a
+ * request names the adapter. Returns the seconds it took.
+ */
+async function registerRest(base, opts, names) {
+  const rest = names.slice(atStart(opts, names).length);
+  if (rest.length === 0) return 0;
+  const t0 = performance.now();
+  let next = 0;
+  let lastPrint = t0;
+  const worker = async () => {
+    while (next < rest.length) {
+      const name = rest[next++];
+      const res = await request(base, '/load_lora_adapter', { method: 'POST', body: { lora_name: name, lora_path: join(opts.adapters, name) }, timeoutMs: 300_000 });
+      if (res.status !== 200) throw new Error(`POST /load_lora_adapter ${name}: HTTP ${res.status}: ${res.body.slice(0, 300)}`);
+      if (performance.now() - lastPrint > 5000) {
+        lastPrint = performance.now();
+        console.log(`registering adapters at run time: ${next}/${rest.length}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: 4 }, worker));
+  const seconds = (performance.now() - t0) / 1000;
+  console.log(`registered ${rest.length} more adapters through /load_lora_adapter in ${seconds.toFixed(1)} s`);
+  return seconds;
+}
+
+/**
  * Sends the workload open-loop (each request at its arrival time, whatever is still running) and
  * waits for every answer, cutting those unfinished drainTimeout seconds after the last arrival.
  */
@@ -155,6 +192,8 @@ export async function runLoad(base, workload, names, { slo, drainTimeout, progre
   const records = new Array(workload.length);
   const pending = [];
   const cut = new AbortController();
+  // Every request in flight listens to it.
+  setMaxListeners(Infinity, cut.signal);
   let finished = 0;
   let failed = 0;
   let lagSum = 0;
@@ -233,6 +272,35 @@ function describeAdapters(dir, first) {
 
 const compactRecords = (records) => records.map((r) => ({ i: r.index, adapter: r.adapter, prompt: r.promptLen, out: r.outputTokens, sentAt: +r.sentAt.toFixed(3), ttft: r.ttft === null ? null : +r.ttft.toFixed(4), e2e: +r.e2e.toFixed(4), ok: r.ok }));
 
+/** Everything between a healthy server and its stop: registration, the load, the result object. */
+async function benchmark(base, server, opts, names, args) {
+  const registerSeconds = server ? await registerRest(base, opts, names) : 0;
+  const command = args.length > 40 ? `[${args.length} arguments; --lora-paths lists ${atStart(opts, names).length} adapters]` : args.join(' ');
+  const adapterSet = opts.adapters ? describeAdapters(inRepo(opts.adapters), names[0]) : null;
+  const result = {
+    benchmark: 'serve-lora', date: new Date().toISOString(), label: opts.label, note: opts.note, device: await describeDevice(base, server?.info.engineLine ?? null),
+    config: { ...opts, adapterSet, serverCommand: `node bin/troupe.js serve ${command}` }, startupSeconds: server?.startupSeconds ?? null, registerSeconds,
+  };
+  const o = { slo: opts.slo, drainTimeout: opts.drainTimeout, progressInterval: opts.progressInterval };
+  if (opts.capacity) {
+    result.capacity = await searchCapacity(opts.capacity, async (rate, i) => {
+      const workload = makeWorkload({ ...opts.workload, rate, duration: opts.capacity.probeDuration, requests: null, adapters: names.length });
+      console.log(`probe ${i + 1}: ${rate} req/s, ${workload.length} requests over ${opts.capacity.probeDuration} s`);
+      const m = await measure(base, workload, names, { ...o, drainTimeout: opts.capacity.probeDrainTimeout, tag: `  probe ${i + 1} ` });
+      delete m.records;
+      return m;
+    });
+  } else {
+    const workload = makeWorkload({ ...opts.workload, adapters: names.length });
+    console.log(`sending ${workload.length} requests over ${workload.at(-1)?.at.toFixed(0) ?? 0} s`);
+    const m = await measure(base, workload, names, { ...o, tag: '  ' });
+    if (opts.perRequest) m.requests = compactRecords(m.records);
+    delete m.records;
+    Object.assign(result, m);
+  }
+  return result;
+}
+
 async function main() {
   const opts = parseCli(process.argv.slice(2));
   if (!opts) return console.log(usage());
@@ -242,7 +310,6 @@ async function main() {
     if (missing.length) throw new Error(`${missing.length} adapter(s) missing under ${opts.adapters}, first ${missing[0]}; write them with bench/make-adapters.js`);
   }
   mkdirSync(dirname(inRepo(opts.out)), { recursive: true });
-  const adapterSet = opts.adapters ? describeAdapters(inRepo(opts.adapters), names[0]) : null;
   const args = serverArgs(opts, names);
   console.log(`serve-lora${opts.label ? ` ${opts.label}` : ''}: ${names.length} adapters, rate ${opts.workload.rate} req/s, cv ${opts.workload.cv}, alpha ${opts.workload.alpha}, ${opts.capacity ? 'capacity search' : `${opts.workload.duration ?? '-'} s / ${opts.workload.requests ?? '-'} requests`}`);
   let server = null;
@@ -253,28 +320,12 @@ async function main() {
     });
     base = server.base;
   }
-  const result = { benchmark: 'serve-lora', date: new Date().toISOString(), label: opts.label, device: await describeDevice(base, server?.info.engineLine ?? null), config: { ...opts, adapterSet, serverCommand: `node bin/troupe.js serve ${args.length > 40 ? `[${args.length} arguments; --lora-paths lists ${names.length} adapters]` : args.join(' ')}` }, startupSeconds: server?.startupSeconds ?? null };
-  const o = { slo: opts.slo, drainTimeout: opts.drainTimeout, progressInterval: opts.progressInterval };
+  let result;
   try {
-    if (opts.capacity) {
-      result.capacity = await searchCapacity(opts.capacity, async (rate, i) => {
-        const workload = makeWorkload({ ...opts.workload, rate, duration: opts.capacity.probeDuration, requests: null, adapters: names.length });
-        console.log(`probe ${i + 1}: ${rate} req/s, ${workload.length} requests over ${opts.capacity.probeDuration} s`);
-        const m = await measure(base, workload, names, { ...o, drainTimeout: opts.capacity.probeDrainTimeout, tag: `  probe ${i + 1} ` });
-        delete m.records;
-        return m;
-      });
-    } else {
-      const workload = makeWorkload({ ...opts.workload, adapters: names.length });
-      console.log(`sending ${workload.length} requests over ${workload.at(-1)?.at.toFixed(0) ?? 0} s`);
-      const m = await measure(base, workload, names, { ...o, tag: '  ' });
-      if (opts.perRequest) m.requests = compactRecords(m.records);
-      delete m.records;
-      Object.assign(result, m);
-    }
+    result = await benchmark(base, server, opts, names, args);
   } finally {
     const exit = await server?.stop();
-    if (exit) result.serverExit = exit;
+    if (exit && result) result.serverExit = exit;
   }
   writeFileSync(inRepo(opts.out), JSON.stringify(result, null, 2) + '\n');
   report(result);

@@ -48,6 +48,7 @@ const OPTIONS = {
   capacity: ['boolean', false, 'capacity searches instead of fixed-rate runs (results named <run>-capacity)'],
   'probe-duration': ['string', '60', 'seconds per capacity probe'],
   'results-dir': ['string', 'bench/results', 'where result files go'],
+  note: ['string', undefined, 'free text kept in every result (what the model is)'],
   tag: ['string', undefined, 'device tag in file names (default: from nvidia-smi, e.g. h200, or cpu)'],
   force: ['boolean', false, 'run again even when a result file exists'],
   help: ['boolean', false, 'this text'],
@@ -120,6 +121,7 @@ function main() {
     ];
     if (run.maxLoaded !== undefined) args.push('--max-loaded-loras', String(run.maxLoaded));
     if (run.overlap) args.push('--enable-lora-overlap-loading');
+    if (v.note) args.push('--note', v.note);
     if (v.capacity) args.push('--capacity', '--probe-duration', v['probe-duration'], '--capacity-start', String(Number(v.rate) / 2));
     if (positionals.length) args.push('--', ...positionals);
     const res = spawnSync(process.execPath, args, { stdio: 'inherit' });
