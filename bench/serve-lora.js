@@ -143,7 +143,7 @@ function parseCli(argv) {
  */
 const atStart = (opts, names) => names.slice(0, opts.server.maxLoadedLoras ?? names.length);
 
-function serverArgs(opts, names) {
+export function serverArgs(opts, names) {
   const s = opts.server;
   const args = ['--model-path', opts.model, '--lora-paths', ...atStart(opts, names).map((n) => `${n}=${join(opts.adapters, n)}`),
     '--max-loras-per-batch', String(s.maxLorasPerBatch), '--device', s.device];

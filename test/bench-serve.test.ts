@@ -13,6 +13,10 @@ import { makeAdapters, planAdapters } from '../bench/make-adapters.js';
 import { adapterActivity, parseMetrics, percentile, streamGenerate, summarize } from '../bench/serve-client.js';
 // @ts-expect-error plain JavaScript without declarations
 import { searchCapacity } from '../bench/serve-capacity.js';
+// @ts-expect-error plain JavaScript without declarations
+import { serverArgs } from '../bench/serve-lora.js';
+import { parseArgs } from '../src/config/parse.js';
+import { validateFlags } from '../src/config/validate.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import { parseModelConfig } from '../src/model/config.js';
 import { DEMO_MODEL } from '../src/model/demo.js';
@@ -242,5 +246,27 @@ describe('capacity search', () => {
     expect(low).toMatchObject({ rate: 0.3, bound: 'bracketed', lowestFailing: 0.32 });
     expect(await searchCapacity(cfg, probeUpTo(1000))).toMatchObject({ rate: 256, bound: 'at-least' });
     expect(await searchCapacity(cfg, probeUpTo(0.01))).toMatchObject({ rate: 0, bound: 'below-min' });
+  });
+});
+
+describe('server command line', () => {
+  const names = Array.from({ length: 20 }, (_, i) => `a${String(i).padStart(4, '0')}`);
+  const opts = (server: object) => ({
+    model: 'demo-model', adapters: '/adapters',
+    server: { maxLorasPerBatch: 8, maxLoadedLoras: null, enableLoraOverlapLoading: false, maxLoraRank: null, loraTargetModules: null, device: 'cpu', extraArgs: [], ...server },
+  });
+  const validated = (args: string[]) => validateFlags(parseArgs(args).flags).options;
+
+  it('names every adapter at start when the CPU cache is unlimited', () => {
+    const o = validated(serverArgs(opts({ extraArgs: ['--max-total-tokens', '4096'] }), names));
+    expect(o.loraPaths.map((a) => a.name)).toEqual(names);
+    expect(o.loraPaths[3]!.path).toBe('/adapters/a0003');
+    expect(o.maxTotalTokens).toBe(4096);
+  });
+
+  it('names only as many as --max-loaded-loras holds, which troupe accepts with overlap loading', () => {
+    const o = validated(serverArgs(opts({ maxLoadedLoras: 16, enableLoraOverlapLoading: true }), names));
+    expect(o.loraPaths).toHaveLength(16);
+    expect(o).toMatchObject({ maxLoadedLoras: 16, enableLoraOverlapLoading: true, maxLorasPerBatch: 8 });
   });
 });
