@@ -46,7 +46,10 @@ const OPTIONS = {
   'drain-timeout': ['string', '120', 'seconds after the last arrival before unfinished requests are cut'],
   device: ['string', 'auto', 'troupe serve --device'],
   capacity: ['boolean', false, 'capacity searches instead of fixed-rate runs (results named <run>-capacity)'],
-  'probe-duration': ['string', '60', 'seconds per capacity probe'],
+  'probe-duration': ['string', '60', 'seconds of arrivals per capacity probe'],
+  'probe-drain-timeout': ['string', '60', 'drain timeout of a capacity probe'],
+  'capacity-start': ['string', undefined, 'first probe rate (default: half of --rate)'],
+  'capacity-bisections': ['string', '4', 'bisection probes after the bracketing ones'],
   'results-dir': ['string', 'bench/results', 'where result files go'],
   note: ['string', undefined, 'free text kept in every result (what the model is)'],
   tag: ['string', undefined, 'device tag in file names (default: from nvidia-smi, e.g. h200, or cpu)'],
@@ -122,7 +125,10 @@ function main() {
     if (run.maxLoaded !== undefined) args.push('--max-loaded-loras', String(run.maxLoaded));
     if (run.overlap) args.push('--enable-lora-overlap-loading');
     if (v.note) args.push('--note', v.note);
-    if (v.capacity) args.push('--capacity', '--probe-duration', v['probe-duration'], '--capacity-start', String(Number(v.rate) / 2));
+    if (v.capacity) {
+      args.push('--capacity', '--probe-duration', v['probe-duration'], '--probe-drain-timeout', v['probe-drain-timeout'],
+        '--capacity-start', v['capacity-start'] ?? String(Number(v.rate) / 2), '--capacity-bisections', v['capacity-bisections']);
+    }
     if (positionals.length) args.push('--', ...positionals);
     const res = spawnSync(process.execPath, args, { stdio: 'inherit' });
     if (res.status !== 0 || !existsSync(out)) failures.push(`${run.name} (exit ${res.status ?? res.signal})`);
