@@ -12,9 +12,9 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { makeAdapters, parseModules } from './make-adapters.js';
+import { optionLines, parseTable } from './serve-options.js';
 import { nvidiaSmi } from './serve-server.js';
 import { markdown, readResults } from './serve-table.js';
 
@@ -83,10 +83,7 @@ function deviceTag() {
 }
 
 function main() {
-  const { values: v, positionals } = parseArgs({
-    allowPositionals: true, strict: true,
-    options: Object.fromEntries(Object.entries(OPTIONS).map(([k, [type, def]]) => [k, def === undefined ? { type } : { type, default: def }])),
-  });
+  const { values: v, positionals } = parseTable(OPTIONS, process.argv.slice(2));
   const runs = matrixRuns(v);
   const wanted = v.only ? v.only.split(',').filter(Boolean) : null;
   // An entry names a run, a set (a, b), or a prefix ending in "-" (a-cpu16-).
@@ -95,7 +92,7 @@ function main() {
   if (wanted && chosen.length === 0) throw new Error(`--only ${v.only} names none of: ${runs.map((r) => r.name).join(', ')}`);
   if (!v.help && !v.list && (!v.model || !v['adapters-root'])) throw new Error('--model and --adapters-root are required (--help)');
   if (v.help || v.list) {
-    if (v.help) console.log(`usage: node bench/serve-matrix.js --model DIR --adapters-root DIR [options] [-- extra troupe serve flags]\n${Object.entries(OPTIONS).map(([k, [t, d, h]]) => `  --${k}${t === 'string' ? ' X' : ''}  ${h}${d !== undefined && d !== false ? ` [${d}]` : ''}`).join('\n')}`);
+    if (v.help) console.log(`usage: node bench/serve-matrix.js --model DIR --adapters-root DIR [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`);
     for (const r of chosen) console.log(`${r.name}: ${r.numAdapters} adapters of rank ${r.set.rank} on ${r.set.modules.join(',')}, CPU cache ${r.maxLoaded ?? 'unlimited'}${r.overlap ? ', overlap loading' : ''}`);
     return;
   }

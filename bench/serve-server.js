@@ -122,11 +122,12 @@ export async function describeDevice(base, engineLine) {
   const smi = nvidiaSmi();
   // "NVIDIA H200: 1234 KV blocks of ..." -> "NVIDIA H200"
   const engineDevice = engineLine ? engineLine.replace(/: \d+ KV blocks.*$/, '') : null;
+  const cpu = `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`;
   return {
     backend: modelInfo?.device ?? null,
-    name: engineDevice ?? smi?.split(',')[0] ?? null,
+    name: engineDevice ?? (modelInfo?.device === 'cpu' ? cpu : smi?.split(',')[0]) ?? null,
     nvidiaSmi: smi,
-    cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
+    cpu,
     engine: engineLine,
     modelInfo,
   };
