@@ -216,3 +216,40 @@ describe('the real engine behind SGLang\'s routes', () => {
     expect(info.internal_states[0].kv_cache_total_blocks).toBeGreaterThan(0);
   }, 60_000);
 });
+
+describe('/abort_request on a request still waiting for a batch slot', () => {
+  let small: DemoServer;
+
+  beforeAll(async () => {
+    small = await startDemoServer(['--max-running-requests', '1']);
+  }, 120_000);
+
+  afterAll(async () => {
+    await small?.close();
+  });
+
+  it('ends it before it ran, and leaves the running one to be ended on its own', async () => {
+    const send = (body: unknown): Promise<Response> =>
+      fetch(`${small.base}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const abort = (rid: string): Promise<Response> =>
+      fetch(`${small.base}/abort_request`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ rid }) });
+    const long = { text: PROMPT, sampling_params: { max_new_tokens: 3000, ignore_eos: true } };
+    const running = send({ ...long, rid: 'running' });
+    const waiting = send({ ...long, rid: 'waiting' });
+    // The one batch slot is taken, so the second request queues; wait until the scheduler says so.
+    for (;;) {
+      const info = (await (await fetch(`${small.base}/get_server_info`)).json()) as { internal_states: Array<{ num_running_reqs: number; num_waiting_reqs: number }> };
+      const state = info.internal_states[0]!;
+      if (state.num_running_reqs === 1 && state.num_waiting_reqs === 1) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect((await abort('waiting')).status).toBe(200);
+    const queued = (await (await waiting).json()) as { meta_info: { finish_reason: { type: string }; completion_tokens: number } };
+    expect(queued.meta_info.finish_reason.type).toBe('abort');
+    expect(queued.meta_info.completion_tokens).toBe(0);
+    expect((await abort('running')).status).toBe(200);
+    const ran = (await (await running).json()) as { meta_info: { finish_reason: { type: string }; completion_tokens: number } };
+    expect(ran.meta_info.finish_reason.type).toBe('abort');
+    expect(ran.meta_info.completion_tokens).toBeLessThan(3000);
+  }, 120_000);
+});
