@@ -48,6 +48,14 @@ export interface GenerateRequest {
   topLogprobsNum: number;
   /** Request id; one is made when absent. */
   rid?: string;
+  /**
+   * SGLang's logprob_start_len: the first prompt position whose logprob is returned, -1 for
+   * none. Prompt logprobs are not computed, so only the values that ask for none are served
+   * (see checkLogprobStartLen); it matters only with returnLogprob.
+   */
+  logprobStartLen?: number;
+  /** False keeps the request out of the metrics, as SGLang's log_metrics does for health checks. */
+  logMetrics?: boolean;
   /** Aborting cancels the request and frees its KV blocks and adapter reference. */
   signal?: AbortSignal;
 }
@@ -133,6 +141,13 @@ export function completeRequest(input: GenerateInput): GenerateRequest {
 export interface TroupeEngine {
   generate(req: GenerateInput): Promise<GenerateOutput>;
   stream(req: GenerateInput): AsyncIterable<GenerateChunk>;
+  /**
+   * Ends the live request with this id, running or still waiting, as SGLang's /abort_request
+   * does: its output ends with finish reason abort and `message`. False when none is live.
+   */
+  abort(rid: string, message?: string): boolean;
+  /** Ends every live request so; returns how many there were. */
+  abortAll(message?: string): number;
   loadAdapter(spec: AdapterSpec): Promise<AdapterStatus>;
   unloadAdapter(name: string): Promise<void>;
   adapters(): AdapterStatus[];
@@ -270,11 +285,30 @@ export interface RequestLimits {
   vocabSize: number;
 }
 
+/**
+ * SGLang's logprob_start_len against a prompt of `promptTokens` tokens. -1 asks for output
+ * logprobs only, and so does the last prompt position: SGLang runs -1 as that position, whose
+ * logprob is null. An earlier position needs prompt logprobs, which are not computed here; a
+ * position past the prompt is an error in SGLang too.
+ */
+export function checkLogprobStartLen(start: number, promptTokens: number): void {
+  if (start === -1 || start === promptTokens - 1) return;
+  if (start >= promptTokens) {
+    throw badRequest(`logprob_start_len is ${start}, but the prompt has only ${promptTokens} tokens; give a smaller value, or -1 for output tokens only`);
+  }
+  throw badRequest(
+    `logprob_start_len ${start} asks for the logprobs of prompt tokens, which this server does not compute; ` +
+      'send -1 for the logprobs of the output tokens only',
+  );
+}
+
 /** Engine.start's check of a whole request; the result holds the values the engine runs. */
 export function checkRequest(req: GenerateRequest, limits: RequestLimits): GenerateRequest {
   if (req.text !== undefined && typeof req.text !== 'string') expected('text', 'a string', req.text);
   if (req.inputIds !== undefined && !Array.isArray(req.inputIds)) expected('inputIds', 'a list of token ids', req.inputIds);
   if (req.lora !== null && typeof req.lora !== 'string') expected('lora', 'an adapter name or null', req.lora);
+  if (req.logprobStartLen !== undefined) asInt(req.logprobStartLen, 'logprobStartLen', -1);
+  if (req.logMetrics !== undefined) checkBool(req.logMetrics, 'logMetrics');
   return {
     ...req,
     sampling: checkSampling(req.sampling, 'sampling'),

@@ -9,6 +9,10 @@ const TOKENS = ['A', 'B', 'C'];
 
 export class EchoEngine implements TroupeEngine {
   readonly requests: GenerateRequest[] = [];
+  /** Every abort asked for: [rid, message], or ['*', message] for abortAll. */
+  readonly aborts: Array<[string, string | undefined]> = [];
+  /** The rids of requests waiting in hang mode; abort(rid) ends them with finish reason abort. */
+  private readonly hanging = new Map<string, (message: string) => void>();
   readonly adapterPaths = new Map<string, string>([['demo-a', '/models/demo-a']]);
   /** When set, generate/stream wait for the request's signal instead of finishing. */
   hang = false;
@@ -30,10 +34,12 @@ export class EchoEngine implements TroupeEngine {
     }
   }
 
-  private untilAborted(signal: AbortSignal | undefined): Promise<never> {
+  /** Rejects when the signal aborts; resolves with the abort message when abort(rid) ends the request. */
+  private untilAborted(req: GenerateRequest): Promise<string> {
     this.markWaiting();
-    return new Promise((_, reject) => {
-      signal?.addEventListener('abort', () => reject(new TroupeError('invalid_request', 'aborted')));
+    return new Promise((resolve, reject) => {
+      if (req.rid !== undefined) this.hanging.set(req.rid, resolve);
+      req.signal?.addEventListener('abort', () => reject(new TroupeError('invalid_request', 'aborted')));
     });
   }
 
@@ -62,7 +68,10 @@ export class EchoEngine implements TroupeEngine {
 
   async generate(req: GenerateRequest): Promise<GenerateOutput> {
     this.check(req);
-    if (this.hang) return this.untilAborted(req.signal);
+    if (this.hang) {
+      const message = await this.untilAborted(req);
+      return { ...this.output(req, 0), finishReason: { type: 'abort', message } };
+    }
     if (this.failWith) throw this.failWith;
     return this.output(req, Math.min(TOKENS.length, req.sampling.maxNewTokens));
   }
@@ -74,8 +83,28 @@ export class EchoEngine implements TroupeEngine {
       const full = this.output(req, k);
       yield { ...full, finishReason: k === n ? full.finishReason : null };
       if (this.failWith) throw this.failWith;
-      if (this.hang) await this.untilAborted(req.signal);
+      if (this.hang) {
+        const message = await this.untilAborted(req);
+        yield { ...this.output(req, k), finishReason: { type: 'abort', message } };
+        return;
+      }
     }
+  }
+
+  abort(rid: string, message?: string): boolean {
+    this.aborts.push([rid, message]);
+    const end = this.hanging.get(rid);
+    this.hanging.delete(rid);
+    end?.(message ?? 'aborted');
+    return end !== undefined;
+  }
+
+  abortAll(message?: string): number {
+    this.aborts.push(['*', message]);
+    const ends = [...this.hanging.values()];
+    this.hanging.clear();
+    for (const end of ends) end(message ?? 'aborted');
+    return ends.length;
   }
 
   async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {

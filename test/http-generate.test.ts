@@ -129,7 +129,14 @@ describe('POST /generate shapes', () => {
   it('passes rid through, one per prompt of a batch', async () => {
     const body = (await (await post({ text: ['a', 'b'], rid: ['r1', 'r2'] })).json()) as Array<{ meta_info: { id: string } }>;
     expect(body.map((b) => b.meta_info.id)).toEqual(['r1', 'r2']);
-    await expectError(await post({ text: ['a', 'b'], rid: 'r1' }), 400, 'rid', 'list');
+    await expectError(await post({ text: ['a', 'b'], rid: ['r1'] }), 400, 'rid', 'list of 1');
+  });
+
+  // SGLang's GenerateReqInput._normalize_rid (python/sglang/srt/managers/io_struct.py).
+  it('extends one rid for a batch into one id per prompt, <rid>_<i>, as SGLang does', async () => {
+    const body = (await (await post({ text: ['a', 'b'], rid: 'r1' })).json()) as Array<{ meta_info: { id: string } }>;
+    expect(body.map((b) => b.meta_info.id)).toEqual(['r1_0', 'r1_1']);
+    expect(engine.requests.map((r) => r.rid)).toEqual(['r1_0', 'r1_1']);
   });
 
   it('puts a trimmed stop string back with no_stop_trim', async () => {
@@ -183,9 +190,9 @@ describe('POST /generate validation', () => {
     await expectError(await post({ text: ['a', 'b'], lora_path: [null, 'nope'] }), 400, 'nope');
   });
 
-  it('rejects unknown sampling keys and unknown fields by name', async () => {
+  it('rejects unknown sampling keys by name', async () => {
     await expectError(await post({ text: 'a', sampling_params: { max_tokens: 4 } }), 400, '"max_tokens"');
-    await expectError(await post({ text: 'a', image_data: 'x' }), 400, '"image_data"');
+    await expectError(await post({ text: 'a', image_data: 'x' }), 400, 'image_data', 'not supported');
   });
 
   it('passes frequency, presence and repetition penalties to the engine and checks SGLang\'s ranges', async () => {

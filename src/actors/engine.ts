@@ -2,6 +2,7 @@
 // the scheduler actor, and turns its token events back into outputs and stream chunks.
 import { randomInt, randomUUID } from 'node:crypto';
 import {
+  checkLogprobStartLen,
   checkRequest,
   completeRequest,
   type AdapterSpec,
@@ -169,6 +170,19 @@ export class Engine implements LocalTroupeEngine {
     }
   }
 
+  abort(rid: string, message = 'the request was aborted'): boolean {
+    const live = this.live.get(rid);
+    if (!live) return false;
+    this.abortRequest(live, message);
+    return true;
+  }
+
+  abortAll(message = 'the request was aborted'): number {
+    const all = [...this.live.values()];
+    for (const live of all) this.abortRequest(live, message);
+    return all.length;
+  }
+
   /** Validates, tokenizes and submits; the sink hears the rest. Throws for a request that cannot start. */
   private async start(req: GenerateRequest, sink: RequestSink): Promise<LiveRequest> {
     this.assertUsable();
@@ -185,11 +199,15 @@ export class Engine implements LocalTroupeEngine {
     promptIds.forEach((t, i) => {
       if (!Number.isInteger(t) || t < 0 || t >= vocab) throw badRequest(`input_ids[${i}] = ${t} is not a token id of this model (0..${vocab - 1})`);
     });
+    // Only with logprobs, as in SGLang: without them the start position means nothing.
+    if (req.returnLogprob && req.logprobStartLen !== undefined) checkLogprobStartLen(req.logprobStartLen, promptIds.length);
     this.assertUsable();
 
     const detach = (): void => req.signal?.removeEventListener('abort', onAbort);
-    const count = (outcome: 'ok' | 'aborted' | 'error', o?: GenerateOutput): void =>
+    const count = (outcome: 'ok' | 'aborted' | 'error', o?: GenerateOutput): void => {
+      if (req.logMetrics === false) return;
       this.metrics.request({ lora: req.lora, outcome, promptTokens: o?.promptTokens ?? 0, completionTokens: o?.completionTokens ?? 0 });
+    };
     const live: LiveRequest = new LiveRequest(id, req, promptIds.length, {
       chunk: sink.chunk?.bind(sink),
       done: (o) => (detach(), count(o.finishReason.type === 'abort' ? 'aborted' : 'ok', o), sink.done(o)),

@@ -7,6 +7,7 @@ import { parseArgs } from '../config/parse.js';
 import { validateFlags } from '../config/validate.js';
 import type { Log } from '../log.js';
 import { registerAdapterRoutes } from './adapters.js';
+import { registerControlRoutes } from './control.js';
 import { registerAdapterDebugRoutes } from './debug/adapters.js';
 import { registerMetricsRoute } from './metrics.js';
 import { errorBody } from './error-body.js';
@@ -14,6 +15,7 @@ import { registerGenerate } from './generate.js';
 import { apiKeyGuard, hostGuard, jsonBodyGuard, sizeGuard } from './guards.js';
 import { registerHealthRoutes } from './health.js';
 import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
+import { registerServerInfo } from './server-info.js';
 
 /**
  * The server flags the HTTP layer enforces; any left out take their `troupe serve` defaults.
@@ -22,7 +24,11 @@ import { registerOpenAiRoutes, type OpenAiOptions } from './openai/index.js';
  */
 export type AppFlags = Pick<ServeOptions, 'host' | 'apiKey' | 'allowedHosts' | 'maxRequestBytes' | 'maxTopLogprobsNum'>;
 
-export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<AppFlags> {
+/**
+ * What the app serves with. The rest of the server's options (those `troupe serve` passes) are
+ * reported by /get_server_info; any left out take their defaults there.
+ */
+export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Partial<Omit<ServeOptions, 'servedModelName'>> {
   servedModelName: string;
   log?: Log;
 }
@@ -30,12 +36,18 @@ export interface AppOptions extends Omit<OpenAiOptions, 'maxTopLogprobsNum'>, Pa
 export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   const log: Log = opts.log ?? (() => {});
   const defaults = validateFlags(parseArgs([]).flags).options;
+  // Only the server's options, each as given or else its default: opts holds the app's own too.
+  const given = Object.fromEntries(Object.keys(defaults).flatMap((k) => {
+    const v = opts[k as keyof AppOptions];
+    return v === undefined ? [] : [[k, v]];
+  })) as Partial<ServeOptions>;
+  const options: ServeOptions = { ...defaults, ...given, servedModelName: opts.servedModelName };
   const flags: AppFlags = {
-    host: opts.host ?? defaults.host,
-    apiKey: opts.apiKey ?? defaults.apiKey,
-    allowedHosts: opts.allowedHosts ?? defaults.allowedHosts,
-    maxRequestBytes: opts.maxRequestBytes ?? defaults.maxRequestBytes,
-    maxTopLogprobsNum: opts.maxTopLogprobsNum ?? defaults.maxTopLogprobsNum,
+    host: options.host,
+    apiKey: options.apiKey,
+    allowedHosts: options.allowedHosts,
+    maxRequestBytes: options.maxRequestBytes,
+    maxTopLogprobsNum: options.maxTopLogprobsNum,
   };
   const app = new Hono();
 
@@ -56,6 +68,8 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   registerGenerate(app, engine, log, flags);
   registerAdapterRoutes(app, engine, log);
   registerHealthRoutes(app, engine, log, opts.servedModelName);
+  registerControlRoutes(app, engine, log);
+  registerServerInfo(app, engine, options);
   registerOpenAiRoutes(app, engine, log, { ...opts, maxTopLogprobsNum: flags.maxTopLogprobsNum });
   registerAdapterDebugRoutes(app, engine);
   registerMetricsRoute(app, engine);

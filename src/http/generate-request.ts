@@ -1,67 +1,48 @@
-// Parses SGLang's POST /generate body into GenerateRequests. Wire names are SGLang's
-// (snake_case); whether the call is a batch follows from the shape of text / input_ids,
-// and every per-prompt field may be one value for all prompts or a list, one per prompt.
+// Parses SGLang's POST /generate body into engine requests. Wire names are SGLang's (snake_case);
+// whether the call is a batch follows from the shape of text / input_ids, every per-prompt field
+// may be one value for all prompts or a list, one per prompt, and sampling_params.n > 1 turns
+// each prompt into n samples. generate-fields.ts says what happens to every other field.
 import {
-  checkStop, checkStopTokenIds, checkTopLogprobsNum, DEFAULT_SAMPLING, SAMPLING_RULES,
-  type GenerateRequest, type NumericSamplingKey, type SamplingOptions,
+  checkTopLogprobsNum, DEFAULT_SAMPLING, type GenerateRequest, type SamplingOptions,
 } from '../api.js';
 import { badRequest } from '../errors.js';
-import {
-  asBool, asInt, asNumber, asString, expected, isObject, rejectUnknownKeys,
-  type JsonObject,
-} from './validate.js';
+import { fanOut, type Prompt } from './fan-out.js';
+import { applyFieldRules } from './field-rules.js';
+import { GENERATE_FIELDS, SAMPLING_PARAMS_FIELDS } from './generate-fields.js';
+import { parseLoraPaths, perPrompt } from './per-prompt.js';
+import { checkChoices, readSampling, wireFields } from './sampling.js';
+import { asBool, asInt, asString, expected, isObject, type JsonObject } from './validate.js';
 
-/** One prompt of a /generate call: what the engine gets plus what only the HTTP layer uses. */
+/** One engine request of a /generate call, with what only the HTTP layer uses. */
 export interface GenerateItem {
   request: Omit<GenerateRequest, 'signal'>;
   /** SGLang's no_stop_trim: keep the matched stop string at the end of the text. */
   noStopTrim: boolean;
   /** SGLang's return_text_in_logprobs: keep token texts in the logprob triples. */
   returnTextInLogprobs: boolean;
+  /** SGLang's stream_interval: stream an update every this many tokens (and the last one). */
+  streamInterval: number;
 }
 
 export interface ParsedGenerate {
-  /** True when text / input_ids was a list of prompts: the reply is then a list too. */
+  /** True when the reply is a list: text / input_ids was a list of prompts, or n > 1. */
   batch: boolean;
   stream: boolean;
+  /** Sample j of prompt i at i * n + j, as SGLang orders them. */
   items: GenerateItem[];
 }
-
-const TOP_LEVEL_KEYS = new Set([
-  'text', 'input_ids', 'sampling_params', 'lora_path', 'stream', 'return_logprob',
-  'top_logprobs_num', 'return_text_in_logprobs', 'rid',
-]);
-
-const SAMPLING_KEYS = new Set([
-  'max_new_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'stop', 'stop_token_ids',
-  'ignore_eos', 'skip_special_tokens', 'sampling_seed', 'seed', 'no_stop_trim',
-  'spaces_between_special_tokens', 'frequency_penalty', 'presence_penalty',
-  'repetition_penalty', 'min_new_tokens', 'n',
-]);
-
-/**
- * The numeric sampling options whose wire names SGLang's native API and the OpenAI routes share
- * (the output length is max_new_tokens here and max_tokens there).
- */
-export const SAMPLING_WIRE_NAMES: ReadonlyArray<readonly [string, Exclude<NumericSamplingKey, 'maxNewTokens'>]> = [
-  ['temperature', 'temperature'], ['top_p', 'topP'], ['top_k', 'topK'], ['min_p', 'minP'],
-  ['frequency_penalty', 'frequencyPenalty'], ['presence_penalty', 'presencePenalty'], ['repetition_penalty', 'repetitionPenalty'],
-];
-
-// Options the sampler does not implement yet: only their neutral value is accepted, so a
-// client relying on them hears about it instead of getting silently different output.
-const NEUTRAL_ONLY: Record<string, number> = {
-  min_new_tokens: 0,
-  n: 1,
-};
 
 export interface GenerateLimits {
   /** --max-top-logprobs-num */
   maxTopLogprobsNum: number;
 }
 
+// SGLang refuses these as lists with n > 1 (a list there means one per prompt, and n samples
+// of a prompt must ask alike).
+const SCALAR_WITH_SAMPLES = ['return_logprob', 'logprob_start_len', 'top_logprobs_num'];
+
 export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): ParsedGenerate {
-  rejectUnknownKeys(body, TOP_LEVEL_KEYS, 'field');
+  applyFieldRules(body, GENERATE_FIELDS, (k) => k, 'ignore');
   const present = (k: string): boolean => body[k] !== undefined && body[k] !== null;
 
   if (present('text') && present('input_ids')) {
@@ -72,7 +53,7 @@ export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): 
   }
 
   let batch: boolean;
-  let prompts: Array<{ text: string } | { inputIds: number[] }>;
+  let prompts: Prompt[];
   if (present('text')) {
     const text = body.text;
     if (typeof text === 'string') {
@@ -98,14 +79,26 @@ export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): 
     }
   }
 
-  const n = prompts.length;
-  const sampling = perPrompt(body, 'sampling_params', n, batch, parseSamplingParams, () => parseSamplingParams({}, 'sampling_params'));
-  const lora = perPrompt(body, 'lora_path', n, batch, parseLoraPath, () => null);
-  const returnLogprob = perPrompt(body, 'return_logprob', n, batch, asBool, () => false);
-  const topLogprobsNum = perPrompt(body, 'top_logprobs_num', n, batch, (v, f) => checkTopLogprobsNum(v, f, limits.maxTopLogprobsNum), () => 0);
-  const returnText = perPrompt(body, 'return_text_in_logprobs', n, batch, asBool, () => false);
-  const rids = parseRid(body.rid, n, batch);
+  const count = prompts.length;
+  const each = <T>(key: string, parseOne: (v: unknown, field: string) => T, dflt: () => T): T[] =>
+    perPrompt(key, body[key], count, batch, parseOne, dflt);
+  const sampling = each('sampling_params', parseSamplingParams, () => parseSamplingParams({}, 'sampling_params'));
+  const n = sampling[0]!.n;
+  const other = sampling.find((s) => s.n !== n);
+  if (other) throw badRequest(`sampling_params gives n = ${n} and n = ${other.n}; every prompt of a request must ask for the same n`);
+  if (n > 1) {
+    for (const key of SCALAR_WITH_SAMPLES) {
+      if (Array.isArray(body[key])) throw badRequest(`${key} cannot be a list when sampling_params.n is above 1; give one value`);
+    }
+  }
+  const lora = parseLoraPaths(body.lora_path, count, batch);
+  const returnLogprob = each('return_logprob', asBool, () => false);
+  const logprobStartLen = each('logprob_start_len', (v, f) => asInt(v, f, -1), () => -1);
+  const topLogprobsNum = each('top_logprobs_num', (v, f) => checkTopLogprobsNum(v, f, limits.maxTopLogprobsNum), () => 0);
+  const returnText = each('return_text_in_logprobs', asBool, () => false);
+  const rids = parseRid(body.rid, count, batch);
   const stream = present('stream') ? asBool(body.stream, 'stream') : false;
+  const logMetrics = present('log_metrics') ? asBool(body.log_metrics, 'log_metrics') : true;
 
   const items = prompts.map((prompt, i): GenerateItem => {
     const s = sampling[i]!;
@@ -118,9 +111,11 @@ export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): 
     };
     const rid = rids[i];
     if (rid !== undefined) request.rid = rid;
-    return { request, noStopTrim: s.noStopTrim, returnTextInLogprobs: returnText[i]! };
+    if (logprobStartLen[i] !== -1) request.logprobStartLen = logprobStartLen[i]!;
+    if (!logMetrics) request.logMetrics = false;
+    return { request, noStopTrim: s.noStopTrim, returnTextInLogprobs: returnText[i]!, streamInterval: s.streamInterval };
   });
-  return { batch, stream, items };
+  return { batch: batch || n > 1, stream, items: fanOut(items, n) };
 }
 
 function parseTokenIds(v: unknown, field: string): number[] {
@@ -129,42 +124,15 @@ function parseTokenIds(v: unknown, field: string): number[] {
   return v.map((id, j) => asInt(id, `${field}[${j}]`, 0));
 }
 
-function parseLoraPath(v: unknown, field: string): string | null {
-  if (v === null) return null;
-  if (typeof v !== 'string' || v === '') expected(field, 'an adapter name or null for the base model', v);
-  return v;
-}
-
-/**
- * A per-prompt field: absent or null gives the default for every prompt, one value applies to
- * every prompt, and a list gives one value per prompt and must be as long as the batch.
- */
-function perPrompt<T>(
-  body: JsonObject, key: string, n: number, batch: boolean,
-  parseOne: (v: unknown, field: string) => T, dflt: () => T,
-): T[] {
-  const v = body[key];
-  if (v === undefined || v === null) return Array.from({ length: n }, dflt);
-  if (Array.isArray(v)) {
-    if (v.length !== n) {
-      throw badRequest(
-        `${key} is a list of ${v.length} but the request has ${n} prompt${n === 1 ? '' : 's'}; ` +
-        `give one value for all prompts or a list of exactly ${n}`,
-      );
-    }
-    return v.map((x, i) => parseOne(x, batch ? `${key}[${i}]` : key));
-  }
-  const one = parseOne(v, key);
-  return Array.from({ length: n }, () => one);
-}
-
+/** SGLang's rid: one string for a single prompt; for a batch a list, or one string that each item's id extends with `_<i>`. */
 function parseRid(v: unknown, n: number, batch: boolean): Array<string | undefined> {
   if (v === undefined || v === null) return Array.from({ length: n }, () => undefined);
   if (!batch) {
     if (Array.isArray(v) && v.length === 1) return [asString(v[0], 'rid')];
     return [asString(v, 'rid')];
   }
-  if (!Array.isArray(v)) expected('rid', `a list of ${n} strings for a batch`, v);
+  if (typeof v === 'string') return Array.from({ length: n }, (_, i) => `${v}_${i}`);
+  if (!Array.isArray(v)) expected('rid', `a string or a list of ${n} strings for a batch`, v);
   if (v.length !== n) {
     throw badRequest(`rid is a list of ${v.length} but the request has ${n} prompts; give exactly ${n}`);
   }
@@ -173,65 +141,28 @@ function parseRid(v: unknown, n: number, batch: boolean): Array<string | undefin
   return rids;
 }
 
-interface ParsedSampling {
+export interface ParsedSampling {
   options: SamplingOptions;
   noStopTrim: boolean;
+  /** Samples of the prompt (SGLang's parallel sampling). */
+  n: number;
+  streamInterval: number;
 }
 
+/** One sampling_params object; `where` names it in messages ("sampling_params" or "sampling_params[i]"). */
 export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
   if (!isObject(v)) expected(where, 'an object', v);
-  for (const key of Object.keys(v)) {
-    if (!SAMPLING_KEYS.has(key)) {
-      throw badRequest(`unknown sampling parameter ${JSON.stringify(key)} in ${where}; accepted: ${[...SAMPLING_KEYS].join(', ')}`);
-    }
-  }
-  // SGLang clients send null for "use the default", so null counts as absent.
-  const get = (k: string): unknown => (v[k] === null ? undefined : v[k]);
-  const f = (k: string): string => `${where}.${k}`;
-
-  for (const [key, neutral] of Object.entries(NEUTRAL_ONLY)) {
-    const x = get(key);
-    if (x === undefined) continue;
-    if (asNumber(x, f(key)) !== neutral) {
-      throw badRequest(`${f(key)} is not supported yet (got ${x as number}; only ${neutral} is accepted)`);
-    }
-  }
-
-  const options: SamplingOptions = { ...DEFAULT_SAMPLING, stop: [], stopTokenIds: [] };
-
-  let x = get('max_new_tokens');
-  if (x !== undefined) options.maxNewTokens = SAMPLING_RULES.maxNewTokens(x, f('max_new_tokens'));
-  for (const [wire, key] of SAMPLING_WIRE_NAMES) {
-    x = get(wire);
-    if (x !== undefined) options[key] = SAMPLING_RULES[key](x, f(wire));
-  }
-
-  x = get('stop');
-  if (x !== undefined) options.stop = checkStop(x, f('stop'));
-
-  x = get('stop_token_ids');
-  if (x !== undefined) options.stopTokenIds = checkStopTokenIds(x, f('stop_token_ids'));
-
-  x = get('ignore_eos');
-  if (x !== undefined) options.ignoreEos = asBool(x, f('ignore_eos'));
-
-  x = get('skip_special_tokens');
-  if (x !== undefined) options.skipSpecialTokens = asBool(x, f('skip_special_tokens'));
-
-  const seed = get('sampling_seed');
-  const alias = get('seed');
-  if (seed !== undefined && alias !== undefined && seed !== alias) {
-    throw badRequest(`${where} gives both sampling_seed and seed with different values; give one`);
-  }
-  const s = seed ?? alias;
-  if (s !== undefined) options.seed = asInt(s, f(seed !== undefined ? 'sampling_seed' : 'seed'), 0);
-
-  // Accepted for SGLang compatibility; decoding does not insert spaces between special tokens.
-  x = get('spaces_between_special_tokens');
-  if (x !== undefined) asBool(x, f('spaces_between_special_tokens'));
-
-  x = get('no_stop_trim');
-  const noStopTrim = x !== undefined ? asBool(x, f('no_stop_trim')) : false;
-
-  return { options, noStopTrim };
+  applyFieldRules(v, SAMPLING_PARAMS_FIELDS, (k) => `${where}.${k}`, { what: 'sampling parameter', where });
+  const w = wireFields(v, where);
+  const options = readSampling(w, { maxTokens: ['max_new_tokens'], defaultMaxTokens: DEFAULT_SAMPLING.maxNewTokens, seed: ['sampling_seed', 'seed'] });
+  const get = <T>(key: string, parse: (x: unknown, field: string) => T, dflt: T): T => {
+    const x = w.get(key);
+    return x === undefined ? dflt : parse(x, w.name(key));
+  };
+  return {
+    options,
+    noStopTrim: get('no_stop_trim', asBool, false),
+    n: get('n', checkChoices, 1),
+    streamInterval: get('stream_interval', (x, f) => asInt(x, f, 1), 1),
+  };
 }

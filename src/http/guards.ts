@@ -73,6 +73,11 @@ export function apiKeyGuard(apiKey: string): MiddlewareHandler {
 // application/json and the structured +json types, parameters such as charset allowed.
 const JSON_MEDIA_TYPE = /^application\/(?:[a-z0-9!#$&^_.-]+\+)?json$/;
 const BODILESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+/**
+ * Routes that read no body, so any POST to them is as harmless as a GET: SGLang's clients post
+ * to /flush_cache with no body and no Content-Type.
+ */
+const BODILESS_ROUTES = new Set(['/flush_cache']);
 
 /**
  * Every body this server reads is JSON, and asking for its media type stops cross-site pages:
@@ -80,7 +85,7 @@ const BODILESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
  * never granted here, while text/plain and form bodies go out without one.
  */
 export const jsonBodyGuard: MiddlewareHandler = async (c, next) => {
-  if (BODILESS_METHODS.has(c.req.method)) return next();
+  if (BODILESS_METHODS.has(c.req.method) || BODILESS_ROUTES.has(c.req.path)) return next();
   const type = c.req.header('content-type');
   if (type !== undefined && JSON_MEDIA_TYPE.test(type.split(';')[0]!.trim().toLowerCase())) return next();
   const got = type === undefined ? 'no Content-Type' : `Content-Type ${JSON.stringify(type)}`;

@@ -38,7 +38,8 @@ export function registerHealthRoutes(app: Hono, engine: TroupeEngine, log: Log, 
     const sampling = parseSamplingParams({ max_new_tokens: 1, temperature: 0 }, 'sampling_params').options;
     try {
       // Token 0 exists in every vocabulary, which keeps the check independent of the tokenizer.
-      await engine.generate({ inputIds: [0], sampling, lora: null, returnLogprob: false, topLogprobsNum: 0, signal });
+      // Kept out of the metrics, as SGLang keeps its health checks (log_metrics: false).
+      await engine.generate({ inputIds: [0], sampling, lora: null, returnLogprob: false, topLogprobsNum: 0, logMetrics: false, signal });
     } catch (err) {
       log('warning', `health_generate failed: ${errorBody(err).body.error.message}`);
       return unavailable(c, err);

@@ -8,10 +8,11 @@ import type { Log } from '../../log.js';
 import type { GenerateLimits } from '../generate-request.js';
 import { asBool, asString, expected, isObject, readJsonObject, type JsonObject } from '../validate.js';
 import type { ChatMessage, ChatTemplate } from './chat-template.js';
-import { at, openAiError } from './errors.js';
+import { Call, collectJobs, streamJobs } from '../jobs.js';
+import { at, openAiError, tagPromptError } from './errors.js';
 import { chatLogprobs } from './logprobs.js';
 import { COMMON_KEYS, parseCommon, rejectUnknown } from './request.js';
-import { abortOnDisconnect, finishReasonOf, generateAll, makeJobs, streamAll, usageOf } from './run.js';
+import { finishReasonOf, makeJobs, openAiStream, usageOf } from './run.js';
 
 const KEYS = [
   ...COMMON_KEYS, 'messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'add_generation_prompt',
@@ -22,8 +23,7 @@ export function registerChatCompletions(
   app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, template: () => ChatTemplate, limits: GenerateLimits,
 ): void {
   app.post('/v1/chat/completions', async (c) => {
-    const controller = new AbortController();
-    const detach = abortOnDisconnect(c, controller);
+    const call = new Call(c.req.raw);
     try {
       const body = await readJsonObject(c.req.raw);
       rejectUnknown(body, KEYS);
@@ -74,10 +74,10 @@ export function registerChatCompletions(
           return out;
         };
         const usage = common.includeUsage ? (u: unknown) => ({ ...head, choices: [], usage: u }) : null;
-        return await streamAll(c, engine, jobs, controller, log, render, usage, common.n, 'messages');
+        return await streamJobs(c, engine, jobs, call, log, openAiStream('messages', render, usage, common.n));
       }
 
-      const outs = await generateAll(engine, jobs, controller, 'messages');
+      const outs = await collectJobs(engine, jobs, call, (err) => tagPromptError(err, 'messages'));
       const choices = await Promise.all(outs.map(async (o, index) => ({
         index,
         message: { role: 'assistant', content: o.text },
@@ -88,7 +88,7 @@ export function registerChatCompletions(
     } catch (err) {
       return openAiError(c, err);
     } finally {
-      detach();
+      call.detach();
     }
   });
 }

@@ -7,10 +7,11 @@ import { badRequest } from '../../errors.js';
 import type { Log } from '../../log.js';
 import type { GenerateLimits } from '../generate-request.js';
 import { asBool, asInt, asString, expected, readJsonObject, type JsonObject } from '../validate.js';
-import { at, openAiError } from './errors.js';
+import { Call, collectJobs, streamJobs } from '../jobs.js';
+import { at, openAiError, tagPromptError } from './errors.js';
 import { completionLogprobs } from './logprobs.js';
 import { COMMON_KEYS, parseCommon, rejectUnknown } from './request.js';
-import { abortOnDisconnect, finishReasonOf, generateAll, makeJobs, streamAll, usageOf, type Prompt } from './run.js';
+import { finishReasonOf, makeJobs, openAiStream, usageOf, type Prompt } from './run.js';
 
 const KEYS = [...COMMON_KEYS, 'prompt', 'logprobs', 'echo', 'best_of', 'suffix'];
 // OpenAI's and SGLang's default for completions.
@@ -18,8 +19,7 @@ const DEFAULT_MAX_TOKENS = 16;
 
 export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, limits: GenerateLimits): void {
   app.post('/v1/completions', async (c) => {
-    const controller = new AbortController();
-    const detach = abortOnDisconnect(c, controller);
+    const call = new Call(c.req.raw);
     try {
       const body = await readJsonObject(c.req.raw);
       rejectUnknown(body, KEYS);
@@ -51,10 +51,10 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
           return [payload];
         };
         const usage = common.includeUsage ? (u: unknown) => ({ ...head, choices: [], usage: u }) : null;
-        return await streamAll(c, engine, jobs, controller, log, render, usage, common.n, 'prompt');
+        return await streamJobs(c, engine, jobs, call, log, openAiStream('prompt', render, usage, common.n));
       }
 
-      const outs = await generateAll(engine, jobs, controller, 'prompt');
+      const outs = await collectJobs(engine, jobs, call, (err) => tagPromptError(err, 'prompt'));
       const choices = await Promise.all(outs.map(async (o, index) => ({
         index,
         text: o.text,
@@ -65,7 +65,7 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
     } catch (err) {
       return openAiError(c, err);
     } finally {
-      detach();
+      call.detach();
     }
   });
 }

@@ -1,26 +1,20 @@
 // The fields /v1/completions and /v1/chat/completions share: the model (which picks the adapter),
 // sampling, n, streaming. OpenAI's names and ranges, SGLang's where OpenAI has no rule; SGLang's
 // extra sampling fields (top_k, min_p, repetition_penalty, ...) are accepted as SGLang does.
-import {
-  checkStop, checkStopTokenIds, DEFAULT_SAMPLING, SAMPLING_RULES, type SamplingOptions, type TroupeEngine,
-} from '../../api.js';
+import type { SamplingOptions, TroupeEngine } from '../../api.js';
 import { badRequest } from '../../errors.js';
-import { SAMPLING_WIRE_NAMES } from '../generate-request.js';
-import { asBool, asInt, asString, expected, isObject, type JsonObject } from '../validate.js';
-import { at, modelNotFound } from './errors.js';
+import { checkChoices, checkLogitBias, readSampling, SAMPLING_FIELD_NAMES, wireFields } from '../sampling.js';
+import { asBool, asString, expected, isObject, type JsonObject } from '../validate.js';
+import { at } from './errors.js';
+import { resolveModel, type ModelChoice } from './model-name.js';
 
 export const COMMON_KEYS = [
-  'model', 'n', 'stream', 'stream_options', 'stop', 'seed', 'temperature', 'top_p', 'max_tokens',
-  'frequency_penalty', 'presence_penalty', 'user', 'logit_bias',
-  // SGLang's extensions
-  'top_k', 'min_p', 'repetition_penalty', 'ignore_eos', 'skip_special_tokens', 'stop_token_ids', 'lora_path',
+  'model', 'n', 'stream', 'stream_options', 'seed', 'max_tokens', 'user', 'logit_bias', ...SAMPLING_FIELD_NAMES,
+  // SGLang's extension
+  'lora_path',
 ];
 
-export interface CommonRequest {
-  /** The model string as given, echoed back in every reply. */
-  model: string;
-  /** Adapter name, or null for the base model. */
-  lora: string | null;
+export interface CommonRequest extends ModelChoice {
   sampling: SamplingOptions;
   /** Choices per prompt. */
   n: number;
@@ -38,100 +32,28 @@ export function rejectUnknown(body: JsonObject, known: readonly string[]): void 
   }
 }
 
-/**
- * "<served>" and "<served>:" are the base model, "<served>:<adapter>" an adapter; a bare
- * adapter name works too. The adapter in model wins over lora_path, as in SGLang.
- */
-export function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): { model: string; lora: string | null } {
-  const model = at('model', () => {
-    if (body.model === undefined || body.model === null) throw badRequest(`model is required; use "${servedModelName}" or "${servedModelName}:<adapter>"`);
-    return asString(body.model, 'model');
-  });
-  const loraPath = body.lora_path === undefined || body.lora_path === null ? null : at('lora_path', () => asString(body.lora_path, 'lora_path'));
-  const known = new Map(engine.adapters().map((a) => [a.name, a]));
-  const choices = (): string => [servedModelName, ...[...known.keys()].map((n) => `${servedModelName}:${n}`)].join(', ');
-
-  let lora: string | null;
-  let param = 'model';
-  if (model === servedModelName || model === `${servedModelName}:`) {
-    lora = loraPath;
-    if (loraPath !== null) param = 'lora_path';
-  } else if (model.startsWith(`${servedModelName}:`)) {
-    lora = model.slice(servedModelName.length + 1);
-  } else if (known.has(model)) {
-    lora = model;
-  } else {
-    throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${choices()}`);
-  }
-  if (lora !== null && !known.has(lora)) {
-    throw modelNotFound(`LoRA adapter ${JSON.stringify(lora)} is not loaded; served: ${choices()}`, param);
-  }
-  return { model, lora };
-}
-
 /** Sampling from OpenAI's fields; maxTokensKeys lists the names that set the output length, first wins. */
 export function parseCommon(
   body: JsonObject, servedModelName: string, engine: TroupeEngine, maxTokensKeys: string[], defaultMaxTokens: number,
 ): CommonRequest {
-  const { model, lora } = resolveModel(body, servedModelName, engine);
-  const get = (k: string): unknown => (body[k] === null ? undefined : body[k]);
-  const s: SamplingOptions = { ...DEFAULT_SAMPLING, maxNewTokens: defaultMaxTokens, stop: [], stopTokenIds: [] };
-
-  for (const k of maxTokensKeys) {
-    const v = get(k);
-    if (v !== undefined) {
-      s.maxNewTokens = at(k, () => SAMPLING_RULES.maxNewTokens(v, k));
-      break;
+  const choice = resolveModel(body, servedModelName, engine);
+  const w = wireFields(body);
+  const sampling = readSampling(w, { maxTokens: maxTokensKeys, defaultMaxTokens, seed: ['seed'] });
+  const field = <T>(key: string, parse: (v: unknown, f: string) => T): T | undefined => {
+    const v = w.get(key);
+    return v === undefined ? undefined : at(key, () => parse(v, key));
+  };
+  field('user', asString);
+  field('logit_bias', checkLogitBias);
+  const n = field('n', checkChoices) ?? 1;
+  const stream = field('stream', asBool) ?? false;
+  const includeUsage = field('stream_options', (v, f) => {
+    if (!isObject(v)) expected(f, 'an object', v);
+    if (!stream) throw badRequest('stream_options is only allowed with "stream": true');
+    for (const k of Object.keys(v)) {
+      if (k !== 'include_usage') throw badRequest(`unknown field ${JSON.stringify(k)} in stream_options; accepted: include_usage`);
     }
-  }
-  for (const [wire, key] of SAMPLING_WIRE_NAMES) {
-    const x = get(wire);
-    if (x !== undefined) s[key] = at(wire, () => SAMPLING_RULES[key](x, wire));
-  }
-  let v = get('stop');
-  if (v !== undefined) s.stop = at('stop', () => checkStop(v, 'stop'));
-  v = get('stop_token_ids');
-  if (v !== undefined) s.stopTokenIds = at('stop_token_ids', () => checkStopTokenIds(v, 'stop_token_ids'));
-  v = get('seed');
-  if (v !== undefined) s.seed = at('seed', () => asInt(v, 'seed', 0));
-  v = get('ignore_eos');
-  if (v !== undefined) s.ignoreEos = at('ignore_eos', () => asBool(v, 'ignore_eos'));
-  v = get('skip_special_tokens');
-  if (v !== undefined) s.skipSpecialTokens = at('skip_special_tokens', () => asBool(v, 'skip_special_tokens'));
-  v = get('user');
-  if (v !== undefined) at('user', () => asString(v, 'user'));
-  v = get('logit_bias');
-  if (v !== undefined) {
-    at('logit_bias', () => {
-      if (!isObject(v)) expected('logit_bias', 'an object', v);
-      if (Object.keys(v).length > 0) throw badRequest('logit_bias is not supported; leave it out or send {}');
-    });
-  }
-
-  v = get('n');
-  const n = v === undefined ? 1 : at('n', () => {
-    const k = asInt(v, 'n', 1);
-    if (k > 128) throw badRequest(`n must be at most 128, got ${k}`);
-    return k;
-  });
-  v = get('stream');
-  const stream = v === undefined ? false : at('stream', () => asBool(v, 'stream'));
-  let includeUsage = false;
-  v = get('stream_options');
-  if (v !== undefined) {
-    includeUsage = at('stream_options', () => {
-      if (!isObject(v)) expected('stream_options', 'an object', v);
-      if (!stream) throw badRequest('stream_options is only allowed with "stream": true');
-      for (const k of Object.keys(v)) {
-        if (k !== 'include_usage') throw badRequest(`unknown field ${JSON.stringify(k)} in stream_options; accepted: include_usage`);
-      }
-      return v.include_usage === undefined || v.include_usage === null ? false : asBool(v.include_usage, 'stream_options.include_usage');
-    });
-  }
-  return { model, lora, sampling: s, n, stream, includeUsage };
-}
-
-/** The seed of choice j: consecutive seeds, so n seeded choices differ from each other yet repeat. */
-export function choiceSeed(seed: number | null, j: number): number | null {
-  return seed === null ? null : (seed + j) % 2 ** 32;
+    return v.include_usage === undefined || v.include_usage === null ? false : asBool(v.include_usage, 'stream_options.include_usage');
+  }) ?? false;
+  return { ...choice, sampling, n, stream, includeUsage };
 }

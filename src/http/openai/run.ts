@@ -1,14 +1,12 @@
-// Runs the choices of one OpenAI request (n per prompt) on the engine, all at once, and streams
-// them as OpenAI's server-sent events. One AbortController covers the call: a client that goes
-// away, or one choice failing, stops every choice and frees its KV blocks.
-import type { Context } from 'hono';
-import { streamSSE } from 'hono/streaming';
-import type { FinishReason, GenerateChunk, GenerateInput, GenerateOutput, TroupeEngine } from '../../api.js';
-import type { Log } from '../../log.js';
+// The engine requests of one OpenAI call (n choices per prompt) and what OpenAI's replies say
+// about them; jobs.ts runs them and fan-out.ts makes the n choices, as for /generate.
+import type { FinishReason, GenerateChunk, GenerateInput, GenerateOutput } from '../../api.js';
+import { fanOut, type Prompt } from '../fan-out.js';
+import type { StreamShape } from '../jobs.js';
 import { openAiErrorBody, tagPromptError } from './errors.js';
-import { choiceSeed, type CommonRequest } from './request.js';
+import type { CommonRequest } from './request.js';
 
-export type Prompt = { text: string } | { inputIds: number[] };
+export type { Prompt };
 
 export interface Usage {
   prompt_tokens: number;
@@ -18,15 +16,11 @@ export interface Usage {
 
 /** n choices per prompt; choice index = prompt index * n + j, as OpenAI numbers them. */
 export function makeJobs(prompts: Prompt[], common: CommonRequest, returnLogprob: boolean, topLogprobsNum: number): GenerateInput[] {
-  return prompts.flatMap((prompt) =>
-    Array.from({ length: common.n }, (_, j): GenerateInput => ({
-      ...prompt,
-      lora: common.lora,
-      sampling: { ...common.sampling, seed: choiceSeed(common.sampling.seed, j) },
-      returnLogprob,
-      topLogprobsNum,
-    })),
-  );
+  const loras = common.lorasFor(prompts.length);
+  const items = prompts.map((prompt, i) => ({
+    request: { ...prompt, lora: loras[i]!, sampling: common.sampling, returnLogprob, topLogprobsNum } satisfies GenerateInput,
+  }));
+  return fanOut(items, common.n).map((item) => item.request);
 }
 
 /** OpenAI counts each prompt once however many choices it has. */
@@ -45,87 +39,19 @@ export function finishReasonOf(f: FinishReason | null): string | null {
   return f.type === 'abort' ? 'abort' : f.type;
 }
 
-/** Ties an AbortController to the client's connection; call the result when the work is over. */
-export function abortOnDisconnect(c: Context, controller: AbortController): () => void {
-  const clientSignal = c.req.raw.signal;
-  const onGone = (): void => controller.abort(new Error('client disconnected'));
-  if (clientSignal.aborted) onGone();
-  else clientSignal.addEventListener('abort', onGone, { once: true });
-  return () => clientSignal.removeEventListener('abort', onGone);
-}
-
-/** promptParam: the request field that engine errors about the prompt are tagged with. */
-export async function generateAll(
-  engine: TroupeEngine, jobs: GenerateInput[], controller: AbortController, promptParam: string,
-): Promise<GenerateOutput[]> {
-  try {
-    return await Promise.all(jobs.map((job) => engine.generate({ ...job, signal: controller.signal })));
-  } catch (err) {
-    controller.abort(err);
-    throw tagPromptError(err, promptParam);
-  }
-}
-
 /**
- * What a route sends for one engine chunk of choice `index`: zero or more SSE payloads. It is
- * called in order per choice, so it may keep per-choice state (what was sent so far).
+ * An OpenAI stream: `render` makes each choice's chunks, errors have OpenAI's shape, engine
+ * errors about the prompt name `promptParam`, and with include_usage a usage chunk comes last.
  */
-export type ChunkRenderer = (index: number, chunk: GenerateChunk) => Promise<unknown[]>;
-
-/**
- * Streams every job. The first chunk of each is awaited before the 200 goes out, so errors the
- * engine finds up front (an unknown adapter, a prompt that is too long) keep their 4xx status.
- */
-export async function streamAll(
-  c: Context, engine: TroupeEngine, jobs: GenerateInput[], controller: AbortController, log: Log,
-  render: ChunkRenderer, usageChunk: ((usage: Usage) => unknown) | null, n: number, promptParam: string,
-): Promise<Response> {
-  const { signal } = controller;
-  const iterators: AsyncIterator<GenerateChunk>[] = [];
-  const done = jobs.map(() => false);
-  const release = (): void => {
-    iterators.forEach((it, i) => {
-      if (!done[i]) it.return?.().catch(() => {});
-    });
+export function openAiStream(
+  promptParam: string, render: StreamShape['render'], usageChunk: ((usage: Usage) => unknown) | null, n: number,
+): StreamShape {
+  const shape: StreamShape = {
+    route: 'OpenAI',
+    render,
+    errorEvent: (err) => openAiErrorBody(err).body,
+    mapError: (err) => tagPromptError(err, promptParam),
   };
-  let firsts: IteratorResult<GenerateChunk>[];
-  try {
-    for (const job of jobs) iterators.push(engine.stream({ ...job, signal })[Symbol.asyncIterator]());
-    firsts = await Promise.all(iterators.map((it) => it.next()));
-  } catch (err) {
-    controller.abort(err);
-    release();
-    throw tagPromptError(err, promptParam);
-  }
-
-  return streamSSE(c, async (sse) => {
-    sse.onAbort(() => controller.abort(new Error('client disconnected')));
-    const send = (data: unknown): Promise<unknown> => sse.write(`data: ${JSON.stringify(data)}\n\n`);
-    const last: Array<GenerateChunk | null> = jobs.map(() => null);
-    let failed = false;
-    try {
-      await Promise.all(iterators.map(async (it, i) => {
-        let r = firsts[i]!;
-        while (!r.done) {
-          if (signal.aborted) return;
-          last[i] = r.value;
-          for (const payload of await render(i, r.value)) await send(payload);
-          r = await it.next();
-        }
-        done[i] = true;
-      }));
-    } catch (err) {
-      failed = true;
-      controller.abort(err);
-      if (!sse.aborted) {
-        log('warning', `OpenAI stream failed: ${err instanceof Error ? err.message : String(err)}`);
-        await send(openAiErrorBody(err).body);
-      }
-    } finally {
-      release();
-    }
-    if (sse.aborted) return;
-    if (!failed && usageChunk && last.every((x) => x !== null)) await send(usageChunk(usageOf(last as GenerateChunk[], n)));
-    await sse.write('data: [DONE]\n\n');
-  });
+  if (usageChunk) shape.tail = (lasts) => [usageChunk(usageOf(lasts, n))];
+  return shape;
 }
