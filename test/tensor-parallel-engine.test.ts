@@ -34,8 +34,8 @@ async function run(model: keyof typeof MODELS, tp: number): Promise<{ logprobs: 
   const group = await startRanks(ckpt, tp, engineOptions({ kvBlocks: 96, loraSlots: 2, maxLoraRank: 16 }));
   try {
     if (tp > 1) expect(group.info.collective).toBe('host');
-    group.loadSlot(0, join(dir, 'qv'));
-    group.loadSlot(1, join(dir, 'all'));
+    await group.loadSlot(0, join(dir, 'qv'));
+    await group.loadSlot(1, join(dir, 'all'));
     const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({ slot, tokens: prompt(12, 40 + (i % 2), vocab), blocks: Array.from({ length: 8 }, (_, k) => i * 8 + k) }));
     const logprobs: Float64Array[] = [];
     const greedy: number[] = [];
