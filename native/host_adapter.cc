@@ -165,6 +165,7 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
       fail(&t, "ends at byte " + std::to_string(t.offset + t.nbytes) + " of a " + std::to_string(st.st_size) +
                    "-byte file (truncated?)");
     }
+    h->values_ += static_cast<size_t>(t.nbytes);
     lo = std::min(lo, t.offset);
     hi = std::max(hi, t.offset + t.nbytes);
   }

@@ -57,7 +57,8 @@ class HostAdapter {
   HostAdapter(const HostAdapter&) = delete;
   HostAdapter& operator=(const HostAdapter&) = delete;
 
-  size_t bytes() const { return size_; }
+  // The values it holds (the buffer may be a few bytes longer, for alignment).
+  size_t bytes() const { return values_; }
   bool pageLocked() const { return pinned_; }
   // Views into the buffer, each module sliced by slices[module] (empty: everything whole).
   AdapterWeights weights(const std::vector<ModuleSlice>& slices) const;
@@ -76,6 +77,7 @@ class HostAdapter {
   std::vector<Pair> pairs_;
   uint8_t* buf_ = nullptr;
   size_t size_ = 0;
+  size_t values_ = 0;
   int64_t base_ = 0;  // file offset of buf_[0]
   bool pinned_ = false;
 };
