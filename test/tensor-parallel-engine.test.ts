@@ -22,8 +22,9 @@ const MODELS = {
 for (const [name, cfg] of Object.entries(MODELS)) {
   const dir = join(tmp.dir, name);
   makeRandomCheckpoint(dir, cfg, 11);
-  makeRandomAdapter(join(dir, 'qv'), { rank: 8, alpha: 16, seed: 5, targetModules: ['q_proj', 'v_proj'], bStd: 0.2 }, cfg);
-  makeRandomAdapter(join(dir, 'all'), { rank: 16, alpha: 16, seed: 6, targetModules: [...LORA_MODULES], bStd: 0.2 }, cfg);
+  // 16-bit files: each rank's slot takes its slice of the host copy's f16 and bf16 bytes.
+  makeRandomAdapter(join(dir, 'qv'), { rank: 8, alpha: 16, seed: 5, targetModules: ['q_proj', 'v_proj'], bStd: 0.2, dtype: 'F16' }, cfg);
+  makeRandomAdapter(join(dir, 'all'), { rank: 16, alpha: 16, seed: 6, targetModules: [...LORA_MODULES], bStd: 0.2, dtype: 'BF16' }, cfg);
 }
 
 /** Base, qv and all on the same two prompts; prefilled in two chunks, then teacher-forced decodes. */

@@ -16,6 +16,7 @@ import { readAdapterHost } from '../model/adapter.js';
 import { planTensorParallel, type RankShard } from '../model/tensor-parallel.js';
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
+import { KeyedQueue, Limit } from './keyed-queue.js';
 import { fillSlot } from './ranks.js';
 import type { LoaderCommand, LoaderEvent, LoaderMsg, LoaderOutMsg, LoaderOutReplies, LoaderReplies, LoaderWorkerData } from './protocol.js';
 
@@ -41,20 +42,8 @@ const onCpu = new Map<string, HostAdapter>();
 const scheduler = new Mailbox<LoaderMsg, LoaderReplies, LoaderOutMsg, LoaderOutReplies>(data.schedulerPort, 'scheduler');
 const emit = (event: LoaderEvent): void => scheduler.send({ type: 'event', event });
 
-/** A counting semaphore for the reads. */
-let reading = 0;
-const readWaiters: Array<() => void> = [];
-async function withReadSlot<T>(fn: () => Promise<T>): Promise<T> {
-  if (reading >= MAX_READS) await new Promise<void>((resolve) => readWaiters.push(resolve));
-  else reading++;
-  try {
-    return await fn();
-  } finally {
-    const next = readWaiters.shift();
-    if (next) next();
-    else reading--;
-  }
-}
+const reads = new Limit(MAX_READS);
+const queue = new KeyedQueue();
 
 function dropCopy(name: string, p: Pool): void {
   const host = onCpu.get(name);
@@ -69,7 +58,7 @@ async function run(cmd: LoaderCommand): Promise<void> {
   switch (cmd.kind) {
     case 'load-cpu': {
       try {
-        const { info, host } = await withReadSlot(() => readAdapterHost(p.native, cmd.path, p.config, { pageLocked: p.pageLocked }));
+        const { info, host } = await reads.run(() => readAdapterHost(p.native, cmd.path, p.config, { pageLocked: p.pageLocked }));
         const why = poolMismatch(cmd.name, info.rank, info.targetModules, p);
         if (why) {
           p.native.destroyHostAdapter(host.handle);
@@ -107,9 +96,7 @@ async function run(cmd: LoaderCommand): Promise<void> {
   }
 }
 
-/** The last command of each adapter and slot, which the next one naming it waits for. */
-const tails = new Map<string, Promise<void>>();
-
+/** What a command must wait for: the earlier commands naming the same adapter or slot. */
 function keysOf(cmd: LoaderCommand): string[] {
   switch (cmd.kind) {
     case 'load-cpu':
@@ -122,21 +109,9 @@ function keysOf(cmd: LoaderCommand): string[] {
   }
 }
 
-function schedule(cmd: LoaderCommand): Promise<void> {
-  const keys = keysOf(cmd);
-  const before = keys.flatMap((k) => tails.get(k) ?? []);
-  const done = Promise.all(before).then(() => run(cmd));
-  // A failure is reported once (the mailbox warns of it); the commands after it still run.
-  const settled = done.catch(() => undefined);
-  for (const k of keys) tails.set(k, settled);
-  void settled.then(() => {
-    for (const k of keys) if (tails.get(k) === settled) tails.delete(k);
-  });
-  return done;
-}
-
 scheduler.serve((msg) => {
-  if (msg.type === 'command') return schedule(msg.command);
+  // A failure outside the ones reported as events reaches the mailbox, which warns of it.
+  if (msg.type === 'command') return queue.run(keysOf(msg.command), () => run(msg.command));
 });
 
 new Mailbox<LoaderMsg, LoaderReplies, never, Record<never, never>>(parentPort, 'main').serve((msg) => {
