@@ -1,6 +1,7 @@
 #include "host_adapter.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@ namespace {
 // bytes are still in cache.
 constexpr size_t kReadChunk = 8u << 20;
 constexpr size_t kPage = 4096;
+constexpr size_t kHugePage = 2u << 20;
 
 // A value is NaN or Inf when all its exponent bits are set.
 template <class U>
@@ -81,8 +83,13 @@ uint8_t* allocate(size_t n, bool pageLocked, bool* pinned) {
 #else
   (void)pageLocked;
 #endif
-  void* p = std::aligned_alloc(kPage, (std::max<size_t>(n, 1) + kPage - 1) / kPage * kPage);
+  // Huge pages where the kernel gives them: a fresh buffer is faulted in 2 MiB at a time, which
+  // makes the reads into it several times faster than with 4 KiB pages.
+  const size_t align = n >= kHugePage ? kHugePage : kPage;
+  const size_t len = (std::max<size_t>(n, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, len);
   if (!p) throw std::bad_alloc();
+  if (align == kHugePage) madvise(p, len, MADV_HUGEPAGE);
   return static_cast<uint8_t*>(p);
 }
 
