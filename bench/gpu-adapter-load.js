@@ -36,7 +36,10 @@ const gbps = (bytes, s) => bytes / s / 1e9;
 const seconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
 
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-adapter-load-'));
-const result = { date: new Date().toISOString(), cpu: `${cpus()[0]?.model ?? 'unknown CPU'} x ${cpus().length}`, gpu: null, adapter: 'rank 16, all seven modules, bf16', layers: config.numLayers };
+const result = {
+  date: new Date().toISOString(), cpu: `${cpus()[0]?.model ?? 'unknown CPU'} x ${cpus().length}`, gpu: null, model: modelDir ?? null,
+  adapter: 'rank 16, all seven modules, bf16', layers: config.numLayers,
+};
 try {
   const dirs = [0, 1, 2, 3].map((i) => {
     const d = join(tmp, `a${i}`);

@@ -66,40 +66,42 @@ std::string nonFiniteName(const uint8_t* p, DType d) {
   return (h & frac) ? "NaN" : (h & 0x8000u) ? "-Infinity" : "Infinity";
 }
 
-uint8_t* allocate(size_t n, bool pageLocked, bool* pinned) {
-  *pinned = false;
-#ifdef TROUPE_HAVE_CUDA
-  if (pageLocked) {
-    int count = 0;
-    void* p = nullptr;
-    // Portable: every GPU of a tensor-parallel group copies its slice from the same buffer.
-    if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0 &&
-        cudaHostAlloc(&p, std::max<size_t>(n, 1), cudaHostAllocPortable) == cudaSuccess) {
-      *pinned = true;
-      return static_cast<uint8_t*>(p);
-    }
-    cudaGetLastError();  // no GPU or no page-locked memory left: ordinary memory still works
-  }
-#else
-  (void)pageLocked;
-#endif
-  // Huge pages where the kernel gives them: a fresh buffer is faulted in 2 MiB at a time, which
-  // makes the reads into it several times faster than with 4 KiB pages.
+// Huge pages where the kernel gives them: a fresh buffer is faulted in 2 MiB at a time, which
+// makes the reads into it several times faster than with 4 KiB pages.
+uint8_t* allocate(size_t n, size_t* len) {
   const size_t align = n >= kHugePage ? kHugePage : kPage;
-  const size_t len = (std::max<size_t>(n, 1) + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, len);
+  *len = (std::max<size_t>(n, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, *len);
   if (!p) throw std::bad_alloc();
-  if (align == kHugePage) madvise(p, len, MADV_HUGEPAGE);
+  if (align == kHugePage) madvise(p, *len, MADV_HUGEPAGE);
   return static_cast<uint8_t*>(p);
+}
+
+// Page-locks a filled buffer for DMA to the GPU. Locking memory already in place (huge pages) is
+// far cheaper than cudaHostAlloc, which zeroes and locks 4 KiB pages (on an H200 host, 2 ms
+// against 27 ms for 84 MB). Portable: every GPU of a tensor-parallel group copies its slice
+// from the same buffer.
+bool pageLock(uint8_t* p, size_t len) {
+#ifdef TROUPE_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0 &&
+      cudaHostRegister(p, len, cudaHostRegisterPortable) == cudaSuccess) {
+    return true;
+  }
+  cudaGetLastError();  // no GPU, or no page-locked memory left: ordinary memory still works
+#else
+  (void)p;
+  (void)len;
+#endif
+  return false;
 }
 
 void release(uint8_t* p, bool pinned) {
   if (!p) return;
 #ifdef TROUPE_HAVE_CUDA
-  if (pinned) {
-    cudaFreeHost(p);
-    return;
-  }
+  if (pinned) cudaHostUnregister(p);
+#else
+  (void)pinned;
 #endif
   std::free(p);
 }
@@ -179,7 +181,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
   lo &= ~int64_t{63};
   h->base_ = lo;
   h->size_ = static_cast<size_t>(hi - lo);
-  h->buf_ = allocate(h->size_, spec.pageLocked, &h->pinned_);
+  size_t len = 0;
+  h->buf_ = allocate(h->size_, &len);
 
   // Tensors by where they end, so each read lets the ones it completed be checked.
   std::vector<size_t> order(h->tensors_.size());
@@ -207,6 +210,7 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
       }
     }
   }
+  if (spec.pageLocked) h->pinned_ = pageLock(h->buf_, len);
   return h;
 }
 

@@ -6,11 +6,10 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ADDON_RELATIVE_PATH } from '../src/engine/native.js';
-import type { StepBatch, StepResult } from '../src/engine/types.js';
 import { readAdapterHost } from '../src/model/adapter.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import { packageRoot } from '../src/paths.js';
-import { SMALL_MODEL, addon, createEngine, loadSlot, makeBatch, openCheckpoint, prompt, tempDir } from './engine-fixtures.js';
+import { SMALL_MODEL, addon, createEngine, loadSlot, makeBatch, openCheckpoint, prompt, stepOnWorker, tempDir } from './engine-fixtures.js';
 
 const tmp = tempDir('overlap');
 makeRandomCheckpoint(join(tmp.dir, 'base'), SMALL_MODEL, 21, 'BF16');
@@ -35,25 +34,6 @@ function engine(): number {
 const seq = (i: number, slot: number): Parameters<typeof makeBatch>[0][number] => ({ tokens: prompt(6, 50 + i), cached: 0, blocks: [i * 2, i * 2 + 1], slot });
 const otherSlots = makeBatch([seq(0, -1), seq(1, 0), seq(2, -1)], { returnLogits: true });
 const heldSlot = makeBatch([seq(3, 1), seq(4, -1)], { returnLogits: true });
-
-/** Runs one step on a worker thread (the engine handle works from any thread that loads the addon). */
-function stepOnWorker(h: number, batch: StepBatch): { result: Promise<StepResult>; done: () => boolean } {
-  const code = `
-    const { parentPort, workerData } = require('node:worker_threads');
-    const addon = require(workerData.file);
-    parentPort.postMessage(addon.step(workerData.handle, workerData.batch));
-  `;
-  const worker = new Worker(code, { eval: true, workerData: { file: join(packageRoot(), ADDON_RELATIVE_PATH), handle: h, batch } });
-  let finished = false;
-  const result = new Promise<StepResult>((resolve, reject) => {
-    worker.once('message', (r: StepResult) => {
-      finished = true;
-      resolve(r);
-    });
-    worker.once('error', reject);
-  }).finally(() => worker.terminate());
-  return { result, done: () => finished };
-}
 
 describe('filling a slot beside steps (CPU backend)', () => {
   it('runs steps that do not use the slot during its fill, and holds one that does until the fill ends', async () => {
