@@ -134,11 +134,30 @@ struct StepOutput {
   std::vector<std::string> errors;
 };
 
+// Host values of one LoRA factor: a rows x cols row-major tensor of dtype, of which a slot takes
+// rows [row0, row0 + takeRows) and columns [col0, col0 + takeCols) (a tensor-parallel rank's
+// slice; the whole tensor otherwise). `flat` marks values given without a shape (the
+// Float32Arrays of loadLoraSlot): checkAdapter gives them the shape the slot expects.
+struct FactorView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  int64_t row0 = 0, col0 = 0, takeRows = 0, takeCols = 0;
+  bool flat = false;
+
+  size_t values() const { return static_cast<size_t>(takeRows) * static_cast<size_t>(takeCols); }
+  size_t elemBytes() const { return dtype == DType::F32 ? 4 : 2; }
+  // Element (r, c) of the whole tensor.
+  const uint8_t* at(int64_t r, int64_t c) const {
+    return static_cast<const uint8_t*>(data) + (static_cast<size_t>(r) * cols + c) * elemBytes();
+  }
+};
+
 struct AdapterModuleWeights {
   int layer = 0;
   LoraModule module = kQ;
-  Span<float> a;  // rank x in
-  Span<float> b;  // out x rank
+  FactorView a;  // rank x in
+  FactorView b;  // out x rank
 };
 
 struct AdapterWeights {
@@ -147,7 +166,13 @@ struct AdapterWeights {
   std::vector<AdapterModuleWeights> weights;
 };
 
-// One engine instance. Calls are serialized by the caller (binding.cc holds a per-engine mutex).
+class SlotTable;
+
+// One engine instance. step() calls are serialized by the caller (binding.cc holds a per-engine
+// mutex). loadLoraSlot and clearLoraSlot may run on any thread, at the same time as a step and
+// as each other: the engine's SlotTable orders them (a step waits only for the slots it uses).
+// loadLoraSlot returns once the slot holds the values (on CUDA, once its copies are done), so
+// the caller may free the host memory then.
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -155,6 +180,8 @@ class Backend {
   virtual void step(const StepBatch& batch, StepOutput& out) = 0;
   virtual void loadLoraSlot(int slot, const AdapterWeights& adapter) = 0;
   virtual void clearLoraSlot(int slot) = 0;
+  // The pool's slot states (tests hold writes through it); null without a LoRA pool.
+  virtual SlotTable* loraSlotTable() = 0;
 };
 
 std::unique_ptr<Backend> makeCpuBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,

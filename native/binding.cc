@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "backend.h"
+#include "binding.h"
 #include "comm.h"
 #include "js_args.h"
 #include "sampling.h"
@@ -28,11 +29,6 @@ constexpr bool kCudaBuilt = true;
 #else
 constexpr bool kCudaBuilt = false;
 #endif
-
-struct EngineEntry {
-  std::mutex mu;  // one call at a time per engine
-  std::unique_ptr<Backend> backend;
-};
 
 struct Registry {
   std::mutex mu;
@@ -48,21 +44,11 @@ Registry& registry() {
 }
 
 int handleArg(const Napi::CallbackInfo& info, const char* fn) {
-  if (info.Length() < 1 || !info[0].IsNumber()) throw ArgError(std::string(fn) + ": handle must be a number");
-  const double d = info[0].As<Napi::Number>().DoubleValue();
-  if (d != std::floor(d) || d < 1) throw ArgError(std::string(fn) + ": handle must be a positive integer");
-  return static_cast<int>(d);
+  return static_cast<int>(handleValue(info.Length() < 1 ? info.Env().Undefined() : info[0], fn, "handle"));
 }
 
 std::shared_ptr<EngineEntry> lookup(const Napi::CallbackInfo& info, const char* fn) {
-  const int64_t h = handleArg(info, fn);
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  auto it = r.engines.find(h);
-  if (it == r.engines.end()) {
-    throw std::invalid_argument(std::string(fn) + ": no engine with handle " + std::to_string(h) + " (destroyed?)");
-  }
-  return it->second;
+  return lookupEngine(info.Length() < 1 ? info.Env().Undefined() : info[0], fn);
 }
 
 template <class T, class Arr>
@@ -198,7 +184,7 @@ Napi::Value LoadLoraSlot(const Napi::CallbackInfo& info) {
   auto e = lookup(info, "loadLoraSlot");
   const int slot = slotArg(info, "loadLoraSlot");
   const AdapterWeights ad = parseAdapter(info.Length() > 2 ? info[2] : info.Env().Undefined());
-  std::lock_guard<std::mutex> lock(e->mu);
+  // Not under the engine's mutex: the slot table lets steps on other slots run meanwhile.
   e->backend->loadLoraSlot(slot, ad);
   return info.Env().Undefined();
 }
@@ -206,7 +192,6 @@ Napi::Value LoadLoraSlot(const Napi::CallbackInfo& info) {
 Napi::Value ClearLoraSlot(const Napi::CallbackInfo& info) {
   auto e = lookup(info, "clearLoraSlot");
   const int slot = slotArg(info, "clearLoraSlot");
-  std::lock_guard<std::mutex> lock(e->mu);
   e->backend->clearLoraSlot(slot);
   return info.Env().Undefined();
 }
@@ -239,22 +224,6 @@ Napi::Value AbortTensorParallel(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), found);
 }
 
-// C++ exceptions become JS errors: argument type problems as TypeError, the rest as Error.
-template <Napi::Value (*F)(const Napi::CallbackInfo&)>
-Napi::Value guarded(const Napi::CallbackInfo& info) {
-  try {
-    return F(info);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const ArgError& e) {
-    throw Napi::TypeError::New(info.Env(), e.what());
-  } catch (const std::bad_alloc&) {
-    throw Napi::Error::New(info.Env(), "out of memory");
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(info.Env(), e.what());
-  }
-}
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New<guarded<BuildInfo>>(env, "buildInfo"));
   exports.Set("cudaDeviceCount", Napi::Function::New<guarded<CudaDeviceCount>>(env, "cudaDeviceCount"));
@@ -266,10 +235,32 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("clearLoraSlot", Napi::Function::New<guarded<ClearLoraSlot>>(env, "clearLoraSlot"));
   exports.Set("abortTensorParallel", Napi::Function::New<guarded<AbortTensorParallel>>(env, "abortTensorParallel"));
   exports.Set("destroyEngine", Napi::Function::New<guarded<DestroyEngine>>(env, "destroyEngine"));
+  initAdapterExports(env, exports);
   return exports;
 }
 
 }  // namespace
+
+int64_t handleValue(const Napi::Value& v, const char* fn, const char* what) {
+  if (!v.IsNumber()) throw ArgError(std::string(fn) + ": " + what + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (d != std::floor(d) || d < 1 || d > 9007199254740991.0) {
+    throw ArgError(std::string(fn) + ": " + what + " must be a positive integer");
+  }
+  return static_cast<int64_t>(d);
+}
+
+std::shared_ptr<EngineEntry> lookupEngine(const Napi::Value& handle, const char* fn) {
+  const int64_t h = handleValue(handle, fn, "handle");
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.engines.find(h);
+  if (it == r.engines.end()) {
+    throw std::invalid_argument(std::string(fn) + ": no engine with handle " + std::to_string(h) + " (destroyed?)");
+  }
+  return it->second;
+}
+
 }  // namespace troupe
 
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return troupe::Init(env, exports); }

@@ -71,9 +71,11 @@ EngineInfo CpuBackend::info() const {
 }
 
 void CpuBackend::step(const StepBatch& b, StepOutput& out) {
+  // The slots this batch uses stay as they are until it ends; fills of other slots go on.
+  const SlotTable::Lease lease = lora_.table().acquire(b.loraSlots);
   // Every rank checks the same batch against the same slot states, so a bad batch fails on all
   // of them before any collective.
-  validateBatch(b, config_, cache_.blocks, cache_.blockSize, lora_.loadedSlots());
+  validateBatch(b, config_, cache_.blocks, cache_.blockSize, lease.loaded());
   try {
     forward(b, out);
   } catch (const std::exception& e) {

@@ -23,6 +23,7 @@ class CpuBackend : public Backend {
   void step(const StepBatch& batch, StepOutput& out) override;
   void loadLoraSlot(int slot, const AdapterWeights& adapter) override { lora_.load(slot, adapter); }
   void clearLoraSlot(int slot) override { lora_.clear(slot); }
+  SlotTable* loraSlotTable() override { return &lora_.table(); }
 
  private:
   void layer(int index, float* hidden, int tokens, const std::vector<TokenPlace>& places,

@@ -87,6 +87,12 @@ double integerIn(const Napi::Object& o, const char* key, const std::string& what
   return d;
 }
 
+// Values given without a shape: checkAdapter shapes them.
+FactorView flatView(Span<float> v) {
+  const int64_t n = static_cast<int64_t>(v.size);
+  return FactorView{v.data, DType::F32, 1, n, 0, 0, 1, n, true};
+}
+
 }  // namespace
 
 ModelConfig parseConfig(const Napi::Value& v) {
@@ -256,11 +262,70 @@ AdapterWeights parseAdapter(const Napi::Value& v) {
     AdapterModuleWeights mw;
     mw.layer = integer(m, "layer", wi, 0);
     mw.module = parseModule(string(m, "module", wi), wi);
-    mw.a = typedArray<float>(m, "a", napi_float32_array, "a Float32Array", wi);
-    mw.b = typedArray<float>(m, "b", napi_float32_array, "a Float32Array", wi);
+    mw.a = flatView(typedArray<float>(m, "a", napi_float32_array, "a Float32Array", wi));
+    mw.b = flatView(typedArray<float>(m, "b", napi_float32_array, "a Float32Array", wi));
     ad.weights.push_back(mw);
   }
   return ad;
+}
+
+AdapterFileSpec parseAdapterFile(const Napi::Value& v, const Napi::Value& options) {
+  const std::string w = "readAdapter: adapter";
+  Napi::Object o = object(v, w);
+  AdapterFileSpec spec;
+  spec.file = string(o, "file", w);
+  spec.rank = integer(o, "rank", w, 1);
+  spec.scaling = number(o, "scaling", w);
+  Napi::Value tv = o.Get("tensors");
+  if (!tv.IsArray()) throw ArgError(w + ".tensors must be an array");
+  Napi::Array arr = tv.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const std::string wi = w + ".tensors[" + std::to_string(i) + "]";
+    Napi::Object t = object(arr.Get(i), wi);
+    AdapterTensor at;
+    at.name = string(t, "name", wi);
+    at.layer = integer(t, "layer", wi, 0);
+    at.module = parseModule(string(t, "module", wi), wi);
+    const std::string factor = string(t, "factor", wi);
+    if (factor != "A" && factor != "B") throw ArgError(wi + ".factor must be \"A\" or \"B\"");
+    at.isB = factor == "B";
+    at.offset = static_cast<int64_t>(integerIn(t, "offset", wi, 0, 9007199254740991.0, -1));
+    at.nbytes = static_cast<int64_t>(integerIn(t, "nbytes", wi, 0, 9007199254740991.0, -1));
+    at.dtype = parseDType(string(t, "dtype", wi), wi);
+    Napi::Value sv = t.Get("shape");
+    if (!sv.IsArray() || sv.As<Napi::Array>().Length() != 2) throw ArgError(wi + ".shape must be [rows, cols]");
+    Napi::Array shape = sv.As<Napi::Array>();
+    for (uint32_t k = 0; k < 2; ++k) {
+      Napi::Value d = shape.Get(k);
+      if (!d.IsNumber()) throw ArgError(wi + ".shape must hold two numbers");
+      const double x = d.As<Napi::Number>().DoubleValue();
+      if (x != std::floor(x) || x < 1 || x > 2147483647.0) throw ArgError(wi + ".shape must hold positive integers");
+      (k == 0 ? at.rows : at.cols) = static_cast<int64_t>(x);
+    }
+    spec.tensors.push_back(at);
+  }
+  Napi::Object opts = object(options, "readAdapter: options");
+  spec.pageLocked = boolean(opts, "pageLocked", "readAdapter: options");
+  return spec;
+}
+
+std::vector<ModuleSlice> parseSlices(const Napi::Value& v) {
+  std::vector<ModuleSlice> out;
+  if (v.IsUndefined() || v.IsNull()) return out;
+  const std::string w = "fillLoraSlot: slices";
+  if (!v.IsArray()) throw ArgError(w + " must be an array");
+  out.assign(kNumLoraModules, ModuleSlice{});
+  Napi::Array arr = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const std::string wi = w + "[" + std::to_string(i) + "]";
+    Napi::Object s = object(arr.Get(i), wi);
+    ModuleSlice& m = out[parseModule(string(s, "module", wi), wi)];
+    m.inStart = integer(s, "inStart", wi, 0);
+    m.inCount = integer(s, "inCount", wi, 0);
+    m.outStart = integer(s, "outStart", wi, 0);
+    m.outCount = integer(s, "outCount", wi, 0);
+  }
+  return out;
 }
 
 SampleCall parseSampleCall(const Napi::Value& logits, const Napi::Value& params, const Napi::Value& topN) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "host_adapter.h"
 #include "sampling.h"
 
 namespace troupe {
@@ -24,6 +25,10 @@ EngineOptions parseOptions(const Napi::Value& v);
 // The views point into the batch's typed arrays: valid while the call that received them runs.
 StepBatch parseBatch(const Napi::Value& v);
 AdapterWeights parseAdapter(const Napi::Value& v);
+// readAdapter(adapter, options): the file's tensors as the JS side checked them.
+AdapterFileSpec parseAdapterFile(const Napi::Value& v, const Napi::Value& options);
+// fillLoraSlot's per-module slices, indexed by module; empty when absent (everything whole).
+std::vector<ModuleSlice> parseSlices(const Napi::Value& v);
 
 // The arguments of sampleLogits(logits, params, topN), one direct call of sampleToken. Any
 // number is accepted where the native types can hold it (NaN and Inf included), so tests can

@@ -2,10 +2,12 @@
 // deterministic), so grouping tokens by slot changes speed, never a result bit.
 #include "lora.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "cpu/gemm.h"
+#include "tensor_file.h"
 
 namespace troupe {
 
@@ -23,11 +25,36 @@ void loraModuleDims(const ModelConfig& c, int* in, int* out) {
 }
 
 LoraPool::LoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask)
-    : layers_(c.numLayers), maxRank_(maxRank), moduleMask_(moduleMask), slots_(slots > 0 ? slots : 0) {
+    : layers_(c.numLayers), maxRank_(maxRank), moduleMask_(moduleMask), slots_(slots > 0 ? slots : 0), table_(slots) {
   loraModuleDims(c, in_, out_);
 }
 
-std::vector<char> checkAdapter(const AdapterWeights& ad, int slot, int slots, int maxRank, int layers,
+namespace {
+
+std::string shapeOf(int64_t rows, int64_t cols) { return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]"; }
+
+// The slice of `v` must be rows x cols (`expected` says so in words).
+void checkFactor(FactorView& v, int64_t rows, int64_t cols, const std::string& what, const std::string& expected) {
+  if (v.values() != static_cast<size_t>(rows * cols)) {
+    throw std::invalid_argument(what + " has " + std::to_string(v.values()) + " values, expected " + expected);
+  }
+  if (v.flat) {
+    v = FactorView{v.data, v.dtype, rows, cols, 0, 0, rows, cols, false};
+    return;
+  }
+  if (v.takeRows != rows || v.takeCols != cols) {
+    throw std::invalid_argument(what + ": the slot takes " + shapeOf(v.takeRows, v.takeCols) + " of it, expected " + expected);
+  }
+  if (v.row0 < 0 || v.col0 < 0 || v.row0 + v.takeRows > v.rows || v.col0 + v.takeCols > v.cols) {
+    throw std::invalid_argument(what + ": rows [" + std::to_string(v.row0) + ", " + std::to_string(v.row0 + v.takeRows) +
+                                ") and columns [" + std::to_string(v.col0) + ", " + std::to_string(v.col0 + v.takeCols) +
+                                ") are outside the " + shapeOf(v.rows, v.cols) + " tensor");
+  }
+}
+
+}  // namespace
+
+std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxRank, int layers,
                                uint32_t moduleMask, const int* in, const int* out) {
   const std::string where = "loadLoraSlot: slot " + std::to_string(slot) + ": ";
   if (slot < 0 || slot >= slots) {
@@ -39,7 +66,7 @@ std::vector<char> checkAdapter(const AdapterWeights& ad, int slot, int slots, in
                                 std::to_string(maxRank) + "] (max LoRA rank)");
   }
   std::vector<char> seen(static_cast<size_t>(layers) * kNumLoraModules, 0);
-  for (const auto& w : ad.weights) {
+  for (auto& w : ad.weights) {
     const std::string name = "layer " + std::to_string(w.layer) + " " + kLoraModuleNames[w.module];
     if (w.layer < 0 || w.layer >= layers) {
       throw std::invalid_argument(where + "layer " + std::to_string(w.layer) + " is outside [0, " +
@@ -49,16 +76,11 @@ std::vector<char> checkAdapter(const AdapterWeights& ad, int slot, int slots, in
       throw std::invalid_argument(where + "the adapter targets " + kLoraModuleNames[w.module] +
                                   ", which the LoRA pool does not hold (see loraModules)");
     }
-    const size_t aLen = static_cast<size_t>(ad.rank) * in[w.module];
-    const size_t bLen = static_cast<size_t>(out[w.module]) * ad.rank;
-    if (w.a.size != aLen) {
-      throw std::invalid_argument(where + name + ": A has " + std::to_string(w.a.size) + " values, expected rank " +
-                                  std::to_string(ad.rank) + " x " + std::to_string(in[w.module]));
-    }
-    if (w.b.size != bLen) {
-      throw std::invalid_argument(where + name + ": B has " + std::to_string(w.b.size) + " values, expected " +
-                                  std::to_string(out[w.module]) + " x rank " + std::to_string(ad.rank));
-    }
+    const int r = ad.rank;
+    checkFactor(w.a, r, in[w.module], where + name + ": A",
+                "rank " + std::to_string(r) + " x " + std::to_string(in[w.module]));
+    checkFactor(w.b, out[w.module], r, where + name + ": B",
+                std::to_string(out[w.module]) + " x rank " + std::to_string(r));
     char& given = seen[static_cast<size_t>(w.layer) * kNumLoraModules + w.module];
     if (given) throw std::invalid_argument(where + name + " is given twice");
     given = 1;
@@ -66,19 +88,47 @@ std::vector<char> checkAdapter(const AdapterWeights& ad, int slot, int slots, in
   return seen;
 }
 
-void LoraPool::load(int slot, const AdapterWeights& ad) {
+void factorToFloat(const FactorView& v, float* dst) {
+  for (int64_t i = 0; i < v.takeRows; ++i) {
+    const uint8_t* src = v.at(v.row0 + i, v.col0);
+    float* d = dst + static_cast<size_t>(i) * v.takeCols;
+    const size_t n = static_cast<size_t>(v.takeCols);
+    if (v.dtype == DType::F32) {
+      std::memcpy(d, src, n * 4);
+    } else if (v.dtype == DType::BF16) {
+      for (size_t j = 0; j < n; ++j) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * j, 2);
+        const uint32_t u = static_cast<uint32_t>(h) << 16;
+        std::memcpy(d + j, &u, 4);
+      }
+    } else {
+      for (size_t j = 0; j < n; ++j) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * j, 2);
+        d[j] = halfToFloat(h);
+      }
+    }
+  }
+}
+
+void LoraPool::load(int slot, const AdapterWeights& adapter) {
+  AdapterWeights ad = adapter;
   checkAdapter(ad, slot, slots(), maxRank_, layers_, moduleMask_, in_, out_);
+  SlotTable::Writer writer = table_.write(slot);
   Slot s;
-  s.loaded = true;
   s.rank = ad.rank;
   s.scaling = static_cast<float>(ad.scaling);
   s.factors.resize(static_cast<size_t>(layers_) * kNumLoraModules);
   for (const auto& w : ad.weights) {
     Factors& f = s.factors[static_cast<size_t>(w.layer) * kNumLoraModules + w.module];
-    f.a.assign(w.a.data, w.a.data + w.a.size);
-    f.b.assign(w.b.data, w.b.data + w.b.size);
+    f.a.resize(w.a.values());
+    f.b.resize(w.b.values());
+    factorToFloat(w.a, f.a.data());
+    factorToFloat(w.b, f.b.data());
   }
   slots_[slot] = std::move(s);
+  writer.commit(true);
 }
 
 void LoraPool::clear(int slot) {
@@ -86,13 +136,9 @@ void LoraPool::clear(int slot) {
     throw std::invalid_argument("clearLoraSlot: slot " + std::to_string(slot) + " is outside [0, " +
                                 std::to_string(slots()) + ")");
   }
+  SlotTable::Writer writer = table_.write(slot);
   slots_[slot] = Slot{};
-}
-
-std::vector<bool> LoraPool::loadedSlots() const {
-  std::vector<bool> out(slots_.size());
-  for (size_t i = 0; i < slots_.size(); ++i) out[i] = slots_[i].loaded;
-  return out;
+  writer.commit(false);
 }
 
 void LoraPool::apply(int layer, LoraModule m, const float* x, size_t ldx, float* y, size_t ldy,

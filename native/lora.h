@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "slot_table.h"
 
 namespace troupe {
 
@@ -18,21 +19,28 @@ struct SlotGroup {
 void loraModuleDims(const ModelConfig& config, int* in, int* out);
 
 // Checks an adapter against a pool of `slots` slots (max rank, layers, held modules, and the
-// in/out sizes per module) before slot `slot` takes it; throws std::invalid_argument naming the
-// problem. Returns, per layer * kNumLoraModules + module, whether the adapter gives that factor.
-std::vector<char> checkAdapter(const AdapterWeights& adapter, int slot, int slots, int maxRank, int layers,
+// in/out sizes per module, which each factor's slice must have) before slot `slot` takes it, and
+// gives flat factors their shape; throws std::invalid_argument naming the problem. Returns, per
+// layer * kNumLoraModules + module, whether the adapter gives that factor.
+std::vector<char> checkAdapter(AdapterWeights& adapter, int slot, int slots, int maxRank, int layers,
                                uint32_t moduleMask, const int* in, const int* out);
+
+// The factor's slice as float32, row-major (takeRows x takeCols); widening bf16 and f16 is exact.
+void factorToFloat(const FactorView& v, float* dst);
 
 class LoraPool {
  public:
   LoraPool(const ModelConfig& config, int slots, int maxRank, uint32_t moduleMask);
 
+  // Safe beside a step (see SlotTable): the new values are built while steps that use other
+  // slots run.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
-  std::vector<bool> loadedSlots() const;
+  SlotTable& table() { return table_; }
   int slots() const { return static_cast<int>(slots_.size()); }
 
   // y[t] += scaling * B (A x[t]) for every token t of every group whose slot targets module m.
+  // The caller holds a lease on the groups' slots.
   void apply(int layer, LoraModule m, const float* x, size_t ldx, float* y, size_t ldy,
              const std::vector<SlotGroup>& groups, int threads) const;
 
@@ -45,7 +53,6 @@ class LoraPool {
     std::vector<float> b;  // out x rank
   };
   struct Slot {
-    bool loaded = false;
     int rank = 0;
     float scaling = 0;
     std::vector<Factors> factors;  // layer * kNumLoraModules + module; empty a = not targeted
@@ -56,7 +63,8 @@ class LoraPool {
   uint32_t moduleMask_;
   int in_[kNumLoraModules];
   int out_[kNumLoraModules];
-  std::vector<Slot> slots_;
+  std::vector<Slot> slots_;  // slot s is written only by the holder of table_.write(s)
+  SlotTable table_;
 };
 
 }  // namespace troupe

@@ -12,6 +12,8 @@
 namespace troupe {
 
 size_t dtypeBytes(DType d);
+// An IEEE half as float (exact, subnormals and infinities included).
+float halfToFloat(uint16_t h);
 std::string shapeString(const std::vector<int64_t>& shape);
 
 class TensorFiles {

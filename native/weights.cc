@@ -10,33 +10,6 @@ namespace troupe {
 
 namespace {
 
-float halfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t frac = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (frac == 0) {
-      bits = sign;
-    } else {  // subnormal half: normalize
-      exp = 127 - 15 + 1;
-      while ((frac & 0x400u) == 0) {
-        frac <<= 1;
-        --exp;
-      }
-      frac &= 0x3ffu;
-      bits = sign | (exp << 23) | (frac << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (frac << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (frac << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 std::vector<float> toFloat(const std::vector<uint8_t>& raw, DType dtype) {
   const size_t n = raw.size() / dtypeBytes(dtype);
   std::vector<float> out(n);

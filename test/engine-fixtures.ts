@@ -3,7 +3,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadNative } from '../src/engine/native.js';
+import { Worker } from 'node:worker_threads';
+import { ADDON_RELATIVE_PATH, loadNative } from '../src/engine/native.js';
+import { packageRoot } from '../src/paths.js';
 import { LORA_MODULES, type EngineOptions, type NativeAddon, type StepBatch, type StepResult } from '../src/engine/types.js';
 import { openCheckpoint, type Checkpoint } from '../src/model/checkpoint.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
@@ -127,6 +129,28 @@ export function makeBatch(seqs: SeqStep[], opts: { maxBlocksPerSeq?: number; top
 
 export function step(handle: number, seqs: SeqStep[], opts: Parameters<typeof makeBatch>[1] = {}): StepResult {
   return addon.step(handle, makeBatch(seqs, opts));
+}
+
+/**
+ * Runs one step on a worker thread (engine handles work from any thread that loads the addon),
+ * so a step that blocks leaves this thread free; done() says whether its result has come.
+ */
+export function stepOnWorker(handle: number, batch: StepBatch): { result: Promise<StepResult>; done: () => boolean } {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const addon = require(workerData.file);
+    parentPort.postMessage(addon.step(workerData.handle, workerData.batch));
+  `;
+  const worker = new Worker(code, { eval: true, workerData: { file: join(packageRoot(), ADDON_RELATIVE_PATH), handle, batch } });
+  let finished = false;
+  const result = new Promise<StepResult>((resolve, reject) => {
+    worker.once('message', (r: StepResult) => {
+      finished = true;
+      resolve(r);
+    });
+    worker.once('error', reject);
+  }).finally(() => worker.terminate());
+  return { result, done: () => finished };
 }
 
 /** Row i of the n x vocab logits. */

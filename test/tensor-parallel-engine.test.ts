@@ -22,8 +22,9 @@ const MODELS = {
 for (const [name, cfg] of Object.entries(MODELS)) {
   const dir = join(tmp.dir, name);
   makeRandomCheckpoint(dir, cfg, 11);
-  makeRandomAdapter(join(dir, 'qv'), { rank: 8, alpha: 16, seed: 5, targetModules: ['q_proj', 'v_proj'], bStd: 0.2 }, cfg);
-  makeRandomAdapter(join(dir, 'all'), { rank: 16, alpha: 16, seed: 6, targetModules: [...LORA_MODULES], bStd: 0.2 }, cfg);
+  // 16-bit files: each rank's slot takes its slice of the host copy's f16 and bf16 bytes.
+  makeRandomAdapter(join(dir, 'qv'), { rank: 8, alpha: 16, seed: 5, targetModules: ['q_proj', 'v_proj'], bStd: 0.2, dtype: 'F16' }, cfg);
+  makeRandomAdapter(join(dir, 'all'), { rank: 16, alpha: 16, seed: 6, targetModules: [...LORA_MODULES], bStd: 0.2, dtype: 'BF16' }, cfg);
 }
 
 /** Base, qv and all on the same two prompts; prefilled in two chunks, then teacher-forced decodes. */
@@ -34,8 +35,8 @@ async function run(model: keyof typeof MODELS, tp: number): Promise<{ logprobs: 
   const group = await startRanks(ckpt, tp, engineOptions({ kvBlocks: 96, loraSlots: 2, maxLoraRank: 16 }));
   try {
     if (tp > 1) expect(group.info.collective).toBe('host');
-    group.loadSlot(0, join(dir, 'qv'));
-    group.loadSlot(1, join(dir, 'all'));
+    await group.loadSlot(0, join(dir, 'qv'));
+    await group.loadSlot(1, join(dir, 'all'));
     const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({ slot, tokens: prompt(12, 40 + (i % 2), vocab), blocks: Array.from({ length: 8 }, (_, k) => i * 8 + k) }));
     const logprobs: Float64Array[] = [];
     const greedy: number[] = [];

@@ -5,7 +5,7 @@ import { Supervisor } from '../src/actors/supervisor.js';
 import { planRanks, type EnginePlan } from '../src/actors/plan.js';
 import { fillSlot, initRanks, stepRanks } from '../src/actors/ranks.js';
 import type { EngineInfo, EngineOptions, StepBatch, StepResult } from '../src/engine/types.js';
-import { loadAdapterWeights } from '../src/model/adapter.js';
+import { readAdapterHost } from '../src/model/adapter.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
 import { planTensorParallel } from '../src/model/tensor-parallel.js';
 import { addon } from './engine-fixtures.js';
@@ -13,7 +13,8 @@ import { addon } from './engine-fixtures.js';
 export interface RankGroup {
   info: EngineInfo;
   step(batch: StepBatch): Promise<StepResult>;
-  loadSlot(slot: number, adapterDir: string): void;
+  /** Reads the adapter into native host memory, fills the slot of every rank with its slice, and frees the copy. */
+  loadSlot(slot: number, adapterDir: string): Promise<void>;
   /** One rank alone (the others are not sent the batch). */
   stepRank(rank: number, batch: StepBatch): Promise<StepResult>;
   /** Ends a rank's thread, as a crash would. */
@@ -44,9 +45,14 @@ export async function startRanks(
         await w.terminate();
         await exited;
       },
-      loadSlot(slot, adapterDir) {
+      async loadSlot(slot, adapterDir) {
         const handles = inits.map((i) => i.handle);
-        fillSlot(addon, handles, shards, ckpt.config, slot, loadAdapterWeights(adapterDir, ckpt.config).weights);
+        const { host } = await readAdapterHost(addon, adapterDir, ckpt.config, { pageLocked: engine.device === 'cuda' });
+        try {
+          await fillSlot(addon, handles, shards, ckpt.config, slot, host.handle);
+        } finally {
+          addon.destroyHostAdapter(host.handle);
+        }
       },
       close: () => sup.close(),
     };

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 #include "sampling.h"
+#include "slot_table.h"
 
 namespace troupe {
 namespace {
@@ -53,6 +55,7 @@ class CudaBackend : public Backend {
   void step(const StepBatch& batch, StepOutput& out) override;
   void loadLoraSlot(int slot, const AdapterWeights& adapter) override;
   void clearLoraSlot(int slot) override;
+  SlotTable* loraSlotTable() override { return lora_ ? &lora_->table() : nullptr; }
 
  private:
   struct Plan {
@@ -93,7 +96,7 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::GpuWeights> w_;
   std::unique_ptr<cuda::Gemm> gemm_;
   EngineInfo info_;
-  std::vector<bool> slotLoaded_;
+  std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
   cuda::AttnShape shape_{};
   int qDim_, kvDim_, headsPerKv_;
   DeviceBuffer<float> invFreq_;
@@ -202,7 +205,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   }
   kCache_ = static_cast<bf16_t*>(k);
   vCache_ = static_cast<bf16_t*>(v);
-  slotLoaded_.assign(o.loraSlots, false);
+  noSlots_.assign(o.loraSlots, false);
 
   info_.device = "cuda";
   info_.deviceName = std::string(prop.name) + " (" + std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
@@ -355,9 +358,13 @@ bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
 }
 
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  // The slots this batch uses stay as they are until it ends (run() waits for their copies on
+  // the GPU, and synchronizes before returning); fills of other slots go on meanwhile.
+  std::optional<SlotTable::Lease> lease;
+  if (lora_) lease.emplace(lora_->table().acquire(b.loraSlots));
   // Every rank checks the same batch against the same slot states, so a bad batch fails on all
   // of them before any collective.
-  validateBatch(b, c_, info_.kvBlocks, info_.blockSize, slotLoaded_);
+  validateBatch(b, c_, info_.kvBlocks, info_.blockSize, lease ? lease->loaded() : noSlots_);
   try {
     run(b, out);
   } catch (const std::exception& e) {
@@ -504,9 +511,8 @@ void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {
     throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) +
                                 " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
   }
-  check(cudaSetDevice(device_), "cudaSetDevice");
+  check(cudaSetDevice(device_), "cudaSetDevice");  // this may be any thread
   lora_->load(slot, adapter);
-  slotLoaded_[slot] = true;
 }
 
 void CudaBackend::clearLoraSlot(int slot) {
@@ -516,7 +522,6 @@ void CudaBackend::clearLoraSlot(int slot) {
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
   lora_->clear(slot);
-  slotLoaded_[slot] = false;
 }
 
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {

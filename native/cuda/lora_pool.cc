@@ -1,9 +1,11 @@
 #include "cuda/lora_pool.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "cuda/lora_fill.h"
 #include "lora.h"
 
 namespace troupe {
@@ -11,17 +13,17 @@ namespace cuda {
 
 namespace {
 
-uint16_t toBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+// Host values go to the GPU through a staging buffer of this size: a few large copies per
+// adapter, each followed by the conversions of the factors it carried.
+constexpr size_t kStagingBytes = 32u << 20;
+static_assert(kLoraMetaModules == kNumLoraModules, "LoraSlotMeta holds one rank per LoRA module");
+
+int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 
 }  // namespace
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask)
-    : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask) {
+    : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
@@ -44,86 +46,123 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
   scaling_.ensure(static_cast<size_t>(slots_) + 1);
-  hostRanks_.assign(static_cast<size_t>(slots_) * kNumLoraModules, 0);
-  hostScaling_.assign(slots_, 0.0f);
   check(cudaMemset(ranks_.get(), 0, ranks_.size() * 4), "cudaMemset");
   check(cudaMemset(scaling_.get(), 0, scaling_.size() * 4), "cudaMemset");
+  staging_.ensure(kStagingBytes);
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   ready_.resize(slots_);
   for (auto& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-  check(cudaEventCreateWithFlags(&stagingFree_, cudaEventDisableTiming), "cudaEventCreate");
-  metaStaging_.ensure(static_cast<size_t>(slots_) * (kNumLoraModules + 1));
+  check(cudaDeviceSynchronize(), "LoRA pool setup");  // the memsets above ran on the legacy stream
 }
 
 GpuLoraPool::~GpuLoraPool() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& e : ready_) cudaEventDestroy(e);
-  if (stagingFree_) cudaEventDestroy(stagingFree_);
   for (void* p : allocations_) cudaFree(p);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void GpuLoraPool::load(int slot, const AdapterWeights& ad) {
+void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
+  AdapterWeights ad = adapter;
   const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, layers_, mask_, in_, out_);
-  const int r = ad.rank;
-  size_t total = 0;
-  for (const auto& w : ad.weights) total += w.a.size + w.b.size;
   // A module the adapter targets must be targeted in every layer (the per-module rank is per
   // slot); a layer it skips gets zero factors, which add nothing.
-  int moduleRank[kNumLoraModules] = {0};
+  LoraSlotMeta meta{};
+  meta.scaling = static_cast<float>(ad.scaling);
   for (int m = 0; m < kNumLoraModules; ++m) {
     for (int l = 0; l < layers_; ++l) {
-      if (seen[static_cast<size_t>(l) * kNumLoraModules + m]) moduleRank[m] = r;
+      if (seen[static_cast<size_t>(l) * kNumLoraModules + m]) meta.ranks[m] = ad.rank;
     }
   }
-  // The previous load's copies must be done with the staging buffer before it is refilled.
-  check(cudaEventSynchronize(stagingFree_), "cudaEventSynchronize");
-  staging_.ensure(total + 1);
-  uint16_t* st = staging_.get();
-  size_t off = 0;
-  check(cudaStreamWaitEvent(stream_, ready_[slot], 0), "cudaStreamWaitEvent");
-  for (int l = 0; l < layers_; ++l) {
-    for (int m = 0; m < kNumLoraModules; ++m) {
-      if (!moduleRank[m]) continue;
-      const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      if (seen[idx]) continue;
-      // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
-      check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
-                            static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
-            "cudaMemsetAsync");
-      check(cudaMemsetAsync(b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_, 0,
-                            static_cast<size_t>(out_[m]) * maxRank_ * 2, stream_),
-            "cudaMemsetAsync");
+  SlotTable::Writer writer = table_.write(slot);
+  {
+    std::lock_guard<std::mutex> lock(enqueueMu_);
+    writer.dirty();
+    for (int l = 0; l < layers_; ++l) {
+      for (int m = 0; m < kNumLoraModules; ++m) {
+        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+        if (!meta.ranks[m] || seen[idx]) continue;
+        // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
+        check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
+                              static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
+              "cudaMemsetAsync");
+        check(cudaMemsetAsync(b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_, 0,
+                              static_cast<size_t>(out_[m]) * maxRank_ * 2, stream_),
+              "cudaMemsetAsync");
+      }
     }
+    enqueueFactors(slot, ad);
+    setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
+    check(cudaGetLastError(), "LoRA slot fill launch");
+    writer.commit(true, [&] { check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord"); });
   }
+  // The caller's host values (JS memory, or a host adapter it may free next) are read until here.
+  check(cudaEventSynchronize(ready_[slot]), "LoRA slot fill");
+}
+
+void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
+  struct Convert {
+    size_t offset;  // in staging
+    int dtype;
+    int64_t rows, cols, srcPitch, col0;
+    bf16_t* dst;
+    int64_t dstPitch;
+  };
+  uint8_t* stage = staging_.get();
+  std::vector<Convert> pending;
+  const uint8_t* copyFrom = nullptr;  // the host bytes of the copy being gathered
+  size_t copyLen = 0, copyAt = 0, used = 0;
+  auto flushCopy = [&] {
+    if (copyLen) check(cudaMemcpyAsync(stage + copyAt, copyFrom, copyLen, cudaMemcpyHostToDevice, stream_), "LoRA upload");
+    copyLen = 0;
+  };
+  auto flushChunk = [&] {
+    flushCopy();
+    for (const Convert& c : pending)
+      loraFactorToBf16(stage + c.offset, c.dtype, c.rows, c.cols, c.srcPitch, c.col0, c.dst, c.dstPitch, stream_);
+    pending.clear();
+    used = 0;
+  };
+  // Whole rows [row0, row0 + rows) of v go to staging (host bytes that follow the previous
+  // piece's extend its copy); the kernel picks the slice's columns out of them.
+  auto add = [&](const FactorView& v, int64_t row0, int64_t rows, bf16_t* dst, int64_t dstPitch) {
+    const uint8_t* src = v.at(row0, 0);
+    const size_t bytes = static_cast<size_t>(rows * v.cols) * v.elemBytes();
+    size_t at;
+    if (copyLen && src == copyFrom + copyLen && copyAt + copyLen + bytes <= kStagingBytes) {
+      at = copyAt + copyLen;
+      copyLen += bytes;
+    } else {
+      // Same address modulo 16 as the host bytes, so aligned values stay aligned.
+      const size_t skew = reinterpret_cast<uintptr_t>(src) % 16;
+      at = (used + 15) / 16 * 16 + skew;
+      if (at + bytes > kStagingBytes) {
+        flushChunk();
+        at = skew;
+      }
+      flushCopy();
+      copyFrom = src;
+      copyLen = bytes;
+      copyAt = at;
+    }
+    used = at + bytes;
+    pending.push_back(Convert{at, dtypeCode(v.dtype), rows, v.takeCols, v.cols, v.col0, dst, dstPitch});
+  };
+  auto factor = [&](const FactorView& v, bf16_t* dst, int64_t dstPitch) {
+    const size_t rowBytes = static_cast<size_t>(v.cols) * v.elemBytes();
+    const int64_t perPiece = static_cast<int64_t>((kStagingBytes - 16) / rowBytes);
+    if (perPiece < 1) throw std::invalid_argument("loadLoraSlot: a factor row of " + std::to_string(rowBytes) + " bytes exceeds the staging buffer");
+    for (int64_t r = 0; r < v.takeRows; r += perPiece) {
+      add(v, v.row0 + r, std::min(perPiece, v.takeRows - r), dst + r * dstPitch, dstPitch);
+    }
+  };
   for (const auto& w : ad.weights) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
-    bf16_t* aDst = a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m];
-    bf16_t* bDst = b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_;
-    uint16_t* aSrc = st + off;
-    for (size_t i = 0; i < w.a.size; ++i) aSrc[i] = toBf16(w.a[i]);
-    off += w.a.size;
-    uint16_t* bSrc = st + off;
-    for (size_t i = 0; i < w.b.size; ++i) bSrc[i] = toBf16(w.b[i]);
-    off += w.b.size;
-    check(cudaMemcpyAsync(aDst, aSrc, w.a.size * 2, cudaMemcpyHostToDevice, stream_), "LoRA upload");
-    check(cudaMemcpy2DAsync(bDst, static_cast<size_t>(maxRank_) * 2, bSrc, static_cast<size_t>(r) * 2,
-                            static_cast<size_t>(r) * 2, out_[m], cudaMemcpyHostToDevice, stream_),
-          "LoRA upload");
+    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
+    factor(w.b, b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_, maxRank_);
   }
-  for (int m = 0; m < kNumLoraModules; ++m) hostRanks_[static_cast<size_t>(slot) * kNumLoraModules + m] = moduleRank[m];
-  hostScaling_[slot] = static_cast<float>(ad.scaling);
-  int32_t* meta = metaStaging_.get() + static_cast<size_t>(slot) * (kNumLoraModules + 1);
-  std::memcpy(meta, hostRanks_.data() + static_cast<size_t>(slot) * kNumLoraModules, kNumLoraModules * 4);
-  std::memcpy(meta + kNumLoraModules, &hostScaling_[slot], 4);
-  check(cudaMemcpyAsync(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, meta, kNumLoraModules * 4,
-                        cudaMemcpyHostToDevice, stream_),
-        "LoRA upload");
-  check(cudaMemcpyAsync(scaling_.get() + slot, meta + kNumLoraModules, 4, cudaMemcpyHostToDevice, stream_),
-        "LoRA upload");
-  check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord");
-  check(cudaEventRecord(stagingFree_, stream_), "cudaEventRecord");
+  flushChunk();
 }
 
 void GpuLoraPool::clear(int slot) {
@@ -131,9 +170,14 @@ void GpuLoraPool::clear(int slot) {
     throw std::invalid_argument("clearLoraSlot: slot " + std::to_string(slot) + " is outside [0, " +
                                 std::to_string(slots_) + ")");
   }
-  check(cudaEventSynchronize(ready_[slot]), "cudaEventSynchronize");
-  for (int m = 0; m < kNumLoraModules; ++m) hostRanks_[static_cast<size_t>(slot) * kNumLoraModules + m] = 0;
-  check(cudaMemset(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, 0, kNumLoraModules * 4), "cudaMemset");
+  SlotTable::Writer writer = table_.write(slot);
+  std::lock_guard<std::mutex> lock(enqueueMu_);
+  writer.dirty();
+  // Rank 0 everywhere: the kernels skip the slot. Its factors stay until the next fill.
+  setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, LoraSlotMeta{},
+                  stream_);
+  check(cudaGetLastError(), "LoRA slot clear launch");
+  writer.commit(false, [&] { check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord"); });
 }
 
 void GpuLoraPool::waitFor(int slot, cudaStream_t stream) const {

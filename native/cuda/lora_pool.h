@@ -1,16 +1,21 @@
 // The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] and
-// B [slots][out][maxRank] in bf16, plus each slot's rank per module and scaling. A slot is filled
-// by async copies on the loader's own stream and guarded by an event, so steps that do not use
-// the slot keep running while it loads.
+// B [slots][out][maxRank] in bf16, plus each slot's rank per module and scaling. Nothing here
+// moves after construction, so captured CUDA graphs keep reading the right memory whatever is
+// filled. A slot is filled on the pool's own stream: the host values (page-locked when they come
+// from a host adapter) are copied in large pieces to a device staging buffer and converted to
+// bf16 there, and the slot's event is recorded. The slot table lets steps that do not use the
+// slot run meanwhile; a step that uses it makes its stream wait for that event.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <mutex>
 #include <vector>
 
 #include "backend.h"
 #include "cuda/device.h"
 #include "cuda/lora_kernels.h"
+#include "slot_table.h"
 
 namespace troupe {
 namespace cuda {
@@ -22,9 +27,12 @@ class GpuLoraPool {
   GpuLoraPool(const GpuLoraPool&) = delete;
   GpuLoraPool& operator=(const GpuLoraPool&) = delete;
 
+  // Both run on the caller's thread with the pool's device current, beside steps (see
+  // SlotTable), and return once the slot's copies are done, so the host values may go.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
-  // Makes `stream` wait for the copies into `slot`.
+  SlotTable& table() { return table_; }
+  // Makes `stream` wait for the last write of `slot`; the caller holds a lease on the slot.
   void waitFor(int slot, cudaStream_t stream) const;
 
   int slots() const { return slots_; }
@@ -37,21 +45,24 @@ class GpuLoraPool {
   size_t bytes() const { return bytes_; }
 
  private:
+  // Enqueues the copies and conversions of the adapter's factors into `slot` (enqueueMu_ held).
+  void enqueueFactors(int slot, const AdapterWeights& adapter);
+
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
   std::vector<bf16_t*> a_, b_;  // [layer * 7 + module]
   DeviceBuffer<int32_t> ranks_;   // [slot * 7 + module]
   DeviceBuffer<float> scaling_;   // [slot]
-  std::vector<int32_t> hostRanks_;
-  std::vector<float> hostScaling_;
   cudaStream_t stream_ = nullptr;
-  std::vector<cudaEvent_t> ready_;
-  PinnedBuffer<uint16_t> staging_;
-  PinnedBuffer<int32_t> metaStaging_;
-  cudaEvent_t stagingFree_ = nullptr;
+  std::vector<cudaEvent_t> ready_;  // per slot: its last write
+  // Fills of different slots share the staging buffer; the stream orders their GPU work, this
+  // lock the host side that lays it out.
+  std::mutex enqueueMu_;
+  DeviceBuffer<uint8_t> staging_;
   size_t bytes_ = 0;
   std::vector<void*> allocations_;
+  SlotTable table_;
 };
 
 }  // namespace cuda

@@ -1,20 +1,30 @@
 // The loader actor: reads adapter weights from disk into CPU memory and copies them into
 // engine pool slots, off the step loop's thread. The scheduler decides what to load where;
-// this only executes its commands and reports back. Under tensor parallelism every rank's
+// this only executes its commands and reports back. A CPU copy is a native host adapter
+// (read by native code, page-locked on a GPU machine); under tensor parallelism every rank's
 // slot is filled with that rank's slice of the same host copy.
+//
+// Commands run at once unless they name the same adapter or the same slot: those keep the
+// order they came in (a copy waits for its adapter's read and for the clear of its slot before
+// it). Reads and copies run on libuv's thread pool, at most MAX_READS reads at a time, so many
+// loads do not queue behind one file and a copy into a slot always finds a thread.
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
-import type { AdapterWeights, LoraModule, ModelConfig, NativeAddon } from '../engine/types.js';
+import type { HostAdapter, LoraModule, ModelConfig, NativeAddon } from '../engine/types.js';
 import { toWire } from '../errors.js';
-import { loadAdapterWeights } from '../model/adapter.js';
+import { readAdapterHost } from '../model/adapter.js';
 import { planTensorParallel, type RankShard } from '../model/tensor-parallel.js';
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
+import { KeyedQueue, Limit } from './keyed-queue.js';
 import { fillSlot } from './ranks.js';
 import type { LoaderCommand, LoaderEvent, LoaderMsg, LoaderOutMsg, LoaderOutReplies, LoaderReplies, LoaderWorkerData } from './protocol.js';
 
 if (!parentPort) throw new Error('loader.worker must run in a worker thread');
 const data = workerData as LoaderWorkerData;
+
+/** libuv's pool has four threads (UV_THREADPOOL_SIZE); one is left for copies into slots. */
+const MAX_READS = 3;
 
 interface Pool {
   native: NativeAddon;
@@ -23,40 +33,54 @@ interface Pool {
   config: ModelConfig;
   maxLoraRank: number;
   loraModules: LoraModule[];
+  /** Host copies are page-locked when the engines run on a GPU. */
+  pageLocked: boolean;
 }
 let pool: Pool | null = null;
-const onCpu = new Map<string, AdapterWeights>();
+const onCpu = new Map<string, HostAdapter>();
 
 const scheduler = new Mailbox<LoaderMsg, LoaderReplies, LoaderOutMsg, LoaderOutReplies>(data.schedulerPort, 'scheduler');
 const emit = (event: LoaderEvent): void => scheduler.send({ type: 'event', event });
 
-function run(cmd: LoaderCommand): void {
-  if (!pool) throw new Error('the loader is not initialized');
+const reads = new Limit(MAX_READS);
+const queue = new KeyedQueue();
+
+function dropCopy(name: string, p: Pool): void {
+  const host = onCpu.get(name);
+  if (!host) return;
+  onCpu.delete(name);
+  p.native.destroyHostAdapter(host.handle);
+}
+
+async function run(cmd: LoaderCommand): Promise<void> {
+  const p = pool;
+  if (!p) throw new Error('the loader is not initialized');
   switch (cmd.kind) {
     case 'load-cpu': {
       try {
-        const { info, weights } = loadAdapterWeights(cmd.path, pool.config);
-        const why = poolMismatch(cmd.name, info.rank, info.targetModules, pool);
+        const { info, host } = await reads.run(() => readAdapterHost(p.native, cmd.path, p.config, { pageLocked: p.pageLocked }));
+        const why = poolMismatch(cmd.name, info.rank, info.targetModules, p);
         if (why) {
+          p.native.destroyHostAdapter(host.handle);
           emit({ kind: 'load-failed', name: cmd.name, error: why });
           return;
         }
-        onCpu.set(cmd.name, weights);
-        const bytes = weights.weights.reduce((n, w) => n + w.a.byteLength + w.b.byteLength, 0);
-        emit({ kind: 'cpu-loaded', name: cmd.name, rank: info.rank, targetModules: info.targetModules, bytes });
+        dropCopy(cmd.name, p); // a second read of the same name replaces its copy
+        onCpu.set(cmd.name, host);
+        emit({ kind: 'cpu-loaded', name: cmd.name, rank: info.rank, targetModules: info.targetModules, bytes: host.bytes });
       } catch (err) {
         emit({ kind: 'load-failed', name: cmd.name, error: toWire(err).message });
       }
       return;
     }
     case 'copy-to-slot': {
-      const weights = onCpu.get(cmd.name);
-      if (!weights) {
+      const host = onCpu.get(cmd.name);
+      if (!host) {
         emit({ kind: 'load-failed', name: cmd.name, error: `adapter '${cmd.name}' is not in CPU memory` });
         return;
       }
       try {
-        fillSlot(pool.native, pool.handles, pool.shards, pool.config, cmd.slot, weights);
+        await fillSlot(p.native, p.handles, p.shards, p.config, cmd.slot, host.handle);
         emit({ kind: 'slot-ready', name: cmd.name, slot: cmd.slot });
       } catch (err) {
         emit({ kind: 'load-failed', name: cmd.name, error: toWire(err).message });
@@ -64,26 +88,42 @@ function run(cmd: LoaderCommand): void {
       return;
     }
     case 'clear-slot':
-      for (const h of pool.handles) pool.native.clearLoraSlot(h, cmd.slot);
+      for (const h of p.handles) p.native.clearLoraSlot(h, cmd.slot);
       return;
     case 'drop-cpu':
-      onCpu.delete(cmd.name);
+      dropCopy(cmd.name, p);
       return;
   }
 }
 
+/** What a command must wait for: the earlier commands naming the same adapter or slot. */
+function keysOf(cmd: LoaderCommand): string[] {
+  switch (cmd.kind) {
+    case 'load-cpu':
+    case 'drop-cpu':
+      return [`adapter:${cmd.name}`];
+    case 'copy-to-slot':
+      return [`adapter:${cmd.name}`, `slot:${cmd.slot}`];
+    case 'clear-slot':
+      return [`slot:${cmd.slot}`];
+  }
+}
+
 scheduler.serve((msg) => {
-  if (msg.type === 'command') run(msg.command);
+  // A failure outside the ones reported as events reaches the mailbox, which warns of it.
+  if (msg.type === 'command') return queue.run(keysOf(msg.command), () => run(msg.command));
 });
 
 new Mailbox<LoaderMsg, LoaderReplies, never, Record<never, never>>(parentPort, 'main').serve((msg) => {
   if (msg.type !== 'init') throw new Error(`the main thread sent ${msg.type}; only init comes from there`);
+  const native = loadNative();
   pool = {
-    native: loadNative(),
+    native,
     handles: msg.handles,
     shards: planTensorParallel(msg.config, msg.tpSize),
     config: msg.config,
     maxLoraRank: msg.maxLoraRank,
     loraModules: msg.loraModules,
+    pageLocked: msg.handles.length > 0 && native.engineInfo(msg.handles[0]!).device === 'cuda',
   };
 });

@@ -2,8 +2,8 @@
 // collectives while they start), running a step (rank 0 samples, so its result is the step's;
 // settled rather than raced, so no rank is left running when the caller moves on), and an
 // adapter's slices for a pool slot.
-import type { AdapterWeights, EngineInfo, ModelConfig, NativeAddon, StepBatch, StepResult } from '../engine/types.js';
-import { shardAdapter, type RankShard } from '../model/tensor-parallel.js';
+import type { EngineInfo, ModelConfig, NativeAddon, StepBatch, StepResult } from '../engine/types.js';
+import { adapterSlices, type RankShard } from '../model/tensor-parallel.js';
 import type { Mailbox } from './mailbox.js';
 import type { RankPlan } from './plan.js';
 import type { ExecutorMsg, ExecutorReplies } from './protocol.js';
@@ -23,17 +23,19 @@ export function initRanks(executors: ExecutorBox[], ranks: RankPlan[]): Promise<
 
 /**
  * Fills pool slot `slot` of every rank (handles and shards by rank) with that rank's slice of
- * one host copy. If a rank refuses it, the ranks already filled are cleared: ranks must agree on
- * which slots hold adapters.
+ * one host copy, all ranks at once, off this thread. If a rank refuses it, the ranks that took
+ * it are cleared: ranks must agree on which slots hold adapters.
  */
-export function fillSlot(native: NativeAddon, handles: number[], shards: RankShard[], config: ModelConfig, slot: number, weights: AdapterWeights): void {
-  let filled = 0;
-  try {
-    for (; filled < handles.length; filled++) native.loadLoraSlot(handles[filled]!, slot, shardAdapter(weights, config, shards[filled]!));
-  } catch (err) {
-    for (let r = 0; r < filled; r++) native.clearLoraSlot(handles[r]!, slot);
-    throw err;
-  }
+export async function fillSlot(native: NativeAddon, handles: number[], shards: RankShard[], config: ModelConfig, slot: number, host: number): Promise<void> {
+  // One rank takes everything: no slices to pass.
+  const fills = handles.map((h, r) => native.fillLoraSlot(h, slot, host, handles.length > 1 ? adapterSlices(config, shards[r]!) : undefined));
+  const results = await Promise.allSettled(fills);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (!failed) return;
+  results.forEach((r, i) => {
+    if (r.status === 'fulfilled') native.clearLoraSlot(handles[i]!, slot);
+  });
+  throw failed.reason;
 }
 
 export async function stepRanks(executors: ExecutorBox[], batch: StepBatch): Promise<StepResult> {

@@ -177,6 +177,50 @@ export interface AdapterWeights {
   weights: Array<{ layer: number; module: LoraModule; a: Float32Array; b: Float32Array }>;
 }
 
+/** One LoRA factor of adapter_model.safetensors, its name and shape checked against the model (src/model/adapter.ts). */
+export interface AdapterTensor {
+  name: string; // shown in the native reader's errors
+  layer: number;
+  module: LoraModule;
+  factor: 'A' | 'B'; // A is rank x in, B is out x rank
+  offset: number; // absolute byte offset of the values in the file
+  nbytes: number;
+  dtype: DType;
+  shape: [number, number];
+}
+
+/** What the native reader reads: an adapter's weights file and the tensors in it, every lora_A with its lora_B. */
+export interface AdapterFile {
+  file: string;
+  rank: number;
+  scaling: number;
+  tensors: AdapterTensor[];
+}
+
+/**
+ * An adapter's weights read by native code into host memory, in the file's dtypes and checked
+ * for NaN/Inf: the loader's CPU copy. Freed by destroyHostAdapter (or when the thread that
+ * read it ends), never by the garbage collector.
+ */
+export interface HostAdapter {
+  handle: number;
+  bytes: number;
+  /** Page-locked (CUDA builds with a GPU, when asked): copies into a GPU slot are DMA from it. */
+  pageLocked: boolean;
+}
+
+/**
+ * The part of one module's factors a tensor-parallel rank's slot takes: columns
+ * [inStart, inStart + inCount) of A and rows [outStart, outStart + outCount) of B.
+ */
+export interface AdapterSlice {
+  module: LoraModule;
+  inStart: number;
+  inCount: number;
+  outStart: number;
+  outCount: number;
+}
+
 /** Everything the addon exports (native/binding.cc). Handles are process-wide, so any worker thread may use one. */
 export interface NativeAddon {
   buildInfo(): { cuda: boolean; cudaReason: string; version: string; nccl: boolean };
@@ -186,8 +230,28 @@ export interface NativeAddon {
   step(handle: number, batch: StepBatch): StepResult;
   /** The step's sampler on one row of logits (float32 values, as the engine sees them), with the min(topN, vocab) best alternatives. */
   sampleLogits(logits: Float32Array, params: SampleParams, topN: number): SampleOutput;
+  /** Fills a slot from float32 values in JS memory; returns when the slot holds them. */
   loadLoraSlot(handle: number, slot: number, adapter: AdapterWeights): void;
   clearLoraSlot(handle: number, slot: number): void;
+  /**
+   * Reads and checks an adapter's values on a thread of libuv's pool (a few large reads into one
+   * buffer). Rejects naming the file and tensor; the error's invalidAdapter is true when the
+   * file's contents are at fault (NaN/Inf, truncated) rather than the machine.
+   */
+  readAdapter(adapter: AdapterFile, options: { pageLocked: boolean }): Promise<HostAdapter>;
+  /** Frees a host adapter now (a fill still copying from it keeps it until that copy is done). */
+  destroyHostAdapter(host: number): void;
+  /**
+   * Fills a slot from a host adapter (sliced per module under tensor parallelism) off the JS
+   * thread; resolves once the slot holds it (on CUDA: the copies are done). Steps that do not
+   * use the slot run meanwhile; one that uses it waits for the fill.
+   */
+  fillLoraSlot(handle: number, slot: number, host: number, slices?: AdapterSlice[]): Promise<void>;
+  /** Test hooks: writes (fills, clears) of the slot stop once they have claimed it, until released. */
+  holdLoraSlotWrites(handle: number, slot: number): void;
+  releaseLoraSlotWrites(handle: number, slot: number): void;
+  /** Test hook: resolves once a write of the slot is stopped at the hold, or a step waits for the slot. */
+  waitForLoraSlot(handle: number, slot: number, event: 'write-held' | 'step-waiting'): Promise<void>;
   destroyEngine(handle: number): void;
   /** Fails the collectives of every rank of a tensor-parallel group (one rank died); false if no such group. */
   abortTensorParallel(group: string, reason: string): boolean;

@@ -5,7 +5,17 @@
 // Errors describe what a field holds without quoting it: the path may lead to any file.
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { LORA_MODULES, type AdapterWeights, type LoraModule, type ModelConfig } from '../engine/types.js';
+import {
+  LORA_MODULES,
+  type AdapterFile,
+  type AdapterTensor,
+  type AdapterWeights,
+  type DType,
+  type HostAdapter,
+  type LoraModule,
+  type ModelConfig,
+  type NativeAddon,
+} from '../engine/types.js';
 import { badRequest } from '../errors.js';
 import { isDirectory, isFile, readHeader, readJsonFile } from './json-file.js';
 import { describeValue } from './json-text.js';
@@ -145,7 +155,18 @@ export function moduleDims(c: ModelConfig, m: LoraModule): { in: number; out: nu
   }
 }
 
-export function loadAdapterWeights(path: string, config: ModelConfig): { info: AdapterInfo; weights: AdapterWeights } {
+/** An adapter's weights file and its tensors, checked against the model without reading a value. */
+export interface AdapterLayout {
+  info: AdapterInfo;
+  file: AdapterFile;
+}
+
+/**
+ * Reads adapter_config.json and the header of adapter_model.safetensors and checks every
+ * tensor's name, module, layer, dtype and shape against the model and the config, and that each
+ * lora_A has its lora_B. The values are read by loadAdapterWeights (JS) or the native reader.
+ */
+export function readAdapterLayout(path: string, config: ModelConfig): AdapterLayout {
   const info = readAdapterInfo(path);
   const file = join(info.path, 'adapter_model.safetensors');
   if (!isFile(file)) {
@@ -158,8 +179,7 @@ export function loadAdapterWeights(path: string, config: ModelConfig): { info: A
   const fail = (tensor: string, detail: string): never => {
     throw badRequest(`${file}: ${tensorLabel(tensor)}: ${detail}`);
   };
-  const pairs = new Map<string, { layer: number; module: LoraModule; a?: [string, Uint8Array, string]; b?: [string, Uint8Array, string] }>();
-  const data = readFileSync(file);
+  const pairs = new Map<string, { a?: AdapterTensor; b?: AdapterTensor }>();
   for (const [name, e] of header.tensors) {
     if (/(^|\.)(embed_tokens|lm_head)(\.|$)/.test(name)) fail(name, 'LoRA or saved weights on embed_tokens/lm_head are not supported');
     const m = TENSOR_NAME.exec(name);
@@ -172,33 +192,66 @@ export function loadAdapterWeights(path: string, config: ModelConfig): { info: A
     if (!info.targetModules.includes(module)) fail(name, `${module} is not in target_modules of adapter_config.json`);
     if (e.dtype !== 'F32' && e.dtype !== 'F16' && e.dtype !== 'BF16') fail(name, `dtype ${e.dtype} is not supported; use F32, F16 or BF16`);
     const dims = moduleDims(config, module);
-    const want = ab === 'A' ? [info.rank, dims.in] : [dims.out, info.rank];
+    const want: [number, number] = ab === 'A' ? [info.rank, dims.in] : [dims.out, info.rank];
     if (e.shape.length !== 2 || e.shape[0] !== want[0] || e.shape[1] !== want[1]) {
       fail(name, `shape [${e.shape.join(', ')}] does not match [${want.join(', ')}] (lora_${ab} of ${module} with r=${info.rank} for this model)`);
     }
     const key = `${layer}.${module}`;
-    const pair = pairs.get(key) ?? { layer, module };
+    const pair = pairs.get(key) ?? {};
     const slot = ab === 'A' ? 'a' : 'b';
-    if (pair[slot] !== undefined) fail(name, `duplicates ${tensorLabel(pair[slot][0])}`);
-    pair[slot] = [name, data.subarray(e.offset, e.offset + e.nbytes), e.dtype];
+    if (pair[slot] !== undefined) fail(name, `duplicates ${tensorLabel(pair[slot].name)}`);
+    pair[slot] = { name, layer, module, factor: ab as 'A' | 'B', offset: e.offset, nbytes: e.nbytes, dtype: e.dtype as DType, shape: want };
     pairs.set(key, pair);
   }
-  const weights: AdapterWeights['weights'] = [];
+  const tensors: AdapterTensor[] = [];
   for (const p of pairs.values()) {
-    if (p.a === undefined || p.b === undefined) {
-      const have = (p.a ?? p.b)!;
-      fail(have[0], `has no matching lora_${p.a === undefined ? 'A' : 'B'} tensor`);
-    }
-    const a = toFloat32(p.a![1], p.a![2], p.a![0]);
-    const b = toFloat32(p.b![1], p.b![2], p.b![0]);
-    // One NaN or Inf would poison every token of every request in the adapter's batches.
-    for (const [[name], values] of [[p.a!, a], [p.b!, b]] as const) {
-      const bad = values.findIndex((v) => !Number.isFinite(v));
-      if (bad >= 0) fail(name, `holds ${values[bad]} at element ${bad}; the weights must be finite`);
-    }
-    weights.push({ layer: p.layer, module: p.module, a, b });
+    if (p.a === undefined || p.b === undefined) fail((p.a ?? p.b)!.name, `has no matching lora_${p.a === undefined ? 'A' : 'B'} tensor`);
+    tensors.push(p.a!, p.b!);
   }
-  weights.sort((x, y) => x.layer - y.layer || LORA_MODULES.indexOf(x.module) - LORA_MODULES.indexOf(y.module));
-  if (weights.length === 0) throw badRequest(`${file}: holds no LoRA weights`);
+  if (tensors.length === 0) throw badRequest(`${file}: holds no LoRA weights`);
+  tensors.sort((x, y) => x.layer - y.layer || LORA_MODULES.indexOf(x.module) - LORA_MODULES.indexOf(y.module) || x.factor.localeCompare(y.factor));
+  return { info, file: { file, rank: info.rank, scaling: info.scaling, tensors } };
+}
+
+/**
+ * The adapter's values as float32 in JS memory, read and checked value by value: for merging
+ * into a checkpoint (merge.ts) and as the reference the native reader is tested against. The
+ * loader uses readAdapterHost.
+ */
+export function loadAdapterWeights(path: string, config: ModelConfig): { info: AdapterInfo; weights: AdapterWeights } {
+  const { info, file } = readAdapterLayout(path, config);
+  const data = readFileSync(file.file);
+  const values = (t: AdapterTensor): Float32Array => {
+    const v = toFloat32(data.subarray(t.offset, t.offset + t.nbytes), t.dtype, t.name);
+    // One NaN or Inf would poison every token of every request in the adapter's batches.
+    const bad = v.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) throw badRequest(`${file.file}: ${tensorLabel(t.name)}: holds ${v[bad]} at element ${bad}; the weights must be finite`);
+    return v;
+  };
+  const weights: AdapterWeights['weights'] = [];
+  for (let i = 0; i < file.tensors.length; i += 2) {
+    const a = file.tensors[i]!;
+    weights.push({ layer: a.layer, module: a.module, a: values(a), b: values(file.tensors[i + 1]!) });
+  }
   return { info, weights: { rank: info.rank, scaling: info.scaling, weights } };
+}
+
+/**
+ * Reads the adapter's values into native host memory (page-locked when `pageLocked` and a GPU
+ * is there), checking them for NaN/Inf in native code: the loader's CPU copy. The caller frees
+ * it with native.destroyHostAdapter.
+ */
+export async function readAdapterHost(
+  native: NativeAddon,
+  path: string,
+  config: ModelConfig,
+  options: { pageLocked: boolean },
+): Promise<{ info: AdapterInfo; host: HostAdapter }> {
+  const { info, file } = readAdapterLayout(path, config);
+  try {
+    return { info, host: await native.readAdapter(file, options) };
+  } catch (err) {
+    if ((err as { invalidAdapter?: boolean }).invalidAdapter === true) throw badRequest((err as Error).message);
+    throw err;
+  }
 }

@@ -210,7 +210,7 @@ export interface RandomAdapterOptions {
   targetModules: LoraModule[];
   seed: number;
   useRslora?: boolean;
-  dtype?: 'F32' | 'BF16';
+  dtype?: DType;
   /** Standard deviation of lora_B entries; default DEMO_LORA_B_STD. */
   bStd?: number;
   baseModelNameOrPath?: string | null;

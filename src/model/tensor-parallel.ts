@@ -7,7 +7,8 @@
 // base input, its rank-r output is all-reduced, and B is replicated. Every rank's pool slot is
 // filled from the same host copy by slicing it here.
 import { badRequest } from '../errors.js';
-import type { AdapterWeights, LoraModule, ModelConfig, TensorParallelRank, TensorRef } from '../engine/types.js';
+import { LORA_MODULES, type AdapterSlice, type AdapterWeights, type LoraModule, type ModelConfig, type TensorParallelRank, type TensorRef } from '../engine/types.js';
+import { moduleDims } from './adapter.js';
 
 export interface Range {
   start: number;
@@ -119,23 +120,37 @@ function moduleRange(m: LoraModule, config: ModelConfig, shard: RankShard): Rang
   return shard.inter;
 }
 
-/** A rank's slice of an adapter: what its pool slot holds. */
+/**
+ * What a rank's pool slot takes of each module's factors: for column-parallel modules the rank's
+ * output rows of B (A whole), for row-parallel ones its input columns of A (B whole). The native
+ * fill slices the host copy by these (fillLoraSlot).
+ */
+export function adapterSlices(config: ModelConfig, shard: RankShard): AdapterSlice[] {
+  return LORA_MODULES.map((module) => {
+    const dims = moduleDims(config, module);
+    const range = moduleRange(module, config, shard);
+    return COLUMN_PARALLEL.has(module)
+      ? { module, inStart: 0, inCount: dims.in, outStart: range.start, outCount: range.count }
+      : { module, inStart: range.start, inCount: range.count, outStart: 0, outCount: dims.out };
+  });
+}
+
+/** A rank's slice of an adapter held as float32 in JS: what its pool slot holds. */
 export function shardAdapter(adapter: AdapterWeights, config: ModelConfig, shard: RankShard): AdapterWeights {
   const r = adapter.rank;
+  const slices = new Map(adapterSlices(config, shard).map((s) => [s.module, s]));
   return {
     rank: r,
     scaling: adapter.scaling,
     weights: adapter.weights.map((w) => {
-      const range = moduleRange(w.module, config, shard);
-      if (COLUMN_PARALLEL.has(w.module)) {
-        // B is [out][rank]: keep the rank's output rows.
-        return { ...w, b: w.b.slice(range.start * r, (range.start + range.count) * r) };
-      }
-      // A is [rank][in]: keep the rank's input columns of every row.
+      const s = slices.get(w.module)!;
+      // B is [out][rank]: keep the slice's output rows.
+      const b = w.b.slice(s.outStart * r, (s.outStart + s.outCount) * r);
+      // A is [rank][in]: keep the slice's input columns of every row.
       const inDim = w.a.length / r;
-      const a = new Float32Array(r * range.count);
-      for (let i = 0; i < r; i++) a.set(w.a.subarray(i * inDim + range.start, i * inDim + range.start + range.count), i * range.count);
-      return { ...w, a };
+      const a = new Float32Array(r * s.inCount);
+      for (let i = 0; i < r; i++) a.set(w.a.subarray(i * inDim + s.inStart, i * inDim + s.inStart + s.inCount), i * s.inCount);
+      return { ...w, a, b };
     }),
   };
 }

@@ -23,7 +23,7 @@ const gpus = addon.cudaDeviceCount();
 
 /** Per row and position: the logprobs of the reference token, the argmax and the top-2 gap. */
 async function run(group: RankGroup): Promise<Array<Array<{ lp: number; top: number; gap: number }>>> {
-  ref.adapters.forEach((name, slot) => group.loadSlot(slot, join(dir, 'adapters', name)));
+  for (const [slot, name] of ref.adapters.entries()) await group.loadSlot(slot, join(dir, 'adapters', name));
   const maxBlocks = 16;
   const blocks = rows.map((_, i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k));
   const out = rows.map(() => [] as Array<{ lp: number; top: number; gap: number }>);

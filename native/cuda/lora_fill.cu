@@ -1,0 +1,62 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/lora_fill.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+template <class U>
+__device__ __forceinline__ U loadAny(const unsigned char* p) {
+  // Adapter files keep their values aligned, but nothing in safetensors promises it.
+  if ((reinterpret_cast<uintptr_t>(p) & (sizeof(U) - 1)) == 0) return *reinterpret_cast<const U*>(p);
+  U v = 0;
+  for (int b = 0; b < static_cast<int>(sizeof(U)); ++b) v |= static_cast<U>(p[b]) << (8 * b);
+  return v;
+}
+
+__global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch,
+                             int64_t col0, bf16_t* dst, int64_t dstPitch) {
+  const int64_t n = rows * cols;
+  const int elem = dtype == 0 ? 4 : 2;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = k / cols, j = k % cols;
+    const unsigned char* p = src + (i * srcPitch + col0 + j) * elem;
+    bf16_t out;
+    if (dtype == 2) {
+      out = loadAny<uint16_t>(p);
+    } else {
+      const float v = dtype == 0 ? __uint_as_float(loadAny<uint32_t>(p))
+                                 : __half2float(__ushort_as_half(loadAny<uint16_t>(p)));
+      out = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    }
+    dst[i * dstPitch + j] = out;
+  }
+}
+
+__global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
+  const int t = threadIdx.x;
+  if (t < kLoraMetaModules) ranks[t] = meta.ranks[t];
+  if (t == 0) *scaling = meta.scaling;
+}
+
+}  // namespace
+
+void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
+                      bf16_t* dst, int64_t dstPitch, cudaStream_t s) {
+  const int64_t n = rows * cols;
+  if (n == 0) return;
+  const int64_t blocks = (n + 255) / 256;
+  factorKernel<<<static_cast<int>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
+      static_cast<const unsigned char*>(src), dtype, rows, cols, srcPitch, col0, dst, dstPitch);
+}
+
+void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {
+  metaKernel<<<1, 32, 0, s>>>(ranks, scaling, meta);
+}
+
+}  // namespace cuda
+}  // namespace troupe

@@ -1,0 +1,31 @@
+// Kernels that write a LoRA pool slot on the loader's stream: a factor's slice converted from the
+// host dtype (f32, f16 or bf16, as the adapter file holds it) to the pool's bf16 layout, and the
+// slot's per-module ranks and scaling. Plain C++ types only, so host code can include this.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+// dst[i * dstPitch + j] = bf16(src[i * srcPitch + col0 + j]) for i < rows, j < cols. src holds
+// values of dtype (0 = F32, 1 = F16, 2 = BF16) at any alignment; bf16 is copied bit for bit,
+// wider values round to nearest even.
+void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
+                      bf16_t* dst, int64_t dstPitch, cudaStream_t s);
+
+constexpr int kLoraMetaModules = 7;  // kNumLoraModules
+struct LoraSlotMeta {
+  int32_t ranks[kLoraMetaModules];  // 0 where the adapter leaves the module out (or the slot is empty)
+  float scaling;
+};
+// ranks[0, 7) and *scaling of one slot, written in stream order (no host staging to keep alive).
+void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace troupe
