@@ -46,6 +46,8 @@ export type AdapterEvent =
   | { type: 'EVICT' }
   | { type: 'DROP_CPU' }
   | { type: 'UNLOAD' }
+  /** Asks an adapter being unloaded to leave; its guard decides whether it may yet. */
+  | { type: 'DRAINED' }
   /** A request naming it was queued / started running / went back to waiting / ended. */
   | { type: 'ACQUIRE' }
   | { type: 'START' }
@@ -224,7 +226,7 @@ export const adapterMachine = setup({
               },
             },
             unloading: {
-              always: { guard: 'drained', target: '#adapter.unloaded', actions: ['freeAll', 'clearSlot', 'forgetCpuCopy'] },
+              on: { DRAINED: { guard: 'drained', target: '#adapter.unloaded', actions: ['freeAll', 'clearSlot', 'forgetCpuCopy'] } },
             },
           },
         },
@@ -234,10 +236,10 @@ export const adapterMachine = setup({
       on: {
         RELEASE: { guard: 'canRelease', actions: 'release' },
         UNLOAD: 'unloaded',
+        // An unload asked while the adapter was still loading completes once the load failed
+        // and the requests that waited for it are ended.
+        DRAINED: { guard: 'removalAskedAndUnused', target: 'unloaded' },
       },
-      // An unload asked while the adapter was still loading completes once the load failed and
-      // the requests that waited for it are ended.
-      always: { guard: 'removalAskedAndUnused', target: 'unloaded' },
     },
     unloaded: { type: 'final' },
   },

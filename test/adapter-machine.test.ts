@@ -97,7 +97,9 @@ describe('adapter statechart', () => {
     expect(snap.context).toMatchObject({ users: 1, running: 1, removal: true });
     // A new request is not admitted while unloading.
     expect(snap.can({ type: 'ACQUIRE' })).toBe(false);
-    const [done, actions] = transition(adapterMachine, snap, { type: 'RELEASE', running: true });
+    const [idle] = transition(adapterMachine, snap, { type: 'RELEASE', running: true });
+    expect(idle.can({ type: 'DRAINED' })).toBe(true);
+    const [done, actions] = transition(adapterMachine, idle, { type: 'DRAINED' });
     expect(done.value).toBe('unloaded');
     expect(done.status).toBe('done');
     expect(done.context.slot).toBeNull();
@@ -107,7 +109,9 @@ describe('adapter statechart', () => {
   test('an unload waits for a read in flight even with no users', () => {
     const { snap } = run([{ type: 'LOAD' }, { type: 'UNLOAD' }]);
     expect(adapterStateLabel(snap)).toBe('unloading');
-    const [done, actions] = transition(adapterMachine, snap, loaded);
+    expect(snap.can({ type: 'DRAINED' })).toBe(false);
+    const [landed] = transition(adapterMachine, snap, loaded);
+    const [done, actions] = transition(adapterMachine, landed, { type: 'DRAINED' });
     expect(done.status).toBe('done');
     expect(commandsOf(actions)).toEqual([{ kind: 'drop-cpu', name: 'a' }]);
   });
@@ -131,7 +135,7 @@ describe('adapter statechart', () => {
     }
     expect(chart.states.find((s) => s.id === 'live.residency.cpuLoaded')).toMatchObject({ parent: 'live.residency' });
     expect(chart.transitions).toContainEqual({ from: 'live.residency.gpuResident.unpinned', to: 'live.residency.cpuLoaded', event: 'EVICT', guard: 'evictableWithCopy' });
-    expect(chart.transitions).toContainEqual({ from: 'live.admission.unloading', to: 'unloaded', event: 'always', guard: 'drained' });
+    expect(chart.transitions).toContainEqual({ from: 'live.admission.unloading', to: 'unloaded', event: 'DRAINED', guard: 'drained' });
     expect(chart.transitions).toContainEqual({ from: 'live.residency.loading', to: 'failed', event: 'LOAD_FAILED' });
     expect(JSON.parse(JSON.stringify(chart))).toEqual(chart);
   });
@@ -192,7 +196,8 @@ describe('what the machine owns', () => {
     const { snap } = run([{ type: 'LOAD' }, loaded, { type: 'COPY', slot: 0 }, { type: 'SLOT_READY', slot: 0 }, { type: 'LOADER_RESTARTED' }, { type: 'UNLOAD' }]);
     expect(adapterStateLabel(snap)).toBe('unloading');
     expect(snap.can({ type: 'EVICT' })).toBe(false);
-    const [done] = transition(adapterMachine, snap, loaded);
-    expect(done.status).toBe('done');
+    expect(snap.can({ type: 'DRAINED' })).toBe(false);
+    const [landed] = transition(adapterMachine, snap, loaded);
+    expect(transition(adapterMachine, landed, { type: 'DRAINED' })[0].status).toBe('done');
   });
 });

@@ -172,8 +172,9 @@ export class AdapterRegistry implements PlacementHost {
     return () => this.listeners.delete(listener);
   }
 
-  list(): AdapterStatus[] {
-    return [...this.records.values()].map((r) => adapterStatus(r.actor.getSnapshot(), r.label));
+  list(names?: readonly string[]): AdapterStatus[] {
+    const recs = names ? names.flatMap((n) => this.records.get(n) ?? []) : [...this.records.values()];
+    return recs.map((r) => adapterStatus(r.actor.getSnapshot(), r.label));
   }
 
   details(): AdapterDetail[] {
@@ -281,6 +282,11 @@ export class AdapterRegistry implements PlacementHost {
     const fault = this.fault;
     this.fault = null;
     if (fault) throw fault;
+    // An unload completes as soon as the machine says it may (no users, no transfer in flight).
+    const snap = rec.actor.getSnapshot();
+    if (snap.status === 'active' && snap.context.removal && snap.can({ type: 'DRAINED' })) {
+      this.send(name, { type: 'DRAINED' }, 'no request uses it any more; freed');
+    }
   }
 
   private observe(rec: AdapterRecord, snap: AdapterSnapshot): void {
@@ -311,7 +317,6 @@ export class AdapterRegistry implements PlacementHost {
   private reasonFor(to: string, snap: AdapterSnapshot): string {
     // A failure's reason is the machine's own error (a pool mismatch is found by its guard).
     if (to === 'failed') return `failed: ${snap.context.error ?? 'unknown error'}`;
-    if (to === 'unloaded') return 'no request uses it any more; freed';
     return this.reason ?? 'state change';
   }
 

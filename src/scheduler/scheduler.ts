@@ -262,8 +262,9 @@ export class Scheduler {
     return this.waiting.length > 0 || this.running.length > 0 || this.pendingEvents.length > 0;
   }
 
-  adapters(): AdapterStatus[] {
-    return this.registry.list();
+  /** The named adapters' statuses (those registered), or every adapter's. */
+  adapters(names?: readonly string[]): AdapterStatus[] {
+    return this.registry.list(names);
   }
 
   adapterDetails(): AdapterDetail[] {

@@ -42,14 +42,16 @@ export function rejectUnknown(body: JsonObject, known: readonly string[]): void 
  * "<served>" and "<served>:" are the base model, "<served>:<adapter>" an adapter; a bare
  * adapter name works too. The adapter in model wins over lora_path, as in SGLang.
  */
-export function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): { model: string; lora: string | null } {
+export async function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): Promise<{ model: string; lora: string | null }> {
   const model = at('model', () => {
     if (body.model === undefined || body.model === null) throw badRequest(`model is required; use "${servedModelName}" or "${servedModelName}:<adapter>"`);
     return asString(body.model, 'model');
   });
   const loraPath = body.lora_path === undefined || body.lora_path === null ? null : at('lora_path', () => asString(body.lora_path, 'lora_path'));
-  const known = new Map(engine.adapters().map((a) => [a.name, a]));
-  const choices = (): string => [servedModelName, ...[...known.keys()].map((n) => `${servedModelName}:${n}`)].join(', ');
+  // Only the named adapter is asked for; the whole list only when an error names the choices.
+  const loaded = async (name: string): Promise<boolean> => (await engine.adapters([name])).some((a) => a.name === name);
+  const choices = async (): Promise<string> =>
+    [servedModelName, ...(await engine.adapters()).map((a) => `${servedModelName}:${a.name}`)].join(', ');
 
   let lora: string | null;
   let param = 'model';
@@ -58,22 +60,22 @@ export function resolveModel(body: JsonObject, servedModelName: string, engine: 
     if (loraPath !== null) param = 'lora_path';
   } else if (model.startsWith(`${servedModelName}:`)) {
     lora = model.slice(servedModelName.length + 1);
-  } else if (known.has(model)) {
-    lora = model;
+  } else if (await loaded(model)) {
+    return { model, lora: model };
   } else {
-    throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${choices()}`);
+    throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${await choices()}`);
   }
-  if (lora !== null && !known.has(lora)) {
-    throw modelNotFound(`LoRA adapter ${JSON.stringify(lora)} is not loaded; served: ${choices()}`, param);
+  if (lora !== null && !(await loaded(lora))) {
+    throw modelNotFound(`LoRA adapter ${JSON.stringify(lora)} is not loaded; served: ${await choices()}`, param);
   }
   return { model, lora };
 }
 
 /** Sampling from OpenAI's fields; maxTokensKeys lists the names that set the output length, first wins. */
-export function parseCommon(
+export async function parseCommon(
   body: JsonObject, servedModelName: string, engine: TroupeEngine, maxTokensKeys: string[], defaultMaxTokens: number,
-): CommonRequest {
-  const { model, lora } = resolveModel(body, servedModelName, engine);
+): Promise<CommonRequest> {
+  const { model, lora } = await resolveModel(body, servedModelName, engine);
   const get = (k: string): unknown => (body[k] === null ? undefined : body[k]);
   const s: SamplingOptions = { ...DEFAULT_SAMPLING, maxNewTokens: defaultMaxTokens, stop: [], stopTokenIds: [] };
 
