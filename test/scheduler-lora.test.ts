@@ -114,6 +114,22 @@ describe('max_loras_per_batch', () => {
 });
 
 describe('slots and eviction', () => {
+  test('an adapter whose request has waited longest gets a slot, though newer requests keep the resident adapters wanted', () => {
+    const s = newScheduler({ maxLorasPerBatch: 2, maxRunningRequests: 2 });
+    for (const n of ['A', 'B', 'C']) s.addAdapter({ name: n, path: `/${n}`, pinned: false });
+    // A and B are wanted (a1 and b1 wait) before c arrives, and stay wanted as long as the loop runs.
+    for (const id of ['a0', 'b0', 'a1', 'b1']) s.submit(seq(id, { lora: id[0]!.toUpperCase(), maxNewTokens: 3 }));
+    s.submit(seq('c', { lora: 'C', maxNewTokens: 2 }));
+    let cDone = -1;
+    for (let i = 2; i < 60 && cDone < 0; i++) {
+      s.submit(seq(`a${i}`, { lora: 'A', maxNewTokens: 3 }));
+      s.submit(seq(`b${i}`, { lora: 'B', maxNewTokens: 3 }));
+      serveLoader(s);
+      if (step(s)?.events.some((e) => e.id === 'c' && e.finish)) cDone = i;
+    }
+    expect(cDone).toBeGreaterThan(0);
+  });
+
   function evictionVictim(policy: 'lru' | 'fifo'): { victim: string; copy: unknown } {
     const s = newScheduler({ maxLorasPerBatch: 2, evictionPolicy: policy });
     for (const n of ['A', 'B', 'C']) s.addAdapter({ name: n, path: `/${n}`, pinned: false });

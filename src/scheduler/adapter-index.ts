@@ -88,13 +88,15 @@ export class AdapterIndex {
     this.pinned.delete(name);
   }
 
-  /** A waiting request wants the adapter (now in `residency`); false when others already did. */
-  want(name: string, residency: string | null): void {
-    if (this.demand.add(name)) this.countWanted(residency, 1);
+  /** The request that arrived `arrival`-th waits for the adapter (now in `residency`). */
+  want(name: string, arrival: number, residency: string | null): void {
+    const first = !this.demand.has(name);
+    this.demand.add(name, arrival);
+    if (first) this.countWanted(residency, 1);
   }
 
-  unwant(name: string, residency: string | null): void {
-    if (this.demand.remove(name)) this.countWanted(residency, -1);
+  unwant(name: string, arrival: number, residency: string | null): void {
+    if (this.demand.remove(name, arrival)) this.countWanted(residency, -1);
   }
 
   /** A step or a new request used it: it moves to the back of the LRU orders. */

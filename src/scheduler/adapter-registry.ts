@@ -213,30 +213,31 @@ export class AdapterRegistry implements PlacementHost {
 
   // ---- requests: the scheduler reports each one's moves ----
 
+  // `arrival` numbers each request in arrival order (Sequence.arrival): the demand order.
+
   /** A new request waits for it. */
-  queued(name: string): void {
+  queued(name: string, arrival: number): void {
     this.send(name, { type: 'ACQUIRE' }, 'a request names it');
-    this.index.want(name, this.records.get(name)!.placed.residency);
+    this.index.want(name, arrival, this.residency(name));
     this.index.touch(name);
   }
 
   /** One of its waiting requests starts running (its adapter is resident). */
-  started(name: string): void {
-    this.index.unwant(name, this.records.get(name)!.placed.residency);
+  started(name: string, arrival: number): void {
+    this.index.unwant(name, arrival, this.residency(name));
     this.send(name, { type: 'START' }, 'a request started');
     this.index.touch(name);
   }
 
   /** A running request went back to waiting (its KV cache was freed). */
-  preempted(name: string): void {
+  preempted(name: string, arrival: number): void {
     this.send(name, { type: 'PREEMPT' }, 'a request was preempted');
-    this.index.want(name, this.records.get(name)!.placed.residency);
+    this.index.want(name, arrival, this.residency(name));
   }
 
   /** A request ended (finished, aborted or failed), from waiting or from running. */
-  ended(name: string, wasRunning: boolean): void {
-    const rec = this.records.get(name)!;
-    if (!wasRunning) this.index.unwant(name, rec.placed.residency);
+  ended(name: string, arrival: number, wasRunning: boolean): void {
+    if (!wasRunning) this.index.unwant(name, arrival, this.residency(name));
     this.send(name, { type: 'RELEASE', running: wasRunning }, 'a request ended');
   }
 

@@ -138,7 +138,7 @@ export class Scheduler {
     this.byId.set(id, seq);
     this.waiting.push(seq);
     // Placement runs now, so the adapter starts loading while the request waits behind others.
-    if (lora !== null) this.registry.queued(lora);
+    if (lora !== null) this.registry.queued(lora, seq.arrival);
     this.pump();
   }
 
@@ -201,7 +201,7 @@ export class Scheduler {
       s.status = 'running';
       insertByArrival(this.running, s);
       distinct.add(lora);
-      if (lora !== null) this.registry.started(lora);
+      if (lora !== null) this.registry.started(lora, s.arrival);
       budget -= chunk;
       entries.push(this.entry(s, chunk));
     }
@@ -301,7 +301,7 @@ export class Scheduler {
     s.preemptions++;
     s.status = 'waiting';
     insertByArrival(this.waiting, s);
-    if (s.init.lora !== null) this.registry.preempted(s.init.lora);
+    if (s.init.lora !== null) this.registry.preempted(s.init.lora, s.arrival);
   }
 
   /** Removes a sequence for good (finished, aborted, or its adapter failed). */
@@ -311,7 +311,7 @@ export class Scheduler {
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.kv.release(s.blocks);
-    if (s.init.lora !== null) this.registry.ended(s.init.lora, wasRunning);
+    if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
     s.status = 'finished';
     this.byId.delete(s.id);
     return s;
