@@ -94,6 +94,8 @@ export const adapterMachine = setup({
     markRereading: assign({ cpuCopy: false, rereading: true }),
     endRereading: assign({ rereading: false }),
     markRemoval: assign({ removal: true }),
+    // The loader reports the rest of a failed load (a copy queued behind a read that failed).
+    ignoreLateFailure: () => {},
     acquire: assign(({ context }) => ({ users: context.users + 1 })),
     start: assign(({ context }) => ({ running: context.running + 1 })),
     preempt: assign(({ context }) => ({ running: context.running - 1 })),
@@ -235,6 +237,7 @@ export const adapterMachine = setup({
     failed: {
       on: {
         RELEASE: { guard: 'canRelease', actions: 'release' },
+        LOAD_FAILED: { actions: 'ignoreLateFailure' },
         UNLOAD: 'unloaded',
         // An unload asked while the adapter was still loading completes once the load failed
         // and the requests that waited for it are ended.
