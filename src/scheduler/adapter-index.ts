@@ -115,7 +115,7 @@ export class AdapterIndex {
       let set = this.byResidency.get(at.residency);
       if (!set) this.byResidency.set(at.residency, (set = new Set()));
       set.add(name);
-      const wasHolding = from?.residency != null && HOLDS_CPU.has(from.residency);
+      const wasHolding = from !== undefined && from.residency !== null && HOLDS_CPU.has(from.residency);
       if (HOLDS_CPU.has(at.residency) && !wasHolding) {
         this.cpuCopies++;
         if (pinned) this.pinnedCpuCopies++;

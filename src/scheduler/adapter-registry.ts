@@ -1,40 +1,18 @@
-// Every registered adapter's statechart actor, and the indexes over them. The machines own
-// each adapter's state (slot, users, CPU copy, pending removal) and emit the loader commands;
-// the registry only turns scheduler and loader happenings into machine events, keeps the
-// indexes current from the transitions, and asks placement which adapter goes where.
-import { createActor, type Actor } from 'xstate';
+// The scheduler's view of its adapters. The machines own each adapter's state (slot, users,
+// CPU copy, pending removal) and emit the loader commands; the registry turns scheduler and
+// loader happenings into machine events, and asks placement which adapter goes where, using
+// the index kept current from the machines' transitions.
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule } from '../engine/types.js';
 import { TroupeError, badRequest, notFound } from '../errors.js';
-import {
-  adapterMachine,
-  adapterStateLabel,
-  residencyOf,
-  type AdapterEvent,
-  type AdapterSnapshot,
-} from '../../statecharts/adapter.machine.js';
-import { AdapterIndex, type Placement } from './adapter-index.js';
+import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
+import { AdapterActors } from './adapter-actors.js';
+import { AdapterIndex } from './adapter-index.js';
 import type { AdapterCounters, AdapterDetail, AdapterTransition } from './adapter-view.js';
-import { adapterDetail, adapterStatus } from './adapter-view.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 import { place, type PlacementHost } from './placement.js';
 
 export type { AdapterCounters, AdapterDetail, AdapterTransition } from './adapter-view.js';
-
-const now = (): number => performance.timeOrigin + performance.now();
-
-interface AdapterRecord {
-  readonly name: string;
-  readonly pinned: boolean;
-  readonly actor: Actor<typeof adapterMachine>;
-  /** Derived from the machine's snapshot: the published label and where the index files it. */
-  label: string;
-  placed: Placement;
-  last: AdapterTransition | null;
-  removal: { promise: Promise<void>; resolve: () => void } | null;
-  /** Callers waiting for its read from disk to end. */
-  readWaiters: Array<(status: AdapterStatus | null) => void>;
-}
 
 export interface RegistryLimits {
   /** GPU pool slots (--max-gpu-loras). */
@@ -47,93 +25,60 @@ export interface RegistryLimits {
   loraModules: readonly LoraModule[];
 }
 
-function describe(event: AdapterEvent): string {
-  const { type, ...rest } = event;
-  return Object.keys(rest).length > 0 ? `${type} ${JSON.stringify(rest)}` : type;
-}
-
 export class AdapterRegistry implements PlacementHost {
-  private readonly records = new Map<string, AdapterRecord>();
   readonly index: AdapterIndex;
-  private commands: LoaderCommand[] = [];
-  private readonly listeners = new Set<(t: AdapterTransition) => void>();
-  private readonly labelCounts = new Map<string, number>();
-  /** Why the event being sent is sent; published with the transition it causes. */
-  private reason: string | null = null;
-  /** An invariant broken while the indexes followed a transition; thrown once the send returns. */
-  private fault: Error | null = null;
+  private readonly actors: AdapterActors;
 
   constructor(readonly limits: RegistryLimits) {
     this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
+    this.actors = new AdapterActors(this.index);
   }
 
   add(spec: { name: string; path: string; pinned: boolean }): void {
-    const existing = this.records.get(spec.name);
-    if (existing) throw new TroupeError('conflict', `LoRA adapter '${spec.name}' is already loaded (state ${existing.label}); unload it first`);
-    if (spec.pinned && this.index.pinned.size >= this.limits.maxPinned) {
-      const max = this.limits.maxPinned;
+    const existing = this.actors.label(spec.name);
+    if (existing !== null) throw new TroupeError('conflict', `LoRA adapter '${spec.name}' is already loaded (state ${existing}); unload it first`);
+    const pinned = this.index.pinned.size;
+    if (spec.pinned && pinned >= this.limits.maxPinned) {
       throw badRequest(
-        `cannot pin adapter "${spec.name}": ${this.index.pinned.size} adapters are pinned and at most ${max} may be ` +
+        `cannot pin adapter "${spec.name}": ${pinned} adapters are pinned and at most ${this.limits.maxPinned} may be ` +
           `(max_loras_per_batch - 1, one slot is kept for unpinned adapters and the base model)`,
       );
     }
-    const actor = createActor(adapterMachine, {
-      input: { ...spec, maxRank: this.limits.maxLoraRank, poolModules: this.limits.loraModules },
-    });
-    const first = actor.getSnapshot();
-    const rec: AdapterRecord = {
-      name: spec.name,
-      pinned: spec.pinned,
-      actor,
-      label: adapterStateLabel(first),
-      placed: { residency: residencyOf(first), slot: null },
-      last: null,
-      removal: null,
-      readWaiters: [],
-    };
-    this.records.set(spec.name, rec);
-    this.index.add(rec.name, rec.pinned, rec.placed);
-    this.countLabel(rec.label, 1);
-    actor.on('command', (e) => this.commands.push(e.command));
-    actor.subscribe((snap) => this.observe(rec, snap));
-    actor.start();
-    this.publish(rec, 'none', rec.label, spec.pinned ? 'added, pinned' : 'added');
+    this.actors.start({ ...spec, maxRank: this.limits.maxLoraRank, poolModules: this.limits.loraModules });
     // Read eagerly while the CPU budget allows, so a bad adapter fails at load time.
     const max = this.limits.maxLoaded;
-    if (spec.pinned || max === null || this.index.cpuCount < max) this.send(rec.name, { type: 'LOAD' }, 'read at registration');
+    if (spec.pinned || max === null || this.index.cpuCount < max) this.send(spec.name, { type: 'LOAD' }, 'read at registration');
   }
 
   /** Refuses new requests at once; resolves once its users are gone and its copies are released. */
   remove(name: string): Promise<void> {
-    const rec = this.records.get(name);
-    if (!rec) return Promise.reject(notFound(`LoRA adapter '${name}' is not loaded`));
-    if (rec.removal) return rec.removal.promise;
-    let resolve!: () => void;
-    const promise = new Promise<void>((r) => (resolve = r));
-    rec.removal = { promise, resolve };
-    const users = rec.actor.getSnapshot().context.users;
-    this.send(name, { type: 'UNLOAD' }, users > 0 ? `unload requested; waiting for ${users} request(s)` : 'unload requested');
+    if (!this.actors.has(name)) return Promise.reject(notFound(`LoRA adapter '${name}' is not loaded`));
+    const { promise, first } = this.actors.removal(name);
+    if (first) {
+      const users = this.actors.snapshot(name)!.context.users;
+      this.send(name, { type: 'UNLOAD' }, users > 0 ? `unload requested; waiting for ${users} request(s)` : 'unload requested');
+    }
     return promise;
   }
 
   /** Why a request for `name` must be refused, or null. */
   refusal(name: string): TroupeError | null {
-    const rec = this.records.get(name);
-    if (!rec) return badRequest(`LoRA adapter '${name}' is not loaded`);
-    if (rec.label === 'failed') return badRequest(`LoRA adapter '${name}' failed to load: ${this.error(name)}`);
-    if (rec.removal) return badRequest(`adapter "${name}" is being unloaded`);
+    const label = this.actors.label(name);
+    if (label === null) return badRequest(`LoRA adapter '${name}' is not loaded`);
+    if (label === 'failed') return badRequest(`LoRA adapter '${name}' failed to load: ${this.error(name)}`);
+    if (this.actors.removing(name)) return badRequest(`adapter "${name}" is being unloaded`);
     return null;
   }
 
   error(name: string): string | null {
-    return this.records.get(name)?.actor.getSnapshot().context.error ?? null;
+    return this.actors.snapshot(name)?.context.error ?? null;
   }
 
   /** Applies a loader event; returns the name of an adapter that just failed, if any. */
   onLoaderEvent(ev: LoaderEvent): string | null {
-    const rec = this.records.get(ev.name);
     // Gone already: it was unloaded after its last transfer landed.
-    if (!rec) return null;
+    if (!this.actors.has(ev.name)) return null;
+    const before = this.actors.label(ev.name);
     if (ev.kind === 'cpu-loaded') {
       const { rank, targetModules, bytes } = ev;
       this.send(ev.name, { type: 'CPU_LOADED', rank, targetModules, bytes: bytes ?? 0 }, `read from disk (rank ${rank})`);
@@ -142,7 +87,8 @@ export class AdapterRegistry implements PlacementHost {
     } else {
       this.send(ev.name, { type: 'LOAD_FAILED', error: ev.error }, `load failed: ${ev.error}`);
     }
-    return rec.label === 'failed' ? rec.name : null;
+    // One that failed with nobody waiting and an unload pending is gone already.
+    return before !== 'failed' && this.actors.label(ev.name) === 'failed' ? ev.name : null;
   }
 
   /**
@@ -152,57 +98,49 @@ export class AdapterRegistry implements PlacementHost {
    */
   loaderRestarted(): void {
     const event: AdapterEvent = { type: 'LOADER_RESTARTED' };
-    for (const rec of [...this.records.values()]) {
-      if (!rec.actor.getSnapshot().can(event)) continue;
-      const reason = rec.placed.residency === 'cpuLoaded'
+    for (const name of this.actors.names()) {
+      if (!this.actors.can(name, event)) continue;
+      const reason = this.residency(name) === 'cpuLoaded'
         ? 'the loader restarted and its CPU copy is gone; read from disk again when needed'
         : 'the loader restarted; its read or copy is issued again';
-      this.send(rec.name, event, reason);
+      this.send(name, event, reason);
     }
   }
 
   takeCommands(): LoaderCommand[] {
-    const out = this.commands;
-    this.commands = [];
-    return out;
+    return this.actors.takeCommands();
   }
 
   subscribe(listener: (t: AdapterTransition) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    return this.actors.subscribe(listener);
   }
 
+  /** The named adapters' statuses (those registered), or every adapter's. */
   list(names?: readonly string[]): AdapterStatus[] {
-    const recs = names ? names.flatMap((n) => this.records.get(n) ?? []) : [...this.records.values()];
-    return recs.map((r) => adapterStatus(r.actor.getSnapshot(), r.label));
+    return (names ?? this.actors.names()).flatMap((n) => this.actors.status(n) ?? []);
   }
 
   details(): AdapterDetail[] {
-    return [...this.records.values()].map((r) => adapterDetail(r.actor.getSnapshot(), r.label, r.last));
+    return this.actors.names().flatMap((n) => this.actors.detail(n) ?? []);
   }
 
-  /** Resolves once the adapter's read from disk has ended (at once if none is in flight); null if it is gone. */
   whenRead(name: string): Promise<AdapterStatus | null> {
-    const rec = this.records.get(name);
-    if (!rec) return Promise.resolve(null);
-    if (rec.placed.residency !== 'loading') return Promise.resolve(adapterStatus(rec.actor.getSnapshot(), rec.label));
-    return new Promise((resolve) => rec.readWaiters.push(resolve));
+    return this.actors.whenRead(name);
   }
 
   /** Small figures for the metrics: slots in use, CPU copies, and adapters per state. */
   counters(): AdapterCounters {
-    const loading = this.index.inResidency('loading').size;
     return {
       slots: this.index.slotCount,
       slotsUsed: this.index.slotsUsed,
-      cpuAdapters: this.index.cpuCount - loading,
-      byState: Object.fromEntries([...this.labelCounts].filter(([, n]) => n > 0)),
+      cpuAdapters: this.index.cpuCount - this.index.inResidency('loading').size,
+      byState: this.actors.labelCountsNow(),
     };
   }
 
   /** The pool slot of a GPU-resident adapter, or null while it is not (yet) usable. */
   residentSlot(name: string): number | null {
-    const placed = this.records.get(name)?.placed;
+    const placed = this.actors.placement(name);
     return placed?.residency?.startsWith('gpuResident') ? placed.slot : null;
   }
 
@@ -211,9 +149,7 @@ export class AdapterRegistry implements PlacementHost {
     return this.index.wantedInResidency('h2dInFlight') > 0;
   }
 
-  // ---- requests: the scheduler reports each one's moves ----
-
-  // `arrival` numbers each request in arrival order (Sequence.arrival): the demand order.
+  // ---- requests: the scheduler reports each one's moves; `arrival` (Sequence.arrival) orders demand ----
 
   /** A new request waits for it. */
   queued(name: string, arrival: number): void {
@@ -254,88 +190,18 @@ export class AdapterRegistry implements PlacementHost {
   // ---- PlacementHost ----
 
   residency(name: string): string | null {
-    return this.records.get(name)?.placed.residency ?? null;
+    return this.actors.placement(name)?.residency ?? null;
   }
 
   slot(name: string): number | null {
-    return this.records.get(name)?.placed.slot ?? null;
+    return this.actors.placement(name)?.slot ?? null;
   }
 
   can(name: string, event: AdapterEvent): boolean {
-    const snap = this.records.get(name)?.actor.getSnapshot();
-    return snap !== undefined && snap.status === 'active' && snap.can(event);
+    return this.actors.can(name, event);
   }
 
-  /** Sends an event the machine must accept: one it does not is a bug in the caller, reported with the adapter, its state and the event. */
   send(name: string, event: AdapterEvent, reason: string): void {
-    const rec = this.records.get(name);
-    if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    if (!this.can(name, event)) {
-      throw new TroupeError('internal', `internal error: adapter "${name}" in state ${rec.label} does not accept ${describe(event)}`);
-    }
-    const outer = this.reason;
-    this.reason = reason;
-    try {
-      rec.actor.send(event);
-    } finally {
-      this.reason = outer;
-    }
-    const fault = this.fault;
-    this.fault = null;
-    if (fault) throw fault;
-    // An unload completes as soon as the machine says it may (no users, no transfer in flight).
-    const snap = rec.actor.getSnapshot();
-    if (snap.status === 'active' && snap.context.removal && snap.can({ type: 'DRAINED' })) {
-      this.send(name, { type: 'DRAINED' }, 'no request uses it any more; freed');
-    }
-  }
-
-  private observe(rec: AdapterRecord, snap: AdapterSnapshot): void {
-    try {
-      const placed: Placement = { residency: residencyOf(snap), slot: snap.context.slot };
-      if (placed.residency !== rec.placed.residency || placed.slot !== rec.placed.slot) {
-        this.index.move(rec.name, rec.pinned, rec.placed, placed);
-        rec.placed = placed;
-      }
-      const to = adapterStateLabel(snap);
-      if (to !== rec.label) {
-        const from = rec.label;
-        rec.label = to;
-        this.countLabel(from, -1).countLabel(to, 1);
-        this.publish(rec, from, to, this.reasonFor(to, snap));
-      }
-      if (rec.readWaiters.length > 0 && placed.residency !== 'loading') {
-        const status = snap.status === 'done' ? null : adapterStatus(snap, rec.label);
-        for (const w of rec.readWaiters.splice(0)) w(status);
-      }
-      if (snap.status === 'done') this.forget(rec);
-    } catch (err) {
-      // An observer's throw would escape as an unhandled error; send() rethrows it instead.
-      this.fault ??= err instanceof Error ? err : new Error(String(err));
-    }
-  }
-
-  private reasonFor(to: string, snap: AdapterSnapshot): string {
-    // A failure's reason is the machine's own error (a pool mismatch is found by its guard).
-    if (to === 'failed') return `failed: ${snap.context.error ?? 'unknown error'}`;
-    return this.reason ?? 'state change';
-  }
-
-  private forget(rec: AdapterRecord): void {
-    this.records.delete(rec.name);
-    this.index.remove(rec.name, rec.pinned, rec.placed);
-    this.countLabel(rec.label, -1);
-    rec.removal?.resolve();
-  }
-
-  private countLabel(label: string, delta: number): this {
-    this.labelCounts.set(label, (this.labelCounts.get(label) ?? 0) + delta);
-    return this;
-  }
-
-  private publish(rec: AdapterRecord, from: string, to: string, reason: string): void {
-    const t: AdapterTransition = { adapter: rec.name, from, to, reason, time: now() };
-    rec.last = t;
-    for (const l of this.listeners) l(t);
+    this.actors.send(name, event, reason);
   }
 }
