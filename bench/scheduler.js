@@ -38,11 +38,14 @@ const OPTIONS = {
 };
 const sampling = { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true };
 
+/** Answers every command at once; returns how many slot copies it made. */
 function serveLoader(s) {
+  let copies = 0;
   for (;;) {
     const cmds = s.takeCommands();
-    if (cmds.length === 0) return;
+    if (cmds.length === 0) return copies;
     for (const c of cmds) {
+      if (c.kind === 'copy-to-slot') copies++;
       if (c.kind === 'load-cpu') s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: 8, targetModules: ['q_proj', 'v_proj'], bytes: 0 });
       else if (c.kind === 'copy-to-slot') s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
     }
@@ -75,20 +78,35 @@ function measure(count) {
   };
   refill();
   const times = [];
+  let copies = 0;
+  let sequences = 0;
   const t0 = performance.now();
   for (let i = 0; i < WARMUP_STEPS + MAX_STEPS; i++) {
     const start = performance.now();
-    serveLoader(s);
+    let copied = serveLoader(s);
     const step = s.schedule();
     if (step) s.complete(fakeResult(step.batch, step.seqIds.length));
-    serveLoader(s);
+    copied += serveLoader(s);
     refill();
     const end = performance.now();
-    if (i >= WARMUP_STEPS) times.push(end - start);
+    if (i < WARMUP_STEPS) continue;
+    times.push(end - start);
+    copies += copied;
+    sequences += step ? step.seqIds.length : 0;
     if (times.length >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
   }
   times.sort((a, b) => a - b);
-  return { registered: count, waiting: WAITING, distinctWanted: distinct, steps: times.length, medianMs: quantile(times, 0.5), p99Ms: quantile(times, 0.99) };
+  return {
+    registered: count,
+    waiting: WAITING,
+    distinctWanted: distinct,
+    steps: times.length,
+    medianMs: quantile(times, 0.5),
+    p99Ms: quantile(times, 0.99),
+    // What the steps did: sequences per step, and adapter copies into slots per 100 steps.
+    sequencesPerStep: sequences / times.length,
+    copiesPer100Steps: (100 * copies) / times.length,
+  };
 }
 
 const args = process.argv.slice(2);
@@ -101,6 +119,8 @@ try {
   // Not a git checkout: the result simply names no commit.
 }
 
+// One unmeasured pass first, so the JIT has compiled the scheduler before the first count.
+measure(COUNTS[0]);
 const rows = COUNTS.map(measure);
 const result = {
   date: new Date().toISOString(),
