@@ -39,7 +39,7 @@ export class Scheduler {
   private readonly kv: BlockManager;
   private readonly registry: AdapterRegistry;
   /** Both kept in arrival order. */
-  private readonly waiting: Sequence[] = [];
+  private waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
@@ -206,7 +206,7 @@ export class Scheduler {
       entries.push(this.entry(s, chunk));
     }
     // One pass: the requests left behind keep their order.
-    if (kept.length < i) this.waiting.splice(0, i, ...kept);
+    if (kept.length < i) this.waiting = kept.concat(this.waiting.slice(i));
 
     this.pump();
     if (entries.length === 0) return null;
