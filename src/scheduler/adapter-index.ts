@@ -67,10 +67,6 @@ export class AdapterIndex {
     return i >= 0 ? i : null;
   }
 
-  slotOwner(slot: number): string | null {
-    return this.owners[slot] ?? null;
-  }
-
   add(name: string, pinned: boolean, at: Placement): void {
     if (pinned) this.pinned.add(name);
     this.file(name, pinned, at);

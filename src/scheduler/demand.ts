@@ -83,14 +83,6 @@ export class Demand {
     return w ? head(w) : null;
   }
 
-  count(name: string): number {
-    return this.byName.get(name)?.arrivals.length ?? 0;
-  }
-
-  get size(): number {
-    return this.order.length;
-  }
-
   /** Wanted adapters, soonest first. Placement walks it without changing demand. */
   *names(): IterableIterator<string> {
     for (const w of this.order) yield w.name;
