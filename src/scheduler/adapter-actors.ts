@@ -138,6 +138,11 @@ export class AdapterActors {
     return () => this.listeners.delete(listener);
   }
 
+  /** Whether a running request uses it (read from its machine; the machine's guards stay the rule). */
+  inUse(name: string): boolean {
+    return (this.records.get(name)?.actor.getSnapshot().context.running ?? 0) > 0;
+  }
+
   can(name: string, event: AdapterEvent): boolean {
     const snap = this.records.get(name)?.actor.getSnapshot();
     return snap !== undefined && snap.status === 'active' && snap.can(event);
@@ -147,15 +152,19 @@ export class AdapterActors {
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    if (!this.can(name, event)) {
-      throw new TroupeError('internal', `internal error: adapter "${name}" in state ${rec.label} does not accept ${describe(event)}`);
-    }
+    const before = rec.actor.getSnapshot();
+    const label = rec.label;
     const outer = this.reason;
     this.reason = reason;
     try {
       rec.actor.send(event);
     } finally {
       this.reason = outer;
+    }
+    // An event the machine takes makes a new snapshot, except a transition that only emits
+    // commands; only an unchanged snapshot needs the slower question (a refused event changes nothing).
+    if (rec.actor.getSnapshot() === before && !(before.status === 'active' && before.can(event))) {
+      throw new TroupeError('internal', `internal error: adapter "${name}" in state ${label} does not accept ${describe(event)}`);
     }
     const fault = this.fault;
     this.fault = null;

@@ -197,6 +197,10 @@ export class AdapterRegistry implements PlacementHost {
     return this.actors.placement(name)?.slot ?? null;
   }
 
+  inUse(name: string): boolean {
+    return this.actors.inUse(name);
+  }
+
   can(name: string, event: AdapterEvent): boolean {
     return this.actors.can(name, event);
   }

@@ -22,6 +22,8 @@ export interface PlacementHost {
   readonly limits: PlacementLimits;
   residency(name: string): string | null;
   slot(name: string): number | null;
+  /** Whether a running request uses it: such an adapter never goes, so its machine need not be asked. */
+  inUse(name: string): boolean;
   can(name: string, event: AdapterEvent): boolean;
   send(name: string, event: AdapterEvent, reason: string): void;
 }
@@ -65,7 +67,7 @@ function makeCpuRoom(host: PlacementHost, forName: string, forSeq: number): bool
   const max = host.limits.maxLoaded;
   if (max === null || index.cpuCount < max) return true;
   const canGo = (name: string): boolean =>
-    host.residency(name) === 'cpuLoaded' ? host.can(name, { type: 'DROP_CPU' }) : host.can(name, { type: 'EVICT' });
+    host.residency(name) === 'cpuLoaded' ? host.can(name, { type: 'DROP_CPU' }) : !host.inUse(name) && host.can(name, { type: 'EVICT' });
   const victim = pickVictim(index.cpuOrder, index, forSeq, canGo, 'least recently used');
   // Pinned copies alone filling the budget must not block every other adapter forever.
   if (!victim) return index.onlyPinnedCopies;
@@ -84,7 +86,7 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   const free = index.lowestFreeSlot();
   if (free !== null) return free;
   const policy = host.limits.evictionPolicy;
-  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => host.can(name, { type: 'EVICT' }), policy);
+  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => !host.inUse(name) && host.can(name, { type: 'EVICT' }), policy);
   if (!victim) return null;
   const slot = host.slot(victim.name)!;
   host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);
