@@ -150,7 +150,11 @@ export interface TroupeEngine {
   abortAll(message?: string): number;
   loadAdapter(spec: AdapterSpec): Promise<AdapterStatus>;
   unloadAdapter(name: string): Promise<void>;
-  adapters(): AdapterStatus[];
+  /**
+   * Registered adapters' statuses, asked of the thread that owns them: those named in `names`
+   * that are registered, or every one when `names` is left out.
+   */
+  adapters(names?: readonly string[]): Promise<AdapterStatus[]>;
   /** The text of each token id on its own (special tokens included), for logprob listings. */
   tokenTexts(ids: number[]): Promise<Array<string | null>>;
   modelInfo(): ModelInfo;

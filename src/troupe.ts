@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.js';
-import { chooseDevice, planEngine, planRanks } from './actors/plan.js';
+import { chooseDevice, gpuLoraSlots, planEngine, planRanks } from './actors/plan.js';
 import { initRanks } from './actors/ranks.js';
 import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
@@ -67,6 +67,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         chunkedPrefillSize: options.chunkedPrefillSize,
         // Counts the base model too, so it stays at least 1 when the pool has no slots.
         maxLorasPerBatch: options.maxLorasPerBatch,
+        gpuSlots: gpuLoraSlots(options),
         maxLoadedLoras: options.maxLoadedLoras,
         evictionPolicy: options.loraEvictionPolicy,
         overlapLoading: options.enableLoraOverlapLoading,

@@ -1,8 +1,14 @@
-// The lifecycle of one LoRA adapter as a statechart. Residency (disk -> CPU -> GPU slot and
-// back) and admission (open, or unloading while requests still use it) are parallel regions:
-// a draining adapter must still be loadable, because requests queued before the unload
-// request have to run to completion.
-import { assign, setup, type AnyStateNode, type SnapshotFrom } from 'xstate';
+// The lifecycle of one LoRA adapter as a statechart, and the adapter's only owner: its context
+// holds the pool slot, the pinned flag, the requests using it, a pending removal and its CPU
+// copy, and its transitions emit the loader commands ('command' events). Residency (disk ->
+// CPU -> GPU slot and back) and admission (open, or unloading while requests still use it)
+// are parallel regions: a draining adapter must still be loadable, because requests queued
+// before the unload request have to run to completion.
+//
+// The host decides *which* adapter gets a slot or loses its CPU copy (that needs a view over
+// all adapters); the machine decides whether the move is allowed and what it costs.
+import { and, assign, emit, enqueueActions, not, setup, stateIn, type SnapshotFrom } from 'xstate';
+import type { LoaderCommand } from '../src/scheduler/loader.js';
 import type { LoraModule } from '../src/engine/types.js';
 
 export interface AdapterInput {
@@ -19,18 +25,42 @@ export interface AdapterContext extends AdapterInput {
   targetModules: LoraModule[];
   slot: number | null;
   error: string | null;
+  /** Waiting and running requests that name it, and how many of them run. */
+  users: number;
+  running: number;
+  /** An unload was asked: it leaves once nothing uses it and no transfer is in flight. */
+  removal: boolean;
+  /** Whether the loader holds its weights in CPU memory, and their size (float32 bytes). */
+  cpuCopy: boolean;
+  bytes: number;
+  /** A read issued again after a loader restart has not landed yet. */
+  rereading: boolean;
 }
 
 export type AdapterEvent =
   | { type: 'LOAD' }
-  | { type: 'CPU_LOADED'; rank: number; targetModules: LoraModule[] }
+  | { type: 'CPU_LOADED'; rank: number; targetModules: LoraModule[]; bytes?: number }
   | { type: 'LOAD_FAILED'; error: string }
   | { type: 'COPY'; slot: number }
-  | { type: 'SLOT_READY' }
+  | { type: 'SLOT_READY'; slot: number }
   | { type: 'EVICT' }
   | { type: 'DROP_CPU' }
   | { type: 'UNLOAD' }
-  | { type: 'DRAINED' };
+  /** Asks an adapter being unloaded to leave; its guard decides whether it may yet. */
+  | { type: 'DRAINED' }
+  /** A request naming it was queued / started running / went back to waiting / ended. */
+  | { type: 'ACQUIRE' }
+  | { type: 'START' }
+  | { type: 'PREEMPT' }
+  | { type: 'RELEASE'; running: boolean }
+  /** The loader thread was replaced: its CPU copies and the commands it had not run are gone. */
+  | { type: 'LOADER_RESTARTED' };
+
+/** What the machine asks of the loader; the host forwards each to the loader thread. */
+export interface AdapterCommandEvent {
+  type: 'command';
+  command: LoaderCommand;
+}
 
 function poolMismatch(ctx: AdapterContext, rank: number, modules: readonly LoraModule[]): string | null {
   if (rank > ctx.maxRank) return `rank ${rank} exceeds the LoRA pool's max rank ${ctx.maxRank} (--max-lora-rank)`;
@@ -41,67 +71,147 @@ function poolMismatch(ctx: AdapterContext, rank: number, modules: readonly LoraM
   return null;
 }
 
+const command = (c: LoaderCommand): AdapterCommandEvent => ({ type: 'command', command: c });
+const inResidency = (leaf: string) => stateIn(`#adapter.live.residency.${leaf}`);
+
 export const adapterMachine = setup({
-  types: {} as { context: AdapterContext; events: AdapterEvent; input: AdapterInput },
+  types: {} as { context: AdapterContext; events: AdapterEvent; input: AdapterInput; emitted: AdapterCommandEvent },
   actions: {
     storeShape: assign(({ event }) =>
-      event.type === 'CPU_LOADED' ? { rank: event.rank, targetModules: [...event.targetModules] } : {},
+      event.type === 'CPU_LOADED'
+        ? { rank: event.rank, targetModules: [...event.targetModules], bytes: event.bytes ?? 0, cpuCopy: true, rereading: false }
+        : {},
     ),
     storePoolMismatch: assign(({ context, event }) =>
       event.type === 'CPU_LOADED'
-        ? {
-            rank: event.rank,
-            targetModules: [...event.targetModules],
-            error: poolMismatch(context, event.rank, event.targetModules),
-          }
+        ? { rank: event.rank, targetModules: [...event.targetModules], error: poolMismatch(context, event.rank, event.targetModules) }
         : {},
     ),
     storeError: assign(({ event }) => (event.type === 'LOAD_FAILED' ? { error: event.error } : {})),
     storeSlot: assign(({ event }) => (event.type === 'COPY' ? { slot: event.slot } : {})),
     clearSlot: assign({ slot: null }),
+    forgetCpuCopy: assign({ cpuCopy: false, rereading: false }),
+    markRereading: assign({ cpuCopy: false, rereading: true }),
+    endRereading: assign({ rereading: false }),
+    markRemoval: assign({ removal: true }),
+    // The loader reports the rest of a failed load (a copy queued behind a read that failed).
+    ignoreLateFailure: () => {},
+    acquire: assign(({ context }) => ({ users: context.users + 1 })),
+    start: assign(({ context }) => ({ running: context.running + 1 })),
+    preempt: assign(({ context }) => ({ running: context.running - 1 })),
+    release: assign(({ context, event }) =>
+      event.type === 'RELEASE' ? { users: context.users - 1, running: context.running - (event.running ? 1 : 0) } : {},
+    ),
+    // Loader commands. Each reads the context before the transition's assignments run.
+    readFromDisk: emit(({ context }) => command({ kind: 'load-cpu', name: context.name, path: context.path })),
+    copyToSlot: emit(({ context, event }) =>
+      command({ kind: 'copy-to-slot', name: context.name, slot: event.type === 'COPY' ? event.slot : context.slot! }),
+    ),
+    dropCpuCopy: emit(({ context }) => command({ kind: 'drop-cpu', name: context.name })),
+    // Failing or leaving for good frees whatever it still holds.
+    freeAll: enqueueActions(({ context, enqueue }) => {
+      if (context.slot !== null) enqueue.emit(command({ kind: 'clear-slot', slot: context.slot }));
+      if (context.cpuCopy) enqueue.emit(command({ kind: 'drop-cpu', name: context.name }));
+    }),
   },
   guards: {
     fitsPool: ({ context, event }) =>
       event.type === 'CPU_LOADED' && poolMismatch(context, event.rank, event.targetModules) === null,
-    isPinned: ({ context }) => context.pinned,
+    sameSlot: ({ context, event }) => event.type === 'SLOT_READY' && event.slot === context.slot,
+    sameSlotPinned: ({ context, event }) => event.type === 'SLOT_READY' && event.slot === context.slot && context.pinned,
+    rereading: ({ context }) => context.rereading,
+    // Never evicts an adapter a running request uses, nor one whose CPU copy is being read again.
+    evictable: ({ context }) => context.running === 0 && !context.rereading,
+    evictableWithCopy: ({ context }) => context.running === 0 && !context.rereading && context.cpuCopy,
+    hasRunning: ({ context }) => context.running > 0,
+    canRelease: ({ context, event }) => event.type === 'RELEASE' && context.users > 0 && (!event.running || context.running > 0),
+    removalAskedAndUnused: ({ context }) => context.removal && context.users === 0,
+    /** Unloading completes once no request uses it and no read or copy of it is in flight. */
+    drained: and([
+      ({ context }) => context.users === 0 && !context.rereading,
+      not(inResidency('loading')),
+      not(inResidency('h2dInFlight')),
+    ]),
   },
 }).createMachine({
   id: 'adapter',
-  context: ({ input }) => ({ ...input, rank: null, targetModules: [], slot: null, error: null }),
+  context: ({ input }) => ({
+    ...input,
+    rank: null,
+    targetModules: [],
+    slot: null,
+    error: null,
+    users: 0,
+    running: 0,
+    removal: false,
+    cpuCopy: false,
+    bytes: 0,
+    rereading: false,
+  }),
   initial: 'live',
   states: {
     live: {
       type: 'parallel',
+      on: {
+        PREEMPT: { guard: 'hasRunning', actions: 'preempt' },
+        RELEASE: { guard: 'canRelease', actions: 'release' },
+      },
       states: {
         residency: {
           initial: 'registered',
           states: {
-            registered: { on: { LOAD: 'loading' } },
+            registered: { on: { LOAD: { target: 'loading', actions: 'readFromDisk' } } },
             loading: {
               on: {
                 CPU_LOADED: [
                   { guard: 'fitsPool', target: 'cpuLoaded', actions: 'storeShape' },
-                  { target: '#adapter.failed', actions: 'storePoolMismatch' },
+                  // The read landed, so the loader holds a copy to drop.
+                  { target: '#adapter.failed', actions: ['storePoolMismatch', 'dropCpuCopy'] },
                 ],
                 LOAD_FAILED: { target: '#adapter.failed', actions: 'storeError' },
+                LOADER_RESTARTED: { actions: 'readFromDisk' },
               },
             },
             cpuLoaded: {
               on: {
-                COPY: { target: 'h2dInFlight', actions: 'storeSlot' },
-                DROP_CPU: 'registered',
+                COPY: { target: 'h2dInFlight', actions: ['copyToSlot', 'storeSlot'] },
+                DROP_CPU: { target: 'registered', actions: ['dropCpuCopy', 'forgetCpuCopy'] },
+                LOADER_RESTARTED: { target: 'registered', actions: 'forgetCpuCopy' },
               },
             },
             h2dInFlight: {
               on: {
-                SLOT_READY: [{ guard: 'isPinned', target: 'gpuResident.pinned' }, { target: 'gpuResident.unpinned' }],
-                LOAD_FAILED: { target: '#adapter.failed', actions: ['storeError', 'clearSlot'] },
+                SLOT_READY: [
+                  { guard: 'sameSlotPinned', target: 'gpuResident.pinned' },
+                  { guard: 'sameSlot', target: 'gpuResident.unpinned' },
+                ],
+                CPU_LOADED: { guard: 'rereading', actions: 'storeShape' },
+                // The copy (or the read issued again for it) failed: the slot holds nothing usable.
+                LOAD_FAILED: { target: '#adapter.failed', actions: ['storeError', 'freeAll', 'clearSlot', 'forgetCpuCopy'] },
+                // The copy was lost with the loader: read again and copy into the same slot.
+                LOADER_RESTARTED: { actions: ['markRereading', 'readFromDisk', 'copyToSlot'] },
               },
             },
             gpuResident: {
               initial: 'unpinned',
+              on: {
+                START: { actions: 'start' },
+                CPU_LOADED: { guard: 'rereading', actions: 'storeShape' },
+                // The slot still holds the weights, so requests go on; only a later copy needs them again.
+                LOAD_FAILED: { guard: 'rereading', actions: ['storeError', 'endRereading'] },
+                // The slot keeps its weights (they live in the engines); the CPU copy is read again.
+                LOADER_RESTARTED: { actions: ['markRereading', 'readFromDisk'] },
+              },
               states: {
-                unpinned: { on: { EVICT: { target: '#adapter.live.residency.cpuLoaded', actions: 'clearSlot' } } },
+                unpinned: {
+                  on: {
+                    EVICT: [
+                      { guard: 'evictableWithCopy', target: '#adapter.live.residency.cpuLoaded', actions: 'clearSlot' },
+                      // Its copy could not be read again after a loader restart: back to disk.
+                      { guard: 'evictable', target: '#adapter.live.residency.registered', actions: 'clearSlot' },
+                    ],
+                  },
+                },
                 // A pinned adapter has no EVICT transition: it keeps its slot until unloaded.
                 pinned: {},
               },
@@ -111,13 +221,29 @@ export const adapterMachine = setup({
         admission: {
           initial: 'open',
           states: {
-            open: { on: { UNLOAD: 'unloading' } },
-            unloading: { on: { DRAINED: { target: '#adapter.unloaded', actions: 'clearSlot' } } },
+            open: {
+              on: {
+                ACQUIRE: { actions: 'acquire' },
+                UNLOAD: { target: 'unloading', actions: 'markRemoval' },
+              },
+            },
+            unloading: {
+              on: { DRAINED: { guard: 'drained', target: '#adapter.unloaded', actions: ['freeAll', 'clearSlot', 'forgetCpuCopy'] } },
+            },
           },
         },
       },
     },
-    failed: { on: { UNLOAD: 'unloaded' } },
+    failed: {
+      on: {
+        RELEASE: { guard: 'canRelease', actions: 'release' },
+        LOAD_FAILED: { actions: 'ignoreLateFailure' },
+        UNLOAD: 'unloaded',
+        // An unload asked while the adapter was still loading completes once the load failed
+        // and the requests that waited for it are ended.
+        DRAINED: { guard: 'removalAskedAndUnused', target: 'unloaded' },
+      },
+    },
     unloaded: { type: 'final' },
   },
 });
@@ -144,42 +270,4 @@ function flatten(v: unknown): string {
   return inner === undefined || inner === '' ? k : `${k}.${flatten(inner)}`;
 }
 
-export interface ChartJson {
-  states: Array<{ id: string; parent?: string; type: string; initial?: boolean }>;
-  transitions: Array<{ from: string; to: string; event: string; guard?: string }>;
-}
-
-/** The chart's states and transitions as plain JSON (ids are dotted paths from the root), for visualizers. */
-export function adapterChartJson(): ChartJson {
-  const out: ChartJson = { states: [], transitions: [] };
-  // StateNode's generics differ per machine; the walk only reads structure.
-  const walk = (node: AnyStateNode): void => {
-    const id = node.path.join('.');
-    if (node.parent) {
-      const parent = node.parent.path.join('.');
-      const initialOfParent = node.parent.type === 'compound' && node.parent.config.initial === node.key;
-      out.states.push({
-        id,
-        type: node.type,
-        ...(parent ? { parent } : {}),
-        ...(initialOfParent ? { initial: true } : {}),
-      });
-    }
-    for (const [event, defs] of node.transitions) {
-      for (const def of defs) {
-        for (const target of def.target ?? []) {
-          const guard = def.guard;
-          out.transitions.push({
-            from: id,
-            to: target.path.join('.'),
-            event,
-            ...(typeof guard === 'string' ? { guard } : {}),
-          });
-        }
-      }
-    }
-    for (const child of Object.values(node.states)) walk(child as AnyStateNode);
-  };
-  walk(adapterMachine.root as AnyStateNode);
-  return out;
-}
+export { adapterChartJson, type ChartJson } from './chart-json.js';

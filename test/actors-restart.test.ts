@@ -82,8 +82,8 @@ describe('the loader dies', () => {
     ]);
     const refA = await engine.generate(greedy('demo-a'));
     const refB = await engine.generate(greedy('demo-b'));
-    const state = (name: string): string | undefined => engine.adapters().find((a) => a.name === name)?.state;
-    expect([state('demo-a'), state('demo-b'), state('demo-b2')]).toEqual(['gpuResident.unpinned', 'gpuResident.unpinned', 'cpuLoaded']);
+    const state = async (name: string): Promise<string | undefined> => (await engine.adapters()).find((a) => a.name === name)?.state;
+    expect([await state('demo-a'), await state('demo-b'), await state('demo-b2')]).toEqual(['gpuResident.unpinned', 'gpuResident.unpinned', 'cpuLoaded']);
 
     const forgotten = new Promise<AdapterTransition>((resolve) => {
       engine.onAdapterTransition((ts) => {
@@ -98,14 +98,14 @@ describe('the loader dies', () => {
     expect(engine.unhealthy()).toBeNull();
     expect((await createApp(engine, { servedModelName: 'demo' }).request('/health')).status).toBe(200);
     // Resident adapters keep their slots.
-    expect([state('demo-a'), state('demo-b')]).toEqual(['gpuResident.unpinned', 'gpuResident.unpinned']);
+    expect([await state('demo-a'), await state('demo-b')]).toEqual(['gpuResident.unpinned', 'gpuResident.unpinned']);
 
     // demo-b2 is read by the new loader and takes demo-a's slot; demo-a then comes back from
     // the CPU copy the new loader read for it, taking demo-b's.
     expect((await engine.generate(greedy('demo-b2'))).outputIds).toEqual(refB.outputIds);
-    expect(state('demo-a')).toBe('cpuLoaded');
+    expect(await state('demo-a')).toBe('cpuLoaded');
     expect((await engine.generate(greedy('demo-a'))).outputIds).toEqual(refA.outputIds);
-    expect(engine.adapters().map((a) => a.error)).toEqual([null, null, null]);
+    expect((await engine.adapters()).map((a) => a.error)).toEqual([null, null, null]);
   });
 
   it('a loader that keeps dying is given up on after 3 restarts within a minute', async () => {

@@ -92,7 +92,7 @@ describe(`load/unload churn for ${SECONDS} s during traffic`, () => {
     expect(cycles).toBeGreaterThanOrEqual(3);
     expect(stats.churnOk).toBeGreaterThan(0);
     expect(stats.ok).toBeGreaterThan(stats.refused);
-    expect(engine.adapters().map((a) => a.name)).toEqual(['demo-a', 'demo-b']);
+    expect((await engine.adapters()).map((a) => a.name)).toEqual(['demo-a', 'demo-b']);
     expect((await engine.stats()).running).toBe(0);
     const growthMiB = (rssAfter - rssAfterWarmup) / 2 ** 20;
     console.info(`churn: ${cycles} cycles, ${stats.ok} requests ok (${stats.churnOk} on the churned name), ${stats.refused} refused, RSS ${growthMiB.toFixed(1)} MiB after warm-up`);

@@ -62,7 +62,7 @@ describe.each(['lru', 'fifo'] as const)('--max-loras-per-batch 2, --lora-evictio
 
     // Replay the published transitions: never more than two adapters hold or receive a slot,
     // and each eviction takes one that held a slot.
-    const inSlot = new Set(engine.adapters().filter((a) => a.slot !== null).map((a) => a.name));
+    const inSlot = new Set((await engine.adapters()).filter((a) => a.slot !== null).map((a) => a.name));
     for (const t of [...transitions].reverse()) {
       if (t.to === 'h2dInFlight') inSlot.delete(t.adapter);
       if (t.from === 'gpuResident.unpinned' && t.to === 'cpuLoaded') inSlot.add(t.adapter);
@@ -78,6 +78,6 @@ describe.each(['lru', 'fifo'] as const)('--max-loras-per-batch 2, --lora-evictio
     }
     expect(most).toBeLessThanOrEqual(2);
     expect(evictions(transitions).length).toBeGreaterThan(0);
-    expect(engine.adapters().every((a) => a.error === null)).toBe(true);
+    expect((await engine.adapters()).every((a) => a.error === null)).toBe(true);
   });
 });

@@ -123,7 +123,7 @@ describe('load and unload refusals over HTTP', () => {
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p1', lora_path: p1, pinned: true })).status).toBe(200);
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p2', lora_path: p2, pinned: true })).status).toBe(200);
     await refused('/load_lora_adapter', { lora_name: 'p3', lora_path: p3, pinned: true }, /cannot pin adapter "p3": 2 adapters are pinned and at most 2/);
-    expect(engine.adapters().find((s) => s.name === 'p1')).toMatchObject({ pinned: true, state: 'gpuResident.pinned' });
+    expect((await engine.adapters()).find((s) => s.name === 'p1')).toMatchObject({ pinned: true, state: 'gpuResident.pinned' });
     // Unpinned, the same adapter is welcome.
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p3', lora_path: p3 })).status).toBe(200);
     for (const name of ['p1', 'p2', 'p3']) expect((await post(app, '/unload_lora_adapter', { lora_name: name })).status).toBe(200);
@@ -137,7 +137,7 @@ describe('load and unload refusals over HTTP', () => {
     const inf = world.adapter('inf', { modules: ['q_proj', 'v_proj'] });
     poisonTensor(inf, 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight', -Infinity);
     await refused('/load_lora_adapter', { lora_name: 'inf', lora_path: inf }, 'layers.0.self_attn.q_proj.lora_A.weight', /-Infinity/);
-    expect(engine.adapters().map((s) => s.name)).toEqual(['a']);
+    expect((await engine.adapters()).map((s) => s.name)).toEqual(['a']);
   });
 });
 

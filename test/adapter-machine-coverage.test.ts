@@ -1,14 +1,15 @@
 // Path coverage of the adapter statechart: an explicit table of event paths, run through the
 // machine, must reach every state and take every transition of the chart (both branches of
-// every guard, the failure paths included).
+// every guard and the failure paths included). Taken transitions are read from XState's
+// inspection stream, so they are exactly the chart's, not guessed from states before and after.
 import { describe, expect, test } from 'vitest';
-import { initialTransition, transition } from 'xstate';
-import { adapterChartJson, adapterMachine, type AdapterEvent, type AdapterSnapshot } from '../statecharts/adapter.machine.js';
+import { createActor, type AnyStateNode } from 'xstate';
+import { adapterChartJson, adapterMachine, type AdapterEvent } from '../statecharts/adapter.machine.js';
 
 const fits: AdapterEvent = { type: 'CPU_LOADED', rank: 8, targetModules: ['q_proj'] };
 const tooBig: AdapterEvent = { type: 'CPU_LOADED', rank: 64, targetModules: ['q_proj'] };
 const failed: AdapterEvent = { type: 'LOAD_FAILED', error: 'boom' };
-const toSlot: AdapterEvent[] = [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 1 }, { type: 'SLOT_READY' }];
+const toSlot: AdapterEvent[] = [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 1 }, { type: 'SLOT_READY', slot: 1 }];
 
 const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> = [
   { name: 'disk -> slot -> evicted -> dropped -> reloaded', events: [...toSlot, { type: 'EVICT' }, { type: 'DROP_CPU' }, { type: 'LOAD' }, fits] },
@@ -17,48 +18,52 @@ const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> =
   { name: 'does not fit the pool', events: [{ type: 'LOAD' }, tooBig, { type: 'UNLOAD' }] },
   { name: 'copy fails', events: [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 0 }, failed] },
   { name: 'unloaded while registered', events: [{ type: 'UNLOAD' }, { type: 'DRAINED' }] },
+  { name: 'the loader restarts while it holds the CPU copy', events: [{ type: 'LOAD' }, fits, { type: 'LOADER_RESTARTED' }] },
+  { name: 'the loader restarts and the read for a resident adapter fails', events: [...toSlot, { type: 'LOADER_RESTARTED' }, failed, { type: 'EVICT' }] },
+  {
+    name: 'unloaded while a waiting request keeps it, then its read fails',
+    events: [{ type: 'ACQUIRE' }, { type: 'LOAD' }, { type: 'UNLOAD' }, failed, { type: 'RELEASE', running: false }, { type: 'DRAINED' }],
+  },
 ];
 
-/** Every active state id (dotted path from the root, as in the chart JSON), ancestors included. */
-function active(snap: AdapterSnapshot): Set<string> {
-  const out = new Set<string>();
-  const walk = (v: unknown, prefix: string): void => {
-    if (typeof v === 'string') {
-      out.add(prefix ? `${prefix}.${v}` : v);
-      return;
-    }
-    for (const [k, inner] of Object.entries(v as Record<string, unknown>)) {
-      const id = prefix ? `${prefix}.${k}` : k;
-      out.add(id);
-      walk(inner, id);
-    }
-  };
-  walk(snap.value, '');
-  return out;
+type Key = string;
+const key = (t: { from: string; to: string; event: string; guard?: string }): Key => `${t.from} -${t.event}${t.guard ? `[${t.guard}]` : ''}-> ${t.to}`;
+
+/** Runs a path and returns the chart transitions it took (as keys) and every state it entered. */
+function walk(path: (typeof PATHS)[number]): { taken: Key[]; entered: string[] } {
+  const taken: Key[] = [];
+  const entered: string[] = [];
+  const actor = createActor(adapterMachine, {
+    input: { name: 'a', path: '/a', pinned: path.pinned ?? false, maxRank: 16, poolModules: ['q_proj', 'v_proj'] },
+    inspect: (ev) => {
+      if (ev.type !== '@xstate.microstep') return;
+      const transitions = (ev as unknown as { _transitions: Array<{ source: AnyStateNode; target?: AnyStateNode[]; eventType: string; guard?: unknown }> })._transitions;
+      for (const t of transitions) {
+        for (const target of t.target ?? []) {
+          const guard = typeof t.guard === 'string' ? t.guard : undefined;
+          taken.push(key({ from: t.source.path.join('.'), to: target.path.join('.'), event: t.eventType === '' ? 'always' : t.eventType, ...(guard ? { guard } : {}) }));
+        }
+      }
+      for (const node of (ev.snapshot as unknown as { _nodes: AnyStateNode[] })._nodes) entered.push(node.path.join('.'));
+    },
+  });
+  actor.start();
+  for (const n of (actor.getSnapshot() as unknown as { _nodes: AnyStateNode[] })._nodes) entered.push(n.path.join('.'));
+  for (const event of path.events) {
+    expect(actor.getSnapshot().can(event), `${path.name}: ${event.type} is accepted`).toBe(true);
+    actor.send(event);
+  }
+  return { taken, entered };
 }
 
 describe('adapter statechart path coverage', () => {
   const chart = adapterChartJson();
   const visited = new Set<string>();
   const taken = new Set<string>();
-  const key = (t: { from: string; to: string; event: string; guard?: string }): string => `${t.from} -${t.event}${t.guard ? `[${t.guard}]` : ''}-> ${t.to}`;
-
   for (const path of PATHS) {
-    let [snap] = initialTransition(adapterMachine, {
-      name: 'a', path: '/a', pinned: path.pinned ?? false, maxRank: 16, poolModules: ['q_proj', 'v_proj'],
-    });
-    for (const s of active(snap)) visited.add(s);
-    for (const event of path.events) {
-      const before = active(snap);
-      [snap] = transition(adapterMachine, snap, event);
-      const after = active(snap);
-      for (const s of after) visited.add(s);
-      // A chart transition was taken when its source was active, its event was sent, and its
-      // target is active afterwards; of guarded alternatives, the first whose target was reached.
-      const candidates = chart.transitions.filter((t) => t.event === event.type && before.has(t.from));
-      const hit = candidates.find((t) => after.has(t.to) && !before.has(t.to)) ?? candidates.find((t) => after.has(t.to));
-      if (hit) taken.add(key(hit));
-    }
+    const r = walk(path);
+    for (const s of r.entered) visited.add(s);
+    for (const t of r.taken) taken.add(t);
   }
 
   test('the table reaches every state of the chart', () => {
@@ -72,6 +77,7 @@ describe('adapter statechart path coverage', () => {
     expect(all).toContain('live.residency.loading -CPU_LOADED[fitsPool]-> live.residency.cpuLoaded');
     expect(all).toContain('live.residency.loading -CPU_LOADED-> failed');
     expect(all).toContain('live.residency.h2dInFlight -LOAD_FAILED-> failed');
+    expect(all).toContain('live.admission.unloading -DRAINED[drained]-> unloaded');
     expect(all.filter((k) => !taken.has(k))).toEqual([]);
   });
 });

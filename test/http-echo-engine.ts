@@ -120,8 +120,8 @@ export class EchoEngine implements TroupeEngine {
     if (!this.adapterPaths.delete(name)) throw badRequest(`adapter ${JSON.stringify(name)} is not loaded`);
   }
 
-  adapters(): AdapterStatus[] {
-    return [...this.adapterPaths].map(([name, path]) => ({
+  async adapters(names?: readonly string[]): Promise<AdapterStatus[]> {
+    return [...this.adapterPaths].filter(([name]) => !names || names.includes(name)).map(([name, path]) => ({
       name, path, pinned: false, state: 'ready', rank: 8, targetModules: ['q_proj'], slot: null, error: null,
     }));
   }

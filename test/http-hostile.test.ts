@@ -153,8 +153,8 @@ describe('--lora-allowed-dirs', () => {
     for (const f of fragments) expect(body.error_message).toContain(f);
   }
 
-  it('keeps the adapters given at start, which lie outside the directories', () => {
-    expect(demo.engine.adapters().map((a) => a.name).sort()).toEqual(['demo-a', 'demo-b']);
+  it('keeps the adapters given at start, which lie outside the directories', async () => {
+    expect((await demo.engine.adapters()).map((a) => a.name).sort()).toEqual(['demo-a', 'demo-b']);
   });
 
   it('loads an adapter from inside an allowed directory', async () => {
@@ -169,7 +169,7 @@ describe('--lora-allowed-dirs', () => {
     await expectRefused(await load('outside', outside), outside);
     await expectRefused(await load('climb', join(allowed, '..', basename(demo.dir), 'adapters', 'demo-b')));
     await expectRefused(await load('missing', '/nonexistent/adapter'));
-    expect(demo.engine.adapters().map((a) => a.name)).not.toContain('outside');
+    expect((await demo.engine.adapters()).map((a) => a.name)).not.toContain('outside');
   });
 
   it('refuses a symbolic link inside that leads outside, for the directory or for a file in it', async () => {

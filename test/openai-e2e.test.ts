@@ -133,6 +133,6 @@ describe('OpenAI API on the demo model', () => {
     }
     // Unloading waits for every request using the adapter, so it returns only if the reference was dropped.
     await engine.unloadAdapter('demo-c');
-    expect(engine.adapters().map((a) => a.name)).not.toContain('demo-c');
+    expect((await engine.adapters()).map((a) => a.name)).not.toContain('demo-c');
   });
 });

@@ -46,9 +46,9 @@ describe('adapter residency', () => {
 
   test('submit refuses unknown adapters and duplicate names are refused at add', () => {
     const s = newScheduler();
-    expect(() => s.submit(seq('r', { lora: 'nope' }))).toThrow(/adapter "nope" is not loaded/);
+    expect(() => s.submit(seq('r', { lora: 'nope' }))).toThrow("LoRA adapter 'nope' is not loaded");
     s.addAdapter({ name: 'A', path: '/a', pinned: false });
-    expect(() => s.addAdapter({ name: 'A', path: '/b', pinned: false })).toThrow(/adapter "A" is already loaded/);
+    expect(() => s.addAdapter({ name: 'A', path: '/b', pinned: false })).toThrow("LoRA adapter 'A' is already loaded");
   });
 });
 
@@ -114,6 +114,22 @@ describe('max_loras_per_batch', () => {
 });
 
 describe('slots and eviction', () => {
+  test('an adapter whose request has waited longest gets a slot, though newer requests keep the resident adapters wanted', () => {
+    const s = newScheduler({ maxLorasPerBatch: 2, maxRunningRequests: 2 });
+    for (const n of ['A', 'B', 'C']) s.addAdapter({ name: n, path: `/${n}`, pinned: false });
+    // A and B are wanted (a1 and b1 wait) before c arrives, and stay wanted as long as the loop runs.
+    for (const id of ['a0', 'b0', 'a1', 'b1']) s.submit(seq(id, { lora: id[0]!.toUpperCase(), maxNewTokens: 3 }));
+    s.submit(seq('c', { lora: 'C', maxNewTokens: 2 }));
+    let cDone = -1;
+    for (let i = 2; i < 60 && cDone < 0; i++) {
+      s.submit(seq(`a${i}`, { lora: 'A', maxNewTokens: 3 }));
+      s.submit(seq(`b${i}`, { lora: 'B', maxNewTokens: 3 }));
+      serveLoader(s);
+      if (step(s)?.events.some((e) => e.id === 'c' && e.finish)) cDone = i;
+    }
+    expect(cDone).toBeGreaterThan(0);
+  });
+
   function evictionVictim(policy: 'lru' | 'fifo'): { victim: string; copy: unknown } {
     const s = newScheduler({ maxLorasPerBatch: 2, evictionPolicy: policy });
     for (const n of ['A', 'B', 'C']) s.addAdapter({ name: n, path: `/${n}`, pinned: false });
@@ -236,7 +252,7 @@ describe('load failures and unloading', () => {
     expect(s.takeEvents()).toEqual([
       expect.objectContaining({ id: 'b', finish: { type: 'abort', message: 'adapter "B" failed to load: adapter_config.json: missing field "r"' } }),
     ]);
-    expect(() => s.submit(seq('b2', { lora: 'B' }))).toThrow('adapter "B" failed to load: adapter_config.json: missing field "r"');
+    expect(() => s.submit(seq('b2', { lora: 'B' }))).toThrow(`LoRA adapter 'B' failed to load: adapter_config.json: missing field "r"`);
     expect(s.adapters().find((a) => a.name === 'B')).toMatchObject({ state: 'failed', error: 'adapter_config.json: missing field "r"' });
     expect(s.hasWork()).toBe(false);
   });
@@ -247,7 +263,7 @@ describe('load failures and unloading', () => {
     s.takeCommands();
     s.onLoaderEvent({ kind: 'cpu-loaded', name: 'big', rank: 64, targetModules: ['q_proj'] });
     expect(s.takeCommands()).toEqual([{ kind: 'drop-cpu', name: 'big' }]);
-    expect(() => s.submit(seq('r', { lora: 'big' }))).toThrow(/adapter "big" failed to load: rank 64 exceeds/);
+    expect(() => s.submit(seq('r', { lora: 'big' }))).toThrow(/LoRA adapter 'big' failed to load: rank 64 exceeds/);
   });
 
   test('removeAdapter refuses new requests at once and resolves once its requests are done', async () => {
@@ -289,7 +305,7 @@ describe('load failures and unloading', () => {
     ]);
     await s.removeAdapter('F');
     expect(s.adapters()).toEqual([]);
-    await expect(s.removeAdapter('A')).rejects.toThrow(/adapter "A" is not loaded/);
+    await expect(s.removeAdapter('A')).rejects.toThrow("LoRA adapter 'A' is not loaded");
   });
 
   test('an unload requested while the adapter is still loading waits for the load to land', async () => {

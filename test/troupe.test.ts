@@ -38,8 +38,8 @@ afterAll(async () => {
 });
 
 describe('createEngine on the demo model', () => {
-  it('starts with the --lora-paths adapters loaded and reports the model', () => {
-    const names = engine.adapters().map((a) => [a.name, a.rank, a.error]);
+  it('starts with the --lora-paths adapters loaded and reports the model', async () => {
+    const names = (await engine.adapters()).map((a) => [a.name, a.rank, a.error]);
     expect(names).toEqual([['demo-a', 8, null], ['demo-b', 16, null]]);
     const info = engine.modelInfo();
     expect(info.device).toBe('cpu');
@@ -143,7 +143,7 @@ describe('createEngine on the demo model', () => {
     const big = join(dir, 'adapters', 'rank-32');
     makeRandomAdapter(big, { rank: 32, alpha: 32, targetModules: ['q_proj'], seed: 9 }, DEMO_MODEL);
     await expect(engine.loadAdapter({ name: 'big', path: big })).rejects.toThrow(/adapter 'big' has rank 32, above --max-lora-rank 16/);
-    expect(engine.adapters().map((a) => a.name)).not.toContain('big');
+    expect((await engine.adapters()).map((a) => a.name)).not.toContain('big');
   });
 
   it('a seed makes sampling repeatable; max_new_tokens 0 finishes at once', async () => {
@@ -159,7 +159,7 @@ describe('createEngine on the demo model', () => {
   it('loads and unloads adapters at run time; requests for an unloaded adapter are refused', async () => {
     const status = await engine.loadAdapter({ name: 'extra', path: join(dir, 'adapters', 'demo-a') });
     expect(status).toMatchObject({ name: 'extra', rank: 8, error: null });
-    expect(engine.adapters().map((a) => a.name)).toContain('extra');
+    expect((await engine.adapters()).map((a) => a.name)).toContain('extra');
     // Same weights as demo-a, so the same greedy output.
     const [viaExtra, viaA] = await Promise.all([
       engine.generate(request({ lora: 'extra' })),
@@ -169,10 +169,10 @@ describe('createEngine on the demo model', () => {
 
     await expect(engine.loadAdapter({ name: 'extra', path: join(dir, 'adapters', 'demo-b') })).rejects.toThrow(/already loaded/);
     await expect(engine.loadAdapter({ name: 'ghost', path: join(dir, 'nowhere') })).rejects.toThrow(/nowhere/);
-    expect(engine.adapters().map((a) => a.name)).not.toContain('ghost');
+    expect((await engine.adapters()).map((a) => a.name)).not.toContain('ghost');
 
     await engine.unloadAdapter('extra');
-    expect(engine.adapters().map((a) => a.name)).not.toContain('extra');
+    expect((await engine.adapters()).map((a) => a.name)).not.toContain('extra');
     const refused = await engine.generate(request({ lora: 'extra' })).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(TroupeError);
     expect((refused as TroupeError).message).toContain("'extra'");

@@ -16,14 +16,14 @@ import {
 } from '../api.js';
 import type { LogLevel, ServeOptions } from '../config/options.js';
 import type { EngineInfo, ModelConfig } from '../engine/types.js';
-import { badRequest, fromWire, notFound, TroupeError } from '../errors.js';
+import { badRequest, fromWire, TroupeError } from '../errors.js';
 import { EngineMetrics } from '../metrics/collector.js';
 import { readAdapterInfo } from '../model/adapter.js';
 import type { TokenizerPool } from '../tokenizer/pool.js';
 import { LiveRequests } from './live-requests.js';
 import { assertAllowedAdapterPath } from './lora-allowed-dirs.js';
-import { poolMismatch, type EnginePlan } from './plan.js';
-import type { AdapterDetail, AdapterTransition, SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
+import { gpuLoraSlots, poolMismatch, type EnginePlan } from './plan.js';
+import type { AdapterCounters, AdapterDetail, AdapterTransition, SchedulerOutMsg, SchedulerStats, TokenEvent } from './protocol.js';
 import { LiveRequest, type RequestSink } from './request.js';
 import type { Supervisor } from './supervisor.js';
 
@@ -45,20 +45,20 @@ export interface LocalTroupeEngine extends TroupeEngine {
   stats(): Promise<SchedulerStats>;
   /** Prometheus metrics of this engine (GET /metrics). */
   readonly metrics: EngineMetrics;
-  /** LoRA pool slots (--max-loras-per-batch). */
+  /** GPU LoRA pool slots (--max-gpu-loras). */
   readonly poolSlots: number;
   /** Every adapter's status with its refcount, bytes and last transition, fresh from the scheduler. */
   adapterDetails(): Promise<AdapterDetail[]>;
-  /** Hears every adapter transition, with the statuses they led to; returns the unsubscribe. */
+  /** Hears every adapter transition, a scheduler tick's worth at a time; returns the unsubscribe. */
   onAdapterTransition(listener: AdapterTransitionListener): () => void;
 }
 
-export type AdapterTransitionListener = (transitions: AdapterTransition[], statuses: AdapterDetail[]) => void;
+export type AdapterTransitionListener = (transitions: AdapterTransition[]) => void;
 
 export class Engine implements LocalTroupeEngine {
   private readonly live = new LiveRequests();
-  private statuses: AdapterDetail[] = [];
-  private readonly adapterWaiters = new Set<() => void>();
+  /** The scheduler owns the adapters; only the counters the metrics read are kept here. */
+  private adapterCounters: AdapterCounters;
   private readonly transitionListeners = new Set<AdapterTransitionListener>();
   readonly metrics: EngineMetrics;
   // Token events are applied strictly in arrival order, one step at a time.
@@ -76,13 +76,13 @@ export class Engine implements LocalTroupeEngine {
     private readonly tokenizer: TokenizerPool,
     private readonly log: EngineLog,
   ) {
-    this.metrics = new EngineMetrics(options.maxLorasPerBatch, () => this.statuses);
+    this.adapterCounters = { slots: this.poolSlots, slotsUsed: 0, cpuAdapters: 0, byState: {} };
+    this.metrics = new EngineMetrics(this.poolSlots, () => this.adapterCounters);
     supervisor.actors.scheduler.serve((msg) => this.onScheduler(msg));
     supervisor.onCrash((err) => {
       log('error', err.message);
       for (const l of this.live.values()) l.fail(err);
       this.live.clear();
-      for (const w of [...this.adapterWaiters]) w();
     });
   }
 
@@ -119,11 +119,11 @@ export class Engine implements LocalTroupeEngine {
   }
 
   get poolSlots(): number {
-    return this.options.maxLorasPerBatch;
+    return gpuLoraSlots(this.options);
   }
 
   adapterDetails(): Promise<AdapterDetail[]> {
-    return this.supervisor.actors.scheduler.call({ type: 'adapters' });
+    return this.supervisor.actors.scheduler.call({ type: 'adapterDetails' });
   }
 
   onAdapterTransition(listener: AdapterTransitionListener): () => void {
@@ -189,7 +189,7 @@ export class Engine implements LocalTroupeEngine {
     // Embedding callers reach here without the HTTP parsers: the same rules, so a bad value fails this request alone.
     req = checkRequest(req, { maxTopLogprobsNum: this.options.maxTopLogprobsNum, vocabSize: this.config.vocabSize });
     if ((req.text === undefined) === (req.inputIds === undefined)) throw badRequest('give exactly one of text and input_ids');
-    if (req.lora !== null) this.assertAdapterUsable(req.lora);
+    // The adapter is checked by the scheduler on submit: it owns the adapters.
     const id = req.rid ?? randomUUID();
     if (this.live.has(id)) throw new TroupeError('conflict', `request id '${id}' is already in flight`);
     if (req.text !== undefined) this.assertTextCanFit(req.text);
@@ -267,12 +267,6 @@ export class Engine implements LocalTroupeEngine {
     if (bad) throw bad;
   }
 
-  private assertAdapterUsable(name: string): void {
-    const s = this.statuses.find((a) => a.name === name);
-    if (!s) throw badRequest(`LoRA adapter '${name}' is not loaded`);
-    if (s.error !== null) throw badRequest(`LoRA adapter '${name}' failed to load: ${s.error}`);
-  }
-
   private onScheduler(msg: SchedulerOutMsg): void {
     switch (msg.type) {
       case 'tokens':
@@ -291,10 +285,9 @@ export class Engine implements LocalTroupeEngine {
         return;
       }
       case 'adapters':
-        this.statuses = msg.statuses;
+        this.adapterCounters = msg.counters;
         this.metrics.transitions(msg.transitions);
-        for (const l of [...this.transitionListeners]) l(msg.transitions, msg.statuses);
-        for (const w of [...this.adapterWaiters]) w();
+        for (const l of [...this.transitionListeners]) l(msg.transitions);
         return;
     }
   }
@@ -344,7 +337,6 @@ export class Engine implements LocalTroupeEngine {
   async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {
     this.assertUsable();
     if (!this.plan.loraEnabled) throw badRequest('LoRA is not enabled; start the server with --enable-lora or --lora-paths');
-    if (this.statuses.some((a) => a.name === spec.name)) throw new TroupeError('conflict', `LoRA adapter '${spec.name}' is already loaded`);
     // The operator's own --lora-paths are trusted; anything else must come from --lora-allowed-dirs.
     const configured = this.options.loraPaths.some((a) => a.name === spec.name && a.path === spec.path);
     if (!configured) assertAllowedAdapterPath(spec.path, this.options.loraAllowedDirs);
@@ -353,48 +345,37 @@ export class Engine implements LocalTroupeEngine {
     const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);
     if (misfit) throw badRequest(misfit);
     const scheduler = this.supervisor.actors.scheduler;
-    this.statuses = await scheduler.call({ type: 'addAdapter', spec: { name: spec.name, path: spec.path, pinned: spec.pinned ?? false } });
-    const status = await this.waitForAdapter(spec.name);
+    // The scheduler answers once the read from disk has ended (an adapter kept on disk by the
+    // --max-loaded-loras budget at once); a dead loader that is not restarted ends the wait.
+    const status = await this.unlessCrashed(
+      scheduler.call({ type: 'addAdapter', spec: { name: spec.name, path: spec.path, pinned: spec.pinned ?? false } }),
+    );
     if (status.error !== null) {
-      this.statuses = await scheduler.call({ type: 'removeAdapter', name: spec.name }).catch(() => this.statuses);
+      await scheduler.call({ type: 'removeAdapter', name: spec.name }).catch(() => {});
       throw badRequest(`failed to load LoRA adapter '${spec.name}' from ${spec.path}: ${status.error}`);
     }
     this.log('info', `loaded LoRA adapter '${spec.name}' (rank ${status.rank}) from ${spec.path}`);
     return status;
   }
 
-  /**
-   * Resolves once the adapter's read from disk has ended (in CPU memory, or failed). One kept
-   * on disk by the --max-loaded-loras budget stays 'registered' and resolves at once.
-   */
-  private waitForAdapter(name: string): Promise<AdapterStatus> {
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        const bad = this.closed ? new TroupeError('unavailable', 'the engine is closed') : this.supervisor.unhealthy;
-        const s = this.statuses.find((a) => a.name === name);
-        if (bad || !s || s.state !== 'loading') {
-          this.adapterWaiters.delete(check);
-          if (bad) reject(bad);
-          else if (!s) reject(badRequest(`LoRA adapter '${name}' was removed while loading`));
-          else resolve(s);
-        }
-      };
-      this.adapterWaiters.add(check);
-      check();
+  /** `p`, or the error of an actor the engine cannot do without dying meanwhile. */
+  private unlessCrashed<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const bad = this.supervisor.unhealthy;
+      if (bad) return reject(bad);
+      const off = this.supervisor.onCrash(reject);
+      p.then(resolve, reject).finally(off);
     });
   }
 
   async unloadAdapter(name: string): Promise<void> {
     this.assertUsable();
-    if (!this.statuses.some((a) => a.name === name)) throw notFound(`LoRA adapter '${name}' is not loaded`);
-    this.statuses = await this.supervisor.actors.scheduler.call({ type: 'removeAdapter', name });
+    await this.supervisor.actors.scheduler.call({ type: 'removeAdapter', name });
     this.log('info', `unloaded LoRA adapter '${name}'`);
   }
 
-  adapters(): AdapterStatus[] {
-    return this.statuses.map(({ name, path, pinned, state, rank, targetModules, slot, error }) => ({
-      name, path, pinned, state, rank, targetModules: [...targetModules], slot, error,
-    }));
+  adapters(names?: readonly string[]): Promise<AdapterStatus[]> {
+    return this.supervisor.actors.scheduler.call({ type: 'adapters', ...(names ? { names: [...names] } : {}) });
   }
 
   tokenTexts(ids: number[]): Promise<Array<string | null>> {
@@ -420,7 +401,6 @@ export class Engine implements LocalTroupeEngine {
     const err = new TroupeError('unavailable', 'the engine is closed');
     for (const l of this.live.values()) l.fail(err);
     this.live.clear();
-    for (const w of [...this.adapterWaiters]) w();
     await Promise.allSettled([this.supervisor.close(), this.tokenizer.close()]);
   }
 }

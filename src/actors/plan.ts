@@ -82,7 +82,7 @@ export function planEngine(
       blockSize,
       kvBlocks,
       memFractionStatic: opts.memFractionStatic,
-      loraSlots: loraEnabled ? opts.maxLorasPerBatch : 0,
+      loraSlots: loraEnabled ? gpuLoraSlots(opts) : 0,
       maxLoraRank: loraEnabled ? maxLoraRank : 0,
       loraModules: loraEnabled ? loraModules : [],
       threads: 0,
@@ -91,6 +91,14 @@ export function planEngine(
       loraChunkSize: opts.maxLoraChunkSize,
     },
   };
+}
+
+/**
+ * GPU pool slots: --max-gpu-loras, by default --max-loras-per-batch (SGLang's pool). More slots
+ * than one batch uses keep adapters on the GPU between their batches.
+ */
+export function gpuLoraSlots(opts: Pick<ServeOptions, 'maxGpuLoras' | 'maxLorasPerBatch'>): number {
+  return opts.maxGpuLoras ?? opts.maxLorasPerBatch;
 }
 
 /** What one rank's executor is given to build its engine. */

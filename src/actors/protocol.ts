@@ -1,9 +1,10 @@
 // Every message of every actor, in one place. Each actor accepts a union tagged by `type`
 // and answers with the reply type named in its *Replies map (void for one-way messages).
-import type { AdapterSpec } from '../api.js';
+import type { AdapterSpec, AdapterStatus } from '../api.js';
 import type { EngineInfo, EngineOptions, LoraModule, ModelConfig, StepBatch, StepResult, TensorRef } from '../engine/types.js';
 import type { WireError } from '../errors.js';
 import type {
+  AdapterCounters,
   AdapterDetail,
   AdapterTransition,
   LoaderCommand,
@@ -13,7 +14,7 @@ import type {
   TokenEvent,
 } from '../scheduler/index.js';
 
-export type { AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
+export type { AdapterCounters, AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
 
 // ---- executor: owns the engine, one native step per message ----
 export type ExecutorMsg =
@@ -51,9 +52,13 @@ export type SchedulerMsg =
   | { type: 'init'; options: SchedulerOptions }
   | { type: 'submit'; seq: SeqInit }
   | { type: 'abort'; id: string }
+  /** Answered once the adapter's read from disk has ended (failed included). */
   | { type: 'addAdapter'; spec: Required<AdapterSpec> }
+  /** Answered once no request uses it and its copies are released. */
   | { type: 'removeAdapter'; name: string }
-  | { type: 'adapters' }
+  /** Statuses of the named adapters that are registered, or of all. */
+  | { type: 'adapters'; names?: string[] }
+  | { type: 'adapterDetails' }
   | { type: 'stats' }
   /** The loader was replaced; `port` is the new one's channel (transferred). */
   | { type: 'loaderRestarted'; port: import('node:worker_threads').MessagePort };
@@ -61,9 +66,10 @@ export interface SchedulerReplies {
   init: void;
   submit: void;
   abort: void;
-  addAdapter: AdapterDetail[];
-  removeAdapter: AdapterDetail[];
-  adapters: AdapterDetail[];
+  addAdapter: AdapterStatus;
+  removeAdapter: void;
+  adapters: AdapterStatus[];
+  adapterDetails: AdapterDetail[];
   stats: SchedulerStats;
   loaderRestarted: void;
 }
@@ -72,7 +78,8 @@ export interface SchedulerReplies {
 export type SchedulerOutMsg =
   | { type: 'tokens'; events: TokenEvent[] }
   | { type: 'failed'; ids: string[]; error: WireError }
-  | { type: 'adapters'; transitions: AdapterTransition[]; statuses: AdapterDetail[] };
+  /** The transitions of one scheduler tick, with the pool and CPU-cache counters they left. */
+  | { type: 'adapters'; transitions: AdapterTransition[]; counters: AdapterCounters };
 export interface SchedulerOutReplies {
   tokens: void;
   failed: void;

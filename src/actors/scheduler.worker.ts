@@ -3,8 +3,7 @@
 // over direct channels; the main thread only submits, aborts and receives the token events
 // of each step as one message.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import type { AdapterStatus } from '../api.js';
-import { toWire, TroupeError } from '../errors.js';
+import { badRequest, toWire, TroupeError } from '../errors.js';
 import { Scheduler } from '../scheduler/index.js';
 import { Mailbox } from './mailbox.js';
 import { stepRanks } from './ranks.js';
@@ -60,13 +59,16 @@ function sendFailures(s: Scheduler): void {
   for (const [message, ids] of byMessage) main.send({ type: 'failed', ids, error: { kind: 'internal', message } });
 }
 
-/** Adapter transitions of one tick go out as one message, with the statuses they led to. */
+/**
+ * Adapter transitions of one tick go out as one message, with a few counters for the metrics;
+ * the main thread keeps no copy of the adapter table and asks for it when it needs it.
+ */
 function queueTransition(t: AdapterTransition): void {
   if (transitions.length === 0) {
     queueMicrotask(() => {
       const batch = transitions;
       transitions = [];
-      main.send({ type: 'adapters', transitions: batch, statuses: scheduler().adapterDetails() });
+      main.send({ type: 'adapters', transitions: batch, counters: scheduler().adapterCounters() });
     });
   }
   transitions.push(t);
@@ -107,6 +109,9 @@ async function loop(): Promise<void> {
 let kicked = false;
 /** Starts the loop after the messages already queued are handled, so requests that arrive together share the first step. */
 function kick(): void {
+  // Loads start now, not after the step in progress: a request's adapter is read (and copied
+  // into a free slot) while the request waits.
+  if (sched) flushCommands(sched);
   if (looping || kicked) return;
   kicked = true;
   setImmediate(() => {
@@ -139,19 +144,25 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
       kick();
       return;
     }
-    case 'addAdapter':
-      scheduler().addAdapter(msg.spec);
+    case 'addAdapter': {
+      const s = scheduler();
+      s.addAdapter(msg.spec);
       kick();
-      return scheduler().adapterDetails();
+      const status = await s.adapterRead(msg.spec.name);
+      if (!status) throw badRequest(`LoRA adapter '${msg.spec.name}' was removed while loading`);
+      return status;
+    }
     case 'removeAdapter': {
       const done = scheduler().removeAdapter(msg.name);
       kick();
       await done;
       kick();
-      return scheduler().adapterDetails();
+      return;
     }
     case 'adapters':
-      return scheduler().adapterDetails() satisfies AdapterStatus[];
+      return scheduler().adapters(msg.names);
+    case 'adapterDetails':
+      return scheduler().adapterDetails();
     case 'stats':
       return scheduler().stats();
     case 'loaderRestarted':

@@ -28,6 +28,8 @@ export interface ServeOptions {
   enableLora: boolean;
   loraPaths: AdapterSpec[];
   maxLorasPerBatch: number;
+  /** GPU pool slots; null = maxLorasPerBatch (see plan.ts gpuLoraSlots). */
+  maxGpuLoras: number | null;
   maxLoadedLoras: number | null;
   loraEvictionPolicy: 'lru' | 'fifo';
   loraBackend: 'csgmv' | 'sgmv';

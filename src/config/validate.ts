@@ -28,6 +28,7 @@ export function validateFlags(flags: RawFlags): Validated {
   if (port > 65535) throw new FlagError(`--port must be at most 65535, got ${port}`);
   const maxLorasPerBatch = atLeast('max-loras-per-batch', 1)!;
   const maxLoadedLoras = atLeast('max-loaded-loras', 1);
+  const maxGpuLoras = atLeast('max-gpu-loras', 1);
   const maxLoraRank = atLeast('max-lora-rank', 1);
   const pageSize = atLeast('page-size', 1)!;
   const chunkedPrefillSize = atLeast('chunked-prefill-size', 1)!;
@@ -95,6 +96,7 @@ export function validateFlags(flags: RawFlags): Validated {
     enableLora,
     loraPaths,
     maxLorasPerBatch,
+    maxGpuLoras,
     maxLoadedLoras,
     loraEvictionPolicy: str('lora-eviction-policy') as 'lru' | 'fifo',
     // SGLang's triton backend is a segment-per-request SGMV; the name stays valid here.
@@ -156,7 +158,7 @@ export function parseLoraPath(item: string): AdapterSpec {
  */
 export function checkLoraRules(o: ServeOptions, overlapAsked = o.enableLoraOverlapLoading): void {
   if (!o.enableLora) return;
-  const { loraPaths, maxLoraRank, loraTargetModules, maxLoadedLoras, maxLorasPerBatch } = o;
+  const { loraPaths, maxLoraRank, loraTargetModules, maxLoadedLoras, maxLorasPerBatch, maxGpuLoras } = o;
   if (maxLorasPerBatch < 1) throw new FlagError(`--max-loras-per-batch must be at least 1, got ${maxLorasPerBatch}`);
   const names = new Set<string>();
   for (const a of loraPaths) {
@@ -172,6 +174,15 @@ export function checkLoraRules(o: ServeOptions, overlapAsked = o.enableLoraOverl
     }
     if (loraPaths.length > maxLoadedLoras) {
       throw new FlagError(`--lora-paths lists ${loraPaths.length} adapters, more than --max-loaded-loras (${maxLoadedLoras})`);
+    }
+  }
+  if (maxGpuLoras !== null) {
+    if (maxGpuLoras < maxLorasPerBatch) {
+      throw new FlagError(`--max-gpu-loras (${maxGpuLoras}) must be at least --max-loras-per-batch (${maxLorasPerBatch})`);
+    }
+    // A slot's adapter keeps its CPU copy, so the GPU cannot hold more than CPU memory may.
+    if (maxLoadedLoras !== null && maxGpuLoras > maxLoadedLoras) {
+      throw new FlagError(`--max-gpu-loras (${maxGpuLoras}) must be at most --max-loaded-loras (${maxLoadedLoras})`);
     }
   }
   if (overlapAsked && (maxLoadedLoras === null || maxLoadedLoras > 2 * maxLorasPerBatch)) {

@@ -11,17 +11,17 @@ const LOAD_KEYS = new Set(['lora_name', 'lora_path', 'pinned']);
 const UNLOAD_KEYS = new Set(['lora_name']);
 
 export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log): void {
-  const loaded = (): Record<string, string> =>
-    Object.fromEntries(engine.adapters().map((a) => [a.name, a.path]));
+  const loaded = async (): Promise<Record<string, string>> =>
+    Object.fromEntries((await engine.adapters()).map((a) => [a.name, a.path]));
 
   // Request-shape errors go through the app's error handler like any other 400; only what the
   // engine refuses is answered in SGLang's success:false form.
-  const failure = (c: Context, action: string, err: unknown): Response => {
+  const failure = async (c: Context, action: string, err: unknown): Promise<Response> => {
     const message = err instanceof Error ? err.message : String(err);
     log('warning', `${action} failed: ${message}`);
     // A path outside --lora-allowed-dirs keeps its 403, and a stopped engine its 503.
     const status = err instanceof TroupeError && (err.kind === 'unavailable' || err.kind === 'forbidden') ? err.status : 400;
-    return c.json({ success: false, error_message: message, loaded_adapters: loaded() }, status as 400);
+    return c.json({ success: false, error_message: message, loaded_adapters: await loaded() }, status as 400);
   };
 
   app.post('/load_lora_adapter', async (c) => {
@@ -36,7 +36,7 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
       return failure(c, `loading adapter ${JSON.stringify(name)}`, err);
     }
     log('info', `loaded adapter ${JSON.stringify(name)} from ${path}${pinned ? ' (pinned)' : ''}`);
-    return c.json({ success: true, error_message: '', loaded_adapters: loaded() });
+    return c.json({ success: true, error_message: '', loaded_adapters: await loaded() });
   });
 
   app.post('/unload_lora_adapter', async (c) => {
@@ -49,6 +49,6 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
       return failure(c, `unloading adapter ${JSON.stringify(name)}`, err);
     }
     log('info', `unloaded adapter ${JSON.stringify(name)}`);
-    return c.json({ success: true, error_message: '', loaded_adapters: loaded() });
+    return c.json({ success: true, error_message: '', loaded_adapters: await loaded() });
   });
 }

@@ -2,7 +2,7 @@
 // and adapter transitions (loads, evictions, load times) as the scheduler publishes them.
 // Each engine has its own registry so several engines in one process do not collide.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AdapterDetail, AdapterTransition } from '../scheduler/index.js';
+import type { AdapterCounters, AdapterTransition } from '../scheduler/index.js';
 
 /** The `adapter` label of requests for the base model. */
 export const BASE_LABEL = '(base)';
@@ -26,7 +26,8 @@ export class EngineMetrics {
   /** When each adapter's current read or copy began, to time it when it lands. */
   private readonly started = new Map<string, number>();
 
-  constructor(poolSlots: number, statuses: () => readonly AdapterDetail[]) {
+  /** `counters` are the scheduler's latest (sent with its transitions); no adapter table is kept. */
+  constructor(poolSlots: number, counters: () => AdapterCounters) {
     const registers = [this.registry];
     this.requests = new Counter({
       name: 'troupe_adapter_requests_total',
@@ -56,13 +57,13 @@ export class EngineMetrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
-    new Gauge({ name: 'troupe_lora_pool_slots', help: 'LoRA pool slots (--max-loras-per-batch).', registers }).set(poolSlots);
+    new Gauge({ name: 'troupe_lora_pool_slots', help: 'LoRA pool slots on the GPU (--max-gpu-loras).', registers }).set(poolSlots);
     new Gauge({
       name: 'troupe_lora_pool_slots_used',
       help: 'Pool slots holding an adapter or receiving one.',
       registers,
       collect() {
-        this.set(statuses().filter((s) => s.slot !== null).length);
+        this.set(counters().slotsUsed);
       },
     });
     new Gauge({
@@ -70,7 +71,7 @@ export class EngineMetrics {
       help: 'Adapters whose weights are in CPU memory.',
       registers,
       collect() {
-        this.set(statuses().filter((s) => s.cpuBytes > 0).length);
+        this.set(counters().cpuAdapters);
       },
     });
     new Gauge({
@@ -80,7 +81,7 @@ export class EngineMetrics {
       registers,
       collect() {
         this.reset();
-        for (const s of statuses()) this.inc({ state: s.state });
+        for (const [state, n] of Object.entries(counters().byState)) this.set({ state }, n);
       },
     });
   }

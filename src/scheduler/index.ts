@@ -1,12 +1,13 @@
 export { Scheduler, type SchedulerOptions, type StepFailure } from './scheduler.js';
 export type { SeqInit, TokenEvent } from './sequence.js';
 export type { LoaderCommand, LoaderEvent } from './loader.js';
-export type { AdapterDetail, AdapterTransition } from './adapter-registry.js';
+export type { AdapterCounters, AdapterDetail, AdapterTransition } from './adapter-registry.js';
 export {
   adapterMachine,
   adapterChartJson,
   adapterStateLabel,
   type AdapterContext,
+  type AdapterCommandEvent,
   type AdapterEvent,
   type AdapterInput,
   type ChartJson,

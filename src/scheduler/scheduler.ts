@@ -3,7 +3,7 @@
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule, StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { AdapterRegistry, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
+import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
@@ -14,8 +14,10 @@ export interface SchedulerOptions {
   numBlocks: number;
   maxRunningRequests: number;
   chunkedPrefillSize: number;
-  /** Distinct adapters per step, the base model counting as one; also the number of pool slots. */
+  /** Distinct adapters per step, the base model counting as one. */
   maxLorasPerBatch: number;
+  /** GPU pool slots (--max-gpu-loras); at least maxLorasPerBatch, which it defaults to. */
+  gpuSlots?: number;
   maxLoadedLoras: number | null;
   evictionPolicy: 'lru' | 'fifo';
   /** false: no step runs while a copy that a waiting request needs is in flight. */
@@ -37,7 +39,7 @@ export class Scheduler {
   private readonly kv: BlockManager;
   private readonly registry: AdapterRegistry;
   /** Both kept in arrival order. */
-  private readonly waiting: Sequence[] = [];
+  private waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
@@ -49,9 +51,14 @@ export class Scheduler {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
       if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new RangeError(`${k} must be a positive integer, got ${opts[k]}`);
     }
+    const slots = opts.gpuSlots ?? opts.maxLorasPerBatch;
+    if (!Number.isInteger(slots) || slots < opts.maxLorasPerBatch) {
+      throw new RangeError(`gpuSlots must be an integer of at least maxLorasPerBatch (${opts.maxLorasPerBatch}), got ${slots}`);
+    }
     this.kv = new BlockManager(opts.blockSize, opts.numBlocks);
     this.registry = new AdapterRegistry({
-      slots: opts.maxLorasPerBatch,
+      slots,
+      maxPinned: opts.maxLorasPerBatch - 1,
       maxLoaded: opts.maxLoadedLoras,
       evictionPolicy: opts.evictionPolicy,
       maxLoraRank: opts.maxLoraRank,
@@ -68,10 +75,16 @@ export class Scheduler {
     return this.registry.remove(name);
   }
 
+  /** Resolves with the adapter's status once its read from disk has ended; null if it was removed. */
+  adapterRead(name: string): Promise<AdapterStatus | null> {
+    return this.registry.whenRead(name);
+  }
+
   onLoaderEvent(ev: LoaderEvent): void {
     const failed = this.registry.onLoaderEvent(ev);
     if (failed !== null) {
       const message = `adapter "${failed}" failed to load: ${this.registry.error(failed) ?? 'unknown error'}`;
+      // Rare, so a walk over the queue is fine.
       for (const s of this.waiting.filter((w) => w.init.lora === failed)) {
         this.pendingEvents.push(this.drop(s).event({ type: 'abort', message }));
       }
@@ -124,7 +137,8 @@ export class Scheduler {
     }
     this.byId.set(id, seq);
     this.waiting.push(seq);
-    if (lora !== null) this.registry.use(lora, { users: 1 });
+    // Placement runs now, so the adapter starts loading while the request waits behind others.
+    if (lora !== null) this.registry.queued(lora, seq.arrival);
     this.pump();
   }
 
@@ -139,9 +153,7 @@ export class Scheduler {
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
     // A step that was scheduled but never completed is simply forgotten: nothing advanced.
     this.step = null;
-    if (!this.opts.overlapLoading && this.waiting.some((s) => s.init.lora !== null && this.registry.copyInFlight(s.init.lora))) {
-      return null;
-    }
+    if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
     const entries: StepEntry[] = [];
     let budget = this.opts.chunkedPrefillSize;
 
@@ -169,31 +181,36 @@ export class Scheduler {
     // claims that adapter's place among the step's distinct adapters, so newer requests for
     // other adapters cannot keep its adapter out forever.
     const distinct = new Set(this.running.map((s) => s.init.lora));
-    const claimed = new Set<string | null>();
-    for (const s of [...this.waiting]) {
+    // The step's adapters plus the ones claimed by requests held back.
+    const seen = new Set<string | null>(distinct);
+    let i = 0;
+    const kept: Sequence[] = [];
+    for (; i < this.waiting.length; i++) {
       if (this.running.length >= this.opts.maxRunningRequests || budget <= 0) break;
+      const s = this.waiting[i]!;
       const lora = s.init.lora;
       const slot = lora === null ? -1 : this.registry.residentSlot(lora);
-      const keys = new Set([...distinct, ...claimed, lora]);
-      if (slot === null || keys.size > this.opts.maxLorasPerBatch) {
-        claimed.add(lora);
+      if (slot === null || seen.size + (seen.has(lora) ? 0 : 1) > this.opts.maxLorasPerBatch) {
+        seen.add(lora);
+        kept.push(s);
         continue;
       }
       const chunk = Math.min(s.pending, budget);
       if (!this.kv.grow(s.blocks, s.computed + chunk)) break;
-      this.waiting.splice(this.waiting.indexOf(s), 1);
+      seen.add(lora);
       s.status = 'running';
       insertByArrival(this.running, s);
       distinct.add(lora);
-      if (lora !== null) this.registry.use(lora, { running: 1 });
+      if (lora !== null) this.registry.started(lora, s.arrival);
       budget -= chunk;
       entries.push(this.entry(s, chunk));
     }
+    // One pass: the requests left behind keep their order.
+    if (kept.length < i) this.waiting = kept.concat(this.waiting.slice(i));
 
     this.pump();
     if (entries.length === 0) return null;
-    const clock = this.registry.tick();
-    for (const e of entries) if (e.seq.init.lora !== null) this.registry.touch(e.seq.init.lora, clock);
+    for (const lora of distinct) if (lora !== null) this.registry.touch(lora);
     this.step = entries;
     return { batch: buildBatch(entries), seqIds: entries.map((e) => e.seq.id) };
   }
@@ -245,12 +262,17 @@ export class Scheduler {
     return this.waiting.length > 0 || this.running.length > 0 || this.pendingEvents.length > 0;
   }
 
-  adapters(): AdapterStatus[] {
-    return this.registry.list();
+  /** The named adapters' statuses (those registered), or every adapter's. */
+  adapters(names?: readonly string[]): AdapterStatus[] {
+    return this.registry.list(names);
   }
 
   adapterDetails(): AdapterDetail[] {
     return this.registry.details();
+  }
+
+  adapterCounters(): AdapterCounters {
+    return this.registry.counters();
   }
 
   subscribe(listener: (t: AdapterTransition) => void): () => void {
@@ -279,27 +301,24 @@ export class Scheduler {
     s.preemptions++;
     s.status = 'waiting';
     insertByArrival(this.waiting, s);
-    if (s.init.lora !== null) this.registry.use(s.init.lora, { running: -1 });
+    if (s.init.lora !== null) this.registry.preempted(s.init.lora, s.arrival);
   }
 
   /** Removes a sequence for good (finished, aborted, or its adapter failed). */
   private drop(s: Sequence): Sequence {
-    const list = s.status === 'running' ? this.running : this.waiting;
+    const wasRunning = s.status === 'running';
+    const list = wasRunning ? this.running : this.waiting;
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.kv.release(s.blocks);
-    if (s.init.lora !== null) {
-      this.registry.use(s.init.lora, { users: -1, running: s.status === 'running' ? -1 : 0 });
-    }
+    if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
     s.status = 'finished';
     this.byId.delete(s.id);
     return s;
   }
 
   private pump(): void {
-    const wanted: string[] = [];
-    for (const s of this.waiting) if (s.init.lora !== null) wanted.push(s.init.lora);
-    this.registry.pump(wanted);
+    this.registry.pump();
   }
 }
 

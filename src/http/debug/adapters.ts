@@ -1,6 +1,8 @@
 // The adapter statechart visualizer: GET /debug/adapters (the page), /debug/adapters/state
 // (every adapter's status as JSON) and /debug/adapters/events (the same, live, as server-sent
 // events). Everything the page needs is inline, so it works with no network beyond this server.
+// The scheduler owns the adapters' machines: the table is asked of it, only while a page (or a
+// client) looks, and the engine keeps no copy of it.
 import type { Context, Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { TroupeEngine } from '../../api.js';
@@ -12,7 +14,7 @@ import { renderAdapterPage } from './adapters-page.js';
 export interface AdapterMonitor {
   readonly poolSlots: number;
   adapterDetails(): Promise<AdapterDetail[]>;
-  onAdapterTransition(listener: (transitions: AdapterTransition[], statuses: AdapterDetail[]) => void): () => void;
+  onAdapterTransition(listener: (transitions: AdapterTransition[]) => void): () => void;
 }
 
 export interface AdapterStateBody {
@@ -70,9 +72,29 @@ export function registerAdapterDebugRoutes(app: Hono, engine: TroupeEngine): voi
         last = text;
         send('snapshot', body(monitor, adapters));
       };
-      const off = monitor.onAdapterTransition((transitions, statuses) => {
-        last = JSON.stringify(statuses);
-        send('transition', { transitions, ...body(monitor, statuses) });
+      // Transitions that arrive while the table is being fetched go out with the next table, so
+      // each event's table is at least as new as its transitions and fetches never pile up.
+      let heard: AdapterTransition[] = [];
+      let fetching = false;
+      const publish = async (): Promise<void> => {
+        fetching = true;
+        try {
+          while (heard.length > 0) {
+            const transitions = heard;
+            heard = [];
+            const adapters = await monitor.adapterDetails();
+            last = JSON.stringify(adapters);
+            send('transition', { transitions, ...body(monitor, adapters) });
+          }
+        } catch {
+          // The engine closed; the stream ends with the loop below.
+        } finally {
+          fetching = false;
+        }
+      };
+      const off = monitor.onAdapterTransition((transitions) => {
+        heard.push(...transitions);
+        if (!fetching) void publish();
       });
       const closed = new Promise<void>((resolve) => sse.onAbort(resolve));
       try {

@@ -27,7 +27,7 @@ export function registerChatCompletions(
     try {
       const body = await readJsonObject(c.req.raw);
       rejectUnknown(body, KEYS);
-      const common = parseCommon(body, servedModelName, engine, ['max_completion_tokens', 'max_tokens'], 128);
+      const common = await parseCommon(body, servedModelName, engine, ['max_completion_tokens', 'max_tokens'], 128);
       const messages = at('messages', () => parseMessages(body.messages));
       const logprobs = body.logprobs === undefined || body.logprobs === null ? false : at('logprobs', () => asBool(body.logprobs, 'logprobs'));
       let topN = 0;

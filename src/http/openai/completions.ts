@@ -23,7 +23,7 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
     try {
       const body = await readJsonObject(c.req.raw);
       rejectUnknown(body, KEYS);
-      const common = parseCommon(body, servedModelName, engine, ['max_tokens'], DEFAULT_MAX_TOKENS);
+      const common = await parseCommon(body, servedModelName, engine, ['max_tokens'], DEFAULT_MAX_TOKENS);
       const prompts = at('prompt', () => parsePrompt(body.prompt));
       const topN = body.logprobs === undefined || body.logprobs === null
         ? null

@@ -17,32 +17,35 @@ export interface ModelChoice {
   lorasFor(prompts: number): Array<string | null>;
 }
 
-export function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): ModelChoice {
+export async function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): Promise<ModelChoice> {
   const model = at('model', () => {
     if (body.model === undefined || body.model === null) throw badRequest(`model is required; use "${servedModelName}" or "${servedModelName}:<adapter>"`);
     return asString(body.model, 'model');
   });
-  const known = new Set(engine.adapters().map((a) => a.name));
-  const served = (): string => [servedModelName, ...[...known].map((n) => `${servedModelName}:${n}`)].join(', ');
-  const notLoaded = (name: string, param: string): Error =>
-    modelNotFound(`LoRA adapter ${JSON.stringify(name)} is not loaded; served: ${served()}`, param);
-
   const colon = model.indexOf(':');
   const base = (colon < 0 ? model : model.slice(0, colon)).trim();
   const named = colon < 0 ? null : model.slice(colon + 1).trim() || null;
+  // lora_path is checked for its shape even when model wins, as SGLang's schema checks it.
+  const listed = loraNamesIn(body.lora_path);
+  // Only the adapters the request names are looked up; the whole list only when an error names the choices.
+  const asked = [...new Set([...(colon < 0 ? [base] : []), ...(named === null ? [] : [named]), ...listed])];
+  const known = new Set((await engine.adapters(asked)).map((a) => a.name));
+  const served = async (): Promise<string> =>
+    [servedModelName, ...(await engine.adapters()).map((a) => `${servedModelName}:${a.name}`)].join(', ');
+  const notLoaded = async (name: string, param: string): Promise<Error> =>
+    modelNotFound(`LoRA adapter ${JSON.stringify(name)} is not loaded; served: ${await served()}`, param);
+
   let fromModel: string | null;
   if (base === servedModelName) fromModel = named;
   else if (colon < 0 && known.has(base)) fromModel = base;
-  else throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${served()}`);
+  else throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${await served()}`);
 
-  // lora_path is checked for its shape even when model wins, as SGLang's schema checks it.
-  const listed = loraNamesIn(body.lora_path);
   if (fromModel !== null) {
-    if (!known.has(fromModel)) throw notLoaded(fromModel, 'model');
+    if (!known.has(fromModel)) throw await notLoaded(fromModel, 'model');
     const lora = fromModel;
     return { model, lorasFor: (prompts) => Array.from({ length: prompts }, () => lora) };
   }
   const missing = listed.find((name) => !known.has(name));
-  if (missing !== undefined) throw notLoaded(missing, 'lora_path');
+  if (missing !== undefined) throw await notLoaded(missing, 'lora_path');
   return { model, lorasFor: (prompts) => parseLoraPaths(body.lora_path ?? null, prompts, Array.isArray(body.lora_path)) };
 }

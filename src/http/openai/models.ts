@@ -18,7 +18,7 @@ export interface ModelCard {
 export function registerModels(app: Hono, engine: TroupeEngine, servedModelName: string): void {
   // One creation time for the server's life, so listings are stable.
   const created = Math.floor(Date.now() / 1000);
-  const cards = (): ModelCard[] => {
+  const cards = async (): Promise<ModelCard[]> => {
     const base: ModelCard = {
       id: servedModelName, object: 'model', created, owned_by: 'troupe',
       root: engine.modelInfo().modelPath, parent: null, state: 'ready',
@@ -27,14 +27,14 @@ export function registerModels(app: Hono, engine: TroupeEngine, servedModelName:
       id: `${servedModelName}:${a.name}`, object: 'model', created, owned_by: 'troupe',
       root: a.path, parent: servedModelName, state: a.error !== null ? 'failed' : a.state,
     });
-    return [base, ...engine.adapters().map(adapter)];
+    return [base, ...(await engine.adapters()).map(adapter)];
   };
 
-  app.get('/v1/models', (c) => c.json({ object: 'list', data: cards() }));
+  app.get('/v1/models', async (c) => c.json({ object: 'list', data: await cards() }));
 
-  app.get('/v1/models/:model{.+}', (c) => {
+  app.get('/v1/models/:model{.+}', async (c) => {
     const id = c.req.param('model');
-    const card = cards().find((m) => m.id === id);
+    const card = (await cards()).find((m) => m.id === id);
     return card ? c.json(card) : openAiError(c, modelNotFound(`the model ${JSON.stringify(id)} does not exist`));
   });
 }

@@ -33,10 +33,10 @@ export function rejectUnknown(body: JsonObject, known: readonly string[]): void 
 }
 
 /** Sampling from OpenAI's fields; maxTokensKeys lists the names that set the output length, first wins. */
-export function parseCommon(
+export async function parseCommon(
   body: JsonObject, servedModelName: string, engine: TroupeEngine, maxTokensKeys: string[], defaultMaxTokens: number,
-): CommonRequest {
-  const choice = resolveModel(body, servedModelName, engine);
+): Promise<CommonRequest> {
+  const choice = await resolveModel(body, servedModelName, engine);
   const w = wireFields(body);
   const sampling = readSampling(w, { maxTokens: maxTokensKeys, defaultMaxTokens, seed: ['seed'] });
   const field = <T>(key: string, parse: (v: unknown, f: string) => T): T | undefined => {

@@ -1,0 +1,143 @@
+// Scheduler CPU time per step as the number of registered adapters grows: 256 requests wait
+// over 64 distinct adapters while 10, 1,000 or 10,000 are registered. Each step is what the
+// scheduler thread does between two engine steps: answer the loader (a fake one that lands
+// every read and copy at once), schedule, complete with fake tokens, and take the new
+// requests that keep 256 waiting. No engine runs. `npm run build` first; writes
+// bench/results/<date>-cpu-scheduler.json. With `--baseline FILE` the rows of an earlier run
+// (another commit's) are kept in the result as `before`.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+
+const root = new URL('..', import.meta.url);
+const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
+const { DEFAULT_SAMPLING } = await import(new URL('dist/src/api.js', root).href);
+
+const COUNTS = [10, 1000, 10000];
+const WAITING = 256;
+const DISTINCT = 64;
+const WARMUP_STEPS = 50;
+const MAX_STEPS = 2000;
+const MIN_STEPS = 20;
+/** Per count; slow code still gets MIN_STEPS. */
+const TIME_BUDGET_MS = 10_000;
+
+const OPTIONS = {
+  blockSize: 16,
+  numBlocks: 8192,
+  maxRunningRequests: 256,
+  chunkedPrefillSize: 2048,
+  maxLorasPerBatch: 8,
+  maxLoadedLoras: null,
+  evictionPolicy: 'lru',
+  overlapLoading: true,
+  eosTokenIds: [],
+  contextLength: 4096,
+  maxLoraRank: 16,
+  loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
+};
+const sampling = { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true };
+
+/** Answers every command at once; returns how many slot copies it made. */
+function serveLoader(s) {
+  let copies = 0;
+  for (;;) {
+    const cmds = s.takeCommands();
+    if (cmds.length === 0) return copies;
+    for (const c of cmds) {
+      if (c.kind === 'copy-to-slot') copies++;
+      if (c.kind === 'load-cpu') s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: 8, targetModules: ['q_proj', 'v_proj'], bytes: 0 });
+      else if (c.kind === 'copy-to-slot') s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
+    }
+  }
+}
+
+function fakeResult(batch, n) {
+  const tokens = new Int32Array(n);
+  for (let i = 0; i < n; i++) tokens[i] = batch.sample[i] ? 100 : -1;
+  return { tokens, logprobs: new Float32Array(n), topIds: new Int32Array(0), topLogprobValues: new Float32Array(0), logits: null, errors: null };
+}
+
+function quantile(sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function measure(count) {
+  const s = new Scheduler(OPTIONS);
+  for (let i = 0; i < count; i++) s.addAdapter({ name: `a${i}`, path: `/adapters/a${i}`, pinned: false });
+  serveLoader(s);
+  const distinct = Math.min(DISTINCT, count);
+  // Spread over the registry, so no structure can profit from the wanted ones being first.
+  const wanted = Array.from({ length: distinct }, (_, i) => `a${Math.floor((i * count) / distinct)}`);
+  let next = 0;
+  const refill = () => {
+    while (s.stats().waiting < WAITING) {
+      const id = next++;
+      s.submit({ id: `r${id}`, promptIds: Array.from({ length: 16 }, (_, k) => 10 + k), lora: wanted[id % distinct], sampling, returnLogprob: false, topLogprobsNum: 0, seed: 0 });
+    }
+  };
+  refill();
+  const times = [];
+  let copies = 0;
+  let sequences = 0;
+  const t0 = performance.now();
+  for (let i = 0; i < WARMUP_STEPS + MAX_STEPS; i++) {
+    const start = performance.now();
+    let copied = serveLoader(s);
+    const step = s.schedule();
+    if (step) s.complete(fakeResult(step.batch, step.seqIds.length));
+    copied += serveLoader(s);
+    refill();
+    const end = performance.now();
+    if (i < WARMUP_STEPS) continue;
+    times.push(end - start);
+    copies += copied;
+    sequences += step ? step.seqIds.length : 0;
+    if (times.length >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
+  }
+  times.sort((a, b) => a - b);
+  return {
+    registered: count,
+    waiting: WAITING,
+    distinctWanted: distinct,
+    steps: times.length,
+    medianMs: quantile(times, 0.5),
+    p99Ms: quantile(times, 0.99),
+    // What the steps did: sequences per step, and adapter copies into slots per 100 steps.
+    sequencesPerStep: sequences / times.length,
+    copiesPer100Steps: (100 * copies) / times.length,
+  };
+}
+
+const args = process.argv.slice(2);
+const baselineAt = args.indexOf('--baseline');
+const baseline = baselineAt >= 0 ? JSON.parse(readFileSync(args[baselineAt + 1], 'utf8')) : null;
+let commit = null;
+try {
+  commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+} catch {
+  // Not a git checkout: the result simply names no commit.
+}
+
+// One unmeasured pass first, so the JIT has compiled the scheduler before the first count.
+measure(COUNTS[0]);
+const rows = COUNTS.map(measure);
+const result = {
+  date: new Date().toISOString(),
+  device: `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
+  node: process.version,
+  commit,
+  setup: `max-loras-per-batch ${OPTIONS.maxLorasPerBatch}, ${WAITING} waiting requests over ${DISTINCT} adapters (fewer when fewer are registered), fake loader answering at once`,
+  rows,
+  ...(baseline ? { before: { commit: baseline.commit, date: baseline.date, rows: baseline.rows } } : {}),
+};
+mkdirSync(new URL('bench/results/', root), { recursive: true });
+const file = new URL(`bench/results/${result.date.slice(0, 10)}-cpu-scheduler.json`, root);
+writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
+console.log('| registered adapters | median ms/step | p99 ms/step |' + (baseline ? ' before: median | before: p99 |' : ''));
+console.log('| --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
+for (const r of rows) {
+  const b = baseline?.rows.find((x) => x.registered === r.registered);
+  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
+}

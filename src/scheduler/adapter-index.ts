@@ -1,0 +1,147 @@
+// Views over the adapters by residency, kept current from their machines' transitions: who
+// holds which slot, which are pinned, how many CPU copies exist, the eviction orders, and how
+// many wanted adapters sit in each residency. Every question placement asks is answered from
+// here in time that depends on slots and wanted adapters, never on how many are registered.
+import { Demand } from './demand.js';
+
+/** What the index files an adapter under: its residency leaf (null once failed or gone) and slot. */
+export interface Placement {
+  residency: string | null;
+  slot: number | null;
+}
+
+const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
+/** Residencies whose CPU copy may be dropped for another adapter (pinned ones never are). */
+const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
+
+export class AdapterIndex {
+  private readonly byResidency = new Map<string, Set<string>>();
+  private readonly owners: Array<string | null>;
+  private freeSlots: number;
+  /** Pinned adapters until they are gone (failed ones included: they still count against the pin limit). */
+  readonly pinned = new Set<string>();
+  private cpuCopies = 0;
+  private pinnedCpuCopies = 0;
+  /** Unpinned GPU residents, first to evict first: least recently used (lru) or longest in its slot (fifo). */
+  readonly slotOrder = new Map<string, true>();
+  /** Droppable CPU copies, least recently used first, whatever the slot policy. */
+  readonly cpuOrder = new Map<string, true>();
+  readonly demand = new Demand();
+  private readonly wantedIn = new Map<string | null, number>();
+
+  constructor(slots: number, private readonly policy: 'lru' | 'fifo') {
+    this.owners = new Array<string | null>(slots).fill(null);
+    this.freeSlots = slots;
+  }
+
+  get slotCount(): number {
+    return this.owners.length;
+  }
+
+  get slotsUsed(): number {
+    return this.owners.length - this.freeSlots;
+  }
+
+  /** Adapters holding (or reading) a CPU copy: what --max-loaded-loras counts. */
+  get cpuCount(): number {
+    return this.cpuCopies;
+  }
+
+  /** Whether every CPU copy belongs to a pinned adapter, which may then exceed the budget. */
+  get onlyPinnedCopies(): boolean {
+    return this.cpuCopies === this.pinnedCpuCopies;
+  }
+
+  inResidency(residency: string): ReadonlySet<string> {
+    return this.byResidency.get(residency) ?? new Set();
+  }
+
+  /** How many adapters that waiting requests want are in this residency. */
+  wantedInResidency(residency: string): number {
+    return this.wantedIn.get(residency) ?? 0;
+  }
+
+  lowestFreeSlot(): number | null {
+    if (this.freeSlots === 0) return null;
+    const i = this.owners.indexOf(null);
+    return i >= 0 ? i : null;
+  }
+
+  add(name: string, pinned: boolean, at: Placement): void {
+    if (pinned) this.pinned.add(name);
+    this.file(name, pinned, at);
+  }
+
+  move(name: string, pinned: boolean, from: Placement, to: Placement): void {
+    if (from.residency === to.residency && from.slot === to.slot) return;
+    if (this.demand.has(name)) this.countWanted(from.residency, -1).countWanted(to.residency, 1);
+    this.unfile(name, pinned, from, to);
+    this.file(name, pinned, to, from);
+  }
+
+  remove(name: string, pinned: boolean, last: Placement): void {
+    this.unfile(name, pinned, last, { residency: null, slot: null });
+    this.pinned.delete(name);
+  }
+
+  /** The request that arrived `arrival`-th waits for the adapter (now in `residency`). */
+  want(name: string, arrival: number, residency: string | null): void {
+    const first = !this.demand.has(name);
+    this.demand.add(name, arrival);
+    if (first) this.countWanted(residency, 1);
+  }
+
+  unwant(name: string, arrival: number, residency: string | null): void {
+    if (this.demand.remove(name, arrival)) this.countWanted(residency, -1);
+  }
+
+  /** A step or a new request used it: it moves to the back of the LRU orders. */
+  touch(name: string): void {
+    if (this.cpuOrder.delete(name)) this.cpuOrder.set(name, true);
+    if (this.policy === 'lru' && this.slotOrder.delete(name)) this.slotOrder.set(name, true);
+  }
+
+  private countWanted(residency: string | null, delta: number): this {
+    this.wantedIn.set(residency, (this.wantedIn.get(residency) ?? 0) + delta);
+    return this;
+  }
+
+  private file(name: string, pinned: boolean, at: Placement, from?: Placement): void {
+    if (at.residency !== null) {
+      let set = this.byResidency.get(at.residency);
+      if (!set) this.byResidency.set(at.residency, (set = new Set()));
+      set.add(name);
+      const wasHolding = from !== undefined && from.residency !== null && HOLDS_CPU.has(from.residency);
+      if (HOLDS_CPU.has(at.residency) && !wasHolding) {
+        this.cpuCopies++;
+        if (pinned) this.pinnedCpuCopies++;
+      }
+      // Entering keeps an existing place in the LRU order (a slot given up keeps its copy's age).
+      if (!pinned && DROPPABLE.has(at.residency) && !this.cpuOrder.has(name)) this.cpuOrder.set(name, true);
+      if (at.residency === 'gpuResident.unpinned' && !this.slotOrder.has(name)) this.slotOrder.set(name, true);
+    }
+    if (at.slot !== null && this.owners[at.slot] !== name) {
+      if (this.owners[at.slot] !== null) {
+        throw new Error(`internal error: slot ${at.slot} is given to "${name}" but held by "${this.owners[at.slot]}"`);
+      }
+      this.owners[at.slot] = name;
+      this.freeSlots--;
+    }
+  }
+
+  private unfile(name: string, pinned: boolean, from: Placement, to: Placement): void {
+    if (from.residency !== null && from.residency !== to.residency) {
+      this.byResidency.get(from.residency)?.delete(name);
+      if (HOLDS_CPU.has(from.residency) && !(to.residency !== null && HOLDS_CPU.has(to.residency))) {
+        this.cpuCopies--;
+        if (pinned) this.pinnedCpuCopies--;
+      }
+      if (!(to.residency !== null && DROPPABLE.has(to.residency))) this.cpuOrder.delete(name);
+      if (from.residency === 'gpuResident.unpinned') this.slotOrder.delete(name);
+    }
+    if (from.slot !== null && from.slot !== to.slot && this.owners[from.slot] === name) {
+      this.owners[from.slot] = null;
+      this.freeSlots++;
+    }
+  }
+}

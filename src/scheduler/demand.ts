@@ -1,0 +1,94 @@
+// Which adapters waiting requests want, ordered by each adapter's oldest waiting request: the
+// order in which first-come-first-served admission will reach them. The scheduler reports
+// every request entering and leaving the waiting queue, so placement walks only the wanted
+// adapters, soonest first, and never scans the queue.
+//
+// The order must follow the oldest request, not when demand began: an adapter that is wanted
+// without pause (new requests keep coming) would otherwise stay ahead of an adapter whose one
+// request has waited longer, keep its slot, and starve that request, which admission in
+// arrival order keeps at the head of the queue.
+
+interface Wanted {
+  name: string;
+  /** Arrival numbers of its waiting requests, ascending; the first is its place in the order. */
+  arrivals: number[];
+}
+
+/** Index of the first element of the ascending `xs` for which `key(x) >= k`. */
+function lowerBound<T>(xs: readonly T[], k: number, key: (x: T) => number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (key(xs[mid]!) < k) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+const head = (w: Wanted): number => w.arrivals[0]!;
+const self = (x: number): number => x;
+
+export class Demand {
+  private readonly byName = new Map<string, Wanted>();
+  /** Ascending by head arrival (arrivals are unique, so the order is strict). */
+  private readonly order: Wanted[] = [];
+
+  /** A request that arrived `arrival`-th waits for the adapter (new, or back from running). */
+  add(name: string, arrival: number): void {
+    let w = this.byName.get(name);
+    if (!w) {
+      w = { name, arrivals: [arrival] };
+      this.byName.set(name, w);
+      this.order.splice(lowerBound(this.order, arrival, head), 0, w);
+      return;
+    }
+    const at = lowerBound(w.arrivals, arrival, self);
+    if (at > 0) {
+      w.arrivals.splice(at, 0, arrival);
+      return;
+    }
+    // A request older than its oldest (one preempted back into the queue): it moves forward.
+    this.unlink(w);
+    w.arrivals.unshift(arrival);
+    this.order.splice(lowerBound(this.order, arrival, head), 0, w);
+  }
+
+  /** The request stopped waiting (started, or ended); returns true when nobody waits for the adapter any more. */
+  remove(name: string, arrival: number): boolean {
+    const w = this.byName.get(name);
+    const at = w ? lowerBound(w.arrivals, arrival, self) : -1;
+    if (!w || w.arrivals[at] !== arrival) throw new Error(`internal error: request ${arrival} is not waiting for adapter "${name}"`);
+    if (at > 0) {
+      w.arrivals.splice(at, 1);
+      return false;
+    }
+    this.unlink(w);
+    w.arrivals.shift();
+    if (w.arrivals.length === 0) {
+      this.byName.delete(name);
+      return true;
+    }
+    this.order.splice(lowerBound(this.order, head(w), head), 0, w);
+    return false;
+  }
+
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  /** Its place in the order (the arrival of its oldest waiting request; smaller is sooner), or null when nobody waits for it. */
+  seq(name: string): number | null {
+    const w = this.byName.get(name);
+    return w ? head(w) : null;
+  }
+
+  /** Wanted adapters, soonest first. Placement walks it without changing demand. */
+  *names(): IterableIterator<string> {
+    for (const w of this.order) yield w.name;
+  }
+
+  private unlink(w: Wanted): void {
+    this.order.splice(lowerBound(this.order, head(w), head), 1);
+  }
+}

@@ -1,0 +1,94 @@
+// Moves wanted adapters toward GPU residency, soonest wanted first: pinned adapters, then the
+// adapters of waiting requests in the order their demand began. An adapter is read from disk
+// as soon as it is wanted and CPU memory has room, and copied into a slot as soon as one is
+// free (or can be freed): that is the prefetch, since a request's adapter starts loading when
+// the request arrives, wherever it waits in the queue.
+//
+// The walk stops as soon as nothing further can change: once no slot can be had and no read
+// is possible (or none is needed), later adapters cannot fare better, because every adapter
+// they could displace could have been displaced by the earlier ones too.
+import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
+import type { AdapterIndex } from './adapter-index.js';
+import { pickVictim } from './victim-policy.js';
+
+export interface PlacementLimits {
+  maxLoaded: number | null;
+  evictionPolicy: 'lru' | 'fifo';
+}
+
+/** What placement needs from the registry: the indexes, and the adapters' machines. */
+export interface PlacementHost {
+  readonly index: AdapterIndex;
+  readonly limits: PlacementLimits;
+  residency(name: string): string | null;
+  slot(name: string): number | null;
+  /** Whether a running request uses it: such an adapter never goes, so its machine need not be asked. */
+  inUse(name: string): boolean;
+  can(name: string, event: AdapterEvent): boolean;
+  send(name: string, event: AdapterEvent, reason: string): void;
+}
+
+export function place(host: PlacementHost): void {
+  const { index } = host;
+  let slotsOpen = true;
+  let cpuOpen = true;
+  // Work left among wanted adapters, counted when the walk begins: a displacement during the
+  // walk only ever moves an adapter wanted later back, which the next walk picks up.
+  let reads = index.wantedInResidency('registered');
+  let copies = index.wantedInResidency('cpuLoaded');
+
+  const visit = (name: string, forSeq: number, why: string): void => {
+    const residency = host.residency(name);
+    if (residency === 'registered' && cpuOpen) {
+      if (makeCpuRoom(host, name, forSeq)) host.send(name, { type: 'LOAD' }, `read from disk: ${why}`);
+      else cpuOpen = false;
+    } else if (residency === 'cpuLoaded' && slotsOpen) {
+      const slot = takeSlot(host, name, forSeq);
+      if (slot === null) slotsOpen = false;
+      else host.send(name, { type: 'COPY', slot }, `copying into slot ${slot}: ${why}`);
+    }
+  };
+
+  for (const name of index.pinned) visit(name, -Infinity, 'pinned');
+  for (const name of index.demand.names()) {
+    if ((!slotsOpen || copies === 0) && (!cpuOpen || reads === 0)) return;
+    const residency = host.residency(name);
+    if (residency === 'registered') reads--;
+    else if (residency === 'cpuLoaded') copies--;
+    else continue;
+    // Pinned adapters had their turn above.
+    if (!index.pinned.has(name)) visit(name, index.demand.seq(name)!, 'a waiting request needs it');
+  }
+}
+
+/** Makes room for one more CPU copy within --max-loaded-loras; false when none can be made. */
+function makeCpuRoom(host: PlacementHost, forName: string, forSeq: number): boolean {
+  const { index } = host;
+  const max = host.limits.maxLoaded;
+  if (max === null || index.cpuCount < max) return true;
+  const canGo = (name: string): boolean =>
+    host.residency(name) === 'cpuLoaded' ? host.can(name, { type: 'DROP_CPU' }) : !host.inUse(name) && host.can(name, { type: 'EVICT' });
+  const victim = pickVictim(index.cpuOrder, index, forSeq, canGo, 'least recently used');
+  // Pinned copies alone filling the budget must not block every other adapter forever.
+  if (!victim) return index.onlyPinnedCopies;
+  const why = `CPU memory holds at most ${max} adapters (--max-loaded-loras) and "${forName}" needs room; ${victim.why}`;
+  if (host.residency(victim.name) === 'gpuResident.unpinned') {
+    host.send(victim.name, { type: 'EVICT' }, `evicted from its slot: ${why}`);
+  }
+  // An adapter whose copy could not be read again after a loader restart leaves its slot for disk.
+  if (host.residency(victim.name) === 'cpuLoaded') host.send(victim.name, { type: 'DROP_CPU' }, `dropped from CPU memory: ${why}`);
+  return true;
+}
+
+/** A free slot, or one an adapter gives up for `forName`; null when none may. */
+function takeSlot(host: PlacementHost, forName: string, forSeq: number): number | null {
+  const { index } = host;
+  const free = index.lowestFreeSlot();
+  if (free !== null) return free;
+  const policy = host.limits.evictionPolicy;
+  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => !host.inUse(name) && host.can(name, { type: 'EVICT' }), policy);
+  if (!victim) return null;
+  const slot = host.slot(victim.name)!;
+  host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);
+  return slot;
+}

@@ -1,0 +1,69 @@
+// --max-gpu-loras: troupe's own flag for a GPU adapter pool larger than one batch. Its rules
+// against --max-loras-per-batch and --max-loaded-loras, and on the real engine: adapters that
+// leave a batch keep their slots and come back with no copy, with the same outputs.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { planEngine } from '../src/actors/plan.js';
+import { parseArgs } from '../src/config/parse.js';
+import { validateFlags } from '../src/config/validate.js';
+import type { AdapterTransition } from '../src/scheduler/index.js';
+import type { LocalTroupeEngine } from '../src/troupe.js';
+import { makeWorld, startEngine, type World } from './adapter-fixtures.js';
+
+const validate = (...argv: string[]) => validateFlags(parseArgs(['--model-path', '/m', '--lora-paths', 'a=/a', ...argv]).flags).options;
+const config = { maxPositionEmbeddings: 1024 } as Parameters<typeof planEngine>[1];
+const slots = (...argv: string[]): number =>
+  planEngine(validate(...argv), config, 'cpu', [{ rank: 8, targetModules: ['q_proj'] }] as Parameters<typeof planEngine>[3], () => {}).engine.loraSlots;
+
+describe('--max-gpu-loras', () => {
+  it('defaults to --max-loras-per-batch, the pool SGLang has', () => {
+    expect(validate().maxGpuLoras).toBeNull();
+    expect(slots()).toBe(8);
+    expect(slots('--max-loras-per-batch', '3')).toBe(3);
+    expect(slots('--max-loras-per-batch', '3', '--max-gpu-loras', '12')).toBe(12);
+  });
+
+  it('must be at least --max-loras-per-batch and at most --max-loaded-loras', () => {
+    expect(() => validate('--max-loras-per-batch', '4', '--max-gpu-loras', '3')).toThrow(
+      '--max-gpu-loras (3) must be at least --max-loras-per-batch (4)',
+    );
+    expect(() => validate('--max-loras-per-batch', '2', '--max-loaded-loras', '4', '--max-gpu-loras', '5')).toThrow(
+      '--max-gpu-loras (5) must be at most --max-loaded-loras (4)',
+    );
+    expect(validate('--max-loras-per-batch', '2', '--max-loaded-loras', '4', '--max-gpu-loras', '4').maxGpuLoras).toBe(4);
+  });
+});
+
+describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine', () => {
+  const NAMES = ['g0', 'g1', 'g2'];
+  let world: World;
+  let engine: LocalTroupeEngine;
+  const transitions: AdapterTransition[] = [];
+  beforeAll(async () => {
+    world = makeWorld('gpu-loras');
+    engine = await startEngine(world, [
+      '--lora-paths', ...NAMES.map((n, i) => `${n}=${world.adapter(n, { seed: 700 + i })}`),
+      '--max-loras-per-batch', '2', '--max-gpu-loras', '3',
+    ]);
+    engine.onAdapterTransition((ts) => transitions.push(...ts));
+  });
+  afterAll(async () => {
+    await engine?.close();
+    world?.cleanup();
+  });
+
+  const greedy = (lora: string): Promise<number[]> =>
+    engine.generate({ text: 'slots', lora, sampling: { maxNewTokens: 3, temperature: 0, ignoreEos: true } }).then((o) => o.outputIds);
+
+  it('keeps three adapters on the GPU: one used again after the others costs no copy', async () => {
+    expect(engine.engineInfo.loraSlots).toBe(3);
+    expect(engine.poolSlots).toBe(3);
+    const first = await greedy('g0');
+    await greedy('g1');
+    await greedy('g2');
+    expect(await greedy('g0')).toEqual(first);
+    const copies = transitions.filter((t) => t.to === 'h2dInFlight').map((t) => t.adapter);
+    expect(copies.sort()).toEqual(NAMES);
+    expect(transitions.filter((t) => t.from === 'gpuResident.unpinned')).toEqual([]);
+    expect((await engine.adapters()).map((a) => [a.name, a.state])).toEqual(NAMES.map((n) => [n, 'gpuResident.unpinned']));
+  });
+});

@@ -1,0 +1,294 @@
+// Property test of the scheduler's adapter handling: random sequences of adapter loads, unloads
+// and pins, request submits and aborts, steps (scheduled and completed apart, so the loader may
+// answer in between), and loader successes, failures and restarts, against a small reference
+// model of what must hold:
+// - the scheduler accepts and refuses exactly what the model says (names, pins, refusals);
+// - no slot is shared, and a step only uses the slot its adapter holds;
+// - pinned adapters, and adapters a running request uses, are never evicted;
+// - each adapter's refcount is the number of its live requests, and returns to zero;
+// - once the loader answers, every waiting request for an adapter that loaded runs to its end,
+//   and every unload completes.
+// The loader is a fake that runs its commands in order, as the real one does, and fails a copy
+// of an adapter it holds no CPU copy of.
+import fc from 'fast-check';
+import { describe, expect, test } from 'vitest';
+import { Scheduler, type AdapterTransition, type LoaderCommand, type SchedulerOptions, type StepBatch, type TokenEvent } from '../src/scheduler/index.js';
+import type { Sequence } from '../src/scheduler/sequence.js';
+import { fakeResult, options, seq } from './scheduler-harness.js';
+
+const NAMES = ['A', 'B', 'C', 'D'] as const;
+type Name = (typeof NAMES)[number];
+
+type Action =
+  | { kind: 'load'; name: Name; pinned: boolean }
+  | { kind: 'unload'; name: Name }
+  | { kind: 'submit'; lora: Name | null; prompt: number; maxNewTokens: number }
+  | { kind: 'abort'; pick: number }
+  | { kind: 'schedule' }
+  | { kind: 'complete' }
+  | { kind: 'step' }
+  | { kind: 'loader'; fail: boolean }
+  | { kind: 'loaderAll' }
+  | { kind: 'loaderRestart' };
+
+const name = fc.constantFrom(...NAMES);
+const action: fc.Arbitrary<Action> = fc.oneof(
+  { arbitrary: fc.record({ kind: fc.constant('load' as const), name, pinned: fc.boolean() }), weight: 3 },
+  { arbitrary: fc.record({ kind: fc.constant('unload' as const), name }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('submit' as const),
+      lora: fc.option(name, { nil: null, freq: 5 }),
+      prompt: fc.integer({ min: 1, max: 12 }),
+      maxNewTokens: fc.integer({ min: 1, max: 6 }),
+    }),
+    weight: 8,
+  },
+  { arbitrary: fc.record({ kind: fc.constant('abort' as const), pick: fc.nat() }), weight: 1 },
+  { arbitrary: fc.constant({ kind: 'schedule' as const }), weight: 2 },
+  { arbitrary: fc.constant({ kind: 'complete' as const }), weight: 2 },
+  { arbitrary: fc.constant({ kind: 'step' as const }), weight: 5 },
+  { arbitrary: fc.record({ kind: fc.constant('loader' as const), fail: fc.boolean() }), weight: 3 },
+  { arbitrary: fc.constant({ kind: 'loaderAll' as const }), weight: 3 },
+  { arbitrary: fc.constant({ kind: 'loaderRestart' as const }), weight: 1 },
+);
+
+const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
+  .record({
+    maxLorasPerBatch: fc.integer({ min: 2, max: 3 }),
+    extraSlots: fc.integer({ min: 0, max: 2 }),
+    limitCpu: fc.boolean(),
+    evictionPolicy: fc.constantFrom('lru' as const, 'fifo' as const),
+    overlapLoading: fc.boolean(),
+    maxRunningRequests: fc.integer({ min: 1, max: 3 }),
+  })
+  .map(({ extraSlots, limitCpu, ...o }) => ({
+    ...o,
+    gpuSlots: o.maxLorasPerBatch + extraSlots,
+    maxLoadedLoras: limitCpu ? o.maxLorasPerBatch + extraSlots + 1 : null,
+    // Small enough that requests are preempted.
+    blockSize: 4,
+    numBlocks: 12,
+    chunkedPrefillSize: 16,
+  }));
+
+/** Runs commands in order; a copy fails when it holds no CPU copy of the adapter, as the real loader's does. */
+class FakeLoader {
+  private queue: LoaderCommand[] = [];
+  private readonly cpu = new Set<string>();
+  constructor(private readonly s: Scheduler) {}
+
+  get idle(): boolean {
+    this.queue.push(...this.s.takeCommands());
+    return this.queue.length === 0;
+  }
+
+  runNext(fail: boolean): void {
+    this.queue.push(...this.s.takeCommands());
+    const c = this.queue.shift();
+    if (!c) return;
+    if (c.kind === 'load-cpu') {
+      if (fail) return this.s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: 'disk read failed' });
+      this.cpu.add(c.name);
+      this.s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: 8, targetModules: ['q_proj'], bytes: 64 });
+    } else if (c.kind === 'copy-to-slot') {
+      if (fail || !this.cpu.has(c.name)) {
+        return this.s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: fail ? 'copy failed' : 'not in CPU memory' });
+      }
+      this.s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
+    } else if (c.kind === 'drop-cpu') {
+      this.cpu.delete(c.name);
+    }
+  }
+
+  restart(): void {
+    // Commands the old loader had not run, sent or not, are lost with it.
+    this.s.takeCommands();
+    this.queue = [];
+    this.cpu.clear();
+    this.s.loaderRestarted();
+  }
+}
+
+interface ModelAdapter {
+  pinned: boolean;
+  unloading: boolean;
+  failed: boolean;
+}
+
+interface ModelRequest {
+  lora: Name | null;
+  finish: TokenEvent['finish'];
+  /** The adapter failed while the request waited, so it was ended with the failure. */
+  failedWith: string | null;
+}
+
+async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise<void> {
+  const o = options(opts);
+  const s = new Scheduler(o);
+  const loader = new FakeLoader(s);
+  const adapters = new Map<Name, ModelAdapter>();
+  const requests = new Map<string, ModelRequest>();
+  const unloads: Array<{ name: Name; done: boolean }> = [];
+  const refusals: Array<Promise<void>> = [];
+  let inFlight: { batch: StepBatch; seqIds: string[] } | null = null;
+  let nextId = 0;
+  const running = (): Sequence[] => (s as unknown as { running: Sequence[] }).running;
+
+  s.subscribe((t: AdapterTransition) => {
+    const a = adapters.get(t.adapter as Name);
+    if (t.from === 'gpuResident.pinned') expect(['unloading', 'unloaded'], `pinned ${t.adapter} left its slot`).toContain(t.to);
+    if (t.from === 'gpuResident.unpinned' && (t.to === 'cpuLoaded' || t.to === 'registered')) {
+      expect(running().some((r) => r.init.lora === t.adapter), `${t.adapter} evicted while a request runs on it`).toBe(false);
+    }
+    if (t.to === 'failed' && a) a.failed = true;
+    // Its last request's end is reported after this, when the call that ended it returns.
+    if (t.to === 'unloaded') adapters.delete(t.adapter as Name);
+  });
+
+  const record = (events: TokenEvent[]): void => {
+    for (const e of events) {
+      const r = requests.get(e.id);
+      if (!r || e.finish === null) continue;
+      expect(r.finish, `${e.id} finished twice`).toBeNull();
+      r.finish = e.finish;
+      if (e.finish.type === 'abort' && /failed to load/.test(e.finish.message)) r.failedWith = e.finish.message;
+    }
+  };
+
+  const check = (): void => {
+    const details = s.adapterDetails();
+    expect(details.map((d) => d.name).sort()).toEqual([...adapters.keys()].sort());
+    const slots = details.filter((d) => d.slot !== null).map((d) => d.slot!);
+    expect(new Set(slots).size, 'a slot is shared').toBe(slots.length);
+    for (const slot of slots) expect(slot).toBeLessThan(o.gpuSlots!);
+    for (const r of requests.values()) {
+      if (r.finish === null && r.lora !== null) expect(adapters.has(r.lora), `${r.lora} unloaded while a request uses it`).toBe(true);
+    }
+    for (const d of details) {
+      const live = [...requests.values()].filter((r) => r.lora === d.name && r.finish === null).length;
+      expect(d.refcount, `refcount of ${d.name}`).toBe(live);
+      expect(d.running, `running count of ${d.name}`).toBe(running().filter((r) => r.init.lora === d.name).length);
+    }
+  };
+
+  const apply = (a: Action): void => {
+    switch (a.kind) {
+      case 'load': {
+        const m = adapters.get(a.name);
+        const pinned = [...adapters.values()].filter((x) => x.pinned).length;
+        const add = (): void => s.addAdapter({ name: a.name, path: `/adapters/${a.name}`, pinned: a.pinned });
+        if (m) expect(add).toThrow(`LoRA adapter '${a.name}' is already loaded`);
+        else if (a.pinned && pinned >= o.maxLorasPerBatch - 1) expect(add).toThrow(/cannot pin adapter/);
+        else {
+          adapters.set(a.name, { pinned: a.pinned, unloading: false, failed: false });
+          add();
+        }
+        return;
+      }
+      case 'unload': {
+        const m = adapters.get(a.name);
+        const p = s.removeAdapter(a.name);
+        if (!m) {
+          refusals.push(expect(p).rejects.toThrow(`LoRA adapter '${a.name}' is not loaded`));
+          return;
+        }
+        m.unloading = true;
+        const u = { name: a.name, done: false };
+        unloads.push(u);
+        void p.then(() => (u.done = true));
+        return;
+      }
+      case 'submit': {
+        const id = `r${nextId++}`;
+        const submit = (): void => s.submit(seq(id, { lora: a.lora, prompt: a.prompt, maxNewTokens: a.maxNewTokens }));
+        const m = a.lora === null ? null : adapters.get(a.lora);
+        if (a.lora !== null && !m) expect(submit).toThrow(`LoRA adapter '${a.lora}' is not loaded`);
+        else if (m?.failed) expect(submit).toThrow(`LoRA adapter '${a.lora}' failed to load`);
+        else if (m?.unloading) expect(submit).toThrow(`adapter "${a.lora}" is being unloaded`);
+        else {
+          requests.set(id, { lora: a.lora, finish: null, failedWith: null });
+          submit();
+        }
+        return;
+      }
+      case 'abort': {
+        const live = [...requests.entries()].filter(([, r]) => r.finish === null);
+        if (live.length === 0) return;
+        const [id] = live[a.pick % live.length]!;
+        const ev = s.abort(id);
+        expect(ev, `abort of live request ${id}`).not.toBeNull();
+        record([ev!]);
+        return;
+      }
+      case 'schedule': {
+        inFlight = s.schedule();
+        if (!inFlight) return;
+        const { batch, seqIds } = inFlight;
+        const details = new Map(s.adapterDetails().map((d) => [d.name, d]));
+        const loras = new Set<string | null>();
+        seqIds.forEach((id, i) => {
+          const lora = requests.get(id)!.lora;
+          loras.add(lora);
+          if (lora === null) return expect(batch.loraSlots[i]).toBe(-1);
+          const d = details.get(lora)!;
+          expect(d.state.startsWith('gpuResident') || d.state === 'unloading', `${lora} in a step while ${d.state}`).toBe(true);
+          expect(batch.loraSlots[i], `slot of ${id}`).toBe(d.slot);
+        });
+        expect(loras.size).toBeLessThanOrEqual(o.maxLorasPerBatch);
+        return;
+      }
+      case 'complete':
+        if (inFlight) record(s.complete(fakeResult(inFlight.batch, inFlight.seqIds)));
+        inFlight = null;
+        return;
+      case 'step':
+        apply({ kind: 'schedule' });
+        apply({ kind: 'complete' });
+        return;
+      case 'loader':
+        loader.runNext(a.fail);
+        return;
+      case 'loaderAll':
+        while (!loader.idle) loader.runNext(false);
+        return;
+      case 'loaderRestart':
+        loader.restart();
+        return;
+    }
+  };
+
+  for (const a of actions) {
+    apply(a);
+    record(s.takeEvents());
+    check();
+  }
+
+  // The loader now answers every command: all work must drain.
+  if (inFlight) apply({ kind: 'complete' });
+  for (let i = 0; i < 500 && (s.hasWork() || !loader.idle); i++) {
+    apply({ kind: 'loaderAll' });
+    record(s.takeEvents());
+    apply({ kind: 'step' });
+    record(s.takeEvents());
+    check();
+  }
+  expect(s.hasWork(), 'work left after the loader answered everything').toBe(false);
+  for (const [id, r] of requests) {
+    expect(r.finish, `${id} never finished`).not.toBeNull();
+    if (r.finish!.type === 'abort' && !r.failedWith) expect(r.finish!.message).toMatch(/aborted/);
+  }
+  for (const d of s.adapterDetails()) expect([d.name, d.refcount, d.running]).toEqual([d.name, 0, 0]);
+  await Promise.all(refusals);
+  await new Promise((r) => setImmediate(r));
+  for (const u of unloads) expect(u.done, `unload of ${u.name} completed`).toBe(true);
+}
+
+describe('adapter scheduling under random sequences', () => {
+  test('matches the reference model', async () => {
+    await fc.assert(
+      fc.asyncProperty(config, fc.array(action, { minLength: 1, maxLength: 100, size: 'max' }), (opts, actions) => play(opts, actions)),
+      { seed: 20261129, numRuns: 300, endOnFailure: false },
+    );
+  });
+});
