@@ -4,7 +4,9 @@
 // on a quiet engine. RSS and the main thread's heap (after a full collection) are sampled every
 // few cycles; the growth figure compares the lowest RSS of the first fifth of the samples after
 // the warm-up with the lowest of the last fifth, so the collectors' sawtooth is not read as
-// growth while anything kept per cycle is.
+// growth while anything kept per cycle is. At the warm-up and every tenth of the run, the live
+// heap of every engine thread is read too (the actor threads' from heap snapshots), which is
+// what a thread keeps, whatever its collector has not yet given back.
 //
 //   node bench/churn-memory.js [--cycles 10000] [--warmup N] [--clients 4] [--sample-every N] [--out FILE|-]
 //
@@ -90,6 +92,30 @@ const clients = prompts.map(async (text, c) => {
   }
 });
 
+/** Bytes of the live objects (and their array buffers) in a worker's heap; the snapshot collects garbage first. */
+async function workerHeapBytes(worker) {
+  let text = '';
+  for await (const chunk of await worker.getHeapSnapshot()) text += chunk;
+  const snap = JSON.parse(text);
+  const fields = snap.snapshot.meta.node_fields;
+  let bytes = 0;
+  for (let i = fields.indexOf('self_size'); i < snap.nodes.length; i += fields.length) bytes += snap.nodes[i];
+  return bytes;
+}
+const liveHeaps = [];
+async function liveHeap(cycle) {
+  // The buffers a collection frees are counted out by a sweeper that finishes at the next one.
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  const threads = { main: m.heapUsed + m.arrayBuffers };
+  // The engine keeps its actor threads to itself; a benchmark may look.
+  for (const [name, worker] of engine.supervisor.workers) threads[name] = await workerHeapBytes(worker);
+  const mib = (v) => Math.round((v / MiB) * 1000) / 1000;
+  const total = Object.values(threads).reduce((a, b) => a + b, 0);
+  liveHeaps.push({ cycle, totalMiB: mib(total), ...Object.fromEntries(Object.entries(threads).map(([k, v]) => [`${k}MiB`, mib(v)])) });
+}
+
 const samples = [];
 const t0 = performance.now();
 const sample = (cycle) => {
@@ -115,6 +141,8 @@ for (let cycle = 1; cycle <= CYCLES; cycle++) {
   await engine.unloadAdapter('churn');
   await sleep(cycle % 3);
   if (cycle % EVERY === 0 || cycle === CYCLES) sample(cycle);
+  const tenth = Math.max(1, Math.floor(CYCLES / 10));
+  if (cycle === WARMUP || (cycle > WARMUP && cycle % tenth === 0) || cycle === CYCLES) await liveHeap(cycle);
   if (cycle % Math.max(EVERY, Math.floor(CYCLES / 20)) === 0) {
     const s = samples.at(-1);
     progress(`${cycle}/${CYCLES} cycles, ${s.seconds.toFixed(0)} s, RSS ${s.rssMiB} MiB, heap ${s.heapUsedMiB} MiB, ${requests.ok} requests ok`);
@@ -159,7 +187,16 @@ const result = {
   failures,
   adaptersAfter: leftOver,
   schedulerAfter: stats,
-  growth: { rss: growth('rssMiB'), heapUsed: growth('heapUsedMiB') },
+  growth: {
+    rss: growth('rssMiB'),
+    heapUsed: growth('heapUsedMiB'),
+    liveHeapAllThreads: {
+      fromMiB: liveHeaps[0].totalMiB,
+      toMiB: liveHeaps.at(-1).totalMiB,
+      kibPerCycle: Math.round((((liveHeaps.at(-1).totalMiB - liveHeaps[0].totalMiB) * 1024) / Math.max(1, CYCLES - WARMUP)) * 1000) / 1000,
+    },
+  },
+  liveHeaps,
   samples,
 };
 const json = JSON.stringify(result, null, 2) + '\n';
@@ -174,6 +211,7 @@ const g = result.growth.rss;
 progress(
   `${CYCLES} cycles in ${result.seconds.toFixed(0)} s; requests ${requests.ok} ok (${requests.okOnChurned} on the churned name), ` +
     `${requests.refused} refused, ${requests.failed} failed; RSS after cycle ${WARMUP}: ${g.fromMiB} -> ${g.toMiB} MiB ` +
-    `(${g.kibPerCycle} KiB/cycle, range ${g.rangeMiB} MiB)`,
+    `(${g.kibPerCycle} KiB/cycle, range ${g.rangeMiB} MiB); live heap of all threads ` +
+    `${result.growth.liveHeapAllThreads.fromMiB} -> ${result.growth.liveHeapAllThreads.toMiB} MiB (${result.growth.liveHeapAllThreads.kibPerCycle} KiB/cycle)`,
 );
 if (requests.failed > 0) process.exitCode = 1;

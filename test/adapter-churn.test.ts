@@ -6,9 +6,10 @@
 // Memory is read as the live JavaScript heap of every engine thread after a full collection
 // (the main thread's own heap, and a heap snapshot of each actor thread, which counts the
 // buffers behind typed arrays too), at cycle WARMUP and at 3 x WARMUP. RSS is no measure of
-// that within a test's time: it grows for minutes as V8 enlarges each thread's young
-// generation and the allocator keeps the high-water mark of the loader's transient weight
-// buffers, then levels off (bench/churn-memory.js follows it over 10,000 cycles).
+// that within a test's time: under load it rises by 100 MiB or more in the first minutes, as
+// V8 enlarges each thread's young generation and the allocator keeps its high-water mark, and
+// then swings by tens of MiB with each thread's own collections (bench/churn-memory.js follows
+// both over 10,000 cycles).
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Worker } from 'node:worker_threads';
