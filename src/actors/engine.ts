@@ -354,7 +354,10 @@ export class Engine implements LocalTroupeEngine {
       await scheduler.call({ type: 'removeAdapter', name: spec.name }).catch(() => {});
       throw badRequest(`failed to load LoRA adapter '${spec.name}' from ${spec.path}: ${status.error}`);
     }
-    this.log('info', `loaded LoRA adapter '${spec.name}' (rank ${status.rank}) from ${spec.path}`);
+    // The engine logs each load once, for HTTP and embedded callers alike; an adapter kept on
+    // disk by the --max-loaded-loras budget has no rank yet.
+    const what = status.rank === null ? 'kept on disk until a request names it' : `rank ${status.rank}`;
+    this.log('info', `loaded LoRA adapter '${spec.name}'${spec.pinned ? ' (pinned)' : ''} (${what}) from ${spec.path}`);
     return status;
   }
 

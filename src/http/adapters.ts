@@ -35,7 +35,6 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
     } catch (err) {
       return failure(c, `loading adapter ${JSON.stringify(name)}`, err);
     }
-    log('info', `loaded adapter ${JSON.stringify(name)} from ${path}${pinned ? ' (pinned)' : ''}`);
     return c.json({ success: true, error_message: '', loaded_adapters: await loaded() });
   });
 
@@ -48,7 +47,6 @@ export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log)
     } catch (err) {
       return failure(c, `unloading adapter ${JSON.stringify(name)}`, err);
     }
-    log('info', `unloaded adapter ${JSON.stringify(name)}`);
     return c.json({ success: true, error_message: '', loaded_adapters: await loaded() });
   });
 }
