@@ -3,6 +3,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import { createApp } from '../src/http/app.js';
@@ -39,5 +40,20 @@ export async function startDemoServer(extraArgs: string[] = []): Promise<DemoSer
       await engine.close();
       rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/** One demo server for a whole test file: started before its tests and closed after them. */
+export function useDemoServer(extraArgs: string[] = []): () => DemoServer {
+  let server: DemoServer | undefined;
+  beforeAll(async () => {
+    server = await startDemoServer(extraArgs);
+  }, 120_000);
+  afterAll(async () => {
+    await server?.close();
+  });
+  return () => {
+    if (!server) throw new Error('the demo server has not started');
+    return server;
   };
 }

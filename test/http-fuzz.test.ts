@@ -4,18 +4,10 @@
 // error event of one), the server must stay up, and a greedy stream decoding through all of it
 // must produce exactly the tokens it produces alone.
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startDemoServer, type DemoServer } from './demo-server.js';
+import { describe, expect, it } from 'vitest';
+import { useDemoServer } from './demo-server.js';
 
-let demo: DemoServer;
-
-beforeAll(async () => {
-  demo = await startDemoServer();
-}, 120_000);
-
-afterAll(async () => {
-  await demo?.close();
-});
+const demo = useDemoServer();
 
 const PROMPT = 'List 3 countries and their capitals.';
 // Fixed, so a failure replays; few runs per route, so the file stays fast on a busy machine.
@@ -162,7 +154,7 @@ const chatBody = withHostileFields(fc.record({
 
 /** Posts one body and reads the whole reply; returns what is wrong with it, or null. */
 async function problemWith(path: string, body: Record<string, unknown>): Promise<string | null> {
-  const res = await fetch(`${demo.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${demo().base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   const raw = await res.text();
   if (res.status >= 500) return `${res.status}: ${raw.slice(0, 500)}`;
   if ((res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
@@ -195,7 +187,7 @@ function takeEvents(buffer: string): { events: Array<{ output_ids: number[]; err
 describe('fuzzing the generation routes', () => {
   it('never answers 5xx, stays up, and leaves a greedy stream running beside the fuzz untouched', async () => {
     const greedy = { temperature: 0, ignore_eos: true };
-    const res = await fetch(`${demo.base}/generate`, {
+    const res = await fetch(`${demo().base}/generate`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ text: PROMPT, sampling_params: { ...greedy, max_new_tokens: 3000 }, stream: true }),
     });
@@ -233,12 +225,12 @@ describe('fuzzing the generation routes', () => {
     while (ids.length <= seen) await readMore();
     await reader.cancel();
 
-    const alone = await fetch(`${demo.base}/generate`, {
+    const alone = await fetch(`${demo().base}/generate`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ text: PROMPT, sampling_params: { ...greedy, max_new_tokens: ids.length } }),
     });
     expect((await alone.json()).output_ids).toEqual(ids);
-    expect((await fetch(`${demo.base}/health`)).status).toBe(200);
-    expect((await fetch(`${demo.base}/health_generate`)).status).toBe(200);
+    expect((await fetch(`${demo().base}/health`)).status).toBe(200);
+    expect((await fetch(`${demo().base}/health_generate`)).status).toBe(200);
   }, 300_000);
 });

@@ -3,18 +3,10 @@
 // the way it reads them, so what it would record is asserted; then the routes SGLang's tests
 // drive that need the real engine: /abort_request ending a running request, logprob_start_len
 // against a prompt's length, log_metrics and /get_server_info.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startDemoServer, type DemoServer } from './demo-server.js';
+import { describe, expect, it } from 'vitest';
+import { useDemoServer } from './demo-server.js';
 
-let demo: DemoServer;
-
-beforeAll(async () => {
-  demo = await startDemoServer();
-}, 120_000);
-
-afterAll(async () => {
-  await demo?.close();
-});
+const demo = useDemoServer();
 
 const PROMPT = 'List 3 countries and their capitals.';
 
@@ -100,16 +92,16 @@ async function asyncRequestSglangGenerate(base: string, input: BenchInput): Prom
 describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () => {
   it('completes the whole run with every request a success of the length asked for', async () => {
     // run_benchmark: the model id comes from /v1/models when --model is not given.
-    const models = (await (await fetch(`${demo.base}/v1/models`)).json()) as { data: Array<{ id: string }> };
+    const models = (await (await fetch(`${demo().base}/v1/models`)).json()) as { data: Array<{ id: string }> };
     expect(models.data[0]!.id).toBe('demo');
 
     // benchmark(): one warmup request with the first --lora-name and at most 32 tokens.
     const loraNames = ['demo-a', 'demo-b'];
-    const warmup = await asyncRequestSglangGenerate(demo.base, { prompt: PROMPT, outputLen: Math.min(40, 32), loraName: loraNames[0]!, stream: true });
+    const warmup = await asyncRequestSglangGenerate(demo().base, { prompt: PROMPT, outputLen: Math.min(40, 32), loraName: loraNames[0]!, stream: true });
     expect(warmup, warmup.error).toMatchObject({ success: true, outputLen: 32 });
 
     // --flush-cache: a bodiless POST; the benchmark does not read the answer, which must not be an error.
-    expect((await fetch(`${demo.base}/flush_cache`, { method: 'POST' })).status).toBe(200);
+    expect((await fetch(`${demo().base}/flush_cache`, { method: 'POST' })).status).toBe(200);
 
     // The run: every request at once (request rate inf), each on a random --lora-name, plus
     // requests with no adapter (no --lora-name), a --tokenize-prompt one and --disable-stream ones.
@@ -120,7 +112,7 @@ describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () =
       { prompt: PROMPT, outputLen: 10, loraName: null, stream: false },
       { prompt: PROMPT, outputLen: 4, loraName: 'demo-a', stream: false },
     ];
-    const outputs = await Promise.all(inputs.map((input) => asyncRequestSglangGenerate(demo.base, input)));
+    const outputs = await Promise.all(inputs.map((input) => asyncRequestSglangGenerate(demo().base, input)));
     outputs.forEach((out, i) => {
       expect(out.error).toBe('');
       expect(out.success).toBe(true);
@@ -131,7 +123,7 @@ describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () =
     expect(outputs[0]!.itl.length).toBeGreaterThan(0);
 
     // benchmark(): after the run it reads internal_states[0] from /get_server_info.
-    const info = await fetch(`${demo.base}/get_server_info`);
+    const info = await fetch(`${demo().base}/get_server_info`);
     expect(info.status).toBe(200);
     const json = (await info.json()) as { internal_states: Array<Record<string, unknown>> };
     expect(json.internal_states[0]!.avg_spec_accept_length ?? null).toBeNull();
@@ -141,7 +133,7 @@ describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () =
 // ---- routes SGLang's tests drive -------------------------------------------------------------
 
 const post = (path: string, body: unknown): Promise<Response> =>
-  fetch(`${demo.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  fetch(`${demo().base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
 /** The data payloads of the complete events in `buffer`, and what is left of it. */
 function takeEvents(buffer: string): { events: string[]; rest: string } {
@@ -197,19 +189,19 @@ describe('the real engine behind SGLang\'s routes', () => {
 
   it('keeps requests with log_metrics false (as /health_generate) out of the request metrics', async () => {
     const counted = async (): Promise<number> => {
-      const text = await (await fetch(`${demo.base}/metrics`)).text();
+      const text = await (await fetch(`${demo().base}/metrics`)).text();
       return text.split('\n').filter((l) => l.startsWith('troupe_adapter_requests_total{')).reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
     };
     const before = await counted();
     expect((await post('/generate', { text: PROMPT, sampling_params: { max_new_tokens: 1 }, log_metrics: false })).status).toBe(200);
-    expect((await fetch(`${demo.base}/health_generate`)).status).toBe(200);
+    expect((await fetch(`${demo().base}/health_generate`)).status).toBe(200);
     expect(await counted()).toBe(before);
     expect((await post('/generate', { text: PROMPT, sampling_params: { max_new_tokens: 1 } })).status).toBe(200);
     expect(await counted()).toBe(before + 1);
   }, 60_000);
 
   it('reports the engine\'s queues and KV cache in /get_server_info', async () => {
-    const info = (await (await fetch(`${demo.base}/get_server_info`)).json()) as Record<string, any>;
+    const info = (await (await fetch(`${demo().base}/get_server_info`)).json()) as Record<string, any>;
     expect(info).toMatchObject({ served_model_name: 'demo', max_loras_per_batch: 3, context_length: 4096, device: 'cpu', enable_lora: true });
     expect(info.lora_paths.map((l: { lora_name: string }) => l.lora_name)).toEqual(['demo-a', 'demo-b']);
     expect(info.internal_states[0]).toMatchObject({ num_running_reqs: 0, num_waiting_reqs: 0, loaded_lora_adapters: 2 });
@@ -218,27 +210,19 @@ describe('the real engine behind SGLang\'s routes', () => {
 });
 
 describe('/abort_request on a request still waiting for a batch slot', () => {
-  let small: DemoServer;
-
-  beforeAll(async () => {
-    small = await startDemoServer(['--max-running-requests', '1']);
-  }, 120_000);
-
-  afterAll(async () => {
-    await small?.close();
-  });
+  const small = useDemoServer(['--max-running-requests', '1']);
 
   it('ends it before it ran, and leaves the running one to be ended on its own', async () => {
     const send = (body: unknown): Promise<Response> =>
-      fetch(`${small.base}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      fetch(`${small().base}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     const abort = (rid: string): Promise<Response> =>
-      fetch(`${small.base}/abort_request`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ rid }) });
+      fetch(`${small().base}/abort_request`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ rid }) });
     const long = { text: PROMPT, sampling_params: { max_new_tokens: 3000, ignore_eos: true } };
     const running = send({ ...long, rid: 'running' });
     const waiting = send({ ...long, rid: 'waiting' });
     // The one batch slot is taken, so the second request queues; wait until the scheduler says so.
     for (;;) {
-      const info = (await (await fetch(`${small.base}/get_server_info`)).json()) as { internal_states: Array<{ num_running_reqs: number; num_waiting_reqs: number }> };
+      const info = (await (await fetch(`${small().base}/get_server_info`)).json()) as { internal_states: Array<{ num_running_reqs: number; num_waiting_reqs: number }> };
       const state = info.internal_states[0]!;
       if (state.num_running_reqs === 1 && state.num_waiting_reqs === 1) break;
       await new Promise((r) => setTimeout(r, 50));
