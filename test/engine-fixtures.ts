@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ADDON_RELATIVE_PATH, loadNative } from '../src/engine/native.js';
 import { packageRoot } from '../src/paths.js';
-import { LORA_MODULES, type EngineOptions, type NativeAddon, type StepBatch, type StepResult } from '../src/engine/types.js';
+import { LORA_MODULES, type EngineOptions, type NativeAddon, type SampleParams, type StepBatch, type StepResult } from '../src/engine/types.js';
 import { openCheckpoint, type Checkpoint } from '../src/model/checkpoint.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 
@@ -66,21 +66,12 @@ export function loadSlot(handle: number, slot: number, adapterDir: string, ckpt:
 export { openCheckpoint };
 
 /** One sequence's part of a step: the tokens it runs now after `cached` tokens already in its blocks. */
-export interface SeqStep {
+export interface SeqStep extends Omit<SampleParams, 'penaltyTokens' | 'promptLen'> {
   tokens: number[];
   cached: number;
   blocks: number[];
   slot?: number;
   sample?: boolean;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  seed?: number;
-  draws?: number;
-  frequencyPenalty?: number;
-  presencePenalty?: number;
-  repetitionPenalty?: number;
   /** Tokens the penalties look at: the first penaltyPromptLen are the prompt, the rest generated. */
   penaltyTokens?: number[];
   penaltyPromptLen?: number;
