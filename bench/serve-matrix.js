@@ -52,6 +52,7 @@ const OPTIONS = {
   'capacity-bisections': ['string', '4', 'bisection probes after the bracketing ones'],
   'results-dir': ['string', 'bench/results', 'where result files go'],
   note: ['string', undefined, 'free text kept in every result (what the model is)'],
+  'per-request': ['boolean', false, 'keep every request (adapter, lengths, TTFT, e2e) in each result'],
   tag: ['string', undefined, 'device tag in file names (default: from nvidia-smi, e.g. h200, or cpu)'],
   force: ['boolean', false, 'run again even when a result file exists'],
   help: ['boolean', false, 'this text'],
@@ -122,6 +123,7 @@ function main() {
     if (run.maxLoaded !== undefined) args.push('--max-loaded-loras', String(run.maxLoaded));
     if (run.overlap) args.push('--enable-lora-overlap-loading');
     if (v.note) args.push('--note', v.note);
+    if (v['per-request']) args.push('--per-request');
     if (v.capacity) {
       args.push('--capacity', '--probe-duration', v['probe-duration'], '--probe-drain-timeout', v['probe-drain-timeout'],
         '--capacity-start', v['capacity-start'] ?? String(Number(v.rate) / 2), '--capacity-bisections', v['capacity-bisections']);
