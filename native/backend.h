@@ -34,6 +34,12 @@ struct ModelConfig {
   RopeScaling ropeScaling;
   int maxPositionEmbeddings = 0;
   bool tieWordEmbeddings = false;
+  // What sets a family apart from Llama (src/model/families.ts): biases on q/k/v (Qwen2), an
+  // RMSNorm over each q and k head before RoPE (Qwen3), and a sliding window: a position attends
+  // to at most this many positions, itself included (Mistral; 0 is unlimited).
+  bool qkvBias = false;
+  bool qkNorm = false;
+  int slidingWindow = 0;
 };
 
 struct TensorRef {

@@ -145,12 +145,22 @@ void CpuBackend::layer(int index, float* hidden, int tokens, const std::vector<T
   lora_.apply(index, kQ, xn.data(), h, q.data(), qDim, groups, threads_);
   lora_.apply(index, kK, xn.data(), h, k.data(), kvDim, groups, threads_);
   lora_.apply(index, kV, xn.data(), h, v.data(), kvDim, groups, threads_);
+  if (config_.qkvBias) {
+    addBias(q.data(), w.qBias.data(), tokens, qDim);
+    addBias(k.data(), w.kBias.data(), tokens, kvDim);
+    addBias(v.data(), w.vBias.data(), tokens, kvDim);
+  }
+  if (config_.qkNorm) {
+    // Every head of every token is one row of headDim values (rmsnorm may work in place).
+    rmsnorm(q.data(), w.qNorm.data(), q.data(), tokens * config_.numHeads, config_.headDim, eps, threads_);
+    rmsnorm(k.data(), w.kNorm.data(), k.data(), tokens * config_.numKvHeads, config_.headDim, eps, threads_);
+  }
   for (int t = 0; t < tokens; ++t) {
     rope_.apply(q.data() + t * qDim, config_.numHeads, cos[t].data(), sin[t].data());
     rope_.apply(k.data() + t * kvDim, config_.numKvHeads, cos[t].data(), sin[t].data());
   }
   writeKv(cache_, index, k.data(), v.data(), kvDim, places);
-  pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, threads_);
+  pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, config_.slidingWindow, threads_);
   gemm(w.o, attn.data(), tokens, qDim, proj.data(), h, threads_);
   lora_.apply(index, kO, attn.data(), qDim, proj.data(), h, groups, threads_);
   // Row-parallel: each rank's product covers its heads only. Its LoRA shrink saw those heads'

@@ -1,5 +1,6 @@
-// The CPU backend: the Llama forward over a mixed batch of prefill chunks and decodes, with
-// per-token LoRA from the pool and sampling of each sequence's last position. As one rank of a
+// The CPU backend: the decoder forward (Llama's, with the family flags of ModelConfig) over a
+// mixed batch of prefill chunks and decodes, with per-token LoRA from the pool and sampling of
+// each sequence's last position. As one rank of a
 // tensor-parallel group it holds its heads, MLP features and vocabulary rows, and sums or
 // gathers with the other ranks through CommGroup (rank 0 samples).
 #pragma once

@@ -111,6 +111,9 @@ ModelConfig parseConfig(const Napi::Value& v) {
   c.ropeTheta = number(o, "ropeTheta", w);
   c.maxPositionEmbeddings = integer(o, "maxPositionEmbeddings", w, 1);
   c.tieWordEmbeddings = boolean(o, "tieWordEmbeddings", w);
+  c.qkvBias = boolean(o, "qkvBias", w);
+  c.qkNorm = boolean(o, "qkNorm", w);
+  c.slidingWindow = integer(o, "slidingWindow", w, 0);
   if (c.numHeads % c.numKvHeads != 0) {
     throw std::invalid_argument(w + ": numHeads " + std::to_string(c.numHeads) + " is not a multiple of numKvHeads " +
                                 std::to_string(c.numKvHeads));

@@ -77,6 +77,15 @@ ModelWeights loadWeights(const ModelConfig& c, const std::vector<TensorRef>& ten
     l.q = loadMatrix(r, p + "self_attn.q_proj.weight", qDim, h);
     l.k = loadMatrix(r, p + "self_attn.k_proj.weight", kvDim, h);
     l.v = loadMatrix(r, p + "self_attn.v_proj.weight", kvDim, h);
+    if (c.qkvBias) {
+      l.qBias = loadVector(r, p + "self_attn.q_proj.bias", qDim);
+      l.kBias = loadVector(r, p + "self_attn.k_proj.bias", kvDim);
+      l.vBias = loadVector(r, p + "self_attn.v_proj.bias", kvDim);
+    }
+    if (c.qkNorm) {
+      l.qNorm = loadVector(r, p + "self_attn.q_norm.weight", c.headDim);
+      l.kNorm = loadVector(r, p + "self_attn.k_norm.weight", c.headDim);
+    }
     l.o = loadMatrix(r, p + "self_attn.o_proj.weight", h, qDim);
     l.gate = loadMatrix(r, p + "mlp.gate_proj.weight", inter, h);
     l.up = loadMatrix(r, p + "mlp.up_proj.weight", inter, h);

@@ -12,6 +12,8 @@ namespace troupe {
 struct LayerWeights {
   std::vector<float> inputNorm, postNorm;
   Matrix q, k, v, o, gate, up, down;
+  std::vector<float> qBias, kBias, vBias;  // empty without config.qkvBias
+  std::vector<float> qNorm, kNorm;         // headDim each; empty without config.qkNorm
 };
 
 struct ModelWeights {
@@ -24,7 +26,7 @@ struct ModelWeights {
   const Matrix& head() const { return tied ? embed : lmHead; }
 };
 
-// Loads every tensor of a Llama checkpoint (a tensor-parallel rank's part: config has its
+// Loads every tensor of a checkpoint (a tensor-parallel rank's part: config has its
 // heads and features, the embedding and lm_head have vocabRows rows); throws
 // std::invalid_argument naming a missing or mis-shaped tensor, std::runtime_error naming the
 // file when a read fails.

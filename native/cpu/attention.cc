@@ -36,7 +36,7 @@ void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t l
 }
 
 void pagedAttention(const KvCache& cache, int layer, const float* q, size_t ldq, float* out, size_t ldo,
-                    const std::vector<TokenPlace>& places, int numHeads, int threads) {
+                    const std::vector<TokenPlace>& places, int numHeads, int window, int threads) {
   const int bs = cache.blockSize;
   const int hd = cache.headDim;
   const int group = numHeads / cache.kvHeads;
@@ -54,22 +54,24 @@ void pagedAttention(const KvCache& cache, int layer, const float* q, size_t ldq,
       for (int h = 0; h < numHeads; ++h) {
         const TokenPlace& place = places[t];
         const int ctx = place.position + 1;
+        // transformers' sliding mask: key j is visible from position p when p - window < j <= p.
+        const int first = window > 0 ? std::max(0, ctx - window) : 0;
         const int kvh = h / group;
         const float* qh = q + t * ldq + static_cast<size_t>(h) * hd;
         float maxScore = -INFINITY;
-        for (int j = 0; j < ctx; ++j) {
+        for (int j = first; j < ctx; ++j) {
           const size_t off = cache.offset(layer, place.blockTable[j / bs], kvh, j % bs);
           const float s = simd::dot(&cache.k[off], qh, hd) * scale;
           scores[j] = s;
           maxScore = std::max(maxScore, s);
         }
         double sum = 0;
-        for (int j = 0; j < ctx; ++j) {
+        for (int j = first; j < ctx; ++j) {
           scores[j] = std::exp(scores[j] - maxScore);
           sum += scores[j];
         }
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int j = 0; j < ctx; ++j) {
+        for (int j = first; j < ctx; ++j) {
           const size_t off = cache.offset(layer, place.blockTable[j / bs], kvh, j % bs);
           const float* vj = &cache.v[off];
           const double p = scores[j];

@@ -1,4 +1,4 @@
-// Elementwise and per-token kernels of the Llama forward on the CPU.
+// Elementwise and per-token kernels of the decoder forward on the CPU.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +11,9 @@ namespace troupe {
 
 // y = w * (x / sqrt(mean(x^2) + eps)) for each of m rows of h floats, as transformers' LlamaRMSNorm.
 void rmsnorm(const float* x, const float* w, float* y, int m, int h, float eps, int threads);
+
+// x[t][i] += b[i] for each of m rows of n floats.
+void addBias(float* x, const float* b, int m, int n);
 
 // out[i] = silu(gate[i]) * up[i]; gate and up are m rows of n with row strides ldg and ldu.
 void siluAndMul(const float* gate, size_t ldg, const float* up, size_t ldu, float* out, int m, int n, int threads);
@@ -52,9 +55,10 @@ struct TokenPlace {
 // Stores the step's k and v (rows of kvHeads * headDim) into the cache at each token's place.
 void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t ld, const std::vector<TokenPlace>& places);
 
-// Causal attention of each token over positions [0, position] of its sequence, read from the
-// cache; q and out are rows of numHeads * headDim. Grouped-query: head h reads kv head h / (numHeads / kvHeads).
+// Causal attention of each token over positions [0, position] of its sequence, or with a sliding
+// window > 0 over the last `window` of them, read from the cache; q and out are rows of
+// numHeads * headDim. Grouped-query: head h reads kv head h / (numHeads / kvHeads).
 void pagedAttention(const KvCache& cache, int layer, const float* q, size_t ldq, float* out, size_t ldo,
-                    const std::vector<TokenPlace>& places, int numHeads, int threads);
+                    const std::vector<TokenPlace>& places, int numHeads, int window, int threads);
 
 }  // namespace troupe

@@ -18,6 +18,13 @@ void rmsnorm(const float* x, const float* w, float* y, int m, int h, float eps, 
   }
 }
 
+void addBias(float* x, const float* b, int m, int n) {
+  for (int t = 0; t < m; ++t) {
+    float* row = x + static_cast<size_t>(t) * n;
+    for (int i = 0; i < n; ++i) row[i] += b[i];
+  }
+}
+
 void siluAndMul(const float* gate, size_t ldg, const float* up, size_t ldu, float* out, int m, int n, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && m > 8)
   for (int t = 0; t < m; ++t) {

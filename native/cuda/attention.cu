@@ -57,8 +57,10 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(const bf16_t* q, const 
     for (int d = 0; d < DL; ++d) qr[j][d] = tmp[d] * scale;
   }
   const int ctx = map.positions[t] + 1;
-  const int len = (ctx + splits - 1) / splits;
-  const int begin = s * len;
+  // The visible keys [lo, ctx): the whole prefix, or its last a.window positions.
+  const int lo = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int len = (ctx - lo + splits - 1) / splits;
+  const int begin = lo + s * len;
   const int end = min(ctx, begin + len);
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
 
@@ -185,13 +187,20 @@ void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* id
 using Launcher = void (*)(const bf16_t*, const bf16_t*, const bf16_t*, const int32_t*, int, const TokenMap&,
                           const AttnShape&, int, float, float*, float*, cudaStream_t);
 
+// Groups of 5 to 8 query heads per KV head (Qwen2.5's 6 and 7 among them) hold G * headDim / 8
+// query and accumulator values per lane, too many registers at head_dim 256.
 template <int D>
 Launcher pickG(int group) {
+  constexpr bool wide = D <= 128;
   switch (group) {
     case 1: return launch<D, 1>;
     case 2: return launch<D, 2>;
+    case 3: return launch<D, 3>;
     case 4: return launch<D, 4>;
-    case 8: return D <= 128 ? launch<D, (D <= 128 ? 8 : 4)> : nullptr;
+    case 5: return wide ? launch<D, (wide ? 5 : 1)> : nullptr;
+    case 6: return wide ? launch<D, (wide ? 6 : 1)> : nullptr;
+    case 7: return wide ? launch<D, (wide ? 7 : 1)> : nullptr;
+    case 8: return wide ? launch<D, (wide ? 8 : 1)> : nullptr;
     default: return nullptr;
   }
 }

@@ -1,4 +1,4 @@
-// The CUDA backend: the Llama forward of native/engine.cc on one GPU. The residual stream stays
+// The CUDA backend: the decoder forward of native/engine.cc on one GPU. The residual stream stays
 // in f32 (cuBLAS adds each layer's o_proj and down_proj output into it), GEMM inputs are bf16.
 // Multi-token sequences attend through two batched GEMMs and a masked softmax; single tokens
 // (decodes) through the paged decode kernel. Decode-only steps of up to cudaGraphMaxBs sequences
@@ -152,8 +152,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
   headsPerKv_ = c.numHeads / c.numKvHeads;
   if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
-    throw std::invalid_argument("the CUDA backend supports head_dim 32, 64, 128 or 256 and 1, 2, 4 or 8 query heads per "
-                                "KV head (8 only up to head_dim 128); this model has head_dim " +
+    throw std::invalid_argument("the CUDA backend supports head_dim 32, 64, 128 or 256 and 1 to 8 query heads per "
+                                "KV head (at most 4 at head_dim 256); this model has head_dim " +
                                 std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
@@ -166,7 +166,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
-  shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize};
+  shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
 
   const Rope rope(c);
   invFreq_.ensure(rope.invFreq().size());
@@ -436,6 +436,9 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     project(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), false);
     const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
     applyLora(l, {kQ, kK, kV}, qkvOffsets, xn_.get(), h, qkv_.get(), qDim_ + 2 * kvDim_);
+    // Qwen2's biases and Qwen3's per-head norms, after the LoRA deltas as PEFT adds them to the
+    // projection's output; nothing for Llama and Mistral.
+    cuda::qkvBiasNorm(qkv_.get(), L.qkvBias, L.qNorm, L.kNorm, T, shape_, eps, stream_);
     timer_.mark("rope", stream_);
     cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
                  vCache_ + l * layerStride_, stream_);
@@ -551,7 +554,7 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
       gemm_->batched(true, false, keys, rows, D, scale, kGather_.get(), D, static_cast<long long>(ctx) * D,
                      q_.get() + static_cast<size_t>(t0 + ts) * G * D, D, static_cast<long long>(p.T) * G * D, 0,
                      scores_.get(), ElemType::F32, keys, static_cast<long long>(rows) * keys, KVH);
-      cuda::causalSoftmax(scores_.get(), probs_.get(), KVH, tn, G, keys, firstPos + ts, stream_);
+      cuda::causalSoftmax(scores_.get(), probs_.get(), KVH, tn, G, keys, firstPos + ts, shape_.window, stream_);
       gemm_->batched(false, false, D, rows, keys, 1, vGather_.get(), D, static_cast<long long>(ctx) * D,
                      probs_.get(), keys, static_cast<long long>(rows) * keys, 0, heads_.get(), ElemType::BF16, D,
                      static_cast<long long>(rows) * D, KVH);

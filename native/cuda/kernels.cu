@@ -1,5 +1,6 @@
-// Elementwise and per-token kernels of the CUDA backend: conversion, embedding, RMSNorm, RoPE
-// with the KV write, SiLU-and-mul, and the pieces of the GEMM-based prefill attention.
+// Elementwise and per-token kernels of the CUDA backend: conversion, embedding, RMSNorm, the q/k/v
+// bias and per-head norm, RoPE with the KV write, SiLU-and-mul, and the pieces of the GEMM-based
+// prefill attention.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -81,6 +82,29 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
   for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
 }
 
+// One block per token; the bias first (every thread over the row), then one warp per head.
+__global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qNorm, const float* kNorm, AttnShape a,
+                                  float eps) {
+  const int D = a.headDim, width = (a.heads + 2 * a.kvHeads) * D;
+  float* row = qkv + static_cast<size_t>(blockIdx.x) * width;
+  if (bias) {
+    for (int e = threadIdx.x; e < width; e += blockDim.x) row[e] += bias[e];
+    __syncthreads();
+  }
+  if (!qNorm) return;
+  const int lane = threadIdx.x & 31, warps = blockDim.x / 32;
+  for (int head = threadIdx.x / 32; head < a.heads + a.kvHeads; head += warps) {
+    float* v = row + static_cast<size_t>(head) * D;  // k heads follow the q heads in the row
+    const float* w = head < a.heads ? qNorm : kNorm;
+    float ss = 0;
+    for (int i = lane; i < D; i += 32) ss += v[i] * v[i];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float scale = 1.0f / sqrtf(ss / D + eps);
+    for (int i = lane; i < D; i += 32) v[i] = w[i] * (v[i] * scale);
+  }
+}
+
 __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
                              bf16_t* kCache, bf16_t* vCache) {
   const int t = blockIdx.x;
@@ -135,29 +159,32 @@ __global__ void gatherKvKernel(const bf16_t* kCache, const bf16_t* vCache, Token
 
 constexpr int kSoftmaxThreads = 256;
 
-__global__ void causalSoftmaxKernel(const float* scores, bf16_t* probs, int tokens, int group, int keys, int firstPos) {
+__global__ void causalSoftmaxKernel(const float* scores, bf16_t* probs, int tokens, int group, int keys, int firstPos,
+                                    int window) {
   const int r = blockIdx.x, kh = blockIdx.y;
   const size_t base = (static_cast<size_t>(kh) * tokens * group + r) * keys;
   const float* s = scores + base;
   bf16_t* p = probs + base;
+  // Keys [first, valid) are visible: the causal prefix, cut to the window.
   const int valid = firstPos + r / group + 1;
+  const int first = window > 0 ? max(0, valid - window) : 0;
   using Reduce = cub::BlockReduce<float, kSoftmaxThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float shared;
   float m = -INFINITY;
-  for (int k = threadIdx.x; k < valid; k += blockDim.x) m = fmaxf(m, s[k]);
+  for (int k = first + threadIdx.x; k < valid; k += blockDim.x) m = fmaxf(m, s[k]);
   m = Reduce(tmp).Reduce(m, MaxOp());
   if (threadIdx.x == 0) shared = m;
   __syncthreads();
   m = shared;
   float sum = 0;
-  for (int k = threadIdx.x; k < valid; k += blockDim.x) sum += __expf(s[k] - m);
+  for (int k = first + threadIdx.x; k < valid; k += blockDim.x) sum += __expf(s[k] - m);
   __syncthreads();
   sum = Reduce(tmp).Sum(sum);
   if (threadIdx.x == 0) shared = 1.0f / sum;
   __syncthreads();
   const float inv = shared;
-  for (int k = threadIdx.x; k < keys; k += blockDim.x) p[k] = toB(k < valid ? __expf(s[k] - m) * inv : 0.0f);
+  for (int k = threadIdx.x; k < keys; k += blockDim.x) p[k] = toB(k >= first && k < valid ? __expf(s[k] - m) * inv : 0.0f);
 }
 
 __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int firstToken, AttnShape a) {
@@ -204,6 +231,12 @@ void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int
   rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
 }
 
+void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float* kNorm, int T, const AttnShape& a,
+                 float eps, cudaStream_t s) {
+  if (T == 0 || (!bias && !qNorm)) return;
+  qkvBiasNormKernel<<<T, 256, 0, s>>>(qkv, bias, qNorm, kNorm, a, eps);
+}
+
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s) {
   ropeKvKernel<<<map.tokens, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
@@ -216,9 +249,9 @@ void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, i
 }
 
 void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, int group, int keys, int firstPos,
-                   cudaStream_t s) {
+                   int window, cudaStream_t s) {
   causalSoftmaxKernel<<<dim3(tokens * group, kvHeads), kSoftmaxThreads, 0, s>>>(scores, probs, tokens, group, keys,
-                                                                                firstPos);
+                                                                                firstPos, window);
 }
 
 void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s) {

@@ -24,8 +24,10 @@ struct TokenMap {
   int tokens;
 };
 
+// window > 0: a position attends to at most the last `window` positions, itself included
+// (transformers' sliding mask); 0 attends to the whole prefix.
 struct AttnShape {
-  int heads, kvHeads, headDim, blockSize;
+  int heads, kvHeads, headDim, blockSize, window;
 };
 
 // src holds n values of dtype (0 = F32, 1 = F16, 2 = BF16).
@@ -44,6 +46,12 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
 // y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m.
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s);
 
+// The family-specific steps between the q/k/v projection and RoPE, in place on qkv (f32 rows
+// [q | k | v], T rows): adds bias ([q | k | v], Qwen2) when given, then RMSNorm over each q head
+// with qNorm and each k head with kNorm (headDim weights each, Qwen3) when given.
+void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float* kNorm, int T, const AttnShape& a,
+                 float eps, cudaStream_t s);
+
 // Rotates q and k of qkv (f32 rows [q | k | v]) by each token's position, writes q (bf16, layout above)
 // and stores k and v into the layer's cache.
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
@@ -60,9 +68,10 @@ void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
               bf16_t* kOut, bf16_t* vOut, cudaStream_t s);
 // scores: [kvHead][rows][keys] with rows = tokens * group, already scaled; row (t, j) sees keys
-// [0, firstPos + t]. Writes the softmax to probs (bf16, zero where masked).
+// [0, firstPos + t], or with window > 0 the last `window` of them. Writes the softmax to probs
+// (bf16, zero where masked).
 void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, int group, int keys, int firstPos,
-                   cudaStream_t s);
+                   int window, cudaStream_t s);
 // o: [kvHead][tokens * group][headDim] -> out rows [firstToken + t][head][headDim].
 void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s);
 

@@ -79,9 +79,9 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     const int64_t qDim = static_cast<int64_t>(c.numHeads) * c.headDim;
     const int64_t kvDim = static_cast<int64_t>(c.numKvHeads) * c.headDim;
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };
-    auto vec = [&](const std::string& name) {
-      float* p = static_cast<float*>(alloc(h * 4));
-      r.load(name, {h}, p, false);
+    auto vec = [&](const std::string& name, int64_t n) {
+      float* p = static_cast<float*>(alloc(n * 4));
+      r.load(name, {n}, p, false);
       return p;
     };
     // vocabPart rows, the ones past this rank's vocabRows zero, so every rank's lm_head output
@@ -94,17 +94,27 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     };
     embed = vocabMatrix("model.embed_tokens.weight");
     head = c.tieWordEmbeddings ? embed : vocabMatrix("lm_head.weight");
-    finalNorm = vec("model.norm.weight");
+    finalNorm = vec("model.norm.weight", h);
     layers.resize(c.numLayers);
     for (int i = 0; i < c.numLayers; ++i) {
       const std::string p = "model.layers." + std::to_string(i) + ".";
       GpuLayer& l = layers[i];
-      l.inputNorm = vec(p + "input_layernorm.weight");
-      l.postNorm = vec(p + "post_attention_layernorm.weight");
+      l.inputNorm = vec(p + "input_layernorm.weight", h);
+      l.postNorm = vec(p + "post_attention_layernorm.weight", h);
       l.qkv = matrix(qDim + 2 * kvDim, h);
       r.load(p + "self_attn.q_proj.weight", {qDim, h}, l.qkv, true);
       r.load(p + "self_attn.k_proj.weight", {kvDim, h}, l.qkv + qDim * h, true);
       r.load(p + "self_attn.v_proj.weight", {kvDim, h}, l.qkv + (qDim + kvDim) * h, true);
+      if (c.qkvBias) {
+        l.qkvBias = static_cast<float*>(alloc((qDim + 2 * kvDim) * 4));
+        r.load(p + "self_attn.q_proj.bias", {qDim}, l.qkvBias, false);
+        r.load(p + "self_attn.k_proj.bias", {kvDim}, l.qkvBias + qDim, false);
+        r.load(p + "self_attn.v_proj.bias", {kvDim}, l.qkvBias + qDim + kvDim, false);
+      }
+      if (c.qkNorm) {
+        l.qNorm = vec(p + "self_attn.q_norm.weight", c.headDim);
+        l.kNorm = vec(p + "self_attn.k_norm.weight", c.headDim);
+      }
       l.o = matrix(h, qDim);
       r.load(p + "self_attn.o_proj.weight", {h, qDim}, l.o, true);
       l.gateUp = matrix(2 * inter, h);

@@ -1,5 +1,5 @@
 // The base model's weights on the GPU: matrices in bf16 (q/k/v and gate/up fused into one
-// matrix each, so a layer runs four GEMMs), norm weights in f32.
+// matrix each, so a layer runs four GEMMs), norm weights and biases in f32.
 #pragma once
 
 #include <vector>
@@ -17,6 +17,9 @@ struct GpuLayer {
   bf16_t* o = nullptr;       // [hidden][qDim]
   bf16_t* gateUp = nullptr;  // [2 inter][hidden]
   bf16_t* down = nullptr;    // [hidden][inter]
+  float* qkvBias = nullptr;  // [qDim + 2 kvDim] with config.qkvBias
+  float* qNorm = nullptr;    // [headDim] each, with config.qkNorm
+  float* kNorm = nullptr;
 };
 
 class GpuWeights {

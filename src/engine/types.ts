@@ -16,8 +16,12 @@ export interface RopeScaling {
   originalMaxPositionEmbeddings: number;
 }
 
+/** The decoder families troupe serves (config.json's model_type); src/model/families.ts says how they differ. */
+export type ModelFamily = 'llama' | 'mistral' | 'qwen2' | 'qwen3';
+
 /** What the engine needs of config.json, in the names the native code uses. */
 export interface ModelConfig {
+  family: ModelFamily;
   architecture: string; // e.g. LlamaForCausalLM
   hiddenSize: number;
   intermediateSize: number;
@@ -31,6 +35,12 @@ export interface ModelConfig {
   ropeScaling: RopeScaling | null;
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;
+  /** q_proj, k_proj and v_proj carry biases (Qwen2). */
+  qkvBias: boolean;
+  /** RMSNorm over each head of q and k, before RoPE (Qwen3). */
+  qkNorm: boolean;
+  /** Each position attends to at most this many positions, itself included (Mistral); 0 is unlimited. */
+  slidingWindow: number;
   bosTokenId: number | null;
   eosTokenIds: number[];
   torchDtype: DType;

@@ -1,4 +1,4 @@
-// Opens a Hugging Face Llama checkpoint directory: config.json, one model.safetensors or the
+// Opens a Hugging Face checkpoint directory of a supported family: config.json, one model.safetensors or the
 // shards listed by model.safetensors.index.json, and the tokenizer files. Every tensor the
 // engine needs is checked for presence, shape and dtype up front, so a broken checkpoint
 // fails here with the file and tensor named rather than inside the native code.
@@ -20,8 +20,8 @@ export interface Checkpoint {
 
 const FLOAT_DTYPES: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16']);
 
-/** Every tensor of a Llama checkpoint with its [rows, cols] (or [n]) shape, in Hugging Face order. */
-export function llamaTensorShapes(c: ModelConfig): Array<[string, number[]]> {
+/** Every tensor of a checkpoint with its [rows, cols] (or [n]) shape, in Hugging Face order. */
+export function tensorShapes(c: ModelConfig): Array<[string, number[]]> {
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
   const out: Array<[string, number[]]> = [['model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]]];
@@ -32,6 +32,10 @@ export function llamaTensorShapes(c: ModelConfig): Array<[string, number[]]> {
       [`${p}self_attn.q_proj.weight`, [q, c.hiddenSize]],
       [`${p}self_attn.k_proj.weight`, [kv, c.hiddenSize]],
       [`${p}self_attn.v_proj.weight`, [kv, c.hiddenSize]],
+    );
+    if (c.qkvBias) out.push([`${p}self_attn.q_proj.bias`, [q]], [`${p}self_attn.k_proj.bias`, [kv]], [`${p}self_attn.v_proj.bias`, [kv]]);
+    if (c.qkNorm) out.push([`${p}self_attn.q_norm.weight`, [c.headDim]], [`${p}self_attn.k_norm.weight`, [c.headDim]]);
+    out.push(
       [`${p}self_attn.o_proj.weight`, [c.hiddenSize, q]],
       [`${p}post_attention_layernorm.weight`, [c.hiddenSize]],
       [`${p}mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]],
@@ -57,7 +61,7 @@ export function openCheckpoint(dir: string): Checkpoint {
 
   const entries = readTensorEntries(root);
   const tensors: TensorRef[] = [];
-  for (const [name, shape] of llamaTensorShapes(config)) {
+  for (const [name, shape] of tensorShapes(config)) {
     const e = entries.get(name);
     if (e === undefined) throw badRequest(`${root}: tensor "${name}" is missing from the checkpoint`);
     if (!FLOAT_DTYPES.has(e.dtype)) {
@@ -73,7 +77,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     if (expected.has(name) || IGNORED.test(name)) continue;
     // Tied checkpoints sometimes still carry a copy of lm_head; the embedding is used instead.
     if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
-    throw badRequest(`${e.file}: unexpected ${tensorLabel(name)} (not part of a ${config.numLayers}-layer Llama model without biases)`);
+    throw badRequest(`${e.file}: unexpected ${tensorLabel(name)} (not part of a ${config.numLayers}-layer ${config.family} model${config.qkvBias ? '' : ' without biases'})`);
   }
 
   const tokenizerJson = join(root, 'tokenizer.json');

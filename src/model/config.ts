@@ -1,10 +1,12 @@
-// Validates a Hugging Face config.json for the Llama architecture and maps it onto the
-// engine's ModelConfig. Anything the native code would silently get wrong (biases, other
-// activations, unsupported rope scaling) is refused here with the file and field named; string
-// values are described, not quoted (see json-text.ts).
+// Validates a Hugging Face config.json of a supported decoder family (families.ts says which and
+// how they differ) and maps it onto the engine's ModelConfig. Anything the native code would
+// silently get wrong (other activations, unsupported rope scaling, experts, a window on some
+// layers only) is refused here with the file and field named; string values are described, not
+// quoted (see json-text.ts), except identifiers such as model_type.
 import type { DType, ModelConfig, RopeScaling } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { describeValue } from './json-text.js';
+import { resolveFamily, slidingWindowOf } from './families.js';
+import { describeValue, quoteIdentifier } from './json-text.js';
 
 const DTYPES: Record<string, DType> = { bfloat16: 'BF16', float16: 'F16', float32: 'F32' };
 /** For a field that must be one given string: what it holds instead, without quoting it. */
@@ -23,8 +25,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) fail(field, `must be a positive integer, got ${describeValue(v)}`);
     return v as number;
   };
-  const posNum = (field: string, dflt?: number): number => {
-    const v = c[field];
+  const posNum = (field: string, dflt?: number, v: unknown = c[field]): number => {
     if ((v === undefined || v === null) && dflt !== undefined) return dflt;
     if (v === undefined || v === null) fail(field, 'missing');
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(field, `must be a positive number, got ${describeValue(v)}`);
@@ -35,20 +36,10 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     return v as number;
   };
 
-  const archs = c.architectures;
-  if (archs !== undefined && archs !== null) {
-    if (!Array.isArray(archs) || !archs.every((a) => typeof a === 'string')) fail('architectures', 'must be a list of strings');
-    if (!(archs as string[]).includes('LlamaForCausalLM')) {
-      fail('architectures', 'does not list LlamaForCausalLM, the only architecture supported');
-    }
-  } else if (c.model_type !== 'llama') {
-    fail('architectures', c.model_type === undefined ? 'missing, and so is model_type' : `missing, and model_type is not "llama" (it is ${other(c.model_type)})`);
-  }
-  if (c.model_type !== undefined && c.model_type !== 'llama') fail('model_type', `only "llama" is supported, got ${other(c.model_type)}`);
+  const flags = resolveFamily(c, fail);
   if (c.hidden_act !== undefined && c.hidden_act !== 'silu') fail('hidden_act', `only "silu" is supported, got ${other(c.hidden_act)}`);
-  // The native code loads no bias tensors, so a model with them would run wrong.
-  if (c.attention_bias === true) fail('attention_bias', 'true is not supported (no attention biases)');
-  if (c.mlp_bias === true) fail('mlp_bias', 'true is not supported (no MLP biases)');
+  const rotary = c.partial_rotary_factor;
+  if (rotary !== undefined && rotary !== null && rotary !== 1) fail('partial_rotary_factor', `${describeValue(rotary)} is not supported; only 1 (RoPE on the whole head) is`);
   if (c.pretraining_tp !== undefined && c.pretraining_tp !== null && c.pretraining_tp !== 1) {
     fail('pretraining_tp', `${describeValue(c.pretraining_tp)} is not supported; only 1 is`);
   }
@@ -69,8 +60,9 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   if (headDim % 2 !== 0) fail('head_dim', `${headDim} must be even for rotary embeddings`);
   const vocabSize = posInt('vocab_size');
   const rmsNormEps = posNum('rms_norm_eps');
-  // transformers' LlamaConfig default; some Llama 2 era configs leave it out.
-  const ropeTheta = posNum('rope_theta', 10000);
+  const rope = ropeFields(c, fail);
+  // transformers' default for every family; some Llama 2 era configs leave it out.
+  const ropeTheta = posNum(rope.thetaField, 10000, rope.theta);
   const maxPositionEmbeddings = posInt('max_position_embeddings');
 
   const tie = c.tie_word_embeddings;
@@ -95,7 +87,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   }
 
   return {
-    architecture: 'LlamaForCausalLM',
+    ...flags,
     hiddenSize,
     intermediateSize,
     numLayers,
@@ -105,28 +97,54 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     vocabSize,
     rmsNormEps,
     ropeTheta,
-    ropeScaling: parseRopeScaling(c.rope_scaling, fail),
+    ropeScaling: parseRopeScaling(rope.scaling, rope.scalingField, fail),
     maxPositionEmbeddings,
     tieWordEmbeddings,
+    slidingWindow: slidingWindowOf(c, flags.family, numLayers, fail),
     bosTokenId,
     eosTokenIds,
     torchDtype,
   };
 }
 
-function parseRopeScaling(raw: unknown, fail: (field: string, detail: string) => never): RopeScaling | null {
+interface RopeFields {
+  theta: unknown;
+  thetaField: string;
+  scaling: unknown;
+  scalingField: string;
+}
+
+/**
+ * Where the rope settings are: rope_theta and rope_scaling, or transformers 5's rope_parameters
+ * (the theta and the scaling in one object) when those are absent.
+ */
+function ropeFields(c: Record<string, unknown>, fail: (field: string, detail: string) => never): RopeFields {
+  const params = c.rope_parameters;
+  let fields: RopeFields = { theta: c.rope_theta, thetaField: 'rope_theta', scaling: c.rope_scaling, scalingField: 'rope_scaling' };
+  if (params === undefined || params === null) return fields;
+  if (typeof params !== 'object' || Array.isArray(params)) fail('rope_parameters', 'must be an object or null');
+  const p = params as Record<string, unknown>;
+  if (p.rope_type === undefined && p.type === undefined && p.rope_theta === undefined) {
+    fail('rope_parameters', 'per-layer-type rope parameters are not supported');
+  }
+  if (fields.theta === undefined || fields.theta === null) fields = { ...fields, theta: p.rope_theta, thetaField: 'rope_parameters.rope_theta' };
+  if (fields.scaling === undefined || fields.scaling === null) fields = { ...fields, scaling: p, scalingField: 'rope_parameters' };
+  return fields;
+}
+
+function parseRopeScaling(raw: unknown, field: string, fail: (field: string, detail: string) => never): RopeScaling | null {
   if (raw === undefined || raw === null) return null;
-  if (typeof raw !== 'object' || Array.isArray(raw)) fail('rope_scaling', 'must be an object or null');
+  if (typeof raw !== 'object' || Array.isArray(raw)) fail(field, 'must be an object or null');
   const r = raw as Record<string, unknown>;
   const kind = r.rope_type ?? r.type;
-  if (kind === 'default') return null;
+  if (kind === 'default' || (kind === undefined && field === 'rope_parameters')) return null;
   if (kind !== 'llama3') {
-    fail('rope_scaling.rope_type', `only "llama3" (or no rope_scaling) is supported, got ${other(kind)}`);
+    fail(`${field}.rope_type`, `${quoteIdentifier(kind)} is not supported; only "llama3" (or no rope scaling) is`);
   }
   const num = (key: string): number => {
     const v = r[key];
-    if (v === undefined || v === null) fail(`rope_scaling.${key}`, 'missing');
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`rope_scaling.${key}`, `must be a positive number, got ${describeValue(v)}`);
+    if (v === undefined || v === null) fail(`${field}.${key}`, 'missing');
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${field}.${key}`, `must be a positive number, got ${describeValue(v)}`);
     return v as number;
   };
   const factor = num('factor');
@@ -134,11 +152,11 @@ function parseRopeScaling(raw: unknown, fail: (field: string, detail: string) =>
   const highFreqFactor = num('high_freq_factor');
   const originalMaxPositionEmbeddings = num('original_max_position_embeddings');
   if (!Number.isSafeInteger(originalMaxPositionEmbeddings)) {
-    fail('rope_scaling.original_max_position_embeddings', `must be an integer, got ${originalMaxPositionEmbeddings}`);
+    fail(`${field}.original_max_position_embeddings`, `must be an integer, got ${originalMaxPositionEmbeddings}`);
   }
   // Llama 3 rope interpolates between the two wavelengths; equal factors divide by zero.
   if (highFreqFactor <= lowFreqFactor) {
-    fail('rope_scaling.high_freq_factor', `${highFreqFactor} must be greater than low_freq_factor ${lowFreqFactor}`);
+    fail(`${field}.high_freq_factor`, `${highFreqFactor} must be greater than low_freq_factor ${lowFreqFactor}`);
   }
   return { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings };
 }

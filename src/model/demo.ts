@@ -1,11 +1,11 @@
-// Generates random but deterministic Llama checkpoints and PEFT LoRA adapters: the demo model
+// Generates random but deterministic checkpoints (of any family of families.ts) and PEFT LoRA adapters: the demo model
 // that `troupe make-demo` writes, and small synthetic models for tests. Files are byte-identical
 // for a given seed, so tests and examples can rely on exact outputs.
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { LORA_MODULES, type DType, type LoraModule } from '../engine/types.js';
-import { llamaTensorShapes } from './checkpoint.js';
+import { tensorShapes } from './checkpoint.js';
 import { MODULE_PATH, moduleDims } from './adapter.js';
 import { parseModelConfig } from './config.js';
 import { toBF16, writeSafetensors, type TensorToWrite } from './safetensors.js';
@@ -63,11 +63,26 @@ const STD_SCALE: Record<string, number> = {
   gate_proj: 2,
   up_proj: 2,
   down_proj: 64,
+  // Qwen2's q/k/v biases: as large as a typical projected value, so they change attention.
+  'q_proj.bias': 8,
+  'k_proj.bias': 8,
+  'v_proj.bias': 8,
 };
 
 function weightStd(name: string, initializerRange: number): number {
-  const kind = /(\w+)\.weight$/.exec(name)?.[1] ?? '';
+  const m = /(\w+)\.(weight|bias)$/.exec(name);
+  const kind = m === null ? '' : m[2] === 'bias' ? `${m[1]}.bias` : m[1]!;
   return initializerRange * (STD_SCALE[kind] ?? 1);
+}
+
+/**
+ * Norm weights: 1, except Qwen3's per-head q and k norms, which vary around 1 so that a forward
+ * that skipped their weights would give other logits.
+ */
+function normValues(name: string, n: number, rng: Rng): Float32Array {
+  const out = new Float32Array(n).fill(1);
+  if (/\.(q_norm|k_norm)\.weight$/.test(name)) for (let i = 0; i < n; i++) out[i] = 1 + 0.3 * rng.normal();
+  return out;
 }
 
 const DTYPE_NAMES: Record<DType, string> = { BF16: 'bfloat16', F16: 'float16', F32: 'float32' };
@@ -177,8 +192,8 @@ function writeJson(file: string, value: unknown): void {
 }
 
 /**
- * Writes a Llama checkpoint with normal weights (see STD_SCALE) and unit norms, plus the
- * Llama 3 tokenizer files (which only match when vocab_size is 128256).
+ * Writes a checkpoint of the config's family with normal weights (see STD_SCALE) and unit norms
+ * (see normValues), plus the Llama 3 tokenizer files (which only match when vocab_size is 128256).
  */
 export function makeRandomCheckpoint(dir: string, hfConfig: object, seed: number, dtype?: DType): void {
   mkdirSync(dir, { recursive: true });
@@ -187,9 +202,9 @@ export function makeRandomCheckpoint(dir: string, hfConfig: object, seed: number
   const raw = hfConfig as Record<string, unknown>;
   const std = typeof raw.initializer_range === 'number' ? raw.initializer_range : 0.02;
   const rng = new Rng(seed);
-  const tensors: TensorToWrite[] = llamaTensorShapes(config).map(([name, shape]) => {
+  const tensors: TensorToWrite[] = tensorShapes(config).map(([name, shape]) => {
     const n = shape.reduce((a, b) => a * b, 1);
-    const values = name.endsWith('norm.weight') ? new Float32Array(n).fill(1) : rng.fillNormal(new Float32Array(n), weightStd(name, std));
+    const values = name.endsWith('norm.weight') ? normValues(name, n, rng) : rng.fillNormal(new Float32Array(n), weightStd(name, std));
     return { name, dtype: dt, shape, data: encodeFloats(values, dt) };
   });
   const { dtype: _newName, ...rest } = raw;

@@ -62,3 +62,12 @@ export function describeValue(v: unknown): string {
 export function quoteName(what: string, name: string): string {
   return /^[\x21-\x7e]{1,256}$/.test(name) ? `${what} "${name}"` : `a ${what} with a ${name.length}-character name`;
 }
+
+/**
+ * A config value that should be an identifier (a model_type, a rope_type), for "X is not
+ * supported": quoted when it looks like one, as every real value does, and otherwise only
+ * described.
+ */
+export function quoteIdentifier(v: unknown): string {
+  return typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v) ? `"${v}"` : describeValue(v);
+}

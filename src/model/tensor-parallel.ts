@@ -2,10 +2,11 @@
 // follow: q/k/v and gate/up are column-parallel (each rank owns whole attention heads and a
 // contiguous part of the intermediate features), o and down are row-parallel (each rank owns the
 // matching input columns, and the partial outputs are all-reduced), the embedding and lm_head
-// are vocab-parallel, norms are replicated. LoRA follows S-LoRA: for column-parallel modules A is
-// replicated and B is sliced like the base output; for row-parallel ones A is sliced like the
-// base input, its rank-r output is all-reduced, and B is replicated. Every rank's pool slot is
-// filled from the same host copy by slicing it here.
+// are vocab-parallel, norms are replicated, and q/k/v biases are split like their weights' rows.
+// LoRA follows S-LoRA: for column-parallel modules A is replicated and B is sliced like the base
+// output; for row-parallel ones A is sliced like the base input, its rank-r output is
+// all-reduced, and B is replicated. Every rank's pool slot is filled from the same host copy by
+// slicing it here.
 import { badRequest } from '../errors.js';
 import { LORA_MODULES, type AdapterSlice, type AdapterWeights, type LoraModule, type ModelConfig, type TensorParallelRank, type TensorRef } from '../engine/types.js';
 import { moduleDims } from './adapter.js';
@@ -70,10 +71,14 @@ function headRows(shard: Range, headDim: number): Range {
   return { start: shard.start * headDim, count: shard.count * headDim };
 }
 
-/** A rank's part of one checkpoint tensor; norms (and anything else) are replicated whole. */
+/**
+ * A rank's part of one checkpoint tensor; norms (Qwen3's per-head q and k norms too) and anything
+ * else are replicated whole. The q/k/v biases go with their output rows.
+ */
 export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShard): TensorRef {
   const d = config.headDim;
-  const kind = /(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|embed_tokens|lm_head)\.weight$/.exec(ref.name)?.[1];
+  const kind = /(?:(q_proj|k_proj|v_proj)\.bias|(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|embed_tokens|lm_head)\.weight)$/
+    .exec(ref.name)?.slice(1).find((g) => g !== undefined);
   switch (kind) {
     case 'q_proj':
       return rowsOf(ref, headRows(shard.heads, d));

@@ -2,6 +2,9 @@
 """Random PEFT LoRA adapters for a checkpoint of make_checkpoint.py, and PEFT reference data.
 
   python3 test/gpu/make_adapters.py --model /tmp/troupe-llama-1b
+  python3 test/gpu/make_adapters.py --model /tmp/troupe-qwen2-0.5b
+
+Any family make_checkpoint.py writes: the model class comes from its config.json.
 
 Writes MODEL/adapters/{r8-qv,r16-all,r64-all}: rank 8 on q_proj and v_proj, ranks 16 and 64 on all
 seven modules (the last with rsLoRA scaling), every factor random (B too, so each adapter changes
@@ -16,7 +19,7 @@ import os
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from make_checkpoint import greedy, prompts, teacher_forced
 
@@ -49,7 +52,7 @@ def make_adapter(base, name, spec, out, seed):
 @torch.no_grad()
 def reference(model):
     cases = []
-    for prompt in prompts()[:4]:
+    for prompt in prompts(model.config.vocab_size)[:4]:
         cont = greedy(model, prompt, CONTINUATION)
         lp, gap, _ = teacher_forced(model, prompt, cont)
         cases.append({"prompt": prompt, "continuation": cont, "logprobs": lp, "top2Gap": gap})
@@ -60,7 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     args = ap.parse_args()
-    base = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).cuda().eval()
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).cuda().eval()
     root = os.path.join(args.model, "adapters")
     for i, (name, spec) in enumerate(ADAPTERS.items()):
         base = make_adapter(base, name, spec, os.path.join(root, name), 100 + i)
