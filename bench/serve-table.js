@@ -37,6 +37,20 @@ function cacheCell(r) {
   return `${s.maxLoadedLoras ?? 'unlimited'}${s.enableLoraOverlapLoading ? ', overlap' : ''}`;
 }
 
+// The matrix's order (bench/serve-matrix.js): by adapter set, then from the largest cache down to
+// the resident ceiling; runs the matrix does not name come after, by label.
+const VARIANTS = ['unlimited', 'cpu64', 'cpu16', 'cpu16-overlap', 'resident8'];
+function orderKey(r) {
+  const m = /^([a-z]+)-(.*?)(-capacity)?$/.exec(r.label ?? '');
+  const v = m ? VARIANTS.indexOf(m[2]) : -1;
+  return [m?.[1] ?? '~', v < 0 ? VARIANTS.length : v, r.label ?? r.file];
+}
+const byMatrixOrder = (a, b) => {
+  const x = orderKey(a);
+  const y = orderKey(b);
+  return x[0] !== y[0] ? (x[0] < y[0] ? -1 : 1) : x[1] !== y[1] ? x[1] - y[1] : x[2] < y[2] ? -1 : x[2] > y[2] ? 1 : 0;
+};
+
 const loads = (a) => `${a.loads.disk_to_cpu ?? 0} / ${a.loads.cpu_to_gpu ?? 0}`;
 const evictions = (a) => `${a.evictions.cpu ?? 0} / ${a.evictions.gpu ?? 0}`;
 
@@ -46,7 +60,7 @@ export function runTable(results) {
     '| run | adapters | CPU cache | req/s | output tokens/s | TTFT p50 / p90 / p99 (s) | ITL p50 / p99 (ms) | TTFT ≤ SLO | loads disk→CPU / CPU→GPU | evictions CPU / GPU |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
-  for (const r of results.filter((x) => x.summary)) {
+  for (const r of results.filter((x) => x.summary).sort(byMatrixOrder)) {
     const s = r.summary;
     const failed = s.failed ? ` (${s.failed} failed)` : '';
     rows.push(`| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${fmt(s.requestThroughput)} of ${fmt(r.config.workload.rate, 1)} | ${fmt(s.outputTokenThroughput, 0)} | ${fmt(s.ttft.p50)} / ${fmt(s.ttft.p90)} / ${fmt(s.ttft.p99)} | ${ms(s.itl.p50)} / ${ms(s.itl.p99)} | ${fmt(s.sloAttainment * 100, 1)}% (${s.sloSeconds} s)${failed} | ${loads(r.adapterActivity)} | ${evictions(r.adapterActivity)} |`);
@@ -57,14 +71,17 @@ export function runTable(results) {
 /** The rows of capacity searches, header first. */
 export function capacityTable(results) {
   const rows = [
-    '| run | adapters | CPU cache | capacity (req/s) | probes (req/s: share within SLO) |',
-    '| --- | --- | --- | --- | --- |',
+    '| run | adapters | CPU cache | adapters per batch | capacity (req/s) | served at capacity (req/s, output tokens/s) | probes (req/s: share within SLO) |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
   ];
-  for (const r of results.filter((x) => x.capacity)) {
+  for (const r of results.filter((x) => x.capacity).sort(byMatrixOrder)) {
     const c = r.capacity;
     const cap = c.bound === 'at-least' ? `≥ ${c.rate}` : c.bound === 'below-min' ? `< ${c.probes.at(-1)?.rate}` : `${c.rate} (fails at ${c.lowestFailing})`;
     const probes = c.probes.map((p) => `${p.rate}: ${fmt(p.summary.sloAttainment * 100, 1)}%`).join(', ');
-    rows.push(`| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${cap} | ${probes} |`);
+    // What the server actually delivered in the passing probe at the capacity rate.
+    const at = c.probes.find((p) => p.pass && p.rate === c.rate)?.summary;
+    const served = at ? `${fmt(at.requestThroughput)}, ${fmt(at.outputTokenThroughput, 0)}` : '–';
+    rows.push(`| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${r.config.server.maxLorasPerBatch} | ${cap} | ${served} | ${probes} |`);
   }
   return rows;
 }
