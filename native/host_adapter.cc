@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -24,23 +24,25 @@ namespace troupe {
 namespace {
 
 // A file is read in pieces of about this size, each cut where a tensor starts so every tensor
-// lies in one piece; the thread that reads a piece checks its tensors while their bytes are
-// still in its core's cache (a few MiB), and there are enough pieces for threads to share.
+// lies in one piece: the thread that reads a piece checks its tensors while their bytes are
+// still in its core's cache, and an 84 MB adapter has enough pieces for threads to share evenly.
 constexpr int64_t kPieceBytes = 2 << 20;
-// One pread copies page-cache bytes at a single core's speed (2 GB/s for an 84 MB adapter on an
-// H200 host, into fresh memory), so up to this many threads read one file.
+// One thread reading an 84 MB adapter into fresh memory reached 2 GB/s on a 16-core H200 host
+// (a core's speed at copying from the page cache, faulting pages in and zeroing them), four
+// reading four adapters at once 5.7 GB/s: the work per adapter was the limit, so up to this many
+// threads share one.
 constexpr int kThreadsPerRead = 4;
 
-// Threads that help reads, process-wide: a quarter of the cores (1 to 8). One adapter alone gets
-// kThreadsPerRead - 1 of them; several loading at once (each on its own libuv thread) share
-// them, so loads never take more than a fraction of the cores from the steps.
+// The threads that help reads, process-wide: a quarter of the cores (1 to 8). One read alone gets
+// kThreadsPerRead - 1 of them; reads at once (each on its own libuv thread) share them, so
+// however many run, they add no more threads than this to the host's.
 class Helpers {
  public:
   static Helpers& get() {
     static Helpers* h = new Helpers();
     return *h;
   }
-  // Up to `want` helpers, whatever is free now; never waits.
+  // Up to `want` helpers, as many as are free now; never waits.
   int take(int want) {
     int free = free_.load();
     while (free > 0 && !free_.compare_exchange_weak(free, free - std::min(free, want))) {
@@ -53,6 +55,46 @@ class Helpers {
   Helpers() : free_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 4, 1, 8)) {}
   std::atomic<int> free_;
 };
+
+// Runs piece(k) for every k in [0, n), on this thread and the helpers it gets, which take k in
+// increasing order. Once one throws, no more are taken; those taken before (all lower) still
+// finish, and the exception of the lowest k is rethrown: the one a single thread going through
+// them in order would have met first.
+void forEachPiece(size_t n, const std::function<void(size_t)>& piece) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  size_t failed = SIZE_MAX;
+  std::exception_ptr failure;
+  auto work = [&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const size_t k = next.fetch_add(1);
+      if (k >= n) return;
+      try {
+        piece(k);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (k < failed) {
+          failed = k;
+          failure = std::current_exception();
+        }
+        stop = true;
+      }
+    }
+  };
+  Helpers& helpers = Helpers::get();
+  const int granted = helpers.take(static_cast<int>(std::min<size_t>(kThreadsPerRead, n)) - 1);
+  std::vector<std::thread> threads;
+  try {
+    for (int i = 0; i < granted; ++i) threads.emplace_back(work);
+  } catch (const std::system_error&) {
+    // No more threads to be had: the ones started, and this one, do it all the same.
+  }
+  work();
+  for (std::thread& t : threads) t.join();
+  helpers.give(granted);
+  if (failure) std::rethrow_exception(failure);
+}
 
 // A value is NaN or Inf when all its exponent bits are set.
 template <class U>
@@ -194,7 +236,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
     }
   }
 
-  auto readPiece = [&](const Piece& pc) {
+  forEachPiece(pieces.size(), [&](size_t k) {
+    const Piece& pc = pieces[k];
     for (int64_t at = pc.begin; at < pc.end;) {
       const ssize_t r = ::pread(fd.get(), buf + (at - lo), static_cast<size_t>(pc.end - at), static_cast<off_t>(at));
       if (r < 0 && errno == EINTR) continue;
@@ -202,8 +245,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
       if (r == 0) fail(nullptr, "the file ended early (truncated while being read?)");
       at += r;
     }
-    for (size_t k = pc.first; k < pc.last; ++k) {
-      const AdapterTensor& t = h->tensors_[order[k]];
+    for (size_t i = pc.first; i < pc.last; ++i) {
+      const AdapterTensor& t = h->tensors_[order[i]];
       const uint8_t* p = buf + (t.offset - lo);
       // One NaN or Inf would poison every token of every request in the adapter's batches.
       const int64_t bad = firstNonFinite(p, static_cast<size_t>(t.rows * t.cols), t.dtype);
@@ -212,44 +255,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
                      "; the weights must be finite");
       }
     }
-  };
-  // Threads take pieces in file order. Once one fails, no more are taken: those taken earlier
-  // (all at lower offsets) still finish, and the failure at the lowest offset is reported, the
-  // same one a single thread reading the file in order would meet first.
-  std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
-  std::mutex mu;
-  size_t failedPiece = SIZE_MAX;
-  std::exception_ptr failure;
-  auto work = [&] {
-    while (!stop.load(std::memory_order_relaxed)) {
-      const size_t k = next.fetch_add(1);
-      if (k >= pieces.size()) return;
-      try {
-        readPiece(pieces[k]);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (k < failedPiece) {
-          failedPiece = k;
-          failure = std::current_exception();
-        }
-        stop = true;
-      }
-    }
-  };
-  Helpers& helpers = Helpers::get();
-  const int granted = helpers.take(std::min<int>(kThreadsPerRead, static_cast<int>(pieces.size())) - 1);
-  std::vector<std::thread> threads;
-  try {
-    for (int i = 0; i < granted; ++i) threads.emplace_back(work);
-  } catch (const std::system_error&) {
-    // No thread to be had: the ones started, and this one, read it all the same.
-  }
-  work();
-  for (std::thread& t : threads) t.join();
-  helpers.give(granted);
-  if (failure) std::rethrow_exception(failure);
-  if (spec.pageLocked) h->buf_->pageLock();
+  });
+  if (spec.pageLocked) h->buf_->pageLock();  // a no-op on a reused buffer that is locked already
   return h;
 }
 

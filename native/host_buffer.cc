@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace troupe {
@@ -53,18 +54,15 @@ FreeList& freeList() {
 }
 
 // A kept buffer at least len bytes and at most a quarter larger (so a small adapter does not
-// pin a large buffer), the smallest that fits; {nullptr} if none.
+// hold on to a large buffer): of those, one page-locked as asked if any, and the smallest.
 Kept takeKept(size_t len, bool wantLocked) {
+  auto rank = [&](const Kept& k) { return std::make_pair(k.pinned != wantLocked, k.len); };
   FreeList& f = freeList();
   std::lock_guard<std::mutex> lock(f.mu);
   auto best = f.kept.end();
   for (auto it = f.kept.begin(); it != f.kept.end(); ++it) {
     if (it->len < len || it->len > len + len / 4 || (it->pinned && !wantLocked)) continue;
-    // Among fits, the page-locked state asked for first, then the smallest.
-    if (best == f.kept.end() || (it->pinned == wantLocked) > (best->pinned == wantLocked) ||
-        ((it->pinned == wantLocked) == (best->pinned == wantLocked) && it->len < best->len)) {
-      best = it;
-    }
+    if (best == f.kept.end() || rank(*it) < rank(*best)) best = it;
   }
   if (best == f.kept.end()) return Kept{nullptr, 0, false};
   const Kept k = *best;
