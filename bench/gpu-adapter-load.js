@@ -1,7 +1,8 @@
 // How fast adapters load: disk to CPU (the native reader, page cache warm, into reused and into
-// fresh memory, against the JS reader kept for merging) and CPU to GPU (fillLoraSlot into a CUDA engine's pool, from the page-locked
-// host copy), for a rank-16 adapter on all seven modules of the Llama-3.1-8B shape (84 MB in
-// bf16); and decode steps on other slots while fills run, against the same steps alone.
+// fresh memory, against the JS reader kept for merging) and CPU to GPU (fillLoraSlot into a CUDA
+// engine's pool, from the page-locked host copy), for a rank-16 adapter on all seven modules of
+// the Llama-3.1-8B shape (84 MB in bf16); and decode steps on other slots while fills run,
+// against the same steps alone.
 //   node bench/gpu-adapter-load.js OUT.json [MODEL_DIR]
 // MODEL_DIR is a checkpoint of that shape (test/gpu/make_checkpoint.py --shape 8b); without it,
 // or without a GPU, only disk to CPU is measured. Writes the figures as JSON with the date and
