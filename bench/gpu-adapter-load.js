@@ -1,7 +1,8 @@
-// How fast adapters load: disk to CPU (the native reader, page cache warm, against the JS reader
-// kept for merging) and CPU to GPU (fillLoraSlot into a CUDA engine's pool, from the page-locked
-// host copy), for a rank-16 adapter on all seven modules of the Llama-3.1-8B shape (84 MB in
-// bf16); and decode steps on other slots while fills run, against the same steps alone.
+// How fast adapters load: disk to CPU (the native reader, page cache warm, into reused and into
+// fresh memory, against the JS reader kept for merging) and CPU to GPU (fillLoraSlot into a CUDA
+// engine's pool, from the page-locked host copy), for a rank-16 adapter on all seven modules of
+// the Llama-3.1-8B shape (84 MB in bf16); and decode steps on other slots while fills run,
+// against the same steps alone.
 //   node bench/gpu-adapter-load.js OUT.json [MODEL_DIR]
 // MODEL_DIR is a checkpoint of that shape (test/gpu/make_checkpoint.py --shape 8b); without it,
 // or without a GPU, only disk to CPU is measured. Writes the figures as JSON with the date and
@@ -47,15 +48,30 @@ try {
     return d;
   });
   const pageLocked = ckpt !== null && addon.cudaDeviceCount() > 0;
-  // Disk to CPU: the first read of each file warms the page cache; the median of the rest counts.
-  const native = [];
-  let bytes = 0;
-  for (let k = 0; k < 9; k++) {
+  // Disk to CPU. The first read of each file warms the page cache. Fresh: reads while every
+  // earlier copy is kept, so each fills new memory (as when adapters are first loaded); recycled:
+  // each copy freed before the next read, whose buffer is then one the addon kept (as when
+  // adapters churn through CPU memory). Medians.
+  const read = async (k) => {
     const t0 = process.hrtime.bigint();
     const { host } = await readAdapterHost(addon, dirs[k % 4], config, { pageLocked });
-    if (k >= 4) native.push(seconds(t0));
-    bytes = host.bytes;
-    addon.destroyHostAdapter(host.handle);
+    return { host, s: seconds(t0) };
+  };
+  const kept = [];
+  for (let k = 0; k < 4; k++) kept.push((await read(k)).host);
+  const fresh = [];
+  for (let k = 0; k < 7; k++) {
+    const r = await read(k);
+    kept.push(r.host);
+    fresh.push(r.s);
+  }
+  const bytes = kept[0].bytes;
+  for (const h of kept) addon.destroyHostAdapter(h.handle);
+  const native = [];
+  for (let k = 0; k < 9; k++) {
+    const r = await read(k);
+    native.push(r.s);
+    addon.destroyHostAdapter(r.host.handle);
   }
   const js = [];
   for (let k = 0; k < 3; k++) {
@@ -63,8 +79,9 @@ try {
     loadAdapterWeights(dirs[k], config);
     js.push(seconds(t0));
   }
-  // Four reads at once, as the loader runs them (the median of five rounds; the first may wait for
-  // the kernel to assemble huge pages).
+  // Four reads at once (the loader runs up to three), the median of five rounds; the first may
+  // wait for the kernel to assemble huge pages. All but the first round reuse kept buffers, as
+  // far as the addon keeps them.
   let four = [];
   const rounds = [];
   for (let k = 0; k < 5; k++) {
@@ -76,12 +93,14 @@ try {
   const fourS = median(rounds);
   result.adapterBytes = bytes;
   result.diskToCpu = {
-    nativeGBps: gbps(bytes, median(native)), nativeMs: median(native) * 1e3, pageLocked: four[0].host.pageLocked,
+    nativeGBps: gbps(bytes, median(native)), nativeMs: median(native) * 1e3,
+    nativeFreshGBps: gbps(bytes, median(fresh)), nativeFreshMs: median(fresh) * 1e3, pageLocked: four[0].host.pageLocked,
     fourAtOnceGBps: gbps(4 * bytes, fourS), jsReaderGBps: gbps(bytes, median(js)), jsReaderMs: median(js) * 1e3,
   };
   console.log(`adapter: ${(bytes / 1e6).toFixed(1)} MB (${result.adapter}, ${config.numLayers} layers)`);
   console.log(`disk to CPU (page cache warm): native ${result.diskToCpu.nativeGBps.toFixed(2)} GB/s (${result.diskToCpu.nativeMs.toFixed(1)} ms, ` +
-    `${result.diskToCpu.pageLocked ? 'page-locked' : 'ordinary memory'}), four at once ${result.diskToCpu.fourAtOnceGBps.toFixed(2)} GB/s; ` +
+    `${result.diskToCpu.pageLocked ? 'page-locked' : 'ordinary memory'}; into fresh memory ${result.diskToCpu.nativeFreshGBps.toFixed(2)} GB/s, ` +
+    `${result.diskToCpu.nativeFreshMs.toFixed(1)} ms), four at once ${result.diskToCpu.fourAtOnceGBps.toFixed(2)} GB/s; ` +
     `JS reader ${result.diskToCpu.jsReaderGBps.toFixed(3)} GB/s (${result.diskToCpu.jsReaderMs.toFixed(0)} ms)`);
 
   if (ckpt && addon.cudaDeviceCount() > 0) {

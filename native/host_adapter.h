@@ -2,8 +2,9 @@
 // into one buffer in the file's dtypes (page-locked on CUDA builds when a GPU is present, so a
 // copy into a pool slot is DMA from it), with every value checked for NaN/Inf. The JS side
 // (src/model/adapter.ts) parsed the header and checked the names and shapes against the model;
-// this reads the bytes with a few large reads and checks them. The loader keeps one per adapter
-// as its CPU copy and fills pool slots from it (whole, or a tensor-parallel rank's slice).
+// this reads the bytes (a few threads, each with a few large reads) and checks them. The loader
+// keeps one per adapter as its CPU copy and fills pool slots from it (whole, or a
+// tensor-parallel rank's slice).
 #pragma once
 
 #include <cstddef>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "host_buffer.h"
 
 namespace troupe {
 
@@ -59,7 +61,7 @@ class HostAdapter {
 
   // The values it holds (the buffer may be a few bytes longer, for alignment).
   size_t bytes() const { return values_; }
-  bool pageLocked() const { return pinned_; }
+  bool pageLocked() const;
   // Views into the buffer, each module sliced by slices[module] (empty: everything whole).
   AdapterWeights weights(const std::vector<ModuleSlice>& slices) const;
 
@@ -75,11 +77,10 @@ class HostAdapter {
   double scaling_ = 1;
   std::vector<AdapterTensor> tensors_;
   std::vector<Pair> pairs_;
-  uint8_t* buf_ = nullptr;
+  std::unique_ptr<HostBuffer> buf_;
   size_t size_ = 0;
   size_t values_ = 0;
-  int64_t base_ = 0;  // file offset of buf_[0]
-  bool pinned_ = false;
+  int64_t base_ = 0;  // file offset of buf_->data()[0]
 };
 
 // Index of the first NaN or +/-Inf among n values of dtype at p (any alignment), or -1.
