@@ -244,8 +244,8 @@ export interface NativeAddon {
   loadLoraSlot(handle: number, slot: number, adapter: AdapterWeights): void;
   clearLoraSlot(handle: number, slot: number): void;
   /**
-   * Reads and checks an adapter's values on a thread of libuv's pool (a few large reads into one
-   * buffer). Rejects naming the file and tensor; the error's invalidAdapter is true when the
+   * Reads and checks an adapter's values on a thread of libuv's pool (pieces of the file read by a few
+   * threads into one buffer, which may be a recycled one). Rejects naming the file and tensor; the error's invalidAdapter is true when the
    * file's contents are at fault (NaN/Inf, truncated) rather than the machine.
    */
   readAdapter(adapter: AdapterFile, options: { pageLocked: boolean }): Promise<HostAdapter>;
