@@ -5,9 +5,19 @@
 // requests that keep 256 waiting. No engine runs. `npm run build` first; writes
 // bench/results/<date>-cpu-scheduler.json. With `--baseline FILE` the rows of an earlier run
 // (another commit's) are kept in the result as `before`.
+//
+// Collection pauses count: every step is timed whole, and the garbage collections that fall
+// inside timed steps are reported with each row (gcPauses, gcMs). Only what the setup leaves
+// behind (registering thousands of adapters, the previous row's scheduler) is collected before
+// the timed steps, so that one row's setup is not billed to another row's steps. The loop
+// allocates little beyond the requests and loader answers it hands the scheduler (its fake
+// results are reused), so what is collected is the scheduler's garbage.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 const root = new URL('..', import.meta.url);
 const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
@@ -52,17 +62,36 @@ function serveLoader(s) {
   }
 }
 
+setFlagsFromString('--expose-gc');
+/** A full collection, between rows only. */
+const collectGarbage = runInNewContext('gc');
+
+/** Results by batch size, reused: complete() copies what it needs out of a result. */
+const results = [];
 function fakeResult(batch, n) {
-  const tokens = new Int32Array(n);
-  for (let i = 0; i < n; i++) tokens[i] = batch.sample[i] ? 100 : -1;
-  return { tokens, logprobs: new Float32Array(n), topIds: new Int32Array(0), topLogprobValues: new Float32Array(0), logits: null, errors: null };
+  const r = (results[n] ??= {
+    tokens: new Int32Array(n),
+    logprobs: new Float32Array(n),
+    topIds: new Int32Array(0),
+    topLogprobValues: new Float32Array(0),
+    logits: null,
+    errors: null,
+  });
+  for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
+  return r;
 }
+
+/** Collections seen while a row's steps run (the observer hears of them after the row). */
+const pauses = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) pauses.push({ start: e.startTime, end: e.startTime + e.duration });
+}).observe({ entryTypes: ['gc'] });
 
 function quantile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-function measure(count) {
+async function measure(count) {
   const s = new Scheduler(OPTIONS);
   for (let i = 0; i < count; i++) s.addAdapter({ name: `a${i}`, path: `/adapters/a${i}`, pinned: false });
   serveLoader(s);
@@ -77,7 +106,10 @@ function measure(count) {
     }
   };
   refill();
-  const times = [];
+  collectGarbage();
+  const starts = new Float64Array(MAX_STEPS);
+  const ends = new Float64Array(MAX_STEPS);
+  let steps = 0;
   let copies = 0;
   let sequences = 0;
   const t0 = performance.now();
@@ -90,22 +122,33 @@ function measure(count) {
     refill();
     const end = performance.now();
     if (i < WARMUP_STEPS) continue;
-    times.push(end - start);
+    starts[steps] = start;
+    ends[steps++] = end;
     copies += copied;
     sequences += step ? step.seqIds.length : 0;
-    if (times.length >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
+    if (steps >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
   }
-  times.sort((a, b) => a - b);
+  // Let the observer report this row's collections.
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  const first = starts[0];
+  const last = ends[steps - 1];
+  const inSteps = pauses.filter((p) => p.end > first && p.start < last);
+  pauses.length = 0;
+  const times = Array.from({ length: steps }, (_, i) => ends[i] - starts[i]).sort((a, b) => a - b);
   return {
     registered: count,
     waiting: WAITING,
     distinctWanted: distinct,
-    steps: times.length,
+    steps,
     medianMs: quantile(times, 0.5),
     p99Ms: quantile(times, 0.99),
+    maxMs: times[steps - 1],
     // What the steps did: sequences per step, and adapter copies into slots per 100 steps.
-    sequencesPerStep: sequences / times.length,
-    copiesPer100Steps: (100 * copies) / times.length,
+    sequencesPerStep: sequences / steps,
+    copiesPer100Steps: (100 * copies) / steps,
+    // Collections during the timed steps, all of them counted in the times above.
+    gcPauses: inSteps.length,
+    gcMs: inSteps.reduce((a, p) => a + (p.end - p.start), 0),
   };
 }
 
@@ -120,8 +163,9 @@ try {
 }
 
 // One unmeasured pass first, so the JIT has compiled the scheduler before the first count.
-measure(COUNTS[0]);
-const rows = COUNTS.map(measure);
+await measure(COUNTS[0]);
+const rows = [];
+for (const count of COUNTS) rows.push(await measure(count));
 const result = {
   date: new Date().toISOString(),
   device: `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
