@@ -179,9 +179,10 @@ mkdirSync(new URL('bench/results/', root), { recursive: true });
 const file = new URL(`bench/results/${result.date.slice(0, 10)}-cpu-scheduler.json`, root);
 writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
-console.log('| registered adapters | median ms/step | p99 ms/step |' + (baseline ? ' before: median | before: p99 |' : ''));
-console.log('| --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
+console.log('| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' + (baseline ? ' before: median | before: p99 |' : ''));
+console.log('| --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
 for (const r of rows) {
   const b = baseline?.rows.find((x) => x.registered === r.registered);
-  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
+  const gc = `${r.gcPauses} (${r.gcMs.toFixed(1)})`;
+  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
 }
