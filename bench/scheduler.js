@@ -4,7 +4,9 @@
 // every read and copy at once), schedule, complete with fake tokens, and take the new
 // requests that keep 256 waiting. No engine runs. `npm run build` first; writes
 // bench/results/<date>-cpu-scheduler.json. With `--baseline FILE` the rows of an earlier run
-// (another commit's) are kept in the result as `before`.
+// (another commit's) are kept in the result as `before`. Each row pools the steps of
+// `--runs N` runs (3 by default), each with a new scheduler, and gives each run's p99 too: on
+// a shared machine one run's tail can be another process's doing.
 //
 // Collection pauses count: every step is timed whole, and the garbage collections that fall
 // inside timed steps are reported with each row (gcPauses, gcMs). Only what the setup leaves
@@ -91,7 +93,8 @@ function quantile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-async function measure(count) {
+/** One run: a new scheduler with `count` adapters, its steps timed. */
+async function run(count) {
   const s = new Scheduler(OPTIONS);
   for (let i = 0; i < count; i++) s.addAdapter({ name: `a${i}`, path: `/adapters/a${i}`, pinned: false });
   serveLoader(s);
@@ -130,31 +133,53 @@ async function measure(count) {
   }
   // Let the observer report this row's collections.
   await new Promise((resolve) => setTimeout(resolve, 10));
-  const first = starts[0];
-  const last = ends[steps - 1];
-  const inSteps = pauses.filter((p) => p.end > first && p.start < last);
+  const inSteps = pauses.filter((p) => {
+    for (let i = 0; i < steps; i++) if (starts[i] < p.end && ends[i] > p.start) return true;
+    return false;
+  });
   pauses.length = 0;
-  const times = Array.from({ length: steps }, (_, i) => ends[i] - starts[i]).sort((a, b) => a - b);
+  return {
+    distinct,
+    times: Array.from({ length: steps }, (_, i) => ends[i] - starts[i]),
+    copies,
+    sequences,
+    gcPauses: inSteps.length,
+    gcMs: inSteps.reduce((a, p) => a + (p.end - p.start), 0),
+  };
+}
+
+async function measure(count, runs) {
+  const all = [];
+  for (let r = 0; r < runs; r++) all.push(await run(count));
+  const byRun = all.map((r) => quantile([...r.times].sort((a, b) => a - b), 0.99));
+  const times = all.flatMap((r) => r.times).sort((a, b) => a - b);
+  const steps = times.length;
+  const sum = (key) => all.reduce((a, r) => a + r[key], 0);
   return {
     registered: count,
     waiting: WAITING,
-    distinctWanted: distinct,
+    distinctWanted: all[0].distinct,
+    runs,
     steps,
     medianMs: quantile(times, 0.5),
     p99Ms: quantile(times, 0.99),
+    p99MsByRun: byRun,
     maxMs: times[steps - 1],
     // What the steps did: sequences per step, and adapter copies into slots per 100 steps.
-    sequencesPerStep: sequences / steps,
-    copiesPer100Steps: (100 * copies) / steps,
+    sequencesPerStep: sum('sequences') / steps,
+    copiesPer100Steps: (100 * sum('copies')) / steps,
     // Collections during the timed steps, all of them counted in the times above.
-    gcPauses: inSteps.length,
-    gcMs: inSteps.reduce((a, p) => a + (p.end - p.start), 0),
+    gcPauses: sum('gcPauses'),
+    gcMs: sum('gcMs'),
   };
 }
 
 const args = process.argv.slice(2);
 const baselineAt = args.indexOf('--baseline');
 const baseline = baselineAt >= 0 ? JSON.parse(readFileSync(args[baselineAt + 1], 'utf8')) : null;
+const runsAt = args.indexOf('--runs');
+const RUNS = runsAt >= 0 ? Number(args[runsAt + 1]) : 3;
+if (!Number.isInteger(RUNS) || RUNS < 1) throw new RangeError(`--runs must be a positive integer, got ${args[runsAt + 1]}`);
 let commit = null;
 try {
   commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
@@ -163,9 +188,9 @@ try {
 }
 
 // One unmeasured pass first, so the JIT has compiled the scheduler before the first count.
-await measure(COUNTS[0]);
+await run(COUNTS[0]);
 const rows = [];
-for (const count of COUNTS) rows.push(await measure(count));
+for (const count of COUNTS) rows.push(await measure(count, RUNS));
 const result = {
   date: new Date().toISOString(),
   device: `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
