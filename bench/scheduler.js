@@ -4,10 +4,22 @@
 // every read and copy at once), schedule, complete with fake tokens, and take the new
 // requests that keep 256 waiting. No engine runs. `npm run build` first; writes
 // bench/results/<date>-cpu-scheduler.json. With `--baseline FILE` the rows of an earlier run
-// (another commit's) are kept in the result as `before`.
+// (another commit's) are kept in the result as `before`. Each row pools the steps of
+// `--runs N` runs (3 by default), each with a new scheduler, and gives each run's p99 too: on
+// a shared machine one run's tail can be another process's doing.
+//
+// Collection pauses count: every step is timed whole, and the garbage collections that fall
+// inside timed steps are reported with each row (gcPauses, gcMs). Only what the setup leaves
+// behind (registering thousands of adapters, the previous row's scheduler) is collected before
+// the timed steps, so that one row's setup is not billed to another row's steps. The loop
+// allocates little beyond the requests and loader answers it hands the scheduler (its fake
+// results are reused), so what is collected is the scheduler's garbage.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 const root = new URL('..', import.meta.url);
 const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
@@ -52,17 +64,37 @@ function serveLoader(s) {
   }
 }
 
+setFlagsFromString('--expose-gc');
+/** A full collection, between rows only. */
+const collectGarbage = runInNewContext('gc');
+
+/** Results by batch size, reused: complete() copies what it needs out of a result. */
+const results = [];
 function fakeResult(batch, n) {
-  const tokens = new Int32Array(n);
-  for (let i = 0; i < n; i++) tokens[i] = batch.sample[i] ? 100 : -1;
-  return { tokens, logprobs: new Float32Array(n), topIds: new Int32Array(0), topLogprobValues: new Float32Array(0), logits: null, errors: null };
+  const r = (results[n] ??= {
+    tokens: new Int32Array(n),
+    logprobs: new Float32Array(n),
+    topIds: new Int32Array(0),
+    topLogprobValues: new Float32Array(0),
+    logits: null,
+    errors: null,
+  });
+  for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
+  return r;
 }
+
+/** Collections seen while a row's steps run (the observer hears of them after the row). */
+const pauses = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) pauses.push({ start: e.startTime, end: e.startTime + e.duration });
+}).observe({ entryTypes: ['gc'] });
 
 function quantile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-function measure(count) {
+/** One run: a new scheduler with `count` adapters, its steps timed. */
+async function run(count) {
   const s = new Scheduler(OPTIONS);
   for (let i = 0; i < count; i++) s.addAdapter({ name: `a${i}`, path: `/adapters/a${i}`, pinned: false });
   serveLoader(s);
@@ -77,7 +109,10 @@ function measure(count) {
     }
   };
   refill();
-  const times = [];
+  collectGarbage();
+  const starts = new Float64Array(MAX_STEPS);
+  const ends = new Float64Array(MAX_STEPS);
+  let steps = 0;
   let copies = 0;
   let sequences = 0;
   const t0 = performance.now();
@@ -90,28 +125,61 @@ function measure(count) {
     refill();
     const end = performance.now();
     if (i < WARMUP_STEPS) continue;
-    times.push(end - start);
+    starts[steps] = start;
+    ends[steps++] = end;
     copies += copied;
     sequences += step ? step.seqIds.length : 0;
-    if (times.length >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
+    if (steps >= MIN_STEPS && end - t0 > TIME_BUDGET_MS) break;
   }
-  times.sort((a, b) => a - b);
+  // Let the observer report this row's collections.
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  const inSteps = pauses.filter((p) => {
+    for (let i = 0; i < steps; i++) if (starts[i] < p.end && ends[i] > p.start) return true;
+    return false;
+  });
+  pauses.length = 0;
+  return {
+    distinct,
+    times: Array.from({ length: steps }, (_, i) => ends[i] - starts[i]),
+    copies,
+    sequences,
+    gcPauses: inSteps.length,
+    gcMs: inSteps.reduce((a, p) => a + (p.end - p.start), 0),
+  };
+}
+
+async function measure(count, runs) {
+  const all = [];
+  for (let r = 0; r < runs; r++) all.push(await run(count));
+  const byRun = all.map((r) => quantile([...r.times].sort((a, b) => a - b), 0.99));
+  const times = all.flatMap((r) => r.times).sort((a, b) => a - b);
+  const steps = times.length;
+  const sum = (key) => all.reduce((a, r) => a + r[key], 0);
   return {
     registered: count,
     waiting: WAITING,
-    distinctWanted: distinct,
-    steps: times.length,
+    distinctWanted: all[0].distinct,
+    runs,
+    steps,
     medianMs: quantile(times, 0.5),
     p99Ms: quantile(times, 0.99),
+    p99MsByRun: byRun,
+    maxMs: times[steps - 1],
     // What the steps did: sequences per step, and adapter copies into slots per 100 steps.
-    sequencesPerStep: sequences / times.length,
-    copiesPer100Steps: (100 * copies) / times.length,
+    sequencesPerStep: sum('sequences') / steps,
+    copiesPer100Steps: (100 * sum('copies')) / steps,
+    // Collections during the timed steps, all of them counted in the times above.
+    gcPauses: sum('gcPauses'),
+    gcMs: sum('gcMs'),
   };
 }
 
 const args = process.argv.slice(2);
 const baselineAt = args.indexOf('--baseline');
 const baseline = baselineAt >= 0 ? JSON.parse(readFileSync(args[baselineAt + 1], 'utf8')) : null;
+const runsAt = args.indexOf('--runs');
+const RUNS = runsAt >= 0 ? Number(args[runsAt + 1]) : 3;
+if (!Number.isInteger(RUNS) || RUNS < 1) throw new RangeError(`--runs must be a positive integer, got ${args[runsAt + 1]}`);
 let commit = null;
 try {
   commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
@@ -120,8 +188,9 @@ try {
 }
 
 // One unmeasured pass first, so the JIT has compiled the scheduler before the first count.
-measure(COUNTS[0]);
-const rows = COUNTS.map(measure);
+await run(COUNTS[0]);
+const rows = [];
+for (const count of COUNTS) rows.push(await measure(count, RUNS));
 const result = {
   date: new Date().toISOString(),
   device: `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
@@ -135,9 +204,10 @@ mkdirSync(new URL('bench/results/', root), { recursive: true });
 const file = new URL(`bench/results/${result.date.slice(0, 10)}-cpu-scheduler.json`, root);
 writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
-console.log('| registered adapters | median ms/step | p99 ms/step |' + (baseline ? ' before: median | before: p99 |' : ''));
-console.log('| --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
+console.log('| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' + (baseline ? ' before: median | before: p99 |' : ''));
+console.log('| --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
 for (const r of rows) {
   const b = baseline?.rows.find((x) => x.registered === r.registered);
-  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
+  const gc = `${r.gcPauses} (${r.gcMs.toFixed(1)})`;
+  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
 }

@@ -17,10 +17,27 @@ function topKOf(k: number): number {
   return k >= 1 && k <= 0x7fffffff ? Math.floor(k) : -1;
 }
 
-export function buildBatch(entries: readonly StepEntry[]): StepBatch {
-  const n = entries.length;
-  const total = entries.reduce((a, e) => a + e.chunk, 0);
-  const maxBlocksPerSeq = Math.max(1, ...entries.map((e) => e.seq.blocks.length));
+/** Whether the sequence sends its history: it samples with a penalty that needs it. */
+function sendsHistory(e: StepEntry): boolean {
+  const sp = e.seq.init.sampling;
+  return e.sample && (sp.frequencyPenalty !== 0 || sp.presencePenalty !== 0 || sp.repetitionPenalty !== 1);
+}
+
+/**
+ * The batch of the first `n` entries. Its arrays are new each step: the caller may keep a
+ * batch while later steps are scheduled. Plain loops, and sizes counted before anything is
+ * allocated, so the arrays are all a step allocates here.
+ */
+export function buildBatch(entries: readonly StepEntry[], n = entries.length): StepBatch {
+  let total = 0;
+  let maxBlocksPerSeq = 1;
+  let historyLength = 0;
+  for (let i = 0; i < n; i++) {
+    const e = entries[i]!;
+    total += e.chunk;
+    maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
+    if (sendsHistory(e)) historyLength += e.seq.tokens.length;
+  }
   const b: StepBatch = {
     tokens: new Int32Array(total),
     positions: new Int32Array(total),
@@ -37,7 +54,7 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     frequencyPenalty: new Float32Array(n),
     presencePenalty: new Float32Array(n),
     repetitionPenalty: new Float32Array(n),
-    penaltyTokens: new Int32Array(0),
+    penaltyTokens: new Int32Array(historyLength),
     penaltyStarts: new Int32Array(n + 1),
     penaltyPromptLens: new Int32Array(n),
     seeds: new Uint32Array(n),
@@ -46,8 +63,9 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     returnLogits: false,
   };
   let off = 0;
-  const history: number[] = [];
-  entries.forEach((e, i) => {
+  let history = 0;
+  for (let i = 0; i < n; i++) {
+    const e = entries[i]!;
     const s = e.seq;
     b.seqStarts[i] = off;
     for (let j = 0; j < e.chunk; j++) {
@@ -56,7 +74,8 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     }
     off += e.chunk;
     b.contextLens[i] = s.computed + e.chunk;
-    b.blockTables.set(s.blocks, i * maxBlocksPerSeq);
+    const row = i * maxBlocksPerSeq;
+    for (let j = 0; j < s.blocks.length; j++) b.blockTables[row + j] = s.blocks[j]!;
     b.loraSlots[i] = e.slot;
     b.sample[i] = e.sample ? 1 : 0;
     const sp = s.init.sampling;
@@ -67,18 +86,18 @@ export function buildBatch(entries: readonly StepEntry[]): StepBatch {
     b.frequencyPenalty[i] = sp.frequencyPenalty;
     b.presencePenalty[i] = sp.presencePenalty;
     b.repetitionPenalty[i] = sp.repetitionPenalty;
-    b.penaltyStarts[i] = history.length;
+    b.penaltyStarts[i] = history;
     // Only sequences that sample with a penalty send their history; s.tokens is prompt then output.
-    if (e.sample && (sp.frequencyPenalty !== 0 || sp.presencePenalty !== 0 || sp.repetitionPenalty !== 1)) {
-      for (const t of s.tokens) history.push(t);
+    if (sendsHistory(e)) {
+      for (let j = 0; j < s.tokens.length; j++) b.penaltyTokens[history + j] = s.tokens[j]!;
+      history += s.tokens.length;
       b.penaltyPromptLens[i] = s.init.promptIds.length;
     }
     b.seeds[i] = s.init.seed >>> 0;
     b.draws[i] = s.output.length;
     if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
-  });
+  }
   b.seqStarts[n] = off;
-  b.penaltyStarts[n] = history.length;
-  b.penaltyTokens = Int32Array.from(history);
+  b.penaltyStarts[n] = history;
   return b;
 }

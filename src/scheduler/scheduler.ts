@@ -44,7 +44,15 @@ export class Scheduler {
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
   private failures: StepFailure[] = [];
-  private step: StepEntry[] | null = null;
+  /**
+   * The scheduled step: the first `stepLength` of `entries`, or -1 when none is. The entries
+   * and the lists below are reused from step to step, so a step allocates little beyond its
+   * batch and events: garbage made every step would bring collection pauses into the tail.
+   */
+  private readonly entries: StepEntry[] = [];
+  private stepLength = -1;
+  private readonly distinct: Array<string | null> = [];
+  private readonly seen: Array<string | null> = [];
   private arrivals = 0;
 
   constructor(private readonly opts: SchedulerOptions) {
@@ -152,9 +160,9 @@ export class Scheduler {
 
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
     // A step that was scheduled but never completed is simply forgotten: nothing advanced.
-    this.step = null;
+    this.stepLength = -1;
     if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
-    const entries: StepEntry[] = [];
+    let n = 0;
     let budget = this.opts.chunkedPrefillSize;
 
     for (let i = 0; i < this.running.length; i++) {
@@ -174,79 +182,100 @@ export class Scheduler {
       }
       if (self) break;
       if (prefill) budget -= chunk;
-      entries.push(this.entry(s, chunk));
+      this.setEntry(n++, s, chunk);
     }
 
     // Admit waiting requests first come, first served. A request held back by its adapter
     // claims that adapter's place among the step's distinct adapters, so newer requests for
     // other adapters cannot keep its adapter out forever.
-    const distinct = new Set(this.running.map((s) => s.init.lora));
+    const max = this.opts.maxLorasPerBatch;
+    // The step's adapters, in the order they are touched; at most maxLorasPerBatch, so a
+    // list is as quick as a set and is reused from step to step.
+    const distinct = this.distinct;
+    distinct.length = 0;
+    for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
     // The step's adapters plus the ones claimed by requests held back.
-    const seen = new Set<string | null>(distinct);
+    const seen = this.seen;
+    seen.length = 0;
+    for (let d = 0; d < distinct.length; d++) seen.push(distinct[d]!);
+    const waiting = this.waiting;
     let i = 0;
-    const kept: Sequence[] = [];
-    for (; i < this.waiting.length; i++) {
+    // Requests held back are moved down over the admitted ones, keeping their order.
+    let kept = 0;
+    for (; i < waiting.length; i++) {
       if (this.running.length >= this.opts.maxRunningRequests || budget <= 0) break;
-      const s = this.waiting[i]!;
+      // More adapters claimed than a step may hold: no later request can be admitted, so the
+      // rest of the queue need not be looked at.
+      if (seen.length > max) break;
+      const s = waiting[i]!;
       const lora = s.init.lora;
       const slot = lora === null ? -1 : this.registry.residentSlot(lora);
-      if (slot === null || seen.size + (seen.has(lora) ? 0 : 1) > this.opts.maxLorasPerBatch) {
-        seen.add(lora);
-        kept.push(s);
+      const known = seen.includes(lora);
+      if (slot === null || seen.length + (known ? 0 : 1) > max) {
+        if (!known) seen.push(lora);
+        waiting[kept++] = s;
         continue;
       }
       const chunk = Math.min(s.pending, budget);
       if (!this.kv.grow(s.blocks, s.computed + chunk)) break;
-      seen.add(lora);
+      if (!known) seen.push(lora);
       s.status = 'running';
       insertByArrival(this.running, s);
-      distinct.add(lora);
+      addOnce(distinct, lora);
       if (lora !== null) this.registry.started(lora, s.arrival);
       budget -= chunk;
-      entries.push(this.entry(s, chunk));
+      this.setEntry(n++, s, chunk);
     }
-    // One pass: the requests left behind keep their order.
-    if (kept.length < i) this.waiting = kept.concat(this.waiting.slice(i));
+    if (kept < i) {
+      for (let j = i; j < waiting.length; j++) waiting[kept++] = waiting[j]!;
+      waiting.length = kept;
+    }
 
     this.pump();
-    if (entries.length === 0) return null;
-    for (const lora of distinct) if (lora !== null) this.registry.touch(lora);
-    this.step = entries;
-    return { batch: buildBatch(entries), seqIds: entries.map((e) => e.seq.id) };
+    if (n === 0) return null;
+    for (let d = 0; d < distinct.length; d++) {
+      const lora = distinct[d]!;
+      if (lora !== null) this.registry.touch(lora);
+    }
+    this.stepLength = n;
+    const seqIds = new Array<string>(n);
+    for (let e = 0; e < n; e++) seqIds[e] = this.entries[e]!.seq.id;
+    return { batch: buildBatch(this.entries, n), seqIds };
   }
 
   complete(result: StepResult): TokenEvent[] {
-    const step = this.step;
-    if (!step) throw new Error('complete() called without a scheduled step');
-    this.step = null;
-    if (result.tokens.length !== step.length) {
-      throw new Error(`step result has ${result.tokens.length} sequences, the step had ${step.length}`);
+    const n = this.stepLength;
+    if (n < 0) throw new Error('complete() called without a scheduled step');
+    this.stepLength = -1;
+    if (result.tokens.length !== n) {
+      throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
     const events = this.takeEvents();
-    const width = step.length > 0 ? result.topIds.length / step.length : 0;
-    step.forEach((e, i) => {
+    const width = n > 0 ? result.topIds.length / n : 0;
+    for (let i = 0; i < n; i++) {
+      const e = this.entries[i]!;
       const s = e.seq;
       // Aborted while the step ran: its blocks are already free.
-      if (s.status !== 'running' || this.byId.get(s.id) !== s) return;
+      if (s.status !== 'running' || this.byId.get(s.id) !== s) continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
         this.drop(s);
         this.failures.push({ id: s.id, message: error });
-        return;
+        continue;
       }
       s.computed += e.chunk;
-      if (!e.sample) return;
+      if (!e.sample) continue;
       const k = Math.min(s.init.topLogprobsNum, width);
       const token = {
         id: result.tokens[i]!,
         logprob: result.logprobs[i] ?? 0,
-        topIds: Array.from(result.topIds.subarray(i * width, i * width + k)),
-        topLogprobs: Array.from(result.topLogprobValues.subarray(i * width, i * width + k)),
+        topIds: k > 0 ? Array.from(result.topIds.subarray(i * width, i * width + k)) : [],
+        topLogprobs: k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : [],
       };
       const finish = s.accept(token.id, this.opts.eosTokenIds, this.opts.contextLength);
       if (finish) this.drop(s);
       events.push(s.event(finish, token));
-    });
+    }
     this.pump();
     return events;
   }
@@ -288,9 +317,20 @@ export class Scheduler {
     };
   }
 
-  private entry(s: Sequence, chunk: number): StepEntry {
+  /** Fills the step's entry `i`, reusing the object an earlier step left there. */
+  private setEntry(i: number, s: Sequence, chunk: number): void {
     const lora = s.init.lora;
-    return { seq: s, chunk, sample: s.computed + chunk === s.tokens.length, slot: lora === null ? -1 : this.registry.residentSlot(lora)! };
+    const sample = s.computed + chunk === s.tokens.length;
+    const slot = lora === null ? -1 : this.registry.residentSlot(lora)!;
+    const e = this.entries[i];
+    if (e === undefined) {
+      this.entries.push({ seq: s, chunk, sample, slot });
+      return;
+    }
+    e.seq = s;
+    e.chunk = chunk;
+    e.sample = sample;
+    e.slot = slot;
   }
 
   /** Frees the cache and recomputes later, keeping the generated tokens as part of the prompt. */
@@ -320,6 +360,10 @@ export class Scheduler {
   private pump(): void {
     this.registry.pump();
   }
+}
+
+function addOnce<T>(list: T[], x: T): void {
+  if (!list.includes(x)) list.push(x);
 }
 
 function insertByArrival(list: Sequence[], s: Sequence): void {
