@@ -5,9 +5,12 @@
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { createApp } from '../src/http/app.js';
+import { EngineMetrics } from '../src/metrics/collector.js';
 import { GATEWAY_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
 import type { SchedulerLoad } from '../src/scheduler/index.js';
 import { useDemoServer } from './demo-server.js';
+import { EchoEngine } from './http-echo-engine.js';
 
 interface Sample {
   labels: Record<string, string>;
@@ -141,6 +144,11 @@ describe('gateway metrics on a real server', () => {
       expect(Math.abs(sample.value - Date.now() / 1000)).toBeLessThan(300);
     }
 
+    // /metrics/gateway serves these series and nothing else.
+    const lean = parseMetrics(await (await fetch(`${base}/metrics/gateway`)).text());
+    expect([...lean.keys()].sort()).toEqual([...Object.values(GATEWAY_METRIC_NAMES).flat()].sort());
+    expect(m.has('troupe_adapter_loads_total')).toBe(true);
+
     const abort = await post('/abort_request', { abort_all: true });
     expect(abort.status).toBe(200);
     for (const text of await Promise.all(long.map((l) => l.text))) expect(text).toContain('"type":"abort"');
@@ -162,7 +170,7 @@ describe('gateway metrics of any engine', () => {
   it('asks the scheduler once per scrape, however many gauges read it', async () => {
     const registry = new Registry();
     let calls = 0;
-    registerGatewayMetrics(registry, {
+    registerGatewayMetrics([registry], {
       modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4,
       load: async () => (calls++, load({ waiting: calls, freeBlocks: 5 })),
     });
@@ -179,7 +187,7 @@ describe('gateway metrics of any engine', () => {
     const registry = new Registry();
     let now = 1_000_000;
     let current = load({ residentAdapters: ['x'], waitingAdapters: ['y', 'z'] });
-    registerGatewayMetrics(registry, { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current, now: () => now });
+    registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current, now: () => now });
     const first = parseMetrics(await registry.metrics());
     expect(only(first, 'vllm:lora_requests_info')).toEqual({
       labels: { max_lora: '4', running_lora_adapters: 'x', waiting_lora_adapters: 'y,z' }, value: 1000,
@@ -192,9 +200,23 @@ describe('gateway metrics of any engine', () => {
     });
   });
 
+  it('serves /metrics/gateway without the API key, as /metrics, for pickers that send none', async () => {
+    const metrics = new EngineMetrics(4, () => ({ slots: 4, slotsUsed: 0, cpuAdapters: 0, byState: {} }), {
+      modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => load({ waiting: 3 }),
+    });
+    const app = createApp(Object.assign(new EchoEngine(), { metrics }), { servedModelName: 'demo', apiKey: 'k' });
+    const lean = await app.request('/metrics/gateway');
+    expect(lean.status).toBe(200);
+    const m = parseMetrics(await lean.text());
+    expect(figure(m, GATEWAY_METRIC_NAMES.waiting)).toBe(3);
+    expect(m.has('troupe_adapter_loads_total')).toBe(false);
+    expect((await app.request('/metrics')).status).toBe(200);
+    expect((await app.request('/get_server_info')).status).toBe(401);
+  });
+
   it('leaves the adapter info out when LoRA is off, as vLLM does', async () => {
     const registry = new Registry();
-    registerGatewayMetrics(registry, { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: null, load: async () => load() });
+    registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: null, load: async () => load() });
     const m = parseMetrics(await registry.metrics());
     for (const name of GATEWAY_METRIC_NAMES.loraInfo) expect(m.has(name)).toBe(false);
     expect(figure(m, GATEWAY_METRIC_NAMES.running)).toBe(0);

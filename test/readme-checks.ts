@@ -1,6 +1,7 @@
 // What the README's curl examples must answer: the success status, and the shape the README
 // shows for each route, from its json sample, a comment after the command, or sample lines.
 import { expect } from 'vitest';
+import { GATEWAY_METRIC_NAMES } from '../src/metrics/gateway.js';
 import { sseEvents, type Block, type CurlRequest, type CurlResult } from './readme-examples.js';
 
 // ---- the shapes the README shows --------------------------------------------------------------
@@ -81,6 +82,15 @@ function series(text: string): Array<{ name: string; labels: string[] }> {
     if (!m) throw new Error(`not a Prometheus sample: ${l}`);
     return { name: m[1]!, labels: [...(m[2] ?? '').matchAll(/(\w+)="/g)].map((x) => x[1]!).sort() };
   });
+}
+
+/** Each sample line the README shows after the command is served, with the same label names. */
+function expectSampleSeries(body: string, ctx: CheckContext): void {
+  expect(ctx.sample?.lang, 'the README shows sample lines after this command').toBe('text');
+  const served = series(body);
+  for (const s of series(ctx.sample!.code)) {
+    expect(served.filter((x) => x.name === s.name).map((x) => x.labels), s.name).toContainEqual(s.labels);
+  }
 }
 
 // ---- what each route answers --------------------------------------------------------------------
@@ -215,12 +225,12 @@ export function routeChecks(generateItem: unknown): Checks {
       expect(first.event).toBe('snapshot');
       expect(json(first.data)).toMatchObject({ poolSlots: expect.any(Number), adapters: expect.any(Array) });
     },
-    'GET /metrics': (_req, body, ctx) => {
-      expect(ctx.sample?.lang, 'the README shows sample lines after this command').toBe('text');
-      const served = series(body);
-      for (const s of series(ctx.sample!.code)) {
-        expect(served.filter((x) => x.name === s.name).map((x) => x.labels), s.name).toContainEqual(s.labels);
-      }
+    'GET /metrics': (_req, body, ctx) => expectSampleSeries(body, ctx),
+    'GET /metrics/gateway': (_req, body, ctx) => {
+      expectSampleSeries(body, ctx);
+      // "only the series below": what endpoint pickers read, nothing per adapter.
+      const gateway: readonly string[] = Object.values(GATEWAY_METRIC_NAMES).flat();
+      for (const s of series(body)) expect(gateway, s.name).toContain(s.name);
     },
   };
 }

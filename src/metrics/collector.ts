@@ -17,6 +17,8 @@ export interface FinishedRequest {
 
 export class EngineMetrics {
   readonly registry = new Registry();
+  /** Only what inference gateways' endpoint pickers read (see gateway.ts); also in `registry`. */
+  readonly gatewayRegistry = new Registry();
   private readonly requests: Counter<'adapter' | 'outcome'>;
   private readonly promptTokens: Counter<'adapter'>;
   private readonly generatedTokens: Counter<'adapter'>;
@@ -88,7 +90,7 @@ export class EngineMetrics {
         for (const [state, n] of Object.entries(counters().byState)) this.set({ state }, n);
       },
     });
-    if (gateway) registerGatewayMetrics(this.registry, gateway);
+    if (gateway) registerGatewayMetrics([this.registry, this.gatewayRegistry], gateway);
   }
 
   request(r: FinishedRequest): void {
