@@ -77,7 +77,13 @@ export class Engine implements LocalTroupeEngine {
     private readonly log: EngineLog,
   ) {
     this.adapterCounters = { slots: this.poolSlots, slotsUsed: 0, cpuAdapters: 0, byState: {} };
-    this.metrics = new EngineMetrics(this.poolSlots, () => this.adapterCounters);
+    this.metrics = new EngineMetrics(this.poolSlots, () => this.adapterCounters, {
+      modelName: options.servedModelName ?? options.modelPath,
+      blockSize: engineInfo.blockSize,
+      numBlocks: engineInfo.kvBlocks,
+      maxLoras: plan.loraEnabled ? this.poolSlots : null,
+      load: () => supervisor.actors.scheduler.call({ type: 'load' }),
+    });
     supervisor.actors.scheduler.serve((msg) => this.onScheduler(msg));
     supervisor.onCrash((err) => {
       log('error', err.message);

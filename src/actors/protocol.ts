@@ -9,12 +9,16 @@ import type {
   AdapterTransition,
   LoaderCommand,
   LoaderEvent,
+  SchedulerLoad,
   SchedulerOptions,
+  SchedulerStats,
   SeqInit,
   TokenEvent,
 } from '../scheduler/index.js';
 
-export type { AdapterCounters, AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerOptions, SeqInit, TokenEvent };
+export type {
+  AdapterCounters, AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerLoad, SchedulerOptions, SchedulerStats, SeqInit, TokenEvent,
+};
 
 // ---- executor: owns the engine, one native step per message ----
 export type ExecutorMsg =
@@ -42,12 +46,6 @@ export interface LoaderOutReplies {
 }
 
 // ---- scheduler: the step loop; the main thread only submits and listens ----
-export interface SchedulerStats {
-  waiting: number;
-  running: number;
-  freeBlocks: number;
-  totalBlocks: number;
-}
 export type SchedulerMsg =
   | { type: 'init'; options: SchedulerOptions }
   | { type: 'submit'; seq: SeqInit }
@@ -60,6 +58,8 @@ export type SchedulerMsg =
   | { type: 'adapters'; names?: string[] }
   | { type: 'adapterDetails' }
   | { type: 'stats' }
+  /** stats plus the adapters held in GPU slots and wanted by waiting requests, for /metrics. */
+  | { type: 'load' }
   /** The loader was replaced; `port` is the new one's channel (transferred). */
   | { type: 'loaderRestarted'; port: import('node:worker_threads').MessagePort };
 export interface SchedulerReplies {
@@ -71,6 +71,7 @@ export interface SchedulerReplies {
   adapters: AdapterStatus[];
   adapterDetails: AdapterDetail[];
   stats: SchedulerStats;
+  load: SchedulerLoad;
   loaderRestarted: void;
 }
 

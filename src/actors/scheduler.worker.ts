@@ -165,6 +165,8 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
       return scheduler().adapterDetails();
     case 'stats':
       return scheduler().stats();
+    case 'load':
+      return scheduler().load();
     case 'loaderRestarted':
       // Events the old loader sent but that are not yet handled describe copies that are gone.
       loaderPort.close();

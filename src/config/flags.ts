@@ -32,7 +32,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'host', kind: 'string', default: '127.0.0.1', group: 'server', help: 'Address to listen on.' },
   { name: 'port', kind: 'int', default: 30000, group: 'server', help: 'Port to listen on.' },
   { name: 'api-key', kind: 'string', default: null, group: 'server',
-    help: 'Require "Authorization: Bearer KEY" on every route except /health, /health_generate and /metrics.' },
+    help: 'Require "Authorization: Bearer KEY" on every route except /health, /health_generate, /metrics and /metrics/gateway.' },
   { name: 'allowed-hosts', kind: 'list', default: [], group: 'server',
     help: 'Host header values accepted (names or name:port; * accepts any). When absent: any when --host is not a loopback address, else localhost, 127.0.0.1 and [::1] only, which stops DNS-rebinding pages from reaching a local server.' },
   { name: 'max-request-bytes', kind: 'int', default: 33554432, group: 'server',

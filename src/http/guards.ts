@@ -50,8 +50,8 @@ export function hostGuard(listenHost: string, allowedHosts: readonly string[]): 
   };
 }
 
-/** The probes and metrics stay open, as in SGLang, so health checks and scrapers need no key. */
-const OPEN_PATHS = new Set(['/health', '/health_generate', '/metrics']);
+/** The probes and metrics stay open, as in SGLang, so health checks, scrapers and endpoint pickers need no key. */
+const OPEN_PATHS = new Set(['/health', '/health_generate', '/metrics', '/metrics/gateway']);
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
 

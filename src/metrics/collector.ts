@@ -3,6 +3,7 @@
 // Each engine has its own registry so several engines in one process do not collide.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AdapterCounters, AdapterTransition } from '../scheduler/index.js';
+import { registerGatewayMetrics, type GatewayMetricsSource } from './gateway.js';
 
 /** The `adapter` label of requests for the base model. */
 export const BASE_LABEL = '(base)';
@@ -16,6 +17,8 @@ export interface FinishedRequest {
 
 export class EngineMetrics {
   readonly registry = new Registry();
+  /** Only what inference gateways' endpoint pickers read (see gateway.ts); also in `registry`. */
+  readonly gatewayRegistry = new Registry();
   private readonly requests: Counter<'adapter' | 'outcome'>;
   private readonly promptTokens: Counter<'adapter'>;
   private readonly generatedTokens: Counter<'adapter'>;
@@ -26,8 +29,11 @@ export class EngineMetrics {
   /** When each adapter's current read or copy began, to time it when it lands. */
   private readonly started = new Map<string, number>();
 
-  /** `counters` are the scheduler's latest (sent with its transitions); no adapter table is kept. */
-  constructor(poolSlots: number, counters: () => AdapterCounters) {
+  /**
+   * `counters` are the scheduler's latest (sent with its transitions); no adapter table is kept.
+   * `gateway` adds the queue, KV-cache and adapter gauges that endpoint pickers read.
+   */
+  constructor(poolSlots: number, counters: () => AdapterCounters, gateway?: GatewayMetricsSource) {
     const registers = [this.registry];
     this.requests = new Counter({
       name: 'troupe_adapter_requests_total',
@@ -84,6 +90,7 @@ export class EngineMetrics {
         for (const [state, n] of Object.entries(counters().byState)) this.set({ state }, n);
       },
     });
+    if (gateway) registerGatewayMetrics([this.registry, this.gatewayRegistry], gateway);
   }
 
   request(r: FinishedRequest): void {

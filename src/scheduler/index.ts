@@ -1,4 +1,4 @@
-export { Scheduler, type SchedulerOptions, type StepFailure } from './scheduler.js';
+export { Scheduler, type SchedulerLoad, type SchedulerOptions, type SchedulerStats, type StepFailure } from './scheduler.js';
 export type { SeqInit, TokenEvent } from './sequence.js';
 export type { LoaderCommand, LoaderEvent } from './loader.js';
 export type { AdapterCounters, AdapterDetail, AdapterTransition } from './adapter-registry.js';

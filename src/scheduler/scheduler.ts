@@ -28,6 +28,21 @@ export interface SchedulerOptions {
   loraModules: LoraModule[];
 }
 
+export interface SchedulerStats {
+  waiting: number;
+  running: number;
+  freeBlocks: number;
+  totalBlocks: number;
+}
+
+/** What a load balancer weighs this server by: the queues, the KV cache, and where adapters stand. */
+export interface SchedulerLoad extends SchedulerStats {
+  /** Adapters in a GPU pool slot, ready to run (sorted by name). */
+  residentAdapters: string[];
+  /** Adapters that waiting requests name, in the order admission will reach them. */
+  waitingAdapters: string[];
+}
+
 /** A sequence that one step failed on its own while the rest of the batch went on. */
 export interface StepFailure {
   id: string;
@@ -308,12 +323,22 @@ export class Scheduler {
     return this.registry.subscribe(listener);
   }
 
-  stats(): { waiting: number; running: number; freeBlocks: number; totalBlocks: number } {
+  stats(): SchedulerStats {
     return {
       waiting: this.waiting.length,
       running: this.running.length,
       freeBlocks: this.kv.freeCount,
       totalBlocks: this.kv.numBlocks,
+    };
+  }
+
+  /** Costs the resident adapters (at most the slots) plus the adapters waiting requests want, never the registered ones. */
+  load(): SchedulerLoad {
+    const index = this.registry.index;
+    return {
+      ...this.stats(),
+      residentAdapters: [...index.inResidency('gpuResident.pinned'), ...index.inResidency('gpuResident.unpinned')].sort(),
+      waitingAdapters: [...index.demand.names()],
     };
   }
 

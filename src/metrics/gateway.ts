@@ -1,0 +1,119 @@
+// The serving-load gauges that an inference gateway's endpoint picker scrapes to choose a
+// replica: the Gateway API Inference Extension's model server protocol
+// (docs/proposals/003-model-server-protocol) asks for the waiting requests, the running
+// requests, the KV-cache usage and, for adapter affinity, a LoRA info gauge shaped as vLLM's
+// vllm:lora_requests_info.
+//
+// Each figure is published under troupe's own name and under the names the picker reads by
+// default for its model-server types: vLLM's (the type of every pod without an engine-type
+// label, and the only built-in type whose mapping reads adapter info) and SGLang's (a pod
+// labelled as SGLang gets queue, running and KV usage, but no adapter affinity). All of one
+// scrape come from one scheduler snapshot, so they agree with each other. They go into the
+// engine's registry (/metrics) and a registry of their own (/metrics/gateway): the picker scrapes
+// every 50 ms, and /metrics grows by some 3 KB per adapter name ever loaded.
+//
+// running_lora_adapters lists the adapters in a GPU pool slot, the protocol's "loaded in GPU
+// memory and ready to serve" (vLLM lists those of running requests, which a slot always holds
+// here): a replica that holds an adapter serves it without a copy whether or not a request uses
+// it now, which is what adapter affinity is for. max_lora is then the pool's slots
+// (--max-gpu-loras, which is --max-loras-per-batch unless given), so running plus waiting
+// adapters below it means room for one more without evicting.
+import { Gauge, type Registry } from 'prom-client';
+import type { SchedulerLoad } from '../scheduler/index.js';
+
+export interface GatewayMetricsSource {
+  /** Served model name, the model_name label of the vLLM and SGLang gauges. */
+  modelName: string;
+  /** Tokens per KV block (--page-size) and the blocks of the KV cache. */
+  blockSize: number;
+  numBlocks: number;
+  /** Adapters the GPU pool holds at once (its slots); null when LoRA is off, which leaves the adapter info out as vLLM does. */
+  maxLoras: number | null;
+  /** Asked once per scrape. */
+  load(): Promise<SchedulerLoad>;
+  /** Epoch milliseconds; the adapter info's value is the scrape time in seconds. */
+  now?: () => number;
+}
+
+/** The names each figure is published under: troupe's, then vLLM's, then SGLang's. */
+export const GATEWAY_METRIC_NAMES = {
+  waiting: ['troupe_requests_waiting', 'vllm:num_requests_waiting', 'sglang:num_queue_reqs'],
+  running: ['troupe_requests_running', 'vllm:num_requests_running', 'sglang:num_running_reqs'],
+  kvUsage: ['troupe_kv_cache_usage_ratio', 'vllm:kv_cache_usage_perc', 'sglang:token_usage'],
+  loraInfo: ['troupe_lora_requests_info', 'vllm:lora_requests_info'],
+  cacheInfo: ['vllm:cache_config_info', 'sglang:cache_config_info'],
+} as const;
+const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
+
+/** One call shared by every gauge of a scrape: prom-client collects them all in the same tick. */
+function sharedWhileInFlight<T>(fetch: () => Promise<T>): () => Promise<T> {
+  let pending: Promise<T> | null = null;
+  return () => (pending ??= fetch().finally(() => (pending = null)));
+}
+
+export function registerGatewayMetrics(registers: Registry[], source: GatewayMetricsSource): void {
+  const snapshot = sharedWhileInFlight(() => source.load());
+  const now = source.now ?? Date.now;
+
+  const figure = (names: readonly string[], help: string, value: (l: SchedulerLoad) => number): void => {
+    names.forEach((name, i) => {
+      // troupe's own series carry no labels; vLLM's and SGLang's carry model_name, as theirs do.
+      const own = i === 0;
+      new Gauge({
+        name,
+        help: own ? help : `${help} Same as ${names[0]}, under ${ENGINES[i]}'s name.`,
+        labelNames: own ? [] : ['model_name'],
+        registers,
+        async collect() {
+          const v = value(await snapshot());
+          if (own) this.set(v);
+          else this.set({ model_name: source.modelName }, v);
+        },
+      });
+    });
+  };
+  figure(GATEWAY_METRIC_NAMES.waiting, 'Requests waiting to join the batch (for KV cache room, a place in the batch or their adapter).', (l) => l.waiting);
+  figure(GATEWAY_METRIC_NAMES.running, 'Requests in the running batch.', (l) => l.running);
+  figure(
+    GATEWAY_METRIC_NAMES.kvUsage,
+    'Fraction of KV cache blocks in use, from 0 to 1.',
+    (l) => (l.totalBlocks > 0 ? (l.totalBlocks - l.freeBlocks) / l.totalBlocks : 0),
+  );
+
+  // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
+  new Gauge({
+    name: GATEWAY_METRIC_NAMES.cacheInfo[0],
+    help: 'KV cache shape: block_size (tokens per block) and num_gpu_blocks, as vLLM labels them; the value is 1.',
+    labelNames: ['block_size', 'num_gpu_blocks'],
+    registers,
+  }).set({ block_size: String(source.blockSize), num_gpu_blocks: String(source.numBlocks) }, 1);
+  new Gauge({
+    name: GATEWAY_METRIC_NAMES.cacheInfo[1],
+    help: 'KV cache shape: page_size (tokens per page) and num_pages, as SGLang labels them; the value is 1.',
+    labelNames: ['page_size', 'num_pages'],
+    registers,
+  }).set({ page_size: String(source.blockSize), num_pages: String(source.numBlocks) }, 1);
+
+  if (source.maxLoras === null) return;
+  const maxLora = String(source.maxLoras);
+  for (const name of GATEWAY_METRIC_NAMES.loraInfo) {
+    new Gauge({
+      name,
+      help:
+        'LoRA adapters, in labels as vLLM gives them: running_lora_adapters (in a GPU pool slot, ready to run), ' +
+        'waiting_lora_adapters (named by waiting requests), max_lora (GPU pool slots); the value is the scrape time in seconds.',
+      labelNames: ['max_lora', 'running_lora_adapters', 'waiting_lora_adapters'],
+      registers,
+      async collect() {
+        const l = await snapshot();
+        // One series, the current one: vLLM leaves a series behind per combination and the
+        // picker takes the newest by its value; a single series reads the same and never grows.
+        this.reset();
+        this.set(
+          { max_lora: maxLora, running_lora_adapters: l.residentAdapters.join(','), waiting_lora_adapters: l.waitingAdapters.join(',') },
+          now() / 1000,
+        );
+      },
+    });
+  }
+}

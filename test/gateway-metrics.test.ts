@@ -1,0 +1,224 @@
+// The model server protocol of the Gateway API Inference Extension on /metrics: queue, running
+// requests, KV-cache usage and the LoRA adapter info gauge, under troupe's names and the names
+// the endpoint picker reads for vLLM and SGLang, scraped from a real server while requests run
+// and wait for their adapters.
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { createApp } from '../src/http/app.js';
+import { EngineMetrics } from '../src/metrics/collector.js';
+import { GATEWAY_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
+import type { SchedulerLoad } from '../src/scheduler/index.js';
+import { useDemoServer } from './demo-server.js';
+import { EchoEngine } from './http-echo-engine.js';
+
+interface Sample {
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Prometheus text format: every sample by metric name. */
+function parseMetrics(text: string): Map<string, Sample[]> {
+  const out = new Map<string, Sample[]>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = JSON.parse(`"${l[2]}"`) as string;
+    out.set(m[1]!, [...(out.get(m[1]!) ?? []), { labels, value: Number(m[3]) }]);
+  }
+  return out;
+}
+
+/** The one sample of `name`; fails when there is none or several. */
+function only(metrics: Map<string, Sample[]>, name: string): Sample {
+  const samples = metrics.get(name) ?? [];
+  expect(samples, name).toHaveLength(1);
+  return samples[0]!;
+}
+
+/** Each name of a figure, with the value all of them must share. */
+function figure(metrics: Map<string, Sample[]>, names: readonly string[]): number {
+  const values = names.map((n) => only(metrics, n).value);
+  expect(new Set(values).size, `${names.join(', ')} disagree: ${values.join(', ')}`).toBe(1);
+  return values[0]!;
+}
+
+describe('gateway metrics on a real server', () => {
+  // The demo server runs with --max-loras-per-batch 3: three pool slots, three adapters per batch.
+  const server = useDemoServer();
+
+  const scrape = async (): Promise<Map<string, Sample[]>> => {
+    const res = await fetch(`${server().base}/metrics`);
+    expect(res.status).toBe(200);
+    return parseMetrics(await res.text());
+  };
+  /**
+   * Scrapes until `ready` holds: the server's own report is the event waited for. A series that
+   * is missing fails at once (`only` throws); a value that never comes fails after a minute.
+   */
+  const scrapeUntil = async (what: string, ready: (m: Map<string, Sample[]>) => boolean): Promise<Map<string, Sample[]>> => {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const m = await scrape();
+      if (ready(m)) return m;
+      if (Date.now() > deadline) throw new Error(`/metrics never showed ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const post = (path: string, body: unknown): Promise<Response> =>
+    fetch(`${server().base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  /**
+   * A streamed request that runs until aborted; resolves once its first tokens arrived (it is
+   * running) with the whole stream's text to come (wrapped: an async function would adopt it).
+   */
+  const runLong = async (lora: string | null, rid: string): Promise<{ text: Promise<string> }> => {
+    const res = await post('/generate', {
+      text: 'Once upon a time', lora_path: lora, rid, stream: true,
+      // Three of these fit the demo server's 8192-token KV cache, so none is ever preempted.
+      sampling_params: { max_new_tokens: 2500, ignore_eos: true },
+    });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value, { stream: true });
+    const rest = async (): Promise<string> => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return text;
+        text += decoder.decode(value, { stream: true });
+      }
+    };
+    return { text: rest() };
+  };
+
+  it('reports waiting and running requests, KV usage and where adapters stand, under every name', async () => {
+    const { base, dir } = server();
+    // Whatever fails, no request is left running for the server's close to cut.
+    const pending: Array<Promise<unknown>> = [];
+    onTestFinished(async () => {
+      await post('/abort_request', { abort_all: true });
+      await Promise.allSettled(pending);
+    });
+    for (const name of ['a2', 'a3']) {
+      const res = await post('/load_lora_adapter', { lora_name: name, lora_path: join(dir, 'adapters', 'demo-a') });
+      expect(res.status).toBe(200);
+    }
+    // The base model, demo-a and demo-b fill the batch's three adapters...
+    const long = await Promise.all([runLong(null, 'long-base'), runLong('demo-a', 'long-a'), runLong('demo-b', 'long-b')]);
+    pending.push(...long.map((l) => l.text));
+    // ...so a2's and a3's requests wait. a2 takes the free slot; a3 may take none, since each
+    // slot's adapter is used by a running request or wanted by a request that waited longer.
+    const waiting = ['a2', 'a3'].map((lora) => post('/generate', { text: 'Hello', lora_path: lora, sampling_params: { max_new_tokens: 4 } }));
+    pending.push(...waiting);
+    const loraInfo = (m: Map<string, Sample[]>): Record<string, string> => only(m, 'vllm:lora_requests_info').labels;
+    const m = await scrapeUntil('two waiting requests and a2 in a slot', (s) =>
+      only(s, 'troupe_requests_waiting').value === 2 && loraInfo(s).running_lora_adapters!.split(',').includes('a2'));
+
+    expect(figure(m, GATEWAY_METRIC_NAMES.waiting)).toBe(2);
+    expect(figure(m, GATEWAY_METRIC_NAMES.running)).toBe(3);
+    const kv = figure(m, GATEWAY_METRIC_NAMES.kvUsage);
+    const info = await (await fetch(`${base}/get_server_info`)).json() as { internal_states: Array<{ kv_cache_total_blocks: number }> };
+    const blocks = info.internal_states[0]!.kv_cache_total_blocks;
+    expect(blocks).toBe(8192 / 16);
+    // A fraction of whole blocks, at least one per running request.
+    expect(Number.isInteger(kv * blocks)).toBe(true);
+    expect(kv * blocks).toBeGreaterThanOrEqual(3);
+    expect(kv).toBeLessThan(1);
+    for (const name of ['vllm:num_requests_waiting', 'sglang:num_queue_reqs', 'vllm:kv_cache_usage_perc', 'sglang:token_usage']) {
+      expect(only(m, name).labels).toEqual({ model_name: expect.any(String) });
+    }
+    expect(only(m, 'vllm:cache_config_info')).toEqual({ labels: { block_size: '16', num_gpu_blocks: String(blocks) }, value: 1 });
+    expect(only(m, 'sglang:cache_config_info')).toEqual({ labels: { page_size: '16', num_pages: String(blocks) }, value: 1 });
+
+    for (const name of GATEWAY_METRIC_NAMES.loraInfo) {
+      const sample = only(m, name);
+      expect(sample.labels).toEqual({
+        max_lora: '3', // --max-loras-per-batch
+        running_lora_adapters: 'a2,demo-a,demo-b',
+        waiting_lora_adapters: 'a2,a3',
+      });
+      // The scrape time in seconds, as vLLM's set_to_current_time gives it.
+      expect(Math.abs(sample.value - Date.now() / 1000)).toBeLessThan(300);
+    }
+
+    // /metrics/gateway serves these series and nothing else.
+    const lean = parseMetrics(await (await fetch(`${base}/metrics/gateway`)).text());
+    expect([...lean.keys()].sort()).toEqual([...Object.values(GATEWAY_METRIC_NAMES).flat()].sort());
+    expect(m.has('troupe_adapter_loads_total')).toBe(true);
+
+    const abort = await post('/abort_request', { abort_all: true });
+    expect(abort.status).toBe(200);
+    for (const text of await Promise.all(long.map((l) => l.text))) expect(text).toContain('"type":"abort"');
+    for (const res of await Promise.all(waiting)) expect(((await res.json()) as { meta_info: { finish_reason: { type: string } } }).meta_info.finish_reason.type).toBe('abort');
+    const idle = await scrapeUntil('no running request', (s) => only(s, 'troupe_requests_running').value === 0);
+    expect(figure(idle, GATEWAY_METRIC_NAMES.waiting)).toBe(0);
+    expect(figure(idle, GATEWAY_METRIC_NAMES.kvUsage)).toBe(0);
+    expect(loraInfo(idle).waiting_lora_adapters).toBe('');
+    // Adapters keep their slots when idle (which ones depends on the order the aborts landed in).
+    expect(loraInfo(idle).running_lora_adapters!.split(',').length).toBeLessThanOrEqual(3);
+  }, 120_000);
+});
+
+describe('gateway metrics of any engine', () => {
+  const load = (over: Partial<SchedulerLoad> = {}): SchedulerLoad => ({
+    waiting: 0, running: 0, freeBlocks: 10, totalBlocks: 10, residentAdapters: [], waitingAdapters: [], ...over,
+  });
+
+  it('asks the scheduler once per scrape, however many gauges read it', async () => {
+    const registry = new Registry();
+    let calls = 0;
+    registerGatewayMetrics([registry], {
+      modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4,
+      load: async () => (calls++, load({ waiting: calls, freeBlocks: 5 })),
+    });
+    const first = parseMetrics(await registry.metrics());
+    expect(calls).toBe(1);
+    expect(figure(first, GATEWAY_METRIC_NAMES.waiting)).toBe(1);
+    expect(figure(first, GATEWAY_METRIC_NAMES.kvUsage)).toBe(0.5);
+    const second = parseMetrics(await registry.metrics());
+    expect(calls).toBe(2);
+    expect(figure(second, GATEWAY_METRIC_NAMES.waiting)).toBe(2);
+  });
+
+  it('keeps one adapter info series, the current one, with the scrape time as its value', async () => {
+    const registry = new Registry();
+    let now = 1_000_000;
+    let current = load({ residentAdapters: ['x'], waitingAdapters: ['y', 'z'] });
+    registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current, now: () => now });
+    const first = parseMetrics(await registry.metrics());
+    expect(only(first, 'vllm:lora_requests_info')).toEqual({
+      labels: { max_lora: '4', running_lora_adapters: 'x', waiting_lora_adapters: 'y,z' }, value: 1000,
+    });
+    now = 2_000_000;
+    current = load({ residentAdapters: ['x', 'y'] });
+    const second = parseMetrics(await registry.metrics());
+    expect(only(second, 'troupe_lora_requests_info')).toEqual({
+      labels: { max_lora: '4', running_lora_adapters: 'x,y', waiting_lora_adapters: '' }, value: 2000,
+    });
+  });
+
+  it('serves /metrics/gateway without the API key, as /metrics, for pickers that send none', async () => {
+    const metrics = new EngineMetrics(4, () => ({ slots: 4, slotsUsed: 0, cpuAdapters: 0, byState: {} }), {
+      modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => load({ waiting: 3 }),
+    });
+    const app = createApp(Object.assign(new EchoEngine(), { metrics }), { servedModelName: 'demo', apiKey: 'k' });
+    const lean = await app.request('/metrics/gateway');
+    expect(lean.status).toBe(200);
+    const m = parseMetrics(await lean.text());
+    expect(figure(m, GATEWAY_METRIC_NAMES.waiting)).toBe(3);
+    expect(m.has('troupe_adapter_loads_total')).toBe(false);
+    expect((await app.request('/metrics')).status).toBe(200);
+    expect((await app.request('/get_server_info')).status).toBe(401);
+  });
+
+  it('leaves the adapter info out when LoRA is off, as vLLM does', async () => {
+    const registry = new Registry();
+    registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: null, load: async () => load() });
+    const m = parseMetrics(await registry.metrics());
+    for (const name of GATEWAY_METRIC_NAMES.loraInfo) expect(m.has(name)).toBe(false);
+    expect(figure(m, GATEWAY_METRIC_NAMES.running)).toBe(0);
+  });
+});
