@@ -91,11 +91,23 @@ class PromiseWorker : public Napi::AsyncWorker {
       SetError(e.what());
     }
   }
-  void OnOK() override { deferred_.Resolve(done_ ? done_(Env()) : Env().Undefined()); }
+  // A read can finish while its thread is being terminated (the engine closing with a load in
+  // flight): then no JS can run, every call into it throws, and an exception leaving these
+  // callbacks would abort the whole process. Nobody awaits the promise any more, so the result
+  // is dropped (a read adapter not yet registered is freed with this worker).
+  void OnOK() override {
+    try {
+      deferred_.Resolve(done_ ? done_(Env()) : Env().Undefined());
+    } catch (const Napi::Error&) {
+    }
+  }
   void OnError(const Napi::Error& e) override {
-    Napi::Object err = e.Value();
-    if (invalidAdapter_) err.Set("invalidAdapter", true);
-    deferred_.Reject(err);
+    try {
+      Napi::Object err = e.Value();
+      if (invalidAdapter_) err.Set("invalidAdapter", true);
+      deferred_.Reject(err);
+    } catch (const Napi::Error&) {
+    }
   }
 
  private:
