@@ -59,6 +59,8 @@ export class AdapterRegistry implements PlacementHost {
         this.readIfRoom(name);
         return;
       }
+      // Refused before the old adapter leaves, so a refused load changes nothing.
+      this.assertCanPin(spec, this.actors.snapshot(name)!.context.pinned ? 1 : 0);
       this.replace(spec, label);
     }
     this.register(spec, spec.pinned ? 'added, pinned' : 'added');
@@ -126,7 +128,14 @@ export class AdapterRegistry implements PlacementHost {
 
   /** Starts its machine; refused past the pin limit. */
   private register(spec: AdapterSpec, reason: string): void {
-    const pinned = this.index.pinned.size;
+    this.assertCanPin(spec, 0);
+    this.actors.start({ ...spec, maxRank: this.limits.maxLoraRank, poolModules: this.limits.loraModules }, reason);
+    this.readIfRoom(spec.name);
+  }
+
+  /** SGLang keeps one slot of every batch for unpinned adapters and the base model; `leaving` pins are about to go. */
+  private assertCanPin(spec: AdapterSpec, leaving: number): void {
+    const pinned = this.index.pinned.size - leaving;
     if (spec.pinned && pinned >= this.limits.maxPinned) {
       throw badRequest(
         `Failed to load LoRA adapter '${spec.name}' as a pinned adapter. It is not allowed to pin all slots in the LoRA memory pool ` +
@@ -134,8 +143,6 @@ export class AdapterRegistry implements PlacementHost {
           '(max_loras_per_batch - 1); increase --max-loras-per-batch or load it unpinned',
       );
     }
-    this.actors.start({ ...spec, maxRank: this.limits.maxLoraRank, poolModules: this.limits.loraModules }, reason);
-    this.readIfRoom(spec.name);
   }
 
   /** Reads a loaded adapter that is on disk while the CPU budget allows, so a bad adapter fails at load time. */
