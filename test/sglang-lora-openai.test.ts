@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalTroupeEngine } from '../src/troupe.js';
-import { appFor, makeWorld, startEngine, type World } from './adapter-fixtures.js';
+import { appFor, makeWorld, post, startEngine, type World } from './adapter-fixtures.js';
 import { useDemoServer } from './demo-server.js';
 import { EchoEngine } from './http-echo-engine.js';
 import { createApp } from '../src/http/app.js';
@@ -100,10 +100,11 @@ describe('test_lora_openai_compatible.py TestLoRADisabledError', () => {
   let world: World;
   let engine: LocalTroupeEngine;
   let plain: OpenAI;
+  let app: ReturnType<typeof appFor>;
   beforeAll(async () => {
     world = makeWorld('sglang-openai-plain');
     engine = await startEngine(world, []);
-    const app = appFor(engine);
+    app = appFor(engine);
     plain = new OpenAI({ baseURL: 'http://localhost/v1', apiKey: 'EMPTY', maxRetries: 0, fetch: (url, init) => Promise.resolve(app.request(String(url), init)) });
   }, 120_000);
   afterAll(async () => {
@@ -121,6 +122,16 @@ describe('test_lora_openai_compatible.py TestLoRADisabledError', () => {
     expect(message).toContain('--enable-lora');
     const ok = await plain.chat.completions.create({ model: 'demo', messages: USER('Hello!'), max_tokens: 4 });
     expect(ok.choices[0]!.message.content).not.toBeNull();
+  });
+
+  // SGLang's load_lora_adapter and unload_lora_adapter refuse the same way, with 400.
+  it('loading or unloading an adapter on a server without LoRA is a 400 saying LoRA is not enabled', async () => {
+    for (const [path, body] of [['/load_lora_adapter', { lora_name: 'x', lora_path: world.demoA }], ['/unload_lora_adapter', { lora_name: 'x' }]] as const) {
+      const { status, json } = await post(app, path, body);
+      expect(status, path).toBe(400);
+      expect(json).toMatchObject({ success: false, loaded_adapters: {} });
+      expect(json.error_message, path).toMatch(/^LoRA is not enabled\. Please set `--enable-lora` to enable LoRA/);
+    }
   });
 });
 
