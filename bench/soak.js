@@ -193,7 +193,9 @@ const clients = Array.from({ length: CLIENTS }, async (_, c) => {
 const churners = CHURNED.map(async (name, j) => {
   for (let cycle = 0; !stop; cycle++) {
     const path = CHURN_PATHS[(cycle + j) % CHURN_PATHS.length];
-    await run('load', () => false, post('/load_lora_adapter', { lora_name: name, lora_path: path }), (b) => (JSON.parse(b).success === true ? null : 'not loaded'));
+    // A request may have loaded it again (from its previous path) since the last unload.
+    const loaded = (b) => JSON.parse(b).success === true || /because it is already loaded/.test(JSON.parse(b).error_message);
+    await run('load', (status, b) => status === 400 && loaded(b), post('/load_lora_adapter', { lora_name: name, lora_path: path }), (b) => (loaded(b) ? null : 'not loaded'));
     await sleep(200 + ((cycle * 137 + j * 61) % 800));
     await run('unload', () => false, post('/unload_lora_adapter', { lora_name: name }), (b) => (JSON.parse(b).success === true ? null : 'not unloaded'));
     await sleep((cycle * 53) % 100);

@@ -96,6 +96,12 @@ export interface AdapterStatus {
   name: string;
   path: string;
   pinned: boolean;
+  /**
+   * Whether it is in the loaded set that clients see (SGLang's loaded_adapters and /v1/models):
+   * at most --max-loaded-loras adapters; one evicted from it, or being unloaded, is not. An
+   * evicted adapter is still listed here while its weights stay cached.
+   */
+  loaded: boolean;
   state: string; // the adapter statechart's state value
   rank: number | null;
   targetModules: string[];
@@ -109,6 +115,8 @@ export interface ModelInfo {
   tokenizerPath: string;
   isGeneration: true;
   maxTotalTokens: number;
+  /** Most tokens one request may hold, prompt and output together (--context-length, or the model's). */
+  contextLength: number;
   device: string;
   /** Tensor-parallel ranks, and how they exchange activations (none, host or nccl). */
   tpSize: number;
@@ -152,7 +160,8 @@ export interface TroupeEngine {
   unloadAdapter(name: string): Promise<void>;
   /**
    * Registered adapters' statuses, asked of the thread that owns them: those named in `names`
-   * that are registered, or every one when `names` is left out.
+   * that are registered, or every one when `names` is left out. Registered adapters are the
+   * loaded set and those evicted from it that the engine still caches; `loaded` tells them apart.
    */
   adapters(names?: readonly string[]): Promise<AdapterStatus[]>;
   /** The text of each token id on its own (special tokens included), for logprob listings. */

@@ -35,6 +35,12 @@ export interface AdapterContext extends AdapterInput {
   bytes: number;
   /** A read issued again after a loader restart has not landed yet. */
   rereading: boolean;
+  /**
+   * It failed while a read and a copy were issued again after a loader restart: the read failed
+   * and the copy queued behind it will fail too. Until the loader reports that, it must not leave,
+   * or the report would reach the next adapter of its name.
+   */
+  copyQueued: boolean;
 }
 
 export type AdapterEvent =
@@ -48,6 +54,8 @@ export type AdapterEvent =
   | { type: 'UNLOAD' }
   /** Asks an adapter being unloaded to leave; its guard decides whether it may yet. */
   | { type: 'DRAINED' }
+  /** A request names an adapter whose unload still waits for its requests: it stays, as if loaded again. */
+  | { type: 'REVIVE' }
   /** A request naming it was queued / started running / went back to waiting / ended. */
   | { type: 'ACQUIRE' }
   | { type: 'START' }
@@ -94,8 +102,10 @@ export const adapterMachine = setup({
     markRereading: assign({ cpuCopy: false, rereading: true }),
     endRereading: assign({ rereading: false }),
     markRemoval: assign({ removal: true }),
-    // The loader reports the rest of a failed load (a copy queued behind a read that failed).
-    ignoreLateFailure: () => {},
+    clearRemoval: assign({ removal: false }),
+    noteQueuedCopy: assign(({ context }) => ({ copyQueued: context.rereading })),
+    // The loader reports the rest of a failed load (the copy queued behind a read that failed).
+    copyFailedToo: assign({ copyQueued: false }),
     acquire: assign(({ context }) => ({ users: context.users + 1 })),
     start: assign(({ context }) => ({ running: context.running + 1 })),
     preempt: assign(({ context }) => ({ running: context.running - 1 })),
@@ -125,7 +135,8 @@ export const adapterMachine = setup({
     evictableWithCopy: ({ context }) => context.running === 0 && !context.rereading && context.cpuCopy,
     hasRunning: ({ context }) => context.running > 0,
     canRelease: ({ context, event }) => event.type === 'RELEASE' && context.users > 0 && (!event.running || context.running > 0),
-    removalAskedAndUnused: ({ context }) => context.removal && context.users === 0,
+    removalAskedAndUnused: ({ context }) => context.removal && context.users === 0 && !context.copyQueued,
+    copyQueued: ({ context }) => context.copyQueued,
     /** Unloading completes once no request uses it and no read or copy of it is in flight. */
     drained: and([
       ({ context }) => context.users === 0 && !context.rereading,
@@ -147,6 +158,7 @@ export const adapterMachine = setup({
     cpuCopy: false,
     bytes: 0,
     rereading: false,
+    copyQueued: false,
   }),
   initial: 'live',
   states: {
@@ -187,7 +199,7 @@ export const adapterMachine = setup({
                 ],
                 CPU_LOADED: { guard: 'rereading', actions: 'storeShape' },
                 // The copy (or the read issued again for it) failed: the slot holds nothing usable.
-                LOAD_FAILED: { target: '#adapter.failed', actions: ['storeError', 'freeAll', 'clearSlot', 'forgetCpuCopy'] },
+                LOAD_FAILED: { target: '#adapter.failed', actions: ['noteQueuedCopy', 'storeError', 'freeAll', 'clearSlot', 'forgetCpuCopy'] },
                 // The copy was lost with the loader: read again and copy into the same slot.
                 LOADER_RESTARTED: { actions: ['markRereading', 'readFromDisk', 'copyToSlot'] },
               },
@@ -228,7 +240,11 @@ export const adapterMachine = setup({
               },
             },
             unloading: {
-              on: { DRAINED: { guard: 'drained', target: '#adapter.unloaded', actions: ['freeAll', 'clearSlot', 'forgetCpuCopy'] } },
+              on: {
+                DRAINED: { guard: 'drained', target: '#adapter.unloaded', actions: ['freeAll', 'clearSlot', 'forgetCpuCopy'] },
+                // Its weights never left (it is still draining), so being named again costs nothing.
+                REVIVE: { target: 'open', actions: 'clearRemoval' },
+              },
             },
           },
         },
@@ -237,8 +253,8 @@ export const adapterMachine = setup({
     failed: {
       on: {
         RELEASE: { guard: 'canRelease', actions: 'release' },
-        LOAD_FAILED: { actions: 'ignoreLateFailure' },
-        UNLOAD: 'unloaded',
+        LOAD_FAILED: { actions: 'copyFailedToo' },
+        UNLOAD: [{ guard: not('copyQueued'), target: 'unloaded' }, { actions: 'markRemoval' }],
         // An unload asked while the adapter was still loading completes once the load failed
         // and the requests that waited for it are ended.
         DRAINED: { guard: 'removalAskedAndUnused', target: 'unloaded' },

@@ -1,7 +1,9 @@
 // Churn: one adapter name is loaded and unloaded a fixed number of times while clients keep
-// generating with it, with two stable adapters and with the base model. No request that named
-// a loaded adapter may fail, every output must equal the one that request gets on a quiet
-// engine, and no thread of the engine may keep memory from the cycles.
+// generating with it, with two stable adapters and with the base model. No request may fail
+// (as in SGLang, a request naming the churned adapter between an unload and the next load
+// loads it again from its path, and that load then finds it loaded), every output must equal
+// the one that request gets on a quiet engine, and no thread of the engine may keep memory
+// from the cycles.
 //
 // Memory is read as the live JavaScript heap of every engine thread after a full collection
 // (the main thread's own heap, and a heap snapshot of each actor thread, which counts the
@@ -41,7 +43,6 @@ const CYCLES = 3 * WARMUP;
 const BOUND_KIB_PER_CYCLE = 32;
 const CLIENTS = 4;
 const LORAS = [null, 'demo-a', 'demo-b', 'churn'] as const;
-const REFUSED = /LoRA adapter 'churn' is not loaded|adapter "churn" is (not loaded|being unloaded)/;
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -97,7 +98,7 @@ describe(`${CYCLES} load/unload cycles during traffic`, () => {
     await engine.unloadAdapter('churn');
 
     let stop = false;
-    const stats = { ok: 0, refused: 0, churnOk: 0 };
+    const stats = { ok: 0, churnOk: 0, loadsFoundLoaded: 0 };
     const failures: string[] = [];
     const clients = prompts.map(async (text, c) => {
       for (let i = c; !stop; i++) {
@@ -109,17 +110,18 @@ describe(`${CYCLES} load/unload cycles during traffic`, () => {
           const want = expected.get(`${lora}|${text}`)!;
           if (ids.join() !== want.join()) failures.push(`${lora} "${text}": got ${ids}, alone ${want}`);
         } catch (err) {
-          const message = (err as Error).message;
-          // Only the churned name may be refused, and only with "not loaded" or "being unloaded".
-          if (lora === 'churn' && REFUSED.test(message)) stats.refused++;
-          else failures.push(`${lora} "${text}": ${message}`);
+          failures.push(`${lora} "${text}": ${(err as Error).message}`);
         }
       }
     });
 
     let atWarmup: Awaited<ReturnType<typeof liveBytes>> | null = null;
     for (let cycle = 1; cycle <= CYCLES; cycle++) {
-      await engine.loadAdapter({ name: 'churn', path: world.demoB });
+      await engine.loadAdapter({ name: 'churn', path: world.demoB }).catch((err: Error) => {
+        // A request named it since the last unload and loaded it again.
+        if (!/because it is already loaded/.test(err.message)) throw err;
+        stats.loadsFoundLoaded++;
+      });
       // Held for a varying while, so requests for it are queued, copied into a slot and run.
       await sleep(5 + (cycle % 4) * 10);
       await engine.unloadAdapter('churn');
@@ -129,16 +131,17 @@ describe(`${CYCLES} load/unload cycles during traffic`, () => {
     const atEnd = await liveBytes();
     stop = true;
     await Promise.all(clients);
+    // The clients' last requests may have loaded it again.
+    await engine.unloadAdapter('churn').catch(() => {});
 
     expect(failures).toEqual([]);
     expect(stats.churnOk).toBeGreaterThan(0);
-    expect(stats.ok).toBeGreaterThan(stats.refused);
     expect((await engine.adapters()).map((a) => a.name)).toEqual(['demo-a', 'demo-b']);
     expect((await engine.stats()).running).toBe(0);
     const perCycleKiB = (atEnd.total - atWarmup!.total) / 1024 / (CYCLES - WARMUP);
     const threadsKiB = Object.keys(atEnd.byThread).map((t) => `${t} ${((atEnd.byThread[t]! - atWarmup!.byThread[t]!) / 1024).toFixed(0)}`);
     const summary = `live heap ${perCycleKiB.toFixed(2)} KiB/cycle after cycle ${WARMUP} (KiB by thread: ${threadsKiB.join(', ')})`;
-    console.info(`churn: ${CYCLES} cycles, ${stats.ok} requests ok (${stats.churnOk} on the churned name), ${stats.refused} refused; ${summary}`);
+    console.info(`churn: ${CYCLES} cycles, ${stats.ok} requests ok (${stats.churnOk} on the churned name), ${stats.loadsFoundLoaded} loads found it loaded again; ${summary}`);
     expect(perCycleKiB, summary).toBeLessThan(BOUND_KIB_PER_CYCLE);
   }, 180_000);
 });

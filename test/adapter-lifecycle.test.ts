@@ -92,7 +92,7 @@ describe('load and unload refusals over HTTP', () => {
   }
 
   it('refuses a duplicate name, naming it', async () => {
-    await refused('/load_lora_adapter', { lora_name: 'a', lora_path: world.demoA }, "'a'", /already loaded/);
+    await refused('/load_lora_adapter', { lora_name: 'a', lora_path: world.demoA }, "Failed to load LoRA adapter 'a' because it is already loaded");
   });
 
   it('refuses to unload an unknown name, naming it', async () => {
@@ -112,8 +112,8 @@ describe('load and unload refusals over HTTP', () => {
 
   it('refuses a rank above --max-lora-rank and modules outside --lora-target-modules', async () => {
     const big = world.adapter('rank32', { rank: 32, modules: ['q_proj'] });
-    await refused('/load_lora_adapter', { lora_name: 'big', lora_path: big }, /rank 32, above --max-lora-rank 16/);
-    await refused('/load_lora_adapter', { lora_name: 'mlp', lora_path: world.demoB }, /targets gate_proj, up_proj, down_proj, not in --lora-target-modules/);
+    await refused('/load_lora_adapter', { lora_name: 'big', lora_path: big }, /with rank 32 is incompatible with the current LoRA memory pool configuration: .*rank 32, above --max-lora-rank 16/);
+    await refused('/load_lora_adapter', { lora_name: 'mlp', lora_path: world.demoB }, /incompatible .*targets gate_proj, up_proj, down_proj, not in --lora-target-modules/);
   });
 
   it('refuses more pinned adapters than max_loras_per_batch - 1', async () => {
@@ -122,7 +122,7 @@ describe('load and unload refusals over HTTP', () => {
     const p3 = world.adapter('pin3', { modules: ['q_proj'] });
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p1', lora_path: p1, pinned: true })).status).toBe(200);
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p2', lora_path: p2, pinned: true })).status).toBe(200);
-    await refused('/load_lora_adapter', { lora_name: 'p3', lora_path: p3, pinned: true }, /cannot pin adapter "p3": 2 adapters are pinned and at most 2/);
+    await refused('/load_lora_adapter', { lora_name: 'p3', lora_path: p3, pinned: true }, /Failed to load LoRA adapter 'p3' as a pinned adapter\..*to avoid starvation.*: 2 adapters are pinned and at most 2 may be/);
     expect((await engine.adapters()).find((s) => s.name === 'p1')).toMatchObject({ pinned: true, state: 'gpuResident.pinned' });
     // Unpinned, the same adapter is welcome.
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p3', lora_path: p3 })).status).toBe(200);

@@ -17,7 +17,12 @@ const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> =
   { name: 'read fails', events: [{ type: 'LOAD' }, failed, { type: 'UNLOAD' }] },
   { name: 'does not fit the pool', events: [{ type: 'LOAD' }, tooBig, { type: 'UNLOAD' }] },
   { name: 'copy fails', events: [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 0 }, failed] },
+  {
+    name: 'the loader restarts during a copy, the read fails, and the unload waits for the copy to fail too',
+    events: [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 0 }, { type: 'LOADER_RESTARTED' }, failed, { type: 'UNLOAD' }, failed, { type: 'DRAINED' }],
+  },
   { name: 'unloaded while registered', events: [{ type: 'UNLOAD' }, { type: 'DRAINED' }] },
+  { name: 'named again while its unload waits for a request', events: [{ type: 'ACQUIRE' }, { type: 'UNLOAD' }, { type: 'REVIVE' }, { type: 'ACQUIRE' }] },
   { name: 'the loader restarts while it holds the CPU copy', events: [{ type: 'LOAD' }, fits, { type: 'LOADER_RESTARTED' }] },
   { name: 'the loader restarts and the read for a resident adapter fails', events: [...toSlot, { type: 'LOADER_RESTARTED' }, failed, { type: 'EVICT' }] },
   {

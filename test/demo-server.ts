@@ -18,15 +18,15 @@ export interface DemoServer {
   close(): Promise<void>;
 }
 
+/** Starts the server; a flag in `extraArgs` replaces the default of that flag. */
 export async function startDemoServer(extraArgs: string[] = []): Promise<DemoServer> {
   const dir = mkdtempSync(join(tmpdir(), 'troupe-demo-server-'));
   makeDemo(dir);
-  const argv = [
-    '--model-path', dir,
-    '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
-    '--max-loras-per-batch', '3', '--max-total-tokens', '8192', '--context-length', '4096', '--device', 'cpu',
-    ...extraArgs,
+  const defaults: string[][] = [
+    ['--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`],
+    ['--max-loras-per-batch', '3'], ['--max-total-tokens', '8192'], ['--context-length', '4096'], ['--device', 'cpu'],
   ];
+  const argv = ['--model-path', dir, ...defaults.filter(([flag]) => !extraArgs.includes(flag!)).flat(), ...extraArgs];
   const { options } = validateFlags(parseArgs(argv).flags);
   const engine = await createEngine(options);
   // The app gets the same flags as the engine, as `troupe serve` gives them.

@@ -47,7 +47,10 @@ describe('createEngine with defaults', () => {
     const [base, withB] = await Promise.all([engine.generate(req), engine.generate({ ...req, lora: 'b' })]);
     expect(withB.outputIds).not.toEqual(base.outputIds);
     await engine.unloadAdapter('b');
-    await expect(engine.generate({ ...req, lora: 'b' })).rejects.toThrow(TroupeError);
+    await expect(engine.unloadAdapter('b')).rejects.toThrow(TroupeError);
+    // A name once loaded stays servable: a request loads it again; one never loaded is refused.
+    expect((await engine.generate({ ...req, lora: 'b' })).outputIds).toEqual(withB.outputIds);
+    await expect(engine.generate({ ...req, lora: 'never' })).rejects.toThrow(/has never been loaded/);
   });
 
   it('applies the same option rules as the command line', async () => {

@@ -30,7 +30,7 @@ export class EchoEngine implements TroupeEngine {
   private check(req: GenerateRequest): void {
     this.requests.push(req);
     if (req.lora !== null && !this.adapterPaths.has(req.lora)) {
-      throw badRequest(`adapter ${JSON.stringify(req.lora)} is not loaded`);
+      throw badRequest(`Got LoRA adapter that has never been loaded: '${req.lora}'`);
     }
   }
 
@@ -111,7 +111,7 @@ export class EchoEngine implements TroupeEngine {
     if (spec.path.includes('missing')) throw badRequest(`adapter path ${spec.path} has no adapter_config.json`);
     this.adapterPaths.set(spec.name, spec.path);
     return {
-      name: spec.name, path: spec.path, pinned: spec.pinned ?? false, state: 'ready',
+      name: spec.name, path: spec.path, pinned: spec.pinned ?? false, loaded: true, state: 'ready',
       rank: 8, targetModules: ['q_proj'], slot: null, error: null,
     };
   }
@@ -122,7 +122,7 @@ export class EchoEngine implements TroupeEngine {
 
   async adapters(names?: readonly string[]): Promise<AdapterStatus[]> {
     return [...this.adapterPaths].filter(([name]) => !names || names.includes(name)).map(([name, path]) => ({
-      name, path, pinned: false, state: 'ready', rank: 8, targetModules: ['q_proj'], slot: null, error: null,
+      name, path, pinned: false, loaded: true, state: 'ready', rank: 8, targetModules: ['q_proj'], slot: null, error: null,
     }));
   }
 
@@ -133,7 +133,7 @@ export class EchoEngine implements TroupeEngine {
   modelInfo(): ModelInfo {
     return {
       modelPath: '/models/demo', servedModelName: 'ignored-by-http', tokenizerPath: '/models/demo',
-      isGeneration: true, maxTotalTokens: 4096, device: 'cpu', tpSize: 1, collective: 'none',
+      isGeneration: true, maxTotalTokens: 4096, contextLength: 2048, device: 'cpu', tpSize: 1, collective: 'none',
     };
   }
 

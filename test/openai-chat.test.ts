@@ -94,8 +94,9 @@ describe('POST /v1/chat/completions', () => {
     for (const [fields, param, fragments] of cases) {
       await expectOpenAiError(await chat(fields), 400, param, ...fragments);
     }
-    await expectOpenAiError(await chat({ model: 'demo:ghost' }), 404, 'model', '"ghost"');
     expect(engine.requests).toHaveLength(0);
+    // An adapter never loaded is refused by the engine, with SGLang's words and status.
+    await expectOpenAiError(await chat({ model: 'demo:ghost' }), 400, null, "never been loaded: 'ghost'");
   });
 
   it('answers 400 for a model without a chat template, saying so', async () => {
@@ -127,17 +128,20 @@ describe('GET /v1/models', () => {
     return body.data.map((m: { id: string; parent: string | null }) => ({ id: m.id, parent: m.parent }));
   };
 
-  it('lists the base model and every adapter as "<served>:<adapter>", following loads and unloads', async () => {
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo:demo-a', parent: 'demo' }]);
+  it('lists the base model and every adapter by its name, following loads and unloads', async () => {
+    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo-a', parent: 'demo' }]);
     expect((await post('/load_lora_adapter', { lora_name: 'b2', lora_path: '/models/b2' })).status).toBe(200);
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo:demo-a', parent: 'demo' }, { id: 'demo:b2', parent: 'demo' }]);
+    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo-a', parent: 'demo' }, { id: 'b2', parent: 'demo' }]);
     expect((await post('/unload_lora_adapter', { lora_name: 'demo-a' })).status).toBe(200);
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo:b2', parent: 'demo' }]);
+    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'b2', parent: 'demo' }]);
   });
 
-  it('retrieves one model, and answers 404 in OpenAI\'s shape for an unknown one', async () => {
-    const card = await (await app.request('/v1/models/demo:demo-a')).json();
-    expect(card).toMatchObject({ id: 'demo:demo-a', object: 'model', owned_by: 'troupe', root: '/models/demo-a', parent: 'demo', state: 'ready' });
-    await expectOpenAiError(await app.request('/v1/models/demo:zzz'), 404, 'model', '"demo:zzz"');
+  it('retrieves one model in SGLang\'s card shape, and answers 404 in OpenAI\'s shape for an unknown one', async () => {
+    expect(await (await app.request('/v1/models/demo')).json()).toMatchObject({
+      id: 'demo', object: 'model', owned_by: 'troupe', root: 'demo', parent: null, max_model_len: 2048,
+    });
+    const card = await (await app.request('/v1/models/demo-a')).json();
+    expect(card).toMatchObject({ id: 'demo-a', object: 'model', owned_by: 'troupe', root: '/models/demo-a', parent: 'demo', max_model_len: null, state: 'ready' });
+    await expectOpenAiError(await app.request('/v1/models/demo:zzz'), 404, 'model', "'demo:zzz'");
   });
 });

@@ -21,7 +21,7 @@ describe('the openai client', () => {
   it('lists the base model and each adapter', async () => {
     const ids = [];
     for await (const m of client.models.list()) ids.push(m.id);
-    expect(ids).toEqual(expect.arrayContaining(['demo', 'demo:demo-a', 'demo:demo-b']));
+    expect(ids).toEqual(['demo', 'demo-a', 'demo-b']);
   });
 
   it('completes with the base model and both adapters, which differ', async () => {
@@ -95,9 +95,9 @@ describe('the openai client', () => {
     expect(res.choices[0]!.text).toBe(text.slice(0, text.indexOf(stop)));
   });
 
-  it('reports an unknown adapter as a 404 error', async () => {
+  it('reports an adapter never loaded as a 400 error, as SGLang does', async () => {
     const err = await client.completions.create({ model: 'demo:nope', prompt: PROMPT, max_tokens: 2 }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
-    expect((err as InstanceType<typeof OpenAI.NotFoundError>).message).toMatch(/nope/);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((err as InstanceType<typeof OpenAI.BadRequestError>).message).toMatch(/has never been loaded: 'nope'/);
   });
 });

@@ -51,11 +51,11 @@ describe('POST /v1/completions', () => {
     expect(engine.requests.map((r) => r.lora)).toEqual(cases.map(([, l]) => l));
   });
 
-  it('answers an unknown adapter or model with 404 in OpenAI\'s error shape, naming what is served', async () => {
-    await expectOpenAiError(await complete({ model: 'demo:nope', prompt: 'x' }), 404, 'model', '"nope"', 'not loaded', 'demo:demo-a');
-    await expectOpenAiError(await complete({ model: 'gpt-4', prompt: 'x' }), 404, 'model', '"gpt-4"', 'does not exist');
-    await expectOpenAiError(await complete({ lora_path: 'nope', prompt: 'x' }), 404, 'lora_path', '"nope"');
+  it('answers an unknown model with 404 naming what is served, and an adapter never loaded with SGLang\'s 400', async () => {
+    await expectOpenAiError(await complete({ model: 'gpt-4', prompt: 'x' }), 404, 'model', "'gpt-4'", 'does not exist', 'demo, demo-a');
     expect(engine.requests).toHaveLength(0);
+    await expectOpenAiError(await complete({ model: 'demo:nope', prompt: 'x' }), 400, null, "has never been loaded: 'nope'");
+    await expectOpenAiError(await complete({ lora_path: 'nope', prompt: 'x' }), 400, null, "has never been loaded: 'nope'");
   });
 
   it('runs n choices per prompt for a list of prompts, counting each prompt once in usage', async () => {

@@ -41,10 +41,11 @@ describe('the model field', () => {
     }
   });
 
-  it('answers 404 naming the model when the served name does not match after trimming', async () => {
+  it('answers 404 naming the model when the served name does not match after trimming, and 400 for an adapter never loaded', async () => {
     for (const [path, body] of routes) {
       await expectOpenAiError(await post(path, { ...body, model: 'dem o:demo-a' }), 404, 'model', 'does not exist');
-      await expectOpenAiError(await post(path, { ...body, model: ' demo : ghost ' }), 404, 'model', '"ghost"', 'not loaded');
+      // The engine refuses it, with SGLang's words and status.
+      await expectOpenAiError(await post(path, { ...body, model: ' demo : ghost ' }), 400, null, "has never been loaded: 'ghost'");
     }
   });
 });
@@ -71,11 +72,12 @@ describe('lora_path as a list', () => {
     expect(engine.requests.map((r) => r.lora)).toEqual(['demo-b', 'demo-b']);
   });
 
-  it('refuses a list of the wrong length, an unknown adapter in it and a wrong type, naming lora_path', async () => {
+  it('refuses a list of the wrong length and a wrong type naming lora_path, and an adapter never loaded', async () => {
     await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: ['demo-a'] }), 400, 'lora_path', 'list of 1', '2 prompts');
     await expectOpenAiError(await post('/v1/chat/completions', { model: 'demo', messages: USER, lora_path: ['demo-a', null] }), 400, 'lora_path', 'list of 2');
-    await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: [null, 'ghost'] }), 404, 'lora_path', '"ghost"');
     await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: 'a', lora_path: [5] }), 400, 'lora_path', 'lora_path[0]');
     expect(engine.requests).toHaveLength(0);
+    // An adapter never loaded is the engine's refusal, as in SGLang.
+    await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: [null, 'ghost'] }), 400, null, "never been loaded: 'ghost'");
   });
 });

@@ -2,7 +2,9 @@
 // and pins, request submits and aborts, steps (scheduled and completed apart, so the loader may
 // answer in between), and loader successes, failures and restarts, against a small reference
 // model of what must hold:
-// - the scheduler accepts and refuses exactly what the model says (names, pins, refusals);
+// - the scheduler accepts and refuses exactly what the model says (names, pins, refusals), and
+//   its loaded set is the model's: SGLang's, at most --max-loaded-loras names, the least recently
+//   used unpinned one evicted past it, and every name once loaded servable again;
 // - no slot is shared, and a step only uses the slot its adapter holds;
 // - pinned adapters, and adapters a running request uses, are never evicted;
 // - each adapter's refcount is the number of its live requests, and returns to zero;
@@ -57,7 +59,8 @@ const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
   .record({
     maxLorasPerBatch: fc.integer({ min: 2, max: 3 }),
     extraSlots: fc.integer({ min: 0, max: 2 }),
-    limitCpu: fc.boolean(),
+    // The CPU budget and the loaded set: none, as many as the slots, or one more.
+    limitCpu: fc.constantFrom(null, 0, 1),
     evictionPolicy: fc.constantFrom('lru' as const, 'fifo' as const),
     overlapLoading: fc.boolean(),
     maxRunningRequests: fc.integer({ min: 1, max: 3 }),
@@ -65,7 +68,7 @@ const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
   .map(({ extraSlots, limitCpu, ...o }) => ({
     ...o,
     gpuSlots: o.maxLorasPerBatch + extraSlots,
-    maxLoadedLoras: limitCpu ? o.maxLorasPerBatch + extraSlots + 1 : null,
+    maxLoadedLoras: limitCpu === null ? null : o.maxLorasPerBatch + extraSlots + limitCpu,
     // Small enough that requests are preempted.
     blockSize: 4,
     numBlocks: 12,
@@ -116,6 +119,58 @@ interface ModelAdapter {
   failed: boolean;
 }
 
+/**
+ * What clients see, as SGLang keeps it: the loaded set (least recently used first) and every name
+ * once loaded with its pin, a load counting once its weights were read.
+ */
+class LoadedSetModel {
+  readonly order: Name[] = [];
+  readonly known = new Map<Name, boolean>();
+  private readonly before = new Map<Name, boolean | null>();
+  constructor(private readonly max: number | null, private readonly pinnedOf: (n: Name) => boolean) {}
+
+  has(n: Name): boolean {
+    return this.order.includes(n);
+  }
+
+  use(n: Name): void {
+    this.leave(n);
+    this.order.push(n);
+    for (const other of [...this.order]) {
+      if (this.max === null || this.order.length <= this.max) break;
+      if (other !== n && !this.pinnedOf(other)) this.leave(other);
+    }
+  }
+
+  leave(n: Name): void {
+    const i = this.order.indexOf(n);
+    if (i >= 0) this.order.splice(i, 1);
+  }
+
+  remember(n: Name, pinned: boolean): void {
+    if (!this.before.has(n)) this.before.set(n, this.known.get(n) ?? null);
+    this.known.set(n, pinned);
+  }
+
+  confirm(n: Name): void {
+    this.before.delete(n);
+  }
+
+  failed(n: Name): void {
+    this.leave(n);
+    if (!this.before.has(n)) return;
+    const prior = this.before.get(n)!;
+    this.before.delete(n);
+    if (prior === null) this.known.delete(n);
+    else this.known.set(n, prior);
+  }
+
+  unloaded(n: Name): void {
+    this.leave(n);
+    this.before.delete(n);
+  }
+}
+
 interface ModelRequest {
   lora: Name | null;
   finish: TokenEvent['finish'];
@@ -134,9 +189,18 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
   let inFlight: { batch: StepBatch; seqIds: string[] } | null = null;
   let nextId = 0;
   const running = (): Sequence[] => (s as unknown as { running: Sequence[] }).running;
+  const loaded = new LoadedSetModel(o.maxLoadedLoras, (n) => adapters.get(n)?.pinned ?? false);
+  const pinnedCount = (): number => [...adapters.values()].filter((x) => x.pinned).length;
+  const users = (n: Name): number => [...requests.values()].filter((r) => r.lora === n && r.finish === null).length;
+  const register = (n: Name, pinned: boolean): void => {
+    adapters.set(n, { pinned, unloading: false, failed: false });
+    loaded.use(n);
+  };
 
   s.subscribe((t: AdapterTransition) => {
     const a = adapters.get(t.adapter as Name);
+    if (t.from === 'loading' && t.to === 'cpuLoaded') loaded.confirm(t.adapter as Name);
+    if (t.to === 'failed') loaded.failed(t.adapter as Name);
     if (t.from === 'gpuResident.pinned') expect(['unloading', 'unloaded'], `pinned ${t.adapter} left its slot`).toContain(t.to);
     if (t.from === 'gpuResident.unpinned' && (t.to === 'cpuLoaded' || t.to === 'registered')) {
       expect(running().some((r) => r.init.lora === t.adapter), `${t.adapter} evicted while a request runs on it`).toBe(false);
@@ -159,6 +223,7 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
   const check = (): void => {
     const details = s.adapterDetails();
     expect(details.map((d) => d.name).sort()).toEqual([...adapters.keys()].sort());
+    expect(details.filter((d) => d.loaded).map((d) => d.name).sort(), 'the loaded set').toEqual([...loaded.order].sort());
     const slots = details.filter((d) => d.slot !== null).map((d) => d.slot!);
     expect(new Set(slots).size, 'a slot is shared').toBe(slots.length);
     for (const slot of slots) expect(slot).toBeLessThan(o.gpuSlots!);
@@ -176,23 +241,51 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
     switch (a.kind) {
       case 'load': {
         const m = adapters.get(a.name);
-        const pinned = [...adapters.values()].filter((x) => x.pinned).length;
         const add = (): void => s.addAdapter({ name: a.name, path: `/adapters/${a.name}`, pinned: a.pinned });
-        if (m) expect(add).toThrow(`LoRA adapter '${a.name}' is already loaded`);
-        else if (a.pinned && pinned >= o.maxLorasPerBatch - 1) expect(add).toThrow(/cannot pin adapter/);
-        else {
-          adapters.set(a.name, { pinned: a.pinned, unloading: false, failed: false });
+        const canPin = !a.pinned || pinnedCount() < o.maxLorasPerBatch - 1;
+        if (m && loaded.has(a.name) && !m.unloading) {
+          expect(add).toThrow(`Failed to load LoRA adapter '${a.name}' because it is already loaded`);
+        } else if (m && !m.failed && m.pinned === a.pinned) {
+          // Evicted from the loaded set, or being unloaded: the same adapter comes back as it is.
           add();
+          m.unloading = false;
+          loaded.use(a.name);
+        } else if (m && a.pinned && pinnedCount() - (m.pinned ? 1 : 0) >= o.maxLorasPerBatch - 1) {
+          expect(add).toThrow(/to avoid starvation/);
+        } else if (m) {
+          // Another pin (or a failed load): the old adapter leaves first, and the load is refused
+          // while it cannot leave at once.
+          let threw: unknown = null;
+          try {
+            add();
+          } catch (err) {
+            threw = err;
+          }
+          if (adapters.has(a.name)) {
+            expect(String(threw)).toMatch(/still unloading/);
+            adapters.get(a.name)!.unloading = true;
+          } else {
+            expect(threw).toBeNull();
+            register(a.name, a.pinned);
+            loaded.remember(a.name, a.pinned);
+          }
+        } else if (!canPin) {
+          expect(add).toThrow(/to avoid starvation/);
+        } else {
+          add();
+          register(a.name, a.pinned);
+          loaded.remember(a.name, a.pinned);
         }
         return;
       }
       case 'unload': {
         const m = adapters.get(a.name);
         const p = s.removeAdapter(a.name);
-        if (!m) {
+        if (!m || !(m.failed || m.unloading || loaded.has(a.name))) {
           refusals.push(expect(p).rejects.toThrow(`LoRA adapter '${a.name}' is not loaded`));
           return;
         }
+        loaded.unloaded(a.name);
         m.unloading = true;
         const u = { name: a.name, done: false };
         unloads.push(u);
@@ -202,14 +295,46 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
       case 'submit': {
         const id = `r${nextId++}`;
         const submit = (): void => s.submit(seq(id, { lora: a.lora, prompt: a.prompt, maxNewTokens: a.maxNewTokens }));
-        const m = a.lora === null ? null : adapters.get(a.lora);
-        if (a.lora !== null && !m) expect(submit).toThrow(`LoRA adapter '${a.lora}' is not loaded`);
-        else if (m?.failed) expect(submit).toThrow(`LoRA adapter '${a.lora}' failed to load`);
-        else if (m?.unloading) expect(submit).toThrow(`adapter "${a.lora}" is being unloaded`);
-        else {
+        const accept = (): void => {
           requests.set(id, { lora: a.lora, finish: null, failedWith: null });
           submit();
+        };
+        if (a.lora === null) return accept();
+        const m = adapters.get(a.lora);
+        const known = loaded.known.get(a.lora);
+        if (m && !m.failed) {
+          if (m.unloading) {
+            // Named again while its unload waits: it stays, unless the name now means another adapter.
+            if (known !== m.pinned) return expect(submit).toThrow(`adapter "${a.lora}" is being unloaded`);
+            m.unloading = false;
+          }
+          loaded.use(a.lora);
+          return accept();
         }
+        if (m?.failed && (known === undefined || users(a.lora) > 0)) return expect(submit).toThrow(`LoRA adapter '${a.lora}' failed to load`);
+        // Not registered (or its reload failed): loaded again from where it was loaded, if it ever was.
+        if (known === undefined) return expect(submit).toThrow(`Got LoRA adapter that has never been loaded: '${a.lora}'`);
+        const pins = pinnedCount() - (m?.pinned ? 1 : 0);
+        if (known && pins >= o.maxLorasPerBatch - 1) return expect(submit).toThrow(`Failed to implicitly load LoRA adapter '${a.lora}'`);
+        if (m?.failed) {
+          // The failed adapter leaves first; until the loader has reported the rest of its
+          // failed load it cannot, and the request is refused with the failure.
+          requests.set(id, { lora: a.lora, finish: null, failedWith: null });
+          let threw: unknown = null;
+          try {
+            submit();
+          } catch (err) {
+            threw = err;
+          }
+          if (adapters.has(a.lora)) {
+            requests.delete(id);
+            return expect(String(threw)).toMatch(`LoRA adapter '${a.lora}' failed to load`);
+          }
+          expect(threw).toBeNull();
+        } else {
+          accept();
+        }
+        register(a.lora, known);
         return;
       }
       case 'abort': {

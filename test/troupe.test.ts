@@ -156,7 +156,7 @@ describe('createEngine on the demo model', () => {
     expect(none).toMatchObject({ outputIds: [], text: '', finishReason: { type: 'length', length: 0 } });
   });
 
-  it('loads and unloads adapters at run time; requests for an unloaded adapter are refused', async () => {
+  it('loads and unloads adapters at run time; a request for an unloaded adapter loads it again, one never loaded is refused', async () => {
     const status = await engine.loadAdapter({ name: 'extra', path: join(dir, 'adapters', 'demo-a') });
     expect(status).toMatchObject({ name: 'extra', rank: 8, error: null });
     expect((await engine.adapters()).map((a) => a.name)).toContain('extra');
@@ -173,10 +173,14 @@ describe('createEngine on the demo model', () => {
 
     await engine.unloadAdapter('extra');
     expect((await engine.adapters()).map((a) => a.name)).not.toContain('extra');
-    const refused = await engine.generate(request({ lora: 'extra' })).catch((e: unknown) => e);
-    expect(refused).toBeInstanceOf(TroupeError);
-    expect((refused as TroupeError).message).toContain("'extra'");
     await expect(engine.unloadAdapter('extra')).rejects.toThrow(/not loaded/);
+    // As in SGLang, a name once loaded stays servable: it is loaded again from its path.
+    expect((await engine.generate(request({ lora: 'extra' }))).outputIds).toEqual(viaA.outputIds);
+    expect((await engine.adapters()).find((a) => a.name === 'extra')).toMatchObject({ loaded: true, path: join(dir, 'adapters', 'demo-a') });
+    await engine.unloadAdapter('extra');
+    const refused = await engine.generate(request({ lora: 'never' })).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TroupeError);
+    expect((refused as TroupeError).message).toContain("has never been loaded: 'never'");
   });
 });
 

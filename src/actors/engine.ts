@@ -196,6 +196,12 @@ export class Engine implements LocalTroupeEngine {
     req = checkRequest(req, { maxTopLogprobsNum: this.options.maxTopLogprobsNum, vocabSize: this.config.vocabSize });
     if ((req.text === undefined) === (req.inputIds === undefined)) throw badRequest('give exactly one of text and input_ids');
     // The adapter is checked by the scheduler on submit: it owns the adapters.
+    if (req.lora !== null && !this.plan.loraEnabled) {
+      throw badRequest(
+        `LoRA adapter '${req.lora}' was requested, but LoRA is not enabled. Please launch the server with --enable-lora flag ` +
+          'and preload adapters using --lora-paths or /load_lora_adapter endpoint.',
+      );
+    }
     const id = req.rid ?? randomUUID();
     if (this.live.has(id)) throw new TroupeError('conflict', `request id '${id}' is already in flight`);
     if (req.text !== undefined) this.assertTextCanFit(req.text);
@@ -265,6 +271,13 @@ export class Engine implements LocalTroupeEngine {
     this.live.delete(live.id);
     live.finish({ type: 'abort', message });
     this.supervisor.actors.scheduler.call({ type: 'abort', id: live.id }).catch(() => {});
+  }
+
+  /** SGLang's words, then how to enable it here. */
+  private assertLoraEnabled(): void {
+    if (!this.plan.loraEnabled) {
+      throw badRequest('LoRA is not enabled. Please set `--enable-lora` to enable LoRA (or start the server with --lora-paths)');
+    }
   }
 
   private assertUsable(): void {
@@ -342,14 +355,16 @@ export class Engine implements LocalTroupeEngine {
 
   async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {
     this.assertUsable();
-    if (!this.plan.loraEnabled) throw badRequest('LoRA is not enabled; start the server with --enable-lora or --lora-paths');
+    this.assertLoraEnabled();
     // The operator's own --lora-paths are trusted; anything else must come from --lora-allowed-dirs.
     const configured = this.options.loraPaths.some((a) => a.name === spec.name && a.path === spec.path);
     if (!configured) assertAllowedAdapterPath(spec.path, this.options.loraAllowedDirs);
     // Checked here too so a bad path or an adapter the pool cannot hold fails at once with its reason.
     const info = readAdapterInfo(spec.path);
     const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);
-    if (misfit) throw badRequest(misfit);
+    if (misfit) {
+      throw badRequest(`LoRA adapter '${spec.name}' with rank ${info.rank} is incompatible with the current LoRA memory pool configuration: ${misfit}`);
+    }
     const scheduler = this.supervisor.actors.scheduler;
     // The scheduler answers once the read from disk has ended (an adapter kept on disk by the
     // --max-loaded-loras budget at once); a dead loader that is not restarted ends the wait.
@@ -379,6 +394,7 @@ export class Engine implements LocalTroupeEngine {
 
   async unloadAdapter(name: string): Promise<void> {
     this.assertUsable();
+    this.assertLoraEnabled();
     await this.supervisor.actors.scheduler.call({ type: 'removeAdapter', name });
     this.log('info', `unloaded LoRA adapter '${name}'`);
   }
@@ -398,6 +414,7 @@ export class Engine implements LocalTroupeEngine {
       tokenizerPath: this.options.tokenizerPath ?? this.options.modelPath,
       isGeneration: true,
       maxTotalTokens: this.engineInfo.kvBlocks * this.engineInfo.blockSize,
+      contextLength: this.plan.contextLength,
       device: this.engineInfo.device,
       tpSize: this.options.tpSize,
       collective: this.engineInfo.collective,

@@ -54,7 +54,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'max-gpu-loras', kind: 'int', default: null, group: 'lora',
     help: "troupe's own (SGLang has no such flag): GPU pool slots, so adapters keep their slot after leaving a batch and come back with no copy. At least --max-loras-per-batch, which still caps the adapters of one batch, and at most --max-loaded-loras when that is set; defaults to --max-loras-per-batch." },
   { name: 'max-loaded-loras', kind: 'int', default: null, group: 'lora',
-    help: 'Most adapters held in CPU memory at once; at least --max-loras-per-batch. Unlimited when absent.' },
+    help: 'Most adapters loaded at once: loading past it evicts the least recently used unpinned one, which a request naming it loads again. Also the most adapters held in CPU memory. At least --max-loras-per-batch; unlimited when absent.' },
   { name: 'lora-eviction-policy', kind: 'choice', default: 'lru', choices: ['lru', 'fifo'], group: 'lora',
     help: 'Which unused adapter leaves the pool when a slot is needed: least recently used, or first loaded.' },
   { name: 'lora-backend', kind: 'choice', default: 'csgmv', choices: ['csgmv', 'sgmv', 'triton'], group: 'lora',

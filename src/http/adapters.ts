@@ -1,6 +1,8 @@
 // SGLang's dynamic LoRA endpoints. Replies have SGLang's shape
 // {success, error_message, loaded_adapters: {name: path}}, with 400 when the engine refuses
-// (SGLang answers a duplicate or unknown name with 400 too, not 409/404).
+// (SGLang answers a duplicate or unknown name with 400 too, not 409/404). loaded_adapters is
+// the loaded set: an adapter evicted from it past --max-loaded-loras, or being unloaded, is
+// left out, as SGLang leaves it out.
 import type { Context, Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
 import { TroupeError } from '../errors.js';
@@ -12,7 +14,7 @@ const UNLOAD_KEYS = new Set(['lora_name']);
 
 export function registerAdapterRoutes(app: Hono, engine: TroupeEngine, log: Log): void {
   const loaded = async (): Promise<Record<string, string>> =>
-    Object.fromEntries((await engine.adapters()).map((a) => [a.name, a.path]));
+    Object.fromEntries((await engine.adapters()).filter((a) => a.loaded).map((a) => [a.name, a.path]));
 
   // Request-shape errors go through the app's error handler like any other 400; only what the
   // engine refuses is answered in SGLang's success:false form.

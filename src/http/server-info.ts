@@ -42,7 +42,7 @@ type WithStats = TroupeEngine & { stats?: () => Promise<{ waiting: number; runni
 
 async function internalState(engine: WithStats): Promise<Record<string, unknown>> {
   const state: Record<string, unknown> = {
-    loaded_lora_adapters: (await engine.adapters()).length,
+    loaded_lora_adapters: (await engine.adapters()).filter((a) => a.loaded).length,
     tp_collective: engine.modelInfo().collective,
   };
   if (typeof engine.stats !== 'function') return state;

@@ -46,9 +46,10 @@ export class AdapterActors {
   /** An invariant broken while the index followed a transition; thrown once the send returns. */
   private fault: Error | null = null;
 
-  constructor(private readonly index: AdapterIndex) {}
+  /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
+  constructor(private readonly index: AdapterIndex, private readonly isLoaded: (name: string) => boolean) {}
 
-  start(input: AdapterInput): void {
+  start(input: AdapterInput, reason: string): void {
     const actor = createActor(adapterMachine, { input });
     const first = actor.getSnapshot();
     const rec: AdapterRecord = {
@@ -67,7 +68,7 @@ export class AdapterActors {
     actor.on('command', (e) => this.commands.push(e.command));
     actor.subscribe((snap) => this.observe(rec, snap));
     actor.start();
-    this.publish(rec, 'none', rec.label, input.pinned ? 'added, pinned' : 'added');
+    this.publish(rec, 'none', rec.label, reason);
   }
 
   has(name: string): boolean {
@@ -105,21 +106,30 @@ export class AdapterActors {
     return (this.records.get(name)?.removal ?? null) !== null;
   }
 
+  /** Cancels its pending removal (REVIVE): whoever awaits the removal is answered now, as if it had completed. */
+  revive(name: string, reason: string): void {
+    const rec = this.records.get(name)!;
+    this.send(name, { type: 'REVIVE' }, reason);
+    const removal = rec.removal;
+    rec.removal = null;
+    removal?.resolve();
+  }
+
   status(name: string): AdapterStatus | null {
     const rec = this.records.get(name);
-    return rec ? adapterStatus(rec.actor.getSnapshot(), rec.label) : null;
+    return rec ? adapterStatus(rec.actor.getSnapshot(), rec.label, this.isLoaded(name)) : null;
   }
 
   detail(name: string): AdapterDetail | null {
     const rec = this.records.get(name);
-    return rec ? adapterDetail(rec.actor.getSnapshot(), rec.label, rec.last) : null;
+    return rec ? adapterDetail(rec.actor.getSnapshot(), rec.label, this.isLoaded(name), rec.last) : null;
   }
 
   /** Resolves once the adapter's read from disk has ended (at once if none is in flight); null if it is gone. */
   whenRead(name: string): Promise<AdapterStatus | null> {
     const rec = this.records.get(name);
     if (!rec) return Promise.resolve(null);
-    if (rec.placed.residency !== 'loading') return Promise.resolve(adapterStatus(rec.actor.getSnapshot(), rec.label));
+    if (rec.placed.residency !== 'loading') return Promise.resolve(this.status(name));
     return new Promise((resolve) => rec.readWaiters.push(resolve));
   }
 
@@ -192,7 +202,7 @@ export class AdapterActors {
         this.publish(rec, from, to, to === 'failed' ? `failed: ${snap.context.error ?? 'unknown error'}` : (this.reason ?? 'state change'));
       }
       if (rec.readWaiters.length > 0 && placed.residency !== 'loading') {
-        const status = snap.status === 'done' ? null : adapterStatus(snap, rec.label);
+        const status = snap.status === 'done' ? null : adapterStatus(snap, rec.label, this.isLoaded(rec.name));
         for (const w of rec.readWaiters.splice(0)) w(status);
       }
       if (snap.status === 'done') this.forget(rec);

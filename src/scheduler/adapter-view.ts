@@ -33,12 +33,13 @@ export interface AdapterCounters {
   byState: Record<string, number>;
 }
 
-export function adapterStatus(snap: AdapterSnapshot, label: string): AdapterStatus {
+export function adapterStatus(snap: AdapterSnapshot, label: string, loaded: boolean): AdapterStatus {
   const ctx = snap.context;
   return {
     name: ctx.name,
     path: ctx.path,
     pinned: ctx.pinned,
+    loaded,
     state: label,
     rank: ctx.rank,
     targetModules: [...ctx.targetModules],
@@ -47,12 +48,12 @@ export function adapterStatus(snap: AdapterSnapshot, label: string): AdapterStat
   };
 }
 
-export function adapterDetail(snap: AdapterSnapshot, label: string, last: AdapterTransition | null): AdapterDetail {
+export function adapterDetail(snap: AdapterSnapshot, label: string, loaded: boolean, last: AdapterTransition | null): AdapterDetail {
   const ctx = snap.context;
   const res = residencyOf(snap) ?? '';
   const inSlot = res === 'h2dInFlight' || res.startsWith('gpuResident');
   return {
-    ...adapterStatus(snap, label),
+    ...adapterStatus(snap, label, loaded),
     refcount: ctx.users,
     running: ctx.running,
     cpuBytes: ctx.cpuCopy ? ctx.bytes : 0,

@@ -137,7 +137,7 @@ export class Scheduler {
     if (this.byId.has(id)) throw badRequest(`request id "${id}" is already in use`);
     if (promptIds.length === 0) throw badRequest('the prompt is empty');
     if (lora !== null) {
-      const refusal = this.registry.refusal(lora);
+      const refusal = this.registry.admit(lora);
       if (refusal) throw refusal;
     }
     const ctx = this.opts.contextLength;

@@ -3,7 +3,8 @@
 // _parse_model_parameter and _resolve_lora_path): split at the first ":" into the served model
 // name and the adapter, both trimmed, so " demo : a " is adapter a and "demo:" or "demo:  " the
 // base model; a bare adapter name works too. An adapter in `model` wins over lora_path, which
-// otherwise names the adapter of every prompt, or of each prompt as a list.
+// otherwise names the adapter of every prompt, or of each prompt as a list. Any other bare
+// name is a 404.
 import type { TroupeEngine } from '../../api.js';
 import { badRequest } from '../../errors.js';
 import { loraNamesIn, parseLoraPaths } from '../per-prompt.js';
@@ -26,26 +27,22 @@ export async function resolveModel(body: JsonObject, servedModelName: string, en
   const base = (colon < 0 ? model : model.slice(0, colon)).trim();
   const named = colon < 0 ? null : model.slice(colon + 1).trim() || null;
   // lora_path is checked for its shape even when model wins, as SGLang's schema checks it.
-  const listed = loraNamesIn(body.lora_path);
-  // Only the adapters the request names are looked up; the whole list only when an error names the choices.
-  const asked = [...new Set([...(colon < 0 ? [base] : []), ...(named === null ? [] : [named]), ...listed])];
-  const known = new Set((await engine.adapters(asked)).map((a) => a.name));
-  const served = async (): Promise<string> =>
-    [servedModelName, ...(await engine.adapters()).map((a) => `${servedModelName}:${a.name}`)].join(', ');
-  const notLoaded = async (name: string, param: string): Promise<Error> =>
-    modelNotFound(`LoRA adapter ${JSON.stringify(name)} is not loaded; served: ${await served()}`, param);
+  loraNamesIn(body.lora_path);
 
+  // Adapters are not looked up here: the engine loads again one that left the loaded set, and
+  // refuses one never loaded with SGLang's words, as SGLang's tokenizer manager does. Only a
+  // bare model name other than the served one needs the engine: it may name an adapter.
   let fromModel: string | null;
   if (base === servedModelName) fromModel = named;
-  else if (colon < 0 && known.has(base)) fromModel = base;
-  else throw modelNotFound(`the model ${JSON.stringify(model)} does not exist; served: ${await served()}`);
+  else if (colon < 0 && (await engine.adapters([base])).length > 0) fromModel = base;
+  else {
+    const loaded = (await engine.adapters()).filter((a) => a.loaded).map((a) => a.name);
+    throw modelNotFound(`The model '${model}' does not exist; served: ${[servedModelName, ...loaded].join(', ')}`);
+  }
 
   if (fromModel !== null) {
-    if (!known.has(fromModel)) throw await notLoaded(fromModel, 'model');
     const lora = fromModel;
     return { model, lorasFor: (prompts) => Array.from({ length: prompts }, () => lora) };
   }
-  const missing = listed.find((name) => !known.has(name));
-  if (missing !== undefined) throw await notLoaded(missing, 'lora_path');
   return { model, lorasFor: (prompts) => parseLoraPaths(body.lora_path ?? null, prompts, Array.isArray(body.lora_path)) };
 }

@@ -1,5 +1,8 @@
-// GET /v1/models and /v1/models/{model}: the base model and one entry per registered adapter,
-// named "<served>:<adapter>" with parent set to the base, as SGLang lists LoRA adapters.
+// GET /v1/models and /v1/models/{model}: the base model and one entry per adapter of the loaded
+// set, in SGLang's shape (http_server.py's available_models and protocol.py's ModelCard): the
+// base model's id and root are the served name, with max_model_len the context length; an
+// adapter's id is its name, root its path and parent the served name. Adapters evicted from
+// the loaded set are not listed, though a request naming one loads it again.
 import type { Hono } from 'hono';
 import type { AdapterStatus, TroupeEngine } from '../../api.js';
 import { modelNotFound, openAiError } from './errors.js';
@@ -11,6 +14,7 @@ export interface ModelCard {
   owned_by: string;
   root: string;
   parent: string | null;
+  max_model_len: number | null;
   /** troupe's addition: the adapter statechart's state ("ready" for the base model). */
   state: string;
 }
@@ -21,20 +25,21 @@ export function registerModels(app: Hono, engine: TroupeEngine, servedModelName:
   const cards = async (): Promise<ModelCard[]> => {
     const base: ModelCard = {
       id: servedModelName, object: 'model', created, owned_by: 'troupe',
-      root: engine.modelInfo().modelPath, parent: null, state: 'ready',
+      root: servedModelName, parent: null, max_model_len: engine.modelInfo().contextLength, state: 'ready',
     };
     const adapter = (a: AdapterStatus): ModelCard => ({
-      id: `${servedModelName}:${a.name}`, object: 'model', created, owned_by: 'troupe',
-      root: a.path, parent: servedModelName, state: a.error !== null ? 'failed' : a.state,
+      id: a.name, object: 'model', created, owned_by: 'troupe',
+      root: a.path, parent: servedModelName, max_model_len: null, state: a.error !== null ? 'failed' : a.state,
     });
-    return [base, ...(await engine.adapters()).map(adapter)];
+    return [base, ...(await engine.adapters()).filter((a) => a.loaded).map(adapter)];
   };
 
   app.get('/v1/models', async (c) => c.json({ object: 'list', data: await cards() }));
 
+  // SGLang retrieves only the base model; an adapter's card is answered too, by its id.
   app.get('/v1/models/:model{.+}', async (c) => {
     const id = c.req.param('model');
     const card = (await cards()).find((m) => m.id === id);
-    return card ? c.json(card) : openAiError(c, modelNotFound(`the model ${JSON.stringify(id)} does not exist`));
+    return card ? c.json(card) : openAiError(c, modelNotFound(`The model '${id}' does not exist`));
   });
 }
