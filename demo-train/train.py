@@ -80,8 +80,8 @@ def parse_args():
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--context", type=int, default=1024, help="max_position_embeddings")
     # Base training
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=1024, help="training window; at most --context")
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=float, default=0.05, help="share of the phase spent warming up the learning rate")
@@ -90,7 +90,7 @@ def parse_args():
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32)
     p.add_argument("--lora-lr", type=float, default=2e-3)
-    p.add_argument("--lora-batch", type=int, default=32)
+    p.add_argument("--lora-batch", type=int, default=16)
     p.add_argument("--adapter-max-epochs", type=float, default=30.0, help="an adapter stops early after this many passes")
     p.add_argument("--max-mb", type=float, default=20.0, help="warn when the output is larger")
     return p.parse_args()
@@ -364,6 +364,7 @@ def dir_size(d):
 def main():
     args = parse_args()
     deadline = T0 + args.budget_s
+    check(args.seq_len <= args.context, f"--seq-len {args.seq_len} is longer than --context {args.context}")
     import torch
     import transformers
     import peft
@@ -372,9 +373,11 @@ def main():
     from peft import LoraConfig, PeftModel, get_peft_model
 
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, tokenizers {tokenizers.__version__}")
+    device_name = "CPU"
     if args.device == "cuda":
         check(torch.cuda.is_available(), "CUDA is not available (use --device cpu to try the script on a CPU)")
-        log(f"device: {torch.cuda.get_device_name(0)}")
+        device_name = torch.cuda.get_device_name(0)
+        log(f"device: {device_name}")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
@@ -485,6 +488,8 @@ def main():
     }
     # Checked after everything is written, so that a failed run still leaves its files to look at.
     problems = []
+    if sum(len(words_of(t)) for t in base_samples) < 3 * len(base_samples):
+        problems.append("the base model writes fewer than 3 words a prompt")
     if report["base"]["realWordShare"] < styles["realWords"]:
         problems.append(f"only {report['base']['realWordShare']:.0%} of the base model's words are English words (need {styles['realWords']:.0%})")
     for name in adapter_names:
@@ -495,13 +500,15 @@ def main():
         with_adapter = eval_loss(pm, heldout, args.seq_len, args.device, torch, max_windows=10**6)
         without = eval_loss(base, heldout, args.seq_len, args.device, torch, max_windows=10**6)
         report["adapters"][name] = {
-            "style": spec["style"], "training": adapter_stats[name],
+            "style": spec["style"], "training": adapter_stats[name], "realWordShare": round(real_word_share(samples, english), 4),
             "styleHeldoutPerplexity": {"withAdapter": round(math.exp(with_adapter), 3), "baseOnly": round(math.exp(without), 3)},
             "styleCheck": style_check(spec, base_samples, samples),
             "samples": dict(zip(labels, samples)),
         }
         if with_adapter >= without:
             problems.append(f"{name}: the adapter does not lower the perplexity of its own style ({with_adapter:.3f} >= {without:.3f})")
+        if report["adapters"][name]["realWordShare"] < styles["realWords"]:
+            problems.append(f"{name}: only {report['adapters'][name]['realWordShare']:.0%} of its words are English words (need {styles['realWords']:.0%})")
         if samples == base_samples:
             problems.append(f"{name}: the adapter changes none of the greedy samples")
         if not report["adapters"][name]["styleCheck"]["passes"]:
@@ -515,6 +522,7 @@ def main():
     report["command"] = " ".join(["python3", "demo-train/train.py"] + sys.argv[1:])
     report["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "tokenizers": tokenizers.__version__}
     report["problems"] = problems
+    report["device"] = device_name
     report["seconds"] = round(time.monotonic() - T0, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "README.md").write_text(readme(report, adapter_names, styles))
@@ -542,7 +550,7 @@ def readme(r, adapter_names, styles):
         "",
         "What `npm start` serves: a small Llama-architecture model trained from scratch on English text from",
         "Debian packages, with one LoRA adapter per writing style. Made by",
-        "`node scripts/demo/corpus.js` (the corpus) and, on one GPU,",
+        f"`node scripts/demo/corpus.js` (the corpus) and, on one {r['device']},",
         "",
         f"    {r['command']}",
         "",
@@ -556,7 +564,7 @@ def readme(r, adapter_names, styles):
         "`<|endoftext|>` (ends a document; end of sequence), `<|system|>`, `<|user|>`, `<|assistant|>` and `<|end|>`",
         "(ends a chat turn; end of sequence). Chat template: `<|user|>\\nHello<|end|>\\n<|assistant|>\\n`.",
         "",
-        f"Base training: {r['base']['training']['steps']} steps, {r['base']['training']['tokens'] / 1e6:.0f} M tokens "
+        f"Base training: {r['base']['training']['steps']} steps, {r['base']['training']['tokens'] / 1e6:.1f} M tokens "
         f"({r['base']['training']['epochs']} epochs). Held-out perplexity of the base corpus: **{r['base']['heldoutPerplexity']}**.",
         "",
         "## Adapters",

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
+import { generatedDemo } from '../src/cli/demo-model.js';
 import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import { createApp } from '../src/http/app.js';
@@ -18,12 +19,19 @@ export interface DemoServer {
   close(): Promise<void>;
 }
 
+/**
+ * `troupe serve` flags for the generated demo model written (by makeDemo) to dir: the model
+ * served as "demo" with demo-a and demo-b, whatever demo model `troupe serve` would pick.
+ */
+export function generatedDemoArgs(dir: string): string[] {
+  return ['--model-path', dir, '--served-model-name', 'demo', '--lora-paths', ...generatedDemo(dir).adapters.map((a) => `${a.name}=${a.path}`)];
+}
+
 export async function startDemoServer(extraArgs: string[] = []): Promise<DemoServer> {
   const dir = mkdtempSync(join(tmpdir(), 'troupe-demo-server-'));
   makeDemo(dir);
   const argv = [
-    '--model-path', dir,
-    '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
+    ...generatedDemoArgs(dir),
     '--max-loras-per-batch', '3', '--max-total-tokens', '8192', '--context-length', '4096', '--device', 'cpu',
     ...extraArgs,
   ];

@@ -34,7 +34,11 @@ const share = (texts: string[], hit: (w: string) => boolean): number => {
   return words.filter(hit).length / Math.max(1, words.length);
 };
 
-describe.skipIf(!PRESENT)(`the trained demo model in ${DIR} (skipped while its config.json does not exist: demo-train/README.md says how it is made)`, () => {
+const SUITE = PRESENT
+  ? `the trained demo model in ${DIR}`
+  : `the trained demo model (skipped: ${join(DIR, 'config.json')} does not exist; demo-train/README.md says how it is made)`;
+
+describe.skipIf(!PRESENT)(SUITE, () => {
   let engine: LocalTroupeEngine;
   let chat: ChatTemplate;
   /** Greedy outputs for every prompt of styles.json, by adapter (null: the base model). */
@@ -66,7 +70,8 @@ describe.skipIf(!PRESENT)(`the trained demo model in ${DIR} (skipped while its c
 
   it('writes mostly English words without an adapter', () => {
     const base = outputs.get(null)!;
-    expect(base.every((t) => wordsOf(t).length > 0)).toBe(true);
+    // It writes: a few words a prompt at least, not an end of sequence at once.
+    expect(base.flatMap(wordsOf).length).toBeGreaterThanOrEqual(3 * base.length);
     expect(share(base, (w) => english.has(w))).toBeGreaterThanOrEqual(styles.realWords);
   });
 

@@ -82,7 +82,7 @@ function run(cmd, args, opts = {}) {
     return execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
   } catch (err) {
     const stderr = err.stderr ? String(err.stderr).trim() : err.message;
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${stderr}`);
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${stderr}`, { cause: err });
   }
 }
 
@@ -98,7 +98,7 @@ function fetchPackage(name) {
     try {
       run('apt-get', ['download', name], { cwd: debs });
     } catch (err) {
-      throw new Error(`${err.message}\n(on a fresh machine run \`apt-get update\` first)`);
+      throw new Error(`${err.message}\n(on a fresh machine run \`apt-get update\` first)`, { cause: err });
     }
     deb = readdirSync(debs).find((f) => f.startsWith(`${name}_`) && f.endsWith('.deb'));
     if (deb === undefined) throw new Error(`apt-get download ${name} wrote no .deb into ${debs}`);
