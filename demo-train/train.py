@@ -226,9 +226,11 @@ def eval_loss(model, stream, seq_len, device, torch, max_windows=64):
     return total / k
 
 
-def train_phase(label, model, params, stream, heldout, seconds, args, torch, *, lr, batch, weight_decay, max_tokens=None):
+def train_phase(label, model, params, stream, heldout, seconds, args, torch, *, lr, batch, weight_decay, max_tokens=None, keep_best=True):
     """Trains for `seconds` (or max_tokens, whichever comes first) on random windows of the
-    stream, with a time-based cosine schedule; keeps the weights with the best held-out loss."""
+    stream, with a time-based cosine schedule. With keep_best, the weights with the best
+    held-out loss are kept (the base: its corpus is passed over many times); without, the last
+    ones (an adapter: a strong style matters more than text it has not seen)."""
     device = args.device
     seq_len = min(args.seq_len, stream.numel() - 1)
     stream = stream.to(device)
@@ -268,7 +270,7 @@ def train_phase(label, model, params, stream, heldout, seconds, args, torch, *, 
             log(f"{label}: step {step}, loss {loss_val:.3f}, lr {opt.param_groups[0]['lr']:.2e}, "
                 f"{tokens / max(now - start, 1e-9) / 1e6:.2f} M tokens/s, {tokens / stream.numel():.1f} epochs")
             last_log = now
-        if now - last_eval >= args.eval_every_s:
+        if keep_best and now - last_eval >= args.eval_every_s:
             held = eval_loss(model, heldout, seq_len, device, torch)
             if held < best[0]:
                 best = (held, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -279,6 +281,7 @@ def train_phase(label, model, params, stream, heldout, seconds, args, torch, *, 
         best = (held, step, None)
     else:
         model.load_state_dict(best[2])
+        best = (best[0], best[1], None)
     took = time.monotonic() - start
     log(f"{label}: {step} steps, {tokens:,} tokens ({tokens / stream.numel():.1f} epochs) in {took:.1f} s; "
         f"last training loss {loss_val:.3f}; kept step {best[1]} with held-out loss {best[0]:.3f}")
@@ -461,7 +464,8 @@ def main():
         params = [p for p in pm.parameters() if p.requires_grad]
         check(len(params) == args.layers * 14, f"{name}: {len(params)} trainable tensors, expected {args.layers * 14}")
         adapter_stats[name] = train_phase(name, pm, params, s["train"], s["heldout"], adapter_s, args, torch, lr=args.lora_lr,
-                                          batch=args.lora_batch, weight_decay=0.0, max_tokens=args.adapter_max_epochs * s["train"].numel())
+                                          batch=args.lora_batch, weight_decay=0.0, max_tokens=args.adapter_max_epochs * s["train"].numel(),
+                                          keep_best=False)
         d = out / "adapters" / name
         pm.save_pretrained(str(d), save_embedding_layers=False)
         (d / "README.md").unlink(missing_ok=True)  # PEFT's model-card template; models/demo/README.md says it all
