@@ -18,7 +18,12 @@ export function packageRoot(): string {
   return dir;
 }
 
-/** The demo model's directory, made by `troupe make-demo` or on the first `npm start`. */
+/** The generated demo model's directory, made by `troupe make-demo` or on the first `npm start`. */
 export function demoModelDir(): string {
   return join(packageRoot(), 'demo-model');
+}
+
+/** The trained demo model's directory, committed with the package once trained (models/demo/README.md). */
+export function trainedDemoDir(): string {
+  return join(packageRoot(), 'models', 'demo');
 }

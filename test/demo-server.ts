@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
+import { generatedDemo } from '../src/cli/demo-model.js';
 import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import { createApp } from '../src/http/app.js';
@@ -18,12 +19,20 @@ export interface DemoServer {
   close(): Promise<void>;
 }
 
+/**
+ * `troupe serve` flags for the generated demo model written (by makeDemo) to dir: the model
+ * served as "demo" with demo-a and demo-b, whatever demo model `troupe serve` would pick.
+ */
+export function generatedDemoArgs(dir: string): string[] {
+  return ['--model-path', dir, '--served-model-name', 'demo', '--lora-paths', ...generatedDemo(dir).adapters.map((a) => `${a.name}=${a.path}`)];
+}
+
 /** Starts the server; a flag in `extraArgs` replaces the default of that flag. */
 export async function startDemoServer(extraArgs: string[] = []): Promise<DemoServer> {
   const dir = mkdtempSync(join(tmpdir(), 'troupe-demo-server-'));
   makeDemo(dir);
   const defaults: string[][] = [
-    ['--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`],
+    ['--lora-paths', ...generatedDemo(dir).adapters.map((a) => `${a.name}=${a.path}`)],
     ['--max-loras-per-batch', '3'], ['--max-total-tokens', '8192'], ['--context-length', '4096'], ['--device', 'cpu'],
   ];
   const argv = ['--model-path', dir, ...defaults.filter(([flag]) => !extraArgs.includes(flag!)).flat(), ...extraArgs];

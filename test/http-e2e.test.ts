@@ -1,13 +1,17 @@
-// End to end: a real `troupe serve` process on the demo model (made on first use), driven
-// over HTTP the way the README's curl examples do.
+// End to end: a real `troupe serve` process on the demo model it picks by itself (the trained
+// one when models/demo is there, else the generated one, made on first use), driven over HTTP
+// the way the README's curl examples do.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultDemo } from '../src/cli/demo-model.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PROMPT = 'List 3 countries and their capitals.';
+// The first two adapters of the demo model that the server serves.
+const [ADAPTER_1, ADAPTER_2] = defaultDemo().adapters.map((a) => a.name) as [string, string];
 
 let child: ChildProcess | null = null;
 let output = '';
@@ -84,11 +88,11 @@ async function errorMessage(res: Response, status: number): Promise<string> {
 }
 
 describe('troupe serve over HTTP', () => {
-  it('runs the README batch: one prompt on demo-a and on the base model, different texts', async () => {
+  it('runs the README batch: one prompt on an adapter and on the base model, different texts', async () => {
     const res = await generate({
       text: [PROMPT, PROMPT],
       sampling_params: { max_new_tokens: 32, temperature: 0 },
-      lora_path: ['demo-a', null],
+      lora_path: [ADAPTER_1, null],
     });
     expect(res.status).toBe(200);
     const items = (await res.json()) as Item[];
@@ -122,13 +126,13 @@ describe('troupe serve over HTTP', () => {
   });
 
   it('answers a lora_path list of the wrong length with 400', async () => {
-    const res = await generate({ text: [PROMPT, PROMPT], lora_path: ['demo-a', null, 'demo-b'] });
+    const res = await generate({ text: [PROMPT, PROMPT], lora_path: [ADAPTER_1, null, ADAPTER_2] });
     expect(await errorMessage(res, 400)).toContain('lora_path');
   });
 
   it('streams SSE events ending with [DONE]', async () => {
     const res = await generate({
-      text: PROMPT, stream: true, lora_path: 'demo-b', sampling_params: { max_new_tokens: 8, temperature: 0 },
+      text: PROMPT, stream: true, lora_path: ADAPTER_2, sampling_params: { max_new_tokens: 8, temperature: 0 },
     });
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toContain('text/event-stream');

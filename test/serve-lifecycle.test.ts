@@ -1,17 +1,28 @@
 // `troupe serve` as a process: a port it cannot bind, draining on SIGTERM, a second signal,
-// and exiting when an essential actor dies. The server runs the demo model.
+// and exiting when an essential actor dies. The server runs the generated demo model, named
+// explicitly: its random weights never end an output early, so requests run until they are cut.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Supervisor } from '../src/actors/supervisor.js';
 import { runServe } from '../src/cli/serve.js';
 import { createApp } from '../src/http/app.js';
 import { loadingApp, startServer } from '../src/http/server.js';
+import { makeDemo } from '../src/model/demo.js';
+import { generatedDemoArgs } from './demo-server.js';
 import { EchoEngine } from './http-echo-engine.js';
+import { tempDir } from './model-fixtures.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const demoDir = tempDir('troupe-serve-lifecycle-');
+let DEMO: string[] = [];
+beforeAll(() => {
+  makeDemo(demoDir.path);
+  DEMO = generatedDemoArgs(demoDir.path);
+}, 120_000);
+afterAll(() => demoDir.cleanup());
 
 /** A `troupe serve` child process whose stderr (the log) is gathered as it comes. */
 class ServeProcess {
@@ -80,7 +91,7 @@ async function freePort(): Promise<number> {
 
 async function startServe(extra: string[]): Promise<{ proc: ServeProcess; base: string }> {
   const port = await freePort();
-  const proc = new ServeProcess(['--port', String(port), '--device', 'cpu', ...extra]);
+  const proc = new ServeProcess(['--port', String(port), '--device', 'cpu', ...DEMO, ...extra]);
   await proc.waitFor(/serving demo on/);
   return { proc, base: `http://127.0.0.1:${port}` };
 }
@@ -221,7 +232,7 @@ describe('troupe serve when an essential actor dies', () => {
     const port = await freePort();
     let exited!: (code: number) => void;
     const exitCode = new Promise<number>((r) => (exited = r));
-    const handle = await runServe(['--port', String(port), '--device', 'cpu', '--log-level', 'error'], {
+    const handle = await runServe(['--port', String(port), '--device', 'cpu', '--log-level', 'error', ...DEMO], {
       exit: (code) => exited(code),
       signals: new EventEmitter(),
     });

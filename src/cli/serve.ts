@@ -1,7 +1,7 @@
 // `troupe serve`: flags -> options -> listening socket -> engine -> HTTP app, then the
 // process's life: draining on SIGTERM/SIGINT, exiting when an essential actor dies. Without
-// --model-path the demo model is served (and generated first if it is missing), with its two
-// adapters unless --lora-paths names others.
+// --model-path a demo model is served (demo-model.ts says which; the generated one is written
+// first if it is missing), with its adapters unless --lora-paths names others.
 import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
@@ -12,28 +12,31 @@ import { validateFlags } from '../config/validate.js';
 import { createLog, type Log } from '../log.js';
 import { makeDemo } from '../model/demo.js';
 import type { RunningServer } from '../http/server.js';
-import { demoModelDir } from '../paths.js';
 import type { LocalTroupeEngine } from '../troupe.js';
+import { defaultDemo, generatedDemo, type DemoModel } from './demo-model.js';
 
 export interface ResolvedServe {
   options: ServeOptions;
   warnings: string[];
-  usesDemo: boolean;
+  /** The demo model filled in for a missing --model-path; null when one was given. */
+  demo: DemoModel | null;
 }
 
-/** Parses and validates serve flags, filling in the demo model when no --model-path is given. */
-export function resolveServeArgs(argv: readonly string[], demoDir = demoModelDir()): ResolvedServe {
+/**
+ * Parses and validates serve flags, filling in `demo` when no --model-path is given. The
+ * default is the generated demo model, which scripts that measure the engine rely on;
+ * `troupe serve` passes defaultDemo().
+ */
+export function resolveServeArgs(argv: readonly string[], demo: DemoModel = generatedDemo()): ResolvedServe {
   const parsed = parseArgs(argv);
   const usesDemo = !parsed.given.has('model-path');
   if (usesDemo) {
-    parsed.flags.set('model-path', demoDir);
+    parsed.flags.set('model-path', demo.dir);
     if (!parsed.given.has('served-model-name')) parsed.flags.set('served-model-name', 'demo');
-    if (!parsed.given.has('lora-paths')) {
-      parsed.flags.set('lora-paths', ['demo-a', 'demo-b'].map((n) => `${n}=${join(demoDir, 'adapters', n)}`));
-    }
+    if (!parsed.given.has('lora-paths')) parsed.flags.set('lora-paths', demo.adapters.map((a) => `${a.name}=${a.path}`));
   }
   const { options, warnings } = validateFlags(parsed.flags);
-  return { options, warnings, usesDemo };
+  return { options, warnings, demo: usesDemo ? demo : null };
 }
 
 /** What runServe needs from the process; tests pass their own to watch it without dying. */
@@ -59,7 +62,7 @@ export async function runServe(argv: readonly string[], hooks: ServeHooks = {}):
     process.stdout.write(helpText() + '\n');
     return null;
   }
-  const { options, warnings, usesDemo } = resolveServeArgs(argv);
+  const { options, warnings, demo } = resolveServeArgs(argv, defaultDemo());
   const log: Log = createLog(options.logLevel);
   for (const w of warnings) log('warning', w);
   // Loaded lazily so `--help` and flag errors never pay for worker start-up.
@@ -76,9 +79,11 @@ export async function runServe(argv: readonly string[], hooks: ServeHooks = {}):
   log('info', `listening on http://${options.host}:${server.port}; answering 503 until the model is loaded`);
   let engine: LocalTroupeEngine;
   try {
-    if (usesDemo && !existsSync(join(options.modelPath, 'config.json'))) {
+    if (demo?.generated && !existsSync(join(options.modelPath, 'config.json'))) {
       log('info', `no --model-path: writing the demo model to ${options.modelPath}`);
       makeDemo(options.modelPath);
+    } else if (demo) {
+      log('info', `no --model-path: serving the ${demo.generated ? 'generated' : 'trained'} demo model in ${options.modelPath}`);
     }
     engine = await createEngine({ ...options, log });
   } catch (err) {

@@ -22,7 +22,7 @@ export interface FlagSpec {
 
 export const FLAGS: readonly FlagSpec[] = [
   { name: 'model-path', aliases: ['model'], kind: 'string', default: null, group: 'model',
-    help: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Without it, the generated demo model and its adapters demo-a and demo-b are served.' },
+    help: 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Without it, a demo model is served with its adapters: the trained one in models/demo when it is there, else the generated one in demo-model/ (written on first use) with demo-a and demo-b.' },
   { name: 'tokenizer-path', kind: 'string', default: null, group: 'model',
     help: 'Directory holding tokenizer.json and tokenizer_config.json; defaults to --model-path.' },
   { name: 'served-model-name', kind: 'string', default: null, group: 'model',
