@@ -168,7 +168,10 @@ export function routeChecks(generateItem: unknown): Checks {
     'GET /v1/models': (_req, body) => {
       const r = json(body);
       expect(r.object).toBe('list');
-      expect((r.data as Array<{ id: string }>).map((m) => m.id)).toEqual(expect.arrayContaining(['demo', 'demo:demo-a', 'demo:demo-b']));
+      // SGLang's shape: an adapter's id is its name and its parent the served model.
+      const data = r.data as Array<{ id: string; parent: string | null }>;
+      expect(data.map((m) => m.id)).toEqual(expect.arrayContaining(['demo', 'demo-a', 'demo-b']));
+      expect(data.find((m) => m.id === 'demo-a')?.parent).toBe('demo');
     },
     'POST /v1/completions': (req, body) => {
       const sent = json(req.body!);
