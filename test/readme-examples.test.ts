@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { get as httpGet } from 'node:http';
-import { createServer } from 'node:net';
+import { freePort } from './free-port.js';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,16 +29,6 @@ const isShell = (b: Block): boolean => b.lang === 'sh' || b.lang === 'bash';
 const commandsOf = (b: Block): ReturnType<typeof shellCommands> => shellCommands(b.code, SHELL_ENV);
 const CURL_BLOCKS = BLOCKS.filter((b) => isShell(b) && commandsOf(b).some((c) => c.words[0] === 'curl'));
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-    });
-  });
-}
 
 /** Whether /health answers 200, on a connection of its own that the server may close at once when it stops. */
 function healthy(port: number): Promise<boolean> {

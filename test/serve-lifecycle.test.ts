@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { freePort } from './free-port.js';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Supervisor } from '../src/actors/supervisor.js';
@@ -81,13 +82,6 @@ function listen(server: Server, port: number): Promise<number> {
   });
 }
 
-/** A port nothing listens on right now (`--port` must be given one). */
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  const port = await listen(probe, 0);
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 async function startServe(extra: string[]): Promise<{ proc: ServeProcess; base: string }> {
   const port = await freePort();

@@ -25,11 +25,10 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { ModelConfig, ModelFamily } from '../../src/engine/types.js';
 import type { Checkpoint } from '../../src/model/checkpoint.js';
-import { createEngine as createTroupe } from '../../src/troupe.js';
 import { addon, engineOptions, loadSlot, openCheckpoint } from '../engine-fixtures.js';
 import { startRanks, type RankGroup } from '../tp-fixtures.js';
 import {
-  againstReference, againstRun, blocksPerRow, describeParity, readLoraReference, readReference, teacherForced, type Parity, type Position, type Row,
+  againstReference, againstRun, blocksPerRow, describeParity, readLoraReference, readReference, servedGreedyMatches, teacherForced, type Parity, type Position, type Row,
 } from './parity-fixtures.js';
 
 type Family = Exclude<ModelFamily, 'llama'>;
@@ -149,24 +148,9 @@ describe.each(families)('%s on the CUDA backend', (family) => {
   });
 
   it('createEngine with --device cuda generates transformers\' greedy tokens with matching logprobs', async () => {
-    const engine = await createTroupe({ modelPath: dir, device: 'cuda', maxTotalTokens: 8192 });
-    try {
-      expect(engine.modelInfo().device).toBe('cuda');
-      const outs = await Promise.all(ref.cases.map((c) => engine.generate({ inputIds: c.prompt, sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true }, returnLogprob: true })));
-      let compared = 0;
-      outs.forEach((o, i) => {
-        const c = ref.cases[i]!;
-        // Up to the first near-tie: there either pick is right, and the continuations part after it.
-        for (let pos = 0; pos < c.continuation.length && c.top2Gap[pos]! > BAR; pos++) {
-          expect(o.outputIds[pos]).toBe(c.continuation[pos]);
-          expect(Math.abs(o.outputTokenLogprobs![pos]![0] - c.logprobs[pos]!)).toBeLessThanOrEqual(BAR);
-          compared++;
-        }
-      });
-      console.log(`${family} served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
-      expect(compared).toBeGreaterThan(ref.cases.length * 4);
-    } finally {
-      await engine.close();
-    }
+    const compared = await servedGreedyMatches(dir, ref, BAR);
+    console.log(`${family} served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
+    expect(compared).toBeGreaterThan(ref.cases.length * 4);
   });
+
 });

@@ -5,7 +5,9 @@
 // reference token, the argmax, the top-2 gap and the sampled (greedy) token.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import type { StepBatch, StepResult } from '../../src/engine/types.js';
+import { createEngine as createTroupe } from '../../src/troupe.js';
 import { logSoftmax, makeBatch, type SeqStep } from '../engine-fixtures.js';
 
 export interface RefCase {
@@ -133,3 +135,31 @@ export function againstRun(run: Position[][], base: Position[][], bar: number): 
 
 export const describeParity = (p: Parity, bar: number): string =>
   `max |logprob diff| ${p.maxDiff.toFixed(4)}; greedy agrees at ${p.checked - p.mismatches}/${p.checked} positions with top-2 gap > ${bar.toFixed(3)}`;
+
+/**
+ * Serves the checkpoint through createEngine on the GPU and generates each case greedily: up
+ * to the first near-tie (top-2 gap within `bar`, where either pick is right and the two
+ * continuations part) the tokens must be transformers' and their logprobs within `bar`.
+ * Returns how many tokens were compared.
+ */
+export async function servedGreedyMatches(dir: string, ref: Reference, bar: number): Promise<number> {
+  const engine = await createTroupe({ modelPath: dir, device: 'cuda', maxTotalTokens: 8192 });
+  try {
+    expect(engine.modelInfo().device).toBe('cuda');
+    const outs = await Promise.all(
+      ref.cases.map((c) => engine.generate({ inputIds: c.prompt, sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true }, returnLogprob: true })),
+    );
+    let compared = 0;
+    outs.forEach((o, i) => {
+      const c = ref.cases[i]!;
+      for (let pos = 0; pos < c.continuation.length && c.top2Gap[pos]! > bar; pos++) {
+        expect(o.outputIds[pos]).toBe(c.continuation[pos]);
+        expect(Math.abs(o.outputTokenLogprobs![pos]![0] - c.logprobs[pos]!)).toBeLessThanOrEqual(bar);
+        compared++;
+      }
+    });
+    return compared;
+  } finally {
+    await engine.close();
+  }
+}

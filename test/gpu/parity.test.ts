@@ -6,8 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createEngine as createTroupe } from '../../src/troupe.js';
 import { addon, argmax, engineOptions, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
+import { servedGreedyMatches } from './parity-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
@@ -88,25 +88,9 @@ describe('CUDA backend parity with transformers', () => {
   });
 
   it('createEngine with --device cuda generates transformers greedy tokens with matching logprobs', async () => {
-    const engine = await createTroupe({ modelPath: dir, device: 'cuda', maxTotalTokens: 8192 });
-    try {
-      expect(engine.modelInfo().device).toBe('cuda');
-      const outs = await Promise.all(ref.cases.map((c) => engine.generate({ inputIds: c.prompt, sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true }, returnLogprob: true })));
-      let compared = 0;
-      outs.forEach((o, i) => {
-        const c = ref.cases[i]!;
-        // Compare up to the first near-tie: there either pick is right, and after a different
-        // pick the two continuations diverge.
-        for (let pos = 0; pos < c.continuation.length && c.top2Gap[pos]! > BAR; pos++) {
-          expect(o.outputIds[pos]).toBe(c.continuation[pos]);
-          expect(Math.abs(o.outputTokenLogprobs![pos]![0] - c.logprobs[pos]!)).toBeLessThanOrEqual(BAR);
-          compared++;
-        }
-      });
-      console.log(`served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
-      expect(compared).toBeGreaterThan(ref.cases.length * 4);
-    } finally {
-      await engine.close();
-    }
+    const compared = await servedGreedyMatches(dir, ref, BAR);
+    console.log(`served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
+    expect(compared).toBeGreaterThan(ref.cases.length * 4);
   });
+
 });
