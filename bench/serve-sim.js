@@ -12,7 +12,8 @@
 // - `steady`: 4 req/s for 300 s, and a capacity search with probes of 60 s and four bisections,
 //   each over --seeds workloads: the figures to compare policies by.
 // Writes bench/results/<date>-cpu-serve-sim.json; --baseline keeps an earlier run's (another
-// commit's) setups in the result as `before`.
+// commit's) setups in the result as `before`, and its fit of the step-time model when the model
+// is the same (the fit is only meaningful under the scheduler the H200 runs used).
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { searchCapacity } from './serve-capacity.js';
@@ -68,9 +69,11 @@ async function runSetup(setup) {
   };
   return {
     ...setup,
+    // The H200's figures in short; the files named are the source.
     measured: {
-      at4: fixed ? { summary: fixed.summary } : null,
-      capacity: cap ? { rate: cap.capacity.rate, bound: cap.capacity.bound, lowestFailing: cap.capacity.lowestFailing ?? null, probes: cap.capacity.probes.map((p) => ({ rate: p.rate, pass: p.pass, summary: p.summary })) } : null,
+      files: [fixed, cap].filter(Boolean).map((r) => r.config.out.replace(/^.*\//, '')),
+      at4: fixed ? { ttft: fixed.summary.ttft, itl: fixed.summary.itl, sloAttainment: fixed.summary.sloAttainment } : null,
+      capacity: cap ? { rate: cap.capacity.rate, bound: cap.capacity.bound, lowestFailing: cap.capacity.lowestFailing ?? null, probes: cap.capacity.probes.map((p) => ({ rate: p.rate, pass: p.pass, sloAttainment: p.summary.sloAttainment, requestThroughput: p.summary.requestThroughput })) } : null,
     },
     h200,
     steady,
@@ -84,7 +87,10 @@ try {
   // Not a git checkout: the result simply names no commit.
 }
 const baseline = v.baseline ? JSON.parse(readFileSync(v.baseline, 'utf8')) : null;
-const fit = fitReport(MODEL);
+// The fit holds for the scheduler that ran on the H200: a baseline's, when it is that one.
+const sameModel = baseline !== null && Object.keys(MODEL).every((k) => baseline.stepModel?.[k] === MODEL[k]);
+const fit = sameModel ? baseline.stepModel.fit : { scheduler: commit, meanAbsErrorPct: null, points: fitReport(MODEL) };
+fit.meanAbsErrorPct ??= fitError(fit.points);
 const runs = [];
 for (const setup of setups) {
   console.log(`${setup.label}...`);
@@ -99,7 +105,7 @@ const result = {
   stepModel: {
     formula: 'step ms = a + b * rows + c * prefill tokens + d * distinct adapters (+ offsetB for set b)',
     ...MODEL,
-    fit: { meanAbsErrorPct: fitError(fit), points: fit },
+    fit,
   },
   sets: SETS,
   workload: { ...WORKLOAD, sloSeconds: SLO, steadySeeds: seeds },
@@ -113,14 +119,14 @@ writeFileSync(new URL(out, root), JSON.stringify(result, null, 2) + '\n');
 const f = (x, d = 2) => (x === null || x === undefined ? '–' : Number(x).toFixed(d));
 const ttft = (s) => (s ? `${f(s.ttft.p50)} / ${f(s.ttft.p90)} / ${f(s.ttft.p99)}` : '–');
 const capCell = (c) => (c ? (c.bound === 'at-least' ? `≥ ${c.rate}` : `${c.rate}`) : '–');
-const servedAt = (c) => c?.probes.find((p) => p.pass && p.rate === c.rate);
-console.log(`step model: ${result.stepModel.formula}: ${JSON.stringify(MODEL)}; ITL p50 of the H200 runs within ${result.stepModel.fit.meanAbsErrorPct}% on average`);
-console.log('| setup | capacity H200 / sim (12 s probes) | capacity, 60 s probes | rows per step there | TTFT p50 / p90 / p99 at 4 req/s (s), H200 / sim 45 s / sim 300 s |' + (baseline ? ' before: capacity, 60 s probes | before: TTFT at 4 req/s, 300 s |' : ''));
-console.log('| --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
+const rowsAt = (c) => f(c?.probes.find((p) => p.pass && p.rate === c.rate)?.stats.rowsPerStep, 1);
+// With a baseline, each simulated figure reads "before → after".
+const pair = (get, r, b) => (baseline ? `${b ? get(b) : '–'} → ${get(r)}` : get(r));
+console.log(`step model: ${result.stepModel.formula}: ${JSON.stringify(MODEL)}; ITL p50 of the H200 runs within ${fit.meanAbsErrorPct}% on average`);
+console.log('| setup | capacity, 12 s probes: H200; simulated (req/s) | capacity, 60 s probes (req/s) | rows per step there | TTFT p50 / p90 / p99 at 4 req/s, 45 s: H200; simulated (s) | TTFT p50 / p90 / p99 at 4 req/s, 300 s (s) |');
+console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of runs) {
   const b = baseline?.setups.find((x) => x.label === r.label);
-  const rows = servedAt(r.steady.capacity)?.stats.rowsPerStep;
-  const line = `| ${r.label} | ${capCell(r.measured.capacity)} / ${capCell(r.h200.capacity)} | ${capCell(r.steady.capacity)} | ${f(rows, 1)} | ${ttft(r.measured.at4?.summary)} / ${ttft(r.h200.at4.summary)} / ${ttft(r.steady.at4.summary)} |`;
-  console.log(line + (baseline ? ` ${capCell(b?.steady.capacity)} | ${ttft(b?.steady.at4.summary)} |` : ''));
+  console.log(`| ${r.label} | ${capCell(r.measured.capacity)}; ${pair((x) => capCell(x.h200.capacity), r, b)} | ${pair((x) => capCell(x.steady.capacity), r, b)} | ${pair((x) => rowsAt(x.steady.capacity), r, b)} | ${ttft(r.measured.at4)}; ${pair((x) => ttft(x.h200.at4.summary), r, b)} | ${pair((x) => ttft(x.steady.at4.summary), r, b)} |`);
 }
 console.log(`written to ${out}`);
