@@ -3,6 +3,7 @@
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule, StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
+import { mostDraining, soonestToFree } from './admission.js';
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
 import { BlockManager } from './block-manager.js';
@@ -67,7 +68,8 @@ export class Scheduler {
   private readonly entries: StepEntry[] = [];
   private stepLength = -1;
   private readonly distinct: Array<string | null> = [];
-  private readonly seen: Array<string | null> = [];
+  private readonly claims: Array<string | null> = [];
+  private readonly draining: Array<string | null> = [];
   private arrivals = 0;
 
   constructor(private readonly opts: SchedulerOptions) {
@@ -200,40 +202,70 @@ export class Scheduler {
       this.setEntry(n++, s, chunk);
     }
 
-    // Admit waiting requests first come, first served. A request held back by its adapter
-    // claims that adapter's place among the step's distinct adapters, so newer requests for
-    // other adapters cannot keep its adapter out forever.
+    // Admit waiting requests first come, first served, within --max-loras-per-batch distinct
+    // adapters. A request for an adapter already in the step needs no new place, so it is
+    // admitted even while an older request waits for one: the step fills with the requests
+    // its adapters can take instead of running a few rows while places are short (SGLang
+    // skips past such requests the same way). A request for a new adapter that gets no place
+    // claims one, so newer requests for other new adapters cannot take it.
+    //
+    // Skipping alone can starve a claim: a place frees only when every request of an adapter
+    // in the step has ended, and an adapter that keeps receiving requests never ends. So each
+    // claim short of a place, oldest first, stops admission to the adapter in the step that
+    // will free a place soonest (soonestToFree), up to half the places (mostDraining). That
+    // adapter drains and the oldest claim gets its place as soon as it would under strict first
+    // come first served, which held back every later request instead: within the running
+    // requests' max_new_tokens, however many requests the other adapters receive.
     const max = this.opts.maxLorasPerBatch;
-    // The step's adapters, in the order they are touched; at most maxLorasPerBatch, so a
-    // list is as quick as a set and is reused from step to step.
+    // The step's adapters, in the order of their oldest running request; at most
+    // maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
     const distinct = this.distinct;
     distinct.length = 0;
     for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
-    // The step's adapters plus the ones claimed by requests held back.
-    const seen = this.seen;
-    seen.length = 0;
-    for (let d = 0; d < distinct.length; d++) seen.push(distinct[d]!);
+    // New adapters that requests held back claim places for: while places are left, and then
+    // one for each adapter draining.
+    const claims = this.claims;
+    claims.length = 0;
+    // Adapters in the step that take no new request this step.
+    const draining = this.draining;
+    draining.length = 0;
+    const drainLimit = mostDraining(max);
     const waiting = this.waiting;
     let i = 0;
     // Requests held back are moved down over the admitted ones, keeping their order.
     let kept = 0;
     for (; i < waiting.length; i++) {
       if (this.running.length >= this.opts.maxRunningRequests || budget <= 0) break;
-      // More adapters claimed than a step may hold: no later request can be admitted, so the
-      // rest of the queue need not be looked at.
-      if (seen.length > max) break;
       const s = waiting[i]!;
       const lora = s.init.lora;
       const slot = lora === null ? -1 : this.registry.residentSlot(lora);
-      const known = seen.includes(lora);
-      if (slot === null || seen.length + (known ? 0 : 1) > max) {
-        if (!known) seen.push(lora);
+      let admit: boolean;
+      if (distinct.includes(lora)) {
+        admit = slot !== null && !draining.includes(lora);
+      } else {
+        const known = claims.includes(lora);
+        const free = max - distinct.length - claims.length;
+        admit = !known && free > 0 && slot !== null;
+        if (!admit && !known) {
+          if (free > 0) {
+            claims.push(lora);
+          } else if (draining.length < drainLimit) {
+            const next = soonestToFree(distinct, this.running, draining, this.opts.contextLength);
+            if (next !== undefined) {
+              claims.push(lora);
+              draining.push(next);
+            }
+          }
+        }
+        // No place left and every adapter in the step draining: no later request can be admitted.
+        if (!admit && free <= 0 && draining.length === distinct.length) break;
+      }
+      if (!admit) {
         waiting[kept++] = s;
         continue;
       }
       const chunk = Math.min(s.pending, budget);
       if (!this.kv.grow(s.blocks, s.computed + chunk)) break;
-      if (!known) seen.push(lora);
       s.status = 'running';
       insertByArrival(this.running, s);
       addOnce(distinct, lora);

@@ -1,0 +1,260 @@
+// A simulated `troupe serve` for bench/serve-sim.js: the real Scheduler (from dist/) driven in
+// virtual time by a discrete-event loop, with a fake loader and a fake GPU whose steps take the
+// time a step-time model says. Everything else is the server's own logic: admission, chunked
+// prefill, adapter placement and eviction, the loader's ordering and read limit. No wall clock
+// is read, so a run is a pure function of its inputs.
+//
+// The loop follows src/actors/scheduler.worker.ts: schedule, run the step, complete, schedule
+// again at once; when nothing is schedulable the loop stops and the next arrival or loader
+// answer starts it (an arrival after the events of its instant, as setImmediate does there).
+// The loader follows src/actors/loader.worker.ts: a command waits for the earlier commands that
+// name its adapter or slot, reads go at most `maxReads` at a time (first come first served),
+// copies run at once.
+/** A min-heap of events by time, then by insertion, so equal times keep their order. */
+class Events {
+  heap = [];
+  n = 0;
+  push(at, fn) {
+    const h = this.heap;
+    const e = { at, seq: this.n++, fn };
+    h.push(e);
+    for (let i = h.length - 1; i > 0; ) {
+      const p = (i - 1) >> 1;
+      if (!Events.before(h[i], h[p])) break;
+      [h[i], h[p]] = [h[p], h[i]];
+      i = p;
+    }
+  }
+  pop() {
+    const h = this.heap;
+    const top = h[0];
+    const last = h.pop();
+    if (h.length > 0) {
+      h[0] = last;
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && Events.before(h[l], h[m])) m = l;
+        if (r < h.length && Events.before(h[r], h[m])) m = r;
+        if (m === i) break;
+        [h[i], h[m]] = [h[m], h[i]];
+        i = m;
+      }
+    }
+    return top;
+  }
+  get size() {
+    return this.heap.length;
+  }
+  static before(a, b) {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
+}
+
+const keysOf = (c) => (c.kind === 'copy-to-slot' ? [`adapter:${c.name}`, `slot:${c.slot}`] : c.kind === 'clear-slot' ? [`slot:${c.slot}`] : [`adapter:${c.name}`]);
+
+/** The loader's concurrency with modelled durations; answers go to `answer(event)` when they land. */
+class SimLoader {
+  constructor(events, clock, spec, answer) {
+    Object.assign(this, { events, clock, spec, answer });
+    this.byKey = new Map(); // key -> unfinished commands naming it, in order
+    this.readsRunning = 0;
+    this.readWaiters = [];
+    this.onCpu = new Set();
+    this.counts = { reads: 0, copies: 0 };
+  }
+
+  send(cmd) {
+    const job = { cmd, keys: keysOf(cmd), started: false };
+    for (const k of job.keys) {
+      const q = this.byKey.get(k);
+      if (q) q.push(job);
+      else this.byKey.set(k, [job]);
+    }
+    this.tryStart(job);
+  }
+
+  tryStart(job) {
+    if (job.started || !job.keys.every((k) => this.byKey.get(k)[0] === job)) return;
+    job.started = true;
+    const { cmd } = job;
+    if (cmd.kind === 'load-cpu') {
+      if (this.readsRunning < this.spec.maxReads) this.startRead(job);
+      else this.readWaiters.push(job);
+    } else if (cmd.kind === 'copy-to-slot') {
+      this.counts.copies++;
+      this.events.push(this.clock() + this.spec.copyMs, () => this.finish(job));
+    } else {
+      this.finish(job);
+    }
+  }
+
+  startRead(job) {
+    this.readsRunning++;
+    this.counts.reads++;
+    this.events.push(this.clock() + this.spec.readMs, () => {
+      // The read slot passes straight to the next waiter, as Limit does.
+      this.readsRunning--;
+      const next = this.readWaiters.shift();
+      if (next) this.startRead(next);
+      this.finish(job);
+    });
+  }
+
+  finish(job) {
+    const { cmd } = job;
+    for (const k of job.keys) {
+      const q = this.byKey.get(k);
+      q.shift();
+      if (q.length === 0) this.byKey.delete(k);
+    }
+    if (cmd.kind === 'load-cpu') {
+      this.onCpu.add(cmd.name);
+      this.answer({ kind: 'cpu-loaded', name: cmd.name, rank: this.spec.rank, targetModules: this.spec.targetModules, bytes: this.spec.bytes });
+    } else if (cmd.kind === 'copy-to-slot') {
+      this.answer(this.onCpu.has(cmd.name)
+        ? { kind: 'slot-ready', name: cmd.name, slot: cmd.slot }
+        : { kind: 'load-failed', name: cmd.name, error: 'not in CPU memory' });
+    } else if (cmd.kind === 'drop-cpu') {
+      this.onCpu.delete(cmd.name);
+    }
+    for (const k of job.keys) {
+      const head = this.byKey.get(k)?.[0];
+      if (head) this.tryStart(head);
+    }
+  }
+}
+
+/** The step's duration from the step-time model: a + b*rows + c*prefill tokens + d*distinct adapters, in ms. */
+export function stepMs(model, batch) {
+  const rows = batch.loraSlots.length;
+  let decode = 0;
+  for (let i = 0; i < rows; i++) if (batch.seqStarts[i + 1] - batch.seqStarts[i] === 1 && batch.sample[i]) decode++;
+  const prefill = batch.tokens.length - decode;
+  const slots = new Set(batch.loraSlots);
+  slots.delete(-1);
+  return { ms: model.a + model.b * rows + model.c * prefill + model.d * slots.size, rows, prefill, adapters: slots.size };
+}
+
+const results = [];
+/** A fake GPU answer: a token for every sequence that samples (ignore_eos runs to max_new_tokens). */
+function fakeResult(batch) {
+  const n = batch.loraSlots.length;
+  const r = (results[n] ??= { tokens: new Int32Array(n), logprobs: new Float32Array(n), topIds: new Int32Array(0), topLogprobValues: new Float32Array(0), logits: null, errors: null });
+  for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
+  return r;
+}
+
+/**
+ * One run. sim: {Scheduler, DEFAULT_SAMPLING, options (SchedulerOptions), names (adapter names,
+ * all registered before the first arrival), loader: {readMs, copyMs, maxReads, rank,
+ * targetModules, bytes}, model: {a, b, c, d} (ms), workload (makeWorkload's requests, `adapter`
+ * indexing names), drainTimeout (s)}. Returns {records (as the HTTP benchmark keeps them, for
+ * serve-client's summarize), elapsed (s, first arrival to last end), stats: sums over the steps (steps, rows, prefillTokens,
+ * adapters, busyMs), the most requests waiting at once, and the loader's reads and copies}.
+ */
+export function simulate(sim) {
+  const { Scheduler, options, names, workload } = sim;
+  const events = new Events();
+  let now = 0;
+  const clock = () => now;
+  const s = new Scheduler(options);
+  const loader = new SimLoader(events, clock, sim.loader, (ev) => {
+    s.onLoaderEvent(ev);
+    flush();
+    kick();
+  });
+  const flush = () => {
+    for (const c of s.takeCommands()) loader.send(c);
+    for (const e of s.takeEvents()) record(e);
+  };
+
+  let t0 = 0;
+  const reqs = workload.map((w) => ({ w, id: `r${w.index}`, ttft: null, last: null, itls: [], outputTokens: 0, end: null, ok: false }));
+  const byId = new Map(reqs.map((r) => [r.id, r]));
+  let open = reqs.length;
+  const record = (e) => {
+    const r = byId.get(e.id);
+    if (!r) return;
+    const at = (now - t0) / 1000;
+    if (e.tokens.length > 0) {
+      if (r.ttft === null) r.ttft = at - r.w.at;
+      else r.itls.push(at - r.last);
+      r.last = at;
+      r.outputTokens += e.tokens.length;
+    }
+    if (e.finish) {
+      r.end = at;
+      r.ok = e.finish.type !== 'abort';
+      byId.delete(e.id);
+      open--;
+    }
+  };
+
+  const stats = { steps: 0, rows: 0, prefillTokens: 0, adapters: 0, busyMs: 0, maxWaiting: 0 };
+  let busy = false;
+  let kicked = false;
+  const runStep = () => {
+    flush();
+    const next = s.schedule();
+    flush();
+    stats.maxWaiting = Math.max(stats.maxWaiting, s.stats().waiting);
+    if (!next) return;
+    busy = true;
+    const t = stepMs(sim.model, next.batch);
+    stats.steps++;
+    stats.rows += t.rows;
+    stats.prefillTokens += t.prefill;
+    stats.adapters += t.adapters;
+    stats.busyMs += t.ms;
+    events.push(now + t.ms, () => {
+      busy = false;
+      for (const e of s.complete(fakeResult(next.batch))) record(e);
+      runStep();
+    });
+  };
+  const kick = () => {
+    if (busy || kicked) return;
+    kicked = true;
+    // After the other events of this instant, as the worker's setImmediate.
+    events.push(now, () => {
+      kicked = false;
+      if (!busy) runStep();
+    });
+  };
+
+  // Startup: every adapter registered and the loader idle before the first request.
+  for (const name of names) s.addAdapter({ name, path: `/adapters/${name}`, pinned: false });
+  flush();
+  while (events.size > 0) {
+    const e = events.pop();
+    now = e.at;
+    e.fn();
+  }
+  t0 = now;
+  loader.counts = { reads: 0, copies: 0 };
+
+  const sampling = { ...sim.DEFAULT_SAMPLING, temperature: 0, ignoreEos: true };
+  for (const r of reqs) {
+    events.push(t0 + r.w.at * 1000, () => {
+      s.submit({ id: r.id, promptIds: r.w.inputIds, lora: names[r.w.adapter], sampling: { ...sampling, maxNewTokens: r.w.maxNewTokens }, returnLogprob: false, topLogprobsNum: 0, seed: 0 });
+      flush();
+      kick();
+    });
+  }
+  const lastAt = workload.at(-1)?.at ?? 0;
+  const cutAt = t0 + (lastAt + sim.drainTimeout) * 1000;
+  while (events.size > 0 && open > 0) {
+    const e = events.pop();
+    if (e.at > cutAt) break;
+    now = e.at;
+    e.fn();
+  }
+  // Unfinished at the cut: failed, as the HTTP benchmark counts them.
+  const cut = (cutAt - t0) / 1000;
+  for (const r of reqs) if (r.end === null) r.end = cut;
+  const records = reqs.map((r) => ({ ok: r.ok, ttft: r.ttft, itls: r.itls, outputTokens: r.outputTokens, e2e: r.end - r.w.at, sentAt: r.w.at }));
+  const elapsed = records.reduce((m, r) => Math.max(m, r.sentAt + r.e2e), 0);
+  return { records, elapsed, stats: { ...stats, reads: loader.counts.reads, copies: loader.counts.copies } };
+}

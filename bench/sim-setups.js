@@ -1,0 +1,104 @@
+// The H200 serving configurations of bench/serve-matrix.js as simulations (bench/sim-server.js):
+// the server's settings, the adapter sets' load times, the step-time model fitted to the
+// H200 runs (bench/sim-fit.js), and the measured results each setup is compared with.
+import { existsSync, readFileSync } from 'node:fs';
+import { adapterName } from './make-adapters.js';
+import { makeWorkload } from './serve-workload.js';
+import { simulate } from './sim-server.js';
+import { summarize } from './serve-client.js';
+
+const root = new URL('..', import.meta.url);
+const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
+const { DEFAULT_SAMPLING } = await import(new URL('dist/src/api.js', root).href);
+
+const ALL = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
+/**
+ * Adapter sets: load times from the runs' loadSeconds over their loads (disk -> CPU about 50 ms
+ * and CPU -> GPU about 5 ms for set a's 84 MB adapters; 16 ms and 3 ms for set b's 13 MB).
+ */
+export const SETS = {
+  a: { rank: 16, targetModules: ALL, bytes: 84_000_000, readMs: 50, copyMs: 5 },
+  b: { rank: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], bytes: 13_665_560, readMs: 16, copyMs: 3 },
+};
+
+/**
+ * Step time in ms: a + b * rows + c * prefill tokens + d * distinct adapters, plus offsetB for
+ * set b's smaller adapters. Fitted by `node bench/serve-sim.js --calibrate` to the ITL p50 of
+ * the 17 H200 runs and probes of 2026-11-29 (bench/sim-fit.js), under the scheduler that ran
+ * them: within 3% on average. About 8.7 ms for a step, 0.09 ms per row, 0.04 ms per prompt
+ * token and 0.09 ms per adapter.
+ */
+export const MODEL = { a: 8.65, b: 0.092, c: 0.043, d: 0.094, offsetB: -1.72 };
+
+/** The server's settings on the H200 (troupe serve's defaults there; the KV cache never runs short). */
+const schedulerOptions = (set, lpb, maxLoaded) => ({
+  blockSize: 16, numBlocks: 49152, maxRunningRequests: 256, chunkedPrefillSize: 2048, maxLorasPerBatch: lpb,
+  maxLoadedLoras: maxLoaded, evictionPolicy: 'lru', overlapLoading: false, eosTokenIds: [], contextLength: 131072,
+  maxLoraRank: SETS[set].rank, loraModules: SETS[set].targetModules,
+});
+
+/** The runs of the H200 matrix that are simulated, with the files of their measurements. */
+export const SETUPS = [
+  { label: 'a-cpu64', set: 'a', adapters: 256, maxLoaded: 64, lpb: 8, capacityStart: 4, capacityMax: 256 },
+  { label: 'a-cpu64-lpb32', set: 'a', adapters: 256, maxLoaded: 64, lpb: 32, capacityStart: 8, capacityMax: 64 },
+  { label: 'a-resident8', set: 'a', adapters: 8, maxLoaded: null, lpb: 8, capacityStart: 8, capacityMax: 256 },
+  { label: 'b-cpu64', set: 'b', adapters: 1000, maxLoaded: 64, lpb: 8, capacityStart: 4, capacityMax: 256 },
+  { label: 'b-resident8', set: 'b', adapters: 8, maxLoaded: null, lpb: 8, capacityStart: 8, capacityMax: 256 },
+  // Not run on the H200: twice as many adapters as a batch has places, so places are short
+  // without being the bound they are with hundreds of adapters; admission decides the rest.
+  { label: 'a-16', set: 'a', adapters: 16, maxLoaded: null, lpb: 8, capacityStart: 8, capacityMax: 256 },
+];
+
+/** The H200 workload (bench/serve-lora.js defaults; the matrix's runs used them). */
+export const WORKLOAD = { seed: 0, cv: 1, alpha: 1, inputLen: [8, 512], outputLen: [8, 256], tokenRange: [100, 128000] };
+export const SLO = 6;
+
+const RESULTS = new URL('bench/results/', root);
+/** A measured H200 result of this setup (kind '' or '-capacity'), or null. */
+export function measured(setup, kind) {
+  const file = new URL(`2026-11-29-h200-serve-lora-${setup.label}${kind}.json`, RESULTS);
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : null;
+}
+
+/** Step statistics pooled over runs: per-step means, the share of time the GPU was busy, loads. */
+function pooledStats(all, elapsed) {
+  const sum = (k) => all.reduce((s, x) => s + x[k], 0);
+  const steps = Math.max(1, sum('steps'));
+  return {
+    steps: sum('steps'),
+    rowsPerStep: +(sum('rows') / steps).toFixed(2),
+    adaptersPerStep: +(sum('adapters') / steps).toFixed(2),
+    prefillTokensPerStep: +(sum('prefillTokens') / steps).toFixed(1),
+    meanStepMs: +(sum('busyMs') / steps).toFixed(2),
+    busy: +(sum('busyMs') / Math.max(1, elapsed * 1000)).toFixed(3),
+    maxWaiting: Math.max(...all.map((x) => x.maxWaiting)),
+    loads: { disk_to_cpu: sum('reads'), cpu_to_gpu: sum('copies') },
+  };
+}
+
+/**
+ * Simulates `setup` at `rate` for `duration` seconds of arrivals, once per seed: the summary
+ * of all their requests together (serve-client's summarize; throughput over the runs' summed
+ * elapsed time) and their pooled step statistics.
+ */
+export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WORKLOAD.seed], model = MODEL }) {
+  const set = SETS[setup.set];
+  const names = Array.from({ length: setup.adapters }, (_, i) => adapterName(i));
+  const records = [];
+  const stats = [];
+  let elapsed = 0;
+  for (const seed of seeds) {
+    const workload = makeWorkload({ ...WORKLOAD, seed, rate, duration, adapters: setup.adapters });
+    const r = simulate({
+      Scheduler, DEFAULT_SAMPLING, names, workload, drainTimeout,
+      options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded),
+      loader: { ...set, maxReads: 3 },
+      model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: model.d },
+    });
+    records.push(...r.records);
+    elapsed += r.elapsed;
+    stats.push(r.stats);
+  }
+  return { summary: summarize(records, elapsed, SLO), stats: pooledStats(stats, elapsed) };
+}

@@ -1,0 +1,53 @@
+// Which adapters in a step stop taking new requests so that held-back requests for other
+// adapters get a place (Scheduler.schedule explains the admission rule these serve).
+import type { Sequence } from './sequence.js';
+
+/**
+ * The most adapters that drain at once, one for each claim short of a place: half the step's
+ * places (at least one). One alone starves nobody, but when places are short for many claims
+ * they wait their turn one by one; every place draining at once is strict first come first
+ * served, whose steps run a few rows while places free. In simulation (bench/serve-sim.js)
+ * half keeps the step's other adapters filling it and gets the claims in soonest: within the
+ * 6 s first-token SLO it served the most requests with 16, 256 and 1,000 adapters.
+ */
+export function mostDraining(maxLorasPerBatch: number): number {
+  return Math.max(1, Math.floor(maxLorasPerBatch / 2));
+}
+
+/** Tokens a running request may still compute: its prompt left to prefill, then its output left. */
+export function tokensLeft(s: Sequence, contextLength: number): number {
+  const outputLeft = Math.min(s.init.sampling.maxNewTokens - s.output.length, contextLength - s.tokens.length);
+  return s.pending + Math.max(0, outputLeft);
+}
+
+/**
+ * Of the step's adapters (`inStep`, in the order of their oldest running request) not yet
+ * `draining`, the one whose running requests end soonest: the fewest tokens left to compute,
+ * the one longest in the step on a tie; undefined when every one drains (null is the base
+ * model). Draining it frees a place no later than strict first come first served would (that
+ * stopped every adapter, so the first place to free was this one's). The choice holds from step
+ * to step: its count only falls while it takes nothing new, and no other adapter's falls faster.
+ */
+export function soonestToFree(
+  inStep: ReadonlyArray<string | null>,
+  running: readonly Sequence[],
+  draining: ReadonlyArray<string | null>,
+  contextLength: number,
+): string | null | undefined {
+  let best: string | null | undefined = undefined;
+  let fewest = Infinity;
+  for (let d = 0; d < inStep.length; d++) {
+    const lora = inStep[d]!;
+    if (draining.includes(lora)) continue;
+    let left = 0;
+    for (let r = 0; r < running.length; r++) {
+      const s = running[r]!;
+      if (s.init.lora === lora) left = Math.max(left, tokensLeft(s, contextLength));
+    }
+    if (left < fewest) {
+      best = lora;
+      fewest = left;
+    }
+  }
+  return best;
+}
