@@ -22,6 +22,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
@@ -161,6 +162,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
+  if (o.loraKernel != LoraKernel::kFma && prop.major < (o.loraKernel == LoraKernel::kMmaPdl ? 9 : 8)) {
+    throw std::invalid_argument(std::string("loraKernel \"") + (o.loraKernel == LoraKernel::kMma ? "mma" : "mma-pdl") +
+                                "\" needs compute capability " + (o.loraKernel == LoraKernel::kMma ? "8.0" : "9.0") +
+                                "; " + prop.name + " has " + std::to_string(prop.major) + "." + std::to_string(prop.minor));
+  }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
@@ -383,11 +389,14 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   if (graphable(b, p)) {
     // A replayed graph reads the item count from device memory: launch for the most items a
-    // step of this size can have (one per token).
+    // step of this size can have.
     if (stepHasLora_) {
-      loraItems_.gridItems = p.T;
-      // Decode-only: sgmv items are single tokens; csgmv chunks hold at most chunk-size tokens.
-      const int longest = o_.loraSgmv ? 1 : std::min(p.T, o_.loraChunkSize);
+      // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
+      // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
+      // most floor(T / chunk) + (slots used) items; the blocks past the real ones only exit.
+      const int chunk = o_.loraChunkSize;
+      loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, o_.loraSlots));
+      const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }
     Graph& g = graphs_[{p.n, stepHasLora_}];
@@ -505,8 +514,14 @@ void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules
   if (sl.count == 0) return;
   timer_.mark("lora", stream_);
   const size_t slab = loraMid_.size() / loraPieces_;
-  cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
-  cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  if (o_.loraKernel == LoraKernel::kFma) {
+    cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
+    cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  } else {
+    const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
+    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_, pdl);
+    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_, pdl);
+  }
 }
 
 void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {

@@ -91,6 +91,12 @@ export interface EngineOptions {
   /** CUDA LoRA kernels (--lora-backend, --max-lora-chunk-size); default csgmv with chunks of 16. */
   loraBackend?: 'csgmv' | 'sgmv';
   loraChunkSize?: number;
+  /**
+   * CUDA LoRA shrink/expand kernels: CUDA-core FMA loops (the default), tensor-core mma.sync
+   * (compute capability 8.0+), or mma with programmatic dependent launch (9.0+). Tests and
+   * benchmarks compare them; the server keeps the default.
+   */
+  loraKernel?: 'fma' | 'mma' | 'mma-pdl';
   /** Tensor parallelism; absent = one rank holding the whole model. */
   tp?: TensorParallelRank;
   /** The GPU this engine runs on (CUDA); 0 when absent. */
