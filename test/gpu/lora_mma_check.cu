@@ -3,9 +3,10 @@
 // 64-rank pass, zero for a slice), tiles shorter than 16 tokens, outputs and inputs that are not
 // multiples of a tile or of 8 (the unaligned load path), base rows between adapter rows, work items
 // fewer than the grid launches (as a CUDA graph launches), and the mma pair with programmatic
-// dependent launch, in and out of a graph. Factor memory past each slot's rank, x past `in` and
-// mid before the shrink writes it hold NaN, so a kernel that reads any of them fails. Exit status
-// 1 on any failure. With --bench, times the kernel pairs instead (lora_mma_bench.cu).
+// dependent launch, in and out of a graph. Factor memory past each slot's rank, x past `in`, mid
+// before the shrink writes it and shared memory before a launch hold NaN, so a kernel that reads
+// any of them fails. Exit status 1 on any failure. With --bench, times the kernel pairs instead
+// (lora_mma_bench.cu).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/lora_mma_check test/gpu/lora_mma_check.cu \
 //     test/gpu/lora_mma_bench.cu native/cuda/lora_kernels.cu native/cuda/lora_mma.cu
@@ -155,12 +156,34 @@ Setup build(const Case& c, uint64_t seed) {
   return S;
 }
 
+#ifdef __CUDACC__
+// Shared memory keeps its contents between kernels: NaN everywhere, so a kernel that uses shared
+// values it did not write in this launch fails.
+__global__ void poisonShared(int words) {
+  extern __shared__ uint32_t sm[];
+  for (int i = threadIdx.x; i < words; i += blockDim.x) sm[i] = 0xffffffffu;
+}
+void poisonSharedMemory(cudaStream_t st) {
+  int device = 0, sms = 0, bytes = 0;
+  CK(cudaGetDevice(&device));
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  CK(cudaFuncSetAttribute(poisonShared, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  poisonShared<<<sms, 1024, bytes, st>>>(bytes / 4);
+  CK(cudaGetLastError());
+}
+#else
+void poisonSharedMemory(cudaStream_t) {}
+#endif
+
 // Runs one kernel pair (in a captured graph when asked) from y0 and a NaN-filled mid; the worst
 // |y - reference| over adapter tokens relative to the largest reference delta, or +inf when a
 // base row changed or a value is not finite.
 double runCase(Setup& S, Kernel k, bool graph, cudaStream_t st) {
   CK(cudaMemcpy(S.dy, S.y0.data(), S.y0.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemset(S.dMid, 0xff, S.midFloats * 4));
+  poisonSharedMemory(st);
+  CK(cudaStreamSynchronize(st));
   if (graph) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
