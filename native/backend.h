@@ -74,9 +74,10 @@ struct TensorParallel {
 enum LoraModule { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLoraModules };
 extern const char* const kLoraModuleNames[kNumLoraModules];
 
-// The CUDA LoRA shrink/expand kernels: CUDA-core FMA loops, or tensor-core mma.sync (compute
-// capability 8.0), optionally launched with programmatic dependent launch (9.0).
-enum class LoraKernel { kFma, kMma, kMmaPdl };
+// How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, or tensor-core mma.sync
+// (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
+// the shrink on a second stream beside the base projection.
+enum class LoraKernel { kFma, kMma, kMmaPdl, kMmaOverlap };
 
 struct EngineOptions {
   std::string device = "cpu";

@@ -203,8 +203,10 @@ EngineOptions parseOptions(const Napi::Value& v) {
       e.loraKernel = LoraKernel::kMma;
     } else if (kernel == "mma-pdl") {
       e.loraKernel = LoraKernel::kMmaPdl;
+    } else if (kernel == "mma-overlap") {
+      e.loraKernel = LoraKernel::kMmaOverlap;
     } else {
-      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\" or \"mma-pdl\", got \"" + kernel + "\"");
+      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\" or \"mma-overlap\", got \"" + kernel + "\"");
     }
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);

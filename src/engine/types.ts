@@ -92,11 +92,12 @@ export interface EngineOptions {
   loraBackend?: 'csgmv' | 'sgmv';
   loraChunkSize?: number;
   /**
-   * CUDA LoRA shrink/expand kernels: CUDA-core FMA loops (the default), tensor-core mma.sync
-   * (compute capability 8.0+), or mma with programmatic dependent launch (9.0+). Tests and
-   * benchmarks compare them; the server keeps the default.
+   * How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops (the default),
+   * tensor-core mma.sync (compute capability 8.0+), mma with programmatic dependent launch (9.0+),
+   * or mma with each shrink on a second stream beside the base projection. Tests and benchmarks
+   * compare them; the server keeps the default.
    */
-  loraKernel?: 'fma' | 'mma' | 'mma-pdl';
+  loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap';
   /** Tensor parallelism; absent = one rank holding the whole model. */
   tp?: TensorParallelRank;
   /** The GPU this engine runs on (CUDA); 0 when absent. */

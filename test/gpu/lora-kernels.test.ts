@@ -2,7 +2,7 @@
 // odd sequence lengths, base rows between adapter rows, an odd rank, adapters that leave modules
 // out (rank 0 there), a loaded slot no row uses (an empty segment), every chunk size from 1 to
 // past the longest segment, and both kernel layouts, with and without CUDA graphs; each case with
-// the CUDA-core kernels, the tensor-core ones and those under programmatic dependent launch.
+// every way of running the kernels (engine option loraKernel).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -32,7 +32,7 @@ const vocab = ckpt.config.vocabSize;
 // several tenths.
 const TOL = 0.08;
 const pool = { blockSize: 4, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16 };
-const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl'];
+const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
 
 function withAdapters(h: number): number {
   ADAPTERS.forEach((_, i) => loadSlot(h, i, join(tmp.dir, `a${i}`), ckpt));

@@ -3,7 +3,7 @@
 // adapters (rank 8 on q/v, ranks 16 and 64 on all seven modules); teacher-forced on PEFT's greedy
 // continuation, every token's logprob is within 0.05 of PEFT's and the greedy choice is PEFT's
 // wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
-// the CUDA-core LoRA kernels, the tensor-core ones and those under programmatic dependent launch.
+// every way of running the LoRA kernels (engine option loraKernel).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -62,7 +62,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 128, graphs: 32 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ];
-  const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl'];
+  const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
   it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
     'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
     ({ loraKernel, loraBackend, loraChunkSize, graphs }) => {
