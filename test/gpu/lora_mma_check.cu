@@ -8,8 +8,9 @@
 // any of them fails. Exit status 1 on any failure. With --bench, times the kernel pairs instead
 // (lora_mma_bench.cu).
 //
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/lora_mma_check test/gpu/lora_mma_check.cu \
-//     test/gpu/lora_mma_bench.cu native/cuda/lora_kernels.cu native/cuda/lora_mma.cu
+// Built from the repository root with the kernels (no other part of the addon):
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/lora_mma_check test/gpu/lora_mma_check.cu
+//        test/gpu/lora_mma_bench.cu native/cuda/lora_kernels.cu native/cuda/lora_mma.cu
 //   /tmp/lora_mma_check && /tmp/lora_mma_check --bench
 #include <algorithm>
 #include <cmath>
