@@ -149,7 +149,8 @@ template <bool kVec>
 __global__ void __launch_bounds__(kThreads) shrinkMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
                                                             const bf16_t* x, int ldx, float* mid, size_t midSlab,
                                                             int pieceLen) {
-  // x comes from the kernel before the base projection this may overlap: wait before anything.
+  // Under programmatic launch this grid may start while the base projection before it drains; x
+  // (and mid, which the last expand read) are settled only once the grid before has completed.
   pdlWait();
   pdlLaunchDependents();
   const int s = blockIdx.z % sl.count, piece = blockIdx.z / sl.count;
