@@ -74,6 +74,11 @@ struct TensorParallel {
 enum LoraModule { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLoraModules };
 extern const char* const kLoraModuleNames[kNumLoraModules];
 
+// How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, or tensor-core mma.sync
+// (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
+// the shrink on a second stream beside the base projection.
+enum class LoraKernel { kFma, kMma, kMmaPdl, kMmaOverlap };
+
 struct EngineOptions {
   std::string device = "cpu";
   int blockSize = 16;
@@ -88,6 +93,7 @@ struct EngineOptions {
   // segment per sequence (sgmv). The CPU backend groups by slot either way.
   bool loraSgmv = false;
   int loraChunkSize = 16;
+  LoraKernel loraKernel = LoraKernel::kFma;
   TensorParallel tp;
   int cudaDevice = 0;  // which GPU this rank runs on
 };

@@ -195,6 +195,20 @@ EngineOptions parseOptions(const Napi::Value& v) {
     e.loraSgmv = backend == "sgmv";
   }
   if (o.Has("loraChunkSize") && !o.Get("loraChunkSize").IsUndefined()) e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
+  if (o.Has("loraKernel") && !o.Get("loraKernel").IsUndefined()) {
+    const std::string kernel = string(o, "loraKernel", w);
+    if (kernel == "fma") {
+      e.loraKernel = LoraKernel::kFma;
+    } else if (kernel == "mma") {
+      e.loraKernel = LoraKernel::kMma;
+    } else if (kernel == "mma-pdl") {
+      e.loraKernel = LoraKernel::kMmaPdl;
+    } else if (kernel == "mma-overlap") {
+      e.loraKernel = LoraKernel::kMmaOverlap;
+    } else {
+      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\" or \"mma-overlap\", got \"" + kernel + "\"");
+    }
+  }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);
   Napi::Value tv = o.Get("tp");
   if (!tv.IsUndefined()) {

@@ -60,6 +60,14 @@ describe('checkpoint errors', () => {
     expect(() => addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ loraModules: ['qkv_proj' as never] }))).toThrow(/qkv_proj/);
     expect(() => addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ device: 'cuda' }))).toThrow(/no CUDA backend/);
   });
+
+  it('takes the LoRA kernel families by name and names the ones it does not know', () => {
+    expect(() => addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ loraKernel: 'wmma' as never }))).toThrow(
+      /options\.loraKernel must be "fma", "mma", "mma-pdl" or "mma-overlap", got "wmma"/,
+    );
+    // The CPU backend has one LoRA path and takes every family.
+    for (const loraKernel of ['fma', 'mma', 'mma-pdl', 'mma-overlap'] as const) addon.destroyEngine(createEngine(ckpt, { loraKernel }));
+  });
 });
 
 describe('batch errors', () => {

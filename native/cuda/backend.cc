@@ -22,6 +22,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
@@ -75,7 +76,10 @@ class CudaBackend : public Backend {
   void reducePartial(int T);
   void zeroPartial(int T);
   void ensureActivations(int T, int decodes, int splits, int sampled);
-  // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter tokens.
+  // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter
+  // tokens. With loraKernel mma-overlap, startLora runs the shrink first on loraStream_, beside the
+  // base projection (it reads only the projection's input), and applyLora the expand once both are done.
+  void startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx);
   void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
                  float* y, int ldy);
   // Y[M][N] = X . W^T (+ Y when accumulating), f32 out: a GEMV kernel for a few tokens, else cuBLAS.
@@ -124,6 +128,9 @@ class CudaBackend : public Backend {
   bool stepHasLora_ = false;
   DeviceBuffer<float> loraMid_;  // loraPieces_ slabs of partial shrink results
   int loraPieces_ = 1;
+  cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
+  cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
+  bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
   // Sampling.
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
@@ -161,6 +168,14 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
+  if (o.loraKernel != LoraKernel::kFma) {
+    const bool pdl = o.loraKernel == LoraKernel::kMmaPdl;
+    if (prop.major < (pdl ? 9 : 8)) {
+      throw std::invalid_argument(std::string("the tensor-core LoRA kernels") + (pdl ? " with programmatic dependent launch" : "") +
+                                  " need compute capability " + (pdl ? "9.0" : "8.0") + "; " + prop.name + " has " +
+                                  std::to_string(prop.major) + "." + std::to_string(prop.minor));
+    }
+  }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
@@ -175,6 +190,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0) {
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
+    if (o.loraKernel == LoraKernel::kMmaOverlap) {
+      check(cudaStreamCreateWithFlags(&loraStream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      check(cudaEventCreateWithFlags(&loraFork_, cudaEventDisableTiming), "cudaEventCreate");
+      check(cudaEventCreateWithFlags(&loraJoin_, cudaEventDisableTiming), "cudaEventCreate");
+    }
   }
   // Activations for a typical step first, so the cache sizing below sees them.
   ensureActivations(512, 256, kMaxSplits, 256);
@@ -223,6 +243,12 @@ CudaBackend::~CudaBackend() {
   releaseGroup(tp_, "was shut down");
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  if (loraStream_) {
+    cudaStreamSynchronize(loraStream_);
+    cudaStreamDestroy(loraStream_);
+    cudaEventDestroy(loraFork_);
+    cudaEventDestroy(loraJoin_);
+  }
   for (auto& [bs, g] : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   if (kCache_) cudaFree(kCache_);
@@ -383,11 +409,14 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   if (graphable(b, p)) {
     // A replayed graph reads the item count from device memory: launch for the most items a
-    // step of this size can have (one per token).
+    // step of this size can have.
     if (stepHasLora_) {
-      loraItems_.gridItems = p.T;
-      // Decode-only: sgmv items are single tokens; csgmv chunks hold at most chunk-size tokens.
-      const int longest = o_.loraSgmv ? 1 : std::min(p.T, o_.loraChunkSize);
+      // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
+      // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
+      // most floor(T / chunk) + (slots used) items; the blocks past the real ones only exit.
+      const int chunk = o_.loraChunkSize;
+      loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, o_.loraSlots));
+      const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }
     Graph& g = graphs_[{p.n, stepHasLora_}];
@@ -433,6 +462,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
     timer_.mark("qkv", stream_);
+    startLora(l, {kQ, kK, kV}, xn_.get(), h);
     project(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), false);
     const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
     applyLora(l, {kQ, kK, kV}, qkvOffsets, xn_.get(), h, qkv_.get(), qDim_ + 2 * kvDim_);
@@ -445,6 +475,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("attention", stream_);
     attention(l, b, p);
     timer_.mark("o", stream_);
+    startLora(l, {kO}, attn_.get(), qDim_);
     zeroPartial(T);
     project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), true);
     const int zero[1] = {0};
@@ -455,12 +486,14 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
     timer_.mark("gate_up", stream_);
+    startLora(l, {kGate, kUp}, xn_.get(), h);
     project(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), false);
     const int guOffsets[2] = {0, inter};
     applyLora(l, {kGate, kUp}, guOffsets, xn_.get(), h, gateUp_.get(), 2 * inter);
     timer_.mark("silu", stream_);
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
     timer_.mark("down", stream_);
+    startLora(l, {kDown}, act_.get(), inter);
     zeroPartial(T);
     project(T, h, inter, L.down, act_.get(), hidden_.get(), true);
     applyLora(l, {kDown}, zero, act_.get(), inter, hidden_.get(), h);
@@ -498,6 +531,21 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X,
   }
 }
 
+void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {
+  shrinkStarted_ = false;
+  if (!lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kMmaOverlap) return;
+  const int noOffsets[cuda::kMaxLoraSlices] = {};
+  const cuda::LoraSlices sl = lora_->slices(layer, modules, noOffsets);
+  if (sl.count == 0) return;
+  // Recorded after everything before on stream_: the input is written and the last expand has
+  // read mid. Under capture the fork and the join below become a parallel branch of the graph.
+  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
+  cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), loraMid_.size() / loraPieces_, loraStream_);
+  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
+  shrinkStarted_ = true;
+}
+
 void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x,
                             int ldx, float* y, int ldy) {
   if (!lora_ || !stepHasLora_) return;
@@ -505,8 +553,18 @@ void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules
   if (sl.count == 0) return;
   timer_.mark("lora", stream_);
   const size_t slab = loraMid_.size() / loraPieces_;
-  cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
-  cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  if (shrinkStarted_) {
+    shrinkStarted_ = false;
+    check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
+    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  } else if (o_.loraKernel == LoraKernel::kFma) {
+    cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
+    cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  } else {
+    const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
+    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_, pdl);
+    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_, pdl);
+  }
 }
 
 void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {

@@ -1,11 +1,12 @@
 // Tiled CUDA-core kernels for the LoRA shrink and expand. A block takes one 16-token tile of one
-// item (tokens of one adapter), one slice, and one piece of the work: a 512-feature piece of the
-// input for the shrink, a 128-feature piece of the output for the expand. Factor tiles are
-// staged in shared memory, so a tile of tokens of one adapter reads each factor once (why csgmv
-// gathers a slot's decode tokens across sequences), and only the slot's own rank is computed.
+// item (tokens of one adapter), one slice, and one piece of the work: kLoraKSplit features of the
+// input for the shrink, 128 features of the output for the expand. Factor tiles are staged in
+// shared memory, so a tile of tokens of one adapter reads each factor once (why csgmv gathers a
+// slot's decode tokens across sequences), and only the slot's own rank is computed.
 #include <cuda_bf16.h>
 
 #include "cuda/lora_kernels.h"
+#include "cuda/lora_tile.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -18,18 +19,6 @@ constexpr int kOutTile = 128;
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ float bf(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
-
-// Resolves the block's tile: false when the block has no work.
-struct Tile {
-  int slot, begin, count;
-};
-__device__ __forceinline__ bool tileOf(const LoraItems& items, int item, int tile, Tile& t) {
-  if (item >= *items.numItems) return false;
-  const int begin = items.itemStart[item] + tile * kTok, end = items.itemStart[item + 1];
-  if (begin >= end) return false;
-  t = Tile{items.itemSlot[item], begin, min(kTok, end - begin)};
-  return true;
-}
 
 // Copies `rows` rows of n bf16 values (row r from src(r)) to dst[r][0, n): 16 bytes at a time
 // when the rows allow it, spread over the whole block.
@@ -52,8 +41,8 @@ __device__ __forceinline__ void stage(Src src, bf16_t (*dst)[kPitch], int rows, 
 __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
                                                          const bf16_t* x, int ldx, float* mid, size_t midSlab) {
   const int s = blockIdx.z % sl.count, piece = blockIdx.z / sl.count;
-  Tile t;
-  if (!tileOf(items, blockIdx.x, blockIdx.y, t)) return;
+  LoraTile t;
+  if (!loraTileOf(items, blockIdx.x, blockIdx.y, t)) return;
   const int rank = ranks[t.slot * 7 + sl.module[s]];
   if (rank == 0) return;
   const bf16_t* A = sl.a[s] + t.slot * sl.aSlotStride[s];
@@ -99,8 +88,8 @@ __global__ void __launch_bounds__(kThreads) expandKernel(LoraItems items, LoraSl
                                                          int pieces, float* y, int ldy) {
   const int s = blockIdx.z % sl.count, o0 = (blockIdx.z / sl.count) * kOutTile;
   if (o0 >= sl.out[s]) return;
-  Tile t;
-  if (!tileOf(items, blockIdx.x, blockIdx.y, t)) return;
+  LoraTile t;
+  if (!loraTileOf(items, blockIdx.x, blockIdx.y, t)) return;
   const int rank = ranks[t.slot * 7 + sl.module[s]];
   if (rank == 0) return;
   const float scale = scaling[t.slot];

@@ -27,7 +27,8 @@ struct LoraItems {
 };
 
 // The shrink splits the input features into pieces of kLoraKSplit, each block writing its partial
-// dot products; the expand adds the pieces in a fixed order (deterministic, no atomics).
+// dot products; the expand adds the pieces in a fixed order (deterministic, no atomics). The
+// tensor-core pair (lora_mma.h) shares this layout with fewer, longer pieces.
 constexpr int kLoraKSplit = 256;
 inline int loraKPieces(int in) { return (in + kLoraKSplit - 1) / kLoraKSplit; }
 constexpr int kLoraTileTokens = 16;

@@ -91,6 +91,13 @@ export interface EngineOptions {
   /** CUDA LoRA kernels (--lora-backend, --max-lora-chunk-size); default csgmv with chunks of 16. */
   loraBackend?: 'csgmv' | 'sgmv';
   loraChunkSize?: number;
+  /**
+   * How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops (the default),
+   * tensor-core mma.sync (compute capability 8.0+), mma with programmatic dependent launch (9.0+),
+   * or mma with each shrink on a second stream beside the base projection. Tests and benchmarks
+   * compare them; the server keeps the default.
+   */
+  loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap';
   /** Tensor parallelism; absent = one rank holding the whole model. */
   tp?: TensorParallelRank;
   /** The GPU this engine runs on (CUDA); 0 when absent. */

@@ -1,13 +1,14 @@
 // The CUDA LoRA kernels against the CPU backend's LoRA (f32, grouped per slot) on a small model:
 // odd sequence lengths, base rows between adapter rows, an odd rank, adapters that leave modules
 // out (rank 0 there), a loaded slot no row uses (an empty segment), every chunk size from 1 to
-// past the longest segment, and both kernel layouts, with and without CUDA graphs.
+// past the longest segment, and both kernel layouts, with and without CUDA graphs; each case with
+// every way of running the kernels (engine option loraKernel).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeRandomAdapter } from '../../src/model/demo.js';
 import { addon, createEngine, loadSlot, logSoftmax, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from '../engine-fixtures.js';
-import type { StepResult } from '../../src/engine/types.js';
+import type { EngineOptions, StepResult } from '../../src/engine/types.js';
 
 // The test checkpoint of make_checkpoint.py: its weights round to bf16 without chaos, so the two
 // backends agree closely and a kernel error stands out.
@@ -31,6 +32,7 @@ const vocab = ckpt.config.vocabSize;
 // several tenths.
 const TOL = 0.08;
 const pool = { blockSize: 4, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16 };
+const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
 
 function withAdapters(h: number): number {
   ADAPTERS.forEach((_, i) => loadSlot(h, i, join(tmp.dir, `a${i}`), ckpt));
@@ -99,21 +101,25 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     }
   });
 
-  it.each([
+  const layouts = [
     ...[1, 2, 3, 5, 16, 32, 64].map((loraChunkSize) => ({ loraBackend: 'csgmv' as const, loraChunkSize, cudaGraphMaxBs: 16 })),
     { loraBackend: 'csgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 0 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 16 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, cudaGraphMaxBs: 0 },
-  ])('$loraBackend, chunk $loraChunkSize, graphs $cudaGraphMaxBs: logprobs within TOL of the CPU', (opts) => {
-    const got = withGpu(opts, (h) => drive(h, SLOTS, feed).lps);
-    let worst = 0;
-    got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
-    console.log(`LoRA kernels ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
-    expect(worst).toBeLessThan(TOL);
-  });
+  ];
+  it.each(LORA_KERNELS.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
+    '$loraKernel, $loraBackend, chunk $loraChunkSize, graphs $cudaGraphMaxBs: logprobs within TOL of the CPU',
+    (opts) => {
+      const got = withGpu(opts, (h) => drive(h, SLOTS, feed).lps);
+      let worst = 0;
+      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
+      console.log(`LoRA kernels ${opts.loraKernel} ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+      expect(worst).toBeLessThan(TOL);
+    },
+  );
 
-  it('a cleared slot refuses its rows and a reload restores them', () => {
-    withGpu({ cudaGraphMaxBs: 16 }, (h) => {
+  it.each(LORA_KERNELS)('%s: a cleared slot refuses its rows and a reload restores them', (loraKernel) => {
+    withGpu({ cudaGraphMaxBs: 16, loraKernel }, (h) => {
       addon.clearLoraSlot(h, 0);
       expect(() => addon.step(h, makeBatch([{ tokens: [5, 6], cached: 0, blocks: [0], slot: 0 }]))).toThrow(/slot 0/);
       loadSlot(h, 0, join(tmp.dir, 'a0'), ckpt);

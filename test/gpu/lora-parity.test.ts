@@ -2,11 +2,13 @@
 // make_checkpoint.py --refs and make_adapters.py). One batch mixes the base model and three
 // adapters (rank 8 on q/v, ranks 16 and 64 on all seven modules); teacher-forced on PEFT's greedy
 // continuation, every token's logprob is within 0.05 of PEFT's and the greedy choice is PEFT's
-// wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run.
+// wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
+// every way of running the LoRA kernels (engine option loraKernel).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { addon, engineOptions, loadSlot, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
+import type { EngineOptions } from '../../src/engine/types.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
@@ -54,23 +56,28 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   const handles: number[] = [];
   afterAll(() => handles.forEach((h) => addon.destroyEngine(h)));
 
-  it.each([
+  const layouts = [
     { loraBackend: 'csgmv' as const, loraChunkSize: 16, graphs: 32 },
     { loraBackend: 'csgmv' as const, loraChunkSize: 1, graphs: 0 },
     { loraBackend: 'csgmv' as const, loraChunkSize: 128, graphs: 32 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
-  ])('mixed batch of base and three adapters: $loraBackend, chunk $loraChunkSize, graphs up to $graphs', ({ loraBackend, loraChunkSize, graphs }) => {
-    const h = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({
-      device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize,
-    }));
-    handles.push(h);
-    ref.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
-    const m = run(h);
-    console.log(`LoRA parity (${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`);
-    expect(m.maxDiff).toBeLessThanOrEqual(BAR);
-    expect(m.mismatches).toBe(0);
-    expect(m.checked).toBeGreaterThan(rows.length * 8);
-  });
+  ];
+  const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
+  it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
+    'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
+    ({ loraKernel, loraBackend, loraChunkSize, graphs }) => {
+      const h = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({
+        device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize, loraKernel,
+      }));
+      handles.push(h);
+      ref.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
+      const m = run(h);
+      console.log(`LoRA parity (${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`);
+      expect(m.maxDiff).toBeLessThanOrEqual(BAR);
+      expect(m.mismatches).toBe(0);
+      expect(m.checked).toBeGreaterThan(rows.length * 8);
+    },
+  );
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
     const base = ref.cases.base!;

@@ -1,0 +1,135 @@
+// What the standalone LoRA kernel check and benchmark share (lora_mma_check.cu, lora_mma_bench.cu):
+// error checks, seeded values, bf16 rounding, work items built as the backend builds them, and one
+// call that runs a kernel pair of either family.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cuda/lora_kernels.h"
+#include "cuda/lora_mma.h"
+
+namespace lora_check {
+
+using troupe::cuda::bf16_t;
+using troupe::cuda::LoraItems;
+using troupe::cuda::LoraSlices;
+namespace tc = troupe::cuda;
+
+#define CK(x)                                                                                  \
+  do {                                                                                         \
+    const cudaError_t e_ = (x);                                                                \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+
+struct Rng {
+  uint64_t s;
+  double uni() {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<double>(s >> 11) * (1.0 / 9007199254740992.0);
+  }
+  float sym() { return static_cast<float>(2 * uni() - 1); }
+};
+
+// Round to nearest even (finite inputs).
+inline uint16_t toBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float fromBf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+constexpr uint16_t kNaN16 = 0x7fc0;
+
+template <class T>
+T* upload(const std::vector<T>& h) {
+  T* d = nullptr;
+  CK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
+  if (!h.empty()) CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+enum class Kernel { kFma, kMma, kMmaPdl };
+inline const char* kernelName(Kernel k) { return k == Kernel::kFma ? "fma" : k == Kernel::kMma ? "mma" : "mma-pdl"; }
+
+// One projection group's shrink and expand, as the backend's applyLora runs them.
+inline void runPair(Kernel k, const LoraItems& it, const LoraSlices& sl, const int32_t* ranks, const float* scaling,
+                    const bf16_t* x, int ldx, float* mid, size_t slab, float* y, int ldy, cudaStream_t st) {
+  if (k == Kernel::kFma) {
+    tc::loraShrink(it, sl, ranks, x, ldx, mid, slab, st);
+    tc::loraExpand(it, sl, ranks, scaling, mid, slab, y, ldy, st);
+  } else {
+    tc::loraShrinkMma(it, sl, ranks, x, ldx, mid, slab, st, k == Kernel::kMmaPdl);
+    tc::loraExpandMma(it, sl, ranks, scaling, mid, slab, y, ldy, st, k == Kernel::kMmaPdl);
+  }
+}
+
+// Work items as the backend builds them (csgmv: each slot's tokens in order of first use, cut into
+// chunks; sgmv: one item per sequence). Sequences are consecutive runs of lens[i] tokens.
+struct Items {
+  std::vector<int32_t> perm, start{0}, slot;
+  int tiles() const {
+    int t = 0;
+    for (size_t i = 0; i + 1 < start.size(); ++i) t = std::max(t, (start[i + 1] - start[i] + 15) / 16);
+    return t;
+  }
+};
+inline Items buildItems(const std::vector<int>& lens, const std::vector<int>& slots, int nSlots, bool sgmv, int chunk) {
+  Items r;
+  std::vector<std::vector<int>> bySlot(nSlots);
+  std::vector<int> used;
+  int t0 = 0;
+  for (size_t i = 0; i < lens.size(); t0 += lens[i], ++i) {
+    if (slots[i] < 0) continue;
+    if (bySlot[slots[i]].empty()) used.push_back(slots[i]);
+    for (int t = t0; t < t0 + lens[i]; ++t) bySlot[slots[i]].push_back(t);
+    if (sgmv) {
+      for (int t = t0; t < t0 + lens[i]; ++t) r.perm.push_back(t);
+      r.start.push_back(static_cast<int32_t>(r.perm.size()));
+      r.slot.push_back(slots[i]);
+    }
+  }
+  if (!sgmv) {
+    for (int s : used) {
+      for (size_t k = 0; k < bySlot[s].size(); k += chunk) {
+        const size_t e = std::min(bySlot[s].size(), k + chunk);
+        r.perm.insert(r.perm.end(), bySlot[s].begin() + k, bySlot[s].begin() + e);
+        r.start.push_back(static_cast<int32_t>(r.perm.size()));
+        r.slot.push_back(s);
+      }
+    }
+  }
+  return r;
+}
+
+// The items on the device in the backend's layout ([perm | itemStart | itemSlot | count], T tokens)
+// and LoraItems over them, launching gridItems x gridTiles blocks. The memory goes to `owned`.
+inline LoraItems uploadItems(const Items& it, int T, int gridItems, int gridTiles, std::vector<void*>& owned) {
+  std::vector<int32_t> meta(3 * static_cast<size_t>(T) + 2, 0);
+  std::copy(it.perm.begin(), it.perm.end(), meta.begin());
+  std::copy(it.start.begin(), it.start.end(), meta.begin() + T);
+  std::copy(it.slot.begin(), it.slot.end(), meta.begin() + 2 * T + 1);
+  meta[3 * T + 1] = static_cast<int32_t>(it.slot.size());
+  int32_t* d = upload(meta);
+  owned.push_back(d);
+  return LoraItems{d, d + T, d + 2 * T + 1, d + 3 * T + 1, gridItems, gridTiles};
+}
+
+}  // namespace lora_check
+
+// Times the kernel pairs (lora_mma_bench.cu).
+int loraBench();
