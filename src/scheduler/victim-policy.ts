@@ -1,17 +1,13 @@
 // Which adapter gives up its slot or its CPU copy when another needs one. Candidates come
 // from the index's eviction orders (at most the slots, or the CPU budget); whether a candidate
-// may go at all is its machine's call, asked through `canGo`.
+// may go at all is its machine's call, asked through `canGo`, except that one a running request
+// uses (`busy`) never goes and its machine need not be asked.
 import type { AdapterIndex } from './adapter-index.js';
 
 export interface Victim {
   name: string;
   /** Why this one: the policy's name, or that the waiting requests want it last. */
   why: string;
-}
-
-interface Wanted {
-  name: string;
-  seq: number;
 }
 
 /**
@@ -23,28 +19,39 @@ interface Wanted {
  * Asking a machine costs as much as a small transition, and when a batch ends every adapter
  * that leaves its slot is usually still wanted; so the wanted ones are asked latest-wanted
  * first, which settles the choice with one question where a walk in `order` asks each new
- * latest. `canGo` has no effects, so the order of the questions does not change the answer.
+ * latest. `busy` and `canGo` have no effects, so the order of the questions does not change the
+ * answer. Placement asks on every step, usually to learn that every slot holder is running:
+ * busy ones are passed over first, and the others are kept in two small arrays sorted as they
+ * come, without an object each.
  */
 export function pickVictim(
   order: ReadonlyMap<string, true>,
   index: AdapterIndex,
   forSeq: number,
+  busy: (name: string) => boolean,
   canGo: (name: string) => boolean,
   policy: string,
 ): Victim | null {
-  let later: Wanted[] | null = null;
+  // Wanted later than `forSeq`, latest first; places are distinct (each is its oldest request's arrival).
+  const names: string[] = [];
+  const seqs: number[] = [];
   for (const name of order.keys()) {
+    if (busy(name)) continue;
     const seq = index.demand.seq(name);
     if (seq === null) {
       if (canGo(name)) return { name, why: policy };
     } else if (seq > forSeq) {
-      (later ??= []).push({ name, seq });
+      let at = seqs.length;
+      while (at > 0 && seqs[at - 1]! < seq) {
+        names[at] = names[at - 1]!;
+        seqs[at] = seqs[at - 1]!;
+        at--;
+      }
+      names[at] = name;
+      seqs[at] = seq;
     }
   }
-  if (later === null) return null;
-  // Wanted adapters' places are distinct (each is its oldest request's arrival).
-  later.sort((a, b) => b.seq - a.seq);
-  for (const { name } of later) {
+  for (const name of names) {
     if (canGo(name)) return { name, why: 'wanted last by the waiting requests' };
   }
   return null;
