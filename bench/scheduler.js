@@ -3,10 +3,10 @@
 // scheduler thread does between two engine steps: answer the loader (a fake one that lands
 // every read and copy at once), schedule, complete with fake tokens, and take the new
 // requests that keep 256 waiting. No engine runs. `npm run build` first; writes
-// bench/results/<date>-cpu-scheduler.json. With `--baseline FILE` the rows of an earlier run
-// (another commit's) are kept in the result as `before`. Each row pools the steps of
-// `--runs N` runs (3 by default), each with a new scheduler, and gives each run's p99 too: on
-// a shared machine one run's tail can be another process's doing.
+// bench/results/<date>-cpu-scheduler.json (or `--out FILE`). With `--baseline FILE` the rows of
+// an earlier run (another commit's) are kept in the result as `before`. Each row pools the steps
+// of `--runs N` runs (3 by default), each with a new scheduler, and gives each run's p99 too: on
+// a shared machine one run's tail can be another process's doing. `--help` prints the options.
 //
 // Collection pauses count: every step is timed whole, and the garbage collections that fall
 // inside timed steps are reported with each row (gcPauses, gcMs). Only what the setup leaves
@@ -17,9 +17,34 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { PerformanceObserver } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+
+const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE]
+  Times the scheduler's steps with 10, 1,000 and 10,000 registered adapters (run \`npm run build\` first).
+  --runs N         runs pooled per row, each with a new scheduler (default 3)
+  --baseline FILE  an earlier result whose rows are kept as \`before\`
+  --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)`;
+const args = process.argv.slice(2);
+if (args.includes('--help') || args.includes('-h')) {
+  console.log(USAGE);
+  process.exit(0);
+}
+/** The value after `flag`, or null when the flag is absent. */
+function option(flag) {
+  const at = args.indexOf(flag);
+  if (at < 0) return null;
+  const value = args[at + 1];
+  if (value === undefined || value.startsWith('--')) throw new RangeError(`${flag} needs a value\n${USAGE}`);
+  return value;
+}
+const known = new Set(['--runs', '--baseline', '--out']);
+for (let i = 0; i < args.length; i += 2) {
+  if (!known.has(args[i])) throw new RangeError(`unknown option ${args[i]}\n${USAGE}`);
+}
 
 const root = new URL('..', import.meta.url);
 const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
@@ -174,12 +199,12 @@ async function measure(count, runs) {
   };
 }
 
-const args = process.argv.slice(2);
-const baselineAt = args.indexOf('--baseline');
-const baseline = baselineAt >= 0 ? JSON.parse(readFileSync(args[baselineAt + 1], 'utf8')) : null;
-const runsAt = args.indexOf('--runs');
-const RUNS = runsAt >= 0 ? Number(args[runsAt + 1]) : 3;
-if (!Number.isInteger(RUNS) || RUNS < 1) throw new RangeError(`--runs must be a positive integer, got ${args[runsAt + 1]}`);
+const baselineFile = option('--baseline');
+const baseline = baselineFile !== null ? JSON.parse(readFileSync(baselineFile, 'utf8')) : null;
+const runsArg = option('--runs');
+const RUNS = runsArg !== null ? Number(runsArg) : 3;
+if (!Number.isInteger(RUNS) || RUNS < 1) throw new RangeError(`--runs must be a positive integer, got ${runsArg}`);
+const outFile = option('--out');
 let commit = null;
 try {
   commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
@@ -200,8 +225,8 @@ const result = {
   rows,
   ...(baseline ? { before: { commit: baseline.commit, date: baseline.date, rows: baseline.rows } } : {}),
 };
-mkdirSync(new URL('bench/results/', root), { recursive: true });
-const file = new URL(`bench/results/${result.date.slice(0, 10)}-cpu-scheduler.json`, root);
+const file = outFile !== null ? resolve(outFile) : fileURLToPath(new URL(`bench/results/${result.date.slice(0, 10)}-cpu-scheduler.json`, root));
+mkdirSync(dirname(file), { recursive: true });
 writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
 console.log('| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' + (baseline ? ' before: median | before: p99 |' : ''));

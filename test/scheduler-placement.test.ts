@@ -43,6 +43,22 @@ describe('events the adapter machine does not accept', () => {
     expect(runAll(s).out.get('a')!.finish).toEqual({ type: 'length', length: 1 });
   });
 
+  test('a transition that only emits a command is taken: a read in flight when the loader restarts is issued again', () => {
+    const s = newScheduler();
+    add(s, 'A');
+    expect(s.takeCommands()).toEqual([{ kind: 'load-cpu', name: 'A', path: '/A' }]);
+    // The machine stays where it is (its snapshot does not change) and asks for the read again.
+    s.loaderRestarted();
+    expect(s.takeCommands()).toEqual([{ kind: 'load-cpu', name: 'A', path: '/A' }]);
+    expect(stateOf(s, 'A')).toBe('loading');
+    s.onLoaderEvent({ kind: 'cpu-loaded', name: 'A', rank: 8, targetModules: ['q_proj'] });
+    expect(stateOf(s, 'A')).toBe('cpuLoaded');
+    // It is still refused where the machine has no such transition.
+    expect(() => s.onLoaderEvent({ kind: 'cpu-loaded', name: 'A', rank: 8, targetModules: ['q_proj'] })).toThrow(
+      /adapter "A" in state cpuLoaded does not accept CPU_LOADED/,
+    );
+  });
+
   test('loader events for an adapter already gone are ignored', () => {
     const s = newScheduler();
     expect(() => s.onLoaderEvent({ kind: 'cpu-loaded', name: 'gone', rank: 8, targetModules: ['q_proj'] })).not.toThrow();

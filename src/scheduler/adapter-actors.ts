@@ -1,13 +1,19 @@
-// Hosts the adapters' statechart actors: starts them, sends them events they must accept,
-// forwards the loader commands their transitions emit, and follows every transition to keep
-// the index current and to publish it. Nothing here decides anything about an adapter.
-import { createActor, type Actor } from 'xstate';
+// Hosts the adapters' statecharts: starts them, sends them events they must accept, forwards
+// the loader commands their transitions emit, and follows every transition to keep the index
+// current and to publish it. Nothing here decides anything about an adapter.
+//
+// Each adapter is its machine's snapshot, advanced by the machine's own transition function
+// (XState's actor logic interface) under one shared actor scope whose actions run as an
+// actor runs them. An actor per adapter would add a mailbox, a system and an inspection
+// path per adapter and per event, and nothing here uses them.
+import { createEmptyActor, type ActorScope, type ExecutableActionObject } from 'xstate';
 import type { AdapterStatus } from '../api.js';
 import { TroupeError } from '../errors.js';
 import {
   adapterMachine,
   adapterStateLabel,
   residencyOf,
+  type AdapterCommandEvent,
   type AdapterEvent,
   type AdapterInput,
   type AdapterSnapshot,
@@ -21,7 +27,7 @@ const now = (): number => performance.timeOrigin + performance.now();
 interface AdapterRecord {
   readonly name: string;
   readonly pinned: boolean;
-  readonly actor: Actor<typeof adapterMachine>;
+  snap: AdapterSnapshot;
   /** Derived from the machine's snapshot: the published label and where the index files it. */
   label: string;
   placed: Placement;
@@ -36,26 +42,44 @@ function describe(event: AdapterEvent): string {
   return Object.keys(rest).length > 0 ? `${type} ${JSON.stringify(rest)}` : type;
 }
 
+type AdapterScope = ActorScope<AdapterSnapshot, AdapterEvent, ActorScope<AdapterSnapshot, AdapterEvent>['system'], AdapterCommandEvent>;
+
 export class AdapterActors {
   private readonly records = new Map<string, AdapterRecord>();
   private commands: LoaderCommand[] = [];
+  /** What the running transition's actions put off until its snapshot is taken (emits do). */
+  private readonly deferred: Array<() => void> = [];
+  private readonly scope: AdapterScope;
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private readonly labelCounts = new Map<string, number>();
-  /** Why the event being sent is sent; published with the transition it causes. */
-  private reason: string | null = null;
-  /** An invariant broken while the index followed a transition; thrown once the send returns. */
-  private fault: Error | null = null;
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
-  constructor(private readonly index: AdapterIndex, private readonly isLoaded: (name: string) => boolean) {}
+  constructor(private readonly index: AdapterIndex, private readonly isLoaded: (name: string) => boolean) {
+    // As XState's pure transition() builds its scope, but once, not per event: the machine has
+    // no children, delays or sends, so `self` and its system only receive inspection events,
+    // which nobody inspects.
+    const self = createEmptyActor();
+    this.scope = {
+      self: self as unknown as AdapterScope['self'],
+      id: self.id,
+      sessionId: self.sessionId,
+      logger: console.log,
+      system: self.system,
+      defer: (fn) => this.deferred.push(fn),
+      emit: (e) => this.commands.push(e.command),
+      stopChild: () => {},
+      actionExecutor: (action: ExecutableActionObject) => action.exec?.(action.info, action.params),
+    };
+  }
 
   start(input: AdapterInput, reason: string): void {
-    const actor = createActor(adapterMachine, { input });
-    const first = actor.getSnapshot();
+    const first = adapterMachine.getInitialSnapshot(this.scope, input);
+    this.runDeferred();
+    if (first.status === 'error') throw first.error;
     const rec: AdapterRecord = {
       name: input.name,
       pinned: input.pinned,
-      actor,
+      snap: first,
       label: adapterStateLabel(first),
       placed: { residency: residencyOf(first), slot: null },
       last: null,
@@ -65,9 +89,6 @@ export class AdapterActors {
     this.records.set(rec.name, rec);
     this.index.add(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, 1);
-    actor.on('command', (e) => this.commands.push(e.command));
-    actor.subscribe((snap) => this.observe(rec, snap));
-    actor.start();
     this.publish(rec, 'none', rec.label, reason);
   }
 
@@ -81,7 +102,7 @@ export class AdapterActors {
   }
 
   snapshot(name: string): AdapterSnapshot | null {
-    return this.records.get(name)?.actor.getSnapshot() ?? null;
+    return this.records.get(name)?.snap ?? null;
   }
 
   label(name: string): string | null {
@@ -117,12 +138,12 @@ export class AdapterActors {
 
   status(name: string): AdapterStatus | null {
     const rec = this.records.get(name);
-    return rec ? adapterStatus(rec.actor.getSnapshot(), rec.label, this.isLoaded(name)) : null;
+    return rec ? adapterStatus(rec.snap, rec.label, this.isLoaded(name)) : null;
   }
 
   detail(name: string): AdapterDetail | null {
     const rec = this.records.get(name);
-    return rec ? adapterDetail(rec.actor.getSnapshot(), rec.label, this.isLoaded(name), rec.last) : null;
+    return rec ? adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last) : null;
   }
 
   /** Resolves once the adapter's read from disk has ended (at once if none is in flight); null if it is gone. */
@@ -150,11 +171,11 @@ export class AdapterActors {
 
   /** Whether a running request uses it (read from its machine; the machine's guards stay the rule). */
   inUse(name: string): boolean {
-    return (this.records.get(name)?.actor.getSnapshot().context.running ?? 0) > 0;
+    return (this.records.get(name)?.snap.context.running ?? 0) > 0;
   }
 
   can(name: string, event: AdapterEvent): boolean {
-    const snap = this.records.get(name)?.actor.getSnapshot();
+    const snap = this.records.get(name)?.snap;
     return snap !== undefined && snap.status === 'active' && snap.can(event);
   }
 
@@ -162,54 +183,61 @@ export class AdapterActors {
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    const before = rec.actor.getSnapshot();
-    const label = rec.label;
-    const outer = this.reason;
-    this.reason = reason;
-    try {
-      rec.actor.send(event);
-    } finally {
-      this.reason = outer;
-    }
+    const before = rec.snap;
+    const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
     // commands; only an unchanged snapshot needs the slower question (a refused event changes nothing).
-    if (rec.actor.getSnapshot() === before && !(before.status === 'active' && before.can(event))) {
-      throw new TroupeError('internal', `internal error: adapter "${name}" in state ${label} does not accept ${describe(event)}`);
+    if (snap === before && !(before.status === 'active' && before.can(event))) {
+      throw new TroupeError('internal', `internal error: adapter "${name}" in state ${rec.label} does not accept ${describe(event)}`);
     }
-    const fault = this.fault;
-    this.fault = null;
-    if (fault) throw fault;
+    // As an actor does: the snapshot is taken, then what its actions put off runs (the loader
+    // commands), then it is followed.
+    rec.snap = snap;
+    this.runDeferred();
+    this.observe(rec, snap, reason);
     // An unload completes as soon as the machine says it may (no users, no transfer in flight).
-    const snap = rec.actor.getSnapshot();
     if (snap.status === 'active' && snap.context.removal && snap.can({ type: 'DRAINED' })) {
       this.send(name, { type: 'DRAINED' }, 'no request uses it any more; freed');
     }
   }
 
-  private observe(rec: AdapterRecord, snap: AdapterSnapshot): void {
+  /** The machine's next snapshot; an adapter that left (a final snapshot) takes no events. */
+  private transition(snap: AdapterSnapshot, event: AdapterEvent): AdapterSnapshot {
+    if (snap.status !== 'active') return snap;
     try {
-      const placed: Placement = { residency: residencyOf(snap), slot: snap.context.slot };
-      if (placed.residency !== rec.placed.residency || placed.slot !== rec.placed.slot) {
-        this.index.move(rec.name, rec.pinned, rec.placed, placed);
-        rec.placed = placed;
-      }
-      const to = adapterStateLabel(snap);
-      if (to !== rec.label) {
-        const from = rec.label;
-        rec.label = to;
-        this.countLabel(from, -1).countLabel(to, 1);
-        // A failure's reason is the machine's own error (a pool mismatch is found by its guard).
-        this.publish(rec, from, to, to === 'failed' ? `failed: ${snap.context.error ?? 'unknown error'}` : (this.reason ?? 'state change'));
-      }
-      if (rec.readWaiters.length > 0 && placed.residency !== 'loading') {
-        const status = snap.status === 'done' ? null : adapterStatus(snap, rec.label, this.isLoaded(rec.name));
-        for (const w of rec.readWaiters.splice(0)) w(status);
-      }
-      if (snap.status === 'done') this.forget(rec);
+      return adapterMachine.transition(snap, event, this.scope);
     } catch (err) {
-      // An observer's throw would escape as an unhandled error; send() rethrows it instead.
-      this.fault ??= err instanceof Error ? err : new Error(String(err));
+      this.deferred.length = 0;
+      throw err;
     }
+  }
+
+  private runDeferred(): void {
+    // Each deferred call may defer more (none does today); run until none is left.
+    for (let i = 0; i < this.deferred.length; i++) this.deferred[i]!();
+    this.deferred.length = 0;
+  }
+
+  /** Follows a transition into the index and publishes it; `reason` says why its event was sent. */
+  private observe(rec: AdapterRecord, snap: AdapterSnapshot, reason: string): void {
+    const placed: Placement = { residency: residencyOf(snap), slot: snap.context.slot };
+    if (placed.residency !== rec.placed.residency || placed.slot !== rec.placed.slot) {
+      this.index.move(rec.name, rec.pinned, rec.placed, placed);
+      rec.placed = placed;
+    }
+    const to = adapterStateLabel(snap);
+    if (to !== rec.label) {
+      const from = rec.label;
+      rec.label = to;
+      this.countLabel(from, -1).countLabel(to, 1);
+      // A failure's reason is the machine's own error (a pool mismatch is found by its guard).
+      this.publish(rec, from, to, to === 'failed' ? `failed: ${snap.context.error ?? 'unknown error'}` : reason);
+    }
+    if (rec.readWaiters.length > 0 && placed.residency !== 'loading') {
+      const status = snap.status === 'done' ? null : adapterStatus(snap, rec.label, this.isLoaded(rec.name));
+      for (const w of rec.readWaiters.splice(0)) w(status);
+    }
+    if (snap.status === 'done') this.forget(rec);
   }
 
   private forget(rec: AdapterRecord): void {

@@ -66,9 +66,9 @@ function makeCpuRoom(host: PlacementHost, forName: string, forSeq: number): bool
   const { index } = host;
   const max = host.limits.maxLoaded;
   if (max === null || index.cpuCount < max) return true;
-  const canGo = (name: string): boolean =>
-    host.residency(name) === 'cpuLoaded' ? host.can(name, { type: 'DROP_CPU' }) : !host.inUse(name) && host.can(name, { type: 'EVICT' });
-  const victim = pickVictim(index.cpuOrder, index, forSeq, canGo, 'least recently used');
+  const busy = (name: string): boolean => host.residency(name) !== 'cpuLoaded' && host.inUse(name);
+  const canGo = (name: string): boolean => host.can(name, host.residency(name) === 'cpuLoaded' ? { type: 'DROP_CPU' } : { type: 'EVICT' });
+  const victim = pickVictim(index.cpuOrder, index, forSeq, busy, canGo, 'least recently used');
   // Pinned copies alone filling the budget must not block every other adapter forever.
   if (!victim) return index.onlyPinnedCopies;
   const why = `CPU memory holds at most ${max} adapters (--max-loaded-loras) and "${forName}" needs room; ${victim.why}`;
@@ -86,7 +86,7 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   const free = index.lowestFreeSlot();
   if (free !== null) return free;
   const policy = host.limits.evictionPolicy;
-  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => !host.inUse(name) && host.can(name, { type: 'EVICT' }), policy);
+  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => host.inUse(name), (name) => host.can(name, { type: 'EVICT' }), policy);
   if (!victim) return null;
   const slot = host.slot(victim.name)!;
   host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);

@@ -1,6 +1,7 @@
 // Which adapter gives up its slot or its CPU copy when another needs one. Candidates come
 // from the index's eviction orders (at most the slots, or the CPU budget); whether a candidate
-// may go at all is its machine's call, asked through `canGo`.
+// may go at all is its machine's call, asked through `canGo`, except that one a running request
+// uses (`busy`) never goes and its machine need not be asked.
 import type { AdapterIndex } from './adapter-index.js';
 
 export interface Victim {
@@ -14,24 +15,44 @@ export interface Victim {
  * `order` that no waiting request wants; failing that, of those wanted later than it, the one
  * wanted last. Adapters wanted sooner are never displaced, so the choice never undoes a sooner
  * adapter's placement.
+ *
+ * Asking a machine costs as much as a small transition, and when a batch ends every adapter
+ * that leaves its slot is usually still wanted; so the wanted ones are asked latest-wanted
+ * first, which settles the choice with one question where a walk in `order` asks each new
+ * latest. `busy` and `canGo` have no effects, so the order of the questions does not change the
+ * answer. Placement asks on every step, usually to learn that every slot holder is running:
+ * busy ones are passed over first, and the others are kept in two small arrays sorted as they
+ * come, without an object each.
  */
 export function pickVictim(
   order: ReadonlyMap<string, true>,
   index: AdapterIndex,
   forSeq: number,
+  busy: (name: string) => boolean,
   canGo: (name: string) => boolean,
   policy: string,
 ): Victim | null {
-  let later: string | null = null;
-  let laterSeq = forSeq;
+  // Wanted later than `forSeq`, latest first; places are distinct (each is its oldest request's arrival).
+  const names: string[] = [];
+  const seqs: number[] = [];
   for (const name of order.keys()) {
+    if (busy(name)) continue;
     const seq = index.demand.seq(name);
     if (seq === null) {
       if (canGo(name)) return { name, why: policy };
-    } else if (seq > laterSeq && canGo(name)) {
-      later = name;
-      laterSeq = seq;
+    } else if (seq > forSeq) {
+      let at = seqs.length;
+      while (at > 0 && seqs[at - 1]! < seq) {
+        names[at] = names[at - 1]!;
+        seqs[at] = seqs[at - 1]!;
+        at--;
+      }
+      names[at] = name;
+      seqs[at] = seq;
     }
   }
-  return later === null ? null : { name: later, why: 'wanted last by the waiting requests' };
+  for (const name of names) {
+    if (canGo(name)) return { name, why: 'wanted last by the waiting requests' };
+  }
+  return null;
 }
