@@ -3,9 +3,10 @@
 // code base keeps.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import prettier from 'eslint-config-prettier';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build/', 'node_modules/', 'demo-model/', '.device/'] },
+  { ignores: ['dist/', 'build/', 'node_modules/', 'demo-model/', 'models/', '.device/', 'demo-train/corpus/', 'demo-train/packages/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -26,6 +27,8 @@ export default tseslint.config(
       'prefer-const': 'error',
     },
   },
+  // Layout is Prettier's (npm run format); ESLint keeps to what code does.
+  prettier,
   // Tests read JSON answers of any shape.
   { files: ['test/**'], rules: { '@typescript-eslint/no-explicit-any': 'off' } },
 );
