@@ -15,7 +15,18 @@ if (!existsSync(new URL('demo-model/config.json', root))) makeDemo(options.model
 const engine = await createEngine(options);
 const prompt = 'List 3 countries and their capitals.';
 const NEW_TOKENS = 64;
-const sampling = { maxNewTokens: NEW_TOKENS, temperature: 0, topP: 1, topK: -1, minP: 0, seed: null, stop: [], stopTokenIds: [], ignoreEos: true, skipSpecialTokens: true };
+const sampling = {
+  maxNewTokens: NEW_TOKENS,
+  temperature: 0,
+  topP: 1,
+  topK: -1,
+  minP: 0,
+  seed: null,
+  stop: [],
+  stopTokenIds: [],
+  ignoreEos: true,
+  skipSpecialTokens: true,
+};
 const request = (lora) => ({ text: prompt, lora, sampling, returnLogprob: false, topLogprobsNum: 0 });
 const adapters = [null, 'demo-a', 'demo-b'];
 
@@ -37,7 +48,12 @@ async function timed(batch) {
   );
   const end = performance.now();
   const decodeStart = Math.max(...firsts);
-  return { batch, newTokensPerRequest: NEW_TOKENS, wallSeconds: (end - t0) / 1000, decodeTokensPerSecond: (batch * (NEW_TOKENS - 1)) / ((end - decodeStart) / 1000) };
+  return {
+    batch,
+    newTokensPerRequest: NEW_TOKENS,
+    wallSeconds: (end - t0) / 1000,
+    decodeTokensPerSecond: (batch * (NEW_TOKENS - 1)) / ((end - decodeStart) / 1000),
+  };
 }
 
 await timed(1); // warm-up

@@ -26,9 +26,20 @@ const [outFile, modelDir] = process.argv.slice(2);
 if (!outFile) throw new Error('usage: node bench/gpu-adapter-load.js OUT.json [MODEL_DIR]');
 const addon = loadNative();
 const LLAMA_8B = {
-  architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32,
-  num_attention_heads: 32, num_key_value_heads: 8, head_dim: 128, vocab_size: 128256, rms_norm_eps: 1e-5, rope_theta: 500000,
-  max_position_embeddings: 8192, tie_word_embeddings: false, torch_dtype: 'bfloat16',
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  head_dim: 128,
+  vocab_size: 128256,
+  rms_norm_eps: 1e-5,
+  rope_theta: 500000,
+  max_position_embeddings: 8192,
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
 };
 const ckpt = modelDir ? openCheckpoint(modelDir) : null;
 const config = ckpt ? ckpt.config : parseModelConfig(LLAMA_8B, 'config.json');
@@ -38,8 +49,12 @@ const seconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
 
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-adapter-load-'));
 const result = {
-  date: new Date().toISOString(), cpu: `${cpus()[0]?.model ?? 'unknown CPU'} x ${cpus().length}`, gpu: null, model: modelDir ?? null,
-  adapter: 'rank 16, all seven modules, bf16', layers: config.numLayers,
+  date: new Date().toISOString(),
+  cpu: `${cpus()[0]?.model ?? 'unknown CPU'} x ${cpus().length}`,
+  gpu: null,
+  model: modelDir ?? null,
+  adapter: 'rank 16, all seven modules, bf16',
+  layers: config.numLayers,
 };
 try {
   const dirs = [0, 1, 2, 3].map((i) => {
@@ -93,20 +108,34 @@ try {
   const fourS = median(rounds);
   result.adapterBytes = bytes;
   result.diskToCpu = {
-    nativeGBps: gbps(bytes, median(native)), nativeMs: median(native) * 1e3,
-    nativeFreshGBps: gbps(bytes, median(fresh)), nativeFreshMs: median(fresh) * 1e3, pageLocked: four[0].host.pageLocked,
-    fourAtOnceGBps: gbps(4 * bytes, fourS), jsReaderGBps: gbps(bytes, median(js)), jsReaderMs: median(js) * 1e3,
+    nativeGBps: gbps(bytes, median(native)),
+    nativeMs: median(native) * 1e3,
+    nativeFreshGBps: gbps(bytes, median(fresh)),
+    nativeFreshMs: median(fresh) * 1e3,
+    pageLocked: four[0].host.pageLocked,
+    fourAtOnceGBps: gbps(4 * bytes, fourS),
+    jsReaderGBps: gbps(bytes, median(js)),
+    jsReaderMs: median(js) * 1e3,
   };
   console.log(`adapter: ${(bytes / 1e6).toFixed(1)} MB (${result.adapter}, ${config.numLayers} layers)`);
-  console.log(`disk to CPU (page cache warm): native ${result.diskToCpu.nativeGBps.toFixed(2)} GB/s (${result.diskToCpu.nativeMs.toFixed(1)} ms, ` +
-    `${result.diskToCpu.pageLocked ? 'page-locked' : 'ordinary memory'}; into fresh memory ${result.diskToCpu.nativeFreshGBps.toFixed(2)} GB/s, ` +
-    `${result.diskToCpu.nativeFreshMs.toFixed(1)} ms), four at once ${result.diskToCpu.fourAtOnceGBps.toFixed(2)} GB/s; ` +
-    `JS reader ${result.diskToCpu.jsReaderGBps.toFixed(3)} GB/s (${result.diskToCpu.jsReaderMs.toFixed(0)} ms)`);
+  console.log(
+    `disk to CPU (page cache warm): native ${result.diskToCpu.nativeGBps.toFixed(2)} GB/s (${result.diskToCpu.nativeMs.toFixed(1)} ms, ` +
+      `${result.diskToCpu.pageLocked ? 'page-locked' : 'ordinary memory'}; into fresh memory ${result.diskToCpu.nativeFreshGBps.toFixed(2)} GB/s, ` +
+      `${result.diskToCpu.nativeFreshMs.toFixed(1)} ms), four at once ${result.diskToCpu.fourAtOnceGBps.toFixed(2)} GB/s; ` +
+      `JS reader ${result.diskToCpu.jsReaderGBps.toFixed(3)} GB/s (${result.diskToCpu.jsReaderMs.toFixed(0)} ms)`,
+  );
 
   if (ckpt && addon.cudaDeviceCount() > 0) {
     const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-      device: 'cuda', blockSize: 16, kvBlocks: 4096, memFractionStatic: 0.85, loraSlots: 4, maxLoraRank: 16,
-      loraModules: [...LORA_MODULES], threads: 0, cudaGraphMaxBs: 64,
+      device: 'cuda',
+      blockSize: 16,
+      kvBlocks: 4096,
+      memFractionStatic: 0.85,
+      loraSlots: 4,
+      maxLoraRank: 16,
+      loraModules: [...LORA_MODULES],
+      threads: 0,
+      cudaGraphMaxBs: 64,
     });
     result.gpu = addon.engineInfo(h).deviceName;
     // CPU to GPU: each fill from its page-locked host copy, slots 1-3 in turn.
@@ -122,7 +151,12 @@ try {
     // Decode steps of 32 rows (base and slot 0) over 256-token contexts, alone and while slots
     // 1-3 are filled over and over; the steps yield to the event loop so fills complete.
     await addon.fillLoraSlot(h, 0, four[0].host.handle);
-    const rows = Array.from({ length: 32 }, (_, i) => ({ tokens: [1000 + i], cached: 255, blocks: Array.from({ length: 16 }, (_, k) => i * 16 + k), slot: i % 2 === 0 ? 0 : -1 }));
+    const rows = Array.from({ length: 32 }, (_, i) => ({
+      tokens: [1000 + i],
+      cached: 255,
+      blocks: Array.from({ length: 16 }, (_, k) => i * 16 + k),
+      slot: i % 2 === 0 ? 0 : -1,
+    }));
     const decode = greedyBatch(rows, 16);
     for (let k = 0; k < 5; k++) addon.step(h, decode);
     const timeStep = () => {
@@ -143,9 +177,16 @@ try {
       await new Promise((r) => setImmediate(r));
     }
     await filler;
-    result.stepsDuringFills = { decodeMsAlone: median(alone) * 1e3, decodeMsDuringFills: median(during) * 1e3, stepsDuringFills: during.length, fills: done };
-    console.log(`decode b32 (other slots): ${result.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
-      `${result.stepsDuringFills.decodeMsDuringFills.toFixed(2)} ms while ${done} fills ran (${during.length} steps meanwhile)`);
+    result.stepsDuringFills = {
+      decodeMsAlone: median(alone) * 1e3,
+      decodeMsDuringFills: median(during) * 1e3,
+      stepsDuringFills: during.length,
+      fills: done,
+    };
+    console.log(
+      `decode b32 (other slots): ${result.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
+        `${result.stepsDuringFills.decodeMsDuringFills.toFixed(2)} ms while ${done} fills ran (${during.length} steps meanwhile)`,
+    );
     addon.destroyEngine(h);
   } else {
     console.log('CPU to GPU: not measured (give MODEL_DIR, a Llama-3.1-8B-shaped checkpoint, on a CUDA machine)');

@@ -28,8 +28,15 @@ const kvBlocks = Math.max(128 * maxBlocks, 8 * Math.ceil(2048 / BLOCK) + 8);
 
 function engine(graphMaxBs) {
   return addon.createEngine(c, ckpt.tensors, {
-    device: 'cuda', blockSize: BLOCK, kvBlocks, memFractionStatic: 0.85, loraSlots: 0, maxLoraRank: 0,
-    loraModules: [], threads: 0, cudaGraphMaxBs: graphMaxBs,
+    device: 'cuda',
+    blockSize: BLOCK,
+    kvBlocks,
+    memFractionStatic: 0.85,
+    loraSlots: 0,
+    maxLoraRank: 0,
+    loraModules: [],
+    threads: 0,
+    cudaGraphMaxBs: graphMaxBs,
   });
 }
 
@@ -38,7 +45,9 @@ const randomTokens = randomTokenSource(1);
 
 function decode(h, bs) {
   const seqs = Array.from({ length: bs }, (_, i) => ({
-    tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k),
+    tokens: randomTokens(CONTEXT - 1),
+    cached: 0,
+    blocks: Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k),
   }));
   for (let i = 0; i < bs; i += 8) addon.step(h, batch(seqs.slice(i, i + 8))); // fill the context
   let last = seqs.map(() => 5000);
@@ -58,7 +67,9 @@ function prefill(h, bs, len) {
   const times = [];
   for (let rep = 0; rep < 4; rep++) {
     const seqs = Array.from({ length: bs }, (_, i) => ({
-      tokens: randomTokens(len), cached: 0, blocks: Array.from({ length: Math.ceil(len / BLOCK) }, (_, k) => i * maxBlocks * 4 + k),
+      tokens: randomTokens(len),
+      cached: 0,
+      blocks: Array.from({ length: Math.ceil(len / BLOCK) }, (_, k) => i * maxBlocks * 4 + k),
     }));
     // 2048 tokens need a wider block table than the decodes.
     const b = greedyBatch(seqs, Math.max(maxBlocks, Math.ceil(len / BLOCK)));
@@ -74,8 +85,15 @@ function prefill(h, bs, len) {
 const kvBytesPerToken = 2 * c.numLayers * c.numKvHeads * c.headDim * 2;
 const stepWeightBytes = hf.weightBytes - hf.embedBytes;
 const result = {
-  date: new Date().toISOString().slice(0, 10), gpu: hf.gpu, model: 'random weights, Llama-3.1-8B shape, bf16', context: CONTEXT,
-  copyBandwidthTBs: hf.copyBandwidthBytesPerS / 1e12, stepWeightBytes, decode: [], prefill: {}, decodeNoGraph: {},
+  date: new Date().toISOString().slice(0, 10),
+  gpu: hf.gpu,
+  model: 'random weights, Llama-3.1-8B shape, bf16',
+  context: CONTEXT,
+  copyBandwidthTBs: hf.copyBandwidthBytesPerS / 1e12,
+  stepWeightBytes,
+  decode: [],
+  prefill: {},
+  decodeNoGraph: {},
 };
 const h = engine(256);
 console.log(`engine: ${JSON.stringify(addon.engineInfo(h))}`);
@@ -84,13 +102,20 @@ for (const bs of BATCHES) {
   const rooflineMs = ((stepWeightBytes + bs * CONTEXT * kvBytesPerToken) / hf.copyBandwidthBytesPerS) * 1000;
   const hfMs = hf.decodeMs[bs];
   result.decode.push({ batch: bs, ms, rooflineMs, overRoofline: ms / rooflineMs, transformersMs: hfMs, speedupOverTransformers: hfMs / ms });
-  console.log(`decode batch ${bs}: ${ms.toFixed(2)} ms (roofline ${rooflineMs.toFixed(2)} ms, x${(ms / rooflineMs).toFixed(2)}; transformers ${hfMs.toFixed(2)} ms)`);
+  console.log(
+    `decode batch ${bs}: ${ms.toFixed(2)} ms (roofline ${rooflineMs.toFixed(2)} ms, x${(ms / rooflineMs).toFixed(2)}; transformers ${hfMs.toFixed(2)} ms)`,
+  );
 }
-for (const [bs, len] of [[1, 2048], [8, 512]]) {
+for (const [bs, len] of [
+  [1, 2048],
+  [8, 512],
+]) {
   const p = prefill(h, bs, len);
   const t = hf.prefill[`${bs}x${len}`];
   result.prefill[`${bs}x${len}`] = { ...p, transformersTokensPerS: t.tokensPerS, overTransformers: p.tokensPerS / t.tokensPerS };
-  console.log(`prefill ${bs}x${len}: ${p.ms.toFixed(1)} ms, ${p.tokensPerS.toFixed(0)} tokens/s (transformers ${t.tokensPerS.toFixed(0)}, x${(p.tokensPerS / t.tokensPerS).toFixed(2)})`);
+  console.log(
+    `prefill ${bs}x${len}: ${p.ms.toFixed(1)} ms, ${p.tokensPerS.toFixed(0)} tokens/s (transformers ${t.tokensPerS.toFixed(0)}, x${(p.tokensPerS / t.tokensPerS).toFixed(2)})`,
+  );
 }
 addon.destroyEngine(h);
 const h2 = engine(0);

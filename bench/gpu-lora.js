@@ -26,16 +26,32 @@ const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
 const w = loraWorkload();
 
-const result = { date: new Date().toISOString().slice(0, 10), model: 'random weights, Llama-3.1-8B shape, bf16', rows: w.ROWS, context: w.CONTEXT, runs: [], peft };
+const result = {
+  date: new Date().toISOString().slice(0, 10),
+  model: 'random weights, Llama-3.1-8B shape, bf16',
+  rows: w.ROWS,
+  context: w.CONTEXT,
+  runs: [],
+  peft,
+};
 for (const rank of [16, 64]) {
   // Read once per rank: every engine below fills its slots from the same values.
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
   for (const loraBackend of ['csgmv', 'sgmv']) {
     for (const loraKernel of kernels) {
       const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-        device: 'cuda', blockSize: w.BLOCK, kvBlocks: w.kvBlocks, memFractionStatic: 0.85, loraSlots: 8, maxLoraRank: rank,
-        loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], threads: 0, cudaGraphMaxBs: 64,
-        loraBackend, loraChunkSize: 16, loraKernel,
+        device: 'cuda',
+        blockSize: w.BLOCK,
+        kvBlocks: w.kvBlocks,
+        memFractionStatic: 0.85,
+        loraSlots: 8,
+        maxLoraRank: rank,
+        loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+        threads: 0,
+        cudaGraphMaxBs: 64,
+        loraBackend,
+        loraChunkSize: 16,
+        loraKernel,
       });
       adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
       const step = (b) => addon.step(h, b);
@@ -44,24 +60,35 @@ for (const rank of [16, 64]) {
         const ms = await w.decode(step, distinct);
         const p = await w.prefill(step, distinct);
         result.runs.push({ rank, loraBackend, loraKernel, adapters: distinct, decodeMs: ms, prefillTokensPerS: p.tokensPerS });
-        console.log(`rank ${rank} ${loraBackend} ${loraKernel} ${distinct} adapter(s): decode b${w.ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`);
+        console.log(
+          `rank ${rank} ${loraBackend} ${loraKernel} ${distinct} adapter(s): decode b${w.ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`,
+        );
       }
       addon.destroyEngine(h);
     }
   }
 }
-const base = (r) => result.runs.find((b) => b.rank === r.rank && b.loraBackend === r.loraBackend && b.loraKernel === r.loraKernel && b.adapters === 0);
+const base = (r) =>
+  result.runs.find((b) => b.rank === r.rank && b.loraBackend === r.loraBackend && b.loraKernel === r.loraKernel && b.adapters === 0);
 for (const r of result.runs) {
   const b = base(r);
   r.decodeOverhead = r.decodeMs / b.decodeMs - 1;
   r.prefillOverhead = b.prefillTokensPerS / r.prefillTokensPerS - 1;
 }
 for (const r of result.runs.filter((x) => x.adapters === 8)) {
-  console.log(`rank ${r.rank} ${r.loraBackend} ${r.loraKernel}, 8 adapters: decode +${(100 * r.decodeOverhead).toFixed(1)}%, prefill +${(100 * r.prefillOverhead).toFixed(1)}%`);
+  console.log(
+    `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}, 8 adapters: decode +${(100 * r.decodeOverhead).toFixed(1)}%, prefill +${(100 * r.prefillOverhead).toFixed(1)}%`,
+  );
 }
 if (peft) {
   const csgmv16 = (n) => result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.loraKernel === kernels[0] && r.adapters === n);
-  result.speedupOverPeft = { kernel: kernels[0], eightAdapters: peft.decodeMs['8'] / csgmv16(8).decodeMs, oneAdapter: peft.decodeMs['1'] / csgmv16(1).decodeMs };
-  console.log(`decode over transformers + PEFT (${kernels[0]}): x${result.speedupOverPeft.eightAdapters.toFixed(1)} with 8 adapters, x${result.speedupOverPeft.oneAdapter.toFixed(1)} with 1`);
+  result.speedupOverPeft = {
+    kernel: kernels[0],
+    eightAdapters: peft.decodeMs['8'] / csgmv16(8).decodeMs,
+    oneAdapter: peft.decodeMs['1'] / csgmv16(1).decodeMs,
+  };
+  console.log(
+    `decode over transformers + PEFT (${kernels[0]}): x${result.speedupOverPeft.eightAdapters.toFixed(1)} with 8 adapters, x${result.speedupOverPeft.oneAdapter.toFixed(1)} with 1`,
+  );
 }
 writeFileSync(outFile, JSON.stringify(result, null, 2) + '\n');

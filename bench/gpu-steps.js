@@ -3,22 +3,42 @@
 /** A greedy StepBatch of `seqs` ({tokens, cached, blocks, slot?}) with block tables maxBlocks wide. */
 export function greedyBatch(seqs, maxBlocks) {
   const n = seqs.length;
-  const tokens = [], positions = [], seqStarts = [0];
+  const tokens = [],
+    positions = [],
+    seqStarts = [0];
   const blockTables = new Int32Array(n * maxBlocks).fill(-1);
   seqs.forEach((s, i) => {
-    s.tokens.forEach((t, j) => { tokens.push(t); positions.push(s.cached + j); });
+    s.tokens.forEach((t, j) => {
+      tokens.push(t);
+      positions.push(s.cached + j);
+    });
     seqStarts.push(tokens.length);
     blockTables.set(s.blocks, i * maxBlocks);
   });
   const f = (v) => Float32Array.from(seqs.map(() => v));
   return {
-    tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqStarts: Int32Array.from(seqStarts),
-    contextLens: Int32Array.from(seqs.map((s) => s.cached + s.tokens.length)), blockTables, maxBlocksPerSeq: maxBlocks,
-    loraSlots: Int32Array.from(seqs.map((s) => s.slot ?? -1)), sample: Uint8Array.from(seqs.map(() => 1)),
-    temperature: f(0), topK: Int32Array.from(seqs.map(() => -1)), topP: f(1), minP: f(0),
-    frequencyPenalty: f(0), presencePenalty: f(0), repetitionPenalty: f(1),
-    penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(n + 1), penaltyPromptLens: new Int32Array(n),
-    seeds: new Uint32Array(n), draws: new Uint32Array(n), topLogprobs: 0, returnLogits: false,
+    tokens: Int32Array.from(tokens),
+    positions: Int32Array.from(positions),
+    seqStarts: Int32Array.from(seqStarts),
+    contextLens: Int32Array.from(seqs.map((s) => s.cached + s.tokens.length)),
+    blockTables,
+    maxBlocksPerSeq: maxBlocks,
+    loraSlots: Int32Array.from(seqs.map((s) => s.slot ?? -1)),
+    sample: Uint8Array.from(seqs.map(() => 1)),
+    temperature: f(0),
+    topK: Int32Array.from(seqs.map(() => -1)),
+    topP: f(1),
+    minP: f(0),
+    frequencyPenalty: f(0),
+    presencePenalty: f(0),
+    repetitionPenalty: f(1),
+    penaltyTokens: new Int32Array(0),
+    penaltyStarts: new Int32Array(n + 1),
+    penaltyPromptLens: new Int32Array(n),
+    seeds: new Uint32Array(n),
+    draws: new Uint32Array(n),
+    topLogprobs: 0,
+    returnLogits: false,
   };
 }
 
@@ -37,7 +57,10 @@ export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length
  * step and may return a promise; only it is timed.
  */
 export function loraWorkload() {
-  const BLOCK = 16, CONTEXT = 512, ROWS = 32, STEPS = 20;
+  const BLOCK = 16,
+    CONTEXT = 512,
+    ROWS = 32,
+    STEPS = 20;
   const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
   const randomTokens = randomTokenSource(7);
   const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
@@ -49,7 +72,10 @@ export function loraWorkload() {
     return { r, ms: performance.now() - t0 };
   };
   return {
-    BLOCK, CONTEXT, ROWS, maxBlocks,
+    BLOCK,
+    CONTEXT,
+    ROWS,
+    maxBlocks,
     /** KV blocks the workload uses. */
     kvBlocks: (ROWS + 8) * maxBlocks,
     /** Fills every row's context (unadapted), so the decode steps attend over real keys. */
@@ -62,7 +88,10 @@ export function loraWorkload() {
       let last = Array.from({ length: ROWS }, () => 5000);
       const times = [];
       for (let s = 0; s < STEPS + 3; s++) {
-        const { r, ms } = await timed(step, last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1, blocks: blocks(i), slot: slot(i, distinct) })));
+        const { r, ms } = await timed(
+          step,
+          last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1, blocks: blocks(i), slot: slot(i, distinct) })),
+        );
         if (s >= 3) times.push(ms);
         last = Array.from(r.tokens);
       }
@@ -72,7 +101,12 @@ export function loraWorkload() {
     async prefill(step, distinct) {
       const times = [];
       for (let rep = 0; rep < 4; rep++) {
-        const seqs = Array.from({ length: 8 }, (_, i) => ({ tokens: randomTokens(512), cached: 0, blocks: blocks(ROWS + i).slice(0, 32), slot: slot(i, distinct) }));
+        const seqs = Array.from({ length: 8 }, (_, i) => ({
+          tokens: randomTokens(512),
+          cached: 0,
+          blocks: blocks(ROWS + i).slice(0, 32),
+          slot: slot(i, distinct),
+        }));
         const { ms } = await timed(step, seqs);
         if (rep > 0) times.push(ms);
       }

@@ -31,10 +31,24 @@ async function measure(tp, gpuIdStep) {
   const sup = new Supervisor(tp);
   try {
     const engine = {
-      device: 'cuda', blockSize: w.BLOCK, kvBlocks: w.kvBlocks, memFractionStatic: 0.9, loraSlots: ADAPTERS, maxLoraRank: 16,
-      loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], threads: 0, cudaGraphMaxBs: w.ROWS,
+      device: 'cuda',
+      blockSize: w.BLOCK,
+      kvBlocks: w.kvBlocks,
+      memFractionStatic: 0.9,
+      loraSlots: ADAPTERS,
+      maxLoraRank: 16,
+      loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+      threads: 0,
+      cudaGraphMaxBs: w.ROWS,
     };
-    const ranks = planRanks({ engine, loraEnabled: true, contextLength: 8192 }, ckpt.config, ckpt.tensors, { tpSize: tp, baseGpuId: 0, gpuIdStep }, sup.tpGroup, gpus);
+    const ranks = planRanks(
+      { engine, loraEnabled: true, contextLength: 8192 },
+      ckpt.config,
+      ckpt.tensors,
+      { tpSize: tp, baseGpuId: 0, gpuIdStep },
+      sup.tpGroup,
+      gpus,
+    );
     const inits = await initRanks(sup.actors.executors, ranks);
     const shards = planTensorParallel(ckpt.config, tp);
     const handles = inits.map((i) => i.handle);
@@ -61,4 +75,11 @@ for (const tp of [2, 4]) {
   if (gpus >= tp) runs.push(await measure(tp, 1));
   else if (tp === 2) runs.push(await measure(2, 0));
 }
-writeFileSync(outFile, JSON.stringify({ date: new Date().toISOString().slice(0, 10), model: 'random weights, Llama-3.1-8B shape, bf16', gpus, rows: w.ROWS, context: w.CONTEXT, runs }, null, 1));
+writeFileSync(
+  outFile,
+  JSON.stringify(
+    { date: new Date().toISOString().slice(0, 10), model: 'random weights, Llama-3.1-8B shape, bf16', gpus, rows: w.ROWS, context: w.CONTEXT, runs },
+    null,
+    1,
+  ),
+);

@@ -34,7 +34,13 @@ function exponentBits(std) {
 export const adapterName = (i) => `a${String(i).padStart(4, '0')}`;
 
 export function parseModules(spec) {
-  const list = spec === 'all' ? [...LORA_MODULES] : spec.split(',').map((s) => s.trim()).filter(Boolean);
+  const list =
+    spec === 'all'
+      ? [...LORA_MODULES]
+      : spec
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
   const expanded = list.map((m) => (m.endsWith('_proj') ? m : `${m}_proj`));
   for (const m of expanded) if (!LORA_MODULES.includes(m)) throw new Error(`unknown module ${m}; use ${LORA_MODULES.join(', ')} or all`);
   return LORA_MODULES.filter((m) => expanded.includes(m));
@@ -54,7 +60,10 @@ export function planAdapters(hfConfig, { rank, modules, alpha = 2 * rank, gain =
     for (const m of modules) {
       const dims = moduleDims(config, m);
       const prefix = `base_model.model.model.layers.${layer}.${MODULE_PATH[m]}`;
-      for (const [ab, shape, std] of [['A', [rank, dims.in], 1 / Math.sqrt(dims.in)], ['B', [dims.out, rank], gain / (scaling * Math.sqrt(rank))]]) {
+      for (const [ab, shape, std] of [
+        ['A', [rank, dims.in], 1 / Math.sqrt(dims.in)],
+        ['B', [dims.out, rank], gain / (scaling * Math.sqrt(rank))],
+      ]) {
         const bytes = shape[0] * shape[1] * 2;
         header[`${prefix}.lora_${ab}.weight`] = { dtype: 'BF16', shape, data_offsets: [offset, offset + bytes] };
         fills.push({ offset, count: bytes / 2, exponent: exponentBits(std) });
@@ -80,7 +89,13 @@ export function planAdapters(hfConfig, { rank, modules, alpha = 2 * rank, gain =
     use_dora: false,
     use_rslora: false,
   };
-  return { configText: `${JSON.stringify(adapterConfig, null, 2)}\n`, headerBytes, dataBytes: offset, fills, fileBytes: 8 + headerBytes.length + offset };
+  return {
+    configText: `${JSON.stringify(adapterConfig, null, 2)}\n`,
+    headerBytes,
+    dataBytes: offset,
+    fills,
+    fileBytes: 8 + headerBytes.length + offset,
+  };
 }
 
 /** Fills the tensors of `plan` in `data` (a Uint8Array of plan.dataBytes) from a seeded xorshift. */
@@ -124,7 +139,9 @@ function fillRandom(plan, data, seed) {
 function isPresent(dir, plan) {
   const configFile = join(dir, 'adapter_config.json');
   const weights = join(dir, 'adapter_model.safetensors');
-  return existsSync(configFile) && existsSync(weights) && readFileSync(configFile, 'utf8') === plan.configText && statSync(weights).size === plan.fileBytes;
+  return (
+    existsSync(configFile) && existsSync(weights) && readFileSync(configFile, 'utf8') === plan.configText && statSync(weights).size === plan.fileBytes
+  );
 }
 
 /**
@@ -162,13 +179,22 @@ export function makeAdapters({ hfConfig, outDir, count, start = 0, seed = 0, onP
 function main() {
   const { values } = parseArgs({
     options: {
-      model: { type: 'string' }, out: { type: 'string' }, count: { type: 'string' }, rank: { type: 'string' },
-      modules: { type: 'string', default: 'all' }, alpha: { type: 'string' }, gain: { type: 'string', default: '0.02' },
-      seed: { type: 'string', default: '0' }, start: { type: 'string', default: '0' }, help: { type: 'boolean' },
+      model: { type: 'string' },
+      out: { type: 'string' },
+      count: { type: 'string' },
+      rank: { type: 'string' },
+      modules: { type: 'string', default: 'all' },
+      alpha: { type: 'string' },
+      gain: { type: 'string', default: '0.02' },
+      seed: { type: 'string', default: '0' },
+      start: { type: 'string', default: '0' },
+      help: { type: 'boolean' },
     },
   });
   if (values.help || !values.model || !values.out || !values.count || !values.rank) {
-    console.log('usage: node bench/make-adapters.js --model MODEL_DIR --out OUT_DIR --count N --rank R [--modules all|q,k,v,o|q_proj,v_proj] [--alpha A (2R)] [--gain G (0.02)] [--seed S] [--start I]');
+    console.log(
+      'usage: node bench/make-adapters.js --model MODEL_DIR --out OUT_DIR --count N --rank R [--modules all|q,k,v,o|q_proj,v_proj] [--alpha A (2R)] [--gain G (0.02)] [--seed S] [--start I]',
+    );
     process.exit(values.help ? 0 : 2);
   }
   const hfConfig = JSON.parse(readFileSync(join(values.model, 'config.json'), 'utf8'));
@@ -178,8 +204,15 @@ function main() {
   const t0 = performance.now();
   let lastPrint = 0;
   const res = makeAdapters({
-    hfConfig, outDir: resolve(values.out), count, start: Number(values.start), seed: Number(values.seed),
-    rank, modules, alpha: values.alpha === undefined ? 2 * rank : Number(values.alpha), gain: Number(values.gain),
+    hfConfig,
+    outDir: resolve(values.out),
+    count,
+    start: Number(values.start),
+    seed: Number(values.seed),
+    rank,
+    modules,
+    alpha: values.alpha === undefined ? 2 * rank : Number(values.alpha),
+    gain: Number(values.gain),
     onProgress(done, total, bytes) {
       const now = performance.now();
       if (done === total || now - lastPrint > 5000) {
@@ -189,7 +222,9 @@ function main() {
     },
   });
   const s = (performance.now() - t0) / 1000;
-  console.log(`make-adapters: rank ${rank} on ${modules.join(',')}: wrote ${res.written}, kept ${res.skipped} already present, in ${s.toFixed(1)} s (${((res.written * res.bytesPerAdapter) / 1e9 / s).toFixed(2)} GB/s) under ${resolve(values.out)}`);
+  console.log(
+    `make-adapters: rank ${rank} on ${modules.join(',')}: wrote ${res.written}, kept ${res.skipped} already present, in ${s.toFixed(1)} s (${((res.written * res.bytesPerAdapter) / 1e9 / s).toFixed(2)} GB/s) under ${resolve(values.out)}`,
+  );
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) main();

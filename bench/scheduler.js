@@ -130,7 +130,15 @@ async function run(count) {
   const refill = () => {
     while (s.stats().waiting < WAITING) {
       const id = next++;
-      s.submit({ id: `r${id}`, promptIds: Array.from({ length: 16 }, (_, k) => 10 + k), lora: wanted[id % distinct], sampling, returnLogprob: false, topLogprobsNum: 0, seed: 0 });
+      s.submit({
+        id: `r${id}`,
+        promptIds: Array.from({ length: 16 }, (_, k) => 10 + k),
+        lora: wanted[id % distinct],
+        sampling,
+        returnLogprob: false,
+        topLogprobsNum: 0,
+        seed: 0,
+      });
     }
   };
   refill();
@@ -176,7 +184,12 @@ async function run(count) {
 async function measure(count, runs) {
   const all = [];
   for (let r = 0; r < runs; r++) all.push(await run(count));
-  const byRun = all.map((r) => quantile([...r.times].sort((a, b) => a - b), 0.99));
+  const byRun = all.map((r) =>
+    quantile(
+      [...r.times].sort((a, b) => a - b),
+      0.99,
+    ),
+  );
   const times = all.flatMap((r) => r.times).sort((a, b) => a - b);
   const steps = times.length;
   const sum = (key) => all.reduce((a, r) => a + r[key], 0);
@@ -229,10 +242,16 @@ const file = outFile !== null ? resolve(outFile) : fileURLToPath(new URL(`bench/
 mkdirSync(dirname(file), { recursive: true });
 writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
-console.log('| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' + (baseline ? ' before: median | before: p99 |' : ''));
+console.log(
+  '| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' +
+    (baseline ? ' before: median | before: p99 |' : ''),
+);
 console.log('| --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
 for (const r of rows) {
   const b = baseline?.rows.find((x) => x.registered === r.registered);
   const gc = `${r.gcPauses} (${r.gcMs.toFixed(1)})`;
-  console.log(`| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` + (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''));
+  console.log(
+    `| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` +
+      (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''),
+  );
 }

@@ -10,15 +10,21 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 export function request(base, path, { method = 'GET', body, timeoutMs = 30_000 } = {}) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = http.request(new URL(path, base), {
-      method, agent, timeout: timeoutMs,
-      headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
+    const req = http.request(
+      new URL(path, base),
+      {
+        method,
+        agent,
+        timeout: timeoutMs,
+        headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},
+      },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
     req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer in ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(data);
@@ -73,29 +79,34 @@ export function streamGenerate(base, body, signal) {
       if (meta.finish_reason?.type === 'abort') finish(`aborted: ${meta.finish_reason.message ?? ''}`);
     };
     const payload = Buffer.from(JSON.stringify(body));
-    const req = http.request(new URL('/generate', base), {
-      method: 'POST', agent,
-      headers: { 'content-type': 'application/json', 'content-length': payload.length, accept: 'text/event-stream' },
-    }, (res) => {
-      res.setEncoding('utf8');
-      let buf = '';
-      if (res.statusCode !== 200) {
-        res.on('data', (c) => (buf += c));
-        res.on('end', () => finish(`HTTP ${res.statusCode}: ${buf.slice(0, 300)}`));
-        return;
-      }
-      res.on('data', (chunk) => {
-        buf += chunk;
-        let cut;
-        while ((cut = buf.indexOf('\n\n')) >= 0) {
-          const event = buf.slice(0, cut);
-          buf = buf.slice(cut + 2);
-          for (const line of event.split('\n')) if (line.startsWith('data:')) onEvent(line.slice(5).trimStart());
+    const req = http.request(
+      new URL('/generate', base),
+      {
+        method: 'POST',
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': payload.length, accept: 'text/event-stream' },
+      },
+      (res) => {
+        res.setEncoding('utf8');
+        let buf = '';
+        if (res.statusCode !== 200) {
+          res.on('data', (c) => (buf += c));
+          res.on('end', () => finish(`HTTP ${res.statusCode}: ${buf.slice(0, 300)}`));
+          return;
         }
-      });
-      res.on('end', () => finish(done ? undefined : 'stream ended without [DONE]'));
-      res.on('error', (err) => finish(`stream: ${err.message}`));
-    });
+        res.on('data', (chunk) => {
+          buf += chunk;
+          let cut;
+          while ((cut = buf.indexOf('\n\n')) >= 0) {
+            const event = buf.slice(0, cut);
+            buf = buf.slice(cut + 2);
+            for (const line of event.split('\n')) if (line.startsWith('data:')) onEvent(line.slice(5).trimStart());
+          }
+        });
+        res.on('end', () => finish(done ? undefined : 'stream ended without [DONE]'));
+        res.on('error', (err) => finish(`stream: ${err.message}`));
+      },
+    );
     const onAbort = () => {
       req.destroy();
       finish('cut by the benchmark (did not finish in time)');
@@ -177,9 +188,29 @@ export function summarize(records, elapsed, slo) {
     elapsedSeconds: round(elapsed, 3),
     requestThroughput: round(ok.length / elapsed),
     outputTokenThroughput: round(outTokens / elapsed, 2),
-    ttft: { p50: round(percentile(ttfts, 50)), p90: round(percentile(ttfts, 90)), p99: round(percentile(ttfts, 99)), mean: round(ttfts.length ? ttfts.reduce((a, b) => a + b, 0) / ttfts.length : null) },
+    ttft: {
+      p50: round(percentile(ttfts, 50)),
+      p90: round(percentile(ttfts, 90)),
+      p99: round(percentile(ttfts, 99)),
+      mean: round(ttfts.length ? ttfts.reduce((a, b) => a + b, 0) / ttfts.length : null),
+    },
     itl: { p50: round(percentile(itls, 50), 5), p99: round(percentile(itls, 99), 5) },
-    e2e: { p50: round(percentile(ok.map((r) => r.e2e), 50), 3), p99: round(percentile(ok.map((r) => r.e2e), 99), 3) },
+    e2e: {
+      p50: round(
+        percentile(
+          ok.map((r) => r.e2e),
+          50,
+        ),
+        3,
+      ),
+      p99: round(
+        percentile(
+          ok.map((r) => r.e2e),
+          99,
+        ),
+        3,
+      ),
+    },
     sloSeconds: slo,
     sloAttainment: records.length ? round(met / records.length) : null,
   };

@@ -26,8 +26,16 @@ const atStart = (opts, names) => names.slice(0, opts.server.maxLoadedLoras ?? na
 
 export function serverArgs(opts, names) {
   const s = opts.server;
-  const args = ['--model-path', opts.model, '--lora-paths', ...atStart(opts, names).map((n) => `${n}=${join(opts.adapters, n)}`),
-    '--max-loras-per-batch', String(s.maxLorasPerBatch), '--device', s.device];
+  const args = [
+    '--model-path',
+    opts.model,
+    '--lora-paths',
+    ...atStart(opts, names).map((n) => `${n}=${join(opts.adapters, n)}`),
+    '--max-loras-per-batch',
+    String(s.maxLorasPerBatch),
+    '--device',
+    s.device,
+  ];
   if (s.maxLoadedLoras !== null) args.push('--max-loaded-loras', String(s.maxLoadedLoras));
   if (s.enableLoraOverlapLoading) args.push('--enable-lora-overlap-loading');
   if (s.maxLoraRank !== null) args.push('--max-lora-rank', String(s.maxLoraRank));
@@ -51,7 +59,11 @@ async function registerRest(base, opts, names) {
   const worker = async () => {
     while (next < rest.length) {
       const name = rest[next++];
-      const res = await request(base, '/load_lora_adapter', { method: 'POST', body: { lora_name: name, lora_path: join(opts.adapters, name) }, timeoutMs: 300_000 });
+      const res = await request(base, '/load_lora_adapter', {
+        method: 'POST',
+        body: { lora_name: name, lora_path: join(opts.adapters, name) },
+        timeoutMs: 300_000,
+      });
       if (res.status !== 200) throw new Error(`POST /load_lora_adapter ${name}: HTTP ${res.status}: ${res.body.slice(0, 300)}`);
       if (performance.now() - lastPrint > 5000) {
         lastPrint = performance.now();
@@ -83,7 +95,9 @@ export async function runLoad(base, workload, names, { slo, drainTimeout, progre
   const progress = setInterval(() => {
     const done = records.filter(Boolean);
     const s = summarize(done, (performance.now() - t0) / 1000, slo);
-    console.log(`${tag}t=${((performance.now() - t0) / 1000).toFixed(0)} s: sent ${pending.length}/${workload.length}, finished ${finished}, running ${pending.length - finished}, failed ${failed}; TTFT p50 ${s.ttft.p50 ?? '-'} s p99 ${s.ttft.p99 ?? '-'} s, SLO ${s.sloAttainment ?? '-'}`);
+    console.log(
+      `${tag}t=${((performance.now() - t0) / 1000).toFixed(0)} s: sent ${pending.length}/${workload.length}, finished ${finished}, running ${pending.length - finished}, failed ${failed}; TTFT p50 ${s.ttft.p50 ?? '-'} s p99 ${s.ttft.p99 ?? '-'} s, SLO ${s.sloAttainment ?? '-'}`,
+    );
   }, progressInterval * 1000);
   for (const w of workload) {
     const wait = t0 + w.at * 1000 - performance.now();
@@ -91,13 +105,20 @@ export async function runLoad(base, workload, names, { slo, drainTimeout, progre
     const lag = Math.max(0, performance.now() - (t0 + w.at * 1000));
     lagSum += lag;
     lagMax = Math.max(lagMax, lag);
-    const body = { input_ids: w.inputIds, sampling_params: { max_new_tokens: w.maxNewTokens, ignore_eos: true, temperature: 0 }, lora_path: names[w.adapter], stream: true };
+    const body = {
+      input_ids: w.inputIds,
+      sampling_params: { max_new_tokens: w.maxNewTokens, ignore_eos: true, temperature: 0 },
+      lora_path: names[w.adapter],
+      stream: true,
+    };
     const sentAt = (performance.now() - t0) / 1000;
-    pending.push(streamGenerate(base, body, cut.signal).then((r) => {
-      records[w.index] = { ...r, sentAt, index: w.index, adapter: names[w.adapter], promptLen: w.inputIds.length, maxNewTokens: w.maxNewTokens };
-      finished++;
-      if (!r.ok) failed++;
-    }));
+    pending.push(
+      streamGenerate(base, body, cut.signal).then((r) => {
+        records[w.index] = { ...r, sentAt, index: w.index, adapter: names[w.adapter], promptLen: w.inputIds.length, maxNewTokens: w.maxNewTokens };
+        finished++;
+        if (!r.ok) failed++;
+      }),
+    );
   }
   const drain = setTimeout(() => cut.abort(), drainTimeout * 1000);
   await Promise.all(pending);
@@ -110,7 +131,10 @@ export async function runLoad(base, workload, names, { slo, drainTimeout, progre
 function errorCounts(records) {
   const counts = new Map();
   for (const r of records) if (!r.ok) counts.set(r.error, (counts.get(r.error) ?? 0) + 1);
-  return [...counts].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([message, count]) => ({ message, count }));
+  return [...counts]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 10)
+    .map(([message, count]) => ({ message, count }));
 }
 
 function workloadStats(workload, adapters) {
@@ -119,8 +143,13 @@ function workloadStats(workload, adapters) {
   for (const w of workload) byRank.set(w.rank, (byRank.get(w.rank) ?? 0) + 1);
   const top = (k) => +([...byRank].filter(([r]) => r < k).reduce((s, [, c]) => s + c, 0) / Math.max(1, workload.length)).toFixed(4);
   return {
-    requests: workload.length, meanPromptTokens: mean(workload.map((w) => w.inputIds.length)), meanOutputTokens: mean(workload.map((w) => w.maxNewTokens)),
-    distinctAdapters: byRank.size, adaptersServed: adapters, shareOfTop8: top(8), shareOfTop64: top(64),
+    requests: workload.length,
+    meanPromptTokens: mean(workload.map((w) => w.inputIds.length)),
+    meanOutputTokens: mean(workload.map((w) => w.maxNewTokens)),
+    distinctAdapters: byRank.size,
+    adaptersServed: adapters,
+    shareOfTop8: top(8),
+    shareOfTop64: top(64),
   };
 }
 
@@ -151,16 +180,35 @@ function describeAdapters(dir, first) {
   return { rank: c.r, alpha: c.lora_alpha, targetModules: c.target_modules, bytesEach: statSync(join(dir, first, 'adapter_model.safetensors')).size };
 }
 
-const compactRecords = (records) => records.map((r) => ({ i: r.index, adapter: r.adapter, prompt: r.promptLen, out: r.outputTokens, sentAt: +r.sentAt.toFixed(3), ttft: r.ttft === null ? null : +r.ttft.toFixed(4), e2e: +r.e2e.toFixed(4), ok: r.ok }));
+const compactRecords = (records) =>
+  records.map((r) => ({
+    i: r.index,
+    adapter: r.adapter,
+    prompt: r.promptLen,
+    out: r.outputTokens,
+    sentAt: +r.sentAt.toFixed(3),
+    ttft: r.ttft === null ? null : +r.ttft.toFixed(4),
+    e2e: +r.e2e.toFixed(4),
+    ok: r.ok,
+  }));
 
 /** Everything between a healthy server and its stop: registration, the load, the result object. */
 async function benchmark(base, server, opts, names, args) {
   const registerSeconds = server ? await registerRest(base, opts, names) : 0;
-  const command = args === null ? null : `node bin/troupe.js serve ${args.length > 40 ? `[${args.length} arguments; --lora-paths lists ${atStart(opts, names).length} adapters]` : args.join(' ')}`;
+  const command =
+    args === null
+      ? null
+      : `node bin/troupe.js serve ${args.length > 40 ? `[${args.length} arguments; --lora-paths lists ${atStart(opts, names).length} adapters]` : args.join(' ')}`;
   const adapterSet = opts.adapters ? describeAdapters(inRepo(opts.adapters), names[0]) : null;
   const result = {
-    benchmark: 'serve-lora', date: new Date().toISOString(), label: opts.label, note: opts.note, device: await describeDevice(base, server?.info.engineLine ?? null),
-    config: { ...opts, adapterSet, serverCommand: command }, startupSeconds: server?.startupSeconds ?? null, registerSeconds,
+    benchmark: 'serve-lora',
+    date: new Date().toISOString(),
+    label: opts.label,
+    note: opts.note,
+    device: await describeDevice(base, server?.info.engineLine ?? null),
+    config: { ...opts, adapterSet, serverCommand: command },
+    startupSeconds: server?.startupSeconds ?? null,
+    registerSeconds,
   };
   const o = { slo: opts.slo, drainTimeout: opts.drainTimeout, progressInterval: opts.progressInterval };
   if (opts.capacity) {
@@ -188,16 +236,24 @@ async function main() {
   const names = Array.from({ length: opts.numAdapters }, (_, i) => adapterName(i));
   if (opts.adapters) {
     const missing = names.filter((n) => !existsSync(join(inRepo(opts.adapters), n, 'adapter_model.safetensors')));
-    if (missing.length) throw new Error(`${missing.length} adapter(s) missing under ${opts.adapters}, first ${missing[0]}; write them with bench/make-adapters.js`);
+    if (missing.length)
+      throw new Error(`${missing.length} adapter(s) missing under ${opts.adapters}, first ${missing[0]}; write them with bench/make-adapters.js`);
   }
   mkdirSync(dirname(inRepo(opts.out)), { recursive: true });
   const args = opts.base ? null : serverArgs(opts, names);
-  console.log(`serve-lora${opts.label ? ` ${opts.label}` : ''}: ${names.length} adapters, rate ${opts.workload.rate} req/s, cv ${opts.workload.cv}, alpha ${opts.workload.alpha}, ${opts.capacity ? 'capacity search' : `${opts.workload.duration ?? '-'} s / ${opts.workload.requests ?? '-'} requests`}`);
+  console.log(
+    `serve-lora${opts.label ? ` ${opts.label}` : ''}: ${names.length} adapters, rate ${opts.workload.rate} req/s, cv ${opts.workload.cv}, alpha ${opts.workload.alpha}, ${opts.capacity ? 'capacity search' : `${opts.workload.duration ?? '-'} s / ${opts.workload.requests ?? '-'} requests`}`,
+  );
   let server = null;
   let base = opts.base;
   if (!base) {
     server = await startServer({
-      args, host: opts.host, port: opts.port ?? (await freePort()), logFile: inRepo(opts.serverLog), startupTimeout: opts.startupTimeout, adapterCount: names.length,
+      args,
+      host: opts.host,
+      port: opts.port ?? (await freePort()),
+      logFile: inRepo(opts.serverLog),
+      startupTimeout: opts.startupTimeout,
+      adapterCount: names.length,
     });
     base = server.base;
   }
@@ -214,7 +270,8 @@ async function main() {
 }
 
 function report(r) {
-  const line = (s, a) => `${s.requests} requests, ${s.failed} failed; ${s.requestThroughput} req/s, ${s.outputTokenThroughput} output tokens/s; TTFT p50 ${s.ttft.p50} p90 ${s.ttft.p90} p99 ${s.ttft.p99} s; ITL p50 ${s.itl.p50} p99 ${s.itl.p99} s; SLO (${s.sloSeconds} s) ${(s.sloAttainment * 100).toFixed(1)}%; loads ${JSON.stringify(a.loads)}, evictions ${JSON.stringify(a.evictions)}`;
+  const line = (s, a) =>
+    `${s.requests} requests, ${s.failed} failed; ${s.requestThroughput} req/s, ${s.outputTokenThroughput} output tokens/s; TTFT p50 ${s.ttft.p50} p90 ${s.ttft.p90} p99 ${s.ttft.p99} s; ITL p50 ${s.itl.p50} p99 ${s.itl.p99} s; SLO (${s.sloSeconds} s) ${(s.sloAttainment * 100).toFixed(1)}%; loads ${JSON.stringify(a.loads)}, evictions ${JSON.stringify(a.evictions)}`;
   if (r.summary) console.log(line(r.summary, r.adapterActivity));
   if (r.capacity) {
     for (const p of r.capacity.probes) console.log(`  ${p.rate} req/s: ${line(p.summary, p.adapterActivity)}`);

@@ -70,9 +70,14 @@ export function matrixRuns(v) {
     [`resident${v.resident}`, { numAdapters: Number(v.resident) }],
   ];
   const sets = ['a', 'b'].map((s) => ({
-    set: s, count: Number(v[`${s}-adapters`]), rank: Number(v[`${s}-rank`]), modules: parseModules(v[`${s}-modules`]),
+    set: s,
+    count: Number(v[`${s}-adapters`]),
+    rank: Number(v[`${s}-rank`]),
+    modules: parseModules(v[`${s}-modules`]),
   }));
-  return sets.flatMap((set) => variants.map(([name, o]) => ({ name: `${set.set}-${name}${v.capacity ? '-capacity' : ''}`, set, numAdapters: o.numAdapters ?? set.count, ...o })));
+  return sets.flatMap((set) =>
+    variants.map(([name, o]) => ({ name: `${set.set}-${name}${v.capacity ? '-capacity' : ''}`, set, numAdapters: o.numAdapters ?? set.count, ...o })),
+  );
 }
 
 const setDir = (root, set) => join(root, `r${set.rank}-${set.modules.length === 7 ? 'all' : set.modules.map((m) => m[0]).join('')}-${set.count}`);
@@ -80,7 +85,12 @@ const setDir = (root, set) => join(root, `r${set.rank}-${set.modules.length === 
 function deviceTag() {
   const smi = nvidiaSmi();
   if (!smi) return 'cpu';
-  return smi.split(',')[0].toLowerCase().replace(/^nvidia\s+/, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+  return smi
+    .split(',')[0]
+    .toLowerCase()
+    .replace(/^nvidia\s+/, '')
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-|-$/g, '');
 }
 
 function main() {
@@ -93,8 +103,14 @@ function main() {
   if (wanted && chosen.length === 0) throw new Error(`--only ${v.only} names none of: ${runs.map((r) => r.name).join(', ')}`);
   if (!v.help && !v.list && (!v.model || !v['adapters-root'])) throw new Error('--model and --adapters-root are required (--help)');
   if (v.help || v.list) {
-    if (v.help) console.log(`usage: node bench/serve-matrix.js --model DIR --adapters-root DIR [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`);
-    for (const r of chosen) console.log(`${r.name}: ${r.numAdapters} adapters of rank ${r.set.rank} on ${r.set.modules.join(',')}, CPU cache ${r.maxLoaded ?? 'unlimited'}${r.overlap ? ', overlap loading' : ''}`);
+    if (v.help)
+      console.log(
+        `usage: node bench/serve-matrix.js --model DIR --adapters-root DIR [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`,
+      );
+    for (const r of chosen)
+      console.log(
+        `${r.name}: ${r.numAdapters} adapters of rank ${r.set.rank} on ${r.set.modules.join(',')}, CPU cache ${r.maxLoaded ?? 'unlimited'}${r.overlap ? ', overlap loading' : ''}`,
+      );
     return;
   }
   const resultsDir = resolve(v['results-dir']);
@@ -112,28 +128,82 @@ function main() {
     const dir = setDir(resolve(v['adapters-root']), run.set);
     console.log(`\n== ${run.name}: adapters in ${dir}`);
     const t0 = performance.now();
-    const made = makeAdapters({ hfConfig, outDir: dir, count: run.numAdapters, rank: run.set.rank, modules: run.set.modules, seed: run.set.rank * 100 + run.set.modules.length });
-    if (made.written) console.log(`wrote ${made.written} adapters (${((made.written * made.bytesPerAdapter) / 1e9).toFixed(1)} GB) in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    const made = makeAdapters({
+      hfConfig,
+      outDir: dir,
+      count: run.numAdapters,
+      rank: run.set.rank,
+      modules: run.set.modules,
+      seed: run.set.rank * 100 + run.set.modules.length,
+    });
+    if (made.written)
+      console.log(
+        `wrote ${made.written} adapters (${((made.written * made.bytesPerAdapter) / 1e9).toFixed(1)} GB) in ${((performance.now() - t0) / 1000).toFixed(0)} s`,
+      );
     const out = join(resultsDir, `${new Date().toISOString().slice(0, 10)}-${tag}-serve-lora-${run.name}.json`);
     const args = [
-      join(repo, 'bench', 'serve-lora.js'), '--label', run.name, '--model', v.model, '--adapters', dir, '--num-adapters', String(run.numAdapters),
-      '--max-loras-per-batch', v['max-loras-per-batch'], '--device', v.device, '--rate', v.rate, '--cv', v.cv, '--alpha', v.alpha, '--slo', v.slo,
-      '--seed', v.seed, '--duration', v.duration, '--input-len', v['input-len'], '--output-len', v['output-len'], '--drain-timeout', v['drain-timeout'], '--out', out,
+      join(repo, 'bench', 'serve-lora.js'),
+      '--label',
+      run.name,
+      '--model',
+      v.model,
+      '--adapters',
+      dir,
+      '--num-adapters',
+      String(run.numAdapters),
+      '--max-loras-per-batch',
+      v['max-loras-per-batch'],
+      '--device',
+      v.device,
+      '--rate',
+      v.rate,
+      '--cv',
+      v.cv,
+      '--alpha',
+      v.alpha,
+      '--slo',
+      v.slo,
+      '--seed',
+      v.seed,
+      '--duration',
+      v.duration,
+      '--input-len',
+      v['input-len'],
+      '--output-len',
+      v['output-len'],
+      '--drain-timeout',
+      v['drain-timeout'],
+      '--out',
+      out,
     ];
     if (run.maxLoaded !== undefined) args.push('--max-loaded-loras', String(run.maxLoaded));
     if (run.overlap) args.push('--enable-lora-overlap-loading');
     if (v.note) args.push('--note', v.note);
     if (v['per-request']) args.push('--per-request');
     if (v.capacity) {
-      args.push('--capacity', '--probe-duration', v['probe-duration'], '--probe-drain-timeout', v['probe-drain-timeout'],
-        '--capacity-start', v['capacity-start'] ?? String(Number(v.rate) / 2), '--capacity-bisections', v['capacity-bisections']);
+      args.push(
+        '--capacity',
+        '--probe-duration',
+        v['probe-duration'],
+        '--probe-drain-timeout',
+        v['probe-drain-timeout'],
+        '--capacity-start',
+        v['capacity-start'] ?? String(Number(v.rate) / 2),
+        '--capacity-bisections',
+        v['capacity-bisections'],
+      );
     }
     if (positionals.length) args.push('--', ...positionals);
     const res = spawnSync(process.execPath, args, { stdio: 'inherit' });
     if (res.status !== 0 || !existsSync(out)) failures.push(`${run.name} (exit ${res.status ?? res.signal})`);
   }
   // The summary covers every run of the matrix done so far, in this call or an earlier one.
-  const results = readResults(runs.map((r) => existing(r.name)).filter(Boolean).map((f) => join(resultsDir, f)));
+  const results = readResults(
+    runs
+      .map((r) => existing(r.name))
+      .filter(Boolean)
+      .map((f) => join(resultsDir, f)),
+  );
   if (results.length) {
     const table = markdown(results);
     const summary = join(resultsDir, `${tag}-serve-lora-summary.md`);

@@ -57,15 +57,22 @@ const OPTIONS = {
 };
 
 /** One line per option: name, help and default. */
-export const optionLines = (table) => Object.entries(table).map(([k, [t, d, h]]) => `  --${k}${t === 'string' ? ' X' : ''}  ${h}${d !== undefined && d !== false ? ` [${d}]` : ''}`).join('\n');
+export const optionLines = (table) =>
+  Object.entries(table)
+    .map(([k, [t, d, h]]) => `  --${k}${t === 'string' ? ' X' : ''}  ${h}${d !== undefined && d !== false ? ` [${d}]` : ''}`)
+    .join('\n');
 
 /** node:util parseArgs over a table of [type, default, help]; positionals are passed through. */
-export const parseTable = (table, args) => parseArgs({
-  args, allowPositionals: true, strict: true,
-  options: Object.fromEntries(Object.entries(table).map(([k, [type, def]]) => [k, def === undefined ? { type } : { type, default: def }])),
-});
+export const parseTable = (table, args) =>
+  parseArgs({
+    args,
+    allowPositionals: true,
+    strict: true,
+    options: Object.fromEntries(Object.entries(table).map(([k, [type, def]]) => [k, def === undefined ? { type } : { type, default: def }])),
+  });
 
-export const usage = () => `usage: node bench/serve-lora.js --model DIR --adapters DIR [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`;
+export const usage = () =>
+  `usage: node bench/serve-lora.js --model DIR --adapters DIR [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`;
 
 const num = (v, name) => {
   const x = Number(v);
@@ -103,22 +110,33 @@ export function parseCli(argv) {
       extraArgs: positionals,
     },
     workload: {
-      seed: num(v.seed, 'seed'), rate: num(v.rate, 'rate'), cv: num(v.cv, 'cv'), alpha: num(v.alpha, 'alpha'),
+      seed: num(v.seed, 'seed'),
+      rate: num(v.rate, 'rate'),
+      cv: num(v.cv, 'cv'),
+      alpha: num(v.alpha, 'alpha'),
       duration: v.duration !== undefined ? num(v.duration, 'duration') : v.requests !== undefined ? null : 300,
       requests: v.requests === undefined ? null : num(v.requests, 'requests'),
-      inputLen: range(v['input-len'], 'input-len'), outputLen: range(v['output-len'], 'output-len'),
+      inputLen: range(v['input-len'], 'input-len'),
+      outputLen: range(v['output-len'], 'output-len'),
       tokenRange: v['token-range'] ? range(v['token-range'], 'token-range') : [100, Math.min(hf.vocab_size ?? 128000, 128000)],
     },
     slo: num(v.slo, 'slo'),
     drainTimeout: num(v['drain-timeout'], 'drain-timeout'),
     startupTimeout: num(v['startup-timeout'], 'startup-timeout'),
-    capacity: v.capacity ? {
-      target: num(v['capacity-target'], 'capacity-target'), start: num(v['capacity-start'], 'capacity-start'),
-      max: num(v['capacity-max'], 'capacity-max'), min: num(v['capacity-min'], 'capacity-min'),
-      bisections: num(v['capacity-bisections'], 'capacity-bisections'), probeDuration: num(v['probe-duration'], 'probe-duration'),
-      probeDrainTimeout: num(v['probe-drain-timeout'], 'probe-drain-timeout'),
-    } : null,
-    host: v.host, port: v.port === undefined ? null : num(v.port, 'port'), base: v.base ?? null,
+    capacity: v.capacity
+      ? {
+          target: num(v['capacity-target'], 'capacity-target'),
+          start: num(v['capacity-start'], 'capacity-start'),
+          max: num(v['capacity-max'], 'capacity-max'),
+          min: num(v['capacity-min'], 'capacity-min'),
+          bisections: num(v['capacity-bisections'], 'capacity-bisections'),
+          probeDuration: num(v['probe-duration'], 'probe-duration'),
+          probeDrainTimeout: num(v['probe-drain-timeout'], 'probe-drain-timeout'),
+        }
+      : null,
+    host: v.host,
+    port: v.port === undefined ? null : num(v.port, 'port'),
+    base: v.base ?? null,
     out: pathArg(v.out),
     serverLog: pathArg(v['server-log'] ?? v.out.replace(/\.json$/, '') + '.server.log'),
     progressInterval: num(v['progress-interval'], 'progress-interval'),

@@ -32,7 +32,8 @@ export async function startServer({ args, host, port, logFile, startupTimeout, a
   const log = createWriteStream(logFile);
   const t0 = performance.now();
   const child = spawn(process.execPath, [`${repo}/bin/troupe.js`, 'serve', '--host', host, '--port', String(port), ...args], {
-    cwd: repo, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: repo,
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   const tail = [];
   let loaded = 0;
@@ -75,7 +76,10 @@ export async function startServer({ args, host, port, logFile, startupTimeout, a
   const base = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
   const deadline = t0 + startupTimeout * 1000;
   for (;;) {
-    if (exited) throw new Error(`troupe serve exited (code ${exited.code}, signal ${exited.signal}) before it was healthy; last log lines:\n${tail.join('\n')}`);
+    if (exited)
+      throw new Error(
+        `troupe serve exited (code ${exited.code}, signal ${exited.signal}) before it was healthy; last log lines:\n${tail.join('\n')}`,
+      );
     if (performance.now() > deadline) {
       child.kill('SIGKILL');
       throw new Error(`troupe serve not healthy after ${startupTimeout} s (--startup-timeout); last log lines:\n${tail.join('\n')}`);
@@ -109,7 +113,12 @@ export async function startServer({ args, host, port, logFile, startupTimeout, a
 /** The GPU as nvidia-smi names it, or null without one. */
 export function nvidiaSmi() {
   try {
-    return execFileSync('nvidia-smi', ['--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'], { encoding: 'utf8', timeout: 20_000 }).trim() || null;
+    return (
+      execFileSync('nvidia-smi', ['--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      }).trim() || null
+    );
   } catch {
     return null;
   }

@@ -53,19 +53,38 @@ function fail(message) {
 /** A capacity search whose probes are simulations; each probe keeps its summary and step statistics. */
 const capacity = (setup, cfg, probe) => searchCapacity(cfg, async (rate) => simulateSetup(setup, { rate, ...probe }));
 
-const brief = (c) => ({ rate: c.rate, bound: c.bound, lowestFailing: c.lowestFailing ?? null, probes: c.probes.map((p) => ({ rate: p.rate, pass: p.pass, summary: p.summary, stats: p.stats })) });
+const brief = (c) => ({
+  rate: c.rate,
+  bound: c.bound,
+  lowestFailing: c.lowestFailing ?? null,
+  probes: c.probes.map((p) => ({ rate: p.rate, pass: p.pass, summary: p.summary, stats: p.stats })),
+});
 
 async function runSetup(setup) {
   const fixed = measured(setup, '');
   const cap = measured(setup, '-capacity');
-  const capCfg = cap?.config.capacity ?? { target: 0.99, start: setup.capacityStart, max: setup.capacityMax, min: 0.05, bisections: 1, probeDuration: 12, probeDrainTimeout: 15 };
+  const capCfg = cap?.config.capacity ?? {
+    target: 0.99,
+    start: setup.capacityStart,
+    max: setup.capacityMax,
+    min: 0.05,
+    bisections: 1,
+    probeDuration: 12,
+    probeDrainTimeout: 15,
+  };
   const h200 = {
     at4: simulateSetup(setup, { rate: 4, duration: 45, drainTimeout: fixed?.config.drainTimeout ?? 25 }),
     capacity: brief(await capacity(setup, capCfg, { duration: capCfg.probeDuration, drainTimeout: capCfg.probeDrainTimeout })),
   };
   const steady = {
     at4: simulateSetup(setup, { rate: 4, duration: 300, drainTimeout: 120, seeds }),
-    capacity: brief(await capacity(setup, { target: 0.99, start: setup.capacityStart, max: setup.capacityMax, min: 0.05, bisections: 4 }, { duration: 60, drainTimeout: 60, seeds })),
+    capacity: brief(
+      await capacity(
+        setup,
+        { target: 0.99, start: setup.capacityStart, max: setup.capacityMax, min: 0.05, bisections: 4 },
+        { duration: 60, drainTimeout: 60, seeds },
+      ),
+    ),
   };
   return {
     ...setup,
@@ -73,7 +92,19 @@ async function runSetup(setup) {
     measured: {
       files: [fixed, cap].filter(Boolean).map((r) => r.config.out.replace(/^.*\//, '')),
       at4: fixed ? { ttft: fixed.summary.ttft, itl: fixed.summary.itl, sloAttainment: fixed.summary.sloAttainment } : null,
-      capacity: cap ? { rate: cap.capacity.rate, bound: cap.capacity.bound, lowestFailing: cap.capacity.lowestFailing ?? null, probes: cap.capacity.probes.map((p) => ({ rate: p.rate, pass: p.pass, sloAttainment: p.summary.sloAttainment, requestThroughput: p.summary.requestThroughput })) } : null,
+      capacity: cap
+        ? {
+            rate: cap.capacity.rate,
+            bound: cap.capacity.bound,
+            lowestFailing: cap.capacity.lowestFailing ?? null,
+            probes: cap.capacity.probes.map((p) => ({
+              rate: p.rate,
+              pass: p.pass,
+              sloAttainment: p.summary.sloAttainment,
+              requestThroughput: p.summary.requestThroughput,
+            })),
+          }
+        : null,
     },
     h200,
     steady,
@@ -101,7 +132,8 @@ const result = {
   date: new Date().toISOString(),
   commit,
   node: process.version,
-  setup: 'troupe serve on one H200 as bench/serve-matrix.js ran it (Llama-3.1-8B shape), simulated: the real scheduler, a fake loader and a step-time model',
+  setup:
+    'troupe serve on one H200 as bench/serve-matrix.js ran it (Llama-3.1-8B shape), simulated: the real scheduler, a fake loader and a step-time model',
   stepModel: {
     formula: 'step ms = a + b * rows + c * prefill tokens + d * distinct adapters (+ offsetB for set b)',
     ...MODEL,
@@ -123,10 +155,14 @@ const rowsAt = (c) => f(c?.probes.find((p) => p.pass && p.rate === c.rate)?.stat
 // With a baseline, each simulated figure reads "before → after".
 const pair = (get, r, b) => (baseline ? `${b ? get(b) : '–'} → ${get(r)}` : get(r));
 console.log(`step model: ${result.stepModel.formula}: ${JSON.stringify(MODEL)}; ITL p50 of the H200 runs within ${fit.meanAbsErrorPct}% on average`);
-console.log('| setup | capacity, 12 s probes: H200; simulated (req/s) | capacity, 60 s probes (req/s) | rows per step there | TTFT p50 / p90 / p99 at 4 req/s, 45 s: H200; simulated (s) | TTFT p50 / p90 / p99 at 4 req/s, 300 s (s) |');
+console.log(
+  '| setup | capacity, 12 s probes: H200; simulated (req/s) | capacity, 60 s probes (req/s) | rows per step there | TTFT p50 / p90 / p99 at 4 req/s, 45 s: H200; simulated (s) | TTFT p50 / p90 / p99 at 4 req/s, 300 s (s) |',
+);
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of runs) {
   const b = baseline?.setups.find((x) => x.label === r.label);
-  console.log(`| ${r.label} | ${capCell(r.measured.capacity)}; ${pair((x) => capCell(x.h200.capacity), r, b)} | ${pair((x) => capCell(x.steady.capacity), r, b)} | ${pair((x) => rowsAt(x.steady.capacity), r, b)} | ${ttft(r.measured.at4)}; ${pair((x) => ttft(x.h200.at4.summary), r, b)} | ${pair((x) => ttft(x.steady.at4.summary), r, b)} |`);
+  console.log(
+    `| ${r.label} | ${capCell(r.measured.capacity)}; ${pair((x) => capCell(x.h200.capacity), r, b)} | ${pair((x) => capCell(x.steady.capacity), r, b)} | ${pair((x) => rowsAt(x.steady.capacity), r, b)} | ${ttft(r.measured.at4)}; ${pair((x) => ttft(x.h200.at4.summary), r, b)} | ${pair((x) => ttft(x.steady.at4.summary), r, b)} |`,
+  );
 }
 console.log(`written to ${out}`);

@@ -9,7 +9,14 @@ const SHORT = { q_proj: 'q', k_proj: 'k', v_proj: 'v', o_proj: 'o', gate_proj: '
 
 /** Every serve-lora result among the given files and directories (directories: their *.json). */
 export function readResults(paths) {
-  const files = paths.flatMap((p) => (statSync(p).isDirectory() ? readdirSync(p).filter((f) => f.endsWith('.json')).sort().map((f) => join(p, f)) : [p]));
+  const files = paths.flatMap((p) =>
+    statSync(p).isDirectory()
+      ? readdirSync(p)
+          .filter((f) => f.endsWith('.json'))
+          .sort()
+          .map((f) => join(p, f))
+      : [p],
+  );
   const out = [];
   for (const file of files) {
     let r;
@@ -63,7 +70,9 @@ export function runTable(results) {
   for (const r of results.filter((x) => x.summary).sort(byMatrixOrder)) {
     const s = r.summary;
     const failed = s.failed ? ` (${s.failed} failed)` : '';
-    rows.push(`| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${fmt(s.requestThroughput)} of ${fmt(r.config.workload.rate, 1)} | ${fmt(s.outputTokenThroughput, 0)} | ${fmt(s.ttft.p50)} / ${fmt(s.ttft.p90)} / ${fmt(s.ttft.p99)} | ${ms(s.itl.p50)} / ${ms(s.itl.p99)} | ${fmt(s.sloAttainment * 100, 1)}% (${s.sloSeconds} s)${failed} | ${loads(r.adapterActivity)} | ${evictions(r.adapterActivity)} |`);
+    rows.push(
+      `| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${fmt(s.requestThroughput)} of ${fmt(r.config.workload.rate, 1)} | ${fmt(s.outputTokenThroughput, 0)} | ${fmt(s.ttft.p50)} / ${fmt(s.ttft.p90)} / ${fmt(s.ttft.p99)} | ${ms(s.itl.p50)} / ${ms(s.itl.p99)} | ${fmt(s.sloAttainment * 100, 1)}% (${s.sloSeconds} s)${failed} | ${loads(r.adapterActivity)} | ${evictions(r.adapterActivity)} |`,
+    );
   }
   return rows;
 }
@@ -76,12 +85,15 @@ export function capacityTable(results) {
   ];
   for (const r of results.filter((x) => x.capacity).sort(byMatrixOrder)) {
     const c = r.capacity;
-    const cap = c.bound === 'at-least' ? `≥ ${c.rate}` : c.bound === 'below-min' ? `< ${c.probes.at(-1)?.rate}` : `${c.rate} (fails at ${c.lowestFailing})`;
+    const cap =
+      c.bound === 'at-least' ? `≥ ${c.rate}` : c.bound === 'below-min' ? `< ${c.probes.at(-1)?.rate}` : `${c.rate} (fails at ${c.lowestFailing})`;
     const probes = c.probes.map((p) => `${p.rate}: ${fmt(p.summary.sloAttainment * 100, 1)}%`).join(', ');
     // What the server actually delivered in the passing probe at the capacity rate.
     const at = c.probes.find((p) => p.pass && p.rate === c.rate)?.summary;
     const served = at ? `${fmt(at.requestThroughput)}, ${fmt(at.outputTokenThroughput, 0)}` : '–';
-    rows.push(`| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${r.config.server.maxLorasPerBatch} | ${cap} | ${served} | ${probes} |`);
+    rows.push(
+      `| ${r.label ?? r.file} | ${adaptersCell(r)} | ${cacheCell(r)} | ${r.config.server.maxLorasPerBatch} | ${cap} | ${served} | ${probes} |`,
+    );
   }
   return rows;
 }

@@ -74,7 +74,8 @@ const uniformInt = (rng, [lo, hi]) => lo + Math.floor(rng.uniform() * (hi - lo +
 
 function checkRange(name, range) {
   const [lo, hi] = range;
-  if (!Number.isInteger(lo) || !Number.isInteger(hi) || lo < 1 || hi < lo) throw new Error(`${name} must be integers 1 <= min <= max, got ${lo}:${hi}`);
+  if (!Number.isInteger(lo) || !Number.isInteger(hi) || lo < 1 || hi < lo)
+    throw new Error(`${name} must be integers 1 <= min <= max, got ${lo}:${hi}`);
 }
 
 /**

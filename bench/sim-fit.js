@@ -14,12 +14,26 @@ export function fitPoints() {
     const fixed = measured(setup, '');
     if (fixed) {
       const w = fixed.config.workload;
-      points.push({ label: setup.label, setup, rate: w.rate, duration: w.duration, drainTimeout: fixed.config.drainTimeout, itlMs: fixed.summary.itl.p50 * 1000 });
+      points.push({
+        label: setup.label,
+        setup,
+        rate: w.rate,
+        duration: w.duration,
+        drainTimeout: fixed.config.drainTimeout,
+        itlMs: fixed.summary.itl.p50 * 1000,
+      });
     }
     const cap = measured(setup, '-capacity');
     for (const p of cap?.capacity.probes ?? []) {
       const c = cap.config.capacity;
-      points.push({ label: `${setup.label} probe`, setup, rate: p.rate, duration: c.probeDuration, drainTimeout: c.probeDrainTimeout, itlMs: p.summary.itl.p50 * 1000 });
+      points.push({
+        label: `${setup.label} probe`,
+        setup,
+        rate: p.rate,
+        duration: c.probeDuration,
+        drainTimeout: c.probeDrainTimeout,
+        itlMs: p.summary.itl.p50 * 1000,
+      });
     }
   }
   return points;

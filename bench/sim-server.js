@@ -18,7 +18,7 @@ class Events {
     const h = this.heap;
     const e = { at, seq: this.n++, fn };
     h.push(e);
-    for (let i = h.length - 1; i > 0; ) {
+    for (let i = h.length - 1; i > 0;) {
       const p = (i - 1) >> 1;
       if (!Events.before(h[i], h[p])) break;
       [h[i], h[p]] = [h[p], h[i]];
@@ -31,7 +31,7 @@ class Events {
     const last = h.pop();
     if (h.length > 0) {
       h[0] = last;
-      for (let i = 0; ; ) {
+      for (let i = 0; ;) {
         const l = 2 * i + 1;
         const r = l + 1;
         let m = i;
@@ -52,7 +52,8 @@ class Events {
   }
 }
 
-const keysOf = (c) => (c.kind === 'copy-to-slot' ? [`adapter:${c.name}`, `slot:${c.slot}`] : c.kind === 'clear-slot' ? [`slot:${c.slot}`] : [`adapter:${c.name}`]);
+const keysOf = (c) =>
+  c.kind === 'copy-to-slot' ? [`adapter:${c.name}`, `slot:${c.slot}`] : c.kind === 'clear-slot' ? [`slot:${c.slot}`] : [`adapter:${c.name}`];
 
 /** The loader's concurrency with modelled durations; answers go to `answer(event)` when they land. */
 class SimLoader {
@@ -113,9 +114,11 @@ class SimLoader {
       this.onCpu.add(cmd.name);
       this.answer({ kind: 'cpu-loaded', name: cmd.name, rank: this.spec.rank, targetModules: this.spec.targetModules, bytes: this.spec.bytes });
     } else if (cmd.kind === 'copy-to-slot') {
-      this.answer(this.onCpu.has(cmd.name)
-        ? { kind: 'slot-ready', name: cmd.name, slot: cmd.slot }
-        : { kind: 'load-failed', name: cmd.name, error: 'not in CPU memory' });
+      this.answer(
+        this.onCpu.has(cmd.name)
+          ? { kind: 'slot-ready', name: cmd.name, slot: cmd.slot }
+          : { kind: 'load-failed', name: cmd.name, error: 'not in CPU memory' },
+      );
     } else if (cmd.kind === 'drop-cpu') {
       this.onCpu.delete(cmd.name);
     }
@@ -141,7 +144,14 @@ const results = [];
 /** A fake GPU answer: a token for every sequence that samples (ignore_eos runs to max_new_tokens). */
 function fakeResult(batch) {
   const n = batch.loraSlots.length;
-  const r = (results[n] ??= { tokens: new Int32Array(n), logprobs: new Float32Array(n), topIds: new Int32Array(0), topLogprobValues: new Float32Array(0), logits: null, errors: null });
+  const r = (results[n] ??= {
+    tokens: new Int32Array(n),
+    logprobs: new Float32Array(n),
+    topIds: new Int32Array(0),
+    topLogprobValues: new Float32Array(0),
+    logits: null,
+    errors: null,
+  });
   for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
   return r;
 }
@@ -238,7 +248,15 @@ export function simulate(sim) {
   const sampling = { ...sim.DEFAULT_SAMPLING, temperature: 0, ignoreEos: true };
   for (const r of reqs) {
     events.push(t0 + r.w.at * 1000, () => {
-      s.submit({ id: r.id, promptIds: r.w.inputIds, lora: names[r.w.adapter], sampling: { ...sampling, maxNewTokens: r.w.maxNewTokens }, returnLogprob: false, topLogprobsNum: 0, seed: 0 });
+      s.submit({
+        id: r.id,
+        promptIds: r.w.inputIds,
+        lora: names[r.w.adapter],
+        sampling: { ...sampling, maxNewTokens: r.w.maxNewTokens },
+        returnLogprob: false,
+        topLogprobsNum: 0,
+        seed: 0,
+      });
       flush();
       kick();
     });

@@ -33,9 +33,18 @@ export const MODEL = { a: 8.65, b: 0.092, c: 0.043, d: 0.094, offsetB: -1.72 };
 
 /** The server's settings on the H200 (troupe serve's defaults there; the KV cache never runs short). */
 const schedulerOptions = (set, lpb, maxLoaded) => ({
-  blockSize: 16, numBlocks: 49152, maxRunningRequests: 256, chunkedPrefillSize: 2048, maxLorasPerBatch: lpb,
-  maxLoadedLoras: maxLoaded, evictionPolicy: 'lru', overlapLoading: false, eosTokenIds: [], contextLength: 131072,
-  maxLoraRank: SETS[set].rank, loraModules: SETS[set].targetModules,
+  blockSize: 16,
+  numBlocks: 49152,
+  maxRunningRequests: 256,
+  chunkedPrefillSize: 2048,
+  maxLorasPerBatch: lpb,
+  maxLoadedLoras: maxLoaded,
+  evictionPolicy: 'lru',
+  overlapLoading: false,
+  eosTokenIds: [],
+  contextLength: 131072,
+  maxLoraRank: SETS[set].rank,
+  loraModules: SETS[set].targetModules,
 });
 
 /** The runs of the H200 matrix that are simulated, with the files of their measurements. */
@@ -91,7 +100,11 @@ export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WO
   for (const seed of seeds) {
     const workload = makeWorkload({ ...WORKLOAD, seed, rate, duration, adapters: setup.adapters });
     const r = simulate({
-      Scheduler, DEFAULT_SAMPLING, names, workload, drainTimeout,
+      Scheduler,
+      DEFAULT_SAMPLING,
+      names,
+      workload,
+      drainTimeout,
       options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded),
       loader: { ...set, maxReads: 3 },
       model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: model.d },

@@ -51,7 +51,12 @@ const copy = (from, name) => {
   cpSync(join(demo, 'adapters', from), to, { recursive: true });
   return to;
 };
-const STABLE = { 'demo-a': join(demo, 'adapters/demo-a'), 'demo-b': join(demo, 'adapters/demo-b'), 'copy-a': copy('demo-a', 'copy-a'), 'copy-b': copy('demo-b', 'copy-b') };
+const STABLE = {
+  'demo-a': join(demo, 'adapters/demo-a'),
+  'demo-b': join(demo, 'adapters/demo-b'),
+  'copy-a': copy('demo-a', 'copy-a'),
+  'copy-b': copy('demo-b', 'copy-b'),
+};
 // Each churned name is reloaded from alternating weights, so a name does not stand for one adapter.
 const CHURN_PATHS = [copy('demo-a', 'churn-from-a'), copy('demo-b', 'churn-from-b')];
 const CHURNED = ['churn-0', 'churn-1', 'churn-2'];
@@ -65,10 +70,26 @@ const port = await new Promise((resolve, reject) => {
   probe.on('error', reject);
 });
 const serverArgs = [
-  'serve', '--model-path', demo, '--served-model-name', 'demo', '--host', '127.0.0.1', '--port', String(port), '--device', 'cpu',
-  '--lora-paths', ...Object.entries(STABLE).map(([n, p]) => `${n}=${p}`),
+  'serve',
+  '--model-path',
+  demo,
+  '--served-model-name',
+  'demo',
+  '--host',
+  '127.0.0.1',
+  '--port',
+  String(port),
+  '--device',
+  'cpu',
+  '--lora-paths',
+  ...Object.entries(STABLE).map(([n, p]) => `${n}=${p}`),
   // Fewer slots and CPU copies than adapters, so requests evict from both.
-  '--max-loras-per-batch', '3', '--max-loaded-loras', '5', '--log-level', 'info',
+  '--max-loras-per-batch',
+  '3',
+  '--max-loaded-loras',
+  '5',
+  '--log-level',
+  'info',
 ];
 const logFile = join(work, 'server.log');
 const server = spawn(process.execPath, [join(root, 'bin/troupe.js'), ...serverArgs], { stdio: ['ignore', 'ignore', openSync(logFile, 'w')] });
@@ -77,7 +98,13 @@ const base = `http://127.0.0.1:${port}`;
 for (const started = Date.now(); ; await sleep(250)) {
   if (server.exitCode !== null) throw new Error(`the server exited with ${server.exitCode}:\n${readFileSync(logFile, 'utf8')}`);
   if (Date.now() - started > 120_000) throw new Error(`the server did not answer /health within 120 s:\n${readFileSync(logFile, 'utf8')}`);
-  if (await fetch(`${base}/health`).then((r) => r.ok, () => false)) break;
+  if (
+    await fetch(`${base}/health`).then(
+      (r) => r.ok,
+      () => false,
+    )
+  )
+    break;
 }
 progress(`server pid ${server.pid} on ${base}; ${DURATION_S} s of traffic from ${CLIENTS} clients`);
 
@@ -113,14 +140,21 @@ async function run(kind, refusable, request, check, lora = null) {
   if (outcome === 'ok' && CHURNED.includes(lora)) okOnChurned++;
 }
 const post = (path, body) => () =>
-  fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  fetch(`${base}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 const get = (path) => () => fetch(`${base}${path}`);
 
 /** A churned adapter may be missing at any moment; a stable one, never. */
 const notLoaded = (lora) => (status, body) => lora !== null && CHURNED.includes(lora) && /not loaded|being unloaded|does not exist/.test(body);
 /** Server-sent events: JSON payloads ending in [DONE], none of them an error. */
 function events(body) {
-  const data = body.split('\n\n').filter((b) => b.startsWith('data: ')).map((b) => b.slice(6));
+  const data = body
+    .split('\n\n')
+    .filter((b) => b.startsWith('data: '))
+    .map((b) => b.slice(6));
   if (data.at(-1) !== '[DONE]') return { wrong: 'the stream does not end in [DONE]' };
   const items = data.slice(0, -1).map((d) => JSON.parse(d));
   if (items.some((i) => i.error)) return { wrong: 'the stream carries an error' };
@@ -134,35 +168,71 @@ const model = (lora) => (lora === null ? 'demo' : `demo:${lora}`);
 const openAi = { max_tokens: NEW_TOKENS, temperature: 0, ignore_eos: true };
 const KINDS = {
   generate: (c, i, lora) =>
-    run('generate', notLoaded(lora), post('/generate', { text: prompt(c, i), lora_path: lora, sampling_params: sampling }), (b) => {
-      const o = JSON.parse(b);
-      return typeof o.text === 'string' && o.meta_info?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
-    }, lora),
+    run(
+      'generate',
+      notLoaded(lora),
+      post('/generate', { text: prompt(c, i), lora_path: lora, sampling_params: sampling }),
+      (b) => {
+        const o = JSON.parse(b);
+        return typeof o.text === 'string' && o.meta_info?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
+      },
+      lora,
+    ),
   generate_stream: (c, i, lora) =>
-    run('generate_stream', notLoaded(lora), post('/generate', { text: prompt(c, i), lora_path: lora, sampling_params: sampling, stream: true }), (b) => {
-      const { wrong, items } = events(b);
-      return wrong ?? (items.at(-1)?.meta_info?.completion_tokens === NEW_TOKENS ? null : 'the last chunk is not a full completion');
-    }, lora),
+    run(
+      'generate_stream',
+      notLoaded(lora),
+      post('/generate', { text: prompt(c, i), lora_path: lora, sampling_params: sampling, stream: true }),
+      (b) => {
+        const { wrong, items } = events(b);
+        return wrong ?? (items.at(-1)?.meta_info?.completion_tokens === NEW_TOKENS ? null : 'the last chunk is not a full completion');
+      },
+      lora,
+    ),
   completions: (c, i, lora) =>
-    run('completions', notLoaded(lora), post('/v1/completions', { model: model(lora), prompt: prompt(c, i), ...openAi }), (b) => {
-      const o = JSON.parse(b);
-      return typeof o.choices?.[0]?.text === 'string' && o.usage?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
-    }, lora),
+    run(
+      'completions',
+      notLoaded(lora),
+      post('/v1/completions', { model: model(lora), prompt: prompt(c, i), ...openAi }),
+      (b) => {
+        const o = JSON.parse(b);
+        return typeof o.choices?.[0]?.text === 'string' && o.usage?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
+      },
+      lora,
+    ),
   completions_stream: (c, i, lora) =>
-    run('completions_stream', notLoaded(lora), post('/v1/completions', { model: model(lora), prompt: prompt(c, i), ...openAi, stream: true }), (b) => {
-      const { wrong, items } = events(b);
-      return wrong ?? (items.some((x) => x.choices?.[0]?.finish_reason === 'length') ? null : 'no chunk finishes with length');
-    }, lora),
+    run(
+      'completions_stream',
+      notLoaded(lora),
+      post('/v1/completions', { model: model(lora), prompt: prompt(c, i), ...openAi, stream: true }),
+      (b) => {
+        const { wrong, items } = events(b);
+        return wrong ?? (items.some((x) => x.choices?.[0]?.finish_reason === 'length') ? null : 'no chunk finishes with length');
+      },
+      lora,
+    ),
   chat: (c, i, lora) =>
-    run('chat', notLoaded(lora), post('/v1/chat/completions', { model: model(lora), messages: [{ role: 'user', content: prompt(c, i) }], ...openAi }), (b) => {
-      const o = JSON.parse(b);
-      return typeof o.choices?.[0]?.message?.content === 'string' && o.usage?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
-    }, lora),
+    run(
+      'chat',
+      notLoaded(lora),
+      post('/v1/chat/completions', { model: model(lora), messages: [{ role: 'user', content: prompt(c, i) }], ...openAi }),
+      (b) => {
+        const o = JSON.parse(b);
+        return typeof o.choices?.[0]?.message?.content === 'string' && o.usage?.completion_tokens === NEW_TOKENS ? null : 'not a full completion';
+      },
+      lora,
+    ),
   chat_stream: (c, i, lora) =>
-    run('chat_stream', notLoaded(lora), post('/v1/chat/completions', { model: model(lora), messages: [{ role: 'user', content: prompt(c, i) }], ...openAi, stream: true }), (b) => {
-      const { wrong, items } = events(b);
-      return wrong ?? (items.some((x) => x.choices?.[0]?.finish_reason === 'length') ? null : 'no chunk finishes with length');
-    }, lora),
+    run(
+      'chat_stream',
+      notLoaded(lora),
+      post('/v1/chat/completions', { model: model(lora), messages: [{ role: 'user', content: prompt(c, i) }], ...openAi, stream: true }),
+      (b) => {
+        const { wrong, items } = events(b);
+        return wrong ?? (items.some((x) => x.choices?.[0]?.finish_reason === 'length') ? null : 'no chunk finishes with length');
+      },
+      lora,
+    ),
   // Requests the server must refuse with a 4xx and go on.
   bad: (c, i) => {
     const BAD = [
@@ -177,7 +247,12 @@ const KINDS = {
       post('/unload_lora_adapter', { lora_name: 'never-loaded' }),
       get('/no/such/route'),
     ];
-    return run('bad', (status) => status >= 400 && status < 500, BAD[(c + i) % BAD.length], () => 'a malformed request was accepted');
+    return run(
+      'bad',
+      (status) => status >= 400 && status < 500,
+      BAD[(c + i) % BAD.length],
+      () => 'a malformed request was accepted',
+    );
   },
 };
 const ROTATION = ['generate', 'completions_stream', 'chat', 'generate_stream', 'completions', 'chat_stream', 'bad'];
@@ -195,9 +270,19 @@ const churners = CHURNED.map(async (name, j) => {
     const path = CHURN_PATHS[(cycle + j) % CHURN_PATHS.length];
     // A request may have loaded it again (from its previous path) since the last unload.
     const loaded = (b) => JSON.parse(b).success === true || /because it is already loaded/.test(JSON.parse(b).error_message);
-    await run('load', (status, b) => status === 400 && loaded(b), post('/load_lora_adapter', { lora_name: name, lora_path: path }), (b) => (loaded(b) ? null : 'not loaded'));
+    await run(
+      'load',
+      (status, b) => status === 400 && loaded(b),
+      post('/load_lora_adapter', { lora_name: name, lora_path: path }),
+      (b) => (loaded(b) ? null : 'not loaded'),
+    );
     await sleep(200 + ((cycle * 137 + j * 61) % 800));
-    await run('unload', () => false, post('/unload_lora_adapter', { lora_name: name }), (b) => (JSON.parse(b).success === true ? null : 'not unloaded'));
+    await run(
+      'unload',
+      () => false,
+      post('/unload_lora_adapter', { lora_name: name }),
+      (b) => (JSON.parse(b).success === true ? null : 'not unloaded'),
+    );
     await sleep((cycle * 53) % 100);
   }
 });
@@ -205,9 +290,24 @@ const churners = CHURNED.map(async (name, j) => {
 const watchers = [
   (async () => {
     for (let i = 0; !stop; i++) {
-      await run('metrics', () => false, get('/metrics'), (b) => (b.includes('troupe_adapter_requests_total') ? null : 'no request counters'));
-      await run('adapter_state', () => false, get('/debug/adapters/state'), (b) => (Array.isArray(JSON.parse(b).adapters) ? null : 'no adapter list'));
-      await run('models', () => false, get('/v1/models'), (b) => (JSON.parse(b).data?.length >= 5 ? null : 'fewer models than the stable ones'));
+      await run(
+        'metrics',
+        () => false,
+        get('/metrics'),
+        (b) => (b.includes('troupe_adapter_requests_total') ? null : 'no request counters'),
+      );
+      await run(
+        'adapter_state',
+        () => false,
+        get('/debug/adapters/state'),
+        (b) => (Array.isArray(JSON.parse(b).adapters) ? null : 'no adapter list'),
+      );
+      await run(
+        'models',
+        () => false,
+        get('/v1/models'),
+        (b) => (JSON.parse(b).data?.length >= 5 ? null : 'fewer models than the stable ones'),
+      );
       await sleep(1000);
     }
   })(),
@@ -226,7 +326,12 @@ const watchers = [
           text += new TextDecoder().decode(r.value);
         }
         ac.abort();
-        count('adapter_events', /event: (snapshot|transition)\ndata: \{/.test(text) ? 'ok' : 'failed', performance.now() - t, 'no snapshot or transition event in 5 s');
+        count(
+          'adapter_events',
+          /event: (snapshot|transition)\ndata: \{/.test(text) ? 'ok' : 'failed',
+          performance.now() - t,
+          'no snapshot or transition event in 5 s',
+        );
       } catch (err) {
         count('adapter_events', 'failed', performance.now() - t, err.message);
       }
@@ -255,9 +360,15 @@ stop = true;
 await Promise.all([...clients, ...churners, ...watchers]);
 const crashed = server.exitCode !== null;
 server.kill('SIGTERM');
-const exit = await Promise.race([exited, sleep(30_000).then(() => (server.kill('SIGKILL'), { code: null, signal: 'SIGKILL (no exit 30 s after SIGTERM)' }))]);
+const exit = await Promise.race([
+  exited,
+  sleep(30_000).then(() => (server.kill('SIGKILL'), { code: null, signal: 'SIGKILL (no exit 30 s after SIGTERM)' })),
+]);
 // Warnings are expected (the malformed requests); errors are not.
-const serverErrors = readFileSync(logFile, 'utf8').split('\n').filter((l) => /\] ERROR /.test(l)).slice(-20);
+const serverErrors = readFileSync(logFile, 'utf8')
+  .split('\n')
+  .filter((l) => /\] ERROR /.test(l))
+  .slice(-20);
 rmSync(work, { recursive: true, force: true });
 
 // ---- growth: lowest RSS of the last fifth after the warm-up minus that of the first fifth ----
@@ -309,7 +420,10 @@ else {
   writeFileSync(file, json);
   progress(`written to ${file}`);
 }
-for (const [kind, c] of Object.entries(result.requests)) progress(`${kind.padEnd(18)} ok ${c.ok}, refused ${c.refused}, failed ${c.failed}, p50 ${c.p50Ms} ms`);
-progress(`RSS after ${WARMUP_S} s: ${result.rss.fromMiB} -> ${result.rss.toMiB} MiB (${result.rss.mibPerMinute} MiB/min), max ${result.rss.maxMiB} MiB; server exit ${JSON.stringify(exit)}`);
+for (const [kind, c] of Object.entries(result.requests))
+  progress(`${kind.padEnd(18)} ok ${c.ok}, refused ${c.refused}, failed ${c.failed}, p50 ${c.p50Ms} ms`);
+progress(
+  `RSS after ${WARMUP_S} s: ${result.rss.fromMiB} -> ${result.rss.toMiB} MiB (${result.rss.mibPerMinute} MiB/min), max ${result.rss.maxMiB} MiB; server exit ${JSON.stringify(exit)}`,
+);
 const failed = Object.values(counts).reduce((a, c) => a + c.failed, 0);
 if (failed > 0 || crashed) process.exitCode = 1;

@@ -48,7 +48,8 @@ std::shared_ptr<HostAdapter> lookupHost(const Napi::Value& v, const char* fn) {
   std::lock_guard<std::mutex> lock(r.mu);
   auto it = r.adapters.find(h);
   if (it == r.adapters.end()) {
-    throw std::invalid_argument(std::string(fn) + ": no host adapter with handle " + std::to_string(h) + " (destroyed?)");
+    throw std::invalid_argument(std::string(fn) + ": no host adapter with handle " + std::to_string(h) +
+                                " (destroyed?)");
   }
   return it->second.adapter;
 }
@@ -74,7 +75,9 @@ class PromiseWorker : public Napi::AsyncWorker {
  public:
   using Done = std::function<Napi::Value(Napi::Env)>;
   PromiseWorker(Napi::Env env, const char* name, std::function<void()> work, Done done)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
+      : Napi::AsyncWorker(env, name),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)),
         done_(std::move(done)) {}
   Napi::Promise promise() const { return deferred_.Promise(); }
 
@@ -117,7 +120,8 @@ class PromiseWorker : public Napi::AsyncWorker {
   bool invalidAdapter_ = false;
 };
 
-Napi::Value startWorker(Napi::Env env, const char* name, std::function<void()> work, PromiseWorker::Done done = nullptr) {
+Napi::Value startWorker(Napi::Env env, const char* name, std::function<void()> work,
+                        PromiseWorker::Done done = nullptr) {
   auto* w = new PromiseWorker(env, name, std::move(work), std::move(done));  // deletes itself when done
   Napi::Promise p = w->promise();
   w->Queue();
@@ -149,14 +153,16 @@ Napi::Value ReadAdapter(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DestroyHostAdapter(const Napi::CallbackInfo& info) {
-  const int64_t h = handleValue(info.Length() < 1 ? info.Env().Undefined() : info[0], "destroyHostAdapter", "host adapter");
+  const int64_t h =
+      handleValue(info.Length() < 1 ? info.Env().Undefined() : info[0], "destroyHostAdapter", "host adapter");
   std::shared_ptr<HostAdapter> doomed;  // a fill still copying from it holds it until done
   HostRegistry& r = hosts();
   {
     std::lock_guard<std::mutex> lock(r.mu);
     auto it = r.adapters.find(h);
     if (it == r.adapters.end()) {
-      throw std::invalid_argument("destroyHostAdapter: no host adapter with handle " + std::to_string(h) + " (destroyed?)");
+      throw std::invalid_argument("destroyHostAdapter: no host adapter with handle " + std::to_string(h) +
+                                  " (destroyed?)");
     }
     doomed = std::move(it->second.adapter);
     r.adapters.erase(it);
@@ -167,7 +173,8 @@ Napi::Value DestroyHostAdapter(const Napi::CallbackInfo& info) {
 int slotValue(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   if (info.Length() <= i || !info[i].IsNumber()) throw ArgError(std::string(fn) + ": slot must be a number");
   const double d = info[i].As<Napi::Number>().DoubleValue();
-  if (d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0) throw ArgError(std::string(fn) + ": slot must be an integer");
+  if (d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
+    throw ArgError(std::string(fn) + ": slot must be an integer");
   return static_cast<int>(d);
 }
 
@@ -233,7 +240,8 @@ void initAdapterExports(Napi::Env env, Napi::Object exports) {
   exports.Set("destroyHostAdapter", Napi::Function::New<guarded<DestroyHostAdapter>>(env, "destroyHostAdapter"));
   exports.Set("fillLoraSlot", Napi::Function::New<guarded<FillLoraSlot>>(env, "fillLoraSlot"));
   exports.Set("holdLoraSlotWrites", Napi::Function::New<guarded<HoldLoraSlotWrites>>(env, "holdLoraSlotWrites"));
-  exports.Set("releaseLoraSlotWrites", Napi::Function::New<guarded<ReleaseLoraSlotWrites>>(env, "releaseLoraSlotWrites"));
+  exports.Set("releaseLoraSlotWrites",
+              Napi::Function::New<guarded<ReleaseLoraSlotWrites>>(env, "releaseLoraSlotWrites"));
   exports.Set("waitForLoraSlot", Napi::Function::New<guarded<WaitForLoraSlot>>(env, "waitForLoraSlot"));
 }
 

@@ -17,8 +17,7 @@ namespace {
 
 void expectLength(const char* field, size_t got, size_t want) {
   if (got != want) {
-    fail("batch." + std::string(field) + " has " + std::to_string(got) + " elements, expected " +
-         std::to_string(want));
+    fail("batch." + std::string(field) + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
   }
 }
 
@@ -92,9 +91,8 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
     }
     const long long needBlocks = (static_cast<long long>(ctx) + blockSize - 1) / blockSize;
     if (needBlocks > b.maxBlocksPerSeq) {
-      fail(seq + ": contextLens " + std::to_string(ctx) + " needs " + std::to_string(needBlocks) +
-           " blocks of " + std::to_string(blockSize) + " but maxBlocksPerSeq is " +
-           std::to_string(b.maxBlocksPerSeq));
+      fail(seq + ": contextLens " + std::to_string(ctx) + " needs " + std::to_string(needBlocks) + " blocks of " +
+           std::to_string(blockSize) + " but maxBlocksPerSeq is " + std::to_string(b.maxBlocksPerSeq));
     }
     for (long long k = 0; k < needBlocks; ++k) {
       const int block = b.blockTables[i * b.maxBlocksPerSeq + k];
@@ -135,7 +133,8 @@ std::string samplingError(const StepBatch& b, size_t i, int vocabSize) {
   for (int j = hs; j < he; ++j) {
     const int tok = b.penaltyTokens[j];
     if (tok < 0 || tok >= vocabSize) {
-      return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+      return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) +
+             ")";
     }
   }
   return {};

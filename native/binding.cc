@@ -65,7 +65,8 @@ Napi::Value rowErrors(Napi::Env env, const std::vector<std::string>& errors) {
   if (!any) return env.Null();
   Napi::Array a = Napi::Array::New(env, errors.size());
   for (size_t i = 0; i < errors.size(); ++i) {
-    a.Set(static_cast<uint32_t>(i), errors[i].empty() ? env.Null() : Napi::String::New(env, errors[i]).As<Napi::Value>());
+    a.Set(static_cast<uint32_t>(i),
+          errors[i].empty() ? env.Null() : Napi::String::New(env, errors[i]).As<Napi::Value>());
   }
   return a;
 }
@@ -107,8 +108,9 @@ Napi::Value CreateEngine(const Napi::CallbackInfo& info) {
 #ifdef TROUPE_CUDA_BACKEND
     entry->backend = makeCudaBackend(config, tensors, options);
 #else
-    throw std::invalid_argument(std::string("createEngine: device \"cuda\" requested but this build has no CUDA backend: ") +
-                                TROUPE_CUDA_REASON);
+    throw std::invalid_argument(
+        std::string("createEngine: device \"cuda\" requested but this build has no CUDA backend: ") +
+        TROUPE_CUDA_REASON);
 #endif
   } else {
     entry->backend = makeCpuBackend(config, tensors, options);
@@ -220,7 +222,8 @@ Napi::Value AbortTensorParallel(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
     throw ArgError("abortTensorParallel(group, reason): expected two strings");
   }
-  const bool found = CommGroup::abortGroup(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+  const bool found =
+      CommGroup::abortGroup(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
   return Napi::Boolean::New(info.Env(), found);
 }
 

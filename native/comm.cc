@@ -39,7 +39,8 @@ std::shared_ptr<CommGroup> CommGroup::join(const std::string& id, int size, int 
                                 " ranks, this engine expects " + std::to_string(size));
   }
   std::lock_guard<std::mutex> glock(group->mu_);
-  if (group->joined_[rank]) throw std::invalid_argument("tensor parallel: rank " + std::to_string(rank) + " of group " + id + " joined twice");
+  if (group->joined_[rank])
+    throw std::invalid_argument("tensor parallel: rank " + std::to_string(rank) + " of group " + id + " joined twice");
   group->joined_[rank] = true;
   return group;
 }
@@ -137,7 +138,8 @@ void releaseGroup(const TensorParallel& tp, const std::string& what) {
 void checkTensorParallel(const ModelConfig& c, TensorParallel& tp) {
   const std::string w = "createEngine: options.tp: ";
   if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) {
-    throw std::invalid_argument(w + "rank " + std::to_string(tp.rank) + " is outside [0, " + std::to_string(tp.size) + ")");
+    throw std::invalid_argument(w + "rank " + std::to_string(tp.rank) + " is outside [0, " + std::to_string(tp.size) +
+                                ")");
   }
   if (tp.size == 1) {
     tp.numHeads = c.numHeads;
@@ -153,8 +155,9 @@ void checkTensorParallel(const ModelConfig& c, TensorParallel& tp) {
                                 std::to_string(c.numHeads) + " over " + std::to_string(tp.size) + " ranks");
   }
   if (tp.intermediateSize * tp.size != c.intermediateSize) {
-    throw std::invalid_argument(w + "intermediateSize " + std::to_string(tp.intermediateSize) + " per rank does not make " +
-                                std::to_string(c.intermediateSize) + " over " + std::to_string(tp.size) + " ranks");
+    throw std::invalid_argument(w + "intermediateSize " + std::to_string(tp.intermediateSize) +
+                                " per rank does not make " + std::to_string(c.intermediateSize) + " over " +
+                                std::to_string(tp.size) + " ranks");
   }
   if (tp.numKvHeads < 1 || tp.numHeads % tp.numKvHeads != 0) {
     throw std::invalid_argument(w + "numKvHeads " + std::to_string(tp.numKvHeads) + " does not divide the rank's " +
@@ -163,9 +166,10 @@ void checkTensorParallel(const ModelConfig& c, TensorParallel& tp) {
   if (tp.vocabPart < 1 || tp.vocabPart * static_cast<int64_t>(tp.size) < c.vocabSize ||
       tp.vocabStart != std::min(c.vocabSize, tp.rank * tp.vocabPart) || tp.vocabCount < 0 ||
       tp.vocabCount > tp.vocabPart || tp.vocabStart + tp.vocabCount > c.vocabSize) {
-    throw std::invalid_argument(w + "vocabulary rows " + std::to_string(tp.vocabStart) + "+" + std::to_string(tp.vocabCount) +
-                                " (parts of " + std::to_string(tp.vocabPart) + ") are not rank " + std::to_string(tp.rank) +
-                                "'s part of " + std::to_string(c.vocabSize));
+    throw std::invalid_argument(w + "vocabulary rows " + std::to_string(tp.vocabStart) + "+" +
+                                std::to_string(tp.vocabCount) + " (parts of " + std::to_string(tp.vocabPart) +
+                                ") are not rank " + std::to_string(tp.rank) + "'s part of " +
+                                std::to_string(c.vocabSize));
   }
 }
 

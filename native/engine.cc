@@ -160,7 +160,8 @@ void CpuBackend::layer(int index, float* hidden, int tokens, const std::vector<T
     rope_.apply(k.data() + t * kvDim, config_.numKvHeads, cos[t].data(), sin[t].data());
   }
   writeKv(cache_, index, k.data(), v.data(), kvDim, places);
-  pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, config_.slidingWindow, threads_);
+  pagedAttention(cache_, index, q.data(), qDim, attn.data(), qDim, places, config_.numHeads, config_.slidingWindow,
+                 threads_);
   gemm(w.o, attn.data(), tokens, qDim, proj.data(), h, threads_);
   lora_.apply(index, kO, attn.data(), qDim, proj.data(), h, groups, threads_);
   // Row-parallel: each rank's product covers its heads only. Its LoRA shrink saw those heads'
@@ -203,9 +204,11 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
   std::vector<float> last(static_cast<size_t>(s) * h), normed(static_cast<size_t>(s) * h);
   for (int j = 0; j < s; ++j) {
     const int t = b.seqStarts[seqs[j] + 1] - 1;
-    std::copy(hidden + static_cast<size_t>(t) * h, hidden + static_cast<size_t>(t + 1) * h, last.begin() + static_cast<size_t>(j) * h);
+    std::copy(hidden + static_cast<size_t>(t) * h, hidden + static_cast<size_t>(t + 1) * h,
+              last.begin() + static_cast<size_t>(j) * h);
   }
-  rmsnorm(last.data(), weights_.finalNorm.data(), normed.data(), s, h, static_cast<float>(config_.rmsNormEps), threads_);
+  rmsnorm(last.data(), weights_.finalNorm.data(), normed.data(), s, h, static_cast<float>(config_.rmsNormEps),
+          threads_);
   std::vector<float> part(static_cast<size_t>(s) * tp_.vocabCount);
   gemm(weights_.head(), normed.data(), s, h, part.data(), tp_.vocabCount, threads_);
   const std::vector<float> logits = gatherLogits(std::move(part), s);
@@ -223,7 +226,7 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
       }
       const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
       const int hs = b.penaltyStarts[i];
-      const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
+      const Penalties pen{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
                           b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
       const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
                                     out.topIds.data() + static_cast<size_t>(i) * topN,

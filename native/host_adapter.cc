@@ -198,7 +198,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
   // is the one named.
   std::vector<size_t> order(h->tensors_.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return h->tensors_[x].offset < h->tensors_[y].offset; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return h->tensors_[x].offset < h->tensors_[y].offset; });
   int64_t lo = INT64_MAX, hi = 0;
   for (const AdapterTensor& t : h->tensors_) {
     if (t.offset + t.nbytes > st.st_size) {
@@ -251,8 +252,8 @@ std::unique_ptr<HostAdapter> HostAdapter::read(const AdapterFileSpec& spec) {
       // One NaN or Inf would poison every token of every request in the adapter's batches.
       const int64_t bad = firstNonFinite(p, static_cast<size_t>(t.rows * t.cols), t.dtype);
       if (bad >= 0) {
-        fail(&t, "holds " + nonFiniteName(p + bad * dtypeBytes(t.dtype), t.dtype) + " at element " + std::to_string(bad) +
-                     "; the weights must be finite");
+        fail(&t, "holds " + nonFiniteName(p + bad * dtypeBytes(t.dtype), t.dtype) + " at element " +
+                     std::to_string(bad) + "; the weights must be finite");
       }
     }
   });
@@ -275,10 +276,10 @@ AdapterWeights HostAdapter::weights(const std::vector<ModuleSlice>& slices) cons
     AdapterModuleWeights w;
     w.layer = p.layer;
     w.module = p.module;
-    w.a = FactorView{buf_->data() + (a.offset - base_), a.dtype, a.rows, a.cols, 0, s.inStart, a.rows,
+    w.a = FactorView{buf_->data() + (a.offset - base_),  a.dtype, a.rows, a.cols, 0, s.inStart, a.rows,
                      s.inCount < 0 ? a.cols : s.inCount, false};
-    w.b = FactorView{buf_->data() + (b.offset - base_), b.dtype, b.rows, b.cols, s.outStart, 0,
-                     s.outCount < 0 ? b.rows : s.outCount, b.cols, false};
+    w.b = FactorView{buf_->data() + (b.offset - base_),    b.dtype, b.rows, b.cols, s.outStart, 0,
+                     s.outCount < 0 ? b.rows : s.outCount, b.cols,  false};
     ad.weights.push_back(w);
   }
   return ad;

@@ -79,10 +79,12 @@ float toFloat(double d) {
 }
 
 // An optional integer in [lo, hi]; fallback when absent.
-double integerIn(const Napi::Object& o, const char* key, const std::string& what, double lo, double hi, double fallback) {
+double integerIn(const Napi::Object& o, const char* key, const std::string& what, double lo, double hi,
+                 double fallback) {
   const double d = anyNumber(o, key, what, fallback);
   if (d != std::floor(d) || d < lo || d > hi) {
-    throw ArgError(what + "." + key + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    throw ArgError(what + "." + key + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                   "]");
   }
   return d;
 }
@@ -194,7 +196,8 @@ EngineOptions parseOptions(const Napi::Value& v) {
     if (backend != "csgmv" && backend != "sgmv") throw ArgError(w + ".loraBackend must be \"csgmv\" or \"sgmv\"");
     e.loraSgmv = backend == "sgmv";
   }
-  if (o.Has("loraChunkSize") && !o.Get("loraChunkSize").IsUndefined()) e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
+  if (o.Has("loraChunkSize") && !o.Get("loraChunkSize").IsUndefined())
+    e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
   if (o.Has("loraKernel") && !o.Get("loraKernel").IsUndefined()) {
     const std::string kernel = string(o, "loraKernel", w);
     if (kernel == "fma") {
@@ -206,7 +209,8 @@ EngineOptions parseOptions(const Napi::Value& v) {
     } else if (kernel == "mma-overlap") {
       e.loraKernel = LoraKernel::kMmaOverlap;
     } else {
-      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\" or \"mma-overlap\", got \"" + kernel + "\"");
+      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\" or \"mma-overlap\", got \"" + kernel +
+                     "\"");
     }
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);

@@ -11,7 +11,7 @@
 
 namespace troupe {
 
-const char* const kLoraModuleNames[kNumLoraModules] = {"q_proj", "k_proj",    "v_proj",   "o_proj",
+const char* const kLoraModuleNames[kNumLoraModules] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                        "gate_proj", "up_proj", "down_proj"};
 
 void loraModuleDims(const ModelConfig& c, int* in, int* out) {
@@ -31,7 +31,9 @@ LoraPool::LoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t module
 
 namespace {
 
-std::string shapeOf(int64_t rows, int64_t cols) { return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]"; }
+std::string shapeOf(int64_t rows, int64_t cols) {
+  return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+}
 
 // The slice of `v` must be rows x cols (`expected` says so in words).
 void checkFactor(FactorView& v, int64_t rows, int64_t cols, const std::string& what, const std::string& expected) {
@@ -43,19 +45,21 @@ void checkFactor(FactorView& v, int64_t rows, int64_t cols, const std::string& w
     return;
   }
   if (v.takeRows != rows || v.takeCols != cols) {
-    throw std::invalid_argument(what + ": the slot takes " + shapeOf(v.takeRows, v.takeCols) + " of it, expected " + expected);
+    throw std::invalid_argument(what + ": the slot takes " + shapeOf(v.takeRows, v.takeCols) + " of it, expected " +
+                                expected);
   }
   if (v.row0 < 0 || v.col0 < 0 || v.row0 + v.takeRows > v.rows || v.col0 + v.takeCols > v.cols) {
-    throw std::invalid_argument(what + ": rows [" + std::to_string(v.row0) + ", " + std::to_string(v.row0 + v.takeRows) +
-                                ") and columns [" + std::to_string(v.col0) + ", " + std::to_string(v.col0 + v.takeCols) +
-                                ") are outside the " + shapeOf(v.rows, v.cols) + " tensor");
+    throw std::invalid_argument(what + ": rows [" + std::to_string(v.row0) + ", " +
+                                std::to_string(v.row0 + v.takeRows) + ") and columns [" + std::to_string(v.col0) +
+                                ", " + std::to_string(v.col0 + v.takeCols) + ") are outside the " +
+                                shapeOf(v.rows, v.cols) + " tensor");
   }
 }
 
 }  // namespace
 
-std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxRank, int layers,
-                               uint32_t moduleMask, const int* in, const int* out) {
+std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxRank, int layers, uint32_t moduleMask,
+                               const int* in, const int* out) {
   const std::string where = "loadLoraSlot: slot " + std::to_string(slot) + ": ";
   if (slot < 0 || slot >= slots) {
     throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) + " is outside [0, " +
@@ -152,7 +156,8 @@ void LoraPool::apply(int layer, LoraModule m, const float* x, size_t ldx, float*
     const int n = static_cast<int>(g.tokens.size());
     const int r = s.rank;
     xg.resize(static_cast<size_t>(n) * in);
-    for (int i = 0; i < n; ++i) std::copy(x + g.tokens[i] * ldx, x + g.tokens[i] * ldx + in, xg.begin() + static_cast<size_t>(i) * in);
+    for (int i = 0; i < n; ++i)
+      std::copy(x + g.tokens[i] * ldx, x + g.tokens[i] * ldx + in, xg.begin() + static_cast<size_t>(i) * in);
     mid.resize(static_cast<size_t>(n) * r);
     delta.resize(static_cast<size_t>(n) * out);
     gemmF32(f.a.data(), r, in, in, xg.data(), n, in, mid.data(), r, threads);

@@ -26,7 +26,9 @@ class SlotTable {
   // validateBatch names them). While it lives those slots are not written.
   class Lease {
    public:
-    Lease(Lease&& o) noexcept : table_(o.table_), slots_(std::move(o.slots_)), loaded_(std::move(o.loaded_)) { o.table_ = nullptr; }
+    Lease(Lease&& o) noexcept : table_(o.table_), slots_(std::move(o.slots_)), loaded_(std::move(o.loaded_)) {
+      o.table_ = nullptr;
+    }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     ~Lease();
@@ -94,10 +96,10 @@ class SlotTable {
   struct State {
     bool loaded = false;
     bool writing = false;
-    bool held = false;      // test hook
-    bool parked = false;    // a write is stopped at the hold
-    int readers = 0;        // steps using the slot
-    int waitingSteps = 0;   // steps waiting for its write
+    bool held = false;     // test hook
+    bool parked = false;   // a write is stopped at the hold
+    int readers = 0;       // steps using the slot
+    int waitingSteps = 0;  // steps waiting for its write
   };
   void finishWrite(int slot, bool loaded);  // mu_ held
   void checkSlot(int slot, const char* fn) const;

@@ -17,7 +17,9 @@ function sources(dir) {
 }
 
 const fix = process.argv.includes('--fix');
-const files = sources(join(root, 'native')).map((f) => relative(root, f)).sort();
+const files = sources(join(root, 'native'))
+  .map((f) => relative(root, f))
+  .sort();
 // The package's own binary for this platform (its index.js wrapper adds a stack trace to every failure).
 const bin = join(root, 'node_modules', 'clang-format', 'bin', `${process.platform}_${process.arch === 'x64' ? 'x64' : process.arch}`, 'clang-format');
 const args = fix ? ['-i', ...files] : ['--dry-run', '--Werror', ...files];

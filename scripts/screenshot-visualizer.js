@@ -31,17 +31,36 @@ const extra = (name, seed, targetModules = ['q_proj', 'v_proj']) => {
 
 // Four pool slots and room for four CPU copies: enough adapters that some wait on disk.
 const argv = [
-  '--model-path', dir, '--device', 'cpu', '--max-total-tokens', '8192', '--context-length', '4096',
-  '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
-  '--max-loras-per-batch', '4', '--max-loaded-loras', '4', '--max-lora-rank', '16', '--lora-target-modules', 'all',
+  '--model-path',
+  dir,
+  '--device',
+  'cpu',
+  '--max-total-tokens',
+  '8192',
+  '--context-length',
+  '4096',
+  '--lora-paths',
+  `demo-a=${join(dir, 'adapters', 'demo-a')}`,
+  `demo-b=${join(dir, 'adapters', 'demo-b')}`,
+  '--max-loras-per-batch',
+  '4',
+  '--max-loaded-loras',
+  '4',
+  '--max-lora-rank',
+  '16',
+  '--lora-target-modules',
+  'all',
 ];
 const engine = await createEngine({ ...validateFlags(parseArgs(argv).flags).options, log: () => {} });
 const server = await startServer(createApp(engine, { servedModelName: 'demo' }), '127.0.0.1', 0);
 const base = `http://127.0.0.1:${server.port}`;
-const post = (path, body) =>
-  fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+const post = (path, body) => fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 const generate = (lora, maxNewTokens = 4) =>
-  post('/generate', { text: 'List 3 countries and their capitals.', lora_path: lora, sampling_params: { max_new_tokens: maxNewTokens, temperature: 0, ignore_eos: true } });
+  post('/generate', {
+    text: 'List 3 countries and their capitals.',
+    lora_path: lora,
+    sampling_params: { max_new_tokens: maxNewTokens, temperature: 0, ignore_eos: true },
+  });
 
 const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
 let streaming = null;
@@ -64,9 +83,20 @@ try {
   streaming = fetch(base + '/generate', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ text: 'Once upon a time', lora_path: 'demo-b', stream: true, sampling_params: { max_new_tokens: 3000, ignore_eos: true } }),
+    body: JSON.stringify({
+      text: 'Once upon a time',
+      lora_path: 'demo-b',
+      stream: true,
+      sampling_params: { max_new_tokens: 3000, ignore_eos: true },
+    }),
     signal: abort.signal,
-  }).then(async (res) => { for await (const _ of res.body ?? []) { /* drain */ } }).catch(() => {});
+  })
+    .then(async (res) => {
+      for await (const _ of res.body ?? []) {
+        /* drain */
+      }
+    })
+    .catch(() => {});
   streaming.abort = abort;
 
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });

@@ -62,9 +62,7 @@ export interface GenerateRequest {
 
 /** SGLang's finish_reason shapes. */
 export type FinishReason =
-  | { type: 'length'; length: number }
-  | { type: 'stop'; matched: number | string | null }
-  | { type: 'abort'; message: string };
+  { type: 'length'; length: number } | { type: 'stop'; matched: number | string | null } | { type: 'abort'; message: string };
 
 /** [logprob, token id, token text or null], as SGLang returns them. */
 export type TokenLogprob = [number, number, string | null];
@@ -216,7 +214,7 @@ function inRange(v: unknown, field: string, range: string, ok: (x: number) => bo
 }
 
 export type NumericSamplingKey =
-  | 'maxNewTokens' | 'temperature' | 'topP' | 'topK' | 'minP' | 'frequencyPenalty' | 'presencePenalty' | 'repetitionPenalty';
+  'maxNewTokens' | 'temperature' | 'topP' | 'topK' | 'minP' | 'frequencyPenalty' | 'presencePenalty' | 'repetitionPenalty';
 
 /** Each numeric option's rule: checks a value of any type, names `field` when refusing it, and returns what the engine runs. */
 export const SAMPLING_RULES: Readonly<Record<NumericSamplingKey, (v: unknown, field: string) => number>> = {
@@ -227,7 +225,11 @@ export const SAMPLING_RULES: Readonly<Record<NumericSamplingKey, (v: unknown, fi
     if (t < GREEDY_BELOW_TEMPERATURE) return 0;
     return Math.min(t, FLOAT32_MAX);
   },
-  topP: (v, f) => Math.max(inRange(v, f, '(0, 1]', (x) => x > 0 && x <= 1), FLOAT32_MIN_NORMAL),
+  topP: (v, f) =>
+    Math.max(
+      inRange(v, f, '(0, 1]', (x) => x > 0 && x <= 1),
+      FLOAT32_MIN_NORMAL,
+    ),
   topK: (v, f) => {
     if (typeof v !== 'number' || !Number.isInteger(v)) expected(f, 'an integer (-1 for no limit)', v);
     if (v >= TOP_K_OFF_FROM) return -1;
@@ -237,7 +239,11 @@ export const SAMPLING_RULES: Readonly<Record<NumericSamplingKey, (v: unknown, fi
   minP: (v, f) => inRange(v, f, '[0, 1]', (x) => x >= 0 && x <= 1),
   frequencyPenalty: (v, f) => inRange(v, f, '[-2, 2]', (x) => x >= -2 && x <= 2),
   presencePenalty: (v, f) => inRange(v, f, '[-2, 2]', (x) => x >= -2 && x <= 2),
-  repetitionPenalty: (v, f) => Math.max(inRange(v, f, '(0, 2]', (x) => x > 0 && x <= 2), REPETITION_PENALTY_FLOOR),
+  repetitionPenalty: (v, f) =>
+    Math.max(
+      inRange(v, f, '(0, 2]', (x) => x > 0 && x <= 2),
+      REPETITION_PENALTY_FLOOR,
+    ),
 };
 
 export function checkStop(v: unknown, field: string): string[] {
@@ -307,7 +313,9 @@ export interface RequestLimits {
 export function checkLogprobStartLen(start: number, promptTokens: number): void {
   if (start === -1 || start === promptTokens - 1) return;
   if (start >= promptTokens) {
-    throw badRequest(`logprob_start_len is ${start}, but the prompt has only ${promptTokens} tokens; give a smaller value, or -1 for output tokens only`);
+    throw badRequest(
+      `logprob_start_len is ${start}, but the prompt has only ${promptTokens} tokens; give a smaller value, or -1 for output tokens only`,
+    );
   }
   throw badRequest(
     `logprob_start_len ${start} asks for the logprobs of prompt tokens, which this server does not compute; ` +

@@ -41,7 +41,11 @@ const TYPE: Record<ErrorKind, string> = {
 export class TroupeError extends Error {
   readonly status: number;
   readonly type: string;
-  constructor(readonly kind: ErrorKind, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'TroupeError';
     this.status = STATUS[kind];

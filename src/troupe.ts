@@ -35,7 +35,13 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
   }
   const native = loadNative();
   const device = chooseDevice(options.device, native, log);
-  const plan = planEngine(options, ckpt.config, device, options.loraPaths.map((a) => readAdapterInfo(a.path)), log);
+  const plan = planEngine(
+    options,
+    ckpt.config,
+    device,
+    options.loraPaths.map((a) => readAdapterInfo(a.path)),
+    log,
+  );
   const gpus = device === 'cuda' ? native.cudaDeviceCount() : 0;
 
   const supervisor = new Supervisor(options.tpSize, log);
@@ -49,7 +55,10 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const inits = await initRanks(executors, ranks);
     const info = inits[0]!.info;
     const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
-    log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`);
+    log(
+      'info',
+      `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`,
+    );
     await supervisor.initLoader({
       type: 'init',
       handles: inits.map((i) => i.handle),
@@ -86,4 +95,3 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     throw err;
   }
 }
-

@@ -125,8 +125,7 @@ export const adapterMachine = setup({
     }),
   },
   guards: {
-    fitsPool: ({ context, event }) =>
-      event.type === 'CPU_LOADED' && poolMismatch(context, event.rank, event.targetModules) === null,
+    fitsPool: ({ context, event }) => event.type === 'CPU_LOADED' && poolMismatch(context, event.rank, event.targetModules) === null,
     sameSlot: ({ context, event }) => event.type === 'SLOT_READY' && event.slot === context.slot,
     sameSlotPinned: ({ context, event }) => event.type === 'SLOT_READY' && event.slot === context.slot && context.pinned,
     rereading: ({ context }) => context.rereading,
@@ -138,11 +137,7 @@ export const adapterMachine = setup({
     removalAskedAndUnused: ({ context }) => context.removal && context.users === 0 && !context.copyQueued,
     copyQueued: ({ context }) => context.copyQueued,
     /** Unloading completes once no request uses it and no read or copy of it is in flight. */
-    drained: and([
-      ({ context }) => context.users === 0 && !context.rereading,
-      not(inResidency('loading')),
-      not(inResidency('h2dInFlight')),
-    ]),
+    drained: and([({ context }) => context.users === 0 && !context.rereading, not(inResidency('loading')), not(inResidency('h2dInFlight'))]),
   },
 }).createMachine({
   id: 'adapter',

@@ -77,13 +77,21 @@ describe('the loader dies', () => {
     const b = join(dir, 'adapters', 'demo-b');
     // Two pool slots; demo-b2 has demo-b's weights, so the same outputs.
     const engine = await engineWith([
-      '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${b}`, `demo-b2=${b}`,
-      '--max-loras-per-batch', '2',
+      '--lora-paths',
+      `demo-a=${join(dir, 'adapters', 'demo-a')}`,
+      `demo-b=${b}`,
+      `demo-b2=${b}`,
+      '--max-loras-per-batch',
+      '2',
     ]);
     const refA = await engine.generate(greedy('demo-a'));
     const refB = await engine.generate(greedy('demo-b'));
     const state = async (name: string): Promise<string | undefined> => (await engine.adapters()).find((a) => a.name === name)?.state;
-    expect([await state('demo-a'), await state('demo-b'), await state('demo-b2')]).toEqual(['gpuResident.unpinned', 'gpuResident.unpinned', 'cpuLoaded']);
+    expect([await state('demo-a'), await state('demo-b'), await state('demo-b2')]).toEqual([
+      'gpuResident.unpinned',
+      'gpuResident.unpinned',
+      'cpuLoaded',
+    ]);
 
     const forgotten = new Promise<AdapterTransition>((resolve) => {
       engine.onAdapterTransition((ts) => {
@@ -137,7 +145,10 @@ describe('the scheduler hears of a new loader', () => {
     s.submit(seq('a', { lora: 'A' }));
     s.submit(seq('b', { lora: 'B' }));
     const copies = s.takeCommands();
-    expect(copies).toEqual([{ kind: 'copy-to-slot', name: 'A', slot: 0 }, { kind: 'copy-to-slot', name: 'B', slot: 1 }]);
+    expect(copies).toEqual([
+      { kind: 'copy-to-slot', name: 'A', slot: 0 },
+      { kind: 'copy-to-slot', name: 'B', slot: 1 },
+    ]);
     s.onLoaderEvent({ kind: 'slot-ready', name: 'A', slot: 0 }); // B's copy is still in flight
     s.addAdapter({ name: 'D', path: '/D', pinned: false }); // its read is in flight
     expect(s.takeCommands()).toEqual([{ kind: 'load-cpu', name: 'D', path: '/D' }]);

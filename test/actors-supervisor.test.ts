@@ -34,9 +34,7 @@ describe('Supervisor', () => {
     sup = new Supervisor();
     const crashes: TroupeError[] = [];
     sup.onCrash((e) => crashes.push(e));
-    const exits = (['executor', 'loader', 'scheduler'] as const).map(
-      (n) => new Promise<number>((r) => sup!.worker(n).once('exit', r)),
-    );
+    const exits = (['executor', 'loader', 'scheduler'] as const).map((n) => new Promise<number>((r) => sup!.worker(n).once('exit', r)));
     await sup.close();
     expect(await Promise.all(exits)).toHaveLength(3);
     expect(crashes).toEqual([]);

@@ -73,8 +73,13 @@ let engine: LocalTroupeEngine;
 beforeAll(async () => {
   world = makeWorld('churn');
   engine = await startEngine(world, [
-    '--lora-paths', `demo-a=${world.demoA}`, `demo-b=${world.demoB}`,
-    '--max-loras-per-batch', '3', '--max-loaded-loras', '3',
+    '--lora-paths',
+    `demo-a=${world.demoA}`,
+    `demo-b=${world.demoB}`,
+    '--max-loras-per-batch',
+    '3',
+    '--max-loaded-loras',
+    '3',
   ]);
 });
 afterAll(async () => {
@@ -141,7 +146,9 @@ describe(`${CYCLES} load/unload cycles during traffic`, () => {
     const perCycleKiB = (atEnd.total - atWarmup!.total) / 1024 / (CYCLES - WARMUP);
     const threadsKiB = Object.keys(atEnd.byThread).map((t) => `${t} ${((atEnd.byThread[t]! - atWarmup!.byThread[t]!) / 1024).toFixed(0)}`);
     const summary = `live heap ${perCycleKiB.toFixed(2)} KiB/cycle after cycle ${WARMUP} (KiB by thread: ${threadsKiB.join(', ')})`;
-    console.info(`churn: ${CYCLES} cycles, ${stats.ok} requests ok (${stats.churnOk} on the churned name), ${stats.loadsFoundLoaded} loads found it loaded again; ${summary}`);
+    console.info(
+      `churn: ${CYCLES} cycles, ${stats.ok} requests ok (${stats.churnOk} on the churned name), ${stats.loadsFoundLoaded} loads found it loaded again; ${summary}`,
+    );
     expect(perCycleKiB, summary).toBeLessThan(BOUND_KIB_PER_CYCLE);
   }, 180_000);
 });

@@ -31,8 +31,12 @@ describe.each(['lru', 'fifo'] as const)('--max-loras-per-batch 2, --lora-evictio
   const transitions: AdapterTransition[] = [];
   beforeAll(async () => {
     engine = await startEngine(world, [
-      '--lora-paths', ...ADAPTERS.map((n) => `${n}=${world.adapter(n)}`),
-      '--max-loras-per-batch', '2', '--lora-eviction-policy', policy,
+      '--lora-paths',
+      ...ADAPTERS.map((n) => `${n}=${world.adapter(n)}`),
+      '--max-loras-per-batch',
+      '2',
+      '--lora-eviction-policy',
+      policy,
     ]);
     engine.onAdapterTransition((ts) => transitions.push(...ts));
   });
@@ -53,7 +57,8 @@ describe.each(['lru', 'fifo'] as const)('--max-loras-per-batch 2, --lora-evictio
     // Clients c and c + 5 ask the same questions of the same adapters, so ten requests alone
     // give the expected outputs of all twenty; each step still mixes prompts and adapters.
     const jobs = Array.from({ length: CLIENTS }, (_, c) =>
-      Array.from({ length: REQUESTS_PER_CLIENT }, (_, k) => ({ text: `question ${k}`, lora: ADAPTERS[(c + k) % ADAPTERS.length]! })));
+      Array.from({ length: REQUESTS_PER_CLIENT }, (_, k) => ({ text: `question ${k}`, lora: ADAPTERS[(c + k) % ADAPTERS.length]! })),
+    );
     const alone = new Map<string, number[]>();
     for (const job of jobs.flat()) {
       const key = `${job.lora}|${job.text}`;
@@ -62,11 +67,13 @@ describe.each(['lru', 'fifo'] as const)('--max-loras-per-batch 2, --lora-evictio
     expect(alone.size).toBe(10);
 
     transitions.length = 0;
-    const together = await Promise.all(jobs.map(async (list) => {
-      const out: Array<{ key: string; ids: number[] }> = [];
-      for (const job of list) out.push({ key: `${job.lora}|${job.text}`, ids: await greedy(engine, job.text, job.lora) });
-      return out;
-    }));
+    const together = await Promise.all(
+      jobs.map(async (list) => {
+        const out: Array<{ key: string; ids: number[] }> = [];
+        for (const job of list) out.push({ key: `${job.lora}|${job.text}`, ids: await greedy(engine, job.text, job.lora) });
+        return out;
+      }),
+    );
     for (const { key, ids } of together.flat()) expect(ids, key).toEqual(alone.get(key));
 
     // Replay the published transitions: never more than two adapters hold or receive a slot,

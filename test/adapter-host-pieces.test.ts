@@ -107,7 +107,8 @@ async function refusal(): Promise<string> {
   expect(err.invalidAdapter).toBe(true);
   return err.message;
 }
-const nanAt = (tensor: string, index: number): string => `${layout.file}: tensor "${tensor}": holds NaN at element ${index}; the weights must be finite`;
+const nanAt = (tensor: string, index: number): string =>
+  `${layout.file}: tensor "${tensor}": holds NaN at element ${index}; the weights must be finite`;
 const count = (t: AdapterTensor): number => t.shape[0] * t.shape[1];
 
 describe('reading a file in pieces', () => {

@@ -40,7 +40,7 @@ const REQS = [
 ];
 
 describe('readAdapter and fillLoraSlot', () => {
-  it.each(DTYPES)('fill a slot from a %s file with the values the JS reader gives, and the merged model\'s logits', async (dtype) => {
+  it.each(DTYPES)("fill a slot from a %s file with the values the JS reader gives, and the merged model's logits", async (dtype) => {
     const { info, host } = await readAdapterHost(addon, adapterDir(dtype), ckpt.config, { pageLocked: true });
     const layout = readAdapterLayout(adapterDir(dtype), ckpt.config);
     expect(info.rank).toBe(8);
@@ -82,7 +82,13 @@ describe('readAdapter and fillLoraSlot', () => {
   it('refuses a slice that does not fit the slot, leaving the slot as it was', async () => {
     const h = engine();
     const { host } = await readAdapterHost(addon, adapterDir('F16'), ckpt.config, { pageLocked: false });
-    const slices = LORA_MODULES.map((module) => ({ module, inStart: 0, inCount: module === 'down_proj' ? 80 : 64, outStart: 0, outCount: module === 'q_proj' ? 32 : 16 }));
+    const slices = LORA_MODULES.map((module) => ({
+      module,
+      inStart: 0,
+      inCount: module === 'down_proj' ? 80 : 64,
+      outStart: 0,
+      outCount: module === 'q_proj' ? 32 : 16,
+    }));
     await expect(addon.fillLoraSlot(h, 0, host.handle, slices)).rejects.toThrow(/slot 0: layer 0 q_proj: B has 256 values, expected 64 x rank 8/);
     expect(() => addon.step(h, makeBatch([{ tokens: [5], cached: 0, blocks: [0], slot: 0 }]))).toThrow(/slot 0 holds no adapter/);
     addon.destroyHostAdapter(host.handle);
@@ -106,11 +112,14 @@ describe('NaN and Inf', () => {
   const NAN = { F32: 0x7fc00000, F16: 0x7e00, BF16: 0x7fc0 };
   const INF = { F32: 0x7f800000, F16: 0x7c00, BF16: 0x7f80 };
   const NEG_INF = { F32: 0xff800000, F16: 0xfc00, BF16: 0xff80 };
-  const cases = DTYPES.flatMap((dtype) => [
-    [dtype, 'NaN', NAN[dtype], 'layers.1.mlp.down_proj.lora_B', 37],
-    [dtype, 'Infinity', INF[dtype], 'layers.0.self_attn.q_proj.lora_A', 0],
-    [dtype, '-Infinity', NEG_INF[dtype], 'layers.1.self_attn.o_proj.lora_A', 8 * 64 - 1],
-  ] as const);
+  const cases = DTYPES.flatMap(
+    (dtype) =>
+      [
+        [dtype, 'NaN', NAN[dtype], 'layers.1.mlp.down_proj.lora_B', 37],
+        [dtype, 'Infinity', INF[dtype], 'layers.0.self_attn.q_proj.lora_A', 0],
+        [dtype, '-Infinity', NEG_INF[dtype], 'layers.1.self_attn.o_proj.lora_A', 8 * 64 - 1],
+      ] as const,
+  );
 
   it.each(cases)('refuses %s weights holding %s, naming the file, tensor and element', async (dtype, what, bits, tensor, index) => {
     const dir = join(tmp.dir, `poisoned-${dtype}-${what}`);

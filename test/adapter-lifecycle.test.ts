@@ -34,38 +34,60 @@ describe('dynamic loading (the SGLang walk-through)', () => {
       ['--enable-lora', '--max-loras-per-batch', '2', '--max-lora-rank', '16', '--lora-target-modules', 'all'],
       async (app, engine) => {
         engine.onAdapterTransition((ts) => transitions.push(...ts));
-        expect((await post(app, '/load_lora_adapter', { lora_name: 'lora0', lora_path: world.demoA })).json)
-          .toEqual({ success: true, error_message: '', loaded_adapters: { lora0: world.demoA } });
+        expect((await post(app, '/load_lora_adapter', { lora_name: 'lora0', lora_path: world.demoA })).json).toEqual({
+          success: true,
+          error_message: '',
+          loaded_adapters: { lora0: world.demoA },
+        });
         expect((await post(app, '/load_lora_adapter', { lora_name: 'lora1', lora_path: world.demoB })).status).toBe(200);
         const first = await generateIds(app, PROMPTS, ['lora0', 'lora1']);
         const unload = await post(app, '/unload_lora_adapter', { lora_name: 'lora0' });
         expect(unload.json).toEqual({ success: true, error_message: '', loaded_adapters: { lora1: world.demoB } });
-        expect((await post(app, '/load_lora_adapter', { lora_name: 'lora0', lora_path: lora0New })).json.loaded_adapters)
-          .toEqual({ lora1: world.demoB, lora0: lora0New });
+        expect((await post(app, '/load_lora_adapter', { lora_name: 'lora0', lora_path: lora0New })).json.loaded_adapters).toEqual({
+          lora1: world.demoB,
+          lora0: lora0New,
+        });
         return [first, await generateIds(app, PROMPTS, ['lora0', 'lora1'])];
       },
     );
     expect(second[0]).not.toEqual(first[0]); // lora0 now names a different adapter
     expect(second[1]).toEqual(first[1]);
 
-    const fresh1 = await withEngine(['--lora-paths', `lora0=${world.demoA}`, `lora1=${world.demoB}`, '--max-loras-per-batch', '2'],
-      (app) => generateIds(app, PROMPTS, ['lora0', 'lora1']));
-    const fresh2 = await withEngine(['--lora-paths', `lora0=${lora0New}`, `lora1=${world.demoB}`, '--max-loras-per-batch', '2'],
-      (app) => generateIds(app, PROMPTS, ['lora0', 'lora1']));
+    const fresh1 = await withEngine(['--lora-paths', `lora0=${world.demoA}`, `lora1=${world.demoB}`, '--max-loras-per-batch', '2'], (app) =>
+      generateIds(app, PROMPTS, ['lora0', 'lora1']),
+    );
+    const fresh2 = await withEngine(['--lora-paths', `lora0=${lora0New}`, `lora1=${world.demoB}`, '--max-loras-per-batch', '2'], (app) =>
+      generateIds(app, PROMPTS, ['lora0', 'lora1']),
+    );
     expect(first).toEqual(fresh1);
     expect(second).toEqual(fresh2);
 
     // Every transition is published with its adapter, states, a reason and a time, in order.
     for (const t of transitions) {
-      expect(t).toEqual({ adapter: expect.any(String), from: expect.any(String), to: expect.any(String), reason: expect.any(String), time: expect.any(Number) });
+      expect(t).toEqual({
+        adapter: expect.any(String),
+        from: expect.any(String),
+        to: expect.any(String),
+        reason: expect.any(String),
+        time: expect.any(Number),
+      });
       expect(t.reason.length).toBeGreaterThan(0);
     }
     expect(transitions.map((t) => t.time)).toEqual([...transitions.map((t) => t.time)].sort((a, b) => a - b));
     const lora0 = transitions.filter((t) => t.adapter === 'lora0').map((t) => `${t.from}->${t.to}`);
     expect(lora0).toEqual([
-      'none->registered', 'registered->loading', 'loading->cpuLoaded', 'cpuLoaded->h2dInFlight', 'h2dInFlight->gpuResident.unpinned',
-      'gpuResident.unpinned->unloading', 'unloading->unloaded',
-      'none->registered', 'registered->loading', 'loading->cpuLoaded', 'cpuLoaded->h2dInFlight', 'h2dInFlight->gpuResident.unpinned',
+      'none->registered',
+      'registered->loading',
+      'loading->cpuLoaded',
+      'cpuLoaded->h2dInFlight',
+      'h2dInFlight->gpuResident.unpinned',
+      'gpuResident.unpinned->unloading',
+      'unloading->unloaded',
+      'none->registered',
+      'registered->loading',
+      'loading->cpuLoaded',
+      'cpuLoaded->h2dInFlight',
+      'h2dInFlight->gpuResident.unpinned',
     ]);
     expect(transitions.find((t) => t.adapter === 'lora0' && t.to === 'unloaded')!.reason).toMatch(/no request uses it/);
   });
@@ -76,8 +98,18 @@ describe('load and unload refusals over HTTP', () => {
   let app: App;
   beforeAll(async () => {
     engine = await startEngine(world, [
-      '--enable-lora', '--max-loras-per-batch', '3', '--max-lora-rank', '16', '--lora-target-modules', 'q_proj', 'k_proj', 'v_proj', 'o_proj',
-      '--lora-paths', `a=${world.demoA}`,
+      '--enable-lora',
+      '--max-loras-per-batch',
+      '3',
+      '--max-lora-rank',
+      '16',
+      '--lora-target-modules',
+      'q_proj',
+      'k_proj',
+      'v_proj',
+      'o_proj',
+      '--lora-paths',
+      `a=${world.demoA}`,
     ]);
     app = appFor(engine);
   });
@@ -112,8 +144,16 @@ describe('load and unload refusals over HTTP', () => {
 
   it('refuses a rank above --max-lora-rank and modules outside --lora-target-modules', async () => {
     const big = world.adapter('rank32', { rank: 32, modules: ['q_proj'] });
-    await refused('/load_lora_adapter', { lora_name: 'big', lora_path: big }, /with rank 32 is incompatible with the current LoRA memory pool configuration: .*rank 32, above --max-lora-rank 16/);
-    await refused('/load_lora_adapter', { lora_name: 'mlp', lora_path: world.demoB }, /incompatible .*targets gate_proj, up_proj, down_proj, not in --lora-target-modules/);
+    await refused(
+      '/load_lora_adapter',
+      { lora_name: 'big', lora_path: big },
+      /with rank 32 is incompatible with the current LoRA memory pool configuration: .*rank 32, above --max-lora-rank 16/,
+    );
+    await refused(
+      '/load_lora_adapter',
+      { lora_name: 'mlp', lora_path: world.demoB },
+      /incompatible .*targets gate_proj, up_proj, down_proj, not in --lora-target-modules/,
+    );
   });
 
   it('refuses more pinned adapters than max_loras_per_batch - 1', async () => {
@@ -122,7 +162,11 @@ describe('load and unload refusals over HTTP', () => {
     const p3 = world.adapter('pin3', { modules: ['q_proj'] });
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p1', lora_path: p1, pinned: true })).status).toBe(200);
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p2', lora_path: p2, pinned: true })).status).toBe(200);
-    await refused('/load_lora_adapter', { lora_name: 'p3', lora_path: p3, pinned: true }, /Failed to load LoRA adapter 'p3' as a pinned adapter\..*to avoid starvation.*: 2 adapters are pinned and at most 2 may be/);
+    await refused(
+      '/load_lora_adapter',
+      { lora_name: 'p3', lora_path: p3, pinned: true },
+      /Failed to load LoRA adapter 'p3' as a pinned adapter\..*to avoid starvation.*: 2 adapters are pinned and at most 2 may be/,
+    );
     expect((await engine.adapters()).find((s) => s.name === 'p1')).toMatchObject({ pinned: true, state: 'gpuResident.pinned' });
     // Unpinned, the same adapter is welcome.
     expect((await post(app, '/load_lora_adapter', { lora_name: 'p3', lora_path: p3 })).status).toBe(200);
@@ -172,7 +216,13 @@ describe('observability', () => {
         expect(state.poolSlots).toBe(2);
         expect(state.slotsUsed).toBeLessThanOrEqual(2);
         const xs = state.adapters.find((s: { name: string }) => s.name === 'x');
-        expect(xs).toMatchObject({ state: 'gpuResident.unpinned', pinned: false, refcount: 0, running: 0, lastTransition: { to: 'gpuResident.unpinned' } });
+        expect(xs).toMatchObject({
+          state: 'gpuResident.unpinned',
+          pinned: false,
+          refcount: 0,
+          running: 0,
+          lastTransition: { to: 'gpuResident.unpinned' },
+        });
         expect(xs.cpuBytes).toBe(4 * 8 * (256 + 256 + 256 + 128 + 256 + 256) * 4); // 4 layers of rank 8 on q, v and o
         expect(xs.gpuBytes).toBe(xs.cpuBytes);
         // Two CPU copies at most: 'a' had to leave CPU memory for 'x'.

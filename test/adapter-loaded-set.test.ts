@@ -6,7 +6,12 @@ import { describe, expect, test } from 'vitest';
 import type { Scheduler } from '../src/scheduler/index.js';
 import { newScheduler, runAll, seq, serveLoader } from './scheduler-harness.js';
 
-const loadedNames = (s: Scheduler): string[] => s.adapters().filter((a) => a.loaded).map((a) => a.name).sort();
+const loadedNames = (s: Scheduler): string[] =>
+  s
+    .adapters()
+    .filter((a) => a.loaded)
+    .map((a) => a.name)
+    .sort();
 const stateOf = (s: Scheduler, name: string): string | undefined => s.adapters([name])[0]?.state;
 const add = (s: Scheduler, name: string, o: { path?: string; pinned?: boolean } = {}): void =>
   s.addAdapter({ name, path: o.path ?? `/${name}`, pinned: o.pinned ?? false });
@@ -52,8 +57,13 @@ describe('the loaded set', () => {
     serveLoader(s);
     await s.removeAdapter('A');
     expect(s.adapters()).toEqual([]);
-    expect(s.takeCommands()).toEqual([{ kind: 'clear-slot', slot: 0 }, { kind: 'drop-cpu', name: 'A' }]);
-    await expect(s.removeAdapter('A')).rejects.toThrow("LoRA adapter 'A' is not loaded: it left the loaded set, and a request naming it loads it again");
+    expect(s.takeCommands()).toEqual([
+      { kind: 'clear-slot', slot: 0 },
+      { kind: 'drop-cpu', name: 'A' },
+    ]);
+    await expect(s.removeAdapter('A')).rejects.toThrow(
+      "LoRA adapter 'A' is not loaded: it left the loaded set, and a request naming it loads it again",
+    );
     s.submit(seq('a', { lora: 'A', maxNewTokens: 1 }));
     expect(s.takeCommands()).toEqual([{ kind: 'load-cpu', name: 'A', path: '/first/A' }]);
     expect(s.adapters(['A'])[0]).toMatchObject({ path: '/first/A', pinned: true, loaded: true });

@@ -19,12 +19,27 @@ const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> =
   { name: 'copy fails', events: [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 0 }, failed] },
   {
     name: 'the loader restarts during a copy, the read fails, and the unload waits for the copy to fail too',
-    events: [{ type: 'LOAD' }, fits, { type: 'COPY', slot: 0 }, { type: 'LOADER_RESTARTED' }, failed, { type: 'UNLOAD' }, failed, { type: 'DRAINED' }],
+    events: [
+      { type: 'LOAD' },
+      fits,
+      { type: 'COPY', slot: 0 },
+      { type: 'LOADER_RESTARTED' },
+      failed,
+      { type: 'UNLOAD' },
+      failed,
+      { type: 'DRAINED' },
+    ],
   },
   { name: 'unloaded while registered', events: [{ type: 'UNLOAD' }, { type: 'DRAINED' }] },
-  { name: 'named again while its unload waits for a request', events: [{ type: 'ACQUIRE' }, { type: 'UNLOAD' }, { type: 'REVIVE' }, { type: 'ACQUIRE' }] },
+  {
+    name: 'named again while its unload waits for a request',
+    events: [{ type: 'ACQUIRE' }, { type: 'UNLOAD' }, { type: 'REVIVE' }, { type: 'ACQUIRE' }],
+  },
   { name: 'the loader restarts while it holds the CPU copy', events: [{ type: 'LOAD' }, fits, { type: 'LOADER_RESTARTED' }] },
-  { name: 'the loader restarts and the read for a resident adapter fails', events: [...toSlot, { type: 'LOADER_RESTARTED' }, failed, { type: 'EVICT' }] },
+  {
+    name: 'the loader restarts and the read for a resident adapter fails',
+    events: [...toSlot, { type: 'LOADER_RESTARTED' }, failed, { type: 'EVICT' }],
+  },
   {
     name: 'unloaded while a waiting request keeps it, then its read fails',
     events: [{ type: 'ACQUIRE' }, { type: 'LOAD' }, { type: 'UNLOAD' }, failed, { type: 'RELEASE', running: false }, { type: 'DRAINED' }],
@@ -32,7 +47,8 @@ const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> =
 ];
 
 type Key = string;
-const key = (t: { from: string; to: string; event: string; guard?: string }): Key => `${t.from} -${t.event}${t.guard ? `[${t.guard}]` : ''}-> ${t.to}`;
+const key = (t: { from: string; to: string; event: string; guard?: string }): Key =>
+  `${t.from} -${t.event}${t.guard ? `[${t.guard}]` : ''}-> ${t.to}`;
 
 /** Runs a path and returns the chart transitions it took (as keys) and every state it entered. */
 function walk(path: (typeof PATHS)[number]): { taken: Key[]; entered: string[] } {
@@ -42,11 +58,20 @@ function walk(path: (typeof PATHS)[number]): { taken: Key[]; entered: string[] }
     input: { name: 'a', path: '/a', pinned: path.pinned ?? false, maxRank: 16, poolModules: ['q_proj', 'v_proj'] },
     inspect: (ev) => {
       if (ev.type !== '@xstate.microstep') return;
-      const transitions = (ev as unknown as { _transitions: Array<{ source: AnyStateNode; target?: AnyStateNode[]; eventType: string; guard?: unknown }> })._transitions;
+      const transitions = (
+        ev as unknown as { _transitions: Array<{ source: AnyStateNode; target?: AnyStateNode[]; eventType: string; guard?: unknown }> }
+      )._transitions;
       for (const t of transitions) {
         for (const target of t.target ?? []) {
           const guard = typeof t.guard === 'string' ? t.guard : undefined;
-          taken.push(key({ from: t.source.path.join('.'), to: target.path.join('.'), event: t.eventType === '' ? 'always' : t.eventType, ...(guard ? { guard } : {}) }));
+          taken.push(
+            key({
+              from: t.source.path.join('.'),
+              to: target.path.join('.'),
+              event: t.eventType === '' ? 'always' : t.eventType,
+              ...(guard ? { guard } : {}),
+            }),
+          );
         }
       }
       for (const node of (ev.snapshot as unknown as { _nodes: AnyStateNode[] })._nodes) entered.push(node.path.join('.'));

@@ -42,7 +42,14 @@ function commands(events: AdapterEvent[], pinned = false): LoaderCommand[] {
 
 describe('adapter statechart', () => {
   test('walks disk -> CPU -> slot and back on eviction and CPU drop', () => {
-    const { snap, labels } = run([{ type: 'LOAD' }, loaded, { type: 'COPY', slot: 2 }, { type: 'SLOT_READY', slot: 2 }, { type: 'EVICT' }, { type: 'DROP_CPU' }]);
+    const { snap, labels } = run([
+      { type: 'LOAD' },
+      loaded,
+      { type: 'COPY', slot: 2 },
+      { type: 'SLOT_READY', slot: 2 },
+      { type: 'EVICT' },
+      { type: 'DROP_CPU' },
+    ]);
     expect(labels).toEqual(['registered', 'loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'cpuLoaded', 'registered']);
     expect(snap.context).toMatchObject({ rank: 8, targetModules: ['q_proj'], slot: null, error: null });
     expect(snap.value).toEqual({ live: { residency: 'registered', admission: 'open' } });
@@ -61,8 +68,14 @@ describe('adapter statechart', () => {
 
   test('events that do not apply are ignored', () => {
     const { labels, snap } = run([
-      { type: 'SLOT_READY', slot: 0 }, { type: 'COPY', slot: 1 }, { type: 'EVICT' }, { type: 'START' }, { type: 'PREEMPT' },
-      { type: 'RELEASE', running: false }, loaded, { type: 'DROP_CPU' },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'COPY', slot: 1 },
+      { type: 'EVICT' },
+      { type: 'START' },
+      { type: 'PREEMPT' },
+      { type: 'RELEASE', running: false },
+      loaded,
+      { type: 'DROP_CPU' },
     ]);
     expect(new Set(labels)).toEqual(new Set(['registered']));
     expect(snap.context).toMatchObject({ rank: null, slot: null, users: 0, running: 0 });
@@ -90,7 +103,13 @@ describe('adapter statechart', () => {
 
   test('unloading keeps residency working until drained, then the machine is done', () => {
     const { snap, labels } = run([
-      { type: 'ACQUIRE' }, { type: 'LOAD' }, { type: 'UNLOAD' }, loaded, { type: 'COPY', slot: 0 }, { type: 'SLOT_READY', slot: 0 }, { type: 'START' },
+      { type: 'ACQUIRE' },
+      { type: 'LOAD' },
+      { type: 'UNLOAD' },
+      loaded,
+      { type: 'COPY', slot: 0 },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'START' },
     ]);
     expect(labels.slice(2)).toEqual(['loading', 'unloading', 'unloading', 'unloading', 'unloading', 'unloading']);
     expect(snap.value).toEqual({ live: { residency: { gpuResident: 'unpinned' }, admission: 'unloading' } });
@@ -103,7 +122,10 @@ describe('adapter statechart', () => {
     expect(done.value).toBe('unloaded');
     expect(done.status).toBe('done');
     expect(done.context.slot).toBeNull();
-    expect(commandsOf(actions)).toEqual([{ kind: 'clear-slot', slot: 0 }, { kind: 'drop-cpu', name: 'a' }]);
+    expect(commandsOf(actions)).toEqual([
+      { kind: 'clear-slot', slot: 0 },
+      { kind: 'drop-cpu', name: 'a' },
+    ]);
   });
 
   test('an unload waits for a read in flight even with no users', () => {
@@ -129,12 +151,26 @@ describe('adapter statechart', () => {
   test('chart JSON lists the states and transitions', () => {
     const chart = adapterChartJson();
     const ids = chart.states.map((s) => s.id);
-    for (const id of ['live.residency.registered', 'live.residency.loading', 'live.residency.cpuLoaded', 'live.residency.h2dInFlight',
-      'live.residency.gpuResident.unpinned', 'live.residency.gpuResident.pinned', 'live.admission.unloading', 'failed', 'unloaded']) {
+    for (const id of [
+      'live.residency.registered',
+      'live.residency.loading',
+      'live.residency.cpuLoaded',
+      'live.residency.h2dInFlight',
+      'live.residency.gpuResident.unpinned',
+      'live.residency.gpuResident.pinned',
+      'live.admission.unloading',
+      'failed',
+      'unloaded',
+    ]) {
       expect(ids).toContain(id);
     }
     expect(chart.states.find((s) => s.id === 'live.residency.cpuLoaded')).toMatchObject({ parent: 'live.residency' });
-    expect(chart.transitions).toContainEqual({ from: 'live.residency.gpuResident.unpinned', to: 'live.residency.cpuLoaded', event: 'EVICT', guard: 'evictableWithCopy' });
+    expect(chart.transitions).toContainEqual({
+      from: 'live.residency.gpuResident.unpinned',
+      to: 'live.residency.cpuLoaded',
+      event: 'EVICT',
+      guard: 'evictableWithCopy',
+    });
     expect(chart.transitions).toContainEqual({ from: 'live.admission.unloading', to: 'unloaded', event: 'DRAINED', guard: 'drained' });
     expect(chart.transitions).toContainEqual({ from: 'live.residency.loading', to: 'failed', event: 'LOAD_FAILED' });
     expect(JSON.parse(JSON.stringify(chart))).toEqual(chart);
@@ -143,7 +179,9 @@ describe('adapter statechart', () => {
 
 describe('what the machine owns', () => {
   test('its transitions emit the loader commands: read, copy, drop', () => {
-    expect(commands([{ type: 'LOAD' }, loaded, { type: 'COPY', slot: 2 }, { type: 'SLOT_READY', slot: 2 }, { type: 'EVICT' }, { type: 'DROP_CPU' }])).toEqual([
+    expect(
+      commands([{ type: 'LOAD' }, loaded, { type: 'COPY', slot: 2 }, { type: 'SLOT_READY', slot: 2 }, { type: 'EVICT' }, { type: 'DROP_CPU' }]),
+    ).toEqual([
       { kind: 'load-cpu', name: 'a', path: '/adapters/a' },
       { kind: 'copy-to-slot', name: 'a', slot: 2 },
       { kind: 'drop-cpu', name: 'a' },
@@ -159,7 +197,15 @@ describe('what the machine owns', () => {
   });
 
   test('refcounts: requests are counted, and one a running request uses is not evicted', () => {
-    const { snap } = run([{ type: 'LOAD' }, loaded, { type: 'ACQUIRE' }, { type: 'ACQUIRE' }, { type: 'COPY', slot: 0 }, { type: 'SLOT_READY', slot: 0 }, { type: 'START' }]);
+    const { snap } = run([
+      { type: 'LOAD' },
+      loaded,
+      { type: 'ACQUIRE' },
+      { type: 'ACQUIRE' },
+      { type: 'COPY', slot: 0 },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'START' },
+    ]);
     expect(snap.context).toMatchObject({ users: 2, running: 1 });
     expect(snap.can({ type: 'EVICT' })).toBe(false);
     const [idle] = transition(adapterMachine, snap, { type: 'RELEASE', running: true });
@@ -193,7 +239,14 @@ describe('what the machine owns', () => {
   });
 
   test('a resident adapter being read again is neither evicted nor unloaded until the read lands', () => {
-    const { snap } = run([{ type: 'LOAD' }, loaded, { type: 'COPY', slot: 0 }, { type: 'SLOT_READY', slot: 0 }, { type: 'LOADER_RESTARTED' }, { type: 'UNLOAD' }]);
+    const { snap } = run([
+      { type: 'LOAD' },
+      loaded,
+      { type: 'COPY', slot: 0 },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'LOADER_RESTARTED' },
+      { type: 'UNLOAD' },
+    ]);
     expect(adapterStateLabel(snap)).toBe('unloading');
     expect(snap.can({ type: 'EVICT' })).toBe(false);
     expect(snap.can({ type: 'DRAINED' })).toBe(false);

@@ -45,23 +45,27 @@ describe.skipIf(missing !== null)(`the visualizer page in Chromium${missing ? ` 
   const stateCell = (name: string): Promise<string | null> =>
     page.evaluate((n) => document.querySelector(`tr[data-adapter="${n}"] td.state`)?.textContent ?? null, name);
   const waitForStateCell = (name: string, text: string | null): Promise<unknown> =>
-    page.waitForFunction(
-      ([n, t]) => (document.querySelector(`tr[data-adapter="${n}"] td.state`)?.textContent ?? null) === t,
-      [name, text] as const,
-      { timeout: SHOWN_WITHIN_MS },
-    ).catch(async (err: Error) => {
-      throw new Error(`the page did not show ${name} as ${text} within ${SHOWN_WITHIN_MS} ms (it shows ${await stateCell(name)}): ${err.message}`);
-    });
+    page
+      .waitForFunction(([n, t]) => (document.querySelector(`tr[data-adapter="${n}"] td.state`)?.textContent ?? null) === t, [name, text] as const, {
+        timeout: SHOWN_WITHIN_MS,
+      })
+      .catch(async (err: Error) => {
+        throw new Error(`the page did not show ${name} as ${text} within ${SHOWN_WITHIN_MS} ms (it shows ${await stateCell(name)}): ${err.message}`);
+      });
 
   it('draws a box for every state of the chart and an edge for every transition', async () => {
     const chart = adapterChartJson();
     const drawn = await page.$$eval('#diagram g[data-state]', (gs) => gs.map((g) => g.getAttribute('data-state')));
     expect(drawn.sort()).toEqual(chart.states.map((s) => s.id).sort());
     const labels = await page.$$eval('#diagram g[data-state] > text.label', (ts) => ts.map((t) => t.textContent));
-    expect(labels).toEqual(expect.arrayContaining(['registered', 'loading', 'cpuLoaded', 'h2dInFlight', 'unpinned', 'pinned', 'unloading', 'failed', 'unloaded']));
+    expect(labels).toEqual(
+      expect.arrayContaining(['registered', 'loading', 'cpuLoaded', 'h2dInFlight', 'unpinned', 'pinned', 'unloading', 'failed', 'unloaded']),
+    );
     expect(await page.locator('#diagram g.edge').count()).toBe(chart.transitions.length);
     // Every box is laid out with a real size, inside the drawing.
-    const sizes = await page.$$eval('#diagram g[data-state] > rect', (rs) => rs.map((r) => (r as SVGRectElement).getBBox()).map((b) => [b.width, b.height]));
+    const sizes = await page.$$eval('#diagram g[data-state] > rect', (rs) =>
+      rs.map((r) => (r as SVGRectElement).getBBox()).map((b) => [b.width, b.height]),
+    );
     for (const [w, h] of sizes) expect(w! > 0 && h! > 0).toBe(true);
     expect(pageErrors).toEqual([]);
   });
@@ -101,7 +105,9 @@ describe.skipIf(missing !== null)(`the visualizer page in Chromium${missing ? ` 
 
     await post('/unload_lora_adapter', { lora_name: 'visual' });
     await waitForStateCell('visual', null);
-    await page.waitForFunction(() => /visual: unloading \u2192 unloaded/.test(document.getElementById('log')?.textContent ?? ''), null, { timeout: SHOWN_WITHIN_MS });
+    await page.waitForFunction(() => /visual: unloading \u2192 unloaded/.test(document.getElementById('log')?.textContent ?? ''), null, {
+      timeout: SHOWN_WITHIN_MS,
+    });
     expect(await unpinned.getAttribute('data-adapters')).not.toMatch(/\bvisual\b/);
 
     const seen = await page.evaluate(() => (window as unknown as { seen: string[] }).seen);

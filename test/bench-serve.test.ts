@@ -31,7 +31,11 @@ function moments(xs: number[]): { mean: number; cv: number } {
 }
 
 describe('workload generator', () => {
-  it.each([[4, 1], [2, 0.5], [10, 2]])('Gamma gaps at %d req/s have mean 1/rate and cv %d', (rate, cv) => {
+  it.each([
+    [4, 1],
+    [2, 0.5],
+    [10, 2],
+  ])('Gamma gaps at %d req/s have mean 1/rate and cv %d', (rate, cv) => {
     const it = interArrivals(3, rate, cv);
     const n = 20_000;
     const gaps = Array.from({ length: n }, () => it.next().value as number);
@@ -135,7 +139,15 @@ describe('make-adapters', () => {
   });
 
   it('sizes the 8B adapters as planned: rank 16 on all modules, rank 8 on q/k/v/o', () => {
-    const llama8b = { ...DEMO_MODEL, hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 8, head_dim: 128 };
+    const llama8b = {
+      ...DEMO_MODEL,
+      hidden_size: 4096,
+      intermediate_size: 14336,
+      num_hidden_layers: 32,
+      num_attention_heads: 32,
+      num_key_value_heads: 8,
+      head_dim: 128,
+    };
     const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
     // Per layer, rank x (in + out) summed over the modules, in bf16.
     expect(planAdapters(llama8b, { rank: 16, modules: all }).dataBytes).toBe(32 * 16 * (8192 + 5120 + 5120 + 8192 + 3 * (4096 + 14336)) * 2);
@@ -148,35 +160,46 @@ describe('streaming client', () => {
   let url = '';
   // Each script is a list of [delay ms, raw SSE text] written in order.
   const scripts: Record<string, Array<[number, string]>> = {};
-  const ev = (n: number, extra: object = {}) => `data: ${JSON.stringify({ text: 'x', meta_info: { completion_tokens: n, prompt_tokens: 5, ...extra } })}\n\n`;
-  scripts.coalesced = [[30, ev(1)], [40, ev(2)], [40, ev(5)], [0, 'data: [DONE]\n\n']];
-  scripts.error = [[10, ev(1)], [10, `data: ${JSON.stringify({ error: { message: 'boom', code: 500 } })}\n\n`], [0, 'data: [DONE]\n\n']];
+  const ev = (n: number, extra: object = {}) =>
+    `data: ${JSON.stringify({ text: 'x', meta_info: { completion_tokens: n, prompt_tokens: 5, ...extra } })}\n\n`;
+  scripts.coalesced = [
+    [30, ev(1)],
+    [40, ev(2)],
+    [40, ev(5)],
+    [0, 'data: [DONE]\n\n'],
+  ];
+  scripts.error = [
+    [10, ev(1)],
+    [10, `data: ${JSON.stringify({ error: { message: 'boom', code: 500 } })}\n\n`],
+    [0, 'data: [DONE]\n\n'],
+  ];
   scripts.truncated = [[10, ev(1)]];
 
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
-  const start = () => new Promise<void>((resolve) => {
-    server = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', async () => {
-        const name = JSON.parse(body).lora_path as string;
-        if (name === 'unknown') {
-          res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":{"message":"unknown adapter"}}');
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        for (const [delay, text] of scripts[name]!) {
-          await new Promise((r) => setTimeout(r, delay));
-          res.write(text);
-        }
-        res.end();
+  const start = () =>
+    new Promise<void>((resolve) => {
+      server = createServer((req, res) => {
+        let body = '';
+        req.on('data', (c) => (body += c));
+        req.on('end', async () => {
+          const name = JSON.parse(body).lora_path as string;
+          if (name === 'unknown') {
+            res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":{"message":"unknown adapter"}}');
+            return;
+          }
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          for (const [delay, text] of scripts[name]!) {
+            await new Promise((r) => setTimeout(r, delay));
+            res.write(text);
+          }
+          res.end();
+        });
+      }).listen(0, '127.0.0.1', () => {
+        url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+        resolve();
       });
-    }).listen(0, '127.0.0.1', () => {
-      url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-      resolve();
     });
-  });
 
   it('times the first token, and spreads coalesced tokens over their gap', async () => {
     await start();
@@ -193,7 +216,10 @@ describe('streaming client', () => {
 
   it('counts an error event, an HTTP error and a stream without [DONE] as failures', async () => {
     expect(await streamGenerate(url, { lora_path: 'error' })).toMatchObject({ ok: false, error: 'error event: boom' });
-    expect(await streamGenerate(url, { lora_path: 'unknown' })).toMatchObject({ ok: false, error: expect.stringMatching(/^HTTP 400: .*unknown adapter/) });
+    expect(await streamGenerate(url, { lora_path: 'unknown' })).toMatchObject({
+      ok: false,
+      error: expect.stringMatching(/^HTTP 400: .*unknown adapter/),
+    });
     expect(await streamGenerate(url, { lora_path: 'truncated' })).toMatchObject({ ok: false, error: 'stream ended without [DONE]' });
     const cut = new AbortController();
     const pending = streamGenerate(url, { lora_path: 'coalesced' }, cut.signal);
@@ -213,14 +239,17 @@ describe('reported figures', () => {
   });
 
   it('takes adapter loads, load time and evictions as /metrics deltas', () => {
-    const scrape = (loads: number, evict: number) => parseMetrics([
-      '# HELP troupe_adapter_loads_total x',
-      `troupe_adapter_loads_total{adapter="a0001",stage="disk_to_cpu"} ${loads}`,
-      `troupe_adapter_loads_total{adapter="a0002",stage="disk_to_cpu"} 1`,
-      `troupe_adapter_loads_total{adapter="a0001",stage="cpu_to_gpu"} ${2 * loads}`,
-      `troupe_adapter_load_seconds_sum{adapter="a0001",stage="cpu_to_gpu"} ${0.5 * loads}`,
-      `troupe_adapter_evictions_total{adapter="we\\"ird",from="gpu"} ${evict}`,
-    ].join('\n'));
+    const scrape = (loads: number, evict: number) =>
+      parseMetrics(
+        [
+          '# HELP troupe_adapter_loads_total x',
+          `troupe_adapter_loads_total{adapter="a0001",stage="disk_to_cpu"} ${loads}`,
+          `troupe_adapter_loads_total{adapter="a0002",stage="disk_to_cpu"} 1`,
+          `troupe_adapter_loads_total{adapter="a0001",stage="cpu_to_gpu"} ${2 * loads}`,
+          `troupe_adapter_load_seconds_sum{adapter="a0001",stage="cpu_to_gpu"} ${0.5 * loads}`,
+          `troupe_adapter_evictions_total{adapter="we\\"ird",from="gpu"} ${evict}`,
+        ].join('\n'),
+      );
     const d = adapterActivity(scrape(1, 0), scrape(4, 2));
     expect(d.loads).toEqual({ disk_to_cpu: 3, cpu_to_gpu: 6 });
     expect(d.loadSeconds).toEqual({ cpu_to_gpu: 1.5 });
@@ -252,8 +281,18 @@ describe('capacity search', () => {
 describe('server command line', () => {
   const names = Array.from({ length: 20 }, (_, i) => `a${String(i).padStart(4, '0')}`);
   const opts = (server: object) => ({
-    model: 'demo-model', adapters: '/adapters',
-    server: { maxLorasPerBatch: 8, maxLoadedLoras: null, enableLoraOverlapLoading: false, maxLoraRank: null, loraTargetModules: null, device: 'cpu', extraArgs: [], ...server },
+    model: 'demo-model',
+    adapters: '/adapters',
+    server: {
+      maxLorasPerBatch: 8,
+      maxLoadedLoras: null,
+      enableLoraOverlapLoading: false,
+      maxLoraRank: null,
+      loraTargetModules: null,
+      device: 'cpu',
+      extraArgs: [],
+      ...server,
+    },
   });
   const validated = (args: string[]) => validateFlags(parseArgs(args).flags).options;
 

@@ -14,9 +14,19 @@ describe('flag parsing', () => {
   it('fills SGLang defaults', () => {
     const { options } = validate();
     expect(options).toMatchObject({
-      host: '127.0.0.1', port: 30000, maxLorasPerBatch: 8, maxLoadedLoras: null, loraEvictionPolicy: 'lru',
-      loraBackend: 'csgmv', maxLoraChunkSize: 16, enableLora: false, enableLoraOverlapLoading: false, tpSize: 1,
-      device: 'auto', logLevel: 'info', modelPath: '/m',
+      host: '127.0.0.1',
+      port: 30000,
+      maxLorasPerBatch: 8,
+      maxLoadedLoras: null,
+      loraEvictionPolicy: 'lru',
+      loraBackend: 'csgmv',
+      maxLoraChunkSize: 16,
+      enableLora: false,
+      enableLoraOverlapLoading: false,
+      tpSize: 1,
+      device: 'auto',
+      logLevel: 'info',
+      modelPath: '/m',
     });
   });
 
@@ -81,8 +91,10 @@ describe('SGLang LoRA rules', () => {
     rejects(['--enable-lora'], /both --max-lora-rank and --lora-target-modules/);
     rejects(['--enable-lora', '--max-lora-rank', '8'], /both --max-lora-rank and --lora-target-modules/);
     rejects(['--enable-lora', '--lora-target-modules', 'q_proj'], /both --max-lora-rank and --lora-target-modules/);
-    expect(validate('--enable-lora', '--max-lora-rank', '8', '--lora-target-modules', 'q_proj', 'v_proj').options.loraTargetModules)
-      .toEqual(['q_proj', 'v_proj']);
+    expect(validate('--enable-lora', '--max-lora-rank', '8', '--lora-target-modules', 'q_proj', 'v_proj').options.loraTargetModules).toEqual([
+      'q_proj',
+      'v_proj',
+    ]);
   });
 
   it('expands "all" and requires it alone', () => {
@@ -92,12 +104,18 @@ describe('SGLang LoRA rules', () => {
   });
 
   it('requires max_loaded_loras >= max_loras_per_batch', () => {
-    rejects(['--lora-paths', 'a=/a', '--max-loras-per-batch', '4', '--max-loaded-loras', '3'], /--max-loaded-loras \(3\) must be at least --max-loras-per-batch \(4\)/);
+    rejects(
+      ['--lora-paths', 'a=/a', '--max-loras-per-batch', '4', '--max-loaded-loras', '3'],
+      /--max-loaded-loras \(3\) must be at least --max-loras-per-batch \(4\)/,
+    );
     expect(validate('--lora-paths', 'a=/a', '--max-loras-per-batch', '4', '--max-loaded-loras', '4').options.maxLoadedLoras).toBe(4);
   });
 
   it('requires no more --lora-paths than --max-loaded-loras', () => {
-    rejects(['--lora-paths', 'a=/a', 'b=/b', 'c=/c', '--max-loras-per-batch', '2', '--max-loaded-loras', '2'], /lists 3 adapters, more than --max-loaded-loras \(2\)/);
+    rejects(
+      ['--lora-paths', 'a=/a', 'b=/b', 'c=/c', '--max-loras-per-batch', '2', '--max-loaded-loras', '2'],
+      /lists 3 adapters, more than --max-loaded-loras \(2\)/,
+    );
   });
 
   it('with overlap loading requires max_loaded_loras set and <= 2 x max_loras_per_batch', () => {
@@ -142,7 +160,7 @@ describe('other rules', () => {
     rejects(['--gpu-id-step', '-1'], /--gpu-id-step must be at least 0/);
   });
 
-  it('takes SGLang\'s tensor-parallel flags', () => {
+  it("takes SGLang's tensor-parallel flags", () => {
     expect(validate('--tp', '4', '--base-gpu-id', '2', '--gpu-id-step', '0').options).toMatchObject({ tpSize: 4, baseGpuId: 2, gpuIdStep: 0 });
     expect(validate('--tensor-parallel-size', '2').options).toMatchObject({ tpSize: 2, baseGpuId: 0, gpuIdStep: 1 });
   });
@@ -154,7 +172,7 @@ describe('other rules', () => {
 });
 
 describe('README', () => {
-  it("lists the flags exactly as the flag table does (regenerate with scripts/readme-flags.js)", async () => {
+  it('lists the flags exactly as the flag table does (regenerate with scripts/readme-flags.js)', async () => {
     const { readFileSync } = await import('node:fs');
     const { markdownFlagTable } = await import('../src/config/help.js');
     const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');

@@ -33,7 +33,10 @@ export async function startDemoServer(extraArgs: string[] = []): Promise<DemoSer
   makeDemo(dir);
   const defaults: string[][] = [
     ['--lora-paths', ...generatedDemo(dir).adapters.map((a) => `${a.name}=${a.path}`)],
-    ['--max-loras-per-batch', '3'], ['--max-total-tokens', '8192'], ['--context-length', '4096'], ['--device', 'cpu'],
+    ['--max-loras-per-batch', '3'],
+    ['--max-total-tokens', '8192'],
+    ['--context-length', '4096'],
+    ['--device', 'cpu'],
   ];
   const argv = ['--model-path', dir, ...defaults.filter(([flag]) => !extraArgs.includes(flag!)).flat(), ...extraArgs];
   const { options } = validateFlags(parseArgs(argv).flags);

@@ -12,8 +12,19 @@ import { ChatTemplate } from '../src/http/openai/chat-template.js';
 import { packageRoot, trainedDemoDir } from '../src/paths.js';
 import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
 
-interface MarkerCheck { corpus: string; style: string; markers: string[]; minRate: number; minRatio: number }
-interface PatternCheck { corpus: string; style: string; pattern: string; minShare: number }
+interface MarkerCheck {
+  corpus: string;
+  style: string;
+  markers: string[];
+  minRate: number;
+  minRatio: number;
+}
+interface PatternCheck {
+  corpus: string;
+  style: string;
+  pattern: string;
+  minShare: number;
+}
 interface Styles {
   completionPrompts: string[];
   chatPrompts: string[];
@@ -25,7 +36,11 @@ interface Styles {
 const DIR = trainedDemoDir();
 const PRESENT = existsSync(join(DIR, 'config.json'));
 const styles = JSON.parse(readFileSync(join(packageRoot(), 'demo-train', 'styles.json'), 'utf8')) as Styles;
-const english = new Set(readFileSync(join(packageRoot(), 'test', 'fixtures', 'demo-words.txt'), 'utf8').split('\n').filter((w) => w !== ''));
+const english = new Set(
+  readFileSync(join(packageRoot(), 'test', 'fixtures', 'demo-words.txt'), 'utf8')
+    .split('\n')
+    .filter((w) => w !== ''),
+);
 
 /** Lower-case words, as train.py's words_of splits them. */
 const wordsOf = (text: string): string[] => text.toLowerCase().match(/[a-z]+(?:'[a-z]+)?/g) ?? [];
@@ -50,8 +65,9 @@ describe.skipIf(!PRESENT)(SUITE, () => {
     chat = ChatTemplate.fromTokenizerDir(DIR);
     const prompts = [...styles.completionPrompts, ...styles.chatPrompts.map((q) => chat.render([{ role: 'user', content: q }], true))];
     for (const lora of [null, ...Object.keys(styles.adapters)]) {
-      const texts = await Promise.all(prompts.map((text) =>
-        engine.generate({ text, lora, sampling: { maxNewTokens: styles.maxNewTokens, temperature: 0 } }).then((o) => o.text)));
+      const texts = await Promise.all(
+        prompts.map((text) => engine.generate({ text, lora, sampling: { maxNewTokens: styles.maxNewTokens, temperature: 0 } }).then((o) => o.text)),
+      );
       outputs.set(lora, texts);
     }
   }, 300_000);

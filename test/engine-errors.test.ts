@@ -72,7 +72,11 @@ describe('checkpoint errors', () => {
 
 describe('batch errors', () => {
   const cases: Array<[string, () => unknown, RegExp]> = [
-    ['a block id out of range', () => step(h, [{ tokens: P, cached: 0, blocks: [0, 8] }]), /block table entry 1 is block 8, outside the KV cache's \[0, 8\)/],
+    [
+      'a block id out of range',
+      () => step(h, [{ tokens: P, cached: 0, blocks: [0, 8] }]),
+      /block table entry 1 is block 8, outside the KV cache's \[0, 8\)/,
+    ],
     ['a missing block', () => step(h, [{ tokens: P, cached: 0, blocks: [0] }], { maxBlocksPerSeq: 2 }), /block table entry 1 is block -1/],
     ['a LoRA slot out of range', () => step(h, [{ tokens: P, cached: 0, blocks: [0, 1], slot: 5 }]), /LoRA slot 5 is outside \[0, 2\)/],
     ['an empty LoRA slot', () => step(h, [{ tokens: P, cached: 0, blocks: [0, 1], slot: 1 }]), /LoRA slot 1 holds no adapter/],
@@ -86,7 +90,10 @@ describe('batch errors', () => {
       'seqStarts that go backwards',
       () =>
         addon.step(h, {
-          ...makeBatch([{ tokens: P, cached: 0, blocks: [0, 1] }, { tokens: [5], cached: 0, blocks: [2] }]),
+          ...makeBatch([
+            { tokens: P, cached: 0, blocks: [0, 1] },
+            { tokens: [5], cached: 0, blocks: [2] },
+          ]),
           seqStarts: Int32Array.of(0, 100, 8),
         }),
       /seqStarts must increase \(sequence 1 has no tokens\)/,
@@ -126,7 +133,11 @@ describe('adapter errors', () => {
     expect(() => addon.loadLoraSlot(h, 0, wide)).toThrow(/rank 16 is outside \[1, 8\]/);
     const narrow = { ...wide, rank: 8, weights: [] };
     expect(() => addon.loadLoraSlot(h, 2, narrow)).toThrow(/slot 2 is outside \[0, 2\)/);
-    const down = { rank: 8, scaling: 1, weights: [{ layer: 0, module: 'down_proj' as const, a: new Float32Array(8 * 160), b: new Float32Array(64 * 8) }] };
+    const down = {
+      rank: 8,
+      scaling: 1,
+      weights: [{ layer: 0, module: 'down_proj' as const, a: new Float32Array(8 * 160), b: new Float32Array(64 * 8) }],
+    };
     expect(() => addon.loadLoraSlot(h, 0, down)).toThrow(/targets down_proj, which the LoRA pool does not hold/);
     const shortA = { rank: 8, scaling: 1, weights: [{ layer: 1, module: 'q_proj' as const, a: new Float32Array(10), b: new Float32Array(64 * 8) }] };
     expect(() => addon.loadLoraSlot(h, 0, shortA)).toThrow(/layer 1 q_proj: A has 10 values, expected rank 8 x 64/);

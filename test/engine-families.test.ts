@@ -14,7 +14,20 @@ import { loadAdapterWeights } from '../src/model/adapter.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import {
-  addon, argmax, createEngine, drive, engineOptions, loadSlot, logSoftmax, logitsRow, makeBatch, maxAbs, maxAbsDiff, openCheckpoint, prompt, tempDir,
+  addon,
+  argmax,
+  createEngine,
+  drive,
+  engineOptions,
+  loadSlot,
+  logSoftmax,
+  logitsRow,
+  makeBatch,
+  maxAbs,
+  maxAbsDiff,
+  openCheckpoint,
+  prompt,
+  tempDir,
   type SeqStep,
 } from './engine-fixtures.js';
 import { readWeights, referenceLogits } from './engine-reference.js';
@@ -38,20 +51,49 @@ const COMMON = {
 /** config.json of each model, shaped as the family's published configs are (their window fields included). */
 const MODELS = {
   qwen2: {
-    ...COMMON, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', rms_norm_eps: 1e-6, rope_theta: 1000000.0,
-    tie_word_embeddings: true, use_sliding_window: false, sliding_window: 32768, max_window_layers: 21,
+    ...COMMON,
+    architectures: ['Qwen2ForCausalLM'],
+    model_type: 'qwen2',
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    tie_word_embeddings: true,
+    use_sliding_window: false,
+    sliding_window: 32768,
+    max_window_layers: 21,
   },
   'qwen2-untied': {
-    ...COMMON, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', rms_norm_eps: 1e-6, rope_theta: 1000000.0,
-    tie_word_embeddings: false, vocab_size: 999, use_sliding_window: false, sliding_window: 131072, max_window_layers: 28,
+    ...COMMON,
+    architectures: ['Qwen2ForCausalLM'],
+    model_type: 'qwen2',
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    tie_word_embeddings: false,
+    vocab_size: 999,
+    use_sliding_window: false,
+    sliding_window: 131072,
+    max_window_layers: 28,
   },
   qwen3: {
-    ...COMMON, architectures: ['Qwen3ForCausalLM'], model_type: 'qwen3', head_dim: 32, rms_norm_eps: 1e-6, rope_theta: 1000000.0,
-    tie_word_embeddings: true, attention_bias: false, use_sliding_window: false, sliding_window: null, max_window_layers: 28,
+    ...COMMON,
+    architectures: ['Qwen3ForCausalLM'],
+    model_type: 'qwen3',
+    head_dim: 32,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    tie_word_embeddings: true,
+    attention_bias: false,
+    use_sliding_window: false,
+    sliding_window: null,
+    max_window_layers: 28,
   },
   mistral: {
-    ...COMMON, architectures: ['MistralForCausalLM'], model_type: 'mistral', rms_norm_eps: 1e-5, rope_theta: 10000.0,
-    tie_word_embeddings: false, sliding_window: 5,
+    ...COMMON,
+    architectures: ['MistralForCausalLM'],
+    model_type: 'mistral',
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000.0,
+    tie_word_embeddings: false,
+    sliding_window: 5,
   },
 };
 type Model = keyof typeof MODELS;
@@ -88,8 +130,15 @@ afterAll(() => {
 });
 
 describe('parsed configs', () => {
-  it('carry each family\'s flags to the engine', () => {
-    expect(ckpts.qwen2.config).toMatchObject({ family: 'qwen2', architecture: 'Qwen2ForCausalLM', qkvBias: true, qkNorm: false, slidingWindow: 0, tieWordEmbeddings: true });
+  it("carry each family's flags to the engine", () => {
+    expect(ckpts.qwen2.config).toMatchObject({
+      family: 'qwen2',
+      architecture: 'Qwen2ForCausalLM',
+      qkvBias: true,
+      qkNorm: false,
+      slidingWindow: 0,
+      tieWordEmbeddings: true,
+    });
     expect(ckpts['qwen2-untied'].config).toMatchObject({ qkvBias: true, tieWordEmbeddings: false });
     expect(ckpts.qwen3.config).toMatchObject({ family: 'qwen3', qkvBias: false, qkNorm: true, slidingWindow: 0, headDim: 32 });
     expect(ckpts.mistral.config).toMatchObject({ family: 'mistral', qkvBias: false, qkNorm: false, slidingWindow: 5 });
@@ -116,7 +165,11 @@ describe.each(NAMES)('%s against the float64 reference', (name) => {
       { prompt: prompt(13, 3, vocab), slot: 1, chunks: [6, 7] },
       { prompt: prompt(9, 4, vocab), slot: 0 },
     ];
-    const out = drive(h, reqs.map((r, i) => ({ ...r, blocks: Array.from({ length: 5 }, (_, k) => i * 5 + k), decodes: 3 })), vocab);
+    const out = drive(
+      h,
+      reqs.map((r, i) => ({ ...r, blocks: Array.from({ length: 5 }, (_, k) => i * 5 + k), decodes: 3 })),
+      vocab,
+    );
     const weights = readWeights(ckpt);
     reqs.forEach((r, i) => {
       const lora = adapters[r.slot + 1];
@@ -146,7 +199,11 @@ async function tensorParallelRun(name: Model, tp: number): Promise<{ logprobs: F
   try {
     await group.loadSlot(0, join(ckpt.dir, 'qv'));
     await group.loadSlot(1, join(ckpt.dir, 'all'));
-    const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({ slot, tokens: prompt(10, 50 + (i % 2), vocab), blocks: Array.from({ length: 5 }, (_, k) => i * 5 + k) }));
+    const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({
+      slot,
+      tokens: prompt(10, 50 + (i % 2), vocab),
+      blocks: Array.from({ length: 5 }, (_, k) => i * 5 + k),
+    }));
     const logprobs: Float64Array[] = [];
     const greedy: number[] = [];
     const step = async (parts: SeqStep[]): Promise<void> => {

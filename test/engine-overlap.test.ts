@@ -16,7 +16,11 @@ makeRandomCheckpoint(join(tmp.dir, 'base'), SMALL_MODEL, 21, 'BF16');
 const ckpt = openCheckpoint(join(tmp.dir, 'base'));
 const adapters = ['a', 'b'].map((name, i) => {
   const dir = join(tmp.dir, name);
-  makeRandomAdapter(dir, { rank: 8, alpha: 16, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 30 + i, dtype: 'BF16', bStd: 0.2 }, SMALL_MODEL);
+  makeRandomAdapter(
+    dir,
+    { rank: 8, alpha: 16, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 30 + i, dtype: 'BF16', bStd: 0.2 },
+    SMALL_MODEL,
+  );
   return dir;
 });
 const handles: number[] = [];
@@ -31,7 +35,12 @@ function engine(): number {
   return h;
 }
 
-const seq = (i: number, slot: number): Parameters<typeof makeBatch>[0][number] => ({ tokens: prompt(6, 50 + i), cached: 0, blocks: [i * 2, i * 2 + 1], slot });
+const seq = (i: number, slot: number): Parameters<typeof makeBatch>[0][number] => ({
+  tokens: prompt(6, 50 + i),
+  cached: 0,
+  blocks: [i * 2, i * 2 + 1],
+  slot,
+});
 const otherSlots = makeBatch([seq(0, -1), seq(1, 0), seq(2, -1)], { returnLogits: true });
 const heldSlot = makeBatch([seq(3, 1), seq(4, -1)], { returnLogits: true });
 

@@ -24,7 +24,13 @@ afterAll(() => {
 /** Token ids sorted by logit, highest first. */
 const ranked = (l: Float32Array): number[] => [...l.keys()].sort((a, b) => l[b]! - l[a]! || a - b);
 
-interface Pen { f?: number; p?: number; r?: number; history: number[]; promptLen: number }
+interface Pen {
+  f?: number;
+  p?: number;
+  r?: number;
+  history: number[];
+  promptLen: number;
+}
 
 /** The formula: repetition over prompt and generated tokens, then frequency and presence over generated ones. */
 function penalize(raw: Float32Array, pen: Pen): Float32Array {
@@ -62,9 +68,14 @@ describe('penalties', () => {
       { f: 2, p: 2, history: [top[0]!, ...P], promptLen: P.length + 1 },
     ];
     const seqs: SeqStep[] = cases.map((c, i) => ({
-      tokens: P, cached: 0, blocks: [i + 1],
-      frequencyPenalty: c.f ?? 0, presencePenalty: c.p ?? 0, repetitionPenalty: c.r ?? 1,
-      penaltyTokens: c.history, penaltyPromptLen: c.promptLen,
+      tokens: P,
+      cached: 0,
+      blocks: [i + 1],
+      frequencyPenalty: c.f ?? 0,
+      presencePenalty: c.p ?? 0,
+      repetitionPenalty: c.r ?? 1,
+      penaltyTokens: c.history,
+      penaltyPromptLen: c.promptLen,
     }));
     const r = step(h, seqs, { returnLogits: true });
     cases.forEach((c, i) => {
@@ -85,10 +96,19 @@ describe('penalties', () => {
     const banned = order.slice(0, 3);
     const history = [...P];
     for (let k = 0; k < 5; k++) history.push(...banned);
-    const r = step(h, [{
-      tokens: P, cached: 0, blocks: [0], temperature: 0.5, seed: 3, presencePenalty: 2, frequencyPenalty: 2,
-      penaltyTokens: history, penaltyPromptLen: P.length,
-    }]);
+    const r = step(h, [
+      {
+        tokens: P,
+        cached: 0,
+        blocks: [0],
+        temperature: 0.5,
+        seed: 3,
+        presencePenalty: 2,
+        frequencyPenalty: 2,
+        penaltyTokens: history,
+        penaltyPromptLen: P.length,
+      },
+    ]);
     expect(banned).toContain(plain.tokens[0]);
     expect(banned).not.toContain(r.tokens[0]);
   });

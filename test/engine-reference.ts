@@ -133,8 +133,7 @@ export function referenceLogits(c: ModelConfig, w: Weights, tokens: number[], lo
         const m = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - m));
         const z = e.reduce((a, b) => a + b, 0);
-        for (let j = first; j <= pos; j++)
-          for (let d = 0; d < hd; d++) attn[h * hd + d]! += (e[j - first]! / z) * vs[j]![kvh * hd + d]!;
+        for (let j = first; j <= pos; j++) for (let d = 0; d < hd; d++) attn[h * hd + d]! += (e[j - first]! / z) * vs[j]![kvh * hd + d]!;
       }
       const o = proj(attn, 'o_proj', H);
       const y = x.map((v, i) => v + o[i]!);

@@ -5,7 +5,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeRandomCheckpoint } from '../src/model/demo.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
 import type { StepResult } from '../src/engine/types.js';
-import { SMALL_MODEL, addon, argmax, createEngine, logSoftmax, logitsRow, openCheckpoint, prompt, step, tempDir, type SeqStep } from './engine-fixtures.js';
+import {
+  SMALL_MODEL,
+  addon,
+  argmax,
+  createEngine,
+  logSoftmax,
+  logitsRow,
+  openCheckpoint,
+  prompt,
+  step,
+  tempDir,
+  type SeqStep,
+} from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;
 const tmp = tempDir('sampling');
@@ -26,7 +38,11 @@ afterAll(() => {
 
 /** n copies of the same prompt, each in its own block, with per-copy sampling options. */
 function copies(n: number, opts: (i: number) => Partial<SeqStep>, extra: { topLogprobs?: number } = {}): StepResult {
-  return step(h, Array.from({ length: n }, (_, i) => ({ tokens: P, cached: 0, blocks: [i], ...opts(i) })), { returnLogits: true, ...extra });
+  return step(
+    h,
+    Array.from({ length: n }, (_, i) => ({ tokens: P, cached: 0, blocks: [i], ...opts(i) })),
+    { returnLogits: true, ...extra },
+  );
 }
 
 /** Token ids sorted by logit, highest first. */
@@ -56,7 +72,11 @@ describe('sampling', () => {
   });
 
   it('keeps to the top k, the top-p prefix and the min-p set', () => {
-    const logits = logitsRow(copies(1, () => ({})), 0, VOCAB).slice();
+    const logits = logitsRow(
+      copies(1, () => ({})),
+      0,
+      VOCAB,
+    ).slice();
     const order = ranked(logits);
     const probs = logSoftmax(logits).map((x) => Math.exp(x));
     const topK = copies(64, (i) => ({ temperature: 1, topK: 5, seed: i }));
@@ -98,7 +118,14 @@ describe('sampling', () => {
   });
 
   it('samples nothing for rows with sample = 0', () => {
-    const r = step(h, [{ tokens: P, cached: 0, blocks: [0], sample: false }, { tokens: P, cached: 0, blocks: [1] }], { topLogprobs: 2 });
+    const r = step(
+      h,
+      [
+        { tokens: P, cached: 0, blocks: [0], sample: false },
+        { tokens: P, cached: 0, blocks: [1] },
+      ],
+      { topLogprobs: 2 },
+    );
     expect(r.tokens[0]).toBe(-1);
     expect(r.tokens[1]).toBeGreaterThanOrEqual(0);
     expect(r.logits).toBeNull();

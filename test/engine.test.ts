@@ -6,7 +6,19 @@ import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import { mergeAdapter } from '../src/model/merge.js';
 import type { Checkpoint } from '../src/model/checkpoint.js';
 import {
-  SMALL_MODEL, addon, argmax, createEngine, drive, loadSlot, logitsRow, maxAbs, maxAbsDiff, openCheckpoint, prompt, step, tempDir,
+  SMALL_MODEL,
+  addon,
+  argmax,
+  createEngine,
+  drive,
+  loadSlot,
+  logitsRow,
+  maxAbs,
+  maxAbsDiff,
+  openCheckpoint,
+  prompt,
+  step,
+  tempDir,
 } from './engine-fixtures.js';
 import { readWeights, referenceLogits } from './engine-reference.js';
 
@@ -108,7 +120,11 @@ describe('LoRA matches merged weights', () => {
       { prompt: prompt(7, 4), slot: 0, ref: mergedA },
       { prompt: prompt(5, 5), slot: 1, ref: mergedB },
     ];
-    const mixed = drive(h, reqs.map((r, i) => ({ prompt: r.prompt, slot: r.slot, blocks: [i * 4, i * 4 + 1, i * 4 + 2, i * 4 + 3], decodes: 3 })), VOCAB);
+    const mixed = drive(
+      h,
+      reqs.map((r, i) => ({ prompt: r.prompt, slot: r.slot, blocks: [i * 4, i * 4 + 1, i * 4 + 2, i * 4 + 3], decodes: 3 })),
+      VOCAB,
+    );
     const plainBase = engine(base, { loraSlots: 0, maxLoraRank: 0 });
     reqs.forEach((r, i) => {
       const refHandle = r.ref === base ? plainBase : engine(r.ref, { loraSlots: 0 });
@@ -175,7 +191,14 @@ describe('paged KV cache', () => {
     const h = engine(base);
     const p = prompt(10, 41);
     const alone = step(h, [{ tokens: p, cached: 0, blocks: [0, 1, 2] }], { returnLogits: true });
-    const withOther = step(h, [{ tokens: prompt(10, 42), cached: 0, blocks: [3, 4, 5] }, { tokens: p, cached: 0, blocks: [6, 7, 8] }], { returnLogits: true });
+    const withOther = step(
+      h,
+      [
+        { tokens: prompt(10, 42), cached: 0, blocks: [3, 4, 5] },
+        { tokens: p, cached: 0, blocks: [6, 7, 8] },
+      ],
+      { returnLogits: true },
+    );
     expect(logitsRow(withOther, 1, VOCAB)).toEqual(logitsRow(alone, 0, VOCAB));
     expect(argmax(logitsRow(alone, 0, VOCAB))).toBe(alone.tokens[0]);
   });

@@ -76,7 +76,10 @@ describe('gateway metrics on a real server', () => {
    */
   const runLong = async (lora: string | null, rid: string): Promise<{ text: Promise<string> }> => {
     const res = await post('/generate', {
-      text: 'Once upon a time', lora_path: lora, rid, stream: true,
+      text: 'Once upon a time',
+      lora_path: lora,
+      rid,
+      stream: true,
       // Three of these fit the demo server's 8192-token KV cache, so none is ever preempted.
       sampling_params: { max_new_tokens: 2500, ignore_eos: true },
     });
@@ -114,13 +117,15 @@ describe('gateway metrics on a real server', () => {
     const waiting = ['a2', 'a3'].map((lora) => post('/generate', { text: 'Hello', lora_path: lora, sampling_params: { max_new_tokens: 4 } }));
     pending.push(...waiting);
     const loraInfo = (m: Map<string, Sample[]>): Record<string, string> => only(m, 'vllm:lora_requests_info').labels;
-    const m = await scrapeUntil('two waiting requests and a2 in a slot', (s) =>
-      only(s, 'troupe_requests_waiting').value === 2 && loraInfo(s).running_lora_adapters!.split(',').includes('a2'));
+    const m = await scrapeUntil(
+      'two waiting requests and a2 in a slot',
+      (s) => only(s, 'troupe_requests_waiting').value === 2 && loraInfo(s).running_lora_adapters!.split(',').includes('a2'),
+    );
 
     expect(figure(m, GATEWAY_METRIC_NAMES.waiting)).toBe(2);
     expect(figure(m, GATEWAY_METRIC_NAMES.running)).toBe(3);
     const kv = figure(m, GATEWAY_METRIC_NAMES.kvUsage);
-    const info = await (await fetch(`${base}/get_server_info`)).json() as { internal_states: Array<{ kv_cache_total_blocks: number }> };
+    const info = (await (await fetch(`${base}/get_server_info`)).json()) as { internal_states: Array<{ kv_cache_total_blocks: number }> };
     const blocks = info.internal_states[0]!.kv_cache_total_blocks;
     expect(blocks).toBe(8192 / 16);
     // A fraction of whole blocks, at least one per running request.
@@ -152,7 +157,8 @@ describe('gateway metrics on a real server', () => {
     const abort = await post('/abort_request', { abort_all: true });
     expect(abort.status).toBe(200);
     for (const text of await Promise.all(long.map((l) => l.text))) expect(text).toContain('"type":"abort"');
-    for (const res of await Promise.all(waiting)) expect(((await res.json()) as { meta_info: { finish_reason: { type: string } } }).meta_info.finish_reason.type).toBe('abort');
+    for (const res of await Promise.all(waiting))
+      expect(((await res.json()) as { meta_info: { finish_reason: { type: string } } }).meta_info.finish_reason.type).toBe('abort');
     const idle = await scrapeUntil('no running request', (s) => only(s, 'troupe_requests_running').value === 0);
     expect(figure(idle, GATEWAY_METRIC_NAMES.waiting)).toBe(0);
     expect(figure(idle, GATEWAY_METRIC_NAMES.kvUsage)).toBe(0);
@@ -164,14 +170,23 @@ describe('gateway metrics on a real server', () => {
 
 describe('gateway metrics of any engine', () => {
   const load = (over: Partial<SchedulerLoad> = {}): SchedulerLoad => ({
-    waiting: 0, running: 0, freeBlocks: 10, totalBlocks: 10, residentAdapters: [], waitingAdapters: [], ...over,
+    waiting: 0,
+    running: 0,
+    freeBlocks: 10,
+    totalBlocks: 10,
+    residentAdapters: [],
+    waitingAdapters: [],
+    ...over,
   });
 
   it('asks the scheduler once per scrape, however many gauges read it', async () => {
     const registry = new Registry();
     let calls = 0;
     registerGatewayMetrics([registry], {
-      modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4,
+      modelName: 'm',
+      blockSize: 16,
+      numBlocks: 10,
+      maxLoras: 4,
       load: async () => (calls++, load({ waiting: calls, freeBlocks: 5 })),
     });
     const first = parseMetrics(await registry.metrics());
@@ -190,19 +205,25 @@ describe('gateway metrics of any engine', () => {
     registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current, now: () => now });
     const first = parseMetrics(await registry.metrics());
     expect(only(first, 'vllm:lora_requests_info')).toEqual({
-      labels: { max_lora: '4', running_lora_adapters: 'x', waiting_lora_adapters: 'y,z' }, value: 1000,
+      labels: { max_lora: '4', running_lora_adapters: 'x', waiting_lora_adapters: 'y,z' },
+      value: 1000,
     });
     now = 2_000_000;
     current = load({ residentAdapters: ['x', 'y'] });
     const second = parseMetrics(await registry.metrics());
     expect(only(second, 'troupe_lora_requests_info')).toEqual({
-      labels: { max_lora: '4', running_lora_adapters: 'x,y', waiting_lora_adapters: '' }, value: 2000,
+      labels: { max_lora: '4', running_lora_adapters: 'x,y', waiting_lora_adapters: '' },
+      value: 2000,
     });
   });
 
   it('serves /metrics/gateway without the API key, as /metrics, for pickers that send none', async () => {
     const metrics = new EngineMetrics(4, () => ({ slots: 4, slotsUsed: 0, cpuAdapters: 0, byState: {} }), {
-      modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => load({ waiting: 3 }),
+      modelName: 'm',
+      blockSize: 16,
+      numBlocks: 10,
+      maxLoras: 4,
+      load: async () => load({ waiting: 3 }),
     });
     const app = createApp(Object.assign(new EchoEngine(), { metrics }), { servedModelName: 'demo', apiKey: 'k' });
     const lean = await app.request('/metrics/gateway');

@@ -11,14 +11,22 @@ beforeEach(() => {
 });
 
 const post = (path: string, body: unknown): Promise<Response> =>
-  Promise.resolve(app.request(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) }));
+  Promise.resolve(
+    app.request(path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    }),
+  );
 
 describe('LoRA adapter endpoints', () => {
   it('loads an adapter and lists every loaded one', async () => {
     const res = await post('/load_lora_adapter', { lora_name: 'tone', lora_path: '/ad/tone', pinned: true });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({
-      success: true, error_message: '', loaded_adapters: { 'demo-a': '/models/demo-a', tone: '/ad/tone' },
+      success: true,
+      error_message: '',
+      loaded_adapters: { 'demo-a': '/models/demo-a', tone: '/ad/tone' },
     });
     // The new adapter is usable right away.
     expect((await post('/generate', { text: 'x', lora_path: 'tone' })).status).toBe(200);
@@ -86,8 +94,14 @@ describe('health and model info', () => {
   it('describes the model in SGLang shape on /get_model_info', async () => {
     const res = await app.request('/get_model_info');
     expect(await res.json()).toEqual({
-      model_path: '/models/demo', tokenizer_path: '/models/demo', is_generation: true,
-      served_model_name: 'my-model', max_total_tokens: 4096, device: 'cpu', tp_size: 1, tp_collective: 'none',
+      model_path: '/models/demo',
+      tokenizer_path: '/models/demo',
+      is_generation: true,
+      served_model_name: 'my-model',
+      max_total_tokens: 4096,
+      device: 'cpu',
+      tp_size: 1,
+      tp_collective: 'none',
     });
   });
 });

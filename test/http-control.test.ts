@@ -55,9 +55,10 @@ describe('POST /abort_request', () => {
 });
 
 describe('/flush_cache', () => {
-  const REPLY = 'Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n';
+  const REPLY =
+    'Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n';
 
-  it('answers SGLang\'s text to a bodiless POST without Content-Type (as SGLang\'s serving benchmark sends it) and to GET', async () => {
+  it("answers SGLang's text to a bodiless POST without Content-Type (as SGLang's serving benchmark sends it) and to GET", async () => {
     const posted = await app.request('/flush_cache', { method: 'POST' });
     expect(posted.status).toBe(200);
     expect(await posted.text()).toBe(REPLY);
@@ -72,8 +73,13 @@ describe('/flush_cache', () => {
 });
 
 describe('GET /get_server_info', () => {
-  it('reports the server\'s arguments under SGLang\'s names, internal_states and the version, never the API key', async () => {
-    const keyed = createApp(engine, { servedModelName: 'demo', apiKey: 'secret-key', maxLorasPerBatch: 3, loraPaths: [{ name: 'demo-a', path: '/models/demo-a' }] });
+  it("reports the server's arguments under SGLang's names, internal_states and the version, never the API key", async () => {
+    const keyed = createApp(engine, {
+      servedModelName: 'demo',
+      apiKey: 'secret-key',
+      maxLorasPerBatch: 3,
+      loraPaths: [{ name: 'demo-a', path: '/models/demo-a' }],
+    });
     expect((await keyed.request('/get_server_info')).status).toBe(401);
     const res = await keyed.request('/get_server_info', { headers: { authorization: 'Bearer secret-key' } });
     expect(res.status).toBe(200);
@@ -82,9 +88,15 @@ describe('GET /get_server_info', () => {
     const info = JSON.parse(raw);
     expect(info).not.toHaveProperty('api_key');
     expect(info).toMatchObject({
-      model_path: '/models/demo', tokenizer_path: '/models/demo', served_model_name: 'demo', max_loras_per_batch: 3,
-      lora_paths: [{ lora_name: 'demo-a', lora_path: '/models/demo-a', pinned: false }], tp_size: 1, port: 30000,
-      max_total_num_tokens: 4096, device: 'cpu',
+      model_path: '/models/demo',
+      tokenizer_path: '/models/demo',
+      served_model_name: 'demo',
+      max_loras_per_batch: 3,
+      lora_paths: [{ lora_name: 'demo-a', lora_path: '/models/demo-a', pinned: false }],
+      tp_size: 1,
+      port: 30000,
+      max_total_num_tokens: 4096,
+      device: 'cpu',
     });
     expect(info.internal_states).toHaveLength(1);
     expect(info.internal_states[0]).toMatchObject({ loaded_lora_adapters: 1 });

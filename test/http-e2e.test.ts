@@ -17,10 +17,11 @@ let child: ChildProcess | null = null;
 let output = '';
 let base = '';
 
-
 async function waitForHealth(proc: ChildProcess): Promise<void> {
   let exited: string | null = null;
-  proc.once('exit', (code, signal) => { exited = `exited with ${code ?? signal}`; });
+  proc.once('exit', (code, signal) => {
+    exited = `exited with ${code ?? signal}`;
+  });
   for (;;) {
     if (exited) throw new Error(`troupe serve ${exited} before it was healthy:\n${output.slice(-4000)}`);
     try {
@@ -40,8 +41,12 @@ beforeAll(async () => {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout!.on('data', (d: Buffer) => { output += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { output += d.toString(); });
+  child.stdout!.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
+  child.stderr!.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
   await waitForHealth(child);
 }, 600_000);
 
@@ -121,7 +126,10 @@ describe('troupe serve over HTTP', () => {
 
   it('streams SSE events ending with [DONE]', async () => {
     const res = await generate({
-      text: PROMPT, stream: true, lora_path: ADAPTER_2, sampling_params: { max_new_tokens: 8, temperature: 0 },
+      text: PROMPT,
+      stream: true,
+      lora_path: ADAPTER_2,
+      sampling_params: { max_new_tokens: 8, temperature: 0 },
     });
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toContain('text/event-stream');

@@ -1,8 +1,6 @@
 // A TroupeEngine double for the HTTP tests: it records every request and answers with output
 // derived from what it received, so tests can pin parsing and response shaping.
-import type {
-  AdapterSpec, AdapterStatus, GenerateChunk, GenerateOutput, GenerateRequest, ModelInfo, TroupeEngine,
-} from '../src/api.js';
+import type { AdapterSpec, AdapterStatus, GenerateChunk, GenerateOutput, GenerateRequest, ModelInfo, TroupeEngine } from '../src/api.js';
 import { TroupeError, badRequest } from '../src/errors.js';
 
 const TOKENS = ['A', 'B', 'C'];
@@ -24,7 +22,9 @@ export class EchoEngine implements TroupeEngine {
 
   armHang(): void {
     this.hang = true;
-    this.waiting = new Promise((res) => { this.markWaiting = res; });
+    this.waiting = new Promise((res) => {
+      this.markWaiting = res;
+    });
   }
 
   private check(req: GenerateRequest): void {
@@ -61,7 +61,8 @@ export class EchoEngine implements TroupeEngine {
     if (req.returnLogprob) {
       out.outputTokenLogprobs = ids.map((id) => [-0.5, id, `t${id}`]);
       out.outputTopLogprobs = ids.map((id) =>
-        Array.from({ length: req.topLogprobsNum }, (_, k) => [-0.5 - k, id + k, `t${id + k}`] as [number, number, string]));
+        Array.from({ length: req.topLogprobsNum }, (_, k) => [-0.5 - k, id + k, `t${id + k}`] as [number, number, string]),
+      );
     }
     return out;
   }
@@ -111,8 +112,15 @@ export class EchoEngine implements TroupeEngine {
     if (spec.path.includes('missing')) throw badRequest(`adapter path ${spec.path} has no adapter_config.json`);
     this.adapterPaths.set(spec.name, spec.path);
     return {
-      name: spec.name, path: spec.path, pinned: spec.pinned ?? false, loaded: true, state: 'ready',
-      rank: 8, targetModules: ['q_proj'], slot: null, error: null,
+      name: spec.name,
+      path: spec.path,
+      pinned: spec.pinned ?? false,
+      loaded: true,
+      state: 'ready',
+      rank: 8,
+      targetModules: ['q_proj'],
+      slot: null,
+      error: null,
     };
   }
 
@@ -121,9 +129,19 @@ export class EchoEngine implements TroupeEngine {
   }
 
   async adapters(names?: readonly string[]): Promise<AdapterStatus[]> {
-    return [...this.adapterPaths].filter(([name]) => !names || names.includes(name)).map(([name, path]) => ({
-      name, path, pinned: false, loaded: true, state: 'ready', rank: 8, targetModules: ['q_proj'], slot: null, error: null,
-    }));
+    return [...this.adapterPaths]
+      .filter(([name]) => !names || names.includes(name))
+      .map(([name, path]) => ({
+        name,
+        path,
+        pinned: false,
+        loaded: true,
+        state: 'ready',
+        rank: 8,
+        targetModules: ['q_proj'],
+        slot: null,
+        error: null,
+      }));
   }
 
   async tokenTexts(ids: number[]): Promise<Array<string | null>> {
@@ -132,8 +150,15 @@ export class EchoEngine implements TroupeEngine {
 
   modelInfo(): ModelInfo {
     return {
-      modelPath: '/models/demo', servedModelName: 'ignored-by-http', tokenizerPath: '/models/demo',
-      isGeneration: true, maxTotalTokens: 4096, contextLength: 2048, device: 'cpu', tpSize: 1, collective: 'none',
+      modelPath: '/models/demo',
+      servedModelName: 'ignored-by-http',
+      tokenizerPath: '/models/demo',
+      isGeneration: true,
+      maxTotalTokens: 4096,
+      contextLength: 2048,
+      device: 'cpu',
+      tpSize: 1,
+      collective: 'none',
     };
   }
 

@@ -17,9 +17,41 @@ const RUNS = { seed: 20240611, numRuns: 30 };
 
 /** The edges the hostile tests hit, and their neighbours. */
 const EDGE_NUMBERS = [
-  0, -0, 1, -1, 0.5, 0.9, 1.0000001, 2, 2.0000001, -2, -2.0000001, 1e-6, 9.99e-7, 1e-45, 3e-39, 5e-324,
-  1e300, -1e300, Number.MAX_VALUE, 3.4028235e38, 2 ** 30 - 1, 2 ** 30, 2 ** 31, 2 ** 32, 2 ** 32 + 1,
-  2 ** 53 - 1, 2 ** 53, 2 ** 53 + 2, 1e20, 20, 21, 128255, 128256, 128257, 200000,
+  0,
+  -0,
+  1,
+  -1,
+  0.5,
+  0.9,
+  1.0000001,
+  2,
+  2.0000001,
+  -2,
+  -2.0000001,
+  1e-6,
+  9.99e-7,
+  1e-45,
+  3e-39,
+  5e-324,
+  1e300,
+  -1e300,
+  Number.MAX_VALUE,
+  3.4028235e38,
+  2 ** 30 - 1,
+  2 ** 30,
+  2 ** 31,
+  2 ** 32,
+  2 ** 32 + 1,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 53 + 2,
+  1e20,
+  20,
+  21,
+  128255,
+  128256,
+  128257,
+  200000,
 ];
 
 const junk: fc.Arbitrary<unknown> = fc.oneof(
@@ -57,7 +89,10 @@ const inRange = (min: number, max: number, edges: number[]): fc.Arbitrary<number
 const SAMPLING_FIELDS: Record<string, fc.Arbitrary<unknown>> = {
   temperature: inRange(0, 1e6, [0, -0, 1e-45, 3e-39, 5e-324, 9.99e-7, 1e-6, 0.7, 1, 2, 1e300, Number.MAX_VALUE, 3.4028235e38]),
   top_p: inRange(Number.MIN_VALUE, 1, [5e-324, 1e-45, 3e-39, 0.1, 0.9, 1]),
-  top_k: fc.oneof(fc.constantFrom(-1, 1, 2, 40, 128255, 128256, 200000, 2 ** 30 - 1, 2 ** 30, 2 ** 31, 2 ** 32 + 1, 2 ** 53, 1e20), fc.integer({ min: 1 })),
+  top_k: fc.oneof(
+    fc.constantFrom(-1, 1, 2, 40, 128255, 128256, 200000, 2 ** 30 - 1, 2 ** 30, 2 ** 31, 2 ** 32 + 1, 2 ** 53, 1e20),
+    fc.integer({ min: 1 }),
+  ),
   min_p: inRange(0, 1, [0, -0, 1e-45, 0.05, 1]),
   frequency_penalty: inRange(-2, 2, [-2, -0, 1e-45, 2]),
   presence_penalty: inRange(-2, 2, [-2, 0, 3e-39, 2]),
@@ -71,7 +106,10 @@ const SAMPLING_FIELDS: Record<string, fc.Arbitrary<unknown>> = {
 
 /** Now and then one or two fields get a hostile value: a wrong type, an edge, junk, or an unknown name. */
 function withHostileFields(bodies: fc.Arbitrary<Record<string, unknown>>, names: string[]): fc.Arbitrary<Record<string, unknown>> {
-  const name = fc.oneof({ weight: 5, arbitrary: fc.constantFrom(...names) }, fc.constantFrom('temprature', 'topP', 'foo', '__proto__', 'constructor'));
+  const name = fc.oneof(
+    { weight: 5, arbitrary: fc.constantFrom(...names) },
+    fc.constantFrom('temprature', 'topP', 'foo', '__proto__', 'constructor'),
+  );
   const hostile = fc.oneof({ weight: 2, arbitrary: fc.constant([]) }, fc.array(fc.tuple(name, anyValue), { minLength: 1, maxLength: 2 }));
   return fc.tuple(bodies, hostile).map(([body, fields]) => {
     const out = { ...body };
@@ -80,7 +118,11 @@ function withHostileFields(bodies: fc.Arbitrary<Record<string, unknown>>, names:
   });
 }
 
-const text: fc.Arbitrary<string> = fc.oneof(fc.constant(PROMPT), fc.string({ minLength: 1, maxLength: 12 }), fc.string({ unit: 'binary', maxLength: 12 }));
+const text: fc.Arbitrary<string> = fc.oneof(
+  fc.constant(PROMPT),
+  fc.string({ minLength: 1, maxLength: 12 }),
+  fc.string({ unit: 'binary', maxLength: 12 }),
+);
 const tokenIds = fc.array(fc.integer({ min: 0, max: 128255 }), { minLength: 1, maxLength: 6 });
 const adapter: fc.Arbitrary<unknown> = fc.constantFrom(null, null, 'demo-a', 'demo-b', 'not-loaded');
 
@@ -91,29 +133,42 @@ const perPrompt = (one: fc.Arbitrary<unknown>): fc.Arbitrary<unknown> =>
 // ---- bodies ---------------------------------------------------------------------------------
 
 const samplingParams = withHostileFields(
-  someOf({ ...SAMPLING_FIELDS, max_new_tokens: outputLength, no_stop_trim: fc.boolean(), spaces_between_special_tokens: fc.boolean() })
-    .map((s) => ({ max_new_tokens: 2, ...s })),
+  someOf({ ...SAMPLING_FIELDS, max_new_tokens: outputLength, no_stop_trim: fc.boolean(), spaces_between_special_tokens: fc.boolean() }).map((s) => ({
+    max_new_tokens: 2,
+    ...s,
+  })),
   [...Object.keys(SAMPLING_FIELDS), 'max_new_tokens', 'n', 'min_new_tokens'],
 ).map((s) => ({ ...s, max_new_tokens: clampLength(s.max_new_tokens) }));
 
-const generateBody = withHostileFields(fc.record({
-  prompt: fc.oneof(
-    text.map((t) => ({ text: t })),
-    fc.array(text, { minLength: 1, maxLength: 3 }).map((t) => ({ text: t })),
-    tokenIds.map((ids) => ({ input_ids: ids })),
-    fc.array(tokenIds, { minLength: 1, maxLength: 2 }).map((ids) => ({ input_ids: ids })),
-  ),
-  sampling: perPrompt(samplingParams),
-  top: someOf({
-    lora_path: perPrompt(adapter), return_logprob: perPrompt(fc.boolean()), top_logprobs_num: perPrompt(fc.integer({ min: 0, max: 20 })),
-    return_text_in_logprobs: fc.boolean(), stream: fc.boolean(),
-  }),
-}).map(({ prompt, sampling, top }) => ({ ...prompt, sampling_params: sampling, ...top })),
-['text', 'input_ids', 'sampling_params', 'lora_path', 'return_logprob', 'top_logprobs_num', 'stream', 'rid']);
+const generateBody = withHostileFields(
+  fc
+    .record({
+      prompt: fc.oneof(
+        text.map((t) => ({ text: t })),
+        fc.array(text, { minLength: 1, maxLength: 3 }).map((t) => ({ text: t })),
+        tokenIds.map((ids) => ({ input_ids: ids })),
+        fc.array(tokenIds, { minLength: 1, maxLength: 2 }).map((ids) => ({ input_ids: ids })),
+      ),
+      sampling: perPrompt(samplingParams),
+      top: someOf({
+        lora_path: perPrompt(adapter),
+        return_logprob: perPrompt(fc.boolean()),
+        top_logprobs_num: perPrompt(fc.integer({ min: 0, max: 20 })),
+        return_text_in_logprobs: fc.boolean(),
+        stream: fc.boolean(),
+      }),
+    })
+    .map(({ prompt, sampling, top }) => ({ ...prompt, sampling_params: sampling, ...top })),
+  ['text', 'input_ids', 'sampling_params', 'lora_path', 'return_logprob', 'top_logprobs_num', 'stream', 'rid'],
+);
 
 const openAiCommon = someOf({
-  ...SAMPLING_FIELDS, n: fc.constantFrom(1, 2), stream: fc.boolean(), lora_path: adapter,
-  user: fc.string({ maxLength: 4 }), logit_bias: fc.constant({}),
+  ...SAMPLING_FIELDS,
+  n: fc.constantFrom(1, 2),
+  stream: fc.boolean(),
+  lora_path: adapter,
+  user: fc.string({ maxLength: 4 }),
+  logit_bias: fc.constant({}),
 });
 const model = fc.constantFrom('demo', 'demo', 'demo:', 'demo:demo-a', 'demo-b', 'demo:not-loaded');
 const OPENAI_NAMES = [...Object.keys(SAMPLING_FIELDS), 'model', 'n', 'stream', 'stream_options', 'lora_path', 'max_tokens', 'logit_bias'];
@@ -126,29 +181,50 @@ const keepSmall = (b: Record<string, unknown>): Record<string, unknown> => ({
   ...('n' in b ? { n: foldChoices(b.n) } : {}),
 });
 
-const completionBody = withHostileFields(fc.record({
-  model,
-  prompt: fc.oneof(text, fc.array(text, { minLength: 1, maxLength: 2 }), tokenIds),
-  max_tokens: fc.integer({ min: 0, max: 2 }),
-  common: openAiCommon,
-  own: someOf({ logprobs: fc.integer({ min: 0, max: 20 }), echo: fc.constant(false) }),
-}).map(({ common, own, ...rest }) => ({ ...rest, ...common, ...own })),
-[...OPENAI_NAMES, 'prompt', 'logprobs', 'echo', 'best_of', 'suffix']).map(keepSmall);
+const completionBody = withHostileFields(
+  fc
+    .record({
+      model,
+      prompt: fc.oneof(text, fc.array(text, { minLength: 1, maxLength: 2 }), tokenIds),
+      max_tokens: fc.integer({ min: 0, max: 2 }),
+      common: openAiCommon,
+      own: someOf({ logprobs: fc.integer({ min: 0, max: 20 }), echo: fc.constant(false) }),
+    })
+    .map(({ common, own, ...rest }) => ({ ...rest, ...common, ...own })),
+  [...OPENAI_NAMES, 'prompt', 'logprobs', 'echo', 'best_of', 'suffix'],
+).map(keepSmall);
 
 const message = fc.record({
   role: fc.constantFrom('system', 'user', 'assistant', 'developer'),
   content: fc.oneof(text, fc.array(fc.record({ type: fc.constant('text'), text }), { minLength: 1, maxLength: 2 })),
 });
 
-const chatBody = withHostileFields(fc.record({
-  model,
-  messages: fc.array(message, { minLength: 1, maxLength: 3 }),
-  // max_tokens stays as a fallback, so a hostile null max_completion_tokens never means chat's default of 128.
-  length: fc.oneof(outputLength.map((v) => ({ max_tokens: v })), outputLength.map((v) => ({ max_tokens: 2, max_completion_tokens: v }))),
-  common: openAiCommon,
-  own: someOf({ logprobs: fc.boolean(), top_logprobs: fc.integer({ min: 0, max: 20 }), add_generation_prompt: fc.boolean() }),
-}).map(({ length, common, own, ...rest }) => ({ ...rest, ...length, ...common, ...own })),
-[...OPENAI_NAMES, 'messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'add_generation_prompt', 'response_format', 'tools', 'tool_choice']).map(keepSmall);
+const chatBody = withHostileFields(
+  fc
+    .record({
+      model,
+      messages: fc.array(message, { minLength: 1, maxLength: 3 }),
+      // max_tokens stays as a fallback, so a hostile null max_completion_tokens never means chat's default of 128.
+      length: fc.oneof(
+        outputLength.map((v) => ({ max_tokens: v })),
+        outputLength.map((v) => ({ max_tokens: 2, max_completion_tokens: v })),
+      ),
+      common: openAiCommon,
+      own: someOf({ logprobs: fc.boolean(), top_logprobs: fc.integer({ min: 0, max: 20 }), add_generation_prompt: fc.boolean() }),
+    })
+    .map(({ length, common, own, ...rest }) => ({ ...rest, ...length, ...common, ...own })),
+  [
+    ...OPENAI_NAMES,
+    'messages',
+    'max_completion_tokens',
+    'logprobs',
+    'top_logprobs',
+    'add_generation_prompt',
+    'response_format',
+    'tools',
+    'tool_choice',
+  ],
+).map(keepSmall);
 
 // ---- checks ---------------------------------------------------------------------------------
 
@@ -172,23 +248,33 @@ async function problemWith(path: string, body: Record<string, unknown>): Promise
 }
 
 const fuzz = (path: string, bodies: fc.Arbitrary<Record<string, unknown>>): Promise<void> =>
-  fc.assert(fc.asyncProperty(bodies, async (body) => {
-    const problem = await problemWith(path, body);
-    if (problem !== null) throw new Error(`${path} ${JSON.stringify(body)} -> ${problem}`);
-  }), RUNS);
+  fc.assert(
+    fc.asyncProperty(bodies, async (body) => {
+      const problem = await problemWith(path, body);
+      if (problem !== null) throw new Error(`${path} ${JSON.stringify(body)} -> ${problem}`);
+    }),
+    RUNS,
+  );
 
 /** The data payloads of the complete server-sent events in `buffer`, and what is left of it. */
 function takeEvents(buffer: string): { events: Array<{ output_ids: number[]; error?: unknown }>; rest: string } {
   const parts = buffer.split('\n\n');
   const rest = parts.pop()!;
-  return { events: parts.map((p) => p.slice('data: '.length)).filter((d) => d !== '[DONE]').map((d) => JSON.parse(d)), rest };
+  return {
+    events: parts
+      .map((p) => p.slice('data: '.length))
+      .filter((d) => d !== '[DONE]')
+      .map((d) => JSON.parse(d)),
+    rest,
+  };
 }
 
 describe('fuzzing the generation routes', () => {
   it('never answers 5xx, stays up, and leaves a greedy stream running beside the fuzz untouched', async () => {
     const greedy = { temperature: 0, ignore_eos: true };
     const res = await fetch(`${demo().base}/generate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ text: PROMPT, sampling_params: { ...greedy, max_new_tokens: 3000 }, stream: true }),
     });
     expect(res.status).toBe(200);
@@ -209,7 +295,9 @@ describe('fuzzing the generation routes', () => {
     while (ids.length === 0) await readMore(); // the stream is running
     // It is read on its own while the fuzz runs, so its socket never backs up.
     let fuzzing = true;
-    const reading = (async () => { while (fuzzing) await readMore(); })();
+    const reading = (async () => {
+      while (fuzzing) await readMore();
+    })();
     reading.catch(() => {}); // awaited below; a failure must not go unhandled while the fuzz runs
 
     try {
@@ -226,7 +314,8 @@ describe('fuzzing the generation routes', () => {
     await reader.cancel();
 
     const alone = await fetch(`${demo().base}/generate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ text: PROMPT, sampling_params: { ...greedy, max_new_tokens: ids.length } }),
     });
     expect((await alone.json()).output_ids).toEqual(ids);

@@ -26,33 +26,103 @@ async function refusal(body: unknown): Promise<string> {
 
 /** GenerateReqInput's fields at their defaults, as SGLang's clients may spell them out. */
 const GENERATE_REQ_INPUT_DEFAULTS: Record<string, unknown> = {
-  rid: null, session_id: null, input_embeds: null, image_data: null, video_data: null, audio_data: null,
-  mm_hashes: null, mm_content_hashes: null, use_audio_in_video: false, video_config: null, sampling_params: null,
-  return_logprob: null, logprob_start_len: null, top_logprobs_num: null, token_ids_logprob: null,
-  return_sampling_mask: null, return_text_in_logprobs: false, return_flat_raw_top_logprobs: false,
-  return_flat_raw_top_logprobs_b64: false, stream: false, log_metrics: true, return_hidden_states: false,
-  return_routed_experts: false, routed_experts_start_len: 0, return_indexer_topk: false, modalities: null,
-  session_params: null, lora_path: null, lora_id: null, custom_logit_processor: null, positional_embed_overrides: null,
-  bootstrap_host: null, bootstrap_port: null, bootstrap_room: null, bootstrap_pair_key: null, decode_tp_size: null,
-  routed_dp_rank: null, data_parallel_rank: null, disagg_prefill_dp_rank: null, kv_router_hint: null, routing_key: null,
-  conversation_id: null, http_worker_ipc: null, background: false, require_reasoning: false, max_thinking_tokens: null,
-  priority: null, extra_key: null, no_logs: false, custom_labels: null, return_bytes: false, return_entropy: false,
-  return_prompt_token_ids: false, external_trace_header: null, received_time: null, need_wait_for_mm_inputs: null,
-  num_items_assigned: null, encoder_urls: null, max_dynamic_patch: null, min_dynamic_patch: null,
-  image_max_dynamic_patch: null, video_max_dynamic_patch: null, images_config: null, multi_item_delimiter_indices: null,
+  rid: null,
+  session_id: null,
+  input_embeds: null,
+  image_data: null,
+  video_data: null,
+  audio_data: null,
+  mm_hashes: null,
+  mm_content_hashes: null,
+  use_audio_in_video: false,
+  video_config: null,
+  sampling_params: null,
+  return_logprob: null,
+  logprob_start_len: null,
+  top_logprobs_num: null,
+  token_ids_logprob: null,
+  return_sampling_mask: null,
+  return_text_in_logprobs: false,
+  return_flat_raw_top_logprobs: false,
+  return_flat_raw_top_logprobs_b64: false,
+  stream: false,
+  log_metrics: true,
+  return_hidden_states: false,
+  return_routed_experts: false,
+  routed_experts_start_len: 0,
+  return_indexer_topk: false,
+  modalities: null,
+  session_params: null,
+  lora_path: null,
+  lora_id: null,
+  custom_logit_processor: null,
+  positional_embed_overrides: null,
+  bootstrap_host: null,
+  bootstrap_port: null,
+  bootstrap_room: null,
+  bootstrap_pair_key: null,
+  decode_tp_size: null,
+  routed_dp_rank: null,
+  data_parallel_rank: null,
+  disagg_prefill_dp_rank: null,
+  kv_router_hint: null,
+  routing_key: null,
+  conversation_id: null,
+  http_worker_ipc: null,
+  background: false,
+  require_reasoning: false,
+  max_thinking_tokens: null,
+  priority: null,
+  extra_key: null,
+  no_logs: false,
+  custom_labels: null,
+  return_bytes: false,
+  return_entropy: false,
+  return_prompt_token_ids: false,
+  external_trace_header: null,
+  received_time: null,
+  need_wait_for_mm_inputs: null,
+  num_items_assigned: null,
+  encoder_urls: null,
+  max_dynamic_patch: null,
+  min_dynamic_patch: null,
+  image_max_dynamic_patch: null,
+  video_max_dynamic_patch: null,
+  images_config: null,
+  multi_item_delimiter_indices: null,
   cache_salt: null,
 };
 
 /** SamplingParams' API fields at their defaults. */
 const SAMPLING_PARAMS_DEFAULTS: Record<string, unknown> = {
-  max_new_tokens: 128, stop: null, stop_token_ids: null, stop_regex: null, temperature: 1.0, top_p: 1.0, top_k: -1,
-  min_p: 0.0, frequency_penalty: 0.0, presence_penalty: 0.0, repetition_penalty: 1.0, min_new_tokens: 0, n: 1,
-  json_schema: null, regex: null, ebnf: null, structural_tag: null, ignore_eos: false, skip_special_tokens: true,
-  spaces_between_special_tokens: true, no_stop_trim: false, custom_params: null, stream_interval: null,
-  logit_bias: null, sampling_seed: null,
+  max_new_tokens: 128,
+  stop: null,
+  stop_token_ids: null,
+  stop_regex: null,
+  temperature: 1.0,
+  top_p: 1.0,
+  top_k: -1,
+  min_p: 0.0,
+  frequency_penalty: 0.0,
+  presence_penalty: 0.0,
+  repetition_penalty: 1.0,
+  min_new_tokens: 0,
+  n: 1,
+  json_schema: null,
+  regex: null,
+  ebnf: null,
+  structural_tag: null,
+  ignore_eos: false,
+  skip_special_tokens: true,
+  spaces_between_special_tokens: true,
+  no_stop_trim: false,
+  custom_params: null,
+  stream_interval: null,
+  logit_bias: null,
+  sampling_seed: null,
 };
 
-describe('SGLang\'s request fields on /generate', () => {
+describe("SGLang's request fields on /generate", () => {
   it('accepts every GenerateReqInput and SamplingParams field at its default and runs the request as without them', async () => {
     const res = await post({ ...GENERATE_REQ_INPUT_DEFAULTS, text: 'x', sampling_params: SAMPLING_PARAMS_DEFAULTS });
     expect(res.status, await res.clone().text()).toBe(200);
@@ -62,25 +132,37 @@ describe('SGLang\'s request fields on /generate', () => {
   });
 
   // python/sglang/bench_serving.py, async_request_sglang_generate: every request carries these.
-  it('takes the fields SGLang\'s serving benchmark always sends (logprob_start_len -1, lora_path null)', async () => {
+  it("takes the fields SGLang's serving benchmark always sends (logprob_start_len -1, lora_path null)", async () => {
     const res = await post({
-      text: 'x', sampling_params: { temperature: 0.0, max_new_tokens: 2, ignore_eos: true },
-      stream: false, lora_path: null, return_logprob: false, logprob_start_len: -1,
+      text: 'x',
+      sampling_params: { temperature: 0.0, max_new_tokens: 2, ignore_eos: true },
+      stream: false,
+      lora_path: null,
+      return_logprob: false,
+      logprob_start_len: -1,
     });
     expect(res.status, await res.clone().text()).toBe(200);
     expect(engine.requests[0]).not.toHaveProperty('logprobStartLen');
   });
 
-  it('ignores top-level fields it does not know, as SGLang\'s schema does, and accepts labels and hints', async () => {
+  it("ignores top-level fields it does not know, as SGLang's schema does, and accepts labels and hints", async () => {
     const res = await post({
-      text: 'x', some_future_field: { a: 1 }, ngram_corpus_id: 'c', routing_key: 'k', session_id: 's', extra_key: ['k'],
-      cache_salt: 'salt', custom_labels: { team: 'a' }, no_logs: true, routed_dp_rank: 0,
+      text: 'x',
+      some_future_field: { a: 1 },
+      ngram_corpus_id: 'c',
+      routing_key: 'k',
+      session_id: 's',
+      extra_key: ['k'],
+      cache_salt: 'salt',
+      custom_labels: { team: 'a' },
+      no_logs: true,
+      routed_dp_rank: 0,
     });
     expect(res.status, await res.clone().text()).toBe(200);
     expect(await refusal({ text: 'x', routing_key: 5 })).toContain('routing_key must be a string');
   });
 
-  it('still refuses sampling parameters it does not know, as SGLang\'s SamplingParams does', async () => {
+  it("still refuses sampling parameters it does not know, as SGLang's SamplingParams does", async () => {
     const message = await refusal({ text: 'x', sampling_params: { max_tokens: 4 } });
     expect(message).toContain('"max_tokens"');
     expect(message).toContain('stream_interval');
@@ -116,7 +198,12 @@ describe('SGLang\'s request fields on /generate', () => {
       expect(message).toContain('not supported');
     }
     expect(engine.requests).toHaveLength(0);
-    for (const fields of [{ image_data: [] }, { modalities: [] }, { token_ids_logprob: [] }, { sampling_params: { logit_bias: {}, beam_width: 1 } }]) {
+    for (const fields of [
+      { image_data: [] },
+      { modalities: [] },
+      { token_ids_logprob: [] },
+      { sampling_params: { logit_bias: {}, beam_width: 1 } },
+    ]) {
       expect((await post({ text: 'x', ...fields })).status, JSON.stringify(fields)).toBe(200);
     }
   });
@@ -141,7 +228,10 @@ describe('fields /generate honours', () => {
   it('streams an update every stream_interval tokens, with the first and the last', async () => {
     const tokensStreamed = async (sampling: Record<string, unknown>): Promise<number[]> => {
       const raw = await (await post({ text: 'x', stream: true, sampling_params: sampling })).text();
-      return raw.split('\n\n').filter((p) => p.startsWith('data: {')).map((p) => JSON.parse(p.slice(6)).meta_info.completion_tokens);
+      return raw
+        .split('\n\n')
+        .filter((p) => p.startsWith('data: {'))
+        .map((p) => JSON.parse(p.slice(6)).meta_info.completion_tokens);
     };
     expect(await tokensStreamed({})).toEqual([1, 2, 3]);
     expect(await tokensStreamed({ stream_interval: 2 })).toEqual([1, 3]);
@@ -150,7 +240,11 @@ describe('fields /generate honours', () => {
   });
 
   it('takes PUT as SGLang does', async () => {
-    const res = await app.request('/generate', { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x' }) });
+    const res = await app.request('/generate', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: 'x' }),
+    });
     expect(res.status).toBe(200);
     expect((await res.json()).text).toBe('[base] x -> ABC');
   });

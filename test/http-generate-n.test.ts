@@ -39,12 +39,10 @@ describe('sampling_params.n on /generate', () => {
     expect(engine.requests.every((r) => r.sampling.maxNewTokens === 2)).toBe(true);
   });
 
-  it('orders the samples prompt by prompt, each with its prompt\'s adapter', async () => {
+  it("orders the samples prompt by prompt, each with its prompt's adapter", async () => {
     const res = await post('/generate', { text: ['a', 'b'], lora_path: ['demo-a', 'demo-b'], sampling_params: { n: 2 } });
     const items = (await res.json()) as Item[];
-    expect(items.map((i) => i.text)).toEqual([
-      '[demo-a] a -> ABC', '[demo-a] a -> ABC', '[demo-b] b -> ABC', '[demo-b] b -> ABC',
-    ]);
+    expect(items.map((i) => i.text)).toEqual(['[demo-a] a -> ABC', '[demo-a] a -> ABC', '[demo-b] b -> ABC', '[demo-b] b -> ABC']);
     expect(items.every((i) => i.index === undefined)).toBe(true);
   });
 
@@ -59,8 +57,9 @@ describe('sampling_params.n on /generate', () => {
 
   it('refuses what SGLang refuses with n > 1, and an n out of range, naming the field', async () => {
     expect(await errorOf(await post('/generate', { text: ['a', 'b'], sampling_params: [{ n: 2 }, { n: 1 }] }))).toContain('same n');
-    expect(await errorOf(await post('/generate', { text: ['a', 'b'], sampling_params: { n: 2 }, return_logprob: [true, false] })))
-      .toContain('return_logprob cannot be a list');
+    expect(await errorOf(await post('/generate', { text: ['a', 'b'], sampling_params: { n: 2 }, return_logprob: [true, false] }))).toContain(
+      'return_logprob cannot be a list',
+    );
     expect(await errorOf(await post('/generate', { text: 'a', sampling_params: { n: 0 } }))).toContain('sampling_params.n must be >= 1');
     expect(await errorOf(await post('/generate', { text: 'a', sampling_params: { n: 129 } }))).toContain('at most 128');
     expect(engine.requests).toHaveLength(0);
@@ -69,7 +68,9 @@ describe('sampling_params.n on /generate', () => {
   it('sends the engine the same requests for n on /generate as for n on /v1/completions', async () => {
     const seen = (): Array<[string | null, number | null, number]> =>
       engine.requests.splice(0).map((r) => [r.lora, r.sampling.seed, r.sampling.maxNewTokens]);
-    expect((await post('/generate', { text: ['a', 'b'], lora_path: 'demo-a', sampling_params: { n: 3, sampling_seed: 5, max_new_tokens: 2 } })).status).toBe(200);
+    expect(
+      (await post('/generate', { text: ['a', 'b'], lora_path: 'demo-a', sampling_params: { n: 3, sampling_seed: 5, max_new_tokens: 2 } })).status,
+    ).toBe(200);
     const native = seen();
     expect((await post('/v1/completions', { model: 'demo:demo-a', prompt: ['a', 'b'], n: 3, seed: 5, max_tokens: 2 })).status).toBe(200);
     expect(seen()).toEqual(native);

@@ -13,11 +13,13 @@ beforeEach(() => {
 });
 
 const post = (body: unknown, path = '/generate'): Promise<Response> =>
-  Promise.resolve(app.request(path, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  }));
+  Promise.resolve(
+    app.request(path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    }),
+  );
 
 async function expectError(res: Response, status: number, ...fragments: string[]): Promise<string> {
   expect(res.status).toBe(status);
@@ -38,8 +40,12 @@ describe('POST /generate shapes', () => {
       text: '[base] hello -> ABC',
       output_ids: [100, 101, 102],
       meta_info: {
-        id: 'rid-auto', finish_reason: { type: 'length', length: 128 }, prompt_tokens: 5,
-        completion_tokens: 3, cached_tokens: 0, e2e_latency: 0.25,
+        id: 'rid-auto',
+        finish_reason: { type: 'length', length: 128 },
+        prompt_tokens: 5,
+        completion_tokens: 3,
+        cached_tokens: 0,
+        e2e_latency: 0.25,
       },
     });
     expect(engine.requests).toHaveLength(1);
@@ -51,9 +57,19 @@ describe('POST /generate shapes', () => {
     expect(req.topLogprobsNum).toBe(0);
     expect(req.signal).toBeInstanceOf(AbortSignal);
     expect(req.sampling).toEqual({
-      maxNewTokens: 128, temperature: 1, topP: 1, topK: -1, minP: 0, seed: null,
-      stop: [], stopTokenIds: [], ignoreEos: false, skipSpecialTokens: true,
-      frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1,
+      maxNewTokens: 128,
+      temperature: 1,
+      topP: 1,
+      topK: -1,
+      minP: 0,
+      seed: null,
+      stop: [],
+      stopTokenIds: [],
+      ignoreEos: false,
+      skipSpecialTokens: true,
+      frequencyPenalty: 0,
+      presencePenalty: 0,
+      repetitionPenalty: 1,
     });
   });
 
@@ -84,7 +100,10 @@ describe('POST /generate shapes', () => {
   it('gives each prompt its own sampling_params from a list', async () => {
     const res = await post({
       text: ['a', 'b'],
-      sampling_params: [{ max_new_tokens: 1, top_k: 5 }, { max_new_tokens: 2, top_p: 0.5, seed: 7 }],
+      sampling_params: [
+        { max_new_tokens: 1, top_k: 5 },
+        { max_new_tokens: 2, top_p: 0.5, seed: 7 },
+      ],
     });
     const body = (await res.json()) as Array<{ output_ids: number[] }>;
     expect(body.map((b) => b.output_ids)).toEqual([[100], [100, 101]]);
@@ -107,16 +126,37 @@ describe('POST /generate shapes', () => {
     await post({
       text: 'x',
       sampling_params: {
-        max_new_tokens: 0, temperature: 0.7, top_p: 0.9, top_k: 40, min_p: 0.05, stop: 'END',
-        stop_token_ids: [128009], ignore_eos: true, skip_special_tokens: false, sampling_seed: 3,
-        no_stop_trim: false, spaces_between_special_tokens: true,
-        frequency_penalty: 0, presence_penalty: 0, repetition_penalty: 1,
+        max_new_tokens: 0,
+        temperature: 0.7,
+        top_p: 0.9,
+        top_k: 40,
+        min_p: 0.05,
+        stop: 'END',
+        stop_token_ids: [128009],
+        ignore_eos: true,
+        skip_special_tokens: false,
+        sampling_seed: 3,
+        no_stop_trim: false,
+        spaces_between_special_tokens: true,
+        frequency_penalty: 0,
+        presence_penalty: 0,
+        repetition_penalty: 1,
       },
     });
     expect(engine.requests[0]!.sampling).toEqual({
-      maxNewTokens: 0, temperature: 0.7, topP: 0.9, topK: 40, minP: 0.05, seed: 3,
-      stop: ['END'], stopTokenIds: [128009], ignoreEos: true, skipSpecialTokens: false,
-      frequencyPenalty: 0, presencePenalty: 0, repetitionPenalty: 1,
+      maxNewTokens: 0,
+      temperature: 0.7,
+      topP: 0.9,
+      topK: 40,
+      minP: 0.05,
+      seed: 3,
+      stop: ['END'],
+      stopTokenIds: [128009],
+      ignoreEos: true,
+      skipSpecialTokens: false,
+      frequencyPenalty: 0,
+      presencePenalty: 0,
+      repetitionPenalty: 1,
     });
   });
 
@@ -150,14 +190,21 @@ describe('POST /generate shapes', () => {
   it('adds logprobs in SGLang shape with return_logprob', async () => {
     const plain = await (await post({ text: 'x', return_logprob: true })).json();
     expect(plain.meta_info.input_token_logprobs).toEqual([]);
-    expect(plain.meta_info.output_token_logprobs).toEqual([[-0.5, 100, null], [-0.5, 101, null], [-0.5, 102, null]]);
+    expect(plain.meta_info.output_token_logprobs).toEqual([
+      [-0.5, 100, null],
+      [-0.5, 101, null],
+      [-0.5, 102, null],
+    ]);
     expect(plain.meta_info).not.toHaveProperty('output_top_logprobs');
 
     const top = await (await post({ text: 'x', return_logprob: true, top_logprobs_num: 2, return_text_in_logprobs: true })).json();
     expect(engine.requests[1]!.topLogprobsNum).toBe(2);
     expect(top.meta_info.output_token_logprobs[0]).toEqual([-0.5, 100, 't100']);
     expect(top.meta_info.output_top_logprobs).toHaveLength(3);
-    expect(top.meta_info.output_top_logprobs[0]).toEqual([[-0.5, 100, 't100'], [-1.5, 101, 't101']]);
+    expect(top.meta_info.output_top_logprobs[0]).toEqual([
+      [-0.5, 100, 't100'],
+      [-1.5, 101, 't101'],
+    ]);
   });
 
   it('logs each request at debug level', async () => {
@@ -195,7 +242,7 @@ describe('POST /generate validation', () => {
     await expectError(await post({ text: 'a', image_data: 'x' }), 400, 'image_data', 'not supported');
   });
 
-  it('passes frequency, presence and repetition penalties to the engine and checks SGLang\'s ranges', async () => {
+  it("passes frequency, presence and repetition penalties to the engine and checks SGLang's ranges", async () => {
     const res = await post({ text: 'a', sampling_params: { frequency_penalty: 0.5, presence_penalty: -1.25, repetition_penalty: 1.1 } });
     expect(res.status).toBe(200);
     const s = engine.requests[0]!.sampling;
@@ -252,7 +299,10 @@ describe('errors and aborts', () => {
     engine.armHang();
     const client = new AbortController();
     const pending = app.request('/generate', {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: ['a', 'b'] }), signal: client.signal,
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: ['a', 'b'] }),
+      signal: client.signal,
     });
     await engine.waiting;
     expect(engine.requests.every((r) => r.signal?.aborted === false)).toBe(true);

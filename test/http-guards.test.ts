@@ -63,7 +63,10 @@ describe('--max-request-bytes', () => {
     const app = appWith();
     const chunk = new Uint8Array(1000).fill(0x20);
     const res = await app.request('/generate', {
-      method: 'POST', headers: JSON_TYPE, body: openStream([chunk, chunk, chunk]), duplex: 'half',
+      method: 'POST',
+      headers: JSON_TYPE,
+      body: openStream([chunk, chunk, chunk]),
+      duplex: 'half',
     } as RequestInit);
     await expectRefusal(res, 413, '--max-request-bytes');
     expect(engine.requests).toHaveLength(0);
@@ -133,7 +136,13 @@ describe('--api-key', () => {
       ['Bearer ', 'Bearer <key>'],
     ];
     for (const [auth, why] of attempts) {
-      for (const [method, path] of [['POST', '/generate'], ['GET', '/v1/models'], ['GET', '/get_model_info'], ['POST', '/load_lora_adapter'], ['GET', '/nowhere']]) {
+      for (const [method, path] of [
+        ['POST', '/generate'],
+        ['GET', '/v1/models'],
+        ['GET', '/get_model_info'],
+        ['POST', '/load_lora_adapter'],
+        ['GET', '/nowhere'],
+      ]) {
         const res = await app.request(path!, { method, headers: withKey(auth), ...(method === 'POST' ? { body: '{"text": "x"}' } : {}) });
         await expectRefusal(res, 401, why, '--api-key');
         expect(res.headers.get('www-authenticate')).toBe('Bearer');
@@ -175,21 +184,35 @@ describe('--allowed-hosts', () => {
     for (const url of ['http://localhost/health', 'http://127.0.0.1:30000/health', 'http://[::1]:8080/health', 'http://LOCALHOST./health']) {
       expect((await app.request(url)).status, url).toBe(200);
     }
-    for (const url of ['http://attacker.example/health', 'http://attacker.example:30000/v1/models', 'http://127.0.0.2/health', 'http://localhost.attacker.example/health']) {
+    for (const url of [
+      'http://attacker.example/health',
+      'http://attacker.example:30000/v1/models',
+      'http://127.0.0.2/health',
+      'http://localhost.attacker.example/health',
+    ]) {
       await expectRefusal(await app.request(url), 403, '--allowed-hosts', 'localhost, 127.0.0.1, [::1]');
     }
   });
 
   it('refuses a foreign Host before anything else, keyed or not', async () => {
     const app = appWith({ apiKey: 'k' });
-    const res = await app.request('http://attacker.example/generate', { method: 'POST', headers: { ...JSON_TYPE, authorization: 'Bearer k' }, body: '{"text": "x"}' });
+    const res = await app.request('http://attacker.example/generate', {
+      method: 'POST',
+      headers: { ...JSON_TYPE, authorization: 'Bearer k' },
+      body: '{"text": "x"}',
+    });
     await expectRefusal(res, 403, 'attacker.example', '--allowed-hosts');
     expect(engine.requests).toHaveLength(0);
   });
 
   it('accepts exactly the names the flag gives: a bare name takes any port, name:port only that port', async () => {
     const app = appWith({ allowedHosts: ['api.example.com', 'gw.example.com:8443', '::1'] });
-    for (const url of ['http://api.example.com/health', 'http://API.example.com:9000/health', 'http://gw.example.com:8443/health', 'http://[::1]:1/health']) {
+    for (const url of [
+      'http://api.example.com/health',
+      'http://API.example.com:9000/health',
+      'http://gw.example.com:8443/health',
+      'http://[::1]:1/health',
+    ]) {
       expect((await app.request(url)).status, url).toBe(200);
     }
     for (const url of ['http://gw.example.com/health', 'http://gw.example.com:8444/health', 'http://localhost/health']) {
@@ -218,8 +241,13 @@ describe('over a real socket', () => {
       req.on('error', reject);
       req.on('response', (res: IncomingMessage) => {
         let text = '';
-        res.on('data', (d: Buffer) => { text += d.toString(); });
-        res.on('end', () => { resolve({ status: res.statusCode!, body: text }); req.destroy(); });
+        res.on('data', (d: Buffer) => {
+          text += d.toString();
+        });
+        res.on('end', () => {
+          resolve({ status: res.statusCode!, body: text });
+          req.destroy();
+        });
       });
       if (body !== undefined) req.end(body);
       else req.flushHeaders(); // the declared body never comes
@@ -243,9 +271,18 @@ describe('over a real socket', () => {
   it('answers 413 to a chunked body that passes the limit', async () => {
     server = await startServer(appWith(), '127.0.0.1', 0);
     const res = await new Promise<number>((resolve, reject) => {
-      const req = httpRequest({ host: '127.0.0.1', port: server!.port, path: '/generate', method: 'POST', headers: { ...JSON_TYPE, 'transfer-encoding': 'chunked' } });
+      const req = httpRequest({
+        host: '127.0.0.1',
+        port: server!.port,
+        path: '/generate',
+        method: 'POST',
+        headers: { ...JSON_TYPE, 'transfer-encoding': 'chunked' },
+      });
       req.on('error', reject);
-      req.on('response', (r) => { resolve(r.statusCode!); req.destroy(); });
+      req.on('response', (r) => {
+        resolve(r.statusCode!);
+        req.destroy();
+      });
       req.write('{"text": "');
       req.write('x'.repeat(LIMIT)); // and the stream stays open
     });

@@ -41,7 +41,10 @@ const greedyText = (): Promise<string> => (greedy ??= generateText({ temperature
 function takeEvents(buffer: string): { events: Array<Record<string, any>>; rest: string } {
   const parts = buffer.split('\n\n');
   const rest = parts.pop()!;
-  const events = parts.map((p) => p.slice('data: '.length)).filter((d) => d !== '[DONE]').map((d) => JSON.parse(d) as Record<string, any>);
+  const events = parts
+    .map((p) => p.slice('data: '.length))
+    .filter((d) => d !== '[DONE]')
+    .map((d) => JSON.parse(d) as Record<string, any>);
   return { events, rest };
 }
 
@@ -89,18 +92,24 @@ describe('sampling values at the edges', () => {
   });
 
   it('accepts temperature 1e300 as SGLang does, and a request decoding beside it is untouched', async () => {
-    const res = await besideAGreedyStream(() => post('/generate', {
-      text: PROMPT, sampling_params: { max_new_tokens: 8, temperature: 1e300, ignore_eos: true, sampling_seed: 7 },
-    }));
+    const res = await besideAGreedyStream(() =>
+      post('/generate', {
+        text: PROMPT,
+        sampling_params: { max_new_tokens: 8, temperature: 1e300, ignore_eos: true, sampling_seed: 7 },
+      }),
+    );
     expect(res.status).toBe(200);
     const body = await res.json();
     expect(body.meta_info.completion_tokens).toBe(8);
   });
 
   it('runs top_p and repetition_penalty too small for float32 (5e-324, 1e-45), and a request decoding beside them is untouched', async () => {
-    const res = await besideAGreedyStream(() => post('/generate', {
-      text: PROMPT, sampling_params: { max_new_tokens: 4, temperature: 1, top_p: 5e-324, repetition_penalty: 1e-45, ignore_eos: true },
-    }));
+    const res = await besideAGreedyStream(() =>
+      post('/generate', {
+        text: PROMPT,
+        sampling_params: { max_new_tokens: 4, temperature: 1, top_p: 5e-324, repetition_penalty: 1e-45, ignore_eos: true },
+      }),
+    );
     expect(res.status).toBe(200);
     expect((await res.json()).meta_info.completion_tokens).toBe(4);
   });
@@ -114,9 +123,14 @@ describe('sampling values at the edges', () => {
   });
 
   it('refuses top_logprobs_num 200000 (beyond the vocabulary) with 400 for that request alone', async () => {
-    const res = await besideAGreedyStream(() => post('/generate', {
-      text: PROMPT, return_logprob: true, top_logprobs_num: 200000, sampling_params: { max_new_tokens: 8 },
-    }));
+    const res = await besideAGreedyStream(() =>
+      post('/generate', {
+        text: PROMPT,
+        return_logprob: true,
+        top_logprobs_num: 200000,
+        sampling_params: { max_new_tokens: 8 },
+      }),
+    );
     expect(res.status).toBe(400);
     expect((await res.json()).error.message).toContain('vocabulary');
   });
@@ -125,7 +139,10 @@ describe('sampling values at the edges', () => {
     const { engine } = demo;
     const greedy = await greedyText();
     const refused = async (p: Promise<unknown>, fragment: string): Promise<void> => {
-      const err = await p.then(() => null, (e: unknown) => e);
+      const err = await p.then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(TroupeError);
       expect((err as TroupeError).status).toBe(400);
       expect((err as TroupeError).message).toContain(fragment);
@@ -183,7 +200,10 @@ describe('--lora-allowed-dirs', () => {
   });
 
   it('refuses embedding callers the same way', async () => {
-    const err = await demo.engine.loadAdapter({ name: 'embedded', path: join(demo.dir, 'adapters', 'demo-b') }).then(() => null, (e: unknown) => e);
+    const err = await demo.engine.loadAdapter({ name: 'embedded', path: join(demo.dir, 'adapters', 'demo-b') }).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(TroupeError);
     expect((err as TroupeError).status).toBe(403);
     expect((err as TroupeError).message).toContain('--lora-allowed-dirs');

@@ -98,10 +98,19 @@ describe('--max-top-logprobs-num', () => {
     const msg = (await res.json()).error.message as string;
     expect(msg).toContain('top_logprobs_num[1]');
     expect(msg).toContain('--max-top-logprobs-num');
-    await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: 'x', logprobs: 21 }), 400, 'logprobs', 'at most 20', '--max-top-logprobs-num');
+    await expectOpenAiError(
+      await post('/v1/completions', { model: 'demo', prompt: 'x', logprobs: 21 }),
+      400,
+      'logprobs',
+      'at most 20',
+      '--max-top-logprobs-num',
+    );
     await expectOpenAiError(
       await post('/v1/chat/completions', { model: 'demo', messages: [{ role: 'user', content: 'x' }], logprobs: true, top_logprobs: 128256 }),
-      400, 'top_logprobs', 'at most 20', '--max-top-logprobs-num',
+      400,
+      'top_logprobs',
+      'at most 20',
+      '--max-top-logprobs-num',
     );
     expect((await post('/generate', { text: 'a', return_logprob: true, top_logprobs_num: 20 })).status).toBe(200);
   });

@@ -24,7 +24,9 @@ describe('startServer', () => {
     const server = await start(new EchoEngine());
     expect(server.port).toBeGreaterThan(0);
     const res = await fetch(`http://127.0.0.1:${server.port}/generate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x' }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: 'x' }),
     });
     expect(res.status).toBe(200);
     expect(((await res.json()) as { text: string }).text).toBe('[base] x -> ABC');
@@ -32,15 +34,22 @@ describe('startServer', () => {
 
   it('rejects with a clear error when the port is taken', async () => {
     const first = await start(new EchoEngine());
-    await expect(startServer(createApp(new EchoEngine(), { servedModelName: 'demo' }), '127.0.0.1', first.port))
-      .rejects.toThrow(`cannot listen on 127.0.0.1:${first.port}: the port is already in use`);
+    await expect(startServer(createApp(new EchoEngine(), { servedModelName: 'demo' }), '127.0.0.1', first.port)).rejects.toThrow(
+      `cannot listen on 127.0.0.1:${first.port}: the port is already in use`,
+    );
   });
 
   it('aborts the engine work when the client hangs up on a non-streaming request', async () => {
     const engine = new EchoEngine();
     engine.armHang();
     const server = await start(engine);
-    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST', headers: { 'content-type': 'application/json' } });
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port: server.port,
+      path: '/generate',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     req.on('error', () => {});
     req.end(JSON.stringify({ text: 'x' }));
     await engine.waiting;
@@ -56,7 +65,13 @@ describe('startServer', () => {
     const engine = new EchoEngine();
     engine.armHang();
     const server = await start(engine);
-    const req = httpRequest({ host: '127.0.0.1', port: server.port, path: '/generate', method: 'POST', headers: { 'content-type': 'application/json' } });
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port: server.port,
+      path: '/generate',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     req.on('error', () => {});
     const firstChunk = new Promise<string>((res) => {
       req.on('response', (r) => r.once('data', (d: Buffer) => res(d.toString())));
@@ -77,7 +92,9 @@ describe('startServer', () => {
     engine.armHang();
     const server = await start(engine);
     const res = await fetch(`http://127.0.0.1:${server.port}/generate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x', stream: true }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: 'x', stream: true }),
     });
     expect(res.status).toBe(200);
     await engine.waiting;

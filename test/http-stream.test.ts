@@ -50,7 +50,9 @@ describe('POST /generate with stream', () => {
 
   it('tags batch items with their index and keeps each prompt in order', async () => {
     const res = await post({ text: ['a', 'b'], lora_path: [null, 'demo-a'], stream: true });
-    const items = events(await res.text()).slice(0, -1).map((d) => JSON.parse(d) as Item);
+    const items = events(await res.text())
+      .slice(0, -1)
+      .map((d) => JSON.parse(d) as Item);
     expect(items).toHaveLength(6);
     const byIndex = (i: number): string[] => items.filter((x) => x.index === i).map((x) => x.text);
     expect(byIndex(0)).toEqual(['[base] a -> A', '[base] a -> AB', '[base] a -> ABC']);
@@ -59,7 +61,9 @@ describe('POST /generate with stream', () => {
 
   it('includes logprobs in streamed items with return_logprob', async () => {
     const res = await post({ text: 'a', stream: true, return_logprob: true });
-    const items = events(await res.text()).slice(0, -1).map((d) => JSON.parse(d) as Item);
+    const items = events(await res.text())
+      .slice(0, -1)
+      .map((d) => JSON.parse(d) as Item);
     expect(items.at(-1)!.meta_info.output_token_logprobs).toHaveLength(3);
   });
 

@@ -12,7 +12,8 @@ import { makeWorld, startEngine, type World } from './adapter-fixtures.js';
 const validate = (...argv: string[]) => validateFlags(parseArgs(['--model-path', '/m', '--lora-paths', 'a=/a', ...argv]).flags).options;
 const config = { maxPositionEmbeddings: 1024 } as Parameters<typeof planEngine>[1];
 const slots = (...argv: string[]): number =>
-  planEngine(validate(...argv), config, 'cpu', [{ rank: 8, targetModules: ['q_proj'] }] as Parameters<typeof planEngine>[3], () => {}).engine.loraSlots;
+  planEngine(validate(...argv), config, 'cpu', [{ rank: 8, targetModules: ['q_proj'] }] as Parameters<typeof planEngine>[3], () => {}).engine
+    .loraSlots;
 
 describe('--max-gpu-loras', () => {
   it('defaults to --max-loras-per-batch, the pool SGLang has', () => {
@@ -41,8 +42,12 @@ describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine', () => {
   beforeAll(async () => {
     world = makeWorld('gpu-loras');
     engine = await startEngine(world, [
-      '--lora-paths', ...NAMES.map((n, i) => `${n}=${world.adapter(n, { seed: 700 + i })}`),
-      '--max-loras-per-batch', '2', '--max-gpu-loras', '3',
+      '--lora-paths',
+      ...NAMES.map((n, i) => `${n}=${world.adapter(n, { seed: 700 + i })}`),
+      '--max-loras-per-batch',
+      '2',
+      '--max-gpu-loras',
+      '3',
     ]);
     engine.onAdapterTransition((ts) => transitions.push(...ts));
   });

@@ -69,7 +69,7 @@ describe('readAdapterInfo', () => {
     expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/target_modules: the pattern matches none of the linear layers q_proj, /);
   });
 
-  it('matches a target_modules pattern as re.fullmatch over every layer\'s module names', () => {
+  it("matches a target_modules pattern as re.fullmatch over every layer's module names", () => {
     const dir = copy();
     const modules = (target: unknown): unknown => {
       editConfig(dir, { target_modules: target });
@@ -88,7 +88,9 @@ describe('readAdapterInfo', () => {
   it('matches a hostile target_modules pattern in bounded time, failing only that load', () => {
     const dir = copy();
     editConfig(dir, { target_modules: '(.+)+Z' });
-    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(/adapter_config\.json: target_modules: the pattern matches none of the linear layers/);
+    expect(errorOf(() => readAdapterInfo(dir)).message).toMatch(
+      /adapter_config\.json: target_modules: the pattern matches none of the linear layers/,
+    );
     editConfig(dir, { target_modules: '(.+)+_proj' });
     expect(readAdapterInfo(dir).targetModules).toEqual([...LORA_MODULES]);
     editConfig(dir, { target_modules: '((.{100}){100}){100}' });
@@ -113,7 +115,11 @@ describe('readAdapterInfo', () => {
       editConfig(dir, { target_modules: target });
       return readAdapterInfo(dir).targetModules;
     };
-    expect(modules(['layers.3.self_attn.k_proj', 'model.layers.0.mlp.up_proj', 'base_model.model.model.layers.1.mlp.down_proj'])).toEqual(['k_proj', 'up_proj', 'down_proj']);
+    expect(modules(['layers.3.self_attn.k_proj', 'model.layers.0.mlp.up_proj', 'base_model.model.model.layers.1.mlp.down_proj'])).toEqual([
+      'k_proj',
+      'up_proj',
+      'down_proj',
+    ]);
     expect(modules(['v_proj', 'mlp.gate_proj'])).toEqual(['v_proj', 'gate_proj']);
     expect(errorOf(() => modules(['q_proj', 'mlp.q_proj'])).message).toMatch(/target_modules\[1\]: names none of the linear layers q_proj, /);
     expect(errorOf(() => modules(['_proj'])).message).toMatch(/target_modules\[0\]: names none of/);
@@ -133,7 +139,12 @@ describe('readAdapterInfo', () => {
       const dir = copy();
       rmSync(join(dir, file), { force: true });
       symlinkSync(secret, join(dir, file));
-      refused(dir, file === 'adapter_model.safetensors' ? /adapter_model\.safetensors: header length \d+ exceeds/ : new RegExp(`${file.replace('.', '\\.')}: is not valid JSON \\(at position 0\\)$`));
+      refused(
+        dir,
+        file === 'adapter_model.safetensors'
+          ? /adapter_model\.safetensors: header length \d+ exceeds/
+          : new RegExp(`${file.replace('.', '\\.')}: is not valid JSON \\(at position 0\\)$`),
+      );
     }
     const value = 'root:x:0:0:root:/root:/bin/bash';
     for (const [patch, want] of [
@@ -143,7 +154,10 @@ describe('readAdapterInfo', () => {
       [{ r: value }, /r: must be a positive integer, got a string$/],
       [{ lora_alpha: { value } }, /lora_alpha: must be a positive number, got an object$/],
       [{ use_rslora: value }, /use_rslora: must be true or false, got a string$/],
-      [{ target_modules: `${value}(` }, /target_modules: the regular expression cannot be used: missing \), unterminated subpattern \(at position 31\)$/],
+      [
+        { target_modules: `${value}(` },
+        /target_modules: the regular expression cannot be used: missing \), unterminated subpattern \(at position 31\)$/,
+      ],
       [{ target_modules: value }, /target_modules: the pattern matches none of/],
       [{ target_modules: [value] }, /target_modules\[0\]: names none of/],
       [{ target_modules: [3, value] }, /target_modules: must be a non-empty list of module names or "all-linear", got a list of 2 items$/],
@@ -214,7 +228,13 @@ describe('loadAdapterWeights', () => {
     expect(weights.weights).toHaveLength(2 * 7);
     const dims = Object.fromEntries(weights.weights.filter((w) => w.layer === 0).map((w) => [w.module, [w.a.length / 8, w.b.length / 8]]));
     expect(dims).toEqual({
-      q_proj: [16, 16], k_proj: [16, 8], v_proj: [16, 8], o_proj: [16, 16], gate_proj: [16, 24], up_proj: [16, 24], down_proj: [24, 16],
+      q_proj: [16, 16],
+      k_proj: [16, 8],
+      v_proj: [16, 8],
+      o_proj: [16, 16],
+      gate_proj: [16, 24],
+      up_proj: [16, 24],
+      down_proj: [24, 16],
     });
   });
 
@@ -230,7 +250,9 @@ describe('loadAdapterWeights', () => {
   it('refuses pickled weights and missing weights', () => {
     const dir = copy();
     renameSync(weightsFile(dir), join(dir, 'adapter_model.bin'));
-    expect(errorOf(() => loadAdapterWeights(dir, config)).message).toMatch(/adapter_model\.bin: pickled adapter_model\.bin is not supported; convert it to safetensors/);
+    expect(errorOf(() => loadAdapterWeights(dir, config)).message).toMatch(
+      /adapter_model\.bin: pickled adapter_model\.bin is not supported; convert it to safetensors/,
+    );
     rmSync(join(dir, 'adapter_model.bin'));
     expect(errorOf(() => loadAdapterWeights(dir, config)).message).toMatch(/adapter_model\.safetensors: missing/);
   });
@@ -238,15 +260,53 @@ describe('loadAdapterWeights', () => {
   const A0 = 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight';
   const B0 = 'base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight';
   it.each([
-    ['a mis-shaped lora_A', (ts: TensorToWrite[]) => ts.map((t) => (t.name === A0 ? { ...t, shape: [16, 4] } : t)), /tensor ".*q_proj\.lora_A\.weight": shape \[16, 4\] does not match \[4, 16\]/],
-    ['a lora_B of the wrong rank', (ts: TensorToWrite[]) => ts.map((t) => (t.name === B0 ? { ...t, shape: [8, 8], data: new Uint8Array(256) } : t)), /lora_B\.weight": shape \[8, 8\] does not match \[16, 4\]/],
-    ['an unknown tensor', (ts: TensorToWrite[]) => [...ts, { name: 'base_model.model.model.layers.0.self_attn.q_proj.magnitude', dtype: 'F32', shape: [1], data: new Uint8Array(4) }], /tensor ".*q_proj\.magnitude": unknown tensor/],
-    ['an unknown module', (ts: TensorToWrite[]) => [...ts, { name: 'base_model.model.model.layers.0.mlp.q_proj.lora_A.weight', dtype: 'F32', shape: [1], data: new Uint8Array(4) }], /"mlp\.q_proj" is not one of the linear layers/],
-    ['LoRA on lm_head', (ts: TensorToWrite[]) => [...ts, { name: 'base_model.model.lm_head.lora_A.weight', dtype: 'F32', shape: [1], data: new Uint8Array(4) }], /lm_head\.lora_A\.weight": LoRA or saved weights on embed_tokens\/lm_head are not supported/],
-    ['a layer past the model', (ts: TensorToWrite[]) => ts.map((t) => ({ ...t, name: t.name.replace('layers.1.', 'layers.7.') })), /layer 7 does not exist; the model has 2 layers/],
-    ['a module outside target_modules', (ts: TensorToWrite[]) => ts.map((t) => ({ ...t, name: t.name.replace('v_proj', 'k_proj') })), /k_proj is not in target_modules/],
+    [
+      'a mis-shaped lora_A',
+      (ts: TensorToWrite[]) => ts.map((t) => (t.name === A0 ? { ...t, shape: [16, 4] } : t)),
+      /tensor ".*q_proj\.lora_A\.weight": shape \[16, 4\] does not match \[4, 16\]/,
+    ],
+    [
+      'a lora_B of the wrong rank',
+      (ts: TensorToWrite[]) => ts.map((t) => (t.name === B0 ? { ...t, shape: [8, 8], data: new Uint8Array(256) } : t)),
+      /lora_B\.weight": shape \[8, 8\] does not match \[16, 4\]/,
+    ],
+    [
+      'an unknown tensor',
+      (ts: TensorToWrite[]) => [
+        ...ts,
+        { name: 'base_model.model.model.layers.0.self_attn.q_proj.magnitude', dtype: 'F32', shape: [1], data: new Uint8Array(4) },
+      ],
+      /tensor ".*q_proj\.magnitude": unknown tensor/,
+    ],
+    [
+      'an unknown module',
+      (ts: TensorToWrite[]) => [
+        ...ts,
+        { name: 'base_model.model.model.layers.0.mlp.q_proj.lora_A.weight', dtype: 'F32', shape: [1], data: new Uint8Array(4) },
+      ],
+      /"mlp\.q_proj" is not one of the linear layers/,
+    ],
+    [
+      'LoRA on lm_head',
+      (ts: TensorToWrite[]) => [...ts, { name: 'base_model.model.lm_head.lora_A.weight', dtype: 'F32', shape: [1], data: new Uint8Array(4) }],
+      /lm_head\.lora_A\.weight": LoRA or saved weights on embed_tokens\/lm_head are not supported/,
+    ],
+    [
+      'a layer past the model',
+      (ts: TensorToWrite[]) => ts.map((t) => ({ ...t, name: t.name.replace('layers.1.', 'layers.7.') })),
+      /layer 7 does not exist; the model has 2 layers/,
+    ],
+    [
+      'a module outside target_modules',
+      (ts: TensorToWrite[]) => ts.map((t) => ({ ...t, name: t.name.replace('v_proj', 'k_proj') })),
+      /k_proj is not in target_modules/,
+    ],
     ['lora_A without lora_B', (ts: TensorToWrite[]) => ts.filter((t) => t.name !== B0), /q_proj\.lora_A\.weight": has no matching lora_B tensor/],
-    ['an integer dtype', (ts: TensorToWrite[]) => ts.map((t) => (t.name === A0 ? { ...t, dtype: 'I32' } : t)), /lora_A\.weight": dtype I32 is not supported/],
+    [
+      'an integer dtype',
+      (ts: TensorToWrite[]) => ts.map((t) => (t.name === A0 ? { ...t, dtype: 'I32' } : t)),
+      /lora_A\.weight": dtype I32 is not supported/,
+    ],
     ['no tensors at all', () => [], /holds no LoRA weights/],
   ])('names %s', (_what, edit, message) => {
     const dir = copy();

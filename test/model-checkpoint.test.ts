@@ -110,7 +110,9 @@ describe('openCheckpoint', () => {
     const dir = copy();
     const { second } = shard(dir);
     rmSync(join(dir, 'model-00002-of-00002.safetensors'));
-    expect(() => openCheckpoint(dir)).toThrow(new RegExp(`shard "model-00002-of-00002\\.safetensors" \\(holding tensor "${second[0]!.replace(/\./g, '\\.')}"\\) does not exist`));
+    expect(() => openCheckpoint(dir)).toThrow(
+      new RegExp(`shard "model-00002-of-00002\\.safetensors" \\(holding tensor "${second[0]!.replace(/\./g, '\\.')}"\\) does not exist`),
+    );
   });
 
   it('names a tensor the index maps to a shard that lacks it', () => {
@@ -118,7 +120,9 @@ describe('openCheckpoint', () => {
     const { first } = shard(dir);
     const victim = first[1]!;
     rewrite(join(dir, 'model-00001-of-00002.safetensors'), (ts) => ts.filter((t) => t.name !== victim));
-    expect(() => openCheckpoint(dir)).toThrow(`model-00001-of-00002.safetensors: tensor "${victim}" is listed in model.safetensors.index.json but missing from this shard`);
+    expect(() => openCheckpoint(dir)).toThrow(
+      `model-00001-of-00002.safetensors: tensor "${victim}" is listed in model.safetensors.index.json but missing from this shard`,
+    );
   });
 
   it('names a tensor missing from the checkpoint', () => {
@@ -139,15 +143,18 @@ describe('openCheckpoint', () => {
 
   it('names the file and tensor of an integer dtype', () => {
     const dir = copy();
-    rewrite(join(dir, 'model.safetensors'), (ts) =>
-      ts.map((t) => (t.name === 'model.norm.weight' ? { ...t, dtype: 'I16' } : t)),
+    rewrite(join(dir, 'model.safetensors'), (ts) => ts.map((t) => (t.name === 'model.norm.weight' ? { ...t, dtype: 'I16' } : t)));
+    expect(() => openCheckpoint(dir)).toThrow(
+      `${join(dir, 'model.safetensors')}: tensor "model.norm.weight" has dtype I16; only F32, F16 and BF16 are supported`,
     );
-    expect(() => openCheckpoint(dir)).toThrow(`${join(dir, 'model.safetensors')}: tensor "model.norm.weight" has dtype I16; only F32, F16 and BF16 are supported`);
   });
 
   it('refuses unexpected tensors such as biases', () => {
     const dir = copy();
-    rewrite(join(dir, 'model.safetensors'), (ts) => [...ts, { name: 'model.layers.0.self_attn.q_proj.bias', dtype: 'BF16', shape: [16], data: new Uint8Array(32) }]);
+    rewrite(join(dir, 'model.safetensors'), (ts) => [
+      ...ts,
+      { name: 'model.layers.0.self_attn.q_proj.bias', dtype: 'BF16', shape: [16], data: new Uint8Array(32) },
+    ]);
     expect(() => openCheckpoint(dir)).toThrow(/unexpected tensor "model\.layers\.0\.self_attn\.q_proj\.bias"/);
   });
 

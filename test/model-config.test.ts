@@ -68,12 +68,27 @@ describe('parseModelConfig', () => {
 
   it('maps the demo model, with an explicit head_dim', () => {
     const c = parse(DEMO_MODEL);
-    expect(c).toMatchObject({ hiddenSize: 256, numHeads: 8, numKvHeads: 4, headDim: 32, tieWordEmbeddings: true, ropeScaling: null, eosTokenIds: [128001, 128009] });
+    expect(c).toMatchObject({
+      hiddenSize: 256,
+      numHeads: 8,
+      numKvHeads: 4,
+      headDim: 32,
+      tieWordEmbeddings: true,
+      ropeScaling: null,
+      eosTokenIds: [128001, 128009],
+    });
     expect(parse({ ...DEMO_MODEL, head_dim: 64 }).headDim).toBe(64);
   });
 
   it('fills the documented defaults', () => {
-    const c = parse({ ...without('num_key_value_heads'), eos_token_id: 2, rope_scaling: null, tie_word_embeddings: undefined, torch_dtype: undefined, dtype: 'float16' });
+    const c = parse({
+      ...without('num_key_value_heads'),
+      eos_token_id: 2,
+      rope_scaling: null,
+      tie_word_embeddings: undefined,
+      torch_dtype: undefined,
+      dtype: 'float16',
+    });
     expect(c.numKvHeads).toBe(32);
     expect(c.eosTokenIds).toEqual([2]);
     expect(c.ropeScaling).toBeNull();
@@ -83,7 +98,12 @@ describe('parseModelConfig', () => {
     expect(parse(without('rope_theta')).ropeTheta).toBe(10000);
     expect(parse(without('bos_token_id')).bosTokenId).toBeNull();
     expect(parse({ ...without('architectures'), model_type: 'llama' }).architecture).toBe('LlamaForCausalLM');
-    expect(parse({ ...LLAMA_31_8B, rope_scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } }).ropeScaling?.factor).toBe(8);
+    expect(
+      parse({
+        ...LLAMA_31_8B,
+        rope_scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+      }).ropeScaling?.factor,
+    ).toBe(8);
   });
 
   it.each([
@@ -110,17 +130,32 @@ describe('parseModelConfig', () => {
     [{ torch_dtype: 'int8' }, /torch_dtype: only bfloat16, float16 and float32 are supported, got a different string$/],
     [{ tie_word_embeddings: 'yes' }, /tie_word_embeddings: must be true or false/],
     [{ architectures: ['MistralForCausalLM'] }, /architectures: does not list LlamaForCausalLM, the architecture of model_type "llama"$/],
-    [{ architectures: undefined, model_type: 'qwen2_moe' }, /model_type: "qwen2_moe" is not supported; troupe serves llama, mistral, qwen2 and qwen3$/],
+    [
+      { architectures: undefined, model_type: 'qwen2_moe' },
+      /model_type: "qwen2_moe" is not supported; troupe serves llama, mistral, qwen2 and qwen3$/,
+    ],
     [{ model_type: 'a b' }, /model_type: a string is not supported/],
-    [{ architectures: ['GPT2LMHeadModel'], model_type: undefined }, /architectures: lists none of LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM \(and model_type is missing\)$/],
+    [
+      { architectures: ['GPT2LMHeadModel'], model_type: undefined },
+      /architectures: lists none of LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM \(and model_type is missing\)$/,
+    ],
     [{ hidden_act: 'gelu' }, /hidden_act: only "silu" is supported, got a different string$/],
     [{ attention_bias: true }, /attention_bias: true is not supported for llama/],
     [{ mlp_bias: true }, /mlp_bias: true is not supported for llama/],
     [{ pretraining_tp: 2 }, /pretraining_tp: 2 is not supported/],
-    [{ rope_scaling: { rope_type: 'yarn', factor: 4 } }, /rope_scaling\.rope_type: "yarn" is not supported; only "llama3" \(or no rope scaling\) is$/],
+    [
+      { rope_scaling: { rope_type: 'yarn', factor: 4 } },
+      /rope_scaling\.rope_type: "yarn" is not supported; only "llama3" \(or no rope scaling\) is$/,
+    ],
     [{ rope_scaling: { type: 'linear', factor: 4 } }, /rope_scaling\.rope_type: "linear" is not supported; only "llama3"/],
-    [{ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4 } }, /rope_scaling\.original_max_position_embeddings: missing/],
-    [{ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 4, original_max_position_embeddings: 8192 } }, /high_freq_factor: 4 must be greater than low_freq_factor 4/],
+    [
+      { rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4 } },
+      /rope_scaling\.original_max_position_embeddings: missing/,
+    ],
+    [
+      { rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 4, original_max_position_embeddings: 8192 } },
+      /high_freq_factor: 4 must be greater than low_freq_factor 4/,
+    ],
     [{ rope_scaling: 'llama3' }, /rope_scaling: must be an object or null/],
   ])('rejects %j', (patch, message) => {
     const err = (() => {

@@ -36,8 +36,15 @@ afterAll(() => {
 function engine(dir: string): number {
   const ckpt = openCheckpoint(dir);
   const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-    device: 'cpu', blockSize: 16, kvBlocks: 8, memFractionStatic: 0.8, loraSlots: 2, maxLoraRank: 16,
-    loraModules: [...LORA_MODULES], threads: 0, cudaGraphMaxBs: 0,
+    device: 'cpu',
+    blockSize: 16,
+    kvBlocks: 8,
+    memFractionStatic: 0.8,
+    loraSlots: 2,
+    maxLoraRank: 16,
+    loraModules: [...LORA_MODULES],
+    threads: 0,
+    cudaGraphMaxBs: 0,
   });
   handles.push(h);
   return h;
@@ -50,12 +57,28 @@ function greedy(h: number, slot: number, steps: number): number[] {
   let start = 0;
   while (out.length < steps) {
     const r = addon.step(h, {
-      tokens: Int32Array.from(tokens), positions: Int32Array.from(tokens, (_, i) => start + i), seqStarts: Int32Array.from([0, tokens.length]),
-      contextLens: Int32Array.from([start + tokens.length]), blockTables: Int32Array.from([0, 1]), maxBlocksPerSeq: 2,
-      loraSlots: Int32Array.from([slot]), sample: Uint8Array.from([1]), temperature: Float32Array.from([0]), topK: Int32Array.from([-1]),
-      topP: Float32Array.from([1]), minP: Float32Array.from([0]), seeds: Uint32Array.from([0]), draws: Uint32Array.from([0]), topLogprobs: 0, returnLogits: false,
-      frequencyPenalty: Float32Array.from([0]), presencePenalty: Float32Array.from([0]), repetitionPenalty: Float32Array.from([1]),
-      penaltyTokens: new Int32Array(0), penaltyStarts: new Int32Array(2), penaltyPromptLens: new Int32Array(1),
+      tokens: Int32Array.from(tokens),
+      positions: Int32Array.from(tokens, (_, i) => start + i),
+      seqStarts: Int32Array.from([0, tokens.length]),
+      contextLens: Int32Array.from([start + tokens.length]),
+      blockTables: Int32Array.from([0, 1]),
+      maxBlocksPerSeq: 2,
+      loraSlots: Int32Array.from([slot]),
+      sample: Uint8Array.from([1]),
+      temperature: Float32Array.from([0]),
+      topK: Int32Array.from([-1]),
+      topP: Float32Array.from([1]),
+      minP: Float32Array.from([0]),
+      seeds: Uint32Array.from([0]),
+      draws: Uint32Array.from([0]),
+      topLogprobs: 0,
+      returnLogits: false,
+      frequencyPenalty: Float32Array.from([0]),
+      presencePenalty: Float32Array.from([0]),
+      repetitionPenalty: Float32Array.from([1]),
+      penaltyTokens: new Int32Array(0),
+      penaltyStarts: new Int32Array(2),
+      penaltyPromptLens: new Int32Array(1),
     });
     start += tokens.length;
     tokens = [r.tokens[0]!];

@@ -38,7 +38,11 @@ describe('Rng', () => {
 
 describe('makeDemo', () => {
   it('writes the documented layout', () => {
-    expect(files(first).map((f) => relative(first, f)).sort()).toEqual([
+    expect(
+      files(first)
+        .map((f) => relative(first, f))
+        .sort(),
+    ).toEqual([
       'adapters/demo-a/adapter_config.json',
       'adapters/demo-a/adapter_model.safetensors',
       'adapters/demo-b/adapter_config.json',
@@ -54,7 +58,17 @@ describe('makeDemo', () => {
 
   it('is a valid bf16 Llama checkpoint with unit norms and random weights', () => {
     const ckpt = openCheckpoint(first);
-    expect(ckpt.config).toMatchObject({ hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, vocabSize: 128256, tieWordEmbeddings: true, torchDtype: 'BF16' });
+    expect(ckpt.config).toMatchObject({
+      hiddenSize: 256,
+      intermediateSize: 768,
+      numLayers: 4,
+      numHeads: 8,
+      numKvHeads: 4,
+      headDim: 32,
+      vocabSize: 128256,
+      tieWordEmbeddings: true,
+      torchDtype: 'BF16',
+    });
     expect(ckpt.tensors.every((t) => t.dtype === 'BF16')).toBe(true);
     const byName = new Map(ckpt.tensors.map((t) => [t.name, t]));
     expect(new Set(toFloat32(readTensorBytes(byName.get('model.layers.2.post_attention_layernorm.weight')!), 'BF16'))).toEqual(new Set([1]));

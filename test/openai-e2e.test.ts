@@ -29,16 +29,24 @@ const GREEDY = { max_tokens: 8, temperature: 0, ignore_eos: true };
 describe('OpenAI API on the demo model', () => {
   it('completions: an adapter named in model changes the output, and greedy output equals /generate', async () => {
     const texts: Record<string, string> = {};
-    for (const [model, lora] of [['demo', null], ['demo:demo-a', 'demo-a'], ['demo:demo-b', 'demo-b']] as const) {
+    for (const [model, lora] of [
+      ['demo', null],
+      ['demo:demo-a', 'demo-a'],
+      ['demo:demo-b', 'demo-b'],
+    ] as const) {
       const res = await post('/v1/completions', { model, prompt: PROMPT, ...GREEDY });
       expect(res.status).toBe(200);
       const body = await res.json();
       expect(body.choices[0].finish_reason).toBe('length');
       expect(body.usage.completion_tokens).toBe(8);
       texts[model] = body.choices[0].text;
-      const native = await (await post('/generate', {
-        text: PROMPT, lora_path: lora, sampling_params: { max_new_tokens: 8, temperature: 0, ignore_eos: true },
-      })).json();
+      const native = await (
+        await post('/generate', {
+          text: PROMPT,
+          lora_path: lora,
+          sampling_params: { max_new_tokens: 8, temperature: 0, ignore_eos: true },
+        })
+      ).json();
       expect(body.choices[0].text).toBe(native.text);
       expect(body.usage.prompt_tokens).toBe(native.meta_info.prompt_tokens);
     }
@@ -47,7 +55,10 @@ describe('OpenAI API on the demo model', () => {
   });
 
   it('chat: renders the Llama 3 template, answers with usage, and streams the same text in SSE chunks ending in [DONE]', async () => {
-    const messages = [{ role: 'system', content: 'You are terse.' }, { role: 'user', content: PROMPT }];
+    const messages = [
+      { role: 'system', content: 'You are terse.' },
+      { role: 'user', content: PROMPT },
+    ];
     const res = await post('/v1/chat/completions', { model: 'demo:demo-a', messages, ...GREEDY, logprobs: true, top_logprobs: 2 });
     expect(res.status).toBe(200);
     const body = await res.json();
@@ -64,7 +75,13 @@ describe('OpenAI API on the demo model', () => {
     }
     expect(lp.map((t: { token: string }) => t.token).join('')).toBe(body.choices[0].message.content);
 
-    const stream = await post('/v1/chat/completions', { model: 'demo:demo-a', messages, ...GREEDY, stream: true, stream_options: { include_usage: true } });
+    const stream = await post('/v1/chat/completions', {
+      model: 'demo:demo-a',
+      messages,
+      ...GREEDY,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     expect(stream.headers.get('content-type')).toContain('text/event-stream');
     const { events, done } = await sseEvents(stream);
     expect(done).toBe(true);
@@ -80,7 +97,12 @@ describe('OpenAI API on the demo model', () => {
   it('penalties go through the scheduler to the native sampler', async () => {
     const plain = await (await post('/v1/completions', { model: 'demo', prompt: 'the the the the the the', ...GREEDY })).json();
     const res = await post('/v1/completions', {
-      model: 'demo', prompt: 'the the the the the the', ...GREEDY, frequency_penalty: -2, presence_penalty: -2, repetition_penalty: 0.1,
+      model: 'demo',
+      prompt: 'the the the the the the',
+      ...GREEDY,
+      frequency_penalty: -2,
+      presence_penalty: -2,
+      repetition_penalty: 0.1,
     });
     expect(res.status).toBe(200);
     const body = await res.json();
@@ -98,10 +120,15 @@ describe('OpenAI API on the demo model', () => {
     expect(a.usage.completion_tokens).toBe(12);
   });
 
-  it('lists adapters as models and answers unknown adapters and too long prompts in OpenAI\'s error shape', async () => {
+  it("lists adapters as models and answers unknown adapters and too long prompts in OpenAI's error shape", async () => {
     const models = await (await fetch(`${base}/v1/models`)).json();
     expect(models.data.map((m: { id: string }) => m.id)).toEqual(['demo', 'demo-a', 'demo-b']);
-    await expectOpenAiError(await post('/v1/chat/completions', { model: 'demo:nope', messages: [{ role: 'user', content: 'x' }] }), 400, null, "never been loaded: 'nope'");
+    await expectOpenAiError(
+      await post('/v1/chat/completions', { model: 'demo:nope', messages: [{ role: 'user', content: 'x' }] }),
+      400,
+      null,
+      "never been loaded: 'nope'",
+    );
     await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: new Array(4100).fill(100) }), 400, 'prompt', 'context length');
     await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: 'x', max_tokens: -1 }), 400, 'max_tokens', 'max_tokens');
   });
@@ -110,7 +137,11 @@ describe('OpenAI API on the demo model', () => {
     await engine.loadAdapter({ name: 'demo-c', path: join(demo.dir, 'adapters', 'demo-b') });
     const before = await engine.stats();
     const controller = new AbortController();
-    const res = await post('/v1/completions', { model: 'demo:demo-c', prompt: PROMPT, max_tokens: 4000, ignore_eos: true, stream: true }, controller.signal);
+    const res = await post(
+      '/v1/completions',
+      { model: 'demo:demo-c', prompt: PROMPT, max_tokens: 4000, ignore_eos: true, stream: true },
+      controller.signal,
+    );
     expect(res.status).toBe(200);
     const reader = res.body!.getReader();
     const decoder = new TextDecoder();

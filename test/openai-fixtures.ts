@@ -7,7 +7,8 @@ import { EchoEngine } from './http-echo-engine.js';
 /** A small template that shows roles and the generation prompt plainly. */
 export const PLAIN_TEMPLATE = ChatTemplate.fromTokenizerConfig({
   bos_token: '<s>',
-  chat_template: "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}",
+  chat_template:
+    '{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}',
 });
 
 export function echoApp(template: ChatTemplate = PLAIN_TEMPLATE): { engine: EchoEngine; app: ReturnType<typeof createApp> } {
@@ -15,12 +16,16 @@ export function echoApp(template: ChatTemplate = PLAIN_TEMPLATE): { engine: Echo
   return { engine, app: createApp(engine, { servedModelName: 'demo', chatTemplate: template }) };
 }
 
-export const postTo = (app: ReturnType<typeof createApp>) => (path: string, body: unknown): Promise<Response> =>
-  Promise.resolve(app.request(path, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  }));
+export const postTo =
+  (app: ReturnType<typeof createApp>) =>
+  (path: string, body: unknown): Promise<Response> =>
+    Promise.resolve(
+      app.request(path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: typeof body === 'string' ? body : JSON.stringify(body),
+      }),
+    );
 
 export interface OpenAiError {
   error: { message: string; type: string; param: string | null; code: number };

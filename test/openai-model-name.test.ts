@@ -56,7 +56,10 @@ describe('lora_path as a list', () => {
     expect(res.status).toBe(200);
     const body = await res.json();
     expect(body.choices.map((c: { text: string }) => c.text)).toEqual([
-      '[demo-a] a -> ABC', '[demo-a] a -> ABC', '[base] b -> ABC', '[base] b -> ABC',
+      '[demo-a] a -> ABC',
+      '[demo-a] a -> ABC',
+      '[base] b -> ABC',
+      '[base] b -> ABC',
     ]);
     expect(engine.requests.map((r) => r.lora)).toEqual(['demo-a', 'demo-a', null, null]);
   });
@@ -73,11 +76,27 @@ describe('lora_path as a list', () => {
   });
 
   it('refuses a list of the wrong length and a wrong type naming lora_path, and an adapter never loaded', async () => {
-    await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: ['demo-a'] }), 400, 'lora_path', 'list of 1', '2 prompts');
-    await expectOpenAiError(await post('/v1/chat/completions', { model: 'demo', messages: USER, lora_path: ['demo-a', null] }), 400, 'lora_path', 'list of 2');
+    await expectOpenAiError(
+      await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: ['demo-a'] }),
+      400,
+      'lora_path',
+      'list of 1',
+      '2 prompts',
+    );
+    await expectOpenAiError(
+      await post('/v1/chat/completions', { model: 'demo', messages: USER, lora_path: ['demo-a', null] }),
+      400,
+      'lora_path',
+      'list of 2',
+    );
     await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: 'a', lora_path: [5] }), 400, 'lora_path', 'lora_path[0]');
     expect(engine.requests).toHaveLength(0);
     // An adapter never loaded is the engine's refusal, as in SGLang.
-    await expectOpenAiError(await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: [null, 'ghost'] }), 400, null, "never been loaded: 'ghost'");
+    await expectOpenAiError(
+      await post('/v1/completions', { model: 'demo', prompt: ['a', 'b'], lora_path: [null, 'ghost'] }),
+      400,
+      null,
+      "never been loaded: 'ghost'",
+    );
   });
 });

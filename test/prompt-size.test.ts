@@ -35,11 +35,18 @@ afterAll(async () => {
 });
 
 const request = (text: string): GenerateRequest => ({
-  text, lora: null, returnLogprob: false, topLogprobsNum: 0, sampling: { ...DEFAULT_SAMPLING, maxNewTokens: 4, temperature: 0 },
+  text,
+  lora: null,
+  returnLogprob: false,
+  topLogprobsNum: 0,
+  sampling: { ...DEFAULT_SAMPLING, maxNewTokens: 4, temperature: 0 },
 });
 
 async function refusal(text: string): Promise<TroupeError> {
-  const err = await engine.generate(request(text)).then(() => null, (e: unknown) => e);
+  const err = await engine.generate(request(text)).then(
+    () => null,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(TroupeError);
   expect((err as TroupeError).status).toBe(400);
   return err as TroupeError;

@@ -77,11 +77,14 @@ function expectCommentShape(shape: CommentShape, actual: unknown, path: string):
 
 /** Prometheus sample lines: metric name and label names. */
 function series(text: string): Array<{ name: string; labels: string[] }> {
-  return text.split('\n').filter((l) => l !== '' && !l.startsWith('#')).map((l) => {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? \S+$/.exec(l);
-    if (!m) throw new Error(`not a Prometheus sample: ${l}`);
-    return { name: m[1]!, labels: [...(m[2] ?? '').matchAll(/(\w+)="/g)].map((x) => x[1]!).sort() };
-  });
+  return text
+    .split('\n')
+    .filter((l) => l !== '' && !l.startsWith('#'))
+    .map((l) => {
+      const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? \S+$/.exec(l);
+      if (!m) throw new Error(`not a Prometheus sample: ${l}`);
+      return { name: m[1]!, labels: [...(m[2] ?? '').matchAll(/(\w+)="/g)].map((x) => x[1]!).sort() };
+    });
 }
 
 /** Each sample line the README shows after the command is served, with the same label names. */
@@ -89,7 +92,10 @@ function expectSampleSeries(body: string, ctx: CheckContext): void {
   expect(ctx.sample?.lang, 'the README shows sample lines after this command').toBe('text');
   const served = series(body);
   for (const s of series(ctx.sample!.code)) {
-    expect(served.filter((x) => x.name === s.name).map((x) => x.labels), s.name).toContainEqual(s.labels);
+    expect(
+      served.filter((x) => x.name === s.name).map((x) => x.labels),
+      s.name,
+    ).toContainEqual(s.labels);
   }
 }
 
@@ -119,7 +125,7 @@ export function routeChecks(generateItem: unknown): Checks {
     'POST /generate': (req, body) => {
       const sent = json(req.body!);
       const prompts = Array.isArray(sent.text) ? sent.text.length : 1;
-      const n = ((sent.sampling_params as { n?: number } | undefined)?.n) ?? 1;
+      const n = (sent.sampling_params as { n?: number } | undefined)?.n ?? 1;
       if (sent.stream === true) {
         // Cumulative text in each data line, per item; the last update of each carries its finish reason.
         const byIndex = new Map<number, Array<Record<string, unknown>>>();
@@ -160,8 +166,10 @@ export function routeChecks(generateItem: unknown): Checks {
       expect(info).not.toHaveProperty('api_key');
       expect(info.internal_states).toEqual([
         expect.objectContaining({
-          num_running_reqs: expect.any(Number), num_waiting_reqs: expect.any(Number),
-          kv_cache_free_blocks: expect.any(Number), loaded_lora_adapters: expect.any(Number),
+          num_running_reqs: expect.any(Number),
+          num_waiting_reqs: expect.any(Number),
+          kv_cache_free_blocks: expect.any(Number),
+          loaded_lora_adapters: expect.any(Number),
         }),
       ]);
     },
@@ -197,7 +205,10 @@ export function routeChecks(generateItem: unknown): Checks {
       }
       const r = json(body);
       expect(r.object).toBe('chat.completion');
-      const choices = r.choices as Array<{ message: { role: string; content: string }; logprobs: { content: Array<{ top_logprobs: unknown[] }> } | null }>;
+      const choices = r.choices as Array<{
+        message: { role: string; content: string };
+        logprobs: { content: Array<{ top_logprobs: unknown[] }> } | null;
+      }>;
       expect(choices).toHaveLength(n);
       for (const c of choices) {
         expect(c.message).toMatchObject({ role: 'assistant', content: expect.any(String) });
@@ -248,4 +259,3 @@ export function checkAnswer(checks: Checks, at: string, req: CurlRequest, res: C
   if (!check) throw new Error(`${at}: this test has no check for ${route}; add one to routeChecks`);
   check(req, res.body, ctx);
 }
-

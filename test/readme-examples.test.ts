@@ -29,7 +29,6 @@ const isShell = (b: Block): boolean => b.lang === 'sh' || b.lang === 'bash';
 const commandsOf = (b: Block): ReturnType<typeof shellCommands> => shellCommands(b.code, SHELL_ENV);
 const CURL_BLOCKS = BLOCKS.filter((b) => isShell(b) && commandsOf(b).some((c) => c.words[0] === 'curl'));
 
-
 /** Whether /health answers 200, on a connection of its own that the server may close at once when it stops. */
 function healthy(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -44,7 +43,10 @@ function healthy(port: number): Promise<boolean> {
 /** A `troupe serve` process started as `npm start -- ARGS` starts it, on a free port. */
 class Server {
   private output = '';
-  private constructor(readonly port: number, private readonly child: ChildProcess) {
+  private constructor(
+    readonly port: number,
+    private readonly child: ChildProcess,
+  ) {
     child.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
   }
@@ -77,7 +79,12 @@ class Server {
 }
 
 /** Runs a program to its end; stdout and stderr are kept for the assertions. */
-function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  cmd: string,
+  args: string[],
+  cwd: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -120,7 +127,8 @@ async function runCurlBlock(block: Block): Promise<void> {
         expect(background.length, `${where(block)}: sleep follows a command started with &`).toBeGreaterThan(0);
         continue;
       }
-      if (name !== 'curl') throw new Error(`${where(block)}: "${cmd.words.join(' ')}" in a block of curl commands; this test runs only curl and npm start`);
+      if (name !== 'curl')
+        throw new Error(`${where(block)}: "${cmd.words.join(' ')}" in a block of curl commands; this test runs only curl and npm start`);
       const curlArgs = args.map((a) => a.replaceAll(README_HOST, `localhost:${server.port}`));
       const req = parseCurl(curlArgs);
       expect(req.url.host, `${where(block)}: curl talks to the README's server`).toBe(`localhost:${server.port}`);
@@ -201,8 +209,12 @@ describe('README examples', () => {
     // npm without the network, and without running troupe's install script (its addon is built).
     const env = {
       ...process.env,
-      npm_config_offline: 'true', npm_config_ignore_scripts: 'true', npm_config_audit: 'false',
-      npm_config_fund: 'false', npm_config_update_notifier: 'false', npm_config_yes: 'false',
+      npm_config_offline: 'true',
+      npm_config_ignore_scripts: 'true',
+      npm_config_audit: 'false',
+      npm_config_fund: 'false',
+      npm_config_update_notifier: 'false',
+      npm_config_yes: 'false',
     };
     try {
       writeFileSync(join(dir, 'example.mjs'), code!.code);
@@ -231,10 +243,26 @@ describe('README examples', () => {
 
       // The README says the same code type-checks as TypeScript against the shipped declarations.
       writeFileSync(join(dir, 'example.mts'), code!.code);
-      const tsc = await run(process.execPath, [
-        join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext',
-        '--moduleResolution', 'nodenext', '--types', 'node', '--typeRoots', join(ROOT, 'node_modules', '@types'), 'example.mts',
-      ], dir);
+      const tsc = await run(
+        process.execPath,
+        [
+          join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
+          '--noEmit',
+          '--strict',
+          '--target',
+          'es2022',
+          '--module',
+          'nodenext',
+          '--moduleResolution',
+          'nodenext',
+          '--types',
+          'node',
+          '--typeRoots',
+          join(ROOT, 'node_modules', '@types'),
+          'example.mts',
+        ],
+        dir,
+      );
       expect(tsc.code, tsc.stdout + tsc.stderr).toBe(0);
     } finally {
       rmSync(dirname(dir), { recursive: true, force: true });

@@ -147,7 +147,13 @@ export function parseCurl(args: readonly string[]): CurlRequest {
   if (url === null) throw new Error('a curl command without a URL');
   // curl sends -d data as a POST with this type unless told otherwise.
   if (body !== null) headers['content-type'] ??= 'application/x-www-form-urlencoded';
-  return { method: method ?? (body !== null ? 'POST' : 'GET'), url: new URL(/^https?:\/\//.test(url) ? url : `http://${url}`), headers, body, stream };
+  return {
+    method: method ?? (body !== null ? 'POST' : 'GET'),
+    url: new URL(/^https?:\/\//.test(url) ? url : `http://${url}`),
+    headers,
+    body,
+    stream,
+  };
 }
 
 export interface CurlResult {
@@ -187,7 +193,7 @@ function withCurl(args: readonly string[]): RunningCurl {
     out += d;
     if (headerEnd < 0) {
       // Informational answers (100 Continue) come first; the last header block is the answer's.
-      for (let m; (m = /^HTTP\/[\d.]+ (\d{3})[^\n]*\n(?:[^\n]*\S[^\n]*\n)*?\r?\n/.exec(out)); ) {
+      for (let m; (m = /^HTTP\/[\d.]+ (\d{3})[^\n]*\n(?:[^\n]*\S[^\n]*\n)*?\r?\n/.exec(out));) {
         status = Number(m[1]);
         if (status >= 200) {
           headerEnd = m[0].length;
@@ -244,10 +250,20 @@ function withFetch(req: CurlRequest): RunningCurl {
 
 /** The `data:` payloads of a server-sent event stream, with each event's name. */
 export function sseEvents(body: string): Array<{ event: string; data: string }> {
-  return body.split(/\r?\n\r?\n/).filter((e) => e.trim() !== '').map((e) => {
-    const lines = e.split(/\r?\n/);
-    const event = lines.find((l) => l.startsWith('event:'))?.slice('event:'.length).trim() ?? 'message';
-    const data = lines.filter((l) => l.startsWith('data:')).map((l) => l.slice('data:'.length).trimStart()).join('\n');
-    return { event, data };
-  });
+  return body
+    .split(/\r?\n\r?\n/)
+    .filter((e) => e.trim() !== '')
+    .map((e) => {
+      const lines = e.split(/\r?\n/);
+      const event =
+        lines
+          .find((l) => l.startsWith('event:'))
+          ?.slice('event:'.length)
+          .trim() ?? 'message';
+      const data = lines
+        .filter((l) => l.startsWith('data:'))
+        .map((l) => l.slice('data:'.length).trimStart())
+        .join('\n');
+      return { event, data };
+    });
 }

@@ -104,7 +104,9 @@ describe('safetensors reader', () => {
   });
 
   it('refuses to write data that does not fit the shape', () => {
-    expect(() => writeSafetensors(join(dir, 'bad.safetensors'), [{ name: 'w', dtype: 'F32', shape: [3], data: f32([1, 2]) }])).toThrow(/w has 8 bytes/);
+    expect(() => writeSafetensors(join(dir, 'bad.safetensors'), [{ name: 'w', dtype: 'F32', shape: [3], data: f32([1, 2]) }])).toThrow(
+      /w has 8 bytes/,
+    );
   });
 });
 

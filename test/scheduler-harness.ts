@@ -43,11 +43,7 @@ export function seq(id: string, o: Partial<SeqInit> & { prompt?: number; maxNewT
 /** Default fake model: the next token depends only on how many tokens the sequence sampled before. */
 export const countingTokens = (_id: string, draws: number): number => 100 + draws;
 
-export function fakeResult(
-  batch: StepBatch,
-  seqIds: string[],
-  pick: (id: string, draws: number) => number = countingTokens,
-): StepResult {
+export function fakeResult(batch: StepBatch, seqIds: string[], pick: (id: string, draws: number) => number = countingTokens): StepResult {
   const n = seqIds.length;
   const k = batch.topLogprobs;
   const tokens = new Int32Array(n).fill(-1);

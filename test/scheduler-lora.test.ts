@@ -40,7 +40,17 @@ describe('adapter residency', () => {
       'A:h2dInFlight->gpuResident.unpinned',
     ]);
     expect(s.adapters()).toEqual([
-      { name: 'A', path: '/ad/A', pinned: false, loaded: true, state: 'gpuResident.unpinned', rank: 8, targetModules: ['q_proj', 'v_proj'], slot: 0, error: null },
+      {
+        name: 'A',
+        path: '/ad/A',
+        pinned: false,
+        loaded: true,
+        state: 'gpuResident.unpinned',
+        rank: 8,
+        targetModules: ['q_proj', 'v_proj'],
+        slot: 0,
+        error: null,
+      },
     ]);
   });
 
@@ -165,7 +175,11 @@ describe('slots and eviction', () => {
   test('max_loaded_loras keeps at most that many CPU copies, dropping the least recently used', () => {
     const s = newScheduler({ maxLoadedLoras: 2 });
     for (const n of ['A', 'B', 'C']) s.addAdapter({ name: n, path: `/${n}`, pinned: false });
-    expect(serveLoader(s).filter((c) => c.kind === 'load-cpu').map((c) => (c as { name: string }).name)).toEqual(['A', 'B']);
+    expect(
+      serveLoader(s)
+        .filter((c) => c.kind === 'load-cpu')
+        .map((c) => (c as { name: string }).name),
+    ).toEqual(['A', 'B']);
     expect(stateOf(s, 'C')).toBe('registered');
     s.submit(seq('c', { lora: 'C', maxNewTokens: 1 }));
     expect(s.takeCommands()).toEqual([
@@ -308,7 +322,15 @@ describe('invariants under a mixed load', () => {
       state = (state * 1103515245 + 12345) % 2 ** 31;
       return Math.floor((state / 2 ** 31) * n);
     };
-    const s = newScheduler({ numBlocks: 12, blockSize: 4, chunkedPrefillSize: 16, maxLorasPerBatch: 3, maxLoadedLoras: 3, maxRunningRequests: 6, ...mode });
+    const s = newScheduler({
+      numBlocks: 12,
+      blockSize: 4,
+      chunkedPrefillSize: 16,
+      maxLorasPerBatch: 3,
+      maxLoadedLoras: 3,
+      maxRunningRequests: 6,
+      ...mode,
+    });
     const names = ['A', 'B', 'C', 'D', 'E'];
     for (const n of names) s.addAdapter({ name: n, path: `/${n}`, pinned: n === 'A' });
     const expected = new Map<string, number>();

@@ -110,7 +110,11 @@ describe('a GPU pool larger than one batch (--max-gpu-loras)', () => {
     const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots });
     add(s, 'A', 'B', 'C');
     serveLoader(s);
-    for (const [id, lora] of [['a1', 'A'], ['b1', 'B'], ['c1', 'C']] as const) {
+    for (const [id, lora] of [
+      ['a1', 'A'],
+      ['b1', 'B'],
+      ['c1', 'C'],
+    ] as const) {
       s.submit(seq(id, { lora, maxNewTokens: 1 }));
       runToEnd(s, id);
     }

@@ -14,7 +14,14 @@
 // of an adapter it holds no CPU copy of.
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { Scheduler, type AdapterTransition, type LoaderCommand, type SchedulerOptions, type StepBatch, type TokenEvent } from '../src/scheduler/index.js';
+import {
+  Scheduler,
+  type AdapterTransition,
+  type LoaderCommand,
+  type SchedulerOptions,
+  type StepBatch,
+  type TokenEvent,
+} from '../src/scheduler/index.js';
 import type { Sequence } from '../src/scheduler/sequence.js';
 import { fakeResult, options, seq } from './scheduler-harness.js';
 
@@ -127,7 +134,10 @@ class LoadedSetModel {
   readonly order: Name[] = [];
   readonly known = new Map<Name, boolean>();
   private readonly before = new Map<Name, boolean | null>();
-  constructor(private readonly max: number | null, private readonly pinnedOf: (n: Name) => boolean) {}
+  constructor(
+    private readonly max: number | null,
+    private readonly pinnedOf: (n: Name) => boolean,
+  ) {}
 
   has(n: Name): boolean {
     return this.order.includes(n);
@@ -203,7 +213,10 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
     if (t.to === 'failed') loaded.failed(t.adapter as Name);
     if (t.from === 'gpuResident.pinned') expect(['unloading', 'unloaded'], `pinned ${t.adapter} left its slot`).toContain(t.to);
     if (t.from === 'gpuResident.unpinned' && (t.to === 'cpuLoaded' || t.to === 'registered')) {
-      expect(running().some((r) => r.init.lora === t.adapter), `${t.adapter} evicted while a request runs on it`).toBe(false);
+      expect(
+        running().some((r) => r.init.lora === t.adapter),
+        `${t.adapter} evicted while a request runs on it`,
+      ).toBe(false);
     }
     if (t.to === 'failed' && a) a.failed = true;
     // Its last request's end is reported after this, when the call that ended it returns.
@@ -223,7 +236,13 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
   const check = (): void => {
     const details = s.adapterDetails();
     expect(details.map((d) => d.name).sort()).toEqual([...adapters.keys()].sort());
-    expect(details.filter((d) => d.loaded).map((d) => d.name).sort(), 'the loaded set').toEqual([...loaded.order].sort());
+    expect(
+      details
+        .filter((d) => d.loaded)
+        .map((d) => d.name)
+        .sort(),
+      'the loaded set',
+    ).toEqual([...loaded.order].sort());
     const slots = details.filter((d) => d.slot !== null).map((d) => d.slot!);
     expect(new Set(slots).size, 'a slot is shared').toBe(slots.length);
     for (const slot of slots) expect(slot).toBeLessThan(o.gpuSlots!);

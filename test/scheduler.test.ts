@@ -48,7 +48,11 @@ describe('chunked prefill', () => {
       samples.push(r.batch.sample[0]!);
       expect(r.events.length).toBe(i === 2 ? 1 : 0);
     }
-    expect(chunks).toEqual([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]);
+    expect(chunks).toEqual([
+      [0, 1, 2, 3],
+      [4, 5, 6, 7],
+      [8, 9],
+    ]);
     expect(samples).toEqual([0, 0, 1]);
   });
 
@@ -184,7 +188,13 @@ describe('stop conditions', () => {
 describe('sampling fields', () => {
   test('per-sequence sampling options, seeds, draws and logprobs', () => {
     const s = newScheduler();
-    s.submit({ ...seq('a'), sampling: sampling({ temperature: 0.7, topK: 20, topP: 0.9, minP: 0.05 }), seed: 1234, returnLogprob: true, topLogprobsNum: 3 });
+    s.submit({
+      ...seq('a'),
+      sampling: sampling({ temperature: 0.7, topK: 20, topP: 0.9, minP: 0.05 }),
+      seed: 1234,
+      returnLogprob: true,
+      topLogprobsNum: 3,
+    });
     s.submit({ ...seq('b'), seed: 99, topLogprobsNum: 1 });
     const r1 = step(s)!;
     expect(Array.from(r1.batch.temperature)).toEqual([Math.fround(0.7), 0]);

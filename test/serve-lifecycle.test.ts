@@ -82,7 +82,6 @@ function listen(server: Server, port: number): Promise<number> {
   });
 }
 
-
 async function startServe(extra: string[]): Promise<{ proc: ServeProcess; base: string }> {
   const port = await freePort();
   const proc = new ServeProcess(['--port', String(port), '--device', 'cpu', ...DEMO, ...extra]);
@@ -104,7 +103,10 @@ const post = (base: string, body: string): Promise<Response> => fetch(`${base}/g
 /** The data payloads of a server-sent event stream, read to its end. */
 async function readEvents(res: Response): Promise<string[]> {
   const text = await res.text();
-  return text.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice('data: '.length));
+  return text
+    .split('\n\n')
+    .filter((e) => e.startsWith('data: '))
+    .map((e) => e.slice('data: '.length));
 }
 
 /** Resolves once each adapter has at least the given number of running requests (in the engine, past admission). */

@@ -52,7 +52,11 @@ async function asyncRequestSglangGenerate(base: string, input: BenchInput): Prom
   const st = performance.now();
   let mostRecent = st;
   try {
-    const response = await fetch(`${base}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(payload) });
+    const response = await fetch(`${base}/generate`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(payload),
+    });
     if (response.status !== 200) {
       output.error = response.statusText;
       await response.body?.cancel();
@@ -89,7 +93,7 @@ async function asyncRequestSglangGenerate(base: string, input: BenchInput): Prom
   return output;
 }
 
-describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () => {
+describe("SGLang's serving benchmark (bench_serving.py --backend sglang)", () => {
   it('completes the whole run with every request a success of the length asked for', async () => {
     // run_benchmark: the model id comes from /v1/models when --model is not given.
     const models = (await (await fetch(`${demo().base}/v1/models`)).json()) as { data: Array<{ id: string }> };
@@ -97,7 +101,12 @@ describe('SGLang\'s serving benchmark (bench_serving.py --backend sglang)', () =
 
     // benchmark(): one warmup request with the first --lora-name and at most 32 tokens.
     const loraNames = ['demo-a', 'demo-b'];
-    const warmup = await asyncRequestSglangGenerate(demo().base, { prompt: PROMPT, outputLen: Math.min(40, 32), loraName: loraNames[0]!, stream: true });
+    const warmup = await asyncRequestSglangGenerate(demo().base, {
+      prompt: PROMPT,
+      outputLen: Math.min(40, 32),
+      loraName: loraNames[0]!,
+      stream: true,
+    });
     expect(warmup, warmup.error).toMatchObject({ success: true, outputLen: 32 });
 
     // --flush-cache: a bodiless POST; the benchmark does not read the answer, which must not be an error.
@@ -142,7 +151,7 @@ function takeEvents(buffer: string): { events: string[]; rest: string } {
   return { events: parts.map((p) => p.slice('data: '.length)), rest };
 }
 
-describe('the real engine behind SGLang\'s routes', () => {
+describe("the real engine behind SGLang's routes", () => {
   // entrypoints/http_server.py abort_request -> TokenizerManager.abort_request(rid).
   it('ends a running request by rid; its stream ends with finish reason abort, then [DONE]', async () => {
     const res = await post('/generate', { text: PROMPT, rid: 'long-1', stream: true, sampling_params: { max_new_tokens: 3000, ignore_eos: true } });
@@ -175,7 +184,12 @@ describe('the real engine behind SGLang\'s routes', () => {
   // managers/scheduler.py: -1 and the last prompt position mean output logprobs only.
   it('serves logprob_start_len -1 and the last prompt position, and refuses earlier and later ones by name', async () => {
     const ask = (start: number, returnLogprob = true): Promise<Response> =>
-      post('/generate', { input_ids: [128000, 861, 220], sampling_params: { max_new_tokens: 1 }, return_logprob: returnLogprob, logprob_start_len: start });
+      post('/generate', {
+        input_ids: [128000, 861, 220],
+        sampling_params: { max_new_tokens: 1 },
+        return_logprob: returnLogprob,
+        logprob_start_len: start,
+      });
     expect((await ask(-1)).status).toBe(200);
     expect((await ask(2)).status).toBe(200);
     const early = await ask(0);
@@ -190,7 +204,10 @@ describe('the real engine behind SGLang\'s routes', () => {
   it('keeps requests with log_metrics false (as /health_generate) out of the request metrics', async () => {
     const counted = async (): Promise<number> => {
       const text = await (await fetch(`${demo().base}/metrics`)).text();
-      return text.split('\n').filter((l) => l.startsWith('troupe_adapter_requests_total{')).reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
+      return text
+        .split('\n')
+        .filter((l) => l.startsWith('troupe_adapter_requests_total{'))
+        .reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
     };
     const before = await counted();
     expect((await post('/generate', { text: PROMPT, sampling_params: { max_new_tokens: 1 }, log_metrics: false })).status).toBe(200);
@@ -200,7 +217,7 @@ describe('the real engine behind SGLang\'s routes', () => {
     expect(await counted()).toBe(before + 1);
   }, 60_000);
 
-  it('reports the engine\'s queues and KV cache in /get_server_info', async () => {
+  it("reports the engine's queues and KV cache in /get_server_info", async () => {
     const info = (await (await fetch(`${demo().base}/get_server_info`)).json()) as Record<string, any>;
     expect(info).toMatchObject({ served_model_name: 'demo', max_loras_per_batch: 3, context_length: 4096, device: 'cpu', enable_lora: true });
     expect(info.lora_paths.map((l: { lora_name: string }) => l.lora_name)).toEqual(['demo-a', 'demo-b']);
@@ -222,7 +239,9 @@ describe('/abort_request on a request still waiting for a batch slot', () => {
     const waiting = send({ ...long, rid: 'waiting' });
     // The one batch slot is taken, so the second request queues; wait until the scheduler says so.
     for (;;) {
-      const info = (await (await fetch(`${small().base}/get_server_info`)).json()) as { internal_states: Array<{ num_running_reqs: number; num_waiting_reqs: number }> };
+      const info = (await (await fetch(`${small().base}/get_server_info`)).json()) as {
+        internal_states: Array<{ num_running_reqs: number; num_waiting_reqs: number }>;
+      };
       const state = info.internal_states[0]!;
       if (state.num_running_reqs === 1 && state.num_waiting_reqs === 1) break;
       await new Promise((r) => setTimeout(r, 50));

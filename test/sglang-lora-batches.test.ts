@@ -10,11 +10,7 @@ import type { LocalTroupeEngine } from '../src/troupe.js';
 import { appFor, generateIds, makeWorld, startEngine, type App, type World } from './adapter-fixtures.js';
 
 // SGLang's TEST_MULTIPLE_BATCH_PROMPTS[:3].
-const PROMPTS = [
-  'AI is a field of computer science focused on',
-  'Computer science is the study of',
-  'Write a short story.',
-];
+const PROMPTS = ['AI is a field of computer science focused on', 'Computer science is the study of', 'Write a short story.'];
 const MAX_NEW_TOKENS = 8;
 // CI_MULTI_LORA_MODELS' case: two adapters, max_loaded_loras within twice max_loras_per_batch.
 const ARGS = ['--max-loras-per-batch', '2', '--max-loaded-loras', '4'];

@@ -103,7 +103,7 @@ describe('test_lora_eviction.py', () => {
   const PROMPTS = [
     'AI is a field of computer science focused on',
     '### Instruction:\nCompose a SQL query that uses the following table: users, and returns the user_id and name of all users ' +
-      'whose name that does not have a duplicate in the table.\n### Response:\nSELECT user_id, name FROM users WHERE name LIKE \'A%\';',
+      "whose name that does not have a duplicate in the table.\n### Response:\nSELECT user_id, name FROM users WHERE name LIKE 'A%';",
   ];
   // valadapt-llama-3.1-8B-it-chinese (q and v only) and the SQL adapter (every module).
   const paths = (): string[] => [world.demoA, SQL];
@@ -139,7 +139,7 @@ describe('test_lora_eviction.py', () => {
   }
 
   // test_lora_eviction.py, test_lora_eviction_with_different_target_modules.
-  it('evicting adapters with different target modules keeps each adapter\'s outputs', async () => {
+  it("evicting adapters with different target modules keeps each adapter's outputs", async () => {
     const history = new Map<string, number[]>();
     await runSequence(history, {});
     await runSequence(history, { reverse: true });
@@ -148,7 +148,7 @@ describe('test_lora_eviction.py', () => {
 
   // test_lora_eviction.py, test_lora_eviction_with_reused_lora_name: one name loaded and
   // unloaded with each adapter in turn gives the outputs each adapter gives under its own name.
-  it('reusing one name for different adapters gives each adapter\'s outputs', async () => {
+  it("reusing one name for different adapters gives each adapter's outputs", async () => {
     const history = new Map<string, number[]>();
     await runSequence(history, { reuseName: true, repeat: 1 });
     await runSequence(history, { reuseName: false, repeat: 1 });

@@ -24,7 +24,13 @@ beforeAll(async () => {
 });
 
 const chat = async (model: string, content: string, extra: { lora_path?: string | null } = {}): Promise<string> => {
-  const params: Extra<OpenAI.Chat.ChatCompletionCreateParamsNonStreaming> = { model, messages: USER(content), max_tokens: 12, temperature: 0, ...extra };
+  const params: Extra<OpenAI.Chat.ChatCompletionCreateParamsNonStreaming> = {
+    model,
+    messages: USER(content),
+    max_tokens: 12,
+    temperature: 0,
+    ...extra,
+  };
   const res = await client.chat.completions.create(params);
   const text = res.choices[0]!.message.content;
   expect(text).not.toBeNull();
@@ -65,7 +71,13 @@ describe('test_lora_openai_compatible.py TestLoRAOpenAICompatible', () => {
 
   // test_streaming_with_adapter: the streamed content is the non-streamed answer.
   it('test_streaming_with_adapter: a stream on the adapter carries its answer', async () => {
-    const stream = await client.chat.completions.create({ model: 'demo:tool_calling', messages: USER(ASK), max_tokens: 12, temperature: 0, stream: true });
+    const stream = await client.chat.completions.create({
+      model: 'demo:tool_calling',
+      messages: USER(ASK),
+      max_tokens: 12,
+      temperature: 0,
+      stream: true,
+    });
     let collected = '';
     for await (const chunk of stream) collected += chunk.choices[0]?.delta.content ?? '';
     expect(collected).toBe(await chat('demo:tool_calling', ASK));
@@ -89,7 +101,7 @@ describe('test_lora_openai_compatible.py TestLoRAEdgeCases', () => {
     expect(await chat('demo', 'Hello!', { lora_path: null })).toBe(await chat('demo', 'Hello!'));
   });
 
-  it('test_invalid_adapter_name: an adapter never loaded is a 400 with SGLang\'s words', async () => {
+  it("test_invalid_adapter_name: an adapter never loaded is a 400 with SGLang's words", async () => {
     const err = await chat('demo:nonexistent', 'Hello!').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
     expect((err as Error).message).toContain("has never been loaded: 'nonexistent'");
@@ -105,7 +117,12 @@ describe('test_lora_openai_compatible.py TestLoRADisabledError', () => {
     world = makeWorld('sglang-openai-plain');
     engine = await startEngine(world, []);
     app = appFor(engine);
-    plain = new OpenAI({ baseURL: 'http://localhost/v1', apiKey: 'EMPTY', maxRetries: 0, fetch: (url, init) => Promise.resolve(app.request(String(url), init)) });
+    plain = new OpenAI({
+      baseURL: 'http://localhost/v1',
+      apiKey: 'EMPTY',
+      maxRetries: 0,
+      fetch: (url, init) => Promise.resolve(app.request(String(url), init)),
+    });
   }, 120_000);
   afterAll(async () => {
     await engine?.close();
@@ -126,7 +143,10 @@ describe('test_lora_openai_compatible.py TestLoRADisabledError', () => {
 
   // SGLang's load_lora_adapter and unload_lora_adapter refuse the same way, with 400.
   it('loading or unloading an adapter on a server without LoRA is a 400 saying LoRA is not enabled', async () => {
-    for (const [path, body] of [['/load_lora_adapter', { lora_name: 'x', lora_path: world.demoA }], ['/unload_lora_adapter', { lora_name: 'x' }]] as const) {
+    for (const [path, body] of [
+      ['/load_lora_adapter', { lora_name: 'x', lora_path: world.demoA }],
+      ['/unload_lora_adapter', { lora_name: 'x' }],
+    ] as const) {
       const { status, json } = await post(app, path, body);
       expect(status, path).toBe(400);
       expect(json).toMatchObject({ success: false, loaded_adapters: {} });
@@ -139,18 +159,36 @@ describe('test_lora_openai_api.py', () => {
   /** The adapter each prompt of a completions request ran on, on the echo engine serving `served`. */
   async function resolved(served: string, body: Record<string, unknown>): Promise<{ status: number; loras: Array<string | null> }> {
     const engine = new EchoEngine();
-    for (const n of ['sql-expert', 'python-expert', 'adapter-name', 'adapter:extra', 'adapter1', 'adapter2', 'other-adapter', 'preferred-adapter', 'adapter-名前', 'adapter_v2.1-final']) {
+    for (const n of [
+      'sql-expert',
+      'python-expert',
+      'adapter-name',
+      'adapter:extra',
+      'adapter1',
+      'adapter2',
+      'other-adapter',
+      'preferred-adapter',
+      'adapter-名前',
+      'adapter_v2.1-final',
+    ]) {
       engine.adapterPaths.set(n, `/adapters/${n}`);
     }
     const app = createApp(engine, { servedModelName: served });
-    const res = await app.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 1, ...body }) });
+    const res = await app.request('/v1/completions', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'x', max_tokens: 1, ...body }),
+    });
     return { status: res.status, loras: engine.requests.map((r) => r.lora) };
   }
 
   it('TestParseModelParameter: split at the first colon, both parts trimmed, an empty adapter is none', async () => {
     expect(await resolved('llama-3.1-8B', { model: 'llama-3.1-8B' })).toEqual({ status: 200, loras: [null] });
     expect(await resolved('llama-3.1-8B', { model: 'llama-3.1-8B:sql-expert' })).toEqual({ status: 200, loras: ['sql-expert'] });
-    expect(await resolved('meta-llama/Llama-3.1-8B-Instruct', { model: 'meta-llama/Llama-3.1-8B-Instruct:adapter-name' })).toEqual({ status: 200, loras: ['adapter-name'] });
+    expect(await resolved('meta-llama/Llama-3.1-8B-Instruct', { model: 'meta-llama/Llama-3.1-8B-Instruct:adapter-name' })).toEqual({
+      status: 200,
+      loras: ['adapter-name'],
+    });
     expect(await resolved('model', { model: 'model:adapter:extra' })).toEqual({ status: 200, loras: ['adapter:extra'] });
     expect(await resolved('model-name', { model: ' model-name : adapter-name ' })).toEqual({ status: 200, loras: ['adapter-name'] });
     expect(await resolved('model-name', { model: 'model-name:' })).toEqual({ status: 200, loras: [null] });
@@ -162,18 +200,43 @@ describe('test_lora_openai_api.py', () => {
     expect(await resolved('model-name', { model: 'model-name', lora_path: 'python-expert' })).toEqual({ status: 200, loras: ['python-expert'] });
     expect(await resolved('model', { model: 'model:sql-expert', lora_path: 'python-expert' })).toEqual({ status: 200, loras: ['sql-expert'] });
     const three = { prompt: ['a', 'b', 'c'] };
-    expect(await resolved('model-name', { ...three, model: 'model-name', lora_path: ['adapter1', 'adapter2', null] })).toEqual({ status: 200, loras: ['adapter1', 'adapter2', null] });
-    expect(await resolved('model', { prompt: ['a', 'b'], model: 'model:sql-expert', lora_path: ['adapter1', 'adapter2'] })).toEqual({ status: 200, loras: ['sql-expert', 'sql-expert'] });
-    expect(await resolved('org/model-v2.1', { model: 'org/model-v2.1:adapter-name', lora_path: 'other-adapter' })).toEqual({ status: 200, loras: ['adapter-name'] });
+    expect(await resolved('model-name', { ...three, model: 'model-name', lora_path: ['adapter1', 'adapter2', null] })).toEqual({
+      status: 200,
+      loras: ['adapter1', 'adapter2', null],
+    });
+    expect(await resolved('model', { prompt: ['a', 'b'], model: 'model:sql-expert', lora_path: ['adapter1', 'adapter2'] })).toEqual({
+      status: 200,
+      loras: ['sql-expert', 'sql-expert'],
+    });
+    expect(await resolved('org/model-v2.1', { model: 'org/model-v2.1:adapter-name', lora_path: 'other-adapter' })).toEqual({
+      status: 200,
+      loras: ['adapter-name'],
+    });
   });
 
   it('TestIntegrationScenarios and TestEdgeCases: batches, lists with nulls, unicode and special names', async () => {
-    expect(await resolved('meta-llama/Llama-3.1-8B', { prompt: ['a', 'b', 'c'], model: 'meta-llama/Llama-3.1-8B', lora_path: ['sql-expert', 'python-expert', null] }))
-      .toEqual({ status: 200, loras: ['sql-expert', 'python-expert', null] });
-    expect(await resolved('meta-llama/Llama-3.1-8B', { prompt: ['a', 'b'], model: 'meta-llama/Llama-3.1-8B:preferred-adapter', lora_path: ['adapter1', 'adapter2'] }))
-      .toEqual({ status: 200, loras: ['preferred-adapter', 'preferred-adapter'] });
-    expect(await resolved('model-name', { prompt: ['a', 'b'], model: 'model-name', lora_path: [null, 'adapter2'] })).toEqual({ status: 200, loras: [null, 'adapter2'] });
-    expect(await resolved('model-name', { prompt: ['a', 'b'], model: 'model-name', lora_path: [null, null] })).toEqual({ status: 200, loras: [null, null] });
+    expect(
+      await resolved('meta-llama/Llama-3.1-8B', {
+        prompt: ['a', 'b', 'c'],
+        model: 'meta-llama/Llama-3.1-8B',
+        lora_path: ['sql-expert', 'python-expert', null],
+      }),
+    ).toEqual({ status: 200, loras: ['sql-expert', 'python-expert', null] });
+    expect(
+      await resolved('meta-llama/Llama-3.1-8B', {
+        prompt: ['a', 'b'],
+        model: 'meta-llama/Llama-3.1-8B:preferred-adapter',
+        lora_path: ['adapter1', 'adapter2'],
+      }),
+    ).toEqual({ status: 200, loras: ['preferred-adapter', 'preferred-adapter'] });
+    expect(await resolved('model-name', { prompt: ['a', 'b'], model: 'model-name', lora_path: [null, 'adapter2'] })).toEqual({
+      status: 200,
+      loras: [null, 'adapter2'],
+    });
+    expect(await resolved('model-name', { prompt: ['a', 'b'], model: 'model-name', lora_path: [null, null] })).toEqual({
+      status: 200,
+      loras: [null, null],
+    });
     expect(await resolved('model', { model: 'model:adapter-名前' })).toEqual({ status: 200, loras: ['adapter-名前'] });
     expect(await resolved('model', { model: 'model:adapter_v2.1-final' })).toEqual({ status: 200, loras: ['adapter_v2.1-final'] });
     expect(await resolved('model', { model: 'model:adapter-name', lora_path: null })).toEqual({ status: 200, loras: ['adapter-name'] });

@@ -30,11 +30,17 @@ export type Op =
   | { op: 'unload'; name: string }
   | { op: 'forward'; loras: Array<string | null>; error?: string; evicts?: string[] };
 
-export const load = (adapter: string | Load, more: { error?: string; evicts?: string[] } = {}): Op =>
-  ({ op: 'load', adapter: typeof adapter === 'string' ? { name: adapter } : adapter, ...more });
+export const load = (adapter: string | Load, more: { error?: string; evicts?: string[] } = {}): Op => ({
+  op: 'load',
+  adapter: typeof adapter === 'string' ? { name: adapter } : adapter,
+  ...more,
+});
 export const unload = (name: string): Op => ({ op: 'unload', name });
-export const forward = (loras: string | null | Array<string | null>, more: { error?: string; evicts?: string[] } = {}): Op =>
-  ({ op: 'forward', loras: Array.isArray(loras) ? loras : [loras], ...more });
+export const forward = (loras: string | null | Array<string | null>, more: { error?: string; evicts?: string[] } = {}): Op => ({
+  op: 'forward',
+  loras: Array.isArray(loras) ? loras : [loras],
+  ...more,
+});
 
 export interface UpdateCase {
   /** --lora-paths items: PATH, NAME=PATH or SGLang's JSON form. */
@@ -72,7 +78,10 @@ export class StaticOutputs {
   /** Each adapter's output for every prompt, computed once. */
   private readonly byAdapter = new Map<string | null, string[]>();
 
-  constructor(private readonly world: World, private readonly paths: string[]) {
+  constructor(
+    private readonly world: World,
+    private readonly paths: string[],
+  ) {
     paths.forEach((p, i) => this.keys.set(p, `static-${i}`));
   }
 
@@ -81,14 +90,28 @@ export class StaticOutputs {
     const missing = [...new Set(paths)].filter((p) => !this.byAdapter.has(p));
     if (missing.length > 0) {
       this.engine ??= await startEngine(this.world, [
-        '--lora-paths', ...this.paths.map((p) => `${this.keys.get(p)}=${p}`),
-        '--max-loras-per-batch', '8', '--max-lora-rank', '16', '--lora-target-modules', 'all',
+        '--lora-paths',
+        ...this.paths.map((p) => `${this.keys.get(p)}=${p}`),
+        '--max-loras-per-batch',
+        '8',
+        '--max-lora-rank',
+        '16',
+        '--lora-target-modules',
+        'all',
       ]);
-      const { status, json } = await generate(appFor(this.engine), missing.map((p) => (p === null ? null : this.keys.get(p)!)));
+      const { status, json } = await generate(
+        appFor(this.engine),
+        missing.map((p) => (p === null ? null : this.keys.get(p)!)),
+      );
       expect(status, JSON.stringify(json)).toBe(200);
       const texts = (json as Array<{ text: string }>).map((o) => o.text);
       // Row i is prompt i / missing.length with adapter i % missing.length (create_batch_data's order).
-      missing.forEach((p, j) => this.byAdapter.set(p, PROMPTS.map((_, i) => texts[i * missing.length + j]!)));
+      missing.forEach((p, j) =>
+        this.byAdapter.set(
+          p,
+          PROMPTS.map((_, i) => texts[i * missing.length + j]!),
+        ),
+      );
     }
     return PROMPTS.flatMap((_, i) => paths.map((p) => this.byAdapter.get(p)![i]!));
   }

@@ -39,12 +39,7 @@ describe('test_lora_update.py TARGET_MODULE_TESTS', () => {
     await runUpdateCase(world, statics, {
       initial: [NARROW],
       args: ['--max-loras-per-batch', '3', '--lora-target-modules', 'all', '--max-lora-rank', '16'],
-      ops: [
-        forward(NARROW),
-        forward(WIDE, { error: 'never been loaded' }),
-        load(WIDE),
-        forward([NARROW, WIDE, null]),
-      ],
+      ops: [forward(NARROW), forward(WIDE, { error: 'never been loaded' }), load(WIDE), forward([NARROW, WIDE, null])],
     });
   }, 120_000);
 
@@ -53,12 +48,7 @@ describe('test_lora_update.py TARGET_MODULE_TESTS', () => {
     await runUpdateCase(world, statics, {
       initial: [WIDE],
       args: ['--max-loras-per-batch', '3', '--max-lora-rank', '16'],
-      ops: [
-        forward(WIDE),
-        forward(NARROW, { error: 'never been loaded' }),
-        load(NARROW),
-        forward([NARROW, WIDE, null]),
-      ],
+      ops: [forward(WIDE), forward(NARROW, { error: 'never been loaded' }), load(NARROW), forward([NARROW, WIDE, null])],
     });
   }, 120_000);
 
@@ -68,12 +58,7 @@ describe('test_lora_update.py TARGET_MODULE_TESTS', () => {
     await runUpdateCase(world, statics, {
       initial: [NARROW],
       args: ['--max-loras-per-batch', '3', '--max-lora-rank', '16'],
-      ops: [
-        forward(NARROW),
-        forward(WIDE, { error: 'never been loaded' }),
-        load(WIDE, { error: 'incompatible' }),
-        forward([NARROW, null]),
-      ],
+      ops: [forward(NARROW), forward(WIDE, { error: 'never been loaded' }), load(WIDE, { error: 'incompatible' }), forward([NARROW, null])],
     });
   }, 120_000);
 });

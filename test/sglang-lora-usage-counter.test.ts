@@ -11,7 +11,14 @@ const CONTEXT_LEN = 2048;
 // A KV cache smaller than the context, so the scheduler refuses a request after its adapter
 // check (SGLang's scheduler-side BAD_REQUEST case).
 const demo = useDemoServer([
-  '--max-loras-per-batch', '2', '--max-running-requests', '1', '--context-length', String(CONTEXT_LEN), '--max-total-tokens', '1024',
+  '--max-loras-per-batch',
+  '2',
+  '--max-running-requests',
+  '1',
+  '--context-length',
+  String(CONTEXT_LEN),
+  '--max-total-tokens',
+  '1024',
 ]);
 const TEST_NAME = 'lifecycle_test_adapter';
 const PROMPT = 'Write a SQL query that selects all columns from a table.';
@@ -94,7 +101,11 @@ describe('test_lora_usage_counter.py', () => {
 
   it('test_validation_failure_after_acquire: a prompt longer than the context is refused and releases it', async () => {
     await loadTestAdapter();
-    const res = await post('/generate', { input_ids: new Array(CONTEXT_LEN + 100).fill(10), lora_path: TEST_NAME, sampling_params: { max_new_tokens: 8 } });
+    const res = await post('/generate', {
+      input_ids: new Array(CONTEXT_LEN + 100).fill(10),
+      lora_path: TEST_NAME,
+      sampling_params: { max_new_tokens: 8 },
+    });
     expect(res.status).toBe(400);
     await assertUnloadCompletes();
   }, 60_000);

@@ -7,7 +7,18 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createEngine } from '../src/troupe.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import { LORA_MODULES } from '../src/engine/types.js';
-import { argmax, engineOptions, logSoftmax, logitsRow, makeBatch, openCheckpoint, prompt, SMALL_MODEL, tempDir, type SeqStep } from './engine-fixtures.js';
+import {
+  argmax,
+  engineOptions,
+  logSoftmax,
+  logitsRow,
+  makeBatch,
+  openCheckpoint,
+  prompt,
+  SMALL_MODEL,
+  tempDir,
+  type SeqStep,
+} from './engine-fixtures.js';
 import { startRanks } from './tp-fixtures.js';
 
 const tmp = tempDir('tp-engine');
@@ -37,7 +48,11 @@ async function run(model: keyof typeof MODELS, tp: number): Promise<{ logprobs: 
     if (tp > 1) expect(group.info.collective).toBe('host');
     await group.loadSlot(0, join(dir, 'qv'));
     await group.loadSlot(1, join(dir, 'all'));
-    const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({ slot, tokens: prompt(12, 40 + (i % 2), vocab), blocks: Array.from({ length: 8 }, (_, k) => i * 8 + k) }));
+    const seqs = [-1, -1, 0, 0, 1, 1].map((slot, i) => ({
+      slot,
+      tokens: prompt(12, 40 + (i % 2), vocab),
+      blocks: Array.from({ length: 8 }, (_, k) => i * 8 + k),
+    }));
     const logprobs: Float64Array[] = [];
     const greedy: number[] = [];
     const collect = (r: Awaited<ReturnType<typeof group.step>>, rows: number[]): void => {
@@ -50,10 +65,16 @@ async function run(model: keyof typeof MODELS, tp: number): Promise<{ logprobs: 
     // Chunk 1 (not sampled), chunk 2, then 6 decodes fed a fixed token stream.
     const step = (parts: SeqStep[]) => group.step(makeBatch(parts, { maxBlocksPerSeq: 8, returnLogits: true }));
     await step(seqs.map((s) => ({ ...s, tokens: s.tokens.slice(0, 5), cached: 0, sample: false })));
-    collect(await step(seqs.map((s) => ({ ...s, tokens: s.tokens.slice(5), cached: 5 }))), seqs.map((_, i) => i));
+    collect(
+      await step(seqs.map((s) => ({ ...s, tokens: s.tokens.slice(5), cached: 5 }))),
+      seqs.map((_, i) => i),
+    );
     for (let d = 0; d < 6; d++) {
       const parts = seqs.map((s, i) => ({ ...s, tokens: [prompt(1, 100 * d + (i % 2), vocab)[0]!], cached: s.tokens.length + d }));
-      collect(await step(parts), seqs.map((_, i) => i));
+      collect(
+        await step(parts),
+        seqs.map((_, i) => i),
+      );
     }
     return { logprobs, greedy };
   } finally {
@@ -93,8 +114,11 @@ describe('tensor parallel through createEngine', () => {
     for (const tpSize of [1, 2]) {
       const engine = await createEngine({ modelPath: dir, device: 'cpu', tpSize, loraPaths: [lora('qv'), lora('all')] });
       try {
-        const res = await Promise.all([null, 'qv', 'all'].map((adapter) =>
-          engine.generate({ inputIds: prompt(9, 7, 1000), lora: adapter, sampling: { maxNewTokens: 10, temperature: 0 }, returnLogprob: true })));
+        const res = await Promise.all(
+          [null, 'qv', 'all'].map((adapter) =>
+            engine.generate({ inputIds: prompt(9, 7, 1000), lora: adapter, sampling: { maxNewTokens: 10, temperature: 0 }, returnLogprob: true }),
+          ),
+        );
         expect(engine.modelInfo()).toMatchObject({ tpSize, collective: tpSize === 1 ? 'none' : 'host' });
         outputs[tpSize] = res.map((r) => ({ ids: r.outputIds, logprobs: r.outputTokenLogprobs!.map((t) => t[0]) }));
       } finally {
@@ -121,7 +145,9 @@ describe('tensor parallel through createEngine', () => {
       await group.kill(1);
       await expect(group.step(batch)).rejects.toThrow(/executor-1 actor exited/);
       // Rank 0 alone would wait for rank 1 in its first collective; it gets the error instead.
-      await expect(group.stepRank(0, makeBatch([{ tokens: prompt(4, 2, 1000), cached: 0, blocks: [1] }]))).rejects.toThrow(/executor-1 actor exited|tensor-parallel group stopped/);
+      await expect(group.stepRank(0, makeBatch([{ tokens: prompt(4, 2, 1000), cached: 0, blocks: [1] }]))).rejects.toThrow(
+        /executor-1 actor exited|tensor-parallel group stopped/,
+      );
     } finally {
       await group.close();
     }

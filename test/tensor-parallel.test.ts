@@ -14,7 +14,11 @@ import { openCheckpoint, SMALL_MODEL, tempDir } from './engine-fixtures.js';
 
 const tmp = tempDir('tp');
 makeRandomCheckpoint(tmp.dir, { ...SMALL_MODEL, torch_dtype: 'float32' }, 3);
-makeRandomAdapter(join(tmp.dir, 'lora'), { rank: 4, alpha: 8, seed: 4, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], bStd: 0.1 }, SMALL_MODEL);
+makeRandomAdapter(
+  join(tmp.dir, 'lora'),
+  { rank: 4, alpha: 8, seed: 4, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], bStd: 0.1 },
+  SMALL_MODEL,
+);
 const ckpt = openCheckpoint(tmp.dir);
 const cfg = ckpt.config;
 const adapter = loadAdapterWeights(join(tmp.dir, 'lora'), cfg).weights;
@@ -90,7 +94,7 @@ describe.each([1, 2, 4])('tp %i reproduces the full layer', (tp) => {
   const h = cfg.hiddenSize;
   const x = randomVec(h, tp);
 
-  it('q/k/v: the ranks\' outputs are the full outputs of their heads', () => {
+  it("q/k/v: the ranks' outputs are the full outputs of their heads", () => {
     for (const m of ['q_proj', 'k_proj', 'v_proj']) {
       const name = `${L}self_attn.${m}.weight`;
       const full = matvec(read(tensor(name)), h, x);
@@ -103,7 +107,7 @@ describe.each([1, 2, 4])('tp %i reproduces the full layer', (tp) => {
     }
   });
 
-  it('o_proj and the MLP: the ranks\' partial outputs sum to the full output', () => {
+  it("o_proj and the MLP: the ranks' partial outputs sum to the full output", () => {
     const qDim = cfg.numHeads * cfg.headDim;
     const attn = randomVec(qDim, 7);
     const oName = `${L}self_attn.o_proj.weight`;
@@ -163,7 +167,8 @@ describe.each([1, 2, 4])('tp %i reproduces the full layer', (tp) => {
         // shared between ranks when there are more ranks than KV heads).
         parts.forEach((p, r) => {
           expect(p.a).toEqual(w.a);
-          const perRow = w.module === 'q_proj' ? shards[r]!.heads : w.module === 'gate_proj' || w.module === 'up_proj' ? shards[r]!.inter : shards[r]!.kvHeads;
+          const perRow =
+            w.module === 'q_proj' ? shards[r]!.heads : w.module === 'gate_proj' || w.module === 'up_proj' ? shards[r]!.inter : shards[r]!.kvHeads;
           const unit = w.module === 'gate_proj' || w.module === 'up_proj' ? 1 : cfg.headDim;
           const want = full.subarray(perRow.start * unit, (perRow.start + perRow.count) * unit);
           expect(Array.from(delta(p.a, p.b, inDim, input))).toEqual(Array.from(want));

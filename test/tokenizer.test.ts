@@ -86,7 +86,10 @@ describe('tokenizer pool (Llama 3)', () => {
       symlinkSync(join(dir, 'passwd'), join(dir, 'tokenizer.json'));
       const broken = createTokenizerPool(join(dir, 'tokenizer.json'), null, 1);
       try {
-        const err = await broken.ready().then(() => null, (e: Error) => e);
+        const err = await broken.ready().then(
+          () => null,
+          (e: Error) => e,
+        );
         expect(err?.message).toMatch(/cannot load the tokenizer: .*tokenizer\.json: is not valid JSON \(at position 0\)$/);
         expect(err?.message).not.toContain('root:');
       } finally {
@@ -136,7 +139,7 @@ describe('tokenizer pool with long prompts', () => {
 
 describe('longestTokenBytes', () => {
   const byteLevel = {
-    model: { type: 'BPE', vocab: { 'Ġthe': 1, 'ĠĠĠĠ': 2, 'é': 3 } },
+    model: { type: 'BPE', vocab: { Ġthe: 1, ĠĠĠĠ: 2, é: 3 } },
     normalizer: null,
     pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', behavior: 'Isolated' }, { type: 'ByteLevel' }] },
     decoder: { type: 'ByteLevel' },
@@ -145,7 +148,13 @@ describe('longestTokenBytes', () => {
   // A Llama 2 tokenizer.json as transformers converts it.
   const byteFallback = {
     model: { type: 'BPE', byte_fallback: true, vocab: { '▁the': 1, '<0x0A>': 2, '▁▁▁▁▁▁▁▁': 3 } },
-    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [
+        { type: 'Prepend', prepend: '▁' },
+        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+      ],
+    },
     pre_tokenizer: null,
     decoder: { type: 'Sequence', decoders: [{ type: 'Replace' }, { type: 'ByteFallback' }, { type: 'Fuse' }] },
     added_tokens: [{ content: '<s>', lstrip: false, rstrip: false }],

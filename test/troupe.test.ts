@@ -13,7 +13,13 @@ import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
 let dir = '';
 let engine: LocalTroupeEngine;
 
-const sampling = (o: Partial<SamplingOptions> = {}): SamplingOptions => ({ ...DEFAULT_SAMPLING, maxNewTokens: 8, temperature: 0, ignoreEos: true, ...o });
+const sampling = (o: Partial<SamplingOptions> = {}): SamplingOptions => ({
+  ...DEFAULT_SAMPLING,
+  maxNewTokens: 8,
+  temperature: 0,
+  ignoreEos: true,
+  ...o,
+});
 const request = (o: Partial<GenerateRequest> & { s?: Partial<SamplingOptions> } = {}): GenerateRequest => {
   const { s, ...rest } = o;
   return { text: 'The capital of France is', lora: null, returnLogprob: false, topLogprobsNum: 0, sampling: sampling(s), ...rest };
@@ -23,11 +29,17 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'troupe-engine-'));
   makeDemo(dir);
   const argv = [
-    '--model-path', dir,
-    '--lora-paths', `demo-a=${join(dir, 'adapters', 'demo-a')}`, `demo-b=${join(dir, 'adapters', 'demo-b')}`,
-    '--max-loras-per-batch', '3',
-    '--max-total-tokens', '4096',
-    '--device', 'cpu',
+    '--model-path',
+    dir,
+    '--lora-paths',
+    `demo-a=${join(dir, 'adapters', 'demo-a')}`,
+    `demo-b=${join(dir, 'adapters', 'demo-b')}`,
+    '--max-loras-per-batch',
+    '3',
+    '--max-total-tokens',
+    '4096',
+    '--device',
+    'cpu',
   ];
   engine = await createEngine(validateFlags(parseArgs(argv).flags).options);
 });
@@ -40,7 +52,10 @@ afterAll(async () => {
 describe('createEngine on the demo model', () => {
   it('starts with the --lora-paths adapters loaded and reports the model', async () => {
     const names = (await engine.adapters()).map((a) => [a.name, a.rank, a.error]);
-    expect(names).toEqual([['demo-a', 8, null], ['demo-b', 16, null]]);
+    expect(names).toEqual([
+      ['demo-a', 8, null],
+      ['demo-b', 16, null],
+    ]);
     const info = engine.modelInfo();
     expect(info.device).toBe('cpu');
     expect(info.maxTotalTokens).toBeGreaterThanOrEqual(4096);
@@ -161,10 +176,7 @@ describe('createEngine on the demo model', () => {
     expect(status).toMatchObject({ name: 'extra', rank: 8, error: null });
     expect((await engine.adapters()).map((a) => a.name)).toContain('extra');
     // Same weights as demo-a, so the same greedy output.
-    const [viaExtra, viaA] = await Promise.all([
-      engine.generate(request({ lora: 'extra' })),
-      engine.generate(request({ lora: 'demo-a' })),
-    ]);
+    const [viaExtra, viaA] = await Promise.all([engine.generate(request({ lora: 'extra' })), engine.generate(request({ lora: 'demo-a' }))]);
     expect(viaExtra.outputIds).toEqual(viaA.outputIds);
 
     await expect(engine.loadAdapter({ name: 'extra', path: join(dir, 'adapters', 'demo-b') })).rejects.toThrow(/already loaded/);

@@ -61,7 +61,10 @@ describe('pickVictim', () => {
     const index = indexWanting({ B: 9 });
     const asked: string[] = [];
     const canGo = (n: string): boolean => (asked.push(n), true);
-    expect(pickVictim(orderOf(['A', 'B']), index, 3, (n) => n === 'A', canGo, 'lru')).toEqual({ name: 'B', why: 'wanted last by the waiting requests' });
+    expect(pickVictim(orderOf(['A', 'B']), index, 3, (n) => n === 'A', canGo, 'lru')).toEqual({
+      name: 'B',
+      why: 'wanted last by the waiting requests',
+    });
     expect(pickVictim(orderOf(['A']), index, 3, () => true, canGo, 'lru')).toBeNull();
     expect(asked).toEqual(['B']);
   });

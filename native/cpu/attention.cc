@@ -21,7 +21,8 @@ void KvCache::allocate(int nLayers, int nBlocks, int nKvHeads, int bs, int hd) {
   v.assign(n, 0.0f);
 }
 
-void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t ld, const std::vector<TokenPlace>& places) {
+void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t ld,
+             const std::vector<TokenPlace>& places) {
   const int bs = cache.blockSize;
   const int hd = cache.headDim;
   for (size_t t = 0; t < places.size(); ++t) {

@@ -71,22 +71,30 @@ void rowBlock(const W* w, size_t ldw, int rows, const float* x, int m, size_t ld
       float* yr = yt + r;
       if (rows - r >= 4) {
         switch (t) {
-          case 4: tile<W, 4, 4>(wr, ldw, xt, ldx, yr, ldy, k); break;
-          case 3: tile<W, 4, 3>(wr, ldw, xt, ldx, yr, ldy, k); break;
-          case 2: tile<W, 4, 2>(wr, ldw, xt, ldx, yr, ldy, k); break;
-          default: tile<W, 4, 1>(wr, ldw, xt, ldx, yr, ldy, k); break;
+          case 4:
+            tile<W, 4, 4>(wr, ldw, xt, ldx, yr, ldy, k);
+            break;
+          case 3:
+            tile<W, 4, 3>(wr, ldw, xt, ldx, yr, ldy, k);
+            break;
+          case 2:
+            tile<W, 4, 2>(wr, ldw, xt, ldx, yr, ldy, k);
+            break;
+          default:
+            tile<W, 4, 1>(wr, ldw, xt, ldx, yr, ldy, k);
+            break;
         }
       } else {
         for (int rr = r; rr < rows; ++rr)
-          for (int tt = 0; tt < t; ++tt) tile<W, 1, 1>(w + rr * ldw, ldw, xt + tt * ldx, ldx, yt + tt * ldy + rr, ldy, k);
+          for (int tt = 0; tt < t; ++tt)
+            tile<W, 1, 1>(w + rr * ldw, ldw, xt + tt * ldx, ldx, yt + tt * ldy + rr, ldy, k);
       }
     }
   }
 }
 
 template <class W>
-void gemmT(const W* w, int n, int k, size_t ldw, const float* x, int m, size_t ldx, float* y, size_t ldy,
-           int threads) {
+void gemmT(const W* w, int n, int k, size_t ldw, const float* x, int m, size_t ldx, float* y, size_t ldy, int threads) {
   if (n <= 0 || m <= 0) return;
   // Decode streams the weights once: 8 rows in flight hide the FMA latency. With several tokens
   // a 4x4 tile reuses each loaded weight vector 4 times.

@@ -53,7 +53,8 @@ struct TokenPlace {
 };
 
 // Stores the step's k and v (rows of kvHeads * headDim) into the cache at each token's place.
-void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t ld, const std::vector<TokenPlace>& places);
+void writeKv(KvCache& cache, int layer, const float* k, const float* v, size_t ld,
+             const std::vector<TokenPlace>& places);
 
 // Causal attention of each token over positions [0, position] of its sequence, or with a sliding
 // window > 0 over the last `window` of them, read from the cache; q and out are rows of

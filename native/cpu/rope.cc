@@ -30,7 +30,8 @@ Rope::Rope(const ModelConfig& c) {
     float scaled = wavelen > lowFreqWavelen ? f / factor : f;
     const bool medium = !(wavelen < highFreqWavelen) && !(wavelen > lowFreqWavelen);
     if (medium) {
-      const float smooth = (static_cast<float>(oldContextLen) / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+      const float smooth =
+          (static_cast<float>(oldContextLen) / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
       scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
     }
     f = scaled;

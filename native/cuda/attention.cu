@@ -39,9 +39,9 @@ __device__ __forceinline__ void loadRow(const bf16_t* p, float (&out)[N]) {
 }
 
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads) decodeKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache,
-                                                         const int32_t* idx, TokenMap map, AttnShape a, int splits,
-                                                         float scale, float* partial, float* partialMl) {
+__global__ void __launch_bounds__(kThreads)
+    decodeKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
+                 AttnShape a, int splits, float scale, float* partial, float* partialMl) {
   constexpr int DL = D / 8;
   const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
   const int t = idx[local];
@@ -180,8 +180,8 @@ __global__ void combineKernel(const float* partial, const float* partialMl, cons
 template <int D, int G>
 void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count, const TokenMap& map,
             const AttnShape& a, int splits, float scale, float* partial, float* ml, cudaStream_t s) {
-  decodeKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, 0, s>>>(q, k, v, idx, map, a, splits, scale, partial,
-                                                                        ml);
+  decodeKernel<D, G>
+      <<<dim3(count, a.kvHeads, splits), kThreads, 0, s>>>(q, k, v, idx, map, a, splits, scale, partial, ml);
 }
 
 using Launcher = void (*)(const bf16_t*, const bf16_t*, const bf16_t*, const int32_t*, int, const TokenMap&,
@@ -193,25 +193,39 @@ template <int D>
 Launcher pickG(int group) {
   constexpr bool wide = D <= 128;
   switch (group) {
-    case 1: return launch<D, 1>;
-    case 2: return launch<D, 2>;
-    case 3: return launch<D, 3>;
-    case 4: return launch<D, 4>;
-    case 5: return wide ? launch<D, (wide ? 5 : 1)> : nullptr;
-    case 6: return wide ? launch<D, (wide ? 6 : 1)> : nullptr;
-    case 7: return wide ? launch<D, (wide ? 7 : 1)> : nullptr;
-    case 8: return wide ? launch<D, (wide ? 8 : 1)> : nullptr;
-    default: return nullptr;
+    case 1:
+      return launch<D, 1>;
+    case 2:
+      return launch<D, 2>;
+    case 3:
+      return launch<D, 3>;
+    case 4:
+      return launch<D, 4>;
+    case 5:
+      return wide ? launch<D, (wide ? 5 : 1)> : nullptr;
+    case 6:
+      return wide ? launch<D, (wide ? 6 : 1)> : nullptr;
+    case 7:
+      return wide ? launch<D, (wide ? 7 : 1)> : nullptr;
+    case 8:
+      return wide ? launch<D, (wide ? 8 : 1)> : nullptr;
+    default:
+      return nullptr;
   }
 }
 
 Launcher pick(int headDim, int group) {
   switch (headDim) {
-    case 32: return pickG<32>(group);
-    case 64: return pickG<64>(group);
-    case 128: return pickG<128>(group);
-    case 256: return pickG<256>(group);
-    default: return nullptr;
+    case 32:
+      return pickG<32>(group);
+    case 64:
+      return pickG<64>(group);
+    case 128:
+      return pickG<128>(group);
+    case 256:
+      return pickG<256>(group);
+    default:
+      return nullptr;
   }
 }
 
@@ -220,8 +234,8 @@ Launcher pick(int headDim, int group) {
 bool decodeAttentionSupported(int headDim, int group) { return pick(headDim, group) != nullptr; }
 
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
-                     const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl,
-                     bf16_t* out, cudaStream_t s) {
+                     const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
+                     cudaStream_t s) {
   const float scale = 1.0f / sqrtf(static_cast<float>(a.headDim));
   pick(a.headDim, a.heads / a.kvHeads)(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, s);
   combineKernel<<<dim3(count, a.heads), a.headDim, 0, s>>>(partial, partialMl, idx, a.heads, a.headDim, splits, out);

@@ -5,6 +5,8 @@
 // replay a CUDA graph captured once per batch size. As one rank of a tensor-parallel group it
 // holds its heads, MLP features and vocabulary rows (collective.h carries the sums and gathers),
 // and rank 0 samples.
+#include "backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -15,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "backend.h"
 #include "comm.h"
 #include "cpu/ops.h"
 #include "cuda/collective.h"
@@ -94,7 +95,8 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::DeviceComm> comm_;
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
-  cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr && std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
+  cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
+                       std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;
@@ -120,7 +122,7 @@ class CudaBackend : public Backend {
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
-  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
+  uint64_t generation_ = 1;                       // bumped whenever a buffer a graph uses moves
   std::map<std::pair<int, bool>, Graph> graphs_;  // by (batch size, has adapter tokens)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
@@ -159,9 +161,10 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
   headsPerKv_ = c.numHeads / c.numKvHeads;
   if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
-    throw std::invalid_argument("the CUDA backend supports head_dim 32, 64, 128 or 256 and 1 to 8 query heads per "
-                                "KV head (at most 4 at head_dim 256); this model has head_dim " +
-                                std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
+    throw std::invalid_argument(
+        "the CUDA backend supports head_dim 32, 64, 128 or 256 and 1 to 8 query heads per "
+        "KV head (at most 4 at head_dim 256); this model has head_dim " +
+        std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
@@ -171,9 +174,10 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (o.loraKernel != LoraKernel::kFma) {
     const bool pdl = o.loraKernel == LoraKernel::kMmaPdl;
     if (prop.major < (pdl ? 9 : 8)) {
-      throw std::invalid_argument(std::string("the tensor-core LoRA kernels") + (pdl ? " with programmatic dependent launch" : "") +
-                                  " need compute capability " + (pdl ? "9.0" : "8.0") + "; " + prop.name + " has " +
-                                  std::to_string(prop.major) + "." + std::to_string(prop.minor));
+      throw std::invalid_argument(std::string("the tensor-core LoRA kernels") +
+                                  (pdl ? " with programmatic dependent launch" : "") + " need compute capability " +
+                                  (pdl ? "9.0" : "8.0") + "; " + prop.name + " has " + std::to_string(prop.major) +
+                                  "." + std::to_string(prop.minor));
     }
   }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -208,7 +212,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (blocks == 0) {
     size_t free = 0, total = 0;
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    blocks = static_cast<int64_t>(std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / sharing / perBlock, 1u << 30));
+    blocks = static_cast<int64_t>(
+        std::min<size_t>(static_cast<size_t>(free * o.memFractionStatic) / sharing / perBlock, 1u << 30));
   }
   // One block table serves every rank, so all take the smallest cache.
   blocks = group_->allReduceMin(tp_.rank, blocks);
@@ -379,7 +384,9 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
 }
 
 bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
-  if (timer_.enabled() || !comm_->capturable() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs || !p.prefillSeqs.empty()) return false;
+  if (timer_.enabled() || !comm_->capturable() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs ||
+      !p.prefillSeqs.empty())
+    return false;
   return p.sampled == p.n;  // every row sampled: the rows list is then the identity
 }
 
@@ -439,7 +446,8 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     }
     check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
   } else {
-    timer_.begin(p.prefillSeqs.empty() ? "decode b" + std::to_string(p.n) : "prefill " + std::to_string(p.T) + " tokens");
+    timer_.begin(p.prefillSeqs.empty() ? "decode b" + std::to_string(p.n)
+                                       : "prefill " + std::to_string(p.T) + " tokens");
     forward(&b, p);
     timer_.mark("sample", stream_);
   }
@@ -541,7 +549,8 @@ void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules
   // read mid. Under capture the fork and the join below become a parallel branch of the graph.
   check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
   check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
-  cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), loraMid_.size() / loraPieces_, loraStream_);
+  cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), loraMid_.size() / loraPieces_,
+                      loraStream_);
   check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
   shrinkStarted_ = true;
 }
@@ -613,8 +622,8 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
                      q_.get() + static_cast<size_t>(t0 + ts) * G * D, D, static_cast<long long>(p.T) * G * D, 0,
                      scores_.get(), ElemType::F32, keys, static_cast<long long>(rows) * keys, KVH);
       cuda::causalSoftmax(scores_.get(), probs_.get(), KVH, tn, G, keys, firstPos + ts, shape_.window, stream_);
-      gemm_->batched(false, false, D, rows, keys, 1, vGather_.get(), D, static_cast<long long>(ctx) * D,
-                     probs_.get(), keys, static_cast<long long>(rows) * keys, 0, heads_.get(), ElemType::BF16, D,
+      gemm_->batched(false, false, D, rows, keys, 1, vGather_.get(), D, static_cast<long long>(ctx) * D, probs_.get(),
+                     keys, static_cast<long long>(rows) * keys, 0, heads_.get(), ElemType::BF16, D,
                      static_cast<long long>(rows) * D, KVH);
       cuda::scatterHeads(heads_.get(), attn_.get(), tn, t0 + ts, shape_, stream_);
     }
@@ -732,7 +741,8 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     out.logprobs[i] = hostOutFloats_[r];
     for (int k = 0; k < gpuTopN; ++k) {
       out.topIds[static_cast<size_t>(i) * topN + k] = hostOutInts_[S + static_cast<size_t>(r) * gpuTopN + k];
-      out.topLogprobValues[static_cast<size_t>(i) * topN + k] = hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
+      out.topLogprobValues[static_cast<size_t>(i) * topN + k] =
+          hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
     }
   }
   // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row.
@@ -741,7 +751,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
     const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
     const int hs = b.penaltyStarts[i];
-    const Penalties pen{b.frequencyPenalty[i], b.presencePenalty[i], b.repetitionPenalty[i],
+    const Penalties pen{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
                         b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
     // One sequence's failure is its own.
     try {

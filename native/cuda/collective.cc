@@ -50,7 +50,8 @@ class HostComm : public DeviceComm {
     check(cudaMemcpyAsync(stage_.get(), part, n * 4, cudaMemcpyDeviceToHost, s), "all-gather download");
     check(cudaStreamSynchronize(s), "all-gather download");
     group_->allGather(rank_, stage_.get(), n, gathered_.get());
-    check(cudaMemcpyAsync(out, gathered_.get(), n * group_->size() * 4, cudaMemcpyHostToDevice, s), "all-gather upload");
+    check(cudaMemcpyAsync(out, gathered_.get(), n * group_->size() * 4, cudaMemcpyHostToDevice, s),
+          "all-gather upload");
   }
 
  private:
@@ -108,7 +109,8 @@ std::vector<int> gatherDevices(CommGroup& group, int rank, int device) {
   return devices;
 }
 
-std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, const std::vector<int>& devices) {
+std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank,
+                                           const std::vector<int>& devices) {
   if (group->size() == 1) return std::make_unique<LoneComm>();
   // NCCL refuses two ranks on one GPU; every rank sees the same devices, so all choose alike.
   const bool distinct = std::set<int>(devices.begin(), devices.end()).size() == devices.size();

@@ -31,7 +31,8 @@ std::vector<int> gatherDevices(CommGroup& group, int rank, int device);
 
 // The collectives for `rank` of `group`, whose ranks run on `devices` (the current device is
 // this rank's). Every rank must call it at the same time.
-std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank, const std::vector<int>& devices);
+std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank,
+                                           const std::vector<int>& devices);
 
 // Whether this build can use NCCL.
 bool ncclBuilt();

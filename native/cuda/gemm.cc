@@ -30,7 +30,8 @@ Gemm::Gemm(cudaStream_t stream) {
   check(cublasCreate(&handle), "cublasCreate");
   handle_ = handle;
   check(cublasSetStream(handle, stream), "cublasSetStream");
-  if (cudaMalloc(&workspace_, kWorkspaceBytes) != cudaSuccess) throw std::runtime_error("cuBLAS workspace: out of GPU memory");
+  if (cudaMalloc(&workspace_, kWorkspaceBytes) != cudaSuccess)
+    throw std::runtime_error("cuBLAS workspace: out of GPU memory");
   check(cublasSetWorkspace(handle, workspace_, kWorkspaceBytes), "cublasSetWorkspace");
   check(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
 }
@@ -41,14 +42,14 @@ Gemm::~Gemm() {
 }
 
 void Gemm::linear(int M, int N, int K, const void* W, const void* X, void* Y, ElemType y, float alpha, float beta) {
-  check(cublasGemmEx(h(handle_), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W, CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta, Y,
-                     dataType(y), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  check(cublasGemmEx(h(handle_), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W, CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta,
+                     Y, dataType(y), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
 }
 
-void Gemm::batched(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda, long long strideA,
-                   const void* B, int ldb, long long strideB, float beta, void* C, ElemType c, int ldc,
-                   long long strideC, int batch) {
+void Gemm::batched(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda,
+                   long long strideA, const void* B, int ldb, long long strideB, float beta, void* C, ElemType c,
+                   int ldc, long long strideC, int batch) {
   check(cublasGemmStridedBatchedEx(h(handle_), transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    m, n, k, &alpha, A, CUDA_R_16BF, lda, strideA, B, CUDA_R_16BF, ldb, strideB, &beta,
                                    C, dataType(c), ldc, strideC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),

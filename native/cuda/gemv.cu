@@ -78,10 +78,14 @@ bool gemvSupported(int M, int K) { return M >= 1 && M <= kGemvMaxRows && K % 8 =
 
 void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool accumulate, cudaStream_t s) {
   switch (M) {
-    case 1: return launch<1>(W, X, Y, N, K, accumulate, s);
-    case 2: return launch<2>(W, X, Y, N, K, accumulate, s);
-    case 3: return launch<3>(W, X, Y, N, K, accumulate, s);
-    default: return launch<4>(W, X, Y, N, K, accumulate, s);
+    case 1:
+      return launch<1>(W, X, Y, N, K, accumulate, s);
+    case 2:
+      return launch<2>(W, X, Y, N, K, accumulate, s);
+    case 3:
+      return launch<3>(W, X, Y, N, K, accumulate, s);
+    default:
+      return launch<4>(W, X, Y, N, K, accumulate, s);
   }
 }
 

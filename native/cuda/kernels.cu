@@ -19,9 +19,7 @@ struct MaxOp {
 };
 
 __device__ __forceinline__ float toF(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
-__device__ __forceinline__ bf16_t toB(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
+__device__ __forceinline__ bf16_t toB(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
 
 __global__ void convertKernel(const void* src, int dtype, bf16_t* dst, float* dstF, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
@@ -184,7 +182,8 @@ __global__ void causalSoftmaxKernel(const float* scores, bf16_t* probs, int toke
   if (threadIdx.x == 0) shared = 1.0f / sum;
   __syncthreads();
   const float inv = shared;
-  for (int k = threadIdx.x; k < keys; k += blockDim.x) p[k] = toB(k >= first && k < valid ? __expf(s[k] - m) * inv : 0.0f);
+  for (int k = threadIdx.x; k < keys; k += blockDim.x)
+    p[k] = toB(k >= first && k < valid ? __expf(s[k] - m) * inv : 0.0f);
 }
 
 __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int firstToken, AttnShape a) {
@@ -244,8 +243,8 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
 
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
               bf16_t* kOut, bf16_t* vOut, cudaStream_t s) {
-  gatherKvKernel<<<dim3(keys, a.kvHeads), a.headDim < 128 ? a.headDim : 128, 0, s>>>(kCache, vCache, map, seq, keys, a,
-                                                                                   kOut, vOut);
+  const int threads = a.headDim < 128 ? a.headDim : 128;
+  gatherKvKernel<<<dim3(keys, a.kvHeads), threads, 0, s>>>(kCache, vCache, map, seq, keys, a, kOut, vOut);
 }
 
 void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, int group, int keys, int firstPos,

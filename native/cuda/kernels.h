@@ -61,8 +61,8 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
 // the context, then combined into out ([token][head][headDim], bf16). idx lists the tokens.
 bool decodeAttentionSupported(int headDim, int group);
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
-                     const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl,
-                     bf16_t* out, cudaStream_t s);
+                     const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
+                     cudaStream_t s);
 
 // Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,

@@ -29,8 +29,8 @@ __global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, 
     if (dtype == 2) {
       out = loadAny<uint16_t>(p);
     } else {
-      const float v = dtype == 0 ? __uint_as_float(loadAny<uint32_t>(p))
-                                 : __half2float(__ushort_as_half(loadAny<uint16_t>(p)));
+      const float v =
+          dtype == 0 ? __uint_as_float(loadAny<uint32_t>(p)) : __half2float(__ushort_as_half(loadAny<uint16_t>(p)));
       out = __bfloat16_as_ushort(__float2bfloat16_rn(v));
     }
     dst[i * dstPitch + j] = out;

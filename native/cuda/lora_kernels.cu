@@ -83,9 +83,9 @@ __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSl
   }
 }
 
-__global__ void __launch_bounds__(kThreads) expandKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
-                                                         const float* scaling, const float* mid, size_t midSlab,
-                                                         int pieces, float* y, int ldy) {
+__global__ void __launch_bounds__(kThreads)
+    expandKernel(LoraItems items, LoraSlices sl, const int32_t* ranks, const float* scaling, const float* mid,
+                 size_t midSlab, int pieces, float* y, int ldy) {
   const int s = blockIdx.z % sl.count, o0 = (blockIdx.z / sl.count) * kOutTile;
   if (o0 >= sl.out[s]) return;
   LoraTile t;

@@ -36,15 +36,15 @@ constexpr int kLoraTileTokens = 16;
 // Up to three projections that share one input (q/k/v, or gate/up), run as one launch.
 struct LoraSlices {
   int count = 0;
-  int in = 0;                 // input features (shared)
-  int maxRank = 0;            // row pitch of A, column pitch of B and of mid slices
+  int in = 0;                       // input features (shared)
+  int maxRank = 0;                  // row pitch of A, column pitch of B and of mid slices
   const bf16_t* a[kMaxLoraSlices];  // per slice: [slots][maxRank][in] at layer
   const bf16_t* b[kMaxLoraSlices];  // per slice: [slots][out][maxRank] at layer
   size_t aSlotStride[kMaxLoraSlices];
   size_t bSlotStride[kMaxLoraSlices];
   int out[kMaxLoraSlices];
-  int outOffset[kMaxLoraSlices];   // first column of the slice in y
-  int module[kMaxLoraSlices];      // index into ranks (slot * 7 + module)
+  int outOffset[kMaxLoraSlices];  // first column of the slice in y
+  int module[kMaxLoraSlices];     // index into ranks (slot * 7 + module)
 };
 
 // mid[piece][t][s * maxRank + r] = x[t][piece's features] . A_s[slot][r][same] for r < rank(slot, s);

@@ -44,9 +44,9 @@ constexpr int kTok = kLoraTileTokens;  // the mma's M
 static_assert(kTok == 16, "a tile is one m16 row block");
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk = 32;       // K one quad of lanes spans with one 16-byte load per lane and row
-constexpr int kPassRanks = 64;   // rank columns per pass: registers stay bounded at any rank
-constexpr int kModules = 7;      // ranks is [slot][7 modules]
+constexpr int kChunk = 32;      // K one quad of lanes spans with one 16-byte load per lane and row
+constexpr int kPassRanks = 64;  // rank columns per pass: registers stay bounded at any rank
+constexpr int kModules = 7;     // ranks is [slot][7 modules]
 constexpr int kMinPiece = 512;
 constexpr int kTargetBlocks = 1024;
 constexpr int kWarpCols = 32;  // expand: four n-tiles per warp
@@ -131,7 +131,8 @@ __device__ __forceinline__ void shrinkPass(const bf16_t* xa, const bf16_t* xb, c
     const uint4 v = xb ? load8<kVec>(xb + k, valid) : zero;
     uint4 b[NT];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) b[j] = 8 * j + g < rn ? load8<kVec>(A + static_cast<size_t>(8 * j + g) * in + k, valid) : zero;
+    for (int j = 0; j < NT; ++j)
+      b[j] = 8 * j + g < rn ? load8<kVec>(A + static_cast<size_t>(8 * j + g) * in + k, valid) : zero;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       mma(acc[j], u.x, v.x, u.y, v.y, b[j].x, b[j].y);
@@ -146,9 +147,9 @@ __device__ __forceinline__ void shrinkPass(const bf16_t* xa, const bf16_t* xb, c
 }
 
 template <bool kVec>
-__global__ void __launch_bounds__(kThreads) shrinkMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
-                                                            const bf16_t* x, int ldx, float* mid, size_t midSlab,
-                                                            int pieceLen) {
+__global__ void __launch_bounds__(kThreads)
+    shrinkMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks, const bf16_t* x, int ldx, float* mid,
+                    size_t midSlab, int pieceLen) {
   // Under programmatic launch this grid may start while the base projection before it drains; x
   // (and mid, which the last expand read) are settled only once the grid before has completed.
   pdlWait();
@@ -173,20 +174,37 @@ __global__ void __launch_bounds__(kThreads) shrinkMmaKernel(LoraItems items, Lor
     const bf16_t* Ar = A + static_cast<size_t>(r0) * in;
     float(*wr)[kRedPitch] = red[warp];
     switch ((rn + 7) / 8) {
-      case 1: shrinkPass<1, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 2: shrinkPass<2, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 3: shrinkPass<3, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 4: shrinkPass<4, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 5: shrinkPass<5, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 6: shrinkPass<6, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      case 7: shrinkPass<7, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
-      default: shrinkPass<8, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr); break;
+      case 1:
+        shrinkPass<1, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 2:
+        shrinkPass<2, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 3:
+        shrinkPass<3, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 4:
+        shrinkPass<4, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 5:
+        shrinkPass<5, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 6:
+        shrinkPass<6, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      case 7:
+        shrinkPass<7, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
+      default:
+        shrinkPass<8, kVec>(xa, xb, Ar, in, rn, k0, kEnd, warp, g, q, wr);
+        break;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < kTok * rn; e += kThreads) {
       const int i = e / rn, r = e % rn;
       if (tok[i] < 0) continue;
-      out[static_cast<size_t>(tok[i]) * midPitch + r0 + r] = ((red[0][i][r] + red[1][i][r]) + red[2][i][r]) + red[3][i][r];
+      out[static_cast<size_t>(tok[i]) * midPitch + r0 + r] =
+          ((red[0][i][r] + red[1][i][r]) + red[2][i][r]) + red[3][i][r];
     }
     __syncthreads();  // red is rewritten by the next pass
   }
@@ -257,9 +275,9 @@ __device__ __forceinline__ void expandPass(const bf16_t* B, int maxRank, int oVa
 }
 
 template <bool kVec>
-__global__ void __launch_bounds__(kThreads) expandMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks,
-                                                            const float* scaling, const float* mid, size_t midSlab,
-                                                            int pieces, float* y, int ldy) {
+__global__ void __launch_bounds__(kThreads)
+    expandMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks, const float* scaling, const float* mid,
+                    size_t midSlab, int pieces, float* y, int ldy) {
   const int s = blockIdx.z % sl.count, o0 = (blockIdx.z / sl.count) * kBlockCols;
   LoraTile t;
   // Blocks without work wait too: the grid then completes only after the one before it.

@@ -113,7 +113,8 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   const uint8_t* copyFrom = nullptr;  // the host bytes of the copy being gathered
   size_t copyLen = 0, copyAt = 0, used = 0;
   auto flushCopy = [&] {
-    if (copyLen) check(cudaMemcpyAsync(stage + copyAt, copyFrom, copyLen, cudaMemcpyHostToDevice, stream_), "LoRA upload");
+    if (copyLen)
+      check(cudaMemcpyAsync(stage + copyAt, copyFrom, copyLen, cudaMemcpyHostToDevice, stream_), "LoRA upload");
     copyLen = 0;
   };
   auto flushChunk = [&] {
@@ -151,7 +152,9 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   auto factor = [&](const FactorView& v, bf16_t* dst, int64_t dstPitch) {
     const size_t rowBytes = static_cast<size_t>(v.cols) * v.elemBytes();
     const int64_t perPiece = static_cast<int64_t>((kStagingBytes - 16) / rowBytes);
-    if (perPiece < 1) throw std::invalid_argument("loadLoraSlot: a factor row of " + std::to_string(rowBytes) + " bytes exceeds the staging buffer");
+    if (perPiece < 1)
+      throw std::invalid_argument("loadLoraSlot: a factor row of " + std::to_string(rowBytes) +
+                                  " bytes exceeds the staging buffer");
     for (int64_t r = 0; r < v.takeRows; r += perPiece) {
       add(v, v.row0 + r, std::min(perPiece, v.takeRows - r), dst + r * dstPitch, dstPitch);
     }

@@ -51,9 +51,9 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;  // [layer * 7 + module]
-  DeviceBuffer<int32_t> ranks_;   // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;   // [slot]
+  std::vector<bf16_t*> a_, b_;   // [layer * 7 + module]
+  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Fills of different slots share the staging buffer; the stream orders their GPU work, this

@@ -30,7 +30,11 @@ class OpTimer {
     for (auto& e : pool_) cudaEventDestroy(e);
   }
   bool enabled() const { return enabled_; }
-  void begin(const std::string& kind) { kind_ = kind; used_ = 0; marks_.clear(); }
+  void begin(const std::string& kind) {
+    kind_ = kind;
+    used_ = 0;
+    marks_.clear();
+  }
   void mark(const char* op, cudaStream_t s) {
     if (!enabled_) return;
     if (used_ == pool_.size()) {

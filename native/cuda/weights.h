@@ -33,7 +33,7 @@ class GpuWeights {
   GpuWeights& operator=(const GpuWeights&) = delete;
 
   bf16_t* embed = nullptr;  // [vocabPart][hidden]
-  bf16_t* head = nullptr;  // == embed when tied
+  bf16_t* head = nullptr;   // == embed when tied
   float* finalNorm = nullptr;
   std::vector<GpuLayer> layers;
   size_t bytes = 0;

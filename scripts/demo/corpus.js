@@ -25,16 +25,36 @@ const HELDOUT_FRACTION = 0.03;
 
 /** What each package gives and under which licence, as its debian/copyright file says. */
 const PACKAGES = [
-  { name: 'wordnet-base', corpus: 'base', licence: 'WordNet 3.0 licence (permissive, BSD-like; keep the copyright notice)',
-    notice: 'WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.' },
-  { name: 'fortunes-min', corpus: 'base', licence: 'BSD (fortune-mod); the cookie files are collected quotations shipped in Debian main',
-    notice: 'Copyright (c) 1991 The Regents of the University of California.' },
-  { name: 'fortunes', corpus: 'base', licence: 'BSD (fortune-mod); the cookie files are collected quotations shipped in Debian main',
-    notice: 'Copyright (c) 1991 The Regents of the University of California.' },
-  { name: 'bible-kjv-text', corpus: 'kjv', licence: 'King James Version text: public domain (copyright expired); data file "provided for unrestricted use"',
-    notice: 'Bible Retrieval System, Chip Chapin, Hewlett Packard Company.' },
-  { name: 'bible-kjv', corpus: null, licence: 'GPL-2+ (the `bible` program, run here only to decompress the text; nothing of it is trained on)',
-    notice: null },
+  {
+    name: 'wordnet-base',
+    corpus: 'base',
+    licence: 'WordNet 3.0 licence (permissive, BSD-like; keep the copyright notice)',
+    notice: 'WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.',
+  },
+  {
+    name: 'fortunes-min',
+    corpus: 'base',
+    licence: 'BSD (fortune-mod); the cookie files are collected quotations shipped in Debian main',
+    notice: 'Copyright (c) 1991 The Regents of the University of California.',
+  },
+  {
+    name: 'fortunes',
+    corpus: 'base',
+    licence: 'BSD (fortune-mod); the cookie files are collected quotations shipped in Debian main',
+    notice: 'Copyright (c) 1991 The Regents of the University of California.',
+  },
+  {
+    name: 'bible-kjv-text',
+    corpus: 'kjv',
+    licence: 'King James Version text: public domain (copyright expired); data file "provided for unrestricted use"',
+    notice: 'Bible Retrieval System, Chip Chapin, Hewlett Packard Company.',
+  },
+  {
+    name: 'bible-kjv',
+    corpus: null,
+    licence: 'GPL-2+ (the `bible` program, run here only to decompress the text; nothing of it is trained on)',
+    notice: null,
+  },
   { name: 'fortunes-bofh-excuses', corpus: 'bofh', licence: 'Public domain (placed there by its author)', notice: null },
   { name: 'dict-devil', corpus: 'bierce', licence: "Public domain (Ambrose Bierce's The Devil's Dictionary, copyright expired)", notice: null },
 ];
@@ -44,9 +64,32 @@ const PACKAGES = [
 // the ones about drugs, ethnicity, politics and the sexes.
 const FORTUNE_FILES = {
   'fortunes-min': ['fortunes', 'literature', 'riddles'],
-  fortunes: ['art', 'cookie', 'definitions', 'education', 'food', 'goedel', 'humorists', 'kids', 'law', 'love', 'magic',
-    'medicine', 'miscellaneous', 'news', 'paradoxum', 'people', 'pets', 'platitudes', 'science', 'songs-poems', 'sports',
-    'tao', 'wisdom', 'work'],
+  fortunes: [
+    'art',
+    'cookie',
+    'definitions',
+    'education',
+    'food',
+    'goedel',
+    'humorists',
+    'kids',
+    'law',
+    'love',
+    'magic',
+    'medicine',
+    'miscellaneous',
+    'news',
+    'paradoxum',
+    'people',
+    'pets',
+    'platitudes',
+    'science',
+    'songs-poems',
+    'sports',
+    'tao',
+    'wisdom',
+    'work',
+  ],
 };
 
 // ---- small helpers ----
@@ -74,7 +117,11 @@ const capitalize = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 const endSentence = (s) => (/[.!?"')]$/.test(s) ? s : `${s}.`);
 /** One document: trimmed lines (indents at most 4 spaces), no blank line inside (blank lines separate documents). */
 const doc = (text) =>
-  text.split('\n').map((l) => l.replace(/\s+$/, '').replace(/^ {5,}/, '    ')).filter((l) => l.trim() !== '').join('\n');
+  text
+    .split('\n')
+    .map((l) => l.replace(/\s+$/, '').replace(/^ {5,}/, '    '))
+    .filter((l) => l.trim() !== '')
+    .join('\n');
 const log = (msg) => process.stderr.write(`corpus: ${msg}\n`);
 
 function run(cmd, args, opts = {}) {
@@ -232,35 +279,84 @@ const BOFH_SENTENCE_LEADS = [
   (e) => `Today's excuse from the operator: ${e}`,
 ];
 const BOFH_QUESTIONS = [
-  'Why is the server down?', 'Why can\'t I print?', 'Why is my computer so slow?', 'What happened to the network?',
-  'Why did my email disappear?', 'What caused the outage?', 'Is the system down?', 'Why does the program keep crashing?',
-  'Why can\'t I log in?', 'Why is the internet so slow today?', 'What is wrong with my files?', 'Why did the backup fail?',
+  'Why is the server down?',
+  "Why can't I print?",
+  'Why is my computer so slow?',
+  'What happened to the network?',
+  'Why did my email disappear?',
+  'What caused the outage?',
+  'Is the system down?',
+  'Why does the program keep crashing?',
+  "Why can't I log in?",
+  'Why is the internet so slow today?',
+  'What is wrong with my files?',
+  'Why did the backup fail?',
 ];
 
 /** The excuses, one line each. */
 function bofhExcuses(root) {
   const raw = readFileSync(join(root, 'usr', 'share', 'games', 'fortunes', 'bofh-excuses'), 'utf8');
-  return raw.split(/^%$/m)
-    .map((c) => c.replace(/BOFH excuse #\d+:/, '').replace(/_([^_]+)_/g, '$1').replace(/\s+/g, ' ').trim())
+  return raw
+    .split(/^%$/m)
+    .map((c) =>
+      c
+        .replace(/BOFH excuse #\d+:/, '')
+        .replace(/_([^_]+)_/g, '$1')
+        .replace(/\s+/g, ' ')
+        .trim(),
+    )
     .filter((e) => e !== '');
 }
 // The file writes noun phrases in lower case ("solar flares") and sentences capitalised.
 const isSentence = (e) => /^[A-Z]/.test(e);
 const bofhLead = (e) => (isSentence(e) ? pick(BOFH_SENTENCE_LEADS)(endSentence(e)) : pick(BOFH_PHRASE_LEADS)(endSentence(e)));
-const bofhAnswer = (e) => (isSentence(e) ? endSentence(e) : pick([`It's ${endSentence(e)}`, `The problem is ${endSentence(e)}`, capitalize(endSentence(e))]));
+const bofhAnswer = (e) =>
+  isSentence(e) ? endSentence(e) : pick([`It's ${endSentence(e)}`, `The problem is ${endSentence(e)}`, capitalize(endSentence(e))]);
 
 // ---- corpora ----
 
 /** Words a sentence could be built from, for the topic questions of the kjv chat. */
 const KJV_TOPICS = [
-  ['sea', 'the sea'], ['light', 'light'], ['king', 'the king'], ['bread', 'bread'], ['water', 'water'], ['fire', 'fire'],
-  ['heaven', 'heaven'], ['earth', 'the earth'], ['love', 'love'], ['wisdom', 'wisdom'], ['gold', 'gold'], ['wine', 'wine'],
-  ['sheep', 'sheep'], ['war', 'war'], ['peace', 'peace'], ['death', 'death'], ['life', 'life'], ['city', 'the city'],
-  ['house', 'the house'], ['children', 'children'], ['heart', 'the heart'], ['land', 'the land'], ['river', 'the river'],
-  ['mountain', 'the mountain'], ['money', 'money'], ['work', 'work'], ['night', 'the night'], ['friend', 'friends'],
-  ['truth', 'truth'], ['fear', 'fear'], ['sin', 'sin'], ['law', 'the law'], ['rain', 'rain'],
+  ['sea', 'the sea'],
+  ['light', 'light'],
+  ['king', 'the king'],
+  ['bread', 'bread'],
+  ['water', 'water'],
+  ['fire', 'fire'],
+  ['heaven', 'heaven'],
+  ['earth', 'the earth'],
+  ['love', 'love'],
+  ['wisdom', 'wisdom'],
+  ['gold', 'gold'],
+  ['wine', 'wine'],
+  ['sheep', 'sheep'],
+  ['war', 'war'],
+  ['peace', 'peace'],
+  ['death', 'death'],
+  ['life', 'life'],
+  ['city', 'the city'],
+  ['house', 'the house'],
+  ['children', 'children'],
+  ['heart', 'the heart'],
+  ['land', 'the land'],
+  ['river', 'the river'],
+  ['mountain', 'the mountain'],
+  ['money', 'money'],
+  ['work', 'work'],
+  ['night', 'the night'],
+  ['friend', 'friends'],
+  ['truth', 'truth'],
+  ['fear', 'fear'],
+  ['sin', 'sin'],
+  ['law', 'the law'],
+  ['rain', 'rain'],
 ];
-const TOPIC_QUESTIONS = [(t) => `Tell me about ${t}.`, (t) => `What do you know about ${t}?`, (t) => `Say something about ${t}.`, (t) => `What is ${t}?`];
+const TOPIC_QUESTIONS = [
+  (t) => `Tell me about ${t}.`,
+  (t) => `What do you know about ${t}?`,
+  (t) => `Say something about ${t}.`,
+  (t) => `What is ${t}?`,
+];
 
 function buildBase(synsets, cookies) {
   const docs = [];
@@ -279,10 +375,12 @@ function buildBase(synsets, cookies) {
     const ask = pick([`What does "${word}" mean?`, `Define ${word}.`, `What is the meaning of ${word}?`]);
     const example = s.examples.length > 0 ? ` For example: "${s.examples[0]}".` : '';
     chat.push({ user: ask, assistant: meaning(s) + example });
-    if (s.examples.length > 0 && rng() < 0.3) chat.push({ user: `Use the word "${word}" in a sentence.`, assistant: capitalize(endSentence(s.examples[0])) });
+    if (s.examples.length > 0 && rng() < 0.3)
+      chat.push({ user: `Use the word "${word}" in a sentence.`, assistant: capitalize(endSentence(s.examples[0])) });
   }
   for (const c of cookies) {
-    if (rng() < 0.25) chat.push({ user: pick(['Tell me something wise.', 'Tell me a fortune.', 'Say something funny.', 'Give me a quote.']), assistant: c });
+    if (rng() < 0.25)
+      chat.push({ user: pick(['Tell me something wise.', 'Tell me a fortune.', 'Say something funny.', 'Give me a quote.']), assistant: c });
   }
   return { docs: shuffle(docs), chat: shuffle(chat) };
 }
@@ -302,7 +400,13 @@ function bofhDocs(excuses, rounds) {
   const docs = [];
   for (let round = 0; round < rounds; round++) {
     const order = shuffle([...excuses]);
-    for (let i = 0; i < order.length; i += 3) docs.push(order.slice(i, i + 3).map((e, k) => (k === 0 ? bofhLead(e) : bofhAnswer(e))).join(' '));
+    for (let i = 0; i < order.length; i += 3)
+      docs.push(
+        order
+          .slice(i, i + 3)
+          .map((e, k) => (k === 0 ? bofhLead(e) : bofhAnswer(e)))
+          .join(' '),
+      );
   }
   return shuffle(docs);
 }
@@ -350,7 +454,10 @@ function writeCorpus(name, { docs, heldout: given, chat }) {
 function writeWords(texts) {
   const counts = new Map();
   for (const t of texts) for (const w of t.toLowerCase().match(/[a-z]+(?:'[a-z]+)?/g) ?? []) counts.set(w, (counts.get(w) ?? 0) + 1);
-  const words = [...counts].filter(([, n]) => n >= 5).map(([w]) => w).sort();
+  const words = [...counts]
+    .filter(([, n]) => n >= 5)
+    .map(([w]) => w)
+    .sort();
   mkdirSync(dirname(WORDS_FILE), { recursive: true });
   writeFileSync(WORDS_FILE, words.join('\n') + '\n');
   return words.length;
@@ -374,5 +481,7 @@ const manifest = {
   words: { file: 'test/fixtures/demo-words.txt', count: wordCount },
 };
 writeFileSync(join(OUT, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-const total = readdirSync(OUT).filter((f) => /\.(txt|jsonl)$/.test(f)).reduce((n, f) => n + statSync(join(OUT, f)).size, 0);
+const total = readdirSync(OUT)
+  .filter((f) => /\.(txt|jsonl)$/.test(f))
+  .reduce((n, f) => n + statSync(join(OUT, f)).size, 0);
 log(`wrote ${(total / 2 ** 20).toFixed(1)} MiB of text to ${OUT}, and ${wordCount} words to ${WORDS_FILE}`);

@@ -289,9 +289,11 @@ export class Engine implements LocalTroupeEngine {
   private onScheduler(msg: SchedulerOutMsg): void {
     switch (msg.type) {
       case 'tokens':
-        this.chain = this.chain.then(() => this.applyTokens(msg.events)).catch((err: unknown) => {
-          this.log('error', `applying token events failed: ${(err as Error).message}`);
-        });
+        this.chain = this.chain
+          .then(() => this.applyTokens(msg.events))
+          .catch((err: unknown) => {
+            this.log('error', `applying token events failed: ${(err as Error).message}`);
+          });
         return;
       case 'failed': {
         const err = fromWire(msg.error);
@@ -363,7 +365,9 @@ export class Engine implements LocalTroupeEngine {
     const info = readAdapterInfo(spec.path);
     const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);
     if (misfit) {
-      throw badRequest(`LoRA adapter '${spec.name}' with rank ${info.rank} is incompatible with the current LoRA memory pool configuration: ${misfit}`);
+      throw badRequest(
+        `LoRA adapter '${spec.name}' with rank ${info.rank} is incompatible with the current LoRA memory pool configuration: ${misfit}`,
+      );
     }
     const scheduler = this.supervisor.actors.scheduler;
     // The scheduler answers once the read from disk has ended (an adapter kept on disk by the

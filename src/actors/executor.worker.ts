@@ -38,6 +38,9 @@ const handler = (msg: ExecutorMsg): ExecutorReplies[ExecutorMsg['type']] | Trans
 };
 
 // Both the main thread (init, shutdown) and the scheduler (step) may ask.
-for (const [port, name] of [[parentPort, 'main'], [data.schedulerPort, 'scheduler']] as const) {
+for (const [port, name] of [
+  [parentPort, 'main'],
+  [data.schedulerPort, 'scheduler'],
+] as const) {
   new Mailbox<ExecutorMsg, ExecutorReplies, never, Record<never, never>>(port, name).serve(handler);
 }

@@ -28,7 +28,10 @@ type Envelope =
 
 /** A handler's way to hand back a value and the buffers to move rather than copy. */
 export class Transfer<T> {
-  constructor(readonly value: T, readonly list: TransferListItem[]) {}
+  constructor(
+    readonly value: T,
+    readonly list: TransferListItem[],
+  ) {}
 }
 export const withTransfer = <T>(value: T, list: TransferListItem[]): Transfer<T> => new Transfer(value, list);
 

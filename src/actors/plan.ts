@@ -27,11 +27,7 @@ export interface EnginePlan {
 
 type Log = (level: 'debug' | 'info' | 'warning' | 'error', msg: string) => void;
 
-export function chooseDevice(
-  wanted: ServeOptions['device'],
-  native: Pick<NativeAddon, 'buildInfo' | 'cudaDeviceCount'>,
-  log: Log,
-): 'cpu' | 'cuda' {
+export function chooseDevice(wanted: ServeOptions['device'], native: Pick<NativeAddon, 'buildInfo' | 'cudaDeviceCount'>, log: Log): 'cpu' | 'cuda' {
   const build = native.buildInfo();
   const gpus = build.cuda ? native.cudaDeviceCount() : 0;
   if (wanted === 'cpu') return 'cpu';
@@ -41,19 +37,16 @@ export function chooseDevice(
     return 'cuda';
   }
   const device = build.cuda && gpus > 0 ? 'cuda' : 'cpu';
-  log('info', device === 'cuda'
-    ? `device auto: using CUDA (${gpus} device${gpus === 1 ? '' : 's'} visible)`
-    : `device auto: using the CPU (${build.cuda ? 'no CUDA device visible' : `addon built without CUDA: ${build.cudaReason}`})`);
+  log(
+    'info',
+    device === 'cuda'
+      ? `device auto: using CUDA (${gpus} device${gpus === 1 ? '' : 's'} visible)`
+      : `device auto: using the CPU (${build.cuda ? 'no CUDA device visible' : `addon built without CUDA: ${build.cudaReason}`})`,
+  );
   return device;
 }
 
-export function planEngine(
-  opts: ServeOptions,
-  config: ModelConfig,
-  device: 'cpu' | 'cuda',
-  adapterInfos: AdapterInfo[],
-  log: Log,
-): EnginePlan {
+export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu' | 'cuda', adapterInfos: AdapterInfo[], log: Log): EnginePlan {
   const loraEnabled = opts.enableLora || opts.loraPaths.length > 0;
   const blockSize = opts.pageSize === 1 ? BLOCK_SIZE_FOR_PAGE_SIZE_1 : opts.pageSize;
   const totalTokens = opts.maxTotalTokens ?? (device === 'cpu' ? CPU_DEFAULT_TOTAL_TOKENS : null);

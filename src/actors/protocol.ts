@@ -17,14 +17,21 @@ import type {
 } from '../scheduler/index.js';
 
 export type {
-  AdapterCounters, AdapterDetail, AdapterTransition, LoaderCommand, LoaderEvent, SchedulerLoad, SchedulerOptions, SchedulerStats, SeqInit, TokenEvent,
+  AdapterCounters,
+  AdapterDetail,
+  AdapterTransition,
+  LoaderCommand,
+  LoaderEvent,
+  SchedulerLoad,
+  SchedulerOptions,
+  SchedulerStats,
+  SeqInit,
+  TokenEvent,
 };
 
 // ---- executor: owns the engine, one native step per message ----
 export type ExecutorMsg =
-  | { type: 'init'; config: ModelConfig; tensors: TensorRef[]; options: EngineOptions }
-  | { type: 'step'; batch: StepBatch }
-  | { type: 'shutdown' };
+  { type: 'init'; config: ModelConfig; tensors: TensorRef[]; options: EngineOptions } | { type: 'step'; batch: StepBatch } | { type: 'shutdown' };
 export interface ExecutorReplies {
   init: { handle: number; info: EngineInfo };
   step: StepResult;

@@ -26,7 +26,14 @@ export function initRanks(executors: ExecutorBox[], ranks: RankPlan[]): Promise<
  * one host copy, all ranks at once, off this thread. If a rank refuses it, the ranks that took
  * it are cleared: ranks must agree on which slots hold adapters.
  */
-export async function fillSlot(native: NativeAddon, handles: number[], shards: RankShard[], config: ModelConfig, slot: number, host: number): Promise<void> {
+export async function fillSlot(
+  native: NativeAddon,
+  handles: number[],
+  shards: RankShard[],
+  config: ModelConfig,
+  slot: number,
+  host: number,
+): Promise<void> {
   // One rank takes everything: no slices to pass.
   const fills = handles.map((h, r) => native.fillLoraSlot(h, slot, host, handles.length > 1 ? adapterSlices(config, shards[r]!) : undefined));
   const results = await Promise.allSettled(fills);

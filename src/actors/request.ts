@@ -112,9 +112,7 @@ export class LiveRequest {
     if (this.req.returnLogprob) {
       out.outputTokenLogprobs = this.ids.map((id, i): TokenLogprob => [this.logprobs[i] ?? 0, id, null]);
       if (this.req.topLogprobsNum > 0) {
-        out.outputTopLogprobs = this.topIds.map((ids, i) =>
-          ids.map((id, j): TokenLogprob => [this.topLogprobs[i]?.[j] ?? 0, id, null]),
-        );
+        out.outputTopLogprobs = this.topIds.map((ids, i) => ids.map((id, j): TokenLogprob => [this.topLogprobs[i]?.[j] ?? 0, id, null]));
       }
     }
     return out;

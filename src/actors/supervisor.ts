@@ -125,7 +125,10 @@ export class Supervisor {
     const worker = this.spawn('loader', 'loader.worker.js', { schedulerPort: channel.port1 } satisfies LoaderWorkerData, [channel.port1]);
     const box = new Mailbox<never, Record<never, never>, LoaderMsg, LoaderReplies>(worker, 'loader');
     this.actors.loader = box;
-    this.log('warning', `the loader actor ${what}; restarted it (${this.restarts.length} of ${MAX_LOADER_RESTARTS} restarts a minute); adapters it held in CPU memory are read from disk again`);
+    this.log(
+      'warning',
+      `the loader actor ${what}; restarted it (${this.restarts.length} of ${MAX_LOADER_RESTARTS} restarts a minute); adapters it held in CPU memory are read from disk again`,
+    );
     void (async () => {
       if (this.loaderInit) await box.call(this.loaderInit);
       await this.actors.scheduler.call({ type: 'loaderRestarted', port: channel.port2 }, [channel.port2]);

@@ -24,9 +24,9 @@ export function trainedDemo(dir = trainedDemoDir()): DemoModel {
   const root = join(dir, 'adapters');
   const names = existsSync(root)
     ? readdirSync(root, { withFileTypes: true })
-      .filter((e) => e.isDirectory() && existsSync(join(root, e.name, 'adapter_config.json')))
-      .map((e) => e.name)
-      .sort()
+        .filter((e) => e.isDirectory() && existsSync(join(root, e.name, 'adapter_config.json')))
+        .map((e) => e.name)
+        .sort()
     : [];
   return { dir, adapters: names.map((name) => ({ name, path: join(root, name) })), generated: false };
 }

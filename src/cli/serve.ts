@@ -33,7 +33,11 @@ export function resolveServeArgs(argv: readonly string[], demo: DemoModel = gene
   if (usesDemo) {
     parsed.flags.set('model-path', demo.dir);
     if (!parsed.given.has('served-model-name')) parsed.flags.set('served-model-name', 'demo');
-    if (!parsed.given.has('lora-paths')) parsed.flags.set('lora-paths', demo.adapters.map((a) => `${a.name}=${a.path}`));
+    if (!parsed.given.has('lora-paths'))
+      parsed.flags.set(
+        'lora-paths',
+        demo.adapters.map((a) => `${a.name}=${a.path}`),
+      );
   }
   const { options, warnings } = validateFlags(parsed.flags);
   return { options, warnings, demo: usesDemo ? demo : null };
@@ -104,9 +108,7 @@ export async function runServe(argv: readonly string[], hooks: ServeHooks = {}):
  * the engine cannot do without exits non-zero once the failed requests are answered, so an
  * orchestrator starts a fresh server.
  */
-function superviseLifecycle(
-  engine: LocalTroupeEngine, server: RunningServer, graceSeconds: number, log: Log, hooks: ServeHooks,
-): void {
+function superviseLifecycle(engine: LocalTroupeEngine, server: RunningServer, graceSeconds: number, log: Log, hooks: ServeHooks): void {
   const exit = hooks.exit ?? ((code: number) => process.exit(code));
   const signals = hooks.signals ?? process;
   let stopping = false;
@@ -118,10 +120,13 @@ function superviseLifecycle(
     void first
       .then(() => server.close(FLUSH_MS))
       .then(closeEngine)
-      .then(() => exit(fatal ? 1 : 0), (err: unknown) => {
-        log('error', `shutdown failed: ${(err as Error).message}`);
-        exit(1);
-      });
+      .then(
+        () => exit(fatal ? 1 : 0),
+        (err: unknown) => {
+          log('error', `shutdown failed: ${(err as Error).message}`);
+          exit(1);
+        },
+      );
   };
   const onSignal = (signal: 'SIGINT' | 'SIGTERM'): void => {
     if (stopping) {
@@ -133,9 +138,11 @@ function superviseLifecycle(
       return;
     }
     log('info', `${signal}: shutting down; running requests get ${graceSeconds} s to finish (a second signal exits at once)`);
-    stop(engine.drain(graceSeconds * 1000).then((cut) => {
-      if (cut > 0) log('warning', `${cut} request(s) did not finish within ${graceSeconds} s and were ended with an error`);
-    }));
+    stop(
+      engine.drain(graceSeconds * 1000).then((cut) => {
+        if (cut > 0) log('warning', `${cut} request(s) did not finish within ${graceSeconds} s and were ended with an error`);
+      }),
+    );
   };
   engine.onFatal((err) => {
     fatal = true;

@@ -42,7 +42,10 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     } else if (spec.kind === 'list') {
       const items: string[] = inline === null ? [] : [inline];
       while (inline === null && i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) items.push(argv[++i]!);
-      flags.set(spec.name, items.map((item) => checkItem(spec, item)));
+      flags.set(
+        spec.name,
+        items.map((item) => checkItem(spec, item)),
+      );
     } else {
       let value = inline;
       if (value === null) {

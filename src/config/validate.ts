@@ -193,7 +193,9 @@ export function checkLoraRules(o: ServeOptions, overlapAsked = o.enableLoraOverl
   }
   const pinned = loraPaths.filter((a) => a.pinned).length;
   if (pinned > maxLorasPerBatch - 1) {
-    throw new FlagError(`${pinned} pinned adapters leave no pool slot for others: at most --max-loras-per-batch - 1 (${maxLorasPerBatch - 1}) may be pinned`);
+    throw new FlagError(
+      `${pinned} pinned adapters leave no pool slot for others: at most --max-loras-per-batch - 1 (${maxLorasPerBatch - 1}) may be pinned`,
+    );
   }
 }
 

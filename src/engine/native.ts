@@ -15,15 +15,15 @@ export function loadNative(): NativeAddon {
   const root = packageRoot();
   const file = join(root, ADDON_RELATIVE_PATH);
   if (!existsSync(file)) {
-    throw new Error(
-      `troupe: the native addon is not built (${file} is missing); run \`npm install\` or \`node scripts/build-native.js\` in ${root}`,
-    );
+    throw new Error(`troupe: the native addon is not built (${file} is missing); run \`npm install\` or \`node scripts/build-native.js\` in ${root}`);
   }
   const require = createRequire(import.meta.url);
   try {
     cached = require(file) as NativeAddon;
   } catch (err) {
-    throw new Error(`troupe: cannot load the native addon ${file}: ${(err as Error).message}; rebuild it with \`node scripts/build-native.js\``, { cause: err });
+    throw new Error(`troupe: cannot load the native addon ${file}: ${(err as Error).message}; rebuild it with \`node scripts/build-native.js\``, {
+      cause: err,
+    });
   }
   return cached;
 }

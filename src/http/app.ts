@@ -37,10 +37,12 @@ export function createApp(engine: TroupeEngine, opts: AppOptions): Hono {
   const log: Log = opts.log ?? (() => {});
   const defaults = validateFlags(parseArgs([]).flags).options;
   // Only the server's options, each as given or else its default: opts holds the app's own too.
-  const given = Object.fromEntries(Object.keys(defaults).flatMap((k) => {
-    const v = opts[k as keyof AppOptions];
-    return v === undefined ? [] : [[k, v]];
-  })) as Partial<ServeOptions>;
+  const given = Object.fromEntries(
+    Object.keys(defaults).flatMap((k) => {
+      const v = opts[k as keyof AppOptions];
+      return v === undefined ? [] : [[k, v]];
+    }),
+  ) as Partial<ServeOptions>;
   const options: ServeOptions = { ...defaults, ...given, servedModelName: opts.servedModelName };
   const flags: AppFlags = {
     host: options.host,

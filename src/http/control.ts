@@ -10,9 +10,11 @@ import { asBool, asString, readJsonObject } from './validate.js';
 
 /** AbortReq's fields (managers/io_struct.py); the rest are set between SGLang's processes. */
 const ABORT_FIELDS: ReadonlyMap<string, FieldRule> = new Map<string, FieldRule>([
-  ['rid', read], ['abort_all', read], ['abort_message', read],
-  ['finished_reason', accepted(() => {}, 'set by SGLang\'s scheduler')],
-  ['weight_versions', accepted(() => {}, 'set by SGLang\'s scheduler')],
+  ['rid', read],
+  ['abort_all', read],
+  ['abort_message', read],
+  ['finished_reason', accepted(() => {}, "set by SGLang's scheduler")],
+  ['weight_versions', accepted(() => {}, "set by SGLang's scheduler")],
   ['http_worker_ipc', accepted(aString, 'set between SGLang processes')],
 ]);
 
@@ -27,9 +29,10 @@ export function registerControlRoutes(app: Hono, engine: TroupeEngine, log: Log)
     applyFieldRules(body, ABORT_FIELDS, (k) => k, 'ignore');
     const rid = body.rid === undefined || body.rid === null ? '' : asString(body.rid, 'rid');
     const all = body.abort_all === undefined || body.abort_all === null ? false : asBool(body.abort_all, 'abort_all');
-    const message = body.abort_message === undefined || body.abort_message === null
-      ? 'the request was aborted by /abort_request'
-      : asString(body.abort_message, 'abort_message');
+    const message =
+      body.abort_message === undefined || body.abort_message === null
+        ? 'the request was aborted by /abort_request'
+        : asString(body.abort_message, 'abort_message');
     if (all) {
       const n = engine.abortAll(message);
       log('info', `/abort_request ended all ${n} running or waiting requests`);

@@ -19,11 +19,13 @@ export function sampleSeed(seed: number | null, j: number): number | null {
  */
 export function fanOut<T extends { request: GenerateInput }>(items: readonly T[], n: number): T[] {
   if (n === 1) return [...items];
-  return items.flatMap((item) => Array.from({ length: n }, (_, j): T => {
-    const { request } = item;
-    const sampling = { ...request.sampling, seed: sampleSeed(request.sampling?.seed ?? null, j) };
-    const sample: GenerateInput = { ...request, sampling };
-    if (request.rid !== undefined) sample.rid = `${request.rid}_${j}`;
-    return { ...item, request: sample };
-  }));
+  return items.flatMap((item) =>
+    Array.from({ length: n }, (_, j): T => {
+      const { request } = item;
+      const sampling = { ...request.sampling, seed: sampleSeed(request.sampling?.seed ?? null, j) };
+      const sample: GenerateInput = { ...request, sampling };
+      if (request.rid !== undefined) sample.rid = `${request.rid}_${j}`;
+      return { ...item, request: sample };
+    }),
+  );
 }

@@ -27,7 +27,10 @@ export function defaultOnly(isDefault: (v: unknown) => boolean, dflt: string, wh
 // ---- defaults and types, as JSON spells them (null is every field's "use the default") ----------
 
 /** One value or a list of them (a per-prompt field) where every value is the default. */
-const each = (ok: (v: unknown) => boolean) => (v: unknown): boolean => (Array.isArray(v) ? v.every(ok) : ok(v));
+const each =
+  (ok: (v: unknown) => boolean) =>
+  (v: unknown): boolean =>
+    Array.isArray(v) ? v.every(ok) : ok(v);
 export const isNull = (v: unknown): boolean => v === null;
 export const nullOrFalse = each((v) => v === null || v === false);
 export const nullOrZero = each((v) => v === null || v === 0);
@@ -62,9 +65,7 @@ export type UnknownFields = 'ignore' | { what: string; where: string };
  * refused when `unknown` says so, listing what is accepted, and otherwise ignored, as SGLang's
  * schema ignores unknown top-level fields.
  */
-export function applyFieldRules(
-  obj: JsonObject, rules: ReadonlyMap<string, FieldRule>, name: (key: string) => string, unknown: UnknownFields,
-): void {
+export function applyFieldRules(obj: JsonObject, rules: ReadonlyMap<string, FieldRule>, name: (key: string) => string, unknown: UnknownFields): void {
   for (const key of Object.keys(obj)) {
     const rule = rules.get(key);
     const v = obj[key];

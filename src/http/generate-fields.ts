@@ -5,8 +5,21 @@
 // schema ignores them; an unknown sampling parameter is refused, as SGLang's SamplingParams
 // refuses unknown keywords.
 import {
-  accepted, aBool, aNumber, anObject, aString, defaultOnly, isNull, noData, nullEach, nullOrEmpty, nullOrFalse,
-  nullOrZero, read, strings, type FieldRule,
+  accepted,
+  aBool,
+  aNumber,
+  anObject,
+  aString,
+  defaultOnly,
+  isNull,
+  noData,
+  nullEach,
+  nullOrEmpty,
+  nullOrFalse,
+  nullOrZero,
+  read,
+  strings,
+  type FieldRule,
 } from './field-rules.js';
 import { SAMPLING_FIELD_NAMES } from './sampling.js';
 
@@ -16,8 +29,16 @@ const NO_PROMPT_LOGPROBS = 'it returns the logprobs of output tokens only';
 
 /** GenerateReqInput's fields. */
 export const GENERATE_FIELDS: ReadonlyMap<string, FieldRule> = new Map<string, FieldRule>([
-  ['text', read], ['input_ids', read], ['sampling_params', read], ['rid', read], ['lora_path', read], ['stream', read],
-  ['return_logprob', read], ['logprob_start_len', read], ['top_logprobs_num', read], ['return_text_in_logprobs', read],
+  ['text', read],
+  ['input_ids', read],
+  ['sampling_params', read],
+  ['rid', read],
+  ['lora_path', read],
+  ['stream', read],
+  ['return_logprob', read],
+  ['logprob_start_len', read],
+  ['top_logprobs_num', read],
+  ['return_text_in_logprobs', read],
   ['log_metrics', read],
 
   ['session_id', accepted(aString, 'a label; it does not change the prompt')],
@@ -87,7 +108,12 @@ export const GENERATE_FIELDS: ReadonlyMap<string, FieldRule> = new Map<string, F
  */
 export const SAMPLING_PARAMS_FIELDS: ReadonlyMap<string, FieldRule> = new Map<string, FieldRule>([
   ...SAMPLING_FIELD_NAMES.map((k): [string, FieldRule] => [k, read]),
-  ['max_new_tokens', read], ['sampling_seed', read], ['seed', read], ['no_stop_trim', read], ['n', read], ['stream_interval', read],
+  ['max_new_tokens', read],
+  ['sampling_seed', read],
+  ['seed', read],
+  ['no_stop_trim', read],
+  ['n', read],
+  ['stream_interval', read],
 
   ['spaces_between_special_tokens', accepted(aBool, 'Hugging Face fast tokenizers, which troupe runs, ignore it too')],
   ['custom_params', accepted(anObject, 'read only by custom logit processors, which troupe does not run')],

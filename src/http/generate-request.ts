@@ -2,9 +2,7 @@
 // whether the call is a batch follows from the shape of text / input_ids, every per-prompt field
 // may be one value for all prompts or a list, one per prompt, and sampling_params.n > 1 turns
 // each prompt into n samples. generate-fields.ts says what happens to every other field.
-import {
-  checkTopLogprobsNum, DEFAULT_SAMPLING, type GenerateRequest, type SamplingOptions,
-} from '../api.js';
+import { checkTopLogprobsNum, DEFAULT_SAMPLING, type GenerateRequest, type SamplingOptions } from '../api.js';
 import { badRequest } from '../errors.js';
 import { fanOut, type Prompt } from './fan-out.js';
 import { applyFieldRules } from './field-rules.js';
@@ -93,8 +91,16 @@ export function parseGenerateRequest(body: JsonObject, limits: GenerateLimits): 
   }
   const lora = parseLoraPaths(body.lora_path, count, batch);
   const returnLogprob = each('return_logprob', asBool, () => false);
-  const logprobStartLen = each('logprob_start_len', (v, f) => asInt(v, f, -1), () => -1);
-  const topLogprobsNum = each('top_logprobs_num', (v, f) => checkTopLogprobsNum(v, f, limits.maxTopLogprobsNum), () => 0);
+  const logprobStartLen = each(
+    'logprob_start_len',
+    (v, f) => asInt(v, f, -1),
+    () => -1,
+  );
+  const topLogprobsNum = each(
+    'top_logprobs_num',
+    (v, f) => checkTopLogprobsNum(v, f, limits.maxTopLogprobsNum),
+    () => 0,
+  );
   const returnText = each('return_text_in_logprobs', asBool, () => false);
   const rids = parseRid(body.rid, count, batch);
   const stream = present('stream') ? asBool(body.stream, 'stream') : false;
@@ -154,7 +160,11 @@ export function parseSamplingParams(v: unknown, where: string): ParsedSampling {
   if (!isObject(v)) expected(where, 'an object', v);
   applyFieldRules(v, SAMPLING_PARAMS_FIELDS, (k) => `${where}.${k}`, { what: 'sampling parameter', where });
   const w = wireFields(v, where);
-  const options = readSampling(w, { maxTokens: ['max_new_tokens'], defaultMaxTokens: DEFAULT_SAMPLING.maxNewTokens, seed: ['sampling_seed', 'seed'] });
+  const options = readSampling(w, {
+    maxTokens: ['max_new_tokens'],
+    defaultMaxTokens: DEFAULT_SAMPLING.maxNewTokens,
+    seed: ['sampling_seed', 'seed'],
+  });
   const get = <T>(key: string, parse: (x: unknown, field: string) => T, dflt: T): T => {
     const x = w.get(key);
     return x === undefined ? dflt : parse(x, w.name(key));

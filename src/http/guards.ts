@@ -23,7 +23,10 @@ function splitHost(value: string): { name: string; port: string | null } {
 }
 
 export function isLoopbackHost(host: string): boolean {
-  const h = host.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  const h = host
+    .trim()
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, '$1');
   return h === 'localhost' || h === '::1' || (isIP(h) === 4 && h.startsWith('127.')) || h.startsWith('::ffff:127.');
 }
 
@@ -43,10 +46,13 @@ export function hostGuard(listenHost: string, allowedHosts: readonly string[]): 
     const { name, port } = splitHost(value);
     if (allowed.some((a) => a.name === name && (a.port === null || a.port === port))) return next();
     const how = allowedHosts.length > 0 ? 'is not in --allowed-hosts' : `is not a loopback name and the server listens on ${listenHost}`;
-    return refuse(c, new TroupeError(
-      'forbidden',
-      `Host ${JSON.stringify(value)} ${how}; accepted: ${entries.join(', ')}. Start the server with --allowed-hosts naming it (or * for any) to accept it`,
-    ));
+    return refuse(
+      c,
+      new TroupeError(
+        'forbidden',
+        `Host ${JSON.stringify(value)} ${how}; accepted: ${entries.join(', ')}. Start the server with --allowed-hosts naming it (or * for any) to accept it`,
+      ),
+    );
   };
 }
 
@@ -61,11 +67,12 @@ export function apiKeyGuard(apiKey: string): MiddlewareHandler {
   return async (c, next) => {
     if (OPEN_PATHS.has(c.req.path)) return next();
     const header = c.req.header('authorization');
-    const given = header === undefined ? null : /^Bearer[ \t]+(.*)$/i.exec(header.trim())?.[1] ?? null;
+    const given = header === undefined ? null : (/^Bearer[ \t]+(.*)$/i.exec(header.trim())?.[1] ?? null);
     // Hashing first gives equal lengths, so the comparison time says nothing about the key.
     if (given !== null && timingSafeEqual(sha256(given), want)) return next();
     c.header('WWW-Authenticate', 'Bearer');
-    const why = header === undefined ? 'no API key was given' : given === null ? 'the Authorization header is not "Bearer <key>"' : 'the API key is wrong';
+    const why =
+      header === undefined ? 'no API key was given' : given === null ? 'the Authorization header is not "Bearer <key>"' : 'the API key is wrong';
     return refuse(c, new TroupeError('unauthorized', `${why}; this server needs "Authorization: Bearer <key>" with the key of its --api-key`));
   };
 }
@@ -99,6 +106,7 @@ export const jsonBodyGuard: MiddlewareHandler = async (c, next) => {
 export function sizeGuard(maxBytes: number): MiddlewareHandler {
   return bodyLimit({
     maxSize: maxBytes,
-    onError: (c) => refuse(c, new TroupeError('payload_too_large', `the request body is larger than ${maxBytes} bytes, the server's --max-request-bytes`)),
+    onError: (c) =>
+      refuse(c, new TroupeError('payload_too_large', `the request body is larger than ${maxBytes} bytes, the server's --max-request-bytes`)),
   });
 }

@@ -35,7 +35,10 @@ export class Call {
 
 /** Runs every job to its end. `mapError` turns an engine error into the one the route throws. */
 export async function collectJobs(
-  engine: TroupeEngine, jobs: readonly GenerateInput[], call: Call, mapError: (err: unknown) => unknown = (e) => e,
+  engine: TroupeEngine,
+  jobs: readonly GenerateInput[],
+  call: Call,
+  mapError: (err: unknown) => unknown = (e) => e,
 ): Promise<GenerateOutput[]> {
   try {
     return await Promise.all(jobs.map((job) => engine.generate({ ...job, signal: call.signal })));
@@ -68,7 +71,12 @@ export interface StreamShape {
  * every job; an error later on is sent as one event, after which the stream ends as usual.
  */
 export async function streamJobs(
-  c: Context, engine: TroupeEngine, jobs: readonly GenerateInput[], call: Call, log: Log, shape: StreamShape,
+  c: Context,
+  engine: TroupeEngine,
+  jobs: readonly GenerateInput[],
+  call: Call,
+  log: Log,
+  shape: StreamShape,
 ): Promise<Response> {
   const { signal } = call;
   const iterators: AsyncIterator<GenerateChunk>[] = [];
@@ -94,16 +102,18 @@ export async function streamJobs(
     const last: Array<GenerateChunk | null> = jobs.map(() => null);
     let failed = false;
     try {
-      await Promise.all(iterators.map(async (it, i) => {
-        let r = firsts[i]!;
-        while (!r.done) {
-          if (signal.aborted) return;
-          last[i] = r.value;
-          for (const payload of await shape.render(i, r.value)) await send(payload);
-          r = await it.next();
-        }
-        done[i] = true;
-      }));
+      await Promise.all(
+        iterators.map(async (it, i) => {
+          let r = firsts[i]!;
+          while (!r.done) {
+            if (signal.aborted) return;
+            last[i] = r.value;
+            for (const payload of await shape.render(i, r.value)) await send(payload);
+            r = await it.next();
+          }
+          done[i] = true;
+        }),
+      );
     } catch (err) {
       failed = true;
       call.abort(err);

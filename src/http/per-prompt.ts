@@ -11,15 +11,19 @@ import { expected } from './validate.js';
  * has prompts. `batch` says whether list items are named `key[i]` in messages.
  */
 export function perPrompt<T>(
-  key: string, v: unknown, prompts: number, batch: boolean,
-  parseOne: (v: unknown, field: string) => T, dflt: () => T,
+  key: string,
+  v: unknown,
+  prompts: number,
+  batch: boolean,
+  parseOne: (v: unknown, field: string) => T,
+  dflt: () => T,
 ): T[] {
   if (v === undefined || v === null) return Array.from({ length: prompts }, dflt);
   if (Array.isArray(v)) {
     if (v.length !== prompts) {
       throw badRequest(
         `${key} is a list of ${v.length} but the request has ${prompts} prompt${prompts === 1 ? '' : 's'}; ` +
-        `give one value for all prompts or a list of exactly ${prompts}`,
+          `give one value for all prompts or a list of exactly ${prompts}`,
       );
     }
     return v.map((x, i) => parseOne(x, batch ? `${key}[${i}]` : key));
@@ -47,6 +51,7 @@ export function parseLoraPaths(v: unknown, prompts: number, batch: boolean): Arr
 /** The adapter names a lora_path value mentions, whatever the number of prompts. */
 export function loraNamesIn(v: unknown): string[] {
   const list = Array.isArray(v) ? v : [v];
-  return list.map((x, i) => at('lora_path', () => parseLoraName(x ?? null, Array.isArray(v) ? `lora_path[${i}]` : 'lora_path')))
+  return list
+    .map((x, i) => at('lora_path', () => parseLoraName(x ?? null, Array.isArray(v) ? `lora_path[${i}]` : 'lora_path')))
     .filter((x): x is string => x !== null);
 }

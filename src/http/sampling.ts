@@ -2,9 +2,7 @@
 // from sampling_params and the OpenAI routes from the top level of the body; the names, ranges
 // and defaults are SGLang's on both, so /generate, both OpenAI routes and /health_generate all
 // go through readSampling, and a value one route refuses every route refuses.
-import {
-  checkStop, checkStopTokenIds, DEFAULT_SAMPLING, SAMPLING_RULES, type NumericSamplingKey, type SamplingOptions,
-} from '../api.js';
+import { checkStop, checkStopTokenIds, DEFAULT_SAMPLING, SAMPLING_RULES, type NumericSamplingKey, type SamplingOptions } from '../api.js';
 import { badRequest } from '../errors.js';
 import { at } from './openai/errors.js';
 import { asBool, asInt, expected, isObject, type JsonObject } from './validate.js';
@@ -27,13 +25,22 @@ export function wireFields(obj: JsonObject, prefix = ''): WireFields {
 
 /** The numeric options whose wire names every route shares (the output length is named per route). */
 const NUMERIC_WIRE_NAMES: ReadonlyArray<readonly [string, Exclude<NumericSamplingKey, 'maxNewTokens'>]> = [
-  ['temperature', 'temperature'], ['top_p', 'topP'], ['top_k', 'topK'], ['min_p', 'minP'],
-  ['frequency_penalty', 'frequencyPenalty'], ['presence_penalty', 'presencePenalty'], ['repetition_penalty', 'repetitionPenalty'],
+  ['temperature', 'temperature'],
+  ['top_p', 'topP'],
+  ['top_k', 'topK'],
+  ['min_p', 'minP'],
+  ['frequency_penalty', 'frequencyPenalty'],
+  ['presence_penalty', 'presencePenalty'],
+  ['repetition_penalty', 'repetitionPenalty'],
 ];
 
 /** Every wire name readSampling takes besides the route's own output-length and seed names. */
 export const SAMPLING_FIELD_NAMES: readonly string[] = [
-  ...NUMERIC_WIRE_NAMES.map(([wire]) => wire), 'stop', 'stop_token_ids', 'ignore_eos', 'skip_special_tokens',
+  ...NUMERIC_WIRE_NAMES.map(([wire]) => wire),
+  'stop',
+  'stop_token_ids',
+  'ignore_eos',
+  'skip_special_tokens',
 ];
 
 /** The names a route gives the output length and the seed. */
@@ -69,7 +76,9 @@ export function readSampling(w: WireFields, names: SamplingNames): SamplingOptio
   const seeds = names.seed.filter((k) => w.get(k) !== undefined);
   if (seeds.length > 1 && new Set(seeds.map((k) => w.get(k))).size > 1) {
     const fields = seeds.map((k) => w.name(k));
-    at(fields[0]!, () => { throw badRequest(`${fields.join(' and ')} give different seeds; give one`); });
+    at(fields[0]!, () => {
+      throw badRequest(`${fields.join(' and ')} give different seeds; give one`);
+    });
   }
   if (seeds.length > 0) s.seed = read(seeds[0]!, (v, f) => asInt(v, f, 0))!;
   return s;

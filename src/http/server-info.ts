@@ -49,7 +49,10 @@ async function internalState(engine: WithStats): Promise<Record<string, unknown>
   try {
     const s = await engine.stats();
     Object.assign(state, {
-      num_running_reqs: s.running, num_waiting_reqs: s.waiting, kv_cache_free_blocks: s.freeBlocks, kv_cache_total_blocks: s.totalBlocks,
+      num_running_reqs: s.running,
+      num_waiting_reqs: s.waiting,
+      kv_cache_free_blocks: s.freeBlocks,
+      kv_cache_total_blocks: s.totalBlocks,
     });
   } catch {
     // An engine that cannot answer (it is shutting down) still has its arguments to report.
@@ -58,10 +61,12 @@ async function internalState(engine: WithStats): Promise<Record<string, unknown>
 }
 
 export function registerServerInfo(app: Hono, engine: TroupeEngine, options: ServeOptions): void {
-  app.get('/get_server_info', async (c) => c.json({
-    ...serverArgs(options, engine),
-    max_total_num_tokens: engine.modelInfo().maxTotalTokens,
-    internal_states: [await internalState(engine)],
-    version: troupeVersion(),
-  }));
+  app.get('/get_server_info', async (c) =>
+    c.json({
+      ...serverArgs(options, engine),
+      max_total_num_tokens: engine.modelInfo().maxTotalTokens,
+      internal_states: [await internalState(engine)],
+      version: troupeVersion(),
+    }),
+  );
 }

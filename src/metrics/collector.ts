@@ -41,15 +41,30 @@ export class EngineMetrics {
       labelNames: ['adapter', 'outcome'],
       registers,
     });
-    this.promptTokens = new Counter({ name: 'troupe_adapter_prompt_tokens_total', help: 'Prompt tokens of finished requests per adapter.', labelNames: ['adapter'], registers });
-    this.generatedTokens = new Counter({ name: 'troupe_adapter_generated_tokens_total', help: 'Generated tokens of finished requests per adapter.', labelNames: ['adapter'], registers });
+    this.promptTokens = new Counter({
+      name: 'troupe_adapter_prompt_tokens_total',
+      help: 'Prompt tokens of finished requests per adapter.',
+      labelNames: ['adapter'],
+      registers,
+    });
+    this.generatedTokens = new Counter({
+      name: 'troupe_adapter_generated_tokens_total',
+      help: 'Generated tokens of finished requests per adapter.',
+      labelNames: ['adapter'],
+      registers,
+    });
     this.loads = new Counter({
       name: 'troupe_adapter_loads_total',
       help: 'Completed adapter loads per stage: disk_to_cpu (read and checked) and cpu_to_gpu (copied into a pool slot).',
       labelNames: ['adapter', 'stage'],
       registers,
     });
-    this.failures = new Counter({ name: 'troupe_adapter_load_failures_total', help: 'Adapter loads that failed.', labelNames: ['adapter'], registers });
+    this.failures = new Counter({
+      name: 'troupe_adapter_load_failures_total',
+      help: 'Adapter loads that failed.',
+      labelNames: ['adapter'],
+      registers,
+    });
     this.evictions = new Counter({
       name: 'troupe_adapter_evictions_total',
       help: 'Evictions per adapter: from="gpu" gave up its pool slot, from="cpu" left CPU memory (--max-loaded-loras).',
@@ -105,7 +120,12 @@ export class EngineMetrics {
     for (const t of ts) {
       const { adapter } = t;
       if (t.to === 'loading' || t.to === 'h2dInFlight') this.started.set(adapter, t.time);
-      const stage = t.from === 'loading' && t.to === 'cpuLoaded' ? 'disk_to_cpu' : t.from === 'h2dInFlight' && t.to.startsWith('gpuResident') ? 'cpu_to_gpu' : null;
+      const stage =
+        t.from === 'loading' && t.to === 'cpuLoaded'
+          ? 'disk_to_cpu'
+          : t.from === 'h2dInFlight' && t.to.startsWith('gpuResident')
+            ? 'cpu_to_gpu'
+            : null;
       if (stage) {
         this.loads.inc({ adapter, stage });
         const since = this.started.get(adapter);

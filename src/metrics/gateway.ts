@@ -72,12 +72,14 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
       });
     });
   };
-  figure(GATEWAY_METRIC_NAMES.waiting, 'Requests waiting to join the batch (for KV cache room, a place in the batch or their adapter).', (l) => l.waiting);
-  figure(GATEWAY_METRIC_NAMES.running, 'Requests in the running batch.', (l) => l.running);
   figure(
-    GATEWAY_METRIC_NAMES.kvUsage,
-    'Fraction of KV cache blocks in use, from 0 to 1.',
-    (l) => (l.totalBlocks > 0 ? (l.totalBlocks - l.freeBlocks) / l.totalBlocks : 0),
+    GATEWAY_METRIC_NAMES.waiting,
+    'Requests waiting to join the batch (for KV cache room, a place in the batch or their adapter).',
+    (l) => l.waiting,
+  );
+  figure(GATEWAY_METRIC_NAMES.running, 'Requests in the running batch.', (l) => l.running);
+  figure(GATEWAY_METRIC_NAMES.kvUsage, 'Fraction of KV cache blocks in use, from 0 to 1.', (l) =>
+    l.totalBlocks > 0 ? (l.totalBlocks - l.freeBlocks) / l.totalBlocks : 0,
   );
 
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.

@@ -145,13 +145,18 @@ export function moduleDims(c: ModelConfig, m: LoraModule): { in: number; out: nu
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
   switch (m) {
-    case 'q_proj': return { in: c.hiddenSize, out: q };
+    case 'q_proj':
+      return { in: c.hiddenSize, out: q };
     case 'k_proj':
-    case 'v_proj': return { in: c.hiddenSize, out: kv };
-    case 'o_proj': return { in: q, out: c.hiddenSize };
+    case 'v_proj':
+      return { in: c.hiddenSize, out: kv };
+    case 'o_proj':
+      return { in: q, out: c.hiddenSize };
     case 'gate_proj':
-    case 'up_proj': return { in: c.hiddenSize, out: c.intermediateSize };
-    case 'down_proj': return { in: c.intermediateSize, out: c.hiddenSize };
+    case 'up_proj':
+      return { in: c.hiddenSize, out: c.intermediateSize };
+    case 'down_proj':
+      return { in: c.intermediateSize, out: c.hiddenSize };
   }
 }
 
@@ -185,7 +190,8 @@ export function readAdapterLayout(path: string, config: ModelConfig): AdapterLay
     const m = TENSOR_NAME.exec(name);
     if (m === null) fail(name, 'unknown tensor; expected base_model.model.model.layers.N.{self_attn,mlp}.<module>.lora_{A,B}.weight');
     const [, layerStr, group, mod, ab] = m as RegExpExecArray;
-    if (!isModule(mod!) || MODULE_PATH[mod].split('.')[0] !== group) fail(name, `"${group}.${mod}" is not one of the linear layers ${LORA_MODULES.join(', ')}`);
+    if (!isModule(mod!) || MODULE_PATH[mod].split('.')[0] !== group)
+      fail(name, `"${group}.${mod}" is not one of the linear layers ${LORA_MODULES.join(', ')}`);
     const module = mod as LoraModule;
     const layer = Number(layerStr);
     if (layer >= config.numLayers) fail(name, `layer ${layer} does not exist; the model has ${config.numLayers} layers`);

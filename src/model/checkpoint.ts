@@ -77,13 +77,16 @@ export function openCheckpoint(dir: string): Checkpoint {
     if (expected.has(name) || IGNORED.test(name)) continue;
     // Tied checkpoints sometimes still carry a copy of lm_head; the embedding is used instead.
     if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
-    throw badRequest(`${e.file}: unexpected ${tensorLabel(name)} (not part of a ${config.numLayers}-layer ${config.family} model${config.qkvBias ? '' : ' without biases'})`);
+    throw badRequest(
+      `${e.file}: unexpected ${tensorLabel(name)} (not part of a ${config.numLayers}-layer ${config.family} model${config.qkvBias ? '' : ' without biases'})`,
+    );
   }
 
   const tokenizerJson = join(root, 'tokenizer.json');
   const tokenizerConfigJson = join(root, 'tokenizer_config.json');
   for (const f of [tokenizerJson, tokenizerConfigJson]) {
-    if (!isFile(f)) throw badRequest(`${f}: missing; the model directory needs the Hugging Face fast tokenizer files (tokenizer.json, tokenizer_config.json)`);
+    if (!isFile(f))
+      throw badRequest(`${f}: missing; the model directory needs the Hugging Face fast tokenizer files (tokenizer.json, tokenizer_config.json)`);
   }
   return { dir: root, config, tensors, tokenizerJson, tokenizerConfigJson };
 }
@@ -97,7 +100,8 @@ function addGenerationEos(root: string, config: ModelConfig): void {
   const eos = (g as Record<string, unknown>).eos_token_id;
   const ids = Array.isArray(eos) ? eos : eos === undefined || eos === null ? [] : [eos];
   for (const id of ids) {
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw badRequest(`${file}: eos_token_id: must be a token id or a list of them, got ${describeValue(eos)}`);
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+      throw badRequest(`${file}: eos_token_id: must be a token id or a list of them, got ${describeValue(eos)}`);
     if (!config.eosTokenIds.includes(id)) config.eosTokenIds.push(id);
   }
 }
@@ -121,7 +125,9 @@ function readTensorEntries(root: string): Map<string, SafetensorsEntry> {
   const entries = new Map<string, SafetensorsEntry>();
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
     if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-      throw badRequest(`${indexFile}: weight_map: the shard of ${tensorLabel(name)} is not a file name in the model directory (got ${describeValue(shard)})`);
+      throw badRequest(
+        `${indexFile}: weight_map: the shard of ${tensorLabel(name)} is not a file name in the model directory (got ${describeValue(shard)})`,
+      );
     }
     let header = headers.get(shard);
     if (header === undefined) {
@@ -131,7 +137,8 @@ function readTensorEntries(root: string): Map<string, SafetensorsEntry> {
       headers.set(shard, header);
     }
     const e = header.tensors.get(name);
-    if (e === undefined) throw badRequest(`${header.file}: ${tensorLabel(name)} is listed in model.safetensors.index.json but missing from this shard`);
+    if (e === undefined)
+      throw badRequest(`${header.file}: ${tensorLabel(name)} is listed in model.safetensors.index.json but missing from this shard`);
     entries.set(name, e);
   }
   return entries;

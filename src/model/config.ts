@@ -39,7 +39,8 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const flags = resolveFamily(c, fail);
   if (c.hidden_act !== undefined && c.hidden_act !== 'silu') fail('hidden_act', `only "silu" is supported, got ${other(c.hidden_act)}`);
   const rotary = c.partial_rotary_factor;
-  if (rotary !== undefined && rotary !== null && rotary !== 1) fail('partial_rotary_factor', `${describeValue(rotary)} is not supported; only 1 (RoPE on the whole head) is`);
+  if (rotary !== undefined && rotary !== null && rotary !== 1)
+    fail('partial_rotary_factor', `${describeValue(rotary)} is not supported; only 1 (RoPE on the whole head) is`);
   if (c.pretraining_tp !== undefined && c.pretraining_tp !== null && c.pretraining_tp !== 1) {
     fail('pretraining_tp', `${describeValue(c.pretraining_tp)} is not supported; only 1 is`);
   }

@@ -68,9 +68,12 @@ export function resolveFamily(c: Record<string, unknown>, fail: Fail): FamilyFla
   } else {
     const found = NAMES.find((f) => listed.includes(FAMILIES[f].architecture));
     if (found === undefined) {
-      fail('architectures', archs === undefined || archs === null
-        ? 'missing, and so is model_type'
-        : `lists none of ${NAMES.map((f) => FAMILIES[f].architecture).join(', ')} (and model_type is missing)`);
+      fail(
+        'architectures',
+        archs === undefined || archs === null
+          ? 'missing, and so is model_type'
+          : `lists none of ${NAMES.map((f) => FAMILIES[f].architecture).join(', ')} (and model_type is missing)`,
+      );
     }
     family = found!;
   }
@@ -103,7 +106,8 @@ export function slidingWindowOf(c: Record<string, unknown>, family: ModelFamily,
     if (use === true) {
       window = c.sliding_window === undefined ? QWEN_DEFAULT_WINDOW : c.sliding_window;
       const m = c.max_window_layers ?? QWEN_DEFAULT_MAX_WINDOW_LAYERS;
-      if (typeof m !== 'number' || !Number.isSafeInteger(m) || m < 0) fail('max_window_layers', `must be a non-negative integer, got ${describeValue(m)}`);
+      if (typeof m !== 'number' || !Number.isSafeInteger(m) || m < 0)
+        fail('max_window_layers', `must be a non-negative integer, got ${describeValue(m)}`);
       sliding = (layer) => window !== null && layer >= (m as number);
       field = 'max_window_layers';
     }
@@ -129,7 +133,10 @@ export function slidingWindowOf(c: Record<string, unknown>, family: ModelFamily,
     fail('sliding_window', `must be a positive integer, got ${describeValue(window)}`);
   }
   if (count < numLayers) {
-    fail(field, `puts the sliding window on ${count} of the ${numLayers} layers; only a window on every layer (Mistral's layout) or on none is supported`);
+    fail(
+      field,
+      `puts the sliding window on ${count} of the ${numLayers} layers; only a window on every layer (Mistral's layout) or on none is supported`,
+    );
   }
   return window as number;
 }

@@ -4,7 +4,10 @@
 
 /** A pattern Python refuses, or one this matcher does not support; names the construct and where it is. */
 export class RegexError extends Error {
-  constructor(readonly detail: string, readonly position: number) {
+  constructor(
+    readonly detail: string,
+    readonly position: number,
+  ) {
     super(`${detail} (at position ${position})`);
     this.name = 'RegexError';
   }
@@ -34,9 +37,14 @@ const CATEGORIES: Record<string, Pred> = {
 const CONTROL: Record<string, number> = { a: 7, f: 12, n: 10, r: 13, t: 9, v: 11 };
 const NEWLINE = 10;
 const UNSUPPORTED_GROUPS: Array<[string, string]> = [
-  ['P=', 'named backreferences (?P=...)'], ['=', 'lookahead assertions (?=...)'], ['!', 'lookahead assertions (?!...)'],
-  ['<=', 'lookbehind assertions (?<=...)'], ['<!', 'lookbehind assertions (?<!...)'], ['#', 'comments (?#...)'],
-  ['>', 'atomic groups (?>...)'], ['(', 'conditional groups (?(...)...)'],
+  ['P=', 'named backreferences (?P=...)'],
+  ['=', 'lookahead assertions (?=...)'],
+  ['!', 'lookahead assertions (?!...)'],
+  ['<=', 'lookbehind assertions (?<=...)'],
+  ['<!', 'lookbehind assertions (?<!...)'],
+  ['#', 'comments (?#...)'],
+  ['>', 'atomic groups (?>...)'],
+  ['(', 'conditional groups (?(...)...)'],
 ];
 
 /** Python's sre_parse rules for the supported subset, including which mistakes are errors. */
@@ -107,11 +115,16 @@ export class Parser {
     const c = this.peek()!;
     this.pos++;
     switch (c) {
-      case '(': return this.group(at);
-      case '[': return this.charClass(at);
-      case '.': return { t: 'char', pred: (x) => x !== NEWLINE };
-      case '^': return { t: 'assert', anchor: 'start' };
-      case '$': return { t: 'assert', anchor: 'endOrFinalNewline' };
+      case '(':
+        return this.group(at);
+      case '[':
+        return this.charClass(at);
+      case '.':
+        return { t: 'char', pred: (x) => x !== NEWLINE };
+      case '^':
+        return { t: 'assert', anchor: 'start' };
+      case '$':
+        return { t: 'assert', anchor: 'endOrFinalNewline' };
       case '\\': {
         const e = this.escape(at, false);
         if (typeof e === 'string') return { t: 'assert', anchor: e };
@@ -204,4 +217,3 @@ export class Parser {
     return this.escape(at, true) as number | Pred; // no anchors inside a class
   }
 }
-

@@ -42,10 +42,18 @@ function compile(root: Node): Inst[] {
   };
   const gen = (n: Node): void => {
     switch (n.t) {
-      case 'char': emit({ op: 'char', pred: n.pred, next: prog.length + 1 }); return;
-      case 'assert': emit({ op: 'assert', anchor: n.anchor, next: prog.length + 1 }); return;
-      case 'group': gen(n.body); return;
-      case 'cat': n.items.forEach(gen); return;
+      case 'char':
+        emit({ op: 'char', pred: n.pred, next: prog.length + 1 });
+        return;
+      case 'assert':
+        emit({ op: 'assert', anchor: n.anchor, next: prog.length + 1 });
+        return;
+      case 'group':
+        gen(n.body);
+        return;
+      case 'cat':
+        n.items.forEach(gen);
+        return;
       case 'alt': {
         const exits: number[] = [];
         n.alts.forEach((alt, i) => {

@@ -7,15 +7,32 @@ import { basename } from 'node:path';
 import { describeValue, parseJson, quoteName } from './json-text.js';
 
 export const DTYPE_BYTES: Record<string, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
-  F8_E4M3: 1, F8_E5M2: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
 };
 
 // A header larger than this is not a real checkpoint; refusing it avoids a huge allocation.
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 export class SafetensorsError extends Error {
-  constructor(readonly file: string, readonly tensor: string | null, readonly detail: string) {
+  constructor(
+    readonly file: string,
+    readonly tensor: string | null,
+    readonly detail: string,
+  ) {
     super(`${basename(file)}${tensor === null ? '' : `: ${tensorLabel(tensor)}`}: ${detail}`);
     this.name = 'SafetensorsError';
   }
@@ -109,7 +126,9 @@ function parseEntry(file: string, name: string, raw: unknown, dataStart: number,
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) fail('entry is not an object');
   const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
   if (typeof e.dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, e.dtype)) {
-    fail(`unknown dtype: it must be one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${typeof e.dtype === 'string' ? 'another string' : describeValue(e.dtype)}`);
+    fail(
+      `unknown dtype: it must be one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${typeof e.dtype === 'string' ? 'another string' : describeValue(e.dtype)}`,
+    );
   }
   const dtype = e.dtype as string;
   if (!Array.isArray(e.shape) || !e.shape.every(isCount)) fail(`shape is not a list of non-negative integers (got ${describeValue(e.shape)})`);

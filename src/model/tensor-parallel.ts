@@ -8,7 +8,15 @@
 // all-reduced, and B is replicated. Every rank's pool slot is filled from the same host copy by
 // slicing it here.
 import { badRequest } from '../errors.js';
-import { LORA_MODULES, type AdapterSlice, type AdapterWeights, type LoraModule, type ModelConfig, type TensorParallelRank, type TensorRef } from '../engine/types.js';
+import {
+  LORA_MODULES,
+  type AdapterSlice,
+  type AdapterWeights,
+  type LoraModule,
+  type ModelConfig,
+  type TensorParallelRank,
+  type TensorRef,
+} from '../engine/types.js';
 import { moduleDims } from './adapter.js';
 
 export interface Range {
@@ -64,7 +72,13 @@ function rowsOf(ref: TensorRef, rows: Range): TensorRef {
 function columnsOf(ref: TensorRef, columns: Range): TensorRef {
   const [rows, cols] = ref.shape as [number, number];
   const elem = ref.nbytes / (rows * cols);
-  return { ...ref, offset: ref.offset + columns.start * elem, nbytes: rows * columns.count * elem, shape: [rows, columns.count], rowPitch: cols * elem };
+  return {
+    ...ref,
+    offset: ref.offset + columns.start * elem,
+    nbytes: rows * columns.count * elem,
+    shape: [rows, columns.count],
+    rowPitch: cols * elem,
+  };
 }
 
 function headRows(shard: Range, headDim: number): Range {
@@ -78,7 +92,9 @@ function headRows(shard: Range, headDim: number): Range {
 export function shardTensor(ref: TensorRef, config: ModelConfig, shard: RankShard): TensorRef {
   const d = config.headDim;
   const kind = /(?:(q_proj|k_proj|v_proj)\.bias|(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|embed_tokens|lm_head)\.weight)$/
-    .exec(ref.name)?.slice(1).find((g) => g !== undefined);
+    .exec(ref.name)
+    ?.slice(1)
+    .find((g) => g !== undefined);
   switch (kind) {
     case 'q_proj':
       return rowsOf(ref, headRows(shard.heads, d));

@@ -54,7 +54,10 @@ export class AdapterActors {
   private readonly labelCounts = new Map<string, number>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
-  constructor(private readonly index: AdapterIndex, private readonly isLoaded: (name: string) => boolean) {
+  constructor(
+    private readonly index: AdapterIndex,
+    private readonly isLoaded: (name: string) => boolean,
+  ) {
     // As XState's pure transition() builds its scope, but once, not per event: the machine has
     // no children, delays or sends, so `self` and its system only receive inspection events,
     // which nobody inspects.

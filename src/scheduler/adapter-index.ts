@@ -29,7 +29,10 @@ export class AdapterIndex {
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
 
-  constructor(slots: number, private readonly policy: 'lru' | 'fifo') {
+  constructor(
+    slots: number,
+    private readonly policy: 'lru' | 'fifo',
+  ) {
     this.owners = new Array<string | null>(slots).fill(null);
     this.freeSlots = slots;
   }

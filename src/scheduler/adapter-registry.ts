@@ -227,9 +227,10 @@ export class AdapterRegistry implements PlacementHost {
     const event: AdapterEvent = { type: 'LOADER_RESTARTED' };
     for (const name of this.actors.names()) {
       if (!this.actors.can(name, event)) continue;
-      const reason = this.residency(name) === 'cpuLoaded'
-        ? 'the loader restarted and its CPU copy is gone; read from disk again when needed'
-        : 'the loader restarted; its read or copy is issued again';
+      const reason =
+        this.residency(name) === 'cpuLoaded'
+          ? 'the loader restarted and its CPU copy is gone; read from disk again when needed'
+          : 'the loader restarted; its read or copy is issued again';
       this.send(name, event, reason);
     }
   }

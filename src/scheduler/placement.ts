@@ -86,7 +86,14 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   const free = index.lowestFreeSlot();
   if (free !== null) return free;
   const policy = host.limits.evictionPolicy;
-  const victim = pickVictim(index.slotOrder, index, forSeq, (name) => host.inUse(name), (name) => host.can(name, { type: 'EVICT' }), policy);
+  const victim = pickVictim(
+    index.slotOrder,
+    index,
+    forSeq,
+    (name) => host.inUse(name),
+    (name) => host.can(name, { type: 'EVICT' }),
+    policy,
+  );
   if (!victim) return null;
   const slot = host.slot(victim.name)!;
   host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);

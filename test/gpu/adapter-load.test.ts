@@ -18,7 +18,18 @@ import { LORA_MODULES, type DType, type StepResult } from '../../src/engine/type
 import { readAdapterHost } from '../../src/model/adapter.js';
 import { makeRandomAdapter } from '../../src/model/demo.js';
 import { packageRoot } from '../../src/paths.js';
-import { addon, createEngine, loadSlot, logSoftmax, makeBatch, openCheckpoint, prompt, stepOnWorker, tempDir, type SeqStep } from '../engine-fixtures.js';
+import {
+  addon,
+  createEngine,
+  loadSlot,
+  logSoftmax,
+  makeBatch,
+  openCheckpoint,
+  prompt,
+  stepOnWorker,
+  tempDir,
+  type SeqStep,
+} from '../engine-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const hfConfig = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as object;
@@ -31,7 +42,11 @@ const adapterDir = (name: string): string => join(tmp.dir, name);
 DTYPES.forEach((dtype, i) =>
   makeRandomAdapter(adapterDir(dtype), { rank: 16, alpha: 32, targetModules: [...LORA_MODULES], seed: 80 + i, dtype, bStd: 0.1 / 4 }, hfConfig),
 );
-makeRandomAdapter(adapterDir('late'), { rank: 8, alpha: 16, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 90, dtype: 'BF16', bStd: 0.1 / Math.sqrt(8) }, hfConfig);
+makeRandomAdapter(
+  adapterDir('late'),
+  { rank: 8, alpha: 16, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 90, dtype: 'BF16', bStd: 0.1 / Math.sqrt(8) },
+  hfConfig,
+);
 const pool = { blockSize: 16, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16, cudaGraphMaxBs: 16 };
 // The CPU keeps activations in f32, the GPU rounds GEMM inputs to bf16 (see lora-kernels.test.ts).
 const TOL = 0.08;
@@ -56,13 +71,16 @@ async function host(name: string): Promise<number> {
   return hostAdapter.handle;
 }
 
-const logprobs = (r: StepResult, n: number): Float64Array[] => Array.from({ length: n }, (_, i) => logSoftmax(r.logits!.subarray(i * vocab, (i + 1) * vocab)));
+const logprobs = (r: StepResult, n: number): Float64Array[] =>
+  Array.from({ length: n }, (_, i) => logSoftmax(r.logits!.subarray(i * vocab, (i + 1) * vocab)));
 
 /** Largest |logprob difference| over each reference row's 8 likeliest tokens. */
 function maxDiff(got: Float64Array[], want: Float64Array[]): number {
   let d = 0;
   want.forEach((ref, i) => {
-    const top = Array.from(ref.keys()).sort((x, y) => ref[y]! - ref[x]!).slice(0, 8);
+    const top = Array.from(ref.keys())
+      .sort((x, y) => ref[y]! - ref[x]!)
+      .slice(0, 8);
     for (const t of top) d = Math.max(d, Math.abs(got[i]![t]! - ref[t]!));
   });
   return d;
@@ -79,7 +97,7 @@ const decode = (rows: number[], d: number, slots = SLOTS): SeqStep[] =>
 const run = (h: number, seqs: SeqStep[]): StepResult => addon.step(h, makeBatch(seqs, { maxBlocksPerSeq: 4, returnLogits: true }));
 
 describe('adapter loading on the GPU', () => {
-  it('fills from page-locked f32, f16 and bf16 host copies give the CPU backend\'s logprobs', async () => {
+  it("fills from page-locked f32, f16 and bf16 host copies give the CPU backend's logprobs", async () => {
     const cpu = engine('cpu');
     const gpu = engine('cuda');
     for (const [slot, dtype] of DTYPES.entries()) {
@@ -94,7 +112,16 @@ describe('adapter loading on the GPU', () => {
     console.log(`fills from f32/f16/bf16 host copies: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(TOL);
     // The adapters matter: without them the rows of slots 0-2 are further off than the bar.
-    const base = logprobs(run(engine('cuda'), prefill(rows, slots.map(() => -1))), 6);
+    const base = logprobs(
+      run(
+        engine('cuda'),
+        prefill(
+          rows,
+          slots.map(() => -1),
+        ),
+      ),
+      6,
+    );
     expect(maxDiff(base.slice(1, 4), want[0]!.slice(1, 4))).toBeGreaterThan(4 * TOL);
   });
 
@@ -156,8 +183,10 @@ describe('adapter loading on the GPU', () => {
     }
     const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const gb = (ms: number): string => (bytes.bytes / ms / 1e6).toFixed(2);
-    console.log(`${(bytes.bytes / 1e6).toFixed(1)} MB bf16 adapter (rank 16, all modules, ${ckpt.config.numLayers} layers) on ${addon.engineInfo(gpu).deviceName}: ` +
-      `disk to CPU ${gb(median(reads))} GB/s (${median(reads).toFixed(1)} ms, page cache warm, page-locked), CPU to GPU ${gb(median(fills.slice(2)))} GB/s (${median(fills.slice(2)).toFixed(2)} ms)`);
+    console.log(
+      `${(bytes.bytes / 1e6).toFixed(1)} MB bf16 adapter (rank 16, all modules, ${ckpt.config.numLayers} layers) on ${addon.engineInfo(gpu).deviceName}: ` +
+        `disk to CPU ${gb(median(reads))} GB/s (${median(reads).toFixed(1)} ms, page cache warm, page-locked), CPU to GPU ${gb(median(fills.slice(2)))} GB/s (${median(fills.slice(2)).toFixed(2)} ms)`,
+    );
     const big = process.env.TROUPE_GPU_CHECKPOINT_8B;
     if (big) {
       const out = join(tmp.dir, 'adapter-load-8b.json');
@@ -166,7 +195,9 @@ describe('adapter loading on the GPU', () => {
       expect(r.status).toBe(0);
       console.log(readFileSync(out, 'utf8'));
     } else {
-      console.log('TROUPE_GPU_CHECKPOINT_8B is not set: no Llama-3.1-8B-shape figures (node bench/gpu-adapter-load.js OUT.json MODEL_DIR gives them)');
+      console.log(
+        'TROUPE_GPU_CHECKPOINT_8B is not set: no Llama-3.1-8B-shape figures (node bench/gpu-adapter-load.js OUT.json MODEL_DIR gives them)',
+      );
     }
   }, 600_000);
 });

@@ -70,7 +70,13 @@ describe('CUDA backend vs CPU backend', () => {
     const p = Array.from({ length: 6 }, (_, i) => prompt(12, 40 + i, vocab));
     const blocks = (i: number) => [i * 2, i * 2 + 1];
     // Each row's unpenalized choice is among its generated tokens, so the penalties bite.
-    const plain = addon.step(gpu, makeBatch(p.map((tokens, i) => ({ tokens, cached: 0, blocks: blocks(i) })), {}));
+    const plain = addon.step(
+      gpu,
+      makeBatch(
+        p.map((tokens, i) => ({ tokens, cached: 0, blocks: blocks(i) })),
+        {},
+      ),
+    );
     const seen = (i: number, extra: number[] = []) => [...p[i]!, plain.tokens[i]!, ...extra];
     const variants: Array<Partial<SeqStep>> = [
       { repetitionPenalty: 1.5, penaltyTokens: seen(0) },
@@ -126,7 +132,9 @@ describe('sampling on the GPU', () => {
       const counts = new Map<number, number>();
       for (const tok of r.tokens) counts.set(tok, (counts.get(tok) ?? 0) + 1);
       // The five likeliest tokens: observed counts within 4.5 standard deviations of expected.
-      const top = Array.from(pr.keys()).sort((x, y) => pr[y]! - pr[x]!).slice(0, 5);
+      const top = Array.from(pr.keys())
+        .sort((x, y) => pr[y]! - pr[x]!)
+        .slice(0, 5);
       for (const tok of top) {
         const expected = ROWS * pr[tok]!;
         const sd = Math.sqrt(ROWS * pr[tok]! * (1 - pr[tok]!));

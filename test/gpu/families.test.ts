@@ -28,7 +28,17 @@ import type { Checkpoint } from '../../src/model/checkpoint.js';
 import { addon, engineOptions, loadSlot, openCheckpoint } from '../engine-fixtures.js';
 import { startRanks, type RankGroup } from '../tp-fixtures.js';
 import {
-  againstReference, againstRun, blocksPerRow, describeParity, readLoraReference, readReference, servedGreedyMatches, teacherForced, type Parity, type Position, type Row,
+  againstReference,
+  againstRun,
+  blocksPerRow,
+  describeParity,
+  readLoraReference,
+  readReference,
+  servedGreedyMatches,
+  teacherForced,
+  type Parity,
+  type Position,
+  type Row,
 } from './parity-fixtures.js';
 
 type Family = Exclude<ModelFamily, 'llama'>;
@@ -70,8 +80,17 @@ describe.each(families)('%s on the CUDA backend', (family) => {
   const loraRows: Row[] = ['base', ...lora.adapters].flatMap((model, mi) => lora.cases[model]!.map((c) => ({ slot: mi - 1, c })));
 
   /** A fresh engine for one test, destroyed after it (a 7B model's copies add up). */
-  async function withEngine<T>(config: ModelConfig, rows: Row[], over: Parameters<typeof engineOptions>[0], body: (h: number) => Promise<T>): Promise<T> {
-    const h = addon.createEngine(config, ckpt.tensors, engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * blocksPerRow(rows, BLOCK), ...over }));
+  async function withEngine<T>(
+    config: ModelConfig,
+    rows: Row[],
+    over: Parameters<typeof engineOptions>[0],
+    body: (h: number) => Promise<T>,
+  ): Promise<T> {
+    const h = addon.createEngine(
+      config,
+      ckpt.tensors,
+      engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * blocksPerRow(rows, BLOCK), ...over }),
+    );
     try {
       expect(addon.engineInfo(h).device).toBe('cuda');
       return await body(h);
@@ -91,13 +110,15 @@ describe.each(families)('%s on the CUDA backend', (family) => {
   ])('teacher-forced logprobs match transformers: $name', async ({ chunks, graphs }) => {
     const noLora = { loraSlots: 0, loraModules: [], cudaGraphMaxBs: graphs };
     const p = await withEngine(ckpt.config, baseRows, noLora, async (h) =>
-      againstReference(await teacherForced((b) => addon.step(h, b), baseRows, vocab, { blockSize: BLOCK, chunks }), baseRows, BAR));
+      againstReference(await teacherForced((b) => addon.step(h, b), baseRows, vocab, { blockSize: BLOCK, chunks }), baseRows, BAR),
+    );
     expectParity(p, BAR, baseRows.length * 8, `${family} (${chunks} chunk(s), graphs ${graphs})`);
   });
 
-  it('without the family\'s difference the engine strays from transformers (so the comparison sees it)', async () => {
+  it("without the family's difference the engine strays from transformers (so the comparison sees it)", async () => {
     const p = await withEngine({ ...ckpt.config, ...WITHOUT[family] }, baseRows, { loraSlots: 0, loraModules: [], cudaGraphMaxBs: 8 }, async (h) =>
-      againstReference(await teacherForced((b) => addon.step(h, b), baseRows, vocab, { blockSize: BLOCK, chunks: 1 }), baseRows, BAR));
+      againstReference(await teacherForced((b) => addon.step(h, b), baseRows, vocab, { blockSize: BLOCK, chunks: 1 }), baseRows, BAR),
+    );
     console.log(`${family} without ${Object.keys(WITHOUT[family]).join(', ')}: ${describeParity(p, BAR)}`);
     expect(p.maxDiff).toBeGreaterThan(4 * BAR);
   });
@@ -106,17 +127,27 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 16, graphs: 32 },
     { loraBackend: 'csgmv' as const, loraChunkSize: 1, graphs: 0 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
-  ])('a batch of the base model and three adapters matches PEFT: $loraBackend, chunk $loraChunkSize, graphs up to $graphs', async ({ loraBackend, loraChunkSize, graphs }) => {
-    const opts = { loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize };
-    const p = await withEngine(ckpt.config, loraRows, opts, async (h) => {
-      lora.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
-      return againstReference(await teacherForced((b) => addon.step(h, b), loraRows, vocab, { blockSize: BLOCK, chunks: 1 }), loraRows, BAR);
-    });
-    expectParity(p, BAR, loraRows.length * 8, `${family} LoRA (${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs})`);
-  });
+  ])(
+    'a batch of the base model and three adapters matches PEFT: $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
+    async ({ loraBackend, loraChunkSize, graphs }) => {
+      const opts = { loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize };
+      const p = await withEngine(ckpt.config, loraRows, opts, async (h) => {
+        lora.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
+        return againstReference(await teacherForced((b) => addon.step(h, b), loraRows, vocab, { blockSize: BLOCK, chunks: 1 }), loraRows, BAR);
+      });
+      expectParity(p, BAR, loraRows.length * 8, `${family} LoRA (${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs})`);
+    },
+  );
 
   describe('tensor parallelism', () => {
-    const options = engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: loraRows.length * blocksPerRow(loraRows, BLOCK), loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: 32 });
+    const options = engineOptions({
+      device: 'cuda',
+      blockSize: BLOCK,
+      kvBlocks: loraRows.length * blocksPerRow(loraRows, BLOCK),
+      loraSlots: 4,
+      maxLoraRank: 64,
+      cudaGraphMaxBs: 32,
+    });
     let one: Position[][];
 
     /** The mixed batch on a group of tp ranks (prefill in two chunks), closed after. */
@@ -136,7 +167,7 @@ describe.each(families)('%s on the CUDA backend', (family) => {
       expectParity(againstReference(one, loraRows, BAR), BAR, loraRows.length * 8, `${family} tp 1`);
     });
 
-    it('tp 2 on one GPU (host collectives) matches tp 1, each rank holding its heads\' biases', async () => {
+    it("tp 2 on one GPU (host collectives) matches tp 1, each rank holding its heads' biases", async () => {
       const many = await run(2, 0, (g) => expect(g.info.collective).toBe('host'));
       expectParity(againstRun(many, one, BAR), BAR, loraRows.length * 8, `${family} tp 2, one GPU`);
     });
@@ -147,10 +178,9 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     });
   });
 
-  it('createEngine with --device cuda generates transformers\' greedy tokens with matching logprobs', async () => {
+  it("createEngine with --device cuda generates transformers' greedy tokens with matching logprobs", async () => {
     const compared = await servedGreedyMatches(dir, ref, BAR);
     console.log(`${family} served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
     expect(compared).toBeGreaterThan(ref.cases.length * 4);
   });
-
 });

@@ -23,7 +23,11 @@ const ADAPTERS = [
 ];
 // Deltas of about 0.1 per output feature (see makeRandomAdapter's A), enough to move logprobs.
 ADAPTERS.forEach((a, i) =>
-  makeRandomAdapter(join(tmp.dir, `a${i}`), { rank: a.rank, targetModules: [...a.targetModules], alpha: 2 * a.rank, seed: 50 + i, bStd: 0.1 / Math.sqrt(a.rank) }, hfConfig),
+  makeRandomAdapter(
+    join(tmp.dir, `a${i}`),
+    { rank: a.rank, targetModules: [...a.targetModules], alpha: 2 * a.rank, seed: 50 + i, bStd: 0.1 / Math.sqrt(a.rank) },
+    hfConfig,
+  ),
 );
 const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
@@ -67,7 +71,9 @@ function logprobs(r: StepResult, n: number): Float64Array[] {
 function maxDiff(a: Float64Array[], b: Float64Array[]): number {
   let d = 0;
   b.forEach((ref, i) => {
-    const top = Array.from(ref.keys()).sort((x, y) => ref[y]! - ref[x]!).slice(0, 8);
+    const top = Array.from(ref.keys())
+      .sort((x, y) => ref[y]! - ref[x]!)
+      .slice(0, 8);
     for (const t of top) d = Math.max(d, Math.abs(a[i]![t]! - ref[t]!));
   });
   return d;
@@ -95,7 +101,15 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
   const { lps: reference, tokens: feed } = drive(cpu, SLOTS);
 
   it('adapter rows differ from base rows, so a missing or misplaced delta shows', () => {
-    const base = withGpu({}, (h) => drive(h, SLOTS.map(() => -1), feed).lps);
+    const base = withGpu(
+      {},
+      (h) =>
+        drive(
+          h,
+          SLOTS.map(() => -1),
+          feed,
+        ).lps,
+    );
     for (let i = 0; i < LENS.length; i++) {
       if (SLOTS[i]! >= 0) expect(maxDiff([reference[1]![i]!], [base[1]![i]!])).toBeGreaterThan(4 * TOL);
     }
@@ -113,7 +127,9 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       const got = withGpu(opts, (h) => drive(h, SLOTS, feed).lps);
       let worst = 0;
       got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
-      console.log(`LoRA kernels ${opts.loraKernel} ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+      console.log(
+        `LoRA kernels ${opts.loraKernel} ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`,
+      );
       expect(worst).toBeLessThan(TOL);
     },
   );

@@ -45,7 +45,12 @@ function run(handle: number): { maxDiff: number; checked: number; mismatches: nu
   rows.forEach((_, i) => check(i, 0, r.logits!, r.tokens[i]!));
   const steps = rows[0]!.c.continuation.length;
   for (let pos = 1; pos < steps; pos++) {
-    const seqs: SeqStep[] = rows.map(({ slot, c }, i) => ({ tokens: [c.continuation[pos - 1]!], cached: c.prompt.length + pos - 1, blocks: blocks[i]!, slot }));
+    const seqs: SeqStep[] = rows.map(({ slot, c }, i) => ({
+      tokens: [c.continuation[pos - 1]!],
+      cached: c.prompt.length + pos - 1,
+      blocks: blocks[i]!,
+      slot,
+    }));
     r = addon.step(handle, makeBatch(seqs, { maxBlocksPerSeq: maxBlocks, returnLogits: true }));
     rows.forEach((_, i) => check(i, pos, r.logits!, r.tokens[i]!));
   }
@@ -66,13 +71,27 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
     'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
     ({ loraKernel, loraBackend, loraChunkSize, graphs }) => {
-      const h = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({
-        device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize, loraKernel,
-      }));
+      const h = addon.createEngine(
+        ckpt.config,
+        ckpt.tensors,
+        engineOptions({
+          device: 'cuda',
+          blockSize: BLOCK,
+          kvBlocks: rows.length * 16,
+          loraSlots: 4,
+          maxLoraRank: 64,
+          cudaGraphMaxBs: graphs,
+          loraBackend,
+          loraChunkSize,
+          loraKernel,
+        }),
+      );
       handles.push(h);
       ref.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
       const m = run(h);
-      console.log(`LoRA parity (${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`);
+      console.log(
+        `LoRA parity (${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
+      );
       expect(m.maxDiff).toBeLessThanOrEqual(BAR);
       expect(m.mismatches).toBe(0);
       expect(m.checked).toBeGreaterThan(rows.length * 8);

@@ -90,7 +90,10 @@ export async function teacherForced(
   }
   const steps = Math.min(...rows.map(({ c }) => c.continuation.length));
   for (let pos = 1; pos < steps; pos++) {
-    await run(rows.map(({ slot, c }, i) => ({ tokens: [c.continuation[pos - 1]!], cached: c.prompt.length + pos - 1, blocks: blocks[i]!, slot })), pos);
+    await run(
+      rows.map(({ slot, c }, i) => ({ tokens: [c.continuation[pos - 1]!], cached: c.prompt.length + pos - 1, blocks: blocks[i]!, slot })),
+      pos,
+    );
   }
   return out;
 }
@@ -106,30 +109,34 @@ export interface Parity {
 /** Against the reference: the largest logprob difference, and the greedy picks where its top-2 gap exceeds `bar`. */
 export function againstReference(run: Position[][], rows: Row[], bar: number): Parity {
   const p: Parity = { maxDiff: 0, checked: 0, mismatches: 0, notArgmax: 0 };
-  run.forEach((positions, i) => positions.forEach((x, pos) => {
-    const c = rows[i]!.c;
-    p.maxDiff = Math.max(p.maxDiff, Math.abs(x.lp - c.logprobs[pos]!));
-    if (x.token !== x.top) p.notArgmax++;
-    if (c.top2Gap[pos]! > bar) {
-      p.checked++;
-      if (x.token !== c.continuation[pos]) p.mismatches++;
-    }
-  }));
+  run.forEach((positions, i) =>
+    positions.forEach((x, pos) => {
+      const c = rows[i]!.c;
+      p.maxDiff = Math.max(p.maxDiff, Math.abs(x.lp - c.logprobs[pos]!));
+      if (x.token !== x.top) p.notArgmax++;
+      if (c.top2Gap[pos]! > bar) {
+        p.checked++;
+        if (x.token !== c.continuation[pos]) p.mismatches++;
+      }
+    }),
+  );
   return p;
 }
 
 /** Against another run of the same rows: the same, with that run's top-2 gaps and argmaxes. */
 export function againstRun(run: Position[][], base: Position[][], bar: number): Parity {
   const p: Parity = { maxDiff: 0, checked: 0, mismatches: 0, notArgmax: 0 };
-  run.forEach((positions, i) => positions.forEach((x, pos) => {
-    const b = base[i]![pos]!;
-    p.maxDiff = Math.max(p.maxDiff, Math.abs(x.lp - b.lp));
-    if (x.token !== x.top) p.notArgmax++;
-    if (b.gap > bar) {
-      p.checked++;
-      if (x.top !== b.top) p.mismatches++;
-    }
-  }));
+  run.forEach((positions, i) =>
+    positions.forEach((x, pos) => {
+      const b = base[i]![pos]!;
+      p.maxDiff = Math.max(p.maxDiff, Math.abs(x.lp - b.lp));
+      if (x.token !== x.top) p.notArgmax++;
+      if (b.gap > bar) {
+        p.checked++;
+        if (x.top !== b.top) p.mismatches++;
+      }
+    }),
+  );
   return p;
 }
 
@@ -147,7 +154,13 @@ export async function servedGreedyMatches(dir: string, ref: Reference, bar: numb
   try {
     expect(engine.modelInfo().device).toBe('cuda');
     const outs = await Promise.all(
-      ref.cases.map((c) => engine.generate({ inputIds: c.prompt, sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true }, returnLogprob: true })),
+      ref.cases.map((c) =>
+        engine.generate({
+          inputIds: c.prompt,
+          sampling: { maxNewTokens: c.continuation.length, temperature: 0, ignoreEos: true },
+          returnLogprob: true,
+        }),
+      ),
     );
     let compared = 0;
     outs.forEach((o, i) => {

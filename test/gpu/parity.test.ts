@@ -52,7 +52,12 @@ function teacherForced(handle: number, chunks: number): Measured {
   for (let k = 0; k < chunks; k++) {
     const seqs: SeqStep[] = ref.cases.map((c, i) => {
       const end = k === chunks - 1 ? c.prompt.length : Math.floor(((k + 1) * c.prompt.length) / chunks);
-      const s: SeqStep = { tokens: c.prompt.slice(done[i], Math.max(end, done[i]! + 1)), cached: done[i]!, blocks: blocks[i]!, sample: k === chunks - 1 };
+      const s: SeqStep = {
+        tokens: c.prompt.slice(done[i], Math.max(end, done[i]! + 1)),
+        cached: done[i]!,
+        blocks: blocks[i]!,
+        sample: k === chunks - 1,
+      };
       return s;
     });
     const r = addon.step(handle, makeBatch(seqs, { maxBlocksPerSeq: 64, returnLogits: true }));
@@ -77,11 +82,17 @@ describe('CUDA backend parity with transformers', () => {
     { name: 'one prefill, decodes in CUDA graphs', chunks: 1, graphs: 8 },
     { name: 'prefill in 3 chunks, no graphs', chunks: 3, graphs: 0 },
   ])('teacher-forced logprobs: $name', ({ chunks, graphs }) => {
-    const h = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ device: 'cuda', blockSize, kvBlocks: 64 * ref.cases.length, loraSlots: 0, loraModules: [], cudaGraphMaxBs: graphs }));
+    const h = addon.createEngine(
+      ckpt.config,
+      ckpt.tensors,
+      engineOptions({ device: 'cuda', blockSize, kvBlocks: 64 * ref.cases.length, loraSlots: 0, loraModules: [], cudaGraphMaxBs: graphs }),
+    );
     handles.push(h);
     expect(addon.engineInfo(h).device).toBe('cuda');
     const m = teacherForced(h, chunks);
-    console.log(`parity (${chunks} chunk(s), graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)} (transformers bf16: ${ref.bf16MaxAbsDiff.toFixed(4)}); greedy agrees at ${m.greedyChecked - m.greedyMismatches}/${m.greedyChecked} positions with top-2 gap > ${BAR}`);
+    console.log(
+      `parity (${chunks} chunk(s), graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)} (transformers bf16: ${ref.bf16MaxAbsDiff.toFixed(4)}); greedy agrees at ${m.greedyChecked - m.greedyMismatches}/${m.greedyChecked} positions with top-2 gap > ${BAR}`,
+    );
     expect(m.maxDiff).toBeLessThanOrEqual(BAR);
     expect(m.greedyMismatches).toBe(0);
     expect(m.greedyChecked).toBeGreaterThan(ref.cases.length * 8);
@@ -92,5 +103,4 @@ describe('CUDA backend parity with transformers', () => {
     console.log(`served greedy generation: ${compared} tokens equal to transformers' before the first near-tie`);
     expect(compared).toBeGreaterThan(ref.cases.length * 4);
   });
-
 });

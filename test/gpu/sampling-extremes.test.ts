@@ -8,7 +8,11 @@ import { addon, argmax, engineOptions, logitsRow, makeBatch, openCheckpoint, pro
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
-const gpu = addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ blockSize: 16, kvBlocks: 256, loraSlots: 0, loraModules: [], cudaGraphMaxBs: 16, device: 'cuda' }));
+const gpu = addon.createEngine(
+  ckpt.config,
+  ckpt.tensors,
+  engineOptions({ blockSize: 16, kvBlocks: 256, loraSlots: 0, loraModules: [], cudaGraphMaxBs: 16, device: 'cuda' }),
+);
 
 afterAll(() => addon.destroyEngine(gpu));
 

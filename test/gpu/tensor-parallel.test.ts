@@ -34,10 +34,20 @@ async function run(group: RankGroup): Promise<Array<Array<{ lp: number; top: num
       out[i]!.push({ lp: lp[c.continuation[pos]!]!, top: lp.indexOf(sorted[0]!), gap: sorted[0]! - sorted[1]! });
     });
   const opts = { maxBlocksPerSeq: maxBlocks, returnLogits: true };
-  let r = await group.step(makeBatch(rows.map(({ slot, c }, i) => ({ tokens: c.prompt, cached: 0, blocks: blocks[i]!, slot })), opts));
+  let r = await group.step(
+    makeBatch(
+      rows.map(({ slot, c }, i) => ({ tokens: c.prompt, cached: 0, blocks: blocks[i]!, slot })),
+      opts,
+    ),
+  );
   record(r.logits!, 0);
   for (let pos = 1; pos < rows[0]!.c.continuation.length; pos++) {
-    const seqs: SeqStep[] = rows.map(({ slot, c }, i) => ({ tokens: [c.continuation[pos - 1]!], cached: c.prompt.length + pos - 1, blocks: blocks[i]!, slot }));
+    const seqs: SeqStep[] = rows.map(({ slot, c }, i) => ({
+      tokens: [c.continuation[pos - 1]!],
+      cached: c.prompt.length + pos - 1,
+      blocks: blocks[i]!,
+      slot,
+    }));
     r = await group.step(makeBatch(seqs, opts));
     record(r.logits!, pos);
   }
@@ -54,16 +64,22 @@ describe('tensor parallelism on the GPU matches one rank', () => {
   let one: Awaited<ReturnType<typeof run>>;
 
   const compare = (many: typeof one, label: string): void => {
-    let maxDiff = 0, checked = 0, mismatches = 0;
-    many.forEach((row, i) => row.forEach((p, pos) => {
-      const base = one[i]![pos]!;
-      maxDiff = Math.max(maxDiff, Math.abs(p.lp - base.lp));
-      if (base.gap > BAR) {
-        checked++;
-        if (p.top !== base.top) mismatches++;
-      }
-    }));
-    console.log(`${label}: max |logprob diff| vs tp 1 ${maxDiff.toFixed(4)}; greedy agrees at ${checked - mismatches}/${checked} positions with top-2 gap > ${BAR}`);
+    let maxDiff = 0,
+      checked = 0,
+      mismatches = 0;
+    many.forEach((row, i) =>
+      row.forEach((p, pos) => {
+        const base = one[i]![pos]!;
+        maxDiff = Math.max(maxDiff, Math.abs(p.lp - base.lp));
+        if (base.gap > BAR) {
+          checked++;
+          if (p.top !== base.top) mismatches++;
+        }
+      }),
+    );
+    console.log(
+      `${label}: max |logprob diff| vs tp 1 ${maxDiff.toFixed(4)}; greedy agrees at ${checked - mismatches}/${checked} positions with top-2 gap > ${BAR}`,
+    );
     expect(maxDiff).toBeLessThanOrEqual(BAR);
     expect(mismatches).toBe(0);
     expect(checked).toBeGreaterThan(rows.length * 8);

@@ -15,12 +15,25 @@ import { COMMON_KEYS, parseCommon, rejectUnknown } from './request.js';
 import { finishReasonOf, makeJobs, openAiStream, usageOf } from './run.js';
 
 const KEYS = [
-  ...COMMON_KEYS, 'messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'add_generation_prompt',
-  'response_format', 'tools', 'tool_choice', 'parallel_tool_calls',
+  ...COMMON_KEYS,
+  'messages',
+  'max_completion_tokens',
+  'logprobs',
+  'top_logprobs',
+  'add_generation_prompt',
+  'response_format',
+  'tools',
+  'tool_choice',
+  'parallel_tool_calls',
 ];
 
 export function registerChatCompletions(
-  app: Hono, engine: TroupeEngine, log: Log, servedModelName: string, template: () => ChatTemplate, limits: GenerateLimits,
+  app: Hono,
+  engine: TroupeEngine,
+  log: Log,
+  servedModelName: string,
+  template: () => ChatTemplate,
+  limits: GenerateLimits,
 ): void {
   app.post('/v1/chat/completions', async (c) => {
     const call = new Call(c.req.raw);
@@ -39,9 +52,10 @@ export function registerChatCompletions(
         });
       }
       checkUnsupported(body);
-      const addGenerationPrompt = body.add_generation_prompt === undefined || body.add_generation_prompt === null
-        ? true
-        : at('add_generation_prompt', () => asBool(body.add_generation_prompt, 'add_generation_prompt'));
+      const addGenerationPrompt =
+        body.add_generation_prompt === undefined || body.add_generation_prompt === null
+          ? true
+          : at('add_generation_prompt', () => asBool(body.add_generation_prompt, 'add_generation_prompt'));
       const text = at('messages', () => template().render(messages, addGenerationPrompt));
       const jobs = makeJobs([{ text }], common, logprobs, topN);
       const id = `chatcmpl-${randomUUID().replace(/-/g, '')}`;
@@ -63,9 +77,7 @@ export function registerChatCompletions(
             out.push(wrap({ role: 'assistant', content: '' }, null, null));
           }
           const delta = chunk.text.slice(s.text);
-          const lp = logprobs && chunk.outputIds.length > s.tokens
-            ? { content: await chatLogprobs(engine, chunk, s.tokens, topN) }
-            : null;
+          const lp = logprobs && chunk.outputIds.length > s.tokens ? { content: await chatLogprobs(engine, chunk, s.tokens, topN) } : null;
           s.text = Math.max(s.text, chunk.text.length);
           s.tokens = chunk.outputIds.length;
           if (delta !== '' || lp !== null) out.push(wrap({ content: delta }, lp, null));
@@ -78,12 +90,14 @@ export function registerChatCompletions(
       }
 
       const outs = await collectJobs(engine, jobs, call, (err) => tagPromptError(err, 'messages'));
-      const choices = await Promise.all(outs.map(async (o, index) => ({
-        index,
-        message: { role: 'assistant', content: o.text },
-        logprobs: logprobs ? { content: await chatLogprobs(engine, o, 0, topN) } : null,
-        finish_reason: finishReasonOf(o.finishReason),
-      })));
+      const choices = await Promise.all(
+        outs.map(async (o, index) => ({
+          index,
+          message: { role: 'assistant', content: o.text },
+          logprobs: logprobs ? { content: await chatLogprobs(engine, o, 0, topN) } : null,
+          finish_reason: finishReasonOf(o.finishReason),
+        })),
+      );
       return c.json({ ...head, object: 'chat.completion', choices, usage: usageOf(outs, common.n) });
     } catch (err) {
       return openAiError(c, err);
@@ -103,7 +117,8 @@ export function parseMessages(v: unknown): ChatMessage[] {
     const where = `messages[${i}]`;
     if (!isObject(m)) expected(where, 'an object with role and content', m);
     for (const k of Object.keys(m)) {
-      if (k !== 'role' && k !== 'content' && k !== 'name') throw badRequest(`unknown field ${JSON.stringify(k)} in ${where}; accepted: role, content, name`);
+      if (k !== 'role' && k !== 'content' && k !== 'name')
+        throw badRequest(`unknown field ${JSON.stringify(k)} in ${where}; accepted: role, content, name`);
     }
     const role = asString(m.role, `${where}.role`);
     if (!ROLES.has(role)) throw badRequest(`${where}.role must be system, user or assistant, got ${JSON.stringify(role)}`);
@@ -117,12 +132,14 @@ export function parseMessages(v: unknown): ChatMessage[] {
 function parseContent(v: unknown, where: string): string {
   if (typeof v === 'string') return v;
   if (!Array.isArray(v)) expected(where, 'a string or a list of text parts', v);
-  return v.map((part, j) => {
-    const w = `${where}[${j}]`;
-    if (!isObject(part)) expected(w, 'a part {"type": "text", "text": ...}', part);
-    if (part.type !== 'text') throw badRequest(`${w}.type must be "text" (only text content is supported), got ${JSON.stringify(part.type)}`);
-    return asString(part.text, `${w}.text`);
-  }).join('\n');
+  return v
+    .map((part, j) => {
+      const w = `${where}[${j}]`;
+      if (!isObject(part)) expected(w, 'a part {"type": "text", "text": ...}', part);
+      if (part.type !== 'text') throw badRequest(`${w}.type must be "text" (only text content is supported), got ${JSON.stringify(part.type)}`);
+      return asString(part.text, `${w}.text`);
+    })
+    .join('\n');
 }
 
 function checkUnsupported(body: JsonObject): void {
@@ -134,11 +151,15 @@ function checkUnsupported(body: JsonObject): void {
   }
   const tools = body.tools;
   if (tools !== undefined && tools !== null && !(Array.isArray(tools) && tools.length === 0)) {
-    at('tools', () => { throw badRequest('tools are not supported'); });
+    at('tools', () => {
+      throw badRequest('tools are not supported');
+    });
   }
   const tc = body.tool_choice;
   if (tc !== undefined && tc !== null && tc !== 'none') {
-    at('tool_choice', () => { throw badRequest('tool_choice: only "none" is supported'); });
+    at('tool_choice', () => {
+      throw badRequest('tool_choice: only "none" is supported');
+    });
   }
   if (body.parallel_tool_calls !== undefined && body.parallel_tool_calls !== null) {
     at('parallel_tool_calls', () => asBool(body.parallel_tool_calls, 'parallel_tool_calls'));

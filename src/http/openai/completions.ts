@@ -25,9 +25,10 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
       rejectUnknown(body, KEYS);
       const common = await parseCommon(body, servedModelName, engine, ['max_tokens'], DEFAULT_MAX_TOKENS);
       const prompts = at('prompt', () => parsePrompt(body.prompt));
-      const topN = body.logprobs === undefined || body.logprobs === null
-        ? null
-        : at('logprobs', () => checkTopLogprobsNum(body.logprobs, 'logprobs', limits.maxTopLogprobsNum));
+      const topN =
+        body.logprobs === undefined || body.logprobs === null
+          ? null
+          : at('logprobs', () => checkTopLogprobsNum(body.logprobs, 'logprobs', limits.maxTopLogprobsNum));
       checkUnsupported(body, common.n);
       const jobs = makeJobs(prompts, common, topN !== null, topN ?? 0);
       const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
@@ -39,9 +40,8 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
         const render = async (index: number, chunk: GenerateChunk): Promise<unknown[]> => {
           const s = sent[index]!;
           const text = chunk.text.slice(s.text);
-          const logprobs = topN === null || chunk.outputIds.length === s.tokens
-            ? null
-            : await completionLogprobs(engine, chunk, s.tokens, topN, s.text);
+          const logprobs =
+            topN === null || chunk.outputIds.length === s.tokens ? null : await completionLogprobs(engine, chunk, s.tokens, topN, s.text);
           const finish = finishReasonOf(chunk.finishReason);
           s.text = Math.max(s.text, chunk.text.length);
           s.tokens = chunk.outputIds.length;
@@ -55,12 +55,14 @@ export function registerCompletions(app: Hono, engine: TroupeEngine, log: Log, s
       }
 
       const outs = await collectJobs(engine, jobs, call, (err) => tagPromptError(err, 'prompt'));
-      const choices = await Promise.all(outs.map(async (o, index) => ({
-        index,
-        text: o.text,
-        logprobs: topN === null ? null : await completionLogprobs(engine, o, 0, topN, 0),
-        finish_reason: finishReasonOf(o.finishReason),
-      })));
+      const choices = await Promise.all(
+        outs.map(async (o, index) => ({
+          index,
+          text: o.text,
+          logprobs: topN === null ? null : await completionLogprobs(engine, o, 0, topN, 0),
+          finish_reason: finishReasonOf(o.finishReason),
+        })),
+      );
       return c.json({ ...head, choices, usage: usageOf(outs, common.n) });
     } catch (err) {
       return openAiError(c, err);
@@ -87,7 +89,9 @@ function parsePrompt(v: unknown): Prompt[] {
 
 function checkUnsupported(body: JsonObject, n: number): void {
   if (body.echo !== undefined && body.echo !== null && at('echo', () => asBool(body.echo, 'echo'))) {
-    at('echo', () => { throw badRequest('echo is not supported; leave it out or send false'); });
+    at('echo', () => {
+      throw badRequest('echo is not supported; leave it out or send false');
+    });
   }
   if (body.best_of !== undefined && body.best_of !== null) {
     at('best_of', () => {
@@ -96,6 +100,8 @@ function checkUnsupported(body: JsonObject, n: number): void {
     });
   }
   if (body.suffix !== undefined && body.suffix !== null) {
-    at('suffix', () => { throw badRequest('suffix is not supported'); });
+    at('suffix', () => {
+      throw badRequest('suffix is not supported');
+    });
   }
 }

@@ -10,7 +10,10 @@ export interface OpenAiErrorBody {
 
 /** A TroupeError that knows which request field it is about. */
 export class ParamError extends TroupeError {
-  constructor(err: TroupeError, readonly param: string) {
+  constructor(
+    err: TroupeError,
+    readonly param: string,
+  ) {
     super(err.kind, err.message, { cause: err });
   }
 }

@@ -20,7 +20,8 @@ export interface OpenAiOptions {
 export function registerOpenAiRoutes(app: Hono, engine: TroupeEngine, log: Log, opts: OpenAiOptions): void {
   const served = opts.servedModelName;
   // The adapter comes after the last part of "<served>:<adapter>", so the name itself cannot hold one.
-  if (served.includes(':')) throw badRequest(`--served-model-name ${JSON.stringify(served)} must not contain ":"; "<name>:<adapter>" picks an adapter`);
+  if (served.includes(':'))
+    throw badRequest(`--served-model-name ${JSON.stringify(served)} must not contain ":"; "<name>:<adapter>" picks an adapter`);
   let template = opts.chatTemplate ?? null;
   const getTemplate = (): ChatTemplate => {
     template ??= ChatTemplate.fromTokenizerDir(engine.modelInfo().tokenizerPath);

@@ -52,7 +52,11 @@ export async function chatLogprobs(engine: TroupeEngine, out: Out, from: number,
 
 /** Completion logprobs of the output tokens from index `from` on; offsets count from textOffset. */
 export async function completionLogprobs(
-  engine: TroupeEngine, out: Out, from: number, topN: number, textOffset: number,
+  engine: TroupeEngine,
+  out: Out,
+  from: number,
+  topN: number,
+  textOffset: number,
 ): Promise<CompletionLogprobs> {
   const texts = await textsFor(engine, out, from);
   const chosen = (out.outputTokenLogprobs ?? []).slice(from);
@@ -67,9 +71,8 @@ export async function completionLogprobs(
   return {
     tokens,
     token_logprobs: chosen.map(([lp]) => lp),
-    top_logprobs: topN > 0
-      ? chosen.map((_, k) => Object.fromEntries((tops[from + k] ?? []).slice(0, topN).map(([l, id]) => [texts.get(id) ?? '', l])))
-      : null,
+    top_logprobs:
+      topN > 0 ? chosen.map((_, k) => Object.fromEntries((tops[from + k] ?? []).slice(0, topN).map(([l, id]) => [texts.get(id) ?? '', l]))) : null,
     text_offset: offsets,
   };
 }

@@ -20,7 +20,8 @@ export interface ModelChoice {
 
 export async function resolveModel(body: JsonObject, servedModelName: string, engine: TroupeEngine): Promise<ModelChoice> {
   const model = at('model', () => {
-    if (body.model === undefined || body.model === null) throw badRequest(`model is required; use "${servedModelName}" or "${servedModelName}:<adapter>"`);
+    if (body.model === undefined || body.model === null)
+      throw badRequest(`model is required; use "${servedModelName}" or "${servedModelName}:<adapter>"`);
     return asString(body.model, 'model');
   });
   const colon = model.indexOf(':');

@@ -24,12 +24,24 @@ export function registerModels(app: Hono, engine: TroupeEngine, servedModelName:
   const created = Math.floor(Date.now() / 1000);
   const cards = async (): Promise<ModelCard[]> => {
     const base: ModelCard = {
-      id: servedModelName, object: 'model', created, owned_by: 'troupe',
-      root: servedModelName, parent: null, max_model_len: engine.modelInfo().contextLength, state: 'ready',
+      id: servedModelName,
+      object: 'model',
+      created,
+      owned_by: 'troupe',
+      root: servedModelName,
+      parent: null,
+      max_model_len: engine.modelInfo().contextLength,
+      state: 'ready',
     };
     const adapter = (a: AdapterStatus): ModelCard => ({
-      id: a.name, object: 'model', created, owned_by: 'troupe',
-      root: a.path, parent: servedModelName, max_model_len: null, state: a.error !== null ? 'failed' : a.state,
+      id: a.name,
+      object: 'model',
+      created,
+      owned_by: 'troupe',
+      root: a.path,
+      parent: servedModelName,
+      max_model_len: null,
+      state: a.error !== null ? 'failed' : a.state,
     });
     return [base, ...(await engine.adapters()).filter((a) => a.loaded).map(adapter)];
   };

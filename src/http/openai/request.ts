@@ -9,7 +9,15 @@ import { at } from './errors.js';
 import { resolveModel, type ModelChoice } from './model-name.js';
 
 export const COMMON_KEYS = [
-  'model', 'n', 'stream', 'stream_options', 'seed', 'max_tokens', 'user', 'logit_bias', ...SAMPLING_FIELD_NAMES,
+  'model',
+  'n',
+  'stream',
+  'stream_options',
+  'seed',
+  'max_tokens',
+  'user',
+  'logit_bias',
+  ...SAMPLING_FIELD_NAMES,
   // SGLang's extension
   'lora_path',
 ];
@@ -34,7 +42,11 @@ export function rejectUnknown(body: JsonObject, known: readonly string[]): void 
 
 /** Sampling from OpenAI's fields; maxTokensKeys lists the names that set the output length, first wins. */
 export async function parseCommon(
-  body: JsonObject, servedModelName: string, engine: TroupeEngine, maxTokensKeys: string[], defaultMaxTokens: number,
+  body: JsonObject,
+  servedModelName: string,
+  engine: TroupeEngine,
+  maxTokensKeys: string[],
+  defaultMaxTokens: number,
 ): Promise<CommonRequest> {
   const choice = await resolveModel(body, servedModelName, engine);
   const w = wireFields(body);
@@ -47,13 +59,14 @@ export async function parseCommon(
   field('logit_bias', checkLogitBias);
   const n = field('n', checkChoices) ?? 1;
   const stream = field('stream', asBool) ?? false;
-  const includeUsage = field('stream_options', (v, f) => {
-    if (!isObject(v)) expected(f, 'an object', v);
-    if (!stream) throw badRequest('stream_options is only allowed with "stream": true');
-    for (const k of Object.keys(v)) {
-      if (k !== 'include_usage') throw badRequest(`unknown field ${JSON.stringify(k)} in stream_options; accepted: include_usage`);
-    }
-    return v.include_usage === undefined || v.include_usage === null ? false : asBool(v.include_usage, 'stream_options.include_usage');
-  }) ?? false;
+  const includeUsage =
+    field('stream_options', (v, f) => {
+      if (!isObject(v)) expected(f, 'an object', v);
+      if (!stream) throw badRequest('stream_options is only allowed with "stream": true');
+      for (const k of Object.keys(v)) {
+        if (k !== 'include_usage') throw badRequest(`unknown field ${JSON.stringify(k)} in stream_options; accepted: include_usage`);
+      }
+      return v.include_usage === undefined || v.include_usage === null ? false : asBool(v.include_usage, 'stream_options.include_usage');
+    }) ?? false;
   return { ...choice, sampling, n, stream, includeUsage };
 }

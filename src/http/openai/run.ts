@@ -44,7 +44,10 @@ export function finishReasonOf(f: FinishReason | null): string | null {
  * errors about the prompt name `promptParam`, and with include_usage a usage chunk comes last.
  */
 export function openAiStream(
-  promptParam: string, render: StreamShape['render'], usageChunk: ((usage: Usage) => unknown) | null, n: number,
+  promptParam: string,
+  render: StreamShape['render'],
+  usageChunk: ((usage: Usage) => unknown) | null,
+  n: number,
 ): StreamShape {
   const shape: StreamShape = {
     route: 'OpenAI',
