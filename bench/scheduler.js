@@ -22,6 +22,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { fakeResult } from './fake-step.js';
 
 const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE]
   Times the scheduler's steps with 10, 1,000 and 10,000 registered adapters (run \`npm run build\` first).
@@ -93,21 +94,6 @@ setFlagsFromString('--expose-gc');
 /** A full collection, between rows only. */
 const collectGarbage = runInNewContext('gc');
 
-/** Results by batch size, reused: complete() copies what it needs out of a result. */
-const results = [];
-function fakeResult(batch, n) {
-  const r = (results[n] ??= {
-    tokens: new Int32Array(n),
-    logprobs: new Float32Array(n),
-    topIds: new Int32Array(0),
-    topLogprobValues: new Float32Array(0),
-    logits: null,
-    errors: null,
-  });
-  for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
-  return r;
-}
-
 /** Collections seen while a row's steps run (the observer hears of them after the row). */
 const pauses = [];
 new PerformanceObserver((list) => {
@@ -153,7 +139,7 @@ async function run(count) {
     const start = performance.now();
     let copied = serveLoader(s);
     const step = s.schedule();
-    if (step) s.complete(fakeResult(step.batch, step.seqIds.length));
+    if (step) s.complete(fakeResult(step.batch));
     copied += serveLoader(s);
     refill();
     const end = performance.now();

@@ -10,6 +10,8 @@
 // The loader follows src/actors/loader.worker.ts: a command waits for the earlier commands that
 // name its adapter or slot, reads go at most `maxReads` at a time (first come first served),
 // copies run at once.
+import { fakeResult } from './fake-step.js';
+
 /** A min-heap of events by time, then by insertion, so equal times keep their order. */
 class Events {
   heap = [];
@@ -138,22 +140,6 @@ export function stepMs(model, batch) {
   const slots = new Set(batch.loraSlots);
   slots.delete(-1);
   return { ms: model.a + model.b * rows + model.c * prefill + model.d * slots.size, rows, prefill, adapters: slots.size };
-}
-
-const results = [];
-/** A fake GPU answer: a token for every sequence that samples (ignore_eos runs to max_new_tokens). */
-function fakeResult(batch) {
-  const n = batch.loraSlots.length;
-  const r = (results[n] ??= {
-    tokens: new Int32Array(n),
-    logprobs: new Float32Array(n),
-    topIds: new Int32Array(0),
-    topLogprobValues: new Float32Array(0),
-    logits: null,
-    errors: null,
-  });
-  for (let i = 0; i < n; i++) r.tokens[i] = batch.sample[i] ? 100 : -1;
-  return r;
 }
 
 /**
