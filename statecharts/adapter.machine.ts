@@ -58,9 +58,10 @@ export type AdapterEvent =
   | { type: 'REVIVE' }
   /** A request naming it was queued / started running / went back to waiting / ended. */
   | { type: 'ACQUIRE' }
-  | { type: 'START' }
+  /** `count` requests at once (default 1): a step starts or ends many requests of one adapter, and one event each would cost more than the step's own scheduling. */
+  | { type: 'START'; count?: number }
   | { type: 'PREEMPT' }
-  | { type: 'RELEASE'; running: boolean }
+  | { type: 'RELEASE'; running: boolean; count?: number }
   /** The loader thread was replaced: its CPU copies and the commands it had not run are gone. */
   | { type: 'LOADER_RESTARTED' };
 
@@ -107,11 +108,13 @@ export const adapterMachine = setup({
     // The loader reports the rest of a failed load (the copy queued behind a read that failed).
     copyFailedToo: assign({ copyQueued: false }),
     acquire: assign(({ context }) => ({ users: context.users + 1 })),
-    start: assign(({ context }) => ({ running: context.running + 1 })),
+    start: assign(({ context, event }) => ({ running: context.running + (event.type === 'START' ? (event.count ?? 1) : 1) })),
     preempt: assign(({ context }) => ({ running: context.running - 1 })),
-    release: assign(({ context, event }) =>
-      event.type === 'RELEASE' ? { users: context.users - 1, running: context.running - (event.running ? 1 : 0) } : {},
-    ),
+    release: assign(({ context, event }) => {
+      if (event.type !== 'RELEASE') return {};
+      const n = event.count ?? 1;
+      return { users: context.users - n, running: context.running - (event.running ? n : 0) };
+    }),
     // Loader commands. Each reads the context before the transition's assignments run.
     readFromDisk: emit(({ context }) => command({ kind: 'load-cpu', name: context.name, path: context.path })),
     copyToSlot: emit(({ context, event }) =>
@@ -133,7 +136,11 @@ export const adapterMachine = setup({
     evictable: ({ context }) => context.running === 0 && !context.rereading,
     evictableWithCopy: ({ context }) => context.running === 0 && !context.rereading && context.cpuCopy,
     hasRunning: ({ context }) => context.running > 0,
-    canRelease: ({ context, event }) => event.type === 'RELEASE' && context.users > 0 && (!event.running || context.running > 0),
+    canRelease: ({ context, event }) => {
+      if (event.type !== 'RELEASE') return false;
+      const n = event.count ?? 1;
+      return n >= 1 && context.users >= n && (!event.running || context.running >= n);
+    },
     removalAskedAndUnused: ({ context }) => context.removal && context.users === 0 && !context.copyQueued,
     copyQueued: ({ context }) => context.copyQueued,
     /** Unloading completes once no request uses it and no read or copy of it is in flight. */

@@ -217,6 +217,26 @@ describe('what the machine owns', () => {
     expect(empty.can({ type: 'RELEASE', running: false })).toBe(false);
   });
 
+  test('requests a step starts or ends together are counted by one event', () => {
+    const { snap } = run([
+      { type: 'LOAD' },
+      loaded,
+      { type: 'ACQUIRE' },
+      { type: 'ACQUIRE' },
+      { type: 'ACQUIRE' },
+      { type: 'COPY', slot: 0 },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'START', count: 3 },
+    ]);
+    expect(snap.context).toMatchObject({ users: 3, running: 3 });
+    // More running requests ending than run is refused, and so is an empty count.
+    expect(snap.can({ type: 'RELEASE', running: true, count: 4 })).toBe(false);
+    expect(snap.can({ type: 'RELEASE', running: true, count: 0 })).toBe(false);
+    const [idle] = transition(adapterMachine, snap, { type: 'RELEASE', running: true, count: 3 });
+    expect(idle.context).toMatchObject({ users: 0, running: 0 });
+    expect(idle.can({ type: 'EVICT' })).toBe(true);
+  });
+
   test('a request only starts on a resident adapter', () => {
     const { snap } = run([{ type: 'LOAD' }, loaded, { type: 'ACQUIRE' }]);
     expect(snap.can({ type: 'START' })).toBe(false);

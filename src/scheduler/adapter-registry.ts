@@ -287,10 +287,11 @@ export class AdapterRegistry implements PlacementHost {
     this.index.touch(name);
   }
 
-  /** One of its waiting requests starts running (its adapter is resident). */
-  started(name: string, arrival: number): void {
-    this.index.unwant(name, arrival, this.residency(name));
-    this.send(name, { type: 'START' }, 'a request started');
+  /** Waiting requests of it (their `arrivals`) start running in one step (its adapter is resident). */
+  started(name: string, arrivals: readonly number[]): void {
+    const residency = this.residency(name);
+    for (const arrival of arrivals) this.index.unwant(name, arrival, residency);
+    this.send(name, { type: 'START', count: arrivals.length }, arrivals.length === 1 ? 'a request started' : `${arrivals.length} requests started`);
     this.index.touch(name);
   }
 
@@ -304,6 +305,11 @@ export class AdapterRegistry implements PlacementHost {
   ended(name: string, arrival: number, wasRunning: boolean): void {
     if (!wasRunning) this.index.unwant(name, arrival, this.residency(name));
     this.send(name, { type: 'RELEASE', running: wasRunning }, 'a request ended');
+  }
+
+  /** `count` running requests of it ended in one step. */
+  endedRunning(name: string, count: number): void {
+    this.send(name, { type: 'RELEASE', running: true, count }, count === 1 ? 'a request ended' : `${count} requests ended`);
   }
 
   /** A step used it: it becomes the most recently used. */

@@ -56,6 +56,8 @@ export class Scheduler {
   private readonly registry: AdapterRegistry;
   /** Both kept in arrival order. */
   private waiting: Sequence[] = [];
+  /** While complete() runs: running requests ended by adapter, reported to the registry at its end. */
+  private ending: Map<string, number> | null = null;
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
@@ -230,6 +232,8 @@ export class Scheduler {
     const draining = this.draining;
     draining.length = 0;
     const drainLimit = mostDraining(max);
+    // Arrivals of the requests admitted now, by adapter: each adapter hears of them in one event.
+    const started = new Map<string, number[]>();
     const waiting = this.waiting;
     let i = 0;
     // Requests held back are moved down over the admitted ones, keeping their order.
@@ -269,7 +273,7 @@ export class Scheduler {
       s.status = 'running';
       insertByArrival(this.running, s);
       addOnce(distinct, lora);
-      if (lora !== null) this.registry.started(lora, s.arrival);
+      if (lora !== null) tally(started, lora, s.arrival);
       budget -= chunk;
       this.setEntry(n++, s, chunk);
     }
@@ -277,6 +281,7 @@ export class Scheduler {
       for (let j = i; j < waiting.length; j++) waiting[kept++] = waiting[j]!;
       waiting.length = kept;
     }
+    for (const [lora, arrivals] of started) this.registry.started(lora, arrivals);
 
     this.pump();
     if (n === 0) return null;
@@ -299,6 +304,21 @@ export class Scheduler {
     }
     const events = this.takeEvents();
     const width = n > 0 ? result.topIds.length / n : 0;
+    // Running requests that end now, counted by adapter and reported once each after the loop.
+    const ending = new Map<string, number>();
+    this.ending = ending;
+    try {
+      this.completeEntries(result, n, width, events);
+    } finally {
+      this.ending = null;
+      for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
+    }
+    this.pump();
+    return events;
+  }
+
+  /** Advances each sequence of the completed step by its entry and the result's row. */
+  private completeEntries(result: StepResult, n: number, width: number, events: TokenEvent[]): void {
     for (let i = 0; i < n; i++) {
       const e = this.entries[i]!;
       const s = e.seq;
@@ -323,8 +343,6 @@ export class Scheduler {
       if (finish) this.drop(s);
       events.push(s.event(finish, token));
     }
-    this.pump();
-    return events;
   }
 
   /** Sequences the engine failed alone in the last steps (malformed sampling values); already dropped. */
@@ -408,7 +426,9 @@ export class Scheduler {
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.kv.release(s.blocks);
-    if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
+    const lora = s.init.lora;
+    if (lora !== null && wasRunning && this.ending !== null) this.ending.set(lora, (this.ending.get(lora) ?? 0) + 1);
+    else if (lora !== null) this.registry.ended(lora, s.arrival, wasRunning);
     s.status = 'finished';
     this.byId.delete(s.id);
     return s;
@@ -427,4 +447,11 @@ function insertByArrival(list: Sequence[], s: Sequence): void {
   let i = list.length;
   while (i > 0 && list[i - 1]!.arrival > s.arrival) i--;
   list.splice(i, 0, s);
+}
+
+/** Appends `value` to the list kept under `key`. */
+function tally(map: Map<string, number[]>, key: string, value: number): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }
