@@ -35,6 +35,11 @@ describe('flag parsing', () => {
     expect(options).toMatchObject({ port: 8080, maxLorasPerBatch: 4, host: '0.0.0.0' });
   });
 
+  it('takes --enable-metrics from SGLang command lines, which changes nothing', () => {
+    expect(validate('--enable-metrics').options).toEqual(validate().options);
+    expect(validate('--enable-metrics=false').options).toEqual(validate().options);
+  });
+
   it('takes list flags up to the next flag', () => {
     const { options } = validate('--lora-paths', 'a=/x', '/y', '--port', '1');
     expect(options.loraPaths).toEqual([

@@ -53,6 +53,13 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'host', kind: 'string', default: '127.0.0.1', group: 'server', help: 'Address to listen on.' },
   { name: 'port', kind: 'int', default: 30000, group: 'server', help: 'Port to listen on.' },
   {
+    name: 'enable-metrics',
+    kind: 'bool',
+    default: false,
+    group: 'server',
+    help: "Taken so SGLang command lines start unchanged: GET /metrics is always served, under troupe's, vLLM's and SGLang's names.",
+  },
+  {
     name: 'api-key',
     kind: 'string',
     default: null,
