@@ -35,8 +35,8 @@ describe('flag parsing', () => {
     expect(options).toMatchObject({ port: 8080, maxLorasPerBatch: 4, host: '0.0.0.0' });
   });
 
-  it('takes --enable-metrics from SGLang command lines, which changes nothing', () => {
-    expect(validate('--enable-metrics').options).toEqual(validate().options);
+  it('takes --enable-metrics, --disable-radix-cache and --trust-remote-code from SGLang command lines, which change nothing', () => {
+    expect(validate('--enable-metrics', '--disable-radix-cache', '--trust-remote-code').options).toEqual(validate().options);
     expect(validate('--enable-metrics=false').options).toEqual(validate().options);
   });
 

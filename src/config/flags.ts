@@ -37,6 +37,13 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'Directory holding tokenizer.json and tokenizer_config.json; defaults to --model-path.',
   },
   {
+    name: 'trust-remote-code',
+    kind: 'bool',
+    default: false,
+    group: 'model',
+    help: 'Taken so SGLang command lines start unchanged: troupe runs no code from a checkpoint, only its config, weights and tokenizer files.',
+  },
+  {
     name: 'served-model-name',
     kind: 'string',
     default: null,
@@ -225,6 +232,13 @@ export const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'cuda-graph-max-bs', kind: 'int', default: 256, group: 'runtime', help: 'Largest decode batch captured as a CUDA graph.' },
   { name: 'disable-cuda-graph', kind: 'bool', default: false, group: 'runtime', help: 'Run decode steps without CUDA graphs.' },
+  {
+    name: 'disable-radix-cache',
+    kind: 'bool',
+    default: false,
+    group: 'runtime',
+    help: 'Taken so SGLang command lines start unchanged: troupe has no prefix (radix) cache, so there is none to disable.',
+  },
   {
     name: 'device',
     kind: 'choice',
