@@ -21,7 +21,7 @@ const files = sources(join(root, 'native'))
   .map((f) => relative(root, f))
   .sort();
 // The package's own binary for this platform (its index.js wrapper adds a stack trace to every failure).
-const bin = join(root, 'node_modules', 'clang-format', 'bin', `${process.platform}_${process.arch === 'x64' ? 'x64' : process.arch}`, 'clang-format');
+const bin = join(root, 'node_modules', 'clang-format', 'bin', `${process.platform}_${process.arch}`, 'clang-format');
 const args = fix ? ['-i', ...files] : ['--dry-run', '--Werror', ...files];
 const res = spawnSync(bin, args, { cwd: root, stdio: 'inherit' });
 if (res.error) {

@@ -56,8 +56,10 @@ export class Scheduler {
   private readonly registry: AdapterRegistry;
   /** Both kept in arrival order. */
   private waiting: Sequence[] = [];
-  /** While complete() runs: running requests ended by adapter, reported to the registry at its end. */
-  private ending: Map<string, number> | null = null;
+  /** Running requests a step ended, by adapter: each adapter hears of them in one event after the step. */
+  private readonly ending = new Map<string, number>();
+  /** Arrivals of the requests a step admitted, by adapter, reported the same way. */
+  private readonly started = new Map<string, number[]>();
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
@@ -233,7 +235,8 @@ export class Scheduler {
     draining.length = 0;
     const drainLimit = mostDraining(max);
     // Arrivals of the requests admitted now, by adapter: each adapter hears of them in one event.
-    const started = new Map<string, number[]>();
+    const started = this.started;
+    started.clear();
     const waiting = this.waiting;
     let i = 0;
     // Requests held back are moved down over the admitted ones, keeping their order.
@@ -304,13 +307,11 @@ export class Scheduler {
     }
     const events = this.takeEvents();
     const width = n > 0 ? result.topIds.length / n : 0;
-    // Running requests that end now, counted by adapter and reported once each after the loop.
-    const ending = new Map<string, number>();
-    this.ending = ending;
+    const ending = this.ending;
+    ending.clear();
     try {
-      this.completeEntries(result, n, width, events);
+      this.completeEntries(result, n, width, events, ending);
     } finally {
-      this.ending = null;
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
     }
     this.pump();
@@ -318,7 +319,7 @@ export class Scheduler {
   }
 
   /** Advances each sequence of the completed step by its entry and the result's row. */
-  private completeEntries(result: StepResult, n: number, width: number, events: TokenEvent[]): void {
+  private completeEntries(result: StepResult, n: number, width: number, events: TokenEvent[], ending: Map<string, number>): void {
     for (let i = 0; i < n; i++) {
       const e = this.entries[i]!;
       const s = e.seq;
@@ -326,7 +327,7 @@ export class Scheduler {
       if (s.status !== 'running' || this.byId.get(s.id) !== s) continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
-        this.drop(s);
+        this.drop(s, ending);
         this.failures.push({ id: s.id, message: error });
         continue;
       }
@@ -340,7 +341,7 @@ export class Scheduler {
         topLogprobs: k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : [],
       };
       const finish = s.accept(token.id, this.opts.eosTokenIds, this.opts.contextLength);
-      if (finish) this.drop(s);
+      if (finish) this.drop(s, ending);
       events.push(s.event(finish, token));
     }
   }
@@ -419,15 +420,18 @@ export class Scheduler {
     if (s.init.lora !== null) this.registry.preempted(s.init.lora, s.arrival);
   }
 
-  /** Removes a sequence for good (finished, aborted, or its adapter failed). */
-  private drop(s: Sequence): Sequence {
+  /**
+   * Removes a sequence for good (finished, aborted, or its adapter failed). With `ending`, a
+   * running one is counted there for its adapter instead of being reported at once.
+   */
+  private drop(s: Sequence, ending?: Map<string, number>): Sequence {
     const wasRunning = s.status === 'running';
     const list = wasRunning ? this.running : this.waiting;
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.kv.release(s.blocks);
     const lora = s.init.lora;
-    if (lora !== null && wasRunning && this.ending !== null) this.ending.set(lora, (this.ending.get(lora) ?? 0) + 1);
+    if (lora !== null && wasRunning && ending) ending.set(lora, (ending.get(lora) ?? 0) + 1);
     else if (lora !== null) this.registry.ended(lora, s.arrival, wasRunning);
     s.status = 'finished';
     this.byId.delete(s.id);
