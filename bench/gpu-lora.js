@@ -13,6 +13,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { loraWorkload } from './gpu-steps.js';
+import { nvidiaSmi } from './serve-server.js';
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
@@ -28,6 +29,7 @@ const w = loraWorkload();
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
+  device: nvidiaSmi(),
   model: 'random weights, Llama-3.1-8B shape, bf16',
   rows: w.ROWS,
   context: w.CONTEXT,
