@@ -14,6 +14,7 @@ import { join } from 'node:path';
 
 import { loraWorkload } from './gpu-steps.js';
 import { nvidiaSmi } from './serve-server.js';
+
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
