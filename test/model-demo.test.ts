@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { runMakeDemo } from '../src/cli/make-demo.js';
@@ -127,6 +127,33 @@ describe('troupe make-demo', () => {
     const text = out.join('');
     expect(text).toContain(`to ${dir}`);
     expect(text).toMatch(/adapters\/demo-b\/adapter_model\.safetensors\s+\d/);
+  });
+
+  it('copies the trained demo model for --trained and names its adapters in the serve command', () => {
+    const source = join(tmp.path, 'trained-source');
+    mkdirSync(join(source, 'adapters', 'style'), { recursive: true });
+    writeFileSync(join(source, 'config.json'), '{}');
+    writeFileSync(join(source, 'model.safetensors'), 'weights');
+    writeFileSync(join(source, 'adapters', 'style', 'adapter_config.json'), '{}');
+    const out: string[] = [];
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => (out.push(String(chunk)), true));
+    const dir = join(tmp.path, 'trained-copy');
+    try {
+      runMakeDemo([dir, '--trained'], undefined, source);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(readFileSync(join(dir, 'model.safetensors'), 'utf8')).toBe('weights');
+    const text = out.join('');
+    expect(text).toContain(`Wrote the trained demo model to ${dir}`);
+    expect(text).toMatch(/adapters\/style\/adapter_config\.json\s+2 B/);
+    expect(text).toContain(`--lora-paths style=${join(dir, 'adapters', 'style')}`);
+    // Into a folder that holds something, with a seed, or without a trained model: refused.
+    expect(() => runMakeDemo([dir, '--trained'], undefined, source)).toThrow(/trained-copy is not empty/);
+    expect(() => runMakeDemo([join(tmp.path, 't2'), '--trained', '--seed', '3'], undefined, source)).toThrow(/--seed is for the generated model/);
+    expect(() => runMakeDemo([join(tmp.path, 't3'), '--trained'], undefined, join(tmp.path, 'nothing'))).toThrow(
+      /no trained demo model in .*nothing/,
+    );
   });
 
   it('uses the default directory and rejects bad arguments', () => {

@@ -230,14 +230,21 @@ describe('README examples', () => {
       expect(fileURLToPath(resolved.stdout.trim())).toBe(join(ROOT, 'dist', 'src', 'index.js'));
       expect(existsSync(join(ROOT, 'dist', 'src', 'index.d.ts'))).toBe(true);
 
-      // The same request over HTTP on the same (seeded) demo model gives the text to expect: the
-      // example prints it once from generate and once, piece by piece, from the stream.
-      const res = await fetch(`http://127.0.0.1:${main.port}/generate`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ text: 'Once upon a time', lora_path: 'demo-b', sampling_params: { max_new_tokens: 16, temperature: 0 } }),
-      });
-      const text = ((await res.json()) as { text: string }).text;
+      // The same request over HTTP on the (seeded) demo model the example wrote gives the text to
+      // expect: the example prints it once from generate and once, piece by piece, from the stream.
+      const model = join(dir, 'demo-model');
+      const server = await Server.start(['--model-path', model, '--lora-paths', `demo-b=${join(model, 'adapters', 'demo-b')}`]);
+      let text: string;
+      try {
+        const res = await fetch(`http://127.0.0.1:${server.port}/generate`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ text: 'Once upon a time', lora_path: 'demo-b', sampling_params: { max_new_tokens: 16, temperature: 0 } }),
+        });
+        text = ((await res.json()) as { text: string }).text;
+      } finally {
+        await server.close();
+      }
       expect(text.length).toBeGreaterThan(0);
       expect(stdout).toBe(`${text}\n${text}\ndemo-a demo-b b2\n`);
 

@@ -1,8 +1,13 @@
-// `troupe make-demo [dir] [--seed N]`: writes the demo model and its two adapters.
-import { statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+// `troupe make-demo [dir] [--seed N]`: writes the generated demo model and its two adapters;
+// `troupe make-demo [dir] --trained`: copies the trained demo model (models/demo) and its adapters.
+import { cpSync, existsSync, readdirSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
 import { badRequest } from '../errors.js';
 import { makeDemo } from '../model/demo.js';
+import { trainedDemoDir } from '../paths.js';
+import { generatedDemo, trainedDemo, type DemoModel } from './demo-model.js';
+
+const USAGE = 'usage: troupe make-demo [dir] [--seed N | --trained]';
 
 const WRITTEN = [
   'config.json',
@@ -19,9 +24,25 @@ function formatSize(bytes: number): string {
   return `${bytes} B`;
 }
 
-export function runMakeDemo(argv: string[], defaultDir?: string): void {
+/** Every file under `dir`, relative to it, in name order. */
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => relative(dir, join(e.parentPath, e.name)))
+    .sort();
+}
+
+function report(what: string, root: string, files: string[], demo: DemoModel): void {
+  process.stdout.write(`Wrote ${what} to ${root}:\n`);
+  for (const f of files) process.stdout.write(`  ${f.padEnd(44)} ${formatSize(statSync(join(root, f)).size)}\n`);
+  const loras = demo.adapters.map((a) => `${a.name}=${a.path}`).join(' ');
+  process.stdout.write(`Serve it with:\n  troupe serve --model-path ${root} --enable-lora --lora-paths ${loras}\n`);
+}
+
+export function runMakeDemo(argv: string[], defaultDir?: string, trainedSource = trainedDemoDir()): void {
   let dir: string | undefined;
-  let seed = 0;
+  let seed: number | undefined;
+  let trained = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--seed' || arg.startsWith('--seed=')) {
@@ -30,8 +51,10 @@ export function runMakeDemo(argv: string[], defaultDir?: string): void {
         throw badRequest(`make-demo: --seed needs a non-negative integer, got ${JSON.stringify(value ?? null)}`);
       }
       seed = Number(value);
+    } else if (arg === '--trained') {
+      trained = true;
     } else if (arg.startsWith('-')) {
-      throw badRequest(`make-demo: unknown option ${arg} (usage: troupe make-demo [dir] [--seed N])`);
+      throw badRequest(`make-demo: unknown option ${arg} (${USAGE})`);
     } else if (dir === undefined) {
       dir = arg;
     } else {
@@ -39,13 +62,19 @@ export function runMakeDemo(argv: string[], defaultDir?: string): void {
     }
   }
   dir ??= defaultDir;
-  if (dir === undefined) throw badRequest('make-demo: no directory given (usage: troupe make-demo [dir] [--seed N])');
+  if (dir === undefined) throw badRequest(`make-demo: no directory given (${USAGE})`);
   const root = resolve(dir);
-  makeDemo(root, { seed });
-  process.stdout.write(`Wrote the demo model (seed ${seed}) to ${root}:\n`);
-  for (const f of WRITTEN) process.stdout.write(`  ${f.padEnd(44)} ${formatSize(statSync(join(root, f)).size)}\n`);
-  process.stdout.write(
-    `Serve it with:\n  troupe serve --model-path ${root} --enable-lora ` +
-      `--lora-paths demo-a=${join(root, 'adapters', 'demo-a')} demo-b=${join(root, 'adapters', 'demo-b')}\n`,
-  );
+  if (trained) {
+    // The trained weights come from training, not from a seed: a seed would change nothing.
+    if (seed !== undefined) throw badRequest('make-demo: --seed is for the generated model; --trained copies the trained one as it is');
+    if (!existsSync(join(trainedSource, 'config.json'))) {
+      throw badRequest(`make-demo: --trained: no trained demo model in ${trainedSource} (demo-train/README.md says how it is made)`);
+    }
+    if (existsSync(root) && readdirSync(root).length > 0) throw badRequest(`make-demo: --trained: ${root} is not empty`);
+    cpSync(trainedSource, root, { recursive: true });
+    report('the trained demo model', root, filesUnder(root), trainedDemo(root));
+    return;
+  }
+  makeDemo(root, { seed: seed ?? 0 });
+  report(`the demo model (seed ${seed ?? 0})`, root, WRITTEN, generatedDemo(root));
 }
