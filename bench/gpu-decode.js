@@ -87,7 +87,8 @@ const stepWeightBytes = hf.weightBytes - hf.embedBytes;
 const result = {
   date: new Date().toISOString().slice(0, 10),
   gpu: hf.gpu,
-  model: 'random weights, Llama-3.1-8B shape, bf16',
+  // The generators' checkpoints say only their family and size: random weights in bf16.
+  model: `random weights, ${c.architecture} (${c.numLayers} layers, hidden ${c.hiddenSize}), bf16`,
   context: CONTEXT,
   copyBandwidthTBs: hf.copyBandwidthBytesPerS / 1e12,
   stepWeightBytes,

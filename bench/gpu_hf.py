@@ -13,7 +13,7 @@ import statistics
 import sys
 
 import torch
-from transformers import DynamicCache, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 BATCHES = [1, 8, 32, 64, 128]
 CONTEXT = 512
@@ -52,7 +52,7 @@ def main():
     model_dir, out = sys.argv[1], sys.argv[2]
     result = {"copyBandwidthBytesPerS": copy_bandwidth()}
     print(f"device copy: {result['copyBandwidthBytesPerS'] / 1e12:.2f} TB/s", flush=True)
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     cfg = model.config
     result["weightBytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     result["embedBytes"] = model.model.embed_tokens.weight.numel() * 2
@@ -80,7 +80,7 @@ def main():
         prefill[f"{b}x{n}"] = {"ms": ms, "tokensPerS": b * n / (ms / 1e3)}
         print(f"transformers prefill {b}x{n}: {ms:.1f} ms, {b * n / (ms / 1e3):.0f} tokens/s", flush=True)
     result["prefill"] = prefill
-    result["config"] = {"layers": cfg.num_hidden_layers, "kvHeads": cfg.num_key_value_heads, "headDim": cfg.head_dim}
+    result["config"] = {"layers": cfg.num_hidden_layers, "kvHeads": cfg.num_key_value_heads, "headDim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads}
     result["gpu"] = torch.cuda.get_device_name()
     with open(out, "w") as f:
         json.dump(result, f, indent=2)

@@ -77,7 +77,8 @@ extern const char* const kLoraModuleNames[kNumLoraModules];
 // How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, or tensor-core mma.sync
 // (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
 // the shrink on a second stream beside the base projection.
-enum class LoraKernel { kFma, kMma, kMmaPdl, kMmaOverlap };
+// kAuto: kMmaOverlap where tensor cores run mma.sync (compute capability 8.0+), else kFma.
+enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap };
 
 struct EngineOptions {
   std::string device = "cpu";
@@ -93,7 +94,7 @@ struct EngineOptions {
   // segment per sequence (sgmv). The CPU backend groups by slot either way.
   bool loraSgmv = false;
   int loraChunkSize = 16;
-  LoraKernel loraKernel = LoraKernel::kFma;
+  LoraKernel loraKernel = LoraKernel::kAuto;
   TensorParallel tp;
   int cudaDevice = 0;  // which GPU this rank runs on
 };

@@ -171,8 +171,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
-  if (o.loraKernel != LoraKernel::kFma) {
-    const bool pdl = o.loraKernel == LoraKernel::kMmaPdl;
+  // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
+  // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
+  // (bench/results/2026-11-29-h200-lora.json).
+  if (o_.loraKernel == LoraKernel::kAuto) o_.loraKernel = prop.major >= 8 ? LoraKernel::kMmaOverlap : LoraKernel::kFma;
+  if (o_.loraKernel != LoraKernel::kFma) {
+    const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
     if (prop.major < (pdl ? 9 : 8)) {
       throw std::invalid_argument(std::string("the tensor-core LoRA kernels") +
                                   (pdl ? " with programmatic dependent launch" : "") + " need compute capability " +
@@ -194,7 +198,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0) {
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
-    if (o.loraKernel == LoraKernel::kMmaOverlap) {
+    if (o_.loraKernel == LoraKernel::kMmaOverlap) {
       check(cudaStreamCreateWithFlags(&loraStream_, cudaStreamNonBlocking), "cudaStreamCreate");
       check(cudaEventCreateWithFlags(&loraFork_, cudaEventDisableTiming), "cudaEventCreate");
       check(cudaEventCreateWithFlags(&loraJoin_, cudaEventDisableTiming), "cudaEventCreate");

@@ -92,10 +92,10 @@ export interface EngineOptions {
   loraBackend?: 'csgmv' | 'sgmv';
   loraChunkSize?: number;
   /**
-   * How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops (the default),
-   * tensor-core mma.sync (compute capability 8.0+), mma with programmatic dependent launch (9.0+),
-   * or mma with each shrink on a second stream beside the base projection. Tests and benchmarks
-   * compare them; the server keeps the default.
+   * How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, tensor-core mma.sync
+   * (compute capability 8.0+), mma with programmatic dependent launch (9.0+), or mma with each
+   * shrink on a second stream beside the base projection. Absent: mma-overlap on 8.0+ (the
+   * fastest on the H200), else fma. Tests and benchmarks compare them; the server keeps the default.
    */
   loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap';
   /** Tensor parallelism; absent = one rank holding the whole model. */
