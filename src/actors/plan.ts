@@ -46,7 +46,21 @@ export function chooseDevice(wanted: ServeOptions['device'], native: Pick<Native
   return device;
 }
 
+/** What each backend computes in, by the names --dtype accepts for it (SGLang's spellings). */
+const COMPUTE_DTYPES: Record<'cpu' | 'cuda', readonly string[]> = { cuda: ['bfloat16'], cpu: ['float32', 'float'] };
+
+/** --dtype must be auto or name what the chosen backend computes in: another would be silently ignored. */
+export function checkDtype(dtype: ServeOptions['dtype'], device: 'cpu' | 'cuda'): void {
+  if (dtype === 'auto' || COMPUTE_DTYPES[device].includes(dtype)) return;
+  const other = device === 'cuda' ? 'cpu' : 'cuda';
+  const where = COMPUTE_DTYPES[other].includes(dtype) ? ` (the ${other} backend's)` : '';
+  throw badRequest(
+    `--dtype ${dtype}: the ${device} backend computes in ${COMPUTE_DTYPES[device][0]}, not ${dtype}${where}; pass --dtype auto or ${COMPUTE_DTYPES[device][0]}`,
+  );
+}
+
 export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu' | 'cuda', adapterInfos: AdapterInfo[], log: Log): EnginePlan {
+  checkDtype(opts.dtype, device);
   const loraEnabled = opts.enableLora || opts.loraPaths.length > 0;
   const blockSize = opts.pageSize === 1 ? BLOCK_SIZE_FOR_PAGE_SIZE_1 : opts.pageSize;
   const totalTokens = opts.maxTotalTokens ?? (device === 'cpu' ? CPU_DEFAULT_TOTAL_TOKENS : null);

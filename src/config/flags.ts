@@ -44,6 +44,14 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'Taken so SGLang command lines start unchanged: troupe runs no code from a checkpoint, only its config, weights and tokenizer files.',
   },
   {
+    name: 'dtype',
+    kind: 'choice',
+    default: 'auto',
+    choices: ['auto', 'bfloat16', 'half', 'float16', 'float', 'float32'],
+    group: 'model',
+    help: "What the model computes in. The CUDA backend computes in bfloat16 and the CPU backend in float32, whatever the checkpoint stores; naming the other is refused at start rather than ignored. auto takes the backend's.",
+  },
+  {
     name: 'served-model-name',
     kind: 'string',
     default: null,

@@ -44,6 +44,8 @@ export interface ServeOptions {
   cudaGraphMaxBs: number;
   memFractionStatic: number;
   device: 'auto' | 'cpu' | 'cuda';
+  /** --dtype as given; planEngine checks it against the backend chosen. */
+  dtype: 'auto' | 'bfloat16' | 'half' | 'float16' | 'float' | 'float32';
   logLevel: LogLevel;
   /** Most sequences in one batch. */
   maxRunningRequests: number;

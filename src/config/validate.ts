@@ -111,6 +111,7 @@ export function validateFlags(flags: RawFlags): Validated {
     cudaGraphMaxBs: bool('disable-cuda-graph') ? 0 : atLeast('cuda-graph-max-bs', 0)!,
     memFractionStatic,
     device: str('device') as 'auto' | 'cpu' | 'cuda',
+    dtype: str('dtype') as ServeOptions['dtype'],
     logLevel: str('log-level') as LogLevel,
     maxRunningRequests: atLeast('max-running-requests', 1)!,
     chunkedPrefillSize,
