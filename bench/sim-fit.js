@@ -3,16 +3,16 @@
 // time a decoding request sees, so it carries the model's terms: the rows decoding together
 // (b), the prompt tokens prefilled alongside (c), the distinct adapters (d), and the rest (a).
 // The fit minimises the mean squared log ratio by Nelder-Mead; it must run under the
-// scheduler that produced the measurements (the commit of 2026-11-29's runs, or one with the
-// same admission), since admission sets how many rows run together.
-import { SETUPS, measured, simulateSetup } from './sim-setups.js';
+// scheduler that produced the measurements, since admission sets how many rows run together:
+// only the runs made under that admission count (sim-setups.js's fitsModel).
+import { SETUPS, fitsModel, measured, simulateSetup } from './sim-setups.js';
 
-/** Every measured ITL p50 of the simulated setups: fixed-rate runs and capacity probes. */
+/** Every measured ITL p50 of the simulated setups that fits the model: fixed-rate runs and capacity probes. */
 export function fitPoints() {
   const points = [];
   for (const setup of SETUPS) {
     const fixed = measured(setup, '');
-    if (fixed) {
+    if (fixed && fitsModel(setup, fixed)) {
       const w = fixed.config.workload;
       points.push({
         label: setup.label,
@@ -24,7 +24,7 @@ export function fitPoints() {
       });
     }
     const cap = measured(setup, '-capacity');
-    for (const p of cap?.capacity.probes ?? []) {
+    for (const p of cap && fitsModel(setup, cap) ? cap.capacity.probes : []) {
       const c = cap.config.capacity;
       points.push({
         label: `${setup.label} probe`,
