@@ -56,9 +56,12 @@ export type AdapterEvent =
   | { type: 'DRAINED' }
   /** A request names an adapter whose unload still waits for its requests: it stays, as if loaded again. */
   | { type: 'REVIVE' }
-  /** A request naming it was queued / started running / went back to waiting / ended. */
-  | { type: 'ACQUIRE' }
-  /** `count` requests at once (default 1): a step starts or ends many requests of one adapter, and one event each would cost more than the step's own scheduling. */
+  /**
+   * A request naming it was queued / started running / went back to waiting / ended; `count`
+   * requests at once (default 1): a step starts or ends many requests of one adapter, and many
+   * arrive between two steps, and one event each would cost more than the step's own scheduling.
+   */
+  | { type: 'ACQUIRE'; count?: number }
   | { type: 'START'; count?: number }
   | { type: 'PREEMPT' }
   | { type: 'RELEASE'; running: boolean; count?: number }
@@ -107,7 +110,7 @@ export const adapterMachine = setup({
     noteQueuedCopy: assign(({ context }) => ({ copyQueued: context.rereading })),
     // The loader reports the rest of a failed load (the copy queued behind a read that failed).
     copyFailedToo: assign({ copyQueued: false }),
-    acquire: assign(({ context }) => ({ users: context.users + 1 })),
+    acquire: assign(({ context, event }) => ({ users: context.users + (event.type === 'ACQUIRE' ? (event.count ?? 1) : 1) })),
     start: assign(({ context, event }) => ({ running: context.running + (event.type === 'START' ? (event.count ?? 1) : 1) })),
     preempt: assign(({ context }) => ({ running: context.running - 1 })),
     release: assign(({ context, event }) => {

@@ -2,7 +2,8 @@
 // than a step may hold, no later request can be admitted, so the step stops looking.
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
-import { newScheduler, seq, serveLoader, step } from './scheduler-harness.js';
+import { adapterMachine } from '../statecharts/adapter.machine.js';
+import { newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
   vi.restoreAllMocks();
@@ -37,5 +38,37 @@ describe("a step's work", () => {
     step(s);
     expect(Array.from(first.batch.tokens)).toEqual(tokens);
     expect(Array.from(first.batch.contextLens)).toEqual(contextLens);
+  });
+
+  test("requests queued between two steps reach their adapter's machine as one event, heard before it is read", () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    s.submit(seq('first', { lora: 'A', maxNewTokens: 1 }));
+    runAll(s);
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    for (let i = 0; i < 40; i++) s.submit(seq(`r${i}`, { lora: 'A' }));
+    // A resident adapter takes new requests without a transition each.
+    expect(transitions).not.toHaveBeenCalled();
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 40, running: 0 });
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'ACQUIRE', count: 40 }]);
+    // Events after it find the count: an abort releases one of the 40, a step starts the rest.
+    expect(s.abort('r0')?.finish).toEqual({ type: 'abort', message: 'Request aborted' });
+    expect(step(s)!.ids).toHaveLength(39);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 39, running: 39 });
+  });
+
+  test("a batch's arrays share one buffer without overlapping", () => {
+    const s = newScheduler({ chunkedPrefillSize: 20 });
+    // Penalties send histories; chunked prefills and decodes mix in the step below.
+    for (let i = 0; i < 5; i++) s.submit(seq(`r${i}`, { prompt: 3 + 2 * i, sampling: sampling({ repetitionPenalty: i % 2 ? 1.2 : 1 }) }));
+    step(s);
+    const { batch } = step(s)!;
+    const views = Object.entries(batch).filter((kv): kv is [string, Int32Array] => ArrayBuffer.isView(kv[1]));
+    expect(views).toHaveLength(19);
+    const ranges = views.map(([name, v]) => ({ name, from: v.byteOffset, to: v.byteOffset + v.byteLength })).sort((a, b) => a.from - b.from);
+    for (let i = 1; i < ranges.length; i++) expect(ranges[i]!.from, ranges[i]!.name).toBeGreaterThanOrEqual(ranges[i - 1]!.to);
+    expect(ranges.at(-1)!.to).toBe(batch.tokens.buffer.byteLength);
+    for (const [name, v] of views) expect(v.buffer, name).toBe(batch.tokens.buffer);
+    expect(batch.penaltyTokens.length).toBeGreaterThan(0);
   });
 });

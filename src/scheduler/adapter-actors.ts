@@ -35,6 +35,11 @@ interface AdapterRecord {
   removal: { promise: Promise<void>; resolve: () => void } | null;
   /** Callers waiting for its read from disk to end. */
   readWaiters: Array<(status: AdapterStatus | null) => void>;
+  /**
+   * Requests that named it since its machine last heard of any (see acquire): they reach the
+   * machine as one counted ACQUIRE before anything else is sent to it or read from it.
+   */
+  acquired: number;
 }
 
 function describe(event: AdapterEvent): string {
@@ -88,6 +93,7 @@ export class AdapterActors {
       last: null,
       removal: null,
       readWaiters: [],
+      acquired: 0,
     };
     this.records.set(rec.name, rec);
     this.index.add(rec.name, rec.pinned, rec.placed);
@@ -105,7 +111,15 @@ export class AdapterActors {
   }
 
   snapshot(name: string): AdapterSnapshot | null {
-    return this.records.get(name)?.snap ?? null;
+    const rec = this.records.get(name);
+    if (!rec) return null;
+    this.settle(rec);
+    return rec.snap;
+  }
+
+  /** Whether it was registered pinned (fixed for its machine's life, so its snapshot need not be current). */
+  pinned(name: string): boolean | null {
+    return this.records.get(name)?.pinned ?? null;
   }
 
   label(name: string): string | null {
@@ -141,12 +155,16 @@ export class AdapterActors {
 
   status(name: string): AdapterStatus | null {
     const rec = this.records.get(name);
-    return rec ? adapterStatus(rec.snap, rec.label, this.isLoaded(name)) : null;
+    if (!rec) return null;
+    this.settle(rec);
+    return adapterStatus(rec.snap, rec.label, this.isLoaded(name));
   }
 
   detail(name: string): AdapterDetail | null {
     const rec = this.records.get(name);
-    return rec ? adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last) : null;
+    if (!rec) return null;
+    this.settle(rec);
+    return adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last);
   }
 
   /** Resolves once the adapter's read from disk has ended (at once if none is in flight); null if it is gone. */
@@ -172,20 +190,50 @@ export class AdapterActors {
     return () => this.listeners.delete(listener);
   }
 
-  /** Whether a running request uses it (read from its machine; the machine's guards stay the rule). */
+  /**
+   * Whether a running request uses it (read from its machine; the machine's guards stay the
+   * rule). Acquisitions not yet heard change no running count, so they need not be settled.
+   */
   inUse(name: string): boolean {
     return (this.records.get(name)?.snap.context.running ?? 0) > 0;
   }
 
   can(name: string, event: AdapterEvent): boolean {
-    const snap = this.records.get(name)?.snap;
-    return snap !== undefined && snap.status === 'active' && snap.can(event);
+    const rec = this.records.get(name);
+    if (!rec) return false;
+    this.settle(rec);
+    return rec.snap.status === 'active' && rec.snap.can(event);
+  }
+
+  /**
+   * A new request names it. Requests arrive one by one, and between two steps hundreds may, so
+   * the machine hears them as one counted ACQUIRE when it is next sent an event or read (ACQUIRE
+   * only counts users: it moves no state, emits nothing and is never published, so nobody can
+   * tell the difference). Where the machine would refuse it (failed, or unloading: the caller
+   * has a bug), it hears it at once, so the error names this call.
+   */
+  acquire(name: string, reason: string): void {
+    const rec = this.records.get(name);
+    if (rec === undefined || rec.label === 'failed' || rec.label === 'unloading') {
+      this.send(name, { type: 'ACQUIRE' }, reason);
+      return;
+    }
+    rec.acquired++;
+  }
+
+  /** Lets its machine hear the acquisitions it has not heard yet. */
+  private settle(rec: AdapterRecord): void {
+    const count = rec.acquired;
+    if (count === 0) return;
+    rec.acquired = 0;
+    this.send(rec.name, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
   /** Sends an event the machine must accept: one it does not is a bug in the caller, reported with the adapter, its state and the event. */
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
+    this.settle(rec);
     const before = rec.snap;
     const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits

@@ -182,7 +182,7 @@ export class AdapterRegistry implements PlacementHost {
    * their machines, CPU copies and slots (the cache), which the CPU budget and the pool reclaim.
    */
   private use(name: string): void {
-    this.catalog.use(name, this.actors.snapshot(name)!.context.pinned);
+    this.catalog.use(name, this.actors.pinned(name)!);
   }
 
   /** Whether its machine runs the adapter `spec` describes. */
@@ -282,7 +282,7 @@ export class AdapterRegistry implements PlacementHost {
 
   /** A new request waits for it. */
   queued(name: string, arrival: number): void {
-    this.send(name, { type: 'ACQUIRE' }, 'a request names it');
+    this.actors.acquire(name, 'a request names it');
     this.index.want(name, arrival, this.residency(name));
     this.index.touch(name);
   }

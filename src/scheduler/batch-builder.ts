@@ -26,7 +26,8 @@ function sendsHistory(e: StepEntry): boolean {
 /**
  * The batch of the first `n` entries. Its arrays are new each step: the caller may keep a
  * batch while later steps are scheduled. Plain loops, and sizes counted before anything is
- * allocated, so the arrays are all a step allocates here.
+ * allocated; the arrays are views of one buffer, so a step allocates one backing store rather
+ * than one per array (each its own allocation, and each for the collector to sweep).
  */
 export function buildBatch(entries: readonly StepEntry[], n = entries.length): StepBatch {
   let total = 0;
@@ -38,27 +39,46 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
     if (sendsHistory(e)) historyLength += e.seq.tokens.length;
   }
+  // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
+  const words = 2 * total + 2 * (n + 1) + n * maxBlocksPerSeq + 12 * n + historyLength;
+  const buffer = new ArrayBuffer(4 * words + n);
+  let at = 0;
+  const i32 = (length: number): Int32Array => {
+    const a = new Int32Array(buffer, at, length);
+    at += 4 * length;
+    return a;
+  };
+  const f32 = (length: number): Float32Array => {
+    const a = new Float32Array(buffer, at, length);
+    at += 4 * length;
+    return a;
+  };
+  const u32 = (length: number): Uint32Array => {
+    const a = new Uint32Array(buffer, at, length);
+    at += 4 * length;
+    return a;
+  };
   const b: StepBatch = {
-    tokens: new Int32Array(total),
-    positions: new Int32Array(total),
-    seqStarts: new Int32Array(n + 1),
-    contextLens: new Int32Array(n),
-    blockTables: new Int32Array(n * maxBlocksPerSeq).fill(-1),
+    tokens: i32(total),
+    positions: i32(total),
+    seqStarts: i32(n + 1),
+    contextLens: i32(n),
+    blockTables: i32(n * maxBlocksPerSeq).fill(-1),
     maxBlocksPerSeq,
-    loraSlots: new Int32Array(n),
-    sample: new Uint8Array(n),
-    temperature: new Float32Array(n),
-    topK: new Int32Array(n),
-    topP: new Float32Array(n),
-    minP: new Float32Array(n),
-    frequencyPenalty: new Float32Array(n),
-    presencePenalty: new Float32Array(n),
-    repetitionPenalty: new Float32Array(n),
-    penaltyTokens: new Int32Array(historyLength),
-    penaltyStarts: new Int32Array(n + 1),
-    penaltyPromptLens: new Int32Array(n),
-    seeds: new Uint32Array(n),
-    draws: new Uint32Array(n),
+    loraSlots: i32(n),
+    sample: new Uint8Array(buffer, 4 * words, n),
+    temperature: f32(n),
+    topK: i32(n),
+    topP: f32(n),
+    minP: f32(n),
+    frequencyPenalty: f32(n),
+    presencePenalty: f32(n),
+    repetitionPenalty: f32(n),
+    penaltyTokens: i32(historyLength),
+    penaltyStarts: i32(n + 1),
+    penaltyPromptLens: i32(n),
+    seeds: u32(n),
+    draws: u32(n),
     topLogprobs: 0,
     returnLogits: false,
   };

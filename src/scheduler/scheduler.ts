@@ -312,13 +312,17 @@ export class Scheduler {
     try {
       this.completeEntries(result, n, width, events, ending);
     } finally {
+      this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
     }
     this.pump();
     return events;
   }
 
-  /** Advances each sequence of the completed step by its entry and the result's row. */
+  /**
+   * Advances each sequence of the completed step by its entry and the result's row. Those that
+   * end stay in `running` (as 'finished') for removeEnded to take out together.
+   */
   private completeEntries(result: StepResult, n: number, width: number, events: TokenEvent[], ending: Map<string, number>): void {
     for (let i = 0; i < n; i++) {
       const e = this.entries[i]!;
@@ -327,22 +331,19 @@ export class Scheduler {
       if (s.status !== 'running' || this.byId.get(s.id) !== s) continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
-        this.drop(s, ending);
+        this.endRunning(s, ending);
         this.failures.push({ id: s.id, message: error });
         continue;
       }
       s.computed += e.chunk;
       if (!e.sample) continue;
       const k = Math.min(s.init.topLogprobsNum, width);
-      const token = {
-        id: result.tokens[i]!,
-        logprob: result.logprobs[i] ?? 0,
-        topIds: k > 0 ? Array.from(result.topIds.subarray(i * width, i * width + k)) : [],
-        topLogprobs: k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : [],
-      };
-      const finish = s.accept(token.id, this.opts.eosTokenIds, this.opts.contextLength);
-      if (finish) this.drop(s, ending);
-      events.push(s.event(finish, token));
+      const id = result.tokens[i]!;
+      const topIds = k > 0 ? Array.from(result.topIds.subarray(i * width, i * width + k)) : null;
+      const topLogprobs = k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : null;
+      const finish = s.accept(id, this.opts.eosTokenIds, this.opts.contextLength);
+      if (finish) this.endRunning(s, ending);
+      events.push(s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs));
     }
   }
 
@@ -420,22 +421,41 @@ export class Scheduler {
     if (s.init.lora !== null) this.registry.preempted(s.init.lora, s.arrival);
   }
 
-  /**
-   * Removes a sequence for good (finished, aborted, or its adapter failed). With `ending`, a
-   * running one is counted there for its adapter instead of being reported at once.
-   */
-  private drop(s: Sequence, ending?: Map<string, number>): Sequence {
+  /** Removes a sequence for good (aborted, or its adapter failed), reporting it to its adapter at once. */
+  private drop(s: Sequence): Sequence {
     const wasRunning = s.status === 'running';
     const list = wasRunning ? this.running : this.waiting;
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.kv.release(s.blocks);
-    const lora = s.init.lora;
-    if (lora !== null && wasRunning && ending) ending.set(lora, (ending.get(lora) ?? 0) + 1);
-    else if (lora !== null) this.registry.ended(lora, s.arrival, wasRunning);
+    if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
     s.status = 'finished';
     this.byId.delete(s.id);
     return s;
+  }
+
+  /**
+   * Ends a running sequence of the completed step (finished, or failed alone): counted in
+   * `ending` for its adapter's one event, and left in `running` for removeEnded. When a cohort
+   * of requests ends in one step, a removal each would move the rest of the list each time.
+   */
+  private endRunning(s: Sequence, ending: Map<string, number>): void {
+    this.kv.release(s.blocks);
+    const lora = s.init.lora;
+    if (lora !== null) ending.set(lora, (ending.get(lora) ?? 0) + 1);
+    s.status = 'finished';
+    this.byId.delete(s.id);
+  }
+
+  /** Takes the sequences endRunning ended out of `running`, keeping the others' order. */
+  private removeEnded(): void {
+    const running = this.running;
+    let kept = 0;
+    for (let r = 0; r < running.length; r++) {
+      const s = running[r]!;
+      if (s.status === 'running') running[kept++] = s;
+    }
+    running.length = kept;
   }
 
   private pump(): void {

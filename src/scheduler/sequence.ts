@@ -69,15 +69,32 @@ export class Sequence {
     return null;
   }
 
-  event(finish: FinishReason | null, token?: { id: number; logprob: number; topIds: number[]; topLogprobs: number[] }): TokenEvent {
+  /** The event of a step that produced no token (the sequence only finished). */
+  event(finish: FinishReason | null): TokenEvent {
+    return { id: this.id, tokens: [], logprobs: [], topIds: [], topLogprobs: [], finish, promptTokens: this.init.promptIds.length };
+  }
+
+  /**
+   * The event of a sampled token; `topIds` and `topLogprobs` are its rows of alternatives, or
+   * null when none were asked. Every sampling row makes one each step, so it is built in place.
+   */
+  tokenEvent(finish: FinishReason | null, id: number, logprob: number, topIds: number[] | null, topLogprobs: number[] | null): TokenEvent {
     return {
       id: this.id,
-      tokens: token ? [token.id] : [],
-      logprobs: token ? [token.logprob] : [],
-      topIds: token ? [token.topIds] : [],
-      topLogprobs: token ? [token.topLogprobs] : [],
+      tokens: [id],
+      logprobs: [logprob],
+      topIds: topIds === null ? NO_ALTERNATIVES : [topIds],
+      topLogprobs: topLogprobs === null ? NO_ALTERNATIVES : [topLogprobs],
       finish,
       promptTokens: this.init.promptIds.length,
     };
   }
 }
+
+/**
+ * One token's alternatives when none were asked (one empty row). Shared by every such event,
+ * since each sampling row makes an event every step and their garbage brought collection
+ * pauses into the steps; frozen, so that no holder can change it under the others (events
+ * leave the scheduler's thread as copies anyway).
+ */
+const NO_ALTERNATIVES = Object.freeze([Object.freeze([])]) as unknown as number[][];
