@@ -19,7 +19,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { searchCapacity } from './serve-capacity.js';
 import { optionLines, parseTable } from './serve-options.js';
 import { fitError, fitReport, calibrate } from './sim-fit.js';
-import { MODEL, SETS, SETUPS, SLO, WORKLOAD, fitsModel, measured, simulateSetup } from './sim-setups.js';
+import { MODEL, PLACE_WAIT_DEFAULT, SETS, SETUPS, SLO, WORKLOAD, fitsModel, measured, simulateSetup } from './sim-setups.js';
 
 const root = new URL('..', import.meta.url);
 
@@ -29,6 +29,7 @@ const OPTIONS = {
   baseline: ['string', undefined, "an earlier result, kept as `before` (its commit's scheduler)"],
   out: ['string', undefined, 'result file (default bench/results/<date>-cpu-serve-sim.json)'],
   calibrate: ['boolean', false, 'refit the step-time model to the H200 runs and print it'],
+  'place-wait-steps': ['string', undefined, "the scheduler's --max-place-wait-steps (default: troupe serve's)"],
   help: ['boolean', false, 'this text'],
 };
 
@@ -45,7 +46,8 @@ if (v.calibrate) {
 }
 
 const seeds = Array.from({ length: Number(v.seeds) }, (_, i) => WORKLOAD.seed + i);
-const setups = v.only ? v.only.split(',').map((l) => SETUPS.find((s) => s.label === l) ?? fail(`no setup ${l}`)) : SETUPS;
+const chosen = v.only ? v.only.split(',').map((l) => SETUPS.find((s) => s.label === l) ?? fail(`no setup ${l}`)) : SETUPS;
+const setups = v['place-wait-steps'] === undefined ? chosen : chosen.map((s) => ({ ...s, placeWait: Number(v['place-wait-steps']) }));
 function fail(message) {
   throw new Error(message);
 }
@@ -88,6 +90,7 @@ async function runSetup(setup) {
   };
   return {
     ...setup,
+    placeWait: setup.placeWait ?? PLACE_WAIT_DEFAULT,
     // The H200's figures in short; the files named are the source.
     measured: {
       files: [fixed, cap].filter(Boolean).map((r) => r.config.out.replace(/^.*\//, '')),

@@ -42,7 +42,8 @@ export function fitPoints() {
 /** Measured against simulated ITL p50 (ms) at every point, under `model`. */
 export function fitReport(model, points = fitPoints()) {
   return points.map((p) => {
-    const sim = simulateSetup(p.setup, { rate: p.rate, duration: p.duration, drainTimeout: p.drainTimeout, model });
+    // The H200 runs were served without pausing for a place (--max-place-wait-steps 0).
+    const sim = simulateSetup({ ...p.setup, placeWait: 0 }, { rate: p.rate, duration: p.duration, drainTimeout: p.drainTimeout, model });
     return { run: p.label, rate: p.rate, measuredItlMs: +p.itlMs.toFixed(2), simulatedItlMs: +(sim.summary.itl.p50 * 1000).toFixed(2) };
   });
 }

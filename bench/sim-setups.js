@@ -10,6 +10,10 @@ import { summarize } from './serve-client.js';
 const root = new URL('..', import.meta.url);
 const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
 const { DEFAULT_SAMPLING } = await import(new URL('dist/src/api.js', root).href);
+const { findFlag } = await import(new URL('dist/src/config/flags.js', root).href);
+
+/** --max-place-wait-steps as troupe serve defaults it; a setup's `placeWait` overrides it. */
+export const PLACE_WAIT_DEFAULT = findFlag('max-place-wait-steps').default;
 
 const ALL = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 
@@ -33,7 +37,7 @@ export const SETS = {
 export const MODEL = { a: 8.6089, b: 0.0915, c: 0.0435, d: 0.093, offsetB: -1.405 };
 
 /** The server's settings on the H200 (troupe serve's defaults there; the KV cache never runs short). */
-const schedulerOptions = (set, lpb, maxLoaded, overlap) => ({
+const schedulerOptions = (set, lpb, maxLoaded, overlap, placeWait) => ({
   blockSize: 16,
   numBlocks: 49152,
   maxRunningRequests: 256,
@@ -42,6 +46,7 @@ const schedulerOptions = (set, lpb, maxLoaded, overlap) => ({
   maxLoadedLoras: maxLoaded,
   evictionPolicy: 'lru',
   overlapLoading: overlap,
+  maxPlaceWaitSteps: placeWait,
   eosTokenIds: [],
   contextLength: 131072,
   maxLoraRank: SETS[set].rank,
@@ -128,7 +133,7 @@ export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WO
       names,
       workload,
       drainTimeout,
-      options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded, setup.overlap === true),
+      options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded, setup.overlap === true, setup.placeWait ?? PLACE_WAIT_DEFAULT),
       loader: { ...set, maxReads: 3 },
       model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: model.d },
     });

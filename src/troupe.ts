@@ -80,6 +80,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         maxLoadedLoras: options.maxLoadedLoras,
         evictionPolicy: options.loraEvictionPolicy,
         overlapLoading: options.enableLoraOverlapLoading,
+        maxPlaceWaitSteps: options.maxPlaceWaitSteps,
         eosTokenIds: ckpt.config.eosTokenIds,
         contextLength: plan.contextLength,
         maxLoraRank: plan.engine.maxLoraRank,

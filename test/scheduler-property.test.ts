@@ -71,6 +71,8 @@ const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
     evictionPolicy: fc.constantFrom('lru' as const, 'fifo' as const),
     overlapLoading: fc.boolean(),
     maxRunningRequests: fc.integer({ min: 1, max: 3 }),
+    // Never, or after a few steps of waiting for a place: running requests give theirs up.
+    maxPlaceWaitSteps: fc.constantFrom(0, 1, 3),
   })
   .map(({ extraSlots, limitCpu, ...o }) => ({
     ...o,

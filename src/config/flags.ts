@@ -193,6 +193,13 @@ export const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'max-lora-chunk-size', kind: 'int', default: 16, group: 'lora', help: 'Chunk size of the csgmv backend: a power of 2 from 16 to 128.' },
   {
+    name: 'max-place-wait-steps',
+    kind: 'int',
+    default: 50,
+    group: 'lora',
+    help: "troupe's own. Steps a request may wait for a place in the batch while other adapters hold all --max-loras-per-batch places; then the running requests of one adapter give theirs up (they are preempted, their cache recomputed when they run again, and queue behind the requests waiting then). One adapter at a time, a request at most once. 0: never, as in SGLang.",
+  },
+  {
     name: 'enable-lora-overlap-loading',
     kind: 'bool',
     default: false,

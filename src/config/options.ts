@@ -44,6 +44,8 @@ export interface ServeOptions {
   cudaGraphMaxBs: number;
   memFractionStatic: number;
   device: 'auto' | 'cpu' | 'cuda';
+  /** Steps a request may wait for a place before an adapter's running requests give theirs up; 0: never. */
+  maxPlaceWaitSteps: number;
   /** --dtype as given; planEngine checks it against the backend chosen. */
   dtype: 'auto' | 'bfloat16' | 'half' | 'float16' | 'float' | 'float32';
   logLevel: LogLevel;

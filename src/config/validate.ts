@@ -112,6 +112,7 @@ export function validateFlags(flags: RawFlags): Validated {
     memFractionStatic,
     device: str('device') as 'auto' | 'cpu' | 'cuda',
     dtype: str('dtype') as ServeOptions['dtype'],
+    maxPlaceWaitSteps: atLeast('max-place-wait-steps', 0)!,
     logLevel: str('log-level') as LogLevel,
     maxRunningRequests: atLeast('max-running-requests', 1)!,
     chunkedPrefillSize,

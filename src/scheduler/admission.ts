@@ -51,3 +51,30 @@ export function soonestToFree(
   }
   return best;
 }
+
+/**
+ * The adapter of the step (null is the base model) whose running requests give up its place
+ * when a request has waited too long for one (Scheduler.pauseForPlace): the one with the fewest
+ * running requests, so the fewest recompute their cache; on a tie the one with the most tokens
+ * left, which would hold its place longest. Pinned adapters keep theirs (their slot would not
+ * free), and an adapter with a request that was paused once is not paused again, so no request
+ * waits twice. Undefined when no adapter qualifies.
+ */
+export function adapterToPause(running: readonly Sequence[], pinned: ReadonlySet<string>, contextLength: number): string | null | undefined {
+  const count = new Map<string | null, number>();
+  const left = new Map<string | null, number>();
+  const barred = new Set<string | null>();
+  for (let r = 0; r < running.length; r++) {
+    const s = running[r]!;
+    const lora = s.init.lora;
+    if (s.pausedForPlace || (lora !== null && pinned.has(lora))) barred.add(lora);
+    count.set(lora, (count.get(lora) ?? 0) + 1);
+    left.set(lora, Math.max(left.get(lora) ?? 0, tokensLeft(s, contextLength)));
+  }
+  let best: string | null | undefined = undefined;
+  for (const [lora, n] of count) {
+    if (barred.has(lora)) continue;
+    if (best === undefined || n < count.get(best)! || (n === count.get(best)! && left.get(lora)! > left.get(best)!)) best = lora;
+  }
+  return best;
+}

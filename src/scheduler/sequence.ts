@@ -35,11 +35,18 @@ export class Sequence {
   status: 'waiting' | 'running' | 'finished' = 'waiting';
   /** How often it was preempted (its KV dropped and recomputed). */
   preemptions = 0;
+  /** Whether it gave up its place for a request that waited too long (it does so at most once). */
+  pausedForPlace = false;
+  /** The step count when it first found no place left for its adapter, or -1. */
+  placeWaitSince = -1;
 
   constructor(
     readonly init: SeqInit,
-    /** Arrival order: waiting requests are served first come, first served. */
-    readonly arrival: number,
+    /**
+     * Arrival order: waiting requests are served first come, first served. A request paused for
+     * a place is given a new one, behind every request waiting then (Scheduler.pauseForPlace).
+     */
+    public arrival: number,
   ) {
     this.tokens = [...init.promptIds];
   }
