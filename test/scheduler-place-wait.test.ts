@@ -2,8 +2,10 @@
 // place held by other adapters) gets one. The running requests of one adapter give theirs up:
 // they are preempted and queue again behind it, run again later and end with every token they
 // would have had. One adapter at a time, a request at most once; pinned adapters keep theirs.
-import { describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, test } from 'vitest';
 import type { Scheduler, SchedulerOptions } from '../src/scheduler/index.js';
+import type { LocalTroupeEngine } from '../src/troupe.js';
+import { makeWorld, startEngine, type World } from './adapter-fixtures.js';
 import { newScheduler, runAll, seq } from './scheduler-harness.js';
 
 function withAdapters(names: string[], o: Partial<SchedulerOptions>, pinned: string[] = []): Scheduler {
@@ -101,5 +103,73 @@ describe('a bounded wait for a place', () => {
         expect(p1 <= q0 || q1 <= p0, `${paused[i]} and ${paused[j]} were out together`).toBe(true);
       }
     }
+  });
+});
+
+describe('--max-place-wait-steps 2 on the engine', () => {
+  const NAMES = ['p0', 'p1', 'p2'];
+  let world: World;
+  let engine: LocalTroupeEngine;
+  beforeAll(async () => {
+    world = makeWorld('place-wait');
+    engine = await startEngine(world, [
+      '--lora-paths',
+      ...NAMES.map((n, i) => `${n}=${world.adapter(n, { seed: 800 + i })}`),
+      '--max-loras-per-batch',
+      '2',
+      '--max-place-wait-steps',
+      '2',
+    ]);
+  });
+  afterAll(async () => {
+    await engine?.close();
+    world?.cleanup();
+  });
+
+  // Token ids rather than text: the request reaches the scheduler without a tokenizer round trip.
+  const greedy = (lora: string, maxNewTokens: number) =>
+    engine.generate({ inputIds: [11, 12, 13, 14, 15], lora, sampling: { maxNewTokens, temperature: 0, ignoreEos: true } });
+
+  it('gives a request that waited a place, and the paused requests their own outputs, recomputed', async () => {
+    const alone = new Map<string, number[]>();
+    for (const [n, len] of [
+      ['p0', 24],
+      ['p1', 20],
+      ['p2', 4],
+    ] as const)
+      alone.set(n, (await greedy(n, len)).outputIds);
+    // p0 and p1 hold both places with long outputs; p2 comes once both are running.
+    const finished: string[] = [];
+    const run = (name: string, len: number) =>
+      greedy(name, len).then((o) => {
+        finished.push(name);
+        return o;
+      });
+    const firstTokens: Array<Promise<void>> = [];
+    const streams = ['p0', 'p1'].map((name, i) => {
+      let started!: () => void;
+      firstTokens.push(new Promise<void>((r) => (started = r)));
+      return (async () => {
+        let ids: number[] = [];
+        for await (const c of engine.stream({
+          text: `pause ${name}`,
+          lora: name,
+          sampling: { maxNewTokens: [24, 20][i]!, temperature: 0, ignoreEos: true },
+        })) {
+          started();
+          ids = c.outputIds;
+        }
+        finished.push(name);
+        return ids;
+      })();
+    });
+    await Promise.all(firstTokens);
+    const o2 = await run('p2', 4);
+    const [o0, o1] = await Promise.all(streams);
+    // Without the bound p2 would wait for p1's 48 tokens; it got a place from one of them instead.
+    expect(finished[0]).toBe('p2');
+    expect(o0).toEqual(alone.get('p0'));
+    expect(o1).toEqual(alone.get('p1'));
+    expect(o2.outputIds).toEqual(alone.get('p2'));
   });
 });
