@@ -133,8 +133,8 @@ describe('--max-place-wait-steps 2 on the engine', () => {
   it('gives a request that waited a place, and the paused requests their own outputs, recomputed', async () => {
     const alone = new Map<string, number[]>();
     for (const [n, len] of [
-      ['p0', 24],
-      ['p1', 20],
+      ['p0', 64],
+      ['p1', 48],
       ['p2', 4],
     ] as const)
       alone.set(n, (await greedy(n, len)).outputIds);
@@ -152,9 +152,9 @@ describe('--max-place-wait-steps 2 on the engine', () => {
       return (async () => {
         let ids: number[] = [];
         for await (const c of engine.stream({
-          text: `pause ${name}`,
+          inputIds: [11, 12, 13, 14, 15],
           lora: name,
-          sampling: { maxNewTokens: [24, 20][i]!, temperature: 0, ignoreEos: true },
+          sampling: { maxNewTokens: [64, 48][i]!, temperature: 0, ignoreEos: true },
         })) {
           started();
           ids = c.outputIds;
