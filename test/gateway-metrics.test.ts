@@ -176,6 +176,7 @@ describe('gateway metrics of any engine', () => {
     totalBlocks: 10,
     residentAdapters: [],
     waitingAdapters: [],
+    preempted: { cache: 0, place: 0 },
     ...over,
   });
 
@@ -196,6 +197,19 @@ describe('gateway metrics of any engine', () => {
     const second = parseMetrics(await registry.metrics());
     expect(calls).toBe(2);
     expect(figure(second, GATEWAY_METRIC_NAMES.waiting)).toBe(2);
+  });
+
+  it("counts preempted requests by reason from the scheduler's totals, on /metrics only", async () => {
+    const registry = new Registry();
+    const gatewayOnly = new Registry();
+    let current = load({ preempted: { cache: 2, place: 0 } });
+    registerGatewayMetrics([registry, gatewayOnly], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current });
+    const byReason = (m: Map<string, Sample[]>) =>
+      Object.fromEntries((m.get('troupe_requests_preempted_total') ?? []).map((x) => [x.labels.reason, x.value]));
+    expect(byReason(parseMetrics(await registry.metrics()))).toEqual({ kv_cache: 2, place: 0 });
+    current = load({ preempted: { cache: 2, place: 3 } });
+    expect(byReason(parseMetrics(await registry.metrics()))).toEqual({ kv_cache: 2, place: 3 });
+    expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_requests_preempted_total')).toBe(false);
   });
 
   it('keeps one adapter info series, the current one, with the scrape time as its value', async () => {

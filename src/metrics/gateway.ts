@@ -18,7 +18,7 @@
 // it now, which is what adapter affinity is for. max_lora is then the pool's slots
 // (--max-gpu-loras, which is --max-loras-per-batch unless given), so running plus waiting
 // adapters below it means room for one more without evicting.
-import { Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { SchedulerLoad } from '../scheduler/index.js';
 
 export interface GatewayMetricsSource {
@@ -81,6 +81,21 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
   figure(GATEWAY_METRIC_NAMES.kvUsage, 'Fraction of KV cache blocks in use, from 0 to 1.', (l) =>
     l.totalBlocks > 0 ? (l.totalBlocks - l.freeBlocks) / l.totalBlocks : 0,
   );
+
+  // Not a gateway figure, but read from the same snapshot: on /metrics only.
+  new Counter({
+    name: 'troupe_requests_preempted_total',
+    help: 'Running requests sent back to wait, their KV cache freed and recomputed later: reason="kv_cache" to make room in the cache, reason="place" to give their place in the batch to a request that waited --max-place-wait-steps.',
+    labelNames: ['reason'],
+    registers: registers.slice(0, 1),
+    async collect() {
+      const { preempted } = await snapshot();
+      // The scheduler keeps the totals; the counter shows them as they are.
+      this.reset();
+      this.inc({ reason: 'kv_cache' }, preempted.cache);
+      this.inc({ reason: 'place' }, preempted.place);
+    },
+  });
 
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
   new Gauge({

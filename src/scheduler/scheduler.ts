@@ -47,6 +47,8 @@ export interface SchedulerLoad extends SchedulerStats {
   residentAdapters: string[];
   /** Adapters that waiting requests name, in the order admission will reach them. */
   waitingAdapters: string[];
+  /** Running requests sent back to wait since the start: for KV cache room, and for a place (--max-place-wait-steps). */
+  preempted: { cache: number; place: number };
 }
 
 /** A sequence that one step failed on its own while the rest of the batch went on. */
@@ -86,6 +88,8 @@ export class Scheduler {
   private oldestPlaceWait = -1;
   /** Requests paused for a place that have not run again yet; no other adapter is paused meanwhile. */
   private readonly paused = new Set<Sequence>();
+  /** Running requests preempted so far, for KV cache room and for a place. */
+  private readonly preempted = { cache: 0, place: 0 };
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -207,6 +211,7 @@ export class Scheduler {
       let self = false;
       while (!this.kv.grow(s.blocks, s.computed + chunk)) {
         const victim = this.running[this.running.length - 1]!;
+        this.preempted.cache++;
         this.preempt(victim);
         if (victim === s) {
           self = true;
@@ -412,6 +417,7 @@ export class Scheduler {
       ...this.stats(),
       residentAdapters: [...index.inResidency('gpuResident.pinned'), ...index.inResidency('gpuResident.unpinned')].sort(),
       waitingAdapters: [...index.demand.names()],
+      preempted: { ...this.preempted },
     };
   }
 
@@ -463,6 +469,7 @@ export class Scheduler {
       s.arrival = this.arrivals++;
       s.pausedForPlace = true;
       this.paused.add(s);
+      this.preempted.place++;
       this.preempt(s);
     }
     this.oldestPlaceWait = -1;
