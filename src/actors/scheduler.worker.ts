@@ -4,7 +4,7 @@
 // of each step as one message.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { badRequest, toWire, TroupeError } from '../errors.js';
-import { Scheduler } from '../scheduler/index.js';
+import { Scheduler, type TokenEvent } from '../scheduler/index.js';
 import { Mailbox } from './mailbox.js';
 import { stepRanks } from './ranks.js';
 import type {
@@ -79,15 +79,26 @@ async function loop(): Promise<void> {
   if (looping || !sched) return;
   looping = true;
   const s = sched;
+  // The last step's token events. They go to the main thread once the next step is on its way
+  // to the executors: copying them into a message (a few dozen objects a step) is then done
+  // while the executors run, not between two steps.
+  let tokens: TokenEvent[] = [];
+  const sendTokens = (): void => {
+    if (tokens.length > 0) main.send({ type: 'tokens', events: tokens });
+    tokens = [];
+    sendFailures(s);
+  };
   try {
     for (;;) {
       flushCommands(s);
-      flushEvents(s);
       const next = s.schedule();
       if (!next) break;
+      const step = stepRanks(executors, next.batch);
+      sendTokens();
+      flushEvents(s);
       let result;
       try {
-        result = await stepRanks(executors, next.batch);
+        result = await step;
       } catch (err) {
         // A failed step fails the sequences in it, not the engine: free them and go on.
         const ids = next.seqIds;
@@ -95,13 +106,12 @@ async function loop(): Promise<void> {
         main.send({ type: 'failed', ids, error: toWire(err) });
         continue;
       }
-      const events = s.complete(result);
-      if (events.length > 0) main.send({ type: 'tokens', events });
-      sendFailures(s);
+      tokens = s.complete(result);
     }
+  } finally {
+    sendTokens();
     flushCommands(s);
     flushEvents(s);
-  } finally {
     looping = false;
   }
 }
