@@ -1,6 +1,7 @@
 // The trained demo model (models/demo), which `npm start` serves once its files are there:
-// greedy outputs through troupe's own engine must be English words, and each adapter must move
-// them towards the style it was trained on. The prompts and thresholds are in
+// greedy outputs through troupe's own engine must be English words, each adapter must move them
+// towards the style it was trained on, and they must equal the greedy outputs of transformers and
+// PEFT recorded when the model was made. The prompts and thresholds are in
 // demo-train/styles.json, which demo-train/train.py also checks when it makes the model.
 // Skipped, with the reason in the suite's name, while models/demo does not exist.
 import { existsSync, readFileSync } from 'node:fs';
@@ -78,6 +79,30 @@ describe.skipIf(!PRESENT)(SUITE, () => {
 
   it('serves the adapters that demo-train/styles.json checks', () => {
     expect(trainedDemo(DIR).adapters.map((a) => a.name)).toEqual(Object.keys(styles.adapters).sort());
+  });
+
+  it('generates the greedy outputs transformers and PEFT gave when the model was made (its report.json)', () => {
+    // report.json keeps, per adapter (and the base model), transformers' greedy continuation of
+    // some of the prompts above, chat prompts marked "[chat] "; same token budget, same stops.
+    const report = JSON.parse(readFileSync(join(DIR, 'report.json'), 'utf8')) as {
+      base: { samples: Record<string, string> };
+      adapters: Record<string, { samples: Record<string, string> }>;
+    };
+    const keys = [...styles.completionPrompts, ...styles.chatPrompts.map((q) => `[chat] ${q}`)];
+    const sets: Array<[string | null, Record<string, string>]> = [
+      [null, report.base.samples],
+      ...Object.entries(report.adapters).map(([n, a]) => [n, a.samples] as [string, Record<string, string>]),
+    ];
+    let compared = 0;
+    for (const [lora, samples] of sets) {
+      for (const [key, want] of Object.entries(samples)) {
+        const i = keys.indexOf(key);
+        expect(i, `${key} is one of styles.json's prompts`).toBeGreaterThanOrEqual(0);
+        expect(outputs.get(lora)![i], `${lora ?? 'base'}: ${key}`).toBe(want);
+        compared++;
+      }
+    }
+    expect(compared).toBeGreaterThanOrEqual(4 * 5);
   });
 
   it('renders chat prompts in the format it was trained on', () => {
