@@ -1,0 +1,150 @@
+// What serving through HTTP adds to a decode step: STREAMS concurrent streamed /generate requests
+// on the base model (prompts of CONTEXT token ids, OUTPUT tokens each, greedy, ignore_eos), their
+// inter-token latency at the client, against the same decode step run alone through the native
+// addon: STREAMS rows over a CONTEXT-token context in an engine built with the options
+// `troupe serve` would build, the median of 20 steps. The gap is the host's share: the scheduler
+// and executor threads, their messages, detokenizing and the SSE stream.
+//   node bench/serve-overhead.js [--model DIR] [--streams 32] [--context 512] [--output 128]
+//     [--device auto] [--out FILE] [-- extra troupe serve flags]
+// Without --model, the generated demo model (demo-model/, written when missing). `npm run build`
+// first. Writes bench/results/<date>-<tag>-serve-overhead.json (tag: the GPU, e.g. h200, or cpu).
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { percentile, streamGenerate } from './serve-client.js';
+import { freePort, nvidiaSmi, startServer } from './serve-server.js';
+import { optionLines, parseTable } from './serve-options.js';
+import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
+
+const root = new URL('..', import.meta.url);
+const dist = (p) => import(new URL(`dist/src/${p}`, root).href);
+const { loadNative } = await dist('engine/native.js');
+const { openCheckpoint } = await dist('model/checkpoint.js');
+const { resolveServeArgs } = await dist('cli/serve.js');
+const { chooseDevice, planEngine } = await dist('actors/plan.js');
+const { makeDemo } = await dist('model/demo.js');
+
+const OPTIONS = {
+  model: ['string', undefined, 'model directory (default: the generated demo model)'],
+  streams: ['string', '32', 'concurrent streamed requests, and rows of the step timed alone'],
+  context: ['string', '512', 'prompt length in tokens'],
+  output: ['string', '128', 'tokens generated per request'],
+  device: ['string', 'auto', 'troupe serve --device'],
+  out: ['string', undefined, 'JSON result file'],
+  help: ['boolean', false, 'this text'],
+};
+const { values: v, positionals: extra } = parseTable(OPTIONS, process.argv.slice(2));
+if (v.help) {
+  console.log(`usage: node bench/serve-overhead.js [options] [-- extra troupe serve flags]\n${optionLines(OPTIONS)}`);
+  process.exit(0);
+}
+const STREAMS = Number(v.streams);
+const CONTEXT = Number(v.context);
+const OUTPUT = Number(v.output);
+for (const [name, n] of [
+  ['streams', STREAMS],
+  ['context', CONTEXT],
+  ['output', OUTPUT],
+]) {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v[name]}`);
+}
+
+const serveArgs = [...(v.model ? ['--model-path', v.model] : []), '--device', v.device, '--log-level', 'warning', ...extra];
+const { options } = resolveServeArgs(serveArgs);
+if (!v.model && !existsSync(join(options.modelPath, 'config.json'))) makeDemo(options.modelPath);
+const ckpt = openCheckpoint(options.modelPath);
+const native = loadNative();
+const device = chooseDevice(options.device, native, () => {});
+const log = (level, msg) => level !== 'debug' && level !== 'info' && console.log(msg);
+const tokens = randomTokenSource(11);
+const prompts = Array.from({ length: STREAMS }, () => tokens(CONTEXT).map((t) => t % ckpt.config.vocabSize));
+
+// ---- the step alone ------------------------------------------------------------------------
+function stepAlone() {
+  const plan = planEngine(options, ckpt.config, device, [], log);
+  const BLOCK = plan.engine.blockSize;
+  const maxBlocks = Math.ceil((CONTEXT + 32) / BLOCK);
+  const h = native.createEngine(ckpt.config, ckpt.tensors, { ...plan.engine, kvBlocks: Math.max(plan.engine.kvBlocks, STREAMS * maxBlocks) });
+  try {
+    const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
+    // Prefill every row's context, a few rows a step, as the server would in chunks.
+    for (let i = 0; i < STREAMS; i += 4) {
+      const rows = prompts.slice(i, i + 4).map((p, j) => ({ tokens: p.slice(0, CONTEXT - 1), cached: 0, blocks: blocks(i + j) }));
+      native.step(h, greedyBatch(rows, maxBlocks));
+    }
+    let last = prompts.map((p) => p[CONTEXT - 1]);
+    const times = [];
+    for (let s = 0; s < 23; s++) {
+      const b = greedyBatch(
+        last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1 + s, blocks: blocks(i) })),
+        maxBlocks,
+      );
+      const t0 = performance.now();
+      const r = native.step(h, b);
+      if (s >= 3) times.push(performance.now() - t0);
+      last = Array.from(r.tokens);
+    }
+    return { ms: median(times), info: native.engineInfo(h) };
+  } finally {
+    native.destroyEngine(h);
+  }
+}
+
+const alone = stepAlone();
+console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
+
+// ---- through HTTP --------------------------------------------------------------------------
+const port = await freePort();
+mkdirSync(new URL('bench/results/', root), { recursive: true });
+const gpu = nvidiaSmi();
+const tag = gpu ? (/H200/.test(gpu) ? 'h200' : /H100/.test(gpu) ? 'h100' : 'gpu') : 'cpu';
+const date = new Date().toISOString();
+const out = v.out ?? new URL(`bench/results/${date.slice(0, 10)}-${tag}-serve-overhead.json`, root).pathname;
+const server = await startServer({
+  // The model the step ran on, named: without --model-path the CLI would serve the trained demo.
+  args: ['--model-path', options.modelPath, '--device', v.device, ...extra],
+  host: '127.0.0.1',
+  port,
+  logFile: out.replace(/\.json$/, '.server.log'),
+  startupTimeout: 900,
+  adapterCount: 0,
+});
+let results;
+try {
+  const body = (ids) => ({
+    input_ids: ids,
+    sampling_params: { max_new_tokens: OUTPUT, temperature: 0, ignore_eos: true },
+    stream: true,
+  });
+  await streamGenerate(server.base, body(prompts[0].slice(0, 16))); // warm-up
+  results = await Promise.all(prompts.map((p) => streamGenerate(server.base, body(p))));
+} finally {
+  await server.stop(30);
+}
+const failed = results.filter((r) => !r.ok);
+if (failed.length > 0) throw new Error(`${failed.length} requests failed: ${failed[0].error}`);
+// Each stream's tokens after the last stream's first: the steps where every row decodes.
+const allDecoding = Math.max(...results.map((r) => r.ttft));
+const itls = results.flatMap((r) => {
+  let t = r.ttft;
+  return r.itls.filter((x) => ((t += x), t > allDecoding));
+});
+const itlMs = percentile(itls, 50) * 1000;
+console.log(`through HTTP: inter-token p50 ${itlMs.toFixed(2)} ms, ${((itlMs / alone.ms - 1) * 100).toFixed(1)}% over the step alone`);
+
+const result = {
+  benchmark: 'serve-overhead',
+  date,
+  device: gpu ?? `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
+  engine: alone.info,
+  model: options.modelPath,
+  streams: STREAMS,
+  context: CONTEXT,
+  output: OUTPUT,
+  serveArgs,
+  stepAloneMs: alone.ms,
+  http: { itlP50Ms: itlMs, itlP90Ms: percentile(itls, 90) * 1000, ttftMaxS: allDecoding },
+  overHttp: itlMs / alone.ms - 1,
+};
+writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
+console.log(`written to ${out}`);
