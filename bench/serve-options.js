@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 const repo = fileURLToPath(new URL('..', import.meta.url));
 // Paths inside the repository are kept relative to it (the server runs there), so results
 // files name them the same on every machine; others are made absolute.
-const pathArg = (p) => {
+export const pathArg = (p) => {
   const rel = relative(repo, resolve(p));
   return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : resolve(p);
 };

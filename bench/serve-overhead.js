@@ -13,7 +13,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { percentile, streamGenerate } from './serve-client.js';
 import { freePort, nvidiaSmi, startServer } from './serve-server.js';
-import { optionLines, parseTable } from './serve-options.js';
+import { optionLines, parseTable, pathArg } from './serve-options.js';
 import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
 
 const root = new URL('..', import.meta.url);
@@ -137,7 +137,7 @@ const result = {
   date,
   device: gpu ?? `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
   engine: alone.info,
-  model: options.modelPath,
+  model: pathArg(options.modelPath),
   streams: STREAMS,
   context: CONTEXT,
   output: OUTPUT,
