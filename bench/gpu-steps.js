@@ -51,18 +51,20 @@ export function randomTokenSource(seed) {
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /**
- * The decode and prefill workload of bench/gpu-lora.js and bench/gpu-tp.js: ROWS sequences over
- * a CONTEXT-token context (each fed back its last token), and 8 x 512 prompt tokens, with the
- * rows spread round-robin over `distinct` adapter slots (0: all base). `step(batch)` runs one
- * step and may return a promise; only it is timed.
+ * The decode and prefill workload of bench/gpu-lora.js, bench/gpu-tp.js and
+ * bench/serve-overhead.js: `rows` sequences over a `context`-token context (each fed back its
+ * last token), and 8 x 512 prompt tokens, with the rows spread round-robin over `distinct`
+ * adapter slots (0: all base); token ids below `vocab`, KV blocks of `block` tokens.
+ * `step(batch)` runs one step and may return a promise; only it is timed.
  */
-export function loraWorkload() {
-  const BLOCK = 16,
-    CONTEXT = 512,
-    ROWS = 32,
+export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Infinity } = {}) {
+  const BLOCK = block,
+    CONTEXT = context,
+    ROWS = rows,
     STEPS = 20;
   const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
-  const randomTokens = randomTokenSource(7);
+  const source = randomTokenSource(7);
+  const randomTokens = (len) => source(len).map((t) => t % vocab);
   const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
   const slot = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
   const timed = async (step, seqs) => {

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { percentile, streamGenerate } from './serve-client.js';
 import { freePort, nvidiaSmi, startServer } from './serve-server.js';
 import { optionLines, parseTable, pathArg } from './serve-options.js';
-import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
+import { loraWorkload, randomTokenSource } from './gpu-steps.js';
 
 const root = new URL('..', import.meta.url);
 const dist = (p) => import(new URL(`dist/src/${p}`, root).href);
@@ -60,37 +60,20 @@ const tokens = randomTokenSource(11);
 const prompts = Array.from({ length: STREAMS }, () => tokens(CONTEXT).map((t) => t % ckpt.config.vocabSize));
 
 // ---- the step alone ------------------------------------------------------------------------
-function stepAlone() {
+async function stepAlone() {
   const plan = planEngine(options, ckpt.config, device, [], log);
-  const BLOCK = plan.engine.blockSize;
-  const maxBlocks = Math.ceil((CONTEXT + 32) / BLOCK);
-  const h = native.createEngine(ckpt.config, ckpt.tensors, { ...plan.engine, kvBlocks: Math.max(plan.engine.kvBlocks, STREAMS * maxBlocks) });
+  const w = loraWorkload({ rows: STREAMS, context: CONTEXT, block: plan.engine.blockSize, vocab: ckpt.config.vocabSize });
+  const h = native.createEngine(ckpt.config, ckpt.tensors, { ...plan.engine, kvBlocks: Math.max(plan.engine.kvBlocks, w.kvBlocks) });
   try {
-    const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
-    // Prefill every row's context, a few rows a step, as the server would in chunks.
-    for (let i = 0; i < STREAMS; i += 4) {
-      const rows = prompts.slice(i, i + 4).map((p, j) => ({ tokens: p.slice(0, CONTEXT - 1), cached: 0, blocks: blocks(i + j) }));
-      native.step(h, greedyBatch(rows, maxBlocks));
-    }
-    let last = prompts.map((p) => p[CONTEXT - 1]);
-    const times = [];
-    for (let s = 0; s < 23; s++) {
-      const b = greedyBatch(
-        last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1 + s, blocks: blocks(i) })),
-        maxBlocks,
-      );
-      const t0 = performance.now();
-      const r = native.step(h, b);
-      if (s >= 3) times.push(performance.now() - t0);
-      last = Array.from(r.tokens);
-    }
-    return { ms: median(times), info: native.engineInfo(h) };
+    const step = (b) => native.step(h, b);
+    await w.fillContext(step);
+    return { ms: await w.decode(step, 0), info: native.engineInfo(h) };
   } finally {
     native.destroyEngine(h);
   }
 }
 
-const alone = stepAlone();
+const alone = await stepAlone();
 console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
 
 // ---- through HTTP --------------------------------------------------------------------------
