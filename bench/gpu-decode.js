@@ -41,7 +41,9 @@ function engine(graphMaxBs) {
 }
 
 const batch = (seqs) => greedyBatch(seqs, maxBlocks);
-const randomTokens = randomTokenSource(1);
+// Ids kept inside the vocabulary (Mistral's has 32,768).
+const source = randomTokenSource(1);
+const randomTokens = (len) => source(len).map((t) => t % c.vocabSize);
 
 function decode(h, bs) {
   const seqs = Array.from({ length: bs }, (_, i) => ({
