@@ -28,6 +28,7 @@ export class AdapterIndex {
   readonly cpuOrder = new Map<string, true>();
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
+  private changes = 0;
 
   constructor(
     slots: number,
@@ -55,6 +56,20 @@ export class AdapterIndex {
     return this.cpuCopies === this.pinnedCpuCopies;
   }
 
+  /**
+   * Changes whenever what placement reads may have: a machine's transition (noted by its host),
+   * an adapter added or gone, demand's order. Not with touch: the eviction orders only rank the
+   * adapters that may go, never make one go that could not.
+   */
+  get version(): number {
+    return this.changes + this.demand.version;
+  }
+
+  /** A machine took an event: its residency, counts or guards may have changed. */
+  transitioned(): void {
+    this.changes++;
+  }
+
   inResidency(residency: string): ReadonlySet<string> {
     return this.byResidency.get(residency) ?? new Set();
   }
@@ -71,6 +86,7 @@ export class AdapterIndex {
   }
 
   add(name: string, pinned: boolean, at: Placement): void {
+    this.changes++;
     if (pinned) this.pinned.add(name);
     this.file(name, pinned, at);
   }
@@ -83,6 +99,7 @@ export class AdapterIndex {
   }
 
   remove(name: string, pinned: boolean, last: Placement): void {
+    this.changes++;
     this.unfile(name, pinned, last, { residency: null, slot: null });
     this.pinned.delete(name);
   }

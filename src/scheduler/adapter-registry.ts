@@ -32,6 +32,8 @@ export class AdapterRegistry implements PlacementHost {
   private readonly actors: AdapterActors;
   /** The loaded set clients see and every name ever loaded; the machines are its cache. */
   private readonly catalog: AdapterCatalog;
+  /** The index's version when placement last walked and did nothing, or -1. */
+  private idleAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
     this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
@@ -317,9 +319,17 @@ export class AdapterRegistry implements PlacementHost {
     this.index.touch(name);
   }
 
-  /** Loads and copies what waiting requests (and pins) want, within the slots and the CPU budget. */
+  /**
+   * Loads and copies what waiting requests (and pins) want, within the slots and the CPU budget.
+   * A walk that did nothing does nothing again until something it reads changes (the index's
+   * version), so the requests that arrive between two steps, each of which pumps, walk once.
+   */
   pump(): void {
+    const before = this.index.version;
+    if (before === this.idleAt) return;
     place(this);
+    // One that acted may leave work for the next walk (see place).
+    this.idleAt = this.index.version === before ? before : -1;
   }
 
   // ---- PlacementHost ----

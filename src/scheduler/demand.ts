@@ -33,6 +33,15 @@ export class Demand {
   private readonly byName = new Map<string, Wanted>();
   /** Ascending by head arrival (arrivals are unique, so the order is strict). */
   private readonly order: Wanted[] = [];
+  private changes = 0;
+
+  /**
+   * Changes with the order and with each adapter's place in it, not with requests queued behind
+   * an adapter's oldest: placement reads no more of demand than that.
+   */
+  get version(): number {
+    return this.changes;
+  }
 
   /** A request that arrived `arrival`-th waits for the adapter (new, or back from running). */
   add(name: string, arrival: number): void {
@@ -40,6 +49,7 @@ export class Demand {
     if (!w) {
       w = { name, arrivals: [arrival] };
       this.byName.set(name, w);
+      this.changes++;
       this.order.splice(lowerBound(this.order, arrival, head), 0, w);
       return;
     }
@@ -49,6 +59,7 @@ export class Demand {
       return;
     }
     // A request older than its oldest (one preempted back into the queue): it moves forward.
+    this.changes++;
     this.unlink(w);
     w.arrivals.unshift(arrival);
     this.order.splice(lowerBound(this.order, arrival, head), 0, w);
@@ -63,6 +74,7 @@ export class Demand {
       w.arrivals.splice(at, 1);
       return false;
     }
+    this.changes++;
     this.unlink(w);
     w.arrivals.shift();
     if (w.arrivals.length === 0) {
