@@ -4,7 +4,7 @@
 // outcome.
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { transition, initialTransition, type ExecutableActionsFrom } from 'xstate';
-import { ACQUIRE_INDEPENDENT } from '../src/scheduler/adapter-actors.js';
+import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-actors.js';
 import { AdapterIndex } from '../src/scheduler/adapter-index.js';
 import { adapterMachine, type AdapterEvent, type AdapterSnapshot } from '../statecharts/adapter.machine.js';
 import { newScheduler, runAll, seq, serveLoader, step } from './scheduler-harness.js';
@@ -55,7 +55,12 @@ function reachable(depth: number): AdapterSnapshot[] {
 
 type Actions = ExecutableActionsFrom<typeof adapterMachine>[];
 const emitted = (actions: Actions): unknown[] => actions.filter((a) => a.type === 'xstate.emit').map((a) => a.params);
-const outcome = (snap: AdapterSnapshot, actions: Actions) => ({ value: snap.value, context: snap.context, status: snap.status, emitted: emitted(actions) });
+const outcome = (snap: AdapterSnapshot, actions: Actions) => ({
+  value: snap.value,
+  context: snap.context,
+  status: snap.status,
+  emitted: emitted(actions),
+});
 
 describe('pending acquisitions', () => {
   test('the events they stay pending past are taken the same before and after them, by every reachable state', () => {
@@ -80,6 +85,25 @@ describe('pending acquisitions', () => {
     expect(compared).toBeGreaterThan(30);
   });
 
+  test('the events taken before them when the machine accepts them so end the same as after them, by every reachable state', () => {
+    const acquire: AdapterEvent = { type: 'ACQUIRE', count: 3 };
+    const states = reachable(7).filter((s) => s.status === 'active' && s.can(acquire));
+    let compared = 0;
+    for (const s of states) {
+      for (const e of ALPHABET.filter((x) => ACQUIRE_MONOTONE.has(x.type) && s.can(x))) {
+        const [acquired, first] = transition(adapterMachine, s, acquire);
+        expect(acquired.can(e), `${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
+        const [after, second] = transition(adapterMachine, acquired, e);
+        const [moved, early] = transition(adapterMachine, s, e);
+        expect(moved.can(acquire), `ACQUIRE after ${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
+        const [late, last] = transition(adapterMachine, moved, acquire);
+        expect(outcome(late, [...early, ...last])).toEqual(outcome(after, [...first, ...second]));
+        compared++;
+      }
+    }
+    expect(compared).toBeGreaterThan(30);
+  });
+
   test('a step that starts requests queued since the last one is one transition of their adapter', () => {
     const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
     s.addAdapter({ name: 'A', path: '/A', pinned: false });
@@ -92,6 +116,73 @@ describe('pending acquisitions', () => {
     // Read, the machine has heard both.
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 40, running: 40 });
     expect(transitions.mock.calls.map((c) => c[1]).slice(1)).toEqual([{ type: 'ACQUIRE', count: 40 }]);
+  });
+
+  test('requests ending before the machine heard of newer ones are one transition, and a release it needs them for still finds them', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    for (let i = 0; i < 4; i++) s.submit(seq(`old${i}`, { lora: 'A', maxNewTokens: 1 }));
+    serveLoader(s);
+    s.adapterDetails();
+    // Heard: 4 users. Pending: 3 more, one of them aborted while waiting.
+    for (let i = 0; i < 3; i++) s.submit(seq(`new${i}`, { lora: 'A', maxNewTokens: 1 }));
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    const first = step(s)!;
+    expect(first.ids).toHaveLength(7);
+    expect(first.events.every((e) => e.finish !== null)).toBe(true);
+    // Seven ended in one step: more than the four heard, so the three pending come first.
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'START', count: 7 },
+      { type: 'ACQUIRE', count: 3 },
+      { type: 'RELEASE', running: true, count: 7 },
+    ]);
+    transitions.mockClear();
+    for (let i = 0; i < 2; i++) s.submit(seq(`later${i}`, { lora: 'A', maxNewTokens: 1 }));
+    s.submit(seq('x', { lora: 'A', maxNewTokens: 1 }));
+    // Only the pending ones name it: the abort needs them heard first.
+    expect(s.abort('x')?.finish).toEqual({ type: 'abort', message: 'Request aborted' });
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'ACQUIRE', count: 3 },
+      { type: 'RELEASE', running: false },
+    ]);
+    expect(step(s)!.ids).toEqual(['later0', 'later1']);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
+  });
+
+  test('a step that moves no adapter lets one hear its new requests, so the step that ends them releases them alone', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    serveLoader(s);
+    s.submit(seq('warm', { lora: 'A', maxNewTokens: 1 }));
+    runAll(s);
+    for (let i = 0; i < 4; i++) s.submit(seq(`r${i}`, { lora: 'A', maxNewTokens: 3 }));
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    const heard = (): unknown[] => {
+      const events = transitions.mock.calls.map((c) => c[1]);
+      transitions.mockClear();
+      return events;
+    };
+    step(s);
+    expect(heard()).toEqual([{ type: 'START', count: 4 }]);
+    step(s);
+    expect(heard()).toEqual([{ type: 'ACQUIRE', count: 4 }]);
+    expect(step(s)!.events.every((e) => e.finish !== null)).toBe(true);
+    expect(heard()).toEqual([{ type: 'RELEASE', running: true, count: 4 }]);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
+  });
+
+  test('requests ending while the machine has newer ones to hear of are one transition', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    for (let i = 0; i < 4; i++) s.submit(seq(`old${i}`, { lora: 'A', maxNewTokens: 1 }));
+    serveLoader(s);
+    s.adapterDetails();
+    for (let i = 0; i < 3; i++) s.submit(seq(`new${i}`, { lora: 'A', maxNewTokens: 1 }));
+    // One of the four old ones ends: the machine heard of enough users, the three stay pending.
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    s.abort('old1');
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'RELEASE', running: false }]);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 6, running: 0 });
   });
 });
 
@@ -107,6 +198,8 @@ describe('placement', () => {
     s.submit(seq('c0', { lora: 'C' }));
     serveLoader(s);
     step(s);
+    // The step let a machine hear its requests: the next walk looks again, and finds nothing to do.
+    s.submit(seq('c1', { lora: 'C' }));
     const walks = vi.spyOn(AdapterIndex.prototype, 'wantedInResidency');
     // More requests for the adapter that waits change nothing placement reads.
     for (let i = 1; i <= 12; i++) s.submit(seq(`x${i}`, { lora: 'C' }));
@@ -117,7 +210,7 @@ describe('placement', () => {
     expect(walks.mock.calls).toEqual([['registered'], ['cpuLoaded']]);
     walks.mockRestore();
     const { out } = runAll(s);
-    expect([...out.keys()].sort()).toEqual(['a0', 'a1', 'a2', 'b0', 'c0', ...Array.from({ length: 12 }, (_, i) => `x${i + 1}`)].sort());
+    expect([...out.keys()].sort()).toEqual(['a0', 'a1', 'a2', 'b0', 'c0', 'c1', ...Array.from({ length: 12 }, (_, i) => `x${i + 1}`)].sort());
     for (const r of out.values()) expect(r.finish).not.toBeNull();
   });
 });

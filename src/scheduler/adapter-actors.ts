@@ -65,6 +65,14 @@ export const ACQUIRE_INDEPENDENT: ReadonlySet<AdapterEvent['type']> = new Set([
   'DROP_CPU',
 ]);
 
+/**
+ * Events whose guards acquisitions can only make pass (a RELEASE needs at least as many users as
+ * it releases) and whose actions only add to or take from the count. One the machine accepts
+ * without the pending acquisitions ends the same as after them, so they stay pending; one it
+ * refuses so is sent again after them, and refused then only if it would have been anyway.
+ */
+export const ACQUIRE_MONOTONE: ReadonlySet<AdapterEvent['type']> = new Set(['RELEASE']);
+
 type AdapterScope = ActorScope<AdapterSnapshot, AdapterEvent, ActorScope<AdapterSnapshot, AdapterEvent>['system'], AdapterCommandEvent>;
 
 export class AdapterActors {
@@ -75,6 +83,8 @@ export class AdapterActors {
   private readonly scope: AdapterScope;
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private readonly labelCounts = new Map<string, number>();
+  /** Adapters with acquisitions their machines have not heard yet, longest pending first. */
+  private readonly unsettled = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
   constructor(
@@ -219,7 +229,7 @@ export class AdapterActors {
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
     if (!rec) return false;
-    if (!ACQUIRE_INDEPENDENT.has(event.type)) this.settle(rec);
+    if (!this.takesBeforePending(rec, event)) this.settle(rec);
     return rec.snap.status === 'active' && rec.snap.can(event);
   }
 
@@ -237,7 +247,26 @@ export class AdapterActors {
       this.send(name, { type: 'ACQUIRE' }, reason);
       return;
     }
-    rec.acquired++;
+    if (rec.acquired++ === 0) this.unsettled.add(rec);
+  }
+
+  /**
+   * Lets the machine that has waited longest hear its pending acquisitions; false when none has
+   * any. For a step that sent no events: heard then, they are not heard with the RELEASE that
+   * needs them, in the step where a batch turns over and every transition adds to its time.
+   */
+  settleOne(): boolean {
+    for (const rec of this.unsettled) {
+      this.settle(rec);
+      return true;
+    }
+    return false;
+  }
+
+  /** Whether its machine may take `event` before the acquisitions it has not heard yet. */
+  private takesBeforePending(rec: AdapterRecord, event: AdapterEvent): boolean {
+    if (rec.acquired === 0 || ACQUIRE_INDEPENDENT.has(event.type)) return true;
+    return ACQUIRE_MONOTONE.has(event.type) && rec.snap.status === 'active' && rec.snap.can(event);
   }
 
   /** Lets its machine hear the acquisitions it has not heard yet. */
@@ -245,6 +274,7 @@ export class AdapterActors {
     const count = rec.acquired;
     if (count === 0) return;
     rec.acquired = 0;
+    this.unsettled.delete(rec);
     this.send(rec.name, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
@@ -252,7 +282,7 @@ export class AdapterActors {
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    if (!ACQUIRE_INDEPENDENT.has(event.type)) this.settle(rec);
+    if (!this.takesBeforePending(rec, event)) this.settle(rec);
     const before = rec.snap;
     const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
@@ -313,6 +343,7 @@ export class AdapterActors {
 
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
+    this.unsettled.delete(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
     rec.removal?.resolve();

@@ -314,6 +314,11 @@ export class AdapterRegistry implements PlacementHost {
     this.send(name, { type: 'RELEASE', running: true, count }, count === 1 ? 'a request ended' : `${count} requests ended`);
   }
 
+  /** Lets one machine hear the requests that named it since it last heard (AdapterActors.settleOne). */
+  settleOne(): void {
+    this.actors.settleOne();
+  }
+
   /** A step used it: it becomes the most recently used. */
   touch(name: string): void {
     this.index.touch(name);

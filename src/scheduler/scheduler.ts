@@ -82,6 +82,8 @@ export class Scheduler {
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
   private arrivals = 0;
+  /** The adapter index's version when the last step was scheduled. */
+  private versionAtSchedule = -1;
   /** Steps scheduled so far: the clock of waits for a place. */
   private steps = 0;
   /** When the longest wait for a place in the last schedule() began (a step count), or -1. */
@@ -197,6 +199,7 @@ export class Scheduler {
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
     // A step that was scheduled but never completed is simply forgotten: nothing advanced.
     this.stepLength = -1;
+    this.versionAtSchedule = this.registry.index.version;
     if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
     this.pauseForPlace();
     let n = 0;
@@ -342,6 +345,9 @@ export class Scheduler {
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
     }
     this.pump();
+    // A step that moved no adapter lets one hear its new requests now, not with the step that
+    // ends them, which also turns the batch over: the time goes to a step that has it to spare.
+    if (this.registry.index.version === this.versionAtSchedule) this.registry.settleOne();
     return events;
   }
 
