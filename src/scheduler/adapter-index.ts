@@ -29,6 +29,7 @@ export class AdapterIndex {
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
   private changes = 0;
+  private moves = 0;
 
   constructor(
     slots: number,
@@ -65,6 +66,11 @@ export class AdapterIndex {
     return this.changes + this.demand.version;
   }
 
+  /** Changes whenever an adapter is filed elsewhere (or added, or gone): what its residency and slot say. */
+  get placementVersion(): number {
+    return this.moves;
+  }
+
   /** A machine took an event: its residency, counts or guards may have changed. */
   transitioned(): void {
     this.changes++;
@@ -87,12 +93,14 @@ export class AdapterIndex {
 
   add(name: string, pinned: boolean, at: Placement): void {
     this.changes++;
+    this.moves++;
     if (pinned) this.pinned.add(name);
     this.file(name, pinned, at);
   }
 
   move(name: string, pinned: boolean, from: Placement, to: Placement): void {
     if (from.residency === to.residency && from.slot === to.slot) return;
+    this.moves++;
     if (this.demand.has(name)) this.countWanted(from.residency, -1).countWanted(to.residency, 1);
     this.unfile(name, pinned, from, to);
     this.file(name, pinned, to, from);
@@ -100,6 +108,7 @@ export class AdapterIndex {
 
   remove(name: string, pinned: boolean, last: Placement): void {
     this.changes++;
+    this.moves++;
     this.unfile(name, pinned, last, { residency: null, slot: null });
     this.pinned.delete(name);
   }

@@ -34,6 +34,9 @@ export class AdapterRegistry implements PlacementHost {
   private readonly catalog: AdapterCatalog;
   /** The index's version when placement last walked and did nothing, or -1. */
   private idleAt = -1;
+  /** residentSlot's answers while the index's version is residentSlotsAt. */
+  private readonly residentSlots = new Map<string, number | null>();
+  private residentSlotsAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
     this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
@@ -269,10 +272,25 @@ export class AdapterRegistry implements PlacementHost {
     };
   }
 
-  /** The pool slot of a GPU-resident adapter, or null while it is not (yet) usable. */
+  /**
+   * The pool slot of a GPU-resident adapter, or null while it is not (yet) usable. A step asks
+   * this of every request it looks at, running or waiting, for a few adapters: the answers are
+   * kept until an adapter is filed elsewhere, which a lookup among thousands of registered
+   * adapters costs more than.
+   */
   residentSlot(name: string): number | null {
-    const placed = this.actors.placement(name);
-    return placed?.residency?.startsWith('gpuResident') ? placed.slot : null;
+    const version = this.index.placementVersion;
+    if (version !== this.residentSlotsAt) {
+      this.residentSlots.clear();
+      this.residentSlotsAt = version;
+    }
+    let slot = this.residentSlots.get(name);
+    if (slot === undefined) {
+      const placed = this.actors.placement(name);
+      slot = placed?.residency?.startsWith('gpuResident') ? placed.slot : null;
+      this.residentSlots.set(name, slot);
+    }
+    return slot;
   }
 
   /** Whether a copy that a waiting request needs is in flight. */

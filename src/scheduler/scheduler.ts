@@ -359,8 +359,9 @@ export class Scheduler {
     for (let i = 0; i < n; i++) {
       const e = this.entries[i]!;
       const s = e.seq;
-      // Aborted while the step ran: its blocks are already free.
-      if (s.status !== 'running' || this.byId.get(s.id) !== s) continue;
+      // Aborted (or preempted) while the step ran: its blocks are already free. A sequence leaves
+      // byId only as it stops running, so its status alone says so.
+      if (s.status !== 'running') continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
         this.endRunning(s, ending);
