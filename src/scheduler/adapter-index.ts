@@ -3,6 +3,7 @@
 // many wanted adapters sit in each residency. Every question placement asks is answered from
 // here in time that depends on slots and wanted adapters, never on how many are registered.
 import { Demand } from './demand.js';
+import { Recency } from './recency.js';
 
 /** What the index files an adapter under: its residency leaf (null once failed or gone) and slot. */
 export interface Placement {
@@ -23,9 +24,9 @@ export class AdapterIndex {
   private cpuCopies = 0;
   private pinnedCpuCopies = 0;
   /** Unpinned GPU residents, first to evict first: least recently used (lru) or longest in its slot (fifo). */
-  readonly slotOrder = new Map<string, true>();
+  readonly slotOrder = new Recency();
   /** Droppable CPU copies, least recently used first, whatever the slot policy. */
-  readonly cpuOrder = new Map<string, true>();
+  readonly cpuOrder = new Recency();
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
   private changes = 0;
@@ -126,8 +127,8 @@ export class AdapterIndex {
 
   /** A step or a new request used it: it moves to the back of the LRU orders. */
   touch(name: string): void {
-    if (this.cpuOrder.delete(name)) this.cpuOrder.set(name, true);
-    if (this.policy === 'lru' && this.slotOrder.delete(name)) this.slotOrder.set(name, true);
+    this.cpuOrder.use(name);
+    if (this.policy === 'lru') this.slotOrder.use(name);
   }
 
   private countWanted(residency: string | null, delta: number): this {
@@ -146,8 +147,8 @@ export class AdapterIndex {
         if (pinned) this.pinnedCpuCopies++;
       }
       // Entering keeps an existing place in the LRU order (a slot given up keeps its copy's age).
-      if (!pinned && DROPPABLE.has(at.residency) && !this.cpuOrder.has(name)) this.cpuOrder.set(name, true);
-      if (at.residency === 'gpuResident.unpinned' && !this.slotOrder.has(name)) this.slotOrder.set(name, true);
+      if (!pinned && DROPPABLE.has(at.residency)) this.cpuOrder.add(name, true);
+      if (at.residency === 'gpuResident.unpinned') this.slotOrder.add(name, true);
     }
     if (at.slot !== null && this.owners[at.slot] !== name) {
       if (this.owners[at.slot] !== null) {
