@@ -49,6 +49,28 @@ describe("a step's work", () => {
     expect(new Set(third.batch.loraSlots)).toEqual(new Set([1]));
   });
 
+  test('does not look at the waiting queue again until something it reads has changed', () => {
+    // Two places, both taken by running adapters: C's requests wait for one.
+    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 3, maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    for (const name of ['A', 'B', 'C']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 6 }));
+    s.submit(seq('b', { lora: 'B', maxNewTokens: 8 }));
+    for (let i = 0; i < 3; i++) s.submit(seq(`c${i}`, { lora: 'C', maxNewTokens: 1 }));
+    serveLoader(s);
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    const asked = vi.spyOn(AdapterRegistry.prototype, 'residentSlot');
+    // The first decode step looks at each waiting request (the step before ran prefills, which
+    // can change which adapter drains); later ones do not.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(asked.mock.calls.filter((c) => c[0] === 'C')).toHaveLength(3);
+    asked.mockClear();
+    for (let k = 0; k < 3; k++) expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(asked.mock.calls.filter((c) => c[0] === 'C')).toHaveLength(0);
+    // A request ends: the queue is looked at, and C takes its place.
+    expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 6 });
+    expect(step(s)!.ids).toEqual(['b', 'c0', 'c1', 'c2']);
+  });
+
   test('a batch the caller keeps is not changed by later steps', () => {
     const s = newScheduler();
     s.submit(seq('a', { prompt: 3, maxNewTokens: 4 }));
