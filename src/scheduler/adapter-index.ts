@@ -125,6 +125,11 @@ export class AdapterIndex {
     if (this.demand.remove(name, arrival)) this.countWanted(residency, -1);
   }
 
+  /** Requests that arrived `arrivals` (ascending) stopped waiting for the adapter together. */
+  unwantAll(name: string, arrivals: readonly number[], residency: string | null): void {
+    if (this.demand.removeAll(name, arrivals)) this.countWanted(residency, -1);
+  }
+
   /** A step or a new request used it: it moves to the back of the LRU orders. */
   touch(name: string): void {
     this.cpuOrder.use(name);

@@ -309,8 +309,7 @@ export class AdapterRegistry implements PlacementHost {
 
   /** Waiting requests of it (their `arrivals`) start running in one step (its adapter is resident). */
   started(name: string, arrivals: readonly number[]): void {
-    const residency = this.residency(name);
-    for (const arrival of arrivals) this.index.unwant(name, arrival, residency);
+    this.index.unwantAll(name, arrivals, this.residency(name));
     this.send(name, { type: 'START', count: arrivals.length }, arrivals.length === 1 ? 'a request started' : `${arrivals.length} requests started`);
     this.index.touch(name);
   }

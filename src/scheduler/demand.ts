@@ -85,6 +85,37 @@ export class Demand {
     return false;
   }
 
+  /**
+   * Requests that stopped waiting together (`arrivals` ascending, as a step admits them): one
+   * pass over the adapter's arrivals and at most one move in the order, where a removal each
+   * would move it once per request. Returns true when nobody waits for the adapter any more.
+   */
+  removeAll(name: string, arrivals: readonly number[]): boolean {
+    const w = this.byName.get(name);
+    const xs = w?.arrivals ?? [];
+    let found = 0;
+    for (let i = 0; i < xs.length && found < arrivals.length; i++) if (xs[i] === arrivals[found]) found++;
+    if (!w || found < arrivals.length) {
+      throw new Error(`internal error: request ${arrivals[found]} is not waiting for adapter "${name}"`);
+    }
+    const oldHead = head(w);
+    let kept = 0;
+    for (let i = 0, j = 0; i < xs.length; i++) {
+      if (j < arrivals.length && xs[i] === arrivals[j]) j++;
+      else xs[kept++] = xs[i]!;
+    }
+    xs.length = kept;
+    if (kept > 0 && head(w) === oldHead) return false;
+    this.changes++;
+    this.unlink(w, oldHead);
+    if (kept === 0) {
+      this.byName.delete(name);
+      return true;
+    }
+    this.order.splice(lowerBound(this.order, head(w), head), 0, w);
+    return false;
+  }
+
   has(name: string): boolean {
     return this.byName.has(name);
   }
@@ -100,7 +131,8 @@ export class Demand {
     for (const w of this.order) yield w.name;
   }
 
-  private unlink(w: Wanted): void {
-    this.order.splice(lowerBound(this.order, head(w), head), 1);
+  /** Takes `w` out of the order, where its head arrival `at` (its current one by default) put it. */
+  private unlink(w: Wanted, at = head(w)): void {
+    this.order.splice(lowerBound(this.order, at, head), 1);
   }
 }

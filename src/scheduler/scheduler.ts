@@ -575,7 +575,9 @@ function addOnce<T>(list: T[], x: T): void {
 function insertByArrival(list: Sequence[], s: Sequence): void {
   let i = list.length;
   while (i > 0 && list[i - 1]!.arrival > s.arrival) i--;
-  list.splice(i, 0, s);
+  // Usually the newest: a splice there would still make an array of the none it removes.
+  if (i === list.length) list.push(s);
+  else list.splice(i, 0, s);
 }
 
 /** Appends `value` to the list kept under `key`. */
