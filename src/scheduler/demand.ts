@@ -53,9 +53,15 @@ export class Demand {
       this.order.splice(lowerBound(this.order, arrival, head), 0, w);
       return;
     }
-    const at = lowerBound(w.arrivals, arrival, self);
+    // Usually the newest request, which goes last without a search (or a splice's array).
+    const xs = w.arrivals;
+    if (arrival > xs[xs.length - 1]!) {
+      xs.push(arrival);
+      return;
+    }
+    const at = lowerBound(xs, arrival, self);
     if (at > 0) {
-      w.arrivals.splice(at, 0, arrival);
+      xs.splice(at, 0, arrival);
       return;
     }
     // A request older than its oldest (one preempted back into the queue): it moves forward.
