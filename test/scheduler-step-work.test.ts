@@ -1,6 +1,7 @@
 // What one step costs must not grow with the waiting queue: once more adapters are claimed
 // than a step may hold, no later request can be admitted, so the step stops looking.
 import { afterEach, describe, expect, test, vi } from 'vitest';
+import { AdapterActors } from '../src/scheduler/adapter-actors.js';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
 import { adapterMachine } from '../statecharts/adapter.machine.js';
 import { newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
@@ -26,6 +27,48 @@ describe("a step's work", () => {
     const first = step(s)!;
     expect(first.ids).toEqual(['r0', 'r1', 'r2', 'r3']);
     expect(s.stats().waiting).toBe(60);
+  });
+
+  test("looks each adapter's slot up once while no adapter moves, and finds the new slot once one does", () => {
+    const s = newScheduler({ maxLorasPerBatch: 2, maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    for (const name of ['A', 'B']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    for (let i = 0; i < 20; i++) s.submit(seq(`a${i}`, { lora: 'A', maxNewTokens: 2 }));
+    serveLoader(s);
+    step(s);
+    for (let i = 0; i < 20; i++) s.submit(seq(`b${i}`, { lora: 'B', maxNewTokens: 1 }));
+    const lookups = vi.spyOn(AdapterActors.prototype, 'placement');
+    // 20 running and 20 waiting requests: B is not resident yet, and each slot is looked up once.
+    const second = step(s)!;
+    expect(second.ids).toHaveLength(20);
+    expect(new Set(second.batch.loraSlots)).toEqual(new Set([0]));
+    expect(lookups.mock.calls.map((c) => c[0]).sort()).toEqual(['A', 'B']);
+    // B was copied into the other slot meanwhile: the answer kept for it (none) is not used.
+    serveLoader(s);
+    const third = step(s)!;
+    expect(third.ids).toEqual(Array.from({ length: 20 }, (_, i) => `b${i}`));
+    expect(new Set(third.batch.loraSlots)).toEqual(new Set([1]));
+  });
+
+  test('does not look at the waiting queue again until something it reads has changed', () => {
+    // Two places, both taken by running adapters: C's requests wait for one.
+    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 3, maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    for (const name of ['A', 'B', 'C']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 6 }));
+    s.submit(seq('b', { lora: 'B', maxNewTokens: 8 }));
+    for (let i = 0; i < 3; i++) s.submit(seq(`c${i}`, { lora: 'C', maxNewTokens: 1 }));
+    serveLoader(s);
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    const asked = vi.spyOn(AdapterRegistry.prototype, 'residentSlot');
+    // The first decode step looks at each waiting request (the step before ran prefills, which
+    // can change which adapter drains); later ones do not.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(asked.mock.calls.filter((c) => c[0] === 'C')).toHaveLength(3);
+    asked.mockClear();
+    for (let k = 0; k < 3; k++) expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(asked.mock.calls.filter((c) => c[0] === 'C')).toHaveLength(0);
+    // A request ends: the queue is looked at, and C takes its place.
+    expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 6 });
+    expect(step(s)!.ids).toEqual(['b', 'c0', 'c1', 'c2']);
   });
 
   test('a batch the caller keeps is not changed by later steps', () => {

@@ -37,7 +37,7 @@ interface AdapterRecord {
   readWaiters: Array<(status: AdapterStatus | null) => void>;
   /**
    * Requests that named it since its machine last heard of any (see acquire): they reach the
-   * machine as one counted ACQUIRE before anything else is sent to it or read from it.
+   * machine as one counted ACQUIRE before it is read, or sent an event that depends on them.
    */
   acquired: number;
 }
@@ -46,6 +46,32 @@ function describe(event: AdapterEvent): string {
   const { type, ...rest } = event;
   return Object.keys(rest).length > 0 ? `${type} ${JSON.stringify(rest)}` : type;
 }
+
+/**
+ * Events the machine takes the same before and after acquisitions it has not heard yet: their
+ * guards and actions neither read nor change the count of requests naming the adapter or its
+ * admission, and none leads to 'failed', where ACQUIRE is refused. The acquisitions stay
+ * pending past them, so when a batch turns over, each START, EVICT, COPY and SLOT_READY is one
+ * transition, not two: transitions are most of what such a step costs.
+ * test/adapter-acquire-order.test.ts checks the claim against the machine.
+ */
+export const ACQUIRE_INDEPENDENT: ReadonlySet<AdapterEvent['type']> = new Set([
+  'START',
+  'PREEMPT',
+  'COPY',
+  'SLOT_READY',
+  'EVICT',
+  'LOAD',
+  'DROP_CPU',
+]);
+
+/**
+ * Events whose guards acquisitions can only make pass (a RELEASE needs at least as many users as
+ * it releases) and whose actions only add to or take from the count. One the machine accepts
+ * without the pending acquisitions ends the same as after them, so they stay pending; one it
+ * refuses so is sent again after them, and refused then only if it would have been anyway.
+ */
+export const ACQUIRE_MONOTONE: ReadonlySet<AdapterEvent['type']> = new Set(['RELEASE']);
 
 type AdapterScope = ActorScope<AdapterSnapshot, AdapterEvent, ActorScope<AdapterSnapshot, AdapterEvent>['system'], AdapterCommandEvent>;
 
@@ -57,6 +83,8 @@ export class AdapterActors {
   private readonly scope: AdapterScope;
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private readonly labelCounts = new Map<string, number>();
+  /** Adapters with acquisitions their machines have not heard yet, longest pending first. */
+  private readonly unsettled = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
   constructor(
@@ -201,13 +229,14 @@ export class AdapterActors {
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
     if (!rec) return false;
-    this.settle(rec);
+    if (!this.takesBeforePending(rec, event)) this.settle(rec);
     return rec.snap.status === 'active' && rec.snap.can(event);
   }
 
   /**
    * A new request names it. Requests arrive one by one, and between two steps hundreds may, so
-   * the machine hears them as one counted ACQUIRE when it is next sent an event or read (ACQUIRE
+   * the machine hears them as one counted ACQUIRE when it is next read or sent an event that is
+   * not ACQUIRE_INDEPENDENT (ACQUIRE
    * only counts users: it moves no state, emits nothing and is never published, so nobody can
    * tell the difference). Where the machine would refuse it (failed, or unloading: the caller
    * has a bug), it hears it at once, so the error names this call.
@@ -218,7 +247,26 @@ export class AdapterActors {
       this.send(name, { type: 'ACQUIRE' }, reason);
       return;
     }
-    rec.acquired++;
+    if (rec.acquired++ === 0) this.unsettled.add(rec);
+  }
+
+  /**
+   * Lets the machine that has waited longest hear its pending acquisitions; false when none has
+   * any. For a step that sent no events: heard then, they are not heard with the RELEASE that
+   * needs them, in the step where a batch turns over and every transition adds to its time.
+   */
+  settleOne(): boolean {
+    for (const rec of this.unsettled) {
+      this.settle(rec);
+      return true;
+    }
+    return false;
+  }
+
+  /** Whether its machine may take `event` before the acquisitions it has not heard yet. */
+  private takesBeforePending(rec: AdapterRecord, event: AdapterEvent): boolean {
+    if (rec.acquired === 0 || ACQUIRE_INDEPENDENT.has(event.type)) return true;
+    return ACQUIRE_MONOTONE.has(event.type) && rec.snap.status === 'active' && rec.snap.can(event);
   }
 
   /** Lets its machine hear the acquisitions it has not heard yet. */
@@ -226,6 +274,7 @@ export class AdapterActors {
     const count = rec.acquired;
     if (count === 0) return;
     rec.acquired = 0;
+    this.unsettled.delete(rec);
     this.send(rec.name, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
@@ -233,7 +282,7 @@ export class AdapterActors {
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    this.settle(rec);
+    if (!this.takesBeforePending(rec, event)) this.settle(rec);
     const before = rec.snap;
     const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
@@ -244,6 +293,7 @@ export class AdapterActors {
     // As an actor does: the snapshot is taken, then what its actions put off runs (the loader
     // commands), then it is followed.
     rec.snap = snap;
+    this.index.transitioned();
     this.runDeferred();
     this.observe(rec, snap, reason);
     // An unload completes as soon as the machine says it may (no users, no transfer in flight).
@@ -293,6 +343,7 @@ export class AdapterActors {
 
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
+    this.unsettled.delete(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
     rec.removal?.resolve();

@@ -8,6 +8,8 @@
 // evicted from the loaded set keeps its machine, and its CPU copy and slot until the CPU
 // budget or the pool wants them, so bringing it back usually costs nothing.
 
+import { Recency } from './recency.js';
+
 export interface CatalogEntry {
   name: string;
   path: string;
@@ -16,7 +18,7 @@ export interface CatalogEntry {
 
 export class AdapterCatalog {
   /** Loaded names, least recently used first, with whether each is pinned. */
-  private readonly loaded = new Map<string, boolean>();
+  private readonly loaded = new Recency<boolean>();
   private readonly known = new Map<string, CatalogEntry>();
   /**
    * What a name was remembered as before a load whose weights have not been read yet (null:
@@ -67,11 +69,10 @@ export class AdapterCatalog {
    * SGLang evicts (never `name` itself).
    */
   use(name: string, pinned: boolean): string[] {
-    this.loaded.delete(name);
-    this.loaded.set(name, pinned);
+    if (!this.loaded.use(name, pinned)) this.loaded.add(name, pinned);
     const evicted: string[] = [];
     if (this.maxLoaded === null) return evicted;
-    for (const [other, otherPinned] of this.loaded) {
+    for (const [other, otherPinned] of this.loaded.entries()) {
       if (this.loaded.size <= this.maxLoaded) break;
       if (otherPinned || other === name) continue;
       this.loaded.delete(other);

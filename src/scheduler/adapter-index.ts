@@ -3,6 +3,7 @@
 // many wanted adapters sit in each residency. Every question placement asks is answered from
 // here in time that depends on slots and wanted adapters, never on how many are registered.
 import { Demand } from './demand.js';
+import { Recency } from './recency.js';
 
 /** What the index files an adapter under: its residency leaf (null once failed or gone) and slot. */
 export interface Placement {
@@ -23,11 +24,13 @@ export class AdapterIndex {
   private cpuCopies = 0;
   private pinnedCpuCopies = 0;
   /** Unpinned GPU residents, first to evict first: least recently used (lru) or longest in its slot (fifo). */
-  readonly slotOrder = new Map<string, true>();
+  readonly slotOrder = new Recency();
   /** Droppable CPU copies, least recently used first, whatever the slot policy. */
-  readonly cpuOrder = new Map<string, true>();
+  readonly cpuOrder = new Recency();
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
+  private changes = 0;
+  private moves = 0;
 
   constructor(
     slots: number,
@@ -55,6 +58,25 @@ export class AdapterIndex {
     return this.cpuCopies === this.pinnedCpuCopies;
   }
 
+  /**
+   * Changes whenever what placement reads may have: a machine's transition (noted by its host),
+   * an adapter added or gone, demand's order. Not with touch: the eviction orders only rank the
+   * adapters that may go, never make one go that could not.
+   */
+  get version(): number {
+    return this.changes + this.demand.version;
+  }
+
+  /** Changes whenever an adapter is filed elsewhere (or added, or gone): what its residency and slot say. */
+  get placementVersion(): number {
+    return this.moves;
+  }
+
+  /** A machine took an event: its residency, counts or guards may have changed. */
+  transitioned(): void {
+    this.changes++;
+  }
+
   inResidency(residency: string): ReadonlySet<string> {
     return this.byResidency.get(residency) ?? new Set();
   }
@@ -71,18 +93,23 @@ export class AdapterIndex {
   }
 
   add(name: string, pinned: boolean, at: Placement): void {
+    this.changes++;
+    this.moves++;
     if (pinned) this.pinned.add(name);
     this.file(name, pinned, at);
   }
 
   move(name: string, pinned: boolean, from: Placement, to: Placement): void {
     if (from.residency === to.residency && from.slot === to.slot) return;
+    this.moves++;
     if (this.demand.has(name)) this.countWanted(from.residency, -1).countWanted(to.residency, 1);
     this.unfile(name, pinned, from, to);
     this.file(name, pinned, to, from);
   }
 
   remove(name: string, pinned: boolean, last: Placement): void {
+    this.changes++;
+    this.moves++;
     this.unfile(name, pinned, last, { residency: null, slot: null });
     this.pinned.delete(name);
   }
@@ -98,10 +125,15 @@ export class AdapterIndex {
     if (this.demand.remove(name, arrival)) this.countWanted(residency, -1);
   }
 
+  /** Requests that arrived `arrivals` (ascending) stopped waiting for the adapter together. */
+  unwantAll(name: string, arrivals: readonly number[], residency: string | null): void {
+    if (this.demand.removeAll(name, arrivals)) this.countWanted(residency, -1);
+  }
+
   /** A step or a new request used it: it moves to the back of the LRU orders. */
   touch(name: string): void {
-    if (this.cpuOrder.delete(name)) this.cpuOrder.set(name, true);
-    if (this.policy === 'lru' && this.slotOrder.delete(name)) this.slotOrder.set(name, true);
+    this.cpuOrder.use(name);
+    if (this.policy === 'lru') this.slotOrder.use(name);
   }
 
   private countWanted(residency: string | null, delta: number): this {
@@ -120,8 +152,8 @@ export class AdapterIndex {
         if (pinned) this.pinnedCpuCopies++;
       }
       // Entering keeps an existing place in the LRU order (a slot given up keeps its copy's age).
-      if (!pinned && DROPPABLE.has(at.residency) && !this.cpuOrder.has(name)) this.cpuOrder.set(name, true);
-      if (at.residency === 'gpuResident.unpinned' && !this.slotOrder.has(name)) this.slotOrder.set(name, true);
+      if (!pinned && DROPPABLE.has(at.residency)) this.cpuOrder.add(name, true);
+      if (at.residency === 'gpuResident.unpinned') this.slotOrder.add(name, true);
     }
     if (at.slot !== null && this.owners[at.slot] !== name) {
       if (this.owners[at.slot] !== null) {

@@ -32,6 +32,11 @@ export class AdapterRegistry implements PlacementHost {
   private readonly actors: AdapterActors;
   /** The loaded set clients see and every name ever loaded; the machines are its cache. */
   private readonly catalog: AdapterCatalog;
+  /** The index's version when placement last walked and did nothing, or -1. */
+  private idleAt = -1;
+  /** residentSlot's answers while the index's version is residentSlotsAt. */
+  private readonly residentSlots = new Map<string, number | null>();
+  private residentSlotsAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
     this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
@@ -267,10 +272,25 @@ export class AdapterRegistry implements PlacementHost {
     };
   }
 
-  /** The pool slot of a GPU-resident adapter, or null while it is not (yet) usable. */
+  /**
+   * The pool slot of a GPU-resident adapter, or null while it is not (yet) usable. A step asks
+   * this of every request it looks at, running or waiting, for a few adapters: the answers are
+   * kept until an adapter is filed elsewhere, which a lookup among thousands of registered
+   * adapters costs more than.
+   */
   residentSlot(name: string): number | null {
-    const placed = this.actors.placement(name);
-    return placed?.residency?.startsWith('gpuResident') ? placed.slot : null;
+    const version = this.index.placementVersion;
+    if (version !== this.residentSlotsAt) {
+      this.residentSlots.clear();
+      this.residentSlotsAt = version;
+    }
+    let slot = this.residentSlots.get(name);
+    if (slot === undefined) {
+      const placed = this.actors.placement(name);
+      slot = placed?.residency?.startsWith('gpuResident') ? placed.slot : null;
+      this.residentSlots.set(name, slot);
+    }
+    return slot;
   }
 
   /** Whether a copy that a waiting request needs is in flight. */
@@ -289,8 +309,7 @@ export class AdapterRegistry implements PlacementHost {
 
   /** Waiting requests of it (their `arrivals`) start running in one step (its adapter is resident). */
   started(name: string, arrivals: readonly number[]): void {
-    const residency = this.residency(name);
-    for (const arrival of arrivals) this.index.unwant(name, arrival, residency);
+    this.index.unwantAll(name, arrivals, this.residency(name));
     this.send(name, { type: 'START', count: arrivals.length }, arrivals.length === 1 ? 'a request started' : `${arrivals.length} requests started`);
     this.index.touch(name);
   }
@@ -312,14 +331,27 @@ export class AdapterRegistry implements PlacementHost {
     this.send(name, { type: 'RELEASE', running: true, count }, count === 1 ? 'a request ended' : `${count} requests ended`);
   }
 
+  /** Lets one machine hear the requests that named it since it last heard (AdapterActors.settleOne). */
+  settleOne(): void {
+    this.actors.settleOne();
+  }
+
   /** A step used it: it becomes the most recently used. */
   touch(name: string): void {
     this.index.touch(name);
   }
 
-  /** Loads and copies what waiting requests (and pins) want, within the slots and the CPU budget. */
+  /**
+   * Loads and copies what waiting requests (and pins) want, within the slots and the CPU budget.
+   * A walk that did nothing does nothing again until something it reads changes (the index's
+   * version), so the requests that arrive between two steps, each of which pumps, walk once.
+   */
   pump(): void {
+    const before = this.index.version;
+    if (before === this.idleAt) return;
     place(this);
+    // One that acted may leave work for the next walk (see place).
+    this.idleAt = this.index.version === before ? before : -1;
   }
 
   // ---- PlacementHost ----

@@ -21,32 +21,41 @@ export function tokensLeft(s: Sequence, contextLength: number): number {
 }
 
 /**
- * Of the step's adapters (`inStep`, in the order of their oldest running request) not yet
- * `draining`, the one whose running requests end soonest: the fewest tokens left to compute,
- * the one longest in the step on a tie; undefined when every one drains (null is the base
- * model). Draining it frees a place no later than strict first come first served would (that
- * stopped every adapter, so the first place to free was this one's). The choice holds from step
- * to step: its count only falls while it takes nothing new, and no other adapter's falls faster.
+ * The tokens left to each of the step's adapters (`inStep`, whose order `out` takes): the most
+ * any of its running requests has. One pass over the running requests, for soonestToFree.
+ */
+export function tokensLeftByAdapter(inStep: ReadonlyArray<string | null>, running: readonly Sequence[], contextLength: number, out: number[]): void {
+  out.length = inStep.length;
+  out.fill(0);
+  for (let r = 0; r < running.length; r++) {
+    const s = running[r]!;
+    const d = inStep.indexOf(s.init.lora);
+    if (d >= 0) out[d] = Math.max(out[d]!, tokensLeft(s, contextLength));
+  }
+}
+
+/**
+ * Of the step's adapters (`inStep`, in the order of their oldest running request, with the
+ * tokens `left` to each: tokensLeftByAdapter) not yet `draining`, the one whose running
+ * requests end soonest: the fewest tokens left to compute, the one longest in the step on a
+ * tie; undefined when every one drains (null is the base model). Draining it frees a place no
+ * later than strict first come first served would (that stopped every adapter, so the first
+ * place to free was this one's). The choice holds from step to step: its count only falls while
+ * it takes nothing new, and no other adapter's falls faster.
  */
 export function soonestToFree(
   inStep: ReadonlyArray<string | null>,
-  running: readonly Sequence[],
+  left: readonly number[],
   draining: ReadonlyArray<string | null>,
-  contextLength: number,
 ): string | null | undefined {
   let best: string | null | undefined = undefined;
   let fewest = Infinity;
   for (let d = 0; d < inStep.length; d++) {
     const lora = inStep[d]!;
     if (draining.includes(lora)) continue;
-    let left = 0;
-    for (let r = 0; r < running.length; r++) {
-      const s = running[r]!;
-      if (s.init.lora === lora) left = Math.max(left, tokensLeft(s, contextLength));
-    }
-    if (left < fewest) {
+    if (left[d]! < fewest) {
       best = lora;
-      fewest = left;
+      fewest = left[d]!;
     }
   }
   return best;

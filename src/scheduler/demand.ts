@@ -33,6 +33,15 @@ export class Demand {
   private readonly byName = new Map<string, Wanted>();
   /** Ascending by head arrival (arrivals are unique, so the order is strict). */
   private readonly order: Wanted[] = [];
+  private changes = 0;
+
+  /**
+   * Changes with the order and with each adapter's place in it, not with requests queued behind
+   * an adapter's oldest: placement reads no more of demand than that.
+   */
+  get version(): number {
+    return this.changes;
+  }
 
   /** A request that arrived `arrival`-th waits for the adapter (new, or back from running). */
   add(name: string, arrival: number): void {
@@ -40,15 +49,23 @@ export class Demand {
     if (!w) {
       w = { name, arrivals: [arrival] };
       this.byName.set(name, w);
+      this.changes++;
       this.order.splice(lowerBound(this.order, arrival, head), 0, w);
       return;
     }
-    const at = lowerBound(w.arrivals, arrival, self);
+    // Usually the newest request, which goes last without a search (or a splice's array).
+    const xs = w.arrivals;
+    if (arrival > xs[xs.length - 1]!) {
+      xs.push(arrival);
+      return;
+    }
+    const at = lowerBound(xs, arrival, self);
     if (at > 0) {
-      w.arrivals.splice(at, 0, arrival);
+      xs.splice(at, 0, arrival);
       return;
     }
     // A request older than its oldest (one preempted back into the queue): it moves forward.
+    this.changes++;
     this.unlink(w);
     w.arrivals.unshift(arrival);
     this.order.splice(lowerBound(this.order, arrival, head), 0, w);
@@ -63,9 +80,41 @@ export class Demand {
       w.arrivals.splice(at, 1);
       return false;
     }
+    this.changes++;
     this.unlink(w);
     w.arrivals.shift();
     if (w.arrivals.length === 0) {
+      this.byName.delete(name);
+      return true;
+    }
+    this.order.splice(lowerBound(this.order, head(w), head), 0, w);
+    return false;
+  }
+
+  /**
+   * Requests that stopped waiting together (`arrivals` ascending, as a step admits them): one
+   * pass over the adapter's arrivals and at most one move in the order, where a removal each
+   * would move it once per request. Returns true when nobody waits for the adapter any more.
+   */
+  removeAll(name: string, arrivals: readonly number[]): boolean {
+    const w = this.byName.get(name);
+    const xs = w?.arrivals ?? [];
+    let found = 0;
+    for (let i = 0; i < xs.length && found < arrivals.length; i++) if (xs[i] === arrivals[found]) found++;
+    if (!w || found < arrivals.length) {
+      throw new Error(`internal error: request ${arrivals[found]} is not waiting for adapter "${name}"`);
+    }
+    const oldHead = head(w);
+    let kept = 0;
+    for (let i = 0, j = 0; i < xs.length; i++) {
+      if (j < arrivals.length && xs[i] === arrivals[j]) j++;
+      else xs[kept++] = xs[i]!;
+    }
+    xs.length = kept;
+    if (kept > 0 && head(w) === oldHead) return false;
+    this.changes++;
+    this.unlink(w, oldHead);
+    if (kept === 0) {
       this.byName.delete(name);
       return true;
     }
@@ -88,7 +137,8 @@ export class Demand {
     for (const w of this.order) yield w.name;
   }
 
-  private unlink(w: Wanted): void {
-    this.order.splice(lowerBound(this.order, head(w), head), 1);
+  /** Takes `w` out of the order, where its head arrival `at` (its current one by default) put it. */
+  private unlink(w: Wanted, at = head(w)): void {
+    this.order.splice(lowerBound(this.order, at, head), 1);
   }
 }

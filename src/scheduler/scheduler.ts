@@ -3,7 +3,7 @@
 import type { AdapterStatus } from '../api.js';
 import type { LoraModule, StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { adapterToPause, mostDraining, soonestToFree } from './admission.js';
+import { adapterToPause, mostDraining, soonestToFree, tokensLeft, tokensLeftByAdapter } from './admission.js';
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
 import { BlockManager } from './block-manager.js';
@@ -81,7 +81,14 @@ export class Scheduler {
   private readonly distinct: Array<string | null> = [];
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
+  private readonly left: number[] = [];
+  /** Changes whenever a request enters or leaves the waiting queue or the running list. */
+  private queueVersion = 0;
+  /** The versions when the admission walk last admitted nothing with no prefill running (queue -1: none). */
+  private readonly idleWalk = { queue: -1, placement: -1 };
   private arrivals = 0;
+  /** The adapter index's version when the last step was scheduled. */
+  private versionAtSchedule = -1;
   /** Steps scheduled so far: the clock of waits for a place. */
   private steps = 0;
   /** When the longest wait for a place in the last schedule() began (a step count), or -1. */
@@ -181,6 +188,7 @@ export class Scheduler {
     }
     this.byId.set(id, seq);
     this.waiting.push(seq);
+    this.queueVersion++;
     // Placement runs now, so the adapter starts loading while the request waits behind others.
     if (lora !== null) this.registry.queued(lora, seq.arrival);
     this.pump();
@@ -197,6 +205,7 @@ export class Scheduler {
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
     // A step that was scheduled but never completed is simply forgotten: nothing advanced.
     this.stepLength = -1;
+    this.versionAtSchedule = this.registry.index.version;
     if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
     this.pauseForPlace();
     let n = 0;
@@ -223,26 +232,58 @@ export class Scheduler {
       this.setEntry(n++, s, chunk);
     }
 
-    // Admit waiting requests first come, first served, within --max-loras-per-batch distinct
-    // adapters. A request for an adapter already in the step needs no new place, so it is
-    // admitted even while an older request waits for one: the step fills with the requests
-    // its adapters can take instead of running a few rows while places are short (SGLang
-    // skips past such requests the same way). A request for a new adapter that gets no place
-    // claims one, so newer requests for other new adapters cannot take it.
-    //
-    // Skipping alone can starve a claim: a place frees only when every request of an adapter
-    // in the step has ended, and an adapter that keeps receiving requests never ends. So each
-    // claim short of a place, oldest first, stops admission to the adapter in the step that
-    // will free a place soonest (soonestToFree), up to half the places (mostDraining). That
-    // adapter drains and the oldest claim gets its place as soon as it would under strict first
-    // come first served, which held back every later request instead: within the running
-    // requests' max_new_tokens, however many requests the other adapters receive.
-    const max = this.opts.maxLorasPerBatch;
     // The step's adapters, in the order of their oldest running request; at most
     // maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
     const distinct = this.distinct;
     distinct.length = 0;
     for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
+    n = this.admitWaiting(n, budget);
+
+    this.pump();
+    if (n === 0) return null;
+    this.steps++;
+    for (let d = 0; d < distinct.length; d++) {
+      const lora = distinct[d]!;
+      if (lora !== null) this.registry.touch(lora);
+    }
+    this.stepLength = n;
+    const seqIds = new Array<string>(n);
+    for (let e = 0; e < n; e++) seqIds[e] = this.entries[e]!.seq.id;
+    return { batch: buildBatch(this.entries, n), seqIds };
+  }
+
+  /**
+   * Admits waiting requests into the step after its `n` running entries, within `budget`
+   * prefill tokens; returns the step's entry count.
+   *
+   * Waiting requests are admitted first come, first served, within --max-loras-per-batch distinct
+   * adapters. A request for an adapter already in the step needs no new place, so it is
+   * admitted even while an older request waits for one: the step fills with the requests
+   * its adapters can take instead of running a few rows while places are short (SGLang
+   * skips past such requests the same way). A request for a new adapter that gets no place
+   * claims one, so newer requests for other new adapters cannot take it.
+   *
+   * Skipping alone can starve a claim: a place frees only when every request of an adapter
+   * in the step has ended, and an adapter that keeps receiving requests never ends. So each
+   * claim short of a place, oldest first, stops admission to the adapter in the step that
+   * will free a place soonest (soonestToFree), up to half the places (mostDraining). That
+   * adapter drains and the oldest claim gets its place as soon as it would under strict first
+   * come first served, which held back every later request instead: within the running
+   * requests' max_new_tokens, however many requests the other adapters receive.
+   */
+  private admitWaiting(n: number, budget: number): number {
+    // Nothing has changed since a walk that admitted nothing: this one would admit nothing
+    // either, and mark no new request as waiting for a place. What a walk reads is the queue
+    // and the running list (queueVersion), the adapters' slots (placementVersion), and the
+    // prefill budget and the tokens left to the running requests: with no prefill running,
+    // every running request computes one token a step, so the adapters' order by tokens left,
+    // and with it which one drains (soonestToFree), stays. Free KV blocks only fall meanwhile.
+    const full = budget === this.opts.chunkedPrefillSize;
+    const placement = this.registry.index.placementVersion;
+    if (full && this.idleWalk.queue === this.queueVersion && this.idleWalk.placement === placement) return n;
+    const before = n;
+    const max = this.opts.maxLorasPerBatch;
+    const distinct = this.distinct;
     // New adapters that requests held back claim places for: while places are left, and then
     // one for each adapter draining.
     const claims = this.claims;
@@ -251,6 +292,10 @@ export class Scheduler {
     const draining = this.draining;
     draining.length = 0;
     const drainLimit = mostDraining(max);
+    // The tokens left to each adapter in the step (`distinct`'s order): counted over the running
+    // requests once, at the first claim that drains one, and kept as requests are admitted.
+    const left = this.left;
+    let leftKnown = false;
     // Arrivals of the requests admitted now, by adapter: each adapter hears of them in one event.
     const started = this.started;
     started.clear();
@@ -280,7 +325,9 @@ export class Scheduler {
           if (free > 0) {
             claims.push(lora);
           } else if (draining.length < drainLimit) {
-            const next = soonestToFree(distinct, this.running, draining, this.opts.contextLength);
+            if (!leftKnown) tokensLeftByAdapter(distinct, this.running, this.opts.contextLength, left);
+            leftKnown = true;
+            const next = soonestToFree(distinct, left, draining);
             if (next !== undefined) {
               claims.push(lora);
               draining.push(next);
@@ -300,6 +347,10 @@ export class Scheduler {
       if (this.paused.size > 0) this.paused.delete(s);
       insertByArrival(this.running, s);
       addOnce(distinct, lora);
+      if (leftKnown) {
+        const d = distinct.indexOf(lora);
+        left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
+      }
       if (lora !== null) tally(started, lora, s.arrival);
       budget -= chunk;
       this.setEntry(n++, s, chunk);
@@ -310,18 +361,10 @@ export class Scheduler {
     }
     for (const [lora, arrivals] of started) this.registry.started(lora, arrivals);
     this.oldestPlaceWait = placeWait;
-
-    this.pump();
-    if (n === 0) return null;
-    this.steps++;
-    for (let d = 0; d < distinct.length; d++) {
-      const lora = distinct[d]!;
-      if (lora !== null) this.registry.touch(lora);
-    }
-    this.stepLength = n;
-    const seqIds = new Array<string>(n);
-    for (let e = 0; e < n; e++) seqIds[e] = this.entries[e]!.seq.id;
-    return { batch: buildBatch(this.entries, n), seqIds };
+    if (n > before) this.queueVersion++;
+    this.idleWalk.queue = full && n === before ? this.queueVersion : -1;
+    this.idleWalk.placement = placement;
+    return n;
   }
 
   complete(result: StepResult): TokenEvent[] {
@@ -342,6 +385,9 @@ export class Scheduler {
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
     }
     this.pump();
+    // A step that moved no adapter lets one hear its new requests now, not with the step that
+    // ends them, which also turns the batch over: the time goes to a step that has it to spare.
+    if (this.registry.index.version === this.versionAtSchedule) this.registry.settleOne();
     return events;
   }
 
@@ -353,8 +399,9 @@ export class Scheduler {
     for (let i = 0; i < n; i++) {
       const e = this.entries[i]!;
       const s = e.seq;
-      // Aborted while the step ran: its blocks are already free.
-      if (s.status !== 'running' || this.byId.get(s.id) !== s) continue;
+      // Aborted (or preempted) while the step ran: its blocks are already free. A sequence leaves
+      // byId only as it stops running, so its status alone says so.
+      if (s.status !== 'running') continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
         this.endRunning(s, ending);
@@ -445,6 +492,7 @@ export class Scheduler {
     s.preemptions++;
     s.status = 'waiting';
     insertByArrival(this.waiting, s);
+    this.queueVersion++;
     if (s.init.lora !== null) this.registry.preempted(s.init.lora, s.arrival);
   }
 
@@ -481,6 +529,7 @@ export class Scheduler {
     const list = wasRunning ? this.running : this.waiting;
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
+    this.queueVersion++;
     this.kv.release(s.blocks);
     if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
     this.paused.delete(s);
@@ -510,6 +559,7 @@ export class Scheduler {
       const s = running[r]!;
       if (s.status === 'running') running[kept++] = s;
     }
+    if (kept < running.length) this.queueVersion++;
     running.length = kept;
   }
 
@@ -525,7 +575,9 @@ function addOnce<T>(list: T[], x: T): void {
 function insertByArrival(list: Sequence[], s: Sequence): void {
   let i = list.length;
   while (i > 0 && list[i - 1]!.arrival > s.arrival) i--;
-  list.splice(i, 0, s);
+  // Usually the newest: a splice there would still make an array of the none it removes.
+  if (i === list.length) list.push(s);
+  else list.splice(i, 0, s);
 }
 
 /** Appends `value` to the list kept under `key`. */

@@ -25,7 +25,7 @@ export interface Victim {
  * come, without an object each.
  */
 export function pickVictim(
-  order: ReadonlyMap<string, true>,
+  order: { keys(): Iterable<string> },
   index: AdapterIndex,
   forSeq: number,
   busy: (name: string) => boolean,

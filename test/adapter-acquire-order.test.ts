@@ -1,0 +1,216 @@
+// Acquisitions an adapter's machine has not heard yet stay pending past the events that do not
+// depend on them, and placement walks again only once something it reads has changed: a step
+// that turns a batch over costs fewer statechart transitions and fewer walks, with the same
+// outcome.
+import { afterEach, describe, expect, test, vi } from 'vitest';
+import { transition, initialTransition, type ExecutableActionsFrom } from 'xstate';
+import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-actors.js';
+import { AdapterIndex } from '../src/scheduler/adapter-index.js';
+import { adapterMachine, type AdapterEvent, type AdapterSnapshot } from '../statecharts/adapter.machine.js';
+import { newScheduler, runAll, seq, serveLoader, step } from './scheduler-harness.js';
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+const ALPHABET: AdapterEvent[] = [
+  { type: 'LOAD' },
+  { type: 'CPU_LOADED', rank: 8, targetModules: ['q_proj'], bytes: 64 },
+  { type: 'CPU_LOADED', rank: 64, targetModules: ['q_proj'], bytes: 64 },
+  { type: 'LOAD_FAILED', error: 'unreadable' },
+  { type: 'COPY', slot: 0 },
+  { type: 'SLOT_READY', slot: 0 },
+  { type: 'EVICT' },
+  { type: 'DROP_CPU' },
+  { type: 'UNLOAD' },
+  { type: 'DRAINED' },
+  { type: 'REVIVE' },
+  { type: 'ACQUIRE', count: 2 },
+  { type: 'START' },
+  { type: 'PREEMPT' },
+  { type: 'RELEASE', running: true },
+  { type: 'RELEASE', running: false },
+  { type: 'LOADER_RESTARTED' },
+];
+
+/** Every snapshot the alphabet reaches within `depth` events, pinned or not. */
+function reachable(depth: number): AdapterSnapshot[] {
+  const seen = new Map<string, AdapterSnapshot>();
+  let frontier: AdapterSnapshot[] = [false, true].map(
+    (pinned) => initialTransition(adapterMachine, { name: 'a', path: '/a', pinned, maxRank: 16, poolModules: ['q_proj', 'v_proj'] })[0],
+  );
+  for (let d = 0; d <= depth && frontier.length > 0; d++) {
+    const next: AdapterSnapshot[] = [];
+    for (const snap of frontier) {
+      const key = JSON.stringify([snap.value, snap.context, snap.status]);
+      if (seen.has(key)) continue;
+      seen.set(key, snap);
+      if (snap.status !== 'active') continue;
+      for (const e of ALPHABET) if (snap.can(e)) next.push(transition(adapterMachine, snap, e)[0]);
+    }
+    frontier = next;
+  }
+  return [...seen.values()];
+}
+
+type Actions = ExecutableActionsFrom<typeof adapterMachine>[];
+const emitted = (actions: Actions): unknown[] => actions.filter((a) => a.type === 'xstate.emit').map((a) => a.params);
+const outcome = (snap: AdapterSnapshot, actions: Actions) => ({
+  value: snap.value,
+  context: snap.context,
+  status: snap.status,
+  emitted: emitted(actions),
+});
+
+describe('pending acquisitions', () => {
+  test('the events they stay pending past are taken the same before and after them, by every reachable state', () => {
+    const acquire: AdapterEvent = { type: 'ACQUIRE', count: 3 };
+    const states = reachable(7).filter((s) => s.status === 'active' && s.can(acquire));
+    expect(states.length).toBeGreaterThan(30);
+    let compared = 0;
+    for (const s of states) {
+      for (const e of ALPHABET.filter((x) => ACQUIRE_INDEPENDENT.has(x.type))) {
+        const [acquired, first] = transition(adapterMachine, s, acquire);
+        // Taken (or refused) alike either way.
+        expect(acquired.can(e), `${e.type} in ${JSON.stringify(s.value)}`).toBe(s.can(e));
+        if (!s.can(e)) continue;
+        const [after, second] = transition(adapterMachine, acquired, e);
+        const [moved, early] = transition(adapterMachine, s, e);
+        expect(moved.can(acquire), `ACQUIRE after ${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
+        const [late, last] = transition(adapterMachine, moved, acquire);
+        expect(outcome(late, [...early, ...last])).toEqual(outcome(after, [...first, ...second]));
+        compared++;
+      }
+    }
+    expect(compared).toBeGreaterThan(30);
+  });
+
+  test('the events taken before them when the machine accepts them so end the same as after them, by every reachable state', () => {
+    const acquire: AdapterEvent = { type: 'ACQUIRE', count: 3 };
+    const states = reachable(7).filter((s) => s.status === 'active' && s.can(acquire));
+    let compared = 0;
+    for (const s of states) {
+      for (const e of ALPHABET.filter((x) => ACQUIRE_MONOTONE.has(x.type) && s.can(x))) {
+        const [acquired, first] = transition(adapterMachine, s, acquire);
+        expect(acquired.can(e), `${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
+        const [after, second] = transition(adapterMachine, acquired, e);
+        const [moved, early] = transition(adapterMachine, s, e);
+        expect(moved.can(acquire), `ACQUIRE after ${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
+        const [late, last] = transition(adapterMachine, moved, acquire);
+        expect(outcome(late, [...early, ...last])).toEqual(outcome(after, [...first, ...second]));
+        compared++;
+      }
+    }
+    expect(compared).toBeGreaterThan(30);
+  });
+
+  test('a step that starts requests queued since the last one is one transition of their adapter', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    s.submit(seq('first', { lora: 'A', maxNewTokens: 1 }));
+    runAll(s);
+    for (let i = 0; i < 40; i++) s.submit(seq(`r${i}`, { lora: 'A' }));
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    expect(step(s)!.ids).toHaveLength(40);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'START', count: 40 }]);
+    // Read, the machine has heard both.
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 40, running: 40 });
+    expect(transitions.mock.calls.map((c) => c[1]).slice(1)).toEqual([{ type: 'ACQUIRE', count: 40 }]);
+  });
+
+  test('requests ending before the machine heard of newer ones are one transition, and a release it needs them for still finds them', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    for (let i = 0; i < 4; i++) s.submit(seq(`old${i}`, { lora: 'A', maxNewTokens: 1 }));
+    serveLoader(s);
+    s.adapterDetails();
+    // Heard: 4 users. Pending: 3 more, one of them aborted while waiting.
+    for (let i = 0; i < 3; i++) s.submit(seq(`new${i}`, { lora: 'A', maxNewTokens: 1 }));
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    const first = step(s)!;
+    expect(first.ids).toHaveLength(7);
+    expect(first.events.every((e) => e.finish !== null)).toBe(true);
+    // Seven ended in one step: more than the four heard, so the three pending come first.
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'START', count: 7 },
+      { type: 'ACQUIRE', count: 3 },
+      { type: 'RELEASE', running: true, count: 7 },
+    ]);
+    transitions.mockClear();
+    for (let i = 0; i < 2; i++) s.submit(seq(`later${i}`, { lora: 'A', maxNewTokens: 1 }));
+    s.submit(seq('x', { lora: 'A', maxNewTokens: 1 }));
+    // Only the pending ones name it: the abort needs them heard first.
+    expect(s.abort('x')?.finish).toEqual({ type: 'abort', message: 'Request aborted' });
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'ACQUIRE', count: 3 },
+      { type: 'RELEASE', running: false },
+    ]);
+    expect(step(s)!.ids).toEqual(['later0', 'later1']);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
+  });
+
+  test('a step that moves no adapter lets one hear its new requests, so the step that ends them releases them alone', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    serveLoader(s);
+    s.submit(seq('warm', { lora: 'A', maxNewTokens: 1 }));
+    runAll(s);
+    for (let i = 0; i < 4; i++) s.submit(seq(`r${i}`, { lora: 'A', maxNewTokens: 3 }));
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    const heard = (): unknown[] => {
+      const events = transitions.mock.calls.map((c) => c[1]);
+      transitions.mockClear();
+      return events;
+    };
+    step(s);
+    expect(heard()).toEqual([{ type: 'START', count: 4 }]);
+    step(s);
+    expect(heard()).toEqual([{ type: 'ACQUIRE', count: 4 }]);
+    expect(step(s)!.events.every((e) => e.finish !== null)).toBe(true);
+    expect(heard()).toEqual([{ type: 'RELEASE', running: true, count: 4 }]);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
+  });
+
+  test('requests ending while the machine has newer ones to hear of are one transition', () => {
+    const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    for (let i = 0; i < 4; i++) s.submit(seq(`old${i}`, { lora: 'A', maxNewTokens: 1 }));
+    serveLoader(s);
+    s.adapterDetails();
+    for (let i = 0; i < 3; i++) s.submit(seq(`new${i}`, { lora: 'A', maxNewTokens: 1 }));
+    // One of the four old ones ends: the machine heard of enough users, the three stay pending.
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    s.abort('old1');
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'RELEASE', running: false }]);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 6, running: 0 });
+  });
+});
+
+describe('placement', () => {
+  test('requests arriving while no wanted adapter can move do not walk it again, and the adapter still gets its slot', () => {
+    // Two slots, both held by running adapters; C is read and waits for one.
+    const s = newScheduler({ maxLorasPerBatch: 2, maxRunningRequests: 8, numBlocks: 256 });
+    for (const name of ['A', 'B', 'C']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a0', { lora: 'A', maxNewTokens: 8 }));
+    s.submit(seq('b0', { lora: 'B', maxNewTokens: 8 }));
+    serveLoader(s);
+    step(s);
+    s.submit(seq('c0', { lora: 'C' }));
+    serveLoader(s);
+    step(s);
+    // The step let a machine hear its requests: the next walk looks again, and finds nothing to do.
+    s.submit(seq('c1', { lora: 'C' }));
+    const walks = vi.spyOn(AdapterIndex.prototype, 'wantedInResidency');
+    // More requests for the adapter that waits change nothing placement reads.
+    for (let i = 1; i <= 12; i++) s.submit(seq(`x${i}`, { lora: 'C' }));
+    expect(walks).not.toHaveBeenCalled();
+    // A newly wanted adapter changes demand's order: one walk.
+    s.submit(seq('a1', { lora: 'A' }));
+    s.submit(seq('a2', { lora: 'A' }));
+    expect(walks.mock.calls).toEqual([['registered'], ['cpuLoaded']]);
+    walks.mockRestore();
+    const { out } = runAll(s);
+    expect([...out.keys()].sort()).toEqual(['a0', 'a1', 'a2', 'b0', 'c0', 'c1', ...Array.from({ length: 12 }, (_, i) => `x${i + 1}`)].sort());
+    for (const r of out.values()) expect(r.finish).not.toBeNull();
+  });
+});
