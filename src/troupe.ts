@@ -81,6 +81,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         evictionPolicy: options.loraEvictionPolicy,
         overlapLoading: options.enableLoraOverlapLoading,
         maxPlaceWaitSteps: options.maxPlaceWaitSteps,
+        overlapSchedule: !options.disableOverlapSchedule,
         eosTokenIds: ckpt.config.eosTokenIds,
         contextLength: plan.contextLength,
         maxLoraRank: plan.engine.maxLoraRank,

@@ -177,6 +177,7 @@ describe('gateway metrics of any engine', () => {
     residentAdapters: [],
     waitingAdapters: [],
     preempted: { cache: 0, place: 0 },
+    steps: { total: 0, ahead: 0 },
     ...over,
   });
 

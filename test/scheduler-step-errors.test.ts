@@ -77,7 +77,7 @@ describe('top_k in the batch', () => {
     const entries = topKs.map((topK, i) => {
       const sq = new Sequence(seq(`s${i}`, { sampling: sampling({ topK }) }), i);
       sq.blocks = [i];
-      return { seq: sq, chunk: sq.tokens.length, sample: true, slot: -1 };
+      return { seq: sq, start: 0, chunk: sq.tokens.length, sample: true, slot: -1, feedRow: -1, epoch: 0 };
     });
     expect(Array.from(buildBatch(entries).topK)).toEqual([-1, -1, 2 ** 31 - 1, 5, 1, -1, -1, -1]);
   });

@@ -4,6 +4,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
 import type { NativeAddon, StepResult } from '../engine/types.js';
+import { feedInputs } from './feed.js';
 import { TroupeError } from '../errors.js';
 import { buffersOf, Mailbox, withTransfer, type Transfer } from './mailbox.js';
 import type { ExecutorMsg, ExecutorReplies, ExecutorWorkerData } from './protocol.js';
@@ -13,14 +14,40 @@ const data = workerData as ExecutorWorkerData;
 
 let native: NativeAddon | null = null;
 let handle = -1;
+/** The tokens the last step sampled, for the step after it to take its fed inputs from; null after a failed step. */
+let lastTokens: Int32Array | null = null;
 
-function step(batch: ExecutorMsg & { type: 'step' }): Transfer<StepResult> {
+function step(msg: ExecutorMsg & { type: 'step' }): Transfer<StepResult> {
   if (!native || handle < 0) throw new TroupeError('unavailable', 'the engine is not initialized');
-  const r = native.step(handle, batch.batch);
+  const batch = msg.batch;
+  if (batch.feed) feedInputs(batch, lastTokens);
+  lastTokens = null;
+  const r = native.step(handle, batch);
+  // Its buffers leave with the result.
+  lastTokens = r.tokens.slice();
   return withTransfer(r, buffersOf([r.tokens, r.logprobs, r.topIds, r.topLogprobValues, r.logits]));
 }
 
-const handler = (msg: ExecutorMsg): ExecutorReplies[ExecutorMsg['type']] | Transfer<StepResult> => {
+/**
+ * Runs a step from the event loop rather than inside the delivery of its message. With overlap
+ * scheduling the next step is always queued on the scheduler's port when one ends, and a port
+ * delivers what keeps arriving (up to a thousand messages) before the thread looks at its other
+ * port: run inline, steps would keep the main thread's messages (shutdown) waiting that long.
+ * Immediates run in order, so steps do too.
+ */
+function stepSoon(msg: ExecutorMsg & { type: 'step' }): Promise<Transfer<StepResult>> {
+  return new Promise((resolve, reject) =>
+    setImmediate(() => {
+      try {
+        resolve(step(msg));
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }),
+  );
+}
+
+const handler = (msg: ExecutorMsg): ExecutorReplies[ExecutorMsg['type']] | Transfer<StepResult> | Promise<Transfer<StepResult>> => {
   switch (msg.type) {
     case 'init': {
       native ??= loadNative();
@@ -29,7 +56,7 @@ const handler = (msg: ExecutorMsg): ExecutorReplies[ExecutorMsg['type']] | Trans
       return { handle, info: native.engineInfo(handle) };
     }
     case 'step':
-      return step(msg);
+      return stepSoon(msg);
     case 'shutdown':
       if (native && handle >= 0) native.destroyEngine(handle);
       handle = -1;

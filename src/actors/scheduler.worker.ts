@@ -4,6 +4,7 @@
 // of each step as one message.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { badRequest, toWire, TroupeError } from '../errors.js';
+import type { StepBatch, StepResult } from '../engine/types.js';
 import { Scheduler, type TokenEvent } from '../scheduler/index.js';
 import { Mailbox } from './mailbox.js';
 import { stepRanks } from './ranks.js';
@@ -34,6 +35,7 @@ let loaderPort = data.loaderPort;
 let loader = connectLoader(loaderPort);
 
 let sched: Scheduler | null = null;
+let overlapSchedule = false;
 let looping = false;
 let transitions: AdapterTransition[] = [];
 
@@ -74,11 +76,26 @@ function queueTransition(t: AdapterTransition): void {
   transitions.push(t);
 }
 
-/** Runs steps until nothing is schedulable; any message that may unblock work calls it again. */
+/**
+ * Runs steps until nothing is schedulable; any message that may unblock work calls it again.
+ * With overlap scheduling (one engine rank), the step after the one in flight is scheduled and
+ * sent before that one's result is back, so the executor starts it the moment the first ends:
+ * this thread's work for a step (completing the last one, scheduling, building the batch) runs
+ * while the engine computes instead of between two steps.
+ */
 async function loop(): Promise<void> {
   if (looping || !sched) return;
   looping = true;
   const s = sched;
+  const overlap = overlapSchedule && executors.length === 1;
+  const inFlight: Array<{ result: Promise<StepResult>; seqIds: string[] }> = [];
+  const send = (next: { batch: StepBatch; seqIds: string[] } | null): void => {
+    if (!next) return;
+    const result = stepRanks(executors, next.batch);
+    // Awaited in turn below; a rejection before then is not unhandled.
+    result.catch(() => undefined);
+    inFlight.push({ result, seqIds: next.seqIds });
+  };
   // The last step's token events. They go to the main thread once the next step is on its way
   // to the executors: copying them into a message (a few dozen objects a step) is then done
   // while the executors run, not between two steps.
@@ -91,19 +108,20 @@ async function loop(): Promise<void> {
   try {
     for (;;) {
       flushCommands(s);
-      const next = s.schedule();
-      if (!next) break;
-      const step = stepRanks(executors, next.batch);
+      if (inFlight.length === 0) send(s.schedule());
+      if (overlap && inFlight.length === 1) send(s.scheduleAhead());
+      const head = inFlight.shift();
+      if (!head) break;
       sendTokens();
       flushEvents(s);
       let result;
       try {
-        result = await step;
+        result = await head.result;
       } catch (err) {
         // A failed step fails the sequences in it, not the engine: free them and go on.
-        const ids = next.seqIds;
-        for (const id of ids) s.abort(id);
-        main.send({ type: 'failed', ids, error: toWire(err) });
+        s.discardStep();
+        for (const id of head.seqIds) s.abort(id);
+        main.send({ type: 'failed', ids: head.seqIds, error: toWire(err) });
         continue;
       }
       tokens = s.complete(result);
@@ -142,6 +160,7 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
     case 'init':
       if (sched) throw new Error('the scheduler is already initialized');
       sched = new Scheduler(msg.options);
+      overlapSchedule = msg.options.overlapSchedule ?? false;
       sched.subscribe(queueTransition);
       return;
     case 'submit':

@@ -248,6 +248,13 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'cuda-graph-max-bs', kind: 'int', default: 256, group: 'runtime', help: 'Largest decode batch captured as a CUDA graph.' },
   { name: 'disable-cuda-graph', kind: 'bool', default: false, group: 'runtime', help: 'Run decode steps without CUDA graphs.' },
   {
+    name: 'disable-overlap-schedule',
+    kind: 'bool',
+    default: false,
+    group: 'runtime',
+    help: 'Schedule each step only after the last one ends. By default the next step is scheduled and sent while the engine runs the current one, and starts as soon as it ends (one engine rank; with --tp-size above 1 steps always go one at a time).',
+  },
+  {
     name: 'disable-radix-cache',
     kind: 'bool',
     default: false,

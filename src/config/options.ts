@@ -42,6 +42,8 @@ export interface ServeOptions {
   baseGpuId: number;
   gpuIdStep: number;
   cudaGraphMaxBs: number;
+  /** --disable-overlap-schedule: each step scheduled only after the last one ends. */
+  disableOverlapSchedule: boolean;
   memFractionStatic: number;
   device: 'auto' | 'cpu' | 'cuda';
   /** Steps a request may wait for a place before an adapter's running requests give theirs up; 0: never. */

@@ -109,6 +109,7 @@ export function validateFlags(flags: RawFlags): Validated {
     baseGpuId: atLeast('base-gpu-id', 0)!,
     gpuIdStep: atLeast('gpu-id-step', 0)!,
     cudaGraphMaxBs: bool('disable-cuda-graph') ? 0 : atLeast('cuda-graph-max-bs', 0)!,
+    disableOverlapSchedule: bool('disable-overlap-schedule') ?? false,
     memFractionStatic,
     device: str('device') as 'auto' | 'cpu' | 'cuda',
     dtype: str('dtype') as ServeOptions['dtype'],

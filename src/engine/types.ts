@@ -146,6 +146,13 @@ export interface StepBatch {
   draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
   topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one; more than the vocabulary = all)
   returnLogits: boolean; // full last-position logits per sampled sequence (tests, debugging)
+  /**
+   * Overlap scheduling (the executor's, never the engine's): triples (array, index, row) naming
+   * inputs that are the tokens the step before this one samples. array 0 is `tokens`, 1 is
+   * `penaltyTokens`; the executor writes row `row` of that step's result there before it runs
+   * this one. Absent when every input is known.
+   */
+  feed?: Int32Array;
 }
 
 export interface StepResult {

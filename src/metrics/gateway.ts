@@ -82,20 +82,33 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     l.totalBlocks > 0 ? (l.totalBlocks - l.freeBlocks) / l.totalBlocks : 0,
   );
 
-  // Not a gateway figure, but read from the same snapshot: on /metrics only.
-  new Counter({
-    name: 'troupe_requests_preempted_total',
-    help: 'Running requests sent back to wait, their KV cache freed and recomputed later: reason="kv_cache" to make room in the cache, reason="place" to give their place in the batch to a request that waited --max-place-wait-steps.',
-    labelNames: ['reason'],
-    registers: registers.slice(0, 1),
-    async collect() {
-      const { preempted } = await snapshot();
-      // The scheduler keeps the totals; the counter shows them as they are.
-      this.reset();
-      this.inc({ reason: 'kv_cache' }, preempted.cache);
-      this.inc({ reason: 'place' }, preempted.place);
-    },
-  });
+  // Not gateway figures, but read from the same snapshot: on /metrics only. The scheduler keeps
+  // the totals; each counter shows them as they are, one series per label value.
+  const totals = (name: string, help: string, label: string, read: (l: SchedulerLoad) => Record<string, number>): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: registers.slice(0, 1),
+      async collect() {
+        const values = read(await snapshot());
+        this.reset();
+        for (const [value, total] of Object.entries(values)) this.inc({ [label]: value }, total);
+      },
+    });
+  };
+  totals(
+    'troupe_requests_preempted_total',
+    'Running requests sent back to wait, their KV cache freed and recomputed later: reason="kv_cache" to make room in the cache, reason="place" to give their place in the batch to a request that waited --max-place-wait-steps.',
+    'reason',
+    (l) => ({ kv_cache: l.preempted.cache, place: l.preempted.place }),
+  );
+  totals(
+    'troupe_steps_total',
+    'Engine steps: scheduled="ahead" for those scheduled and sent while the step before was still running (overlap scheduling), "after" for those scheduled once it had ended.',
+    'scheduled',
+    (l) => ({ ahead: l.steps.ahead, after: l.steps.total - l.steps.ahead }),
+  );
 
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
   new Gauge({

@@ -4,12 +4,21 @@ import type { Sequence } from './sequence.js';
 
 export interface StepEntry {
   seq: Sequence;
-  /** New tokens this step runs: seq.tokens[seq.computed, seq.computed + chunk). */
+  /** Its first position this step: the tokens before it are in the cache or computed by steps in flight. */
+  start: number;
+  /** New tokens this step runs: seq.tokens[start, start + chunk). */
   chunk: number;
   /** Whether this step reaches the end of its tokens and so samples the next one. */
   sample: boolean;
   /** LoRA pool slot, -1 for the base model. */
   slot: number;
+  /**
+   * The row of the step before this one whose sampled token is this entry's last input (overlap
+   * scheduling: that step was still running when this one was built), or -1.
+   */
+  feedRow: number;
+  /** The sequence's epoch when the entry was made: a row whose sequence left the running list since is stale. */
+  epoch: number;
 }
 
 /** top_k as the engine takes it: beyond int32 (which would wrap, 2^32 + 1 to 1) or not a positive number is off (-1). */
@@ -33,11 +42,13 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
   let total = 0;
   let maxBlocksPerSeq = 1;
   let historyLength = 0;
+  let fed = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
     total += e.chunk;
     maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
-    if (sendsHistory(e)) historyLength += e.seq.tokens.length;
+    if (e.feedRow >= 0) fed++;
+    if (sendsHistory(e)) historyLength += e.seq.tokens.length + (e.feedRow >= 0 ? 1 : 0);
   }
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
   const words = 2 * total + 2 * (n + 1) + n * maxBlocksPerSeq + 12 * n + historyLength;
@@ -82,6 +93,14 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     topLogprobs: 0,
     returnLogits: false,
   };
+  // A fed entry is one decode token, which the step in flight samples: 0 stands in for it.
+  const feed = fed > 0 ? new Int32Array(3 * (fed + historyFed(entries, n))) : null;
+  let fedAt = 0;
+  const feedFrom = (array: number, index: number, row: number): void => {
+    feed![fedAt++] = array;
+    feed![fedAt++] = index;
+    feed![fedAt++] = row;
+  };
   let off = 0;
   let history = 0;
   for (let i = 0; i < n; i++) {
@@ -89,11 +108,12 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     const s = e.seq;
     b.seqStarts[i] = off;
     for (let j = 0; j < e.chunk; j++) {
-      b.tokens[off + j] = s.tokens[s.computed + j]!;
-      b.positions[off + j] = s.computed + j;
+      b.tokens[off + j] = e.feedRow >= 0 ? 0 : s.tokens[e.start + j]!;
+      b.positions[off + j] = e.start + j;
     }
+    if (e.feedRow >= 0) feedFrom(0, off, e.feedRow);
     off += e.chunk;
-    b.contextLens[i] = s.computed + e.chunk;
+    b.contextLens[i] = e.start + e.chunk;
     const row = i * maxBlocksPerSeq;
     for (let j = 0; j < s.blocks.length; j++) b.blockTables[row + j] = s.blocks[j]!;
     b.loraSlots[i] = e.slot;
@@ -111,13 +131,22 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     if (sendsHistory(e)) {
       for (let j = 0; j < s.tokens.length; j++) b.penaltyTokens[history + j] = s.tokens[j]!;
       history += s.tokens.length;
+      if (e.feedRow >= 0) feedFrom(1, history++, e.feedRow);
       b.penaltyPromptLens[i] = s.init.promptIds.length;
     }
     b.seeds[i] = s.init.seed >>> 0;
-    b.draws[i] = s.output.length;
+    b.draws[i] = s.output.length + (e.feedRow >= 0 ? 1 : 0);
     if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
   }
   b.seqStarts[n] = off;
   b.penaltyStarts[n] = history;
+  if (feed !== null) b.feed = feed;
   return b;
+}
+
+/** Fed entries that also send their history, whose last token is fed too. */
+function historyFed(entries: readonly StepEntry[], n: number): number {
+  let count = 0;
+  for (let i = 0; i < n; i++) if (entries[i]!.feedRow >= 0 && sendsHistory(entries[i]!)) count++;
+  return count;
 }

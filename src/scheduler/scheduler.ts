@@ -29,6 +29,11 @@ export interface SchedulerOptions {
    * running requests of one adapter give theirs up (pauseForPlace); 0 or absent: never.
    */
   maxPlaceWaitSteps?: number;
+  /**
+   * For the scheduler thread's loop: send the next step before the last one's result is back
+   * (scheduleAhead), as SGLang's overlap scheduler does; absent or false: one step at a time.
+   */
+  overlapSchedule?: boolean;
   contextLength: number;
   maxLoraRank: number;
   loraModules: LoraModule[];
@@ -49,6 +54,8 @@ export interface SchedulerLoad extends SchedulerStats {
   waitingAdapters: string[];
   /** Running requests sent back to wait since the start: for KV cache room, and for a place (--max-place-wait-steps). */
   preempted: { cache: number; place: number };
+  /** Steps since the start, and those scheduled and sent while the step before was still running (overlap scheduling). */
+  steps: { total: number; ahead: number };
 }
 
 /** A sequence that one step failed on its own while the rest of the batch went on. */
@@ -72,12 +79,15 @@ export class Scheduler {
   private pendingEvents: TokenEvent[] = [];
   private failures: StepFailure[] = [];
   /**
-   * The scheduled step: the first `stepLength` of `entries`, or -1 when none is. The entries
-   * and the lists below are reused from step to step, so a step allocates little beyond its
-   * batch and events: garbage made every step would bring collection pauses into the tail.
+   * Steps scheduled and not completed, oldest first: one, or with overlap scheduling two (the
+   * one the engine runs and the one queued behind it). Entry lists, and the lists below, are
+   * reused from step to step, so a step allocates little beyond its batch and events: garbage
+   * made every step would bring collection pauses into the tail.
    */
-  private readonly entries: StepEntry[] = [];
-  private stepLength = -1;
+  private readonly flights: Array<{ entries: StepEntry[]; n: number }> = [];
+  private readonly spareEntries: StepEntry[][] = [];
+  /** The entries of the step being scheduled. */
+  private entries: StepEntry[] = [];
   private readonly distinct: Array<string | null> = [];
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
@@ -97,6 +107,8 @@ export class Scheduler {
   private readonly paused = new Set<Sequence>();
   /** Running requests preempted so far, for KV cache room and for a place. */
   private readonly preempted = { cache: 0, place: 0 };
+  /** Steps scheduled so far, and how many of them while the step before was still running. */
+  private readonly stepCounts = { total: 0, ahead: 0 };
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -203,8 +215,45 @@ export class Scheduler {
   }
 
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
-    // A step that was scheduled but never completed is simply forgotten: nothing advanced.
-    this.stepLength = -1;
+    // Steps that were scheduled but never completed are simply forgotten: nothing advanced.
+    this.forgetSteps();
+    return this.plan();
+  }
+
+  /**
+   * Overlap scheduling: the step after the one in flight, built before its result is back, so
+   * the engine starts it as soon as that one ends rather than after a round trip through this
+   * thread. A sequence whose step in flight samples decodes that token here: the batch's
+   * `feed` names where it goes, and the executor copies it in from that step's result. A
+   * sequence the step in flight surely ends (max_new_tokens, the context length) is left out;
+   * one it ends otherwise (a stop token) runs one row more, which complete() discards, into
+   * blocks it has freed by then: harmless, since whoever takes them next writes them in a later
+   * step before reading them.
+   */
+  scheduleAhead(): { batch: StepBatch; seqIds: string[] } | null {
+    if (this.flights.length !== 1) throw new Error(`scheduleAhead() needs exactly one step in flight, there are ${this.flights.length}`);
+    return this.plan();
+  }
+
+  /** Drops the oldest step in flight, which failed; the caller aborts its sequences. */
+  discardStep(): void {
+    const flight = this.flights.shift();
+    if (flight) this.spareEntries.push(flight.entries);
+  }
+
+  private forgetSteps(): void {
+    for (const f of this.flights) {
+      for (let i = 0; i < f.n; i++) {
+        const e = f.entries[i]!;
+        if (e.epoch === e.seq.epoch) e.seq.leaveSteps();
+      }
+      this.spareEntries.push(f.entries);
+    }
+    this.flights.length = 0;
+  }
+
+  private plan(): { batch: StepBatch; seqIds: string[] } | null {
+    this.entries = this.spareEntries.pop() ?? [];
     this.versionAtSchedule = this.registry.index.version;
     if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
     this.pauseForPlace();
@@ -213,12 +262,13 @@ export class Scheduler {
 
     for (let i = 0; i < this.running.length; i++) {
       const s = this.running[i]!;
+      if (s.endsAhead(this.opts.contextLength)) continue;
       const prefill = s.prefilling;
       const chunk = prefill ? Math.min(s.pending, budget) : 1;
       if (chunk === 0) continue;
       // Short of blocks: preempt the newest running sequences (possibly this one itself).
       let self = false;
-      while (!this.kv.grow(s.blocks, s.computed + chunk)) {
+      while (!this.kv.grow(s.blocks, s.start + chunk)) {
         const victim = this.running[this.running.length - 1]!;
         this.preempted.cache++;
         this.preempt(victim);
@@ -240,16 +290,31 @@ export class Scheduler {
     n = this.admitWaiting(n, budget);
 
     this.pump();
-    if (n === 0) return null;
+    if (n === 0) {
+      this.spareEntries.push(this.entries);
+      return null;
+    }
     this.steps++;
     for (let d = 0; d < distinct.length; d++) {
       const lora = distinct[d]!;
       if (lora !== null) this.registry.touch(lora);
     }
-    this.stepLength = n;
+    const entries = this.entries;
+    this.stepCounts.total++;
+    if (this.flights.length > 0) this.stepCounts.ahead++;
+    this.flights.push({ entries, n });
     const seqIds = new Array<string>(n);
-    for (let e = 0; e < n; e++) seqIds[e] = this.entries[e]!.seq.id;
-    return { batch: buildBatch(this.entries, n), seqIds };
+    const batch = buildBatch(entries, n);
+    // Only now, with every entry's feed row read: the next step starts after this one.
+    for (let i = 0; i < n; i++) {
+      const e = entries[i]!;
+      const s = e.seq;
+      seqIds[i] = s.id;
+      s.ahead += e.chunk;
+      s.aheadSamples = e.sample;
+      s.aheadRow = i;
+    }
+    return { batch, seqIds };
   }
 
   /**
@@ -342,7 +407,7 @@ export class Scheduler {
         continue;
       }
       const chunk = Math.min(s.pending, budget);
-      if (!this.kv.grow(s.blocks, s.computed + chunk)) break;
+      if (!this.kv.grow(s.blocks, s.start + chunk)) break;
       s.status = 'running';
       if (this.paused.size > 0) this.paused.delete(s);
       insertByArrival(this.running, s);
@@ -367,10 +432,12 @@ export class Scheduler {
     return n;
   }
 
+  /** Completes the oldest step in flight with the engine's result. */
   complete(result: StepResult): TokenEvent[] {
-    const n = this.stepLength;
-    if (n < 0) throw new Error('complete() called without a scheduled step');
-    this.stepLength = -1;
+    const flight = this.flights.shift();
+    if (!flight) throw new Error('complete() called without a scheduled step');
+    const { entries, n } = flight;
+    this.spareEntries.push(entries);
     if (result.tokens.length !== n) {
       throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
@@ -379,7 +446,7 @@ export class Scheduler {
     const ending = this.ending;
     ending.clear();
     try {
-      this.completeEntries(result, n, width, events, ending);
+      this.completeEntries(entries, result, n, width, events, ending);
     } finally {
       this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
@@ -395,13 +462,20 @@ export class Scheduler {
    * Advances each sequence of the completed step by its entry and the result's row. Those that
    * end stay in `running` (as 'finished') for removeEnded to take out together.
    */
-  private completeEntries(result: StepResult, n: number, width: number, events: TokenEvent[], ending: Map<string, number>): void {
+  private completeEntries(
+    entries: readonly StepEntry[],
+    result: StepResult,
+    n: number,
+    width: number,
+    events: TokenEvent[],
+    ending: Map<string, number>,
+  ): void {
     for (let i = 0; i < n; i++) {
-      const e = this.entries[i]!;
+      const e = entries[i]!;
       const s = e.seq;
-      // Aborted (or preempted) while the step ran: its blocks are already free. A sequence leaves
-      // byId only as it stops running, so its status alone says so.
-      if (s.status !== 'running') continue;
+      // Ended, aborted or preempted while the step ran (perhaps running again since, from
+      // scratch): its blocks are already free, and the row is stale.
+      if (s.status !== 'running' || e.epoch !== s.epoch) continue;
       const error = result.errors?.[i] ?? null;
       if (error !== null) {
         this.endRunning(s, ending);
@@ -409,6 +483,11 @@ export class Scheduler {
         continue;
       }
       s.computed += e.chunk;
+      s.ahead -= e.chunk;
+      if (s.ahead === 0) {
+        s.aheadSamples = false;
+        s.aheadRow = -1;
+      }
       if (!e.sample) continue;
       const k = Math.min(s.init.topLogprobsNum, width);
       const id = result.tokens[i]!;
@@ -465,23 +544,30 @@ export class Scheduler {
       residentAdapters: [...index.inResidency('gpuResident.pinned'), ...index.inResidency('gpuResident.unpinned')].sort(),
       waitingAdapters: [...index.demand.names()],
       preempted: { ...this.preempted },
+      steps: { ...this.stepCounts },
     };
   }
 
   /** Fills the step's entry `i`, reusing the object an earlier step left there. */
   private setEntry(i: number, s: Sequence, chunk: number): void {
     const lora = s.init.lora;
-    const sample = s.computed + chunk === s.tokens.length;
+    const start = s.start;
+    const sample = start + chunk === s.tokens.length + (s.aheadSamples ? 1 : 0);
     const slot = lora === null ? -1 : this.registry.residentSlot(lora)!;
+    // With a sampling step in flight, its token is this step's only input (pending is 1).
+    const feedRow = s.aheadSamples ? s.aheadRow : -1;
     const e = this.entries[i];
     if (e === undefined) {
-      this.entries.push({ seq: s, chunk, sample, slot });
+      this.entries.push({ seq: s, start, chunk, sample, slot, feedRow, epoch: s.epoch });
       return;
     }
     e.seq = s;
+    e.start = start;
     e.chunk = chunk;
     e.sample = sample;
     e.slot = slot;
+    e.feedRow = feedRow;
+    e.epoch = s.epoch;
   }
 
   /** Frees the cache and recomputes later, keeping the generated tokens as part of the prompt. */
@@ -489,6 +575,7 @@ export class Scheduler {
     this.running.splice(this.running.indexOf(s), 1);
     this.kv.release(s.blocks);
     s.computed = 0;
+    s.leaveSteps();
     s.preemptions++;
     s.status = 'waiting';
     insertByArrival(this.waiting, s);
@@ -534,6 +621,7 @@ export class Scheduler {
     if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
     this.paused.delete(s);
     s.status = 'finished';
+    s.leaveSteps();
     this.byId.delete(s.id);
     return s;
   }

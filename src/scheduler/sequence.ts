@@ -39,6 +39,17 @@ export class Sequence {
   pausedForPlace = false;
   /** The step count when it first found no place left for its adapter, or -1. */
   placeWaitSince = -1;
+  /**
+   * Overlap scheduling: its tokens in steps sent to the engine but not completed yet. The next
+   * step it joins starts after them (`start`), and when the last of those steps samples
+   * (`aheadSamples`), the next step's input is a token only that step's result holds: the
+   * executor copies it from row `aheadRow` of that result.
+   */
+  ahead = 0;
+  aheadSamples = false;
+  aheadRow = -1;
+  /** Counts its exits from the running list: a step's row is stale once it has left since. */
+  epoch = 0;
 
   constructor(
     readonly init: SeqInit,
@@ -55,13 +66,35 @@ export class Sequence {
     return this.init.id;
   }
 
+  /** Where its next step starts: after the tokens in the cache and those of steps in flight. */
+  get start(): number {
+    return this.computed + this.ahead;
+  }
+
+  /** Tokens still to run after the steps in flight, counting the one they sample. */
   get pending(): number {
-    return this.tokens.length - this.computed;
+    return this.tokens.length + (this.aheadSamples ? 1 : 0) - this.start;
   }
 
   /** Whether the tokens still to run are a (re)prefill rather than one decode token. */
   get prefilling(): boolean {
-    return this.pending > 1 || this.computed === 0 || this.output.length === 0;
+    return this.pending > 1 || this.start === 0 || (this.output.length === 0 && !this.aheadSamples);
+  }
+
+  /**
+   * Whether the step in flight ends it whatever token it samples (max_new_tokens or the context
+   * length reached), so no later step should carry it.
+   */
+  endsAhead(contextLength: number): boolean {
+    return this.aheadSamples && (this.output.length + 1 >= this.init.sampling.maxNewTokens || this.tokens.length + 1 >= contextLength);
+  }
+
+  /** Forgets the steps in flight: it left the running list, or they were dropped. */
+  leaveSteps(): void {
+    this.ahead = 0;
+    this.aheadSamples = false;
+    this.aheadRow = -1;
+    this.epoch++;
   }
 
   /** Appends a sampled token and says whether the sequence is done. */

@@ -1,0 +1,86 @@
+// Overlap scheduling without an engine: a step built while the one before it is in flight
+// starts after it, takes the token it samples through the batch's feed (into the inputs and
+// the penalty history), counts that token among the draws, and leaves out sequences that step
+// surely ends; rows of sequences that ended meanwhile are discarded.
+import { describe, expect, it } from 'vitest';
+import { feedInputs } from '../src/actors/feed.js';
+import { Scheduler } from '../src/scheduler/index.js';
+import { fakeResult, options, sampling, seq } from './scheduler-harness.js';
+
+describe('scheduleAhead', () => {
+  it('chains decode steps through fed tokens and stops at max_new_tokens', () => {
+    const s = new Scheduler(options());
+    s.submit(seq('x', { prompt: 3, maxNewTokens: 3 }));
+    const a = s.schedule()!;
+    expect(Array.from(a.batch.positions)).toEqual([0, 1, 2]);
+    expect(a.batch.feed).toBeUndefined();
+
+    const b = s.scheduleAhead()!;
+    expect(b.seqIds).toEqual(['x']);
+    expect(Array.from(b.batch.positions)).toEqual([3]);
+    expect(Array.from(b.batch.contextLens)).toEqual([4]);
+    expect(Array.from(b.batch.feed!)).toEqual([0, 0, 0]);
+    expect(Array.from(b.batch.draws)).toEqual([1]);
+
+    const ra = fakeResult(a.batch, a.seqIds);
+    expect(s.complete(ra).map((e) => e.tokens)).toEqual([[100]]);
+    feedInputs(b.batch, ra.tokens);
+    expect(Array.from(b.batch.tokens)).toEqual([100]);
+
+    const c = s.scheduleAhead()!;
+    expect(Array.from(c.batch.positions)).toEqual([4]);
+    expect(Array.from(c.batch.draws)).toEqual([2]);
+    expect(s.complete(fakeResult(b.batch, b.seqIds)).map((e) => e.tokens)).toEqual([[101]]);
+    // C samples the third and last token: nothing may follow it.
+    expect(s.scheduleAhead()).toBeNull();
+    const end = s.complete(fakeResult(c.batch, c.seqIds));
+    expect(end.map((e) => [e.tokens, e.finish])).toEqual([[[102], { type: 'length', length: 3 }]]);
+    expect(s.stats()).toMatchObject({ running: 0, freeBlocks: 64 });
+    expect(s.load().steps).toEqual({ total: 3, ahead: 2 });
+  });
+
+  it('discards the row of a sequence that a stop token ended while it was in flight', () => {
+    const s = new Scheduler(options());
+    s.submit(seq('x', { prompt: 2, maxNewTokens: 8 }));
+    s.submit(seq('y', { prompt: 2, maxNewTokens: 8 }));
+    const a = s.schedule()!;
+    const b = s.scheduleAhead()!;
+    expect(b.seqIds).toEqual(['x', 'y']);
+    // x samples the end-of-sequence token (2) in A.
+    const events = s.complete(fakeResult(a.batch, a.seqIds, (id, draws) => (id === 'x' ? 2 : 100 + draws)));
+    expect(events.find((e) => e.id === 'x')!.finish).toEqual({ type: 'stop', matched: 2 });
+    const after = s.complete(fakeResult(b.batch, b.seqIds));
+    expect(after.map((e) => e.id)).toEqual(['y']);
+    expect(s.stats().running).toBe(1);
+  });
+
+  it('needs exactly one step in flight', () => {
+    const s = new Scheduler(options());
+    s.submit(seq('x'));
+    expect(() => s.scheduleAhead()).toThrow(/exactly one step in flight, there are 0/);
+    s.schedule();
+    s.scheduleAhead();
+    expect(() => s.scheduleAhead()).toThrow(/there are 2/);
+  });
+
+  it('feeds the token into the penalty history too, and a missing token as 0', () => {
+    const s = new Scheduler(options());
+    s.submit(seq('p', { prompt: 3, sampling: sampling({ maxNewTokens: 4, repetitionPenalty: 1.5 }) }));
+    const a = s.schedule()!;
+    const b = s.scheduleAhead()!;
+    // History: the prompt (10, 11, 12) and the token A samples, fed at index 3.
+    expect(Array.from(b.batch.feed!)).toEqual([0, 0, 0, 1, 3, 0]);
+    expect(Array.from(b.batch.penaltyTokens)).toEqual([10, 11, 12, 0]);
+    feedInputs(b.batch, Int32Array.from([57]));
+    expect(Array.from(b.batch.penaltyTokens)).toEqual([10, 11, 12, 57]);
+    expect(Array.from(b.batch.tokens)).toEqual([57]);
+    expect(b.batch.feed).toBeUndefined();
+    // After a failed step (no tokens) or a row that failed alone (-1), the rows get token 0.
+    for (const previous of [null, Int32Array.from([-1])]) {
+      const batch = { ...b.batch, tokens: Int32Array.from([9]), feed: Int32Array.from([0, 0, 0]) };
+      feedInputs(batch, previous);
+      expect(Array.from(batch.tokens)).toEqual([0]);
+    }
+    expect(s.complete(fakeResult(a.batch, a.seqIds)).map((e) => e.tokens)).toEqual([[100]]);
+  });
+});
