@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { feedInputs } from '../src/actors/feed.js';
 import { Scheduler } from '../src/scheduler/index.js';
-import { fakeResult, options, sampling, seq } from './scheduler-harness.js';
+import { fakeResult, options, sampling, seq, serveLoader } from './scheduler-harness.js';
 
 describe('scheduleAhead', () => {
   it('chains decode steps through fed tokens and stops at max_new_tokens', () => {
@@ -52,6 +52,46 @@ describe('scheduleAhead', () => {
     const after = s.complete(fakeResult(b.batch, b.seqIds));
     expect(after.map((e) => e.id)).toEqual(['y']);
     expect(s.stats().running).toBe(1);
+  });
+
+  it("keeps an ended request's adapter in use until the queued step that has its row is done", async () => {
+    const s = new Scheduler(options());
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    s.submit(seq('x', { lora: 'A', prompt: 2, maxNewTokens: 8 }));
+    serveLoader(s);
+    const refcount = (): number => s.adapterDetails().find((d) => d.name === 'A')!.refcount;
+    const a = s.schedule()!;
+    const b = s.scheduleAhead()!;
+    expect(b.seqIds).toEqual(['x']);
+    // x ends with the end-of-sequence token in A; B, queued, still names A's slot.
+    s.complete(fakeResult(a.batch, a.seqIds, () => 2));
+    expect(s.stats().running).toBe(0);
+    expect(refcount()).toBe(1);
+    // Nor may an unload finish meanwhile (it would clear the slot B reads).
+    let unloaded = false;
+    void s.removeAdapter('A').then(() => (unloaded = true));
+    serveLoader(s);
+    await Promise.resolve();
+    expect(unloaded).toBe(false);
+    s.complete(fakeResult(b.batch, b.seqIds));
+    serveLoader(s);
+    await new Promise((r) => setImmediate(r));
+    expect(unloaded).toBe(true);
+  });
+
+  it('keeps an aborted running request counted the same way, and lets it go at once with no step in flight', () => {
+    const s = new Scheduler(options());
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    for (const id of ['x', 'y']) s.submit(seq(id, { lora: 'A', prompt: 2, maxNewTokens: 8 }));
+    serveLoader(s);
+    const refcount = (): number => s.adapterDetails().find((d) => d.name === 'A')!.refcount;
+    const a = s.schedule()!;
+    s.abort('x');
+    expect(refcount()).toBe(2);
+    s.complete(fakeResult(a.batch, a.seqIds));
+    expect(refcount()).toBe(1);
+    s.abort('y');
+    expect(refcount()).toBe(0);
   });
 
   it('needs exactly one step in flight', () => {

@@ -7,7 +7,8 @@
 //   used unpinned one evicted past it, and every name once loaded servable again;
 // - no slot is shared, and a step only uses the slot its adapter holds;
 // - pinned adapters, and adapters a running request uses, are never evicted;
-// - each adapter's refcount is the number of its live requests, and returns to zero;
+// - each adapter's refcount is the number of its live requests (and of running requests aborted
+//   while a step in flight has their rows, until that step is done), and returns to zero;
 // - once the loader answers, every waiting request for an adapter that loaded runs to its end,
 //   and every unload completes.
 // The loader is a fake that runs its commands in order, as the real one does, and fails a copy
@@ -199,6 +200,9 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
   const unloads: Array<{ name: Name; done: boolean }> = [];
   const refusals: Array<Promise<void>> = [];
   let inFlight: { batch: StepBatch; seqIds: string[] } | null = null;
+  // Running requests aborted while the step in flight has their rows: their adapter keeps them
+  // as users until the step is done, so that its slot is not refilled under the step.
+  const heldByStep: string[] = [];
   let nextId = 0;
   const running = (): Sequence[] => (s as unknown as { running: Sequence[] }).running;
   const loaded = new LoadedSetModel(o.maxLoadedLoras, (n) => adapters.get(n)?.pinned ?? false);
@@ -253,8 +257,9 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
     }
     for (const d of details) {
       const live = [...requests.values()].filter((r) => r.lora === d.name && r.finish === null).length;
-      expect(d.refcount, `refcount of ${d.name}`).toBe(live);
-      expect(d.running, `running count of ${d.name}`).toBe(running().filter((r) => r.init.lora === d.name).length);
+      const held = heldByStep.filter((id) => requests.get(id)!.lora === d.name).length;
+      expect(d.refcount, `refcount of ${d.name}`).toBe(live + held);
+      expect(d.running, `running count of ${d.name}`).toBe(running().filter((r) => r.init.lora === d.name).length + held);
     }
   };
 
@@ -362,12 +367,16 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
         const live = [...requests.entries()].filter(([, r]) => r.finish === null);
         if (live.length === 0) return;
         const [id] = live[a.pick % live.length]!;
+        const wasRunning = running().some((r) => r.id === id);
         const ev = s.abort(id);
+        if (wasRunning && inFlight?.seqIds.includes(id)) heldByStep.push(id);
         expect(ev, `abort of live request ${id}`).not.toBeNull();
         record([ev!]);
         return;
       }
       case 'schedule': {
+        // A step scheduled again forgets the one in flight, and what it held is let go.
+        heldByStep.length = 0;
         inFlight = s.schedule();
         if (!inFlight) return;
         const { batch, seqIds } = inFlight;
@@ -387,6 +396,7 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
       case 'complete':
         if (inFlight) record(s.complete(fakeResult(inFlight.batch, inFlight.seqIds)));
         inFlight = null;
+        heldByStep.length = 0;
         return;
       case 'step':
         apply({ kind: 'schedule' });

@@ -72,6 +72,8 @@ export class Scheduler {
   private waiting: Sequence[] = [];
   /** Running requests a step ended, by adapter: each adapter hears of them in one event after the step. */
   private readonly ending = new Map<string, number>();
+  /** The same for requests a later step in flight still has rows of (see heldEnds). */
+  private readonly endingLater = new Map<string, number>();
   /** Arrivals of the requests a step admitted, by adapter, reported the same way. */
   private readonly started = new Map<string, number[]>();
   private readonly running: Sequence[] = [];
@@ -84,7 +86,14 @@ export class Scheduler {
    * reused from step to step, so a step allocates little beyond its batch and events: garbage
    * made every step would bring collection pauses into the tail.
    */
-  private readonly flights: Array<{ entries: StepEntry[]; n: number }> = [];
+  private readonly flights: Array<{ id: number; entries: StepEntry[]; n: number }> = [];
+  /**
+   * Adapters' ends of running requests that a step in flight still has rows of (held until the
+   * step `after` and those before it are done): until then the adapter keeps its users, so its
+   * slot is neither refilled nor cleared under a step that names it. A queued step whose slot
+   * holds no adapter would fail as a whole.
+   */
+  private readonly heldEnds: Array<{ after: number; end: () => void }> = [];
   private readonly spareEntries: StepEntry[][] = [];
   /** The entries of the step being scheduled. */
   private entries: StepEntry[] = [];
@@ -238,7 +247,28 @@ export class Scheduler {
   /** Drops the oldest step in flight, which failed; the caller aborts its sequences. */
   discardStep(): void {
     const flight = this.flights.shift();
-    if (flight) this.spareEntries.push(flight.entries);
+    if (!flight) return;
+    this.spareEntries.push(flight.entries);
+    this.releaseHeld(flight.id);
+  }
+
+  /** Runs `end` now, or once the steps in flight are done when one of them may read its adapter's slot. */
+  private endAfterFlights(end: () => void): void {
+    const last = this.flights.at(-1);
+    if (last === undefined) end();
+    else this.heldEnds.push({ after: last.id, end });
+  }
+
+  /** Runs the held ends of steps up to `id`, in the order they were held. */
+  private releaseHeld(id: number): void {
+    let kept = 0;
+    const held = this.heldEnds;
+    for (let i = 0; i < held.length; i++) {
+      const h = held[i]!;
+      if (h.after <= id) h.end();
+      else held[kept++] = h;
+    }
+    held.length = kept;
   }
 
   private forgetSteps(): void {
@@ -250,6 +280,7 @@ export class Scheduler {
       this.spareEntries.push(f.entries);
     }
     this.flights.length = 0;
+    this.releaseHeld(Infinity);
   }
 
   private plan(): { batch: StepBatch; seqIds: string[] } | null {
@@ -302,7 +333,7 @@ export class Scheduler {
     const entries = this.entries;
     this.stepCounts.total++;
     if (this.flights.length > 0) this.stepCounts.ahead++;
-    this.flights.push({ entries, n });
+    this.flights.push({ id: this.stepCounts.total, entries, n });
     const seqIds = new Array<string>(n);
     const batch = buildBatch(entries, n);
     // Only now, with every entry's feed row read: the next step starts after this one.
@@ -445,11 +476,15 @@ export class Scheduler {
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
     ending.clear();
+    const endingLater = this.endingLater;
+    endingLater.clear();
     try {
-      this.completeEntries(entries, result, n, width, events, ending);
+      this.completeEntries(entries, result, n, width, events, ending, endingLater);
     } finally {
       this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
+      for (const [lora, count] of endingLater) this.endAfterFlights(() => this.registry.endedRunning(lora, count));
+      this.releaseHeld(flight.id);
     }
     this.pump();
     // A step that moved no adapter lets one hear its new requests now, not with the step that
@@ -469,6 +504,7 @@ export class Scheduler {
     width: number,
     events: TokenEvent[],
     ending: Map<string, number>,
+    endingLater: Map<string, number>,
   ): void {
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
@@ -476,25 +512,28 @@ export class Scheduler {
       // Ended, aborted or preempted while the step ran (perhaps running again since, from
       // scratch): its blocks are already free, and the row is stale.
       if (s.status !== 'running' || e.epoch !== s.epoch) continue;
-      const error = result.errors?.[i] ?? null;
-      if (error !== null) {
-        this.endRunning(s, ending);
-        this.failures.push({ id: s.id, message: error });
-        continue;
-      }
-      s.computed += e.chunk;
       s.ahead -= e.chunk;
+      // A sequence that ends now while a later step in flight has its row lets its adapter go
+      // once that step is done.
+      const ends = s.ahead > 0 ? endingLater : ending;
       if (s.ahead === 0) {
         s.aheadSamples = false;
         s.aheadRow = -1;
       }
+      const error = result.errors?.[i] ?? null;
+      if (error !== null) {
+        this.endRunning(s, ends);
+        this.failures.push({ id: s.id, message: error });
+        continue;
+      }
+      s.computed += e.chunk;
       if (!e.sample) continue;
       const k = Math.min(s.init.topLogprobsNum, width);
       const id = result.tokens[i]!;
       const topIds = k > 0 ? Array.from(result.topIds.subarray(i * width, i * width + k)) : null;
       const topLogprobs = k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : null;
       const finish = s.accept(id, this.opts.eosTokenIds, this.opts.contextLength);
-      if (finish) this.endRunning(s, ending);
+      if (finish) this.endRunning(s, ends);
       events.push(s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs));
     }
   }
@@ -618,7 +657,13 @@ export class Scheduler {
     if (idx >= 0) list.splice(idx, 1);
     this.queueVersion++;
     this.kv.release(s.blocks);
-    if (s.init.lora !== null) this.registry.ended(s.init.lora, s.arrival, wasRunning);
+    const lora = s.init.lora;
+    if (lora !== null) {
+      const arrival = s.arrival;
+      // Running with rows in a step in flight: its adapter lets it go once the steps are done.
+      if (wasRunning && s.ahead > 0) this.endAfterFlights(() => this.registry.ended(lora, arrival, true));
+      else this.registry.ended(lora, arrival, wasRunning);
+    }
     this.paused.delete(s);
     s.status = 'finished';
     s.leaveSteps();
