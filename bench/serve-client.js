@@ -132,6 +132,13 @@ export function parseMetrics(text) {
   return out;
 }
 
+/** The series of GET /metrics. */
+export async function scrape(base) {
+  const res = await request(base, '/metrics');
+  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
+  return parseMetrics(res.body);
+}
+
 /** Sums of a series over all its label sets, grouped by one label (or in total when by is null). */
 export function sumBy(series, name, by) {
   const sums = {};

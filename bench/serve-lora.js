@@ -12,7 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setMaxListeners } from 'node:events';
 import { adapterName } from './make-adapters.js';
-import { adapterActivity, parseMetrics, request, streamGenerate, summarize } from './serve-client.js';
+import { adapterActivity, request, scrape, streamGenerate, summarize } from './serve-client.js';
 import { describeDevice, freePort, startServer } from './serve-server.js';
 import { makeWorkload } from './serve-workload.js';
 import { searchCapacity } from './serve-capacity.js';
@@ -152,12 +152,6 @@ function workloadStats(workload, adapters) {
     shareOfTop64: top(64),
   };
 }
-
-const scrape = async (base) => {
-  const res = await request(base, '/metrics');
-  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
-  return parseMetrics(res.body);
-};
 
 /** One measured run over `workload`: the summary, the adapter activity, the errors. */
 export async function measure(base, workload, names, o) {

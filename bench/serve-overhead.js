@@ -3,7 +3,9 @@
 // inter-token latency at the client, against the same decode step run alone through the native
 // addon: STREAMS rows over a CONTEXT-token context in an engine built with the options
 // `troupe serve` would build, the median of 20 steps. The gap is the host's share: the scheduler
-// and executor threads, their messages, detokenizing and the SSE stream.
+// and executor threads, their messages, detokenizing and the SSE stream. /metrics, read before
+// and after the streams, also says how busy the server's engine was and how long it waited
+// between steps (engineUse).
 //   node bench/serve-overhead.js [--model DIR] [--streams 32] [--context 512] [--output 128]
 //     [--device auto] [--out FILE] [-- extra troupe serve flags]
 // Without --model, the generated demo model (demo-model/, written when missing). `npm run build`
@@ -11,7 +13,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { percentile, streamGenerate } from './serve-client.js';
+import { percentile, scrape, streamGenerate, sumBy } from './serve-client.js';
 import { freePort, nvidiaSmi, startServer } from './serve-server.js';
 import { optionLines, parseTable, pathArg } from './serve-options.js';
 import { loraWorkload, randomTokenSource } from './gpu-steps.js';
@@ -76,6 +78,30 @@ async function stepAlone() {
 const alone = await stepAlone();
 console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
 
+/**
+ * What the server's engine did while the streams ran, from /metrics: its steps, the share of the
+ * time it spent in them, and per step the time in the engine and the time between steps (the
+ * host's share: what serving through HTTP adds).
+ */
+function engineShare(before, after, wallMs) {
+  const delta = (name, by) => {
+    const a = sumBy(after, name, by);
+    const b = sumBy(before, name, by);
+    return Object.fromEntries(Object.keys(a).map((k) => [k, a[k] - (b[k] ?? 0)]));
+  };
+  const steps = delta('troupe_steps_total', 'scheduled');
+  const count = (steps.ahead ?? 0) + (steps.after ?? 0);
+  const engineMs = (delta('troupe_engine_step_seconds_total', null).total ?? 0) * 1000;
+  return {
+    wallMs,
+    steps: count,
+    aheadSteps: steps.ahead ?? 0,
+    busy: engineMs / wallMs,
+    stepMs: engineMs / count,
+    gapMs: (wallMs - engineMs) / count,
+  };
+}
+
 // ---- through HTTP --------------------------------------------------------------------------
 const port = await freePort();
 mkdirSync(new URL('bench/results/', root), { recursive: true });
@@ -93,6 +119,7 @@ const server = await startServer({
   adapterCount: 0,
 });
 let results;
+let engineUse;
 try {
   const body = (ids) => ({
     input_ids: ids,
@@ -100,7 +127,11 @@ try {
     stream: true,
   });
   await streamGenerate(server.base, body(prompts[0].slice(0, 16))); // warm-up
+  const before = await scrape(server.base);
+  const t0 = performance.now();
   results = await Promise.all(prompts.map((p) => streamGenerate(server.base, body(p))));
+  const wallMs = performance.now() - t0;
+  engineUse = engineShare(before, await scrape(server.base), wallMs);
 } finally {
   await server.stop(30);
 }
@@ -114,6 +145,10 @@ const itls = results.flatMap((r) => {
 });
 const itlMs = percentile(itls, 50) * 1000;
 console.log(`through HTTP: inter-token p50 ${itlMs.toFixed(2)} ms, ${((itlMs / alone.ms - 1) * 100).toFixed(1)}% over the step alone`);
+console.log(
+  `engine busy ${(engineUse.busy * 100).toFixed(1)}% of the streams' time: ${engineUse.steps} steps (${engineUse.aheadSteps} scheduled ahead), ` +
+    `${engineUse.stepMs.toFixed(2)} ms in the engine and ${engineUse.gapMs.toFixed(2)} ms between steps on average`,
+);
 
 const result = {
   benchmark: 'serve-overhead',
@@ -128,6 +163,7 @@ const result = {
   stepAloneMs: alone.ms,
   http: { itlP50Ms: itlMs, itlP90Ms: percentile(itls, 90) * 1000, ttftMaxS: allDecoding },
   overHttp: itlMs / alone.ms - 1,
+  engineUse,
 };
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
 console.log(`written to ${out}`);

@@ -89,7 +89,7 @@ const essence = (o: GenerateOutput) => ({
 
 async function metric(engine: LocalTroupeEngine, name: string, label: string): Promise<number> {
   const text = await engine.metrics.registry.metrics();
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{${label}}`));
+  const line = text.split('\n').find((l) => l.startsWith(label === '' ? `${name} ` : `${name}{${label}}`));
   return line === undefined ? 0 : Number(line.split(' ').pop());
 }
 
@@ -115,6 +115,9 @@ describe('overlap scheduling', () => {
     expect(await metric(overlap, 'troupe_steps_total', 'scheduled="ahead"')).toBeGreaterThan(aheadBefore);
     expect(await metric(overlap, 'troupe_requests_preempted_total', 'reason="kv_cache"')).toBeGreaterThan(0);
     expect(await metric(serial, 'troupe_steps_total', 'scheduled="ahead"')).toBe(0);
+    expect(await metric(serial, 'troupe_steps_total', 'scheduled="after"')).toBeGreaterThan(0);
+    // The executor times its steps; their sum is what the engine was busy for.
+    expect(await metric(overlap, 'troupe_engine_step_seconds_total', '')).toBeGreaterThan(0);
   }, 120_000);
 
   it('aborts a request mid-stream while its next step is in flight, and serves the others', async () => {

@@ -178,6 +178,7 @@ describe('gateway metrics of any engine', () => {
     waitingAdapters: [],
     preempted: { cache: 0, place: 0 },
     steps: { total: 0, ahead: 0 },
+    engineSeconds: 0,
     ...over,
   });
 

@@ -22,7 +22,9 @@ function step(msg: ExecutorMsg & { type: 'step' }): Transfer<StepResult> {
   const batch = msg.batch;
   if (batch.feed) feedInputs(batch, lastTokens);
   lastTokens = null;
+  const t0 = performance.now();
   const r = native.step(handle, batch);
+  r.stepMs = performance.now() - t0;
   // Its buffers leave with the result.
   lastTokens = r.tokens.slice();
   return withTransfer(r, buffersOf([r.tokens, r.logprobs, r.topIds, r.topLogprobValues, r.logits]));

@@ -168,6 +168,8 @@ export interface StepResult {
    * tokens stand. A malformed batch structure still throws for the whole step.
    */
   errors: Array<string | null> | null;
+  /** Milliseconds the executor spent in the native step (set by the executor, not the engine). */
+  stepMs?: number;
 }
 
 /** The parameters of one sampleToken call (native/sampling.h); absent ones are off (temperature 1). */

@@ -110,6 +110,17 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     (l) => ({ ahead: l.steps.ahead, after: l.steps.total - l.steps.ahead }),
   );
 
+  new Counter({
+    name: 'troupe_engine_step_seconds_total',
+    help: "Time the engine spent running steps. Against the wall clock it shows how busy the engine is; what the engine waits for between steps is the host's share.",
+    registers: registers.slice(0, 1),
+    async collect() {
+      const { engineSeconds } = await snapshot();
+      this.reset();
+      this.inc(engineSeconds);
+    },
+  });
+
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
   new Gauge({
     name: GATEWAY_METRIC_NAMES.cacheInfo[0],

@@ -56,6 +56,8 @@ export interface SchedulerLoad extends SchedulerStats {
   preempted: { cache: number; place: number };
   /** Steps since the start, and those scheduled and sent while the step before was still running (overlap scheduling). */
   steps: { total: number; ahead: number };
+  /** Seconds the engine spent in the steps completed so far (as their results report it). */
+  engineSeconds: number;
 }
 
 /** A sequence that one step failed on its own while the rest of the batch went on. */
@@ -118,6 +120,7 @@ export class Scheduler {
   private readonly preempted = { cache: 0, place: 0 };
   /** Steps scheduled so far, and how many of them while the step before was still running. */
   private readonly stepCounts = { total: 0, ahead: 0 };
+  private engineMs = 0;
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -473,6 +476,7 @@ export class Scheduler {
       throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
     const events = this.takeEvents();
+    this.engineMs += result.stepMs ?? 0;
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
     ending.clear();
@@ -584,6 +588,7 @@ export class Scheduler {
       waitingAdapters: [...index.demand.names()],
       preempted: { ...this.preempted },
       steps: { ...this.stepCounts },
+      engineSeconds: this.engineMs / 1000,
     };
   }
 
