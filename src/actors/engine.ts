@@ -18,7 +18,6 @@ import type { LogLevel, ServeOptions } from '../config/options.js';
 import type { EngineInfo, ModelConfig } from '../engine/types.js';
 import { badRequest, fromWire, TroupeError } from '../errors.js';
 import { EngineMetrics } from '../metrics/collector.js';
-import { readAdapterInfo } from '../model/adapter.js';
 import type { TokenizerPool } from '../tokenizer/pool.js';
 import { LiveRequests } from './live-requests.js';
 import { assertAllowedAdapterPath } from './lora-allowed-dirs.js';
@@ -361,8 +360,9 @@ export class Engine implements LocalTroupeEngine {
     // The operator's own --lora-paths are trusted; anything else must come from --lora-allowed-dirs.
     const configured = this.options.loraPaths.some((a) => a.name === spec.name && a.path === spec.path);
     if (!configured) assertAllowedAdapterPath(spec.path, this.options.loraAllowedDirs);
-    // Checked here too so a bad path or an adapter the pool cannot hold fails at once with its reason.
-    const info = readAdapterInfo(spec.path);
+    // Checked here too so a bad path or an adapter the pool cannot hold fails at once with its
+    // reason; read by the loader thread, so that a hostile config cannot stall this one.
+    const info = await this.unlessCrashed(this.supervisor.actors.loader.call({ type: 'inspect', path: spec.path }));
     const misfit = poolMismatch(spec.name, info.rank, info.targetModules, this.plan.engine);
     if (misfit) {
       throw badRequest(

@@ -12,7 +12,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
 import type { HostAdapter, LoraModule, ModelConfig, NativeAddon } from '../engine/types.js';
 import { toWire } from '../errors.js';
-import { readAdapterHost } from '../model/adapter.js';
+import { readAdapterHost, readAdapterInfo } from '../model/adapter.js';
 import { planTensorParallel, type RankShard } from '../model/tensor-parallel.js';
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
@@ -115,7 +115,10 @@ scheduler.serve((msg) => {
 });
 
 new Mailbox<LoaderMsg, LoaderReplies, never, Record<never, never>>(parentPort, 'main').serve((msg) => {
-  if (msg.type !== 'init') throw new Error(`the main thread sent ${msg.type}; only init comes from there`);
+  // Off the main thread: an adapter's files and its target_modules pattern cost the server's
+  // HTTP thread nothing, whatever they hold.
+  if (msg.type === 'inspect') return readAdapterInfo(msg.path);
+  if (msg.type !== 'init') throw new Error(`the main thread sent ${msg.type}; only init and inspect come from there`);
   const native = loadNative();
   pool = {
     native,

@@ -3,6 +3,7 @@
 import type { AdapterSpec, AdapterStatus } from '../api.js';
 import type { EngineInfo, EngineOptions, LoraModule, ModelConfig, StepBatch, StepResult, TensorRef } from '../engine/types.js';
 import type { WireError } from '../errors.js';
+import type { AdapterInfo } from '../model/adapter.js';
 import type {
   AdapterCounters,
   AdapterDetail,
@@ -41,10 +42,13 @@ export interface ExecutorReplies {
 // ---- loader: adapter weights from disk to CPU to pool slots ----
 export type LoaderMsg =
   | { type: 'init'; handles: number[]; config: ModelConfig; tpSize: number; maxLoraRank: number; loraModules: LoraModule[] }
-  | { type: 'command'; command: LoaderCommand };
+  | { type: 'command'; command: LoaderCommand }
+  /** From the main thread: read and check an adapter's config (its target_modules may be a pattern to match). */
+  | { type: 'inspect'; path: string };
 export interface LoaderReplies {
   init: void;
   command: void;
+  inspect: AdapterInfo;
 }
 /** What the loader sends back to the scheduler. */
 export type LoaderOutMsg = { type: 'event'; event: LoaderEvent };
