@@ -7,7 +7,7 @@
 //   node bench/serve-sim.js --calibrate     (refits the step-time model; run it on the
 //                                            scheduler the H200 runs used)
 // For each setup of the H200 matrix it reports, next to what the H200 measured:
-// - `h200`: the measured runs redone: 4 req/s for 45 s, and the capacity search with their probes
+// - `h200`: the measured runs redone: 4 req/s for as long as they ran (45 s without a run), and the capacity search with their probes
 //   (12 s of arrivals, one bisection), one seed: checks the simulation against the GPU;
 // - `steady`: 4 req/s for 300 s, and a capacity search with probes of 60 s and four bisections,
 //   each over --seeds workloads: the figures to compare policies by.
@@ -75,7 +75,7 @@ async function runSetup(setup) {
     probeDrainTimeout: 15,
   };
   const h200 = {
-    at4: simulateSetup(setup, { rate: 4, duration: 45, drainTimeout: fixed?.config.drainTimeout ?? 25 }),
+    at4: simulateSetup(setup, { rate: 4, duration: fixed?.config.workload.duration ?? 45, drainTimeout: fixed?.config.drainTimeout ?? 25 }),
     capacity: brief(await capacity(setup, capCfg, { duration: capCfg.probeDuration, drainTimeout: capCfg.probeDrainTimeout })),
   };
   const steady = {
@@ -161,7 +161,7 @@ const rowsAt = (c) => f(c?.probes.find((p) => p.pass && p.rate === c.rate)?.stat
 const pair = (get, r, b) => (baseline ? `${b ? get(b) : '–'} → ${get(r)}` : get(r));
 console.log(`step model: ${result.stepModel.formula}: ${JSON.stringify(MODEL)}; ITL p50 of the H200 runs within ${fit.meanAbsErrorPct}% on average`);
 console.log(
-  '| setup | capacity, 12 s probes: H200; simulated (req/s) | capacity, 60 s probes (req/s) | rows per step there | TTFT p50 / p90 / p99 at 4 req/s, 45 s: H200; simulated (s) | TTFT p50 / p90 / p99 at 4 req/s, 300 s (s) |',
+  '| setup | capacity, 12 s probes: H200; simulated (req/s) | capacity, 60 s probes (req/s) | rows per step there | TTFT p50 / p90 / p99 at 4 req/s as the H200 ran it: H200; simulated (s) | TTFT p50 / p90 / p99 at 4 req/s, 300 s (s) |',
 );
 console.log('| --- | --- | --- | --- | --- | --- |');
 for (const r of runs) {
