@@ -33,6 +33,7 @@ export function serverArgs(options: ServeOptions, engine: TroupeEngine): Record<
   args.tokenizer_path = info.tokenizerPath;
   args.device = info.device;
   args.tp_size = info.tpSize;
+  if (info.tokenizerWorkers !== undefined) args.tokenizer_worker_num = info.tokenizerWorkers;
   args.lora_paths = options.loraPaths.map((a) => ({ lora_name: a.name, lora_path: a.path, pinned: a.pinned ?? false }));
   return args;
 }

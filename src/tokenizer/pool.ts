@@ -40,6 +40,11 @@ export class TokenizerPool {
     this.longPool = startThreads(data, 1);
   }
 
+  /** Threads for short prompts and detokenizing (the long-prompt thread aside). */
+  get threads(): number {
+    return this.pool.options.maxThreads;
+  }
+
   /**
    * The most UTF-8 bytes of text one token stands for (known once ready() resolved); null when
    * the tokenizer gives no such bound. A text longer than contextLength times this cannot fit.
