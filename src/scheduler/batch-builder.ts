@@ -42,13 +42,18 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
   let total = 0;
   let maxBlocksPerSeq = 1;
   let historyLength = 0;
+  // Inputs fed from the step in flight: a fed entry's token, and its history's last token.
   let fed = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
     total += e.chunk;
     maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
-    if (e.feedRow >= 0) fed++;
-    if (sendsHistory(e)) historyLength += e.seq.tokens.length + (e.feedRow >= 0 ? 1 : 0);
+    const fedHere = e.feedRow >= 0 ? 1 : 0;
+    fed += fedHere;
+    if (sendsHistory(e)) {
+      historyLength += e.seq.tokens.length + fedHere;
+      fed += fedHere;
+    }
   }
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
   const words = 2 * total + 2 * (n + 1) + n * maxBlocksPerSeq + 12 * n + historyLength;
@@ -94,7 +99,7 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     returnLogits: false,
   };
   // A fed entry is one decode token, which the step in flight samples: 0 stands in for it.
-  const feed = fed > 0 ? new Int32Array(3 * (fed + historyFed(entries, n))) : null;
+  const feed = fed > 0 ? new Int32Array(3 * fed) : null;
   let fedAt = 0;
   const feedFrom = (array: number, index: number, row: number): void => {
     feed![fedAt++] = array;
@@ -142,11 +147,4 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
   b.penaltyStarts[n] = history;
   if (feed !== null) b.feed = feed;
   return b;
-}
-
-/** Fed entries that also send their history, whose last token is fed too. */
-function historyFed(entries: readonly StepEntry[], n: number): number {
-  let count = 0;
-  for (let i = 0; i < n; i++) if (entries[i]!.feedRow >= 0 && sendsHistory(entries[i]!)) count++;
-  return count;
 }
