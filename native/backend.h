@@ -97,6 +97,9 @@ struct EngineOptions {
   LoraKernel loraKernel = LoraKernel::kAuto;
   TensorParallel tp;
   int cudaDevice = 0;  // which GPU this rank runs on
+  // Tensor-parallel ranks on GPUs with peer access all-reduce small messages with troupe's
+  // one-shot peer kernels rather than NCCL (--disable-custom-all-reduce turns this off).
+  bool customAllReduce = true;
 };
 
 struct EngineInfo {
@@ -107,7 +110,7 @@ struct EngineInfo {
   int loraSlots = 0;
   int maxLoraRank = 0;
   // How the tensor-parallel ranks exchange activations: "none" (one rank), "host" (through host
-  // memory) or "nccl".
+  // memory), "nccl", or "p2p+nccl" (small messages through peer-to-peer kernels).
   std::string collective = "none";
 };
 

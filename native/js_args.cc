@@ -214,6 +214,8 @@ EngineOptions parseOptions(const Napi::Value& v) {
     }
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);
+  if (o.Has("customAllReduce") && !o.Get("customAllReduce").IsUndefined())
+    e.customAllReduce = boolean(o, "customAllReduce", w);
   Napi::Value tv = o.Get("tp");
   if (!tv.IsUndefined()) {
     const std::string wt = w + ".tp";

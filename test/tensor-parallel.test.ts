@@ -6,6 +6,9 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { planEngine, planRanks } from '../src/actors/plan.js';
+import { parseArgs } from '../src/config/parse.js';
+import { validateFlags } from '../src/config/validate.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import { planTensorParallel, shardAdapter, shardTensor, type RankShard } from '../src/model/tensor-parallel.js';
@@ -69,6 +72,29 @@ describe('tensor-parallel plan', () => {
     expect(() => planTensorParallel(c({ numHeads: 12, numKvHeads: 4, intermediateSize: 50 }), 3)).toThrow(/intermediate_size 50/);
     expect(() => planTensorParallel(c({ numHeads: 12, numKvHeads: 4, intermediateSize: 48 }), 3)).toThrow(/4 KV heads/);
     expect(() => planTensorParallel(cfg, 0)).toThrow(/positive integer/);
+  });
+
+  // The ranks of a CUDA plan for these flags on a machine with `gpus` GPUs.
+  const cudaRanks = (gpus: number, ...argv: string[]) => {
+    const { options } = validateFlags(parseArgs(['--model-path', tmp.dir, ...argv]).flags);
+    const plan = planEngine(options, cfg, 'cuda', [], () => {});
+    return planRanks(plan, cfg, ckpt.tensors, options, 'g', gpus);
+  };
+
+  it('refuses more ranks than visible GPUs before loading anything, naming both numbers', () => {
+    expect(() => cudaRanks(2, '--tp-size', '4')).toThrow(
+      '--tp-size 4 needs 4 GPUs (ranks on GPUs 0 to 3 with --base-gpu-id 0 and --gpu-id-step 1), but 2 are visible',
+    );
+    expect(() => cudaRanks(1, '--tp-size', '2')).toThrow(/--tp-size 2 needs 2 GPUs .* but 1 is visible/);
+    expect(() => cudaRanks(2, '--tp-size', '2', '--base-gpu-id', '1')).toThrow(/--tp-size 2 needs 3 GPUs \(ranks on GPUs 1 to 2/);
+    expect(() => cudaRanks(1, '--tp-size', '2', '--base-gpu-id', '1', '--gpu-id-step', '0')).toThrow(/needs 2 GPUs \(all ranks on GPU 1/);
+    expect(cudaRanks(2, '--tp-size', '2').map((r) => r.options.cudaDevice)).toEqual([0, 1]);
+    expect(cudaRanks(1, '--tp-size', '4', '--gpu-id-step', '0').map((r) => r.options.cudaDevice)).toEqual([0, 0, 0, 0]);
+  });
+
+  it('--disable-custom-all-reduce reaches every rank', () => {
+    expect(cudaRanks(2, '--tp-size', '2').map((r) => r.options.customAllReduce)).toEqual([true, true]);
+    expect(cudaRanks(2, '--tp-size', '2', '--disable-custom-all-reduce').map((r) => r.options.customAllReduce)).toEqual([false, false]);
   });
 
   it.each([1, 2, 4])('tp %i: every rank owns whole heads with their KV heads, and the ranks cover every feature', (tp) => {

@@ -211,7 +211,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // the free memory measured below is what the cache can have.
   const std::vector<int> devices = cuda::gatherDevices(*group_, tp_.rank, device_);
   const int sharing = static_cast<int>(std::count(devices.begin(), devices.end(), device_));
-  comm_ = cuda::makeDeviceComm(group_, tp_.rank, devices);
+  comm_ = cuda::makeDeviceComm(group_, tp_.rank, devices, o.customAllReduce);
   int64_t blocks = o.kvBlocks;
   if (blocks == 0) {
     size_t free = 0, total = 0;

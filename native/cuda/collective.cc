@@ -12,6 +12,7 @@
 #endif
 
 #include "cuda/device.h"
+#include "cuda/peer_comm.h"
 
 namespace troupe {
 namespace cuda {
@@ -110,7 +111,7 @@ std::vector<int> gatherDevices(CommGroup& group, int rank, int device) {
 }
 
 std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& group, int rank,
-                                           const std::vector<int>& devices) {
+                                           const std::vector<int>& devices, bool peerCollectives) {
   if (group->size() == 1) return std::make_unique<LoneComm>();
   // NCCL refuses two ranks on one GPU; every rank sees the same devices, so all choose alike.
   const bool distinct = std::set<int>(devices.begin(), devices.end()).size() == devices.size();
@@ -119,7 +120,8 @@ std::unique_ptr<DeviceComm> makeDeviceComm(const std::shared_ptr<CommGroup>& gro
     // NVLink SHARP multicast (NVLS) stays off: it reserves GPU memory for every communicator and
     // needs NVSwitch fabric support that not every multi-GPU host has.
     setenv("NCCL_NVLS_ENABLE", "0", 1);
-    return std::make_unique<NcclComm>(group, rank);
+    std::unique_ptr<DeviceComm> nccl = std::make_unique<NcclComm>(group, rank);
+    return peerCollectives ? withPeerCollectives(std::move(nccl), *group, rank, devices) : std::move(nccl);
 #endif
   }
   return std::make_unique<HostComm>(group, rank);

@@ -96,6 +96,7 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
       cudaGraphMaxBs: opts.cudaGraphMaxBs,
       loraBackend: opts.loraBackend,
       loraChunkSize: opts.maxLoraChunkSize,
+      customAllReduce: !opts.disableCustomAllReduce,
     },
   };
 }
@@ -130,10 +131,12 @@ export function planRanks(
   const shards = planTensorParallel(config, opts.tpSize);
   const device = (rank: number): number => opts.baseGpuId + rank * opts.gpuIdStep;
   if (plan.engine.device === 'cuda') {
-    const last = device(shards.length - 1);
-    if (Math.max(opts.baseGpuId, last) >= gpus) {
+    const highest = Math.max(opts.baseGpuId, device(shards.length - 1));
+    if (highest >= gpus) {
+      // Checked before any weight is read: a 140 GB model should not load for minutes first.
+      const ranks = opts.gpuIdStep === 0 ? `all ranks on GPU ${opts.baseGpuId}` : `ranks on GPUs ${opts.baseGpuId} to ${highest}`;
       throw badRequest(
-        `--tp-size ${opts.tpSize} with --base-gpu-id ${opts.baseGpuId} and --gpu-id-step ${opts.gpuIdStep} needs GPU ${Math.max(opts.baseGpuId, last)}, ` +
+        `--tp-size ${opts.tpSize} needs ${highest + 1} GPUs (${ranks} with --base-gpu-id ${opts.baseGpuId} and --gpu-id-step ${opts.gpuIdStep}), ` +
           `but ${gpus} ${gpus === 1 ? 'is' : 'are'} visible (--gpu-id-step 0 puts every rank on one GPU)`,
       );
     }

@@ -245,6 +245,13 @@ export const FLAGS: readonly FlagSpec[] = [
     group: 'runtime',
     help: 'GPU of rank r = --base-gpu-id + r x this. 0 puts every rank on one GPU (activations then pass through host memory).',
   },
+  {
+    name: 'disable-custom-all-reduce',
+    kind: 'bool',
+    default: false,
+    group: 'runtime',
+    help: "With --tp-size above 1 on GPUs with peer access, send every all-reduce and all-gather through NCCL. By default messages up to 2 MiB (decode steps' hidden states) go through troupe's one-shot peer-to-peer kernels, which avoid NCCL's per-call latency.",
+  },
   { name: 'cuda-graph-max-bs', kind: 'int', default: 256, group: 'runtime', help: 'Largest decode batch captured as a CUDA graph.' },
   { name: 'disable-cuda-graph', kind: 'bool', default: false, group: 'runtime', help: 'Run decode steps without CUDA graphs.' },
   {

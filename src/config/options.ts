@@ -42,6 +42,8 @@ export interface ServeOptions {
   baseGpuId: number;
   gpuIdStep: number;
   cudaGraphMaxBs: number;
+  /** --disable-custom-all-reduce: every tensor-parallel collective through NCCL. */
+  disableCustomAllReduce: boolean;
   /** --disable-overlap-schedule: each step scheduled only after the last one ends. */
   disableOverlapSchedule: boolean;
   memFractionStatic: number;

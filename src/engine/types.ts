@@ -102,6 +102,12 @@ export interface EngineOptions {
   tp?: TensorParallelRank;
   /** The GPU this engine runs on (CUDA); 0 when absent. */
   cudaDevice?: number;
+  /**
+   * Tensor-parallel ranks on distinct GPUs with peer access send messages up to 2 MiB through
+   * one-shot peer-to-peer kernels and the rest through NCCL; false: everything through NCCL.
+   * Absent: true.
+   */
+  customAllReduce?: boolean;
 }
 
 export interface EngineInfo {
@@ -111,8 +117,8 @@ export interface EngineInfo {
   blockSize: number;
   loraSlots: number;
   maxLoraRank: number;
-  /** How tensor-parallel ranks exchange activations: none (one rank), host (through host memory) or nccl. */
-  collective: 'none' | 'host' | 'nccl';
+  /** How tensor-parallel ranks exchange activations: none (one rank), host (through host memory), nccl, or p2p+nccl (small messages through peer-to-peer kernels). */
+  collective: 'none' | 'host' | 'nccl' | 'p2p+nccl';
 }
 
 /**

@@ -173,7 +173,7 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     });
 
     it.skipIf(gpus < 2)('tp 2 on GPUs 0 and 1 matches tp 1', async () => {
-      const many = await run(2, 1, (g) => expect(g.info.collective).toBe(addon.buildInfo().nccl ? 'nccl' : 'host'));
+      const many = await run(2, 1, (g) => expect(g.info.collective).toBe(addon.buildInfo().nccl ? 'p2p+nccl' : 'host'));
       expectParity(againstRun(many, one, BAR), BAR, loraRows.length * 8, `${family} tp 2, two GPUs`);
     });
   });

@@ -3,7 +3,8 @@
 // adapters (ranks 8, 16 and 64), teacher-forced on PEFT's greedy continuation. Every token's
 // logprob at tp 2 is within 0.05 of tp 1's, and the greedy choice is tp 1's wherever tp 1's
 // top-2 gap exceeds 0.05. Two ranks on one GPU (--gpu-id-step 0) exchange activations through
-// host memory; with two GPUs visible, ranks on GPUs 0 and 1 run over NCCL too.
+// host memory; with two GPUs visible, ranks on GPUs 0 and 1 run over the peer-to-peer kernels
+// and NCCL, and over NCCL alone.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -99,8 +100,17 @@ describe('tensor parallelism on the GPU matches one rank', () => {
     compare(await run(g), 'tp 2, one GPU, host');
   });
 
-  it.skipIf(gpus < 2)('tp 2 on GPUs 0 and 1 (NCCL)', async () => {
+  // By default the decode steps' all-reduces (16 rows) take the peer-to-peer kernels and the
+  // prefill's (thousands of tokens) NCCL; with customAllReduce off every one takes NCCL.
+  it.skipIf(gpus < 2)('tp 2 on GPUs 0 and 1 (peer-to-peer and NCCL)', async () => {
     const g = await startRanks(ckpt, 2, options, { count: gpus });
+    groups.push(g);
+    expect(g.info.collective).toBe(addon.buildInfo().nccl ? 'p2p+nccl' : 'host');
+    compare(await run(g), `tp 2, two GPUs, ${g.info.collective}`);
+  });
+
+  it.skipIf(gpus < 2)('tp 2 on GPUs 0 and 1 (NCCL only)', async () => {
+    const g = await startRanks(ckpt, 2, { ...options, customAllReduce: false }, { count: gpus });
     groups.push(g);
     expect(g.info.collective).toBe(addon.buildInfo().nccl ? 'nccl' : 'host');
     compare(await run(g), `tp 2, two GPUs, ${g.info.collective}`);
