@@ -149,8 +149,17 @@ for (const tp of tps) {
   else console.log(`tp ${tp}: left out, ${gpus} GPU(s) visible`);
 }
 const t0 = performance.now();
+const failed = [];
 const runs = [];
-for (const p of plans) runs.push(await measure(p));
+for (const p of plans) {
+  // A run that fails (out of memory at tp 1 on a big model, say) is reported; the others still run.
+  try {
+    runs.push(await measure(p));
+  } catch (err) {
+    console.log(`  failed: ${err.message}`);
+    failed.push({ ...p, error: err.message });
+  }
+}
 for (const h of hosts) addon.destroyHostAdapter(h.host.handle);
 
 // ---- what the targets need -----------------------------------------------------------------
@@ -247,6 +256,7 @@ writeFileSync(
       adapters: hosts.length ? { count: hosts.length, rank: hosts[0].info.rank, dir: adapterDir } : null,
       seconds: +((performance.now() - t0) / 1000).toFixed(0),
       runs,
+      failed,
       tpRatios,
       loraOverhead,
       roofline,
@@ -256,3 +266,4 @@ writeFileSync(
   ) + '\n',
 );
 console.log(`written to ${outFile} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+if (failed.length > 0) process.exitCode = 1;
