@@ -125,8 +125,9 @@ try {
   // Warm-up: every adapter into its slot, and CUDA graphs captured for the batch sizes the
   // levels meet (requests of different lengths end one by one, so the batch passes every size).
   const most = Math.max(...levels);
-  console.log(`warm-up: ${most} short requests`);
-  const warm = await closedLoop(server.base, most, most, (k) => body(k, 32, 8 + ((4 * k) % 64)));
+  const warmN = Math.max(most, 16);
+  console.log(`warm-up: ${warmN} short requests, ${most} at a time`);
+  const warm = await closedLoop(server.base, most, warmN, (k) => body(k, 32, 8 + 4 * (k % 32)));
   if (warm.records.some((r) => !r.ok)) throw new Error(`warm-up failed: ${warm.records.find((r) => !r.ok).error}`);
 
   const c = ckpt.config;
