@@ -55,14 +55,18 @@ export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length
  * bench/serve-overhead.js: `rows` sequences over a `context`-token context (each fed back its
  * last token), and 8 x 512 prompt tokens, with the rows spread round-robin over `distinct`
  * adapter slots (0: all base); token ids below `vocab`, KV blocks of `block` tokens.
- * `step(batch)` runs one step and may return a promise; only it is timed.
+ * `step(batch)` runs one step and may return a promise; only it is timed. `rows` is the most
+ * rows a decode step may have: every row's context is filled once, and decode(step, distinct, n)
+ * times the first n of them, so one engine measures several batch sizes.
  */
 export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Infinity } = {}) {
   const BLOCK = block,
     CONTEXT = context,
     ROWS = rows,
     STEPS = 20;
-  const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
+  const PROMPT = 512;
+  // A row's blocks also hold a 512-token prefill prompt when the context is shorter.
+  const maxBlocks = Math.ceil(Math.max(CONTEXT + STEPS + 8, PROMPT) / BLOCK);
   const source = randomTokenSource(7);
   const randomTokens = (len) => source(len).map((t) => t % vocab);
   const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
@@ -85,9 +89,10 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
       const seqs = Array.from({ length: ROWS }, (_, i) => ({ tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: blocks(i) }));
       for (let i = 0; i < ROWS; i += 8) await step(greedyBatch(seqs.slice(i, i + 8), maxBlocks));
     },
-    /** Median ms of STEPS decode steps after 3 of warm-up. */
-    async decode(step, distinct) {
-      let last = Array.from({ length: ROWS }, () => 5000);
+    /** Median ms of STEPS decode steps of `rows` rows after 3 of warm-up. */
+    async decode(step, distinct, rows = ROWS) {
+      if (!(rows >= 1 && rows <= ROWS)) throw new Error(`decode of ${rows} rows: the workload has ${ROWS}`);
+      let last = Array.from({ length: rows }, () => 5000);
       const times = [];
       for (let s = 0; s < STEPS + 3; s++) {
         const { r, ms } = await timed(
@@ -104,16 +109,16 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
       const times = [];
       for (let rep = 0; rep < 4; rep++) {
         const seqs = Array.from({ length: 8 }, (_, i) => ({
-          tokens: randomTokens(512),
+          tokens: randomTokens(PROMPT),
           cached: 0,
-          blocks: blocks(ROWS + i).slice(0, 32),
+          blocks: blocks(ROWS + i).slice(0, Math.ceil(PROMPT / BLOCK)),
           slot: slot(i, distinct),
         }));
         const { ms } = await timed(step, seqs);
         if (rep > 0) times.push(ms);
       }
       const ms = median(times);
-      return { ms, tokensPerS: (8 * 512) / (ms / 1000) };
+      return { ms, tokensPerS: (8 * PROMPT) / (ms / 1000) };
     },
   };
 }

@@ -150,6 +150,30 @@ export function sumBy(series, name, by) {
   return sums;
 }
 
+/**
+ * What the server's engine did while the streams ran, from /metrics: its steps, the share of the
+ * time it spent in them, and per step the time in the engine and the time between steps (the
+ * host's share: what serving through HTTP adds).
+ */
+export function engineShare(before, after, wallMs) {
+  const delta = (name, by) => {
+    const a = sumBy(after, name, by);
+    const b = sumBy(before, name, by);
+    return Object.fromEntries(Object.keys(a).map((k) => [k, a[k] - (b[k] ?? 0)]));
+  };
+  const steps = delta('troupe_steps_total', 'scheduled');
+  const count = (steps.ahead ?? 0) + (steps.after ?? 0);
+  const engineMs = (delta('troupe_engine_step_seconds_total', null).total ?? 0) * 1000;
+  return {
+    wallMs,
+    steps: count,
+    aheadSteps: steps.ahead ?? 0,
+    busy: engineMs / wallMs,
+    stepMs: engineMs / count,
+    gapMs: (wallMs - engineMs) / count,
+  };
+}
+
 /** What the adapter counters of /metrics moved by between two scrapes. */
 export function adapterActivity(before, after) {
   const diff = (name, by) => {

@@ -13,7 +13,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { percentile, scrape, streamGenerate, sumBy } from './serve-client.js';
+import { engineShare, percentile, scrape, streamGenerate } from './serve-client.js';
 import { freePort, nvidiaSmi, startServer } from './serve-server.js';
 import { optionLines, parseTable, pathArg } from './serve-options.js';
 import { loraWorkload, randomTokenSource } from './gpu-steps.js';
@@ -77,30 +77,6 @@ async function stepAlone() {
 
 const alone = await stepAlone();
 console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
-
-/**
- * What the server's engine did while the streams ran, from /metrics: its steps, the share of the
- * time it spent in them, and per step the time in the engine and the time between steps (the
- * host's share: what serving through HTTP adds).
- */
-function engineShare(before, after, wallMs) {
-  const delta = (name, by) => {
-    const a = sumBy(after, name, by);
-    const b = sumBy(before, name, by);
-    return Object.fromEntries(Object.keys(a).map((k) => [k, a[k] - (b[k] ?? 0)]));
-  };
-  const steps = delta('troupe_steps_total', 'scheduled');
-  const count = (steps.ahead ?? 0) + (steps.after ?? 0);
-  const engineMs = (delta('troupe_engine_step_seconds_total', null).total ?? 0) * 1000;
-  return {
-    wallMs,
-    steps: count,
-    aheadSteps: steps.ahead ?? 0,
-    busy: engineMs / wallMs,
-    stepMs: engineMs / count,
-    gapMs: (wallMs - engineMs) / count,
-  };
-}
 
 // ---- through HTTP --------------------------------------------------------------------------
 const port = await freePort();
