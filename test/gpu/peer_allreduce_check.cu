@@ -6,6 +6,7 @@
 // Checks: 2,000 collectives of random sizes queued back to back (sums and gathers mixed, no host
 // synchronization between them) equal the host's rank-order sums and concatenations exactly;
 // the same through a replayed CUDA graph. Then prints microseconds per all-reduce by size.
+// Ranks must be on distinct GPUs: two spinning ranks on one GPU can wait for each other forever.
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -169,6 +170,15 @@ void runRank(int r, Barrier& bar, const std::vector<Op>& ops, size_t pool, const
 
   // 3. Time: 50 all-reduces of each size captured in one graph, replayed 10 times.
   float* buf = out;
+#ifdef WITH_NCCL
+  // NCCL connects its peers on the first call, which cannot happen under capture.
+  bar.wait();
+  if (ncclAllReduce(buf, buf, sizes.back(), ncclFloat32, ncclSum, gNccl[r], s) != ncclSuccess) {
+    std::printf("rank %d: ncclAllReduce failed\n", r);
+    std::exit(1);
+  }
+  CK(cudaStreamSynchronize(s));
+#endif
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
@@ -217,6 +227,7 @@ void runRank(int r, Barrier& bar, const std::vector<Op>& ops, size_t pool, const
 }  // namespace
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // lines from both ranks in order, even if one fails
   CK(cudaGetDeviceCount(&gRanks));
   if (gRanks < 2) {
     std::printf("needs two GPUs, %d visible\n", gRanks);
