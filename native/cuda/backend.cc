@@ -532,7 +532,9 @@ void CudaBackend::zeroPartial(int T) {
 }
 
 void CudaBackend::reducePartial(int T) {
-  if (tp_.size > 1) comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * c_.hiddenSize, stream_);
+  if (tp_.size == 1) return;
+  timer_.mark("all-reduce", stream_);
+  comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * c_.hiddenSize, stream_);
 }
 
 void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate) {
