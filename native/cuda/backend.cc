@@ -72,10 +72,13 @@ class CudaBackend : public Backend {
   void forward(const StepBatch* b, const Plan& plan);
   void attention(int layer, const StepBatch* b, const Plan& plan);
   void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
-  // Sums a row-parallel layer's partial outputs, which the projection added into hidden_: rank 0
-  // added its part to the residual, the others to zeros (see zeroPartial).
+  // Sums a row-parallel layer's partial outputs, which the projection left in hidden_: rank 0
+  // added its part to the residual, the others wrote theirs over it (see keepsResidual).
   void reducePartial(int T);
-  void zeroPartial(int T);
+  // Whether a row-parallel projection adds to the residual in hidden_ (one rank only, so the
+  // all-reduce counts the residual once) rather than overwriting it, which saves the other ranks
+  // clearing hidden_ before each of them.
+  bool keepsResidual() const { return tp_.rank == 0; }
   void ensureActivations(int T, int decodes, int splits, int sampled);
   // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter
   // tokens. With loraKernel mma-overlap, startLora runs the shrink first on loraStream_, beside the
@@ -488,8 +491,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     attention(l, b, p);
     timer_.mark("o", stream_);
     startLora(l, {kO}, attn_.get(), qDim_);
-    zeroPartial(T);
-    project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), true);
+    project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), keepsResidual());
     const int zero[1] = {0};
     // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
     // all-reduce below sums the rank-r shrink outputs as well.
@@ -506,8 +508,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
     timer_.mark("down", stream_);
     startLora(l, {kDown}, act_.get(), inter);
-    zeroPartial(T);
-    project(T, h, inter, L.down, act_.get(), hidden_.get(), true);
+    project(T, h, inter, L.down, act_.get(), hidden_.get(), keepsResidual());
     applyLora(l, {kDown}, zero, act_.get(), inter, hidden_.get(), h);
     reducePartial(T);
   }
@@ -523,12 +524,6 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     }
   }
   check(cudaGetLastError(), "kernel launch");
-}
-
-void CudaBackend::zeroPartial(int T) {
-  if (tp_.size > 1 && tp_.rank != 0) {
-    check(cudaMemsetAsync(hidden_.get(), 0, static_cast<size_t>(T) * c_.hiddenSize * 4, stream_), "memset");
-  }
 }
 
 void CudaBackend::reducePartial(int T) {
