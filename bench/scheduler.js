@@ -75,6 +75,11 @@ const OPTIONS = {
   loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
 };
 const sampling = { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true };
+/**
+ * Every request's prompt, copied for each: building it with Array.from over an array-like took
+ * about 0.7 us a request here, which the steps that take in 128 requests billed to the scheduler.
+ */
+const PROMPT = Array.from({ length: 16 }, (_, k) => 10 + k);
 
 /** Answers every command at once; returns how many slot copies it made. */
 function serveLoader(s) {
@@ -118,7 +123,7 @@ async function run(count) {
       const id = next++;
       s.submit({
         id: `r${id}`,
-        promptIds: Array.from({ length: 16 }, (_, k) => 10 + k),
+        promptIds: PROMPT.slice(),
         lora: wanted[id % distinct],
         sampling,
         returnLogprob: false,
