@@ -88,6 +88,8 @@ describe("a step's work", () => {
     s.addAdapter({ name: 'A', path: '/A', pinned: false });
     s.submit(seq('first', { lora: 'A', maxNewTokens: 1 }));
     runAll(s);
+    // Heard before the spy: the first request's start and end.
+    s.adapterDetails();
     const transitions = vi.spyOn(adapterMachine, 'transition');
     for (let i = 0; i < 40; i++) s.submit(seq(`r${i}`, { lora: 'A' }));
     // A resident adapter takes new requests without a transition each.

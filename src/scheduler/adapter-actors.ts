@@ -40,7 +40,25 @@ interface AdapterRecord {
    * machine as one counted ACQUIRE before it is read, or sent an event that depends on them.
    */
   acquired: number;
+  /**
+   * Requests that started running, and running requests that ended, since its machine last heard
+   * of any (see countStarted): they reach it as one START and one RELEASE before anything else.
+   */
+  started: number;
+  ended: number;
 }
+
+/**
+ * Where starts and ends may wait to be heard: a resident adapter takes START, and RELEASE asks
+ * only that no more requests end than run and use it. Not while it is being unloaded (label
+ * 'unloading'), where the last release completes the unload at once.
+ */
+function takesCountsLater(label: string): boolean {
+  return label === 'gpuResident.unpinned' || label === 'gpuResident.pinned';
+}
+
+const startedReason = (count: number): string => (count === 1 ? 'a request started' : `${count} requests started`);
+const endedReason = (count: number): string => (count === 1 ? 'a request ended' : `${count} requests ended`);
 
 function describe(event: AdapterEvent): string {
   const { type, ...rest } = event;
@@ -85,6 +103,8 @@ export class AdapterActors {
   private readonly labelCounts = new Map<string, number>();
   /** Adapters with acquisitions their machines have not heard yet, longest pending first. */
   private readonly unsettled = new Set<AdapterRecord>();
+  /** The same for starts and ends (countStarted, countEnded). */
+  private readonly uncounted = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
   constructor(
@@ -122,6 +142,8 @@ export class AdapterActors {
       removal: null,
       readWaiters: [],
       acquired: 0,
+      started: 0,
+      ended: 0,
     };
     this.records.set(rec.name, rec);
     this.index.add(rec.name, rec.pinned, rec.placed);
@@ -219,17 +241,19 @@ export class AdapterActors {
   }
 
   /**
-   * Whether a running request uses it (read from its machine; the machine's guards stay the
-   * rule). Acquisitions not yet heard change no running count, so they need not be settled.
+   * Whether a running request uses it: its machine's count with the starts and ends it has not
+   * heard yet (the machine's guards stay the rule). Acquisitions change no running count.
    */
   inUse(name: string): boolean {
-    return (this.records.get(name)?.snap.context.running ?? 0) > 0;
+    const rec = this.records.get(name);
+    return rec !== undefined && rec.snap.context.running + rec.started - rec.ended > 0;
   }
 
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
     if (!rec) return false;
-    if (!this.takesBeforePending(rec, event)) this.settle(rec);
+    this.settleCounts(rec);
+    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
     return rec.snap.status === 'active' && rec.snap.can(event);
   }
 
@@ -251,13 +275,62 @@ export class AdapterActors {
   }
 
   /**
-   * Lets the machine that has waited longest hear its pending acquisitions; false when none has
-   * any. For a step that sent no events: heard then, they are not heard with the RELEASE that
-   * needs them, in the step where a batch turns over and every transition adds to its time.
+   * `count` requests of it started running in one step. A resident adapter's machine hears them
+   * as one START when it is next read or sent another event, or in a step with time to spare
+   * (settleOne), not in the step that turns a batch over, where every transition adds to its
+   * time. START only counts running requests: it moves no state, emits nothing and is never
+   * published. Meanwhile inUse counts them, and the index's version changes as a transition
+   * would change it, so placement walks again as it would have. Where the machine would refuse
+   * START (not resident: the caller has a bug), it hears it at once, so the error names this call.
+   */
+  countStarted(name: string, count: number): void {
+    const rec = this.records.get(name);
+    if (rec === undefined || count < 1 || !takesCountsLater(rec.label)) {
+      this.send(name, { type: 'START', count }, startedReason(count));
+      return;
+    }
+    rec.started += count;
+    this.uncounted.add(rec);
+    this.index.transitioned();
+  }
+
+  /**
+   * `count` running requests of it ended in one step: heard as one RELEASE, as countStarted's
+   * requests are. A release the machine would refuse (more than run or use it) is sent at once.
+   */
+  countEnded(name: string, count: number): void {
+    const rec = this.records.get(name);
+    const ctx = rec?.snap.context;
+    if (
+      rec === undefined ||
+      ctx === undefined ||
+      count < 1 ||
+      !takesCountsLater(rec.label) ||
+      ctx.running + rec.started - rec.ended < count ||
+      ctx.users + rec.acquired - rec.ended < count
+    ) {
+      this.send(name, { type: 'RELEASE', running: true, count }, endedReason(count));
+      return;
+    }
+    rec.ended += count;
+    this.uncounted.add(rec);
+    this.index.transitioned();
+  }
+
+  /**
+   * Lets one machine hear what is pending for it; false when none has anything pending. For a
+   * step that sent no events: heard then, they are not heard in the step where a batch turns
+   * over and every transition adds to its time. Adapters with starts or ends pending go first,
+   * the longest pending first, hearing their acquisitions too: one whose requests all ended is
+   * evicted in such a step, once its machine has heard all of them.
    */
   settleOne(): boolean {
-    for (const rec of this.unsettled) {
+    for (const rec of this.uncounted) {
       this.settle(rec);
+      return true;
+    }
+    for (const rec of this.unsettled) {
+      this.settleAcquired(rec);
       return true;
     }
     return false;
@@ -269,20 +342,54 @@ export class AdapterActors {
     return ACQUIRE_MONOTONE.has(event.type) && rec.snap.status === 'active' && rec.snap.can(event);
   }
 
-  /** Lets its machine hear the acquisitions it has not heard yet. */
+  /** Lets its machine hear all that is pending for it. */
   private settle(rec: AdapterRecord): void {
+    this.settleCounts(rec);
+    this.settleAcquired(rec);
+  }
+
+  /**
+   * Lets its machine hear the starts and ends it has not heard yet, before anything else reaches
+   * or reads it: all starts, then all ends. The guards only ask that no more requests end than
+   * run and use it, so counting every start before any end passes them whenever the order they
+   * happened in did, and leaves the same counts (test/adapter-pending-counts.test.ts checks this
+   * against every reachable resident state).
+   */
+  private settleCounts(rec: AdapterRecord): void {
+    if (rec.started > 0) {
+      const count = rec.started;
+      rec.started = 0;
+      this.deliver(rec, { type: 'START', count }, startedReason(count));
+    }
+    if (rec.ended > 0) {
+      const count = rec.ended;
+      rec.ended = 0;
+      this.deliver(rec, { type: 'RELEASE', running: true, count }, endedReason(count));
+    }
+    this.uncounted.delete(rec);
+  }
+
+  /** Lets its machine hear the acquisitions it has not heard yet. */
+  private settleAcquired(rec: AdapterRecord): void {
     const count = rec.acquired;
     if (count === 0) return;
     rec.acquired = 0;
     this.unsettled.delete(rec);
-    this.send(rec.name, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
+    this.deliver(rec, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
   /** Sends an event the machine must accept: one it does not is a bug in the caller, reported with the adapter, its state and the event. */
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    if (!this.takesBeforePending(rec, event)) this.settle(rec);
+    this.settleCounts(rec);
+    this.deliver(rec, event, reason);
+  }
+
+  /** send(), once the starts and ends pending for it are heard. */
+  private deliver(rec: AdapterRecord, event: AdapterEvent, reason: string): void {
+    const name = rec.name;
+    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
     const before = rec.snap;
     const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
@@ -344,6 +451,7 @@ export class AdapterActors {
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
     this.unsettled.delete(rec);
+    this.uncounted.delete(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
     rec.removal?.resolve();
