@@ -31,6 +31,8 @@ interface AdapterRecord {
   /** Derived from the machine's snapshot: the published label and where the index files it. */
   label: string;
   placed: Placement;
+  /** The state nodes `label` and `placed.residency` were read from (see observe). */
+  nodes: AdapterSnapshot['_nodes'];
   last: AdapterTransition | null;
   removal: { promise: Promise<void>; resolve: () => void } | null;
   /** Callers waiting for its read from disk to end. */
@@ -138,6 +140,7 @@ export class AdapterActors {
       snap: first,
       label: adapterStateLabel(first),
       placed: { residency: residencyOf(first), slot: null },
+      nodes: first._nodes,
       last: null,
       removal: null,
       readWaiters: [],
@@ -428,12 +431,19 @@ export class AdapterActors {
 
   /** Follows a transition into the index and publishes it; `reason` says why its event was sent. */
   private observe(rec: AdapterRecord, snap: AdapterSnapshot, reason: string): void {
-    const placed: Placement = { residency: residencyOf(snap), slot: snap.context.slot };
-    if (placed.residency !== rec.placed.residency || placed.slot !== rec.placed.slot) {
+    // A transition that changes no state (one that only counts requests) keeps the machine's
+    // state nodes, and with them its residency and label: most transitions need not read them.
+    const moved = snap._nodes !== rec.nodes;
+    rec.nodes = snap._nodes;
+    const residency = moved ? residencyOf(snap) : rec.placed.residency;
+    const slot = snap.context.slot;
+    let placed = rec.placed;
+    if (residency !== placed.residency || slot !== placed.slot) {
+      placed = { residency, slot };
       this.index.move(rec.name, rec.pinned, rec.placed, placed);
       rec.placed = placed;
     }
-    const to = adapterStateLabel(snap);
+    const to = moved ? adapterStateLabel(snap) : rec.label;
     if (to !== rec.label) {
       const from = rec.label;
       rec.label = to;
