@@ -4,6 +4,7 @@ import { afterEach, describe, expect, test, vi } from 'vitest';
 import { AdapterActors } from '../src/scheduler/adapter-actors.js';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
 import { adapterMachine } from '../statecharts/adapter.machine.js';
+import { Scheduler } from '../src/scheduler/index.js';
 import { newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
@@ -69,6 +70,28 @@ describe("a step's work", () => {
     // A request ends: the queue is looked at, and C takes its place.
     expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 6 });
     expect(step(s)!.ids).toEqual(['b', 'c0', 'c1', 'c2']);
+  });
+
+  test("counts the step's adapters again only once the running requests change", () => {
+    const s = newScheduler({ maxLorasPerBatch: 4, maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    for (const name of ['A', 'B']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 4 }));
+    s.submit(seq('b', { lora: 'B', maxNewTokens: 8 }));
+    serveLoader(s);
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    // The first decode step counts the requests the step before admitted.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    const counts = vi.spyOn(Scheduler.prototype as unknown as { countStepAdapters(): void }, 'countStepAdapters');
+    // Decode steps over the same running requests: the adapters counted before stand.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 4 });
+    expect(counts).not.toHaveBeenCalled();
+    // A ended, then C was admitted: counted again once for each.
+    s.submit(seq('c', { lora: null }));
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(counts).toHaveBeenCalledTimes(2);
   });
 
   test('a batch the caller keeps is not changed by later steps', () => {

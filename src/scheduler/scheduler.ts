@@ -100,6 +100,8 @@ export class Scheduler {
   /** The entries of the step being scheduled. */
   private entries: StepEntry[] = [];
   private readonly distinct: Array<string | null> = [];
+  /** The queueVersion `distinct` was counted at (admission adds to it, and changes the version when it does). */
+  private distinctAt = -1;
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
   private readonly left: number[] = [];
@@ -316,11 +318,10 @@ export class Scheduler {
       this.setEntry(n++, s, chunk);
     }
 
-    // The step's adapters, in the order of their oldest running request; at most
-    // maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
+    // The running list changes only with queueVersion: while it stays (most decode steps), so
+    // do the step's adapters, which are not counted again over every running request.
     const distinct = this.distinct;
-    distinct.length = 0;
-    for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
+    if (this.distinctAt !== this.queueVersion) this.countStepAdapters();
     n = this.admitWaiting(n, budget);
 
     this.pump();
@@ -349,6 +350,17 @@ export class Scheduler {
       s.aheadRow = i;
     }
     return { batch, seqIds };
+  }
+
+  /**
+   * The step's adapters (`distinct`), in the order of their oldest running request; at most
+   * maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
+   */
+  private countStepAdapters(): void {
+    const distinct = this.distinct;
+    distinct.length = 0;
+    for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
+    this.distinctAt = this.queueVersion;
   }
 
   /**
