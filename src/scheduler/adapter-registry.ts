@@ -39,7 +39,7 @@ export class AdapterRegistry implements PlacementHost {
   private residentSlotsAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
-    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
+    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy, limits.maxLoaded !== null);
     this.catalog = new AdapterCatalog(limits.maxLoaded);
     this.actors = new AdapterActors(this.index, (name) => this.catalog.isLoaded(name));
   }
