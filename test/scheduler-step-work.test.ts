@@ -5,7 +5,7 @@ import { AdapterActors } from '../src/scheduler/adapter-actors.js';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
 import { adapterMachine } from '../statecharts/adapter.machine.js';
 import { Scheduler } from '../src/scheduler/index.js';
-import { newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
+import { fakeResult, newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
   vi.restoreAllMocks();
@@ -92,6 +92,34 @@ describe("a step's work", () => {
     expect(step(s)!.ids).toEqual(['b', 'c']);
     expect(step(s)!.ids).toEqual(['b', 'c']);
     expect(counts).toHaveBeenCalledTimes(2);
+  });
+
+  test('completing a step stores each sampled token once and grows no array for its events', () => {
+    const s = newScheduler();
+    for (let i = 0; i < 3; i++) s.submit(seq(`r${i}`, { prompt: 3, maxNewTokens: 4 }));
+    step(s);
+    const { batch, seqIds } = s.schedule()!;
+    const result = fakeResult(batch, seqIds);
+    // Every push while the step completes: into which array, and whether of a token. (A spy
+    // would push its records through the method it watches.)
+    const into: unknown[][] = [];
+    let tokens = 0;
+    const push = Array.prototype.push;
+    Array.prototype.push = function (this: unknown[], ...items: unknown[]): number {
+      into[into.length] = this;
+      if (typeof items[0] === 'number') tokens++;
+      return push.apply(this, items);
+    };
+    let events;
+    try {
+      events = s.complete(result);
+    } finally {
+      Array.prototype.push = push;
+    }
+    expect(events.map((e) => [e.id, e.tokens])).toEqual(seqIds.map((id, i) => [id, [result.tokens[i]]]));
+    expect(into).not.toContain(events);
+    // Into each sequence's tokens (prompt then output), and nowhere else.
+    expect(tokens).toBe(3);
   });
 
   test('a batch the caller keeps is not changed by later steps', () => {

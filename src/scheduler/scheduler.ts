@@ -487,7 +487,11 @@ export class Scheduler {
     if (result.tokens.length !== n) {
       throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
-    const events = this.takeEvents();
+    // At most one event a row: the array is that long from the start, where one grown row by
+    // row left its earlier copies behind, a twentieth of a decode step's garbage.
+    const pending = this.takeEvents();
+    const events = new Array<TokenEvent>(pending.length + n);
+    for (let i = 0; i < pending.length; i++) events[i] = pending[i]!;
     this.engineMs += result.stepMs ?? 0;
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
@@ -495,7 +499,7 @@ export class Scheduler {
     const endingLater = this.endingLater;
     endingLater.clear();
     try {
-      this.completeEntries(entries, result, n, width, events, ending, endingLater);
+      events.length = this.completeEntries(entries, result, n, width, events, pending.length, ending, endingLater);
     } finally {
       this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
@@ -510,8 +514,9 @@ export class Scheduler {
   }
 
   /**
-   * Advances each sequence of the completed step by its entry and the result's row. Those that
-   * end stay in `running` (as 'finished') for removeEnded to take out together.
+   * Advances each sequence of the completed step by its entry and the result's row, writing their
+   * events into `events` from `at`; returns where they end. Those that end stay in `running` (as
+   * 'finished') for removeEnded to take out together.
    */
   private completeEntries(
     entries: readonly StepEntry[],
@@ -519,9 +524,10 @@ export class Scheduler {
     n: number,
     width: number,
     events: TokenEvent[],
+    at: number,
     ending: Map<string, number>,
     endingLater: Map<string, number>,
-  ): void {
+  ): number {
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
       const s = e.seq;
@@ -550,8 +556,9 @@ export class Scheduler {
       const topLogprobs = k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : null;
       const finish = s.accept(id, this.opts.eosTokenIds, this.opts.contextLength);
       if (finish) this.endRunning(s, ends);
-      events.push(s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs));
+      events[at++] = s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs);
     }
+    return at;
   }
 
   /** Sequences the engine failed alone in the last steps (malformed sampling values); already dropped. */
