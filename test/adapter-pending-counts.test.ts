@@ -97,6 +97,21 @@ describe('pending starts and ends', () => {
     expect(s.takeCommands()).toEqual([{ kind: 'copy-to-slot', name: 'C', slot: 0 }]);
   });
 
+  test("steps with time to spare let machines hear starts and ends, and leave a waiting adapter's acquisitions pending", () => {
+    // One place: B's requests wait while A's run.
+    const s = newScheduler({ maxLorasPerBatch: 1, maxRunningRequests: 8, numBlocks: 256 });
+    for (const name of ['A', 'B']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 6 }));
+    serveLoader(s);
+    s.adapterDetails();
+    const transitions = vi.spyOn(adapterMachine, 'transition');
+    step(s);
+    for (let i = 0; i < 3; i++) s.submit(seq(`b${i}`, { lora: 'B' }));
+    for (let k = 0; k < 3; k++) expect(step(s)!.ids).toEqual(['a']);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([start(1)]);
+    expect(s.adapterDetails().find((d) => d.name === 'B')).toMatchObject({ refcount: 3, running: 0 });
+  });
+
   test('an adapter being unloaded hears them at once and leaves as soon as its last request ends', async () => {
     const s = newScheduler({ maxRunningRequests: 8, numBlocks: 256 });
     s.addAdapter({ name: 'A', path: '/A', pinned: false });

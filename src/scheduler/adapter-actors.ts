@@ -321,19 +321,16 @@ export class AdapterActors {
   }
 
   /**
-   * Lets one machine hear what is pending for it; false when none has anything pending. For a
-   * step that sent no events: heard then, they are not heard in the step where a batch turns
-   * over and every transition adds to its time. Adapters with starts or ends pending go first,
-   * the longest pending first, hearing their acquisitions too: one whose requests all ended is
-   * evicted in such a step, once its machine has heard all of them.
+   * Lets the machine whose starts or ends have waited longest hear all that is pending for it;
+   * false when none has any. For a step that sent no events: heard then, they are not heard in
+   * the step where its requests end and it leaves its slot, where every transition adds to the
+   * time of a step that turns a batch over. Acquisitions alone wait: they are heard with the
+   * adapter's next starts, and until then no event needs them (each step settling one had
+   * every waiting adapter hear its new requests again and again).
    */
   settleOne(): boolean {
     for (const rec of this.uncounted) {
       this.settle(rec);
-      return true;
-    }
-    for (const rec of this.unsettled) {
-      this.settleAcquired(rec);
       return true;
     }
     return false;
