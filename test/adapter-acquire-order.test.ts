@@ -4,7 +4,7 @@
 // outcome.
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { transition, type ExecutableActionsFrom } from 'xstate';
-import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-actors.js';
+import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-pending.js';
 import { AdapterIndex } from '../src/scheduler/adapter-index.js';
 import { adapterMachine, type AdapterEvent, type AdapterSnapshot } from '../statecharts/adapter.machine.js';
 import { ALPHABET, reachable } from './adapter-reachable.js';
