@@ -14,6 +14,11 @@
 // the timed steps, so that one row's setup is not billed to another row's steps. The loop
 // allocates little beyond the requests and loader answers it hands the scheduler (its fake
 // results are reused), so what is collected is the scheduler's garbage.
+//
+// With `--tail`, each row also says what its slowest 1% of steps did (`slowest`), beside the
+// same figures over all its steps (`typical`): batch rows and tokens, requests admitted and
+// finished, adapter state changes, slot copies, and how many of them a collection fell in.
+// Off by default: recording them is more work in each step.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -24,11 +29,12 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { fakeResult } from './fake-step.js';
 
-const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE]
+const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE] [--tail]
   Times the scheduler's steps with 10, 1,000 and 10,000 registered adapters (run \`npm run build\` first).
   --runs N         runs pooled per row, each with a new scheduler (default 3)
   --baseline FILE  an earlier result whose rows are kept as \`before\`
-  --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)`;
+  --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)
+  --tail           also report what the slowest 1% of steps did`;
 const args = process.argv.slice(2);
 if (args.includes('--help') || args.includes('-h')) {
   console.log(USAGE);
@@ -42,9 +48,11 @@ function option(flag) {
   if (value === undefined || value.startsWith('--')) throw new RangeError(`${flag} needs a value\n${USAGE}`);
   return value;
 }
+const TAIL = args.includes('--tail');
+const flags = args.filter((a) => a !== '--tail');
 const known = new Set(['--runs', '--baseline', '--out']);
-for (let i = 0; i < args.length; i += 2) {
-  if (!known.has(args[i])) throw new RangeError(`unknown option ${args[i]}\n${USAGE}`);
+for (let i = 0; i < flags.length; i += 2) {
+  if (!known.has(flags[i])) throw new RangeError(`unknown option ${flags[i]}\n${USAGE}`);
 }
 
 const root = new URL('..', import.meta.url);
@@ -59,6 +67,8 @@ const MAX_STEPS = 2000;
 const MIN_STEPS = 20;
 /** Per count; slow code still gets MIN_STEPS. */
 const TIME_BUDGET_MS = 10_000;
+/** What --tail records of each step. */
+const WHAT = ['rows', 'tokens', 'admitted', 'finished', 'stateChanges', 'copies'];
 
 const OPTIONS = {
   blockSize: 16,
@@ -75,6 +85,11 @@ const OPTIONS = {
   loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
 };
 const sampling = { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true };
+/**
+ * Every request's prompt, copied for each: building it with Array.from over an array-like took
+ * about 0.7 us a request here, which the steps that take in 128 requests billed to the scheduler.
+ */
+const PROMPT = Array.from({ length: 16 }, (_, k) => 10 + k);
 
 /** Answers every command at once; returns how many slot copies it made. */
 function serveLoader(s) {
@@ -118,7 +133,7 @@ async function run(count) {
       const id = next++;
       s.submit({
         id: `r${id}`,
-        promptIds: Array.from({ length: 16 }, (_, k) => 10 + k),
+        promptIds: PROMPT.slice(),
         lora: wanted[id % distinct],
         sampling,
         returnLogprob: false,
@@ -131,19 +146,31 @@ async function run(count) {
   collectGarbage();
   const starts = new Float64Array(MAX_STEPS);
   const ends = new Float64Array(MAX_STEPS);
+  // --tail: what each step did (WHAT's fields, one row of them per step).
+  const what = TAIL ? new Float64Array(MAX_STEPS * WHAT.length) : null;
+  let stateChanges = 0;
+  if (what) s.subscribe(() => stateChanges++);
   let steps = 0;
   let copies = 0;
   let sequences = 0;
   const t0 = performance.now();
   for (let i = 0; i < WARMUP_STEPS + MAX_STEPS; i++) {
+    const changesBefore = stateChanges;
     const start = performance.now();
     let copied = serveLoader(s);
+    const waiting = what ? s.stats().waiting : 0;
     const step = s.schedule();
-    if (step) s.complete(fakeResult(step.batch));
+    const admitted = what ? waiting - s.stats().waiting : 0;
+    const events = step ? s.complete(fakeResult(step.batch)) : [];
     copied += serveLoader(s);
     refill();
     const end = performance.now();
     if (i < WARMUP_STEPS) continue;
+    if (what) {
+      const finished = events.reduce((a, e) => a + (e.finish ? 1 : 0), 0);
+      const row = [step ? step.seqIds.length : 0, step ? step.batch.tokens.length : 0, admitted, finished, stateChanges - changesBefore, copied];
+      what.set(row, steps * WHAT.length);
+    }
     starts[steps] = start;
     ends[steps++] = end;
     copies += copied;
@@ -160,6 +187,13 @@ async function run(count) {
   return {
     distinct,
     times: Array.from({ length: steps }, (_, i) => ends[i] - starts[i]),
+    // Per step: its WHAT fields, then whether a collection fell in it.
+    what: what
+      ? Array.from({ length: steps }, (_, i) => [
+          ...what.subarray(i * WHAT.length, (i + 1) * WHAT.length),
+          inSteps.some((p) => starts[i] < p.end && ends[i] > p.start) ? 1 : 0,
+        ])
+      : null,
     copies,
     sequences,
     gcPauses: inSteps.length,
@@ -195,7 +229,20 @@ async function measure(count, runs) {
     // Collections during the timed steps, all of them counted in the times above.
     gcPauses: sum('gcPauses'),
     gcMs: sum('gcMs'),
+    ...(TAIL ? tail(all) : {}),
   };
+}
+
+/** --tail: over the slowest 1% of steps, and over all: the mean of each WHAT field, and how many steps a collection fell in. */
+function tail(all) {
+  const steps = all.flatMap((r) => r.times.map((ms, i) => ({ ms, what: r.what[i] })));
+  const summary = (xs) => ({
+    steps: xs.length,
+    ...Object.fromEntries(WHAT.map((k, j) => [k, xs.reduce((a, x) => a + x.what[j], 0) / xs.length])),
+    collections: xs.filter((x) => x.what[WHAT.length] === 1).length,
+  });
+  const slowest = steps.sort((a, b) => b.ms - a.ms).slice(0, Math.ceil(steps.length / 100));
+  return { slowest: summary(slowest), typical: summary(steps) };
 }
 
 const baselineFile = option('--baseline');
@@ -239,5 +286,11 @@ for (const r of rows) {
   console.log(
     `| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` +
       (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''),
+  );
+}
+for (const r of TAIL ? rows : []) {
+  const f = (k) => `${k} ${r.slowest[k].toFixed(1)} (${r.typical[k].toFixed(1)})`;
+  console.log(
+    `${r.registered}: slowest ${r.slowest.steps} steps (all steps in parentheses), ${r.slowest.collections} with a collection; ${WHAT.map(f).join(', ')}`,
   );
 }

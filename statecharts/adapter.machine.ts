@@ -285,10 +285,22 @@ export function residencyOf(snap: AdapterSnapshot): string | null {
   return typeof value === 'string' ? null : flatten(value.live.residency);
 }
 
+/**
+ * Paths already joined, by parent key and child path: each state's label is then one string,
+ * which the scheduler's maps keyed by labels and residencies find without hashing a new one.
+ */
+const joined = new Map<string, Map<string, string>>();
+
 function flatten(v: unknown): string {
   if (typeof v === 'string') return v;
   const [k, inner] = Object.entries(v as Record<string, unknown>)[0] ?? ['', ''];
-  return inner === undefined || inner === '' ? k : `${k}.${flatten(inner)}`;
+  if (inner === undefined || inner === '') return k;
+  const rest = flatten(inner);
+  let byRest = joined.get(k);
+  if (byRest === undefined) joined.set(k, (byRest = new Map()));
+  let path = byRest.get(rest);
+  if (path === undefined) byRest.set(rest, (path = `${k}.${rest}`));
+  return path;
 }
 
 export { adapterChartJson, type ChartJson } from './chart-json.js';

@@ -3,55 +3,16 @@
 // that turns a batch over costs fewer statechart transitions and fewer walks, with the same
 // outcome.
 import { afterEach, describe, expect, test, vi } from 'vitest';
-import { transition, initialTransition, type ExecutableActionsFrom } from 'xstate';
-import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-actors.js';
+import { transition, type ExecutableActionsFrom } from 'xstate';
+import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE } from '../src/scheduler/adapter-pending.js';
 import { AdapterIndex } from '../src/scheduler/adapter-index.js';
 import { adapterMachine, type AdapterEvent, type AdapterSnapshot } from '../statecharts/adapter.machine.js';
+import { ALPHABET, reachable } from './adapter-reachable.js';
 import { newScheduler, runAll, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
   vi.restoreAllMocks();
 });
-
-const ALPHABET: AdapterEvent[] = [
-  { type: 'LOAD' },
-  { type: 'CPU_LOADED', rank: 8, targetModules: ['q_proj'], bytes: 64 },
-  { type: 'CPU_LOADED', rank: 64, targetModules: ['q_proj'], bytes: 64 },
-  { type: 'LOAD_FAILED', error: 'unreadable' },
-  { type: 'COPY', slot: 0 },
-  { type: 'SLOT_READY', slot: 0 },
-  { type: 'EVICT' },
-  { type: 'DROP_CPU' },
-  { type: 'UNLOAD' },
-  { type: 'DRAINED' },
-  { type: 'REVIVE' },
-  { type: 'ACQUIRE', count: 2 },
-  { type: 'START' },
-  { type: 'PREEMPT' },
-  { type: 'RELEASE', running: true },
-  { type: 'RELEASE', running: false },
-  { type: 'LOADER_RESTARTED' },
-];
-
-/** Every snapshot the alphabet reaches within `depth` events, pinned or not. */
-function reachable(depth: number): AdapterSnapshot[] {
-  const seen = new Map<string, AdapterSnapshot>();
-  let frontier: AdapterSnapshot[] = [false, true].map(
-    (pinned) => initialTransition(adapterMachine, { name: 'a', path: '/a', pinned, maxRank: 16, poolModules: ['q_proj', 'v_proj'] })[0],
-  );
-  for (let d = 0; d <= depth && frontier.length > 0; d++) {
-    const next: AdapterSnapshot[] = [];
-    for (const snap of frontier) {
-      const key = JSON.stringify([snap.value, snap.context, snap.status]);
-      if (seen.has(key)) continue;
-      seen.set(key, snap);
-      if (snap.status !== 'active') continue;
-      for (const e of ALPHABET) if (snap.can(e)) next.push(transition(adapterMachine, snap, e)[0]);
-    }
-    frontier = next;
-  }
-  return [...seen.values()];
-}
 
 type Actions = ExecutableActionsFrom<typeof adapterMachine>[];
 const emitted = (actions: Actions): unknown[] => actions.filter((a) => a.type === 'xstate.emit').map((a) => a.params);
@@ -114,18 +75,22 @@ describe('pending acquisitions', () => {
     expect(compared).toBeGreaterThan(30);
   });
 
-  test('a step that starts requests queued since the last one is one transition of their adapter', () => {
+  test('a step that starts requests queued since the last one costs their adapter no transition; a read hears both', () => {
     const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
     s.addAdapter({ name: 'A', path: '/A', pinned: false });
     s.submit(seq('first', { lora: 'A', maxNewTokens: 1 }));
     runAll(s);
+    s.adapterDetails();
     for (let i = 0; i < 40; i++) s.submit(seq(`r${i}`, { lora: 'A' }));
     const transitions = vi.spyOn(adapterMachine, 'transition');
     expect(step(s)!.ids).toHaveLength(40);
-    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'START', count: 40 }]);
+    expect(transitions).not.toHaveBeenCalled();
     // Read, the machine has heard both.
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 40, running: 40 });
-    expect(transitions.mock.calls.map((c) => c[1]).slice(1)).toEqual([{ type: 'ACQUIRE', count: 40 }]);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'START', count: 40 },
+      { type: 'ACQUIRE', count: 40 },
+    ]);
   });
 
   /** Adapter A with four one-token requests its machine has heard of (a read settles them). */
@@ -138,39 +103,37 @@ describe('pending acquisitions', () => {
     return s;
   };
 
-  test('requests ending before the machine heard of newer ones are one transition, and a release it needs them for still finds them', () => {
+  test('requests that start and end in one step cost no transition there; the next event hears them first, with the acquisitions a release needs', () => {
     const s = fourHeard();
-    // Heard: 4 users. Pending: 3 more, one of them aborted while waiting.
+    // Heard: 4 users. Pending: 3 more.
     for (let i = 0; i < 3; i++) s.submit(seq(`new${i}`, { lora: 'A', maxNewTokens: 1 }));
     const transitions = vi.spyOn(adapterMachine, 'transition');
     const first = step(s)!;
     expect(first.ids).toHaveLength(7);
     expect(first.events.every((e) => e.finish !== null)).toBe(true);
-    // Seven ended in one step: more than the four heard, so the three pending come first.
-    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
-      { type: 'START', count: 7 },
-      { type: 'ACQUIRE', count: 3 },
-      { type: 'RELEASE', running: true, count: 7 },
-    ]);
-    transitions.mockClear();
+    expect(transitions).not.toHaveBeenCalled();
     for (let i = 0; i < 2; i++) s.submit(seq(`later${i}`, { lora: 'A', maxNewTokens: 1 }));
     s.submit(seq('x', { lora: 'A', maxNewTokens: 1 }));
-    // Only the pending ones name it: the abort needs them heard first.
+    // The abort is heard after the step's starts and ends; seven ended, more than the four
+    // users heard, so the six acquisitions pending come before the release of the seven.
     expect(s.abort('x')?.finish).toEqual({ type: 'abort', message: 'Request aborted' });
     expect(transitions.mock.calls.map((c) => c[1])).toEqual([
-      { type: 'ACQUIRE', count: 3 },
+      { type: 'START', count: 7 },
+      { type: 'ACQUIRE', count: 6 },
+      { type: 'RELEASE', running: true, count: 7 },
       { type: 'RELEASE', running: false },
     ]);
     expect(step(s)!.ids).toEqual(['later0', 'later1']);
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
   });
 
-  test('a step that moves no adapter lets one hear its new requests, so the step that ends them releases them alone', () => {
+  test('a step that moves no adapter lets one hear what is pending for it, and the step that ends its requests costs no transition', () => {
     const s = newScheduler({ maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
     s.addAdapter({ name: 'A', path: '/A', pinned: false });
     serveLoader(s);
     s.submit(seq('warm', { lora: 'A', maxNewTokens: 1 }));
     runAll(s);
+    s.adapterDetails();
     for (let i = 0; i < 4; i++) s.submit(seq(`r${i}`, { lora: 'A', maxNewTokens: 3 }));
     const transitions = vi.spyOn(adapterMachine, 'transition');
     const heard = (): unknown[] => {
@@ -179,12 +142,16 @@ describe('pending acquisitions', () => {
       return events;
     };
     step(s);
-    expect(heard()).toEqual([{ type: 'START', count: 4 }]);
+    expect(heard()).toEqual([]);
     step(s);
-    expect(heard()).toEqual([{ type: 'ACQUIRE', count: 4 }]);
+    expect(heard()).toEqual([
+      { type: 'START', count: 4 },
+      { type: 'ACQUIRE', count: 4 },
+    ]);
     expect(step(s)!.events.every((e) => e.finish !== null)).toBe(true);
-    expect(heard()).toEqual([{ type: 'RELEASE', running: true, count: 4 }]);
+    expect(heard()).toEqual([]);
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
+    expect(heard()).toEqual([{ type: 'RELEASE', running: true, count: 4 }]);
   });
 
   test('requests ending while the machine has newer ones to hear of are one transition', () => {

@@ -75,4 +75,32 @@ describe('using an adapter', () => {
     expect(catalog.use('d', false)).toEqual(['c']);
     expect(catalog.loadedNames()).toEqual(['b', 'a', 'd']);
   });
+
+  test('moving adapters between slots and CPU memory changes no table holding every registered adapter, without a CPU budget', () => {
+    const index = new AdapterIndex(2, 'lru', false);
+    const cpu = { residency: 'cpuLoaded', slot: null };
+    for (let i = 0; i < 1000; i++) index.add(`a${i}`, false, cpu);
+    index.move('a0', false, cpu, { residency: 'gpuResident.unpinned', slot: 0 });
+    const changed = [
+      vi.spyOn(Set.prototype, 'add'),
+      vi.spyOn(Set.prototype, 'delete'),
+      vi.spyOn(Map.prototype, 'set'),
+      vi.spyOn(Map.prototype, 'delete'),
+    ];
+    for (const spy of changed) spy.mockClear();
+    // a0 leaves its slot for a1, which is copied in; both are used by a step.
+    index.move('a0', false, { residency: 'gpuResident.unpinned', slot: 0 }, cpu);
+    index.move('a1', false, cpu, { residency: 'h2dInFlight', slot: 0 });
+    index.move('a1', false, { residency: 'h2dInFlight', slot: 0 }, { residency: 'gpuResident.unpinned', slot: 0 });
+    index.touch('a1');
+    const sizes = changed.flatMap((spy) => spy.mock.contexts.map((table) => (table as Set<unknown>).size));
+    expect(sizes.length).toBeGreaterThan(0);
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(2);
+    vi.restoreAllMocks();
+    expect([...index.inResidency('gpuResident.unpinned')]).toEqual(['a1']);
+    expect(index.inResidency('h2dInFlight').size).toBe(0);
+    expect([...index.slotOrder.keys()]).toEqual(['a1']);
+    expect(index.cpuCount).toBe(1000);
+    expect(index.lowestFreeSlot()).toBe(1);
+  });
 });

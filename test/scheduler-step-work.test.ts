@@ -4,7 +4,8 @@ import { afterEach, describe, expect, test, vi } from 'vitest';
 import { AdapterActors } from '../src/scheduler/adapter-actors.js';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
 import { adapterMachine } from '../statecharts/adapter.machine.js';
-import { newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
+import { Scheduler } from '../src/scheduler/index.js';
+import { fakeResult, newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
   vi.restoreAllMocks();
@@ -71,6 +72,56 @@ describe("a step's work", () => {
     expect(step(s)!.ids).toEqual(['b', 'c0', 'c1', 'c2']);
   });
 
+  test("counts the step's adapters again only once the running requests change", () => {
+    const s = newScheduler({ maxLorasPerBatch: 4, maxRunningRequests: 64, numBlocks: 512, chunkedPrefillSize: 512 });
+    for (const name of ['A', 'B']) s.addAdapter({ name, path: `/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 4 }));
+    s.submit(seq('b', { lora: 'B', maxNewTokens: 8 }));
+    serveLoader(s);
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    // The first decode step counts the requests the step before admitted.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    const counts = vi.spyOn(Scheduler.prototype as unknown as { countStepAdapters(): void }, 'countStepAdapters');
+    // Decode steps over the same running requests: the adapters counted before stand.
+    expect(step(s)!.ids).toEqual(['a', 'b']);
+    expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 4 });
+    expect(counts).not.toHaveBeenCalled();
+    // A ended, then C was admitted: counted again once for each.
+    s.submit(seq('c', { lora: null }));
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(step(s)!.ids).toEqual(['b', 'c']);
+    expect(counts).toHaveBeenCalledTimes(2);
+  });
+
+  test('completing a step stores each sampled token once and grows no array for its events', () => {
+    const s = newScheduler();
+    for (let i = 0; i < 3; i++) s.submit(seq(`r${i}`, { prompt: 3, maxNewTokens: 4 }));
+    step(s);
+    const { batch, seqIds } = s.schedule()!;
+    const result = fakeResult(batch, seqIds);
+    // Every push while the step completes: into which array, and whether of a token. (A spy
+    // would push its records through the method it watches.)
+    const into: unknown[][] = [];
+    let tokens = 0;
+    const push = Array.prototype.push;
+    Array.prototype.push = function (this: unknown[], ...items: unknown[]): number {
+      into[into.length] = this;
+      if (typeof items[0] === 'number') tokens++;
+      return push.apply(this, items);
+    };
+    let events;
+    try {
+      events = s.complete(result);
+    } finally {
+      Array.prototype.push = push;
+    }
+    expect(events.map((e) => [e.id, e.tokens])).toEqual(seqIds.map((id, i) => [id, [result.tokens[i]]]));
+    expect(into).not.toContain(events);
+    // Into each sequence's tokens (prompt then output), and nowhere else.
+    expect(tokens).toBe(3);
+  });
+
   test('a batch the caller keeps is not changed by later steps', () => {
     const s = newScheduler();
     s.submit(seq('a', { prompt: 3, maxNewTokens: 4 }));
@@ -88,6 +139,8 @@ describe("a step's work", () => {
     s.addAdapter({ name: 'A', path: '/A', pinned: false });
     s.submit(seq('first', { lora: 'A', maxNewTokens: 1 }));
     runAll(s);
+    // Heard before the spy: the first request's start and end.
+    s.adapterDetails();
     const transitions = vi.spyOn(adapterMachine, 'transition');
     for (let i = 0; i < 40; i++) s.submit(seq(`r${i}`, { lora: 'A' }));
     // A resident adapter takes new requests without a transition each.

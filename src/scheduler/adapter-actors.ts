@@ -19,6 +19,7 @@ import {
   type AdapterSnapshot,
 } from '../../statecharts/adapter.machine.js';
 import type { AdapterIndex, Placement } from './adapter-index.js';
+import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE, endedReason, startedReason, takesCountsLater } from './adapter-pending.js';
 import { adapterDetail, adapterStatus, type AdapterDetail, type AdapterTransition } from './adapter-view.js';
 import type { LoaderCommand } from './loader.js';
 
@@ -31,6 +32,8 @@ interface AdapterRecord {
   /** Derived from the machine's snapshot: the published label and where the index files it. */
   label: string;
   placed: Placement;
+  /** The state nodes `label` and `placed.residency` were read from (see observe). */
+  nodes: AdapterSnapshot['_nodes'];
   last: AdapterTransition | null;
   removal: { promise: Promise<void>; resolve: () => void } | null;
   /** Callers waiting for its read from disk to end. */
@@ -40,38 +43,18 @@ interface AdapterRecord {
    * machine as one counted ACQUIRE before it is read, or sent an event that depends on them.
    */
   acquired: number;
+  /**
+   * Requests that started running, and running requests that ended, since its machine last heard
+   * of any (see countStarted): they reach it as one START and one RELEASE before anything else.
+   */
+  started: number;
+  ended: number;
 }
 
 function describe(event: AdapterEvent): string {
   const { type, ...rest } = event;
   return Object.keys(rest).length > 0 ? `${type} ${JSON.stringify(rest)}` : type;
 }
-
-/**
- * Events the machine takes the same before and after acquisitions it has not heard yet: their
- * guards and actions neither read nor change the count of requests naming the adapter or its
- * admission, and none leads to 'failed', where ACQUIRE is refused. The acquisitions stay
- * pending past them, so when a batch turns over, each START, EVICT, COPY and SLOT_READY is one
- * transition, not two: transitions are most of what such a step costs.
- * test/adapter-acquire-order.test.ts checks the claim against the machine.
- */
-export const ACQUIRE_INDEPENDENT: ReadonlySet<AdapterEvent['type']> = new Set([
-  'START',
-  'PREEMPT',
-  'COPY',
-  'SLOT_READY',
-  'EVICT',
-  'LOAD',
-  'DROP_CPU',
-]);
-
-/**
- * Events whose guards acquisitions can only make pass (a RELEASE needs at least as many users as
- * it releases) and whose actions only add to or take from the count. One the machine accepts
- * without the pending acquisitions ends the same as after them, so they stay pending; one it
- * refuses so is sent again after them, and refused then only if it would have been anyway.
- */
-export const ACQUIRE_MONOTONE: ReadonlySet<AdapterEvent['type']> = new Set(['RELEASE']);
 
 type AdapterScope = ActorScope<AdapterSnapshot, AdapterEvent, ActorScope<AdapterSnapshot, AdapterEvent>['system'], AdapterCommandEvent>;
 
@@ -85,6 +68,8 @@ export class AdapterActors {
   private readonly labelCounts = new Map<string, number>();
   /** Adapters with acquisitions their machines have not heard yet, longest pending first. */
   private readonly unsettled = new Set<AdapterRecord>();
+  /** The same for starts and ends (countStarted, countEnded). */
+  private readonly uncounted = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
   constructor(
@@ -118,10 +103,13 @@ export class AdapterActors {
       snap: first,
       label: adapterStateLabel(first),
       placed: { residency: residencyOf(first), slot: null },
+      nodes: first._nodes,
       last: null,
       removal: null,
       readWaiters: [],
       acquired: 0,
+      started: 0,
+      ended: 0,
     };
     this.records.set(rec.name, rec);
     this.index.add(rec.name, rec.pinned, rec.placed);
@@ -219,17 +207,19 @@ export class AdapterActors {
   }
 
   /**
-   * Whether a running request uses it (read from its machine; the machine's guards stay the
-   * rule). Acquisitions not yet heard change no running count, so they need not be settled.
+   * Whether a running request uses it: its machine's count with the starts and ends it has not
+   * heard yet (the machine's guards stay the rule). Acquisitions change no running count.
    */
   inUse(name: string): boolean {
-    return (this.records.get(name)?.snap.context.running ?? 0) > 0;
+    const rec = this.records.get(name);
+    return rec !== undefined && rec.snap.context.running + rec.started - rec.ended > 0;
   }
 
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
     if (!rec) return false;
-    if (!this.takesBeforePending(rec, event)) this.settle(rec);
+    this.settleCounts(rec);
+    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
     return rec.snap.status === 'active' && rec.snap.can(event);
   }
 
@@ -251,12 +241,58 @@ export class AdapterActors {
   }
 
   /**
-   * Lets the machine that has waited longest hear its pending acquisitions; false when none has
-   * any. For a step that sent no events: heard then, they are not heard with the RELEASE that
-   * needs them, in the step where a batch turns over and every transition adds to its time.
+   * `count` requests of it started running in one step. A resident adapter's machine hears them
+   * as one START when it is next read or sent another event, or in a step with time to spare
+   * (settleOne), not in the step that turns a batch over, where every transition adds to its
+   * time. START only counts running requests: it moves no state, emits nothing and is never
+   * published. Meanwhile inUse counts them, and the index's version changes as a transition
+   * would change it, so placement walks again as it would have. Where the machine would refuse
+   * START (not resident: the caller has a bug), it hears it at once, so the error names this call.
+   */
+  countStarted(name: string, count: number): void {
+    const rec = this.records.get(name);
+    if (rec === undefined || count < 1 || !takesCountsLater(rec.label)) {
+      this.send(name, { type: 'START', count }, startedReason(count));
+      return;
+    }
+    rec.started += count;
+    this.uncounted.add(rec);
+    this.index.transitioned();
+  }
+
+  /**
+   * `count` running requests of it ended in one step: heard as one RELEASE, as countStarted's
+   * requests are. A release the machine would refuse (more than run or use it) is sent at once.
+   */
+  countEnded(name: string, count: number): void {
+    const rec = this.records.get(name);
+    const ctx = rec?.snap.context;
+    if (
+      rec === undefined ||
+      ctx === undefined ||
+      count < 1 ||
+      !takesCountsLater(rec.label) ||
+      ctx.running + rec.started - rec.ended < count ||
+      ctx.users + rec.acquired - rec.ended < count
+    ) {
+      this.send(name, { type: 'RELEASE', running: true, count }, endedReason(count));
+      return;
+    }
+    rec.ended += count;
+    this.uncounted.add(rec);
+    this.index.transitioned();
+  }
+
+  /**
+   * Lets the machine whose starts or ends have waited longest hear all that is pending for it;
+   * false when none has any. For a step that sent no events: heard then, they are not heard in
+   * the step where its requests end and it leaves its slot, where every transition adds to the
+   * time of a step that turns a batch over. Acquisitions alone wait: they are heard with the
+   * adapter's next starts, and until then no event needs them (each step settling one had
+   * every waiting adapter hear its new requests again and again).
    */
   settleOne(): boolean {
-    for (const rec of this.unsettled) {
+    for (const rec of this.uncounted) {
       this.settle(rec);
       return true;
     }
@@ -269,20 +305,54 @@ export class AdapterActors {
     return ACQUIRE_MONOTONE.has(event.type) && rec.snap.status === 'active' && rec.snap.can(event);
   }
 
-  /** Lets its machine hear the acquisitions it has not heard yet. */
+  /** Lets its machine hear all that is pending for it. */
   private settle(rec: AdapterRecord): void {
+    this.settleCounts(rec);
+    this.settleAcquired(rec);
+  }
+
+  /**
+   * Lets its machine hear the starts and ends it has not heard yet, before anything else reaches
+   * or reads it: all starts, then all ends. The guards only ask that no more requests end than
+   * run and use it, so counting every start before any end passes them whenever the order they
+   * happened in did, and leaves the same counts (test/adapter-pending-counts.test.ts checks this
+   * against every reachable resident state).
+   */
+  private settleCounts(rec: AdapterRecord): void {
+    if (rec.started > 0) {
+      const count = rec.started;
+      rec.started = 0;
+      this.deliver(rec, { type: 'START', count }, startedReason(count));
+    }
+    if (rec.ended > 0) {
+      const count = rec.ended;
+      rec.ended = 0;
+      this.deliver(rec, { type: 'RELEASE', running: true, count }, endedReason(count));
+    }
+    this.uncounted.delete(rec);
+  }
+
+  /** Lets its machine hear the acquisitions it has not heard yet. */
+  private settleAcquired(rec: AdapterRecord): void {
     const count = rec.acquired;
     if (count === 0) return;
     rec.acquired = 0;
     this.unsettled.delete(rec);
-    this.send(rec.name, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
+    this.deliver(rec, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
   /** Sends an event the machine must accept: one it does not is a bug in the caller, reported with the adapter, its state and the event. */
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    if (!this.takesBeforePending(rec, event)) this.settle(rec);
+    this.settleCounts(rec);
+    this.deliver(rec, event, reason);
+  }
+
+  /** send(), once the starts and ends pending for it are heard. */
+  private deliver(rec: AdapterRecord, event: AdapterEvent, reason: string): void {
+    const name = rec.name;
+    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
     const before = rec.snap;
     const snap = this.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
@@ -321,12 +391,19 @@ export class AdapterActors {
 
   /** Follows a transition into the index and publishes it; `reason` says why its event was sent. */
   private observe(rec: AdapterRecord, snap: AdapterSnapshot, reason: string): void {
-    const placed: Placement = { residency: residencyOf(snap), slot: snap.context.slot };
-    if (placed.residency !== rec.placed.residency || placed.slot !== rec.placed.slot) {
+    // A transition that changes no state (one that only counts requests) keeps the machine's
+    // state nodes, and with them its residency and label: most transitions need not read them.
+    const moved = snap._nodes !== rec.nodes;
+    rec.nodes = snap._nodes;
+    const residency = moved ? residencyOf(snap) : rec.placed.residency;
+    const slot = snap.context.slot;
+    let placed = rec.placed;
+    if (residency !== placed.residency || slot !== placed.slot) {
+      placed = { residency, slot };
       this.index.move(rec.name, rec.pinned, rec.placed, placed);
       rec.placed = placed;
     }
-    const to = adapterStateLabel(snap);
+    const to = moved ? adapterStateLabel(snap) : rec.label;
     if (to !== rec.label) {
       const from = rec.label;
       rec.label = to;
@@ -344,6 +421,7 @@ export class AdapterActors {
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
     this.unsettled.delete(rec);
+    this.uncounted.delete(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
     rec.removal?.resolve();

@@ -14,6 +14,14 @@ export interface Placement {
 const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
 /** Residencies whose CPU copy may be dropped for another adapter (pinned ones never are). */
 const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
+/**
+ * The residencies whose adapters inResidency lists: each holds at most the slots, or the reads
+ * in flight. 'registered' and 'cpuLoaded' hold as many as are registered and nothing lists
+ * them; a set of thousands that every swap adds to and takes from would rebuild its table now
+ * and then, inside a step.
+ */
+const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
+export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned';
 
 export class AdapterIndex {
   private readonly byResidency = new Map<string, Set<string>>();
@@ -25,7 +33,10 @@ export class AdapterIndex {
   private pinnedCpuCopies = 0;
   /** Unpinned GPU residents, first to evict first: least recently used (lru) or longest in its slot (fifo). */
   readonly slotOrder = new Recency();
-  /** Droppable CPU copies, least recently used first, whatever the slot policy. */
+  /**
+   * Droppable CPU copies, least recently used first, whatever the slot policy; kept only where a
+   * CPU budget (--max-loaded-loras) reads it, since it holds as many as are registered.
+   */
   readonly cpuOrder = new Recency();
   readonly demand = new Demand();
   private readonly wantedIn = new Map<string | null, number>();
@@ -35,6 +46,8 @@ export class AdapterIndex {
   constructor(
     slots: number,
     private readonly policy: 'lru' | 'fifo',
+    /** Whether a CPU budget picks which copy to drop from cpuOrder. */
+    private readonly keepsCpuOrder = true,
   ) {
     this.owners = new Array<string | null>(slots).fill(null);
     this.freeSlots = slots;
@@ -77,7 +90,7 @@ export class AdapterIndex {
     this.changes++;
   }
 
-  inResidency(residency: string): ReadonlySet<string> {
+  inResidency(residency: ListedResidency): ReadonlySet<string> {
     return this.byResidency.get(residency) ?? new Set();
   }
 
@@ -132,7 +145,7 @@ export class AdapterIndex {
 
   /** A step or a new request used it: it moves to the back of the LRU orders. */
   touch(name: string): void {
-    this.cpuOrder.use(name);
+    if (this.keepsCpuOrder) this.cpuOrder.use(name);
     if (this.policy === 'lru') this.slotOrder.use(name);
   }
 
@@ -143,16 +156,18 @@ export class AdapterIndex {
 
   private file(name: string, pinned: boolean, at: Placement, from?: Placement): void {
     if (at.residency !== null) {
-      let set = this.byResidency.get(at.residency);
-      if (!set) this.byResidency.set(at.residency, (set = new Set()));
-      set.add(name);
+      if (LISTED.has(at.residency)) {
+        let set = this.byResidency.get(at.residency);
+        if (!set) this.byResidency.set(at.residency, (set = new Set()));
+        set.add(name);
+      }
       const wasHolding = from !== undefined && from.residency !== null && HOLDS_CPU.has(from.residency);
       if (HOLDS_CPU.has(at.residency) && !wasHolding) {
         this.cpuCopies++;
         if (pinned) this.pinnedCpuCopies++;
       }
       // Entering keeps an existing place in the LRU order (a slot given up keeps its copy's age).
-      if (!pinned && DROPPABLE.has(at.residency)) this.cpuOrder.add(name, true);
+      if (this.keepsCpuOrder && !pinned && DROPPABLE.has(at.residency)) this.cpuOrder.add(name, true);
       if (at.residency === 'gpuResident.unpinned') this.slotOrder.add(name, true);
     }
     if (at.slot !== null && this.owners[at.slot] !== name) {
@@ -171,7 +186,7 @@ export class AdapterIndex {
         this.cpuCopies--;
         if (pinned) this.pinnedCpuCopies--;
       }
-      if (!(to.residency !== null && DROPPABLE.has(to.residency))) this.cpuOrder.delete(name);
+      if (this.keepsCpuOrder && !(to.residency !== null && DROPPABLE.has(to.residency))) this.cpuOrder.delete(name);
       if (from.residency === 'gpuResident.unpinned') this.slotOrder.delete(name);
     }
     if (from.slot !== null && from.slot !== to.slot && this.owners[from.slot] === name) {

@@ -39,7 +39,7 @@ export class AdapterRegistry implements PlacementHost {
   private residentSlotsAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
-    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy);
+    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy, limits.maxLoaded !== null);
     this.catalog = new AdapterCatalog(limits.maxLoaded);
     this.actors = new AdapterActors(this.index, (name) => this.catalog.isLoaded(name));
   }
@@ -310,7 +310,7 @@ export class AdapterRegistry implements PlacementHost {
   /** Waiting requests of it (their `arrivals`) start running in one step (its adapter is resident). */
   started(name: string, arrivals: readonly number[]): void {
     this.index.unwantAll(name, arrivals, this.residency(name));
-    this.send(name, { type: 'START', count: arrivals.length }, arrivals.length === 1 ? 'a request started' : `${arrivals.length} requests started`);
+    this.actors.countStarted(name, arrivals.length);
     this.index.touch(name);
   }
 
@@ -328,10 +328,10 @@ export class AdapterRegistry implements PlacementHost {
 
   /** `count` running requests of it ended in one step. */
   endedRunning(name: string, count: number): void {
-    this.send(name, { type: 'RELEASE', running: true, count }, count === 1 ? 'a request ended' : `${count} requests ended`);
+    this.actors.countEnded(name, count);
   }
 
-  /** Lets one machine hear the requests that named it since it last heard (AdapterActors.settleOne). */
+  /** Lets one machine hear the requests that named, started or ended with it since it last heard (AdapterActors.settleOne). */
   settleOne(): void {
     this.actors.settleOne();
   }

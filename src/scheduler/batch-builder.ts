@@ -140,7 +140,7 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
       b.penaltyPromptLens[i] = s.init.promptIds.length;
     }
     b.seeds[i] = s.init.seed >>> 0;
-    b.draws[i] = s.output.length + (e.feedRow >= 0 ? 1 : 0);
+    b.draws[i] = s.generated + (e.feedRow >= 0 ? 1 : 0);
     if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
   }
   b.seqStarts[n] = off;

@@ -100,6 +100,8 @@ export class Scheduler {
   /** The entries of the step being scheduled. */
   private entries: StepEntry[] = [];
   private readonly distinct: Array<string | null> = [];
+  /** The queueVersion `distinct` was counted at (admission adds to it, and changes the version when it does). */
+  private distinctAt = -1;
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
   private readonly left: number[] = [];
@@ -316,11 +318,10 @@ export class Scheduler {
       this.setEntry(n++, s, chunk);
     }
 
-    // The step's adapters, in the order of their oldest running request; at most
-    // maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
+    // The running list changes only with queueVersion: while it stays (most decode steps), so
+    // do the step's adapters, which are not counted again over every running request.
     const distinct = this.distinct;
-    distinct.length = 0;
-    for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
+    if (this.distinctAt !== this.queueVersion) this.countStepAdapters();
     n = this.admitWaiting(n, budget);
 
     this.pump();
@@ -349,6 +350,17 @@ export class Scheduler {
       s.aheadRow = i;
     }
     return { batch, seqIds };
+  }
+
+  /**
+   * The step's adapters (`distinct`), in the order of their oldest running request; at most
+   * maxLorasPerBatch, so a list is as quick as a set and is reused from step to step.
+   */
+  private countStepAdapters(): void {
+    const distinct = this.distinct;
+    distinct.length = 0;
+    for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
+    this.distinctAt = this.queueVersion;
   }
 
   /**
@@ -475,7 +487,11 @@ export class Scheduler {
     if (result.tokens.length !== n) {
       throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
-    const events = this.takeEvents();
+    // At most one event a row: the array is that long from the start, where one grown row by
+    // row left its earlier copies behind, a twentieth of a decode step's garbage.
+    const pending = this.takeEvents();
+    const events = new Array<TokenEvent>(pending.length + n);
+    for (let i = 0; i < pending.length; i++) events[i] = pending[i]!;
     this.engineMs += result.stepMs ?? 0;
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
@@ -483,7 +499,7 @@ export class Scheduler {
     const endingLater = this.endingLater;
     endingLater.clear();
     try {
-      this.completeEntries(entries, result, n, width, events, ending, endingLater);
+      events.length = this.completeEntries(entries, result, n, width, events, pending.length, ending, endingLater);
     } finally {
       this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
@@ -498,8 +514,9 @@ export class Scheduler {
   }
 
   /**
-   * Advances each sequence of the completed step by its entry and the result's row. Those that
-   * end stay in `running` (as 'finished') for removeEnded to take out together.
+   * Advances each sequence of the completed step by its entry and the result's row, writing their
+   * events into `events` from `at`; returns where they end. Those that end stay in `running` (as
+   * 'finished') for removeEnded to take out together.
    */
   private completeEntries(
     entries: readonly StepEntry[],
@@ -507,9 +524,10 @@ export class Scheduler {
     n: number,
     width: number,
     events: TokenEvent[],
+    at: number,
     ending: Map<string, number>,
     endingLater: Map<string, number>,
-  ): void {
+  ): number {
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
       const s = e.seq;
@@ -538,8 +556,9 @@ export class Scheduler {
       const topLogprobs = k > 0 ? Array.from(result.topLogprobValues.subarray(i * width, i * width + k)) : null;
       const finish = s.accept(id, this.opts.eosTokenIds, this.opts.contextLength);
       if (finish) this.endRunning(s, ends);
-      events.push(s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs));
+      events[at++] = s.tokenEvent(finish, id, result.logprobs[i] ?? 0, topIds, topLogprobs);
     }
+    return at;
   }
 
   /** Sequences the engine failed alone in the last steps (malformed sampling values); already dropped. */

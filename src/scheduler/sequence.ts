@@ -28,7 +28,8 @@ export interface TokenEvent {
 export class Sequence {
   /** Prompt then generated tokens; after preemption all of them are recomputed as a prompt. */
   readonly tokens: number[];
-  readonly output: number[] = [];
+  /** How many tokens it generated (the last of `tokens`); only their count is read. */
+  generated = 0;
   /** Tokens whose K/V is in the cache. */
   computed = 0;
   blocks: number[] = [];
@@ -78,7 +79,7 @@ export class Sequence {
 
   /** Whether the tokens still to run are a (re)prefill rather than one decode token. */
   get prefilling(): boolean {
-    return this.pending > 1 || this.start === 0 || (this.output.length === 0 && !this.aheadSamples);
+    return this.pending > 1 || this.start === 0 || (this.generated === 0 && !this.aheadSamples);
   }
 
   /**
@@ -86,7 +87,7 @@ export class Sequence {
    * length reached), so no later step should carry it.
    */
   endsAhead(contextLength: number): boolean {
-    return this.aheadSamples && (this.output.length + 1 >= this.init.sampling.maxNewTokens || this.tokens.length + 1 >= contextLength);
+    return this.aheadSamples && (this.generated + 1 >= this.init.sampling.maxNewTokens || this.tokens.length + 1 >= contextLength);
   }
 
   /** Forgets the steps in flight: it left the running list, or they were dropped. */
@@ -100,12 +101,12 @@ export class Sequence {
   /** Appends a sampled token and says whether the sequence is done. */
   accept(token: number, eosTokenIds: readonly number[], contextLength: number): FinishReason | null {
     this.tokens.push(token);
-    this.output.push(token);
+    this.generated++;
     const s = this.init.sampling;
-    if (this.output.length >= s.maxNewTokens) return { type: 'length', length: this.output.length };
+    if (this.generated >= s.maxNewTokens) return { type: 'length', length: this.generated };
     if (!s.ignoreEos && eosTokenIds.includes(token)) return { type: 'stop', matched: token };
     if (s.stopTokenIds.includes(token)) return { type: 'stop', matched: token };
-    if (this.tokens.length >= contextLength) return { type: 'length', length: this.output.length };
+    if (this.tokens.length >= contextLength) return { type: 'length', length: this.generated };
     return null;
   }
 
