@@ -1,10 +1,15 @@
-// Tensor-core LoRA shrink and expand. Both keep the CUDA-core kernels' work split: a block takes one
-// 16-token tile of one item (the mma's M), one slice, and one piece of the work, and four warps
-// share it. Shrink: the block's input piece, split again over its warps in 32-feature chunks; each
-// warp forms all of the slot's rank columns (N, in n-tiles of 8, only as many as the slot's rank
-// needs) for its chunks, and the warps' sums meet in shared memory in a fixed order. Expand: the
-// block's 128 output columns, 32 per warp; the tile's mid rows (summed over the pieces in a fixed
-// order) are the A operand, the slot's B rows the B operand, K the rank.
+// Tensor-core LoRA shrink and expand. A shrink block takes one 16-token tile of one item (the mma's
+// M), one slice and one input piece; an expand block one slice's 128 output columns for up to 8
+// tiles (LoraExpandGroup: in a prefill, a run of consecutive tiles and items; in a decode step, one
+// tile), and four warps share the work. Shrink: the block's input piece, split again over its warps
+// in 32-feature chunks; each warp forms all of the slot's rank columns (N, in n-tiles of 8, only as
+// many as the slot's rank needs) for its chunks, and the warps' sums meet in shared memory in a
+// fixed order. Expand: 32 output columns per warp; each tile's mid rows (summed over the pieces in
+// a fixed order) are the A operand, the slot's B rows the B operand, K the rank. The B fragments
+// stay in registers while consecutive tiles use the same slot, so a prefill reads each slot's B
+// once per block rather than once per tile, and a block's launch, its item look-ups and its wait
+// for the grid before are paid once for its tiles. Each output value is still formed by one thread
+// from the same mma sequence as with one tile per block: grouping changes no result bit.
 //
 // Fragments (PTX ISA, "Warp Level Matrix Multiply-Accumulate Instructions", mma.m16n8k16 with .bf16
 // A/B and .f32 C/D: "Matrix Fragments for mma.m16n8k16 with floating point type"). Lane = 4 g + q
@@ -30,6 +35,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/device.h"
 #include "cuda/lora_mma.h"
@@ -51,6 +58,15 @@ constexpr int kMinPiece = 512;
 constexpr int kTargetBlocks = 1024;
 constexpr int kWarpCols = 32;  // expand: four n-tiles per warp
 constexpr int kBlockCols = kWarps * kWarpCols;
+// Expand: a block takes up to kGroupTiles tiles (one token row per thread to look up), as many as
+// still leave kMinGroupedBlocks blocks (three rounds of resident blocks on an H200's 132 SMs):
+// a prefill's grid then shrinks by up to 8x and each block reads its B once per run of one slot's
+// tiles, while a decode step (a few tiles) keeps one tile per block and all its parallelism.
+constexpr int kGroupTiles = kThreads / kTok;
+constexpr int kMinGroupedBlocks = 2048;
+// Registers for five resident expand blocks per SM (96 each, without spills): B fragments held
+// across tiles and the prefetched y take more than the one-tile kernel's 72.
+constexpr int kExpandBlocksPerSm = 5;
 static_assert(kMinPiece >= kLoraKSplit, "mma pieces must not outnumber mid's slabs");
 // Shared rows padded so that a warp's accesses spread over all banks: the shrink's float2 stores
 // of C fragments (rows g, columns 2q: word 72 g + 2q, 16 lanes per phase) and the expand's float4
@@ -219,29 +235,33 @@ __device__ __forceinline__ void split(float a, float b, uint32_t& hi, uint32_t& 
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-// One expand pass over ranks r0 .. r0 + 32 KC: acc[j] (the warp's n-tile j) += mid . B^T. B: the
-// warp's first output row at r0; oValid: its rows before the slice's end; rv: ranks left from r0;
-// midAt: mid at the slice's column r0.
-template <int KC, bool kVec>
-__device__ __forceinline__ void expandPass(const bf16_t* B, int maxRank, int oValid, int rv, const float* midAt,
-                                           size_t midSlab, int midPitch, int pieces, const int* tok,
-                                           float (*ms)[kMidPitch], int g, int q, float (&acc)[4][4]) {
+// One warp's B fragments for the expand pass at r0: its 32 output rows (n-tiles j), ranks
+// r0 .. r0 + 64 in two chunks c, the second only when more than 32 ranks are left (rv). B: the
+// warp's first output row at r0; oValid: its rows before the slice's end.
+template <bool kVec>
+__device__ __forceinline__ void loadB(const bf16_t* B, int maxRank, int oValid, int rv, int g, int q,
+                                      uint4 (&b)[2][4]) {
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  uint4 b[KC][4];
 #pragma unroll
-  for (int c = 0; c < KC; ++c) {
+  for (int c = 0; c < 2; ++c) {
+    if (c == 1 && rv <= kChunk) break;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int o = 8 * j + g, r = kChunk * c + 8 * q;
       b[c][j] = o < oValid ? load8<kVec>(B + static_cast<size_t>(o) * maxRank + r, rv - r) : zero;
     }
   }
-  // Everything above is the pool's; mid (and y, after this) come from the grids before, which
-  // under programmatic launch may still be finishing: wait, then read them through L2.
-  pdlWait();
-  constexpr int kCols = KC * kChunk;
-  for (int e = threadIdx.x; e < kTok * kCols; e += kThreads) {
-    const int i = e / kCols, r = e % kCols;
+}
+
+// One expand pass over ranks r0 .. r0 + 64 of one tile: acc[j] (the warp's n-tile j) += mid . B^T.
+// b: loadB's fragments for this pass; rv: ranks left from r0; midAt: mid at the slice's column r0;
+// tok: the tile's 16 token rows (-1 past its end).
+__device__ __forceinline__ void expandPass(const uint4 (&b)[2][4], int rv, const float* midAt, size_t midSlab,
+                                           int midPitch, int pieces, const int* tok, float (*ms)[kMidPitch], int g,
+                                           int q, float (&acc)[4][4]) {
+  const int shift = rv > kChunk ? 6 : 5, cols = 1 << shift;  // the chunks the pass multiplies
+  for (int e = threadIdx.x; e < kTok << shift; e += kThreads) {
+    const int i = e >> shift, r = e & (cols - 1);
     float v = 0.0f;
     if (tok[i] >= 0 && r < rv) {
       const float* m = midAt + static_cast<size_t>(tok[i]) * midPitch + r;
@@ -252,7 +272,8 @@ __device__ __forceinline__ void expandPass(const bf16_t* B, int maxRank, int oVa
   }
   __syncthreads();
 #pragma unroll
-  for (int c = 0; c < KC; ++c) {
+  for (int c = 0; c < 2; ++c) {
+    if (c == 1 && rv <= kChunk) break;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = kChunk * c + 8 * q + 4 * h;
@@ -274,48 +295,103 @@ __device__ __forceinline__ void expandPass(const bf16_t* B, int maxRank, int oVa
   __syncthreads();  // ms is rewritten by the next pass
 }
 
+// The expand's 128-column blocks of one slice; a block's z walks the slices' own blocks in turn, so
+// narrow slices (k and v beside q) launch none that would only exit.
+__host__ __device__ __forceinline__ int colBlocks(int out) { return (out + kBlockCols - 1) / kBlockCols; }
+
 template <bool kVec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
     expandMmaKernel(LoraItems items, LoraSlices sl, const int32_t* ranks, const float* scaling, const float* mid,
-                    size_t midSlab, int pieces, float* y, int ldy) {
-  const int s = blockIdx.z % sl.count, o0 = (blockIdx.z / sl.count) * kBlockCols;
-  LoraTile t;
+                    size_t midSlab, int pieces, float* y, int ldy, LoraExpandGroup group) {
+  int s = 0, cb = blockIdx.z;
+  while (s + 1 < sl.count && cb >= colBlocks(sl.out[s])) cb -= colBlocks(sl.out[s++]);
+  const int i0 = blockIdx.x * group.items, tile0 = blockIdx.y * group.tiles, nItems = *items.numItems;
+  const int tiles = group.items * group.tiles;
   // Blocks without work wait too: the grid then completes only after the one before it.
-  if (o0 >= sl.out[s] || !loraTileOf(items, blockIdx.x, blockIdx.y, t)) return pdlWait();
-  const int rank = ranks[t.slot * kModules + sl.module[s]];
-  if (rank == 0) return pdlWait();
-  __shared__ int tok[kTok];
+  if (i0 >= nItems) return pdlWait();
+  // The block's tiles, k = (item i0 + k / group.tiles, tile tile0 + k % group.tiles): one token row
+  // per thread, -1 past the step's items or an item's end (a tile without tokens has -1 in row 0).
+  __shared__ int tok[kGroupTiles][kTok];
   __shared__ __align__(16) float ms[kTok][kMidPitch];
-  loadTokens(items, t, tok);
+  {
+    const int k = threadIdx.x / kTok, row = threadIdx.x % kTok, item = i0 + k / group.tiles;
+    int v = -1;
+    if (k < tiles && item < nItems) {
+      const int p = items.itemStart[item] + (tile0 + k % group.tiles) * kTok + row;
+      if (p < items.itemStart[item + 1]) v = items.perm[p];
+    }
+    tok[k][row] = v;
+  }
+  __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
-  const int out = sl.out[s], maxRank = sl.maxRank, midPitch = sl.count * maxRank;
-  const int oWarp = o0 + warp * kWarpCols, oValid = out - oWarp;
-  const bf16_t* B = sl.b[s] + t.slot * sl.bSlotStride[s] + static_cast<size_t>(oValid > 0 ? oWarp : 0) * maxRank;
-  float acc[4][4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-  for (int r0 = 0; r0 < rank; r0 += kPassRanks) {
-    const float* midAt = mid + s * maxRank + r0;
-    if (rank - r0 > kChunk) {
-      expandPass<2, kVec>(B + r0, maxRank, oValid, rank - r0, midAt, midSlab, midPitch, pieces, tok, ms, g, q, acc);
-    } else {
-      expandPass<1, kVec>(B + r0, maxRank, oValid, rank - r0, midAt, midSlab, midPitch, pieces, tok, ms, g, q, acc);
-    }
-  }
-  const float scale = scaling[t.slot];
+  const int out = sl.out[s], maxRank = sl.maxRank, midPitch = sl.count * maxRank, module = sl.module[s];
+  const int oWarp = cb * kBlockCols + warp * kWarpCols, oValid = out - oWarp;
+  const size_t oRow = static_cast<size_t>(oValid > 0 ? oWarp : 0) * maxRank;
   float* ys = y + sl.outOffset[s];
+  const float* midS = mid + s * maxRank;
+  // B fragments stay in registers from tile to tile while the slot (and, past 64 ranks, the pass)
+  // stays the same: a run of one adapter's tiles reads its B once.
+  uint4 b[2][4];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int o = oWarp + 8 * j + 2 * q;
+  for (int c = 0; c < 2; ++c)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int tk = tok[g + 8 * h];
-      if (tk < 0) continue;
-      float* yr = ys + static_cast<size_t>(tk) * ldy;
-      if (o < out) yr[o] = __ldcg(yr + o) + scale * acc[j][2 * h];
-      if (o + 1 < out) yr[o + 1] = __ldcg(yr + o + 1) + scale * acc[j][2 * h + 1];
+    for (int j = 0; j < 4; ++j) b[c][j] = make_uint4(0, 0, 0, 0);
+  int bSlot = -1, bR0 = -1;
+  bool waited = false;
+  for (int k = 0; k < tiles; ++k) {
+    const int* tk = tok[k];
+    if (tk[0] < 0) continue;
+    const int slot = items.itemSlot[i0 + k / group.tiles], rank = ranks[slot * kModules + module];
+    if (rank == 0) continue;
+    const bf16_t* B = sl.b[s] + slot * sl.bSlotStride[s] + oRow;
+    if (slot != bSlot || bR0 != 0) {
+      loadB<kVec>(B, maxRank, oValid, rank, g, q, b);
+      bSlot = slot, bR0 = 0;
+    }
+    // Everything above is the pool's or the step's items; mid and y come from the grids before,
+    // which under programmatic launch may still be finishing: wait, then read them through L2.
+    if (!waited) {
+      pdlWait();
+      waited = true;
+    }
+    // The tile's y, in flight while its mid is gathered and multiplied.
+    float yv[4][2][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int o = oWarp + 8 * j + 2 * q;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = tk[g + 8 * h];
+        const float* yr = ys + static_cast<size_t>(t < 0 ? 0 : t) * ldy;
+        yv[j][h][0] = t >= 0 && o < out ? __ldcg(yr + o) : 0.0f;
+        yv[j][h][1] = t >= 0 && o + 1 < out ? __ldcg(yr + o + 1) : 0.0f;
+      }
+    }
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (int r0 = 0; r0 < rank; r0 += kPassRanks) {
+      if (r0 != bR0) {
+        loadB<kVec>(B + r0, maxRank, oValid, rank - r0, g, q, b);
+        bR0 = r0;
+      }
+      expandPass(b, rank - r0, midS + r0, midSlab, midPitch, pieces, tk, ms, g, q, acc);
+    }
+    const float scale = scaling[slot];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int o = oWarp + 8 * j + 2 * q;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = tk[g + 8 * h];
+        if (t < 0) continue;
+        float* yr = ys + static_cast<size_t>(t) * ldy;
+        if (o < out) yr[o] = yv[j][h][0] + scale * acc[j][2 * h];
+        if (o + 1 < out) yr[o + 1] = yv[j][h][1] + scale * acc[j][2 * h + 1];
+      }
     }
   }
+  if (!waited) pdlWait();
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -356,18 +432,38 @@ void loraShrinkMma(const LoraItems& items, const LoraSlices& sl, const int32_t* 
          ranks, x, ldx, mid, midSlab, sp.len);
 }
 
+LoraExpandGroup loraExpandGroup(const LoraItems& items, const LoraSlices& sl) {
+  long long z = 0;
+  for (int s = 0; s < sl.count; ++s) z += colBlocks(sl.out[s]);
+  const int gi = std::max(items.gridItems, 1), gt = std::max(items.gridTiles, 1);
+  LoraExpandGroup best{1, 1};
+  for (int per = 2; per <= kGroupTiles; per *= 2) {
+    const int tiles = std::min(gt, per), its = per / tiles;
+    const long long blocks = static_cast<long long>((gi + its - 1) / its) * ((gt + tiles - 1) / tiles) * z;
+    if (blocks < kMinGroupedBlocks) break;
+    best = LoraExpandGroup{its, tiles};
+  }
+  return best;
+}
+
 void loraExpandMma(const LoraItems& items, const LoraSlices& sl, const int32_t* ranks, const float* scaling,
-                   const float* mid, size_t midSlab, float* y, int ldy, cudaStream_t st, bool pdl) {
+                   const float* mid, size_t midSlab, float* y, int ldy, cudaStream_t st, bool pdl,
+                   const LoraExpandGroup* group) {
   if (items.gridItems == 0 || sl.count == 0) return;
-  int maxOut = 0;
+  int z = 0;
   bool vec = sl.maxRank % 8 == 0;
   for (int s = 0; s < sl.count; ++s) {
-    maxOut = sl.out[s] > maxOut ? sl.out[s] : maxOut;
+    z += colBlocks(sl.out[s]);
     vec = vec && aligned16(sl.b[s]);
   }
-  const dim3 grid(items.gridItems, items.gridTiles, sl.count * ((maxOut + kBlockCols - 1) / kBlockCols));
+  const LoraExpandGroup gr = group ? *group : loraExpandGroup(items, sl);
+  if (gr.items < 1 || gr.tiles < 1 || gr.items * gr.tiles > kGroupTiles)
+    throw std::invalid_argument("LoRA expand: a block takes 1 to " + std::to_string(kGroupTiles) + " tiles, not " +
+                                std::to_string(gr.items) + " items x " + std::to_string(gr.tiles) + " tiles");
+  const dim3 grid((items.gridItems + gr.items - 1) / gr.items, (std::max(items.gridTiles, 1) + gr.tiles - 1) / gr.tiles,
+                  z);
   launch(vec ? expandMmaKernel<true> : expandMmaKernel<false>, grid, st, pdl, "LoRA expand (mma) launch", items, sl,
-         ranks, scaling, mid, midSlab, loraMmaSplit(items, sl).pieces, y, ldy);
+         ranks, scaling, mid, midSlab, loraMmaSplit(items, sl).pieces, y, ldy, gr);
 }
 
 }  // namespace cuda

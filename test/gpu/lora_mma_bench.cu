@@ -3,7 +3,8 @@
 // step): one step's 128 shrink/expand pairs (q/k/v, o, gate/up, down per layer) captured in a CUDA
 // graph, the median of 20 replays, and each projection group's share. Decode: 32 rows over 8
 // adapters or 1 (csgmv chunks of 16, the grid a decode graph launches); prefill: 8 x 512 tokens
-// over 8 adapters. No base model runs between the pairs, so this is the LoRA kernels' own cost;
+// over 8 adapters or 1. Each scenario also prints the mma expand's blocks per layer (the four
+// groups together) and how many tiles each takes (loraExpandGroup). No base model runs between the pairs, so this is the LoRA kernels' own cost;
 // bench/gpu-lora.js measures whole steps. Built with lora_mma_check.cu (see there), run with --bench.
 #include <algorithm>
 #include <cstdio>
@@ -101,7 +102,8 @@ int loraBench() {
   for (int i = 0; i < 8; ++i) eight[i] = i;
   const std::vector<Scenario> scenarios = {{"decode b32, 8 adapters", std::vector<int>(32, 1), rr, true},
                                            {"decode b32, 1 adapter", std::vector<int>(32, 1), std::vector<int>(32, 0), true},
-                                           {"prefill 8x512, 8 adapters", std::vector<int>(8, 512), eight, false}};
+                                           {"prefill 8x512, 8 adapters", std::vector<int>(8, 512), eight, false},
+                                           {"prefill 8x512, 1 adapter", std::vector<int>(8, 512), std::vector<int>(8, 0), false}};
   std::vector<Kernel> kernels = {Kernel::kFma, Kernel::kMma};
   if (prop.major >= 9) kernels.push_back(Kernel::kMmaPdl);
   for (int rank : {16, 64}) {
@@ -157,6 +159,25 @@ int loraBench() {
       const size_t slab = static_cast<size_t>(T) * tc::kMaxLoraSlices * rank;
       float* mid = alloc<float>(slab * tc::loraKPieces(kInter), step);
       CK(cudaDeviceSynchronize());
+      long long blocks = 0, single = 0;
+      std::string groups;
+      for (size_t gi = 0; gi < kGroups.size(); ++gi) {
+        const LoraSlices& s = sl[0][gi];
+        const tc::LoraExpandGroup g = tc::loraExpandGroup(items, s);
+        long long cols = 0, widest = 0;
+        for (int k = 0; k < s.count; ++k) {
+          cols += (s.out[k] + 127) / 128;
+          widest = std::max<long long>(widest, (s.out[k] + 127) / 128);
+        }
+        // One tile per block over every slice's widest column range, as before the grouping.
+        single += static_cast<long long>(items.gridItems) * items.gridTiles * s.count * widest;
+        blocks += static_cast<long long>((items.gridItems + g.items - 1) / g.items) *
+                  ((items.gridTiles + g.tiles - 1) / g.tiles) * cols;
+        groups += std::string(gi ? ", " : "") + kGroups[gi].name + " " + std::to_string(g.items) + "x" +
+                  std::to_string(g.tiles);
+      }
+      std::printf("rank %2d  %-26s mma expand: %lld blocks per layer (%lld with one tile per block and every slice as wide as the widest; %s)\n", rank,
+                  sc.name, blocks, single, groups.c_str());
       for (Kernel k : kernels) {
         const double total = timeGraph(k, {0, 1, 2, 3}, sl, items, dRanks, dScaling, x, y, ldy, mid, slab, st);
         std::printf("rank %2d  %-26s %-7s step %7.3f ms  (", rank, sc.name, kernelName(k), total);

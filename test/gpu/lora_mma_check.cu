@@ -3,10 +3,14 @@
 // 64-rank pass, zero for a slice), tiles shorter than 16 tokens, outputs and inputs that are not
 // multiples of a tile or of 8 (the unaligned load path), base rows between adapter rows, work items
 // fewer than the grid launches (as a CUDA graph launches), and the mma pair with programmatic
-// dependent launch, in and out of a graph. Factor memory past each slot's rank, x past `in`, mid
-// before the shrink writes it and shared memory before a launch hold NaN, so a kernel that reads
-// any of them fails. Exit status 1 on any failure. With --bench, times the kernel pairs instead
-// (lora_mma_bench.cu).
+// dependent launch, in and out of a graph. The mma expand also runs with every way of grouping
+// tiles into blocks (1 to 8 tiles: runs of one slot's items, slot changes and rank passes inside a
+// block, items longer than a block's tiles or not a multiple of them, blocks past the last item),
+// and each result must equal the one-tile-per-block result bit for bit. Factor memory past each
+// slot's rank, x past `in`, mid before the shrink writes it and shared memory before a launch hold
+// NaN, so a kernel that reads any of them fails. The grouping loraExpandGroup picks for the
+// engine's shapes is checked too: several tiles per block in a prefill, one in a decode step.
+// Exit status 1 on any failure. With --bench, times the kernel pairs instead (lora_mma_bench.cu).
 //
 // Built from the repository root with the kernels (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/lora_mma_check test/gpu/lora_mma_check.cu
@@ -180,7 +184,8 @@ void poisonSharedMemory(cudaStream_t) {}
 // Runs one kernel pair (in a captured graph when asked) from y0 and a NaN-filled mid; the worst
 // |y - reference| over adapter tokens relative to the largest reference delta, or +inf when a
 // base row changed or a value is not finite.
-double runCase(Setup& S, Kernel k, bool graph, cudaStream_t st) {
+double runCase(Setup& S, Kernel k, bool graph, cudaStream_t st, const tc::LoraExpandGroup* group = nullptr,
+               std::vector<float>* result = nullptr) {
   CK(cudaMemcpy(S.dy, S.y0.data(), S.y0.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemset(S.dMid, 0xff, S.midFloats * 4));
   poisonSharedMemory(st);
@@ -189,7 +194,7 @@ double runCase(Setup& S, Kernel k, bool graph, cudaStream_t st) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    runPair(k, S.items, S.sl, S.dRanks, S.dScaling, S.dx, S.c.ldx, S.dMid, S.slab, S.dy, S.ldy, st);
+    runPair(k, S.items, S.sl, S.dRanks, S.dScaling, S.dx, S.c.ldx, S.dMid, S.slab, S.dy, S.ldy, st, group);
     CK(cudaStreamEndCapture(st, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     CK(cudaGraphLaunch(ge, st));
@@ -197,12 +202,13 @@ double runCase(Setup& S, Kernel k, bool graph, cudaStream_t st) {
     CK(cudaGraphExecDestroy(ge));
     CK(cudaGraphDestroy(g));
   } else {
-    runPair(k, S.items, S.sl, S.dRanks, S.dScaling, S.dx, S.c.ldx, S.dMid, S.slab, S.dy, S.ldy, st);
+    runPair(k, S.items, S.sl, S.dRanks, S.dScaling, S.dx, S.c.ldx, S.dMid, S.slab, S.dy, S.ldy, st, group);
   }
   CK(cudaGetLastError());
   CK(cudaStreamSynchronize(st));
   std::vector<float> y(S.y0.size());
   CK(cudaMemcpy(y.data(), S.dy, y.size() * 4, cudaMemcpyDeviceToHost));
+  if (result) *result = y;
   double worst = 0, scale = 1e-30;
   for (size_t e = 0; e < y.size(); ++e) {
     const size_t t = e / S.ldy;
@@ -255,10 +261,74 @@ std::vector<Case> cases() {
                 false, 16, 2});
   // A long input (many pieces for the CUDA-core kernels, a few for the mma ones).
   cs.push_back({"in 3584, rank 32", 3584, 3584, 32, 2, {512}, {40, 9}, {0, 1}, uniform(2, 1, 32), false, 16, 0});
+  // Prefill runs of one slot's items: 1 adapter, then 2 interleaved (a block's items change slot),
+  // items of one tile (chunk 16), of three (chunk 40: 16 + 16 + 8 tokens, not a multiple of a
+  // block's tiles) and of one partial tile (chunk 5).
+  {
+    Case c{"prefill 1 adapter, chunk 16, 37 items", 512, 512, 32, 2, {512, 130}, {300, 200, 77}, {0, 0, 0},
+           uniform(2, 2, 32), false, 16, 0};
+    cs.push_back(c);
+    c.name = "prefill 2 adapters, chunk 40, rank 16/48";
+    c.seqSlots = {0, 1, 0};
+    c.maxRank = 48;
+    c.rank = {{16, 16}, {48, 48}};
+    c.chunk = 40;
+    cs.push_back(c);
+    c.name = "prefill 2 adapters, chunk 5, grid padded";
+    c.chunk = 5;
+    c.padItems = 11;
+    cs.push_back(c);
+  }
+  // Decode with far more items launched than there are (a graph captured for a larger step).
+  cs.push_back({"decode b8 of 4 adapters, grid padded by 29", 512, 512, 16, 4, {256}, repeat(8, 1), {0, 1, 2, 3, 0, 1, 2, 3},
+                uniform(4, 1, 16), false, 16, 29});
+  // Large enough that loraExpandGroup itself groups (128 items of one tile, 40 column blocks).
+  cs.push_back({"prefill 2048 tokens, 1 adapter (grouped)", 512, 512, 16, 1, {4096, 1024}, repeat(4, 512), repeat(4, 0),
+                uniform(1, 2, 16), false, 16, 0});
   // Many tiles: the mma split takes one long piece per tile.
   cs.push_back({"prefill 1024 tokens, 8 adapters, rank 64", 1024, 1024, 64, 8, {1024, 256, 256}, repeat(8, 128), all8,
                 uniform(8, 3, 64), false, 16, 0});
   return cs;
+}
+
+// Items x tiles per expand block: single items and runs, long items, and shapes that do not
+// divide the items (3 x 2) or a 3-tile item (1 x 2, 2 x 4).
+const tc::LoraExpandGroup kGroups[] = {{1, 1}, {2, 1}, {8, 1}, {1, 2}, {1, 8}, {2, 4}, {3, 2}, {4, 2}, {7, 1}};
+
+// loraExpandGroup on the engine's Llama-3.1-8B groups (host only): a prefill of 8 x 512 tokens
+// (csgmv chunk 16: 256 items of one tile; sgmv: 8 items of 32) takes several tiles per block, a
+// decode step of 32 rows (the graph's grid: 10 items, or 32 with sgmv) keeps one.
+int checkGrouping() {
+  struct G {
+    const char* name;
+    std::vector<int> outs;
+  };
+  const G groups[] = {{"qkv", {4096, 1024, 1024}}, {"o", {4096}}, {"gate_up", {14336, 14336}}, {"down", {4096}}};
+  struct Step {
+    const char* name;
+    int items, tiles;
+    bool grouped;
+  };
+  const Step steps[] = {{"prefill 8x512 csgmv", 256, 1, true}, {"prefill 8x512 sgmv", 8, 32, true},
+                        {"decode b32 csgmv graph", 10, 1, false}, {"decode b32 csgmv", 8, 1, false}};
+  int failures = 0;
+  for (const Step& st : steps) {
+    std::printf("expand grouping, %-24s", st.name);
+    for (const G& g : groups) {
+      LoraSlices sl{};
+      sl.count = static_cast<int>(g.outs.size());
+      sl.in = 4096;
+      sl.maxRank = 16;
+      for (int s = 0; s < sl.count; ++s) sl.out[s] = g.outs[s];
+      const LoraItems it{nullptr, nullptr, nullptr, nullptr, st.items, st.tiles};
+      const tc::LoraExpandGroup gr = tc::loraExpandGroup(it, sl);
+      const bool ok = (gr.items * gr.tiles > 1) == st.grouped && gr.items * gr.tiles <= 8;
+      failures += ok ? 0 : 1;
+      std::printf(" %s %dx%d%s", g.name, gr.items, gr.tiles, ok ? "" : " FAIL");
+    }
+    std::printf("\n");
+  }
+  return failures;
 }
 
 int check() {
@@ -272,7 +342,7 @@ int check() {
   // The CUDA-core path keeps mid in f32 (error ~1e-6 of the delta); the mma path's split mid
   // (~2^-17) lands close to it. A misplaced fragment is off by the order of the delta itself.
   const double tol = 1e-4;
-  int failures = 0;
+  int failures = checkGrouping();
   uint64_t seed = 1;
   for (const Case& c : cases()) {
     Setup S = build(c, seed++);
@@ -283,7 +353,9 @@ int check() {
                   c.name.c_str(), sp.pieces, sp.len, c.in, tc::loraKPieces(c.in));
       ++failures;
     }
-    std::printf("%-44s T %4d, mma pieces %2d x %4d:", c.name.c_str(), S.T, sp.pieces, sp.len);
+    const tc::LoraExpandGroup chosen = tc::loraExpandGroup(S.items, S.sl);
+    std::printf("%-44s T %4d, mma pieces %2d x %4d, expand %dx%d:", c.name.c_str(), S.T, sp.pieces, sp.len,
+                chosen.items, chosen.tiles);
     for (Kernel k : {Kernel::kFma, Kernel::kMma, Kernel::kMmaPdl}) {
       if (k == Kernel::kMmaPdl && !pdl) continue;
       for (bool graph : {false, true}) {
@@ -293,6 +365,26 @@ int check() {
         std::printf(" %s%s %.1e%s", kernelName(k), graph ? "/graph" : "", err, ok ? "" : " FAIL");
       }
     }
+    // Every grouping of the mma expand, against one tile per block: the same bits.
+    std::vector<float> one, other;
+    const tc::LoraExpandGroup single{1, 1};
+    runCase(S, Kernel::kMma, false, st, &single, &one);
+    int mismatched = 0;
+    for (const tc::LoraExpandGroup& gr : kGroups) {
+      for (Kernel k : {Kernel::kMma, Kernel::kMmaPdl}) {
+        if (k == Kernel::kMmaPdl && !pdl) continue;
+        for (bool graph : {false, true}) {
+          const double err = runCase(S, k, graph, st, &gr, &other);
+          if (err <= tol && other.size() == one.size() && std::memcmp(other.data(), one.data(), one.size() * 4) == 0)
+            continue;
+          ++mismatched;
+          std::printf("\n  FAIL expand %dx%d %s%s: error %.1e, %s", gr.items, gr.tiles, kernelName(k),
+                      graph ? "/graph" : "", err, err <= tol ? "bits differ from 1x1" : "over the bar");
+        }
+      }
+    }
+    failures += mismatched;
+    std::printf("%s", mismatched ? "\n" : " groupings bit-equal");
     std::printf("\n");
     for (void* p : S.owned) CK(cudaFree(p));
   }

@@ -66,15 +66,17 @@ T* upload(const std::vector<T>& h) {
 enum class Kernel { kFma, kMma, kMmaPdl };
 inline const char* kernelName(Kernel k) { return k == Kernel::kFma ? "fma" : k == Kernel::kMma ? "mma" : "mma-pdl"; }
 
-// One projection group's shrink and expand, as the backend's applyLora runs them.
+// One projection group's shrink and expand, as the backend's applyLora runs them; `group` sets the
+// mma expand's tiles per block instead of loraExpandGroup's choice.
 inline void runPair(Kernel k, const LoraItems& it, const LoraSlices& sl, const int32_t* ranks, const float* scaling,
-                    const bf16_t* x, int ldx, float* mid, size_t slab, float* y, int ldy, cudaStream_t st) {
+                    const bf16_t* x, int ldx, float* mid, size_t slab, float* y, int ldy, cudaStream_t st,
+                    const tc::LoraExpandGroup* group = nullptr) {
   if (k == Kernel::kFma) {
     tc::loraShrink(it, sl, ranks, x, ldx, mid, slab, st);
     tc::loraExpand(it, sl, ranks, scaling, mid, slab, y, ldy, st);
   } else {
     tc::loraShrinkMma(it, sl, ranks, x, ldx, mid, slab, st, k == Kernel::kMmaPdl);
-    tc::loraExpandMma(it, sl, ranks, scaling, mid, slab, y, ldy, st, k == Kernel::kMmaPdl);
+    tc::loraExpandMma(it, sl, ranks, scaling, mid, slab, y, ldy, st, k == Kernel::kMmaPdl, group);
   }
 }
 
