@@ -12,8 +12,8 @@ troupe's checkpoint reader follows like a file. Each shard is written under a te
 renamed when complete, and every tensor has its own seed, so an interrupted run started again
 keeps the shards it finished and makes the same values for the rest.
 
-Initial scales are those of test/gpu/make_checkpoint.py's init_std (copied here: importing it
-pulls in transformers), which keep a random model's activations finite through many layers.
+Initial scales come from test/gpu/init_scales.py, as make_checkpoint.py's do, which keep a
+random model's activations finite through many layers.
 config.json and the tokenizer files are those make_checkpoint.py writes for its Llama shapes:
 the Llama 3 tokenizer from node_modules, whose 128256 ids match vocab_size.
 """
@@ -23,11 +23,15 @@ import math
 import os
 import shutil
 import struct
+import sys
 import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The weight scales test/gpu/make_checkpoint.py uses (that script itself pulls in transformers).
+sys.path.insert(0, os.path.join(HERE, "..", "test", "gpu"))
+from init_scales import init_std as init_std_of  # noqa: E402
 TOKENIZER_DIR = os.path.join(HERE, "..", "node_modules", "@lenml", "tokenizer-llama3", "models")
 # Llama-3.1-70B as its config.json has it (rope scaling included); the layer count is --layers.
 SHAPE_70B = dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
@@ -53,21 +57,10 @@ def hf_config(shape, layers):
 
 
 def init_std(name, c):
-    """test/gpu/make_checkpoint.py's init_std for Llama (no biases, no q/k norms); None for norms."""
-    h = c["hidden_size"]
+    """init_scales.init_std for this Llama shape; None for norm weights (made around 1)."""
     if name.endswith("norm.weight"):
         return None
-    if "embed_tokens" in name or "lm_head" in name:
-        return 3.0 / math.sqrt(h)
-    if "q_proj" in name or "k_proj" in name or "v_proj" in name:
-        return 1.0 / math.sqrt(h)
-    if "gate_proj" in name or "up_proj" in name:
-        return 0.5 / math.sqrt(h)
-    if "o_proj" in name:
-        return 0.2 / math.sqrt(c["num_attention_heads"] * c["head_dim"])
-    if "down_proj" in name:
-        return 0.3 / math.sqrt(c["intermediate_size"])
-    raise ValueError(name)
+    return init_std_of(name, c["hidden_size"], c["intermediate_size"], c["num_attention_heads"] * c["head_dim"])
 
 
 def shards(c):

@@ -21,6 +21,8 @@ import shutil
 
 import torch
 import transformers
+
+import init_scales
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -94,36 +96,10 @@ def build_config(shape):
         return LlamaConfig(**d, rope_scaling=dict(ROPE_SCALING), rope_theta=ROPE_THETA)
 
 
-# Standard deviations chosen so every layer matters without making the model chaotic: unit-scale
-# q/k/v, a mild MLP nonlinearity (gate and up at half scale), each layer adding a fraction of the
-# residual, and logits with a standard deviation of 3 (a random model's top token then has a
-# clear but not total lead). Larger layer outputs or a sharper MLP make a random model amplify
-# rounding (transformers' own bf16 forward then strays by more than 1 nat from its float32
-# one), which no trained model does and which would bury real errors under noise. With these,
-# a bf16 forward stays within about 0.1 of the float32 one, as on trained Llama checkpoints.
-#
-# Qwen2's q/k/v biases are half the size of a projected value, so they change attention. Qwen3
-# normalizes each q and k head, so its q and k projections are four times larger (unnormalized,
-# the attention scores would be 16 times sharper) and its q/k norm weights vary more: a forward
-# that skipped the norms would be far off.
 def init_std(name, cfg):
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    q_dim = cfg.num_attention_heads * head_dim_of(cfg)
-    if name.endswith(".bias"):
-        return 0.5
-    if "embed_tokens" in name or "lm_head" in name:
-        return 3.0 / math.sqrt(h)
-    if ("q_proj" in name or "k_proj" in name) and cfg.model_type == "qwen3":
-        return 4.0 / math.sqrt(h)
-    if "q_proj" in name or "k_proj" in name or "v_proj" in name:
-        return 1.0 / math.sqrt(h)
-    if "gate_proj" in name or "up_proj" in name:
-        return 0.5 / math.sqrt(h)
-    if "o_proj" in name:
-        return 0.2 / math.sqrt(q_dim)
-    if "down_proj" in name:
-        return 0.3 / math.sqrt(inter)
-    raise ValueError(name)
+    """init_scales.init_std for a transformers config."""
+    return init_scales.init_std(name, cfg.hidden_size, cfg.intermediate_size,
+                                cfg.num_attention_heads * head_dim_of(cfg), cfg.model_type)
 
 
 def head_dim_of(cfg):
