@@ -95,8 +95,7 @@ __global__ void __launch_bounds__(kPeerThreads) peerKernel(PeerSet set, const fl
 
 void checkShape(const PeerSet& set, const void* a, const void* b, size_t n) {
   // The caller (PeerComm) routes anything else to its other collective.
-  if (n % 4 != 0 || n > set.capacity || reinterpret_cast<uintptr_t>(a) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(b) % 16 != 0) {
+  if (!peerCanCarry(set, a, b, n)) {
     throw std::logic_error("peer collective: a message of " + std::to_string(n) +
                            " floats that is not 16-byte aligned or exceeds the staging buffer");
   }

@@ -39,6 +39,13 @@ struct PeerSet {
   int ranks;
 };
 
+// Whether the peer kernels can carry a message of n floats between these buffers: it fits a
+// staging half and both ends are 16-byte aligned with n a multiple of 4 (float4 accesses).
+inline bool peerCanCarry(const PeerSet& set, const void* a, const void* b, size_t n) {
+  return n <= set.capacity && n % 4 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(b) % 16 == 0;
+}
+
 // data[i] = the sum over ranks of each rank's data[i], in place; n <= capacity. Every rank
 // launches it with the same n, in the same order relative to its other peer collectives.
 void peerAllReduceSum(const PeerSet& set, float* data, size_t n, cudaStream_t s);

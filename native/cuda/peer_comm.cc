@@ -52,15 +52,16 @@ class PeerComm : public DeviceComm {
   const char* name() const override { return name_.c_str(); }
   bool capturable() const override { return inner_->capturable(); }
 
+  // Every rank asks with the same n and equally aligned buffers, so all take the same path.
   void allReduceSum(float* data, size_t n, cudaStream_t s) override {
-    if (fits(data, data, n)) {
+    if (peerCanCarry(set_, data, data, n)) {
       peerAllReduceSum(set_, data, n, s);
     } else {
       inner_->allReduceSum(data, n, s);
     }
   }
   void allGather(const float* part, size_t n, float* out, cudaStream_t s) override {
-    if (fits(part, out, n)) {
+    if (peerCanCarry(set_, part, out, n)) {
       peerAllGather(set_, part, n, out, s);
     } else {
       inner_->allGather(part, n, out, s);
@@ -68,12 +69,6 @@ class PeerComm : public DeviceComm {
   }
 
  private:
-  // Every rank asks with the same n and equally aligned buffers, so all choose the same path.
-  static bool fits(const void* a, const void* b, size_t n) {
-    return n <= kPeerMaxFloats && n % 4 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(b) % 16 == 0;
-  }
-
   std::unique_ptr<DeviceComm> inner_;
   std::string name_;
   PeerSet set_{};
