@@ -4,7 +4,7 @@
 //   python3 bench/gpu_peft.py MODEL ADAPTERS peft.json && node bench/gpu-lora.js MODEL ADAPTERS peft.json OUT.json [KERNELS]
 // PEFT_JSON "-" leaves out the comparison with PEFT (gpu_peft.py MODEL ADAPTERS - only writes the
 // adapters). KERNELS: the ways of running the LoRA kernels to time, comma-separated (values of the
-// engine option loraKernel; default all four: fma,mma,mma-pdl,mma-overlap).
+// engine option loraKernel; default all five: fma,mma,mma-pdl,mma-overlap,fused).
 // Decode: 32 sequences over a 512-token context, the rows spread round-robin over 0 (base), 1, 4
 // or 8 distinct adapters; the median of 20 steps after warm-up, timed around the whole step as in
 // bench/gpu-decode.js. Prefill: 8 x 512 tokens with the same spread. Both kernel layouts, each with
@@ -20,7 +20,7 @@ const { loadNative } = await import(new URL('dist/src/engine/native.js', root).h
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
 const { loadAdapterWeights } = await import(new URL('dist/src/model/adapter.js', root).href);
 
-const [modelDir, adapterDir, peftFile, outFile, kernelList = 'fma,mma,mma-pdl,mma-overlap'] = process.argv.slice(2);
+const [modelDir, adapterDir, peftFile, outFile, kernelList = 'fma,mma,mma-pdl,mma-overlap,fused'] = process.argv.slice(2);
 if (!outFile) throw new Error('usage: node bench/gpu-lora.js MODEL_DIR ADAPTER_DIR PEFT_JSON|- OUT_JSON [KERNELS]');
 const peft = peftFile === '-' ? null : JSON.parse(readFileSync(peftFile, 'utf8'));
 const kernels = kernelList.split(',');

@@ -76,9 +76,10 @@ extern const char* const kLoraModuleNames[kNumLoraModules];
 
 // How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, or tensor-core mma.sync
 // (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
-// the shrink on a second stream beside the base projection.
-// kAuto: kMmaOverlap where tensor cores run mma.sync (compute capability 8.0+), else kFma.
-enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap };
+// the shrink on a second stream beside the base projection; or kFused: the mma shrink, and the
+// expand folded into the base projection's GEMM (cuda/lora_fused.h).
+// kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+), else kFma.
+enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap, kFused };
 
 struct EngineOptions {
   std::string device = "cpu";

@@ -208,9 +208,11 @@ EngineOptions parseOptions(const Napi::Value& v) {
       e.loraKernel = LoraKernel::kMmaPdl;
     } else if (kernel == "mma-overlap") {
       e.loraKernel = LoraKernel::kMmaOverlap;
+    } else if (kernel == "fused") {
+      e.loraKernel = LoraKernel::kFused;
     } else {
-      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\" or \"mma-overlap\", got \"" + kernel +
-                     "\"");
+      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\", \"mma-overlap\" or \"fused\", got \"" +
+                     kernel + "\"");
     }
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);

@@ -63,10 +63,10 @@ describe('checkpoint errors', () => {
 
   it('takes the LoRA kernel families by name and names the ones it does not know', () => {
     expect(() => addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ loraKernel: 'wmma' as never }))).toThrow(
-      /options\.loraKernel must be "fma", "mma", "mma-pdl" or "mma-overlap", got "wmma"/,
+      /options\.loraKernel must be "fma", "mma", "mma-pdl", "mma-overlap" or "fused", got "wmma"/,
     );
     // The CPU backend has one LoRA path and takes every family.
-    for (const loraKernel of ['fma', 'mma', 'mma-pdl', 'mma-overlap'] as const) addon.destroyEngine(createEngine(ckpt, { loraKernel }));
+    for (const loraKernel of ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'] as const) addon.destroyEngine(createEngine(ckpt, { loraKernel }));
   });
 });
 

@@ -23,6 +23,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
 #include "cuda/timing.h"
@@ -42,6 +43,12 @@ using cuda::PinnedBuffer;
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
 constexpr int kMaxSplits = 32;
+// loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
+// reading the weights) add the LoRA deltas with a second GEMM over the padding columns, so that
+// the shrink overlaps the base GEMM; larger steps fold them into one GEMM, where a second pass
+// over the f32 output would cost more than the shrink's overlap saves. TROUPE_LORA_FUSED_SPLIT_TOKENS
+// sets it (for tests and comparisons; 0: every step folds).
+constexpr int kFusedSplitMaxTokens = 128;
 
 struct Graph {
   cudaGraphExec_t exec = nullptr;
@@ -86,8 +93,16 @@ class CudaBackend : public Backend {
   void startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx);
   void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
                  float* y, int ldy);
-  // Y[M][N] = X . W^T (+ Y when accumulating), f32 out: a GEMV kernel for a few tokens, else cuBLAS.
-  void project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate);
+  // One of layer l's four projections with its LoRA deltas: y[T][N] (+ y when accumulating) =
+  // x . W^T + the adapters' deltas of `modules` (their first output columns at offsets).
+  void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
+                  const int* offsets, const bf16_t* x, float* y, int N, bool accumulate);
+  // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
+  void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
+                       const bf16_t* W, float* y, int N, bool accumulate);
+  // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
+  // GEMV kernel for a few tokens, else cuBLAS.
+  void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -98,6 +113,7 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::DeviceComm> comm_;
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
+  int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -121,10 +137,12 @@ class CudaBackend : public Backend {
   const int32_t* dTokens_ = nullptr;
   const int32_t* dDecIdx_ = nullptr;
   const int32_t* dRows_ = nullptr;
+  const int32_t* dRowSlot_ = nullptr;  // each token's LoRA slot, -1 for the base model
   // Activations.
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
+  DeviceBuffer<bf16_t> xa_;                       // loraKernel fused: a projection's input rows with their LoRA columns
   uint64_t generation_ = 1;                       // bumped whenever a buffer a graph uses moves
   std::map<std::pair<int, bool>, Graph> graphs_;  // by (batch size, has adapter tokens)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
@@ -171,13 +189,14 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
-  if (o_.loraKernel == LoraKernel::kAuto) o_.loraKernel = prop.major >= 8 ? LoraKernel::kMmaOverlap : LoraKernel::kFma;
+  if (o_.loraKernel == LoraKernel::kAuto) o_.loraKernel = prop.major >= 8 ? LoraKernel::kFused : LoraKernel::kFma;
   if (o_.loraKernel != LoraKernel::kFma) {
     const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
     if (prop.major < (pdl ? 9 : 8)) {
@@ -188,7 +207,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     }
   }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart);
+  const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
+  int pad[cuda::kNumWeightGroups] = {};
+  for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g)
+    pad[g] = cuda::loraPadColumns(static_cast<cuda::WeightGroup>(g), o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
@@ -198,10 +221,10 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   invFreq_.ensure(rope.invFreq().size());
   check(cudaMemcpy(invFreq_.get(), rope.invFreq().data(), rope.invFreq().size() * 4, cudaMemcpyHostToDevice), "upload");
 
-  if (o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0) {
-    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  if (pooled) {
+    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
-    if (o_.loraKernel == LoraKernel::kMmaOverlap) {
+    if (o_.loraKernel == LoraKernel::kMmaOverlap || o_.loraKernel == LoraKernel::kFused) {
       check(cudaStreamCreateWithFlags(&loraStream_, cudaStreamNonBlocking), "cudaStreamCreate");
       check(cudaEventCreateWithFlags(&loraFork_, cudaEventDisableTiming), "cudaEventCreate");
       check(cudaEventCreateWithFlags(&loraJoin_, cudaEventDisableTiming), "cudaEventCreate");
@@ -292,6 +315,8 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     moved |= vocabParts_.ensure(s * tp_.vocabPart * tp_.size);
   }
   if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * loraPieces_);
+  if (lora_ && o_.loraKernel == LoraKernel::kFused)
+    moved |= xa_.ensure(t * *std::max_element(w_->ld, w_->ld + cuda::kNumWeightGroups));
   if (moved) ++generation_;
 }
 
@@ -353,7 +378,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     }
   }
   const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
-  const size_t loraInts = lora_ ? 3 * T + 2 : 0;
+  const size_t loraInts = lora_ ? 4 * T + 2 : 0;
   const size_t total = 3 * T + D + S + n * pitch_ + loraInts;
   hostInts_.ensure(total);
   if (ints_.ensure(total)) ++generation_;
@@ -377,6 +402,9 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     std::copy(itemStart.begin(), itemStart.end(), li + T);
     std::copy(itemSlot.begin(), itemSlot.end(), li + 2 * T + 1);
     li[3 * T + 1] = p.loraItems;
+    int32_t* rowSlot = li + 3 * T + 2;
+    for (size_t i = 0; i < n; ++i)
+      std::fill(rowSlot + b.seqStarts[i], rowSlot + b.seqStarts[i + 1], static_cast<int32_t>(b.loraSlots[i]));
   }
   check(cudaMemcpyAsync(ints_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_), "input upload");
   int32_t* dv = ints_.get();
@@ -387,6 +415,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   if (lora_) {
     const int32_t* dl = dv + 3 * T + D + S + n * pitch_;
     loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems, p.loraTiles};
+    dRowSlot_ = dl + 3 * T + 2;
   }
 }
 
@@ -476,11 +505,8 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     const cuda::GpuLayer& L = w_->layers[l];
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
-    timer_.mark("qkv", stream_);
-    startLora(l, {kQ, kK, kV}, xn_.get(), h);
-    project(T, qDim_ + 2 * kvDim_, h, L.qkv, xn_.get(), qkv_.get(), false);
     const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
-    applyLora(l, {kQ, kK, kV}, qkvOffsets, xn_.get(), h, qkv_.get(), qDim_ + 2 * kvDim_);
+    projection(l, cuda::kQkvWeight, "qkv", {kQ, kK, kV}, qkvOffsets, xn_.get(), qkv_.get(), qDim_ + 2 * kvDim_, false);
     // Qwen2's biases and Qwen3's per-head norms, after the LoRA deltas as PEFT adds them to the
     // projection's output; nothing for Llama and Mistral.
     cuda::qkvBiasNorm(qkv_.get(), L.qkvBias, L.qNorm, L.kNorm, T, shape_, eps, stream_);
@@ -489,36 +515,27 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
                  vCache_ + l * layerStride_, stream_);
     timer_.mark("attention", stream_);
     attention(l, b, p);
-    timer_.mark("o", stream_);
-    startLora(l, {kO}, attn_.get(), qDim_);
-    project(T, h, qDim_, L.o, attn_.get(), hidden_.get(), keepsResidual());
     const int zero[1] = {0};
     // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
     // all-reduce below sums the rank-r shrink outputs as well.
-    applyLora(l, {kO}, zero, attn_.get(), qDim_, hidden_.get(), h);
+    projection(l, cuda::kOWeight, "o", {kO}, zero, attn_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
     timer_.mark("norm", stream_);
     cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
-    timer_.mark("gate_up", stream_);
-    startLora(l, {kGate, kUp}, xn_.get(), h);
-    project(T, 2 * inter, h, L.gateUp, xn_.get(), gateUp_.get(), false);
     const int guOffsets[2] = {0, inter};
-    applyLora(l, {kGate, kUp}, guOffsets, xn_.get(), h, gateUp_.get(), 2 * inter);
+    projection(l, cuda::kGateUpWeight, "gate_up", {kGate, kUp}, guOffsets, xn_.get(), gateUp_.get(), 2 * inter, false);
     timer_.mark("silu", stream_);
     cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
-    timer_.mark("down", stream_);
-    startLora(l, {kDown}, act_.get(), inter);
-    project(T, h, inter, L.down, act_.get(), hidden_.get(), keepsResidual());
-    applyLora(l, {kDown}, zero, act_.get(), inter, hidden_.get(), h);
+    projection(l, cuda::kDownWeight, "down", {kDown}, zero, act_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
   }
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
     if (tp_.size == 1) {
-      project(p.sampled, c_.vocabSize, h, w_->head, xs_.get(), logits_.get(), false);
+      project(p.sampled, c_.vocabSize, h, w_->head, h, xs_.get(), h, logits_.get(), false);
     } else {
-      project(p.sampled, tp_.vocabPart, h, w_->head, xs_.get(), vocabPart_.get(), false);
+      project(p.sampled, tp_.vocabPart, h, w_->head, h, xs_.get(), h, vocabPart_.get(), false);
       comm_->allGather(vocabPart_.get(), static_cast<size_t>(p.sampled) * tp_.vocabPart, vocabParts_.get(), stream_);
       cuda::joinVocab(vocabParts_.get(), p.sampled, tp_.vocabPart, logits_.get(), c_.vocabSize, stream_);
     }
@@ -532,12 +549,58 @@ void CudaBackend::reducePartial(int T) {
   comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * c_.hiddenSize, stream_);
 }
 
-void CudaBackend::project(int M, int N, int K, const bf16_t* W, const bf16_t* X, float* Y, bool accumulate) {
-  if (gemvEnabled_ && cuda::gemvSupported(M, K)) {
-    cuda::gemv(W, X, Y, M, N, K, accumulate, stream_);
+void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
+                          bool accumulate) {
+  if (gemvEnabled_ && cuda::gemvSupported(M, K, W, ldw, X, ldx)) {
+    cuda::gemv(W, ldw, X, ldx, Y, M, N, K, accumulate, stream_);
   } else {
-    gemm_->linear(M, N, K, W, X, Y, ElemType::F32, 1, accumulate ? 1 : 0);
+    gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);
   }
+}
+
+void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
+                             const int* offsets, const bf16_t* x, float* y, int N, bool accumulate) {
+  const bf16_t* W = w_->layers[l].matrix(g);
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  timer_.mark(name, stream_);
+  if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
+    const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
+    if (sl.count > 0) return fusedProjection(sl, g, name, x, W, y, N, accumulate);
+  }
+  startLora(l, modules, x, in);
+  project(T, N, in, W, ld, x, in, y, accumulate);
+  applyLora(l, modules, offsets, x, in, y, N);
+}
+
+void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
+                                  const bf16_t* W, float* y, int N, bool accumulate) {
+  const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
+  const size_t slab = loraMid_.size() / loraPieces_;
+  const int pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
+  auto lora = [&](const bf16_t* copy, cudaStream_t st) {
+    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
+    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab,
+                      pieces, copy, in, T, xa_.get(), ld, st);
+  };
+  if (T > fusedSplitMaxTokens_) {
+    // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
+    // that is bound by arithmetic, instead of a pass over y.
+    timer_.mark("lora", stream_);
+    lora(x, stream_);
+    timer_.mark(name, stream_);
+    project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+    return;
+  }
+  // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
+  // x), and a second GEMM over the padding columns adds the deltas once both are done.
+  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
+  lora(nullptr, loraStream_);
+  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
+  project(T, N, in, W, ld, x, in, y, accumulate);
+  timer_.mark("lora", stream_);
+  check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
+  project(T, N, pad, W + in, ld, xa_.get() + in, ld, y, true);
 }
 
 void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {

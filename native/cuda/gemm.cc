@@ -41,9 +41,10 @@ Gemm::~Gemm() {
   if (workspace_) cudaFree(workspace_);
 }
 
-void Gemm::linear(int M, int N, int K, const void* W, const void* X, void* Y, ElemType y, float alpha, float beta) {
-  check(cublasGemmEx(h(handle_), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W, CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta,
-                     Y, dataType(y), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+void Gemm::linear(int M, int N, int K, const void* W, int ldw, const void* X, int ldx, void* Y, ElemType y, float alpha,
+                  float beta) {
+  check(cublasGemmEx(h(handle_), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W, CUDA_R_16BF, ldw, X, CUDA_R_16BF, ldx,
+                     &beta, Y, dataType(y), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
 }
 

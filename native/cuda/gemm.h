@@ -17,8 +17,10 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // Y[M][N] = alpha * X[M][K] . W[N][K]^T + beta * Y (row-major; W and X bf16).
-  void linear(int M, int N, int K, const void* W, const void* X, void* Y, ElemType y, float alpha, float beta);
+  // Y[M][N] = alpha * X[M][K] . W[N][K]^T + beta * Y (row-major; W and X bf16, their rows ldw and
+  // ldx elements apart).
+  void linear(int M, int N, int K, const void* W, int ldw, const void* X, int ldx, void* Y, ElemType y, float alpha,
+              float beta);
 
   // Column-major cuBLAS call, strided over `batch`: C = alpha * op(A) op(B) + beta * C with A, B bf16.
   void batched(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda, long long strideA,

@@ -28,14 +28,16 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc)
 }
 
 template <int M>
-__global__ void __launch_bounds__(kWarps * 32) gemvKernel(const bf16_t* __restrict__ W, const bf16_t* __restrict__ X,
-                                                          float* __restrict__ Y, int N, int K, bool accumulate) {
+__global__ void __launch_bounds__(kWarps * 32)
+    gemvKernel(const bf16_t* __restrict__ W, int ldw, const bf16_t* __restrict__ X, int ldx, float* __restrict__ Y,
+               int N, int K, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;
   const int chunks = K / 8;  // 16-byte pieces per row
-  const uint4* w = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * K);
+  const uint4* w = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * ldw);
   const uint4* x = reinterpret_cast<const uint4*>(X);
+  const int xPitch = ldx / 8;  // 16-byte pieces between token rows
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0;
@@ -47,13 +49,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const bf16_t* __restri
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-      for (int m = 0; m < M; ++m) dot8(wv[u], __ldg(x + static_cast<size_t>(m) * chunks + c + 32 * u), acc[m]);
+      for (int m = 0; m < M; ++m) dot8(wv[u], __ldg(x + static_cast<size_t>(m) * xPitch + c + 32 * u), acc[m]);
     }
   }
   for (; c < chunks; c += 32) {
     const uint4 wv = __ldcs(w + c);
 #pragma unroll
-    for (int m = 0; m < M; ++m) dot8(wv, __ldg(x + static_cast<size_t>(m) * chunks + c), acc[m]);
+    for (int m = 0; m < M; ++m) dot8(wv, __ldg(x + static_cast<size_t>(m) * xPitch + c), acc[m]);
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -68,24 +70,30 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const bf16_t* __restri
 }
 
 template <int M>
-void launch(const bf16_t* W, const bf16_t* X, float* Y, int N, int K, bool accumulate, cudaStream_t s) {
-  gemvKernel<M><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, s>>>(W, X, Y, N, K, accumulate);
+void launch(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int N, int K, bool accumulate,
+            cudaStream_t s) {
+  gemvKernel<M><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, s>>>(W, ldw, X, ldx, Y, N, K, accumulate);
 }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
-bool gemvSupported(int M, int K) { return M >= 1 && M <= kGemvMaxRows && K % 8 == 0; }
+bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx) {
+  return M >= 1 && M <= kGemvMaxRows && K % 8 == 0 && ldw % 8 == 0 && ldx % 8 == 0 && aligned16(W) && aligned16(X);
+}
 
-void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool accumulate, cudaStream_t s) {
+void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, int N, int K, bool accumulate,
+          cudaStream_t s) {
   switch (M) {
     case 1:
-      return launch<1>(W, X, Y, N, K, accumulate, s);
+      return launch<1>(W, ldw, X, ldx, Y, N, K, accumulate, s);
     case 2:
-      return launch<2>(W, X, Y, N, K, accumulate, s);
+      return launch<2>(W, ldw, X, ldx, Y, N, K, accumulate, s);
     case 3:
-      return launch<3>(W, X, Y, N, K, accumulate, s);
+      return launch<3>(W, ldw, X, ldx, Y, N, K, accumulate, s);
     default:
-      return launch<4>(W, X, Y, N, K, accumulate, s);
+      return launch<4>(W, ldw, X, ldx, Y, N, K, accumulate, s);
   }
 }
 

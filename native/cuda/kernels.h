@@ -75,11 +75,13 @@ void causalSoftmax(const float* scores, bf16_t* probs, int kvHeads, int tokens, 
 // o: [kvHead][tokens * group][headDim] -> out rows [firstToken + t][head][headDim].
 void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, const AttnShape& a, cudaStream_t s);
 
-// Y[m][n] = X[m] . W[n] (+ Y[m][n] when accumulating) for m < M, with W [N][K] and X [M][K] bf16,
-// Y f32: the decode-step projection when only a few tokens run (gemvSupported says when).
+// Y[m][n] = X[m] . W[n] (+ Y[m][n] when accumulating) for m < M, n < N over K features, with W's
+// rows ldw and X's ldx elements apart (bf16), Y [M][N] f32: the decode-step projection when only a
+// few tokens run (gemvSupported says when: 16-byte pieces throughout).
 constexpr int kGemvMaxRows = 4;
-bool gemvSupported(int M, int K);
-void gemv(const bf16_t* W, const bf16_t* X, float* Y, int M, int N, int K, bool accumulate, cudaStream_t s);
+bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx);
+void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, int N, int K, bool accumulate,
+          cudaStream_t s);
 
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]).
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s);

@@ -18,7 +18,7 @@ __device__ __forceinline__ U loadAny(const unsigned char* p) {
 }
 
 __global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch,
-                             int64_t col0, bf16_t* dst, int64_t dstPitch) {
+                             int64_t col0, bf16_t* dst, int64_t dstPitch, int* bad) {
   const int64_t n = rows * cols;
   const int elem = dtype == 0 ? 4 : 2;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
@@ -33,6 +33,12 @@ __global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, 
           dtype == 0 ? __uint_as_float(loadAny<uint32_t>(p)) : __half2float(__ushort_as_half(loadAny<uint16_t>(p)));
       out = __bfloat16_as_ushort(__float2bfloat16_rn(v));
     }
+    // B factors sit beside the base weights, where every token's GEMM meets them (times zero
+    // outside the adapter's rows, and zero times Inf is NaN): nothing non-finite may land.
+    if ((out & 0x7f80u) == 0x7f80u) {
+      out = 0;
+      *bad = 1;
+    }
     dst[i * dstPitch + j] = out;
   }
 }
@@ -46,12 +52,12 @@ __global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
 }  // namespace
 
 void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
-                      bf16_t* dst, int64_t dstPitch, cudaStream_t s) {
+                      bf16_t* dst, int64_t dstPitch, int* bad, cudaStream_t s) {
   const int64_t n = rows * cols;
   if (n == 0) return;
   const int64_t blocks = (n + 255) / 256;
   factorKernel<<<static_cast<int>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
-      static_cast<const unsigned char*>(src), dtype, rows, cols, srcPitch, col0, dst, dstPitch);
+      static_cast<const unsigned char*>(src), dtype, rows, cols, srcPitch, col0, dst, dstPitch, bad);
 }
 
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {

@@ -15,9 +15,10 @@ namespace cuda {
 
 // dst[i * dstPitch + j] = bf16(src[i * srcPitch + col0 + j]) for i < rows, j < cols. src holds
 // values of dtype (0 = F32, 1 = F16, 2 = BF16) at any alignment; bf16 is copied bit for bit,
-// wider values round to nearest even.
+// wider values round to nearest even. A value that is not finite in bf16 (NaN, Inf, or past bf16's
+// range) is written as zero and sets *bad to 1.
 void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
-                      bf16_t* dst, int64_t dstPitch, cudaStream_t s);
+                      bf16_t* dst, int64_t dstPitch, int* bad, cudaStream_t s);
 
 constexpr int kLoraMetaModules = 7;  // kNumLoraModules
 struct LoraSlotMeta {

@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int e = tid; e < kOutTile * rn; e += kThreads) {
       const int o = e / rn, r = e % rn;
-      bs[o][r] = o0 + o < out ? bf(B[static_cast<size_t>(o0 + o) * sl.maxRank + r0 + r]) : 0.0f;
+      bs[o][r] = o0 + o < out ? bf(B[static_cast<size_t>(o0 + o) * sl.bLd[s] + r0 + r]) : 0.0f;
     }
     __syncthreads();
     for (int r = 0; r < rn; ++r) {

@@ -39,9 +39,10 @@ struct LoraSlices {
   int in = 0;                       // input features (shared)
   int maxRank = 0;                  // row pitch of A, column pitch of B and of mid slices
   const bf16_t* a[kMaxLoraSlices];  // per slice: [slots][maxRank][in] at layer
-  const bf16_t* b[kMaxLoraSlices];  // per slice: [slots][out][maxRank] at layer
+  const bf16_t* b[kMaxLoraSlices];  // per slice: slot k's [out][rank] at b + k bSlotStride, rows bLd apart
   size_t aSlotStride[kMaxLoraSlices];
   size_t bSlotStride[kMaxLoraSlices];
+  int bLd[kMaxLoraSlices];  // B's row pitch (the pool keeps B in the padding columns of the base weight)
   int out[kMaxLoraSlices];
   int outOffset[kMaxLoraSlices];  // first column of the slice in y
   int module[kMaxLoraSlices];     // index into ranks (slot * 7 + module)

@@ -239,8 +239,7 @@ __device__ __forceinline__ void split(float a, float b, uint32_t& hi, uint32_t& 
 // r0 .. r0 + 64 in two chunks c, the second only when more than 32 ranks are left (rv). B: the
 // warp's first output row at r0; oValid: its rows before the slice's end.
 template <bool kVec>
-__device__ __forceinline__ void loadB(const bf16_t* B, int maxRank, int oValid, int rv, int g, int q,
-                                      uint4 (&b)[2][4]) {
+__device__ __forceinline__ void loadB(const bf16_t* B, int ldb, int oValid, int rv, int g, int q, uint4 (&b)[2][4]) {
   const uint4 zero = make_uint4(0, 0, 0, 0);
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
@@ -248,7 +247,7 @@ __device__ __forceinline__ void loadB(const bf16_t* B, int maxRank, int oValid, 
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int o = 8 * j + g, r = kChunk * c + 8 * q;
-      b[c][j] = o < oValid ? load8<kVec>(B + static_cast<size_t>(o) * maxRank + r, rv - r) : zero;
+      b[c][j] = o < oValid ? load8<kVec>(B + static_cast<size_t>(o) * ldb + r, rv - r) : zero;
     }
   }
 }
@@ -325,8 +324,9 @@ __global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
   const int out = sl.out[s], maxRank = sl.maxRank, midPitch = sl.count * maxRank, module = sl.module[s];
+  const int ldb = sl.bLd[s];
   const int oWarp = cb * kBlockCols + warp * kWarpCols, oValid = out - oWarp;
-  const size_t oRow = static_cast<size_t>(oValid > 0 ? oWarp : 0) * maxRank;
+  const size_t oRow = static_cast<size_t>(oValid > 0 ? oWarp : 0) * ldb;
   float* ys = y + sl.outOffset[s];
   const float* midS = mid + s * maxRank;
   // B fragments stay in registers from tile to tile while the slot (and, past 64 ranks, the pass)
@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
     if (rank == 0) continue;
     const bf16_t* B = sl.b[s] + slot * sl.bSlotStride[s] + oRow;
     if (slot != bSlot || bR0 != 0) {
-      loadB<kVec>(B, maxRank, oValid, rank, g, q, b);
+      loadB<kVec>(B, ldb, oValid, rank, g, q, b);
       bSlot = slot, bR0 = 0;
     }
     // Everything above is the pool's or the step's items; mid and y come from the grids before,
@@ -372,7 +372,7 @@ __global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
     for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     for (int r0 = 0; r0 < rank; r0 += kPassRanks) {
       if (r0 != bR0) {
-        loadB<kVec>(B + r0, maxRank, oValid, rank - r0, g, q, b);
+        loadB<kVec>(B + r0, ldb, oValid, rank - r0, g, q, b);
         bR0 = r0;
       }
       expandPass(b, rank - r0, midS + r0, midSlab, midPitch, pieces, tk, ms, g, q, acc);
@@ -451,10 +451,10 @@ void loraExpandMma(const LoraItems& items, const LoraSlices& sl, const int32_t* 
                    const LoraExpandGroup* group) {
   if (items.gridItems == 0 || sl.count == 0) return;
   int z = 0;
-  bool vec = sl.maxRank % 8 == 0;
+  bool vec = true;
   for (int s = 0; s < sl.count; ++s) {
     z += colBlocks(sl.out[s]);
-    vec = vec && aligned16(sl.b[s]);
+    vec = vec && sl.bLd[s] % 8 == 0 && sl.bSlotStride[s] % 8 == 0 && aligned16(sl.b[s]);
   }
   const LoraExpandGroup gr = group ? *group : loraExpandGroup(items, sl);
   if (gr.items < 1 || gr.tiles < 1 || gr.items * gr.tiles > kGroupTiles)

@@ -22,26 +22,38 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 
 }  // namespace
 
-GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask)
+GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w)
     : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
+  // The first row of each module in its group's fused weight.
+  int row0[kNumLoraModules] = {};
+  for (int m = 1; m < kNumLoraModules; ++m)
+    row0[m] = weightGroupOf(m) == weightGroupOf(m - 1) ? row0[m - 1] + out_[m - 1] : 0;
+  for (int m = 0; m < kNumLoraModules; ++m) {
+    const WeightGroup g = weightGroupOf(m);
+    if (holds(static_cast<LoraModule>(m)) && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
+      throw std::logic_error("LoRA pool: the base weights have too few padding columns");
+    bLd_[m] = w.ld[g];
+  }
   for (int l = 0; l < layers_; ++l) {
     for (int m = 0; m < kNumLoraModules; ++m) {
       if (!holds(static_cast<LoraModule>(m))) continue;
-      for (int ab = 0; ab < 2; ++ab) {
-        const size_t n = static_cast<size_t>(slots_) * maxRank_ * (ab == 0 ? in_[m] : out_[m]);
-        void* p = nullptr;
-        if (cudaMalloc(&p, n * 2) != cudaSuccess) {
-          cudaGetLastError();
-          throw std::runtime_error("CUDA out of memory allocating the LoRA pool (" + std::to_string(slots_) +
-                                   " slots, max rank " + std::to_string(maxRank_) + ")");
-        }
-        allocations_.push_back(p);
-        bytes_ += n * 2;
-        (ab == 0 ? a_ : b_)[static_cast<size_t>(l) * kNumLoraModules + m] = static_cast<bf16_t*>(p);
+      const WeightGroup g = weightGroupOf(m);
+      b_[static_cast<size_t>(l) * kNumLoraModules + m] =
+          w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
+          static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_;
+      const size_t n = static_cast<size_t>(slots_) * maxRank_ * in_[m];
+      void* p = nullptr;
+      if (cudaMalloc(&p, n * 2) != cudaSuccess) {
+        cudaGetLastError();
+        throw std::runtime_error("CUDA out of memory allocating the LoRA pool (" + std::to_string(slots_) +
+                                 " slots, max rank " + std::to_string(maxRank_) + ")");
       }
+      allocations_.push_back(p);
+      bytes_ += n * 2;
+      a_[static_cast<size_t>(l) * kNumLoraModules + m] = static_cast<bf16_t*>(p);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -49,6 +61,8 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   check(cudaMemset(ranks_.get(), 0, ranks_.size() * 4), "cudaMemset");
   check(cudaMemset(scaling_.get(), 0, scaling_.size() * 4), "cudaMemset");
   staging_.ensure(kStagingBytes);
+  bad_.ensure(1);
+  badHost_.ensure(1);
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   ready_.resize(slots_);
   for (auto& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
@@ -86,18 +100,31 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
                               static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
               "cudaMemsetAsync");
-        check(cudaMemsetAsync(b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_, 0,
-                              static_cast<size_t>(out_[m]) * maxRank_ * 2, stream_),
-              "cudaMemsetAsync");
+        check(cudaMemset2DAsync(b_[idx] + static_cast<size_t>(slot) * maxRank_, static_cast<size_t>(bLd_[m]) * 2, 0,
+                                static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
+              "cudaMemset2DAsync");
       }
     }
+    check(cudaMemsetAsync(bad_.get(), 0, sizeof(int), stream_), "cudaMemsetAsync");
     enqueueFactors(slot, ad);
+    check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");
+    // The caller's host values (JS memory, or a host adapter it may free next) are read until
+    // here, and the conversions' verdict is known only then: the slot is published after.
+    check(cudaStreamSynchronize(stream_), "LoRA slot fill");
+    if (*badHost_.get()) {
+      // Dropped without commit, the writer leaves the slot empty; rank 0 makes any kernel skip it.
+      setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, LoraSlotMeta{},
+                      stream_);
+      check(cudaStreamSynchronize(stream_), "LoRA slot fill");
+      throw std::invalid_argument(
+          "loadLoraSlot: the adapter holds NaN or Inf values (or values past bf16's range); "
+          "slot " +
+          std::to_string(slot) + " was left empty");
+    }
     writer.commit(true, [&] { check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord"); });
   }
-  // The caller's host values (JS memory, or a host adapter it may free next) are read until here.
-  check(cudaEventSynchronize(ready_[slot]), "LoRA slot fill");
 }
 
 void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
@@ -120,7 +147,8 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   auto flushChunk = [&] {
     flushCopy();
     for (const Convert& c : pending)
-      loraFactorToBf16(stage + c.offset, c.dtype, c.rows, c.cols, c.srcPitch, c.col0, c.dst, c.dstPitch, stream_);
+      loraFactorToBf16(stage + c.offset, c.dtype, c.rows, c.cols, c.srcPitch, c.col0, c.dst, c.dstPitch, bad_.get(),
+                       stream_);
     pending.clear();
     used = 0;
   };
@@ -163,7 +191,7 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
     factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
-    factor(w.b, b_[idx] + static_cast<size_t>(slot) * out_[m] * maxRank_, maxRank_);
+    factor(w.b, b_[idx] + static_cast<size_t>(slot) * maxRank_, bLd_[m]);
   }
   flushChunk();
 }
@@ -199,7 +227,8 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
     s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * in_[m];
-    s.bSlotStride[s.count] = static_cast<size_t>(out_[m]) * maxRank_;
+    s.bSlotStride[s.count] = static_cast<size_t>(maxRank_);
+    s.bLd[s.count] = bLd_[m];
     s.out[s.count] = out_[m];
     s.outOffset[s.count] = offset;
     s.module[s.count] = m;

@@ -1,5 +1,6 @@
-// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] and
-// B [slots][out][maxRank] in bf16, plus each slot's rank per module and scaling. Nothing here
+// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16, and B in
+// the padding columns of the base weight (lora_fused.h: slot k's [out][maxRank] at column
+// in + j S R + k R of the module's rows), plus each slot's rank per module and scaling. Nothing here
 // moves after construction, so captured CUDA graphs keep reading the right memory whatever is
 // filled. A slot is filled on the pool's own stream: the host values (page-locked when they come
 // from a host adapter) are copied in large pieces to a device staging buffer and converted to
@@ -15,6 +16,7 @@
 #include "backend.h"
 #include "cuda/device.h"
 #include "cuda/lora_kernels.h"
+#include "cuda/weights.h"
 #include "slot_table.h"
 
 namespace troupe {
@@ -22,7 +24,8 @@ namespace cuda {
 
 class GpuLoraPool {
  public:
-  GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask);
+  // weights: padded for these slots, ranks and modules (loraPadColumns), and outliving the pool.
+  GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights);
   ~GpuLoraPool();
   GpuLoraPool(const GpuLoraPool&) = delete;
   GpuLoraPool& operator=(const GpuLoraPool&) = delete;
@@ -51,15 +54,18 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;   // [layer * 7 + module]
-  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;  // [slot]
+  std::vector<bf16_t*> a_, b_;     // [layer * 7 + module]; b_: slot 0's first column in the weight
+  int bLd_[kNumLoraModules] = {};  // the weight's row pitch
+  DeviceBuffer<int32_t> ranks_;    // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;    // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Fills of different slots share the staging buffer; the stream orders their GPU work, this
   // lock the host side that lays it out.
   std::mutex enqueueMu_;
   DeviceBuffer<uint8_t> staging_;
+  DeviceBuffer<int> bad_;  // set by a fill's conversions on a non-finite value
+  PinnedBuffer<int> badHost_;
   size_t bytes_ = 0;
   std::vector<void*> allocations_;
   SlotTable table_;

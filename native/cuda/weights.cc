@@ -72,13 +72,39 @@ void* GpuWeights::alloc(size_t n) {
 }
 
 GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-                       int vocabPart) {
+                       int vocabPart, const int* lora) {
   try {
     Loader r(tensors, stream);
     const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = vocabRows;
     const int64_t qDim = static_cast<int64_t>(c.numHeads) * c.headDim;
     const int64_t kvDim = static_cast<int64_t>(c.numKvHeads) * c.headDim;
+    const int64_t ins[kNumWeightGroups] = {h, qDim, h, inter};
+    for (int g = 0; g < kNumWeightGroups; ++g) {
+      pad[g] = lora ? lora[g] : 0;
+      ld[g] = static_cast<int>(ins[g]) + pad[g];
+    }
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };
+    // A group's matrix, its padding columns zeroed: the pool fills only the slots it loads, and
+    // those columns meet zeros in every activation row that no adapter uses, where NaN garbage
+    // would still poison the sum.
+    DeviceBuffer<bf16_t> rows;  // one tensor at a time, when the matrix is padded
+    auto grouped = [&](WeightGroup g, int64_t rowsTotal) {
+      bf16_t* m = matrix(rowsTotal, ld[g]);
+      if (pad[g])
+        check(cudaMemset2DAsync(m + ins[g], static_cast<size_t>(ld[g]) * 2, 0, static_cast<size_t>(pad[g]) * 2,
+                                rowsTotal, stream),
+              "weight upload");
+      return m;
+    };
+    auto part = [&](WeightGroup g, const std::string& name, int64_t rowsOf, bf16_t* m, int64_t row0) {
+      bf16_t* dst = m + row0 * ld[g];
+      if (!pad[g]) return r.load(name, {rowsOf, ins[g]}, dst, true);
+      rows.ensure(static_cast<size_t>(rowsOf * ins[g]));
+      r.load(name, {rowsOf, ins[g]}, rows.get(), true);
+      check(cudaMemcpy2DAsync(dst, static_cast<size_t>(ld[g]) * 2, rows.get(), static_cast<size_t>(ins[g]) * 2,
+                              static_cast<size_t>(ins[g]) * 2, rowsOf, cudaMemcpyDeviceToDevice, stream),
+            "weight upload");
+    };
     auto vec = [&](const std::string& name, int64_t n) {
       float* p = static_cast<float*>(alloc(n * 4));
       r.load(name, {n}, p, false);
@@ -101,10 +127,10 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
       GpuLayer& l = layers[i];
       l.inputNorm = vec(p + "input_layernorm.weight", h);
       l.postNorm = vec(p + "post_attention_layernorm.weight", h);
-      l.qkv = matrix(qDim + 2 * kvDim, h);
-      r.load(p + "self_attn.q_proj.weight", {qDim, h}, l.qkv, true);
-      r.load(p + "self_attn.k_proj.weight", {kvDim, h}, l.qkv + qDim * h, true);
-      r.load(p + "self_attn.v_proj.weight", {kvDim, h}, l.qkv + (qDim + kvDim) * h, true);
+      l.qkv = grouped(kQkvWeight, qDim + 2 * kvDim);
+      part(kQkvWeight, p + "self_attn.q_proj.weight", qDim, l.qkv, 0);
+      part(kQkvWeight, p + "self_attn.k_proj.weight", kvDim, l.qkv, qDim);
+      part(kQkvWeight, p + "self_attn.v_proj.weight", kvDim, l.qkv, qDim + kvDim);
       if (c.qkvBias) {
         l.qkvBias = static_cast<float*>(alloc((qDim + 2 * kvDim) * 4));
         r.load(p + "self_attn.q_proj.bias", {qDim}, l.qkvBias, false);
@@ -115,14 +141,15 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
         l.qNorm = vec(p + "self_attn.q_norm.weight", c.headDim);
         l.kNorm = vec(p + "self_attn.k_norm.weight", c.headDim);
       }
-      l.o = matrix(h, qDim);
-      r.load(p + "self_attn.o_proj.weight", {h, qDim}, l.o, true);
-      l.gateUp = matrix(2 * inter, h);
-      r.load(p + "mlp.gate_proj.weight", {inter, h}, l.gateUp, true);
-      r.load(p + "mlp.up_proj.weight", {inter, h}, l.gateUp + inter * h, true);
-      l.down = matrix(h, inter);
-      r.load(p + "mlp.down_proj.weight", {h, inter}, l.down, true);
+      l.o = grouped(kOWeight, h);
+      part(kOWeight, p + "self_attn.o_proj.weight", h, l.o, 0);
+      l.gateUp = grouped(kGateUpWeight, 2 * inter);
+      part(kGateUpWeight, p + "mlp.gate_proj.weight", inter, l.gateUp, 0);
+      part(kGateUpWeight, p + "mlp.up_proj.weight", inter, l.gateUp, inter);
+      l.down = grouped(kDownWeight, h);
+      part(kDownWeight, p + "mlp.down_proj.weight", h, l.down, 0);
     }
+    check(cudaStreamSynchronize(stream), "weight upload");  // before `rows` goes
   } catch (...) {
     for (void* p : allocations_) cudaFree(p);
     allocations_.clear();

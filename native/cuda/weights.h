@@ -6,10 +6,13 @@
 
 #include "backend.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_fused.h"
 
 namespace troupe {
 namespace cuda {
 
+// The four matrices' rows are GpuWeights::ld apart: their `in` values, then the LoRA pool's
+// padding columns (lora_fused.h).
 struct GpuLayer {
   float* inputNorm = nullptr;
   float* postNorm = nullptr;
@@ -17,6 +20,9 @@ struct GpuLayer {
   bf16_t* o = nullptr;       // [hidden][qDim]
   bf16_t* gateUp = nullptr;  // [2 inter][hidden]
   bf16_t* down = nullptr;    // [hidden][inter]
+  bf16_t* matrix(WeightGroup g) const {
+    return g == kQkvWeight ? qkv : g == kOWeight ? o : g == kGateUpWeight ? gateUp : down;
+  }
   float* qkvBias = nullptr;  // [qDim + 2 kvDim] with config.qkvBias
   float* qNorm = nullptr;    // [headDim] each, with config.qkNorm
   float* kNorm = nullptr;
@@ -25,9 +31,10 @@ struct GpuLayer {
 class GpuWeights {
  public:
   // A tensor-parallel rank's part: config has its heads and features; the embedding and lm_head
-  // have vocabRows rows of the checkpoint, zero-padded to vocabPart.
+  // have vocabRows rows of the checkpoint, zero-padded to vocabPart. pad: the LoRA pool's columns
+  // per weight group (null: none), zero-filled here.
   GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-             int vocabPart);
+             int vocabPart, const int* pad);
   ~GpuWeights();
   GpuWeights(const GpuWeights&) = delete;
   GpuWeights& operator=(const GpuWeights&) = delete;
@@ -36,6 +43,8 @@ class GpuWeights {
   bf16_t* head = nullptr;   // == embed when tied
   float* finalNorm = nullptr;
   std::vector<GpuLayer> layers;
+  int pad[kNumWeightGroups] = {};
+  int ld[kNumWeightGroups] = {};  // row pitch: in + pad
   size_t bytes = 0;
 
  private:

@@ -94,10 +94,12 @@ export interface EngineOptions {
   /**
    * How the CUDA backend runs the LoRA shrink/expand: CUDA-core FMA loops, tensor-core mma.sync
    * (compute capability 8.0+), mma with programmatic dependent launch (9.0+), or mma with each
-   * shrink on a second stream beside the base projection. Absent: mma-overlap on 8.0+ (the
-   * fastest on the H200), else fma. Tests and benchmarks compare them; the server keeps the default.
+   * shrink on a second stream beside the base projection, or fused: the mma shrink, with the
+   * expand folded into the base projection's GEMM (B factors in padding columns of the base
+   * weights). Absent: fused on 8.0+ (the fastest on the H200), else fma. Tests and benchmarks
+   * compare them; the server keeps the default.
    */
-  loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap';
+  loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap' | 'fused';
   /** Tensor parallelism; absent = one rank holding the whole model. */
   tp?: TensorParallelRank;
   /** The GPU this engine runs on (CUDA); 0 when absent. */

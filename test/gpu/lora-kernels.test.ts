@@ -36,7 +36,7 @@ const vocab = ckpt.config.vocabSize;
 // several tenths.
 const TOL = 0.08;
 const pool = { blockSize: 4, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16 };
-const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
+const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'];
 
 function withAdapters(h: number): number {
   ADAPTERS.forEach((_, i) => loadSlot(h, i, join(tmp.dir, `a${i}`), ckpt));
@@ -133,6 +133,39 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       expect(worst).toBeLessThan(TOL);
     },
   );
+
+  // The fused kernel's steps here are short enough to add the deltas with a second GEMM; with the
+  // split bound at 0 every step folds them into the base GEMM instead.
+  it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
+    process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS = '0';
+    try {
+      const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
+      let worst = 0;
+      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
+      console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+      expect(worst).toBeLessThan(TOL);
+    } finally {
+      delete process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS;
+    }
+  });
+
+  // B factors sit in columns every token's GEMM reads (times zero outside the adapter's rows), so
+  // one Inf there would turn every row into NaN: the load is refused and the others keep serving.
+  it.each(LORA_KERNELS)('%s: an adapter holding Inf is refused, its slot left empty, other rows unharmed', (loraKernel) => {
+    withGpu({ cudaGraphMaxBs: 16, loraKernel }, (h) => {
+      const cfg = ckpt.config;
+      const q = cfg.numHeads * cfg.headDim;
+      const b = new Float32Array(q * 2).fill(0.5);
+      b[7] = Infinity;
+      const bad = { rank: 2, scaling: 1, weights: [{ layer: 0, module: 'q_proj', a: new Float32Array(2 * cfg.hiddenSize).fill(0.1), b }] };
+      expect(() => addon.loadLoraSlot(h, 3, bad)).toThrow(/NaN or Inf.*slot 3 was left empty/);
+      expect(() => addon.step(h, makeBatch([{ tokens: [5, 6], cached: 0, blocks: [0], slot: 3 }]))).toThrow(/slot 3/);
+      const got = drive(h, SLOTS, feed).lps;
+      let worst = 0;
+      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
+      expect(worst).toBeLessThan(TOL);
+    });
+  });
 
   it.each(LORA_KERNELS)('%s: a cleared slot refuses its rows and a reload restores them', (loraKernel) => {
     withGpu({ cudaGraphMaxBs: 16, loraKernel }, (h) => {

@@ -67,7 +67,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 128, graphs: 32 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ];
-  const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap'];
+  const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'];
   it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
     'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
     ({ loraKernel, loraBackend, loraChunkSize, graphs }) => {

@@ -124,6 +124,7 @@ int loraBench() {
           s.b[k] = randomBf16(static_cast<size_t>(kSlots) * out * rank, seed++, owned);
           s.aSlotStride[k] = static_cast<size_t>(rank) * s.in;
           s.bSlotStride[k] = static_cast<size_t>(out) * rank;
+          s.bLd[k] = rank;
           s.out[k] = out;
           s.outOffset[k] = offset;
           s.module[k] = gi == 0 ? k : gi == 1 ? 3 : gi == 2 ? 4 + k : 6;

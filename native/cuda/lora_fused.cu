@@ -1,0 +1,61 @@
+// The augmented activation rows of the fused LoRA layout (lora_fused.h): one block per token row.
+// The pieces of each shrink output are summed in the order the expand kernels sum them.
+#include <cuda_bf16.h>
+
+#include "cuda/device.h"
+#include "cuda/lora_fused.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kModules = 7;  // ranks is [slot][7 modules]
+
+__global__ void __launch_bounds__(kThreads)
+    augmentKernel(LoraSlices sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
+                  const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, bool vecCopy, bf16_t* xa,
+                  int ldxa) {
+  const int t = blockIdx.x, in = sl.in;
+  bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
+  if (x) {
+    const bf16_t* src = x + static_cast<size_t>(t) * ldx;
+    if (vecCopy) {
+      for (int c = threadIdx.x; c < in / 8; c += kThreads)
+        reinterpret_cast<uint4*>(row)[c] = __ldg(reinterpret_cast<const uint4*>(src) + c);
+    } else {
+      for (int c = threadIdx.x; c < in; c += kThreads) row[c] = src[c];
+    }
+  }
+  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R, midPitch = sl.count * R;
+  const float scale = slot >= 0 ? scaling[slot] : 0.0f;
+  const float* m = mid + static_cast<size_t>(t) * midPitch;
+  for (int c = threadIdx.x; c < pad; c += kThreads) {
+    const int j = c / block, k = (c % block) / R, r = c % R;
+    float v = 0.0f;
+    if (j < sl.count && k == slot && r < ranks[slot * kModules + sl.module[j]]) {
+      const float* p = m + j * R + r;
+      for (int i = 0; i < pieces; ++i) v += __ldcg(p + i * midSlab);
+      v *= scale;
+    }
+    row[in + c] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
+                 const float* scaling, const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, int T,
+                 bf16_t* xa, int ldxa, cudaStream_t st) {
+  if (T == 0) return;
+  const bool vec = sl.in % 8 == 0 && ldx % 8 == 0 && ldxa % 8 == 0 && aligned16(x) && aligned16(xa);
+  augmentKernel<<<T, kThreads, 0, st>>>(sl, slots, pad, rowSlot, ranks, scaling, mid, midSlab, pieces, x, ldx, vec, xa,
+                                        ldxa);
+  check(cudaGetLastError(), "LoRA augment launch");
+}
+
+}  // namespace cuda
+}  // namespace troupe

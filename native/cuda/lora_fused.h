@@ -1,0 +1,55 @@
+// The fused LoRA layout. Each of a layer's four base weights (q/k/v, o, gate/up, down; [rows][in])
+// has `pad` more columns per row, and the LoRA pool keeps its B factors there: held module j of
+// the weight's group (in q, k, v / o / gate, up / down order) owns the columns in + j S R .. in +
+// (j + 1) S R, of which slot k takes the R = maxRank from in + j S R + k R, in the module's own
+// rows. A step's LoRA input goes to the same columns of an augmented activation row: the token's
+// scaled shrink outputs under its slot's columns, zero under every other slot's. One GEMM over
+// in + pad columns then adds the base projection and every token's adapter delta together, with
+// no expand kernel and no second pass over the f32 output; or, for a decode step, a GEMM over the
+// pad columns alone adds the deltas after the base GEMM, so the shrink can run beside that one.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backend.h"
+#include "cuda/kernels.h"
+#include "cuda/lora_kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+enum WeightGroup { kQkvWeight = 0, kOWeight, kGateUpWeight, kDownWeight, kNumWeightGroups };
+
+inline WeightGroup weightGroupOf(int module) {
+  return module <= kV ? kQkvWeight : module == kO ? kOWeight : module <= kUp ? kGateUpWeight : kDownWeight;
+}
+
+// Which of its group's held modules `module` is (its column block in the padding).
+inline int loraColumnBlock(int module, uint32_t mask) {
+  int j = 0;
+  for (int m = 0; m < module; ++m) j += weightGroupOf(m) == weightGroupOf(module) && ((mask >> m) & 1u) ? 1 : 0;
+  return j;
+}
+
+// Padding columns of a group's weight: its held modules' blocks, rounded up to 8 so that rows stay
+// 16-byte aligned; zero without a pool.
+inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask) {
+  int held = 0;
+  for (int m = 0; m < kNumLoraModules; ++m) held += weightGroupOf(m) == g && ((mask >> m) & 1u) ? 1 : 0;
+  const long long cols = static_cast<long long>(held) * slots * maxRank;
+  return static_cast<int>((cols + 7) / 8 * 8);
+}
+
+// xa[t][in + j S R + k R + r] = bf16(scaling[k] * (sum over the shrink's pieces of mid)[t][j maxRank + r])
+// where k is token t's slot and r < its rank for slice j's module; zero in every other of the pad
+// columns (other slots, ranks past the slot's, base tokens with rowSlot -1, the rounding tail).
+// With x, also xa[t][0, in) = x[t][0, in) (x's rows ldx apart). xa's rows are ldxa apart.
+void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
+                 const float* scaling, const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, int T,
+                 bf16_t* xa, int ldxa, cudaStream_t st);
+
+}  // namespace cuda
+}  // namespace troupe
