@@ -10,10 +10,10 @@ namespace cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kAugmentThreads = 256;
 constexpr int kModules = 7;  // ranks is [slot][7 modules]
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kAugmentThreads)
     augmentKernel(LoraSlices sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
                   const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, bool vecCopy, bf16_t* xa,
                   int ldxa) {
@@ -22,16 +22,16 @@ __global__ void __launch_bounds__(kThreads)
   if (x) {
     const bf16_t* src = x + static_cast<size_t>(t) * ldx;
     if (vecCopy) {
-      for (int c = threadIdx.x; c < in / 8; c += kThreads)
+      for (int c = threadIdx.x; c < in / 8; c += kAugmentThreads)
         reinterpret_cast<uint4*>(row)[c] = __ldg(reinterpret_cast<const uint4*>(src) + c);
     } else {
-      for (int c = threadIdx.x; c < in; c += kThreads) row[c] = src[c];
+      for (int c = threadIdx.x; c < in; c += kAugmentThreads) row[c] = src[c];
     }
   }
   const int slot = rowSlot[t], R = sl.maxRank, block = slots * R, midPitch = sl.count * R;
   const float scale = slot >= 0 ? scaling[slot] : 0.0f;
   const float* m = mid + static_cast<size_t>(t) * midPitch;
-  for (int c = threadIdx.x; c < pad; c += kThreads) {
+  for (int c = threadIdx.x; c < pad; c += kAugmentThreads) {
     const int j = c / block, k = (c % block) / R, r = c % R;
     float v = 0.0f;
     if (j < sl.count && k == slot && r < ranks[slot * kModules + sl.module[j]]) {
@@ -52,8 +52,8 @@ void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlo
                  bf16_t* xa, int ldxa, cudaStream_t st) {
   if (T == 0) return;
   const bool vec = sl.in % 8 == 0 && ldx % 8 == 0 && ldxa % 8 == 0 && aligned16(x) && aligned16(xa);
-  augmentKernel<<<T, kThreads, 0, st>>>(sl, slots, pad, rowSlot, ranks, scaling, mid, midSlab, pieces, x, ldx, vec, xa,
-                                        ldxa);
+  augmentKernel<<<T, kAugmentThreads, 0, st>>>(sl, slots, pad, rowSlot, ranks, scaling, mid, midSlab, pieces, x, ldx,
+                                               vec, xa, ldxa);
   check(cudaGetLastError(), "LoRA augment launch");
 }
 

@@ -35,6 +35,13 @@ const vocab = ckpt.config.vocabSize;
 // without adapters); a kernel that drops, misplaces or double-counts a delta moves logprobs by
 // several tenths.
 const TOL = 0.08;
+// The fused kernel hands the shrink output to the base GEMM in bf16 (scaled), as PEFT's bf16 forward
+// rounds lora_A's output, where the others keep about 16 bits of it: on these strong test adapters
+// its adapter rows sit up to 0.10 from mma-overlap's and 0.082 from the f32 CPU (base rows: equal
+// to mma-overlap's bit for bit), while against PEFT it is as close as any (test/gpu/lora-parity:
+// 0.029). A dropped, misplaced or double-counted delta still moves logprobs by several tenths.
+const TOL_BF16_MID = 0.12;
+const tolOf = (kernel: EngineOptions['loraKernel']): number => (kernel === 'fused' ? TOL_BF16_MID : TOL);
 const pool = { blockSize: 4, kvBlocks: 256, loraSlots: 4, maxLoraRank: 16 };
 const LORA_KERNELS: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'];
 
@@ -130,12 +137,12 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       console.log(
         `LoRA kernels ${opts.loraKernel} ${opts.loraBackend} chunk ${opts.loraChunkSize} graphs ${opts.cudaGraphMaxBs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`,
       );
-      expect(worst).toBeLessThan(TOL);
+      expect(worst).toBeLessThan(tolOf(opts.loraKernel));
     },
   );
 
-  // The fused kernel's steps here are short enough to add the deltas with a second GEMM; with the
-  // split bound at 0 every step folds them into the base GEMM instead.
+  // The fused kernel's steps here are short enough to add the deltas with a second GEMM over the
+  // padding columns; with that bound at 0 every step folds them into the base GEMM instead.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
     process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS = '0';
     try {
@@ -143,7 +150,7 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       let worst = 0;
       got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
       console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
-      expect(worst).toBeLessThan(TOL);
+      expect(worst).toBeLessThan(TOL_BF16_MID);
     } finally {
       delete process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS;
     }
@@ -163,7 +170,7 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       const got = drive(h, SLOTS, feed).lps;
       let worst = 0;
       got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
-      expect(worst).toBeLessThan(TOL);
+      expect(worst).toBeLessThan(tolOf(loraKernel));
     });
   });
 
@@ -173,7 +180,7 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
       expect(() => addon.step(h, makeBatch([{ tokens: [5, 6], cached: 0, blocks: [0], slot: 0 }]))).toThrow(/slot 0/);
       loadSlot(h, 0, join(tmp.dir, 'a0'), ckpt);
       const got = drive(h, SLOTS, feed).lps;
-      expect(maxDiff(got[3]!, reference[3]!)).toBeLessThan(TOL);
+      expect(maxDiff(got[3]!, reference[3]!)).toBeLessThan(tolOf(loraKernel));
     });
   });
 });
