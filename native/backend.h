@@ -78,7 +78,8 @@ extern const char* const kLoraModuleNames[kNumLoraModules];
 // (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
 // the shrink on a second stream beside the base projection; or kFused: the mma shrink, and the
 // expand folded into the base projection's GEMM (cuda/lora_fused.h).
-// kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+), else kFma.
+// kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+) while its padding
+// columns stay small beside the weights, else kMmaOverlap; kFma below 8.0.
 enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap, kFused };
 
 struct EngineOptions {

@@ -50,6 +50,9 @@ constexpr int kMaxSplits = 32;
 // a decode step's LoRA input in one launch before a single GEMM (+20% against +26% for 8 rank-16
 // adapters). TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and comparisons; 0: every step folds).
 constexpr int kFusedSplitMaxTokens = 128;
+// loraKernel auto: the fused kernel while its padding columns add at most this share to the
+// base weights' bytes (see the constructor).
+constexpr double kFusedMaxPadShare = 0.25;
 
 struct Graph {
   cudaGraphExec_t exec = nullptr;
@@ -197,7 +200,30 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
-  if (o_.loraKernel == LoraKernel::kAuto) o_.loraKernel = prop.major >= 8 ? LoraKernel::kFused : LoraKernel::kFma;
+  const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
+  int pad[cuda::kNumWeightGroups] = {};
+  for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g)
+    pad[g] = cuda::loraPadColumns(static_cast<cuda::WeightGroup>(g), o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  if (o_.loraKernel == LoraKernel::kAuto) {
+    // The fused kernel's padding columns hold every slot's B beside every slice's rows (zeros
+    // off the block diagonal), and its GEMMs read them all: worth it while they add little to
+    // the weights. 8 slots of rank 64 on all modules add 20% to Llama-3.1-8B's, where fused
+    // still beat mma-overlap on the H200 (+47% against +55% at batch 32, +34% against +59% in
+    // prefill, bench/results/2026-11-29-h200-lora-fused.json); past kFusedMaxPadShare (16 slots
+    // of rank 64: 39%) the others keep B compact.
+    const int64_t h = c.hiddenSize, inter = c.intermediateSize, q = static_cast<int64_t>(c.numHeads) * c.headDim,
+                  kv = static_cast<int64_t>(c.numKvHeads) * c.headDim;
+    const int64_t rows[cuda::kNumWeightGroups] = {q + 2 * kv, h, 2 * inter, h};
+    const int64_t ins[cuda::kNumWeightGroups] = {h, q, h, inter};
+    double padded = 0, base = 0;
+    for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
+      padded += static_cast<double>(rows[g]) * pad[g];
+      base += static_cast<double>(rows[g]) * ins[g];
+    }
+    o_.loraKernel = prop.major < 8                       ? LoraKernel::kFma
+                    : padded <= kFusedMaxPadShare * base ? LoraKernel::kFused
+                                                         : LoraKernel::kMmaOverlap;
+  }
   if (o_.loraKernel != LoraKernel::kFma) {
     const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
     if (prop.major < (pdl ? 9 : 8)) {
@@ -208,10 +234,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     }
   }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
-  int pad[cuda::kNumWeightGroups] = {};
-  for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g)
-    pad[g] = cuda::loraPadColumns(static_cast<cuda::WeightGroup>(g), o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
+  if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;

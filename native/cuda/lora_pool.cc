@@ -33,27 +33,32 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     row0[m] = weightGroupOf(m) == weightGroupOf(m - 1) ? row0[m - 1] + out_[m - 1] : 0;
   for (int m = 0; m < kNumLoraModules; ++m) {
     const WeightGroup g = weightGroupOf(m);
-    if (holds(static_cast<LoraModule>(m)) && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
+    inWeights_[m] = w.pad[g] > 0;
+    if (holds(static_cast<LoraModule>(m)) && inWeights_[m] && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
-    bLd_[m] = w.ld[g];
+    bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
+    bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
+  auto alloc = [&](size_t n) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, n * 2) != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA out of memory allocating the LoRA pool (" + std::to_string(slots_) +
+                               " slots, max rank " + std::to_string(maxRank_) + ")");
+    }
+    allocations_.push_back(p);
+    bytes_ += n * 2;
+    return static_cast<bf16_t*>(p);
+  };
   for (int l = 0; l < layers_; ++l) {
     for (int m = 0; m < kNumLoraModules; ++m) {
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
-      b_[static_cast<size_t>(l) * kNumLoraModules + m] =
-          w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
-          static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_;
-      const size_t n = static_cast<size_t>(slots_) * maxRank_ * in_[m];
-      void* p = nullptr;
-      if (cudaMalloc(&p, n * 2) != cudaSuccess) {
-        cudaGetLastError();
-        throw std::runtime_error("CUDA out of memory allocating the LoRA pool (" + std::to_string(slots_) +
-                                 " slots, max rank " + std::to_string(maxRank_) + ")");
-      }
-      allocations_.push_back(p);
-      bytes_ += n * 2;
-      a_[static_cast<size_t>(l) * kNumLoraModules + m] = static_cast<bf16_t*>(p);
+      const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+      a_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * in_[m]);
+      b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
+                                    static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
+                              : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -100,7 +105,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
                               static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
               "cudaMemsetAsync");
-        check(cudaMemset2DAsync(b_[idx] + static_cast<size_t>(slot) * maxRank_, static_cast<size_t>(bLd_[m]) * 2, 0,
+        check(cudaMemset2DAsync(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, 0,
                                 static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
               "cudaMemset2DAsync");
       }
@@ -191,7 +196,7 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
     factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
-    factor(w.b, b_[idx] + static_cast<size_t>(slot) * maxRank_, bLd_[m]);
+    factor(w.b, b_[idx] + slot * bSlotStride_[m], bLd_[m]);
   }
   flushChunk();
 }
@@ -227,7 +232,7 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
     s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * in_[m];
-    s.bSlotStride[s.count] = static_cast<size_t>(maxRank_);
+    s.bSlotStride[s.count] = bSlotStride_[m];
     s.bLd[s.count] = bLd_[m];
     s.out[s.count] = out_[m];
     s.outOffset[s.count] = offset;

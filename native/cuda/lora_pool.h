@@ -1,6 +1,7 @@
-// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16, and B in
-// the padding columns of the base weight (lora_fused.h: slot k's [out][maxRank] at column
-// in + j S R + k R of the module's rows), plus each slot's rank per module and scaling. Nothing here
+// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16, and B
+// either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
+// slot k's [out][maxRank] at column in + j S R + k R of the module's rows), or, when the weights
+// have no padding, in its own [slots][out][maxRank]; plus each slot's rank per module and scaling. Nothing here
 // moves after construction, so captured CUDA graphs keep reading the right memory whatever is
 // filled. A slot is filled on the pool's own stream: the host values (page-locked when they come
 // from a host adapter) are copied in large pieces to a device staging buffer and converted to
@@ -24,7 +25,8 @@ namespace cuda {
 
 class GpuLoraPool {
  public:
-  // weights: padded for these slots, ranks and modules (loraPadColumns), and outliving the pool.
+  // weights: outlive the pool; where a group has padding columns, enough for these slots, ranks
+  // and modules (loraPadColumns), and the pool keeps that group's B factors there.
   GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights);
   ~GpuLoraPool();
   GpuLoraPool(const GpuLoraPool&) = delete;
@@ -54,10 +56,12 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;     // [layer * 7 + module]; b_: slot 0's first column in the weight
-  int bLd_[kNumLoraModules] = {};  // the weight's row pitch
-  DeviceBuffer<int32_t> ranks_;    // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;    // [slot]
+  std::vector<bf16_t*> a_, b_;            // [layer * 7 + module]; b_: slot 0's first column in the weight
+  bool inWeights_[kNumLoraModules] = {};  // B in the base weight's padding columns
+  int bLd_[kNumLoraModules] = {};         // B's row pitch
+  size_t bSlotStride_[kNumLoraModules] = {};
+  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Fills of different slots share the staging buffer; the stream orders their GPU work, this
