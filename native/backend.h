@@ -114,6 +114,9 @@ struct EngineInfo {
   // How the tensor-parallel ranks exchange activations: "none" (one rank), "host" (through host
   // memory), "nccl", or "p2p+nccl" (small messages through peer-to-peer kernels).
   std::string collective = "none";
+  // How LoRA deltas are computed: "none" (no LoRA pool), "cpu", or the CUDA backend's loraKernel
+  // after its automatic choice ("fma", "mma", "mma-pdl", "mma-overlap" or "fused").
+  std::string loraKernel = "none";
 };
 
 template <class T>

@@ -134,6 +134,7 @@ Napi::Value EngineInfoFn(const Napi::CallbackInfo& info) {
   o.Set("loraSlots", i.loraSlots);
   o.Set("maxLoraRank", i.maxLoraRank);
   o.Set("collective", i.collective);
+  o.Set("loraKernel", i.loraKernel);
   return o;
 }
 

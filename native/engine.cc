@@ -67,6 +67,7 @@ EngineInfo CpuBackend::info() const {
   i.loraSlots = lora_.slots();
   i.maxLoraRank = options_.maxLoraRank;
   i.collective = tp_.size > 1 ? "host" : "none";
+  i.loraKernel = lora_.slots() > 0 ? "cpu" : "none";
   return i;
 }
 

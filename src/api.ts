@@ -119,6 +119,8 @@ export interface ModelInfo {
   /** Tensor-parallel ranks, and how they exchange activations (none, host or nccl). */
   tpSize: number;
   collective: string;
+  /** How LoRA deltas are computed: none (no adapters), cpu, or the CUDA kernel in use (fused, mma-overlap, ...). */
+  loraKernel?: string;
   /** Threads that tokenize short prompts and detokenize (--tokenizer-worker-num), as the pool was made; absent where an engine has none. */
   tokenizerWorkers?: number;
 }

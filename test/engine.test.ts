@@ -80,7 +80,9 @@ describe('native addon', () => {
 
   it('describes the engine it created', () => {
     const h = engine(base, { kvBlocks: 10, blockSize: 8, loraSlots: 3, maxLoraRank: 32 });
-    expect(addon.engineInfo(h)).toMatchObject({ device: 'cpu', kvBlocks: 10, blockSize: 8, loraSlots: 3, maxLoraRank: 32 });
+    expect(addon.engineInfo(h)).toMatchObject({ device: 'cpu', kvBlocks: 10, blockSize: 8, loraSlots: 3, maxLoraRank: 32, loraKernel: 'cpu' });
+    // Without a LoRA pool there is no LoRA path to name.
+    expect(addon.engineInfo(engine(base, { kvBlocks: 10, loraSlots: 0 })).loraKernel).toBe('none');
   });
 
   it('sizes the KV cache itself when kvBlocks is 0', () => {

@@ -294,6 +294,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   info_.loraSlots = o.loraSlots;
   info_.maxLoraRank = o.maxLoraRank;
   info_.collective = comm_->name();
+  static const char* const kKernelNames[] = {"auto", "fma", "mma", "mma-pdl", "mma-overlap", "fused"};
+  info_.loraKernel = lora_ ? kKernelNames[static_cast<int>(o_.loraKernel)] : "none";
 } catch (const std::exception& e) {
   releaseGroup(o.tp, std::string("failed to start: ") + e.what());
   throw;

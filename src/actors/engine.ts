@@ -422,6 +422,7 @@ export class Engine implements LocalTroupeEngine {
       device: this.engineInfo.device,
       tpSize: this.options.tpSize,
       collective: this.engineInfo.collective,
+      loraKernel: this.engineInfo.loraKernel,
       tokenizerWorkers: this.tokenizer.threads,
     };
   }

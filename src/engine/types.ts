@@ -122,6 +122,8 @@ export interface EngineInfo {
   maxLoraRank: number;
   /** How tensor-parallel ranks exchange activations: none (one rank), host (through host memory), nccl, or p2p+nccl (small messages through peer-to-peer kernels). */
   collective: 'none' | 'host' | 'nccl' | 'p2p+nccl';
+  /** How LoRA deltas are computed: none (no LoRA pool), cpu, or the CUDA loraKernel in use (after the automatic choice). */
+  loraKernel: 'none' | 'cpu' | NonNullable<EngineOptions['loraKernel']>;
 }
 
 /**

@@ -58,6 +58,7 @@ export function registerHealthRoutes(app: Hono, engine: TroupeEngine, log: Log, 
       device: info.device,
       tp_size: info.tpSize,
       tp_collective: info.collective,
+      lora_kernel: info.loraKernel,
     });
   });
 }
