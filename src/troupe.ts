@@ -57,7 +57,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
     log(
       'info',
-      `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank})${tp}`,
+      `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank}, ${info.loraKernel} kernels)${tp}`,
     );
     await supervisor.initLoader({
       type: 'init',
