@@ -80,7 +80,9 @@ extern const char* const kLoraModuleNames[kNumLoraModules];
 // expand folded into the base projection's GEMM (cuda/lora_fused.h).
 // kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+) while its padding
 // columns stay small beside the weights, else kMmaOverlap; kFma below 8.0.
-enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap, kFused };
+enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap, kFused, kNumLoraKernels };
+// The engine option's names, by LoraKernel ("auto" is never given: it is the option left out).
+extern const char* const kLoraKernelNames[static_cast<int>(LoraKernel::kNumLoraKernels)];
 
 struct EngineOptions {
   std::string device = "cpu";

@@ -200,20 +200,14 @@ EngineOptions parseOptions(const Napi::Value& v) {
     e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
   if (o.Has("loraKernel") && !o.Get("loraKernel").IsUndefined()) {
     const std::string kernel = string(o, "loraKernel", w);
-    if (kernel == "fma") {
-      e.loraKernel = LoraKernel::kFma;
-    } else if (kernel == "mma") {
-      e.loraKernel = LoraKernel::kMma;
-    } else if (kernel == "mma-pdl") {
-      e.loraKernel = LoraKernel::kMmaPdl;
-    } else if (kernel == "mma-overlap") {
-      e.loraKernel = LoraKernel::kMmaOverlap;
-    } else if (kernel == "fused") {
-      e.loraKernel = LoraKernel::kFused;
-    } else {
-      throw ArgError(w + ".loraKernel must be \"fma\", \"mma\", \"mma-pdl\", \"mma-overlap\" or \"fused\", got \"" +
-                     kernel + "\"");
+    constexpr int first = static_cast<int>(LoraKernel::kFma), count = static_cast<int>(LoraKernel::kNumLoraKernels);
+    std::string names;
+    for (int k = first; k < count; ++k) {
+      if (kernel == kLoraKernelNames[k]) e.loraKernel = static_cast<LoraKernel>(k);
+      names += std::string(k == first ? "" : k + 1 == count ? " or " : ", ") + "\"" + kLoraKernelNames[k] + "\"";
     }
+    if (e.loraKernel == LoraKernel::kAuto)
+      throw ArgError(w + ".loraKernel must be " + names + ", got \"" + kernel + "\"");
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);
   if (o.Has("customAllReduce") && !o.Get("customAllReduce").IsUndefined())

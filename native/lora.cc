@@ -13,6 +13,8 @@ namespace troupe {
 
 const char* const kLoraModuleNames[kNumLoraModules] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                        "gate_proj", "up_proj", "down_proj"};
+const char* const kLoraKernelNames[static_cast<int>(LoraKernel::kNumLoraKernels)] = {"auto",    "fma",         "mma",
+                                                                                     "mma-pdl", "mma-overlap", "fused"};
 
 void loraModuleDims(const ModelConfig& c, int* in, int* out) {
   const int h = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, inter = c.intermediateSize;

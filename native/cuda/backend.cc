@@ -211,14 +211,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     // still beat mma-overlap on the H200 (+47% against +55% at batch 32, +34% against +59% in
     // prefill, bench/results/2026-11-29-h200-lora-fused.json); past kFusedMaxPadShare (16 slots
     // of rank 64: 39%) the others keep B compact.
-    const int64_t h = c.hiddenSize, inter = c.intermediateSize, q = static_cast<int64_t>(c.numHeads) * c.headDim,
-                  kv = static_cast<int64_t>(c.numKvHeads) * c.headDim;
-    const int64_t rows[cuda::kNumWeightGroups] = {q + 2 * kv, h, 2 * inter, h};
-    const int64_t ins[cuda::kNumWeightGroups] = {h, q, h, inter};
     double padded = 0, base = 0;
     for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
-      padded += static_cast<double>(rows[g]) * pad[g];
-      base += static_cast<double>(rows[g]) * ins[g];
+      int64_t rows = 0, in = 0;
+      cuda::weightGroupShape(c, static_cast<cuda::WeightGroup>(g), rows, in);
+      padded += static_cast<double>(rows) * pad[g];
+      base += static_cast<double>(rows) * in;
     }
     o_.loraKernel = prop.major < 8                       ? LoraKernel::kFma
                     : padded <= kFusedMaxPadShare * base ? LoraKernel::kFused
@@ -294,8 +292,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   info_.loraSlots = o.loraSlots;
   info_.maxLoraRank = o.maxLoraRank;
   info_.collective = comm_->name();
-  static const char* const kKernelNames[] = {"auto", "fma", "mma", "mma-pdl", "mma-overlap", "fused"};
-  info_.loraKernel = lora_ ? kKernelNames[static_cast<int>(o_.loraKernel)] : "none";
+  info_.loraKernel = lora_ ? kLoraKernelNames[static_cast<int>(o_.loraKernel)] : "none";
 } catch (const std::exception& e) {
   releaseGroup(o.tp, std::string("failed to start: ") + e.what());
   throw;

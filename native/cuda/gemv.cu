@@ -7,6 +7,7 @@
 // every token's x (small, cached in L1).
 #include <cuda_bf16.h>
 
+#include "cuda/device.h"
 #include "cuda/kernels.h"
 
 namespace troupe {
@@ -74,8 +75,6 @@ void launch(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int N,
             cudaStream_t s) {
   gemvKernel<M><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, s>>>(W, ldw, X, ldx, Y, N, K, accumulate);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

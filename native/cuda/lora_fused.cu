@@ -43,8 +43,6 @@ __global__ void __launch_bounds__(kAugmentThreads)
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,

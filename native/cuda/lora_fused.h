@@ -27,6 +27,15 @@ inline WeightGroup weightGroupOf(int module) {
   return module <= kV ? kQkvWeight : module == kO ? kOWeight : module <= kUp ? kGateUpWeight : kDownWeight;
 }
 
+// A group's base weight: rows (its fused outputs) and in (its input features), for a rank's config.
+inline void weightGroupShape(const ModelConfig& c, WeightGroup g, int64_t& rows, int64_t& in) {
+  const int64_t h = c.hiddenSize, inter = c.intermediateSize, q = static_cast<int64_t>(c.numHeads) * c.headDim,
+                kv = static_cast<int64_t>(c.numKvHeads) * c.headDim;
+  const int64_t r[kNumWeightGroups] = {q + 2 * kv, h, 2 * inter, h}, i[kNumWeightGroups] = {h, q, h, inter};
+  rows = r[g];
+  in = i[g];
+}
+
 // Which of its group's held modules `module` is (its column block in the padding).
 inline int loraColumnBlock(int module, uint32_t mask) {
   int j = 0;

@@ -248,8 +248,6 @@ __global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
   if (!waited) pdlWait();
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t st, bool pdl, const char* what, Args... args) {
   cudaLaunchConfig_t cfg = {};

@@ -78,8 +78,9 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = vocabRows;
     const int64_t qDim = static_cast<int64_t>(c.numHeads) * c.headDim;
     const int64_t kvDim = static_cast<int64_t>(c.numKvHeads) * c.headDim;
-    const int64_t ins[kNumWeightGroups] = {h, qDim, h, inter};
+    int64_t total[kNumWeightGroups], ins[kNumWeightGroups];
     for (int g = 0; g < kNumWeightGroups; ++g) {
+      weightGroupShape(c, static_cast<WeightGroup>(g), total[g], ins[g]);
       pad[g] = lora ? lora[g] : 0;
       ld[g] = static_cast<int>(ins[g]) + pad[g];
     }
@@ -88,11 +89,11 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     // those columns meet zeros in every activation row that no adapter uses, where NaN garbage
     // would still poison the sum.
     DeviceBuffer<bf16_t> rows;  // one tensor at a time, when the matrix is padded
-    auto grouped = [&](WeightGroup g, int64_t rowsTotal) {
-      bf16_t* m = matrix(rowsTotal, ld[g]);
+    auto grouped = [&](WeightGroup g) {
+      bf16_t* m = matrix(total[g], ld[g]);
       if (pad[g])
         check(cudaMemset2DAsync(m + ins[g], static_cast<size_t>(ld[g]) * 2, 0, static_cast<size_t>(pad[g]) * 2,
-                                rowsTotal, stream),
+                                total[g], stream),
               "weight upload");
       return m;
     };
@@ -127,7 +128,7 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
       GpuLayer& l = layers[i];
       l.inputNorm = vec(p + "input_layernorm.weight", h);
       l.postNorm = vec(p + "post_attention_layernorm.weight", h);
-      l.qkv = grouped(kQkvWeight, qDim + 2 * kvDim);
+      l.qkv = grouped(kQkvWeight);
       part(kQkvWeight, p + "self_attn.q_proj.weight", qDim, l.qkv, 0);
       part(kQkvWeight, p + "self_attn.k_proj.weight", kvDim, l.qkv, qDim);
       part(kQkvWeight, p + "self_attn.v_proj.weight", kvDim, l.qkv, qDim + kvDim);
@@ -141,12 +142,12 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
         l.qNorm = vec(p + "self_attn.q_norm.weight", c.headDim);
         l.kNorm = vec(p + "self_attn.k_norm.weight", c.headDim);
       }
-      l.o = grouped(kOWeight, h);
+      l.o = grouped(kOWeight);
       part(kOWeight, p + "self_attn.o_proj.weight", h, l.o, 0);
-      l.gateUp = grouped(kGateUpWeight, 2 * inter);
+      l.gateUp = grouped(kGateUpWeight);
       part(kGateUpWeight, p + "mlp.gate_proj.weight", inter, l.gateUp, 0);
       part(kGateUpWeight, p + "mlp.up_proj.weight", inter, l.gateUp, inter);
-      l.down = grouped(kDownWeight, h);
+      l.down = grouped(kDownWeight);
       part(kDownWeight, p + "mlp.down_proj.weight", h, l.down, 0);
     }
     check(cudaStreamSynchronize(stream), "weight upload");  // before `rows` goes
