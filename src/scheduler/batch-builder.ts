@@ -101,48 +101,68 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
   // A fed entry is one decode token, which the step in flight samples: 0 stands in for it.
   const feed = fed > 0 ? new Int32Array(3 * fed) : null;
   let fedAt = 0;
-  const feedFrom = (array: number, index: number, row: number): void => {
-    feed![fedAt++] = array;
-    feed![fedAt++] = index;
-    feed![fedAt++] = row;
-  };
+  // The arrays as locals: the loops below write thousands of tokens in a step that admits a
+  // cohort of requests, and a property read each time costs more than the write.
+  const { tokens, positions, seqStarts, contextLens, blockTables, loraSlots, sample, temperature, topK, topP, minP } = b;
+  const { frequencyPenalty, presencePenalty, repetitionPenalty, penaltyTokens, penaltyStarts, penaltyPromptLens, seeds, draws } = b;
   let off = 0;
   let history = 0;
+  let topLogprobs = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
     const s = e.seq;
-    b.seqStarts[i] = off;
-    for (let j = 0; j < e.chunk; j++) {
-      b.tokens[off + j] = e.feedRow >= 0 ? 0 : s.tokens[e.start + j]!;
-      b.positions[off + j] = e.start + j;
+    const start = e.start;
+    const chunk = e.chunk;
+    const fedRow = e.feedRow;
+    seqStarts[i] = off;
+    if (fedRow >= 0) {
+      for (let j = 0; j < chunk; j++) {
+        tokens[off + j] = 0;
+        positions[off + j] = start + j;
+      }
+      feed![fedAt++] = 0;
+      feed![fedAt++] = off;
+      feed![fedAt++] = fedRow;
+    } else {
+      const from = s.tokens;
+      for (let j = 0; j < chunk; j++) {
+        tokens[off + j] = from[start + j]!;
+        positions[off + j] = start + j;
+      }
     }
-    if (e.feedRow >= 0) feedFrom(0, off, e.feedRow);
-    off += e.chunk;
-    b.contextLens[i] = e.start + e.chunk;
+    off += chunk;
+    contextLens[i] = start + chunk;
     const row = i * maxBlocksPerSeq;
-    for (let j = 0; j < s.blocks.length; j++) b.blockTables[row + j] = s.blocks[j]!;
-    b.loraSlots[i] = e.slot;
-    b.sample[i] = e.sample ? 1 : 0;
+    const blocks = s.blocks;
+    for (let j = 0; j < blocks.length; j++) blockTables[row + j] = blocks[j]!;
+    loraSlots[i] = e.slot;
+    sample[i] = e.sample ? 1 : 0;
     const sp = s.init.sampling;
-    b.temperature[i] = sp.temperature;
-    b.topK[i] = topKOf(sp.topK);
-    b.topP[i] = sp.topP;
-    b.minP[i] = sp.minP;
-    b.frequencyPenalty[i] = sp.frequencyPenalty;
-    b.presencePenalty[i] = sp.presencePenalty;
-    b.repetitionPenalty[i] = sp.repetitionPenalty;
-    b.penaltyStarts[i] = history;
+    temperature[i] = sp.temperature;
+    topK[i] = topKOf(sp.topK);
+    topP[i] = sp.topP;
+    minP[i] = sp.minP;
+    frequencyPenalty[i] = sp.frequencyPenalty;
+    presencePenalty[i] = sp.presencePenalty;
+    repetitionPenalty[i] = sp.repetitionPenalty;
+    penaltyStarts[i] = history;
     // Only sequences that sample with a penalty send their history; s.tokens is prompt then output.
     if (sendsHistory(e)) {
-      for (let j = 0; j < s.tokens.length; j++) b.penaltyTokens[history + j] = s.tokens[j]!;
-      history += s.tokens.length;
-      if (e.feedRow >= 0) feedFrom(1, history++, e.feedRow);
-      b.penaltyPromptLens[i] = s.init.promptIds.length;
+      const all = s.tokens;
+      for (let j = 0; j < all.length; j++) penaltyTokens[history + j] = all[j]!;
+      history += all.length;
+      if (fedRow >= 0) {
+        feed![fedAt++] = 1;
+        feed![fedAt++] = history++;
+        feed![fedAt++] = fedRow;
+      }
+      penaltyPromptLens[i] = s.init.promptIds.length;
     }
-    b.seeds[i] = s.init.seed >>> 0;
-    b.draws[i] = s.generated + (e.feedRow >= 0 ? 1 : 0);
-    if (e.sample) b.topLogprobs = Math.max(b.topLogprobs, s.init.topLogprobsNum);
+    seeds[i] = s.init.seed >>> 0;
+    draws[i] = s.generated + (fedRow >= 0 ? 1 : 0);
+    if (e.sample) topLogprobs = Math.max(topLogprobs, s.init.topLogprobsNum);
   }
+  b.topLogprobs = topLogprobs;
   b.seqStarts[n] = off;
   b.penaltyStarts[n] = history;
   if (feed !== null) b.feed = feed;
