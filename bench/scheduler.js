@@ -15,6 +15,10 @@
 // allocates little beyond the requests and loader answers it hands the scheduler (its fake
 // results are reused), so what is collected is the scheduler's garbage.
 //
+// The steps run on a worker thread with the scheduler thread's heap limits
+// (src/actors/scheduler-limits.ts, which the server's supervisor applies), since the size of the
+// young generation sets how often a collection falls in a step; the result names the limits.
+//
 // With `--tail`, each row also says what its slowest 1% of steps did (`slowest`), beside the
 // same figures over all its steps (`typical`): batch rows and tokens, requests admitted and
 // finished, adapter state changes, slot copies, and how many of them a collection fell in.
@@ -27,6 +31,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { Worker, isMainThread, resourceLimits } from 'node:worker_threads';
 import { fakeResult } from './fake-step.js';
 
 const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE] [--tail]
@@ -35,6 +40,19 @@ const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--ou
   --baseline FILE  an earlier result whose rows are kept as \`before\`
   --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)
   --tail           also report what the slowest 1% of steps did`;
+const root = new URL('..', import.meta.url);
+// The scheduler runs on its own thread in the server, with the heap limits the supervisor gives
+// it: the steps are timed on such a thread, so what is measured is what ships.
+if (isMainThread) {
+  const { SCHEDULER_RESOURCE_LIMITS } = await import(new URL('dist/src/actors/scheduler-limits.js', root).href);
+  const worker = new Worker(new URL(import.meta.url), { argv: process.argv.slice(2), resourceLimits: SCHEDULER_RESOURCE_LIMITS });
+  worker.on('error', (err) => {
+    console.error(err);
+    process.exitCode = 1;
+  });
+  await new Promise((resolve) => worker.on('exit', resolve));
+  process.exit();
+}
 const args = process.argv.slice(2);
 if (args.includes('--help') || args.includes('-h')) {
   console.log(USAGE);
@@ -55,7 +73,6 @@ for (let i = 0; i < flags.length; i += 2) {
   if (!known.has(flags[i])) throw new RangeError(`unknown option ${flags[i]}\n${USAGE}`);
 }
 
-const root = new URL('..', import.meta.url);
 const { Scheduler } = await import(new URL('dist/src/scheduler/index.js', root).href);
 const { DEFAULT_SAMPLING } = await import(new URL('dist/src/api.js', root).href);
 
@@ -268,6 +285,8 @@ const result = {
   node: process.version,
   commit,
   setup: `max-loras-per-batch ${OPTIONS.maxLorasPerBatch}, ${WAITING} waiting requests over ${DISTINCT} adapters (fewer when fewer are registered), fake loader answering at once`,
+  // As V8 applied them to the thread the steps ran on (the scheduler thread's, see above).
+  thread: { youngGenerationMb: resourceLimits.maxYoungGenerationSizeMb, oldGenerationMb: resourceLimits.maxOldGenerationSizeMb },
   rows,
   ...(baseline ? { before: { commit: baseline.commit, date: baseline.date, rows: baseline.rows } } : {}),
 };

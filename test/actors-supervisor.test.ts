@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { SCHEDULER_RESOURCE_LIMITS } from '../src/actors/scheduler-limits.js';
 import { Supervisor } from '../src/actors/supervisor.js';
 import { TroupeError } from '../src/errors.js';
 
@@ -28,6 +29,16 @@ describe('Supervisor', () => {
     expect(sup.unhealthy!.status).toBe(503);
     expect(sup.unhealthy!.message).toMatch(/the executor actor exited with code 1/);
     await expect(sup.actors.scheduler.call({ type: 'stats' })).rejects.toThrow(/executor actor exited/);
+  });
+
+  it('runs the scheduler with a larger young generation than the other actors', async () => {
+    sup = new Supervisor();
+    // Answered once the scheduler thread runs, so its limits are the ones V8 applied.
+    await expect(sup.actors.scheduler.call({ type: 'stats' })).rejects.toThrow(/not initialized/);
+    await expect(sup.actors.executor.call({ type: 'shutdown' })).resolves.toBeUndefined();
+    const young = (name: 'scheduler' | 'executor'): number | undefined => sup!.worker(name).resourceLimits?.maxYoungGenerationSizeMb;
+    expect(young('scheduler')).toBe(SCHEDULER_RESOURCE_LIMITS.maxYoungGenerationSizeMb);
+    expect(young('executor')).toBeLessThan(young('scheduler')!);
   });
 
   it('close() ends every actor without reporting a crash', async () => {

@@ -6,11 +6,12 @@
 // waits forever on a thread that is gone; the other ranks are released from the collectives
 // they wait in.
 import { randomUUID } from 'node:crypto';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort, type ResourceLimits } from 'node:worker_threads';
 import { loadNative } from '../engine/native.js';
 import { TroupeError } from '../errors.js';
 import type { Log } from '../log.js';
 import { Mailbox } from './mailbox.js';
+import { SCHEDULER_RESOURCE_LIMITS } from './scheduler-limits.js';
 import type { ExecutorBox } from './ranks.js';
 import type {
   ExecutorMsg,
@@ -70,6 +71,7 @@ export class Supervisor {
       'scheduler.worker.js',
       { executorPorts: execScheds.map((ch) => ch.port2), loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
       [...execScheds.map((ch) => ch.port2), loaderSched.port2],
+      SCHEDULER_RESOURCE_LIMITS,
     );
     const boxes: ExecutorBox[] = executors.map((w, r) => new Mailbox(w, rankName(r)));
     this.actors = {
@@ -80,8 +82,8 @@ export class Supervisor {
     };
   }
 
-  private spawn(name: ActorName, file: string, data: object, transfer: MessagePort[]): Worker {
-    const w = new Worker(workerUrl(file, import.meta.url), { workerData: data, transferList: transfer, name: `troupe-${name}` });
+  private spawn(name: ActorName, file: string, data: object, transfer: MessagePort[], resourceLimits: ResourceLimits = {}): Worker {
+    const w = new Worker(workerUrl(file, import.meta.url), { workerData: data, transferList: transfer, name: `troupe-${name}`, resourceLimits });
     this.workers.set(name, w);
     this.alive.add(name);
     // An uncaught exception comes as 'error' and then 'exit'; a terminated thread only exits.
