@@ -1,8 +1,11 @@
-// Decode attention over the paged cache. A block takes one (token, KV head, context split): its
-// 16 groups of 8 lanes walk the split's keys, each group holding headDim / 8 dimensions of every
-// query head that shares the KV head (GQA reads each key once for the whole group), with an
-// online softmax. Splits are combined by a second kernel; the number of splits depends only on
-// the launch, so a captured graph stays valid as contexts grow.
+// Decode attention over the paged cache. A block takes one (token, KV head, context split) and
+// walks the split's keys in tiles that it copies into shared memory with cp.async, two tiles in
+// flight, so every warp keeps many cache bytes on their way instead of one key's (the copy is
+// what bounds a decode step's attention). Its 16 groups of 8 lanes then take kPerGroup keys of
+// the tile each; a lane holds headDim / 8 dimensions of every query head that shares the KV head
+// (GQA reads each key once for the whole group), with an online softmax rescaled once per tile.
+// Splits are combined by a second kernel; the number of splits depends only on the launch, so a
+// captured graph stays valid as contexts grow.
 #include <cuda_bf16.h>
 
 #include "cuda/kernels.h"
@@ -14,20 +17,30 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kGroups = kThreads / 8;
+constexpr int kStages = 2;
+constexpr int kTileBytes = 8 * 1024;  // of K, and as much of V, per stage
 
-template <int N>
-__device__ __forceinline__ void loadRow(const bf16_t* p, float (&out)[N]) {
-  static_assert(N % 4 == 0, "row slices are at least 4 values");
-  if constexpr (N % 8 == 0) {
+// Which dimensions a lane holds: pieces of W (8, or 4 at head_dim 32) consecutive dimensions,
+// piece p of lane l at p * 8 * W + l * W. The 8 lanes of a group read a piece of one key as 8 * W
+// consecutive values: one 128-byte row of shared memory, free of bank conflicts.
+template <int D>
+struct LaneDims {
+  static constexpr int DL = D / 8;
+  static constexpr int W = DL >= 8 ? 8 : DL;
+  static constexpr int NP = DL / W;
+  static_assert(W == 8 || W == 4, "row slices are at least 4 values");
+  __device__ static int dim(int p, int lane8) { return p * 8 * W + lane8 * W; }
+};
+
+template <int W>
+__device__ __forceinline__ void loadPiece(const bf16_t* p, float* out) {
+  if constexpr (W == 8) {
+    const uint4 w = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int c = 0; c < N / 8; ++c) {
-      const uint4 w = reinterpret_cast<const uint4*>(p)[c];
-      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        out[c * 8 + 2 * i] = __uint_as_float(words[i] << 16);
-        out[c * 8 + 2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-      }
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
     }
   } else {
     const uint2 w = *reinterpret_cast<const uint2*>(p);
@@ -38,11 +51,40 @@ __device__ __forceinline__ void loadRow(const bf16_t* p, float (&out)[N]) {
   }
 }
 
+// 16 bytes from global to shared memory, asynchronously; zeros when !ok (nothing is read).
+__device__ __forceinline__ void copy16(bf16_t* dst, const bf16_t* src, bool ok) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#else
+  *reinterpret_cast<uint4*>(dst) = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+__device__ __forceinline__ void copyCommit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void copyWait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
     decodeKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
                  AttnShape a, int splits, float scale, float* partial, float* partialMl) {
-  constexpr int DL = D / 8;
+  using L = LaneDims<D>;
+  constexpr int DL = L::DL, W = L::W, NP = L::NP;
+  constexpr int kTile = kTileBytes / (D * 2);  // keys per tile
+  constexpr int kPerGroup = kTile / kGroups;
+  constexpr int kChunks = kTile * D / 8;  // 16-byte pieces of K per tile
+  static_assert(kPerGroup >= 1 && kChunks % kThreads == 0, "a tile is whole keys for every group");
+  __shared__ __align__(16) bf16_t sk[kStages][kTile * D];
+  __shared__ __align__(16) bf16_t sv[kStages][kTile * D];
+
   const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
   const int t = idx[local];
   const int lane8 = threadIdx.x & 7, sub = threadIdx.x >> 3;
@@ -51,10 +93,14 @@ __global__ void __launch_bounds__(kThreads)
   float qr[G][DL];
 #pragma unroll
   for (int j = 0; j < G; ++j) {
-    float tmp[DL];
-    loadRow<DL>(q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D + lane8 * DL, tmp);
+    const bf16_t* row = q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D;
 #pragma unroll
-    for (int d = 0; d < DL; ++d) qr[j][d] = tmp[d] * scale;
+    for (int p = 0; p < NP; ++p) {
+      float tmp[W];
+      loadPiece<W>(row + L::dim(p, lane8), tmp);
+#pragma unroll
+      for (int e = 0; e < W; ++e) qr[j][p * W + e] = tmp[e] * scale;
+    }
   }
   const int ctx = map.positions[t] + 1;
   // The visible keys [lo, ctx): the whole prefix, or its last a.window positions.
@@ -62,7 +108,25 @@ __global__ void __launch_bounds__(kThreads)
   const int len = (ctx - lo + splits - 1) / splits;
   const int begin = lo + s * len;
   const int end = min(ctx, begin + len);
+  const int tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
+
+  // Every thread copies kChunks / kThreads pieces of K and as many of V; keys past the split
+  // are zeros, and the softmax skips them.
+  auto fetch = [&](int tile, int stage) {
+    const int k0 = begin + tile * kTile;
+#pragma unroll
+    for (int i = 0; i < kChunks / kThreads; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      const int key = c / (D / 8), part = c % (D / 8);
+      const int k = k0 + key;
+      const bool ok = k < end;
+      const size_t off = ok ? ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + part * 8 : 0;
+      copy16(&sk[stage][key * D + part * 8], kCache + off, ok);
+      copy16(&sv[stage][key * D + part * 8], vCache + off, ok);
+    }
+    copyCommit();
+  };
 
   float m[G], l[G], acc[G][DL];
 #pragma unroll
@@ -72,37 +136,67 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int d = 0; d < DL; ++d) acc[j][d] = 0;
   }
-  // Every lane runs the same number of iterations (the shuffles need the whole warp); lanes past
-  // the end of the split skip the update.
-  for (int k0 = begin; k0 < end; k0 += kGroups) {
-    const int k = k0 + sub;
-    const bool valid = k < end;
-    float kf[DL], vf[DL];
-    if (valid) {
-      const size_t off = ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + lane8 * DL;
-      loadRow<DL>(kCache + off, kf);
-      loadRow<DL>(vCache + off, vf);
+  if (tiles > 0) fetch(0, 0);
+  for (int tile = 0; tile < tiles; ++tile) {
+    if (tile + 1 < tiles) {
+      fetch(tile + 1, (tile + 1) % kStages);
+      copyWait<1>();
     } else {
-#pragma unroll
-      for (int d = 0; d < DL; ++d) kf[d] = vf[d] = 0;
+      copyWait<0>();
     }
+    __syncthreads();
+    const bf16_t* K = sk[tile % kStages];
+    const bf16_t* V = sv[tile % kStages];
+    const int k0 = begin + tile * kTile;
+    float dot[kPerGroup][G];
+#pragma unroll
+    for (int kk = 0; kk < kPerGroup; ++kk) {
+      const bf16_t* row = K + (sub + kk * kGroups) * D;
+      float kf[DL];
+#pragma unroll
+      for (int p = 0; p < NP; ++p) loadPiece<W>(row + L::dim(p, lane8), kf + p * W);
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        float d = 0;
+#pragma unroll
+        for (int e = 0; e < DL; ++e) d += qr[j][e] * kf[e];
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        d += __shfl_xor_sync(0xffffffffu, d, 4);
+        dot[kk][j] = k0 + sub + kk * kGroups < end ? d : -INFINITY;
+      }
+    }
+    // One rescale per tile: the new running maximum over this group's keys of the tile.
+    float pr[kPerGroup][G];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-      float dot = 0;
+      float mn = m[j];
 #pragma unroll
-      for (int d = 0; d < DL; ++d) dot += qr[j][d] * kf[d];
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 4);
-      if (!valid) continue;
-      const float mn = fmaxf(m[j], dot);
-      const float c = __expf(m[j] - mn);
-      const float p = __expf(dot - mn);
-      l[j] = l[j] * c + p;
+      for (int kk = 0; kk < kPerGroup; ++kk) mn = fmaxf(mn, dot[kk][j]);
+      const float c = mn == -INFINITY ? 1.0f : __expf(m[j] - mn);
+      float add = 0;
 #pragma unroll
-      for (int d = 0; d < DL; ++d) acc[j][d] = acc[j][d] * c + p * vf[d];
+      for (int kk = 0; kk < kPerGroup; ++kk) {
+        pr[kk][j] = dot[kk][j] == -INFINITY ? 0.0f : __expf(dot[kk][j] - mn);
+        add += pr[kk][j];
+      }
+      l[j] = l[j] * c + add;
       m[j] = mn;
+#pragma unroll
+      for (int d = 0; d < DL; ++d) acc[j][d] *= c;
     }
+#pragma unroll
+    for (int kk = 0; kk < kPerGroup; ++kk) {
+      const bf16_t* row = V + (sub + kk * kGroups) * D;
+      float vf[DL];
+#pragma unroll
+      for (int p = 0; p < NP; ++p) loadPiece<W>(row + L::dim(p, lane8), vf + p * W);
+#pragma unroll
+      for (int j = 0; j < G; ++j)
+#pragma unroll
+        for (int d = 0; d < DL; ++d) acc[j][d] += pr[kk][j] * vf[d];
+    }
+    __syncthreads();  // the next iteration's fetch overwrites this stage
   }
 
   // Combine the 16 lane groups in a fixed order, so results do not depend on timing.
@@ -133,7 +227,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < G; ++j)
 #pragma unroll
-        for (int d = 0; d < DL; ++d) sacc[j][lane8 * DL + d] += acc[j][d];
+        for (int p = 0; p < NP; ++p)
+#pragma unroll
+          for (int e = 0; e < W; ++e) sacc[j][L::dim(p, lane8) + e] += acc[j][p * W + e];
     }
     __syncthreads();
   }

@@ -1,0 +1,275 @@
+// The decode attention kernel (native/cuda/attention.cu) against a double-precision reference on a
+// paged cache whose blocks are shuffled: head_dim 32 to 256, query groups 1 to 8, contexts of one
+// key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
+// keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
+// failure. With --bench, times it instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of
+// 128) for batches of 1 to 128 and contexts of 512 and 2048, with the split count the engine picks
+// and with more, and prints the cache bytes read per second. Each timed call reads another layer's
+// cache, so the caches do not stay in L2.
+//
+// Built from the repository root with the kernel (no other part of the addon):
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
+//        native/cuda/attention.cu
+//   /tmp/attention_check && /tmp/attention_check --bench
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cuda/kernels.h"
+
+using namespace troupe::cuda;
+
+namespace {
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(2);
+  }
+}
+
+float bf(bf16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+bf16_t tobf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<bf16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+template <typename T>
+T* upload(const std::vector<T>& v) {
+  T* d = nullptr;
+  ok(cudaMalloc(&d, std::max<size_t>(1, v.size()) * sizeof(T)), "cudaMalloc");
+  ok(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+  return d;
+}
+
+struct Shape {
+  int heads, kvHeads, D, bs, window;
+};
+
+// One step's decode tokens over `layers` copies of a paged cache (layer l at l * layerElems).
+struct Problem {
+  Shape sh;
+  std::vector<int> ctx;  // per token (one sequence each)
+  int layers = 1, pitch = 0, blocks = 0;
+  std::vector<bf16_t> q, k, v;  // q [kvHead][token][group][D]; cache [layer][block][kvHead][row][D]
+  std::vector<int32_t> positions, tokenSeq, blockTables, idx;
+  size_t layerElems = 0;
+};
+
+Problem make(const Shape& sh, const std::vector<int>& ctx, int layers, uint32_t seed, bool fillCache = true) {
+  Problem p;
+  p.sh = sh;
+  p.ctx = ctx;
+  p.layers = layers;
+  const int n = static_cast<int>(ctx.size());
+  for (int c : ctx) p.pitch = std::max(p.pitch, (c + sh.bs - 1) / sh.bs);
+  p.blocks = n * p.pitch;
+  std::mt19937 rng(seed);
+  std::vector<int32_t> order(p.blocks);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);  // a sequence's blocks lie anywhere in the cache
+  p.blockTables.assign(static_cast<size_t>(n) * p.pitch, -1);
+  for (int i = 0; i < n; ++i)
+    for (int b = 0; b < (ctx[i] + sh.bs - 1) / sh.bs; ++b) p.blockTables[i * p.pitch + b] = order[i * p.pitch + b];
+  for (int i = 0; i < n; ++i) {
+    p.positions.push_back(ctx[i] - 1);
+    p.tokenSeq.push_back(i);
+    p.idx.push_back(i);
+  }
+  p.layerElems = static_cast<size_t>(p.blocks) * sh.kvHeads * sh.bs * sh.D;
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  p.q.resize(static_cast<size_t>(n) * sh.heads * sh.D);
+  for (auto& x : p.q) x = tobf(6.0f * u(rng));  // peaked softmaxes: a missed key shows
+  p.k.resize(p.layerElems * layers);
+  p.v.resize(p.layerElems * layers);
+  if (fillCache) {
+    for (auto& x : p.k) x = tobf(u(rng));
+    for (auto& x : p.v) x = tobf(u(rng));
+  }
+  return p;
+}
+
+struct Device {
+  bf16_t *q, *k, *v, *out;
+  int32_t *positions, *tokenSeq, *blockTables, *idx;
+  float *partial, *ml;
+  TokenMap map;
+  AttnShape a;
+};
+
+Device upload(const Problem& p, int maxSplits) {
+  Device d{};
+  const int n = static_cast<int>(p.ctx.size());
+  d.q = upload(p.q);
+  d.k = upload(p.k);
+  d.v = upload(p.v);
+  d.positions = upload(p.positions);
+  d.tokenSeq = upload(p.tokenSeq);
+  d.blockTables = upload(p.blockTables);
+  d.idx = upload(p.idx);
+  ok(cudaMalloc(&d.out, static_cast<size_t>(n) * p.sh.heads * p.sh.D * 2), "cudaMalloc");
+  ok(cudaMalloc(&d.partial, static_cast<size_t>(n) * p.sh.heads * maxSplits * p.sh.D * 4), "cudaMalloc");
+  ok(cudaMalloc(&d.ml, static_cast<size_t>(n) * p.sh.heads * maxSplits * 2 * 4), "cudaMalloc");
+  d.map = TokenMap{d.positions, d.tokenSeq, d.blockTables, p.pitch, n};
+  d.a = AttnShape{p.sh.heads, p.sh.kvHeads, p.sh.D, p.sh.bs, p.sh.window};
+  return d;
+}
+
+void release(Device& d) {
+  for (void* x : {static_cast<void*>(d.q), static_cast<void*>(d.k), static_cast<void*>(d.v),
+                  static_cast<void*>(d.out), static_cast<void*>(d.positions), static_cast<void*>(d.tokenSeq),
+                  static_cast<void*>(d.blockTables), static_cast<void*>(d.idx), static_cast<void*>(d.partial),
+                  static_cast<void*>(d.ml)})
+    cudaFree(x);
+}
+
+// out[t][h][d] in double: softmax over the visible keys of q . k / sqrt(D), times v.
+std::vector<double> reference(const Problem& p) {
+  const Shape& s = p.sh;
+  const int n = static_cast<int>(p.ctx.size()), G = s.heads / s.kvHeads;
+  std::vector<double> out(static_cast<size_t>(n) * s.heads * s.D);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(s.D));
+  for (int t = 0; t < n; ++t) {
+    const int ctx = p.ctx[t], lo = s.window > 0 ? std::max(0, ctx - s.window) : 0;
+    for (int h = 0; h < s.heads; ++h) {
+      const int g = h / G, j = h % G;
+      const bf16_t* qr = &p.q[((static_cast<size_t>(g) * n + t) * G + j) * s.D];
+      std::vector<double> sc(ctx - lo);
+      double mx = -INFINITY;
+      auto row = [&](const std::vector<bf16_t>& c, int key) {
+        const int blk = p.blockTables[t * p.pitch + key / s.bs];
+        return &c[((static_cast<size_t>(blk) * s.kvHeads + g) * s.bs + key % s.bs) * s.D];
+      };
+      for (int key = lo; key < ctx; ++key) {
+        const bf16_t* kr = row(p.k, key);
+        double dot = 0;
+        for (int d = 0; d < s.D; ++d) dot += static_cast<double>(bf(qr[d])) * bf(kr[d]);
+        sc[key - lo] = dot * scale;
+        mx = std::max(mx, sc[key - lo]);
+      }
+      double sum = 0;
+      for (double& x : sc) sum += (x = std::exp(x - mx));
+      for (int d = 0; d < s.D; ++d) {
+        double o = 0;
+        for (int key = lo; key < ctx; ++key) o += sc[key - lo] * bf(row(p.v, key)[d]);
+        out[(static_cast<size_t>(t) * s.heads + h) * s.D + d] = o / sum;
+      }
+    }
+  }
+  return out;
+}
+
+int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits) {
+  const Problem p = make(sh, ctx, 1, 7u + static_cast<uint32_t>(ctx.size()) * 31u + splits);
+  if (!decodeAttentionSupported(sh.D, sh.heads / sh.kvHeads)) {
+    std::printf("  skip %-34s (not supported)\n", name);
+    return 0;
+  }
+  Device d = upload(p, splits);
+  decodeAttention(d.q, d.k, d.v, d.idx, static_cast<int>(ctx.size()), d.map, d.a, splits, d.partial, d.ml, d.out,
+                  nullptr);
+  ok(cudaDeviceSynchronize(), name);
+  std::vector<bf16_t> got(p.q.size());
+  ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  release(d);
+  const std::vector<double> ref = reference(p);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double diff = std::fabs(bf(got[i]) - ref[i]);
+    worst = std::isnan(diff) ? INFINITY : std::max(worst, diff / (1.0 + std::fabs(ref[i])));
+  }
+  // bf16 output: a relative rounding of 2^-8, plus float sums over up to a few thousand keys.
+  const bool pass = worst <= 8e-3;
+  std::printf("  %s %-34s splits %2d  max rel diff %.2e\n", pass ? "ok  " : "FAIL", name, splits, worst);
+  return pass ? 0 : 1;
+}
+
+int runChecks() {
+  int failed = 0;
+  struct C {
+    const char* name;
+    Shape sh;
+    std::vector<int> ctx;
+    int splits;
+  };
+  const std::vector<C> cases = {
+      {"D128 G4 one key", {32, 8, 128, 16, 0}, {1}, 1},
+      {"D128 G4 mixed contexts", {32, 8, 128, 16, 0}, {1, 17, 100, 777, 64, 65}, 1},
+      {"D128 G4 mixed contexts, 3 splits", {32, 8, 128, 16, 0}, {1, 17, 100, 777, 64, 65}, 3},
+      {"D128 G4 more splits than keys", {32, 8, 128, 16, 0}, {5, 40}, 32},
+      {"D128 G4 window 50", {32, 8, 128, 16, 50}, {30, 50, 51, 300}, 4},
+      {"D128 G1", {8, 8, 128, 16, 0}, {33, 200}, 2},
+      {"D128 G7 (Qwen2.5)", {28, 4, 128, 16, 0}, {129, 260}, 2},
+      {"D128 G8", {32, 4, 128, 16, 0}, {70, 513}, 2},
+      {"D64 G7 (Qwen2.5-0.5B)", {14, 2, 64, 16, 0}, {1, 99, 1000}, 4},
+      {"D64 G2 block size 32", {8, 4, 64, 32, 0}, {31, 32, 33, 500}, 3},
+      {"D32 G4", {16, 4, 32, 16, 0}, {3, 300}, 2},
+      {"D256 G2", {8, 4, 256, 16, 0}, {1, 45, 400}, 2},
+      {"D256 G4 window 100", {16, 4, 256, 16, 100}, {99, 101, 700}, 5},
+      {"D128 G4 long context", {32, 8, 128, 16, 0}, {4000}, 8},
+  };
+  for (const C& c : cases) failed += check(c.name, c.sh, c.ctx, c.splits);
+  std::printf("%d failed\n", failed);
+  return failed;
+}
+
+int bench() {
+  cudaDeviceProp prop{};
+  ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const int sms = prop.multiProcessorCount;
+  std::printf("%s, %d SMs\n", prop.name, sms);
+  const Shape sh{32, 8, 128, 16, 0};
+  for (int ctx : {512, 2048}) {
+    for (int b : {1, 8, 32, 64, 128}) {
+      const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
+      const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
+      const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
+      Device d = upload(p, 32);
+      const int work = b * sh.kvHeads;
+      const int pick = std::clamp((2 * sms + work - 1) / work, 1, 32);
+      std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
+      for (int mult : {1, 2, 4}) {
+        const int splits = std::clamp((mult * 2 * sms + work - 1) / work, 1, 32);
+        if (mult > 1 && splits == pick) continue;
+        cudaEvent_t e0, e1;
+        ok(cudaEventCreate(&e0), "event");
+        ok(cudaEventCreate(&e1), "event");
+        const int iters = 200;
+        for (int it = -10; it < iters; ++it) {
+          if (it == 0) ok(cudaEventRecord(e0), "record");
+          const size_t off = static_cast<size_t>((it + 10) % layers) * p.layerElems;
+          decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr);
+        }
+        ok(cudaEventRecord(e1), "record");
+        ok(cudaEventSynchronize(e1), "sync");
+        float ms = 0;
+        ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+        const double us = 1000.0 * ms / iters;
+        std::printf("  splits %2d%s %7.1f us %5.2f TB/s", splits, splits == pick ? "*" : " ", us, bytes / us / 1e6);
+      }
+      std::printf("\n");
+      release(d);
+    }
+  }
+  std::printf("(* the engine's split count; times include the combine kernel and launch gaps)\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  return runChecks() == 0 ? 0 : 1;
+}
