@@ -1,4 +1,5 @@
-// Decode attention over the paged cache. A block takes one (token, KV head, context split) and
+// Decode attention over the paged cache on CUDA cores (attention_mma.cu has the tensor-core kernel
+// that decodeAttention takes where it applies). A block takes one (token, KV head, context split) and
 // walks the split's keys in tiles that it copies into shared memory with cp.async, two tiles in
 // flight, so every warp keeps many cache bytes on their way instead of one key's (the copy is
 // what bounds a decode step's attention). Its 16 groups of 8 lanes then take kPerGroup keys of
@@ -17,6 +18,8 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kGroups = kThreads / 8;
+// Tiles of 8 KB with two stages beat 4 KB with three or four, and forcing 3-4 blocks per SM
+// through fewer registers, on the H200 (test/gpu/attention_check.cu --bench).
 constexpr int kStages = 2;
 constexpr int kTileBytes = 8 * 1024;  // of K, and as much of V, per stage
 
@@ -78,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
                  AttnShape a, int splits, float scale, float* partial, float* partialMl) {
   using L = LaneDims<D>;
   constexpr int DL = L::DL, W = L::W, NP = L::NP;
-  constexpr int kTile = kTileBytes / (D * 2);  // keys per tile
+  constexpr int kTile = kTileBytes / (D * 2) > kGroups ? kTileBytes / (D * 2) : kGroups;  // keys per tile
   constexpr int kPerGroup = kTile / kGroups;
   constexpr int kChunks = kTile * D / 8;  // 16-byte pieces of K per tile
   static_assert(kPerGroup >= 1 && kChunks % kThreads == 0, "a tile is whole keys for every group");
@@ -125,7 +128,6 @@ __global__ void __launch_bounds__(kThreads)
       copy16(&sk[stage][key * D + part * 8], kCache + off, ok);
       copy16(&sv[stage][key * D + part * 8], vCache + off, ok);
     }
-    copyCommit();
   };
 
   float m[G], l[G], acc[G][DL];
@@ -136,14 +138,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int d = 0; d < DL; ++d) acc[j][d] = 0;
   }
-  if (tiles > 0) fetch(0, 0);
+  // kStages - 1 tiles ahead of the one in use; every iteration commits one group (empty past the
+  // last tile), so waiting for all but the newest kStages - 1 groups waits for this tile.
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < tiles) fetch(i, i);
+    copyCommit();
+  }
   for (int tile = 0; tile < tiles; ++tile) {
-    if (tile + 1 < tiles) {
-      fetch(tile + 1, (tile + 1) % kStages);
-      copyWait<1>();
-    } else {
-      copyWait<0>();
-    }
+    const int ahead = tile + kStages - 1;
+    if (ahead < tiles) fetch(ahead, ahead % kStages);
+    copyCommit();
+    copyWait<kStages - 1>();
     __syncthreads();
     const bf16_t* K = sk[tile % kStages];
     const bf16_t* V = sv[tile % kStages];
@@ -331,9 +336,10 @@ bool decodeAttentionSupported(int headDim, int group) { return pick(headDim, gro
 
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
-                     cudaStream_t s) {
+                     cudaStream_t s, DecodeMmaLauncher mma) {
   const float scale = 1.0f / sqrtf(static_cast<float>(a.headDim));
-  pick(a.headDim, a.heads / a.kvHeads)(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, s);
+  (mma ? mma : pick(a.headDim, a.heads / a.kvHeads))(q, kCache, vCache, idx, count, map, a, splits, scale, partial,
+                                                     partialMl, s);
   combineKernel<<<dim3(count, a.heads), a.headDim, 0, s>>>(partial, partialMl, idx, a.heads, a.headDim, splits, out);
 }
 

@@ -121,6 +121,9 @@ class CudaBackend : public Backend {
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
+  // The tensor-core decode attention where it applies (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
+  // kernel, for comparing the two); nullptr: the CUDA-core kernel.
+  cuda::DecodeMmaLauncher attnMma_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;
   std::unique_ptr<cuda::Gemm> gemm_;
@@ -197,6 +200,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
+  if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
+    attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
+  }
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
@@ -361,8 +367,13 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.sampled = static_cast<int>(rows.size());
   if (p.decodes > 0) {
     const int work = p.decodes * c_.numKvHeads;
-    // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows).
-    p.splits = std::clamp((2 * sms_ + work - 1) / work, 1, kMaxSplits);
+    // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows). The
+    // tensor-core kernel, once the batch alone gives every SM a block, is fastest with about four
+    // (three fit an SM at once): 32 rows x 512 keys took 32.9 us a layer with 3 splits against 36.3
+    // with 2 on an H200, 64 rows 54.5 against 59.6; with fewer rows, more splits only add combine
+    // work (8 rows: 15.7 us with 5 splits, 19.3 with 9).
+    const int perSm = attnMma_ && work >= sms_ ? 4 : 2;
+    p.splits = std::clamp((perSm * sms_ + work - 1) / work, 1, kMaxSplits);
   }
   if (b.maxBlocksPerSeq > pitch_) {
     pitch_ = b.maxBlocksPerSeq;
@@ -687,7 +698,7 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   bf16_t* vc = vCache_ + l * layerStride_;
   if (p.decodes > 0) {
     cuda::decodeAttention(q_.get(), kc, vc, dDecIdx_, p.decodes, map_, shape_, p.splits, partial_.get(),
-                          partialMl_.get(), attn_.get(), stream_);
+                          partialMl_.get(), attn_.get(), stream_, attnMma_);
   }
   if (p.prefillSeqs.empty()) return;
   const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;

@@ -59,10 +59,19 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
 
 // Attention of single tokens (decodes) over their sequence's cache, split over `splits` parts of
 // the context, then combined into out ([token][head][headDim], bf16). idx lists the tokens.
+// mma: the tensor-core kernel prepareDecodeAttentionMma returned, or nullptr for the CUDA-core one.
+using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
+                                   const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial,
+                                   float* ml, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
-                     cudaStream_t s);
+                     cudaStream_t s, DecodeMmaLauncher mma);
+// The tensor-core decode attention (attention_mma.cu) for this head_dim and query group on the
+// current device, its shared-memory limit raised (call it outside any graph capture), or nullptr
+// where it does not apply: compute capability below 8.0, head_dim other than 64 or 128, more than 8
+// query heads per KV head.
+DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group);
 
 // Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,

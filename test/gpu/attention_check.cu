@@ -2,15 +2,17 @@
 // paged cache whose blocks are shuffled: head_dim 32 to 256, query groups 1 to 8, contexts of one
 // key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
 // keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
-// failure. With --bench, times it instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of
-// 128) for batches of 1 to 128 and contexts of 512 and 2048, with the split count the engine picks
-// and with more, and prints the cache bytes read per second. Each timed call reads another layer's
-// cache, so the caches do not stay in L2.
+// failure; the tensor-core kernel (attention_mma.cu) runs every case it applies to, beside the
+// CUDA-core one. With --bench [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B
+// shape (32 heads over 8 KV heads of 128) for batches of 1 to 128 and contexts of 512 and 2048, with
+// the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core one) and split counts for 1, 2, 4
+// and 8 blocks per SM (* marks the engine's), and prints the cache bytes read per second. Each timed
+// call reads another layer's cache, so the caches do not stay in L2.
 //
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
-//        native/cuda/attention.cu
-//   /tmp/attention_check && /tmp/attention_check --bench
+//        native/cuda/attention.cu native/cuda/attention_mma.cu
+//   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -171,7 +173,7 @@ std::vector<double> reference(const Problem& p) {
   return out;
 }
 
-int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits) {
+int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits, bool mma) {
   const Problem p = make(sh, ctx, 1, 7u + static_cast<uint32_t>(ctx.size()) * 31u + splits);
   if (!decodeAttentionSupported(sh.D, sh.heads / sh.kvHeads)) {
     std::printf("  skip %-34s (not supported)\n", name);
@@ -179,7 +181,7 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
   }
   Device d = upload(p, splits);
   decodeAttention(d.q, d.k, d.v, d.idx, static_cast<int>(ctx.size()), d.map, d.a, splits, d.partial, d.ml, d.out,
-                  nullptr);
+                  nullptr, mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr);
   ok(cudaDeviceSynchronize(), name);
   std::vector<bf16_t> got(p.q.size());
   ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
@@ -192,7 +194,8 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
   }
   // bf16 output: a relative rounding of 2^-8, plus float sums over up to a few thousand keys.
   const bool pass = worst <= 8e-3;
-  std::printf("  %s %-34s splits %2d  max rel diff %.2e\n", pass ? "ok  " : "FAIL", name, splits, worst);
+  std::printf("  %s %-34s %-10s splits %2d  max rel diff %.2e\n", pass ? "ok  " : "FAIL", name,
+              mma ? "mma" : "cuda-core", splits, worst);
   return pass ? 0 : 1;
 }
 
@@ -220,12 +223,15 @@ int runChecks() {
       {"D256 G4 window 100", {16, 4, 256, 16, 100}, {99, 101, 700}, 5},
       {"D128 G4 long context", {32, 8, 128, 16, 0}, {4000}, 8},
   };
-  for (const C& c : cases) failed += check(c.name, c.sh, c.ctx, c.splits);
+  for (const C& c : cases) {
+    failed += check(c.name, c.sh, c.ctx, c.splits, false);
+    if (prepareDecodeAttentionMma(c.sh.D, c.sh.heads / c.sh.kvHeads)) failed += check(c.name, c.sh, c.ctx, c.splits, true);
+  }
   std::printf("%d failed\n", failed);
   return failed;
 }
 
-int bench() {
+int bench(int onlyBatch, int onlyCtx, bool mma) {
   cudaDeviceProp prop{};
   ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   const int sms = prop.multiProcessorCount;
@@ -233,16 +239,19 @@ int bench() {
   const Shape sh{32, 8, 128, 16, 0};
   for (int ctx : {512, 2048}) {
     for (int b : {1, 8, 32, 64, 128}) {
+      if (onlyBatch > 0 && (b != onlyBatch || ctx != onlyCtx)) continue;
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
       Device d = upload(p, 32);
+      const DecodeMmaLauncher kernel = mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr;
       const int work = b * sh.kvHeads;
-      const int pick = std::clamp((2 * sms + work - 1) / work, 1, 32);
+      const int perSm = kernel && work >= sms ? 4 : 2;  // as the engine picks (backend.cc)
+      const int pick = std::clamp((perSm * sms + work - 1) / work, 1, 32);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
-      for (int mult : {1, 2, 4}) {
-        const int splits = std::clamp((mult * 2 * sms + work - 1) / work, 1, 32);
-        if (mult > 1 && splits == pick) continue;
+      for (int mult : {1, 2, 4, 8}) {
+        const int splits = std::clamp((mult * sms + work - 1) / work, 1, 32);
+        if (mult > 1 && splits == std::clamp(((mult / 2) * sms + work - 1) / work, 1, 32)) continue;
         cudaEvent_t e0, e1;
         ok(cudaEventCreate(&e0), "event");
         ok(cudaEventCreate(&e1), "event");
@@ -250,7 +259,8 @@ int bench() {
         for (int it = -10; it < iters; ++it) {
           if (it == 0) ok(cudaEventRecord(e0), "record");
           const size_t off = static_cast<size_t>((it + 10) % layers) * p.layerElems;
-          decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr);
+          decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr,
+                          kernel);
         }
         ok(cudaEventRecord(e1), "record");
         ok(cudaEventSynchronize(e1), "sync");
@@ -270,6 +280,9 @@ int bench() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    const bool cudaCore = std::getenv("TROUPE_CUDA_ATTENTION_MMA") && std::strcmp(std::getenv("TROUPE_CUDA_ATTENTION_MMA"), "0") == 0;
+    return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, !cudaCore);
+  }
   return runChecks() == 0 ? 0 : 1;
 }

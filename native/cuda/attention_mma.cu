@@ -1,0 +1,319 @@
+// Decode attention on tensor cores, for head_dim 64 and 128 with up to 8 query heads per KV head.
+// A block takes one (token, KV head, context split), as the CUDA-core kernel does, and walks the
+// split's keys in tiles of 64 that cp.async copies into shared memory, two tiles in flight. Each of
+// its four warps takes 16 keys of a tile: S = Q K^T for the group's query heads (rows of the mma's 16;
+// the rest zero) is two n-tiles of mmas over head_dim, the online softmax runs on S's
+// fragments, and P (bf16, as FlashAttention rounds it) multiplies V with the accumulator
+// fragments reused as the A operand, V's fragments loaded transposed by ldmatrix. The warps' partial
+// softmaxes meet in shared memory in a fixed order, and the splits are combined by attention.cu's
+// kernel: the same partial layout as the CUDA-core kernel. Per key the CUDA-core kernel issues some
+// 75 instructions a warp; this one about a tenth of that, so the cache copy bounds it.
+//
+// Fragments follow lora_mma_ops.cuh (mma.m16n8k16, lane = 4 g + q). For Q K^T, K (head_dim) is
+// summed over, so lane q loads 8 consecutive dimensions of its rows with one 16-byte load and
+// feeds two mmas from it, as the LoRA shrink does; P V uses the documented layouts, since P comes
+// straight from S's C fragments.
+#include <cuda_bf16.h>
+
+#include "cuda/kernels.h"
+#include "cuda/lora_mma_ops.cuh"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+using mma_ops::mma;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kKeys = 64;  // a tile: 16 keys for each warp
+constexpr int kStages = 2;
+
+// Shared rows of head_dim + 8 values: ldmatrix's eight row addresses then fall in different banks.
+template <int D>
+constexpr int kPitch = D + 8;
+template <int D>
+constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * 2 * kKeys * kPitch<D> * sizeof(bf16_t);
+
+__device__ __forceinline__ void copy16(bf16_t* dst, const bf16_t* src, bool ok) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void copyCommit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void copyWait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// Four 8x8 bf16 matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(s));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads)
+    decodeMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
+                    AttnShape a, int splits, float scale, float* partial, float* partialMl) {
+  static_assert(D % 32 == 0 && G >= 1 && G <= 8, "head_dim in 32s, at most 8 rows of the mma used");
+  constexpr int P = kPitch<D>;
+  constexpr int kChunks = kKeys * D / 8;  // 16-byte pieces of K per tile
+  static_assert(kChunks % kThreads == 0, "every thread copies as many pieces");
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16_t* sk = reinterpret_cast<bf16_t*>(smem);  // [kStages][kKeys][P]
+  bf16_t* sv = sk + kStages * kKeys * P;
+
+  const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
+  const int t = idx[local];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
+  const int KVH = a.kvHeads, bs = a.blockSize;
+
+  // Q's A fragments for every 32-dimension chunk: rows gi (a query head of the group, or zero past
+  // it) and gi + 8 (always past it).
+  uint32_t qa[D / 32][4];
+  {
+    const bool row = gi < G;
+    const bf16_t* qr = q + ((static_cast<size_t>(g) * map.tokens + t) * G + (row ? gi : 0)) * D;
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+      const uint4 w = row ? *reinterpret_cast<const uint4*>(qr + c * 32 + 8 * qi) : make_uint4(0, 0, 0, 0);
+      qa[c][0] = w.x;
+      qa[c][1] = w.y;
+      qa[c][2] = w.z;
+      qa[c][3] = w.w;
+    }
+  }
+  const int ctx = map.positions[t] + 1;
+  const int lo = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int len = (ctx - lo + splits - 1) / splits;
+  const int begin = lo + s * len;
+  const int end = min(ctx, begin + len);
+  const int tiles = begin < end ? (end - begin + kKeys - 1) / kKeys : 0;
+  const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
+
+  auto fetch = [&](int tile, int stage) {
+    const int k0 = begin + tile * kKeys;
+#pragma unroll
+    for (int i = 0; i < kChunks / kThreads; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      const int key = c / (D / 8), part = c % (D / 8);
+      const int k = k0 + key;
+      const bool ok = k < end;
+      const size_t off = ok ? ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + part * 8 : 0;
+      const int at = (stage * kKeys + key) * P + part * 8;
+      copy16(sk + at, kCache + off, ok);
+      copy16(sv + at, vCache + off, ok);
+    }
+  };
+
+  // Row gi: running maximum, this lane's share of the sum, and O's fragments (o[n][0..1]: dimensions
+  // 8 n + 2 qi and + 1; o[n][2..3] belong to row gi + 8, past every group, and stay zero).
+  float m = -INFINITY, l = 0;
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < tiles) fetch(i, i);
+    copyCommit();
+  }
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int ahead = tile + kStages - 1;
+    if (ahead < tiles) fetch(ahead, ahead % kStages);
+    copyCommit();
+    copyWait<kStages - 1>();
+    __syncthreads();
+    const int stage = tile % kStages;
+    const bf16_t* K = sk + (stage * kKeys + warp * 16) * P;
+    const bf16_t* V = sv + (stage * kKeys + warp * 16) * P;
+
+    float sc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        const uint4 w = *reinterpret_cast<const uint4*>(K + (n * 8 + gi) * P + c * 32 + 8 * qi);
+        mma(sc[n], qa[c][0], 0u, qa[c][1], 0u, w.x, w.y);
+        mma(sc[n], qa[c][2], 0u, qa[c][3], 0u, w.z, w.w);
+      }
+    }
+    // Online softmax over the warp's 16 keys for row gi (rows gi + 8 are past every group); keys
+    // past the split are -inf.
+    const int kw = begin + tile * kKeys + warp * 16;
+    float p[2][2];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        p[n][e] = kw + n * 8 + 2 * qi + e < end ? sc[n][e] * scale : -INFINITY;
+        mx = fmaxf(mx, p[n][e]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m, mx);
+    const float c = mn == -INFINITY ? 1.0f : __expf(m - mn);
+    float add = 0;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        p[n][e] = p[n][e] == -INFINITY ? 0.0f : __expf(p[n][e] - mn);
+        add += p[n][e];
+      }
+    l = l * c + add;
+    m = mn;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= c;
+      o[n][1] *= c;
+    }
+    // P as the A operand: keys 0-7 of the warp are S's n-tile 0, keys 8-15 n-tile 1.
+    const uint32_t pa0 = packBf16(p[0][0], p[0][1]), pa2 = packBf16(p[1][0], p[1][1]);
+    const int mi = lane >> 3, ri = lane & 7;
+#pragma unroll
+    for (int d0 = 0; d0 < D; d0 += 16) {
+      uint32_t b0, b1, b2, b3;
+      ldmatrixT(V + ((mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
+      mma(o[d0 / 8], pa0, 0u, pa2, 0u, b0, b1);
+      mma(o[d0 / 8 + 1], pa0, 0u, pa2, 0u, b2, b3);
+    }
+    __syncthreads();  // the next iteration's fetch overwrites this stage
+  }
+  copyWait<0>();
+
+  // The warps' partial softmaxes, combined in a fixed order (results do not depend on timing).
+  // Shared memory is free again: every copy has landed and every warp is past its last tile.
+  float* so = reinterpret_cast<float*>(smem);  // [kWarps][G][D]
+  __shared__ float sm[kWarps][G], sl[kWarps][G];
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  if (gi < G && qi == 0) {
+    sm[warp][gi] = m;
+    sl[warp][gi] = l;
+  }
+  __syncthreads();
+  if (gi < G) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][gi]);
+    const float c = m == -INFINITY ? 0.0f : __expf(m - M);
+    float* row = so + (warp * G + gi) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      row[n * 8 + 2 * qi] = o[n][0] * c;
+      row[n * 8 + 2 * qi + 1] = o[n][1] * c;
+    }
+  }
+  __syncthreads();
+  const int H = a.heads;
+  for (int e = threadIdx.x; e < G * D; e += kThreads) {
+    const int j = e / D, d = e % D;
+    float sum = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += so[(w * G + j) * D + d];
+    partial[((static_cast<size_t>(local) * H + g * G + j) * splits + s) * D + d] = sum;
+  }
+  if (threadIdx.x < G) {
+    const int j = threadIdx.x;
+    float M = -INFINITY, L = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][j]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) L += sm[w][j] == -INFINITY ? 0.0f : sl[w][j] * __expf(sm[w][j] - M);
+    float* ml = partialMl + ((static_cast<size_t>(local) * H + g * G + j) * splits + s) * 2;
+    ml[0] = M;
+    ml[1] = L;
+  }
+}
+
+template <int D, int G>
+void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count, const TokenMap& map,
+            const AttnShape& a, int splits, float scale, float* partial, float* ml, cudaStream_t s) {
+  decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(q, k, v, idx, map, a, splits,
+                                                                                        scale, partial, ml);
+}
+
+template <int D, int G>
+cudaError_t prepare() {
+  return cudaFuncSetAttribute(decodeMmaKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(kSmemBytes<D>));
+}
+
+struct Entry {
+  DecodeMmaLauncher run;
+  cudaError_t (*prepare)();
+};
+
+template <int D>
+Entry pickG(int group) {
+  switch (group) {
+    case 1:
+      return {launch<D, 1>, prepare<D, 1>};
+    case 2:
+      return {launch<D, 2>, prepare<D, 2>};
+    case 3:
+      return {launch<D, 3>, prepare<D, 3>};
+    case 4:
+      return {launch<D, 4>, prepare<D, 4>};
+    case 5:
+      return {launch<D, 5>, prepare<D, 5>};
+    case 6:
+      return {launch<D, 6>, prepare<D, 6>};
+    case 7:
+      return {launch<D, 7>, prepare<D, 7>};
+    case 8:
+      return {launch<D, 8>, prepare<D, 8>};
+    default:
+      return {nullptr, nullptr};
+  }
+}
+
+Entry pick(int headDim, int group) {
+  switch (headDim) {
+    case 64:
+      return pickG<64>(group);
+    case 128:
+      return pickG<128>(group);
+    default:
+      return {nullptr, nullptr};
+  }
+}
+
+}  // namespace
+
+DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group) {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major < 8) {
+    return nullptr;
+  }
+  const Entry e = pick(headDim, group);
+  if (!e.run || e.prepare() != cudaSuccess) return nullptr;
+  return e.run;
+}
+
+}  // namespace cuda
+}  // namespace troupe
