@@ -9,6 +9,7 @@
 // captured graph stays valid as contexts grow.
 #include <cuda_bf16.h>
 
+#include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 
 namespace troupe {
@@ -16,6 +17,7 @@ namespace cuda {
 
 namespace {
 
+using namespace attention_ops;
 constexpr int kThreads = 128;
 constexpr int kGroups = kThreads / 8;
 // Tiles of 8 KB with two stages beat 4 KB with three or four, and forcing 3-4 blocks per SM
@@ -54,27 +56,6 @@ __device__ __forceinline__ void loadPiece(const bf16_t* p, float* out) {
   }
 }
 
-// 16 bytes from global to shared memory, asynchronously; zeros when !ok (nothing is read).
-__device__ __forceinline__ void copy16(bf16_t* dst, const bf16_t* src, bool ok) {
-#if __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
-#else
-  *reinterpret_cast<uint4*>(dst) = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-#endif
-}
-__device__ __forceinline__ void copyCommit() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void copyWait() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
     decodeKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
@@ -83,8 +64,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int DL = L::DL, W = L::W, NP = L::NP;
   constexpr int kTile = kTileBytes / (D * 2) > kGroups ? kTileBytes / (D * 2) : kGroups;  // keys per tile
   constexpr int kPerGroup = kTile / kGroups;
-  constexpr int kChunks = kTile * D / 8;  // 16-byte pieces of K per tile
-  static_assert(kPerGroup >= 1 && kChunks % kThreads == 0, "a tile is whole keys for every group");
+  static_assert(kPerGroup >= 1, "a tile is whole keys for every group");
   __shared__ __align__(16) bf16_t sk[kStages][kTile * D];
   __shared__ __align__(16) bf16_t sv[kStages][kTile * D];
 
@@ -117,17 +97,7 @@ __global__ void __launch_bounds__(kThreads)
   // Every thread copies kChunks / kThreads pieces of K and as many of V; keys past the split
   // are zeros, and the softmax skips them.
   auto fetch = [&](int tile, int stage) {
-    const int k0 = begin + tile * kTile;
-#pragma unroll
-    for (int i = 0; i < kChunks / kThreads; ++i) {
-      const int c = threadIdx.x + i * kThreads;
-      const int key = c / (D / 8), part = c % (D / 8);
-      const int k = k0 + key;
-      const bool ok = k < end;
-      const size_t off = ok ? ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + part * 8 : 0;
-      copy16(&sk[stage][key * D + part * 8], kCache + off, ok);
-      copy16(&sv[stage][key * D + part * 8], vCache + off, ok);
-    }
+    fetchKeys<D, kTile, kThreads, D>(kCache, vCache, bt, KVH, g, bs, begin + tile * kTile, end, sk[stage], sv[stage]);
   };
 
   float m[G], l[G], acc[G][DL];

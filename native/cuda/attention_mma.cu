@@ -15,6 +15,7 @@
 // straight from S's C fragments.
 #include <cuda_bf16.h>
 
+#include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
 
@@ -25,62 +26,18 @@ namespace {
 
 using mma_ops::mma;
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kKeys = 64;  // a tile: 16 keys for each warp
-constexpr int kStages = 2;
-
-// Shared rows of head_dim + 8 values: ldmatrix's eight row addresses then fall in different banks.
-template <int D>
-constexpr int kPitch = D + 8;
-template <int D>
-constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * 2 * kKeys * kPitch<D> * sizeof(bf16_t);
-
-__device__ __forceinline__ void copy16(bf16_t* dst, const bf16_t* src, bool ok) {
-#if __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
-#else
-  __trap();
-#endif
-}
-__device__ __forceinline__ void copyCommit() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void copyWait() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// Four 8x8 bf16 matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-#if __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(s));
-#else
-  __trap();
-#endif
-}
-
-__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+using namespace attention_ops;
+constexpr int kWarps = kMmaWarps;
+constexpr int kThreads = kMmaThreads;
+constexpr int kKeys = kMmaKeys;
+constexpr int kStages = kMmaStages;
 
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
     decodeMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
                     AttnShape a, int splits, float scale, float* partial, float* partialMl) {
   static_assert(D % 32 == 0 && G >= 1 && G <= 8, "head_dim in 32s, at most 8 rows of the mma used");
-  constexpr int P = kPitch<D>;
-  constexpr int kChunks = kKeys * D / 8;  // 16-byte pieces of K per tile
-  static_assert(kChunks % kThreads == 0, "every thread copies as many pieces");
+  constexpr int P = kMmaPitch<D>;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16_t* sk = reinterpret_cast<bf16_t*>(smem);  // [kStages][kKeys][P]
   bf16_t* sv = sk + kStages * kKeys * P;
@@ -114,18 +71,8 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
 
   auto fetch = [&](int tile, int stage) {
-    const int k0 = begin + tile * kKeys;
-#pragma unroll
-    for (int i = 0; i < kChunks / kThreads; ++i) {
-      const int c = threadIdx.x + i * kThreads;
-      const int key = c / (D / 8), part = c % (D / 8);
-      const int k = k0 + key;
-      const bool ok = k < end;
-      const size_t off = ok ? ((static_cast<size_t>(bt[k / bs]) * KVH + g) * bs + k % bs) * D + part * 8 : 0;
-      const int at = (stage * kKeys + key) * P + part * 8;
-      copy16(sk + at, kCache + off, ok);
-      copy16(sv + at, vCache + off, ok);
-    }
+    fetchKeys<D, kKeys, kThreads, P>(kCache, vCache, bt, KVH, g, bs, begin + tile * kKeys, end, sk + stage * kKeys * P,
+                                     sv + stage * kKeys * P);
   };
 
   // Row gi: running maximum, this lane's share of the sum, and O's fragments (o[n][0..1]: dimensions
@@ -252,14 +199,14 @@ __global__ void __launch_bounds__(kThreads)
 template <int D, int G>
 void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count, const TokenMap& map,
             const AttnShape& a, int splits, float scale, float* partial, float* ml, cudaStream_t s) {
-  decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(q, k, v, idx, map, a, splits,
+  decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(q, k, v, idx, map, a, splits,
                                                                                         scale, partial, ml);
 }
 
 template <int D, int G>
 cudaError_t prepare() {
   return cudaFuncSetAttribute(decodeMmaKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(kSmemBytes<D>));
+                              static_cast<int>(kMmaSmemBytes<D>));
 }
 
 struct Entry {

@@ -121,9 +121,10 @@ class CudaBackend : public Backend {
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
-  // The tensor-core decode attention where it applies (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
-  // kernel, for comparing the two); nullptr: the CUDA-core kernel.
+  // The tensor-core attention kernels where they apply (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
+  // decode kernel and GEMM-based prefill, for comparing); nullptr: those.
   cuda::DecodeMmaLauncher attnMma_ = nullptr;
+  cuda::PrefillMmaLauncher prefillMma_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;
   std::unique_ptr<cuda::Gemm> gemm_;
@@ -202,6 +203,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   sms_ = prop.multiProcessorCount;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
+    prefillMma_ = cuda::preparePrefillAttentionMma(c.headDim, headsPerKv_);
   }
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
@@ -703,6 +705,13 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   if (p.prefillSeqs.empty()) return;
   const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  if (prefillMma_) {
+    for (int i : p.prefillSeqs) {
+      const int t0 = b->seqStarts[i];
+      prefillMma_(q_.get(), kc, vc, map_, shape_, t0, b->seqStarts[i + 1] - t0, scale, attn_.get(), stream_);
+    }
+    return;
+  }
   for (int i : p.prefillSeqs) {
     const int t0 = b->seqStarts[i], count = b->seqStarts[i + 1] - t0, ctx = b->contextLens[i];
     const int firstPos = ctx - count;

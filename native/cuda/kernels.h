@@ -73,6 +73,14 @@ void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
 // query heads per KV head.
 DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group);
 
+// Causal attention of one sequence's prefill chunk, tokens [t0, t0 + count) of the step (their
+// keys already in the cache, positions consecutive), on tensor cores without materializing the
+// scores (attention_prefill.cu); out as decodeAttention's. Prepared as the decode kernel is, for
+// the same shapes.
+using PrefillMmaLauncher = void (*)(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map,
+                                    const AttnShape& a, int t0, int count, float scale, bf16_t* out, cudaStream_t s);
+PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group);
+
 // Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
               bf16_t* kOut, bf16_t* vOut, cudaStream_t s);

@@ -3,15 +3,17 @@
 // key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
 // keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
 // failure; the tensor-core kernel (attention_mma.cu) runs every case it applies to, beside the
-// CUDA-core one. With --bench [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B
+// CUDA-core one. The prefill kernel (attention_prefill.cu) runs chunks from a sequence's start and
+// after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B
 // shape (32 heads over 8 KV heads of 128) for batches of 1 to 128 and contexts of 512 and 2048, with
 // the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core one) and split counts for 1, 2, 4
-// and 8 blocks per SM (* marks the engine's), and prints the cache bytes read per second. Each timed
-// call reads another layer's cache, so the caches do not stay in L2.
+// and 8 blocks per SM (* marks the engine's), and prints the cache bytes read per second (each timed
+// call reads another layer's cache, so the caches do not stay in L2); then the prefill kernel for
+// 1 x 2048 and 8 x 512 tokens.
 //
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
-//        native/cuda/attention.cu native/cuda/attention_mma.cu
+//        native/cuda/attention.cu native/cuda/attention_mma.cu native/cuda/attention_prefill.cu
 //   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT]
 #include <cuda_runtime.h>
 
@@ -63,33 +65,43 @@ struct Shape {
 // One step's decode tokens over `layers` copies of a paged cache (layer l at l * layerElems).
 struct Problem {
   Shape sh;
-  std::vector<int> ctx;  // per token (one sequence each)
+  std::vector<int> ctx;       // per token: the keys it sees (its position + 1)
+  std::vector<int> seqStart;  // per sequence: its first token, and the end
   int layers = 1, pitch = 0, blocks = 0;
   std::vector<bf16_t> q, k, v;  // q [kvHead][token][group][D]; cache [layer][block][kvHead][row][D]
   std::vector<int32_t> positions, tokenSeq, blockTables, idx;
   size_t layerElems = 0;
 };
 
-Problem make(const Shape& sh, const std::vector<int>& ctx, int layers, uint32_t seed, bool fillCache = true) {
+// Sequence i holds seqCtx[i] keys, the last counts[i] of them this step's tokens (1: a decode).
+Problem make(const Shape& sh, const std::vector<int>& seqCtx, int layers, uint32_t seed, bool fillCache = true,
+             std::vector<int> counts = {}) {
   Problem p;
   p.sh = sh;
-  p.ctx = ctx;
   p.layers = layers;
-  const int n = static_cast<int>(ctx.size());
+  const std::vector<int>& ctx = seqCtx;
+  if (counts.empty()) counts.assign(ctx.size(), 1);
+  const int seqs = static_cast<int>(ctx.size());
   for (int c : ctx) p.pitch = std::max(p.pitch, (c + sh.bs - 1) / sh.bs);
-  p.blocks = n * p.pitch;
+  p.blocks = seqs * p.pitch;
   std::mt19937 rng(seed);
   std::vector<int32_t> order(p.blocks);
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), rng);  // a sequence's blocks lie anywhere in the cache
-  p.blockTables.assign(static_cast<size_t>(n) * p.pitch, -1);
-  for (int i = 0; i < n; ++i)
+  p.blockTables.assign(static_cast<size_t>(seqs) * p.pitch, -1);
+  for (int i = 0; i < seqs; ++i)
     for (int b = 0; b < (ctx[i] + sh.bs - 1) / sh.bs; ++b) p.blockTables[i * p.pitch + b] = order[i * p.pitch + b];
-  for (int i = 0; i < n; ++i) {
-    p.positions.push_back(ctx[i] - 1);
-    p.tokenSeq.push_back(i);
-    p.idx.push_back(i);
+  p.seqStart.push_back(0);
+  for (int i = 0; i < seqs; ++i) {
+    for (int j = ctx[i] - counts[i]; j < ctx[i]; ++j) {
+      p.idx.push_back(static_cast<int32_t>(p.positions.size()));
+      p.positions.push_back(j);
+      p.tokenSeq.push_back(i);
+      p.ctx.push_back(j + 1);
+    }
+    p.seqStart.push_back(static_cast<int>(p.positions.size()));
   }
+  const int n = static_cast<int>(p.positions.size());
   p.layerElems = static_cast<size_t>(p.blocks) * sh.kvHeads * sh.bs * sh.D;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   p.q.resize(static_cast<size_t>(n) * sh.heads * sh.D);
@@ -151,7 +163,7 @@ std::vector<double> reference(const Problem& p) {
       std::vector<double> sc(ctx - lo);
       double mx = -INFINITY;
       auto row = [&](const std::vector<bf16_t>& c, int key) {
-        const int blk = p.blockTables[t * p.pitch + key / s.bs];
+        const int blk = p.blockTables[p.tokenSeq[t] * p.pitch + key / s.bs];
         return &c[((static_cast<size_t>(blk) * s.kvHeads + g) * s.bs + key % s.bs) * s.D];
       };
       for (int key = lo; key < ctx; ++key) {
@@ -173,6 +185,19 @@ std::vector<double> reference(const Problem& p) {
   return out;
 }
 
+int judge(const char* name, const char* kernel, int splits, const Problem& p, const std::vector<bf16_t>& got) {
+  const std::vector<double> ref = reference(p);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double diff = std::fabs(bf(got[i]) - ref[i]);
+    worst = std::isnan(diff) ? INFINITY : std::max(worst, diff / (1.0 + std::fabs(ref[i])));
+  }
+  // bf16 output: a relative rounding of 2^-8, plus float sums over up to a few thousand keys.
+  const bool pass = worst <= 8e-3;
+  std::printf("  %s %-34s %-10s splits %2d  max rel diff %.2e\n", pass ? "ok  " : "FAIL", name, kernel, splits, worst);
+  return pass ? 0 : 1;
+}
+
 int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits, bool mma) {
   const Problem p = make(sh, ctx, 1, 7u + static_cast<uint32_t>(ctx.size()) * 31u + splits);
   if (!decodeAttentionSupported(sh.D, sh.heads / sh.kvHeads)) {
@@ -186,17 +211,27 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
   std::vector<bf16_t> got(p.q.size());
   ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
   release(d);
-  const std::vector<double> ref = reference(p);
-  double worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double diff = std::fabs(bf(got[i]) - ref[i]);
-    worst = std::isnan(diff) ? INFINITY : std::max(worst, diff / (1.0 + std::fabs(ref[i])));
+  return judge(name, mma ? "mma" : "cuda-core", splits, p, got);
+}
+
+// Each prefill chunk of p (tokens [seqStart[i], seqStart[i + 1])) through the tensor-core kernel.
+int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqCtx, const std::vector<int>& counts) {
+  const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
+  if (!run) {
+    std::printf("  skip %-34s (not supported)\n", name);
+    return 0;
   }
-  // bf16 output: a relative rounding of 2^-8, plus float sums over up to a few thousand keys.
-  const bool pass = worst <= 8e-3;
-  std::printf("  %s %-34s %-10s splits %2d  max rel diff %.2e\n", pass ? "ok  " : "FAIL", name,
-              mma ? "mma" : "cuda-core", splits, worst);
-  return pass ? 0 : 1;
+  const Problem p = make(sh, seqCtx, 1, 5u + static_cast<uint32_t>(seqCtx.size()) * 17u, true, counts);
+  Device d = upload(p, 1);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
+  for (size_t i = 0; i + 1 < p.seqStart.size(); ++i) {
+    run(d.q, d.k, d.v, d.map, d.a, p.seqStart[i], p.seqStart[i + 1] - p.seqStart[i], scale, d.out, nullptr);
+  }
+  ok(cudaDeviceSynchronize(), name);
+  std::vector<bf16_t> got(p.q.size());
+  ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  release(d);
+  return judge(name, "prefill", 0, p, got);
 }
 
 int runChecks() {
@@ -227,6 +262,24 @@ int runChecks() {
     failed += check(c.name, c.sh, c.ctx, c.splits, false);
     if (prepareDecodeAttentionMma(c.sh.D, c.sh.heads / c.sh.kvHeads)) failed += check(c.name, c.sh, c.ctx, c.splits, true);
   }
+  struct PC {
+    const char* name;
+    Shape sh;
+    std::vector<int> ctx, counts;  // per sequence: keys in the cache, of which the chunk's tokens are the last
+  };
+  const std::vector<PC> prefills = {
+      {"prefill D128 G4 from the start", {32, 8, 128, 16, 0}, {100}, {100}},
+      {"prefill D128 G4 after a prefix", {32, 8, 128, 16, 0}, {300}, {77}},
+      {"prefill D128 G4 three sequences", {32, 8, 128, 16, 0}, {1, 65, 200}, {1, 65, 130}},
+      {"prefill D128 G7", {28, 4, 128, 16, 0}, {150}, {150}},
+      {"prefill D128 G8", {32, 4, 128, 16, 0}, {64}, {64}},
+      {"prefill D64 G7", {14, 2, 64, 16, 0}, {90, 500}, {90, 250}},
+      {"prefill D64 G1 block size 32", {4, 4, 64, 32, 0}, {129}, {129}},
+      {"prefill D128 G4 window 50", {32, 8, 128, 16, 50}, {300}, {300}},
+      {"prefill D128 G4 window 50 after a prefix", {32, 8, 128, 16, 50}, {260}, {100}},
+      {"prefill D256 (not supported)", {8, 4, 256, 16, 0}, {40}, {40}},
+  };
+  for (const PC& c : prefills) failed += checkPrefill(c.name, c.sh, c.ctx, c.counts);
   std::printf("%d failed\n", failed);
   return failed;
 }
@@ -274,6 +327,32 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
     }
   }
   std::printf("(* the engine's split count; times include the combine kernel and launch gaps)\n");
+  if (onlyBatch > 0) return 0;
+  const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
+  if (!run) return 0;
+  for (int seqs : {1, 8}) {
+    const int len = seqs == 1 ? 2048 : 512;
+    const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, false, std::vector<int>(seqs, len));
+    Device d = upload(p, 1);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
+    cudaEvent_t e0, e1;
+    ok(cudaEventCreate(&e0), "event");
+    ok(cudaEventCreate(&e1), "event");
+    const int iters = 50;
+    for (int it = -3; it < iters; ++it) {
+      if (it == 0) ok(cudaEventRecord(e0), "record");
+      for (int i = 0; i < seqs; ++i) run(d.q, d.k, d.v, d.map, d.a, i * len, len, scale, d.out, nullptr);
+    }
+    ok(cudaEventRecord(e1), "record");
+    ok(cudaEventSynchronize(e1), "sync");
+    float ms = 0;
+    ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+    const double us = 1000.0 * ms / iters;
+    // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
+    const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
+    std::printf("prefill %d x %d tokens: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, us, flops / us / 1e6);
+    release(d);
+  }
   return 0;
 }
 

@@ -1,0 +1,87 @@
+// Device pieces the attention kernels share: cp.async copies of key tiles from the paged cache
+// into shared memory, ldmatrix, bf16 packing, and the tensor-core kernels' tile shape.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+namespace attention_ops {
+
+// 16 bytes from global to shared memory, asynchronously; zeros when !ok (nothing is read).
+__device__ __forceinline__ void copy16(bf16_t* dst, const bf16_t* src, bool ok) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#else
+  *reinterpret_cast<uint4*>(dst) = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+__device__ __forceinline__ void copyCommit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void copyWait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// Keys [k0, k0 + kKeys) of one KV head of a sequence (block table bt) into rows of kPitch values
+// at sk and sv; rows past `end` are zeros. The block's threads share the copies.
+template <int D, int kKeys, int kThreadCount, int kPitch>
+__device__ __forceinline__ void fetchKeys(const bf16_t* kCache, const bf16_t* vCache, const int32_t* bt, int kvHeads,
+                                          int kvHead, int blockSize, int k0, int end, bf16_t* sk, bf16_t* sv) {
+  constexpr int kChunks = kKeys * (D / 8);  // 16-byte pieces of K
+  static_assert(kChunks % kThreadCount == 0, "every thread copies as many pieces");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreadCount; ++i) {
+    const int c = threadIdx.x + i * kThreadCount;
+    const int key = c / (D / 8), part = c % (D / 8);
+    const int k = k0 + key;
+    const bool ok = k < end;
+    const size_t off =
+        ok ? ((static_cast<size_t>(bt[k / blockSize]) * kvHeads + kvHead) * blockSize + k % blockSize) * D + part * 8
+           : 0;
+    copy16(sk + key * kPitch + part * 8, kCache + off, ok);
+    copy16(sv + key * kPitch + part * 8, vCache + off, ok);
+  }
+}
+
+// Four 8x8 bf16 matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(s));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The tensor-core kernels: four warps, tiles of 64 keys, two in flight, in shared rows of
+// head_dim + 8 values (ldmatrix's eight row addresses then fall in different banks).
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaKeys = 64;
+constexpr int kMmaStages = 2;
+template <int D>
+constexpr int kMmaPitch = D + 8;
+template <int D>
+constexpr size_t kMmaSmemBytes = static_cast<size_t>(kMmaStages) * 2 * kMmaKeys * kMmaPitch<D> * sizeof(bf16_t);
+
+}  // namespace attention_ops
+}  // namespace cuda
+}  // namespace troupe
