@@ -200,7 +200,7 @@ template <int D, int G>
 void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count, const TokenMap& map,
             const AttnShape& a, int splits, float scale, float* partial, float* ml, cudaStream_t s) {
   decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(q, k, v, idx, map, a, splits,
-                                                                                        scale, partial, ml);
+                                                                                           scale, partial, ml);
 }
 
 template <int D, int G>
