@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
 
-  // Every thread copies kChunks / kThreads pieces of K and as many of V; keys past the split
+  // The block's threads share each tile's copies of K and V (fetchKeys); keys past the split
   // are zeros, and the softmax skips them.
   auto fetch = [&](int tile, int stage) {
     fetchKeys<D, kTile, kThreads, D>(kCache, vCache, bt, KVH, g, bs, begin + tile * kTile, end, sk[stage], sv[stage]);
@@ -108,18 +108,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int d = 0; d < DL; ++d) acc[j][d] = 0;
   }
-  // kStages - 1 tiles ahead of the one in use; every iteration commits one group (empty past the
-  // last tile), so waiting for all but the newest kStages - 1 groups waits for this tile.
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < tiles) fetch(i, i);
-    copyCommit();
-  }
+  prefetchTiles<kStages>(tiles, fetch);
   for (int tile = 0; tile < tiles; ++tile) {
-    const int ahead = tile + kStages - 1;
-    if (ahead < tiles) fetch(ahead, ahead % kStages);
-    copyCommit();
-    copyWait<kStages - 1>();
-    __syncthreads();
+    awaitTile<kStages>(tile, tiles, fetch);
     const bf16_t* K = sk[tile % kStages];
     const bf16_t* V = sv[tile % kStages];
     const int k0 = begin + tile * kTile;

@@ -82,16 +82,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
 
-  for (int i = 0; i < kStages - 1; ++i) {
-    if (i < tiles) fetch(i, i);
-    copyCommit();
-  }
+  prefetchTiles<kStages>(tiles, fetch);
   for (int tile = 0; tile < tiles; ++tile) {
-    const int ahead = tile + kStages - 1;
-    if (ahead < tiles) fetch(ahead, ahead % kStages);
-    copyCommit();
-    copyWait<kStages - 1>();
-    __syncthreads();
+    awaitTile<kStages>(tile, tiles, fetch);
     const int stage = tile % kStages;
     const bf16_t* K = sk + (stage * kKeys + warp * 16) * P;
     const bf16_t* V = sv + (stage * kKeys + warp * 16) * P;
@@ -197,69 +190,20 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int D, int G>
-void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count, const TokenMap& map,
-            const AttnShape& a, int splits, float scale, float* partial, float* ml, cudaStream_t s) {
-  decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(q, k, v, idx, map, a, splits,
-                                                                                           scale, partial, ml);
-}
-
-template <int D, int G>
-cudaError_t prepare() {
-  return cudaFuncSetAttribute(decodeMmaKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(kMmaSmemBytes<D>));
-}
-
-struct Entry {
-  DecodeMmaLauncher run;
-  cudaError_t (*prepare)();
+struct DecodeMma {
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
+                     const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
+                     cudaStream_t s) {
+    decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(
+        q, k, v, idx, map, a, splits, scale, partial, ml);
+  }
+  static const void* function() { return reinterpret_cast<const void*>(decodeMmaKernel<D, G>); }
 };
-
-template <int D>
-Entry pickG(int group) {
-  switch (group) {
-    case 1:
-      return {launch<D, 1>, prepare<D, 1>};
-    case 2:
-      return {launch<D, 2>, prepare<D, 2>};
-    case 3:
-      return {launch<D, 3>, prepare<D, 3>};
-    case 4:
-      return {launch<D, 4>, prepare<D, 4>};
-    case 5:
-      return {launch<D, 5>, prepare<D, 5>};
-    case 6:
-      return {launch<D, 6>, prepare<D, 6>};
-    case 7:
-      return {launch<D, 7>, prepare<D, 7>};
-    case 8:
-      return {launch<D, 8>, prepare<D, 8>};
-    default:
-      return {nullptr, nullptr};
-  }
-}
-
-Entry pick(int headDim, int group) {
-  switch (headDim) {
-    case 64:
-      return pickG<64>(group);
-    case 128:
-      return pickG<128>(group);
-    default:
-      return {nullptr, nullptr};
-  }
-}
 
 }  // namespace
 
 DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group) {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major < 8) {
-    return nullptr;
-  }
-  const Entry e = pick(headDim, group);
-  if (!e.run || e.prepare() != cudaSuccess) return nullptr;
-  return e.run;
+  return prepareMmaKernel<DecodeMmaLauncher, DecodeMma>(headDim, group);
 }
 
 }  // namespace cuda

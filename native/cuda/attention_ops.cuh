@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "cuda/kernels.h"
 
@@ -54,6 +55,28 @@ __device__ __forceinline__ void fetchKeys(const bf16_t* kCache, const bf16_t* vC
   }
 }
 
+// The tile pipeline: before the loop, the first kStages - 1 tiles go on their way
+// (fetch(tile, stage) issues one tile's copies); at the top of iteration `tile`, the tile
+// kStages - 1 ahead goes on its way and this one is waited for and made visible to the block.
+// Every call commits one group (empty past the last tile), so waiting for all but the newest
+// kStages - 1 groups waits for this tile. The loop body ends with __syncthreads(): the next
+// iteration's fetch overwrites the stage it read.
+template <int kStages, typename Fetch>
+__device__ __forceinline__ void prefetchTiles(int tiles, Fetch&& fetch) {
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < tiles) fetch(i, i);
+    copyCommit();
+  }
+}
+template <int kStages, typename Fetch>
+__device__ __forceinline__ void awaitTile(int tile, int tiles, Fetch&& fetch) {
+  const int ahead = tile + kStages - 1;
+  if (ahead < tiles) fetch(ahead, ahead % kStages);
+  copyCommit();
+  copyWait<kStages - 1>();
+  __syncthreads();
+}
+
 // Four 8x8 bf16 matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
 __device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
 #if __CUDA_ARCH__ >= 800
@@ -81,6 +104,37 @@ template <int D>
 constexpr int kMmaPitch = D + 8;
 template <int D>
 constexpr size_t kMmaSmemBytes = static_cast<size_t>(kMmaStages) * 2 * kMmaKeys * kMmaPitch<D> * sizeof(bf16_t);
+
+// Whether the current device runs the tensor-core kernels (mma.sync bf16 and cp.async: 8.0 and up).
+inline bool mmaCapableDevice() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 8;
+}
+
+template <typename Launcher, template <int, int> class Kernel, int D, int... G>
+Launcher prepareMmaGroup(int group, std::integer_sequence<int, G...>) {
+  const Launcher launches[] = {&Kernel<D, G + 1>::launch...};
+  const void* functions[] = {Kernel<D, G + 1>::function()...};
+  if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kMmaSmemBytes<D>)) != cudaSuccess) {
+    return nullptr;
+  }
+  return launches[group - 1];
+}
+
+// A tensor-core kernel's launcher for head_dim 64 or 128 and a query group of 1 to 8 on the
+// current device, its shared-memory limit raised (outside any graph capture); nullptr where it
+// does not apply. Kernel<D, G> gives `static void launch(...)` of type Launcher and
+// `static const void* function()`, the kernel.
+template <typename Launcher, template <int, int> class Kernel>
+Launcher prepareMmaKernel(int headDim, int group) {
+  if (!mmaCapableDevice() || group < 1 || group > 8) return nullptr;
+  const auto groups = std::make_integer_sequence<int, 8>{};
+  if (headDim == 64) return prepareMmaGroup<Launcher, Kernel, 64>(group, groups);
+  if (headDim == 128) return prepareMmaGroup<Launcher, Kernel, 128>(group, groups);
+  return nullptr;
+}
 
 }  // namespace attention_ops
 }  // namespace cuda

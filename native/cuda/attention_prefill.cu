@@ -76,16 +76,9 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
 
-  for (int i = 0; i < kMmaStages - 1; ++i) {
-    if (i < tiles) fetch(i, i);
-    copyCommit();
-  }
+  prefetchTiles<kMmaStages>(tiles, fetch);
   for (int tile = 0; tile < tiles; ++tile) {
-    const int ahead = tile + kMmaStages - 1;
-    if (ahead < tiles) fetch(ahead, ahead % kMmaStages);
-    copyCommit();
-    copyWait<kMmaStages - 1>();
-    __syncthreads();
+    awaitTile<kMmaStages>(tile, tiles, fetch);
     const int stage = tile % kMmaStages;
     const bf16_t* K = sk + stage * kMmaKeys * P;
     const bf16_t* V = sv + stage * kMmaKeys * P;
@@ -175,58 +168,19 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 template <int D, int G>
-void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a, int t0,
-            int count, float scale, bf16_t* out, cudaStream_t s) {
-  const dim3 grid((count * G + kRows - 1) / kRows, a.kvHeads);
-  prefillMmaKernel<D, G><<<grid, kMmaThreads, kMmaSmemBytes<D>, s>>>(q, k, v, map, a, t0, count, scale, out);
-}
-
-template <int D, int G>
-cudaError_t prepare() {
-  return cudaFuncSetAttribute(prefillMmaKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(kMmaSmemBytes<D>));
-}
-
-struct Entry {
-  PrefillMmaLauncher run;
-  cudaError_t (*prepare)();
-};
-
-template <int D>
-Entry pickG(int group) {
-  switch (group) {
-    case 1:
-      return {launch<D, 1>, prepare<D, 1>};
-    case 2:
-      return {launch<D, 2>, prepare<D, 2>};
-    case 3:
-      return {launch<D, 3>, prepare<D, 3>};
-    case 4:
-      return {launch<D, 4>, prepare<D, 4>};
-    case 5:
-      return {launch<D, 5>, prepare<D, 5>};
-    case 6:
-      return {launch<D, 6>, prepare<D, 6>};
-    case 7:
-      return {launch<D, 7>, prepare<D, 7>};
-    case 8:
-      return {launch<D, 8>, prepare<D, 8>};
-    default:
-      return {nullptr, nullptr};
+struct PrefillMma {
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a, int t0,
+                     int count, float scale, bf16_t* out, cudaStream_t s) {
+    const dim3 grid((count * G + kRows - 1) / kRows, a.kvHeads);
+    prefillMmaKernel<D, G><<<grid, kMmaThreads, kMmaSmemBytes<D>, s>>>(q, k, v, map, a, t0, count, scale, out);
   }
-}
+  static const void* function() { return reinterpret_cast<const void*>(prefillMmaKernel<D, G>); }
+};
 
 }  // namespace
 
 PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group) {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major < 8) {
-    return nullptr;
-  }
-  const Entry e = headDim == 64 ? pickG<64>(group) : headDim == 128 ? pickG<128>(group) : Entry{nullptr, nullptr};
-  if (!e.run || e.prepare() != cudaSuccess) return nullptr;
-  return e.run;
+  return prepareMmaKernel<PrefillMmaLauncher, PrefillMma>(headDim, group);
 }
 
 }  // namespace cuda
