@@ -13,14 +13,7 @@ import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
  * transition, not two: transitions are most of what such a step costs.
  * test/adapter-acquire-order.test.ts checks the claim against the machine.
  */
-export const ACQUIRE_INDEPENDENT: ReadonlySet<AdapterEvent['type']> = new Set([
-  'START',
-  'PREEMPT',
-  'COPY',
-  'SLOT_READY',
-  'LOAD',
-  'DROP_CPU',
-]);
+export const ACQUIRE_INDEPENDENT: ReadonlySet<AdapterEvent['type']> = new Set(['START', 'PREEMPT', 'COPY', 'SLOT_READY', 'LOAD', 'DROP_CPU']);
 
 /**
  * Events whose guards acquisitions can only make pass (a RELEASE, or the ends an EVICT or COUNTS
