@@ -7,7 +7,7 @@
 //
 // The host decides *which* adapter gets a slot or loses its CPU copy (that needs a view over
 // all adapters); the machine decides whether the move is allowed and what it costs.
-import { and, assign, emit, enqueueActions, not, setup, stateIn, type SnapshotFrom } from 'xstate';
+import { and, assign, emit, enqueueActions, not, or, setup, stateIn, type SnapshotFrom } from 'xstate';
 import type { LoaderCommand } from '../src/scheduler/loader.js';
 import type { LoraModule } from '../src/engine/types.js';
 
@@ -49,7 +49,13 @@ export type AdapterEvent =
   | { type: 'LOAD_FAILED'; error: string }
   | { type: 'COPY'; slot: number }
   | { type: 'SLOT_READY'; slot: number }
-  | { type: 'EVICT' }
+  /**
+   * Leave the slot. `started` and `ended` (default 0): requests that started running on it and
+   * running requests that ended, which it has not heard of yet, heard with it (as a START and a
+   * RELEASE of them just before), so the step whose requests end and whose slot goes to another
+   * adapter costs it one transition.
+   */
+  | { type: 'EVICT'; started?: number; ended?: number }
   | { type: 'DROP_CPU' }
   | { type: 'UNLOAD' }
   /** Asks an adapter being unloaded to leave; its guard decides whether it may yet. */
@@ -65,6 +71,12 @@ export type AdapterEvent =
   | { type: 'START'; count?: number }
   | { type: 'PREEMPT' }
   | { type: 'RELEASE'; running: boolean; count?: number }
+  /**
+   * A resident adapter's requests that named it, started running and ended running since it last
+   * heard, heard at once, as ACQUIRE, START and RELEASE { running: true } of those counts in that
+   * order would be: one transition where three would cost three.
+   */
+  | { type: 'COUNTS'; acquired: number; started: number; ended: number }
   /** The loader thread was replaced: its CPU copies and the commands it had not run are gone. */
   | { type: 'LOADER_RESTARTED' };
 
@@ -83,8 +95,24 @@ function poolMismatch(ctx: AdapterContext, rank: number, modules: readonly LoraM
   return null;
 }
 
+/** The requests an EVICT says started and ended running (none for any other event). */
+const startedWith = (event: AdapterEvent): number => (event.type === 'EVICT' ? (event.started ?? 0) : 0);
+const endedWith = (event: AdapterEvent): number => (event.type === 'EVICT' ? (event.ended ?? 0) : 0);
+
+/** Whether `ended` running requests may end: no more than run, nor than use it. */
+const mayEnd = (ended: number, running: number, users: number): boolean => ended >= 0 && running >= ended && users >= ended;
+
+/** Whether it may leave its slot once the starts and ends an EVICT carries are heard: nothing runs then, and no read is in flight. */
+const idleWith = (ctx: AdapterContext, event: AdapterEvent): boolean => {
+  const started = startedWith(event);
+  const ended = endedWith(event);
+  const running = ctx.running + started;
+  return started >= 0 && running === ended && mayEnd(ended, running, ctx.users) && !ctx.rereading;
+};
+
 const command = (c: LoaderCommand): AdapterCommandEvent => ({ type: 'command', command: c });
 const inResidency = (leaf: string) => stateIn(`#adapter.live.residency.${leaf}`);
+const inAdmission = (leaf: string) => stateIn(`#adapter.live.admission.${leaf}`);
 
 export const adapterMachine = setup({
   types: {} as { context: AdapterContext; events: AdapterEvent; input: AdapterInput; emitted: AdapterCommandEvent },
@@ -102,6 +130,11 @@ export const adapterMachine = setup({
     storeError: assign(({ event }) => (event.type === 'LOAD_FAILED' ? { error: event.error } : {})),
     storeSlot: assign(({ event }) => (event.type === 'COPY' ? { slot: event.slot } : {})),
     clearSlot: assign({ slot: null }),
+    // Leaving its slot, it hears the starts and ends the EVICT carries.
+    leaveSlot: assign(({ context, event }) => {
+      const ended = endedWith(event);
+      return { slot: null, users: context.users - ended, running: context.running + startedWith(event) - ended };
+    }),
     forgetCpuCopy: assign({ cpuCopy: false, rereading: false }),
     markRereading: assign({ cpuCopy: false, rereading: true }),
     endRereading: assign({ rereading: false }),
@@ -113,6 +146,9 @@ export const adapterMachine = setup({
     acquire: assign(({ context, event }) => ({ users: context.users + (event.type === 'ACQUIRE' ? (event.count ?? 1) : 1) })),
     start: assign(({ context, event }) => ({ running: context.running + (event.type === 'START' ? (event.count ?? 1) : 1) })),
     preempt: assign(({ context }) => ({ running: context.running - 1 })),
+    count: assign(({ context, event }) =>
+      event.type === 'COUNTS' ? { users: context.users + event.acquired - event.ended, running: context.running + event.started - event.ended } : {},
+    ),
     release: assign(({ context, event }) => {
       if (event.type !== 'RELEASE') return {};
       const n = event.count ?? 1;
@@ -136,14 +172,22 @@ export const adapterMachine = setup({
     sameSlotPinned: ({ context, event }) => event.type === 'SLOT_READY' && event.slot === context.slot && context.pinned,
     rereading: ({ context }) => context.rereading,
     // Never evicts an adapter a running request uses, nor one whose CPU copy is being read again.
-    evictable: ({ context }) => context.running === 0 && !context.rereading,
-    evictableWithCopy: ({ context }) => context.running === 0 && !context.rereading && context.cpuCopy,
+    evictable: ({ context, event }) => idleWith(context, event),
+    evictableWithCopy: ({ context, event }) => idleWith(context, event) && context.cpuCopy,
     hasRunning: ({ context }) => context.running > 0,
     canRelease: ({ context, event }) => {
       if (event.type !== 'RELEASE') return false;
       const n = event.count ?? 1;
       return n >= 1 && context.users >= n && (!event.running || context.running >= n);
     },
+    countsAddUp: ({ context, event }) =>
+      event.type === 'COUNTS' &&
+      event.acquired >= 0 &&
+      event.started >= 0 &&
+      mayEnd(event.ended, context.running + event.started, context.users + event.acquired),
+    acquiresNone: ({ event }) => event.type === 'COUNTS' && event.acquired === 0,
+    // Requests it hears of at once: acquisitions only while it admits requests (as ACQUIRE).
+    countsFit: and(['countsAddUp', or(['acquiresNone', inAdmission('open')])]),
     removalAskedAndUnused: ({ context }) => context.removal && context.users === 0 && !context.copyQueued,
     copyQueued: ({ context }) => context.copyQueued,
     /** Unloading completes once no request uses it and no read or copy of it is in flight. */
@@ -213,6 +257,7 @@ export const adapterMachine = setup({
               initial: 'unpinned',
               on: {
                 START: { actions: 'start' },
+                COUNTS: { guard: 'countsFit', actions: 'count' },
                 CPU_LOADED: { guard: 'rereading', actions: 'storeShape' },
                 // The slot still holds the weights, so requests go on; only a later copy needs them again.
                 LOAD_FAILED: { guard: 'rereading', actions: ['storeError', 'endRereading'] },
@@ -223,9 +268,9 @@ export const adapterMachine = setup({
                 unpinned: {
                   on: {
                     EVICT: [
-                      { guard: 'evictableWithCopy', target: '#adapter.live.residency.cpuLoaded', actions: 'clearSlot' },
+                      { guard: 'evictableWithCopy', target: '#adapter.live.residency.cpuLoaded', actions: 'leaveSlot' },
                       // Its copy could not be read again after a loader restart: back to disk.
-                      { guard: 'evictable', target: '#adapter.live.residency.registered', actions: 'clearSlot' },
+                      { guard: 'evictable', target: '#adapter.live.residency.registered', actions: 'leaveSlot' },
                     ],
                   },
                 },

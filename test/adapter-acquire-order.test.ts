@@ -32,13 +32,14 @@ describe('pending acquisitions', () => {
   const compareOrders = (
     pick: (s: AdapterSnapshot, e: AdapterEvent) => boolean,
     check: (s: AdapterSnapshot, acquired: AdapterSnapshot, e: AdapterEvent) => boolean,
+    alphabet: readonly AdapterEvent[] = ALPHABET,
   ): number => {
     const acquire: AdapterEvent = { type: 'ACQUIRE', count: 3 };
     const states = reachable(7).filter((s) => s.status === 'active' && s.can(acquire));
     expect(states.length).toBeGreaterThan(30);
     let compared = 0;
     for (const s of states) {
-      for (const e of ALPHABET.filter((x) => pick(s, x))) {
+      for (const e of alphabet.filter((x) => pick(s, x))) {
         const [acquired, first] = transition(adapterMachine, s, acquire);
         if (!check(s, acquired, e)) continue;
         const [after, second] = transition(adapterMachine, acquired, e);
@@ -71,6 +72,14 @@ describe('pending acquisitions', () => {
         expect(acquired.can(e), `${e.type} in ${JSON.stringify(s.value)}`).toBe(true);
         return true;
       },
+      // With the ends an EVICT or a COUNTS carries, whose guards count users.
+      [
+        ...ALPHABET,
+        { type: 'EVICT', ended: 1 },
+        { type: 'EVICT', started: 1, ended: 2 },
+        { type: 'COUNTS', acquired: 0, started: 1, ended: 1 },
+        { type: 'COUNTS', acquired: 0, started: 0, ended: 1 },
+      ],
     );
     expect(compared).toBeGreaterThan(30);
   });
@@ -87,10 +96,7 @@ describe('pending acquisitions', () => {
     expect(transitions).not.toHaveBeenCalled();
     // Read, the machine has heard both.
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 40, running: 40 });
-    expect(transitions.mock.calls.map((c) => c[1])).toEqual([
-      { type: 'START', count: 40 },
-      { type: 'ACQUIRE', count: 40 },
-    ]);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'COUNTS', acquired: 40, started: 40, ended: 0 }]);
   });
 
   /** Adapter A with four one-token requests its machine has heard of (a read settles them). */
@@ -115,12 +121,10 @@ describe('pending acquisitions', () => {
     for (let i = 0; i < 2; i++) s.submit(seq(`later${i}`, { lora: 'A', maxNewTokens: 1 }));
     s.submit(seq('x', { lora: 'A', maxNewTokens: 1 }));
     // The abort is heard after the step's starts and ends; seven ended, more than the four
-    // users heard, so the six acquisitions pending come before the release of the seven.
+    // users heard, so the six acquisitions pending are heard with them.
     expect(s.abort('x')?.finish).toEqual({ type: 'abort', message: 'Request aborted' });
     expect(transitions.mock.calls.map((c) => c[1])).toEqual([
-      { type: 'START', count: 7 },
-      { type: 'ACQUIRE', count: 6 },
-      { type: 'RELEASE', running: true, count: 7 },
+      { type: 'COUNTS', acquired: 6, started: 7, ended: 7 },
       { type: 'RELEASE', running: false },
     ]);
     expect(step(s)!.ids).toEqual(['later0', 'later1']);
@@ -144,14 +148,11 @@ describe('pending acquisitions', () => {
     step(s);
     expect(heard()).toEqual([]);
     step(s);
-    expect(heard()).toEqual([
-      { type: 'START', count: 4 },
-      { type: 'ACQUIRE', count: 4 },
-    ]);
+    expect(heard()).toEqual([{ type: 'COUNTS', acquired: 4, started: 4, ended: 0 }]);
     expect(step(s)!.events.every((e) => e.finish !== null)).toBe(true);
     expect(heard()).toEqual([]);
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 0, running: 0 });
-    expect(heard()).toEqual([{ type: 'RELEASE', running: true, count: 4 }]);
+    expect(heard()).toEqual([{ type: 'COUNTS', acquired: 0, started: 0, ended: 4 }]);
   });
 
   test('requests ending while the machine has newer ones to hear of are one transition', () => {

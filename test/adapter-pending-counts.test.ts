@@ -38,23 +38,69 @@ function sequences(alphabet: readonly AdapterEvent[], length: number): AdapterEv
   return all;
 }
 
+const counts = (acquired: number, started: number, ended: number): AdapterEvent => ({ type: 'COUNTS', acquired, started, ended });
+
 describe('pending starts and ends', () => {
-  test('heard as all starts then all ends, they end as in the order they happened, by every reachable resident state', () => {
+  test('heard as one COUNTS, they end as in the order they happened, by every reachable resident state', () => {
     const resident = reachable(7).filter((s) => s.status === 'active' && JSON.stringify(s.value).includes('gpuResident'));
     expect(resident.length).toBeGreaterThan(10);
     let compared = 0;
     for (const s of resident) {
-      for (const events of sequences([start(1), start(2), end(1), end(2)], 3)) {
+      for (const events of sequences([{ type: 'ACQUIRE' }, start(1), start(2), end(1), end(2)], 3)) {
         const inOrder = run(s, events);
         if (inOrder === null) continue;
         const sum = (type: string): number => events.reduce((a, e) => a + (e.type === type ? ('count' in e && e.count) || 1 : 0), 0);
-        const settled = run(s, [...(sum('START') > 0 ? [start(sum('START'))] : []), ...(sum('RELEASE') > 0 ? [end(sum('RELEASE'))] : [])]);
+        const settled = run(s, [counts(sum('ACQUIRE'), sum('START'), sum('RELEASE'))]);
         expect(settled, `${events.map((e) => e.type).join(',')} in ${JSON.stringify(s.value)}`).not.toBeNull();
         expect({ value: settled!.value, context: settled!.context }).toEqual({ value: inOrder.value, context: inOrder.context });
         compared++;
       }
     }
     expect(compared).toBeGreaterThan(500);
+  });
+
+  test('COUNTS (a resident adapter event) and an EVICT carrying ends are taken exactly where the events they stand for are, and end the same, by every reachable state', () => {
+    const pairs: Array<[AdapterEvent, AdapterEvent[]]> = [];
+    for (const [a, st, e] of [
+      [0, 0, 1],
+      [0, 1, 0],
+      [2, 0, 0],
+      [1, 2, 1],
+      [0, 1, 2],
+      [3, 0, 3],
+    ] as const) {
+      const apart: AdapterEvent[] = [
+        ...(a > 0 ? [{ type: 'ACQUIRE', count: a } as const] : []),
+        ...(st > 0 ? [start(st)] : []),
+        ...(e > 0 ? [end(e)] : []),
+      ];
+      pairs.push([counts(a, st, e), apart]);
+    }
+    for (const e of [1, 2]) pairs.push([{ type: 'EVICT', ended: e }, [end(e), { type: 'EVICT' }]]);
+    pairs.push([{ type: 'EVICT', started: 1, ended: 2 }, [start(1), end(2), { type: 'EVICT' }]]);
+    pairs.push([{ type: 'EVICT', started: 2, ended: 1 }, [start(2), end(1), { type: 'EVICT' }]]);
+    pairs.push([{ type: 'EVICT', started: 0, ended: 0 }, [{ type: 'EVICT' }]]);
+    let taken = 0;
+    let refused = 0;
+    for (const s of reachable(7).filter((x) => x.status === 'active')) {
+      const resident = JSON.stringify(s.value).includes('gpuResident');
+      for (const [merged, apart] of pairs) {
+        if (merged.type === 'COUNTS' && !resident) continue;
+        const one = run(s, [merged]);
+        const many = run(s, apart);
+        const what = `${JSON.stringify(merged)} in ${JSON.stringify(s.value)} ${JSON.stringify(s.context)}`;
+        if (many === null) {
+          expect(one, what).toBeNull();
+          refused++;
+          continue;
+        }
+        expect(one, what).not.toBeNull();
+        expect({ value: one!.value, context: one!.context }, what).toEqual({ value: many.value, context: many.context });
+        taken++;
+      }
+    }
+    expect(taken).toBeGreaterThan(100);
+    expect(refused).toBeGreaterThan(100);
   });
 
   test('a machine that would refuse them hears them at once, so the error names the call; inUse counts those pending', () => {
@@ -76,7 +122,7 @@ describe('pending starts and ends', () => {
     // More than run: the machine hears what is pending (the release needing the acquisitions)
     // and refuses it.
     expect(() => actors.countEnded('A', 2)).toThrow(/adapter "A" in state gpuResident.unpinned does not accept RELEASE/);
-    expect(transitions.mock.calls.map((c) => c[1])).toEqual([start(2), { type: 'ACQUIRE', count: 2 }, end(1), end(2)]);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'COUNTS', acquired: 2, started: 2, ended: 1 }, end(2)]);
     actors.countEnded('A', 1);
     expect(actors.inUse('A')).toBe(false);
     expect(actors.snapshot('A')!.context).toMatchObject({ users: 0, running: 0 });
@@ -92,9 +138,16 @@ describe('pending starts and ends', () => {
     s.submit(seq('c', { lora: 'C' }));
     // C, read at registration, waits for a slot: both are held by running requests.
     expect(serveLoader(s)).toEqual([]);
+    const transitions = vi.spyOn(adapterMachine, 'transition');
     expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 2 });
-    // A's only request ended: its slot goes to C in the same step.
+    // A's only request ended: its slot goes to C in the same step, and A hears of its start and
+    // end with its eviction, in one transition.
     expect(s.takeCommands()).toEqual([{ kind: 'copy-to-slot', name: 'C', slot: 0 }]);
+    expect(transitions.mock.calls.map((c) => [c[0].context.name, c[1]])).toEqual([
+      ['A', { type: 'EVICT', started: 1, ended: 1 }],
+      ['C', { type: 'COPY', slot: 0 }],
+    ]);
+    expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ state: 'cpuLoaded', refcount: 0, running: 0 });
   });
 
   test("steps with time to spare let machines hear starts and ends, and leave a waiting adapter's acquisitions pending", () => {
@@ -108,7 +161,7 @@ describe('pending starts and ends', () => {
     step(s);
     for (let i = 0; i < 3; i++) s.submit(seq(`b${i}`, { lora: 'B' }));
     for (let k = 0; k < 3; k++) expect(step(s)!.ids).toEqual(['a']);
-    expect(transitions.mock.calls.map((c) => c[1])).toEqual([start(1)]);
+    expect(transitions.mock.calls.map((c) => c[1])).toEqual([{ type: 'COUNTS', acquired: 0, started: 1, ended: 0 }]);
     expect(s.adapterDetails().find((d) => d.name === 'B')).toMatchObject({ refcount: 3, running: 0 });
   });
 

@@ -19,7 +19,15 @@ import {
   type AdapterSnapshot,
 } from '../../statecharts/adapter.machine.js';
 import type { AdapterIndex, Placement } from './adapter-index.js';
-import { ACQUIRE_INDEPENDENT, ACQUIRE_MONOTONE, endedReason, startedReason, takesCountsLater } from './adapter-pending.js';
+import {
+  ACQUIRE_INDEPENDENT,
+  ACQUIRE_MONOTONE,
+  COUNTS_REASON,
+  endedReason,
+  needsAcquisitions,
+  startedReason,
+  takesCountsLater,
+} from './adapter-pending.js';
 import { adapterDetail, adapterStatus, type AdapterDetail, type AdapterTransition } from './adapter-view.js';
 import type { LoaderCommand } from './loader.js';
 
@@ -45,7 +53,8 @@ interface AdapterRecord {
   acquired: number;
   /**
    * Requests that started running, and running requests that ended, since its machine last heard
-   * of any (see countStarted): they reach it as one START and one RELEASE before anything else.
+   * of any (see countStarted): they reach it as one COUNTS before anything else, or the ends with
+   * the EVICT that sends it from its slot.
    */
   started: number;
   ended: number;
@@ -218,9 +227,9 @@ export class AdapterActors {
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
     if (!rec) return false;
-    this.settleCounts(rec);
-    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
-    return rec.snap.status === 'active' && rec.snap.can(event);
+    const asked = this.withPending(rec, event, false);
+    if (!this.takesBeforePending(rec, asked)) this.settleAcquired(rec);
+    return rec.snap.status === 'active' && rec.snap.can(asked);
   }
 
   /**
@@ -242,9 +251,9 @@ export class AdapterActors {
 
   /**
    * `count` requests of it started running in one step. A resident adapter's machine hears them
-   * as one START when it is next read or sent another event, or in a step with time to spare
+   * in one COUNTS when it is next read or sent another event, or in a step with time to spare
    * (settleOne), not in the step that turns a batch over, where every transition adds to its
-   * time. START only counts running requests: it moves no state, emits nothing and is never
+   * time. COUNTS only counts requests: it moves no state, emits nothing and is never
    * published. Meanwhile inUse counts them, and the index's version changes as a transition
    * would change it, so placement walks again as it would have. Where the machine would refuse
    * START (not resident: the caller has a bug), it hears it at once, so the error names this call.
@@ -261,8 +270,9 @@ export class AdapterActors {
   }
 
   /**
-   * `count` running requests of it ended in one step: heard as one RELEASE, as countStarted's
-   * requests are. A release the machine would refuse (more than run or use it) is sent at once.
+   * `count` running requests of it ended in one step: heard in one COUNTS, as countStarted's
+   * requests are, or with the EVICT that sends it from its slot. A release the machine would
+   * refuse (more than run or use it) is sent at once.
    */
   countEnded(name: string, count: number): void {
     const rec = this.records.get(name);
@@ -307,29 +317,53 @@ export class AdapterActors {
 
   /** Lets its machine hear all that is pending for it. */
   private settle(rec: AdapterRecord): void {
-    this.settleCounts(rec);
+    this.settleCounts(rec, true);
     this.settleAcquired(rec);
   }
 
   /**
-   * Lets its machine hear the starts and ends it has not heard yet, before anything else reaches
-   * or reads it: all starts, then all ends. The guards only ask that no more requests end than
-   * run and use it, so counting every start before any end passes them whenever the order they
-   * happened in did, and leaves the same counts (test/adapter-pending-counts.test.ts checks this
-   * against every reachable resident state).
+   * `event` as its machine is to hear it (`take`: it is sent now, not only asked about), once it
+   * has heard the starts and ends pending for it: an EVICT carries them (as when a batch turns
+   * over and its adapter leaves its slot), so they cost no transition of their own; any other
+   * event hears them first, with the acquisitions it needs.
    */
-  private settleCounts(rec: AdapterRecord): void {
-    if (rec.started > 0) {
-      const count = rec.started;
-      rec.started = 0;
-      this.deliver(rec, { type: 'START', count }, startedReason(count));
+  private withPending(rec: AdapterRecord, event: AdapterEvent, take: boolean): AdapterEvent {
+    if (rec.started === 0 && rec.ended === 0) return event;
+    if (event.type === 'EVICT') {
+      const carried: AdapterEvent = { type: 'EVICT', started: rec.started + (event.started ?? 0), ended: rec.ended + (event.ended ?? 0) };
+      // Only asked about (can), they stay pending.
+      if (take) {
+        rec.started = 0;
+        rec.ended = 0;
+        this.uncounted.delete(rec);
+      }
+      return carried;
     }
-    if (rec.ended > 0) {
-      const count = rec.ended;
-      rec.ended = 0;
-      this.deliver(rec, { type: 'RELEASE', running: true, count }, endedReason(count));
-    }
+    this.settleCounts(rec, needsAcquisitions(event));
+    return event;
+  }
+
+  /**
+   * Lets its machine hear the starts and ends it has not heard yet (and the acquisitions, with
+   * `acquisitionsToo` or where the ends need them), before anything else reaches or reads it: one
+   * COUNTS, which the machine takes as all acquisitions, then all starts, then all ends. The
+   * guards only ask that no more requests end than run and use it, so counting every start before
+   * any end passes them whenever the order they happened in did, and leaves the same counts
+   * (test/adapter-pending-counts.test.ts checks this against every reachable resident state).
+   */
+  private settleCounts(rec: AdapterRecord, acquisitionsToo: boolean): void {
+    const { started, ended } = rec;
+    if (started === 0 && ended === 0) return;
+    rec.started = 0;
+    rec.ended = 0;
     this.uncounted.delete(rec);
+    let event: AdapterEvent = { type: 'COUNTS', acquired: 0, started, ended };
+    if (rec.acquired > 0 && (acquisitionsToo || !this.takesBeforePending(rec, event))) {
+      event = { type: 'COUNTS', acquired: rec.acquired, started, ended };
+      rec.acquired = 0;
+      this.unsettled.delete(rec);
+    }
+    this.deliver(rec, event, COUNTS_REASON);
   }
 
   /** Lets its machine hear the acquisitions it has not heard yet. */
@@ -345,8 +379,7 @@ export class AdapterActors {
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    this.settleCounts(rec);
-    this.deliver(rec, event, reason);
+    this.deliver(rec, this.withPending(rec, event, true), reason);
   }
 
   /** send(), once the starts and ends pending for it are heard. */
