@@ -81,6 +81,11 @@ export class AdapterRegistry implements PlacementHost {
    */
   admit(name: string): TroupeError | null {
     const label = this.actors.label(name);
+    if (label !== null && label !== 'failed' && !this.actors.removing(name)) {
+      // The common case, a request for a live adapter: no need to ask the catalog.
+      this.use(name);
+      return null;
+    }
     const remembered = this.catalog.remembered(name);
     if (label === 'failed') {
       // A load that never succeeded is refused with its reason until it is loaded again; a

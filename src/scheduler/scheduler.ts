@@ -315,7 +315,8 @@ export class Scheduler {
       }
       if (self) break;
       if (prefill) budget -= chunk;
-      this.setEntry(n++, s, chunk);
+      const lora = s.init.lora;
+      this.setEntry(n++, s, chunk, lora === null ? -1 : this.registry.residentSlot(lora)!);
     }
 
     // The running list changes only with queueVersion: while it stays (most decode steps), so
@@ -464,7 +465,7 @@ export class Scheduler {
       }
       if (lora !== null) tally(started, lora, s.arrival);
       budget -= chunk;
-      this.setEntry(n++, s, chunk);
+      this.setEntry(n++, s, chunk, slot!);
     }
     if (kept < i) {
       for (let j = i; j < waiting.length; j++) waiting[kept++] = waiting[j]!;
@@ -611,12 +612,10 @@ export class Scheduler {
     };
   }
 
-  /** Fills the step's entry `i`, reusing the object an earlier step left there. */
-  private setEntry(i: number, s: Sequence, chunk: number): void {
-    const lora = s.init.lora;
+  /** Fills the step's entry `i` (`slot`: its adapter's, which the caller has looked up), reusing the object an earlier step left there. */
+  private setEntry(i: number, s: Sequence, chunk: number, slot: number): void {
     const start = s.start;
     const sample = start + chunk === s.tokens.length + (s.aheadSamples ? 1 : 0);
-    const slot = lora === null ? -1 : this.registry.residentSlot(lora)!;
     // With a sampling step in flight, its token is this step's only input (pending is 1).
     const feedRow = s.aheadSamples ? s.aheadRow : -1;
     const e = this.entries[i];
