@@ -147,6 +147,15 @@ export class AdapterActors {
     return this.records.get(name)?.pinned ?? null;
   }
 
+  /**
+   * Whether it was registered pinned, for an adapter that takes new requests as it is (neither
+   * failed nor being removed); null for any other. What admitting a request asks first, in one lookup.
+   */
+  servingPinned(name: string): boolean | null {
+    const rec = this.records.get(name);
+    return rec === undefined || rec.label === 'failed' || rec.removal !== null ? null : rec.pinned;
+  }
+
   label(name: string): string | null {
     return this.records.get(name)?.label ?? null;
   }

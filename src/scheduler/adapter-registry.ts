@@ -80,12 +80,13 @@ export class AdapterRegistry implements PlacementHost {
    * its requests keeps it instead), and it becomes the most recently used.
    */
   admit(name: string): TroupeError | null {
-    const label = this.actors.label(name);
-    if (label !== null && label !== 'failed' && !this.actors.removing(name)) {
-      // The common case, a request for a live adapter: no need to ask the catalog.
-      this.use(name);
+    // The common case, a request for an adapter that serves: one lookup, and no need to ask the catalog.
+    const pinned = this.actors.servingPinned(name);
+    if (pinned !== null) {
+      this.catalog.use(name, pinned);
       return null;
     }
+    const label = this.actors.label(name);
     const remembered = this.catalog.remembered(name);
     if (label === 'failed') {
       // A load that never succeeded is refused with its reason until it is loaded again; a

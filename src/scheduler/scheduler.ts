@@ -422,7 +422,9 @@ export class Scheduler {
       const lora = s.init.lora;
       const slot = lora === null ? -1 : this.registry.residentSlot(lora);
       let admit: boolean;
-      if (distinct.includes(lora)) {
+      // Its place among the step's adapters, found once for every question below.
+      let d = distinct.indexOf(lora);
+      if (d >= 0) {
         admit = slot !== null && !draining.includes(lora);
       } else {
         const known = claims.includes(lora);
@@ -458,11 +460,8 @@ export class Scheduler {
       s.status = 'running';
       if (this.paused.size > 0) this.paused.delete(s);
       insertByArrival(this.running, s);
-      addOnce(distinct, lora);
-      if (leftKnown) {
-        const d = distinct.indexOf(lora);
-        left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
-      }
+      if (d < 0) d = distinct.push(lora) - 1;
+      if (leftKnown) left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
       if (lora !== null) tally(started, lora, s.arrival);
       budget -= chunk;
       this.setEntry(n++, s, chunk, slot!);
