@@ -237,7 +237,12 @@ export class AdapterActors {
     const rec = this.records.get(name);
     if (!rec) return false;
     const asked = this.withPending(rec, event, false);
-    if (!this.takesBeforePending(rec, asked)) this.settleAcquired(rec);
+    if (rec.acquired > 0 && !ACQUIRE_INDEPENDENT.has(asked.type)) {
+      // takesBeforePending's question is this one: a yes needs no second asking (an EVICT that
+      // placement asks about for each slot it frees), a no is asked again after the acquisitions.
+      if (ACQUIRE_MONOTONE.has(asked.type) && rec.snap.status === 'active' && rec.snap.can(asked)) return true;
+      this.settleAcquired(rec);
+    }
     return rec.snap.status === 'active' && rec.snap.can(asked);
   }
 
