@@ -147,6 +147,15 @@ export class AdapterActors {
     return this.records.get(name)?.pinned ?? null;
   }
 
+  /**
+   * Whether it was registered pinned, for an adapter that takes new requests as it is (neither
+   * failed nor being removed); null for any other. What admitting a request asks first, in one lookup.
+   */
+  servingPinned(name: string): boolean | null {
+    const rec = this.records.get(name);
+    return rec === undefined || rec.label === 'failed' || rec.removal !== null ? null : rec.pinned;
+  }
+
   label(name: string): string | null {
     return this.records.get(name)?.label ?? null;
   }
@@ -228,7 +237,12 @@ export class AdapterActors {
     const rec = this.records.get(name);
     if (!rec) return false;
     const asked = this.withPending(rec, event, false);
-    if (!this.takesBeforePending(rec, asked)) this.settleAcquired(rec);
+    if (rec.acquired > 0 && !ACQUIRE_INDEPENDENT.has(asked.type)) {
+      // takesBeforePending's question is this one: a yes needs no second asking (an EVICT that
+      // placement asks about for each slot it frees), a no is asked again after the acquisitions.
+      if (ACQUIRE_MONOTONE.has(asked.type) && rec.snap.status === 'active' && rec.snap.can(asked)) return true;
+      this.settleAcquired(rec);
+    }
     return rec.snap.status === 'active' && rec.snap.can(asked);
   }
 

@@ -16,6 +16,8 @@ export interface CatalogEntry {
   pinned: boolean;
 }
 
+const NONE: readonly string[] = Object.freeze([]);
+
 export class AdapterCatalog {
   /** Loaded names, least recently used first, with whether each is pinned. */
   private readonly loaded = new Recency<boolean>();
@@ -68,10 +70,11 @@ export class AdapterCatalog {
    * names evicted to stay within --max-loaded-loras: the least recently used unpinned ones, as
    * SGLang evicts (never `name` itself).
    */
-  use(name: string, pinned: boolean): string[] {
+  use(name: string, pinned: boolean): readonly string[] {
     if (!this.loaded.use(name, pinned)) this.loaded.add(name, pinned);
+    // Every request uses its adapter: most evict nothing, and get no array of their own.
+    if (this.maxLoaded === null || this.loaded.size <= this.maxLoaded) return NONE;
     const evicted: string[] = [];
-    if (this.maxLoaded === null) return evicted;
     for (const [other, otherPinned] of this.loaded.entries()) {
       if (this.loaded.size <= this.maxLoaded) break;
       if (otherPinned || other === name) continue;

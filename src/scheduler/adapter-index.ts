@@ -129,9 +129,7 @@ export class AdapterIndex {
 
   /** The request that arrived `arrival`-th waits for the adapter (now in `residency`). */
   want(name: string, arrival: number, residency: string | null): void {
-    const first = !this.demand.has(name);
-    this.demand.add(name, arrival);
-    if (first) this.countWanted(residency, 1);
+    if (this.demand.add(name, arrival)) this.countWanted(residency, 1);
   }
 
   unwant(name: string, arrival: number, residency: string | null): void {

@@ -80,6 +80,12 @@ export class AdapterRegistry implements PlacementHost {
    * its requests keeps it instead), and it becomes the most recently used.
    */
   admit(name: string): TroupeError | null {
+    // The common case, a request for an adapter that serves: one lookup, and no need to ask the catalog.
+    const pinned = this.actors.servingPinned(name);
+    if (pinned !== null) {
+      this.catalog.use(name, pinned);
+      return null;
+    }
     const label = this.actors.label(name);
     const remembered = this.catalog.remembered(name);
     if (label === 'failed') {

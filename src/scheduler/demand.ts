@@ -43,32 +43,36 @@ export class Demand {
     return this.changes;
   }
 
-  /** A request that arrived `arrival`-th waits for the adapter (new, or back from running). */
-  add(name: string, arrival: number): void {
+  /**
+   * A request that arrived `arrival`-th waits for the adapter (new, or back from running); returns
+   * true when nobody waited for the adapter before.
+   */
+  add(name: string, arrival: number): boolean {
     let w = this.byName.get(name);
     if (!w) {
       w = { name, arrivals: [arrival] };
       this.byName.set(name, w);
       this.changes++;
       this.order.splice(lowerBound(this.order, arrival, head), 0, w);
-      return;
+      return true;
     }
     // Usually the newest request, which goes last without a search (or a splice's array).
     const xs = w.arrivals;
     if (arrival > xs[xs.length - 1]!) {
       xs.push(arrival);
-      return;
+      return false;
     }
     const at = lowerBound(xs, arrival, self);
     if (at > 0) {
       xs.splice(at, 0, arrival);
-      return;
+      return false;
     }
     // A request older than its oldest (one preempted back into the queue): it moves forward.
     this.changes++;
     this.unlink(w);
     w.arrivals.unshift(arrival);
     this.order.splice(lowerBound(this.order, arrival, head), 0, w);
+    return false;
   }
 
   /** The request stopped waiting (started, or ended); returns true when nobody waits for the adapter any more. */

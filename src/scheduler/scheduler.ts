@@ -105,6 +105,13 @@ export class Scheduler {
   private readonly claims: Array<string | null> = [];
   private readonly draining: Array<string | null> = [];
   private readonly left: number[] = [];
+  /**
+   * The requests one admission walk admits, in arrival order: they join `running` together, in
+   * one merge, once the walk ends. Inserted one by one, each that is older than the newest
+   * running request (it waited for a place while newer ones ran) walked back over and moved the
+   * running requests newer than it.
+   */
+  private readonly admitted: Sequence[] = [];
   /** Changes whenever a request enters or leaves the waiting queue or the running list. */
   private queueVersion = 0;
   /** The versions when the admission walk last admitted nothing with no prefill running (queue -1: none). */
@@ -315,7 +322,8 @@ export class Scheduler {
       }
       if (self) break;
       if (prefill) budget -= chunk;
-      this.setEntry(n++, s, chunk);
+      const lora = s.init.lora;
+      this.setEntry(n++, s, chunk, lora === null ? -1 : this.registry.residentSlot(lora)!);
     }
 
     // The running list changes only with queueVersion: while it stays (most decode steps), so
@@ -411,17 +419,22 @@ export class Scheduler {
     const started = this.started;
     started.clear();
     const waiting = this.waiting;
+    const admitted = this.admitted;
+    admitted.length = 0;
+    const runningBefore = this.running.length;
     let placeWait = -1;
     let i = 0;
     // Requests held back are moved down over the admitted ones, keeping their order.
     let kept = 0;
     for (; i < waiting.length; i++) {
-      if (this.running.length >= this.opts.maxRunningRequests || budget <= 0) break;
+      if (runningBefore + admitted.length >= this.opts.maxRunningRequests || budget <= 0) break;
       const s = waiting[i]!;
       const lora = s.init.lora;
       const slot = lora === null ? -1 : this.registry.residentSlot(lora);
       let admit: boolean;
-      if (distinct.includes(lora)) {
+      // Its place among the step's adapters, found once for every question below.
+      let d = distinct.indexOf(lora);
+      if (d >= 0) {
         admit = slot !== null && !draining.includes(lora);
       } else {
         const known = claims.includes(lora);
@@ -436,7 +449,15 @@ export class Scheduler {
           if (free > 0) {
             claims.push(lora);
           } else if (draining.length < drainLimit) {
-            if (!leftKnown) tokensLeftByAdapter(distinct, this.running, this.opts.contextLength, left);
+            if (!leftKnown) {
+              tokensLeftByAdapter(distinct, this.running, this.opts.contextLength, left);
+              // And those this walk admitted so far, which join the running list after it.
+              for (let a = 0; a < admitted.length; a++) {
+                const r = admitted[a]!;
+                const at = distinct.indexOf(r.init.lora);
+                left[at] = Math.max(left[at]!, tokensLeft(r, this.opts.contextLength));
+              }
+            }
             leftKnown = true;
             const next = soonestToFree(distinct, left, draining);
             if (next !== undefined) {
@@ -456,16 +477,15 @@ export class Scheduler {
       if (!this.kv.grow(s.blocks, s.start + chunk)) break;
       s.status = 'running';
       if (this.paused.size > 0) this.paused.delete(s);
-      insertByArrival(this.running, s);
-      addOnce(distinct, lora);
-      if (leftKnown) {
-        const d = distinct.indexOf(lora);
-        left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
-      }
+      admitted.push(s);
+      if (d < 0) d = distinct.push(lora) - 1;
+      if (leftKnown) left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
       if (lora !== null) tally(started, lora, s.arrival);
       budget -= chunk;
-      this.setEntry(n++, s, chunk);
+      this.setEntry(n++, s, chunk, slot!);
     }
+    mergeByArrival(this.running, admitted);
+    admitted.length = 0;
     if (kept < i) {
       for (let j = i; j < waiting.length; j++) waiting[kept++] = waiting[j]!;
       waiting.length = kept;
@@ -611,12 +631,10 @@ export class Scheduler {
     };
   }
 
-  /** Fills the step's entry `i`, reusing the object an earlier step left there. */
-  private setEntry(i: number, s: Sequence, chunk: number): void {
-    const lora = s.init.lora;
+  /** Fills the step's entry `i` (`slot`: its adapter's, which the caller has looked up), reusing the object an earlier step left there. */
+  private setEntry(i: number, s: Sequence, chunk: number, slot: number): void {
     const start = s.start;
     const sample = start + chunk === s.tokens.length + (s.aheadSamples ? 1 : 0);
-    const slot = lora === null ? -1 : this.registry.residentSlot(lora)!;
     // With a sampling step in flight, its token is this step's only input (pending is 1).
     const feedRow = s.aheadSamples ? s.aheadRow : -1;
     const e = this.entries[i];
@@ -735,6 +753,29 @@ function insertByArrival(list: Sequence[], s: Sequence): void {
   // Usually the newest: a splice there would still make an array of the none it removes.
   if (i === list.length) list.push(s);
   else list.splice(i, 0, s);
+}
+
+/**
+ * Puts `added` into `list` (in arrival order) where insertByArrival would put each. When `added`
+ * is in arrival order too (the waiting queue's order, which an admission walk keeps), in one pass
+ * from the back, which moves each element of `list` at most once.
+ */
+function mergeByArrival(list: Sequence[], added: readonly Sequence[]): void {
+  for (let k = 1; k < added.length; k++) {
+    if (added[k - 1]!.arrival > added[k]!.arrival) {
+      for (const s of added) insertByArrival(list, s);
+      return;
+    }
+  }
+  let i = list.length - 1;
+  // Grown by pushing, not by setting its length, so that the array keeps no holes.
+  for (const s of added) list.push(s);
+  let w = list.length - 1;
+  let j = added.length - 1;
+  while (j >= 0) {
+    if (i >= 0 && list[i]!.arrival > added[j]!.arrival) list[w--] = list[i--]!;
+    else list[w--] = added[j--]!;
+  }
 }
 
 /** Appends `value` to the list kept under `key`. */

@@ -60,7 +60,8 @@ export class Sequence {
      */
     public arrival: number,
   ) {
-    this.tokens = [...init.promptIds];
+    // slice, not a spread: the same copy, without the iteration protocol, for every request.
+    this.tokens = init.promptIds.slice();
   }
 
   get id(): string {
