@@ -25,18 +25,6 @@ constexpr int kGroups = kThreads / 8;
 constexpr int kStages = 2;
 constexpr int kTileBytes = 8 * 1024;  // of K, and as much of V, per stage
 
-// Which dimensions a lane holds: pieces of W (8, or 4 at head_dim 32) consecutive dimensions,
-// piece p of lane l at p * 8 * W + l * W. The 8 lanes of a group read a piece of one key as 8 * W
-// consecutive values: one 128-byte row of shared memory, free of bank conflicts.
-template <int D>
-struct LaneDims {
-  static constexpr int DL = D / 8;
-  static constexpr int W = DL >= 8 ? 8 : DL;
-  static constexpr int NP = DL / W;
-  static_assert(W == 8 || W == 4, "row slices are at least 4 values");
-  __device__ static int dim(int p, int lane8) { return p * 8 * W + lane8 * W; }
-};
-
 template <int W>
 __device__ __forceinline__ void loadPiece(const bf16_t* p, float* out) {
   if constexpr (W == 8) {
@@ -55,6 +43,23 @@ __device__ __forceinline__ void loadPiece(const bf16_t* p, float* out) {
     out[3] = __uint_as_float(w.y & 0xffff0000u);
   }
 }
+
+// Which dimensions a lane holds: pieces of W (8, or 4 at head_dim 32) consecutive dimensions,
+// piece p of lane l at p * 8 * W + l * W. The 8 lanes of a group read a piece of one key as 8 * W
+// consecutive values: one 128-byte row of shared memory, free of bank conflicts.
+template <int D>
+struct LaneDims {
+  static constexpr int DL = D / 8;
+  static constexpr int W = DL >= 8 ? 8 : DL;
+  static constexpr int NP = DL / W;
+  static_assert(W == 8 || W == 4, "row slices are at least 4 values");
+  __device__ static int dim(int p, int lane8) { return p * 8 * W + lane8 * W; }
+  // The lane's dimensions of one row, as floats.
+  __device__ static void load(const bf16_t* row, int lane8, float (&out)[DL]) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p) loadPiece<W>(row + dim(p, lane8), out + p * W);
+  }
+};
 
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
@@ -76,14 +81,9 @@ __global__ void __launch_bounds__(kThreads)
   float qr[G][DL];
 #pragma unroll
   for (int j = 0; j < G; ++j) {
-    const bf16_t* row = q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D;
+    L::load(q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D, lane8, qr[j]);
 #pragma unroll
-    for (int p = 0; p < NP; ++p) {
-      float tmp[W];
-      loadPiece<W>(row + L::dim(p, lane8), tmp);
-#pragma unroll
-      for (int e = 0; e < W; ++e) qr[j][p * W + e] = tmp[e] * scale;
-    }
+    for (int d = 0; d < DL; ++d) qr[j][d] *= scale;
   }
   const int ctx = map.positions[t] + 1;
   // The visible keys [lo, ctx): the whole prefix, or its last a.window positions.
@@ -117,10 +117,8 @@ __global__ void __launch_bounds__(kThreads)
     float dot[kPerGroup][G];
 #pragma unroll
     for (int kk = 0; kk < kPerGroup; ++kk) {
-      const bf16_t* row = K + (sub + kk * kGroups) * D;
       float kf[DL];
-#pragma unroll
-      for (int p = 0; p < NP; ++p) loadPiece<W>(row + L::dim(p, lane8), kf + p * W);
+      L::load(K + (sub + kk * kGroups) * D, lane8, kf);
 #pragma unroll
       for (int j = 0; j < G; ++j) {
         float d = 0;
@@ -153,10 +151,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int kk = 0; kk < kPerGroup; ++kk) {
-      const bf16_t* row = V + (sub + kk * kGroups) * D;
       float vf[DL];
-#pragma unroll
-      for (int p = 0; p < NP; ++p) loadPiece<W>(row + L::dim(p, lane8), vf + p * W);
+      L::load(V + (sub + kk * kGroups) * D, lane8, vf);
 #pragma unroll
       for (int j = 0; j < G; ++j)
 #pragma unroll
