@@ -284,6 +284,26 @@ int runChecks() {
   return failed;
 }
 
+// Microseconds per call of call(i) over `iters` calls, after `warmup` untimed ones (i counts
+// from 0 across both).
+template <typename F>
+double timeCalls(int warmup, int iters, F&& call) {
+  cudaEvent_t e0, e1;
+  ok(cudaEventCreate(&e0), "event");
+  ok(cudaEventCreate(&e1), "event");
+  for (int i = 0; i < warmup + iters; ++i) {
+    if (i == warmup) ok(cudaEventRecord(e0), "record");
+    call(i);
+  }
+  ok(cudaEventRecord(e1), "record");
+  ok(cudaEventSynchronize(e1), "sync");
+  float ms = 0;
+  ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 1000.0 * ms / iters;
+}
+
 int bench(int onlyBatch, int onlyCtx, bool mma) {
   cudaDeviceProp prop{};
   ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -305,21 +325,11 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       for (int mult : {1, 2, 4, 8}) {
         const int splits = std::clamp((mult * sms + work - 1) / work, 1, 32);
         if (mult > 1 && splits == std::clamp(((mult / 2) * sms + work - 1) / work, 1, 32)) continue;
-        cudaEvent_t e0, e1;
-        ok(cudaEventCreate(&e0), "event");
-        ok(cudaEventCreate(&e1), "event");
-        const int iters = 200;
-        for (int it = -10; it < iters; ++it) {
-          if (it == 0) ok(cudaEventRecord(e0), "record");
-          const size_t off = static_cast<size_t>((it + 10) % layers) * p.layerElems;
+        const double us = timeCalls(10, 200, [&](int i) {
+          const size_t off = static_cast<size_t>(i % layers) * p.layerElems;
           decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr,
                           kernel);
-        }
-        ok(cudaEventRecord(e1), "record");
-        ok(cudaEventSynchronize(e1), "sync");
-        float ms = 0;
-        ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
-        const double us = 1000.0 * ms / iters;
+        });
         std::printf("  splits %2d%s %7.1f us %5.2f TB/s", splits, splits == pick ? "*" : " ", us, bytes / us / 1e6);
       }
       std::printf("\n");
@@ -335,19 +345,9 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
     const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, false, std::vector<int>(seqs, len));
     Device d = upload(p, 1);
     const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
-    cudaEvent_t e0, e1;
-    ok(cudaEventCreate(&e0), "event");
-    ok(cudaEventCreate(&e1), "event");
-    const int iters = 50;
-    for (int it = -3; it < iters; ++it) {
-      if (it == 0) ok(cudaEventRecord(e0), "record");
+    const double us = timeCalls(3, 50, [&](int) {
       for (int i = 0; i < seqs; ++i) run(d.q, d.k, d.v, d.map, d.a, i * len, len, scale, d.out, nullptr);
-    }
-    ok(cudaEventRecord(e1), "record");
-    ok(cudaEventSynchronize(e1), "sync");
-    float ms = 0;
-    ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
-    const double us = 1000.0 * ms / iters;
+    });
     // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
     const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
     std::printf("prefill %d x %d tokens: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, us, flops / us / 1e6);
