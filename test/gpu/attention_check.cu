@@ -25,38 +25,13 @@
 #include <random>
 #include <vector>
 
+#include "check_util.h"
 #include "cuda/kernels.h"
 
 using namespace troupe::cuda;
+using namespace kernel_check;
 
 namespace {
-
-void ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    std::exit(2);
-  }
-}
-
-float bf(bf16_t v) {
-  uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-bf16_t tobf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<bf16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
-template <typename T>
-T* upload(const std::vector<T>& v) {
-  T* d = nullptr;
-  ok(cudaMalloc(&d, std::max<size_t>(1, v.size()) * sizeof(T)), "cudaMalloc");
-  ok(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
-  return d;
-}
 
 struct Shape {
   int heads, kvHeads, D, bs, window;
@@ -105,12 +80,12 @@ Problem make(const Shape& sh, const std::vector<int>& seqCtx, int layers, uint32
   p.layerElems = static_cast<size_t>(p.blocks) * sh.kvHeads * sh.bs * sh.D;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   p.q.resize(static_cast<size_t>(n) * sh.heads * sh.D);
-  for (auto& x : p.q) x = tobf(6.0f * u(rng));  // peaked softmaxes: a missed key shows
+  for (auto& x : p.q) x = toBf16(6.0f * u(rng));  // peaked softmaxes: a missed key shows
   p.k.resize(p.layerElems * layers);
   p.v.resize(p.layerElems * layers);
   if (fillCache) {
-    for (auto& x : p.k) x = tobf(u(rng));
-    for (auto& x : p.v) x = tobf(u(rng));
+    for (auto& x : p.k) x = toBf16(u(rng));
+    for (auto& x : p.v) x = toBf16(u(rng));
   }
   return p;
 }
@@ -123,7 +98,7 @@ struct Device {
   AttnShape a;
 };
 
-Device upload(const Problem& p, int maxSplits) {
+Device uploadProblem(const Problem& p, int maxSplits) {
   Device d{};
   const int n = static_cast<int>(p.ctx.size());
   d.q = upload(p.q);
@@ -133,9 +108,9 @@ Device upload(const Problem& p, int maxSplits) {
   d.tokenSeq = upload(p.tokenSeq);
   d.blockTables = upload(p.blockTables);
   d.idx = upload(p.idx);
-  ok(cudaMalloc(&d.out, static_cast<size_t>(n) * p.sh.heads * p.sh.D * 2), "cudaMalloc");
-  ok(cudaMalloc(&d.partial, static_cast<size_t>(n) * p.sh.heads * maxSplits * p.sh.D * 4), "cudaMalloc");
-  ok(cudaMalloc(&d.ml, static_cast<size_t>(n) * p.sh.heads * maxSplits * 2 * 4), "cudaMalloc");
+  CK(cudaMalloc(&d.out, static_cast<size_t>(n) * p.sh.heads * p.sh.D * 2));
+  CK(cudaMalloc(&d.partial, static_cast<size_t>(n) * p.sh.heads * maxSplits * p.sh.D * 4));
+  CK(cudaMalloc(&d.ml, static_cast<size_t>(n) * p.sh.heads * maxSplits * 2 * 4));
   d.map = TokenMap{d.positions, d.tokenSeq, d.blockTables, p.pitch, n};
   d.a = AttnShape{p.sh.heads, p.sh.kvHeads, p.sh.D, p.sh.bs, p.sh.window};
   return d;
@@ -169,7 +144,7 @@ std::vector<double> reference(const Problem& p) {
       for (int key = lo; key < ctx; ++key) {
         const bf16_t* kr = row(p.k, key);
         double dot = 0;
-        for (int d = 0; d < s.D; ++d) dot += static_cast<double>(bf(qr[d])) * bf(kr[d]);
+        for (int d = 0; d < s.D; ++d) dot += static_cast<double>(fromBf16(qr[d])) * fromBf16(kr[d]);
         sc[key - lo] = dot * scale;
         mx = std::max(mx, sc[key - lo]);
       }
@@ -177,7 +152,7 @@ std::vector<double> reference(const Problem& p) {
       for (double& x : sc) sum += (x = std::exp(x - mx));
       for (int d = 0; d < s.D; ++d) {
         double o = 0;
-        for (int key = lo; key < ctx; ++key) o += sc[key - lo] * bf(row(p.v, key)[d]);
+        for (int key = lo; key < ctx; ++key) o += sc[key - lo] * fromBf16(row(p.v, key)[d]);
         out[(static_cast<size_t>(t) * s.heads + h) * s.D + d] = o / sum;
       }
     }
@@ -189,7 +164,7 @@ int judge(const char* name, const char* kernel, int splits, const Problem& p, co
   const std::vector<double> ref = reference(p);
   double worst = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
-    const double diff = std::fabs(bf(got[i]) - ref[i]);
+    const double diff = std::fabs(fromBf16(got[i]) - ref[i]);
     worst = std::isnan(diff) ? INFINITY : std::max(worst, diff / (1.0 + std::fabs(ref[i])));
   }
   // bf16 output: a relative rounding of 2^-8, plus float sums over up to a few thousand keys.
@@ -204,12 +179,12 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
     std::printf("  skip %-34s (not supported)\n", name);
     return 0;
   }
-  Device d = upload(p, splits);
+  Device d = uploadProblem(p, splits);
   decodeAttention(d.q, d.k, d.v, d.idx, static_cast<int>(ctx.size()), d.map, d.a, splits, d.partial, d.ml, d.out,
                   nullptr, mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr);
-  ok(cudaDeviceSynchronize(), name);
+  CK(cudaDeviceSynchronize());
   std::vector<bf16_t> got(p.q.size());
-  ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  CK(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost));
   release(d);
   return judge(name, mma ? "mma" : "cuda-core", splits, p, got);
 }
@@ -222,14 +197,14 @@ int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqC
     return 0;
   }
   const Problem p = make(sh, seqCtx, 1, 5u + static_cast<uint32_t>(seqCtx.size()) * 17u, true, counts);
-  Device d = upload(p, 1);
+  Device d = uploadProblem(p, 1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
   for (size_t i = 0; i + 1 < p.seqStart.size(); ++i) {
     run(d.q, d.k, d.v, d.map, d.a, p.seqStart[i], p.seqStart[i + 1] - p.seqStart[i], scale, d.out, nullptr);
   }
-  ok(cudaDeviceSynchronize(), name);
+  CK(cudaDeviceSynchronize());
   std::vector<bf16_t> got(p.q.size());
-  ok(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  CK(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost));
   release(d);
   return judge(name, "prefill", 0, p, got);
 }
@@ -289,16 +264,16 @@ int runChecks() {
 template <typename F>
 double timeCalls(int warmup, int iters, F&& call) {
   cudaEvent_t e0, e1;
-  ok(cudaEventCreate(&e0), "event");
-  ok(cudaEventCreate(&e1), "event");
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
   for (int i = 0; i < warmup + iters; ++i) {
-    if (i == warmup) ok(cudaEventRecord(e0), "record");
+    if (i == warmup) CK(cudaEventRecord(e0));
     call(i);
   }
-  ok(cudaEventRecord(e1), "record");
-  ok(cudaEventSynchronize(e1), "sync");
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
   float ms = 0;
-  ok(cudaEventElapsedTime(&ms, e0, e1), "elapsed");
+  CK(cudaEventElapsedTime(&ms, e0, e1));
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   return 1000.0 * ms / iters;
@@ -306,7 +281,7 @@ double timeCalls(int warmup, int iters, F&& call) {
 
 int bench(int onlyBatch, int onlyCtx, bool mma) {
   cudaDeviceProp prop{};
-  ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  CK(cudaGetDeviceProperties(&prop, 0));
   const int sms = prop.multiProcessorCount;
   std::printf("%s, %d SMs\n", prop.name, sms);
   const Shape sh{32, 8, 128, 16, 0};
@@ -316,7 +291,7 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
-      Device d = upload(p, 32);
+      Device d = uploadProblem(p, 32);
       const DecodeMmaLauncher kernel = mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr;
       const int work = b * sh.kvHeads;
       const int perSm = kernel && work >= sms ? 4 : 2;  // as the engine picks (backend.cc)
@@ -343,7 +318,7 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
   for (int seqs : {1, 8}) {
     const int len = seqs == 1 ? 2048 : 512;
     const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, false, std::vector<int>(seqs, len));
-    Device d = upload(p, 1);
+    Device d = uploadProblem(p, 1);
     const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
     const double us = timeCalls(3, 50, [&](int) {
       for (int i = 0; i < seqs; ++i) run(d.q, d.k, d.v, d.map, d.a, i * len, len, scale, d.out, nullptr);

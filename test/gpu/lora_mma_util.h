@@ -1,6 +1,6 @@
-// What the standalone LoRA kernel check and benchmark share (lora_mma_check.cu, lora_mma_bench.cu):
-// error checks, seeded values, bf16 rounding, work items built as the backend builds them, and one
-// call that runs a kernel pair of either family.
+// What the standalone LoRA kernel check and benchmark share (lora_mma_check.cu, lora_mma_bench.cu),
+// beside check_util.h: work items built as the backend builds them, and one call that runs a
+// kernel pair of either family.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,56 +12,18 @@
 #include <cstring>
 #include <vector>
 
+#include "check_util.h"
 #include "cuda/lora_kernels.h"
 #include "cuda/lora_mma.h"
 
 namespace lora_check {
 
+using namespace kernel_check;
+
 using troupe::cuda::bf16_t;
 using troupe::cuda::LoraItems;
 using troupe::cuda::LoraSlices;
 namespace tc = troupe::cuda;
-
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    const cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                            \
-    }                                                                                          \
-  } while (0)
-
-struct Rng {
-  uint64_t s;
-  double uni() {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return static_cast<double>(s >> 11) * (1.0 / 9007199254740992.0);
-  }
-  float sym() { return static_cast<float>(2 * uni() - 1); }
-};
-
-// Round to nearest even (finite inputs).
-inline uint16_t toBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float fromBf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-constexpr uint16_t kNaN16 = 0x7fc0;
-
-template <class T>
-T* upload(const std::vector<T>& h) {
-  T* d = nullptr;
-  CK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
-  if (!h.empty()) CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
 
 enum class Kernel { kFma, kMma, kMmaPdl };
 inline const char* kernelName(Kernel k) { return k == Kernel::kFma ? "fma" : k == Kernel::kMma ? "mma" : "mma-pdl"; }
