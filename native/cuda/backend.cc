@@ -42,7 +42,6 @@ using cuda::PinnedBuffer;
 
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
-constexpr int kMaxSplits = 32;
 // loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
 // reading the weights) add the LoRA deltas with a second GEMM over the padding columns, so that the
 // shrink runs beside the base GEMM; larger steps fold them into one GEMM, where a second pass over
@@ -262,7 +261,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     }
   }
   // Activations for a typical step first, so the cache sizing below sees them.
-  ensureActivations(512, 256, kMaxSplits, 256);
+  ensureActivations(512, 256, cuda::kMaxDecodeSplits, 256);
   const size_t perBlock = static_cast<size_t>(c.numLayers) * c.numKvHeads * o.blockSize * c.headDim * 2 * 2;
   // Every rank's GPU, gathered once all ranks have placed their weights, pool and activations, so
   // the free memory measured below is what the cache can have.
@@ -368,14 +367,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.decodes = static_cast<int>(decIdx.size());
   p.sampled = static_cast<int>(rows.size());
   if (p.decodes > 0) {
-    const int work = p.decodes * c_.numKvHeads;
-    // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows). The
-    // tensor-core kernel, once the batch alone gives every SM a block, is fastest with about four
-    // (three fit an SM at once): 32 rows x 512 keys took 32.9 us a layer with 3 splits against 36.3
-    // with 2 on an H200, 64 rows 54.5 against 59.6; with fewer rows, more splits only add combine
-    // work (8 rows: 15.7 us with 5 splits, 19.3 with 9).
-    const int perSm = attnMma_ && work >= sms_ ? 4 : 2;
-    p.splits = std::clamp((perSm * sms_ + work - 1) / work, 1, kMaxSplits);
+    p.splits = cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnMma_ != nullptr);
   }
   if (b.maxBlocksPerSeq > pitch_) {
     pitch_ = b.maxBlocksPerSeq;

@@ -64,6 +64,11 @@ using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_
                                    const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial,
                                    float* ml, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
+// How many splits a step of `decodes` decode tokens gives each token's context, on a GPU of `sms`
+// multiprocessors (mma: the tensor-core kernel); it depends only on the launch, so captured graphs
+// stay valid as contexts grow.
+constexpr int kMaxDecodeSplits = 32;
+int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma);
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
                      cudaStream_t s, DecodeMmaLauncher mma);

@@ -291,15 +291,14 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
-      Device d = uploadProblem(p, 32);
+      Device d = uploadProblem(p, kMaxDecodeSplits);
       const DecodeMmaLauncher kernel = mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr;
       const int work = b * sh.kvHeads;
-      const int perSm = kernel && work >= sms ? 4 : 2;  // as the engine picks (backend.cc)
-      const int pick = std::clamp((perSm * sms + work - 1) / work, 1, 32);
+      const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
       for (int mult : {1, 2, 4, 8}) {
-        const int splits = std::clamp((mult * sms + work - 1) / work, 1, 32);
-        if (mult > 1 && splits == std::clamp(((mult / 2) * sms + work - 1) / work, 1, 32)) continue;
+        const int splits = std::clamp((mult * sms + work - 1) / work, 1, kMaxDecodeSplits);
+        if (mult > 1 && splits == std::clamp(((mult / 2) * sms + work - 1) / work, 1, kMaxDecodeSplits)) continue;
         const double us = timeCalls(10, 200, [&](int i) {
           const size_t off = static_cast<size_t>(i % layers) * p.layerElems;
           decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr,
