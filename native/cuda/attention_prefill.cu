@@ -35,7 +35,9 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int g = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
   const int rows = count * G;
-  const int blockRow = blockIdx.x * kRows;
+  // The last rows see the most keys: blocks start in reverse so that the longest run first and
+  // the short ones fill the tail of the grid.
+  const int blockRow = (gridDim.x - 1 - blockIdx.x) * kRows;
   const int firstPos = map.positions[t0];
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t0]) * map.pitch;
 
