@@ -308,8 +308,12 @@ void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
                      cudaStream_t s, DecodeMmaLauncher mma) {
   const float scale = 1.0f / sqrtf(static_cast<float>(a.headDim));
-  (mma ? mma : pick(a.headDim, a.heads / a.kvHeads))(q, kCache, vCache, idx, count, map, a, splits, scale, partial,
-                                                     partialMl, s);
+  if (mma) {
+    mma(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, splits == 1 ? out : nullptr, s);
+    if (splits == 1) return;
+  } else {
+    pick(a.headDim, a.heads / a.kvHeads)(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, s);
+  }
   combineKernel<<<dim3(count, a.heads), a.headDim, 0, s>>>(partial, partialMl, idx, a.heads, a.headDim, splits, out);
 }
 

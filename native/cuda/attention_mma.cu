@@ -35,7 +35,7 @@ constexpr int kStages = kMmaStages;
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
     decodeMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
-                    AttnShape a, int splits, float scale, float* partial, float* partialMl) {
+                    AttnShape a, int splits, float scale, float* partial, float* partialMl, bf16_t* out) {
   static_assert(D % 32 == 0 && G >= 1 && G <= 8, "head_dim in 32s, at most 8 rows of the mma used");
   constexpr int P = kMmaPitch<D>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -44,6 +44,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
   const int t = idx[local];
+  const int H = a.heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
   const int KVH = a.kvHeads, bs = a.blockSize;
 
@@ -167,15 +168,7 @@ __global__ void __launch_bounds__(kThreads)
       row[n * 8 + 2 * qi + 1] = o[n][1] * c;
     }
   }
-  __syncthreads();
-  const int H = a.heads;
-  for (int e = threadIdx.x; e < G * D; e += kThreads) {
-    const int j = e / D, d = e % D;
-    float sum = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += so[(w * G + j) * D + d];
-    partial[((static_cast<size_t>(local) * H + g * G + j) * splits + s) * D + d] = sum;
-  }
+  __shared__ float sL[G];
   if (threadIdx.x < G) {
     const int j = threadIdx.x;
     float M = -INFINITY, L = 0;
@@ -183,9 +176,25 @@ __global__ void __launch_bounds__(kThreads)
     for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][j]);
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) L += sm[w][j] == -INFINITY ? 0.0f : sl[w][j] * __expf(sm[w][j] - M);
-    float* ml = partialMl + ((static_cast<size_t>(local) * H + g * G + j) * splits + s) * 2;
-    ml[0] = M;
-    ml[1] = L;
+    sL[j] = L;
+    if (!out) {
+      float* ml = partialMl + ((static_cast<size_t>(local) * H + g * G + j) * splits + s) * 2;
+      ml[0] = M;
+      ml[1] = L;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < G * D; e += kThreads) {
+    const int j = e / D, d = e % D;
+    float sum = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += so[(w * G + j) * D + d];
+    if (out) {
+      // One split: the whole context is here, so the output is final (no combine kernel).
+      out[(static_cast<size_t>(t) * H + g * G + j) * D + d] = __bfloat16_as_ushort(__float2bfloat16_rn(sum / sL[j]));
+    } else {
+      partial[((static_cast<size_t>(local) * H + g * G + j) * splits + s) * D + d] = sum;
+    }
   }
 }
 
@@ -193,9 +202,9 @@ template <int D, int G>
 struct DecodeMma {
   static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
-                     cudaStream_t s) {
+                     bf16_t* out, cudaStream_t s) {
     decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(
-        q, k, v, idx, map, a, splits, scale, partial, ml);
+        q, k, v, idx, map, a, splits, scale, partial, ml, out);
   }
   static const void* function() { return reinterpret_cast<const void*>(decodeMmaKernel<D, G>); }
 };

@@ -60,9 +60,10 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
 // Attention of single tokens (decodes) over their sequence's cache, split over `splits` parts of
 // the context, then combined into out ([token][head][headDim], bf16). idx lists the tokens.
 // mma: the tensor-core kernel prepareDecodeAttentionMma returned, or nullptr for the CUDA-core one.
+// With out (one split only) the kernel writes the final output and no combine is needed.
 using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                                    const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial,
-                                   float* ml, cudaStream_t s);
+                                   float* ml, bf16_t* out, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
 // How many splits a step of `decodes` decode tokens gives each token's context, on a GPU of `sms`
 // multiprocessors (mma: the tensor-core kernel); it depends only on the launch, so captured graphs
