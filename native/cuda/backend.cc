@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -151,7 +152,7 @@ class CudaBackend : public Backend {
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
   DeviceBuffer<bf16_t> xa_;                       // loraKernel fused: a projection's input rows with their LoRA columns
   uint64_t generation_ = 1;                       // bumped whenever a buffer a graph uses moves
-  std::map<std::pair<int, bool>, Graph> graphs_;  // by (batch size, has adapter tokens)
+  std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
   cuda::LoraItems loraItems_{};
@@ -355,10 +356,12 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.n = static_cast<int>(b.numSeqs());
   p.T = static_cast<int>(b.tokens.size);
   std::vector<int32_t> decIdx, rows;
+  int longest = 0;
   for (int i = 0; i < p.n; ++i) {
     const int count = b.seqStarts[i + 1] - b.seqStarts[i];
     if (count == 1) {
       decIdx.push_back(b.seqStarts[i]);
+      longest = std::max(longest, static_cast<int>(b.contextLens[i]));
     } else {
       p.prefillSeqs.push_back(i);
     }
@@ -367,7 +370,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.decodes = static_cast<int>(decIdx.size());
   p.sampled = static_cast<int>(rows.size());
   if (p.decodes > 0) {
-    p.splits = cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnMma_ != nullptr);
+    p.splits = cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnMma_ != nullptr, longest);
   }
   if (b.maxBlocksPerSeq > pitch_) {
     pitch_ = b.maxBlocksPerSeq;
@@ -491,7 +494,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
       const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }
-    Graph& g = graphs_[{p.n, stepHasLora_}];
+    Graph& g = graphs_[{p.n, stepHasLora_, p.splits}];
     if (!g.exec || g.generation != generation_) {
       if (g.exec) cudaGraphExecDestroy(g.exec);
       g.exec = nullptr;

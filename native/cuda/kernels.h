@@ -66,10 +66,12 @@ using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_
                                    float* ml, bf16_t* out, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
 // How many splits a step of `decodes` decode tokens gives each token's context, on a GPU of `sms`
-// multiprocessors (mma: the tensor-core kernel); it depends only on the launch, so captured graphs
-// stay valid as contexts grow.
+// multiprocessors (mma: the tensor-core kernel), the longest context being `longestContext` keys.
+// The kernels split each context by its own length on the device, so a captured graph stays valid
+// for any contexts that give the same count (graphs are kept per count).
 constexpr int kMaxDecodeSplits = 32;
-int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma);
+constexpr int kMmaKeysPerSplit = 768;  // once the batch fills the SMs: fewer keys a split do not pay
+int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longestContext);
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
                      cudaStream_t s, DecodeMmaLauncher mma);

@@ -294,7 +294,7 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       Device d = uploadProblem(p, kMaxDecodeSplits);
       const DecodeMmaLauncher kernel = mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr;
       const int work = b * sh.kvHeads;
-      const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr);
+      const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr, ctx);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
       for (int mult : {1, 2, 4, 8}) {
         const int splits = std::clamp((mult * sms + work - 1) / work, 1, kMaxDecodeSplits);
