@@ -298,14 +298,16 @@ int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longe
   // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows). The
   // tensor-core kernel, once the batch alone gives every SM a block, is fastest with about four
   // (three fit an SM at once): 32 rows x 2048 keys took 82.2 us a layer with 3 splits against 91.9
-  // with 1 on an H200; with fewer rows, more splits only add combine work (8 rows: 15.7 us with 5
-  // splits, 19.3 with 9).
+  // with 1 on an H200.
   const int perSm = mma && work >= sms ? 4 : 2;
   const int splits = std::clamp((perSm * sms + work - 1) / work, 1, kMaxDecodeSplits);
-  if (!mma || work < sms) return splits;
-  // But a split of a short context is mostly its fixed cost, and one split writes the output
-  // without a combine kernel: 32 rows x 512 keys took 27.0 us with 1 split against 32.8 with 3.
-  return std::min(splits, std::max(1, (longestContext + kMmaKeysPerSplit - 1) / kMmaKeysPerSplit));
+  if (!mma) return splits;
+  // But the tensor-core kernel reads 64-key tiles, so a short split is mostly masked work and its
+  // fixed cost, plus a combine: 1 row x 512 keys took 11.1 us with 4 splits against 16.7 with 32,
+  // 8 rows 14.2 us with 4 against 15.7 with 5; and one split writes the output itself (32 rows x
+  // 512 keys: 27.0 us with 1 split against 32.8 with 3).
+  const int keys = work >= sms ? kMmaKeysPerSplit : kMmaMinKeysPerSplit;
+  return std::min(splits, std::max(1, (longestContext + keys - 1) / keys));
 }
 
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "check_util.h"
@@ -296,9 +297,12 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       const int work = b * sh.kvHeads;
       const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr, ctx);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
-      for (int mult : {1, 2, 4, 8}) {
-        const int splits = std::clamp((mult * sms + work - 1) / work, 1, kMaxDecodeSplits);
-        if (mult > 1 && splits == std::clamp(((mult / 2) * sms + work - 1) / work, 1, kMaxDecodeSplits)) continue;
+      // About 1, 2, 4 and 8 blocks an SM, the engine's pick, and where the batch leaves SMs idle
+      // a few small counts (few keys a split leave most of a 64-key tile masked).
+      std::set<int> counts{pick};
+      for (int mult : {1, 2, 4, 8}) counts.insert(std::clamp((mult * sms + work - 1) / work, 1, kMaxDecodeSplits));
+      if (work < sms) counts.insert({2, 4, 8});
+      for (int splits : counts) {
         const double us = timeCalls(10, 200, [&](int i) {
           const size_t off = static_cast<size_t>(i % layers) * p.layerElems;
           decodeAttention(d.q, d.k + off, d.v + off, d.idx, b, d.map, d.a, splits, d.partial, d.ml, d.out, nullptr,
