@@ -11,11 +11,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
-#include <tuple>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "comm.h"
@@ -150,8 +150,8 @@ class CudaBackend : public Backend {
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
-  DeviceBuffer<bf16_t> xa_;                       // loraKernel fused: a projection's input rows with their LoRA columns
-  uint64_t generation_ = 1;                       // bumped whenever a buffer a graph uses moves
+  DeviceBuffer<bf16_t> xa_;  // loraKernel fused: a projection's input rows with their LoRA columns
+  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
   std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
