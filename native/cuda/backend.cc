@@ -44,11 +44,12 @@ using cuda::PinnedBuffer;
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
 // loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
-// reading the weights) add the LoRA deltas with a second GEMM over the padding columns, so that the
-// shrink runs beside the base GEMM; larger steps fold them into one GEMM, where a second pass over
-// the f32 output would cost more than the overlap saves. On the H200 at batch 32 this beat forming
-// a decode step's LoRA input in one launch before a single GEMM (+20% against +26% for 8 rank-16
-// adapters). TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and comparisons; 0: every step folds).
+// reading the weights) make their input rows with the LoRA columns in the kernel that makes the
+// rows anyway (the norm or SiLU; lora_rows.cu), so the LoRA shrink adds no launch before the one
+// GEMM; with TROUPE_LORA_ROW_SHRINK=0 they add the deltas with a second GEMM over the padding
+// columns instead, the shrink running beside the base GEMM. Larger steps run the tensor-core shrink
+// and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
+// comparisons; 0: every step takes the larger steps' way).
 constexpr int kFusedSplitMaxTokens = 128;
 // loraKernel auto: the fused kernel while its padding columns add at most this share to the
 // base weights' bytes (see the constructor).
@@ -99,8 +100,12 @@ class CudaBackend : public Backend {
                  float* y, int ldy);
   // One of layer l's four projections with its LoRA deltas: y[T][N] (+ y when accumulating) =
   // x . W^T + the adapters' deltas of `modules` (their first output columns at offsets).
+  // The input row comes from `input`: made into `made` (xn_, act_) unless the row shrink makes it
+  // together with the LoRA columns.
   void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                  const int* offsets, const bf16_t* x, float* y, int N, bool accumulate);
+                  const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate);
+  // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
+  const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
@@ -118,6 +123,9 @@ class CudaBackend : public Backend {
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
+  // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
+  // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
+  bool rowShrink_ = true;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -198,6 +206,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   check(cudaSetDevice(device_), "cudaSetDevice");
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
+  if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
@@ -255,6 +264,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (pooled) {
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
+    if (o_.loraKernel == LoraKernel::kFused) {
+      cuda::prepareRowShrink(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
+    }
     if (o_.loraKernel == LoraKernel::kMmaOverlap || o_.loraKernel == LoraKernel::kFused) {
       check(cudaStreamCreateWithFlags(&loraStream_, cudaStreamNonBlocking), "cudaStreamCreate");
       check(cudaEventCreateWithFlags(&loraFork_, cudaEventDisableTiming), "cudaEventCreate");
@@ -535,10 +547,10 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
     const cuda::GpuLayer& L = w_->layers[l];
-    timer_.mark("norm", stream_);
-    cuda::rmsnorm(hidden_.get(), nullptr, L.inputNorm, xn_.get(), T, h, eps, stream_);
     const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
-    projection(l, cuda::kQkvWeight, "qkv", {kQ, kK, kV}, qkvOffsets, xn_.get(), qkv_.get(), qDim_ + 2 * kvDim_, false);
+    const cuda::RowInput inputNorm{cuda::RowSource::kNorm, hidden_.get(), L.inputNorm, eps};
+    projection(l, cuda::kQkvWeight, "qkv", {kQ, kK, kV}, qkvOffsets, inputNorm, xn_.get(), qkv_.get(),
+               qDim_ + 2 * kvDim_, false);
     // Qwen2's biases and Qwen3's per-head norms, after the LoRA deltas as PEFT adds them to the
     // projection's output; nothing for Llama and Mistral.
     cuda::qkvBiasNorm(qkv_.get(), L.qkvBias, L.qNorm, L.kNorm, T, shape_, eps, stream_);
@@ -550,15 +562,17 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     const int zero[1] = {0};
     // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
     // all-reduce below sums the rank-r shrink outputs as well.
-    projection(l, cuda::kOWeight, "o", {kO}, zero, attn_.get(), hidden_.get(), h, keepsResidual());
+    cuda::RowInput heads;
+    heads.bf16 = attn_.get();
+    heads.ld = qDim_;
+    projection(l, cuda::kOWeight, "o", {kO}, zero, heads, nullptr, hidden_.get(), h, keepsResidual());
     reducePartial(T);
-    timer_.mark("norm", stream_);
-    cuda::rmsnorm(hidden_.get(), nullptr, L.postNorm, xn_.get(), T, h, eps, stream_);
     const int guOffsets[2] = {0, inter};
-    projection(l, cuda::kGateUpWeight, "gate_up", {kGate, kUp}, guOffsets, xn_.get(), gateUp_.get(), 2 * inter, false);
-    timer_.mark("silu", stream_);
-    cuda::siluMul(gateUp_.get(), act_.get(), T, inter, stream_);
-    projection(l, cuda::kDownWeight, "down", {kDown}, zero, act_.get(), hidden_.get(), h, keepsResidual());
+    const cuda::RowInput postNorm{cuda::RowSource::kNorm, hidden_.get(), L.postNorm, eps};
+    projection(l, cuda::kGateUpWeight, "gate_up", {kGate, kUp}, guOffsets, postNorm, xn_.get(), gateUp_.get(),
+               2 * inter, false);
+    const cuda::RowInput silu{cuda::RowSource::kSiluMul, gateUp_.get()};
+    projection(l, cuda::kDownWeight, "down", {kDown}, zero, silu, act_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
   }
   if (p.sampled > 0) {
@@ -590,15 +604,47 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   }
 }
 
+const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, int in) {
+  const int T = map_.tokens;
+  switch (input.source) {
+    case cuda::RowSource::kNorm:
+      timer_.mark("norm", stream_);
+      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_);
+      return made;
+    case cuda::RowSource::kSiluMul:
+      timer_.mark("silu", stream_);
+      cuda::siluMul(input.f32, made, T, in, stream_);
+      return made;
+    case cuda::RowSource::kCopy:
+      break;
+  }
+  return input.bf16;
+}
+
 void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                             const int* offsets, const bf16_t* x, float* y, int N, bool accumulate) {
+                             const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N,
+                             bool accumulate) {
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  timer_.mark(name, stream_);
   if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
-    if (sl.count > 0) return fusedProjection(sl, g, name, x, W, y, N, accumulate);
+    if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
+        (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
+      // A decode step: the input rows and their LoRA columns in one launch, then one GEMM.
+      timer_.mark("lora", stream_);
+      cuda::loraRowShrink(input, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
+                          xa_.get(), ld, sms_, stream_);
+      timer_.mark(name, stream_);
+      return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+    }
+    if (sl.count > 0) {
+      const bf16_t* x = makeRows(input, made, in);
+      timer_.mark(name, stream_);
+      return fusedProjection(sl, g, name, x, W, y, N, accumulate);
+    }
   }
+  const bf16_t* x = makeRows(input, made, in);
+  timer_.mark(name, stream_);
   startLora(l, modules, x, in);
   project(T, N, in, W, ld, x, in, y, accumulate);
   applyLora(l, modules, offsets, x, in, y, N);

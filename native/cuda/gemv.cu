@@ -7,6 +7,7 @@
 // every token's x (small, cached in L1).
 #include <cuda_bf16.h>
 
+#include "cuda/bf16_dot.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 
@@ -17,16 +18,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;
-
-__device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
-  const uint32_t wa[4] = {w.x, w.y, w.z, w.w};
-  const uint32_t xa[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    acc = fmaf(__uint_as_float(wa[i] << 16), __uint_as_float(xa[i] << 16), acc);
-    acc = fmaf(__uint_as_float(wa[i] & 0xffff0000u), __uint_as_float(xa[i] & 0xffff0000u), acc);
-  }
-}
 
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32)

@@ -60,5 +60,30 @@ void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlo
                  const float* scaling, const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, int T,
                  bf16_t* xa, int ldxa, cudaStream_t st);
 
+// Where a projection's input row comes from: RMSNorm of the residual (f32 rows of `in`, weight
+// normW), SiLU(gate) x up (f32 rows of 2 in: gate then up), or a bf16 row as it is (rows ld apart).
+enum class RowSource { kNorm, kSiluMul, kCopy };
+struct RowInput {
+  RowSource source = RowSource::kCopy;
+  const float* f32 = nullptr;
+  const float* normW = nullptr;
+  float eps = 0;
+  const bf16_t* bf16 = nullptr;
+  int ld = 0;
+};
+
+// What loraAugment writes, for a decode step, without a shrink kernel before it: each token's row
+// is made here exactly as rmsnorm, siluMul or a copy makes it (bf16), written to xa[t][0, in), and
+// dotted with its slot's A rows for the scaled columns; a token's row is cut over several blocks by
+// shrink outputs, each block remaking the row (it is read from L2). One launch in place of the
+// norm (or SiLU), the shrink and the augment, on the critical path of a GEMM over in + pad columns.
+// rowShrinkSupported: in a multiple of 8 and the row fitting shared memory.
+bool rowShrinkSupported(int in, int ldxa);
+// Lets the kernel take rows of up to maxIn features (shared memory past 48 KB); call before any
+// graph capture.
+void prepareRowShrink(int maxIn);
+void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot,
+                   const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa, int sms, cudaStream_t st);
+
 }  // namespace cuda
 }  // namespace troupe

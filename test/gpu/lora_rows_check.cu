@@ -1,0 +1,169 @@
+// Stand-alone check of the LoRA row shrink (native/cuda/lora_rows.cu) against a host reference:
+// for each way of making the row (RMSNorm, SiLU x up, a copy), several slot counts, ranks below
+// the pool's, 1 to 3 modules, base-model tokens and 1 to many cuts a row, every written column of
+// every row: the row as rmsnorm / siluMul would write it, the token's slot's scaled shrink outputs
+// (zero past its rank) and zeros in every other padding column.
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
+//        native/cuda/lora_rows.cu && /tmp/rows
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "check_util.h"
+#include "cuda/lora_fused.h"
+
+using namespace kernel_check;
+using namespace troupe::cuda;
+
+namespace {
+
+constexpr int kModules = 7;
+
+struct Case {
+  RowSource source;
+  int T, in, slots, maxRank, count, sms;
+};
+
+const char* name(RowSource s) {
+  return s == RowSource::kNorm ? "norm" : s == RowSource::kSiluMul ? "silu" : "copy";
+}
+
+// The row as the plain kernels make it, in the same f32 expressions (the norm's sum in double:
+// the reduction order differs, so a row value may land one bf16 step away).
+std::vector<float> hostRow(const Case& c, const std::vector<float>& f32, const std::vector<float>& normW,
+                           const std::vector<uint16_t>& src, int t, float eps) {
+  std::vector<float> row(c.in);
+  if (c.source == RowSource::kNorm) {
+    double ss = 0;
+    for (int i = 0; i < c.in; ++i) ss += static_cast<double>(f32[t * c.in + i]) * f32[t * c.in + i];
+    const float scale = 1.0f / std::sqrt(static_cast<float>(ss / c.in) + eps);
+    for (int i = 0; i < c.in; ++i) row[i] = fromBf16(toBf16(normW[i] * (f32[t * c.in + i] * scale)));
+  } else if (c.source == RowSource::kSiluMul) {
+    for (int i = 0; i < c.in; ++i) {
+      const float x = f32[t * 2 * c.in + i];
+      row[i] = fromBf16(toBf16(x / (1.0f + std::exp(-x)) * f32[t * 2 * c.in + c.in + i]));
+    }
+  } else {
+    for (int i = 0; i < c.in; ++i) row[i] = fromBf16(src[t * c.in + i]);
+  }
+  return row;
+}
+
+int run(const Case& c, Rng& rng) {
+  const float eps = 1e-5f;
+  const int R = c.maxRank, block = c.slots * R;
+  const int pad = (c.count * block + 7) / 8 * 8, ld = c.in + pad + 8;
+  std::vector<float> f32(static_cast<size_t>(c.T) * 2 * c.in), normW(c.in), scaling(c.slots);
+  std::vector<uint16_t> src(static_cast<size_t>(c.T) * c.in);
+  for (auto& v : f32) v = 3 * rng.sym();
+  for (auto& v : normW) v = 1 + 0.5f * rng.sym();
+  for (auto& v : src) v = toBf16(rng.sym());
+  for (auto& v : scaling) v = 0.5f + rng.sym();
+  std::vector<int32_t> ranks(static_cast<size_t>(c.slots) * kModules), rowSlot(c.T);
+  for (auto& r : ranks) r = 1 + static_cast<int>(rng.uni() * R);  // 1..R, most below R
+  for (int t = 0; t < c.T; ++t) rowSlot[t] = t % 5 == 4 ? -1 : static_cast<int>(rng.uni() * c.slots);
+  const int modules[3] = {4, 5, 2};  // gate, up, v: any module indices into ranks
+  std::vector<std::vector<uint16_t>> a(c.count, std::vector<uint16_t>(static_cast<size_t>(c.slots) * R * c.in));
+  for (auto& m : a)
+    for (auto& v : m) v = toBf16(0.1f * rng.sym());
+
+  LoraSlices sl{};
+  sl.count = c.count;
+  sl.in = c.in;
+  sl.maxRank = R;
+  std::vector<uint16_t*> da;
+  for (int j = 0; j < c.count; ++j) {
+    da.push_back(upload(a[j]));
+    sl.a[j] = da.back();
+    sl.aSlotStride[j] = static_cast<size_t>(R) * c.in;
+    sl.module[j] = modules[j];
+  }
+  float* dF32 = upload(f32);
+  float* dNormW = upload(normW);
+  float* dScaling = upload(scaling);
+  uint16_t* dSrc = upload(src);
+  int32_t* dRanks = upload(ranks);
+  int32_t* dRowSlot = upload(rowSlot);
+  // Filled with NaN so that a column nobody writes shows.
+  std::vector<uint16_t> xa(static_cast<size_t>(c.T) * ld, kNaN16);
+  uint16_t* dXa = upload(xa);
+
+  RowInput row;
+  row.source = c.source;
+  row.f32 = dF32;
+  row.normW = dNormW;
+  row.eps = eps;
+  row.bf16 = dSrc;
+  row.ld = c.in;
+  prepareRowShrink(c.in);
+  loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
+  CK(cudaDeviceSynchronize());
+  CK(cudaMemcpy(xa.data(), dXa, xa.size() * 2, cudaMemcpyDeviceToHost));
+
+  double rowDiff = 0, loraDiff = 0;
+  int bad = 0;
+  for (int t = 0; t < c.T; ++t) {
+    const std::vector<float> ref = hostRow(c, f32, normW, src, t, eps);
+    const uint16_t* got = xa.data() + static_cast<size_t>(t) * ld;
+    for (int i = 0; i < c.in; ++i) {
+      const float g = fromBf16(got[i]);
+      // One bf16 step (2^-8 relative): the norm sums in another order, SiLU uses __expf.
+      const double d = std::fabs(g - ref[i]) / std::max(std::fabs(ref[i]), 1e-6f);
+      rowDiff = std::max(rowDiff, d);
+      if (!(d <= (c.source == RowSource::kCopy ? 0 : 8e-3))) ++bad;
+    }
+    const int slot = rowSlot[t];
+    for (int col = 0; col < pad; ++col) {
+      const int j = col / block, k = (col % block) / R, r = col % R;
+      const float g = fromBf16(got[c.in + col]);
+      const bool live = slot >= 0 && j < c.count && k == slot && r < ranks[slot * kModules + modules[j]];
+      if (!live) {
+        if (g != 0.0f) ++bad;
+        continue;
+      }
+      double sum = 0, mag = 0;
+      const uint16_t* arow = a[j].data() + (static_cast<size_t>(slot) * R + r) * c.in;
+      for (int i = 0; i < c.in; ++i) {
+        const double p = static_cast<double>(fromBf16(arow[i])) * ref[i];
+        sum += p;
+        mag += std::fabs(p);
+      }
+      const double want = sum * scaling[slot];
+      // The bf16 output's rounding (2^-9 relative) plus the row's one-step differences.
+      const double d = std::fabs(g - want) / (std::fabs(scaling[slot]) * mag + 1e-12);
+      loraDiff = std::max(loraDiff, d);
+      if (!(d < 1e-2)) ++bad;
+    }
+    if (!std::isnan(fromBf16(got[c.in + pad]))) ++bad;  // past the padding: untouched
+  }
+  for (auto* p : da) cudaFree(p);
+  cudaFree(dF32);
+  cudaFree(dNormW);
+  cudaFree(dScaling);
+  cudaFree(dSrc);
+  cudaFree(dRanks);
+  cudaFree(dRowSlot);
+  cudaFree(dXa);
+  std::printf("  %s %s T %3d in %5d slots %d rank %2d modules %d sms %3d  row %.1e  lora %.1e  %d bad\n",
+              bad ? "FAIL" : "ok  ", name(c.source), c.T, c.in, c.slots, R, c.count, c.sms, rowDiff, loraDiff, bad);
+  return bad ? 1 : 0;
+}
+
+}  // namespace
+
+int main() {
+  Rng rng{11};
+  int failed = 0;
+  for (RowSource s : {RowSource::kNorm, RowSource::kSiluMul, RowSource::kCopy}) {
+    failed += run({s, 1, 256, 1, 8, 1, 132}, rng);
+    failed += run({s, 13, 1024, 3, 16, 3, 132}, rng);
+    failed += run({s, 32, 4096, 8, 16, 3, 132}, rng);
+    failed += run({s, 32, 4096, 8, 64, 2, 132}, rng);
+    failed += run({s, 64, 14336, 4, 32, 1, 132}, rng);
+    failed += run({s, 7, 2048, 2, 8, 2, 1}, rng);  // one cut a row
+  }
+  std::printf("%d failed\n", failed);
+  return failed == 0 ? 0 : 1;
+}
