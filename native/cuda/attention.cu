@@ -306,8 +306,14 @@ int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longe
   // fixed cost, plus a combine: 1 row x 512 keys took 11.1 us with 4 splits against 16.7 with 32,
   // 8 rows 14.2 us with 4 against 15.7 with 5; and one split writes the output itself (32 rows x
   // 512 keys: 27.0 us with 1 split against 32.8 with 3).
+  // The cap goes up in powers of two: each count a batch size meets is a CUDA graph of its own,
+  // captured when a context first needs it, so a growing context meets a handful, not one every
+  // 128 keys.
   const int keys = work >= sms ? kMmaKeysPerSplit : kMmaMinKeysPerSplit;
-  return std::min(splits, std::max(1, (longestContext + keys - 1) / keys));
+  const int need = (longestContext + keys - 1) / keys;
+  int cap = 1;
+  while (cap < need) cap *= 2;
+  return std::min(splits, cap);
 }
 
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,

@@ -70,7 +70,7 @@ bool decodeAttentionSupported(int headDim, int group);
 // The kernels split each context by its own length on the device, so a captured graph stays valid
 // for any contexts that give the same count (graphs are kept per count).
 constexpr int kMaxDecodeSplits = 32;
-constexpr int kMmaKeysPerSplit = 768;     // keys a split at least, once the batch fills the SMs
+constexpr int kMmaKeysPerSplit = 768;     // about the keys a split, once the batch fills the SMs
 constexpr int kMmaMinKeysPerSplit = 128;  // and before (two of the kernel's tiles)
 int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longestContext);
 void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
