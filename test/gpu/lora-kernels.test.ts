@@ -141,34 +141,34 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     },
   );
 
+  // The fused kernel with one engine variable set (read when the engine starts): its worst
+  // logprob difference from the CPU over the whole drive.
+  const fusedWith = (variable: string, graphs: boolean): number => {
+    process.env[variable] = '0';
+    try {
+      const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
+      let worst = 0;
+      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
+      return worst;
+    } finally {
+      delete process.env[variable];
+    }
+  };
+
   // The fused kernel's steps here are short enough for the row shrink (input rows and LoRA columns
   // in one kernel, then one GEMM); without it they add the deltas with a second GEMM over the
   // padding columns, the shrink beside the base GEMM.
   it.each([true, false])('fused, decode deltas by a second GEMM (no row shrink), graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    process.env.TROUPE_LORA_ROW_SHRINK = '0';
-    try {
-      const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
-      let worst = 0;
-      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
-      console.log(`LoRA kernels fused (split, no row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
-      expect(worst).toBeLessThan(tolOf('fused'));
-    } finally {
-      delete process.env.TROUPE_LORA_ROW_SHRINK;
-    }
+    const worst = fusedWith('TROUPE_LORA_ROW_SHRINK', graphs);
+    console.log(`LoRA kernels fused (split, no row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(tolOf('fused'));
   });
 
   // With the bound at 0 every step folds the deltas into the base GEMM after the tensor-core shrink.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS = '0';
-    try {
-      const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
-      let worst = 0;
-      got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
-      console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
-      expect(worst).toBeLessThan(TOL_BF16_MID);
-    } finally {
-      delete process.env.TROUPE_LORA_FUSED_SPLIT_TOKENS;
-    }
+    const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);
+    console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(TOL_BF16_MID);
   });
 
   // B factors sit in columns every token's GEMM reads (times zero outside the adapter's rows), so
