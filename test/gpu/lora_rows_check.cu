@@ -2,16 +2,20 @@
 // for each way of making the row (RMSNorm, SiLU x up, a copy), several slot counts, ranks below
 // the pool's, 1 to 3 modules, base-model tokens and 1 to many cuts a row, every written column of
 // every row: the row as rmsnorm / siluMul would write it, the token's slot's scaled shrink outputs
-// (zero past its rank) and zeros in every other padding column.
+// (zero past its rank) and zeros in every other padding column. With --bench it times the kernel
+// at an 8B model's decode shapes against the kernels it replaces the input-making of (rmsnorm,
+// siluMul), each call reading another layer's A from memory.
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
-//        native/cuda/lora_rows.cu && /tmp/rows
+//        native/cuda/lora_rows.cu native/cuda/kernels.cu && /tmp/rows [--bench]
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "check_util.h"
+#include "cuda/kernels.h"
 #include "cuda/lora_fused.h"
 
 using namespace kernel_check;
@@ -151,9 +155,102 @@ int run(const Case& c, Rng& rng) {
   return bad ? 1 : 0;
 }
 
+// Microseconds per call over `iters` calls after a few untimed ones.
+template <typename F>
+double timeCalls(int iters, F&& call) {
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (int i = 0; i < 5; ++i) call(i);
+  CK(cudaEventRecord(e0));
+  for (int i = 0; i < iters; ++i) call(i + 5);
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 1000.0 * ms / iters;
+}
+
+// Llama-3.1-8B's four groups at 32 decode tokens over 8 slots, ranks 16 and 64.
+int bench() {
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs; 32 tokens, 8 slots, A rotated over 32 layers\n", prop.name, prop.multiProcessorCount);
+  const int T = 32, slots = 8, layers = 32;
+  struct Group {
+    const char* name;
+    RowSource source;
+    int in, count;
+  };
+  const Group groups[] = {{"qkv", RowSource::kNorm, 4096, 3},
+                          {"o", RowSource::kCopy, 4096, 1},
+                          {"gate_up", RowSource::kNorm, 4096, 2},
+                          {"down", RowSource::kSiluMul, 14336, 1}};
+  prepareRowShrink(14336);
+  float *f32 = nullptr, *normW = nullptr, *scaling = nullptr;
+  bf16_t *src = nullptr, *made = nullptr, *xa = nullptr;
+  int32_t *ranks = nullptr, *rowSlot = nullptr;
+  CK(cudaMalloc(&f32, static_cast<size_t>(T) * 2 * 14336 * 4));
+  CK(cudaMemset(f32, 0, static_cast<size_t>(T) * 2 * 14336 * 4));
+  CK(cudaMalloc(&normW, 14336 * 4));
+  CK(cudaMemset(normW, 0, 14336 * 4));
+  CK(cudaMalloc(&src, static_cast<size_t>(T) * 14336 * 2));
+  CK(cudaMemset(src, 0, static_cast<size_t>(T) * 14336 * 2));
+  CK(cudaMalloc(&made, static_cast<size_t>(T) * 14336 * 2));
+  std::vector<float> hScaling(slots, 0.5f);
+  scaling = upload(hScaling);
+  std::vector<int32_t> hRowSlot(T);
+  for (int t = 0; t < T; ++t) hRowSlot[t] = t % slots;
+  rowSlot = upload(hRowSlot);
+  for (int R : {16, 64}) {
+    std::vector<int32_t> hRanks(static_cast<size_t>(slots) * kModules, R);
+    ranks = upload(hRanks);
+    for (const Group& g : groups) {
+      const int pad = (g.count * slots * R + 7) / 8 * 8, ld = g.in + pad;
+      CK(cudaMalloc(&xa, static_cast<size_t>(T) * ld * 2));
+      const size_t aElems = static_cast<size_t>(slots) * R * g.in;
+      bf16_t* a = nullptr;
+      CK(cudaMalloc(&a, aElems * g.count * layers * 2));
+      CK(cudaMemset(a, 0, aElems * g.count * layers * 2));
+      RowInput row;
+      row.source = g.source;
+      row.f32 = f32;
+      row.normW = normW;
+      row.eps = 1e-5f;
+      row.bf16 = src;
+      row.ld = g.in;
+      const double us = timeCalls(200, [&](int i) {
+        LoraSlices sl{};
+        sl.count = g.count;
+        sl.in = g.in;
+        sl.maxRank = R;
+        for (int j = 0; j < g.count; ++j) {
+          sl.a[j] = a + (static_cast<size_t>(i % layers) * g.count + j) * aElems;
+          sl.aSlotStride[j] = static_cast<size_t>(R) * g.in;
+          sl.module[j] = j;
+        }
+        loraRowShrink(row, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, prop.multiProcessorCount, nullptr);
+      });
+      const double plain = g.source == RowSource::kNorm      ? timeCalls(200, [&](int) {
+        rmsnorm(f32, nullptr, normW, made, T, g.in, 1e-5f, nullptr);
+      })
+                           : g.source == RowSource::kSiluMul ? timeCalls(200, [&](int) { siluMul(f32, made, T, g.in, nullptr); })
+                                                             : 0.0;
+      std::printf("rank %2d %-8s row shrink %6.1f us   plain input %5.1f us\n", R, g.name, us, plain);
+      cudaFree(a);
+      cudaFree(xa);
+    }
+    cudaFree(ranks);
+  }
+  return 0;
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
   Rng rng{11};
   int failed = 0;
   for (RowSource s : {RowSource::kNorm, RowSource::kSiluMul, RowSource::kCopy}) {
