@@ -2,8 +2,8 @@
 // made and extended with their adapter's scaled shrink outputs in one launch. Grid: tokens x cuts;
 // each block remakes its token's row in shared memory (the norm's reduction included: a few tens
 // of KB from L2), copies its cut of the row and zeroes its cut of the padding, then its warps take
-// every cuts-th of the token's shrink outputs, a warp each: A's row (bf16, from L2 once a step
-// has read it) dotted with the row in f32. Dropping the separate shrink and augment kernels and
+// every cuts-th of the token's shrink outputs, a warp each: A's row (bf16; asked into L2 when
+// the block starts, so it arrives while the row is made) dotted with the row in f32. Dropping the separate shrink and augment kernels and
 // the second GEMM over the padding is the point: a decode step's LoRA cost was their launches.
 #include <cuda_bf16.h>
 
@@ -22,6 +22,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kModules = 7;                 // ranks is [slot][7 modules]
+constexpr int kInFlight = 8;                // A pieces a lane loads before it uses them
 constexpr size_t kDefaultSmem = 48 * 1024;  // shared memory a kernel gets without opting in
 constexpr size_t kMaxRowSmem = 112 * 1024;  // rows of up to 57,344 features
 
@@ -34,6 +35,18 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem[];
   bf16_t* xs = reinterpret_cast<bf16_t*>(smem);
   const int t = blockIdx.x, cut = blockIdx.y, cuts = gridDim.y, n = sl.in;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R;
+  // The A rows this block's warps dot with start on their way to L2 now, and arrive while the
+  // row is made: otherwise each warp would wait on memory once the row is ready.
+  if (slot >= 0) {
+    for (int i = cut + cuts * warp; i < sl.count * R; i += cuts * kWarps) {
+      const int j = i / R, r = i % R;
+      if (r >= ranks[slot * kModules + sl.module[j]]) continue;
+      const char* a = reinterpret_cast<const char*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+      for (int off = lane * 128; off < n * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + off));
+    }
+  }
   // The row, rounded to bf16 as rmsnorm / siluMul write it (the same expressions).
   if constexpr (S == RowSource::kNorm) {
     const float* x = in.f32 + static_cast<size_t>(t) * n;
@@ -63,22 +76,28 @@ __global__ void __launch_bounds__(kThreads)
     reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
   // Padding columns: module block j, slot k, rank r at in + j S R + k R + r. The token's own
   // slot's columns of the modules here are the warps' below (zero past its rank); the rest zero.
-  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R;
   const int padCut = (pad + cuts - 1) / cuts;
   for (int c = cut * padCut + threadIdx.x; c < min(pad, (cut + 1) * padCut); c += kThreads) {
     const int j = c / block, k = (c % block) / R;
     if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
   }
   if (slot < 0) return;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float scale = scaling[slot];
   for (int i = cut + cuts * warp; i < sl.count * R; i += cuts * kWarps) {
     const int j = i / R, r = i % R;
     float v = 0;
     if (r < ranks[slot * kModules + sl.module[j]]) {
       const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
-#pragma unroll 4
-      for (int c = lane; c < pieces; c += 32) dot8(__ldg(a + c), reinterpret_cast<const uint4*>(xs)[c], v);
+      // Eight 16-byte pieces a lane in flight at once.
+      for (int c0 = lane; c0 < pieces; c0 += 32 * kInFlight) {
+        uint4 av[kInFlight];
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u)
+          av[u] = c0 + 32 * u < pieces ? __ldg(a + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u)
+          if (c0 + 32 * u < pieces) dot8(av[u], reinterpret_cast<const uint4*>(xs)[c0 + 32 * u], v);
+      }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
       v *= scale;
