@@ -155,6 +155,18 @@ struct StepOutput {
   // Per sequence: why it got no token (its sampling values are malformed, or sampling it
   // threw); empty when it is fine. The other sequences' results stand. Filled by rank 0.
   std::vector<std::string> errors;
+
+  // Before sampling: n sequences without a token (-1), topN empty alternatives each, no errors,
+  // and no logits yet (the backend fills them when hasLogits).
+  void reset(int n, int topN, bool returnLogits) {
+    tokens.assign(n, -1);
+    logprobs.assign(n, 0.0f);
+    topIds.assign(static_cast<size_t>(n) * topN, -1);
+    topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
+    hasLogits = returnLogits;
+    logits.clear();
+    errors.assign(n, std::string());
+  }
 };
 
 // Host values of one LoRA factor: a rows x cols row-major tensor of dtype, of which a slot takes

@@ -189,13 +189,7 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
   const int h = config_.hiddenSize;
   const int vocab = config_.vocabSize;
   const int topN = std::min(b.topLogprobs, vocab);  // asking for more than the vocabulary gets all of it
-  out.tokens.assign(n, -1);
-  out.logprobs.assign(n, 0.0f);
-  out.topIds.assign(static_cast<size_t>(n) * topN, -1);
-  out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
-  out.hasLogits = b.returnLogits;
-  out.logits.clear();
-  out.errors.assign(n, std::string());
+  out.reset(n, topN, b.returnLogits);
 
   // Only the last position of each sampled sequence goes through the final norm and lm_head.
   std::vector<int> seqs;

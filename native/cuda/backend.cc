@@ -782,13 +782,7 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
 void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   // Asking for more alternatives than the vocabulary holds gets all of it.
   const int n = p.n, V = c_.vocabSize, topN = std::min(b.topLogprobs, V), S = p.sampled;
-  out.tokens.assign(n, -1);
-  out.logprobs.assign(n, 0.0f);
-  out.topIds.assign(static_cast<size_t>(n) * topN, -1);
-  out.topLogprobValues.assign(static_cast<size_t>(n) * topN, 0.0f);
-  out.hasLogits = b.returnLogits;
-  out.logits.clear();
-  out.errors.assign(n, std::string());
+  out.reset(n, topN, b.returnLogits);
   if (b.returnLogits) out.logits.assign(static_cast<size_t>(n) * V, std::nanf(""));
   if (S == 0) {
     check(cudaStreamSynchronize(stream_), "step");
