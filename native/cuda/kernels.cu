@@ -64,7 +64,9 @@ __global__ void joinVocabKernel(const float* parts, int rows, int part, float* l
 }
 
 constexpr int kNormThreads = 256;
+constexpr int kNormMaxVec = 8;  // float4s a thread holds: rows of up to 8,192 features stay in registers
 
+// The general form: any width, any alignment.
 __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, float eps) {
   const int r = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
@@ -78,6 +80,43 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
   __syncthreads();
   bf16_t* yr = y + static_cast<size_t>(r) * h;
   for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
+}
+
+__device__ __forceinline__ uint32_t pairB(float lo, float hi) {
+  return static_cast<uint32_t>(toB(lo)) | static_cast<uint32_t>(toB(hi)) << 16;
+}
+
+// The common form: a row's float4s loaded at once and kept in registers for the write, so a block
+// waits on memory once, not once per strided pass (a decode step is mostly such waits).
+template <int kVec>
+__global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, float eps) {
+  const int r = blockIdx.x, n4 = h / 4;
+  const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(rows ? rows[r] : r) * h);
+  float4 v[kVec];
+  float ss = 0;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    v[k] = c < n4 ? xr[c] : make_float4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float scale;
+  const float total = Reduce(tmp).Sum(ss);
+  if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
+  __syncthreads();
+  const float k0 = scale;
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  uint2* yr = reinterpret_cast<uint2*>(y + static_cast<size_t>(r) * h);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    if (c >= n4) break;
+    const float4 g = w4[c], a = v[k];
+    yr[c] = make_uint2(pairB(g.x * (a.x * k0), g.y * (a.y * k0)), pairB(g.z * (a.z * k0), g.w * (a.w * k0)));
+  }
 }
 
 // One block per token; the bias first (every thread over the row), then one warp per head.
@@ -105,7 +144,7 @@ __global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qN
 
 __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
                              bf16_t* kCache, bf16_t* vCache) {
-  const int t = blockIdx.x;
+  const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
   const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
   const int qDim = a.heads * D, kvDim = a.kvHeads * D;
   const float* row = qkv + static_cast<size_t>(t) * (qDim + 2 * kvDim);
@@ -113,7 +152,7 @@ __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap ma
   const int block = map.blockTables[static_cast<size_t>(map.tokenSeq[t]) * map.pitch + pos / a.blockSize];
   const int inBlock = pos % a.blockSize;
   // q and k heads: rotate_half layout of transformers' Llama.
-  for (int e = threadIdx.x; e < (a.heads + a.kvHeads) * half; e += blockDim.x) {
+  for (int e = first; e < (a.heads + a.kvHeads) * half; e += stride) {
     const int head = e / half, i = e % half;
     const float angle = invFreq[i] * static_cast<float>(pos);
     double sd, cd;
@@ -135,7 +174,7 @@ __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap ma
     }
   }
   const float* vrow = row + qDim + kvDim;
-  for (int e = threadIdx.x; e < kvDim; e += blockDim.x) {
+  for (int e = first; e < kvDim; e += stride) {
     const int kh = e / D, d = e % D;
     vCache[((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D + d] = toB(vrow[e]);
   }
@@ -227,7 +266,20 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
 }
 
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s) {
-  rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  if (m == 0) return;
+  const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
+  const int vec = (h / 4 + kNormThreads - 1) / kNormThreads;
+  if (h % 4 != 0 || vec > kNormMaxVec || !aligned(x, 16) || !aligned(w, 16) || !aligned(y, 8)) {
+    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  } else if (vec <= 1) {
+    rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  } else if (vec <= 2) {
+    rmsnormVecKernel<2><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  } else if (vec <= 4) {
+    rmsnormVecKernel<4><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  } else {
+    rmsnormVecKernel<kNormMaxVec><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  }
 }
 
 void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float* kNorm, int T, const AttnShape& a,
@@ -238,7 +290,10 @@ void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float*
 
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s) {
-  ropeKvKernel<<<map.tokens, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
+  // A short step spreads each token over several blocks: one block's 256 threads would take ten
+  // rounds of double-precision sincos for a Llama-8B token, on one SM.
+  const int spread = std::clamp(64 / std::max(map.tokens, 1), 1, 8);
+  ropeKvKernel<<<dim3(map.tokens, spread), 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
 }
 
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,

@@ -23,10 +23,19 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kModules = 7;                 // ranks is [slot][7 modules]
 constexpr int kInFlight = 8;                // A pieces a lane loads before it uses them
+constexpr int kRowUnroll = 4;               // input pieces a thread loads before it uses them
 constexpr size_t kDefaultSmem = 48 * 1024;  // shared memory a kernel gets without opting in
 constexpr size_t kMaxRowSmem = 112 * 1024;  // rows of up to 57,344 features
 
 __device__ __forceinline__ bf16_t toB(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+__device__ __forceinline__ uint32_t pair(float lo, float hi) {
+  return static_cast<uint32_t>(toB(lo)) | static_cast<uint32_t>(toB(hi)) << 16;
+}
+__device__ __forceinline__ uint4 pack8(float a, float b, float c, float d, float e, float f, float g, float h) {
+  return make_uint4(pair(a, b), pair(c, d), pair(e, f), pair(g, h));
+}
+// siluMul's expression, so the row matches the activation the split path feeds its GEMM.
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 template <RowSource S>
 __global__ void __launch_bounds__(kThreads)
@@ -47,31 +56,76 @@ __global__ void __launch_bounds__(kThreads)
       for (int off = lane * 128; off < n * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + off));
     }
   }
-  // The row, rounded to bf16 as rmsnorm / siluMul write it (the same expressions).
+  // The row, rounded to bf16 as rmsnorm / siluMul write it (the same expressions), eight features
+  // a piece and kRowUnroll pieces a thread in flight: a row of 14,336 SiLU inputs is 112 KB of f32,
+  // and one load at a time per thread left the block waiting on L2 for most of its life.
+  const int pieces = n / 8;
   if constexpr (S == RowSource::kNorm) {
-    const float* x = in.f32 + static_cast<size_t>(t) * n;
+    const float4* x = reinterpret_cast<const float4*>(in.f32 + static_cast<size_t>(t) * n);
+    const float4* w = reinterpret_cast<const float4*>(in.normW);
     float ss = 0;
-    for (int i = threadIdx.x; i < n; i += kThreads) ss += x[i] * x[i];
+    for (int c0 = threadIdx.x; c0 < pieces; c0 += kThreads * kRowUnroll) {
+      float4 v[2 * kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int c = c0 + kThreads * u;
+        v[2 * u] = c < pieces ? x[2 * c] : make_float4(0, 0, 0, 0);
+        v[2 * u + 1] = c < pieces ? x[2 * c + 1] : make_float4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < 2 * kRowUnroll; ++u) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    }
     using Reduce = cub::BlockReduce<float, kThreads>;
     __shared__ typename Reduce::TempStorage tmp;
     __shared__ float scale;
     const float total = Reduce(tmp).Sum(ss);
     if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / n + in.eps);
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kThreads) xs[i] = toB(in.normW[i] * (x[i] * scale));
+    const float k = scale;
+    for (int c0 = threadIdx.x; c0 < pieces; c0 += kThreads * kRowUnroll) {
+      float4 v[2 * kRowUnroll], g[2 * kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int c = min(c0 + kThreads * u, pieces - 1);
+        v[2 * u] = x[2 * c], v[2 * u + 1] = x[2 * c + 1];
+        g[2 * u] = w[2 * c], g[2 * u + 1] = w[2 * c + 1];
+      }
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int c = c0 + kThreads * u;
+        if (c >= pieces) break;
+        const float4 a = v[2 * u], b = v[2 * u + 1], ga = g[2 * u], gb = g[2 * u + 1];
+        reinterpret_cast<uint4*>(xs)[c] = pack8(ga.x * (a.x * k), ga.y * (a.y * k), ga.z * (a.z * k), ga.w * (a.w * k),
+                                                gb.x * (b.x * k), gb.y * (b.y * k), gb.z * (b.z * k), gb.w * (b.w * k));
+      }
+    }
   } else if constexpr (S == RowSource::kSiluMul) {
-    const float* g = in.f32 + static_cast<size_t>(t) * 2 * n;
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const float x = g[i];
-      xs[i] = toB(x / (1.0f + __expf(-x)) * g[n + i]);
+    const float4* g = reinterpret_cast<const float4*>(in.f32 + static_cast<size_t>(t) * 2 * n);
+    const float4* up = g + n / 4;
+    for (int c0 = threadIdx.x; c0 < pieces; c0 += kThreads * kRowUnroll) {
+      float4 v[2 * kRowUnroll], m[2 * kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int c = min(c0 + kThreads * u, pieces - 1);
+        v[2 * u] = g[2 * c], v[2 * u + 1] = g[2 * c + 1];
+        m[2 * u] = up[2 * c], m[2 * u + 1] = up[2 * c + 1];
+      }
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+        const int c = c0 + kThreads * u;
+        if (c >= pieces) break;
+        const float4 a = v[2 * u], b = v[2 * u + 1], ma = m[2 * u], mb = m[2 * u + 1];
+        reinterpret_cast<uint4*>(xs)[c] = pack8(silu(a.x) * ma.x, silu(a.y) * ma.y, silu(a.z) * ma.z, silu(a.w) * ma.w,
+                                                silu(b.x) * mb.x, silu(b.y) * mb.y, silu(b.z) * mb.z, silu(b.w) * mb.w);
+      }
     }
   } else {
     const uint4* src = reinterpret_cast<const uint4*>(in.bf16 + static_cast<size_t>(t) * in.ld);
-    for (int c = threadIdx.x; c < n / 8; c += kThreads) reinterpret_cast<uint4*>(xs)[c] = __ldg(src + c);
+    for (int c = threadIdx.x; c < pieces; c += kThreads) reinterpret_cast<uint4*>(xs)[c] = __ldg(src + c);
   }
   __syncthreads();
   bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
-  const int pieces = n / 8, perCut = (pieces + cuts - 1) / cuts;
+  const int perCut = (pieces + cuts - 1) / cuts;
   for (int c = cut * perCut + threadIdx.x; c < min(pieces, (cut + 1) * perCut); c += kThreads)
     reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
   // Padding columns: module block j, slot k, rank r at in + j S R + k R + r. The token's own
@@ -82,27 +136,48 @@ __global__ void __launch_bounds__(kThreads)
     if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
   }
   if (slot < 0) return;
+  // This block's outputs are i = cut + cuts o. With fewer of them than warps (a rank-16 down
+  // projection has 16 over the whole step), `share` warps split each output's row and add up
+  // through shared memory, so a short step still keeps every warp reading A.
+  const int mine = (sl.count * R - cut + cuts - 1) / cuts;
+  const int share = mine >= kWarps ? 1 : kWarps / mine, groups = kWarps / share;
+  const int first = warp / share, part = warp % share;
+  __shared__ float partial[kWarps];
   const float scale = scaling[slot];
-  for (int i = cut + cuts * warp; i < sl.count * R; i += cuts * kWarps) {
-    const int j = i / R, r = i % R;
+  for (int o = first; o < mine; o += groups) {
+    const int i = cut + cuts * o, j = i / R, r = i % R;
     float v = 0;
     if (r < ranks[slot * kModules + sl.module[j]]) {
       const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+      const uint4* x = reinterpret_cast<const uint4*>(xs);
       // Eight 16-byte pieces a lane in flight at once.
-      for (int c0 = lane; c0 < pieces; c0 += 32 * kInFlight) {
+      const int stride = 32 * share;
+      for (int c0 = part * 32 + lane; c0 < pieces; c0 += stride * kInFlight) {
         uint4 av[kInFlight];
 #pragma unroll
         for (int u = 0; u < kInFlight; ++u)
-          av[u] = c0 + 32 * u < pieces ? __ldg(a + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+          av[u] = c0 + stride * u < pieces ? __ldg(a + c0 + stride * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int u = 0; u < kInFlight; ++u)
-          if (c0 + 32 * u < pieces) dot8(av[u], reinterpret_cast<const uint4*>(xs)[c0 + 32 * u], v);
+          if (c0 + stride * u < pieces) dot8(av[u], x[c0 + stride * u], v);
       }
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      v *= scale;
+      for (int s = 16; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
     }
-    if (lane == 0) row[n + j * block + slot * R + r] = toB(v);
+    // share > 1 leaves each warp one output at most, so this loop runs once and the sums wait below.
+    if (share > 1) {
+      if (lane == 0) partial[warp] = v;
+    } else if (lane == 0) {
+      row[n + j * block + slot * R + r] = toB(v * scale);
+    }
+  }
+  if (share == 1) return;
+  __syncthreads();
+  if (part == 0 && lane == 0 && first < mine) {
+    const int i = cut + cuts * first, j = i / R, r = i % R;
+    float v = 0;
+    for (int w = warp; w < warp + share; ++w) v += partial[w];
+    row[n + j * block + slot * R + r] = toB(v * scale);
   }
 }
 
@@ -133,9 +208,10 @@ void prepareRowShrink(int maxIn) {
 void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot,
                    const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa, int sms, cudaStream_t st) {
   if (T == 0) return;
-  // Two blocks an SM over the step, at least one shrink output a warp.
+  // About one block an SM over the step, at least one shrink output a block: each cut remakes the
+  // token's row, so more cuts read more of it from L2.
   const int outputs = sl.count * sl.maxRank;
-  const int cuts = std::clamp((2 * sms + T - 1) / T, 1, std::max(1, outputs / kWarps));
+  const int cuts = std::clamp((sms + T - 1) / T, 1, std::max(1, outputs));
   switch (row.source) {
     case RowSource::kNorm:
       launch<RowSource::kNorm>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);

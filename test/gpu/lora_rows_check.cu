@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -174,7 +175,8 @@ double timeCalls(int iters, F&& call) {
 }
 
 // Llama-3.1-8B's four groups at 32 decode tokens over 8 slots, ranks 16 and 64.
-int bench() {
+// factors: SM counts the launch is told of, as multiples of the real one (how many blocks an SM gets).
+int bench(const std::vector<int>& factors) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, %d SMs; 32 tokens, 8 slots, A rotated over 32 layers\n", prop.name, prop.multiProcessorCount);
@@ -221,6 +223,7 @@ int bench() {
       row.eps = 1e-5f;
       row.bf16 = src;
       row.ld = g.in;
+      for (int factor : factors) {
       const double us = timeCalls(200, [&](int i) {
         LoraSlices sl{};
         sl.count = g.count;
@@ -231,14 +234,16 @@ int bench() {
           sl.aSlotStride[j] = static_cast<size_t>(R) * g.in;
           sl.module[j] = j;
         }
-        loraRowShrink(row, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, prop.multiProcessorCount, nullptr);
+        loraRowShrink(row, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, factor * prop.multiProcessorCount,
+                      nullptr);
       });
       const double plain = g.source == RowSource::kNorm      ? timeCalls(200, [&](int) {
         rmsnorm(f32, nullptr, normW, made, T, g.in, 1e-5f, nullptr);
       })
                            : g.source == RowSource::kSiluMul ? timeCalls(200, [&](int) { siluMul(f32, made, T, g.in, nullptr); })
                                                              : 0.0;
-      std::printf("rank %2d %-8s row shrink %6.1f us   plain input %5.1f us\n", R, g.name, us, plain);
+      std::printf("rank %2d %-8s SMs x%d row shrink %6.1f us   plain input %5.1f us\n", R, g.name, factor, us, plain);
+      }
       cudaFree(a);
       cudaFree(xa);
     }
@@ -250,7 +255,12 @@ int bench() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    std::vector<int> factors;
+    for (int i = 2; i < argc; ++i) factors.push_back(std::atoi(argv[i]));
+    if (factors.empty()) factors.push_back(1);
+    return bench(factors);
+  }
   Rng rng{11};
   int failed = 0;
   for (RowSource s : {RowSource::kNorm, RowSource::kSiluMul, RowSource::kCopy}) {
