@@ -632,7 +632,16 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
       // A decode step: the input rows and their LoRA columns in one launch, then one GEMM.
       timer_.mark("lora", stream_);
-      cuda::loraRowShrink(input, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
+      // SiLU rows are made by siluMul straight into xa (the row shrink would remake all of them in
+      // every block of a token) and shrunk from there; norm rows are made inside the row shrink.
+      cuda::RowInput rows = input;
+      if (input.source == cuda::RowSource::kSiluMul) {
+        cuda::siluMul(input.f32, xa_.get(), T, in, stream_, ld);
+        rows = cuda::RowInput{cuda::RowSource::kCopy};
+        rows.bf16 = xa_.get();
+        rows.ld = ld;
+      }
+      cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
                           xa_.get(), ld, sms_, stream_);
       timer_.mark(name, stream_);
       return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);

@@ -67,7 +67,8 @@ constexpr int kNormThreads = 256;
 constexpr int kNormMaxVec = 8;  // float4s a thread holds: rows of up to 8,192 features stay in registers
 
 // The general form: any width, any alignment.
-__global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, float eps) {
+__global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
+                              float eps) {
   const int r = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
   float ss = 0;
@@ -78,7 +79,7 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
   const float total = Reduce(tmp).Sum(ss);
   if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
   __syncthreads();
-  bf16_t* yr = y + static_cast<size_t>(r) * h;
+  bf16_t* yr = y + static_cast<size_t>(r) * ldy;
   for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
 }
 
@@ -89,7 +90,8 @@ __device__ __forceinline__ uint32_t pairB(float lo, float hi) {
 // The common form: a row's float4s loaded at once and kept in registers for the write, so a block
 // waits on memory once, not once per strided pass (a decode step is mostly such waits).
 template <int kVec>
-__global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, float eps) {
+__global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
+                                 float eps) {
   const int r = blockIdx.x, n4 = h / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(rows ? rows[r] : r) * h);
   float4 v[kVec];
@@ -109,7 +111,7 @@ __global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const floa
   __syncthreads();
   const float k0 = scale;
   const float4* w4 = reinterpret_cast<const float4*>(w);
-  uint2* yr = reinterpret_cast<uint2*>(y + static_cast<size_t>(r) * h);
+  uint2* yr = reinterpret_cast<uint2*>(y + static_cast<size_t>(r) * ldy);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
@@ -236,12 +238,12 @@ __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int
   }
 }
 
-__global__ void siluMulKernel(const float* gu, bf16_t* act, int inter) {
+__global__ void siluMulKernel(const float* gu, bf16_t* act, int inter, int ldAct) {
   const int t = blockIdx.y;
   const float* g = gu + static_cast<size_t>(t) * 2 * inter;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
     const float x = g[i];
-    act[static_cast<size_t>(t) * inter + i] = toB(x / (1.0f + __expf(-x)) * g[inter + i]);
+    act[static_cast<size_t>(t) * ldAct + i] = toB(x / (1.0f + __expf(-x)) * g[inter + i]);
   }
 }
 
@@ -265,20 +267,22 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
   joinVocabKernel<<<dim3(std::min((V + 255) / 256, 64), rows), 256, 0, s>>>(parts, rows, part, logits, V);
 }
 
-void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s) {
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
+             int ldy) {
   if (m == 0) return;
+  if (ldy == 0) ldy = h;
   const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
   const int vec = (h / 4 + kNormThreads - 1) / kNormThreads;
-  if (h % 4 != 0 || vec > kNormMaxVec || !aligned(x, 16) || !aligned(w, 16) || !aligned(y, 8)) {
-    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+  if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !aligned(x, 16) || !aligned(w, 16) || !aligned(y, 8)) {
+    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 1) {
-    rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+    rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 2) {
-    rmsnormVecKernel<2><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+    rmsnormVecKernel<2><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 4) {
-    rmsnormVecKernel<4><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+    rmsnormVecKernel<4><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else {
-    rmsnormVecKernel<kNormMaxVec><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, eps);
+    rmsnormVecKernel<kNormMaxVec><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   }
 }
 
@@ -312,9 +316,9 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
   scatterHeadsKernel<<<tokens, 256, 0, s>>>(o, out, tokens, firstToken, a);
 }
 
-void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s) {
+void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct) {
   const int blocks = (inter + 255) / 256;
-  siluMulKernel<<<dim3(blocks, T), 256, 0, s>>>(gu, act, inter);
+  siluMulKernel<<<dim3(blocks, T), 256, 0, s>>>(gu, act, inter, ldAct == 0 ? inter : ldAct);
 }
 
 }  // namespace cuda

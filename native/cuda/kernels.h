@@ -43,8 +43,9 @@ void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int
 // all-gathered rank-major, laid out row by row.
 void joinVocab(const float* parts, int rows, int part, float* logits, int V, cudaStream_t s);
 
-// y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m.
-void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s);
+// y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m; row r of y starts at y + r * ldy (h when 0).
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
+             int ldy = 0);
 
 // The family-specific steps between the q/k/v projection and RoPE, in place on qkv (f32 rows
 // [q | k | v], T rows): adds bias ([q | k | v], Qwen2) when given, then RMSNorm over each q head
@@ -110,7 +111,7 @@ void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, i
           cudaStream_t s);
 
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]).
-void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s);
+void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);
 
 // Per sampled row, after the lm_head: log-softmax statistics, the top-N, penalties, then the token.
 enum SampleMode : int32_t { kGreedy = 0, kSample = 1, kHost = 2 };

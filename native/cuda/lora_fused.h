@@ -73,10 +73,11 @@ struct RowInput {
 };
 
 // What loraAugment writes, for a decode step, without a shrink kernel before it: each token's row
-// is made here exactly as rmsnorm, siluMul or a copy makes it (bf16), written to xa[t][0, in), and
-// dotted with its slot's A rows for the scaled columns; a token's row is cut over several blocks by
+// is made here exactly as rmsnorm or a copy makes it (bf16), written to xa[t][0, in), and dotted
+// with its slot's A rows for the scaled columns; a token's row is cut over several blocks by
 // shrink outputs, each block remaking the row (it is read from L2). One launch in place of the
-// norm (or SiLU), the shrink and the augment, on the critical path of a GEMM over in + pad columns.
+// norm, the shrink and the augment, on the critical path of a GEMM over in + pad columns. A copy
+// from xa itself (rows siluMul wrote there) is left where it is. kSiluMul rows are refused.
 // rowShrinkSupported: in a multiple of 8 and the row fitting shared memory.
 bool rowShrinkSupported(int in, int ldxa);
 // Lets the kernel take rows of up to maxIn features (shared memory past 48 KB); call before any

@@ -1,14 +1,17 @@
 // The LoRA row shrink of the fused layout (lora_fused.h): a decode step's projection input rows,
 // made and extended with their adapter's scaled shrink outputs in one launch. Grid: tokens x cuts;
-// each block remakes its token's row in shared memory (the norm's reduction included: a few tens
-// of KB from L2), copies its cut of the row and zeroes its cut of the padding, then its warps take
-// every cuts-th of the token's shrink outputs, a warp each: A's row (bf16; asked into L2 when
-// the block starts, so it arrives while the row is made) dotted with the row in f32. Dropping the separate shrink and augment kernels and
-// the second GEMM over the padding is the point: a decode step's LoRA cost was their launches.
+// each block remakes its token's row in shared memory (a norm's reduction included: 16 KB of f32
+// from L2 for Llama-8B), copies its cut of the row and zeroes its cut of the padding, then its
+// warps take every cuts-th of the token's shrink outputs: A's row (bf16, its first pieces loaded
+// before the row is made, so both waits overlap) dotted with the row in f32. Dropping the separate
+// shrink and augment kernels and the second GEMM over the padding is the point: a decode step's
+// LoRA cost was their launches. SiLU rows are not made here: 14,336 SiLUs remade by every cut cost
+// more than siluMul's own launch (which writes them into xa; this kernel then reads them in place).
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
+#include <stdexcept>
 
 #include "cuda/bf16_dot.cuh"
 #include "cuda/device.h"
@@ -34,8 +37,6 @@ __device__ __forceinline__ uint32_t pair(float lo, float hi) {
 __device__ __forceinline__ uint4 pack8(float a, float b, float c, float d, float e, float f, float g, float h) {
   return make_uint4(pair(a, b), pair(c, d), pair(e, f), pair(g, h));
 }
-// siluMul's expression, so the row matches the activation the split path feeds its GEMM.
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 template <RowSource S>
 __global__ void __launch_bounds__(kThreads)
@@ -46,20 +47,29 @@ __global__ void __launch_bounds__(kThreads)
   const int t = blockIdx.x, cut = blockIdx.y, cuts = gridDim.y, n = sl.in;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int slot = rowSlot[t], R = sl.maxRank, block = slots * R;
-  // The A rows this block's warps dot with start on their way to L2 now, and arrive while the
-  // row is made: otherwise each warp would wait on memory once the row is ready.
-  if (slot >= 0) {
-    for (int i = cut + cuts * warp; i < sl.count * R; i += cuts * kWarps) {
-      const int j = i / R, r = i % R;
-      if (r >= ranks[slot * kModules + sl.module[j]]) continue;
-      const char* a = reinterpret_cast<const char*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
-      for (int off = lane * 128; off < n * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + off));
+  const int pieces = n / 8;
+  // This block's outputs are i = cut + cuts o. With fewer of them than warps (a rank-16 down
+  // projection has 16 over the whole step), `share` warps split each output's row and add up
+  // through shared memory, so a short step still keeps every warp reading A.
+  const int mine = (sl.count * R - cut + cuts - 1) / cuts;
+  const int share = mine >= kWarps ? 1 : kWarps / mine, groups = kWarps / share;
+  const int first = warp / share, part = warp % share, stride = 32 * share;
+  // Each warp's first batch of A pieces is on its way before the row is made, so the wait for A
+  // overlaps the wait for the row's inputs. Nothing here waits on the slot's rank: rows past it
+  // are read and their outputs zeroed after, so no load queues behind another.
+  uint4 head[kInFlight];
+  if (slot >= 0 && first < mine) {
+    const int i = cut + cuts * first, j = i / R, r = i % R;
+    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int c = part * 32 + lane + stride * u;
+      head[u] = c < pieces ? __ldg(a + c) : make_uint4(0, 0, 0, 0);
     }
   }
-  // The row, rounded to bf16 as rmsnorm / siluMul write it (the same expressions), eight features
-  // a piece and kRowUnroll pieces a thread in flight: a row of 14,336 SiLU inputs is 112 KB of f32,
-  // and one load at a time per thread left the block waiting on L2 for most of its life.
-  const int pieces = n / 8;
+  // The row, rounded to bf16 as rmsnorm writes it (the same expressions), eight features a piece
+  // and kRowUnroll pieces a thread in flight: one load at a time per thread left the block waiting
+  // on L2 for most of its life.
   if constexpr (S == RowSource::kNorm) {
     const float4* x = reinterpret_cast<const float4*>(in.f32 + static_cast<size_t>(t) * n);
     const float4* w = reinterpret_cast<const float4*>(in.normW);
@@ -73,7 +83,8 @@ __global__ void __launch_bounds__(kThreads)
         v[2 * u + 1] = c < pieces ? x[2 * c + 1] : make_float4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int u = 0; u < 2 * kRowUnroll; ++u) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+      for (int u = 0; u < 2 * kRowUnroll; ++u)
+        ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
     }
     using Reduce = cub::BlockReduce<float, kThreads>;
     __shared__ typename Reduce::TempStorage tmp;
@@ -99,26 +110,6 @@ __global__ void __launch_bounds__(kThreads)
                                                 gb.x * (b.x * k), gb.y * (b.y * k), gb.z * (b.z * k), gb.w * (b.w * k));
       }
     }
-  } else if constexpr (S == RowSource::kSiluMul) {
-    const float4* g = reinterpret_cast<const float4*>(in.f32 + static_cast<size_t>(t) * 2 * n);
-    const float4* up = g + n / 4;
-    for (int c0 = threadIdx.x; c0 < pieces; c0 += kThreads * kRowUnroll) {
-      float4 v[2 * kRowUnroll], m[2 * kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int c = min(c0 + kThreads * u, pieces - 1);
-        v[2 * u] = g[2 * c], v[2 * u + 1] = g[2 * c + 1];
-        m[2 * u] = up[2 * c], m[2 * u + 1] = up[2 * c + 1];
-      }
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        const int c = c0 + kThreads * u;
-        if (c >= pieces) break;
-        const float4 a = v[2 * u], b = v[2 * u + 1], ma = m[2 * u], mb = m[2 * u + 1];
-        reinterpret_cast<uint4*>(xs)[c] = pack8(silu(a.x) * ma.x, silu(a.y) * ma.y, silu(a.z) * ma.z, silu(a.w) * ma.w,
-                                                silu(b.x) * mb.x, silu(b.y) * mb.y, silu(b.z) * mb.z, silu(b.w) * mb.w);
-      }
-    }
   } else {
     const uint4* src = reinterpret_cast<const uint4*>(in.bf16 + static_cast<size_t>(t) * in.ld);
     for (int c = threadIdx.x; c < pieces; c += kThreads) reinterpret_cast<uint4*>(xs)[c] = __ldg(src + c);
@@ -126,7 +117,9 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
   const int perCut = (pieces + cuts - 1) / cuts;
-  for (int c = cut * perCut + threadIdx.x; c < min(pieces, (cut + 1) * perCut); c += kThreads)
+  // A row made in place (rmsnorm or siluMul wrote it into xa before) is already there.
+  const bool inPlace = S == RowSource::kCopy && in.bf16 + static_cast<size_t>(t) * in.ld == row;
+  for (int c = cut * perCut + threadIdx.x; !inPlace && c < min(pieces, (cut + 1) * perCut); c += kThreads)
     reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
   // Padding columns: module block j, slot k, rank r at in + j S R + k R + r. The token's own
   // slot's columns of the modules here are the warps' below (zero past its rank); the rest zero.
@@ -136,34 +129,29 @@ __global__ void __launch_bounds__(kThreads)
     if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
   }
   if (slot < 0) return;
-  // This block's outputs are i = cut + cuts o. With fewer of them than warps (a rank-16 down
-  // projection has 16 over the whole step), `share` warps split each output's row and add up
-  // through shared memory, so a short step still keeps every warp reading A.
-  const int mine = (sl.count * R - cut + cuts - 1) / cuts;
-  const int share = mine >= kWarps ? 1 : kWarps / mine, groups = kWarps / share;
-  const int first = warp / share, part = warp % share;
   __shared__ float partial[kWarps];
   const float scale = scaling[slot];
+  const uint4* x = reinterpret_cast<const uint4*>(xs);
   for (int o = first; o < mine; o += groups) {
     const int i = cut + cuts * o, j = i / R, r = i % R;
+    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
     float v = 0;
-    if (r < ranks[slot * kModules + sl.module[j]]) {
-      const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
-      const uint4* x = reinterpret_cast<const uint4*>(xs);
-      // Eight 16-byte pieces a lane in flight at once.
-      const int stride = 32 * share;
-      for (int c0 = part * 32 + lane; c0 < pieces; c0 += stride * kInFlight) {
-        uint4 av[kInFlight];
+    // Eight 16-byte pieces a lane in flight at once; the first eight of the first output came early.
+    for (int c0 = part * 32 + lane; c0 < pieces; c0 += stride * kInFlight) {
+      uint4 av[kInFlight];
+      const bool early = o == first && c0 == part * 32 + lane;
 #pragma unroll
-        for (int u = 0; u < kInFlight; ++u)
-          av[u] = c0 + stride * u < pieces ? __ldg(a + c0 + stride * u) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u)
-          if (c0 + stride * u < pieces) dot8(av[u], x[c0 + stride * u], v);
+      for (int u = 0; u < kInFlight; ++u) {
+        const int c = c0 + stride * u;
+        av[u] = early ? head[u] : c < pieces ? __ldg(a + c) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int s = 16; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
+      for (int u = 0; u < kInFlight; ++u)
+        if (c0 + stride * u < pieces) dot8(av[u], x[c0 + stride * u], v);
     }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+    if (r >= ranks[slot * kModules + sl.module[j]]) v = 0;  // a select: rows past the rank may hold anything
     // share > 1 leaves each warp one output at most, so this loop runs once and the sums wait below.
     if (share > 1) {
       if (lane == 0) partial[warp] = v;
@@ -199,8 +187,6 @@ void prepareRowShrink(int maxIn) {
   if (static_cast<size_t>(bytes) <= kDefaultSmem) return;
   check(cudaFuncSetAttribute(rowShrinkKernel<RowSource::kNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
         "row shrink shared memory");
-  check(cudaFuncSetAttribute(rowShrinkKernel<RowSource::kSiluMul>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "row shrink shared memory");
   check(cudaFuncSetAttribute(rowShrinkKernel<RowSource::kCopy>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
         "row shrink shared memory");
 }
@@ -217,8 +203,7 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad
       launch<RowSource::kNorm>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);
       break;
     case RowSource::kSiluMul:
-      launch<RowSource::kSiluMul>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);
-      break;
+      throw std::invalid_argument("LoRA row shrink: SiLU rows are made by siluMul (into xa) first, then copied");
     case RowSource::kCopy:
       launch<RowSource::kCopy>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);
       break;

@@ -1,12 +1,14 @@
 // Stand-alone check of the LoRA row shrink (native/cuda/lora_rows.cu) against a host reference:
-// for each way of making the row (RMSNorm, SiLU x up, a copy), several slot counts, ranks below
-// the pool's, 1 to 3 modules, base-model tokens and 1 to many cuts a row, every written column of
+// for each way of making the row (RMSNorm inside the kernel; SiLU x up written into xa by siluMul
+// and read there in place, as the engine does; a copy), several slot counts, ranks below the
+// pool's, 1 to 3 modules, base-model tokens and 1 to many cuts a row, every written column of
 // every row: the row as rmsnorm / siluMul would write it, the token's slot's scaled shrink outputs
-// (zero past its rank) and zeros in every other padding column. With --bench it times the kernel
-// at an 8B model's decode shapes against the kernels it replaces the input-making of (rmsnorm,
-// siluMul), each call reading another layer's A from memory.
+// (zero past its rank, whatever A holds there) and zeros in every other padding column. With
+// --bench it times the kernel at an 8B model's decode shapes against the kernels it replaces the
+// input-making of (rmsnorm; for SiLU rows siluMul is in both), each call reading another layer's
+// A from memory; numbers after --bench multiply the SM count the launch is told of (blocks an SM).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
-//        native/cuda/lora_rows.cu native/cuda/kernels.cu && /tmp/rows [--bench]
+//        native/cuda/lora_rows.cu native/cuda/kernels.cu && /tmp/rows [--bench [1 2 4]]
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -102,6 +104,13 @@ int run(const Case& c, Rng& rng) {
   row.eps = eps;
   row.bf16 = dSrc;
   row.ld = c.in;
+  if (c.source == RowSource::kSiluMul) {
+    // The engine's way with SiLU rows: siluMul writes them into xa, the row shrink reads them there.
+    siluMul(dF32, dXa, c.T, c.in, nullptr, ld);
+    row = RowInput{RowSource::kCopy};
+    row.bf16 = dXa;
+    row.ld = ld;
+  }
   prepareRowShrink(c.in);
   loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
   CK(cudaDeviceSynchronize());
@@ -234,7 +243,14 @@ int bench(const std::vector<int>& factors) {
           sl.aSlotStride[j] = static_cast<size_t>(R) * g.in;
           sl.module[j] = j;
         }
-        loraRowShrink(row, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, factor * prop.multiProcessorCount,
+        RowInput rows = row;
+        if (g.source == RowSource::kSiluMul) {  // as the engine does: siluMul into xa, then in place
+          siluMul(f32, xa, T, g.in, nullptr, ld);
+          rows = RowInput{RowSource::kCopy};
+          rows.bf16 = xa;
+          rows.ld = ld;
+        }
+        loraRowShrink(rows, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, factor * prop.multiProcessorCount,
                       nullptr);
       });
       const double plain = g.source == RowSource::kNorm      ? timeCalls(200, [&](int) {
