@@ -66,6 +66,17 @@ __global__ void joinVocabKernel(const float* parts, int rows, int part, float* l
 constexpr int kNormThreads = 256;
 constexpr int kNormMaxVec = 8;  // float4s a thread holds: rows of up to 8,192 features stay in registers
 
+// 1 / rms of a row from each thread's sum of squares; every thread of the block gets it.
+__device__ __forceinline__ float rmsScale(float ss, int h, float eps) {
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float scale;
+  const float total = Reduce(tmp).Sum(ss);
+  if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
+  __syncthreads();
+  return scale;
+}
+
 // The general form: any width, any alignment.
 __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
                               float eps) {
@@ -73,12 +84,7 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
   const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
   float ss = 0;
   for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
-  using Reduce = cub::BlockReduce<float, kNormThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float scale;
-  const float total = Reduce(tmp).Sum(ss);
-  if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
-  __syncthreads();
+  const float scale = rmsScale(ss, h, eps);
   bf16_t* yr = y + static_cast<size_t>(r) * ldy;
   for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
 }
@@ -103,13 +109,7 @@ __global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const floa
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-  using Reduce = cub::BlockReduce<float, kNormThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float scale;
-  const float total = Reduce(tmp).Sum(ss);
-  if (threadIdx.x == 0) scale = 1.0f / sqrtf(total / h + eps);
-  __syncthreads();
-  const float k0 = scale;
+  const float k0 = rmsScale(ss, h, eps);
   const float4* w4 = reinterpret_cast<const float4*>(w);
   uint2* yr = reinterpret_cast<uint2*>(y + static_cast<size_t>(r) * ldy);
 #pragma unroll

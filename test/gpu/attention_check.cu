@@ -260,26 +260,6 @@ int runChecks() {
   return failed;
 }
 
-// Microseconds per call of call(i) over `iters` calls, after `warmup` untimed ones (i counts
-// from 0 across both).
-template <typename F>
-double timeCalls(int warmup, int iters, F&& call) {
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  for (int i = 0; i < warmup + iters; ++i) {
-    if (i == warmup) CK(cudaEventRecord(e0));
-    call(i);
-  }
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 1000.0 * ms / iters;
-}
-
 int bench(int onlyBatch, int onlyCtx, bool mma) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));

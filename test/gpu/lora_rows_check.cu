@@ -165,24 +165,6 @@ int run(const Case& c, Rng& rng) {
   return bad ? 1 : 0;
 }
 
-// Microseconds per call over `iters` calls after a few untimed ones.
-template <typename F>
-double timeCalls(int iters, F&& call) {
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  for (int i = 0; i < 5; ++i) call(i);
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < iters; ++i) call(i + 5);
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 1000.0 * ms / iters;
-}
-
 // Llama-3.1-8B's four groups at 32 decode tokens over 8 slots, ranks 16 and 64.
 // factors: SM counts the launch is told of, as multiples of the real one (how many blocks an SM gets).
 int bench(const std::vector<int>& factors) {
@@ -233,7 +215,7 @@ int bench(const std::vector<int>& factors) {
       row.bf16 = src;
       row.ld = g.in;
       for (int factor : factors) {
-      const double us = timeCalls(200, [&](int i) {
+      const double us = timeCalls(5, 200, [&](int i) {
         LoraSlices sl{};
         sl.count = g.count;
         sl.in = g.in;
@@ -253,10 +235,10 @@ int bench(const std::vector<int>& factors) {
         loraRowShrink(rows, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, factor * prop.multiProcessorCount,
                       nullptr);
       });
-      const double plain = g.source == RowSource::kNorm      ? timeCalls(200, [&](int) {
+      const double plain = g.source == RowSource::kNorm      ? timeCalls(5, 200, [&](int) {
         rmsnorm(f32, nullptr, normW, made, T, g.in, 1e-5f, nullptr);
       })
-                           : g.source == RowSource::kSiluMul ? timeCalls(200, [&](int) { siluMul(f32, made, T, g.in, nullptr); })
+                           : g.source == RowSource::kSiluMul ? timeCalls(5, 200, [&](int) { siluMul(f32, made, T, g.in, nullptr); })
                                                              : 0.0;
       std::printf("rank %2d %-8s SMs x%d row shrink %6.1f us   plain input %5.1f us\n", R, g.name, factor, us, plain);
       }
