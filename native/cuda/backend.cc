@@ -126,6 +126,7 @@ class CudaBackend : public Backend {
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
   bool rowShrink_ = true;
+  bool itemShrink_ = true;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -207,6 +208,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) itemShrink_ = std::string(env) != "0";
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
@@ -641,8 +643,13 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         rows.bf16 = xa_.get();
         rows.ld = ld;
       }
-      cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
-                          xa_.get(), ld, sms_, stream_);
+      if (itemShrink_) {
+        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
+                             lora_->scaling(), T, xa_.get(), ld, stream_);
+      } else {
+        cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
+                            xa_.get(), ld, sms_, stream_);
+      }
       timer_.mark(name, stream_);
       return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
     }

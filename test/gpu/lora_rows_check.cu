@@ -1,14 +1,15 @@
-// Stand-alone check of the LoRA row shrink (native/cuda/lora_rows.cu) against a host reference:
+// Stand-alone check of the LoRA row shrink (native/cuda/lora_rows.cu) and item shrink
+// (native/cuda/lora_item_shrink.cu, over items of 16 and of 5 tokens) against a host reference:
 // for each way of making the row (RMSNorm inside the kernel; SiLU x up written into xa by siluMul
 // and read there in place, as the engine does; a copy), several slot counts, ranks below the
 // pool's, 1 to 3 modules, base-model tokens and 1 to many cuts a row, every written column of
 // every row: the row as rmsnorm / siluMul would write it, the token's slot's scaled shrink outputs
 // (zero past its rank, whatever A holds there) and zeros in every other padding column. With
-// --bench it times the kernel at an 8B model's decode shapes against the kernels it replaces the
+// --bench it times the kernels at an 8B model's decode shapes against the kernels it replaces the
 // input-making of (rmsnorm; for SiLU rows siluMul is in both), each call reading another layer's
 // A from memory; numbers after --bench multiply the SM count the launch is told of (blocks an SM).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
-//        native/cuda/lora_rows.cu native/cuda/kernels.cu && /tmp/rows [--bench [1 2 4]]
+//        native/cuda/lora_rows.cu native/cuda/lora_item_shrink.cu native/cuda/kernels.cu && /tmp/rows [--bench [1 2 4]]
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -58,6 +59,48 @@ std::vector<float> hostRow(const Case& c, const std::vector<float>& f32, const s
   return row;
 }
 
+// A step's LoraItems as the backend builds them: the adapter tokens sorted by slot (stable), each
+// slot's run cut into items of at most `chunk`. graphBounds launches for as many items and tiles
+// as a CUDA graph of T rows would (the blocks past the real ones must only exit).
+struct HostItems {
+  LoraItems view{};
+  std::vector<int32_t*> owned;
+  void free() {
+    for (int32_t* p : owned) cudaFree(p);
+    owned.clear();
+  }
+};
+
+HostItems makeItems(const std::vector<int32_t>& rowSlot, int chunk, bool graphBounds) {
+  const int T = static_cast<int>(rowSlot.size());
+  std::vector<int32_t> perm, start, slot;
+  int longest = 0, slots = 0;
+  for (int32_t s : rowSlot) slots = std::max(slots, s + 1);
+  for (int s = 0; s < slots; ++s) {
+    std::vector<int32_t> run;
+    for (int t = 0; t < T; ++t)
+      if (rowSlot[t] == s) run.push_back(t);
+    for (size_t i = 0; i < run.size(); i += chunk) {
+      start.push_back(static_cast<int32_t>(perm.size()));
+      slot.push_back(s);
+      const size_t end = std::min(run.size(), i + chunk);
+      longest = std::max(longest, static_cast<int>(end - i));
+      perm.insert(perm.end(), run.begin() + i, run.begin() + end);
+    }
+  }
+  const int numItems = static_cast<int>(slot.size());
+  start.push_back(static_cast<int32_t>(perm.size()));
+  HostItems h;
+  const std::vector<int32_t> count{numItems};
+  const std::vector<int32_t>* parts[] = {&perm, &start, &slot, &count};
+  for (const std::vector<int32_t>* v : parts) h.owned.push_back(upload(*v));
+  const int tiles = (std::max(longest, 1) + kLoraTileTokens - 1) / kLoraTileTokens;
+  h.view = LoraItems{h.owned[0], h.owned[1], h.owned[2], h.owned[3], graphBounds ? T : numItems,
+                     graphBounds ? (std::min(T, std::max(chunk, longest)) + kLoraTileTokens - 1) / kLoraTileTokens
+                                 : tiles};
+  return h;
+}
+
 int run(const Case& c, Rng& rng) {
   const float eps = 1e-5f;
   const int R = c.maxRank, block = c.slots * R;
@@ -97,60 +140,83 @@ int run(const Case& c, Rng& rng) {
   std::vector<uint16_t> xa(static_cast<size_t>(c.T) * ld, kNaN16);
   uint16_t* dXa = upload(xa);
 
-  RowInput row;
-  row.source = c.source;
-  row.f32 = dF32;
-  row.normW = dNormW;
-  row.eps = eps;
-  row.bf16 = dSrc;
-  row.ld = c.in;
-  if (c.source == RowSource::kSiluMul) {
-    // The engine's way with SiLU rows: siluMul writes them into xa, the row shrink reads them there.
-    siluMul(dF32, dXa, c.T, c.in, nullptr, ld);
-    row = RowInput{RowSource::kCopy};
-    row.bf16 = dXa;
-    row.ld = ld;
-  }
-  prepareRowShrink(c.in);
-  loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
-  CK(cudaDeviceSynchronize());
-  CK(cudaMemcpy(xa.data(), dXa, xa.size() * 2, cudaMemcpyDeviceToHost));
-
-  double rowDiff = 0, loraDiff = 0;
-  int bad = 0;
-  for (int t = 0; t < c.T; ++t) {
-    const std::vector<float> ref = hostRow(c, f32, normW, src, t, eps);
-    const uint16_t* got = xa.data() + static_cast<size_t>(t) * ld;
-    for (int i = 0; i < c.in; ++i) {
-      const float g = fromBf16(got[i]);
-      // One bf16 step (2^-8 relative): the norm sums in another order, SiLU uses __expf.
-      const double d = std::fabs(g - ref[i]) / std::max(std::fabs(ref[i]), 1e-6f);
-      rowDiff = std::max(rowDiff, d);
-      if (!(d <= (c.source == RowSource::kCopy ? 0 : 8e-3))) ++bad;
+  // The ways to run it: the row shrink, and the item shrink over items of 16 tokens (csgmv's
+  // chunk) and of 5 tokens launched for as many items and tiles as a CUDA graph would.
+  struct Way {
+    const char* name;
+    int chunk;  // 0: the row shrink
+    bool graphBounds;
+  };
+  const Way ways[] = {{"rows", 0, false}, {"items/16", 16, false}, {"items/5 ", 5, true}};
+  int failed = 0;
+  for (const Way& way : ways) {
+    std::fill(xa.begin(), xa.end(), kNaN16);
+    CK(cudaMemcpy(dXa, xa.data(), xa.size() * 2, cudaMemcpyHostToDevice));
+    RowInput row;
+    row.source = c.source;
+    row.f32 = dF32;
+    row.normW = dNormW;
+    row.eps = eps;
+    row.bf16 = dSrc;
+    row.ld = c.in;
+    if (c.source == RowSource::kSiluMul) {
+      // The engine's way with SiLU rows: siluMul writes them into xa, the shrink reads them there.
+      siluMul(dF32, dXa, c.T, c.in, nullptr, ld);
+      row = RowInput{RowSource::kCopy};
+      row.bf16 = dXa;
+      row.ld = ld;
     }
-    const int slot = rowSlot[t];
-    for (int col = 0; col < pad; ++col) {
-      const int j = col / block, k = (col % block) / R, r = col % R;
-      const float g = fromBf16(got[c.in + col]);
-      const bool live = slot >= 0 && j < c.count && k == slot && r < ranks[slot * kModules + modules[j]];
-      if (!live) {
-        if (g != 0.0f) ++bad;
-        continue;
-      }
-      double sum = 0, mag = 0;
-      const uint16_t* arow = a[j].data() + (static_cast<size_t>(slot) * R + r) * c.in;
+    HostItems items;
+    if (way.chunk == 0) {
+      prepareRowShrink(c.in);
+      loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
+    } else {
+      items = makeItems(rowSlot, way.chunk, way.graphBounds);
+      loraItemShrink(row, sl, items.view, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, nullptr);
+    }
+    CK(cudaDeviceSynchronize());
+    items.free();
+    CK(cudaMemcpy(xa.data(), dXa, xa.size() * 2, cudaMemcpyDeviceToHost));
+    double rowDiff = 0, loraDiff = 0;
+    int bad = 0;
+    for (int t = 0; t < c.T; ++t) {
+      const std::vector<float> ref = hostRow(c, f32, normW, src, t, eps);
+      const uint16_t* got = xa.data() + static_cast<size_t>(t) * ld;
       for (int i = 0; i < c.in; ++i) {
-        const double p = static_cast<double>(fromBf16(arow[i])) * ref[i];
-        sum += p;
-        mag += std::fabs(p);
+        const float g = fromBf16(got[i]);
+        // One bf16 step (2^-8 relative): the norm sums in another order, SiLU uses __expf.
+        const double d = std::fabs(g - ref[i]) / std::max(std::fabs(ref[i]), 1e-6f);
+        rowDiff = std::max(rowDiff, d);
+        if (!(d <= (c.source == RowSource::kCopy ? 0 : 8e-3))) ++bad;
       }
-      const double want = sum * scaling[slot];
-      // The bf16 output's rounding (2^-9 relative) plus the row's one-step differences.
-      const double d = std::fabs(g - want) / (std::fabs(scaling[slot]) * mag + 1e-12);
-      loraDiff = std::max(loraDiff, d);
-      if (!(d < 1e-2)) ++bad;
+      const int slot = rowSlot[t];
+      for (int col = 0; col < pad; ++col) {
+        const int j = col / block, k = (col % block) / R, r = col % R;
+        const float g = fromBf16(got[c.in + col]);
+        const bool live = slot >= 0 && j < c.count && k == slot && r < ranks[slot * kModules + modules[j]];
+        if (!live) {
+          if (g != 0.0f) ++bad;
+          continue;
+        }
+        double sum = 0, mag = 0;
+        const uint16_t* arow = a[j].data() + (static_cast<size_t>(slot) * R + r) * c.in;
+        for (int i = 0; i < c.in; ++i) {
+          const double p = static_cast<double>(fromBf16(arow[i])) * ref[i];
+          sum += p;
+          mag += std::fabs(p);
+        }
+        const double want = sum * scaling[slot];
+        // The bf16 output's rounding (2^-9 relative) plus the row's one-step differences.
+        const double d = std::fabs(g - want) / (std::fabs(scaling[slot]) * mag + 1e-12);
+        loraDiff = std::max(loraDiff, d);
+        if (!(d < 1e-2)) ++bad;
+      }
+      if (!std::isnan(fromBf16(got[c.in + pad]))) ++bad;  // past the padding: untouched
     }
-    if (!std::isnan(fromBf16(got[c.in + pad]))) ++bad;  // past the padding: untouched
+    std::printf("  %s %s %s T %3d in %5d slots %d rank %2d modules %d sms %3d  row %.1e  lora %.1e  %d bad\n",
+                bad ? "FAIL" : "ok  ", way.name, name(c.source), c.T, c.in, c.slots, R, c.count, c.sms, rowDiff,
+                loraDiff, bad);
+    failed += bad ? 1 : 0;
   }
   for (auto* p : da) cudaFree(p);
   cudaFree(dF32);
@@ -160,9 +226,7 @@ int run(const Case& c, Rng& rng) {
   cudaFree(dRanks);
   cudaFree(dRowSlot);
   cudaFree(dXa);
-  std::printf("  %s %s T %3d in %5d slots %d rank %2d modules %d sms %3d  row %.1e  lora %.1e  %d bad\n",
-              bad ? "FAIL" : "ok  ", name(c.source), c.T, c.in, c.slots, R, c.count, c.sms, rowDiff, loraDiff, bad);
-  return bad ? 1 : 0;
+  return failed;
 }
 
 // Llama-3.1-8B's four groups at 32 decode tokens over 8 slots, ranks 16 and 64.
@@ -197,6 +261,7 @@ int bench(const std::vector<int>& factors) {
   std::vector<int32_t> hRowSlot(T);
   for (int t = 0; t < T; ++t) hRowSlot[t] = t % slots;
   rowSlot = upload(hRowSlot);
+  HostItems items = makeItems(hRowSlot, 16, false);
   for (int R : {16, 64}) {
     std::vector<int32_t> hRanks(static_cast<size_t>(slots) * kModules, R);
     ranks = upload(hRanks);
@@ -214,8 +279,7 @@ int bench(const std::vector<int>& factors) {
       row.eps = 1e-5f;
       row.bf16 = src;
       row.ld = g.in;
-      for (int factor : factors) {
-      const double us = timeCalls(5, 200, [&](int i) {
+      const auto slicesAt = [&](int i) {
         LoraSlices sl{};
         sl.count = g.count;
         sl.in = g.in;
@@ -225,28 +289,39 @@ int bench(const std::vector<int>& factors) {
           sl.aSlotStride[j] = static_cast<size_t>(R) * g.in;
           sl.module[j] = j;
         }
-        RowInput rows = row;
-        if (g.source == RowSource::kSiluMul) {  // as the engine does: siluMul into xa, then in place
-          siluMul(f32, xa, T, g.in, nullptr, ld);
-          rows = RowInput{RowSource::kCopy};
-          rows.bf16 = xa;
-          rows.ld = ld;
-        }
-        loraRowShrink(rows, sl, slots, pad, rowSlot, ranks, scaling, T, xa, ld, factor * prop.multiProcessorCount,
-                      nullptr);
-      });
+        return sl;
+      };
+      // As the engine does with SiLU rows: siluMul into xa, then the shrink reads them in place.
+      const auto rowsFor = [&]() {
+        if (g.source != RowSource::kSiluMul) return row;
+        siluMul(f32, xa, T, g.in, nullptr, ld);
+        RowInput rows{RowSource::kCopy};
+        rows.bf16 = xa;
+        rows.ld = ld;
+        return rows;
+      };
       const double plain = g.source == RowSource::kNorm      ? timeCalls(5, 200, [&](int) {
         rmsnorm(f32, nullptr, normW, made, T, g.in, 1e-5f, nullptr);
       })
                            : g.source == RowSource::kSiluMul ? timeCalls(5, 200, [&](int) { siluMul(f32, made, T, g.in, nullptr); })
                                                              : 0.0;
-      std::printf("rank %2d %-8s SMs x%d row shrink %6.1f us   plain input %5.1f us\n", R, g.name, factor, us, plain);
+      for (int factor : factors) {
+        const double us = timeCalls(5, 200, [&](int i) {
+          loraRowShrink(rowsFor(), slicesAt(i), slots, pad, rowSlot, ranks, scaling, T, xa, ld,
+                        factor * prop.multiProcessorCount, nullptr);
+        });
+        std::printf("rank %2d %-8s SMs x%d row shrink %6.1f us   plain input %5.1f us\n", R, g.name, factor, us, plain);
       }
+      const double itemUs = timeCalls(5, 200, [&](int i) {
+        loraItemShrink(rowsFor(), slicesAt(i), items.view, slots, pad, rowSlot, ranks, scaling, T, xa, ld, nullptr);
+      });
+      std::printf("rank %2d %-8s item shrink (8 items of 4 tokens) %6.1f us\n", R, g.name, itemUs);
       cudaFree(a);
       cudaFree(xa);
     }
     cudaFree(ranks);
   }
+  items.free();
   return 0;
 }
 
@@ -268,6 +343,7 @@ int main(int argc, char** argv) {
     failed += run({s, 32, 4096, 8, 64, 2, 132}, rng);
     failed += run({s, 64, 14336, 4, 32, 1, 132}, rng);
     failed += run({s, 7, 2048, 2, 8, 2, 1}, rng);  // one cut a row
+    failed += run({s, 9, 512, 3, 12, 1, 132}, rng);  // outputs not a multiple of the item shrink's 8
   }
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
