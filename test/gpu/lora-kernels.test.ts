@@ -155,12 +155,20 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     }
   };
 
-  // The fused kernel's steps here are short enough for the row shrink (input rows and LoRA columns
-  // in one kernel, then one GEMM); without it they add the deltas with a second GEMM over the
-  // padding columns, the shrink beside the base GEMM.
+  // The fused kernel's steps here are short enough for the decode shrink (input rows and LoRA
+  // columns in one kernel, then one GEMM); without it they add the deltas with a second GEMM over
+  // the padding columns, the shrink beside the base GEMM.
   it.each([true, false])('fused, decode deltas by a second GEMM (no row shrink), graphs %s: logprobs within TOL of the CPU', (graphs) => {
     const worst = fusedWith('TROUPE_LORA_ROW_SHRINK', graphs);
     console.log(`LoRA kernels fused (split, no row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(tolOf('fused'));
+  });
+
+  // Decode steps take their shrink per adapter item by default (each A row read once per item);
+  // with the variable at 0 the row shrink takes it per token.
+  it.each([true, false])('fused, decode shrink per token (row shrink), graphs %s: logprobs within TOL of the CPU', (graphs) => {
+    const worst = fusedWith('TROUPE_LORA_ITEM_SHRINK', graphs);
+    console.log(`LoRA kernels fused (row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
