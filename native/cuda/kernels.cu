@@ -247,6 +247,21 @@ __global__ void siluMulKernel(const float* gu, bf16_t* act, int inter, int ldAct
   }
 }
 
+// Four features a thread: float4 loads of gate and up and one 8-byte store, the same expression.
+// A prefill's SiLU reads 8 bytes and writes 2 per feature (587 MB a layer at 4,096 tokens), so it
+// is bound by memory once each thread has more than one load in flight.
+__global__ void siluMulVecKernel(const float* gu, bf16_t* act, int inter, int ldAct) {
+  const int t = blockIdx.y, n4 = inter / 4;
+  const float4* g = reinterpret_cast<const float4*>(gu + static_cast<size_t>(t) * 2 * inter);
+  const float4* u = g + n4;
+  uint2* out = reinterpret_cast<uint2*>(act + static_cast<size_t>(t) * ldAct);
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += gridDim.x * blockDim.x) {
+    const float4 x = g[i], m = u[i];
+    out[i] = make_uint2(pairB(x.x / (1.0f + __expf(-x.x)) * m.x, x.y / (1.0f + __expf(-x.y)) * m.y),
+                        pairB(x.z / (1.0f + __expf(-x.z)) * m.z, x.w / (1.0f + __expf(-x.w)) * m.w));
+  }
+}
+
 }  // namespace
 
 void convertToBf16(const void* src, int dtype, bf16_t* dst, size_t n, cudaStream_t s) {
@@ -317,8 +332,14 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
 }
 
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct) {
-  const int blocks = (inter + 255) / 256;
-  siluMulKernel<<<dim3(blocks, T), 256, 0, s>>>(gu, act, inter, ldAct == 0 ? inter : ldAct);
+  if (T == 0) return;
+  if (ldAct == 0) ldAct = inter;
+  const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
+  if (inter % 4 == 0 && ldAct % 4 == 0 && aligned(gu, 16) && aligned(act, 8)) {
+    siluMulVecKernel<<<dim3((inter / 4 + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
+  } else {
+    siluMulKernel<<<dim3((inter + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
+  }
 }
 
 }  // namespace cuda
