@@ -645,7 +645,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       }
       if (itemShrink_) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
-                             lora_->scaling(), T, xa_.get(), ld, stream_);
+                             lora_->scaling(), T, xa_.get(), ld, sms_, stream_);
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
                             xa_.get(), ld, sms_, stream_);

@@ -93,7 +93,7 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad
 bool itemShrinkSupported(int in, int ldxa);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-                    cudaStream_t st);
+                    int sms, cudaStream_t st);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -183,10 +183,14 @@ bool itemShrinkSupported(int in, int ldxa) { return in % 8 == 0 && ldxa % 8 == 0
 
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-                    cudaStream_t st) {
+                    int sms, cudaStream_t st) {
   if (T == 0) return;
-  // Every block's outputs fit its kOut accumulators.
-  const int cuts = std::max(1, (sl.count * sl.maxRank + kOut - 1) / kOut);
+  // Every block's outputs fit its kOut accumulators, and a step of few items still has about a
+  // block an SM (a rank-16 q/k/v group over 8 items would otherwise run 48 blocks).
+  const int outputs = sl.count * sl.maxRank;
+  const int groups = std::max(1, items.gridItems * items.gridTiles);
+  const int cuts =
+      std::clamp(std::max((outputs + kOut - 1) / kOut, (sms + groups - 1) / groups), 1, std::max(1, outputs));
   switch (row.source) {
     case RowSource::kNorm:
       launch<RowSource::kNorm>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);

@@ -172,7 +172,7 @@ int run(const Case& c, Rng& rng) {
       loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
     } else {
       items = makeItems(rowSlot, way.chunk, way.graphBounds);
-      loraItemShrink(row, sl, items.view, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, nullptr);
+      loraItemShrink(row, sl, items.view, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
     }
     CK(cudaDeviceSynchronize());
     items.free();
@@ -313,7 +313,8 @@ int bench(const std::vector<int>& factors) {
         std::printf("rank %2d %-8s SMs x%d row shrink %6.1f us   plain input %5.1f us\n", R, g.name, factor, us, plain);
       }
       const double itemUs = timeCalls(5, 200, [&](int i) {
-        loraItemShrink(rowsFor(), slicesAt(i), items.view, slots, pad, rowSlot, ranks, scaling, T, xa, ld, nullptr);
+        loraItemShrink(rowsFor(), slicesAt(i), items.view, slots, pad, rowSlot, ranks, scaling, T, xa, ld,
+                       prop.multiProcessorCount, nullptr);
       });
       std::printf("rank %2d %-8s item shrink (8 items of 4 tokens) %6.1f us\n", R, g.name, itemUs);
       cudaFree(a);
