@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cub/block/block_reduce.cuh>
 
+#include "cuda/bf16_pack.cuh"
 #include "cuda/kernels.h"
 
 namespace troupe {
@@ -19,7 +20,6 @@ struct MaxOp {
 };
 
 __device__ __forceinline__ float toF(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
-__device__ __forceinline__ bf16_t toB(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
 
 __global__ void convertKernel(const void* src, int dtype, bf16_t* dst, float* dstF, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
@@ -87,10 +87,6 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
   const float scale = rmsScale(ss, h, eps);
   bf16_t* yr = y + static_cast<size_t>(r) * ldy;
   for (int i = threadIdx.x; i < h; i += blockDim.x) yr[i] = toB(w[i] * (xr[i] * scale));
-}
-
-__device__ __forceinline__ uint32_t pairB(float lo, float hi) {
-  return static_cast<uint32_t>(toB(lo)) | static_cast<uint32_t>(toB(hi)) << 16;
 }
 
 // The common form: a row's float4s loaded at once and kept in registers for the write, so a block

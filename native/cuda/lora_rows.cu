@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "cuda/bf16_dot.cuh"
+#include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/lora_fused.h"
 
@@ -29,14 +30,6 @@ constexpr int kInFlight = 8;                // A pieces a lane loads before it u
 constexpr int kRowUnroll = 4;               // input pieces a thread loads before it uses them
 constexpr size_t kDefaultSmem = 48 * 1024;  // shared memory a kernel gets without opting in
 constexpr size_t kMaxRowSmem = 112 * 1024;  // rows of up to 57,344 features
-
-__device__ __forceinline__ bf16_t toB(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-__device__ __forceinline__ uint32_t pair(float lo, float hi) {
-  return static_cast<uint32_t>(toB(lo)) | static_cast<uint32_t>(toB(hi)) << 16;
-}
-__device__ __forceinline__ uint4 pack8(float a, float b, float c, float d, float e, float f, float g, float h) {
-  return make_uint4(pair(a, b), pair(c, d), pair(e, f), pair(g, h));
-}
 
 template <RowSource S>
 __global__ void __launch_bounds__(kThreads)
