@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "cuda/bf16_dot.cuh"
+#include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/lora_fused.h"
 
@@ -30,11 +31,6 @@ constexpr int kTok = 8;      // tokens a block shrinks together: each A piece se
 constexpr int kOut = 8;      // shrink outputs a block computes: each row piece serves all of them
 constexpr int kModules = 7;  // ranks is [slot][7 modules]
 constexpr int kSubTiles = kLoraTileTokens / kTok;
-
-__device__ __forceinline__ bf16_t toB(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-__device__ __forceinline__ uint32_t pair(float lo, float hi) {
-  return static_cast<uint32_t>(toB(lo)) | static_cast<uint32_t>(toB(hi)) << 16;
-}
 
 // Sum of squares of an f32 row of n (a multiple of 8) by one warp, in a fixed order: every block
 // that needs a token's norm scale gets the same float.
@@ -55,8 +51,9 @@ __device__ __forceinline__ float warpSumSquares(const float* x, int n, int lane)
 __device__ __forceinline__ uint4 normPiece(const float* x, const float* w, float scale, int p) {
   const float4 a = reinterpret_cast<const float4*>(x)[2 * p], b = reinterpret_cast<const float4*>(x)[2 * p + 1];
   const float4 ga = reinterpret_cast<const float4*>(w)[2 * p], gb = reinterpret_cast<const float4*>(w)[2 * p + 1];
-  return make_uint4(pair(ga.x * (a.x * scale), ga.y * (a.y * scale)), pair(ga.z * (a.z * scale), ga.w * (a.w * scale)),
-                    pair(gb.x * (b.x * scale), gb.y * (b.y * scale)), pair(gb.z * (b.z * scale), gb.w * (b.w * scale)));
+  return make_uint4(
+      pairB(ga.x * (a.x * scale), ga.y * (a.y * scale)), pairB(ga.z * (a.z * scale), ga.w * (a.w * scale)),
+      pairB(gb.x * (b.x * scale), gb.y * (b.y * scale)), pairB(gb.z * (b.z * scale), gb.w * (b.w * scale)));
 }
 
 __device__ __forceinline__ float normScale(float ss, int n, float eps) { return 1.0f / sqrtf(ss / n + eps); }
