@@ -236,6 +236,7 @@ async function measure(count, runs) {
     distinctWanted: all[0].distinct,
     runs,
     steps,
+    meanMs: times.reduce((a, t) => a + t, 0) / steps,
     medianMs: quantile(times, 0.5),
     p99Ms: quantile(times, 0.99),
     p99MsByRun: byRun,
@@ -295,15 +296,15 @@ mkdirSync(dirname(file), { recursive: true });
 writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 console.log(`device: ${result.device}, commit ${commit ?? 'unknown'}`);
 console.log(
-  '| registered adapters | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' +
+  '| registered adapters | mean ms/step | median ms/step | p99 ms/step | slowest ms | collections in steps (ms) |' +
     (baseline ? ' before: median | before: p99 |' : ''),
 );
-console.log('| --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
+console.log('| --- | --- | --- | --- | --- | --- |' + (baseline ? ' --- | --- |' : ''));
 for (const r of rows) {
   const b = baseline?.rows.find((x) => x.registered === r.registered);
   const gc = `${r.gcPauses} (${r.gcMs.toFixed(1)})`;
   console.log(
-    `| ${r.registered} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` +
+    `| ${r.registered} | ${r.meanMs.toFixed(3)} | ${r.medianMs.toFixed(3)} | ${r.p99Ms.toFixed(3)} | ${r.maxMs.toFixed(2)} | ${gc} |` +
       (b ? ` ${b.medianMs.toFixed(3)} | ${b.p99Ms.toFixed(3)} |` : ''),
   );
 }

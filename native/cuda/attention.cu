@@ -87,14 +87,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int d = 0; d < DL; ++d) qr[j][d] *= scale;
   }
-  const int ctx = map.positions[t] + 1;
-  // The visible keys [lo, ctx): the whole prefix, or its last a.window positions.
-  const int lo = a.window > 0 ? max(0, ctx - a.window) : 0;
-  const int len = (ctx - lo + splits - 1) / splits;
-  const int begin = lo + s * len;
-  const int end = min(ctx, begin + len);
-  const int tiles = begin < end ? (end - begin + kTile - 1) / kTile : 0;
-  const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
+  // This split's share of the visible keys: the whole prefix, or its last a.window positions.
+  const auto [begin, end, tiles, bt] = splitKeys<kTile>(map, a, t, s, splits);
 
   // The block's threads share each tile's copies of K and V (fetchKeys); keys past the split
   // are zeros, and the softmax skips them.

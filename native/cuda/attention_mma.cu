@@ -63,13 +63,7 @@ __global__ void __launch_bounds__(kThreads)
       qa[c][3] = w.w;
     }
   }
-  const int ctx = map.positions[t] + 1;
-  const int lo = a.window > 0 ? max(0, ctx - a.window) : 0;
-  const int len = (ctx - lo + splits - 1) / splits;
-  const int begin = lo + s * len;
-  const int end = min(ctx, begin + len);
-  const int tiles = begin < end ? (end - begin + kKeys - 1) / kKeys : 0;
-  const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
+  const auto [begin, end, tiles, bt] = splitKeys<kKeys>(map, a, t, s, splits);
 
   auto fetch = [&](int tile, int stage) {
     fetchKeys<D, kKeys, kThreads, P>(kCache, vCache, bt, KVH, g, bs, begin + tile * kKeys, end, sk + stage * kKeys * P,

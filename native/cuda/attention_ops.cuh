@@ -55,6 +55,24 @@ __device__ __forceinline__ void fetchKeys(const bf16_t* kCache, const bf16_t* vC
   }
 }
 
+// A decode token's share of its visible keys: split s of `splits` over [lo, ctx), where ctx is
+// its position + 1 and lo the start of its sliding window (0 without one), in tiles of kKeys; and
+// its sequence's block table. A split past the keys has no tiles.
+struct SplitKeys {
+  int begin, end, tiles;
+  const int32_t* bt;
+};
+template <int kKeys>
+__device__ __forceinline__ SplitKeys splitKeys(const TokenMap& map, const AttnShape& a, int t, int s, int splits) {
+  const int ctx = map.positions[t] + 1;
+  const int lo = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int len = (ctx - lo + splits - 1) / splits;
+  const int begin = lo + s * len;
+  const int end = min(ctx, begin + len);
+  return {begin, end, begin < end ? (end - begin + kKeys - 1) / kKeys : 0,
+          map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch};
+}
+
 // The tile pipeline: before the loop, the first kStages - 1 tiles go on their way
 // (fetch(tile, stage) issues one tile's copies); at the top of iteration `tile`, the tile
 // kStages - 1 ahead goes on its way and this one is waited for and made visible to the block.

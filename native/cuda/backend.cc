@@ -44,10 +44,10 @@ using cuda::PinnedBuffer;
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
 // loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
-// reading the weights) make their input rows with the LoRA columns in the kernel that makes the
-// rows anyway (the norm or SiLU; lora_rows.cu), so the LoRA shrink adds no launch before the one
-// GEMM; with TROUPE_LORA_ROW_SHRINK=0 they add the deltas with a second GEMM over the padding
-// columns instead, the shrink running beside the base GEMM. Larger steps run the tensor-core shrink
+// reading the weights) make their input rows with the LoRA columns in one kernel (lora_rows.cu:
+// the norm's rows made there, SiLU's made by siluMul beside the columns first), so the LoRA shrink
+// adds no launch of its own before the one GEMM; with TROUPE_LORA_ROW_SHRINK=0 they add the deltas with a second GEMM
+// over the padding columns instead, the shrink running beside the base GEMM. Larger steps run the tensor-core shrink
 // and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
 // comparisons; 0: every step takes the larger steps' way).
 constexpr int kFusedSplitMaxTokens = 128;

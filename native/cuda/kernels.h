@@ -110,7 +110,7 @@ bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int 
 void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, int N, int K, bool accumulate,
           cudaStream_t s);
 
-// act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]).
+// act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]); row t of act starts at act + t * ldAct (inter when 0).
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);
 
 // Per sampled row, after the lm_head: log-softmax statistics, the top-N, penalties, then the token.
