@@ -126,7 +126,10 @@ class CudaBackend : public Backend {
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
   bool rowShrink_ = true;
-  bool itemShrink_ = true;
+  // Which decode rows take the item shrink (lora_item_shrink.cu: A read once per adapter item)
+  // after they are made, rather than the row shrink: TROUPE_LORA_ITEM_SHRINK=0 none, =all every
+  // group (norm rows made by rmsnorm first), otherwise rows that are copied or SiLU rows (o, down).
+  enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kCopied;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -208,7 +211,10 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
-  if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) itemShrink_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
+    const std::string v(env);
+    itemShrink_ = v == "0" ? ItemShrink::kNone : v == "all" ? ItemShrink::kAll : ItemShrink::kCopied;
+  }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
@@ -637,15 +643,21 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // SiLU rows are made by siluMul straight into xa (the row shrink would remake all of them in
       // every block of a token) and shrunk from there; norm rows are made inside the row shrink.
       cuda::RowInput rows = input;
-      if (input.source == cuda::RowSource::kSiluMul) {
-        cuda::siluMul(input.f32, xa_.get(), T, in, stream_, ld);
+      const bool items = itemShrink_ == ItemShrink::kAll ||
+                         (itemShrink_ == ItemShrink::kCopied && input.source != cuda::RowSource::kNorm);
+      if (input.source == cuda::RowSource::kSiluMul || (items && input.source == cuda::RowSource::kNorm)) {
+        if (input.source == cuda::RowSource::kSiluMul) {
+          cuda::siluMul(input.f32, xa_.get(), T, in, stream_, ld);
+        } else {
+          cuda::rmsnorm(input.f32, nullptr, input.normW, xa_.get(), T, in, input.eps, stream_, ld);
+        }
         rows = cuda::RowInput{cuda::RowSource::kCopy};
         rows.bf16 = xa_.get();
         rows.ld = ld;
       }
-      if (itemShrink_) {
+      if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
-                             lora_->scaling(), T, xa_.get(), ld, sms_, stream_);
+                             lora_->scaling(), T, xa_.get(), ld, stream_);
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
                             xa_.get(), ld, sms_, stream_);

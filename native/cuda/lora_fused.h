@@ -86,14 +86,15 @@ void prepareRowShrink(int maxIn);
 void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot,
                    const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa, int sms, cudaStream_t st);
 
-// The same columns and rows as loraRowShrink, with the dot products taken per adapter item
-// (LoraItems: tokens of one slot) rather than per token, so each A row is read once per item:
-// a block dots every A piece it loads with up to 8 tokens' row pieces. Rows of norm or copy
-// sources; a copy from xa itself is left where it is. itemShrinkSupported: in a multiple of 8.
-bool itemShrinkSupported(int in, int ldxa);
+// The same columns and rows as loraRowShrink from rows already made (kCopy; rmsnorm or siluMul
+// write them into xa first), with the dot products taken per adapter item (LoraItems: tokens of
+// one slot) rather than per token, so each A row is read once per item: a block dots every A
+// piece it loads with up to 8 tokens' row pieces. A copy from xa itself is left where it is.
+// itemShrinkSupported: in, ldxa and the rows' ld multiples of 8.
+bool itemShrinkSupported(int in, int ldxa, int ld);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-                    int sms, cudaStream_t st);
+                    cudaStream_t st);
 
 }  // namespace cuda
 }  // namespace troupe
