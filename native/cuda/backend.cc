@@ -127,9 +127,10 @@ class CudaBackend : public Backend {
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
   bool rowShrink_ = true;
   // Which decode rows take the item shrink (lora_item_shrink.cu: A read once per adapter item)
-  // after they are made, rather than the row shrink: TROUPE_LORA_ITEM_SHRINK=0 none, =all every
-  // group (norm rows made by rmsnorm first), otherwise rows that are copied or SiLU rows (o, down).
-  enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kCopied;
+  // after they are made, rather than the row shrink: every group by default (norm rows made by
+  // rmsnorm first); TROUPE_LORA_ITEM_SHRINK=0 none, =copied only rows copied or made by siluMul
+  // (o, down), for comparing.
+  enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kAll;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -213,7 +214,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
     const std::string v(env);
-    itemShrink_ = v == "0" ? ItemShrink::kNone : v == "all" ? ItemShrink::kAll : ItemShrink::kCopied;
+    itemShrink_ = v == "0" ? ItemShrink::kNone : v == "copied" ? ItemShrink::kCopied : ItemShrink::kAll;
   }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
@@ -638,10 +639,11 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
         (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
-      // A decode step: the input rows and their LoRA columns in one launch, then one GEMM.
+      // A decode step: the input rows and their LoRA columns, then one GEMM. The rows are made
+      // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
+      // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
+      // them in every block of a token).
       timer_.mark("lora", stream_);
-      // SiLU rows are made by siluMul straight into xa (the row shrink would remake all of them in
-      // every block of a token) and shrunk from there; norm rows are made inside the row shrink.
       cuda::RowInput rows = input;
       const bool items = itemShrink_ == ItemShrink::kAll ||
                          (itemShrink_ == ItemShrink::kCopied && input.source != cuda::RowSource::kNorm);

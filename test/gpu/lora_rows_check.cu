@@ -353,6 +353,7 @@ int main(int argc, char** argv) {
     // Outputs not a multiple of the item shrink's outputs a block (2 up to 32 outputs, 4 above).
     failed += run({s, 11, 512, 3, 7, 3, 132}, rng);
     failed += run({s, 21, 1024, 4, 13, 3, 132}, rng);
+    failed += run({s, 20, 9216, 3, 24, 2, 132}, rng);  // rows past 8,192 features, more than 32 outputs
   }
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
