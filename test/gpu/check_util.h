@@ -74,32 +74,49 @@ double timeCalls(int warmup, int iters, F&& call) {
   return 1000.0 * ms / iters;
 }
 
+// Median milliseconds of replaying, as one CUDA graph, what capture(st) enqueues on st: `reps`
+// timed replays after `warmup` untimed ones.
+template <typename F>
+float graphMs(cudaStream_t st, F&& capture, int warmup, int reps) {
+  cudaGraph_t graph;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  capture(st);
+  CK(cudaStreamEndCapture(st, &graph));
+  cudaGraphExec_t exec;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int rep = 0; rep < warmup + reps; ++rep) {
+    CK(cudaEventRecord(e0, st));
+    CK(cudaGraphLaunch(exec, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, e0, e1));
+    if (rep >= warmup) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 // Microseconds per call of call(i, st) when `iters` calls are replayed from one CUDA graph on st,
 // as the engine replays a decode step: no launch costs but the graph's own gaps between kernels.
 template <typename F>
 double timeGraph(int iters, F&& call) {
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < iters; ++i) call(i, st);
-  CK(cudaStreamEndCapture(st, &graph));
-  cudaGraphExec_t exec;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  CK(cudaGraphLaunch(exec, st));  // warm-up
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaEventRecord(e0, st));
-  CK(cudaGraphLaunch(exec, st));
-  CK(cudaEventRecord(e1, st));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
+  const float ms = graphMs(
+      st,
+      [&](cudaStream_t s) {
+        for (int i = 0; i < iters; ++i) call(i, s);
+      },
+      1, 5);
   cudaStreamDestroy(st);
   return 1000.0 * ms / iters;
 }

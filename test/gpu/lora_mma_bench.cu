@@ -4,8 +4,9 @@
 // graph, the median of 20 replays, and each projection group's share. Decode: 32 rows over 8
 // adapters or 1 (csgmv chunks of 16, the grid a decode graph launches); prefill: 8 x 512 tokens
 // over 8 adapters or 1. Each scenario also prints the mma expand's blocks per layer (the four
-// groups together) and how many tiles each takes (loraExpandGroup). No base model runs between the pairs, so this is the LoRA kernels' own cost;
-// bench/gpu-lora.js measures whole steps. Built with lora_mma_check.cu (see there), run with --bench.
+// groups together) and how many tiles each takes (loraExpandGroup). No base model runs between the pairs, so this is
+// the LoRA kernels' own cost; bench/gpu-lora.js measures whole steps. Built with lora_mma_check.cu (see there), run
+// with --bench.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -24,9 +25,10 @@ struct Group {
   int in;
   std::vector<int> outs;
 };
-const std::vector<Group> kGroups = {
-    {"qkv", kHidden, {kHidden, kKv, kKv}}, {"o", kHidden, {kHidden}}, {"gate_up", kHidden, {kInter, kInter}},
-    {"down", kInter, {kHidden}}};
+const std::vector<Group> kGroups = {{"qkv", kHidden, {kHidden, kKv, kKv}},
+                                    {"o", kHidden, {kHidden}},
+                                    {"gate_up", kHidden, {kInter, kInter}},
+                                    {"down", kInter, {kHidden}}};
 
 __global__ void fillBf16(bf16_t* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -57,35 +59,17 @@ struct Scenario {
 };
 
 // Median ms of 20 replays of a graph of `layers` x the chosen groups' pairs.
-double timeGraph(Kernel k, const std::vector<int>& groups, const std::vector<std::vector<LoraSlices>>& sl,
-                 const LoraItems& items, const int32_t* ranks, const float* scaling, bf16_t* const* x, float* const* y,
-                 const int* ldy, float* mid, size_t slab, cudaStream_t st) {
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int l = 0; l < kLayers; ++l)
-    for (int gi : groups) runPair(k, items, sl[l][gi], ranks, scaling, x[gi], kGroups[gi].in, mid, slab, y[gi], ldy[gi], st);
-  CK(cudaStreamEndCapture(st, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 23; ++rep) {
-    CK(cudaEventRecord(a, st));
-    CK(cudaGraphLaunch(ge, st));
-    CK(cudaEventRecord(b, st));
-    CK(cudaEventSynchronize(b));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
-    if (rep >= 3) ms.push_back(t);
-  }
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  CK(cudaGraphExecDestroy(ge));
-  CK(cudaGraphDestroy(g));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+double pairsMs(Kernel k, const std::vector<int>& groups, const std::vector<std::vector<LoraSlices>>& sl,
+               const LoraItems& items, const int32_t* ranks, const float* scaling, bf16_t* const* x, float* const* y,
+               const int* ldy, float* mid, size_t slab, cudaStream_t st) {
+  return graphMs(
+      st,
+      [&](cudaStream_t s) {
+        for (int l = 0; l < kLayers; ++l)
+          for (int gi : groups)
+            runPair(k, items, sl[l][gi], ranks, scaling, x[gi], kGroups[gi].in, mid, slab, y[gi], ldy[gi], s);
+      },
+      3, 20);
 }
 
 }  // namespace
@@ -100,10 +84,11 @@ int loraBench() {
   std::vector<int> rr(32), eight(8);
   for (int i = 0; i < 32; ++i) rr[i] = i % 8;
   for (int i = 0; i < 8; ++i) eight[i] = i;
-  const std::vector<Scenario> scenarios = {{"decode b32, 8 adapters", std::vector<int>(32, 1), rr, true},
-                                           {"decode b32, 1 adapter", std::vector<int>(32, 1), std::vector<int>(32, 0), true},
-                                           {"prefill 8x512, 8 adapters", std::vector<int>(8, 512), eight, false},
-                                           {"prefill 8x512, 1 adapter", std::vector<int>(8, 512), std::vector<int>(8, 0), false}};
+  const std::vector<Scenario> scenarios = {
+      {"decode b32, 8 adapters", std::vector<int>(32, 1), rr, true},
+      {"decode b32, 1 adapter", std::vector<int>(32, 1), std::vector<int>(32, 0), true},
+      {"prefill 8x512, 8 adapters", std::vector<int>(8, 512), eight, false},
+      {"prefill 8x512, 1 adapter", std::vector<int>(8, 512), std::vector<int>(8, 0), false}};
   std::vector<Kernel> kernels = {Kernel::kFma, Kernel::kMma};
   if (prop.major >= 9) kernels.push_back(Kernel::kMmaPdl);
   for (int rank : {16, 64}) {
@@ -177,13 +162,15 @@ int loraBench() {
         groups += std::string(gi ? ", " : "") + kGroups[gi].name + " " + std::to_string(g.items) + "x" +
                   std::to_string(g.tiles);
       }
-      std::printf("rank %2d  %-26s mma expand: %lld blocks per layer (%lld with one tile per block and every slice as wide as the widest; %s)\n", rank,
-                  sc.name, blocks, single, groups.c_str());
+      std::printf(
+          "rank %2d  %-26s mma expand: %lld blocks per layer (%lld with one tile per block and every slice as wide as "
+          "the widest; %s)\n",
+          rank, sc.name, blocks, single, groups.c_str());
       for (Kernel k : kernels) {
-        const double total = timeGraph(k, {0, 1, 2, 3}, sl, items, dRanks, dScaling, x, y, ldy, mid, slab, st);
+        const double total = pairsMs(k, {0, 1, 2, 3}, sl, items, dRanks, dScaling, x, y, ldy, mid, slab, st);
         std::printf("rank %2d  %-26s %-7s step %7.3f ms  (", rank, sc.name, kernelName(k), total);
         for (int gi = 0; gi < 4; ++gi) {
-          const double t = timeGraph(k, {gi}, sl, items, dRanks, dScaling, x, y, ldy, mid, slab, st);
+          const double t = pairsMs(k, {gi}, sl, items, dRanks, dScaling, x, y, ldy, mid, slab, st);
           std::printf("%s%s %.3f", gi ? ", " : "", kGroups[gi].name, t);
         }
         std::printf(")\n");
