@@ -105,7 +105,8 @@ class CudaBackend : public Backend {
   void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
                   const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate);
   // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
-  const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in);
+  // Made rows go to `made`, ld apart (in when 0).
+  const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
@@ -613,16 +614,16 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   }
 }
 
-const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, int in) {
+const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld) {
   const int T = map_.tokens;
   switch (input.source) {
     case cuda::RowSource::kNorm:
       timer_.mark("norm", stream_);
-      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_);
+      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
-      cuda::siluMul(input.f32, made, T, in, stream_);
+      cuda::siluMul(input.f32, made, T, in, stream_, ld);
       return made;
     case cuda::RowSource::kCopy:
       break;
@@ -643,22 +644,17 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
       // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
       // them in every block of a token).
-      timer_.mark("lora", stream_);
       cuda::RowInput rows = input;
       // sgmv's items are single tokens: the item shrink would read A per token too, with more
       // blocks than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
       const bool items = !o_.loraSgmv && (itemShrink_ == ItemShrink::kAll || (itemShrink_ == ItemShrink::kCopied &&
                                                                               input.source != cuda::RowSource::kNorm));
       if (input.source == cuda::RowSource::kSiluMul || (items && input.source == cuda::RowSource::kNorm)) {
-        if (input.source == cuda::RowSource::kSiluMul) {
-          cuda::siluMul(input.f32, xa_.get(), T, in, stream_, ld);
-        } else {
-          cuda::rmsnorm(input.f32, nullptr, input.normW, xa_.get(), T, in, input.eps, stream_, ld);
-        }
         rows = cuda::RowInput{cuda::RowSource::kCopy};
-        rows.bf16 = xa_.get();
+        rows.bf16 = makeRows(input, xa_.get(), in, ld);
         rows.ld = ld;
       }
+      timer_.mark("lora", stream_);
       if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
                              lora_->scaling(), T, xa_.get(), ld, stream_);
