@@ -8,6 +8,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "cuda/bf16_pack.cuh"
+#include "cuda/device.h"
 #include "cuda/kernels.h"
 
 namespace troupe {
@@ -282,9 +283,8 @@ void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int
              int ldy) {
   if (m == 0) return;
   if (ldy == 0) ldy = h;
-  const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
   const int vec = (h / 4 + kNormThreads - 1) / kNormThreads;
-  if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !aligned(x, 16) || !aligned(w, 16) || !aligned(y, 8)) {
+  if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !alignedTo(x, 16) || !alignedTo(w, 16) || !alignedTo(y, 8)) {
     rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 1) {
     rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
@@ -330,8 +330,7 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct) {
   if (T == 0) return;
   if (ldAct == 0) ldAct = inter;
-  const auto aligned = [](const void* p, uintptr_t to) { return reinterpret_cast<uintptr_t>(p) % to == 0; };
-  if (inter % 4 == 0 && ldAct % 4 == 0 && aligned(gu, 16) && aligned(act, 8)) {
+  if (inter % 4 == 0 && ldAct % 4 == 0 && alignedTo(gu, 16) && alignedTo(act, 8)) {
     siluMulVecKernel<<<dim3((inter / 4 + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
   } else {
     siluMulKernel<<<dim3((inter + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
