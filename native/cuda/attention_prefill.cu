@@ -8,6 +8,9 @@
 // that Q's rows gi + 8 are real rows here.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
@@ -21,11 +24,12 @@ using namespace attention_ops;
 using mma_ops::mma;
 
 constexpr int kRows = kMmaWarps * 16;  // query rows a block takes
+static_assert(kRows == kPrefillTileRows, "a tile is one block's rows");
 
 template <int D, int G>
 __global__ void __launch_bounds__(kMmaThreads)
-    prefillMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, TokenMap map, AttnShape a, int t0,
-                     int count, float scale, bf16_t* out) {
+    prefillMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, TokenMap map, AttnShape a,
+                     const PrefillTile* work, float scale, bf16_t* out) {
   constexpr int P = kMmaPitch<D>;
   constexpr int NT = kMmaKeys / 8;  // n-tiles of S per key tile
   extern __shared__ __align__(16) unsigned char smem[];
@@ -34,10 +38,9 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   const int g = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
-  const int rows = count * G;
-  // The last rows see the most keys: blocks start in reverse so that the longest run first and
-  // the short ones fill the tail of the grid.
-  const int blockRow = (gridDim.x - 1 - blockIdx.x) * kRows;
+  // This block's tile of the step's prefill chunks (prefillAttentionTiles' order: longest first).
+  const PrefillTile mine = work[blockIdx.x];
+  const int t0 = mine.t0, rows = mine.count * G, blockRow = mine.row;
   const int firstPos = map.positions[t0];
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t0]) * map.pitch;
 
@@ -171,15 +174,35 @@ __global__ void __launch_bounds__(kMmaThreads)
 
 template <int D, int G>
 struct PrefillMma {
-  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a, int t0,
-                     int count, float scale, bf16_t* out, cudaStream_t s) {
-    const dim3 grid((count * G + kRows - 1) / kRows, a.kvHeads);
-    prefillMmaKernel<D, G><<<grid, kMmaThreads, kMmaSmemBytes<D>, s>>>(q, k, v, map, a, t0, count, scale, out);
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
+                     const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
+    if (numTiles == 0) return;
+    prefillMmaKernel<D, G>
+        <<<dim3(numTiles, a.kvHeads), kMmaThreads, kMmaSmemBytes<D>, s>>>(q, k, v, map, a, tiles, scale, out);
   }
   static const void* function() { return reinterpret_cast<const void*>(prefillMmaKernel<D, G>); }
 };
 
 }  // namespace
+
+std::vector<PrefillTile> prefillAttentionTiles(const std::vector<PrefillChunk>& chunks, int group) {
+  std::vector<PrefillTile> tiles;
+  std::vector<int> lastPos;  // the position of each tile's last row, its sort key
+  for (const PrefillChunk& c : chunks) {
+    const int rows = c.count * group;
+    for (int row = 0; row < rows; row += kRows) {
+      tiles.push_back(PrefillTile{c.t0, c.count, row});
+      lastPos.push_back(c.firstPos + (std::min(row + kRows, rows) - 1) / group);
+    }
+  }
+  std::vector<int> order(tiles.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return lastPos[x] > lastPos[y]; });
+  std::vector<PrefillTile> sorted;
+  sorted.reserve(tiles.size());
+  for (int i : order) sorted.push_back(tiles[i]);
+  return sorted;
+}
 
 PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group) {
   return prepareMmaKernel<PrefillMmaLauncher, PrefillMma>(headDim, group);

@@ -77,7 +77,8 @@ class CudaBackend : public Backend {
     std::vector<int> prefillSeqs;
     std::vector<int> loraSlotsUsed;
     int loraItems = 0;
-    int loraTiles = 0;  // 16-token tiles of the longest item
+    int loraTiles = 0;     // 16-token tiles of the longest item
+    int prefillTiles = 0;  // blocks of the prefill attention's one launch (per KV head)
   };
   void uploadInputs(const StepBatch& b, Plan& plan);
   void run(const StepBatch& b, StepOutput& out);
@@ -160,6 +161,7 @@ class CudaBackend : public Backend {
   const int32_t* dDecIdx_ = nullptr;
   const int32_t* dRows_ = nullptr;
   const int32_t* dRowSlot_ = nullptr;  // each token's LoRA slot, -1 for the base model
+  const cuda::PrefillTile* dPrefillTiles_ = nullptr;
   // Activations.
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
@@ -431,9 +433,21 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
       p.loraTiles = std::max(p.loraTiles, tiles);
     }
   }
+  // The prefill chunks' attention tiles: every chunk of the step in one launch.
+  std::vector<cuda::PrefillTile> tiles;
+  if (prefillMma_ && !p.prefillSeqs.empty()) {
+    std::vector<cuda::PrefillChunk> chunks;
+    for (int i : p.prefillSeqs) {
+      const int t0 = b.seqStarts[i], count = b.seqStarts[i + 1] - t0;
+      chunks.push_back(cuda::PrefillChunk{t0, count, static_cast<int>(b.contextLens[i]) - count});
+    }
+    tiles = cuda::prefillAttentionTiles(chunks, headsPerKv_);
+  }
+  p.prefillTiles = static_cast<int>(tiles.size());
   const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
   const size_t loraInts = lora_ ? 4 * T + 2 : 0;
-  const size_t total = 3 * T + D + S + n * pitch_ + loraInts;
+  const size_t tileInts = 3 * tiles.size();
+  const size_t total = 3 * T + D + S + n * pitch_ + loraInts + tileInts;
   hostInts_.ensure(total);
   if (ints_.ensure(total)) ++generation_;
   int32_t* h = hostInts_.get();
@@ -460,6 +474,12 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     for (size_t i = 0; i < n; ++i)
       std::fill(rowSlot + b.seqStarts[i], rowSlot + b.seqStarts[i + 1], static_cast<int32_t>(b.loraSlots[i]));
   }
+  for (size_t k = 0; k < tiles.size(); ++k) {
+    int32_t* at = h + (total - tileInts) + 3 * k;
+    at[0] = tiles[k].t0;
+    at[1] = tiles[k].count;
+    at[2] = tiles[k].row;
+  }
   check(cudaMemcpyAsync(ints_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_), "input upload");
   int32_t* dv = ints_.get();
   dTokens_ = dv;
@@ -471,6 +491,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems, p.loraTiles};
     dRowSlot_ = dl + 3 * T + 2;
   }
+  dPrefillTiles_ = reinterpret_cast<const cuda::PrefillTile*>(dv + (total - tileInts));
 }
 
 bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
@@ -775,10 +796,7 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   if (prefillMma_) {
-    for (int i : p.prefillSeqs) {
-      const int t0 = b->seqStarts[i];
-      prefillMma_(q_.get(), kc, vc, map_, shape_, t0, b->seqStarts[i + 1] - t0, scale, attn_.get(), stream_);
-    }
+    prefillMma_(q_.get(), kc, vc, map_, shape_, dPrefillTiles_, p.prefillTiles, scale, attn_.get(), stream_);
     return;
   }
   for (int i : p.prefillSeqs) {

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace troupe {
 namespace cuda {
@@ -83,12 +84,28 @@ void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
 // query heads per KV head.
 DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group);
 
-// Causal attention of one sequence's prefill chunk, tokens [t0, t0 + count) of the step (their
-// keys already in the cache, positions consecutive), on tensor cores without materializing the
-// scores (attention_prefill.cu); out as decodeAttention's. Prepared as the decode kernel is, for
-// the same shapes.
+// One block of the prefill attention: 64 query rows (rows are (token, query head of the group)
+// pairs) of one sequence's chunk, tokens [t0, t0 + count) of the step, from row `row` on.
+struct PrefillTile {
+  int32_t t0, count, row;
+};
+constexpr int kPrefillTileRows = 64;
+// A step's prefill chunks (each: first token in the step, token count, position of its first
+// token) as tiles, the ones whose last row sees the most keys first: they run longest, and the
+// short ones then fill the tail of the grid.
+struct PrefillChunk {
+  int t0, count, firstPos;
+};
+std::vector<PrefillTile> prefillAttentionTiles(const std::vector<PrefillChunk>& chunks, int group);
+
+// Causal attention of every prefill chunk of a step in one launch, one block per tile and KV head
+// (tiles in device memory, from prefillAttentionTiles); each chunk's keys are already in the cache
+// and its positions consecutive. On tensor cores without materializing the scores
+// (attention_prefill.cu); out as decodeAttention's. Prepared as the decode kernel is, for the same
+// shapes.
 using PrefillMmaLauncher = void (*)(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map,
-                                    const AttnShape& a, int t0, int count, float scale, bf16_t* out, cudaStream_t s);
+                                    const AttnShape& a, const PrefillTile* tiles, int numTiles, float scale,
+                                    bf16_t* out, cudaStream_t s);
 PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group);
 
 // Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).

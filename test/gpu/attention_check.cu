@@ -3,13 +3,13 @@
 // key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
 // keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
 // failure; the tensor-core kernel (attention_mma.cu) runs every case it applies to, beside the
-// CUDA-core one. The prefill kernel (attention_prefill.cu) runs chunks from a sequence's start and
-// after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B
-// shape (32 heads over 8 KV heads of 128) for batches of 1 to 128 and contexts of 512 and 2048, with
-// the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core one) and split counts for 1, 2, 4
-// and 8 blocks per SM (* marks the engine's), and prints the cache bytes read per second (each timed
-// call reads another layer's cache, so the caches do not stay in L2); then the prefill kernel for
-// 1 x 2048 and 8 x 512 tokens.
+// CUDA-core one. The prefill kernel (attention_prefill.cu) runs every chunk of a case in one launch: chunks from a
+// sequence's start and after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench
+// [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of 128) for
+// batches of 1 to 128 and contexts of 512 and 2048, with the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the
+// CUDA-core one) and split counts for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
+// read per second (each timed call reads another layer's cache, so the caches do not stay in L2); then the prefill
+// kernel for 1 x 2048 and 8 x 512 tokens.
 //
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
@@ -118,10 +118,9 @@ Device uploadProblem(const Problem& p, int maxSplits) {
 }
 
 void release(Device& d) {
-  for (void* x : {static_cast<void*>(d.q), static_cast<void*>(d.k), static_cast<void*>(d.v),
-                  static_cast<void*>(d.out), static_cast<void*>(d.positions), static_cast<void*>(d.tokenSeq),
-                  static_cast<void*>(d.blockTables), static_cast<void*>(d.idx), static_cast<void*>(d.partial),
-                  static_cast<void*>(d.ml)})
+  for (void* x : {static_cast<void*>(d.q), static_cast<void*>(d.k), static_cast<void*>(d.v), static_cast<void*>(d.out),
+                  static_cast<void*>(d.positions), static_cast<void*>(d.tokenSeq), static_cast<void*>(d.blockTables),
+                  static_cast<void*>(d.idx), static_cast<void*>(d.partial), static_cast<void*>(d.ml)})
     cudaFree(x);
 }
 
@@ -190,7 +189,21 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
   return judge(name, mma ? "mma" : "cuda-core", splits, p, got);
 }
 
-// Each prefill chunk of p (tokens [seqStart[i], seqStart[i + 1])) through the tensor-core kernel.
+// A step's prefill tiles (prefillAttentionTiles) in device memory.
+struct PrefillTiles {
+  PrefillTile* device = nullptr;
+  int count = 0;
+  PrefillTiles(const std::vector<PrefillChunk>& chunks, int group) {
+    const std::vector<PrefillTile> host = prefillAttentionTiles(chunks, group);
+    count = static_cast<int>(host.size());
+    device = upload(host);
+  }
+  ~PrefillTiles() { cudaFree(device); }
+  PrefillTiles(const PrefillTiles&) = delete;
+  PrefillTiles& operator=(const PrefillTiles&) = delete;
+};
+
+// Every prefill chunk of p (tokens [seqStart[i], seqStart[i + 1])) through the tensor-core kernel.
 int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqCtx, const std::vector<int>& counts) {
   const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
   if (!run) {
@@ -200,9 +213,14 @@ int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqC
   const Problem p = make(sh, seqCtx, 1, 5u + static_cast<uint32_t>(seqCtx.size()) * 17u, true, counts);
   Device d = uploadProblem(p, 1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
+  // Every chunk in one launch, as the engine runs a step's prefill chunks.
+  std::vector<PrefillChunk> chunks;
   for (size_t i = 0; i + 1 < p.seqStart.size(); ++i) {
-    run(d.q, d.k, d.v, d.map, d.a, p.seqStart[i], p.seqStart[i + 1] - p.seqStart[i], scale, d.out, nullptr);
+    const int count = p.seqStart[i + 1] - p.seqStart[i];
+    chunks.push_back(PrefillChunk{p.seqStart[i], count, seqCtx[i] - count});
   }
+  PrefillTiles tiles(chunks, sh.heads / sh.kvHeads);
+  run(d.q, d.k, d.v, d.map, d.a, tiles.device, tiles.count, scale, d.out, nullptr);
   CK(cudaDeviceSynchronize());
   std::vector<bf16_t> got(p.q.size());
   CK(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost));
@@ -236,7 +254,8 @@ int runChecks() {
   };
   for (const C& c : cases) {
     failed += check(c.name, c.sh, c.ctx, c.splits, false);
-    if (prepareDecodeAttentionMma(c.sh.D, c.sh.heads / c.sh.kvHeads)) failed += check(c.name, c.sh, c.ctx, c.splits, true);
+    if (prepareDecodeAttentionMma(c.sh.D, c.sh.heads / c.sh.kvHeads))
+      failed += check(c.name, c.sh, c.ctx, c.splits, true);
   }
   struct PC {
     const char* name;
@@ -247,6 +266,10 @@ int runChecks() {
       {"prefill D128 G4 from the start", {32, 8, 128, 16, 0}, {100}, {100}},
       {"prefill D128 G4 after a prefix", {32, 8, 128, 16, 0}, {300}, {77}},
       {"prefill D128 G4 three sequences", {32, 8, 128, 16, 0}, {1, 65, 200}, {1, 65, 130}},
+      {"prefill D128 G4 twenty chunks",
+       {32, 8, 128, 16, 0},
+       {17, 40, 3, 100, 64, 65, 16, 200, 1, 33, 250, 8, 90, 12, 77, 130, 2, 48, 300, 21},
+       {17, 20, 3, 50, 64, 32, 16, 100, 1, 16, 250, 4, 90, 6, 77, 65, 2, 24, 300, 10}},
       {"prefill D128 G7", {28, 4, 128, 16, 0}, {150}, {150}},
       {"prefill D128 G8", {32, 4, 128, 16, 0}, {64}, {64}},
       {"prefill D64 G7", {14, 2, 64, 16, 0}, {90, 500}, {90, 250}},
@@ -303,9 +326,11 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
     const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, false, std::vector<int>(seqs, len));
     Device d = uploadProblem(p, 1);
     const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
-    const double us = timeCalls(3, 50, [&](int) {
-      for (int i = 0; i < seqs; ++i) run(d.q, d.k, d.v, d.map, d.a, i * len, len, scale, d.out, nullptr);
-    });
+    std::vector<PrefillChunk> chunks;
+    for (int i = 0; i < seqs; ++i) chunks.push_back(PrefillChunk{i * len, len, 0});
+    PrefillTiles tiles(chunks, sh.heads / sh.kvHeads);
+    const double us = timeCalls(
+        3, 50, [&](int) { run(d.q, d.k, d.v, d.map, d.a, tiles.device, tiles.count, scale, d.out, nullptr); });
     // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
     const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
     std::printf("prefill %d x %d tokens: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, us, flops / us / 1e6);
@@ -318,7 +343,8 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
-    const bool cudaCore = std::getenv("TROUPE_CUDA_ATTENTION_MMA") && std::strcmp(std::getenv("TROUPE_CUDA_ATTENTION_MMA"), "0") == 0;
+    const bool cudaCore =
+        std::getenv("TROUPE_CUDA_ATTENTION_MMA") && std::strcmp(std::getenv("TROUPE_CUDA_ATTENTION_MMA"), "0") == 0;
     return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, !cudaCore);
   }
   return runChecks() == 0 ? 0 : 1;
