@@ -23,6 +23,12 @@
 // same figures over all its steps (`typical`): batch rows and tokens, requests admitted and
 // finished, adapter state changes, slot copies, and how many of them a collection fell in.
 // Off by default: recording them is more work in each step.
+//
+// `--workload fixed` (the default) gives every request a 16-token prompt and 32 output tokens:
+// requests admitted in one step also finish in one, so every 33rd step or so takes in and
+// finishes about a hundred requests at once, the worst case for the tail. `--workload served`
+// draws the lengths the serving benchmark uses (prompts 8-512 tokens, outputs 8-256, uniform,
+// from a fixed seed), so admissions and finishes spread over the steps as they do when serving.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -34,9 +40,10 @@ import { runInNewContext } from 'node:vm';
 import { Worker, isMainThread, resourceLimits } from 'node:worker_threads';
 import { fakeResult } from './fake-step.js';
 
-const USAGE = `usage: node bench/scheduler.js [--runs N] [--baseline FILE] [--out FILE] [--tail]
+const USAGE = `usage: node bench/scheduler.js [--runs N] [--workload fixed|served] [--baseline FILE] [--out FILE] [--tail]
   Times the scheduler's steps with 10, 1,000 and 10,000 registered adapters (run \`npm run build\` first).
   --runs N         runs pooled per row, each with a new scheduler (default 3)
+  --workload W     fixed: 16-token prompts, 32 output tokens (default); served: prompts 8-512, outputs 8-256
   --baseline FILE  an earlier result whose rows are kept as \`before\`
   --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)
   --tail           also report what the slowest 1% of steps did`;
@@ -68,7 +75,7 @@ function option(flag) {
 }
 const TAIL = args.includes('--tail');
 const flags = args.filter((a) => a !== '--tail');
-const known = new Set(['--runs', '--baseline', '--out']);
+const known = new Set(['--runs', '--workload', '--baseline', '--out']);
 for (let i = 0; i < flags.length; i += 2) {
   if (!known.has(flags[i])) throw new RangeError(`unknown option ${flags[i]}\n${USAGE}`);
 }
@@ -101,12 +108,32 @@ const OPTIONS = {
   maxLoraRank: 16,
   loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
 };
-const sampling = { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true };
+const WORKLOAD = option('--workload') ?? 'fixed';
+if (WORKLOAD !== 'fixed' && WORKLOAD !== 'served') throw new RangeError(`--workload must be fixed or served, got ${WORKLOAD}\n${USAGE}`);
 /**
- * Every request's prompt, copied for each: building it with Array.from over an array-like took
- * about 0.7 us a request here, which the steps that take in 128 requests billed to the scheduler.
+ * The prompts and output lengths requests cycle through, made before the timed steps and copied
+ * for each request: building a prompt with Array.from over an array-like took about 0.7 us a
+ * request here, which the steps that take in 128 requests billed to the scheduler.
  */
-const PROMPT = Array.from({ length: 16 }, (_, k) => 10 + k);
+const SHAPES = (() => {
+  if (WORKLOAD === 'fixed')
+    return [
+      { prompt: Array.from({ length: 16 }, (_, k) => 10 + k), sampling: { ...DEFAULT_SAMPLING, maxNewTokens: 32, temperature: 0, ignoreEos: true } },
+    ];
+  // mulberry32 from seed 1: the same lengths on every run and machine.
+  let seed = 1;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const uniform = (lo, hi) => lo + Math.floor(random() * (hi - lo + 1));
+  return Array.from({ length: 4096 }, () => ({
+    prompt: Array.from({ length: uniform(8, 512) }, (_, k) => 10 + (k % 1000)),
+    sampling: { ...DEFAULT_SAMPLING, maxNewTokens: uniform(8, 256), temperature: 0, ignoreEos: true },
+  }));
+})();
 
 /** Answers every command at once; returns how many slot copies it made. */
 function serveLoader(s) {
@@ -148,11 +175,12 @@ async function run(count) {
   const refill = () => {
     while (s.stats().waiting < WAITING) {
       const id = next++;
+      const shape = SHAPES[id % SHAPES.length];
       s.submit({
         id: `r${id}`,
-        promptIds: PROMPT.slice(),
+        promptIds: shape.prompt.slice(),
         lora: wanted[id % distinct],
-        sampling,
+        sampling: shape.sampling,
         returnLogprob: false,
         topLogprobsNum: 0,
         seed: 0,
@@ -286,6 +314,8 @@ const result = {
   node: process.version,
   commit,
   setup: `max-loras-per-batch ${OPTIONS.maxLorasPerBatch}, ${WAITING} waiting requests over ${DISTINCT} adapters (fewer when fewer are registered), fake loader answering at once`,
+  workload:
+    WORKLOAD === 'fixed' ? 'fixed: 16-token prompts, 32 output tokens' : 'served: prompts 8-512 tokens, outputs 8-256, uniform from a fixed seed',
   // As V8 applied them to the thread the steps ran on (the scheduler thread's, see above).
   thread: { youngGenerationMb: resourceLimits.maxYoungGenerationSizeMb, oldGenerationMb: resourceLimits.maxOldGenerationSizeMb },
   rows,

@@ -128,17 +128,34 @@ struct Span {
   const T& operator[](size_t i) const { return data[i]; }
 };
 
-// Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
-struct StepBatch {
-  Span<int32_t> tokens, positions, seqStarts, contextLens, blockTables, loraSlots;
-  Span<uint8_t> sample;
+// Sampling values, one entry per sequence: a step's rows (StepBatch), or the sequences a step
+// gives sampling slots (SamplingUpdate).
+struct SamplingColumns {
   Span<float> temperature, topP, minP;
   Span<int32_t> topK;
   // Penalties (types.ts says how they apply): per sequence, plus each penalized sequence's prompt
   // then generated tokens at penaltyTokens[penaltyStarts[i], penaltyStarts[i + 1]).
   Span<float> frequencyPenalty, presencePenalty, repetitionPenalty;
   Span<int32_t> penaltyTokens, penaltyStarts, penaltyPromptLens;
-  Span<uint32_t> seeds, draws;
+  Span<uint32_t> seeds;
+};
+
+// Sequences' values stored in the engine's sampling slots (sampling_table.h): entry u fills
+// slot slots[u].
+struct SamplingUpdate : SamplingColumns {
+  Span<int32_t> slots;
+};
+
+// Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
+// The sampling columns are the rows' own, or (when samplingSlots is set) the engine's copies of
+// the values of the slots the rows name, filled before the backend sees the batch.
+struct StepBatch : SamplingColumns {
+  Span<int32_t> tokens, positions, seqStarts, contextLens, blockTables, loraSlots;
+  Span<uint8_t> sample;
+  Span<uint32_t> draws;
+  Span<int32_t> samplingSlots;  // per row, in the resident form; empty otherwise
+  SamplingUpdate samplingUpdate;
+  bool resident = false;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;
   bool returnLogits = false;
@@ -242,5 +259,8 @@ void validateBatch(const StepBatch& batch, const ModelConfig& config, int kvBloc
 // What is wrong with sequence i's sampling values (ranges, penalty token ids), or "" when
 // nothing is. Needs a batch that passed validateBatch.
 std::string samplingError(const StepBatch& batch, size_t i, int vocabSize);
+// The structure of n entries of sampling columns (lengths, penalty offsets); throws naming
+// `where` ("batch", "batch.sampling").
+void validateColumns(const SamplingColumns& columns, size_t n, const std::string& where);
 
 }  // namespace troupe

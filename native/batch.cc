@@ -30,6 +30,29 @@ std::string show(float v) {
 
 }  // namespace
 
+void validateColumns(const SamplingColumns& c, size_t n, const std::string& where) {
+  const auto expect = [&](const char* field, size_t got, size_t want) {
+    if (got != want) {
+      fail(where + "." + field + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
+    }
+  };
+  expect("temperature", c.temperature.size, n);
+  expect("topK", c.topK.size, n);
+  expect("topP", c.topP.size, n);
+  expect("minP", c.minP.size, n);
+  expect("seeds", c.seeds.size, n);
+  expect("frequencyPenalty", c.frequencyPenalty.size, n);
+  expect("presencePenalty", c.presencePenalty.size, n);
+  expect("repetitionPenalty", c.repetitionPenalty.size, n);
+  expect("penaltyStarts", c.penaltyStarts.size, n + 1);
+  expect("penaltyPromptLens", c.penaltyPromptLens.size, n);
+  if (c.penaltyStarts[0] != 0) fail(where + ".penaltyStarts[0] must be 0");
+  for (size_t i = 0; i < n; ++i) {
+    if (c.penaltyStarts[i + 1] < c.penaltyStarts[i]) fail(where + ".penaltyStarts must not decrease");
+  }
+  expect("penaltyTokens", c.penaltyTokens.size, static_cast<size_t>(c.penaltyStarts[n]));
+}
+
 void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, int blockSize,
                    const std::vector<bool>& slotLoaded) {
   const size_t n = b.numSeqs();
@@ -37,22 +60,8 @@ void validateBatch(const StepBatch& b, const ModelConfig& config, int kvBlocks, 
   expectLength("seqStarts", b.seqStarts.size, n + 1);
   expectLength("loraSlots", b.loraSlots.size, n);
   expectLength("sample", b.sample.size, n);
-  expectLength("temperature", b.temperature.size, n);
-  expectLength("topK", b.topK.size, n);
-  expectLength("topP", b.topP.size, n);
-  expectLength("minP", b.minP.size, n);
-  expectLength("seeds", b.seeds.size, n);
   expectLength("draws", b.draws.size, n);
-  expectLength("frequencyPenalty", b.frequencyPenalty.size, n);
-  expectLength("presencePenalty", b.presencePenalty.size, n);
-  expectLength("repetitionPenalty", b.repetitionPenalty.size, n);
-  expectLength("penaltyStarts", b.penaltyStarts.size, n + 1);
-  expectLength("penaltyPromptLens", b.penaltyPromptLens.size, n);
-  if (b.penaltyStarts[0] != 0) fail("batch.penaltyStarts[0] must be 0");
-  for (size_t i = 0; i < n; ++i) {
-    if (b.penaltyStarts[i + 1] < b.penaltyStarts[i]) fail("batch.penaltyStarts must not decrease");
-  }
-  expectLength("penaltyTokens", b.penaltyTokens.size, static_cast<size_t>(b.penaltyStarts[n]));
+  validateColumns(b, n, "batch");
   if (b.maxBlocksPerSeq <= 0) fail("batch.maxBlocksPerSeq must be a positive integer");
   expectLength("blockTables", b.blockTables.size, n * static_cast<size_t>(b.maxBlocksPerSeq));
   if (b.seqStarts[0] != 0) fail("batch.seqStarts[0] must be 0");

@@ -141,11 +141,13 @@ Napi::Value EngineInfoFn(const Napi::CallbackInfo& info) {
 Napi::Value Step(const Napi::CallbackInfo& info) {
   auto e = lookup(info, "step");
   if (info.Length() < 2) throw ArgError("step(handle, batch): expected 2 arguments");
-  const StepBatch batch = parseBatch(info[1]);
+  StepBatch batch = parseBatch(info[1]);
   StepOutput out;
   {
     std::lock_guard<std::mutex> lock(e->mu);
+    if (batch.resident) e->sampling.resolve(batch);
     e->backend->step(batch, out);
+    e->sampling.record(batch, out);
   }
   Napi::Env env = info.Env();
   Napi::Object r = Napi::Object::New(env);

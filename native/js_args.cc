@@ -237,6 +237,24 @@ EngineOptions parseOptions(const Napi::Value& v) {
   return e;
 }
 
+namespace {
+
+void parseColumns(const Napi::Object& o, const std::string& w, SamplingColumns& c) {
+  c.temperature = typedArray<float>(o, "temperature", napi_float32_array, "a Float32Array", w);
+  c.topK = typedArray<int32_t>(o, "topK", napi_int32_array, "an Int32Array", w);
+  c.topP = typedArray<float>(o, "topP", napi_float32_array, "a Float32Array", w);
+  c.minP = typedArray<float>(o, "minP", napi_float32_array, "a Float32Array", w);
+  c.frequencyPenalty = typedArray<float>(o, "frequencyPenalty", napi_float32_array, "a Float32Array", w);
+  c.presencePenalty = typedArray<float>(o, "presencePenalty", napi_float32_array, "a Float32Array", w);
+  c.repetitionPenalty = typedArray<float>(o, "repetitionPenalty", napi_float32_array, "a Float32Array", w);
+  c.penaltyTokens = typedArray<int32_t>(o, "penaltyTokens", napi_int32_array, "an Int32Array", w);
+  c.penaltyStarts = typedArray<int32_t>(o, "penaltyStarts", napi_int32_array, "an Int32Array", w);
+  c.penaltyPromptLens = typedArray<int32_t>(o, "penaltyPromptLens", napi_int32_array, "an Int32Array", w);
+  c.seeds = typedArray<uint32_t>(o, "seeds", napi_uint32_array, "a Uint32Array", w);
+}
+
+}  // namespace
+
 StepBatch parseBatch(const Napi::Value& v) {
   const std::string w = "step: batch";
   Napi::Object o = object(v, w);
@@ -248,18 +266,22 @@ StepBatch parseBatch(const Napi::Value& v) {
   b.blockTables = typedArray<int32_t>(o, "blockTables", napi_int32_array, "an Int32Array", w);
   b.loraSlots = typedArray<int32_t>(o, "loraSlots", napi_int32_array, "an Int32Array", w);
   b.sample = typedArray<uint8_t>(o, "sample", napi_uint8_array, "a Uint8Array", w);
-  b.temperature = typedArray<float>(o, "temperature", napi_float32_array, "a Float32Array", w);
-  b.topK = typedArray<int32_t>(o, "topK", napi_int32_array, "an Int32Array", w);
-  b.topP = typedArray<float>(o, "topP", napi_float32_array, "a Float32Array", w);
-  b.minP = typedArray<float>(o, "minP", napi_float32_array, "a Float32Array", w);
-  b.frequencyPenalty = typedArray<float>(o, "frequencyPenalty", napi_float32_array, "a Float32Array", w);
-  b.presencePenalty = typedArray<float>(o, "presencePenalty", napi_float32_array, "a Float32Array", w);
-  b.repetitionPenalty = typedArray<float>(o, "repetitionPenalty", napi_float32_array, "a Float32Array", w);
-  b.penaltyTokens = typedArray<int32_t>(o, "penaltyTokens", napi_int32_array, "an Int32Array", w);
-  b.penaltyStarts = typedArray<int32_t>(o, "penaltyStarts", napi_int32_array, "an Int32Array", w);
-  b.penaltyPromptLens = typedArray<int32_t>(o, "penaltyPromptLens", napi_int32_array, "an Int32Array", w);
-  b.seeds = typedArray<uint32_t>(o, "seeds", napi_uint32_array, "a Uint32Array", w);
   b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
+  // The resident form names each row's sampling slot (and may fill slots); the other carries
+  // every row's values.
+  if (o.Get("samplingSlots").IsUndefined()) {
+    parseColumns(o, w, b);
+  } else {
+    b.resident = true;
+    b.samplingSlots = typedArray<int32_t>(o, "samplingSlots", napi_int32_array, "an Int32Array", w);
+    Napi::Value u = o.Get("sampling");
+    if (!u.IsUndefined()) {
+      const std::string wu = w + ".sampling";
+      Napi::Object uo = object(u, wu);
+      b.samplingUpdate.slots = typedArray<int32_t>(uo, "slots", napi_int32_array, "an Int32Array", wu);
+      parseColumns(uo, wu, b.samplingUpdate);
+    }
+  }
   b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);
   b.topLogprobs = integer(o, "topLogprobs", w, 0);
   b.returnLogits = boolean(o, "returnLogits", w);

@@ -1,7 +1,7 @@
 // Overlap scheduling without an engine: a step built while the one before it is in flight
-// starts after it, takes the token it samples through the batch's feed (into the inputs and
-// the penalty history), counts that token among the draws, and leaves out sequences that step
-// surely ends; rows of sequences that ended meanwhile are discarded.
+// starts after it, takes the token it samples through the batch's feed, counts that token among
+// the draws, and leaves out sequences that step surely ends; rows of sequences that ended
+// meanwhile are discarded.
 import { describe, expect, it } from 'vitest';
 import { feedInputs } from '../src/actors/feed.js';
 import { Scheduler } from '../src/scheduler/index.js';
@@ -19,7 +19,7 @@ describe('scheduleAhead', () => {
     expect(b.seqIds).toEqual(['x']);
     expect(Array.from(b.batch.positions)).toEqual([3]);
     expect(Array.from(b.batch.contextLens)).toEqual([4]);
-    expect(Array.from(b.batch.feed!)).toEqual([0, 0, 0]);
+    expect(Array.from(b.batch.feed!)).toEqual([0, 0]);
     expect(Array.from(b.batch.draws)).toEqual([1]);
 
     const ra = fakeResult(a.batch, a.seqIds);
@@ -103,21 +103,25 @@ describe('scheduleAhead', () => {
     expect(() => s.scheduleAhead()).toThrow(/there are 2/);
   });
 
-  it('feeds the token into the penalty history too, and a missing token as 0', () => {
+  it('sends a penalized history once (the engine adds the fed token itself), and feeds a missing token as 0', () => {
     const s = new Scheduler(options());
     s.submit(seq('p', { prompt: 3, sampling: sampling({ maxNewTokens: 4, repetitionPenalty: 1.5 }) }));
     const a = s.schedule()!;
+    expect(Array.from(a.batch.samplingSlots!)).toEqual([0]);
+    expect(Array.from(a.batch.sampling!.slots)).toEqual([0]);
+    expect(Array.from(a.batch.sampling!.penaltyTokens)).toEqual([10, 11, 12]);
+    expect(Array.from(a.batch.sampling!.penaltyPromptLens)).toEqual([3]);
+    expect(Array.from(a.batch.sampling!.repetitionPenalty)).toEqual([1.5]);
     const b = s.scheduleAhead()!;
-    // History: the prompt (10, 11, 12) and the token A samples, fed at index 3.
-    expect(Array.from(b.batch.feed!)).toEqual([0, 0, 0, 1, 3, 0]);
-    expect(Array.from(b.batch.penaltyTokens)).toEqual([10, 11, 12, 0]);
+    expect(Array.from(b.batch.feed!)).toEqual([0, 0]);
+    expect(Array.from(b.batch.samplingSlots!)).toEqual([0]);
+    expect(b.batch.sampling).toBeUndefined();
     feedInputs(b.batch, Int32Array.from([57]));
-    expect(Array.from(b.batch.penaltyTokens)).toEqual([10, 11, 12, 57]);
     expect(Array.from(b.batch.tokens)).toEqual([57]);
     expect(b.batch.feed).toBeUndefined();
     // After a failed step (no tokens) or a row that failed alone (-1), the rows get token 0.
     for (const previous of [null, Int32Array.from([-1])]) {
-      const batch = { ...b.batch, tokens: Int32Array.from([9]), feed: Int32Array.from([0, 0, 0]) };
+      const batch = { ...b.batch, tokens: Int32Array.from([9]), feed: Int32Array.from([0, 0]) };
       feedInputs(batch, previous);
       expect(Array.from(batch.tokens)).toEqual([0]);
     }

@@ -153,18 +153,28 @@ describe("a step's work", () => {
     expect(s.adapterDetails().find((d) => d.name === 'A')).toMatchObject({ refcount: 39, running: 39 });
   });
 
-  test("a batch's arrays share one buffer without overlapping", () => {
+  test("a batch's arrays, and its sampling update's, share one buffer each without overlapping", () => {
     const s = newScheduler({ chunkedPrefillSize: 20 });
-    // Penalties send histories; chunked prefills and decodes mix in the step below.
+    // Penalties send histories; chunked prefills and decodes mix in the steps below.
     for (let i = 0; i < 5; i++) s.submit(seq(`r${i}`, { prompt: 3 + 2 * i, sampling: sampling({ repetitionPenalty: i % 2 ? 1.2 : 1 }) }));
-    step(s);
+    const first = step(s)!.batch;
     const { batch } = step(s)!;
-    const views = Object.entries(batch).filter((kv): kv is [string, Int32Array] => ArrayBuffer.isView(kv[1]));
-    expect(views).toHaveLength(19);
-    const ranges = views.map(([name, v]) => ({ name, from: v.byteOffset, to: v.byteOffset + v.byteLength })).sort((a, b) => a.from - b.from);
-    for (let i = 1; i < ranges.length; i++) expect(ranges[i]!.from, ranges[i]!.name).toBeGreaterThanOrEqual(ranges[i - 1]!.to);
-    expect(ranges.at(-1)!.to).toBe(batch.tokens.buffer.byteLength);
-    for (const [name, v] of views) expect(v.buffer, name).toBe(batch.tokens.buffer);
-    expect(batch.penaltyTokens.length).toBeGreaterThan(0);
+    const packed = (o: object, count: number): void => {
+      const views = Object.entries(o).filter((kv): kv is [string, Int32Array] => ArrayBuffer.isView(kv[1]));
+      expect(views).toHaveLength(count);
+      const ranges = views.map(([name, v]) => ({ name, from: v.byteOffset, to: v.byteOffset + v.byteLength })).sort((a, b) => a.from - b.from);
+      for (let i = 1; i < ranges.length; i++) expect(ranges[i]!.from, ranges[i]!.name).toBeGreaterThanOrEqual(ranges[i - 1]!.to);
+      expect(ranges.at(-1)!.to).toBe(views[0]![1].buffer.byteLength);
+      for (const [name, v] of views) expect(v.buffer, name).toBe(views[0]![1].buffer);
+    };
+    packed(first, 9);
+    packed(batch, 9);
+    packed(first.sampling!, 12);
+    // Only the sequences new to their slots send values; the penalized ones send their tokens.
+    const update = first.sampling!;
+    expect(update.slots.length).toBeGreaterThan(0);
+    expect(update.penaltyTokens.length).toBe(
+      Array.from(update.repetitionPenalty).reduce((a, r, u) => a + (r !== 1 ? update.penaltyStarts[u + 1]! - update.penaltyStarts[u]! : 0), 0),
+    );
   });
 });

@@ -197,11 +197,15 @@ describe('sampling fields', () => {
     });
     s.submit({ ...seq('b'), seed: 99, topLogprobsNum: 1 });
     const r1 = step(s)!;
-    expect(Array.from(r1.batch.temperature)).toEqual([Math.fround(0.7), 0]);
-    expect(Array.from(r1.batch.topK)).toEqual([20, -1]);
-    expect(Array.from(r1.batch.topP)).toEqual([Math.fround(0.9), 1]);
-    expect(Array.from(r1.batch.minP)).toEqual([Math.fround(0.05), 0]);
-    expect(Array.from(r1.batch.seeds)).toEqual([1234, 99]);
+    // The values go to the engine's sampling slots in the first step; later ones name the slots.
+    const sent = r1.batch.sampling!;
+    expect(Array.from(sent.slots)).toEqual([0, 1]);
+    expect(Array.from(r1.batch.samplingSlots!)).toEqual([0, 1]);
+    expect(Array.from(sent.temperature)).toEqual([Math.fround(0.7), 0]);
+    expect(Array.from(sent.topK)).toEqual([20, -1]);
+    expect(Array.from(sent.topP)).toEqual([Math.fround(0.9), 1]);
+    expect(Array.from(sent.minP)).toEqual([Math.fround(0.05), 0]);
+    expect(Array.from(sent.seeds)).toEqual([1234, 99]);
     expect(Array.from(r1.batch.draws)).toEqual([0, 0]);
     expect(r1.batch.topLogprobs).toBe(3);
     expect(r1.batch.returnLogits).toBe(false);
@@ -210,6 +214,8 @@ describe('sampling fields', () => {
     expect(r1.events[1]).toMatchObject({ tokens: [100], topIds: [[100]] });
     const r2 = step(s)!;
     expect(Array.from(r2.batch.draws)).toEqual([1, 1]);
+    expect(Array.from(r2.batch.samplingSlots!)).toEqual([0, 1]);
+    expect(r2.batch.sampling).toBeUndefined();
   });
 
   test('topLogprobs counts only sequences that sample this step', () => {

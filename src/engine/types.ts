@@ -126,20 +126,8 @@ export interface EngineInfo {
   loraKernel: 'none' | 'cpu' | NonNullable<EngineOptions['loraKernel']>;
 }
 
-/**
- * One forward step over a batch of sequences (prefill chunks and decodes mixed). Each
- * sequence contributes the tokens it has not run yet; the native code writes their K/V
- * into the sequence's blocks and attends over contextLens[i] tokens.
- */
-export interface StepBatch {
-  tokens: Int32Array; // new tokens of all sequences, concatenated
-  positions: Int32Array; // absolute position of each token
-  seqStarts: Int32Array; // n + 1 offsets into tokens
-  contextLens: Int32Array; // per sequence: tokens in the KV cache after this step
-  blockTables: Int32Array; // n x maxBlocksPerSeq, padded with -1
-  maxBlocksPerSeq: number;
-  loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
-  sample: Uint8Array; // per sequence: 1 to sample a token from its last position
+/** Sampling values, one entry per sequence (a step's rows, or the sequences given sampling slots). */
+export interface SamplingColumns {
   temperature: Float32Array; // below 1e-6 = greedy; +Inf = uniform
   topK: Int32Array; // <= 0 or >= vocab = off
   topP: Float32Array; // 1 = off
@@ -154,14 +142,41 @@ export interface StepBatch {
   penaltyStarts: Int32Array; // n + 1 offsets into penaltyTokens (an empty range when a sequence has no penalty)
   penaltyPromptLens: Int32Array; // per sequence: how many of its penaltyTokens are prompt tokens
   seeds: Uint32Array; // per sequence random seed
+}
+
+/** Sequences' values for the engine to keep: entry u fills sampling slot slots[u]. */
+export interface SamplingUpdate extends SamplingColumns {
+  slots: Int32Array;
+}
+
+/**
+ * One forward step over a batch of sequences (prefill chunks and decodes mixed). Each
+ * sequence contributes the tokens it has not run yet; the native code writes their K/V
+ * into the sequence's blocks and attends over contextLens[i] tokens. Its sampling values are
+ * either every row's own (the SamplingColumns) or, in the resident form the scheduler sends,
+ * kept by the engine: `samplingSlots` names each row's slot and `sampling` fills the slots of
+ * sequences new to them. The engine then appends each token it samples for a penalized slot to
+ * that slot's tokens, so a sequence's values and history are sent once, not every step.
+ */
+export interface StepBatch extends Partial<SamplingColumns> {
+  tokens: Int32Array; // new tokens of all sequences, concatenated
+  positions: Int32Array; // absolute position of each token
+  seqStarts: Int32Array; // n + 1 offsets into tokens
+  contextLens: Int32Array; // per sequence: tokens in the KV cache after this step
+  blockTables: Int32Array; // n x maxBlocksPerSeq, padded with -1
+  maxBlocksPerSeq: number;
+  loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
+  sample: Uint8Array; // per sequence: 1 to sample a token from its last position
+  samplingSlots?: Int32Array; // the resident form: per sequence, its sampling slot
+  sampling?: SamplingUpdate; // the resident form: the slots this step fills (before its rows read them)
   draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
   topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one; more than the vocabulary = all)
   returnLogits: boolean; // full last-position logits per sampled sequence (tests, debugging)
   /**
-   * Overlap scheduling (the executor's, never the engine's): triples (array, index, row) naming
-   * inputs that are the tokens the step before this one samples. array 0 is `tokens`, 1 is
-   * `penaltyTokens`; the executor writes row `row` of that step's result there before it runs
-   * this one. Absent when every input is known.
+   * Overlap scheduling (the executor's, never the engine's): pairs (index, row) naming inputs
+   * that are the tokens the step before this one samples: the executor writes row `row` of that
+   * step's result into `tokens[index]` before it runs this one. Absent when every input is
+   * known. (A penalized sequence's history needs no feed: the engine appended that token.)
    */
   feed?: Int32Array;
 }

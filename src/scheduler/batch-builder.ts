@@ -1,5 +1,6 @@
 // Packs the chosen sequences' new tokens into the engine's flat StepBatch layout.
-import type { StepBatch } from '../engine/types.js';
+import type { SamplingUpdate, StepBatch } from '../engine/types.js';
+import type { SamplingSlots } from './sampling-slots.js';
 import type { Sequence } from './sequence.js';
 
 export interface StepEntry {
@@ -26,51 +27,44 @@ function topKOf(k: number): number {
   return k >= 1 && k <= 0x7fffffff ? Math.floor(k) : -1;
 }
 
-/** Whether the sequence sends its history: it samples with a penalty that needs it. */
-function sendsHistory(e: StepEntry): boolean {
-  const sp = e.seq.init.sampling;
-  return e.sample && (sp.frequencyPenalty !== 0 || sp.presencePenalty !== 0 || sp.repetitionPenalty !== 1);
+/** Whether the engine keeps the sequence's tokens: it samples with a penalty that needs them. */
+function keepsHistory(s: Sequence): boolean {
+  const sp = s.init.sampling;
+  return sp.frequencyPenalty !== 0 || sp.presencePenalty !== 0 || sp.repetitionPenalty !== 1;
 }
 
 /**
- * The batch of the first `n` entries. Its arrays are new each step: the caller may keep a
- * batch while later steps are scheduled. Plain loops, and sizes counted before anything is
- * allocated; the arrays are views of one buffer, so a step allocates one backing store rather
- * than one per array (each its own allocation, and each for the collector to sweep).
+ * The batch of the first `n` entries, in the resident form: each row names its sequence's
+ * sampling slot, and the sequences that have not sent their sampling values since taking their
+ * slot send them now (with their tokens, when a penalty looks at them). Its arrays are new each
+ * step: the caller may keep a batch while later steps are scheduled. Plain loops, and sizes
+ * counted before anything is allocated; the arrays are views of one buffer, so a step allocates
+ * one backing store rather than one per array (each its own allocation, and each for the
+ * collector to sweep).
  */
-export function buildBatch(entries: readonly StepEntry[], n = entries.length): StepBatch {
+export function buildBatch(entries: readonly StepEntry[], n: number, slots: SamplingSlots): StepBatch {
   let total = 0;
   let maxBlocksPerSeq = 1;
-  let historyLength = 0;
-  // Inputs fed from the step in flight: a fed entry's token, and its history's last token.
   let fed = 0;
+  let fresh = 0;
+  let historyLength = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
     total += e.chunk;
     maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
-    const fedHere = e.feedRow >= 0 ? 1 : 0;
-    fed += fedHere;
-    if (sendsHistory(e)) {
-      historyLength += e.seq.tokens.length + fedHere;
-      fed += fedHere;
+    if (e.feedRow >= 0) fed++;
+    const s = e.seq;
+    if (!s.samplingSent) {
+      fresh++;
+      if (keepsHistory(s)) historyLength += s.tokens.length;
     }
   }
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
-  const words = 2 * total + 2 * (n + 1) + n * maxBlocksPerSeq + 12 * n + historyLength;
+  const words = 2 * total + (n + 1) + n * maxBlocksPerSeq + 4 * n;
   const buffer = new ArrayBuffer(4 * words + n);
   let at = 0;
   const i32 = (length: number): Int32Array => {
     const a = new Int32Array(buffer, at, length);
-    at += 4 * length;
-    return a;
-  };
-  const f32 = (length: number): Float32Array => {
-    const a = new Float32Array(buffer, at, length);
-    at += 4 * length;
-    return a;
-  };
-  const u32 = (length: number): Uint32Array => {
-    const a = new Uint32Array(buffer, at, length);
     at += 4 * length;
     return a;
   };
@@ -82,31 +76,24 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     blockTables: i32(n * maxBlocksPerSeq).fill(-1),
     maxBlocksPerSeq,
     loraSlots: i32(n),
+    samplingSlots: i32(n),
+    draws: new Uint32Array(buffer, at, n),
     sample: new Uint8Array(buffer, 4 * words, n),
-    temperature: f32(n),
-    topK: i32(n),
-    topP: f32(n),
-    minP: f32(n),
-    frequencyPenalty: f32(n),
-    presencePenalty: f32(n),
-    repetitionPenalty: f32(n),
-    penaltyTokens: i32(historyLength),
-    penaltyStarts: i32(n + 1),
-    penaltyPromptLens: i32(n),
-    seeds: u32(n),
-    draws: u32(n),
     topLogprobs: 0,
     returnLogits: false,
   };
+  at += 4 * n;
+  const update = fresh > 0 ? samplingUpdate(fresh, historyLength) : null;
+  let u = 0;
+  let history = 0;
   // A fed entry is one decode token, which the step in flight samples: 0 stands in for it.
-  const feed = fed > 0 ? new Int32Array(3 * fed) : null;
+  const feed = fed > 0 ? new Int32Array(2 * fed) : null;
   let fedAt = 0;
   // The arrays as locals: the loops below write thousands of tokens in a step that admits a
   // cohort of requests, and a property read each time costs more than the write.
-  const { tokens, positions, seqStarts, contextLens, blockTables, loraSlots, sample, temperature, topK, topP, minP } = b;
-  const { frequencyPenalty, presencePenalty, repetitionPenalty, penaltyTokens, penaltyStarts, penaltyPromptLens, seeds, draws } = b;
+  const { tokens, positions, seqStarts, contextLens, blockTables, loraSlots, sample, draws } = b;
+  const samplingSlots = b.samplingSlots!;
   let off = 0;
-  let history = 0;
   let topLogprobs = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
@@ -120,7 +107,6 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
         tokens[off + j] = 0;
         positions[off + j] = start + j;
       }
-      feed![fedAt++] = 0;
       feed![fedAt++] = off;
       feed![fedAt++] = fedRow;
     } else {
@@ -137,34 +123,67 @@ export function buildBatch(entries: readonly StepEntry[], n = entries.length): S
     for (let j = 0; j < blocks.length; j++) blockTables[row + j] = blocks[j]!;
     loraSlots[i] = e.slot;
     sample[i] = e.sample ? 1 : 0;
-    const sp = s.init.sampling;
-    temperature[i] = sp.temperature;
-    topK[i] = topKOf(sp.topK);
-    topP[i] = sp.topP;
-    minP[i] = sp.minP;
-    frequencyPenalty[i] = sp.frequencyPenalty;
-    presencePenalty[i] = sp.presencePenalty;
-    repetitionPenalty[i] = sp.repetitionPenalty;
-    penaltyStarts[i] = history;
-    // Only sequences that sample with a penalty send their history; s.tokens is prompt then output.
-    if (sendsHistory(e)) {
-      const all = s.tokens;
-      for (let j = 0; j < all.length; j++) penaltyTokens[history + j] = all[j]!;
-      history += all.length;
-      if (fedRow >= 0) {
-        feed![fedAt++] = 1;
-        feed![fedAt++] = history++;
-        feed![fedAt++] = fedRow;
-      }
-      penaltyPromptLens[i] = s.init.promptIds.length;
+    samplingSlots[i] = slots.of(s);
+    if (!s.samplingSent) {
+      history = fill(update!, u++, s, history);
+      s.samplingSent = true;
     }
-    seeds[i] = s.init.seed >>> 0;
     draws[i] = s.generated + (fedRow >= 0 ? 1 : 0);
     if (e.sample) topLogprobs = Math.max(topLogprobs, s.init.topLogprobsNum);
   }
   b.topLogprobs = topLogprobs;
   b.seqStarts[n] = off;
-  b.penaltyStarts[n] = history;
+  if (update !== null) b.sampling = update;
   if (feed !== null) b.feed = feed;
   return b;
+}
+
+/** Empty columns for `count` sequences with `historyLength` tokens between them, in one buffer. */
+function samplingUpdate(count: number, historyLength: number): SamplingUpdate {
+  const buffer = new ArrayBuffer(4 * (11 * count + 1 + historyLength));
+  let at = 0;
+  const view = <T>(make: new (b: ArrayBuffer, at: number, length: number) => T, length: number): T => {
+    const a = new make(buffer, at, length);
+    at += 4 * length;
+    return a;
+  };
+  return {
+    slots: view(Int32Array, count),
+    temperature: view(Float32Array, count),
+    topK: view(Int32Array, count),
+    topP: view(Float32Array, count),
+    minP: view(Float32Array, count),
+    frequencyPenalty: view(Float32Array, count),
+    presencePenalty: view(Float32Array, count),
+    repetitionPenalty: view(Float32Array, count),
+    seeds: view(Uint32Array, count),
+    penaltyPromptLens: view(Int32Array, count),
+    penaltyStarts: view(Int32Array, count + 1),
+    penaltyTokens: view(Int32Array, historyLength),
+  };
+}
+
+/** Writes sequence `s`'s values as entry `u` of the update; returns where its tokens end. */
+function fill(c: SamplingUpdate, u: number, s: Sequence, history: number): number {
+  const sp = s.init.sampling;
+  c.slots[u] = s.samplingSlot;
+  c.temperature[u] = sp.temperature;
+  c.topK[u] = topKOf(sp.topK);
+  c.topP[u] = sp.topP;
+  c.minP[u] = sp.minP;
+  c.frequencyPenalty[u] = sp.frequencyPenalty;
+  c.presencePenalty[u] = sp.presencePenalty;
+  c.repetitionPenalty[u] = sp.repetitionPenalty;
+  c.seeds[u] = s.init.seed >>> 0;
+  c.penaltyStarts[u] = history;
+  // Prompt then output (after a preemption, the output so far as well): the engine adds each
+  // token it samples from here on.
+  if (keepsHistory(s)) {
+    const all = s.tokens;
+    c.penaltyTokens.set(all, history);
+    history += all.length;
+    c.penaltyPromptLens[u] = s.init.promptIds.length;
+  }
+  c.penaltyStarts[u + 1] = history;
+  return history;
 }

@@ -51,6 +51,10 @@ export class Sequence {
   aheadRow = -1;
   /** Counts its exits from the running list: a step's row is stale once it has left since. */
   epoch = 0;
+  /** Its slot in the engine's sampling table while it runs (SamplingSlots), or -1. */
+  samplingSlot = -1;
+  /** Whether a step built since it took the slot (and not forgotten) carries its sampling values. */
+  samplingSent = false;
 
   constructor(
     readonly init: SeqInit,
@@ -91,12 +95,17 @@ export class Sequence {
     return this.aheadSamples && (this.generated + 1 >= this.init.sampling.maxNewTokens || this.tokens.length + 1 >= contextLength);
   }
 
-  /** Forgets the steps in flight: it left the running list, or they were dropped. */
+  /**
+   * Forgets the steps in flight: it left the running list, or they were dropped. Its sampling
+   * values go to the engine again: a dropped step may have carried them, or run and added a token
+   * to its history that this sequence never took.
+   */
   leaveSteps(): void {
     this.ahead = 0;
     this.aheadSamples = false;
     this.aheadRow = -1;
     this.epoch++;
+    this.samplingSent = false;
   }
 
   /** Appends a sampled token and says whether the sequence is done. */

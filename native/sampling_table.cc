@@ -1,0 +1,115 @@
+#include "sampling_table.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace troupe {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("step: " + msg); }
+
+template <class T>
+Span<T> view(const std::vector<T>& v) {
+  return Span<T>{v.data(), v.size()};
+}
+
+}  // namespace
+
+void SamplingTable::resolve(StepBatch& b) {
+  const SamplingUpdate& u = b.samplingUpdate;
+  const size_t count = u.slots.size;
+  if (count > 0) validateColumns(u, count, "batch.sampling");
+  for (size_t k = 0; k < count; ++k) {
+    const int32_t s = u.slots[k];
+    if (s < 0 || s >= kMaxSlots) {
+      fail("batch.sampling.slots[" + std::to_string(k) + "] is " + std::to_string(s) + ", outside [0, " +
+           std::to_string(kMaxSlots) + ")");
+    }
+  }
+  const size_t n = b.contextLens.size;
+  if (b.samplingSlots.size != n) {
+    fail("batch.samplingSlots has " + std::to_string(b.samplingSlots.size) + " elements, expected " +
+         std::to_string(n));
+  }
+  // Every row's slot must be filled once this update is stored: checked first, so that a
+  // refused batch leaves the table as it was.
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t s = b.samplingSlots[i];
+    bool filled = s >= 0 && s < kMaxSlots && static_cast<size_t>(s) < slots_.size() && slots_[s].filled;
+    for (size_t k = 0; k < count && !filled; ++k) filled = u.slots[k] == s;
+    if (!filled) {
+      fail("batch.samplingSlots[" + std::to_string(i) + "] is " + std::to_string(s) +
+           ", a slot that holds no sequence's sampling values");
+    }
+  }
+  for (size_t k = 0; k < count; ++k) {
+    const size_t s = static_cast<size_t>(u.slots[k]);
+    if (s >= slots_.size()) slots_.resize(s + 1);
+    Entry& e = slots_[s];
+    e.filled = true;
+    e.temperature = u.temperature[k];
+    e.topK = u.topK[k];
+    e.topP = u.topP[k];
+    e.minP = u.minP[k];
+    e.frequencyPenalty = u.frequencyPenalty[k];
+    e.presencePenalty = u.presencePenalty[k];
+    e.repetitionPenalty = u.repetitionPenalty[k];
+    e.seed = u.seeds[k];
+    e.promptLen = u.penaltyPromptLens[k];
+    // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
+    e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
+    e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
+  }
+
+  temperature_.resize(n);
+  topK_.resize(n);
+  topP_.resize(n);
+  minP_.resize(n);
+  frequencyPenalty_.resize(n);
+  presencePenalty_.resize(n);
+  repetitionPenalty_.resize(n);
+  seeds_.resize(n);
+  penaltyPromptLens_.resize(n);
+  penaltyStarts_.assign(n + 1, 0);
+  penaltyTokens_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    const Entry& e = slots_[static_cast<size_t>(b.samplingSlots[i])];
+    temperature_[i] = e.temperature;
+    topK_[i] = e.topK;
+    topP_[i] = e.topP;
+    minP_[i] = e.minP;
+    frequencyPenalty_[i] = e.frequencyPenalty;
+    presencePenalty_[i] = e.presencePenalty;
+    repetitionPenalty_[i] = e.repetitionPenalty;
+    seeds_[i] = e.seed;
+    penaltyPromptLens_[i] = 0;
+    // Only rows that sample read the tokens.
+    if (e.penalized && i < b.sample.size && b.sample[i]) {
+      penaltyTokens_.insert(penaltyTokens_.end(), e.tokens.begin(), e.tokens.end());
+      penaltyPromptLens_[i] = e.promptLen;
+    }
+    penaltyStarts_[i + 1] = static_cast<int32_t>(penaltyTokens_.size());
+  }
+  b.temperature = view(temperature_);
+  b.topK = view(topK_);
+  b.topP = view(topP_);
+  b.minP = view(minP_);
+  b.frequencyPenalty = view(frequencyPenalty_);
+  b.presencePenalty = view(presencePenalty_);
+  b.repetitionPenalty = view(repetitionPenalty_);
+  b.seeds = view(seeds_);
+  b.penaltyPromptLens = view(penaltyPromptLens_);
+  b.penaltyStarts = view(penaltyStarts_);
+  b.penaltyTokens = view(penaltyTokens_);
+}
+
+void SamplingTable::record(const StepBatch& b, const StepOutput& out) {
+  if (!b.resident) return;
+  for (size_t i = 0; i < b.samplingSlots.size && i < out.tokens.size(); ++i) {
+    Entry& e = slots_[static_cast<size_t>(b.samplingSlots[i])];
+    if (e.penalized && out.tokens[i] >= 0) e.tokens.push_back(out.tokens[i]);
+  }
+}
+
+}  // namespace troupe

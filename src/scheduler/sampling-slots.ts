@@ -1,0 +1,25 @@
+// The engine's sampling slots (native/sampling_table.h): a running sequence holds one, and its
+// sampling values reach the engine once, in the first step after it takes the slot.
+import type { Sequence } from './sequence.js';
+
+export class SamplingSlots {
+  private readonly free: number[] = [];
+  private next = 0;
+
+  /** The sequence's slot, taking a free one when it holds none. */
+  of(s: Sequence): number {
+    if (s.samplingSlot < 0) s.samplingSlot = this.free.pop() ?? this.next++;
+    return s.samplingSlot;
+  }
+
+  /**
+   * Gives back the slot of a sequence that leaves the running list. A step already built may
+   * still name it for that sequence; the engine runs steps in order, so a later step that fills
+   * the slot for another sequence only takes effect after those.
+   */
+  release(s: Sequence): void {
+    if (s.samplingSlot >= 0) this.free.push(s.samplingSlot);
+    s.samplingSlot = -1;
+    s.samplingSent = false;
+  }
+}
