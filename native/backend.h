@@ -129,7 +129,7 @@ struct Span {
 };
 
 // Sampling values, one entry per sequence: a step's rows (StepBatch), or the sequences a step
-// gives sampling slots (SamplingUpdate).
+// gives sampling slots (SeqUpdate).
 struct SamplingColumns {
   Span<float> temperature, topP, minP;
   Span<int32_t> topK;
@@ -140,21 +140,21 @@ struct SamplingColumns {
   Span<uint32_t> seeds;
 };
 
-// Sequences' values stored in the engine's sampling slots (sampling_table.h): entry u fills
+// Sequences' values stored in the engine's sampling slots (sequence_table.h): entry u fills
 // slot slots[u].
-struct SamplingUpdate : SamplingColumns {
+struct SeqUpdate : SamplingColumns {
   Span<int32_t> slots;
 };
 
 // Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
-// The sampling columns are the rows' own, or (when samplingSlots is set) the engine's copies of
+// The sampling columns are the rows' own, or (when seqSlots is set) the engine's copies of
 // the values of the slots the rows name, filled before the backend sees the batch.
 struct StepBatch : SamplingColumns {
   Span<int32_t> tokens, positions, seqStarts, contextLens, blockTables, loraSlots;
   Span<uint8_t> sample;
   Span<uint32_t> draws;
-  Span<int32_t> samplingSlots;  // per row, in the resident form; empty otherwise
-  SamplingUpdate samplingUpdate;
+  Span<int32_t> seqSlots;  // per row, in the resident form; empty otherwise
+  SeqUpdate seqUpdate;
   bool resident = false;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;
@@ -260,7 +260,7 @@ void validateBatch(const StepBatch& batch, const ModelConfig& config, int kvBloc
 // nothing is. Needs a batch that passed validateBatch.
 std::string samplingError(const StepBatch& batch, size_t i, int vocabSize);
 // The structure of n entries of sampling columns (lengths, penalty offsets); throws naming
-// `where` ("batch", "batch.sampling").
+// `where` ("batch", "batch.seqUpdate").
 void validateColumns(const SamplingColumns& columns, size_t n, const std::string& where);
 
 }  // namespace troupe

@@ -145,9 +145,9 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
   StepOutput out;
   {
     std::lock_guard<std::mutex> lock(e->mu);
-    if (batch.resident) e->sampling.resolve(batch);
+    if (batch.resident) e->sequences.resolve(batch);
     e->backend->step(batch, out);
-    e->sampling.record(batch, out);
+    e->sequences.record(batch, out);
   }
   Napi::Env env = info.Env();
   Napi::Object r = Napi::Object::New(env);

@@ -13,14 +13,14 @@
 
 #include "backend.h"
 #include "js_args.h"
-#include "sampling_table.h"
+#include "sequence_table.h"
 
 namespace troupe {
 
 struct EngineEntry {
   std::mutex mu;  // one step (or info call) at a time per engine; slot fills do not take it
   std::unique_ptr<Backend> backend;
-  SamplingTable sampling;  // the resident form's values, read and written under mu
+  SequenceTable sequences;  // the resident form's per-sequence state, read and written under mu
 };
 
 // The engine behind a handle argument; throws naming `fn` when there is none.

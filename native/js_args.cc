@@ -269,17 +269,17 @@ StepBatch parseBatch(const Napi::Value& v) {
   b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
   // The resident form names each row's sampling slot (and may fill slots); the other carries
   // every row's values.
-  if (o.Get("samplingSlots").IsUndefined()) {
+  if (o.Get("seqSlots").IsUndefined()) {
     parseColumns(o, w, b);
   } else {
     b.resident = true;
-    b.samplingSlots = typedArray<int32_t>(o, "samplingSlots", napi_int32_array, "an Int32Array", w);
-    Napi::Value u = o.Get("sampling");
+    b.seqSlots = typedArray<int32_t>(o, "seqSlots", napi_int32_array, "an Int32Array", w);
+    Napi::Value u = o.Get("seqUpdate");
     if (!u.IsUndefined()) {
-      const std::string wu = w + ".sampling";
+      const std::string wu = w + ".seqUpdate";
       Napi::Object uo = object(u, wu);
-      b.samplingUpdate.slots = typedArray<int32_t>(uo, "slots", napi_int32_array, "an Int32Array", wu);
-      parseColumns(uo, wu, b.samplingUpdate);
+      b.seqUpdate.slots = typedArray<int32_t>(uo, "slots", napi_int32_array, "an Int32Array", wu);
+      parseColumns(uo, wu, b.seqUpdate);
     }
   }
   b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);

@@ -4,7 +4,7 @@
 import { describe, expect, test } from 'vitest';
 import type { StepResult } from '../src/engine/types.js';
 import { buildBatch } from '../src/scheduler/batch-builder.js';
-import { SamplingSlots } from '../src/scheduler/sampling-slots.js';
+import { SequenceSlots } from '../src/scheduler/sequence-slots.js';
 import { Sequence } from '../src/scheduler/sequence.js';
 import { fakeResult, newScheduler, runAll, sampling, seq } from './scheduler-harness.js';
 
@@ -80,6 +80,6 @@ describe('top_k in the batch', () => {
       sq.blocks = [i];
       return { seq: sq, start: 0, chunk: sq.tokens.length, sample: true, slot: -1, feedRow: -1, epoch: 0 };
     });
-    expect(Array.from(buildBatch(entries, entries.length, new SamplingSlots()).sampling!.topK)).toEqual([-1, -1, 2 ** 31 - 1, 5, 1, -1, -1, -1]);
+    expect(Array.from(buildBatch(entries, entries.length, new SequenceSlots()).seqUpdate!.topK)).toEqual([-1, -1, 2 ** 31 - 1, 5, 1, -1, -1, -1]);
   });
 });

@@ -169,9 +169,9 @@ describe("a step's work", () => {
     };
     packed(first, 9);
     packed(batch, 9);
-    packed(first.sampling!, 12);
+    packed(first.seqUpdate!, 12);
     // Only the sequences new to their slots send values; the penalized ones send their tokens.
-    const update = first.sampling!;
+    const update = first.seqUpdate!;
     expect(update.slots.length).toBeGreaterThan(0);
     expect(update.penaltyTokens.length).toBe(
       Array.from(update.repetitionPenalty).reduce((a, r, u) => a + (r !== 1 ? update.penaltyStarts[u + 1]! - update.penaltyStarts[u]! : 0), 0),

@@ -198,9 +198,9 @@ describe('sampling fields', () => {
     s.submit({ ...seq('b'), seed: 99, topLogprobsNum: 1 });
     const r1 = step(s)!;
     // The values go to the engine's sampling slots in the first step; later ones name the slots.
-    const sent = r1.batch.sampling!;
+    const sent = r1.batch.seqUpdate!;
     expect(Array.from(sent.slots)).toEqual([0, 1]);
-    expect(Array.from(r1.batch.samplingSlots!)).toEqual([0, 1]);
+    expect(Array.from(r1.batch.seqSlots!)).toEqual([0, 1]);
     expect(Array.from(sent.temperature)).toEqual([Math.fround(0.7), 0]);
     expect(Array.from(sent.topK)).toEqual([20, -1]);
     expect(Array.from(sent.topP)).toEqual([Math.fround(0.9), 1]);
@@ -214,8 +214,8 @@ describe('sampling fields', () => {
     expect(r1.events[1]).toMatchObject({ tokens: [100], topIds: [[100]] });
     const r2 = step(s)!;
     expect(Array.from(r2.batch.draws)).toEqual([1, 1]);
-    expect(Array.from(r2.batch.samplingSlots!)).toEqual([0, 1]);
-    expect(r2.batch.sampling).toBeUndefined();
+    expect(Array.from(r2.batch.seqSlots!)).toEqual([0, 1]);
+    expect(r2.batch.seqUpdate).toBeUndefined();
   });
 
   test('topLogprobs counts only sequences that sample this step', () => {

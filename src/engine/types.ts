@@ -145,7 +145,7 @@ export interface SamplingColumns {
 }
 
 /** Sequences' values for the engine to keep: entry u fills sampling slot slots[u]. */
-export interface SamplingUpdate extends SamplingColumns {
+export interface SeqUpdate extends SamplingColumns {
   slots: Int32Array;
 }
 
@@ -154,7 +154,7 @@ export interface SamplingUpdate extends SamplingColumns {
  * sequence contributes the tokens it has not run yet; the native code writes their K/V
  * into the sequence's blocks and attends over contextLens[i] tokens. Its sampling values are
  * either every row's own (the SamplingColumns) or, in the resident form the scheduler sends,
- * kept by the engine: `samplingSlots` names each row's slot and `sampling` fills the slots of
+ * kept by the engine: `seqSlots` names each row's slot and `sampling` fills the slots of
  * sequences new to them. The engine then appends each token it samples for a penalized slot to
  * that slot's tokens, so a sequence's values and history are sent once, not every step.
  */
@@ -167,8 +167,8 @@ export interface StepBatch extends Partial<SamplingColumns> {
   maxBlocksPerSeq: number;
   loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
   sample: Uint8Array; // per sequence: 1 to sample a token from its last position
-  samplingSlots?: Int32Array; // the resident form: per sequence, its sampling slot
-  sampling?: SamplingUpdate; // the resident form: the slots this step fills (before its rows read them)
+  seqSlots?: Int32Array; // the resident form: per sequence, its sampling slot
+  seqUpdate?: SeqUpdate; // the resident form: the slots this step fills (before its rows read them)
   draws: Uint32Array; // per sequence: how many tokens it sampled before, so a seed gives one sequence
   topLogprobs: number; // alternatives to return per sampled token (0 = only the chosen one; more than the vocabulary = all)
   returnLogits: boolean; // full last-position logits per sampled sequence (tests, debugging)

@@ -1,6 +1,6 @@
 // Packs the chosen sequences' new tokens into the engine's flat StepBatch layout.
-import type { SamplingUpdate, StepBatch } from '../engine/types.js';
-import type { SamplingSlots } from './sampling-slots.js';
+import type { SeqUpdate, StepBatch } from '../engine/types.js';
+import type { SequenceSlots } from './sequence-slots.js';
 import type { Sequence } from './sequence.js';
 
 export interface StepEntry {
@@ -42,7 +42,7 @@ function keepsHistory(s: Sequence): boolean {
  * one backing store rather than one per array (each its own allocation, and each for the
  * collector to sweep).
  */
-export function buildBatch(entries: readonly StepEntry[], n: number, slots: SamplingSlots): StepBatch {
+export function buildBatch(entries: readonly StepEntry[], n: number, slots: SequenceSlots): StepBatch {
   let total = 0;
   let maxBlocksPerSeq = 1;
   let fed = 0;
@@ -54,7 +54,7 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Samp
     maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
     if (e.feedRow >= 0) fed++;
     const s = e.seq;
-    if (!s.samplingSent) {
+    if (!s.slotFilled) {
       fresh++;
       if (keepsHistory(s)) historyLength += s.tokens.length;
     }
@@ -76,14 +76,14 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Samp
     blockTables: i32(n * maxBlocksPerSeq).fill(-1),
     maxBlocksPerSeq,
     loraSlots: i32(n),
-    samplingSlots: i32(n),
+    seqSlots: i32(n),
     draws: new Uint32Array(buffer, at, n),
     sample: new Uint8Array(buffer, 4 * words, n),
     topLogprobs: 0,
     returnLogits: false,
   };
   at += 4 * n;
-  const update = fresh > 0 ? samplingUpdate(fresh, historyLength) : null;
+  const update = fresh > 0 ? seqUpdate(fresh, historyLength) : null;
   let u = 0;
   let history = 0;
   // A fed entry is one decode token, which the step in flight samples: 0 stands in for it.
@@ -92,7 +92,7 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Samp
   // The arrays as locals: the loops below write thousands of tokens in a step that admits a
   // cohort of requests, and a property read each time costs more than the write.
   const { tokens, positions, seqStarts, contextLens, blockTables, loraSlots, sample, draws } = b;
-  const samplingSlots = b.samplingSlots!;
+  const seqSlots = b.seqSlots!;
   let off = 0;
   let topLogprobs = 0;
   for (let i = 0; i < n; i++) {
@@ -123,23 +123,23 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Samp
     for (let j = 0; j < blocks.length; j++) blockTables[row + j] = blocks[j]!;
     loraSlots[i] = e.slot;
     sample[i] = e.sample ? 1 : 0;
-    samplingSlots[i] = slots.of(s);
-    if (!s.samplingSent) {
+    seqSlots[i] = slots.of(s);
+    if (!s.slotFilled) {
       history = fill(update!, u++, s, history);
-      s.samplingSent = true;
+      s.slotFilled = true;
     }
     draws[i] = s.generated + (fedRow >= 0 ? 1 : 0);
     if (e.sample) topLogprobs = Math.max(topLogprobs, s.init.topLogprobsNum);
   }
   b.topLogprobs = topLogprobs;
   b.seqStarts[n] = off;
-  if (update !== null) b.sampling = update;
+  if (update !== null) b.seqUpdate = update;
   if (feed !== null) b.feed = feed;
   return b;
 }
 
 /** Empty columns for `count` sequences with `historyLength` tokens between them, in one buffer. */
-function samplingUpdate(count: number, historyLength: number): SamplingUpdate {
+function seqUpdate(count: number, historyLength: number): SeqUpdate {
   const buffer = new ArrayBuffer(4 * (11 * count + 1 + historyLength));
   let at = 0;
   const view = <T>(make: new (b: ArrayBuffer, at: number, length: number) => T, length: number): T => {
@@ -164,9 +164,9 @@ function samplingUpdate(count: number, historyLength: number): SamplingUpdate {
 }
 
 /** Writes sequence `s`'s values as entry `u` of the update; returns where its tokens end. */
-function fill(c: SamplingUpdate, u: number, s: Sequence, history: number): number {
+function fill(c: SeqUpdate, u: number, s: Sequence, history: number): number {
   const sp = s.init.sampling;
-  c.slots[u] = s.samplingSlot;
+  c.slots[u] = s.seqSlot;
   c.temperature[u] = sp.temperature;
   c.topK[u] = topKOf(sp.topK);
   c.topP[u] = sp.topP;

@@ -6,7 +6,7 @@ import { badRequest } from '../errors.js';
 import { adapterToPause, mostDraining, soonestToFree, tokensLeft, tokensLeftByAdapter } from './admission.js';
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
-import { SamplingSlots } from './sampling-slots.js';
+import { SequenceSlots } from './sequence-slots.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 import { Sequence, type SeqInit, type TokenEvent } from './sequence.js';
@@ -131,7 +131,7 @@ export class Scheduler {
   /** Steps scheduled so far, and how many of them while the step before was still running. */
   private readonly stepCounts = { total: 0, ahead: 0 };
   private engineMs = 0;
-  private readonly samplingSlots = new SamplingSlots();
+  private readonly seqSlots = new SequenceSlots();
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -349,7 +349,7 @@ export class Scheduler {
     if (this.flights.length > 0) this.stepCounts.ahead++;
     this.flights.push({ id: this.stepCounts.total, entries, n });
     const seqIds = new Array<string>(n);
-    const batch = buildBatch(entries, n, this.samplingSlots);
+    const batch = buildBatch(entries, n, this.seqSlots);
     // Only now, with every entry's feed row read: the next step starts after this one.
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
@@ -657,7 +657,7 @@ export class Scheduler {
   private preempt(s: Sequence): void {
     this.running.splice(this.running.indexOf(s), 1);
     this.kv.release(s.blocks);
-    this.samplingSlots.release(s);
+    this.seqSlots.release(s);
     s.computed = 0;
     s.leaveSteps();
     s.preemptions++;
@@ -702,7 +702,7 @@ export class Scheduler {
     if (idx >= 0) list.splice(idx, 1);
     this.queueVersion++;
     this.kv.release(s.blocks);
-    this.samplingSlots.release(s);
+    this.seqSlots.release(s);
     const lora = s.init.lora;
     if (lora !== null) {
       const arrival = s.arrival;
@@ -724,7 +724,7 @@ export class Scheduler {
    */
   private endRunning(s: Sequence, ending: Map<string, number>): void {
     this.kv.release(s.blocks);
-    this.samplingSlots.release(s);
+    this.seqSlots.release(s);
     const lora = s.init.lora;
     if (lora !== null) ending.set(lora, (ending.get(lora) ?? 0) + 1);
     s.status = 'finished';

@@ -51,10 +51,10 @@ export class Sequence {
   aheadRow = -1;
   /** Counts its exits from the running list: a step's row is stale once it has left since. */
   epoch = 0;
-  /** Its slot in the engine's sampling table while it runs (SamplingSlots), or -1. */
-  samplingSlot = -1;
+  /** Its slot in the engine's sampling table while it runs (SequenceSlots), or -1. */
+  seqSlot = -1;
   /** Whether a step built since it took the slot (and not forgotten) carries its sampling values. */
-  samplingSent = false;
+  slotFilled = false;
 
   constructor(
     readonly init: SeqInit,
@@ -105,7 +105,7 @@ export class Sequence {
     this.aheadSamples = false;
     this.aheadRow = -1;
     this.epoch++;
-    this.samplingSent = false;
+    this.slotFilled = false;
   }
 
   /** Appends a sampled token and says whether the sequence is done. */

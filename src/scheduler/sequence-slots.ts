@@ -1,15 +1,15 @@
-// The engine's sampling slots (native/sampling_table.h): a running sequence holds one, and its
+// The engine's sampling slots (native/sequence_table.h): a running sequence holds one, and its
 // sampling values reach the engine once, in the first step after it takes the slot.
 import type { Sequence } from './sequence.js';
 
-export class SamplingSlots {
+export class SequenceSlots {
   private readonly free: number[] = [];
   private next = 0;
 
   /** The sequence's slot, taking a free one when it holds none. */
   of(s: Sequence): number {
-    if (s.samplingSlot < 0) s.samplingSlot = this.free.pop() ?? this.next++;
-    return s.samplingSlot;
+    if (s.seqSlot < 0) s.seqSlot = this.free.pop() ?? this.next++;
+    return s.seqSlot;
   }
 
   /**
@@ -18,8 +18,8 @@ export class SamplingSlots {
    * the slot for another sequence only takes effect after those.
    */
   release(s: Sequence): void {
-    if (s.samplingSlot >= 0) this.free.push(s.samplingSlot);
-    s.samplingSlot = -1;
-    s.samplingSent = false;
+    if (s.seqSlot >= 0) this.free.push(s.seqSlot);
+    s.seqSlot = -1;
+    s.slotFilled = false;
   }
 }

@@ -1,7 +1,7 @@
 // The scheduler's side of the engine's sampling slots: each running sequence holds a slot, sends
 // its values (and a penalized sequence its prompt and generated tokens) in the first step after
 // taking it, and names only the slot afterwards. A model of the engine's table here stores what
-// the steps send and appends each sampled token to a penalized slot, as native/sampling_table.cc
+// the steps send and appends each sampled token to a penalized slot, as native/sequence_table.cc
 // does; through overlap scheduling, preemption for KV room and an abort, every live row must
 // find its own request's values and exactly the tokens that request has.
 import { describe, expect, it } from 'vitest';
@@ -25,7 +25,7 @@ class TableModel {
 
   /** The entries the rows read (copies, as they were when the step sampled). */
   run(batch: StepBatch, result: StepResult): Entry[] {
-    const u = batch.sampling;
+    const u = batch.seqUpdate;
     if (u) {
       for (let k = 0; k < u.slots.length; k++) {
         const penalized = u.repetitionPenalty[k] !== 1;
@@ -39,12 +39,12 @@ class TableModel {
         this.filled.push(u.slots[k]!);
       }
     }
-    const rows = Array.from(batch.samplingSlots!, (slot) => {
+    const rows = Array.from(batch.seqSlots!, (slot) => {
       const e = this.slots.get(slot);
       if (e === undefined) throw new Error(`slot ${slot} holds nothing`);
       return { ...e, tokens: e.tokens && [...e.tokens] };
     });
-    batch.samplingSlots!.forEach((slot, i) => {
+    batch.seqSlots!.forEach((slot, i) => {
       const e = this.slots.get(slot)!;
       if (e.tokens !== null && batch.sample[i] && result.tokens[i]! >= 0) e.tokens.push(result.tokens[i]!);
     });

@@ -1,4 +1,4 @@
-#include "sampling_table.h"
+#include "sequence_table.h"
 
 #include <stdexcept>
 #include <string>
@@ -16,30 +16,30 @@ Span<T> view(const std::vector<T>& v) {
 
 }  // namespace
 
-void SamplingTable::resolve(StepBatch& b) {
-  const SamplingUpdate& u = b.samplingUpdate;
+void SequenceTable::resolve(StepBatch& b) {
+  const SeqUpdate& u = b.seqUpdate;
   const size_t count = u.slots.size;
-  if (count > 0) validateColumns(u, count, "batch.sampling");
+  if (count > 0) validateColumns(u, count, "batch.seqUpdate");
   for (size_t k = 0; k < count; ++k) {
     const int32_t s = u.slots[k];
     if (s < 0 || s >= kMaxSlots) {
-      fail("batch.sampling.slots[" + std::to_string(k) + "] is " + std::to_string(s) + ", outside [0, " +
+      fail("batch.seqUpdate.slots[" + std::to_string(k) + "] is " + std::to_string(s) + ", outside [0, " +
            std::to_string(kMaxSlots) + ")");
     }
   }
   const size_t n = b.contextLens.size;
-  if (b.samplingSlots.size != n) {
-    fail("batch.samplingSlots has " + std::to_string(b.samplingSlots.size) + " elements, expected " +
+  if (b.seqSlots.size != n) {
+    fail("batch.seqSlots has " + std::to_string(b.seqSlots.size) + " elements, expected " +
          std::to_string(n));
   }
   // Every row's slot must be filled once this update is stored: checked first, so that a
   // refused batch leaves the table as it was.
   for (size_t i = 0; i < n; ++i) {
-    const int32_t s = b.samplingSlots[i];
+    const int32_t s = b.seqSlots[i];
     bool filled = s >= 0 && s < kMaxSlots && static_cast<size_t>(s) < slots_.size() && slots_[s].filled;
     for (size_t k = 0; k < count && !filled; ++k) filled = u.slots[k] == s;
     if (!filled) {
-      fail("batch.samplingSlots[" + std::to_string(i) + "] is " + std::to_string(s) +
+      fail("batch.seqSlots[" + std::to_string(i) + "] is " + std::to_string(s) +
            ", a slot that holds no sequence's sampling values");
     }
   }
@@ -74,7 +74,7 @@ void SamplingTable::resolve(StepBatch& b) {
   penaltyStarts_.assign(n + 1, 0);
   penaltyTokens_.clear();
   for (size_t i = 0; i < n; ++i) {
-    const Entry& e = slots_[static_cast<size_t>(b.samplingSlots[i])];
+    const Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
     temperature_[i] = e.temperature;
     topK_[i] = e.topK;
     topP_[i] = e.topP;
@@ -104,10 +104,10 @@ void SamplingTable::resolve(StepBatch& b) {
   b.penaltyTokens = view(penaltyTokens_);
 }
 
-void SamplingTable::record(const StepBatch& b, const StepOutput& out) {
+void SequenceTable::record(const StepBatch& b, const StepOutput& out) {
   if (!b.resident) return;
-  for (size_t i = 0; i < b.samplingSlots.size && i < out.tokens.size(); ++i) {
-    Entry& e = slots_[static_cast<size_t>(b.samplingSlots[i])];
+  for (size_t i = 0; i < b.seqSlots.size && i < out.tokens.size(); ++i) {
+    Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
     if (e.penalized && out.tokens[i] >= 0) e.tokens.push_back(out.tokens[i]);
   }
 }

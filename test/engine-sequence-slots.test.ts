@@ -5,11 +5,11 @@
 // or fills one badly, is refused whole, leaving the table as it was.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { SamplingUpdate, StepBatch } from '../src/engine/types.js';
+import type { SeqUpdate, StepBatch } from '../src/engine/types.js';
 import { makeRandomCheckpoint } from '../src/model/demo.js';
 import { SMALL_MODEL, addon, createEngine, makeBatch, openCheckpoint, prompt, tempDir, type SeqStep } from './engine-fixtures.js';
 
-const tmp = tempDir('sampling-slots');
+const tmp = tempDir('sequence-slots');
 let perRow: number;
 let resident: number;
 
@@ -55,7 +55,7 @@ function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBa
     ...rest
   } = batch;
   const columns = { temperature, topK, topP, minP, frequencyPenalty, presencePenalty, repetitionPenalty, seeds, penaltyPromptLens };
-  const out: StepBatch = { ...rest, samplingSlots: Int32Array.from(slots) };
+  const out: StepBatch = { ...rest, seqSlots: Int32Array.from(slots) };
   if (fill.length === 0) return out;
   const pick = <T extends Int32Array | Float32Array | Uint32Array>(a: T): T =>
     a.constructor === Float32Array
@@ -63,7 +63,7 @@ function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBa
       : a.constructor === Uint32Array
         ? (Uint32Array.from(fill, (i) => a[i]!) as T)
         : (Int32Array.from(fill, (i) => a[i]!) as T);
-  const update = { slots: Int32Array.from(fill, (i) => slots[i]!) } as Partial<SamplingUpdate>;
+  const update = { slots: Int32Array.from(fill, (i) => slots[i]!) } as Partial<SeqUpdate>;
   for (const c of COLUMNS) (update as Record<string, unknown>)[c] = pick(columns[c]!);
   const tokens: number[] = [];
   const starts = [0];
@@ -73,7 +73,7 @@ function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBa
   }
   update.penaltyTokens = Int32Array.from(tokens);
   update.penaltyStarts = Int32Array.from(starts);
-  out.sampling = update as SamplingUpdate;
+  out.seqUpdate = update as SeqUpdate;
   return out;
 }
 
@@ -140,24 +140,24 @@ describe('sampling slots', () => {
   });
 
   it('refuse a batch that names an empty slot or fills one badly, and keep the table as it was', () => {
-    const one = (slots: number[], fill: number[], over: Partial<SamplingUpdate> = {}): StepBatch => {
+    const one = (slots: number[], fill: number[], over: Partial<SeqUpdate> = {}): StepBatch => {
       const b = residentForm(makeBatch([{ tokens: prompt(3, 31), cached: 0, blocks: [40] }]), slots, fill);
-      if (b.sampling) Object.assign(b.sampling, over);
+      if (b.seqUpdate) Object.assign(b.seqUpdate, over);
       return b;
     };
-    expect(() => addon.step(resident, one([40], []))).toThrow(/batch\.samplingSlots\[0\] is 40, a slot that holds no sequence's sampling values/);
-    expect(() => addon.step(resident, one([70000], [0]))).toThrow(/batch\.sampling\.slots\[0\] is 70000, outside \[0, 65536\)/);
+    expect(() => addon.step(resident, one([40], []))).toThrow(/batch\.seqSlots\[0\] is 40, a slot that holds no sequence's sampling values/);
+    expect(() => addon.step(resident, one([70000], [0]))).toThrow(/batch\.seqUpdate\.slots\[0\] is 70000, outside \[0, 65536\)/);
     expect(() => addon.step(resident, one([41], [0], { temperature: new Float32Array(2) }))).toThrow(
-      /batch\.sampling\.temperature has 2 elements, expected 1/,
+      /batch\.seqUpdate\.temperature has 2 elements, expected 1/,
     );
     expect(() => addon.step(resident, one([41], [0], { penaltyStarts: Int32Array.from([0, -1]) }))).toThrow(
-      /batch\.sampling\.penaltyStarts must not decrease/,
+      /batch\.seqUpdate\.penaltyStarts must not decrease/,
     );
     // Slot 41 was never stored by the refused batches.
-    expect(() => addon.step(resident, one([41], []))).toThrow(/samplingSlots\[0\] is 41/);
+    expect(() => addon.step(resident, one([41], []))).toThrow(/seqSlots\[0\] is 41/);
     const missing = one([41], [0]);
-    missing.samplingSlots = Int32Array.from([41, 42]);
-    expect(() => addon.step(resident, missing)).toThrow(/batch\.samplingSlots has 2 elements, expected 1/);
+    missing.seqSlots = Int32Array.from([41, 42]);
+    expect(() => addon.step(resident, missing)).toThrow(/batch\.seqSlots has 2 elements, expected 1/);
   });
 
   it('fail only the row whose stored values are out of range, naming the value', () => {

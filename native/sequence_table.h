@@ -12,7 +12,7 @@
 
 namespace troupe {
 
-class SamplingTable {
+class SequenceTable {
  public:
   // The most slots a table holds (a slot number is checked against it before anything grows).
   static constexpr int kMaxSlots = 1 << 16;
