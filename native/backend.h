@@ -147,14 +147,17 @@ struct SeqUpdate : SamplingColumns {
 };
 
 // Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
-// The sampling columns are the rows' own, or (when seqSlots is set) the engine's copies of
-// the values of the slots the rows name, filled before the backend sees the batch.
+// The sampling columns and the block table are the rows' own, or (when seqSlots is set) views
+// of the engine's per-sequence table (sequence_table.h), filled before the backend sees the batch.
 struct StepBatch : SamplingColumns {
   Span<int32_t> tokens, positions, seqStarts, contextLens, blockTables, loraSlots;
   Span<uint8_t> sample;
   Span<uint32_t> draws;
   Span<int32_t> seqSlots;  // per row, in the resident form; empty otherwise
   SeqUpdate seqUpdate;
+  // The resident form's block table: row i's blocks new since its slot's last step, at
+  // blockAppends[blockAppendStarts[i], blockAppendStarts[i + 1]) (all of them after a fill).
+  Span<int32_t> blockAppends, blockAppendStarts;
   bool resident = false;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;

@@ -263,7 +263,6 @@ StepBatch parseBatch(const Napi::Value& v) {
   b.positions = typedArray<int32_t>(o, "positions", napi_int32_array, "an Int32Array", w);
   b.seqStarts = typedArray<int32_t>(o, "seqStarts", napi_int32_array, "an Int32Array", w);
   b.contextLens = typedArray<int32_t>(o, "contextLens", napi_int32_array, "an Int32Array", w);
-  b.blockTables = typedArray<int32_t>(o, "blockTables", napi_int32_array, "an Int32Array", w);
   b.loraSlots = typedArray<int32_t>(o, "loraSlots", napi_int32_array, "an Int32Array", w);
   b.sample = typedArray<uint8_t>(o, "sample", napi_uint8_array, "a Uint8Array", w);
   b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
@@ -271,9 +270,13 @@ StepBatch parseBatch(const Napi::Value& v) {
   // every row's values.
   if (o.Get("seqSlots").IsUndefined()) {
     parseColumns(o, w, b);
+    b.blockTables = typedArray<int32_t>(o, "blockTables", napi_int32_array, "an Int32Array", w);
+    b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);
   } else {
     b.resident = true;
     b.seqSlots = typedArray<int32_t>(o, "seqSlots", napi_int32_array, "an Int32Array", w);
+    b.blockAppends = typedArray<int32_t>(o, "blockAppends", napi_int32_array, "an Int32Array", w);
+    b.blockAppendStarts = typedArray<int32_t>(o, "blockAppendStarts", napi_int32_array, "an Int32Array", w);
     Napi::Value u = o.Get("seqUpdate");
     if (!u.IsUndefined()) {
       const std::string wu = w + ".seqUpdate";
@@ -282,7 +285,6 @@ StepBatch parseBatch(const Napi::Value& v) {
       parseColumns(uo, wu, b.seqUpdate);
     }
   }
-  b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);
   b.topLogprobs = integer(o, "topLogprobs", w, 0);
   b.returnLogits = boolean(o, "returnLogits", w);
   return b;

@@ -1,5 +1,7 @@
 #include "sequence_table.h"
 
+#include <algorithm>
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -29,8 +31,19 @@ void SequenceTable::resolve(StepBatch& b) {
   }
   const size_t n = b.contextLens.size;
   if (b.seqSlots.size != n) {
-    fail("batch.seqSlots has " + std::to_string(b.seqSlots.size) + " elements, expected " +
-         std::to_string(n));
+    fail("batch.seqSlots has " + std::to_string(b.seqSlots.size) + " elements, expected " + std::to_string(n));
+  }
+  if (b.blockAppendStarts.size != n + 1) {
+    fail("batch.blockAppendStarts has " + std::to_string(b.blockAppendStarts.size) + " elements, expected " +
+         std::to_string(n + 1));
+  }
+  if (b.blockAppendStarts[0] != 0) fail("batch.blockAppendStarts[0] must be 0");
+  for (size_t i = 0; i < n; ++i) {
+    if (b.blockAppendStarts[i + 1] < b.blockAppendStarts[i]) fail("batch.blockAppendStarts must not decrease");
+  }
+  if (b.blockAppends.size != static_cast<size_t>(b.blockAppendStarts[n])) {
+    fail("batch.blockAppends has " + std::to_string(b.blockAppends.size) + " elements, expected " +
+         std::to_string(b.blockAppendStarts[n]));
   }
   // Every row's slot must be filled once this update is stored: checked first, so that a
   // refused batch leaves the table as it was.
@@ -60,7 +73,24 @@ void SequenceTable::resolve(StepBatch& b) {
     // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
     e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
     e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
+    e.blocks.clear();  // the rows send every block of a sequence new to its slot
   }
+  size_t maxBlocks = 1;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<int32_t>& blocks = slots_[static_cast<size_t>(b.seqSlots[i])].blocks;
+    blocks.insert(blocks.end(), b.blockAppends.data + b.blockAppendStarts[i],
+                  b.blockAppends.data + b.blockAppendStarts[i + 1]);
+    maxBlocks = std::max(maxBlocks, blocks.size());
+  }
+  // Rows of -1-padded block lists, as the per-row form sends them; validateBatch then checks
+  // every id against the cache.
+  blockTables_.assign(n * maxBlocks, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<int32_t>& blocks = slots_[static_cast<size_t>(b.seqSlots[i])].blocks;
+    std::copy(blocks.begin(), blocks.end(), blockTables_.begin() + static_cast<std::ptrdiff_t>(i * maxBlocks));
+  }
+  b.blockTables = view(blockTables_);
+  b.maxBlocksPerSeq = static_cast<int>(maxBlocks);
 
   temperature_.resize(n);
   topK_.resize(n);

@@ -1,8 +1,10 @@
-// Sampling values the engine keeps between steps, by sampling slot. The scheduler gives each
-// running sequence a slot and sends its values (and, when it samples with a penalty, its prompt
-// and generated tokens) once, in the first step after it takes the slot; every later step names
-// only the slot. The engine appends each token it samples for a penalized slot to that slot's
-// tokens itself, so neither the values nor a growing history cross from JavaScript every step.
+// What the engine keeps of each running sequence between steps, by sequence slot: its sampling
+// values, its block table, and (when it samples with a penalty) its prompt and generated tokens.
+// The scheduler gives each running sequence a slot and fills it in the first step after the
+// sequence takes it; later steps name only the slot and the blocks the sequence gained since.
+// The engine appends each token it samples for a penalized slot to that slot's tokens itself,
+// so neither the values, nor a table of every block, nor a growing history cross from
+// JavaScript every step.
 #pragma once
 
 #include <cstdint>
@@ -17,10 +19,10 @@ class SequenceTable {
   // The most slots a table holds (a slot number is checked against it before anything grows).
   static constexpr int kMaxSlots = 1 << 16;
 
-  // Stores the batch's update in its slots, then points the batch's sampling columns at the
-  // values of the slots its rows name (valid until the next resolve). Throws
-  // std::invalid_argument naming the problem (a malformed update, a slot out of range or never
-  // filled); the table is left as it was then.
+  // Stores the batch's update in its slots and its rows' new blocks, then points the batch's
+  // sampling columns and block table at the values of the slots its rows name (valid until the
+  // next resolve). Throws std::invalid_argument naming the problem (a malformed update or block
+  // list, a slot out of range or never filled); the table is left as it was then.
   void resolve(StepBatch& batch);
   // Appends each sampled token of a row whose slot samples with a penalty to that slot's tokens.
   void record(const StepBatch& batch, const StepOutput& out);
@@ -34,11 +36,12 @@ class SequenceTable {
     uint32_t seed = 0;
     int32_t promptLen = 0;
     std::vector<int32_t> tokens;  // prompt then generated, for a penalized slot
+    std::vector<int32_t> blocks;  // its KV cache blocks, in order
   };
   std::vector<Entry> slots_;
   // The columns of the step being run, which the batch's spans view.
   std::vector<float> temperature_, topP_, minP_, frequencyPenalty_, presencePenalty_, repetitionPenalty_;
-  std::vector<int32_t> topK_, penaltyTokens_, penaltyStarts_, penaltyPromptLens_;
+  std::vector<int32_t> topK_, penaltyTokens_, penaltyStarts_, penaltyPromptLens_, blockTables_;
   std::vector<uint32_t> seeds_;
 };
 

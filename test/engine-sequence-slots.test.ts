@@ -38,8 +38,11 @@ const COLUMNS = [
   'penaltyPromptLens',
 ] as const;
 
-/** The per-row batch's sampling columns taken out: rows name `slots`, and the rows in `fill` fill theirs. */
-function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBatch {
+/**
+ * The per-row batch in the resident form: rows name `slots`, the rows in `fill` fill theirs, and
+ * each row sends the blocks of its table past the first `sent[i]` (all of them when it fills).
+ */
+function residentForm(batch: StepBatch, slots: number[], fill: number[], sent: number[] = slots.map(() => 0)): StepBatch {
   const {
     temperature,
     topK,
@@ -52,10 +55,24 @@ function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBa
     penaltyStarts,
     penaltyPromptLens,
     seeds,
+    blockTables,
+    maxBlocksPerSeq,
     ...rest
   } = batch;
   const columns = { temperature, topK, topP, minP, frequencyPenalty, presencePenalty, repetitionPenalty, seeds, penaltyPromptLens };
-  const out: StepBatch = { ...rest, seqSlots: Int32Array.from(slots) };
+  const appends: number[] = [];
+  const appendStarts = [0];
+  slots.forEach((_, i) => {
+    const row = Array.from(blockTables!.subarray(i * maxBlocksPerSeq!, (i + 1) * maxBlocksPerSeq!)).filter((b) => b >= 0);
+    appends.push(...row.slice(fill.includes(i) ? 0 : sent[i]));
+    appendStarts.push(appends.length);
+  });
+  const out: StepBatch = {
+    ...rest,
+    seqSlots: Int32Array.from(slots),
+    blockAppends: Int32Array.from(appends),
+    blockAppendStarts: Int32Array.from(appendStarts),
+  };
   if (fill.length === 0) return out;
   const pick = <T extends Int32Array | Float32Array | Uint32Array>(a: T): T =>
     a.constructor === Float32Array
@@ -79,9 +96,14 @@ function residentForm(batch: StepBatch, slots: number[], fill: number[]): StepBa
 
 interface Req extends Omit<SeqStep, 'tokens' | 'cached' | 'blocks'> {
   prompt: number[];
-  /** Its KV cache blocks are 2 block and 2 block + 1. */
+  /** Its KV cache blocks are 4 block, 4 block + 1, ...: one of 8 tokens more whenever its context needs it. */
   block: number;
 }
+
+const BLOCK_SIZE = 8;
+
+/** The blocks a request's context of `tokens` tokens takes. */
+const blocksFor = (tokens: number): number => Math.ceil(tokens / BLOCK_SIZE);
 
 /**
  * Samples `steps` tokens for each request, prefill first; the resident engine gets each
@@ -100,15 +122,19 @@ function decode(reqs: Req[], slots: number[], steps: number): { perRow: number[]
           ...r,
           tokens: k === 0 ? r.prompt : [r.prompt[0]!],
           cached: k === 0 ? 0 : r.prompt.length + k - 1,
-          blocks: [2 * r.block, 2 * r.block + 1],
+          blocks: Array.from({ length: blocksFor(r.prompt.length + k) }, (_, j) => 4 * r.block + j),
           draws: k,
           penaltyTokens: penalized ? [...r.prompt, ...out[i]!] : [],
           penaltyPromptLen: penalized ? r.prompt.length : 0,
         };
       });
       const batch = makeBatch(seqs);
+      // The resident engine holds the blocks of the step before.
+      const before = reqs.map((r) => (k === 0 ? 0 : blocksFor(r.prompt.length + k - 1)));
       const result =
-        form === 'perRow' ? addon.step(perRow, batch) : addon.step(resident, residentForm(batch, slots, k === 0 ? reqs.map((_, i) => i) : []));
+        form === 'perRow'
+          ? addon.step(perRow, batch)
+          : addon.step(resident, residentForm(batch, slots, k === 0 ? reqs.map((_, i) => i) : [], before));
       expect(result.errors).toBeNull();
       reqs.forEach((_, i) => out[i]!.push(result.tokens[i]!));
     }
@@ -141,7 +167,7 @@ describe('sampling slots', () => {
 
   it('refuse a batch that names an empty slot or fills one badly, and keep the table as it was', () => {
     const one = (slots: number[], fill: number[], over: Partial<SeqUpdate> = {}): StepBatch => {
-      const b = residentForm(makeBatch([{ tokens: prompt(3, 31), cached: 0, blocks: [40] }]), slots, fill);
+      const b = residentForm(makeBatch([{ tokens: prompt(3, 31), cached: 0, blocks: [60] }]), slots, fill);
       if (b.seqUpdate) Object.assign(b.seqUpdate, over);
       return b;
     };
@@ -153,6 +179,11 @@ describe('sampling slots', () => {
     expect(() => addon.step(resident, one([41], [0], { penaltyStarts: Int32Array.from([0, -1]) }))).toThrow(
       /batch\.seqUpdate\.penaltyStarts must not decrease/,
     );
+    const badBlocks = one([41], [0]);
+    badBlocks.blockAppendStarts = Int32Array.from([0, 2]);
+    expect(() => addon.step(resident, badBlocks)).toThrow(/batch\.blockAppends has 1 elements, expected 2/);
+    badBlocks.blockAppendStarts = Int32Array.from([0]);
+    expect(() => addon.step(resident, badBlocks)).toThrow(/batch\.blockAppendStarts has 1 elements, expected 2/);
     // Slot 41 was never stored by the refused batches.
     expect(() => addon.step(resident, one([41], []))).toThrow(/seqSlots\[0\] is 41/);
     const missing = one([41], [0]);
@@ -163,8 +194,8 @@ describe('sampling slots', () => {
   it('fail only the row whose stored values are out of range, naming the value', () => {
     const b = residentForm(
       makeBatch([
-        { tokens: prompt(3, 41), cached: 0, blocks: [41], temperature: Number.NaN },
-        { tokens: prompt(3, 42), cached: 0, blocks: [42] },
+        { tokens: prompt(3, 41), cached: 0, blocks: [61], temperature: Number.NaN },
+        { tokens: prompt(3, 42), cached: 0, blocks: [62] },
       ]),
       [50, 51],
       [0, 1],

@@ -130,3 +130,23 @@ export function runAll(s: Scheduler, opts: { pick?: typeof countingTokens; loade
 export function newScheduler(o: Partial<SchedulerOptions> = {}): Scheduler {
   return new Scheduler(options(o));
 }
+
+/**
+ * Each row's block table, as the engine's sequence table (native/sequence_table.h) rebuilds it
+ * from the resident form: a filled slot starts empty, and each row adds the blocks it sends.
+ * Feed it every batch, in order.
+ */
+export class BlockTables {
+  private readonly slots = new Map<number, number[]>();
+
+  rows(batch: StepBatch): number[][] {
+    for (const slot of batch.seqUpdate?.slots ?? []) this.slots.set(slot, []);
+    const starts = batch.blockAppendStarts!;
+    return Array.from(batch.seqSlots!, (slot, i) => {
+      const blocks = this.slots.get(slot);
+      if (blocks === undefined) throw new Error(`row ${i} names slot ${slot}, which was never filled`);
+      blocks.push(...batch.blockAppends!.subarray(starts[i]!, starts[i + 1]!));
+      return [...blocks];
+    });
+  }
+}

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import type { Scheduler } from '../src/scheduler/index.js';
-import { newScheduler, runAll, seq, serveLoader, step } from './scheduler-harness.js';
+import { BlockTables, newScheduler, runAll, seq, serveLoader, step } from './scheduler-harness.js';
 
 const stateOf = (s: Scheduler, name: string) => s.adapters().find((a) => a.name === name)?.state;
 const slotOf = (s: Scheduler, name: string) => s.adapters().find((a) => a.name === name)?.slot;
@@ -339,6 +339,7 @@ describe('invariants under a mixed load', () => {
     let recomputes = 0;
     const starts = new Set<string>();
     const copies = new Set<string>();
+    const tables = new BlockTables();
     s.subscribe((t) => t.to === 'h2dInFlight' && copies.add(t.adapter));
     for (let i = 0; i < 400 && (submitted < 60 || s.hasWork()); i++) {
       if (submitted < 60 && rand(2) === 0) {
@@ -360,12 +361,13 @@ describe('invariants under a mixed load', () => {
       expect(new Set(Array.from(b.loraSlots)).size).toBeLessThanOrEqual(3);
       let prompt = 0;
       const used = new Set<number>();
+      const rows = tables.rows(b);
       for (let j = 0; j < r.ids.length; j++) {
         const len = b.seqStarts[j + 1]! - b.seqStarts[j]!;
         if (len > 1 || b.positions[b.seqStarts[j]!] === 0) prompt += len;
         const need = Math.ceil(b.contextLens[j]! / 4);
         for (let k = 0; k < need; k++) {
-          const blk = b.blockTables[j * b.maxBlocksPerSeq + k]!;
+          const blk = rows[j]![k]!;
           expect(blk).toBeGreaterThanOrEqual(0);
           expect(used.has(blk)).toBe(false);
           used.add(blk);

@@ -1,9 +1,10 @@
-// The scheduler's side of the engine's sampling slots: each running sequence holds a slot, sends
-// its values (and a penalized sequence its prompt and generated tokens) in the first step after
-// taking it, and names only the slot afterwards. A model of the engine's table here stores what
+// The scheduler's side of the engine's sequence slots: each running sequence holds a slot, sends
+// its values and blocks (and a penalized sequence its prompt and generated tokens) in the first
+// step after taking it, and afterwards names only the slot and the blocks it gains. A model of the engine's table here stores what
 // the steps send and appends each sampled token to a penalized slot, as native/sequence_table.cc
 // does; through overlap scheduling, preemption for KV room and an abort, every live row must
-// find its own request's values and exactly the tokens that request has.
+// find its own request's values, exactly the tokens that request has, and blocks that cover its
+// context and that no other live row holds.
 import { describe, expect, it } from 'vitest';
 import { feedInputs } from '../src/actors/feed.js';
 import type { StepBatch, StepResult } from '../src/engine/types.js';
@@ -16,6 +17,7 @@ interface Entry {
   seed: number;
   promptLen: number;
   tokens: number[] | null;
+  blocks: number[];
 }
 
 /** What the engine keeps: the batch's update is stored before its rows read their slots. */
@@ -35,14 +37,17 @@ class TableModel {
           seed: u.seeds[k]!,
           promptLen: u.penaltyPromptLens[k]!,
           tokens: penalized ? Array.from(u.penaltyTokens.subarray(u.penaltyStarts[k]!, u.penaltyStarts[k + 1]!)) : null,
+          blocks: [],
         });
         this.filled.push(u.slots[k]!);
       }
     }
-    const rows = Array.from(batch.seqSlots!, (slot) => {
+    const starts = batch.blockAppendStarts!;
+    const rows = Array.from(batch.seqSlots!, (slot, i) => {
       const e = this.slots.get(slot);
       if (e === undefined) throw new Error(`slot ${slot} holds nothing`);
-      return { ...e, tokens: e.tokens && [...e.tokens] };
+      e.blocks.push(...batch.blockAppends!.subarray(starts[i]!, starts[i + 1]!));
+      return { ...e, tokens: e.tokens && [...e.tokens], blocks: [...e.blocks] };
     });
     batch.seqSlots!.forEach((slot, i) => {
       const e = this.slots.get(slot)!;
@@ -82,8 +87,15 @@ describe('sampling slots in the scheduler', () => {
       const ahead = s.scheduleAhead();
       const result = fakeResult(flight.batch, flight.seqIds);
       const rows = table.run(flight.batch, result);
+      const owner = new Map<number, string>();
       flight.seqIds.forEach((id, i) => {
         if (ended.has(id)) return; // a row the step in flight made stale
+        // Its blocks cover its context, and no other live row's blocks are among them.
+        expect(rows[i]!.blocks.length, id).toBe(Math.ceil(flight!.batch.contextLens[i]! / 4));
+        for (const b of rows[i]!.blocks) {
+          expect(owner.get(b), `block ${b} of ${id}`).toBeUndefined();
+          owner.set(b, id);
+        }
         const r = byId.get(id)!;
         const e = rows[i]!;
         expect([e.temperature, e.seed], id).toEqual([Math.fround(r.temperature), r.seed]);

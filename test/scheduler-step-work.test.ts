@@ -167,8 +167,8 @@ describe("a step's work", () => {
       expect(ranges.at(-1)!.to).toBe(views[0]![1].buffer.byteLength);
       for (const [name, v] of views) expect(v.buffer, name).toBe(views[0]![1].buffer);
     };
-    packed(first, 9);
-    packed(batch, 9);
+    packed(first, 10);
+    packed(batch, 10);
     packed(first.seqUpdate!, 12);
     // Only the sequences new to their slots send values; the penalized ones send their tokens.
     const update = first.seqUpdate!;

@@ -227,12 +227,21 @@ describe('sampling fields', () => {
     expect(r.batch.topLogprobs).toBe(0);
   });
 
-  test('block tables list each sequence\u2019s blocks, padded with -1', () => {
+  test('a sequence sends its blocks once, then only the blocks it gains', () => {
     const s = newScheduler({ blockSize: 4 });
-    s.submit(seq('a', { prompt: 9 }));
-    s.submit(seq('b', { prompt: 2 }));
+    s.submit(seq('a', { prompt: 9, maxNewTokens: 8 }));
+    s.submit(seq('b', { prompt: 2, maxNewTokens: 8 }));
     const r = step(s)!;
-    expect(r.batch.maxBlocksPerSeq).toBe(3);
-    expect(Array.from(r.batch.blockTables)).toEqual([0, 1, 2, 3, -1, -1]);
+    expect(Array.from(r.batch.blockAppends!)).toEqual([0, 1, 2, 3]);
+    expect(Array.from(r.batch.blockAppendStarts!)).toEqual([0, 3, 4]);
+    expect(r.batch.blockTables).toBeUndefined();
+    // Decoding one token a step: b's fifth token needs a second block, a's thirteenth a fourth.
+    const gained: number[][] = [];
+    for (let k = 0; k < 4; k++) {
+      const { batch } = step(s)!;
+      const starts = batch.blockAppendStarts!;
+      gained.push(...[0, 1].map((i) => Array.from(batch.blockAppends!.subarray(starts[i]!, starts[i + 1]!))));
+    }
+    expect(gained).toEqual([[], [], [], [], [], [4], [5], []]);
   });
 });

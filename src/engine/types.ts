@@ -152,19 +152,24 @@ export interface SeqUpdate extends SamplingColumns {
 /**
  * One forward step over a batch of sequences (prefill chunks and decodes mixed). Each
  * sequence contributes the tokens it has not run yet; the native code writes their K/V
- * into the sequence's blocks and attends over contextLens[i] tokens. Its sampling values are
- * either every row's own (the SamplingColumns) or, in the resident form the scheduler sends,
- * kept by the engine: `seqSlots` names each row's slot and `sampling` fills the slots of
- * sequences new to them. The engine then appends each token it samples for a penalized slot to
- * that slot's tokens, so a sequence's values and history are sent once, not every step.
+ * into the sequence's blocks and attends over contextLens[i] tokens. Its sampling values and
+ * block tables are either every row's own (the SamplingColumns, blockTables) or, in the resident
+ * form the scheduler sends, kept by the engine per sequence slot: `seqSlots` names each row's
+ * slot, `seqUpdate` fills the slots of sequences new to them, and `blockAppends` carries only
+ * the blocks each row gained. The engine appends each token it samples for a penalized slot to
+ * that slot's tokens, so a sequence's values, blocks and history are sent once, not every step.
  */
 export interface StepBatch extends Partial<SamplingColumns> {
   tokens: Int32Array; // new tokens of all sequences, concatenated
   positions: Int32Array; // absolute position of each token
   seqStarts: Int32Array; // n + 1 offsets into tokens
   contextLens: Int32Array; // per sequence: tokens in the KV cache after this step
-  blockTables: Int32Array; // n x maxBlocksPerSeq, padded with -1
-  maxBlocksPerSeq: number;
+  blockTables?: Int32Array; // n x maxBlocksPerSeq, padded with -1 (absent in the resident form)
+  maxBlocksPerSeq?: number;
+  // The resident form's block table: row i's blocks new since its slot's last step (all of them
+  // in the step that fills its slot), at blockAppends[blockAppendStarts[i], blockAppendStarts[i + 1]).
+  blockAppends?: Int32Array;
+  blockAppendStarts?: Int32Array;
   loraSlots: Int32Array; // per sequence: LoRA pool slot, -1 for the base model
   sample: Uint8Array; // per sequence: 1 to sample a token from its last position
   seqSlots?: Int32Array; // the resident form: per sequence, its sampling slot

@@ -44,23 +44,23 @@ function keepsHistory(s: Sequence): boolean {
  */
 export function buildBatch(entries: readonly StepEntry[], n: number, slots: SequenceSlots): StepBatch {
   let total = 0;
-  let maxBlocksPerSeq = 1;
+  let appends = 0;
   let fed = 0;
   let fresh = 0;
   let historyLength = 0;
   for (let i = 0; i < n; i++) {
     const e = entries[i]!;
     total += e.chunk;
-    maxBlocksPerSeq = Math.max(maxBlocksPerSeq, e.seq.blocks.length);
     if (e.feedRow >= 0) fed++;
     const s = e.seq;
+    appends += s.blocks.length - (s.slotFilled ? s.blocksSent : 0);
     if (!s.slotFilled) {
       fresh++;
       if (keepsHistory(s)) historyLength += s.tokens.length;
     }
   }
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
-  const words = 2 * total + (n + 1) + n * maxBlocksPerSeq + 4 * n;
+  const words = 2 * total + 2 * (n + 1) + appends + 4 * n;
   const buffer = new ArrayBuffer(4 * words + n);
   let at = 0;
   const i32 = (length: number): Int32Array => {
@@ -73,8 +73,8 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
     positions: i32(total),
     seqStarts: i32(n + 1),
     contextLens: i32(n),
-    blockTables: i32(n * maxBlocksPerSeq).fill(-1),
-    maxBlocksPerSeq,
+    blockAppends: i32(appends),
+    blockAppendStarts: i32(n + 1),
     loraSlots: i32(n),
     seqSlots: i32(n),
     draws: new Uint32Array(buffer, at, n),
@@ -91,8 +91,11 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
   let fedAt = 0;
   // The arrays as locals: the loops below write thousands of tokens in a step that admits a
   // cohort of requests, and a property read each time costs more than the write.
-  const { tokens, positions, seqStarts, contextLens, blockTables, loraSlots, sample, draws } = b;
+  const { tokens, positions, seqStarts, contextLens, loraSlots, sample, draws } = b;
   const seqSlots = b.seqSlots!;
+  const blockAppends = b.blockAppends!;
+  const blockAppendStarts = b.blockAppendStarts!;
+  let appended = 0;
   let off = 0;
   let topLogprobs = 0;
   for (let i = 0; i < n; i++) {
@@ -118,21 +121,25 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
     }
     off += chunk;
     contextLens[i] = start + chunk;
-    const row = i * maxBlocksPerSeq;
-    const blocks = s.blocks;
-    for (let j = 0; j < blocks.length; j++) blockTables[row + j] = blocks[j]!;
     loraSlots[i] = e.slot;
     sample[i] = e.sample ? 1 : 0;
     seqSlots[i] = slots.of(s);
     if (!s.slotFilled) {
       history = fill(update!, u++, s, history);
       s.slotFilled = true;
+      s.blocksSent = 0;
     }
+    // The blocks it gained since its slot's last step; a filled slot starts with none.
+    blockAppendStarts[i] = appended;
+    const blocks = s.blocks;
+    for (let j = s.blocksSent; j < blocks.length; j++) blockAppends[appended++] = blocks[j]!;
+    s.blocksSent = blocks.length;
     draws[i] = s.generated + (fedRow >= 0 ? 1 : 0);
     if (e.sample) topLogprobs = Math.max(topLogprobs, s.init.topLogprobsNum);
   }
   b.topLogprobs = topLogprobs;
   b.seqStarts[n] = off;
+  blockAppendStarts[n] = appended;
   if (update !== null) b.seqUpdate = update;
   if (feed !== null) b.feed = feed;
   return b;

@@ -1,5 +1,6 @@
-// The engine's sampling slots (native/sequence_table.h): a running sequence holds one, and its
-// sampling values reach the engine once, in the first step after it takes the slot.
+// The engine's sequence slots (native/sequence_table.h): a running sequence holds one, and its
+// sampling values and blocks reach the engine once, in the first step after it takes the slot;
+// later steps send only the blocks it gains.
 import type { Sequence } from './sequence.js';
 
 export class SequenceSlots {

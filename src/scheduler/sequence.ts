@@ -55,6 +55,8 @@ export class Sequence {
   seqSlot = -1;
   /** Whether a step built since it took the slot (and not forgotten) carries its sampling values. */
   slotFilled = false;
+  /** How many of its blocks the steps built since its slot was filled have sent. */
+  blocksSent = 0;
 
   constructor(
     readonly init: SeqInit,
