@@ -50,6 +50,17 @@ Span<T> typedArray(const Napi::Object& o, const char* key, napi_typedarray_type 
   return Span<T>{a.Data(), a.ElementLength()};
 }
 
+// The typed arrays of a batch, by element type.
+Span<int32_t> i32(const Napi::Object& o, const char* key, const std::string& what) {
+  return typedArray<int32_t>(o, key, napi_int32_array, "an Int32Array", what);
+}
+Span<float> f32(const Napi::Object& o, const char* key, const std::string& what) {
+  return typedArray<float>(o, key, napi_float32_array, "a Float32Array", what);
+}
+Span<uint32_t> u32(const Napi::Object& o, const char* key, const std::string& what) {
+  return typedArray<uint32_t>(o, key, napi_uint32_array, "a Uint32Array", what);
+}
+
 DType parseDType(const std::string& s, const std::string& what) {
   if (s == "F32") return DType::F32;
   if (s == "F16") return DType::F16;
@@ -240,17 +251,17 @@ EngineOptions parseOptions(const Napi::Value& v) {
 namespace {
 
 void parseColumns(const Napi::Object& o, const std::string& w, SamplingColumns& c) {
-  c.temperature = typedArray<float>(o, "temperature", napi_float32_array, "a Float32Array", w);
-  c.topK = typedArray<int32_t>(o, "topK", napi_int32_array, "an Int32Array", w);
-  c.topP = typedArray<float>(o, "topP", napi_float32_array, "a Float32Array", w);
-  c.minP = typedArray<float>(o, "minP", napi_float32_array, "a Float32Array", w);
-  c.frequencyPenalty = typedArray<float>(o, "frequencyPenalty", napi_float32_array, "a Float32Array", w);
-  c.presencePenalty = typedArray<float>(o, "presencePenalty", napi_float32_array, "a Float32Array", w);
-  c.repetitionPenalty = typedArray<float>(o, "repetitionPenalty", napi_float32_array, "a Float32Array", w);
-  c.penaltyTokens = typedArray<int32_t>(o, "penaltyTokens", napi_int32_array, "an Int32Array", w);
-  c.penaltyStarts = typedArray<int32_t>(o, "penaltyStarts", napi_int32_array, "an Int32Array", w);
-  c.penaltyPromptLens = typedArray<int32_t>(o, "penaltyPromptLens", napi_int32_array, "an Int32Array", w);
-  c.seeds = typedArray<uint32_t>(o, "seeds", napi_uint32_array, "a Uint32Array", w);
+  c.temperature = f32(o, "temperature", w);
+  c.topK = i32(o, "topK", w);
+  c.topP = f32(o, "topP", w);
+  c.minP = f32(o, "minP", w);
+  c.frequencyPenalty = f32(o, "frequencyPenalty", w);
+  c.presencePenalty = f32(o, "presencePenalty", w);
+  c.repetitionPenalty = f32(o, "repetitionPenalty", w);
+  c.penaltyTokens = i32(o, "penaltyTokens", w);
+  c.penaltyStarts = i32(o, "penaltyStarts", w);
+  c.penaltyPromptLens = i32(o, "penaltyPromptLens", w);
+  c.seeds = u32(o, "seeds", w);
 }
 
 }  // namespace
@@ -259,29 +270,29 @@ StepBatch parseBatch(const Napi::Value& v) {
   const std::string w = "step: batch";
   Napi::Object o = object(v, w);
   StepBatch b;
-  b.tokens = typedArray<int32_t>(o, "tokens", napi_int32_array, "an Int32Array", w);
-  b.positions = typedArray<int32_t>(o, "positions", napi_int32_array, "an Int32Array", w);
-  b.seqStarts = typedArray<int32_t>(o, "seqStarts", napi_int32_array, "an Int32Array", w);
-  b.contextLens = typedArray<int32_t>(o, "contextLens", napi_int32_array, "an Int32Array", w);
-  b.loraSlots = typedArray<int32_t>(o, "loraSlots", napi_int32_array, "an Int32Array", w);
+  b.tokens = i32(o, "tokens", w);
+  b.positions = i32(o, "positions", w);
+  b.seqStarts = i32(o, "seqStarts", w);
+  b.contextLens = i32(o, "contextLens", w);
+  b.loraSlots = i32(o, "loraSlots", w);
   b.sample = typedArray<uint8_t>(o, "sample", napi_uint8_array, "a Uint8Array", w);
-  b.draws = typedArray<uint32_t>(o, "draws", napi_uint32_array, "a Uint32Array", w);
-  // The resident form names each row's sampling slot (and may fill slots); the other carries
-  // every row's values.
+  b.draws = u32(o, "draws", w);
+  // The resident form names each row's sequence slot (filling the slots of sequences new to
+  // them) and the blocks each row gained; the other carries every row's values and blocks.
   if (o.Get("seqSlots").IsUndefined()) {
     parseColumns(o, w, b);
-    b.blockTables = typedArray<int32_t>(o, "blockTables", napi_int32_array, "an Int32Array", w);
+    b.blockTables = i32(o, "blockTables", w);
     b.maxBlocksPerSeq = integer(o, "maxBlocksPerSeq", w, 0);
   } else {
     b.resident = true;
-    b.seqSlots = typedArray<int32_t>(o, "seqSlots", napi_int32_array, "an Int32Array", w);
-    b.blockAppends = typedArray<int32_t>(o, "blockAppends", napi_int32_array, "an Int32Array", w);
-    b.blockAppendStarts = typedArray<int32_t>(o, "blockAppendStarts", napi_int32_array, "an Int32Array", w);
+    b.seqSlots = i32(o, "seqSlots", w);
+    b.blockAppends = i32(o, "blockAppends", w);
+    b.blockAppendStarts = i32(o, "blockAppendStarts", w);
     Napi::Value u = o.Get("seqUpdate");
     if (!u.IsUndefined()) {
       const std::string wu = w + ".seqUpdate";
       Napi::Object uo = object(u, wu);
-      b.seqUpdate.slots = typedArray<int32_t>(uo, "slots", napi_int32_array, "an Int32Array", wu);
+      b.seqUpdate.slots = i32(uo, "slots", wu);
       parseColumns(uo, wu, b.seqUpdate);
     }
   }
