@@ -158,6 +158,11 @@ struct StepBatch : SamplingColumns {
   // The resident form's block table: row i's blocks new since its slot's last step, at
   // blockAppends[blockAppendStarts[i], blockAppendStarts[i + 1]) (all of them after a fill).
   Span<int32_t> blockAppends, blockAppendStarts;
+  // The resident form's penalty counts, kept by the engine as tokens arrive: row i's distinct
+  // tokens and their generated counts at [penaltyUniqueStarts[i], penaltyUniqueStarts[i + 1]) of
+  // penaltyUnique and penaltyGeneratedCounts (empty for rows without a penalty). The backends
+  // read them instead of counting penaltyTokens each step.
+  Span<int32_t> penaltyUnique, penaltyGeneratedCounts, penaltyUniqueStarts;
   bool resident = false;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;
@@ -262,6 +267,10 @@ void validateBatch(const StepBatch& batch, const ModelConfig& config, int kvBloc
 // What is wrong with sequence i's sampling values (ranges, penalty token ids), or "" when
 // nothing is. Needs a batch that passed validateBatch.
 std::string samplingError(const StepBatch& batch, size_t i, int vocabSize);
+// Sequence i's penalties as the sampler takes them: its tokens, and their counts when the batch
+// carries the engine's (the resident form). Needs a batch that passed validateBatch.
+struct Penalties;
+Penalties penaltiesOf(const StepBatch& batch, size_t i);
 // The structure of n entries of sampling columns (lengths, penalty offsets); throws naming
 // `where` ("batch", "batch.seqUpdate").
 void validateColumns(const SamplingColumns& columns, size_t n, const std::string& where);

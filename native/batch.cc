@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend.h"
+#include "sampling.h"
 
 namespace troupe {
 
@@ -147,6 +148,19 @@ std::string samplingError(const StepBatch& b, size_t i, int vocabSize) {
     }
   }
   return {};
+}
+
+Penalties penaltiesOf(const StepBatch& b, size_t i) {
+  const int hs = b.penaltyStarts[i];
+  Penalties p{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
+              b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
+  if (b.penaltyUniqueStarts.size == b.numSeqs() + 1) {
+    const int us = b.penaltyUniqueStarts[i];
+    p.unique = b.penaltyUnique.data + us;
+    p.generatedCounts = b.penaltyGeneratedCounts.data + us;
+    p.uniqueCount = b.penaltyUniqueStarts[i + 1] - us;
+  }
+  return p;
 }
 
 }  // namespace troupe

@@ -220,9 +220,7 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
         continue;
       }
       const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-      const int hs = b.penaltyStarts[i];
-      const Penalties pen{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
-                          b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
+      const Penalties pen = penaltiesOf(b, i);
       const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
                                     out.topIds.data() + static_cast<size_t>(i) * topN,
                                     out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);

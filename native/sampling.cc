@@ -207,7 +207,19 @@ double uniformDraw(uint32_t seed, uint32_t draws) {
 }
 
 void applyPenalties(float* logits, int vocab, const Penalties& p) {
-  if (!p.active() || p.count <= 0) return;
+  if (!p.active()) return;
+  if (p.uniqueCount >= 0) {
+    for (int k = 0; k < p.uniqueCount; ++k) {
+      const int32_t t = p.unique[k];
+      if (t < 0 || t >= vocab) continue;
+      float& l = logits[t];
+      if (p.repetition != 1) l = l > 0 ? l / p.repetition : l * p.repetition;
+      const int32_t n = p.generatedCounts[k];
+      if (n > 0) l -= p.frequency * static_cast<float>(n) + p.presence;
+    }
+    return;
+  }
+  if (p.count <= 0) return;
   const int promptLen = std::clamp(p.promptLen, 0, p.count);
   // Sparse: a sequence has seen few distinct tokens next to a vocabulary of 128k.
   std::vector<int32_t> seen(p.tokens, p.tokens + p.count);

@@ -42,6 +42,12 @@ struct Penalties {
   const int32_t* tokens = nullptr;
   int count = 0;
   int promptLen = 0;
+  // The same tokens counted, when the caller keeps them so (the engine's sequence table): each
+  // distinct token once, with how often it was generated (0: the prompt only). uniqueCount < 0:
+  // not given, count from `tokens`.
+  const int32_t* unique = nullptr;
+  const int32_t* generatedCounts = nullptr;
+  int uniqueCount = -1;
   bool active() const { return frequency != 0 || presence != 0 || repetition != 1; }
 };
 

@@ -18,6 +18,15 @@ Span<T> view(const std::vector<T>& v) {
 
 }  // namespace
 
+void SequenceTable::Entry::count(int32_t token, bool isGenerated) {
+  auto [it, added] = at.emplace(token, static_cast<int32_t>(unique.size()));
+  if (added) {
+    unique.push_back(token);
+    generated.push_back(0);
+  }
+  if (isGenerated) ++generated[static_cast<size_t>(it->second)];
+}
+
 void SequenceTable::resolve(StepBatch& b) {
   const SeqUpdate& u = b.seqUpdate;
   const size_t count = u.slots.size;
@@ -73,6 +82,12 @@ void SequenceTable::resolve(StepBatch& b) {
     // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
     e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
     e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
+    e.unique.clear();
+    e.generated.clear();
+    e.at.clear();
+    if (e.penalized) {
+      for (size_t j = 0; j < e.tokens.size(); ++j) e.count(e.tokens[j], static_cast<int32_t>(j) >= e.promptLen);
+    }
     e.blocks.clear();  // the rows send every block of a sequence new to its slot
   }
   size_t maxBlocks = 1;
@@ -103,6 +118,9 @@ void SequenceTable::resolve(StepBatch& b) {
   penaltyPromptLens_.resize(n);
   penaltyStarts_.assign(n + 1, 0);
   penaltyTokens_.clear();
+  penaltyUniqueStarts_.assign(n + 1, 0);
+  penaltyUnique_.clear();
+  penaltyGeneratedCounts_.clear();
   for (size_t i = 0; i < n; ++i) {
     const Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
     temperature_[i] = e.temperature;
@@ -118,8 +136,11 @@ void SequenceTable::resolve(StepBatch& b) {
     if (e.penalized && i < b.sample.size && b.sample[i]) {
       penaltyTokens_.insert(penaltyTokens_.end(), e.tokens.begin(), e.tokens.end());
       penaltyPromptLens_[i] = e.promptLen;
+      penaltyUnique_.insert(penaltyUnique_.end(), e.unique.begin(), e.unique.end());
+      penaltyGeneratedCounts_.insert(penaltyGeneratedCounts_.end(), e.generated.begin(), e.generated.end());
     }
     penaltyStarts_[i + 1] = static_cast<int32_t>(penaltyTokens_.size());
+    penaltyUniqueStarts_[i + 1] = static_cast<int32_t>(penaltyUnique_.size());
   }
   b.temperature = view(temperature_);
   b.topK = view(topK_);
@@ -132,13 +153,19 @@ void SequenceTable::resolve(StepBatch& b) {
   b.penaltyPromptLens = view(penaltyPromptLens_);
   b.penaltyStarts = view(penaltyStarts_);
   b.penaltyTokens = view(penaltyTokens_);
+  b.penaltyUnique = view(penaltyUnique_);
+  b.penaltyGeneratedCounts = view(penaltyGeneratedCounts_);
+  b.penaltyUniqueStarts = view(penaltyUniqueStarts_);
 }
 
 void SequenceTable::record(const StepBatch& b, const StepOutput& out) {
   if (!b.resident) return;
   for (size_t i = 0; i < b.seqSlots.size && i < out.tokens.size(); ++i) {
     Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
-    if (e.penalized && out.tokens[i] >= 0) e.tokens.push_back(out.tokens[i]);
+    if (e.penalized && out.tokens[i] >= 0) {
+      e.tokens.push_back(out.tokens[i]);
+      e.count(out.tokens[i], true);
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "backend.h"
@@ -37,11 +38,17 @@ class SequenceTable {
     int32_t promptLen = 0;
     std::vector<int32_t> tokens;  // prompt then generated, for a penalized slot
     std::vector<int32_t> blocks;  // its KV cache blocks, in order
+    // tokens counted, kept as tokens arrive: distinct tokens in the order first seen, how often
+    // each was generated, and where each sits in `unique`.
+    std::vector<int32_t> unique, generated;
+    std::unordered_map<int32_t, int32_t> at;
+    void count(int32_t token, bool isGenerated);
   };
   std::vector<Entry> slots_;
   // The columns of the step being run, which the batch's spans view.
   std::vector<float> temperature_, topP_, minP_, frequencyPenalty_, presencePenalty_, repetitionPenalty_;
   std::vector<int32_t> topK_, penaltyTokens_, penaltyStarts_, penaltyPromptLens_, blockTables_;
+  std::vector<int32_t> penaltyUnique_, penaltyGeneratedCounts_, penaltyUniqueStarts_;
   std::vector<uint32_t> seeds_;
 };
 

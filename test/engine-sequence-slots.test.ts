@@ -1,8 +1,10 @@
-// The resident form of a step's sampling values: the engine keeps each sequence's values (and a
-// penalized sequence's tokens, to which it appends every token it samples) in the sampling slot
-// a batch fills once; later batches name only the slot. Decoding this way gives the tokens of
-// sending every row's values and history each step, and a batch that names a slot nobody filled,
-// or fills one badly, is refused whole, leaving the table as it was.
+// The resident form of a step's sampling values and blocks: the engine keeps each sequence's
+// values, block table and (when it samples with a penalty) its tokens and their counts, to which
+// it adds every token it samples, in the sequence slot a batch fills once; later batches name
+// only the slot and the blocks it gained. Decoding this way gives the tokens of sending every
+// row's values, blocks and history each step (the samplers count that history themselves), and
+// a batch that names a slot nobody filled, or fills one badly, is refused whole, leaving the
+// table as it was.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SeqUpdate, StepBatch } from '../src/engine/types.js';

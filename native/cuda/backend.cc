@@ -866,11 +866,14 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     row.presence = b.presencePenalty[i];
     row.repetition = b.repetitionPenalty[i];
     row.penStart = static_cast<int32_t>(penTok.size());
-    const int hs = b.penaltyStarts[i], he = b.penaltyStarts[i + 1], promptLen = b.penaltyPromptLens[i];
-    const bool active = row.frequency != 0 || row.presence != 0 || row.repetition != 1;
-    if (active && he > hs) {
+    const Penalties pen = penaltiesOf(b, i);
+    if (pen.active() && pen.uniqueCount >= 0) {
+      // Counted by the engine as the tokens came.
+      penTok.insert(penTok.end(), pen.unique, pen.unique + pen.uniqueCount);
+      penCnt.insert(penCnt.end(), pen.generatedCounts, pen.generatedCounts + pen.uniqueCount);
+    } else if (pen.active() && pen.count > 0) {
       std::map<int32_t, int32_t> counts;
-      for (int j = hs; j < he; ++j) counts[b.penaltyTokens[j]] += (j - hs >= promptLen) ? 1 : 0;
+      for (int j = 0; j < pen.count; ++j) counts[pen.tokens[j]] += j >= pen.promptLen ? 1 : 0;
       for (auto& [tok, cnt] : counts) {
         penTok.push_back(tok);
         penCnt.push_back(cnt);
@@ -939,9 +942,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     const int r = hostRows[k], i = seqOf[r];
     const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
     const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-    const int hs = b.penaltyStarts[i];
-    const Penalties pen{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
-                        b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
+    const Penalties pen = penaltiesOf(b, i);
     // One sequence's failure is its own.
     try {
       const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
