@@ -17,7 +17,8 @@ namespace troupe {
 
 class SequenceTable {
  public:
-  // The most slots a table holds (a slot number is checked against it before anything grows).
+  // The most slots a table holds (a slot number is checked against it before anything grows);
+  // MAX_SEQUENCE_SLOTS in src/scheduler/sequence-slots.ts bounds --max-running-requests by it.
   static constexpr int kMaxSlots = 1 << 16;
 
   // Stores the batch's update in its slots and its rows' new blocks, then points the batch's

@@ -158,6 +158,9 @@ describe('SGLang LoRA rules', () => {
 describe('other rules', () => {
   it('checks ranges and divisibility', () => {
     rejects(['--port', '70000'], /--port must be at most 65535/);
+    // Each running sequence holds one of the engine's 65,536 sequence slots.
+    rejects(['--max-running-requests', '70000'], /--max-running-requests must be at most 65536, got 70000/);
+    expect(validate('--max-running-requests', '65536').options.maxRunningRequests).toBe(65536);
     rejects(['--mem-fraction-static', '1.5'], /between 0 and 1/);
     rejects(['--chunked-prefill-size', '100', '--page-size', '16'], /divisible by --page-size/);
     rejects(['--served-model-name', 'a:b'], /cannot contain ":"/);

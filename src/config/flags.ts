@@ -221,7 +221,13 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'KV cache size in tokens; overrides --mem-fraction-static (CPU default: 32768).',
   },
   { name: 'page-size', kind: 'int', default: 16, group: 'memory', help: 'Tokens per KV cache block.' },
-  { name: 'max-running-requests', kind: 'int', default: 256, group: 'runtime', help: 'Most sequences in one batch.' },
+  {
+    name: 'max-running-requests',
+    kind: 'int',
+    default: 256,
+    group: 'runtime',
+    help: 'Most sequences in one batch (at most 65536: each running sequence holds one of the engine’s sequence slots).',
+  },
   {
     name: 'chunked-prefill-size',
     kind: 'int',

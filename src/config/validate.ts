@@ -2,6 +2,7 @@
 // its LoRA server arguments, so a command line SGLang rejects is rejected here too, with
 // a message that names the flags involved.
 import type { AdapterSpec } from '../api.js';
+import { MAX_SEQUENCE_SLOTS } from '../scheduler/sequence-slots.js';
 import { LORA_MODULES, type LoraModule } from '../engine/types.js';
 import type { LogLevel, ServeOptions } from './options.js';
 import { FlagError, parseArgs, type RawFlags } from './parse.js';
@@ -24,8 +25,12 @@ export function validateFlags(flags: RawFlags): Validated {
     return v;
   };
 
-  const port = atLeast('port', 1)!;
-  if (port > 65535) throw new FlagError(`--port must be at most 65535, got ${port}`);
+  const atMost = (name: string, v: number, max: number): number => {
+    if (v > max) throw new FlagError(`--${name} must be at most ${max}, got ${v}`);
+    return v;
+  };
+
+  const port = atMost('port', atLeast('port', 1)!, 65535);
   const maxLorasPerBatch = atLeast('max-loras-per-batch', 1)!;
   const maxLoadedLoras = atLeast('max-loaded-loras', 1);
   const maxGpuLoras = atLeast('max-gpu-loras', 1);
@@ -116,7 +121,7 @@ export function validateFlags(flags: RawFlags): Validated {
     dtype: str('dtype') as ServeOptions['dtype'],
     maxPlaceWaitSteps: atLeast('max-place-wait-steps', 0)!,
     logLevel: str('log-level') as LogLevel,
-    maxRunningRequests: atLeast('max-running-requests', 1)!,
+    maxRunningRequests: atMost('max-running-requests', atLeast('max-running-requests', 1)!, MAX_SEQUENCE_SLOTS),
     chunkedPrefillSize,
     maxTotalTokens: atLeast('max-total-tokens', 1),
     pageSize,

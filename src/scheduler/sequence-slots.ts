@@ -3,6 +3,9 @@
 // later steps send only the blocks it gains.
 import type { Sequence } from './sequence.js';
 
+/** The engine's table holds this many (native/sequence_table.h, kMaxSlots): --max-running-requests is checked against it. */
+export const MAX_SEQUENCE_SLOTS = 65536;
+
 export class SequenceSlots {
   private readonly free: number[] = [];
   private next = 0;
