@@ -28,6 +28,14 @@ void SequenceTable::Entry::count(int32_t token, bool isGenerated) {
 }
 
 void SequenceTable::resolve(StepBatch& b) {
+  check(b);
+  const SeqUpdate& u = b.seqUpdate;
+  for (size_t k = 0; k < u.slots.size; ++k) store(u, k);
+  appendBlocks(b);
+  viewColumns(b);
+}
+
+void SequenceTable::check(const StepBatch& b) const {
   const SeqUpdate& u = b.seqUpdate;
   const size_t count = u.slots.size;
   if (count > 0) validateColumns(u, count, "batch.seqUpdate");
@@ -54,42 +62,45 @@ void SequenceTable::resolve(StepBatch& b) {
     fail("batch.blockAppends has " + std::to_string(b.blockAppends.size) + " elements, expected " +
          std::to_string(b.blockAppendStarts[n]));
   }
-  // Every row's slot must be filled once this update is stored: checked first, so that a
-  // refused batch leaves the table as it was.
+  // Every row's slot must be filled once the update is stored.
   for (size_t i = 0; i < n; ++i) {
     const int32_t s = b.seqSlots[i];
     bool filled = s >= 0 && s < kMaxSlots && static_cast<size_t>(s) < slots_.size() && slots_[s].filled;
     for (size_t k = 0; k < count && !filled; ++k) filled = u.slots[k] == s;
     if (!filled) {
-      fail("batch.seqSlots[" + std::to_string(i) + "] is " + std::to_string(s) +
-           ", a slot that holds no sequence's sampling values");
+      fail("batch.seqSlots[" + std::to_string(i) + "] is " + std::to_string(s) + ", a slot that holds no sequence");
     }
   }
-  for (size_t k = 0; k < count; ++k) {
-    const size_t s = static_cast<size_t>(u.slots[k]);
-    if (s >= slots_.size()) slots_.resize(s + 1);
-    Entry& e = slots_[s];
-    e.filled = true;
-    e.temperature = u.temperature[k];
-    e.topK = u.topK[k];
-    e.topP = u.topP[k];
-    e.minP = u.minP[k];
-    e.frequencyPenalty = u.frequencyPenalty[k];
-    e.presencePenalty = u.presencePenalty[k];
-    e.repetitionPenalty = u.repetitionPenalty[k];
-    e.seed = u.seeds[k];
-    e.promptLen = u.penaltyPromptLens[k];
-    // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
-    e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
-    e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
-    e.unique.clear();
-    e.generated.clear();
-    e.at.clear();
-    if (e.penalized) {
-      for (size_t j = 0; j < e.tokens.size(); ++j) e.count(e.tokens[j], static_cast<int32_t>(j) >= e.promptLen);
-    }
-    e.blocks.clear();  // the rows send every block of a sequence new to its slot
+}
+
+void SequenceTable::store(const SeqUpdate& u, size_t k) {
+  const size_t s = static_cast<size_t>(u.slots[k]);
+  if (s >= slots_.size()) slots_.resize(s + 1);
+  Entry& e = slots_[s];
+  e.filled = true;
+  e.temperature = u.temperature[k];
+  e.topK = u.topK[k];
+  e.topP = u.topP[k];
+  e.minP = u.minP[k];
+  e.frequencyPenalty = u.frequencyPenalty[k];
+  e.presencePenalty = u.presencePenalty[k];
+  e.repetitionPenalty = u.repetitionPenalty[k];
+  e.seed = u.seeds[k];
+  e.promptLen = u.penaltyPromptLens[k];
+  // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
+  e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
+  e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
+  e.unique.clear();
+  e.generated.clear();
+  e.at.clear();
+  if (e.penalized) {
+    for (size_t j = 0; j < e.tokens.size(); ++j) e.count(e.tokens[j], static_cast<int32_t>(j) >= e.promptLen);
   }
+  e.blocks.clear();  // the rows send every block of a sequence new to its slot
+}
+
+void SequenceTable::appendBlocks(StepBatch& b) {
+  const size_t n = b.contextLens.size;
   size_t maxBlocks = 1;
   for (size_t i = 0; i < n; ++i) {
     std::vector<int32_t>& blocks = slots_[static_cast<size_t>(b.seqSlots[i])].blocks;
@@ -106,7 +117,10 @@ void SequenceTable::resolve(StepBatch& b) {
   }
   b.blockTables = view(blockTables_);
   b.maxBlocksPerSeq = static_cast<int>(maxBlocks);
+}
 
+void SequenceTable::viewColumns(StepBatch& b) {
+  const size_t n = b.contextLens.size;
   temperature_.resize(n);
   topK_.resize(n);
   topP_.resize(n);
@@ -115,7 +129,7 @@ void SequenceTable::resolve(StepBatch& b) {
   presencePenalty_.resize(n);
   repetitionPenalty_.resize(n);
   seeds_.resize(n);
-  penaltyPromptLens_.resize(n);
+  penaltyPromptLens_.assign(n, 0);
   penaltyStarts_.assign(n + 1, 0);
   penaltyTokens_.clear();
   penaltyUniqueStarts_.assign(n + 1, 0);
@@ -131,8 +145,7 @@ void SequenceTable::resolve(StepBatch& b) {
     presencePenalty_[i] = e.presencePenalty;
     repetitionPenalty_[i] = e.repetitionPenalty;
     seeds_[i] = e.seed;
-    penaltyPromptLens_[i] = 0;
-    // Only rows that sample read the tokens.
+    // Only rows that sample read the tokens and their counts.
     if (e.penalized && i < b.sample.size && b.sample[i]) {
       penaltyTokens_.insert(penaltyTokens_.end(), e.tokens.begin(), e.tokens.end());
       penaltyPromptLens_[i] = e.promptLen;

@@ -45,6 +45,13 @@ class SequenceTable {
     std::unordered_map<int32_t, int32_t> at;
     void count(int32_t token, bool isGenerated);
   };
+  // resolve's parts: the batch's structure (before anything changes), one update entry, the
+  // rows' new blocks (and the padded table), and the step's columns.
+  void check(const StepBatch& b) const;
+  void store(const SeqUpdate& u, size_t k);
+  void appendBlocks(StepBatch& b);
+  void viewColumns(StepBatch& b);
+
   std::vector<Entry> slots_;
   // The columns of the step being run, which the batch's spans view.
   std::vector<float> temperature_, topP_, minP_, frequencyPenalty_, presencePenalty_, repetitionPenalty_;
