@@ -108,7 +108,7 @@ export function runAll(s: Scheduler, opts: { pick?: typeof countingTokens; loade
   const record = (evs: TokenEvent[]) => {
     for (const e of evs) {
       const r = out.get(e.id) ?? { tokens: [], finish: null };
-      r.tokens.push(...e.tokens);
+      if (e.token >= 0) r.tokens.push(e.token);
       if (e.finish) r.finish = e.finish;
       out.set(e.id, r);
     }

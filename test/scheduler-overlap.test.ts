@@ -23,18 +23,18 @@ describe('scheduleAhead', () => {
     expect(Array.from(b.batch.draws)).toEqual([1]);
 
     const ra = fakeResult(a.batch, a.seqIds);
-    expect(s.complete(ra).map((e) => e.tokens)).toEqual([[100]]);
+    expect(s.complete(ra).map((e) => e.token)).toEqual([100]);
     feedInputs(b.batch, ra.tokens);
     expect(Array.from(b.batch.tokens)).toEqual([100]);
 
     const c = s.scheduleAhead()!;
     expect(Array.from(c.batch.positions)).toEqual([4]);
     expect(Array.from(c.batch.draws)).toEqual([2]);
-    expect(s.complete(fakeResult(b.batch, b.seqIds)).map((e) => e.tokens)).toEqual([[101]]);
+    expect(s.complete(fakeResult(b.batch, b.seqIds)).map((e) => e.token)).toEqual([101]);
     // C samples the third and last token: nothing may follow it.
     expect(s.scheduleAhead()).toBeNull();
     const end = s.complete(fakeResult(c.batch, c.seqIds));
-    expect(end.map((e) => [e.tokens, e.finish])).toEqual([[[102], { type: 'length', length: 3 }]]);
+    expect(end.map((e) => [e.token, e.finish])).toEqual([[102, { type: 'length', length: 3 }]]);
     expect(s.stats()).toMatchObject({ running: 0, freeBlocks: 64 });
     expect(s.load().steps).toEqual({ total: 3, ahead: 2 });
   });
@@ -125,6 +125,6 @@ describe('scheduleAhead', () => {
       feedInputs(batch, previous);
       expect(Array.from(batch.tokens)).toEqual([0]);
     }
-    expect(s.complete(fakeResult(a.batch, a.seqIds)).map((e) => e.tokens)).toEqual([[100]]);
+    expect(s.complete(fakeResult(a.batch, a.seqIds)).map((e) => e.token)).toEqual([100]);
   });
 });

@@ -26,14 +26,14 @@ describe('a step that fails one row', () => {
     const first = s.schedule()!;
     expect(first.seqIds).toEqual(['a', 'b']);
     const events = s.complete(fakeResult(first.batch, first.seqIds));
-    expect(events.map((e) => e.tokens)).toEqual([[100], [100]]);
+    expect(events.map((e) => e.token)).toEqual([100, 100]);
     expect(s.takeFailures()).toEqual([]);
 
     const second = s.schedule()!;
     const message = 'invalid sampling values: temperature must be a number >= 0, got nan';
     const after = s.complete(failingResult(second.batch, second.seqIds, ['a'], message));
     // b's token of this step stands; a gets no event, only the failure.
-    expect(after).toEqual([expect.objectContaining({ id: 'b', tokens: [101], finish: null })]);
+    expect(after).toEqual([expect.objectContaining({ id: 'b', token: 101, finish: null })]);
     expect(s.takeFailures()).toEqual([{ id: 'a', message }]);
     expect(s.takeFailures()).toEqual([]);
     // a's blocks are free again: only b's two blocks (7 tokens in cache, block size 4) are held.

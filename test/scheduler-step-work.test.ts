@@ -116,7 +116,7 @@ describe("a step's work", () => {
     } finally {
       Array.prototype.push = push;
     }
-    expect(events.map((e) => [e.id, e.tokens])).toEqual(seqIds.map((id, i) => [id, [result.tokens[i]]]));
+    expect(events.map((e) => [e.id, e.token])).toEqual(seqIds.map((id, i) => [id, result.tokens[i]]));
     expect(into).not.toContain(events);
     // Into each sequence's tokens (prompt then output), and nowhere else.
     expect(tokens).toBe(3);

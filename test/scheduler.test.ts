@@ -11,7 +11,7 @@ describe('continuous batching', () => {
     expect(Array.from(first.batch.tokens)).toEqual([10, 11, 12, 13, 14]);
     expect(Array.from(first.batch.positions)).toEqual([0, 1, 2, 3, 4]);
     expect(first.events).toHaveLength(1);
-    expect(first.events[0]!.tokens).toEqual([100]);
+    expect(first.events[0]!.token).toBe(100);
 
     s.submit(seq('b', { prompt: 3 }));
     const second = step(s)!;
@@ -158,7 +158,7 @@ describe('stop conditions', () => {
     s.submit(seq('z', { maxNewTokens: 0 }));
     expect(s.schedule()).toBeNull();
     expect(s.takeEvents()).toEqual([
-      { id: 'z', tokens: [], logprobs: [], topIds: [], topLogprobs: [], finish: { type: 'length', length: 0 }, promptTokens: 3 },
+      { id: 'z', token: -1, logprob: 0, topIds: [], topLogprobs: [], finish: { type: 'length', length: 0 }, promptTokens: 3 },
     ]);
     expect(s.hasWork()).toBe(false);
   });
@@ -168,7 +168,7 @@ describe('stop conditions', () => {
     s.submit(seq('a', { prompt: 9 }));
     step(s);
     expect(s.stats().freeBlocks).toBe(5);
-    expect(s.abort('a')).toMatchObject({ id: 'a', tokens: [], finish: { type: 'abort' }, promptTokens: 9 });
+    expect(s.abort('a')).toMatchObject({ id: 'a', token: -1, finish: { type: 'abort' }, promptTokens: 9 });
     expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8 });
     expect(s.abort('a')).toBeNull();
     expect(s.hasWork()).toBe(false);
@@ -210,8 +210,8 @@ describe('sampling fields', () => {
     expect(r1.batch.topLogprobs).toBe(3);
     expect(r1.batch.returnLogits).toBe(false);
     expect(Array.from(r1.batch.loraSlots)).toEqual([-1, -1]);
-    expect(r1.events[0]).toMatchObject({ tokens: [100], logprobs: [-0.5], topIds: [[100, 101, 102]], topLogprobs: [[-0, -1, -2]] });
-    expect(r1.events[1]).toMatchObject({ tokens: [100], topIds: [[100]] });
+    expect(r1.events[0]).toMatchObject({ token: 100, logprob: -0.5, topIds: [100, 101, 102], topLogprobs: [-0, -1, -2] });
+    expect(r1.events[1]).toMatchObject({ token: 100, topIds: [100] });
     const r2 = step(s)!;
     expect(Array.from(r2.batch.draws)).toEqual([1, 1]);
     expect(Array.from(r2.batch.seqSlots!)).toEqual([0, 1]);

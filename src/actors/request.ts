@@ -39,11 +39,12 @@ export class LiveRequest {
 
   addTokens(ev: TokenEvent): void {
     this.promptTokens = ev.promptTokens;
-    this.ids.push(...ev.tokens);
+    if (ev.token < 0) return;
+    this.ids.push(ev.token);
     if (this.req.returnLogprob) {
-      this.logprobs.push(...ev.logprobs);
-      this.topIds.push(...ev.topIds);
-      this.topLogprobs.push(...ev.topLogprobs);
+      this.logprobs.push(ev.logprob);
+      this.topIds.push(ev.topIds);
+      this.topLogprobs.push(ev.topLogprobs);
     }
   }
 

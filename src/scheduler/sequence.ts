@@ -12,15 +12,19 @@ export interface SeqInit {
   seed: number;
 }
 
+/**
+ * What one step did for one sequence: at most one token. Scalars rather than one-element arrays:
+ * every sampling row makes an event every step, and their arrays were most of a step's garbage.
+ */
 export interface TokenEvent {
   id: string;
-  /** Tokens produced by this step (one, or none when the sequence only finished). */
-  tokens: number[];
-  /** Per token: log-softmax of the chosen token. Same length as tokens. */
-  logprobs: number[];
-  /** Per token: the topLogprobsNum best alternatives (an empty row when none were asked). */
-  topIds: number[][];
-  topLogprobs: number[][];
+  /** The token this step produced, or -1 when the sequence only finished. */
+  token: number;
+  /** Log-softmax of that token (0 without one). */
+  logprob: number;
+  /** That token's topLogprobsNum best alternatives (empty when none were asked, or without a token). */
+  topIds: number[];
+  topLogprobs: number[];
   finish: FinishReason | null;
   promptTokens: number;
 }
@@ -124,20 +128,28 @@ export class Sequence {
 
   /** The event of a step that produced no token (the sequence only finished). */
   event(finish: FinishReason | null): TokenEvent {
-    return { id: this.id, tokens: [], logprobs: [], topIds: [], topLogprobs: [], finish, promptTokens: this.init.promptIds.length };
+    return {
+      id: this.id,
+      token: -1,
+      logprob: 0,
+      topIds: NO_ALTERNATIVES,
+      topLogprobs: NO_ALTERNATIVES,
+      finish,
+      promptTokens: this.init.promptIds.length,
+    };
   }
 
   /**
-   * The event of a sampled token; `topIds` and `topLogprobs` are its rows of alternatives, or
-   * null when none were asked. Every sampling row makes one each step, so it is built in place.
+   * The event of a sampled token; `topIds` and `topLogprobs` are its alternatives, or null when
+   * none were asked. Every sampling row makes one each step, so it is built in place.
    */
   tokenEvent(finish: FinishReason | null, id: number, logprob: number, topIds: number[] | null, topLogprobs: number[] | null): TokenEvent {
     return {
       id: this.id,
-      tokens: [id],
-      logprobs: [logprob],
-      topIds: topIds === null ? NO_ALTERNATIVES : [topIds],
-      topLogprobs: topLogprobs === null ? NO_ALTERNATIVES : [topLogprobs],
+      token: id,
+      logprob,
+      topIds: topIds ?? NO_ALTERNATIVES,
+      topLogprobs: topLogprobs ?? NO_ALTERNATIVES,
       finish,
       promptTokens: this.init.promptIds.length,
     };
@@ -145,9 +157,8 @@ export class Sequence {
 }
 
 /**
- * One token's alternatives when none were asked (one empty row). Shared by every such event,
- * since each sampling row makes an event every step and their garbage brought collection
- * pauses into the steps; frozen, so that no holder can change it under the others (events
- * leave the scheduler's thread as copies anyway).
+ * No alternatives. Shared by every event without them, since each sampling row makes an event
+ * every step and their garbage brought collection pauses into the steps; frozen, so that no
+ * holder can change it under the others (events leave the scheduler's thread as copies anyway).
  */
-const NO_ALTERNATIVES = Object.freeze([Object.freeze([])]) as unknown as number[][];
+const NO_ALTERNATIVES = Object.freeze([]) as unknown as number[];
