@@ -140,8 +140,12 @@ std::string samplingError(const StepBatch& b, size_t i, int vocabSize) {
     return "penaltyPromptLens " + std::to_string(promptLen) + " is outside [0, " + std::to_string(he - hs) +
            "], the length of its penalty tokens";
   }
-  for (int j = hs; j < he; ++j) {
-    const int tok = b.penaltyTokens[j];
+  // The tokens themselves, or (the resident form) the engine's distinct tokens.
+  const bool counted = b.penaltyUniqueStarts.size == b.numSeqs() + 1;
+  const int32_t* ids = counted ? b.penaltyUnique.data : b.penaltyTokens.data;
+  const int from = counted ? b.penaltyUniqueStarts[i] : hs, to = counted ? b.penaltyUniqueStarts[i + 1] : he;
+  for (int j = from; j < to; ++j) {
+    const int tok = ids[j];
     if (tok < 0 || tok >= vocabSize) {
       return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) +
              ")";

@@ -271,12 +271,13 @@ Sampled sampleToken(const float* logits, int vocab, const SamplingParams& p, int
 
   std::vector<float> penalized;
   const float* x = raw;
-  if (penalties && penalties->active() && penalties->count > 0) {
+  if (penalties && penalties->active() && penalties->seenCount() > 0) {
     penalized.assign(raw, raw + vocab);
     applyPenalties(penalized.data(), vocab, *penalties);
     // Only the penalized entries changed; a NaN penalty value makes them NaN.
-    for (int k = 0; k < penalties->count; ++k) {
-      const int32_t t = penalties->tokens[k];
+    const int32_t* seen = penalties->seen();
+    for (int k = 0; k < penalties->seenCount(); ++k) {
+      const int32_t t = seen[k];
       if (t >= 0 && t < vocab) nanToMinusInf(penalized[t]);
     }
     x = penalized.data();

@@ -49,6 +49,9 @@ struct Penalties {
   const int32_t* generatedCounts = nullptr;
   int uniqueCount = -1;
   bool active() const { return frequency != 0 || presence != 0 || repetition != 1; }
+  // The tokens a penalty may change: the counted distinct ones, or the whole list.
+  const int32_t* seen() const { return uniqueCount >= 0 ? unique : tokens; }
+  int seenCount() const { return uniqueCount >= 0 ? uniqueCount : count; }
 };
 
 // Adjusts logits in place by the penalties. Token ids outside [0, vocab) are ignored and promptLen

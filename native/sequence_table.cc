@@ -62,6 +62,14 @@ void SequenceTable::check(const StepBatch& b) const {
     fail("batch.blockAppends has " + std::to_string(b.blockAppends.size) + " elements, expected " +
          std::to_string(b.blockAppendStarts[n]));
   }
+  // A sequence's prompt is a prefix of the tokens it sends (the samplers only see their counts).
+  for (size_t k = 0; k < count; ++k) {
+    const int32_t promptLen = u.penaltyPromptLens[k], length = u.penaltyStarts[k + 1] - u.penaltyStarts[k];
+    if (promptLen < 0 || promptLen > length) {
+      fail("batch.seqUpdate.penaltyPromptLens[" + std::to_string(k) + "] is " + std::to_string(promptLen) +
+           ", outside [0, " + std::to_string(length) + "], the length of its penalty tokens");
+    }
+  }
   // Every row's slot must be filled once the update is stored.
   for (size_t i = 0; i < n; ++i) {
     const int32_t s = b.seqSlots[i];
@@ -86,15 +94,15 @@ void SequenceTable::store(const SeqUpdate& u, size_t k) {
   e.presencePenalty = u.presencePenalty[k];
   e.repetitionPenalty = u.repetitionPenalty[k];
   e.seed = u.seeds[k];
-  e.promptLen = u.penaltyPromptLens[k];
   // As a row's own columns: a sequence sends its tokens when a penalty looks at them.
   e.penalized = e.frequencyPenalty != 0 || e.presencePenalty != 0 || e.repetitionPenalty != 1;
-  e.tokens.assign(u.penaltyTokens.data + u.penaltyStarts[k], u.penaltyTokens.data + u.penaltyStarts[k + 1]);
   e.unique.clear();
   e.generated.clear();
   e.at.clear();
   if (e.penalized) {
-    for (size_t j = 0; j < e.tokens.size(); ++j) e.count(e.tokens[j], static_cast<int32_t>(j) >= e.promptLen);
+    const int32_t* tokens = u.penaltyTokens.data + u.penaltyStarts[k];
+    const int32_t length = u.penaltyStarts[k + 1] - u.penaltyStarts[k];
+    for (int32_t j = 0; j < length; ++j) e.count(tokens[j], j >= u.penaltyPromptLens[k]);
   }
   e.blocks.clear();  // the rows send every block of a sequence new to its slot
 }
@@ -129,9 +137,9 @@ void SequenceTable::viewColumns(StepBatch& b) {
   presencePenalty_.resize(n);
   repetitionPenalty_.resize(n);
   seeds_.resize(n);
+  // The samplers read the counts: the rows send no tokens (empty ranges, prompt length 0).
   penaltyPromptLens_.assign(n, 0);
   penaltyStarts_.assign(n + 1, 0);
-  penaltyTokens_.clear();
   penaltyUniqueStarts_.assign(n + 1, 0);
   penaltyUnique_.clear();
   penaltyGeneratedCounts_.clear();
@@ -145,14 +153,11 @@ void SequenceTable::viewColumns(StepBatch& b) {
     presencePenalty_[i] = e.presencePenalty;
     repetitionPenalty_[i] = e.repetitionPenalty;
     seeds_[i] = e.seed;
-    // Only rows that sample read the tokens and their counts.
+    // Only rows that sample read the counts.
     if (e.penalized && i < b.sample.size && b.sample[i]) {
-      penaltyTokens_.insert(penaltyTokens_.end(), e.tokens.begin(), e.tokens.end());
-      penaltyPromptLens_[i] = e.promptLen;
       penaltyUnique_.insert(penaltyUnique_.end(), e.unique.begin(), e.unique.end());
       penaltyGeneratedCounts_.insert(penaltyGeneratedCounts_.end(), e.generated.begin(), e.generated.end());
     }
-    penaltyStarts_[i + 1] = static_cast<int32_t>(penaltyTokens_.size());
     penaltyUniqueStarts_[i + 1] = static_cast<int32_t>(penaltyUnique_.size());
   }
   b.temperature = view(temperature_);
@@ -165,7 +170,7 @@ void SequenceTable::viewColumns(StepBatch& b) {
   b.seeds = view(seeds_);
   b.penaltyPromptLens = view(penaltyPromptLens_);
   b.penaltyStarts = view(penaltyStarts_);
-  b.penaltyTokens = view(penaltyTokens_);
+  b.penaltyTokens = Span<int32_t>{};
   b.penaltyUnique = view(penaltyUnique_);
   b.penaltyGeneratedCounts = view(penaltyGeneratedCounts_);
   b.penaltyUniqueStarts = view(penaltyUniqueStarts_);
@@ -175,10 +180,7 @@ void SequenceTable::record(const StepBatch& b, const StepOutput& out) {
   if (!b.resident) return;
   for (size_t i = 0; i < b.seqSlots.size && i < out.tokens.size(); ++i) {
     Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
-    if (e.penalized && out.tokens[i] >= 0) {
-      e.tokens.push_back(out.tokens[i]);
-      e.count(out.tokens[i], true);
-    }
+    if (e.penalized && out.tokens[i] >= 0) e.count(out.tokens[i], true);
   }
 }
 

@@ -1,10 +1,10 @@
 // What the engine keeps of each running sequence between steps, by sequence slot: its sampling
-// values, its block table, and (when it samples with a penalty) its prompt and generated tokens.
-// The scheduler gives each running sequence a slot and fills it in the first step after the
-// sequence takes it; later steps name only the slot and the blocks the sequence gained since.
-// The engine appends each token it samples for a penalized slot to that slot's tokens itself,
-// so neither the values, nor a table of every block, nor a growing history cross from
-// JavaScript every step.
+// values, its block table, and (when it samples with a penalty) the counts of its prompt and
+// generated tokens. The scheduler gives each running sequence a slot and fills it in the first
+// step after the sequence takes it; later steps name only the slot and the blocks the sequence
+// gained since. The engine counts each token it samples for a penalized slot itself, so neither
+// the values, nor a table of every block, nor a growing history cross from JavaScript every
+// step, and no step walks a history.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ class SequenceTable {
   // next resolve). Throws std::invalid_argument naming the problem (a malformed update or block
   // list, a slot out of range or never filled); the table is left as it was then.
   void resolve(StepBatch& batch);
-  // Appends each sampled token of a row whose slot samples with a penalty to that slot's tokens.
+  // Counts each sampled token of a row whose slot samples with a penalty in that slot.
   void record(const StepBatch& batch, const StepOutput& out);
 
  private:
@@ -36,11 +36,9 @@ class SequenceTable {
     float temperature = 1, topP = 1, minP = 0, frequencyPenalty = 0, presencePenalty = 0, repetitionPenalty = 1;
     int32_t topK = -1;
     uint32_t seed = 0;
-    int32_t promptLen = 0;
-    std::vector<int32_t> tokens;  // prompt then generated, for a penalized slot
     std::vector<int32_t> blocks;  // its KV cache blocks, in order
-    // tokens counted, kept as tokens arrive: distinct tokens in the order first seen, how often
-    // each was generated, and where each sits in `unique`.
+    // A penalized slot's prompt and generated tokens counted as they arrive: distinct tokens in
+    // the order first seen, how often each was generated, and where each sits in `unique`.
     std::vector<int32_t> unique, generated;
     std::unordered_map<int32_t, int32_t> at;
     void count(int32_t token, bool isGenerated);
@@ -55,7 +53,7 @@ class SequenceTable {
   std::vector<Entry> slots_;
   // The columns of the step being run, which the batch's spans view.
   std::vector<float> temperature_, topP_, minP_, frequencyPenalty_, presencePenalty_, repetitionPenalty_;
-  std::vector<int32_t> topK_, penaltyTokens_, penaltyStarts_, penaltyPromptLens_, blockTables_;
+  std::vector<int32_t> topK_, penaltyStarts_, penaltyPromptLens_, blockTables_;
   std::vector<int32_t> penaltyUnique_, penaltyGeneratedCounts_, penaltyUniqueStarts_;
   std::vector<uint32_t> seeds_;
 };

@@ -1,5 +1,5 @@
 // The resident form of a step's sampling values and blocks: the engine keeps each sequence's
-// values, block table and (when it samples with a penalty) its tokens and their counts, to which
+// values, block table and (when it samples with a penalty) the counts of its tokens, to which
 // it adds every token it samples, in the sequence slot a batch fills once; later batches name
 // only the slot and the blocks it gained. Decoding this way gives the tokens of sending every
 // row's values, blocks and history each step (the samplers count that history themselves), and

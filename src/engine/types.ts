@@ -126,7 +126,7 @@ export interface EngineInfo {
   loraKernel: 'none' | 'cpu' | NonNullable<EngineOptions['loraKernel']>;
 }
 
-/** Sampling values, one entry per sequence (a step's rows, or the sequences given sampling slots). */
+/** Sampling values, one entry per sequence (a step's rows, or the sequences filling sequence slots). */
 export interface SamplingColumns {
   temperature: Float32Array; // below 1e-6 = greedy; +Inf = uniform
   topK: Int32Array; // <= 0 or >= vocab = off
@@ -144,7 +144,7 @@ export interface SamplingColumns {
   seeds: Uint32Array; // per sequence random seed
 }
 
-/** Sequences' values for the engine to keep: entry u fills sampling slot slots[u]. */
+/** Sequences' values for the engine to keep: entry u fills sequence slot slots[u]. */
 export interface SeqUpdate extends SamplingColumns {
   slots: Int32Array;
 }
@@ -156,8 +156,8 @@ export interface SeqUpdate extends SamplingColumns {
  * block tables are either every row's own (the SamplingColumns, blockTables) or, in the resident
  * form the scheduler sends, kept by the engine per sequence slot: `seqSlots` names each row's
  * slot, `seqUpdate` fills the slots of sequences new to them, and `blockAppends` carries only
- * the blocks each row gained. The engine appends each token it samples for a penalized slot to
- * that slot's tokens, so a sequence's values, blocks and history are sent once, not every step.
+ * the blocks each row gained. The engine counts each token it samples for a penalized slot in
+ * that slot, so a sequence's values, blocks and history are sent once, not every step.
  */
 export interface StepBatch extends Partial<SamplingColumns> {
   tokens: Int32Array; // new tokens of all sequences, concatenated

@@ -34,9 +34,10 @@ function keepsHistory(s: Sequence): boolean {
 }
 
 /**
- * The batch of the first `n` entries, in the resident form: each row names its sequence's
- * sampling slot, and the sequences that have not sent their sampling values since taking their
- * slot send them now (with their tokens, when a penalty looks at them). Its arrays are new each
+ * The batch of the first `n` entries, in the resident form: each row names its sequence's slot
+ * and sends the blocks it gained since its slot's last step; the sequences that have not filled
+ * their slot since taking it send their sampling values now (with their tokens, when a penalty
+ * looks at them) and all of their blocks. Its arrays are new each
  * step: the caller may keep a batch while later steps are scheduled. Plain loops, and sizes
  * counted before anything is allocated; the arrays are views of one buffer, so a step allocates
  * one backing store rather than one per array (each its own allocation, and each for the

@@ -55,9 +55,9 @@ export class Sequence {
   aheadRow = -1;
   /** Counts its exits from the running list: a step's row is stale once it has left since. */
   epoch = 0;
-  /** Its slot in the engine's sampling table while it runs (SequenceSlots), or -1. */
+  /** Its slot in the engine's sequence table while it runs (SequenceSlots), or -1. */
   seqSlot = -1;
-  /** Whether a step built since it took the slot (and not forgotten) carries its sampling values. */
+  /** Whether a step built since it took the slot (and not forgotten) filled it: values, tokens and blocks. */
   slotFilled = false;
   /** How many of its blocks the steps built since its slot was filled have sent. */
   blocksSent = 0;
@@ -102,9 +102,9 @@ export class Sequence {
   }
 
   /**
-   * Forgets the steps in flight: it left the running list, or they were dropped. Its sampling
-   * values go to the engine again: a dropped step may have carried them, or run and added a token
-   * to its history that this sequence never took.
+   * Forgets the steps in flight: it left the running list, or they were dropped. It fills its
+   * slot again: a dropped step may have carried the fill or blocks, or run and counted a token
+   * this sequence never took.
    */
   leaveSteps(): void {
     this.ahead = 0;
