@@ -164,13 +164,21 @@ export function engineShare(before, after, wallMs) {
   const steps = delta('troupe_steps_total', 'scheduled');
   const count = (steps.ahead ?? 0) + (steps.after ?? 0);
   const engineMs = (delta('troupe_engine_step_seconds_total', null).total ?? 0) * 1000;
+  const total = (name) => delta(name, null).total ?? 0;
+  const decodeSteps = total('troupe_engine_decode_steps_total');
+  const waits = total('troupe_engine_waits_total');
   return {
     wallMs,
     steps: count,
     aheadSteps: steps.ahead ?? 0,
     busy: engineMs / wallMs,
     stepMs: engineMs / count,
+    // Over the streams' whole time, so it also holds the wait for the first step and after the last.
     gapMs: (wallMs - engineMs) / count,
+    decodeSteps,
+    decodeStepMs: decodeSteps > 0 ? (total('troupe_engine_decode_step_seconds_total') * 1000) / decodeSteps : null,
+    // The idle time before each step sent ahead: the host's share per step in the steady state.
+    waitMs: waits > 0 ? (total('troupe_engine_wait_seconds_total') * 1000) / waits : null,
   };
 }
 

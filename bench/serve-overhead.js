@@ -1,11 +1,13 @@
 // What serving through HTTP adds to a decode step: STREAMS concurrent streamed /generate requests
 // on the base model (prompts of CONTEXT token ids, OUTPUT tokens each, greedy, ignore_eos), their
 // inter-token latency at the client, against the same decode step run alone through the native
-// addon: STREAMS rows over a CONTEXT-token context in an engine built with the options
-// `troupe serve` would build, the median of 20 steps. The gap is the host's share: the scheduler
+// addon: STREAMS rows in an engine built with the options `troupe serve` would build, the median
+// of 20 steps. The step alone is timed over the context of the middle timed token,
+// CONTEXT + OUTPUT / 2 (the served steps' contexts grow from CONTEXT to CONTEXT + OUTPUT, and
+// attention reads them all), and over CONTEXT as well. The gap is the host's share: the scheduler
 // and executor threads, their messages, detokenizing and the SSE stream. /metrics, read before
-// and after the streams, also says how busy the server's engine was and how long it waited
-// between steps (engineUse).
+// and after the streams, also says how busy the server's engine was, how long its decode steps
+// took, and how long it stood idle before each step sent ahead (engineUse).
 //   node bench/serve-overhead.js [--model DIR] [--streams 32] [--context 512] [--output 128]
 //     [--device auto] [--out FILE] [-- extra troupe serve flags]
 // Without --model, the generated demo model (demo-model/, written when missing). `npm run build`
@@ -62,9 +64,9 @@ const tokens = randomTokenSource(11);
 const prompts = Array.from({ length: STREAMS }, () => tokens(CONTEXT).map((t) => t % ckpt.config.vocabSize));
 
 // ---- the step alone ------------------------------------------------------------------------
-async function stepAlone() {
+async function stepAlone(context) {
   const plan = planEngine(options, ckpt.config, device, [], log);
-  const w = loraWorkload({ rows: STREAMS, context: CONTEXT, block: plan.engine.blockSize, vocab: ckpt.config.vocabSize });
+  const w = loraWorkload({ rows: STREAMS, context, block: plan.engine.blockSize, vocab: ckpt.config.vocabSize });
   const h = native.createEngine(ckpt.config, ckpt.tensors, { ...plan.engine, kvBlocks: Math.max(plan.engine.kvBlocks, w.kvBlocks) });
   try {
     const step = (b) => native.step(h, b);
@@ -75,8 +77,11 @@ async function stepAlone() {
   }
 }
 
-const alone = await stepAlone();
-console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
+const MID_CONTEXT = CONTEXT + Math.floor(OUTPUT / 2);
+const alone = await stepAlone(MID_CONTEXT);
+console.log(`step alone, ${STREAMS} rows over ${MID_CONTEXT} tokens: ${alone.ms.toFixed(2)} ms (${alone.info.deviceName})`);
+const aloneAtPrompt = await stepAlone(CONTEXT);
+console.log(`step alone, ${STREAMS} rows over ${CONTEXT} tokens: ${aloneAtPrompt.ms.toFixed(2)} ms`);
 
 // ---- through HTTP --------------------------------------------------------------------------
 const port = await freePort();
@@ -125,6 +130,10 @@ console.log(
   `engine busy ${(engineUse.busy * 100).toFixed(1)}% of the streams' time: ${engineUse.steps} steps (${engineUse.aheadSteps} scheduled ahead), ` +
     `${engineUse.stepMs.toFixed(2)} ms in the engine and ${engineUse.gapMs.toFixed(2)} ms between steps on average`,
 );
+const fixed = (x) => (x === null ? '-' : x.toFixed(2));
+console.log(
+  `decode steps in the server: ${fixed(engineUse.decodeStepMs)} ms (${engineUse.decodeSteps}); idle before each step sent ahead: ${fixed(engineUse.waitMs)} ms`,
+);
 
 const result = {
   benchmark: 'serve-overhead',
@@ -137,6 +146,8 @@ const result = {
   output: OUTPUT,
   serveArgs,
   stepAloneMs: alone.ms,
+  stepAloneContext: MID_CONTEXT,
+  stepAloneAtPromptMs: aloneAtPrompt.ms,
   http: { itlP50Ms: itlMs, itlP90Ms: percentile(itls, 90) * 1000, ttftMaxS: allDecoding },
   overHttp: itlMs / alone.ms - 1,
   engineUse,

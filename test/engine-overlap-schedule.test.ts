@@ -118,6 +118,15 @@ describe('overlap scheduling', () => {
     expect(await metric(serial, 'troupe_steps_total', 'scheduled="after"')).toBeGreaterThan(0);
     // The executor times its steps; their sum is what the engine was busy for.
     expect(await metric(overlap, 'troupe_engine_step_seconds_total', '')).toBeGreaterThan(0);
+    // Decode steps are among them, and every step sent ahead had the idle time before it timed.
+    const decodeSteps = await metric(overlap, 'troupe_engine_decode_steps_total', '');
+    expect(decodeSteps).toBeGreaterThan(0);
+    expect(await metric(overlap, 'troupe_engine_decode_step_seconds_total', '')).toBeGreaterThan(0);
+    expect(await metric(overlap, 'troupe_engine_decode_step_seconds_total', '')).toBeLessThanOrEqual(
+      await metric(overlap, 'troupe_engine_step_seconds_total', ''),
+    );
+    expect(await metric(overlap, 'troupe_engine_waits_total', '')).toBe(await metric(overlap, 'troupe_steps_total', 'scheduled="ahead"'));
+    expect(await metric(serial, 'troupe_engine_waits_total', '')).toBe(0);
   }, 120_000);
 
   it('aborts a request mid-stream while its next step is in flight, and serves the others', async () => {

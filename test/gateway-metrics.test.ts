@@ -178,7 +178,7 @@ describe('gateway metrics of any engine', () => {
     waitingAdapters: [],
     preempted: { cache: 0, place: 0 },
     steps: { total: 0, ahead: 0 },
-    engineSeconds: 0,
+    engine: { seconds: 0, decodeSteps: 0, decodeSeconds: 0, waits: 0, waitSeconds: 0 },
     ...over,
   });
 

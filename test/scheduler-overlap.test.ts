@@ -39,6 +39,24 @@ describe('scheduleAhead', () => {
     expect(s.load().steps).toEqual({ total: 3, ahead: 2 });
   });
 
+  it("splits the engine's time into decode steps and the idle time before steps sent ahead", () => {
+    const s = new Scheduler(options());
+    s.submit(seq('x', { prompt: 3, maxNewTokens: 3 }));
+    // A prefills (sent alone: its wait is the server's idle time, not the host's share), B and C decode ahead.
+    const a = s.schedule()!;
+    const b = s.scheduleAhead()!;
+    s.complete({ ...fakeResult(a.batch, a.seqIds), stepMs: 40, waitMs: 1000 });
+    const c = s.scheduleAhead()!;
+    s.complete({ ...fakeResult(b.batch, b.seqIds), stepMs: 5, waitMs: 0.25 });
+    s.complete({ ...fakeResult(c.batch, c.seqIds), stepMs: 6, waitMs: 0.5 });
+    const t = s.load().engine;
+    expect(t.seconds).toBeCloseTo(0.051, 9);
+    expect(t.decodeSteps).toBe(2);
+    expect(t.decodeSeconds).toBeCloseTo(0.011, 9);
+    expect(t.waits).toBe(2);
+    expect(t.waitSeconds).toBeCloseTo(0.00075, 9);
+  });
+
   it('discards the row of a sequence that a stop token ended while it was in flight', () => {
     const s = new Scheduler(options());
     s.submit(seq('x', { prompt: 2, maxNewTokens: 8 }));

@@ -16,15 +16,21 @@ let native: NativeAddon | null = null;
 let handle = -1;
 /** The tokens the last step sampled, for the step after it to take its fed inputs from; null after a failed step. */
 let lastTokens: Int32Array | null = null;
+/** When the last step ended (performance.now()), for the next one's waitMs; -1 before the first. */
+let lastEnd = -1;
 
 function step(msg: ExecutorMsg & { type: 'step' }): Transfer<StepResult> {
   if (!native || handle < 0) throw new TroupeError('unavailable', 'the engine is not initialized');
   const batch = msg.batch;
+  const lastEndBefore = lastEnd;
   if (batch.feed) feedInputs(batch, lastTokens);
   lastTokens = null;
   const t0 = performance.now();
   const r = native.step(handle, batch);
-  r.stepMs = performance.now() - t0;
+  lastEnd = performance.now();
+  r.stepMs = lastEnd - t0;
+  // From the end of the last step: its reply, this step's message and its inputs' copy.
+  if (lastEndBefore >= 0) r.waitMs = t0 - lastEndBefore;
   // Its buffers leave with the result.
   lastTokens = r.tokens.slice();
   return withTransfer(r, buffersOf([r.tokens, r.logprobs, r.topIds, r.topLogprobValues, r.logits]));

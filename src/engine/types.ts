@@ -201,6 +201,8 @@ export interface StepResult {
   errors: Array<string | null> | null;
   /** Milliseconds the executor spent in the native step (set by the executor, not the engine). */
   stepMs?: number;
+  /** Milliseconds from the end of the executor's previous step to the start of this one; absent for its first. */
+  waitMs?: number;
 }
 
 /** The parameters of one sampleToken call (native/sampling.h); absent ones are off (temperature 1). */

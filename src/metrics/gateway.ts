@@ -110,16 +110,40 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     (l) => ({ ahead: l.steps.ahead, after: l.steps.total - l.steps.ahead }),
   );
 
-  new Counter({
-    name: 'troupe_engine_step_seconds_total',
-    help: "Time the engine spent running steps. Against the wall clock it shows how busy the engine is; what the engine waits for between steps is the host's share.",
-    registers: registers.slice(0, 1),
-    async collect() {
-      const { engineSeconds } = await snapshot();
-      this.reset();
-      this.inc(engineSeconds);
-    },
-  });
+  // Unlabelled totals the scheduler keeps, shown as they are.
+  const total = (name: string, help: string, read: (l: SchedulerLoad) => number): void => {
+    new Counter({
+      name,
+      help,
+      registers: registers.slice(0, 1),
+      async collect() {
+        const value = read(await snapshot());
+        this.reset();
+        this.inc(value);
+      },
+    });
+  };
+  total(
+    'troupe_engine_step_seconds_total',
+    "Time the engine spent running steps. Against the wall clock it shows how busy the engine is; what the engine waits for between steps is the host's share.",
+    (l) => l.engine.seconds,
+  );
+  total('troupe_engine_decode_steps_total', 'Engine steps in which every row decoded one token (no prompt tokens).', (l) => l.engine.decodeSteps);
+  total(
+    'troupe_engine_decode_step_seconds_total',
+    'Time the engine spent in those decode steps: divided by their count, the step time to hold inter-token latency against.',
+    (l) => l.engine.decodeSeconds,
+  );
+  total(
+    'troupe_engine_waits_total',
+    'Steps sent while the step before was still running (overlap scheduling), each with a wait for it measured.',
+    (l) => l.engine.waits,
+  );
+  total(
+    'troupe_engine_wait_seconds_total',
+    "Time the engine stood idle before those steps, from the end of the step before: the host's share per step (the result's reply, the next step's message and its inputs) when the scheduler is ahead.",
+    (l) => l.engine.waitSeconds,
+  );
 
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
   new Gauge({

@@ -7,6 +7,7 @@ import { adapterToPause, mostDraining, soonestToFree, tokensLeft, tokensLeftByAd
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
 import { SequenceSlots } from './sequence-slots.js';
+import { EngineTime, type EngineTimes } from './engine-time.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 import { Sequence, type SeqInit, type TokenEvent } from './sequence.js';
@@ -57,8 +58,17 @@ export interface SchedulerLoad extends SchedulerStats {
   preempted: { cache: number; place: number };
   /** Steps since the start, and those scheduled and sent while the step before was still running (overlap scheduling). */
   steps: { total: number; ahead: number };
-  /** Seconds the engine spent in the steps completed so far (as their results report it). */
-  engineSeconds: number;
+  /** Where the engine's time went in the steps completed so far (as their results report it). */
+  engine: EngineTimes;
+}
+
+/** A step sent to the engine and not completed: `ahead` when sent while the one before ran, `decode` when every row is one sampled token. */
+interface Flight {
+  id: number;
+  entries: StepEntry[];
+  n: number;
+  ahead: boolean;
+  decode: boolean;
 }
 
 /** A sequence that one step failed on its own while the rest of the batch went on. */
@@ -89,7 +99,7 @@ export class Scheduler {
    * reused from step to step, so a step allocates little beyond its batch and events: garbage
    * made every step would bring collection pauses into the tail.
    */
-  private readonly flights: Array<{ id: number; entries: StepEntry[]; n: number }> = [];
+  private readonly flights: Flight[] = [];
   /**
    * Adapters' ends of running requests that a step in flight still has rows of (held until the
    * step `after` and those before it are done): until then the adapter keeps its users, so its
@@ -130,7 +140,7 @@ export class Scheduler {
   private readonly preempted = { cache: 0, place: 0 };
   /** Steps scheduled so far, and how many of them while the step before was still running. */
   private readonly stepCounts = { total: 0, ahead: 0 };
-  private engineMs = 0;
+  private readonly engineTime = new EngineTime();
   private readonly seqSlots = new SequenceSlots();
 
   constructor(private readonly opts: SchedulerOptions) {
@@ -347,12 +357,14 @@ export class Scheduler {
     const entries = this.entries;
     this.stepCounts.total++;
     if (this.flights.length > 0) this.stepCounts.ahead++;
-    this.flights.push({ id: this.stepCounts.total, entries, n });
+    const flight: Flight = { id: this.stepCounts.total, entries, n, ahead: this.flights.length > 0, decode: true };
+    this.flights.push(flight);
     const seqIds = new Array<string>(n);
     const batch = buildBatch(entries, n, this.seqSlots);
     // Only now, with every entry's feed row read: the next step starts after this one.
     for (let i = 0; i < n; i++) {
       const e = entries[i]!;
+      if (e.chunk !== 1 || !e.sample) flight.decode = false;
       const s = e.seq;
       seqIds[i] = s.id;
       s.ahead += e.chunk;
@@ -514,7 +526,7 @@ export class Scheduler {
     const pending = this.takeEvents();
     const events = new Array<TokenEvent>(pending.length + n);
     for (let i = 0; i < pending.length; i++) events[i] = pending[i]!;
-    this.engineMs += result.stepMs ?? 0;
+    this.engineTime.record(result.stepMs, result.waitMs, flight.decode, flight.ahead);
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
     ending.clear();
@@ -629,7 +641,7 @@ export class Scheduler {
       waitingAdapters: [...index.demand.names()],
       preempted: { ...this.preempted },
       steps: { ...this.stepCounts },
-      engineSeconds: this.engineMs / 1000,
+      engine: this.engineTime.totals(),
     };
   }
 
