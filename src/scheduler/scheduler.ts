@@ -1,82 +1,21 @@
 // Continuous batching with chunked prefill, a paged KV cache and multi-LoRA admission.
 // Pure logic: the host thread runs the steps and the loader commands this class emits.
 import type { AdapterStatus } from '../api.js';
-import type { LoraModule, StepBatch, StepResult } from '../engine/types.js';
+import type { StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
 import { adapterToPause, mostDraining, soonestToFree, tokensLeft, tokensLeftByAdapter } from './admission.js';
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
+import { insertByArrival, mergeByArrival } from './arrival-order.js';
+import type { SchedulerLoad, SchedulerOptions, SchedulerStats, StepFailure } from './scheduler-types.js';
+import { StepFlights } from './step-flights.js';
 import { SequenceSlots } from './sequence-slots.js';
-import { EngineTime, type EngineTimes } from './engine-time.js';
+import { EngineTime } from './engine-time.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 import { Sequence, type SeqInit, type TokenEvent } from './sequence.js';
 
-export interface SchedulerOptions {
-  blockSize: number;
-  numBlocks: number;
-  maxRunningRequests: number;
-  chunkedPrefillSize: number;
-  /** Distinct adapters per step, the base model counting as one. */
-  maxLorasPerBatch: number;
-  /** GPU pool slots (--max-gpu-loras); at least maxLorasPerBatch, which it defaults to. */
-  gpuSlots?: number;
-  maxLoadedLoras: number | null;
-  evictionPolicy: 'lru' | 'fifo';
-  /** false: no step runs while a copy that a waiting request needs is in flight. */
-  overlapLoading: boolean;
-  eosTokenIds: number[];
-  /**
-   * Steps a request may wait for a place (every place taken by other adapters) before the
-   * running requests of one adapter give theirs up (pauseForPlace); 0 or absent: never.
-   */
-  maxPlaceWaitSteps?: number;
-  /**
-   * For the scheduler thread's loop: send the next step before the last one's result is back
-   * (scheduleAhead), as SGLang's overlap scheduler does; absent or false: one step at a time.
-   */
-  overlapSchedule?: boolean;
-  contextLength: number;
-  maxLoraRank: number;
-  loraModules: LoraModule[];
-}
-
-export interface SchedulerStats {
-  waiting: number;
-  running: number;
-  freeBlocks: number;
-  totalBlocks: number;
-}
-
-/** What a load balancer weighs this server by: the queues, the KV cache, and where adapters stand. */
-export interface SchedulerLoad extends SchedulerStats {
-  /** Adapters in a GPU pool slot, ready to run (sorted by name). */
-  residentAdapters: string[];
-  /** Adapters that waiting requests name, in the order admission will reach them. */
-  waitingAdapters: string[];
-  /** Running requests sent back to wait since the start: for KV cache room, and for a place (--max-place-wait-steps). */
-  preempted: { cache: number; place: number };
-  /** Steps since the start, and those scheduled and sent while the step before was still running (overlap scheduling). */
-  steps: { total: number; ahead: number };
-  /** Where the engine's time went in the steps completed so far (as their results report it). */
-  engine: EngineTimes;
-}
-
-/** A step sent to the engine and not completed: `ahead` when sent while the one before ran, `decode` when every row is one sampled token. */
-interface Flight {
-  id: number;
-  entries: StepEntry[];
-  n: number;
-  ahead: boolean;
-  decode: boolean;
-}
-
-/** A sequence that one step failed on its own while the rest of the batch went on. */
-export interface StepFailure {
-  id: string;
-  /** The engine's reason (StepResult.errors). */
-  message: string;
-}
+export type { SchedulerLoad, SchedulerOptions, SchedulerStats, StepFailure } from './scheduler-types.js';
 
 export class Scheduler {
   private readonly kv: BlockManager;
@@ -85,7 +24,7 @@ export class Scheduler {
   private waiting: Sequence[] = [];
   /** Running requests a step ended, by adapter: each adapter hears of them in one event after the step. */
   private readonly ending = new Map<string, number>();
-  /** The same for requests a later step in flight still has rows of (see heldEnds). */
+  /** The same for requests a later step in flight still has rows of (see StepFlights.afterFlights). */
   private readonly endingLater = new Map<string, number>();
   /** Arrivals of the requests a step admitted, by adapter, reported the same way. */
   private readonly started = new Map<string, number[]>();
@@ -93,21 +32,7 @@ export class Scheduler {
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
   private failures: StepFailure[] = [];
-  /**
-   * Steps scheduled and not completed, oldest first: one, or with overlap scheduling two (the
-   * one the engine runs and the one queued behind it). Entry lists, and the lists below, are
-   * reused from step to step, so a step allocates little beyond its batch and events: garbage
-   * made every step would bring collection pauses into the tail.
-   */
-  private readonly flights: Flight[] = [];
-  /**
-   * Adapters' ends of running requests that a step in flight still has rows of (held until the
-   * step `after` and those before it are done): until then the adapter keeps its users, so its
-   * slot is neither refilled nor cleared under a step that names it. A queued step whose slot
-   * holds no adapter would fail as a whole.
-   */
-  private readonly heldEnds: Array<{ after: number; end: () => void }> = [];
-  private readonly spareEntries: StepEntry[][] = [];
+  private readonly flights = new StepFlights();
   /** The entries of the step being scheduled. */
   private entries: StepEntry[] = [];
   private readonly distinct: Array<string | null> = [];
@@ -138,8 +63,6 @@ export class Scheduler {
   private readonly paused = new Set<Sequence>();
   /** Running requests preempted so far, for KV cache room and for a place. */
   private readonly preempted = { cache: 0, place: 0 };
-  /** Steps scheduled so far, and how many of them while the step before was still running. */
-  private readonly stepCounts = { total: 0, ahead: 0 };
   private readonly engineTime = new EngineTime();
   private readonly seqSlots = new SequenceSlots();
 
@@ -249,7 +172,7 @@ export class Scheduler {
 
   schedule(): { batch: StepBatch; seqIds: string[] } | null {
     // Steps that were scheduled but never completed are simply forgotten: nothing advanced.
-    this.forgetSteps();
+    this.flights.forget();
     return this.plan();
   }
 
@@ -270,45 +193,11 @@ export class Scheduler {
 
   /** Drops the oldest step in flight, which failed; the caller aborts its sequences. */
   discardStep(): void {
-    const flight = this.flights.shift();
-    if (!flight) return;
-    this.spareEntries.push(flight.entries);
-    this.releaseHeld(flight.id);
-  }
-
-  /** Runs `end` now, or once the steps in flight are done when one of them may read its adapter's slot. */
-  private endAfterFlights(end: () => void): void {
-    const last = this.flights.at(-1);
-    if (last === undefined) end();
-    else this.heldEnds.push({ after: last.id, end });
-  }
-
-  /** Runs the held ends of steps up to `id`, in the order they were held. */
-  private releaseHeld(id: number): void {
-    let kept = 0;
-    const held = this.heldEnds;
-    for (let i = 0; i < held.length; i++) {
-      const h = held[i]!;
-      if (h.after <= id) h.end();
-      else held[kept++] = h;
-    }
-    held.length = kept;
-  }
-
-  private forgetSteps(): void {
-    for (const f of this.flights) {
-      for (let i = 0; i < f.n; i++) {
-        const e = f.entries[i]!;
-        if (e.epoch === e.seq.epoch) e.seq.leaveSteps();
-      }
-      this.spareEntries.push(f.entries);
-    }
-    this.flights.length = 0;
-    this.releaseHeld(Infinity);
+    this.flights.discard();
   }
 
   private plan(): { batch: StepBatch; seqIds: string[] } | null {
-    this.entries = this.spareEntries.pop() ?? [];
+    this.entries = this.flights.entries();
     this.versionAtSchedule = this.registry.index.version;
     if (!this.opts.overlapLoading && this.registry.wantedCopyInFlight()) return null;
     this.pauseForPlace();
@@ -346,7 +235,7 @@ export class Scheduler {
 
     this.pump();
     if (n === 0) {
-      this.spareEntries.push(this.entries);
+      this.flights.recycle(this.entries);
       return null;
     }
     this.steps++;
@@ -355,10 +244,7 @@ export class Scheduler {
       if (lora !== null) this.registry.touch(lora);
     }
     const entries = this.entries;
-    this.stepCounts.total++;
-    if (this.flights.length > 0) this.stepCounts.ahead++;
-    const flight: Flight = { id: this.stepCounts.total, entries, n, ahead: this.flights.length > 0, decode: true };
-    this.flights.push(flight);
+    const flight = this.flights.send(entries, n);
     const seqIds = new Array<string>(n);
     const batch = buildBatch(entries, n, this.seqSlots);
     // Only now, with every entry's feed row read: the next step starts after this one.
@@ -514,10 +400,9 @@ export class Scheduler {
 
   /** Completes the oldest step in flight with the engine's result. */
   complete(result: StepResult): TokenEvent[] {
-    const flight = this.flights.shift();
+    const flight = this.flights.complete();
     if (!flight) throw new Error('complete() called without a scheduled step');
     const { entries, n } = flight;
-    this.spareEntries.push(entries);
     if (result.tokens.length !== n) {
       throw new Error(`step result has ${result.tokens.length} sequences, the step had ${n}`);
     }
@@ -537,8 +422,8 @@ export class Scheduler {
     } finally {
       this.removeEnded();
       for (const [lora, count] of ending) this.registry.endedRunning(lora, count);
-      for (const [lora, count] of endingLater) this.endAfterFlights(() => this.registry.endedRunning(lora, count));
-      this.releaseHeld(flight.id);
+      for (const [lora, count] of endingLater) this.flights.afterFlights(() => this.registry.endedRunning(lora, count));
+      this.flights.releaseHeld(flight.id);
     }
     this.pump();
     // A step that moved no adapter lets one hear its new requests now, not with the step that
@@ -640,7 +525,7 @@ export class Scheduler {
       residentAdapters: [...index.inResidency('gpuResident.pinned'), ...index.inResidency('gpuResident.unpinned')].sort(),
       waitingAdapters: [...index.demand.names()],
       preempted: { ...this.preempted },
-      steps: { ...this.stepCounts },
+      steps: this.flights.sent(),
       engine: this.engineTime.totals(),
     };
   }
@@ -719,7 +604,7 @@ export class Scheduler {
     if (lora !== null) {
       const arrival = s.arrival;
       // Running with rows in a step in flight: its adapter lets it go once the steps are done.
-      if (wasRunning && s.ahead > 0) this.endAfterFlights(() => this.registry.ended(lora, arrival, true));
+      if (wasRunning && s.ahead > 0) this.flights.afterFlights(() => this.registry.ended(lora, arrival, true));
       else this.registry.ended(lora, arrival, wasRunning);
     }
     this.paused.delete(s);
@@ -762,37 +647,6 @@ export class Scheduler {
 
 function addOnce<T>(list: T[], x: T): void {
   if (!list.includes(x)) list.push(x);
-}
-
-function insertByArrival(list: Sequence[], s: Sequence): void {
-  let i = list.length;
-  while (i > 0 && list[i - 1]!.arrival > s.arrival) i--;
-  // Usually the newest: a splice there would still make an array of the none it removes.
-  if (i === list.length) list.push(s);
-  else list.splice(i, 0, s);
-}
-
-/**
- * Puts `added` into `list` (in arrival order) where insertByArrival would put each. When `added`
- * is in arrival order too (the waiting queue's order, which an admission walk keeps), in one pass
- * from the back, which moves each element of `list` at most once.
- */
-function mergeByArrival(list: Sequence[], added: readonly Sequence[]): void {
-  for (let k = 1; k < added.length; k++) {
-    if (added[k - 1]!.arrival > added[k]!.arrival) {
-      for (const s of added) insertByArrival(list, s);
-      return;
-    }
-  }
-  let i = list.length - 1;
-  // Grown by pushing, not by setting its length, so that the array keeps no holes.
-  for (const s of added) list.push(s);
-  let w = list.length - 1;
-  let j = added.length - 1;
-  while (j >= 0) {
-    if (i >= 0 && list[i]!.arrival > added[j]!.arrival) list[w--] = list[i--]!;
-    else list[w--] = added[j--]!;
-  }
 }
 
 /** Appends `value` to the list kept under `key`. */
