@@ -174,11 +174,12 @@ export function simulate(sim) {
     const r = byId.get(e.id);
     if (!r) return;
     const at = (now - t0) / 1000;
-    if (e.tokens.length > 0) {
+    // An event carries at most one token (-1: none, the request only finished).
+    if (e.token >= 0) {
       if (r.ttft === null) r.ttft = at - r.w.at;
       else r.itls.push(at - r.last);
       r.last = at;
-      r.outputTokens += e.tokens.length;
+      r.outputTokens++;
     }
     if (e.finish) {
       r.end = at;
