@@ -9,7 +9,7 @@
 // For each setup of the H200 matrix it reports, next to what the H200 measured:
 // - `h200`: the measured runs redone: 4 req/s for as long as they ran (45 s without a run), and the capacity search with their probes
 //   (12 s of arrivals, one bisection), one seed: checks the simulation against the GPU;
-// - `steady`: 4 req/s for 300 s, and a capacity search with probes of 60 s and four bisections,
+// - `steady`: 4 req/s for 300 s (and --also-rate's), and a capacity search with probes of 60 s and four bisections,
 //   each over --seeds workloads: the figures to compare policies by.
 // Writes bench/results/<date>-cpu-serve-sim.json; --baseline keeps an earlier run's (another
 // commit's) setups in the result as `before`, and its fit of the step-time model when the model
@@ -30,6 +30,7 @@ const OPTIONS = {
   out: ['string', undefined, 'result file (default bench/results/<date>-cpu-serve-sim.json)'],
   calibrate: ['boolean', false, 'refit the step-time model to the H200 runs and print it'],
   'place-wait-steps': ['string', undefined, "the scheduler's --max-place-wait-steps (default: troupe serve's)"],
+  'also-rate': ['string', undefined, "one more steady rate (req/s, 300 s over --seeds workloads), e.g. between two setups' capacities"],
   help: ['boolean', false, 'this text'],
 };
 
@@ -45,6 +46,8 @@ if (v.calibrate) {
   process.exit(0);
 }
 
+const alsoRate = v['also-rate'] === undefined ? null : Number(v['also-rate']);
+if (alsoRate !== null && !(alsoRate > 0)) throw new Error(`--also-rate must be a positive number of requests/s, got ${v['also-rate']}`);
 const seeds = Array.from({ length: Number(v.seeds) }, (_, i) => WORKLOAD.seed + i);
 const chosen = v.only ? v.only.split(',').map((l) => SETUPS.find((s) => s.label === l) ?? fail(`no setup ${l}`)) : SETUPS;
 const setups = v['place-wait-steps'] === undefined ? chosen : chosen.map((s) => ({ ...s, placeWait: Number(v['place-wait-steps']) }));
@@ -80,6 +83,7 @@ async function runSetup(setup) {
   };
   const steady = {
     at4: simulateSetup(setup, { rate: 4, duration: 300, drainTimeout: 120, seeds }),
+    ...(alsoRate === null ? {} : { also: { rate: alsoRate, ...simulateSetup(setup, { rate: alsoRate, duration: 300, drainTimeout: 120, seeds }) } }),
     capacity: brief(
       await capacity(
         setup,
@@ -169,5 +173,13 @@ for (const r of runs) {
   console.log(
     `| ${r.label} | ${capCell(r.measured.capacity)}; ${pair((x) => capCell(x.h200.capacity), r, b)} | ${pair((x) => capCell(x.steady.capacity), r, b)} | ${pair((x) => rowsAt(x.steady.capacity), r, b)} | ${ttft(r.measured.at4)}; ${pair((x) => ttft(x.h200.at4.summary), r, b)} | ${pair((x) => ttft(x.steady.at4.summary), r, b)} |`,
   );
+}
+if (alsoRate !== null) {
+  console.log(`\n| setup | TTFT p50 / p90 / p99 at ${alsoRate} req/s, 300 s (s) | requests/s served | TTFT within the SLO |`);
+  console.log('| --- | --- | --- | --- |');
+  for (const r of runs) {
+    const a = r.steady.also.summary;
+    console.log(`| ${r.label} | ${ttft(a)} | ${f(a.requestThroughput)} | ${f(a.sloAttainment * 100, 1)}% |`);
+  }
 }
 console.log(`written to ${out}`);
