@@ -60,6 +60,8 @@ const STABLE = {
 // Each churned name is reloaded from alternating weights, so a name does not stand for one adapter.
 const CHURN_PATHS = [copy('demo-a', 'churn-from-a'), copy('demo-b', 'churn-from-b')];
 const CHURNED = ['churn-0', 'churn-1', 'churn-2'];
+/** Fewer than the names, so loads evict from the loaded set and requests bring names back. */
+const MAX_LOADED = 5;
 const ADAPTERS = [null, ...Object.keys(STABLE), ...CHURNED];
 
 const port = await new Promise((resolve, reject) => {
@@ -87,7 +89,7 @@ const serverArgs = [
   '--max-loras-per-batch',
   '3',
   '--max-loaded-loras',
-  '5',
+  String(MAX_LOADED),
   '--log-level',
   'info',
 ];
@@ -147,8 +149,12 @@ const post = (path, body) => () =>
   });
 const get = (path) => () => fetch(`${base}${path}`);
 
-/** A churned adapter may be missing at any moment; a stable one, never. */
-const notLoaded = (lora) => (status, body) => lora !== null && CHURNED.includes(lora) && /not loaded|being unloaded|does not exist/.test(body);
+/**
+ * A churned adapter may be missing at any moment (before its first load too); a stable one,
+ * never: past --max-loaded-loras it may leave the loaded set, but a request naming it brings it back.
+ */
+const notLoaded = (lora) => (status, body) =>
+  lora !== null && CHURNED.includes(lora) && /not loaded|never been loaded|being unloaded|does not exist/.test(body);
 /** Server-sent events: JSON payloads ending in [DONE], none of them an error. */
 function events(body) {
   const data = body
@@ -238,7 +244,8 @@ const KINDS = {
     const BAD = [
       post('/generate', '{"text": "unterminated'),
       post('/generate', { text: 'x', sampling_params: { max_new_tokens: -1 } }),
-      post('/generate', { text: 'x', no_such_field: 1 }),
+      // Unknown top-level fields are ignored, as SGLang's schema ignores them; sampling parameters are checked.
+      post('/generate', { text: 'x', sampling_params: { no_such_param: 1 } }),
       post('/generate', { text: 'x', lora_path: 'never-loaded' }),
       post('/v1/completions', { model: 'demo:never-loaded', prompt: 'x' }),
       post('/v1/chat/completions', { model: 'demo', messages: 'not a list' }),
@@ -277,9 +284,11 @@ const churners = CHURNED.map(async (name, j) => {
       (b) => (loaded(b) ? null : 'not loaded'),
     );
     await sleep(200 + ((cycle * 137 + j * 61) % 800));
+    // Loads of other names may have evicted it from the loaded set (--max-loaded-loras, least
+    // recently used first); its unload is then refused, as SGLang refuses it.
     await run(
       'unload',
-      () => false,
+      (status, b) => status === 400 && /is not loaded: it left the loaded set/.test(b),
       post('/unload_lora_adapter', { lora_name: name }),
       (b) => (JSON.parse(b).success === true ? null : 'not unloaded'),
     );
@@ -306,7 +315,11 @@ const watchers = [
         'models',
         () => false,
         get('/v1/models'),
-        (b) => (JSON.parse(b).data?.length >= 5 ? null : 'fewer models than the stable ones'),
+        // The served model, then the loaded set: at most --max-loaded-loras adapters.
+        (b) => {
+          const ids = (JSON.parse(b).data ?? []).map((m) => m.id);
+          return ids[0] === 'demo' && ids.length >= 1 && ids.length <= 1 + MAX_LOADED ? null : `not the served model and at most ${MAX_LOADED} adapters`;
+        },
       );
       await sleep(1000);
     }
