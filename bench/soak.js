@@ -318,7 +318,9 @@ const watchers = [
         // The served model, then the loaded set: at most --max-loaded-loras adapters.
         (b) => {
           const ids = (JSON.parse(b).data ?? []).map((m) => m.id);
-          return ids[0] === 'demo' && ids.length >= 1 && ids.length <= 1 + MAX_LOADED ? null : `not the served model and at most ${MAX_LOADED} adapters`;
+          return ids[0] === 'demo' && ids.length >= 1 && ids.length <= 1 + MAX_LOADED
+            ? null
+            : `not the served model and at most ${MAX_LOADED} adapters`;
         },
       );
       await sleep(1000);
