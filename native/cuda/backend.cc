@@ -5,8 +5,6 @@
 // replay a CUDA graph captured once per batch size. As one rank of a tensor-parallel group it
 // holds its heads, MLP features and vocabulary rows (collective.h carries the sums and gathers),
 // and rank 0 samples.
-#include "backend.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -20,6 +18,7 @@
 
 #include "comm.h"
 #include "cpu/ops.h"
+#include "cuda/backend_impl.h"
 #include "cuda/collective.h"
 #include "cuda/device.h"
 #include "cuda/gemm.h"
@@ -31,165 +30,17 @@
 #include "cuda/weights.h"
 #include "sampling.h"
 #include "slot_table.h"
-
 namespace troupe {
+namespace cuda_engine {
 namespace {
-
-using cuda::bf16_t;
-using cuda::check;
-using cuda::DeviceBuffer;
-using cuda::ElemType;
-using cuda::PinnedBuffer;
 
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
-// loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
-// reading the weights) make their input rows with the LoRA columns in one kernel (lora_rows.cu:
-// the norm's rows made there, SiLU's made by siluMul beside the columns first), so the LoRA shrink
-// adds no launch of its own before the one GEMM; with TROUPE_LORA_ROW_SHRINK=0 they add the deltas with a second GEMM
-// over the padding columns instead, the shrink running beside the base GEMM. Larger steps run the tensor-core shrink
-// and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
-// comparisons; 0: every step takes the larger steps' way).
-constexpr int kFusedSplitMaxTokens = 128;
 // loraKernel auto: the fused kernel while its padding columns add at most this share to the
 // base weights' bytes (see the constructor).
 constexpr double kFusedMaxPadShare = 0.25;
 
-struct Graph {
-  cudaGraphExec_t exec = nullptr;
-  uint64_t generation = 0;
-};
-
-class CudaBackend : public Backend {
- public:
-  CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o);
-  ~CudaBackend() override;
-
-  EngineInfo info() const override { return info_; }
-  void step(const StepBatch& batch, StepOutput& out) override;
-  void loadLoraSlot(int slot, const AdapterWeights& adapter) override;
-  void clearLoraSlot(int slot) override;
-  SlotTable* loraSlotTable() override { return lora_ ? &lora_->table() : nullptr; }
-
- private:
-  struct Plan {
-    int T = 0, n = 0, decodes = 0, sampled = 0, splits = 1;
-    std::vector<int> prefillSeqs;
-    std::vector<int> loraSlotsUsed;
-    int loraItems = 0;
-    int loraTiles = 0;     // 16-token tiles of the longest item
-    int prefillTiles = 0;  // blocks of the prefill attention's one launch (per KV head)
-  };
-  void uploadInputs(const StepBatch& b, Plan& plan);
-  void run(const StepBatch& b, StepOutput& out);
-  void forward(const StepBatch* b, const Plan& plan);
-  void attention(int layer, const StepBatch* b, const Plan& plan);
-  void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
-  // Sums a row-parallel layer's partial outputs, which the projection left in hidden_: rank 0
-  // added its part to the residual, the others wrote theirs over it (see keepsResidual).
-  void reducePartial(int T);
-  // Whether a row-parallel projection adds to the residual in hidden_ (one rank only, so the
-  // all-reduce counts the residual once) rather than overwriting it, which saves the other ranks
-  // clearing hidden_ before each of them.
-  bool keepsResidual() const { return tp_.rank == 0; }
-  void ensureActivations(int T, int decodes, int splits, int sampled);
-  // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter
-  // tokens. With loraKernel mma-overlap, startLora runs the shrink first on loraStream_, beside the
-  // base projection (it reads only the projection's input), and applyLora the expand once both are done.
-  void startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx);
-  void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
-                 float* y, int ldy);
-  // One of layer l's four projections with its LoRA deltas: y[T][N] (+ y when accumulating) =
-  // x . W^T + the adapters' deltas of `modules` (their first output columns at offsets).
-  // The input row comes from `input`: made into `made` (xn_, act_) unless the row shrink makes it
-  // together with the LoRA columns.
-  void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                  const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate);
-  // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
-  // Made rows go to `made`, ld apart (in when 0).
-  const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
-  // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
-  void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
-                       const bf16_t* W, float* y, int N, bool accumulate);
-  // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
-  // GEMV kernel for a few tokens, else cuBLAS.
-  void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
-  bool graphable(const StepBatch& b, const Plan& plan) const;
-
-  TensorParallel tp_;
-  std::shared_ptr<CommGroup> group_;
-  ModelConfig c_;  // this rank's part (the vocabulary stays whole)
-  EngineOptions o_;
-  int device_ = 0;
-  std::unique_ptr<cuda::DeviceComm> comm_;
-  // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
-  bool gemvEnabled_ = true;
-  int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
-  // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
-  // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
-  bool rowShrink_ = true;
-  // Which decode rows take the item shrink (lora_item_shrink.cu: A read once per adapter item)
-  // after they are made, rather than the row shrink: every group by default (norm rows made by
-  // rmsnorm first); TROUPE_LORA_ITEM_SHRINK=0 none, =copied only rows copied or made by siluMul
-  // (o, down), for comparing.
-  enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kAll;
-  cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
-                       std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
-  int sms_ = 1;
-  // The tensor-core attention kernels where they apply (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
-  // decode kernel and GEMM-based prefill, for comparing); nullptr: those.
-  cuda::DecodeMmaLauncher attnMma_ = nullptr;
-  cuda::PrefillMmaLauncher prefillMma_ = nullptr;
-  cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::GpuWeights> w_;
-  std::unique_ptr<cuda::Gemm> gemm_;
-  EngineInfo info_;
-  std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
-  cuda::AttnShape shape_{};
-  int qDim_, kvDim_, headsPerKv_;
-  DeviceBuffer<float> invFreq_;
-  bf16_t* kCache_ = nullptr;
-  bf16_t* vCache_ = nullptr;
-  size_t layerStride_ = 0;  // cache elements per layer
-
-  // Step inputs: one int arena ([tokens | positions | tokenSeq | decIdx | rows | blockTables]).
-  int pitch_ = 0;
-  PinnedBuffer<int32_t> hostInts_;
-  DeviceBuffer<int32_t> ints_;
-  cuda::TokenMap map_{};
-  const int32_t* dTokens_ = nullptr;
-  const int32_t* dDecIdx_ = nullptr;
-  const int32_t* dRows_ = nullptr;
-  const int32_t* dRowSlot_ = nullptr;  // each token's LoRA slot, -1 for the base model
-  const cuda::PrefillTile* dPrefillTiles_ = nullptr;
-  // Activations.
-  DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
-  DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
-  DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
-  DeviceBuffer<bf16_t> xa_;  // loraKernel fused: a projection's input rows with their LoRA columns
-  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
-  std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
-  // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
-  std::unique_ptr<cuda::GpuLoraPool> lora_;
-  cuda::LoraItems loraItems_{};
-  bool stepHasLora_ = false;
-  DeviceBuffer<float> loraMid_;  // loraPieces_ slabs of partial shrink results
-  int loraPieces_ = 1;
-  cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
-  cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
-  bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
-  // Sampling.
-  PinnedBuffer<cuda::SampleRow> hostRows_;
-  DeviceBuffer<cuda::SampleRow> rows_;
-  PinnedBuffer<int32_t> hostPen_;
-  DeviceBuffer<int32_t> pen_;
-  DeviceBuffer<float> penOrig_;
-  DeviceBuffer<int32_t> outInts_;
-  DeviceBuffer<float> outFloats_;
-  PinnedBuffer<int32_t> hostOutInts_;
-  PinnedBuffer<float> hostOutFloats_;
-  PinnedBuffer<float> hostLogits_;
-};
+}  // namespace
 
 CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
     : tp_(o.tp), group_(joinGroup(o.tp)), c_(rankConfig(full, o.tp)), o_(o), device_(o.cudaDevice) {
@@ -635,156 +486,6 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   }
 }
 
-const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld) {
-  const int T = map_.tokens;
-  switch (input.source) {
-    case cuda::RowSource::kNorm:
-      timer_.mark("norm", stream_);
-      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
-      return made;
-    case cuda::RowSource::kSiluMul:
-      timer_.mark("silu", stream_);
-      cuda::siluMul(input.f32, made, T, in, stream_, ld);
-      return made;
-    case cuda::RowSource::kCopy:
-      break;
-  }
-  return input.bf16;
-}
-
-void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                             const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N,
-                             bool accumulate) {
-  const bf16_t* W = w_->layers[l].matrix(g);
-  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
-    const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
-    if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
-        (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
-      // A decode step: the input rows and their LoRA columns, then one GEMM. The rows are made
-      // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
-      // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
-      // them in every block of a token).
-      cuda::RowInput rows = input;
-      // sgmv's items are single tokens: the item shrink would read A per token too, with more
-      // blocks than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
-      const bool items = !o_.loraSgmv && (itemShrink_ == ItemShrink::kAll || (itemShrink_ == ItemShrink::kCopied &&
-                                                                              input.source != cuda::RowSource::kNorm));
-      if (input.source == cuda::RowSource::kSiluMul || (items && input.source == cuda::RowSource::kNorm)) {
-        rows = cuda::RowInput{cuda::RowSource::kCopy};
-        rows.bf16 = makeRows(input, xa_.get(), in, ld);
-        rows.ld = ld;
-      }
-      timer_.mark("lora", stream_);
-      if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
-        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
-                             lora_->scaling(), T, xa_.get(), ld, stream_);
-      } else {
-        cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
-                            xa_.get(), ld, sms_, stream_);
-      }
-      timer_.mark(name, stream_);
-      return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
-    }
-    if (sl.count > 0) {
-      const bf16_t* x = makeRows(input, made, in);
-      timer_.mark(name, stream_);
-      return fusedProjection(sl, g, name, x, W, y, N, accumulate);
-    }
-  }
-  const bf16_t* x = makeRows(input, made, in);
-  timer_.mark(name, stream_);
-  startLora(l, modules, x, in);
-  project(T, N, in, W, ld, x, in, y, accumulate);
-  applyLora(l, modules, offsets, x, in, y, N);
-}
-
-void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
-                                  const bf16_t* W, float* y, int N, bool accumulate) {
-  const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
-  const size_t slab = loraMid_.size() / loraPieces_;
-  const int pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
-  auto lora = [&](const bf16_t* copy, cudaStream_t st) {
-    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
-    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab,
-                      pieces, copy, in, T, xa_.get(), ld, st);
-  };
-  if (T > fusedSplitMaxTokens_) {
-    // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
-    // that is bound by arithmetic, instead of a pass over y.
-    timer_.mark("lora", stream_);
-    lora(x, stream_);
-    timer_.mark(name, stream_);
-    project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
-    return;
-  }
-  // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
-  // x), and a second GEMM over the padding columns adds the deltas once both are done.
-  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
-  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
-  lora(nullptr, loraStream_);
-  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
-  project(T, N, in, W, ld, x, in, y, accumulate);
-  timer_.mark("lora", stream_);
-  check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-  project(T, N, pad, W + in, ld, xa_.get() + in, ld, y, true);
-}
-
-void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {
-  shrinkStarted_ = false;
-  if (!lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kMmaOverlap) return;
-  const int noOffsets[cuda::kMaxLoraSlices] = {};
-  const cuda::LoraSlices sl = lora_->slices(layer, modules, noOffsets);
-  if (sl.count == 0) return;
-  // Recorded after everything before on stream_: the input is written and the last expand has
-  // read mid. Under capture the fork and the join below become a parallel branch of the graph.
-  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
-  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
-  cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), loraMid_.size() / loraPieces_,
-                      loraStream_);
-  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
-  shrinkStarted_ = true;
-}
-
-void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x,
-                            int ldx, float* y, int ldy) {
-  if (!lora_ || !stepHasLora_) return;
-  const cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
-  if (sl.count == 0) return;
-  timer_.mark("lora", stream_);
-  const size_t slab = loraMid_.size() / loraPieces_;
-  if (shrinkStarted_) {
-    shrinkStarted_ = false;
-    check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
-  } else if (o_.loraKernel == LoraKernel::kFma) {
-    cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
-    cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
-  } else {
-    const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
-    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_, pdl);
-    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_, pdl);
-  }
-}
-
-void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {
-  if (!lora_) {
-    throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) +
-                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
-  }
-  check(cudaSetDevice(device_), "cudaSetDevice");  // this may be any thread
-  lora_->load(slot, adapter);
-}
-
-void CudaBackend::clearLoraSlot(int slot) {
-  if (!lora_) {
-    throw std::invalid_argument("clearLoraSlot: slot " + std::to_string(slot) +
-                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
-  }
-  check(cudaSetDevice(device_), "cudaSetDevice");
-  lora_->clear(slot);
-}
-
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   bf16_t* kc = kCache_ + l * layerStride_;
   bf16_t* vc = vCache_ + l * layerStride_;
@@ -825,141 +526,11 @@ void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   }
 }
 
-void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
-  // Asking for more alternatives than the vocabulary holds gets all of it.
-  const int n = p.n, V = c_.vocabSize, topN = std::min(b.topLogprobs, V), S = p.sampled;
-  out.reset(n, topN, b.returnLogits);
-  if (b.returnLogits) out.logits.assign(static_cast<size_t>(n) * V, std::nanf(""));
-  if (S == 0) {
-    check(cudaStreamSynchronize(stream_), "step");
-    return;
-  }
-  std::vector<int> seqOf;
-  for (int i = 0; i < n; ++i)
-    if (b.sample[i]) seqOf.push_back(i);
-
-  // Per row: mode, draw, penalties (unique seen tokens with their generated counts).
-  hostRows_.ensure(S);
-  rows_.ensure(S);
-  std::vector<int32_t> penTok, penCnt;
-  std::vector<int> hostRows;
-  for (int r = 0; r < S; ++r) {
-    const int i = seqOf[r];
-    cuda::SampleRow& row = hostRows_[r];
-    row = cuda::SampleRow{};
-    row.penStart = row.penEnd = static_cast<int32_t>(penTok.size());
-    const std::string bad = samplingError(b, i, V);
-    if (!bad.empty()) {
-      // This sequence alone fails; kHost keeps the kernel off its row, and no host loop takes it.
-      out.errors[i] = "invalid sampling values: " + bad;
-      row.mode = cuda::kHost;
-      continue;
-    }
-    row.temperature = b.temperature[i];
-    row.u = static_cast<float>(uniformDraw(b.seeds[i], b.draws[i]));
-    // As sampleToken: below kGreedyTemperature is greedy; top_k <= 0 or >= vocab is off.
-    const bool greedy = !(b.temperature[i] >= kGreedyTemperature) || b.topK[i] == 1;
-    const bool filtered = (b.topK[i] > 0 && b.topK[i] < V) || b.topP[i] < 1 || b.minP[i] > 0;
-    row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : filtered ? cuda::kHost : cuda::kSample;
-    if (row.mode == cuda::kHost) hostRows.push_back(r);
-    row.frequency = b.frequencyPenalty[i];
-    row.presence = b.presencePenalty[i];
-    row.repetition = b.repetitionPenalty[i];
-    row.penStart = static_cast<int32_t>(penTok.size());
-    const Penalties pen = penaltiesOf(b, i);
-    if (pen.active() && pen.uniqueCount >= 0) {
-      // Counted by the engine as the tokens came.
-      penTok.insert(penTok.end(), pen.unique, pen.unique + pen.uniqueCount);
-      penCnt.insert(penCnt.end(), pen.generatedCounts, pen.generatedCounts + pen.uniqueCount);
-    } else if (pen.active() && pen.count > 0) {
-      std::map<int32_t, int32_t> counts;
-      for (int j = 0; j < pen.count; ++j) counts[pen.tokens[j]] += j >= pen.promptLen ? 1 : 0;
-      for (auto& [tok, cnt] : counts) {
-        penTok.push_back(tok);
-        penCnt.push_back(cnt);
-      }
-    }
-    row.penEnd = static_cast<int32_t>(penTok.size());
-  }
-  const size_t P = penTok.size();
-  hostPen_.ensure(2 * P + 1);
-  pen_.ensure(2 * P + 1);
-  penOrig_.ensure(P + 1);
-  std::copy(penTok.begin(), penTok.end(), hostPen_.get());
-  std::copy(penCnt.begin(), penCnt.end(), hostPen_.get() + P);
-  check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
-        "sampling upload");
-  if (P > 0) check(cudaMemcpyAsync(pen_.get(), hostPen_.get(), 2 * P * 4, cudaMemcpyHostToDevice, stream_), "upload");
-
-  // Raw logits the host needs, copied before the penalties change them.
-  const bool allRows = b.returnLogits;
-  const size_t hostLogitRows = allRows ? S : hostRows.size();
-  hostLogits_.ensure(std::max<size_t>(hostLogitRows, 1) * V);
-  if (allRows) {
-    check(cudaMemcpyAsync(hostLogits_.get(), logits_.get(), static_cast<size_t>(S) * V * 4, cudaMemcpyDeviceToHost,
-                          stream_),
-          "logits download");
-  } else {
-    for (size_t k = 0; k < hostRows.size(); ++k) {
-      check(cudaMemcpyAsync(hostLogits_.get() + k * V, logits_.get() + static_cast<size_t>(hostRows[k]) * V,
-                            static_cast<size_t>(V) * 4, cudaMemcpyDeviceToHost, stream_),
-            "logits download");
-    }
-  }
-  const int gpuTopN = topN > cuda::kMaxTopN ? 0 : topN;
-  outInts_.ensure(S + static_cast<size_t>(S) * gpuTopN);
-  outFloats_.ensure(S + static_cast<size_t>(S) * gpuTopN);
-  cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
-                   outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
-  check(cudaGetLastError(), "sampling launch");
-  const size_t outCount = S + static_cast<size_t>(S) * gpuTopN;
-  hostOutInts_.ensure(outCount);
-  hostOutFloats_.ensure(outCount);
-  check(cudaMemcpyAsync(hostOutInts_.get(), outInts_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_), "download");
-  check(cudaMemcpyAsync(hostOutFloats_.get(), outFloats_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_),
-        "download");
-  check(cudaStreamSynchronize(stream_), "step");
-
-  std::vector<char> onHost(S, 0);
-  for (int r : hostRows) onHost[r] = 1;
-  for (int r = 0; r < S; ++r) {
-    const int i = seqOf[r];
-    if (b.returnLogits) {
-      std::copy(hostLogits_.get() + static_cast<size_t>(r) * V, hostLogits_.get() + static_cast<size_t>(r + 1) * V,
-                out.logits.begin() + static_cast<size_t>(i) * V);
-    }
-    if (onHost[r] || !out.errors[i].empty()) continue;
-    out.tokens[i] = hostOutInts_[r];
-    out.logprobs[i] = hostOutFloats_[r];
-    for (int k = 0; k < gpuTopN; ++k) {
-      out.topIds[static_cast<size_t>(i) * topN + k] = hostOutInts_[S + static_cast<size_t>(r) * gpuTopN + k];
-      out.topLogprobValues[static_cast<size_t>(i) * topN + k] =
-          hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
-    }
-  }
-  // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row.
-  for (size_t k = 0; k < hostRows.size(); ++k) {
-    const int r = hostRows[k], i = seqOf[r];
-    const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
-    const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-    const Penalties pen = penaltiesOf(b, i);
-    // One sequence's failure is its own.
-    try {
-      const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
-                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
-      out.tokens[i] = s.token;
-      out.logprobs[i] = s.logprob;
-    } catch (const std::exception& e) {
-      out.errors[i] = std::string("sampling failed: ") + e.what();
-    }
-  }
-}
-
-}  // namespace
+}  // namespace cuda_engine
 
 std::unique_ptr<Backend> makeCudaBackend(const ModelConfig& config, const std::vector<TensorRef>& tensors,
                                          const EngineOptions& options) {
-  return std::make_unique<CudaBackend>(config, tensors, options);
+  return std::make_unique<cuda_engine::CudaBackend>(config, tensors, options);
 }
 
 int cudaBackendDeviceCount() {

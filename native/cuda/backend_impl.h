@@ -1,0 +1,181 @@
+// The CUDA backend's class, whose members are defined in backend.cc (construction, inputs, the
+// forward pass and attention), backend_lora.cc (the projections with their LoRA deltas and the
+// pool's slots) and backend_sample.cc (sampling and what a step returns).
+#pragma once
+
+#include <cstdlib>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backend.h"
+#include "comm.h"
+#include "cuda/collective.h"
+#include "cuda/device.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+#include "cuda/lora_fused.h"
+#include "cuda/lora_mma.h"
+#include "cuda/lora_pool.h"
+#include "cuda/timing.h"
+#include "cuda/weights.h"
+
+namespace troupe {
+namespace cuda_engine {
+
+using cuda::bf16_t;
+using cuda::check;
+using cuda::DeviceBuffer;
+using cuda::ElemType;
+using cuda::PinnedBuffer;
+
+// loraKernel fused: steps of at most this many tokens (decode batches, whose GEMMs are bound by
+// reading the weights) make their input rows with the LoRA columns in one kernel (lora_rows.cu:
+// the norm's rows made there, SiLU's made by siluMul beside the columns first), so the LoRA shrink
+// adds no launch of its own before the one GEMM; with TROUPE_LORA_ROW_SHRINK=0 they add the deltas with a second GEMM
+// over the padding columns instead, the shrink running beside the base GEMM. Larger steps run the tensor-core shrink
+// and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
+// comparisons; 0: every step takes the larger steps' way).
+inline constexpr int kFusedSplitMaxTokens = 128;
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t generation = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const ModelConfig& c, const std::vector<TensorRef>& tensors, const EngineOptions& o);
+  ~CudaBackend() override;
+
+  EngineInfo info() const override { return info_; }
+  void step(const StepBatch& batch, StepOutput& out) override;
+  void loadLoraSlot(int slot, const AdapterWeights& adapter) override;
+  void clearLoraSlot(int slot) override;
+  SlotTable* loraSlotTable() override { return lora_ ? &lora_->table() : nullptr; }
+
+ private:
+  struct Plan {
+    int T = 0, n = 0, decodes = 0, sampled = 0, splits = 1;
+    std::vector<int> prefillSeqs;
+    std::vector<int> loraSlotsUsed;
+    int loraItems = 0;
+    int loraTiles = 0;     // 16-token tiles of the longest item
+    int prefillTiles = 0;  // blocks of the prefill attention's one launch (per KV head)
+  };
+  void uploadInputs(const StepBatch& b, Plan& plan);
+  void run(const StepBatch& b, StepOutput& out);
+  void forward(const StepBatch* b, const Plan& plan);
+  void attention(int layer, const StepBatch* b, const Plan& plan);
+  void sample(const StepBatch& b, const Plan& plan, StepOutput& out);
+  // Sums a row-parallel layer's partial outputs, which the projection left in hidden_: rank 0
+  // added its part to the residual, the others wrote theirs over it (see keepsResidual).
+  void reducePartial(int T);
+  // Whether a row-parallel projection adds to the residual in hidden_ (one rank only, so the
+  // all-reduce counts the residual once) rather than overwriting it, which saves the other ranks
+  // clearing hidden_ before each of them.
+  bool keepsResidual() const { return tp_.rank == 0; }
+  void ensureActivations(int T, int decodes, int splits, int sampled);
+  // y (+)= LoRA deltas of the modules in `modules` (one fused launch pair), when the step has adapter
+  // tokens. With loraKernel mma-overlap, startLora runs the shrink first on loraStream_, beside the
+  // base projection (it reads only the projection's input), and applyLora the expand once both are done.
+  void startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx);
+  void applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x, int ldx,
+                 float* y, int ldy);
+  // One of layer l's four projections with its LoRA deltas: y[T][N] (+ y when accumulating) =
+  // x . W^T + the adapters' deltas of `modules` (their first output columns at offsets).
+  // The input row comes from `input`: made into `made` (xn_, act_) unless the row shrink makes it
+  // together with the LoRA columns.
+  void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
+                  const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate);
+  // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
+  // Made rows go to `made`, ld apart (in when 0).
+  const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
+  // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
+  void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
+                       const bf16_t* W, float* y, int N, bool accumulate);
+  // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
+  // GEMV kernel for a few tokens, else cuBLAS.
+  void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
+  bool graphable(const StepBatch& b, const Plan& plan) const;
+
+  TensorParallel tp_;
+  std::shared_ptr<CommGroup> group_;
+  ModelConfig c_;  // this rank's part (the vocabulary stays whole)
+  EngineOptions o_;
+  int device_ = 0;
+  std::unique_ptr<cuda::DeviceComm> comm_;
+  // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
+  bool gemvEnabled_ = true;
+  int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
+  // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
+  // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
+  bool rowShrink_ = true;
+  // Which decode rows take the item shrink (lora_item_shrink.cu: A read once per adapter item)
+  // after they are made, rather than the row shrink: every group by default (norm rows made by
+  // rmsnorm first); TROUPE_LORA_ITEM_SHRINK=0 none, =copied only rows copied or made by siluMul
+  // (o, down), for comparing.
+  enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kAll;
+  cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
+                       std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
+  int sms_ = 1;
+  // The tensor-core attention kernels where they apply (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
+  // decode kernel and GEMM-based prefill, for comparing); nullptr: those.
+  cuda::DecodeMmaLauncher attnMma_ = nullptr;
+  cuda::PrefillMmaLauncher prefillMma_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::GpuWeights> w_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  EngineInfo info_;
+  std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
+  cuda::AttnShape shape_{};
+  int qDim_, kvDim_, headsPerKv_;
+  DeviceBuffer<float> invFreq_;
+  bf16_t* kCache_ = nullptr;
+  bf16_t* vCache_ = nullptr;
+  size_t layerStride_ = 0;  // cache elements per layer
+
+  // Step inputs: one int arena ([tokens | positions | tokenSeq | decIdx | rows | blockTables]).
+  int pitch_ = 0;
+  PinnedBuffer<int32_t> hostInts_;
+  DeviceBuffer<int32_t> ints_;
+  cuda::TokenMap map_{};
+  const int32_t* dTokens_ = nullptr;
+  const int32_t* dDecIdx_ = nullptr;
+  const int32_t* dRows_ = nullptr;
+  const int32_t* dRowSlot_ = nullptr;  // each token's LoRA slot, -1 for the base model
+  const cuda::PrefillTile* dPrefillTiles_ = nullptr;
+  // Activations.
+  DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
+  DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
+  DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
+  DeviceBuffer<bf16_t> xa_;  // loraKernel fused: a projection's input rows with their LoRA columns
+  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
+  std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
+  // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
+  std::unique_ptr<cuda::GpuLoraPool> lora_;
+  cuda::LoraItems loraItems_{};
+  bool stepHasLora_ = false;
+  DeviceBuffer<float> loraMid_;  // loraPieces_ slabs of partial shrink results
+  int loraPieces_ = 1;
+  cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
+  cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
+  bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
+  // Sampling.
+  PinnedBuffer<cuda::SampleRow> hostRows_;
+  DeviceBuffer<cuda::SampleRow> rows_;
+  PinnedBuffer<int32_t> hostPen_;
+  DeviceBuffer<int32_t> pen_;
+  DeviceBuffer<float> penOrig_;
+  DeviceBuffer<int32_t> outInts_;
+  DeviceBuffer<float> outFloats_;
+  PinnedBuffer<int32_t> hostOutInts_;
+  PinnedBuffer<float> hostOutFloats_;
+  PinnedBuffer<float> hostLogits_;
+};
+
+}  // namespace cuda_engine
+}  // namespace troupe

@@ -1,0 +1,161 @@
+// The CUDA backend's projections with their adapters' LoRA deltas (the fused, tensor-core and
+// CUDA-core forms, chosen by loraKernel) and the pool's slots. The class is in backend_impl.h.
+#include <initializer_list>
+
+#include "cuda/backend_impl.h"
+
+namespace troupe {
+namespace cuda_engine {
+
+const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld) {
+  const int T = map_.tokens;
+  switch (input.source) {
+    case cuda::RowSource::kNorm:
+      timer_.mark("norm", stream_);
+      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
+      return made;
+    case cuda::RowSource::kSiluMul:
+      timer_.mark("silu", stream_);
+      cuda::siluMul(input.f32, made, T, in, stream_, ld);
+      return made;
+    case cuda::RowSource::kCopy:
+      break;
+  }
+  return input.bf16;
+}
+
+void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
+                             const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N,
+                             bool accumulate) {
+  const bf16_t* W = w_->layers[l].matrix(g);
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
+    const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
+    if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
+        (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
+      // A decode step: the input rows and their LoRA columns, then one GEMM. The rows are made
+      // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
+      // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
+      // them in every block of a token).
+      cuda::RowInput rows = input;
+      // sgmv's items are single tokens: the item shrink would read A per token too, with more
+      // blocks than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
+      const bool items = !o_.loraSgmv && (itemShrink_ == ItemShrink::kAll || (itemShrink_ == ItemShrink::kCopied &&
+                                                                              input.source != cuda::RowSource::kNorm));
+      if (input.source == cuda::RowSource::kSiluMul || (items && input.source == cuda::RowSource::kNorm)) {
+        rows = cuda::RowInput{cuda::RowSource::kCopy};
+        rows.bf16 = makeRows(input, xa_.get(), in, ld);
+        rows.ld = ld;
+      }
+      timer_.mark("lora", stream_);
+      if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
+        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
+                             lora_->scaling(), T, xa_.get(), ld, stream_);
+      } else {
+        cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
+                            xa_.get(), ld, sms_, stream_);
+      }
+      timer_.mark(name, stream_);
+      return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+    }
+    if (sl.count > 0) {
+      const bf16_t* x = makeRows(input, made, in);
+      timer_.mark(name, stream_);
+      return fusedProjection(sl, g, name, x, W, y, N, accumulate);
+    }
+  }
+  const bf16_t* x = makeRows(input, made, in);
+  timer_.mark(name, stream_);
+  startLora(l, modules, x, in);
+  project(T, N, in, W, ld, x, in, y, accumulate);
+  applyLora(l, modules, offsets, x, in, y, N);
+}
+
+void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
+                                  const bf16_t* W, float* y, int N, bool accumulate) {
+  const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
+  const size_t slab = loraMid_.size() / loraPieces_;
+  const int pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
+  auto lora = [&](const bf16_t* copy, cudaStream_t st) {
+    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
+    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab,
+                      pieces, copy, in, T, xa_.get(), ld, st);
+  };
+  if (T > fusedSplitMaxTokens_) {
+    // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
+    // that is bound by arithmetic, instead of a pass over y.
+    timer_.mark("lora", stream_);
+    lora(x, stream_);
+    timer_.mark(name, stream_);
+    project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+    return;
+  }
+  // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
+  // x), and a second GEMM over the padding columns adds the deltas once both are done.
+  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
+  lora(nullptr, loraStream_);
+  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
+  project(T, N, in, W, ld, x, in, y, accumulate);
+  timer_.mark("lora", stream_);
+  check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
+  project(T, N, pad, W + in, ld, xa_.get() + in, ld, y, true);
+}
+
+void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {
+  shrinkStarted_ = false;
+  if (!lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kMmaOverlap) return;
+  const int noOffsets[cuda::kMaxLoraSlices] = {};
+  const cuda::LoraSlices sl = lora_->slices(layer, modules, noOffsets);
+  if (sl.count == 0) return;
+  // Recorded after everything before on stream_: the input is written and the last expand has
+  // read mid. Under capture the fork and the join below become a parallel branch of the graph.
+  check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
+  cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), loraMid_.size() / loraPieces_,
+                      loraStream_);
+  check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
+  shrinkStarted_ = true;
+}
+
+void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x,
+                            int ldx, float* y, int ldy) {
+  if (!lora_ || !stepHasLora_) return;
+  const cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
+  if (sl.count == 0) return;
+  timer_.mark("lora", stream_);
+  const size_t slab = loraMid_.size() / loraPieces_;
+  if (shrinkStarted_) {
+    shrinkStarted_ = false;
+    check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
+    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  } else if (o_.loraKernel == LoraKernel::kFma) {
+    cuda::loraShrink(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_);
+    cuda::loraExpand(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_);
+  } else {
+    const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;
+    cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, ldx, loraMid_.get(), slab, stream_, pdl);
+    cuda::loraExpandMma(loraItems_, sl, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab, y, ldy, stream_, pdl);
+  }
+}
+
+void CudaBackend::loadLoraSlot(int slot, const AdapterWeights& adapter) {
+  if (!lora_) {
+    throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) +
+                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
+  }
+  check(cudaSetDevice(device_), "cudaSetDevice");  // this may be any thread
+  lora_->load(slot, adapter);
+}
+
+void CudaBackend::clearLoraSlot(int slot) {
+  if (!lora_) {
+    throw std::invalid_argument("clearLoraSlot: slot " + std::to_string(slot) +
+                                " is outside [0, 0): this engine has no LoRA pool (loraSlots 0)");
+  }
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  lora_->clear(slot);
+}
+
+}  // namespace cuda_engine
+}  // namespace troupe

@@ -1,0 +1,145 @@
+// The CUDA backend's sampling: each sampled row's token (greedy, or drawn on the device or the
+// host with its filters and penalties), its logprob and alternatives, copied back as the step's
+// output. The class is in backend_impl.h.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cuda/backend_impl.h"
+#include "sampling.h"
+
+namespace troupe {
+namespace cuda_engine {
+
+void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
+  // Asking for more alternatives than the vocabulary holds gets all of it.
+  const int n = p.n, V = c_.vocabSize, topN = std::min(b.topLogprobs, V), S = p.sampled;
+  out.reset(n, topN, b.returnLogits);
+  if (b.returnLogits) out.logits.assign(static_cast<size_t>(n) * V, std::nanf(""));
+  if (S == 0) {
+    check(cudaStreamSynchronize(stream_), "step");
+    return;
+  }
+  std::vector<int> seqOf;
+  for (int i = 0; i < n; ++i)
+    if (b.sample[i]) seqOf.push_back(i);
+
+  // Per row: mode, draw, penalties (unique seen tokens with their generated counts).
+  hostRows_.ensure(S);
+  rows_.ensure(S);
+  std::vector<int32_t> penTok, penCnt;
+  std::vector<int> hostRows;
+  for (int r = 0; r < S; ++r) {
+    const int i = seqOf[r];
+    cuda::SampleRow& row = hostRows_[r];
+    row = cuda::SampleRow{};
+    row.penStart = row.penEnd = static_cast<int32_t>(penTok.size());
+    const std::string bad = samplingError(b, i, V);
+    if (!bad.empty()) {
+      // This sequence alone fails; kHost keeps the kernel off its row, and no host loop takes it.
+      out.errors[i] = "invalid sampling values: " + bad;
+      row.mode = cuda::kHost;
+      continue;
+    }
+    row.temperature = b.temperature[i];
+    row.u = static_cast<float>(uniformDraw(b.seeds[i], b.draws[i]));
+    // As sampleToken: below kGreedyTemperature is greedy; top_k <= 0 or >= vocab is off.
+    const bool greedy = !(b.temperature[i] >= kGreedyTemperature) || b.topK[i] == 1;
+    const bool filtered = (b.topK[i] > 0 && b.topK[i] < V) || b.topP[i] < 1 || b.minP[i] > 0;
+    row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : filtered ? cuda::kHost : cuda::kSample;
+    if (row.mode == cuda::kHost) hostRows.push_back(r);
+    row.frequency = b.frequencyPenalty[i];
+    row.presence = b.presencePenalty[i];
+    row.repetition = b.repetitionPenalty[i];
+    row.penStart = static_cast<int32_t>(penTok.size());
+    const Penalties pen = penaltiesOf(b, i);
+    if (pen.active() && pen.uniqueCount >= 0) {
+      // Counted by the engine as the tokens came.
+      penTok.insert(penTok.end(), pen.unique, pen.unique + pen.uniqueCount);
+      penCnt.insert(penCnt.end(), pen.generatedCounts, pen.generatedCounts + pen.uniqueCount);
+    } else if (pen.active() && pen.count > 0) {
+      std::map<int32_t, int32_t> counts;
+      for (int j = 0; j < pen.count; ++j) counts[pen.tokens[j]] += j >= pen.promptLen ? 1 : 0;
+      for (auto& [tok, cnt] : counts) {
+        penTok.push_back(tok);
+        penCnt.push_back(cnt);
+      }
+    }
+    row.penEnd = static_cast<int32_t>(penTok.size());
+  }
+  const size_t P = penTok.size();
+  hostPen_.ensure(2 * P + 1);
+  pen_.ensure(2 * P + 1);
+  penOrig_.ensure(P + 1);
+  std::copy(penTok.begin(), penTok.end(), hostPen_.get());
+  std::copy(penCnt.begin(), penCnt.end(), hostPen_.get() + P);
+  check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
+        "sampling upload");
+  if (P > 0) check(cudaMemcpyAsync(pen_.get(), hostPen_.get(), 2 * P * 4, cudaMemcpyHostToDevice, stream_), "upload");
+
+  // Raw logits the host needs, copied before the penalties change them.
+  const bool allRows = b.returnLogits;
+  const size_t hostLogitRows = allRows ? S : hostRows.size();
+  hostLogits_.ensure(std::max<size_t>(hostLogitRows, 1) * V);
+  if (allRows) {
+    check(cudaMemcpyAsync(hostLogits_.get(), logits_.get(), static_cast<size_t>(S) * V * 4, cudaMemcpyDeviceToHost,
+                          stream_),
+          "logits download");
+  } else {
+    for (size_t k = 0; k < hostRows.size(); ++k) {
+      check(cudaMemcpyAsync(hostLogits_.get() + k * V, logits_.get() + static_cast<size_t>(hostRows[k]) * V,
+                            static_cast<size_t>(V) * 4, cudaMemcpyDeviceToHost, stream_),
+            "logits download");
+    }
+  }
+  const int gpuTopN = topN > cuda::kMaxTopN ? 0 : topN;
+  outInts_.ensure(S + static_cast<size_t>(S) * gpuTopN);
+  outFloats_.ensure(S + static_cast<size_t>(S) * gpuTopN);
+  cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
+                   outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
+  check(cudaGetLastError(), "sampling launch");
+  const size_t outCount = S + static_cast<size_t>(S) * gpuTopN;
+  hostOutInts_.ensure(outCount);
+  hostOutFloats_.ensure(outCount);
+  check(cudaMemcpyAsync(hostOutInts_.get(), outInts_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_), "download");
+  check(cudaMemcpyAsync(hostOutFloats_.get(), outFloats_.get(), outCount * 4, cudaMemcpyDeviceToHost, stream_),
+        "download");
+  check(cudaStreamSynchronize(stream_), "step");
+
+  std::vector<char> onHost(S, 0);
+  for (int r : hostRows) onHost[r] = 1;
+  for (int r = 0; r < S; ++r) {
+    const int i = seqOf[r];
+    if (b.returnLogits) {
+      std::copy(hostLogits_.get() + static_cast<size_t>(r) * V, hostLogits_.get() + static_cast<size_t>(r + 1) * V,
+                out.logits.begin() + static_cast<size_t>(i) * V);
+    }
+    if (onHost[r] || !out.errors[i].empty()) continue;
+    out.tokens[i] = hostOutInts_[r];
+    out.logprobs[i] = hostOutFloats_[r];
+    for (int k = 0; k < gpuTopN; ++k) {
+      out.topIds[static_cast<size_t>(i) * topN + k] = hostOutInts_[S + static_cast<size_t>(r) * gpuTopN + k];
+      out.topLogprobValues[static_cast<size_t>(i) * topN + k] =
+          hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
+    }
+  }
+  // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row.
+  for (size_t k = 0; k < hostRows.size(); ++k) {
+    const int r = hostRows[k], i = seqOf[r];
+    const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
+    const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
+    const Penalties pen = penaltiesOf(b, i);
+    // One sequence's failure is its own.
+    try {
+      const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
+                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
+      out.tokens[i] = s.token;
+      out.logprobs[i] = s.logprob;
+    } catch (const std::exception& e) {
+      out.errors[i] = std::string("sampling failed: ") + e.what();
+    }
+  }
+}
+
+}  // namespace cuda_engine
+}  // namespace troupe
