@@ -26,8 +26,13 @@ function step(msg: ExecutorMsg & { type: 'step' }): Transfer<StepResult> {
   if (batch.feed) feedInputs(batch, lastTokens);
   lastTokens = null;
   const t0 = performance.now();
-  const r = native.step(handle, batch);
-  lastEnd = performance.now();
+  let r: StepResult;
+  try {
+    r = native.step(handle, batch);
+  } finally {
+    // A step that threw ends here too: the next one's wait starts now, not at the step before.
+    lastEnd = performance.now();
+  }
   r.stepMs = lastEnd - t0;
   // From the end of the last step: its reply, this step's message and its inputs' copy.
   if (lastEndBefore >= 0) r.waitMs = t0 - lastEndBefore;
