@@ -10,7 +10,7 @@
 // with e chosen so the standard deviation is within a factor sqrt(2) of the target. Targets:
 // lora_A 1/sqrt(in) and lora_B gain/(scaling sqrt(r)), so scaling * B(Ax) is about `gain`
 // times the input's RMS: every adapter changes the model a little and none makes it blow up.
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -136,6 +136,14 @@ function fillRandom(plan, data, seed) {
   }
 }
 
+function isLink(path) {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
 function isPresent(dir, plan) {
   const configFile = join(dir, 'adapter_config.json');
   const weights = join(dir, 'adapter_model.safetensors');
@@ -147,9 +155,13 @@ function isPresent(dir, plan) {
 /**
  * Writes adapters start..start+count-1 of a set under outDir; returns how many were written and
  * how many were already present. The weights file is written under a temporary name and renamed,
- * so an interrupted run never leaves a truncated adapter that looks complete.
+ * so an interrupted run never leaves a truncated adapter that looks complete. With `distinct`,
+ * only adapters 0..distinct-1 get weights of their own: adapter i past them is a link to adapter
+ * i mod distinct, a separate name with the same files, so hundreds of heavy adapters fit a disk
+ * and its page cache (the server loads each name as its own adapter).
  */
-export function makeAdapters({ hfConfig, outDir, count, start = 0, seed = 0, onProgress, ...spec }) {
+export function makeAdapters({ hfConfig, outDir, count, start = 0, seed = 0, distinct = Infinity, onProgress, ...spec }) {
+  if (!(distinct >= 1)) throw new Error(`distinct must be at least 1, got ${distinct}`);
   const plan = planAdapters(hfConfig, spec);
   const file = Buffer.allocUnsafe(plan.fileBytes);
   file.writeBigUInt64LE(BigInt(plan.headerBytes.length), 0);
@@ -157,8 +169,31 @@ export function makeAdapters({ hfConfig, outDir, count, start = 0, seed = 0, onP
   const data = file.subarray(8 + plan.headerBytes.length);
   let written = 0;
   let skipped = 0;
+  let linked = 0;
   for (let i = start; i < start + count; i++) {
     const dir = join(outDir, adapterName(i));
+    if (i >= distinct) {
+      const target = adapterName(i % distinct);
+      if (i % distinct < start || i % distinct >= start + count) makeAdapters({ hfConfig, outDir, count: 1, start: i % distinct, seed, ...spec });
+      // A link relative to its folder, so the set can move; one to another target is replaced.
+      let current = null;
+      try {
+        current = readlinkSync(dir);
+      } catch {
+        // Not a link (absent, or an adapter of its own from a run without `distinct`).
+      }
+      if (current !== target) {
+        rmSync(dir, { recursive: true, force: true });
+        symlinkSync(target, dir);
+        linked++;
+      } else {
+        skipped++;
+      }
+      onProgress?.(i - start + 1, count, plan.fileBytes);
+      continue;
+    }
+    // A link left by a run with fewer distinct adapters: this one gets weights of its own.
+    if (isLink(dir)) rmSync(dir);
     if (isPresent(dir, plan)) {
       skipped++;
     } else {
@@ -173,7 +208,7 @@ export function makeAdapters({ hfConfig, outDir, count, start = 0, seed = 0, onP
     }
     onProgress?.(i - start + 1, count, plan.fileBytes);
   }
-  return { written, skipped, bytesPerAdapter: plan.fileBytes };
+  return { written, linked, skipped, bytesPerAdapter: plan.fileBytes };
 }
 
 function main() {
@@ -188,12 +223,13 @@ function main() {
       gain: { type: 'string', default: '0.02' },
       seed: { type: 'string', default: '0' },
       start: { type: 'string', default: '0' },
+      distinct: { type: 'string' },
       help: { type: 'boolean' },
     },
   });
   if (values.help || !values.model || !values.out || !values.count || !values.rank) {
     console.log(
-      'usage: node bench/make-adapters.js --model MODEL_DIR --out OUT_DIR --count N --rank R [--modules all|q,k,v,o|q_proj,v_proj] [--alpha A (2R)] [--gain G (0.02)] [--seed S] [--start I]',
+      'usage: node bench/make-adapters.js --model MODEL_DIR --out OUT_DIR --count N --rank R [--modules all|q,k,v,o|q_proj,v_proj] [--alpha A (2R)] [--gain G (0.02)] [--seed S] [--start I] [--distinct D (adapters past D link to adapter i mod D)]',
     );
     process.exit(values.help ? 0 : 2);
   }
@@ -209,6 +245,7 @@ function main() {
     count,
     start: Number(values.start),
     seed: Number(values.seed),
+    distinct: values.distinct === undefined ? Infinity : Number(values.distinct),
     rank,
     modules,
     alpha: values.alpha === undefined ? 2 * rank : Number(values.alpha),
@@ -223,7 +260,7 @@ function main() {
   });
   const s = (performance.now() - t0) / 1000;
   console.log(
-    `make-adapters: rank ${rank} on ${modules.join(',')}: wrote ${res.written}, kept ${res.skipped} already present, in ${s.toFixed(1)} s (${((res.written * res.bytesPerAdapter) / 1e9 / s).toFixed(2)} GB/s) under ${resolve(values.out)}`,
+    `make-adapters: rank ${rank} on ${modules.join(',')}: wrote ${res.written}, linked ${res.linked}, kept ${res.skipped} already present, in ${s.toFixed(1)} s (${((res.written * res.bytesPerAdapter) / 1e9 / s).toFixed(2)} GB/s) under ${resolve(values.out)}`,
   );
 }
 

@@ -28,9 +28,11 @@ const OPTIONS = {
   'a-adapters': ['string', '256', 'adapters in set a'],
   'a-rank': ['string', '16', 'their rank'],
   'a-modules': ['string', 'all', 'their modules'],
+  'a-distinct': ['string', undefined, 'adapters of set a with weights of their own; the rest link to them (default: all)'],
   'b-adapters': ['string', '1000', 'adapters in set b'],
   'b-rank': ['string', '8', 'their rank'],
   'b-modules': ['string', 'q,k,v,o', 'their modules'],
+  'b-distinct': ['string', undefined, 'the same for set b'],
   'big-cache': ['string', '64', '--max-loaded-loras of the -cpu64 runs'],
   'small-cache': ['string', '16', '--max-loaded-loras of the -cpu16 runs'],
   resident: ['string', '8', 'adapters of the -resident runs'],
@@ -74,6 +76,7 @@ export function matrixRuns(v) {
     count: Number(v[`${s}-adapters`]),
     rank: Number(v[`${s}-rank`]),
     modules: parseModules(v[`${s}-modules`]),
+    distinct: v[`${s}-distinct`] === undefined ? Infinity : Number(v[`${s}-distinct`]),
   }));
   return sets.flatMap((set) =>
     variants.map(([name, o]) => ({ name: `${set.set}-${name}${v.capacity ? '-capacity' : ''}`, set, numAdapters: o.numAdapters ?? set.count, ...o })),
@@ -135,6 +138,7 @@ function main() {
       rank: run.set.rank,
       modules: run.set.modules,
       seed: run.set.rank * 100 + run.set.modules.length,
+      distinct: run.set.distinct,
     });
     if (made.written)
       console.log(
@@ -178,7 +182,9 @@ function main() {
     ];
     if (run.maxLoaded !== undefined) args.push('--max-loaded-loras', String(run.maxLoaded));
     if (run.overlap) args.push('--enable-lora-overlap-loading');
-    if (v.note) args.push('--note', v.note);
+    const shared = run.numAdapters > run.set.distinct ? `${run.numAdapters} adapter names over ${run.set.distinct} distinct files (links)` : null;
+    const note = [v.note, shared].filter(Boolean).join('; ');
+    if (note) args.push('--note', note);
     if (v['per-request']) args.push('--per-request');
     if (v.capacity) {
       args.push(

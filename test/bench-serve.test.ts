@@ -2,7 +2,7 @@
 // random adapters it serves, the SSE timing of one request, the /metrics deltas and the capacity
 // search. (The bench scripts load helpers from dist/, which `npm test` builds first.)
 import { createServer, type Server } from 'node:http';
-import { readFileSync, statSync } from 'node:fs';
+import { lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 // @ts-expect-error plain JavaScript without declarations
@@ -136,6 +136,25 @@ describe('make-adapters', () => {
     expect(statSync(join(dir, 'a0001', 'adapter_model.safetensors')).mtimeMs).toBe(before);
     expect(makeAdapters({ hfConfig: DEMO_MODEL, outDir: dir, count: 1, rank: 8, modules: ['o_proj'] })).toMatchObject({ written: 1, skipped: 0 });
     expect(JSON.parse(readFileSync(join(dir, 'a0000', 'adapter_config.json'), 'utf8')).r).toBe(8);
+  });
+
+  it('links the names past `distinct` to the distinct adapters, and gives them weights of their own again without it', () => {
+    const dir = join(tmp.path, 'shared');
+    const spec = { hfConfig: DEMO_MODEL, outDir: dir, rank: 4, modules: ['v_proj'] };
+    expect(makeAdapters({ ...spec, count: 5, distinct: 2 })).toMatchObject({ written: 2, linked: 3, skipped: 0 });
+    expect(['a0002', 'a0003', 'a0004'].map((n) => readlinkSync(join(dir, n)))).toEqual(['a0000', 'a0001', 'a0000']);
+    // A linked name loads as the adapter it links to.
+    const a = (n: string) => loadAdapterWeights(join(dir, n), config).weights.weights[0]!.a;
+    expect(a('a0003')).toEqual(a('a0001'));
+    expect(makeAdapters({ ...spec, count: 5, distinct: 2 })).toMatchObject({ written: 0, linked: 0, skipped: 5 });
+    expect(makeAdapters({ ...spec, count: 5 })).toMatchObject({ written: 3, linked: 0, skipped: 2 });
+    expect(lstatSync(join(dir, 'a0003')).isSymbolicLink()).toBe(false);
+    expect(a('a0003')).not.toEqual(a('a0001'));
+    // A range past the distinct ones writes the adapters its links need.
+    const part = join(tmp.path, 'shared-part');
+    expect(makeAdapters({ ...spec, outDir: part, start: 3, count: 1, distinct: 2 })).toMatchObject({ written: 0, linked: 1 });
+    expect(readlinkSync(join(part, 'a0003'))).toBe('a0001');
+    expect(loadAdapterWeights(join(part, 'a0003'), config).info.rank).toBe(4);
   });
 
   it('sizes the 8B adapters as planned: rank 16 on all modules, rank 8 on q/k/v/o', () => {
