@@ -63,27 +63,21 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
   const words = 2 * total + 2 * (n + 1) + appends + 4 * n;
   const buffer = new ArrayBuffer(4 * words + n);
-  let at = 0;
-  const i32 = (length: number): Int32Array => {
-    const a = new Int32Array(buffer, at, length);
-    at += 4 * length;
-    return a;
-  };
+  const view = viewsOf(buffer);
   const b: StepBatch = {
-    tokens: i32(total),
-    positions: i32(total),
-    seqStarts: i32(n + 1),
-    contextLens: i32(n),
-    blockAppends: i32(appends),
-    blockAppendStarts: i32(n + 1),
-    loraSlots: i32(n),
-    seqSlots: i32(n),
-    draws: new Uint32Array(buffer, at, n),
+    tokens: view(Int32Array, total),
+    positions: view(Int32Array, total),
+    seqStarts: view(Int32Array, n + 1),
+    contextLens: view(Int32Array, n),
+    blockAppends: view(Int32Array, appends),
+    blockAppendStarts: view(Int32Array, n + 1),
+    loraSlots: view(Int32Array, n),
+    seqSlots: view(Int32Array, n),
+    draws: view(Uint32Array, n),
     sample: new Uint8Array(buffer, 4 * words, n),
     topLogprobs: 0,
     returnLogits: false,
   };
-  at += 4 * n;
   const update = fresh > 0 ? seqUpdate(fresh, historyLength) : null;
   let u = 0;
   let history = 0;
@@ -146,15 +140,19 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
   return b;
 }
 
-/** Empty columns for `count` sequences with `historyLength` tokens between them, in one buffer. */
-function seqUpdate(count: number, historyLength: number): SeqUpdate {
-  const buffer = new ArrayBuffer(4 * (11 * count + 1 + historyLength));
+/** Makes consecutive views of 4-byte elements over `buffer`, from its start. */
+function viewsOf(buffer: ArrayBuffer): <T>(make: new (b: ArrayBuffer, at: number, length: number) => T, length: number) => T {
   let at = 0;
-  const view = <T>(make: new (b: ArrayBuffer, at: number, length: number) => T, length: number): T => {
+  return (make, length) => {
     const a = new make(buffer, at, length);
     at += 4 * length;
     return a;
   };
+}
+
+/** Empty columns for `count` sequences with `historyLength` tokens between them, in one buffer. */
+function seqUpdate(count: number, historyLength: number): SeqUpdate {
+  const view = viewsOf(new ArrayBuffer(4 * (11 * count + 1 + historyLength)));
   return {
     slots: view(Int32Array, count),
     temperature: view(Float32Array, count),

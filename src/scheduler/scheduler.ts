@@ -55,8 +55,6 @@ export class Scheduler {
   private arrivals = 0;
   /** The adapter index's version when the last step was scheduled. */
   private versionAtSchedule = -1;
-  /** Steps scheduled so far: the clock of waits for a place. */
-  private steps = 0;
   /** When the longest wait for a place in the last schedule() began (a step count), or -1. */
   private oldestPlaceWait = -1;
   /** Requests paused for a place that have not run again yet; no other adapter is paused meanwhile. */
@@ -238,7 +236,6 @@ export class Scheduler {
       this.flights.recycle(this.entries);
       return null;
     }
-    this.steps++;
     for (let d = 0; d < distinct.length; d++) {
       const lora = distinct[d]!;
       if (lora !== null) this.registry.touch(lora);
@@ -343,7 +340,7 @@ export class Scheduler {
         if (!admit && !known) {
           if (free <= 0) {
             // It waits for a place: pauseForPlace bounds how long.
-            if (s.placeWaitSince < 0) s.placeWaitSince = this.steps;
+            if (s.placeWaitSince < 0) s.placeWaitSince = this.flights.sentCount;
             if (placeWait < 0 || s.placeWaitSince < placeWait) placeWait = s.placeWaitSince;
           }
           if (free > 0) {
@@ -553,8 +550,7 @@ export class Scheduler {
   /** Frees the cache and recomputes later, keeping the generated tokens as part of the prompt. */
   private preempt(s: Sequence): void {
     this.running.splice(this.running.indexOf(s), 1);
-    this.kv.release(s.blocks);
-    this.seqSlots.release(s);
+    this.freeEngineState(s);
     s.computed = 0;
     s.leaveSteps();
     s.preemptions++;
@@ -576,7 +572,7 @@ export class Scheduler {
    */
   private pauseForPlace(): void {
     const bound = this.opts.maxPlaceWaitSteps ?? 0;
-    if (bound <= 0 || this.oldestPlaceWait < 0 || this.paused.size > 0 || this.steps - this.oldestPlaceWait < bound) return;
+    if (bound <= 0 || this.oldestPlaceWait < 0 || this.paused.size > 0 || this.flights.sentCount - this.oldestPlaceWait < bound) return;
     const victim = adapterToPause(this.running, this.registry.index.pinned, this.opts.contextLength);
     if (victim === undefined) return;
     // In running order (by arrival), so they keep their order behind the queue.
@@ -598,8 +594,7 @@ export class Scheduler {
     const idx = list.indexOf(s);
     if (idx >= 0) list.splice(idx, 1);
     this.queueVersion++;
-    this.kv.release(s.blocks);
-    this.seqSlots.release(s);
+    this.freeEngineState(s);
     const lora = s.init.lora;
     if (lora !== null) {
       const arrival = s.arrival;
@@ -620,12 +615,17 @@ export class Scheduler {
    * of requests ends in one step, a removal each would move the rest of the list each time.
    */
   private endRunning(s: Sequence, ending: Map<string, number>): void {
-    this.kv.release(s.blocks);
-    this.seqSlots.release(s);
+    this.freeEngineState(s);
     const lora = s.init.lora;
     if (lora !== null) ending.set(lora, (ending.get(lora) ?? 0) + 1);
     s.status = 'finished';
     this.byId.delete(s.id);
+  }
+
+  /** Gives back what the engine holds for a sequence leaving the running list: its KV blocks and its sequence slot. */
+  private freeEngineState(s: Sequence): void {
+    this.kv.release(s.blocks);
+    this.seqSlots.release(s);
   }
 
   /** Takes the sequences endRunning ended out of `running`, keeping the others' order. */

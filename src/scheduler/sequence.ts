@@ -128,15 +128,7 @@ export class Sequence {
 
   /** The event of a step that produced no token (the sequence only finished). */
   event(finish: FinishReason | null): TokenEvent {
-    return {
-      id: this.id,
-      token: -1,
-      logprob: 0,
-      topIds: NO_ALTERNATIVES,
-      topLogprobs: NO_ALTERNATIVES,
-      finish,
-      promptTokens: this.init.promptIds.length,
-    };
+    return this.tokenEvent(finish, -1, 0, null, null);
   }
 
   /**

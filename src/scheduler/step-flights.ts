@@ -95,6 +95,11 @@ export class StepFlights {
     this.releaseHeld(Infinity);
   }
 
+  /** Steps sent so far: the clock of waits for a place. */
+  get sentCount(): number {
+    return this.counts.total;
+  }
+
   /** Steps sent so far, and those sent while the one before ran. */
   sent(): { total: number; ahead: number } {
     return { ...this.counts };
