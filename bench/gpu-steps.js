@@ -57,13 +57,15 @@ export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length
  * adapter slots (0: all base); token ids below `vocab`, KV blocks of `block` tokens.
  * `step(batch)` runs one step and may return a promise; only it is timed. `rows` is the most
  * rows a decode step may have: every row's context is filled once, and decode(step, distinct, n)
- * times the first n of them, so one engine measures several batch sizes.
+ * times the first n of them, so one engine measures several batch sizes. decode() times `steps`
+ * steps after `warmup` untimed ones.
  */
-export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Infinity } = {}) {
+export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Infinity, steps = 20, warmup = 3 } = {}) {
   const BLOCK = block,
     CONTEXT = context,
     ROWS = rows,
-    STEPS = 20;
+    STEPS = steps,
+    WARMUP = warmup;
   const PROMPT = 512;
   // A row's blocks also hold a 512-token prefill prompt when the context is shorter.
   const maxBlocks = Math.ceil(Math.max(CONTEXT + STEPS + 8, PROMPT) / BLOCK);
@@ -89,17 +91,17 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
       const seqs = Array.from({ length: ROWS }, (_, i) => ({ tokens: randomTokens(CONTEXT - 1), cached: 0, blocks: blocks(i) }));
       for (let i = 0; i < ROWS; i += 8) await step(greedyBatch(seqs.slice(i, i + 8), maxBlocks));
     },
-    /** Median ms of STEPS decode steps of `rows` rows after 3 of warm-up. */
+    /** Median ms of STEPS decode steps of `rows` rows after WARMUP of warm-up. */
     async decode(step, distinct, rows = ROWS) {
       if (!(rows >= 1 && rows <= ROWS)) throw new Error(`decode of ${rows} rows: the workload has ${ROWS}`);
       let last = Array.from({ length: rows }, () => 5000);
       const times = [];
-      for (let s = 0; s < STEPS + 3; s++) {
+      for (let s = 0; s < STEPS + WARMUP; s++) {
         const { r, ms } = await timed(
           step,
           last.map((t, i) => ({ tokens: [t], cached: CONTEXT - 1, blocks: blocks(i), slot: slot(i, distinct) })),
         );
-        if (s >= 3) times.push(ms);
+        if (s >= WARMUP) times.push(ms);
         last = Array.from(r.tokens);
       }
       return median(times);
