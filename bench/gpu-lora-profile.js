@@ -10,7 +10,7 @@
 // kernels; bench/ncu_steps.py splits the steps at their embedding kernel.
 import { join } from 'node:path';
 
-import { loraWorkload } from './gpu-steps.js';
+import { loraEngineOptions, loraWorkload } from './gpu-steps.js';
 import { adapterName } from './make-adapters.js';
 
 const root = new URL('..', import.meta.url);
@@ -26,20 +26,7 @@ const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
 const w = profiling ? loraWorkload({ steps: 2, warmup: 1 }) : loraWorkload();
 const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, adapterName(i)), ckpt.config).weights);
-const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-  device: 'cuda',
-  blockSize: w.BLOCK,
-  kvBlocks: w.kvBlocks,
-  memFractionStatic: 0.85,
-  loraSlots: 8,
-  maxLoraRank: rank,
-  loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-  threads: 0,
-  cudaGraphMaxBs: 64,
-  loraBackend: 'csgmv',
-  loraChunkSize: 16,
-  loraKernel: 'fused',
-});
+const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank }));
 adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
 const step = (b) => addon.step(h, b);
 await w.fillContext(step);

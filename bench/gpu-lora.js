@@ -12,7 +12,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { loraWorkload } from './gpu-steps.js';
+import { loraEngineOptions, loraWorkload } from './gpu-steps.js';
 import { nvidiaSmi } from './serve-server.js';
 
 const root = new URL('..', import.meta.url);
@@ -42,20 +42,7 @@ for (const rank of [16, 64]) {
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
   for (const loraBackend of ['csgmv', 'sgmv']) {
     for (const loraKernel of kernels) {
-      const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-        device: 'cuda',
-        blockSize: w.BLOCK,
-        kvBlocks: w.kvBlocks,
-        memFractionStatic: 0.85,
-        loraSlots: 8,
-        maxLoraRank: rank,
-        loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-        threads: 0,
-        cudaGraphMaxBs: 64,
-        loraBackend,
-        loraChunkSize: 16,
-        loraKernel,
-      });
+      const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank, loraBackend, loraKernel }));
       adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
       const step = (b) => addon.step(h, b);
       await w.fillContext(step);
