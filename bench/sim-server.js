@@ -9,7 +9,8 @@
 // answer starts it (an arrival after the events of its instant, as setImmediate does there).
 // The loader follows src/actors/loader.worker.ts: a command waits for the earlier commands that
 // name its adapter or slot, reads go at most `maxReads` at a time (first come first served),
-// copies run at once.
+// and copies one at a time, as the engine's pool fills its slots (one fill holds the pool's lock
+// until its copies land, and one transfer link carries them all).
 import { fakeResult } from './fake-step.js';
 
 /** A min-heap of events by time, then by insertion, so equal times keep their order. */
@@ -64,6 +65,8 @@ class SimLoader {
     this.byKey = new Map(); // key -> unfinished commands naming it, in order
     this.readsRunning = 0;
     this.readWaiters = [];
+    this.copying = false;
+    this.copyWaiters = [];
     this.onCpu = new Set();
     this.counts = { reads: 0, copies: 0 };
   }
@@ -86,11 +89,22 @@ class SimLoader {
       if (this.readsRunning < this.spec.maxReads) this.startRead(job);
       else this.readWaiters.push(job);
     } else if (cmd.kind === 'copy-to-slot') {
-      this.counts.copies++;
-      this.events.push(this.clock() + this.spec.copyMs, () => this.finish(job));
+      if (this.copying) this.copyWaiters.push(job);
+      else this.startCopy(job);
     } else {
       this.finish(job);
     }
+  }
+
+  startCopy(job) {
+    this.copying = true;
+    this.counts.copies++;
+    this.events.push(this.clock() + this.spec.copyMs, () => {
+      this.copying = false;
+      const next = this.copyWaiters.shift();
+      if (next) this.startCopy(next);
+      this.finish(job);
+    });
   }
 
   startRead(job) {

@@ -109,4 +109,23 @@ describe('serving simulator', () => {
     expect(gaps(false)).toBeGreaterThanOrEqual(0.2);
     expect(gaps(true)).toBeLessThan(0.05);
   });
+
+  it('copies adapters into slots one at a time, as the engine fills them', () => {
+    // Two requests for two adapters arrive together; both adapters are read at once (two reads
+    // may run), but the second copy starts when the first has landed: 100 ms later.
+    const r = run({
+      adapters: 3,
+      overlap: true,
+      copyMs: 100,
+      requests: [
+        { at: 0, adapter: 1, maxNewTokens: 2 },
+        { at: 0, adapter: 2, maxNewTokens: 2 },
+      ],
+    });
+    expect(r.records.every((x) => x.ok)).toBe(true);
+    expect(r.stats.copies).toBe(2);
+    const [first, second] = r.records.map((x) => x.ttft!).sort((a, b) => a - b);
+    expect(first!).toBeLessThan(0.15);
+    expect(second! - first!).toBeGreaterThanOrEqual(0.1 - 1e-9);
+  });
 });
