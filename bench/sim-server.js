@@ -58,17 +58,55 @@ class Events {
 const keysOf = (c) =>
   c.kind === 'copy-to-slot' ? [`adapter:${c.name}`, `slot:${c.slot}`] : c.kind === 'clear-slot' ? [`slot:${c.slot}`] : [`adapter:${c.name}`];
 
+/**
+ * Work that takes `ms` and runs at most `limit` at a time, first come first served; a place
+ * passes straight to the next waiter when one ends, as the loader's Limit does. `started`
+ * counts the jobs begun.
+ */
+class Lane {
+  constructor(events, clock, limit, ms) {
+    Object.assign(this, { events, clock, limit, ms });
+    this.running = 0;
+    this.waiters = [];
+    this.started = 0;
+  }
+
+  run(done) {
+    if (this.running < this.limit) this.start(done);
+    else this.waiters.push(done);
+  }
+
+  start(done) {
+    this.running++;
+    this.started++;
+    this.events.push(this.clock() + this.ms, () => {
+      this.running--;
+      const next = this.waiters.shift();
+      if (next) this.start(next);
+      done();
+    });
+  }
+}
+
 /** The loader's concurrency with modelled durations; answers go to `answer(event)` when they land. */
 class SimLoader {
   constructor(events, clock, spec, answer) {
     Object.assign(this, { events, clock, spec, answer });
     this.byKey = new Map(); // key -> unfinished commands naming it, in order
-    this.readsRunning = 0;
-    this.readWaiters = [];
-    this.copying = false;
-    this.copyWaiters = [];
+    this.reads = new Lane(events, clock, spec.maxReads, spec.readMs);
+    this.copies = new Lane(events, clock, 1, spec.copyMs);
     this.onCpu = new Set();
-    this.counts = { reads: 0, copies: 0 };
+  }
+
+  /** Reads and copies begun so far. */
+  get counts() {
+    return { reads: this.reads.started, copies: this.copies.started };
+  }
+
+  /** Counts from now on (after the startup's loads). */
+  resetCounts() {
+    this.reads.started = 0;
+    this.copies.started = 0;
   }
 
   send(cmd) {
@@ -85,38 +123,9 @@ class SimLoader {
     if (job.started || !job.keys.every((k) => this.byKey.get(k)[0] === job)) return;
     job.started = true;
     const { cmd } = job;
-    if (cmd.kind === 'load-cpu') {
-      if (this.readsRunning < this.spec.maxReads) this.startRead(job);
-      else this.readWaiters.push(job);
-    } else if (cmd.kind === 'copy-to-slot') {
-      if (this.copying) this.copyWaiters.push(job);
-      else this.startCopy(job);
-    } else {
-      this.finish(job);
-    }
-  }
-
-  startCopy(job) {
-    this.copying = true;
-    this.counts.copies++;
-    this.events.push(this.clock() + this.spec.copyMs, () => {
-      this.copying = false;
-      const next = this.copyWaiters.shift();
-      if (next) this.startCopy(next);
-      this.finish(job);
-    });
-  }
-
-  startRead(job) {
-    this.readsRunning++;
-    this.counts.reads++;
-    this.events.push(this.clock() + this.spec.readMs, () => {
-      // The read slot passes straight to the next waiter, as Limit does.
-      this.readsRunning--;
-      const next = this.readWaiters.shift();
-      if (next) this.startRead(next);
-      this.finish(job);
-    });
+    if (cmd.kind === 'load-cpu') this.reads.run(() => this.finish(job));
+    else if (cmd.kind === 'copy-to-slot') this.copies.run(() => this.finish(job));
+    else this.finish(job);
   }
 
   finish(job) {
@@ -244,7 +253,7 @@ export function simulate(sim) {
     e.fn();
   }
   t0 = now;
-  loader.counts = { reads: 0, copies: 0 };
+  loader.resetCounts();
 
   const sampling = { ...sim.DEFAULT_SAMPLING, temperature: 0, ignoreEos: true };
   for (const r of reqs) {
