@@ -13,6 +13,7 @@
 
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -212,6 +213,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void combineKernel(const float* partial, const float* partialMl, const int32_t* idx, int heads, int D,
                               int splits, bf16_t* out) {
   const int local = blockIdx.x, h = blockIdx.y;
+  pdlLaunchDependents();
   const size_t base = static_cast<size_t>(local) * heads + h;
   const float* ml = partialMl + base * splits * 2;
   float M = -INFINITY;

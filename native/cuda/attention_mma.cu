@@ -18,6 +18,7 @@
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
+#include "cuda/pdl.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -37,6 +38,7 @@ __global__ void __launch_bounds__(kThreads)
     decodeMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
                     AttnShape a, int splits, float scale, float* partial, float* partialMl, bf16_t* out) {
   static_assert(D % 32 == 0 && G >= 1 && G <= 8, "head_dim in 32s, at most 8 rows of the mma used");
+  pdlLaunchDependents();  // a LoRA item shrink of the o projection may start (pdl.cuh)
   constexpr int P = kMmaPitch<D>;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16_t* sk = reinterpret_cast<bf16_t*>(smem);  // [kStages][kKeys][P]

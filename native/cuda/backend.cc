@@ -73,6 +73,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
+  itemPdl_ = prop.major >= 9;
+  if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
     prefillMma_ = cuda::preparePrefillAttentionMma(c.headDim, headsPerKv_);
@@ -221,7 +224,9 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     moved |= vocabPart_.ensure(s * tp_.vocabPart);
     moved |= vocabParts_.ensure(s * tp_.vocabPart * tp_.size);
   }
-  if (lora_) moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * loraPieces_);
+  // Room for loraPieces_ slabs of each token's own shrink outputs, or for every slot's (the GEMM shrink).
+  if (lora_)
+    moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * std::max(loraPieces_, lora_->slots()));
   if (lora_ && o_.loraKernel == LoraKernel::kFused)
     moved |= xa_.ensure(t * *std::max_element(w_->ld, w_->ld + cuda::kNumWeightGroups));
   if (moved) ++generation_;

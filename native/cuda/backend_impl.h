@@ -119,6 +119,12 @@ class CudaBackend : public Backend {
   // rmsnorm first); TROUPE_LORA_ITEM_SHRINK=0 none, =copied only rows copied or made by siluMul
   // (o, down), for comparing.
   enum class ItemShrink { kNone, kCopied, kAll } itemShrink_ = ItemShrink::kAll;
+  // The item shrink launched to start while the kernel that made its rows drains (compute
+  // capability 9.0; TROUPE_LORA_ITEM_PDL=0 waits for it, for comparing).
+  bool itemPdl_ = false;
+  // loraKernel fused, steps past fusedSplitMaxTokens_: the shrink as one cuBLAS GEMM over every
+  // slot's A rows (TROUPE_LORA_SHRINK_GEMM=0: the tiled tensor-core shrink, for comparing).
+  bool shrinkAllSlots_ = true;
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;

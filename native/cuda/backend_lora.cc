@@ -50,7 +50,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       timer_.mark("lora", stream_);
       if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
-                             lora_->scaling(), T, xa_.get(), ld, stream_);
+                             lora_->scaling(), T, xa_.get(), ld, stream_, itemPdl_);
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
                             xa_.get(), ld, sms_, stream_);
@@ -75,17 +75,37 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
                                   const bf16_t* W, float* y, int N, bool accumulate) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
   const size_t slab = loraMid_.size() / loraPieces_;
-  const int pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
+  cuda::LoraMid mid;
+  mid.data = loraMid_.get();
+  mid.slab = slab;
+  mid.pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
+  mid.tokenPitch = sl.count * sl.maxRank;
+  mid.slicePitch = sl.maxRank;
   auto lora = [&](const bf16_t* copy, cudaStream_t st) {
     cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
-    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), loraMid_.get(), slab,
-                      pieces, copy, in, T, xa_.get(), ld, st);
+    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), mid, copy, in, T, xa_.get(),
+                      ld, st);
   };
   if (T > fusedSplitMaxTokens_) {
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
     // that is bound by arithmetic, instead of a pass over y.
     timer_.mark("lora", stream_);
-    lora(x, stream_);
+    if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
+      // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
+      // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
+      // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
+      const int cols = sl.count * lora_->slots() * sl.maxRank;
+      project(T, cols, in, sl.a[0], in, x, in, loraMid_.get(), false);
+      mid = cuda::LoraMid{};
+      mid.data = loraMid_.get();
+      mid.tokenPitch = cols;
+      mid.slicePitch = lora_->slots() * sl.maxRank;
+      mid.slotPitch = sl.maxRank;
+      cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), mid, x, in, T, xa_.get(),
+                        ld, stream_);
+    } else {
+      lora(x, stream_);
+    }
     timer_.mark(name, stream_);
     project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
     return;

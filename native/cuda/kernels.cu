@@ -10,6 +10,7 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -81,6 +82,7 @@ __device__ __forceinline__ float rmsScale(float ss, int h, float eps) {
 // The general form: any width, any alignment.
 __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
                               float eps) {
+  pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
   const int r = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
   float ss = 0;
@@ -95,6 +97,7 @@ __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* 
 template <int kVec>
 __global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
                                  float eps) {
+  pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
   const int r = blockIdx.x, n4 = h / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(rows ? rows[r] : r) * h);
   float4 v[kVec];
@@ -236,6 +239,7 @@ __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int
 }
 
 __global__ void siluMulKernel(const float* gu, bf16_t* act, int inter, int ldAct) {
+  pdlLaunchDependents();
   const int t = blockIdx.y;
   const float* g = gu + static_cast<size_t>(t) * 2 * inter;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
@@ -248,6 +252,7 @@ __global__ void siluMulKernel(const float* gu, bf16_t* act, int inter, int ldAct
 // A prefill's SiLU reads 8 bytes and writes 2 per feature (587 MB a layer at 4,096 tokens), so it
 // is bound by memory once each thread has more than one load in flight.
 __global__ void siluMulVecKernel(const float* gu, bf16_t* act, int inter, int ldAct) {
+  pdlLaunchDependents();
   const int t = blockIdx.y, n4 = inter / 4;
   const float4* g = reinterpret_cast<const float4*>(gu + static_cast<size_t>(t) * 2 * inter);
   const float4* u = g + n4;

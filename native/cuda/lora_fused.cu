@@ -15,8 +15,7 @@ constexpr int kModules = 7;  // ranks is [slot][7 modules]
 
 __global__ void __launch_bounds__(kAugmentThreads)
     augmentKernel(LoraSlices sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
-                  const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, bool vecCopy, bf16_t* xa,
-                  int ldxa) {
+                  LoraMid mid, const bf16_t* x, int ldx, bool vecCopy, bf16_t* xa, int ldxa) {
   const int t = blockIdx.x, in = sl.in;
   bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
   if (x) {
@@ -28,15 +27,16 @@ __global__ void __launch_bounds__(kAugmentThreads)
       for (int c = threadIdx.x; c < in; c += kAugmentThreads) row[c] = src[c];
     }
   }
-  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R, midPitch = sl.count * R;
+  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R;
   const float scale = slot >= 0 ? scaling[slot] : 0.0f;
-  const float* m = mid + static_cast<size_t>(t) * midPitch;
+  const float* m = mid.data + static_cast<size_t>(t) * mid.tokenPitch + (slot >= 0 ? slot : 0) * mid.slotPitch;
   for (int c = threadIdx.x; c < pad; c += kAugmentThreads) {
     const int j = c / block, k = (c % block) / R, r = c % R;
     float v = 0.0f;
+    // A select, not a product: values past the slot's rank (and other slots') may be anything.
     if (j < sl.count && k == slot && r < ranks[slot * kModules + sl.module[j]]) {
-      const float* p = m + j * R + r;
-      for (int i = 0; i < pieces; ++i) v += __ldcg(p + i * midSlab);
+      const float* p = m + j * mid.slicePitch + r;
+      for (int i = 0; i < mid.pieces; ++i) v += __ldcg(p + i * mid.slab);
       v *= scale;
     }
     row[in + c] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -46,12 +46,11 @@ __global__ void __launch_bounds__(kAugmentThreads)
 }  // namespace
 
 void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
-                 const float* scaling, const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, int T,
-                 bf16_t* xa, int ldxa, cudaStream_t st) {
+                 const float* scaling, const LoraMid& mid, const bf16_t* x, int ldx, int T, bf16_t* xa, int ldxa,
+                 cudaStream_t st) {
   if (T == 0) return;
   const bool vec = sl.in % 8 == 0 && ldx % 8 == 0 && ldxa % 8 == 0 && aligned16(x) && aligned16(xa);
-  augmentKernel<<<T, kAugmentThreads, 0, st>>>(sl, slots, pad, rowSlot, ranks, scaling, mid, midSlab, pieces, x, ldx,
-                                               vec, xa, ldxa);
+  augmentKernel<<<T, kAugmentThreads, 0, st>>>(sl, slots, pad, rowSlot, ranks, scaling, mid, x, ldx, vec, xa, ldxa);
   check(cudaGetLastError(), "LoRA augment launch");
 }
 

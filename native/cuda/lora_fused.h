@@ -52,13 +52,34 @@ inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask) 
   return static_cast<int>((cols + 7) / 8 * 8);
 }
 
-// xa[t][in + j S R + k R + r] = bf16(scaling[k] * (sum over the shrink's pieces of mid)[t][j maxRank + r])
-// where k is token t's slot and r < its rank for slice j's module; zero in every other of the pad
-// columns (other slots, ranks past the slot's, base tokens with rowSlot -1, the rounding tail).
-// With x, also xa[t][0, in) = x[t][0, in) (x's rows ldx apart). xa's rows are ldxa apart.
+// Where a step's shrink outputs are for loraAugment: value (t, slice j, slot k, rank r) is the sum
+// over `pieces` slabs `slab` floats apart of data[t tokenPitch + j slicePitch + k slotPitch + r].
+// The segmented shrinks write each token's own slot only (slotPitch 0, slicePitch maxRank); a
+// GEMM over every slot's A rows writes them all (a prefill's shrink in backend_lora.cc).
+struct LoraMid {
+  const float* data = nullptr;
+  size_t slab = 0;
+  int pieces = 1;
+  int tokenPitch = 0, slicePitch = 0, slotPitch = 0;
+};
+
+// xa[t][in + j S R + k R + r] = bf16(scaling[k] * mid(t, j, k, r)) where k is token t's slot and
+// r < its rank for slice j's module; zero in every other of the pad columns (other slots, ranks
+// past the slot's, base tokens with rowSlot -1, the rounding tail). With x, also xa[t][0, in) =
+// x[t][0, in) (x's rows ldx apart). xa's rows are ldxa apart.
 void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
-                 const float* scaling, const float* mid, size_t midSlab, int pieces, const bf16_t* x, int ldx, int T,
-                 bf16_t* xa, int ldxa, cudaStream_t st);
+                 const float* scaling, const LoraMid& mid, const bf16_t* x, int ldx, int T, bf16_t* xa, int ldxa,
+                 cudaStream_t st);
+
+// Whether a group's A factors lie as one matrix, [slice][slot][maxRank][in] (the pool lays them so),
+// which that GEMM reads.
+inline bool loraAContiguous(const LoraSlices& sl, int slots) {
+  for (int j = 0; j < sl.count; ++j) {
+    const size_t block = static_cast<size_t>(sl.maxRank) * sl.in;
+    if (sl.aSlotStride[j] != block || sl.a[j] != sl.a[0] + j * slots * block) return false;
+  }
+  return sl.count > 0;
+}
 
 // Where a projection's input row comes from: RMSNorm of the residual (f32 rows of `in`, weight
 // normW), SiLU(gate) x up (f32 rows of 2 in: gate then up), or a bf16 row as it is (rows ld apart).
@@ -90,11 +111,13 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad
 // write them into xa first), with the dot products taken per adapter item (LoraItems: tokens of
 // one slot) rather than per token, so each A row is read once per item: a block dots every A
 // piece it loads with up to 8 tokens' row pieces. A copy from xa itself is left where it is.
-// itemShrinkSupported: in, ldxa and the rows' ld multiples of 8.
+// itemShrinkSupported: in, ldxa and the rows' ld multiples of 8. pdl: launched so that it may start
+// while the kernel that made the rows (which lets it: rmsnorm, siluMul, decode attention) drains
+// (compute capability 9.0); its look-ups and A reads then overlap that kernel.
 bool itemShrinkSupported(int in, int ldxa, int ld);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-                    cudaStream_t st);
+                    cudaStream_t st, bool pdl = false);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -19,6 +19,7 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/lora_fused.h"
+#include "cuda/pdl.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -34,9 +35,13 @@ __global__ void __launch_bounds__(kThreads)
     itemShrinkKernel(const bf16_t* src, int ld, LoraSlices sl, LoraItems items, int slots, int pad,
                      const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, int chunks, bf16_t* xa,
                      int ldxa) {
+  // The rows this kernel reads are made by the kernel just before it; under programmatic launch it
+  // lets this one start (pdl.cuh), so the look-ups and the A factors below are on their way while
+  // that kernel finishes.
   const int n = sl.in, R = sl.maxRank, block = slots * R, pieces = n / 8;
   if (blockIdx.x < T) {
     // The token's row and its padding.
+    pdlWait();
     const int t = blockIdx.x, slot = rowSlot[t];
     bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
     const uint4* from = reinterpret_cast<const uint4*>(src + static_cast<size_t>(t) * ld);
@@ -51,15 +56,17 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   // An item's kTok tokens (a sub-tile of its 16-token tile) and kOut consecutive shrink outputs.
+  // The step's items, the pool's factors, ranks and scalings were all written before the step's
+  // first kernel: they are read before the wait, in one round of independent loads where possible.
   int id = blockIdx.x - T;
   const int chunk = id % chunks;
   id /= chunks;
   const int sub = id % (items.gridTiles * kSubTiles), item = id / (items.gridTiles * kSubTiles);
-  if (item >= *items.numItems) return;
-  const int begin = items.itemStart[item] + sub * kTok;
-  const int tok = min(kTok, items.itemStart[item + 1] - begin);
-  if (tok <= 0) return;
+  const int numItems = *items.numItems, start = items.itemStart[item], end = items.itemStart[item + 1];
   const int slot = items.itemSlot[item];
+  const int begin = start + sub * kTok;
+  const int tok = min(kTok, end - begin);
+  if (item >= numItems || tok <= 0) return pdlWait();
   const int first = chunk * kOut, mine = min(kOut, sl.count * R - first);
   const uint4* a[kOut];
 #pragma unroll
@@ -71,6 +78,20 @@ __global__ void __launch_bounds__(kThreads)
   int x[kTok];
 #pragma unroll
   for (int k = 0; k < kTok; ++k) x[k] = items.perm[begin + min(k, tok - 1)] * (ld / 8);
+  // What the write at the end needs (only its threads use it).
+  const int wo = threadIdx.x / kTok, wk = threadIdx.x % kTok;
+  int wRank = 0;
+  float wScale = 0.0f;
+  if (wo < mine && wk < tok) {
+    const int i = first + wo;
+    wRank = ranks[slot * kModules + sl.module[i / R]];
+    wScale = scaling[slot];
+  }
+#pragma unroll
+  for (int o = 0; o < kOut; ++o)
+    if (o < mine)
+      for (int p = threadIdx.x; p < pieces; p += kThreads) prefetchL2(a[o] + p);
+  pdlWait();
   const uint4* rows = reinterpret_cast<const uint4*>(src);
   float acc[kOut][kTok] = {};
   for (int p = threadIdx.x; p < pieces; p += kThreads) {
@@ -78,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int o = 0; o < kOut; ++o) av[o] = __ldg(a[o] + p);
 #pragma unroll
-    for (int k = 0; k < kTok; ++k) xv[k] = k < tok ? __ldg(rows + x[k] + p) : make_uint4(0, 0, 0, 0);
+    for (int k = 0; k < kTok; ++k) xv[k] = k < tok ? __ldcg(rows + x[k] + p) : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int k = 0; k < kTok; ++k) {
       if (k >= tok) break;
@@ -100,27 +121,25 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) part[warp][o * kTok + k] = v;
     }
   __syncthreads();
-  if (threadIdx.x >= kOut * kTok) return;
-  const int o = threadIdx.x / kTok, k = threadIdx.x % kTok;
-  if (o >= mine || k >= tok) return;
+  if (threadIdx.x >= kOut * kTok || wo >= mine || wk >= tok) return;
   float v = 0;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) v += part[w][threadIdx.x];
-  const int i = first + o, j = i / R, r = i % R;
+  const int i = first + wo, j = i / R, r = i % R;
   // A select, not a product: A rows past the slot's rank may hold anything.
-  v = r < ranks[slot * kModules + sl.module[j]] ? v * scaling[slot] : 0.0f;
-  const int t = items.perm[begin + k];
+  v = r < wRank ? v * wScale : 0.0f;
+  const int t = items.perm[begin + wk];
   xa[static_cast<size_t>(t) * ldxa + n + j * block + slot * R + r] = toB(v);
 }
 
 template <int kThreads, int kOut>
 void launch(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
             const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-            cudaStream_t st) {
+            cudaStream_t st, bool pdl) {
   const int chunks = (sl.count * sl.maxRank + kOut - 1) / kOut;
   const int blocks = T + std::max(items.gridItems, 1) * std::max(items.gridTiles, 1) * kSubTiles * chunks;
-  itemShrinkKernel<kThreads, kOut><<<blocks, kThreads, 0, st>>>(row.bf16, row.ld, sl, items, slots, pad, rowSlot, ranks,
-                                                                scaling, T, chunks, xa, ldxa);
+  launchPdl(itemShrinkKernel<kThreads, kOut>, dim3(blocks), dim3(kThreads), st, pdl, "LoRA item shrink launch",
+            row.bf16, row.ld, sl, items, slots, pad, rowSlot, ranks, scaling, T, chunks, xa, ldxa);
 }
 
 }  // namespace
@@ -129,7 +148,7 @@ bool itemShrinkSupported(int in, int ldxa, int ld) { return in % 8 == 0 && ldxa 
 
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-                    cudaStream_t st) {
+                    cudaStream_t st, bool pdl) {
   if (T == 0) return;
   if (row.source != RowSource::kCopy)
     throw std::invalid_argument("LoRA item shrink: make the rows first (rmsnorm or siluMul into xa), then pass them");
@@ -140,16 +159,15 @@ void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& 
   const bool longRows = sl.in > 8192, fewOutputs = sl.count * sl.maxRank <= 32;
   if (longRows) {
     if (fewOutputs)
-      launch<512, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st);
+      launch<512, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
     else
-      launch<512, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st);
+      launch<512, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
   } else {
     if (fewOutputs)
-      launch<256, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st);
+      launch<256, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
     else
-      launch<256, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st);
+      launch<256, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
   }
-  check(cudaGetLastError(), "LoRA item shrink launch");
 }
 
 }  // namespace cuda

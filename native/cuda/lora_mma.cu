@@ -250,16 +250,7 @@ __global__ void __launch_bounds__(kThreads, kExpandBlocksPerSm)
 
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t st, bool pdl, const char* what, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, kernel, args...), what);
+  launchPdl(kernel, grid, dim3(kThreads), st, pdl, what, args...);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "cuda/lora_kernels.h"
+#include "cuda/pdl.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -39,19 +40,6 @@ constexpr int kModules = 7;     // ranks is [slot][7 modules]
 // 72 g + 2q, 16 lanes per phase) spread over all banks.
 constexpr int kRedPitch = kPassRanks + 8;
 static_assert(kRedPitch % 32 == 8, "bank-conflict-free pitch");
-
-// Programmatic dependent launch (sm_90): wait for the previous grid's completion and memory;
-// allow the next grid to start launching. Both are no-ops in a grid launched without it.
-__device__ __forceinline__ void pdlWait() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdlLaunchDependents() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // d += a b for one m16n8k16 tile (fragments as documented above).
 __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,

@@ -50,12 +50,26 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     bytes_ += n * 2;
     return static_cast<bf16_t*>(p);
   };
+  const size_t slotA = static_cast<size_t>(slots_) * maxRank_;
   for (int l = 0; l < layers_; ++l) {
+    // A group's held modules share one allocation, [module][slot][rank][in]: a prefill forms every
+    // slot's shrink outputs for the group with one GEMM over it (backend_lora.cc).
+    bf16_t* groupA[kNumWeightGroups] = {};
+    for (int g = 0; g < kNumWeightGroups; ++g) {
+      size_t rows = 0;
+      int in = 0;
+      for (int m = 0; m < kNumLoraModules; ++m) {
+        if (weightGroupOf(m) != g || !holds(static_cast<LoraModule>(m))) continue;
+        rows += slotA;
+        in = in_[m];
+      }
+      if (rows) groupA[g] = alloc(rows * in);
+    }
     for (int m = 0; m < kNumLoraModules; ++m) {
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      a_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * in_[m]);
+      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * in_[m];
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
