@@ -20,6 +20,7 @@
 #include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
+#include "cuda/lora_tail.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 
@@ -63,6 +64,7 @@ class CudaBackend : public Backend {
     std::vector<int> prefillSeqs;
     std::vector<int> loraSlotsUsed;
     int loraItems = 0;
+    int loraLongest = 0;   // tokens of the longest item
     int loraTiles = 0;     // 16-token tiles of the longest item
     int prefillTiles = 0;  // blocks of the prefill attention's one launch (per KV head)
   };
@@ -94,6 +96,12 @@ class CudaBackend : public Backend {
   // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
   // Made rows go to `made`, ld apart (in when 0).
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
+  // The tail form of projection (lora_tail.h) for a decode step with adapter tokens, when layer l's
+  // group g has tail rows; false (nothing done) otherwise.
+  bool tailProjection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
+                      const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y);
+  // Tail rows per weight group (GpuWeights::tail) for this device, model and TROUPE_LORA_TAIL.
+  void chooseTail(const ModelConfig& c, int major, const int* pad, int* tail);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
@@ -170,6 +178,15 @@ class CudaBackend : public Backend {
   cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
   cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
   bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
+  // The tail layout (lora_tail.h): what the step's last q/k/v and gate/up projections left for
+  // their consumers (rows ld apart, deltas when count > 0), and an o or down projection's output
+  // not yet added to the residual (pending_: ext_, pendLd_ apart, with pendTail_'s deltas).
+  cuda::LoraTail qkvTail_, guTail_, pendTail_;
+  int qkvLd_ = 0, guLd_ = 0, pendLd_ = 0;
+  bool pending_ = false;
+  int tailMaxItem_ = 0;  // the most tokens an item of the step (or of any replay of its graph) has
+  const float* pendExt_ = nullptr;
+  DeviceBuffer<float> ext_;
   // Sampling.
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;

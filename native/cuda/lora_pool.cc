@@ -37,6 +37,12 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     if (holds(static_cast<LoraModule>(m)) && inWeights_[m] && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
+    // A in the rows after the base weight's own (GpuWeights::tail): decode GEMMs then form every
+    // slot's shrink outputs with the projection itself (lora_tail.h).
+    aInWeights_[m] = w.tail[g] > 0;
+    if (holds(static_cast<LoraModule>(m)) && aInWeights_[m] && w.tail[g] < loraTailRows(g, slots_, maxRank_, mask_))
+      throw std::logic_error("LoRA pool: the base weights have too few tail rows");
+    aLd_[m] = aInWeights_[m] ? w.ld[g] : in_[m];
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
@@ -56,6 +62,10 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     // slot's shrink outputs for the group with one GEMM over it (backend_lora.cc).
     bf16_t* groupA[kNumWeightGroups] = {};
     for (int g = 0; g < kNumWeightGroups; ++g) {
+      if (w.tail[g] > 0) {
+        groupA[g] = w.layers[l].matrix(static_cast<WeightGroup>(g)) + static_cast<size_t>(w.rows[g]) * w.ld[g];
+        continue;
+      }
       size_t rows = 0;
       int in = 0;
       for (int m = 0; m < kNumLoraModules; ++m) {
@@ -69,7 +79,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * in_[m];
+      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * aLd_[m];
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
@@ -116,9 +126,10 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
         if (!meta.ranks[m] || seen[idx]) continue;
         // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
-        check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
-                              static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
-              "cudaMemsetAsync");
+        check(
+            cudaMemset2DAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * aLd_[m],
+                              static_cast<size_t>(aLd_[m]) * 2, 0, static_cast<size_t>(in_[m]) * 2, maxRank_, stream_),
+            "cudaMemset2DAsync");
         check(cudaMemset2DAsync(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, 0,
                                 static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
               "cudaMemset2DAsync");
@@ -209,7 +220,7 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   for (const auto& w : ad.weights) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
-    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
+    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * aLd_[m], aLd_[m]);
     factor(w.b, b_[idx] + slot * bSlotStride_[m], bLd_[m]);
   }
   flushChunk();
@@ -245,7 +256,8 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.maxRank = maxRank_;
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
-    s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * in_[m];
+    s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * aLd_[m];
+    s.aLd[s.count] = aLd_[m];
     s.bSlotStride[s.count] = bSlotStride_[m];
     s.bLd[s.count] = bLd_[m];
     s.out[s.count] = out_[m];
