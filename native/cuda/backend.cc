@@ -118,7 +118,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   int tail[cuda::kNumWeightGroups] = {};
-  if (pooled && o_.loraKernel == LoraKernel::kFused) chooseTail(c, prop.major, pad, tail);
+  if (pooled && o_.loraKernel == LoraKernel::kFused) chooseTail(c, prop.major, tail);
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
@@ -206,7 +206,7 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void CudaBackend::chooseTail(const ModelConfig& c, int major, const int* pad, int* tail) {
+void CudaBackend::chooseTail(const ModelConfig& c, int major, int* tail) {
   // The consumers' clusters need compute capability 9.0; with more than one rank o and down add
   // partial sums that the all-reduce meets first, and q/k/v get Qwen's bias or norm before RoPE.
   // Off unless asked for: on the H200 its consumers still cost more than the shrink launches and
@@ -216,13 +216,13 @@ void CudaBackend::chooseTail(const ModelConfig& c, int major, const int* pad, in
   const std::string groups = env;
   const char* names[cuda::kNumWeightGroups] = {"qkv", "o", "gate_up", "down"};
   for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
-    int64_t rows = 0, in = 0;
-    cuda::weightGroupShape(c, static_cast<cuda::WeightGroup>(g), rows, in);
     const bool named = ("," + groups + ",").find(std::string(",") + names[g] + ",") != std::string::npos;
-    const bool fits = cuda::loraTailSupported(o_.maxLoraRank, static_cast<int>(in) + pad[g], static_cast<int>(in)) &&
-                      c.hiddenSize % 4 == 0 && !(g == cuda::kQkvWeight && (c.qkvBias || c.qkNorm));
-    if (named && fits)
-      tail[g] = cuda::loraTailRows(static_cast<cuda::WeightGroup>(g), o_.loraSlots, o_.maxLoraRank, o_.loraModuleMask);
+    const bool fits = cuda::loraTailSupported(o_.maxLoraRank, c.hiddenSize, c.intermediateSize) &&
+                      !(g == cuda::kQkvWeight && (c.qkvBias || c.qkNorm));
+    // Whole float4s for the consumers' rows past the projection's own outputs.
+    const int rows =
+        cuda::loraTailRows(static_cast<cuda::WeightGroup>(g), o_.loraSlots, o_.maxLoraRank, o_.loraModuleMask);
+    if (named && fits && rows % 4 == 0) tail[g] = rows;
   }
 }
 

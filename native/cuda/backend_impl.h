@@ -101,7 +101,7 @@ class CudaBackend : public Backend {
   bool tailProjection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
                       const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y);
   // Tail rows per weight group (GpuWeights::tail) for this device, model and TROUPE_LORA_TAIL.
-  void chooseTail(const ModelConfig& c, int major, const int* pad, int* tail);
+  void chooseTail(const ModelConfig& c, int major, int* tail);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);

@@ -44,6 +44,9 @@ struct LoraSlices {
   int aLd[kMaxLoraSlices];  // A's row pitch: in, or the base weight's when A lies in its tail rows
   size_t bSlotStride[kMaxLoraSlices];
   int bLd[kMaxLoraSlices];  // B's row pitch (the pool keeps B in the padding columns of the base weight)
+  // B transposed, slot k's [maxRank][out] at bt + k maxRank out, where the weights have tail rows
+  // (lora_tail.h); null otherwise.
+  const bf16_t* bt[kMaxLoraSlices];
   int out[kMaxLoraSlices];
   int outOffset[kMaxLoraSlices];  // first column of the slice in y
   int module[kMaxLoraSlices];     // index into ranks (slot * 7 + module)

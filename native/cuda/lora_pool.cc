@@ -27,6 +27,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
+  bt_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   // The first row of each module in its group's fused weight.
   int row0[kNumLoraModules] = {};
   for (int m = 1; m < kNumLoraModules; ++m)
@@ -83,6 +84,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
+      if (aInWeights_[m]) bt_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * out_[m]);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -137,6 +139,16 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     }
     check(cudaMemsetAsync(bad_.get(), 0, sizeof(int), stream_), "cudaMemsetAsync");
     enqueueFactors(slot, ad);
+    // The tail layout's consumers read B transposed: copied from the padding columns just written
+    // (zeros for a module the adapter leaves out of a layer).
+    for (int l = 0; l < layers_; ++l) {
+      for (int m = 0; m < kNumLoraModules; ++m) {
+        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+        if (bt_[idx])
+          transposeLoraB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
+                         bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+      }
+    }
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");
@@ -260,6 +272,7 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.aLd[s.count] = aLd_[m];
     s.bSlotStride[s.count] = bSlotStride_[m];
     s.bLd[s.count] = bLd_[m];
+    s.bt[s.count] = bt_[idx];
     s.out[s.count] = out_[m];
     s.outOffset[s.count] = offset;
     s.module[s.count] = m;

@@ -59,6 +59,7 @@ class GpuLoraPool {
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
   std::vector<bf16_t*> a_, b_;             // [layer * 7 + module]; b_: slot 0's first column in the weight
+  std::vector<bf16_t*> bt_;                // B transposed per slot, [slots][maxRank][out], with tail rows
   bool inWeights_[kNumLoraModules] = {};   // B in the base weight's padding columns
   int bLd_[kNumLoraModules] = {};          // B's row pitch
   bool aInWeights_[kNumLoraModules] = {};  // A in the base weight's tail rows

@@ -18,19 +18,45 @@ namespace {
 
 using namespace tail_ops;
 
-constexpr int kSiluThreads = 128;  // features a block takes (one a thread)
-constexpr int kSiluTokens = 8;     // tokens whose gate and up values a thread loads at once
+constexpr int kSiluThreads = 128;  // four features a thread: 512 a block
+constexpr int kSiluTokens = 4;     // tokens a thread carries through one pass over the ranks
 constexpr int kNormParts = 4;      // blocks (a cluster) per row of addNormTail
 constexpr int kNormThreads = 256;
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
-// Blocks y < gridItems take adapter item y (its tokens share a slot, so each thread's B rows stay
-// in L1 across them); the rest take kSiluTokens base tokens each. ms: the item's tokens' mids.
+__device__ __forceinline__ uint2 siluPack(const float (&g)[4], const float (&u)[4]) {
+  return make_uint2(pairB(silu(g[0]) * u[0], silu(g[1]) * u[1]), pairB(silu(g[2]) * u[2], silu(g[3]) * u[3]));
+}
+
+// acc[k][i] += token k's delta of module j's output f + i, for the first `tokens` of kSiluTokens
+// tokens of one slot (m: token k's scaled shrink outputs at m + k width). Rank by rank: one 8-byte
+// piece of B for the four outputs, used by every token.
+__device__ __forceinline__ void addDeltas(const LoraTail& tl, int j, int slot, int f, const float* m, int width,
+                                          int tokens, int rank, float (&acc)[kSiluTokens][4]) {
+  const int stride = tl.out[j] / 4;
+  const uint2* b = reinterpret_cast<const uint2*>(tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * tl.out[j] + f);
+  for (int r = 0; r < rank; ++r) {
+    const uint2 v = __ldg(b + static_cast<size_t>(r) * stride);
+    const float w0 = bf16f(v.x & 0xffffu), w1 = bf16f(v.x >> 16), w2 = bf16f(v.y & 0xffffu), w3 = bf16f(v.y >> 16);
+#pragma unroll
+    for (int k = 0; k < kSiluTokens; ++k) {
+      const float mk = k < tokens ? m[k * width + r] : 0.0f;
+      acc[k][0] = fmaf(mk, w0, acc[k][0]);
+      acc[k][1] = fmaf(mk, w1, acc[k][1]);
+      acc[k][2] = fmaf(mk, w2, acc[k][2]);
+      acc[k][3] = fmaf(mk, w3, acc[k][3]);
+    }
+  }
+}
+
+// Blocks y < gridItems take adapter item y: its tokens share a slot, so each B row piece a thread
+// loads serves all of them; the rest take kSiluTokens base tokens each. ms: the item's tokens'
+// scaled shrink outputs.
 __global__ void __launch_bounds__(kSiluThreads)
     siluMulTailKernel(const float* gu, int ld, LoraTail tl, LoraItems items, int inter, int T, bf16_t* act, int ldAct) {
   extern __shared__ float ms[];  // [token of the item][count * maxRank]
-  const int f = blockIdx.x * kSiluThreads + threadIdx.x, y = blockIdx.y;
+  const int f = (blockIdx.x * kSiluThreads + threadIdx.x) * 4, y = blockIdx.y;
   if (y >= items.gridItems) {
     const int t0 = (y - items.gridItems) * kSiluTokens;
     if (f >= inter) return;
@@ -38,7 +64,10 @@ __global__ void __launch_bounds__(kSiluThreads)
       const int t = t0 + k;
       if (tl.rowSlot[t] >= 0) continue;
       const float* row = gu + static_cast<size_t>(t) * ld;
-      act[static_cast<size_t>(t) * ldAct + f] = toB(silu(row[f]) * row[inter + f]);
+      const float4 g4 = *reinterpret_cast<const float4*>(row + f),
+                   u4 = *reinterpret_cast<const float4*>(row + inter + f);
+      const float g[4] = {g4.x, g4.y, g4.z, g4.w}, u[4] = {u4.x, u4.y, u4.z, u4.w};
+      *reinterpret_cast<uint2*>(act + static_cast<size_t>(t) * ldAct + f) = siluPack(g, u);
     }
     return;
   }
@@ -54,26 +83,26 @@ __global__ void __launch_bounds__(kSiluThreads)
   const int rg = jg >= 0 ? tl.ranks[slot * kModules + tl.module[jg]] : 0;
   const int ru = ju >= 0 ? tl.ranks[slot * kModules + tl.module[ju]] : 0;
   for (int k0 = 0; k0 < n; k0 += kSiluTokens) {
-    float g[kSiluTokens], u[kSiluTokens];
+    float g[kSiluTokens][4], u[kSiluTokens][4];
     int t[kSiluTokens];
 #pragma unroll
     for (int k = 0; k < kSiluTokens; ++k) {
       t[k] = k0 + k < n ? items.perm[begin + k0 + k] : -1;
       const float* row = gu + static_cast<size_t>(t[k] >= 0 ? t[k] : 0) * ld;
-      g[k] = t[k] >= 0 ? row[f] : 0.0f;
-      u[k] = t[k] >= 0 ? row[inter + f] : 0.0f;
+      const float4 g4 = *reinterpret_cast<const float4*>(row + f),
+                   u4 = *reinterpret_cast<const float4*>(row + inter + f);
+      g[k][0] = g4.x, g[k][1] = g4.y, g[k][2] = g4.z, g[k][3] = g4.w;
+      u[k][0] = u4.x, u[k][1] = u4.y, u[k][2] = u4.z, u[k][3] = u4.w;
     }
+    if (jg >= 0) addDeltas(tl, jg, slot, f, ms + k0 * width + jg * tl.maxRank, width, n - k0, rg, g);
+    if (ju >= 0) addDeltas(tl, ju, slot, f, ms + k0 * width + ju * tl.maxRank, width, n - k0, ru, u);
 #pragma unroll
-    for (int k = 0; k < kSiluTokens; ++k) {
-      if (t[k] < 0) break;
-      const float* m = ms + (k0 + k) * width;
-      const float dg = jg >= 0 ? delta(tl, jg, slot, f, m + jg * tl.maxRank, rg) : 0.0f;
-      const float du = ju >= 0 ? delta(tl, ju, slot, f, m + ju * tl.maxRank, ru) : 0.0f;
-      act[static_cast<size_t>(t[k]) * ldAct + f] = toB(silu(g[k] + dg) * (u[k] + du));
-    }
+    for (int k = 0; k < kSiluTokens; ++k)
+      if (t[k] >= 0) *reinterpret_cast<uint2*>(act + static_cast<size_t>(t[k]) * ldAct + f) = siluPack(g[k], u[k]);
   }
 }
 
+// Four consecutive columns a thread, each block a quarter of the row.
 __global__ void __cluster_dims__(kNormParts, 1, 1) __launch_bounds__(kNormThreads)
     addNormTailKernel(float* hidden, const float* ext, int ldExt, LoraTail tl, const float* w, bf16_t* y, int ldy,
                       int h, float eps) {
@@ -87,11 +116,16 @@ __global__ void __cluster_dims__(kNormParts, 1, 1) __launch_bounds__(kNormThread
   float* hr = hidden + static_cast<size_t>(t) * h;
   const float* er = ext + static_cast<size_t>(t) * ldExt;
   float ss = 0.0f;
-  for (int c = c0 + threadIdx.x; c < c0 + cols; c += kNormThreads) {
-    float v = hr[c] + er[c];
-    if (slot >= 0) v += deltaAt(tl, slot, c, ms);
-    hr[c] = v;
-    ss += v * v;
+  for (int c = c0 + 4 * threadIdx.x; c < c0 + cols; c += 4 * kNormThreads) {
+    const float4 a = *reinterpret_cast<const float4*>(hr + c), e = *reinterpret_cast<const float4*>(er + c);
+    float v[4] = {a.x + e.x, a.y + e.y, a.z + e.z, a.w + e.w};
+    if (slot >= 0) {
+      int cc = 0;
+      const int j = sliceOf(tl, c, cc);
+      if (j >= 0) delta4(tl, j, slot, cc, ms + j * tl.maxRank, tl.ranks[slot * kModules + tl.module[j]], v);
+    }
+    *reinterpret_cast<float4*>(hr + c) = make_float4(v[0], v[1], v[2], v[3]);
+    ss += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
   }
   if (!y) return;
   using Reduce = cub::BlockReduce<float, kNormThreads>;
@@ -120,11 +154,9 @@ LoraTail loraTail(const LoraSlices& sl, int slots, const float* mid, int ldMid, 
   tl.slots = slots;
   tl.mid = mid;
   tl.ldMid = ldMid;
-  tl.bLd = sl.bLd[0];
   for (int j = 0; j < sl.count; ++j) {
-    if (sl.bSlotStride[j] != static_cast<size_t>(sl.maxRank) || sl.bLd[j] != tl.bLd)
-      throw std::logic_error("LoRA tail: B is not in the weight's padding columns");
-    tl.b[j] = sl.b[j];
+    if (!sl.bt[j]) throw std::logic_error("LoRA tail: the pool keeps no transposed B for this group");
+    tl.bt[j] = sl.bt[j];
     tl.outOffset[j] = sl.outOffset[j];
     tl.out[j] = sl.out[j];
     tl.module[j] = sl.module[j];
@@ -135,8 +167,8 @@ LoraTail loraTail(const LoraSlices& sl, int slots, const float* mid, int ldMid, 
   return tl;
 }
 
-bool loraTailSupported(int maxRank, int bLd, int in) {
-  return maxRank % 8 == 0 && maxRank <= kMaxTailRank && bLd % 8 == 0 && in % 8 == 0;
+bool loraTailSupported(int maxRank, int hidden, int intermediate) {
+  return maxRank <= kMaxTailRank && hidden % (4 * kNormParts) == 0 && intermediate % 4 == 0;
 }
 
 bool siluMulTailFits(int maxItem, int count, int maxRank) {
@@ -149,7 +181,8 @@ void siluMulTail(const float* gu, int ld, const LoraTail& tail, const LoraItems&
   if (ldAct == 0) ldAct = inter;
   if (!siluMulTailFits(maxItem, tail.count, tail.maxRank))
     throw std::logic_error("LoRA tail: an item's shrink outputs exceed the SiLU kernel's shared memory");
-  const dim3 grid((inter + kSiluThreads - 1) / kSiluThreads, items.gridItems + (T + kSiluTokens - 1) / kSiluTokens);
+  if (inter % 4 != 0) throw std::logic_error("LoRA tail: the intermediate size is not a multiple of 4");
+  const dim3 grid((inter / 4 + kSiluThreads - 1) / kSiluThreads, items.gridItems + (T + kSiluTokens - 1) / kSiluTokens);
   const size_t smem = static_cast<size_t>(maxItem) * tail.count * tail.maxRank * sizeof(float);
   siluMulTailKernel<<<grid, kSiluThreads, smem, s>>>(gu, ld, tail, items, inter, T, act, ldAct);
   check(cudaGetLastError(), "LoRA tail SiLU launch");
@@ -158,7 +191,7 @@ void siluMulTail(const float* gu, int ld, const LoraTail& tail, const LoraItems&
 void addNormTail(float* hidden, const float* ext, int ldExt, const LoraTail& tail, const float* w, bf16_t* y, int ldy,
                  int T, int h, float eps, cudaStream_t s) {
   if (T == 0) return;
-  if (h % kNormParts != 0) throw std::logic_error("LoRA tail: the hidden size is not a multiple of 4");
+  if (h % (4 * kNormParts) != 0) throw std::logic_error("LoRA tail: the hidden size is not a multiple of 16");
   addNormTailKernel<<<dim3(kNormParts, T), kNormThreads, 0, s>>>(hidden, ext, ldExt, tail, w, y, ldy ? ldy : h, h, eps);
   check(cudaGetLastError(), "LoRA tail add-norm launch");
 }

@@ -25,35 +25,49 @@ __device__ __forceinline__ void loadMids(const LoraTail& tl, int t, int slot, fl
   }
 }
 
-// Sum over r < rank of m[r] B[c][slot maxRank + r] for module j's output row c, in 8-value pieces
-// (m is zero from rank on, and B finite there: the weight's padding starts zeroed and fills only
-// write checked values).
+__device__ __forceinline__ float bf16f(uint32_t bits) { return __uint_as_float(bits << 16); }
+
+// Sum over r < rank of m[r] B[c][r] for the slot's module j, output c (m: the token's scaled
+// shrink outputs for the module, zero from the slot's rank on).
 __device__ __forceinline__ float delta(const LoraTail& tl, int j, int slot, int c, const float* m, int rank) {
-  const uint4* b = reinterpret_cast<const uint4*>(tl.b[j] + static_cast<size_t>(c) * tl.bLd + slot * tl.maxRank);
+  const int out = tl.out[j];
+  const bf16_t* b = tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * out + c;
   float acc = 0.0f;
-  for (int p = 0; p < (rank + 7) / 8; ++p) {
-    const uint4 v = __ldg(b + p);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    const float* mp = m + 8 * p;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      acc = fmaf(mp[2 * i], __uint_as_float(w[i] << 16), acc);
-      acc = fmaf(mp[2 * i + 1], __uint_as_float(w[i] & 0xffff0000u), acc);
-    }
-  }
+  for (int r = 0; r < rank; ++r) acc = fmaf(m[r], bf16f(__ldg(b + static_cast<size_t>(r) * out)), acc);
   return acc;
+}
+
+// The same for outputs c .. c + 3 of module j (c and out[j] multiples of 4): 8-byte loads, d += .
+__device__ __forceinline__ void delta4(const LoraTail& tl, int j, int slot, int c, const float* m, int rank,
+                                       float (&d)[4]) {
+  const int out = tl.out[j];
+  const uint2* b = reinterpret_cast<const uint2*>(tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * out + c);
+  for (int r = 0; r < rank; ++r) {
+    const uint2 v = __ldg(b + static_cast<size_t>(r) * (out / 4));
+    const float w = m[r];
+    d[0] = fmaf(w, bf16f(v.x & 0xffffu), d[0]);
+    d[1] = fmaf(w, bf16f(v.x >> 16), d[1]);
+    d[2] = fmaf(w, bf16f(v.y & 0xffffu), d[2]);
+    d[3] = fmaf(w, bf16f(v.y >> 16), d[3]);
+  }
+}
+
+// Which of the group's modules holds output column c, and c's column within it (-1: none held).
+__device__ __forceinline__ int sliceOf(const LoraTail& tl, int c, int& cc) {
+#pragma unroll
+  for (int j = 0; j < kMaxLoraSlices; ++j) {
+    if (j >= tl.count) break;
+    cc = c - tl.outOffset[j];
+    if (cc >= 0 && cc < tl.out[j]) return j;
+  }
+  return -1;
 }
 
 // The delta of column c of the group's output for a token of `slot` (ms from loadMids).
 __device__ __forceinline__ float deltaAt(const LoraTail& tl, int slot, int c, const float* ms) {
-#pragma unroll
-  for (int j = 0; j < kMaxLoraSlices; ++j) {
-    if (j >= tl.count) break;
-    const int cc = c - tl.outOffset[j];
-    if (cc >= 0 && cc < tl.out[j])
-      return delta(tl, j, slot, cc, ms + j * tl.maxRank, tl.ranks[slot * kModules + tl.module[j]]);
-  }
-  return 0.0f;
+  int cc = 0;
+  const int j = sliceOf(tl, c, cc);
+  return j < 0 ? 0.0f : delta(tl, j, slot, cc, ms + j * tl.maxRank, tl.ranks[slot * kModules + tl.module[j]]);
 }
 
 }  // namespace tail_ops

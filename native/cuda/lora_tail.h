@@ -21,15 +21,15 @@ namespace cuda {
 constexpr int kMaxTailRank = 256;  // ranks the consumers' shared memory holds per module
 
 // One group's deltas for a step: token t's shrink outputs at mid + t ldMid, module j's for slot k
-// at (j slots + k) maxRank; module j's B for slot k, output row c of the module at
-// b[j] + c bLd + k maxRank. count 0: no deltas.
+// at (j slots + k) maxRank; module j's B transposed, slot k's rank r for its outputs c at
+// bt[j] + (k maxRank + r) out[j] + c (the pool's copy, LoraSlices::bt), so a warp's threads read
+// consecutive outputs together. count 0: no deltas.
 struct LoraTail {
   int count = 0;
   int maxRank = 0, slots = 0;
   const float* mid = nullptr;
   int ldMid = 0;
-  const bf16_t* b[kMaxLoraSlices] = {};
-  int bLd = 0;
+  const bf16_t* bt[kMaxLoraSlices] = {};
   int outOffset[kMaxLoraSlices] = {};  // module j's first output column in the group's output
   int out[kMaxLoraSlices] = {};
   int module[kMaxLoraSlices] = {};
@@ -38,15 +38,15 @@ struct LoraTail {
   const float* scaling = nullptr;    // [slot]
 };
 
-// The tail of `sl` (a pool's slices, B in the weight's padding columns) over a GEMM output whose
-// shrink columns start at mid.
+// The tail of `sl` (a pool's slices with B transposed) over a GEMM output whose shrink columns
+// start at mid.
 LoraTail loraTail(const LoraSlices& sl, int slots, const float* mid, int ldMid, const int32_t* rowSlot,
                   const int32_t* ranks, const float* scaling);
 
-// Whether the consumers take a group's deltas: ranks a multiple of 8 up to kMaxTailRank and B rows
-// in 16-byte pieces; siluMulTailFits: an item of maxItem tokens' shrink outputs fit the SiLU
-// kernel's shared memory.
-bool loraTailSupported(int maxRank, int bLd, int in);
+// Whether the consumers take a group's deltas: ranks up to kMaxTailRank, and outputs and hidden
+// size in fours (the SiLU and add-norm kernels take four outputs a thread); siluMulTailFits: an
+// item of maxItem tokens' shrink outputs fit the SiLU kernel's shared memory.
+bool loraTailSupported(int maxRank, int hidden, int intermediate);
 bool siluMulTailFits(int maxItem, int count, int maxRank);
 
 // ropeKv over qkv rows ld apart, each token's q/k/v deltas added first.
@@ -61,7 +61,7 @@ void siluMulTail(const float* gu, int ld, const LoraTail& tail, const LoraItems&
 
 // hidden[t] += ext[t][0, h) + the token's deltas (ext's rows ldExt apart); then, with y, y[t] =
 // bf16(w * hidden[t] / rms) (rows ldy apart) as rmsnorm makes them. A row takes a cluster of
-// four blocks (compute capability 9.0): h a multiple of 4.
+// four blocks (compute capability 9.0): h a multiple of 16.
 void addNormTail(float* hidden, const float* ext, int ldExt, const LoraTail& tail, const float* w, bf16_t* y, int ldy,
                  int T, int h, float eps, cudaStream_t s);
 
