@@ -1,6 +1,8 @@
 // The CUDA backend's sampling: each sampled row's token (greedy, or drawn on the device or the
 // host with its filters and penalties), its logprob and alternatives, copied back as the step's
 // output. The class is in backend_impl.h.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -123,8 +125,13 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
           hostOutFloats_[S + static_cast<size_t>(r) * gpuTopN + k];
     }
   }
-  // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row.
-  for (size_t k = 0; k < hostRows.size(); ++k) {
+  // Filtered sampling and very long top-N lists run the CPU backend's code on the raw row, a row a
+  // thread as the CPU engine samples: a row of a 128k vocabulary takes 1-3 ms of one core, so 32
+  // such rows one after another would take several times a decode step.
+  const int hostCount = static_cast<int>(hostRows.size());
+  const int threads = o_.threads > 0 ? o_.threads : omp_get_num_procs();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && hostCount > 1)
+  for (int k = 0; k < hostCount; ++k) {
     const int r = hostRows[k], i = seqOf[r];
     const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
     const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
@@ -137,6 +144,8 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
       out.logprobs[i] = s.logprob;
     } catch (const std::exception& e) {
       out.errors[i] = std::string("sampling failed: ") + e.what();
+    } catch (...) {
+      out.errors[i] = "sampling failed";  // nothing may leave the parallel region
     }
   }
 }

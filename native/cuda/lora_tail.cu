@@ -36,16 +36,25 @@ __device__ __forceinline__ void addDeltas(const LoraTail& tl, int j, int slot, i
                                           int tokens, int rank, float (&acc)[kSiluTokens][4]) {
   const int stride = tl.out[j] / 4;
   const uint2* b = reinterpret_cast<const uint2*>(tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * tl.out[j] + f);
-  for (int r = 0; r < rank; ++r) {
-    const uint2 v = __ldg(b + static_cast<size_t>(r) * stride);
-    const float w0 = bf16f(v.x & 0xffffu), w1 = bf16f(v.x >> 16), w2 = bf16f(v.y & 0xffffu), w3 = bf16f(v.y >> 16);
+  for (int r0 = 0; r0 < rank; r0 += kRanksInFlight) {
+    uint2 v[kRanksInFlight];
 #pragma unroll
-    for (int k = 0; k < kSiluTokens; ++k) {
-      const float mk = k < tokens ? m[k * width + r] : 0.0f;
-      acc[k][0] = fmaf(mk, w0, acc[k][0]);
-      acc[k][1] = fmaf(mk, w1, acc[k][1]);
-      acc[k][2] = fmaf(mk, w2, acc[k][2]);
-      acc[k][3] = fmaf(mk, w3, acc[k][3]);
+    for (int i = 0; i < kRanksInFlight; ++i)
+      v[i] = r0 + i < rank ? __ldg(b + static_cast<size_t>(r0 + i) * stride) : make_uint2(0, 0);
+#pragma unroll
+    for (int i = 0; i < kRanksInFlight; ++i) {
+      if (r0 + i >= rank) break;
+      const int r = r0 + i;
+      const float w0 = bf16f(v[i].x & 0xffffu), w1 = bf16f(v[i].x >> 16), w2 = bf16f(v[i].y & 0xffffu),
+                  w3 = bf16f(v[i].y >> 16);
+#pragma unroll
+      for (int k = 0; k < kSiluTokens; ++k) {
+        const float mk = k < tokens ? m[k * width + r] : 0.0f;
+        acc[k][0] = fmaf(mk, w0, acc[k][0]);
+        acc[k][1] = fmaf(mk, w1, acc[k][1]);
+        acc[k][2] = fmaf(mk, w2, acc[k][2]);
+        acc[k][3] = fmaf(mk, w3, acc[k][3]);
+      }
     }
   }
 }

@@ -27,13 +27,24 @@ __device__ __forceinline__ void loadMids(const LoraTail& tl, int t, int slot, fl
 
 __device__ __forceinline__ float bf16f(uint32_t bits) { return __uint_as_float(bits << 16); }
 
+// Ranks whose B loads a thread issues together before it uses them: a rank-64 delta would
+// otherwise wait on 64 loads one after another.
+constexpr int kRanksInFlight = 8;
+
 // Sum over r < rank of m[r] B[c][r] for the slot's module j, output c (m: the token's scaled
 // shrink outputs for the module, zero from the slot's rank on).
 __device__ __forceinline__ float delta(const LoraTail& tl, int j, int slot, int c, const float* m, int rank) {
   const int out = tl.out[j];
   const bf16_t* b = tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * out + c;
   float acc = 0.0f;
-  for (int r = 0; r < rank; ++r) acc = fmaf(m[r], bf16f(__ldg(b + static_cast<size_t>(r) * out)), acc);
+  for (int r0 = 0; r0 < rank; r0 += kRanksInFlight) {
+    uint32_t v[kRanksInFlight];
+#pragma unroll
+    for (int i = 0; i < kRanksInFlight; ++i) v[i] = r0 + i < rank ? __ldg(b + static_cast<size_t>(r0 + i) * out) : 0u;
+#pragma unroll
+    for (int i = 0; i < kRanksInFlight; ++i)
+      if (r0 + i < rank) acc = fmaf(m[r0 + i], bf16f(v[i]), acc);
+  }
   return acc;
 }
 
@@ -42,13 +53,20 @@ __device__ __forceinline__ void delta4(const LoraTail& tl, int j, int slot, int 
                                        float (&d)[4]) {
   const int out = tl.out[j];
   const uint2* b = reinterpret_cast<const uint2*>(tl.bt[j] + static_cast<size_t>(slot) * tl.maxRank * out + c);
-  for (int r = 0; r < rank; ++r) {
-    const uint2 v = __ldg(b + static_cast<size_t>(r) * (out / 4));
-    const float w = m[r];
-    d[0] = fmaf(w, bf16f(v.x & 0xffffu), d[0]);
-    d[1] = fmaf(w, bf16f(v.x >> 16), d[1]);
-    d[2] = fmaf(w, bf16f(v.y & 0xffffu), d[2]);
-    d[3] = fmaf(w, bf16f(v.y >> 16), d[3]);
+  for (int r0 = 0; r0 < rank; r0 += kRanksInFlight) {
+    uint2 v[kRanksInFlight];
+#pragma unroll
+    for (int i = 0; i < kRanksInFlight; ++i)
+      v[i] = r0 + i < rank ? __ldg(b + static_cast<size_t>(r0 + i) * (out / 4)) : make_uint2(0, 0);
+#pragma unroll
+    for (int i = 0; i < kRanksInFlight; ++i) {
+      if (r0 + i >= rank) break;
+      const float w = m[r0 + i];
+      d[0] = fmaf(w, bf16f(v[i].x & 0xffffu), d[0]);
+      d[1] = fmaf(w, bf16f(v[i].x >> 16), d[1]);
+      d[2] = fmaf(w, bf16f(v[i].y & 0xffffu), d[2]);
+      d[3] = fmaf(w, bf16f(v[i].y >> 16), d[3]);
+    }
   }
 }
 
