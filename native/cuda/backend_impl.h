@@ -187,7 +187,9 @@ class CudaBackend : public Backend {
   int tailMaxItem_ = 0;  // the most tokens an item of the step (or of any replay of its graph) has
   const float* pendExt_ = nullptr;
   DeviceBuffer<float> ext_;
-  // Sampling.
+  // Sampling. Rows with top-k, top-p or min-p are drawn on the GPU (sample_filter.cuh) with
+  // TROUPE_CUDA_SAMPLE_FILTERS=1, else on the host from a downloaded logits row.
+  bool sampleFilters_ = false;
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
   PinnedBuffer<int32_t> hostPen_;

@@ -48,7 +48,11 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     // As sampleToken: below kGreedyTemperature is greedy; top_k <= 0 or >= vocab is off.
     const bool greedy = !(b.temperature[i] >= kGreedyTemperature) || b.topK[i] == 1;
     const bool filtered = (b.topK[i] > 0 && b.topK[i] < V) || b.topP[i] < 1 || b.minP[i] > 0;
-    row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : filtered ? cuda::kHost : cuda::kSample;
+    const int32_t drawn = filtered ? (sampleFilters_ ? cuda::kFiltered : cuda::kHost) : cuda::kSample;
+    row.mode = topN > cuda::kMaxTopN ? cuda::kHost : greedy ? cuda::kGreedy : drawn;
+    row.topK = b.topK[i];
+    row.topP = b.topP[i];
+    row.minP = b.minP[i];
     if (row.mode == cuda::kHost) hostRows.push_back(r);
     row.frequency = b.frequencyPenalty[i];
     row.presence = b.presencePenalty[i];

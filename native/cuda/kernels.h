@@ -131,13 +131,18 @@ void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, i
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);
 
 // Per sampled row, after the lm_head: log-softmax statistics, the top-N, penalties, then the token.
-enum SampleMode : int32_t { kGreedy = 0, kSample = 1, kHost = 2 };
+// kFiltered: a draw under top-k, top-p and min-p (sample_filter.cuh); kHost: the row is left to
+// the host.
+enum SampleMode : int32_t { kGreedy = 0, kSample = 1, kHost = 2, kFiltered = 3 };
 struct SampleRow {
   float temperature;
   float u;  // the uniform draw for (seed, draws)
   int32_t mode;
   int32_t penStart, penEnd;  // unique seen tokens in penTokens/penCounts
   float frequency, presence, repetition;
+  int32_t topK;  // kFiltered: 0 off
+  float topP;    // 1 off
+  float minP;    // 0 off
 };
 // logits: rows x vocab (modified in place by the penalties). topN <= kMaxTopN.
 constexpr int kMaxTopN = 64;

@@ -1,7 +1,7 @@
 // Sampling on the GPU, one block per sampled row, following native/sampling.cc: log-softmax
 // statistics and the top-N on the raw logits, then the penalties (in place), then greedy argmax
-// or an inverse-CDF draw in token-id order. Rows whose filters (top-k, top-p, min-p) need the
-// sorted distribution are left to the host (mode kHost). The degenerate cases follow
+// or an inverse-CDF draw in token-id order, or (kFiltered) a draw under top-k, top-p and min-p in
+// the order of the weights (sample_filter.cuh). Rows of mode kHost are left to the host. The degenerate cases follow
 // native/sampling.h: NaN logits count as -Inf (rewritten in place first), +Inf logits share the
 // mass, temperature +Inf (invT 0) is uniform over the logits above -Inf, and a row with nothing
 // above -Inf gives token 0. Temperatures below kGreedyTemperature never get here (kGreedy).
@@ -9,6 +9,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "cuda/kernels.h"
+#include "cuda/sample_filter.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -145,43 +146,50 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     mp = sf;
     const float invT = p.temperature == INFINITY ? 0.0f : 1.0f / p.temperature;
-    // Each thread owns a contiguous chunk, so a scan of chunk sums walks the ids in order.
-    const int chunk = (vocab + kThreads - 1) / kThreads;
-    const int lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
-    double local = 0;
-    for (int i = lo; i < hi; ++i) local += weight(x[i], mp, invT);
-    double before, total;
-    __syncthreads();
-    Scan(tmp.s).ExclusiveSum(local, before, total);
-    const double target = static_cast<double>(p.u) * total;
-    if (threadIdx.x == 0) chosen = -1;
-    __syncthreads();
-    if (local > 0 && target >= before && target < before + local) {
-      double cum = before;
-      int tok = -1, last = lo;
-      for (int i = lo; i < hi; ++i) {
-        const float w = weight(x[i], mp, invT);
-        if (w > 0) last = i;
-        cum += w;
-        if (cum > target) {
-          tok = i;
-          break;
+    if (p.mode == kFiltered) {
+      __shared__ sample_filter::Shared<kThreads> fsh;
+      const int tok = sample_filter::draw(
+          vocab, [&](int i) { return weight(x[i], mp, invT); }, p.topK, p.topP, p.minP, p.u, fsh);
+      if (threadIdx.x == 0) chosen = tok;
+    } else {
+      // Each thread owns a contiguous chunk, so a scan of chunk sums walks the ids in order.
+      const int chunk = (vocab + kThreads - 1) / kThreads;
+      const int lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
+      double local = 0;
+      for (int i = lo; i < hi; ++i) local += weight(x[i], mp, invT);
+      double before, total;
+      __syncthreads();
+      Scan(tmp.s).ExclusiveSum(local, before, total);
+      const double target = static_cast<double>(p.u) * total;
+      if (threadIdx.x == 0) chosen = -1;
+      __syncthreads();
+      if (local > 0 && target >= before && target < before + local) {
+        double cum = before;
+        int tok = -1, last = lo;
+        for (int i = lo; i < hi; ++i) {
+          const float w = weight(x[i], mp, invT);
+          if (w > 0) last = i;
+          cum += w;
+          if (cum > target) {
+            tok = i;
+            break;
+          }
         }
-      }
-      chosen = tok >= 0 ? tok : last;  // rounding: the chunk's last token with mass
-    }
-    __syncthreads();
-    // Read by every thread before any writes it, so the barrier below is reached by all or none.
-    const bool missed = chosen < 0;
-    __syncthreads();
-    if (missed) {  // rounding put the target past the end: the last token with mass
-      if (local > 0) {
-        int last = hi - 1;
-        while (last > lo && !(weight(x[last], mp, invT) > 0)) --last;
-        atomicMax(&chosen, last);
+        chosen = tok >= 0 ? tok : last;  // rounding: the chunk's last token with mass
       }
       __syncthreads();
-      if (threadIdx.x == 0 && chosen < 0) chosen = 0;  // no token has mass
+      // Read by every thread before any writes it, so the barrier below is reached by all or none.
+      const bool missed = chosen < 0;
+      __syncthreads();
+      if (missed) {  // rounding put the target past the end: the last token with mass
+        if (local > 0) {
+          int last = hi - 1;
+          while (last > lo && !(weight(x[last], mp, invT) > 0)) --last;
+          atomicMax(&chosen, last);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0 && chosen < 0) chosen = 0;  // no token has mass
+      }
     }
   }
   __syncthreads();

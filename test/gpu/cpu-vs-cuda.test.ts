@@ -116,30 +116,50 @@ describe('CUDA backend vs CPU backend', () => {
 
 // Seeded sampling on the GPU, checked against the distribution of the GPU's own logits (the two
 // backends' logits differ by rounding, and a draw over 128k tokens in id order moves with it).
-describe('sampling on the GPU', () => {
+// Rows with top-k, top-p or min-p are drawn on the host from the downloaded row, or on the GPU
+// itself with TROUPE_CUDA_SAMPLE_FILTERS=1 (read when an engine starts): both ways here.
+describe.each([
+  { filters: 'host', env: undefined },
+  { filters: 'GPU', env: '1' },
+])('sampling on the GPU, filtered rows on the $filters', ({ env }) => {
+  const engine = (() => {
+    if (env === undefined) return gpu;
+    process.env.TROUPE_CUDA_SAMPLE_FILTERS = env;
+    try {
+      return addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ ...opts, device: 'cuda' }));
+    } finally {
+      delete process.env.TROUPE_CUDA_SAMPLE_FILTERS;
+    }
+  })();
+  afterAll(() => {
+    if (engine !== gpu) addon.destroyEngine(engine);
+  });
   const ROWS = 256;
   const p = prompt(16, 77, vocab);
   const rows = (over: Partial<SeqStep>): SeqStep[] =>
     Array.from({ length: ROWS }, (_, i) => ({ tokens: p, cached: 0, blocks: [i], temperature: 1, seed: 1000 + i, ...over }));
-  const run = (over: Partial<SeqStep>) => addon.step(gpu, makeBatch(rows(over), { returnLogits: true }));
+  const run = (over: Partial<SeqStep>) => addon.step(engine, makeBatch(rows(over), { returnLogits: true }));
   const probs = (logits: Float32Array, t: number): Float64Array =>
     logSoftmax(Float32Array.from(logits.subarray(0, vocab), (v) => v / t)).map((v) => Math.exp(v));
+  /** Each token's count within 4.5 standard deviations of ROWS draws from `expected` (probabilities). */
+  const expectCounts = (tokens: Int32Array, expected: Map<number, number>): void => {
+    const counts = new Map<number, number>();
+    for (const tok of tokens) counts.set(tok, (counts.get(tok) ?? 0) + 1);
+    for (const [tok, q] of expected) {
+      const sd = Math.sqrt(ROWS * q * (1 - q));
+      expect(Math.abs((counts.get(tok) ?? 0) - ROWS * q)).toBeLessThanOrEqual(4.5 * sd + 1);
+    }
+  };
 
   it('draws follow softmax(logits / T) and repeat for the same seed', () => {
     for (const t of [1, 0.5]) {
       const r = run({ temperature: t });
       const pr = probs(r.logits!, t);
-      const counts = new Map<number, number>();
-      for (const tok of r.tokens) counts.set(tok, (counts.get(tok) ?? 0) + 1);
-      // The five likeliest tokens: observed counts within 4.5 standard deviations of expected.
+      // The five likeliest tokens.
       const top = Array.from(pr.keys())
         .sort((x, y) => pr[y]! - pr[x]!)
         .slice(0, 5);
-      for (const tok of top) {
-        const expected = ROWS * pr[tok]!;
-        const sd = Math.sqrt(ROWS * pr[tok]! * (1 - pr[tok]!));
-        expect(Math.abs((counts.get(tok) ?? 0) - expected)).toBeLessThanOrEqual(4.5 * sd + 1);
-      }
+      expectCounts(r.tokens, new Map(top.map((tok) => [tok, pr[tok]!])));
       expect(Array.from(run({ temperature: t }).tokens)).toEqual(Array.from(r.tokens));
     }
   });
@@ -163,5 +183,29 @@ describe('sampling on the GPU', () => {
     for (const tok of run({ topP: 0.5 }).tokens) expect(nucleus).toContain(tok);
     const floor = 0.3 * pr[order[0]!]!;
     for (const tok of run({ minP: 0.3 }).tokens) expect(pr[tok]!).toBeGreaterThanOrEqual(floor * 0.99);
+  });
+
+  it('filtered draws follow the renormalized probabilities of the kept tokens and repeat for the same seed', () => {
+    for (const over of [{ topK: 4 }, { topP: 0.6 }, { minP: 0.2, temperature: 0.7 }]) {
+      const r = run(over);
+      const t = over.temperature ?? 1;
+      const pr = probs(r.logits!, t);
+      const order = Array.from(pr.keys()).sort((x, y) => pr[y]! - pr[x]!);
+      // The kept prefix as native/sampling.cc walks it.
+      const kept: number[] = [];
+      let before = 0;
+      for (const tok of order) {
+        const q = pr[tok]!;
+        if (kept.length > 0 && (before > (over.topP ?? 1) || q < pr[order[0]!]! * (over.minP ?? 0))) break;
+        if ('topK' in over && kept.length >= over.topK!) break;
+        kept.push(tok);
+        before += q;
+      }
+      expect(kept.length).toBeGreaterThan(1);
+      for (const tok of r.tokens) expect(kept).toContain(tok);
+      // The five likeliest kept tokens, at their share of the kept mass.
+      expectCounts(r.tokens, new Map(kept.slice(0, 5).map((tok) => [tok, pr[tok]! / before])));
+      expect(Array.from(run(over).tokens)).toEqual(Array.from(r.tokens));
+    }
   });
 });
