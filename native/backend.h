@@ -271,6 +271,9 @@ std::string samplingError(const StepBatch& batch, size_t i, int vocabSize);
 // carries the engine's (the resident form). Needs a batch that passed validateBatch.
 struct Penalties;
 Penalties penaltiesOf(const StepBatch& batch, size_t i);
+// Sequence i's token, logprob and topN alternatives in `out`, drawn from its raw logits row with
+// its sampling values and penalties; a failure goes to out.errors[i] instead (nothing throws).
+void sampleSequence(const StepBatch& batch, size_t i, const float* logits, int vocabSize, int topN, StepOutput& out);
 // The structure of n entries of sampling columns (lengths, penalty offsets); throws naming
 // `where` ("batch", "batch.seqUpdate").
 void validateColumns(const SamplingColumns& columns, size_t n, const std::string& where);

@@ -167,4 +167,20 @@ Penalties penaltiesOf(const StepBatch& b, size_t i) {
   return p;
 }
 
+void sampleSequence(const StepBatch& b, size_t i, const float* logits, int vocabSize, int topN, StepOutput& out) {
+  const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
+  // One sequence's failure is its own, and nothing may leave a parallel region of the callers.
+  try {
+    const Penalties pen = penaltiesOf(b, i);
+    const Sampled s = sampleToken(logits, vocabSize, sp, topN, out.topIds.data() + i * topN,
+                                  out.topLogprobValues.data() + i * topN, &pen);
+    out.tokens[i] = s.token;
+    out.logprobs[i] = s.logprob;
+  } catch (const std::exception& e) {
+    out.errors[i] = std::string("sampling failed: ") + e.what();
+  } catch (...) {
+    out.errors[i] = "sampling failed";
+  }
+}
+
 }  // namespace troupe

@@ -219,18 +219,11 @@ void CpuBackend::sample(const StepBatch& b, const float* hidden, StepOutput& out
         out.errors[i] = "invalid sampling values: " + bad;
         continue;
       }
-      const SamplingParams p{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-      const Penalties pen = penaltiesOf(b, i);
-      const Sampled r = sampleToken(logits.data() + static_cast<size_t>(j) * vocab, vocab, p, topN,
-                                    out.topIds.data() + static_cast<size_t>(i) * topN,
-                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
-      out.tokens[i] = r.token;
-      out.logprobs[i] = r.logprob;
     } catch (const std::exception& e) {
       out.errors[i] = std::string("sampling failed: ") + e.what();
-    } catch (...) {
-      out.errors[i] = "sampling failed";
+      continue;
     }
+    sampleSequence(b, i, logits.data() + static_cast<size_t>(j) * vocab, vocab, topN, out);
   }
   if (b.returnLogits) {
     out.logits.assign(static_cast<size_t>(n) * vocab, std::nanf(""));

@@ -487,11 +487,11 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     projection(l, cuda::kDownWeight, "down", {kDown}, zero, silu, act_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
   }
-  if (pending_ && p.sampled > 0) {
+  if (pendTail_.count && p.sampled > 0) {
     // The last down projection's output and deltas, into the residual the final norm reads.
-    cuda::addNormTail(hidden_.get(), pendExt_, pendLd_, pendTail_, nullptr, nullptr, 0, T, h, eps, stream_);
+    cuda::addNormTail(hidden_.get(), ext_.get(), pendTail_.ldMid, pendTail_, nullptr, nullptr, 0, T, h, eps, stream_);
   }
-  pending_ = false;
+  pendTail_ = cuda::LoraTail{};
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);

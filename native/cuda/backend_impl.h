@@ -180,12 +180,11 @@ class CudaBackend : public Backend {
   bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
   // The tail layout (lora_tail.h): what the step's last q/k/v and gate/up projections left for
   // their consumers (rows ld apart, deltas when count > 0), and an o or down projection's output
-  // not yet added to the residual (pending_: ext_, pendLd_ apart, with pendTail_'s deltas).
+  // not yet added to the residual (pendTail_.count > 0: in ext_, rows pendTail_.ldMid apart, its
+  // shrink outputs after the hidden size's columns).
   cuda::LoraTail qkvTail_, guTail_, pendTail_;
-  int qkvLd_ = 0, guLd_ = 0, pendLd_ = 0;
-  bool pending_ = false;
+  int qkvLd_ = 0, guLd_ = 0;
   int tailMaxItem_ = 0;  // the most tokens an item of the step (or of any replay of its graph) has
-  const float* pendExt_ = nullptr;
   DeviceBuffer<float> ext_;
   // Sampling. Rows with top-k, top-p or min-p are drawn on the GPU (sample_filter.cuh) with
   // TROUPE_CUDA_SAMPLE_FILTERS=1, else on the host from a downloaded logits row.

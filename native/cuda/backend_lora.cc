@@ -34,12 +34,13 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
   cuda::RowInput input = given;
-  if (pending_ && input.source == cuda::RowSource::kNorm) {
+  if (pendTail_.count && input.source == cuda::RowSource::kNorm) {
     // The residual still lacks the last o or down projection (tail layout): add it with its
     // deltas, and make this projection's norm rows in the same kernel.
     timer_.mark("norm", stream_);
-    cuda::addNormTail(hidden_.get(), pendExt_, pendLd_, pendTail_, input.normW, made, in, T, in, input.eps, stream_);
-    pending_ = false;
+    cuda::addNormTail(hidden_.get(), ext_.get(), pendTail_.ldMid, pendTail_, input.normW, made, in, T, in, input.eps,
+                      stream_);
+    pendTail_ = cuda::LoraTail{};
     input = cuda::RowInput{cuda::RowSource::kCopy};
     input.bf16 = made;
     input.ld = in;
@@ -117,10 +118,7 @@ bool CudaBackend::tailProjection(int l, cuda::WeightGroup g, const char* name,
     guTail_ = tl;
     guLd_ = width;
   } else {
-    pending_ = true;
     pendTail_ = tl;
-    pendExt_ = out;
-    pendLd_ = width;
   }
   return true;
 }
@@ -129,16 +127,17 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
                                   const bf16_t* W, float* y, int N, bool accumulate) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
   const size_t slab = loraMid_.size() / loraPieces_;
-  cuda::LoraMid mid;
-  mid.data = loraMid_.get();
-  mid.slab = slab;
-  mid.pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
-  mid.tokenPitch = sl.count * sl.maxRank;
-  mid.slicePitch = sl.maxRank;
+  // The tiled shrink's outputs: each token's own slot only, in the split's slabs.
+  cuda::LoraMid tiled;
+  tiled.data = loraMid_.get();
+  tiled.slab = slab;
+  tiled.pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
+  tiled.tokenPitch = sl.count * sl.maxRank;
+  tiled.slicePitch = sl.maxRank;
   auto lora = [&](const bf16_t* copy, cudaStream_t st) {
     cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
-    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), mid, copy, in, T, xa_.get(),
-                      ld, st);
+    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), tiled, copy, in, T,
+                      xa_.get(), ld, st);
   };
   if (T > fusedSplitMaxTokens_) {
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
@@ -150,13 +149,13 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
       const int cols = sl.count * lora_->slots() * sl.maxRank;
       project(T, cols, in, sl.a[0], sl.aLd[0], x, in, loraMid_.get(), false);
-      mid = cuda::LoraMid{};
-      mid.data = loraMid_.get();
-      mid.tokenPitch = cols;
-      mid.slicePitch = lora_->slots() * sl.maxRank;
-      mid.slotPitch = sl.maxRank;
-      cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), mid, x, in, T, xa_.get(),
-                        ld, stream_);
+      cuda::LoraMid every;
+      every.data = loraMid_.get();
+      every.tokenPitch = cols;
+      every.slicePitch = lora_->slots() * sl.maxRank;
+      every.slotPitch = sl.maxRank;
+      cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), every, x, in, T,
+                        xa_.get(), ld, stream_);
     } else {
       lora(x, stream_);
     }

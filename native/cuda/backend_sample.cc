@@ -137,20 +137,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && hostCount > 1)
   for (int k = 0; k < hostCount; ++k) {
     const int r = hostRows[k], i = seqOf[r];
-    const float* row = hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V;
-    const SamplingParams sp{b.temperature[i], b.topK[i], b.topP[i], b.minP[i], b.seeds[i], b.draws[i]};
-    const Penalties pen = penaltiesOf(b, i);
-    // One sequence's failure is its own.
-    try {
-      const Sampled s = sampleToken(row, V, sp, topN, out.topIds.data() + static_cast<size_t>(i) * topN,
-                                    out.topLogprobValues.data() + static_cast<size_t>(i) * topN, &pen);
-      out.tokens[i] = s.token;
-      out.logprobs[i] = s.logprob;
-    } catch (const std::exception& e) {
-      out.errors[i] = std::string("sampling failed: ") + e.what();
-    } catch (...) {
-      out.errors[i] = "sampling failed";  // nothing may leave the parallel region
-    }
+    sampleSequence(b, i, hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V, V, topN, out);
   }
 }
 
