@@ -74,7 +74,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
   sms_ = prop.multiProcessorCount;
   itemPdl_ = prop.major >= 9;
-  if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) == "1";
+  if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
@@ -118,9 +118,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
-  int tail[cuda::kNumWeightGroups] = {};
-  if (pooled && o_.loraKernel == LoraKernel::kFused) chooseTail(c, prop.major, tail);
-  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, tail);
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
@@ -207,37 +205,15 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void CudaBackend::chooseTail(const ModelConfig& c, int major, int* tail) {
-  // The consumers' clusters need compute capability 9.0; with more than one rank o and down add
-  // partial sums that the all-reduce meets first, and q/k/v get Qwen's bias or norm before RoPE.
-  // Off unless asked for: on the H200 its consumers still cost more than the shrink launches and
-  // padding columns they replace (bench/results/2026-11-30-h200-lora-tail.json).
-  const char* env = std::getenv("TROUPE_LORA_TAIL");
-  if (major < 9 || tp_.size > 1 || !env || std::string(env) == "0") return;
-  const std::string groups = env;
-  const char* names[cuda::kNumWeightGroups] = {"qkv", "o", "gate_up", "down"};
-  for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
-    const bool named = ("," + groups + ",").find(std::string(",") + names[g] + ",") != std::string::npos;
-    const bool fits = cuda::loraTailSupported(o_.maxLoraRank, c.hiddenSize, c.intermediateSize) &&
-                      !(g == cuda::kQkvWeight && (c.qkvBias || c.qkNorm));
-    // Whole float4s for the consumers' rows past the projection's own outputs.
-    const int rows =
-        cuda::loraTailRows(static_cast<cuda::WeightGroup>(g), o_.loraSlots, o_.maxLoraRank, o_.loraModuleMask);
-    if (named && fits && rows % 4 == 0) tail[g] = rows;
-  }
-}
-
 void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled) {
   const size_t t = static_cast<size_t>(std::max(T, 1));
   bool moved = false;
   moved |= hidden_.ensure(t * c_.hiddenSize);
   moved |= xn_.ensure(t * c_.hiddenSize);
-  moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_ + w_->tail[cuda::kQkvWeight]));
+  moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_));
   moved |= q_.ensure(t * qDim_);
   moved |= attn_.ensure(t * qDim_);
-  moved |= gateUp_.ensure(t * (2 * c_.intermediateSize + w_->tail[cuda::kGateUpWeight]));
-  if (const int extra = std::max(w_->tail[cuda::kOWeight], w_->tail[cuda::kDownWeight]))
-    moved |= ext_.ensure(t * (c_.hiddenSize + extra));
+  moved |= gateUp_.ensure(t * 2 * c_.intermediateSize);
   moved |= act_.ensure(t * c_.intermediateSize);
   const size_t d = static_cast<size_t>(std::max(decodes, 1));
   moved |= partial_.ensure(d * c_.numHeads * splits * c_.headDim);
@@ -311,7 +287,6 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     p.loraItems = static_cast<int>(itemSlot.size());
     for (int i = 0; i < p.loraItems; ++i) p.loraLongest = std::max(p.loraLongest, itemStart[i + 1] - itemStart[i]);
     p.loraTiles = (p.loraLongest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
-    tailMaxItem_ = p.loraLongest;
   }
   // The prefill chunks' attention tiles: every chunk of the step in one launch.
   std::vector<cuda::PrefillTile> tiles;
@@ -416,7 +391,6 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
       loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, o_.loraSlots));
       const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
-      tailMaxItem_ = longest;
     }
     Graph& g = graphs_[{p.n, stepHasLora_, p.splits}];
     if (!g.exec || g.generation != generation_) {
@@ -467,8 +441,8 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     // projection's output; nothing for Llama and Mistral.
     cuda::qkvBiasNorm(qkv_.get(), L.qkvBias, L.qNorm, L.kNorm, T, shape_, eps, stream_);
     timer_.mark("rope", stream_);
-    cuda::ropeKvTail(qkv_.get(), qkvLd_, qkvTail_, invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
-                     vCache_ + l * layerStride_, stream_);
+    cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
+                 vCache_ + l * layerStride_, stream_);
     timer_.mark("attention", stream_);
     attention(l, b, p);
     const int zero[1] = {0};
@@ -487,11 +461,6 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     projection(l, cuda::kDownWeight, "down", {kDown}, zero, silu, act_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
   }
-  if (pendTail_.count && p.sampled > 0) {
-    // The last down projection's output and deltas, into the residual the final norm reads.
-    cuda::addNormTail(hidden_.get(), ext_.get(), pendTail_.ldMid, pendTail_, nullptr, nullptr, 0, T, h, eps, stream_);
-  }
-  pendTail_ = cuda::LoraTail{};
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);

@@ -20,7 +20,6 @@
 #include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
-#include "cuda/lora_tail.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 
@@ -96,12 +95,6 @@ class CudaBackend : public Backend {
   // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
   // Made rows go to `made`, ld apart (in when 0).
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
-  // The tail form of projection (lora_tail.h) for a decode step with adapter tokens, when layer l's
-  // group g has tail rows; false (nothing done) otherwise.
-  bool tailProjection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                      const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y);
-  // Tail rows per weight group (GpuWeights::tail) for this device, model and TROUPE_LORA_TAIL.
-  void chooseTail(const ModelConfig& c, int major, int* tail);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
@@ -178,17 +171,9 @@ class CudaBackend : public Backend {
   cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
   cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
   bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
-  // The tail layout (lora_tail.h): what the step's last q/k/v and gate/up projections left for
-  // their consumers (rows ld apart, deltas when count > 0), and an o or down projection's output
-  // not yet added to the residual (pendTail_.count > 0: in ext_, rows pendTail_.ldMid apart, its
-  // shrink outputs after the hidden size's columns).
-  cuda::LoraTail qkvTail_, guTail_, pendTail_;
-  int qkvLd_ = 0, guLd_ = 0;
-  int tailMaxItem_ = 0;  // the most tokens an item of the step (or of any replay of its graph) has
-  DeviceBuffer<float> ext_;
-  // Sampling. Rows with top-k, top-p or min-p are drawn on the GPU (sample_filter.cuh) with
-  // TROUPE_CUDA_SAMPLE_FILTERS=1, else on the host from a downloaded logits row.
-  bool sampleFilters_ = false;
+  // Sampling. Rows with top-k, top-p or min-p are drawn on the GPU (sample_filter.cuh), or with
+  // TROUPE_CUDA_SAMPLE_FILTERS=0 on the host from a downloaded logits row.
+  bool sampleFilters_ = true;
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
   PinnedBuffer<int32_t> hostPen_;

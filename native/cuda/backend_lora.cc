@@ -16,11 +16,7 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
-      if (guTail_.count) {
-        cuda::siluMulTail(input.f32, guLd_, guTail_, loraItems_, tailMaxItem_, made, T, in, stream_, ld);
-      } else {
-        cuda::siluMul(input.f32, made, T, in, stream_, ld);
-      }
+      cuda::siluMul(input.f32, made, T, in, stream_, ld);
       return made;
     case cuda::RowSource::kCopy:
       break;
@@ -29,25 +25,10 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
 }
 
 void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                             const int* offsets, const cuda::RowInput& given, bf16_t* made, float* y, int N,
+                             const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N,
                              bool accumulate) {
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  cuda::RowInput input = given;
-  if (pendTail_.count && input.source == cuda::RowSource::kNorm) {
-    // The residual still lacks the last o or down projection (tail layout): add it with its
-    // deltas, and make this projection's norm rows in the same kernel.
-    timer_.mark("norm", stream_);
-    cuda::addNormTail(hidden_.get(), ext_.get(), pendTail_.ldMid, pendTail_, input.normW, made, in, T, in, input.eps,
-                      stream_);
-    pendTail_ = cuda::LoraTail{};
-    input = cuda::RowInput{cuda::RowSource::kCopy};
-    input.bf16 = made;
-    input.ld = in;
-  }
-  if (g == cuda::kQkvWeight) qkvTail_ = cuda::LoraTail{}, qkvLd_ = N;
-  if (g == cuda::kGateUpWeight) guTail_ = cuda::LoraTail{}, guLd_ = N;
-  if (tailProjection(l, g, name, modules, offsets, input, made, y)) return;
   if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
@@ -90,39 +71,6 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   applyLora(l, modules, offsets, x, in, y, N);
 }
 
-bool CudaBackend::tailProjection(int l, cuda::WeightGroup g, const char* name,
-                                 std::initializer_list<LoraModule> modules, const int* offsets,
-                                 const cuda::RowInput& input, bf16_t* made, float* y) {
-  const int T = map_.tokens;
-  if (!w_->tail[g] || !stepHasLora_ || T > fusedSplitMaxTokens_) return false;
-  const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
-  if (sl.count == 0 || (g == cuda::kGateUpWeight && !cuda::siluMulTailFits(tailMaxItem_, sl.count, sl.maxRank)))
-    return false;
-  const bf16_t* W = w_->layers[l].matrix(g);
-  const int ld = w_->ld[g], in = ld - w_->pad[g], rows = w_->rows[g], width = rows + w_->tail[g];
-  const bool copied = input.source == cuda::RowSource::kCopy;
-  const bf16_t* x = copied ? input.bf16 : makeRows(input, made, in);
-  // One GEMM over [W; every slot's A] (K: the input alone, none of B's padding columns): the
-  // projection and, past its rows, every slot's shrink outputs. o and down write their own buffer,
-  // which the next norm adds to the residual with the deltas.
-  const bool residual = g == cuda::kOWeight || g == cuda::kDownWeight;
-  float* out = residual ? ext_.get() : y;
-  timer_.mark(name, stream_);
-  project(T, width, in, W, ld, x, copied ? input.ld : in, out, false);
-  const cuda::LoraTail tl =
-      cuda::loraTail(sl, lora_->slots(), out + rows, width, dRowSlot_, lora_->ranks(), lora_->scaling());
-  if (g == cuda::kQkvWeight) {
-    qkvTail_ = tl;
-    qkvLd_ = width;
-  } else if (g == cuda::kGateUpWeight) {
-    guTail_ = tl;
-    guLd_ = width;
-  } else {
-    pendTail_ = tl;
-  }
-  return true;
-}
-
 void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                                   const bf16_t* W, float* y, int N, bool accumulate) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
@@ -148,7 +96,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
       const int cols = sl.count * lora_->slots() * sl.maxRank;
-      project(T, cols, in, sl.a[0], sl.aLd[0], x, in, loraMid_.get(), false);
+      project(T, cols, in, sl.a[0], in, x, in, loraMid_.get(), false);
       cuda::LoraMid every;
       every.data = loraMid_.get();
       every.tokenPitch = cols;

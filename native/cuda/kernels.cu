@@ -10,7 +10,6 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
-#include "cuda/lora_tail.cuh"
 #include "cuda/pdl.cuh"
 
 namespace troupe {
@@ -145,20 +144,12 @@ __global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qN
   }
 }
 
-// With tail.count, each value of the row gets the token's LoRA delta first (lora_tail.h).
-__global__ void ropeKvKernel(const float* qkv, int ld, LoraTail tail, const float* invFreq, TokenMap map, AttnShape a,
-                             bf16_t* q, bf16_t* kCache, bf16_t* vCache) {
+__global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
+                             bf16_t* kCache, bf16_t* vCache) {
   const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
   const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
   const int qDim = a.heads * D, kvDim = a.kvHeads * D;
-  const float* row = qkv + static_cast<size_t>(t) * ld;
-  __shared__ float ms[kMaxLoraSlices * kMaxTailRank];
-  const int slot = tail.count ? tail.rowSlot[t] : -1;
-  if (slot >= 0) {
-    tail_ops::loadMids(tail, t, slot, ms);
-    __syncthreads();
-  }
-  auto at = [&](int c) { return slot >= 0 ? row[c] + tail_ops::deltaAt(tail, slot, c, ms) : row[c]; };
+  const float* row = qkv + static_cast<size_t>(t) * (qDim + 2 * kvDim);
   const int pos = map.positions[t];
   const int block = map.blockTables[static_cast<size_t>(map.tokenSeq[t]) * map.pitch + pos / a.blockSize];
   const int inBlock = pos % a.blockSize;
@@ -169,8 +160,8 @@ __global__ void ropeKvKernel(const float* qkv, int ld, LoraTail tail, const floa
     double sd, cd;
     sincos(static_cast<double>(angle), &sd, &cd);
     const float c = static_cast<float>(cd), sn = static_cast<float>(sd);
-    const int col = head * D + i;  // k heads follow the q heads in the row
-    const float x1 = at(col), x2 = at(col + half);
+    const float* v = row + static_cast<size_t>(head) * D;  // k heads follow the q heads in the row
+    const float x1 = v[i], x2 = v[i + half];
     const float o1 = x1 * c + (-x2) * sn, o2 = x2 * c + x1 * sn;
     if (head < a.heads) {
       const int g = head / G, j = head % G;
@@ -184,9 +175,10 @@ __global__ void ropeKvKernel(const float* qkv, int ld, LoraTail tail, const floa
       dst[i + half] = toB(o2);
     }
   }
+  const float* vrow = row + qDim + kvDim;
   for (int e = first; e < kvDim; e += stride) {
     const int kh = e / D, d = e % D;
-    vCache[((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D + d] = toB(at(qDim + kvDim + e));
+    vCache[((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D + d] = toB(vrow[e]);
   }
 }
 
@@ -318,17 +310,10 @@ void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float*
 
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s) {
-  ropeKvTail(qkv, (a.heads + 2 * a.kvHeads) * a.headDim, LoraTail{}, invFreq, map, a, q, kCache, vCache, s);
-}
-
-void ropeKvTail(const float* qkv, int ld, const LoraTail& tail, const float* invFreq, const TokenMap& map,
-                const AttnShape& a, bf16_t* q, bf16_t* kCache, bf16_t* vCache, cudaStream_t s) {
   // A short step spreads each token over several blocks: one block's 256 threads would take ten
-  // rounds of double-precision sincos for a Llama-8B token, on one SM. With deltas (a B row read
-  // per value) it spreads further, to about four blocks an SM.
-  const int spread =
-      tail.count ? std::clamp(512 / std::max(map.tokens, 1), 1, 16) : std::clamp(64 / std::max(map.tokens, 1), 1, 8);
-  ropeKvKernel<<<dim3(map.tokens, spread), 256, 0, s>>>(qkv, ld, tail, invFreq, map, a, q, kCache, vCache);
+  // rounds of double-precision sincos for a Llama-8B token, on one SM.
+  const int spread = std::clamp(64 / std::max(map.tokens, 1), 1, 8);
+  ropeKvKernel<<<dim3(map.tokens, spread), 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
 }
 
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,

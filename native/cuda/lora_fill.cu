@@ -43,23 +43,6 @@ __global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, 
   }
 }
 
-constexpr int kTransposeTile = 32;
-
-// One 32 x 32 tile through shared memory: rows of B read along the rank, written along the outputs.
-__global__ void transposeKernel(const bf16_t* b, int bLd, int out, int rank, bf16_t* bt) {
-  __shared__ bf16_t tile[kTransposeTile][kTransposeTile + 1];
-  const int o0 = blockIdx.x * kTransposeTile, r0 = blockIdx.y * kTransposeTile;
-  for (int i = threadIdx.y; i < kTransposeTile; i += blockDim.y) {
-    const int o = o0 + i, r = r0 + threadIdx.x;
-    if (o < out && r < rank) tile[i][threadIdx.x] = b[static_cast<size_t>(o) * bLd + r];
-  }
-  __syncthreads();
-  for (int i = threadIdx.y; i < kTransposeTile; i += blockDim.y) {
-    const int r = r0 + i, o = o0 + threadIdx.x;
-    if (o < out && r < rank) bt[static_cast<size_t>(r) * out + o] = tile[threadIdx.x][i];
-  }
-}
-
 __global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
   const int t = threadIdx.x;
   if (t < kLoraMetaModules) ranks[t] = meta.ranks[t];
@@ -75,12 +58,6 @@ void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, in
   const int64_t blocks = (n + 255) / 256;
   factorKernel<<<static_cast<int>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
       static_cast<const unsigned char*>(src), dtype, rows, cols, srcPitch, col0, dst, dstPitch, bad);
-}
-
-void transposeLoraB(const bf16_t* b, int bLd, int out, int rank, bf16_t* bt, cudaStream_t s) {
-  if (out == 0 || rank == 0) return;
-  const dim3 grid((out + kTransposeTile - 1) / kTransposeTile, (rank + kTransposeTile - 1) / kTransposeTile);
-  transposeKernel<<<grid, dim3(kTransposeTile, 8), 0, s>>>(b, bLd, out, rank, bt);
 }
 
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {

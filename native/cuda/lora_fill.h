@@ -20,11 +20,6 @@ namespace cuda {
 void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
                       bf16_t* dst, int64_t dstPitch, int* bad, cudaStream_t s);
 
-// bt[r * out + o] = b[o * bLd + r] for r < rank, o < out: a slot's B factor ([out][rank] rows bLd
-// apart, as the weights' padding columns hold it) transposed, so that consecutive outputs of one
-// rank are adjacent (the tail layout's consumers read it that way, lora_tail.h).
-void transposeLoraB(const bf16_t* b, int bLd, int out, int rank, bf16_t* bt, cudaStream_t s);
-
 constexpr int kLoraMetaModules = 7;  // kNumLoraModules
 struct LoraSlotMeta {
   int32_t ranks[kLoraMetaModules];  // 0 where the adapter leaves the module out (or the slot is empty)

@@ -43,13 +43,6 @@ inline int loraColumnBlock(int module, uint32_t mask) {
   return j;
 }
 
-// Tail rows of a group's weight: its held modules' A factors for every slot, [module][slot][rank].
-inline int loraTailRows(WeightGroup g, int slots, int maxRank, uint32_t mask) {
-  int held = 0;
-  for (int m = 0; m < kNumLoraModules; ++m) held += weightGroupOf(m) == g && ((mask >> m) & 1u) ? 1 : 0;
-  return held * slots * maxRank;
-}
-
 // Padding columns of a group's weight: its held modules' blocks, rounded up to 8 so that rows stay
 // 16-byte aligned; zero without a pool.
 inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask) {
@@ -78,12 +71,11 @@ void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlo
                  const float* scaling, const LoraMid& mid, const bf16_t* x, int ldx, int T, bf16_t* xa, int ldxa,
                  cudaStream_t st);
 
-// Whether a group's A factors lie as one matrix, [slice][slot][maxRank] rows aLd apart (the pool lays them so),
+// Whether a group's A factors lie as one matrix, [slice][slot][maxRank][in] (the pool lays them so),
 // which that GEMM reads.
 inline bool loraAContiguous(const LoraSlices& sl, int slots) {
   for (int j = 0; j < sl.count; ++j) {
-    const size_t block = static_cast<size_t>(sl.maxRank) * sl.aLd[0];
-    if (sl.aLd[j] != sl.aLd[0]) return false;
+    const size_t block = static_cast<size_t>(sl.maxRank) * sl.in;
     if (sl.aSlotStride[j] != block || sl.a[j] != sl.a[0] + j * slots * block) return false;
   }
   return sl.count > 0;

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int o = 0; o < kOut; ++o) {
     const int i = first + min(o, mine - 1), j = i / R, r = i % R;
-    a[o] = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * sl.aLd[j]);
+    a[o] = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
   }
   // Row offsets in pieces; tokens past tok repeat the last (their products are not taken).
   int x[kTok];

@@ -47,8 +47,8 @@ __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSl
   if (rank == 0) return;
   const bf16_t* A = sl.a[s] + t.slot * sl.aSlotStride[s];
   const int in = sl.in, midPitch = sl.count * sl.maxRank;
-  const int k0 = piece * kLoraKSplit, kn = min(kLoraKSplit, in - k0), aLd = sl.aLd[s];
-  const bool vec = (in % 8 == 0) && (ldx % 8 == 0) && (aLd % 8 == 0);
+  const int k0 = piece * kLoraKSplit, kn = min(kLoraKSplit, in - k0);
+  const bool vec = (in % 8 == 0) && (ldx % 8 == 0);
   // Rows padded by 16 bytes: the 16 ranks a warp reads at one k then fall in different banks.
   __shared__ __align__(16) bf16_t xs[kTok][kPitch];
   __shared__ __align__(16) bf16_t as[kRankTile][kPitch];
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) shrinkKernel(LoraItems items, LoraSl
   for (int r0 = 0; r0 < rank; r0 += kRankTile) {
     const int rn = min(kRankTile, rank - r0);
     if (r0 > 0) __syncthreads();
-    stage([&](int r) { return A + static_cast<size_t>(r0 + r) * aLd + k0; }, as, rn, kn, tid, vec);
+    stage([&](int r) { return A + static_cast<size_t>(r0 + r) * in + k0; }, as, rn, kn, tid, vec);
     __syncthreads();
     if (ti >= t.count) continue;
     float* out = mid + piece * midSlab + static_cast<size_t>(tok[ti]) * midPitch + s * sl.maxRank + r0;

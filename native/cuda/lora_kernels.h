@@ -38,15 +38,11 @@ struct LoraSlices {
   int count = 0;
   int in = 0;                       // input features (shared)
   int maxRank = 0;                  // row pitch of A, column pitch of B and of mid slices
-  const bf16_t* a[kMaxLoraSlices];  // per slice: [slots][maxRank] rows of in at layer, aLd apart
+  const bf16_t* a[kMaxLoraSlices];  // per slice: [slots][maxRank][in] at layer
   const bf16_t* b[kMaxLoraSlices];  // per slice: slot k's [out][rank] at b + k bSlotStride, rows bLd apart
   size_t aSlotStride[kMaxLoraSlices];
-  int aLd[kMaxLoraSlices];  // A's row pitch: in, or the base weight's when A lies in its tail rows
   size_t bSlotStride[kMaxLoraSlices];
   int bLd[kMaxLoraSlices];  // B's row pitch (the pool keeps B in the padding columns of the base weight)
-  // B transposed, slot k's [maxRank][out] at bt + k maxRank out, where the weights have tail rows
-  // (lora_tail.h); null otherwise.
-  const bf16_t* bt[kMaxLoraSlices];
   int out[kMaxLoraSlices];
   int outOffset[kMaxLoraSlices];  // first column of the slice in y
   int module[kMaxLoraSlices];     // index into ranks (slot * 7 + module)

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) float red[kWarps][kTok][kRedPitch];
   loadTokens(items, t, tok);
   const int k0 = piece * pieceLen;
-  shrinkTile<kVec>(tok, x, ldx, sl.a[s] + t.slot * sl.aSlotStride[s], sl.aLd[s], rank, k0, min(sl.in, k0 + pieceLen),
+  shrinkTile<kVec>(tok, x, ldx, sl.a[s] + t.slot * sl.aSlotStride[s], sl.in, rank, k0, min(sl.in, k0 + pieceLen),
                    mid + piece * midSlab + s * sl.maxRank, sl.count * sl.maxRank, red);
 }
 // v as hi + lo, each a bf16: two values per register as the A fragments take them.
@@ -269,7 +269,7 @@ void loraShrinkMma(const LoraItems& items, const LoraSlices& sl, const int32_t* 
   if (items.gridItems == 0 || sl.count == 0) return;
   const LoraMmaSplit sp = loraMmaSplit(items, sl);
   bool vec = sl.in % 8 == 0 && ldx % 8 == 0 && aligned16(x);
-  for (int s = 0; s < sl.count; ++s) vec = vec && aligned16(sl.a[s]) && sl.aLd[s] % 8 == 0;
+  for (int s = 0; s < sl.count; ++s) vec = vec && aligned16(sl.a[s]);
   const dim3 grid(items.gridItems, items.gridTiles, sl.count * sp.pieces);
   launch(vec ? shrinkMmaKernel<true> : shrinkMmaKernel<false>, grid, st, pdl, "LoRA shrink (mma) launch", items, sl,
          ranks, x, ldx, mid, midSlab, sp.len);

@@ -110,7 +110,7 @@ __device__ __forceinline__ void shrinkPass(const bf16_t* xa, const bf16_t* xb, c
 }
 
 // One tile's shrink over features [k0, kEnd): out[tok[i] * midPitch + r] = x[tok[i]][k0, kEnd) .
-// A[r][k0, kEnd) for the 16 token rows tok (-1: none) and r < rank; A's rows `in` apart (its pitch). The warps
+// A[r][k0, kEnd) for the 16 token rows tok (-1: none) and r < rank; A's rows `in` apart. The warps
 // split the features in chunks and their sums meet in red in a fixed order.
 template <bool kVec>
 __device__ __forceinline__ void shrinkTile(const int* tok, const bf16_t* x, int ldx, const bf16_t* A, int in, int rank,

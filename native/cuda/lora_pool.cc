@@ -27,7 +27,6 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
-  bt_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   // The first row of each module in its group's fused weight.
   int row0[kNumLoraModules] = {};
   for (int m = 1; m < kNumLoraModules; ++m)
@@ -38,12 +37,6 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     if (holds(static_cast<LoraModule>(m)) && inWeights_[m] && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
-    // A in the rows after the base weight's own (GpuWeights::tail): decode GEMMs then form every
-    // slot's shrink outputs with the projection itself (lora_tail.h).
-    aInWeights_[m] = w.tail[g] > 0;
-    if (holds(static_cast<LoraModule>(m)) && aInWeights_[m] && w.tail[g] < loraTailRows(g, slots_, maxRank_, mask_))
-      throw std::logic_error("LoRA pool: the base weights have too few tail rows");
-    aLd_[m] = aInWeights_[m] ? w.ld[g] : in_[m];
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
@@ -63,10 +56,6 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     // slot's shrink outputs for the group with one GEMM over it (backend_lora.cc).
     bf16_t* groupA[kNumWeightGroups] = {};
     for (int g = 0; g < kNumWeightGroups; ++g) {
-      if (w.tail[g] > 0) {
-        groupA[g] = w.layers[l].matrix(static_cast<WeightGroup>(g)) + static_cast<size_t>(w.rows[g]) * w.ld[g];
-        continue;
-      }
       size_t rows = 0;
       int in = 0;
       for (int m = 0; m < kNumLoraModules; ++m) {
@@ -80,11 +69,10 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * aLd_[m];
+      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * in_[m];
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
-      if (aInWeights_[m]) bt_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * out_[m]);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -128,10 +116,9 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
         if (!meta.ranks[m] || seen[idx]) continue;
         // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
-        check(
-            cudaMemset2DAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * aLd_[m],
-                              static_cast<size_t>(aLd_[m]) * 2, 0, static_cast<size_t>(in_[m]) * 2, maxRank_, stream_),
-            "cudaMemset2DAsync");
+        check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
+                              static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
+              "cudaMemsetAsync");
         check(cudaMemset2DAsync(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, 0,
                                 static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
               "cudaMemset2DAsync");
@@ -139,16 +126,6 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     }
     check(cudaMemsetAsync(bad_.get(), 0, sizeof(int), stream_), "cudaMemsetAsync");
     enqueueFactors(slot, ad);
-    // The tail layout's consumers read B transposed: copied from the padding columns just written
-    // (zeros for a module the adapter leaves out of a layer).
-    for (int l = 0; l < layers_; ++l) {
-      for (int m = 0; m < kNumLoraModules; ++m) {
-        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-        if (bt_[idx])
-          transposeLoraB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
-                         bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
-      }
-    }
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");
@@ -232,7 +209,7 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   for (const auto& w : ad.weights) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
-    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * aLd_[m], aLd_[m]);
+    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
     factor(w.b, b_[idx] + slot * bSlotStride_[m], bLd_[m]);
   }
   flushChunk();
@@ -268,11 +245,9 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.maxRank = maxRank_;
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
-    s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * aLd_[m];
-    s.aLd[s.count] = aLd_[m];
+    s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * in_[m];
     s.bSlotStride[s.count] = bSlotStride_[m];
     s.bLd[s.count] = bLd_[m];
-    s.bt[s.count] = bt_[idx];
     s.out[s.count] = out_[m];
     s.outOffset[s.count] = offset;
     s.module[s.count] = m;

@@ -1,6 +1,4 @@
-// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16 (in its
-// own memory, a group's modules in one allocation, or in the rows after the base weight's own when
-// the weights have tail rows: GpuWeights::tail), and B
+// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16, and B
 // either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
 // slot k's [out][maxRank] at column in + j S R + k R of the module's rows), or, when the weights
 // have no padding, in its own [slots][out][maxRank]; plus each slot's rank per module and scaling. Nothing here
@@ -58,12 +56,9 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;             // [layer * 7 + module]; b_: slot 0's first column in the weight
-  std::vector<bf16_t*> bt_;                // B transposed per slot, [slots][maxRank][out], with tail rows
-  bool inWeights_[kNumLoraModules] = {};   // B in the base weight's padding columns
-  int bLd_[kNumLoraModules] = {};          // B's row pitch
-  bool aInWeights_[kNumLoraModules] = {};  // A in the base weight's tail rows
-  int aLd_[kNumLoraModules] = {};          // A's row pitch
+  std::vector<bf16_t*> a_, b_;            // [layer * 7 + module]; b_: slot 0's first column in the weight
+  bool inWeights_[kNumLoraModules] = {};  // B in the base weight's padding columns
+  int bLd_[kNumLoraModules] = {};         // B's row pitch
   size_t bSlotStride_[kNumLoraModules] = {};
   DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
   DeviceBuffer<float> scaling_;  // [slot]

@@ -53,8 +53,7 @@ __global__ void __launch_bounds__(kThreads)
   uint4 head[kInFlight];
   if (slot >= 0 && first < mine) {
     const int i = cut + cuts * first, j = i / R, r = i % R;
-    const uint4* a =
-        reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * sl.aLd[j]);
+    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       const int c = part * 32 + lane + stride * u;
@@ -128,8 +127,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* x = reinterpret_cast<const uint4*>(xs);
   for (int o = first; o < mine; o += groups) {
     const int i = cut + cuts * o, j = i / R, r = i % R;
-    const uint4* a =
-        reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * sl.aLd[j]);
+    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
     float v = 0;
     // Eight 16-byte pieces a lane in flight at once; the first eight of the first output came early.
     for (int c0 = part * 32 + lane; c0 < pieces; c0 += stride * kInFlight) {

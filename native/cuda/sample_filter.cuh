@@ -67,15 +67,33 @@ __device__ Cut select(int vocab, Weight weight, bool byMass, Mass target, Shared
       sh.mass[b] = 0;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      const float w = weight(i);
-      const uint32_t bits = __float_as_uint(w);
-      // Still in play: the digits above this pass's equal the ones chosen so far.
-      if (shift < 24 && (bits >> (shift + 8)) != (prefix >> (shift + 8))) continue;
-      const int d = (bits >> shift) & (kBins - 1);
-      atomicAdd(&sh.count[d], 1);
-      const Mass m = massOf(w);
-      if (m) atomicAdd(&sh.mass[d], m);
+    // Every lane of a warp runs the same iterations (kThreads is a multiple of 32), so the lanes
+    // that share a digit add their counts and masses together and one of them adds the sums to
+    // the histogram: most tokens fall in a few bins, and an atomic per token on those bins
+    // serialized the whole block.
+    for (int base = 0; base < vocab; base += kThreads) {
+      const int i = base + threadIdx.x;
+      int d = -1;
+      Mass m = 0;
+      if (i < vocab) {
+        const float w = weight(i);
+        const uint32_t bits = __float_as_uint(w);
+        // Still in play: the digits above this pass's equal the ones chosen so far.
+        if (shift == 24 || (bits >> (shift + 8)) == (prefix >> (shift + 8))) {
+          d = (bits >> shift) & (kBins - 1);
+          m = massOf(w);
+        }
+      }
+      const unsigned same = __match_any_sync(0xffffffffu, d);
+      if (d < 0) continue;
+      // A mass is below 2^41: its two 21-bit halves summed over 32 lanes fit in 32 bits.
+      const unsigned lo = __reduce_add_sync(same, static_cast<unsigned>(m & 0x1fffff));
+      const unsigned hi = __reduce_add_sync(same, static_cast<unsigned>(m >> 21));
+      if ((threadIdx.x & 31) == __ffs(same) - 1) {
+        atomicAdd(&sh.count[d], __popc(same));
+        const Mass sum = (static_cast<Mass>(hi) << 21) + lo;
+        if (sum) atomicAdd(&sh.mass[d], sum);
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {

@@ -57,7 +57,7 @@ __device__ __forceinline__ float weight(float x, float mp, float invT) {
   return __expf((x - mp) * invT);
 }
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     sampleKernel(float* logits, int vocab, const SampleRow* params, const int32_t* penTokens, const int32_t* penCounts,
                  float* penOrig, int topN, int32_t* outTokens, float* outLogprobs, int32_t* topIds, float* topValues) {
   const int r = blockIdx.x;

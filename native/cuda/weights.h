@@ -32,10 +32,9 @@ class GpuWeights {
  public:
   // A tensor-parallel rank's part: config has its heads and features; the embedding and lm_head
   // have vocabRows rows of the checkpoint, zero-padded to vocabPart. pad: the LoRA pool's columns
-  // per weight group (null: none), zero-filled here. tail: rows after each group's own where the
-  // pool keeps its A factors (lora_tail.h; null: none), zero-filled here.
+  // per weight group (null: none), zero-filled here.
   GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-             int vocabPart, const int* pad, const int* tail = nullptr);
+             int vocabPart, const int* pad);
   ~GpuWeights();
   GpuWeights(const GpuWeights&) = delete;
   GpuWeights& operator=(const GpuWeights&) = delete;
@@ -45,9 +44,7 @@ class GpuWeights {
   float* finalNorm = nullptr;
   std::vector<GpuLayer> layers;
   int pad[kNumWeightGroups] = {};
-  int ld[kNumWeightGroups] = {};    // row pitch: in + pad
-  int rows[kNumWeightGroups] = {};  // the group's own rows (its fused outputs)
-  int tail[kNumWeightGroups] = {};  // rows after them
+  int ld[kNumWeightGroups] = {};  // row pitch: in + pad
   size_t bytes = 0;
 
  private:

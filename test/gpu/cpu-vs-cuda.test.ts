@@ -186,7 +186,15 @@ describe.each([
   });
 
   it('filtered draws follow the renormalized probabilities of the kept tokens and repeat for the same seed', () => {
-    for (const over of [{ topK: 4 }, { topP: 0.6 }, { minP: 0.2, temperature: 0.7 }]) {
+    // Thresholds from this prompt's own distribution, so that each filter keeps three or more
+    // tokens however peaked the random checkpoint's logits are: top-p between the top two's and
+    // the top three's mass, min-p just under the third token's share of the first's.
+    const logits = run({}).logits!;
+    const sorted = (t: number): number[] => Array.from(probs(logits, t)).sort((x, y) => y - x);
+    const [p1, p2, p3] = sorted(1);
+    const [q1, , q3] = sorted(0.7);
+    const cases: Partial<SeqStep>[] = [{ topK: 4 }, { topP: p1! + p2! + p3! / 2 }, { minP: (0.9 * q3!) / q1!, temperature: 0.7 }];
+    for (const over of cases) {
       const r = run(over);
       const t = over.temperature ?? 1;
       const pr = probs(r.logits!, t);

@@ -141,58 +141,45 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     },
   );
 
-  // The fused kernel with engine variables set (read when the engine starts): its worst logprob
-  // difference from the CPU over the whole drive.
-  const fusedWith = (variables: Record<string, string>, graphs: boolean): number => {
-    Object.assign(process.env, variables);
+  // The fused kernel with one engine variable set (read when the engine starts): its worst
+  // logprob difference from the CPU over the whole drive.
+  const fusedWith = (variable: string, graphs: boolean, value = '0'): number => {
+    process.env[variable] = value;
     try {
       const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
       let worst = 0;
       got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
       return worst;
     } finally {
-      for (const v of Object.keys(variables)) delete process.env[v];
+      delete process.env[variable];
     }
   };
 
-  // With TROUPE_LORA_TAIL naming groups (compute capability 9.0), decode steps take the tail
-  // layout for them: each projection's GEMM also forms every slot's shrink outputs, and the kernel
-  // after it adds the deltas. One group at a time, so a wrong consumer shows on its own.
-  it.each(['qkv', 'o', 'gate_up', 'down', 'qkv,o,gate_up,down'].flatMap((groups) => [true, false].map((graphs) => ({ groups, graphs }))))(
-    'fused, tail layout for $groups, graphs $graphs: logprobs within TOL of the CPU',
-    ({ groups, graphs }) => {
-      const worst = fusedWith({ TROUPE_LORA_TAIL: groups }, graphs);
-      console.log(`LoRA kernels fused (tail ${groups}) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
-      expect(worst).toBeLessThan(tolOf('fused'));
-    },
-  );
-
   // The fused kernel's steps here are short enough for the decode shrink (input rows and LoRA
-  // columns, then one GEMM); without it they add the deltas with a second GEMM over the padding
-  // columns, the shrink beside the base GEMM.
-  const noTail = { TROUPE_LORA_TAIL: '0' };
+  // columns in one kernel, then one GEMM); without it they add the deltas with a second GEMM over
+  // the padding columns, the shrink beside the base GEMM.
   it.each([true, false])('fused, decode deltas by a second GEMM (no row shrink), graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    const worst = fusedWith({ ...noTail, TROUPE_LORA_ROW_SHRINK: '0' }, graphs);
+    const worst = fusedWith('TROUPE_LORA_ROW_SHRINK', graphs);
     console.log(`LoRA kernels fused (split, no row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
-  // Such steps take their shrink per adapter item by default (each A row read once per item);
+  // Decode steps take their shrink per adapter item by default (each A row read once per item);
   // with the variable at 0 the row shrink takes it per token, at `copied` only for norm rows.
   it.each([true, false])('fused, decode shrink per token (row shrink), graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    const worst = fusedWith({ ...noTail, TROUPE_LORA_ITEM_SHRINK: '0' }, graphs);
+    const worst = fusedWith('TROUPE_LORA_ITEM_SHRINK', graphs);
     console.log(`LoRA kernels fused (row shrink) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));
   });
   it.each([true, false])('fused, decode shrink per token for norm rows only, graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    const worst = fusedWith({ ...noTail, TROUPE_LORA_ITEM_SHRINK: 'copied' }, graphs);
+    const worst = fusedWith('TROUPE_LORA_ITEM_SHRINK', graphs, 'copied');
     console.log(`LoRA kernels fused (row shrink for norm rows) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
   // With the bound at 0 every step folds the deltas into the base GEMM after the tensor-core shrink.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    const worst = fusedWith({ TROUPE_LORA_FUSED_SPLIT_TOKENS: '0' }, graphs);
+    const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);
     console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(TOL_BF16_MID);
   });

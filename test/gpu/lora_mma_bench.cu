@@ -108,7 +108,6 @@ int loraBench() {
           s.a[k] = randomBf16(static_cast<size_t>(kSlots) * rank * s.in, seed++, owned);
           s.b[k] = randomBf16(static_cast<size_t>(kSlots) * out * rank, seed++, owned);
           s.aSlotStride[k] = static_cast<size_t>(rank) * s.in;
-          s.aLd[k] = s.in;
           s.bSlotStride[k] = static_cast<size_t>(out) * rank;
           s.bLd[k] = rank;
           s.out[k] = out;

@@ -104,7 +104,6 @@ Setup build(const Case& c, uint64_t seed) {
     S.sl.a[s] = da;
     S.sl.b[s] = db;
     S.sl.aSlotStride[s] = static_cast<size_t>(c.maxRank) * in;
-    S.sl.aLd[s] = in;
     S.sl.bSlotStride[s] = static_cast<size_t>(out) * c.maxRank;
     S.sl.bLd[s] = c.maxRank;
     S.sl.out[s] = out;

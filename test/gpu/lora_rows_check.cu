@@ -129,7 +129,6 @@ int run(const Case& c, Rng& rng) {
     da.push_back(upload(a[j]));
     sl.a[j] = da.back();
     sl.aSlotStride[j] = static_cast<size_t>(R) * c.in;
-    sl.aLd[j] = c.in;
     sl.module[j] = modules[j];
   }
   float* dF32 = upload(f32);
@@ -293,7 +292,6 @@ int bench() {
         for (int j = 0; j < g.count; ++j) {
           sl.a[j] = a + (static_cast<size_t>(i % layers) * g.count + j) * aElems;
           sl.aSlotStride[j] = static_cast<size_t>(R) * g.in;
-          sl.aLd[j] = g.in;
           sl.module[j] = j;
         }
         return sl;
