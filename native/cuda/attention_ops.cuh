@@ -95,16 +95,28 @@ __device__ __forceinline__ void awaitTile(int tile, int tiles, Fetch&& fetch) {
   __syncthreads();
 }
 
-// Four 8x8 bf16 matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+// Four 8x8 bf16 matrices: lane l gives the address of row l % 8 of matrix l / 8, and receives
+// of each matrix (kTransposed: of its transpose) row l / 4, columns 2 (l % 4) and + 1 (an mma
+// operand fragment).
+template <bool kTransposed = false>
+__device__ __forceinline__ void ldmatrix(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
 #if __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(s));
+  if constexpr (kTransposed)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(s));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(s));
 #else
   __trap();
 #endif
+}
+
+__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  ldmatrix<true>(p, r0, r1, r2, r3);
 }
 
 __device__ __forceinline__ uint32_t packBf16(float lo, float hi) {

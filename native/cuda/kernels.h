@@ -84,12 +84,12 @@ void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
 // query heads per KV head.
 DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group);
 
-// One block of the prefill attention: 64 query rows (rows are (token, query head of the group)
-// pairs) of one sequence's chunk, tokens [t0, t0 + count) of the step, from row `row` on.
+// One block of the prefill attention: kPrefillTileRows query rows (rows are (token, query head of
+// the group) pairs) of one sequence's chunk, tokens [t0, t0 + count) of the step, from row `row` on.
 struct PrefillTile {
   int32_t t0, count, row;
 };
-constexpr int kPrefillTileRows = 64;
+constexpr int kPrefillTileRows = 128;
 // A step's prefill chunks (each: first token in the step, token count, position of its first
 // token) as tiles, the ones whose last row sees the most keys first: they run longest, and the
 // short ones then fill the tail of the grid.

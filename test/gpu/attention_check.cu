@@ -9,7 +9,7 @@
 // batches of 1 to 128 and contexts of 512 and 2048, with the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the
 // CUDA-core one) and split counts for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
 // read per second (each timed call reads another layer's cache, so the caches do not stay in L2); then the prefill
-// kernel for 1 x 2048 and 8 x 512 tokens.
+// kernel for 1 x 2048, 8 x 512 and 1 x 8192 tokens.
 //
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
@@ -24,6 +24,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "check_util.h"
@@ -276,6 +277,15 @@ int runChecks() {
       {"prefill D64 G1 block size 32", {4, 4, 64, 32, 0}, {129}, {129}},
       {"prefill D128 G4 window 50", {32, 8, 128, 16, 50}, {300}, {300}},
       {"prefill D128 G4 window 50 after a prefix", {32, 8, 128, 16, 50}, {260}, {100}},
+      // One query head a KV head: a tile's 128 rows are 128 tokens, so its warps cross key tiles
+      // (rows wholly masked in a tile, tiles a warp skips).
+      {"prefill D128 G1 long chunk", {8, 8, 128, 16, 0}, {700}, {700}},
+      {"prefill D128 G1 window 20 after a prefix", {8, 8, 128, 16, 20}, {500}, {300}},
+      {"prefill D128 G2 window 1", {16, 8, 128, 16, 1}, {100}, {60}},
+      {"prefill D128 G3 block size 24", {24, 8, 128, 24, 0}, {333}, {200}},
+      {"prefill D128 G6 window 100", {12, 2, 128, 16, 100}, {90, 640}, {90, 640}},
+      {"prefill D64 G5 window 70", {10, 2, 64, 16, 70}, {400}, {400}},
+      {"prefill D64 G8 three sequences", {16, 2, 64, 8, 0}, {5, 129, 300}, {5, 100, 300}},
       {"prefill D256 (not supported)", {8, 4, 256, 16, 0}, {40}, {40}},
   };
   for (const PC& c : prefills) failed += checkPrefill(c.name, c.sh, c.ctx, c.counts);
@@ -321,9 +331,9 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
   if (onlyBatch > 0) return 0;
   const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
   if (!run) return 0;
-  for (int seqs : {1, 8}) {
-    const int len = seqs == 1 ? 2048 : 512;
-    const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, false, std::vector<int>(seqs, len));
+  for (const auto& [seqs, len] : std::vector<std::pair<int, int>>{{1, 2048}, {8, 512}, {1, 8192}}) {
+    // Random keys, so that row maxima move (and O is rescaled) as they would in a model.
+    const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, true, std::vector<int>(seqs, len));
     Device d = uploadProblem(p, 1);
     const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
     std::vector<PrefillChunk> chunks;
