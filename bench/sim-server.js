@@ -169,7 +169,8 @@ export function stepMs(model, batch) {
  * One run. sim: {Scheduler, DEFAULT_SAMPLING, options (SchedulerOptions), names (adapter names,
  * all registered before the first arrival), loader: {readMs, copyMs, maxReads, rank,
  * targetModules, bytes}, model: {a, b, c, d} (ms), workload (makeWorkload's requests, `adapter`
- * indexing names), drainTimeout (s)}. Returns {records (as the HTTP benchmark keeps them, for
+ * indexing names), drainTimeout (s), overlapSchedule (troupe serve's default, true; false as
+ * --disable-overlap-schedule)}. Returns {records (as the HTTP benchmark keeps them, for
  * serve-client's summarize), elapsed (s, first arrival to last end), stats: sums over the steps (steps, rows, prefillTokens,
  * adapters, busyMs), the most requests waiting at once, and the loader's reads and copies}.
  */
@@ -213,24 +214,39 @@ export function simulate(sim) {
   };
 
   const stats = { steps: 0, rows: 0, prefillTokens: 0, adapters: 0, busyMs: 0, maxWaiting: 0 };
+  // The scheduler thread's loop (scheduler.worker.ts): with overlap scheduling, the step after
+  // the one in flight is planned before that one's result is back and starts the moment it
+  // ends. A plan that waits for a copy (no overlap loading) then holds back the step after the
+  // next, not the next: the engine is still busy for one step of the copy's time.
+  const overlapSchedule = sim.overlapSchedule ?? true;
+  const inFlight = []; // planned steps, in order: {batch, end}
+  let engineFreeAt = 0;
   let busy = false;
   let kicked = false;
-  const runStep = () => {
-    flush();
-    const next = s.schedule();
-    flush();
-    stats.maxWaiting = Math.max(stats.maxWaiting, s.stats().waiting);
+  const send = (next) => {
     if (!next) return;
-    busy = true;
     const t = stepMs(sim.model, next.batch);
     stats.steps++;
     stats.rows += t.rows;
     stats.prefillTokens += t.prefill;
     stats.adapters += t.adapters;
     stats.busyMs += t.ms;
-    events.push(now + t.ms, () => {
-      busy = false;
-      for (const e of s.complete(fakeResult(next.batch))) record(e);
+    engineFreeAt = Math.max(now, engineFreeAt) + t.ms;
+    inFlight.push({ batch: next.batch, end: engineFreeAt });
+  };
+  const runStep = () => {
+    flush();
+    if (inFlight.length === 0) send(s.schedule());
+    if (overlapSchedule && inFlight.length === 1) send(s.scheduleAhead());
+    flush();
+    stats.maxWaiting = Math.max(stats.maxWaiting, s.stats().waiting);
+    const head = inFlight[0];
+    busy = head !== undefined;
+    if (!head || head.awaited) return;
+    head.awaited = true;
+    events.push(head.end, () => {
+      inFlight.shift();
+      for (const e of s.complete(fakeResult(head.batch))) record(e);
       runStep();
     });
   };

@@ -126,9 +126,10 @@ function pooledStats(all, elapsed) {
 /**
  * Simulates `setup` at `rate` for `duration` seconds of arrivals, once per seed: the summary
  * of all their requests together (serve-client's summarize; throughput over the runs' summed
- * elapsed time) and their pooled step statistics.
+ * elapsed time) and their pooled step statistics. overlapSchedule: troupe serve's default
+ * (true), or one step at a time (--disable-overlap-schedule).
  */
-export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WORKLOAD.seed], model = MODEL }) {
+export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WORKLOAD.seed], model = MODEL, overlapSchedule = true }) {
   const set = SETS[setup.set];
   const names = Array.from({ length: setup.adapters }, (_, i) => adapterName(i));
   const records = [];
@@ -142,6 +143,7 @@ export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WO
       names,
       workload,
       drainTimeout,
+      overlapSchedule,
       options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded, setup.overlap === true, setup.placeWait ?? PLACE_WAIT_DEFAULT),
       loader: { ...set, maxReads: 3 },
       model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: set.stepD ?? model.d },

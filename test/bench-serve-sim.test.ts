@@ -38,7 +38,13 @@ function baseOptions() {
   };
 }
 
-function run(opts: { adapters: number; overlap: boolean; copyMs: number; requests: Array<{ at: number; adapter: number; maxNewTokens: number }> }) {
+function run(opts: {
+  adapters: number;
+  overlap: boolean;
+  copyMs: number;
+  requests: Array<{ at: number; adapter: number; maxNewTokens: number }>;
+  overlapSchedule?: boolean;
+}) {
   const names = Array.from({ length: opts.adapters }, (_, i) => adapterName(i) as string);
   const workload = opts.requests.map((r, index) => ({
     index,
@@ -54,6 +60,7 @@ function run(opts: { adapters: number; overlap: boolean; copyMs: number; request
     names,
     workload,
     drainTimeout: 60,
+    overlapSchedule: opts.overlapSchedule,
     options: { ...baseOptions(), overlapLoading: opts.overlap },
     loader: { rank: 8, targetModules: MODULES, bytes: 1_000_000, readMs: 10, copyMs: opts.copyMs, maxReads: 2 },
     model: { a: 10, b: 0, c: 0, d: 0 },
@@ -95,19 +102,22 @@ describe('serving simulator', () => {
 
   it('lets the running request keep decoding during a copy only with overlap loading', () => {
     // One long request runs on adapter 0; at 1 s a request for adapter 1 arrives, whose copy
-    // takes 200 ms. Without overlap loading no step runs during that copy, so the long request
-    // sees one gap of at least 200 ms between tokens; with it, its gaps stay at the step time.
+    // takes 200 ms. Without overlap loading no step is planned during that copy, so the long
+    // request sees one gap between tokens of the copy's length: all of it planning one step at a
+    // time, less the 10 ms step already planned ahead under overlap scheduling. With overlap
+    // loading its gaps stay at the step time.
     const requests = [
       { at: 0, adapter: 0, maxNewTokens: 300 },
       { at: 1, adapter: 1, maxNewTokens: 4 },
     ];
-    const gaps = (overlap: boolean) => {
-      const r = run({ adapters: 2, overlap, copyMs: 200, requests });
+    const gaps = (overlap: boolean, overlapSchedule: boolean) => {
+      const r = run({ adapters: 2, overlap, copyMs: 200, requests, overlapSchedule });
       expect(r.records.every((x) => x.ok)).toBe(true);
       return Math.max(...r.records[0]!.itls);
     };
-    expect(gaps(false)).toBeGreaterThanOrEqual(0.2);
-    expect(gaps(true)).toBeLessThan(0.05);
+    expect(gaps(false, false)).toBeGreaterThanOrEqual(0.2);
+    expect(gaps(false, true)).toBeGreaterThanOrEqual(0.19 - 1e-9);
+    for (const overlapSchedule of [false, true]) expect(gaps(true, overlapSchedule)).toBeLessThan(0.05);
   });
 
   it('copies adapters into slots one at a time, as the engine fills them', () => {

@@ -116,11 +116,12 @@ describe('CUDA backend vs CPU backend', () => {
 
 // Seeded sampling on the GPU, checked against the distribution of the GPU's own logits (the two
 // backends' logits differ by rounding, and a draw over 128k tokens in id order moves with it).
-// Rows with top-k, top-p or min-p are drawn on the host from the downloaded row, or on the GPU
-// itself with TROUPE_CUDA_SAMPLE_FILTERS=1 (read when an engine starts): both ways here.
+// Rows with top-k, top-p or min-p are drawn on the GPU itself, or with
+// TROUPE_CUDA_SAMPLE_FILTERS=0 (read when an engine starts) on the host from the downloaded row:
+// both ways here.
 describe.each([
-  { filters: 'host', env: undefined },
-  { filters: 'GPU', env: '1' },
+  { filters: 'GPU', env: undefined },
+  { filters: 'host', env: '0' },
 ])('sampling on the GPU, filtered rows on the $filters', ({ env }) => {
   const engine = (() => {
     if (env === undefined) return gpu;

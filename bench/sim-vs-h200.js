@@ -1,0 +1,74 @@
+// The simulator (bench/sim-server.js) against the H200 runs where overlap loading had copies to
+// hide: 256 adapters of rank 128 on all modules (672 MB each) through 16 CPU places, 4.5 and
+// 5 requests/s for 240 s, with and without --enable-lora-overlap-loading
+// (bench/results/2026-11-30-h200-serve-lora-r128x256-cpu16*-rate*.json). Each run is simulated
+// with the disk read and copy times that run logged (loadSeconds over loads), with and without
+// overlap scheduling, and the median TTFT and its ratio (overlap loading over none) are printed
+// next to the H200's. `npm run build` first.
+//   node bench/sim-vs-h200.js [--out FILE]
+import { readFileSync, writeFileSync } from 'node:fs';
+import { SETS, SETUPS, simulateSetup } from './sim-setups.js';
+import { optionLines, parseTable } from './serve-options.js';
+
+const OPTIONS = {
+  out: ['string', undefined, 'also write the comparison to this JSON file'],
+  help: ['boolean', false, 'this text'],
+};
+const { values: v } = parseTable(OPTIONS, process.argv.slice(2));
+if (v.help) {
+  console.log(`usage: node bench/sim-vs-h200.js [options]\n${optionLines(OPTIONS)}`);
+  process.exit(0);
+}
+
+const RESULTS = new URL('results/', import.meta.url);
+const RUNS = [
+  { rate: 4.5, tag: 'rate45' },
+  { rate: 5, tag: 'rate5' },
+];
+const perLoad = (a, kind) => (a.loadSeconds[kind] / Math.max(1, a.loads[kind])) * 1000;
+
+const rows = [];
+for (const { rate, tag } of RUNS) {
+  const row = { rate, h200: {}, simulated: {}, simulatedOneStepAtATime: {} };
+  for (const overlap of [false, true]) {
+    const mode = overlap ? 'overlapLoading' : 'noOverlapLoading';
+    const file = new URL(`2026-11-30-h200-serve-lora-r128x256-cpu16${overlap ? '-overlap' : ''}-${tag}.json`, RESULTS);
+    const run = JSON.parse(readFileSync(file, 'utf8'));
+    const a = run.adapterActivity;
+    const readMs = perLoad(a, 'disk_to_cpu'),
+      copyMs = perLoad(a, 'cpu_to_gpu');
+    row.h200[mode] = {
+      ttftP50: run.summary.ttft.p50,
+      sloAttainment: run.summary.sloAttainment,
+      readMs: +readMs.toFixed(1),
+      copyMs: +copyMs.toFixed(1),
+    };
+    const setup = SETUPS.find((s) => s.label === (overlap ? 'h-cpu16-overlap' : 'h-cpu16'));
+    // The run's own load times for this simulation only.
+    const saved = { readMs: SETS.h.readMs, copyMs: SETS.h.copyMs };
+    Object.assign(SETS.h, { readMs, copyMs });
+    try {
+      for (const [key, overlapSchedule] of [
+        ['simulated', true],
+        ['simulatedOneStepAtATime', false],
+      ]) {
+        const r = simulateSetup(setup, { rate, duration: 240, drainTimeout: 60, overlapSchedule });
+        row[key][mode] = { ttftP50: +r.summary.ttft.p50.toFixed(3), sloAttainment: +r.summary.sloAttainment.toFixed(4), busy: r.stats.busy };
+      }
+    } finally {
+      Object.assign(SETS.h, saved);
+    }
+  }
+  for (const key of ['h200', 'simulated', 'simulatedOneStepAtATime']) {
+    const m = row[key];
+    m.ratio = +(m.overlapLoading.ttftP50 / m.noOverlapLoading.ttftP50).toFixed(3);
+  }
+  rows.push(row);
+  const line = (key) =>
+    `${row[key].noOverlapLoading.ttftP50.toFixed(2)} s / ${row[key].overlapLoading.ttftP50.toFixed(2)} s = ${row[key].ratio.toFixed(2)}x`;
+  console.log(`${rate} req/s, median TTFT without / with overlap loading:`);
+  console.log(`  H200                                 ${line('h200')}`);
+  console.log(`  simulated, overlap scheduling        ${line('simulated')}`);
+  console.log(`  simulated, one step at a time        ${line('simulatedOneStepAtATime')}`);
+}
+if (v.out) writeFileSync(v.out, JSON.stringify({ benchmark: 'sim-vs-h200', date: new Date().toISOString().slice(0, 10), rows }, null, 2) + '\n');
