@@ -189,14 +189,21 @@ __device__ int draw(int vocab, Weight weight, int topK, float topP, float minP, 
     __syncthreads();
     kept = min(kept, max(heavy, 1));
   }
+  // The kept prefix's mass, then the draw inside it.
+  Mass keptMass = total;
+  bool massKnown = false;
   if (topP < 1) {
     const Mass limit = static_cast<Mass>(static_cast<double>(fmaxf(topP, 0.0f)) * static_cast<double>(total));
     const Cut c = select(vocab, weight, true, min(limit, total - 1), sh);
-    kept = min(kept, c.above + c.ties);
+    // Where top-p is the binding filter its cut ends the kept prefix, so the prefix's mass is
+    // known without another selection (four passes over the row).
+    if (c.above + c.ties <= kept) {
+      kept = c.above + c.ties;
+      keptMass = c.massAbove + static_cast<Mass>(c.ties) * massOf(__uint_as_float(c.bits));
+      massKnown = true;
+    }
   }
-  // The kept prefix's mass, then the draw inside it.
-  Mass keptMass = total;
-  if (kept < vocab) {
+  if (!massKnown && kept < vocab) {
     const Cut c = select(vocab, weight, false, static_cast<Mass>(kept), sh);
     keptMass = c.massAbove + static_cast<Mass>(c.ties) * massOf(__uint_as_float(c.bits));
   }
