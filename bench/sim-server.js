@@ -168,7 +168,8 @@ export function stepMs(model, batch) {
 /**
  * One run. sim: {Scheduler, DEFAULT_SAMPLING, options (SchedulerOptions), names (adapter names,
  * all registered before the first arrival), loader: {readMs, copyMs, maxReads, rank,
- * targetModules, bytes}, model: {a, b, c, d} (ms), workload (makeWorkload's requests, `adapter`
+ * targetModules, bytes}, model: {a, b, c, d} (ms; copySlowdown: how many times longer a step
+ * planned while a copy runs takes, 1 when absent), workload (makeWorkload's requests, `adapter`
  * indexing names), drainTimeout (s), overlapSchedule (troupe serve's default, true; false as
  * --disable-overlap-schedule)}. Returns {records (as the HTTP benchmark keeps them, for
  * serve-client's summarize), elapsed (s, first arrival to last end), stats: sums over the steps (steps, rows, prefillTokens,
@@ -226,6 +227,8 @@ export function simulate(sim) {
   const send = (next) => {
     if (!next) return;
     const t = stepMs(sim.model, next.batch);
+    // A step that starts while a slot is being filled shares the GPU with the fill's kernels.
+    if (loader.copies.running > 0) t.ms *= sim.model.copySlowdown ?? 1;
     stats.steps++;
     stats.rows += t.rows;
     stats.prefillTokens += t.prefill;

@@ -127,9 +127,13 @@ function pooledStats(all, elapsed) {
  * Simulates `setup` at `rate` for `duration` seconds of arrivals, once per seed: the summary
  * of all their requests together (serve-client's summarize; throughput over the runs' summed
  * elapsed time) and their pooled step statistics. overlapSchedule: troupe serve's default
- * (true), or one step at a time (--disable-overlap-schedule).
+ * (true), or one step at a time (--disable-overlap-schedule). copySlowdown: how many times
+ * longer a step takes when it starts while a slot is being filled (1: no slower).
  */
-export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WORKLOAD.seed], model = MODEL, overlapSchedule = true }) {
+export function simulateSetup(
+  setup,
+  { rate, duration, drainTimeout, seeds = [WORKLOAD.seed], model = MODEL, overlapSchedule = true, copySlowdown = 1 },
+) {
   const set = SETS[setup.set];
   const names = Array.from({ length: setup.adapters }, (_, i) => adapterName(i));
   const records = [];
@@ -146,7 +150,7 @@ export function simulateSetup(setup, { rate, duration, drainTimeout, seeds = [WO
       overlapSchedule,
       options: schedulerOptions(setup.set, setup.lpb, setup.maxLoaded, setup.overlap === true, setup.placeWait ?? PLACE_WAIT_DEFAULT),
       loader: { ...set, maxReads: 3 },
-      model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: set.stepD ?? model.d },
+      model: { a: model.a + (setup.set === 'b' ? model.offsetB : 0), b: model.b, c: model.c, d: set.stepD ?? model.d, copySlowdown },
     });
     records.push(...r.records);
     elapsed += r.elapsed;

@@ -2,15 +2,17 @@
 // hide: 256 adapters of rank 128 on all modules (672 MB each) through 16 CPU places, 4.5 and
 // 5 requests/s for 240 s, with and without --enable-lora-overlap-loading
 // (bench/results/2026-11-30-h200-serve-lora-r128x256-cpu16*-rate*.json). Each run is simulated
-// with the disk read and copy times that run logged (loadSeconds over loads), with and without
-// overlap scheduling, and the median TTFT and its ratio (overlap loading over none) are printed
-// next to the H200's. `npm run build` first.
-//   node bench/sim-vs-h200.js [--out FILE]
+// with the disk read and copy times that run logged (loadSeconds over loads): with overlap
+// scheduling, as troupe serve plans; one step at a time; and with overlap scheduling and steps
+// --copy-slowdown times longer while a slot is being filled beside them. The median TTFT and its
+// ratio (overlap loading over none) are printed next to the H200's. `npm run build` first.
+//   node bench/sim-vs-h200.js [--copy-slowdown 1.2] [--out FILE]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { SETS, SETUPS, simulateSetup } from './sim-setups.js';
 import { optionLines, parseTable } from './serve-options.js';
 
 const OPTIONS = {
+  'copy-slowdown': ['string', '1.2', 'how many times longer a step takes beside a slot fill, for the third simulation'],
   out: ['string', undefined, 'also write the comparison to this JSON file'],
   help: ['boolean', false, 'this text'],
 };
@@ -20,7 +22,15 @@ if (v.help) {
   process.exit(0);
 }
 
+const copySlowdown = Number(v['copy-slowdown']);
+if (!(copySlowdown >= 1)) throw new Error(`--copy-slowdown must be a number >= 1, got ${v['copy-slowdown']}`);
 const RESULTS = new URL('results/', import.meta.url);
+// Each simulation: its key in the results, overlap scheduling, and the slowdown beside a fill.
+const SIMULATIONS = [
+  ['simulated', true, 1],
+  ['simulatedOneStepAtATime', false, 1],
+  ['simulatedSlowedBesideFills', true, copySlowdown],
+];
 const RUNS = [
   { rate: 4.5, tag: 'rate45' },
   { rate: 5, tag: 'rate5' },
@@ -29,7 +39,7 @@ const perLoad = (a, kind) => (a.loadSeconds[kind] / Math.max(1, a.loads[kind])) 
 
 const rows = [];
 for (const { rate, tag } of RUNS) {
-  const row = { rate, h200: {}, simulated: {}, simulatedOneStepAtATime: {} };
+  const row = { rate, h200: {}, ...Object.fromEntries(SIMULATIONS.map(([key]) => [key, {}])) };
   for (const overlap of [false, true]) {
     const mode = overlap ? 'overlapLoading' : 'noOverlapLoading';
     const file = new URL(`2026-11-30-h200-serve-lora-r128x256-cpu16${overlap ? '-overlap' : ''}-${tag}.json`, RESULTS);
@@ -48,18 +58,15 @@ for (const { rate, tag } of RUNS) {
     const saved = { readMs: SETS.h.readMs, copyMs: SETS.h.copyMs };
     Object.assign(SETS.h, { readMs, copyMs });
     try {
-      for (const [key, overlapSchedule] of [
-        ['simulated', true],
-        ['simulatedOneStepAtATime', false],
-      ]) {
-        const r = simulateSetup(setup, { rate, duration: 240, drainTimeout: 60, overlapSchedule });
+      for (const [key, overlapSchedule, slowdown] of SIMULATIONS) {
+        const r = simulateSetup(setup, { rate, duration: 240, drainTimeout: 60, overlapSchedule, copySlowdown: slowdown });
         row[key][mode] = { ttftP50: +r.summary.ttft.p50.toFixed(3), sloAttainment: +r.summary.sloAttainment.toFixed(4), busy: r.stats.busy };
       }
     } finally {
       Object.assign(SETS.h, saved);
     }
   }
-  for (const key of ['h200', 'simulated', 'simulatedOneStepAtATime']) {
+  for (const key of ['h200', ...SIMULATIONS.map(([k]) => k)]) {
     const m = row[key];
     m.ratio = +(m.overlapLoading.ttftP50 / m.noOverlapLoading.ttftP50).toFixed(3);
   }
@@ -70,5 +77,7 @@ for (const { rate, tag } of RUNS) {
   console.log(`  H200                                 ${line('h200')}`);
   console.log(`  simulated, overlap scheduling        ${line('simulated')}`);
   console.log(`  simulated, one step at a time        ${line('simulatedOneStepAtATime')}`);
+  console.log(`  simulated, steps ${copySlowdown}x beside fills  ${line('simulatedSlowedBesideFills')}`);
 }
-if (v.out) writeFileSync(v.out, JSON.stringify({ benchmark: 'sim-vs-h200', date: new Date().toISOString().slice(0, 10), rows }, null, 2) + '\n');
+if (v.out)
+  writeFileSync(v.out, JSON.stringify({ benchmark: 'sim-vs-h200', date: new Date().toISOString().slice(0, 10), copySlowdown, rows }, null, 2) + '\n');

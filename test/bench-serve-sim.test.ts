@@ -44,6 +44,7 @@ function run(opts: {
   copyMs: number;
   requests: Array<{ at: number; adapter: number; maxNewTokens: number }>;
   overlapSchedule?: boolean;
+  copySlowdown?: number;
 }) {
   const names = Array.from({ length: opts.adapters }, (_, i) => adapterName(i) as string);
   const workload = opts.requests.map((r, index) => ({
@@ -63,7 +64,7 @@ function run(opts: {
     overlapSchedule: opts.overlapSchedule,
     options: { ...baseOptions(), overlapLoading: opts.overlap },
     loader: { rank: 8, targetModules: MODULES, bytes: 1_000_000, readMs: 10, copyMs: opts.copyMs, maxReads: 2 },
-    model: { a: 10, b: 0, c: 0, d: 0 },
+    model: { a: 10, b: 0, c: 0, d: 0, copySlowdown: opts.copySlowdown },
   }) as { records: SimRecord[]; elapsed: number; stats: { steps: number; copies: number } };
 }
 
@@ -118,6 +119,25 @@ describe('serving simulator', () => {
     expect(gaps(false, false)).toBeGreaterThanOrEqual(0.2);
     expect(gaps(false, true)).toBeGreaterThanOrEqual(0.19 - 1e-9);
     for (const overlapSchedule of [false, true]) expect(gaps(true, overlapSchedule)).toBeLessThan(0.05);
+  });
+
+  it('slows the steps that start while a slot is being filled by copySlowdown', () => {
+    // As above with overlap loading: the long request's steps during the 200 ms copy take 10 ms,
+    // or 30 ms three times slower, and no step outside the copy is slowed.
+    const requests = [
+      { at: 0, adapter: 0, maxNewTokens: 300 },
+      { at: 1, adapter: 1, maxNewTokens: 4 },
+    ];
+    const itls = (copySlowdown?: number) => {
+      const r = run({ adapters: 2, overlap: true, copyMs: 200, requests, copySlowdown });
+      expect(r.records.every((x) => x.ok)).toBe(true);
+      return r.records[0]!.itls;
+    };
+    expect(Math.max(...itls())).toBeCloseTo(0.01, 6);
+    const slowed = itls(3);
+    expect(Math.max(...slowed)).toBeCloseTo(0.03, 6);
+    expect(slowed.filter((t) => t > 0.015).length).toBeGreaterThan(3);
+    expect(slowed.filter((t) => t > 0.015).length).toBeLessThan(15);
   });
 
   it('copies adapters into slots one at a time, as the engine fills them', () => {

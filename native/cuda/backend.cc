@@ -115,7 +115,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                                   "." + std::to_string(prop.minor));
     }
   }
-  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  stream_ = cuda::createStream(cuda::StreamWork::kStep);
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad);
@@ -135,7 +135,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
       cuda::prepareRowShrink(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
     }
     if (o_.loraKernel == LoraKernel::kMmaOverlap || o_.loraKernel == LoraKernel::kFused) {
-      check(cudaStreamCreateWithFlags(&loraStream_, cudaStreamNonBlocking), "cudaStreamCreate");
+      loraStream_ = cuda::createStream(cuda::StreamWork::kStep);
       check(cudaEventCreateWithFlags(&loraFork_, cudaEventDisableTiming), "cudaEventCreate");
       check(cudaEventCreateWithFlags(&loraJoin_, cudaEventDisableTiming), "cudaEventCreate");
     }

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,26 @@ inline bool aligned16(const void* p) { return alignedTo(p, 16); }
 
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + " failed: " + cudaGetErrorString(e));
+}
+
+// What a stream carries, for its priority under TROUPE_CUDA_STREAM_PRIORITY=1: a step's kernels at
+// the device's highest priority and an adapter slot's fill at its lowest. The block scheduler
+// then starts a step's pending blocks before a fill's, whose conversion kernels would otherwise
+// take every SM between a step's kernels while a copy runs beside serving. Without the variable
+// every stream has the default priority.
+enum class StreamWork { kStep, kFill };
+
+inline cudaStream_t createStream(StreamWork work) {
+  int priority = 0;
+  const char* env = std::getenv("TROUPE_CUDA_STREAM_PRIORITY");
+  if (env && std::string(env) == "1") {
+    int least = 0, greatest = 0;
+    check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    priority = work == StreamWork::kStep ? greatest : least;
+  }
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority), "cudaStreamCreate");
+  return s;
 }
 
 // Device memory that grows on demand; `generation` counts reallocations, since a captured graph

@@ -82,7 +82,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   staging_.ensure(kStagingBytes);
   bad_.ensure(1);
   badHost_.ensure(1);
-  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  stream_ = createStream(StreamWork::kFill);
   ready_.resize(slots_);
   for (auto& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaDeviceSynchronize(), "LoRA pool setup");  // the memsets above ran on the legacy stream
