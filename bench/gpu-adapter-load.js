@@ -1,9 +1,10 @@
 // How fast adapters load: disk to CPU (the native reader, page cache warm, into reused and into
 // fresh memory, against the JS reader kept for merging) and CPU to GPU (fillLoraSlot into a CUDA
-// engine's pool, from the page-locked host copy), for a rank-16 adapter on all seven modules of
-// the Llama-3.1-8B shape (84 MB in bf16); and decode steps on other slots while fills run,
-// against the same steps alone.
-//   node bench/gpu-adapter-load.js OUT.json [MODEL_DIR]
+// engine's pool, from the page-locked host copy), for an adapter of RANK (default 16) on all
+// seven modules of the Llama-3.1-8B shape (84 MB in bf16 at rank 16, 672 MB at 128); and decode
+// steps on other slots while fills run, against the same steps alone, with the streams at their
+// default priority and with TROUPE_CUDA_STREAM_PRIORITY=1 (steps first, fills last).
+//   node bench/gpu-adapter-load.js OUT.json [MODEL_DIR] [RANK]
 // MODEL_DIR is a checkpoint of that shape (test/gpu/make_checkpoint.py --shape 8b); without it,
 // or without a GPU, only disk to CPU is measured. Writes the figures as JSON with the date and
 // the devices, and prints them.
@@ -22,8 +23,10 @@ const { makeRandomAdapter } = await dist('model/demo.js');
 const { loadAdapterWeights, readAdapterHost } = await dist('model/adapter.js');
 const { LORA_MODULES } = await dist('engine/types.js');
 
-const [outFile, modelDir] = process.argv.slice(2);
-if (!outFile) throw new Error('usage: node bench/gpu-adapter-load.js OUT.json [MODEL_DIR]');
+const [outFile, modelDir, rankArg = '16'] = process.argv.slice(2);
+if (!outFile) throw new Error('usage: node bench/gpu-adapter-load.js OUT.json [MODEL_DIR] [RANK]');
+const RANK = Number(rankArg);
+if (!(Number.isInteger(RANK) && RANK >= 1 && RANK <= 256)) throw new Error(`RANK must be an integer in 1..256, got ${rankArg}`);
 const addon = loadNative();
 const LLAMA_8B = {
   architectures: ['LlamaForCausalLM'],
@@ -53,13 +56,13 @@ const result = {
   cpu: `${cpus()[0]?.model ?? 'unknown CPU'} x ${cpus().length}`,
   gpu: null,
   model: modelDir ?? null,
-  adapter: 'rank 16, all seven modules, bf16',
+  adapter: `rank ${RANK}, all seven modules, bf16`,
   layers: config.numLayers,
 };
 try {
   const dirs = [0, 1, 2, 3].map((i) => {
     const d = join(tmp, `a${i}`);
-    makeRandomAdapter(d, { rank: 16, alpha: 32, targetModules: [...LORA_MODULES], seed: 70 + i, dtype: 'BF16' }, hfShape);
+    makeRandomAdapter(d, { rank: RANK, alpha: 2 * RANK, targetModules: [...LORA_MODULES], seed: 70 + i, dtype: 'BF16' }, hfShape);
     return d;
   });
   const pageLocked = ckpt !== null && addon.cudaDeviceCount() > 0;
@@ -126,68 +129,15 @@ try {
   );
 
   if (ckpt && addon.cudaDeviceCount() > 0) {
-    const h = addon.createEngine(ckpt.config, ckpt.tensors, {
-      device: 'cuda',
-      blockSize: 16,
-      kvBlocks: 4096,
-      memFractionStatic: 0.85,
-      loraSlots: 4,
-      maxLoraRank: 16,
-      loraModules: [...LORA_MODULES],
-      threads: 0,
-      cudaGraphMaxBs: 64,
-    });
-    result.gpu = addon.engineInfo(h).deviceName;
-    // CPU to GPU: each fill from its page-locked host copy, slots 1-3 in turn.
-    const fills = [];
-    for (let k = 0; k < 12; k++) {
-      const t = process.hrtime.bigint();
-      await addon.fillLoraSlot(h, 1 + (k % 3), four[1 + (k % 3)].host.handle);
-      if (k >= 3) fills.push(seconds(t));
+    // Read when the engine makes its streams.
+    for (const priority of [false, true]) {
+      if (priority) process.env.TROUPE_CUDA_STREAM_PRIORITY = '1';
+      else delete process.env.TROUPE_CUDA_STREAM_PRIORITY;
+      const figures = await fillsAndSteps(four, bytes);
+      if (priority) result.withStreamPriority = figures;
+      else Object.assign(result, figures);
     }
-    result.cpuToGpu = { GBps: gbps(bytes, median(fills)), ms: median(fills) * 1e3 };
-    console.log(`CPU to GPU: ${result.cpuToGpu.GBps.toFixed(1)} GB/s (${result.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`);
-
-    // Decode steps of 32 rows (base and slot 0) over 256-token contexts, alone and while slots
-    // 1-3 are filled over and over; the steps yield to the event loop so fills complete.
-    await addon.fillLoraSlot(h, 0, four[0].host.handle);
-    const rows = Array.from({ length: 32 }, (_, i) => ({
-      tokens: [1000 + i],
-      cached: 255,
-      blocks: Array.from({ length: 16 }, (_, k) => i * 16 + k),
-      slot: i % 2 === 0 ? 0 : -1,
-    }));
-    const decode = greedyBatch(rows, 16);
-    for (let k = 0; k < 5; k++) addon.step(h, decode);
-    const timeStep = () => {
-      const t = process.hrtime.bigint();
-      addon.step(h, decode);
-      return seconds(t);
-    };
-    const alone = Array.from({ length: 30 }, timeStep);
-    let filling = true;
-    let done = 0;
-    const during = [];
-    const filler = (async () => {
-      for (let k = 0; k < 9; k++, done++) await addon.fillLoraSlot(h, 1 + (k % 3), four[1 + (k % 3)].host.handle);
-      filling = false;
-    })();
-    while (filling) {
-      during.push(timeStep());
-      await new Promise((r) => setImmediate(r));
-    }
-    await filler;
-    result.stepsDuringFills = {
-      decodeMsAlone: median(alone) * 1e3,
-      decodeMsDuringFills: median(during) * 1e3,
-      stepsDuringFills: during.length,
-      fills: done,
-    };
-    console.log(
-      `decode b32 (other slots): ${result.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
-        `${result.stepsDuringFills.decodeMsDuringFills.toFixed(2)} ms while ${done} fills ran (${during.length} steps meanwhile)`,
-    );
-    addon.destroyEngine(h);
+    delete process.env.TROUPE_CUDA_STREAM_PRIORITY;
   } else {
     console.log('CPU to GPU: not measured (give MODEL_DIR, a Llama-3.1-8B-shaped checkpoint, on a CUDA machine)');
   }
@@ -195,4 +145,74 @@ try {
   writeFileSync(outFile, JSON.stringify(result, null, 2) + '\n');
 } finally {
   rmSync(tmp, { recursive: true, force: true });
+}
+
+/** CPU-to-GPU fills and decode steps beside them on a new engine (its streams made now). */
+async function fillsAndSteps(four, bytes) {
+  const h = addon.createEngine(ckpt.config, ckpt.tensors, {
+    device: 'cuda',
+    blockSize: 16,
+    kvBlocks: 4096,
+    memFractionStatic: 0.85,
+    loraSlots: 4,
+    maxLoraRank: RANK,
+    loraModules: [...LORA_MODULES],
+    threads: 0,
+    cudaGraphMaxBs: 64,
+  });
+  result.gpu = addon.engineInfo(h).deviceName;
+  const figures = {};
+  // CPU to GPU: each fill from its page-locked host copy, slots 1-3 in turn.
+  const fills = [];
+  for (let k = 0; k < 12; k++) {
+    const t = process.hrtime.bigint();
+    await addon.fillLoraSlot(h, 1 + (k % 3), four[1 + (k % 3)].host.handle);
+    if (k >= 3) fills.push(seconds(t));
+  }
+  figures.cpuToGpu = { GBps: gbps(bytes, median(fills)), ms: median(fills) * 1e3 };
+  console.log(
+    `${process.env.TROUPE_CUDA_STREAM_PRIORITY ? 'stream priority: ' : ''}CPU to GPU: ${figures.cpuToGpu.GBps.toFixed(1)} GB/s (${figures.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`,
+  );
+
+  // Decode steps of 32 rows (base and slot 0) over 256-token contexts, alone and while slots
+  // 1-3 are filled over and over; the steps yield to the event loop so fills complete.
+  await addon.fillLoraSlot(h, 0, four[0].host.handle);
+  const rows = Array.from({ length: 32 }, (_, i) => ({
+    tokens: [1000 + i],
+    cached: 255,
+    blocks: Array.from({ length: 16 }, (_, k) => i * 16 + k),
+    slot: i % 2 === 0 ? 0 : -1,
+  }));
+  const decode = greedyBatch(rows, 16);
+  for (let k = 0; k < 5; k++) addon.step(h, decode);
+  const timeStep = () => {
+    const t = process.hrtime.bigint();
+    addon.step(h, decode);
+    return seconds(t);
+  };
+  const alone = Array.from({ length: 30 }, timeStep);
+  let filling = true;
+  let done = 0;
+  const during = [];
+  const filler = (async () => {
+    for (let k = 0; k < 9; k++, done++) await addon.fillLoraSlot(h, 1 + (k % 3), four[1 + (k % 3)].host.handle);
+    filling = false;
+  })();
+  while (filling) {
+    during.push(timeStep());
+    await new Promise((r) => setImmediate(r));
+  }
+  await filler;
+  figures.stepsDuringFills = {
+    decodeMsAlone: median(alone) * 1e3,
+    decodeMsDuringFills: median(during) * 1e3,
+    stepsDuringFills: during.length,
+    fills: done,
+  };
+  console.log(
+    `${process.env.TROUPE_CUDA_STREAM_PRIORITY ? 'stream priority: ' : ''}decode b32 (other slots): ${figures.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
+      `${figures.stepsDuringFills.decodeMsDuringFills.toFixed(2)} ms while ${done} fills ran (${during.length} steps meanwhile)`,
+  );
+  addon.destroyEngine(h);
+  return figures;
 }
