@@ -227,7 +227,7 @@ export function simulate(sim) {
   const send = (next) => {
     if (!next) return;
     const t = stepMs(sim.model, next.batch);
-    // A step that starts while a slot is being filled shares the GPU with the fill's kernels.
+    // A step planned while a slot is being filled runs beside the fill's kernels.
     if (loader.copies.running > 0) t.ms *= sim.model.copySlowdown ?? 1;
     stats.steps++;
     stats.rows += t.rows;

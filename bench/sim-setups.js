@@ -128,7 +128,7 @@ function pooledStats(all, elapsed) {
  * of all their requests together (serve-client's summarize; throughput over the runs' summed
  * elapsed time) and their pooled step statistics. overlapSchedule: troupe serve's default
  * (true), or one step at a time (--disable-overlap-schedule). copySlowdown: how many times
- * longer a step takes when it starts while a slot is being filled (1: no slower).
+ * longer a step takes when it is planned while a slot is being filled (1: no slower).
  */
 export function simulateSetup(
   setup,

@@ -3,8 +3,8 @@
 // 5 requests/s for 240 s, with and without --enable-lora-overlap-loading
 // (bench/results/2026-11-30-h200-serve-lora-r128x256-cpu16*-rate*.json). Each run is simulated
 // with the disk read and copy times that run logged (loadSeconds over loads): with overlap
-// scheduling, as troupe serve plans; one step at a time; and with overlap scheduling and steps
-// --copy-slowdown times longer while a slot is being filled beside them. The median TTFT and its
+// scheduling, as troupe serve plans; one step at a time; and with overlap scheduling and the
+// steps planned while a slot is being filled --copy-slowdown times longer. The median TTFT and its
 // ratio (overlap loading over none) are printed next to the H200's. `npm run build` first.
 //   node bench/sim-vs-h200.js [--copy-slowdown 1.2] [--out FILE]
 import { readFileSync, writeFileSync } from 'node:fs';

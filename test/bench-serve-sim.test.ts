@@ -121,7 +121,7 @@ describe('serving simulator', () => {
     for (const overlapSchedule of [false, true]) expect(gaps(true, overlapSchedule)).toBeLessThan(0.05);
   });
 
-  it('slows the steps that start while a slot is being filled by copySlowdown', () => {
+  it('slows the steps planned while a slot is being filled by copySlowdown', () => {
     // As above with overlap loading: the long request's steps during the 200 ms copy take 10 ms,
     // or 30 ms three times slower, and no step outside the copy is slowed.
     const requests = [

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int d0 = 0; d0 < D; d0 += 16) {
       uint32_t b0, b1, b2, b3;
-      ldmatrixT(V + ((mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
+      ldmatrix<true>(V + ((mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
       mma(o[d0 / 8], pa0, 0u, pa2, 0u, b0, b1);
       mma(o[d0 / 8 + 1], pa0, 0u, pa2, 0u, b2, b3);
     }

@@ -115,10 +115,6 @@ __device__ __forceinline__ void ldmatrix(const bf16_t* p, uint32_t& r0, uint32_t
 #endif
 }
 
-__device__ __forceinline__ void ldmatrixT(const bf16_t* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  ldmatrix<true>(p, r0, r1, r2, r3);
-}
-
 __device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);

@@ -186,7 +186,7 @@ __device__ __forceinline__ void accumulateTile(const bf16_t* V, const uint32_t (
 #pragma unroll
     for (int d0 = 0; d0 < D; d0 += 16) {
       uint32_t b0, b1, b2, b3;
-      ldmatrixT(V + (ks * 16 + (mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
+      ldmatrix<true>(V + (ks * 16 + (mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
       mma(o[d0 / 8], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b0, b1);
       mma(o[d0 / 8 + 1], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b2, b3);
     }

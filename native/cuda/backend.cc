@@ -285,8 +285,9 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
       }
     }
     p.loraItems = static_cast<int>(itemSlot.size());
-    for (int i = 0; i < p.loraItems; ++i) p.loraLongest = std::max(p.loraLongest, itemStart[i + 1] - itemStart[i]);
-    p.loraTiles = (p.loraLongest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
+    int longest = 0;
+    for (int i = 0; i < p.loraItems; ++i) longest = std::max(longest, itemStart[i + 1] - itemStart[i]);
+    p.loraTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
   }
   // The prefill chunks' attention tiles: every chunk of the step in one launch.
   std::vector<cuda::PrefillTile> tiles;

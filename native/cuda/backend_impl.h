@@ -63,7 +63,6 @@ class CudaBackend : public Backend {
     std::vector<int> prefillSeqs;
     std::vector<int> loraSlotsUsed;
     int loraItems = 0;
-    int loraLongest = 0;   // tokens of the longest item
     int loraTiles = 0;     // 16-token tiles of the longest item
     int prefillTiles = 0;  // blocks of the prefill attention's one launch (per KV head)
   };

@@ -129,6 +129,11 @@ __device__ Cut select(int vocab, Weight weight, bool byMass, Mass target, Shared
   return c;
 }
 
+// The mass of the order's prefix that ends at c: the tokens above it and its ties.
+__device__ __forceinline__ Mass prefixMass(const Cut& c) {
+  return c.massAbove + static_cast<Mass>(c.ties) * massOf(__uint_as_float(c.bits));
+}
+
 // The id of the ties-th token (by id) whose weight has these bits. Each thread scans a
 // contiguous run of ids, so a scan of the runs' counts orders them.
 template <int kThreads, class Weight>
@@ -199,13 +204,12 @@ __device__ int draw(int vocab, Weight weight, int topK, float topP, float minP, 
     // known without another selection (four passes over the row).
     if (c.above + c.ties <= kept) {
       kept = c.above + c.ties;
-      keptMass = c.massAbove + static_cast<Mass>(c.ties) * massOf(__uint_as_float(c.bits));
+      keptMass = prefixMass(c);
       massKnown = true;
     }
   }
   if (!massKnown && kept < vocab) {
-    const Cut c = select(vocab, weight, false, static_cast<Mass>(kept), sh);
-    keptMass = c.massAbove + static_cast<Mass>(c.ties) * massOf(__uint_as_float(c.bits));
+    keptMass = prefixMass(select(vocab, weight, false, static_cast<Mass>(kept), sh));
   }
   if (keptMass == 0) keptMass = 1;
   const Mass target = min(static_cast<Mass>(static_cast<double>(u) * static_cast<double>(keptMass)), keptMass - 1);
