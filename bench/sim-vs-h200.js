@@ -5,14 +5,20 @@
 // with the disk read and copy times that run logged (loadSeconds over loads): with overlap
 // scheduling, as troupe serve plans; one step at a time; and with overlap scheduling and the
 // steps planned while a slot is being filled --copy-slowdown times longer. The median TTFT and its
-// ratio (overlap loading over none) are printed next to the H200's. `npm run build` first.
-//   node bench/sim-vs-h200.js [--copy-slowdown 1.2] [--out FILE]
+// ratio (overlap loading over none) are printed next to the H200's. With --seeds N the two
+// overlap-scheduling simulations are also run over workload seeds 0..N-1 (arrivals, adapters and
+// lengths drawn anew, as one more H200 run would), to show how far one run's ratio can fall from
+// another's. `npm run build` first.
+//   node bench/sim-vs-h200.js [--copy-slowdown 1.06] [--seeds 8] [--out FILE]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { SETS, SETUPS, simulateSetup } from './sim-setups.js';
 import { optionLines, parseTable } from './serve-options.js';
 
 const OPTIONS = {
-  'copy-slowdown': ['string', '1.2', 'how many times longer a step takes beside a slot fill, for the third simulation'],
+  // 1.06: decode steps beside rank-128 fills on the H200 took 7.50 ms against 7.06 ms alone
+  // (means; bench/gpu-adapter-load.js, results/2026-11-30-h200-adapter-load-r128-stream-priority.json).
+  'copy-slowdown': ['string', '1.06', 'how many times longer a step takes beside a slot fill, for the third simulation'],
+  seeds: ['string', '1', 'workload seeds for the spread of the ratio (1: seed 0 only)'],
   out: ['string', undefined, 'also write the comparison to this JSON file'],
   help: ['boolean', false, 'this text'],
 };
@@ -24,6 +30,8 @@ if (v.help) {
 
 const copySlowdown = Number(v['copy-slowdown']);
 if (!(copySlowdown >= 1)) throw new Error(`--copy-slowdown must be a number >= 1, got ${v['copy-slowdown']}`);
+const seeds = Number(v.seeds);
+if (!(Number.isInteger(seeds) && seeds >= 1)) throw new Error(`--seeds must be a positive integer, got ${v.seeds}`);
 const RESULTS = new URL('results/', import.meta.url);
 // Each simulation: its key in the results, overlap scheduling, and the slowdown beside a fill.
 const SIMULATIONS = [
@@ -53,22 +61,29 @@ for (const { rate, tag } of RUNS) {
       readMs: +readMs.toFixed(1),
       copyMs: +copyMs.toFixed(1),
     };
-    const setup = SETUPS.find((s) => s.label === (overlap ? 'h-cpu16-overlap' : 'h-cpu16'));
-    // The run's own load times for this simulation only.
-    const saved = { readMs: SETS.h.readMs, copyMs: SETS.h.copyMs };
-    Object.assign(SETS.h, { readMs, copyMs });
-    try {
-      for (const [key, overlapSchedule, slowdown] of SIMULATIONS) {
-        const r = simulateSetup(setup, { rate, duration: 240, drainTimeout: 60, overlapSchedule, copySlowdown: slowdown });
-        row[key][mode] = { ttftP50: +r.summary.ttft.p50.toFixed(3), sloAttainment: +r.summary.sloAttainment.toFixed(4), busy: r.stats.busy };
-      }
-    } finally {
-      Object.assign(SETS.h, saved);
+    for (const [key, overlapSchedule, slowdown] of SIMULATIONS) {
+      const r = simulateWith(overlap, readMs, copyMs, { rate, overlapSchedule, copySlowdown: slowdown });
+      row[key][mode] = { ttftP50: +r.summary.ttft.p50.toFixed(3), sloAttainment: +r.summary.sloAttainment.toFixed(4), busy: r.stats.busy };
     }
   }
   for (const key of ['h200', ...SIMULATIONS.map(([k]) => k)]) {
     const m = row[key];
     m.ratio = +(m.overlapLoading.ttftP50 / m.noOverlapLoading.ttftP50).toFixed(3);
+  }
+  if (seeds > 1) {
+    row.bySeed = {};
+    for (const [key, overlapSchedule, slowdown] of SIMULATIONS.filter(([, planAhead]) => planAhead)) {
+      const ratios = [];
+      for (let seed = 0; seed < seeds; seed++) {
+        const p50 = (overlap) => {
+          const h = row.h200[overlap ? 'overlapLoading' : 'noOverlapLoading'];
+          return simulateWith(overlap, h.readMs, h.copyMs, { rate, overlapSchedule, copySlowdown: slowdown, seeds: [seed] }).summary.ttft.p50;
+        };
+        ratios.push(+(p50(true) / p50(false)).toFixed(3));
+      }
+      const sorted = [...ratios].sort((a, b) => a - b);
+      row.bySeed[key] = { ratios, min: sorted[0], median: sorted[Math.floor(sorted.length / 2)], max: sorted[sorted.length - 1] };
+    }
   }
   rows.push(row);
   const line = (key) =>
@@ -78,6 +93,25 @@ for (const { rate, tag } of RUNS) {
   console.log(`  simulated, overlap scheduling        ${line('simulated')}`);
   console.log(`  simulated, one step at a time        ${line('simulatedOneStepAtATime')}`);
   console.log(`  simulated, steps ${copySlowdown}x beside fills  ${line('simulatedSlowedBesideFills')}`);
+  for (const [key, spread] of Object.entries(row.bySeed ?? {})) {
+    console.log(`  ${key} over ${seeds} seeds: ratio ${spread.min.toFixed(2)}-${spread.max.toFixed(2)}, median ${spread.median.toFixed(2)}`);
+  }
 }
 if (v.out)
-  writeFileSync(v.out, JSON.stringify({ benchmark: 'sim-vs-h200', date: new Date().toISOString().slice(0, 10), copySlowdown, rows }, null, 2) + '\n');
+  writeFileSync(
+    v.out,
+    JSON.stringify({ benchmark: 'sim-vs-h200', date: new Date().toISOString().slice(0, 10), copySlowdown, seeds, rows }, null, 2) + '\n',
+  );
+
+/** One simulation of the run's setup (with or without overlap loading) with the given read and copy times. */
+function simulateWith(overlap, readMs, copyMs, { rate, overlapSchedule, copySlowdown, seeds }) {
+  const setup = SETUPS.find((s) => s.label === (overlap ? 'h-cpu16-overlap' : 'h-cpu16'));
+  // The run's own load times for this simulation only.
+  const saved = { readMs: SETS.h.readMs, copyMs: SETS.h.copyMs };
+  Object.assign(SETS.h, { readMs, copyMs });
+  try {
+    return simulateSetup(setup, { rate, duration: 240, drainTimeout: 60, overlapSchedule, copySlowdown, ...(seeds ? { seeds } : {}) });
+  } finally {
+    Object.assign(SETS.h, saved);
+  }
+}
