@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads)
   // Llama-8B's decode shapes, 0.2-0.9 us less a launch at rank 16, 0.8-1.6 us at rank 64), then
   // across the warps.
   constexpr int kSums = kOut * kTok;
-  static_assert(kSums == 16 || kSums == 32, "the exchanges below halve 16 or 32 sums");
+  static_assert(kSums >= 2 && kSums <= 32 && (kSums & (kSums - 1)) == 0, "the exchanges halve a power of two of sums");
   constexpr int kWarps = kThreads / 32;
   __shared__ float part[kWarps][kSums];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -141,11 +141,13 @@ __global__ void __launch_bounds__(kThreads)
   for (int o = 0; o < kOut; ++o)
 #pragma unroll
     for (int k = 0; k < kTok; ++k) v[o * kTok + k] = acc[o][k];
-  // With 16 sums lanes l and l ^ 1 end with the same index, added together by one more exchange.
+  // With fewer than 32 sums the lanes that differ only in the low bits the rounds did not reach
+  // end with the same index; plain exchanges add them together.
   halveSums<kSums, 16>(v, lane);
-  if (kSums == 16) v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
-  const int index = kSums == 32 ? lane : lane >> 1;
-  if (kSums == 32 || (lane & 1) == 0) part[warp][index] = v[0];
+  constexpr int kShare = 32 / kSums;  // lanes that end with each sum
+#pragma unroll
+  for (int d = 1; d < kShare; d <<= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], d);
+  if (lane % kShare == 0) part[warp][lane / kShare] = v[0];
   __syncthreads();
   if (threadIdx.x >= kSums || wo >= mine || wk >= tok) return;
   float sum = 0;
