@@ -1,6 +1,7 @@
 // Runs the engine requests ("jobs") of one HTTP call, for /generate and the OpenAI routes alike:
 // all at once, collected or streamed as server-sent events. One AbortController covers the
 // call: a client that goes away, or one job failing, stops every job and frees its KV blocks.
+import { setMaxListeners } from 'node:events';
 import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { GenerateChunk, GenerateInput, GenerateOutput, TroupeEngine } from '../api.js';
@@ -13,6 +14,10 @@ export class Call {
   private readonly onGone = (): void => this.controller.abort(new Error('client disconnected'));
 
   constructor(req: Request) {
+    // Every job (a prompt, or one of its n samples) listens to the call's signal until it ends, so
+    // a batch has as many listeners as jobs: more than ten is no leak, and Node's warning of one
+    // would only mislead whoever reads the server's log.
+    setMaxListeners(Infinity, this.controller.signal);
     this.clientSignal = req.signal;
     if (this.clientSignal.aborted) this.onGone();
     else this.clientSignal.addEventListener('abort', this.onGone, { once: true });
