@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { greedyBatch, median } from './gpu-steps.js';
+import { greedyBatch, mean, median } from './gpu-steps.js';
 const root = new URL('..', import.meta.url);
 const dist = (p) => import(new URL(`dist/src/${p}`, root).href);
 const { loadNative } = await dist('engine/native.js');
@@ -48,7 +48,6 @@ const ckpt = modelDir ? openCheckpoint(modelDir) : null;
 const config = ckpt ? ckpt.config : parseModelConfig(LLAMA_8B, 'config.json');
 const hfShape = ckpt ? JSON.parse((await import('node:fs')).readFileSync(join(modelDir, 'config.json'), 'utf8')) : LLAMA_8B;
 const gbps = (bytes, s) => bytes / s / 1e9;
-const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const seconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
 
 const tmp = mkdtempSync(join(tmpdir(), 'troupe-adapter-load-'));
@@ -163,6 +162,7 @@ async function fillsAndSteps(four, bytes) {
   });
   result.gpu = addon.engineInfo(h).deviceName;
   const figures = {};
+  const tag = process.env.TROUPE_CUDA_STREAM_PRIORITY ? 'stream priority: ' : '';
   // CPU to GPU: each fill from its page-locked host copy, slots 1-3 in turn.
   const fills = [];
   for (let k = 0; k < 12; k++) {
@@ -171,9 +171,7 @@ async function fillsAndSteps(four, bytes) {
     if (k >= 3) fills.push(seconds(t));
   }
   figures.cpuToGpu = { GBps: gbps(bytes, median(fills)), ms: median(fills) * 1e3 };
-  console.log(
-    `${process.env.TROUPE_CUDA_STREAM_PRIORITY ? 'stream priority: ' : ''}CPU to GPU: ${figures.cpuToGpu.GBps.toFixed(1)} GB/s (${figures.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`,
-  );
+  console.log(`${tag}CPU to GPU: ${figures.cpuToGpu.GBps.toFixed(1)} GB/s (${figures.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`);
 
   // Decode steps of 32 rows (base and slot 0) over 256-token contexts, alone and while slots
   // 1-3 are filled over and over; the steps yield to the event loop so fills complete.
@@ -214,7 +212,7 @@ async function fillsAndSteps(four, bytes) {
     fills: done,
   };
   console.log(
-    `${process.env.TROUPE_CUDA_STREAM_PRIORITY ? 'stream priority: ' : ''}decode b32 (other slots): ${figures.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
+    `${tag}decode b32 (other slots): ${figures.stepsDuringFills.decodeMsAlone.toFixed(2)} ms alone, ` +
       `${figures.stepsDuringFills.decodeMsDuringFills.toFixed(2)} ms while ${done} fills ran (${during.length} steps meanwhile); ` +
       `means ${figures.stepsDuringFills.decodeMsMeanAlone.toFixed(2)} / ${figures.stepsDuringFills.decodeMsMeanDuringFills.toFixed(2)} ms`,
   );

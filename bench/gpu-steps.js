@@ -1,4 +1,4 @@
-// What the GPU benchmarks share: greedy StepBatch building, seeded random prompts, medians.
+// What the GPU benchmarks share: greedy StepBatch building, seeded random prompts, medians and means.
 
 /** A greedy StepBatch of `seqs` ({tokens, cached, blocks, slot?}) with block tables maxBlocks wide. */
 export function greedyBatch(seqs, maxBlocks) {
@@ -49,6 +49,7 @@ export function randomTokenSource(seed) {
 }
 
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+export const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 /**
  * The decode and prefill workload of bench/gpu-lora.js, bench/gpu-tp.js and
