@@ -85,16 +85,23 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
   const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
+  // Split rows for gate/up (lora_fused.h) unless TROUPE_LORA_SPLIT_ROWS=0 (one shared row, for comparing).
+  const char* splitEnv = std::getenv("TROUPE_LORA_SPLIT_ROWS");
+  const bool splitRows = !splitEnv || std::string(splitEnv) != "0";
   int pad[cuda::kNumWeightGroups] = {};
-  for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g)
-    pad[g] = cuda::loraPadColumns(static_cast<cuda::WeightGroup>(g), o.loraSlots, o.maxLoraRank, o.loraModuleMask);
+  bool split[cuda::kNumWeightGroups] = {};
+  for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g) {
+    const auto group = static_cast<cuda::WeightGroup>(g);
+    split[g] = splitRows && cuda::loraSplitRows(group, o.loraModuleMask);
+    pad[g] = cuda::loraPadColumns(group, o.loraSlots, o.maxLoraRank, o.loraModuleMask, split[g]);
+  }
   if (o_.loraKernel == LoraKernel::kAuto) {
     // The fused kernel's padding columns hold every slot's B beside every slice's rows (zeros
     // off the block diagonal), and its GEMMs read them all: worth it while they add little to
     // the weights. 8 slots of rank 64 on all modules add 20% to Llama-3.1-8B's, where fused
     // still beat mma-overlap on the H200 (+47% against +55% at batch 32, +34% against +59% in
     // prefill, bench/results/2026-11-29-h200-lora-fused.json); past kFusedMaxPadShare (16 slots
-    // of rank 64: 39%) the others keep B compact.
+    // of rank 64: 39%, 26% with gate/up's split rows) the others keep B compact.
     double padded = 0, base = 0;
     for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
       int64_t rows = 0, in = 0;
@@ -118,7 +125,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   stream_ = cuda::createStream(cuda::StreamWork::kStep);
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
-  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad);
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
@@ -228,8 +235,12 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   // Room for loraPieces_ slabs of each token's own shrink outputs, or for every slot's (the GEMM shrink).
   if (lora_)
     moved |= loraMid_.ensure(t * cuda::kMaxLoraSlices * lora_->maxRank() * std::max(loraPieces_, lora_->slots()));
-  if (lora_ && o_.loraKernel == LoraKernel::kFused)
-    moved |= xa_.ensure(t * *std::max_element(w_->ld, w_->ld + cuda::kNumWeightGroups));
+  if (lora_ && o_.loraKernel == LoraKernel::kFused) {
+    size_t perToken = 0;  // a token's augmented rows, for the group that has the most
+    for (int g = 0; g < cuda::kNumWeightGroups; ++g)
+      perToken = std::max(perToken, static_cast<size_t>(w_->ld[g]) * (w_->splitRows[g] ? cuda::kMaxLoraSlices : 1));
+    moved |= xa_.ensure(t * perToken);
+  }
   if (moved) ++generation_;
 }
 

@@ -100,6 +100,11 @@ class CudaBackend : public Backend {
   // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
   // GEMV kernel for a few tokens, else cuBLAS.
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
+  // The fused kernel's augmented rows for group g at this step (lora_fused.h), and the GEMM over
+  // their columns [col0, col0 + K) with W's same columns (per slice with split rows).
+  cuda::AugmentedRows augmented(cuda::WeightGroup g);
+  void projectAugmented(cuda::WeightGroup g, int slices, int col0, int K, const bf16_t* W, float* y, int N,
+                        bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;

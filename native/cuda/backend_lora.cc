@@ -48,15 +48,16 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         rows.ld = ld;
       }
       timer_.mark("lora", stream_);
+      const cuda::AugmentedRows xa = augmented(g);
       if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
-        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(),
-                             lora_->scaling(), T, xa_.get(), ld, stream_, itemPdl_);
+        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
+                             stream_, itemPdl_);
       } else {
-        cuda::loraRowShrink(rows, sl, lora_->slots(), w_->pad[g], dRowSlot_, lora_->ranks(), lora_->scaling(), T,
-                            xa_.get(), ld, sms_, stream_);
+        cuda::loraRowShrink(rows, sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa, sms_,
+                            stream_);
       }
       timer_.mark(name, stream_);
-      return project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+      return projectAugmented(g, sl.count, 0, ld, W, y, N, accumulate);
     }
     if (sl.count > 0) {
       const bf16_t* x = makeRows(input, made, in);
@@ -74,6 +75,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
 void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                                   const bf16_t* W, float* y, int N, bool accumulate) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
+  const cuda::AugmentedRows xa = augmented(g);
   const size_t slab = loraMid_.size() / loraPieces_;
   // The tiled shrink's outputs: each token's own slot only, in the split's slabs.
   cuda::LoraMid tiled;
@@ -84,8 +86,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   tiled.slicePitch = sl.maxRank;
   auto lora = [&](const bf16_t* copy, cudaStream_t st) {
     cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
-    cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), tiled, copy, in, T,
-                      xa_.get(), ld, st);
+    cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), tiled, copy, in, T, xa, st);
   };
   if (T > fusedSplitMaxTokens_) {
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
@@ -102,13 +103,12 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       every.tokenPitch = cols;
       every.slicePitch = lora_->slots() * sl.maxRank;
       every.slotPitch = sl.maxRank;
-      cuda::loraAugment(sl, lora_->slots(), pad, dRowSlot_, lora_->ranks(), lora_->scaling(), every, x, in, T,
-                        xa_.get(), ld, stream_);
+      cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), every, x, in, T, xa, stream_);
     } else {
       lora(x, stream_);
     }
     timer_.mark(name, stream_);
-    project(T, N, ld, W, ld, xa_.get(), ld, y, accumulate);
+    projectAugmented(g, sl.count, 0, ld, W, y, N, accumulate);
     return;
   }
   // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
@@ -120,7 +120,36 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   project(T, N, in, W, ld, x, in, y, accumulate);
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-  project(T, N, pad, W + in, ld, xa_.get() + in, ld, y, true);
+  projectAugmented(g, sl.count, in, pad, W, y, N, true);
+}
+
+cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
+  cuda::AugmentedRows xa;
+  xa.data = xa_.get();
+  xa.ld = w_->ld[g];
+  xa.pad = w_->pad[g];
+  xa.slicePitch = w_->splitRows[g] ? static_cast<size_t>(map_.tokens) * xa.ld : 0;
+  return xa;
+}
+
+void CudaBackend::projectAugmented(cuda::WeightGroup g, int slices, int col0, int K, const bf16_t* W, float* y, int N,
+                                   bool accumulate) {
+  const cuda::AugmentedRows xa = augmented(g);
+  const int T = map_.tokens;
+  if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate);
+  // Split rows: slice j's weight rows (N / slices of them, in order) against its own augmented
+  // rows. One token's output row is one slice's run of outputs after another, so a GEMV per slice
+  // writes it; more tokens take one strided-batched GEMM (as cuBLAS sees it, column-major: Y^T
+  // [n][T], column pitch N, slice j's n rows starting at j n).
+  const int n = N / slices;
+  const size_t wSlice = static_cast<size_t>(n) * xa.ld;
+  if (T == 1) {
+    for (int j = 0; j < slices; ++j)
+      project(1, n, K, W + j * wSlice + col0, xa.ld, xa.data + j * xa.slicePitch + col0, xa.ld, y + j * n, accumulate);
+    return;
+  }
+  gemm_->batched(true, false, n, T, K, 1.0f, W + col0, xa.ld, static_cast<long long>(wSlice), xa.data + col0, xa.ld,
+                 static_cast<long long>(xa.slicePitch), accumulate ? 1.0f : 0.0f, y, cuda::ElemType::F32, N, n, slices);
 }
 
 void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {

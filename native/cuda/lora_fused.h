@@ -7,10 +7,18 @@
 // in + pad columns then adds the base projection and every token's adapter delta together, with
 // no expand kernel and no second pass over the f32 output; or, for a decode step, a GEMM over the
 // pad columns alone adds the deltas after the base GEMM, so the shrink can run beside that one.
+//
+// With split rows (gate/up, when both are held: loraSplitRows) each module's weight rows carry only
+// their own block, in + k R for slot k (pad S R), and each token has one augmented row per module,
+// the x columns copied into each: module j's rows are slicePitch elements after module 0's. The
+// group's GEMM is then a strided batch over the modules, and no module's rows read the other's
+// zero block (at 8 slots of rank 64 that block is 29 MB of gate/up's weight a layer, 0.2 ms a
+// decode step on an H200).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -36,18 +44,27 @@ inline void weightGroupShape(const ModelConfig& c, WeightGroup g, int64_t& rows,
   in = i[g];
 }
 
-// Which of its group's held modules `module` is (its column block in the padding).
+// Which of its group's held modules `module` is (its column block in the padding, or with split
+// rows its augmented row).
 inline int loraColumnBlock(int module, uint32_t mask) {
   int j = 0;
   for (int m = 0; m < module; ++m) j += weightGroupOf(m) == weightGroupOf(module) && ((mask >> m) & 1u) ? 1 : 0;
   return j;
 }
 
-// Padding columns of a group's weight: its held modules' blocks, rounded up to 8 so that rows stay
-// 16-byte aligned; zero without a pool.
-inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask) {
+// Whether the group's held modules can take split rows: gate/up with both held (equal row counts,
+// so one strided-batched GEMM runs them). q/k/v's rows differ (q against k and v), and a q GEMM
+// beside a batched k/v one measured slower than one GEMM over the shared padding.
+inline bool loraSplitRows(WeightGroup g, uint32_t mask) {
+  return g == kGateUpWeight && ((mask >> kGate) & 1u) && ((mask >> kUp) & 1u);
+}
+
+// Padding columns of a group's weight: its held modules' blocks (one with split rows), rounded up
+// to 8 so that rows stay 16-byte aligned; zero without a pool.
+inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask, bool split) {
   int held = 0;
   for (int m = 0; m < kNumLoraModules; ++m) held += weightGroupOf(m) == g && ((mask >> m) & 1u) ? 1 : 0;
+  if (split) held = std::min(held, 1);
   const long long cols = static_cast<long long>(held) * slots * maxRank;
   return static_cast<int>((cols + 7) / 8 * 8);
 }
@@ -63,13 +80,21 @@ struct LoraMid {
   int tokenPitch = 0, slicePitch = 0, slotPitch = 0;
 };
 
-// xa[t][in + j S R + k R + r] = bf16(scaling[k] * mid(t, j, k, r)) where k is token t's slot and
-// r < its rank for slice j's module; zero in every other of the pad columns (other slots, ranks
-// past the slot's, base tokens with rowSlot -1, the rounding tail). With x, also xa[t][0, in) =
-// x[t][0, in) (x's rows ldx apart). xa's rows are ldxa apart.
-void loraAugment(const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
-                 const float* scaling, const LoraMid& mid, const bf16_t* x, int ldx, int T, bf16_t* xa, int ldxa,
-                 cudaStream_t st);
+// A projection's augmented activation rows: token t's row at data + t ld, of in + pad columns; with
+// split rows (slicePitch > 0) held module j's row at data + j slicePitch + t ld.
+struct AugmentedRows {
+  bf16_t* data = nullptr;
+  int ld = 0;
+  int pad = 0;
+  size_t slicePitch = 0;
+};
+
+// xa[t][in + j S R + k R + r] (with split rows, row j's in + k R + r) = bf16(scaling[k] *
+// mid(t, j, k, r)) where k is token t's slot and r < its rank for slice j's module; zero in every
+// other of the pad columns (other slots, ranks past the slot's, base tokens with rowSlot -1, the
+// rounding tail). With x, also each of the token's rows' [0, in) = x[t][0, in) (x's rows ldx apart).
+void loraAugment(const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
+                 const LoraMid& mid, const bf16_t* x, int ldx, int T, const AugmentedRows& xa, cudaStream_t st);
 
 // Whether a group's A factors lie as one matrix, [slice][slot][maxRank][in] (the pool lays them so),
 // which that GEMM reads.
@@ -94,7 +119,7 @@ struct RowInput {
 };
 
 // What loraAugment writes, for a decode step, without a shrink kernel before it: each token's row
-// is made here exactly as rmsnorm or a copy makes it (bf16), written to xa[t][0, in), and dotted
+// is made here exactly as rmsnorm or a copy makes it (bf16), written to its rows' [0, in), and dotted
 // with its slot's A rows for the scaled columns; a token's row is cut over several blocks by
 // shrink outputs, each block remaking the row (it is read from L2). One launch in place of the
 // norm, the shrink and the augment, on the critical path of a GEMM over in + pad columns. A copy
@@ -104,8 +129,8 @@ bool rowShrinkSupported(int in, int ldxa);
 // Lets the kernel take rows of up to maxIn features (shared memory past 48 KB); call before any
 // graph capture.
 void prepareRowShrink(int maxIn);
-void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot,
-                   const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa, int sms, cudaStream_t st);
+void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks,
+                   const float* scaling, int T, const AugmentedRows& xa, int sms, cudaStream_t st);
 
 // The same columns and rows as loraRowShrink from rows already made (kCopy; rmsnorm or siluMul
 // write them into xa first), with the dot products taken per adapter item (LoraItems: tokens of
@@ -115,8 +140,8 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad
 // while the kernel that made the rows (which lets it: rmsnorm, siluMul, decode attention) drains
 // (compute capability 9.0); its look-ups and A reads then overlap that kernel.
 bool itemShrinkSupported(int in, int ldxa, int ld);
-void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
-                    const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
+void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
+                    const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
                     cudaStream_t st, bool pdl = false);
 
 }  // namespace cuda

@@ -18,6 +18,7 @@
 #include "cuda/bf16_dot.cuh"
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
+#include "cuda/lora_augmented.cuh"
 #include "cuda/lora_fused.h"
 #include "cuda/pdl.cuh"
 
@@ -52,26 +53,28 @@ __device__ __forceinline__ void halveSums(float (&v)[kSize], int lane) {
 
 template <int kThreads, int kOut>
 __global__ void __launch_bounds__(kThreads)
-    itemShrinkKernel(const bf16_t* src, int ld, LoraSlices sl, LoraItems items, int slots, int pad,
-                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, int chunks, bf16_t* xa,
-                     int ldxa) {
+    itemShrinkKernel(const bf16_t* src, int ld, LoraSlices sl, LoraItems items, int slots, const int32_t* rowSlot,
+                     const int32_t* ranks, const float* scaling, int T, int chunks, AugmentedRows xa) {
   // The rows this kernel reads are made by the kernel just before it; under programmatic launch it
   // lets this one start (pdl.cuh), so the look-ups and the A factors below are on their way while
   // that kernel finishes.
   const int n = sl.in, R = sl.maxRank, block = slots * R, pieces = n / 8;
   if (blockIdx.x < T) {
-    // The token's row and its padding.
+    // The token's rows and their padding.
     pdlWait();
     const int t = blockIdx.x, slot = rowSlot[t];
-    bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
     const uint4* from = reinterpret_cast<const uint4*>(src + static_cast<size_t>(t) * ld);
-    if (src + static_cast<size_t>(t) * ld != row)
-      for (int p = threadIdx.x; p < pieces; p += kThreads) reinterpret_cast<uint4*>(row)[p] = __ldg(from + p);
-    // Module block j, slot k, rank r at in + j S R + k R + r: the token's own slot's columns of
-    // the modules here are the other blocks' (zero past its rank); the rest are zero.
-    for (int c = threadIdx.x; c < pad; c += kThreads) {
-      const int j = c / block, k = (c % block) / R;
-      if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+    for (int rowIdx = 0; rowIdx < augmentedRowCount(xa, sl.count); ++rowIdx) {
+      bf16_t* row = augmentedRow(xa, t, rowIdx);
+      if (src + static_cast<size_t>(t) * ld != row)
+        for (int p = threadIdx.x; p < pieces; p += kThreads) reinterpret_cast<uint4*>(row)[p] = __ldg(from + p);
+      // Module block j, slot k, rank r at in + j S R + k R + r (split rows: row j's in + k R + r):
+      // the token's own slot's columns of the modules here are the other blocks' (zero past its
+      // rank); the rest are zero.
+      for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
+        const int j = paddingSlice(xa, rowIdx, c, block, sl.count), k = (c % block) / R;
+        if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+      }
     }
     return;
   }
@@ -157,25 +160,24 @@ __global__ void __launch_bounds__(kThreads)
   // A select, not a product: A rows past the slot's rank may hold anything.
   sum = r < wRank ? sum * wScale : 0.0f;
   const int t = items.perm[begin + wk];
-  xa[static_cast<size_t>(t) * ldxa + n + j * block + slot * R + r] = toB(sum);
+  loraColumns(xa, n, t, j, block, slot, R)[r] = toB(sum);
 }
 
 template <int kThreads, int kOut>
-void launch(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
-            const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
-            cudaStream_t st, bool pdl) {
+void launch(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, const int32_t* rowSlot,
+            const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa, cudaStream_t st, bool pdl) {
   const int chunks = (sl.count * sl.maxRank + kOut - 1) / kOut;
   const int blocks = T + std::max(items.gridItems, 1) * std::max(items.gridTiles, 1) * kSubTiles * chunks;
   launchPdl(itemShrinkKernel<kThreads, kOut>, dim3(blocks), dim3(kThreads), st, pdl, "LoRA item shrink launch",
-            row.bf16, row.ld, sl, items, slots, pad, rowSlot, ranks, scaling, T, chunks, xa, ldxa);
+            row.bf16, row.ld, sl, items, slots, rowSlot, ranks, scaling, T, chunks, xa);
 }
 
 }  // namespace
 
 bool itemShrinkSupported(int in, int ldxa, int ld) { return in % 8 == 0 && ldxa % 8 == 0 && ld % 8 == 0; }
 
-void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, int pad,
-                    const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa,
+void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
+                    const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
                     cudaStream_t st, bool pdl) {
   if (T == 0) return;
   if (row.source != RowSource::kCopy)
@@ -187,14 +189,14 @@ void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& 
   const bool longRows = sl.in > 8192, fewOutputs = sl.count * sl.maxRank <= 32;
   if (longRows) {
     if (fewOutputs)
-      launch<512, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
+      launch<512, 2>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
     else
-      launch<512, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
+      launch<512, 4>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
   } else {
     if (fewOutputs)
-      launch<256, 2>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
+      launch<256, 2>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
     else
-      launch<256, 4>(row, sl, items, slots, pad, rowSlot, ranks, scaling, T, xa, ldxa, st, pdl);
+      launch<256, 4>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
   }
 }
 

@@ -34,7 +34,8 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   for (int m = 0; m < kNumLoraModules; ++m) {
     const WeightGroup g = weightGroupOf(m);
     inWeights_[m] = w.pad[g] > 0;
-    if (holds(static_cast<LoraModule>(m)) && inWeights_[m] && w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_))
+    if (holds(static_cast<LoraModule>(m)) && inWeights_[m] &&
+        w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_, w.splitRows[g]))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
@@ -70,8 +71,10 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
       a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * in_[m];
+      // With split rows each module's rows hold only their own block.
+      const int block = w.splitRows[g] ? 0 : loraColumnBlock(m, mask_);
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
-                                    static_cast<size_t>(loraColumnBlock(m, mask_)) * slots_ * maxRank_
+                                    static_cast<size_t>(block) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
     }
   }

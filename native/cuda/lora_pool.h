@@ -1,7 +1,8 @@
 // The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16 (a
 // group's modules in one allocation, which a prefill's shrink reads as one matrix), and B
 // either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
-// slot k's [out][maxRank] at column in + j S R + k R of the module's rows), or, when the weights
+// slot k's [out][maxRank] at column in + j S R + k R of the module's rows, in + k R with split
+// rows), or, when the weights
 // have no padding, in its own [slots][out][maxRank]; plus each slot's rank per module and scaling. Nothing here
 // moves after construction, so captured CUDA graphs keep reading the right memory whatever is
 // filled. A slot is filled on the pool's own stream: the host values (page-locked when they come

@@ -16,6 +16,7 @@
 #include "cuda/bf16_dot.cuh"
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
+#include "cuda/lora_augmented.cuh"
 #include "cuda/lora_fused.h"
 
 namespace troupe {
@@ -33,8 +34,8 @@ constexpr size_t kMaxRowSmem = 112 * 1024;  // rows of up to 57,344 features
 
 template <RowSource S>
 __global__ void __launch_bounds__(kThreads)
-    rowShrinkKernel(RowInput in, LoraSlices sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
-                    const float* scaling, bf16_t* xa, int ldxa) {
+    rowShrinkKernel(RowInput in, LoraSlices sl, int slots, const int32_t* rowSlot, const int32_t* ranks,
+                    const float* scaling, AugmentedRows xa) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16_t* xs = reinterpret_cast<bf16_t*>(smem);
   const int t = blockIdx.x, cut = blockIdx.y, cuts = gridDim.y, n = sl.in;
@@ -108,18 +109,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = threadIdx.x; c < pieces; c += kThreads) reinterpret_cast<uint4*>(xs)[c] = __ldg(src + c);
   }
   __syncthreads();
-  bf16_t* row = xa + static_cast<size_t>(t) * ldxa;
-  const int perCut = (pieces + cuts - 1) / cuts;
-  // A row made in place (rmsnorm or siluMul wrote it into xa before) is already there.
-  const bool inPlace = S == RowSource::kCopy && in.bf16 + static_cast<size_t>(t) * in.ld == row;
-  for (int c = cut * perCut + threadIdx.x; !inPlace && c < min(pieces, (cut + 1) * perCut); c += kThreads)
-    reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
-  // Padding columns: module block j, slot k, rank r at in + j S R + k R + r. The token's own
-  // slot's columns of the modules here are the warps' below (zero past its rank); the rest zero.
-  const int padCut = (pad + cuts - 1) / cuts;
-  for (int c = cut * padCut + threadIdx.x; c < min(pad, (cut + 1) * padCut); c += kThreads) {
-    const int j = c / block, k = (c % block) / R;
-    if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+  const int perCut = (pieces + cuts - 1) / cuts, padCut = (xa.pad + cuts - 1) / cuts;
+  for (int rowIdx = 0; rowIdx < augmentedRowCount(xa, sl.count); ++rowIdx) {
+    bf16_t* row = augmentedRow(xa, t, rowIdx);
+    // A row made in place (rmsnorm or siluMul wrote it into xa before) is already there.
+    const bool inPlace = S == RowSource::kCopy && in.bf16 + static_cast<size_t>(t) * in.ld == row;
+    for (int c = cut * perCut + threadIdx.x; !inPlace && c < min(pieces, (cut + 1) * perCut); c += kThreads)
+      reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
+    // Padding columns: module block j, slot k, rank r at in + j S R + k R + r (split rows: row j's
+    // in + k R + r). The token's own slot's columns of the modules here are the warps' below (zero
+    // past its rank); the rest zero.
+    for (int c = cut * padCut + threadIdx.x; c < min(xa.pad, (cut + 1) * padCut); c += kThreads) {
+      const int j = paddingSlice(xa, rowIdx, c, block, sl.count), k = (c % block) / R;
+      if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+    }
   }
   if (slot < 0) return;
   __shared__ float partial[kWarps];
@@ -149,7 +152,7 @@ __global__ void __launch_bounds__(kThreads)
     if (share > 1) {
       if (lane == 0) partial[warp] = v;
     } else if (lane == 0) {
-      row[n + j * block + slot * R + r] = toB(v * scale);
+      loraColumns(xa, n, t, j, block, slot, R)[r] = toB(v * scale);
     }
   }
   if (share == 1) return;
@@ -158,15 +161,15 @@ __global__ void __launch_bounds__(kThreads)
     const int i = cut + cuts * first, j = i / R, r = i % R;
     float v = 0;
     for (int w = warp; w < warp + share; ++w) v += partial[w];
-    row[n + j * block + slot * R + r] = toB(v * scale);
+    loraColumns(xa, n, t, j, block, slot, R)[r] = toB(v * scale);
   }
 }
 
 template <RowSource S>
-void launch(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot, const int32_t* ranks,
-            const float* scaling, int T, int cuts, bf16_t* xa, int ldxa, cudaStream_t st) {
-  rowShrinkKernel<S><<<dim3(T, cuts), kThreads, static_cast<size_t>(sl.in) * 2, st>>>(row, sl, slots, pad, rowSlot,
-                                                                                      ranks, scaling, xa, ldxa);
+void launch(const RowInput& row, const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks,
+            const float* scaling, int T, int cuts, const AugmentedRows& xa, cudaStream_t st) {
+  rowShrinkKernel<S>
+      <<<dim3(T, cuts), kThreads, static_cast<size_t>(sl.in) * 2, st>>>(row, sl, slots, rowSlot, ranks, scaling, xa);
 }
 
 }  // namespace
@@ -184,8 +187,8 @@ void prepareRowShrink(int maxIn) {
         "row shrink shared memory");
 }
 
-void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad, const int32_t* rowSlot,
-                   const int32_t* ranks, const float* scaling, int T, bf16_t* xa, int ldxa, int sms, cudaStream_t st) {
+void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks,
+                   const float* scaling, int T, const AugmentedRows& xa, int sms, cudaStream_t st) {
   if (T == 0) return;
   // About one block an SM over the step, at least one shrink output a block: each cut remakes the
   // token's row, so more cuts read more of it from L2.
@@ -193,12 +196,12 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, int pad
   const int cuts = std::clamp((sms + T - 1) / T, 1, std::max(1, outputs));
   switch (row.source) {
     case RowSource::kNorm:
-      launch<RowSource::kNorm>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);
+      launch<RowSource::kNorm>(row, sl, slots, rowSlot, ranks, scaling, T, cuts, xa, st);
       break;
     case RowSource::kSiluMul:
       throw std::invalid_argument("LoRA row shrink: SiLU rows are made by siluMul (into xa) first, then copied");
     case RowSource::kCopy:
-      launch<RowSource::kCopy>(row, sl, slots, pad, rowSlot, ranks, scaling, T, cuts, xa, ldxa, st);
+      launch<RowSource::kCopy>(row, sl, slots, rowSlot, ranks, scaling, T, cuts, xa, st);
       break;
   }
   check(cudaGetLastError(), "LoRA row shrink launch");

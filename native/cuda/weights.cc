@@ -72,7 +72,7 @@ void* GpuWeights::alloc(size_t n) {
 }
 
 GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-                       int vocabPart, const int* lora) {
+                       int vocabPart, const int* lora, const bool* split) {
   try {
     Loader r(tensors, stream);
     const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = vocabRows;
@@ -82,6 +82,7 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     for (int g = 0; g < kNumWeightGroups; ++g) {
       weightGroupShape(c, static_cast<WeightGroup>(g), total[g], ins[g]);
       pad[g] = lora ? lora[g] : 0;
+      splitRows[g] = split && split[g] && pad[g] > 0;
       ld[g] = static_cast<int>(ins[g]) + pad[g];
     }
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };

@@ -32,9 +32,10 @@ class GpuWeights {
  public:
   // A tensor-parallel rank's part: config has its heads and features; the embedding and lm_head
   // have vocabRows rows of the checkpoint, zero-padded to vocabPart. pad: the LoRA pool's columns
-  // per weight group (null: none), zero-filled here.
+  // per weight group (null: none), zero-filled here; splitRows: the groups whose modules' rows
+  // each hold only their own block of them (lora_fused.h; null: none).
   GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-             int vocabPart, const int* pad);
+             int vocabPart, const int* pad, const bool* splitRows = nullptr);
   ~GpuWeights();
   GpuWeights(const GpuWeights&) = delete;
   GpuWeights& operator=(const GpuWeights&) = delete;
@@ -45,6 +46,7 @@ class GpuWeights {
   std::vector<GpuLayer> layers;
   int pad[kNumWeightGroups] = {};
   int ld[kNumWeightGroups] = {};  // row pitch: in + pad
+  bool splitRows[kNumWeightGroups] = {};
   size_t bytes = 0;
 
  private:

@@ -177,6 +177,14 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
+  // Gate/up take one augmented row per module by default (split rows: each module's weight rows
+  // hold only their own B block, and one strided-batched GEMM runs both); at 0 they share one row.
+  it.each([true, false])('fused, gate/up sharing one augmented row, graphs %s: logprobs within TOL of the CPU', (graphs) => {
+    const worst = fusedWith('TROUPE_LORA_SPLIT_ROWS', graphs);
+    console.log(`LoRA kernels fused (gate/up shared rows) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(tolOf('fused'));
+  });
+
   // With the bound at 0 every step folds the deltas into the base GEMM after the tensor-core shrink.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
     const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);

@@ -31,6 +31,7 @@ constexpr int kModules = 7;
 struct Case {
   RowSource source;
   int T, in, slots, maxRank, count, sms;
+  bool split = false;  // one augmented row per module (lora_fused.h's split rows)
 };
 
 const char* name(RowSource s) { return s == RowSource::kNorm ? "norm" : s == RowSource::kSiluMul ? "silu" : "copy"; }
@@ -105,7 +106,8 @@ HostItems makeItems(const std::vector<int32_t>& rowSlot, int chunk, bool graphBo
 int run(const Case& c, Rng& rng) {
   const float eps = 1e-5f;
   const int R = c.maxRank, block = c.slots * R;
-  const int pad = (c.count * block + 7) / 8 * 8, ld = c.in + pad + 8;
+  const int pad = ((c.split ? 1 : c.count) * block + 7) / 8 * 8, ld = c.in + pad + 8;
+  const int rowsPerToken = c.split ? c.count : 1;
   std::vector<float> f32(static_cast<size_t>(c.T) * 2 * c.in), normW(c.in), scaling(c.slots);
   std::vector<uint16_t> src(static_cast<size_t>(c.T) * c.in);
   for (auto& v : f32) v = 3 * rng.sym();
@@ -138,8 +140,13 @@ int run(const Case& c, Rng& rng) {
   int32_t* dRanks = upload(ranks);
   int32_t* dRowSlot = upload(rowSlot);
   // Filled with NaN so that a column nobody writes shows.
-  std::vector<uint16_t> xa(static_cast<size_t>(c.T) * ld, kNaN16);
+  std::vector<uint16_t> xa(static_cast<size_t>(rowsPerToken) * c.T * ld, kNaN16);
   uint16_t* dXa = upload(xa);
+  AugmentedRows out;
+  out.data = dXa;
+  out.ld = ld;
+  out.pad = pad;
+  out.slicePitch = c.split ? static_cast<size_t>(c.T) * ld : 0;
 
   // The ways to run it: the row shrink, and the item shrink over items of 16 tokens (csgmv's
   // chunk) and of 5 tokens launched for as many items and tiles as a CUDA graph would.
@@ -170,7 +177,7 @@ int run(const Case& c, Rng& rng) {
     HostItems items;
     if (way.chunk == 0) {
       prepareRowShrink(c.in);
-      loraRowShrink(row, sl, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, c.sms, nullptr);
+      loraRowShrink(row, sl, c.slots, dRowSlot, dRanks, dScaling, c.T, out, c.sms, nullptr);
     } else {
       // The engine's way with norm rows here: rmsnorm writes them into xa, the shrink reads them there.
       if (c.source == RowSource::kNorm) {
@@ -181,7 +188,7 @@ int run(const Case& c, Rng& rng) {
       }
       items = makeItems(rowSlot, way.chunk, way.graphBounds);
       // Launched as the engine launches it on sm_90: allowed to start while rmsnorm runs.
-      loraItemShrink(row, sl, items.view, c.slots, pad, dRowSlot, dRanks, dScaling, c.T, dXa, ld, nullptr, true);
+      loraItemShrink(row, sl, items.view, c.slots, dRowSlot, dRanks, dScaling, c.T, out, nullptr, true);
     }
     CK(cudaDeviceSynchronize());
     items.free();
@@ -190,41 +197,44 @@ int run(const Case& c, Rng& rng) {
     int bad = 0;
     for (int t = 0; t < c.T; ++t) {
       const std::vector<float> ref = hostRow(c, f32, normW, src, t, eps);
-      const uint16_t* got = xa.data() + static_cast<size_t>(t) * ld;
-      for (int i = 0; i < c.in; ++i) {
-        const float g = fromBf16(got[i]);
-        // One bf16 step (2^-8 relative): the norm sums in another order, SiLU uses __expf.
-        const double d = std::fabs(g - ref[i]) / std::max(std::fabs(ref[i]), 1e-6f);
-        rowDiff = std::max(rowDiff, d);
-        if (!(d <= (c.source == RowSource::kCopy ? 0 : 8e-3))) ++bad;
-      }
-      const int slot = rowSlot[t];
-      for (int col = 0; col < pad; ++col) {
-        const int j = col / block, k = (col % block) / R, r = col % R;
-        const float g = fromBf16(got[c.in + col]);
-        const bool live = slot >= 0 && j < c.count && k == slot && r < ranks[slot * kModules + modules[j]];
-        if (!live) {
-          if (g != 0.0f) ++bad;
-          continue;
-        }
-        double sum = 0, mag = 0;
-        const uint16_t* arow = a[j].data() + (static_cast<size_t>(slot) * R + r) * c.in;
+      for (int rowIdx = 0; rowIdx < rowsPerToken; ++rowIdx) {
+        const uint16_t* got = xa.data() + out.slicePitch * rowIdx + static_cast<size_t>(t) * ld;
         for (int i = 0; i < c.in; ++i) {
-          const double p = static_cast<double>(fromBf16(arow[i])) * ref[i];
-          sum += p;
-          mag += std::fabs(p);
+          const float g = fromBf16(got[i]);
+          // One bf16 step (2^-8 relative): the norm sums in another order, SiLU uses __expf.
+          const double d = std::fabs(g - ref[i]) / std::max(std::fabs(ref[i]), 1e-6f);
+          rowDiff = std::max(rowDiff, d);
+          if (!(d <= (c.source == RowSource::kCopy ? 0 : 8e-3))) ++bad;
         }
-        const double want = sum * scaling[slot];
-        // The bf16 output's rounding (2^-9 relative) plus the row's one-step differences.
-        const double d = std::fabs(g - want) / (std::fabs(scaling[slot]) * mag + 1e-12);
-        loraDiff = std::max(loraDiff, d);
-        if (!(d < 1e-2)) ++bad;
+        const int slot = rowSlot[t];
+        for (int col = 0; col < pad; ++col) {
+          // Split rows: the token's row j holds module j's block only (the rest is the rounding tail).
+          const int j = !c.split ? col / block : col < block ? rowIdx : c.count, k = (col % block) / R, r = col % R;
+          const float g = fromBf16(got[c.in + col]);
+          const bool live = slot >= 0 && j < c.count && k == slot && r < ranks[slot * kModules + modules[j]];
+          if (!live) {
+            if (g != 0.0f) ++bad;
+            continue;
+          }
+          double sum = 0, mag = 0;
+          const uint16_t* arow = a[j].data() + (static_cast<size_t>(slot) * R + r) * c.in;
+          for (int i = 0; i < c.in; ++i) {
+            const double p = static_cast<double>(fromBf16(arow[i])) * ref[i];
+            sum += p;
+            mag += std::fabs(p);
+          }
+          const double want = sum * scaling[slot];
+          // The bf16 output's rounding (2^-9 relative) plus the row's one-step differences.
+          const double d = std::fabs(g - want) / (std::fabs(scaling[slot]) * mag + 1e-12);
+          loraDiff = std::max(loraDiff, d);
+          if (!(d < 1e-2)) ++bad;
+        }
+        if (!std::isnan(fromBf16(got[c.in + pad]))) ++bad;  // past the padding: untouched
       }
-      if (!std::isnan(fromBf16(got[c.in + pad]))) ++bad;  // past the padding: untouched
     }
-    std::printf("  %s %s %s T %3d in %5d slots %d rank %2d modules %d sms %3d  row %.1e  lora %.1e  %d bad\n",
-                bad ? "FAIL" : "ok  ", way.name, name(c.source), c.T, c.in, c.slots, R, c.count, c.sms, rowDiff,
-                loraDiff, bad);
+    std::printf("  %s %s %s T %3d in %5d slots %d rank %2d modules %d%s sms %3d  row %.1e  lora %.1e  %d bad\n",
+                bad ? "FAIL" : "ok  ", way.name, name(c.source), c.T, c.in, c.slots, R, c.count,
+                c.split ? " split" : "", c.sms, rowDiff, loraDiff, bad);
     failed += bad ? 1 : 0;
   }
   for (auto* p : da) cudaFree(p);
@@ -252,11 +262,12 @@ int bench() {
     const char* name;
     RowSource source;
     int in, count;
+    bool split;
   };
-  const Group groups[] = {{"qkv", RowSource::kNorm, 4096, 3},
-                          {"o", RowSource::kCopy, 4096, 1},
-                          {"gate_up", RowSource::kNorm, 4096, 2},
-                          {"down", RowSource::kSiluMul, 14336, 1}};
+  const Group groups[] = {{"qkv", RowSource::kNorm, 4096, 3, false},
+                          {"o", RowSource::kCopy, 4096, 1, false},
+                          {"gate_up", RowSource::kNorm, 4096, 2, true},
+                          {"down", RowSource::kSiluMul, 14336, 1, false}};
   prepareRowShrink(14336);
   float *f32 = nullptr, *normW = nullptr, *scaling = nullptr;
   bf16_t *src = nullptr, *made = nullptr, *xa = nullptr;
@@ -278,8 +289,13 @@ int bench() {
     std::vector<int32_t> hRanks(static_cast<size_t>(slots) * kModules, R);
     ranks = upload(hRanks);
     for (const Group& g : groups) {
-      const int pad = (g.count * slots * R + 7) / 8 * 8, ld = g.in + pad;
-      CK(cudaMalloc(&xa, static_cast<size_t>(T) * ld * 2));
+      const int pad = ((g.split ? 1 : g.count) * slots * R + 7) / 8 * 8, ld = g.in + pad;
+      CK(cudaMalloc(&xa, static_cast<size_t>(g.split ? g.count : 1) * T * ld * 2));
+      AugmentedRows out;
+      out.data = xa;
+      out.ld = ld;
+      out.pad = pad;
+      out.slicePitch = g.split ? static_cast<size_t>(T) * ld : 0;
       const size_t aElems = static_cast<size_t>(slots) * R * g.in;
       bf16_t* a = nullptr;
       CK(cudaMalloc(&a, aElems * g.count * layers * 2));
@@ -317,7 +333,7 @@ int bench() {
           siluMul(f32, xa, T, g.in, st, ld);
           row = inXa;
         }
-        loraRowShrink(row, slicesAt(i), slots, pad, rowSlot, ranks, scaling, T, xa, ld, prop.multiProcessorCount, st);
+        loraRowShrink(row, slicesAt(i), slots, rowSlot, ranks, scaling, T, out, prop.multiProcessorCount, st);
       });
       auto item = [&](bool pdl) {
         return timeGraph(iters, [&](int i, cudaStream_t st) {
@@ -325,7 +341,7 @@ int bench() {
           if (g.source == RowSource::kNorm) rmsnorm(f32, nullptr, normW, xa, T, g.in, 1e-5f, st, ld);
           if (g.source == RowSource::kSiluMul) siluMul(f32, xa, T, g.in, st, ld);
           if (g.source != RowSource::kCopy) row = inXa;
-          loraItemShrink(row, slicesAt(i), items.view, slots, pad, rowSlot, ranks, scaling, T, xa, ld, st, pdl);
+          loraItemShrink(row, slicesAt(i), items.view, slots, rowSlot, ranks, scaling, T, out, st, pdl);
         });
       };
       const double itemUs = item(false), pdlUs = item(true);
@@ -360,6 +376,10 @@ int main(int argc, char** argv) {
     failed += run({s, 11, 512, 3, 7, 3, 132}, rng);
     failed += run({s, 21, 1024, 4, 13, 3, 132}, rng);
     failed += run({s, 20, 9216, 3, 24, 2, 132}, rng);  // rows past 8,192 features, more than 32 outputs
+    // Split rows (gate/up's layout): each module's own row, the row copied into each.
+    failed += run({s, 32, 4096, 8, 64, 2, 132, true}, rng);
+    failed += run({s, 13, 1024, 3, 7, 2, 132, true}, rng);  // a rounding tail after the block
+    failed += run({s, 7, 2048, 2, 8, 3, 1, true}, rng);
   }
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
