@@ -81,15 +81,24 @@ __global__ void __launch_bounds__(kThreads)
   // An item's kTok tokens (a sub-tile of its 16-token tile) and kOut consecutive shrink outputs.
   // The step's items, the pool's factors, ranks and scalings were all written before the step's
   // first kernel: they are read before the wait, in one round of independent loads where possible.
+  // Sub-tiles vary slowest, so the blocks that have tokens come first: a decode step's items
+  // mostly hold fewer than kTok tokens, and a graph's grid is sized for the most items and tokens
+  // a step of its size can have, so many of the later blocks have nothing to do. Those exit at
+  // once, without waiting on the kernel before (the first T blocks always wait, so the grid still
+  // completes after it). Measured on an H200 at Llama-8B's decode shapes against waiting blocks
+  // in item order: a layer's four shrinks 27.0 -> 26.0 us at rank 64, the same at rank 16.
   int id = blockIdx.x - T;
   const int chunk = id % chunks;
   id /= chunks;
-  const int sub = id % (items.gridTiles * kSubTiles), item = id / (items.gridTiles * kSubTiles);
-  const int numItems = *items.numItems, start = items.itemStart[item], end = items.itemStart[item + 1];
+  const int gridItems = max(items.gridItems, 1);
+  const int item = id % gridItems, sub = id / gridItems;
+  const int numItems = *items.numItems;
+  if (item >= numItems) return;
+  const int start = items.itemStart[item], end = items.itemStart[item + 1];
   const int slot = items.itemSlot[item];
   const int begin = start + sub * kTok;
   const int tok = min(kTok, end - begin);
-  if (item >= numItems || tok <= 0) return pdlWait();
+  if (tok <= 0) return;
   const int first = chunk * kOut, mine = min(kOut, sl.count * R - first);
   const uint4* a[kOut];
 #pragma unroll
