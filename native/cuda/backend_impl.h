@@ -103,7 +103,7 @@ class CudaBackend : public Backend {
   // The fused kernel's augmented rows for group g at this step (lora_fused.h), and the GEMM over
   // their columns [col0, col0 + K) with W's same columns (per slice with split rows).
   cuda::AugmentedRows augmented(cuda::WeightGroup g);
-  void projectAugmented(cuda::WeightGroup g, int slices, int col0, int K, const bf16_t* W, float* y, int N,
+  void projectAugmented(const cuda::AugmentedRows& xa, int slices, int col0, int K, const bf16_t* W, float* y, int N,
                         bool accumulate);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 

@@ -57,7 +57,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                             stream_);
       }
       timer_.mark(name, stream_);
-      return projectAugmented(g, sl.count, 0, ld, W, y, N, accumulate);
+      return projectAugmented(xa, sl.count, 0, ld, W, y, N, accumulate);
     }
     if (sl.count > 0) {
       const bf16_t* x = makeRows(input, made, in);
@@ -108,7 +108,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       lora(x, stream_);
     }
     timer_.mark(name, stream_);
-    projectAugmented(g, sl.count, 0, ld, W, y, N, accumulate);
+    projectAugmented(xa, sl.count, 0, ld, W, y, N, accumulate);
     return;
   }
   // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
@@ -120,7 +120,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   project(T, N, in, W, ld, x, in, y, accumulate);
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-  projectAugmented(g, sl.count, in, pad, W, y, N, true);
+  projectAugmented(xa, sl.count, in, pad, W, y, N, true);
 }
 
 cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
@@ -132,9 +132,8 @@ cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
   return xa;
 }
 
-void CudaBackend::projectAugmented(cuda::WeightGroup g, int slices, int col0, int K, const bf16_t* W, float* y, int N,
-                                   bool accumulate) {
-  const cuda::AugmentedRows xa = augmented(g);
+void CudaBackend::projectAugmented(const cuda::AugmentedRows& xa, int slices, int col0, int K, const bf16_t* W,
+                                   float* y, int N, bool accumulate) {
   const int T = map_.tokens;
   if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate);
   // Split rows: slice j's weight rows (N / slices of them, in order) against its own augmented
