@@ -9,10 +9,16 @@
 // or 8 distinct adapters; the median of 20 steps after warm-up, timed around the whole step as in
 // bench/gpu-decode.js. Prefill: 8 x 512 tokens with the same spread. Both kernel layouts, each with
 // every kernel family.
+//
+// An adapter count's overhead is a few percent of a step, about what a step's time drifts over a
+// minute (the base step measured 5.75-5.92 ms in runs of one day). So each engine is timed in
+// ROUNDS rounds (5 unless the environment says), each round timing every adapter count once, one
+// after another; an overhead is the median over the rounds of that round's ratio to its own base,
+// and a time the median over the rounds.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { loraEngineOptions, loraWorkload } from './gpu-steps.js';
+import { loraEngineOptions, loraWorkload, median } from './gpu-steps.js';
 import { nvidiaSmi } from './serve-server.js';
 
 const root = new URL('..', import.meta.url);
@@ -27,6 +33,8 @@ const kernels = kernelList.split(',');
 const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
 const w = loraWorkload();
+const rounds = Number(process.env.ROUNDS ?? 5);
+if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`ROUNDS must be a positive integer, not ${process.env.ROUNDS}`);
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
@@ -34,6 +42,7 @@ const result = {
   model: 'random weights, Llama-3.1-8B shape, bf16',
   rows: w.ROWS,
   context: w.CONTEXT,
+  rounds,
   runs: [],
   peft,
 };
@@ -46,24 +55,40 @@ for (const rank of [16, 64]) {
       adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
       const step = (b) => addon.step(h, b);
       await w.fillContext(step);
-      for (const distinct of [0, 1, 4, 8]) {
-        const ms = await w.decode(step, distinct);
-        const p = await w.prefill(step, distinct);
-        result.runs.push({ rank, loraBackend, loraKernel, adapters: distinct, decodeMs: ms, prefillTokensPerS: p.tokensPerS });
+      const counts = [0, 1, 4, 8];
+      const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
+      for (let round = 0; round < rounds; round++) {
+        for (const [k, distinct] of counts.entries()) {
+          byRound[k].decodeMs.push(await w.decode(step, distinct));
+          const p = await w.prefill(step, distinct);
+          byRound[k].prefillMs.push(p.ms);
+          byRound[k].prefillTokensPerS.push(p.tokensPerS);
+        }
+      }
+      for (const [k, distinct] of counts.entries()) {
+        const times = byRound[k];
+        // Each round's time over the same round's base, then the median over the rounds.
+        const overhead = (key) => median(times[key].map((ms, i) => ms / byRound[0][key][i] - 1));
+        const run = {
+          rank,
+          loraBackend,
+          loraKernel,
+          adapters: distinct,
+          decodeMs: median(times.decodeMs),
+          prefillTokensPerS: median(times.prefillTokensPerS),
+          decodeOverhead: overhead('decodeMs'),
+          prefillOverhead: overhead('prefillMs'),
+          decodeMsByRound: times.decodeMs,
+          prefillMsByRound: times.prefillMs,
+        };
+        result.runs.push(run);
         console.log(
-          `rank ${rank} ${loraBackend} ${loraKernel} ${distinct} adapter(s): decode b${w.ROWS} ${ms.toFixed(2)} ms, prefill 8x512 ${p.tokensPerS.toFixed(0)} tokens/s`,
+          `rank ${rank} ${loraBackend} ${loraKernel} ${distinct} adapter(s): decode b${w.ROWS} ${run.decodeMs.toFixed(2)} ms, prefill 8x512 ${run.prefillTokensPerS.toFixed(0)} tokens/s`,
         );
       }
       addon.destroyEngine(h);
     }
   }
-}
-const base = (r) =>
-  result.runs.find((b) => b.rank === r.rank && b.loraBackend === r.loraBackend && b.loraKernel === r.loraKernel && b.adapters === 0);
-for (const r of result.runs) {
-  const b = base(r);
-  r.decodeOverhead = r.decodeMs / b.decodeMs - 1;
-  r.prefillOverhead = b.prefillTokensPerS / r.prefillTokensPerS - 1;
 }
 for (const r of result.runs.filter((x) => x.adapters === 8)) {
   console.log(
