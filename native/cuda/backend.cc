@@ -32,6 +32,31 @@
 #include "slot_table.h"
 namespace troupe {
 namespace cuda_engine {
+
+namespace {
+
+// TROUPE_LORA_SHRINK_CHUNKS: row counts, descending, comma-separated; "0" for none.
+std::vector<int> parseChunkSizes(const std::string& text) {
+  if (text == "0") return {};
+  std::vector<int> sizes;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string part = text.substr(at, end - at);
+    char* stop = nullptr;
+    const long v = std::strtol(part.c_str(), &stop, 10);
+    if (part.empty() || *stop != '\0' || v < 1 || v > 65536 || (!sizes.empty() && v >= sizes.back()))
+      throw std::invalid_argument(
+          "TROUPE_LORA_SHRINK_CHUNKS: expected 0 or row counts from 1 to 65536, descending and "
+          "comma-separated (like 512,128,32); got \"" +
+          text + "\"");
+    sizes.push_back(static_cast<int>(v));
+    at = end + 1;
+  }
+  return sizes;
+}
+
+}  // namespace
 namespace {
 
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
@@ -76,6 +101,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   itemPdl_ = prop.major >= 9;
   if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
@@ -240,6 +266,8 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     for (int g = 0; g < cuda::kNumWeightGroups; ++g)
       perToken = std::max(perToken, static_cast<size_t>(w_->ld[g]) * (w_->splitRows[g] ? cuda::kMaxLoraSlices : 1));
     moved |= xa_.ensure(t * perToken);
+    // A chunk has a row at least, so a step has at most T of them.
+    moved |= chunkPtrs_.ensure(3 * t * cuda::kMaxLoraSlices);
   }
   if (moved) ++generation_;
 }
@@ -314,7 +342,14 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
   const size_t loraInts = lora_ ? 4 * T + 2 : 0;
   const size_t tileInts = 3 * tiles.size();
-  const size_t total = 3 * T + D + S + n * pitch_ + loraInts + tileInts;
+  // A step with prefill past the decode bound takes its shrink by chunks when its runs allow
+  // (lora_chunks.h). Only such steps: a CUDA graph would keep the chunks of the step it captured.
+  std::vector<int32_t> chunks;
+  loraChunkClasses_.clear();
+  if (lora_ && o_.loraKernel == LoraKernel::kFused && p.T > fusedSplitMaxTokens_ && p.loraItems > 0 &&
+      !p.prefillSeqs.empty())
+    loraChunkClasses_ = cuda::planLoraChunks(b.seqStarts.data, b.loraSlots.data, p.n, shrinkChunkSizes_, chunks);
+  const size_t total = 3 * T + D + S + n * pitch_ + loraInts + chunks.size() + tileInts;
   hostInts_.ensure(total);
   if (ints_.ensure(total)) ++generation_;
   int32_t* h = hostInts_.get();
@@ -341,6 +376,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     for (size_t i = 0; i < n; ++i)
       std::fill(rowSlot + b.seqStarts[i], rowSlot + b.seqStarts[i + 1], static_cast<int32_t>(b.loraSlots[i]));
   }
+  std::copy(chunks.begin(), chunks.end(), li + loraInts);
   for (size_t k = 0; k < tiles.size(); ++k) {
     int32_t* at = h + (total - tileInts) + 3 * k;
     at[0] = tiles[k].t0;
@@ -357,6 +393,7 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
     const int32_t* dl = dv + 3 * T + D + S + n * pitch_;
     loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems, p.loraTiles};
     dRowSlot_ = dl + 3 * T + 2;
+    dLoraChunks_ = dl + loraInts;
   }
   dPrefillTiles_ = reinterpret_cast<const cuda::PrefillTile*>(dv + (total - tileInts));
 }

@@ -17,6 +17,7 @@
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/lora_chunks.h"
 #include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
@@ -130,6 +131,12 @@ class CudaBackend : public Backend {
   // loraKernel fused, steps past fusedSplitMaxTokens_: the shrink as one cuBLAS GEMM over every
   // slot's A rows (TROUPE_LORA_SHRINK_GEMM=0: the tiled tensor-core shrink, for comparing).
   bool shrinkAllSlots_ = true;
+  // Steps past fusedSplitMaxTokens_ whose adapter runs are all at least the smallest of these
+  // rows: the shrink by chunks of these row counts, one batched GEMM each (lora_chunks.h), rather
+  // than over every slot's A rows. TROUPE_LORA_SHRINK_CHUNKS: the counts, descending and
+  // comma-separated; 0 for none.
+  std::vector<int> shrinkChunkSizes_ = {512, 128, 32};
+  void shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx, int tokenPitch);
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;
@@ -158,6 +165,11 @@ class CudaBackend : public Backend {
   const int32_t* dDecIdx_ = nullptr;
   const int32_t* dRows_ = nullptr;
   const int32_t* dRowSlot_ = nullptr;  // each token's LoRA slot, -1 for the base model
+  // This step's shrink chunks (none: the shrink over every slot's A rows), their table on the
+  // device and the pointer arrays of their batched GEMMs.
+  std::vector<cuda::LoraChunkClass> loraChunkClasses_;
+  const int32_t* dLoraChunks_ = nullptr;
+  DeviceBuffer<void*> chunkPtrs_;
   const cuda::PrefillTile* dPrefillTiles_ = nullptr;
   // Activations.
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;

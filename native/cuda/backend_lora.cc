@@ -92,7 +92,16 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
     // that is bound by arithmetic, instead of a pass over y.
     timer_.mark("lora", stream_);
-    if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
+    if (!loraChunkClasses_.empty()) {
+      // Each chunk's shrink outputs for its own slot (lora_chunks.h), then the columns as the
+      // segmented shrinks leave them.
+      cuda::LoraMid own;
+      own.data = loraMid_.get();
+      own.tokenPitch = sl.count * sl.maxRank;
+      own.slicePitch = sl.maxRank;
+      shrinkByChunks(sl, x, in, own.tokenPitch);
+      cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), own, x, in, T, xa, stream_);
+    } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
@@ -121,6 +130,17 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
   projectAugmented(xa, sl.count, in, pad, W, y, N, true);
+}
+
+void CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx, int tokenPitch) {
+  for (const cuda::LoraChunkClass& c : loraChunkClasses_) {
+    const int entries = c.count * sl.count;
+    void** ptrs = chunkPtrs_.get();
+    cuda::loraChunkPointers(dLoraChunks_ + 2 * c.first, c.count, sl, x, ldx, loraMid_.get(), tokenPitch, ptrs, stream_);
+    // Column-major, as cuBLAS sees it: mid^T [maxRank][rows] = A [maxRank][in] . x^T [in][rows].
+    gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, ptrs, sl.in, ptrs + entries, ldx, 0.0f,
+                          ptrs + 2 * entries, cuda::ElemType::F32, tokenPitch, entries);
+  }
 }
 
 cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {

@@ -57,5 +57,13 @@ void Gemm::batched(bool transA, bool transB, int m, int n, int k, float alpha, c
         "cublasGemmStridedBatchedEx");
 }
 
+void Gemm::pointerBatched(bool transA, bool transB, int m, int n, int k, float alpha, const void* const* A, int lda,
+                          const void* const* B, int ldb, float beta, void* const* C, ElemType c, int ldc, int batch) {
+  check(cublasGemmBatchedEx(h(handle_), transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+                            &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, dataType(c), ldc, batch,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmBatchedEx");
+}
+
 }  // namespace cuda
 }  // namespace troupe

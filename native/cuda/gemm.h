@@ -27,6 +27,11 @@ class Gemm {
                const void* B, int ldb, long long strideB, float beta, void* C, ElemType c, int ldc, long long strideC,
                int batch);
 
+  // The same over `batch` products whose matrices are wherever the device arrays of pointers A, B
+  // and C say (every product of the same shape).
+  void pointerBatched(bool transA, bool transB, int m, int n, int k, float alpha, const void* const* A, int lda,
+                      const void* const* B, int ldb, float beta, void* const* C, ElemType c, int ldc, int batch);
+
  private:
   void* handle_ = nullptr;
   void* workspace_ = nullptr;

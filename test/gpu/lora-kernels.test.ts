@@ -143,15 +143,16 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
 
   // The fused kernel with one engine variable set (read when the engine starts): its worst
   // logprob difference from the CPU over the whole drive.
-  const fusedWith = (variable: string, graphs: boolean, value = '0'): number => {
-    process.env[variable] = value;
+  const fusedWith = (variable: string | Record<string, string>, graphs: boolean, value = '0'): number => {
+    const vars = typeof variable === 'string' ? { [variable]: value } : variable;
+    Object.assign(process.env, vars);
     try {
       const got = withGpu({ loraKernel: 'fused', cudaGraphMaxBs: graphs ? 16 : 0 }, (h) => drive(h, SLOTS, feed).lps);
       let worst = 0;
       got.forEach((stepRows, s) => (worst = Math.max(worst, maxDiff(stepRows, reference[s]!))));
       return worst;
     } finally {
-      delete process.env[variable];
+      for (const v of Object.keys(vars)) delete process.env[v];
     }
   };
 
@@ -190,6 +191,27 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);
     console.log(`LoRA kernels fused (one GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(TOL_BF16_MID);
+  });
+
+  // The same with the prefill step's shrink by chunks of 16, 4 and 1 rows (one batched GEMM each,
+  // every chunk's own slot only): the runs of 17 and 33 rows end in chunks that overlap the one
+  // before, and runs of 1 and 2 rows take chunks of one. By default the chunks are of 512, 128 and 32
+  // rows, so this drive's short runs take the shrink over every slot's A rows above.
+  it.each([true, false])('fused, one GEMM with the shrink by chunks, graphs %s: logprobs within TOL of the CPU', (graphs) => {
+    const worst = fusedWith({ TROUPE_LORA_FUSED_SPLIT_TOKENS: '0', TROUPE_LORA_SHRINK_CHUNKS: '16,4,1' }, graphs);
+    console.log(`LoRA kernels fused (one GEMM, shrink by chunks) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(TOL_BF16_MID);
+  });
+
+  it('refuses chunk sizes that are not descending positive row counts, naming the variable', () => {
+    for (const bad of ['64,256', 'x', '16,,4', '-1']) {
+      process.env.TROUPE_LORA_SHRINK_CHUNKS = bad;
+      try {
+        expect(() => withGpu({ loraKernel: 'fused' }, () => 0)).toThrow(/TROUPE_LORA_SHRINK_CHUNKS/);
+      } finally {
+        delete process.env.TROUPE_LORA_SHRINK_CHUNKS;
+      }
+    }
   });
 
   // B factors sit in columns every token's GEMM reads (times zero outside the adapter's rows), so
