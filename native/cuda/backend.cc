@@ -56,9 +56,6 @@ std::vector<int> parseChunkSizes(const std::string& text) {
   return sizes;
 }
 
-}  // namespace
-namespace {
-
 // Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
 constexpr size_t kScoreBudgetBytes = 256u << 20;
 // loraKernel auto: the fused kernel while its padding columns add at most this share to the
@@ -266,8 +263,9 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     for (int g = 0; g < cuda::kNumWeightGroups; ++g)
       perToken = std::max(perToken, static_cast<size_t>(w_->ld[g]) * (w_->splitRows[g] ? cuda::kMaxLoraSlices : 1));
     moved |= xa_.ensure(t * perToken);
-    // A chunk has a row at least, so a step has at most T of them.
-    moved |= chunkPtrs_.ensure(3 * t * cuda::kMaxLoraSlices);
+    // A chunk has a row at least, so a step has at most T of them. Only steps that no graph
+    // captures read these pointer arrays, so their moving leaves the graphs as they are.
+    chunkPtrs_.ensure(3 * t * cuda::kMaxLoraSlices);
   }
   if (moved) ++generation_;
 }

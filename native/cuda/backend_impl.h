@@ -136,7 +136,8 @@ class CudaBackend : public Backend {
   // than over every slot's A rows. TROUPE_LORA_SHRINK_CHUNKS: the counts, descending and
   // comma-separated; 0 for none.
   std::vector<int> shrinkChunkSizes_ = {512, 128, 32};
-  void shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx, int tokenPitch);
+  // Runs it over x (rows ldx apart) into loraMid_, and says where the outputs are.
+  cuda::LoraMid shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx);
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
   int sms_ = 1;

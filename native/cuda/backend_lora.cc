@@ -93,13 +93,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
     // that is bound by arithmetic, instead of a pass over y.
     timer_.mark("lora", stream_);
     if (!loraChunkClasses_.empty()) {
-      // Each chunk's shrink outputs for its own slot (lora_chunks.h), then the columns as the
-      // segmented shrinks leave them.
-      cuda::LoraMid own;
-      own.data = loraMid_.get();
-      own.tokenPitch = sl.count * sl.maxRank;
-      own.slicePitch = sl.maxRank;
-      shrinkByChunks(sl, x, in, own.tokenPitch);
+      const cuda::LoraMid own = shrinkByChunks(sl, x, in);
       cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), own, x, in, T, xa, stream_);
     } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
@@ -132,7 +126,13 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   projectAugmented(xa, sl.count, in, pad, W, y, N, true);
 }
 
-void CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx, int tokenPitch) {
+cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {
+  // Each token's shrink outputs for its own slot only, as the segmented shrinks leave them.
+  cuda::LoraMid own;
+  own.data = loraMid_.get();
+  own.tokenPitch = sl.count * sl.maxRank;
+  own.slicePitch = sl.maxRank;
+  const int tokenPitch = own.tokenPitch;
   for (const cuda::LoraChunkClass& c : loraChunkClasses_) {
     const int entries = c.count * sl.count;
     void** ptrs = chunkPtrs_.get();
@@ -141,6 +141,7 @@ void CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, in
     gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, ptrs, sl.in, ptrs + entries, ldx, 0.0f,
                           ptrs + 2 * entries, cuda::ElemType::F32, tokenPitch, entries);
   }
+  return own;
 }
 
 cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {

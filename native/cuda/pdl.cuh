@@ -2,9 +2,9 @@
 // start while the grid before it still runs: what it reads before pdlWait must have been written
 // before that grid began (a step's uploads, the LoRA pool), and it writes nothing before it. At
 // least one block of such a grid waits before it exits, so that it never completes before the
-// grid it depends on; a block that writes nothing may exit without waiting. pdlLaunchDependents lets the next grid
-// start launching once every block of this one has called it. Both are no-ops in grids launched without the attribute
-// and before sm_90.
+// grid it depends on; a block that writes nothing may exit without waiting. pdlLaunchDependents
+// lets the next grid start launching once every block of this one has called it. Both are no-ops
+// in grids launched without the attribute and before sm_90.
 #pragma once
 
 #include <cuda_runtime_api.h>
