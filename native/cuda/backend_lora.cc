@@ -84,17 +84,21 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   tiled.pieces = cuda::loraMmaSplit(loraItems_, sl).pieces;
   tiled.tokenPitch = sl.count * sl.maxRank;
   tiled.slicePitch = sl.maxRank;
+  // Every shrink form below leaves its outputs somewhere else (mid); the augment that reads them
+  // is the same.
+  auto augment = [&](const cuda::LoraMid& mid, const bf16_t* copy, cudaStream_t st) {
+    cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), mid, copy, in, T, xa, st);
+  };
   auto lora = [&](const bf16_t* copy, cudaStream_t st) {
     cuda::loraShrinkMma(loraItems_, sl, lora_->ranks(), x, in, loraMid_.get(), slab, st);
-    cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), tiled, copy, in, T, xa, st);
+    augment(tiled, copy, st);
   };
   if (T > fusedSplitMaxTokens_) {
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
     // that is bound by arithmetic, instead of a pass over y.
     timer_.mark("lora", stream_);
     if (!loraChunkClasses_.empty()) {
-      const cuda::LoraMid own = shrinkByChunks(sl, x, in);
-      cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), own, x, in, T, xa, stream_);
+      augment(shrinkByChunks(sl, x, in), x, stream_);
     } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
@@ -106,7 +110,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       every.tokenPitch = cols;
       every.slicePitch = lora_->slots() * sl.maxRank;
       every.slotPitch = sl.maxRank;
-      cuda::loraAugment(sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), every, x, in, T, xa, stream_);
+      augment(every, x, stream_);
     } else {
       lora(x, stream_);
     }
@@ -132,14 +136,14 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
   own.data = loraMid_.get();
   own.tokenPitch = sl.count * sl.maxRank;
   own.slicePitch = sl.maxRank;
-  const int tokenPitch = own.tokenPitch;
   for (const cuda::LoraChunkClass& c : loraChunkClasses_) {
     const int entries = c.count * sl.count;
     void** ptrs = chunkPtrs_.get();
-    cuda::loraChunkPointers(dLoraChunks_ + 2 * c.first, c.count, sl, x, ldx, loraMid_.get(), tokenPitch, ptrs, stream_);
+    cuda::loraChunkPointers(dLoraChunks_ + 2 * c.first, c.count, sl, x, ldx, loraMid_.get(), own.tokenPitch, ptrs,
+                            stream_);
     // Column-major, as cuBLAS sees it: mid^T [maxRank][rows] = A [maxRank][in] . x^T [in][rows].
     gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, ptrs, sl.in, ptrs + entries, ldx, 0.0f,
-                          ptrs + 2 * entries, cuda::ElemType::F32, tokenPitch, entries);
+                          ptrs + 2 * entries, cuda::ElemType::F32, own.tokenPitch, entries);
   }
   return own;
 }
