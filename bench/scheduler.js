@@ -15,9 +15,10 @@
 // allocates little beyond the requests and loader answers it hands the scheduler (its fake
 // results are reused), so what is collected is the scheduler's garbage.
 //
-// The steps run on a worker thread with the scheduler thread's heap limits
-// (src/actors/scheduler-limits.ts, which the server's supervisor applies), since the size of the
-// young generation sets how often a collection falls in a step; the result names the limits.
+// The steps run on a worker thread started as the server's supervisor starts the scheduler's
+// (src/actors/scheduler-limits.ts: its heap limits, and its young generation at full size from
+// the start), since the size of the young generation sets how often a collection falls in a
+// step; the result names the limits.
 //
 // With `--tail`, each row also says what its slowest 1% of steps did (`slowest`), beside the
 // same figures over all its steps (`typical`): batch rows and tokens, requests admitted and
@@ -51,8 +52,8 @@ const root = new URL('..', import.meta.url);
 // The scheduler runs on its own thread in the server, with the heap limits the supervisor gives
 // it: the steps are timed on such a thread, so what is measured is what ships.
 if (isMainThread) {
-  const { SCHEDULER_RESOURCE_LIMITS } = await import(new URL('dist/src/actors/scheduler-limits.js', root).href);
-  const worker = new Worker(new URL(import.meta.url), { argv: process.argv.slice(2), resourceLimits: SCHEDULER_RESOURCE_LIMITS });
+  const { spawnSchedulerThread } = await import(new URL('dist/src/actors/scheduler-limits.js', root).href);
+  const worker = spawnSchedulerThread((resourceLimits) => new Worker(new URL(import.meta.url), { argv: process.argv.slice(2), resourceLimits }));
   worker.on('error', (err) => {
     console.error(err);
     process.exitCode = 1;

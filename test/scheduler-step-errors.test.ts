@@ -45,6 +45,8 @@ describe('a step that fails one row', () => {
     expect(out.get('b')).toEqual({ tokens: [102, 103, 104, 105], finish: { type: 'length', length: 6 } });
     expect(out.has('a')).toBe(false);
     expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8 });
+    // Both sequences' tokens went back to the pool, the failed one's too.
+    expect((s as unknown as { tokenPool: { inUse(): number } }).tokenPool.inUse()).toBe(0);
   });
 
   test('a waiting request takes the place the failed sequence freed', () => {
@@ -78,7 +80,7 @@ describe('top_k in the batch', () => {
     const entries = topKs.map((topK, i) => {
       const sq = new Sequence(seq(`s${i}`, { sampling: sampling({ topK }) }), i);
       sq.blocks = [i];
-      return { seq: sq, start: 0, chunk: sq.tokens.length, sample: true, slot: -1, feedRow: -1, epoch: 0 };
+      return { seq: sq, start: 0, chunk: sq.tokenCount, sample: true, slot: -1, feedRow: -1, epoch: 0 };
     });
     expect(Array.from(buildBatch(entries, entries.length, new SequenceSlots()).seqUpdate!.topK)).toEqual([-1, -1, 2 ** 31 - 1, 5, 1, -1, -1, -1]);
   });

@@ -94,7 +94,7 @@ describe("a step's work", () => {
     expect(counts).toHaveBeenCalledTimes(2);
   });
 
-  test('completing a step stores each sampled token once and grows no array for its events', () => {
+  test('completing a step stores each sampled token once and pushes into no array', () => {
     const s = newScheduler();
     for (let i = 0; i < 3; i++) s.submit(seq(`r${i}`, { prompt: 3, maxNewTokens: 4 }));
     step(s);
@@ -118,8 +118,12 @@ describe("a step's work", () => {
     }
     expect(events.map((e) => [e.id, e.token])).toEqual(seqIds.map((id, i) => [id, result.tokens[i]]));
     expect(into).not.toContain(events);
-    // Into each sequence's tokens (prompt then output), and nowhere else.
-    expect(tokens).toBe(3);
+    // Sequences keep their tokens in typed arrays: no array took a token.
+    expect(tokens).toBe(0);
+    // Each sequence's token went into its own tokens once: the next step feeds back exactly those.
+    const next = s.schedule()!;
+    expect(next.seqIds).toEqual(seqIds);
+    expect(Array.from(next.batch.tokens)).toEqual(seqIds.map((_, i) => result.tokens[i]));
   });
 
   test('a batch the caller keeps is not changed by later steps', () => {

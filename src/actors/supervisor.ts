@@ -11,7 +11,7 @@ import { loadNative } from '../engine/native.js';
 import { TroupeError } from '../errors.js';
 import type { Log } from '../log.js';
 import { Mailbox } from './mailbox.js';
-import { SCHEDULER_RESOURCE_LIMITS } from './scheduler-limits.js';
+import { spawnSchedulerThread } from './scheduler-limits.js';
 import type { ExecutorBox } from './ranks.js';
 import type {
   ExecutorMsg,
@@ -66,12 +66,14 @@ export class Supervisor {
       spawn(rankName(r), 'executor.worker.js', { schedulerPort: ch.port1, rank: r } satisfies ExecutorWorkerData, [ch.port1]),
     );
     const loader = spawn('loader', 'loader.worker.js', { schedulerPort: loaderSched.port1 } satisfies LoaderWorkerData, [loaderSched.port1]);
-    const scheduler = spawn(
-      'scheduler',
-      'scheduler.worker.js',
-      { executorPorts: execScheds.map((ch) => ch.port2), loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
-      [...execScheds.map((ch) => ch.port2), loaderSched.port2],
-      SCHEDULER_RESOURCE_LIMITS,
+    const scheduler = spawnSchedulerThread((limits) =>
+      spawn(
+        'scheduler',
+        'scheduler.worker.js',
+        { executorPorts: execScheds.map((ch) => ch.port2), loaderPort: loaderSched.port2 } satisfies SchedulerWorkerData,
+        [...execScheds.map((ch) => ch.port2), loaderSched.port2],
+        limits,
+      ),
     );
     const boxes: ExecutorBox[] = executors.map((w, r) => new Mailbox(w, rankName(r)));
     this.actors = {

@@ -16,7 +16,7 @@ export function mostDraining(maxLorasPerBatch: number): number {
 
 /** Tokens a running request may still compute: its prompt left to prefill, then its output left. */
 export function tokensLeft(s: Sequence, contextLength: number): number {
-  const outputLeft = Math.min(s.init.sampling.maxNewTokens - s.generated, contextLength - s.tokens.length);
+  const outputLeft = Math.min(s.init.sampling.maxNewTokens - s.generated, contextLength - s.tokenCount);
   return s.pending + Math.max(0, outputLeft);
 }
 

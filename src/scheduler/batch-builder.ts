@@ -57,7 +57,7 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
     appends += s.blocks.length - (s.slotFilled ? s.blocksSent : 0);
     if (!s.slotFilled) {
       fresh++;
-      if (keepsHistory(s)) historyLength += s.tokens.length;
+      if (keepsHistory(s)) historyLength += s.tokenCount;
     }
   }
   // The 4-byte arrays first, the one byte array (sample) after them, so that every view is aligned.
@@ -108,9 +108,10 @@ export function buildBatch(entries: readonly StepEntry[], n: number, slots: Sequ
       feed![fedAt++] = off;
       feed![fedAt++] = fedRow;
     } else {
-      const from = s.tokens;
+      const from = s.pool.data;
+      const at = s.tokenOffset + start;
       for (let j = 0; j < chunk; j++) {
-        tokens[off + j] = from[start + j]!;
+        tokens[off + j] = from[at + j]!;
         positions[off + j] = start + j;
       }
     }
@@ -185,10 +186,9 @@ function fill(c: SeqUpdate, u: number, s: Sequence, history: number): number {
   // Prompt then output (after a preemption, the output so far as well): the engine adds each
   // token it samples from here on.
   if (keepsHistory(s)) {
-    const all = s.tokens;
-    c.penaltyTokens.set(all, history);
-    history += all.length;
-    c.penaltyPromptLens[u] = s.init.promptIds.length;
+    c.penaltyTokens.set(s.tokens(), history);
+    history += s.tokenCount;
+    c.penaltyPromptLens[u] = s.promptLength;
   }
   c.penaltyStarts[u + 1] = history;
   return history;

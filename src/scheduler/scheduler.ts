@@ -14,6 +14,7 @@ import { EngineTime } from './engine-time.js';
 import { BlockManager } from './block-manager.js';
 import type { LoaderCommand, LoaderEvent } from './loader.js';
 import { Sequence, type SeqInit, type TokenEvent } from './sequence.js';
+import { TokenPool } from './token-pool.js';
 
 export type { SchedulerLoad, SchedulerOptions, SchedulerStats, StepFailure } from './scheduler-types.js';
 
@@ -63,6 +64,8 @@ export class Scheduler {
   private readonly preempted = { cache: 0, place: 0 };
   private readonly engineTime = new EngineTime();
   private readonly seqSlots = new SequenceSlots();
+  /** Every sequence's tokens (token-pool.ts). */
+  private readonly tokenPool = new TokenPool();
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -147,9 +150,10 @@ export class Scheduler {
           `but the KV cache holds only ${cacheTokens} tokens; lower max_new_tokens or shorten the prompt`,
       );
     }
-    const seq = new Sequence(init, this.arrivals++);
+    const seq = new Sequence(init, this.arrivals++, this.tokenPool);
     if (sampling.maxNewTokens <= 0) {
       this.pendingEvents.push(seq.event({ type: 'length', length: 0 }));
+      seq.releaseTokens();
       return;
     }
     this.byId.set(id, seq);
@@ -530,7 +534,7 @@ export class Scheduler {
   /** Fills the step's entry `i` (`slot`: its adapter's, which the caller has looked up), reusing the object an earlier step left there. */
   private setEntry(i: number, s: Sequence, chunk: number, slot: number): void {
     const start = s.start;
-    const sample = start + chunk === s.tokens.length + (s.aheadSamples ? 1 : 0);
+    const sample = start + chunk === s.tokenCount + (s.aheadSamples ? 1 : 0);
     // With a sampling step in flight, its token is this step's only input (pending is 1).
     const feedRow = s.aheadSamples ? s.aheadRow : -1;
     const e = this.entries[i];
@@ -605,6 +609,7 @@ export class Scheduler {
     this.paused.delete(s);
     s.status = 'finished';
     s.leaveSteps();
+    s.releaseTokens();
     this.byId.delete(s.id);
     return s;
   }
@@ -619,6 +624,7 @@ export class Scheduler {
     const lora = s.init.lora;
     if (lora !== null) ending.set(lora, (ending.get(lora) ?? 0) + 1);
     s.status = 'finished';
+    s.releaseTokens();
     this.byId.delete(s.id);
   }
 

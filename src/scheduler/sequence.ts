@@ -1,6 +1,7 @@
 // One request as the scheduler tracks it: its tokens, how many of them are in the KV cache,
 // and the stop conditions checked after each sampled token.
 import type { FinishReason, SamplingOptions } from '../api.js';
+import { TokenPool } from './token-pool.js';
 
 export interface SeqInit {
   id: string;
@@ -29,9 +30,21 @@ export interface TokenEvent {
   promptTokens: number;
 }
 
+/** A request as its sequence keeps it: without the prompt's array, which it copies (see Sequence.tokenOffset). */
+export type SeqInfo = Omit<SeqInit, 'promptIds'>;
+
 export class Sequence {
-  /** Prompt then generated tokens; after preemption all of them are recomputed as a prompt. */
-  readonly tokens: number[];
+  readonly init: SeqInfo;
+  /**
+   * Prompt then generated tokens: `tokenCount` of them at `tokenOffset` in `pool.data` (see
+   * token-pool.ts for why not a number[]), in a run of `tokenRoom`; after preemption all of them
+   * are recomputed as a prompt. The run moves to one twice as long when generated tokens fill it,
+   * and goes back to the pool when the sequence ends (releaseTokens).
+   */
+  tokenOffset: number;
+  private tokenRoom: number;
+  tokenCount: number;
+  readonly promptLength: number;
   /** How many tokens it generated (the last of `tokens`); only their count is read. */
   generated = 0;
   /** Tokens whose K/V is in the cache. */
@@ -63,15 +76,46 @@ export class Sequence {
   blocksSent = 0;
 
   constructor(
-    readonly init: SeqInit,
+    init: SeqInit,
     /**
      * Arrival order: waiting requests are served first come, first served. A request paused for
      * a place is given a new one, behind every request waiting then (Scheduler.pauseForPlace).
      */
     public arrival: number,
+    /** The scheduler's (one of its own by default, for a sequence made alone). */
+    readonly pool: TokenPool = new TokenPool(0),
   ) {
-    // slice, not a spread: the same copy, without the iteration protocol, for every request.
-    this.tokens = init.promptIds.slice();
+    const promptIds = init.promptIds;
+    // Spelled out rather than a rest spread, which took several times as long.
+    this.init = {
+      id: init.id,
+      lora: init.lora,
+      sampling: init.sampling,
+      returnLogprob: init.returnLogprob,
+      topLogprobsNum: init.topLogprobsNum,
+      seed: init.seed,
+    };
+    this.promptLength = promptIds.length;
+    this.tokenCount = promptIds.length;
+    // Room for the prompt and some output; accept() doubles it as needed.
+    const room = TokenPool.runLength(promptIds.length + Math.max(1, Math.min(init.sampling.maxNewTokens, INITIAL_OUTPUT_ROOM)));
+    this.tokenOffset = pool.alloc(room);
+    this.tokenRoom = room;
+    const data = pool.data;
+    for (let i = 0; i < promptIds.length; i++) data[this.tokenOffset + i] = promptIds[i]!;
+  }
+
+  /** Its tokens as a view (a new object each call: for tests and rare readers, not each step). */
+  tokens(): Int32Array {
+    return this.pool.data.subarray(this.tokenOffset, this.tokenOffset + this.tokenCount);
+  }
+
+  /** Gives its tokens' run back to the pool once it has ended (finished, failed or aborted); its tokens are gone then. */
+  releaseTokens(): void {
+    if (this.tokenRoom === 0) return;
+    this.pool.release(this.tokenOffset, this.tokenRoom);
+    this.tokenRoom = 0;
+    this.tokenCount = 0;
   }
 
   get id(): string {
@@ -85,7 +129,7 @@ export class Sequence {
 
   /** Tokens still to run after the steps in flight, counting the one they sample. */
   get pending(): number {
-    return this.tokens.length + (this.aheadSamples ? 1 : 0) - this.start;
+    return this.tokenCount + (this.aheadSamples ? 1 : 0) - this.start;
   }
 
   /** Whether the tokens still to run are a (re)prefill rather than one decode token. */
@@ -98,7 +142,7 @@ export class Sequence {
    * length reached), so no later step should carry it.
    */
   endsAhead(contextLength: number): boolean {
-    return this.aheadSamples && (this.generated + 1 >= this.init.sampling.maxNewTokens || this.tokens.length + 1 >= contextLength);
+    return this.aheadSamples && (this.generated + 1 >= this.init.sampling.maxNewTokens || this.tokenCount + 1 >= contextLength);
   }
 
   /**
@@ -116,13 +160,22 @@ export class Sequence {
 
   /** Appends a sampled token and says whether the sequence is done. */
   accept(token: number, eosTokenIds: readonly number[], contextLength: number): FinishReason | null {
-    this.tokens.push(token);
+    if (this.tokenCount === this.tokenRoom) {
+      const room = 2 * this.tokenRoom;
+      const offset = this.pool.alloc(room);
+      const data = this.pool.data;
+      data.copyWithin(offset, this.tokenOffset, this.tokenOffset + this.tokenCount);
+      this.pool.release(this.tokenOffset, this.tokenRoom);
+      this.tokenOffset = offset;
+      this.tokenRoom = room;
+    }
+    this.pool.data[this.tokenOffset + this.tokenCount++] = token;
     this.generated++;
     const s = this.init.sampling;
     if (this.generated >= s.maxNewTokens) return { type: 'length', length: this.generated };
     if (!s.ignoreEos && eosTokenIds.includes(token)) return { type: 'stop', matched: token };
     if (s.stopTokenIds.includes(token)) return { type: 'stop', matched: token };
-    if (this.tokens.length >= contextLength) return { type: 'length', length: this.generated };
+    if (this.tokenCount >= contextLength) return { type: 'length', length: this.generated };
     return null;
   }
 
@@ -143,10 +196,13 @@ export class Sequence {
       topIds: topIds ?? NO_ALTERNATIVES,
       topLogprobs: topLogprobs ?? NO_ALTERNATIVES,
       finish,
-      promptTokens: this.init.promptIds.length,
+      promptTokens: this.promptLength,
     };
   }
 }
+
+/** Output tokens a new sequence has room for before its token array first grows. */
+const INITIAL_OUTPUT_ROOM = 256;
 
 /**
  * No alternatives. Shared by every event without them, since each sampling row makes an event
