@@ -136,14 +136,17 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
   own.data = loraMid_.get();
   own.tokenPitch = sl.count * sl.maxRank;
   own.slicePitch = sl.maxRank;
+  // Every class's pointers in one launch: the classes' chunks follow one another in the table
+  // (planLoraChunks), so class c's entries are a run of each of the three arrays.
+  const cuda::LoraChunkClass& last = loraChunkClasses_.back();
+  const int chunks = last.first + last.count, entries = chunks * sl.count;
+  void** ptrs = chunkPtrs_.get();
+  cuda::loraChunkPointers(dLoraChunks_, chunks, sl, x, ldx, loraMid_.get(), own.tokenPitch, ptrs, stream_);
   for (const cuda::LoraChunkClass& c : loraChunkClasses_) {
-    const int entries = c.count * sl.count;
-    void** ptrs = chunkPtrs_.get();
-    cuda::loraChunkPointers(dLoraChunks_ + 2 * c.first, c.count, sl, x, ldx, loraMid_.get(), own.tokenPitch, ptrs,
-                            stream_);
+    void** at = ptrs + c.first * sl.count;
     // Column-major, as cuBLAS sees it: mid^T [maxRank][rows] = A [maxRank][in] . x^T [in][rows].
-    gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, ptrs, sl.in, ptrs + entries, ldx, 0.0f,
-                          ptrs + 2 * entries, cuda::ElemType::F32, own.tokenPitch, entries);
+    gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, at, sl.in, at + entries, ldx, 0.0f,
+                          at + 2 * entries, cuda::ElemType::F32, own.tokenPitch, c.count * sl.count);
   }
   return own;
 }
