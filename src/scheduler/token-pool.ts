@@ -8,7 +8,9 @@
 // sequence its own costs 2-3 µs to allocate, with a tail of 50-150 µs (the buffer is allocated
 // and tracked outside the heap), which steps that admit a hundred requests at once paid. Runs of
 // one array cost neither: a sequence holds an offset, and nothing is allocated per request once
-// the pool has grown to the working set.
+// the pool has grown to the working set. It does not shrink: it keeps the most tokens that
+// waiting and running requests held at once (at 4 bytes a token, half what their arrays took),
+// each run rounded up to a power of two.
 
 /** The smallest run handed out: short prompts share a class rather than one each. */
 const MIN_RUN = 64;
