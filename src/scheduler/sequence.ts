@@ -101,8 +101,7 @@ export class Sequence {
     const room = TokenPool.runLength(promptIds.length + Math.max(1, Math.min(init.sampling.maxNewTokens, INITIAL_OUTPUT_ROOM)));
     this.tokenOffset = pool.alloc(room);
     this.tokenRoom = room;
-    const data = pool.data;
-    for (let i = 0; i < promptIds.length; i++) data[this.tokenOffset + i] = promptIds[i]!;
+    pool.data.set(promptIds, this.tokenOffset);
   }
 
   /** Its tokens as a view (a new object each call: for tests and rare readers, not each step). */
