@@ -108,14 +108,15 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
   const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
-  // Split rows for gate/up (lora_fused.h) unless TROUPE_LORA_SPLIT_ROWS=0 (one shared row, for comparing).
-  const char* splitEnv = std::getenv("TROUPE_LORA_SPLIT_ROWS");
-  const bool splitRows = !splitEnv || std::string(splitEnv) != "0";
+  // Split rows for gate/up and q/k/v (lora_fused.h) unless TROUPE_LORA_SPLIT_ROWS says 0 (one
+  // shared row a group) or gate_up (q/k/v keep a shared row), for comparing.
+  const std::string splitEnv = std::getenv("TROUPE_LORA_SPLIT_ROWS") ? std::getenv("TROUPE_LORA_SPLIT_ROWS") : "";
+  const bool splitRows = splitEnv != "0", splitQkv = splitEnv != "gate_up";
   int pad[cuda::kNumWeightGroups] = {};
   bool split[cuda::kNumWeightGroups] = {};
   for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g) {
     const auto group = static_cast<cuda::WeightGroup>(g);
-    split[g] = splitRows && cuda::loraSplitRows(group, o.loraModuleMask);
+    split[g] = splitRows && cuda::loraSplitRows(group, o.loraModuleMask, splitQkv);
     pad[g] = cuda::loraPadColumns(group, o.loraSlots, o.maxLoraRank, o.loraModuleMask, split[g]);
   }
   if (o_.loraKernel == LoraKernel::kAuto) {
@@ -263,6 +264,8 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     for (int g = 0; g < cuda::kNumWeightGroups; ++g)
       perToken = std::max(perToken, static_cast<size_t>(w_->ld[g]) * (w_->splitRows[g] ? cuda::kMaxLoraSlices : 1));
     moved |= xa_.ensure(t * perToken);
+    xaTokens_ = xa_.size() / perToken;
+    if (moved || piecePtrs_.size() == 0) buildPiecePointers();
     // A chunk has a row at least, so a step has at most T of them. Only steps that no graph
     // captures read these pointer arrays, so their moving leaves the graphs as they are.
     chunkPtrs_.ensure(3 * t * cuda::kMaxLoraSlices);

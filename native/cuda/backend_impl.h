@@ -96,16 +96,20 @@ class CudaBackend : public Backend {
   // Made rows go to `made`, ld apart (in when 0).
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
-  void fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
+  void fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
   // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
   // GEMV kernel for a few tokens, else cuBLAS.
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
-  // The fused kernel's augmented rows for group g at this step (lora_fused.h), and the GEMM over
-  // their columns [col0, col0 + K) with W's same columns (per slice with split rows).
+  // The fused kernel's augmented rows for group g at this step (lora_fused.h), and layer l's GEMM
+  // over their columns [col0, col0 + K) with W's same columns (per slice with split rows, slice j
+  // writing sl.out[j] columns of y from sl.outOffset[j]).
   cuda::AugmentedRows augmented(cuda::WeightGroup g);
-  void projectAugmented(const cuda::AugmentedRows& xa, int slices, int col0, int K, const bf16_t* W, float* y, int N,
-                        bool accumulate);
+  void projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
+                        const bf16_t* W, float* y, int N, bool accumulate);
+  // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
+  // buffers they point into move.
+  void buildPiecePointers();
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -177,6 +181,13 @@ class CudaBackend : public Backend {
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
   DeviceBuffer<bf16_t> xa_;  // loraKernel fused: a projection's input rows with their LoRA columns
+  // Tokens xa_ holds: split rows lie this many rows apart whatever a step's size, so that the
+  // pointers below stay valid for every step and every graph until xa_ moves.
+  size_t xaTokens_ = 0;
+  // q/k/v with split rows: per layer, the A, B and C pointer arrays (qkvPieces_ each) of the one
+  // batched GEMM over pieces of k's rows (lora_fused.h); empty without them.
+  DeviceBuffer<const void*> piecePtrs_;
+  int qkvPieces_ = 0, qkvPieceRows_ = 0;
   uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
   std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.

@@ -57,12 +57,12 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                             stream_);
       }
       timer_.mark(name, stream_);
-      return projectAugmented(xa, sl.count, 0, ld, W, y, N, accumulate);
+      return projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
     }
     if (sl.count > 0) {
       const bf16_t* x = makeRows(input, made, in);
       timer_.mark(name, stream_);
-      return fusedProjection(sl, g, name, x, W, y, N, accumulate);
+      return fusedProjection(l, sl, g, name, x, W, y, N, accumulate);
     }
   }
   const bf16_t* x = makeRows(input, made, in);
@@ -72,8 +72,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   applyLora(l, modules, offsets, x, in, y, N);
 }
 
-void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
-                                  const bf16_t* W, float* y, int N, bool accumulate) {
+void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name,
+                                  const bf16_t* x, const bf16_t* W, float* y, int N, bool accumulate) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
   const cuda::AugmentedRows xa = augmented(g);
   const size_t slab = loraMid_.size() / loraPieces_;
@@ -115,7 +115,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
       lora(x, stream_);
     }
     timer_.mark(name, stream_);
-    projectAugmented(xa, sl.count, 0, ld, W, y, N, accumulate);
+    projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
     return;
   }
   // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
@@ -127,7 +127,7 @@ void CudaBackend::fusedProjection(const cuda::LoraSlices& sl, cuda::WeightGroup 
   project(T, N, in, W, ld, x, in, y, accumulate);
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-  projectAugmented(xa, sl.count, in, pad, W, y, N, true);
+  projectAugmented(l, xa, sl, in, pad, W, y, N, true);
 }
 
 cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {
@@ -156,27 +156,73 @@ cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
   xa.data = xa_.get();
   xa.ld = w_->ld[g];
   xa.pad = w_->pad[g];
-  xa.slicePitch = w_->splitRows[g] ? static_cast<size_t>(map_.tokens) * xa.ld : 0;
+  xa.slicePitch = w_->splitRows[g] ? xaTokens_ * xa.ld : 0;
   return xa;
 }
 
-void CudaBackend::projectAugmented(const cuda::AugmentedRows& xa, int slices, int col0, int K, const bf16_t* W,
-                                   float* y, int N, bool accumulate) {
+void CudaBackend::buildPiecePointers() {
+  const cuda::WeightGroup g = cuda::kQkvWeight;
+  qkvPieces_ = 0;
+  if (!lora_ || !w_->splitRows[g]) return;
+  const int offsets[3] = {0, qDim_, qDim_ + kvDim_}, ld = w_->ld[g];
+  const cuda::AugmentedRows xa = augmented(g);
+  std::vector<const void*> host;
+  for (int l = 0; l < c_.numLayers; ++l) {
+    const cuda::LoraSlices sl = lora_->slices(l, {kQ, kK, kV}, offsets);
+    const int n = cuda::splitPieceRows(sl);
+    std::vector<const void*> a, b, c;
+    for (int j = 0; j < sl.count; ++j)
+      for (int row = sl.outOffset[j]; row < sl.outOffset[j] + sl.out[j]; row += n) {
+        a.push_back(w_->layers[l].matrix(g) + static_cast<size_t>(row) * ld);
+        b.push_back(xa.data + j * xa.slicePitch);
+        c.push_back(qkv_.get() + row);
+      }
+    qkvPieces_ = static_cast<int>(a.size());
+    qkvPieceRows_ = n;
+    for (const auto* v : {&a, &b, &c}) host.insert(host.end(), v->begin(), v->end());
+  }
+  // Its size never changes, so once made the array stays where graphs captured it; the copy is
+  // ordered after the steps before on the stream that reads it.
+  piecePtrs_.ensure(host.size());
+  check(cudaMemcpyAsync(piecePtrs_.get(), host.data(), host.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_),
+        "q/k/v piece pointers");
+}
+
+void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
+                                   const bf16_t* W, float* y, int N, bool accumulate) {
   const int T = map_.tokens;
   if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate);
-  // Split rows: slice j's weight rows (N / slices of them, in order) against its own augmented
-  // rows. One token's output row is one slice's run of outputs after another, so a GEMV per slice
-  // writes it; more tokens take one strided-batched GEMM (as cuBLAS sees it, column-major: Y^T
-  // [n][T], column pitch N, slice j's n rows starting at j n).
-  const int n = N / slices;
-  const size_t wSlice = static_cast<size_t>(n) * xa.ld;
+  // Split rows: slice j's weight rows against its own augmented rows; one token's output row is
+  // the slices' runs of outputs one after another. One token takes a GEMV per slice.
+  auto wRows = [&](int row) { return W + static_cast<size_t>(row) * xa.ld + col0; };
+  auto xaRows = [&](int j) { return xa.data + j * xa.slicePitch + col0; };
   if (T == 1) {
-    for (int j = 0; j < slices; ++j)
-      project(1, n, K, W + j * wSlice + col0, xa.ld, xa.data + j * xa.slicePitch + col0, xa.ld, y + j * n, accumulate);
+    for (int j = 0; j < sl.count; ++j)
+      project(1, sl.out[j], K, wRows(sl.outOffset[j]), xa.ld, xaRows(j), xa.ld, y + sl.outOffset[j], accumulate);
     return;
   }
-  gemm_->batched(true, false, n, T, K, 1.0f, W + col0, xa.ld, static_cast<long long>(wSlice), xa.data + col0, xa.ld,
-                 static_cast<long long>(xa.slicePitch), accumulate ? 1.0f : 0.0f, y, cuda::ElemType::F32, N, n, slices);
+  const float beta = accumulate ? 1.0f : 0.0f;
+  // As cuBLAS sees them (column-major): Y^T [n][T], column pitch N, each product's n rows of W.
+  bool equal = true;
+  for (int j = 1; j < sl.count; ++j) equal = equal && sl.out[j] == sl.out[0];
+  if (equal) {
+    const int n = sl.out[0];
+    gemm_->batched(true, false, n, T, K, 1.0f, wRows(0), xa.ld, static_cast<long long>(n) * xa.ld, xaRows(0), xa.ld,
+                   static_cast<long long>(xa.slicePitch), beta, y, cuda::ElemType::F32, N, n, sl.count);
+    return;
+  }
+  // q/k/v: pieces of k's rows in one batched launch, from the pointers buildPiecePointers wrote
+  // for the whole GEMM into qkv_. Anything else (the GEMM over the padding columns alone) takes a
+  // launch per slice.
+  if (col0 == 0 && y == qkv_.get() && qkvPieces_ > 0 && qkvPieceRows_ == cuda::splitPieceRows(sl)) {
+    const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 3 * qkvPieces_;
+    gemm_->pointerBatched(true, false, qkvPieceRows_, T, K, 1.0f, at, xa.ld, at + qkvPieces_, xa.ld, beta,
+                          const_cast<void* const*>(at + 2 * qkvPieces_), cuda::ElemType::F32, N, qkvPieces_);
+    return;
+  }
+  for (int j = 0; j < sl.count; ++j)
+    gemm_->batched(true, false, sl.out[j], T, K, 1.0f, wRows(sl.outOffset[j]), xa.ld, 0, xaRows(j), xa.ld, 0, beta,
+                   y + sl.outOffset[j], cuda::ElemType::F32, N, 0, 1);
 }
 
 void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {

@@ -8,12 +8,13 @@
 // no expand kernel and no second pass over the f32 output; or, for a decode step, a GEMM over the
 // pad columns alone adds the deltas after the base GEMM, so the shrink can run beside that one.
 //
-// With split rows (gate/up, when both are held: loraSplitRows) each module's weight rows carry only
-// their own block, in + k R for slot k (pad S R), and each token has one augmented row per module,
-// the x columns copied into each: module j's rows are slicePitch elements after module 0's. The
-// group's GEMM is then a strided batch over the modules, and no module's rows read the other's
-// zero block (at 8 slots of rank 64 that block is 29 MB of gate/up's weight a layer, 0.2 ms a
-// decode step on an H200).
+// With split rows (gate/up, and q/k/v, when all of the group's modules are held: loraSplitRows)
+// each module's weight rows carry only their own block, in + k R for slot k (pad S R), and each
+// token has one augmented row per module, the x columns copied into each: module j's rows are
+// slicePitch elements after module 0's. The group's GEMM is then a batch over the modules (gate
+// and up: strided; q, k and v, whose row counts differ: pieces of k's rows, splitPieceRows), and
+// no module's rows read another's zero blocks (at 8 slots of rank 64 those are 29 MB of gate/up's
+// weight a layer and 13 MB of q/k/v's).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -52,11 +53,31 @@ inline int loraColumnBlock(int module, uint32_t mask) {
   return j;
 }
 
-// Whether the group's held modules can take split rows: gate/up with both held (equal row counts,
-// so one strided-batched GEMM runs them). q/k/v's rows differ (q against k and v), and a q GEMM
-// beside a batched k/v one measured slower than one GEMM over the shared padding.
-inline bool loraSplitRows(WeightGroup g, uint32_t mask) {
-  return g == kGateUpWeight && ((mask >> kGate) & 1u) && ((mask >> kUp) & 1u);
+// Whether the group's held modules can take split rows: gate/up with both held, q/k/v with all
+// three (qkv false keeps q/k/v on one shared row, for comparing). q's rows are a whole number of
+// k's (heads are a multiple of KV heads), so the q/k/v GEMM runs as equal pieces of k's rows in
+// one batched launch; a q GEMM beside a batched k/v one had measured slower than one GEMM over the
+// shared padding.
+inline bool loraSplitRows(WeightGroup g, uint32_t mask, bool qkv = true) {
+  auto held = [&](int m) { return ((mask >> m) & 1u) != 0; };
+  if (g == kGateUpWeight) return held(kGate) && held(kUp);
+  return qkv && g == kQkvWeight && held(kQ) && held(kK) && held(kV);
+}
+
+// Split rows' GEMM pieces: the rows each piece takes (the greatest common divisor of the slices'
+// rows: k's for q/k/v), so that one batched launch of equal products covers every slice.
+inline int splitPieceRows(const LoraSlices& sl) {
+  int n = 0;
+  for (int j = 0; j < sl.count; ++j) {
+    int a = sl.out[j], b = n;
+    while (b) {
+      const int r = a % b;
+      a = b;
+      b = r;
+    }
+    n = a;
+  }
+  return n;
 }
 
 // Padding columns of a group's weight: its held modules' blocks (one with split rows), rounded up

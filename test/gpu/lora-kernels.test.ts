@@ -178,11 +178,18 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
-  // Gate/up take one augmented row per module by default (split rows: each module's weight rows
-  // hold only their own B block, and one strided-batched GEMM runs both); at 0 they share one row.
-  it.each([true, false])('fused, gate/up sharing one augmented row, graphs %s: logprobs within TOL of the CPU', (graphs) => {
-    const worst = fusedWith('TROUPE_LORA_SPLIT_ROWS', graphs);
-    console.log(`LoRA kernels fused (gate/up shared rows) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+  // Gate/up and q/k/v take one augmented row per module by default (split rows: each module's
+  // weight rows hold only their own B block; one batched GEMM runs the group, q/k/v in pieces of
+  // k's rows since this checkpoint has 4 query heads a KV head); at 0 each group shares one row,
+  // at gate_up only q/k/v do.
+  it.each([
+    ['0', true],
+    ['0', false],
+    ['gate_up', true],
+    ['gate_up', false],
+  ] as const)('fused, TROUPE_LORA_SPLIT_ROWS=%s (shared rows), graphs %s: logprobs within TOL of the CPU', (value, graphs) => {
+    const worst = fusedWith('TROUPE_LORA_SPLIT_ROWS', graphs, value);
+    console.log(`LoRA kernels fused (split rows ${value}) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
