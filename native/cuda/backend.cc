@@ -108,15 +108,19 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half
   // (bench/results/2026-11-29-h200-lora.json).
   const bool pooled = o.loraSlots > 0 && o.maxLoraRank > 0 && o.loraModuleMask != 0;
-  // Split rows for gate/up and q/k/v (lora_fused.h) unless TROUPE_LORA_SPLIT_ROWS says 0 (one
-  // shared row a group) or gate_up (q/k/v keep a shared row), for comparing.
-  const std::string splitEnv = std::getenv("TROUPE_LORA_SPLIT_ROWS") ? std::getenv("TROUPE_LORA_SPLIT_ROWS") : "";
-  const bool splitRows = splitEnv != "0", splitQkv = splitEnv != "gate_up";
+  // Split rows (lora_fused.h): TROUPE_LORA_SPLIT_ROWS=0 gives each group one shared row, gate_up
+  // splits gate/up only, all splits q/k/v whatever their padding, for comparing.
+  const char* splitEnv = std::getenv("TROUPE_LORA_SPLIT_ROWS");
+  const std::string splitMode = splitEnv ? splitEnv : "";
+  const cuda::SplitRows splitRows = splitMode == "0"         ? cuda::SplitRows::kNone
+                                    : splitMode == "gate_up" ? cuda::SplitRows::kGateUp
+                                    : splitMode == "all"     ? cuda::SplitRows::kAll
+                                                             : cuda::SplitRows::kAuto;
   int pad[cuda::kNumWeightGroups] = {};
   bool split[cuda::kNumWeightGroups] = {};
   for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g) {
     const auto group = static_cast<cuda::WeightGroup>(g);
-    split[g] = splitRows && cuda::loraSplitRows(group, o.loraModuleMask, splitQkv);
+    split[g] = cuda::loraSplitRows(group, o.loraModuleMask, o.loraSlots, o.maxLoraRank, splitRows);
     pad[g] = cuda::loraPadColumns(group, o.loraSlots, o.maxLoraRank, o.loraModuleMask, split[g]);
   }
   if (o_.loraKernel == LoraKernel::kAuto) {

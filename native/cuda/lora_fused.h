@@ -53,14 +53,25 @@ inline int loraColumnBlock(int module, uint32_t mask) {
   return j;
 }
 
-// Whether the group's held modules can take split rows: gate/up with both held, q/k/v with all
-// three (qkv false keeps q/k/v on one shared row, for comparing). q's rows are a whole number of
-// k's (heads are a multiple of KV heads), so the q/k/v GEMM runs as equal pieces of k's rows in
-// one batched launch; a q GEMM beside a batched k/v one had measured slower than one GEMM over the
-// shared padding.
-inline bool loraSplitRows(WeightGroup g, uint32_t mask, bool qkv = true) {
+// Which groups take split rows: none, gate/up only, q/k/v too where their shared row's zero
+// blocks are large (kAuto, the default), or q/k/v always.
+enum class SplitRows { kNone, kGateUp, kAuto, kAll };
+// q/k/v's pieces cost a batched GEMM of six products where a shared row costs one; measured on an
+// H200 (Llama-3.1-8B shapes, batch 32 over 8 adapters, bench/results/2026-11-30-h200-lora-qkv-split-rows.json),
+// that paid at 8 slots of rank 64 (decode +19.3-19.8% against +20.7-20.8%) and not at rank 16
+// (+9.3% against +8.9-9.0%), so split rows take q/k/v from this many slots x max rank.
+constexpr int kQkvSplitMinColumns = 256;
+
+// Whether the group's held modules take split rows: gate/up with both held, q/k/v with all three
+// (per mode). q's rows are a whole number of k's (heads are a multiple of KV heads), so the q/k/v
+// GEMM runs as equal pieces of k's rows in one batched launch; a q GEMM beside a batched k/v one
+// had measured slower than one GEMM over the shared padding.
+inline bool loraSplitRows(WeightGroup g, uint32_t mask, int slots, int maxRank, SplitRows mode) {
   auto held = [&](int m) { return ((mask >> m) & 1u) != 0; };
+  if (mode == SplitRows::kNone) return false;
   if (g == kGateUpWeight) return held(kGate) && held(kUp);
+  const bool qkv = mode == SplitRows::kAll ||
+                   (mode == SplitRows::kAuto && static_cast<long long>(slots) * maxRank >= kQkvSplitMinColumns);
   return qkv && g == kQkvWeight && held(kQ) && held(kK) && held(kV);
 }
 

@@ -178,15 +178,17 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
-  // Gate/up and q/k/v take one augmented row per module by default (split rows: each module's
-  // weight rows hold only their own B block; one batched GEMM runs the group, q/k/v in pieces of
-  // k's rows since this checkpoint has 4 query heads a KV head); at 0 each group shares one row,
-  // at gate_up only q/k/v do.
+  // Gate/up take one augmented row per module by default, and q/k/v do when their padding is wide
+  // (split rows: each module's weight rows hold only their own B block; one batched GEMM runs the
+  // group, q/k/v in pieces of k's rows since this checkpoint has 4 query heads a KV head). At 0
+  // each group shares one row, at gate_up q/k/v do, at all none does.
   it.each([
     ['0', true],
     ['0', false],
     ['gate_up', true],
     ['gate_up', false],
+    ['all', true],
+    ['all', false],
   ] as const)('fused, TROUPE_LORA_SPLIT_ROWS=%s (shared rows), graphs %s: logprobs within TOL of the CPU', (value, graphs) => {
     const worst = fusedWith('TROUPE_LORA_SPLIT_ROWS', graphs, value);
     console.log(`LoRA kernels fused (split rows ${value}) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
