@@ -171,10 +171,15 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, const i
 // itemShrinkSupported: in, ldxa and the rows' ld multiples of 8. pdl: launched so that it may start
 // while the kernel that made the rows (which lets it: rmsnorm, siluMul, decode attention) drains
 // (compute capability 9.0); its look-ups and A reads then overlap that kernel.
+// shape: outputs a warp takes and warps that share each output's features (1, 2, 4 or 8; 16 for
+// rows over 8,192 features), zero for the measured choice by the group's size.
+struct ItemShrinkShape {
+  int outPerWarp = 0, warpsPerOutput = 0;
+};
 bool itemShrinkSupported(int in, int ldxa, int ld);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
-                    cudaStream_t st, bool pdl = false);
+                    cudaStream_t st, bool pdl = false, ItemShrinkShape shape = {});
 
 }  // namespace cuda
 }  // namespace troupe

@@ -51,10 +51,15 @@ __device__ __forceinline__ void halveSums(float (&v)[kSize], int lane) {
   }
 }
 
-template <int kThreads, int kOut>
+// The block's warps are kGroups output groups of kKSplit warps each: a group takes kOutW outputs
+// and its warps share their features, a warp every kKSplit-th piece. The warps of a group add
+// their sums in shared memory; a group of one warp (kKSplit 1) writes its sums itself.
+template <int kThreads, int kOutW, int kKSplit>
 __global__ void __launch_bounds__(kThreads)
     itemShrinkKernel(const bf16_t* src, int ld, LoraSlices sl, LoraItems items, int slots, const int32_t* rowSlot,
                      const int32_t* ranks, const float* scaling, int T, int chunks, AugmentedRows xa) {
+  constexpr int kWarps = kThreads / 32, kGroups = kWarps / kKSplit, kOut = kOutW * kGroups;
+  static_assert(kWarps % kKSplit == 0, "whole groups of warps");
   // The rows this kernel reads are made by the kernel just before it; under programmatic launch it
   // lets this one start (pdl.cuh), so the look-ups and the A factors below are on their way while
   // that kernel finishes.
@@ -99,86 +104,142 @@ __global__ void __launch_bounds__(kThreads)
   const int begin = start + sub * kTok;
   const int tok = min(kTok, end - begin);
   if (tok <= 0) return;
-  const int first = chunk * kOut, mine = min(kOut, sl.count * R - first);
-  const uint4* a[kOut];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, group = warp / kKSplit, part = warp % kKSplit;
+  // This warp's group's outputs (none past the step's: its loads then repeat the last one's).
+  const int first = chunk * kOut + group * kOutW, mine = min(kOutW, sl.count * R - first);
+  const uint4* a[kOutW];
 #pragma unroll
-  for (int o = 0; o < kOut; ++o) {
-    const int i = first + min(o, mine - 1), j = i / R, r = i % R;
+  for (int o = 0; o < kOutW; ++o) {
+    const int i = max(first + min(o, mine - 1), 0), j = i / R, r = i % R;
     a[o] = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
   }
   // Row offsets in pieces; tokens past tok repeat the last (their products are not taken).
   int x[kTok];
 #pragma unroll
   for (int k = 0; k < kTok; ++k) x[k] = items.perm[begin + min(k, tok - 1)] * (ld / 8);
-  // What the write at the end needs (only its threads use it).
-  const int wo = threadIdx.x / kTok, wk = threadIdx.x % kTok;
+  // Sums: kOutW outputs x kTok tokens a group, each left (after the exchanges below) with the
+  // lanes of one warp; the writer of sum s of group g is thread g kSums + s when the group's warps
+  // add in shared memory, else lane s kShare of the group's one warp.
+  constexpr int kSums = kOutW * kTok;
+  static_assert(kSums >= 2 && kSums <= 32 && (kSums & (kSums - 1)) == 0, "the exchanges halve a power of two of sums");
+  constexpr int kShare = 32 / kSums;  // lanes that end with each sum
+  int wGroup, wSum;
+  if constexpr (kKSplit == 1) {
+    wGroup = lane % kShare == 0 ? warp : kGroups;
+    wSum = lane / kShare;
+  } else {
+    wGroup = threadIdx.x / kSums;
+    wSum = threadIdx.x % kSums;
+  }
+  const int wo = wSum / kTok, wk = wSum % kTok, wFirst = chunk * kOut + wGroup * kOutW;
+  const bool writes = wGroup < kGroups && wo < min(kOutW, sl.count * R - wFirst) && wk < tok;
   int wRank = 0;
   float wScale = 0.0f;
-  if (wo < mine && wk < tok) {
-    const int i = first + wo;
+  if (writes) {
+    const int i = wFirst + wo;
     wRank = ranks[slot * kModules + sl.module[i / R]];
     wScale = scaling[slot];
   }
+  const int step = kKSplit * 32, p0 = part * 32 + lane;
 #pragma unroll
-  for (int o = 0; o < kOut; ++o)
+  for (int o = 0; o < kOutW; ++o)
     if (o < mine)
-      for (int p = threadIdx.x; p < pieces; p += kThreads) prefetchL2(a[o] + p);
+      for (int p = p0; p < pieces; p += step) prefetchL2(a[o] + p);
   pdlWait();
   const uint4* rows = reinterpret_cast<const uint4*>(src);
-  float acc[kOut][kTok] = {};
-  for (int p = threadIdx.x; p < pieces; p += kThreads) {
-    uint4 av[kOut], xv[kTok];
+  float acc[kOutW][kTok] = {};
+  if (mine > 0) {
+    for (int p = p0; p < pieces; p += step) {
+      uint4 av[kOutW], xv[kTok];
 #pragma unroll
-    for (int o = 0; o < kOut; ++o) av[o] = __ldg(a[o] + p);
+      for (int o = 0; o < kOutW; ++o) av[o] = __ldg(a[o] + p);
+        // Every group reads the same row pieces: through L1 when several groups share a block.
 #pragma unroll
-    for (int k = 0; k < kTok; ++k) xv[k] = k < tok ? __ldcg(rows + x[k] + p) : make_uint4(0, 0, 0, 0);
+      for (int k = 0; k < kTok; ++k)
+        xv[k] = k >= tok ? make_uint4(0, 0, 0, 0) : kGroups > 1 ? __ldg(rows + x[k] + p) : __ldcg(rows + x[k] + p);
 #pragma unroll
-    for (int k = 0; k < kTok; ++k) {
-      if (k >= tok) break;
+      for (int k = 0; k < kTok; ++k) {
+        if (k >= tok) break;
 #pragma unroll
-      for (int o = 0; o < kOut; ++o) dot8(av[o], xv[k], acc[o][k]);
+        for (int o = 0; o < kOutW; ++o) dot8(av[o], xv[k], acc[o][k]);
+      }
     }
   }
-  // Each (output, token) sum over the block: within each warp by halving exchanges (halveSums:
-  // 31 shuffles for 32 sums, where reducing each sum alone took 160; measured on an H200 at
-  // Llama-8B's decode shapes, 0.2-0.9 us less a launch at rank 16, 0.8-1.6 us at rank 64), then
-  // across the warps.
-  constexpr int kSums = kOut * kTok;
-  static_assert(kSums >= 2 && kSums <= 32 && (kSums & (kSums - 1)) == 0, "the exchanges halve a power of two of sums");
-  constexpr int kWarps = kThreads / 32;
-  __shared__ float part[kWarps][kSums];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // Each (output, token) sum over the warp by halving exchanges (halveSums: 31 shuffles for 32
+  // sums, where reducing each sum alone took 160; measured on an H200 at Llama-8B's decode shapes,
+  // 0.2-0.9 us less a launch at rank 16, 0.8-1.6 us at rank 64), then over the group's warps.
   float v[kSums];
 #pragma unroll
-  for (int o = 0; o < kOut; ++o)
+  for (int o = 0; o < kOutW; ++o)
 #pragma unroll
     for (int k = 0; k < kTok; ++k) v[o * kTok + k] = acc[o][k];
   // With fewer than 32 sums the lanes that differ only in the low bits the rounds did not reach
   // end with the same index; plain exchanges add them together.
   halveSums<kSums, 16>(v, lane);
-  constexpr int kShare = 32 / kSums;  // lanes that end with each sum
 #pragma unroll
   for (int d = 1; d < kShare; d <<= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], d);
-  if (lane % kShare == 0) part[warp][lane / kShare] = v[0];
-  __syncthreads();
-  if (threadIdx.x >= kSums || wo >= mine || wk >= tok) return;
-  float sum = 0;
+  float sum = v[0];
+  if constexpr (kKSplit > 1) {
+    __shared__ float partSums[kWarps][kSums];
+    if (lane % kShare == 0) partSums[warp][lane / kShare] = v[0];
+    __syncthreads();
+    if (!writes) return;
+    sum = 0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) sum += part[w][threadIdx.x];
-  const int i = first + wo, j = i / R, r = i % R;
+    for (int w = 0; w < kKSplit; ++w) sum += partSums[wGroup * kKSplit + w][wSum];
+  }
+  if (!writes) return;
+  const int i = wFirst + wo, j = i / R, r = i % R;
   // A select, not a product: A rows past the slot's rank may hold anything.
   sum = r < wRank ? sum * wScale : 0.0f;
   const int t = items.perm[begin + wk];
   loraColumns(xa, n, t, j, block, slot, R)[r] = toB(sum);
 }
 
-template <int kThreads, int kOut>
+template <int kThreads, int kOutW, int kKSplit>
 void launch(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, const int32_t* rowSlot,
             const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa, cudaStream_t st, bool pdl) {
+  constexpr int kOut = kOutW * (kThreads / 32 / kKSplit);
   const int chunks = (sl.count * sl.maxRank + kOut - 1) / kOut;
   const int blocks = T + std::max(items.gridItems, 1) * std::max(items.gridTiles, 1) * kSubTiles * chunks;
-  launchPdl(itemShrinkKernel<kThreads, kOut>, dim3(blocks), dim3(kThreads), st, pdl, "LoRA item shrink launch",
-            row.bf16, row.ld, sl, items, slots, rowSlot, ranks, scaling, T, chunks, xa);
+  launchPdl(itemShrinkKernel<kThreads, kOutW, kKSplit>, dim3(blocks), dim3(kThreads), st, pdl,
+            "LoRA item shrink launch", row.bf16, row.ld, sl, items, slots, rowSlot, ranks, scaling, T, chunks, xa);
+}
+
+using Launch = void (*)(const RowInput&, const LoraSlices&, const LoraItems&, int, const int32_t*, const int32_t*,
+                        const float*, int, const AugmentedRows&, cudaStream_t, bool);
+
+template <int kThreads, int kOutW>
+Launch pickSplit(int kSplit) {
+  switch (kSplit) {
+    case 1:
+      return launch<kThreads, kOutW, 1>;
+    case 2:
+      return launch<kThreads, kOutW, 2>;
+    case 4:
+      return launch<kThreads, kOutW, 4>;
+    case 8:
+      return launch<kThreads, kOutW, 8>;
+    case 16:
+      if constexpr (kThreads >= 512) return launch<kThreads, kOutW, 16>;
+      return nullptr;
+    default:
+      return nullptr;
+  }
+}
+
+template <int kThreads>
+Launch pickOut(int outW, int kSplit) {
+  switch (outW) {
+    case 1:
+      return pickSplit<kThreads, 1>(kSplit);
+    case 2:
+      return pickSplit<kThreads, 2>(kSplit);
+    case 4:
+      return pickSplit<kThreads, 4>(kSplit);
+    default:
+      return nullptr;
+  }
 }
 
 }  // namespace
@@ -187,26 +248,29 @@ bool itemShrinkSupported(int in, int ldxa, int ld) { return in % 8 == 0 && ldxa 
 
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
-                    cudaStream_t st, bool pdl) {
+                    cudaStream_t st, bool pdl, ItemShrinkShape shape) {
   if (T == 0) return;
   if (row.source != RowSource::kCopy)
     throw std::invalid_argument("LoRA item shrink: make the rows first (rmsnorm or siluMul into xa), then pass them");
-  // Measured on an H200 over Llama-8B's groups at 32 tokens: 256 threads for rows of up to 8,192
-  // features (two blocks an SM), 512 for longer ones (a 14,336-feature down row then waits on
-  // memory four times a thread, not seven); two outputs a block while a step has few of them (a
-  // rank-16 down projection has 16), so that more blocks share the A reads, four above.
-  const bool longRows = sl.in > 8192, fewOutputs = sl.count * sl.maxRank <= 32;
-  if (longRows) {
-    if (fewOutputs)
-      launch<512, 2>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
-    else
-      launch<512, 4>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
-  } else {
-    if (fewOutputs)
-      launch<256, 2>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
-    else
-      launch<256, 4>(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
-  }
+  // Measured on an H200 over Llama-8B's groups at 32 tokens (test/gpu/lora_rows_check.cu --bench,
+  // bench/results/2026-11-30-h200-lora-item-shrink-shapes.json): 256 threads for rows of up to
+  // 8,192 features (two blocks an SM), 512 for longer ones (a 14,336-feature down row then waits
+  // on memory four times a thread, not seven). Every warp of a block on every output of it, and
+  // few outputs a block while a step has few of them, so that more blocks share the A reads: one a
+  // warp up to 16 outputs (rank-16 o 2.7 us against 3.2 with two), two up to 32, four above; past
+  // 128 on short rows two groups of four warps (rank-64 q/k/v 7.0 us against 7.6). A warp to each
+  // output (its own features) was slower at every group: 8-55 us.
+  const bool longRows = sl.in > 8192;
+  const int outputs = sl.count * sl.maxRank, warps = (longRows ? 512 : 256) / 32;
+  if (shape.outPerWarp == 0)
+    shape = outputs <= 16                ? ItemShrinkShape{1, warps}
+            : outputs <= 32              ? ItemShrinkShape{2, warps}
+            : outputs > 128 && !longRows ? ItemShrinkShape{4, warps / 2}
+                                         : ItemShrinkShape{4, warps};
+  const Launch go = longRows ? pickOut<512>(shape.outPerWarp, shape.warpsPerOutput)
+                             : pickOut<256>(shape.outPerWarp, shape.warpsPerOutput);
+  if (!go) throw std::invalid_argument("LoRA item shrink: no kernel of that shape");
+  go(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl);
 }
 
 }  // namespace cuda

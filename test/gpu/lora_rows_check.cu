@@ -150,14 +150,20 @@ int run(const Case& c, Rng& rng) {
 
   // The ways to run it: the row shrink, and the item shrink over items of 16 tokens (csgmv's
   // chunk) and of 5 tokens launched for as many items and tiles as a CUDA graph would.
+  // The item shrink's other block shapes (ItemShrinkShape: outputs a warp, warps an output) too.
   struct Way {
     const char* name;
     int chunk;  // 0: the row shrink
     bool graphBounds;
+    ItemShrinkShape shape;
   };
-  const Way ways[] = {{"rows", 0, false}, {"items/16", 16, false}, {"items/5 ", 5, true}};
+  const Way ways[] = {{"rows", 0, false, {}},           {"items/16", 16, false, {}},
+                      {"items/5 ", 5, true, {}},        {"items/16 1x1", 16, false, {1, 1}},
+                      {"items/5 2x2", 5, true, {2, 2}}, {"items/16 4x4", 16, false, {4, 4}},
+                      {"items/5 1x8", 5, true, {1, 8}}, {"items/16 2x16", 16, false, {2, 16}}};
   int failed = 0;
   for (const Way& way : ways) {
+    if (way.shape.warpsPerOutput > 8 && c.in <= 8192) continue;  // 16 warps an output: long rows only
     std::fill(xa.begin(), xa.end(), kNaN16);
     CK(cudaMemcpy(dXa, xa.data(), xa.size() * 2, cudaMemcpyHostToDevice));
     RowInput row;
@@ -188,7 +194,7 @@ int run(const Case& c, Rng& rng) {
       }
       items = makeItems(rowSlot, way.chunk, way.graphBounds);
       // Launched as the engine launches it on sm_90: allowed to start while rmsnorm runs.
-      loraItemShrink(row, sl, items.view, c.slots, dRowSlot, dRanks, dScaling, c.T, out, nullptr, true);
+      loraItemShrink(row, sl, items.view, c.slots, dRowSlot, dRanks, dScaling, c.T, out, nullptr, true, way.shape);
     }
     CK(cudaDeviceSynchronize());
     items.free();
@@ -340,13 +346,13 @@ int bench() {
         }
         loraRowShrink(row, slicesAt(i), slots, rowSlot, ranks, scaling, T, out, prop.multiProcessorCount, st);
       });
-      auto item = [&](bool pdl, const LoraItems& grid) {
+      auto item = [&](bool pdl, const LoraItems& grid, ItemShrinkShape shape = {}) {
         return timeGraph(iters, [&](int i, cudaStream_t st) {
           RowInput row = copied;
           if (g.source == RowSource::kNorm) rmsnorm(f32, nullptr, normW, xa, T, g.in, 1e-5f, st, ld);
           if (g.source == RowSource::kSiluMul) siluMul(f32, xa, T, g.in, st, ld);
           if (g.source != RowSource::kCopy) row = inXa;
-          loraItemShrink(row, slicesAt(i), grid, slots, rowSlot, ranks, scaling, T, out, st, pdl);
+          loraItemShrink(row, slicesAt(i), grid, slots, rowSlot, ranks, scaling, T, out, st, pdl, shape);
         });
       };
       const double itemUs = item(false, items.view), pdlUs = item(true, items.view), graphUs = item(true, graphGrid);
@@ -354,6 +360,15 @@ int bench() {
           "rank %2d %-8s base %5.1f   row shrink %5.1f (+%4.1f)   item shrink %5.1f (+%4.1f)   early-launched %5.1f "
           "(+%4.1f)   graph grid %5.1f (+%4.1f)\n",
           R, g.name, base, rows, rows - base, itemUs, itemUs - base, pdlUs, pdlUs - base, graphUs, graphUs - base);
+      // The item shrink's block shapes, early-launched over the graph's grid: outputs a warp x warps
+      // sharing an output's features.
+      std::printf("rank %2d %-8s shapes (+us over the rows):", R, g.name);
+      for (int outW : {1, 2, 4})
+        for (int split : {1, 2, 4, 8, 16}) {
+          if (split == 16 && g.in <= 8192) continue;
+          std::printf(" %dx%d %4.1f", outW, split, item(true, graphGrid, ItemShrinkShape{outW, split}) - base);
+        }
+      std::printf("\n");
       cudaFree(a);
       cudaFree(xa);
     }
