@@ -150,10 +150,10 @@ __global__ void __launch_bounds__(kThreads)
   float acc[kOutW][kTok] = {};
   if (mine > 0) {
     for (int p = p0; p < pieces; p += step) {
+      // Every group reads the same row pieces: through L1 when several groups share a block.
       uint4 av[kOutW], xv[kTok];
 #pragma unroll
       for (int o = 0; o < kOutW; ++o) av[o] = __ldg(a[o] + p);
-        // Every group reads the same row pieces: through L1 when several groups share a block.
 #pragma unroll
       for (int k = 0; k < kTok; ++k)
         xv[k] = k >= tok ? make_uint4(0, 0, 0, 0) : kGroups > 1 ? __ldg(rows + x[k] + p) : __ldcg(rows + x[k] + p);
