@@ -35,6 +35,9 @@ const ckpt = openCheckpoint(modelDir);
 const w = loraWorkload();
 const rounds = Number(process.env.ROUNDS ?? 5);
 if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`ROUNDS must be a positive integer, not ${process.env.ROUNDS}`);
+// LORA_BACKENDS=csgmv times the chunked backend alone (half the run), for comparing builds.
+const backends = (process.env.LORA_BACKENDS ?? 'csgmv,sgmv').split(',');
+for (const b of backends) if (!['csgmv', 'sgmv'].includes(b)) throw new Error(`LORA_BACKENDS: unknown backend ${b}`);
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
@@ -49,7 +52,7 @@ const result = {
 for (const rank of [16, 64]) {
   // Read once per rank: every engine below fills its slots from the same values.
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
-  for (const loraBackend of ['csgmv', 'sgmv']) {
+  for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
       const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank, loraBackend, loraKernel }));
       adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));

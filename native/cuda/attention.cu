@@ -312,17 +312,20 @@ int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longe
   return std::min(splits, cap);
 }
 
-void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
+bool decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
-                     cudaStream_t s, DecodeMmaLauncher mma) {
+                     cudaStream_t s, DecodeMmaLauncher mma, const OLoraEpilogue& epi) {
   const float scale = 1.0f / sqrtf(static_cast<float>(a.headDim));
   if (mma) {
-    mma(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, splits == 1 ? out : nullptr, s);
-    if (splits == 1) return;
+    const bool lora = epi.a != nullptr && splits == 1;
+    mma(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl,
+        splits == 1 ? (lora ? epi.xa : out) : nullptr, lora ? epi : OLoraEpilogue{}, s);
+    if (splits == 1) return lora;
   } else {
     pick(a.headDim, a.heads / a.kvHeads)(q, kCache, vCache, idx, count, map, a, splits, scale, partial, partialMl, s);
   }
   combineKernel<<<dim3(count, a.heads), a.headDim, 0, s>>>(partial, partialMl, idx, a.heads, a.headDim, splits, out);
+  return false;
 }
 
 }  // namespace cuda

@@ -18,6 +18,7 @@
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
+#include "cuda/lora_o_epilogue.cuh"
 #include "cuda/pdl.cuh"
 
 namespace troupe {
@@ -36,7 +37,8 @@ constexpr int kStages = kMmaStages;
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads)
     decodeMmaKernel(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, TokenMap map,
-                    AttnShape a, int splits, float scale, float* partial, float* partialMl, bf16_t* out) {
+                    AttnShape a, int splits, float scale, float* partial, float* partialMl, bf16_t* out,
+                    OLoraEpilogue epi) {
   static_assert(D % 32 == 0 && G >= 1 && G <= 8, "head_dim in 32s, at most 8 rows of the mma used");
   pdlLaunchDependents();  // a LoRA item shrink of the o projection may start (pdl.cuh)
   constexpr int P = kMmaPitch<D>;
@@ -180,27 +182,38 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < G * D; e += kThreads) {
+  // Token t's row: [head][headDim], or its augmented row when the o shrink is taken here.
+  const size_t outRow = static_cast<size_t>(t) * (epi.a ? epi.ld : H * D);
+  constexpr int kMine = (G * D + kThreads - 1) / kThreads;
+  float mine[kMine];
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    const int e = threadIdx.x + i * kThreads;
+    if (e >= G * D) break;
     const int j = e / D, d = e % D;
     float sum = 0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += so[(w * G + j) * D + d];
     if (out) {
       // One split: the whole context is here, so the output is final (no combine kernel).
-      out[(static_cast<size_t>(t) * H + g * G + j) * D + d] = __bfloat16_as_ushort(__float2bfloat16_rn(sum / sL[j]));
+      const __nv_bfloat16 v = __float2bfloat16_rn(sum / sL[j]);
+      out[outRow + (g * G + j) * D + d] = __bfloat16_as_ushort(v);
+      mine[i] = __bfloat162float(v);
     } else {
       partial[((static_cast<size_t>(local) * H + g * G + j) * splits + s) * D + d] = sum;
     }
   }
+  // The features here are [g G D, (g + 1) G D) of the row; so is free once every thread has its sums.
+  if (epi.a) oLoraEpilogue<G * D, kThreads>(epi, t, g, KVH, mine, so);
 }
 
 template <int D, int G>
 struct DecodeMma {
   static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
-                     bf16_t* out, cudaStream_t s) {
+                     bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s) {
     decodeMmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kMmaSmemBytes<D>, s>>>(
-        q, k, v, idx, map, a, splits, scale, partial, ml, out);
+        q, k, v, idx, map, a, splits, scale, partial, ml, out, epi);
   }
   static const void* function() { return reinterpret_cast<const void*>(decodeMmaKernel<D, G>); }
 };

@@ -100,6 +100,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
+    oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
     prefillMma_ = cuda::preparePrefillAttentionMma(c.headDim, headsPerKv_);
@@ -269,6 +271,13 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
       perToken = std::max(perToken, static_cast<size_t>(w_->ld[g]) * (w_->splitRows[g] ? cuda::kMaxLoraSlices : 1));
     moved |= xa_.ensure(t * perToken);
     xaTokens_ = xa_.size() / perToken;
+    moved |= oPartial_.ensure(t * c_.numKvHeads * lora_->maxRank());
+    // The decode attention's o shrink counts its blocks here; each count goes back to zero when the
+    // last block of its token is done, so zero once, as allocated.
+    if (oTickets_.ensure(t)) {
+      check(cudaMemset(oTickets_.get(), 0, oTickets_.size() * 4), "cudaMemset");
+      moved = true;
+    }
     if (moved || piecePtrs_.size() == 0) buildPiecePointers();
     // A chunk has a row at least, so a step has at most T of them. Only steps that no graph
     // captures read these pointer arrays, so their moving leaves the graphs as they are.
@@ -547,9 +556,11 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   bf16_t* kc = kCache_ + l * layerStride_;
   bf16_t* vc = vCache_ + l * layerStride_;
+  oColumnsMade_ = false;
   if (p.decodes > 0) {
-    cuda::decodeAttention(q_.get(), kc, vc, dDecIdx_, p.decodes, map_, shape_, p.splits, partial_.get(),
-                          partialMl_.get(), attn_.get(), stream_, attnMma_);
+    const cuda::OLoraEpilogue epi = p.prefillSeqs.empty() ? oLoraEpilogue(l) : cuda::OLoraEpilogue{};
+    oColumnsMade_ = cuda::decodeAttention(q_.get(), kc, vc, dDecIdx_, p.decodes, map_, shape_, p.splits, partial_.get(),
+                                          partialMl_.get(), attn_.get(), stream_, attnMma_, epi);
   }
   if (p.prefillSeqs.empty()) return;
   const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;

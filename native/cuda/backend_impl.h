@@ -110,6 +110,9 @@ class CudaBackend : public Backend {
   // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
   // buffers they point into move.
   void buildPiecePointers();
+  // What the decode attention needs to take layer l's o shrink as it finishes (kernels.h), or an
+  // empty one where the o projection takes it itself.
+  cuda::OLoraEpilogue oLoraEpilogue(int l);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -132,6 +135,16 @@ class CudaBackend : public Backend {
   // The item shrink launched to start while the kernel that made its rows drains (compute
   // capability 9.0; TROUPE_LORA_ITEM_PDL=0 waits for it, for comparing).
   bool itemPdl_ = false;
+  // Decode steps over one attention split take the o projection's shrink in the attention kernel
+  // (lora_o_epilogue.cuh) up to kOInAttentionMaxRank, where it saves its launch; at rank 64 its
+  // longer epilogue on the attention cost more than the launch (8 adapters, batch 32, H200:
+  // rank 16 6.27 ms a step against 6.38, rank 64 7.00 against 6.97). TROUPE_LORA_O_IN_ATTENTION=0
+  // leaves it to the item shrink and =1 takes it at every rank, for comparing.
+  enum class OInAttention { kOff, kSmallRanks, kOn } oInAttention_ = OInAttention::kSmallRanks;
+  static constexpr int kOInAttentionMaxRank = 16;
+  bool oColumnsMade_ = false;       // this layer's attention wrote the o rows and their LoRA columns
+  DeviceBuffer<float> oPartial_;    // [tokens][KV heads][max rank]
+  DeviceBuffer<int32_t> oTickets_;  // [tokens]
   // loraKernel fused, steps past fusedSplitMaxTokens_: the shrink as one cuBLAS GEMM over every
   // slot's A rows (TROUPE_LORA_SHRINK_GEMM=0: the tiled tensor-core shrink, for comparing).
   bool shrinkAllSlots_ = true;

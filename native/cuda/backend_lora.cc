@@ -49,7 +49,9 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       }
       timer_.mark("lora", stream_);
       const cuda::AugmentedRows xa = augmented(g);
-      if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
+      if (g == cuda::kOWeight && oColumnsMade_) {
+        // The decode attention wrote the rows and their LoRA columns (oLoraEpilogue).
+      } else if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
                              stream_, itemPdl_);
       } else {
@@ -149,6 +151,36 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
                           at + 2 * entries, cuda::ElemType::F32, own.tokenPitch, c.count * sl.count);
   }
   return own;
+}
+
+cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
+  const cuda::WeightGroup g = cuda::kOWeight;
+  const int T = map_.tokens, ld = w_->ld[g], in = ld - w_->pad[g];
+  // Only where the o projection would take the item shrink over rows copied as they are.
+  if (oInAttention_ == OInAttention::kOff || !lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kFused ||
+      !rowShrink_ || T > fusedSplitMaxTokens_ || o_.loraSgmv || itemShrink_ == ItemShrink::kNone ||
+      !cuda::rowShrinkSupported(in, ld) || !cuda::itemShrinkSupported(in, ld, qDim_) || qDim_ % 8 != 0)
+    return {};
+  if (oInAttention_ == OInAttention::kSmallRanks && lora_->maxRank() > kOInAttentionMaxRank) return {};
+  const int zero[1] = {0};
+  const cuda::LoraSlices sl = lora_->slices(l, {kO}, zero);
+  if (sl.count != 1 || sl.in != in) return {};
+  cuda::OLoraEpilogue e;
+  e.a = sl.a[0];
+  e.aSlotStride = sl.aSlotStride[0];
+  e.maxRank = sl.maxRank;
+  e.in = in;
+  e.rowSlot = dRowSlot_;
+  e.ranks = lora_->ranks();
+  e.rankPitch = kNumLoraModules;
+  e.module = kO;
+  e.scaling = lora_->scaling();
+  e.xa = xa_.get();
+  e.ld = ld;
+  e.pad = w_->pad[g];
+  e.partial = oPartial_.get();
+  e.tickets = oTickets_.get();
+  return e;
 }
 
 cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {

@@ -59,13 +59,32 @@ void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float*
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s);
 
+// The o projection's LoRA shrink, taken by the tensor-core decode attention when it writes the
+// final output itself (one split): out is then token t's augmented row of the fused layout at xa +
+// t ld, its first `in` columns the attention's output and the `pad` after them the LoRA columns
+// (slot k's maxRank from in + k maxRank), which the kernel writes: the token's scaled shrink
+// outputs under its slot's, zero under every other (lora_o_epilogue.cuh). Off while a is null.
+struct OLoraEpilogue {
+  const bf16_t* a = nullptr;  // o's A factors: slot k's [maxRank][in] at a + k aSlotStride
+  size_t aSlotStride = 0;
+  int maxRank = 0, in = 0;
+  const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model
+  const int32_t* ranks = nullptr;    // slot k's rank for o at ranks[k rankPitch + module]
+  int rankPitch = 0, module = 0;
+  const float* scaling = nullptr;
+  bf16_t* xa = nullptr;
+  int ld = 0, pad = 0;
+  float* partial = nullptr;    // [tokens][kvHeads][maxRank]: each block's partial sums
+  int32_t* tickets = nullptr;  // [tokens], zero between launches
+};
+
 // Attention of single tokens (decodes) over their sequence's cache, split over `splits` parts of
 // the context, then combined into out ([token][head][headDim], bf16). idx lists the tokens.
 // mma: the tensor-core kernel prepareDecodeAttentionMma returned, or nullptr for the CUDA-core one.
 // With out (one split only) the kernel writes the final output and no combine is needed.
 using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                                    const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial,
-                                   float* ml, bf16_t* out, cudaStream_t s);
+                                   float* ml, bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
 // How many splits a step of `decodes` decode tokens gives each token's context, on a GPU of `sms`
 // multiprocessors (mma: the tensor-core kernel), the longest context being `longestContext` keys.
@@ -75,9 +94,11 @@ constexpr int kMaxDecodeSplits = 32;
 constexpr int kMmaKeysPerSplit = 768;     // about the keys a split, once the batch fills the SMs
 constexpr int kMmaMinKeysPerSplit = 128;  // and before (two of the kernel's tiles)
 int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longestContext);
-void decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
+// With epi set (epi.a), the o projection's LoRA columns are taken too where the tensor-core kernel
+// runs one split, and out is ignored for epi.xa; returns whether they were.
+bool decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float* partial, float* partialMl, bf16_t* out,
-                     cudaStream_t s, DecodeMmaLauncher mma);
+                     cudaStream_t s, DecodeMmaLauncher mma, const OLoraEpilogue& epi = {});
 // The tensor-core decode attention (attention_mma.cu) for this head_dim and query group on the
 // current device, its shared-memory limit raised (call it outside any graph capture), or nullptr
 // where it does not apply: compute capability below 8.0, head_dim other than 64 or 128, more than 8

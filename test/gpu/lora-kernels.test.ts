@@ -195,6 +195,14 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
+  // Decode steps over one attention split take the o shrink in the attention kernel by default; at
+  // 0 the item shrink takes it, as for every other group.
+  it.each([true, false])('fused, the o shrink by the item shrink rather than the attention, graphs %s: logprobs within TOL of the CPU', (graphs) => {
+    const worst = fusedWith('TROUPE_LORA_O_IN_ATTENTION', graphs);
+    console.log(`LoRA kernels fused (o shrink not in the attention) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(tolOf('fused'));
+  });
+
   // With the bound at 0 every step folds the deltas into the base GEMM after the tensor-core shrink.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
     const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);
