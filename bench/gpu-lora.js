@@ -38,6 +38,11 @@ if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`ROUNDS must be 
 // LORA_BACKENDS=csgmv times the chunked backend alone (half the run), for comparing builds.
 const backends = (process.env.LORA_BACKENDS ?? 'csgmv,sgmv').split(',');
 for (const b of backends) if (!['csgmv', 'sgmv'].includes(b)) throw new Error(`LORA_BACKENDS: unknown backend ${b}`);
+// LORA_COUNTS=0,8 times the base step and 8 adapters alone; 0 must stay, every overhead is over it.
+const counts = (process.env.LORA_COUNTS ?? '0,1,4,8').split(',').map(Number);
+if (counts[0] !== 0 || !counts.every((n) => [0, 1, 4, 8].includes(n)))
+  throw new Error(`LORA_COUNTS must start with 0 and name counts among 0, 1, 4, 8, not ${process.env.LORA_COUNTS}`);
+if (peft && !(counts.includes(1) && counts.includes(8))) throw new Error('the comparison with PEFT needs LORA_COUNTS to hold 1 and 8');
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
@@ -58,7 +63,6 @@ for (const rank of [16, 64]) {
       adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
       const step = (b) => addon.step(h, b);
       await w.fillContext(step);
-      const counts = [0, 1, 4, 8];
       const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
       for (let round = 0; round < rounds; round++) {
         for (const [k, distinct] of counts.entries()) {
