@@ -278,7 +278,7 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
       check(cudaMemset(oTickets_.get(), 0, oTickets_.size() * 4), "cudaMemset");
       moved = true;
     }
-    if (moved || piecePtrs_.size() == 0) buildPiecePointers();
+    if (moved) buildPiecePointers();
     // A chunk has a row at least, so a step has at most T of them. Only steps that no graph
     // captures read these pointer arrays, so their moving leaves the graphs as they are.
     chunkPtrs_.ensure(3 * t * cuda::kMaxLoraSlices);
@@ -511,10 +511,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     const int zero[1] = {0};
     // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
     // all-reduce below sums the rank-r shrink outputs as well.
-    cuda::RowInput heads;
-    heads.bf16 = attn_.get();
-    heads.ld = qDim_;
-    projection(l, cuda::kOWeight, "o", {kO}, zero, heads, nullptr, hidden_.get(), h, keepsResidual());
+    projection(l, cuda::kOWeight, "o", {kO}, zero, attentionRows(), nullptr, hidden_.get(), h, keepsResidual());
     reducePartial(T);
     const int guOffsets[2] = {0, inter};
     const cuda::RowInput postNorm{cuda::RowSource::kNorm, hidden_.get(), L.postNorm, eps};

@@ -110,9 +110,22 @@ class CudaBackend : public Backend {
   // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
   // buffers they point into move.
   void buildPiecePointers();
+  // Whether this step's projections take the fused LoRA layout (lora_fused.h).
+  bool fusedLoraStep() const { return lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused; }
+  // How a fused step's projection over `input` (in features, augmented rows ld apart) takes its
+  // shrink. The one place that decides it, so that the decode attention taking the o shrink
+  // (oLoraEpilogue) and the projection itself agree.
+  struct DecodeShrink {
+    bool decode = false;      // a decode step's way: the rows and their LoRA columns, then one GEMM
+    bool items = false;       // the item shrink wanted: rows made for it go into xa
+    bool itemShrink = false;  // and it takes them (otherwise the row shrink)
+  };
+  DecodeShrink decodeShrink(int in, int ld, const cuda::RowInput& input) const;
   // What the decode attention needs to take layer l's o shrink as it finishes (kernels.h), or an
   // empty one where the o projection takes it itself.
   cuda::OLoraEpilogue oLoraEpilogue(int l);
+  // The o projection's input: the attention's output, [token][head][headDim].
+  cuda::RowInput attentionRows() const;
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -197,10 +210,9 @@ class CudaBackend : public Backend {
   // Tokens xa_ holds: split rows lie this many rows apart whatever a step's size, so that the
   // pointers below stay valid for every step and every graph until xa_ moves.
   size_t xaTokens_ = 0;
-  // q/k/v with split rows: per layer, the A, B and C pointer arrays (qkvPieces_ each) of the one
+  // q/k/v with split rows: per layer, the A, B and C pointer arrays (splitPieces each) of the one
   // batched GEMM over pieces of k's rows (lora_fused.h); empty without them.
   DeviceBuffer<const void*> piecePtrs_;
-  int qkvPieces_ = 0, qkvPieceRows_ = 0;
   uint64_t generation_ = 1;                             // bumped whenever a buffer a graph uses moves
   std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.

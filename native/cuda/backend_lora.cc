@@ -29,20 +29,16 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                              bool accumulate) {
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  if (lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused) {
+  if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
-    if (sl.count > 0 && rowShrink_ && T <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
-        (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0)) {
+    const DecodeShrink d = decodeShrink(in, ld, input);
+    if (sl.count > 0 && d.decode) {
       // A decode step: the input rows and their LoRA columns, then one GEMM. The rows are made
       // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
       // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
       // them in every block of a token).
       cuda::RowInput rows = input;
-      // sgmv's items are single tokens: the item shrink would read A per token too, with more
-      // blocks than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
-      const bool items = !o_.loraSgmv && (itemShrink_ == ItemShrink::kAll || (itemShrink_ == ItemShrink::kCopied &&
-                                                                              input.source != cuda::RowSource::kNorm));
-      if (input.source == cuda::RowSource::kSiluMul || (items && input.source == cuda::RowSource::kNorm)) {
+      if (input.source == cuda::RowSource::kSiluMul || (d.items && input.source == cuda::RowSource::kNorm)) {
         rows = cuda::RowInput{cuda::RowSource::kCopy};
         rows.bf16 = makeRows(input, xa_.get(), in, ld);
         rows.ld = ld;
@@ -51,7 +47,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       const cuda::AugmentedRows xa = augmented(g);
       if (g == cuda::kOWeight && oColumnsMade_) {
         // The decode attention wrote the rows and their LoRA columns (oLoraEpilogue).
-      } else if (items && cuda::itemShrinkSupported(in, ld, rows.ld)) {
+      } else if (d.itemShrink) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
                              stream_, itemPdl_);
       } else {
@@ -153,13 +149,25 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
   return own;
 }
 
+CudaBackend::DecodeShrink CudaBackend::decodeShrink(int in, int ld, const cuda::RowInput& input) const {
+  DecodeShrink d;
+  d.decode = rowShrink_ && map_.tokens <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
+             (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0);
+  // sgmv's items are single tokens: the item shrink would read A per token too, with more blocks
+  // than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
+  d.items = d.decode && !o_.loraSgmv &&
+            (itemShrink_ == ItemShrink::kAll ||
+             (itemShrink_ == ItemShrink::kCopied && input.source != cuda::RowSource::kNorm));
+  // Made rows go into xa, ld apart; copied ones are read where they are.
+  d.itemShrink = d.items && cuda::itemShrinkSupported(in, ld, input.source == cuda::RowSource::kCopy ? input.ld : ld);
+  return d;
+}
+
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   const cuda::WeightGroup g = cuda::kOWeight;
-  const int T = map_.tokens, ld = w_->ld[g], in = ld - w_->pad[g];
-  // Only where the o projection would take the item shrink over rows copied as they are.
-  if (oInAttention_ == OInAttention::kOff || !lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kFused ||
-      !rowShrink_ || T > fusedSplitMaxTokens_ || o_.loraSgmv || itemShrink_ == ItemShrink::kNone ||
-      !cuda::rowShrinkSupported(in, ld) || !cuda::itemShrinkSupported(in, ld, qDim_) || qDim_ % 8 != 0)
+  const int ld = w_->ld[g], in = ld - w_->pad[g];
+  // Only where the o projection would take the item shrink over the attention's rows as they are.
+  if (oInAttention_ == OInAttention::kOff || !fusedLoraStep() || !decodeShrink(in, ld, attentionRows()).itemShrink)
     return {};
   if (oInAttention_ == OInAttention::kSmallRanks && lora_->maxRank() > kOInAttentionMaxRank) return {};
   const int zero[1] = {0};
@@ -183,6 +191,13 @@ cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   return e;
 }
 
+cuda::RowInput CudaBackend::attentionRows() const {
+  cuda::RowInput heads;
+  heads.bf16 = attn_.get();
+  heads.ld = qDim_;
+  return heads;
+}
+
 cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
   cuda::AugmentedRows xa;
   xa.data = xa_.get();
@@ -194,7 +209,6 @@ cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
 
 void CudaBackend::buildPiecePointers() {
   const cuda::WeightGroup g = cuda::kQkvWeight;
-  qkvPieces_ = 0;
   if (!lora_ || !w_->splitRows[g]) return;
   const int offsets[3] = {0, qDim_, qDim_ + kvDim_}, ld = w_->ld[g];
   const cuda::AugmentedRows xa = augmented(g);
@@ -209,8 +223,6 @@ void CudaBackend::buildPiecePointers() {
         b.push_back(xa.data + j * xa.slicePitch);
         c.push_back(qkv_.get() + row);
       }
-    qkvPieces_ = static_cast<int>(a.size());
-    qkvPieceRows_ = n;
     for (const auto* v : {&a, &b, &c}) host.insert(host.end(), v->begin(), v->end());
   }
   // Its size never changes, so once made the array stays where graphs captured it; the copy is
@@ -246,10 +258,11 @@ void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const c
   // q/k/v: pieces of k's rows in one batched launch, from the pointers buildPiecePointers wrote
   // for the whole GEMM into qkv_. Anything else (the GEMM over the padding columns alone) takes a
   // launch per slice.
-  if (col0 == 0 && y == qkv_.get() && qkvPieces_ > 0 && qkvPieceRows_ == cuda::splitPieceRows(sl)) {
-    const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 3 * qkvPieces_;
-    gemm_->pointerBatched(true, false, qkvPieceRows_, T, K, 1.0f, at, xa.ld, at + qkvPieces_, xa.ld, beta,
-                          const_cast<void* const*>(at + 2 * qkvPieces_), cuda::ElemType::F32, N, qkvPieces_);
+  if (col0 == 0 && y == qkv_.get() && piecePtrs_.size() > 0) {
+    const int pieces = cuda::splitPieces(sl);
+    const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 3 * pieces;
+    gemm_->pointerBatched(true, false, cuda::splitPieceRows(sl), T, K, 1.0f, at, xa.ld, at + pieces, xa.ld, beta,
+                          const_cast<void* const*>(at + 2 * pieces), cuda::ElemType::F32, N, pieces);
     return;
   }
   for (int j = 0; j < sl.count; ++j)

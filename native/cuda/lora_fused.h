@@ -91,6 +91,14 @@ inline int splitPieceRows(const LoraSlices& sl) {
   return n;
 }
 
+// How many such pieces the slices make.
+inline int splitPieces(const LoraSlices& sl) {
+  const int n = splitPieceRows(sl);
+  int pieces = 0;
+  for (int j = 0; j < sl.count; ++j) pieces += sl.out[j] / n;
+  return pieces;
+}
+
 // Padding columns of a group's weight: its held modules' blocks (one with split rows), rounded up
 // to 8 so that rows stay 16-byte aligned; zero without a pool.
 inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask, bool split) {

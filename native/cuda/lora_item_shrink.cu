@@ -183,10 +183,12 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float partSums[kWarps][kSums];
     if (lane % kShare == 0) partSums[warp][lane / kShare] = v[0];
     __syncthreads();
-    if (!writes) return;
-    sum = 0;
+    // Only a writer's group indexes partSums.
+    if (writes) {
+      sum = 0;
 #pragma unroll
-    for (int w = 0; w < kKSplit; ++w) sum += partSums[wGroup * kKSplit + w][wSum];
+      for (int w = 0; w < kKSplit; ++w) sum += partSums[wGroup * kKSplit + w][wSum];
+    }
   }
   if (!writes) return;
   const int i = wFirst + wo, j = i / R, r = i % R;
