@@ -86,6 +86,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
@@ -157,6 +158,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
+  if (decodeGemmEnabled_ && cuda::DecodeGemm::available()) decodeGemm_ = std::make_unique<cuda::DecodeGemm>(sms_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
   shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
@@ -238,6 +240,7 @@ CudaBackend::~CudaBackend() {
   if (vCache_) cudaFree(vCache_);
   comm_.reset();
   gemm_.reset();
+  decodeGemm_.reset();
   w_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -543,8 +546,13 @@ void CudaBackend::reducePartial(int T) {
 
 void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
                           bool accumulate) {
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldx, a.Y = Y, a.ldy = N, a.M = M, a.N = N, a.K = K, a.accumulate = accumulate;
   if (gemvEnabled_ && cuda::gemvSupported(M, K, W, ldw, X, ldx)) {
     cuda::gemv(W, ldw, X, ldx, Y, M, N, K, accumulate, stream_);
+  } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
+    // The projections that add into the residual (o, down): see decode_gemm.h.
+    decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {
     gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);
   }

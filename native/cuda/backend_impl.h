@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "comm.h"
 #include "cuda/collective.h"
+#include "cuda/decode_gemm.h"
 #include "cuda/device.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -136,6 +137,10 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::DeviceComm> comm_;
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
+  // The decode GEMM of our own for the projections that add into the residual (decode_gemm.h),
+  // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
+  bool decodeGemmEnabled_ = true;
+  static constexpr int kDecodeGemmSplits = 2;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
@@ -178,6 +183,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  std::unique_ptr<cuda::DecodeGemm> decodeGemm_;
   EngineInfo info_;
   std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
   cuda::AttnShape shape_{};

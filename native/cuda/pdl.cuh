@@ -29,13 +29,14 @@ __device__ __forceinline__ void pdlLaunchDependents() {
 // Starts moving the 16 bytes at p into L2, without waiting and without a register.
 __device__ __forceinline__ void prefetchL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// kernel<<<grid, block, 0, st>>>(args...), allowed to start early when pdl is set.
+// kernel<<<grid, block, smem, st>>>(args...), allowed to start early when pdl is set.
 template <class... Params, class... Args>
-void launchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t st, bool pdl, const char* what,
-               Args... args) {
+void launchPdlShared(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
+                     const char* what, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -43,6 +44,13 @@ void launchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t st
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...), what);
+}
+
+// kernel<<<grid, block, 0, st>>>(args...), allowed to start early when pdl is set.
+template <class... Params, class... Args>
+void launchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t st, bool pdl, const char* what,
+               Args... args) {
+  launchPdlShared(kernel, grid, block, 0, st, pdl, what, args...);
 }
 
 }  // namespace cuda

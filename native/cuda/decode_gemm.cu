@@ -1,0 +1,328 @@
+// The decode GEMM (decode_gemm.h). Each block owns one 64-row tile of the weights over one of the
+// tile's K splits. A warp beyond the multiplying ones issues the tensor copies: a stage is four
+// 64-K boxes of the weights (64 rows) and of the token rows (32 rows), 128-byte swizzled, counted
+// on the stage's full barrier; the multiplying warps release it on its empty barrier. The first
+// stages' weights are copied before the programmatic-launch wait; every copy of the token rows
+// comes after it.
+//
+// Measured on an H200 at Llama-8B's projections (32 tokens, against cuBLAS in the same runs;
+// bench/results/2026-12-01-h200-decode-gemm.json):
+// - a block's round of one stage costs about 0.28 us however few bytes it carries, so a stage
+//   carries four copies (with one copy a stage the same tiles took 30-50% longer);
+// - two warpgroups taking alternate stages keep two stages' products in flight (5-8% faster than
+//   one group taking all). Alternating needs an even number of stages: with an odd one a group's
+//   parity wait on a stage can alias a phase two turns back;
+// - plain loads issued while the weights stream wait behind them: read at the end, the Y that a
+//   projection adds to cost the down projection 5 us a call, so it is read right after the wait.
+#include <cuda.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/decode_gemm.h"
+#include "cuda/pdl.cuh"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TROUPE_DECODE_GEMM_BODY 1
+#else
+#define TROUPE_DECODE_GEMM_BODY 0
+#endif
+
+constexpr int kConsumers = 256;            // two warpgroups that multiply
+constexpr int kThreads = kConsumers + 32;  // and a warp that copies
+constexpr int kTileRows = 64;
+constexpr int kBox = 64;  // K of one copy: a 128-byte swizzled row
+constexpr int kCopies = 4;
+constexpr int kStageK = kBox * kCopies;
+constexpr int kStages = 4;
+static_assert(kStages % 2 == 0, "the two groups alternate stages");
+constexpr int kTokens = kDecodeGemmMaxRows;
+constexpr int kStageElems = (kTileRows + kTokens) * kStageK;
+constexpr int kSmemBytes = kStages * kStageElems * 2 + 1024;  // and room to align to 1 KB
+constexpr int kMaxTiles = 1 << 14;
+constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split tile
+
+__device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
+
+#if TROUPE_DECODE_GEMM_BODY
+constexpr int kConsumerWarps = kConsumers / 32;
+
+__device__ __forceinline__ unsigned smemAddr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void barrierInit(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smemAddr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void barrierExpect(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void barrierArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void barrierWait(uint64_t* bar, unsigned parity) {
+  unsigned done = 0;
+  do {
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done)
+                 : "r"(smemAddr(bar)), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+// The multiplying warps only (named barrier 1), and the first group only (2).
+__device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
+__device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
+
+// The box of map at (k, row) into shared dst (1 KB aligned), counted on bar when it lands. Boxes
+// reaching past the tensor's ends land zeros there, counted all the same.
+__device__ __forceinline__ void tensorCopy(void* dst, const CUtensorMap* map, int k, int row, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
+          "r"(smemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(smemAddr(bar))
+      : "memory");
+}
+
+// A shared-memory matrix descriptor for wgmma: K-major rows of 128 bytes with the 128-byte
+// swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t wgDesc(const void* p) {
+  const uint64_t addr = smemAddr(p);
+  return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+// d (64 rows x 32 tokens, f32) += A (64 x 16, K-major) * B (32 x 16, K-major).
+__device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3])
+      : "l"(a), "l"(b));
+}
+#endif
+
+__global__ void __launch_bounds__(kThreads, 1)
+    decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
+                     const __grid_constant__ CUtensorMap xMap, int kTiles, int splits, float* partials,
+                     unsigned* counters) {
+#if TROUPE_DECODE_GEMM_BODY
+  extern __shared__ __align__(1024) uint8_t smemRaw[];
+  bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
+  __shared__ uint64_t full[kStages], empty[kStages];
+  __shared__ float pairSums[4][16][32];
+  __shared__ bool last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+  const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
+  const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
+  const int row0 = tile * kTileRows;
+  if (tid == kConsumers) {
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wMap)) : "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
+  }
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      barrierInit(&full[s], 1);
+      barrierInit(&empty[s], kConsumerWarps / 2);  // the four warps of the group that owns the stage
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  auto stageW = [&](int i) { return smem + (i % kStages) * kStageElems; };
+  auto stageX = [&](int i) { return stageW(i) + kTileRows * kStageK; };
+
+  if (warp == kConsumerWarps) {  // the copying warp
+    if (lane == 0) {
+      auto issueW = [&](int i) {
+        barrierExpect(&full[i % kStages], (kTileRows + kTokens) * kStageK * 2);
+        for (int c = 0; c < kCopies; ++c)
+          tensorCopy(stageW(i) + c * kTileRows * kBox, &wMap, (kt0 + i) * kStageK + c * kBox, row0, &full[i % kStages]);
+      };
+      auto issueX = [&](int i) {
+        for (int c = 0; c < kCopies; ++c)
+          tensorCopy(stageX(i) + c * kTokens * kBox, &xMap, (kt0 + i) * kStageK + c * kBox, 0, &full[i % kStages]);
+      };
+      for (int i = 0; i < kStages && i < count; ++i) issueW(i);
+      pdlWait();
+      for (int i = 0; i < count; ++i) {
+        if (i >= kStages) {
+          barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
+          issueW(i);
+        }
+        issueX(i);
+      }
+    }
+    return;
+  }
+  pdlWait();
+
+  // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
+  const int group = warp >> 2;
+  // acc[j][h] and yBefore[j][h]: row 16 warp + g (+ 8 for h >= 2) of the tile, token 8 j + 2 q +
+  // (h & 1); the first group stores.
+  auto rowOf = [&](int h) { return row0 + (warp & 3) * 16 + g + (h >= 2 ? 8 : 0); };
+  auto tokenOf = [&](int j, int h) { return 8 * j + 2 * q + (h & 1); };
+  float yBefore[4][4] = {};
+  if (args.accumulate && group == 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h)
+        if (rowOf(h) < args.N && tokenOf(j, h) < args.M)
+          yBefore[j][h] = __ldcg(args.Y + static_cast<size_t>(tokenOf(j, h)) * args.ldy + rowOf(h));
+  float acc[4][4] = {};
+  for (int i = group; i < count; i += 2) {
+    barrierWait(&full[i % kStages], (i / kStages) & 1);
+    const bf16_t* w = stageW(i);
+    const bf16_t* x = stageX(i);
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < kStageK / 16; ++kk) {
+      const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
+      wgmma32(acc, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    __syncwarp();
+    if (lane == 0) barrierArrive(&empty[i % kStages]);
+  }
+  // The second group's sums into the first's, through shared memory.
+  if (group == 1)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) pairSums[warp - 4][j * 4 + h][lane] = acc[j][h];
+  consumersSync();
+  if (group == 1) {
+    pdlLaunchDependents();
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 4; ++h) acc[j][h] += pairSums[warp][j * 4 + h][lane];
+
+  if (splits > 1) {
+    // Each part through the workspace; the last block of the tile to finish adds the others' to
+    // its own in block order (the same sum whichever finishes last).
+    float4* mine = reinterpret_cast<float4*>(partials + static_cast<size_t>(blockIdx.x) * kPartFloats);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) __stcg(mine + j * 128 + tid, make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
+    __threadfence();
+    firstGroupSync();
+    if (tid == 0) {
+      last = atomicAdd(counters + tile, 1u) == static_cast<unsigned>(splits - 1);
+      if (last) counters[tile] = 0;  // ready for the next launch, which starts after this one's blocks end
+    }
+    firstGroupSync();
+    if (!last) {
+      pdlLaunchDependents();
+      return;
+    }
+    __threadfence();
+    float sum[4][4] = {};
+    for (int b = tile * splits; b < (tile + 1) * splits; ++b) {
+      const float4* theirs = reinterpret_cast<const float4*>(partials + static_cast<size_t>(b) * kPartFloats);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 v = b == static_cast<int>(blockIdx.x) ? make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3])
+                                                           : __ldcg(theirs + j * 128 + tid);
+        sum[j][0] += v.x, sum[j][1] += v.y, sum[j][2] += v.z, sum[j][3] += v.w;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) acc[j][h] = sum[j][h];
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 4; ++h)
+      if (rowOf(h) < args.N && tokenOf(j, h) < args.M)
+        args.Y[static_cast<size_t>(tokenOf(j, h)) * args.ldy + rowOf(h)] = yBefore[j][h] + acc[j][h];
+  pdlLaunchDependents();
+#endif
+}
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encodeTiled() {
+  static EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found),
+          "cudaGetDriverEntryPointByVersion");
+    if (found != cudaDriverEntryPointSuccess || !p)
+      throw std::runtime_error("the CUDA driver has no cuTensorMapEncodeTiled (compute capability 9.0 needs it)");
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// A [rows][cols] bf16 matrix (rows ld apart) in boxes of kBox x boxRows, 128-byte swizzled.
+CUtensorMap tensorMap(const bf16_t* base, int cols, int rows, int ld, int boxRows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
+  const cuuint32_t box[2] = {kBox, static_cast<cuuint32_t>(boxRows)};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  const CUresult r = encodeTiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16_t*>(base), dims, strides,
+                                   box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw std::runtime_error("cuTensorMapEncodeTiled failed: " + std::to_string(r));
+  return map;
+}
+
+}  // namespace
+
+bool DecodeGemm::available() {
+  static const bool built = [] {
+    int device = 0, major = 0, value = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
+        cudaMemcpyFromSymbol(&value, gDecodeGemmBuilt, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();  // no sm_90a code in this build for this device
+      return false;
+    }
+    return value == 1;
+  }();
+  return built;
+}
+
+DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
+  partials_.ensure(static_cast<size_t>(sms_) * kPartFloats);
+  counters_.ensure(kMaxTiles);
+  check(cudaMemset(counters_.get(), 0, kMaxTiles * sizeof(unsigned)), "cudaMemset");
+  check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
+        "cudaFuncSetAttribute");
+  check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+        "cudaFuncSetAttribute");
+}
+
+bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
+  const int tiles = (a.N + kTileRows - 1) / kTileRows, kTiles = (a.K + kStageK - 1) / kStageK;
+  // One block a multiprocessor (its shared memory), every block of the grid resident at once.
+  return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
+         a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
+         tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_;
+}
+
+void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
+  if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
+  const int tiles = (a.N + kTileRows - 1) / kTileRows, kTiles = (a.K + kStageK - 1) / kStageK;
+  const CUtensorMap wMap = tensorMap(a.W, a.K, a.N, a.ldw, kTileRows);
+  const CUtensorMap xMap = tensorMap(a.X, a.K, a.M, a.ldx, kTokens);
+  launchPdlShared(decodeGemmKernel, dim3(tiles * splits), dim3(kThreads), kSmemBytes, st, pdl, "decode GEMM launch", a,
+                  wMap, xMap, kTiles, splits, partials_.get(), counters_.get());
+}
+
+}  // namespace cuda
+}  // namespace troupe

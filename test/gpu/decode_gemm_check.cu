@@ -1,0 +1,200 @@
+// Stand-alone check of the decode GEMM (native/cuda/decode_gemm.cu) against a host reference: one
+// and two splits a tile, 1 to 32 tokens, K past the last whole stage, N past the last whole tile,
+// accumulating or not, padded leading dimensions. Every case runs three rounds back to back with
+// programmatic launch and must give the same bits each round. With --bench it times Llama-8B's
+// projections at 32 decode tokens, replayed from a CUDA graph, against cuBLAS's GEMM: behind a
+// 2 us kernel, and the down projection behind siluMul as in a decode step.
+//   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
+//        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/kernels.cu \
+//        native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "check_util.h"
+#include "cuda/decode_gemm.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
+
+using namespace kernel_check;
+using namespace troupe::cuda;
+
+namespace {
+
+struct Case {
+  int M, N, K, ld, splits;
+  bool accumulate;
+};
+
+int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
+  std::vector<uint16_t> W(static_cast<size_t>(c.N) * c.ld), X(static_cast<size_t>(c.M) * c.ld);
+  for (auto& v : W) v = toBf16(rng.sym());
+  for (auto& v : X) v = toBf16(rng.sym());
+  std::vector<float> Y0(static_cast<size_t>(c.M) * c.N);
+  for (auto& v : Y0) v = c.accumulate ? 4 * rng.sym() : 0.0f;
+  bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
+  bf16_t* dX = reinterpret_cast<bf16_t*>(upload(X));
+  float* dY = upload(Y0);
+  DecodeGemmArgs a;
+  a.W = dW, a.ldw = c.ld, a.X = dX, a.ldx = c.ld, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
+  a.accumulate = c.accumulate;
+  int bad = 0;
+  if (!gemm.supports(a, c.splits)) {
+    std::printf("FAIL M %d N %d K %d splits %d: not supported\n", c.M, c.N, c.K, c.splits);
+    bad = 1;
+  }
+  std::vector<float> first;
+  double worst = 0;
+  for (int round = 0; round < 3 && !bad; ++round) {
+    CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
+    gemm.run(a, c.splits, st, true);
+    std::vector<float> Y(Y0.size());
+    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (round > 0) {
+      if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
+        std::printf("FAIL M %d N %d K %d: round %d differs from the first\n", c.M, c.N, c.K, round);
+        ++bad;
+      }
+      continue;
+    }
+    first = Y;
+    for (int m = 0; m < c.M; ++m)
+      for (int n = 0; n < c.N; ++n) {
+        double sum = Y0[static_cast<size_t>(m) * c.N + n], mag = 0;
+        for (int k = 0; k < c.K; ++k) {
+          const double p = static_cast<double>(fromBf16(W[static_cast<size_t>(n) * c.ld + k])) *
+                           fromBf16(X[static_cast<size_t>(m) * c.ld + k]);
+          sum += p;
+          mag += std::fabs(p);
+        }
+        // f32 sums over all of K on tensor cores: a bound that grows with the products' size.
+        const double bound = mag / 16384 + 1e-5, err = std::fabs(Y[static_cast<size_t>(m) * c.N + n] - sum);
+        if (!(err <= bound)) ++bad;
+        worst = std::max(worst, err / bound);
+      }
+  }
+  std::printf("%s M %2d N %5d K %5d ld %5d splits %d acc %d: worst %.3f of the bound\n", bad ? "FAIL" : "ok  ", c.M,
+              c.N, c.K, c.ld, c.splits, c.accumulate, worst);
+  cudaFree(dW);
+  cudaFree(dX);
+  cudaFree(dY);
+  return bad ? 1 : 0;
+}
+
+int checks() {
+  if (!DecodeGemm::available()) {
+    std::printf("FAIL: no decode GEMM for this device in this build\n");
+    return 1;
+  }
+  int sms = 0;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  DecodeGemm gemm(sms);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const Case cases[] = {
+      {32, 512, 1024, 1024, 1, false},   {7, 200, 1000, 1008, 2, true},   {1, 64, 256, 256, 1, false},
+      {32, 4096, 14336, 14464, 2, true}, {32, 4096, 4096, 4224, 2, true}, {17, 1000, 2048, 2048, 2, true},
+      {32, 6144, 4096, 4096, 1, false},  {3, 2048, 8192, 8200, 2, true},  {32, 130, 264, 264, 2, false},
+  };
+  Rng rng{5};
+  int failed = 0;
+  for (const Case& c : cases) failed += check(gemm, c, rng, st);
+  std::printf("%d failed\n", failed);
+  return failed == 0 ? 0 : 1;
+}
+
+// A kernel of about 2 us that lets the next one start early, like the norm before a projection.
+__global__ void shortKernel() {
+  pdlLaunchDependents();
+  const long long t0 = clock64();
+  while (clock64() - t0 < 2000) {
+  }
+}
+
+int bench() {
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs; 32 tokens; us a call replayed from a CUDA graph, 4 copies of the weights\n", prop.name,
+              prop.multiProcessorCount);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  Gemm cublas(st);
+  DecodeGemm gemm(prop.multiProcessorCount);
+  struct Shape {
+    const char* name;
+    int N, K, splits;
+    bool accumulate, silu;  // silu: behind siluMul making the rows, as the down projection is
+  };
+  const Shape shapes[] = {{"q/k/v", 6144, 4096, 1, false, false},      {"o", 4096, 4096, 2, true, false},
+                          {"o + r16 pad", 4096, 4224, 2, true, false}, {"down", 4096, 14336, 2, true, false},
+                          {"down", 4096, 14336, 2, true, true},        {"down + r64 pad", 4096, 14848, 2, true, true}};
+  const int T = 32, copies = 4, iters = 64;
+  float *gu = nullptr, *Y = nullptr;
+  CK(cudaMalloc(&gu, static_cast<size_t>(T) * 2 * 14848 * 4));
+  CK(cudaMemset(gu, 0, static_cast<size_t>(T) * 2 * 14848 * 4));
+  CK(cudaMalloc(&Y, static_cast<size_t>(T) * 6144 * 4));
+  CK(cudaMemset(Y, 0, static_cast<size_t>(T) * 6144 * 4));
+  for (const Shape& s : shapes) {
+    bf16_t *W = nullptr, *X = nullptr;
+    const size_t wElems = static_cast<size_t>(s.N) * s.K;
+    CK(cudaMalloc(&W, wElems * copies * 2));
+    CK(cudaMemset(W, 0, wElems * copies * 2));
+    CK(cudaMalloc(&X, static_cast<size_t>(T) * s.K * 2));
+    CK(cudaMemset(X, 0, static_cast<size_t>(T) * s.K * 2));
+    auto before = [&](cudaStream_t s2) {
+      if (s.silu) {
+        siluMul(gu, X, T, s.K, s2, s.K);
+      } else {
+        shortKernel<<<prop.multiProcessorCount, 128, 0, s2>>>();
+      }
+    };
+    auto timed = [&](auto&& call) {
+      const float ms = graphMs(
+          st,
+          [&](cudaStream_t s2) {
+            for (int i = 0; i < iters; ++i) {
+              before(s2);
+              call(i, s2);
+            }
+          },
+          1, 5);
+      return 1000.0 * ms / iters;
+    };
+    const double alone = timed([](int, cudaStream_t) {});
+    const double cb = timed([&](int i, cudaStream_t s2) {
+      (void)s2;
+      cublas.linear(T, s.N, s.K, W + (i % copies) * wElems, s.K, X, s.K, Y, ElemType::F32, 1, s.accumulate ? 1 : 0);
+    });
+    DecodeGemmArgs a;
+    a.ldw = s.K, a.X = X, a.ldx = s.K, a.Y = Y, a.ldy = s.N, a.M = T, a.N = s.N, a.K = s.K;
+    a.accumulate = s.accumulate;
+    auto ours = [&](bool pdl) {
+      return timed([&](int i, cudaStream_t s2) {
+        DecodeGemmArgs b = a;
+        b.W = W + (i % copies) * wElems;
+        gemm.run(b, s.splits, s2, pdl);
+      });
+    };
+    a.W = W;
+    const bool ok = gemm.supports(a, s.splits);
+    std::printf("%-15s behind %-12s (%5.2f): cuBLAS %6.2f, ours %6.2f (launched after it %6.2f)\n", s.name,
+                s.silu ? "siluMul" : "a 2 us kernel", alone, cb, ok ? ours(true) : -1.0, ok ? ours(false) : -1.0);
+    cudaFree(W);
+    cudaFree(X);
+  }
+  cudaFree(gu);
+  cudaFree(Y);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  return checks();
+}
