@@ -258,8 +258,12 @@ EncodeTiled encodeTiled() {
   static EncodeTiled fn = [] {
     void* p = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
     check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found),
           "cudaGetDriverEntryPointByVersion");
+#else  // toolkits before 12.5 have only the unversioned query
+    check(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &found), "cudaGetDriverEntryPoint");
+#endif
     if (found != cudaDriverEntryPointSuccess || !p)
       throw std::runtime_error("the CUDA driver has no cuTensorMapEncodeTiled (compute capability 9.0 needs it)");
     return reinterpret_cast<EncodeTiled>(p);
@@ -290,6 +294,12 @@ bool DecodeGemm::available() {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
         cudaMemcpyFromSymbol(&value, gDecodeGemmBuilt, sizeof(int)) != cudaSuccess) {
       cudaGetLastError();  // no sm_90a code in this build for this device
+      return false;
+    }
+    try {
+      encodeTiled();  // and a driver that makes tensor maps
+    } catch (const std::exception&) {
+      cudaGetLastError();
       return false;
     }
     return value == 1;
