@@ -6,7 +6,8 @@
 // comes after it.
 //
 // Measured on an H200 at Llama-8B's projections (32 tokens, against cuBLAS in the same runs;
-// bench/results/2026-12-01-h200-decode-gemm.json):
+// bench/results/2026-11-30-h200-skinny-gemm-wgmma-trace.json for the first two, then
+// 2026-12-01-h200-decode-gemm.json):
 // - a block's round of one stage costs about 0.28 us however few bytes it carries, so a stage
 //   carries four copies (with one copy a stage the same tiles took 30-50% longer);
 // - two warpgroups taking alternate stages keep two stages' products in flight (5-8% faster than
