@@ -1,4 +1,5 @@
-// Markdown table rows for the README from serve-lora results (bench/serve-lora.js JSON):
+// Markdown table rows for docs/performance.md (the README shows some of their columns) from
+// serve-lora results (bench/serve-lora.js JSON):
 //   node bench/serve-table.js [FILE.json | DIR ...]     (default: bench/results)
 // Fixed-rate runs get one row each; capacity searches a second table.
 import { readFileSync, readdirSync, statSync } from 'node:fs';
