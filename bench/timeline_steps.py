@@ -1,0 +1,108 @@
+"""What each kernel adds to a decode step, from a kernel timeline (bench/kernel_timeline.cc) of
+bench/gpu-lora-profile.js run with PROFILE=1.
+
+    python3 bench/timeline_steps.py TIMELINE.txt [OUT.json]
+
+The steps are split at their embedding kernel as in bench/ncu_steps.py (the context fill, then
+base, 1 adapter and 8 adapters, three steps each, the first of them warm-up). Walking a step's
+kernels in the order they started, each kernel adds to the step what its end reaches past every
+kernel before it ("adds"); time where no kernel ran is counted before the kernel that ends it
+("idle before"), and a kernel that started before the ones ahead of it had ended (programmatic
+launch) shows how much earlier ("early"). A step's span is the sum of what its kernels add and
+its idle time, so the columns say where a step's time goes as the GPU ran it, where Nsight
+Compute's serialized times say only how long each kernel takes alone.
+"""
+import collections
+import json
+import re
+import sys
+
+from ncu_steps import CASES, FILL_STEPS, STEPS_PER_CASE, kernel_label
+
+
+def label(name):
+    # __cxa_demangle writes "(anonymous namespace)" where Nsight Compute writes "<unnamed>".
+    return kernel_label(name.replace("(anonymous namespace)", "anon"))
+
+
+def read_steps(path):
+    kernels = []
+    for line in open(path):
+        parts = line.rstrip("\n").split(" ", 5)
+        if len(parts) < 6:
+            continue
+        start, end, stream, graph, grid, name = parts
+        kernels.append((int(start), int(end), label(name), int(grid)))
+    kernels.sort()
+    steps = []
+    for k in kernels:
+        if k[2] == "embedKernel":
+            steps.append([])
+        if steps:
+            steps[-1].append(k)
+    want = FILL_STEPS + STEPS_PER_CASE * len(CASES)
+    if len(steps) != want:
+        raise SystemExit(f"{path}: {len(steps)} steps, expected {want} (a PROFILE=1 run of gpu-lora-profile.js?)")
+    return steps
+
+
+def walk(step):
+    """Per kernel label: launches, time running, what it adds, idle before it, how early it started (us)."""
+    rows = collections.defaultdict(lambda: collections.Counter())
+    reach = step[0][0]
+    for start, end, name, _ in step:
+        r = rows[name]
+        r["launches"] += 1
+        r["runs"] += (end - start) / 1e3
+        r["adds"] += max(0, end - max(reach, start)) / 1e3
+        r["idle"] += max(0, start - reach) / 1e3
+        r["early"] += max(0, reach - start) / 1e3
+        reach = max(reach, end)
+    return rows, (reach - step[0][0]) / 1e3
+
+
+def per_case(steps):
+    out = {}
+    for c, case in enumerate(CASES):
+        first = FILL_STEPS + STEPS_PER_CASE * c + 1
+        timed = steps[first : FILL_STEPS + STEPS_PER_CASE * (c + 1)]
+        total = collections.defaultdict(collections.Counter)
+        span = 0.0
+        for step in timed:
+            rows, s = walk(step)
+            span += s / len(timed)
+            for name, r in rows.items():
+                for key, v in r.items():
+                    total[name][key] += v / len(timed)
+        kernels = {n: {k: round(v, 1) for k, v in r.items()} for n, r in total.items()}
+        out[case] = {"spanUs": round(span, 1), "kernels": kernels}
+    return out
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit(__doc__)
+    cases = per_case(read_steps(sys.argv[1]))
+    base, last = CASES[0], CASES[-1]
+    names = sorted(set().union(*(c["kernels"] for c in cases.values())),
+                   key=lambda n: -cases[last]["kernels"].get(n, {}).get("adds", 0))
+    for case in CASES:
+        k = cases[case]["kernels"]
+        print(f"\n{case}: step span {cases[case]['spanUs']:.1f} us")
+        print(f"{'kernel':40s} {'launches':>8s} {'runs us':>9s} {'adds us':>9s} {'idle us':>9s} {'early us':>9s}")
+        for n in names:
+            if n in k:
+                r = k[n]
+                print(f"{n:40s} {r['launches']:8.0f} {r['runs']:9.1f} {r['adds']:9.1f} {r.get('idle', 0):9.1f} {r.get('early', 0):9.1f}")
+    print(f"\nwhat {last} add over {base}, by kernel (us a step):")
+    for n in names:
+        d = cases[last]["kernels"].get(n, {}).get("adds", 0) - cases[base]["kernels"].get(n, {}).get("adds", 0)
+        if abs(d) >= 1:
+            print(f"{n:40s} {d:+9.1f}")
+    print(f"{'span':40s} {cases[last]['spanUs'] - cases[base]['spanUs']:+9.1f}")
+    if len(sys.argv) == 3:
+        json.dump(cases, open(sys.argv[2], "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()
