@@ -11,6 +11,10 @@ kernel before it ("adds"); time where no kernel ran is counted before the kernel
 launch) shows how much earlier ("early"). A step's span is the sum of what its kernels add and
 its idle time, so the columns say where a step's time goes as the GPU ran it, where Nsight
 Compute's serialized times say only how long each kernel takes alone.
+
+Then one layer as the GPU ran it, per case: the kernels from one RoPE kernel to the next, their
+start and end after that RoPE kernel's start, averaged over the layers whose kernels match the
+most common sequence.
 """
 import collections
 import json
@@ -75,8 +79,28 @@ def per_case(steps):
                 for key, v in r.items():
                     total[name][key] += v / len(timed)
         kernels = {n: {k: round(v, 1) for k, v in r.items()} for n, r in total.items()}
-        out[case] = {"spanUs": round(span, 1), "kernels": kernels}
+        out[case] = {"spanUs": round(span, 1), "kernels": kernels, "layer": layer_cycle(timed)}
     return out
+
+
+def layer_cycle(steps):
+    """The most common kernel sequence from one ropeKvKernel to the next, with mean start and end (us)."""
+    cycles = []
+    for step in steps:
+        at = [i for i, k in enumerate(step) if k[2] == "ropeKvKernel"]
+        for a, b in zip(at, at[1:]):
+            t0 = step[a][0]
+            cycles.append([(k[2], (k[0] - t0) / 1e3, (k[1] - t0) / 1e3) for k in step[a:b]])
+    if not cycles:
+        return []
+    shapes = collections.Counter(tuple(k[0] for k in c) for c in cycles)
+    shape, _ = shapes.most_common(1)[0]
+    same = [c for c in cycles if tuple(k[0] for k in c) == shape]
+    return [
+        {"kernel": name, "startUs": round(sum(c[i][1] for c in same) / len(same), 2),
+         "endUs": round(sum(c[i][2] for c in same) / len(same), 2)}
+        for i, name in enumerate(shape)
+    ]
 
 
 def main():
@@ -94,6 +118,11 @@ def main():
             if n in k:
                 r = k[n]
                 print(f"{n:40s} {r['launches']:8.0f} {r['runs']:9.1f} {r['adds']:9.1f} {r.get('idle', 0):9.1f} {r.get('early', 0):9.1f}")
+    for case in CASES:
+        print(f"\none layer, {case} (us after its RoPE kernel starts):")
+        print(f"{'kernel':40s} {'start':>8s} {'end':>8s} {'runs':>8s}")
+        for k in cases[case]["layer"]:
+            print(f"{k['kernel']:40s} {k['startUs']:8.2f} {k['endUs']:8.2f} {k['endUs'] - k['startUs']:8.2f}")
     print(f"\nwhat {last} add over {base}, by kernel (us a step):")
     for n in names:
         d = cases[last]["kernels"].get(n, {}).get("adds", 0) - cases[base]["kernels"].get(n, {}).get("adds", 0)
