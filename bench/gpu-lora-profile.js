@@ -8,6 +8,9 @@
 //   python3 bench/ncu_steps.py prof.csv [OUT.json]             GPU time per kernel and case
 // Under PROFILE=1 each case runs 3 steps (one of warm-up), so the profile stays a few thousand
 // kernels; bench/ncu_steps.py splits the steps at their embedding kernel.
+// Nsight Compute runs kernels one at a time; to see the steps as the GPU ran them (overlap and
+// programmatic launches included), run under bench/kernel_timeline.cc instead (its header) and
+// read it with bench/timeline_steps.py.
 import { join } from 'node:path';
 
 import { loraEngineOptions, loraWorkload } from './gpu-steps.js';
