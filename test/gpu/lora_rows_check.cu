@@ -6,7 +6,9 @@
 // many cuts a row, every written column of every row: the row as rmsnorm / siluMul would write
 // it, the token's slot's scaled shrink outputs (zero past its rank, whatever A holds there) and
 // zeros in every other padding column. With --bench it times both ways at an 8B model's decode
-// shapes, replayed from a CUDA graph, beside what the base model pays to make the same rows.
+// shapes, replayed from a CUDA graph, beside what the base model pays to make the same rows;
+// --bench GROUP RANK times one group at one rank (and skips the shape sweep), so that a profiler
+// can be pointed at its launches.
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
 //        native/cuda/lora_rows.cu native/cuda/lora_item_shrink.cu native/cuda/kernels.cu && /tmp/rows [--bench]
 #include <cuda_runtime.h>
@@ -258,7 +260,7 @@ int run(const Case& c, Rng& rng) {
 // and 64, timed as replays of one CUDA graph (as a decode step runs): what the base model pays to
 // make the rows (rmsnorm, siluMul, nothing for a copy), the row shrink's way and the item
 // shrink's way of making the rows and their LoRA columns. Each call reads another layer's A.
-int bench() {
+int bench(const char* only, int onlyRank) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, %d SMs; 32 tokens, 8 slots, A rotated over 32 layers; us a call in a graph\n", prop.name,
@@ -297,9 +299,11 @@ int bench() {
   graphGrid.gridItems = std::min(T, T / 16 + std::min(T, slots));
   graphGrid.gridTiles = 1;
   for (int R : {16, 64}) {
+    if (onlyRank != 0 && R != onlyRank) continue;
     std::vector<int32_t> hRanks(static_cast<size_t>(slots) * kModules, R);
     ranks = upload(hRanks);
     for (const Group& g : groups) {
+      if (only && std::strcmp(only, g.name) != 0) continue;
       const int pad = ((g.split ? 1 : g.count) * slots * R + 7) / 8 * 8, ld = g.in + pad;
       CK(cudaMalloc(&xa, static_cast<size_t>(g.split ? g.count : 1) * T * ld * 2));
       AugmentedRows out;
@@ -362,6 +366,11 @@ int bench() {
           R, g.name, base, rows, rows - base, itemUs, itemUs - base, pdlUs, pdlUs - base, graphUs, graphUs - base);
       // The item shrink's block shapes, early-launched over the graph's grid: outputs a warp x warps
       // sharing an output's features.
+      if (only) {
+        cudaFree(a);
+        cudaFree(xa);
+        continue;
+      }
       std::printf("rank %2d %-8s shapes (+us over the rows):", R, g.name);
       for (int outW : {1, 2, 4})
         for (int split : {1, 2, 4, 8, 16}) {
@@ -381,7 +390,8 @@ int bench() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0)
+    return argc > 3 ? bench(argv[2], std::atoi(argv[3])) : bench(nullptr, 0);
   Rng rng{11};
   int failed = 0;
   for (RowSource s : {RowSource::kNorm, RowSource::kSiluMul, RowSource::kCopy}) {
