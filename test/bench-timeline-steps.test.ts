@@ -1,0 +1,96 @@
+// bench/timeline_steps.py: reads a kernel timeline (bench/kernel_timeline.cc) of
+// bench/gpu-lora-profile.js, splits it into steps at their embedding kernel and says, per case,
+// what each kernel adds to a step, the idle time before it and how early it started, and lays out
+// one layer from a RoPE kernel to the next.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const embed = 'troupe::(anonymous namespace)::embedKernel(const unsigned short*, int)';
+const rope = 'troupe::(anonymous namespace)::ropeKvKernel(float*, int)';
+const gemm = 'nvjet_sm90_tss_128x32_64x10_2x1_v_bz_TNT';
+const shrink = 'void troupe::cuda::(anonymous namespace)::itemShrinkKernel<256, 1, 8>(const unsigned short*, int)';
+
+type Kernel = [name: string, startUs: number, endUs: number];
+type Row = { launches: number; runs: number; adds: number; idle: number; early: number };
+type Case = { spanUs: number; kernels: Record<string, Row>; layer: { kernel: string; startUs: number; endUs: number }[] };
+
+/** Timeline lines of one step starting at t0 (us): its embedding kernel (1 us), then the kernels. */
+function step(t0: number, kernels: Kernel[]): string[] {
+  const line = ([name, s, e]: Kernel) => `${Math.round((t0 + s) * 1e3)} ${Math.round((t0 + e) * 1e3)} 7 3 132 ${name}`;
+  return [line([embed, 0, 1]), ...kernels.map(line)];
+}
+
+function run(lines: string[]): { stdout: string; json: Record<string, Case> } {
+  const dir = mkdtempSync(join(tmpdir(), 'timeline-steps-'));
+  // The records come in the order CUPTI hands back its buffers, not by start.
+  writeFileSync(join(dir, 'timeline.txt'), [...lines].reverse().join('\n') + '\n');
+  const stdout = execFileSync('python3', ['bench/timeline_steps.py', join(dir, 'timeline.txt'), join(dir, 'out.json')], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return { stdout, json: JSON.parse(readFileSync(join(dir, 'out.json'), 'utf8')) };
+}
+
+/** The benchmark's steps: 4 that fill the context, then 3 per case (the first warm-up, far slower). */
+function profile(cases: Kernel[][]): string[] {
+  const lines: string[] = [];
+  let t0 = 0;
+  const add = (kernels: Kernel[]) => {
+    lines.push(...step(t0, kernels));
+    t0 += 10_000;
+  };
+  for (let i = 0; i < 4; i++) add([[gemm, 2, 50]]);
+  for (const kernels of cases) {
+    add(kernels.map(([n, s, e]) => [n, s * 10, e * 10] as Kernel));
+    add(kernels);
+    add(kernels);
+  }
+  return lines;
+}
+
+describe('timeline_steps.py', () => {
+  it('says what each kernel adds, the idle time before it and how early it started, per case', () => {
+    const layer = (at: number, extra: Kernel[]): Kernel[] => [[rope, at, at + 5], [gemm, at + 6, at + 20], ...extra];
+    const { json, stdout } = run(
+      profile([
+        [...layer(2, []), ...layer(30, [])],
+        [...layer(2, [[shrink, 8, 12]]), ...layer(30, [[shrink, 36, 40]])].sort((a, b) => a[1] - b[1]),
+        [
+          // A shrink before each GEMM, which starts 2 us before the shrink ends.
+          [rope, 2, 7],
+          [shrink, 8, 12],
+          [gemm, 10, 30],
+          [rope, 31, 36],
+          [shrink, 37, 41],
+          [gemm, 39, 59],
+        ],
+      ]),
+    );
+    // Base: embed 0-1, idle 1, RoPE 2-7, idle 1, GEMM 8-22, idle 8, RoPE 30-35, idle 1, GEMM 36-50.
+    expect(json['base']!.spanUs).toBe(50);
+    expect(json['base']!.kernels['ropeKvKernel']).toEqual({ launches: 2, runs: 10, adds: 10, idle: 9, early: 0 });
+    expect(json['base']!.kernels[gemm]).toEqual({ launches: 2, runs: 28, adds: 28, idle: 2, early: 0 });
+    // 8 adapters: the GEMM starts 2 us before the shrink ends, so it adds only what reaches past it.
+    const eight = json['8 adapters']!;
+    expect(eight.spanUs).toBe(59);
+    expect(eight.kernels['itemShrinkKernel']).toEqual({ launches: 2, runs: 8, adds: 8, idle: 2, early: 0 });
+    expect(eight.kernels[gemm]).toEqual({ launches: 2, runs: 40, adds: 36, idle: 0, early: 4 });
+    // One layer, from its RoPE kernel's start, the same in both layers of the step.
+    expect(eight.layer).toEqual([
+      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5 },
+      { kernel: 'itemShrinkKernel', startUs: 6, endUs: 10 },
+      { kernel: gemm, startUs: 8, endUs: 28 },
+    ]);
+    expect(stdout).toMatch(/what 8 adapters add over base, by kernel/);
+    expect(stdout).toMatch(/itemShrinkKernel\s+\+8\.0/);
+    expect(stdout).toMatch(/span\s+\+9\.0/);
+  });
+
+  it('refuses a timeline whose steps do not match the benchmark', () => {
+    const lines = [...step(0, [[gemm, 2, 5]]), ...step(100, [[gemm, 2, 5]])];
+    expect(() => run(lines)).toThrow(/2 steps, expected 13/);
+  });
+});
