@@ -366,18 +366,15 @@ int bench(const char* only, int onlyRank) {
           R, g.name, base, rows, rows - base, itemUs, itemUs - base, pdlUs, pdlUs - base, graphUs, graphUs - base);
       // The item shrink's block shapes, early-launched over the graph's grid: outputs a warp x warps
       // sharing an output's features.
-      if (only) {
-        cudaFree(a);
-        cudaFree(xa);
-        continue;
+      if (!only) {
+        std::printf("rank %2d %-8s shapes (+us over the rows):", R, g.name);
+        for (int outW : {1, 2, 4})
+          for (int split : {1, 2, 4, 8, 16}) {
+            if (split == 16 && g.in <= 8192) continue;
+            std::printf(" %dx%d %4.1f", outW, split, item(true, graphGrid, ItemShrinkShape{outW, split}) - base);
+          }
+        std::printf("\n");
       }
-      std::printf("rank %2d %-8s shapes (+us over the rows):", R, g.name);
-      for (int outW : {1, 2, 4})
-        for (int split : {1, 2, 4, 8, 16}) {
-          if (split == 16 && g.in <= 8192) continue;
-          std::printf(" %dx%d %4.1f", outW, split, item(true, graphGrid, ItemShrinkShape{outW, split}) - base);
-        }
-      std::printf("\n");
       cudaFree(a);
       cudaFree(xa);
     }
