@@ -1,6 +1,6 @@
-// The CUDA backend's class, whose members are defined in backend.cc (construction, inputs, the
-// forward pass and attention), backend_lora.cc (the projections with their LoRA deltas and the
-// pool's slots) and backend_sample.cc (sampling and what a step returns).
+// The CUDA backend's class, whose members are defined in backend.cc (construction and buffers),
+// backend_step.cc (inputs, the forward pass and attention), backend_lora.cc (the projections with
+// their LoRA deltas and the pool's slots) and backend_sample.cc (sampling and what a step returns).
 #pragma once
 
 #include <cstdlib>

@@ -1,0 +1,346 @@
+// The CUDA backend's step: its inputs uploaded, the plan run (replayed from a CUDA graph where
+// it can be), the decoder forward, the projections without LoRA and attention. The class is in
+// backend_impl.h; construction is in backend.cc.
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "comm.h"
+#include "cuda/backend_impl.h"
+#include "cuda/collective.h"
+#include "cuda/device.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+#include "cuda/lora_chunks.h"
+#include "cuda/lora_fused.h"
+#include "cuda/timing.h"
+#include "cuda/weights.h"
+#include "sampling.h"
+#include "slot_table.h"
+
+namespace troupe {
+namespace cuda_engine {
+
+namespace {
+
+// Scores of one prefill tile (f32) stay under this many bytes; longer prompts run in tiles.
+constexpr size_t kScoreBudgetBytes = 256u << 20;
+
+}  // namespace
+
+void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
+  p.n = static_cast<int>(b.numSeqs());
+  p.T = static_cast<int>(b.tokens.size);
+  std::vector<int32_t> decIdx, rows;
+  int longest = 0;
+  for (int i = 0; i < p.n; ++i) {
+    const int count = b.seqStarts[i + 1] - b.seqStarts[i];
+    if (count == 1) {
+      decIdx.push_back(b.seqStarts[i]);
+      longest = std::max(longest, static_cast<int>(b.contextLens[i]));
+    } else {
+      p.prefillSeqs.push_back(i);
+    }
+    if (b.sample[i]) rows.push_back(b.seqStarts[i + 1] - 1);
+  }
+  p.decodes = static_cast<int>(decIdx.size());
+  p.sampled = static_cast<int>(rows.size());
+  if (p.decodes > 0) {
+    p.splits = cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnMma_ != nullptr, longest);
+  }
+  if (b.maxBlocksPerSeq > pitch_) {
+    pitch_ = b.maxBlocksPerSeq;
+    ++generation_;
+  }
+  // LoRA work items: csgmv gathers each slot's tokens across sequences and cuts them into chunks;
+  // sgmv makes one item per sequence.
+  std::vector<int32_t> perm, itemStart{0}, itemSlot;
+  if (lora_) {
+    std::vector<std::vector<int>> bySlot(lora_->slots());
+    for (int i = 0; i < p.n; ++i) {
+      const int slot = b.loraSlots[i];
+      if (slot < 0) continue;
+      if (bySlot[slot].empty()) p.loraSlotsUsed.push_back(slot);
+      if (o_.loraSgmv) {
+        for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) perm.push_back(t);
+        itemStart.push_back(static_cast<int32_t>(perm.size()));
+        itemSlot.push_back(slot);
+      }
+      for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) bySlot[slot].push_back(t);
+    }
+    if (!o_.loraSgmv) {
+      for (int slot : p.loraSlotsUsed) {
+        const auto& toks = bySlot[slot];
+        for (size_t k = 0; k < toks.size(); k += o_.loraChunkSize) {
+          const size_t e = std::min(toks.size(), k + o_.loraChunkSize);
+          perm.insert(perm.end(), toks.begin() + k, toks.begin() + e);
+          itemStart.push_back(static_cast<int32_t>(perm.size()));
+          itemSlot.push_back(slot);
+        }
+      }
+    }
+    p.loraItems = static_cast<int>(itemSlot.size());
+    int longest = 0;
+    for (int i = 0; i < p.loraItems; ++i) longest = std::max(longest, itemStart[i + 1] - itemStart[i]);
+    p.loraTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
+  }
+  // The prefill chunks' attention tiles: every chunk of the step in one launch.
+  std::vector<cuda::PrefillTile> tiles;
+  if (prefillMma_ && !p.prefillSeqs.empty()) {
+    std::vector<cuda::PrefillChunk> chunks;
+    for (int i : p.prefillSeqs) {
+      const int t0 = b.seqStarts[i], count = b.seqStarts[i + 1] - t0;
+      chunks.push_back(cuda::PrefillChunk{t0, count, static_cast<int>(b.contextLens[i]) - count});
+    }
+    tiles = cuda::prefillAttentionTiles(chunks, headsPerKv_);
+  }
+  p.prefillTiles = static_cast<int>(tiles.size());
+  const size_t T = p.T, n = p.n, D = std::max(p.decodes, 1), S = std::max(p.sampled, 1);
+  const size_t loraInts = lora_ ? 4 * T + 2 : 0;
+  const size_t tileInts = 3 * tiles.size();
+  // A step with prefill past the decode bound takes its shrink by chunks when its runs allow
+  // (lora_chunks.h). Only such steps: a CUDA graph would keep the chunks of the step it captured.
+  std::vector<int32_t> chunks;
+  loraChunkClasses_.clear();
+  if (lora_ && o_.loraKernel == LoraKernel::kFused && p.T > fusedSplitMaxTokens_ && p.loraItems > 0 &&
+      !p.prefillSeqs.empty())
+    loraChunkClasses_ = cuda::planLoraChunks(b.seqStarts.data, b.loraSlots.data, p.n, shrinkChunkSizes_, chunks);
+  const size_t total = 3 * T + D + S + n * pitch_ + loraInts + chunks.size() + tileInts;
+  hostInts_.ensure(total);
+  if (ints_.ensure(total)) ++generation_;
+  int32_t* h = hostInts_.get();
+  std::copy(b.tokens.data, b.tokens.data + T, h);
+  std::copy(b.positions.data, b.positions.data + T, h + T);
+  for (size_t i = 0; i < n; ++i)
+    std::fill(h + 2 * T + b.seqStarts[i], h + 2 * T + b.seqStarts[i + 1], static_cast<int32_t>(i));
+  std::copy(decIdx.begin(), decIdx.end(), h + 3 * T);
+  std::copy(rows.begin(), rows.end(), h + 3 * T + D);
+  int32_t* bt = h + 3 * T + D + S;
+  for (size_t i = 0; i < n; ++i) {
+    std::copy(b.blockTables.data + i * b.maxBlocksPerSeq, b.blockTables.data + (i + 1) * b.maxBlocksPerSeq,
+              bt + i * pitch_);
+    std::fill(bt + i * pitch_ + b.maxBlocksPerSeq, bt + (i + 1) * pitch_, -1);
+  }
+  int32_t* li = bt + n * pitch_;
+  if (lora_) {
+    std::fill(li, li + loraInts, 0);
+    std::copy(perm.begin(), perm.end(), li);
+    std::copy(itemStart.begin(), itemStart.end(), li + T);
+    std::copy(itemSlot.begin(), itemSlot.end(), li + 2 * T + 1);
+    li[3 * T + 1] = p.loraItems;
+    int32_t* rowSlot = li + 3 * T + 2;
+    for (size_t i = 0; i < n; ++i)
+      std::fill(rowSlot + b.seqStarts[i], rowSlot + b.seqStarts[i + 1], static_cast<int32_t>(b.loraSlots[i]));
+  }
+  std::copy(chunks.begin(), chunks.end(), li + loraInts);
+  for (size_t k = 0; k < tiles.size(); ++k) {
+    int32_t* at = h + (total - tileInts) + 3 * k;
+    at[0] = tiles[k].t0;
+    at[1] = tiles[k].count;
+    at[2] = tiles[k].row;
+  }
+  check(cudaMemcpyAsync(ints_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_), "input upload");
+  int32_t* dv = ints_.get();
+  dTokens_ = dv;
+  map_ = cuda::TokenMap{dv + T, dv + 2 * T, dv + 3 * T + D + S, pitch_, p.T};
+  dDecIdx_ = dv + 3 * T;
+  dRows_ = dv + 3 * T + D;
+  if (lora_) {
+    const int32_t* dl = dv + 3 * T + D + S + n * pitch_;
+    loraItems_ = cuda::LoraItems{dl, dl + T, dl + 2 * T + 1, dl + 3 * T + 1, p.loraItems, p.loraTiles};
+    dRowSlot_ = dl + 3 * T + 2;
+    dLoraChunks_ = dl + loraInts;
+  }
+  dPrefillTiles_ = reinterpret_cast<const cuda::PrefillTile*>(dv + (total - tileInts));
+}
+
+bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
+  if (timer_.enabled() || !comm_->capturable() || o_.cudaGraphMaxBs <= 0 || p.n > o_.cudaGraphMaxBs ||
+      !p.prefillSeqs.empty())
+    return false;
+  return p.sampled == p.n;  // every row sampled: the rows list is then the identity
+}
+
+void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  // The slots this batch uses stay as they are until it ends (run() waits for their copies on
+  // the GPU, and synchronizes before returning); fills of other slots go on meanwhile.
+  std::optional<SlotTable::Lease> lease;
+  if (lora_) lease.emplace(lora_->table().acquire(b.loraSlots));
+  // Every rank checks the same batch against the same slot states, so a bad batch fails on all
+  // of them before any collective.
+  validateBatch(b, c_, info_.kvBlocks, info_.blockSize, lease ? lease->loaded() : noSlots_);
+  try {
+    run(b, out);
+  } catch (const std::exception& e) {
+    // The other ranks would wait for this one forever.
+    releaseGroup(tp_, std::string("failed during a step: ") + e.what());
+    throw;
+  }
+}
+
+void CudaBackend::run(const StepBatch& b, StepOutput& out) {
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  Plan p;
+  uploadInputs(b, p);
+  ensureActivations(p.T, p.decodes, p.splits, p.sampled);
+  stepHasLora_ = p.loraItems > 0;
+  for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
+  if (graphable(b, p)) {
+    // A replayed graph reads the item count from device memory: launch for the most items a
+    // step of this size can have.
+    if (stepHasLora_) {
+      // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
+      // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
+      // most floor(T / chunk) + (slots used) items; the blocks past the real ones only exit.
+      const int chunk = o_.loraChunkSize;
+      loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, o_.loraSlots));
+      const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
+      loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
+    }
+    Graph& g = graphs_[{p.n, stepHasLora_, p.splits}];
+    if (!g.exec || g.generation != generation_) {
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+      cudaGraph_t graph;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
+      try {
+        forward(nullptr, p);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph), "graph capture");
+      const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e, "cudaGraphInstantiate");
+      g.generation = generation_;
+    }
+    check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+  } else {
+    timer_.begin(p.prefillSeqs.empty() ? "decode b" + std::to_string(p.n)
+                                       : "prefill " + std::to_string(p.T) + " tokens");
+    forward(&b, p);
+    timer_.mark("sample", stream_);
+  }
+  if (tp_.rank == 0) {
+    sample(b, p, out);
+  } else {
+    check(cudaStreamSynchronize(stream_), "step");
+  }
+  timer_.end(stream_);
+}
+
+void CudaBackend::forward(const StepBatch* b, const Plan& p) {
+  const int h = c_.hiddenSize, inter = c_.intermediateSize, T = p.T;
+  const float eps = static_cast<float>(c_.rmsNormEps);
+  timer_.mark("embed", stream_);
+  cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, tp_.vocabStart, tp_.vocabCount, stream_);
+  comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
+  for (int l = 0; l < c_.numLayers; ++l) {
+    const cuda::GpuLayer& L = w_->layers[l];
+    const int qkvOffsets[3] = {0, qDim_, qDim_ + kvDim_};
+    const cuda::RowInput inputNorm{cuda::RowSource::kNorm, hidden_.get(), L.inputNorm, eps};
+    projection(l, cuda::kQkvWeight, "qkv", {kQ, kK, kV}, qkvOffsets, inputNorm, xn_.get(), qkv_.get(),
+               qDim_ + 2 * kvDim_, false);
+    // Qwen2's biases and Qwen3's per-head norms, after the LoRA deltas as PEFT adds them to the
+    // projection's output; nothing for Llama and Mistral.
+    cuda::qkvBiasNorm(qkv_.get(), L.qkvBias, L.qNorm, L.kNorm, T, shape_, eps, stream_);
+    timer_.mark("rope", stream_);
+    cuda::ropeKv(qkv_.get(), invFreq_.get(), map_, shape_, q_.get(), kCache_ + l * layerStride_,
+                 vCache_ + l * layerStride_, stream_);
+    timer_.mark("attention", stream_);
+    attention(l, b, p);
+    const int zero[1] = {0};
+    // The rank's LoRA shrink saw only its heads' input columns; the expand is linear, so the
+    // all-reduce below sums the rank-r shrink outputs as well.
+    projection(l, cuda::kOWeight, "o", {kO}, zero, attentionRows(), nullptr, hidden_.get(), h, keepsResidual());
+    reducePartial(T);
+    const int guOffsets[2] = {0, inter};
+    const cuda::RowInput postNorm{cuda::RowSource::kNorm, hidden_.get(), L.postNorm, eps};
+    projection(l, cuda::kGateUpWeight, "gate_up", {kGate, kUp}, guOffsets, postNorm, xn_.get(), gateUp_.get(),
+               2 * inter, false);
+    const cuda::RowInput silu{cuda::RowSource::kSiluMul, gateUp_.get()};
+    projection(l, cuda::kDownWeight, "down", {kDown}, zero, silu, act_.get(), hidden_.get(), h, keepsResidual());
+    reducePartial(T);
+  }
+  if (p.sampled > 0) {
+    timer_.mark("head", stream_);
+    cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
+    if (tp_.size == 1) {
+      project(p.sampled, c_.vocabSize, h, w_->head, h, xs_.get(), h, logits_.get(), false);
+    } else {
+      project(p.sampled, tp_.vocabPart, h, w_->head, h, xs_.get(), h, vocabPart_.get(), false);
+      comm_->allGather(vocabPart_.get(), static_cast<size_t>(p.sampled) * tp_.vocabPart, vocabParts_.get(), stream_);
+      cuda::joinVocab(vocabParts_.get(), p.sampled, tp_.vocabPart, logits_.get(), c_.vocabSize, stream_);
+    }
+  }
+  check(cudaGetLastError(), "kernel launch");
+}
+
+void CudaBackend::reducePartial(int T) {
+  if (tp_.size == 1) return;
+  timer_.mark("all-reduce", stream_);
+  comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * c_.hiddenSize, stream_);
+}
+
+void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
+                          bool accumulate) {
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldx, a.Y = Y, a.ldy = N, a.M = M, a.N = N, a.K = K, a.accumulate = accumulate;
+  if (gemvEnabled_ && cuda::gemvSupported(M, K, W, ldw, X, ldx)) {
+    cuda::gemv(W, ldw, X, ldx, Y, M, N, K, accumulate, stream_);
+  } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
+    // The projections that add into the residual (o, down): see decode_gemm.h.
+    decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
+  } else {
+    gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);
+  }
+}
+
+void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
+  bf16_t* kc = kCache_ + l * layerStride_;
+  bf16_t* vc = vCache_ + l * layerStride_;
+  oColumnsMade_ = false;
+  if (p.decodes > 0) {
+    const cuda::OLoraEpilogue epi = p.prefillSeqs.empty() ? oLoraEpilogue(l) : cuda::OLoraEpilogue{};
+    oColumnsMade_ = cuda::decodeAttention(q_.get(), kc, vc, dDecIdx_, p.decodes, map_, shape_, p.splits, partial_.get(),
+                                          partialMl_.get(), attn_.get(), stream_, attnMma_, epi);
+  }
+  if (p.prefillSeqs.empty()) return;
+  const int G = headsPerKv_, D = c_.headDim, KVH = c_.numKvHeads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  if (prefillMma_) {
+    prefillMma_(q_.get(), kc, vc, map_, shape_, dPrefillTiles_, p.prefillTiles, scale, attn_.get(), stream_);
+    return;
+  }
+  for (int i : p.prefillSeqs) {
+    const int t0 = b->seqStarts[i], count = b->seqStarts[i + 1] - t0, ctx = b->contextLens[i];
+    const int firstPos = ctx - count;
+    const size_t gathered = static_cast<size_t>(KVH) * ctx * D;
+    if (kGather_.ensure(gathered) | vGather_.ensure(gathered)) ++generation_;
+    cuda::gatherKv(kc, vc, map_, i, ctx, shape_, kGather_.get(), vGather_.get(), stream_);
+    const size_t perToken = static_cast<size_t>(KVH) * G * ctx;
+    const int tile = static_cast<int>(std::clamp<size_t>(kScoreBudgetBytes / 4 / perToken, 1, count));
+    for (int ts = 0; ts < count; ts += tile) {
+      const int tn = std::min(tile, count - ts);
+      const int keys = firstPos + ts + tn;
+      const int rows = tn * G;
+      const size_t sc = static_cast<size_t>(KVH) * rows * keys;
+      if (scores_.ensure(sc) | probs_.ensure(sc) | heads_.ensure(static_cast<size_t>(KVH) * rows * D)) ++generation_;
+      gemm_->batched(true, false, keys, rows, D, scale, kGather_.get(), D, static_cast<long long>(ctx) * D,
+                     q_.get() + static_cast<size_t>(t0 + ts) * G * D, D, static_cast<long long>(p.T) * G * D, 0,
+                     scores_.get(), ElemType::F32, keys, static_cast<long long>(rows) * keys, KVH);
+      cuda::causalSoftmax(scores_.get(), probs_.get(), KVH, tn, G, keys, firstPos + ts, shape_.window, stream_);
+      gemm_->batched(false, false, D, rows, keys, 1, vGather_.get(), D, static_cast<long long>(ctx) * D, probs_.get(),
+                     keys, static_cast<long long>(rows) * keys, 0, heads_.get(), ElemType::BF16, D,
+                     static_cast<long long>(rows) * D, KVH);
+      cuda::scatterHeads(heads_.get(), attn_.get(), tn, t0 + ts, shape_, stream_);
+    }
+  }
+}
+
+}  // namespace cuda_engine
+}  // namespace troupe
