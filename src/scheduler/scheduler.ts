@@ -3,10 +3,11 @@
 import type { AdapterStatus } from '../api.js';
 import type { StepBatch, StepResult } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { adapterToPause, mostDraining, soonestToFree, tokensLeft, tokensLeftByAdapter } from './admission.js';
+import { adapterToPause } from './admission.js';
+import { AdmissionWalk } from './admission-walk.js';
 import { AdapterRegistry, type AdapterCounters, type AdapterDetail, type AdapterTransition } from './adapter-registry.js';
 import { buildBatch, type StepEntry } from './batch-builder.js';
-import { insertByArrival, mergeByArrival } from './arrival-order.js';
+import { insertByArrival } from './arrival-order.js';
 import type { SchedulerLoad, SchedulerOptions, SchedulerStats, StepFailure } from './scheduler-types.js';
 import { StepFlights } from './step-flights.js';
 import { SequenceSlots } from './sequence-slots.js';
@@ -27,8 +28,6 @@ export class Scheduler {
   private readonly ending = new Map<string, number>();
   /** The same for requests a later step in flight still has rows of (see StepFlights.afterFlights). */
   private readonly endingLater = new Map<string, number>();
-  /** Arrivals of the requests a step admitted, by adapter, reported the same way. */
-  private readonly started = new Map<string, number[]>();
   private readonly running: Sequence[] = [];
   private readonly byId = new Map<string, Sequence>();
   private pendingEvents: TokenEvent[] = [];
@@ -39,25 +38,11 @@ export class Scheduler {
   private readonly distinct: Array<string | null> = [];
   /** The queueVersion `distinct` was counted at (admission adds to it, and changes the version when it does). */
   private distinctAt = -1;
-  private readonly claims: Array<string | null> = [];
-  private readonly draining: Array<string | null> = [];
-  private readonly left: number[] = [];
-  /**
-   * The requests one admission walk admits, in arrival order: they join `running` together, in
-   * one merge, once the walk ends. Inserted one by one, each that is older than the newest
-   * running request (it waited for a place while newer ones ran) walked back over and moved the
-   * running requests newer than it.
-   */
-  private readonly admitted: Sequence[] = [];
   /** Changes whenever a request enters or leaves the waiting queue or the running list. */
   private queueVersion = 0;
-  /** The versions when the admission walk last admitted nothing with no prefill running (queue -1: none). */
-  private readonly idleWalk = { queue: -1, placement: -1 };
   private arrivals = 0;
   /** The adapter index's version when the last step was scheduled. */
   private versionAtSchedule = -1;
-  /** When the longest wait for a place in the last schedule() began (a step count), or -1. */
-  private oldestPlaceWait = -1;
   /** Requests paused for a place that have not run again yet; no other adapter is paused meanwhile. */
   private readonly paused = new Set<Sequence>();
   /** Running requests preempted so far, for KV cache room and for a place. */
@@ -66,6 +51,8 @@ export class Scheduler {
   private readonly seqSlots = new SequenceSlots();
   /** Every sequence's tokens (token-pool.ts). */
   private readonly tokenPool = new TokenPool();
+  /** Which waiting requests join each step (admission-walk.ts). */
+  private readonly walk: AdmissionWalk;
 
   constructor(private readonly opts: SchedulerOptions) {
     for (const k of ['maxRunningRequests', 'chunkedPrefillSize', 'maxLorasPerBatch', 'contextLength'] as const) {
@@ -83,6 +70,21 @@ export class Scheduler {
       evictionPolicy: opts.evictionPolicy,
       maxLoraRank: opts.maxLoraRank,
       loraModules: opts.loraModules,
+    });
+    this.walk = new AdmissionWalk({
+      opts,
+      registry: this.registry,
+      kv: this.kv,
+      distinct: this.distinct,
+      paused: this.paused,
+      running: this.running,
+      waiting: () => this.waiting,
+      stepCount: () => this.flights.sentCount,
+      queueVersion: () => this.queueVersion,
+      bumpQueueVersion: () => {
+        this.queueVersion++;
+      },
+      setEntry: (i, s, chunk, slot) => this.setEntry(i, s, chunk, slot),
     });
   }
 
@@ -233,7 +235,7 @@ export class Scheduler {
     // do the step's adapters, which are not counted again over every running request.
     const distinct = this.distinct;
     if (this.distinctAt !== this.queueVersion) this.countStepAdapters();
-    n = this.admitWaiting(n, budget);
+    n = this.walk.run(n, budget);
 
     this.pump();
     if (n === 0) {
@@ -270,133 +272,6 @@ export class Scheduler {
     distinct.length = 0;
     for (let r = 0; r < this.running.length; r++) addOnce(distinct, this.running[r]!.init.lora);
     this.distinctAt = this.queueVersion;
-  }
-
-  /**
-   * Admits waiting requests into the step after its `n` running entries, within `budget`
-   * prefill tokens; returns the step's entry count.
-   *
-   * Waiting requests are admitted first come, first served, within --max-loras-per-batch distinct
-   * adapters. A request for an adapter already in the step needs no new place, so it is
-   * admitted even while an older request waits for one: the step fills with the requests
-   * its adapters can take instead of running a few rows while places are short (SGLang
-   * skips past such requests the same way). A request for a new adapter that gets no place
-   * claims one, so newer requests for other new adapters cannot take it.
-   *
-   * Skipping alone can starve a claim: a place frees only when every request of an adapter
-   * in the step has ended, and an adapter that keeps receiving requests never ends. So each
-   * claim short of a place, oldest first, stops admission to the adapter in the step that
-   * will free a place soonest (soonestToFree), up to half the places (mostDraining). That
-   * adapter drains and the oldest claim gets its place as soon as it would under strict first
-   * come first served, which held back every later request instead: within the running
-   * requests' max_new_tokens, however many requests the other adapters receive.
-   */
-  private admitWaiting(n: number, budget: number): number {
-    // Nothing has changed since a walk that admitted nothing: this one would admit nothing
-    // either, and mark no new request as waiting for a place. What a walk reads is the queue
-    // and the running list (queueVersion), the adapters' slots (placementVersion), and the
-    // prefill budget and the tokens left to the running requests: with no prefill running,
-    // every running request computes one token a step, so the adapters' order by tokens left,
-    // and with it which one drains (soonestToFree), stays. Free KV blocks only fall meanwhile.
-    const full = budget === this.opts.chunkedPrefillSize;
-    const placement = this.registry.index.placementVersion;
-    if (full && this.idleWalk.queue === this.queueVersion && this.idleWalk.placement === placement) return n;
-    const before = n;
-    const max = this.opts.maxLorasPerBatch;
-    const distinct = this.distinct;
-    // New adapters that requests held back claim places for: while places are left, and then
-    // one for each adapter draining.
-    const claims = this.claims;
-    claims.length = 0;
-    // Adapters in the step that take no new request this step.
-    const draining = this.draining;
-    draining.length = 0;
-    const drainLimit = mostDraining(max);
-    // The tokens left to each adapter in the step (`distinct`'s order): counted over the running
-    // requests once, at the first claim that drains one, and kept as requests are admitted.
-    const left = this.left;
-    let leftKnown = false;
-    // Arrivals of the requests admitted now, by adapter: each adapter hears of them in one event.
-    const started = this.started;
-    started.clear();
-    const waiting = this.waiting;
-    const admitted = this.admitted;
-    admitted.length = 0;
-    const runningBefore = this.running.length;
-    let placeWait = -1;
-    let i = 0;
-    // Requests held back are moved down over the admitted ones, keeping their order.
-    let kept = 0;
-    for (; i < waiting.length; i++) {
-      if (runningBefore + admitted.length >= this.opts.maxRunningRequests || budget <= 0) break;
-      const s = waiting[i]!;
-      const lora = s.init.lora;
-      const slot = lora === null ? -1 : this.registry.residentSlot(lora);
-      let admit: boolean;
-      // Its place among the step's adapters, found once for every question below.
-      let d = distinct.indexOf(lora);
-      if (d >= 0) {
-        admit = slot !== null && !draining.includes(lora);
-      } else {
-        const known = claims.includes(lora);
-        const free = max - distinct.length - claims.length;
-        admit = !known && free > 0 && slot !== null;
-        if (!admit && !known) {
-          if (free <= 0) {
-            // It waits for a place: pauseForPlace bounds how long.
-            if (s.placeWaitSince < 0) s.placeWaitSince = this.flights.sentCount;
-            if (placeWait < 0 || s.placeWaitSince < placeWait) placeWait = s.placeWaitSince;
-          }
-          if (free > 0) {
-            claims.push(lora);
-          } else if (draining.length < drainLimit) {
-            if (!leftKnown) {
-              tokensLeftByAdapter(distinct, this.running, this.opts.contextLength, left);
-              // And those this walk admitted so far, which join the running list after it.
-              for (let a = 0; a < admitted.length; a++) {
-                const r = admitted[a]!;
-                const at = distinct.indexOf(r.init.lora);
-                left[at] = Math.max(left[at]!, tokensLeft(r, this.opts.contextLength));
-              }
-            }
-            leftKnown = true;
-            const next = soonestToFree(distinct, left, draining);
-            if (next !== undefined) {
-              claims.push(lora);
-              draining.push(next);
-            }
-          }
-        }
-        // No place left and every adapter in the step draining: no later request can be admitted.
-        if (!admit && free <= 0 && draining.length === distinct.length) break;
-      }
-      if (!admit) {
-        waiting[kept++] = s;
-        continue;
-      }
-      const chunk = Math.min(s.pending, budget);
-      if (!this.kv.grow(s.blocks, s.start + chunk)) break;
-      s.status = 'running';
-      if (this.paused.size > 0) this.paused.delete(s);
-      admitted.push(s);
-      if (d < 0) d = distinct.push(lora) - 1;
-      if (leftKnown) left[d] = Math.max(left[d] ?? 0, tokensLeft(s, this.opts.contextLength));
-      if (lora !== null) tally(started, lora, s.arrival);
-      budget -= chunk;
-      this.setEntry(n++, s, chunk, slot!);
-    }
-    mergeByArrival(this.running, admitted);
-    admitted.length = 0;
-    if (kept < i) {
-      for (let j = i; j < waiting.length; j++) waiting[kept++] = waiting[j]!;
-      waiting.length = kept;
-    }
-    for (const [lora, arrivals] of started) this.registry.started(lora, arrivals);
-    this.oldestPlaceWait = placeWait;
-    if (n > before) this.queueVersion++;
-    this.idleWalk.queue = full && n === before ? this.queueVersion : -1;
-    this.idleWalk.placement = placement;
-    return n;
   }
 
   /** Completes the oldest step in flight with the engine's result. */
@@ -576,7 +451,8 @@ export class Scheduler {
    */
   private pauseForPlace(): void {
     const bound = this.opts.maxPlaceWaitSteps ?? 0;
-    if (bound <= 0 || this.oldestPlaceWait < 0 || this.paused.size > 0 || this.flights.sentCount - this.oldestPlaceWait < bound) return;
+    const since = this.walk.oldestPlaceWait;
+    if (bound <= 0 || since < 0 || this.paused.size > 0 || this.flights.sentCount - since < bound) return;
     const victim = adapterToPause(this.running, this.registry.index.pinned, this.opts.contextLength);
     if (victim === undefined) return;
     // In running order (by arrival), so they keep their order behind the queue.
@@ -588,7 +464,7 @@ export class Scheduler {
       this.preempted.place++;
       this.preempt(s);
     }
-    this.oldestPlaceWait = -1;
+    this.walk.oldestPlaceWait = -1;
   }
 
   /** Removes a sequence for good (aborted, or its adapter failed), reporting it to its adapter at once. */
@@ -653,11 +529,4 @@ export class Scheduler {
 
 function addOnce<T>(list: T[], x: T): void {
   if (!list.includes(x)) list.push(x);
-}
-
-/** Appends `value` to the list kept under `key`. */
-function tally(map: Map<string, number[]>, key: string, value: number): void {
-  const list = map.get(key);
-  if (list) list.push(value);
-  else map.set(key, [value]);
 }
