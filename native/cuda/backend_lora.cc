@@ -52,8 +52,11 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       }
       timer_.mark("lora", stream_);
       const cuda::AugmentedRows xa = augmented(g);
+      // Only where the base GEMM is the engine's own (up to kDecodeGemmMaxRows tokens), which
+      // leaves room beside it; cuBLAS's GEMMs hold every multiprocessor while they run.
       if (deferDown_ && g == cuda::kDownWeight && d.itemShrink && accumulate && tp_.size == 1 && loraStream_ &&
-          sl.count == 1 && xa.slicePitch == 0 && cuda::columnsDeltaSupported(in, sl.maxRank, ld, ld)) {
+          T <= cuda::kDecodeGemmMaxRows && sl.count == 1 && xa.slicePitch == 0 &&
+          cuda::columnsDeltaSupported(in, sl.maxRank, ld, ld)) {
         // The base GEMM over the input columns alone; the shrink and the delta beside it.
         check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
         check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
