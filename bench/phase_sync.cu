@@ -5,7 +5,7 @@
 // every block reads what another block wrote in the phase before and writes its own, so a phase
 // cannot begin before the previous one has ended anywhere. The figures bound what a kernel
 // holding a whole layer could save over a launch per phase. Prints one JSON object.
-//   nvcc -std=c++17 -arch=sm_90a -O3 -o /tmp/phase_sync bench/phase_sync.cu && /tmp/phase_sync
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/phase_sync bench/phase_sync.cu && /tmp/phase_sync
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -13,7 +13,12 @@
 #include <cstdlib>
 #include <vector>
 
+#include "cuda/pdl.cuh"
+
 namespace cg = cooperative_groups;
+using troupe::cuda::launchPdl;
+using troupe::cuda::pdlLaunchDependents;
+using troupe::cuda::pdlWait;
 
 namespace {
 
@@ -40,10 +45,8 @@ __device__ __forceinline__ void phaseWork(int* buf, int phase, int blocks) {
 }
 
 __global__ void phaseKernel(int* buf, int phase, int blocks) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+  pdlWait();
+  pdlLaunchDependents();
   phaseWork(buf, phase, blocks);
 }
 
@@ -90,16 +93,7 @@ double chainUs(int* buf, int blocks, bool pdl, cudaStream_t st, cudaEvent_t a, c
   cudaGraphExec_t exec;
   CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
   for (int p = 0; p < kPhases; ++p) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(kThreads);
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    CK(cudaLaunchKernelEx(&cfg, phaseKernel, buf, p, blocks));
+    launchPdl(phaseKernel, dim3(blocks), dim3(kThreads), st, pdl, "phase launch", buf, p, blocks);
   }
   CK(cudaStreamEndCapture(st, &graph));
   CK(cudaGraphInstantiate(&exec, graph, 0));
