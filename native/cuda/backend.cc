@@ -91,7 +91,6 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
-  if (const char* env = std::getenv("TROUPE_LORA_DEFER_DOWN")) deferDown_ = std::string(env) == "1";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
@@ -267,7 +266,6 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     moved |= xa_.ensure(t * perToken);
     xaTokens_ = xa_.size() / perToken;
     moved |= oPartial_.ensure(t * c_.numKvHeads * lora_->maxRank());
-    if (deferDown_) moved |= downDelta_.ensure(t * c_.hiddenSize);
     // The decode attention's o shrink counts its blocks here; each count goes back to zero when the
     // last block of its token is done, so zero once, as allocated.
     if (oTickets_.ensure(t)) {

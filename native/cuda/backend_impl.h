@@ -96,9 +96,6 @@ class CudaBackend : public Backend {
   // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
   // Made rows go to `made`, ld apart (in when 0).
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
-  // A deferred down delta (deferDown_) for the residual, once the side stream has made it; null
-  // when none waits. Whoever reads the residual next takes it (rmsnormAdding).
-  const float* takeResidualAdd();
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
                        const bf16_t* W, float* y, int N, bool accumulate);
@@ -232,14 +229,6 @@ class CudaBackend : public Backend {
   int loraPieces_ = 1;
   cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_
   cudaEvent_t loraFork_ = nullptr, loraJoin_ = nullptr;
-  // TROUPE_LORA_DEFER_DOWN=1, for measuring: a decode step's down projection runs its base GEMM
-  // over the input columns alone while its item shrink and its delta (loraColumnsDelta, into
-  // downDelta_) run beside it on loraStream_, and the norm that next reads the residual adds the
-  // delta (residualAdd_ until then). The shrink then stands on no path: the GEMM does not wait for
-  // the LoRA columns.
-  bool deferDown_ = false;
-  DeviceBuffer<float> downDelta_;  // [tokens][hidden]
-  const float* residualAdd_ = nullptr;
   bool shrinkStarted_ = false;  // startLora ran the shrink of the group applyLora finishes next
   // Sampling. Rows with top-k, top-p or min-p are drawn on the GPU (sample_filter.cuh), or with
   // TROUPE_CUDA_SAMPLE_FILTERS=0 on the host from a downloaded logits row.

@@ -1,7 +1,6 @@
 // The CUDA backend's projections with their adapters' LoRA deltas (the fused, tensor-core and
 // CUDA-core forms, chosen by loraKernel) and the pool's slots. The class is in backend_impl.h.
 #include <initializer_list>
-#include <stdexcept>
 
 #include "cuda/backend_impl.h"
 
@@ -13,13 +12,7 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
   switch (input.source) {
     case cuda::RowSource::kNorm:
       timer_.mark("norm", stream_);
-      if (const float* add = takeResidualAdd()) {
-        if (input.f32 != hidden_.get())
-          throw std::logic_error("a residual delta waits, but the norm reads another row");
-        cuda::rmsnormAdding(hidden_.get(), add, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
-      } else {
-        cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
-      }
+      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
@@ -52,34 +45,12 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       }
       timer_.mark("lora", stream_);
       const cuda::AugmentedRows xa = augmented(g);
-      // Only where the base GEMM is the engine's own (up to kDecodeGemmMaxRows tokens), which
-      // leaves room beside it; cuBLAS's GEMMs hold every multiprocessor while they run.
-      if (deferDown_ && g == cuda::kDownWeight && d.itemShrink && accumulate && tp_.size == 1 && loraStream_ &&
-          T <= cuda::kDecodeGemmMaxRows && sl.count == 1 && xa.slicePitch == 0 &&
-          cuda::columnsDeltaSupported(in, sl.maxRank, ld, ld)) {
-        // The base GEMM over the input columns alone; the shrink and the delta beside it.
-        check(cudaEventRecord(loraFork_, stream_), "cudaEventRecord");
-        check(cudaStreamWaitEvent(loraStream_, loraFork_, 0), "cudaStreamWaitEvent");
-        cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
-                             loraStream_, false);
-        cuda::loraColumnsDelta(xa, in, sl.maxRank, dRowSlot_, W, ld, N, T, downDelta_.get(), loraStream_);
-        check(cudaEventRecord(loraJoin_, loraStream_), "cudaEventRecord");
-        timer_.mark(name, stream_);
-        project(T, N, in, W, ld, xa.data, ld, y, accumulate);
-        residualAdd_ = downDelta_.get();
-        return;
-      }
       if (g == cuda::kOWeight && oColumnsMade_) {
         // The decode attention wrote the rows and their LoRA columns (oLoraEpilogue).
       } else if (d.itemShrink) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
                              stream_, itemPdl_);
       } else {
-        // The row shrink makes norm rows from the residual itself: a deferred delta goes in first
-        // (its norm row, unused, into xn_).
-        if (rows.source == cuda::RowSource::kNorm && residualAdd_)
-          cuda::rmsnormAdding(hidden_.get(), takeResidualAdd(), nullptr, rows.normW, xn_.get(), T, in, rows.eps,
-                              stream_);
         cuda::loraRowShrink(rows, sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa, sms_,
                             stream_);
       }
@@ -155,15 +126,6 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
   projectAugmented(l, xa, sl, in, pad, W, y, N, true);
-}
-
-const float* CudaBackend::takeResidualAdd() {
-  const float* add = residualAdd_;
-  if (add) {
-    check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-    residualAdd_ = nullptr;
-  }
-  return add;
 }
 
 cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {

@@ -268,10 +268,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   }
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
-    if (const float* add = takeResidualAdd())
-      cuda::rmsnormAdding(hidden_.get(), add, dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
-    else
-      cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
+    cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
     if (tp_.size == 1) {
       project(p.sampled, c_.vocabSize, h, w_->head, h, xs_.get(), h, logits_.get(), false);
     } else {
@@ -280,9 +277,6 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
       cuda::joinVocab(vocabParts_.get(), p.sampled, tp_.vocabPart, logits_.get(), c_.vocabSize, stream_);
     }
   }
-  // A deferred delta no norm took (no sampled rows) still joins its stream back, as a graph's
-  // capture requires.
-  takeResidualAdd();
   check(cudaGetLastError(), "kernel launch");
 }
 

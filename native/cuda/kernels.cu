@@ -79,18 +79,12 @@ __device__ __forceinline__ float rmsScale(float ss, int h, float eps) {
   return scale;
 }
 
-// The general form: any width, any alignment. With `add` (rmsnormAdding), each row read is first
-// raised by add's row of the same index and written back to x.
-__global__ void rmsnormKernel(const float* x, float* xOut, const float* add, const int32_t* rows, const float* w,
-                              bf16_t* y, int h, int ldy, float eps) {
+// The general form: any width, any alignment.
+__global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
+                              float eps) {
   pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
   const int r = blockIdx.x;
-  const size_t row = static_cast<size_t>(rows ? rows[r] : r) * h;
-  const float* xr = x + row;
-  if (add) {
-    // Each thread reads back only what it wrote itself, so no barrier is needed before the sums.
-    for (int i = threadIdx.x; i < h; i += blockDim.x) xOut[row + i] = xr[i] + add[row + i];
-  }
+  const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
   float ss = 0;
   for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
   const float scale = rmsScale(ss, h, eps);
@@ -100,29 +94,18 @@ __global__ void rmsnormKernel(const float* x, float* xOut, const float* add, con
 
 // The common form: a row's float4s loaded at once and kept in registers for the write, so a block
 // waits on memory once, not once per strided pass (a decode step is mostly such waits).
-template <int kVec, bool kAdd>
-__global__ void rmsnormVecKernel(const float* x, float* xOut, const float* add, const int32_t* rows, const float* w,
-                                 bf16_t* y, int h, int ldy, float eps) {
+template <int kVec>
+__global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
+                                 float eps) {
   pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
   const int r = blockIdx.x, n4 = h / 4;
-  const size_t row = static_cast<size_t>(rows ? rows[r] : r) * h;
-  const float4* xr = reinterpret_cast<const float4*>(x + row);
+  const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(rows ? rows[r] : r) * h);
   float4 v[kVec];
   float ss = 0;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
     v[k] = c < n4 ? xr[c] : make_float4(0, 0, 0, 0);
-  }
-  if constexpr (kAdd) {
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const int c = threadIdx.x + k * kNormThreads;
-      if (c >= n4) break;
-      const float4 d = reinterpret_cast<const float4*>(add + row)[c];
-      v[k] = make_float4(v[k].x + d.x, v[k].y + d.y, v[k].z + d.z, v[k].w + d.w);
-      reinterpret_cast<float4*>(xOut + row)[c] = v[k];
-    }
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -301,38 +284,22 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
   joinVocabKernel<<<dim3(std::min((V + 255) / 256, 64), rows), 256, 0, s>>>(parts, rows, part, logits, V);
 }
 
-namespace {
-
-template <bool kAdd>
-void launchRmsnorm(const float* x, float* xOut, const float* add, const int32_t* rows, const float* w, bf16_t* y, int m,
-                   int h, float eps, cudaStream_t s, int ldy) {
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
+             int ldy) {
   if (m == 0) return;
   if (ldy == 0) ldy = h;
   const int vec = (h / 4 + kNormThreads - 1) / kNormThreads;
-  if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !alignedTo(x, 16) || !alignedTo(w, 16) || !alignedTo(y, 8) ||
-      (kAdd && !alignedTo(add, 16))) {
-    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, xOut, add, rows, w, y, h, ldy, eps);
+  if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !alignedTo(x, 16) || !alignedTo(w, 16) || !alignedTo(y, 8)) {
+    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 1) {
-    rmsnormVecKernel<1, kAdd><<<m, kNormThreads, 0, s>>>(x, xOut, add, rows, w, y, h, ldy, eps);
+    rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 2) {
-    rmsnormVecKernel<2, kAdd><<<m, kNormThreads, 0, s>>>(x, xOut, add, rows, w, y, h, ldy, eps);
+    rmsnormVecKernel<2><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else if (vec <= 4) {
-    rmsnormVecKernel<4, kAdd><<<m, kNormThreads, 0, s>>>(x, xOut, add, rows, w, y, h, ldy, eps);
+    rmsnormVecKernel<4><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   } else {
-    rmsnormVecKernel<kNormMaxVec, kAdd><<<m, kNormThreads, 0, s>>>(x, xOut, add, rows, w, y, h, ldy, eps);
+    rmsnormVecKernel<kNormMaxVec><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
   }
-}
-
-}  // namespace
-
-void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
-             int ldy) {
-  launchRmsnorm<false>(x, nullptr, nullptr, rows, w, y, m, h, eps, s, ldy);
-}
-
-void rmsnormAdding(float* x, const float* add, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps,
-                   cudaStream_t s, int ldy) {
-  launchRmsnorm<true>(x, x, add, rows, w, y, m, h, eps, s, ldy);
 }
 
 void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float* kNorm, int T, const AttnShape& a,

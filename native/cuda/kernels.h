@@ -47,10 +47,6 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
 // y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m; row r of y starts at y + r * ldy (h when 0).
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
              int ldy = 0);
-// The same after x[row] += add[row] for each row it reads (x written back, add's rows h apart
-// like x's): a pending delta of the residual stream folded into the norm that next reads it.
-void rmsnormAdding(float* x, const float* add, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps,
-                   cudaStream_t s, int ldy = 0);
 
 // The family-specific steps between the q/k/v projection and RoPE, in place on qkv (f32 rows
 // [q | k | v], T rows): adds bias ([q | k | v], Qwen2) when given, then RMSNorm over each q head

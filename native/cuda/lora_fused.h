@@ -158,14 +158,6 @@ struct RowInput {
   int ld = 0;
 };
 
-// delta[t][n] (f32, N a row) = token t's scaled LoRA columns of xa (those of its slot: one module's
-// group, shared rows) dotted with the same columns of W's row n (W's B factors), for n < N; zero
-// for base tokens. A decode step's down delta made beside its base GEMM over the input columns
-// alone (the next RMSNorm adds it to the residual: rmsnormAdding).
-bool columnsDeltaSupported(int in, int R, int ld, int ldw);
-void loraColumnsDelta(const AugmentedRows& xa, int in, int R, const int32_t* rowSlot, const bf16_t* W, int ldw, int N,
-                      int T, float* delta, cudaStream_t st);
-
 // What loraAugment writes, for a decode step, without a shrink kernel before it: each token's row
 // is made here exactly as rmsnorm or a copy makes it (bf16), written to its rows' [0, in), and dotted
 // with its slot's A rows for the scaled columns; a token's row is cut over several blocks by
