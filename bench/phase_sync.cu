@@ -5,7 +5,7 @@
 // every block reads what another block wrote in the phase before and writes its own, so a phase
 // cannot begin before the previous one has ended anywhere. The figures bound what a kernel
 // holding a whole layer could save over a launch per phase. Prints one JSON object.
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/phase_sync bench/phase_sync.cu && /tmp/phase_sync
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -Itest/gpu -o /tmp/phase_sync bench/phase_sync.cu && /tmp/phase_sync
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "check_util.h"
 #include "cuda/pdl.cuh"
 
 namespace cg = cooperative_groups;
@@ -25,15 +26,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kPhases = 32;  // a graph's chain, and a persistent kernel's phases
 constexpr int kReplays = 200;
-
-#define CK(x)                                                                                \
-  do {                                                                                       \
-    cudaError_t e = (x);                                                                     \
-    if (e != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
 
 // Phase p of block b: reads block (b + 1)'s value of phase p - 1 and writes its own of phase p
 // (two alternating rows of `blocks` values).
