@@ -1,6 +1,7 @@
 // Where the LoRA decode time goes, kernel by kernel: 32 decode rows over a 512-token context on
 // troupe's CUDA engine (fused layout, csgmv), with no adapter, 1 and 8 adapters of one rank on all
 // seven modules (bench/make-adapters.js --count 8 --modules all writes ADAPTERS/a0000..a0007).
+// ROWS=N decodes N rows instead of 32.
 //   node bench/gpu-lora-profile.js MODEL ADAPTERS RANK             median step times (20 steps)
 //   PROFILE=1 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
 //     -o prof node bench/gpu-lora-profile.js MODEL ADAPTERS RANK
@@ -27,7 +28,8 @@ if (!modelDir || !adapterDir || !(rank > 0)) throw new Error('usage: node bench/
 const profiling = process.env.PROFILE === '1';
 const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
-const w = profiling ? loraWorkload({ steps: 2, warmup: 1 }) : loraWorkload();
+const rows = Number(process.env.ROWS ?? 32);
+const w = profiling ? loraWorkload({ rows, steps: 2, warmup: 1 }) : loraWorkload({ rows });
 const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, adapterName(i)), ckpt.config).weights);
 const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank }));
 adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));

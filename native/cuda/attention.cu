@@ -212,25 +212,31 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void combineKernel(const float* partial, const float* partialMl, const int32_t* idx, int heads, int D,
                               int splits, bf16_t* out) {
-  const int local = blockIdx.x, h = blockIdx.y;
+  const int local = blockIdx.x, h = blockIdx.y, d = threadIdx.x;  // a thread per dimension
   pdlLaunchDependents();
+  const int t = idx[local];
   const size_t base = static_cast<size_t>(local) * heads + h;
   const float* ml = partialMl + base * splits * 2;
+  // The first kEarly splits' values are loaded with the maxima and sums, not after them: one wait
+  // on memory instead of two. A split with no keys left its values unwritten; they are not used.
+  constexpr int kEarly = 8;
+  float early[kEarly];
+#pragma unroll
+  for (int s = 0; s < kEarly; ++s) early[s] = s < splits && d < D ? partial[(base * splits + s) * D + d] : 0.0f;
   float M = -INFINITY;
   for (int s = 0; s < splits; ++s)
     if (ml[2 * s + 1] > 0) M = fmaxf(M, ml[2 * s]);
   float L = 0;
   for (int s = 0; s < splits; ++s)
     if (ml[2 * s + 1] > 0) L += __expf(ml[2 * s] - M) * ml[2 * s + 1];
-  const float inv = 1.0f / L;
-  const int t = idx[local];
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0;
-    for (int s = 0; s < splits; ++s) {
-      if (ml[2 * s + 1] > 0) o += __expf(ml[2 * s] - M) * partial[(base * splits + s) * D + d];
-    }
-    out[(static_cast<size_t>(t) * heads + h) * D + d] = __bfloat16_as_ushort(__float2bfloat16_rn(o * inv));
-  }
+  if (d >= D) return;
+  float o = 0;
+#pragma unroll
+  for (int s = 0; s < kEarly; ++s)
+    if (s < splits && ml[2 * s + 1] > 0) o += __expf(ml[2 * s] - M) * early[s];
+  for (int s = kEarly; s < splits; ++s)
+    if (ml[2 * s + 1] > 0) o += __expf(ml[2 * s] - M) * partial[(base * splits + s) * D + d];
+  out[(static_cast<size_t>(t) * heads + h) * D + d] = __bfloat16_as_ushort(__float2bfloat16_rn(o * (1.0f / L)));
 }
 
 template <int D, int G>

@@ -137,6 +137,9 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::DeviceComm> comm_;
   // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
   bool gemvEnabled_ = true;
+  // GEMVs launched to start while the kernel before them runs (compute capability 9.0, gemv.cu);
+  // TROUPE_CUDA_GEMV_EARLY=0 waits for it, for comparing.
+  bool gemvEarly_ = false;
   // The decode GEMM of our own for the projections that add into the residual (decode_gemm.h),
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;

@@ -100,24 +100,27 @@ __global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const floa
   pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
   const int r = blockIdx.x, n4 = h / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(rows ? rows[r] : r) * h);
-  float4 v[kVec];
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  // The norm's weights are loaded with the row, not after the sum: one wait on memory, not two
+  // (a GEMV launched early may be streaming its weights meanwhile, which lengthens each wait).
+  float4 v[kVec], g[kVec];
   float ss = 0;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
     v[k] = c < n4 ? xr[c] : make_float4(0, 0, 0, 0);
+    g[k] = c < n4 ? w4[c] : make_float4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
   const float k0 = rmsScale(ss, h, eps);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
   uint2* yr = reinterpret_cast<uint2*>(y + static_cast<size_t>(r) * ldy);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
     if (c >= n4) break;
-    const float4 g = w4[c], a = v[k];
-    yr[c] = make_uint2(pairB(g.x * (a.x * k0), g.y * (a.y * k0)), pairB(g.z * (a.z * k0), g.w * (a.w * k0)));
+    const float4 a = v[k], gk = g[k];
+    yr[c] = make_uint2(pairB(gk.x * (a.x * k0), gk.y * (a.y * k0)), pairB(gk.z * (a.z * k0), gk.w * (a.w * k0)));
   }
 }
 

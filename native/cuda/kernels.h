@@ -145,8 +145,10 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
 // few tokens run (gemvSupported says when: 16-byte pieces throughout).
 constexpr int kGemvMaxRows = 4;
 bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx);
+// early: launched so that it may start while the kernel before it runs (compute capability 9.0,
+// pdl.cuh), loading its first weights meanwhile.
 void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, int N, int K, bool accumulate,
-          cudaStream_t s);
+          cudaStream_t s, bool early = false);
 
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]); row t of act starts at act + t * ldAct (inter when 0).
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);

@@ -190,6 +190,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int w = 0; w < kKSplit; ++w) sum += partSums[wGroup * kKSplit + w][wSum];
     }
   }
+  // Only stores are left: a GEMV launched early after this kernel (gemv.cu) may be placed now.
+  pdlLaunchDependents();
   if (!writes) return;
   const int i = wFirst + wo, j = i / R, r = i % R;
   // A select, not a product: A rows past the slot's rank may hold anything.
