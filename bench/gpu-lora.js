@@ -14,7 +14,8 @@
 // minute (the base step measured 5.75-5.92 ms in runs of one day). So each engine is timed in
 // ROUNDS rounds (5 unless the environment says), each round timing every adapter count once, one
 // after another; an overhead is the median over the rounds of that round's ratio to its own base,
-// and a time the median over the rounds.
+// and a time the median over the rounds. LORA_RANKS (16,64 unless the environment says) picks the
+// adapters' ranks.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -39,6 +40,8 @@ if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`ROUNDS must be 
 const backends = (process.env.LORA_BACKENDS ?? 'csgmv,sgmv').split(',');
 for (const b of backends) if (!['csgmv', 'sgmv'].includes(b)) throw new Error(`LORA_BACKENDS: unknown backend ${b}`);
 // LORA_COUNTS=0,8 times the base step and 8 adapters alone; 0 must stay, every overhead is over it.
+const ranks = (process.env.LORA_RANKS ?? '16,64').split(',').map(Number);
+if (!ranks.every((r) => r === 16 || r === 64)) throw new Error(`LORA_RANKS must name ranks among 16 and 64, not ${process.env.LORA_RANKS}`);
 const counts = (process.env.LORA_COUNTS ?? '0,1,4,8').split(',').map(Number);
 if (counts[0] !== 0 || !counts.every((n) => [0, 1, 4, 8].includes(n)))
   throw new Error(`LORA_COUNTS must start with 0 and name counts among 0, 1, 4, 8, not ${process.env.LORA_COUNTS}`);
@@ -54,7 +57,7 @@ const result = {
   runs: [],
   peft,
 };
-for (const rank of [16, 64]) {
+for (const rank of ranks) {
   // Read once per rank: every engine below fills its slots from the same values.
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
   for (const loraBackend of backends) {

@@ -94,6 +94,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM")) {
+    const std::string v(env);
+    loraInGemm_ = 0;
+    if (v.find("down") != std::string::npos) loraInGemm_ |= 1u << cuda::kDownWeight;
+    if (v.find("o") == 0 || v.find(",o") != std::string::npos) loraInGemm_ |= 1u << cuda::kOWeight;
+  }
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {

@@ -127,6 +127,11 @@ class CudaBackend : public Backend {
   cuda::OLoraEpilogue oLoraEpilogue(int l);
   // The o projection's input: the attention's output, [token][head][headDim].
   cuda::RowInput attentionRows() const;
+  // The decode GEMM's arguments for a fused step's o or down projection (group g of layer l, its
+  // input rows x ldx apart) with the LoRA deltas taken inside it (decode_gemm.h), or M = 0 where
+  // that is off or unsupported.
+  cuda::DecodeGemmArgs loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x, int ldx,
+                                    float* y, int N, bool accumulate) const;
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -144,6 +149,9 @@ class CudaBackend : public Backend {
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;
   static constexpr int kDecodeGemmSplits = 2;
+  // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
+  // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, =down, =o,down.
+  unsigned loraInGemm_ = 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.

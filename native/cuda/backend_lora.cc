@@ -32,6 +32,19 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
+    if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u)) {
+      // o and down: the decode GEMM takes the shrink and the deltas itself, from the rows as
+      // they are or as siluMul makes them.
+      const bool copied = input.source == cuda::RowSource::kCopy;
+      const cuda::DecodeGemmArgs a =
+          loraGemmArgs(l, g, sl, copied ? input.bf16 : made, copied ? input.ld : in, y, N, accumulate);
+      if (a.M > 0) {
+        makeRows(input, made, in);
+        timer_.mark(name, stream_);
+        decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
+        return;
+      }
+    }
     if (sl.count > 0 && d.decode) {
       // A decode step: the input rows and their LoRA columns, then one GEMM. The rows are made
       // into xa (rmsnorm, siluMul) and the item shrink adds the columns; the row shrink can make
@@ -163,6 +176,28 @@ CudaBackend::DecodeShrink CudaBackend::decodeShrink(int in, int ld, const cuda::
   return d;
 }
 
+cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x,
+                                               int ldx, float* y, int N, bool accumulate) const {
+  const bf16_t* W = w_->layers[l].matrix(g);
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  const bool gemv = gemvEnabled_ && cuda::gemvSupported(T, in, W, ld, x, ldx);
+  // Only where project() would take the decode GEMM over the same rows.
+  // One GPU only: measured there (with tensor parallelism each rank's shrink would be a partial
+  // sum, which the expand may take as well, but that path is not measured).
+  if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || !accumulate || gemv ||
+      sl.count != 1 || sl.in != in || w_->splitRows[g] || !cuda::loraAContiguous(sl, lora_->slots()))
+    return {};
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
+  cuda::DecodeGemmLora& lo = a.lora;
+  // Every slot's A rows of the module, and B in the weight's padding columns (lora_fused.h).
+  lo.A = sl.a[0], lo.lda = in, lo.rows = lora_->slots() * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.B = W + in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
+  lo.module = g == cuda::kOWeight ? kO : kDown, lo.scaling = lora_->scaling(), lo.mid = loraMid_.get();
+  if (!decodeGemm_->supports(a, kDecodeGemmSplits)) return {};
+  return a;
+}
+
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   const cuda::WeightGroup g = cuda::kOWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g];
@@ -173,6 +208,8 @@ cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   const int zero[1] = {0};
   const cuda::LoraSlices sl = lora_->slices(l, {kO}, zero);
   if (sl.count != 1 || sl.in != in) return {};
+  const cuda::RowInput heads = attentionRows();
+  if (loraGemmArgs(l, g, sl, heads.bf16, heads.ld, hidden_.get(), c_.hiddenSize, keepsResidual()).M > 0) return {};
   cuda::OLoraEpilogue e;
   e.a = sl.a[0];
   e.aSlotStride = sl.aSlotStride[0];

@@ -15,6 +15,11 @@
 //   parity wait on a stage can alias a phase two turns back;
 // - plain loads issued while the weights stream wait behind them: read at the end, the Y that a
 //   projection adds to cost the down projection 5 us a call, so it is read right after the wait.
+//
+// With LoRA the first lora.rows / 64 tiles are the A rows' (their copies from aMap, their sums to
+// lora.mid); the other tiles' blocks copy their 64 rows of B into shared memory before the wait,
+// and the block that writes a tile waits at the end until every shrink tile has counted itself
+// done, then adds each token's delta.
 #include <cuda.h>
 
 #include <algorithm>
@@ -48,6 +53,11 @@ constexpr int kStageElems = (kTileRows + kTokens) * kStageK;
 constexpr int kSmemBytes = kStages * kStageElems * 2 + 1024;  // and room to align to 1 KB
 constexpr int kMaxTiles = 1 << 14;
 constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split tile
+// B's tile in shared memory after the stages: rows padded by 16 bytes so that the 8 rows a warp
+// reads at once fall in different banks.
+constexpr int kBPad = 8;
+constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
+constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
 
 __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 
@@ -78,6 +88,18 @@ __device__ __forceinline__ void barrierWait(uint64_t* bar, unsigned parity) {
 // The multiplying warps only (named barrier 1), and the first group only (2).
 __device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
 __device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
+
+__device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smemAddr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cpAsyncWaitAll() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+}
+__device__ __forceinline__ unsigned loadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 
 // The box of map at (k, row) into shared dst (1 KB aligned), counted on bar when it lands. Boxes
 // reaching past the tensor's ends land zeros there, counted all the same.
@@ -110,20 +132,29 @@ __device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b
 
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
-                     const __grid_constant__ CUtensorMap xMap, int kTiles, int splits, float* partials,
-                     unsigned* counters) {
+                     const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap, int kTiles,
+                     int splits, float* partials, unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ float pairSums[4][16][32];
   __shared__ bool last;
+  __shared__ int tokSlot[kTokens], tokRank[kTokens];
+  __shared__ float tokScale[kTokens];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
   const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
   const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
-  const int row0 = tile * kTileRows;
+  const DecodeGemmLora& lora = args.lora;
+  const bool hasLora = lora.A != nullptr;
+  const int shrinkTiles = hasLora ? (lora.rows + kTileRows - 1) / kTileRows : 0;
+  const bool shrinkTile = tile < shrinkTiles;  // rows of A, into lora.mid
+  const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
+  const CUtensorMap* rowsMap = shrinkTile ? &aMap : &wMap;
+  bf16_t* bTile = smem + kStages * kStageElems;
+  const int bPitch = lora.rows + kBPad;
   if (tid == kConsumers) {
-    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wMap)) : "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(rowsMap)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
   }
   if (tid == 0) {
@@ -142,7 +173,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       auto issueW = [&](int i) {
         barrierExpect(&full[i % kStages], (kTileRows + kTokens) * kStageK * 2);
         for (int c = 0; c < kCopies; ++c)
-          tensorCopy(stageW(i) + c * kTileRows * kBox, &wMap, (kt0 + i) * kStageK + c * kBox, row0, &full[i % kStages]);
+          tensorCopy(stageW(i) + c * kTileRows * kBox, rowsMap, (kt0 + i) * kStageK + c * kBox, row0,
+                     &full[i % kStages]);
       };
       auto issueX = [&](int i) {
         for (int c = 0; c < kCopies; ++c)
@@ -160,6 +192,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     return;
   }
+  if (hasLora && tid < kTokens) {
+    // The step's slots (uploaded before it) and the pool's ranks and scalings.
+    const int slot = tid < args.M ? lora.rowSlot[tid] : -1;
+    tokSlot[tid] = slot;
+    tokRank[tid] = slot >= 0 ? min(lora.ranks[slot * lora.rankPitch + lora.module], lora.maxRank) : 0;
+    tokScale[tid] = slot >= 0 ? lora.scaling[slot] : 0.0f;
+  }
+  if (hasLora && !shrinkTile && tid < 128) {
+    // B's rows of this tile (the LoRA pool: written before this grid began), 16 bytes a copy.
+    const int pieces = lora.rows / 8;
+    for (int c = tid; c < kTileRows * pieces; c += 128) {
+      const int r = c / pieces, k = c % pieces;
+      if (row0 + r < args.N)
+        cpAsync16(bTile + r * bPitch + k * 8, lora.B + static_cast<size_t>(row0 + r) * lora.ldb + k * 8);
+    }
+  }
   pdlWait();
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
@@ -169,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto rowOf = [&](int h) { return row0 + (warp & 3) * 16 + g + (h >= 2 ? 8 : 0); };
   auto tokenOf = [&](int j, int h) { return 8 * j + 2 * q + (h & 1); };
   float yBefore[4][4] = {};
-  if (args.accumulate && group == 0)
+  if (args.accumulate && group == 0 && !shrinkTile)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -222,6 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     firstGroupSync();
     if (!last) {
+      if (hasLora) cpAsyncWaitAll();
       pdlLaunchDependents();
       return;
     }
@@ -240,6 +289,95 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) acc[j][h] = sum[j][h];
+  }
+  if (shrinkTile) {
+    // Of the tile's A rows, each token's own slot's up to its rank, scaled; then this tile counts
+    // itself done. (A slot's rows lie in one tile: maxRank divides 64 or 64 divides maxRank.)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int t = tokenOf(j, h), slot = rowOf(h) / lora.maxRank, r = rowOf(h) % lora.maxRank;
+        if (t < args.M && slot == tokSlot[t] && r < tokRank[t])
+          __stcg(lora.mid + t * lora.maxRank + r, tokScale[t] * acc[j][h]);
+      }
+    __threadfence();
+    firstGroupSync();
+    if (tid == 0) atomicAdd(counters + kShrinkDone, 1u);
+    pdlLaunchDependents();
+    return;
+  }
+  if (hasLora) {
+    // Each token's scaled shrink outputs into the spent stages; then the deltas.
+    if (tid == 0)
+      while (loadAcquire(counters + kShrinkDone) < static_cast<unsigned>(shrinkTiles)) __nanosleep(32);
+    firstGroupSync();
+    __threadfence();
+    // [kTokens][maxRank + 4]: the four tokens a warp reads at once fall in different banks.
+    float* midS = reinterpret_cast<float*>(smem);
+    const int midPitch = lora.maxRank + 4, midCount = args.M * lora.maxRank;
+    // Four 16-byte loads in flight a thread before any store (a store could alias them). Past a
+    // token's rank the values are stale; the products below skip them.
+    for (int i0 = tid * 4; i0 < midCount; i0 += 4 * 128 * 4) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (i0 + u * 512 < midCount) v[u] = __ldcg(reinterpret_cast<const float4*>(lora.mid + i0 + u * 512));
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * 512;
+        if (i < midCount) *reinterpret_cast<float4*>(midS + i / lora.maxRank * midPitch + i % lora.maxRank) = v[u];
+      }
+    }
+    cpAsyncWaitAll();
+    firstGroupSync();
+    if (tid == 0) {
+      // The last weight tile to read the shrink sets both counters back for the next launch.
+      const unsigned tiles = static_cast<unsigned>(gridDim.x / splits - shrinkTiles);
+      if (atomicAdd(counters + kShrinkRead, 1u) == tiles - 1) {
+        counters[kShrinkDone] = 0;
+        counters[kShrinkRead] = 0;
+      }
+    }
+    // Token 8 j + 2 q + e's delta on the thread's two rows (h = e and e + 2), eight ranks a round
+    // from 16-byte loads, every token's loads of a round at once. B past a slot's rank may hold
+    // anything, so those products are skipped (tokens without an adapter have rank 0).
+    int rank[4][2], bOff[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = tokenOf(j, e);
+        rank[j][e] = tokRank[t];
+        bOff[j][e] = (rowOf(e) - row0) * bPitch + max(tokSlot[t], 0) * lora.maxRank;
+      }
+    float delta[4][4] = {};
+    for (int c = 0; c < lora.maxRank; c += 8) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float* m = midS + tokenOf(j, e) * midPitch + c;
+          const float4 ma = *reinterpret_cast<const float4*>(m), mb = *reinterpret_cast<const float4*>(m + 4);
+          const float mv[8] = {ma.x, ma.y, ma.z, ma.w, mb.x, mb.y, mb.z, mb.w};
+          const uint4 u0 = *reinterpret_cast<const uint4*>(bTile + bOff[j][e] + c);
+          const uint4 u1 = *reinterpret_cast<const uint4*>(bTile + bOff[j][e] + 8 * bPitch + c);
+          const uint32_t w0[4] = {u0.x, u0.y, u0.z, u0.w}, w1[4] = {u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            const float x0 = __uint_as_float(k % 2 ? w0[k / 2] & 0xffff0000u : w0[k / 2] << 16);
+            const float x1 = __uint_as_float(k % 2 ? w1[k / 2] & 0xffff0000u : w1[k / 2] << 16);
+            if (c + k < rank[j][e]) {
+              delta[j][e] = fmaf(x0, mv[k], delta[j][e]);
+              delta[j][e + 2] = fmaf(x1, mv[k], delta[j][e + 2]);
+            }
+          }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) acc[j][h] += delta[j][h];
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j)
@@ -310,29 +448,49 @@ bool DecodeGemm::available() {
 
 DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
   partials_.ensure(static_cast<size_t>(sms_) * kPartFloats);
-  counters_.ensure(kMaxTiles);
-  check(cudaMemset(counters_.get(), 0, kMaxTiles * sizeof(unsigned)), "cudaMemset");
-  check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-        "cudaFuncSetAttribute");
+  counters_.ensure(kMaxTiles + 2);
+  check(cudaMemset(counters_.get(), 0, (kMaxTiles + 2) * sizeof(unsigned)), "cudaMemset");
+  check(
+      cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes + kLoraSmemBytes),
+      "cudaFuncSetAttribute");
   check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
         "cudaFuncSetAttribute");
 }
 
+namespace {
+
+// The grid's tiles: the weights' and, first, the LoRA shrink's.
+int gridTiles(const DecodeGemmArgs& a) {
+  const int tiles = (a.N + kTileRows - 1) / kTileRows;
+  return a.lora.A ? tiles + (a.lora.rows + kTileRows - 1) / kTileRows : tiles;
+}
+
+bool loraSupported(const DecodeGemmLora& l) {
+  return l.rows >= 8 && l.rows <= kDecodeGemmLoraMaxRows && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
+         (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && aligned16(l.mid) && l.rows % l.maxRank == 0 &&
+         l.lda % 8 == 0 && l.ldb % 8 == 0 && aligned16(l.A) && aligned16(l.B) && l.mid && l.rowSlot && l.ranks &&
+         l.scaling;
+}
+
+}  // namespace
+
 bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
-  const int tiles = (a.N + kTileRows - 1) / kTileRows, kTiles = (a.K + kStageK - 1) / kStageK;
+  const int tiles = gridTiles(a), kTiles = (a.K + kStageK - 1) / kStageK;
   // One block a multiprocessor (its shared memory), every block of the grid resident at once.
   return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
-         tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_;
+         tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ && (!a.lora.A || loraSupported(a.lora));
 }
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
-  const int tiles = (a.N + kTileRows - 1) / kTileRows, kTiles = (a.K + kStageK - 1) / kStageK;
+  const int kTiles = (a.K + kStageK - 1) / kStageK;
   const CUtensorMap wMap = tensorMap(a.W, a.K, a.N, a.ldw, kTileRows);
   const CUtensorMap xMap = tensorMap(a.X, a.K, a.M, a.ldx, kTokens);
-  launchPdlShared(decodeGemmKernel, dim3(tiles * splits), dim3(kThreads), kSmemBytes, st, pdl, "decode GEMM launch", a,
-                  wMap, xMap, kTiles, splits, partials_.get(), counters_.get());
+  const CUtensorMap aMap = a.lora.A ? tensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kTileRows) : wMap;
+  const int smem = kSmemBytes + (a.lora.A ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
+  launchPdlShared(decodeGemmKernel, dim3(gridTiles(a) * splits), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
+                  wMap, xMap, aMap, kTiles, splits, partials_.get(), counters_.get());
 }
 
 }  // namespace cuda

@@ -12,6 +12,15 @@
 // swizzle), four stages; two warpgroups take alternate stages with wgmma (64 x 32 x 16) and add
 // their sums at the tile's end. A tile's splits meet in a workspace, and the last block of the
 // tile to finish adds them in block order (the same result every time).
+//
+// With LoRA (DecodeGemmLora) the GEMM also takes a decode step's adapter deltas, with no shrink
+// launch before it: the blocks of its first tiles multiply every slot's A rows of the module by
+// the same token rows (the shrink, for every slot, as extra output rows that go to a workspace),
+// and the block that finishes each weight tile adds, for each token, its own slot's scaled
+// B x (A x) to the tile's sums before it writes them (a slot's A rows must lie in one tile:
+// maxRank divides 64, or 64 divides it). B's tile comes into shared memory before
+// the programmatic-launch wait; what that block waits for at the end is the shrink tiles, which
+// stream as much as every other block and start first.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -24,8 +33,27 @@ namespace cuda {
 
 constexpr int kDecodeGemmMaxRows = 32;
 
+// The LoRA part: A holds `rows` = slots x maxRank rows of K (lda apart; slot k's rank r at row
+// k maxRank + r); output row n's B for slot k, rank r is at B + n ldb + k maxRank + r. Token m
+// (slot rowSlot[m], -1 for none) adds scaling[slot] sum over r < ranks[slot rankPitch + module] of
+// B(n, slot, r) (A x_m)[slot maxRank + r]. mid: the shrink's workspace, M x maxRank floats (each
+// token's own slot's outputs, scaled), 16-byte aligned.
+constexpr int kDecodeGemmLoraMaxRows = 128;
+struct DecodeGemmLora {
+  const bf16_t* A = nullptr;
+  int lda = 0, rows = 0, maxRank = 0;
+  const bf16_t* B = nullptr;
+  int ldb = 0;
+  const int32_t* rowSlot = nullptr;
+  const int32_t* ranks = nullptr;
+  int rankPitch = 0, module = 0;
+  const float* scaling = nullptr;
+  float* mid = nullptr;
+};
+
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
-// m of Y at Y + m ldy (f32), of X at X + m ldx and row n of W at W + n ldw (bf16).
+// m of Y at Y + m ldy (f32), of X at X + m ldx and row n of W at W + n ldw (bf16); plus the LoRA
+// deltas when lora.A is set.
 struct DecodeGemmArgs {
   const bf16_t* W = nullptr;
   int ldw = 0;
@@ -35,6 +63,7 @@ struct DecodeGemmArgs {
   int ldy = 0;
   int M = 0, N = 0, K = 0;
   bool accumulate = false;
+  DecodeGemmLora lora;
 };
 
 class DecodeGemm {
@@ -44,14 +73,18 @@ class DecodeGemm {
   static bool available();
   // 1 <= M <= 32; K and the leading dimensions multiples of 8; W and X 16-byte aligned; at least
   // `splits` stages of K; and every block (tiles x splits, one a multiprocessor) resident at once.
+  // With LoRA also: lora.rows a multiple of 8 up to kDecodeGemmLoraMaxRows (their tiles count with
+  // the weights'), A and B 16-byte aligned.
   bool supports(const DecodeGemmArgs& a, int splits) const;
   // pdl: may start while the kernel before drains; X and Y are read only after it completes.
   void run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl);
 
  private:
   int sms_;
-  DeviceBuffer<float> partials_;     // the splits' sums, [block][64 rows x 32 tokens]
-  DeviceBuffer<unsigned> counters_;  // splits done per row tile; the last one sets it back to 0
+  DeviceBuffer<float> partials_;  // the splits' sums, [block][64 rows x 32 tokens]
+  // Splits done per row tile (the last one sets it back to 0); past the tiles, the LoRA shrink
+  // tiles done and the weight tiles that have read them (the last of those zeroes both).
+  DeviceBuffer<unsigned> counters_;
 };
 
 }  // namespace cuda

@@ -1,7 +1,9 @@
 // Stand-alone check of the decode GEMM (native/cuda/decode_gemm.cu) against a host reference: one
 // and two splits a tile, 1 to 32 tokens, K past the last whole stage, N past the last whole tile,
 // accumulating or not, padded leading dimensions. Every case runs three rounds back to back with
-// programmatic launch and must give the same bits each round. With --bench it times Llama-8B's
+// programmatic launch and must give the same bits each round. The LoRA cases add each token's
+// slot's B (A x) as the engine's decode steps do, with A's rows and B's columns past each slot's
+// rank poisoned with NaN and tokens without an adapter. With --bench it times Llama-8B's
 // projections at 32 decode tokens, replayed from a CUDA graph, against cuBLAS's GEMM: behind a
 // 2 us kernel, and the down projection behind siluMul as in a decode step.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
@@ -86,6 +88,108 @@ int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
   return bad ? 1 : 0;
 }
 
+struct LoraCase {
+  int M, N, K, slots, maxRank, splits;
+};
+
+// The LoRA form against a host reference: W and B in one matrix of K + slots maxRank columns, as
+// the fused layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's rank
+// maxRank - k % 2 * maxRank / 2.
+int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
+  const int rows = c.slots * c.maxRank, ld = c.K + rows;
+  std::vector<uint16_t> W(static_cast<size_t>(c.N) * ld), X(static_cast<size_t>(c.M) * c.K),
+      A(static_cast<size_t>(rows) * c.K);
+  std::vector<int32_t> slot(c.M), ranks(c.slots * 7, 0);
+  std::vector<float> scaling(c.slots), Y0(static_cast<size_t>(c.M) * c.N);
+  for (int k = 0; k < c.slots; ++k) {
+    ranks[k * 7 + 6] = c.maxRank - (k % 2) * c.maxRank / 2;
+    scaling[k] = 0.5f + k;
+  }
+  for (int m = 0; m < c.M; ++m) slot[m] = m % (c.slots + 1) - 1;
+  for (int n = 0; n < c.N; ++n)
+    for (int k = 0; k < ld; ++k) {
+      const int s = k < c.K ? -1 : (k - c.K) / c.maxRank, r = k < c.K ? 0 : (k - c.K) % c.maxRank;
+      W[static_cast<size_t>(n) * ld + k] = s >= 0 && r >= ranks[s * 7 + 6] ? kNaN16 : toBf16(rng.sym());
+    }
+  for (int row = 0; row < rows; ++row)
+    for (int k = 0; k < c.K; ++k)
+      A[static_cast<size_t>(row) * c.K + k] =
+          row % c.maxRank >= ranks[row / c.maxRank * 7 + 6] ? kNaN16 : toBf16(rng.sym() / 8);
+  for (auto& v : X) v = toBf16(rng.sym());
+  for (auto& v : Y0) v = 4 * rng.sym();
+  bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
+  bf16_t* dX = reinterpret_cast<bf16_t*>(upload(X));
+  bf16_t* dA = reinterpret_cast<bf16_t*>(upload(A));
+  int32_t* dSlot = upload(slot);
+  int32_t* dRanks = upload(ranks);
+  float* dScaling = upload(scaling);
+  float* dY = upload(Y0);
+  float* dMid = upload(std::vector<float>(static_cast<size_t>(c.M) * rows));
+  DecodeGemmArgs a;
+  a.W = dW, a.ldw = ld, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
+  a.accumulate = true;
+  DecodeGemmLora& l = a.lora;
+  l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = dW + c.K, l.ldb = ld, l.rowSlot = dSlot;
+  l.ranks = dRanks, l.rankPitch = 7, l.module = 6, l.scaling = dScaling, l.mid = dMid;
+  int bad = 0;
+  if (!gemm.supports(a, c.splits)) {
+    std::printf("FAIL lora M %d N %d K %d rows %d splits %d: not supported\n", c.M, c.N, c.K, rows, c.splits);
+    bad = 1;
+  }
+  std::vector<float> first;
+  double worst = 0;
+  for (int round = 0; round < 3 && !bad; ++round) {
+    CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
+    gemm.run(a, c.splits, st, true);
+    std::vector<float> Y(Y0.size());
+    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (round > 0) {
+      if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
+        std::printf("FAIL lora M %d N %d: round %d differs from the first\n", c.M, c.N, round);
+        ++bad;
+      }
+      continue;
+    }
+    first = Y;
+    for (int m = 0; m < c.M; ++m) {
+      const int s = slot[m], rank = s >= 0 ? ranks[s * 7 + 6] : 0;
+      std::vector<double> mid(rank), midMag(rank);
+      for (int r = 0; r < rank; ++r)
+        for (int k = 0; k < c.K; ++k) {
+          const double p = static_cast<double>(fromBf16(A[static_cast<size_t>(s * c.maxRank + r) * c.K + k])) *
+                           fromBf16(X[static_cast<size_t>(m) * c.K + k]);
+          mid[r] += p;
+          midMag[r] += std::fabs(p);
+        }
+      for (int n = 0; n < c.N; ++n) {
+        double sum = Y0[static_cast<size_t>(m) * c.N + n], mag = 0;
+        for (int k = 0; k < c.K; ++k) {
+          const double p = static_cast<double>(fromBf16(W[static_cast<size_t>(n) * ld + k])) *
+                           fromBf16(X[static_cast<size_t>(m) * c.K + k]);
+          sum += p;
+          mag += std::fabs(p);
+        }
+        for (int r = 0; r < rank; ++r) {
+          const double b = fromBf16(W[static_cast<size_t>(n) * ld + c.K + s * c.maxRank + r]) * scaling[s];
+          sum += b * mid[r];
+          mag += std::fabs(b) * midMag[r];
+        }
+        const double bound = mag / 16384 + 1e-5, err = std::fabs(Y[static_cast<size_t>(m) * c.N + n] - sum);
+        if (!(err <= bound)) ++bad;
+        worst = std::max(worst, err / bound);
+      }
+    }
+  }
+  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d: worst %.3f of the bound\n",
+              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, worst);
+  for (void* p :
+       {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
+        static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY), static_cast<void*>(dMid)})
+    cudaFree(p);
+  return bad ? 1 : 0;
+}
+
 int checks() {
   if (!DecodeGemm::available()) {
     std::printf("FAIL: no decode GEMM for this device in this build\n");
@@ -104,6 +208,12 @@ int checks() {
   Rng rng{5};
   int failed = 0;
   for (const Case& c : cases) failed += check(gemm, c, rng, st);
+  // The engine's down projection at 8 slots of rank 16 fills an H200's 132 multiprocessors.
+  const LoraCase loraCases[] = {
+      {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
+      {1, 200, 1024, 2, 8, 1},     {19, 130, 264, 3, 8, 2},    {32, 512, 2048, 2, 64, 1},
+  };
+  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }
@@ -129,10 +239,17 @@ int bench() {
     const char* name;
     int N, K, splits;
     bool accumulate, silu;  // silu: behind siluMul making the rows, as the down projection is
+    int loraRows = 0;       // 8 slots of rank 16 taken inside the GEMM, the tokens over them
   };
-  const Shape shapes[] = {{"q/k/v", 6144, 4096, 1, false, false},      {"o", 4096, 4096, 2, true, false},
-                          {"o + r16 pad", 4096, 4224, 2, true, false}, {"down", 4096, 14336, 2, true, false},
-                          {"down", 4096, 14336, 2, true, true},        {"down + r64 pad", 4096, 14848, 2, true, true}};
+  const Shape shapes[] = {{"q/k/v", 6144, 4096, 1, false, false},
+                          {"o", 4096, 4096, 2, true, false},
+                          {"o + r16 pad", 4096, 4224, 2, true, false},
+                          {"down", 4096, 14336, 2, true, false},
+                          {"down", 4096, 14336, 2, true, true},
+                          {"down + r64 pad", 4096, 14848, 2, true, true},
+                          {"o, LoRA in", 4096, 4096, 2, true, false, 128},
+                          {"down + r16 pad", 4096, 14464, 2, true, true},
+                          {"down, LoRA in", 4096, 14336, 2, true, true, 128}};
   const int T = 32, copies = 4, iters = 64;
   float *gu = nullptr, *Y = nullptr;
   CK(cudaMalloc(&gu, static_cast<size_t>(T) * 2 * 14848 * 4));
@@ -140,8 +257,9 @@ int bench() {
   CK(cudaMalloc(&Y, static_cast<size_t>(T) * 6144 * 4));
   CK(cudaMemset(Y, 0, static_cast<size_t>(T) * 6144 * 4));
   for (const Shape& s : shapes) {
-    bf16_t *W = nullptr, *X = nullptr;
-    const size_t wElems = static_cast<size_t>(s.N) * s.K;
+    bf16_t *W = nullptr, *X = nullptr, *A = nullptr;
+    const int ldw = s.K + s.loraRows;
+    const size_t wElems = static_cast<size_t>(s.N) * ldw;
     CK(cudaMalloc(&W, wElems * copies * 2));
     CK(cudaMemset(W, 0, wElems * copies * 2));
     CK(cudaMalloc(&X, static_cast<size_t>(T) * s.K * 2));
@@ -168,24 +286,42 @@ int bench() {
     const double alone = timed([](int, cudaStream_t) {});
     const double cb = timed([&](int i, cudaStream_t s2) {
       (void)s2;
-      cublas.linear(T, s.N, s.K, W + (i % copies) * wElems, s.K, X, s.K, Y, ElemType::F32, 1, s.accumulate ? 1 : 0);
+      cublas.linear(T, s.N, s.K, W + (i % copies) * wElems, ldw, X, s.K, Y, ElemType::F32, 1, s.accumulate ? 1 : 0);
     });
     DecodeGemmArgs a;
-    a.ldw = s.K, a.X = X, a.ldx = s.K, a.Y = Y, a.ldy = s.N, a.M = T, a.N = s.N, a.K = s.K;
+    a.ldw = ldw, a.X = X, a.ldx = s.K, a.Y = Y, a.ldy = s.N, a.M = T, a.N = s.N, a.K = s.K;
     a.accumulate = s.accumulate;
+    int32_t *slots = nullptr, *ranks = nullptr;
+    float *scaling = nullptr, *mid = nullptr;
+    if (s.loraRows > 0) {
+      std::vector<int32_t> slot(T), rank(8 * 7, 16);
+      for (int t = 0; t < T; ++t) slot[t] = t % 8;
+      slots = upload(slot);
+      ranks = upload(rank);
+      scaling = upload(std::vector<float>(8, 1.0f));
+      mid = upload(std::vector<float>(static_cast<size_t>(T) * s.loraRows));
+      CK(cudaMalloc(&A, static_cast<size_t>(s.loraRows) * s.K * 2));
+      CK(cudaMemset(A, 0, static_cast<size_t>(s.loraRows) * s.K * 2));
+      DecodeGemmLora& l = a.lora;
+      l.A = A, l.lda = s.K, l.rows = s.loraRows, l.maxRank = 16, l.ldb = ldw, l.rowSlot = slots, l.ranks = ranks;
+      l.rankPitch = 7, l.module = 6, l.scaling = scaling, l.mid = mid;
+    }
     auto ours = [&](bool pdl) {
       return timed([&](int i, cudaStream_t s2) {
         DecodeGemmArgs b = a;
         b.W = W + (i % copies) * wElems;
+        if (b.lora.A) b.lora.B = b.W + s.K;
         gemm.run(b, s.splits, s2, pdl);
       });
     };
     a.W = W;
+    if (a.lora.A) a.lora.B = W + s.K;
     const bool ok = gemm.supports(a, s.splits);
     std::printf("%-15s behind %-12s (%5.2f): cuBLAS %6.2f, ours %6.2f (launched after it %6.2f)\n", s.name,
                 s.silu ? "siluMul" : "a 2 us kernel", alone, cb, ok ? ours(true) : -1.0, ok ? ours(false) : -1.0);
-    cudaFree(W);
-    cudaFree(X);
+    for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(slots),
+                    static_cast<void*>(ranks), static_cast<void*>(scaling), static_cast<void*>(mid)})
+      cudaFree(p);
   }
   cudaFree(gu);
   cudaFree(Y);

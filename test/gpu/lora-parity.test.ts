@@ -3,7 +3,9 @@
 // adapters (rank 8 on q/v, ranks 16 and 64 on all seven modules); teacher-forced on PEFT's greedy
 // continuation, every token's logprob is within 0.05 of PEFT's and the greedy choice is PEFT's
 // wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
-// every way of running the LoRA kernels (engine option loraKernel).
+// every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
+// model and the two adapters that fit it) also runs the decode GEMM taking o's and down's LoRA
+// deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -25,9 +27,10 @@ const ckpt = openCheckpoint(dir);
 const vocab = ckpt.config.vocabSize;
 
 /** Every (model, case) pair as one sequence of a mixed batch: slot -1 for the base model. */
-const rows = ['base', ...ref.adapters].flatMap((model, mi) => ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })));
+type Row = { model: string; slot: number; c: Case };
+const rows: Row[] = ['base', ...ref.adapters].flatMap((model, mi) => ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })));
 
-function run(handle: number): { maxDiff: number; checked: number; mismatches: number } {
+function run(handle: number, rows: Row[]): { maxDiff: number; checked: number; mismatches: number } {
   const maxBlocks = 16;
   const out = { maxDiff: 0, checked: 0, mismatches: 0 };
   const blocks = rows.map((_, i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k));
@@ -88,7 +91,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       );
       handles.push(h);
       ref.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
-      const m = run(h);
+      const m = run(h, rows);
       console.log(
         `LoRA parity (${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
       );
@@ -97,6 +100,47 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       expect(m.checked).toBeGreaterThan(rows.length * 8);
     },
   );
+
+  // r8-qv and r16-all: rank 8 on q/v only (no o or down deltas for its tokens) and rank 16 on all.
+  const small = ['base', ...ref.adapters].flatMap((model, mi) =>
+    model === 'base' || model.startsWith('r8') || model.startsWith('r16') ? ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })) : [],
+  );
+  it.each(['down', 'o,down', '0'])('adapters up to rank 16, LoRA in the decode GEMM: %s', (inGemm) => {
+    const before = process.env.TROUPE_LORA_IN_GEMM;
+    process.env.TROUPE_LORA_IN_GEMM = inGemm;
+    let h: number;
+    try {
+      h = addon.createEngine(
+        ckpt.config,
+        ckpt.tensors,
+        engineOptions({
+          device: 'cuda',
+          blockSize: BLOCK,
+          kvBlocks: rows.length * 16,
+          loraSlots: 4,
+          maxLoraRank: 16,
+          cudaGraphMaxBs: 32,
+          loraBackend: 'csgmv',
+          loraChunkSize: 16,
+          loraKernel: 'fused',
+        }),
+      );
+    } finally {
+      if (before === undefined) delete process.env.TROUPE_LORA_IN_GEMM;
+      else process.env.TROUPE_LORA_IN_GEMM = before;
+    }
+    handles.push(h);
+    ref.adapters.forEach((name, slot) => {
+      if (small.some((r) => r.model === name)) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
+    });
+    const m = run(h, small);
+    console.log(
+      `LoRA parity (rank-16 pool, LoRA in the decode GEMM: ${inGemm}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
+    );
+    expect(m.maxDiff).toBeLessThanOrEqual(BAR);
+    expect(m.mismatches).toBe(0);
+    expect(m.checked).toBeGreaterThan(small.length * 8);
+  });
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
     const base = ref.cases.base!;
