@@ -32,6 +32,27 @@ struct Case {
   bool accumulate;
 };
 
+// Three launches back to back, each from Y0 (a.Y's values before): the first's output, or empty
+// where a later one differs from it by a bit (said with `what`).
+std::vector<float> launchRounds(DecodeGemm& gemm, const DecodeGemmArgs& a, int splits, const std::vector<float>& Y0,
+                                cudaStream_t st, const char* what) {
+  std::vector<float> first;
+  for (int round = 0; round < 3; ++round) {
+    CK(cudaMemcpyAsync(a.Y, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
+    gemm.run(a, splits, st, true);
+    std::vector<float> Y(Y0.size());
+    CK(cudaMemcpyAsync(Y.data(), a.Y, Y.size() * 4, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (round == 0) {
+      first = Y;
+    } else if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
+      std::printf("FAIL %s: round %d differs from the first\n", what, round);
+      return {};
+    }
+  }
+  return first;
+}
+
 int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
   std::vector<uint16_t> W(static_cast<size_t>(c.N) * c.ld), X(static_cast<size_t>(c.M) * c.ld);
   for (auto& v : W) v = toBf16(rng.sym());
@@ -49,22 +70,10 @@ int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
     std::printf("FAIL M %d N %d K %d splits %d: not supported\n", c.M, c.N, c.K, c.splits);
     bad = 1;
   }
-  std::vector<float> first;
+  const std::vector<float> Y = bad ? std::vector<float>{} : launchRounds(gemm, a, c.splits, Y0, st, "plain case");
+  if (Y.empty()) bad = 1;
   double worst = 0;
-  for (int round = 0; round < 3 && !bad; ++round) {
-    CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
-    gemm.run(a, c.splits, st, true);
-    std::vector<float> Y(Y0.size());
-    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
-    CK(cudaStreamSynchronize(st));
-    if (round > 0) {
-      if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
-        std::printf("FAIL M %d N %d K %d: round %d differs from the first\n", c.M, c.N, c.K, round);
-        ++bad;
-      }
-      continue;
-    }
-    first = Y;
+  if (!bad) {
     for (int m = 0; m < c.M; ++m)
       for (int n = 0; n < c.N; ++n) {
         double sum = Y0[static_cast<size_t>(m) * c.N + n], mag = 0;
@@ -136,22 +145,10 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
     std::printf("FAIL lora M %d N %d K %d rows %d splits %d: not supported\n", c.M, c.N, c.K, rows, c.splits);
     bad = 1;
   }
-  std::vector<float> first;
+  const std::vector<float> Y = bad ? std::vector<float>{} : launchRounds(gemm, a, c.splits, Y0, st, "LoRA case");
+  if (Y.empty()) bad = 1;
   double worst = 0;
-  for (int round = 0; round < 3 && !bad; ++round) {
-    CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
-    gemm.run(a, c.splits, st, true);
-    std::vector<float> Y(Y0.size());
-    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
-    CK(cudaStreamSynchronize(st));
-    if (round > 0) {
-      if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
-        std::printf("FAIL lora M %d N %d: round %d differs from the first\n", c.M, c.N, round);
-        ++bad;
-      }
-      continue;
-    }
-    first = Y;
+  if (!bad) {
     for (int m = 0; m < c.M; ++m) {
       const int s = slot[m], rank = s >= 0 ? ranks[s * 7 + 6] : 0;
       std::vector<double> mid(rank), midMag(rank);

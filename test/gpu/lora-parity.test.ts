@@ -70,35 +70,36 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 128, graphs: 32 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ];
+  type Layout = Pick<EngineOptions, 'maxLoraRank' | 'loraBackend' | 'loraChunkSize' | 'loraKernel'> & { graphs: number };
+  /** An engine of 4 slots with the adapters of `batch` loaded; the batch checked against PEFT. */
+  const check = (label: string, { graphs, ...lora }: Layout, batch: Row[]): void => {
+    const h = addon.createEngine(
+      ckpt.config,
+      ckpt.tensors,
+      engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: 4, cudaGraphMaxBs: graphs, ...lora }),
+    );
+    handles.push(h);
+    ref.adapters.forEach((name, slot) => {
+      if (batch.some((r) => r.model === name)) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
+    });
+    const m = run(h, batch);
+    console.log(
+      `LoRA parity (${label}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
+    );
+    expect(m.maxDiff).toBeLessThanOrEqual(BAR);
+    expect(m.mismatches).toBe(0);
+    expect(m.checked).toBeGreaterThan(batch.length * 8);
+  };
+
   const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'];
   it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
     'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
-    ({ loraKernel, loraBackend, loraChunkSize, graphs }) => {
-      const h = addon.createEngine(
-        ckpt.config,
-        ckpt.tensors,
-        engineOptions({
-          device: 'cuda',
-          blockSize: BLOCK,
-          kvBlocks: rows.length * 16,
-          loraSlots: 4,
-          maxLoraRank: 64,
-          cudaGraphMaxBs: graphs,
-          loraBackend,
-          loraChunkSize,
-          loraKernel,
-        }),
-      );
-      handles.push(h);
-      ref.adapters.forEach((name, slot) => loadSlot(h, slot, join(dir, 'adapters', name), ckpt));
-      const m = run(h, rows);
-      console.log(
-        `LoRA parity (${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
-      );
-      expect(m.maxDiff).toBeLessThanOrEqual(BAR);
-      expect(m.mismatches).toBe(0);
-      expect(m.checked).toBeGreaterThan(rows.length * 8);
-    },
+    ({ loraKernel, loraBackend, loraChunkSize, graphs }) =>
+      check(
+        `${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}`,
+        { maxLoraRank: 64, loraBackend, loraChunkSize, loraKernel, graphs },
+        rows,
+      ),
   );
 
   // r8-qv and r16-all: rank 8 on q/v only (no o or down deltas for its tokens) and rank 16 on all.
@@ -106,40 +107,19 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     model === 'base' || model.startsWith('r8') || model.startsWith('r16') ? ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })) : [],
   );
   it.each(['down', 'o,down', '0'])('adapters up to rank 16, LoRA in the decode GEMM: %s', (inGemm) => {
+    // The engine reads the switch when it is made.
     const before = process.env.TROUPE_LORA_IN_GEMM;
     process.env.TROUPE_LORA_IN_GEMM = inGemm;
-    let h: number;
     try {
-      h = addon.createEngine(
-        ckpt.config,
-        ckpt.tensors,
-        engineOptions({
-          device: 'cuda',
-          blockSize: BLOCK,
-          kvBlocks: rows.length * 16,
-          loraSlots: 4,
-          maxLoraRank: 16,
-          cudaGraphMaxBs: 32,
-          loraBackend: 'csgmv',
-          loraChunkSize: 16,
-          loraKernel: 'fused',
-        }),
+      check(
+        `rank-16 pool, LoRA in the decode GEMM: ${inGemm}`,
+        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        small,
       );
     } finally {
       if (before === undefined) delete process.env.TROUPE_LORA_IN_GEMM;
       else process.env.TROUPE_LORA_IN_GEMM = before;
     }
-    handles.push(h);
-    ref.adapters.forEach((name, slot) => {
-      if (small.some((r) => r.model === name)) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
-    });
-    const m = run(h, small);
-    console.log(
-      `LoRA parity (rank-16 pool, LoRA in the decode GEMM: ${inGemm}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
-    );
-    expect(m.maxDiff).toBeLessThanOrEqual(BAR);
-    expect(m.mismatches).toBe(0);
-    expect(m.checked).toBeGreaterThan(small.length * 8);
   });
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
