@@ -27,108 +27,19 @@
 #include <string>
 
 #include "cuda/decode_gemm.h"
+#include "cuda/decode_gemm_lora.cuh"
+#include "cuda/decode_gemm_ops.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/tensor_map.h"
 
 namespace troupe {
 namespace cuda {
 
 namespace {
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TROUPE_DECODE_GEMM_BODY 1
-#else
-#define TROUPE_DECODE_GEMM_BODY 0
-#endif
-
-constexpr int kConsumers = 256;            // two warpgroups that multiply
-constexpr int kThreads = kConsumers + 32;  // and a warp that copies
-constexpr int kTileRows = 64;
-constexpr int kBox = 64;  // K of one copy: a 128-byte swizzled row
-constexpr int kCopies = 4;
-constexpr int kStageK = kBox * kCopies;
-constexpr int kStages = 4;
-static_assert(kStages % 2 == 0, "the two groups alternate stages");
-constexpr int kTokens = kDecodeGemmMaxRows;
-constexpr int kStageElems = (kTileRows + kTokens) * kStageK;
-constexpr int kSmemBytes = kStages * kStageElems * 2 + 1024;  // and room to align to 1 KB
-constexpr int kMaxTiles = 1 << 14;
-constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split tile
-// B's tile in shared memory after the stages: rows padded by 16 bytes so that the 8 rows a warp
-// reads at once fall in different banks.
-constexpr int kBPad = 8;
-constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
-constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
+using namespace decode_gemm;  // NOLINT(build/namespaces): the kernel's own layout and instructions
 
 __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
-
-#if TROUPE_DECODE_GEMM_BODY
-constexpr int kConsumerWarps = kConsumers / 32;
-
-__device__ __forceinline__ unsigned smemAddr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void barrierInit(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smemAddr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void barrierExpect(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void barrierArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smemAddr(bar)) : "memory");
-}
-__device__ __forceinline__ void barrierWait(uint64_t* bar, unsigned parity) {
-  unsigned done = 0;
-  do {
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(done)
-                 : "r"(smemAddr(bar)), "r"(parity)
-                 : "memory");
-  } while (!done);
-}
-// The multiplying warps only (named barrier 1), and the first group only (2).
-__device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
-__device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
-
-__device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smemAddr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cpAsyncWaitAll() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
-}
-__device__ __forceinline__ unsigned loadAcquire(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-// The box of map at (k, row) into shared dst (1 KB aligned), counted on bar when it lands. Boxes
-// reaching past the tensor's ends land zeros there, counted all the same.
-__device__ __forceinline__ void tensorCopy(void* dst, const CUtensorMap* map, int k, int row, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
-          "r"(smemAddr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(smemAddr(bar))
-      : "memory");
-}
-
-// A shared-memory matrix descriptor for wgmma: K-major rows of 128 bytes with the 128-byte
-// swizzle, 8-row groups 1024 bytes apart.
-__device__ __forceinline__ uint64_t wgDesc(const void* p) {
-  const uint64_t addr = smemAddr(p);
-  return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
-}
-// d (64 rows x 32 tokens, f32) += A (64 x 16, K-major) * B (32 x 16, K-major).
-__device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
-        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
-        "+f"(d[3][2]), "+f"(d[3][3])
-      : "l"(a), "l"(b));
-}
-#endif
 
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
@@ -192,22 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     return;
   }
-  if (hasLora && tid < kTokens) {
-    // The step's slots (uploaded before it) and the pool's ranks and scalings.
-    const int slot = tid < args.M ? lora.rowSlot[tid] : -1;
-    tokSlot[tid] = slot;
-    tokRank[tid] = slot >= 0 ? min(lora.ranks[slot * lora.rankPitch + lora.module], lora.maxRank) : 0;
-    tokScale[tid] = slot >= 0 ? lora.scaling[slot] : 0.0f;
-  }
-  if (hasLora && !shrinkTile && tid < 128) {
-    // B's rows of this tile (the LoRA pool: written before this grid began), 16 bytes a copy.
-    const int pieces = lora.rows / 8;
-    for (int c = tid; c < kTileRows * pieces; c += 128) {
-      const int r = c / pieces, k = c % pieces;
-      if (row0 + r < args.N)
-        cpAsync16(bTile + r * bPitch + k * 8, lora.B + static_cast<size_t>(row0 + r) * lora.ldb + k * 8);
-    }
-  }
+  if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
+  if (hasLora && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
   pdlWait();
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
@@ -389,41 +286,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiled encodeTiled() {
-  static EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-#if CUDART_VERSION >= 12050
-    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found),
-          "cudaGetDriverEntryPointByVersion");
-#else  // toolkits before 12.5 have only the unversioned query
-    check(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &found), "cudaGetDriverEntryPoint");
-#endif
-    if (found != cudaDriverEntryPointSuccess || !p)
-      throw std::runtime_error("the CUDA driver has no cuTensorMapEncodeTiled (compute capability 9.0 needs it)");
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  return fn;
-}
-
-// A [rows][cols] bf16 matrix (rows ld apart) in boxes of kBox x boxRows, 128-byte swizzled.
-CUtensorMap tensorMap(const bf16_t* base, int cols, int rows, int ld, int boxRows) {
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * 2};
-  const cuuint32_t box[2] = {kBox, static_cast<cuuint32_t>(boxRows)};
-  const cuuint32_t elementStrides[2] = {1, 1};
-  const CUresult r = encodeTiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16_t*>(base), dims, strides,
-                                   box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) throw std::runtime_error("cuTensorMapEncodeTiled failed: " + std::to_string(r));
-  return map;
-}
-
 }  // namespace
 
 bool DecodeGemm::available() {
@@ -435,13 +297,7 @@ bool DecodeGemm::available() {
       cudaGetLastError();  // no sm_90a code in this build for this device
       return false;
     }
-    try {
-      encodeTiled();  // and a driver that makes tensor maps
-    } catch (const std::exception&) {
-      cudaGetLastError();
-      return false;
-    }
-    return value == 1;
+    return value == 1 && tensorMapsAvailable();
   }();
   return built;
 }
@@ -485,9 +341,9 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
   const int kTiles = (a.K + kStageK - 1) / kStageK;
-  const CUtensorMap wMap = tensorMap(a.W, a.K, a.N, a.ldw, kTileRows);
-  const CUtensorMap xMap = tensorMap(a.X, a.K, a.M, a.ldx, kTokens);
-  const CUtensorMap aMap = a.lora.A ? tensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kTileRows) : wMap;
+  const CUtensorMap wMap = bf16TensorMap(a.W, a.K, a.N, a.ldw, kBox, kTileRows);
+  const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
+  const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
   const int smem = kSmemBytes + (a.lora.A ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
   launchPdlShared(decodeGemmKernel, dim3(gridTiles(a) * splits), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
                   wMap, xMap, aMap, kTiles, splits, partials_.get(), counters_.get());

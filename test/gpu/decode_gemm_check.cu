@@ -7,7 +7,7 @@
 // projections at 32 decode tokens, replayed from a CUDA graph, against cuBLAS's GEMM: behind a
 // 2 us kernel, and the down projection behind siluMul as in a decode step.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
-//        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/kernels.cu \
+//        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc native/cuda/kernels.cu \
 //        native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
 #include <cuda_runtime.h>
 

@@ -1,0 +1,112 @@
+// The decode GEMM's layout and the Hopper instructions it is made of (decode_gemm.cu and its LoRA
+// part, decode_gemm_lora.cuh): mbarriers, tensor copies, cp.async and wgmma. Device code exists
+// only where TROUPE_DECODE_GEMM_BODY is 1 (sm_90a).
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "cuda/decode_gemm.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TROUPE_DECODE_GEMM_BODY 1
+#else
+#define TROUPE_DECODE_GEMM_BODY 0
+#endif
+
+namespace troupe {
+namespace cuda {
+namespace decode_gemm {
+
+constexpr int kConsumers = 256;            // two warpgroups that multiply
+constexpr int kThreads = kConsumers + 32;  // and a warp that copies
+constexpr int kTileRows = 64;
+constexpr int kBox = 64;  // K of one copy: a 128-byte swizzled row
+constexpr int kCopies = 4;
+constexpr int kStageK = kBox * kCopies;
+constexpr int kStages = 4;
+static_assert(kStages % 2 == 0, "the two groups alternate stages");
+constexpr int kTokens = kDecodeGemmMaxRows;
+constexpr int kStageElems = (kTileRows + kTokens) * kStageK;
+constexpr int kSmemBytes = kStages * kStageElems * 2 + 1024;  // and room to align to 1 KB
+constexpr int kMaxTiles = 1 << 14;
+constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split tile
+// B's tile in shared memory after the stages: rows padded by 16 bytes so that the 8 rows a warp
+// reads at once fall in different banks.
+constexpr int kBPad = 8;
+constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
+constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
+
+#if TROUPE_DECODE_GEMM_BODY
+constexpr int kConsumerWarps = kConsumers / 32;
+
+__device__ __forceinline__ unsigned smemAddr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void barrierInit(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smemAddr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void barrierExpect(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void barrierArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void barrierWait(uint64_t* bar, unsigned parity) {
+  unsigned done = 0;
+  do {
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done)
+                 : "r"(smemAddr(bar)), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+// The multiplying warps only (named barrier 1), and the first group only (2).
+__device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
+__device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
+
+__device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smemAddr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cpAsyncWaitAll() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+}
+__device__ __forceinline__ unsigned loadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// The box of map at (k, row) into shared dst (1 KB aligned), counted on bar when it lands. Boxes
+// reaching past the tensor's ends land zeros there, counted all the same.
+__device__ __forceinline__ void tensorCopy(void* dst, const CUtensorMap* map, int k, int row, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
+          "r"(smemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(smemAddr(bar))
+      : "memory");
+}
+
+// A shared-memory matrix descriptor for wgmma: K-major rows of 128 bytes with the 128-byte
+// swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t wgDesc(const void* p) {
+  const uint64_t addr = smemAddr(p);
+  return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+// d (64 rows x 32 tokens, f32) += A (64 x 16, K-major) * B (32 x 16, K-major).
+__device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3])
+      : "l"(a), "l"(b));
+}
+#endif
+
+}  // namespace decode_gemm
+}  // namespace cuda
+}  // namespace troupe

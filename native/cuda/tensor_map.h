@@ -1,0 +1,20 @@
+// Tensor maps for the tensor memory accelerator's copies (compute capability 9.0), made through
+// the driver's cuTensorMapEncodeTiled, which the runtime hands out by version.
+#pragma once
+
+#include <cuda.h>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+// Whether the driver makes tensor maps.
+bool tensorMapsAvailable();
+
+// A [rows][cols] bf16 matrix (rows ld apart) in boxes of boxCols x boxRows, 128-byte swizzled
+// (boxCols x 2 bytes at most 128), with zeros for boxes past its ends.
+CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows);
+
+}  // namespace cuda
+}  // namespace troupe
