@@ -1,0 +1,76 @@
+// Where a fused decode step's projections take their LoRA shrink: the item or row shrink before
+// the GEMM, the decode GEMM itself (o and down), or the decode attention (o). The one place that
+// decides, so that the attention and the projections agree. The class is in backend_impl.h.
+#include "cuda/backend_impl.h"
+
+namespace troupe {
+namespace cuda_engine {
+
+CudaBackend::DecodeShrink CudaBackend::decodeShrink(int in, int ld, const cuda::RowInput& input) const {
+  DecodeShrink d;
+  d.decode = rowShrink_ && map_.tokens <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
+             (input.source != cuda::RowSource::kCopy || input.ld % 8 == 0);
+  // sgmv's items are single tokens: the item shrink would read A per token too, with more blocks
+  // than the row shrink (measured +25% / +60% decode at rank 16 / 64, against +17% / +46%).
+  d.items = d.decode && !o_.loraSgmv &&
+            (itemShrink_ == ItemShrink::kAll ||
+             (itemShrink_ == ItemShrink::kCopied && input.source != cuda::RowSource::kNorm));
+  // Made rows go into xa, ld apart; copied ones are read where they are.
+  d.itemShrink = d.items && cuda::itemShrinkSupported(in, ld, input.source == cuda::RowSource::kCopy ? input.ld : ld);
+  return d;
+}
+
+cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x,
+                                               int ldx, float* y, int N, bool accumulate) const {
+  const bf16_t* W = w_->layers[l].matrix(g);
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  const bool gemv = gemvEnabled_ && cuda::gemvSupported(T, in, W, ld, x, ldx);
+  // Only where project() would take the decode GEMM over the same rows.
+  // One GPU only: measured there (with tensor parallelism each rank's shrink would be a partial
+  // sum, which the expand may take as well, but that path is not measured).
+  if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || !accumulate || gemv ||
+      sl.count != 1 || sl.in != in || w_->splitRows[g] || !cuda::loraAContiguous(sl, lora_->slots()))
+    return {};
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
+  cuda::DecodeGemmLora& lo = a.lora;
+  // Every slot's A rows of the module, and B in the weight's padding columns (lora_fused.h).
+  lo.A = sl.a[0], lo.lda = in, lo.rows = lora_->slots() * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.B = W + in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
+  lo.module = g == cuda::kOWeight ? kO : kDown, lo.scaling = lora_->scaling(), lo.mid = loraMid_.get();
+  if (!decodeGemm_->supports(a, kDecodeGemmSplits)) return {};
+  return a;
+}
+
+cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
+  const cuda::WeightGroup g = cuda::kOWeight;
+  const int ld = w_->ld[g], in = ld - w_->pad[g];
+  // Only where the o projection would take the item shrink over the attention's rows as they are.
+  if (oInAttention_ == OInAttention::kOff || !fusedLoraStep() || !decodeShrink(in, ld, attentionRows()).itemShrink)
+    return {};
+  if (oInAttention_ == OInAttention::kSmallRanks && lora_->maxRank() > kOInAttentionMaxRank) return {};
+  const int zero[1] = {0};
+  const cuda::LoraSlices sl = lora_->slices(l, {kO}, zero);
+  if (sl.count != 1 || sl.in != in) return {};
+  const cuda::RowInput heads = attentionRows();
+  if (loraGemmArgs(l, g, sl, heads.bf16, heads.ld, hidden_.get(), c_.hiddenSize, keepsResidual()).M > 0) return {};
+  cuda::OLoraEpilogue e;
+  e.a = sl.a[0];
+  e.aSlotStride = sl.aSlotStride[0];
+  e.maxRank = sl.maxRank;
+  e.in = in;
+  e.rowSlot = dRowSlot_;
+  e.ranks = lora_->ranks();
+  e.rankPitch = kNumLoraModules;
+  e.module = kO;
+  e.scaling = lora_->scaling();
+  e.xa = xa_.get();
+  e.ld = ld;
+  e.pad = w_->pad[g];
+  e.partial = oPartial_.get();
+  e.tickets = oTickets_.get();
+  return e;
+}
+
+}  // namespace cuda_engine
+}  // namespace troupe
