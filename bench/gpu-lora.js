@@ -15,10 +15,13 @@
 // ROUNDS rounds (5 unless the environment says), each round timing every adapter count once, one
 // after another; an overhead is the median over the rounds of that round's ratio to its own base,
 // and a time the median over the rounds. LORA_RANKS (16,64 unless the environment says) picks the
-// adapters' ranks.
+// adapters' ranks. LORA_VARIANTS (bench/engine-variants.js: `default;TROUPE_LORA_IN_GEMM=0`) times
+// engines made with other environment switches beside each other, each round taking every variant
+// in turn, and labels each run with its variant.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { parseVariants, withEnv } from './engine-variants.js';
 import { loraEngineOptions, loraWorkload, median } from './gpu-steps.js';
 import { nvidiaSmi } from './serve-server.js';
 
@@ -46,6 +49,7 @@ const counts = (process.env.LORA_COUNTS ?? '0,1,4,8').split(',').map(Number);
 if (counts[0] !== 0 || !counts.every((n) => [0, 1, 4, 8].includes(n)))
   throw new Error(`LORA_COUNTS must start with 0 and name counts among 0, 1, 4, 8, not ${process.env.LORA_COUNTS}`);
 if (peft && !(counts.includes(1) && counts.includes(8))) throw new Error('the comparison with PEFT needs LORA_COUNTS to hold 1 and 8');
+const variants = parseVariants(process.env.LORA_VARIANTS);
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
@@ -54,6 +58,7 @@ const result = {
   rows: w.ROWS,
   context: w.CONTEXT,
   rounds,
+  variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
   peft,
 };
@@ -62,50 +67,59 @@ for (const rank of ranks) {
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
-      const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank, loraBackend, loraKernel }));
-      adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
-      const step = (b) => addon.step(h, b);
-      await w.fillContext(step);
-      const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
+      const engines = variants.map((variant) => {
+        const options = loraEngineOptions(w, { rank, loraBackend, loraKernel });
+        const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
+        adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
+        const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
+        return { variant, h, step: (b) => addon.step(h, b), byRound };
+      });
+      for (const e of engines) await w.fillContext(e.step);
       for (let round = 0; round < rounds; round++) {
-        for (const [k, distinct] of counts.entries()) {
-          byRound[k].decodeMs.push(await w.decode(step, distinct));
-          const p = await w.prefill(step, distinct);
-          byRound[k].prefillMs.push(p.ms);
-          byRound[k].prefillTokensPerS.push(p.tokensPerS);
+        for (const { step, byRound } of engines) {
+          for (const [k, distinct] of counts.entries()) {
+            byRound[k].decodeMs.push(await w.decode(step, distinct));
+            const p = await w.prefill(step, distinct);
+            byRound[k].prefillMs.push(p.ms);
+            byRound[k].prefillTokensPerS.push(p.tokensPerS);
+          }
         }
       }
-      for (const [k, distinct] of counts.entries()) {
-        const times = byRound[k];
-        // Each round's time over the same round's base, then the median over the rounds.
-        const overhead = (key) => median(times[key].map((ms, i) => ms / byRound[0][key][i] - 1));
-        const run = {
-          rank,
-          loraBackend,
-          loraKernel,
-          adapters: distinct,
-          decodeMs: median(times.decodeMs),
-          prefillTokensPerS: median(times.prefillTokensPerS),
-          decodeOverhead: overhead('decodeMs'),
-          prefillOverhead: overhead('prefillMs'),
-          decodeMsByRound: times.decodeMs,
-          prefillMsByRound: times.prefillMs,
-        };
-        result.runs.push(run);
-        console.log(
-          `rank ${rank} ${loraBackend} ${loraKernel} ${distinct} adapter(s): decode b${w.ROWS} ${run.decodeMs.toFixed(2)} ms, prefill 8x512 ${run.prefillTokensPerS.toFixed(0)} tokens/s`,
-        );
+      for (const { variant, h, byRound } of engines) {
+        for (const [k, distinct] of counts.entries()) {
+          const times = byRound[k];
+          // Each round's time over the same round's base, then the median over the rounds.
+          const overhead = (key) => median(times[key].map((ms, i) => ms / byRound[0][key][i] - 1));
+          const run = {
+            rank,
+            loraBackend,
+            loraKernel,
+            variant: variants.length > 1 ? variant.label : undefined,
+            adapters: distinct,
+            decodeMs: median(times.decodeMs),
+            prefillTokensPerS: median(times.prefillTokensPerS),
+            decodeOverhead: overhead('decodeMs'),
+            prefillOverhead: overhead('prefillMs'),
+            decodeMsByRound: times.decodeMs,
+            prefillMsByRound: times.prefillMs,
+          };
+          result.runs.push(run);
+          console.log(
+            `rank ${rank} ${loraBackend} ${loraKernel}${run.variant ? ` [${run.variant}]` : ''} ${distinct} adapter(s): decode b${w.ROWS} ${run.decodeMs.toFixed(2)} ms, prefill 8x512 ${run.prefillTokensPerS.toFixed(0)} tokens/s`,
+          );
+        }
+        addon.destroyEngine(h);
       }
-      addon.destroyEngine(h);
     }
   }
 }
 for (const r of result.runs.filter((x) => x.adapters === 8)) {
   console.log(
-    `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}, 8 adapters: decode +${(100 * r.decodeOverhead).toFixed(1)}%, prefill +${(100 * r.prefillOverhead).toFixed(1)}%`,
+    `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}${r.variant ? ` [${r.variant}]` : ''}, 8 adapters: decode +${(100 * r.decodeOverhead).toFixed(1)}%, prefill +${(100 * r.prefillOverhead).toFixed(1)}%`,
   );
 }
 if (peft) {
+  // The first variant's engine (the only one unless LORA_VARIANTS names more).
   const csgmv16 = (n) => result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.loraKernel === kernels[0] && r.adapters === n);
   result.speedupOverPeft = {
     kernel: kernels[0],
