@@ -50,6 +50,10 @@ if (counts[0] !== 0 || !counts.every((n) => [0, 1, 4, 8].includes(n)))
   throw new Error(`LORA_COUNTS must start with 0 and name counts among 0, 1, 4, 8, not ${process.env.LORA_COUNTS}`);
 if (peft && !(counts.includes(1) && counts.includes(8))) throw new Error('the comparison with PEFT needs LORA_COUNTS to hold 1 and 8');
 const variants = parseVariants(process.env.LORA_VARIANTS);
+// LORA_POOL=32 gives the engines 32 pool slots (8 unless said; the adapters take the first 8), as a
+// server with more GPU slots than adapters a batch has.
+const pool = Number(process.env.LORA_POOL ?? 8);
+if (!(Number.isInteger(pool) && pool >= 8)) throw new Error(`LORA_POOL must be an integer of at least 8, not ${process.env.LORA_POOL}`);
 
 const result = {
   date: new Date().toISOString().slice(0, 10),
@@ -58,6 +62,7 @@ const result = {
   rows: w.ROWS,
   context: w.CONTEXT,
   rounds,
+  pool: pool > 8 ? pool : undefined,
   variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
   peft,
@@ -68,7 +73,7 @@ for (const rank of ranks) {
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
       const engines = variants.map((variant) => {
-        const options = loraEngineOptions(w, { rank, loraBackend, loraKernel });
+        const options = loraEngineOptions(w, { rank, loraBackend, loraKernel, slots: pool });
         const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
         adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
         const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));

@@ -130,13 +130,13 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
  * The CUDA engine options of the multi-LoRA benchmarks (bench/gpu-lora.js,
  * bench/gpu-lora-profile.js) for workload `w`: 8 slots of `rank` on all seven modules.
  */
-export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused' }) {
+export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused', slots = 8 }) {
   return {
     device: 'cuda',
     blockSize: w.BLOCK,
     kvBlocks: w.kvBlocks,
     memFractionStatic: 0.85,
-    loraSlots: 8,
+    loraSlots: slots,
     maxLoraRank: rank,
     loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
     threads: 0,
