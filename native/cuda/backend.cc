@@ -28,6 +28,16 @@ namespace cuda_engine {
 
 namespace {
 
+// TROUPE_LORA_IN_GEMM: 0, or the projections (o, down) comma-separated; weight-group bits.
+unsigned parseLoraInGemm(const std::string& text) {
+  const unsigned o = 1u << cuda::kOWeight, down = 1u << cuda::kDownWeight;
+  if (text == "0") return 0;
+  if (text == "o") return o;
+  if (text == "down") return down;
+  if (text == "o,down" || text == "down,o") return o | down;
+  throw std::invalid_argument("TROUPE_LORA_IN_GEMM: expected 0, o, down or o,down; got \"" + text + "\"");
+}
+
 // TROUPE_LORA_SHRINK_CHUNKS: row counts, descending, comma-separated; "0" for none.
 std::vector<int> parseChunkSizes(const std::string& text) {
   if (text == "0") return {};
@@ -94,12 +104,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
-  if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM")) {
-    const std::string v(env);
-    loraInGemm_ = 0;
-    if (v.find("down") != std::string::npos) loraInGemm_ |= 1u << cuda::kDownWeight;
-    if (v.find("o") == 0 || v.find(",o") != std::string::npos) loraInGemm_ |= 1u << cuda::kOWeight;
-  }
+  if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM")) loraInGemm_ = parseLoraInGemm(env);
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
