@@ -147,6 +147,9 @@ __global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qN
   }
 }
 
+// Half the largest head_dim the CUDA backend takes (backend.cc refuses others).
+constexpr int kMaxRopeHalf = 128;
+
 __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
                              bf16_t* kCache, bf16_t* vCache) {
   const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
@@ -156,13 +159,21 @@ __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap ma
   const int pos = map.positions[t];
   const int block = map.blockTables[static_cast<size_t>(map.tokenSeq[t]) * map.pitch + pos / a.blockSize];
   const int inBlock = pos % a.blockSize;
-  // q and k heads: rotate_half layout of transformers' Llama.
-  for (int e = first; e < (a.heads + a.kvHeads) * half; e += stride) {
-    const int head = e / half, i = e % half;
+  // One double-precision sincos per frequency, which every head shares: computed per element,
+  // the 40 heads of a Llama-8B row took 40 times the sincos, the kernel's whole cost.
+  __shared__ float cosSin[2][kMaxRopeHalf];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float angle = invFreq[i] * static_cast<float>(pos);
     double sd, cd;
     sincos(static_cast<double>(angle), &sd, &cd);
-    const float c = static_cast<float>(cd), sn = static_cast<float>(sd);
+    cosSin[0][i] = static_cast<float>(cd);
+    cosSin[1][i] = static_cast<float>(sd);
+  }
+  __syncthreads();
+  // q and k heads: rotate_half layout of transformers' Llama.
+  for (int e = first; e < (a.heads + a.kvHeads) * half; e += stride) {
+    const int head = e / half, i = e % half;
+    const float c = cosSin[0][i], sn = cosSin[1][i];
     const float* v = row + static_cast<size_t>(head) * D;  // k heads follow the q heads in the row
     const float x1 = v[i], x2 = v[i + half];
     const float o1 = x1 * c + (-x2) * sn, o2 = x2 * c + x1 * sn;
