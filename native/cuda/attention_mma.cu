@@ -15,10 +15,10 @@
 // straight from S's C fragments.
 #include <cuda_bf16.h>
 
+#include "cuda/attention_mma_finish.cuh"
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
-#include "cuda/lora_o_epilogue.cuh"
 #include "cuda/pdl.cuh"
 
 namespace troupe {
@@ -142,69 +142,9 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the next iteration's fetch overwrites this stage
   }
   copyWait<0>();
-
-  // The warps' partial softmaxes, combined in a fixed order (results do not depend on timing).
   // Shared memory is free again: every copy has landed and every warp is past its last tile.
-  float* so = reinterpret_cast<float*>(smem);  // [kWarps][G][D]
-  __shared__ float sm[kWarps][G], sl[kWarps][G];
-  l += __shfl_xor_sync(0xffffffffu, l, 1);
-  l += __shfl_xor_sync(0xffffffffu, l, 2);
-  if (gi < G && qi == 0) {
-    sm[warp][gi] = m;
-    sl[warp][gi] = l;
-  }
-  __syncthreads();
-  if (gi < G) {
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][gi]);
-    const float c = m == -INFINITY ? 0.0f : __expf(m - M);
-    float* row = so + (warp * G + gi) * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      row[n * 8 + 2 * qi] = o[n][0] * c;
-      row[n * 8 + 2 * qi + 1] = o[n][1] * c;
-    }
-  }
-  __shared__ float sL[G];
-  if (threadIdx.x < G) {
-    const int j = threadIdx.x;
-    float M = -INFINITY, L = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][j]);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) L += sm[w][j] == -INFINITY ? 0.0f : sl[w][j] * __expf(sm[w][j] - M);
-    sL[j] = L;
-    if (!out) {
-      float* ml = partialMl + ((static_cast<size_t>(local) * H + g * G + j) * splits + s) * 2;
-      ml[0] = M;
-      ml[1] = L;
-    }
-  }
-  __syncthreads();
-  // Token t's row: [head][headDim], or its augmented row when the o shrink is taken here.
-  const size_t outRow = static_cast<size_t>(t) * (epi.a ? epi.ld : H * D);
-  constexpr int kMine = (G * D + kThreads - 1) / kThreads;
-  float mine[kMine];
-#pragma unroll
-  for (int i = 0; i < kMine; ++i) {
-    const int e = threadIdx.x + i * kThreads;
-    if (e >= G * D) break;
-    const int j = e / D, d = e % D;
-    float sum = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += so[(w * G + j) * D + d];
-    if (out) {
-      // One split: the whole context is here, so the output is final (no combine kernel).
-      const __nv_bfloat16 v = __float2bfloat16_rn(sum / sL[j]);
-      out[outRow + (g * G + j) * D + d] = __bfloat16_as_ushort(v);
-      mine[i] = __bfloat162float(v);
-    } else {
-      partial[((static_cast<size_t>(local) * H + g * G + j) * splits + s) * D + d] = sum;
-    }
-  }
-  // The features here are [g G D, (g + 1) G D) of the row; so is free once every thread has its sums.
-  if (epi.a) oLoraEpilogue<G * D, kThreads>(epi, t, g, KVH, mine, so);
+  finishDecodeBlock<D, G, kWarps, kThreads>(m, l, o, smem, local, t, g, s, splits, H, KVH, partial, partialMl, out,
+                                            epi);
 }
 
 template <int D, int G>

@@ -2,18 +2,19 @@
 // paged cache whose blocks are shuffled: head_dim 32 to 256, query groups 1 to 8, contexts of one
 // key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
 // keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
-// failure; the tensor-core kernel (attention_mma.cu) runs every case it applies to, beside the
-// CUDA-core one. The prefill kernel (attention_prefill.cu) runs every chunk of a case in one launch: chunks from a
+// failure; the tensor-core kernels (attention_mma.cu, and attention_tma.cu fed by tensor copies) run
+// every case they apply to, beside the CUDA-core one. The prefill kernel (attention_prefill.cu) runs every chunk of a case in one launch: chunks from a
 // sequence's start and after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench
 // [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of 128) for
 // batches of 1 to 128 and contexts of 512 and 2048, with the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the
-// CUDA-core one) and split counts for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
+// CUDA-core one; TROUPE_CUDA_ATTENTION_TMA=1: the one fed by tensor copies) and split counts for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
 // read per second (each timed call reads another layer's cache, so the caches do not stay in L2); then the prefill
 // kernel for 1 x 2048, 8 x 512 and 1 x 8192 tokens.
 //
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
-//        native/cuda/attention.cu native/cuda/attention_mma.cu native/cuda/attention_prefill.cu
+//        native/cuda/attention.cu native/cuda/attention_mma.cu native/cuda/attention_tma.cu
+//        native/cuda/attention_prefill.cu native/cuda/tensor_map.cc
 //   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT]
 #include <cuda_runtime.h>
 
@@ -174,7 +175,17 @@ int judge(const char* name, const char* kernel, int splits, const Problem& p, co
   return pass ? 0 : 1;
 }
 
-int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits, bool mma) {
+// The decode kernels: CUDA cores, tensor cores, and tensor cores fed by tensor copies.
+enum class Kernel { kCudaCore, kMma, kTma };
+const char* kernelName(Kernel k) { return k == Kernel::kCudaCore ? "cuda-core" : k == Kernel::kMma ? "mma" : "tma"; }
+DecodeMmaLauncher prepare(Kernel k, const Shape& sh) {
+  const int group = sh.heads / sh.kvHeads;
+  return k == Kernel::kMma   ? prepareDecodeAttentionMma(sh.D, group)
+         : k == Kernel::kTma ? prepareDecodeAttentionTma(sh.D, group, sh.bs)
+                             : nullptr;
+}
+
+int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int splits, Kernel kernel) {
   const Problem p = make(sh, ctx, 1, 7u + static_cast<uint32_t>(ctx.size()) * 31u + splits);
   if (!decodeAttentionSupported(sh.D, sh.heads / sh.kvHeads)) {
     std::printf("  skip %-34s (not supported)\n", name);
@@ -182,12 +193,12 @@ int check(const char* name, const Shape& sh, const std::vector<int>& ctx, int sp
   }
   Device d = uploadProblem(p, splits);
   decodeAttention(d.q, d.k, d.v, d.idx, static_cast<int>(ctx.size()), d.map, d.a, splits, d.partial, d.ml, d.out,
-                  nullptr, mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr);
+                  nullptr, prepare(kernel, sh));
   CK(cudaDeviceSynchronize());
   std::vector<bf16_t> got(p.q.size());
   CK(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost));
   release(d);
-  return judge(name, mma ? "mma" : "cuda-core", splits, p, got);
+  return judge(name, kernelName(kernel), splits, p, got);
 }
 
 // A step's prefill tiles (prefillAttentionTiles) in device memory.
@@ -254,9 +265,9 @@ int runChecks() {
       {"D128 G4 long context", {32, 8, 128, 16, 0}, {4000}, 8},
   };
   for (const C& c : cases) {
-    failed += check(c.name, c.sh, c.ctx, c.splits, false);
-    if (prepareDecodeAttentionMma(c.sh.D, c.sh.heads / c.sh.kvHeads))
-      failed += check(c.name, c.sh, c.ctx, c.splits, true);
+    failed += check(c.name, c.sh, c.ctx, c.splits, Kernel::kCudaCore);
+    for (Kernel k : {Kernel::kMma, Kernel::kTma})
+      if (prepare(k, c.sh)) failed += check(c.name, c.sh, c.ctx, c.splits, k);
   }
   struct PC {
     const char* name;
@@ -293,7 +304,7 @@ int runChecks() {
   return failed;
 }
 
-int bench(int onlyBatch, int onlyCtx, bool mma) {
+int bench(int onlyBatch, int onlyCtx, Kernel which) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   const int sms = prop.multiProcessorCount;
@@ -306,7 +317,7 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
       Device d = uploadProblem(p, kMaxDecodeSplits);
-      const DecodeMmaLauncher kernel = mma ? prepareDecodeAttentionMma(sh.D, sh.heads / sh.kvHeads) : nullptr;
+      const DecodeMmaLauncher kernel = prepare(which, sh);
       const int work = b * sh.kvHeads;
       const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr, ctx);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
@@ -353,9 +364,13 @@ int bench(int onlyBatch, int onlyCtx, bool mma) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
-    const bool cudaCore =
-        std::getenv("TROUPE_CUDA_ATTENTION_MMA") && std::strcmp(std::getenv("TROUPE_CUDA_ATTENTION_MMA"), "0") == 0;
-    return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, !cudaCore);
+    auto set = [](const char* name, const char* value) {
+      return std::getenv(name) && std::strcmp(std::getenv(name), value) == 0;
+    };
+    const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")   ? Kernel::kCudaCore
+                         : set("TROUPE_CUDA_ATTENTION_TMA", "1") ? Kernel::kTma
+                                                                 : Kernel::kMma;
+    return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, which);
   }
   return runChecks() == 0 ? 0 : 1;
 }

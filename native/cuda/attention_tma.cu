@@ -1,0 +1,314 @@
+// Decode attention on tensor cores with the cache brought in by the tensor memory accelerator
+// (sm_90a). The math is attention_mma.cu's: a block takes one (token, KV head, context split),
+// four warps take 16 keys each of every 64-key tile, S = Q K^T and P V run on mma.sync, the online
+// softmax on S's fragments. What differs is how a tile reaches shared memory: there each thread
+// issues 16-byte copies and looks up its keys' cache blocks, and the kernel's time followed the
+// warps resident on an SM rather than the bytes in flight
+// (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues one
+// tensor copy per cache block of K and of V (4 KB each at 16 keys of head_dim 128), counted on an
+// mbarrier, kStages tiles ahead of the warps that multiply.
+//
+// A tile starts at a multiple of 64 keys, so its keys lie in whole cache blocks (block size a
+// power of two of at least 8): a split takes whole tiles, and keys before the sliding window's
+// start or past the split's end are masked. Shared memory holds a tile as the copies leave it,
+// [cache block][head_dim / 64][rows][64] with each 128-byte line swizzled (the 16-byte piece c of
+// row r at c ^ (r % 8)), so the eight rows a fragment load reads fall in different banks.
+#include <cuda.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+#include "cuda/attention_mma_finish.cuh"
+#include "cuda/attention_ops.cuh"
+#include "cuda/decode_gemm_ops.cuh"
+#include "cuda/lora_mma_ops.cuh"
+#include "cuda/pdl.cuh"
+#include "cuda/tensor_map.h"
+
+#ifndef TROUPE_ATTENTION_TMA_STAGES
+#define TROUPE_ATTENTION_TMA_STAGES 2
+#endif
+#ifndef TROUPE_ATTENTION_TMA_BLOCKS
+#define TROUPE_ATTENTION_TMA_BLOCKS 3
+#endif
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+using mma_ops::mma;
+using namespace attention_ops;
+
+constexpr int kWarps = 4;                    // that multiply, 16 keys each
+constexpr int kThreads = (kWarps + 1) * 32;  // and one that copies
+constexpr int kKeys = 16 * kWarps;
+constexpr int kStages = TROUPE_ATTENTION_TMA_STAGES;
+template <int D>
+constexpr int kTileBytes = kKeys * D * 2;
+template <int D>
+constexpr int kSmemBytes = kStages * 2 * kTileBytes<D> + 1024;  // and room to align to 1 KB
+
+__device__ int gAttentionTmaBuilt = TROUPE_DECODE_GEMM_BODY;
+
+#if TROUPE_DECODE_GEMM_BODY
+using decode_gemm::barrierArrive;
+using decode_gemm::barrierExpect;
+using decode_gemm::barrierInit;
+using decode_gemm::barrierWait;
+using decode_gemm::smemAddr;
+
+// The copy of a box of map at (column, row, part) into shared dst, counted on bar.
+__device__ __forceinline__ void cacheCopy3d(void* dst, const CUtensorMap* map, int row, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];" ::"r"(smemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(row), "r"(0), "r"(smemAddr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, int column, int row, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
+          "r"(smemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(smemAddr(bar))
+      : "memory");
+}
+
+// Byte offset in a tile of the 16-byte piece c (values 8 c to 8 c + 7) of row r, copies of
+// 1 << rowsLog2 rows each.
+template <int D>
+__device__ __forceinline__ int pieceOffset(int r, int c, int rowsLog2) {
+  return ((r >> rowsLog2) * D * 2 << rowsLog2) + ((c >> 3) * 128 << rowsLog2) + (r & ((1 << rowsLog2) - 1)) * 128 +
+         (((c & 7) ^ (r & 7)) << 4);
+}
+#endif
+
+// Three blocks an SM, as attention_mma.cu's kernel fits (registers bound it with the fifth warp).
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
+    decodeTmaKernel(const bf16_t* q, const __grid_constant__ CUtensorMap kMap, const __grid_constant__ CUtensorMap vMap,
+                    bool threeD, const int32_t* idx, TokenMap map, AttnShape a, int splits, float scale, float* partial,
+                    float* partialMl, bf16_t* out, OLoraEpilogue epi) {
+#if TROUPE_DECODE_GEMM_BODY
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+  pdlLaunchDependents();  // a LoRA item shrink of the o projection may start (pdl.cuh)
+  extern __shared__ __align__(1024) unsigned char smemRaw[];
+  unsigned char* smem = smemRaw + (1024 - smemAddr(smemRaw) % 1024) % 1024;
+  __shared__ uint64_t full[kStages], empty[kStages];
+  auto tileK = [&](int stage) { return smem + stage * 2 * kTileBytes<D>; };
+  auto tileV = [&](int stage) { return tileK(stage) + kTileBytes<D>; };
+
+  const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
+  const int t = idx[local];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
+  const int KVH = a.kvHeads, bs = a.blockSize;
+  const int rows = min(bs, kKeys), rowsLog2 = __ffs(rows) - 1;  // of one copy
+
+  // The split's whole tiles, and the keys in them that it attends to: [lo, end).
+  const int ctx = map.positions[t] + 1;
+  const int windowLo = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int first = windowLo & ~(kKeys - 1);
+  const int allTiles = (ctx - first + kKeys - 1) / kKeys, per = (allTiles + splits - 1) / splits;
+  const int tile0 = min(s * per, allTiles), tiles = min(allTiles, tile0 + per) - tile0;
+  const int begin = first + tile0 * kKeys;
+  const int lo = max(windowLo, begin), end = min(ctx, begin + tiles * kKeys);
+  const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      barrierInit(&full[i], 1);
+      barrierInit(&empty[i], kWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  float m = -INFINITY, l = 0;
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+
+  if (warp == kWarps) {
+    if (lane == 0) {
+      // The copying warp: the blocks of tile i's keys in [lo, end), kStages tiles ahead.
+      const int copyBytes = rows * D * 2;
+      for (int i = 0; i < tiles; ++i) {
+        const int stage = i % kStages, k0 = begin + i * kKeys;
+        if (i >= kStages) barrierWait(&empty[stage], ((i / kStages) - 1) & 1);
+        int cacheRow[kKeys / 8], count = 0;
+#pragma unroll
+        for (int p = 0; p < kKeys / 8; ++p) {
+          const int k = k0 + p * rows;
+          if (p < kKeys / rows && k < end && k + rows > lo)
+            cacheRow[p] = (bt[k / bs] * KVH + g) * bs + k % bs, ++count;
+          else
+            cacheRow[p] = -1;
+        }
+        barrierExpect(&full[stage], 2 * count * copyBytes);
+#pragma unroll
+        for (int p = 0; p < kKeys / 8; ++p) {
+          if (cacheRow[p] < 0) continue;
+          unsigned char* dk = tileK(stage) + p * copyBytes;
+          unsigned char* dv = tileV(stage) + p * copyBytes;
+          if (threeD) {
+            cacheCopy3d(dk, &kMap, cacheRow[p], &full[stage]);
+            cacheCopy3d(dv, &vMap, cacheRow[p], &full[stage]);
+          } else {
+#pragma unroll
+            for (int h = 0; h < D / 64; ++h) {
+              cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
+              cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();  // the block's barriers below want the whole warp
+  } else {
+    // Q's A fragments as attention_mma.cu loads them.
+    uint32_t qa[D / 32][4];
+    {
+      const bool row = gi < G;
+      const bf16_t* qr = q + ((static_cast<size_t>(g) * map.tokens + t) * G + (row ? gi : 0)) * D;
+#pragma unroll
+      for (int c = 0; c < D / 32; ++c) {
+        const uint4 w = row ? *reinterpret_cast<const uint4*>(qr + c * 32 + 8 * qi) : make_uint4(0, 0, 0, 0);
+        qa[c][0] = w.x;
+        qa[c][1] = w.y;
+        qa[c][2] = w.z;
+        qa[c][3] = w.w;
+      }
+    }
+    for (int tile = 0; tile < tiles; ++tile) {
+      const int stage = tile % kStages;
+      barrierWait(&full[stage], (tile / kStages) & 1);
+      unsigned char* K = tileK(stage);
+      unsigned char* V = tileV(stage);
+      const int kw = begin + tile * kKeys + warp * 16;
+      if (kw < lo || kw + 16 > end) {
+        // This warp's rows outside [lo, end) were not copied, or hold another split's keys: zero
+        // their V (whole 128-byte lines, so the swizzle does not matter), as P is zero there.
+        for (int i = lane; i < 16 * (D / 8); i += 32) {
+          const int r = i / (D / 8), c = i % (D / 8);
+          if (kw + r < lo || kw + r >= end)
+            *reinterpret_cast<uint4*>(V + pieceOffset<D>(warp * 16 + r, c, rowsLog2)) = make_uint4(0, 0, 0, 0);
+        }
+        // Written through the generic proxy; the stage's next copies come through the async one.
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+      }
+      float sc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+      for (int c = 0; c < D / 32; ++c) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const uint4 w =
+              *reinterpret_cast<const uint4*>(K + pieceOffset<D>(warp * 16 + n * 8 + gi, 4 * c + qi, rowsLog2));
+          mma(sc[n], qa[c][0], 0u, qa[c][1], 0u, w.x, w.y);
+          mma(sc[n], qa[c][2], 0u, qa[c][3], 0u, w.z, w.w);
+        }
+      }
+      float p[2][2];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int k = kw + n * 8 + 2 * qi + e;
+          p[n][e] = k >= lo && k < end ? sc[n][e] * scale : -INFINITY;
+          mx = fmaxf(mx, p[n][e]);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m, mx);
+      const float c = mn == -INFINITY ? 1.0f : __expf(m - mn);
+      float add = 0;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          p[n][e] = p[n][e] == -INFINITY ? 0.0f : __expf(p[n][e] - mn);
+          add += p[n][e];
+        }
+      l = l * c + add;
+      m = mn;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= c;
+        o[n][1] *= c;
+      }
+      const uint32_t pa0 = packBf16(p[0][0], p[0][1]), pa2 = packBf16(p[1][0], p[1][1]);
+      const int mi = lane >> 3, ri = lane & 7;
+#pragma unroll
+      for (int d0 = 0; d0 < D; d0 += 16) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix<true>(reinterpret_cast<const bf16_t*>(
+                           V + pieceOffset<D>(warp * 16 + (mi & 1) * 8 + ri, d0 / 8 + (mi >> 1), rowsLog2)),
+                       b0, b1, b2, b3);
+        mma(o[d0 / 8], pa0, 0u, pa2, 0u, b0, b1);
+        mma(o[d0 / 8 + 1], pa0, 0u, pa2, 0u, b2, b3);
+      }
+      __syncwarp();  // the stage goes back to the copying warp
+      if (lane == 0) barrierArrive(&empty[stage]);
+    }
+  }
+  // Every copy has landed (each was waited for): the stages are free for the warps' sums.
+  finishDecodeBlock<D, G, kWarps, kThreads>(m, l, o, smem, local, t, g, s, splits, a.heads, KVH, partial, partialMl,
+                                            out, epi);
+#endif
+}
+
+template <int D, int G>
+struct DecodeTma {
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
+                     const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
+                     bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s) {
+    const int rows = std::min(a.blockSize, kKeys);
+    CUtensorMap kMap, vMap;
+#ifdef TROUPE_ATTENTION_TMA_2D  // for comparing: a copy per 64 values of a block's rows
+    bool threeD = false;
+#else
+    bool threeD = bf16CacheTensorMap(k, D, rows, true, &kMap) && bf16CacheTensorMap(v, D, rows, true, &vMap);
+#endif
+    if (!threeD && !(bf16CacheTensorMap(k, D, rows, false, &kMap) && bf16CacheTensorMap(v, D, rows, false, &vMap)))
+      throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
+    decodeTmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(
+        q, kMap, vMap, threeD, idx, map, a, splits, scale, partial, ml, out, epi);
+  }
+  static const void* function() { return reinterpret_cast<const void*>(decodeTmaKernel<D, G>); }
+};
+
+template <int D, int... G>
+DecodeMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
+  const DecodeMmaLauncher launches[] = {&DecodeTma<D, G + 1>::launch...};
+  const void* functions[] = {DecodeTma<D, G + 1>::function()...};
+  if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<D>) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return launches[group - 1];
+}
+
+}  // namespace
+
+DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize) {
+  int device = 0, major = 0, built = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
+      cudaMemcpyFromSymbol(&built, gAttentionTmaBuilt, sizeof(int)) != cudaSuccess || built != 1 ||
+      !tensorMapsAvailable()) {
+    cudaGetLastError();  // no sm_90a code in this build for this device
+    return nullptr;
+  }
+  // A tile's 64 keys must fill whole cache blocks, or lie in one.
+  if (group < 1 || group > 8 || blockSize < 8 || (blockSize & (blockSize - 1)) != 0) return nullptr;
+  const auto groups = std::make_integer_sequence<int, 8>{};
+  if (headDim == 64) return prepareTmaGroup<64>(group, groups);
+  if (headDim == 128) return prepareTmaGroup<128>(group, groups);
+  return nullptr;
+}
+
+}  // namespace cuda
+}  // namespace troupe
