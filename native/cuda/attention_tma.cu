@@ -6,7 +6,7 @@
 // warps resident on an SM rather than the bytes in flight
 // (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues one
 // tensor copy per cache block of K and of V (4 KB each at 16 keys of head_dim 128), counted on an
-// mbarrier, kStages tiles ahead of the warps that multiply.
+// mbarrier, up to kStages tiles ahead of the warps that multiply.
 //
 // A tile starts at a multiple of 64 keys, so its keys lie in whole cache blocks (block size a
 // power of two of at least 8): a split takes whole tiles, and keys before the sliding window's
@@ -32,6 +32,9 @@
 #ifndef TROUPE_ATTENTION_TMA_BLOCKS
 #define TROUPE_ATTENTION_TMA_BLOCKS 3
 #endif
+#ifndef TROUPE_ATTENTION_TMA_PRODUCER
+#define TROUPE_ATTENTION_TMA_PRODUCER 1
+#endif
 
 namespace troupe {
 namespace cuda {
@@ -41,8 +44,11 @@ namespace {
 using mma_ops::mma;
 using namespace attention_ops;
 
-constexpr int kWarps = 4;                    // that multiply, 16 keys each
-constexpr int kThreads = (kWarps + 1) * 32;  // and one that copies
+constexpr int kWarps = 4;  // that multiply, 16 keys each
+// A warp of its own issues the copies, or (for comparing) the first thread does at the top of
+// each tile, the block meeting at a barrier after each tile.
+constexpr bool kCopyWarp = TROUPE_ATTENTION_TMA_PRODUCER != 0;
+constexpr int kThreads = (kWarps + (kCopyWarp ? 1 : 0)) * 32;
 constexpr int kKeys = 16 * kWarps;
 constexpr int kStages = TROUPE_ATTENTION_TMA_STAGES;
 template <int D>
@@ -129,41 +135,43 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
 
-  if (warp == kWarps) {
-    if (lane == 0) {
-      // The copying warp: the blocks of tile i's keys in [lo, end), kStages tiles ahead.
-      const int copyBytes = rows * D * 2;
-      for (int i = 0; i < tiles; ++i) {
-        const int stage = i % kStages, k0 = begin + i * kKeys;
-        if (i >= kStages) barrierWait(&empty[stage], ((i / kStages) - 1) & 1);
-        int cacheRow[kKeys / 8], count = 0;
+  // Tile i's copies into stage i % kStages, by one thread: the blocks of its keys in [lo, end).
+  auto issue = [&](int i) {
+    const int stage = i % kStages, k0 = begin + i * kKeys, copyBytes = rows * D * 2;
+    int cacheRow[kKeys / 8], count = 0;
 #pragma unroll
-        for (int p = 0; p < kKeys / 8; ++p) {
-          const int k = k0 + p * rows;
-          if (p < kKeys / rows && k < end && k + rows > lo)
-            cacheRow[p] = (bt[k / bs] * KVH + g) * bs + k % bs, ++count;
-          else
-            cacheRow[p] = -1;
-        }
-        barrierExpect(&full[stage], 2 * count * copyBytes);
+    for (int p = 0; p < kKeys / 8; ++p) {
+      const int k = k0 + p * rows;
+      if (p < kKeys / rows && k < end && k + rows > lo)
+        cacheRow[p] = (bt[k / bs] * KVH + g) * bs + k % bs, ++count;
+      else
+        cacheRow[p] = -1;
+    }
+    barrierExpect(&full[stage], 2 * count * copyBytes);
 #pragma unroll
-        for (int p = 0; p < kKeys / 8; ++p) {
-          if (cacheRow[p] < 0) continue;
-          unsigned char* dk = tileK(stage) + p * copyBytes;
-          unsigned char* dv = tileV(stage) + p * copyBytes;
-          if (threeD) {
-            cacheCopy3d(dk, &kMap, cacheRow[p], &full[stage]);
-            cacheCopy3d(dv, &vMap, cacheRow[p], &full[stage]);
-          } else {
+    for (int p = 0; p < kKeys / 8; ++p) {
+      if (cacheRow[p] < 0) continue;
+      unsigned char* dk = tileK(stage) + p * copyBytes;
+      unsigned char* dv = tileV(stage) + p * copyBytes;
+      if (threeD) {
+        cacheCopy3d(dk, &kMap, cacheRow[p], &full[stage]);
+        cacheCopy3d(dv, &vMap, cacheRow[p], &full[stage]);
+      } else {
 #pragma unroll
-            for (int h = 0; h < D / 64; ++h) {
-              cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
-              cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
-            }
-          }
+        for (int h = 0; h < D / 64; ++h) {
+          cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
+          cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
         }
       }
     }
+  };
+
+  if (kCopyWarp && warp == kWarps) {
+    if (lane == 0)
+      for (int i = 0; i < tiles; ++i) {
+        if (i >= kStages) barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
+        issue(i);
+      }
     __syncwarp();  // the block's barriers below want the whole warp
   } else {
     // Q's A fragments as attention_mma.cu loads them.
@@ -180,8 +188,12 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
         qa[c][3] = w.w;
       }
     }
+    if (!kCopyWarp && threadIdx.x == 0)
+      for (int i = 0; i < kStages - 1 && i < tiles; ++i) issue(i);
     for (int tile = 0; tile < tiles; ++tile) {
       const int stage = tile % kStages;
+      // Without the copying warp: the stage the block left at the last barrier.
+      if (!kCopyWarp && threadIdx.x == 0 && tile + kStages - 1 < tiles) issue(tile + kStages - 1);
       barrierWait(&full[stage], (tile / kStages) & 1);
       unsigned char* K = tileK(stage);
       unsigned char* V = tileV(stage);
@@ -249,8 +261,12 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
         mma(o[d0 / 8], pa0, 0u, pa2, 0u, b0, b1);
         mma(o[d0 / 8 + 1], pa0, 0u, pa2, 0u, b2, b3);
       }
-      __syncwarp();  // the stage goes back to the copying warp
-      if (lane == 0) barrierArrive(&empty[stage]);
+      if (kCopyWarp) {
+        __syncwarp();  // the stage goes back to the copying warp
+        if (lane == 0) barrierArrive(&empty[stage]);
+      } else {
+        __syncthreads();
+      }
     }
   }
   // Every copy has landed (each was waited for): the stages are free for the warps' sums.
