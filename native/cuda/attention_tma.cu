@@ -1,9 +1,8 @@
 // Decode attention on tensor cores with the cache brought in by the tensor memory accelerator
 // (sm_90a). The math is attention_mma.cu's: a block takes one (token, KV head, context split),
-// four warps take 16 keys each of every 64-key tile, S = Q K^T and P V run on mma.sync, the online
-// softmax on S's fragments. What differs is how a tile reaches shared memory: there each thread
-// issues 16-byte copies and looks up its keys' cache blocks, and the kernel's time followed the
-// warps resident on an SM rather than the bytes in flight
+// four warps take 16 keys each of every 64-key tile (attention_mma_warp.cuh). What differs is how a tile reaches shared
+// memory: there each thread issues 16-byte copies and looks up its keys' cache blocks, and the kernel's time followed
+// the warps resident on an SM rather than the bytes in flight
 // (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues one
 // tensor copy per cache block of K and of V (4 KB each at 16 keys of head_dim 128), counted on an
 // mbarrier, up to kStages tiles ahead of the warps that multiply.
@@ -20,9 +19,9 @@
 #include <utility>
 
 #include "cuda/attention_mma_finish.cuh"
+#include "cuda/attention_mma_warp.cuh"
 #include "cuda/attention_ops.cuh"
 #include "cuda/decode_gemm_ops.cuh"
-#include "cuda/lora_mma_ops.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/tensor_map.h"
 
@@ -41,7 +40,6 @@ namespace cuda {
 
 namespace {
 
-using mma_ops::mma;
 using namespace attention_ops;
 
 constexpr int kWarps = 4;  // that multiply, 16 keys each
@@ -107,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
 
   const int local = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
   const int t = idx[local];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int KVH = a.kvHeads, bs = a.blockSize;
   const int rows = min(bs, kKeys), rowsLog2 = __ffs(rows) - 1;  // of one copy
 
@@ -174,20 +172,8 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
       }
     __syncwarp();  // the block's barriers below want the whole warp
   } else {
-    // Q's A fragments as attention_mma.cu loads them.
     uint32_t qa[D / 32][4];
-    {
-      const bool row = gi < G;
-      const bf16_t* qr = q + ((static_cast<size_t>(g) * map.tokens + t) * G + (row ? gi : 0)) * D;
-#pragma unroll
-      for (int c = 0; c < D / 32; ++c) {
-        const uint4 w = row ? *reinterpret_cast<const uint4*>(qr + c * 32 + 8 * qi) : make_uint4(0, 0, 0, 0);
-        qa[c][0] = w.x;
-        qa[c][1] = w.y;
-        qa[c][2] = w.z;
-        qa[c][3] = w.w;
-      }
-    }
+    loadQueryFragments<D, G>(q + (static_cast<size_t>(g) * map.tokens + t) * G * D, qa);
     if (!kCopyWarp && threadIdx.x == 0)
       for (int i = 0; i < kStages - 1 && i < tiles; ++i) issue(i);
     for (int tile = 0; tile < tiles; ++tile) {
@@ -210,57 +196,12 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncwarp();
       }
-      float sc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-#pragma unroll
-      for (int c = 0; c < D / 32; ++c) {
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          const uint4 w =
-              *reinterpret_cast<const uint4*>(K + pieceOffset<D>(warp * 16 + n * 8 + gi, 4 * c + qi, rowsLog2));
-          mma(sc[n], qa[c][0], 0u, qa[c][1], 0u, w.x, w.y);
-          mma(sc[n], qa[c][2], 0u, qa[c][3], 0u, w.z, w.w);
-        }
-      }
-      float p[2][2];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int k = kw + n * 8 + 2 * qi + e;
-          p[n][e] = k >= lo && k < end ? sc[n][e] * scale : -INFINITY;
-          mx = fmaxf(mx, p[n][e]);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m, mx);
-      const float c = mn == -INFINITY ? 1.0f : __expf(m - mn);
-      float add = 0;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          p[n][e] = p[n][e] == -INFINITY ? 0.0f : __expf(p[n][e] - mn);
-          add += p[n][e];
-        }
-      l = l * c + add;
-      m = mn;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][0] *= c;
-        o[n][1] *= c;
-      }
-      const uint32_t pa0 = packBf16(p[0][0], p[0][1]), pa2 = packBf16(p[1][0], p[1][1]);
-      const int mi = lane >> 3, ri = lane & 7;
-#pragma unroll
-      for (int d0 = 0; d0 < D; d0 += 16) {
-        uint32_t b0, b1, b2, b3;
-        ldmatrix<true>(reinterpret_cast<const bf16_t*>(
-                           V + pieceOffset<D>(warp * 16 + (mi & 1) * 8 + ri, d0 / 8 + (mi >> 1), rowsLog2)),
-                       b0, b1, b2, b3);
-        mma(o[d0 / 8], pa0, 0u, pa2, 0u, b0, b1);
-        mma(o[d0 / 8 + 1], pa0, 0u, pa2, 0u, b2, b3);
-      }
+      auto at = [&](unsigned char* tileBase) {
+        return [=](int r, int c) {
+          return reinterpret_cast<const bf16_t*>(tileBase + pieceOffset<D>(warp * 16 + r, c, rowsLog2));
+        };
+      };
+      attendWarpKeys<D>(qa, at(K), at(V), kw, lo, end, scale, m, l, o);
       if (kCopyWarp) {
         __syncwarp();  // the stage goes back to the copying warp
         if (lane == 0) barrierArrive(&empty[stage]);
