@@ -21,6 +21,7 @@
 #include "cuda/attention_mma_finish.cuh"
 #include "cuda/attention_mma_warp.cuh"
 #include "cuda/attention_ops.cuh"
+#include "cuda/attention_tma_plan.h"
 #include "cuda/decode_gemm_ops.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/tensor_map.h"
@@ -47,7 +48,10 @@ constexpr int kWarps = 4;  // that multiply, 16 keys each
 // each tile, the block meeting at a barrier after each tile.
 constexpr bool kCopyWarp = TROUPE_ATTENTION_TMA_PRODUCER != 0;
 constexpr int kThreads = (kWarps + (kCopyWarp ? 1 : 0)) * 32;
-constexpr int kKeys = 16 * kWarps;
+using attention_tma::copyRow;
+using attention_tma::kKeys;
+using attention_tma::pieceOffset;
+static_assert(kKeys == 16 * kWarps, "a tile is the warps' 16 keys each");
 constexpr int kStages = TROUPE_ATTENTION_TMA_STAGES;
 template <int D>
 constexpr int kTileBytes = kKeys * D * 2;
@@ -79,13 +83,6 @@ __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
-// Byte offset in a tile of the 16-byte piece c (values 8 c to 8 c + 7) of row r, copies of
-// 1 << rowsLog2 rows each.
-template <int D>
-__device__ __forceinline__ int pieceOffset(int r, int c, int rowsLog2) {
-  return ((r >> rowsLog2) * D * 2 << rowsLog2) + ((c >> 3) * 128 << rowsLog2) + (r & ((1 << rowsLog2) - 1)) * 128 +
-         (((c & 7) ^ (r & 7)) << 4);
-}
 #endif
 
 // Three blocks an SM, as attention_mma.cu's kernel fits (registers bound it with the fifth warp).
@@ -111,12 +108,8 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
 
   // The split's whole tiles, and the keys in them that it attends to: [lo, end).
   const int ctx = map.positions[t] + 1;
-  const int windowLo = a.window > 0 ? max(0, ctx - a.window) : 0;
-  const int first = windowLo & ~(kKeys - 1);
-  const int allTiles = (ctx - first + kKeys - 1) / kKeys, per = (allTiles + splits - 1) / splits;
-  const int tile0 = min(s * per, allTiles), tiles = min(allTiles, tile0 + per) - tile0;
-  const int begin = first + tile0 * kKeys;
-  const int lo = max(windowLo, begin), end = min(ctx, begin + tiles * kKeys);
+  const attention_tma::Split split = attention_tma::splitOf(ctx, a.window, s, splits);
+  const int begin = split.begin, tiles = split.tiles, lo = split.lo, end = split.end;
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
 
   if (threadIdx.x == 0) {
@@ -139,11 +132,8 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
     int cacheRow[kKeys / 8], count = 0;
 #pragma unroll
     for (int p = 0; p < kKeys / 8; ++p) {
-      const int k = k0 + p * rows;
-      if (p < kKeys / rows && k < end && k + rows > lo)
-        cacheRow[p] = (bt[k / bs] * KVH + g) * bs + k % bs, ++count;
-      else
-        cacheRow[p] = -1;
+      cacheRow[p] = copyRow(bt, k0, p, rows, bs, KVH, g, lo, end);
+      count += cacheRow[p] >= 0;
     }
     barrierExpect(&full[stage], 2 * count * copyBytes);
 #pragma unroll
