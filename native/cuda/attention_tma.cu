@@ -1,17 +1,17 @@
 // Decode attention on tensor cores with the cache brought in by the tensor memory accelerator
 // (sm_90a). The math is attention_mma.cu's: a block takes one (token, KV head, context split),
-// four warps take 16 keys each of every 64-key tile (attention_mma_warp.cuh). What differs is how a tile reaches shared
-// memory: there each thread issues 16-byte copies and looks up its keys' cache blocks, and the kernel's time followed
-// the warps resident on an SM rather than the bytes in flight
-// (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues one
-// tensor copy per cache block of K and of V (4 KB each at 16 keys of head_dim 128), counted on an
-// mbarrier, up to kStages tiles ahead of the warps that multiply.
+// four warps take 16 keys each of every 64-key tile (attention_mma_warp.cuh). What differs is
+// how a tile reaches shared memory: there each thread issues 16-byte copies and looks up its keys'
+// cache blocks, and the kernel's time followed the warps resident on an SM rather than the bytes
+// in flight (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues the
+// tensor copies of each cache block's K and V rows (a copy a 64-value part of the rows, 2 KB at 16
+// keys), counted on an mbarrier, up to kStages tiles ahead of the warps that multiply.
 //
 // A tile starts at a multiple of 64 keys, so its keys lie in whole cache blocks (block size a
 // power of two of at least 8): a split takes whole tiles, and keys before the sliding window's
 // start or past the split's end are masked. Shared memory holds a tile as the copies leave it,
-// [cache block][head_dim / 64][rows][64] with each 128-byte line swizzled (the 16-byte piece c of
-// row r at c ^ (r % 8)), so the eight rows a fragment load reads fall in different banks.
+// swizzled (attention_tma_plan.h), so the eight rows a fragment load reads fall in different
+// banks.
 #include <cuda.h>
 
 #include <algorithm>
@@ -32,6 +32,9 @@
 #ifndef TROUPE_ATTENTION_TMA_BLOCKS
 #define TROUPE_ATTENTION_TMA_BLOCKS 3
 #endif
+#ifndef TROUPE_ATTENTION_TMA_WHOLE  // one copy of a cache block's whole rows (else one a 64-value part)
+#define TROUPE_ATTENTION_TMA_WHOLE 0
+#endif
 #ifndef TROUPE_ATTENTION_TMA_PRODUCER
 #define TROUPE_ATTENTION_TMA_PRODUCER 1
 #endif
@@ -48,6 +51,7 @@ constexpr int kWarps = 4;  // that multiply, 16 keys each
 // each tile, the block meeting at a barrier after each tile.
 constexpr bool kCopyWarp = TROUPE_ATTENTION_TMA_PRODUCER != 0;
 constexpr int kThreads = (kWarps + (kCopyWarp ? 1 : 0)) * 32;
+constexpr bool kWhole = TROUPE_ATTENTION_TMA_WHOLE != 0;
 using attention_tma::copyRow;
 using attention_tma::kKeys;
 using attention_tma::pieceOffset;
@@ -67,12 +71,12 @@ using decode_gemm::barrierInit;
 using decode_gemm::barrierWait;
 using decode_gemm::smemAddr;
 
-// The copy of a box of map at (column, row, part) into shared dst, counted on bar.
+// The box of whole rows from cache row `row` into shared dst, counted on bar.
 __device__ __forceinline__ void cacheCopy3d(void* dst, const CUtensorMap* map, int row, uint64_t* bar) {
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
       "[%5];" ::"r"(smemAddr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(row), "r"(0), "r"(smemAddr(bar))
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(0), "r"(row), "r"(smemAddr(bar))
       : "memory");
 }
 __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, int column, int row, uint64_t* bar) {
@@ -89,7 +93,7 @@ __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, i
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
     decodeTmaKernel(const bf16_t* q, const __grid_constant__ CUtensorMap kMap, const __grid_constant__ CUtensorMap vMap,
-                    bool threeD, const int32_t* idx, TokenMap map, AttnShape a, int splits, float scale, float* partial,
+                    const int32_t* idx, TokenMap map, AttnShape a, int splits, float scale, float* partial,
                     float* partialMl, bf16_t* out, OLoraEpilogue epi) {
 #if TROUPE_DECODE_GEMM_BODY
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
@@ -141,7 +145,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
       if (cacheRow[p] < 0) continue;
       unsigned char* dk = tileK(stage) + p * copyBytes;
       unsigned char* dv = tileV(stage) + p * copyBytes;
-      if (threeD) {
+      if (kWhole) {
         cacheCopy3d(dk, &kMap, cacheRow[p], &full[stage]);
         cacheCopy3d(dv, &vMap, cacheRow[p], &full[stage]);
       } else {
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
         for (int i = lane; i < 16 * (D / 8); i += 32) {
           const int r = i / (D / 8), c = i % (D / 8);
           if (kw + r < lo || kw + r >= end)
-            *reinterpret_cast<uint4*>(V + pieceOffset<D>(warp * 16 + r, c, rowsLog2)) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(V + pieceOffset<D, kWhole>(warp * 16 + r, c, rowsLog2)) = make_uint4(0, 0, 0, 0);
         }
         // Written through the generic proxy; the stage's next copies come through the async one.
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -188,7 +192,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
       }
       auto at = [&](unsigned char* tileBase) {
         return [=](int r, int c) {
-          return reinterpret_cast<const bf16_t*>(tileBase + pieceOffset<D>(warp * 16 + r, c, rowsLog2));
+          return reinterpret_cast<const bf16_t*>(tileBase + pieceOffset<D, kWhole>(warp * 16 + r, c, rowsLog2));
         };
       };
       attendWarpKeys<D>(qa, at(K), at(V), kw, lo, end, scale, m, l, o);
@@ -213,15 +217,10 @@ struct DecodeTma {
                      bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s) {
     const int rows = std::min(a.blockSize, kKeys);
     CUtensorMap kMap, vMap;
-#ifdef TROUPE_ATTENTION_TMA_2D  // for comparing: a copy per 64 values of a block's rows
-    bool threeD = false;
-#else
-    bool threeD = bf16CacheTensorMap(k, D, rows, true, &kMap) && bf16CacheTensorMap(v, D, rows, true, &vMap);
-#endif
-    if (!threeD && !(bf16CacheTensorMap(k, D, rows, false, &kMap) && bf16CacheTensorMap(v, D, rows, false, &vMap)))
+    if (!bf16CacheTensorMap(k, D, rows, kWhole, &kMap) || !bf16CacheTensorMap(v, D, rows, kWhole, &vMap))
       throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
     decodeTmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(
-        q, kMap, vMap, threeD, idx, map, a, splits, scale, partial, ml, out, epi);
+        q, kMap, vMap, idx, map, a, splits, scale, partial, ml, out, epi);
   }
   static const void* function() { return reinterpret_cast<const void*>(decodeTmaKernel<D, G>); }
 };

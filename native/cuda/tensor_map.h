@@ -17,11 +17,10 @@ bool tensorMapsAvailable();
 CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows);
 
 // A KV cache's rows of headDim bf16 values (row r at base + r headDim) for the decode attention's
-// copies, in boxes of boxRows rows whose 64-value quarters or halves of the row land one after
-// another ([headDim / 64][boxRows][64], each 128-byte line swizzled). threeD: one copy takes the
-// whole box (a 3-D view whose last dimension steps 128 bytes); else a copy takes a [boxRows][64]
-// part at column 64 h. Returns false where the driver refuses the view.
-bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, bool threeD, CUtensorMap* map);
+// copies, 128-byte swizzled. whole: a box is boxRows whole rows, [boxRows][headDim / 64][64] (a
+// 3-D view); else a [boxRows][64] part of them, from the column a copy names. Returns false
+// where the driver refuses the view.
+bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, bool whole, CUtensorMap* map);
 
 }  // namespace cuda
 }  // namespace troupe
