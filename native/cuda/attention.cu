@@ -295,8 +295,13 @@ Launcher pick(int headDim, int group) {
 
 bool decodeAttentionSupported(int headDim, int group) { return pick(headDim, group) != nullptr; }
 
-int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longestContext) {
+int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel, int longestContext) {
   const int work = decodes * kvHeads;
+  const bool mma = kernel != DecodeKernel::kCudaCore;
+  // The tensor-copy kernel keeps its SMs' copies in flight with the blocks a batch of 32 rows
+  // gives (two an SM): 32 x 2048 keys took 72.3 us with one split against 80.9 with three, 128 x
+  // 2048 272 against 287 with two (bench/results/2026-12-01-h200-attention-tma.json).
+  if (kernel == DecodeKernel::kTma && work >= sms) return 1;
   // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows). The
   // tensor-core kernel, once the batch alone gives every SM a block, is fastest with about four
   // (three fit an SM at once): 32 rows x 2048 keys took 82.2 us a layer with 3 splits against 91.9

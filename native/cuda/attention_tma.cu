@@ -5,7 +5,8 @@
 // cache blocks, and the kernel's time followed the warps resident on an SM rather than the bytes
 // in flight (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues the
 // tensor copies of each cache block's K and V rows (a copy a 64-value part of the rows, 2 KB at 16
-// keys), counted on an mbarrier, up to kStages tiles ahead of the warps that multiply.
+// keys), counted on an mbarrier, up to kStages tiles ahead of the warps that multiply. On an H200
+// it read 32 rows x 2048 keys at 3.7 TB/s against 3.3 (bench/results/2026-12-01-h200-attention-tma.json).
 //
 // A tile starts at a multiple of 64 keys, so its keys lie in whole cache blocks (block size a
 // power of two of at least 8): a split takes whole tiles, and keys before the sliding window's
@@ -26,19 +27,6 @@
 #include "cuda/pdl.cuh"
 #include "cuda/tensor_map.h"
 
-#ifndef TROUPE_ATTENTION_TMA_STAGES
-#define TROUPE_ATTENTION_TMA_STAGES 2
-#endif
-#ifndef TROUPE_ATTENTION_TMA_BLOCKS
-#define TROUPE_ATTENTION_TMA_BLOCKS 3
-#endif
-#ifndef TROUPE_ATTENTION_TMA_WHOLE  // one copy of a cache block's whole rows (else one a 64-value part)
-#define TROUPE_ATTENTION_TMA_WHOLE 0
-#endif
-#ifndef TROUPE_ATTENTION_TMA_PRODUCER
-#define TROUPE_ATTENTION_TMA_PRODUCER 1
-#endif
-
 namespace troupe {
 namespace cuda {
 
@@ -46,17 +34,17 @@ namespace {
 
 using namespace attention_ops;
 
-constexpr int kWarps = 4;  // that multiply, 16 keys each
-// A warp of its own issues the copies, or (for comparing) the first thread does at the top of
-// each tile, the block meeting at a barrier after each tile.
-constexpr bool kCopyWarp = TROUPE_ATTENTION_TMA_PRODUCER != 0;
-constexpr int kThreads = (kWarps + (kCopyWarp ? 1 : 0)) * 32;
-constexpr bool kWhole = TROUPE_ATTENTION_TMA_WHOLE != 0;
+constexpr int kWarps = 4;                    // that multiply, 16 keys each
+constexpr int kThreads = (kWarps + 1) * 32;  // and the copying warp
 using attention_tma::copyRow;
 using attention_tma::kKeys;
 using attention_tma::pieceOffset;
 static_assert(kKeys == 16 * kWarps, "a tile is the warps' 16 keys each");
-constexpr int kStages = TROUPE_ATTENTION_TMA_STAGES;
+// Three tiles in flight, two blocks an SM (96 KB of stages each at head_dim 128): 32 rows x 2048
+// keys took 72 us against 76 with two stages and three blocks, and the first thread issuing the
+// copies between barriers (no copying warp) 77 us with two stages or three.
+constexpr int kStages = 3;
+constexpr int kBlocksPerSm = 2;
 template <int D>
 constexpr int kTileBytes = kKeys * D * 2;
 template <int D>
@@ -71,14 +59,6 @@ using decode_gemm::barrierInit;
 using decode_gemm::barrierWait;
 using decode_gemm::smemAddr;
 
-// The box of whole rows from cache row `row` into shared dst, counted on bar.
-__device__ __forceinline__ void cacheCopy3d(void* dst, const CUtensorMap* map, int row, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
-      "[%5];" ::"r"(smemAddr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(0), "r"(row), "r"(smemAddr(bar))
-      : "memory");
-}
 __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, int column, int row, uint64_t* bar) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
@@ -89,9 +69,8 @@ __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, i
 
 #endif
 
-// Three blocks an SM, as attention_mma.cu's kernel fits (registers bound it with the fifth warp).
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decodeTmaKernel(const bf16_t* q, const __grid_constant__ CUtensorMap kMap, const __grid_constant__ CUtensorMap vMap,
                     const int32_t* idx, TokenMap map, AttnShape a, int splits, float scale, float* partial,
                     float* partialMl, bf16_t* out, OLoraEpilogue epi) {
@@ -145,20 +124,15 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
       if (cacheRow[p] < 0) continue;
       unsigned char* dk = tileK(stage) + p * copyBytes;
       unsigned char* dv = tileV(stage) + p * copyBytes;
-      if (kWhole) {
-        cacheCopy3d(dk, &kMap, cacheRow[p], &full[stage]);
-        cacheCopy3d(dv, &vMap, cacheRow[p], &full[stage]);
-      } else {
 #pragma unroll
-        for (int h = 0; h < D / 64; ++h) {
-          cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
-          cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
-        }
+      for (int h = 0; h < D / 64; ++h) {
+        cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
+        cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
       }
     }
   };
 
-  if (kCopyWarp && warp == kWarps) {
+  if (warp == kWarps) {
     if (lane == 0)
       for (int i = 0; i < tiles; ++i) {
         if (i >= kStages) barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
@@ -168,12 +142,8 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
   } else {
     uint32_t qa[D / 32][4];
     loadQueryFragments<D, G>(q + (static_cast<size_t>(g) * map.tokens + t) * G * D, qa);
-    if (!kCopyWarp && threadIdx.x == 0)
-      for (int i = 0; i < kStages - 1 && i < tiles; ++i) issue(i);
     for (int tile = 0; tile < tiles; ++tile) {
       const int stage = tile % kStages;
-      // Without the copying warp: the stage the block left at the last barrier.
-      if (!kCopyWarp && threadIdx.x == 0 && tile + kStages - 1 < tiles) issue(tile + kStages - 1);
       barrierWait(&full[stage], (tile / kStages) & 1);
       unsigned char* K = tileK(stage);
       unsigned char* V = tileV(stage);
@@ -184,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
         for (int i = lane; i < 16 * (D / 8); i += 32) {
           const int r = i / (D / 8), c = i % (D / 8);
           if (kw + r < lo || kw + r >= end)
-            *reinterpret_cast<uint4*>(V + pieceOffset<D, kWhole>(warp * 16 + r, c, rowsLog2)) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(V + pieceOffset<D>(warp * 16 + r, c, rowsLog2)) = make_uint4(0, 0, 0, 0);
         }
         // Written through the generic proxy; the stage's next copies come through the async one.
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -192,16 +162,12 @@ __global__ void __launch_bounds__(kThreads, TROUPE_ATTENTION_TMA_BLOCKS)
       }
       auto at = [&](unsigned char* tileBase) {
         return [=](int r, int c) {
-          return reinterpret_cast<const bf16_t*>(tileBase + pieceOffset<D, kWhole>(warp * 16 + r, c, rowsLog2));
+          return reinterpret_cast<const bf16_t*>(tileBase + pieceOffset<D>(warp * 16 + r, c, rowsLog2));
         };
       };
       attendWarpKeys<D>(qa, at(K), at(V), kw, lo, end, scale, m, l, o);
-      if (kCopyWarp) {
-        __syncwarp();  // the stage goes back to the copying warp
-        if (lane == 0) barrierArrive(&empty[stage]);
-      } else {
-        __syncthreads();
-      }
+      __syncwarp();  // the stage goes back to the copying warp
+      if (lane == 0) barrierArrive(&empty[stage]);
     }
   }
   // Every copy has landed (each was waited for): the stages are free for the warps' sums.
@@ -217,7 +183,7 @@ struct DecodeTma {
                      bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s) {
     const int rows = std::min(a.blockSize, kKeys);
     CUtensorMap kMap, vMap;
-    if (!bf16CacheTensorMap(k, D, rows, kWhole, &kMap) || !bf16CacheTensorMap(v, D, rows, kWhole, &vMap))
+    if (!bf16CacheTensorMap(k, D, rows, &kMap) || !bf16CacheTensorMap(v, D, rows, &vMap))
       throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
     decodeTmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(
         q, kMap, vMap, idx, map, a, splits, scale, partial, ml, out, epi);

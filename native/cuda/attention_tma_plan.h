@@ -46,15 +46,15 @@ TROUPE_TMA_PLAN int copyRow(const int32_t* blockTable, int k0, int p, int rows, 
 
 // Byte offset in a tile of the 16-byte piece c (values 8 c to 8 c + 7) of its key r, as the
 // copies of 1 << rowsLog2 keys leave it, each 128-byte line swizzled by the tensor copies'
-// 128-byte pattern (piece j of line L at j ^ (L % 8)). A copy a 64-value part of the rows
-// (kWhole false) leaves a cache block's keys as [head_dim / 64][row][64], so the eight rows a
-// fragment reads lie on lines of eight different residues; one copy of the whole rows leaves
-// [row][head_dim / 64][64].
-template <int D, bool kWhole>
+// 128-byte pattern (piece j of line L at j ^ (L % 8)). A copy a 64-value part of the rows leaves
+// a cache block's keys as [head_dim / 64][row][64], so the eight rows a fragment reads lie on
+// lines of eight different residues. (One copy of the whole rows, [row][head_dim / 64][64], was
+// as fast on an H200: bench/results/2026-12-01-h200-attention-tma.json.)
+template <int D>
 TROUPE_TMA_PLAN int pieceOffset(int r, int c, int rowsLog2) {
   constexpr int kParts = D / 64;
   const int copy = r >> rowsLog2, row = r & ((1 << rowsLog2) - 1), part = c >> 3;
-  const int line = (copy * kParts << rowsLog2) + (kWhole ? row * kParts + part : (part << rowsLog2) + row);
+  const int line = (copy * kParts << rowsLog2) + (part << rowsLog2) + row;
   return line * 128 + (((c & 7) ^ (line & 7)) << 4);
 }
 

@@ -109,10 +109,14 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
-    // The same kernel fed by tensor copies (attention_tma.cu), where it applies.
-    if (const char* tma = std::getenv("TROUPE_CUDA_ATTENTION_TMA"); tma && std::string(tma) == "1")
-      if (const cuda::DecodeMmaLauncher fed = cuda::prepareDecodeAttentionTma(c.headDim, headsPerKv_, o.blockSize))
+    if (attnMma_) attnKernel_ = cuda::DecodeKernel::kMma;
+    // The same kernel fed by tensor copies (attention_tma.cu) where it applies, unless
+    // TROUPE_CUDA_ATTENTION_TMA=0 asks for the cp.async one.
+    if (const char* tma = std::getenv("TROUPE_CUDA_ATTENTION_TMA"); !tma || std::string(tma) != "0")
+      if (const cuda::DecodeMmaLauncher fed = cuda::prepareDecodeAttentionTma(c.headDim, headsPerKv_, o.blockSize)) {
         attnMma_ = fed;
+        attnKernel_ = cuda::DecodeKernel::kTma;
+      }
     prefillMma_ = cuda::preparePrefillAttentionMma(c.headDim, headsPerKv_);
   }
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a

@@ -190,6 +190,7 @@ class CudaBackend : public Backend {
   // The tensor-core attention kernels where they apply (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
   // decode kernel and GEMM-based prefill, for comparing); nullptr: those.
   cuda::DecodeMmaLauncher attnMma_ = nullptr;
+  cuda::DecodeKernel attnKernel_ = cuda::DecodeKernel::kCudaCore;  // the one attnMma_ runs
   cuda::PrefillMmaLauncher prefillMma_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;

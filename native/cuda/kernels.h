@@ -86,14 +86,17 @@ using DecodeMmaLauncher = void (*)(const bf16_t* q, const bf16_t* k, const bf16_
                                    const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial,
                                    float* ml, bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s);
 bool decodeAttentionSupported(int headDim, int group);
+// Which decode attention kernel a backend runs: CUDA cores, tensor cores fed by cp.async
+// (attention_mma.cu) or by tensor copies (attention_tma.cu).
+enum class DecodeKernel { kCudaCore, kMma, kTma };
 // How many splits a step of `decodes` decode tokens gives each token's context, on a GPU of `sms`
-// multiprocessors (mma: the tensor-core kernel), the longest context being `longestContext` keys.
+// multiprocessors, the longest context being `longestContext` keys.
 // The kernels split each context by its own length on the device, so a captured graph stays valid
 // for any contexts that give the same count (graphs are kept per count).
 constexpr int kMaxDecodeSplits = 32;
 constexpr int kMmaKeysPerSplit = 768;     // about the keys a split, once the batch fills the SMs
 constexpr int kMmaMinKeysPerSplit = 128;  // and before (two of the kernel's tiles)
-int decodeAttentionSplits(int decodes, int kvHeads, int sms, bool mma, int longestContext);
+int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel, int longestContext);
 // With epi set (epi.a), the o projection's LoRA columns are taken too where the tensor-core kernel
 // runs one split, and out is ignored for epi.xa; returns whether they were.
 bool decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,

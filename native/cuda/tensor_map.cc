@@ -59,30 +59,16 @@ CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int bo
   return map;
 }
 
-bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, bool whole, CUtensorMap* map) {
+bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, CUtensorMap* map) {
   // The cache's size is not known here; copies only ever address rows of a sequence's blocks.
   constexpr cuuint64_t kRows = 1u << 31;
-  const cuuint32_t parts = static_cast<cuuint32_t>(headDim / 64), rows = static_cast<cuuint32_t>(boxRows);
-  const cuuint64_t rowBytes = static_cast<cuuint64_t>(headDim) * 2;
-  const cuuint32_t elementStrides[3] = {1, 1, 1};
-  void* p = const_cast<bf16_t*>(base);
-  CUresult r;
-  if (whole) {
-    const cuuint64_t dims[3] = {64, parts, kRows};
-    const cuuint64_t strides[2] = {128, rowBytes};
-    const cuuint32_t box[3] = {64, parts, rows};
-    r = encodeTiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, p, dims, strides, box, elementStrides,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  } else {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(headDim), kRows};
-    const cuuint64_t strides[1] = {rowBytes};
-    const cuuint32_t box[2] = {64, rows};
-    r = encodeTiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p, dims, strides, box, elementStrides,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  }
-  return r == CUDA_SUCCESS;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(headDim), kRows};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(headDim) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(boxRows)};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  return encodeTiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16_t*>(base), dims, strides, box,
+                       elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 }  // namespace cuda

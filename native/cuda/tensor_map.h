@@ -17,10 +17,9 @@ bool tensorMapsAvailable();
 CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows);
 
 // A KV cache's rows of headDim bf16 values (row r at base + r headDim) for the decode attention's
-// copies, 128-byte swizzled. whole: a box is boxRows whole rows, [boxRows][headDim / 64][64] (a
-// 3-D view); else a [boxRows][64] part of them, from the column a copy names. Returns false
-// where the driver refuses the view.
-bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, bool whole, CUtensorMap* map);
+// copies, 128-byte swizzled: a box is a [boxRows][64] part of boxRows rows, from the column a
+// copy names. Returns false where the driver refuses the view.
+bool bf16CacheTensorMap(const bf16_t* base, int headDim, int boxRows, CUtensorMap* map);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -6,8 +6,9 @@
 // every case they apply to, beside the CUDA-core one. The prefill kernel (attention_prefill.cu) runs every chunk of a case in one launch: chunks from a
 // sequence's start and after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench
 // [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of 128) for
-// batches of 1 to 128 and contexts of 512 and 2048, with the engine's kernel (TROUPE_CUDA_ATTENTION_MMA=0: the
-// CUDA-core one; TROUPE_CUDA_ATTENTION_TMA=1: the one fed by tensor copies) and split counts for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
+// batches of 1 to 128 and contexts of 512 to 8192, with the engine's kernel (the one fed by tensor copies where it
+// applies; TROUPE_CUDA_ATTENTION_TMA=0: the cp.async one; TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core one) and split
+// counts of one to three and for 1, 2, 4 and 8 blocks per SM (* marks the engine's), and prints the cache bytes
 // read per second (each timed call reads another layer's cache, so the caches do not stay in L2); then the prefill
 // kernel for 1 x 2048, 8 x 512 and 1 x 8192 tokens.
 //
@@ -176,7 +177,7 @@ int judge(const char* name, const char* kernel, int splits, const Problem& p, co
 }
 
 // The decode kernels: CUDA cores, tensor cores, and tensor cores fed by tensor copies.
-enum class Kernel { kCudaCore, kMma, kTma };
+using Kernel = DecodeKernel;
 const char* kernelName(Kernel k) { return k == Kernel::kCudaCore ? "cuda-core" : k == Kernel::kMma ? "mma" : "tma"; }
 DecodeMmaLauncher prepare(Kernel k, const Shape& sh) {
   const int group = sh.heads / sh.kvHeads;
@@ -304,28 +305,31 @@ int runChecks() {
   return failed;
 }
 
+// Llama-3.1-8B's attention: 32 heads over 8 KV heads of 128, cache blocks of 16.
+const Shape kLlama8b{32, 8, 128, 16, 0};
+
 int bench(int onlyBatch, int onlyCtx, Kernel which) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   const int sms = prop.multiProcessorCount;
   std::printf("%s, %d SMs\n", prop.name, sms);
-  const Shape sh{32, 8, 128, 16, 0};
-  for (int ctx : {512, 2048}) {
-    for (int b : {1, 8, 32, 64, 128}) {
-      if (onlyBatch > 0 && (b != onlyBatch || ctx != onlyCtx)) continue;
+  const Shape& sh = kLlama8b;
+  for (int ctx : {512, 2048, 8192}) {
+    for (int b : {1, 8, 16, 32, 64, 128}) {
+      if (onlyBatch > 0 ? b != onlyBatch || ctx != onlyCtx : b * ctx > 128 * 2048) continue;
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
       Device d = uploadProblem(p, kMaxDecodeSplits);
       const DecodeMmaLauncher kernel = prepare(which, sh);
       const int work = b * sh.kvHeads;
-      const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel != nullptr, ctx);
+      const int pick = decodeAttentionSplits(b, sh.kvHeads, sms, kernel ? which : Kernel::kCudaCore, ctx);
       std::printf("batch %3d, context %4d (%5.1f MB a layer):", b, ctx, bytes / 1e6);
-      // About 1, 2, 4 and 8 blocks an SM, the engine's pick, and where the batch leaves SMs idle
-      // a few small counts (few keys a split leave most of a 64-key tile masked).
-      std::set<int> counts{pick};
+      // About 1, 2, 4 and 8 blocks an SM, the engine's pick, one to three splits, and where the
+      // batch leaves SMs idle a few more (few keys a split leave most of a 64-key tile masked).
+      std::set<int> counts{pick, 1, 2, 3};
       for (int mult : {1, 2, 4, 8}) counts.insert(std::clamp((mult * sms + work - 1) / work, 1, kMaxDecodeSplits));
-      if (work < sms) counts.insert({2, 4, 8});
+      if (work < sms) counts.insert({4, 6, 8, 16});
       for (int splits : counts) {
         const double us = timeCalls(10, 200, [&](int i) {
           const size_t off = static_cast<size_t>(i % layers) * p.layerElems;
@@ -367,9 +371,9 @@ int main(int argc, char** argv) {
     auto set = [](const char* name, const char* value) {
       return std::getenv(name) && std::strcmp(std::getenv(name), value) == 0;
     };
-    const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")   ? Kernel::kCudaCore
-                         : set("TROUPE_CUDA_ATTENTION_TMA", "1") ? Kernel::kTma
-                                                                 : Kernel::kMma;
+    const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")                                ? Kernel::kCudaCore
+                         : set("TROUPE_CUDA_ATTENTION_TMA", "0") || !prepare(Kernel::kTma, kLlama8b) ? Kernel::kMma
+                                                                                                  : Kernel::kTma;
     return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, which);
   }
   return runChecks() == 0 ? 0 : 1;
