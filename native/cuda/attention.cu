@@ -295,13 +295,31 @@ Launcher pick(int headDim, int group) {
 
 bool decodeAttentionSupported(int headDim, int group) { return pick(headDim, group) != nullptr; }
 
+namespace {
+
+// The fewest splits of at least `keys` keys a context of `context` keys needs, rounded up to a
+// power of two: each count a batch size meets is a CUDA graph of its own, captured when a context
+// first needs it, so a growing context meets a handful, not one every few tiles.
+int splitCap(int context, int keys) {
+  const int need = (context + keys - 1) / keys;
+  int cap = 1;
+  while (cap < need) cap *= 2;
+  return cap;
+}
+
+}  // namespace
+
 int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel, int longestContext) {
   const int work = decodes * kvHeads;
-  const bool mma = kernel != DecodeKernel::kCudaCore;
-  // The tensor-copy kernel keeps its SMs' copies in flight with the blocks a batch of 32 rows
-  // gives (two an SM): 32 x 2048 keys took 72.3 us with one split against 80.9 with three, 128 x
-  // 2048 272 against 287 with two (bench/results/2026-12-01-h200-attention-tma.json).
-  if (kernel == DecodeKernel::kTma && work >= sms) return 1;
+  if (kernel == DecodeKernel::kTma) {
+    // The tensor-copy kernel is fastest with one wave of blocks, as many splits as leave every
+    // SM its kTmaBlocksPerSm blocks and no more: on an H200 8 rows x 8192 keys took 74.5 us with
+    // 4 splits (256 blocks) against 105 with 5, 16 x 2048 42.5 with 2 against 52.2 with 3, and 32
+    // x 2048 72 with 1 against 81 with 3 (bench/results/2026-12-01-h200-attention-tma.json).
+    const int splits = std::clamp(kTmaBlocksPerSm * sms / work, 1, kMaxDecodeSplits);
+    return std::min(splits, splitCap(longestContext, kMmaMinKeysPerSplit));
+  }
+  const bool mma = kernel == DecodeKernel::kMma;
   // Enough blocks to keep every SM streaming the cache (a split is at least a few key rows). The
   // tensor-core kernel, once the batch alone gives every SM a block, is fastest with about four
   // (three fit an SM at once): 32 rows x 2048 keys took 82.2 us a layer with 3 splits against 91.9
@@ -313,14 +331,7 @@ int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel
   // fixed cost, plus a combine: 1 row x 512 keys took 11.1 us with 4 splits against 16.7 with 32,
   // 8 rows 14.2 us with 4 against 15.7 with 5; and one split writes the output itself (32 rows x
   // 512 keys: 27.0 us with 1 split against 32.8 with 3).
-  // The cap goes up in powers of two: each count a batch size meets is a CUDA graph of its own,
-  // captured when a context first needs it, so a growing context meets a handful, not one every
-  // 128 keys.
-  const int keys = work >= sms ? kMmaKeysPerSplit : kMmaMinKeysPerSplit;
-  const int need = (longestContext + keys - 1) / keys;
-  int cap = 1;
-  while (cap < need) cap *= 2;
-  return std::min(splits, cap);
+  return std::min(splits, splitCap(longestContext, work >= sms ? kMmaKeysPerSplit : kMmaMinKeysPerSplit));
 }
 
 bool decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache, const int32_t* idx, int count,

@@ -40,15 +40,17 @@ using attention_tma::copyRow;
 using attention_tma::kKeys;
 using attention_tma::pieceOffset;
 static_assert(kKeys == 16 * kWarps, "a tile is the warps' 16 keys each");
-// Three tiles in flight, two blocks an SM (96 KB of stages each at head_dim 128): 32 rows x 2048
-// keys took 72 us against 76 with two stages and three blocks, and the first thread issuing the
-// copies between barriers (no copying warp) 77 us with two stages or three.
+// Three tiles in flight, two blocks an SM (kTmaBlocksPerSm; 96 KB of stages each at head_dim 128,
+// within the 227 KB an SM's blocks may take): 32 rows x 2048 keys took 72 us against 76 with two
+// stages and three blocks, and the first thread issuing the copies between barriers (no copying
+// warp) 77 us with two stages or three.
 constexpr int kStages = 3;
-constexpr int kBlocksPerSm = 2;
 template <int D>
 constexpr int kTileBytes = kKeys * D * 2;
 template <int D>
 constexpr int kSmemBytes = kStages * 2 * kTileBytes<D> + 1024;  // and room to align to 1 KB
+// (each block's static barriers and the warps' sums come on top: 1 KB)
+static_assert(kTmaBlocksPerSm * (kSmemBytes<128> + 1024) <= 227 * 1024, "an SM's blocks fit its shared memory");
 
 __device__ int gAttentionTmaBuilt = TROUPE_DECODE_GEMM_BODY;
 
@@ -70,7 +72,7 @@ __device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, i
 #endif
 
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+__global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
     decodeTmaKernel(const bf16_t* q, const __grid_constant__ CUtensorMap kMap, const __grid_constant__ CUtensorMap vMap,
                     const int32_t* idx, TokenMap map, AttnShape a, int splits, float scale, float* partial,
                     float* partialMl, bf16_t* out, OLoraEpilogue epi) {
