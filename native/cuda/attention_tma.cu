@@ -60,14 +60,7 @@ using decode_gemm::barrierExpect;
 using decode_gemm::barrierInit;
 using decode_gemm::barrierWait;
 using decode_gemm::smemAddr;
-
-__device__ __forceinline__ void cacheCopy2d(void* dst, const CUtensorMap* map, int column, int row, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::
-          "r"(smemAddr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(smemAddr(bar))
-      : "memory");
-}
+using decode_gemm::tensorCopy;
 
 #endif
 
@@ -128,8 +121,8 @@ __global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
       unsigned char* dv = tileV(stage) + p * copyBytes;
 #pragma unroll
       for (int h = 0; h < D / 64; ++h) {
-        cacheCopy2d(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
-        cacheCopy2d(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
+        tensorCopy(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
+        tensorCopy(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
       }
     }
   };
