@@ -128,13 +128,21 @@ __global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
   };
 
   if (warp == kWarps) {
-    if (lane == 0)
-      for (int i = 0; i < tiles; ++i) {
+    if (lane == 0) {
+      // Launched early (programmatic dependent launch, pdl.cuh), the block copies the tiles wholly
+      // before the token's own key while RoPE, the kernel before, still writes that key and q:
+      // every other key of the context was written by an earlier step.
+      int i = 0;
+      for (; i < tiles && i < kStages && begin + (i + 1) * kKeys < ctx; ++i) issue(i);
+      pdlWait();
+      for (; i < tiles; ++i) {
         if (i >= kStages) barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
         issue(i);
       }
+    }
     __syncwarp();  // the block's barriers below want the whole warp
   } else {
+    pdlWait();  // for q, and before anything is written
     uint32_t qa[D / 32][4];
     loadQueryFragments<D, G>(q + (static_cast<size_t>(g) * map.tokens + t) * G * D, qa);
     for (int tile = 0; tile < tiles; ++tile) {
@@ -171,7 +179,8 @@ __global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
 #endif
 }
 
-template <int D, int G>
+// kPdl: launched to start while the kernel before it (RoPE) runs.
+template <int D, int G, bool kPdl>
 struct DecodeTma {
   static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
@@ -180,16 +189,16 @@ struct DecodeTma {
     CUtensorMap kMap, vMap;
     if (!bf16CacheTensorMap(k, D, rows, &kMap) || !bf16CacheTensorMap(v, D, rows, &vMap))
       throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
-    decodeTmaKernel<D, G><<<dim3(count, a.kvHeads, splits), kThreads, kSmemBytes<D>, s>>>(
-        q, kMap, vMap, idx, map, a, splits, scale, partial, ml, out, epi);
+    launchPdlShared(decodeTmaKernel<D, G>, dim3(count, a.kvHeads, splits), dim3(kThreads), kSmemBytes<D>, s, kPdl,
+                    "decode attention launch", q, kMap, vMap, idx, map, a, splits, scale, partial, ml, out, epi);
   }
   static const void* function() { return reinterpret_cast<const void*>(decodeTmaKernel<D, G>); }
 };
 
-template <int D, int... G>
+template <int D, bool kPdl, int... G>
 DecodeMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
-  const DecodeMmaLauncher launches[] = {&DecodeTma<D, G + 1>::launch...};
-  const void* functions[] = {DecodeTma<D, G + 1>::function()...};
+  const DecodeMmaLauncher launches[] = {&DecodeTma<D, G + 1, kPdl>::launch...};
+  const void* functions[] = {DecodeTma<D, G + 1, kPdl>::function()...};
   if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<D>) !=
       cudaSuccess) {
     cudaGetLastError();
@@ -200,7 +209,7 @@ DecodeMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
 
 }  // namespace
 
-DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize) {
+DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize, bool early) {
   int device = 0, major = 0, built = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
@@ -212,8 +221,10 @@ DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSiz
   // A tile's 64 keys must fill whole cache blocks, or lie in one.
   if (group < 1 || group > 8 || blockSize < 8 || (blockSize & (blockSize - 1)) != 0) return nullptr;
   const auto groups = std::make_integer_sequence<int, 8>{};
-  if (headDim == 64) return prepareTmaGroup<64>(group, groups);
-  if (headDim == 128) return prepareTmaGroup<128>(group, groups);
+  if (headDim == 64)
+    return early ? prepareTmaGroup<64, true>(group, groups) : prepareTmaGroup<64, false>(group, groups);
+  if (headDim == 128)
+    return early ? prepareTmaGroup<128, true>(group, groups) : prepareTmaGroup<128, false>(group, groups);
   return nullptr;
 }
 

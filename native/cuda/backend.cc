@@ -111,9 +111,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     attnMma_ = cuda::prepareDecodeAttentionMma(c.headDim, headsPerKv_);
     if (attnMma_) attnKernel_ = cuda::DecodeKernel::kMma;
     // The same kernel fed by tensor copies (attention_tma.cu) where it applies, unless
-    // TROUPE_CUDA_ATTENTION_TMA=0 asks for the cp.async one.
+    // TROUPE_CUDA_ATTENTION_TMA=0 asks for the cp.async one; it starts while ropeKv runs unless
+    // TROUPE_CUDA_ATTENTION_EARLY=0.
+    const char* early = std::getenv("TROUPE_CUDA_ATTENTION_EARLY");
     if (const char* tma = std::getenv("TROUPE_CUDA_ATTENTION_TMA"); !tma || std::string(tma) != "0")
-      if (const cuda::DecodeMmaLauncher fed = cuda::prepareDecodeAttentionTma(c.headDim, headsPerKv_, o.blockSize)) {
+      if (const cuda::DecodeMmaLauncher fed = cuda::prepareDecodeAttentionTma(c.headDim, headsPerKv_, o.blockSize,
+                                                                              !early || std::string(early) != "0")) {
         attnMma_ = fed;
         attnKernel_ = cuda::DecodeKernel::kTma;
       }

@@ -152,6 +152,7 @@ constexpr int kMaxRopeHalf = 128;
 
 __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
                              bf16_t* kCache, bf16_t* vCache) {
+  pdlLaunchDependents();  // the decode attention after it may start copying earlier keys (attention_tma.cu)
   const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
   const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
   const int qDim = a.heads * D, kvDim = a.kvHeads * D;

@@ -110,7 +110,9 @@ bool decodeAttention(const bf16_t* q, const bf16_t* kCache, const bf16_t* vCache
 DecodeMmaLauncher prepareDecodeAttentionMma(int headDim, int group);
 // The same attention with the cache's tiles brought by tensor copies (attention_tma.cu): sm_90a,
 // head_dim 64 or 128, a cache block size that is a power of two of at least 8; nullptr elsewhere.
-DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize);
+// early: launched to start while ropeKv, which must be the kernel just before it, still runs (it
+// copies the keys before each token's own until then).
+DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize, bool early);
 
 // One block of the prefill attention: kPrefillTileRows query rows (rows are (token, query head of
 // the group) pairs) of one sequence's chunk, tokens [t0, t0 + count) of the step, from row `row` on.

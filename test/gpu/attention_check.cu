@@ -182,7 +182,7 @@ const char* kernelName(Kernel k) { return k == Kernel::kCudaCore ? "cuda-core" :
 DecodeMmaLauncher prepare(Kernel k, const Shape& sh) {
   const int group = sh.heads / sh.kvHeads;
   return k == Kernel::kMma   ? prepareDecodeAttentionMma(sh.D, group)
-         : k == Kernel::kTma ? prepareDecodeAttentionTma(sh.D, group, sh.bs)
+         : k == Kernel::kTma ? prepareDecodeAttentionTma(sh.D, group, sh.bs, std::getenv("TROUPE_CUDA_ATTENTION_EARLY") != nullptr)
                              : nullptr;
 }
 
