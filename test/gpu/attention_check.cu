@@ -179,10 +179,18 @@ int judge(const char* name, const char* kernel, int splits, const Problem& p, co
 // The decode kernels: CUDA cores, tensor cores, and tensor cores fed by tensor copies.
 using Kernel = DecodeKernel;
 const char* kernelName(Kernel k) { return k == Kernel::kCudaCore ? "cuda-core" : k == Kernel::kMma ? "mma" : "tma"; }
+// TROUPE_CUDA_ATTENTION_EARLY=1: the tensor-copy kernel launched as the engine launches it, allowed
+// to start while the kernel before it runs (off by default here: back-to-back timed calls would
+// overlap one another, which no step does).
+bool launchedEarly() {
+  const char* env = std::getenv("TROUPE_CUDA_ATTENTION_EARLY");
+  return env && std::strcmp(env, "1") == 0;
+}
+
 DecodeMmaLauncher prepare(Kernel k, const Shape& sh) {
   const int group = sh.heads / sh.kvHeads;
   return k == Kernel::kMma   ? prepareDecodeAttentionMma(sh.D, group)
-         : k == Kernel::kTma ? prepareDecodeAttentionTma(sh.D, group, sh.bs, std::getenv("TROUPE_CUDA_ATTENTION_EARLY") != nullptr)
+         : k == Kernel::kTma ? prepareDecodeAttentionTma(sh.D, group, sh.bs, launchedEarly())
                              : nullptr;
 }
 
