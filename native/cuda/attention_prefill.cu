@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cuda/attention_ops.cuh"
+#include "cuda/attention_prefill_rows.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lora_mma_ops.cuh"
 
@@ -42,7 +43,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = kWarps * 16;  // query rows a block takes
 static_assert(kRows == kPrefillTileRows, "a tile is one block's rows");
-constexpr int kKeys = 64;  // keys a tile
+using prefill_rows::kKeys;
 // Shared-memory stages: tiles being read (this iteration's and, for the late warps, the previous
 // one) and tiles on their way.
 constexpr int kLag = 1;
@@ -55,13 +56,6 @@ template <int D>
 constexpr int kPitch = D + 8;
 template <int D>
 constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * 2 * kKeys * kPitch<D> * sizeof(bf16_t);
-
-// 2^x in one MUFU instruction; -inf gives 0.
-__device__ __forceinline__ float exp2Fast(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // Keys [k0, k0 + kKeys) of one KV head of a sequence (block table bt) into rows of kPitch values
 // at sk and sv; rows past `end` are zeros (a masked key's V must still be finite: P's zero times
@@ -92,16 +86,15 @@ __device__ __forceinline__ void fetchTile(const bf16_t* kCache, const bf16_t* vC
 }
 
 // One warp's pass over one key tile (K, V in shared memory, first key k0) for its 16 rows: this
-// lane's rows gi and gi + 8 see keys [lo[r], pos[r]]. Running maxima m are of the raw scores
-// (the scale is positive, so the order is the same); sl2 is the scale times log2(e), so that
-// exp(scale (s - m)) = 2^(s sl2 - m sl2). kMask: some key of the tile is outside some row's range.
+// lane's rows gi and gi + 8 see keys [lo[r], pos[r]]; S = Q K^T, then the online softmax
+// (prefill_rows::softmaxTile). kMask: some key of the tile is outside some row's range.
 template <int D, bool kMask>
 __device__ __forceinline__ void scoreTile(const bf16_t* K, const uint32_t (&qa)[D / 16][4], int k0, const int (&pos)[2],
                                           const int (&lo)[2], float sl2, float (&m)[2], float (&l)[2],
-                                          float (&o)[D / 8][4], uint32_t (&pa)[kKeys / 16][4]) {
+                                          float (&o)[D / 64][8][4], uint32_t (&pa)[kKeys / 16][4]) {
   constexpr int P = kPitch<D>;
   constexpr int NT = kKeys / 8;  // n-tiles of S
-  const int lane = threadIdx.x & 31, qi = lane & 3, mi = lane >> 3, ri = lane & 7;
+  const int lane = threadIdx.x & 31, mi = lane >> 3, ri = lane & 7;
 
   // S = Q K^T. One ldmatrix gives an n-tile's B fragments for two 16-dimension steps: its matrix
   // i holds keys 8 n .. 8 n + 7, dimensions 32 j + 8 i .. + 7.
@@ -119,66 +112,13 @@ __device__ __forceinline__ void scoreTile(const bf16_t* K, const uint32_t (&qa)[
     }
   }
 
-  // Online softmax per row (s[n][2 r + e]: row gi + 8 r, key k0 + 8 n + 2 qi + e).
-  float rescale[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (kMask) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int k = k0 + n * 8 + 2 * qi + e;
-          if (k > pos[r] || k < lo[r]) s[n][2 * r + e] = -INFINITY;
-        }
-    }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float mn = fmaxf(m[r], mx);
-    // Unchanged (-inf included: nothing seen yet) leaves O as it is; from -inf, O and l are zero.
-    rescale[r] = mn == m[r] ? 1.0f : exp2Fast((m[r] - mn) * sl2);
-    m[r] = mn;
-    // A row that has seen nothing yet has only -inf scores here: any finite offset gives zeros.
-    const float ms = mn == -INFINITY ? 0.0f : mn * sl2;
-    float add = 0;
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float p = exp2Fast(fmaf(s[n][2 * r + e], sl2, -ms));
-        s[n][2 * r + e] = p;
-        add += p;
-      }
-    l[r] = l[r] * rescale[r] + add;
-  }
-  // Past the first tiles a row's maximum rarely moves; the warp skips the rescale when none did.
-  if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= rescale[0];
-      o[n][1] *= rescale[0];
-      o[n][2] *= rescale[1];
-      o[n][3] *= rescale[1];
-    }
-  }
-
-  // P in bf16 as A fragments, 16 keys each: S's n-tiles 2 ks and 2 ks + 1.
-#pragma unroll
-  for (int ks = 0; ks < NT / 2; ++ks) {
-    pa[ks][0] = packBf16(s[2 * ks][0], s[2 * ks][1]);
-    pa[ks][1] = packBf16(s[2 * ks][2], s[2 * ks][3]);
-    pa[ks][2] = packBf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-    pa[ks][3] = packBf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-  }
+  prefill_rows::softmaxTile<D, kMask>(s, k0, pos, lo, sl2, m, l, o, pa);
 }
 
 // O += P V for one key tile (V in shared memory, P from scoreTile).
 template <int D>
 __device__ __forceinline__ void accumulateTile(const bf16_t* V, const uint32_t (&pa)[kKeys / 16][4],
-                                               float (&o)[D / 8][4]) {
+                                               float (&o)[D / 64][8][4]) {
   constexpr int P = kPitch<D>;
   const int lane = threadIdx.x & 31, mi = lane >> 3, ri = lane & 7;
 #pragma unroll
@@ -187,8 +127,8 @@ __device__ __forceinline__ void accumulateTile(const bf16_t* V, const uint32_t (
     for (int d0 = 0; d0 < D; d0 += 16) {
       uint32_t b0, b1, b2, b3;
       ldmatrix<true>(V + (ks * 16 + (mi & 1) * 8 + ri) * P + d0 + (mi >> 1) * 8, b0, b1, b2, b3);
-      mma(o[d0 / 8], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b0, b1);
-      mma(o[d0 / 8 + 1], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b2, b3);
+      mma(o[d0 / 64][d0 % 64 / 8], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b0, b1);
+      mma(o[d0 / 64][d0 % 64 / 8 + 1], pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3], b2, b3);
     }
   }
 }
@@ -205,27 +145,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Blocks are (tile, KV head) pairs, tile-major: the hardware starts blocks in index order, so
   // every head's longest tiles go first and the short ones fill the tail.
   const int g = blockIdx.x % a.kvHeads;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
+  const int warp = threadIdx.x >> 5;
   // This block's tile of the step's prefill chunks (prefillAttentionTiles' order: longest first).
   const PrefillTile mine = work[blockIdx.x / a.kvHeads];
   const int t0 = mine.t0, rows = mine.count * G, blockRow = mine.row;
   const int firstPos = map.positions[t0];
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t0]) * map.pitch;
   const int window = a.window;
-  auto windowStart = [window](int p) { return window > 0 ? max(0, p - window + 1) : 0; };
+  auto windowStart = [window](int p) { return prefill_rows::windowStart(window, p); };
 
-  // This lane's two rows (gi and gi + 8 of the warp's 16), their positions and visible keys, and
-  // Q's A fragments (qa[c][0..3]: dimensions 16 c + 2 qi and + 8, rows gi and gi + 8). Rows past the
-  // chunk have zero Q; their results are never stored, and an mma's rows do not mix.
   const int warpRow = blockRow + warp * 16;
   int pos[2], lo[2];
   uint32_t qa[D / 16][4];
+  prefill_rows::rowRanges<G>(warpRow, firstPos, window, pos, lo);
+  // Q's A fragments (qa[c][0..3]: dimensions 16 c + 2 qi and + 8, rows gi and gi + 8). Rows past
+  // the chunk have zero Q; their results are never stored, and an mma's rows do not mix.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int row = warpRow + gi + 8 * r;
+    const int row = warpRow + ((threadIdx.x & 31) >> 2) + 8 * r, qi = threadIdx.x & 3;
     const bool live = row < rows;
-    pos[r] = firstPos + row / G;
-    lo[r] = windowStart(pos[r]);
     const uint32_t* qr =
         reinterpret_cast<const uint32_t*>(q + ((static_cast<size_t>(g) * map.tokens + t0) * G + (live ? row : 0)) * D);
 #pragma unroll
@@ -262,9 +200,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const float sl2 = scale * 1.4426950408889634f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
-  float o[D / 8][4];
+  float o[D / 64][8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+  for (int n = 0; n < D / 8; ++n) o[n / 8][n % 8][0] = o[n / 8][n % 8][1] = o[n / 8][n % 8][2] = o[n / 8][n % 8][3] = 0;
 
   // Tile i's copies are commit group i (groups past the last tile are empty). At the top of
   // iteration `tile`, kAhead + tile groups are committed, so leaving the newest kAhead - 1 pending
@@ -312,21 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (pending) accumulateTile<D>(pendingV, pa, o);
   copyWait<0>();
 
-  // Every live row sees at least its own key, in a tile its warp does not skip, so l > 0.
-  const int H = a.heads;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int row = warpRow + gi + 8 * r;
-    if (row >= rows) continue;
-    const float inv = 1.0f / l[r];
-    bf16_t* dst = out + (static_cast<size_t>(t0 + row / G) * H + g * G + row % G) * D + 2 * qi;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dst + n * 8) = packBf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    }
-  }
+  prefill_rows::storeRows<D, G>(l, o, warpRow, rows, t0, g, a.heads, out);
 }
 
 template <int D, int G>

@@ -121,6 +121,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
         attnKernel_ = cuda::DecodeKernel::kTma;
       }
     prefillMma_ = cuda::preparePrefillAttentionMma(c.headDim, headsPerKv_);
+    // On Hopper the prefill attention runs on warpgroup mmas fed by tensor copies
+    // (attention_prefill_tma.cu) unless TROUPE_CUDA_PREFILL_TMA=0 asks for the mma.sync one.
+    if (const char* tma = std::getenv("TROUPE_CUDA_PREFILL_TMA"); !tma || std::string(tma) != "0")
+      if (const cuda::PrefillMmaLauncher fed = cuda::preparePrefillAttentionTma(c.headDim, headsPerKv_, o.blockSize))
+        prefillMma_ = fed;
   }
   // On the H200, mma-overlap cut the LoRA decode overhead of 8 adapters by a fifth (rank 16) to a
   // third (rank 64 with sgmv) against fma, and prefill's at rank 64 by half

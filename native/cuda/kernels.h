@@ -137,6 +137,10 @@ using PrefillMmaLauncher = void (*)(const bf16_t* q, const bf16_t* kCache, const
                                     const AttnShape& a, const PrefillTile* tiles, int numTiles, float scale,
                                     bf16_t* out, cudaStream_t s);
 PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group);
+// The same attention on warpgroup mmas with the cache's tiles brought by tensor copies
+// (attention_prefill_tma.cu): sm_90a, head_dim 64 or 128, a cache block size that is a power of
+// two of at least 8; nullptr elsewhere.
+PrefillMmaLauncher preparePrefillAttentionTma(int headDim, int group, int blockSize);
 
 // Copies positions [0, keys) of sequence seq from the cache to kOut, vOut ([kvHead][keys][headDim]).
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,

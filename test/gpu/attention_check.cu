@@ -3,7 +3,8 @@
 // key, of a few keys, not a multiple of a tile or a block, a sliding window, more splits than
 // keys, and several decode tokens whose sequences have different lengths. Exit status 1 on any
 // failure; the tensor-core kernels (attention_mma.cu, and attention_tma.cu fed by tensor copies) run
-// every case they apply to, beside the CUDA-core one. The prefill kernel (attention_prefill.cu) runs every chunk of a case in one launch: chunks from a
+// every case they apply to, beside the CUDA-core one. The prefill kernels (attention_prefill.cu, and
+// attention_prefill_tma.cu on wgmma fed by tensor copies) run every chunk of a case in one launch: chunks from a
 // sequence's start and after a cached prefix, several sequences, groups of 1 to 8, and a sliding window. With --bench
 // [BATCH CONTEXT], times decodeAttention instead at the Llama-3.1-8B shape (32 heads over 8 KV heads of 128) for
 // batches of 1 to 128 and contexts of 512 to 8192, with the engine's kernel (the one fed by tensor copies where it
@@ -15,7 +16,7 @@
 // Built from the repository root with the kernel (no other part of the addon):
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
 //        native/cuda/attention.cu native/cuda/attention_mma.cu native/cuda/attention_tma.cu
-//        native/cuda/attention_prefill.cu native/cuda/tensor_map.cc
+//        native/cuda/attention_prefill.cu native/cuda/attention_prefill_tma.cu native/cuda/tensor_map.cc
 //   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT]
 #include <cuda_runtime.h>
 
@@ -224,11 +225,19 @@ struct PrefillTiles {
   PrefillTiles& operator=(const PrefillTiles&) = delete;
 };
 
-// Every prefill chunk of p (tokens [seqStart[i], seqStart[i + 1])) through the tensor-core kernel.
-int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqCtx, const std::vector<int>& counts) {
-  const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
+// The prefill kernel on mma.sync (attention_prefill.cu) or, tma, on wgmma fed by tensor copies
+// (attention_prefill_tma.cu).
+PrefillMmaLauncher preparePrefill(const Shape& sh, bool tma) {
+  const int group = sh.heads / sh.kvHeads;
+  return tma ? preparePrefillAttentionTma(sh.D, group, sh.bs) : preparePrefillAttentionMma(sh.D, group);
+}
+
+// Every prefill chunk of p (tokens [seqStart[i], seqStart[i + 1])) through a tensor-core kernel.
+int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqCtx, const std::vector<int>& counts,
+                 bool tma) {
+  const PrefillMmaLauncher run = preparePrefill(sh, tma);
   if (!run) {
-    std::printf("  skip %-34s (not supported)\n", name);
+    std::printf("  skip %-34s (%s not supported)\n", name, tma ? "tensor-copy kernel" : "mma kernel");
     return 0;
   }
   const Problem p = make(sh, seqCtx, 1, 5u + static_cast<uint32_t>(seqCtx.size()) * 17u, true, counts);
@@ -246,7 +255,7 @@ int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqC
   std::vector<bf16_t> got(p.q.size());
   CK(cudaMemcpy(got.data(), d.out, got.size() * 2, cudaMemcpyDeviceToHost));
   release(d);
-  return judge(name, "prefill", 0, p, got);
+  return judge(name, tma ? "prefill tma" : "prefill", 0, p, got);
 }
 
 int runChecks() {
@@ -306,9 +315,13 @@ int runChecks() {
       {"prefill D128 G6 window 100", {12, 2, 128, 16, 100}, {90, 640}, {90, 640}},
       {"prefill D64 G5 window 70", {10, 2, 64, 16, 70}, {400}, {400}},
       {"prefill D64 G8 three sequences", {16, 2, 64, 8, 0}, {5, 129, 300}, {5, 100, 300}},
+      {"prefill D128 G4 block size 8 after a prefix", {32, 8, 128, 8, 0}, {333}, {250}},
+      {"prefill D128 G4 block size 128 after a prefix", {32, 8, 128, 128, 0}, {1000}, {390}},
+      {"prefill D128 G4 1500 tokens, two sequences", {32, 8, 128, 16, 0}, {1500, 700}, {1500, 300}},
       {"prefill D256 (not supported)", {8, 4, 256, 16, 0}, {40}, {40}},
   };
-  for (const PC& c : prefills) failed += checkPrefill(c.name, c.sh, c.ctx, c.counts);
+  for (const PC& c : prefills)
+    for (bool tma : {false, true}) failed += checkPrefill(c.name, c.sh, c.ctx, c.counts, tma);
   std::printf("%d failed\n", failed);
   return failed;
 }
@@ -352,22 +365,25 @@ int bench(int onlyBatch, int onlyCtx, Kernel which) {
   }
   std::printf("(* the engine's split count; times include the combine kernel and launch gaps)\n");
   if (onlyBatch > 0) return 0;
-  const PrefillMmaLauncher run = preparePrefillAttentionMma(sh.D, sh.heads / sh.kvHeads);
-  if (!run) return 0;
-  for (const auto& [seqs, len] : std::vector<std::pair<int, int>>{{1, 2048}, {8, 512}, {1, 8192}}) {
-    // Random keys, so that row maxima move (and O is rescaled) as they would in a model.
-    const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, true, std::vector<int>(seqs, len));
-    Device d = uploadProblem(p, 1);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
-    std::vector<PrefillChunk> chunks;
-    for (int i = 0; i < seqs; ++i) chunks.push_back(PrefillChunk{i * len, len, 0});
-    PrefillTiles tiles(chunks, sh.heads / sh.kvHeads);
-    const double us = timeCalls(
-        3, 50, [&](int) { run(d.q, d.k, d.v, d.map, d.a, tiles.device, tiles.count, scale, d.out, nullptr); });
-    // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
-    const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
-    std::printf("prefill %d x %d tokens: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, us, flops / us / 1e6);
-    release(d);
+  for (bool tma : {false, true}) {
+    const PrefillMmaLauncher run = preparePrefill(sh, tma);
+    if (!run) continue;
+    for (const auto& [seqs, len] : std::vector<std::pair<int, int>>{{1, 2048}, {8, 512}, {1, 8192}}) {
+      // Random keys, so that row maxima move (and O is rescaled) as they would in a model.
+      const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, true, std::vector<int>(seqs, len));
+      Device d = uploadProblem(p, 1);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
+      std::vector<PrefillChunk> chunks;
+      for (int i = 0; i < seqs; ++i) chunks.push_back(PrefillChunk{i * len, len, 0});
+      PrefillTiles tiles(chunks, sh.heads / sh.kvHeads);
+      const double us = timeCalls(
+          3, 50, [&](int) { run(d.q, d.k, d.v, d.map, d.a, tiles.device, tiles.count, scale, d.out, nullptr); });
+      // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
+      const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
+      std::printf("prefill %d x %d tokens%s: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, tma ? " (tensor copies)" : "",
+                  us, flops / us / 1e6);
+      release(d);
+    }
   }
   return 0;
 }
@@ -379,9 +395,9 @@ int main(int argc, char** argv) {
     auto set = [](const char* name, const char* value) {
       return std::getenv(name) && std::strcmp(std::getenv(name), value) == 0;
     };
-    const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")                                ? Kernel::kCudaCore
+    const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")                                       ? Kernel::kCudaCore
                          : set("TROUPE_CUDA_ATTENTION_TMA", "0") || !prepare(Kernel::kTma, kLlama8b) ? Kernel::kMma
-                                                                                                  : Kernel::kTma;
+                                                                                                     : Kernel::kTma;
     return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, which);
   }
   return runChecks() == 0 ? 0 : 1;
