@@ -112,7 +112,7 @@ __device__ __forceinline__ void scoreTile(const bf16_t* K, const uint32_t (&qa)[
     }
   }
 
-  prefill_rows::softmaxTile<D, kMask>(s, k0, pos, lo, sl2, m, l, o, pa);
+  prefill_rows::softmaxTile<D, kKeys, kMask>(s, k0, pos, lo, sl2, m, l, o, pa);
 }
 
 // O += P V for one key tile (V in shared memory, P from scoreTile).

@@ -18,7 +18,7 @@ namespace troupe {
 namespace cuda {
 namespace prefill_rows {
 
-constexpr int kKeys = 64;  // keys a tile
+constexpr int kKeys = 64;  // keys a tile of the mma.sync kernel
 
 // 2^x in one MUFU instruction; -inf gives 0.
 __device__ __forceinline__ float exp2Fast(float x) {
@@ -46,12 +46,12 @@ __device__ __forceinline__ void rowRanges(int warpRow, int firstPos, int window,
 // positive, so the order is the same) and sl2 is the scale times log2(e), so that
 // exp(scale (s - m)) = 2^(s sl2 - m sl2). Rescales O where a row's maximum moved, adds to the row
 // sums l, and leaves P in bf16 as A fragments of 16 keys (pa[ks]: S's n-tiles 2 ks and 2 ks + 1).
-// kMask: some key of the tile is outside some row's range.
-template <int D, bool kMask>
-__device__ __forceinline__ void softmaxTile(float (&s)[kKeys / 8][4], int k0, const int (&pos)[2], const int (&lo)[2],
+// kMask: some key of the tile (of K keys) is outside some row's range.
+template <int D, int K, bool kMask>
+__device__ __forceinline__ void softmaxTile(float (&s)[K / 8][4], int k0, const int (&pos)[2], const int (&lo)[2],
                                             float sl2, float (&m)[2], float (&l)[2], float (&o)[D / 64][8][4],
-                                            uint32_t (&pa)[kKeys / 16][4]) {
-  constexpr int NT = kKeys / 8;
+                                            uint32_t (&pa)[K / 16][4]) {
+  constexpr int NT = K / 8;
   const int qi = threadIdx.x & 3;
   float rescale[2];
 #pragma unroll

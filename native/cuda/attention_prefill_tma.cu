@@ -1,18 +1,20 @@
 // Causal attention of a step's prefill chunks on Hopper (sm_90a): the work of attention_prefill.cu
 // (a block takes 128 query rows of one KV head and walks the keys they see in tiles of 64), with
-// its products on warpgroup mmas (wgmma) and its tiles brought by tensor copies. On an H200 the
-// mma.sync kernel took 196 us a layer for a 2048-token prompt of Llama-3.1-8B's shape, about
-// 200 TFLOPS: each warp's 16 rows read every K and V fragment from shared memory through its
-// registers, two loads an mma.
+// its products on warpgroup mmas (wgmma) and its tiles brought by tensor copies. The mma.sync
+// kernel's warps each take 16 rows and read every K and V fragment from shared memory through
+// their registers, two loads an mma; on an H200 it ran a 2048-token prompt of Llama-3.1-8B's shape
+// at about 207 TFLOPS, this one at 263 (test/gpu/attention_check.cu --bench).
 //
-// Two warpgroups take 64 rows each; a ninth warp issues, for each cache block a tile covers, one
-// tensor copy a 64-value part of its K rows and of its V rows (attention_tma_plan.h's copyRow),
-// counted on an mbarrier, up to kStages tiles ahead. A tile lands as [part][key][64 values],
-// 128-byte lines swizzled by the copies, which is the layout wgmma reads: K as the K-major B of
-// S = Q K^T (Q, copied to shared memory once, its A), V as the MN-major B of O += P V (P's A fragments
-// made in registers from S by the softmax, prefill_rows::softmaxTile). A warpgroup's S products
-// are waited for at once; its P V products run on while it waits for the next tile and issues
-// that tile's S, and the other warpgroup's softmax fills the tensor cores' gaps.
+// Two warpgroups take 64 rows each. The first thread of a third issues, for each cache block a
+// tile covers, one tensor copy a 64-value part of its K rows and of its V rows
+// (attention_tma_plan.h's copyRow), counted on an mbarrier, up to kStages tiles ahead; it looks up
+// a tile's blocks before it waits for the stage. A tile lands as [part][key][64 values], 128-byte
+// lines swizzled by the copies, which is the layout wgmma reads: K as the K-major B of S = Q K^T
+// (Q, copied to shared memory once, its A), V as the MN-major B of O += P V (P's A fragments made
+// in registers from S by the softmax, prefill_rows::softmaxTile). Each warpgroup waits for its own
+// products; the other's softmax fills the tensor cores' gaps. A first form that left a tile's P V
+// running while it issued the next tile's S, with a copying warp alone, took 136 us at 2048 tokens
+// against this one's 131.
 //
 // Tiles start at multiples of 64 keys (whole cache blocks: a block size that is a power of two of
 // at least 8); keys before the block's first visible key or past its last row's position are
@@ -35,19 +37,25 @@ namespace cuda {
 
 namespace {
 
-constexpr int kGroups = 2;                    // warpgroups that multiply, 64 rows each
-constexpr int kConsumerWarps = kGroups * 4;   // empty barriers count one arrival a warp
-constexpr int kThreads = kGroups * 128 + 32;  // and the copying warp
+constexpr int kGroups = 2;                   // warpgroups that multiply, 64 rows each
+constexpr int kConsumerWarps = kGroups * 4;  // empty barriers count one arrival a warp
+// and a warpgroup whose first thread issues the copies: a warpgroup so that it can hand its
+// registers to the multiplying ones (setmaxnreg), which hold S, P and O of 64-key tiles.
+constexpr int kThreads = (kGroups + 1) * 128;
+constexpr int kCopierRegs = 40, kConsumerRegs = 232;
+static_assert(128 * kCopierRegs + kGroups * 128 * kConsumerRegs <= 65536, "the register file");
 static_assert(kGroups * 64 == kPrefillTileRows, "a block takes one tile's rows");
-using prefill_rows::kKeys;
-static_assert(kKeys == attention_tma::kKeys, "the copy plan's tiles");
+// A stage is one tile of the copy plan (attention_tma_plan.h). Tiles of 128 keys (two of its
+// tiles a stage, three stages) took 145 us at 1 x 2048 tokens against 131.
+constexpr int kTileKeys = attention_tma::kKeys;
 constexpr int kStages = 4;
 template <int D>
-constexpr int kTileBytes = kKeys * D * 2;  // of K or of V
+constexpr int kTileBytes = kTileKeys * D * 2;  // of K or of V
 template <int D>
 constexpr int kQueryBytes = kGroups * 64 * D * 2;
 template <int D>
 constexpr int kSmemBytes = kQueryBytes<D> + kStages * 2 * kTileBytes<D> + 1024;  // and room to align to 1 KB
+static_assert(kSmemBytes<128> + 1024 <= 227 * 1024, "a block's stages fit an SM's shared memory");
 
 __device__ int gPrefillTmaBuilt = TROUPE_DECODE_GEMM_BODY;
 
@@ -81,7 +89,7 @@ __device__ __forceinline__ void wgmma64(float (&d)[8][4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 // d (64 x 64, f32) += A (64 x 16, K-major at descriptor a) * B (16 x 64, K-major at descriptor b).
-__device__ __forceinline__ void wgmma64(float (&d)[8][4], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void wgmmaSS(float (&d)[8][4], uint64_t a, uint64_t b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
@@ -117,11 +125,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                      float scale, bf16_t* out) {
 #if TROUPE_DECODE_GEMM_BODY
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
-  constexpr int kParts = D / 64;
+  constexpr int kParts = D / 64, S = kStages, kLine = 128;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   unsigned char* smem = smemRaw + (1024 - smemAddr(smemRaw) % 1024) % 1024;
-  __shared__ uint64_t full[kStages], empty[kStages];
+  __shared__ uint64_t full[S], empty[S];
   unsigned char* sq = smem;  // Q: [group][part][64 rows][64 values], swizzled as a copy would
+  // A stage's K then V, each [part][kTileKeys keys][64 values].
   auto tileK = [&](int stage) { return smem + kQueryBytes<D> + stage * 2 * kTileBytes<D>; };
   auto tileV = [&](int stage) { return tileK(stage) + kTileBytes<D>; };
 
@@ -133,15 +142,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t0]) * map.pitch;
   const int window = a.window;
   // The block's keys [lo, end): from its first row's window start to its last row's position, in
-  // tiles from the multiple of kKeys at or before lo.
+  // tiles from the multiple of 64 at or before lo.
   const int lastRow = min(rows, blockRow + kPrefillTileRows) - 1;
   const int lo = prefill_rows::windowStart(window, firstPos + blockRow / G);
   const int end = firstPos + lastRow / G + 1;
-  const int begin = lo & ~(kKeys - 1);
-  const int tiles = (end - begin + kKeys - 1) / kKeys;
+  const int begin = lo & ~(kTileKeys - 1);
+  const int tiles = (end - begin + kTileKeys - 1) / kTileKeys;
 
   if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
+    for (int i = 0; i < S; ++i) {
       barrierInit(&full[i], 1);
       barrierInit(&empty[i], kConsumerWarps);
     }
@@ -150,27 +159,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp == kConsumerWarps) {
-    if (lane == 0) {
-      const int bs = a.blockSize, rowsPerCopy = min(bs, kKeys), partBytes = rowsPerCopy * 128;
+  if (warp >= kConsumerWarps) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kCopierRegs));
+    if (warp == kConsumerWarps && lane == 0) {
+      const int bs = a.blockSize, rowsPerCopy = min(bs, kTileKeys), partBytes = rowsPerCopy * kLine;
       for (int i = 0; i < tiles; ++i) {
-        const int stage = i % kStages, k0 = begin + i * kKeys;
-        if (i >= kStages) barrierWait(&empty[stage], ((i / kStages) - 1) & 1);
-        int cacheRow[kKeys / 8], count = 0;
+        const int stage = i % S, k0 = begin + i * kTileKeys;
+        // The tile's cache blocks are looked up before waiting for its stage, so that the block
+        // table's reads overlap the wait.
+        int cacheRow[kTileKeys / 8], count = 0;
 #pragma unroll
-        for (int p = 0; p < kKeys / 8; ++p) {
-          cacheRow[p] = attention_tma::copyRow(bt, k0, p, rowsPerCopy, bs, a.kvHeads, g, lo, end);
-          count += cacheRow[p] >= 0;
+        for (int c = 0; c < kTileKeys / 8; ++c) {
+          cacheRow[c] = attention_tma::copyRow(bt, k0, c, rowsPerCopy, bs, a.kvHeads, g, lo, end);
+          count += cacheRow[c] >= 0;
         }
+        if (i >= S) barrierWait(&empty[stage], ((i / S) - 1) & 1);
         barrierExpect(&full[stage], 2 * kParts * count * partBytes);
 #pragma unroll
-        for (int p = 0; p < kKeys / 8; ++p) {
-          if (cacheRow[p] < 0) continue;
+        for (int c = 0; c < kTileKeys / 8; ++c) {
+          if (cacheRow[c] < 0) continue;
+          const int key = c * rowsPerCopy;
 #pragma unroll
           for (int h = 0; h < kParts; ++h) {
-            const int at = h * kKeys * 128 + p * partBytes;
-            tensorCopy(tileK(stage) + at, &kMap, h * 64, cacheRow[p], &full[stage]);
-            tensorCopy(tileV(stage) + at, &vMap, h * 64, cacheRow[p], &full[stage]);
+            const int at = (h * kTileKeys + key) * kLine;
+            tensorCopy(tileK(stage) + at, &kMap, h * 64, cacheRow[c], &full[stage]);
+            tensorCopy(tileV(stage) + at, &vMap, h * 64, cacheRow[c], &full[stage]);
           }
         }
       }
@@ -178,6 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegs));
   const int group = warp / 4, gThread = threadIdx.x % 128;
   const int groupRow = blockRow + group * 64, warpRow = groupRow + (warp % 4) * 16;
   int pos[2], rowLo[2];
@@ -190,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint4 v = make_uint4(0, 0, 0, 0);
     if (row < rows)
       v = *reinterpret_cast<const uint4*>(q + ((static_cast<size_t>(g) * map.tokens + t0) * G + row) * D + c * 8);
-    *reinterpret_cast<uint4*>(gq + (c / 8) * 64 * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4)) = v;
+    *reinterpret_cast<uint4*>(gq + (c / 8) * 64 * kLine + r * kLine + (((c % 8) ^ (r % 8)) << 4)) = v;
   }
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   asm volatile("bar.sync %0, 128;" ::"r"(1 + group) : "memory");
@@ -208,23 +222,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n / 8][n % 8][0] = o[n / 8][n % 8][1] = o[n / 8][n % 8][2] = o[n / 8][n % 8][3] = 0;
 
-  // The stage whose P V products may still be running: handed back to the copying warp once they
-  // have been waited for.
-  int pending = -1;
   auto release = [&](int stage) {
     __syncwarp();
     if (lane == 0) barrierArrive(&empty[stage]);
   };
   for (int tile = 0; tile < tiles; ++tile) {
-    const int stage = tile % kStages, k0 = begin + tile * kKeys, k1 = k0 + kKeys - 1;
-    barrierWait(&full[stage], (tile / kStages) & 1);
+    const int stage = tile % S, k0 = begin + tile * kTileKeys, k1 = k0 + kTileKeys - 1;
+    barrierWait(&full[stage], (tile / S) & 1);
     if (!live || k0 > posLast || k1 < loFirst) {
-      if (pending >= 0) {
-        wgmmaWait();
-        pin(o);
-        release(pending);
-        pending = -1;
-      }
       release(stage);
       continue;
     }
@@ -234,68 +239,71 @@ __global__ void __launch_bounds__(kThreads, 1)
       // V rows outside [lo, end) were not copied, or hold keys this block does not attend to: zero
       // them (whole 128-byte lines, so the swizzle does not matter). Both groups write the same
       // zeros; each waits for its own writes before its products read them.
-      for (int i = gThread; i < kParts * kKeys * 8; i += 128) {
-        const int line = i / 8, key = line % kKeys;
+      for (int i = gThread; i < kParts * kTileKeys * 8; i += 128) {
+        const int key = (i / 8) % kTileKeys;
         if (k0 + key < lo || k0 + key >= end) reinterpret_cast<uint4*>(V)[i] = make_uint4(0, 0, 0, 0);
       }
-      // Written through the generic proxy, read by wgmma and overwritten by copies through the async one.
+      // Written through the generic proxy, read by wgmma and overwritten by copies through the
+      // async one.
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       asm volatile("bar.sync %0, 128;" ::"r"(1 + group) : "memory");
     }
 
-    float s[kKeys / 8][4];
+    float s[kTileKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+    for (int n = 0; n < kTileKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
     wgmmaFence();
 #pragma unroll
     for (int c = 0; c < D / 16; ++c)
-      wgmma64(s, wgDesc(gq + (c / 4) * 64 * 128 + (c % 4) * 32), wgDesc(K + (c / 4) * kKeys * 128 + (c % 4) * 32));
+      wgmmaSS(s, wgDesc(gq + (c / 4) * 64 * kLine + (c % 4) * 32),
+              wgDesc(K + (c / 4) * kTileKeys * kLine + (c % 4) * 32));
     wgmmaCommit();
-    wgmmaWait();  // and the previous tile's P V
+    wgmmaWait();
     pin(s);
-    pin(o);
-    if (pending >= 0) release(pending);
 
-    uint32_t pa[kKeys / 16][4];
+    uint32_t pa[kTileKeys / 16][4];
     if (k1 > posFirst || k0 < loLast) {
-      prefill_rows::softmaxTile<D, true>(s, k0, pos, rowLo, sl2, m, l, o, pa);
+      prefill_rows::softmaxTile<D, kTileKeys, true>(s, k0, pos, rowLo, sl2, m, l, o, pa);
     } else {
-      prefill_rows::softmaxTile<D, false>(s, k0, pos, rowLo, sl2, m, l, o, pa);
+      prefill_rows::softmaxTile<D, kTileKeys, false>(s, k0, pos, rowLo, sl2, m, l, o, pa);
     }
     wgmmaFence();
 #pragma unroll
-    for (int ks = 0; ks < kKeys / 16; ++ks)
+    for (int ks = 0; ks < kTileKeys / 16; ++ks)
 #pragma unroll
-      for (int h = 0; h < kParts; ++h) wgmma64(o[h], pa[ks], vDesc(V + h * kKeys * 128 + ks * 16 * 128));
+      for (int h = 0; h < kParts; ++h) wgmma64(o[h], pa[ks], vDesc(V + (h * kTileKeys + ks * 16) * kLine));
     wgmmaCommit();
-    pending = stage;
+    // P's registers are read by the products until they complete: wait before the next tile's S.
+    wgmmaWait();
+    pin(o);
+    release(stage);
   }
-  wgmmaWait();
-  pin(o);
-  if (pending >= 0) release(pending);
   prefill_rows::storeRows<D, G>(l, o, warpRow, rows, t0, g, a.heads, out);
 #endif
 }
 
 template <int D, int G>
-void launchPrefillTma(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
-                      const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
-  if (numTiles == 0) return;
-  // The running maxima are of raw scores (the scale is folded into the exponent), which orders
-  // them as the scaled ones only for a positive scale.
-  if (!(scale > 0)) throw std::invalid_argument("prefill attention: the softmax scale must be positive");
-  CUtensorMap kMap, vMap;
-  const int rows = a.blockSize < kKeys ? a.blockSize : kKeys;
-  if (!bf16CacheTensorMap(k, D, rows, &kMap) || !bf16CacheTensorMap(v, D, rows, &vMap))
-    throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
-  prefillTmaKernel<D, G>
-      <<<numTiles * a.kvHeads, kThreads, kSmemBytes<D>, s>>>(q, kMap, vMap, map, a, tiles, scale, out);
-}
+struct PrefillTma {
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
+                     const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
+    if (numTiles == 0) return;
+    // The running maxima are of raw scores (the scale is folded into the exponent), which orders
+    // them as the scaled ones only for a positive scale.
+    if (!(scale > 0)) throw std::invalid_argument("prefill attention: the softmax scale must be positive");
+    CUtensorMap kMap, vMap;
+    const int rows = a.blockSize < kTileKeys ? a.blockSize : kTileKeys;
+    if (!bf16CacheTensorMap(k, D, rows, &kMap) || !bf16CacheTensorMap(v, D, rows, &vMap))
+      throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
+    prefillTmaKernel<D, G>
+        <<<numTiles * a.kvHeads, kThreads, kSmemBytes<D>, s>>>(q, kMap, vMap, map, a, tiles, scale, out);
+  }
+  static const void* function() { return reinterpret_cast<const void*>(prefillTmaKernel<D, G>); }
+};
 
 template <int D, int... G>
 PrefillMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
-  const PrefillMmaLauncher launches[] = {&launchPrefillTma<D, G + 1>...};
-  const void* functions[] = {reinterpret_cast<const void*>(prefillTmaKernel<D, G + 1>)...};
+  const PrefillMmaLauncher launches[] = {&PrefillTma<D, G + 1>::launch...};
+  const void* functions[] = {PrefillTma<D, G + 1>::function()...};
   if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<D>) !=
       cudaSuccess) {
     cudaGetLastError();

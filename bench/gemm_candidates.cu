@@ -1,0 +1,110 @@
+// The prefill projections' GEMMs (Llama-3.1-8B shapes, 2048 and 4096 tokens) as the engine calls
+// cuBLAS (cublasGemmEx, CUBLAS_GEMM_DEFAULT, bf16 in and out, f32 accumulation) against every
+// candidate cublasLt's heuristic offers for the same product (up to 32, 32 MB of workspace): whether
+// choosing among them at start-up would make prefill faster. Weights and inputs hold constant
+// values, so the clocks run higher than on a model's data; compare within one run.
+//
+//   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/gemm_candidates bench/gemm_candidates.cu -lcublasLt -lcublas
+//   /tmp/gemm_candidates
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace {
+
+void check(int status, const char* what) {
+  if (status != 0) {
+    std::printf("%s failed: %d\n", what, status);
+    std::exit(1);
+  }
+}
+
+struct Shape {
+  const char* name;
+  int M, N, K;  // Y[M][N] = X[M][K] W[N][K]^T
+};
+
+// Mean time of one call over 30, after 5 to warm up.
+template <typename F>
+float timeCalls(F&& call) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 5; ++i) call();
+  cudaEventRecord(a);
+  for (int i = 0; i < 30; ++i) call();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / 30;
+}
+
+}  // namespace
+
+int main() {
+  const Shape shapes[] = {{"qkv", 2048, 6144, 4096},      {"o", 2048, 4096, 4096},    {"gate_up", 2048, 28672, 4096},
+                          {"down", 2048, 4096, 14336},    {"qkv", 4096, 6144, 4096},  {"o", 4096, 4096, 4096},
+                          {"gate_up", 4096, 28672, 4096}, {"down", 4096, 4096, 14336}};
+  const size_t wElems = 28672ull * 4096, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
+  size_t wsBytes = 32u << 20;
+  __nv_bfloat16 *W, *X, *Y;
+  void* ws;
+  check(cudaMalloc(&W, wElems * 2), "cudaMalloc");
+  check(cudaMalloc(&X, xElems * 2), "cudaMalloc");
+  check(cudaMalloc(&Y, yElems * 2), "cudaMalloc");
+  check(cudaMalloc(&ws, wsBytes), "cudaMalloc");
+  cudaMemset(W, 0x3c, wElems * 2);
+  cudaMemset(X, 0x3c, xElems * 2);
+  cublasHandle_t h;
+  check(cublasCreate(&h), "cublasCreate");
+  check(cublasSetWorkspace(h, ws, wsBytes), "cublasSetWorkspace");
+  cublasLtHandle_t lt;
+  check(cublasLtCreate(&lt), "cublasLtCreate");
+  const float alpha = 1, beta = 0;
+  for (const Shape& s : shapes) {
+    const double flop = 2.0 * s.M * s.N * s.K;
+    const float base = timeCalls([&] {
+      cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, s.M, s.K, &alpha, W, CUDA_R_16BF, s.K, X, CUDA_R_16BF, s.K, &beta,
+                   Y, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    });
+    cublasLtMatmulDesc_t op;
+    check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA), "TRANSA");
+    check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB), "TRANSB");
+    cublasLtMatrixLayout_t la, lb, lc;
+    check(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.K, s.N, s.K), "layout W");
+    check(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.K, s.M, s.K), "layout X");
+    check(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, s.N, s.M, s.N), "layout Y");
+    cublasLtMatmulPreference_t pref;
+    check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    check(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof wsBytes),
+        "workspace");
+    cublasLtMatmulHeuristicResult_t found[32];
+    int n = 0;
+    check(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 32, found, &n), "heuristic");
+    float best = 1e9f;
+    for (int i = 0; i < n; ++i) {
+      const float t = timeCalls(
+          [&] { cublasLtMatmul(lt, op, &alpha, W, la, X, lb, &beta, Y, lc, Y, lc, &found[i].algo, ws, wsBytes, 0); });
+      if (t < best) best = t;
+    }
+    std::printf(
+        "%-8s M %4d N %5d K %5d: cublasGemmEx %7.1f us (%3.0f TFLOPS), best of %2d cublasLt candidates %7.1f us (%3.0f "
+        "TFLOPS), %.3fx\n",
+        s.name, s.M, s.N, s.K, base * 1e3, flop / base / 1e9, n, best * 1e3, flop / best / 1e9, base / best);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+  }
+  return 0;
+}
