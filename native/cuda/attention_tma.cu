@@ -210,16 +210,8 @@ DecodeMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
 }  // namespace
 
 DecodeMmaLauncher prepareDecodeAttentionTma(int headDim, int group, int blockSize, bool early) {
-  int device = 0, major = 0, built = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
-      cudaMemcpyFromSymbol(&built, gAttentionTmaBuilt, sizeof(int)) != cudaSuccess || built != 1 ||
-      !tensorMapsAvailable()) {
-    cudaGetLastError();  // no sm_90a code in this build for this device
+  if (group < 1 || group > 8 || !attention_tma::wholeBlockTiles(blockSize) || !sm90aKernelsRun(&gAttentionTmaBuilt))
     return nullptr;
-  }
-  // A tile's 64 keys must fill whole cache blocks, or lie in one.
-  if (group < 1 || group > 8 || blockSize < 8 || (blockSize & (blockSize - 1)) != 0) return nullptr;
   const auto groups = std::make_integer_sequence<int, 8>{};
   if (headDim == 64)
     return early ? prepareTmaGroup<64, true>(group, groups) : prepareTmaGroup<64, false>(group, groups);

@@ -17,6 +17,10 @@ namespace attention_tma {
 
 constexpr int kKeys = 64;  // a tile: four warps of 16 keys
 
+// Whether a cache of this block size lies in whole blocks under every tile (or a tile in one
+// block): a power of two of at least 8 rows, the least a 128-byte swizzled copy may hold.
+TROUPE_TMA_PLAN bool wholeBlockTiles(int blockSize) { return blockSize >= 8 && (blockSize & (blockSize - 1)) == 0; }
+
 // A context split's whole tiles: tiles of kKeys keys from begin (a multiple of kKeys), and the
 // keys among them it attends to, [lo, end). Tiles start at multiples of kKeys, so a tile's keys
 // fill whole cache blocks (or lie in one); the sliding window's start and the context's end are

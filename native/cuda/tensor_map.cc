@@ -46,6 +46,17 @@ bool tensorMapsAvailable() {
   }
 }
 
+bool sm90aKernelsRun(const void* builtFlag) {
+  int device = 0, major = 0, built = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
+      cudaMemcpyFromSymbol(&built, builtFlag, sizeof(int)) != cudaSuccess || built != 1 || !tensorMapsAvailable()) {
+    cudaGetLastError();  // no sm_90a code in this build for this device
+    return false;
+  }
+  return true;
+}
+
 CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows) {
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};

@@ -12,6 +12,11 @@ namespace cuda {
 // Whether the driver makes tensor maps.
 bool tensorMapsAvailable();
 
+// Whether the kernels of a translation unit built for sm_90a (tensor copies, warpgroup mmas) run
+// here: a device of compute capability 9.0, that unit's sm_90a code in this build (builtFlag: its
+// __device__ int, 1 where that code was compiled), and the driver's tensor maps.
+bool sm90aKernelsRun(const void* builtFlag);
+
 // A [rows][cols] bf16 matrix (rows ld apart) in boxes of boxCols x boxRows, 128-byte swizzled
 // (boxCols x 2 bytes at most 128), with zeros for boxes past its ends.
 CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows);
