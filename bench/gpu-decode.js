@@ -4,8 +4,9 @@
 //   python3 bench/gpu_hf.py MODEL hf.json && node bench/gpu-decode.js MODEL hf.json OUT.json
 // Decode: batch 1, 8, 32, 64, 128 over a 512-token context (filled by a real prefill), the
 // median of 20 steps after warm-up, timed on the host around the whole step (inputs up,
-// forward, sampling, tokens down). Roofline: (bf16 weights a step reads, i.e. all but the
-// embedding table, plus the batch's KV cache) / the measured device-to-device bandwidth.
+// forward, sampling, tokens down); prefill of 1 x 2048 and 8 x 512 tokens, the median of 9.
+// Roofline: (bf16 weights a step reads, i.e. all but the embedding table, plus the batch's KV
+// cache) / the measured device-to-device bandwidth.
 import { readFileSync, writeFileSync } from 'node:fs';
 
 import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
@@ -65,9 +66,13 @@ function decode(h, bs) {
   return median(times);
 }
 
+// A prefill's time moves by a millisecond or two from one step to the next (50 ms at 1 x 2048), so
+// the median of nine steps after one to warm up, with their spread.
+const PREFILL_STEPS = 9;
+
 function prefill(h, bs, len) {
   const times = [];
-  for (let rep = 0; rep < 4; rep++) {
+  for (let rep = 0; rep <= PREFILL_STEPS; rep++) {
     const seqs = Array.from({ length: bs }, (_, i) => ({
       tokens: randomTokens(len),
       cached: 0,
@@ -81,7 +86,7 @@ function prefill(h, bs, len) {
     if (rep > 0) times.push(t);
   }
   const ms = median(times);
-  return { ms, tokensPerS: (bs * len) / (ms / 1000) };
+  return { ms, minMs: Math.min(...times), maxMs: Math.max(...times), tokensPerS: (bs * len) / (ms / 1000) };
 }
 
 const kvBytesPerToken = 2 * c.numLayers * c.numKvHeads * c.headDim * 2;
