@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int D, int G>
 struct DecodeMma {
+  static constexpr size_t kSmemBytes = kMmaSmemBytes<D>;
   static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const int32_t* idx, int count,
                      const TokenMap& map, const AttnShape& a, int splits, float scale, float* partial, float* ml,
                      bf16_t* out, const OLoraEpilogue& epi, cudaStream_t s) {

@@ -143,7 +143,8 @@ Launcher prepareMmaGroup(int group, std::integer_sequence<int, G...>) {
   const Launcher launches[] = {&Kernel<D, G + 1>::launch...};
   const void* functions[] = {Kernel<D, G + 1>::function()...};
   if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kMmaSmemBytes<D>)) != cudaSuccess) {
+                           static_cast<int>(Kernel<D, 1>::kSmemBytes)) != cudaSuccess) {
+    cudaGetLastError();
     return nullptr;
   }
   return launches[group - 1];
@@ -151,8 +152,8 @@ Launcher prepareMmaGroup(int group, std::integer_sequence<int, G...>) {
 
 // A tensor-core kernel's launcher for head_dim 64 or 128 and a query group of 1 to 8 on the
 // current device, its shared-memory limit raised (outside any graph capture); nullptr where it
-// does not apply. Kernel<D, G> gives `static void launch(...)` of type Launcher and
-// `static const void* function()`, the kernel.
+// does not apply. Kernel<D, G> gives `static void launch(...)` of type Launcher,
+// `static const void* function()`, the kernel, and kSmemBytes, the dynamic shared memory it takes.
 template <typename Launcher, template <int, int> class Kernel>
 Launcher prepareMmaKernel(int headDim, int group) {
   if (!mmaCapableDevice() || group < 1 || group > 8) return nullptr;

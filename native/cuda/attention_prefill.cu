@@ -55,7 +55,7 @@ static_assert(kAhead >= 1, "at least one tile on its way");
 template <int D>
 constexpr int kPitch = D + 8;
 template <int D>
-constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * 2 * kKeys * kPitch<D> * sizeof(bf16_t);
+constexpr size_t kBlockSmem = static_cast<size_t>(kStages) * 2 * kKeys * kPitch<D> * sizeof(bf16_t);
 
 // Keys [k0, k0 + kKeys) of one KV head of a sequence (block table bt) into rows of kPitch values
 // at sk and sv; rows past `end` are zeros (a masked key's V must still be finite: P's zero times
@@ -254,25 +254,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 template <int D, int G>
-void launchPrefill(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
-                   const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
-  if (numTiles == 0) return;
-  // The running maxima are of raw scores (the scale is folded into the exponent), which orders
-  // them as the scaled ones only for a positive scale.
-  if (!(scale > 0)) throw std::invalid_argument("prefill attention: the softmax scale must be positive");
-  prefillMmaKernel<D, G><<<numTiles * a.kvHeads, kThreads, kSmemBytes<D>, s>>>(q, k, v, map, a, tiles, scale, out);
-}
-
-template <int D, int... G>
-PrefillMmaLauncher preparePrefillGroup(int group, std::integer_sequence<int, G...>) {
-  const PrefillMmaLauncher launches[] = {&launchPrefill<D, G + 1>...};
-  const void* functions[] = {reinterpret_cast<const void*>(prefillMmaKernel<D, G + 1>)...};
-  if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kSmemBytes<D>)) != cudaSuccess) {
-    return nullptr;
+struct PrefillMma {
+  static constexpr size_t kSmemBytes = kBlockSmem<D>;
+  static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
+                     const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
+    if (numTiles == 0) return;
+    prefill_rows::checkScale(scale);
+    prefillMmaKernel<D, G><<<numTiles * a.kvHeads, kThreads, kSmemBytes, s>>>(q, k, v, map, a, tiles, scale, out);
   }
-  return launches[group - 1];
-}
+  static const void* function() { return reinterpret_cast<const void*>(prefillMmaKernel<D, G>); }
+};
 
 }  // namespace
 
@@ -296,11 +287,7 @@ std::vector<PrefillTile> prefillAttentionTiles(const std::vector<PrefillChunk>& 
 }
 
 PrefillMmaLauncher preparePrefillAttentionMma(int headDim, int group) {
-  if (!mmaCapableDevice() || group < 1 || group > 8) return nullptr;
-  const auto groups = std::make_integer_sequence<int, 8>{};
-  if (headDim == 64) return preparePrefillGroup<64>(group, groups);
-  if (headDim == 128) return preparePrefillGroup<128>(group, groups);
-  return nullptr;
+  return attention_ops::prepareMmaKernel<PrefillMmaLauncher, PrefillMma>(headDim, group);
 }
 
 }  // namespace cuda

@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "cuda/attention_ops.cuh"
 #include "cuda/kernels.h"
@@ -19,6 +20,12 @@ namespace cuda {
 namespace prefill_rows {
 
 constexpr int kKeys = 64;  // keys a tile of the mma.sync kernel
+
+// The running maxima are of raw scores (the scale is folded into the exponent), which orders them
+// as the scaled ones only for a positive scale.
+inline void checkScale(float scale) {
+  if (!(scale > 0)) throw std::invalid_argument("prefill attention: the softmax scale must be positive");
+}
 
 // 2^x in one MUFU instruction; -inf gives 0.
 __device__ __forceinline__ float exp2Fast(float x) {

@@ -54,16 +54,16 @@ constexpr int kTileBytes = kTileKeys * D * 2;  // of K or of V
 template <int D>
 constexpr int kQueryBytes = kGroups * 64 * D * 2;
 template <int D>
-constexpr int kSmemBytes = kQueryBytes<D> + kStages * 2 * kTileBytes<D> + 1024;  // and room to align to 1 KB
-static_assert(kSmemBytes<128> + 1024 <= 227 * 1024, "a block's stages fit an SM's shared memory");
+constexpr int kBlockSmem = kQueryBytes<D> + kStages * 2 * kTileBytes<D> + 1024;  // and room to align to 1 KB
+static_assert(kBlockSmem<128> + 1024 <= 227 * 1024, "a block's stages fit an SM's shared memory");
 
 __device__ int gPrefillTmaBuilt = TROUPE_DECODE_GEMM_BODY;
 
 #if TROUPE_DECODE_GEMM_BODY
 using decode_gemm::barrierArrive;
 using decode_gemm::barrierExpect;
-using decode_gemm::barrierInit;
 using decode_gemm::barrierWait;
+using decode_gemm::initStageBarriers;
 using decode_gemm::smemAddr;
 using decode_gemm::tensorCopy;
 using decode_gemm::wgDesc;
@@ -149,14 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int begin = lo & ~(kTileKeys - 1);
   const int tiles = (end - begin + kTileKeys - 1) / kTileKeys;
 
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < S; ++i) {
-      barrierInit(&full[i], 1);
-      barrierInit(&empty[i], kConsumerWarps);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
+  initStageBarriers(full, empty, S, kConsumerWarps);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= kConsumerWarps) {
@@ -284,43 +277,25 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 template <int D, int G>
 struct PrefillTma {
+  static constexpr size_t kSmemBytes = kBlockSmem<D>;
   static void launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const TokenMap& map, const AttnShape& a,
                      const PrefillTile* tiles, int numTiles, float scale, bf16_t* out, cudaStream_t s) {
     if (numTiles == 0) return;
-    // The running maxima are of raw scores (the scale is folded into the exponent), which orders
-    // them as the scaled ones only for a positive scale.
-    if (!(scale > 0)) throw std::invalid_argument("prefill attention: the softmax scale must be positive");
+    prefill_rows::checkScale(scale);
     CUtensorMap kMap, vMap;
     const int rows = a.blockSize < kTileKeys ? a.blockSize : kTileKeys;
     if (!bf16CacheTensorMap(k, D, rows, &kMap) || !bf16CacheTensorMap(v, D, rows, &vMap))
       throw std::runtime_error("cuTensorMapEncodeTiled refused the KV cache's view");
-    prefillTmaKernel<D, G>
-        <<<numTiles * a.kvHeads, kThreads, kSmemBytes<D>, s>>>(q, kMap, vMap, map, a, tiles, scale, out);
+    prefillTmaKernel<D, G><<<numTiles * a.kvHeads, kThreads, kSmemBytes, s>>>(q, kMap, vMap, map, a, tiles, scale, out);
   }
   static const void* function() { return reinterpret_cast<const void*>(prefillTmaKernel<D, G>); }
 };
 
-template <int D, int... G>
-PrefillMmaLauncher prepareTmaGroup(int group, std::integer_sequence<int, G...>) {
-  const PrefillMmaLauncher launches[] = {&PrefillTma<D, G + 1>::launch...};
-  const void* functions[] = {PrefillTma<D, G + 1>::function()...};
-  if (cudaFuncSetAttribute(functions[group - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<D>) !=
-      cudaSuccess) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  return launches[group - 1];
-}
-
 }  // namespace
 
 PrefillMmaLauncher preparePrefillAttentionTma(int headDim, int group, int blockSize) {
-  if (group < 1 || group > 8 || !attention_tma::wholeBlockTiles(blockSize) || !sm90aKernelsRun(&gPrefillTmaBuilt))
-    return nullptr;
-  const auto groups = std::make_integer_sequence<int, 8>{};
-  if (headDim == 64) return prepareTmaGroup<64>(group, groups);
-  if (headDim == 128) return prepareTmaGroup<128>(group, groups);
-  return nullptr;
+  if (!attention_tma::wholeBlockTiles(blockSize) || !sm90aKernelsRun(&gPrefillTmaBuilt)) return nullptr;
+  return attention_ops::prepareMmaKernel<PrefillMmaLauncher, PrefillTma>(headDim, group);
 }
 
 }  // namespace cuda

@@ -57,8 +57,8 @@ __device__ int gAttentionTmaBuilt = TROUPE_DECODE_GEMM_BODY;
 #if TROUPE_DECODE_GEMM_BODY
 using decode_gemm::barrierArrive;
 using decode_gemm::barrierExpect;
-using decode_gemm::barrierInit;
 using decode_gemm::barrierWait;
+using decode_gemm::initStageBarriers;
 using decode_gemm::smemAddr;
 using decode_gemm::tensorCopy;
 
@@ -90,14 +90,7 @@ __global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
   const int begin = split.begin, tiles = split.tiles, lo = split.lo, end = split.end;
   const int32_t* bt = map.blockTables + static_cast<size_t>(map.tokenSeq[t]) * map.pitch;
 
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      barrierInit(&full[i], 1);
-      barrierInit(&empty[i], kWarps);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
+  initStageBarriers(full, empty, kStages, kWarps);
 
   float m = -INFINITY, l = 0;
   float o[D / 8][4];

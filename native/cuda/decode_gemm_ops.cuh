@@ -62,6 +62,18 @@ __device__ __forceinline__ void barrierWait(uint64_t* bar, unsigned parity) {
                  : "memory");
   } while (!done);
 }
+// Thread 0 readies each of `stages` stages' barriers: full counts one arrival (the copying
+// thread's, with the bytes its copies bring), empty one a consumer; then the block meets.
+__device__ __forceinline__ void initStageBarriers(uint64_t* full, uint64_t* empty, int stages, unsigned consumers) {
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < stages; ++i) {
+      barrierInit(&full[i], 1);
+      barrierInit(&empty[i], consumers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+}
 // The multiplying warps only (named barrier 1), and the first group only (2).
 __device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
 __device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
