@@ -289,16 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }  // namespace
 
 bool DecodeGemm::available() {
-  static const bool built = [] {
-    int device = 0, major = 0, value = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9 ||
-        cudaMemcpyFromSymbol(&value, gDecodeGemmBuilt, sizeof(int)) != cudaSuccess) {
-      cudaGetLastError();  // no sm_90a code in this build for this device
-      return false;
-    }
-    return value == 1 && tensorMapsAvailable();
-  }();
+  static const bool built = sm90aKernelsRun(&gDecodeGemmBuilt);
   return built;
 }
 
