@@ -150,8 +150,13 @@ __global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qN
 // Half the largest head_dim the CUDA backend takes (backend.cc refuses others).
 constexpr int kMaxRopeHalf = 128;
 
-__global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap map, AttnShape a, bf16_t* q,
-                             bf16_t* kCache, bf16_t* vCache) {
+// kVec: four features a thread at a time (16-byte loads, 8-byte stores), where head_dim is a
+// multiple of 8; a prefill's tokens otherwise each take ten rounds of scalar loads whose latency
+// the loop does not overlap.
+template <bool kVec>
+__global__ void ropeKvKernel(const float* __restrict__ qkv, const float* __restrict__ invFreq, TokenMap map,
+                             AttnShape a, bf16_t* __restrict__ q, bf16_t* __restrict__ kCache,
+                             bf16_t* __restrict__ vCache) {
   pdlLaunchDependents();  // the decode attention after it may start copying earlier keys (attention_tma.cu)
   const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
   const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
@@ -171,29 +176,51 @@ __global__ void ropeKvKernel(const float* qkv, const float* invFreq, TokenMap ma
     cosSin[1][i] = static_cast<float>(sd);
   }
   __syncthreads();
-  // q and k heads: rotate_half layout of transformers' Llama.
-  for (int e = first; e < (a.heads + a.kvHeads) * half; e += stride) {
-    const int head = e / half, i = e % half;
-    const float c = cosSin[0][i], sn = cosSin[1][i];
-    const float* v = row + static_cast<size_t>(head) * D;  // k heads follow the q heads in the row
-    const float x1 = v[i], x2 = v[i + half];
-    const float o1 = x1 * c + (-x2) * sn, o2 = x2 * c + x1 * sn;
-    if (head < a.heads) {
-      const int g = head / G, j = head % G;
-      bf16_t* dst = q + ((static_cast<size_t>(g) * map.tokens + t) * G + j) * D;
-      dst[i] = toB(o1);
-      dst[i + half] = toB(o2);
+  // Where head `head`'s rotated row goes: q's [KV head][token][group member] rows, or the cache.
+  auto dstOf = [&](int head) {
+    if (head < a.heads) return q + ((static_cast<size_t>(head / G) * map.tokens + t) * G + head % G) * D;
+    return kCache + ((static_cast<size_t>(block) * a.kvHeads + (head - a.heads)) * a.blockSize + inBlock) * D;
+  };
+  bf16_t* vDst = vCache + (static_cast<size_t>(block) * a.kvHeads * a.blockSize + inBlock) * D;
+  const float* vrow = row + qDim + kvDim;
+  constexpr int W = kVec ? 4 : 1;  // features a thread takes at once
+  // q and k heads: rotate_half layout of transformers' Llama (k heads follow the q heads in the row).
+  const int pieces = half / W;
+  for (int e = first; e < (a.heads + a.kvHeads) * pieces; e += stride) {
+    const int head = e / pieces, i = (e % pieces) * W;
+    const float* v = row + static_cast<size_t>(head) * D;
+    float x1[W], x2[W], o1[W], o2[W];
+    if constexpr (kVec) {
+      const float4 l = *reinterpret_cast<const float4*>(v + i), h = *reinterpret_cast<const float4*>(v + i + half);
+      x1[0] = l.x, x1[1] = l.y, x1[2] = l.z, x1[3] = l.w;
+      x2[0] = h.x, x2[1] = h.y, x2[2] = h.z, x2[3] = h.w;
     } else {
-      const int kh = head - a.heads;
-      bf16_t* dst = kCache + ((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D;
-      dst[i] = toB(o1);
-      dst[i + half] = toB(o2);
+      x1[0] = v[i], x2[0] = v[i + half];
+    }
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      const float c = cosSin[0][i + j], sn = cosSin[1][i + j];
+      o1[j] = x1[j] * c + (-x2[j]) * sn;
+      o2[j] = x2[j] * c + x1[j] * sn;
+    }
+    bf16_t* dst = dstOf(head);
+    if constexpr (kVec) {
+      *reinterpret_cast<uint2*>(dst + i) = make_uint2(pairB(o1[0], o1[1]), pairB(o1[2], o1[3]));
+      *reinterpret_cast<uint2*>(dst + i + half) = make_uint2(pairB(o2[0], o2[1]), pairB(o2[2], o2[3]));
+    } else {
+      dst[i] = toB(o1[0]);
+      dst[i + half] = toB(o2[0]);
     }
   }
-  const float* vrow = row + qDim + kvDim;
-  for (int e = first; e < kvDim; e += stride) {
-    const int kh = e / D, d = e % D;
-    vCache[((static_cast<size_t>(block) * a.kvHeads + kh) * a.blockSize + inBlock) * D + d] = toB(vrow[e]);
+  // v heads, [KV head][head_dim] in the row as in the cache's (block, KV head, row) rows.
+  for (int e = first * W; e < kvDim; e += stride * W) {
+    bf16_t* dst = vDst + static_cast<size_t>(e / D) * a.blockSize * D + e % D;
+    if constexpr (kVec) {
+      const float4 x = *reinterpret_cast<const float4*>(vrow + e);
+      *reinterpret_cast<uint2*>(dst) = make_uint2(pairB(x.x, x.y), pairB(x.z, x.w));
+    } else {
+      *dst = toB(vrow[e]);
+    }
   }
 }
 
@@ -328,7 +355,14 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
   // A short step spreads each token over several blocks: one block's 256 threads would take ten
   // rounds of double-precision sincos for a Llama-8B token, on one SM.
   const int spread = std::clamp(64 / std::max(map.tokens, 1), 1, 8);
-  ropeKvKernel<<<dim3(map.tokens, spread), 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
+  const dim3 grid(map.tokens, spread);
+  // Rows of head_dim values start 16 bytes apart at head_dim % 8 == 0 (q and the cache in bf16,
+  // every qkv row in f32 since the row holds heads + 2 KV heads of them).
+  if (a.headDim % 8 == 0 && alignedTo(qkv, 16) && alignedTo(q, 8) && alignedTo(kCache, 8) && alignedTo(vCache, 8)) {
+    ropeKvKernel<true><<<grid, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
+  } else {
+    ropeKvKernel<false><<<grid, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
+  }
 }
 
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
