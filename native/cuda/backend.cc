@@ -38,6 +38,26 @@ unsigned parseLoraInGemm(const std::string& text) {
   throw std::invalid_argument("TROUPE_LORA_IN_GEMM: expected 0, o, down or o,down; got \"" + text + "\"");
 }
 
+// TROUPE_CUDA_BF16_ROWS: 0, or the projections (qkv, gate_up) comma-separated; weight-group bits.
+unsigned parseBf16Rows(const std::string& text) {
+  const unsigned qkv = 1u << cuda::kQkvWeight, gateUp = 1u << cuda::kGateUpWeight;
+  if (text == "0") return 0;
+  if (text == "qkv") return qkv;
+  if (text == "gate_up") return gateUp;
+  if (text == "qkv,gate_up" || text == "gate_up,qkv") return qkv | gateUp;
+  throw std::invalid_argument("TROUPE_CUDA_BF16_ROWS: expected 0, qkv, gate_up or qkv,gate_up; got \"" + text + "\"");
+}
+
+// TROUPE_CUDA_BF16_ROWS_TOKENS: a positive token count.
+int parseBf16RowsTokens(const std::string& text) {
+  char* end = nullptr;
+  const long n = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || n < 1 || n > (1 << 30)) {
+    throw std::invalid_argument("TROUPE_CUDA_BF16_ROWS_TOKENS: expected a positive token count; got \"" + text + "\"");
+  }
+  return static_cast<int>(n);
+}
+
 // TROUPE_LORA_SHRINK_CHUNKS: row counts, descending, comma-separated; "0" for none.
 std::vector<int> parseChunkSizes(const std::string& text) {
   if (text == "0") return {};
@@ -100,6 +120,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   itemPdl_ = prop.major >= 9;
   gemvEarly_ = prop.major >= 9;
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV_EARLY")) gemvEarly_ = gemvEarly_ && std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS")) bf16Rows_ = parseBf16Rows(env);
+  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS_TOKENS")) bf16RowsTokens_ = parseBf16RowsTokens(env);
   if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);

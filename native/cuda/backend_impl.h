@@ -42,6 +42,10 @@ using cuda::PinnedBuffer;
 // and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
 // comparisons; 0: every step takes the larger steps' way).
 inline constexpr int kFusedSplitMaxTokens = 128;
+// Steps of this many tokens or more (prefill) write q/k/v and gate/up in bf16, as transformers'
+// Linear layers do: their readers (RoPE, SiLU-and-mul) then read half the bytes and cuBLAS stores
+// half. Decode steps keep f32, which measured the same or up to 1.5% faster at 8 and 32 rows.
+inline constexpr int kBf16RowsTokens = kFusedSplitMaxTokens + 1;
 
 struct Graph {
   cudaGraphExec_t exec = nullptr;
@@ -91,23 +95,32 @@ class CudaBackend : public Backend {
   // x . W^T + the adapters' deltas of `modules` (their first output columns at offsets).
   // The input row comes from `input`: made into `made` (xn_, act_) unless the row shrink makes it
   // together with the LoRA columns.
+  // yType BF16 (y then holds bf16 rows): only where bf16Rows says so.
   void projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
-                  const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate);
+                  const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N, bool accumulate,
+                  cuda::ElemType yType = cuda::ElemType::F32);
+  // Whether layer l's projection of group g (q/k/v or gate/up, `modules`) writes bf16 rows this
+  // step: a step of bf16RowsTokens_ tokens or more, where the projection is one cuBLAS GEMM (any
+  // LoRA of those modules taken inside it as augmented columns) and nothing reads its rows as f32
+  // (q/k/v with Qwen2's biases or Qwen3's norms does).
+  bool bf16Rows(int l, cuda::WeightGroup g, std::initializer_list<LoraModule> modules) const;
   // A projection's input rows the plain way (rmsnorm, siluMul, or as they are): where they are.
   // Made rows go to `made`, ld apart (in when 0).
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
-                       const bf16_t* W, float* y, int N, bool accumulate);
-  // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart, f32 out: a
-  // GEMV kernel for a few tokens, else cuBLAS.
-  void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate);
+                       const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType);
+  // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart: f32 out by a
+  // GEMV kernel for a few tokens or the decode GEMM, else cuBLAS (the only one that writes bf16).
+  void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate,
+               cuda::ElemType yType = cuda::ElemType::F32);
   // The fused kernel's augmented rows for group g at this step (lora_fused.h), and layer l's GEMM
   // over their columns [col0, col0 + K) with W's same columns (per slice with split rows, slice j
   // writing sl.out[j] columns of y from sl.outOffset[j]).
   cuda::AugmentedRows augmented(cuda::WeightGroup g);
   void projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
-                        const bf16_t* W, float* y, int N, bool accumulate);
+                        const bf16_t* W, float* y, int N, bool accumulate,
+                        cuda::ElemType yType = cuda::ElemType::F32);
   // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
   // buffers they point into move.
   void buildPiecePointers();
@@ -145,6 +158,10 @@ class CudaBackend : public Backend {
   // GEMVs launched to start while the kernel before them runs (compute capability 9.0, gemv.cu);
   // TROUPE_CUDA_GEMV_EARLY=0 waits for it, for comparing.
   bool gemvEarly_ = false;
+  // The weight groups (bits) whose projections write bf16 rows where bf16Rows allows, and the
+  // fewest tokens a step has for them to (TROUPE_CUDA_BF16_ROWS, TROUPE_CUDA_BF16_ROWS_TOKENS).
+  unsigned bf16Rows_ = 1u << cuda::kQkvWeight | 1u << cuda::kGateUpWeight;
+  int bf16RowsTokens_ = kBf16RowsTokens;
   // The decode GEMM of our own for the projections that add into the residual (decode_gemm.h),
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;

@@ -1,6 +1,8 @@
 // The CUDA backend's projections with their adapters' LoRA deltas (the fused, tensor-core and
 // CUDA-core forms, chosen by loraKernel) and the pool's slots. The class is in backend_impl.h.
 #include <initializer_list>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/backend_impl.h"
 
@@ -16,7 +18,11 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
-      cuda::siluMul(input.f32, made, T, in, stream_, ld);
+      if (input.f32) {
+        cuda::siluMul(input.f32, made, T, in, stream_, ld);
+      } else {
+        cuda::siluMul(input.bf16, made, T, in, stream_, ld);
+      }
       return made;
     case cuda::RowSource::kCopy:
       break;
@@ -26,9 +32,12 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
 
 void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::initializer_list<LoraModule> modules,
                              const int* offsets, const cuda::RowInput& input, bf16_t* made, float* y, int N,
-                             bool accumulate) {
+                             bool accumulate, cuda::ElemType yType) {
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  if (yType != cuda::ElemType::F32 && !bf16Rows(l, g, modules)) {
+    throw std::logic_error(std::string(name) + ": bf16 output where the projection writes f32");
+  }
   if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
@@ -73,18 +82,32 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
     if (sl.count > 0) {
       const bf16_t* x = makeRows(input, made, in);
       timer_.mark(name, stream_);
-      return fusedProjection(l, sl, g, name, x, W, y, N, accumulate);
+      return fusedProjection(l, sl, g, name, x, W, y, N, accumulate, yType);
     }
   }
   const bf16_t* x = makeRows(input, made, in);
   timer_.mark(name, stream_);
   startLora(l, modules, x, in);
-  project(T, N, in, W, ld, x, in, y, accumulate);
+  project(T, N, in, W, ld, x, in, y, accumulate, yType);
   applyLora(l, modules, offsets, x, in, y, N);
 }
 
+bool CudaBackend::bf16Rows(int l, cuda::WeightGroup g, std::initializer_list<LoraModule> modules) const {
+  if (!(bf16Rows_ >> g & 1u) || map_.tokens < bf16RowsTokens_) return false;
+  const cuda::GpuLayer& L = w_->layers[l];
+  if (g == cuda::kQkvWeight && (L.qkvBias || L.qNorm)) return false;
+  if (!lora_ || !stepHasLora_) return true;
+  const int noOffsets[cuda::kMaxLoraSlices] = {};
+  if (lora_->slices(l, modules, noOffsets).count == 0) return true;
+  // The fused layout's one GEMM over [x | LoRA columns] (fusedProjection), except q/k/v's pieces
+  // with split rows, whose pointers address f32 rows (buildPiecePointers); every other form adds
+  // the deltas into f32 rows.
+  return fusedLoraStep() && map_.tokens > fusedSplitMaxTokens_ && !(g == cuda::kQkvWeight && w_->splitRows[g]);
+}
+
 void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name,
-                                  const bf16_t* x, const bf16_t* W, float* y, int N, bool accumulate) {
+                                  const bf16_t* x, const bf16_t* W, float* y, int N, bool accumulate,
+                                  cuda::ElemType yType) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
   const cuda::AugmentedRows xa = augmented(g);
   const size_t slab = loraMid_.size() / loraPieces_;
@@ -126,7 +149,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       lora(x, stream_);
     }
     timer_.mark(name, stream_);
-    projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
+    projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate, yType);
     return;
   }
   // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
@@ -204,9 +227,9 @@ void CudaBackend::buildPiecePointers() {
 }
 
 void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
-                                   const bf16_t* W, float* y, int N, bool accumulate) {
+                                   const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType) {
   const int T = map_.tokens;
-  if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate);
+  if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate, yType);
   // Split rows: slice j's weight rows against its own augmented rows; one token's output row is
   // the slices' runs of outputs one after another. One token takes a GEMV per slice.
   auto wRows = [&](int row) { return W + static_cast<size_t>(row) * xa.ld + col0; };
@@ -223,7 +246,7 @@ void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const c
   if (equal) {
     const int n = sl.out[0];
     gemm_->batched(true, false, n, T, K, 1.0f, wRows(0), xa.ld, static_cast<long long>(n) * xa.ld, xaRows(0), xa.ld,
-                   static_cast<long long>(xa.slicePitch), beta, y, cuda::ElemType::F32, N, n, sl.count);
+                   static_cast<long long>(xa.slicePitch), beta, y, yType, N, n, sl.count);
     return;
   }
   // q/k/v: pieces of k's rows in one batched launch, from the pointers buildPiecePointers wrote
@@ -233,12 +256,16 @@ void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const c
     const int pieces = cuda::splitPieces(sl);
     const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 3 * pieces;
     gemm_->pointerBatched(true, false, cuda::splitPieceRows(sl), T, K, 1.0f, at, xa.ld, at + pieces, xa.ld, beta,
-                          const_cast<void* const*>(at + 2 * pieces), cuda::ElemType::F32, N, pieces);
+                          const_cast<void* const*>(at + 2 * pieces), yType, N, pieces);
     return;
   }
+  auto yColumns = [&](int col) -> void* {
+    return yType == cuda::ElemType::BF16 ? static_cast<void*>(reinterpret_cast<bf16_t*>(y) + col)
+                                         : static_cast<void*>(y + col);
+  };
   for (int j = 0; j < sl.count; ++j)
     gemm_->batched(true, false, sl.out[j], T, K, 1.0f, wRows(sl.outOffset[j]), xa.ld, 0, xaRows(j), xa.ld, 0, beta,
-                   y + sl.outOffset[j], cuda::ElemType::F32, N, 0, 1);
+                   yColumns(sl.outOffset[j]), yType, N, 0, 1);
 }
 
 void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {

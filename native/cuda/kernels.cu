@@ -23,6 +23,31 @@ struct MaxOp {
 
 __device__ __forceinline__ float toF(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
 
+// A projection's output rows hold f32, or bf16 where its GEMM wrote bf16 (bf16Rows in
+// backend_impl.h): the kernels that read them take either.
+__device__ __forceinline__ float rowValue(float v) { return v; }
+__device__ __forceinline__ float rowValue(bf16_t v) { return toF(v); }
+
+// W consecutive values of such a row (W 1 or 4; 4 from a 4-aligned feature: one 16-byte load of
+// f32 or 8-byte of bf16), and W bf16 values stored to a row of bf16.
+template <typename In>
+__device__ __forceinline__ void loadRow(const In* p, float (&x)[1]) {
+  x[0] = rowValue(*p);
+}
+__device__ __forceinline__ void loadRow(const float* p, float (&x)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void loadRow(const bf16_t* p, float (&x)[4]) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  x[0] = __uint_as_float(v.x << 16), x[1] = __uint_as_float(v.x & 0xffff0000u);
+  x[2] = __uint_as_float(v.y << 16), x[3] = __uint_as_float(v.y & 0xffff0000u);
+}
+__device__ __forceinline__ void storeRow(bf16_t* p, const float (&x)[1]) { *p = toB(x[0]); }
+__device__ __forceinline__ void storeRow(bf16_t* p, const float (&x)[4]) {
+  *reinterpret_cast<uint2*>(p) = make_uint2(pairB(x[0], x[1]), pairB(x[2], x[3]));
+}
+
 __global__ void convertKernel(const void* src, int dtype, bf16_t* dst, float* dstF, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -150,18 +175,17 @@ __global__ void qkvBiasNormKernel(float* qkv, const float* bias, const float* qN
 // Half the largest head_dim the CUDA backend takes (backend.cc refuses others).
 constexpr int kMaxRopeHalf = 128;
 
-// kVec: four features a thread at a time (16-byte loads, 8-byte stores), where head_dim is a
-// multiple of 8; a prefill's tokens otherwise each take ten rounds of scalar loads whose latency
-// the loop does not overlap.
-template <bool kVec>
-__global__ void ropeKvKernel(const float* __restrict__ qkv, const float* __restrict__ invFreq, TokenMap map,
-                             AttnShape a, bf16_t* __restrict__ q, bf16_t* __restrict__ kCache,
-                             bf16_t* __restrict__ vCache) {
+// kVec: four features a thread at a time (16-byte loads of f32 rows, 8-byte of bf16, 8-byte
+// stores), where head_dim is a multiple of 8; a prefill's tokens otherwise each take ten rounds of
+// scalar loads whose latency the loop does not overlap.
+template <bool kVec, typename In>
+__global__ void ropeKvKernel(const In* __restrict__ qkv, const float* __restrict__ invFreq, TokenMap map, AttnShape a,
+                             bf16_t* __restrict__ q, bf16_t* __restrict__ kCache, bf16_t* __restrict__ vCache) {
   pdlLaunchDependents();  // the decode attention after it may start copying earlier keys (attention_tma.cu)
   const int t = blockIdx.x, first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
   const int D = a.headDim, half = D / 2, G = a.heads / a.kvHeads;
   const int qDim = a.heads * D, kvDim = a.kvHeads * D;
-  const float* row = qkv + static_cast<size_t>(t) * (qDim + 2 * kvDim);
+  const In* row = qkv + static_cast<size_t>(t) * (qDim + 2 * kvDim);
   const int pos = map.positions[t];
   const int block = map.blockTables[static_cast<size_t>(map.tokenSeq[t]) * map.pitch + pos / a.blockSize];
   const int inBlock = pos % a.blockSize;
@@ -182,21 +206,16 @@ __global__ void ropeKvKernel(const float* __restrict__ qkv, const float* __restr
     return kCache + ((static_cast<size_t>(block) * a.kvHeads + (head - a.heads)) * a.blockSize + inBlock) * D;
   };
   bf16_t* vDst = vCache + (static_cast<size_t>(block) * a.kvHeads * a.blockSize + inBlock) * D;
-  const float* vrow = row + qDim + kvDim;
+  const In* vrow = row + qDim + kvDim;
   constexpr int W = kVec ? 4 : 1;  // features a thread takes at once
   // q and k heads: rotate_half layout of transformers' Llama (k heads follow the q heads in the row).
   const int pieces = half / W;
   for (int e = first; e < (a.heads + a.kvHeads) * pieces; e += stride) {
     const int head = e / pieces, i = (e % pieces) * W;
-    const float* v = row + static_cast<size_t>(head) * D;
+    const In* v = row + static_cast<size_t>(head) * D;
     float x1[W], x2[W], o1[W], o2[W];
-    if constexpr (kVec) {
-      const float4 l = *reinterpret_cast<const float4*>(v + i), h = *reinterpret_cast<const float4*>(v + i + half);
-      x1[0] = l.x, x1[1] = l.y, x1[2] = l.z, x1[3] = l.w;
-      x2[0] = h.x, x2[1] = h.y, x2[2] = h.z, x2[3] = h.w;
-    } else {
-      x1[0] = v[i], x2[0] = v[i + half];
-    }
+    loadRow(v + i, x1);
+    loadRow(v + i + half, x2);
 #pragma unroll
     for (int j = 0; j < W; ++j) {
       const float c = cosSin[0][i + j], sn = cosSin[1][i + j];
@@ -204,23 +223,14 @@ __global__ void ropeKvKernel(const float* __restrict__ qkv, const float* __restr
       o2[j] = x2[j] * c + x1[j] * sn;
     }
     bf16_t* dst = dstOf(head);
-    if constexpr (kVec) {
-      *reinterpret_cast<uint2*>(dst + i) = make_uint2(pairB(o1[0], o1[1]), pairB(o1[2], o1[3]));
-      *reinterpret_cast<uint2*>(dst + i + half) = make_uint2(pairB(o2[0], o2[1]), pairB(o2[2], o2[3]));
-    } else {
-      dst[i] = toB(o1[0]);
-      dst[i + half] = toB(o2[0]);
-    }
+    storeRow(dst + i, o1);
+    storeRow(dst + i + half, o2);
   }
   // v heads, [KV head][head_dim] in the row as in the cache's (block, KV head, row) rows.
   for (int e = first * W; e < kvDim; e += stride * W) {
-    bf16_t* dst = vDst + static_cast<size_t>(e / D) * a.blockSize * D + e % D;
-    if constexpr (kVec) {
-      const float4 x = *reinterpret_cast<const float4*>(vrow + e);
-      *reinterpret_cast<uint2*>(dst) = make_uint2(pairB(x.x, x.y), pairB(x.z, x.w));
-    } else {
-      *dst = toB(vrow[e]);
-    }
+    float x[W];
+    loadRow(vrow + e, x);
+    storeRow(vDst + static_cast<size_t>(e / D) * a.blockSize * D + e % D, x);
   }
 }
 
@@ -280,13 +290,16 @@ __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int
   }
 }
 
-__global__ void siluMulKernel(const float* gu, bf16_t* act, int inter, int ldAct) {
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+template <typename In>
+__global__ void siluMulKernel(const In* gu, bf16_t* act, int inter, int ldAct) {
   pdlLaunchDependents();
   const int t = blockIdx.y;
-  const float* g = gu + static_cast<size_t>(t) * 2 * inter;
+  const In* g = gu + static_cast<size_t>(t) * 2 * inter;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
-    const float x = g[i];
-    act[static_cast<size_t>(t) * ldAct + i] = toB(x / (1.0f + __expf(-x)) * g[inter + i]);
+    const float x = rowValue(g[i]);
+    act[static_cast<size_t>(t) * ldAct + i] = toB(silu(x) * rowValue(g[inter + i]));
   }
 }
 
@@ -301,8 +314,29 @@ __global__ void siluMulVecKernel(const float* gu, bf16_t* act, int inter, int ld
   uint2* out = reinterpret_cast<uint2*>(act + static_cast<size_t>(t) * ldAct);
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += gridDim.x * blockDim.x) {
     const float4 x = g[i], m = u[i];
-    out[i] = make_uint2(pairB(x.x / (1.0f + __expf(-x.x)) * m.x, x.y / (1.0f + __expf(-x.y)) * m.y),
-                        pairB(x.z / (1.0f + __expf(-x.z)) * m.z, x.w / (1.0f + __expf(-x.w)) * m.w));
+    out[i] = make_uint2(pairB(silu(x.x) * m.x, silu(x.y) * m.y), pairB(silu(x.z) * m.z, silu(x.w) * m.w));
+  }
+}
+
+// bf16 gate and up: eight features a thread, 16-byte loads and store (4 bytes read and 2 written
+// a feature, against 8 and 2 from f32 rows).
+__global__ void siluMulHalfVecKernel(const bf16_t* gu, bf16_t* act, int inter, int ldAct) {
+  pdlLaunchDependents();
+  const int t = blockIdx.y, n8 = inter / 8;
+  const uint4* g = reinterpret_cast<const uint4*>(gu + static_cast<size_t>(t) * 2 * inter);
+  const uint4* u = g + n8;
+  uint4* out = reinterpret_cast<uint4*>(act + static_cast<size_t>(t) * ldAct);
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
+    const uint4 x = g[i], m = u[i];
+    const uint32_t xs[4] = {x.x, x.y, x.z, x.w}, ms[4] = {m.x, m.y, m.z, m.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float x0 = __uint_as_float(xs[j] << 16), x1 = __uint_as_float(xs[j] & 0xffff0000u);
+      const float m0 = __uint_as_float(ms[j] << 16), m1 = __uint_as_float(ms[j] & 0xffff0000u);
+      o[j] = pairB(silu(x0) * m0, silu(x1) * m1);
+    }
+    out[i] = make_uint4(o[0], o[1], o[2], o[3]);
   }
 }
 
@@ -350,19 +384,35 @@ void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float*
   qkvBiasNormKernel<<<T, 256, 0, s>>>(qkv, bias, qNorm, kNorm, a, eps);
 }
 
-void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
-            bf16_t* vCache, cudaStream_t s) {
+namespace {
+
+template <typename In>
+void launchRopeKv(const In* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
+                  bf16_t* kCache, bf16_t* vCache, cudaStream_t s) {
   // A short step spreads each token over several blocks: one block's 256 threads would take ten
   // rounds of double-precision sincos for a Llama-8B token, on one SM.
   const int spread = std::clamp(64 / std::max(map.tokens, 1), 1, 8);
   const dim3 grid(map.tokens, spread);
-  // Rows of head_dim values start 16 bytes apart at head_dim % 8 == 0 (q and the cache in bf16,
-  // every qkv row in f32 since the row holds heads + 2 KV heads of them).
-  if (a.headDim % 8 == 0 && alignedTo(qkv, 16) && alignedTo(q, 8) && alignedTo(kCache, 8) && alignedTo(vCache, 8)) {
+  // Rows of head_dim values start 4 x sizeof(In) bytes apart at head_dim % 8 == 0 (q and the cache
+  // in bf16, every qkv row too since the row holds heads + 2 KV heads of them).
+  if (a.headDim % 8 == 0 && alignedTo(qkv, 4 * sizeof(In)) && alignedTo(q, 8) && alignedTo(kCache, 8) &&
+      alignedTo(vCache, 8)) {
     ropeKvKernel<true><<<grid, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
   } else {
     ropeKvKernel<false><<<grid, 256, 0, s>>>(qkv, invFreq, map, a, q, kCache, vCache);
   }
+}
+
+}  // namespace
+
+void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
+            bf16_t* vCache, cudaStream_t s) {
+  launchRopeKv(qkv, invFreq, map, a, q, kCache, vCache, s);
+}
+
+void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
+            bf16_t* kCache, bf16_t* vCache, cudaStream_t s) {
+  launchRopeKv(qkv, invFreq, map, a, q, kCache, vCache, s);
 }
 
 void gatherKv(const bf16_t* kCache, const bf16_t* vCache, const TokenMap& map, int seq, int keys, const AttnShape& a,
@@ -386,6 +436,16 @@ void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int
   if (ldAct == 0) ldAct = inter;
   if (inter % 4 == 0 && ldAct % 4 == 0 && alignedTo(gu, 16) && alignedTo(act, 8)) {
     siluMulVecKernel<<<dim3((inter / 4 + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
+  } else {
+    siluMulKernel<<<dim3((inter + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
+  }
+}
+
+void siluMul(const bf16_t* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct) {
+  if (T == 0) return;
+  if (ldAct == 0) ldAct = inter;
+  if (inter % 8 == 0 && ldAct % 8 == 0 && alignedTo(gu, 16) && alignedTo(act, 16)) {
+    siluMulHalfVecKernel<<<dim3((inter / 8 + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
   } else {
     siluMulKernel<<<dim3((inter + 255) / 256, T), 256, 0, s>>>(gu, act, inter, ldAct);
   }

@@ -54,10 +54,12 @@ void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int
 void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float* kNorm, int T, const AttnShape& a,
                  float eps, cudaStream_t s);
 
-// Rotates q and k of qkv (f32 rows [q | k | v]) by each token's position, writes q (bf16, layout above)
-// and stores k and v into the layer's cache.
+// Rotates q and k of qkv (f32 rows [q | k | v], or bf16 where the q/k/v GEMM wrote bf16) by each
+// token's position, writes q (bf16, layout above) and stores k and v into the layer's cache.
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s);
+void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
+            bf16_t* kCache, bf16_t* vCache, cudaStream_t s);
 
 // The o projection's LoRA shrink, taken by the tensor-core decode attention when it writes the
 // final output itself (one split): out is then token t's augmented row of the fused layout at xa +
@@ -165,6 +167,9 @@ void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, i
 
 // act[t][i] = bf16(silu(gu[t][i]) * gu[t][inter + i]); row t of act starts at act + t * ldAct (inter when 0).
 void siluMul(const float* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);
+// The same from bf16 rows of gate then up (a step whose gate/up GEMM wrote bf16, as transformers'
+// Linear layers do; backend_step.cc).
+void siluMul(const bf16_t* gu, bf16_t* act, int T, int inter, cudaStream_t s, int ldAct = 0);
 
 // Per sampled row, after the lm_head: log-softmax statistics, the top-N, penalties, then the token.
 // kFiltered: a draw under top-k, top-p and min-p (sample_filter.cuh); kHost: the row is left to

@@ -147,7 +147,8 @@ inline bool loraAContiguous(const LoraSlices& sl, int slots) {
 }
 
 // Where a projection's input row comes from: RMSNorm of the residual (f32 rows of `in`, weight
-// normW), SiLU(gate) x up (f32 rows of 2 in: gate then up), or a bf16 row as it is (rows ld apart).
+// normW), SiLU(gate) x up (rows of 2 in, gate then up: f32, or bf16 in `bf16` where the gate/up
+// GEMM wrote bf16), or a bf16 row as it is (rows ld apart).
 enum class RowSource { kNorm, kSiluMul, kCopy };
 struct RowInput {
   RowSource source = RowSource::kCopy;

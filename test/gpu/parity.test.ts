@@ -78,24 +78,49 @@ describe('CUDA backend parity with transformers', () => {
   const handles: number[] = [];
   afterAll(() => handles.forEach((h) => addon.destroyEngine(h)));
 
+  // A step of 129 tokens or more (each case's prefill here) writes q/k/v and gate/up in bf16, as
+  // transformers does; the last case keeps them in f32, as decode steps do.
   it.each([
-    { name: 'one prefill, decodes in CUDA graphs', chunks: 1, graphs: 8 },
-    { name: 'prefill in 3 chunks, no graphs', chunks: 3, graphs: 0 },
-  ])('teacher-forced logprobs: $name', ({ chunks, graphs }) => {
-    const h = addon.createEngine(
-      ckpt.config,
-      ckpt.tensors,
-      engineOptions({ device: 'cuda', blockSize, kvBlocks: 64 * ref.cases.length, loraSlots: 0, loraModules: [], cudaGraphMaxBs: graphs }),
-    );
+    { name: 'one prefill, decodes in CUDA graphs', chunks: 1, graphs: 8, f32Rows: false },
+    { name: 'prefill in 3 chunks, no graphs', chunks: 3, graphs: 0, f32Rows: false },
+    { name: 'q/k/v and gate/up in f32 (TROUPE_CUDA_BF16_ROWS=0)', chunks: 1, graphs: 0, f32Rows: true },
+  ])('teacher-forced logprobs: $name', ({ chunks, graphs, f32Rows }) => {
+    if (f32Rows) process.env.TROUPE_CUDA_BF16_ROWS = '0';
+    let h: number;
+    try {
+      h = addon.createEngine(
+        ckpt.config,
+        ckpt.tensors,
+        engineOptions({ device: 'cuda', blockSize, kvBlocks: 64 * ref.cases.length, loraSlots: 0, loraModules: [], cudaGraphMaxBs: graphs }),
+      );
+    } finally {
+      delete process.env.TROUPE_CUDA_BF16_ROWS;
+    }
     handles.push(h);
     expect(addon.engineInfo(h).device).toBe('cuda');
     const m = teacherForced(h, chunks);
     console.log(
-      `parity (${chunks} chunk(s), graphs ${graphs}): max |logprob diff| ${m.maxDiff.toFixed(4)} (transformers bf16: ${ref.bf16MaxAbsDiff.toFixed(4)}); greedy agrees at ${m.greedyChecked - m.greedyMismatches}/${m.greedyChecked} positions with top-2 gap > ${BAR}`,
+      `parity (${chunks} chunk(s), graphs ${graphs}${f32Rows ? ', f32 rows' : ''}): max |logprob diff| ${m.maxDiff.toFixed(4)} (transformers bf16: ${ref.bf16MaxAbsDiff.toFixed(4)}); greedy agrees at ${m.greedyChecked - m.greedyMismatches}/${m.greedyChecked} positions with top-2 gap > ${BAR}`,
     );
     expect(m.maxDiff).toBeLessThanOrEqual(BAR);
     expect(m.greedyMismatches).toBe(0);
     expect(m.greedyChecked).toBeGreaterThan(ref.cases.length * 8);
+  });
+
+  it.each([
+    ['TROUPE_CUDA_BF16_ROWS', 'down'],
+    ['TROUPE_CUDA_BF16_ROWS', 'qkv,'],
+    ['TROUPE_CUDA_BF16_ROWS_TOKENS', '0'],
+    ['TROUPE_CUDA_BF16_ROWS_TOKENS', '12x'],
+  ])('refuses %s=%s, naming the variable', (name, value) => {
+    process.env[name] = value;
+    try {
+      expect(() =>
+        addon.createEngine(ckpt.config, ckpt.tensors, engineOptions({ device: 'cuda', blockSize, kvBlocks: 64, loraSlots: 0, loraModules: [] })),
+      ).toThrow(new RegExp(name));
+    } finally {
+      delete process.env[name];
+    }
   });
 
   it('createEngine with --device cuda generates transformers greedy tokens with matching logprobs', async () => {
