@@ -119,8 +119,7 @@ class CudaBackend : public Backend {
   // writing sl.out[j] columns of y from sl.outOffset[j]).
   cuda::AugmentedRows augmented(cuda::WeightGroup g);
   void projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
-                        const bf16_t* W, float* y, int N, bool accumulate,
-                        cuda::ElemType yType = cuda::ElemType::F32);
+                        const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType = cuda::ElemType::F32);
   // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
   // buffers they point into move.
   void buildPiecePointers();

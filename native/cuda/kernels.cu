@@ -410,8 +410,8 @@ void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const A
   launchRopeKv(qkv, invFreq, map, a, q, kCache, vCache, s);
 }
 
-void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
-            bf16_t* kCache, bf16_t* vCache, cudaStream_t s) {
+void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
+            bf16_t* vCache, cudaStream_t s) {
   launchRopeKv(qkv, invFreq, map, a, q, kCache, vCache, s);
 }
 

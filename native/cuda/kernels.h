@@ -58,8 +58,8 @@ void qkvBiasNorm(float* qkv, const float* bias, const float* qNorm, const float*
 // token's position, writes q (bf16, layout above) and stores k and v into the layer's cache.
 void ropeKv(const float* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
             bf16_t* vCache, cudaStream_t s);
-void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
-            bf16_t* kCache, bf16_t* vCache, cudaStream_t s);
+void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q, bf16_t* kCache,
+            bf16_t* vCache, cudaStream_t s);
 
 // The o projection's LoRA shrink, taken by the tensor-core decode attention when it writes the
 // final output itself (one split): out is then token t's augmented row of the fused layout at xa +
