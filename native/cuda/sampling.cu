@@ -76,18 +76,33 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ Best sb;
   __shared__ int chosen;
 
-  for (int i = threadIdx.x; i < vocab; i += kThreads)
-    if (x[i] != x[i]) x[i] = -INFINITY;
-  __syncthreads();
+  // One pass: NaN rewritten, the raw maximum, and the raw argmax, which is the greedy token of a
+  // row without penalties. One block reads its row from L2 in every pass, about 20 us a pass for a
+  // 128k vocabulary on an H200, so the passes are what a sampled row costs (a greedy row took 51 us
+  // in four, 41 in these two).
+  float m = -INFINITY;
+  Best best{-INFINITY, -1};
+#pragma unroll 4
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    float v = x[i];
+    if (v != v) x[i] = v = -INFINITY;
+    m = fmaxf(m, v);
+    if (better(v, i, best.v, best.i)) best = Best{v, i};
+  }
+  const bool penalized = p.penStart < p.penEnd;
+  if (p.mode == kGreedy && !penalized) {
+    best = BestReduce(tmp.b).Reduce(best, BestOp());
+    if (threadIdx.x == 0) chosen = best.i < 0 ? 0 : best.i;
+    __syncthreads();
+  }
 
   // logZ of the raw logits.
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, x[i]);
   m = FloatReduce(tmp.f).Reduce(m, MaxOp());
   if (threadIdx.x == 0) sf = m;
   __syncthreads();
   const float maxRaw = sf;
   float sum = 0;
+#pragma unroll 4
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     const float v = x[i];
     sum += maxRaw == INFINITY ? (v == INFINITY ? 1.0f : 0.0f) : maxRaw == -INFINITY ? 0.0f : __expf(v - maxRaw);
@@ -133,11 +148,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   if (p.mode == kGreedy) {
-    Best b{-INFINITY, -1};
-    for (int i = threadIdx.x; i < vocab; i += kThreads)
-      if (better(x[i], i, b.v, b.i)) b = Best{x[i], i};
-    b = BestReduce(tmp.b).Reduce(b, BestOp());
-    if (threadIdx.x == 0) chosen = b.i < 0 ? 0 : b.i;
+    if (penalized) {  // otherwise chosen is the raw argmax, above
+      Best b{-INFINITY, -1};
+      for (int i = threadIdx.x; i < vocab; i += kThreads)
+        if (better(x[i], i, b.v, b.i)) b = Best{x[i], i};
+      b = BestReduce(tmp.b).Reduce(b, BestOp());
+      if (threadIdx.x == 0) chosen = b.i < 0 ? 0 : b.i;
+    }
   } else {
     float mp = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += kThreads) mp = fmaxf(mp, x[i]);
