@@ -3,18 +3,19 @@
 // its products on warpgroup mmas (wgmma) and its tiles brought by tensor copies. The mma.sync
 // kernel's warps each take 16 rows and read every K and V fragment from shared memory through
 // their registers, two loads an mma; on an H200 it ran a 2048-token prompt of Llama-3.1-8B's shape
-// at about 207 TFLOPS, this one at 263 (test/gpu/attention_check.cu --bench).
+// at about 207 TFLOPS, this one at 312 (test/gpu/attention_check.cu --bench).
 //
-// Two warpgroups take 64 rows each. The first thread of a third issues, for each cache block a
-// tile covers, one tensor copy a 64-value part of its K rows and of its V rows
-// (attention_tma_plan.h's copyRow), counted on an mbarrier, up to kStages tiles ahead; it looks up
-// a tile's blocks before it waits for the stage. A tile lands as [part][key][64 values], 128-byte
-// lines swizzled by the copies, which is the layout wgmma reads: K as the K-major B of S = Q K^T
-// (Q, copied to shared memory once, its A), V as the MN-major B of O += P V (P's A fragments made
-// in registers from S by the softmax, prefill_rows::softmaxTile). Each warpgroup waits for its own
-// products; the other's softmax fills the tensor cores' gaps. A first form that left a tile's P V
-// running while it issued the next tile's S, with a copying warp alone, took 136 us at 2048 tokens
-// against this one's 131.
+// Two warpgroups take 64 rows each. In a warp of a third, a lane for each cache block a tile
+// covers issues one tensor copy a 64-value part of its K rows and of its V rows
+// (attention_tma_plan.h's copyRow), counted on an mbarrier, up to kStages tiles ahead; the lanes
+// look up a tile's blocks before they wait for the stage. A tile lands as [part][key][64 values],
+// 128-byte lines swizzled by the copies, which is the layout wgmma reads: K as the K-major B of
+// S = Q K^T (Q, copied to shared memory once, its A), V as the MN-major B of O += P V (P's A
+// fragments made in registers from S by the softmax, prefill_rows::softmaxTile). Each warpgroup
+// waits for its own products; the other's softmax fills the tensor cores' gaps. Forms that issued
+// tile i + 1's S before tile i's P V, alone or with the warpgroups taking turns at issuing (named
+// barriers, as FlashAttention-3 does), ran within 2% of this one, faster at 8192 tokens and slower
+// at 8 x 512 (bench/results/2026-12-01-h200-prefill-copy-lanes.json).
 //
 // Tiles start at multiples of 64 keys (whole cache blocks: a block size that is a power of two of
 // at least 8); keys before the block's first visible key or past its last row's position are
@@ -154,29 +155,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= kConsumerWarps) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kCopierRegs));
-    if (warp == kConsumerWarps && lane == 0) {
+    // A lane a cache block of the tile (at most kTileKeys / 8 of them) looks up its block and issues
+    // its copies, so that a tile's block-table reads and copies are not one thread's sequence: one
+    // thread issuing all 16 copies of a tile of 16-key blocks took 131 us at 1 x 2048 tokens, the
+    // lanes 110 (blocks of 64 keys, four copies a tile, 107).
+    if (warp == kConsumerWarps) {
       const int bs = a.blockSize, rowsPerCopy = min(bs, kTileKeys), partBytes = rowsPerCopy * kLine;
       for (int i = 0; i < tiles; ++i) {
         const int stage = i % S, k0 = begin + i * kTileKeys;
-        // The tile's cache blocks are looked up before waiting for its stage, so that the block
-        // table's reads overlap the wait.
-        int cacheRow[kTileKeys / 8], count = 0;
-#pragma unroll
-        for (int c = 0; c < kTileKeys / 8; ++c) {
-          cacheRow[c] = attention_tma::copyRow(bt, k0, c, rowsPerCopy, bs, a.kvHeads, g, lo, end);
-          count += cacheRow[c] >= 0;
-        }
+        // Looked up before waiting for the stage, so that the block table's reads overlap the wait.
+        const int cacheRow =
+            lane < kTileKeys / 8 ? attention_tma::copyRow(bt, k0, lane, rowsPerCopy, bs, a.kvHeads, g, lo, end) : -1;
+        const int count = __popc(__ballot_sync(0xffffffffu, cacheRow >= 0));
         if (i >= S) barrierWait(&empty[stage], ((i / S) - 1) & 1);
-        barrierExpect(&full[stage], 2 * kParts * count * partBytes);
-#pragma unroll
-        for (int c = 0; c < kTileKeys / 8; ++c) {
-          if (cacheRow[c] < 0) continue;
-          const int key = c * rowsPerCopy;
+        // The expected bytes are set before any lane's copy can complete on the barrier.
+        if (lane == 0) barrierExpect(&full[stage], 2 * kParts * count * partBytes);
+        __syncwarp();
+        if (cacheRow >= 0) {
+          const int key = lane * rowsPerCopy;
 #pragma unroll
           for (int h = 0; h < kParts; ++h) {
             const int at = (h * kTileKeys + key) * kLine;
-            tensorCopy(tileK(stage) + at, &kMap, h * 64, cacheRow[c], &full[stage]);
-            tensorCopy(tileV(stage) + at, &vMap, h * 64, cacheRow[c], &full[stage]);
+            tensorCopy(tileK(stage) + at, &kMap, h * 64, cacheRow, &full[stage]);
+            tensorCopy(tileV(stage) + at, &vMap, h * 64, cacheRow, &full[stage]);
           }
         }
       }

@@ -17,7 +17,7 @@
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/attention_check test/gpu/attention_check.cu
 //        native/cuda/attention.cu native/cuda/attention_mma.cu native/cuda/attention_tma.cu
 //        native/cuda/attention_prefill.cu native/cuda/attention_prefill_tma.cu native/cuda/tensor_map.cc
-//   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT]
+//   /tmp/attention_check && /tmp/attention_check --bench [BATCH CONTEXT | prefill]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,6 +27,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -336,6 +337,7 @@ int bench(int onlyBatch, int onlyCtx, Kernel which) {
   std::printf("%s, %d SMs\n", prop.name, sms);
   const Shape& sh = kLlama8b;
   for (int ctx : {512, 2048, 8192}) {
+    if (onlyBatch < 0) break;  // --bench prefill: the prefill rows alone
     for (int b : {1, 8, 16, 32, 64, 128}) {
       if (onlyBatch > 0 ? b != onlyBatch || ctx != onlyCtx : b * ctx > 128 * 2048) continue;
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
@@ -363,14 +365,17 @@ int bench(int onlyBatch, int onlyCtx, Kernel which) {
       release(d);
     }
   }
-  std::printf("(* the engine's split count; times include the combine kernel and launch gaps)\n");
+  if (onlyBatch >= 0) std::printf("(* the engine's split count; times include the combine kernel and launch gaps)\n");
   if (onlyBatch > 0) return 0;
-  for (bool tma : {false, true}) {
-    const PrefillMmaLauncher run = preparePrefill(sh, tma);
+  // The tensor-copy kernel also at cache blocks of 64 keys: one copy a 64-value part of a tile's K
+  // or V rows, where blocks of 16 take four.
+  for (const auto& [tma, bs] : std::vector<std::pair<bool, int>>{{false, sh.bs}, {true, sh.bs}, {true, 64}}) {
+    const Shape shb{sh.heads, sh.kvHeads, sh.D, bs, sh.window};
+    const PrefillMmaLauncher run = preparePrefill(shb, tma);
     if (!run) continue;
     for (const auto& [seqs, len] : std::vector<std::pair<int, int>>{{1, 2048}, {8, 512}, {1, 8192}}) {
       // Random keys, so that row maxima move (and O is rescaled) as they would in a model.
-      const Problem p = make(sh, std::vector<int>(seqs, len), 1, 3u, true, std::vector<int>(seqs, len));
+      const Problem p = make(shb, std::vector<int>(seqs, len), 1, 3u, true, std::vector<int>(seqs, len));
       Device d = uploadProblem(p, 1);
       const float scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
       std::vector<PrefillChunk> chunks;
@@ -380,8 +385,9 @@ int bench(int onlyBatch, int onlyCtx, Kernel which) {
           3, 50, [&](int) { run(d.q, d.k, d.v, d.map, d.a, tiles.device, tiles.count, scale, d.out, nullptr); });
       // Causal: token j sees j + 1 keys; 4 flops per head, key and dimension (two products).
       const double flops = 4.0 * sh.heads * sh.D * seqs * (static_cast<double>(len) * (len + 1) / 2);
-      std::printf("prefill %d x %d tokens%s: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, tma ? " (tensor copies)" : "",
-                  us, flops / us / 1e6);
+      const std::string form = !tma ? "" : bs == sh.bs ? " (tensor copies)" : " (tensor copies, blocks of 64)";
+      std::printf("prefill %d x %d tokens%s: %7.1f us a layer, %.0f TFLOPS\n", seqs, len, form.c_str(), us,
+                  flops / us / 1e6);
       release(d);
     }
   }
@@ -398,6 +404,7 @@ int main(int argc, char** argv) {
     const Kernel which = set("TROUPE_CUDA_ATTENTION_MMA", "0")                                       ? Kernel::kCudaCore
                          : set("TROUPE_CUDA_ATTENTION_TMA", "0") || !prepare(Kernel::kTma, kLlama8b) ? Kernel::kMma
                                                                                                      : Kernel::kTma;
+    if (argc > 2 && std::strcmp(argv[2], "prefill") == 0) return bench(-1, 0, which);
     return bench(argc > 3 ? std::atoi(argv[2]) : 0, argc > 3 ? std::atoi(argv[3]) : 0, which);
   }
   return runChecks() == 0 ? 0 : 1;
