@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "comm.h"
@@ -28,32 +29,41 @@ namespace cuda_engine {
 
 namespace {
 
-// TROUPE_LORA_IN_GEMM: 0, or the projections (o, down) comma-separated; weight-group bits.
-unsigned parseLoraInGemm(const std::string& text) {
-  const unsigned o = 1u << cuda::kOWeight, down = 1u << cuda::kDownWeight;
+// A switch naming weight groups (TROUPE_LORA_IN_GEMM, TROUPE_CUDA_BF16_ROWS): 0, or names of
+// `names` comma-separated, each once; their groups' bits.
+unsigned parseGroups(const char* var, const std::string& text,
+                     std::initializer_list<std::pair<const char*, cuda::WeightGroup>> names) {
   if (text == "0") return 0;
-  if (text == "o") return o;
-  if (text == "down") return down;
-  if (text == "o,down" || text == "down,o") return o | down;
-  throw std::invalid_argument("TROUPE_LORA_IN_GEMM: expected 0, o, down or o,down; got \"" + text + "\"");
+  unsigned bits = 0;
+  bool ok = !text.empty();
+  for (size_t at = 0; ok && at <= text.size();) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string part = text.substr(at, end - at);
+    unsigned bit = 0;
+    for (const auto& [name, group] : names)
+      if (part == name) bit = 1u << group;
+    ok = bit != 0 && (bits & bit) == 0;
+    bits |= bit;
+    at = end + 1;
+  }
+  if (!ok) {
+    std::string each, all;
+    for (const auto& [name, group] : names) {
+      each += std::string(", ") + name;
+      all += (all.empty() ? "" : ",") + std::string(name);
+    }
+    throw std::invalid_argument(std::string(var) + ": expected 0" + each + " or " + all + "; got \"" + text + "\"");
+  }
+  return bits;
 }
 
-// TROUPE_CUDA_BF16_ROWS: 0, or the projections (qkv, gate_up) comma-separated; weight-group bits.
-unsigned parseBf16Rows(const std::string& text) {
-  const unsigned qkv = 1u << cuda::kQkvWeight, gateUp = 1u << cuda::kGateUpWeight;
-  if (text == "0") return 0;
-  if (text == "qkv") return qkv;
-  if (text == "gate_up") return gateUp;
-  if (text == "qkv,gate_up" || text == "gate_up,qkv") return qkv | gateUp;
-  throw std::invalid_argument("TROUPE_CUDA_BF16_ROWS: expected 0, qkv, gate_up or qkv,gate_up; got \"" + text + "\"");
-}
-
-// TROUPE_CUDA_BF16_ROWS_TOKENS: a positive token count.
-int parseBf16RowsTokens(const std::string& text) {
+// A switch holding a token count from 1 to most (TROUPE_CUDA_BF16_ROWS_TOKENS).
+int parseTokens(const char* var, const std::string& text, int most) {
   char* end = nullptr;
   const long n = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || n < 1 || n > (1 << 30)) {
-    throw std::invalid_argument("TROUPE_CUDA_BF16_ROWS_TOKENS: expected a positive token count; got \"" + text + "\"");
+  if (text.empty() || *end != '\0' || n < 1 || n > most) {
+    throw std::invalid_argument(std::string(var) + ": expected a token count from 1 to " + std::to_string(most) +
+                                "; got \"" + text + "\"");
   }
   return static_cast<int>(n);
 }
@@ -120,13 +130,17 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   itemPdl_ = prop.major >= 9;
   gemvEarly_ = prop.major >= 9;
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV_EARLY")) gemvEarly_ = gemvEarly_ && std::string(env) != "0";
-  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS")) bf16Rows_ = parseBf16Rows(env);
-  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS_TOKENS")) bf16RowsTokens_ = parseBf16RowsTokens(env);
+  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS"))
+    bf16Rows_ =
+        parseGroups("TROUPE_CUDA_BF16_ROWS", env, {{"qkv", cuda::kQkvWeight}, {"gate_up", cuda::kGateUpWeight}});
+  if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS_TOKENS"))
+    bf16RowsTokens_ = parseTokens("TROUPE_CUDA_BF16_ROWS_TOKENS", env, 1 << 30);
   if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
-  if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM")) loraInGemm_ = parseLoraInGemm(env);
+  if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
+    loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env, {{"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {

@@ -40,6 +40,25 @@ struct BestOp {
   }
 };
 
+// The top-N's candidates a row keeps in shared memory (a row of random logits has a few more than N).
+constexpr int kCandidates = kThreads;
+static_assert(kMaxTopN <= 2 * kThreads / 32, "the top-N's floor: the N-th of the warps' two largest logits");
+
+// A logit and its id as one key whose descending order is the top-N's: value descending, then id
+// ascending (-0 taken as +0, which compare equal).
+__device__ __forceinline__ unsigned long long orderKey(float v, int i) {
+  uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return static_cast<unsigned long long>(u) << 32 | (0xffffffffu - static_cast<uint32_t>(i));
+}
+__device__ __forceinline__ float keyValue(unsigned long long k) {
+  const uint32_t u = static_cast<uint32_t>(k >> 32);
+  return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+}
+__device__ __forceinline__ int keyId(unsigned long long k) {
+  return static_cast<int>(0xffffffffu - static_cast<uint32_t>(k));
+}
+
 // Log-softmax of a raw logit v (no NaN) given the row's max m and logSum: log(sum exp(x - m))
 // for a finite m, log(count of +Inf logits) for m = +Inf.
 __device__ __forceinline__ float logprobOf(float v, float m, float logSum) {
@@ -57,6 +76,9 @@ __device__ __forceinline__ float weight(float x, float mp, float invT) {
   return __expf((x - mp) * invT);
 }
 
+// kTop: the row's top-N logprobs are asked for (topN > 0). Without them the kernel holds none of
+// their code: with it compiled in, a row without a top-N took 37 us against 32.
+template <bool kTop>
 __global__ void __launch_bounds__(kThreads, 1)
     sampleKernel(float* logits, int vocab, const SampleRow* params, const int32_t* penTokens, const int32_t* penCounts,
                  float* penOrig, int topN, int32_t* outTokens, float* outLogprobs, int32_t* topIds, float* topValues) {
@@ -80,12 +102,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   // row without penalties. One block reads its row from L2 in every pass, about 20 us a pass for a
   // 128k vocabulary on an H200, so the passes are what a sampled row costs (a greedy row took 51 us
   // in four, 41 in these two).
-  float m = -INFINITY;
+  float m = -INFINITY, second = -INFINITY;  // this thread's two largest logits (the second for kTop)
   Best best{-INFINITY, -1};
 #pragma unroll 4
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     float v = x[i];
     if (v != v) x[i] = v = -INFINITY;
+    if constexpr (kTop) second = fmaxf(second, fminf(m, v));
     m = fmaxf(m, v);
     if (better(v, i, best.v, best.i)) best = Best{v, i};
   }
@@ -93,6 +116,38 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (p.mode == kGreedy && !penalized) {
     best = BestReduce(tmp.b).Reduce(best, BestOp());
     if (threadIdx.x == 0) chosen = best.i < 0 ? 0 : best.i;
+    __syncthreads();
+  }
+
+  // The top-N's candidates: every logit at or above a floor at or below the row's N-th largest,
+  // taken in the pass below and placed once, where a pass over the row for each of the N took
+  // about 20 us apiece. The floor is the N-th largest of the warps' two largest logits: those are
+  // 64 distinct logits of the row (or -Inf, which every logit passes).
+  __shared__ unsigned long long cand[kTop ? kCandidates : 1];
+  __shared__ float warpTop[2 * kThreads / 32];
+  __shared__ int candCount;
+  __shared__ float floorValue;
+  if constexpr (kTop) {
+    float a = m, b = second;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float oa = __shfl_xor_sync(0xffffffffu, a, off), ob = __shfl_xor_sync(0xffffffffu, b, off);
+      b = fmaxf(fminf(a, oa), fmaxf(b, ob));
+      a = fmaxf(a, oa);
+    }
+    const int w = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) warpTop[2 * w] = a, warpTop[2 * w + 1] = b;
+    if (threadIdx.x == 0) candCount = 0;
+    __syncthreads();
+    if (threadIdx.x < 2 * kThreads / 32) {
+      const float v = warpTop[threadIdx.x];
+      int rank = 0;
+      for (int j = 0; j < 2 * kThreads / 32; ++j) {
+        const float o = warpTop[j];
+        rank += o > v || (o == v && j < static_cast<int>(threadIdx.x));
+      }
+      if (rank == topN - 1) floorValue = v;
+    }
     __syncthreads();
   }
 
@@ -106,6 +161,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     const float v = x[i];
     sum += maxRaw == INFINITY ? (v == INFINITY ? 1.0f : 0.0f) : maxRaw == -INFINITY ? 0.0f : __expf(v - maxRaw);
+    if constexpr (kTop) {
+      if (v >= floorValue) {
+        const int at = atomicAdd(&candCount, 1);
+        if (at < kCandidates) cand[at] = orderKey(v, i);
+      }
+    }
   }
   __syncthreads();
   sum = FloatReduce(tmp.f).Sum(sum);
@@ -113,25 +174,42 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const float logSum = sf;
 
-  // Top-N: each pass takes the best entry after the previous one in the total order.
-  float pv = INFINITY;
-  int pi = -1;
-  for (int n = 0; n < topN; ++n) {
-    Best b{-INFINITY, -1};
-    for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      const float v = x[i];
-      const bool after = v < pv || (v == pv && i > pi);
-      if (after && better(v, i, b.v, b.i)) b = Best{v, i};
+  if constexpr (kTop) {
+    if (candCount <= kCandidates) {
+      // A candidate's place is the count of those before it (keys are distinct: they hold the id).
+      const int count = candCount;
+      if (static_cast<int>(threadIdx.x) < count) {
+        const unsigned long long key = cand[threadIdx.x];
+        int rank = 0;
+        for (int j = 0; j < count; ++j) rank += cand[j] > key;
+        if (rank < topN) {
+          topIds[static_cast<size_t>(r) * topN + rank] = keyId(key);
+          topValues[static_cast<size_t>(r) * topN + rank] = logprobOf(keyValue(key), maxRaw, logSum);
+        }
+      }
+      __syncthreads();
     }
-    __syncthreads();
-    b = BestReduce(tmp.b).Reduce(b, BestOp());
-    if (threadIdx.x == 0) sb = b;
-    __syncthreads();
-    pv = sb.v;
-    pi = sb.i;
-    if (threadIdx.x == 0) {
-      topIds[static_cast<size_t>(r) * topN + n] = pi;
-      topValues[static_cast<size_t>(r) * topN + n] = logprobOf(pv, maxRaw, logSum);
+    // More candidates than fit (a row of many equal logits): each pass takes the best entry after
+    // the previous one in the total order.
+    float pv = INFINITY;
+    int pi = -1;
+    for (int n = 0; n < (candCount > kCandidates ? topN : 0); ++n) {
+      Best b{-INFINITY, -1};
+      for (int i = threadIdx.x; i < vocab; i += kThreads) {
+        const float v = x[i];
+        const bool after = v < pv || (v == pv && i > pi);
+        if (after && better(v, i, b.v, b.i)) b = Best{v, i};
+      }
+      __syncthreads();
+      b = BestReduce(tmp.b).Reduce(b, BestOp());
+      if (threadIdx.x == 0) sb = b;
+      __syncthreads();
+      pv = sb.v;
+      pi = sb.i;
+      if (threadIdx.x == 0) {
+        topIds[static_cast<size_t>(r) * topN + n] = pi;
+        topValues[static_cast<size_t>(r) * topN + n] = logprobOf(pv, maxRaw, logSum);
+      }
     }
   }
 
@@ -229,8 +307,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
                 const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
                 int32_t* topIds, float* topValues, cudaStream_t s) {
-  sampleKernel<<<rows, kThreads, 0, s>>>(logits, vocab, params, penTokens, penCounts, penOrig, topN, outTokens,
-                                         outLogprobs, topIds, topValues);
+  if (topN > 0)
+    sampleKernel<true><<<rows, kThreads, 0, s>>>(logits, vocab, params, penTokens, penCounts, penOrig, topN, outTokens,
+                                                 outLogprobs, topIds, topValues);
+  else
+    sampleKernel<false><<<rows, kThreads, 0, s>>>(logits, vocab, params, penTokens, penCounts, penOrig, 0, outTokens,
+                                                  outLogprobs, topIds, topValues);
 }
 
 }  // namespace cuda
