@@ -109,7 +109,7 @@ class CudaBackend : public Backend {
   const bf16_t* makeRows(const cuda::RowInput& input, bf16_t* made, int in, int ld = 0);
   // The loraKernel fused form of projection (lora_fused.h), for a step with adapter tokens.
   void fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name, const bf16_t* x,
-                       const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType);
+                       int ldx, const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType);
   // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart: f32 out by a
   // GEMV kernel for a few tokens or the decode GEMM, else cuBLAS (the only one that writes bf16).
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate,
@@ -168,6 +168,7 @@ class CudaBackend : public Backend {
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, =down, =o,down.
   unsigned loraInGemm_ = 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
+  bool rowsInPlace_ = true;  // TROUPE_LORA_ROWS_IN_PLACE (measurement switch)
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.

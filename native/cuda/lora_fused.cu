@@ -23,8 +23,9 @@ __global__ void __launch_bounds__(kAugmentThreads)
   const float* m = mid.data + static_cast<size_t>(t) * mid.tokenPitch + (slot >= 0 ? slot : 0) * mid.slotPitch;
   for (int rowIdx = 0; rowIdx < augmentedRowCount(xa, sl.count); ++rowIdx) {
     bf16_t* row = augmentedRow(xa, t, rowIdx);
-    if (x) {
-      const bf16_t* src = x + static_cast<size_t>(t) * ldx;
+    const bf16_t* src = x ? x + static_cast<size_t>(t) * ldx : nullptr;
+    // x may be the first row itself, made in place (CudaBackend::projection).
+    if (src && src != row) {
       if (vecCopy) {
         for (int c = threadIdx.x; c < in / 8; c += kAugmentThreads)
           reinterpret_cast<uint4*>(row)[c] = __ldg(reinterpret_cast<const uint4*>(src) + c);

@@ -132,7 +132,8 @@ struct AugmentedRows {
 // xa[t][in + j S R + k R + r] (with split rows, row j's in + k R + r) = bf16(scaling[k] *
 // mid(t, j, k, r)) where k is token t's slot and r < its rank for slice j's module; zero in every
 // other of the pad columns (other slots, ranks past the slot's, base tokens with rowSlot -1, the
-// rounding tail). With x, also each of the token's rows' [0, in) = x[t][0, in) (x's rows ldx apart).
+// rounding tail). With x, also each of the token's rows' [0, in) = x[t][0, in) (x's rows ldx apart;
+// x may be the first rows themselves, which are then left as they are).
 void loraAugment(const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
                  const LoraMid& mid, const bf16_t* x, int ldx, int T, const AugmentedRows& xa, cudaStream_t st);
 
