@@ -119,7 +119,6 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
-  if (const char* env = std::getenv("TROUPE_LORA_ROWS_IN_PLACE")) rowsInPlace_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
     const std::string v(env);

@@ -168,7 +168,6 @@ class CudaBackend : public Backend {
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, =down, =o,down.
   unsigned loraInGemm_ = 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
-  bool rowsInPlace_ = true;  // TROUPE_LORA_ROWS_IN_PLACE (measurement switch)
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.
