@@ -1,8 +1,9 @@
 // The prefill projections' GEMMs (Llama-3.1-8B shapes, 2048 and 4096 tokens) as the engine calls
-// cuBLAS (cublasGemmEx, CUBLAS_GEMM_DEFAULT, bf16 in and out, f32 accumulation) against every
-// candidate cublasLt's heuristic offers for the same product (up to 32, 32 MB of workspace): whether
-// choosing among them at start-up would make prefill faster. Weights and inputs hold constant
-// values, so the clocks run higher than on a model's data; compare within one run.
+// cuBLAS (cublasGemmEx, CUBLAS_GEMM_DEFAULT, f32 accumulation; q/k/v and gate/up writing bf16, o and
+// down adding into the f32 residual with beta 1) against every candidate cublasLt's heuristic
+// offers for the same product (up to 32, 32 MB of workspace): whether choosing among them at
+// start-up would make prefill faster. Weights and inputs hold seeded random values in [-1/32, 1/32)
+// (constant values let the clocks run higher than a model's data does).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/gemm_candidates bench/gemm_candidates.cu -lcublasLt -lcublas
 //   /tmp/gemm_candidates
@@ -10,6 +11,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -24,8 +26,19 @@ void check(int status, const char* what) {
 
 struct Shape {
   const char* name;
-  int M, N, K;  // Y[M][N] = X[M][K] W[N][K]^T
+  int M, N, K;    // Y[M][N] = X[M][K] W[N][K]^T (+ Y)
+  bool residual;  // Y f32 and added to (o, down), else bf16
 };
+
+__global__ void fillRandom(__nv_bfloat16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.0f - 0.5f) / 16.0f);
+  }
+}
 
 // Mean time of one call over 30, after 5 to warm up.
 template <typename F>
@@ -48,30 +61,34 @@ float timeCalls(F&& call) {
 }  // namespace
 
 int main() {
-  const Shape shapes[] = {{"qkv", 2048, 6144, 4096},      {"o", 2048, 4096, 4096},    {"gate_up", 2048, 28672, 4096},
-                          {"down", 2048, 4096, 14336},    {"qkv", 4096, 6144, 4096},  {"o", 4096, 4096, 4096},
-                          {"gate_up", 4096, 28672, 4096}, {"down", 4096, 4096, 14336}};
+  const Shape shapes[] = {{"qkv", 2048, 6144, 4096, false},      {"o", 2048, 4096, 4096, true},
+                          {"gate_up", 2048, 28672, 4096, false}, {"down", 2048, 4096, 14336, true},
+                          {"qkv", 4096, 6144, 4096, false},      {"o", 4096, 4096, 4096, true},
+                          {"gate_up", 4096, 28672, 4096, false}, {"down", 4096, 4096, 14336, true}};
   const size_t wElems = 28672ull * 4096, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
   size_t wsBytes = 32u << 20;
-  __nv_bfloat16 *W, *X, *Y;
-  void* ws;
+  __nv_bfloat16 *W, *X;
+  void *Y, *ws;
   check(cudaMalloc(&W, wElems * 2), "cudaMalloc");
   check(cudaMalloc(&X, xElems * 2), "cudaMalloc");
-  check(cudaMalloc(&Y, yElems * 2), "cudaMalloc");
+  check(cudaMalloc(&Y, yElems * 4), "cudaMalloc");
   check(cudaMalloc(&ws, wsBytes), "cudaMalloc");
-  cudaMemset(W, 0x3c, wElems * 2);
-  cudaMemset(X, 0x3c, xElems * 2);
+  fillRandom<<<1024, 256>>>(W, wElems, 1);
+  fillRandom<<<1024, 256>>>(X, xElems, 2);
+  cudaMemset(Y, 0, yElems * 4);
   cublasHandle_t h;
   check(cublasCreate(&h), "cublasCreate");
   check(cublasSetWorkspace(h, ws, wsBytes), "cublasSetWorkspace");
   cublasLtHandle_t lt;
   check(cublasLtCreate(&lt), "cublasLtCreate");
-  const float alpha = 1, beta = 0;
+  const float alpha = 1;
   for (const Shape& s : shapes) {
     const double flop = 2.0 * s.M * s.N * s.K;
+    const float beta = s.residual ? 1.0f : 0.0f;
+    const cudaDataType_t yType = s.residual ? CUDA_R_32F : CUDA_R_16BF;
     const float base = timeCalls([&] {
       cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, s.M, s.K, &alpha, W, CUDA_R_16BF, s.K, X, CUDA_R_16BF, s.K, &beta,
-                   Y, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                   Y, yType, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     });
     cublasLtMatmulDesc_t op;
     check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
@@ -81,7 +98,7 @@ int main() {
     cublasLtMatrixLayout_t la, lb, lc;
     check(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.K, s.N, s.K), "layout W");
     check(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.K, s.M, s.K), "layout X");
-    check(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, s.N, s.M, s.N), "layout Y");
+    check(cublasLtMatrixLayoutCreate(&lc, yType, s.N, s.M, s.N), "layout Y");
     cublasLtMatmulPreference_t pref;
     check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
     check(
@@ -97,9 +114,10 @@ int main() {
       if (t < best) best = t;
     }
     std::printf(
-        "%-8s M %4d N %5d K %5d: cublasGemmEx %7.1f us (%3.0f TFLOPS), best of %2d cublasLt candidates %7.1f us (%3.0f "
-        "TFLOPS), %.3fx\n",
-        s.name, s.M, s.N, s.K, base * 1e3, flop / base / 1e9, n, best * 1e3, flop / best / 1e9, base / best);
+        "%-8s M %4d N %5d K %5d %s: cublasGemmEx %7.1f us (%3.0f TFLOPS), best of %2d cublasLt candidates %7.1f us "
+        "(%3.0f TFLOPS), %.3fx\n",
+        s.name, s.M, s.N, s.K, s.residual ? "(f32 += )" : "(bf16 out)", base * 1e3, flop / base / 1e9, n, best * 1e3,
+        flop / best / 1e9, base / best);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);
     cublasLtMatrixLayoutDestroy(lb);
