@@ -239,6 +239,7 @@ class CudaBackend : public Backend {
   // Activations.
   DeviceBuffer<float> hidden_, qkv_, gateUp_, scores_, partial_, partialMl_, logits_;
   DeviceBuffer<float> vocabPart_, vocabParts_;  // this rank's lm_head rows, then every rank's
+  DeviceBuffer<float> greedyPartials_;          // sampleGreedyRows' per-block statistics
   DeviceBuffer<bf16_t> xn_, q_, attn_, act_, kGather_, vGather_, probs_, heads_, xs_;
   DeviceBuffer<bf16_t> xa_;  // loraKernel fused: a projection's input rows with their LoRA columns
   // Tokens xa_ holds: split rows lie this many rows apart whatever a step's size, so that the

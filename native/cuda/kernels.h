@@ -190,6 +190,12 @@ constexpr int kMaxTopN = 64;
 void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
                 const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
                 int32_t* topIds, float* topValues, cudaStream_t s);
+// sampleRows for launches whose rows are all kGreedy without penalties (penStart == penEnd) or
+// kHost (left alone), asking no top-N: one pass over each row, split over several blocks a row.
+// partials: greedyPartialsBytes(rows, vocab) of device memory.
+size_t greedyPartialsBytes(int rows, int vocab);
+void sampleGreedyRows(float* logits, int rows, int vocab, const SampleRow* params, void* partials, int32_t* outTokens,
+                      float* outLogprobs, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -302,6 +302,95 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// Greedy rows without penalties or a top-N (sampleGreedyRows): each row's logits split over
+// kGreedyParts(rows) blocks, each taking its part's argmax and the softmax's (max, sum) in one pass
+// with the sum rescaled as the max moves; a warp a row then combines the parts.
+constexpr int kGreedyThreads = 256;
+
+// A part's statistics: the max m, the sum of exp(x - m) (for m = +Inf the count of +Inf logits),
+// and the argmax (value descending, id ascending).
+struct SoftmaxPart {
+  float m, s;
+  Best best;
+};
+
+// Adds logit v (no NaN) to (m, s). Equal values add exactly 1, so that m = +Inf counts +Inf logits
+// without Inf - Inf.
+__device__ __forceinline__ void addLogit(float& m, float& s, float v) {
+  if (v > m) {
+    s = (m == -INFINITY ? 0.0f : s * __expf(m - v)) + 1.0f;
+    m = v;
+  } else if (v == m) {
+    s += 1.0f;
+  } else if (v > -INFINITY) {
+    s += __expf(v - m);
+  }
+}
+
+__device__ __forceinline__ SoftmaxPart combineParts(const SoftmaxPart& a, const SoftmaxPart& b) {
+  const float m = fmaxf(a.m, b.m);
+  float s = 0.0f;
+  if (m > -INFINITY) {
+    s = (a.m == m ? a.s : a.s * __expf(a.m - m)) + (b.m == m ? b.s : b.s * __expf(b.m - m));
+  }
+  return SoftmaxPart{m, s, BestOp()(a.best, b.best)};
+}
+
+struct CombinePartsOp {
+  __device__ __forceinline__ SoftmaxPart operator()(const SoftmaxPart& a, const SoftmaxPart& b) const {
+    return combineParts(a, b);
+  }
+};
+
+__global__ void __launch_bounds__(kGreedyThreads)
+    greedyPartKernel(float* logits, int vocab, const SampleRow* params, SoftmaxPart* parts) {
+  const int r = blockIdx.y, part = blockIdx.x, count = gridDim.x;
+  if (params[r].mode == kHost) return;
+  float* x = logits + static_cast<size_t>(r) * vocab;
+  // Parts of whole 16-byte groups, so that each starts aligned where the row is.
+  const int per = ((vocab + count - 1) / count + 3) & ~3;
+  const int lo = min(vocab, part * per), hi = min(vocab, lo + per);
+  float m = -INFINITY, s = 0.0f;
+  Best best{-INFINITY, -1};
+#pragma unroll 4
+  for (int i = lo + threadIdx.x; i < hi; i += kGreedyThreads) {
+    float v = x[i];
+    if (v != v) x[i] = v = -INFINITY;  // as sampleKernel: NaN counts as -Inf, in place
+    addLogit(m, s, v);
+    if (better(v, i, best.v, best.i)) best = Best{v, i};
+  }
+  using Reduce = cub::BlockReduce<SoftmaxPart, kGreedyThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const SoftmaxPart total = Reduce(tmp).Reduce(SoftmaxPart{m, s, best}, CombinePartsOp());
+  if (threadIdx.x == 0) parts[static_cast<size_t>(r) * count + part] = total;
+}
+
+__global__ void greedyCombineKernel(const float* logits, int vocab, const SampleRow* params, const SoftmaxPart* parts,
+                                    int count, int32_t* outTokens, float* outLogprobs) {
+  const int r = blockIdx.x, lane = threadIdx.x;
+  if (params[r].mode == kHost) return;
+  SoftmaxPart p{-INFINITY, 0.0f, Best{-INFINITY, -1}};
+  for (int j = lane; j < count; j += 32) p = combineParts(p, parts[static_cast<size_t>(r) * count + j]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    SoftmaxPart o;
+    o.m = __shfl_xor_sync(0xffffffffu, p.m, off);
+    o.s = __shfl_xor_sync(0xffffffffu, p.s, off);
+    o.best.v = __shfl_xor_sync(0xffffffffu, p.best.v, off);
+    o.best.i = __shfl_xor_sync(0xffffffffu, p.best.i, off);
+    p = combineParts(p, o);
+  }
+  if (lane == 0) {
+    const int tok = p.best.i < 0 ? 0 : p.best.i;
+    outTokens[r] = tok;
+    outLogprobs[r] = logprobOf(logits[static_cast<size_t>(r) * vocab + tok], p.m, logf(p.s));
+  }
+}
+
+// Blocks a row: enough for about two blocks an SM of an H100 or H200 at small batches, and parts
+// of at least 4096 logits.
+int greedyParts(int rows, int vocab) { return max(1, min(min(32, 256 / max(rows, 1)), vocab / 4096)); }
+
 }  // namespace
 
 void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
@@ -313,6 +402,19 @@ void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, con
   else
     sampleKernel<false><<<rows, kThreads, 0, s>>>(logits, vocab, params, penTokens, penCounts, penOrig, 0, outTokens,
                                                   outLogprobs, topIds, topValues);
+}
+
+size_t greedyPartialsBytes(int rows, int vocab) {
+  return static_cast<size_t>(rows) * greedyParts(rows, vocab) * sizeof(SoftmaxPart);
+}
+
+void sampleGreedyRows(float* logits, int rows, int vocab, const SampleRow* params, void* partials, int32_t* outTokens,
+                      float* outLogprobs, cudaStream_t s) {
+  if (rows == 0) return;
+  const int count = greedyParts(rows, vocab);
+  SoftmaxPart* parts = static_cast<SoftmaxPart*>(partials);
+  greedyPartKernel<<<dim3(count, rows), kGreedyThreads, 0, s>>>(logits, vocab, params, parts);
+  greedyCombineKernel<<<rows, 32, 0, s>>>(logits, vocab, params, parts, count, outTokens, outLogprobs);
 }
 
 }  // namespace cuda

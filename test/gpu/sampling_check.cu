@@ -3,8 +3,10 @@
 // many equal logits (more candidates than fit: a pass a place), NaN, +Inf, -Inf, -0 beside +0, a
 // vocabulary that is not a multiple of 4 (scalar loads) and one smaller than a warp's share, and a
 // greedy row with a penalty (its own argmax pass). Top-N ids must match exactly (value
-// descending, id ascending), their logprobs within 1e-4; greedy tokens exactly. With --bench it
-// times sampleRows over 32 rows of a 128k vocabulary at several top-N widths.
+// descending, id ascending), their logprobs within 1e-4; greedy tokens exactly. The rows without a
+// penalty also go through sampleGreedyRows (a row split over several blocks). With --bench it
+// times sampleRows over 1 and 32 rows of a 128k vocabulary at several top-N widths, and
+// sampleGreedyRows.
 //
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/sampling_check test/gpu/sampling_check.cu native/cuda/sampling.cu
 //   /tmp/sampling_check && /tmp/sampling_check --bench
@@ -79,8 +81,9 @@ Reference reference(const Row& row, int topN) {
 
 bool close(float a, float b) { return a == b || std::fabs(a - b) <= 1e-4f; }
 
-// One launch over rows of one vocabulary size; the failures it finds.
-int check(const std::vector<Row>& rows, int topN) {
+// One launch over rows of one vocabulary size (sampleGreedyRows where greedySplit, which takes no
+// penalty or top-N); the failures it finds.
+int check(const std::vector<Row>& rows, int topN, bool greedySplit = false) {
   const int vocab = static_cast<int>(rows[0].logits.size()), n = static_cast<int>(rows.size());
   std::vector<float> flat;
   std::vector<SampleRow> params;
@@ -106,8 +109,14 @@ int check(const std::vector<Row>& rows, int topN) {
   float* dLogprobs = upload(std::vector<float>(n));
   int32_t* dTopIds = upload(std::vector<int32_t>(static_cast<size_t>(n) * topN + 1));
   float* dTopValues = upload(std::vector<float>(static_cast<size_t>(n) * topN + 1));
-  sampleRows(dLogits, n, vocab, dParams, dPenTokens, dPenCounts, dPenOrig, topN, dTokens, dLogprobs, dTopIds,
-             dTopValues, nullptr);
+  void* dPartials = nullptr;
+  if (greedySplit) {
+    CK(cudaMalloc(&dPartials, greedyPartialsBytes(n, vocab)));
+    sampleGreedyRows(dLogits, n, vocab, dParams, dPartials, dTokens, dLogprobs, nullptr);
+  } else {
+    sampleRows(dLogits, n, vocab, dParams, dPenTokens, dPenCounts, dPenOrig, topN, dTokens, dLogprobs, dTopIds,
+               dTopValues, nullptr);
+  }
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
   std::vector<int32_t> tokens(n), topIds(static_cast<size_t>(n) * topN);
@@ -124,8 +133,8 @@ int check(const std::vector<Row>& rows, int topN) {
       ok = ok && topIds[i * topN + k] == ref.top[k] && close(topValues[i * topN + k], ref.topLogprobs[k]);
     if (!ok) {
       ++failed;
-      std::printf("FAIL %s (vocab %d, top %d): token %d (want %d), logprob %g (want %g)", rows[i].name.c_str(), vocab,
-                  topN, tokens[i], ref.token, logprobs[i], ref.logprob);
+      std::printf("FAIL %s%s (vocab %d, top %d): token %d (want %d), logprob %g (want %g)", rows[i].name.c_str(),
+                  greedySplit ? " (split)" : "", vocab, topN, tokens[i], ref.token, logprobs[i], ref.logprob);
       for (int k = 0; k < std::min(topN, 4); ++k)
         std::printf(" | top %d: %d %g (want %d %g)", k, topIds[i * topN + k], topValues[i * topN + k], ref.top[k],
                     ref.topLogprobs[k]);
@@ -133,7 +142,7 @@ int check(const std::vector<Row>& rows, int topN) {
     }
   }
   for (void* p : std::initializer_list<void*>{dLogits, dParams, dPenTokens, dPenCounts, dPenOrig, dTokens, dLogprobs,
-                                              dTopIds, dTopValues})
+                                              dTopIds, dTopValues, dPartials})
     CK(cudaFree(p));
   return failed;
 }
@@ -203,6 +212,13 @@ int bench() {
       });
       std::printf("%2d rows x %d logits, top %2d: %7.1f us\n", n, vocab, topN, us);
     }
+    void* dPartials = nullptr;
+    CK(cudaMalloc(&dPartials, greedyPartialsBytes(n, vocab)));
+    const double us = timeCalls(5, 50, [&](int) {
+      sampleGreedyRows(dLogits, n, vocab, dParams, dPartials, dInts, dFloats, nullptr);
+    });
+    std::printf("%2d rows x %d logits, greedy split over blocks: %7.1f us\n", n, vocab, us);
+    CK(cudaFree(dPartials));
     for (void* q : std::initializer_list<void*>{dLogits, dParams, dInts, dFloats}) CK(cudaFree(q));
   }
   return 0;
@@ -220,6 +236,11 @@ int main(int argc, char** argv) {
       failed += check(rows, topN);
       cases += static_cast<int>(rows.size());
     }
+    std::vector<Row> plain;
+    for (const Row& row : rows)
+      if (row.penalized < 0) plain.push_back(row);
+    failed += check(plain, 0, true);
+    cases += static_cast<int>(plain.size());
   }
   std::printf("%d of %d rows failed\n", failed, cases);
   return failed > 0;
