@@ -1,12 +1,14 @@
-// The prefill projections' GEMMs (Llama-3.1-8B shapes, 2048 and 4096 tokens) as the engine calls
-// cuBLAS (cublasGemmEx, CUBLAS_GEMM_DEFAULT, f32 accumulation; q/k/v and gate/up writing bf16, o and
-// down adding into the f32 residual with beta 1) against every candidate cublasLt's heuristic
+// The projections' GEMMs (Llama-3.1-8B shapes; prefill at 2048 and 4096 tokens, or with --decode
+// the decode steps the engine hands to cuBLAS, 33 to 128 tokens, and 32-token q/k/v over rank-16
+// LoRA columns) as the engine calls cuBLAS (cublasGemmEx, CUBLAS_GEMM_DEFAULT, f32 accumulation; q/k/v and gate/up
+// writing bf16, o and down adding into the f32 residual with beta 1) against every candidate cublasLt's heuristic
 // offers for the same product (up to 32, 32 MB of workspace): whether choosing among them at
-// start-up would make prefill faster. Weights and inputs hold seeded random values in [-1/32, 1/32)
-// (constant values let the clocks run higher than a model's data does).
+// start-up would make those steps faster. Decode shapes read their weights from one of several
+// copies in turn, so that each call reads them from memory rather than L2, and print GB/s. Weights and inputs hold
+// seeded random values in [-1/32, 1/32) (constant values let the clocks run higher than a model's data does).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/gemm_candidates bench/gemm_candidates.cu -lcublasLt -lcublas
-//   /tmp/gemm_candidates
+//   /tmp/gemm_candidates [--decode]
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -14,6 +16,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <vector>
 
 namespace {
 
@@ -60,20 +65,32 @@ float timeCalls(F&& call) {
 
 }  // namespace
 
-int main() {
-  const Shape shapes[] = {{"qkv", 2048, 6144, 4096, false},      {"o", 2048, 4096, 4096, true},
-                          {"gate_up", 2048, 28672, 4096, false}, {"down", 2048, 4096, 14336, true},
-                          {"qkv", 4096, 6144, 4096, false},      {"o", 4096, 4096, 4096, true},
-                          {"gate_up", 4096, 28672, 4096, false}, {"down", 4096, 4096, 14336, true}};
-  const size_t wElems = 28672ull * 4096, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
+int main(int argc, char** argv) {
+  const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
+  const Shape prefill[] = {{"qkv", 2048, 6144, 4096, false},      {"o", 2048, 4096, 4096, true},
+                           {"gate_up", 2048, 28672, 4096, false}, {"down", 2048, 4096, 14336, true},
+                           {"qkv", 4096, 6144, 4096, false},      {"o", 4096, 4096, 4096, true},
+                           {"gate_up", 4096, 28672, 4096, false}, {"down", 4096, 4096, 14336, true}};
+  std::vector<Shape> shapes(std::begin(prefill), std::end(prefill));
+  if (decode) {
+    shapes = {{"qkv+lora", 32, 6144, 4224, false}, {"gate_up+lora", 32, 28672, 4224, false}};
+    for (int m : {48, 64, 96, 128}) {
+      for (const Shape& s : {Shape{"qkv", m, 6144, 4096, false}, Shape{"o", m, 4096, 4096, true},
+                             Shape{"gate_up", m, 28672, 4096, false}, Shape{"down", m, 4096, 14336, true}})
+        shapes.push_back(s);
+    }
+  }
+  // Decode: enough copies of the weights that one call's are out of L2 by its next turn.
+  const int copies = decode ? 8 : 1;
+  const size_t wElems = 28672ull * 4224, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
   size_t wsBytes = 32u << 20;
   __nv_bfloat16 *W, *X;
   void *Y, *ws;
-  check(cudaMalloc(&W, wElems * 2), "cudaMalloc");
+  check(cudaMalloc(&W, wElems * 2 * copies), "cudaMalloc");
   check(cudaMalloc(&X, xElems * 2), "cudaMalloc");
   check(cudaMalloc(&Y, yElems * 4), "cudaMalloc");
   check(cudaMalloc(&ws, wsBytes), "cudaMalloc");
-  fillRandom<<<1024, 256>>>(W, wElems, 1);
+  fillRandom<<<1024, 256>>>(W, wElems * copies, 1);
   fillRandom<<<1024, 256>>>(X, xElems, 2);
   cudaMemset(Y, 0, yElems * 4);
   cublasHandle_t h;
@@ -86,9 +103,11 @@ int main() {
     const double flop = 2.0 * s.M * s.N * s.K;
     const float beta = s.residual ? 1.0f : 0.0f;
     const cudaDataType_t yType = s.residual ? CUDA_R_32F : CUDA_R_16BF;
+    int turn = 0;
+    const auto weights = [&] { return W + (turn++ % copies) * wElems; };
     const float base = timeCalls([&] {
-      cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, s.M, s.K, &alpha, W, CUDA_R_16BF, s.K, X, CUDA_R_16BF, s.K, &beta,
-                   Y, yType, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, s.M, s.K, &alpha, weights(), CUDA_R_16BF, s.K, X, CUDA_R_16BF, s.K,
+                   &beta, Y, yType, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     });
     cublasLtMatmulDesc_t op;
     check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
@@ -108,16 +127,21 @@ int main() {
     int n = 0;
     check(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 32, found, &n), "heuristic");
     float best = 1e9f;
+    int bestAt = -1;
+    float first = 0;
     for (int i = 0; i < n; ++i) {
-      const float t = timeCalls(
-          [&] { cublasLtMatmul(lt, op, &alpha, W, la, X, lb, &beta, Y, lc, Y, lc, &found[i].algo, ws, wsBytes, 0); });
-      if (t < best) best = t;
+      const float t = timeCalls([&] {
+        cublasLtMatmul(lt, op, &alpha, weights(), la, X, lb, &beta, Y, lc, Y, lc, &found[i].algo, ws, wsBytes, 0);
+      });
+      if (t < best) best = t, bestAt = i;
+      if (i == 0) first = t;
     }
+    const double bytes = 2.0 * s.N * s.K;  // the weights'; a decode step's inputs and outputs are small
     std::printf(
-        "%-8s M %4d N %5d K %5d %s: cublasGemmEx %7.1f us (%3.0f TFLOPS), best of %2d cublasLt candidates %7.1f us "
-        "(%3.0f TFLOPS), %.3fx\n",
-        s.name, s.M, s.N, s.K, s.residual ? "(f32 += )" : "(bf16 out)", base * 1e3, flop / base / 1e9, n, best * 1e3,
-        flop / best / 1e9, base / best);
+        "%-12s M %4d N %5d K %5d %s: cublasGemmEx %7.1f us (%3.0f TFLOPS, %4.0f GB/s), best of %2d cublasLt "
+        "candidates %7.1f us (%3.0f TFLOPS, %4.0f GB/s; heuristic's #%d, its first %.1f us), %.3fx\n",
+        s.name, s.M, s.N, s.K, s.residual ? "(f32 += )" : "(bf16 out)", base * 1e3, flop / base / 1e9,
+        bytes / base / 1e6, n, best * 1e3, flop / best / 1e9, bytes / best / 1e6, bestAt, first * 1e3, base / best);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);
     cublasLtMatrixLayoutDestroy(lb);
