@@ -303,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Greedy rows without penalties or a top-N (sampleGreedyRows): each row's logits split over
-// kGreedyParts(rows) blocks, each taking its part's argmax and the softmax's (max, sum) in one pass
+// greedyParts(rows, vocab) blocks, each taking its part's argmax and the softmax's (max, sum) in one pass
 // with the sum rescaled as the max moves; a warp a row then combines the parts.
 constexpr int kGreedyThreads = 256;
 
