@@ -10,6 +10,10 @@
 //   TROUPE_KERNEL_TIMELINE=/tmp/timeline.txt LD_PRELOAD=/tmp/libkernel_timeline.so \
 //       PROFILE=1 node bench/gpu-lora-profile.js MODEL ADAPTERS RANK
 //   python3 bench/timeline_steps.py /tmp/timeline.txt [OUT.json]
+// or, for base decode steps of ROWS rows:
+//   TROUPE_KERNEL_TIMELINE=/tmp/timeline.txt LD_PRELOAD=/tmp/libkernel_timeline.so \
+//       ROWS=1 node bench/gpu-decode-timeline.js MODEL
+//   python3 bench/timeline_decode.py /tmp/timeline.txt 10 [OUT.json]
 #include <cupti.h>
 #include <cxxabi.h>
 

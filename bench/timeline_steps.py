@@ -29,7 +29,8 @@ def label(name):
     return kernel_label(name.replace("(anonymous namespace)", "anon"))
 
 
-def read_steps(path):
+def split_steps(path):
+    """The timeline's kernels (start, end, label, grid), in the order they started, one list a step."""
     kernels = []
     for line in open(path):
         parts = line.rstrip("\n").split(" ", 5)
@@ -44,6 +45,11 @@ def read_steps(path):
             steps.append([])
         if steps:
             steps[-1].append(k)
+    return steps
+
+
+def read_steps(path):
+    steps = split_steps(path)
     want = FILL_STEPS + STEPS_PER_CASE * len(CASES)
     if len(steps) != want:
         raise SystemExit(f"{path}: {len(steps)} steps, expected {want} (a PROFILE=1 run of gpu-lora-profile.js?)")
