@@ -71,21 +71,25 @@ def walk(step):
     return rows, (reach - step[0][0]) / 1e3
 
 
+def mean_walk(steps):
+    """walk()'s columns and the span, averaged over steps, rounded to 0.1 us."""
+    total = collections.defaultdict(collections.Counter)
+    span = 0.0
+    for step in steps:
+        rows, s = walk(step)
+        span += s / len(steps)
+        for name, r in rows.items():
+            for key, v in r.items():
+                total[name][key] += v / len(steps)
+    kernels = {n: {k: round(v, 1) for k, v in r.items()} for n, r in total.items()}
+    return {"spanUs": round(span, 1), "kernels": kernels, "layer": layer_cycle(steps)}
+
+
 def per_case(steps):
     out = {}
     for c, case in enumerate(CASES):
         first = FILL_STEPS + STEPS_PER_CASE * c + 1
-        timed = steps[first : FILL_STEPS + STEPS_PER_CASE * (c + 1)]
-        total = collections.defaultdict(collections.Counter)
-        span = 0.0
-        for step in timed:
-            rows, s = walk(step)
-            span += s / len(timed)
-            for name, r in rows.items():
-                for key, v in r.items():
-                    total[name][key] += v / len(timed)
-        kernels = {n: {k: round(v, 1) for k, v in r.items()} for n, r in total.items()}
-        out[case] = {"spanUs": round(span, 1), "kernels": kernels, "layer": layer_cycle(timed)}
+        out[case] = mean_walk(steps[first : FILL_STEPS + STEPS_PER_CASE * (c + 1)])
     return out
 
 
