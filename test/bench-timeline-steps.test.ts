@@ -1,7 +1,8 @@
 // bench/timeline_steps.py: reads a kernel timeline (bench/kernel_timeline.cc) of
 // bench/gpu-lora-profile.js, splits it into steps at their embedding kernel and says, per case,
 // what each kernel adds to a step, the idle time before it and how early it started, and lays out
-// one layer from a RoPE kernel to the next.
+// one layer from a RoPE kernel to the next. bench/timeline_decode.py does the same for the decode
+// steps of bench/gpu-decode-timeline.js, the timeline's last STEPS less two of warm-up.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,11 +24,11 @@ function step(t0: number, kernels: Kernel[]): string[] {
   return [line([embed, 0, 1]), ...kernels.map(line)];
 }
 
-function run(lines: string[]): { stdout: string; json: Record<string, Case> } {
+function run(lines: string[], script = 'timeline_steps.py', args: string[] = []): { stdout: string; json: any } {
   const dir = mkdtempSync(join(tmpdir(), 'timeline-steps-'));
   // The records come in the order CUPTI hands back its buffers, not by start.
   writeFileSync(join(dir, 'timeline.txt'), [...lines].reverse().join('\n') + '\n');
-  const stdout = execFileSync('python3', ['bench/timeline_steps.py', join(dir, 'timeline.txt'), join(dir, 'out.json')], {
+  const stdout = execFileSync('python3', [`bench/${script}`, join(dir, 'timeline.txt'), ...args, join(dir, 'out.json')], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -54,7 +55,7 @@ function profile(cases: Kernel[][]): string[] {
 describe('timeline_steps.py', () => {
   it('says what each kernel adds, the idle time before it and how early it started, per case', () => {
     const layer = (at: number, extra: Kernel[]): Kernel[] => [[rope, at, at + 5], [gemm, at + 6, at + 20], ...extra];
-    const { json, stdout } = run(
+    const { json, stdout }: { json: Record<string, Case>; stdout: string } = run(
       profile([
         [...layer(2, []), ...layer(30, [])],
         [...layer(2, [[shrink, 8, 12]]), ...layer(30, [[shrink, 36, 40]])].sort((a, b) => a[1] - b[1]),
@@ -92,5 +93,44 @@ describe('timeline_steps.py', () => {
   it('refuses a timeline whose steps do not match the benchmark', () => {
     const lines = [...step(0, [[gemm, 2, 5]]), ...step(100, [[gemm, 2, 5]])];
     expect(() => run(lines)).toThrow(/2 steps, expected 13/);
+  });
+});
+
+describe('timeline_decode.py', () => {
+  // Two prefills that fill the context, then 5 decode steps, the first two (capture, first replay) slow.
+  function decodes(steps: Kernel[][]): string[] {
+    const fill: Kernel[] = [[gemm, 2, 400]];
+    return [fill, fill, ...steps].flatMap((kernels, i) => step(i * 10_000, kernels));
+  }
+  const slow: Kernel[] = [
+    [rope, 2, 50],
+    [gemm, 60, 900],
+  ];
+  // Each layer: RoPE 5 us, then the GEMM starting 1 us before RoPE ends (launched early).
+  const fast: Kernel[] = [
+    [rope, 2, 7],
+    [gemm, 6, 20],
+    [rope, 21, 26],
+    [gemm, 25, 39],
+  ];
+
+  it("takes the last STEPS decode steps less the warm-up: each kernel's time and one layer", () => {
+    const { json, stdout } = run(decodes([slow, slow, fast, fast, fast]), 'timeline_decode.py', ['5']);
+    expect(json.spanUs).toBe(39);
+    // 1 us idle before each RoPE kernel (after the embedding kernel, after the first GEMM).
+    expect(json.kernels['ropeKvKernel']).toEqual({ launches: 2, runs: 10, adds: 10, idle: 2, early: 0 });
+    // Each GEMM adds what reaches past its RoPE kernel: 13 of its 14 us.
+    expect(json.kernels[gemm]).toEqual({ launches: 2, runs: 28, adds: 26, idle: 0, early: 2 });
+    expect(json.layer).toEqual([
+      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5 },
+      { kernel: gemm, startUs: 4, endUs: 18 },
+    ]);
+    expect(stdout).toMatch(/^3 steps timed, step span 39\.0 us/);
+  });
+
+  it('refuses a step count the timeline does not hold, or one with nothing after the warm-up', () => {
+    const lines = decodes([slow, slow, fast]);
+    expect(() => run(lines, 'timeline_decode.py', ['9'])).toThrow(/5 steps; STEPS must be more than 2 and at most that/);
+    expect(() => run(lines, 'timeline_decode.py', ['2'])).toThrow(/STEPS must be more than 2/);
   });
 });
