@@ -26,7 +26,7 @@ const c = ckpt.config;
 const h = addon.createEngine(c, ckpt.tensors, {
   device: 'cuda',
   blockSize: BLOCK,
-  kvBlocks: ROWS * maxBlocks,
+  kvBlocks: 128 * maxBlocks, // a cache of bench/gpu-decode.js's size, whatever ROWS
   memFractionStatic: 0.85,
   loraSlots: 0,
   maxLoraRank: 0,
