@@ -26,7 +26,7 @@ const c = ckpt.config;
 const h = addon.createEngine(c, ckpt.tensors, {
   device: 'cuda',
   blockSize: BLOCK,
-  kvBlocks: 128 * maxBlocks, // a cache of bench/gpu-decode.js's size, whatever ROWS
+  kvBlocks: 128 * maxBlocks, // room for 128 rows whatever ROWS, as bench/gpu-decode.js allocates
   memFractionStatic: 0.85,
   loraSlots: 0,
   maxLoraRank: 0,

@@ -72,7 +72,7 @@ def walk(step):
 
 
 def mean_walk(steps):
-    """walk()'s columns and the span, averaged over steps, rounded to 0.1 us."""
+    """walk()'s columns and the span averaged over steps (to 0.1 us), and their layer_cycle()."""
     total = collections.defaultdict(collections.Counter)
     span = 0.0
     for step in steps:
