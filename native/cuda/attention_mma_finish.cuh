@@ -14,17 +14,24 @@ namespace troupe {
 namespace cuda {
 namespace attention_ops {
 
-// Every thread of the block calls it; the first kWarps warps bring their row gi's running
-// maximum m, sum l (this lane's share) and O fragments o (attention_mma.cu's layout), and any
-// warps after them (a copying warp) only take part in the block's barriers and writes. smem: at
-// least kWarps G D floats that no copy still fills.
-template <int D, int G, int kWarps, int kThreadCount>
+// The first kThreadCount threads of the block call it (kNamed: those alone meet at named barrier 1,
+// as a copying warp goes on; else the whole block meets at its barriers); the first kWarps warps
+// bring their row gi's running maximum m, sum l (this lane's share) and O fragments o
+// (attention_mma.cu's layout), and any warps after them (a copying warp) only take part in the
+// barriers and writes. smem: at least kWarps G D floats that no copy still fills.
+template <int D, int G, int kWarps, int kThreadCount, bool kNamed = false>
 __device__ __forceinline__ void finishDecodeBlock(float m, float l, const float (&o)[D / 8][4], unsigned char* smem,
                                                   int local, int t, int g, int s, int splits, int H, int KVH,
                                                   float* partial, float* partialMl, bf16_t* out,
                                                   const OLoraEpilogue& epi) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, qi = lane & 3;
   const bool consumer = warp < kWarps;
+  auto sync = [] {
+    if constexpr (kNamed)
+      asm volatile("bar.sync 1, %0;" ::"n"(kThreadCount) : "memory");
+    else
+      __syncthreads();
+  };
   float* so = reinterpret_cast<float*>(smem);  // [kWarps][G][D]
   __shared__ float sm[kWarps][G], sl[kWarps][G];
   l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -33,7 +40,7 @@ __device__ __forceinline__ void finishDecodeBlock(float m, float l, const float 
     sm[warp][gi] = m;
     sl[warp][gi] = l;
   }
-  __syncthreads();
+  sync();
   if (consumer && gi < G) {
     float M = -INFINITY;
 #pragma unroll
@@ -61,7 +68,7 @@ __device__ __forceinline__ void finishDecodeBlock(float m, float l, const float 
       ml[1] = L;
     }
   }
-  __syncthreads();
+  sync();
   // Token t's row: [head][headDim], or its augmented row when the o shrink is taken here.
   const size_t outRow = static_cast<size_t>(t) * (epi.a ? epi.ld : H * D);
   constexpr int kMine = (G * D + kThreadCount - 1) / kThreadCount;
@@ -84,7 +91,8 @@ __device__ __forceinline__ void finishDecodeBlock(float m, float l, const float 
     }
   }
   // The features here are [g G D, (g + 1) G D) of the row; so is free once every thread has its sums.
-  if (epi.a) oLoraEpilogue<G * D, kThreadCount>(epi, t, g, KVH, mine, so);
+  if constexpr (!kNamed)
+    if (epi.a) oLoraEpilogue<G * D, kThreadCount>(epi, t, g, KVH, mine, so);
 }
 
 }  // namespace attention_ops

@@ -259,6 +259,13 @@ int checkPrefill(const char* name, const Shape& sh, const std::vector<int>& seqC
   return judge(name, tma ? "prefill tma" : "prefill", 0, p, got);
 }
 
+// n contexts from 1 to about `most` keys, mixed.
+std::vector<int> manyContexts(int n, int most) {
+  std::vector<int> ctx;
+  for (int i = 0; i < n; ++i) ctx.push_back(1 + (i * 37 + i * i * 11) % most);
+  return ctx;
+}
+
 int runChecks() {
   int failed = 0;
   struct C {
@@ -282,6 +289,14 @@ int runChecks() {
       {"D256 G2", {8, 4, 256, 16, 0}, {1, 45, 400}, 2},
       {"D256 G4 window 100", {16, 4, 256, 16, 100}, {99, 101, 700}, 5},
       {"D128 G4 long context", {32, 8, 128, 16, 0}, {4000}, 8},
+      // More (token, KV head, split) items than every SM's blocks: the tensor-copy kernel's blocks
+      // then go through several items each.
+      {"D128 G4 70 sequences", {32, 8, 128, 16, 0}, manyContexts(70, 700), 1},
+      {"D128 G4 70 sequences, 2 splits", {32, 8, 128, 16, 0}, manyContexts(70, 700), 2},
+      {"D128 G4 window 50, 70 sequences", {32, 8, 128, 16, 50}, manyContexts(70, 300), 1},
+      {"D128 G8 140 sequences", {32, 4, 128, 16, 0}, manyContexts(140, 300), 1},
+      {"D64 G7 150 sequences", {14, 2, 64, 16, 0}, manyContexts(150, 400), 1},
+      {"D128 G2 block size 8, 40 sequences", {16, 8, 128, 8, 0}, manyContexts(40, 500), 1},
   };
   for (const C& c : cases) {
     failed += check(c.name, c.sh, c.ctx, c.splits, Kernel::kCudaCore);
