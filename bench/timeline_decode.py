@@ -8,12 +8,12 @@ that fill the context come first, then the STEPS decode steps the run took (it p
 which the first two are warm-up (the graph's capture and first replay). Prints, over the rest, each kernel's launches, time running and
 what it adds to the step as the GPU ran it, then one layer: the kernels from one RoPE kernel to the
 next, their start and end after that RoPE kernel's start, averaged over the layers whose kernels
-match the most common sequence.
+match the most common sequence, and their grids.
 """
 import json
 import sys
 
-from timeline_steps import mean_walk, split_steps
+from timeline_steps import mean_walk, print_layer, split_steps
 
 WARM_UP = 2
 
@@ -31,9 +31,7 @@ def main():
     for n, r in sorted(out["kernels"].items(), key=lambda x: -x[1]["adds"]):
         print(f"{n:40s} {r['launches']:8.0f} {r['runs']:9.1f} {r['adds']:9.1f} {r['idle']:9.1f} {r['early']:9.1f}")
     print("\none layer (us after its RoPE kernel starts):")
-    print(f"{'kernel':40s} {'start':>8s} {'end':>8s} {'runs':>8s}")
-    for k in out["layer"]:
-        print(f"{k['kernel']:40s} {k['startUs']:8.2f} {k['endUs']:8.2f} {k['endUs'] - k['startUs']:8.2f}")
+    print_layer(out["layer"])
     if len(sys.argv) == 4:
         json.dump(out, open(sys.argv[3], "w"), indent=2)
 

@@ -14,7 +14,7 @@ Compute's serialized times say only how long each kernel takes alone.
 
 Then one layer as the GPU ran it, per case: the kernels from one RoPE kernel to the next, their
 start and end after that RoPE kernel's start, averaged over the layers whose kernels match the
-most common sequence.
+most common sequence, and their grids (blocks).
 """
 import collections
 import json
@@ -94,13 +94,14 @@ def per_case(steps):
 
 
 def layer_cycle(steps):
-    """The most common kernel sequence from one ropeKvKernel to the next, with mean start and end (us)."""
+    """The most common kernel sequence from one ropeKvKernel to the next, with mean start and end (us)
+    and each kernel's most common grid (blocks: how many multiprocessors it can hold)."""
     cycles = []
     for step in steps:
         at = [i for i, k in enumerate(step) if k[2] == "ropeKvKernel"]
         for a, b in zip(at, at[1:]):
             t0 = step[a][0]
-            cycles.append([(k[2], (k[0] - t0) / 1e3, (k[1] - t0) / 1e3) for k in step[a:b]])
+            cycles.append([(k[2], (k[0] - t0) / 1e3, (k[1] - t0) / 1e3, k[3]) for k in step[a:b]])
     if not cycles:
         return []
     shapes = collections.Counter(tuple(k[0] for k in c) for c in cycles)
@@ -108,9 +109,17 @@ def layer_cycle(steps):
     same = [c for c in cycles if tuple(k[0] for k in c) == shape]
     return [
         {"kernel": name, "startUs": round(sum(c[i][1] for c in same) / len(same), 2),
-         "endUs": round(sum(c[i][2] for c in same) / len(same), 2)}
+         "endUs": round(sum(c[i][2] for c in same) / len(same), 2),
+         "blocks": collections.Counter(c[i][3] for c in same).most_common(1)[0][0]}
         for i, name in enumerate(shape)
     ]
+
+
+def print_layer(layer):
+    """One layer_cycle() as a table."""
+    print(f"{'kernel':40s} {'start':>8s} {'end':>8s} {'runs':>8s} {'blocks':>7s}")
+    for k in layer:
+        print(f"{k['kernel']:40s} {k['startUs']:8.2f} {k['endUs']:8.2f} {k['endUs'] - k['startUs']:8.2f} {k['blocks']:7d}")
 
 
 def main():
@@ -130,9 +139,7 @@ def main():
                 print(f"{n:40s} {r['launches']:8.0f} {r['runs']:9.1f} {r['adds']:9.1f} {r.get('idle', 0):9.1f} {r.get('early', 0):9.1f}")
     for case in CASES:
         print(f"\none layer, {case} (us after its RoPE kernel starts):")
-        print(f"{'kernel':40s} {'start':>8s} {'end':>8s} {'runs':>8s}")
-        for k in cases[case]["layer"]:
-            print(f"{k['kernel']:40s} {k['startUs']:8.2f} {k['endUs']:8.2f} {k['endUs'] - k['startUs']:8.2f}")
+        print_layer(cases[case]["layer"])
     print(f"\nwhat {last} add over {base}, by kernel (us a step):")
     for n in names:
         d = cases[last]["kernels"].get(n, {}).get("adds", 0) - cases[base]["kernels"].get(n, {}).get("adds", 0)

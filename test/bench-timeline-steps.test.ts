@@ -14,13 +14,13 @@ const rope = 'troupe::(anonymous namespace)::ropeKvKernel(float*, int)';
 const gemm = 'nvjet_sm90_tss_128x32_64x10_2x1_v_bz_TNT';
 const shrink = 'void troupe::cuda::(anonymous namespace)::itemShrinkKernel<256, 1, 8>(const unsigned short*, int)';
 
-type Kernel = [name: string, startUs: number, endUs: number];
+type Kernel = [name: string, startUs: number, endUs: number, grid?: number];
 type Row = { launches: number; runs: number; adds: number; idle: number; early: number };
-type Case = { spanUs: number; kernels: Record<string, Row>; layer: { kernel: string; startUs: number; endUs: number }[] };
+type Case = { spanUs: number; kernels: Record<string, Row>; layer: { kernel: string; startUs: number; endUs: number; blocks: number }[] };
 
-/** Timeline lines of one step starting at t0 (us): its embedding kernel (1 us), then the kernels. */
+/** Timeline lines of one step starting at t0 (us): its embedding kernel (1 us), then the kernels (grids of 132 blocks unless given). */
 function step(t0: number, kernels: Kernel[]): string[] {
-  const line = ([name, s, e]: Kernel) => `${Math.round((t0 + s) * 1e3)} ${Math.round((t0 + e) * 1e3)} 7 3 132 ${name}`;
+  const line = ([name, s, e, grid = 132]: Kernel) => `${Math.round((t0 + s) * 1e3)} ${Math.round((t0 + e) * 1e3)} 7 3 ${grid} ${name}`;
   return [line([embed, 0, 1]), ...kernels.map(line)];
 }
 
@@ -45,7 +45,7 @@ function profile(cases: Kernel[][]): string[] {
   };
   for (let i = 0; i < 4; i++) add([[gemm, 2, 50]]);
   for (const kernels of cases) {
-    add(kernels.map(([n, s, e]) => [n, s * 10, e * 10] as Kernel));
+    add(kernels.map(([n, s, e, grid]) => [n, s * 10, e * 10, grid] as Kernel));
     add(kernels);
     add(kernels);
   }
@@ -62,10 +62,10 @@ describe('timeline_steps.py', () => {
         [
           // A shrink before each GEMM, which starts 2 us before the shrink ends.
           [rope, 2, 7],
-          [shrink, 8, 12],
+          [shrink, 8, 12, 96],
           [gemm, 10, 30],
           [rope, 31, 36],
-          [shrink, 37, 41],
+          [shrink, 37, 41, 96],
           [gemm, 39, 59],
         ],
       ]),
@@ -79,11 +79,12 @@ describe('timeline_steps.py', () => {
     expect(eight.spanUs).toBe(59);
     expect(eight.kernels['itemShrinkKernel']).toEqual({ launches: 2, runs: 8, adds: 8, idle: 2, early: 0 });
     expect(eight.kernels[gemm]).toEqual({ launches: 2, runs: 40, adds: 36, idle: 0, early: 4 });
-    // One layer, from its RoPE kernel's start, the same in both layers of the step.
+    // One layer, from its RoPE kernel's start, the same in both layers of the step, with each
+    // kernel's grid.
     expect(eight.layer).toEqual([
-      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5 },
-      { kernel: 'itemShrinkKernel', startUs: 6, endUs: 10 },
-      { kernel: gemm, startUs: 8, endUs: 28 },
+      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5, blocks: 132 },
+      { kernel: 'itemShrinkKernel', startUs: 6, endUs: 10, blocks: 96 },
+      { kernel: gemm, startUs: 8, endUs: 28, blocks: 132 },
     ]);
     expect(stdout).toMatch(/what 8 adapters add over base, by kernel/);
     expect(stdout).toMatch(/itemShrinkKernel\s+\+8\.0/);
@@ -109,9 +110,9 @@ describe('timeline_decode.py', () => {
   // Each layer: RoPE 5 us, then the GEMM starting 1 us before RoPE ends (launched early).
   const fast: Kernel[] = [
     [rope, 2, 7],
-    [gemm, 6, 20],
+    [gemm, 6, 20, 96],
     [rope, 21, 26],
-    [gemm, 25, 39],
+    [gemm, 25, 39, 96],
   ];
 
   it("takes the last STEPS decode steps less the warm-up: each kernel's time and one layer", () => {
@@ -122,8 +123,8 @@ describe('timeline_decode.py', () => {
     // Each GEMM adds what reaches past its RoPE kernel: 13 of its 14 us.
     expect(json.kernels[gemm]).toEqual({ launches: 2, runs: 28, adds: 26, idle: 0, early: 2 });
     expect(json.layer).toEqual([
-      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5 },
-      { kernel: gemm, startUs: 4, endUs: 18 },
+      { kernel: 'ropeKvKernel', startUs: 0, endUs: 5, blocks: 132 },
+      { kernel: gemm, startUs: 4, endUs: 18, blocks: 96 },
     ]);
     expect(stdout).toMatch(/^3 steps timed, step span 39\.0 us/);
   });
