@@ -6,7 +6,8 @@
 // median of 20 steps after warm-up, timed on the host around the whole step (inputs up,
 // forward, sampling, tokens down); prefill of 1 x 2048 and 8 x 512 tokens, the median of 9.
 // Roofline: (bf16 weights a step reads, i.e. all but the embedding table, plus the batch's KV
-// cache) / the measured device-to-device bandwidth.
+// cache) / the measured device-to-device bandwidth. DECODE_ONLY=1 times the decode batches alone
+// (for comparing two builds back to back).
 import { readFileSync, writeFileSync } from 'node:fs';
 
 import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
@@ -114,10 +115,13 @@ for (const bs of BATCHES) {
     `decode batch ${bs}: ${ms.toFixed(2)} ms (roofline ${rooflineMs.toFixed(2)} ms, x${(ms / rooflineMs).toFixed(2)}; transformers ${hfMs.toFixed(2)} ms)`,
   );
 }
-for (const [bs, len] of [
-  [1, 2048],
-  [8, 512],
-]) {
+const decodeOnly = process.env.DECODE_ONLY === '1';
+for (const [bs, len] of decodeOnly
+  ? []
+  : [
+      [1, 2048],
+      [8, 512],
+    ]) {
   const p = prefill(h, bs, len);
   const t = hf.prefill[`${bs}x${len}`];
   result.prefill[`${bs}x${len}`] = { ...p, transformersTokensPerS: t.tokensPerS, overTransformers: p.tokensPerS / t.tokensPerS };
@@ -127,7 +131,7 @@ for (const [bs, len] of [
 }
 addon.destroyEngine(h);
 const h2 = engine(0);
-for (const bs of [1, 32]) {
+for (const bs of decodeOnly ? [] : [1, 32]) {
   result.decodeNoGraph[bs] = decode(h2, bs);
   console.log(`decode batch ${bs} without CUDA graphs: ${result.decodeNoGraph[bs].toFixed(2)} ms`);
 }

@@ -312,11 +312,15 @@ int splitCap(int context, int keys) {
 int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel, int longestContext) {
   const int work = decodes * kvHeads;
   if (kernel == DecodeKernel::kTma) {
-    // The tensor-copy kernel is fastest with one wave of blocks, as many splits as leave every
-    // SM its kTmaBlocksPerSm blocks and no more: on an H200 8 rows x 8192 keys took 74.5 us with
-    // 4 splits (256 blocks) against 105 with 5, 16 x 2048 42.5 with 2 against 52.2 with 3, and 32
-    // x 2048 72 with 1 against 81 with 3 (bench/results/2026-12-01-h200-attention-tma.json).
-    const int splits = std::clamp(kTmaBlocksPerSm * sms / work, 1, kMaxDecodeSplits);
+    // The tensor-copy kernel is fastest with one wave of blocks. Over long contexts, as many
+    // splits as leave every SM its kTmaBlocksPerSm blocks and no more: on an H200 8 rows x 8192
+    // keys took 74.5 us with 4 splits (256 blocks) against 105 with 5, and 32 x 2048 72 with 1
+    // against 81 with 3 (bench/results/2026-12-01-h200-attention-tma.json). Over short ones, a
+    // block an SM, as each further split costs its pipeline's fill and finish more than its
+    // bytes: 16 rows x 512 keys took 15.6 us with 1 split against 17.9 with 2, 8 rows 13.3 with 2
+    // against 14.0 with 4 (bench/results/2026-12-01-h200-attention-copier-lanes.json).
+    const int perSm = longestContext <= kTmaShortContext ? 1 : kTmaBlocksPerSm;
+    const int splits = std::clamp(perSm * sms / work, 1, kMaxDecodeSplits);
     return std::min(splits, splitCap(longestContext, kMmaMinKeysPerSplit));
   }
   const bool mma = kernel == DecodeKernel::kMma;

@@ -5,7 +5,8 @@
 // cache blocks, and the kernel's time followed the warps resident on an SM rather than the bytes
 // in flight (bench/results/2026-12-01-h200-attention-pipeline-variants.json). Here a fifth warp issues the
 // tensor copies of each cache block's K and V rows (a copy a 64-value part of the rows, 2 KB at 16
-// keys), counted on an mbarrier, up to kStages tiles ahead of the warps that multiply. On an H200
+// keys), counted on an mbarrier, up to kStages tiles ahead of the warps that multiply, each of its
+// lanes looking up and copying one cache block of a tile. On an H200
 // it read 32 rows x 2048 keys at 3.7 TB/s against 3.3 (bench/results/2026-12-01-h200-attention-tma.json).
 //
 // Once a step has more (token, KV head, split) items than the GPU holds blocks at once, each block
@@ -131,49 +132,45 @@ __global__ void __launch_bounds__(kThreads, kTmaBlocksPerSm)
 
   initStageBarriers(full, empty, kStages, kWarps);
 
-  // Tile i of an item into stage n % kStages, by one thread: the blocks of its keys in [lo, end).
+  // Tile i of an item into stage n % kStages, by the copying warp: lane p < kKeys / 8 looks up copy
+  // p's cache block and issues its tensor copies, so a tile's block-table loads and copies go out
+  // together rather than one after another from one thread (which made the copying warp, not the
+  // memory, set the pace of a block with more tiles than stages). The block ids are read before
+  // the stage is waited for.
   auto issue = [&](const Item& it, int i, int n) {
     const int stage = n % kStages, k0 = it.begin + i * kKeys, copyBytes = rows * D * 2;
-    int cacheRow[kKeys / 8], copies = 0;
+    const int cacheRow = lane < kKeys / 8 ? copyRow(it.bt, k0, lane, rows, bs, KVH, it.g, it.lo, it.end) : -1;
+    const int copies = __popc(__ballot_sync(~0u, cacheRow >= 0));
+    if (n >= kStages) barrierWait(&empty[stage], ((n / kStages) - 1) & 1);
+    if (lane == 0) barrierExpect(&full[stage], 2 * copies * copyBytes);
+    __syncwarp();  // the bytes are expected before any copy can land
+    if (cacheRow < 0) return;
+    unsigned char* dk = tileK(stage) + lane * copyBytes;
+    unsigned char* dv = tileV(stage) + lane * copyBytes;
 #pragma unroll
-    for (int p = 0; p < kKeys / 8; ++p) {
-      cacheRow[p] = copyRow(it.bt, k0, p, rows, bs, KVH, it.g, it.lo, it.end);
-      copies += cacheRow[p] >= 0;
-    }
-    barrierExpect(&full[stage], 2 * copies * copyBytes);
-#pragma unroll
-    for (int p = 0; p < kKeys / 8; ++p) {
-      if (cacheRow[p] < 0) continue;
-      unsigned char* dk = tileK(stage) + p * copyBytes;
-      unsigned char* dv = tileV(stage) + p * copyBytes;
-#pragma unroll
-      for (int h = 0; h < D / 64; ++h) {
-        tensorCopy(dk + h * rows * 128, &kMap, h * 64, cacheRow[p], &full[stage]);
-        tensorCopy(dv + h * rows * 128, &vMap, h * 64, cacheRow[p], &full[stage]);
-      }
+    for (int h = 0; h < D / 64; ++h) {
+      tensorCopy(dk + h * rows * 128, &kMap, h * 64, cacheRow, &full[stage]);
+      tensorCopy(dv + h * rows * 128, &vMap, h * 64, cacheRow, &full[stage]);
     }
   };
 
   if (warp == kWarps) {
-    if (lane == 0) {
-      // Launched early (programmatic dependent launch, pdl.cuh), the block copies its first item's
-      // tiles wholly before the token's own key while RoPE, the kernel before, still writes that
-      // key and q: every other key of the context was written by an earlier step.
-      int n = 0;  // the block's tiles so far, over its items: stage n % kStages
-      bool waited = false;
-      for (int i = blockIdx.x; i < items; i += gridDim.x) {
-        const Item it = itemAt(i);
-        for (int tile = 0; tile < it.tiles; ++tile, ++n) {
-          if (!waited && !(n == tile && tile < kStages && it.begin + (tile + 1) * kKeys < map.positions[it.t] + 1)) {
-            pdlWait();
-            waited = true;
-          }
-          if (n >= kStages) barrierWait(&empty[n % kStages], ((n / kStages) - 1) & 1);
-          issue(it, tile, n);
+    // Launched early (programmatic dependent launch, pdl.cuh), the block copies its first item's
+    // tiles wholly before the token's own key while RoPE, the kernel before, still writes that
+    // key and q: every other key of the context was written by an earlier step.
+    int n = 0;  // the block's tiles so far, over its items: stage n % kStages
+    bool waited = false;
+    for (int i = blockIdx.x; i < items; i += gridDim.x) {
+      const Item it = itemAt(i);
+      for (int tile = 0; tile < it.tiles; ++tile, ++n) {
+        if (!waited && !(n == tile && tile < kStages && it.begin + (tile + 1) * kKeys < map.positions[it.t] + 1)) {
+          pdlWait();
+          waited = true;
         }
+        issue(it, tile, n);
       }
-      if (!waited) pdlWait();
     }
+    if (!waited) pdlWait();
     __syncwarp();  // the block's barriers below want the whole warp
     if constexpr (kLoop) return;
   }

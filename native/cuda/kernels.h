@@ -99,6 +99,7 @@ constexpr int kMaxDecodeSplits = 32;
 constexpr int kMmaKeysPerSplit = 768;     // about the keys a split, once the batch fills the SMs
 constexpr int kMmaMinKeysPerSplit = 128;  // and before (two of the kernel's tiles)
 constexpr int kTmaBlocksPerSm = 2;        // the tensor-copy kernel's blocks resident on an SM
+constexpr int kTmaShortContext = 1024;    // up to which its splits aim at a block an SM, not two
 int decodeAttentionSplits(int decodes, int kvHeads, int sms, DecodeKernel kernel, int longestContext);
 // With epi set (epi.a), the o projection's LoRA columns are taken too where the tensor-core kernel
 // runs one split, and out is ignored for epi.xa; returns whether they were.
