@@ -351,10 +351,14 @@ int bench(int onlyBatch, int onlyCtx, Kernel which) {
   const int sms = prop.multiProcessorCount;
   std::printf("%s, %d SMs\n", prop.name, sms);
   const Shape& sh = kLlama8b;
-  for (int ctx : {512, 2048, 8192}) {
+  // --bench B C: that batch and context alone, any of them; --bench: these, up to 128 x 2048 keys.
+  const std::vector<int> contexts = onlyBatch > 0 ? std::vector<int>{onlyCtx} : std::vector<int>{512, 2048, 8192};
+  const std::vector<int> batches =
+      onlyBatch > 0 ? std::vector<int>{onlyBatch} : std::vector<int>{1, 8, 16, 32, 64, 128};
+  for (int ctx : contexts) {
     if (onlyBatch < 0) break;  // --bench prefill: the prefill rows alone
-    for (int b : {1, 8, 16, 32, 64, 128}) {
-      if (onlyBatch > 0 ? b != onlyBatch || ctx != onlyCtx : b * ctx > 128 * 2048) continue;
+    for (int b : batches) {
+      if (onlyBatch == 0 && b * ctx > 128 * 2048) continue;
       const size_t bytes = static_cast<size_t>(b) * ctx * sh.kvHeads * sh.D * 2 * 2;
       const int layers = static_cast<int>(std::clamp<size_t>((size_t{1} << 30) / bytes, 2, 16));
       const Problem p = make(sh, std::vector<int>(b, ctx), layers, 11u, false);
