@@ -119,6 +119,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
+  if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_SPLITS"))
+    attnSplits_ = std::clamp(std::atoi(env), 0, cuda::kMaxDecodeSplits);
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
     const std::string v(env);

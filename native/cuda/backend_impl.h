@@ -207,6 +207,9 @@ class CudaBackend : public Backend {
   // decode kernel and GEMM-based prefill, for comparing); nullptr: those.
   cuda::DecodeMmaLauncher attnMma_ = nullptr;
   cuda::DecodeKernel attnKernel_ = cuda::DecodeKernel::kCudaCore;  // the one attnMma_ runs
+  // TROUPE_CUDA_ATTENTION_SPLITS=N: every decode attention with N context splits (0: the count
+  // decodeAttentionSplits picks for the step), so that split rules can be compared in one build.
+  int attnSplits_ = 0;
   cuda::PrefillMmaLauncher prefillMma_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GpuWeights> w_;

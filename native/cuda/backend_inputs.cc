@@ -28,7 +28,8 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
   p.decodes = static_cast<int>(decIdx.size());
   p.sampled = static_cast<int>(rows.size());
   if (p.decodes > 0) {
-    p.splits = cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnKernel_, longest);
+    p.splits = attnSplits_ > 0 ? attnSplits_
+                               : cuda::decodeAttentionSplits(p.decodes, c_.numKvHeads, sms_, attnKernel_, longest);
   }
   if (b.maxBlocksPerSeq > pitch_) {
     pitch_ = b.maxBlocksPerSeq;
