@@ -116,7 +116,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
         std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
-  if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvEnabled_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvRows_ = std::clamp(std::atoi(env), 0, cuda::kGemvLimitRows);
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_SPLITS"))

@@ -152,8 +152,12 @@ class CudaBackend : public Backend {
   EngineOptions o_;
   int device_ = 0;
   std::unique_ptr<cuda::DeviceComm> comm_;
-  // TROUPE_CUDA_GEMV=0 sends every projection to cuBLAS (for comparing the two).
-  bool gemvEnabled_ = true;
+  // The most tokens a projection runs on the GEMV; TROUPE_CUDA_GEMV=N (0 sends every projection to
+  // cuBLAS or the decode GEMM, for comparing).
+  int gemvRows_ = cuda::kGemvMaxRows;
+  bool gemvTakes(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx) const {
+    return M <= gemvRows_ && cuda::gemvSupported(M, K, W, ldw, X, ldx);
+  }
   // GEMVs launched to start while the kernel before them runs (compute capability 9.0, gemv.cu);
   // TROUPE_CUDA_GEMV_EARLY=0 waits for it, for comparing.
   bool gemvEarly_ = false;

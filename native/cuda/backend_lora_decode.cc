@@ -24,7 +24,7 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
                                                int ldx, float* y, int N, bool accumulate) const {
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  const bool gemv = gemvEnabled_ && cuda::gemvSupported(T, in, W, ld, x, ldx);
+  const bool gemv = gemvTakes(T, in, W, ld, x, ldx);
   // Only where project() would take the decode GEMM over the same rows.
   // One GPU only: measured there (with tensor parallelism each rank's shrink would be a partial
   // sum, which the expand may take as well, but that path is not measured).

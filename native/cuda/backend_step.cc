@@ -179,7 +179,7 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   if (yType == cuda::ElemType::BF16) return gemm_->linear(M, N, K, W, ldw, X, ldx, Y, yType, 1, accumulate ? 1 : 0);
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldx, a.Y = Y, a.ldy = N, a.M = M, a.N = N, a.K = K, a.accumulate = accumulate;
-  if (gemvEnabled_ && cuda::gemvSupported(M, K, W, ldw, X, ldx)) {
+  if (gemvTakes(M, K, W, ldw, X, ldx)) {
     cuda::gemv(W, ldw, X, ldx, Y, M, N, K, accumulate, stream_, gemvEarly_);
   } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
     // The projections that add into the residual (o, down): see decode_gemm.h.

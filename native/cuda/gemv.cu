@@ -1,6 +1,6 @@
 // Matrix-vector products for decode steps of a few tokens: Y[m][n] (+)= X[m] . W[n] over K, for
-// M <= kGemvMaxRows (past 4 rows the per-weight arithmetic outweighs the saved bandwidth and
-// cuBLAS wins). A step of one to a few sequences is bound by reading the weights once, and
+// M <= kGemvLimitRows (kGemvMaxRows in a decode step: past it the per-weight arithmetic outweighs
+// the saved bandwidth and cuBLAS wins). A step of one to a few sequences is bound by reading the weights once, and
 // cuBLAS's GEMM kernels at this shape stream them at well under the device's bandwidth. Here a
 // warp owns one output row n: its lanes read W[n] in contiguous 16-byte pieces (streaming loads,
 // since each weight is used once per step), several pieces in flight per lane, and dot them with
@@ -91,7 +91,7 @@ void launch(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int N,
 }  // namespace
 
 bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx) {
-  return M >= 1 && M <= kGemvMaxRows && K % 8 == 0 && ldw % 8 == 0 && ldx % 8 == 0 && aligned16(W) && aligned16(X);
+  return M >= 1 && M <= kGemvLimitRows && K % 8 == 0 && ldw % 8 == 0 && ldx % 8 == 0 && aligned16(W) && aligned16(X);
 }
 
 void gemv(const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, int M, int N, int K, bool accumulate,
