@@ -160,10 +160,12 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
 // rows ldw and X's ldx elements apart (bf16), Y [M][N] f32: the decode-step projection when only a
 // few tokens run (gemvSupported says when: 16-byte pieces throughout).
 constexpr int kGemvLimitRows = 4;
-// The most a decode step gives it: on an H200 at Llama-8B's shapes a step of 4 tokens took
-// 5.64 ms on the GEMV against 4.77-4.87 on cuBLAS and the decode GEMM, while 3 tokens took
-// 4.63-4.72 against 4.84 (bench/results/2026-12-02-h200-gemv-rows.json).
-constexpr int kGemvMaxRows = 3;
+// The most a decode step gives it. Past two tokens the GEMV's speed hangs on how the compiler
+// schedules its loads. On an H200 at Llama-8B's shapes, ms a step on the GEMV against cuBLAS and
+// the decode GEMM: 4 tokens 5.10-5.21 against 4.75-4.84; 3 tokens 5.04-5.11 against 4.77-4.85
+// (4.63-4.78 on another build's GEMV); 2 tokens 4.63-4.70 against 4.73-4.81
+// (bench/results/2026-12-02-h200-gemv-rows.json).
+constexpr int kGemvMaxRows = 2;
 bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx);
 // early: launched so that it may start while the kernel before it runs (compute capability 9.0,
 // pdl.cuh), loading its first weights meanwhile.
