@@ -57,13 +57,14 @@ unsigned parseGroups(const char* var, const std::string& text,
   return bits;
 }
 
-// A switch holding a token count from 1 to most (TROUPE_CUDA_BF16_ROWS_TOKENS).
-int parseTokens(const char* var, const std::string& text, int most) {
+// A switch holding a whole number from least to most (TROUPE_CUDA_BF16_ROWS_TOKENS, TROUPE_CUDA_GEMV,
+// TROUPE_CUDA_ATTENTION_SPLITS).
+int parseCount(const char* var, const std::string& text, int least, int most) {
   char* end = nullptr;
   const long n = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || n < 1 || n > most) {
-    throw std::invalid_argument(std::string(var) + ": expected a token count from 1 to " + std::to_string(most) +
-                                "; got \"" + text + "\"");
+  if (text.empty() || *end != '\0' || n < least || n > most) {
+    throw std::invalid_argument(std::string(var) + ": expected a whole number from " + std::to_string(least) + " to " +
+                                std::to_string(most) + "; got \"" + text + "\"");
   }
   return static_cast<int>(n);
 }
@@ -116,11 +117,12 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
         std::to_string(c.headDim) + " and " + std::to_string(headsPerKv_));
   }
   check(cudaSetDevice(device_), "cudaSetDevice");
-  if (const char* env = std::getenv("TROUPE_CUDA_GEMV")) gemvRows_ = std::clamp(std::atoi(env), 0, cuda::kGemvLimitRows);
+  if (const char* env = std::getenv("TROUPE_CUDA_GEMV"))
+    gemvRows_ = parseCount("TROUPE_CUDA_GEMV", env, 0, cuda::kGemvLimitRows);
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_SPLITS"))
-    attnSplits_ = std::clamp(std::atoi(env), 0, cuda::kMaxDecodeSplits);
+    attnSplits_ = parseCount("TROUPE_CUDA_ATTENTION_SPLITS", env, 0, cuda::kMaxDecodeSplits);
   if (const char* env = std::getenv("TROUPE_LORA_ROW_SHRINK")) rowShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_SHRINK")) {
     const std::string v(env);
@@ -136,7 +138,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     bf16Rows_ =
         parseGroups("TROUPE_CUDA_BF16_ROWS", env, {{"qkv", cuda::kQkvWeight}, {"gate_up", cuda::kGateUpWeight}});
   if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS_TOKENS"))
-    bf16RowsTokens_ = parseTokens("TROUPE_CUDA_BF16_ROWS_TOKENS", env, 1 << 30);
+    bf16RowsTokens_ = parseCount("TROUPE_CUDA_BF16_ROWS_TOKENS", env, 1, 1 << 30);
   if (const char* env = std::getenv("TROUPE_CUDA_SAMPLE_FILTERS")) sampleFilters_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
