@@ -25,6 +25,10 @@ const BLOCK = 16;
 const CONTEXT = 512;
 // DECODE_BATCHES=1,2,4: those batches instead.
 const BATCHES = process.env.DECODE_BATCHES ? process.env.DECODE_BATCHES.split(',').map(Number) : [1, 8, 32, 64, 128];
+// The cache below is sized for 128 sequences.
+if (!BATCHES.every((b) => Number.isInteger(b) && b >= 1 && b <= 128)) {
+  throw new Error(`DECODE_BATCHES: expected batch sizes from 1 to 128, comma-separated; got "${process.env.DECODE_BATCHES}"`);
+}
 const STEPS = 20;
 const maxBlocks = Math.ceil((CONTEXT + STEPS + 8) / BLOCK);
 const kvBlocks = Math.max(128 * maxBlocks, 8 * Math.ceil(2048 / BLOCK) + 8);
