@@ -42,10 +42,14 @@ using cuda::PinnedBuffer;
 // and fold the deltas into one GEMM. TROUPE_LORA_FUSED_SPLIT_TOKENS sets it (for tests and
 // comparisons; 0: every step takes the larger steps' way).
 inline constexpr int kFusedSplitMaxTokens = 128;
-// Steps of this many tokens or more (prefill) write q/k/v and gate/up in bf16, as transformers'
-// Linear layers do: their readers (RoPE, SiLU-and-mul) then read half the bytes and cuBLAS stores
-// half. Decode steps keep f32, which measured the same or up to 1.5% faster at 8 and 32 rows.
-inline constexpr int kBf16RowsTokens = kFusedSplitMaxTokens + 1;
+// Steps of this many tokens or more write q/k/v and gate/up in bf16, as transformers' Linear
+// layers do: their readers (RoPE, SiLU-and-mul) then read half the bytes and cuBLAS stores half.
+// Decode steps of up to 32 rows keep f32, which measured the same or up to 1.5% faster at 8 and 32
+// rows; at 64 and 128 rows bf16 took up to 3% off the step on an H200: in three builds' alternating
+// runs 64 rows 6.08-6.27 ms against 6.22-6.41, 128 rows 7.73-7.86 against 7.84-8.09
+// (bench/results/2026-12-02-h200-bf16-rows-33.json). A step with adapters keeps
+// f32 up to kFusedSplitMaxTokens tokens (bf16Rows).
+inline constexpr int kBf16RowsTokens = 33;
 
 struct Graph {
   cudaGraphExec_t exec = nullptr;
