@@ -160,12 +160,10 @@ void scatterHeads(const bf16_t* o, bf16_t* out, int tokens, int firstToken, cons
 // rows ldw and X's ldx elements apart (bf16), Y [M][N] f32: the decode-step projection when only a
 // few tokens run (gemvSupported says when: 16-byte pieces throughout).
 constexpr int kGemvLimitRows = 4;
-// The most a decode step gives it. Past two tokens the GEMV's speed hangs on how the compiler
-// schedules its loads. On an H200 at Llama-8B's shapes, ms a step on the GEMV against cuBLAS and
-// the decode GEMM: 4 tokens 5.10-5.21 against 4.75-4.84; 3 tokens 5.04-5.11 against 4.77-4.85
-// (4.63-4.78 on another build's GEMV); 2 tokens 4.63-4.70 against 4.73-4.81
-// (bench/results/2026-12-02-h200-gemv-rows.json).
-constexpr int kGemvMaxRows = 2;
+// The most a decode step gives it. On an H200 at Llama-8B's shapes, ms a step on the GEMV against
+// cuBLAS and the decode GEMM: 3 tokens 4.44-4.63 against 4.51-4.84 over seven rounds; 4 tokens
+// 4.79-4.81 against 4.71 (bench/results/2026-12-02-h200-gemv-forms.json).
+constexpr int kGemvMaxRows = 3;
 bool gemvSupported(int M, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx);
 // early: launched so that it may start while the kernel before it runs (compute capability 9.0,
 // pdl.cuh), loading its first weights meanwhile.

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda/pdl.cuh"
+
 namespace kernel_check {
 
 #define CK(x)                                                                                  \
@@ -118,6 +120,31 @@ double timeGraph(int iters, F&& call) {
       },
       1, 5);
   cudaStreamDestroy(st);
+  return 1000.0 * ms / iters;
+}
+
+// A kernel of about 2 us (as a grid of SM-count blocks of 128) that lets the next one start early,
+// like the norm before a projection.
+static __global__ void shortKernel() {
+  troupe::cuda::pdlLaunchDependents();
+  const long long t0 = clock64();
+  while (clock64() - t0 < 2000) {
+  }
+}
+
+// Microseconds a call of call(i, s) when `iters` calls, each behind before(s), are replayed from
+// one CUDA graph on st (the median of 5 replays).
+template <typename B, typename F>
+double graphCallUs(cudaStream_t st, int iters, B&& before, F&& call) {
+  const float ms = graphMs(
+      st,
+      [&](cudaStream_t s) {
+        for (int i = 0; i < iters; ++i) {
+          before(s);
+          call(i, s);
+        }
+      },
+      1, 5);
   return 1000.0 * ms / iters;
 }
 

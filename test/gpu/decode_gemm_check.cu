@@ -215,14 +215,6 @@ int checks() {
   return failed == 0 ? 0 : 1;
 }
 
-// A kernel of about 2 us that lets the next one start early, like the norm before a projection.
-__global__ void shortKernel() {
-  pdlLaunchDependents();
-  const long long t0 = clock64();
-  while (clock64() - t0 < 2000) {
-  }
-}
-
 int bench() {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -268,18 +260,7 @@ int bench() {
         shortKernel<<<prop.multiProcessorCount, 128, 0, s2>>>();
       }
     };
-    auto timed = [&](auto&& call) {
-      const float ms = graphMs(
-          st,
-          [&](cudaStream_t s2) {
-            for (int i = 0; i < iters; ++i) {
-              before(s2);
-              call(i, s2);
-            }
-          },
-          1, 5);
-      return 1000.0 * ms / iters;
-    };
+    auto timed = [&](auto&& call) { return graphCallUs(st, iters, before, call); };
     const double alone = timed([](int, cudaStream_t) {});
     const double cb = timed([&](int i, cudaStream_t s2) {
       (void)s2;
