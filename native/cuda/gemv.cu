@@ -23,7 +23,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kUnroll = 4;
 
 // A warp owns kRows weight rows: each token piece it loads from L1 then serves both. Each round's
 // weight pieces are loaded before the previous round's products, so a lane keeps two rounds in
@@ -32,11 +31,16 @@ constexpr int kUnroll = 4;
 // 3 tokens down 31.6 against 40.6 (cuBLAS 34.0); and a decode step of 1, 2, 3 tokens 4.10, 4.51,
 // 4.46 ms against 4.32-4.36, 4.64-4.73, 5.06-5.16 (bench/results/2026-12-02-h200-gemv-forms.json).
 constexpr int kRows = 2;
+// Pieces a lane loads per row each round: 4, except 2 at two tokens, where 4 took 125 us over
+// Llama-8B's four projections alone against 121 with 2 (cuBLAS 123); at one and three tokens 2
+// took 116 and 131 against 113 and 123 (bench/results/2026-12-02-h200-gemv-shapes.json).
+__host__ __device__ constexpr int unrollFor(int M) { return M == 2 ? 2 : 4; }
 
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32)
     gemvKernel(const bf16_t* __restrict__ W, int ldw, const bf16_t* __restrict__ X, int ldx, float* __restrict__ Y,
                int N, int K, bool accumulate) {
+  constexpr int kUnroll = unrollFor(M);
   const int lane = threadIdx.x & 31;
   const int n = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * kRows;
   // Every block has a row in its first warp, so each block waits before it exits (pdl.cuh).
