@@ -32,8 +32,10 @@ constexpr int kWarps = 8;
 // 4.46 ms against 4.32-4.36, 4.64-4.73, 5.06-5.16 (bench/results/2026-12-02-h200-gemv-forms.json).
 constexpr int kRows = 2;
 // Pieces a lane loads per row each round: 4, except 2 at two tokens, where 4 took 125 us over
-// Llama-8B's four projections alone against 121 with 2 (cuBLAS 123); at one and three tokens 2
-// took 116 and 131 against 113 and 123 (bench/results/2026-12-02-h200-gemv-shapes.json).
+// Llama-8B's four projections alone against 121 with 2 (cuBLAS 123), and a decode step 4.50-4.72
+// ms against 4.42-4.51 (cuBLAS 4.81-4.82); at one and three tokens 2 took 116 and 131 us against
+// 113 and 123. Four rows a warp, or 4 or 16 warps a block, did no better
+// (bench/results/2026-12-02-h200-gemv-shapes.json).
 __host__ __device__ constexpr int unrollFor(int M) { return M == 2 ? 2 : 4; }
 
 template <int M>
