@@ -148,4 +148,9 @@ double graphCallUs(cudaStream_t st, int iters, B&& before, F&& call) {
   return 1000.0 * ms / iters;
 }
 
+// A stand-alone check's main: its checks, or with --bench its benchmark.
+inline int checksOrBench(int argc, char** argv, int (*checks)(), int (*bench)()) {
+  return argc > 1 && std::strcmp(argv[1], "--bench") == 0 ? bench() : checks();
+}
+
 }  // namespace kernel_check

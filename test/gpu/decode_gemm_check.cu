@@ -13,7 +13,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <vector>
 
 #include "check_util.h"
@@ -308,7 +307,4 @@ int bench() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
-  return checks();
-}
+int main(int argc, char** argv) { return checksOrBench(argc, argv, checks, bench); }

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <vector>
 
 #include "check_util.h"
@@ -125,8 +124,7 @@ int bench() {
       const double us = timed([&](int i, cudaStream_t s2) {
         gemv(W + (i % copies) * wElems, s.K, X, s.K, Y, M, s.N, s.K, s.accumulate, s2, true);
       });
-      std::printf("  GEMV %6.2f", us);
-      std::printf("\n");
+      std::printf("  GEMV %6.2f\n", us);
     }
     cudaFree(W);
   }
@@ -137,7 +135,4 @@ int bench() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
-  return checks();
-}
+int main(int argc, char** argv) { return checksOrBench(argc, argv, checks, bench); }
