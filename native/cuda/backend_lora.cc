@@ -136,9 +136,11 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
   if (T > fusedSplitMaxTokens_) {
     // One GEMM over [x | LoRA columns] . [W | B]^T: the deltas cost a few percent more of a GEMM
     // that is bound by arithmetic, instead of a pass over y.
-    timer_.mark("lora", stream_);
+    timer_.mark("lora shrink", stream_);
     if (!loraChunkClasses_.empty()) {
-      augment(shrinkByChunks(sl, x, ldx), x, stream_);
+      const cuda::LoraMid own = shrinkByChunks(sl, x, ldx);
+      timer_.mark("lora augment", stream_);
+      augment(own, x, stream_);
     } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
