@@ -10,6 +10,8 @@
 //   fixed    equal products of in + S R / 2 columns (what a two-sided layout would allow)
 //   own      one GEMM over in + R columns (the tokens' own products only: the lower bound)
 //   base     one GEMM over in columns (no adapters)
+// and then the shrink by chunks before those GEMMs (each 512-token run against its own slot's A
+// rows, one pointer-batched GEMM a group) with the rank or the tokens on the GEMM's long side.
 // Weights and inputs hold seeded random values in [-1/32, 1/32).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/prefill_runs_gemm bench/prefill_runs_gemm.cu -lcublas
@@ -281,6 +283,69 @@ int main() {
       cudaFree(W);
       cudaFree(X);
       cudaFree(Y);
+      cudaFree(dPtrs);
+    }
+  }
+  // The shrink by chunks (the engine's prefill shrink): each 512-token chunk against its own slot's
+  // A rows, one pointer-batched GEMM a group over chunks x slices, with the rank on the GEMM's long
+  // side (m = rank, n = tokens) or the tokens (m = tokens, n = rank; mid written rank by rank).
+  std::printf("\n], \"shrinks\": [\n");
+  first = true;
+  for (int R : {16, 64}) {
+    struct Shrink {
+      const char* name;
+      int in, count;  // input features, slices (modules) of the group
+    };
+    for (const Shrink& sh : {Shrink{"qkv", 4096, 3}, Shrink{"o", 4096, 1}, Shrink{"gate_up", 4096, 2},
+                             Shrink{"down", 14336, 1}}) {
+      const int in = sh.in, count = sh.count;
+      __nv_bfloat16 *A, *X;
+      float* mid;
+      check(cudaMalloc(&A, static_cast<size_t>(count) * S * R * in * 2), "cudaMalloc A");
+      check(cudaMalloc(&X, static_cast<size_t>(T) * in * 2), "cudaMalloc X");
+      check(cudaMalloc(&mid, static_cast<size_t>(T) * count * R * 4), "cudaMalloc mid");
+      fillRandom<<<1024, 256>>>(A, static_cast<size_t>(count) * S * R * in, 3);
+      fillRandom<<<1024, 256>>>(X, static_cast<size_t>(T) * in, 4);
+      const int b = runs * count;
+      void** dPtrs;
+      check(cudaMalloc(&dPtrs, 3 * b * sizeof(void*)), "cudaMalloc ptrs");
+      const float alpha = 1, beta = 0;
+      float us[2];
+      for (int tokensLong = 0; tokensLong < 2; ++tokensLong) {
+        std::vector<const void*> host(3 * b);
+        for (int c = 0; c < runs; ++c)
+          for (int j = 0; j < count; ++j) {
+            const int e = c * count + j, slot = c;
+            host[e] = A + (static_cast<size_t>(j) * S + slot) * R * in;
+            host[b + e] = X + static_cast<size_t>(c) * runRows * in;
+            host[2 * b + e] = tokensLong ? mid + static_cast<size_t>(j) * R * T + c * runRows
+                                         : mid + static_cast<size_t>(c) * runRows * count * R + j * R;
+          }
+        check(cudaMemcpy(dPtrs, host.data(), host.size() * sizeof(void*), cudaMemcpyHostToDevice), "ptrs");
+        const void* const* pa = const_cast<const void* const*>(dPtrs);
+        us[tokensLong] = timeCalls([&] {
+          cublasSetStream(h, 0);
+          if (tokensLong) {
+            check(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, runRows, R, in, &alpha, pa + b, CUDA_R_16BF, in, pa,
+                                      CUDA_R_16BF, in, &beta, dPtrs + 2 * b, CUDA_R_32F, T, b, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+                  "cublasGemmBatchedEx");
+          } else {
+            check(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, R, runRows, in, &alpha, pa, CUDA_R_16BF, in, pa + b,
+                                      CUDA_R_16BF, in, &beta, dPtrs + 2 * b, CUDA_R_32F, count * R, b,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                  "cublasGemmBatchedEx");
+          }
+        });
+      }
+      check(cudaGetLastError(), "kernels");
+      std::printf("%s{\"rank\": %d, \"group\": \"%s\", \"products\": %d, \"rankLongUs\": %.1f, \"tokensLongUs\": %.1f}",
+                  first ? "" : ",\n", R, sh.name, b, us[0], us[1]);
+      std::fflush(stdout);
+      first = false;
+      cudaFree(A);
+      cudaFree(X);
+      cudaFree(mid);
       cudaFree(dPtrs);
     }
   }
