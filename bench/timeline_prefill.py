@@ -23,14 +23,19 @@ WARMUP_EVERY = 4
 
 
 def read_steps(path):
-    steps = []
+    """The timeline's kernels (start, end, label) one list a step, in the order they started (CUPTI
+    hands its records back buffer by buffer, not in that order)."""
+    kernels = []
     with open(path) as f:
         for line in f:
             start, end, _stream, _graph, _grid, name = line.rstrip("\n").split(" ", 5)
-            if "embedKernel(" in name:
-                steps.append([])
-            if steps:
-                steps[-1].append((int(start), int(end), label(name)))
+            kernels.append((int(start), int(end), label(name)))
+    steps = []
+    for k in sorted(kernels):
+        if k[2] == "embedKernel":
+            steps.append([])
+        if steps:
+            steps[-1].append(k)
     return steps
 
 
