@@ -9,6 +9,8 @@
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/gemm_candidates bench/gemm_candidates.cu -lcublasLt -lcublas
 //   /tmp/gemm_candidates [--decode]
+#include "cuda_bench.cuh"
+
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -22,45 +24,19 @@
 
 namespace {
 
-void check(int status, const char* what) {
-  if (status != 0) {
-    std::printf("%s failed: %d\n", what, status);
-    std::exit(1);
-  }
-}
-
 struct Shape {
   const char* name;
   int M, N, K;    // Y[M][N] = X[M][K] W[N][K]^T (+ Y)
   bool residual;  // Y f32 and added to (o, down), else bf16
 };
 
-__global__ void fillRandom(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.0f - 0.5f) / 16.0f);
-  }
-}
+using bench::check;
+using bench::fillRandom;
 
 // Mean time of one call over 30, after 5 to warm up.
 template <typename F>
 float timeCalls(F&& call) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 5; ++i) call();
-  cudaEventRecord(a);
-  for (int i = 0; i < 30; ++i) call();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / 30;
+  return bench::timeCalls(call, 30);
 }
 
 }  // namespace

@@ -16,6 +16,8 @@
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/prefill_runs_gemm bench/prefill_runs_gemm.cu -lcublas
 //   /tmp/prefill_runs_gemm > out.json
+#include "cuda_bench.cuh"
+
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -26,38 +28,13 @@
 
 namespace {
 
-void check(int status, const char* what) {
-  if (status != 0) {
-    std::fprintf(stderr, "%s failed: %d\n", what, status);
-    std::exit(1);
-  }
-}
+using bench::check;
+using bench::fillRandom;
 
-__global__ void fillRandom(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.0f - 0.5f) / 16.0f);
-  }
-}
-
+// Mean microseconds of one call over 20, after 5 to warm up.
 template <typename F>
 float timeCalls(F&& call) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 5; ++i) call();
-  cudaEventRecord(a);
-  for (int i = 0; i < 20; ++i) call();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms * 1000 / 20;
+  return bench::timeCalls(call, 20) * 1000;
 }
 
 // One product as cuBLAS sees it (column-major): C [m][n] = W^T . X with W's rows of k features.
