@@ -16,34 +16,17 @@ import collections
 import json
 import sys
 
-from timeline_steps import label
+from timeline_steps import split_steps
 
 STEPS_PER_ENGINE = 12
 WARMUP_EVERY = 4
-
-
-def read_steps(path):
-    """The timeline's kernels (start, end, label) one list a step, in the order they started (CUPTI
-    hands its records back buffer by buffer, not in that order)."""
-    kernels = []
-    with open(path) as f:
-        for line in f:
-            start, end, _stream, _graph, _grid, name = line.rstrip("\n").split(" ", 5)
-            kernels.append((int(start), int(end), label(name)))
-    steps = []
-    for k in sorted(kernels):
-        if k[2] == "embedKernel":
-            steps.append([])
-        if steps:
-            steps[-1].append(k)
-    return steps
 
 
 def summarize(step):
     kernels = sorted(step)
     per = collections.defaultdict(lambda: [0.0, 0])
     busy, reach = 0, kernels[0][0]
-    for start, end, label in kernels:
+    for start, end, label, _grid in kernels:
         per[label][0] += (end - start) / 1e3
         per[label][1] += 1
         if end > reach:
@@ -54,7 +37,7 @@ def summarize(step):
 
 
 def main():
-    steps = read_steps(sys.argv[1])
+    steps = split_steps(sys.argv[1])
     engines = [steps[i:i + STEPS_PER_ENGINE] for i in range(0, len(steps) - STEPS_PER_ENGINE + 1, STEPS_PER_ENGINE)]
     out = []
     for e, engine in enumerate(engines):
