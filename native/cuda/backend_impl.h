@@ -256,8 +256,9 @@ class CudaBackend : public Backend {
   // Tokens xa_ holds: split rows lie this many rows apart whatever a step's size, so that the
   // pointers below stay valid for every step and every graph until xa_ moves.
   size_t xaTokens_ = 0;
-  // q/k/v with split rows: per layer, the A, B and C pointer arrays (splitPieces each) of the one
-  // batched GEMM over pieces of k's rows (lora_fused.h); empty without them.
+  // q/k/v with split rows: per layer, the A, B, C (f32 rows) and C (bf16 rows) pointer arrays
+  // (splitPieces each) of the one batched GEMM over pieces of k's rows (lora_fused.h); empty
+  // without them.
   DeviceBuffer<const void*> piecePtrs_;
   uint64_t generation_ = 1;                             // bumped whenever a buffer a graph uses moves
   std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)

@@ -105,10 +105,10 @@ bool CudaBackend::bf16Rows(int l, cuda::WeightGroup g, std::initializer_list<Lor
   if (!lora_ || !stepHasLora_) return true;
   const int noOffsets[cuda::kMaxLoraSlices] = {};
   if (lora_->slices(l, modules, noOffsets).count == 0) return true;
-  // The fused layout's one GEMM over [x | LoRA columns] (fusedProjection), except q/k/v's pieces
-  // with split rows, whose pointers address f32 rows (buildPiecePointers); every other form adds
-  // the deltas into f32 rows.
-  return fusedLoraStep() && map_.tokens > fusedSplitMaxTokens_ && !(g == cuda::kQkvWeight && w_->splitRows[g]);
+  // The fused layout's one GEMM over [x | LoRA columns] (fusedProjection; q/k/v's pieces with
+  // split rows have pointers to bf16 rows too, buildPiecePointers); every other form adds the
+  // deltas into f32 rows.
+  return fusedLoraStep() && map_.tokens > fusedSplitMaxTokens_;
 }
 
 void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::WeightGroup g, const char* name,
@@ -218,14 +218,16 @@ void CudaBackend::buildPiecePointers() {
   for (int l = 0; l < c_.numLayers; ++l) {
     const cuda::LoraSlices sl = lora_->slices(l, {kQ, kK, kV}, offsets);
     const int n = cuda::splitPieceRows(sl);
-    std::vector<const void*> a, b, c;
+    // Each piece's weight rows, augmented rows, and outputs in f32 rows or in bf16 rows (bf16Rows).
+    std::vector<const void*> a, b, c, cBf16;
     for (int j = 0; j < sl.count; ++j)
       for (int row = sl.outOffset[j]; row < sl.outOffset[j] + sl.out[j]; row += n) {
         a.push_back(w_->layers[l].matrix(g) + static_cast<size_t>(row) * ld);
         b.push_back(xa.data + j * xa.slicePitch);
         c.push_back(qkv_.get() + row);
+        cBf16.push_back(reinterpret_cast<bf16_t*>(qkv_.get()) + row);
       }
-    for (const auto* v : {&a, &b, &c}) host.insert(host.end(), v->begin(), v->end());
+    for (const auto* v : {&a, &b, &c, &cBf16}) host.insert(host.end(), v->begin(), v->end());
   }
   // Its size never changes, so once made the array stays where graphs captured it; the copy is
   // ordered after the steps before on the stream that reads it.
@@ -262,9 +264,10 @@ void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const c
   // launch per slice.
   if (col0 == 0 && y == qkv_.get() && piecePtrs_.size() > 0) {
     const int pieces = cuda::splitPieces(sl);
-    const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 3 * pieces;
+    const void* const* at = piecePtrs_.get() + static_cast<size_t>(l) * 4 * pieces;
+    const void* const* c = at + (yType == cuda::ElemType::BF16 ? 3 : 2) * pieces;
     gemm_->pointerBatched(true, false, cuda::splitPieceRows(sl), T, K, 1.0f, at, xa.ld, at + pieces, xa.ld, beta,
-                          const_cast<void* const*>(at + 2 * pieces), yType, N, pieces);
+                          const_cast<void* const*>(c), yType, N, pieces);
     return;
   }
   auto yColumns = [&](int col) -> void* {
