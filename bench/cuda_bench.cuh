@@ -1,5 +1,5 @@
 // What the stand-alone CUDA benchmarks in bench/ share: failing loudly, seeded random bf16
-// values, and timing a call with CUDA events.
+// values, timing a call with CUDA events, and freeing a case's buffers.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 
 namespace bench {
 
@@ -46,6 +47,11 @@ float timeCalls(F&& call, int calls) {
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   return ms / calls;
+}
+
+// Frees each device buffer of a case.
+inline void freeAll(std::initializer_list<void*> buffers) {
+  for (void* p : buffers) cudaFree(p);
 }
 
 }  // namespace bench

@@ -16,20 +16,22 @@
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/prefill_runs_gemm bench/prefill_runs_gemm.cu -lcublas
 //   /tmp/prefill_runs_gemm > out.json
-#include "cuda_bench.cuh"
-
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
 #include <vector>
+
+#include "cuda_bench.cuh"
 
 namespace {
 
 using bench::check;
 using bench::fillRandom;
+using bench::freeAll;
 
 // Mean microseconds of one call over 20, after 5 to warm up.
 template <typename F>
@@ -54,17 +56,7 @@ struct Group {
 };
 
 int gcdAll(const std::vector<int>& v) {
-  int g = 0;
-  for (int a : v) {
-    int b = g;
-    while (b) {
-      const int r = a % b;
-      a = b;
-      b = r;
-    }
-    g = a;
-  }
-  return g;
+  return std::accumulate(v.begin(), v.end(), 0, [](int a, int b) { return std::gcd(a, b); });
 }
 
 }  // namespace
@@ -143,7 +135,8 @@ int main() {
       };
       for (int r = 0; r < runs; ++r) {
         const int slot = r;  // every run on its own slot, slots 0..7
-        add(runsK, products(r * runRows, runRows, [&](int j) { return g.in + (g.split ? 0 : j * S * R) + (slot + 1) * R; }));
+        add(runsK,
+            products(r * runRows, runRows, [&](int j) { return g.in + (g.split ? 0 : j * S * R) + (slot + 1) * R; }));
         add(fixed, products(r * runRows, runRows, [&](int j) { return g.in + (g.split ? 0 : j * S * R) + S * R / 2; }));
       }
       auto runAll = [&](const std::vector<Product>& ps) {
@@ -160,10 +153,10 @@ int main() {
           const Product p0 = ps[0];
           return timeCalls([&] {
             cublasSetStream(h, 0);
-            check(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p0.m, p0.n, p0.k, &alpha,
-                                      (const void* const*)dPtrs, CUDA_R_16BF, ld, (const void* const*)(dPtrs + b),
-                                      CUDA_R_16BF, ld, &beta, (void* const*)(dPtrs + 2 * b), yType, N, b,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            check(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p0.m, p0.n, p0.k, &alpha, (const void* const*)dPtrs,
+                                      CUDA_R_16BF, ld, (const void* const*)(dPtrs + b), CUDA_R_16BF, ld, &beta,
+                                      (void* const*)(dPtrs + 2 * b), yType, N, b, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
                   "cublasGemmBatchedEx");
           });
         }
@@ -244,8 +237,8 @@ int main() {
           cublasGemmGroupedBatchedEx(h, ta.data(), tb.data(), gm.data(), gn.data(), gk.data(), galpha.data(),
                                      (const void* const*)dPtrs, CUDA_R_16BF, glda.data(),
                                      (const void* const*)(dPtrs + total), CUDA_R_16BF, gldb.data(), gbeta.data(),
-                                     (void* const*)(dPtrs + 2 * total), yType, gldc.data(),
-                                     static_cast<int>(gm.size()), gsize.data(), CUBLAS_COMPUTE_32F);
+                                     (void* const*)(dPtrs + 2 * total), yType, gldc.data(), static_cast<int>(gm.size()),
+                                     gsize.data(), CUBLAS_COMPUTE_32F);
         });
       }
       check(cudaGetLastError(), "kernels");
@@ -257,10 +250,7 @@ int main() {
           static_cast<int>(gm.size()), tStreams, tFixed, tOwn, tBase, tWholeBase, tWholeTight, tWholePadded);
       std::fflush(stdout);
       first = false;
-      cudaFree(W);
-      cudaFree(X);
-      cudaFree(Y);
-      cudaFree(dPtrs);
+      freeAll({W, X, Y, dPtrs});
     }
   }
   // The shrink by chunks (the engine's prefill shrink): each 512-token chunk against its own slot's
@@ -273,8 +263,8 @@ int main() {
       const char* name;
       int in, count;  // input features, slices (modules) of the group
     };
-    for (const Shrink& sh : {Shrink{"qkv", 4096, 3}, Shrink{"o", 4096, 1}, Shrink{"gate_up", 4096, 2},
-                             Shrink{"down", 14336, 1}}) {
+    for (const Shrink& sh :
+         {Shrink{"qkv", 4096, 3}, Shrink{"o", 4096, 1}, Shrink{"gate_up", 4096, 2}, Shrink{"down", 14336, 1}}) {
       const int in = sh.in, count = sh.count;
       __nv_bfloat16 *A, *X;
       float* mid;
@@ -320,10 +310,7 @@ int main() {
                   first ? "" : ",\n", R, sh.name, b, us[0], us[1]);
       std::fflush(stdout);
       first = false;
-      cudaFree(A);
-      cudaFree(X);
-      cudaFree(mid);
-      cudaFree(dPtrs);
+      freeAll({A, X, mid, dPtrs});
     }
   }
   std::printf("\n]}\n");
