@@ -11,6 +11,7 @@
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/silu.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -289,8 +290,6 @@ __global__ void scatterHeadsKernel(const bf16_t* o, bf16_t* out, int tokens, int
         o[((static_cast<size_t>(g) * tokens + t) * G + j) * D + d];
   }
 }
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 template <typename In>
 __global__ void siluMulKernel(const In* gu, bf16_t* act, int inter, int ldAct) {
