@@ -113,6 +113,24 @@ __device__ __forceinline__ float lowHalf(uint32_t w) { return __uint_as_float(w 
 __device__ __forceinline__ float highHalf(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 __device__ __forceinline__ void prefetchL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
+// The distinct slots among 64 tokens' slots (-1: none) in the order they first appear, into list and
+// *count; called by one whole warp.
+__device__ __forceinline__ void listSlots(const int* slot, int lane, int* list, int* count) {
+  const int k0 = slot[lane], k1 = slot[lane + 32];
+  bool d0 = k0 < 0, d1 = k1 < 0;
+  int n = 0;
+  for (;;) {
+    const unsigned m0 = __ballot_sync(0xffffffffu, !d0), m1 = __ballot_sync(0xffffffffu, !d1);
+    if (m0 == 0 && m1 == 0) break;
+    const int k = m0 ? __shfl_sync(0xffffffffu, k0, __ffs(m0) - 1) : __shfl_sync(0xffffffffu, k1, __ffs(m1) - 1);
+    if (lane == 0) list[n] = k;
+    ++n;
+    d0 = d0 || k0 == k;
+    d1 = d1 || k1 == k;
+  }
+  if (lane == 0) *count = n;
+}
+
 #ifndef TROUPE_EXPAND_MIN_BLOCKS
 #define TROUPE_EXPAND_MIN_BLOCKS 2
 #endif
@@ -177,20 +195,7 @@ __global__ void __launch_bounds__(kThreads, TROUPE_EXPAND_MIN_BLOCKS) expandRows
     if (t0 >= a.T) break;
     __syncthreads();  // the token table is written; the last tile's epilogue is done with ds
     if (warp == 0) {
-      // The distinct slots among the tile's tokens, in the order they first appear.
-      const int k0 = sSlot[base + lane], k1 = sSlot[base + lane + 32];
-      bool d0 = k0 < 0, d1 = k1 < 0;
-      int n = 0;
-      for (;;) {
-        const unsigned m0 = __ballot_sync(0xffffffffu, !d0), m1 = __ballot_sync(0xffffffffu, !d1);
-        if (m0 == 0 && m1 == 0) break;
-        const int k = m0 ? __shfl_sync(0xffffffffu, k0, __ffs(m0) - 1) : __shfl_sync(0xffffffffu, k1, __ffs(m1) - 1);
-        if (lane == 0) slotList[n] = k;
-        ++n;
-        d0 = d0 || k0 == k;
-        d1 = d1 || k1 == k;
-      }
-      if (lane == 0) nSlots = n;
+      listSlots(sSlot + base, lane, slotList, &nSlots);
     }
     if (tile + 1 < kTiles) prefetchRows(t0 + kTokens);
     __syncthreads();
@@ -499,20 +504,7 @@ __global__ void __launch_bounds__(kThreads, 1) siluKernel(LoraExpandArgs a, int 
       if (tid < kTok) nextSlot = slotOf(w + 1);
     }
     if (warp == 0) {
-      // The distinct slots among the item's tokens, in the order they first appear.
-      const int k0 = mSlot[st][lane], k1 = mSlot[st][lane + 32];
-      bool d0 = k0 < 0, d1 = k1 < 0;
-      int n = 0;
-      for (;;) {
-        const unsigned m0 = __ballot_sync(0xffffffffu, !d0), m1 = __ballot_sync(0xffffffffu, !d1);
-        if (m0 == 0 && m1 == 0) break;
-        const int k = m0 ? __shfl_sync(0xffffffffu, k0, __ffs(m0) - 1) : __shfl_sync(0xffffffffu, k1, __ffs(m1) - 1);
-        if (lane == 0) slotList[n] = k;
-        ++n;
-        d0 = d0 || k0 == k;
-        d1 = d1 || k1 == k;
-      }
-      if (lane == 0) nSlots = n;
+      listSlots(mSlot[st], lane, slotList, &nSlots);
     }
     if (w + 1 < w1) {
       waitCopies<1>();
