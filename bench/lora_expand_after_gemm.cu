@@ -18,10 +18,9 @@
 // runs of slots and base tokens; token counts that leave a tile part-filled; shrink outputs in two
 // pieces or over every slot; a module missing; NaN in factor memory past each rank and in outputs
 // the kernel must not read; siluMul's bits for base tokens; for the pipelined form, runs of items
-// past one block's) and with --bench times them at
-// Llama-8B shapes, 4,096 tokens over 8 slots, beside siluMul. Build knobs, for the measurements:
-// -DTROUPE_EXPAND_PLANES (64-feature planes a block, 4), -DTROUPE_EXPAND_MIN_BLOCKS (2) and
-// -DTROUPE_EXPAND_PART=1 (deltas only) or =2 (epilogue only).
+// past one block's) and with --bench times them at Llama-8B shapes, 4,096 tokens over 8 slots,
+// beside siluMul. Build knobs of the first form, for the measurements: -DTROUPE_EXPAND_MIN_BLOCKS
+// (blocks a multiprocessor, 2) and -DTROUPE_EXPAND_PART=1 (deltas only) or =2 (epilogue only).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -Itest/gpu -o /tmp/expand bench/lora_expand_after_gemm.cu \
 //        native/cuda/kernels.cu && /tmp/expand [--bench]
 #include <cuda_bf16.h>
@@ -82,13 +81,10 @@ using mma_ops::mma;
 
 constexpr int kTokens = 64;  // a tile: four m16 tiles of tokens
 constexpr int kTiles = 4;    // tiles a block walks, one after another, keeping its B staged
-#ifndef TROUPE_EXPAND_PLANES
-#define TROUPE_EXPAND_PLANES 4
-#endif
-// A warp takes one m16 tile of tokens and 64 features (eight n8 tiles) of one slice: a block's
-// warps cover a tile's 64 tokens over kPlanes such planes (4: 128 features of gate and of up for
-// SiLU, 256 of one slice in place).
-constexpr int kPlanes = TROUPE_EXPAND_PLANES;
+// A warp takes one m16 tile of tokens and 64 features (eight n8 tiles) of one slice: a block's 16
+// warps cover a tile's 64 tokens over four such planes, 128 features of gate and of up for SiLU,
+// 256 of one slice in place. (The shrink outputs are staged eight threads a token.)
+constexpr int kPlanes = 4;
 constexpr int kThreads = kPlanes * 128;
 constexpr int kPlaneFeatures = 64;
 constexpr int kModules = 7;  // ranks is [slot][7 modules]
