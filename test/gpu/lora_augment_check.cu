@@ -103,6 +103,41 @@ uint16_t expected(const Case& c, const Inputs& h, const AugmentedRows& xa, int t
   return toBf16(v * h.scaling[slot]);
 }
 
+// A case's inputs on the device, and the launch as the backend makes it.
+struct DeviceInputs {
+  int32_t* rowSlot;
+  int32_t* ranks;
+  float* scaling;
+  float* mid;
+  bf16_t* x;  // x's own buffer (Copy::kOwnBuffer) or null
+  LoraSlices sl{};
+  LoraMid m;
+
+  DeviceInputs(const Case& c, const Inputs& h)
+      : rowSlot(upload(h.rowSlot)),
+        ranks(upload(h.ranks)),
+        scaling(upload(h.scaling)),
+        mid(upload(h.mid)),
+        x(c.copy == Copy::kOwnBuffer ? upload(h.x) : nullptr),
+        m(h.m) {
+    sl.count = c.count;
+    sl.in = c.in;
+    sl.maxRank = c.maxRank;
+    for (int j = 0; j < c.count; ++j) sl.module[j] = h.module[j];
+    m.data = mid;
+  }
+  void launch(const Case& c, const AugmentedRows& xa, cudaStream_t st) const {
+    const bf16_t* from = c.copy == Copy::kOwnBuffer ? x + c.misalign : c.copy == Copy::kInPlace ? xa.data : nullptr;
+    const int ldx = c.copy == Copy::kInPlace ? xa.ld : c.in;
+    loraAugment(sl, c.slots, rowSlot, ranks, scaling, m, from, ldx, c.T, xa, st);
+  }
+  void free() {
+    for (void* p : {static_cast<void*>(rowSlot), static_cast<void*>(ranks), static_cast<void*>(scaling),
+                    static_cast<void*>(mid), static_cast<void*>(x)})
+      cudaFree(p);
+  }
+};
+
 int run(const Case& c, Rng& rng) {
   const Inputs h = makeInputs(c, rng);
   AugmentedRows xa = layout(c, nullptr);
@@ -110,30 +145,15 @@ int run(const Case& c, Rng& rng) {
   const size_t elems = static_cast<size_t>(rows) * c.T * xa.ld;
   // Poison, then (in place) the first rows' x columns as the norm would have written them.
   std::vector<uint16_t> before(elems, kNaN16);
-  std::vector<uint16_t> inPlace;
   if (c.copy == Copy::kInPlace) {
     for (int t = 0; t < c.T; ++t)
       for (int i = 0; i < c.in; ++i) before[static_cast<size_t>(t) * xa.ld + i] = toBf16(rng.sym());
   }
   bf16_t* dXa = upload(before);
   xa.data = dXa;
-  int32_t* dSlot = upload(h.rowSlot);
-  int32_t* dRanks = upload(h.ranks);
-  float* dScale = upload(h.scaling);
-  float* dMid = upload(h.mid);
-  bf16_t* dX = c.copy == Copy::kOwnBuffer ? upload(h.x) : nullptr;
-  LoraSlices sl{};
-  sl.count = c.count;
-  sl.in = c.in;
-  sl.maxRank = c.maxRank;
-  for (int j = 0; j < c.count; ++j) sl.module[j] = h.module[j];
-  LoraMid m = h.m;
-  m.data = dMid;
-  const bf16_t* x = c.copy == Copy::kOwnBuffer ? dX + c.misalign : c.copy == Copy::kInPlace ? dXa : nullptr;
-  const int ldx = c.copy == Copy::kInPlace ? xa.ld : c.in;
+  DeviceInputs d(c, h);
   // Twice, so that the second launch finds the first's output where it writes.
-  for (int rep = 0; rep < 2; ++rep)
-    loraAugment(sl, c.slots, dSlot, dRanks, dScale, m, x, ldx, c.T, xa, nullptr);
+  for (int rep = 0; rep < 2; ++rep) d.launch(c, xa, nullptr);
   CK(cudaDeviceSynchronize());
   std::vector<uint16_t> got(elems);
   CK(cudaMemcpy(got.data(), dXa, elems * 2, cudaMemcpyDeviceToHost));
@@ -156,9 +176,8 @@ int run(const Case& c, Rng& rng) {
               bad ? "FAIL" : "ok", c.T, c.in, c.slots, c.maxRank, c.count, c.split ? "split" : "shared",
               copies[static_cast<int>(c.copy)], c.mid == Mid::kOwnSlot ? "own" : "every", c.pieces,
               c.misalign ? " misaligned x" : "", bad);
-  for (void* p : {static_cast<void*>(dXa), static_cast<void*>(dSlot), static_cast<void*>(dRanks),
-                  static_cast<void*>(dScale), static_cast<void*>(dMid), static_cast<void*>(dX)})
-    cudaFree(p);
+  d.free();
+  cudaFree(dXa);
   return bad ? 1 : 0;
 }
 
@@ -179,7 +198,6 @@ int bench() {
                           {"down", 14336, 1, false, false, Copy::kInPlace}};
   Rng rng{7};
   const int T = 4096, slots = 8;
-  size_t most = 0;
   for (const int R : {16, 64}) {
     double sum = 0, sumFloor = 0;
     for (const Group& g : groups) {
@@ -192,28 +210,12 @@ int bench() {
       CK(cudaMalloc(&dXa, elems * 2));
       CK(cudaMemset(dXa, 0, elems * 2));
       xa.data = dXa;
-      int32_t* dSlot = upload(h.rowSlot);
-      int32_t* dRanks = upload(h.ranks);
-      float* dScale = upload(h.scaling);
-      float* dMid = upload(h.mid);
-      bf16_t* dX = c.copy == Copy::kOwnBuffer ? upload(h.x) : nullptr;
-      LoraSlices sl{};
-      sl.count = c.count;
-      sl.in = c.in;
-      sl.maxRank = R;
-      for (int j = 0; j < c.count; ++j) sl.module[j] = h.module[j];
-      LoraMid m = h.m;
-      m.data = dMid;
-      const bf16_t* x = c.copy == Copy::kOwnBuffer ? dX : dXa;
-      const int ldx = c.copy == Copy::kOwnBuffer ? c.in : xa.ld;
+      DeviceInputs d(c, h);
       const int copies = c.copy == Copy::kOwnBuffer ? rows : rows - 1;
-      const double bytes = 2.0 * T * copies * c.in * 2 + 2.0 * T * rows * xa.pad + 4.0 * T * m.tokenPitch;
-      const double us = timeGraph(20, [&](int, cudaStream_t st) {
-        loraAugment(sl, slots, dSlot, dRanks, dScale, m, x, ldx, T, xa, st);
-      });
+      const double bytes = 2.0 * T * copies * c.in * 2 + 2.0 * T * rows * xa.pad + 4.0 * T * d.m.tokenPitch;
+      const double us = timeGraph(20, [&](int, cudaStream_t st) { d.launch(c, xa, st); });
       // The floor: a device-to-device copy moving the same bytes (half read, half written).
       const size_t copyBytes = static_cast<size_t>(bytes / 2) / 16 * 16;
-      most = std::max(most, copyBytes);
       void *a, *b;
       CK(cudaMalloc(&a, copyBytes));
       CK(cudaMalloc(&b, copyBytes));
@@ -223,9 +225,8 @@ int bench() {
                   g.name, rows, xa.pad, us, bytes / us / 1e6, floorUs);
       sum += us;
       sumFloor += floorUs;
-      for (void* p : {static_cast<void*>(dXa), static_cast<void*>(dSlot), static_cast<void*>(dRanks),
-                      static_cast<void*>(dScale), static_cast<void*>(dMid), static_cast<void*>(dX), a, b})
-        cudaFree(p);
+      d.free();
+      for (void* p : {static_cast<void*>(dXa), a, b}) cudaFree(p);
     }
     std::printf("rank %2d layer: %.1f us against %.1f us of copies (%.2f ms a 32-layer step)\n", R, sum, sumFloor,
                 sum * 32 / 1000);
