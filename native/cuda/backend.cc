@@ -143,6 +143,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_GEMM")) shrinkAllSlots_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_O_GEMM_EARLY")) oGemmEarly_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env, {{"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))

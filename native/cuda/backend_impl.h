@@ -188,6 +188,13 @@ class CudaBackend : public Backend {
   // The item shrink launched to start while the kernel that made its rows drains (compute
   // capability 9.0; TROUPE_LORA_ITEM_PDL=0 waits for it, for comparing).
   bool itemPdl_ = false;
+  // o's item shrink lets the decode GEMM after it start at once, so that the GEMM's first weight
+  // stages are copied under the attention's tail as in a step without adapters, instead of after
+  // the shrink's sums; the GEMM still waits for the shrink before it reads a row. 8 rank-64
+  // adapters, batch 32, H200: 6.53-6.54 ms a step against 6.61-6.68
+  // (bench/results/2026-12-02-h200-lora-o-gemm-early.json). TROUPE_LORA_O_GEMM_EARLY=0 releases
+  // it after the sums, for comparing.
+  bool oGemmEarly_ = true;
   // Decode steps over one attention split take the o projection's shrink in the attention kernel
   // (lora_o_epilogue.cuh) up to kOInAttentionMaxRank, where it saves its launch; at rank 64 its
   // longer epilogue on the attention cost more than the launch (8 adapters, batch 32, H200:

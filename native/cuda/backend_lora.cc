@@ -71,7 +71,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         // The decode attention wrote the rows and their LoRA columns (oLoraEpilogue).
       } else if (d.itemShrink) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
-                             stream_, itemPdl_);
+                             stream_, itemPdl_, {}, g == cuda::kOWeight && oGemmEarly_);
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa, sms_,
                             stream_);
@@ -141,7 +141,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       const cuda::LoraMid own = shrinkByChunks(sl, x, ldx);
       timer_.mark("lora augment", stream_);
       augment(own, x, stream_);
-    } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl, lora_->slots())) {
+    } else if (shrinkAllSlots_ && cuda::loraAContiguous(sl)) {
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
@@ -150,8 +150,8 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       cuda::LoraMid every;
       every.data = loraMid_.get();
       every.tokenPitch = cols;
-      every.slicePitch = lora_->slots() * sl.maxRank;
-      every.slotPitch = sl.maxRank;
+      every.slicePitch = sl.maxRank;
+      every.slotPitch = sl.count * sl.maxRank;
       augment(every, x, stream_);
     } else {
       lora(x, stream_);
@@ -178,17 +178,24 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
   own.data = loraMid_.get();
   own.tokenPitch = sl.count * sl.maxRank;
   own.slicePitch = sl.maxRank;
+  // Where a slot's slices' A rows follow one another (the pool's layout), a chunk takes one
+  // product for all of them, which reads its rows of x once. On an H200 at 8 x 512 Llama-8B
+  // tokens over 8 adapters the shrink took 3.91 ms a step instead of 4.38 at rank 16, 4.43 instead
+  // of 4.56 at rank 64 (bench/results/2026-12-02-h200-lora-a-slot-major.json).
+  cuda::LoraSlices per = sl;
+  int rows = sl.maxRank;
+  if (cuda::loraAContiguous(sl)) per.count = 1, rows = sl.count * sl.maxRank;
   // Every class's pointers in one launch: the classes' chunks follow one another in the table
   // (planLoraChunks), so class c's entries are a run of each of the three arrays.
   const cuda::LoraChunkClass& last = loraChunkClasses_.back();
-  const int chunks = last.first + last.count, entries = chunks * sl.count;
+  const int chunks = last.first + last.count, entries = chunks * per.count;
   void** ptrs = chunkPtrs_.get();
-  cuda::loraChunkPointers(dLoraChunks_, chunks, sl, x, ldx, loraMid_.get(), own.tokenPitch, ptrs, stream_);
+  cuda::loraChunkPointers(dLoraChunks_, chunks, per, x, ldx, loraMid_.get(), own.tokenPitch, ptrs, stream_);
   for (const cuda::LoraChunkClass& c : loraChunkClasses_) {
-    void** at = ptrs + c.first * sl.count;
-    // Column-major, as cuBLAS sees it: mid^T [maxRank][rows] = A [maxRank][in] . x^T [in][rows].
-    gemm_->pointerBatched(true, false, sl.maxRank, c.rows, sl.in, 1.0f, at, sl.in, at + entries, ldx, 0.0f,
-                          at + 2 * entries, cuda::ElemType::F32, own.tokenPitch, c.count * sl.count);
+    void** at = ptrs + c.first * per.count;
+    // Column-major, as cuBLAS sees it: mid^T [rows][chunk] = A [rows][in] . x^T [in][chunk].
+    gemm_->pointerBatched(true, false, rows, c.rows, sl.in, 1.0f, at, sl.in, at + entries, ldx, 0.0f, at + 2 * entries,
+                          cuda::ElemType::F32, own.tokenPitch, c.count * per.count);
   }
   return own;
 }

@@ -29,7 +29,7 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   // One GPU only: measured there (with tensor parallelism each rank's shrink would be a partial
   // sum, which the expand may take as well, but that path is not measured).
   if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || !accumulate || gemv ||
-      sl.count != 1 || sl.in != in || w_->splitRows[g] || !cuda::loraAContiguous(sl, lora_->slots()))
+      sl.count != 1 || sl.in != in || w_->splitRows[g] || !cuda::loraAContiguous(sl))
     return {};
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;

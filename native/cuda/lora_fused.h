@@ -137,13 +137,12 @@ struct AugmentedRows {
 void loraAugment(const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
                  const LoraMid& mid, const bf16_t* x, int ldx, int T, const AugmentedRows& xa, cudaStream_t st);
 
-// Whether a group's A factors lie as one matrix, [slice][slot][maxRank][in] (the pool lays them so),
-// which that GEMM reads.
-inline bool loraAContiguous(const LoraSlices& sl, int slots) {
-  for (int j = 0; j < sl.count; ++j) {
-    const size_t block = static_cast<size_t>(sl.maxRank) * sl.in;
-    if (sl.aSlotStride[j] != block || sl.a[j] != sl.a[0] + j * slots * block) return false;
-  }
+// Whether a group's A factors lie as one matrix, [slot][slice][maxRank][in] (the pool lays them
+// so), which that GEMM reads: every slot's rows, and a slot's slices one after another.
+inline bool loraAContiguous(const LoraSlices& sl) {
+  const size_t block = static_cast<size_t>(sl.maxRank) * sl.in;
+  for (int j = 0; j < sl.count; ++j)
+    if (sl.aSlotStride[j] != sl.count * block || sl.a[j] != sl.a[0] + j * block) return false;
   return sl.count > 0;
 }
 
@@ -182,14 +181,16 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, const i
 // while the kernel that made the rows (which lets it: rmsnorm, siluMul, decode attention) drains
 // (compute capability 9.0); its look-ups and A reads then overlap that kernel.
 // shape: outputs a warp takes and warps that share each output's features (1, 2, 4 or 8; 16 for
-// rows over 8,192 features), zero for the measured choice by the group's size.
+// rows over 8,192 features), zero for the measured choice by the group's size. releaseAtStart:
+// a grid launched early after this one (pdl.cuh) may start as soon as every block of this one has
+// begun, rather than once their sums are taken; it must still wait for this grid before reading.
 struct ItemShrinkShape {
   int outPerWarp = 0, warpsPerOutput = 0;
 };
 bool itemShrinkSupported(int in, int ldxa, int ld);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
-                    cudaStream_t st, bool pdl = false, ItemShrinkShape shape = {});
+                    cudaStream_t st, bool pdl = false, ItemShrinkShape shape = {}, bool releaseAtStart = false);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -51,26 +51,29 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     bytes_ += n * 2;
     return static_cast<bf16_t*>(p);
   };
-  const size_t slotA = static_cast<size_t>(slots_) * maxRank_;
+  // A slot's A rows for a group's held modules, one module after another.
+  int heldInGroup[kNumWeightGroups] = {};
+  for (int m = 0; m < kNumLoraModules; ++m)
+    if (holds(static_cast<LoraModule>(m))) ++heldInGroup[weightGroupOf(m)];
+  for (int m = 0; m < kNumLoraModules; ++m)
+    aSlotStride_[m] = static_cast<size_t>(heldInGroup[weightGroupOf(m)]) * maxRank_ * in_[m];
   for (int l = 0; l < layers_; ++l) {
-    // A group's held modules share one allocation, [module][slot][rank][in]: a prefill forms every
-    // slot's shrink outputs for the group with one GEMM over it (backend_lora.cc).
+    // A group's held modules share one allocation, [slot][module][rank][in]: a prefill forms every
+    // slot's shrink outputs for the group with one GEMM over it, and each chunk's outputs for its
+    // slot's modules with one product that reads the chunk's rows once (backend_lora.cc).
     bf16_t* groupA[kNumWeightGroups] = {};
     for (int g = 0; g < kNumWeightGroups; ++g) {
-      size_t rows = 0;
-      int in = 0;
-      for (int m = 0; m < kNumLoraModules; ++m) {
-        if (weightGroupOf(m) != g || !holds(static_cast<LoraModule>(m))) continue;
-        rows += slotA;
-        in = in_[m];
-      }
-      if (rows) groupA[g] = alloc(rows * in);
+      for (int m = 0; m < kNumLoraModules; ++m)
+        if (weightGroupOf(m) == g && holds(static_cast<LoraModule>(m))) {
+          groupA[g] = alloc(static_cast<size_t>(slots_) * aSlotStride_[m]);
+          break;
+        }
     }
     for (int m = 0; m < kNumLoraModules; ++m) {
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotA * in_[m];
+      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * maxRank_ * in_[m];
       // With split rows each module's rows hold only their own block.
       const int block = w.splitRows[g] ? 0 : loraColumnBlock(m, mask_);
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
@@ -119,8 +122,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
         if (!meta.ranks[m] || seen[idx]) continue;
         // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
-        check(cudaMemsetAsync(a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], 0,
-                              static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
+        check(cudaMemsetAsync(a_[idx] + slot * aSlotStride_[m], 0, static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
               "cudaMemsetAsync");
         check(cudaMemset2DAsync(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, 0,
                                 static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
@@ -212,7 +214,7 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   for (const auto& w : ad.weights) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
-    factor(w.a, a_[idx] + static_cast<size_t>(slot) * maxRank_ * in_[m], in_[m]);
+    factor(w.a, a_[idx] + slot * aSlotStride_[m], in_[m]);
     factor(w.b, b_[idx] + slot * bSlotStride_[m], bLd_[m]);
   }
   flushChunk();
@@ -248,7 +250,7 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     s.maxRank = maxRank_;
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
-    s.aSlotStride[s.count] = static_cast<size_t>(maxRank_) * in_[m];
+    s.aSlotStride[s.count] = aSlotStride_[m];
     s.bSlotStride[s.count] = bSlotStride_[m];
     s.bLd[s.count] = bLd_[m];
     s.out[s.count] = out_[m];

@@ -1,5 +1,6 @@
 // The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16 (a
-// group's modules in one allocation, which a prefill's shrink reads as one matrix), and B
+// group's modules in one allocation, [slot][module][maxRank][in], which a prefill's shrink reads as
+// one matrix), and B
 // either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
 // slot k's [out][maxRank] at column in + j S R + k R of the module's rows, in + k R with split
 // rows), or, when the weights
@@ -58,9 +59,10 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;            // [layer * 7 + module]; b_: slot 0's first column in the weight
-  bool inWeights_[kNumLoraModules] = {};  // B in the base weight's padding columns
-  int bLd_[kNumLoraModules] = {};         // B's row pitch
+  std::vector<bf16_t*> a_, b_;                // [layer * 7 + module]; b_: slot 0's first column in the weight
+  size_t aSlotStride_[kNumLoraModules] = {};  // from one slot's A rows of a module to the next slot's
+  bool inWeights_[kNumLoraModules] = {};      // B in the base weight's padding columns
+  int bLd_[kNumLoraModules] = {};             // B's row pitch
   size_t bSlotStride_[kNumLoraModules] = {};
   DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
   DeviceBuffer<float> scaling_;  // [slot]

@@ -8,9 +8,11 @@
 // zeros in every other padding column. With --bench it times both ways at an 8B model's decode
 // shapes, replayed from a CUDA graph, beside what the base model pays to make the same rows;
 // --bench GROUP RANK times one group at one rank (and skips the shape sweep), so that a profiler
-// can be pointed at its launches.
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Inative -o /tmp/rows test/gpu/lora_rows_check.cu \
-//        native/cuda/lora_rows.cu native/cuda/lora_item_shrink.cu native/cuda/kernels.cu && /tmp/rows [--bench]
+// can be pointed at its launches. The bench also times every slot's shrink as one decode GEMM
+// (decode_gemm.h) over the slots' A rows, for comparison.
+//   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/rows \
+//        test/gpu/lora_rows_check.cu native/cuda/lora_rows.cu native/cuda/lora_item_shrink.cu \
+//        native/cuda/kernels.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc && /tmp/rows [--bench]
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "check_util.h"
+#include "cuda/decode_gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/lora_fused.h"
 
@@ -364,6 +367,29 @@ int bench(const char* only, int onlyRank) {
           "rank %2d %-8s base %5.1f   row shrink %5.1f (+%4.1f)   item shrink %5.1f (+%4.1f)   early-launched %5.1f "
           "(+%4.1f)   graph grid %5.1f (+%4.1f)\n",
           R, g.name, base, rows, rows - base, itemUs, itemUs - base, pdlUs, pdlUs - base, graphUs, graphUs - base);
+      // Every slot's shrink as one decode GEMM over the slots' A rows (f32 out), early-launched.
+      {
+        static DecodeGemm dg(prop.multiProcessorCount);
+        static float* mid = nullptr;
+        if (!mid) CK(cudaMalloc(&mid, static_cast<size_t>(T) * 3 * slots * 64 * 4));
+        const int N = g.count * slots * R;
+        std::printf("rank %2d %-8s decode GEMM over every slot's A (%d rows), +us by splits:", R, g.name, N);
+        for (int splits : {1, 2, 3, 4, 5, 6, 8, 11, 16, 22}) {
+          DecodeGemmArgs a;
+          a.W = slicesAt(0).a[0], a.ldw = g.in, a.X = g.source == RowSource::kCopy ? src : xa;
+          a.ldx = g.source == RowSource::kCopy ? g.in : ld, a.Y = mid, a.ldy = N, a.M = T, a.N = N, a.K = g.in;
+          if (!dg.supports(a, splits)) continue;
+          const double us = timeGraph(iters, [&](int i, cudaStream_t st) {
+            if (g.source == RowSource::kNorm) rmsnorm(f32, nullptr, normW, xa, T, g.in, 1e-5f, st, ld);
+            if (g.source == RowSource::kSiluMul) siluMul(f32, xa, T, g.in, st, ld);
+            DecodeGemmArgs b = a;
+            b.W = slicesAt(i).a[0];
+            dg.run(b, splits, st, true);
+          });
+          std::printf(" %d:%4.1f", splits, us - base);
+        }
+        std::printf("\n");
+      }
       // The item shrink's block shapes, early-launched over the graph's grid: outputs a warp x warps
       // sharing an output's features.
       if (!only) {
