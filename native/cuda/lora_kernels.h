@@ -38,7 +38,7 @@ struct LoraSlices {
   int count = 0;
   int in = 0;                       // input features (shared)
   int maxRank = 0;                  // row pitch of A, column pitch of B and of mid slices
-  const bf16_t* a[kMaxLoraSlices];  // per slice: [slots][maxRank][in] at layer
+  const bf16_t* a[kMaxLoraSlices];  // per slice: slot k's [maxRank][in] at a + k aSlotStride
   const bf16_t* b[kMaxLoraSlices];  // per slice: slot k's [out][rank] at b + k bSlotStride, rows bLd apart
   size_t aSlotStride[kMaxLoraSlices];
   size_t bSlotStride[kMaxLoraSlices];
