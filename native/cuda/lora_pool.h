@@ -1,4 +1,4 @@
-// The LoRA pool on the GPU: per layer and targeted module, A [slots][maxRank][in] in bf16 (a
+// The LoRA pool on the GPU: per layer and targeted module, each slot's A [maxRank][in] in bf16 (a
 // group's modules in one allocation, [slot][module][maxRank][in], which a prefill's shrink reads as
 // one matrix), and B
 // either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
