@@ -144,6 +144,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_SHRINK_CHUNKS")) shrinkChunkSizes_ = parseChunkSizes(env);
   if (const char* env = std::getenv("TROUPE_LORA_ITEM_PDL")) itemPdl_ = itemPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_O_GEMM_EARLY")) oGemmEarly_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_DELTA_IN_NORM")) deltaInNorm_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env, {{"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
@@ -229,7 +230,17 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   check(cudaMemcpy(invFreq_.get(), rope.invFreq().data(), rope.invFreq().size() * 4, cudaMemcpyHostToDevice), "upload");
 
   if (pooled) {
-    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_);
+    // Where o's and down's decode GEMM may take their LoRA (loraGemmArgs: one GPU, every slot's A
+    // rows in its shrink tiles), the norm after it adds their deltas from a transposed copy of B.
+    uint32_t transposedB = 0;
+    if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused &&
+        o.loraSlots * o.maxLoraRank <= cuda::kDecodeGemmLoraMaxRows &&
+        cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
+      if (loraInGemm_ >> cuda::kOWeight & 1u) transposedB |= 1u << kO;
+      if (loraInGemm_ >> cuda::kDownWeight & 1u) transposedB |= 1u << kDown;
+      transposedB &= o.loraModuleMask;
+    }
+    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
     if (o_.loraKernel == LoraKernel::kFused) {
       cuda::prepareRowShrink(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));

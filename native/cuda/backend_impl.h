@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
+#include "cuda/rmsnorm_delta.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 
@@ -195,6 +197,15 @@ class CudaBackend : public Backend {
   // (bench/results/2026-12-02-h200-lora-o-gemm-early.json). TROUPE_LORA_O_GEMM_EARLY=0 releases
   // it after the sums, for comparing.
   bool oGemmEarly_ = true;
+  // Decode steps whose o and down projections take their LoRA inside the decode GEMM leave the
+  // deltas B s to the RMSNorm of the residual after it (rmsnorm_delta.h), so that the GEMM's weight
+  // tiles do not wait for its shrink tiles: 32 rows over 8 rank-16 adapters on an H200, o's GEMM and
+  // the norm after it 17.1-17.4 us against 19.0, down's 39.2 against 41.1 (decode_gemm_check
+  // --bench). The last layer's down keeps them (the final norm reads only sampled rows).
+  // TROUPE_LORA_DELTA_IN_NORM=0 adds them in the GEMM, for comparing.
+  bool deltaInNorm_ = true;
+  // The delta that the next RMSNorm of the residual adds (makeRows), set by o's or down's GEMM.
+  std::optional<cuda::ResidualDelta> pendingDelta_;
   // Decode steps over one attention split take the o projection's shrink in the attention kernel
   // (lora_o_epilogue.cuh) up to kOInAttentionMaxRank, where it saves its launch; at rank 64 its
   // longer epilogue on the attention cost more than the launch (8 adapters, batch 32, H200:

@@ -14,6 +14,14 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
   switch (input.source) {
     case cuda::RowSource::kNorm:
       timer_.mark("norm", stream_);
+      if (pendingDelta_) {
+        // The residual's rows take the deltas of the projection that wrote them first.
+        if (input.f32 != hidden_.get()) throw std::logic_error("a LoRA delta is pending on a norm of other rows");
+        cuda::rmsnormDelta(hidden_.get(), input.normW, made, T, in, input.eps, ld ? ld : in, *pendingDelta_, stream_,
+                           true);
+        pendingDelta_.reset();
+        return made;
+      }
       cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
       return made;
     case cuda::RowSource::kSiluMul:
@@ -45,12 +53,23 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // o and down: the decode GEMM takes the shrink and the deltas itself, from the rows as
       // they are or as siluMul makes them.
       const bool copied = input.source == cuda::RowSource::kCopy;
-      const cuda::DecodeGemmArgs a =
+      cuda::DecodeGemmArgs a =
           loraGemmArgs(l, g, sl, copied ? input.bf16 : made, copied ? input.ld : in, y, N, accumulate);
       if (a.M > 0) {
         makeRows(input, made, in);
         timer_.mark(name, stream_);
+        // Down's deltas go to the next layer's input norm; the last layer's has none after it.
+        const LoraModule m = g == cuda::kOWeight ? kO : kDown;
+        const bf16_t* bt = lora_->bTransposed(l, m);
+        const bool later = bt && (g == cuda::kOWeight || l + 1 < c_.numLayers);
+        if (later) a.lora.B = nullptr;
         decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
+        if (later) {
+          cuda::ResidualDelta d;
+          d.bt = bt, d.rowSlot = dRowSlot_, d.ranks = lora_->ranks(), d.rankPitch = kNumLoraModules, d.module = m;
+          d.maxRank = sl.maxRank, d.mid = loraMid_.get();
+          pendingDelta_ = d;
+        }
         return;
       }
     }
@@ -60,7 +79,9 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
       // them in every block of a token).
       cuda::RowInput rows = input;
-      if (input.source == cuda::RowSource::kSiluMul || (d.items && input.source == cuda::RowSource::kNorm)) {
+      // A pending delta is added by the norm kernel (makeRows), not by the row shrink's own rows.
+      if (input.source == cuda::RowSource::kSiluMul ||
+          ((d.items || pendingDelta_) && input.source == cuda::RowSource::kNorm)) {
         rows = cuda::RowInput{cuda::RowSource::kCopy};
         rows.bf16 = makeRows(input, xa_.get(), in, ld);
         rows.ld = ld;

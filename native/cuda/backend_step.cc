@@ -5,6 +5,7 @@
 #include <cmath>
 #include <exception>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -110,6 +111,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   const int h = c_.hiddenSize, inter = c_.intermediateSize, T = p.T;
   const float eps = static_cast<float>(c_.rmsNormEps);
   timer_.mark("embed", stream_);
+  pendingDelta_.reset();
   cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, tp_.vocabStart, tp_.vocabCount, stream_);
   comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
@@ -154,6 +156,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     projection(l, cuda::kDownWeight, "down", {kDown}, zero, silu, act_.get(), hidden_.get(), h, keepsResidual());
     reducePartial(T);
   }
+  if (pendingDelta_) throw std::logic_error("the last layer left a LoRA delta for a norm that does not take it");
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);

@@ -19,7 +19,8 @@
 // With LoRA the first lora.rows / 64 tiles are the A rows' (their copies from aMap, their sums to
 // lora.mid); the other tiles' blocks copy their 64 rows of B into shared memory before the wait,
 // and the block that writes a tile waits at the end until every shrink tile has counted itself
-// done, then adds each token's delta.
+// done, then adds each token's delta. Without B the shrink tiles only write lora.mid, and nothing
+// waits for them.
 #include <cuda.h>
 
 #include <algorithm>
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
   const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
   const DecodeGemmLora& lora = args.lora;
-  const bool hasLora = lora.A != nullptr;
+  const bool hasLora = lora.A != nullptr, hasDelta = hasLora && lora.B != nullptr;
   const int shrinkTiles = hasLora ? (lora.rows + kTileRows - 1) / kTileRows : 0;
   const bool shrinkTile = tile < shrinkTiles;  // rows of A, into lora.mid
   const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
   if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
-  if (hasLora && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
+  if (hasDelta && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
   pdlWait();
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
@@ -167,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     firstGroupSync();
     if (!last) {
-      if (hasLora) cpAsyncWaitAll();
+      if (hasDelta) cpAsyncWaitAll();
       pdlLaunchDependents();
       return;
     }
@@ -198,13 +199,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (t < args.M && slot == tokSlot[t] && r < tokRank[t])
           __stcg(lora.mid + t * lora.maxRank + r, tokScale[t] * acc[j][h]);
       }
-    __threadfence();
-    firstGroupSync();
-    if (tid == 0) atomicAdd(counters + kShrinkDone, 1u);
+    if (hasDelta) {
+      __threadfence();
+      firstGroupSync();
+      if (tid == 0) atomicAdd(counters + kShrinkDone, 1u);
+    }
     pdlLaunchDependents();
     return;
   }
-  if (hasLora) {
+  if (hasDelta) {
     // Each token's scaled shrink outputs into the spent stages; then the deltas.
     if (tid == 0)
       while (loadAcquire(counters + kShrinkDone) < static_cast<unsigned>(shrinkTiles)) __nanosleep(32);
@@ -315,8 +318,8 @@ int gridTiles(const DecodeGemmArgs& a) {
 bool loraSupported(const DecodeGemmLora& l) {
   return l.rows >= 8 && l.rows <= kDecodeGemmLoraMaxRows && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
          (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && aligned16(l.mid) && l.rows % l.maxRank == 0 &&
-         l.lda % 8 == 0 && l.ldb % 8 == 0 && aligned16(l.A) && aligned16(l.B) && l.mid && l.rowSlot && l.ranks &&
-         l.scaling;
+         l.lda % 8 == 0 && (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.mid && l.rowSlot &&
+         l.ranks && l.scaling;
 }
 
 }  // namespace
@@ -335,7 +338,7 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   const CUtensorMap wMap = bf16TensorMap(a.W, a.K, a.N, a.ldw, kBox, kTileRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
-  const int smem = kSmemBytes + (a.lora.A ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
+  const int smem = kSmemBytes + (a.lora.A && a.lora.B ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
   launchPdlShared(decodeGemmKernel, dim3(gridTiles(a) * splits), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
                   wMap, xMap, aMap, kTiles, splits, partials_.get(), counters_.get());
 }

@@ -37,7 +37,9 @@ constexpr int kDecodeGemmMaxRows = 32;
 // k maxRank + r); output row n's B for slot k, rank r is at B + n ldb + k maxRank + r. Token m
 // (slot rowSlot[m], -1 for none) adds scaling[slot] sum over r < ranks[slot rankPitch + module] of
 // B(n, slot, r) (A x_m)[slot maxRank + r]. mid: the shrink's workspace, M x maxRank floats (each
-// token's own slot's outputs, scaled), 16-byte aligned.
+// token's own slot's outputs, scaled), 16-byte aligned. Without B the GEMM only leaves the shrink
+// in mid (entries past a token's rank untouched) and adds no delta: the kernel after it does
+// (rmsnorm_delta.h), so no weight tile waits for the shrink tiles.
 constexpr int kDecodeGemmLoraMaxRows = 128;
 struct DecodeGemmLora {
   const bf16_t* A = nullptr;

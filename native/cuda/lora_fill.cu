@@ -43,6 +43,11 @@ __global__ void factorKernel(const unsigned char* src, int dtype, int64_t rows, 
   }
 }
 
+__global__ void transposeBKernel(const bf16_t* b, int64_t ld, int out, bf16_t* bt) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x, r = blockIdx.y;
+  if (n < out) bt[static_cast<int64_t>(r) * out + n] = b[n * ld + r];
+}
+
 __global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
   const int t = threadIdx.x;
   if (t < kLoraMetaModules) ranks[t] = meta.ranks[t];
@@ -58,6 +63,11 @@ void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, in
   const int64_t blocks = (n + 255) / 256;
   factorKernel<<<static_cast<int>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
       static_cast<const unsigned char*>(src), dtype, rows, cols, srcPitch, col0, dst, dstPitch, bad);
+}
+
+void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cudaStream_t s) {
+  if (out == 0 || R == 0) return;
+  transposeBKernel<<<dim3((out + 255) / 256, R), 256, 0, s>>>(b, ld, out, bt);
 }
 
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {

@@ -20,6 +20,10 @@ namespace cuda {
 void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
                       bf16_t* dst, int64_t dstPitch, int* bad, cudaStream_t s);
 
+// bt[r * out + n] = b[n * ld + r] for r < R, n < out: a slot's B of one module, [out][R] at pitch ld,
+// into [R][out], where each rank's values for a run of outputs lie together.
+void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cudaStream_t s);
+
 constexpr int kLoraMetaModules = 7;  // kNumLoraModules
 struct LoraSlotMeta {
   int32_t ranks[kLoraMetaModules];  // 0 where the adapter leaves the module out (or the slot is empty)

@@ -22,11 +22,13 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 
 }  // namespace
 
-GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w)
+GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w,
+                         uint32_t transposedB)
     : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
+  bt_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   // The first row of each module in its group's fused weight.
   int row0[kNumLoraModules] = {};
   for (int m = 1; m < kNumLoraModules; ++m)
@@ -79,6 +81,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(block) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
+      if (transposedB >> m & 1u) bt_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * out_[m]);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -131,6 +134,14 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     }
     check(cudaMemsetAsync(bad_.get(), 0, sizeof(int), stream_), "cudaMemsetAsync");
     enqueueFactors(slot, ad);
+    // The transposed copies from B as written above (zeros where the adapter skips a layer).
+    for (int l = 0; l < layers_; ++l)
+      for (int m = 0; m < kNumLoraModules; ++m) {
+        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+        if (bt_[idx] && meta.ranks[m])
+          loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
+                         bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+      }
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");

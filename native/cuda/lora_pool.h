@@ -29,8 +29,10 @@ namespace cuda {
 class GpuLoraPool {
  public:
   // weights: outlive the pool; where a group has padding columns, enough for these slots, ranks
-  // and modules (loraPadColumns), and the pool keeps that group's B factors there.
-  GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights);
+  // and modules (loraPadColumns), and the pool keeps that group's B factors there. transposedB:
+  // the modules (bits) whose B each slot also keeps as [maxRank][out] (bTransposed).
+  GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights,
+              uint32_t transposedB = 0);
   ~GpuLoraPool();
   GpuLoraPool(const GpuLoraPool&) = delete;
   GpuLoraPool& operator=(const GpuLoraPool&) = delete;
@@ -48,6 +50,11 @@ class GpuLoraPool {
   bool holds(LoraModule m) const { return (mask_ >> m) & 1u; }
   // The slices of one fused projection at `layer` (modules not held are left out).
   LoraSlices slices(int layer, std::initializer_list<LoraModule> modules, const int* outOffsets) const;
+  // Module m's B at `layer` as [slot][maxRank][out] (a rank's outputs contiguous), where the pool
+  // was asked to keep it; else nullptr.
+  const bf16_t* bTransposed(int layer, LoraModule m) const {
+    return bt_[static_cast<size_t>(layer) * kNumLoraModules + m];
+  }
   const int32_t* ranks() const { return ranks_.get(); }
   const float* scaling() const { return scaling_.get(); }
   size_t bytes() const { return bytes_; }
@@ -60,6 +67,7 @@ class GpuLoraPool {
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
   std::vector<bf16_t*> a_, b_;                // [layer * 7 + module]; b_: slot 0's first column in the weight
+  std::vector<bf16_t*> bt_;                   // [layer * 7 + module]: bTransposed's, or nullptr
   size_t aSlotStride_[kNumLoraModules] = {};  // from one slot's A rows of a module to the next slot's
   bool inWeights_[kNumLoraModules] = {};      // B in the base weight's padding columns
   int bLd_[kNumLoraModules] = {};             // B's row pitch

@@ -3,16 +3,20 @@
 // accumulating or not, padded leading dimensions. Every case runs three rounds back to back with
 // programmatic launch and must give the same bits each round. The LoRA cases add each token's
 // slot's B (A x) as the engine's decode steps do, with A's rows and B's columns past each slot's
-// rank poisoned with NaN and tokens without an adapter. With --bench it times Llama-8B's
+// rank poisoned with NaN and tokens without an adapter; others leave the deltas to the norm after
+// the GEMM (rmsnorm_delta.h), checked with its normed rows. With --bench it times Llama-8B's
 // projections at 32 decode tokens, replayed from a CUDA graph, against cuBLAS's GEMM: behind a
-// 2 us kernel, and the down projection behind siluMul as in a decode step.
+// 2 us kernel, and the down projection behind siluMul as in a decode step; then o and down with
+// the norm after them, the deltas in the GEMM or in the norm.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
 //        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc native/cuda/kernels.cu \
-//        native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
+//        native/cuda/rmsnorm_delta.cu native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "check_util.h"
@@ -20,6 +24,7 @@
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/rmsnorm_delta.h"
 
 using namespace kernel_check;
 using namespace troupe::cuda;
@@ -102,8 +107,9 @@ struct LoraCase {
 
 // The LoRA form against a host reference: W and B in one matrix of K + slots maxRank columns, as
 // the fused layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's rank
-// maxRank - k % 2 * maxRank / 2.
-int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
+// maxRank - k % 2 * maxRank / 2. inNorm: the GEMM leaves the shrink in mid (NaN before it) and
+// rmsnormDelta adds the deltas from B transposed, then makes the normed rows, checked as well.
+int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaStream_t st) {
   const int rows = c.slots * c.maxRank, ld = c.K + rows;
   std::vector<uint16_t> W(static_cast<size_t>(c.N) * ld), X(static_cast<size_t>(c.M) * c.K),
       A(static_cast<size_t>(rows) * c.K);
@@ -132,21 +138,58 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
   int32_t* dRanks = upload(ranks);
   float* dScaling = upload(scaling);
   float* dY = upload(Y0);
-  float* dMid = upload(std::vector<float>(static_cast<size_t>(c.M) * rows));
+  float* dMid = upload(std::vector<float>(static_cast<size_t>(c.M) * rows, inNorm ? std::nanf("") : 0.0f));
+  // The norm after it: B as [slot][maxRank][N] (NaN past each rank, as in W), the norm's weights.
+  std::vector<uint16_t> Bt(static_cast<size_t>(rows) * c.N);
+  for (int i = 0; i < rows; ++i)
+    for (int n = 0; n < c.N; ++n) Bt[static_cast<size_t>(i) * c.N + n] = W[static_cast<size_t>(n) * ld + c.K + i];
+  std::vector<float> normW(c.N);
+  for (auto& v : normW) v = 1.0f + 0.5f * rng.sym();
+  bf16_t* dBt = reinterpret_cast<bf16_t*>(upload(Bt));
+  float* dNormW = upload(normW);
+  bf16_t* dNormed = nullptr;
+  CK(cudaMalloc(&dNormed, static_cast<size_t>(c.M) * c.N * 2));
+  ResidualDelta d;
+  d.bt = dBt, d.rowSlot = dSlot, d.ranks = dRanks, d.rankPitch = 7, d.module = 6, d.maxRank = c.maxRank, d.mid = dMid;
+  std::vector<uint16_t> normed(static_cast<size_t>(c.M) * c.N);
   DecodeGemmArgs a;
   a.W = dW, a.ldw = ld, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
   a.accumulate = true;
   DecodeGemmLora& l = a.lora;
-  l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = dW + c.K, l.ldb = ld, l.rowSlot = dSlot;
+  l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = inNorm ? nullptr : dW + c.K, l.ldb = ld;
+  l.rowSlot = dSlot;
   l.ranks = dRanks, l.rankPitch = 7, l.module = 6, l.scaling = dScaling, l.mid = dMid;
   int bad = 0;
   if (!gemm.supports(a, c.splits)) {
     std::printf("FAIL lora M %d N %d K %d rows %d splits %d: not supported\n", c.M, c.N, c.K, rows, c.splits);
     bad = 1;
   }
-  const std::vector<float> Y = bad ? std::vector<float>{} : launchRounds(gemm, a, c.splits, Y0, st, "LoRA case");
+  std::vector<float> Y;
+  if (!bad && inNorm) {
+    // Three rounds of the GEMM and the norm, each from Y0: the same bits each time.
+    std::vector<uint16_t> firstNormed;
+    for (int round = 0; round < 3 && !bad; ++round) {
+      CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
+      gemm.run(a, c.splits, st, true);
+      rmsnormDelta(dY, dNormW, dNormed, c.M, c.N, 1e-5f, c.N, d, st, true);
+      std::vector<float> y(Y0.size());
+      CK(cudaMemcpyAsync(y.data(), dY, y.size() * 4, cudaMemcpyDeviceToHost, st));
+      CK(cudaMemcpyAsync(normed.data(), dNormed, normed.size() * 2, cudaMemcpyDeviceToHost, st));
+      CK(cudaStreamSynchronize(st));
+      if (round == 0) {
+        Y = y;
+        firstNormed = normed;
+      } else if (std::memcmp(y.data(), Y.data(), y.size() * 4) != 0 ||
+                 std::memcmp(normed.data(), firstNormed.data(), normed.size() * 2) != 0) {
+        std::printf("FAIL delta in the norm: round %d differs from the first\n", round);
+        bad = 1;
+      }
+    }
+  } else if (!bad) {
+    Y = launchRounds(gemm, a, c.splits, Y0, st, "LoRA case");
+  }
   if (Y.empty()) bad = 1;
-  double worst = 0;
+  double worst = 0, worstNormed = 0;
   if (!bad) {
     for (int m = 0; m < c.M; ++m) {
       const int s = slot[m], rank = s >= 0 ? ranks[s * 7 + 6] : 0;
@@ -158,6 +201,8 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
           mid[r] += p;
           midMag[r] += std::fabs(p);
         }
+      std::vector<double> ref(c.N), bounds(c.N);
+      double squares = 0;
       for (int n = 0; n < c.N; ++n) {
         double sum = Y0[static_cast<size_t>(m) * c.N + n], mag = 0;
         for (int k = 0; k < c.K; ++k) {
@@ -174,14 +219,29 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
         const double bound = mag / 16384 + 1e-5, err = std::fabs(Y[static_cast<size_t>(m) * c.N + n] - sum);
         if (!(err <= bound)) ++bad;
         worst = std::max(worst, err / bound);
+        ref[n] = sum;
+        bounds[n] = bound;
+        squares += sum * sum;
+      }
+      if (!inNorm) continue;
+      // The normed row: bf16's rounding, and what the residual's own error moves it by.
+      const double inv = 1.0 / std::sqrt(squares / c.N + 1e-5);
+      for (int n = 0; n < c.N; ++n) {
+        const double want = normW[n] * ref[n] * inv, got = fromBf16(normed[static_cast<size_t>(m) * c.N + n]);
+        const double bound = std::fabs(want) / 128 + std::fabs(normW[n]) * 4 * bounds[n] * inv + 1e-6;
+        const double err = std::fabs(got - want);
+        if (!(err <= bound)) ++bad;
+        worstNormed = std::max(worstNormed, err / bound);
       }
     }
   }
-  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d: worst %.3f of the bound\n",
-              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, worst);
-  for (void* p :
-       {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
-        static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY), static_cast<void*>(dMid)})
+  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d%s: worst %.3f of the bound%s\n",
+              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, inNorm ? ", deltas in the norm" : "",
+              worst, inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
+  for (void* p : {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
+                  static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY),
+                  static_cast<void*>(dMid), static_cast<void*>(dBt), static_cast<void*>(dNormW),
+                  static_cast<void*>(dNormed)})
     cudaFree(p);
   return bad ? 1 : 0;
 }
@@ -209,9 +269,89 @@ int checks() {
       {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
       {1, 200, 1024, 2, 8, 1},     {19, 130, 264, 3, 8, 2},    {32, 512, 2048, 2, 64, 1},
   };
-  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, rng, st);
+  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, false, rng, st);
+  // The deltas left to the norm after the GEMM (rmsnormDelta): N a multiple of 4 up to 8,192 (a
+  // cluster of 1 to 8 blocks a token), max rank 8, 16 or 32.
+  const LoraCase inNormCases[] = {
+      {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
+      {1, 200, 1024, 2, 8, 1},     {5, 3000, 1024, 4, 32, 2},  {32, 8192, 2048, 4, 32, 1},
+  };
+  for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, true, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
+}
+
+
+// o's and down's GEMM with 8 rank-16 slots inside and the residual's norm after it, as a decode
+// step runs them: the deltas in the GEMM and rmsnorm, against the GEMM leaving only the shrink and
+// rmsnormDelta adding the deltas.
+void benchDeltaInNorm(cudaStream_t st, int sms) {
+  const int T = 32, R = 16, slots = 8, copies = 4, iters = 64, H = 4096;
+  float *gu = nullptr, *Y = nullptr, *mid = nullptr;
+  CK(cudaMalloc(&gu, static_cast<size_t>(T) * 2 * 14336 * 4));
+  CK(cudaMemset(gu, 0, static_cast<size_t>(T) * 2 * 14336 * 4));
+  CK(cudaMalloc(&Y, static_cast<size_t>(T) * H * 4));
+  CK(cudaMemset(Y, 0, static_cast<size_t>(T) * H * 4));
+  CK(cudaMalloc(&mid, static_cast<size_t>(T) * R * 4));
+  CK(cudaMemset(mid, 0, static_cast<size_t>(T) * R * 4));
+  float* w = upload(std::vector<float>(H, 1.0f));
+  bf16_t* xn = nullptr;
+  CK(cudaMalloc(&xn, static_cast<size_t>(T) * H * 2));
+  std::vector<int32_t> slot(T);
+  for (int t = 0; t < T; ++t) slot[t] = t % slots;
+  int32_t* dSlot = upload(slot);
+  int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
+  float* dScale = upload(std::vector<float>(slots, 1.0f));
+  for (const int K : {4096, 14336}) {
+    const bool silu = K != H;
+    const int ldw = K + slots * R;
+    const size_t wElems = static_cast<size_t>(H) * ldw, btElems = static_cast<size_t>(slots) * R * H;
+    bf16_t *W = nullptr, *X = nullptr, *A = nullptr, *Bt = nullptr;
+    CK(cudaMalloc(&W, wElems * copies * 2));
+    CK(cudaMemset(W, 0, wElems * copies * 2));
+    CK(cudaMalloc(&X, static_cast<size_t>(T) * K * 2));
+    CK(cudaMemset(X, 0, static_cast<size_t>(T) * K * 2));
+    CK(cudaMalloc(&A, static_cast<size_t>(slots) * R * K * 2));
+    CK(cudaMemset(A, 0, static_cast<size_t>(slots) * R * K * 2));
+    CK(cudaMalloc(&Bt, btElems * copies * 2));
+    CK(cudaMemset(Bt, 0, btElems * copies * 2));
+    auto before = [&](cudaStream_t s2) {
+      if (silu) {
+        siluMul(gu, X, T, K, s2, K);
+      } else {
+        shortKernel<<<sms, 128, 0, s2>>>();
+      }
+    };
+    auto args = [&](int i, bool inGemm) {
+      DecodeGemmArgs a;
+      a.W = W + (i % copies) * wElems, a.ldw = ldw, a.X = X, a.ldx = K, a.Y = Y, a.ldy = H, a.M = T, a.N = H, a.K = K;
+      a.accumulate = true;
+      DecodeGemmLora& l = a.lora;
+      l.A = A, l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = inGemm ? a.W + K : nullptr, l.ldb = ldw;
+      l.rowSlot = dSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
+      return a;
+    };
+    DecodeGemm gemm(sms);
+    const double inGemm = graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+      gemm.run(args(i, true), 2, s2, true);
+      rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2);
+    });
+    const double inNorm = graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+      gemm.run(args(i, false), 2, s2, true);
+      ResidualDelta d;
+      d.bt = Bt + (i % copies) * btElems, d.rowSlot = dSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
+      d.maxRank = R, d.mid = mid;
+      rmsnormDelta(Y, w, xn, T, H, 1e-5f, H, d, s2, true);
+    });
+    std::printf("%-4s with 8 rank-16 slots and the norm after it: deltas in the GEMM %6.2f, in the norm %6.2f\n",
+                silu ? "down" : "o", inGemm, inNorm);
+    for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(Bt)})
+      cudaFree(p);
+  }
+  for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
+                  static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dRank),
+                  static_cast<void*>(dScale)})
+    cudaFree(p);
 }
 
 int bench() {
@@ -230,6 +370,8 @@ int bench() {
     int loraRows = 0;       // 8 slots of rank 16 taken inside the GEMM, the tokens over them
   };
   const Shape shapes[] = {{"q/k/v", 6144, 4096, 1, false, false},
+                          {"q/k/v + r16 pad", 6144, 4480, 1, false, false},
+                          {"q/k/v, LoRA in", 6144, 4096, 1, false, false, 128},
                           {"o", 4096, 4096, 2, true, false},
                           {"o + r16 pad", 4096, 4224, 2, true, false},
                           {"down", 4096, 14336, 2, true, false},
@@ -302,6 +444,7 @@ int bench() {
   }
   cudaFree(gu);
   cudaFree(Y);
+  benchDeltaInNorm(st, prop.multiProcessorCount);
   return 0;
 }
 

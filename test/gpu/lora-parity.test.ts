@@ -106,19 +106,28 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   const small = ['base', ...ref.adapters].flatMap((model, mi) =>
     model === 'base' || model.startsWith('r8') || model.startsWith('r16') ? ref.cases[model]!.map((c) => ({ model, slot: mi - 1, c })) : [],
   );
-  it.each(['down', 'o,down', '0'])('adapters up to rank 16, LoRA in the decode GEMM: %s', (inGemm) => {
-    // The engine reads the switch when it is made.
-    const before = process.env.TROUPE_LORA_IN_GEMM;
+  // The deltas of o and down added by the norm after their GEMM (the default), or in the GEMM.
+  it.each([
+    { inGemm: 'down', deltaInNorm: '1' },
+    { inGemm: 'o,down', deltaInNorm: '1' },
+    { inGemm: 'o,down', deltaInNorm: '0' },
+    { inGemm: '0', deltaInNorm: '1' },
+  ])('adapters up to rank 16, LoRA in the decode GEMM: $inGemm, deltas in the norm: $deltaInNorm', ({ inGemm, deltaInNorm }) => {
+    // The engine reads the switches when it is made.
+    const before = { TROUPE_LORA_IN_GEMM: process.env.TROUPE_LORA_IN_GEMM, TROUPE_LORA_DELTA_IN_NORM: process.env.TROUPE_LORA_DELTA_IN_NORM };
     process.env.TROUPE_LORA_IN_GEMM = inGemm;
+    process.env.TROUPE_LORA_DELTA_IN_NORM = deltaInNorm;
     try {
       check(
-        `rank-16 pool, LoRA in the decode GEMM: ${inGemm}`,
+        `rank-16 pool, LoRA in the decode GEMM: ${inGemm}, deltas in the norm: ${deltaInNorm}`,
         { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
         small,
       );
     } finally {
-      if (before === undefined) delete process.env.TROUPE_LORA_IN_GEMM;
-      else process.env.TROUPE_LORA_IN_GEMM = before;
+      for (const [k, v] of Object.entries(before)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
     }
   });
 

@@ -1,0 +1,135 @@
+// rmsnorm_delta.h: one cluster of blocks a token, 256 threads a block and four features a thread.
+// A thread loads its features' B values for the token's slot (a rank's run of outputs lies
+// together in the transposed copy, so a warp reads 256 bytes a rank) and the norm's weights
+// before the programmatic-launch wait; after it, the residual row and the shrink outputs, the
+// delta, the sum of squares over the block and then over the cluster's blocks in rank order.
+//
+// Measured on an H200 at Llama-8B's shapes, 32 tokens over 8 rank-16 slots, replayed from a CUDA
+// graph behind the projection's decode GEMM (test/gpu/decode_gemm_check.cu --bench): o's GEMM with
+// the deltas inside and rmsnorm after it took 19.0 us, the GEMM leaving only the shrink and this
+// kernel 17.1-17.4; down's 41.1 against 39.2. With B read in its [out][rank] layout (32 bytes a
+// row) this kernel cost 3 us more than rmsnorm and saved nothing.
+#include <cooperative_groups.h>
+
+#include <stdexcept>
+
+#include "cuda/bf16_pack.cuh"
+#include "cuda/device.h"
+#include "cuda/pdl.cuh"
+#include "cuda/rmsnorm_delta.h"
+
+namespace troupe {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256, kFeatures = 4, kBlockFeatures = kThreads * kFeatures, kMaxCluster = 8;
+
+template <int kR>
+__global__ void __launch_bounds__(kThreads)
+    rmsnormDeltaKernel(float* h, const float* w, bf16_t* y, int H, float eps, int ldy, ResidualDelta d) {
+#if __CUDA_ARCH__ >= 900
+  pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int parts = static_cast<int>(cluster.num_blocks()), part = static_cast<int>(cluster.block_rank());
+  const int t = blockIdx.x / parts, n0 = part * kBlockFeatures + threadIdx.x * kFeatures;
+  const bool active = n0 < H;
+  // The pool and the step's slots were written before the grid began.
+  const int slot = d.rowSlot[t];
+  const int rank = slot >= 0 ? min(d.ranks[slot * d.rankPitch + d.module], kR) : 0;
+  uint2 b[kR];
+  float4 w4 = make_float4(0, 0, 0, 0);
+  if (active) {
+    w4 = *reinterpret_cast<const float4*>(w + n0);
+    if (rank > 0)
+#pragma unroll
+      for (int r = 0; r < kR; ++r)
+        b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);
+  }
+  pdlWait();
+  float4 x = make_float4(0, 0, 0, 0);
+  float* row = h + static_cast<size_t>(t) * H + n0;
+  if (active) {
+    x = *reinterpret_cast<const float4*>(row);
+    if (rank > 0) {
+      float delta[kFeatures] = {};
+#pragma unroll
+      for (int r0 = 0; r0 < kR; r0 += 4) {
+        const float4 m = __ldcg(reinterpret_cast<const float4*>(d.mid + t * kR + r0));
+        const float mv[4] = {m.x, m.y, m.z, m.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          // A select, not a product: past the rank B and mid may be NaN.
+          if (r0 + e >= rank) continue;
+          const uint2 q = b[r0 + e];
+          delta[0] = fmaf(__uint_as_float(q.x << 16), mv[e], delta[0]);
+          delta[1] = fmaf(__uint_as_float(q.x & 0xffff0000u), mv[e], delta[1]);
+          delta[2] = fmaf(__uint_as_float(q.y << 16), mv[e], delta[2]);
+          delta[3] = fmaf(__uint_as_float(q.y & 0xffff0000u), mv[e], delta[3]);
+        }
+      }
+      x.x += delta[0], x.y += delta[1], x.z += delta[2], x.w += delta[3];
+      *reinterpret_cast<float4*>(row) = x;
+    }
+  }
+  float ss = x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  __shared__ float warpSums[kThreads / 32];
+  __shared__ float blockSum;
+  if ((threadIdx.x & 31) == 0) warpSums[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = 0;
+    for (int i = 0; i < kThreads / 32; ++i) v += warpSums[i];
+    blockSum = v;
+  }
+  // Every block adds the cluster's sums in rank order, so all get the same total; the second
+  // barrier keeps each block's sum in place until the others have read it.
+  cluster.sync();
+  float total = 0;
+  for (int i = 0; i < parts; ++i) total += *cluster.map_shared_rank(&blockSum, i);
+  cluster.sync();
+  if (!active) return;
+  const float k0 = 1.0f / sqrtf(total / H + eps);
+  *reinterpret_cast<uint2*>(y + static_cast<size_t>(t) * ldy + n0) =
+      make_uint2(pairB(w4.x * (x.x * k0), w4.y * (x.y * k0)), pairB(w4.z * (x.z * k0), w4.w * (x.w * k0)));
+#endif
+}
+
+}  // namespace
+
+bool rmsnormDeltaSupported(int H, int maxRank) {
+  return H % kFeatures == 0 && H > 0 && H <= kMaxCluster * kBlockFeatures &&
+         (maxRank == 8 || maxRank == 16 || maxRank == 32);
+}
+
+void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, int ldy, const ResidualDelta& d,
+                  cudaStream_t s, bool pdl) {
+  if (T == 0) return;
+  if (!rmsnormDeltaSupported(H, d.maxRank) || ldy % 4 != 0 || !alignedTo(h, 16) || !alignedTo(w, 16) ||
+      !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8))
+    throw std::invalid_argument("rmsnormDelta: unsupported shape or alignment");
+  const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(T * parts);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = parts;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 2 : 1;
+  auto kernel = d.maxRank == 8    ? rmsnormDeltaKernel<8>
+                : d.maxRank == 16 ? rmsnormDeltaKernel<16>
+                                  : rmsnormDeltaKernel<32>;
+  check(cudaLaunchKernelEx(&cfg, kernel, h, w, y, H, eps, ldy, d), "rmsnormDelta launch");
+}
+
+}  // namespace cuda
+}  // namespace troupe

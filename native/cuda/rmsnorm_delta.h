@@ -1,0 +1,37 @@
+// The residual's RMSNorm that first adds the LoRA deltas of the projection before it. In a decode
+// step the o and down projections' decode GEMM leaves each token's scaled shrink outputs in mid
+// (decode_gemm.h, without B), and this kernel adds B s into the residual row, writes the row back
+// and makes the next projection's normed rows from it: the GEMM's weight tiles then no longer wait
+// for its shrink tiles. Blocks of one token meet in a thread-block cluster (compute capability 9.0).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+// Token t (slot rowSlot[t], -1 for none) adds sum over r < min(ranks[slot rankPitch + module],
+// maxRank) of bt[(slot maxRank + r) H + n] mid[t maxRank + r] to h[t H + n] for every n < H; B and
+// mid past a slot's rank may hold anything.
+struct ResidualDelta {
+  const bf16_t* bt = nullptr;  // [slot][maxRank][H] (GpuLoraPool::bTransposed)
+  const int32_t* rowSlot = nullptr;
+  const int32_t* ranks = nullptr;
+  int rankPitch = 0, module = 0, maxRank = 0;
+  const float* mid = nullptr;
+};
+
+// H a multiple of 4 up to 8,192 (a cluster of up to 8 blocks a token), maxRank 8, 16 or 32.
+bool rmsnormDeltaSupported(int H, int maxRank);
+
+// The delta into h (T rows of H), then y[t ldy + n] = bf16(w[n] (h[t][n] / rms(h[t]))) as rmsnorm
+// writes it. pdl: may start while the kernel before drains (reads h and mid only after it).
+void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, int ldy, const ResidualDelta& d,
+                  cudaStream_t s, bool pdl);
+
+}  // namespace cuda
+}  // namespace troupe
