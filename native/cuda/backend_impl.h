@@ -199,9 +199,10 @@ class CudaBackend : public Backend {
   bool oGemmEarly_ = true;
   // Decode steps whose o and down projections take their LoRA inside the decode GEMM leave the
   // deltas B s to the RMSNorm of the residual after it (rmsnorm_delta.h), so that the GEMM's weight
-  // tiles do not wait for its shrink tiles: 32 rows over 8 rank-16 adapters on an H200, o's GEMM and
-  // the norm after it 17.1-17.4 us against 19.0, down's 39.2 against 41.1 (decode_gemm_check
-  // --bench). The last layer's down keeps them (the final norm reads only sampled rows).
+  // tiles do not wait for its shrink tiles: a decode step of 32 rows over 8 rank-16 adapters on an
+  // H200 +7.2% / +7.7% over the base step against +12.6% / +12.8%
+  // (bench/results/2026-12-02-h200-lora-delta-in-norm.json). The last layer's down keeps them (the
+  // final norm reads only sampled rows).
   // TROUPE_LORA_DELTA_IN_NORM=0 adds them in the GEMM, for comparing.
   bool deltaInNorm_ = true;
   // The delta that the next RMSNorm of the residual adds (makeRows), set by o's or down's GEMM.

@@ -5,10 +5,11 @@
 // delta, the sum of squares over the block and then over the cluster's blocks in rank order.
 //
 // Measured on an H200 at Llama-8B's shapes, 32 tokens over 8 rank-16 slots, replayed from a CUDA
-// graph behind the projection's decode GEMM (test/gpu/decode_gemm_check.cu --bench): o's GEMM with
-// the deltas inside and rmsnorm after it took 19.0 us, the GEMM leaving only the shrink and this
-// kernel 17.1-17.4; down's 41.1 against 39.2. With B read in its [out][rank] layout (32 bytes a
-// row) this kernel cost 3 us more than rmsnorm and saved nothing.
+// graph behind the projection's decode GEMM (test/gpu/decode_gemm_check.cu --bench,
+// bench/results/2026-12-02-h200-lora-delta-in-norm.json): o's GEMM with the deltas inside and
+// rmsnorm after it took 19.1 us, the GEMM leaving only the shrink and this kernel 17.9; down's 41.1
+// against 39.6. With B read in its [out][rank] layout (32 bytes a row) this kernel cost 3 us more
+// than rmsnorm and saved nothing.
 #include <cooperative_groups.h>
 
 #include <stdexcept>
