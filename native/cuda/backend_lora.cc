@@ -50,8 +50,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
     if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u)) {
-      // o and down: the decode GEMM takes the shrink and the deltas itself, from the rows as
-      // they are or as siluMul makes them.
+      // o and down: the decode GEMM takes the shrink itself, from the rows as they are or as
+      // siluMul makes them, and adds the deltas or leaves them to the norm after it.
       const bool copied = input.source == cuda::RowSource::kCopy;
       cuda::DecodeGemmArgs a =
           loraGemmArgs(l, g, sl, copied ? input.bf16 : made, copied ? input.ld : in, y, N, accumulate);
