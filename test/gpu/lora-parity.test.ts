@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { withEnv } from '../../bench/engine-variants.js';
 import { addon, engineOptions, loadSlot, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
 import type { EngineOptions } from '../../src/engine/types.js';
 
@@ -114,21 +115,13 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { inGemm: '0', deltaInNorm: '1' },
   ])('adapters up to rank 16, LoRA in the decode GEMM: $inGemm, deltas in the norm: $deltaInNorm', ({ inGemm, deltaInNorm }) => {
     // The engine reads the switches when it is made.
-    const before = { TROUPE_LORA_IN_GEMM: process.env.TROUPE_LORA_IN_GEMM, TROUPE_LORA_DELTA_IN_NORM: process.env.TROUPE_LORA_DELTA_IN_NORM };
-    process.env.TROUPE_LORA_IN_GEMM = inGemm;
-    process.env.TROUPE_LORA_DELTA_IN_NORM = deltaInNorm;
-    try {
+    withEnv({ TROUPE_LORA_IN_GEMM: inGemm, TROUPE_LORA_DELTA_IN_NORM: deltaInNorm }, () =>
       check(
         `rank-16 pool, LoRA in the decode GEMM: ${inGemm}, deltas in the norm: ${deltaInNorm}`,
         { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
         small,
-      );
-    } finally {
-      for (const [k, v] of Object.entries(before)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-    }
+      ),
+    );
   });
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
