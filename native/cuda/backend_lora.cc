@@ -58,16 +58,13 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       if (a.M > 0) {
         makeRows(input, made, in);
         timer_.mark(name, stream_);
-        // Down's deltas go to the next layer's input norm; the last layer's has none after it.
-        const LoraModule m = g == cuda::kOWeight ? kO : kDown;
-        const bf16_t* bt = lora_->bTransposed(l, m);
-        const bool later = bt && (g == cuda::kOWeight || l + 1 < c_.numLayers);
-        if (later) a.lora.B = nullptr;
         decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
-        if (later) {
+        if (!a.lora.B) {
+          // The deltas are the next norm's (loraGemmArgs says which).
+          const LoraModule m = g == cuda::kOWeight ? kO : kDown;
           cuda::ResidualDelta d;
-          d.bt = bt, d.rowSlot = dRowSlot_, d.ranks = lora_->ranks(), d.rankPitch = kNumLoraModules, d.module = m;
-          d.maxRank = sl.maxRank, d.mid = loraMid_.get();
+          d.bt = lora_->bTransposed(l, m), d.rowSlot = dRowSlot_, d.ranks = lora_->ranks();
+          d.rankPitch = kNumLoraModules, d.module = m, d.maxRank = sl.maxRank, d.mid = loraMid_.get();
           pendingDelta_ = d;
         }
         return;

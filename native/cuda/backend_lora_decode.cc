@@ -38,8 +38,23 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   lo.A = sl.a[0], lo.lda = in, lo.rows = lora_->slots() * sl.maxRank, lo.maxRank = sl.maxRank;
   lo.B = W + in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = g == cuda::kOWeight ? kO : kDown, lo.scaling = lora_->scaling(), lo.mid = loraMid_.get();
-  if (!decodeGemm_->supports(a, kDecodeGemmSplits)) return {};
-  return a;
+  // The deltas go to the norm after the GEMM where the pool keeps B transposed, except the last
+  // layer's down (the final norm reads only the sampled rows): o's to the norm before gate/up,
+  // down's to the next layer's before q/k/v.
+  const LoraModule m = g == cuda::kOWeight ? kO : kDown;
+  const bool later = lora_->bTransposed(l, m) && (g == cuda::kOWeight || l + 1 < c_.numLayers);
+  if (later) lo.B = nullptr;
+  if (decodeGemm_->supports(a, kDecodeGemmSplits)) return a;
+  // More A rows than shrink tiles fit beside the weights' (rank 64 at 8 slots): down's shrink
+  // spread over the weight blocks' own pipelines, the deltas from B in the weights' padding
+  // columns. Not o's: its GEMM streams about 10 us after the attention, and its padding stages
+  // then wait for the shrink outputs. On an H200 at Llama-8B's shapes, 8 rank-64 adapters, a decode
+  // step of 32 took +21.6% over the base step with down's spread, +24.6% with o's as well, +24.1%
+  // with both by the item shrink (bench/results/2026-12-02-h200-lora-spread-shrink.json).
+  if (g != cuda::kDownWeight) return {};
+  lo.B = W + in, lo.spread = true;
+  if (decodeGemm_->supports(a, kDecodeGemmSplits)) return a;
+  return {};
 }
 
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {

@@ -21,6 +21,15 @@
 // and the block that writes a tile waits at the end until every shrink tile has counted itself
 // done, then adds each token's delta. Without B the shrink tiles only write lora.mid, and nothing
 // waits for them.
+//
+// Spread (lora.spread), the grid is the weights' blocks and a few spare ones. Weight block b first
+// takes K stages of A tile b % aTiles (its part b / aTiles of the x stages), and each of its two
+// groups writes its sums of that part, each token's own slot's, then counts the part done; then
+// its own stages, whose K runs on past x into the padding columns, where B lies. The spare blocks
+// wait for each A tile's parts, add them in part order and write the scaled shrink outputs as bf16
+// columns (zero outside each token's own slot and rank); a block's copies of those columns wait
+// for every tile's. The parts come first in every block, so the columns are ready long before the
+// stages that read them.
 #include <cuda.h>
 
 #include <algorithm>
@@ -44,8 +53,9 @@ __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
-                     const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap, int kTiles,
-                     int splits, float* partials, unsigned* counters) {
+                     const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap,
+                     const __grid_constant__ CUtensorMap cMap, int kTiles, int splits, SpreadGrid sg, float* partials,
+                     unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
@@ -58,9 +68,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
   const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
   const DecodeGemmLora& lora = args.lora;
-  const bool hasLora = lora.A != nullptr, hasDelta = hasLora && lora.B != nullptr;
-  const int shrinkTiles = hasLora ? (lora.rows + kTileRows - 1) / kTileRows : 0;
+  const bool hasLora = lora.A != nullptr, spread = hasLora && lora.spread;
+  const bool hasDelta = hasLora && lora.B != nullptr && !spread;
+  const int aTiles = hasLora ? (lora.rows + kTileRows - 1) / kTileRows : 0;
+  const int shrinkTiles = spread ? 0 : aTiles;
   const bool shrinkTile = tile < shrinkTiles;  // rows of A, into lora.mid
+  // Spread: this block's A tile and part (na stages from ka0 of the x stages, before its own).
+  const int kParts = spread ? sg.weightBlocks / aTiles : 0;
+  const bool aPart = spread && static_cast<int>(blockIdx.x) < kParts * aTiles;
+  const int aTile = aPart ? static_cast<int>(blockIdx.x) % aTiles : 0;
+  const int kPart = aPart ? static_cast<int>(blockIdx.x) / aTiles : 0;
+  const int ka0 = aPart ? kPart * sg.xStages / kParts : 0;
+  const int na = aPart ? (kPart + 1) * sg.xStages / kParts - ka0 : 0, total = na + count;
   const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
   const CUtensorMap* rowsMap = shrinkTile ? &aMap : &wMap;
   bf16_t* bTile = smem + kStages * kStageElems;
@@ -68,6 +87,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == kConsumers) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(rowsMap)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
+    if (spread) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
+  }
+  if (spread && static_cast<int>(blockIdx.x) >= sg.weightBlocks) {
+    // A spare block: the shrink outputs of its A tiles.
+    if (tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
+    __syncthreads();
+    pdlWait();
+    spreadColumns(args, sg, static_cast<int>(blockIdx.x) - sg.weightBlocks, aTiles, kParts, tokSlot, tokRank, tokScale,
+                  counters);
+    return;
   }
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -82,19 +111,35 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (warp == kConsumerWarps) {  // the copying warp
     if (lane == 0) {
+      // Stage i's K stage: the A part's first (spread), then the block's own.
+      auto kOf = [&](int i) { return i < na ? ka0 + i : kt0 + i - na; };
       auto issueW = [&](int i) {
         barrierExpect(&full[i % kStages], (kTileRows + kTokens) * kStageK * 2);
         for (int c = 0; c < kCopies; ++c)
-          tensorCopy(stageW(i) + c * kTileRows * kBox, rowsMap, (kt0 + i) * kStageK + c * kBox, row0,
-                     &full[i % kStages]);
+          tensorCopy(stageW(i) + c * kTileRows * kBox, i < na ? &aMap : rowsMap, kOf(i) * kStageK + c * kBox,
+                     i < na ? aTile * kTileRows : row0, &full[i % kStages]);
       };
+      bool columnsReady = false;
       auto issueX = [&](int i) {
+        const int k = kOf(i);
+        if (spread && i >= na && k >= sg.xStages) {
+          // The padding columns' stages read the shrink outputs, once every A tile's are written.
+          if (!columnsReady) {
+            while (loadAcquire(counters + kColumnsReady) < static_cast<unsigned>(aTiles)) __nanosleep(64);
+            asm volatile("fence.proxy.async.global;" ::: "memory");
+            columnsReady = true;
+          }
+          for (int c = 0; c < kCopies; ++c)
+            tensorCopy(stageX(i) + c * kTokens * kBox, &cMap, (k - sg.xStages) * kStageK + c * kBox, 0,
+                       &full[i % kStages]);
+          return;
+        }
         for (int c = 0; c < kCopies; ++c)
-          tensorCopy(stageX(i) + c * kTokens * kBox, &xMap, (kt0 + i) * kStageK + c * kBox, 0, &full[i % kStages]);
+          tensorCopy(stageX(i) + c * kTokens * kBox, &xMap, k * kStageK + c * kBox, 0, &full[i % kStages]);
       };
-      for (int i = 0; i < kStages && i < count; ++i) issueW(i);
+      for (int i = 0; i < kStages && i < total; ++i) issueW(i);
       pdlWait();
-      for (int i = 0; i < count; ++i) {
+      for (int i = 0; i < total; ++i) {
         if (i >= kStages) {
           barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
           issueW(i);
@@ -106,6 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
   if (hasDelta && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
+  if (spread) consumersSync();  // both groups read the tokens' slots after their A part
   pdlWait();
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
@@ -122,8 +168,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int h = 0; h < 4; ++h)
         if (rowOf(h) < args.N && tokenOf(j, h) < args.M)
           yBefore[j][h] = __ldcg(args.Y + static_cast<size_t>(tokenOf(j, h)) * args.ldy + rowOf(h));
-  float acc[4][4] = {};
-  for (int i = group; i < count; i += 2) {
+  // One stage's products into sums: the A part's stages, then the block's own, each in a loop of
+  // its own (a branch between two sums around wgmma serializes it).
+  auto stage = [&](int i, float(&sums)[4][4]) {
     barrierWait(&full[i % kStages], (i / kStages) & 1);
     const bf16_t* w = stageW(i);
     const bf16_t* x = stageX(i);
@@ -131,13 +178,33 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kStageK / 16; ++kk) {
       const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
-      wgmma32(acc, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
+      wgmma32(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
     }
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     __syncwarp();
     if (lane == 0) barrierArrive(&empty[i % kStages]);
+  };
+  float acc[4][4] = {};
+  int i = group;
+  if (aPart) {
+    float accA[4][4] = {};
+    for (; i < na; i += 2) stage(i, accA);
+    // This group's sums of the part: each token's own slot's rows of the tile.
+    float* mine = sg.parts + static_cast<size_t>(kPart * 2 + group) * kTokens * kDecodeGemmSpreadMaxRank;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int t = tokenOf(j, h), row = aTile * kTileRows + rowOf(h) - row0;
+        if (t < args.M && row / lora.maxRank == tokSlot[t])
+          __stcg(mine + t * kDecodeGemmSpreadMaxRank + row % lora.maxRank, accA[j][h]);
+      }
+    __threadfence();
+    groupSync(group);
+    if (tid % 128 == 0) atomicAdd(counters + kPartsDone + aTile, 1u);
   }
+  for (; i < total; i += 2) stage(i, acc);
   // The second group's sums into the first's, through shared memory.
   if (group == 1)
 #pragma unroll
@@ -145,6 +212,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int h = 0; h < 4; ++h) pairSums[warp - 4][j * 4 + h][lane] = acc[j][h];
   consumersSync();
+  if (spread && tid == 0 && kt0 + count > sg.xStages) {
+    // This block has read the shrink outputs; the last to have set the counters back.
+    const int readers = spreadReaders(kTiles, splits, sg.xStages) * (sg.weightBlocks / splits);
+    if (atomicAdd(counters + kColumnsRead, 1u) == static_cast<unsigned>(readers - 1)) {
+      for (int t = 0; t < aTiles; ++t) counters[kPartsDone + t] = 0;
+      counters[kColumnsReady] = 0;
+      counters[kColumnsRead] = 0;
+    }
+  }
   if (group == 1) {
     pdlLaunchDependents();
     return;
@@ -298,8 +374,10 @@ bool DecodeGemm::available() {
 
 DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
   partials_.ensure(static_cast<size_t>(sms_) * kPartFloats);
-  counters_.ensure(kMaxTiles + 2);
-  check(cudaMemset(counters_.get(), 0, (kMaxTiles + 2) * sizeof(unsigned)), "cudaMemset");
+  aParts_.ensure(static_cast<size_t>(2 * sms_) * kTokens * kDecodeGemmSpreadMaxRank);
+  columns_.ensure(static_cast<size_t>(kTokens) * kDecodeGemmSpreadMaxRows);
+  counters_.ensure(kCounters);
+  check(cudaMemset(counters_.get(), 0, kCounters * sizeof(unsigned)), "cudaMemset");
   check(
       cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes + kLoraSmemBytes),
       "cudaFuncSetAttribute");
@@ -309,38 +387,64 @@ DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
 
 namespace {
 
-// The grid's tiles: the weights' and, first, the LoRA shrink's.
+int aTiles(const DecodeGemmLora& l) { return (l.rows + kTileRows - 1) / kTileRows; }
+
+// The weights' tiles and, first, the LoRA shrink's (none when spread).
 int gridTiles(const DecodeGemmArgs& a) {
   const int tiles = (a.N + kTileRows - 1) / kTileRows;
-  return a.lora.A ? tiles + (a.lora.rows + kTileRows - 1) / kTileRows : tiles;
+  return a.lora.A && !a.lora.spread ? tiles + aTiles(a.lora) : tiles;
 }
 
-bool loraSupported(const DecodeGemmLora& l) {
-  return l.rows >= 8 && l.rows <= kDecodeGemmLoraMaxRows && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
-         (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && aligned16(l.mid) && l.rows % l.maxRank == 0 &&
-         l.lda % 8 == 0 && (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.mid && l.rowSlot &&
-         l.ranks && l.scaling;
+// K stages: over x, and spread also over the padding columns.
+int kTilesOf(const DecodeGemmArgs& a) {
+  const int x = (a.K + kStageK - 1) / kStageK;
+  return a.lora.A && a.lora.spread ? x + (a.lora.rows + kStageK - 1) / kStageK : x;
+}
+
+bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
+  const DecodeGemmLora& l = a.lora;
+  // Spread: B in the weights' padding columns, K stages that end where x does, a spare block, and
+  // an A tile for each weight block at most.
+  const bool form = l.spread ? l.B == a.W + a.K && l.ldb == a.ldw && a.ldw >= a.K + l.rows && a.K % kStageK == 0 &&
+                                   l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank &&
+                                   weightBlocks < sms && aTiles(l) <= weightBlocks
+                             : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
+  return form && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
+         (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 && l.lda % 8 == 0 &&
+         (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
 
 }  // namespace
 
 bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
-  const int tiles = gridTiles(a), kTiles = (a.K + kStageK - 1) / kStageK;
+  const int tiles = gridTiles(a), kTiles = kTilesOf(a);
   // One block a multiprocessor (its shared memory), every block of the grid resident at once.
   return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
-         tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ && (!a.lora.A || loraSupported(a.lora));
+         tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ &&
+         (!a.lora.A || loraSupported(a, tiles * splits, sms_));
 }
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
-  const int kTiles = (a.K + kStageK - 1) / kStageK;
-  const CUtensorMap wMap = bf16TensorMap(a.W, a.K, a.N, a.ldw, kBox, kTileRows);
+  const bool spread = a.lora.A && a.lora.spread;
+  const int kTiles = kTilesOf(a);
+  // Spread, the weights' rows run on through the padding columns, and the grid has spare blocks
+  // (one an A tile, as many as there are multiprocessors past the weights').
+  const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + a.lora.rows : a.K, a.N, a.ldw, kBox, kTileRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
-  const int smem = kSmemBytes + (a.lora.A && a.lora.B ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
-  launchPdlShared(decodeGemmKernel, dim3(gridTiles(a) * splits), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
-                  wMap, xMap, aMap, kTiles, splits, partials_.get(), counters_.get());
+  SpreadGrid sg;
+  const int blocks = gridTiles(a) * splits;
+  if (spread) {
+    sg.weightBlocks = blocks, sg.reducers = std::min(aTiles(a.lora), sms_ - blocks);
+    sg.xStages = a.K / kStageK, sg.parts = aParts_.get(), sg.columns = columns_.get();
+  }
+  const CUtensorMap cMap = spread ? bf16TensorMap(sg.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens) : xMap;
+  // B's tile after the stages, unless spread.
+  const int smem = kSmemBytes + (a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
+  launchPdlShared(decodeGemmKernel, dim3(blocks + sg.reducers), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
+                  wMap, xMap, aMap, cMap, kTiles, splits, sg, partials_.get(), counters_.get());
 }
 
 }  // namespace cuda

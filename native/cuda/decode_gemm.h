@@ -20,7 +20,9 @@
 // B x (A x) to the tile's sums before it writes them (a slot's A rows must lie in one tile:
 // maxRank divides 64, or 64 divides it). B's tile comes into shared memory before
 // the programmatic-launch wait; what that block waits for at the end is the shrink tiles, which
-// stream as much as every other block and start first.
+// stream as much as every other block and start first. Where the shrink tiles would not fit beside
+// the weights' (rank 64 at 8 slots), the weight blocks take A's K stages in their own pipelines
+// instead (DecodeGemmLora::spread).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -40,7 +42,16 @@ constexpr int kDecodeGemmMaxRows = 32;
 // token's own slot's outputs, scaled), 16-byte aligned. Without B the GEMM only leaves the shrink
 // in mid (entries past a token's rank untouched) and adds no delta: the kernel after it does
 // (rmsnorm_delta.h), so no weight tile waits for the shrink tiles.
+//
+// spread: no shrink tiles (rank 64 at 8 slots is 8 of them, 16 more blocks than fit beside o's
+// and down's 128 on 132 multiprocessors). Each weight block first takes a few K stages of one A
+// tile in its own pipeline; the grid's spare blocks add those parts (in a fixed order) into each
+// token's own slot's shrink outputs, as bf16 columns that every weight tile multiplies by B in the
+// weights' padding columns (B = W + K, ldb = ldw, zero past each slot's rank, as the fused layout
+// keeps it: every column is multiplied) at the end of its K. mid is not used. Needs K a
+// multiple of 256, maxRank up to 128, rows up to kDecodeGemmSpreadMaxRows and a spare block.
 constexpr int kDecodeGemmLoraMaxRows = 128;
+constexpr int kDecodeGemmSpreadMaxRows = 1024, kDecodeGemmSpreadMaxRank = 128;
 struct DecodeGemmLora {
   const bf16_t* A = nullptr;
   int lda = 0, rows = 0, maxRank = 0;
@@ -51,6 +62,7 @@ struct DecodeGemmLora {
   int rankPitch = 0, module = 0;
   const float* scaling = nullptr;
   float* mid = nullptr;
+  bool spread = false;
 };
 
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
@@ -76,7 +88,7 @@ class DecodeGemm {
   // 1 <= M <= 32; K and the leading dimensions multiples of 8; W and X 16-byte aligned; at least
   // `splits` stages of K; and every block (tiles x splits, one a multiprocessor) resident at once.
   // With LoRA also: lora.rows a multiple of 8 up to kDecodeGemmLoraMaxRows (their tiles count with
-  // the weights'), A and B 16-byte aligned.
+  // the weights'), A and B 16-byte aligned; spread: as DecodeGemmLora says.
   bool supports(const DecodeGemmArgs& a, int splits) const;
   // pdl: may start while the kernel before drains; X and Y are read only after it completes.
   void run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl);
@@ -84,6 +96,10 @@ class DecodeGemm {
  private:
   int sms_;
   DeviceBuffer<float> partials_;  // the splits' sums, [block][64 rows x 32 tokens]
+  // Spread: each weight block's two groups' A parts, [2 x blocks][32 tokens][128 ranks] (each
+  // token's own slot's), and the shrink outputs as bf16 columns, [32 tokens][rows].
+  DeviceBuffer<float> aParts_;
+  DeviceBuffer<bf16_t> columns_;
   // Splits done per row tile (the last one sets it back to 0); past the tiles, the LoRA shrink
   // tiles done and the weight tiles that have read them (the last of those zeroes both).
   DeviceBuffer<unsigned> counters_;

@@ -3,6 +3,7 @@
 // tokScale are the block's shared copies of each token's slot, rank and scaling.
 #pragma once
 
+#include "cuda/bf16_pack.cuh"
 #include "cuda/decode_gemm.h"
 #include "cuda/decode_gemm_ops.cuh"
 
@@ -30,6 +31,58 @@ __device__ __forceinline__ void loraCopyB(const DecodeGemmLora& lora, int N, int
     const int r = c / pieces, k = c % pieces;
     if (row0 + r < N) cpAsync16(bTile + r * bPitch + k * 8, lora.B + static_cast<size_t>(row0 + r) * lora.ldb + k * 8);
   }
+}
+
+// Spare block r of a spread grid: for each of its A tiles (r, r + reducers, ...), once all of the
+// tile's group parts are done, each token's shrink output for each of the tile's rows, the parts
+// added in order and scaled where the row is the token's own slot's below its rank, else 0 (rows
+// past the slot's rank in A may hold anything; those sums are not read), into
+// the bf16 columns the padding stages read; then those tiles counted ready. Off the weights' path:
+// the parts come first in every block, and the columns are read at the end of their K.
+__device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const SpreadGrid& sg, int r, int aTiles,
+                                              int kParts, const int* tokSlot, const int* tokRank, const float* tokScale,
+                                              unsigned* counters) {
+  const DecodeGemmLora& lora = args.lora;
+  const int groupParts = 2 * kParts;
+  unsigned tiles = 0;
+  for (int t = r; t < aTiles; t += sg.reducers, ++tiles) {
+    if (threadIdx.x == 0)
+      while (loadAcquire(counters + kPartsDone + t) < static_cast<unsigned>(groupParts)) __nanosleep(32);
+    __syncthreads();
+    // A warp a token at a time, a lane two of the tile's rows, 16 parts' loads of both at once
+    // (one part at a time took a round trip each, which o's short GEMM then waited for).
+    const int lane = threadIdx.x & 31;
+    for (int m = threadIdx.x >> 5; m < args.M; m += kThreads / 32) {
+      int row[2], rank[2];
+      bool own[2];
+      for (int e = 0; e < 2; ++e) {
+        row[e] = t * kTileRows + lane + 32 * e, rank[e] = row[e] % lora.maxRank;
+        own[e] = row[e] < lora.rows && row[e] / lora.maxRank == tokSlot[m] && rank[e] < tokRank[m];
+      }
+      float v[2] = {0, 0};
+      if (own[0] || own[1])
+        for (int k0 = 0; k0 < groupParts; k0 += 16) {
+          float x[2][16];
+#pragma unroll
+          for (int u = 0; u < 16; ++u)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              x[e][u] = own[e] && k0 + u < groupParts
+                            ? __ldcg(sg.parts + (static_cast<size_t>(k0 + u) * kTokens + m) * kDecodeGemmSpreadMaxRank +
+                                     rank[e])
+                            : 0.0f;
+#pragma unroll
+          for (int u = 0; u < 16; ++u) v[0] += x[0][u], v[1] += x[1][u];
+        }
+      for (int e = 0; e < 2; ++e)
+        if (row[e] < lora.rows) sg.columns[static_cast<size_t>(m) * lora.rows + row[e]] = toB(v[e] * tokScale[m]);
+    }
+  }
+  // The columns are read by tensor copies (the async proxy) in other blocks.
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && tiles > 0) atomicAdd(counters + kColumnsReady, tiles);
 }
 #endif
 

@@ -37,6 +37,25 @@ constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split
 constexpr int kBPad = 8;
 constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
 constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
+// Spread: the A tiles whose columns are written, the blocks that have read them, and each A tile's
+// group parts done.
+constexpr int kColumnsReady = kMaxTiles + 2, kColumnsRead = kMaxTiles + 3, kPartsDone = kMaxTiles + 4;
+constexpr int kCounters = kPartsDone + kDecodeGemmSpreadMaxRows / kTileRows;
+
+// The spread grid (DecodeGemmLora::spread): its weight blocks, then `reducers` spare ones; the K
+// stages over x (the rest are the padding columns'); each group's A part sums and the columns.
+struct SpreadGrid {
+  int weightBlocks = 0, reducers = 0, xStages = 0;
+  float* parts = nullptr;
+  bf16_t* columns = nullptr;
+};
+
+// The splits of a tile that read the padding columns (whose K stages reach past xStages).
+__host__ __device__ inline int spreadReaders(int kTiles, int splits, int xStages) {
+  int n = 0;
+  for (int p = 0; p < splits; ++p) n += (p + 1) * kTiles / splits > xStages ? 1 : 0;
+  return n;
+}
 
 #if TROUPE_DECODE_GEMM_BODY
 constexpr int kConsumerWarps = kConsumers / 32;
@@ -74,9 +93,16 @@ __device__ __forceinline__ void initStageBarriers(uint64_t* full, uint64_t* empt
   }
   __syncthreads();
 }
-// The multiplying warps only (named barrier 1), and the first group only (2).
+// The multiplying warps only (named barrier 1), and the first group only (2), or either (2, 3).
 __device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers) : "memory"); }
 __device__ __forceinline__ void firstGroupSync() { asm volatile("bar.sync 2, 128;" ::: "memory"); }
+__device__ __forceinline__ void groupSync(int group) {
+  if (group == 0) {
+    firstGroupSync();
+  } else {
+    asm volatile("bar.sync 3, 128;" ::: "memory");
+  }
+}
 
 __device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smemAddr(dst)), "l"(src) : "memory");

@@ -36,14 +36,15 @@ __global__ void __launch_bounds__(kThreads)
   const int parts = static_cast<int>(cluster.num_blocks()), part = static_cast<int>(cluster.block_rank());
   const int t = blockIdx.x / parts, n0 = part * kBlockFeatures + threadIdx.x * kFeatures;
   const bool active = n0 < H;
-  // The pool and the step's slots were written before the grid began.
+  // The pool and the step's slots were written before the grid began. B's loads wait on the slot
+  // alone, not on its rank (one dependent read fewer before them); the rank masks the products.
   const int slot = d.rowSlot[t];
   const int rank = slot >= 0 ? min(d.ranks[slot * d.rankPitch + d.module], kR) : 0;
   uint2 b[kR];
   float4 w4 = make_float4(0, 0, 0, 0);
   if (active) {
     w4 = *reinterpret_cast<const float4*>(w + n0);
-    if (rank > 0)
+    if (slot >= 0)
 #pragma unroll
       for (int r = 0; r < kR; ++r)
         b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);

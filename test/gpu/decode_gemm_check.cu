@@ -109,7 +109,9 @@ struct LoraCase {
 // the fused layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's rank
 // maxRank - k % 2 * maxRank / 2. inNorm: the GEMM leaves the shrink in mid (NaN before it) and
 // rmsnormDelta adds the deltas from B transposed, then makes the normed rows, checked as well.
-int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaStream_t st) {
+// spread (without inNorm): the shrink spread over the weight blocks, B in the padding columns (zero
+// past each rank).
+int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng& rng, cudaStream_t st) {
   const int rows = c.slots * c.maxRank, ld = c.K + rows;
   std::vector<uint16_t> W(static_cast<size_t>(c.N) * ld), X(static_cast<size_t>(c.M) * c.K),
       A(static_cast<size_t>(rows) * c.K);
@@ -123,7 +125,9 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaSt
   for (int n = 0; n < c.N; ++n)
     for (int k = 0; k < ld; ++k) {
       const int s = k < c.K ? -1 : (k - c.K) / c.maxRank, r = k < c.K ? 0 : (k - c.K) % c.maxRank;
-      W[static_cast<size_t>(n) * ld + k] = s >= 0 && r >= ranks[s * 7 + 6] ? kNaN16 : toBf16(rng.sym());
+      // Spread, the GEMM multiplies every padding column, as the fused layout's does: B is zero past
+      // each rank there (the pool keeps it so), NaN elsewhere.
+      W[static_cast<size_t>(n) * ld + k] = s >= 0 && r >= ranks[s * 7 + 6] ? (spread ? 0 : kNaN16) : toBf16(rng.sym());
     }
   for (int row = 0; row < rows; ++row)
     for (int k = 0; k < c.K; ++k)
@@ -138,7 +142,14 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaSt
   int32_t* dRanks = upload(ranks);
   float* dScaling = upload(scaling);
   float* dY = upload(Y0);
+  DecodeGemmArgs a;
+  a.W = dW, a.ldw = ld, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
+  a.accumulate = true;
+  DecodeGemmLora& l = a.lora;
+  l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = inNorm ? nullptr : dW + c.K, l.ldb = ld;
+  l.rowSlot = dSlot, l.spread = spread;
   float* dMid = upload(std::vector<float>(static_cast<size_t>(c.M) * rows, inNorm ? std::nanf("") : 0.0f));
+  l.ranks = dRanks, l.rankPitch = 7, l.module = 6, l.scaling = dScaling, l.mid = dMid;
   // The norm after it: B as [slot][maxRank][N] (NaN past each rank, as in W), the norm's weights.
   std::vector<uint16_t> Bt(static_cast<size_t>(rows) * c.N);
   for (int i = 0; i < rows; ++i)
@@ -152,16 +163,10 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaSt
   ResidualDelta d;
   d.bt = dBt, d.rowSlot = dSlot, d.ranks = dRanks, d.rankPitch = 7, d.module = 6, d.maxRank = c.maxRank, d.mid = dMid;
   std::vector<uint16_t> normed(static_cast<size_t>(c.M) * c.N);
-  DecodeGemmArgs a;
-  a.W = dW, a.ldw = ld, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
-  a.accumulate = true;
-  DecodeGemmLora& l = a.lora;
-  l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = inNorm ? nullptr : dW + c.K, l.ldb = ld;
-  l.rowSlot = dSlot;
-  l.ranks = dRanks, l.rankPitch = 7, l.module = 6, l.scaling = dScaling, l.mid = dMid;
   int bad = 0;
   if (!gemm.supports(a, c.splits)) {
-    std::printf("FAIL lora M %d N %d K %d rows %d splits %d: not supported\n", c.M, c.N, c.K, rows, c.splits);
+    std::printf("FAIL lora M %d N %d K %d rows %d splits %d%s: not supported\n", c.M, c.N, c.K, rows, c.splits,
+                spread ? " spread" : "");
     bad = 1;
   }
   std::vector<float> Y;
@@ -214,7 +219,8 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaSt
         for (int r = 0; r < rank; ++r) {
           const double b = fromBf16(W[static_cast<size_t>(n) * ld + c.K + s * c.maxRank + r]) * scaling[s];
           sum += b * mid[r];
-          mag += std::fabs(b) * midMag[r];
+          // Spread, the shrink outputs are bf16 columns: their rounding, 2^-9 of each, in the bound.
+          mag += std::fabs(b) * (midMag[r] + (spread ? std::fabs(mid[r]) * 16384 / 256 : 0));
         }
         const double bound = mag / 16384 + 1e-5, err = std::fabs(Y[static_cast<size_t>(m) * c.N + n] - sum);
         if (!(err <= bound)) ++bad;
@@ -235,9 +241,10 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, Rng& rng, cudaSt
       }
     }
   }
-  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d%s: worst %.3f of the bound%s\n",
+  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d%s%s: worst %.3f of the bound%s\n",
               bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, inNorm ? ", deltas in the norm" : "",
-              worst, inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
+              spread ? ", shrink spread" : "", worst,
+              inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
   for (void* p : {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
                   static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY),
                   static_cast<void*>(dMid), static_cast<void*>(dBt), static_cast<void*>(dNormW),
@@ -269,88 +276,107 @@ int checks() {
       {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
       {1, 200, 1024, 2, 8, 1},     {19, 130, 264, 3, 8, 2},    {32, 512, 2048, 2, 64, 1},
   };
-  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, false, rng, st);
+  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, false, false, rng, st);
   // The deltas left to the norm after the GEMM (rmsnormDelta): N a multiple of 4 up to 8,192 (a
   // cluster of 1 to 8 blocks a token), max rank 8, 16 or 32.
   const LoraCase inNormCases[] = {
       {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
       {1, 200, 1024, 2, 8, 1},     {5, 3000, 1024, 4, 32, 2},  {32, 8192, 2048, 4, 32, 1},
   };
-  for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, true, rng, st);
+  for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, true, false, rng, st);
+  // The shrink spread over the weight blocks' pipelines: 8 rank-64 slots at o's and down's shapes
+  // (two A tiles for each spare block), more K parts than x stages (parts with none), a block left
+  // over past the parts, padding columns that end inside a stage, one split, max rank 128.
+  const LoraCase spreadCases[] = {
+      {32, 4096, 14336, 8, 64, 2}, {32, 4096, 4096, 8, 64, 2}, {7, 1000, 2048, 4, 16, 2}, {5, 3000, 1024, 4, 32, 2},
+      {19, 130, 512, 3, 8, 2},     {9, 700, 2048, 3, 64, 2},   {32, 8192, 2048, 4, 64, 1}, {8, 512, 1024, 2, 128, 2},
+  };
+  for (const LoraCase& c : spreadCases) failed += checkLora(gemm, c, false, true, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }
 
 
-// o's and down's GEMM with 8 rank-16 slots inside and the residual's norm after it, as a decode
-// step runs them: the deltas in the GEMM and rmsnorm, against the GEMM leaving only the shrink and
-// rmsnormDelta adding the deltas.
+// o's and down's GEMM with 8 slots of rank 16 or 64 and the residual's norm after it, as a decode
+// step runs them: without LoRA; at rank 16 the deltas in the GEMM, or the GEMM's shrink tiles
+// leaving them to rmsnormDelta; at both ranks the shrink spread over the weight blocks and the
+// deltas from the padding columns.
 void benchDeltaInNorm(cudaStream_t st, int sms) {
-  const int T = 32, R = 16, slots = 8, copies = 4, iters = 64, H = 4096;
+  const int T = 32, slots = 8, copies = 4, iters = 64, H = 4096, maxR = 64;
   float *gu = nullptr, *Y = nullptr, *mid = nullptr;
   CK(cudaMalloc(&gu, static_cast<size_t>(T) * 2 * 14336 * 4));
   CK(cudaMemset(gu, 0, static_cast<size_t>(T) * 2 * 14336 * 4));
   CK(cudaMalloc(&Y, static_cast<size_t>(T) * H * 4));
   CK(cudaMemset(Y, 0, static_cast<size_t>(T) * H * 4));
-  CK(cudaMalloc(&mid, static_cast<size_t>(T) * R * 4));
-  CK(cudaMemset(mid, 0, static_cast<size_t>(T) * R * 4));
+  const size_t midFloats = static_cast<size_t>(T) * maxR * slots;
+  CK(cudaMalloc(&mid, midFloats * 4));
+  CK(cudaMemset(mid, 0, midFloats * 4));
   float* w = upload(std::vector<float>(H, 1.0f));
   bf16_t* xn = nullptr;
   CK(cudaMalloc(&xn, static_cast<size_t>(T) * H * 2));
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % slots;
   int32_t* dSlot = upload(slot);
-  int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
-  float* dScale = upload(std::vector<float>(slots, 1.0f));
-  for (const int K : {4096, 14336}) {
-    const bool silu = K != H;
-    const int ldw = K + slots * R;
-    const size_t wElems = static_cast<size_t>(H) * ldw, btElems = static_cast<size_t>(slots) * R * H;
-    bf16_t *W = nullptr, *X = nullptr, *A = nullptr, *Bt = nullptr;
-    CK(cudaMalloc(&W, wElems * copies * 2));
-    CK(cudaMemset(W, 0, wElems * copies * 2));
-    CK(cudaMalloc(&X, static_cast<size_t>(T) * K * 2));
-    CK(cudaMemset(X, 0, static_cast<size_t>(T) * K * 2));
-    CK(cudaMalloc(&A, static_cast<size_t>(slots) * R * K * 2));
-    CK(cudaMemset(A, 0, static_cast<size_t>(slots) * R * K * 2));
-    CK(cudaMalloc(&Bt, btElems * copies * 2));
-    CK(cudaMemset(Bt, 0, btElems * copies * 2));
-    auto before = [&](cudaStream_t s2) {
-      if (silu) {
-        siluMul(gu, X, T, K, s2, K);
-      } else {
-        shortKernel<<<sms, 128, 0, s2>>>();
-      }
-    };
-    auto args = [&](int i, bool inGemm) {
-      DecodeGemmArgs a;
-      a.W = W + (i % copies) * wElems, a.ldw = ldw, a.X = X, a.ldx = K, a.Y = Y, a.ldy = H, a.M = T, a.N = H, a.K = K;
-      a.accumulate = true;
-      DecodeGemmLora& l = a.lora;
-      l.A = A, l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = inGemm ? a.W + K : nullptr, l.ldb = ldw;
-      l.rowSlot = dSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
-      return a;
-    };
-    DecodeGemm gemm(sms);
-    const double inGemm = graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
-      gemm.run(args(i, true), 2, s2, true);
-      rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2);
-    });
-    const double inNorm = graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
-      gemm.run(args(i, false), 2, s2, true);
-      ResidualDelta d;
-      d.bt = Bt + (i % copies) * btElems, d.rowSlot = dSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
-      d.maxRank = R, d.mid = mid;
-      rmsnormDelta(Y, w, xn, T, H, 1e-5f, H, d, s2, true);
-    });
-    std::printf("%-4s with 8 rank-16 slots and the norm after it: deltas in the GEMM %6.2f, in the norm %6.2f\n",
-                silu ? "down" : "o", inGemm, inNorm);
-    for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(Bt)})
-      cudaFree(p);
+  DecodeGemm gemm(sms);
+  for (const int R : {16, 64}) {
+    int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
+    float* dScale = upload(std::vector<float>(slots, 1.0f));
+    for (const int K : {4096, 14336}) {
+      const bool silu = K != H;
+      const int ldw = K + slots * R;
+      const size_t wElems = static_cast<size_t>(H) * ldw, btElems = static_cast<size_t>(slots) * R * H;
+      bf16_t *W = nullptr, *X = nullptr, *A = nullptr, *Bt = nullptr;
+      CK(cudaMalloc(&W, wElems * copies * 2));
+      CK(cudaMemset(W, 0, wElems * copies * 2));
+      CK(cudaMalloc(&X, static_cast<size_t>(T) * K * 2));
+      CK(cudaMemset(X, 0, static_cast<size_t>(T) * K * 2));
+      CK(cudaMalloc(&A, static_cast<size_t>(slots) * R * K * 2));
+      CK(cudaMemset(A, 0, static_cast<size_t>(slots) * R * K * 2));
+      CK(cudaMalloc(&Bt, btElems * copies * 2));
+      CK(cudaMemset(Bt, 0, btElems * copies * 2));
+      auto before = [&](cudaStream_t s2) {
+        if (silu) {
+          siluMul(gu, X, T, K, s2, K);
+        } else {
+          shortKernel<<<sms, 128, 0, s2>>>();
+        }
+      };
+      enum class Form { kBase, kInGemm, kTiles, kSpread };
+      auto args = [&](int i, Form f) {
+        DecodeGemmArgs a;
+        a.W = W + (i % copies) * wElems, a.ldw = ldw, a.X = X, a.ldx = K, a.Y = Y, a.ldy = H, a.M = T, a.N = H, a.K = K;
+        a.accumulate = true;
+        if (f == Form::kBase) return a;
+        DecodeGemmLora& l = a.lora;
+        l.A = A, l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = f == Form::kTiles ? nullptr : a.W + K, l.ldb = ldw;
+        l.rowSlot = dSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
+        l.spread = f == Form::kSpread;
+        return a;
+      };
+      // The GEMM in form f, then rmsnorm, or rmsnormDelta after the shrink tiles.
+      auto time = [&](Form f) {
+        if (!gemm.supports(args(0, f), 2)) return -1.0;
+        return graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+          gemm.run(args(i, f), 2, s2, true);
+          if (f != Form::kTiles) return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2);
+          ResidualDelta d;
+          d.bt = Bt + (i % copies) * btElems, d.rowSlot = dSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
+          d.maxRank = R, d.mid = mid;
+          rmsnormDelta(Y, w, xn, T, H, 1e-5f, H, d, s2, true);
+        });
+      };
+      std::printf(
+          "%-4s and the norm after it, 8 rank-%d slots: no LoRA %6.2f; deltas in the GEMM %6.2f; shrink tiles, "
+          "deltas in the norm %6.2f; shrink spread, deltas from the padding %6.2f\n",
+          silu ? "down" : "o", R, time(Form::kBase), time(Form::kInGemm), time(Form::kTiles), time(Form::kSpread));
+      for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(Bt)})
+        cudaFree(p);
+    }
+    cudaFree(dRank);
+    cudaFree(dScale);
   }
   for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
-                  static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dRank),
-                  static_cast<void*>(dScale)})
+                  static_cast<void*>(xn), static_cast<void*>(dSlot)})
     cudaFree(p);
 }
 
@@ -374,6 +400,7 @@ int bench() {
                           {"q/k/v, LoRA in", 6144, 4096, 1, false, false, 128},
                           {"o", 4096, 4096, 2, true, false},
                           {"o + r16 pad", 4096, 4224, 2, true, false},
+                          {"o + r64 pad", 4096, 4608, 2, true, false},
                           {"down", 4096, 14336, 2, true, false},
                           {"down", 4096, 14336, 2, true, true},
                           {"down + r64 pad", 4096, 14848, 2, true, true},

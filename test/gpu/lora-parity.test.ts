@@ -5,7 +5,9 @@
 // wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
 // every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
 // model and the two adapters that fit it) also runs the decode GEMM taking o's and down's LoRA
-// deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM).
+// deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM). At rank 64 the fused
+// layout's decode GEMM spreads o's and down's shrink over its weight blocks and adds their deltas
+// from the padding columns; with TROUPE_LORA_IN_GEMM=0 those two take the item shrink instead.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -123,6 +125,15 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       ),
     );
   });
+
+  it('rank-64 pool, fused, LoRA not in the decode GEMM (o and down by the item shrink)', () =>
+    withEnv({ TROUPE_LORA_IN_GEMM: '0' }, () =>
+      check(
+        'rank-64 pool, fused, LoRA in the decode GEMM: 0',
+        { maxLoraRank: 64, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        rows,
+      ),
+    ));
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
     const base = ref.cases.base!;
