@@ -6,8 +6,8 @@
 // every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
 // model and the two adapters that fit it) also runs the decode GEMM taking o's and down's LoRA
 // deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM). At rank 64 the fused
-// layout's decode GEMM spreads o's and down's shrink over its weight blocks and adds their deltas
-// from the padding columns; with TROUPE_LORA_IN_GEMM=0 those two take the item shrink instead.
+// layout's decode GEMM spreads down's shrink over its weight blocks and adds its deltas from the
+// padding columns; with TROUPE_LORA_IN_GEMM=0 down takes the item shrink instead, as o does.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
