@@ -147,7 +147,7 @@ class CudaBackend : public Backend {
   cuda::RowInput attentionRows() const;
   // The decode GEMM's arguments for a fused step's o or down projection (group g of layer l, its
   // input rows x ldx apart) with the LoRA deltas taken inside it (decode_gemm.h), or M = 0 where
-  // that is off or unsupported.
+  // that is off or unsupported. Without lora.B the deltas are the next norm's (rmsnorm_delta.h).
   cuda::DecodeGemmArgs loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x, int ldx,
                                     float* y, int N, bool accumulate) const;
   bool graphable(const StepBatch& b, const Plan& plan) const;
