@@ -146,7 +146,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_O_GEMM_EARLY")) oGemmEarly_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_DELTA_IN_NORM")) deltaInNorm_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
-    loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env, {{"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
+    loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env,
+                              {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {

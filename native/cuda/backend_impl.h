@@ -150,6 +150,10 @@ class CudaBackend : public Backend {
   // that is off or unsupported. Without lora.B the deltas are the next norm's (rmsnorm_delta.h).
   cuda::DecodeGemmArgs loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x, int ldx,
                                     float* y, int N, bool accumulate) const;
+  cuda::DecodeGemmArgs qkvGemmArgs(const cuda::LoraSlices& sl, const bf16_t* W, int ld, const bf16_t* x, int ldx,
+                                   float* y, int N, bool accumulate) const;
+  // The splits a tile that loraGemmArgs' GEMM runs with: two where every block fits, else one.
+  int loraGemmSplits(const cuda::DecodeGemmArgs& a) const;
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -176,8 +180,11 @@ class CudaBackend : public Backend {
   bool decodeGemmEnabled_ = true;
   static constexpr int kDecodeGemmSplits = 2;
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
-  // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, =down, =o,down.
-  unsigned loraInGemm_ = 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
+  // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, or a list of
+  // qkv, o and down.
+  unsigned loraInGemm_ = 1u << cuda::kQkvWeight | 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
+  // q/k/v keeps the item shrink up to this max rank (qkvGemmArgs says why).
+  static constexpr int kQkvItemShrinkMaxRank = 16;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.

@@ -49,16 +49,16 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
-    if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u)) {
-      // o and down: the decode GEMM takes the shrink itself, from the rows as they are or as
-      // siluMul makes them, and adds the deltas or leaves them to the norm after it.
+    if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u) && yType == cuda::ElemType::F32) {
+      // q/k/v, o and down: the decode GEMM takes the shrink itself, from the rows as they are or as
+      // rmsnorm or siluMul makes them, and adds the deltas or leaves them to the norm after it.
       const bool copied = input.source == cuda::RowSource::kCopy;
       cuda::DecodeGemmArgs a =
           loraGemmArgs(l, g, sl, copied ? input.bf16 : made, copied ? input.ld : in, y, N, accumulate);
       if (a.M > 0) {
         makeRows(input, made, in);
         timer_.mark(name, stream_);
-        decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
+        decodeGemm_->run(a, loraGemmSplits(a), stream_, true);
         if (!a.lora.B) {
           // The deltas are the next norm's (loraGemmArgs says which).
           const LoraModule m = g == cuda::kOWeight ? kO : kDown;

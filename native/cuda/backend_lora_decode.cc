@@ -1,5 +1,5 @@
 // Where a fused decode step's projections take their LoRA shrink: the item or row shrink before
-// the GEMM, the decode GEMM itself (o and down), or the decode attention (o). The one place that
+// the GEMM, the decode GEMM itself (q/k/v, o and down), or the decode attention (o). The one place that
 // decides, so that the attention and the projections agree. The class is in backend_impl.h.
 #include "cuda/backend_impl.h"
 
@@ -25,12 +25,14 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   const bf16_t* W = w_->layers[l].matrix(g);
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
   const bool gemv = gemvTakes(T, in, W, ld, x, ldx);
-  // Only where project() would take the decode GEMM over the same rows.
+  // Only where project() would take the decode GEMM over the same rows (or cuBLAS, for q/k/v).
   // One GPU only: measured there (with tensor parallelism each rank's shrink would be a partial
   // sum, which the expand may take as well, but that path is not measured).
-  if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || !accumulate || gemv ||
-      sl.count != 1 || sl.in != in || w_->splitRows[g] || !cuda::loraAContiguous(sl))
+  if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || gemv || sl.in != in ||
+      !cuda::loraAContiguous(sl))
     return {};
+  if (g == cuda::kQkvWeight) return qkvGemmArgs(sl, W, ld, x, ldx, y, N, accumulate);
+  if (!accumulate || sl.count != 1 || w_->splitRows[g]) return {};
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
   cuda::DecodeGemmLora& lo = a.lora;
@@ -55,6 +57,37 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   lo.B = W + in, lo.spread = true;
   if (decodeGemm_->supports(a, kDecodeGemmSplits)) return a;
   return {};
+}
+
+cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const bf16_t* W, int ld, const bf16_t* x,
+                                              int ldx, float* y, int N, bool accumulate) const {
+  // q/k/v: one split (96 weight blocks at Llama-8B's shape); every held module's A rows spread
+  // over the weight blocks' first stages, added by spare blocks into the columns that every weight
+  // tile reads with B from its padding. The modules' ranks are read as module + j. (A rows taken
+  // by blocks of their own beside the weights' read slower than the weights and came late:
+  // bench/results/2026-12-02-h200-lora-qkv-columns.json.) Above rank 16 only: on an H200 at
+  // Llama-8B's shapes the GEMM took 25.5-26.6 us at rank 64 against 27.6 for the item shrink and
+  // cuBLAS (a decode step of 32 over 8 adapters about 0.05 ms shorter), and 24 us at rank 16
+  // against 23 (the step +12.7% over the base step against +9.7%;
+  // bench/results/2026-12-02-h200-lora-qkv-spread.json).
+  if (sl.maxRank <= kQkvItemShrinkMaxRank) return {};
+  for (int j = 1; j < sl.count; ++j)
+    if (sl.module[j] != sl.module[0] + j) return {};
+  const cuda::WeightGroup g = cuda::kQkvWeight;
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = map_.tokens, a.N = N, a.K = sl.in;
+  a.accumulate = accumulate;
+  cuda::DecodeGemmLora& lo = a.lora;
+  lo.A = sl.a[0], lo.lda = sl.in, lo.rows = lora_->slots() * sl.count * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.B = W + sl.in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
+  lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.spread = true;
+  lo.modules = sl.count, lo.splitRows = w_->splitRows[g];
+  for (int j = 0; j < sl.count; ++j) lo.moduleRow[j] = sl.outOffset[j];
+  return decodeGemm_->supports(a, 1) ? a : cuda::DecodeGemmArgs{};
+}
+
+int CudaBackend::loraGemmSplits(const cuda::DecodeGemmArgs& a) const {
+  return decodeGemm_->supports(a, kDecodeGemmSplits) ? kDecodeGemmSplits : 1;
 }
 
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {

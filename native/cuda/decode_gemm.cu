@@ -30,6 +30,9 @@
 // columns (zero outside each token's own slot and rank); a block's copies of those columns wait
 // for every tile's. The parts come first in every block, so that in a GEMM as long as down's the
 // columns are ready before the stages that read them (o's, about 10 us, waits for them).
+// Over a group of modules (q/k/v) the A rows are every slot's modules in turn, a part's sums sit
+// at each token's [module][rank], and a weight tile of split rows reads only its module's block of
+// the columns (cBase).
 #include <cuda.h>
 
 #include <algorithm>
@@ -62,17 +65,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ float pairSums[4][16][32];
   __shared__ bool last;
-  __shared__ int tokSlot[kTokens], tokRank[kTokens];
+  __shared__ int tokSlot[kTokens], tokRank[kTokens * kDecodeGemmMaxModules];
   __shared__ float tokScale[kTokens];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
-  const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
-  const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
   const DecodeGemmLora& lora = args.lora;
-  const bool hasLora = lora.A != nullptr, spread = hasLora && lora.spread;
+  const bool hasLora = lora.A != nullptr, spread = hasLora && lora.spread;  // spread: B from the padding
   const bool hasDelta = hasLora && lora.B != nullptr && !spread;
   const int aTiles = hasLora ? (lora.rows + kTileRows - 1) / kTileRows : 0;
+  const int tile = blockIdx.x / splits, part = blockIdx.x % splits;
   const int shrinkTiles = spread ? 0 : aTiles;
   const bool shrinkTile = tile < shrinkTiles;  // rows of A, into lora.mid
+  const int kt0 = part * kTiles / splits, count = (part + 1) * kTiles / splits - kt0;
   // Spread: this block's A tile and part (na stages from ka0 of the x stages, before its own).
   const int kParts = spread ? sg.weightBlocks / aTiles : 0;
   const bool aPart = spread && static_cast<int>(blockIdx.x) < kParts * aTiles;
@@ -81,6 +84,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ka0 = aPart ? kPart * sg.xStages / kParts : 0;
   const int na = aPart ? (kPart + 1) * sg.xStages / kParts - ka0 : 0, total = na + count;
   const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
+  // The weight tile's padding stages read its module's block of the columns where rows are split.
+  int cBase = 0;
+  if (spread && lora.splitRows) {
+    int j = 0;
+    while (j + 1 < lora.modules && row0 >= lora.moduleRow[j + 1]) ++j;
+    cBase = j * (lora.rows / lora.modules);
+  }
   const CUtensorMap* rowsMap = shrinkTile ? &aMap : &wMap;
   bf16_t* bTile = smem + kStages * kStageElems;
   const int bPitch = lora.rows + kBPad;
@@ -125,12 +135,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (spread && i >= na && k >= sg.xStages) {
           // The padding columns' stages read the shrink outputs, once every A tile's are written.
           if (!columnsReady) {
-            while (loadAcquire(counters + kColumnsReady) < static_cast<unsigned>(aTiles)) __nanosleep(64);
+            while (loadAcquire(counters + kColumnsReady) < static_cast<unsigned>(aTiles)) __nanosleep(128);
             asm volatile("fence.proxy.async.global;" ::: "memory");
             columnsReady = true;
           }
           for (int c = 0; c < kCopies; ++c)
-            tensorCopy(stageX(i) + c * kTokens * kBox, &cMap, (k - sg.xStages) * kStageK + c * kBox, 0,
+            tensorCopy(stageX(i) + c * kTokens * kBox, &cMap, cBase + (k - sg.xStages) * kStageK + c * kBox, 0,
                        &full[i % kStages]);
           return;
         }
@@ -190,15 +200,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (aPart) {
     float accA[4][4] = {};
     for (; i < na; i += 2) stage(i, accA);
-    // This group's sums of the part: each token's own slot's rows of the tile.
-    float* mine = sg.parts + static_cast<size_t>(kPart * 2 + group) * kTokens * kDecodeGemmSpreadMaxRank;
+    // This group's sums of the part: each token's own slot's rows of the tile, at its module's
+    // ranks (a token's rows of each module lie in one tile, or two at max rank 128).
+    float* mine = sg.parts + static_cast<size_t>(kPart * 2 + group) * kTokens * kSpreadPartPitch;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
         const int t = tokenOf(j, h), row = aTile * kTileRows + rowOf(h) - row0;
-        if (t < args.M && row / lora.maxRank == tokSlot[t])
-          __stcg(mine + t * kDecodeGemmSpreadMaxRank + row % lora.maxRank, accA[j][h]);
+        const LoraRowPlace p = loraRowPlace(lora, row);
+        if (t < args.M && row < lora.rows && p.slot == tokSlot[t])
+          __stcg(mine + t * kSpreadPartPitch + p.module * lora.maxRank + p.rank, accA[j][h]);
       }
     __threadfence();
     groupSync(group);
@@ -214,8 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   consumersSync();
   if (spread && tid == 0 && kt0 + count > sg.xStages) {
     // This block has read the shrink outputs; the last to have set the counters back.
-    const int readers = spreadReaders(kTiles, splits, sg.xStages) * (sg.weightBlocks / splits);
-    if (atomicAdd(counters + kColumnsRead, 1u) == static_cast<unsigned>(readers - 1)) {
+    if (atomicAdd(counters + kColumnsRead, 1u) == static_cast<unsigned>(sg.readers - 1)) {
       for (int t = 0; t < aTiles; ++t) counters[kPartsDone + t] = 0;
       counters[kColumnsReady] = 0;
       counters[kColumnsRead] = 0;
@@ -272,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
         const int t = tokenOf(j, h), slot = rowOf(h) / lora.maxRank, r = rowOf(h) % lora.maxRank;
-        if (t < args.M && slot == tokSlot[t] && r < tokRank[t])
+        if (t < args.M && slot == tokSlot[t] && r < tokRank[t * kDecodeGemmMaxModules])
           __stcg(lora.mid + t * lora.maxRank + r, tokScale[t] * acc[j][h]);
       }
     if (hasDelta) {
@@ -324,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int t = tokenOf(j, e);
-        rank[j][e] = tokRank[t];
+        rank[j][e] = tokRank[t * kDecodeGemmMaxModules];
         bOff[j][e] = (rowOf(e) - row0) * bPitch + max(tokSlot[t], 0) * lora.maxRank;
       }
     float delta[4][4] = {};
@@ -374,7 +385,7 @@ bool DecodeGemm::available() {
 
 DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
   partials_.ensure(static_cast<size_t>(sms_) * kPartFloats);
-  aParts_.ensure(static_cast<size_t>(2 * sms_) * kTokens * kDecodeGemmSpreadMaxRank);
+  aParts_.ensure(static_cast<size_t>(2 * sms_) * kTokens * kSpreadPartPitch);
   columns_.ensure(static_cast<size_t>(kTokens) * kDecodeGemmSpreadMaxRows);
   counters_.ensure(kCounters);
   check(cudaMemset(counters_.get(), 0, kCounters * sizeof(unsigned)), "cudaMemset");
@@ -389,27 +400,46 @@ namespace {
 
 int aTiles(const DecodeGemmLora& l) { return (l.rows + kTileRows - 1) / kTileRows; }
 
+// Whether the weight tiles read B from their padding columns (spread), and how many columns each
+// row reads there.
+bool padded(const DecodeGemmLora& l) { return l.A && l.spread; }
+int padColumns(const DecodeGemmLora& l) { return l.splitRows ? l.rows / l.modules : l.rows; }
+
 // The weights' tiles and, first, the LoRA shrink's (none when spread).
 int gridTiles(const DecodeGemmArgs& a) {
   const int tiles = (a.N + kTileRows - 1) / kTileRows;
-  return a.lora.A && !a.lora.spread ? tiles + aTiles(a.lora) : tiles;
+  return a.lora.A && !padded(a.lora) ? tiles + aTiles(a.lora) : tiles;
 }
 
-// K stages: over x, and spread also over the padding columns.
+// A weight tile's K stages: over x, and spread also over the padding columns.
+int xStagesOf(const DecodeGemmArgs& a) { return (a.K + kStageK - 1) / kStageK; }
 int kTilesOf(const DecodeGemmArgs& a) {
-  const int x = (a.K + kStageK - 1) / kStageK;
-  return a.lora.A && a.lora.spread ? x + (a.lora.rows + kStageK - 1) / kStageK : x;
+  return xStagesOf(a) + (padded(a.lora) ? (padColumns(a.lora) + kStageK - 1) / kStageK : 0);
+}
+
+// A group's modules: slot-major A rows of equal ranks, and output rows from moduleRow[j], each a
+// whole number of tiles, so that a weight tile lies in one module.
+bool modulesSupported(const DecodeGemmArgs& a) {
+  const DecodeGemmLora& l = a.lora;
+  if (l.modules < 1 || l.modules > kDecodeGemmMaxModules || l.rows % (l.modules * l.maxRank) != 0) return false;
+  if (l.modules > 1 && !l.spread) return false;
+  for (int j = 0; j < l.modules; ++j)
+    if (l.moduleRow[j] % kTileRows != 0 || l.moduleRow[j] >= a.N ||
+        (j == 0 ? l.moduleRow[j] != 0 : l.moduleRow[j] <= l.moduleRow[j - 1]))
+      return false;
+  return !l.splitRows || l.spread;
 }
 
 bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
   const DecodeGemmLora& l = a.lora;
   // Spread: B in the weights' padding columns, K stages that end where x does, a spare block, and
   // an A tile for each weight block at most.
-  const bool form = l.spread ? l.B == a.W + a.K && l.ldb == a.ldw && a.ldw >= a.K + l.rows && a.K % kStageK == 0 &&
-                                   l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank &&
-                                   weightBlocks < sms && aTiles(l) <= weightBlocks
-                             : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
-  return form && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
+  const bool form = l.spread
+                        ? l.B == a.W + a.K && l.ldb == a.ldw && a.ldw >= a.K + padColumns(l) && a.K % kStageK == 0 &&
+                              l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank &&
+                              weightBlocks < sms && aTiles(l) <= weightBlocks
+                        : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
+  return form && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
          (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 && l.lda % 8 == 0 &&
          (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
@@ -427,21 +457,23 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
-  const bool spread = a.lora.A && a.lora.spread;
+  const bool spread = padded(a.lora);
   const int kTiles = kTilesOf(a);
   // Spread, the weights' rows run on through the padding columns, and the grid has spare blocks
   // (one an A tile, as many as there are multiprocessors past the weights').
-  const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + a.lora.rows : a.K, a.N, a.ldw, kBox, kTileRows);
+  const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + padColumns(a.lora) : a.K, a.N, a.ldw, kBox, kTileRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
   SpreadGrid sg;
   const int blocks = gridTiles(a) * splits;
+  sg.xStages = xStagesOf(a);
   if (spread) {
     sg.weightBlocks = blocks, sg.reducers = std::min(aTiles(a.lora), sms_ - blocks);
-    sg.xStages = a.K / kStageK, sg.parts = aParts_.get(), sg.columns = columns_.get();
+    sg.columns = columns_.get(), sg.parts = aParts_.get();
+    sg.readers = spreadReaders(kTiles, splits, sg.xStages) * ((a.N + kTileRows - 1) / kTileRows);
   }
   const CUtensorMap cMap = spread ? bf16TensorMap(sg.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens) : xMap;
-  // B's tile after the stages, unless spread.
+  // B's tile after the stages where the block adds the deltas itself.
   const int smem = kSmemBytes + (a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
   launchPdlShared(decodeGemmKernel, dim3(blocks + sg.reducers), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
                   wMap, xMap, aMap, cMap, kTiles, splits, sg, partials_.get(), counters_.get());

@@ -43,15 +43,20 @@ constexpr int kDecodeGemmMaxRows = 32;
 // in mid (entries past a token's rank untouched) and adds no delta: the kernel after it does
 // (rmsnorm_delta.h), so no weight tile waits for the shrink tiles.
 //
-// spread: no shrink tiles (rank 64 at 8 slots is 8 of them, 16 more blocks than fit beside o's
-// and down's 128 on 132 multiprocessors). Each weight block first takes a few K stages of one A
-// tile in its own pipeline; the grid's spare blocks add those parts (in a fixed order) into each
-// token's own slot's shrink outputs, as bf16 columns that every weight tile multiplies by B in the
-// weights' padding columns (B = W + K, ldb = ldw, zero past each slot's rank, as the fused layout
-// keeps it: every column is multiplied) at the end of its K. mid is not used. Needs K a
-// multiple of 256, maxRank up to 128, rows up to kDecodeGemmSpreadMaxRows and a spare block.
+// spread: no shrink tiles (rank 64 at 8 slots is 8 of them, 16 more blocks than fit beside o's and
+// down's 128 on 132 multiprocessors). Each weight block first takes a few K stages of one A tile in
+// its own pipeline; the grid's spare blocks add those parts (in a fixed order) into each token's
+// scaled shrink outputs, as bf16 columns (zero outside its own slot and rank) that every weight
+// tile multiplies by B where the fused layout keeps it, in the weights' padding columns (B = W + K,
+// ldb = ldw, zero past each slot's rank: every column is multiplied), as the last stages of its K.
+// mid is not used. For a group of modules (q/k/v) as well: A's rows slot-major, slot k's module j
+// at rows (k modules + j) maxRank, module j's rank at ranks[slot rankPitch + module + j], its
+// output rows from moduleRow[j] (multiples of 64); the padding holds module j's B at columns
+// j slots maxRank + k maxRank + r of its rows, or with splitRows at k maxRank + r (each row only
+// its own module's block). Needs K a multiple of 256, maxRank up to 128, rows up to
+// kDecodeGemmSpreadMaxRows and a spare block.
 constexpr int kDecodeGemmLoraMaxRows = 128;
-constexpr int kDecodeGemmSpreadMaxRows = 1024, kDecodeGemmSpreadMaxRank = 128;
+constexpr int kDecodeGemmSpreadMaxRows = 2048, kDecodeGemmSpreadMaxRank = 128, kDecodeGemmMaxModules = 3;
 struct DecodeGemmLora {
   const bf16_t* A = nullptr;
   int lda = 0, rows = 0, maxRank = 0;
@@ -63,6 +68,9 @@ struct DecodeGemmLora {
   const float* scaling = nullptr;
   float* mid = nullptr;
   bool spread = false;
+  int modules = 1;
+  int moduleRow[kDecodeGemmMaxModules] = {};
+  bool splitRows = false;
 };
 
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
@@ -97,7 +105,8 @@ class DecodeGemm {
   int sms_;
   DeviceBuffer<float> partials_;  // the splits' sums, [block][64 rows x 32 tokens]
   // Spread: each weight block's two groups' A parts, [2 x blocks][32 tokens][128 ranks] (each
-  // token's own slot's), and the shrink outputs as bf16 columns, [32 tokens][rows].
+  // token's own slot's), and the shrink outputs as bf16 columns, [32 tokens][rows] in the padding's
+  // order.
   DeviceBuffer<float> aParts_;
   DeviceBuffer<bf16_t> columns_;
   // Splits done per row tile (the last one sets it back to 0); past the tiles, the LoRA shrink

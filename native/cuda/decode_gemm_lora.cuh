@@ -12,14 +12,28 @@ namespace cuda {
 namespace decode_gemm {
 
 #if TROUPE_DECODE_GEMM_BODY
-// Token tid's slot (uploaded with the step), and the pool's rank and scaling for it.
+// Token tid's slot (uploaded with the step), and the pool's scaling and each module's rank for it
+// (tokRank: kDecodeGemmMaxModules a token).
 __device__ __forceinline__ void loraReadToken(const DecodeGemmArgs& args, int tid, int* tokSlot, int* tokRank,
                                               float* tokScale) {
   const DecodeGemmLora& lora = args.lora;
   const int slot = tid < args.M ? lora.rowSlot[tid] : -1;
   tokSlot[tid] = slot;
-  tokRank[tid] = slot >= 0 ? min(lora.ranks[slot * lora.rankPitch + lora.module], lora.maxRank) : 0;
+  for (int j = 0; j < lora.modules; ++j)
+    tokRank[tid * kDecodeGemmMaxModules + j] =
+        slot >= 0 ? min(lora.ranks[slot * lora.rankPitch + lora.module + j], lora.maxRank) : 0;
   tokScale[tid] = slot >= 0 ? lora.scaling[slot] : 0.0f;
+}
+
+// The shrink output of A's row `row` for token t as its bf16 column: the sum scaled where the row
+// is the token's own slot's below its module's rank, else 0 (rows past a rank in A may hold
+// anything, and the padding multiplies every column).
+__device__ __forceinline__ void loraWriteColumn(const DecodeGemmArgs& args, const SpreadGrid& sg, int t, int row,
+                                                float sum, const int* tokSlot, const int* tokRank,
+                                                const float* tokScale) {
+  const LoraRowPlace p = loraRowPlace(args.lora, row);
+  const bool own = p.slot == tokSlot[t] && p.rank < tokRank[t * kDecodeGemmMaxModules + p.module];
+  sg.columns[static_cast<size_t>(t) * args.lora.rows + p.column] = toB(own ? sum * tokScale[t] : 0.0f);
 }
 
 // B's rows of a weight tile into shared memory, 16 bytes a copy by the first group's threads (the
@@ -35,10 +49,9 @@ __device__ __forceinline__ void loraCopyB(const DecodeGemmLora& lora, int N, int
 
 // Spare block r of a spread grid: for each of its A tiles (r, r + reducers, ...), once all of the
 // tile's group parts are done, each token's shrink output for each of the tile's rows, the parts
-// added in order and scaled where the row is the token's own slot's below its rank, else 0 (rows
-// past the slot's rank in A may hold anything; those sums are not read), into
-// the bf16 columns the padding stages read; then those tiles counted ready. Off the weights' path:
-// the parts come first in every block, and the columns are read at the end of their K.
+// added in order, into the columns (loraWriteColumn); then those tiles counted ready. Off the
+// weights' path: the parts come first in every block, and the columns are read at the end of their
+// K.
 __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const SpreadGrid& sg, int r, int aTiles,
                                               int kParts, const int* tokSlot, const int* tokRank, const float* tokScale,
                                               unsigned* counters) {
@@ -53,11 +66,13 @@ __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const 
     // (one part at a time took a round trip each, which o's short GEMM then waited for).
     const int lane = threadIdx.x & 31;
     for (int m = threadIdx.x >> 5; m < args.M; m += kThreads / 32) {
-      int row[2], rank[2];
+      int row[2], at[2];
       bool own[2];
       for (int e = 0; e < 2; ++e) {
-        row[e] = t * kTileRows + lane + 32 * e, rank[e] = row[e] % lora.maxRank;
-        own[e] = row[e] < lora.rows && row[e] / lora.maxRank == tokSlot[m] && rank[e] < tokRank[m];
+        row[e] = t * kTileRows + lane + 32 * e;
+        const LoraRowPlace p = loraRowPlace(lora, row[e]);
+        at[e] = p.module * lora.maxRank + p.rank;
+        own[e] = row[e] < lora.rows && p.slot == tokSlot[m] && p.rank < tokRank[m * kDecodeGemmMaxModules + p.module];
       }
       float v[2] = {0, 0};
       if (own[0] || own[1])
@@ -68,14 +83,13 @@ __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const 
 #pragma unroll
             for (int e = 0; e < 2; ++e)
               x[e][u] = own[e] && k0 + u < groupParts
-                            ? __ldcg(sg.parts + (static_cast<size_t>(k0 + u) * kTokens + m) * kDecodeGemmSpreadMaxRank +
-                                     rank[e])
+                            ? __ldcg(sg.parts + (static_cast<size_t>(k0 + u) * kTokens + m) * kSpreadPartPitch + at[e])
                             : 0.0f;
 #pragma unroll
           for (int u = 0; u < 16; ++u) v[0] += x[0][u], v[1] += x[1][u];
         }
       for (int e = 0; e < 2; ++e)
-        if (row[e] < lora.rows) sg.columns[static_cast<size_t>(m) * lora.rows + row[e]] = toB(v[e] * tokScale[m]);
+        if (row[e] < lora.rows) loraWriteColumn(args, sg, m, row[e], v[e], tokSlot, tokRank, tokScale);
     }
   }
   // The columns are read by tensor copies (the async proxy) in other blocks.

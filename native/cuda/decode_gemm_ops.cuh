@@ -38,14 +38,16 @@ constexpr int kBPad = 8;
 constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
 constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
 // Spread: the A tiles whose columns are written, the blocks that have read them, and each A tile's
-// group parts done.
+// group parts done. A group part's sums, each token's own slot's at [token][module maxRank + rank].
+constexpr int kSpreadPartPitch = kDecodeGemmSpreadMaxRank * kDecodeGemmMaxModules;
 constexpr int kColumnsReady = kMaxTiles + 2, kColumnsRead = kMaxTiles + 3, kPartsDone = kMaxTiles + 4;
 constexpr int kCounters = kPartsDone + kDecodeGemmSpreadMaxRows / kTileRows;
 
 // The spread grid (DecodeGemmLora::spread): its weight blocks, then `reducers` spare ones; the K
-// stages over x (the rest are the padding columns'); each group's A part sums and the columns.
+// stages over x (the rest are the padding columns'); the blocks that read the columns; each group's
+// A part sums and the columns.
 struct SpreadGrid {
-  int weightBlocks = 0, reducers = 0, xStages = 0;
+  int weightBlocks = 0, reducers = 0, xStages = 0, readers = 0;
   float* parts = nullptr;
   bf16_t* columns = nullptr;
 };
@@ -55,6 +57,17 @@ __host__ __device__ inline int spreadReaders(int kTiles, int splits, int xStages
   int n = 0;
   for (int p = 0; p < splits; ++p) n += (p + 1) * kTiles / splits > xStages ? 1 : 0;
   return n;
+}
+
+// Where A's row `row` of a LoRA group goes: its slot, module and rank, and its shrink output's
+// column (the padding's order: module, slot, rank).
+struct LoraRowPlace {
+  int slot, module, rank, column;
+};
+__host__ __device__ inline LoraRowPlace loraRowPlace(const DecodeGemmLora& l, int row) {
+  const int r = row % l.maxRank, slotModule = row / l.maxRank;
+  const int slot = slotModule / l.modules, module = slotModule % l.modules;
+  return {slot, module, r, module * (l.rows / l.modules) + slot * l.maxRank + r};
 }
 
 #if TROUPE_DECODE_GEMM_BODY

@@ -101,40 +101,62 @@ int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
   return bad ? 1 : 0;
 }
 
+// modules > 1 (spread only): a group such as q/k/v, module j's output rows from moduleRow(j), its
+// A rows slot-major; split: each row's padding holds only its own module's block.
 struct LoraCase {
-  int M, N, K, slots, maxRank, splits;
+  int M, N, K, slots, maxRank, splits, modules = 1;
+  bool split = false, accumulate = true;
+  int moduleRow(int j) const { return j == 0 ? 0 : (N * (modules + j) / (2 * modules) + 32) / 64 * 64; }
+  int moduleOf(int n) const {
+    int j = 0;
+    while (j + 1 < modules && n >= moduleRow(j + 1)) ++j;
+    return j;
+  }
 };
 
-// The LoRA form against a host reference: W and B in one matrix of K + slots maxRank columns, as
-// the fused layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's rank
-// maxRank - k % 2 * maxRank / 2. inNorm: the GEMM leaves the shrink in mid (NaN before it) and
-// rmsnormDelta adds the deltas from B transposed, then makes the normed rows, checked as well.
-// spread (without inNorm): the shrink spread over the weight blocks, B in the padding columns (zero
-// past each rank).
-int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng& rng, cudaStream_t st) {
-  const int rows = c.slots * c.maxRank, ld = c.K + rows;
+// How the GEMM takes the deltas: each weight tile adds them from B in shared memory; the norm after
+// it adds them (rmsnormDelta, from B transposed); or B is multiplied in the padding columns, the
+// shrink outputs written by spare blocks from the weight blocks' parts (spread).
+enum class LoraForm { kDelta, kInNorm, kSpread };
+
+// The LoRA form against a host reference: W and B in one matrix of K + pad columns, as the fused
+// layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's module j's rank
+// maxRank - (k + j) % 2 * maxRank / 2. kInNorm also checks the norm's rows; its GEMM leaves the
+// shrink in mid (NaN before it).
+int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cudaStream_t st) {
+  const bool inNorm = form == LoraForm::kInNorm, padded = form == LoraForm::kSpread;
+  const int blockCols = c.slots * c.maxRank, rows = c.modules * blockCols;
+  const int pad = c.split ? blockCols : rows, ld = c.K + pad, module0 = c.modules == 1 ? 6 : 0;
+  auto rankOf = [&](int s, int j) { return s >= 0 ? c.maxRank - (s + j) % 2 * c.maxRank / 2 : 0; };
+  // Row n's B for slot s, rank r (of its own module's block).
+  auto bAt = [&](const std::vector<uint16_t>& W, int n, int s, int r) {
+    return W[static_cast<size_t>(n) * ld + c.K + (c.split ? 0 : c.moduleOf(n) * blockCols) + s * c.maxRank + r];
+  };
   std::vector<uint16_t> W(static_cast<size_t>(c.N) * ld), X(static_cast<size_t>(c.M) * c.K),
       A(static_cast<size_t>(rows) * c.K);
   std::vector<int32_t> slot(c.M), ranks(c.slots * 7, 0);
   std::vector<float> scaling(c.slots), Y0(static_cast<size_t>(c.M) * c.N);
   for (int k = 0; k < c.slots; ++k) {
-    ranks[k * 7 + 6] = c.maxRank - (k % 2) * c.maxRank / 2;
+    for (int j = 0; j < c.modules; ++j) ranks[k * 7 + module0 + j] = rankOf(k, j);
     scaling[k] = 0.5f + k;
   }
   for (int m = 0; m < c.M; ++m) slot[m] = m % (c.slots + 1) - 1;
   for (int n = 0; n < c.N; ++n)
     for (int k = 0; k < ld; ++k) {
-      const int s = k < c.K ? -1 : (k - c.K) / c.maxRank, r = k < c.K ? 0 : (k - c.K) % c.maxRank;
-      // Spread, the GEMM multiplies every padding column, as the fused layout's does: B is zero past
-      // each rank there (the pool keeps it so), NaN elsewhere.
-      W[static_cast<size_t>(n) * ld + k] = s >= 0 && r >= ranks[s * 7 + 6] ? (spread ? 0 : kNaN16) : toBf16(rng.sym());
+      const int col = k - c.K, block = c.split ? c.moduleOf(n) : col / blockCols;
+      const int s = col % blockCols / c.maxRank, r = col % c.maxRank;
+      // Padded, the GEMM multiplies every padding column, as the fused layout's does: B is zero past
+      // each rank there and in other modules' blocks (the pool keeps it so), NaN elsewhere.
+      const bool none = k >= c.K && (block != c.moduleOf(n) || r >= rankOf(s, block));
+      W[static_cast<size_t>(n) * ld + k] = none ? (padded ? 0 : kNaN16) : toBf16(rng.sym());
     }
   for (int row = 0; row < rows; ++row)
     for (int k = 0; k < c.K; ++k)
       A[static_cast<size_t>(row) * c.K + k] =
-          row % c.maxRank >= ranks[row / c.maxRank * 7 + 6] ? kNaN16 : toBf16(rng.sym() / 8);
+          row % c.maxRank >= rankOf(row / c.maxRank / c.modules, row / c.maxRank % c.modules) ? kNaN16
+                                                                                             : toBf16(rng.sym() / 8);
   for (auto& v : X) v = toBf16(rng.sym());
-  for (auto& v : Y0) v = 4 * rng.sym();
+  for (auto& v : Y0) v = c.accumulate ? 4 * rng.sym() : 0.0f;
   bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
   bf16_t* dX = reinterpret_cast<bf16_t*>(upload(X));
   bf16_t* dA = reinterpret_cast<bf16_t*>(upload(A));
@@ -144,12 +166,14 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng
   float* dY = upload(Y0);
   DecodeGemmArgs a;
   a.W = dW, a.ldw = ld, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;
-  a.accumulate = true;
+  a.accumulate = c.accumulate;
   DecodeGemmLora& l = a.lora;
   l.A = dA, l.lda = c.K, l.rows = rows, l.maxRank = c.maxRank, l.B = inNorm ? nullptr : dW + c.K, l.ldb = ld;
-  l.rowSlot = dSlot, l.spread = spread;
+  l.rowSlot = dSlot, l.spread = padded;
+  l.modules = c.modules, l.splitRows = c.split;
+  for (int j = 0; j < c.modules; ++j) l.moduleRow[j] = c.moduleRow(j);
   float* dMid = upload(std::vector<float>(static_cast<size_t>(c.M) * rows, inNorm ? std::nanf("") : 0.0f));
-  l.ranks = dRanks, l.rankPitch = 7, l.module = 6, l.scaling = dScaling, l.mid = dMid;
+  l.ranks = dRanks, l.rankPitch = 7, l.module = module0, l.scaling = dScaling, l.mid = dMid;
   // The norm after it: B as [slot][maxRank][N] (NaN past each rank, as in W), the norm's weights.
   std::vector<uint16_t> Bt(static_cast<size_t>(rows) * c.N);
   for (int i = 0; i < rows; ++i)
@@ -165,8 +189,8 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng
   std::vector<uint16_t> normed(static_cast<size_t>(c.M) * c.N);
   int bad = 0;
   if (!gemm.supports(a, c.splits)) {
-    std::printf("FAIL lora M %d N %d K %d rows %d splits %d%s: not supported\n", c.M, c.N, c.K, rows, c.splits,
-                spread ? " spread" : "");
+    std::printf("FAIL lora M %d N %d K %d rows %d splits %d form %d: not supported\n", c.M, c.N, c.K, rows, c.splits,
+                static_cast<int>(form));
     bad = 1;
   }
   std::vector<float> Y;
@@ -197,15 +221,17 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng
   double worst = 0, worstNormed = 0;
   if (!bad) {
     for (int m = 0; m < c.M; ++m) {
-      const int s = slot[m], rank = s >= 0 ? ranks[s * 7 + 6] : 0;
-      std::vector<double> mid(rank), midMag(rank);
-      for (int r = 0; r < rank; ++r)
-        for (int k = 0; k < c.K; ++k) {
-          const double p = static_cast<double>(fromBf16(A[static_cast<size_t>(s * c.maxRank + r) * c.K + k])) *
-                           fromBf16(X[static_cast<size_t>(m) * c.K + k]);
-          mid[r] += p;
-          midMag[r] += std::fabs(p);
-        }
+      const int s = slot[m];
+      // The token's shrink outputs, [module][rank].
+      std::vector<double> mid(rows), midMag(rows);
+      for (int j = 0; j < c.modules; ++j)
+        for (int r = 0; r < rankOf(s, j); ++r)
+          for (int k = 0; k < c.K; ++k) {
+            const size_t row = static_cast<size_t>((s * c.modules + j) * c.maxRank + r);
+            const double p = static_cast<double>(fromBf16(A[row * c.K + k])) * fromBf16(X[static_cast<size_t>(m) * c.K + k]);
+            mid[j * c.maxRank + r] += p;
+            midMag[j * c.maxRank + r] += std::fabs(p);
+          }
       std::vector<double> ref(c.N), bounds(c.N);
       double squares = 0;
       for (int n = 0; n < c.N; ++n) {
@@ -216,11 +242,12 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng
           sum += p;
           mag += std::fabs(p);
         }
-        for (int r = 0; r < rank; ++r) {
-          const double b = fromBf16(W[static_cast<size_t>(n) * ld + c.K + s * c.maxRank + r]) * scaling[s];
-          sum += b * mid[r];
-          // Spread, the shrink outputs are bf16 columns: their rounding, 2^-9 of each, in the bound.
-          mag += std::fabs(b) * (midMag[r] + (spread ? std::fabs(mid[r]) * 16384 / 256 : 0));
+        const int j = c.moduleOf(n);
+        for (int r = 0; r < rankOf(s, j); ++r) {
+          const double b = fromBf16(bAt(W, n, s, r)) * scaling[s], v = mid[j * c.maxRank + r];
+          sum += b * v;
+          // Padded, the shrink outputs are bf16 columns: their rounding, 2^-9 of each, in the bound.
+          mag += std::fabs(b) * (midMag[j * c.maxRank + r] + (padded ? std::fabs(v) * 16384 / 256 : 0));
         }
         const double bound = mag / 16384 + 1e-5, err = std::fabs(Y[static_cast<size_t>(m) * c.N + n] - sum);
         if (!(err <= bound)) ++bad;
@@ -241,9 +268,10 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, bool inNorm, bool spread, Rng
       }
     }
   }
-  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d%s%s: worst %.3f of the bound%s\n",
-              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, inNorm ? ", deltas in the norm" : "",
-              spread ? ", shrink spread" : "", worst,
+  const char* forms[] = {"", ", deltas in the norm", ", shrink spread"};
+  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d modules %d%s acc %d%s: worst %.3f of the bound%s\n",
+              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, c.modules, c.split ? " split" : "",
+              c.accumulate, forms[static_cast<int>(form)], worst,
               inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
   for (void* p : {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
                   static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY),
@@ -276,14 +304,14 @@ int checks() {
       {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
       {1, 200, 1024, 2, 8, 1},     {19, 130, 264, 3, 8, 2},    {32, 512, 2048, 2, 64, 1},
   };
-  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, false, false, rng, st);
+  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, LoraForm::kDelta, rng, st);
   // The deltas left to the norm after the GEMM (rmsnormDelta): N a multiple of 4 up to 8,192 (a
   // cluster of 1 to 8 blocks a token), max rank 8, 16 or 32.
   const LoraCase inNormCases[] = {
       {32, 4096, 14336, 8, 16, 2}, {32, 4096, 4096, 8, 16, 2}, {7, 1000, 2048, 4, 16, 2},
       {1, 200, 1024, 2, 8, 1},     {5, 3000, 1024, 4, 32, 2},  {32, 8192, 2048, 4, 32, 1},
   };
-  for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, true, false, rng, st);
+  for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, LoraForm::kInNorm, rng, st);
   // The shrink spread over the weight blocks' pipelines: 8 rank-64 slots at o's and down's shapes
   // (two A tiles for each spare block), more K parts than x stages (parts with none), a block left
   // over past the parts, padding columns that end inside a stage, one split, max rank 128.
@@ -291,7 +319,15 @@ int checks() {
       {32, 4096, 14336, 8, 64, 2}, {32, 4096, 4096, 8, 64, 2}, {7, 1000, 2048, 4, 16, 2}, {5, 3000, 1024, 4, 32, 2},
       {19, 130, 512, 3, 8, 2},     {9, 700, 2048, 3, 64, 2},   {32, 8192, 2048, 4, 64, 1}, {8, 512, 1024, 2, 128, 2},
   };
-  for (const LoraCase& c : spreadCases) failed += checkLora(gemm, c, false, true, rng, st);
+  for (const LoraCase& c : spreadCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
+  // The spread form over a group of modules: q/k/v's shape at both ranks, A tiles that hold two
+  // modules, split K, max rank 128 (a module's rows over two tiles), accumulating or not.
+  const LoraCase spreadModuleCases[] = {
+      {32, 6144, 4096, 8, 64, 1, 3, true, false}, {32, 6144, 4096, 8, 16, 1, 3, false, false},
+      {7, 1536, 1024, 3, 8, 2, 3, true, false},   {19, 768, 512, 2, 32, 2, 3, false, true},
+      {1, 1024, 256, 2, 128, 1, 3, true, false},  {2, 640, 768, 5, 8, 1, 3, true, true},
+  };
+  for (const LoraCase& c : spreadModuleCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }
@@ -378,6 +414,57 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
                   static_cast<void*>(xn), static_cast<void*>(dSlot)})
     cudaFree(p);
+}
+
+// q/k/v (Llama-8B, 32 tokens over 8 slots) behind a 2 us kernel: cuBLAS over x alone and over x
+// and the padding columns (the engine's GEMM after an item shrink: rank 16's shared row, rank 64's
+// split rows as the same bytes), against ours with the shrink spread over the weight blocks.
+void benchQkvSpread(cudaStream_t st, Gemm& cublas, int sms) {
+  const int T = 32, slots = 8, copies = 4, iters = 64, N = 6144, K = 4096;
+  float* Y = nullptr;
+  CK(cudaMalloc(&Y, static_cast<size_t>(T) * N * 4));
+  std::vector<int32_t> slot(T);
+  for (int t = 0; t < T; ++t) slot[t] = t % slots;
+  int32_t* dSlot = upload(slot);
+  float* dScale = upload(std::vector<float>(slots, 1.0f));
+  DecodeGemm gemm(sms);
+  auto before = [&](cudaStream_t s2) { shortKernel<<<sms, 128, 0, s2>>>(); };
+  for (const int R : {16, 64}) {
+    const bool split = R == 64;
+    const int rows = 3 * slots * R, pad = split ? slots * R : rows, ldw = K + pad;
+    const size_t wElems = static_cast<size_t>(N) * ldw;
+    int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
+    bf16_t *W = nullptr, *X = nullptr, *A = nullptr;
+    CK(cudaMalloc(&W, wElems * copies * 2));
+    CK(cudaMemset(W, 0, wElems * copies * 2));
+    CK(cudaMalloc(&X, static_cast<size_t>(T) * ldw * 2));
+    CK(cudaMemset(X, 0, static_cast<size_t>(T) * ldw * 2));
+    CK(cudaMalloc(&A, static_cast<size_t>(rows) * K * 2));
+    CK(cudaMemset(A, 0, static_cast<size_t>(rows) * K * 2));
+    auto cb = [&](int k) {
+      return graphCallUs(st, iters, before, [&](int i, cudaStream_t) {
+        cublas.linear(T, N, k, W + (i % copies) * wElems, ldw, X, ldw, Y, ElemType::F32, 1, 0);
+      });
+    };
+    DecodeGemmArgs a;
+    a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldw, a.Y = Y, a.ldy = N, a.M = T, a.N = N, a.K = K;
+    DecodeGemmLora& l = a.lora;
+    l.A = A, l.lda = K, l.rows = rows, l.maxRank = R, l.B = W + K, l.ldb = ldw, l.rowSlot = dSlot, l.ranks = dRank;
+    l.rankPitch = 7, l.module = 0, l.scaling = dScale, l.spread = true, l.modules = 3, l.splitRows = split;
+    l.moduleRow[1] = 4096, l.moduleRow[2] = 5120;
+    auto ours = [&] {
+      return !gemm.supports(a, 1) ? -1.0 : graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+        DecodeGemmArgs b = a;
+        b.W = W + (i % copies) * wElems, b.lora.B = b.W + K;
+        gemm.run(b, 1, s2, true);
+      });
+    };
+    std::printf("q/k/v, 8 rank-%d slots: cuBLAS over x %6.2f, over x and the padding %6.2f; ours, shrink spread %6.2f\n",
+                R, cb(K), cb(K + pad), ours());
+    for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(dRank)})
+      cudaFree(p);
+  }
+  for (void* p : {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dScale)}) cudaFree(p);
 }
 
 int bench() {
@@ -472,6 +559,7 @@ int bench() {
   cudaFree(gu);
   cudaFree(Y);
   benchDeltaInNorm(st, prop.multiProcessorCount);
+  benchQkvSpread(st, cublas, prop.multiProcessorCount);
   return 0;
 }
 

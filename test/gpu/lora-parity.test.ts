@@ -6,8 +6,9 @@
 // every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
 // model and the two adapters that fit it) also runs the decode GEMM taking o's and down's LoRA
 // deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM). At rank 64 the fused
-// layout's decode GEMM spreads down's shrink over its weight blocks and adds its deltas from the
-// padding columns; with TROUPE_LORA_IN_GEMM=0 down takes the item shrink instead, as o does.
+// layout's decode GEMM spreads q/k/v's and down's shrink over its weight blocks and adds their
+// deltas from the padding columns; with TROUPE_LORA_IN_GEMM=0 they take the item shrink instead, as
+// o does.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -126,7 +127,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     );
   });
 
-  it('rank-64 pool, fused, LoRA not in the decode GEMM (o and down by the item shrink)', () =>
+  it('rank-64 pool, fused, LoRA not in the decode GEMM (q/k/v, o and down by the item shrink)', () =>
     withEnv({ TROUPE_LORA_IN_GEMM: '0' }, () =>
       check(
         'rank-64 pool, fused, LoRA in the decode GEMM: 0',
