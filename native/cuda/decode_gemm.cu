@@ -27,12 +27,11 @@
 // groups writes its sums of that part, each token's own slot's, then counts the part done; then
 // its own stages, whose K runs on past x into the padding columns, where B lies. The spare blocks
 // wait for each A tile's parts, add them in part order and write the scaled shrink outputs as bf16
-// columns (zero outside each token's own slot and rank); a block's copies of those columns wait
-// for every tile's. The parts come first in every block, so that in a GEMM as long as down's the
-// columns are ready before the stages that read them (o's, about 10 us, waits for them).
-// Over a group of modules (q/k/v) the A rows are every slot's modules in turn, a part's sums sit
-// at each token's [module][rank], and a weight tile of split rows reads only its module's block of
-// the columns (cBase).
+// columns (zero outside each token's own slot and rank), their warps dealt (tile, token) pairs; a
+// block's copies of those columns wait for every spare block's. The parts come first in every block, so that in a GEMM
+// as long as down's the columns are ready before the stages that read them (o's, about 10 us, waits for them). Over a
+// group of modules (q/k/v) the A rows are every slot's modules in turn, a part's sums sit at each token's
+// [module][rank], and a weight tile of split rows reads only its module's block of the columns (cBase).
 #include <cuda.h>
 
 #include <algorithm>
@@ -135,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (spread && i >= na && k >= sg.xStages) {
           // The padding columns' stages read the shrink outputs, once every A tile's are written.
           if (!columnsReady) {
-            while (loadAcquire(counters + kColumnsReady) < static_cast<unsigned>(aTiles)) __nanosleep(128);
+            while (loadAcquire(counters + kColumnsReady) < static_cast<unsigned>(sg.reducers)) __nanosleep(128);
             asm volatile("fence.proxy.async.global;" ::: "memory");
             columnsReady = true;
           }
@@ -460,7 +459,7 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   const bool spread = padded(a.lora);
   const int kTiles = kTilesOf(a);
   // Spread, the weights' rows run on through the padding columns, and the grid has spare blocks
-  // (one an A tile, as many as there are multiprocessors past the weights').
+  // on every multiprocessor past the weights' (spreadColumns deals them the columns' work).
   const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + padColumns(a.lora) : a.K, a.N, a.ldw, kBox, kTileRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
@@ -468,7 +467,7 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   const int blocks = gridTiles(a) * splits;
   sg.xStages = xStagesOf(a);
   if (spread) {
-    sg.weightBlocks = blocks, sg.reducers = std::min(aTiles(a.lora), sms_ - blocks);
+    sg.weightBlocks = blocks, sg.reducers = sms_ - blocks;
     sg.columns = columns_.get(), sg.parts = aParts_.get();
     sg.readers = spreadReaders(kTiles, splits, sg.xStages) * ((a.N + kTileRows - 1) / kTileRows);
   }

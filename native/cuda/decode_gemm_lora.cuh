@@ -47,56 +47,59 @@ __device__ __forceinline__ void loraCopyB(const DecodeGemmLora& lora, int N, int
   }
 }
 
-// Spare block r of a spread grid: for each of its A tiles (r, r + reducers, ...), once all of the
-// tile's group parts are done, each token's shrink output for each of the tile's rows, the parts
-// added in order, into the columns (loraWriteColumn); then those tiles counted ready. Off the
-// weights' path: the parts come first in every block, and the columns are read at the end of their
-// K.
+// The spare blocks of a spread grid: each token's shrink output for each of an A tile's rows, the
+// tile's group parts added in order, into the columns (loraWriteColumn); then each block counts
+// itself done. The (tile, token) pairs are dealt over every spare block's warps, tile-major, so
+// that the tokens of one slot (a step where most rows use one adapter) spread over the blocks: with
+// a block to each tile, one adapter's 32 tokens were one block's work, and its columns came late
+// enough to hold the weight tiles at their padding stages. A warp waits only for its own pairs'
+// tiles; pairs whose token is not the tile's slot's write zeros. Off the weights' path: the parts
+// come first in every block, and the columns are read at the end of their K.
 __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const SpreadGrid& sg, int r, int aTiles,
                                               int kParts, const int* tokSlot, const int* tokRank, const float* tokScale,
                                               unsigned* counters) {
   const DecodeGemmLora& lora = args.lora;
   const int groupParts = 2 * kParts;
-  unsigned tiles = 0;
-  for (int t = r; t < aTiles; t += sg.reducers, ++tiles) {
-    if (threadIdx.x == 0)
-      while (loadAcquire(counters + kPartsDone + t) < static_cast<unsigned>(groupParts)) __nanosleep(32);
-    __syncthreads();
-    // A warp a token at a time, a lane two of the tile's rows, 16 parts' loads of both at once
-    // (one part at a time took a round trip each, which o's short GEMM then waited for).
-    const int lane = threadIdx.x & 31;
-    for (int m = threadIdx.x >> 5; m < args.M; m += kThreads / 32) {
-      int row[2], at[2];
-      bool own[2];
-      for (int e = 0; e < 2; ++e) {
-        row[e] = t * kTileRows + lane + 32 * e;
-        const LoraRowPlace p = loraRowPlace(lora, row[e]);
-        at[e] = p.module * lora.maxRank + p.rank;
-        own[e] = row[e] < lora.rows && p.slot == tokSlot[m] && p.rank < tokRank[m * kDecodeGemmMaxModules + p.module];
-      }
-      float v[2] = {0, 0};
-      if (own[0] || own[1])
-        for (int k0 = 0; k0 < groupParts; k0 += 16) {
-          float x[2][16];
-#pragma unroll
-          for (int u = 0; u < 16; ++u)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              x[e][u] = own[e] && k0 + u < groupParts
-                            ? __ldcg(sg.parts + (static_cast<size_t>(k0 + u) * kTokens + m) * kSpreadPartPitch + at[e])
-                            : 0.0f;
-#pragma unroll
-          for (int u = 0; u < 16; ++u) v[0] += x[0][u], v[1] += x[1][u];
-        }
-      for (int e = 0; e < 2; ++e)
-        if (row[e] < lora.rows) loraWriteColumn(args, sg, m, row[e], v[e], tokSlot, tokRank, tokScale);
+  constexpr int kWarps = kThreads / 32;
+  const int lane = threadIdx.x & 31, allWarps = sg.reducers * kWarps;
+  for (int i = r * kWarps + (threadIdx.x >> 5); i < aTiles * args.M; i += allWarps) {
+    const int t = i / args.M, m = i % args.M;
+    // A lane two of the tile's rows, 16 parts' loads of both at once (one part at a time took a
+    // round trip each, which o's short GEMM then waited for).
+    int row[2], at[2];
+    bool own[2];
+    for (int e = 0; e < 2; ++e) {
+      row[e] = t * kTileRows + lane + 32 * e;
+      const LoraRowPlace p = loraRowPlace(lora, row[e]);
+      at[e] = p.module * lora.maxRank + p.rank;
+      own[e] = row[e] < lora.rows && p.slot == tokSlot[m] && p.rank < tokRank[m * kDecodeGemmMaxModules + p.module];
     }
+    float v[2] = {0, 0};
+    if (__any_sync(0xffffffffu, own[0] || own[1])) {
+      if (lane == 0)
+        while (loadAcquire(counters + kPartsDone + t) < static_cast<unsigned>(groupParts)) __nanosleep(32);
+      __syncwarp();
+      for (int k0 = 0; k0 < groupParts; k0 += 16) {
+        float x[2][16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            x[e][u] = own[e] && k0 + u < groupParts
+                          ? __ldcg(sg.parts + (static_cast<size_t>(k0 + u) * kTokens + m) * kSpreadPartPitch + at[e])
+                          : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 16; ++u) v[0] += x[0][u], v[1] += x[1][u];
+      }
+    }
+    for (int e = 0; e < 2; ++e)
+      if (row[e] < lora.rows) loraWriteColumn(args, sg, m, row[e], v[e], tokSlot, tokRank, tokScale);
   }
   // The columns are read by tensor copies (the async proxy) in other blocks.
   asm volatile("fence.proxy.async.global;" ::: "memory");
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0 && tiles > 0) atomicAdd(counters + kColumnsReady, tiles);
+  if (threadIdx.x == 0) atomicAdd(counters + kColumnsReady, 1u);
 }
 #endif
 

@@ -102,10 +102,11 @@ int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
 }
 
 // modules > 1 (spread only): a group such as q/k/v, module j's output rows from moduleRow(j), its
-// A rows slot-major; split: each row's padding holds only its own module's block.
+// A rows slot-major; split: each row's padding holds only its own module's block. oneSlot: every
+// token of slot 0 (one adapter for the whole batch).
 struct LoraCase {
   int M, N, K, slots, maxRank, splits, modules = 1;
-  bool split = false, accumulate = true;
+  bool split = false, accumulate = true, oneSlot = false;
   int moduleRow(int j) const { return j == 0 ? 0 : (N * (modules + j) / (2 * modules) + 32) / 64 * 64; }
   int moduleOf(int n) const {
     int j = 0;
@@ -120,7 +121,7 @@ struct LoraCase {
 enum class LoraForm { kDelta, kInNorm, kSpread };
 
 // The LoRA form against a host reference: W and B in one matrix of K + pad columns, as the fused
-// layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none), slot k's module j's rank
+// layout keeps them; token m's slot m % (slots + 1) - 1 (-1: none; or 0, oneSlot), slot k's module j's rank
 // maxRank - (k + j) % 2 * maxRank / 2. kInNorm also checks the norm's rows; its GEMM leaves the
 // shrink in mid (NaN before it).
 int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cudaStream_t st) {
@@ -140,7 +141,7 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cuda
     for (int j = 0; j < c.modules; ++j) ranks[k * 7 + module0 + j] = rankOf(k, j);
     scaling[k] = 0.5f + k;
   }
-  for (int m = 0; m < c.M; ++m) slot[m] = m % (c.slots + 1) - 1;
+  for (int m = 0; m < c.M; ++m) slot[m] = c.oneSlot ? 0 : m % (c.slots + 1) - 1;
   for (int n = 0; n < c.N; ++n)
     for (int k = 0; k < ld; ++k) {
       const int col = k - c.K, block = c.split ? c.moduleOf(n) : col / blockCols;
@@ -313,11 +314,15 @@ int checks() {
   };
   for (const LoraCase& c : inNormCases) failed += checkLora(gemm, c, LoraForm::kInNorm, rng, st);
   // The shrink spread over the weight blocks' pipelines: 8 rank-64 slots at o's and down's shapes
-  // (two A tiles for each spare block), more K parts than x stages (parts with none), a block left
-  // over past the parts, padding columns that end inside a stage, one split, max rank 128.
+  // (more A tiles than spare blocks), more K parts than x stages (parts with none), a block left
+  // over past the parts, padding columns that end inside a stage, one split, max rank 128, and
+  // every token of one slot (its columns' work dealt over the spare blocks).
   const LoraCase spreadCases[] = {
-      {32, 4096, 14336, 8, 64, 2}, {32, 4096, 4096, 8, 64, 2}, {7, 1000, 2048, 4, 16, 2}, {5, 3000, 1024, 4, 32, 2},
-      {19, 130, 512, 3, 8, 2},     {9, 700, 2048, 3, 64, 2},   {32, 8192, 2048, 4, 64, 1}, {8, 512, 1024, 2, 128, 2},
+      {32, 4096, 14336, 8, 64, 2},  {32, 4096, 4096, 8, 64, 2},
+      {7, 1000, 2048, 4, 16, 2},    {5, 3000, 1024, 4, 32, 2},
+      {19, 130, 512, 3, 8, 2},      {9, 700, 2048, 3, 64, 2},
+      {32, 8192, 2048, 4, 64, 1},   {8, 512, 1024, 2, 128, 2},
+      {32, 4096, 14336, 8, 64, 2, 1, false, true, true},
   };
   for (const LoraCase& c : spreadCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   // The spread form over a group of modules: q/k/v's shape at both ranks, A tiles that hold two
@@ -326,6 +331,7 @@ int checks() {
       {32, 6144, 4096, 8, 64, 1, 3, true, false}, {32, 6144, 4096, 8, 16, 1, 3, false, false},
       {7, 1536, 1024, 3, 8, 2, 3, true, false},   {19, 768, 512, 2, 32, 2, 3, false, true},
       {1, 1024, 256, 2, 128, 1, 3, true, false},  {2, 640, 768, 5, 8, 1, 3, true, true},
+      {32, 6144, 4096, 8, 64, 1, 3, true, false, true},
   };
   for (const LoraCase& c : spreadModuleCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   std::printf("%d failed\n", failed);
@@ -353,6 +359,9 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % slots;
   int32_t* dSlot = upload(slot);
+  // Every token of slot 0: one adapter for the whole batch.
+  int32_t* dOneSlot = upload(std::vector<int32_t>(T, 0));
+  int32_t* rowSlot = dSlot;
   DecodeGemm gemm(sms);
   for (const int R : {16, 64}) {
     int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
@@ -385,7 +394,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
         if (f == Form::kBase) return a;
         DecodeGemmLora& l = a.lora;
         l.A = A, l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = f == Form::kTiles ? nullptr : a.W + K, l.ldb = ldw;
-        l.rowSlot = dSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
+        l.rowSlot = rowSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
         l.spread = f == Form::kSpread;
         return a;
       };
@@ -396,7 +405,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
           gemm.run(args(i, f), 2, s2, true);
           if (f != Form::kTiles) return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2);
           ResidualDelta d;
-          d.bt = Bt + (i % copies) * btElems, d.rowSlot = dSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
+          d.bt = Bt + (i % copies) * btElems, d.rowSlot = rowSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
           d.maxRank = R, d.mid = mid;
           rmsnormDelta(Y, w, xn, T, H, 1e-5f, H, d, s2, true);
         });
@@ -405,6 +414,10 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
           "%-4s and the norm after it, 8 rank-%d slots: no LoRA %6.2f; deltas in the GEMM %6.2f; shrink tiles, "
           "deltas in the norm %6.2f; shrink spread, deltas from the padding %6.2f\n",
           silu ? "down" : "o", R, time(Form::kBase), time(Form::kInGemm), time(Form::kTiles), time(Form::kSpread));
+      rowSlot = dOneSlot;
+      std::printf("%-4s and the norm after it, 8 rank-%d slots, every token slot 0's: shrink spread %6.2f\n",
+                  silu ? "down" : "o", R, time(Form::kSpread));
+      rowSlot = dSlot;
       for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(Bt)})
         cudaFree(p);
     }
@@ -412,7 +425,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
     cudaFree(dScale);
   }
   for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
-                  static_cast<void*>(xn), static_cast<void*>(dSlot)})
+                  static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot)})
     cudaFree(p);
 }
 
@@ -426,6 +439,7 @@ void benchQkvSpread(cudaStream_t st, Gemm& cublas, int sms) {
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % slots;
   int32_t* dSlot = upload(slot);
+  int32_t* dOneSlot = upload(std::vector<int32_t>(T, 0));  // one adapter for the whole batch
   float* dScale = upload(std::vector<float>(slots, 1.0f));
   DecodeGemm gemm(sms);
   auto before = [&](cudaStream_t s2) { shortKernel<<<sms, 128, 0, s2>>>(); };
@@ -461,10 +475,14 @@ void benchQkvSpread(cudaStream_t st, Gemm& cublas, int sms) {
     };
     std::printf("q/k/v, 8 rank-%d slots: cuBLAS over x %6.2f, over x and the padding %6.2f; ours, shrink spread %6.2f\n",
                 R, cb(K), cb(K + pad), ours());
+    a.lora.rowSlot = dOneSlot;
+    std::printf("q/k/v, 8 rank-%d slots, every token slot 0's: ours, shrink spread %6.2f\n", R, ours());
+    a.lora.rowSlot = dSlot;
     for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(dRank)})
       cudaFree(p);
   }
-  for (void* p : {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dScale)}) cudaFree(p);
+  for (void* p : {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot), static_cast<void*>(dScale)})
+    cudaFree(p);
 }
 
 int bench() {
