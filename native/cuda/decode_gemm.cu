@@ -28,10 +28,11 @@
 // its own stages, whose K runs on past x into the padding columns, where B lies. The spare blocks
 // wait for each A tile's parts, add them in part order and write the scaled shrink outputs as bf16
 // columns (zero outside each token's own slot and rank), their warps dealt (tile, token) pairs; a
-// block's copies of those columns wait for every spare block's. The parts come first in every block, so that in a GEMM
-// as long as down's the columns are ready before the stages that read them (o's, about 10 us, waits for them). Over a
-// group of modules (q/k/v) the A rows are every slot's modules in turn, a part's sums sit at each token's
-// [module][rank], and a weight tile of split rows reads only its module's block of the columns (cBase).
+// block's copies of those columns wait for every spare block's. The parts come first in every
+// block, so that in a GEMM as long as down's the columns are ready before the stages that read
+// them (o's, about 10 us, waits for them). Over a group of modules (q/k/v) the A rows are every
+// slot's modules in turn, a part's sums sit at each token's [module][rank], and a weight tile of
+// split rows reads only its module's block of the columns (cBase).
 #include <cuda.h>
 
 #include <algorithm>
