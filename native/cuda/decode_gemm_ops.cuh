@@ -37,8 +37,8 @@ constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split
 constexpr int kBPad = 8;
 constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
 constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
-// Spread: the A tiles whose columns are written, the blocks that have read them, and each A tile's
-// group parts done. A group part's sums, each token's own slot's at [token][module maxRank + rank].
+// Spread: the spare blocks that have written their columns, the blocks that have read them, and
+// each A tile's group parts done. A group part's sums, each token's own slot's at [token][module maxRank + rank].
 constexpr int kSpreadPartPitch = kDecodeGemmSpreadMaxRank * kDecodeGemmMaxModules;
 constexpr int kColumnsReady = kMaxTiles + 2, kColumnsRead = kMaxTiles + 3, kPartsDone = kMaxTiles + 4;
 constexpr int kCounters = kPartsDone + kDecodeGemmSpreadMaxRows / kTileRows;
