@@ -148,6 +148,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env,
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
+  if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
+    loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
@@ -219,7 +221,18 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   stream_ = cuda::createStream(cuda::StreamWork::kStep);
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
-  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split);
+  // Tail rows (loraTail_): one GPU and the fused layout; q/k/v in one shared weight and nothing
+  // (biases, per-head norms) between its GEMM and RoPE.
+  int tail[cuda::kNumWeightGroups] = {};
+  const cuda::AttnShape attn{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
+  if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
+      !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(attn, o.maxLoraRank)) {
+    int held = 0;
+    for (int m = 0; m < kNumLoraModules; ++m)
+      held += cuda::weightGroupOf(m) == cuda::kQkvWeight && (o.loraModuleMask >> m & 1u);
+    tail[cuda::kQkvWeight] = o.loraSlots * held * o.maxLoraRank;
+  }
+  w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   if (decodeGemmEnabled_ && cuda::DecodeGemm::available()) decodeGemm_ = std::make_unique<cuda::DecodeGemm>(sms_);
   qDim_ = c.numHeads * c.headDim;
@@ -239,8 +252,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
         cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
       if (loraInGemm_ >> cuda::kOWeight & 1u) transposedB |= 1u << kO;
       if (loraInGemm_ >> cuda::kDownWeight & 1u) transposedB |= 1u << kDown;
-      transposedB &= o.loraModuleMask;
     }
+    // The kernels after a GEMM with tail rows read its group's B transposed.
+    for (int m = 0; m < kNumLoraModules; ++m)
+      if (w_->tail[cuda::weightGroupOf(m)] > 0) transposedB |= 1u << m;
+    transposedB &= o.loraModuleMask;
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB);
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
     if (o_.loraKernel == LoraKernel::kFused) {
@@ -323,7 +339,7 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   bool moved = false;
   moved |= hidden_.ensure(t * c_.hiddenSize);
   moved |= xn_.ensure(t * c_.hiddenSize);
-  moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_));
+  moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_ + w_->tail[cuda::kQkvWeight]));
   moved |= q_.ensure(t * qDim_);
   moved |= attn_.ensure(t * qDim_);
   moved |= gateUp_.ensure(t * 2 * c_.intermediateSize);

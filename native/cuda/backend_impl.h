@@ -23,6 +23,7 @@
 #include "cuda/lora_fused.h"
 #include "cuda/lora_mma.h"
 #include "cuda/lora_pool.h"
+#include "cuda/lora_tail.h"
 #include "cuda/rmsnorm_delta.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
@@ -185,6 +186,14 @@ class CudaBackend : public Backend {
   unsigned loraInGemm_ = 1u << cuda::kQkvWeight | 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
   // q/k/v keeps the item shrink up to this max rank (qkvGemmArgs says why).
   static constexpr int kQkvItemShrinkMaxRank = 16;
+  // At max rank kLoraTailMaxRank and below a decode step's q/k/v GEMM may form its shrink itself,
+  // over every slot's A rows kept as tail rows of the weight (GpuWeights::tail, lora_tail.h), RoPE
+  // adding the deltas. loraTail_: the groups (bits) that may (TROUPE_LORA_TAIL: qkv or 0); the
+  // weights' tail rows say which do. qkvTail_: what this layer's GEMM left for RoPE.
+  unsigned loraTail_ = 1u << cuda::kQkvWeight;
+  std::optional<cuda::LoraTailDelta> qkvTail_;
+  // Layer l's deltas of the slices sl, whose GEMM wrote N outputs before the tail's.
+  cuda::LoraTailDelta tailDelta(int l, const cuda::LoraSlices& sl, int N) const;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;
   // loraKernel fused, steps of at most fusedSplitMaxTokens_: the row shrink (lora_rows.cu) makes
   // the input and LoRA columns for one GEMM; TROUPE_LORA_ROW_SHRINK=0 keeps the split form.

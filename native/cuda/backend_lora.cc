@@ -49,6 +49,15 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
+    if (w_->tail[g] > 0 && sl.count > 0 && d.decode && yType == cuda::ElemType::F32) {
+      // Every slot's shrink outputs after each token's q, k and v, for ropeKvLora (lora_tail.h),
+      // which adds the deltas.
+      const bf16_t* x = makeRows(input, made, in);
+      timer_.mark(name, stream_);
+      project(T, N + w_->tail[g], in, W, ld, x, in, y, accumulate);
+      qkvTail_ = tailDelta(l, sl, N);
+      return;
+    }
     if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u) && yType == cuda::ElemType::F32) {
       // q/k/v, o and down: the decode GEMM takes the shrink itself, from the rows as they are or as
       // rmsnorm or siluMul makes them, and adds the deltas or leaves them to the norm after it.

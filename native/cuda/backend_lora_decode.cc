@@ -86,6 +86,17 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
   return decodeGemm_->supports(a, 1) ? a : cuda::DecodeGemmArgs{};
 }
 
+cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, int N) const {
+  cuda::LoraTailDelta d;
+  d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank;
+  for (int j = 0; j < sl.count; ++j) {
+    d.outOffset[j] = sl.outOffset[j], d.out[j] = sl.out[j], d.module[j] = sl.module[j];
+    d.bt[j] = lora_->bTransposed(l, static_cast<LoraModule>(sl.module[j]));
+  }
+  d.rowSlot = dRowSlot_, d.ranks = lora_->ranks(), d.rankPitch = kNumLoraModules, d.scaling = lora_->scaling();
+  return d;
+}
+
 int CudaBackend::loraGemmSplits(const cuda::DecodeGemmArgs& a) const {
   return decodeGemm_->supports(a, kDecodeGemmSplits) ? kDecodeGemmSplits : 1;
 }

@@ -112,6 +112,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   const float eps = static_cast<float>(c_.rmsNormEps);
   timer_.mark("embed", stream_);
   pendingDelta_.reset();
+  qkvTail_.reset();
   cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, tp_.vocabStart, tp_.vocabCount, stream_);
   comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
@@ -128,7 +129,12 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     timer_.mark("rope", stream_);
     bf16_t* kc = kCache_ + l * layerStride_;
     bf16_t* vc = vCache_ + l * layerStride_;
-    if (qkvBf16) {
+    if (qkvTail_) {
+      // The GEMM wrote each token's shrink outputs after its q, k and v; the deltas go in here.
+      cuda::ropeKvLora(qkv_.get(), qDim_ + 2 * kvDim_ + w_->tail[cuda::kQkvWeight], invFreq_.get(), map_, shape_,
+                       q_.get(), kc, vc, *qkvTail_, stream_, itemPdl_);
+      qkvTail_.reset();
+    } else if (qkvBf16) {
       cuda::ropeKv(reinterpret_cast<const bf16_t*>(qkv_.get()), invFreq_.get(), map_, shape_, q_.get(), kc, vc,
                    stream_);
     } else {
@@ -157,6 +163,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     reducePartial(T);
   }
   if (pendingDelta_) throw std::logic_error("the last layer left a LoRA delta for a norm that does not take it");
+  if (qkvTail_) throw std::logic_error("the last layer left a LoRA tail for a RoPE that did not take it");
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);

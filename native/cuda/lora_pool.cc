@@ -59,6 +59,18 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     if (holds(static_cast<LoraModule>(m))) ++heldInGroup[weightGroupOf(m)];
   for (int m = 0; m < kNumLoraModules; ++m)
     aSlotStride_[m] = static_cast<size_t>(heldInGroup[weightGroupOf(m)]) * maxRank_ * in_[m];
+  tail_.assign(static_cast<size_t>(layers_) * kNumWeightGroups, nullptr);
+  for (int g = 0; g < kNumWeightGroups; ++g) {
+    if (!w.tail[g]) continue;
+    if (w.tail[g] != slots_ * heldInGroup[g] * maxRank_)
+      throw std::logic_error("LoRA pool: the base weights' tail rows do not fit the pool's A rows");
+    int64_t rows = 0, in = 0;
+    weightGroupShape(c, static_cast<WeightGroup>(g), rows, in);
+    tailLd_[g] = w.ld[g];
+    for (int l = 0; l < layers_; ++l)
+      tail_[static_cast<size_t>(l) * kNumWeightGroups + g] =
+          w.layers[l].matrix(static_cast<WeightGroup>(g)) + static_cast<size_t>(rows) * w.ld[g];
+  }
   for (int l = 0; l < layers_; ++l) {
     // A group's held modules share one allocation, [slot][module][rank][in]: a prefill forms every
     // slot's shrink outputs for the group with one GEMM over it, and each chunk's outputs for its
@@ -141,6 +153,19 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         if (bt_[idx] && meta.ranks[m])
           loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
                          bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+      }
+    // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
+    for (int l = 0; l < layers_; ++l)
+      for (int m = 0; m < kNumLoraModules; ++m) {
+        const WeightGroup g = weightGroupOf(m);
+        bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
+        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+        if (!tail || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) continue;
+        const size_t rows = aSlotStride_[m] / in_[m];
+        check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
+                                a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
+                                static_cast<size_t>(in_[m]) * 2, rows, cudaMemcpyDeviceToDevice, stream_),
+              "LoRA slot fill");
       }
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);

@@ -1,15 +1,16 @@
 // The LoRA pool on the GPU: per layer and targeted module, each slot's A [maxRank][in] in bf16 (a
 // group's modules in one allocation, [slot][module][maxRank][in], which a prefill's shrink reads as
-// one matrix), and B
-// either in the padding columns of the base weight, where the fused kernel reads it (lora_fused.h:
-// slot k's [out][maxRank] at column in + j S R + k R of the module's rows, in + k R with split
-// rows), or, when the weights
-// have no padding, in its own [slots][out][maxRank]; plus each slot's rank per module and scaling. Nothing here
-// moves after construction, so captured CUDA graphs keep reading the right memory whatever is
-// filled. A slot is filled on the pool's own stream: the host values (page-locked when they come
-// from a host adapter) are copied in large pieces to a device staging buffer and converted to
-// bf16 there, and the slot's event is recorded. The slot table lets steps that do not use the
-// slot run meanwhile; a step that uses it makes its stream wait for that event.
+// one matrix), and B either in the padding columns of the base weight, where the fused kernel reads
+// it (lora_fused.h: slot k's [out][maxRank] at column in + j S R + k R of the module's rows, in + k
+// R with split rows), or, when the weights have no padding, in its own [slots][out][maxRank]; plus
+// each slot's rank per module and scaling. Where the weights have tail rows for a group
+// (GpuWeights::tail), each slot's A rows of the group are copied there too, [slot][module][maxRank]
+// rows after the base rows, at the weight's pitch. Nothing here moves after construction, so
+// captured CUDA graphs keep reading the right memory whatever is filled. A slot is filled on the
+// pool's own stream: the host values (page-locked when they come from a host adapter) are copied in
+// large pieces to a device staging buffer and converted to bf16 there, and the slot's event is
+// recorded. The slot table lets steps that do not use the slot run meanwhile; a step that uses it
+// makes its stream wait for that event.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -66,8 +67,10 @@ class GpuLoraPool {
   int layers_, slots_, maxRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;                // [layer * 7 + module]; b_: slot 0's first column in the weight
-  std::vector<bf16_t*> bt_;                   // [layer * 7 + module]: bTransposed's, or nullptr
+  std::vector<bf16_t*> a_, b_;  // [layer * 7 + module]; b_: slot 0's first column in the weight
+  std::vector<bf16_t*> bt_;     // [layer * 7 + module]: bTransposed's, or nullptr
+  std::vector<bf16_t*> tail_;   // [layer * 4 + group]: the weight's tail rows, or nullptr
+  int tailLd_[kNumWeightGroups] = {};
   size_t aSlotStride_[kNumLoraModules] = {};  // from one slot's A rows of a module to the next slot's
   bool inWeights_[kNumLoraModules] = {};      // B in the base weight's padding columns
   int bLd_[kNumLoraModules] = {};             // B's row pitch

@@ -72,7 +72,7 @@ void* GpuWeights::alloc(size_t n) {
 }
 
 GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-                       int vocabPart, const int* lora, const bool* split) {
+                       int vocabPart, const int* lora, const bool* split, const int* tailRows) {
   try {
     Loader r(tensors, stream);
     const int64_t h = c.hiddenSize, inter = c.intermediateSize, V = vocabRows;
@@ -84,6 +84,7 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
       pad[g] = lora ? lora[g] : 0;
       splitRows[g] = split && split[g] && pad[g] > 0;
       ld[g] = static_cast<int>(ins[g]) + pad[g];
+      tail[g] = tailRows ? tailRows[g] : 0;
     }
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };
     // A group's matrix, its padding columns zeroed: the pool fills only the slots it loads, and
@@ -91,7 +92,10 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
     // would still poison the sum.
     DeviceBuffer<bf16_t> rows;  // one tensor at a time, when the matrix is padded
     auto grouped = [&](WeightGroup g) {
-      bf16_t* m = matrix(total[g], ld[g]);
+      bf16_t* m = matrix(total[g] + tail[g], ld[g]);
+      if (tail[g])
+        check(cudaMemsetAsync(m + total[g] * ld[g], 0, static_cast<size_t>(tail[g]) * ld[g] * 2, stream),
+              "weight upload");
       if (pad[g])
         check(cudaMemset2DAsync(m + ins[g], static_cast<size_t>(ld[g]) * 2, 0, static_cast<size_t>(pad[g]) * 2,
                                 total[g], stream),

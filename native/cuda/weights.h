@@ -33,9 +33,10 @@ class GpuWeights {
   // A tensor-parallel rank's part: config has its heads and features; the embedding and lm_head
   // have vocabRows rows of the checkpoint, zero-padded to vocabPart. pad: the LoRA pool's columns
   // per weight group (null: none), zero-filled here; splitRows: the groups whose modules' rows
-  // each hold only their own block of them (lora_fused.h; null: none).
+  // each hold only their own block of them (lora_fused.h; null: none); tail: rows per weight group
+  // after the base rows, zero-filled, where the pool keeps A factors (lora_tail.h; null: none).
   GpuWeights(const ModelConfig& config, const std::vector<TensorRef>& tensors, cudaStream_t stream, int vocabRows,
-             int vocabPart, const int* pad, const bool* splitRows = nullptr);
+             int vocabPart, const int* pad, const bool* splitRows = nullptr, const int* tail = nullptr);
   ~GpuWeights();
   GpuWeights(const GpuWeights&) = delete;
   GpuWeights& operator=(const GpuWeights&) = delete;
@@ -47,6 +48,7 @@ class GpuWeights {
   int pad[kNumWeightGroups] = {};
   int ld[kNumWeightGroups] = {};  // row pitch: in + pad
   bool splitRows[kNumWeightGroups] = {};
+  int tail[kNumWeightGroups] = {};  // rows after a group's base rows, ld apart as theirs
   size_t bytes = 0;
 
  private:

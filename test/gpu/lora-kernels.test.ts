@@ -203,6 +203,19 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
     expect(worst).toBeLessThan(tolOf('fused'));
   });
 
+  // Decode steps' q/k/v GEMM forms every slot's shrink from A rows after the weight's, and RoPE adds
+  // the deltas, by default at max rank 16 and below (the cases above); at 0 the item shrink writes
+  // the LoRA columns that the GEMM reads with the padding.
+  it.each([
+    ['0', true],
+    ['0', false],
+    ['qkv', true],
+  ] as const)('fused, TROUPE_LORA_TAIL=%s, graphs %s: logprobs within TOL of the CPU', (value, graphs) => {
+    const worst = fusedWith('TROUPE_LORA_TAIL', graphs, value);
+    console.log(`LoRA kernels fused (tail ${value}) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
+    expect(worst).toBeLessThan(tolOf('fused'));
+  });
+
   // With the bound at 0 every step folds the deltas into the base GEMM after the tensor-core shrink.
   it.each([true, false])('fused, every step folding the deltas into one GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
     const worst = fusedWith('TROUPE_LORA_FUSED_SPLIT_TOKENS', graphs);

@@ -127,6 +127,19 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     );
   });
 
+  // Up to rank 16 a decode step's q/k/v GEMM forms the shrink over A rows kept after the weight's,
+  // and RoPE adds the deltas (the default, in the cases above); at 0 the item shrink writes the
+  // LoRA columns that the GEMM reads with the padding.
+  it.each(['0', 'qkv'])('adapters up to rank 16, LoRA tail rows: %s', (value) =>
+    withEnv({ TROUPE_LORA_TAIL: value }, () =>
+      check(
+        `rank-16 pool, LoRA tail rows: ${value}`,
+        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        small,
+      ),
+    ),
+  );
+
   it('rank-64 pool, fused, LoRA not in the decode GEMM (q/k/v, o and down by the item shrink)', () =>
     withEnv({ TROUPE_LORA_IN_GEMM: '0' }, () =>
       check(
