@@ -222,7 +222,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   // Tail rows (loraTail_): one GPU and the fused layout; q/k/v in one shared weight and nothing
-  // (biases, per-head norms) between its GEMM and RoPE.
+  // (biases, per-head norms) between its GEMM and RoPE. The GEMM reads every slot's A rows whether
+  // the batch uses the slot or not (the item shrink reads only the batch's), so q/k/v takes them
+  // only while they add at most a sixteenth to its rows (Llama-8B: 8 slots of rank 16, as measured).
   int tail[cuda::kNumWeightGroups] = {};
   const cuda::AttnShape attn{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
@@ -230,7 +232,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     int held = 0;
     for (int m = 0; m < kNumLoraModules; ++m)
       held += cuda::weightGroupOf(m) == cuda::kQkvWeight && (o.loraModuleMask >> m & 1u);
-    tail[cuda::kQkvWeight] = o.loraSlots * held * o.maxLoraRank;
+    const int rows = o.loraSlots * held * o.maxLoraRank;
+    if (rows * 16 <= (c.numHeads + 2 * c.numKvHeads) * c.headDim) tail[cuda::kQkvWeight] = rows;
   }
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);

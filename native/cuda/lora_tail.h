@@ -5,7 +5,7 @@
 // rotates. No shrink launch stands between the norm and the GEMM, and the GEMM reads no padding
 // columns. (The same form for gate/up, its deltas added by SiLU-and-mul, measured slower: cuBLAS
 // took a slower tile for the wider GEMM, and the SiLU kernel's B reads cost more than the item
-// shrink they replaced.)
+// shrink they replaced, whether read per token or once per slot.)
 #pragma once
 
 #include <cuda_runtime_api.h>
