@@ -147,17 +147,8 @@ void ropeKvLora(const float* qkv, int pitch, const float* invFreq, const TokenMa
   if (!aligned) throw std::invalid_argument("ropeKvLora: unsupported shape or alignment");
   // q and k heads' pairs of four features, then v's fours.
   const int units = (a.heads + a.kvHeads) * (a.headDim / 2 / kFeatures) + a.kvHeads * a.headDim / kFeatures;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(map.tokens, (units + kThreads - 1) / kThreads);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, ropeKvLoraKernel, qkv, pitch, invFreq, map, a, q, kCache, vCache, d),
-        "ropeKvLora launch");
+  launchPdl(ropeKvLoraKernel, dim3(map.tokens, (units + kThreads - 1) / kThreads), dim3(kThreads), s, pdl,
+            "ropeKvLora launch", qkv, pitch, invFreq, map, a, q, kCache, vCache, d);
 }
 
 }  // namespace cuda
