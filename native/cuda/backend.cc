@@ -226,9 +226,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // the batch uses the slot or not (the item shrink reads only the batch's), so q/k/v takes them
   // only while they add at most a sixteenth to its rows (Llama-8B: 8 slots of rank 16, as measured).
   int tail[cuda::kNumWeightGroups] = {};
-  const cuda::AttnShape attn{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
+  shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
-      !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(attn, o.maxLoraRank)) {
+      !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, o.maxLoraRank)) {
     int held = 0;
     for (int m = 0; m < kNumLoraModules; ++m)
       held += cuda::weightGroupOf(m) == cuda::kQkvWeight && (o.loraModuleMask >> m & 1u);
@@ -240,7 +240,6 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (decodeGemmEnabled_ && cuda::DecodeGemm::available()) decodeGemm_ = std::make_unique<cuda::DecodeGemm>(sms_);
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
-  shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
 
   const Rope rope(c);
   invFreq_.ensure(rope.invFreq().size());
