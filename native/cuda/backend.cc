@@ -133,6 +133,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   sms_ = prop.multiProcessorCount;
   itemPdl_ = prop.major >= 9;
   gemvEarly_ = prop.major >= 9;
+  normPdl_ = prop.major >= 9;
+  if (const char* env = std::getenv("TROUPE_CUDA_NORM_PDL")) normPdl_ = normPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV_EARLY")) gemvEarly_ = gemvEarly_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS"))
     bf16Rows_ =

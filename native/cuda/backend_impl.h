@@ -221,6 +221,12 @@ class CudaBackend : public Backend {
   // final norm reads only sampled rows).
   // TROUPE_LORA_DELTA_IN_NORM=0 adds them in the GEMM, for comparing.
   bool deltaInNorm_ = true;
+  // RMSNorms launched to start while the kernel before them drains, and the decode GEMM before them
+  // releasing them once its products are summed (DecodeGemmArgs::releaseEarly), so that the norm,
+  // and a LoRA item shrink launched early after it, wait on the multiprocessors instead of being
+  // launched after the GEMM's writes (compute capability 9.0; TROUPE_CUDA_NORM_PDL=0 launches them
+  // after, for comparing).
+  bool normPdl_ = false;
   // The delta that the next RMSNorm of the residual adds (makeRows), set by o's or down's GEMM.
   std::optional<cuda::ResidualDelta> pendingDelta_;
   // Decode steps over one attention split take the o projection's shrink in the attention kernel

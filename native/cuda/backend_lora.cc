@@ -22,7 +22,7 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
         pendingDelta_.reset();
         return made;
       }
-      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld);
+      cuda::rmsnorm(input.f32, nullptr, input.normW, made, T, in, input.eps, stream_, ld, normPdl_);
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
@@ -67,6 +67,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       if (a.M > 0) {
         makeRows(input, made, in);
         timer_.mark(name, stream_);
+        a.releaseEarly = normPdl_;
         decodeGemm_->run(a, loraGemmSplits(a), stream_, true);
         if (!a.lora.B) {
           // The deltas are the next norm's (loraGemmArgs says which).

@@ -166,7 +166,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   if (qkvTail_) throw std::logic_error("the last layer left a LoRA tail for a RoPE that did not take it");
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
-    cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_);
+    cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_, 0, normPdl_);
     if (tp_.size == 1) {
       project(p.sampled, c_.vocabSize, h, w_->head, h, xs_.get(), h, logits_.get(), false);
     } else {
@@ -193,6 +193,7 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
     cuda::gemv(W, ldw, X, ldx, Y, M, N, K, accumulate, stream_, gemvEarly_);
   } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
     // The projections that add into the residual (o, down): see decode_gemm.h.
+    a.releaseEarly = normPdl_;
     decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {
     gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);

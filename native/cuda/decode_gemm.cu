@@ -217,6 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid % 128 == 0) atomicAdd(counters + kPartsDone + aTile, 1u);
   }
   for (; i < total; i += 2) stage(i, acc);
+  if (args.releaseEarly) pdlLaunchDependents();
   // The second group's sums into the first's, through shared memory.
   if (group == 1)
 #pragma unroll

@@ -86,6 +86,10 @@ struct DecodeGemmArgs {
   int M = 0, N = 0, K = 0;
   bool accumulate = false;
   DecodeGemmLora lora;
+  // Lets the kernel after it start launching once each block's products are summed, before the
+  // splits meet and Y is written: a kernel launched early (an RMSNorm, pdl.cuh) then waits for
+  // the writes on the multiprocessors rather than being launched after them.
+  bool releaseEarly = false;
 };
 
 class DecodeGemm {

@@ -109,6 +109,7 @@ __device__ __forceinline__ float rmsScale(float ss, int h, float eps) {
 __global__ void rmsnormKernel(const float* x, const int32_t* rows, const float* w, bf16_t* y, int h, int ldy,
                               float eps) {
   pdlLaunchDependents();  // a LoRA item shrink after it may start (pdl.cuh)
+  pdlWait();
   const int r = blockIdx.x;
   const float* xr = x + static_cast<size_t>(rows ? rows[r] : r) * h;
   float ss = 0;
@@ -134,8 +135,14 @@ __global__ void rmsnormVecKernel(const float* x, const int32_t* rows, const floa
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
-    v[k] = c < n4 ? xr[c] : make_float4(0, 0, 0, 0);
     g[k] = c < n4 ? w4[c] : make_float4(0, 0, 0, 0);
+  }
+  // Launched early (rmsnorm's pdl), the weights above load while the kernel before drains.
+  pdlWait();
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    v[k] = c < n4 ? xr[c] : make_float4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -360,20 +367,22 @@ void joinVocab(const float* parts, int rows, int part, float* logits, int V, cud
 }
 
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
-             int ldy) {
+             int ldy, bool pdl) {
   if (m == 0) return;
   if (ldy == 0) ldy = h;
   const int vec = (h / 4 + kNormThreads - 1) / kNormThreads;
+  const dim3 grid(m), block(kNormThreads);
+  const char* what = "rmsnorm launch";
   if (h % 4 != 0 || ldy % 4 != 0 || vec > kNormMaxVec || !alignedTo(x, 16) || !alignedTo(w, 16) || !alignedTo(y, 8)) {
-    rmsnormKernel<<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
+    launchPdl(rmsnormKernel, grid, block, s, pdl, what, x, rows, w, y, h, ldy, eps);
   } else if (vec <= 1) {
-    rmsnormVecKernel<1><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
+    launchPdl(rmsnormVecKernel<1>, grid, block, s, pdl, what, x, rows, w, y, h, ldy, eps);
   } else if (vec <= 2) {
-    rmsnormVecKernel<2><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
+    launchPdl(rmsnormVecKernel<2>, grid, block, s, pdl, what, x, rows, w, y, h, ldy, eps);
   } else if (vec <= 4) {
-    rmsnormVecKernel<4><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
+    launchPdl(rmsnormVecKernel<4>, grid, block, s, pdl, what, x, rows, w, y, h, ldy, eps);
   } else {
-    rmsnormVecKernel<kNormMaxVec><<<m, kNormThreads, 0, s>>>(x, rows, w, y, h, ldy, eps);
+    launchPdl(rmsnormVecKernel<kNormMaxVec>, grid, block, s, pdl, what, x, rows, w, y, h, ldy, eps);
   }
 }
 

@@ -45,8 +45,10 @@ void embed(const bf16_t* table, const int32_t* tokens, float* hidden, int T, int
 void joinVocab(const float* parts, int rows, int part, float* logits, int V, cudaStream_t s);
 
 // y[r] = bf16(w * x[rows ? rows[r] : r] / rms) for r < m; row r of y starts at y + r * ldy (h when 0).
+// pdl: launched so that it may start while the kernel before it drains (compute capability 9.0,
+// pdl.cuh); it loads w meanwhile and reads x once that kernel has completed.
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* y, int m, int h, float eps, cudaStream_t s,
-             int ldy = 0);
+             int ldy = 0, bool pdl = false);
 
 // The family-specific steps between the q/k/v projection and RoPE, in place on qkv (f32 rows
 // [q | k | v], T rows): adds bias ([q | k | v], Qwen2) when given, then RMSNorm over each q head
