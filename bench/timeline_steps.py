@@ -24,6 +24,10 @@ import sys
 from ncu_steps import CASES, FILL_STEPS, STEPS_PER_CASE, kernel_label
 
 
+# The kernels that start a layer's cycle.
+ROPE_KERNELS = ("ropeKvKernel", "ropeKvLoraKernel")
+
+
 def label(name):
     # __cxa_demangle writes "(anonymous namespace)" where Nsight Compute writes "<unnamed>".
     return kernel_label(name.replace("(anonymous namespace)", "anon"))
@@ -94,11 +98,12 @@ def per_case(steps):
 
 
 def layer_cycle(steps):
-    """The most common kernel sequence from one ropeKvKernel to the next, with mean start and end (us)
+    """The most common kernel sequence from one RoPE kernel to the next (ropeKvKernel, or ropeKvLoraKernel
+    where q/k/v's LoRA tail rows add the deltas), with mean start and end (us)
     and each kernel's most common grid (blocks: how many multiprocessors it can hold)."""
     cycles = []
     for step in steps:
-        at = [i for i, k in enumerate(step) if k[2] == "ropeKvKernel"]
+        at = [i for i, k in enumerate(step) if k[2] in ROPE_KERNELS]
         for a, b in zip(at, at[1:]):
             t0 = step[a][0]
             cycles.append([(k[2], (k[0] - t0) / 1e3, (k[1] - t0) / 1e3, k[3]) for k in step[a:b]])
