@@ -9,7 +9,10 @@
 // bench/results/2026-12-02-h200-lora-delta-in-norm.json): o's GEMM with the deltas inside and
 // rmsnorm after it took 19.1 us, the GEMM leaving only the shrink and this kernel 17.9; down's 41.1
 // against 39.6. With B read in its [out][rank] layout (32 bytes a row) this kernel cost 3 us more
-// than rmsnorm and saved nothing.
+// than rmsnorm and saved nothing. The blocks of a token meet at one cluster barrier, each pushing
+// its sum into the others' shared memory: reading the sums after a barrier and then waiting at a
+// second one cost o's GEMM and this kernel 0.35-0.45 us more, down's 0.25-0.35
+// (bench/results/2026-12-04-h200-lora-norm-one-barrier.json).
 #include <cooperative_groups.h>
 
 #include <stdexcept>
@@ -36,6 +39,9 @@ __global__ void __launch_bounds__(kThreads)
   const int parts = static_cast<int>(cluster.num_blocks()), part = static_cast<int>(cluster.block_rank());
   const int t = blockIdx.x / parts, n0 = part * kBlockFeatures + threadIdx.x * kFeatures;
   const bool active = n0 < H;
+  // Every block of the cluster has started once this barrier phase completes (waited for below,
+  // before a block writes into another's shared memory).
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   // The pool and the step's slots were written before the grid began. B's loads wait on the slot
   // alone, not on its rank (one dependent read fewer before them); the rank masks the products.
   const int slot = d.rowSlot[t];
@@ -79,20 +85,21 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   __shared__ float warpSums[kThreads / 32];
-  __shared__ float blockSum;
+  __shared__ float clusterSums[kMaxCluster];
   if ((threadIdx.x & 31) == 0) warpSums[threadIdx.x >> 5] = ss;
   __syncthreads();
-  if (threadIdx.x == 0) {
+  // Thread i sends the block's sum to block i of the cluster, so that one barrier does: after it
+  // every block adds the cluster's sums in rank order (the same total in each) from its own shared
+  // memory, and no block reads the memory of one that may have exited.
+  asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+  if (threadIdx.x < parts) {
     float v = 0;
     for (int i = 0; i < kThreads / 32; ++i) v += warpSums[i];
-    blockSum = v;
+    *cluster.map_shared_rank(&clusterSums[part], static_cast<int>(threadIdx.x)) = v;
   }
-  // Every block adds the cluster's sums in rank order, so all get the same total; the second
-  // barrier keeps each block's sum in place until the others have read it.
   cluster.sync();
   float total = 0;
-  for (int i = 0; i < parts; ++i) total += *cluster.map_shared_rank(&blockSum, i);
-  cluster.sync();
+  for (int i = 0; i < parts; ++i) total += clusterSums[i];
   if (!active) return;
   const float k0 = 1.0f / sqrtf(total / H + eps);
   *reinterpret_cast<uint2*>(y + static_cast<size_t>(t) * ldy + n0) =

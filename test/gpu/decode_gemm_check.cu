@@ -398,12 +398,15 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
         l.spread = f == Form::kSpread;
         return a;
       };
-      // The GEMM in form f, then rmsnorm, or rmsnormDelta after the shrink tiles.
+      // The GEMM in form f, then rmsnorm, or rmsnormDelta after the shrink tiles, launched as a
+      // decode step launches them: the norm early, released once the GEMM's products are summed.
       auto time = [&](Form f) {
         if (!gemm.supports(args(0, f), 2)) return -1.0;
         return graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
-          gemm.run(args(i, f), 2, s2, true);
-          if (f != Form::kTiles) return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2);
+          DecodeGemmArgs a = args(i, f);
+          a.releaseEarly = true;
+          gemm.run(a, 2, s2, true);
+          if (f != Form::kTiles) return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2, 0, true);
           ResidualDelta d;
           d.bt = Bt + (i % copies) * btElems, d.rowSlot = rowSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
           d.maxRank = R, d.mid = mid;
