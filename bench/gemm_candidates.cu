@@ -8,7 +8,9 @@
 // seeded random values in [-1/32, 1/32) (constant values let the clocks run higher than a model's data does).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O2 -o /tmp/gemm_candidates bench/gemm_candidates.cu -lcublasLt -lcublas
-//   /tmp/gemm_candidates [--decode]
+//   /tmp/gemm_candidates [--decode | --tail]
+// --tail: gate/up at 32 tokens over x alone, over the rank-16 LoRA padding columns, and with 8 slots'
+// A rows of rank 16 or 64 after the weight's (the tail-rows layout).
 #include "cuda_bench.cuh"
 
 #include <cublasLt.h>
@@ -43,6 +45,7 @@ float timeCalls(F&& call) {
 
 int main(int argc, char** argv) {
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
+  const bool tail = argc > 1 && std::strcmp(argv[1], "--tail") == 0;
   const Shape prefill[] = {{"qkv", 2048, 6144, 4096, false},      {"o", 2048, 4096, 4096, true},
                            {"gate_up", 2048, 28672, 4096, false}, {"down", 2048, 4096, 14336, true},
                            {"qkv", 4096, 6144, 4096, false},      {"o", 4096, 4096, 4096, true},
@@ -56,9 +59,17 @@ int main(int argc, char** argv) {
         shapes.push_back(s);
     }
   }
+  if (tail) {
+    // gate/up at 32 tokens: over x alone, over x and 8 slots' rank-16 padding columns, and over x
+    // with 8 slots' A rows of rank 16 and 64 after the weight's (the tail-rows layout).
+    shapes = {{"gate_up", 32, 28672, 4096, false},
+              {"gate_up+pad16", 32, 28672, 4224, false},
+              {"gate_up+tail16", 32, 28928, 4096, false},
+              {"gate_up+tail64", 32, 29696, 4096, false}};
+  }
   // Decode: enough copies of the weights that one call's are out of L2 by its next turn.
-  const int copies = decode ? 8 : 1;
-  const size_t wElems = 28672ull * 4224, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
+  const int copies = decode || tail ? 8 : 1;
+  const size_t wElems = 29696ull * 4224, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
   size_t wsBytes = 32u << 20;
   __nv_bfloat16 *W, *X;
   void *Y, *ws;
