@@ -252,6 +252,7 @@ class CudaBackend : public Backend {
   cuda::LoraMid shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx);
   cuda::OpTimer timer_{std::getenv("TROUPE_CUDA_TIMING") != nullptr &&
                        std::string(std::getenv("TROUPE_CUDA_TIMING")) == "1"};
+  cuda::StepSpans spans_;
   int sms_ = 1;
   // The tensor-core attention kernels where they apply (TROUPE_CUDA_ATTENTION_MMA=0: the CUDA-core
   // decode kernel and GEMM-based prefill, for comparing); nullptr: those.

@@ -56,13 +56,15 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
 }
 
 void CudaBackend::run(const StepBatch& b, StepOutput& out) {
+  spans_.start();
   check(cudaSetDevice(device_), "cudaSetDevice");
   Plan p;
   uploadInputs(b, p);
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
   stepHasLora_ = p.loraItems > 0;
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
-  if (graphable(b, p)) {
+  const bool graphed = graphable(b, p);
+  if (graphed) {
     // A replayed graph reads the item count from device memory: launch for the most items a
     // step of this size can have.
     if (stepHasLora_) {
@@ -92,7 +94,9 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
       check(e, "cudaGraphInstantiate");
       g.generation = generation_;
     }
+    spans_.launching(stream_);
     check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+    spans_.launched(stream_);
   } else {
     timer_.begin(p.prefillSeqs.empty() ? "decode b" + std::to_string(p.n)
                                        : "prefill " + std::to_string(p.T) + " tokens");
@@ -104,6 +108,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   } else {
     check(cudaStreamSynchronize(stream_), "step");
   }
+  if (graphed && spans_.enabled()) spans_.end("b" + std::to_string(p.n) + (stepHasLora_ ? " with adapters" : ""));
   timer_.end(stream_);
 }
 

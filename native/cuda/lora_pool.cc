@@ -105,6 +105,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   badHost_.ensure(1);
   stream_ = createStream(StreamWork::kFill);
   ready_.resize(slots_);
+  settled_ = std::make_unique<std::atomic<bool>[]>(slots_);
   for (auto& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaDeviceSynchronize(), "LoRA pool setup");  // the memsets above ran on the legacy stream
 }
@@ -183,7 +184,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
           "slot " +
           std::to_string(slot) + " was left empty");
     }
-    writer.commit(true, [&] { check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord"); });
+    writer.commit(true, [&] { record(slot); });
   }
 }
 
@@ -268,10 +269,26 @@ void GpuLoraPool::clear(int slot) {
   setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, LoraSlotMeta{},
                   stream_);
   check(cudaGetLastError(), "LoRA slot clear launch");
-  writer.commit(false, [&] { check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord"); });
+  writer.commit(false, [&] { record(slot); });
+}
+
+void GpuLoraPool::record(int slot) {
+  settled_[slot].store(false);
+  check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord");
 }
 
 void GpuLoraPool::waitFor(int slot, cudaStream_t stream) const {
+  // A slot's write is not recorded again while a step holds it (SlotTable), so once its event has
+  // completed the step's stream has nothing of it to wait for.
+  if (settled_[slot].load()) return;
+  const cudaError_t state = cudaEventQuery(ready_[slot]);
+  if (state == cudaSuccess) {
+    settled_[slot].store(true);
+    return;
+  }
+  // Not ready is not a failure, but the runtime may keep it as the thread's last error, which
+  // the next launch's check would report.
+  if (state == cudaErrorNotReady) (void)cudaGetLastError();
   check(cudaStreamWaitEvent(stream, ready_[slot], 0), "cudaStreamWaitEvent");
 }
 

@@ -15,6 +15,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -61,6 +63,8 @@ class GpuLoraPool {
   size_t bytes() const { return bytes_; }
 
  private:
+  // Records ready_[slot] after the slot's write on the fill stream.
+  void record(int slot);
   // Enqueues the copies and conversions of the adapter's factors into `slot` (enqueueMu_ held).
   void enqueueFactors(int slot, const AdapterWeights& adapter);
 
@@ -79,6 +83,9 @@ class GpuLoraPool {
   DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
+  // Per slot: ready_ is known to have completed since its last record, so a step need not make
+  // its stream wait on it (each wait is a driver call before the step's launch).
+  std::unique_ptr<std::atomic<bool>[]> settled_;
   // Fills of different slots share the staging buffer; the stream orders their GPU work, this
   // lock the host side that lays it out.
   std::mutex enqueueMu_;
