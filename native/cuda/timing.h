@@ -1,7 +1,7 @@
-// Timings for finding where a step goes (StepSpans below splits a graph step's wall time).
-// Per-operation GPU time: with TROUPE_CUDA_TIMING=1 the backend
-// runs steps without CUDA graphs, records an event before each operation, and prints the total
-// per operation (and per step kind) to stderr when the engine is destroyed.
+// Timings for finding where a step goes. OpTimer, per-operation GPU time: with
+// TROUPE_CUDA_TIMING=1 the backend runs steps without CUDA graphs, records an event before each
+// operation, and prints the total per operation (and per step kind) to stderr when the engine is
+// destroyed. StepSpans, below, splits the wall time of a step replayed from a graph.
 #pragma once
 
 #include <cuda_runtime_api.h>
