@@ -312,24 +312,11 @@ int main() {
 
   auto launchGroups = [&](int G, int4* dgroups, int* dgslot, int nGroups, bool pdl, int work = 2) {
     const int blockF = kThreads / G * 4, parts = H / blockF;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(nGroups * parts);
-    cfg.blockDim = dim3(kThreads);
-    cfg.stream = st;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = parts;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 2 : 1;
     auto kernel = G == 1 ? normShrinkGroups<1> : G == 2 ? normShrinkGroups<2> : normShrinkGroups<4>;
     bench::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1), "cluster size");
-    bench::check(cudaLaunchKernelEx(&cfg, kernel, dh, dw, dy, H, eps, ldy, d, dgroups, dgslot, da, dranks, 7,
-                                    gateModule, dscal, work),
-                 "normShrinkGroups launch");
+    troupe::cuda::launchPdlCluster(kernel, dim3(nGroups * parts), dim3(kThreads), 0, parts, st, pdl,
+                                   "normShrinkGroups launch", dh, dw, dy, H, eps, ldy, d, dgroups, dgslot, da, dranks,
+                                   7, gateModule, dscal, work);
   };
   // Mean microseconds one launch adds behind a 2 us kernel, both replayed from a CUDA graph of 20.
   auto timeAdded = [&](auto&& launch) {

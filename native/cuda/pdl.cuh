@@ -29,21 +29,40 @@ __device__ __forceinline__ void pdlLaunchDependents() {
 // Starts moving the 16 bytes at p into L2, without waiting and without a register.
 __device__ __forceinline__ void prefetchL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// kernel<<<grid, block, smem, st>>>(args...), allowed to start early when pdl is set.
+// kernel<<<grid, block, smem, st>>>(args...) in thread-block clusters of `cluster` blocks along x
+// (0: launched without clusters), allowed to start early when pdl is set.
 template <class... Params, class... Args>
-void launchPdlShared(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
-                     const char* what, Args... args) {
+void launchPdlCluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, int cluster, cudaStream_t st,
+                      bool pdl, const char* what, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (cluster > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   check(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...), what);
+}
+
+// kernel<<<grid, block, smem, st>>>(args...), allowed to start early when pdl is set.
+template <class... Params, class... Args>
+void launchPdlShared(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
+                     const char* what, Args... args) {
+  launchPdlCluster(kernel, grid, block, smem, 0, st, pdl, what, args...);
 }
 
 // kernel<<<grid, block, 0, st>>>(args...), allowed to start early when pdl is set.

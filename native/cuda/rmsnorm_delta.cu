@@ -121,23 +121,11 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
       !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8))
     throw std::invalid_argument("rmsnormDelta: unsupported shape or alignment");
   const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(T * parts);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = s;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = parts;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 2 : 1;
   auto kernel = d.maxRank == 8    ? rmsnormDeltaKernel<8>
                 : d.maxRank == 16 ? rmsnormDeltaKernel<16>
                                   : rmsnormDeltaKernel<32>;
-  check(cudaLaunchKernelEx(&cfg, kernel, h, w, y, H, eps, ldy, d), "rmsnormDelta launch");
+  launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), 0, parts, s, pdl, "rmsnormDelta launch", h, w, y, H, eps,
+                   ldy, d);
 }
 
 }  // namespace cuda
