@@ -11,8 +11,6 @@
 //   /tmp/gemm_candidates [--decode | --tail]
 // --tail: gate/up at 32 tokens over x alone, over the rank-16 LoRA padding columns, and with 8 slots'
 // A rows of rank 16 or 64 after the weight's (the tail-rows layout).
-#include "cuda_bench.cuh"
-
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -23,6 +21,8 @@
 #include <cstring>
 #include <iterator>
 #include <vector>
+
+#include "cuda_bench.cuh"
 
 namespace {
 
@@ -122,6 +122,21 @@ int main(int argc, char** argv) {
       });
       if (t < best) best = t, bestAt = i;
       if (i == 0) first = t;
+      if (std::getenv("GEMM_CANDIDATE_CONFIGS")) {
+        // The candidate's kernel as cublasLt names it (cublasLt.h's enums: tile, stages, split-K,
+        // cluster shape).
+        int tile = 0, stages = 0, splitK = 0, cluster = 0;
+        size_t got = 0;
+        cublasLtMatmulAlgoConfigGetAttribute(&found[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &got);
+        cublasLtMatmulAlgoConfigGetAttribute(&found[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages,
+                                             &got);
+        cublasLtMatmulAlgoConfigGetAttribute(&found[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitK, sizeof splitK,
+                                             &got);
+        cublasLtMatmulAlgoConfigGetAttribute(&found[i].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster,
+                                             sizeof cluster, &got);
+        std::printf("  candidate %2d: %7.1f us, tile id %d, stages id %d, split-K %d, cluster shape id %d\n", i,
+                    t * 1e3, tile, stages, splitK, cluster);
+      }
     }
     const double bytes = 2.0 * s.N * s.K;  // the weights'; a decode step's inputs and outputs are small
     std::printf(
