@@ -149,11 +149,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_DELTA_IN_NORM")) deltaInNorm_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env,
-                              {{"qkv", cuda::kQkvWeight},
-                               {"gate_up", cuda::kGateUpWeight},
-                               {"o", cuda::kOWeight},
-                               {"down", cuda::kDownWeight}});
-  if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_STREAMED")) gateUpStreamed_ = std::string(env) == "1";
+                              {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
     loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))

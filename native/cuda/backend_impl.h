@@ -119,10 +119,6 @@ class CudaBackend : public Backend {
                        int ldx, const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType);
   // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart: f32 out by a
   // GEMV kernel for a few tokens or the decode GEMM, else cuBLAS (the only one that writes bf16).
-  // gate/up's GEMM in the decode GEMM's streamed form (gateUpStreamed_) where it applies (up to 32
-  // rows, f32, more 64-row tiles than multiprocessors); false where project() should run it.
-  bool projectStreamed(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
-                       bool accumulate, cuda::ElemType yType);
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate,
                cuda::ElemType yType = cuda::ElemType::F32);
   // The fused kernel's augmented rows for group g at this step (lora_fused.h), and layer l's GEMM
@@ -155,11 +151,9 @@ class CudaBackend : public Backend {
   // that is off or unsupported. Without lora.B the deltas are the next norm's (rmsnorm_delta.h).
   cuda::DecodeGemmArgs loraGemmArgs(int l, cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* x, int ldx,
                                     float* y, int N, bool accumulate) const;
-  // A group's (q/k/v, gate/up) spread form over its held modules, run with `splits`.
-  cuda::DecodeGemmArgs groupGemmArgs(cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* W, int ld,
-                                     const bf16_t* x, int ldx, float* y, int N, bool accumulate, int splits) const;
-  // The splits a tile that loraGemmArgs' GEMM runs with: two where every block fits, else one, else
-  // the streamed form (more tiles than multiprocessors).
+  cuda::DecodeGemmArgs qkvGemmArgs(const cuda::LoraSlices& sl, const bf16_t* W, int ld, const bf16_t* x, int ldx,
+                                   float* y, int N, bool accumulate) const;
+  // The splits a tile that loraGemmArgs' GEMM runs with: two where every block fits, else one.
   int loraGemmSplits(const cuda::DecodeGemmArgs& a) const;
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
@@ -188,13 +182,9 @@ class CudaBackend : public Backend {
   static constexpr int kDecodeGemmSplits = 2;
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, or a list of
-  // qkv, gate_up, o and down. gate_up (the streamed form) is off: on an H200 it took 84 us against
-  // 65 for cuBLAS's GEMM and the item shrink (decode_gemm_streamed.h).
+  // qkv, o and down.
   unsigned loraInGemm_ = 1u << cuda::kQkvWeight | 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
-  // The base step's gate/up in the decode GEMM's streamed form rather than cuBLAS's
-  // (TROUPE_CUDA_GATE_UP_STREAMED=1; 74 us against cuBLAS's 60 on an H200).
-  bool gateUpStreamed_ = false;
-  // q/k/v keeps the item shrink up to this max rank (loraGemmArgs says why).
+  // q/k/v keeps the item shrink up to this max rank (qkvGemmArgs says why).
   static constexpr int kQkvItemShrinkMaxRank = 16;
   // At max rank kLoraTailMaxRank and below a decode step's q/k/v GEMM may form its shrink itself,
   // over every slot's A rows kept as tail rows of the weight (GpuWeights::tail, lora_tail.h), RoPE

@@ -122,8 +122,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   const bf16_t* x = makeRows(input, made, in);
   timer_.mark(name, stream_);
   startLora(l, modules, x, in);
-  if (g != cuda::kGateUpWeight || !projectStreamed(T, N, in, W, ld, x, in, y, accumulate, yType))
-    project(T, N, in, W, ld, x, in, y, accumulate, yType);
+  project(T, N, in, W, ld, x, in, y, accumulate, yType);
   applyLora(l, modules, offsets, x, in, y, N);
 }
 

@@ -31,25 +31,7 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   if (!decodeGemm_ || !(loraInGemm_ >> g & 1u) || tp_.size != 1 || !fusedLoraStep() || gemv || sl.in != in ||
       !cuda::loraAContiguous(sl))
     return {};
-  if (g == cuda::kQkvWeight) {
-    // q/k/v: one split (96 weight blocks at Llama-8B's shape); every held module's A rows spread
-    // over the weight blocks' first stages, added by spare blocks into the columns that every
-    // weight tile reads with B from its padding. The modules' ranks are read as module + j. (A
-    // rows taken by blocks of their own beside the weights' read slower than the weights and came
-    // late: bench/results/2026-12-02-h200-lora-qkv-columns.json.) Above rank 16 only: on an H200
-    // at Llama-8B's shapes the GEMM took 25.5-26.6 us at rank 64 against 27.6 for the item shrink
-    // and cuBLAS (a decode step of 32 over 8 adapters about 0.05 ms shorter), and 24 us at rank 16
-    // against 23 (the step +12.7% over the base step against +9.7%;
-    // bench/results/2026-12-02-h200-lora-qkv-spread.json).
-    if (sl.maxRank <= kQkvItemShrinkMaxRank) return {};
-    return groupGemmArgs(g, sl, W, ld, x, ldx, y, N, accumulate, 1);
-  }
-  if (g == cuda::kGateUpWeight) {
-    // gate/up: the streamed form (decode_gemm_streamed.h), its first blocks taking the shrink and
-    // every tile reading the columns at its last stage, so that no shrink launch stands between
-    // the norm and the GEMM.
-    return groupGemmArgs(g, sl, W, ld, x, ldx, y, N, accumulate, cuda::kDecodeGemmStreamed);
-  }
+  if (g == cuda::kQkvWeight) return qkvGemmArgs(sl, W, ld, x, ldx, y, N, accumulate);
   if (!accumulate || sl.count != 1 || w_->splitRows[g]) return {};
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
@@ -77,11 +59,21 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   return {};
 }
 
-cuda::DecodeGemmArgs CudaBackend::groupGemmArgs(cuda::WeightGroup g, const cuda::LoraSlices& sl, const bf16_t* W,
-                                                int ld, const bf16_t* x, int ldx, float* y, int N, bool accumulate,
-                                                int splits) const {
+cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const bf16_t* W, int ld, const bf16_t* x,
+                                              int ldx, float* y, int N, bool accumulate) const {
+  // q/k/v: one split (96 weight blocks at Llama-8B's shape); every held module's A rows spread
+  // over the weight blocks' first stages, added by spare blocks into the columns that every weight
+  // tile reads with B from its padding. The modules' ranks are read as module + j. (A rows taken
+  // by blocks of their own beside the weights' read slower than the weights and came late:
+  // bench/results/2026-12-02-h200-lora-qkv-columns.json.) Above rank 16 only: on an H200 at
+  // Llama-8B's shapes the GEMM took 25.5-26.6 us at rank 64 against 27.6 for the item shrink and
+  // cuBLAS (a decode step of 32 over 8 adapters about 0.05 ms shorter), and 24 us at rank 16
+  // against 23 (the step +12.7% over the base step against +9.7%;
+  // bench/results/2026-12-02-h200-lora-qkv-spread.json).
+  if (sl.maxRank <= kQkvItemShrinkMaxRank) return {};
   for (int j = 1; j < sl.count; ++j)
     if (sl.module[j] != sl.module[0] + j) return {};
+  const cuda::WeightGroup g = cuda::kQkvWeight;
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = map_.tokens, a.N = N, a.K = sl.in;
   a.accumulate = accumulate;
@@ -91,7 +83,7 @@ cuda::DecodeGemmArgs CudaBackend::groupGemmArgs(cuda::WeightGroup g, const cuda:
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.spread = true;
   lo.modules = sl.count, lo.splitRows = w_->splitRows[g];
   for (int j = 0; j < sl.count; ++j) lo.moduleRow[j] = sl.outOffset[j];
-  return decodeGemm_->supports(a, splits) ? a : cuda::DecodeGemmArgs{};
+  return decodeGemm_->supports(a, 1) ? a : cuda::DecodeGemmArgs{};
 }
 
 cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, int N) const {
@@ -106,8 +98,7 @@ cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, in
 }
 
 int CudaBackend::loraGemmSplits(const cuda::DecodeGemmArgs& a) const {
-  if (decodeGemm_->supports(a, kDecodeGemmSplits)) return kDecodeGemmSplits;
-  return decodeGemm_->supports(a, 1) ? 1 : cuda::kDecodeGemmStreamed;
+  return decodeGemm_->supports(a, kDecodeGemmSplits) ? kDecodeGemmSplits : 1;
 }
 
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {

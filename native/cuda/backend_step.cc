@@ -205,17 +205,6 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   }
 }
 
-bool CudaBackend::projectStreamed(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
-                                  bool accumulate, cuda::ElemType yType) {
-  if (!decodeGemm_ || !gateUpStreamed_ || yType != cuda::ElemType::F32 || gemvTakes(M, K, W, ldw, X, ldx)) return false;
-  cuda::DecodeGemmArgs a;
-  a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldx, a.Y = Y, a.ldy = N, a.M = M, a.N = N, a.K = K, a.accumulate = accumulate;
-  // Only with more tiles than multiprocessors: fewer leave the form's runs shorter than a tile.
-  if ((N + 63) / 64 <= sms_ || !decodeGemm_->supports(a, cuda::kDecodeGemmStreamed)) return false;
-  decodeGemm_->run(a, cuda::kDecodeGemmStreamed, stream_, true);
-  return true;
-}
-
 void CudaBackend::attention(int l, const StepBatch* b, const Plan& p) {
   bf16_t* kc = kCache_ + l * layerStride_;
   bf16_t* vc = vCache_ + l * layerStride_;

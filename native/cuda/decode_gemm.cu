@@ -42,7 +42,6 @@
 #include "cuda/decode_gemm.h"
 #include "cuda/decode_gemm_lora.cuh"
 #include "cuda/decode_gemm_ops.cuh"
-#include "cuda/decode_gemm_streamed.h"
 #include "cuda/pdl.cuh"
 #include "cuda/tensor_map.h"
 
@@ -386,8 +385,7 @@ bool DecodeGemm::available() {
 }
 
 DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
-  // Two parts a block in the streamed form (its first and last tiles, where cut).
-  partials_.ensure(static_cast<size_t>(2 * sms_) * kPartFloats);
+  partials_.ensure(static_cast<size_t>(sms_) * kPartFloats);
   aParts_.ensure(static_cast<size_t>(2 * sms_) * kTokens * kSpreadPartPitch);
   columns_.ensure(static_cast<size_t>(kTokens) * kDecodeGemmSpreadMaxRows);
   counters_.ensure(kCounters);
@@ -397,7 +395,6 @@ DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
       "cudaFuncSetAttribute");
   check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
         "cudaFuncSetAttribute");
-  prepareDecodeGemmStreamed();
 }
 
 namespace {
@@ -434,60 +431,23 @@ bool modulesSupported(const DecodeGemmArgs& a) {
   return !l.splitRows || l.spread;
 }
 
-// Spread: B in the weights' padding columns, K stages that end where x does.
-bool spreadForm(const DecodeGemmArgs& a) {
-  const DecodeGemmLora& l = a.lora;
-  return l.spread && l.B == a.W + a.K && l.ldb == a.ldw && a.ldw >= a.K + padColumns(l) && a.K % kStageK == 0 &&
-         l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank;
-}
-
-// weightBlocks: the grid's weight blocks, of which spread needs no more than sms - 1 (a spare
-// block) and at least one an A tile; 0 for the streamed form, which plans its own.
 bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
   const DecodeGemmLora& l = a.lora;
-  const bool form = l.spread ? spreadForm(a) && (weightBlocks == 0 || (weightBlocks < sms && aTiles(l) <= weightBlocks))
-                             : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
+  // Spread: B in the weights' padding columns, K stages that end where x does, a spare block, and
+  // an A tile for each weight block at most.
+  const bool form = l.spread
+                        ? l.B == a.W + a.K && l.ldb == a.ldw && a.ldw >= a.K + padColumns(l) && a.K % kStageK == 0 &&
+                              l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank &&
+                              weightBlocks < sms && aTiles(l) <= weightBlocks
+                        : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
   return form && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
          (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 && l.lda % 8 == 0 &&
          (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
 
-// The streamed grid over every multiprocessor: a few K stages of an A tile for the first blocks
-// (up to four parts a tile), then each block's equal run of weight units.
-StreamGrid streamGrid(const DecodeGemmArgs& a, int sms) {
-  StreamGrid g;
-  g.blocks = sms, g.tiles = (a.N + kTileRows - 1) / kTileRows, g.kTiles = kTilesOf(a), g.xStages = xStagesOf(a);
-  if (a.lora.A) {
-    g.aTiles = aTiles(a.lora);
-    g.aParts = std::max(1, std::min({4, g.xStages, sms / g.aTiles}));
-  }
-  g.work = static_cast<long long>(g.tiles) * g.kTiles + static_cast<long long>(g.aTiles) * (g.xStages + kReduceUnits);
-  for (int b = 0; b < sms && a.lora.A; ++b) {
-    // The blocks whose run reaches a tile's padding stages.
-    const int u0 = weightStart(g, b), u1 = weightStart(g, b + 1);
-    bool reads = false;
-    for (int t = u0 / g.kTiles; t * g.kTiles < u1 && !reads; ++t)
-      reads = std::min(u1, (t + 1) * g.kTiles) > t * g.kTiles + g.xStages;
-    g.readers += reads ? 1 : 0;
-  }
-  return g;
-}
-
-bool streamedSupports(const DecodeGemmArgs& a, int sms) {
-  if (a.accumulate || (a.lora.A && !(a.lora.spread && loraSupported(a, 0, sms)))) return false;
-  const StreamGrid g = streamGrid(a, sms);
-  if (g.tiles > kMaxTiles || g.aTiles * g.aParts > sms) return false;
-  // Every block's run longer than its A part and the adding.
-  const int most = g.aTiles > 0 ? (g.xStages + g.aParts - 1) / g.aParts + kReduceUnits : 0;
-  return g.work / sms > most;
-}
-
 }  // namespace
 
 bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
-  if (splits == kDecodeGemmStreamed)
-    return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
-           a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && streamedSupports(a, sms_);
   const int tiles = gridTiles(a), kTiles = kTilesOf(a);
   // One block a multiprocessor (its shared memory), every block of the grid resident at once.
   return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
@@ -498,7 +458,6 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("decode GEMM: unsupported shape");
-  if (splits == kDecodeGemmStreamed) return runStreamed(a, st, pdl);
   const bool spread = padded(a.lora);
   const int kTiles = kTilesOf(a);
   // Spread, the weights' rows run on through the padding columns, and the grid has spare blocks
@@ -519,17 +478,6 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   const int smem = kSmemBytes + (a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
   launchPdlShared(decodeGemmKernel, dim3(blocks + sg.reducers), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
                   wMap, xMap, aMap, cMap, kTiles, splits, sg, partials_.get(), counters_.get());
-}
-
-void DecodeGemm::runStreamed(const DecodeGemmArgs& a, cudaStream_t st, bool pdl) {
-  StreamGrid g = streamGrid(a, sms_);
-  const bool spread = padded(a.lora);
-  const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + padColumns(a.lora) : a.K, a.N, a.ldw, kBox, kTileRows);
-  const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
-  const CUtensorMap aMap = spread ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
-  g.columns = columns_.get(), g.parts = aParts_.get();
-  const CUtensorMap cMap = spread ? bf16TensorMap(g.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens) : xMap;
-  launchDecodeGemmStreamed(a, g, wMap, xMap, aMap, cMap, partials_.get(), counters_.get(), st, pdl);
 }
 
 }  // namespace cuda

@@ -34,10 +34,6 @@ namespace troupe {
 namespace cuda {
 
 constexpr int kDecodeGemmMaxRows = 32;
-// DecodeGemm's splits for the streamed form (decode_gemm_streamed.h): one block a multiprocessor,
-// each an equal run of every tile's K stages, for projections of more tiles than multiprocessors.
-// Not accumulating; LoRA spread only.
-constexpr int kDecodeGemmStreamed = 0;
 
 // The LoRA part: A holds `rows` = slots x maxRank rows of K (lda apart; slot k's rank r at row
 // k maxRank + r); output row n's B for slot k, rank r is at B + n ldb + k maxRank + r. Token m
@@ -110,10 +106,8 @@ class DecodeGemm {
   void run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl);
 
  private:
-  void runStreamed(const DecodeGemmArgs& a, cudaStream_t st, bool pdl);
-
   int sms_;
-  DeviceBuffer<float> partials_;  // the splits' sums, [2 x block][64 rows x 32 tokens]
+  DeviceBuffer<float> partials_;  // the splits' sums, [block][64 rows x 32 tokens]
   // Spread: each weight block's two groups' A parts, [2 x blocks][32 tokens][128 ranks] (each
   // token's own slot's), and the shrink outputs as bf16 columns, [32 tokens][rows] in the padding's
   // order.

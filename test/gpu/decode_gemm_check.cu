@@ -9,15 +9,12 @@
 // 2 us kernel, and the down projection behind siluMul as in a decode step; then o and down with
 // the norm after them, the deltas in the GEMM or in the norm.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
-//        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/decode_gemm_streamed.cu
-//        native/cuda/tensor_map.cc native/cuda/kernels.cu \ native/cuda/rmsnorm_delta.cu native/cuda/gemm.cc -lcublas
-//        && /tmp/dgemm [--bench]
+//        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc native/cuda/kernels.cu \
+//        native/cuda/rmsnorm_delta.cu native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -158,7 +155,7 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cuda
     for (int k = 0; k < c.K; ++k)
       A[static_cast<size_t>(row) * c.K + k] =
           row % c.maxRank >= rankOf(row / c.maxRank / c.modules, row / c.maxRank % c.modules) ? kNaN16
-                                                                                              : toBf16(rng.sym() / 8);
+                                                                                             : toBf16(rng.sym() / 8);
   for (auto& v : X) v = toBf16(rng.sym());
   for (auto& v : Y0) v = c.accumulate ? 4 * rng.sym() : 0.0f;
   bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
@@ -232,8 +229,7 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cuda
         for (int r = 0; r < rankOf(s, j); ++r)
           for (int k = 0; k < c.K; ++k) {
             const size_t row = static_cast<size_t>((s * c.modules + j) * c.maxRank + r);
-            const double p =
-                static_cast<double>(fromBf16(A[row * c.K + k])) * fromBf16(X[static_cast<size_t>(m) * c.K + k]);
+            const double p = static_cast<double>(fromBf16(A[row * c.K + k])) * fromBf16(X[static_cast<size_t>(m) * c.K + k]);
             mid[j * c.maxRank + r] += p;
             midMag[j * c.maxRank + r] += std::fabs(p);
           }
@@ -274,15 +270,14 @@ int checkLora(DecodeGemm& gemm, const LoraCase& c, LoraForm form, Rng& rng, cuda
     }
   }
   const char* forms[] = {"", ", deltas in the norm", ", shrink spread"};
-  std::printf(
-      "%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d modules %d%s acc %d%s: worst %.3f of the bound%s\n",
-      bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, c.modules, c.split ? " split" : "",
-      c.accumulate, forms[static_cast<int>(form)], worst,
-      inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
-  for (void* p :
-       {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
-        static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY), static_cast<void*>(dMid),
-        static_cast<void*>(dBt), static_cast<void*>(dNormW), static_cast<void*>(dNormed)})
+  std::printf("%s lora M %2d N %5d K %5d slots %d max rank %2d splits %d modules %d%s acc %d%s: worst %.3f of the bound%s\n",
+              bad ? "FAIL" : "ok  ", c.M, c.N, c.K, c.slots, c.maxRank, c.splits, c.modules, c.split ? " split" : "",
+              c.accumulate, forms[static_cast<int>(form)], worst,
+              inNorm ? (", normed rows " + std::to_string(worstNormed)).c_str() : "");
+  for (void* p : {static_cast<void*>(dW), static_cast<void*>(dX), static_cast<void*>(dA), static_cast<void*>(dSlot),
+                  static_cast<void*>(dRanks), static_cast<void*>(dScaling), static_cast<void*>(dY),
+                  static_cast<void*>(dMid), static_cast<void*>(dBt), static_cast<void*>(dNormW),
+                  static_cast<void*>(dNormed)})
     cudaFree(p);
   return bad ? 1 : 0;
 }
@@ -323,40 +318,26 @@ int checks() {
   // over past the parts, padding columns that end inside a stage, one split, max rank 128, and
   // every token of one slot (its columns' work dealt over the spare blocks).
   const LoraCase spreadCases[] = {
-      {32, 4096, 14336, 8, 64, 2}, {32, 4096, 4096, 8, 64, 2}, {7, 1000, 2048, 4, 16, 2},
-      {5, 3000, 1024, 4, 32, 2},   {19, 130, 512, 3, 8, 2},    {9, 700, 2048, 3, 64, 2},
-      {32, 8192, 2048, 4, 64, 1},  {8, 512, 1024, 2, 128, 2},  {32, 4096, 14336, 8, 64, 2, 1, false, true, true},
+      {32, 4096, 14336, 8, 64, 2},  {32, 4096, 4096, 8, 64, 2},
+      {7, 1000, 2048, 4, 16, 2},    {5, 3000, 1024, 4, 32, 2},
+      {19, 130, 512, 3, 8, 2},      {9, 700, 2048, 3, 64, 2},
+      {32, 8192, 2048, 4, 64, 1},   {8, 512, 1024, 2, 128, 2},
+      {32, 4096, 14336, 8, 64, 2, 1, false, true, true},
   };
   for (const LoraCase& c : spreadCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   // The spread form over a group of modules: q/k/v's shape at both ranks, A tiles that hold two
   // modules, split K, max rank 128 (a module's rows over two tiles), accumulating or not.
   const LoraCase spreadModuleCases[] = {
-      {32, 6144, 4096, 8, 64, 1, 3, true, false},       {32, 6144, 4096, 8, 16, 1, 3, false, false},
-      {7, 1536, 1024, 3, 8, 2, 3, true, false},         {19, 768, 512, 2, 32, 2, 3, false, true},
-      {1, 1024, 256, 2, 128, 1, 3, true, false},        {2, 640, 768, 5, 8, 1, 3, true, true},
+      {32, 6144, 4096, 8, 64, 1, 3, true, false}, {32, 6144, 4096, 8, 16, 1, 3, false, false},
+      {7, 1536, 1024, 3, 8, 2, 3, true, false},   {19, 768, 512, 2, 32, 2, 3, false, true},
+      {1, 1024, 256, 2, 128, 1, 3, true, false},  {2, 640, 768, 5, 8, 1, 3, true, true},
       {32, 6144, 4096, 8, 64, 1, 3, true, false, true},
   };
   for (const LoraCase& c : spreadModuleCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
-  // The streamed form (splits 0): half of gate/up's shape, K past the last whole stage with N past
-  // the last whole tile, tiles cut over many blocks (10 tiles of 32 stages over every block), and
-  // with LoRA two split modules at ranks 16, 64 and 128, one module, runs of about one tile (their
-  // padding stages early), and every token of one slot.
-  const Case streamedCases[] = {
-      {32, 14336, 4096, 4096, 0, false},
-      {7, 9000, 1000, 1008, 0, false},
-      {3, 640, 8192, 8200, 0, false},
-      {17, 8250, 2048, 2048, 0, false},
-  };
-  for (const Case& c : streamedCases) failed += check(gemm, c, rng, st);
-  const LoraCase streamedLoraCases[] = {
-      {32, 14336, 4096, 8, 16, 0, 2, true, false}, {32, 14336, 4096, 8, 64, 0, 2, true, false},
-      {5, 8192, 1024, 2, 128, 0, 2, true, false},  {7, 9000, 1024, 3, 8, 0, 2, true, false},
-      {9, 9000, 2048, 4, 32, 0, 1, false, false},  {32, 14336, 4096, 8, 16, 0, 2, true, false, true},
-  };
-  for (const LoraCase& c : streamedLoraCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }
+
 
 // o's and down's GEMM with 8 slots of rank 16 or 64 and the residual's norm after it, as a decode
 // step runs them: without LoRA; at rank 16 the deltas in the GEMM, or the GEMM's shrink tiles
@@ -495,79 +476,15 @@ void benchQkvSpread(cudaStream_t st, Gemm& cublas, int sms) {
         gemm.run(b, 1, s2, true);
       });
     };
-    std::printf(
-        "q/k/v, 8 rank-%d slots: cuBLAS over x %6.2f, over x and the padding %6.2f; ours, shrink spread %6.2f\n", R,
-        cb(K), cb(K + pad), ours());
+    std::printf("q/k/v, 8 rank-%d slots: cuBLAS over x %6.2f, over x and the padding %6.2f; ours, shrink spread %6.2f\n",
+                R, cb(K), cb(K + pad), ours());
     a.lora.rowSlot = dOneSlot;
     std::printf("q/k/v, 8 rank-%d slots, every token slot 0's: ours, shrink spread %6.2f\n", R, ours());
     a.lora.rowSlot = dSlot;
     for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(dRank)})
       cudaFree(p);
   }
-  for (void* p :
-       {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot), static_cast<void*>(dScale)})
-    cudaFree(p);
-}
-
-// gate/up at 32 tokens behind a 2 us kernel: cuBLAS over x, and over x and 8 slots' padding
-// columns (the engine's GEMM after the item shrink), against the streamed form over x, and with
-// the shrink spread over its first blocks and the padding read at each tile's end.
-void benchGateUp(cudaStream_t st, Gemm& cublas, int sms) {
-  const int T = 32, slots = 8, copies = 4, iters = 64, N = 28672, K = 4096;
-  float* Y = nullptr;
-  CK(cudaMalloc(&Y, static_cast<size_t>(T) * N * 4));
-  std::vector<int32_t> slot(T);
-  for (int t = 0; t < T; ++t) slot[t] = t % slots;
-  int32_t* dSlot = upload(slot);
-  int32_t* dOneSlot = upload(std::vector<int32_t>(T, 0));
-  float* dScale = upload(std::vector<float>(slots, 1.0f));
-  DecodeGemm gemm(sms);
-  auto before = [&](cudaStream_t s2) { shortKernel<<<sms, 128, 0, s2>>>(); };
-  for (const int R : {16, 64}) {
-    const int rows = 2 * slots * R, pad = slots * R, ldw = K + pad;
-    const size_t wElems = static_cast<size_t>(N) * ldw;
-    int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
-    bf16_t *W = nullptr, *X = nullptr, *A = nullptr;
-    CK(cudaMalloc(&W, wElems * copies * 2));
-    CK(cudaMemset(W, 0, wElems * copies * 2));
-    CK(cudaMalloc(&X, static_cast<size_t>(T) * ldw * 2));
-    CK(cudaMemset(X, 0, static_cast<size_t>(T) * ldw * 2));
-    CK(cudaMalloc(&A, static_cast<size_t>(rows) * K * 2));
-    CK(cudaMemset(A, 0, static_cast<size_t>(rows) * K * 2));
-    auto cb = [&](int k) {
-      return graphCallUs(st, iters, before, [&](int i, cudaStream_t) {
-        cublas.linear(T, N, k, W + (i % copies) * wElems, ldw, X, ldw, Y, ElemType::F32, 1, 0);
-      });
-    };
-    DecodeGemmArgs a;
-    a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldw, a.Y = Y, a.ldy = N, a.M = T, a.N = N, a.K = K;
-    auto ours = [&](bool lora) {
-      DecodeGemmArgs c = a;
-      if (!lora) c.lora = DecodeGemmLora{};
-      return !gemm.supports(c, kDecodeGemmStreamed) ? -1.0
-                                                    : graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
-                                                        DecodeGemmArgs b = c;
-                                                        b.W = W + (i % copies) * wElems;
-                                                        if (lora) b.lora.B = b.W + K;
-                                                        gemm.run(b, kDecodeGemmStreamed, s2, true);
-                                                      });
-    };
-    DecodeGemmLora& l = a.lora;
-    l.A = A, l.lda = K, l.rows = rows, l.maxRank = R, l.B = W + K, l.ldb = ldw, l.rowSlot = dSlot, l.ranks = dRank;
-    l.rankPitch = 7, l.module = 4, l.scaling = dScale, l.spread = true, l.modules = 2, l.splitRows = true;
-    l.moduleRow[1] = N / 2;
-    std::printf(
-        "gate/up, 8 rank-%d slots: cuBLAS over x %6.2f, over x and the padding %6.2f; streamed over x %6.2f, "
-        "with the shrink %6.2f\n",
-        R, cb(K), cb(K + pad), ours(false), ours(true));
-    a.lora.rowSlot = dOneSlot;
-    std::printf("gate/up, 8 rank-%d slots, every token slot 0's: streamed with the shrink %6.2f\n", R, ours(true));
-    a.lora.rowSlot = dSlot;
-    for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(dRank)})
-      cudaFree(p);
-  }
-  for (void* p :
-       {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot), static_cast<void*>(dScale)})
+  for (void* p : {static_cast<void*>(Y), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot), static_cast<void*>(dScale)})
     cudaFree(p);
 }
 
@@ -604,9 +521,7 @@ int bench() {
   CK(cudaMemset(gu, 0, static_cast<size_t>(T) * 2 * 14848 * 4));
   CK(cudaMalloc(&Y, static_cast<size_t>(T) * 6144 * 4));
   CK(cudaMemset(Y, 0, static_cast<size_t>(T) * 6144 * 4));
-  const bool onlyGateUp = std::getenv("DECODE_GEMM_BENCH_ONLY_GATE_UP") != nullptr;
   for (const Shape& s : shapes) {
-    if (onlyGateUp) break;
     bf16_t *W = nullptr, *X = nullptr, *A = nullptr;
     const int ldw = s.K + s.loraRows;
     const size_t wElems = static_cast<size_t>(s.N) * ldw;
@@ -664,11 +579,8 @@ int bench() {
   }
   cudaFree(gu);
   cudaFree(Y);
-  if (!onlyGateUp) {
-    benchDeltaInNorm(st, prop.multiProcessorCount);
-    benchQkvSpread(st, cublas, prop.multiProcessorCount);
-  }
-  benchGateUp(st, cublas, prop.multiProcessorCount);
+  benchDeltaInNorm(st, prop.multiProcessorCount);
+  benchQkvSpread(st, cublas, prop.multiProcessorCount);
   return 0;
 }
 
