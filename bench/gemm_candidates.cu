@@ -28,8 +28,9 @@ namespace {
 
 struct Shape {
   const char* name;
-  int M, N, K;    // Y[M][N] = X[M][K] W[N][K]^T (+ Y)
-  bool residual;  // Y f32 and added to (o, down), else bf16
+  int M, N, K;          // Y[M][N] = X[M][K] W[N][K]^T (+ Y)
+  bool residual;        // Y f32 and added to (o, down), else bf16
+  bool f32Out = false;  // Y f32 without adding to it (a decode step's q/k/v, gate/up and head)
 };
 
 using bench::check;
@@ -46,6 +47,7 @@ float timeCalls(F&& call) {
 int main(int argc, char** argv) {
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
   const bool tail = argc > 1 && std::strcmp(argv[1], "--tail") == 0;
+  const bool engine = argc > 1 && std::strcmp(argv[1], "--engine") == 0;
   const Shape prefill[] = {{"qkv", 2048, 6144, 4096, false},      {"o", 2048, 4096, 4096, true},
                            {"gate_up", 2048, 28672, 4096, false}, {"down", 2048, 4096, 14336, true},
                            {"qkv", 4096, 6144, 4096, false},      {"o", 4096, 4096, 4096, true},
@@ -67,9 +69,19 @@ int main(int argc, char** argv) {
               {"gate_up+tail16", 32, 28928, 4096, false},
               {"gate_up+tail64", 32, 29696, 4096, false}};
   }
+  if (engine) {
+    // The GEMMs a decode step of 32 hands cuBLAS as the engine calls them (f32 out): q/k/v over x
+    // and with 8 slots' rank-16 A rows after the weight's, gate/up over x and over the rank-16 and
+    // rank-64 (split rows) padding columns, and the LM head for 32 and 1 sampled rows.
+    shapes = {{"qkv", 32, 6144, 4096, false, true},        {"qkv+tail16", 32, 6528, 4096, false, true},
+              {"gate_up", 32, 28672, 4096, false, true},   {"gate_up+pad16", 32, 28672, 4224, false, true},
+              {"gate_up+pad64", 32, 28672, 4608, false, true}, {"head", 32, 128256, 4096, false, true},
+              {"head", 1, 128256, 4096, false, true}};
+  }
   // Decode: enough copies of the weights that one call's are out of L2 by its next turn.
-  const int copies = decode || tail ? 8 : 1;
-  const size_t wElems = 29696ull * 4224, xElems = 4096ull * 14336, yElems = 4096ull * 28672;
+  const int copies = decode || tail || engine ? 8 : 1;
+  const size_t wElems = engine ? 128256ull * 4096 : 29696ull * 4224, xElems = 4096ull * 14336,
+               yElems = 4096ull * 28672;
   size_t wsBytes = 32u << 20;
   __nv_bfloat16 *W, *X;
   void *Y, *ws;
@@ -89,7 +101,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     const double flop = 2.0 * s.M * s.N * s.K;
     const float beta = s.residual ? 1.0f : 0.0f;
-    const cudaDataType_t yType = s.residual ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t yType = s.residual || s.f32Out ? CUDA_R_32F : CUDA_R_16BF;
     int turn = 0;
     const auto weights = [&] { return W + (turn++ % copies) * wElems; };
     const float base = timeCalls([&] {
@@ -142,7 +154,7 @@ int main(int argc, char** argv) {
     std::printf(
         "%-12s M %4d N %5d K %5d %s: cublasGemmEx %7.1f us (%3.0f TFLOPS, %4.0f GB/s), best of %2d cublasLt "
         "candidates %7.1f us (%3.0f TFLOPS, %4.0f GB/s; heuristic's #%d, its first %.1f us), %.3fx\n",
-        s.name, s.M, s.N, s.K, s.residual ? "(f32 += )" : "(bf16 out)", base * 1e3, flop / base / 1e9,
+        s.name, s.M, s.N, s.K, s.residual ? "(f32 += )" : s.f32Out ? "(f32 out) " : "(bf16 out)", base * 1e3, flop / base / 1e9,
         bytes / base / 1e6, n, best * 1e3, flop / best / 1e9, bytes / best / 1e6, bestAt, first * 1e3, base / best);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);

@@ -155,6 +155,8 @@ class CudaBackend : public Backend {
                                    float* y, int N, bool accumulate) const;
   // The splits a tile that loraGemmArgs' GEMM runs with: two where every block fits, else one.
   int loraGemmSplits(const cuda::DecodeGemmArgs& a) const;
+  // Captures the step's graph into g (its old one dropped).
+  void capture(Graph& g, const Plan& p);
   bool graphable(const StepBatch& b, const Plan& plan) const;
 
   TensorParallel tp_;
@@ -179,6 +181,9 @@ class CudaBackend : public Backend {
   // The decode GEMM of our own for the projections that add into the residual (decode_gemm.h),
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;
+  // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
+  // TROUPE_CUDA_GEMM_TUNE=0 keeps cublasGemmEx's default, for comparing.
+  bool gemmTune_ = true;
   static constexpr int kDecodeGemmSplits = 2;
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, or a list of
