@@ -37,9 +37,12 @@ int alignmentOf(const void* p) {
   return align;
 }
 
-// Timed calls a candidate gets, after one to warm up; and how much faster than the default it must
-// be to be taken (the noise on a 17 us product is a few tenths of a microsecond).
-constexpr int kTuneRounds = 16, kTuneCandidates = 8;
+// Timed calls a candidate gets after one to warm up: up to kTuneRounds, fewer for long products
+// (about kTuneMicroseconds of calls each, so that the LM head's tuning takes a few milliseconds, not
+// forty); and how much faster than the default it must be to be taken (the noise on a 17 us
+// product is a few tenths of a microsecond).
+constexpr int kTuneRounds = 16, kTuneMinRounds = 4, kTuneCandidates = 8;
+constexpr float kTuneMicroseconds = 1000;
 constexpr float kTuneMargin = 0.98f;
 
 }  // namespace
@@ -156,19 +159,22 @@ bool Gemm::tune() {
     const Product& p = calls.front();
     const float alpha = 1, beta = p.adds ? 1.0f : 0.0f;
     int turn = 0;
-    // Mean microseconds of one call over kTuneRounds back to back (as a step's launches run, so
-    // that one call's launch hides behind the one before), or -1 where the kernel refused.
+    // Mean microseconds of one call over `rounds` back to back (as a step's launches run, so that
+    // one call's launch hides behind the one before), or -1 where the kernel refused.
+    int rounds = kTuneRounds;
     auto timed = [&](auto&& call) -> float {
       if (!call(calls[turn++ % calls.size()])) return -1;
       cudaEventRecord(start, stream_);
-      for (int r = 0; r < kTuneRounds; ++r)
+      for (int r = 0; r < rounds; ++r)
         if (!call(calls[turn++ % calls.size()])) return -1;
       cudaEventRecord(stop, stream_);
       float ms = 0;
       if (cudaEventSynchronize(stop) != cudaSuccess || cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) return -1;
-      return ms * 1000 / kTuneRounds;
+      return ms * 1000 / rounds;
     };
     const float byDefault = timed([&](const Product& q) { return runDefault(q, cScratch) == CUBLAS_STATUS_SUCCESS; });
+    if (byDefault > 0)
+      rounds = std::clamp(static_cast<int>(kTuneMicroseconds / byDefault), kTuneMinRounds, kTuneRounds);
     auto c = std::make_shared<Choice>();
     const cublasOperation_t tA = p.transA ? CUBLAS_OP_T : CUBLAS_OP_N, tB = p.transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     const uint32_t alignBytes = static_cast<uint32_t>(p.align);
