@@ -3,9 +3,10 @@
 // token's q, k and v, its x . A^T for every slot. RoPE, which reads those outputs next, adds each
 // token's own slot's delta, bf16(scaling x . A^T) . B^T from a transposed copy of B, before it
 // rotates. No shrink launch stands between the norm and the GEMM, and the GEMM reads no padding
-// columns. (The same form for gate/up, its deltas added by SiLU-and-mul, measured slower: cuBLAS
-// took a slower tile for the wider GEMM, and the SiLU kernel's B reads cost more than the item
-// shrink they replaced, whether read per token or once per slot.)
+// columns. The same form for gate/up (siluMulLora, off unless TROUPE_LORA_TAIL names gate_up) adds
+// its deltas in SiLU-and-mul. Measured before cuBLAS's kernels were tuned per shape, it came out
+// level with the item shrink, when cuBLAS's default for the wider GEMM could be a 256 x 32 tile
+// (65.4 us at Llama-8B's shape against 59.6 for the 128 x 32 one that tuning picks).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -44,6 +45,14 @@ bool ropeKvLoraSupported(const AttnShape& a, int maxRank);
 // start while the GEMM before it runs (its B loads and rotation angles then overlap the GEMM).
 void ropeKvLora(const float* qkv, int pitch, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
                 bf16_t* kCache, bf16_t* vCache, const LoraTailDelta& d, cudaStream_t s, bool pdl);
+
+// gate/up's tail rows (TROUPE_LORA_TAIL=gate_up): SiLU-and-mul over gate/up rows `pitch` floats
+// apart (gate at [0, inter), up at [inter, 2 inter), the shrink outputs from d.tailColumn), each
+// token's gate and up deltas added first, as ropeKvLora adds q/k/v's. inter a multiple of 4, max
+// rank up to kLoraTailMaxRank; act rows ldAct apart. pdl: may start while the GEMM before it runs.
+bool siluMulLoraSupported(int inter, int maxRank);
+void siluMulLora(const float* gu, int pitch, int inter, bf16_t* act, int T, int ldAct, const LoraTailDelta& d,
+                 cudaStream_t s, bool pdl);
 
 }  // namespace cuda
 }  // namespace troupe
