@@ -32,6 +32,7 @@ struct LoraTailDelta {
   int outOffset[kMaxLoraSlices] = {}, out[kMaxLoraSlices] = {}, module[kMaxLoraSlices] = {};
   const bf16_t* bt[kMaxLoraSlices] = {};
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model
+  const int32_t* order = nullptr;    // every token, each slot's together (LoraItems::perm)
   const int32_t* ranks = nullptr;
   int rankPitch = 0;
   const float* scaling = nullptr;
