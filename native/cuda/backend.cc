@@ -152,7 +152,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env,
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
-    loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}, {"gate_up", cuda::kGateUpWeight}});
+    loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
     oInAttention_ = std::string(env) == "0" ? OInAttention::kOff : OInAttention::kOn;
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_MMA"); !env || std::string(env) != "0") {
@@ -237,16 +237,6 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
       held += cuda::weightGroupOf(m) == cuda::kQkvWeight && (o.loraModuleMask >> m & 1u);
     const int rows = o.loraSlots * held * o.maxLoraRank;
     if (rows * 16 <= (c.numHeads + 2 * c.numKvHeads) * c.headDim) tail[cuda::kQkvWeight] = rows;
-  }
-  // gate/up's (TROUPE_LORA_TAIL=gate_up): SiLU-and-mul adds the deltas (siluMulLora), under the
-  // same sixteenth.
-  if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kGateUpWeight & 1u) &&
-      cuda::siluMulLoraSupported(c.intermediateSize, o.maxLoraRank)) {
-    int held = 0;
-    for (int m = 0; m < kNumLoraModules; ++m)
-      held += cuda::weightGroupOf(m) == cuda::kGateUpWeight && (o.loraModuleMask >> m & 1u);
-    const int rows = o.loraSlots * held * o.maxLoraRank;
-    if (rows * 16 <= 2 * c.intermediateSize) tail[cuda::kGateUpWeight] = rows;
   }
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
@@ -357,7 +347,7 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
   moved |= qkv_.ensure(t * (qDim_ + 2 * kvDim_ + w_->tail[cuda::kQkvWeight]));
   moved |= q_.ensure(t * qDim_);
   moved |= attn_.ensure(t * qDim_);
-  moved |= gateUp_.ensure(t * (2 * c_.intermediateSize + w_->tail[cuda::kGateUpWeight]));
+  moved |= gateUp_.ensure(t * 2 * c_.intermediateSize);
   moved |= act_.ensure(t * c_.intermediateSize);
   const size_t d = static_cast<size_t>(std::max(decodes, 1));
   moved |= partial_.ensure(d * c_.numHeads * splits * c_.headDim);

@@ -197,7 +197,6 @@ class CudaBackend : public Backend {
   // weights' tail rows say which do. qkvTail_: what this layer's GEMM left for RoPE.
   unsigned loraTail_ = 1u << cuda::kQkvWeight;
   std::optional<cuda::LoraTailDelta> qkvTail_;
-  std::optional<cuda::LoraTailDelta> guTail_;  // gate/up's, for SiLU-and-mul
   // Layer l's deltas of the slices sl, whose GEMM wrote N outputs before the tail's.
   cuda::LoraTailDelta tailDelta(int l, const cuda::LoraSlices& sl, int N) const;
   int fusedSplitMaxTokens_ = kFusedSplitMaxTokens;

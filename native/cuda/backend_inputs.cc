@@ -62,11 +62,6 @@ void CudaBackend::uploadInputs(const StepBatch& b, Plan& p) {
         }
       }
     }
-    // The base model's rows after the items' (outside every item), so that perm orders all T rows
-    // with each slot's together (siluMulLora's groups).
-    for (int i = 0; i < p.n; ++i)
-      if (b.loraSlots[i] < 0)
-        for (int t = b.seqStarts[i]; t < b.seqStarts[i + 1]; ++t) perm.push_back(t);
     p.loraItems = static_cast<int>(itemSlot.size());
     int longest = 0;
     for (int i = 0; i < p.loraItems; ++i) longest = std::max(longest, itemStart[i + 1] - itemStart[i]);

@@ -26,12 +26,7 @@ const bf16_t* CudaBackend::makeRows(const cuda::RowInput& input, bf16_t* made, i
       return made;
     case cuda::RowSource::kSiluMul:
       timer_.mark("silu", stream_);
-      if (guTail_) {
-        // The gate/up GEMM wrote each token's shrink outputs after its gate and up rows.
-        cuda::siluMulLora(input.f32, 2 * in + w_->tail[cuda::kGateUpWeight], in, made, T, ld ? ld : in, *guTail_,
-                          stream_, itemPdl_);
-        guTail_.reset();
-      } else if (input.f32) {
+      if (input.f32) {
         cuda::siluMul(input.f32, made, T, in, stream_, ld);
       } else {
         cuda::siluMul(input.bf16, made, T, in, stream_, ld);
@@ -60,7 +55,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       const bf16_t* x = makeRows(input, made, in);
       timer_.mark(name, stream_);
       project(T, N + w_->tail[g], in, W, ld, x, in, y, accumulate);
-      (g == cuda::kGateUpWeight ? guTail_ : qkvTail_) = tailDelta(l, sl, N);
+      qkvTail_ = tailDelta(l, sl, N);
       return;
     }
     if (sl.count > 0 && d.decode && (loraInGemm_ >> g & 1u) && yType == cuda::ElemType::F32) {

@@ -93,8 +93,7 @@ cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, in
     d.outOffset[j] = sl.outOffset[j], d.out[j] = sl.out[j], d.module[j] = sl.module[j];
     d.bt[j] = lora_->bTransposed(l, static_cast<LoraModule>(sl.module[j]));
   }
-  d.rowSlot = dRowSlot_, d.order = loraItems_.perm, d.ranks = lora_->ranks(), d.rankPitch = kNumLoraModules;
-  d.scaling = lora_->scaling();
+  d.rowSlot = dRowSlot_, d.ranks = lora_->ranks(), d.rankPitch = kNumLoraModules, d.scaling = lora_->scaling();
   return d;
 }
 

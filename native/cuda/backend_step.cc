@@ -127,7 +127,6 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   timer_.mark("embed", stream_);
   pendingDelta_.reset();
   qkvTail_.reset();
-  guTail_.reset();
   cuda::embed(w_->embed, dTokens_, hidden_.get(), T, h, tp_.vocabStart, tp_.vocabCount, stream_);
   comm_->allReduceSum(hidden_.get(), static_cast<size_t>(T) * h, stream_);
   for (int l = 0; l < c_.numLayers; ++l) {
@@ -179,7 +178,6 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
   }
   if (pendingDelta_) throw std::logic_error("the last layer left a LoRA delta for a norm that does not take it");
   if (qkvTail_) throw std::logic_error("the last layer left a LoRA tail for a RoPE that did not take it");
-  if (guTail_) throw std::logic_error("the last layer left a LoRA tail for a SiLU that did not take it");
   if (p.sampled > 0) {
     timer_.mark("head", stream_);
     cuda::rmsnorm(hidden_.get(), dRows_, w_->finalNorm, xs_.get(), p.sampled, h, eps, stream_, 0, normPdl_);

@@ -3,10 +3,10 @@
 // token's q, k and v, its x . A^T for every slot. RoPE, which reads those outputs next, adds each
 // token's own slot's delta, bf16(scaling x . A^T) . B^T from a transposed copy of B, before it
 // rotates. No shrink launch stands between the norm and the GEMM, and the GEMM reads no padding
-// columns. The same form for gate/up (siluMulLora, off unless TROUPE_LORA_TAIL names gate_up) adds
-// its deltas in SiLU-and-mul. Measured before cuBLAS's kernels were tuned per shape, it came out
-// level with the item shrink, when cuBLAS's default for the wider GEMM could be a 256 x 32 tile
-// (65.4 us at Llama-8B's shape against 59.6 for the 128 x 32 one that tuning picks).
+// columns. (The same form for gate/up, its deltas added by SiLU-and-mul, measured level or slower
+// in six forms, also with cuBLAS's tile tuned: the GEMM ends about 4.6 us a layer sooner, but the
+// SiLU kernel, which cannot start before cuBLAS's last block ends, then spends 7-15 us reading B
+// and adding the deltas against the plain kernel's 2.4.)
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -32,7 +32,6 @@ struct LoraTailDelta {
   int outOffset[kMaxLoraSlices] = {}, out[kMaxLoraSlices] = {}, module[kMaxLoraSlices] = {};
   const bf16_t* bt[kMaxLoraSlices] = {};
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model
-  const int32_t* order = nullptr;    // every token, each slot's together (LoraItems::perm)
   const int32_t* ranks = nullptr;
   int rankPitch = 0;
   const float* scaling = nullptr;
@@ -46,14 +45,6 @@ bool ropeKvLoraSupported(const AttnShape& a, int maxRank);
 // start while the GEMM before it runs (its B loads and rotation angles then overlap the GEMM).
 void ropeKvLora(const float* qkv, int pitch, const float* invFreq, const TokenMap& map, const AttnShape& a, bf16_t* q,
                 bf16_t* kCache, bf16_t* vCache, const LoraTailDelta& d, cudaStream_t s, bool pdl);
-
-// gate/up's tail rows (TROUPE_LORA_TAIL=gate_up): SiLU-and-mul over gate/up rows `pitch` floats
-// apart (gate at [0, inter), up at [inter, 2 inter), the shrink outputs from d.tailColumn), each
-// token's gate and up deltas added first, as ropeKvLora adds q/k/v's. inter a multiple of 4, max
-// rank up to kLoraTailMaxRank; act rows ldAct apart. pdl: may start while the GEMM before it runs.
-bool siluMulLoraSupported(int inter, int maxRank);
-void siluMulLora(const float* gu, int pitch, int inter, bf16_t* act, int T, int ldAct, const LoraTailDelta& d,
-                 cudaStream_t s, bool pdl);
 
 }  // namespace cuda
 }  // namespace troupe
