@@ -151,6 +151,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_LORA_IN_GEMM"))
     loraInGemm_ = parseGroups("TROUPE_LORA_IN_GEMM", env,
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
+  if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_IN_O")) gateUpInO_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
     loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))
@@ -263,6 +264,14 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
       if (w_->tail[cuda::weightGroupOf(m)] > 0) transposedB |= 1u << m;
     transposedB &= o.loraModuleMask;
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB);
+    if (gateUpInO_ && lora_->bTransposed(0, kO) && o.maxLoraRank <= 16) {
+      std::vector<const float*> normW;
+      for (int l = 0; l < c.numLayers; ++l) normW.push_back(w_->layers[l].postNorm);
+      normShrinkKept_ = lora_->keepNormShrink(normW);
+      if (normShrinkKept_)
+        normShrinkParts_.ensure(static_cast<size_t>((c.hiddenSize + 63) / 64) * cuda::kDecodeGemmMaxRows *
+                                cuda::kNormShrinkMaxOutputs);
+    }
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));
     if (o_.loraKernel == LoraKernel::kFused) {
       cuda::prepareRowShrink(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));

@@ -242,6 +242,18 @@ class CudaBackend : public Backend {
   // leaves it to the item shrink and =1 takes it at every rank, for comparing.
   enum class OInAttention { kOff, kSmallRanks, kOn } oInAttention_ = OInAttention::kSmallRanks;
   static constexpr int kOInAttentionMaxRank = 16;
+  // Decode steps whose o projection takes its LoRA in the decode GEMM with the delta left to the
+  // norm also begin gate/up's shrink there (decode_gemm.h's DecodeGemmNormShrink), the norm
+  // finishing it as gate/up's LoRA columns (NormShrinkColumns), in place of gate/up's item shrink
+  // between the norm and its GEMM: rank 16 and below (gate's and up's outputs together up to 32, at
+  // most 256 A rows over the slots). TROUPE_LORA_GATE_UP_IN_O=1 takes it.
+  bool gateUpInO_ = false;
+  bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)
+  DeviceBuffer<float> normShrinkParts_;  // [o's weight tile][32 tokens][32]
+  // Sets a.normShrink where o's GEMM a at layer l may begin gate/up's shrink, and says whether.
+  bool gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const;
+  // The norm's half of it at layer l.
+  cuda::NormShrinkColumns gateUpColumns(int l);
   bool oColumnsMade_ = false;       // this layer's attention wrote the o rows and their LoRA columns
   DeviceBuffer<float> oPartial_;    // [tokens][KV heads][max rank]
   DeviceBuffer<int32_t> oTickets_;  // [tokens]

@@ -68,6 +68,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         makeRows(input, made, in);
         timer_.mark(name, stream_);
         a.releaseEarly = normPdl_;
+        const bool gateUpBegun = g == cuda::kOWeight && gateUpInO_ && gateUpShrinkInO(l, a);
         decodeGemm_->run(a, loraGemmSplits(a), stream_, true);
         if (!a.lora.B) {
           // The deltas are the next norm's (loraGemmArgs says which).
@@ -75,6 +76,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
           cuda::ResidualDelta d;
           d.bt = lora_->bTransposed(l, m), d.rowSlot = dRowSlot_, d.ranks = lora_->ranks();
           d.rankPitch = kNumLoraModules, d.module = m, d.maxRank = sl.maxRank, d.mid = loraMid_.get();
+          if (gateUpBegun) d.columns = gateUpColumns(l);
           pendingDelta_ = d;
         }
         return;
@@ -86,6 +88,9 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // norm rows itself, but SiLU rows it reads where siluMul wrote them (it would remake all of
       // them in every block of a token).
       cuda::RowInput rows = input;
+      // The norm finishes the shrink that o's GEMM began (gateUpShrinkInO): the columns come with
+      // the rows.
+      const bool columnsMade = pendingDelta_ && pendingDelta_->columns.partial && input.source == cuda::RowSource::kNorm;
       // A pending delta is added by the norm kernel (makeRows), not by the row shrink's own rows.
       if (input.source == cuda::RowSource::kSiluMul ||
           ((d.items || pendingDelta_) && input.source == cuda::RowSource::kNorm)) {
@@ -95,8 +100,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       }
       timer_.mark("lora", stream_);
       const cuda::AugmentedRows xa = augmented(g);
-      if (g == cuda::kOWeight && oColumnsMade_) {
-        // The decode attention wrote the rows and their LoRA columns (oLoraEpilogue).
+      if ((g == cuda::kOWeight && oColumnsMade_) || columnsMade) {
+        // The decode attention (oLoraEpilogue) or the norm wrote the rows and their LoRA columns.
       } else if (d.itemShrink) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
                              stream_, itemPdl_, {}, g == cuda::kOWeight && oGemmEarly_);

@@ -59,6 +59,41 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   return {};
 }
 
+bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
+  const cuda::DecodeGemmLora& lo = a.lora;
+  if (!normShrinkKept_ || !lo.A || lo.B || lo.spread || lo.module != kO) return false;
+  const cuda::WeightGroup g = cuda::kGateUpWeight;
+  const int ld = w_->ld[g], in = ld - w_->pad[g];
+  const int zero[2] = {0, 0};
+  const cuda::LoraSlices sl = lora_->slices(l, {kGate, kUp}, zero);
+  const int outputs = sl.count * sl.maxRank;
+  // Only where gate/up would take the item shrink over the norm's rows, which this replaces.
+  const cuda::RowInput norm{cuda::RowSource::kNorm};
+  if (sl.count == 0 || sl.in != in || w_->tail[g] > 0 || !cuda::loraAContiguous(sl) ||
+      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || outputs > cuda::kNormShrinkMaxOutputs ||
+      lora_->slots() * outputs > cuda::kNormShrinkMaxRows || !decodeShrink(in, ld, norm).itemShrink)
+    return false;
+  cuda::DecodeGemmArgs with = a;
+  cuda::DecodeGemmNormShrink& ns = with.normShrink;
+  ns.A = sl.a[0], ns.rows = lora_->slots() * outputs, ns.outputs = outputs;
+  ns.normW = w_->layers[l].postNorm, ns.partial = normShrinkParts_.get();
+  if (!decodeGemm_->supports(with, loraGemmSplits(a))) return false;
+  a = with;
+  return true;
+}
+
+cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {
+  const int zero[2] = {0, 0};
+  const cuda::LoraSlices sl = lora_->slices(l, {kGate, kUp}, zero);
+  cuda::NormShrinkColumns cs;
+  cs.partial = normShrinkParts_.get();
+  cs.tiles = (c_.hiddenSize + 63) / 64;
+  cs.outputs = sl.count * sl.maxRank, cs.slices = sl.count, cs.slots = lora_->slots();
+  cs.rankModule = sl.module[0], cs.n = lora_->normShrinkN(l), cs.scaling = lora_->scaling();
+  cs.xa = augmented(cuda::kGateUpWeight);
+  return cs;
+}
+
 cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const bf16_t* W, int ld, const bf16_t* x,
                                               int ldx, float* y, int N, bool accumulate) const {
   // q/k/v: one split (96 weight blocks at Llama-8B's shape); every held module's A rows spread

@@ -57,7 +57,7 @@ __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
                      const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap,
-                     const __grid_constant__ CUtensorMap cMap, int kTiles, int splits, SpreadGrid sg, float* partials,
+                     const __grid_constant__ CUtensorMap cMap, const __grid_constant__ CUtensorMap nsMap, int kTiles, int splits, SpreadGrid sg, float* partials,
                      unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
@@ -84,6 +84,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ka0 = aPart ? kPart * sg.xStages / kParts : 0;
   const int na = aPart ? (kPart + 1) * sg.xStages / kParts - ka0 : 0, total = na + count;
   const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
+  // A weight tile's parts of the next projection's shrink (DecodeGemmNormShrink): its A rows come
+  // by one copy into the stage after the last.
+  const bool normShrink = hasLora && args.normShrink.A != nullptr && !shrinkTile;
   // The weight tile's padding stages read its module's block of the columns where rows are split.
   int cBase = 0;
   if (spread && lora.splitRows) {
@@ -98,6 +101,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(rowsMap)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
     if (spread) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
+    if (normShrink) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&nsMap)) : "memory");
   }
   if (spread && static_cast<int>(blockIdx.x) >= sg.weightBlocks) {
     // A spare block: the shrink outputs of its A tiles.
@@ -156,12 +160,27 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         issueX(i);
       }
+      if (normShrink) {
+        const int i = total;
+        if (i >= kStages) barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
+        barrierExpect(&full[i % kStages], args.normShrink.rows * kBox * 2);
+        tensorCopy(stageW(i), &nsMap, row0, 0, &full[i % kStages]);
+        // Every block copies (the one that writes the tile is known only at the end); none may
+        // end before its copy has landed.
+        barrierWait(&full[i % kStages], (i / kStages) & 1);
+      }
     }
     return;
   }
   if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
   if (hasDelta && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
   if (spread) consumersSync();  // both groups read the tokens' slots after their A part
+  float nw[2] = {};  // the norm's weights of the rows the first group writes (normShrink)
+  if (normShrink && tid < 128)
+    for (int e = 0; e < 2; ++e) {
+      const int row = row0 + (warp & 3) * 16 + (lane >> 2) + 8 * e;
+      if (row < args.N) nw[e] = args.normShrink.normW[row];
+    }
   pdlWait();
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
@@ -373,6 +392,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int h = 0; h < 4; ++h)
       if (rowOf(h) < args.N && tokenOf(j, h) < args.M)
         args.Y[static_cast<size_t>(tokenOf(j, h)) * args.ldy + rowOf(h)] = yBefore[j][h] + acc[j][h];
+  if (normShrink) {
+    float out[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) out[j][h] = yBefore[j][h] + acc[j][h];
+    normShrinkParts(args, tile - shrinkTiles, row0, out, nw, reinterpret_cast<float*>(stageW(total + 1)),
+                    reinterpret_cast<const uint8_t*>(stageW(total)), &full[total % kStages], (total / kStages) & 1,
+                    tokSlot);
+  }
   pdlLaunchDependents();
 #endif
 }
@@ -440,7 +469,12 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
                               l.rows <= kDecodeGemmSpreadMaxRows && l.maxRank <= kDecodeGemmSpreadMaxRank &&
                               weightBlocks < sms && aTiles(l) <= weightBlocks
                         : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
-  return form && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
+  const DecodeGemmNormShrink& ns = a.normShrink;
+  const bool normShrink = !ns.A || (!l.B && !l.spread && ns.outputs >= 4 && ns.outputs % 4 == 0 &&
+                                    ns.outputs <= kNormShrinkMaxOutputs && ns.rows >= ns.outputs &&
+                                    ns.rows % ns.outputs == 0 && ns.rows <= kNormShrinkMaxRows && aligned16(ns.A) &&
+                                    a.N % 8 == 0 && ns.normW && ns.partial);
+  return form && normShrink && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
          (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 && l.lda % 8 == 0 &&
          (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
@@ -453,7 +487,7 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
   return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
          tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ &&
-         (!a.lora.A || loraSupported(a, tiles * splits, sms_));
+         (!a.lora.A || loraSupported(a, tiles * splits, sms_)) && (!a.normShrink.A || a.lora.A);
 }
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
@@ -474,10 +508,12 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
     sg.readers = spreadReaders(kTiles, splits, sg.xStages) * ((a.N + kTileRows - 1) / kTileRows);
   }
   const CUtensorMap cMap = spread ? bf16TensorMap(sg.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens) : xMap;
+  const DecodeGemmNormShrink& ns = a.normShrink;
+  const CUtensorMap nsMap = ns.A ? bf16TensorMap(ns.A, a.N, ns.rows, a.N, kBox, ns.rows) : xMap;
   // B's tile after the stages where the block adds the deltas itself.
   const int smem = kSmemBytes + (a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
   launchPdlShared(decodeGemmKernel, dim3(blocks + sg.reducers), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
-                  wMap, xMap, aMap, cMap, kTiles, splits, sg, partials_.get(), counters_.get());
+                  wMap, xMap, aMap, cMap, nsMap, kTiles, splits, sg, partials_.get(), counters_.get());
 }
 
 }  // namespace cuda

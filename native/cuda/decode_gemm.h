@@ -73,6 +73,23 @@ struct DecodeGemmLora {
   bool splitRows = false;
 };
 
+// The next projection's LoRA shrink begun here (o's GEMM, for gate/up after the norm): that
+// projection's input is the normed residual, w (h / rms(h)), so its shrink is (1 / rms) sum over n
+// of h[n] w[n] A[c][n], and this GEMM writes h. The block that writes each weight tile dots its
+// 64 outputs h w with each token's own slot's A rows over the same 64 features and leaves the
+// sums in partial; the norm (rmsnorm_delta.h's NormShrinkColumns) adds them over the tiles, with
+// what the delta it adds contributes, and applies 1 / rms. A holds slots x outputs rows of N
+// features (slot k's output c at row k outputs + c), every row read by one tensor copy into the
+// stage after the weights' last: rows up to kNormShrinkMaxRows. Needs lora.A without lora.B (the
+// delta left to the norm), not spread.
+constexpr int kNormShrinkMaxOutputs = 32, kNormShrinkMaxRows = 256;
+struct DecodeGemmNormShrink {
+  const bf16_t* A = nullptr;
+  int rows = 0, outputs = 0;
+  const float* normW = nullptr;  // the norm's weights, N of them
+  float* partial = nullptr;      // [weight tile][kDecodeGemmMaxRows tokens][kNormShrinkMaxOutputs]
+};
+
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
 // m of Y at Y + m ldy (f32), of X at X + m ldx and row n of W at W + n ldw (bf16); plus the LoRA
 // deltas when lora.A is set.
@@ -86,6 +103,7 @@ struct DecodeGemmArgs {
   int M = 0, N = 0, K = 0;
   bool accumulate = false;
   DecodeGemmLora lora;
+  DecodeGemmNormShrink normShrink;
   // Lets the kernel after it start launching once each block's products are summed, before the
   // splits meet and Y is written: a kernel launched early (an RMSNorm, pdl.cuh) then waits for
   // the writes on the multiprocessors rather than being launched after them.

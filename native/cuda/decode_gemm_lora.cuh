@@ -101,6 +101,59 @@ __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const 
   __syncthreads();
   if (threadIdx.x == 0) atomicAdd(counters + kColumnsReady, 1u);
 }
+
+// The next projection's shrink parts of a weight tile (DecodeGemmNormShrink), by the first group
+// of the block that writes it. out[j][h]: the tile's outputs h as that group holds them (row
+// 16 (warp % 4) + g (+ 8 for h >= 2), token 8 j + 2 q + (h & 1)); nw[e]: the norm's weights of
+// rows h = 2 e. h w goes to yw ([token][kNsPitch], a spent stage), then thread 4 t + u dots token
+// t's with a quarter of its slot's A rows, which land on aBar in aS: 64 features a row of 128
+// bytes, their 16-byte pieces swizzled by the row's low three bits. A thread starts on piece
+// t + 2u (+ the round), so that the warp's 32 reads of a round spread over the banks (four
+// wavefronts, the fewest 512 bytes take) for A and for yw.
+constexpr int kNsPitch = 68;
+__device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int weightTile, int row0,
+                                                const float (&out)[4][4], const float (&nw)[2], float* yw,
+                                                const uint8_t* aS, uint64_t* aBar, unsigned parity,
+                                                const int* tokSlot) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const int r = (warp & 3) * 16 + g + (h >= 2 ? 8 : 0);
+      yw[(8 * j + 2 * q + (h & 1)) * kNsPitch + r] = row0 + r < args.N ? out[j][h] * nw[h >> 1] : 0.0f;
+    }
+  firstGroupSync();
+  barrierWait(aBar, parity);
+  const DecodeGemmNormShrink& ns = args.normShrink;
+  const int t = tid >> 2, u = tid & 3, per = ns.outputs / 4;
+  const int slot = t < args.M ? tokSlot[t] : -1;
+  if (slot < 0) return;  // no adapter: the norm writes zero columns
+  float sum[kNormShrinkMaxOutputs / 4] = {};
+  const int rowBase = slot * ns.outputs + u * per;
+  for (int round = 0; round < kBox / 8; ++round) {
+    const int piece = (round + 2 * u + t) & 7;
+    const float4 y0 = *reinterpret_cast<const float4*>(yw + t * kNsPitch + piece * 8);
+    const float4 y1 = *reinterpret_cast<const float4*>(yw + t * kNsPitch + piece * 8 + 4);
+    const float y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+    for (int o = 0; o < kNormShrinkMaxOutputs / 4; ++o) {
+      if (o >= per) break;
+      const int row = rowBase + o;
+      const uint4 a = *reinterpret_cast<const uint4*>(aS + row * 128 + ((piece ^ (row & 7)) * 16));
+      const uint32_t av[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sum[o] = fmaf(__uint_as_float(av[e] << 16), y[2 * e], sum[o]);
+        sum[o] = fmaf(__uint_as_float(av[e] & 0xffff0000u), y[2 * e + 1], sum[o]);
+      }
+    }
+  }
+  float* mine = ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) * kNormShrinkMaxOutputs + u * per;
+#pragma unroll
+  for (int o = 0; o < kNormShrinkMaxOutputs / 4; ++o)
+    if (o < per) __stcg(mine + o, sum[o]);
+}
 #endif
 
 }  // namespace decode_gemm

@@ -48,6 +48,21 @@ __global__ void transposeBKernel(const bf16_t* b, int64_t ld, int out, bf16_t* b
   if (n < out) bt[static_cast<int64_t>(r) * out + n] = b[n * ld + r];
 }
 
+__device__ __forceinline__ float toFloat(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+
+// Block r, warp w: outputs w, w + warps, ... of rank r, each a dot over the H features.
+__global__ void normShrinkNKernel(const bf16_t* bt, const float* w, const bf16_t* a, int H, int C, float* n) {
+  const int r = blockIdx.x, lane = threadIdx.x & 31, warps = blockDim.x / 32;
+  for (int c = threadIdx.x / 32; c < C; c += warps) {
+    const bf16_t* bRow = bt + static_cast<int64_t>(r) * H;
+    const bf16_t* aRow = a + static_cast<int64_t>(c) * H;
+    float s = 0;
+    for (int i = lane; i < H; i += 32) s = fmaf(toFloat(bRow[i]) * w[i], toFloat(aRow[i]), s);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) n[r * C + c] = s;
+  }
+}
+
 __global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
   const int t = threadIdx.x;
   if (t < kLoraMetaModules) ranks[t] = meta.ranks[t];
@@ -68,6 +83,11 @@ void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, in
 void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cudaStream_t s) {
   if (out == 0 || R == 0) return;
   transposeBKernel<<<dim3((out + 255) / 256, R), 256, 0, s>>>(b, ld, out, bt);
+}
+
+void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n,
+                     cudaStream_t s) {
+  normShrinkNKernel<<<R, 256, 0, s>>>(bt, w, a, H, C, n);
 }
 
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {

@@ -24,6 +24,11 @@ void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, in
 // into [R][out], where each rank's values for a run of outputs lie together.
 void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cudaStream_t s);
 
+// n[r * C + c] = sum over i < H of bt[r H + i] w[i] a[c H + i] for r < R, c < C: what a delta of
+// one slot's B (transposed, [R][H]) adds, through a norm's weights w, to the shrink of that slot's
+// A rows [C][H] (rmsnorm_delta.h's NormShrinkColumns).
+void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n, cudaStream_t s);
+
 constexpr int kLoraMetaModules = 7;  // kNumLoraModules
 struct LoraSlotMeta {
   int32_t ranks[kLoraMetaModules];  // 0 where the adapter leaves the module out (or the slot is empty)

@@ -155,6 +155,15 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
           loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
                          bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
       }
+    // What o's delta adds to gate/up's shrink through the norm, from the factors as written above.
+    if (!normW_.empty() && meta.ranks[kO])
+      for (int l = 0; l < layers_; ++l) {
+        const int zero[2] = {0, 0};
+        const LoraSlices gu = slices(l, {kGate, kUp}, zero);
+        loraNormShrinkN(bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * maxRank_ * out_[kO],
+                        normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], maxRank_, nsOutputs_,
+                        normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, stream_);
+      }
     // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
     for (int l = 0; l < layers_; ++l)
       for (int m = 0; m < kNumLoraModules; ++m) {
@@ -186,6 +195,16 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     }
     writer.commit(true, [&] { record(slot); });
   }
+}
+
+bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
+  const int zero[2] = {0, 0};
+  const LoraSlices gu = slices(0, {kGate, kUp}, zero);
+  if (!bt_[kO] || gu.count == 0 || gu.in != out_[kO] || static_cast<int>(normW.size()) != layers_) return false;
+  nsOutputs_ = gu.count * maxRank_;
+  normShrinkN_.ensure(static_cast<size_t>(layers_) * slots_ * maxRank_ * nsOutputs_);
+  normW_ = normW;
+  return true;
 }
 
 void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {

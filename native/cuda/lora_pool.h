@@ -58,6 +58,16 @@ class GpuLoraPool {
   const bf16_t* bTransposed(int layer, LoraModule m) const {
     return bt_[static_cast<size_t>(layer) * kNumLoraModules + m];
   }
+  // Keeps, at each fill, what o's delta adds through the norm after it to gate/up's shrink
+  // (rmsnorm_delta.h's NormShrinkColumns): per layer and slot n = B_o^T diag(w) A^T,
+  // [slot][maxRank][outputs] for gate/up's held modules' A rows (outputs of them, maxRank each).
+  // normW: each layer's weights of that norm. Needs o's B kept transposed and gate or up held;
+  // call it before the first fill. Returns whether it is kept.
+  bool keepNormShrink(const std::vector<const float*>& normW);
+  // Layer l's n for every slot, or nullptr where it is not kept.
+  const float* normShrinkN(int layer) const {
+    return normW_.empty() ? nullptr : normShrinkN_.get() + static_cast<size_t>(layer) * slots_ * maxRank_ * nsOutputs_;
+  }
   const int32_t* ranks() const { return ranks_.get(); }
   const float* scaling() const { return scaling_.get(); }
   size_t bytes() const { return bytes_; }
@@ -79,6 +89,9 @@ class GpuLoraPool {
   bool inWeights_[kNumLoraModules] = {};      // B in the base weight's padding columns
   int bLd_[kNumLoraModules] = {};             // B's row pitch
   size_t bSlotStride_[kNumLoraModules] = {};
+  std::vector<const float*> normW_;  // keepNormShrink's
+  int nsOutputs_ = 0;
+  DeviceBuffer<float> normShrinkN_;  // [layer][slot][maxRank][nsOutputs_]
   DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
   DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;

@@ -19,6 +19,7 @@
 
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
+#include "cuda/lora_augmented.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/rmsnorm_delta.h"
 
@@ -29,7 +30,7 @@ namespace {
 
 constexpr int kThreads = 256, kFeatures = 4, kBlockFeatures = kThreads * kFeatures, kMaxCluster = 8;
 
-template <int kR>
+template <int kR, bool kCols>
 __global__ void __launch_bounds__(kThreads)
     rmsnormDeltaKernel(float* h, const float* w, bf16_t* y, int H, float eps, int ldy, ResidualDelta d) {
 #if __CUDA_ARCH__ >= 900
@@ -48,6 +49,19 @@ __global__ void __launch_bounds__(kThreads)
   const int rank = slot >= 0 ? min(d.ranks[slot * d.rankPitch + d.module], kR) : 0;
   uint2 b[kR];
   float4 w4 = make_float4(0, 0, 0, 0);
+  // Columns (kCols): thread c < outputs of the first block finishes output c; its n values, the
+  // rank of its slice and the slot's scaling are the pool's.
+  const NormShrinkColumns& cs = d.columns;
+  const bool finisher = kCols && part == 0 && static_cast<int>(threadIdx.x) < cs.outputs && slot >= 0;
+  float nv[kR];
+  int colRank = 0;
+  float colScale = 0;
+  if (finisher) {
+#pragma unroll
+    for (int r = 0; r < kR; ++r) nv[r] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
+    colRank = min(d.ranks[slot * d.rankPitch + cs.rankModule + threadIdx.x / kR], kR);
+    colScale = cs.scaling[slot];
+  }
   if (active) {
     w4 = *reinterpret_cast<const float4*>(w + n0);
     if (slot >= 0)
@@ -56,6 +70,26 @@ __global__ void __launch_bounds__(kThreads)
         b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);
   }
   pdlWait();
+  // This block's share of the tiles' parts: thread i adds pair i % pairs of outputs over every
+  // lanes-th tile from its own, into colSums (added over the lanes below, in order).
+  __shared__ float2 colSums[kCols ? kThreads : 1];
+  float nd = 0;  // what the delta adds to output c (finisher)
+  if constexpr (kCols) {
+    const int pairs = cs.outputs / 2, lanes = kThreads / pairs, per = (cs.tiles + parts - 1) / parts;
+    const int lane = threadIdx.x / pairs, pair = threadIdx.x % pairs;
+    float2 s = make_float2(0, 0);
+    if (slot >= 0 && lane < lanes)
+      for (int tile = part * per + lane; tile < min(cs.tiles, (part + 1) * per); tile += lanes) {
+        const float2 v = __ldcg(reinterpret_cast<const float2*>(cs.partial + (static_cast<size_t>(tile) * 32 + t) * 32) +
+                                pair);
+        s.x += v.x, s.y += v.y;
+      }
+    colSums[threadIdx.x] = s;
+    if (finisher)
+#pragma unroll
+      for (int r = 0; r < kR; ++r)
+        if (r < rank) nd = fmaf(__ldcg(d.mid + t * kR + r), nv[r], nd);  // a select: mid may be NaN past it
+  }
   float4 x = make_float4(0, 0, 0, 0);
   float* row = h + static_cast<size_t>(t) * H + n0;
   if (active) {
@@ -86,6 +120,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   __shared__ float warpSums[kThreads / 32];
   __shared__ float clusterSums[kMaxCluster];
+  __shared__ float clusterCols[kCols ? kMaxCluster : 1][32];
   if ((threadIdx.x & 31) == 0) warpSums[threadIdx.x >> 5] = ss;
   __syncthreads();
   // Thread i sends the block's sum to block i of the cluster, so that one barrier does: after it
@@ -97,13 +132,47 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kThreads / 32; ++i) v += warpSums[i];
     *cluster.map_shared_rank(&clusterSums[part], static_cast<int>(threadIdx.x)) = v;
   }
+  if constexpr (kCols) {
+    // The block's sum of each output into the first block's shared memory.
+    const int c = threadIdx.x, pairs = cs.outputs / 2, lanes = kThreads / pairs;
+    if (c < cs.outputs) {
+      float v = 0;
+      for (int i = 0; i < lanes; ++i) {
+        const float2 p = colSums[i * pairs + c / 2];
+        v += c % 2 ? p.y : p.x;
+      }
+      *cluster.map_shared_rank(&clusterCols[part][c], 0) = v;
+    }
+  }
   cluster.sync();
   float total = 0;
   for (int i = 0; i < parts; ++i) total += clusterSums[i];
   if (!active) return;
   const float k0 = 1.0f / sqrtf(total / H + eps);
-  *reinterpret_cast<uint2*>(y + static_cast<size_t>(t) * ldy + n0) =
+  const uint2 normed =
       make_uint2(pairB(w4.x * (x.x * k0), w4.y * (x.y * k0)), pairB(w4.z * (x.z * k0), w4.w * (x.w * k0)));
+  *reinterpret_cast<uint2*>(y + static_cast<size_t>(t) * ldy + n0) = normed;
+  if constexpr (kCols) {
+    const AugmentedRows& xa = cs.xa;
+    const int rows = augmentedRowCount(xa, cs.slices), block = cs.slots * kR;
+    for (int i = 1; i < rows; ++i) *reinterpret_cast<uint2*>(augmentedRow(xa, t, i) + n0) = normed;
+    if (part == parts - 1) {
+      // Every padding column other than the token's own slot's (which the first block writes).
+      for (int i = 0; i < rows; ++i)
+        for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
+          const int j = paddingSlice(xa, i, c, block, cs.slices), k = (c % block) / kR;
+          if (!(slot >= 0 && k == slot && j < cs.slices)) augmentedRow(xa, t, i)[H + c] = toB(0.0f);
+        }
+    }
+    if (finisher) {
+      const int c = threadIdx.x, j = c / kR, r = c % kR;
+      float v = 0;
+      for (int i = 0; i < parts; ++i) v += clusterCols[i][c];
+      // A select, not a product: A rows past the slot's rank may hold anything.
+      const float out = r < colRank ? colScale * k0 * (v + nd) : 0.0f;
+      loraColumns(xa, H, t, j, block, slot, kR)[r] = toB(out);
+    }
+  }
 #endif
 }
 
@@ -121,9 +190,15 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
       !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8))
     throw std::invalid_argument("rmsnormDelta: unsupported shape or alignment");
   const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
-  auto kernel = d.maxRank == 8    ? rmsnormDeltaKernel<8>
-                : d.maxRank == 16 ? rmsnormDeltaKernel<16>
-                                  : rmsnormDeltaKernel<32>;
+  const NormShrinkColumns& cs = d.columns;
+  const bool cols = cs.partial != nullptr;
+  if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 || !cs.n ||
+               !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
+               cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
+    throw std::invalid_argument("rmsnormDelta: unsupported LoRA columns");
+  auto kernel = d.maxRank == 8    ? (cols ? rmsnormDeltaKernel<8, true> : rmsnormDeltaKernel<8, false>)
+                : d.maxRank == 16 ? (cols ? rmsnormDeltaKernel<16, true> : rmsnormDeltaKernel<16, false>)
+                                  : (cols ? rmsnormDeltaKernel<32, true> : rmsnormDeltaKernel<32, false>);
   launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), 0, parts, s, pdl, "rmsnormDelta launch", h, w, y, H, eps,
                    ldy, d);
 }

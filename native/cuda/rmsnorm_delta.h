@@ -10,9 +10,25 @@
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "cuda/lora_fused.h"
 
 namespace troupe {
 namespace cuda {
+
+// The next projection's LoRA columns, finished from the parts the GEMM before left
+// (decode_gemm.h's DecodeGemmNormShrink): token t's output c (slice c / R's rank c % R, slot k) is
+// scaling[k] (1 / rms) (sum over tiles of partial[tile][t][c] + sum over r < the delta's rank of
+// mid[t][r] n[k][r][c]), where n = B^T diag(w) A^T is what the delta adds to the parts
+// (GpuLoraPool::normShrinkN), written as the item shrink writes its columns into xa: zero outside
+// the token's own slot and rank. The normed rows go to every one of the token's rows in xa.
+struct NormShrinkColumns {
+  const float* partial = nullptr;  // [tile][32 tokens][32]
+  int tiles = 0, outputs = 0, slices = 0, slots = 0;
+  int rankModule = 0;               // the first slice's module in ranks (the others follow it)
+  const float* n = nullptr;         // [slot][maxRank][outputs]
+  const float* scaling = nullptr;
+  AugmentedRows xa;                 // y is xa.data, ldy xa.ld
+};
 
 // Token t (slot rowSlot[t], -1 for none) adds sum over r < min(ranks[slot rankPitch + module],
 // maxRank) of bt[(slot maxRank + r) H + n] mid[t maxRank + r] to h[t H + n] for every n < H; B and
@@ -23,6 +39,7 @@ struct ResidualDelta {
   const int32_t* ranks = nullptr;
   int rankPitch = 0, module = 0, maxRank = 0;
   const float* mid = nullptr;
+  NormShrinkColumns columns;  // where columns.partial is set
 };
 
 // H a multiple of 4 up to 8,192 (a cluster of up to 8 blocks a token), maxRank 8, 16 or 32.

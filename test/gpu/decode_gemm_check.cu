@@ -4,13 +4,14 @@
 // programmatic launch and must give the same bits each round. The LoRA cases add each token's
 // slot's B (A x) as the engine's decode steps do, with A's rows and B's columns past each slot's
 // rank poisoned with NaN and tokens without an adapter; others leave the deltas to the norm after
-// the GEMM (rmsnorm_delta.h), checked with its normed rows. With --bench it times Llama-8B's
+// the GEMM (rmsnorm_delta.h), checked with its normed rows, and o's GEMM begins gate/up's shrink
+// for the norm to finish (decode_gemm_norm_shrink_check.h). With --bench it times Llama-8B's
 // projections at 32 decode tokens, replayed from a CUDA graph, against cuBLAS's GEMM: behind a
 // 2 us kernel, and the down projection behind siluMul as in a decode step; then o and down with
 // the norm after them, the deltas in the GEMM or in the norm.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
 //        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc native/cuda/kernels.cu \
-//        native/cuda/rmsnorm_delta.cu native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
+//        native/cuda/rmsnorm_delta.cu native/cuda/lora_fill.cu native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "check_util.h"
+#include "decode_gemm_norm_shrink_check.h"
 #include "cuda/decode_gemm.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -334,6 +336,7 @@ int checks() {
       {32, 6144, 4096, 8, 64, 1, 3, true, false, true},
   };
   for (const LoraCase& c : spreadModuleCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
+  failed += norm_shrink_check::normShrinkChecks(gemm, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }

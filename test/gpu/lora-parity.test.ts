@@ -140,6 +140,18 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     ),
   );
 
+  // Up to rank 16 o's decode GEMM may begin gate/up's shrink and the norm after it finish it, in
+  // place of gate/up's item shrink (TROUPE_LORA_GATE_UP_IN_O).
+  it.each(['0', '1'])('adapters up to rank 16, gate/up shrink begun in o\'s decode GEMM: %s', (value) =>
+    withEnv({ TROUPE_LORA_GATE_UP_IN_O: value }, () =>
+      check(
+        `rank-16 pool, gate/up shrink in o's GEMM: ${value}`,
+        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        small,
+      ),
+    ),
+  );
+
   it('rank-64 pool, fused, LoRA not in the decode GEMM (q/k/v, o and down by the item shrink)', () =>
     withEnv({ TROUPE_LORA_IN_GEMM: '0' }, () =>
       check(
