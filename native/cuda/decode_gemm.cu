@@ -101,7 +101,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(rowsMap)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
     if (spread) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
-    if (normShrink) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&nsMap)) : "memory");
+    if (normShrink) {
+      // Its A rows into L2 now: the copy into shared memory comes only near the block's end.
+      asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&nsMap)) : "memory");
+      asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(
+                       reinterpret_cast<uint64_t>(&nsMap)),
+                   "r"(row0), "r"(0)
+                   : "memory");
+    }
   }
   if (spread && static_cast<int>(blockIdx.x) >= sg.weightBlocks) {
     // A spare block: the shrink outputs of its A tiles.

@@ -53,12 +53,15 @@ __global__ void __launch_bounds__(kThreads)
   // rank of its slice and the slot's scaling are the pool's.
   const NormShrinkColumns& cs = d.columns;
   const bool finisher = kCols && part == 0 && static_cast<int>(threadIdx.x) < cs.outputs && slot >= 0;
-  float nv[kR];
+  // The finisher's n values wait in shared memory, not registers: with 16 more a thread the
+  // kernel's blocks no longer fit beside the decode GEMM's on a multiprocessor, and could not
+  // start while it drains.
+  __shared__ float nS[kCols ? kR : 1][32];
   int colRank = 0;
   float colScale = 0;
   if (finisher) {
 #pragma unroll
-    for (int r = 0; r < kR; ++r) nv[r] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
+    for (int r = 0; r < kR; ++r) nS[r][threadIdx.x] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
     colRank = min(d.ranks[slot * d.rankPitch + cs.rankModule + threadIdx.x / kR], kR);
     colScale = cs.scaling[slot];
   }
@@ -70,25 +73,18 @@ __global__ void __launch_bounds__(kThreads)
         b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);
   }
   pdlWait();
-  // This block's share of the tiles' parts: thread i adds pair i % pairs of outputs over every
-  // lanes-th tile from its own, into colSums (added over the lanes below, in order).
+  // This block's share of the tiles' parts (kCols): thread i takes pair i % pairs of outputs of
+  // tile i / pairs of the block's (a block's features are 16 tiles at most, and there are at least
+  // 16 lanes), loaded in the same round as the row and mid; colSums keeps it for the block's sums
+  // below. The finisher adds what the delta adds to its output as it goes.
   __shared__ float2 colSums[kCols ? kThreads : 1];
-  float nd = 0;  // what the delta adds to output c (finisher)
+  float2 colPart = make_float2(0, 0);
+  float nd = 0;
   if constexpr (kCols) {
-    const int pairs = cs.outputs / 2, lanes = kThreads / pairs, per = (cs.tiles + parts - 1) / parts;
-    const int lane = threadIdx.x / pairs, pair = threadIdx.x % pairs;
-    float2 s = make_float2(0, 0);
-    if (slot >= 0 && lane < lanes)
-      for (int tile = part * per + lane; tile < min(cs.tiles, (part + 1) * per); tile += lanes) {
-        const float2 v = __ldcg(reinterpret_cast<const float2*>(cs.partial + (static_cast<size_t>(tile) * 32 + t) * 32) +
-                                pair);
-        s.x += v.x, s.y += v.y;
-      }
-    colSums[threadIdx.x] = s;
-    if (finisher)
-#pragma unroll
-      for (int r = 0; r < kR; ++r)
-        if (r < rank) nd = fmaf(__ldcg(d.mid + t * kR + r), nv[r], nd);  // a select: mid may be NaN past it
+    const int pairs = cs.outputs / 2, tile = part * 16 + static_cast<int>(threadIdx.x) / pairs;
+    if (slot >= 0 && static_cast<int>(threadIdx.x) / pairs < 16 && tile < min(cs.tiles, (part + 1) * 16))
+      colPart = __ldcg(reinterpret_cast<const float2*>(cs.partial + (static_cast<size_t>(tile) * 32 + t) * 32) +
+                       threadIdx.x % pairs);
   }
   float4 x = make_float4(0, 0, 0, 0);
   float* row = h + static_cast<size_t>(t) * H + n0;
@@ -104,6 +100,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           // A select, not a product: past the rank B and mid may be NaN.
           if (r0 + e >= rank) continue;
+          if (kCols && finisher) nd = fmaf(mv[e], nS[r0 + e][threadIdx.x], nd);
           const uint2 q = b[r0 + e];
           delta[0] = fmaf(__uint_as_float(q.x << 16), mv[e], delta[0]);
           delta[1] = fmaf(__uint_as_float(q.x & 0xffff0000u), mv[e], delta[1]);
@@ -115,6 +112,7 @@ __global__ void __launch_bounds__(kThreads)
       *reinterpret_cast<float4*>(row) = x;
     }
   }
+  if constexpr (kCols) colSums[threadIdx.x] = colPart;
   float ss = x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -134,10 +132,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   if constexpr (kCols) {
     // The block's sum of each output into the first block's shared memory.
-    const int c = threadIdx.x, pairs = cs.outputs / 2, lanes = kThreads / pairs;
+    const int c = threadIdx.x, pairs = cs.outputs / 2;
     if (c < cs.outputs) {
       float v = 0;
-      for (int i = 0; i < lanes; ++i) {
+      for (int i = 0; i < 16; ++i) {
         const float2 p = colSums[i * pairs + c / 2];
         v += c % 2 ? p.y : p.x;
       }
@@ -192,7 +190,8 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
   const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
   const NormShrinkColumns& cs = d.columns;
   const bool cols = cs.partial != nullptr;
-  if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 || !cs.n ||
+  if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 ||
+               cs.tiles > parts * 16 || !cs.n ||
                !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
                cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
     throw std::invalid_argument("rmsnormDelta: unsupported LoRA columns");
