@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) out[j][h] = yBefore[j][h] + acc[j][h];
-    normShrinkParts(args, tile - shrinkTiles, row0, out, nw, reinterpret_cast<float*>(stageW(total + 1)),
+    normShrinkParts(args, tile - shrinkTiles, row0, out, nw, reinterpret_cast<uint8_t*>(stageW(total + 1)),
                     reinterpret_cast<const uint8_t*>(stageW(total)), &full[total % kStages], (total / kStages) & 1,
                     tokSlot);
   }

@@ -6,6 +6,7 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/decode_gemm.h"
 #include "cuda/decode_gemm_ops.cuh"
+#include "cuda/lora_mma_ops.cuh"
 
 namespace troupe {
 namespace cuda {
@@ -103,56 +104,63 @@ __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const 
 }
 
 // The next projection's shrink parts of a weight tile (DecodeGemmNormShrink), by the first group
-// of the block that writes it. out[j][h]: the tile's outputs h as that group holds them (row
-// 16 (warp % 4) + g (+ 8 for h >= 2), token 8 j + 2 q + (h & 1)); nw[e]: the norm's weights of
-// rows h = 2 e. h w goes to yw ([token][kNsPitch], a spent stage), then thread 4 t + u dots token
-// t's with a quarter of its slot's A rows, which land on aBar in aS: 64 features a row of 128
-// bytes, their 16-byte pieces swizzled by the row's low three bits. A thread starts on piece
-// t + 2u (+ the round), so that the warp's 32 reads of a round spread over the banks (four
-// wavefronts, the fewest 512 bytes take) for A and for yw.
-constexpr int kNsPitch = 68;
+// of the block that writes it, on tensor cores. out[j][h]: the tile's outputs as that group holds
+// them (row 16 (warp % 4) + g (+ 8 for h >= 2), token 8 j + 2 q + (h & 1)); nw[e]: the norm's
+// weights of rows h = 2 e. h w goes to yw as bf16 (a spent stage: a token's 64 features in 128
+// bytes, their 16-byte pieces swizzled by the token's low three bits, as the tensor copy lays A's
+// rows in aS). Then each warp takes every fourth 8-row tile of A: every token's products with its
+// rows (mma m16n8k16 over two 16-token tiles), of which a token keeps its own slot's. K slots are
+// assigned as lora_mma_ops.cuh does (a lane's 16-byte piece of a row feeds two mmas), so both
+// operands are plain 16-byte loads, each warp's spread over the banks by the swizzle.
 __device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int weightTile, int row0,
-                                                const float (&out)[4][4], const float (&nw)[2], float* yw,
+                                                const float (&out)[4][4], const float (&nw)[2], uint8_t* yw,
                                                 const uint8_t* aS, uint64_t* aBar, unsigned parity,
                                                 const int* tokSlot) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+  auto offset = [](int row, int piece) { return row * 128 + ((piece ^ (row & 7)) * 16); };
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
     for (int h = 0; h < 4; ++h) {
-      const int r = (warp & 3) * 16 + g + (h >= 2 ? 8 : 0);
-      yw[(8 * j + 2 * q + (h & 1)) * kNsPitch + r] = row0 + r < args.N ? out[j][h] * nw[h >> 1] : 0.0f;
+      const int r = (warp & 3) * 16 + g + (h >= 2 ? 8 : 0), t = 8 * j + 2 * q + (h & 1);
+      const float v = row0 + r < args.N && t < args.M ? out[j][h] * nw[h >> 1] : 0.0f;
+      *reinterpret_cast<uint16_t*>(yw + offset(t, r / 8) + (r % 8) * 2) = toB(v);
     }
   firstGroupSync();
   barrierWait(aBar, parity);
   const DecodeGemmNormShrink& ns = args.normShrink;
-  const int t = tid >> 2, u = tid & 3, per = ns.outputs / 4;
-  const int slot = t < args.M ? tokSlot[t] : -1;
-  if (slot < 0) return;  // no adapter: the norm writes zero columns
-  float sum[kNormShrinkMaxOutputs / 4] = {};
-  const int rowBase = slot * ns.outputs + u * per;
-  for (int round = 0; round < kBox / 8; ++round) {
-    const int piece = (round + 2 * u + t) & 7;
-    const float4 y0 = *reinterpret_cast<const float4*>(yw + t * kNsPitch + piece * 8);
-    const float4 y1 = *reinterpret_cast<const float4*>(yw + t * kNsPitch + piece * 8 + 4);
-    const float y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+  // Token rows g and g + 8 of both 16-token tiles: pieces q and 4 + q (the two 32-wide chunks).
+  uint4 x[2][2][2];  // [tile][row g, g + 8][chunk]
 #pragma unroll
-    for (int o = 0; o < kNormShrinkMaxOutputs / 4; ++o) {
-      if (o >= per) break;
-      const int row = rowBase + o;
-      const uint4 a = *reinterpret_cast<const uint4*>(aS + row * 128 + ((piece ^ (row & 7)) * 16));
-      const uint32_t av[4] = {a.x, a.y, a.z, a.w};
+  for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sum[o] = fmaf(__uint_as_float(av[e] << 16), y[2 * e], sum[o]);
-        sum[o] = fmaf(__uint_as_float(av[e] & 0xffff0000u), y[2 * e + 1], sum[o]);
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) x[m][e][c] = *reinterpret_cast<const uint4*>(yw + offset(16 * m + 8 * e + g, 4 * c + q));
+  for (int n0 = warp * 8; n0 < ns.rows; n0 += 32) {
+    uint4 b[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) b[c] = *reinterpret_cast<const uint4*>(aS + offset(n0 + g, 4 * c + q));
+    const int slot = n0 / ns.outputs, col = n0 % ns.outputs + 2 * q;
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      float d[4] = {};
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        mma_ops::mma(d, x[m][0][c].x, x[m][1][c].x, x[m][0][c].y, x[m][1][c].y, b[c].x, b[c].y);
+        mma_ops::mma(d, x[m][0][c].z, x[m][1][c].z, x[m][0][c].w, x[m][1][c].w, b[c].z, b[c].w);
+      }
+      // Rows g and g + 8 of the tile are tokens; columns 2 q and + 1 outputs of one slot.
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = 16 * m + 8 * e + g;
+        if (t < args.M && tokSlot[t] == slot)
+          __stcg(reinterpret_cast<float2*>(ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) *
+                                                            kNormShrinkMaxOutputs + col),
+                 make_float2(d[2 * e], d[2 * e + 1]));
       }
     }
   }
-  float* mine = ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) * kNormShrinkMaxOutputs + u * per;
-#pragma unroll
-  for (int o = 0; o < kNormShrinkMaxOutputs / 4; ++o)
-    if (o < per) __stcg(mine + o, sum[o]);
 }
 #endif
 

@@ -11,7 +11,8 @@
 // the norm after them, the deltas in the GEMM or in the norm.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/dgemm \
 //        test/gpu/decode_gemm_check.cu native/cuda/decode_gemm.cu native/cuda/tensor_map.cc native/cuda/kernels.cu \
-//        native/cuda/rmsnorm_delta.cu native/cuda/lora_fill.cu native/cuda/gemm.cc -lcublas && /tmp/dgemm [--bench]
+//        native/cuda/rmsnorm_delta.cu native/cuda/lora_fill.cu native/cuda/gemm.cc -lcublas -lcublasLt && \
+//        /tmp/dgemm [--bench | --bench-norm-shrink]
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -589,4 +590,14 @@ int bench() {
 
 }  // namespace
 
-int main(int argc, char** argv) { return checksOrBench(argc, argv, checks, bench); }
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench-norm-shrink") == 0) {
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    norm_shrink_check::benchNormShrink(st, sms);
+    return 0;
+  }
+  return checksOrBench(argc, argv, checks, bench);
+}

@@ -150,7 +150,8 @@ inline int checkNormShrink(DecodeGemm& gemm, const NormShrinkCase& c, Rng& rng, 
         ref *= scaling[s], mag *= scaling[s];
         const double err = std::fabs(fromBf16(v) - ref);
         worst = std::max(worst, err / (mag + 1e-30));
-        if (!(err <= std::fabs(ref) / 128 + 1e-4 * mag) && bad++ < 5)
+        // h w reaches the products as bf16 (as the normed row does in the projection): 2^-9 of each.
+        if (!(err <= std::fabs(ref) / 128 + mag / 512) && bad++ < 5)
           std::printf("FAIL %s: token %d slice %d rank %d: %g, want %g (magnitude %g)\n", what, m, j, r, fromBf16(v),
                       ref, mag);
       }
@@ -169,11 +170,78 @@ inline int checkNormShrink(DecodeGemm& gemm, const NormShrinkCase& c, Rng& rng, 
 inline int normShrinkChecks(DecodeGemm& gemm, Rng& rng, cudaStream_t st) {
   const NormShrinkCase cases[] = {
       {32, 4096, 4096, 8, 16, 2, true}, {32, 4096, 4096, 8, 16, 2, false}, {7, 1000, 2048, 4, 16, 2, true},
-      {19, 512, 256, 3, 8, 2, false},   {5, 640, 768, 8, 16, 1, true},     {1, 2048, 1024, 8, 8, 2, true},
+      {19, 512, 512, 3, 8, 2, false},   {5, 640, 768, 8, 16, 1, true},     {1, 2048, 1024, 8, 8, 2, true},
   };
   int failed = 0;
   for (const NormShrinkCase& c : cases) failed += checkNormShrink(gemm, c, rng, st);
   return failed;
+}
+
+// o's GEMM at Llama-8B's shape over 8 rank-16 slots and the norm after it, replayed from a CUDA
+// graph behind a 2 us kernel: the GEMM leaving its delta to the norm (the step's form without
+// gate/up's shrink), the GEMM also forming gate/up's parts, and both halves of gate/up's shrink.
+// Four copies of the weights and of gate/up's A rows, as a step meets them in memory.
+inline void benchNormShrink(cudaStream_t st, int sms) {
+  const int T = 32, S = 8, R = 16, C = 32, H = 4096, K = 4096, copies = 4, iters = 64, ld = H + S * R;
+  auto zeros = [](size_t n) {
+    void* p = nullptr;
+    CK(cudaMalloc(&p, n));
+    CK(cudaMemset(p, 0, n));
+    return p;
+  };
+  const size_t wElems = static_cast<size_t>(H) * K, aguElems = static_cast<size_t>(S) * C * H;
+  auto* W = static_cast<bf16_t*>(zeros(wElems * copies * 2));
+  auto* X = static_cast<bf16_t*>(zeros(static_cast<size_t>(T) * K * 2));
+  auto* Ao = static_cast<bf16_t*>(zeros(static_cast<size_t>(S) * R * K * 2));
+  auto* Bt = static_cast<bf16_t*>(zeros(static_cast<size_t>(S) * R * H * 2));
+  auto* Agu = static_cast<bf16_t*>(zeros(aguElems * copies * 2));
+  auto* Y = static_cast<float*>(zeros(static_cast<size_t>(T) * H * 4));
+  auto* mid = static_cast<float*>(zeros(static_cast<size_t>(T) * R * 4));
+  auto* parts = static_cast<float*>(zeros(static_cast<size_t>(H / 64) * 32 * 32 * 4));
+  auto* n = static_cast<float*>(zeros(static_cast<size_t>(S) * R * C * 4));
+  auto* xa = static_cast<bf16_t*>(zeros(static_cast<size_t>(2) * T * ld * 2));
+  float* w = upload(std::vector<float>(H, 1.0f));
+  std::vector<int32_t> slot(T);
+  for (int t = 0; t < T; ++t) slot[t] = t % S;
+  int32_t* dSlot = upload(slot);
+  int32_t* dRank = upload(std::vector<int32_t>(S * 7, R));
+  float* dScale = upload(std::vector<float>(S, 1.0f));
+  DecodeGemm gemm(sms);
+  auto before = [&](cudaStream_t s2) { shortKernel<<<sms, 128, 0, s2>>>(); };
+  auto time = [&](bool begun, bool finished) {
+    return graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+      DecodeGemmArgs a;
+      a.W = W + (i % copies) * wElems, a.ldw = K, a.X = X, a.ldx = K, a.Y = Y, a.ldy = H, a.M = T, a.N = H, a.K = K;
+      a.accumulate = true, a.releaseEarly = true;
+      DecodeGemmLora& l = a.lora;
+      l.A = Ao, l.lda = K, l.rows = S * R, l.maxRank = R, l.rowSlot = dSlot, l.ranks = dRank, l.rankPitch = 7;
+      l.module = 3, l.scaling = dScale, l.mid = mid;
+      if (begun) {
+        a.normShrink.A = Agu + (i % copies) * aguElems, a.normShrink.rows = S * C, a.normShrink.outputs = C;
+        a.normShrink.normW = w, a.normShrink.partial = parts;
+      }
+      gemm.run(a, 2, s2, true);
+      ResidualDelta d;
+      d.bt = Bt, d.rowSlot = dSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 3, d.maxRank = R, d.mid = mid;
+      if (finished) {
+        NormShrinkColumns& cs = d.columns;
+        cs.partial = parts, cs.tiles = H / 64, cs.outputs = C, cs.slices = 2, cs.slots = S, cs.rankModule = 4;
+        cs.n = n, cs.scaling = dScale;
+        cs.xa.data = xa, cs.xa.ld = ld, cs.xa.pad = S * R, cs.xa.slicePitch = static_cast<size_t>(T) * ld;
+      }
+      rmsnormDelta(Y, w, xa, T, H, 1e-5f, ld, d, s2, true);
+    });
+  };
+  const double alone = graphCallUs(st, iters, before, [](int, cudaStream_t) {});
+  std::printf(
+      "o's GEMM and the norm after it, 8 rank-16 slots, behind a 2 us kernel (%5.2f): delta to the norm %6.2f; "
+      "the GEMM forming gate/up's parts too %6.2f; and the norm finishing gate/up's columns %6.2f\n",
+      alone, time(false, false), time(true, false), time(true, true));
+  for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(Ao), static_cast<void*>(Bt),
+                  static_cast<void*>(Agu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(parts),
+                  static_cast<void*>(n), static_cast<void*>(xa), static_cast<void*>(w), static_cast<void*>(dSlot),
+                  static_cast<void*>(dRank), static_cast<void*>(dScale)})
+    CK(cudaFree(p));
 }
 
 }  // namespace norm_shrink_check
