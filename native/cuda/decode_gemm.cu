@@ -62,8 +62,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
-  __shared__ uint64_t full[kStages], empty[kStages];
-  __shared__ float pairSums[4][16][32];
+  __shared__ uint64_t full[kStages], empty[kStages], nsBar;
   __shared__ bool last;
   __shared__ int tokSlot[kTokens], tokRank[kTokens * kDecodeGemmMaxModules];
   __shared__ float tokScale[kTokens];
@@ -95,20 +94,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     cBase = j * (lora.rows / lora.modules);
   }
   const CUtensorMap* rowsMap = shrinkTile ? &aMap : &wMap;
-  bf16_t* bTile = smem + kStages * kStageElems;
+  // After the stages: B's tile and the pair sums, or the next projection's A rows (normShrink),
+  // copied at the start into a place of their own, the pair sums then in a spent stage.
+  uint8_t* extra = reinterpret_cast<uint8_t*>(smem + kStages * kStageElems);
+  bf16_t* bTile = reinterpret_cast<bf16_t*>(extra);
   const int bPitch = lora.rows + kBPad;
+  uint8_t* spent = reinterpret_cast<uint8_t*>(smem + ((total + 1) % kStages) * kStageElems);
+  float* pairSums = reinterpret_cast<float*>(normShrink ? spent : extra + (hasDelta ? kTileRows * bPitch * 2 : 0));
   if (tid == kConsumers) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(rowsMap)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
     if (spread) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
-    if (normShrink) {
-      // Its A rows into L2 now: the copy into shared memory comes only near the block's end.
-      asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&nsMap)) : "memory");
-      asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(
-                       reinterpret_cast<uint64_t>(&nsMap)),
-                   "r"(row0), "r"(0)
-                   : "memory");
-    }
+    if (normShrink) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&nsMap)) : "memory");
   }
   if (spread && static_cast<int>(blockIdx.x) >= sg.weightBlocks) {
     // A spare block: the shrink outputs of its A tiles.
@@ -124,6 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       barrierInit(&full[s], 1);
       barrierInit(&empty[s], kConsumerWarps / 2);  // the four warps of the group that owns the stage
     }
+    barrierInit(&nsBar, 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -158,6 +156,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int c = 0; c < kCopies; ++c)
           tensorCopy(stageX(i) + c * kTokens * kBox, &xMap, k * kStageK + c * kBox, 0, &full[i % kStages]);
       };
+      // The next projection's A rows (the pool's, written before the grid began).
+      if (normShrink) {
+        barrierExpect(&nsBar, args.normShrink.rows * kBox * 2);
+        tensorCopy(extra, &nsMap, row0, 0, &nsBar);
+      }
       for (int i = 0; i < kStages && i < total; ++i) issueW(i);
       pdlWait();
       for (int i = 0; i < total; ++i) {
@@ -167,15 +170,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         issueX(i);
       }
-      if (normShrink) {
-        const int i = total;
-        if (i >= kStages) barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
-        barrierExpect(&full[i % kStages], args.normShrink.rows * kBox * 2);
-        tensorCopy(stageW(i), &nsMap, row0, 0, &full[i % kStages]);
-        // Every block copies (the one that writes the tile is known only at the end); none may
-        // end before its copy has landed.
-        barrierWait(&full[i % kStages], (i / kStages) & 1);
-      }
+      // Every block copies them (the one that writes the tile is known only at the end); none may
+      // end before its copy has landed.
+      if (normShrink) barrierWait(&nsBar, 0);
     }
     return;
   }
@@ -244,12 +241,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   for (; i < total; i += 2) stage(i, acc);
   if (args.releaseEarly) pdlLaunchDependents();
-  // The second group's sums into the first's, through shared memory.
+  // The second group's sums into the first's, through shared memory (a spent stage's, once the
+  // first group is done with its stages).
+  if (normShrink) consumersSync();
   if (group == 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int h = 0; h < 4; ++h) pairSums[warp - 4][j * 4 + h][lane] = acc[j][h];
+      for (int h = 0; h < 4; ++h) pairSums[((warp - 4) * 16 + j * 4 + h) * 32 + lane] = acc[j][h];
   consumersSync();
   if (spread && tid == 0 && kt0 + count > sg.xStages) {
     // This block has read the shrink outputs; the last to have set the counters back.
@@ -266,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int h = 0; h < 4; ++h) acc[j][h] += pairSums[warp][j * 4 + h][lane];
+    for (int h = 0; h < 4; ++h) acc[j][h] += pairSums[(warp * 16 + j * 4 + h) * 32 + lane];
 
   if (splits > 1) {
     // Each part through the workspace; the last block of the tile to finish adds the others' to
@@ -405,9 +404,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) out[j][h] = yBefore[j][h] + acc[j][h];
-    normShrinkParts(args, tile - shrinkTiles, row0, out, nw, reinterpret_cast<uint8_t*>(stageW(total + 1)),
-                    reinterpret_cast<const uint8_t*>(stageW(total)), &full[total % kStages], (total / kStages) & 1,
-                    tokSlot);
+    normShrinkParts(args, tile - shrinkTiles, row0, out, nw, spent + kPairSumsBytes, extra, &nsBar, 0, tokSlot);
   }
   pdlLaunchDependents();
 #endif
@@ -427,7 +424,8 @@ DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
   counters_.ensure(kCounters);
   check(cudaMemset(counters_.get(), 0, kCounters * sizeof(unsigned)), "cudaMemset");
   check(
-      cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes + kLoraSmemBytes),
+      cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           kSmemBytes + std::max(kLoraSmemBytes + kPairSumsBytes, kNormShrinkSmemBytes)),
       "cudaFuncSetAttribute");
   check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
         "cudaFuncSetAttribute");
@@ -518,7 +516,8 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   const DecodeGemmNormShrink& ns = a.normShrink;
   const CUtensorMap nsMap = ns.A ? bf16TensorMap(ns.A, a.N, ns.rows, a.N, kBox, ns.rows) : xMap;
   // B's tile after the stages where the block adds the deltas itself.
-  const int smem = kSmemBytes + (a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0);
+  const int bTile = a.lora.A && a.lora.B && !spread ? kTileRows * (a.lora.rows + kBPad) * 2 : 0;
+  const int smem = kSmemBytes + (ns.A ? std::max(ns.rows * kBox * 2, kPairSumsBytes) : bTile + kPairSumsBytes);
   launchPdlShared(decodeGemmKernel, dim3(blocks + sg.reducers), dim3(kThreads), smem, st, pdl, "decode GEMM launch", a,
                   wMap, xMap, aMap, cMap, nsMap, kTiles, splits, sg, partials_.get(), counters_.get());
 }

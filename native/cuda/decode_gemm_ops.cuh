@@ -36,6 +36,11 @@ constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split
 // reads at once fall in different banks.
 constexpr int kBPad = 8;
 constexpr int kLoraSmemBytes = kTileRows * (kDecodeGemmLoraMaxRows + kBPad) * 2;
+// The second group's sums handed to the first at the end, after B's tile; where a block forms the
+// next projection's shrink parts (DecodeGemmNormShrink) its A rows take that place from the start,
+// and the sums a spent stage.
+constexpr int kPairSumsBytes = 4 * 16 * 32 * 4;
+constexpr int kNormShrinkSmemBytes = kNormShrinkMaxRows * kBox * 2;
 constexpr int kShrinkDone = kMaxTiles, kShrinkRead = kMaxTiles + 1;  // counters past the tiles'
 // Spread: the spare blocks that have written their columns, the blocks that have read them, and
 // each A tile's group parts done. A group part's sums, each token's own slot's at [token][module maxRank + rank].
