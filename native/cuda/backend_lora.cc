@@ -90,7 +90,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       cuda::RowInput rows = input;
       // The norm finishes the shrink that o's GEMM began (gateUpShrinkInO): the columns come with
       // the rows.
-      const bool columnsMade = pendingDelta_ && pendingDelta_->columns.partial && input.source == cuda::RowSource::kNorm;
+      const bool columnsMade =
+          pendingDelta_ && pendingDelta_->columns.partial && input.source == cuda::RowSource::kNorm;
       // A pending delta is added by the norm kernel (makeRows), not by the row shrink's own rows.
       if (input.source == cuda::RowSource::kSiluMul ||
           ((d.items || pendingDelta_) && input.source == cuda::RowSource::kNorm)) {

@@ -57,8 +57,8 @@ __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
                      const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap,
-                     const __grid_constant__ CUtensorMap cMap, const __grid_constant__ CUtensorMap nsMap, int kTiles, int splits, SpreadGrid sg, float* partials,
-                     unsigned* counters) {
+                     const __grid_constant__ CUtensorMap cMap, const __grid_constant__ CUtensorMap nsMap, int kTiles,
+                     int splits, SpreadGrid sg, float* partials, unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
   if (hasDelta && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
   if (spread) consumersSync();  // both groups read the tokens' slots after their A part
-  float nw[2] = {};  // the norm's weights of the rows the first group writes (normShrink)
+  float nw[2] = {};             // the norm's weights of the rows the first group writes (normShrink)
   if (normShrink && tid < 128)
     for (int e = 0; e < 2; ++e) {
       const int row = row0 + (warp & 3) * 16 + (lane >> 2) + 8 * e;
@@ -423,10 +423,9 @@ DecodeGemm::DecodeGemm(int sms) : sms_(std::max(sms, 1)) {
   columns_.ensure(static_cast<size_t>(kTokens) * kDecodeGemmSpreadMaxRows);
   counters_.ensure(kCounters);
   check(cudaMemset(counters_.get(), 0, kCounters * sizeof(unsigned)), "cudaMemset");
-  check(
-      cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           kSmemBytes + std::max(kLoraSmemBytes + kPairSumsBytes, kNormShrinkSmemBytes)),
-      "cudaFuncSetAttribute");
+  check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSmemBytes + std::max(kLoraSmemBytes + kPairSumsBytes, kNormShrinkSmemBytes)),
+        "cudaFuncSetAttribute");
   check(cudaFuncSetAttribute(decodeGemmKernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
         "cudaFuncSetAttribute");
 }
@@ -475,13 +474,14 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
                               weightBlocks < sms && aTiles(l) <= weightBlocks
                         : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
   const DecodeGemmNormShrink& ns = a.normShrink;
-  const bool normShrink = !ns.A || (!l.B && !l.spread && ns.outputs >= 4 && ns.outputs % 4 == 0 &&
-                                    ns.outputs <= kNormShrinkMaxOutputs && ns.rows >= ns.outputs &&
-                                    ns.rows % ns.outputs == 0 && ns.rows <= kNormShrinkMaxRows && aligned16(ns.A) &&
-                                    a.N % 8 == 0 && ns.normW && ns.partial);
-  return form && normShrink && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 && l.maxRank % 8 == 0 &&
-         (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 && l.lda % 8 == 0 &&
-         (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
+  const bool normShrink =
+      !ns.A || (!l.B && !l.spread && ns.outputs >= 4 && ns.outputs % 4 == 0 && ns.outputs <= kNormShrinkMaxOutputs &&
+                ns.rows >= ns.outputs && ns.rows % ns.outputs == 0 && ns.rows <= kNormShrinkMaxRows &&
+                aligned16(ns.A) && a.N % 8 == 0 && ns.normW && ns.partial);
+  return form && normShrink && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 &&
+         l.maxRank % 8 == 0 && (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 &&
+         l.lda % 8 == 0 && (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks &&
+         l.scaling;
 }
 
 }  // namespace

@@ -79,9 +79,12 @@ struct DecodeGemmLora {
 // 64 outputs h w with each token's own slot's A rows over the same 64 features and leaves the
 // sums in partial; the norm (rmsnorm_delta.h's NormShrinkColumns) adds them over the tiles, with
 // what the delta it adds contributes, and applies 1 / rms. A holds slots x outputs rows of N
-// features (slot k's output c at row k outputs + c), every row read by one tensor copy into the
-// stage after the weights' last: rows up to kNormShrinkMaxRows. Needs lora.A without lora.B (the
-// delta left to the norm), not spread.
+// features (slot k's output c at row k outputs + c), a weight tile's 64 features of every row
+// copied into shared memory of their own as the block starts: rows up to kNormShrinkMaxRows. Needs
+// lora.A without lora.B (the delta left to the norm), not spread. On an H200 at Llama-8B's shapes
+// (8 rank-16 slots, 32 tokens) the parts cost o's GEMM 1.3 us in a decode step, and with the A rows'
+// 32 KB no norm block fits beside the GEMM's to start early
+// (bench/results/2026-12-04-h200-lora-gate-up-in-o.json).
 constexpr int kNormShrinkMaxOutputs = 32, kNormShrinkMaxRows = 256;
 struct DecodeGemmNormShrink {
   const bf16_t* A = nullptr;

@@ -136,7 +136,8 @@ __device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int 
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int c = 0; c < 2; ++c) x[m][e][c] = *reinterpret_cast<const uint4*>(yw + offset(16 * m + 8 * e + g, 4 * c + q));
+      for (int c = 0; c < 2; ++c)
+        x[m][e][c] = *reinterpret_cast<const uint4*>(yw + offset(16 * m + 8 * e + g, 4 * c + q));
   for (int n0 = warp * 8; n0 < ns.rows; n0 += 32) {
     uint4 b[2];
 #pragma unroll
@@ -155,8 +156,8 @@ __device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int 
       for (int e = 0; e < 2; ++e) {
         const int t = 16 * m + 8 * e + g;
         if (t < args.M && tokSlot[t] == slot)
-          __stcg(reinterpret_cast<float2*>(ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) *
-                                                            kNormShrinkMaxOutputs + col),
+          __stcg(reinterpret_cast<float2*>(
+                     ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) * kNormShrinkMaxOutputs + col),
                  make_float2(d[2 * e], d[2 * e + 1]));
       }
     }

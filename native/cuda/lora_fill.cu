@@ -85,8 +85,7 @@ void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cud
   transposeBKernel<<<dim3((out + 255) / 256, R), 256, 0, s>>>(b, ld, out, bt);
 }
 
-void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n,
-                     cudaStream_t s) {
+void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n, cudaStream_t s) {
   normShrinkNKernel<<<R, 256, 0, s>>>(bt, w, a, H, C, n);
 }
 

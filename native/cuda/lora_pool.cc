@@ -160,9 +160,10 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
       for (int l = 0; l < layers_; ++l) {
         const int zero[2] = {0, 0};
         const LoraSlices gu = slices(l, {kGate, kUp}, zero);
-        loraNormShrinkN(bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * maxRank_ * out_[kO],
-                        normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], maxRank_, nsOutputs_,
-                        normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, stream_);
+        loraNormShrinkN(
+            bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * maxRank_ * out_[kO],
+            normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], maxRank_, nsOutputs_,
+            normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, stream_);
       }
     // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
     for (int l = 0; l < layers_; ++l)

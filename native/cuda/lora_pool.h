@@ -92,8 +92,8 @@ class GpuLoraPool {
   std::vector<const float*> normW_;  // keepNormShrink's
   int nsOutputs_ = 0;
   DeviceBuffer<float> normShrinkN_;  // [layer][slot][maxRank][nsOutputs_]
-  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;  // [slot]
+  DeviceBuffer<int32_t> ranks_;      // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;      // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Per slot: ready_ is known to have completed since its last record, so a step need not make

@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kThreads)
   float colScale = 0;
   if (finisher) {
 #pragma unroll
-    for (int r = 0; r < kR; ++r) nS[r][threadIdx.x] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
+    for (int r = 0; r < kR; ++r)
+      nS[r][threadIdx.x] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
     colRank = min(d.ranks[slot * d.rankPitch + cs.rankModule + threadIdx.x / kR], kR);
     colScale = cs.scaling[slot];
   }
@@ -191,8 +192,7 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
   const NormShrinkColumns& cs = d.columns;
   const bool cols = cs.partial != nullptr;
   if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 ||
-               cs.tiles > parts * 16 || !cs.n ||
-               !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
+               cs.tiles > parts * 16 || !cs.n || !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
                cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
     throw std::invalid_argument("rmsnormDelta: unsupported LoRA columns");
   auto kernel = d.maxRank == 8    ? (cols ? rmsnormDeltaKernel<8, true> : rmsnormDeltaKernel<8, false>)

@@ -24,10 +24,10 @@ namespace cuda {
 struct NormShrinkColumns {
   const float* partial = nullptr;  // [tile][32 tokens][32]
   int tiles = 0, outputs = 0, slices = 0, slots = 0;
-  int rankModule = 0;               // the first slice's module in ranks (the others follow it)
-  const float* n = nullptr;         // [slot][maxRank][outputs]
+  int rankModule = 0;        // the first slice's module in ranks (the others follow it)
+  const float* n = nullptr;  // [slot][maxRank][outputs]
   const float* scaling = nullptr;
-  AugmentedRows xa;                 // y is xa.data, ldy xa.ld
+  AugmentedRows xa;  // y is xa.data, ldy xa.ld
 };
 
 // Token t (slot rowSlot[t], -1 for none) adds sum over r < min(ranks[slot rankPitch + module],

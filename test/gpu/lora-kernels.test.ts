@@ -218,7 +218,7 @@ describe('CUDA LoRA kernels vs the CPU backend', () => {
 
   // At 1 o's decode GEMM begins gate/up's shrink and the norm after it finishes it, in place of
   // gate/up's item shrink.
-  it.each([true, false])('fused, gate/up shrink begun in o\'s decode GEMM, graphs %s: logprobs within TOL of the CPU', (graphs) => {
+  it.each([true, false])("fused, gate/up shrink begun in o's decode GEMM, graphs %s: logprobs within TOL of the CPU", (graphs) => {
     const worst = fusedWith('TROUPE_LORA_GATE_UP_IN_O', graphs, '1');
     console.log(`LoRA kernels fused (gate/up shrink in o's GEMM) graphs ${graphs}: max |logprob diff| vs CPU ${worst.toFixed(4)}`);
     expect(worst).toBeLessThan(tolOf('fused'));

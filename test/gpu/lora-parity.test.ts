@@ -142,7 +142,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
 
   // Up to rank 16 o's decode GEMM may begin gate/up's shrink and the norm after it finish it, in
   // place of gate/up's item shrink (TROUPE_LORA_GATE_UP_IN_O).
-  it.each(['0', '1'])('adapters up to rank 16, gate/up shrink begun in o\'s decode GEMM: %s', (value) =>
+  it.each(['0', '1'])("adapters up to rank 16, gate/up shrink begun in o's decode GEMM: %s", (value) =>
     withEnv({ TROUPE_LORA_GATE_UP_IN_O: value }, () =>
       check(
         `rank-16 pool, gate/up shrink in o's GEMM: ${value}`,
