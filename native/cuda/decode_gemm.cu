@@ -33,6 +33,10 @@
 // them (o's, about 10 us, waits for them). Over a group of modules (q/k/v) the A rows are every
 // slot's modules in turn, a part's sums sit at each token's [module][rank], and a weight tile of
 // split rows reads only its module's block of the columns (cBase).
+//
+// With the next projection's shrink begun here (args.normShrink), each weight block copies that
+// projection's A rows over its tile's 64 features as it starts, and the block that writes the tile
+// forms the parts after Y (decode_gemm_lora.cuh's normShrinkParts).
 #include <cuda.h>
 
 #include <algorithm>
@@ -83,8 +87,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ka0 = aPart ? kPart * sg.xStages / kParts : 0;
   const int na = aPart ? (kPart + 1) * sg.xStages / kParts - ka0 : 0, total = na + count;
   const int row0 = (shrinkTile ? tile : tile - shrinkTiles) * kTileRows;
-  // A weight tile's parts of the next projection's shrink (DecodeGemmNormShrink): its A rows come
-  // by one copy into the stage after the last.
+  // A weight tile's parts of the next projection's shrink (DecodeGemmNormShrink), from its A rows
+  // copied at the start after the stages.
   const bool normShrink = hasLora && args.normShrink.A != nullptr && !shrinkTile;
   // The weight tile's padding stages read its module's block of the columns where rows are split.
   int cBase = 0;

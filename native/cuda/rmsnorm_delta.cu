@@ -13,6 +13,10 @@
 // its sum into the others' shared memory: reading the sums after a barrier and then waiting at a
 // second one cost o's GEMM and this kernel 0.35-0.45 us more, down's 0.25-0.35
 // (bench/results/2026-12-04-h200-lora-norm-one-barrier.json).
+//
+// With NormShrinkColumns each block adds its tiles' parts of the next projection's shrink, sends
+// the sums to the cluster's first block with its sum of squares, and that block's first threads
+// finish the columns once the cluster has met.
 #include <cooperative_groups.h>
 
 #include <stdexcept>
@@ -53,9 +57,8 @@ __global__ void __launch_bounds__(kThreads)
   // rank of its slice and the slot's scaling are the pool's.
   const NormShrinkColumns& cs = d.columns;
   const bool finisher = kCols && part == 0 && static_cast<int>(threadIdx.x) < cs.outputs && slot >= 0;
-  // The finisher's n values wait in shared memory, not registers: with 16 more a thread the
-  // kernel's blocks no longer fit beside the decode GEMM's on a multiprocessor, and could not
-  // start while it drains.
+  // The finisher's n values wait in shared memory, not registers: at rank 16 the kernel then takes
+  // 66 registers a thread against 80, and 64 without the columns.
   __shared__ float nS[kCols ? kR : 1][32];
   int colRank = 0;
   float colScale = 0;
