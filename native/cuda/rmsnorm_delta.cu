@@ -149,6 +149,18 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync();
   float total = 0;
   for (int i = 0; i < parts; ++i) total += clusterSums[i];
+  if constexpr (kCols) {
+    // Every padding column other than the token's own slot's (which the first block writes), by
+    // all of the last block's threads: its features may be fewer than the columns.
+    const AugmentedRows& xa = cs.xa;
+    const int block = cs.slots * kR;
+    if (part == parts - 1)
+      for (int i = 0; i < augmentedRowCount(xa, cs.slices); ++i)
+        for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
+          const int j = paddingSlice(xa, i, c, block, cs.slices), k = (c % block) / kR;
+          if (!(slot >= 0 && k == slot && j < cs.slices)) augmentedRow(xa, t, i)[H + c] = toB(0.0f);
+        }
+  }
   if (!active) return;
   const float k0 = 1.0f / sqrtf(total / H + eps);
   const uint2 normed =
@@ -158,14 +170,6 @@ __global__ void __launch_bounds__(kThreads)
     const AugmentedRows& xa = cs.xa;
     const int rows = augmentedRowCount(xa, cs.slices), block = cs.slots * kR;
     for (int i = 1; i < rows; ++i) *reinterpret_cast<uint2*>(augmentedRow(xa, t, i) + n0) = normed;
-    if (part == parts - 1) {
-      // Every padding column other than the token's own slot's (which the first block writes).
-      for (int i = 0; i < rows; ++i)
-        for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
-          const int j = paddingSlice(xa, i, c, block, cs.slices), k = (c % block) / kR;
-          if (!(slot >= 0 && k == slot && j < cs.slices)) augmentedRow(xa, t, i)[H + c] = toB(0.0f);
-        }
-    }
     if (finisher) {
       const int c = threadIdx.x, j = c / kR, r = c % kR;
       float v = 0;
@@ -195,8 +199,8 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
   const NormShrinkColumns& cs = d.columns;
   const bool cols = cs.partial != nullptr;
   if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 ||
-               cs.tiles > parts * 16 || !cs.n || !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
-               cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
+               cs.tiles > parts * 16 || H < 4 * cs.outputs || !cs.n || !cs.scaling || y != cs.xa.data ||
+               ldy != cs.xa.ld || cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
     throw std::invalid_argument("rmsnormDelta: unsupported LoRA columns");
   auto kernel = d.maxRank == 8    ? (cols ? rmsnormDeltaKernel<8, true> : rmsnormDeltaKernel<8, false>)
                 : d.maxRank == 16 ? (cols ? rmsnormDeltaKernel<16, true> : rmsnormDeltaKernel<16, false>)
