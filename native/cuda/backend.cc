@@ -264,12 +264,13 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
       if (w_->tail[cuda::weightGroupOf(m)] > 0) transposedB |= 1u << m;
     transposedB &= o.loraModuleMask;
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB);
-    if (gateUpInO_ && lora_->bTransposed(0, kO) && o.maxLoraRank <= 16) {
+    // Gate's and up's outputs together within what the GEMM's parts hold.
+    if (gateUpInO_ && lora_->bTransposed(0, kO) && 2 * o.maxLoraRank <= cuda::kNormShrinkMaxOutputs) {
       std::vector<const float*> normW;
       for (int l = 0; l < c.numLayers; ++l) normW.push_back(w_->layers[l].postNorm);
       normShrinkKept_ = lora_->keepNormShrink(normW);
       if (normShrinkKept_)
-        normShrinkParts_.ensure(static_cast<size_t>((c.hiddenSize + 63) / 64) * cuda::kDecodeGemmMaxRows *
+        normShrinkParts_.ensure(static_cast<size_t>(normShrinkTiles()) * cuda::kDecodeGemmMaxRows *
                                 cuda::kNormShrinkMaxOutputs);
     }
     loraPieces_ = cuda::loraKPieces(std::max({c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize}));

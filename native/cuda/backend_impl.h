@@ -257,6 +257,8 @@ class CudaBackend : public Backend {
   bool gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const;
   // The norm's half of it at layer l.
   cuda::NormShrinkColumns gateUpColumns(int l);
+  // o's weight tiles (64 rows each), each leaving its parts.
+  int normShrinkTiles() const { return (c_.hiddenSize + 63) / 64; }
   bool oColumnsMade_ = false;       // this layer's attention wrote the o rows and their LoRA columns
   DeviceBuffer<float> oPartial_;    // [tokens][KV heads][max rank]
   DeviceBuffer<int32_t> oTickets_;  // [tokens]

@@ -64,14 +64,13 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   if (!normShrinkKept_ || !lo.A || lo.B || lo.spread || lo.module != kO) return false;
   const cuda::WeightGroup g = cuda::kGateUpWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g];
-  const int zero[2] = {0, 0};
-  const cuda::LoraSlices sl = lora_->slices(l, {kGate, kUp}, zero);
+  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
   const int outputs = sl.count * sl.maxRank;
-  // Only where gate/up would take the item shrink over the norm's rows, which this replaces.
+  // Only where gate/up would take the item shrink over the norm's rows, which this replaces (the
+  // sizes the GEMM takes, supports says).
   const cuda::RowInput norm{cuda::RowSource::kNorm};
   if (sl.count == 0 || sl.in != in || w_->tail[g] > 0 || !cuda::loraAContiguous(sl) ||
-      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || outputs > cuda::kNormShrinkMaxOutputs ||
-      lora_->slots() * outputs > cuda::kNormShrinkMaxRows || !decodeShrink(in, ld, norm).itemShrink)
+      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || !decodeShrink(in, ld, norm).itemShrink)
     return false;
   cuda::DecodeGemmArgs with = a;
   cuda::DecodeGemmNormShrink& ns = with.normShrink;
@@ -83,11 +82,10 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
 }
 
 cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {
-  const int zero[2] = {0, 0};
-  const cuda::LoraSlices sl = lora_->slices(l, {kGate, kUp}, zero);
+  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
   cuda::NormShrinkColumns cs;
   cs.partial = normShrinkParts_.get();
-  cs.tiles = (c_.hiddenSize + 63) / 64;
+  cs.tiles = normShrinkTiles();
   cs.outputs = sl.count * sl.maxRank, cs.slices = sl.count, cs.slots = lora_->slots();
   cs.rankModule = sl.module[0], cs.n = lora_->normShrinkN(l), cs.scaling = lora_->scaling();
   cs.xa = augmented(cuda::kGateUpWeight);

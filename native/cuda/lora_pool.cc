@@ -158,8 +158,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     // What o's delta adds to gate/up's shrink through the norm, from the factors as written above.
     if (!normW_.empty() && meta.ranks[kO])
       for (int l = 0; l < layers_; ++l) {
-        const int zero[2] = {0, 0};
-        const LoraSlices gu = slices(l, {kGate, kUp}, zero);
+        const LoraSlices gu = gateUpSlices(l);
         loraNormShrinkN(
             bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * maxRank_ * out_[kO],
             normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], maxRank_, nsOutputs_,
@@ -199,8 +198,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
 }
 
 bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
-  const int zero[2] = {0, 0};
-  const LoraSlices gu = slices(0, {kGate, kUp}, zero);
+  const LoraSlices gu = gateUpSlices(0);
   if (!bt_[kO] || gu.count == 0 || gu.in != out_[kO] || static_cast<int>(normW.size()) != layers_) return false;
   nsOutputs_ = gu.count * maxRank_;
   normShrinkN_.ensure(static_cast<size_t>(layers_) * slots_ * maxRank_ * nsOutputs_);

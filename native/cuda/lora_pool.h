@@ -64,6 +64,11 @@ class GpuLoraPool {
   // normW: each layer's weights of that norm. Needs o's B kept transposed and gate or up held;
   // call it before the first fill. Returns whether it is kept.
   bool keepNormShrink(const std::vector<const float*>& normW);
+  // Layer l's gate/up slices, whose shrink keepNormShrink's n serves.
+  LoraSlices gateUpSlices(int layer) const {
+    const int zero[2] = {0, 0};
+    return slices(layer, {kGate, kUp}, zero);
+  }
   // Layer l's n for every slot, or nullptr where it is not kept.
   const float* normShrinkN(int layer) const {
     return normW_.empty() ? nullptr : normShrinkN_.get() + static_cast<size_t>(layer) * slots_ * maxRank_ * nsOutputs_;
