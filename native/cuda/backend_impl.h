@@ -247,9 +247,10 @@ class CudaBackend : public Backend {
   // finishing it as gate/up's LoRA columns (NormShrinkColumns), in place of gate/up's item shrink
   // between the norm and its GEMM: rank 16 and below (gate's and up's outputs together up to 32, at
   // most 256 A rows over the slots). Level with the item shrink, not faster: 8 rank-16 adapters,
-  // batch 32, H200, 5.79 ms a step against 5.80, the norm's blocks no longer fitting beside the
-  // GEMM's (bench/results/2026-12-04-h200-lora-gate-up-in-o.json). TROUPE_LORA_GATE_UP_IN_O=1
-  // takes it, for comparing.
+  // batch 32, H200, 5.79 ms a step against 5.80, and +11.0% over the base step against +10.5% with
+  // a norm small enough to sit beside the GEMM's blocks (bench/results/2026-12-04-h200-lora-gate-up-in-o.json,
+  // bench/results/2026-12-04-h200-lora-norm-shrink-small.json). TROUPE_LORA_GATE_UP_IN_O=1 takes it,
+  // for comparing.
   bool gateUpInO_ = false;
   bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)
   DeviceBuffer<float> normShrinkParts_;  // [o's weight tile][32 tokens][32]

@@ -82,9 +82,10 @@ struct DecodeGemmLora {
 // features (slot k's output c at row k outputs + c), a weight tile's 64 features of every row
 // copied into shared memory of their own as the block starts: rows up to kNormShrinkMaxRows. Needs
 // lora.A without lora.B (the delta left to the norm), not spread. On an H200 at Llama-8B's shapes
-// (8 rank-16 slots, 32 tokens) the parts cost o's GEMM 1.3 us in a decode step, and with the A rows'
-// 32 KB no norm block fits beside the GEMM's to start early
-// (bench/results/2026-12-04-h200-lora-gate-up-in-o.json).
+// (8 rank-16 slots, 32 tokens) the parts cost o's GEMM 1.3-1.4 us in a decode step and the norm
+// ends 4 us after the GEMM against 2, whether or not a norm block fits beside the GEMM's 230,400
+// bytes (bench/results/2026-12-04-h200-lora-gate-up-in-o.json,
+// bench/results/2026-12-04-h200-lora-norm-shrink-small.json).
 constexpr int kNormShrinkMaxOutputs = 32, kNormShrinkMaxRows = 256;
 struct DecodeGemmNormShrink {
   const bf16_t* A = nullptr;

@@ -54,18 +54,17 @@ __global__ void __launch_bounds__(kThreads)
   uint2 b[kR];
   float4 w4 = make_float4(0, 0, 0, 0);
   // Columns (kCols): thread c < outputs of the first block finishes output c; its n values, the
-  // rank of its slice and the slot's scaling are the pool's.
+  // rank of its slice and the slot's scaling are the pool's. The n values wait in registers (80 a
+  // thread at rank 16), not shared memory: the kernel's whole shared memory must stay under 1 KB so
+  // that a block fits beside a decode GEMM block holding gate/up's A rows (230,400 bytes).
   const NormShrinkColumns& cs = d.columns;
   const bool finisher = kCols && part == 0 && static_cast<int>(threadIdx.x) < cs.outputs && slot >= 0;
-  // The finisher's n values wait in shared memory, not registers: at rank 16 the kernel then takes
-  // 66 registers a thread against 80, and 64 without the columns.
-  __shared__ float nS[kCols ? kR : 1][32];
+  float nv[kCols ? kR : 1];
   int colRank = 0;
   float colScale = 0;
   if (finisher) {
 #pragma unroll
-    for (int r = 0; r < kR; ++r)
-      nS[r][threadIdx.x] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
+    for (int r = 0; r < kR; ++r) nv[r] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
     colRank = min(d.ranks[slot * d.rankPitch + cs.rankModule + threadIdx.x / kR], kR);
     colScale = cs.scaling[slot];
   }
@@ -77,18 +76,16 @@ __global__ void __launch_bounds__(kThreads)
         b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);
   }
   pdlWait();
-  // This block's share of the tiles' parts (kCols): thread i takes pair i % pairs of outputs of
-  // tile i / pairs of the block's (a block's features are 16 tiles at most, and there are at least
-  // 16 lanes), loaded in the same round as the row and mid; colSums keeps it for the block's sums
-  // below. The finisher adds what the delta adds to its output as it goes.
-  __shared__ float2 colSums[kCols ? kThreads : 1];
+  // This block's share of the tiles' parts (kCols): thread i takes pair i / 16 of outputs of the
+  // block's tile i % 16 (a block's features are 16 tiles at most), loaded in the same round as the
+  // row and mid, so that each half-warp holds one pair over the block's tiles and adds them by
+  // shuffles below, in a fixed order. The finisher adds what the delta adds to its output as it goes.
   float2 colPart = make_float2(0, 0);
   float nd = 0;
   if constexpr (kCols) {
-    const int pairs = cs.outputs / 2, tile = part * 16 + static_cast<int>(threadIdx.x) / pairs;
-    if (slot >= 0 && static_cast<int>(threadIdx.x) / pairs < 16 && tile < min(cs.tiles, (part + 1) * 16))
-      colPart = __ldcg(reinterpret_cast<const float2*>(cs.partial + (static_cast<size_t>(tile) * 32 + t) * 32) +
-                       threadIdx.x % pairs);
+    const int pair = static_cast<int>(threadIdx.x) / 16, tile = part * 16 + static_cast<int>(threadIdx.x) % 16;
+    if (slot >= 0 && pair < cs.outputs / 2 && tile < min(cs.tiles, (part + 1) * 16))
+      colPart = __ldcg(reinterpret_cast<const float2*>(cs.partial + (static_cast<size_t>(tile) * 32 + t) * 32) + pair);
   }
   float4 x = make_float4(0, 0, 0, 0);
   float* row = h + static_cast<size_t>(t) * H + n0;
@@ -104,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; ++e) {
           // A select, not a product: past the rank B and mid may be NaN.
           if (r0 + e >= rank) continue;
-          if (kCols && finisher) nd = fmaf(mv[e], nS[r0 + e][threadIdx.x], nd);
+          if (kCols && finisher) nd = fmaf(mv[e], nv[r0 + e], nd);
           const uint2 q = b[r0 + e];
           delta[0] = fmaf(__uint_as_float(q.x << 16), mv[e], delta[0]);
           delta[1] = fmaf(__uint_as_float(q.x & 0xffff0000u), mv[e], delta[1]);
@@ -116,13 +113,19 @@ __global__ void __launch_bounds__(kThreads)
       *reinterpret_cast<float4*>(row) = x;
     }
   }
-  if constexpr (kCols) colSums[threadIdx.x] = colPart;
+  if constexpr (kCols)
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+      colPart.x += __shfl_xor_sync(0xffffffffu, colPart.x, o);
+      colPart.y += __shfl_xor_sync(0xffffffffu, colPart.y, o);
+    }
   float ss = x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   __shared__ float warpSums[kThreads / 32];
   __shared__ float clusterSums[kMaxCluster];
-  __shared__ float clusterCols[kCols ? kMaxCluster : 1][32];
+  // The cluster's column sums, [part][32] in the first block (kCols; the launch sizes it).
+  extern __shared__ float2 clusterCols[];
   if ((threadIdx.x & 31) == 0) warpSums[threadIdx.x >> 5] = ss;
   __syncthreads();
   // Thread i sends the block's sum to block i of the cluster, so that one barrier does: after it
@@ -135,16 +138,10 @@ __global__ void __launch_bounds__(kThreads)
     *cluster.map_shared_rank(&clusterSums[part], static_cast<int>(threadIdx.x)) = v;
   }
   if constexpr (kCols) {
-    // The block's sum of each output into the first block's shared memory.
-    const int c = threadIdx.x, pairs = cs.outputs / 2;
-    if (c < cs.outputs) {
-      float v = 0;
-      for (int i = 0; i < 16; ++i) {
-        const float2 p = colSums[i * pairs + c / 2];
-        v += c % 2 ? p.y : p.x;
-      }
-      *cluster.map_shared_rank(&clusterCols[part][c], 0) = v;
-    }
+    // Each half-warp's first lane sends its pair's sum over the block's tiles to the first block.
+    const int pair = static_cast<int>(threadIdx.x) / 16;
+    if (threadIdx.x % 16 == 0 && pair < cs.outputs / 2)
+      *cluster.map_shared_rank(&clusterCols[part * 16 + pair], 0) = colPart;
   }
   cluster.sync();
   float total = 0;
@@ -173,7 +170,7 @@ __global__ void __launch_bounds__(kThreads)
     if (finisher) {
       const int c = threadIdx.x, j = c / kR, r = c % kR;
       float v = 0;
-      for (int i = 0; i < parts; ++i) v += clusterCols[i][c];
+      for (int i = 0; i < parts; ++i) v += reinterpret_cast<const float*>(clusterCols)[i * 32 + c];
       // A select, not a product: A rows past the slot's rank may hold anything.
       const float out = r < colRank ? colScale * k0 * (v + nd) : 0.0f;
       loraColumns(xa, H, t, j, block, slot, kR)[r] = toB(out);
@@ -205,8 +202,9 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
   auto kernel = d.maxRank == 8    ? (cols ? rmsnormDeltaKernel<8, true> : rmsnormDeltaKernel<8, false>)
                 : d.maxRank == 16 ? (cols ? rmsnormDeltaKernel<16, true> : rmsnormDeltaKernel<16, false>)
                                   : (cols ? rmsnormDeltaKernel<32, true> : rmsnormDeltaKernel<32, false>);
-  launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), 0, parts, s, pdl, "rmsnormDelta launch", h, w, y, H, eps,
-                   ldy, d);
+  const size_t smem = cols ? parts * 32 * sizeof(float) : 0;
+  launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), smem, parts, s, pdl, "rmsnormDelta launch", h, w, y, H,
+                   eps, ldy, d);
 }
 
 }  // namespace cuda
