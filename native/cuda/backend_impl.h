@@ -252,6 +252,16 @@ class CudaBackend : public Backend {
   // bench/results/2026-12-04-h200-lora-norm-shrink-small.json). TROUPE_LORA_GATE_UP_IN_O=1 takes it,
   // for comparing.
   bool gateUpInO_ = false;
+  // o's decode GEMM asks L2 for gate/up's A factors of the step's slots as its blocks issue their
+  // last stages (DecodeGemmPrefetch), so that the item shrink after the norm reads them from L2: 8
+  // adapters, batch 32, H200, the step's graph took 37-43 us less at rank 64 (+19.6% and +20.0%
+  // over the base step against +20.0% and +20.5%) and the same at rank 16
+  // (bench/results/2026-12-04-h200-lora-gate-up-prefetch.json). TROUPE_LORA_GATE_UP_PREFETCH=0
+  // leaves it out, for comparing.
+  bool gateUpPrefetch_ = true;
+  // What the next decode GEMM that project() runs asks of L2 (o's, for gate/up).
+  cuda::DecodeGemmPrefetch gemmPrefetch_;
+  cuda::DecodeGemmPrefetch gateUpPrefetch(int l) const;
   bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)
   DeviceBuffer<float> normShrinkParts_;  // [o's weight tile][32 tokens][32]
   // Sets a.normShrink where o's GEMM a at layer l may begin gate/up's shrink, and says whether.

@@ -69,6 +69,11 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         timer_.mark(name, stream_);
         a.releaseEarly = normPdl_;
         const bool gateUpBegun = g == cuda::kOWeight && gateUpInO_ && gateUpShrinkInO(l, a);
+        if (g == cuda::kOWeight && !gateUpBegun) {
+          cuda::DecodeGemmArgs with = a;
+          with.prefetch = gateUpPrefetch(l);
+          if (decodeGemm_->supports(with, loraGemmSplits(a))) a = with;
+        }
         decodeGemm_->run(a, loraGemmSplits(a), stream_, true);
         if (!a.lora.B) {
           // The deltas are the next norm's (loraGemmArgs says which).
@@ -111,7 +116,10 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                             stream_);
       }
       timer_.mark(name, stream_);
-      return projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
+      if (g == cuda::kOWeight) gemmPrefetch_ = gateUpPrefetch(l);
+      projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
+      gemmPrefetch_ = {};
+      return;
     }
     if (sl.count > 0) {
       // The larger steps' one GEMM reads [x | LoRA columns] as one row: rows that a kernel makes

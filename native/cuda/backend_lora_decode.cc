@@ -81,6 +81,21 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   return true;
 }
 
+cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
+  cuda::DecodeGemmPrefetch pf;
+  if (!gateUpPrefetch_) return pf;
+  const cuda::WeightGroup g = cuda::kGateUpWeight;
+  const int ld = w_->ld[g], in = ld - w_->pad[g];
+  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
+  // Only where gate/up takes the item shrink over the norm's rows.
+  if (sl.count == 0 || sl.count > 2 || sl.in != in || w_->tail[g] > 0 ||
+      !decodeShrink(in, ld, cuda::RowInput{cuda::RowSource::kNorm}).itemShrink)
+    return pf;
+  for (int j = 0; j < sl.count; ++j) pf.a[j] = sl.a[j], pf.slotStride[j] = sl.aSlotStride[j];
+  pf.bytes = static_cast<size_t>(sl.maxRank) * sl.in * sizeof(bf16_t), pf.slices = sl.count, pf.rowSlot = dRowSlot_;
+  return pf;
+}
+
 cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {
   const cuda::LoraSlices sl = lora_->gateUpSlices(l);
   cuda::NormShrinkColumns cs;

@@ -208,6 +208,9 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
     // The projections that add into the residual (o, down): see decode_gemm.h.
     a.releaseEarly = normPdl_;
+    cuda::DecodeGemmArgs with = a;
+    with.prefetch = gemmPrefetch_;
+    if (decodeGemm_->supports(with, kDecodeGemmSplits)) a = with;
     decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {
     gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);

@@ -58,14 +58,39 @@ using namespace decode_gemm;  // NOLINT(build/namespaces): the kernel's own layo
 
 __device__ int gDecodeGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 
+// DecodeGemmPrefetch by one warp: lane u reads token u's slot, and the block's token asks for its
+// share of its slot's bytes where no token before it has that slot.
+__device__ void prefetchNext(const DecodeGemmPrefetch& pf, int M, int lane) {
+  const int t = static_cast<int>(blockIdx.x) % M, parts = static_cast<int>(gridDim.x) / M;
+  const int part = static_cast<int>(blockIdx.x) / M;
+  if (part >= parts) return;
+  const int mine = lane < M ? pf.rowSlot[lane] : -1, slot = __shfl_sync(0xffffffffu, mine, t);
+  const unsigned before = __ballot_sync(0xffffffffu, lane < t && mine == slot);
+  if (slot < 0 || before != 0 || lane != 0) return;
+  const size_t chunk = (pf.bytes / parts + 15) / 16 * 16, lo = part * chunk;
+  if (lo >= pf.bytes) return;
+  const unsigned size = static_cast<unsigned>(min(chunk, pf.bytes - lo));
+  for (int j = 0; j < pf.slices; ++j) {
+    const bf16_t* at = pf.a[j] + static_cast<size_t>(slot) * pf.slotStride[j];
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<const uint8_t*>(at) + lo),
+                 "r"(size)
+                 : "memory");
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, 1)
     decodeGemmKernel(DecodeGemmArgs args, const __grid_constant__ CUtensorMap wMap,
                      const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap aMap,
                      const __grid_constant__ CUtensorMap cMap, const __grid_constant__ CUtensorMap nsMap, int kTiles,
                      int splits, SpreadGrid sg, float* partials, unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
+  // The stages start 1 KB aligned, where the 128-byte swizzle's pattern starts again. The
+  // declaration's alignment pads the static shared memory to whole kilobytes, so the dynamic part
+  // starts aligned and no kilobyte is held back to align it, which lets a norm block sit beside a
+  // block holding gate/up's A rows (DecodeGemmNormShrink). A launch where it did not stops here.
   extern __shared__ __align__(1024) uint8_t smemRaw[];
-  bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw + ((1024 - smemAddr(smemRaw) % 1024) % 1024));
+  if (smemAddr(smemRaw) % 1024 != 0) __trap();
+  bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw);
   __shared__ uint64_t full[kStages], empty[kStages], nsBar;
   __shared__ bool last;
   __shared__ int tokSlot[kTokens], tokRank[kTokens * kDecodeGemmMaxModules];
@@ -178,6 +203,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       // end before its copy has landed.
       if (normShrink) barrierWait(&nsBar, 0);
     }
+    // The next projection's A factors once this block's last stage is on its way.
+    __syncwarp();
+    if (args.prefetch.slices > 0) prefetchNext(args.prefetch, args.M, lane);
     return;
   }
   if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
@@ -488,6 +516,15 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
          l.scaling;
 }
 
+// cp.async.bulk.prefetch's terms: 16-byte starts and sizes.
+bool prefetchSupported(const DecodeGemmPrefetch& pf) {
+  if (pf.slices == 0) return true;
+  if (pf.slices < 0 || pf.slices > 2 || !pf.rowSlot || pf.bytes % 16 != 0) return false;
+  for (int j = 0; j < pf.slices; ++j)
+    if (!aligned16(pf.a[j]) || pf.slotStride[j] * sizeof(bf16_t) % 16 != 0) return false;
+  return true;
+}
+
 }  // namespace
 
 bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
@@ -496,7 +533,8 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
   return available() && a.M >= 1 && a.M <= kDecodeGemmMaxRows && a.N >= 1 && a.K >= 8 && a.K % 8 == 0 &&
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
          tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ &&
-         (!a.lora.A || loraSupported(a, tiles * splits, sms_)) && (!a.normShrink.A || a.lora.A);
+         (!a.lora.A || loraSupported(a, tiles * splits, sms_)) && (!a.normShrink.A || a.lora.A) &&
+         prefetchSupported(a.prefetch);
 }
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {

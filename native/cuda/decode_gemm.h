@@ -82,9 +82,9 @@ struct DecodeGemmLora {
 // features (slot k's output c at row k outputs + c), a weight tile's 64 features of every row
 // copied into shared memory of their own as the block starts: rows up to kNormShrinkMaxRows. Needs
 // lora.A without lora.B (the delta left to the norm), not spread. On an H200 at Llama-8B's shapes
-// (8 rank-16 slots, 32 tokens) the parts cost o's GEMM 1.3-1.4 us in a decode step and the norm
-// ends 4 us after the GEMM against 2, whether or not a norm block fits beside the GEMM's 230,400
-// bytes (bench/results/2026-12-04-h200-lora-gate-up-in-o.json,
+// (8 rank-16 slots, 32 tokens) the parts cost o's GEMM 1.3-1.4 us in a decode step, and the norm
+// ends 3.4 us after the GEMM (4.0 before its blocks fitted beside the GEMM's) against 2.0 without
+// the columns: level with gate/up's item shrink (bench/results/2026-12-04-h200-lora-gate-up-in-o.json,
 // bench/results/2026-12-04-h200-lora-norm-shrink-small.json).
 constexpr int kNormShrinkMaxOutputs = 32, kNormShrinkMaxRows = 256;
 struct DecodeGemmNormShrink {
@@ -92,6 +92,21 @@ struct DecodeGemmNormShrink {
   int rows = 0, outputs = 0;
   const float* normW = nullptr;  // the norm's weights, N of them
   float* partial = nullptr;      // [weight tile][kDecodeGemmMaxRows tokens][kNormShrinkMaxOutputs]
+};
+
+// The next projection's LoRA A factors, asked of L2 (a bulk prefetch) by each block's copying warp
+// once it has issued its last stage, so that gate/up's item shrink after the norm reads them from
+// L2 rather than memory: slice j of slot k at a[j] + k slotStride[j], bytes of it. Each slot's
+// first token (by rowSlot, M of them) has the grid's blocks of that token (block b takes token
+// b % M) split its slot's bytes between them, so a slot is asked for once. The GEMM's blocks end
+// over its last 10-12 us, so the requests go out while fewer of its blocks still stream; the item
+// shrink's own prefetch before its wait comes later, its blocks resident only once the GEMM's leave.
+struct DecodeGemmPrefetch {
+  const bf16_t* a[2] = {};
+  size_t slotStride[2] = {};
+  size_t bytes = 0;  // a multiple of 16, as each slice's start
+  int slices = 0;
+  const int32_t* rowSlot = nullptr;
 };
 
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
@@ -108,6 +123,7 @@ struct DecodeGemmArgs {
   bool accumulate = false;
   DecodeGemmLora lora;
   DecodeGemmNormShrink normShrink;
+  DecodeGemmPrefetch prefetch;
   // Lets the kernel after it start launching once each block's products are summed, before the
   // splits meet and Y is written: a kernel launched early (an RMSNorm, pdl.cuh) then waits for
   // the writes on the multiprocessors rather than being launched after them.

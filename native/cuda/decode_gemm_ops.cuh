@@ -29,7 +29,7 @@ constexpr int kStages = 4;
 static_assert(kStages % 2 == 0, "the two groups alternate stages");
 constexpr int kTokens = kDecodeGemmMaxRows;
 constexpr int kStageElems = (kTileRows + kTokens) * kStageK;
-constexpr int kSmemBytes = kStages * kStageElems * 2 + 1024;  // and room to align to 1 KB
+constexpr int kSmemBytes = kStages * kStageElems * 2;
 constexpr int kMaxTiles = 1 << 14;
 constexpr int kPartFloats = kTileRows * kTokens;  // one block's part of a split tile
 // B's tile in shared memory after the stages: rows padded by 16 bytes so that the 8 rows a warp

@@ -55,8 +55,9 @@ __global__ void __launch_bounds__(kThreads)
   float4 w4 = make_float4(0, 0, 0, 0);
   // Columns (kCols): thread c < outputs of the first block finishes output c; its n values, the
   // rank of its slice and the slot's scaling are the pool's. The n values wait in registers (80 a
-  // thread at rank 16), not shared memory: the kernel's whole shared memory must stay under 1 KB so
-  // that a block fits beside a decode GEMM block holding gate/up's A rows (230,400 bytes).
+  // thread at rank 16), not shared memory: the kernel's shared memory must stay under 1 KB so that
+  // a block fits beside a decode GEMM block holding gate/up's A rows (231,424 bytes with its static
+  // part, and a kilobyte each that the SM keeps).
   const NormShrinkColumns& cs = d.columns;
   const bool finisher = kCols && part == 0 && static_cast<int>(threadIdx.x) < cs.outputs && slot >= 0;
   float nv[kCols ? kR : 1];
@@ -203,8 +204,8 @@ void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, 
                 : d.maxRank == 16 ? (cols ? rmsnormDeltaKernel<16, true> : rmsnormDeltaKernel<16, false>)
                                   : (cols ? rmsnormDeltaKernel<32, true> : rmsnormDeltaKernel<32, false>);
   const size_t smem = cols ? parts * 32 * sizeof(float) : 0;
-  launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), smem, parts, s, pdl, "rmsnormDelta launch", h, w, y, H,
-                   eps, ldy, d);
+  launchPdlCluster(kernel, dim3(T * parts), dim3(kThreads), smem, parts, s, pdl, "rmsnormDelta launch", h, w, y, H, eps,
+                   ldy, d);
 }
 
 }  // namespace cuda

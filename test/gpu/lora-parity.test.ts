@@ -152,6 +152,17 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     ),
   );
 
+  // o's decode GEMM asks L2 for gate/up's A factors by default (in every case above); at 0 it does
+  // not. A prefetch cannot change a result, only a fault or a wrong address could.
+  it("adapters up to rank 16, gate/up's A not prefetched by o's decode GEMM", () =>
+    withEnv({ TROUPE_LORA_GATE_UP_PREFETCH: '0' }, () =>
+      check(
+        'rank-16 pool, gate/up prefetch: 0',
+        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        small,
+      ),
+    ));
+
   it('rank-64 pool, fused, LoRA not in the decode GEMM (q/k/v, o and down by the item shrink)', () =>
     withEnv({ TROUPE_LORA_IN_GEMM: '0' }, () =>
       check(
