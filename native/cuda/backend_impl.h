@@ -119,14 +119,16 @@ class CudaBackend : public Backend {
                        int ldx, const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType);
   // Y[M][N] = X . W^T (+ Y when accumulating) over K features, rows ldw and ldx apart: f32 out by a
   // GEMV kernel for a few tokens or the decode GEMM, else cuBLAS (the only one that writes bf16).
+  // prefetch: what the decode GEMM, where it takes the product, asks of L2 (DecodeGemmPrefetch).
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate,
-               cuda::ElemType yType = cuda::ElemType::F32);
+               cuda::ElemType yType = cuda::ElemType::F32, const cuda::DecodeGemmPrefetch& prefetch = {});
   // The fused kernel's augmented rows for group g at this step (lora_fused.h), and layer l's GEMM
   // over their columns [col0, col0 + K) with W's same columns (per slice with split rows, slice j
   // writing sl.out[j] columns of y from sl.outOffset[j]).
   cuda::AugmentedRows augmented(cuda::WeightGroup g);
   void projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
-                        const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType = cuda::ElemType::F32);
+                        const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType = cuda::ElemType::F32,
+                        const cuda::DecodeGemmPrefetch& prefetch = {});
   // The pointer arrays of q/k/v's pieces with split rows (see piecePtrs_), written when the
   // buffers they point into move.
   void buildPiecePointers();
@@ -259,8 +261,6 @@ class CudaBackend : public Backend {
   // (bench/results/2026-12-04-h200-lora-gate-up-prefetch.json). TROUPE_LORA_GATE_UP_PREFETCH=0
   // leaves it out, for comparing.
   bool gateUpPrefetch_ = true;
-  // What the next decode GEMM that project() runs asks of L2 (o's, for gate/up).
-  cuda::DecodeGemmPrefetch gemmPrefetch_;
   cuda::DecodeGemmPrefetch gateUpPrefetch(int l) const;
   bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)
   DeviceBuffer<float> normShrinkParts_;  // [o's weight tile][32 tokens][32]

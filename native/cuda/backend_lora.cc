@@ -116,10 +116,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                             stream_);
       }
       timer_.mark(name, stream_);
-      if (g == cuda::kOWeight) gemmPrefetch_ = gateUpPrefetch(l);
-      projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate);
-      gemmPrefetch_ = {};
-      return;
+      return projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate, cuda::ElemType::F32,
+                              g == cuda::kOWeight ? gateUpPrefetch(l) : cuda::DecodeGemmPrefetch{});
     }
     if (sl.count > 0) {
       // The larger steps' one GEMM reads [x | LoRA columns] as one row: rows that a kernel makes
@@ -286,9 +284,11 @@ void CudaBackend::buildPiecePointers() {
 }
 
 void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const cuda::LoraSlices& sl, int col0, int K,
-                                   const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType) {
+                                   const bf16_t* W, float* y, int N, bool accumulate, cuda::ElemType yType,
+                                   const cuda::DecodeGemmPrefetch& prefetch) {
   const int T = map_.tokens;
-  if (xa.slicePitch == 0) return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate, yType);
+  if (xa.slicePitch == 0)
+    return project(T, N, K, W + col0, xa.ld, xa.data + col0, xa.ld, y, accumulate, yType, prefetch);
   // Split rows: slice j's weight rows against its own augmented rows; one token's output row is
   // the slices' runs of outputs one after another. One token takes a GEMV per slice.
   auto wRows = [&](int row) { return W + static_cast<size_t>(row) * xa.ld + col0; };

@@ -199,7 +199,7 @@ void CudaBackend::reducePartial(int T) {
 }
 
 void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y,
-                          bool accumulate, cuda::ElemType yType) {
+                          bool accumulate, cuda::ElemType yType, const cuda::DecodeGemmPrefetch& prefetch) {
   if (yType == cuda::ElemType::BF16) return gemm_->linear(M, N, K, W, ldw, X, ldx, Y, yType, 1, accumulate ? 1 : 0);
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ldw, a.X = X, a.ldx = ldx, a.Y = Y, a.ldy = N, a.M = M, a.N = N, a.K = K, a.accumulate = accumulate;
@@ -209,7 +209,7 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
     // The projections that add into the residual (o, down): see decode_gemm.h.
     a.releaseEarly = normPdl_;
     cuda::DecodeGemmArgs with = a;
-    with.prefetch = gemmPrefetch_;
+    with.prefetch = prefetch;
     if (decodeGemm_->supports(with, kDecodeGemmSplits)) a = with;
     decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {
