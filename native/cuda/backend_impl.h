@@ -261,7 +261,10 @@ class CudaBackend : public Backend {
   // (bench/results/2026-12-04-h200-lora-gate-up-prefetch.json). TROUPE_LORA_GATE_UP_PREFETCH=0
   // leaves it out, for comparing.
   bool gateUpPrefetch_ = true;
+  // What o's GEMM at layer l asks of L2 for gate/up (nothing where it is off or does not apply).
   cuda::DecodeGemmPrefetch gateUpPrefetch(int l) const;
+  // Whether a decode step's gate/up takes the item shrink over the norm's rows, at slices sl.
+  bool gateUpItemShrink(const cuda::LoraSlices& sl) const;
   bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)
   DeviceBuffer<float> normShrinkParts_;  // [o's weight tile][32 tokens][32]
   // Sets a.normShrink where o's GEMM a at layer l may begin gate/up's shrink, and says whether.

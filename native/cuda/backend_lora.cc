@@ -69,11 +69,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         timer_.mark(name, stream_);
         a.releaseEarly = normPdl_;
         const bool gateUpBegun = g == cuda::kOWeight && gateUpInO_ && gateUpShrinkInO(l, a);
-        if (g == cuda::kOWeight && !gateUpBegun) {
-          cuda::DecodeGemmArgs with = a;
-          with.prefetch = gateUpPrefetch(l);
-          if (decodeGemm_->supports(with, loraGemmSplits(a))) a = with;
-        }
+        if (g == cuda::kOWeight && !gateUpBegun) a.prefetch = gateUpPrefetch(l);
         decodeGemm_->run(a, loraGemmSplits(a), stream_, true);
         if (!a.lora.B) {
           // The deltas are the next norm's (loraGemmArgs says which).

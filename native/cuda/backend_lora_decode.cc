@@ -66,11 +66,9 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   const int ld = w_->ld[g], in = ld - w_->pad[g];
   const cuda::LoraSlices sl = lora_->gateUpSlices(l);
   const int outputs = sl.count * sl.maxRank;
-  // Only where gate/up would take the item shrink over the norm's rows, which this replaces (the
-  // sizes the GEMM takes, supports says).
-  const cuda::RowInput norm{cuda::RowSource::kNorm};
-  if (sl.count == 0 || sl.in != in || w_->tail[g] > 0 || !cuda::loraAContiguous(sl) ||
-      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || !decodeShrink(in, ld, norm).itemShrink)
+  // Only where gate/up would take the item shrink, which this replaces (the sizes the GEMM takes,
+  // supports says).
+  if (!gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) || (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
     return false;
   cuda::DecodeGemmArgs with = a;
   cuda::DecodeGemmNormShrink& ns = with.normShrink;
@@ -81,19 +79,20 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   return true;
 }
 
-cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
-  cuda::DecodeGemmPrefetch pf;
-  if (!gateUpPrefetch_) return pf;
+bool CudaBackend::gateUpItemShrink(const cuda::LoraSlices& sl) const {
   const cuda::WeightGroup g = cuda::kGateUpWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g];
+  return sl.count > 0 && sl.in == in && w_->tail[g] == 0 &&
+         decodeShrink(in, ld, cuda::RowInput{cuda::RowSource::kNorm}).itemShrink;
+}
+
+cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
+  cuda::DecodeGemmPrefetch pf;
   const cuda::LoraSlices sl = lora_->gateUpSlices(l);
-  // Only where gate/up takes the item shrink over the norm's rows.
-  if (sl.count == 0 || sl.count > 2 || sl.in != in || w_->tail[g] > 0 ||
-      !decodeShrink(in, ld, cuda::RowInput{cuda::RowSource::kNorm}).itemShrink)
-    return pf;
+  if (!gateUpPrefetch_ || !gateUpItemShrink(sl) || sl.count > 2) return pf;
   for (int j = 0; j < sl.count; ++j) pf.a[j] = sl.a[j], pf.slotStride[j] = sl.aSlotStride[j];
   pf.bytes = static_cast<size_t>(sl.maxRank) * sl.in * sizeof(bf16_t), pf.slices = sl.count, pf.rowSlot = dRowSlot_;
-  return pf;
+  return cuda::DecodeGemm::prefetchSupported(pf) ? pf : cuda::DecodeGemmPrefetch{};
 }
 
 cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {

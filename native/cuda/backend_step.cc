@@ -208,9 +208,7 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
     // The projections that add into the residual (o, down): see decode_gemm.h.
     a.releaseEarly = normPdl_;
-    cuda::DecodeGemmArgs with = a;
-    with.prefetch = prefetch;
-    if (decodeGemm_->supports(with, kDecodeGemmSplits)) a = with;
+    a.prefetch = prefetch;
     decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {
     gemm_->linear(M, N, K, W, ldw, X, ldx, Y, ElemType::F32, 1, accumulate ? 1 : 0);

@@ -522,16 +522,16 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
          l.scaling;
 }
 
+}  // namespace
+
 // cp.async.bulk.prefetch's terms: 16-byte starts and sizes.
-bool prefetchSupported(const DecodeGemmPrefetch& pf) {
+bool DecodeGemm::prefetchSupported(const DecodeGemmPrefetch& pf) {
   if (pf.slices == 0) return true;
   if (pf.slices < 0 || pf.slices > 2 || !pf.rowSlot || pf.bytes % 16 != 0) return false;
   for (int j = 0; j < pf.slices; ++j)
     if (!aligned16(pf.a[j]) || pf.slotStride[j] * sizeof(bf16_t) % 16 != 0) return false;
   return true;
 }
-
-}  // namespace
 
 bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
   const int tiles = gridTiles(a), kTiles = kTilesOf(a);

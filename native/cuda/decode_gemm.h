@@ -135,6 +135,8 @@ class DecodeGemm {
   explicit DecodeGemm(int sms);
   // Whether this build has the kernel for the current device.
   static bool available();
+  // Whether the kernel can issue pf (supports checks it with the rest of the arguments).
+  static bool prefetchSupported(const DecodeGemmPrefetch& pf);
   // 1 <= M <= 32; K and the leading dimensions multiples of 8; W and X 16-byte aligned; at least
   // `splits` stages of K; and every block (tiles x splits, one a multiprocessor) resident at once.
   // With LoRA also: lora.rows a multiple of 8 up to kDecodeGemmLoraMaxRows (their tiles count with
