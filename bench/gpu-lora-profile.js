@@ -7,8 +7,9 @@
 //     -o prof node bench/gpu-lora-profile.js MODEL ADAPTERS RANK
 //   ncu --import prof.ncu-rep --csv --page raw --print-units base > prof.csv
 //   python3 bench/ncu_steps.py prof.csv [OUT.json]             GPU time per kernel and case
-// Under PROFILE=1 each case runs 3 steps (one of warm-up), so the profile stays a few thousand
-// kernels; bench/ncu_steps.py splits the steps at their embedding kernel.
+// Under PROFILE=1 each case runs PROFILE_STEPS steps (3 unless said; the first of them warm-up),
+// so the profile stays a few thousand kernels; bench/ncu_steps.py splits the steps at their
+// embedding kernel and reads PROFILE_STEPS as well.
 // Nsight Compute runs kernels one at a time; to see the steps as the GPU ran them (overlap and
 // programmatic launches included), run under bench/kernel_timeline.cc instead (its header) and
 // read it with bench/timeline_steps.py.
@@ -29,7 +30,10 @@ const profiling = process.env.PROFILE === '1';
 const addon = loadNative();
 const ckpt = openCheckpoint(modelDir);
 const rows = Number(process.env.ROWS ?? 32);
-const w = profiling ? loraWorkload({ rows, steps: 2, warmup: 1 }) : loraWorkload({ rows });
+const profileSteps = Number(process.env.PROFILE_STEPS ?? 3);
+if (!(Number.isInteger(profileSteps) && profileSteps >= 2))
+  throw new Error(`PROFILE_STEPS must be an integer of at least 2, not ${process.env.PROFILE_STEPS}`);
+const w = profiling ? loraWorkload({ rows, steps: profileSteps - 1, warmup: 1 }) : loraWorkload({ rows });
 const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, adapterName(i)), ckpt.config).weights);
 const h = addon.createEngine(ckpt.config, ckpt.tensors, loraEngineOptions(w, { rank }));
 adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));

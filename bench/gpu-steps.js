@@ -126,11 +126,26 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
   };
 }
 
+const LORA_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
+/**
+ * The modules a benchmark's adapter pool holds: LORA_MODULES=o_proj (comma-separated) gives the
+ * pool those alone, so that a set of adapters on them (bench/make-adapters.js --modules) is timed
+ * without the other modules' kernels, which a pool of all seven runs whatever its adapters hold.
+ */
+export function benchLoraModules(spec = process.env.LORA_MODULES) {
+  if (!spec) return LORA_MODULES;
+  const list = spec.split(',').map((m) => m.trim());
+  for (const m of list) if (!LORA_MODULES.includes(m)) throw new Error(`LORA_MODULES: unknown module ${m} (one of ${LORA_MODULES.join(', ')})`);
+  return list;
+}
+
 /**
  * The CUDA engine options of the multi-LoRA benchmarks (bench/gpu-lora.js,
- * bench/gpu-lora-profile.js) for workload `w`: 8 slots of `rank` on all seven modules.
+ * bench/gpu-lora-profile.js) for workload `w`: 8 slots of `rank` on all seven modules (or
+ * LORA_MODULES's).
  */
-export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused', slots = 8 }) {
+export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused', slots = 8, modules = benchLoraModules() }) {
   return {
     device: 'cuda',
     blockSize: w.BLOCK,
@@ -138,7 +153,7 @@ export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel =
     memFractionStatic: 0.85,
     loraSlots: slots,
     maxLoraRank: rank,
-    loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+    loraModules: modules,
     threads: 0,
     cudaGraphMaxBs: 64,
     loraBackend,

@@ -5,7 +5,7 @@
 PROF.csv is `ncu --import PROF.ncu-rep --csv --page raw --print-units base` of a run under
 PROFILE=1. A step starts at its embedding kernel: the first steps fill the context (8 rows
 each, so four for the profile's 32 rows; set ROWS as for the profiled run), then each case (no
-adapter, 1 adapter, 8 adapters) runs three steps, the first of them warm-up. Prints, and writes to OUT.json, the mean GPU time of each kernel in a step per case.
+adapter, 1 adapter, 8 adapters) runs PROFILE_STEPS steps (3 unless said, as for the profiled run), the first of them warm-up. Prints, and writes to OUT.json, the mean GPU time of each kernel in a step per case.
 """
 import collections
 import csv
@@ -16,7 +16,7 @@ import sys
 
 FILL_STEPS = -(-int(os.environ.get("ROWS", "32")) // 8)
 CASES = ("base", "1 adapter", "8 adapters")
-STEPS_PER_CASE = 3
+STEPS_PER_CASE = int(os.environ.get("PROFILE_STEPS", "3"))
 
 
 def kernel_label(name):

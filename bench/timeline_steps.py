@@ -4,7 +4,7 @@ bench/gpu-lora-profile.js run with PROFILE=1.
     python3 bench/timeline_steps.py TIMELINE.txt [OUT.json]
 
 The steps are split at their embedding kernel as in bench/ncu_steps.py (the context fill, then
-base, 1 adapter and 8 adapters, three steps each, the first of them warm-up). Walking a step's
+base, 1 adapter and 8 adapters, PROFILE_STEPS steps each, the first of them warm-up). Walking a step's
 kernels in the order they started, each kernel adds to the step what its end reaches past every
 kernel before it ("adds"); time where no kernel ran is counted before the kernel that ends it
 ("idle before"), and a kernel that started before the ones ahead of it had ended (programmatic
@@ -93,8 +93,16 @@ def per_case(steps):
     out = {}
     for c, case in enumerate(CASES):
         first = FILL_STEPS + STEPS_PER_CASE * c + 1
-        out[case] = mean_walk(steps[first : FILL_STEPS + STEPS_PER_CASE * (c + 1)])
+        out[case] = mean_walk(usual_steps(steps[first : FILL_STEPS + STEPS_PER_CASE * (c + 1)]))
     return out
+
+
+def usual_steps(steps):
+    """The steps whose span is within a fifth of the median's: a step that tunes a GEMM (a graph's
+    first use of a product's shape, Gemm::tune) also runs cuBLAS's candidates and is left out."""
+    spans = [walk(s)[1] for s in steps]
+    median = sorted(spans)[len(spans) // 2]
+    return [s for s, span in zip(steps, spans) if span <= 1.2 * median]
 
 
 def layer_cycle(steps):

@@ -208,7 +208,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (args.prefetch.slices > 0) prefetchNext(args.prefetch, args.M, lane);
     return;
   }
-  if (hasLora && tid < kTokens) loraReadToken(args, tid, tokSlot, tokRank, tokScale);
+  // The tokens' slots, for the blocks that read them: a weight tile whose deltas the norm after
+  // adds never does, and its first warp would wait on the dependent loads before its first stage.
+  if (hasLora && (shrinkTile || hasDelta || normShrink || spread) && tid < kTokens)
+    loraReadToken(args, tid, tokSlot, tokRank, tokScale);
   if (hasDelta && !shrinkTile && tid < 128) loraCopyB(lora, args.N, row0, bTile, bPitch, tid);
   if (spread) consumersSync();  // both groups read the tokens' slots after their A part
   float nw[2] = {};             // the norm's weights of the rows the first group writes (normShrink)

@@ -132,6 +132,19 @@ static __global__ void shortKernel() {
   }
 }
 
+// A kernel that holds shared memory as the decode attention does (two blocks an SM of 100 KB
+// each), so that a decode GEMM launched after it finds no room until its blocks leave, which they
+// do over a few microseconds (each spins `cycles` and up to half as long again).
+constexpr int kHoldBytes = 100 * 1024;
+static __global__ void smemHoldKernel(int cycles) {
+  extern __shared__ char hold[];
+  troupe::cuda::pdlLaunchDependents();
+  const long long t0 = clock64(), until = cycles + (blockIdx.x % 8) * (cycles / 16);
+  while (clock64() - t0 < until) {
+  }
+  if (threadIdx.x == 0) hold[0] = 0;
+}
+
 // Microseconds a call of call(i, s) when `iters` calls, each behind before(s), are replayed from
 // one CUDA graph on st (the median of 5 replays).
 template <typename B, typename F>

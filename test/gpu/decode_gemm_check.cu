@@ -346,7 +346,9 @@ int checks() {
 // o's and down's GEMM with 8 slots of rank 16 or 64 and the residual's norm after it, as a decode
 // step runs them: without LoRA; at rank 16 the deltas in the GEMM, or the GEMM's shrink tiles
 // leaving them to rmsnormDelta; at both ranks the shrink spread over the weight blocks and the
-// deltas from the padding columns.
+// deltas from the padding columns. At rank 16 also its parts (the GEMM alone, each GEMM with the
+// plain norm, rmsnormDelta after the plain GEMM), and o behind a kernel that holds the shared memory
+// as the attention before it does, so that the GEMM's blocks find room only as that kernel's leave.
 void benchDeltaInNorm(cudaStream_t st, int sms) {
   const int T = 32, slots = 8, copies = 4, iters = 64, H = 4096, maxR = 64;
   float *gu = nullptr, *Y = nullptr, *mid = nullptr;
@@ -367,6 +369,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   int32_t* dOneSlot = upload(std::vector<int32_t>(T, 0));
   int32_t* rowSlot = dSlot;
   DecodeGemm gemm(sms);
+  CK(cudaFuncSetAttribute(smemHoldKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kHoldBytes));
   for (const int R : {16, 64}) {
     int32_t* dRank = upload(std::vector<int32_t>(slots * 7, R));
     float* dScale = upload(std::vector<float>(slots, 1.0f));
@@ -404,23 +407,43 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
       };
       // The GEMM in form f, then rmsnorm, or rmsnormDelta after the shrink tiles, launched as a
       // decode step launches them: the norm early, released once the GEMM's products are summed.
-      auto time = [&](Form f) {
+      // norm: the norm's form (kDefault: rmsnormDelta after the shrink tiles, else rmsnorm).
+      enum class Norm { kDefault, kNone, kPlain, kDelta };
+      // hold: behind smemHoldKernel (as o's GEMM is behind the attention) instead of before().
+      auto holding = [&](cudaStream_t s2) { smemHoldKernel<<<2 * sms, 128, kHoldBytes, s2>>>(30000); };
+      auto time = [&](Form f, Norm norm = Norm::kDefault, bool hold = false) {
         if (!gemm.supports(args(0, f), 2)) return -1.0;
-        return graphCallUs(st, iters, before, [&](int i, cudaStream_t s2) {
+        auto call = [&](int i, cudaStream_t s2) {
           DecodeGemmArgs a = args(i, f);
           a.releaseEarly = true;
           gemm.run(a, 2, s2, true);
-          if (f != Form::kTiles) return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2, 0, true);
+          if (norm == Norm::kNone) return;
+          if (norm == Norm::kPlain || (norm == Norm::kDefault && f != Form::kTiles))
+            return rmsnorm(Y, nullptr, w, xn, T, H, 1e-5f, s2, 0, true);
           ResidualDelta d;
           d.bt = Bt + (i % copies) * btElems, d.rowSlot = rowSlot, d.ranks = dRank, d.rankPitch = 7, d.module = 6;
           d.maxRank = R, d.mid = mid;
           rmsnormDelta(Y, w, xn, T, H, 1e-5f, H, d, s2, true);
-        });
+        };
+        return hold ? graphCallUs(st, iters, holding, call) : graphCallUs(st, iters, before, call);
       };
       std::printf(
           "%-4s and the norm after it, 8 rank-%d slots: no LoRA %6.2f; deltas in the GEMM %6.2f; shrink tiles, "
           "deltas in the norm %6.2f; shrink spread, deltas from the padding %6.2f\n",
           silu ? "down" : "o", R, time(Form::kBase), time(Form::kInGemm), time(Form::kTiles), time(Form::kSpread));
+      if (R == 16)
+        std::printf(
+            "%-4s 8 rank-16 slots, the parts: GEMM alone %6.2f, with shrink tiles %6.2f; the GEMM and rmsnorm %6.2f, "
+            "with shrink tiles %6.2f; the GEMM and rmsnormDelta %6.2f\n",
+            silu ? "down" : "o", time(Form::kBase, Norm::kNone), time(Form::kTiles, Norm::kNone),
+            time(Form::kBase, Norm::kPlain), time(Form::kTiles, Norm::kPlain), time(Form::kBase, Norm::kDelta));
+      if (R == 16 && !silu)
+        std::printf(
+            "o    8 rank-16 slots behind a kernel holding shared memory (%6.2f alone): GEMM and rmsnorm %6.2f, with "
+            "shrink tiles %6.2f; GEMM and rmsnormDelta %6.2f, with shrink tiles %6.2f\n",
+            graphCallUs(st, iters, holding, [](int, cudaStream_t) {}), time(Form::kBase, Norm::kPlain, true),
+            time(Form::kTiles, Norm::kPlain, true), time(Form::kBase, Norm::kDelta, true),
+            time(Form::kTiles, Norm::kDefault, true));
       rowSlot = dOneSlot;
       std::printf("%-4s and the norm after it, 8 rank-%d slots, every token slot 0's: shrink spread %6.2f\n",
                   silu ? "down" : "o", R, time(Form::kSpread));
@@ -512,6 +535,9 @@ int bench() {
                           {"q/k/v, LoRA in", 6144, 4096, 1, false, false, 128},
                           {"o", 4096, 4096, 2, true, false},
                           {"o + r16 pad", 4096, 4224, 2, true, false},
+                          {"o, N 4160", 4160, 4096, 2, true, false},
+                          {"o, N 4224", 4224, 4096, 2, true, false},
+                          {"down, N 4224", 4224, 14336, 2, true, true},
                           {"o + r64 pad", 4096, 4608, 2, true, false},
                           {"down", 4096, 14336, 2, true, false},
                           {"down", 4096, 14336, 2, true, true},
