@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { parseVariants, withEnv } from '../bench/engine-variants.js';
+import { benchLoraModules, loraEngineOptions } from '../bench/gpu-steps.js';
 
 describe('engine variants for A/B benchmarks', () => {
   it('reads the default, variants split by semicolons and settings by spaces', () => {
@@ -40,5 +41,17 @@ describe('engine variants for A/B benchmarks', () => {
     ).toThrow('engine refused');
     expect(process.env.TROUPE_VARIANT_KEEP).toBe('before');
     delete process.env.TROUPE_VARIANT_KEEP;
+  });
+});
+
+describe("the LoRA benchmarks' pool modules (LORA_MODULES)", () => {
+  it('holds all seven unless told, or the modules named', () => {
+    expect(benchLoraModules(undefined)).toEqual(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
+    expect(benchLoraModules('o_proj, gate_proj,up_proj')).toEqual(['o_proj', 'gate_proj', 'up_proj']);
+    expect(loraEngineOptions({ BLOCK: 16, kvBlocks: 8 }, { rank: 16, modules: ['down_proj'] }).loraModules).toEqual(['down_proj']);
+  });
+
+  it('names a module it does not know', () => {
+    expect(() => benchLoraModules('o_proj,o')).toThrow(/LORA_MODULES: unknown module o \(one of q_proj/);
   });
 });

@@ -24,31 +24,35 @@ function step(t0: number, kernels: Kernel[]): string[] {
   return [line([embed, 0, 1]), ...kernels.map(line)];
 }
 
-function run(lines: string[], script = 'timeline_steps.py', args: string[] = []): { stdout: string; json: any } {
+function run(lines: string[], script = 'timeline_steps.py', args: string[] = [], env: Record<string, string> = {}): { stdout: string; json: any } {
   const dir = mkdtempSync(join(tmpdir(), 'timeline-steps-'));
   // The records come in the order CUPTI hands back its buffers, not by start.
   writeFileSync(join(dir, 'timeline.txt'), [...lines].reverse().join('\n') + '\n');
   const stdout = execFileSync('python3', [`bench/${script}`, join(dir, 'timeline.txt'), ...args, join(dir, 'out.json')], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   return { stdout, json: JSON.parse(readFileSync(join(dir, 'out.json'), 'utf8')) };
 }
 
-/** The benchmark's steps: 4 that fill the context, then 3 per case (the first warm-up, far slower). */
-function profile(cases: Kernel[][]): string[] {
+/**
+ * The benchmark's steps: 4 that fill the context, then `perCase` per case (the first warm-up, far
+ * slower); `slow` (case, timed step) runs that step's kernels 5x as long, as a step tuning a GEMM does.
+ */
+function profile(cases: Kernel[][], perCase = 3, slow?: [number, number]): string[] {
   const lines: string[] = [];
   let t0 = 0;
   const add = (kernels: Kernel[]) => {
     lines.push(...step(t0, kernels));
     t0 += 10_000;
   };
+  const stretched = (kernels: Kernel[], k: number) => kernels.map(([n, s, e, grid]) => [n, s * k, e * k, grid] as Kernel);
   for (let i = 0; i < 4; i++) add([[gemm, 2, 50]]);
-  for (const kernels of cases) {
-    add(kernels.map(([n, s, e, grid]) => [n, s * 10, e * 10, grid] as Kernel));
-    add(kernels);
-    add(kernels);
-  }
+  cases.forEach((kernels, c) => {
+    add(stretched(kernels, 10));
+    for (let i = 0; i < perCase - 1; i++) add(slow && slow[0] === c && slow[1] === i ? stretched(kernels, 5) : kernels);
+  });
   return lines;
 }
 
@@ -89,6 +93,25 @@ describe('timeline_steps.py', () => {
     expect(stdout).toMatch(/what 8 adapters add over base, by kernel/);
     expect(stdout).toMatch(/itemShrinkKernel\s+\+8\.0/);
     expect(stdout).toMatch(/span\s+\+9\.0/);
+  });
+
+  it('takes PROFILE_STEPS steps a case and leaves out a timed step far longer than the others', () => {
+    const kernels: Kernel[] = [
+      [rope, 2, 7],
+      [gemm, 8, 22],
+    ];
+    for (const [perCase, slowStep] of [
+      [5, 2],
+      [3, 0],
+    ] as const) {
+      const { json }: { json: Record<string, Case> } = run(profile([kernels, kernels, kernels], perCase, [0, slowStep]), 'timeline_steps.py', [], {
+        PROFILE_STEPS: String(perCase),
+      });
+      // Base: its slow step (a span of 110 us) is left out, so the span and counts are one step's.
+      expect(json['base']!.spanUs).toBe(22);
+      expect(json['base']!.kernels[gemm]).toEqual({ launches: 1, runs: 14, adds: 14, idle: 1, early: 0 });
+      expect(json['8 adapters']!.spanUs).toBe(22);
+    }
   });
 
   it('refuses a timeline whose steps do not match the benchmark', () => {
