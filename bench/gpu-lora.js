@@ -18,12 +18,15 @@
 // adapters' ranks. LORA_VARIANTS (bench/engine-variants.js: `default;TROUPE_LORA_IN_GEMM=0`) times
 // engines made with other environment switches beside each other, each round taking every variant
 // in turn, and labels each run with its variant. LORA_MODULES=o_proj (bench/gpu-steps.js) gives the
-// engines' pools those modules alone, for adapters written on them alone.
+// engines' pools those modules alone, for adapters written on them alone. Each run with adapters
+// also carries what their bytes alone would add (bench/lora-roofline.js): at the base step's own
+// bandwidth, and at the copy bandwidth that gpu_peft.py measured in the same run.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { parseVariants, withEnv } from './engine-variants.js';
 import { loraEngineOptions, loraWorkload, median } from './gpu-steps.js';
+import { adapterBytes, baseStepBytes, loraRoofline } from './lora-roofline.js';
 import { nvidiaSmi } from './serve-server.js';
 
 const root = new URL('..', import.meta.url);
@@ -56,6 +59,11 @@ const variants = parseVariants(process.env.LORA_VARIANTS);
 const pool = Number(process.env.LORA_POOL ?? 8);
 if (!(Number.isInteger(pool) && pool >= 8)) throw new Error(`LORA_POOL must be an integer of at least 8, not ${process.env.LORA_POOL}`);
 
+// What the steps read: the adapters' bytes beside each overhead (bench/lora-roofline.js), the floor
+// from the copy bandwidth that bench/gpu_peft.py measured in the same run.
+const baseBytes = baseStepBytes(ckpt.config, ckpt.tensors, w.ROWS, w.CONTEXT);
+const copyBytesPerS = peft?.copyBandwidthBytesPerS;
+
 const result = {
   date: new Date().toISOString().slice(0, 10),
   device: nvidiaSmi(),
@@ -63,6 +71,8 @@ const result = {
   rows: w.ROWS,
   context: w.CONTEXT,
   rounds,
+  baseStepBytes: baseBytes,
+  copyBandwidthTBs: copyBytesPerS ? copyBytesPerS / 1e12 : undefined,
   pool: pool > 8 ? pool : undefined,
   variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
@@ -71,6 +81,8 @@ const result = {
 for (const rank of ranks) {
   // Read once per rank: every engine below fills its slots from the same values.
   const adapters = Array.from({ length: 8 }, (_, i) => loadAdapterWeights(join(adapterDir, `r${rank}-${i}`), ckpt.config).weights);
+  // A step over `distinct` adapters uses the first `distinct` (loraWorkload's slots).
+  const loraBytes = (distinct) => adapters.slice(0, distinct).reduce((n, a) => n + adapterBytes(a), 0);
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
       const engines = variants.map((variant) => {
@@ -108,6 +120,10 @@ for (const rank of ranks) {
             prefillOverhead: overhead('prefillMs'),
             decodeMsByRound: times.decodeMs,
             prefillMsByRound: times.prefillMs,
+            roofline:
+              distinct > 0
+                ? loraRoofline({ baseBytes, loraBytes: loraBytes(distinct), copyBytesPerS, baseMs: median(byRound[0].decodeMs) })
+                : undefined,
           };
           result.runs.push(run);
           console.log(
@@ -119,9 +135,12 @@ for (const rank of ranks) {
     }
   }
 }
+const percent = (x) => `+${(100 * x).toFixed(1)}%`;
 for (const r of result.runs.filter((x) => x.adapters === 8)) {
+  const { overheadAtBaseBandwidth, floorOverhead } = r.roofline;
+  const floor = floorOverhead === undefined ? '' : `, ${percent(floorOverhead)} at copy bandwidth`;
   console.log(
-    `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}${r.variant ? ` [${r.variant}]` : ''}, 8 adapters: decode +${(100 * r.decodeOverhead).toFixed(1)}%, prefill +${(100 * r.prefillOverhead).toFixed(1)}%`,
+    `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}${r.variant ? ` [${r.variant}]` : ''}, 8 adapters: decode ${percent(r.decodeOverhead)}, prefill ${percent(r.prefillOverhead)}; the adapters' bytes alone ${percent(overheadAtBaseBandwidth)} at the base step's bandwidth${floor}`,
   );
 }
 if (peft) {

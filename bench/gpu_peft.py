@@ -6,8 +6,9 @@
 Writes 8 random PEFT adapters of rank 16 and 8 of rank 64 on all seven modules to
 ADAPTER_DIR/r{16,64}-{0..7} (bf16 safetensors, every factor random), then times transformers +
 PEFT + SDPA on a decode step of 32 rows over a 512-token context, with the rows spread over 1 and
-over 8 distinct rank-16 adapters through PEFT's mixed-adapter batches (adapter_names). Timings
-are CUDA-event medians after warm-up, as in bench/gpu_hf.py.
+over 8 distinct rank-16 adapters through PEFT's mixed-adapter batches (adapter_names), and measures
+the device's copy bandwidth as bench/gpu_hf.py does. Timings are CUDA-event medians after warm-up,
+as in bench/gpu_hf.py.
 """
 import json
 import math
@@ -18,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache, LlamaForCausalLM
 
-from gpu_hf import timed
+from gpu_hf import copy_bandwidth, timed
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ROWS = 32
@@ -60,7 +61,8 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(1000, 100000, (ROWS, CONTEXT - 1), device="cuda", generator=g)
     nxt = torch.randint(1000, 100000, (ROWS, 1), device="cuda", generator=g)
-    result = {"rows": ROWS, "context": CONTEXT, "decodeMs": {}}
+    # The device's copy bandwidth in the same run: bench/gpu-lora.js's floor for what adapters add.
+    result = {"rows": ROWS, "context": CONTEXT, "copyBandwidthBytesPerS": copy_bandwidth(), "decodeMs": {}}
     for distinct in (1, 8):
         rows = [names[i % distinct] for i in range(ROWS)]
         cache = DynamicCache()

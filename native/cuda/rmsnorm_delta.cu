@@ -93,10 +93,21 @@ __global__ void __launch_bounds__(kThreads)
   if (active) {
     x = *reinterpret_cast<const float4*>(row);
     if (rank > 0) {
+      // Up to rank 16 and without columns, every mid value in one round of loads beside the row's:
+      // loaded as the products below reach them, each float4 may be a round trip of its own. (74
+      // registers a thread at rank 16 against 64, still beside a decode GEMM block; the others
+      // would no longer fit there.) o's GEMM and this kernel took 17.5 us against 17.7, down's
+      // level (bench/results/2026-12-04-h200-lora-norm-mids.json).
+      constexpr bool kMidsFirst = kR <= 16 && !kCols;
+      const float4* midRow = reinterpret_cast<const float4*>(d.mid + t * kR);
+      float4 mids[kMidsFirst ? kR / 4 : 1];
+      if constexpr (kMidsFirst)
+#pragma unroll
+        for (int q = 0; q < kR / 4; ++q) mids[q] = __ldcg(midRow + q);
       float delta[kFeatures] = {};
 #pragma unroll
       for (int r0 = 0; r0 < kR; r0 += 4) {
-        const float4 m = __ldcg(reinterpret_cast<const float4*>(d.mid + t * kR + r0));
+        const float4 m = kMidsFirst ? mids[r0 / 4] : __ldcg(midRow + r0 / 4);
         const float mv[4] = {m.x, m.y, m.z, m.w};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {

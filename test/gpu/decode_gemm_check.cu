@@ -347,8 +347,10 @@ int checks() {
 // step runs them: without LoRA; at rank 16 the deltas in the GEMM, or the GEMM's shrink tiles
 // leaving them to rmsnormDelta; at both ranks the shrink spread over the weight blocks and the
 // deltas from the padding columns. At rank 16 also its parts (the GEMM alone, each GEMM with the
-// plain norm, rmsnormDelta after the plain GEMM), and o behind a kernel that holds the shared memory
-// as the attention before it does, so that the GEMM's blocks find room only as that kernel's leave.
+// plain norm, rmsnormDelta after the plain GEMM), o behind a kernel that holds the shared memory
+// as the attention before it does, so that the GEMM's blocks find room only as that kernel's leave,
+// the shrink tiles reading A from memory as a decode step does, and rmsnormDelta over rows that
+// have no adapter.
 void benchDeltaInNorm(cudaStream_t st, int sms) {
   const int T = 32, slots = 8, copies = 4, iters = 64, H = 4096, maxR = 64;
   float *gu = nullptr, *Y = nullptr, *mid = nullptr;
@@ -367,6 +369,8 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   int32_t* dSlot = upload(slot);
   // Every token of slot 0: one adapter for the whole batch.
   int32_t* dOneSlot = upload(std::vector<int32_t>(T, 0));
+  // No token with an adapter: rmsnormDelta reads no B and adds no delta, what its cluster costs alone.
+  int32_t* dNoSlot = upload(std::vector<int32_t>(T, -1));
   int32_t* rowSlot = dSlot;
   DecodeGemm gemm(sms);
   CK(cudaFuncSetAttribute(smemHoldKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kHoldBytes));
@@ -382,8 +386,12 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
       CK(cudaMemset(W, 0, wElems * copies * 2));
       CK(cudaMalloc(&X, static_cast<size_t>(T) * K * 2));
       CK(cudaMemset(X, 0, static_cast<size_t>(T) * K * 2));
-      CK(cudaMalloc(&A, static_cast<size_t>(slots) * R * K * 2));
-      CK(cudaMemset(A, 0, static_cast<size_t>(slots) * R * K * 2));
+      // A in copies as well, read in turn where coldA is set: a decode step reads A from memory,
+      // not from L2 as one copy read by every replay is.
+      const size_t aElems = static_cast<size_t>(slots) * R * K;
+      CK(cudaMalloc(&A, aElems * copies * 2));
+      CK(cudaMemset(A, 0, aElems * copies * 2));
+      bool coldA = false;
       CK(cudaMalloc(&Bt, btElems * copies * 2));
       CK(cudaMemset(Bt, 0, btElems * copies * 2));
       auto before = [&](cudaStream_t s2) {
@@ -400,7 +408,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
         a.accumulate = true;
         if (f == Form::kBase) return a;
         DecodeGemmLora& l = a.lora;
-        l.A = A, l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = f == Form::kTiles ? nullptr : a.W + K, l.ldb = ldw;
+        l.A = A + (coldA ? (i % copies) * aElems : 0), l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = f == Form::kTiles ? nullptr : a.W + K, l.ldb = ldw;
         l.rowSlot = rowSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
         l.spread = f == Form::kSpread;
         return a;
@@ -444,6 +452,17 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
             graphCallUs(st, iters, holding, [](int, cudaStream_t) {}), time(Form::kBase, Norm::kPlain, true),
             time(Form::kTiles, Norm::kPlain, true), time(Form::kBase, Norm::kDelta, true),
             time(Form::kTiles, Norm::kDefault, true));
+      if (R == 16) {
+        coldA = true;
+        std::printf("%-4s 8 rank-16 slots, A read from memory: GEMM with shrink tiles %6.2f, and rmsnormDelta %6.2f",
+                    silu ? "down" : "o", time(Form::kTiles, Norm::kNone), time(Form::kTiles));
+        if (!silu) std::printf(", behind a kernel holding shared memory %6.2f", time(Form::kTiles, Norm::kDefault, true));
+        std::printf("\n");
+        coldA = false;
+        rowSlot = dNoSlot;
+        std::printf("%-4s the GEMM and rmsnormDelta over rows without adapters %6.2f (rmsnorm %6.2f)\n",
+                    silu ? "down" : "o", time(Form::kBase, Norm::kDelta), time(Form::kBase, Norm::kPlain));
+      }
       rowSlot = dOneSlot;
       std::printf("%-4s and the norm after it, 8 rank-%d slots, every token slot 0's: shrink spread %6.2f\n",
                   silu ? "down" : "o", R, time(Form::kSpread));
@@ -455,7 +474,8 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
     cudaFree(dScale);
   }
   for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
-                  static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot)})
+                  static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot),
+                  static_cast<void*>(dNoSlot)})
     cudaFree(p);
 }
 
