@@ -349,8 +349,9 @@ int checks() {
 // deltas from the padding columns. At rank 16 also its parts (the GEMM alone, each GEMM with the
 // plain norm, rmsnormDelta after the plain GEMM), o behind a kernel that holds the shared memory
 // as the attention before it does, so that the GEMM's blocks find room only as that kernel's leave,
-// the shrink tiles reading A from memory as a decode step does, and rmsnormDelta over rows that
-// have no adapter.
+// the shrink tiles reading A from memory as a decode step does (and o's GEMM asking L2 for gate/up's
+// A rows as it does), rmsnormDelta over rows that have no adapter, and the parts again over values
+// that are not zeros, which read slower (bench/results/2026-12-04-h200-lora-norm-mids.json).
 void benchDeltaInNorm(cudaStream_t st, int sms) {
   const int T = 32, slots = 8, copies = 4, iters = 64, H = 4096, maxR = 64;
   float *gu = nullptr, *Y = nullptr, *mid = nullptr;
@@ -372,6 +373,10 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   // No token with an adapter: rmsnormDelta reads no B and adds no delta, what its cluster costs alone.
   int32_t* dNoSlot = upload(std::vector<int32_t>(T, -1));
   int32_t* rowSlot = dSlot;
+  // gate/up's rank-16 A rows of every slot (two slices), for o's prefetch.
+  bf16_t* gateUpA = nullptr;
+  CK(cudaMalloc(&gateUpA, static_cast<size_t>(2) * slots * 16 * H * 2));
+  CK(cudaMemset(gateUpA, 0, static_cast<size_t>(2) * slots * 16 * H * 2));
   DecodeGemm gemm(sms);
   CK(cudaFuncSetAttribute(smemHoldKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kHoldBytes));
   for (const int R : {16, 64}) {
@@ -391,7 +396,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
       const size_t aElems = static_cast<size_t>(slots) * R * K;
       CK(cudaMalloc(&A, aElems * copies * 2));
       CK(cudaMemset(A, 0, aElems * copies * 2));
-      bool coldA = false;
+      bool coldA = false, prefetch = false;
       CK(cudaMalloc(&Bt, btElems * copies * 2));
       CK(cudaMemset(Bt, 0, btElems * copies * 2));
       auto before = [&](cudaStream_t s2) {
@@ -411,6 +416,13 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
         l.A = A + (coldA ? (i % copies) * aElems : 0), l.lda = K, l.rows = slots * R, l.maxRank = R, l.B = f == Form::kTiles ? nullptr : a.W + K, l.ldb = ldw;
         l.rowSlot = rowSlot, l.ranks = dRank, l.rankPitch = 7, l.module = 6, l.scaling = dScale, l.mid = mid;
         l.spread = f == Form::kSpread;
+        if (prefetch) {
+          // gate/up's A rows asked of L2 at the end, as a decode step's o GEMM does (rank 16, two slices).
+          DecodeGemmPrefetch& pf = a.prefetch;
+          pf.a[0] = gateUpA, pf.a[1] = gateUpA + static_cast<size_t>(slots) * 16 * H;
+          pf.slotStride[0] = pf.slotStride[1] = static_cast<size_t>(16) * H;
+          pf.bytes = static_cast<size_t>(16) * H * 2, pf.slices = 2, pf.rowSlot = rowSlot;
+        }
         return a;
       };
       // The GEMM in form f, then rmsnorm, or rmsnormDelta after the shrink tiles, launched as a
@@ -458,6 +470,13 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
                     silu ? "down" : "o", time(Form::kTiles, Norm::kNone), time(Form::kTiles));
         if (!silu) std::printf(", behind a kernel holding shared memory %6.2f", time(Form::kTiles, Norm::kDefault, true));
         std::printf("\n");
+        if (!silu) {
+          prefetch = true;
+          std::printf("o    8 rank-16 slots, A from memory and gate/up's A asked of L2: GEMM with shrink tiles %6.2f, "
+                      "and rmsnormDelta %6.2f\n",
+                      time(Form::kTiles, Norm::kNone), time(Form::kTiles));
+          prefetch = false;
+        }
         coldA = false;
         rowSlot = dNoSlot;
         std::printf("%-4s the GEMM and rmsnormDelta over rows without adapters %6.2f (rmsnorm %6.2f)\n",
@@ -467,6 +486,25 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
       std::printf("%-4s and the norm after it, 8 rank-%d slots, every token slot 0's: shrink spread %6.2f\n",
                   silu ? "down" : "o", R, time(Form::kSpread));
       rowSlot = dSlot;
+      if (R == 16) {
+        // The same with values that are not zeros (the residual keeps what the replays added).
+        fillNoise(W, wElems * copies, 1, 0.02f), fillNoise(X, static_cast<size_t>(T) * K, 2, 1.0f);
+        fillNoise(A, aElems * copies, 3, 0.02f), fillNoise(Bt, btElems * copies, 4, 0.02f);
+        fillNoise(gu, static_cast<size_t>(T) * 2 * 14336, 5, 1.0f);
+        coldA = true;
+        std::printf("%-4s 8 rank-16 slots, values not zeros, A from memory: GEMM alone %6.2f, with shrink tiles %6.2f; "
+                    "the GEMM and rmsnorm %6.2f, with shrink tiles and rmsnormDelta %6.2f",
+                    silu ? "down" : "o", time(Form::kBase, Norm::kNone), time(Form::kTiles, Norm::kNone),
+                    time(Form::kBase, Norm::kPlain), time(Form::kTiles));
+        if (!silu) {
+          prefetch = true;
+          std::printf("; with gate/up's prefetch %6.2f", time(Form::kTiles));
+          prefetch = false;
+        }
+        std::printf("\n");
+        coldA = false;
+        CK(cudaMemset(gu, 0, static_cast<size_t>(T) * 2 * 14336 * 4));
+      }
       for (void* p : {static_cast<void*>(W), static_cast<void*>(X), static_cast<void*>(A), static_cast<void*>(Bt)})
         cudaFree(p);
     }
@@ -475,7 +513,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
   }
   for (void* p : {static_cast<void*>(gu), static_cast<void*>(Y), static_cast<void*>(mid), static_cast<void*>(w),
                   static_cast<void*>(xn), static_cast<void*>(dSlot), static_cast<void*>(dOneSlot),
-                  static_cast<void*>(dNoSlot)})
+                  static_cast<void*>(dNoSlot), static_cast<void*>(gateUpA)})
     cudaFree(p);
 }
 
