@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { greedyBatch, mean, median } from './gpu-steps.js';
+import { LLAMA_8B_CONFIG as LLAMA_8B } from './llama-8b-config.js';
 const root = new URL('..', import.meta.url);
 const dist = (p) => import(new URL(`dist/src/${p}`, root).href);
 const { loadNative } = await dist('engine/native.js');
@@ -28,22 +29,6 @@ if (!outFile) throw new Error('usage: node bench/gpu-adapter-load.js OUT.json [M
 const RANK = Number(rankArg);
 if (!(Number.isInteger(RANK) && RANK >= 1 && RANK <= 256)) throw new Error(`RANK must be an integer in 1..256, got ${rankArg}`);
 const addon = loadNative();
-const LLAMA_8B = {
-  architectures: ['LlamaForCausalLM'],
-  model_type: 'llama',
-  hidden_size: 4096,
-  intermediate_size: 14336,
-  num_hidden_layers: 32,
-  num_attention_heads: 32,
-  num_key_value_heads: 8,
-  head_dim: 128,
-  vocab_size: 128256,
-  rms_norm_eps: 1e-5,
-  rope_theta: 500000,
-  max_position_embeddings: 8192,
-  tie_word_embeddings: false,
-  torch_dtype: 'bfloat16',
-};
 const ckpt = modelDir ? openCheckpoint(modelDir) : null;
 const config = ckpt ? ckpt.config : parseModelConfig(LLAMA_8B, 'config.json');
 const hfShape = ckpt ? JSON.parse((await import('node:fs')).readFileSync(join(modelDir, 'config.json'), 'utf8')) : LLAMA_8B;

@@ -1,21 +1,9 @@
 import { describe, expect, it } from 'vitest';
 
+import { LLAMA_8B_CONFIG as LLAMA_8B } from '../bench/llama-8b-config.js';
 import { adapterBytes, baseStepBytes, loraRoofline } from '../bench/lora-roofline.js';
 import { tensorShapes } from '../src/model/checkpoint.js';
 import { parseModelConfig } from '../src/model/config.js';
-import { DEMO_MODEL } from '../src/model/demo.js';
-
-const LLAMA_8B = {
-  ...DEMO_MODEL,
-  hidden_size: 4096,
-  intermediate_size: 14336,
-  num_hidden_layers: 32,
-  num_attention_heads: 32,
-  num_key_value_heads: 8,
-  head_dim: 128,
-  vocab_size: 128256,
-  tie_word_embeddings: false,
-};
 
 describe("the adapters' bytes beside a LoRA benchmark's overheads", () => {
   it("counts a decode step's bf16 weights without the embedding table, and the rows' cache", () => {

@@ -20,6 +20,7 @@ import { validateFlags } from '../src/config/validate.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import { parseModelConfig } from '../src/model/config.js';
 import { DEMO_MODEL } from '../src/model/demo.js';
+import { LLAMA_8B_CONFIG } from '../bench/llama-8b-config.js';
 import { tempDir } from './model-fixtures.js';
 
 const base = { seed: 7, rate: 4, cv: 1, alpha: 1, adapters: 50, inputLen: [8, 512], outputLen: [8, 256], tokenRange: [100, 128000] };
@@ -158,15 +159,7 @@ describe('make-adapters', () => {
   });
 
   it('sizes the 8B adapters as planned: rank 16 on all modules, rank 8 on q/k/v/o', () => {
-    const llama8b = {
-      ...DEMO_MODEL,
-      hidden_size: 4096,
-      intermediate_size: 14336,
-      num_hidden_layers: 32,
-      num_attention_heads: 32,
-      num_key_value_heads: 8,
-      head_dim: 128,
-    };
+    const llama8b = LLAMA_8B_CONFIG;
     const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
     // Per layer, rank x (in + out) summed over the modules, in bf16.
     expect(planAdapters(llama8b, { rank: 16, modules: all }).dataBytes).toBe(32 * 16 * (8192 + 5120 + 5120 + 8192 + 3 * (4096 + 14336)) * 2);
