@@ -4,7 +4,9 @@
 // CUDA machine, after `npm run build` and `node scripts/build-native.js`:
 //   TROUPE_KERNEL_TIMELINE=/tmp/t.txt LD_PRELOAD=/tmp/libkernel_timeline.so ROWS=1 \
 //     node bench/gpu-decode-timeline.js MODEL && python3 bench/timeline_decode.py /tmp/t.txt 10
-import { greedyBatch, randomTokenSource } from './gpu-steps.js';
+import { greedyBatch, randomTokenSource, tuneAtFirstCapture } from './gpu-steps.js';
+
+tuneAtFirstCapture();
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);

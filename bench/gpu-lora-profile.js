@@ -15,8 +15,10 @@
 // read it with bench/timeline_steps.py.
 import { join } from 'node:path';
 
-import { loraEngineOptions, loraWorkload } from './gpu-steps.js';
+import { loraEngineOptions, loraWorkload, tuneAtFirstCapture } from './gpu-steps.js';
 import { adapterName } from './make-adapters.js';
+
+tuneAtFirstCapture();
 
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);

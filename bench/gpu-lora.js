@@ -25,9 +25,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { parseVariants, withEnv } from './engine-variants.js';
-import { loraEngineOptions, loraWorkload, median } from './gpu-steps.js';
+import { loraEngineOptions, loraWorkload, median, tuneAtFirstCapture } from './gpu-steps.js';
 import { adapterBytes, baseStepBytes, loraRoofline } from './lora-roofline.js';
 import { nvidiaSmi } from './serve-server.js';
+
+tuneAtFirstCapture();
 
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);

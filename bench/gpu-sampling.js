@@ -7,7 +7,9 @@
 import { execSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 
-import { greedyBatch, median, randomTokenSource } from './gpu-steps.js';
+import { greedyBatch, median, randomTokenSource, tuneAtFirstCapture } from './gpu-steps.js';
+
+tuneAtFirstCapture();
 const root = new URL('..', import.meta.url);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);

@@ -1,5 +1,15 @@
 // What the GPU benchmarks share: greedy StepBatch building, seeded random prompts, medians and means.
 
+/**
+ * Engines made after this tune cuBLAS's kernels for a step's shapes when its graph is first
+ * captured, as a server does for a batch size it has run many times (TROUPE_CUDA_GEMM_TUNE_AFTER):
+ * the step benchmarks time each batch size's steady state in a few dozen steps. Unless the
+ * environment already says.
+ */
+export function tuneAtFirstCapture() {
+  process.env.TROUPE_CUDA_GEMM_TUNE_AFTER ??= '0';
+}
+
 /** A greedy StepBatch of `seqs` ({tokens, cached, blocks, slot?}) with block tables maxBlocks wide. */
 export function greedyBatch(seqs, maxBlocks) {
   const n = seqs.length;

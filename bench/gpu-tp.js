@@ -15,9 +15,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { loraWorkload } from './gpu-steps.js';
+import { loraWorkload, tuneAtFirstCapture } from './gpu-steps.js';
 import { optionLines, parseTable } from './serve-options.js';
 import { adapterNames, hbmBandwidth, kvBytesPerToken, modelShape, readMs, weightBytesPerRank } from './tp-bench.js';
+
+tuneAtFirstCapture();
 
 const root = new URL('..', import.meta.url);
 const dist = (p) => import(new URL(`dist/src/${p}`, root).href);

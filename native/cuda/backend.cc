@@ -121,6 +121,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     gemvRows_ = parseCount("TROUPE_CUDA_GEMV", env, 0, cuda::kGemvLimitRows);
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE")) gemmTune_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE_AFTER"))
+    gemmTuneAfter_ = parseCount("TROUPE_CUDA_GEMM_TUNE_AFTER", env, 0, 1 << 30);
   if (const char* env = std::getenv("TROUPE_LORA_FUSED_SPLIT_TOKENS")) fusedSplitMaxTokens_ = std::atoi(env);
   if (const char* env = std::getenv("TROUPE_CUDA_ATTENTION_SPLITS"))
     attnSplits_ = parseCount("TROUPE_CUDA_ATTENTION_SPLITS", env, 0, cuda::kMaxDecodeSplits);

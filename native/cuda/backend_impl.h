@@ -57,6 +57,10 @@ inline constexpr int kBf16RowsTokens = 33;
 struct Graph {
   cudaGraphExec_t exec = nullptr;
   uint64_t generation = 0;
+  // cuBLAS's products that ran the default kernel when it was captured, for Gemm::tune once the
+  // graph has been launched CudaBackend::gemmTuneAfter_ times; replays counts the launches.
+  std::vector<cuda::Gemm::Product> untuned;
+  int replays = 0;
 };
 
 class CudaBackend : public Backend {
@@ -186,6 +190,14 @@ class CudaBackend : public Backend {
   // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
   // TROUPE_CUDA_GEMM_TUNE=0 keeps cublasGemmEx's default, for comparing.
   bool gemmTune_ = true;
+  // A graph's shapes are timed once it has been launched this many times, and the graph captured
+  // again (TROUPE_CUDA_GEMM_TUNE_AFTER; 0: at its first capture). Timing a batch size's shapes
+  // holds its step about 45 ms for 0.3-0.8% off each step after, so a server tunes the sizes it
+  // runs often and not the ones a batch passes through: on an H200 with 32 streams through HTTP
+  // the server's decode steps took 8.6 ms on average when each new size was tuned at once, 5.8
+  // without tuning (bench/results/2026-12-04-h200-gemm-tune-after.json).
+  int gemmTuneAfter_ = kGemmTuneAfter;
+  static constexpr int kGemmTuneAfter = 256;
   static constexpr int kDecodeGemmSplits = 2;
   // The weight groups (bits by cuda::WeightGroup) whose decode steps take their LoRA inside the
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, or a list of

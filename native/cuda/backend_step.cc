@@ -78,13 +78,21 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     }
     Graph& g = graphs_[{p.n, stepHasLora_, p.splits}];
     if (!g.exec || g.generation != generation_) {
-      // The products of shapes cuBLAS has not been timed on are noted while capturing; once timed,
-      // the graph is captured again if any of them now runs another kernel (gemm.h).
+      // The products of shapes cuBLAS has not been timed on are noted while capturing (gemm.h).
       gemm_->noteUntuned(gemmTune_);
       capture(g, p);
       gemm_->noteUntuned(false);
-      if (gemm_->tune()) capture(g, p);
+      g.untuned = gemm_->takeNoted();
+      g.replays = 0;
     }
+    // Once the graph has run often enough, they are timed, and the graph captured again if any of
+    // them now runs another kernel.
+    if (!g.untuned.empty() && g.replays >= gemmTuneAfter_) {
+      const std::vector<cuda::Gemm::Product> untuned = std::move(g.untuned);
+      g.untuned.clear();
+      if (gemm_->tune(untuned)) capture(g, p);
+    }
+    ++g.replays;
     spans_.launching(stream_);
     check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
     spans_.launched(stream_);

@@ -124,10 +124,15 @@ void Gemm::run(const Product& q) {
   check(static_cast<cublasStatus_t>(runDefault(p, p.C)), p.batch == 1 ? "cublasGemmEx" : "cublasGemmStridedBatchedEx");
 }
 
-bool Gemm::tune() {
-  if (noted_.empty()) return false;
-  std::vector<Product> noted;
-  noted.swap(noted_);
+bool Gemm::tune(const std::vector<Product>& noted) {
+  // Whether any of the products' shapes runs a kernel other than the default (also where an
+  // earlier tune() chose it: a graph captured before then still runs the default).
+  auto chosen = [&] {
+    return std::any_of(noted.begin(), noted.end(), [&](const Product& p) {
+      const auto it = choices_.find(p.shape());
+      return it != choices_.end() && it->second->lt;
+    });
+  };
   // Each shape is timed over the weights (A) of every product noted with it (a step's layers), in
   // turn, so that each call reads its weights from memory as in a step; C goes to scratch.
   std::map<Shape, std::vector<Product>> byShape;
@@ -140,7 +145,7 @@ bool Gemm::tune() {
                                                   static_cast<long long>(p.ldc) * p.n) *
                                   4);
   }
-  if (byShape.empty()) return false;
+  if (byShape.empty()) return chosen();
   void* cScratch = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
   if (cudaMalloc(&cScratch, cBytes) != cudaSuccess || cudaEventCreate(&start) != cudaSuccess ||
@@ -150,10 +155,9 @@ bool Gemm::tune() {
     if (cScratch) cudaFree(cScratch);
     if (start) cudaEventDestroy(start);
     for (const auto& entry : byShape) choices_[entry.first] = std::make_shared<Choice>();
-    return false;
+    return chosen();
   }
   cudaMemsetAsync(cScratch, 0, cBytes, stream_);
-  bool changed = false;
   for (const auto& entry : byShape) {
     const std::vector<Product>& calls = entry.second;
     const Product& p = calls.front();
@@ -225,7 +229,6 @@ bool Gemm::tune() {
     if (bestAt >= 0 && best < byDefault * kTuneMargin) {
       c->lt = true;
       c->algo = found[bestAt].algo;
-      changed = true;
     }
     if (std::getenv("TROUPE_CUDA_GEMM_TUNE_LOG"))
       std::fprintf(stderr,
@@ -239,7 +242,7 @@ bool Gemm::tune() {
   cudaFree(cScratch);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  return changed;
+  return chosen();
 }
 
 void Gemm::batched(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda,
