@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { parseVariants, withEnv } from '../bench/engine-variants.js';
-import { benchLoraModules, loraEngineOptions } from '../bench/gpu-steps.js';
+import { benchLoraModules, loraEngineOptions, tuneAtFirstCapture } from '../bench/gpu-steps.js';
 
 describe('engine variants for A/B benchmarks', () => {
   it('reads the default, variants split by semicolons and settings by spaces', () => {
@@ -53,5 +53,22 @@ describe("the LoRA benchmarks' pool modules (LORA_MODULES)", () => {
 
   it('names a module it does not know', () => {
     expect(() => benchLoraModules('o_proj,o')).toThrow(/LORA_MODULES: unknown module o \(one of q_proj/);
+  });
+});
+
+describe("the step benchmarks' cuBLAS tuning (TROUPE_CUDA_GEMM_TUNE_AFTER)", () => {
+  it('tunes at the first capture unless the environment says otherwise', () => {
+    const before = process.env.TROUPE_CUDA_GEMM_TUNE_AFTER;
+    try {
+      delete process.env.TROUPE_CUDA_GEMM_TUNE_AFTER;
+      tuneAtFirstCapture();
+      expect(process.env.TROUPE_CUDA_GEMM_TUNE_AFTER).toBe('0');
+      process.env.TROUPE_CUDA_GEMM_TUNE_AFTER = '256';
+      tuneAtFirstCapture();
+      expect(process.env.TROUPE_CUDA_GEMM_TUNE_AFTER).toBe('256');
+    } finally {
+      if (before === undefined) delete process.env.TROUPE_CUDA_GEMM_TUNE_AFTER;
+      else process.env.TROUPE_CUDA_GEMM_TUNE_AFTER = before;
+    }
   });
 });
