@@ -179,7 +179,28 @@ export function engineShare(before, after, wallMs) {
     decodeStepMs: decodeSteps > 0 ? (total('troupe_engine_decode_step_seconds_total') * 1000) / decodeSteps : null,
     // The idle time before each step sent ahead: the host's share per step in the steady state.
     waitMs: waits > 0 ? (total('troupe_engine_wait_seconds_total') * 1000) / waits : null,
+    decodeStepBuckets: stepBuckets(delta('troupe_engine_decode_step_duration_seconds_bucket', 'le')),
   };
+}
+
+/**
+ * The decode steps' histogram between two scrapes ({le: count} from the buckets' deltas): how
+ * many steps took longer than 20 ms, and the bucket bound in ms that holds 50%, 90%, 99% and all
+ * of them (null without decode steps). A mean step pulled up by a few slow ones (a new batch
+ * size's first graph) shows here as a short tail over a steady median.
+ */
+export function stepBuckets(byLe) {
+  const bounds = Object.keys(byLe)
+    .map((le) => ({ le, bound: le === '+Inf' ? Infinity : Number(le), count: byLe[le] }))
+    .sort((a, b) => a.bound - b.bound);
+  const all = bounds.at(-1)?.count ?? 0;
+  if (all === 0) return null;
+  const upTo = (q) => {
+    const b = bounds.find((x) => x.count >= q * all);
+    return b === undefined || b.bound === Infinity ? null : b.bound * 1000;
+  };
+  const within20 = bounds.filter((x) => x.bound <= 0.02).at(-1)?.count ?? 0;
+  return { steps: all, over20Ms: all - within20, p50UpToMs: upTo(0.5), p90UpToMs: upTo(0.9), p99UpToMs: upTo(0.99), allUpToMs: upTo(1) };
 }
 
 /** What the adapter counters of /metrics moved by between two scrapes. */

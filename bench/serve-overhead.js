@@ -142,6 +142,11 @@ const fixed = (x) => (x === null ? '-' : x.toFixed(2));
 console.log(
   `decode steps in the server: ${fixed(engineUse.decodeStepMs)} ms (${engineUse.decodeSteps}); idle before each step sent ahead: ${fixed(engineUse.waitMs)} ms`,
 );
+const hist = engineUse.decodeStepBuckets;
+if (hist)
+  console.log(
+    `decode steps by time: half within ${fixed(hist.p50UpToMs)} ms, 90% within ${fixed(hist.p90UpToMs)}, 99% within ${fixed(hist.p99UpToMs)}; ${hist.over20Ms} of ${hist.steps} over 20 ms`,
+  );
 
 const result = {
   benchmark: 'serve-overhead',

@@ -10,7 +10,7 @@ import { interArrivals, makeWorkload, powerLawCdf } from '../bench/serve-workloa
 // @ts-expect-error plain JavaScript without declarations
 import { makeAdapters, planAdapters } from '../bench/make-adapters.js';
 // @ts-expect-error plain JavaScript without declarations
-import { adapterActivity, parseMetrics, percentile, streamGenerate, summarize } from '../bench/serve-client.js';
+import { adapterActivity, engineShare, parseMetrics, percentile, stepBuckets, streamGenerate, summarize } from '../bench/serve-client.js';
 // @ts-expect-error plain JavaScript without declarations
 import { searchCapacity } from '../bench/serve-capacity.js';
 // @ts-expect-error plain JavaScript without declarations
@@ -267,6 +267,23 @@ describe('reported figures', () => {
     expect(d.loadSeconds).toEqual({ cpu_to_gpu: 1.5 });
     expect(d.evictions).toEqual({ gpu: 2 });
     expect(parseMetrics('x{adapter="we\\"ird"} 1')[0].labels.adapter).toBe('we"ird');
+  });
+
+  it("reads the decode steps' histogram between two scrapes: the bounds that hold its share, and the slow steps", () => {
+    const scrape = (counts: number[]) =>
+      parseMetrics(
+        ['0.005', '0.0075', '0.02', '0.05', '0.5', '+Inf']
+          .map((le, i) => `troupe_engine_decode_step_duration_seconds_bucket{le="${le}"} ${counts[i]}`)
+          .join('\n'),
+      );
+    // Between the scrapes: 90 steps within 5 ms, 8 more within 7.5, one within 50 and one within 500.
+    const d = engineShare(scrape([10, 10, 10, 10, 10, 10]), scrape([100, 108, 108, 109, 110, 110]), 1000);
+    expect(d.decodeStepBuckets).toEqual({ steps: 100, over20Ms: 2, p50UpToMs: 5, p90UpToMs: 5, p99UpToMs: 50, allUpToMs: 500 });
+    // Without decode steps, or from a server without the histogram, nothing.
+    expect(stepBuckets({})).toBeNull();
+    expect(stepBuckets({ '0.005': 0, '+Inf': 0 })).toBeNull();
+    // Steps past the last bound leave that share unbounded.
+    expect(stepBuckets({ '+Inf': 2, '0.01': 1 })).toMatchObject({ p50UpToMs: 10, allUpToMs: null, over20Ms: 1 });
   });
 });
 

@@ -122,6 +122,9 @@ describe('overlap scheduling', () => {
     const decodeSteps = await metric(overlap, 'troupe_engine_decode_steps_total', '');
     expect(decodeSteps).toBeGreaterThan(0);
     expect(await metric(overlap, 'troupe_engine_decode_step_seconds_total', '')).toBeGreaterThan(0);
+    // The histogram holds the same steps, each in a bucket.
+    expect(await metric(overlap, 'troupe_engine_decode_step_duration_seconds_count', '')).toBe(decodeSteps);
+    expect(await metric(overlap, 'troupe_engine_decode_step_duration_seconds_bucket', 'le="+Inf"')).toBe(decodeSteps);
     expect(await metric(overlap, 'troupe_engine_decode_step_seconds_total', '')).toBeLessThanOrEqual(
       await metric(overlap, 'troupe_engine_step_seconds_total', ''),
     );

@@ -8,6 +8,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { createApp } from '../src/http/app.js';
 import { EngineMetrics } from '../src/metrics/collector.js';
 import { GATEWAY_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
+import { DECODE_STEP_BUCKETS } from '../src/scheduler/engine-time.js';
 import type { SchedulerLoad } from '../src/scheduler/index.js';
 import { useDemoServer } from './demo-server.js';
 import { EchoEngine } from './http-echo-engine.js';
@@ -178,7 +179,7 @@ describe('gateway metrics of any engine', () => {
     waitingAdapters: [],
     preempted: { cache: 0, place: 0 },
     steps: { total: 0, ahead: 0 },
-    engine: { seconds: 0, decodeSteps: 0, decodeSeconds: 0, waits: 0, waitSeconds: 0 },
+    engine: { seconds: 0, decodeSteps: 0, decodeSeconds: 0, decodeStepBuckets: DECODE_STEP_BUCKETS.map(() => 0), waits: 0, waitSeconds: 0 },
     ...over,
   });
 
@@ -212,6 +213,30 @@ describe('gateway metrics of any engine', () => {
     current = load({ preempted: { cache: 2, place: 3 } });
     expect(byReason(parseMetrics(await registry.metrics()))).toEqual({ kv_cache: 2, place: 3 });
     expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_requests_preempted_total')).toBe(false);
+  });
+
+  it("shows the decode steps' times as a Prometheus histogram, on /metrics only", async () => {
+    const registry = new Registry();
+    const gatewayOnly = new Registry();
+    // Three steps: 5 ms, 6 ms and one of 400 ms (a new batch size's first graph).
+    const buckets = DECODE_STEP_BUCKETS.map((bound) => [0.005, 0.006, 0.4].filter((t) => t <= bound).length);
+    const engine = { seconds: 1, decodeSteps: 3, decodeSeconds: 0.411, decodeStepBuckets: buckets, waits: 0, waitSeconds: 0 };
+    registerGatewayMetrics([registry, gatewayOnly], {
+      modelName: 'm',
+      blockSize: 16,
+      numBlocks: 10,
+      maxLoras: 4,
+      load: async () => load({ engine }),
+    });
+    const text = await registry.metrics();
+    expect(text).toContain('# TYPE troupe_engine_decode_step_duration_seconds histogram');
+    const m = parseMetrics(text);
+    const le = Object.fromEntries((m.get('troupe_engine_decode_step_duration_seconds_bucket') ?? []).map((x) => [x.labels.le, x.value]));
+    expect(le).toMatchObject({ '0.0025': 0, '0.005': 1, '0.0075': 2, '0.25': 2, '0.5': 3, '1': 3, '+Inf': 3 });
+    expect(Object.keys(le)).toHaveLength(DECODE_STEP_BUCKETS.length + 1);
+    expect(only(m, 'troupe_engine_decode_step_duration_seconds_sum').value).toBe(0.411);
+    expect(only(m, 'troupe_engine_decode_step_duration_seconds_count').value).toBe(3);
+    expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_engine_decode_step_duration_seconds_bucket')).toBe(false);
   });
 
   it('keeps one adapter info series, the current one, with the scrape time as its value', async () => {

@@ -53,6 +53,9 @@ describe('scheduleAhead', () => {
     expect(t.seconds).toBeCloseTo(0.051, 9);
     expect(t.decodeSteps).toBe(2);
     expect(t.decodeSeconds).toBeCloseTo(0.011, 9);
+    // The two decode steps by bucket (cumulative): 5 ms at most 0.005 s, 6 ms at most 0.0075.
+    expect(t.decodeStepBuckets.slice(0, 4)).toEqual([0, 1, 2, 2]);
+    expect(t.decodeStepBuckets.at(-1)).toBe(2);
     expect(t.waits).toBe(2);
     expect(t.waitSeconds).toBeCloseTo(0.00075, 9);
   });

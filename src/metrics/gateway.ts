@@ -18,8 +18,9 @@
 // it now, which is what adapter affinity is for. max_lora is then the pool's slots
 // (--max-gpu-loras, which is --max-loras-per-batch unless given), so running plus waiting
 // adapters below it means room for one more without evicting.
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, type Metric, type Registry } from 'prom-client';
 import type { SchedulerLoad } from '../scheduler/index.js';
+import { DECODE_STEP_BUCKETS } from '../scheduler/engine-time.js';
 
 export interface GatewayMetricsSource {
   /** Served model name, the model_name label of the vLLM and SGLang gauges. */
@@ -134,6 +135,35 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     'Time the engine spent in those decode steps: divided by their count, the step time to hold inter-token latency against.',
     (l) => l.engine.decodeSeconds,
   );
+  // The decode steps' times as a histogram. prom-client's Histogram counts observations itself; the
+  // scheduler already keeps the counts, so this metric hands them over as they are.
+  const histogram = 'troupe_engine_decode_step_duration_seconds';
+  const help =
+    "Decode steps' times in the engine: the buckets show the steps held by one-time costs (a batch size's first CUDA graph, cuBLAS's timing of its shapes) apart from the steady state.";
+  const decodeSteps = {
+    name: histogram,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    reset() {},
+    async get() {
+      const { engine } = await snapshot();
+      const bucket = (le: string, value: number) => ({ metricName: `${histogram}_bucket`, labels: { le }, value });
+      return {
+        name: histogram,
+        help,
+        type: 'histogram',
+        aggregator: 'sum',
+        values: [
+          ...DECODE_STEP_BUCKETS.map((bound, i) => bucket(String(bound), engine.decodeStepBuckets[i] ?? 0)),
+          bucket('+Inf', engine.decodeSteps),
+          { metricName: `${histogram}_sum`, labels: {}, value: engine.decodeSeconds },
+          { metricName: `${histogram}_count`, labels: {}, value: engine.decodeSteps },
+        ],
+      };
+    },
+  };
+  registers[0]?.registerMetric(decodeSteps as unknown as Metric);
   total(
     'troupe_engine_waits_total',
     'Steps sent while the step before was still running (overlap scheduling), each with a wait for it measured.',

@@ -5,6 +5,13 @@
 // host's: the idle time is what the executor and the messages add per step while the
 // scheduler is ahead (overlap scheduling), the rest of the difference is the streams' own.
 
+/**
+ * Upper bounds in seconds of the decode-step histogram's buckets: from a few milliseconds to a
+ * second, so that a step held by a one-time cost (a CUDA graph's capture, cuBLAS's timing of its
+ * shapes) stands apart from the steady state, which the mean of the totals hides.
+ */
+export const DECODE_STEP_BUCKETS: readonly number[] = [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1];
+
 /** Totals since the start, in seconds; /metrics shows them as counters. */
 export interface EngineTimes {
   /** Every completed step's time in the engine. */
@@ -12,6 +19,8 @@ export interface EngineTimes {
   /** Steps in which every row was one decoded token, and their time in the engine. */
   decodeSteps: number;
   decodeSeconds: number;
+  /** Decode steps that took at most each of DECODE_STEP_BUCKETS (cumulative, as a Prometheus histogram's buckets). */
+  decodeStepBuckets: number[];
   /** Steps that were sent while the one before was running, and the time the engine stood idle before each. */
   waits: number;
   waitSeconds: number;
@@ -21,6 +30,8 @@ export class EngineTime {
   private ms = 0;
   private decodeSteps = 0;
   private decodeMs = 0;
+  // Decode steps by the first bucket they fit (one more for those past the last bound).
+  private readonly decodeByBucket = new Array<number>(DECODE_STEP_BUCKETS.length + 1).fill(0);
   private waits = 0;
   private waitMs = 0;
 
@@ -36,6 +47,8 @@ export class EngineTime {
     if (decode) {
       this.decodeSteps++;
       this.decodeMs += stepMs;
+      const bucket = DECODE_STEP_BUCKETS.findIndex((bound) => stepMs / 1000 <= bound);
+      this.decodeByBucket[bucket < 0 ? DECODE_STEP_BUCKETS.length : bucket]!++;
     }
     if (ahead && waitMs !== undefined) {
       this.waits++;
@@ -48,6 +61,7 @@ export class EngineTime {
       seconds: this.ms / 1000,
       decodeSteps: this.decodeSteps,
       decodeSeconds: this.decodeMs / 1000,
+      decodeStepBuckets: DECODE_STEP_BUCKETS.map((_, i) => this.decodeByBucket.slice(0, i + 1).reduce((a, b) => a + b, 0)),
       waits: this.waits,
       waitSeconds: this.waitMs / 1000,
     };
