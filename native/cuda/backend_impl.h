@@ -58,7 +58,7 @@ struct Graph {
   cudaGraphExec_t exec = nullptr;
   uint64_t generation = 0;
   // cuBLAS's products that ran the default kernel when it was captured, for Gemm::tune once the
-  // graph has been launched CudaBackend::gemmTuneAfter_ times; replays counts the launches.
+  // graph has been launched CudaBackend::gemmTuneAfter_ times; replays counts the launches until then.
   std::vector<cuda::Gemm::Product> untuned;
   int replays = 0;
 };

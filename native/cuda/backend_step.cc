@@ -87,12 +87,11 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     }
     // Once the graph has run often enough, they are timed, and the graph captured again if any of
     // them now runs another kernel.
-    if (!g.untuned.empty() && g.replays >= gemmTuneAfter_) {
+    if (!g.untuned.empty() && g.replays++ >= gemmTuneAfter_) {
       const std::vector<cuda::Gemm::Product> untuned = std::move(g.untuned);
       g.untuned.clear();
       if (gemm_->tune(untuned)) capture(g, p);
     }
-    ++g.replays;
     spans_.launching(stream_);
     check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
     spans_.launched(stream_);
