@@ -56,12 +56,17 @@ export class EngineTime {
     }
   }
 
+  private cumulativeBuckets(): number[] {
+    let sum = 0;
+    return DECODE_STEP_BUCKETS.map((_, i) => (sum += this.decodeByBucket[i]!));
+  }
+
   totals(): EngineTimes {
     return {
       seconds: this.ms / 1000,
       decodeSteps: this.decodeSteps,
       decodeSeconds: this.decodeMs / 1000,
-      decodeStepBuckets: DECODE_STEP_BUCKETS.map((_, i) => this.decodeByBucket.slice(0, i + 1).reduce((a, b) => a + b, 0)),
+      decodeStepBuckets: this.cumulativeBuckets(),
       waits: this.waits,
       waitSeconds: this.waitMs / 1000,
     };
