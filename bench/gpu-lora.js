@@ -145,9 +145,10 @@ for (const r of result.runs.filter((x) => x.adapters === 8)) {
     `rank ${r.rank} ${r.loraBackend} ${r.loraKernel}${r.variant ? ` [${r.variant}]` : ''}, 8 adapters: decode ${percent(r.decodeOverhead)}, prefill ${percent(r.prefillOverhead)}; the adapters' bytes alone ${percent(overheadAtBaseBandwidth)} at the base step's bandwidth${floor}`,
   );
 }
-if (peft) {
-  // The first variant's engine (the only one unless LORA_VARIANTS names more).
-  const csgmv16 = (n) => result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.loraKernel === kernels[0] && r.adapters === n);
+// The first variant's engine (the only one unless LORA_VARIANTS names more); PEFT's adapters are
+// rank 16, so a run without rank 16 or without 1 and 8 adapters has nothing to set beside it.
+const csgmv16 = (n) => result.runs.find((r) => r.rank === 16 && r.loraBackend === 'csgmv' && r.loraKernel === kernels[0] && r.adapters === n);
+if (peft && csgmv16(8) && csgmv16(1)) {
   result.speedupOverPeft = {
     kernel: kernels[0],
     eightAdapters: peft.decodeMs['8'] / csgmv16(8).decodeMs,

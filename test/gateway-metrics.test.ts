@@ -232,7 +232,7 @@ describe('gateway metrics of any engine', () => {
     expect(text).toContain('# TYPE troupe_engine_decode_step_duration_seconds histogram');
     const m = parseMetrics(text);
     const le = Object.fromEntries((m.get('troupe_engine_decode_step_duration_seconds_bucket') ?? []).map((x) => [x.labels.le, x.value]));
-    expect(le).toMatchObject({ '0.0025': 0, '0.005': 1, '0.0075': 2, '0.25': 2, '0.5': 3, '1': 3, '+Inf': 3 });
+    expect(le).toMatchObject({ '0.004': 0, '0.005': 1, '0.006': 2, '0.007': 2, '0.25': 2, '0.5': 3, '1': 3, '+Inf': 3 });
     expect(Object.keys(le)).toHaveLength(DECODE_STEP_BUCKETS.length + 1);
     expect(only(m, 'troupe_engine_decode_step_duration_seconds_sum').value).toBe(0.411);
     expect(only(m, 'troupe_engine_decode_step_duration_seconds_count').value).toBe(3);

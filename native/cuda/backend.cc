@@ -155,6 +155,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_IN_O")) gateUpInO_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_PREFETCH")) gateUpPrefetch_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_SLOT_BUCKETS")) slotBuckets_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
     loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_O_IN_ATTENTION"))

@@ -203,8 +203,9 @@ class CudaBackend : public Backend {
   // decode GEMM rather than by an item shrink before it; TROUPE_LORA_IN_GEMM=0 none, or a list of
   // qkv, o and down.
   unsigned loraInGemm_ = 1u << cuda::kQkvWeight | 1u << cuda::kOWeight | 1u << cuda::kDownWeight;
-  // q/k/v keeps the item shrink up to this max rank (qkvGemmArgs says why).
-  static constexpr int kQkvItemShrinkMaxRank = 16;
+  // q/k/v keeps the item shrink up to this max rank, and o takes it above this one
+  // (loraGemmArgs and qkvGemmArgs say why).
+  static constexpr int kQkvItemShrinkMaxRank = 16, kOInGemmMaxRank = 16;
   // At max rank kLoraTailMaxRank and below a decode step's q/k/v GEMM may form its shrink itself,
   // over every slot's A rows kept as tail rows of the weight (GpuWeights::tail, lora_tail.h), RoPE
   // adding the deltas. loraTail_: the groups (bits) that may (TROUPE_LORA_TAIL: qkv or 0); the
@@ -352,11 +353,28 @@ class CudaBackend : public Backend {
   // without them.
   DeviceBuffer<const void*> piecePtrs_;
   uint64_t generation_ = 1;                             // bumped whenever a buffer a graph uses moves
-  std::map<std::tuple<int, bool, int>, Graph> graphs_;  // by (batch size, has adapter tokens, attention splits)
+  std::map<std::tuple<int, int, int>, Graph> graphs_;  // by (batch size, stepSlots_, attention splits)
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
   cuda::LoraItems loraItems_{};
   bool stepHasLora_ = false;
+  // The pool slots this step's LoRA kernels cover: one past the highest slot the batch uses,
+  // rounded up to a power of two (at most the pool's); 0 without adapter tokens. The GEMMs that
+  // read every slot's A rows or B columns (tail rows, shrink tiles, padding columns) read the
+  // covered ones only, and each count has graphs of its own, so a batch over one adapter does not
+  // pay for eight; the loader fills the lowest free slot, which keeps a server's few adapters
+  // low. TROUPE_LORA_SLOT_BUCKETS=0 covers every slot, for comparing.
+  int stepSlots_ = 0;
+  bool slotBuckets_ = true;
+  // Slots that group g's slot-ordered extents cover this step: stepSlots_ where one slot's padding
+  // columns come before the next slot's (split rows, or one held module), else the pool's.
+  int coveredSlots(cuda::WeightGroup g) const;
+  // Group g's padding columns that this step's GEMMs read (all w_->pad[g] of them, or those of
+  // the covered slots).
+  int paddingUsed(cuda::WeightGroup g) const;
+  // q/k/v's tail rows (GpuWeights::tail, slot-major) that this step's GEMM writes after its
+  // outputs: the covered slots'.
+  int qkvTailUsed() const;
   DeviceBuffer<float> loraMid_;  // loraPieces_ slabs of partial shrink results
   int loraPieces_ = 1;
   cudaStream_t loraStream_ = nullptr;  // mma-overlap: the shrinks, forked from and joined to stream_

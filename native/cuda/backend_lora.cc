@@ -1,5 +1,6 @@
 // The CUDA backend's projections with their adapters' LoRA deltas (the fused, tensor-core and
 // CUDA-core forms, chosen by loraKernel) and the pool's slots. The class is in backend_impl.h.
+#include <algorithm>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
@@ -54,7 +55,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       // which adds the deltas.
       const bf16_t* x = makeRows(input, made, in);
       timer_.mark(name, stream_);
-      project(T, N + w_->tail[g], in, W, ld, x, in, y, accumulate);
+      project(T, N + qkvTailUsed(), in, W, ld, x, in, y, accumulate);
       qkvTail_ = tailDelta(l, sl, N);
       return;
     }
@@ -112,7 +113,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
                             stream_);
       }
       timer_.mark(name, stream_);
-      return projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate, cuda::ElemType::F32,
+      return projectAugmented(l, xa, sl, 0, in + paddingUsed(g), W, y, N, accumulate, cuda::ElemType::F32,
                               g == cuda::kOWeight ? gateUpPrefetch(l) : cuda::DecodeGemmPrefetch{});
     }
     if (sl.count > 0) {
@@ -181,7 +182,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
-      const int cols = sl.count * lora_->slots() * sl.maxRank;
+      const int cols = sl.count * stepSlots_ * sl.maxRank;  // A's rows are slot-major
       project(T, cols, in, sl.a[0], in, x, ldx, loraMid_.get(), false);
       cuda::LoraMid every;
       every.data = loraMid_.get();
@@ -193,7 +194,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       lora(x, stream_);
     }
     timer_.mark(name, stream_);
-    projectAugmented(l, xa, sl, 0, ld, W, y, N, accumulate, yType);
+    projectAugmented(l, xa, sl, 0, in + paddingUsed(g), W, y, N, accumulate, yType);
     return;
   }
   // A decode step reads W once whatever K is: the shrink runs beside the base GEMM (it reads only
@@ -205,7 +206,25 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
   project(T, N, in, W, ld, x, ldx, y, accumulate);
   timer_.mark("lora", stream_);
   check(cudaStreamWaitEvent(stream_, loraJoin_, 0), "cudaStreamWaitEvent");
-  projectAugmented(l, xa, sl, in, pad, W, y, N, true);
+  projectAugmented(l, xa, sl, in, paddingUsed(g), W, y, N, true);
+}
+
+int CudaBackend::coveredSlots(cuda::WeightGroup g) const {
+  int held = 0;
+  for (int m = 0; m < kNumLoraModules; ++m)
+    held += cuda::weightGroupOf(m) == g && lora_->holds(static_cast<LoraModule>(m)) ? 1 : 0;
+  return w_->splitRows[g] || held <= 1 ? stepSlots_ : lora_->slots();
+}
+
+int CudaBackend::paddingUsed(cuda::WeightGroup g) const {
+  const int covered = coveredSlots(g), pad = w_->pad[g];
+  // Fewer than the pool's only where the group's columns are one block, slot k's at k maxRank.
+  if (covered >= lora_->slots()) return pad;
+  return std::min(pad, (covered * lora_->maxRank() + 7) / 8 * 8);
+}
+
+int CudaBackend::qkvTailUsed() const {
+  return w_->tail[cuda::kQkvWeight] / lora_->slots() * stepSlots_;
 }
 
 cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {

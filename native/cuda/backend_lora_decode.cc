@@ -33,11 +33,15 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
     return {};
   if (g == cuda::kQkvWeight) return qkvGemmArgs(sl, W, ld, x, ldx, y, N, accumulate);
   if (!accumulate || sl.count != 1 || w_->splitRows[g]) return {};
+  // o's shrink tiles pay at small ranks (8 slots of rank 16); with one slot of rank 64 covered (64
+  // A rows, every token's in one tile) the step took 0.12 ms longer than with o's item shrink (H200,
+  // Llama-8B's shapes, 32 rows; bench/results/2026-12-04-h200-lora-slot-buckets.json).
+  if (g == cuda::kOWeight && sl.maxRank > kOInGemmMaxRank) return {};
   cuda::DecodeGemmArgs a;
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
   cuda::DecodeGemmLora& lo = a.lora;
   // Every slot's A rows of the module, and B in the weight's padding columns (lora_fused.h).
-  lo.A = sl.a[0], lo.lda = in, lo.rows = lora_->slots() * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.maxRank, lo.maxRank = sl.maxRank;
   lo.B = W + in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = g == cuda::kOWeight ? kO : kDown, lo.scaling = lora_->scaling(), lo.mid = loraMid_.get();
   // The deltas go to the norm after the GEMM where the pool keeps B transposed, except the last
@@ -125,7 +129,7 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = map_.tokens, a.N = N, a.K = sl.in;
   a.accumulate = accumulate;
   cuda::DecodeGemmLora& lo = a.lora;
-  lo.A = sl.a[0], lo.lda = sl.in, lo.rows = lora_->slots() * sl.count * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.A = sl.a[0], lo.lda = sl.in, lo.rows = coveredSlots(g) * sl.count * sl.maxRank, lo.maxRank = sl.maxRank;
   lo.B = W + sl.in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.spread = true;
   lo.modules = sl.count, lo.splitRows = w_->splitRows[g];

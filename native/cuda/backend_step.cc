@@ -62,6 +62,14 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   uploadInputs(b, p);
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
   stepHasLora_ = p.loraItems > 0;
+  stepSlots_ = 0;
+  if (stepHasLora_) {
+    int highest = 0;
+    for (int slot : p.loraSlotsUsed) highest = std::max(highest, slot);
+    int covered = 1;
+    while (covered <= highest) covered *= 2;
+    stepSlots_ = slotBuckets_ ? std::min(covered, lora_->slots()) : lora_->slots();
+  }
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   const bool graphed = graphable(b, p);
   if (graphed) {
@@ -76,7 +84,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
       const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }
-    Graph& g = graphs_[{p.n, stepHasLora_, p.splits}];
+    Graph& g = graphs_[{p.n, stepSlots_, p.splits}];
     if (!g.exec || g.generation != generation_) {
       // The products of shapes cuBLAS has not been timed on are noted while capturing (gemm.h).
       gemm_->noteUntuned(gemmTune_);
@@ -152,7 +160,7 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     bf16_t* vc = vCache_ + l * layerStride_;
     if (qkvTail_) {
       // The GEMM wrote each token's shrink outputs after its q, k and v; the deltas go in here.
-      cuda::ropeKvLora(qkv_.get(), qDim_ + 2 * kvDim_ + w_->tail[cuda::kQkvWeight], invFreq_.get(), map_, shape_,
+      cuda::ropeKvLora(qkv_.get(), qDim_ + 2 * kvDim_ + qkvTailUsed(), invFreq_.get(), map_, shape_,
                        q_.get(), kc, vc, *qkvTail_, stream_, itemPdl_);
       qkvTail_.reset();
     } else if (qkvBf16) {

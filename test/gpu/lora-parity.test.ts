@@ -75,17 +75,20 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ];
   type Layout = Pick<EngineOptions, 'maxLoraRank' | 'loraBackend' | 'loraChunkSize' | 'loraKernel'> & { graphs: number };
-  /** An engine of 4 slots with the adapters of `batch` loaded; the batch checked against PEFT. */
-  const check = (label: string, { graphs, ...lora }: Layout, batch: Row[]): void => {
+  /**
+   * An engine of `slots` slots with the adapters of `batch` loaded in the slots its rows name (and
+   * `others` in theirs, which the batch does not use); the batch checked against PEFT.
+   */
+  const check = (label: string, { graphs, ...lora }: Layout, batch: Row[], slots = 4, others: Record<number, string> = {}): void => {
     const h = addon.createEngine(
       ckpt.config,
       ckpt.tensors,
-      engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: 4, cudaGraphMaxBs: graphs, ...lora }),
+      engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: slots, cudaGraphMaxBs: graphs, ...lora }),
     );
     handles.push(h);
-    ref.adapters.forEach((name, slot) => {
-      if (batch.some((r) => r.model === name)) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
-    });
+    const loaded = new Map<number, string>(Object.entries(others).map(([slot, name]) => [Number(slot), name]));
+    for (const r of batch) if (r.slot >= 0) loaded.set(r.slot, r.model);
+    for (const [slot, name] of loaded) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
     const m = run(h, batch);
     console.log(
       `LoRA parity (${label}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
@@ -171,6 +174,32 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
         rows,
       ),
     ));
+
+  // A decode step's GEMMs over every slot's A rows and B columns cover only the slots up to the
+  // batch's highest (rounded up to a power of two): with the batch's adapters in low slots of a pool
+  // of 8 they read 1 or 2 slots' rows, and a batch that uses slot 6 reads all 8. The unused slots
+  // hold adapters too, so a slot read by mistake would change the results.
+  const named = (prefix: string): string => ref.adapters.find((a) => a.startsWith(prefix))!;
+  const placed = (batch: Row[], place: Record<string, number>): Row[] =>
+    batch.filter((r) => r.slot < 0 || r.model in place).map((r) => (r.slot < 0 ? r : { ...r, slot: place[r.model]! }));
+  it.each([
+    { rank: 16, covered: 1, buckets: '1', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
+    { rank: 16, covered: 8, buckets: '0', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
+    { rank: 16, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r8')]: 1 }, others: { 5: named('r16') } },
+    { rank: 64, covered: 1, buckets: '1', place: { [named('r64')]: 0 }, others: { 1: named('r16'), 6: named('r64') } },
+    { rank: 64, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1 }, others: { 4: named('r8') } },
+    { rank: 64, covered: 8, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1, [named('r8')]: 6 }, others: { 2: named('r64') } },
+  ])('pool of 8 at rank $rank, the batch covering $covered slot(s) (slot buckets: $buckets)', ({ rank, covered, buckets, place, others }) =>
+    withEnv({ TROUPE_LORA_SLOT_BUCKETS: buckets }, () =>
+      check(
+        `rank-${rank} pool of 8, ${covered} slot(s) covered, slot buckets ${buckets}`,
+        { maxLoraRank: rank, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        placed(rank === 16 ? small : rows, place),
+        8,
+        others,
+      ),
+    ),
+  );
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
     const base = ref.cases.base!;
