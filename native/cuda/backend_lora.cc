@@ -223,9 +223,7 @@ int CudaBackend::paddingUsed(cuda::WeightGroup g) const {
   return std::min(pad, (covered * lora_->maxRank() + 7) / 8 * 8);
 }
 
-int CudaBackend::qkvTailUsed() const {
-  return w_->tail[cuda::kQkvWeight] / lora_->slots() * stepSlots_;
-}
+int CudaBackend::qkvTailUsed() const { return w_->tail[cuda::kQkvWeight] / lora_->slots() * stepSlots_; }
 
 cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {
   // Each token's shrink outputs for its own slot only, as the segmented shrinks leave them.

@@ -160,8 +160,8 @@ void CudaBackend::forward(const StepBatch* b, const Plan& p) {
     bf16_t* vc = vCache_ + l * layerStride_;
     if (qkvTail_) {
       // The GEMM wrote each token's shrink outputs after its q, k and v; the deltas go in here.
-      cuda::ropeKvLora(qkv_.get(), qDim_ + 2 * kvDim_ + qkvTailUsed(), invFreq_.get(), map_, shape_,
-                       q_.get(), kc, vc, *qkvTail_, stream_, itemPdl_);
+      cuda::ropeKvLora(qkv_.get(), qDim_ + 2 * kvDim_ + qkvTailUsed(), invFreq_.get(), map_, shape_, q_.get(), kc, vc,
+                       *qkvTail_, stream_, itemPdl_);
       qkvTail_.reset();
     } else if (qkvBf16) {
       cuda::ropeKv(reinterpret_cast<const bf16_t*>(qkv_.get()), invFreq_.get(), map_, shape_, q_.get(), kc, vc,
