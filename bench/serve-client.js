@@ -180,6 +180,9 @@ export function engineShare(before, after, wallMs) {
     // The idle time before each step sent ahead: the host's share per step in the steady state.
     waitMs: waits > 0 ? (total('troupe_engine_wait_seconds_total') * 1000) / waits : null,
     decodeStepBuckets: stepBuckets(delta('troupe_engine_decode_step_duration_seconds_bucket', 'le')),
+    // One past the highest LoRA pool slot of a decode step's batch, on average: the slots its LoRA
+    // GEMMs read (before rounding up to a power of two).
+    decodeStepLoraSlots: decodeSteps > 0 ? total('troupe_engine_decode_step_lora_slots_sum') / decodeSteps : null,
   };
 }
 

@@ -269,6 +269,14 @@ describe('reported figures', () => {
     expect(parseMetrics('x{adapter="we\\"ird"} 1')[0].labels.adapter).toBe('we"ird');
   });
 
+  it('reads the LoRA slots the decode steps reached between two scrapes, on average', () => {
+    const scrape = (steps: number, slots: number) =>
+      parseMetrics([`troupe_engine_decode_steps_total ${steps}`, `troupe_engine_decode_step_lora_slots_sum ${slots}`].join('\n'));
+    // 40 decode steps between the scrapes, reaching 100 slots in all.
+    expect(engineShare(scrape(10, 20), scrape(50, 120), 1000).decodeStepLoraSlots).toBe(2.5);
+    expect(engineShare(scrape(10, 20), scrape(10, 20), 1000).decodeStepLoraSlots).toBeNull();
+  });
+
   it("reads the decode steps' histogram between two scrapes: the bounds that hold its share, and the slow steps", () => {
     const scrape = (counts: number[]) =>
       parseMetrics(

@@ -8,7 +8,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { createApp } from '../src/http/app.js';
 import { EngineMetrics } from '../src/metrics/collector.js';
 import { GATEWAY_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
-import { DECODE_STEP_BUCKETS } from '../src/scheduler/engine-time.js';
+import { DECODE_STEP_BUCKETS, LORA_SLOT_BUCKETS } from '../src/scheduler/engine-time.js';
 import type { SchedulerLoad } from '../src/scheduler/index.js';
 import { useDemoServer } from './demo-server.js';
 import { EchoEngine } from './http-echo-engine.js';
@@ -179,7 +179,16 @@ describe('gateway metrics of any engine', () => {
     waitingAdapters: [],
     preempted: { cache: 0, place: 0 },
     steps: { total: 0, ahead: 0 },
-    engine: { seconds: 0, decodeSteps: 0, decodeSeconds: 0, decodeStepBuckets: DECODE_STEP_BUCKETS.map(() => 0), waits: 0, waitSeconds: 0 },
+    engine: {
+      seconds: 0,
+      decodeSteps: 0,
+      decodeSeconds: 0,
+      decodeStepBuckets: DECODE_STEP_BUCKETS.map(() => 0),
+      decodeStepSlots: LORA_SLOT_BUCKETS.map(() => 0),
+      decodeSlotsSum: 0,
+      waits: 0,
+      waitSeconds: 0,
+    },
     ...over,
   });
 
@@ -215,12 +224,23 @@ describe('gateway metrics of any engine', () => {
     expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_requests_preempted_total')).toBe(false);
   });
 
-  it("shows the decode steps' times as a Prometheus histogram, on /metrics only", async () => {
+  it("shows the decode steps' times and LoRA slots reached as Prometheus histograms, on /metrics only", async () => {
     const registry = new Registry();
     const gatewayOnly = new Registry();
     // Three steps: 5 ms, 6 ms and one of 400 ms (a new batch size's first graph).
     const buckets = DECODE_STEP_BUCKETS.map((bound) => [0.005, 0.006, 0.4].filter((t) => t <= bound).length);
-    const engine = { seconds: 1, decodeSteps: 3, decodeSeconds: 0.411, decodeStepBuckets: buckets, waits: 0, waitSeconds: 0 };
+    // Their batches reached no slot, slot 0 and slot 5 (6 slots).
+    const slots = LORA_SLOT_BUCKETS.map((bound) => [0, 1, 6].filter((n) => n <= bound).length);
+    const engine = {
+      seconds: 1,
+      decodeSteps: 3,
+      decodeSeconds: 0.411,
+      decodeStepBuckets: buckets,
+      decodeStepSlots: slots,
+      decodeSlotsSum: 7,
+      waits: 0,
+      waitSeconds: 0,
+    };
     registerGatewayMetrics([registry, gatewayOnly], {
       modelName: 'm',
       blockSize: 16,
@@ -237,6 +257,10 @@ describe('gateway metrics of any engine', () => {
     expect(only(m, 'troupe_engine_decode_step_duration_seconds_sum').value).toBe(0.411);
     expect(only(m, 'troupe_engine_decode_step_duration_seconds_count').value).toBe(3);
     expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_engine_decode_step_duration_seconds_bucket')).toBe(false);
+    const bySlots = Object.fromEntries((m.get('troupe_engine_decode_step_lora_slots_bucket') ?? []).map((x) => [x.labels.le, x.value]));
+    expect(bySlots).toEqual({ '0': 1, '1': 2, '2': 2, '4': 2, '8': 3, '16': 3, '32': 3, '64': 3, '128': 3, '+Inf': 3 });
+    expect(only(m, 'troupe_engine_decode_step_lora_slots_sum').value).toBe(7);
+    expect(only(m, 'troupe_engine_decode_step_lora_slots_count').value).toBe(3);
   });
 
   it('keeps one adapter info series, the current one, with the scrape time as its value', async () => {

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { feedInputs } from '../src/actors/feed.js';
 import { Scheduler } from '../src/scheduler/index.js';
-import { DECODE_STEP_BUCKETS } from '../src/scheduler/engine-time.js';
+import { DECODE_STEP_BUCKETS, LORA_SLOT_BUCKETS } from '../src/scheduler/engine-time.js';
 import { fakeResult, options, sampling, seq, serveLoader } from './scheduler-harness.js';
 
 describe('scheduleAhead', () => {
@@ -60,6 +60,30 @@ describe('scheduleAhead', () => {
     expect(t.decodeStepBuckets.at(-1)).toBe(2);
     expect(t.waits).toBe(2);
     expect(t.waitSeconds).toBeCloseTo(0.00075, 9);
+  });
+
+  it('counts the pool slots each decode step reaches: one past the highest its batch uses', () => {
+    const s = new Scheduler(options());
+    for (const name of ['A', 'B']) s.addAdapter({ name, path: `/ad/${name}`, pinned: false });
+    s.submit(seq('a', { lora: 'A', prompt: 3, maxNewTokens: 3 }));
+    s.submit(seq('b', { lora: 'B', prompt: 3, maxNewTokens: 2 }));
+    s.submit(seq('base', { prompt: 3, maxNewTokens: 4 }));
+    serveLoader(s);
+    const slots: number[][] = [];
+    for (let i = 0; i < 10; i++) {
+      const r = s.schedule();
+      if (!r) break;
+      slots.push(Array.from(r.batch.loraSlots));
+      s.complete({ ...fakeResult(r.batch, r.seqIds), stepMs: 5 });
+    }
+    // A prefill of all three, then decodes of [A, B, base] twice, then base alone once A is done.
+    expect(slots).toEqual([[0, 1, -1], [0, 1, -1], [0, -1], [-1]]);
+    const t = s.load().engine;
+    expect(t.decodeSteps).toBe(3);
+    const within = (bound: number): number => t.decodeStepSlots[LORA_SLOT_BUCKETS.indexOf(bound)]!;
+    // Decode steps reaching 2 slots, 1 slot and none.
+    expect([0, 1, 2, 4].map(within)).toEqual([1, 2, 3, 3]);
+    expect(t.decodeSlotsSum).toBe(3);
   });
 
   it('discards the row of a sequence that a stop token ended while it was in flight', () => {

@@ -20,7 +20,7 @@
 // adapters below it means room for one more without evicting.
 import { Counter, Gauge, type Metric, type Registry } from 'prom-client';
 import type { SchedulerLoad } from '../scheduler/index.js';
-import { DECODE_STEP_BUCKETS } from '../scheduler/engine-time.js';
+import { DECODE_STEP_BUCKETS, LORA_SLOT_BUCKETS, type EngineTimes } from '../scheduler/engine-time.js';
 
 export interface GatewayMetricsSource {
   /** Served model name, the model_name label of the vLLM and SGLang gauges. */
@@ -135,35 +135,47 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     'Time the engine spent in those decode steps: divided by their count, the step time to hold inter-token latency against.',
     (l) => l.engine.decodeSeconds,
   );
-  // The decode steps' times as a histogram. prom-client's Histogram counts observations itself; the
-  // scheduler already keeps the counts, so this metric hands them over as they are.
-  const histogram = 'troupe_engine_decode_step_duration_seconds';
-  const help =
-    "Decode steps' times in the engine: the buckets show the steps held by one-time costs (a batch size's first CUDA graph, cuBLAS's timing of its shapes) apart from the steady state.";
-  const decodeSteps = {
-    name: histogram,
-    help,
-    type: 'histogram',
-    aggregator: 'sum',
-    reset() {},
-    async get() {
-      const { engine } = await snapshot();
-      const bucket = (le: string, value: number) => ({ metricName: `${histogram}_bucket`, labels: { le }, value });
-      return {
-        name: histogram,
-        help,
-        type: 'histogram',
-        aggregator: 'sum',
-        values: [
-          ...DECODE_STEP_BUCKETS.map((bound, i) => bucket(String(bound), engine.decodeStepBuckets[i] ?? 0)),
-          bucket('+Inf', engine.decodeSteps),
-          { metricName: `${histogram}_sum`, labels: {}, value: engine.decodeSeconds },
-          { metricName: `${histogram}_count`, labels: {}, value: engine.decodeSteps },
-        ],
-      };
-    },
+  // Histograms of the decode steps. prom-client's Histogram counts observations itself; the
+  // scheduler already keeps the counts, so these metrics hand them over as they are.
+  const histogram = (name: string, help: string, bounds: readonly number[], read: (e: EngineTimes) => { buckets: number[]; sum: number }) => {
+    const metric = {
+      name,
+      help,
+      type: 'histogram',
+      aggregator: 'sum',
+      reset() {},
+      async get() {
+        const { engine } = await snapshot();
+        const { buckets, sum } = read(engine);
+        const bucket = (le: string, value: number) => ({ metricName: `${name}_bucket`, labels: { le }, value });
+        return {
+          name,
+          help,
+          type: 'histogram',
+          aggregator: 'sum',
+          values: [
+            ...bounds.map((bound, i) => bucket(String(bound), buckets[i] ?? 0)),
+            bucket('+Inf', engine.decodeSteps),
+            { metricName: `${name}_sum`, labels: {}, value: sum },
+            { metricName: `${name}_count`, labels: {}, value: engine.decodeSteps },
+          ],
+        };
+      },
+    };
+    registers[0]?.registerMetric(metric as unknown as Metric);
   };
-  registers[0]?.registerMetric(decodeSteps as unknown as Metric);
+  histogram(
+    'troupe_engine_decode_step_duration_seconds',
+    "Decode steps' times in the engine: the buckets show the steps held by one-time costs (a batch size's first CUDA graph, cuBLAS's timing of its shapes) apart from the steady state.",
+    DECODE_STEP_BUCKETS,
+    (e) => ({ buckets: e.decodeStepBuckets, sum: e.decodeSeconds }),
+  );
+  histogram(
+    'troupe_engine_decode_step_lora_slots',
+    "One past the highest LoRA pool slot each decode step's batch used (0: the base model alone). The CUDA engine's LoRA GEMMs read every slot up to there, rounded up to a power of two, so a step over one adapter in a high slot costs what one over that many adapters would.",
+    LORA_SLOT_BUCKETS,
+    (e) => ({ buckets: e.decodeStepSlots, sum: e.decodeSlotsSum }),
+  );
   total(
     'troupe_engine_waits_total',
     'Steps sent while the step before was still running (overlap scheduling), each with a wait for it measured.',

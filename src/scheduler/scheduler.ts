@@ -287,7 +287,9 @@ export class Scheduler {
     const pending = this.takeEvents();
     const events = new Array<TokenEvent>(pending.length + n);
     for (let i = 0; i < pending.length; i++) events[i] = pending[i]!;
-    this.engineTime.record(result.stepMs, result.waitMs, flight.decode, flight.ahead);
+    let highest = -1;
+    for (let i = 0; i < n; i++) highest = Math.max(highest, entries[i]!.slot);
+    this.engineTime.record(result.stepMs, result.waitMs, flight.decode, flight.ahead, highest + 1);
     const width = n > 0 ? result.topIds.length / n : 0;
     const ending = this.ending;
     ending.clear();
