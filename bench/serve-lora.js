@@ -12,7 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setMaxListeners } from 'node:events';
 import { adapterName } from './make-adapters.js';
-import { adapterActivity, request, scrape, streamGenerate, summarize } from './serve-client.js';
+import { adapterActivity, engineShare, request, scrape, streamGenerate, summarize } from './serve-client.js';
 import { describeDevice, freePort, startServer } from './serve-server.js';
 import { makeWorkload } from './serve-workload.js';
 import { searchCapacity } from './serve-capacity.js';
@@ -161,6 +161,9 @@ export async function measure(base, workload, names, o) {
   return {
     summary: summarize(load.records, load.elapsed, o.slo),
     adapterActivity: adapterActivity(before, after),
+    // The engine's steps over the run: its decode step time, its histogram and the LoRA pool slots
+    // the steps reached (what a pool larger than the batches costs them).
+    engineUse: engineShare(before, after, load.elapsed * 1000),
     workload: workloadStats(workload, names.length),
     driverLagMs: load.lagMs,
     errors: errorCounts(load.records),
@@ -264,11 +267,13 @@ async function main() {
 }
 
 function report(r) {
-  const line = (s, a) =>
-    `${s.requests} requests, ${s.failed} failed; ${s.requestThroughput} req/s, ${s.outputTokenThroughput} output tokens/s; TTFT p50 ${s.ttft.p50} p90 ${s.ttft.p90} p99 ${s.ttft.p99} s; ITL p50 ${s.itl.p50} p99 ${s.itl.p99} s; SLO (${s.sloSeconds} s) ${(s.sloAttainment * 100).toFixed(1)}%; loads ${JSON.stringify(a.loads)}, evictions ${JSON.stringify(a.evictions)}`;
-  if (r.summary) console.log(line(r.summary, r.adapterActivity));
+  const fixed = (x) => (x === null || x === undefined ? 'n/a' : x.toFixed(2));
+  const line = (s, a, e) =>
+    `${s.requests} requests, ${s.failed} failed; ${s.requestThroughput} req/s, ${s.outputTokenThroughput} output tokens/s; TTFT p50 ${s.ttft.p50} p90 ${s.ttft.p90} p99 ${s.ttft.p99} s; ITL p50 ${s.itl.p50} p99 ${s.itl.p99} s; SLO (${s.sloSeconds} s) ${(s.sloAttainment * 100).toFixed(1)}%; loads ${JSON.stringify(a.loads)}, evictions ${JSON.stringify(a.evictions)}` +
+    (e ? `; decode steps ${fixed(e.decodeStepMs)} ms, reaching ${fixed(e.decodeStepLoraSlots)} pool slots on average` : '');
+  if (r.summary) console.log(line(r.summary, r.adapterActivity, r.engineUse));
   if (r.capacity) {
-    for (const p of r.capacity.probes) console.log(`  ${p.rate} req/s: ${line(p.summary, p.adapterActivity)}`);
+    for (const p of r.capacity.probes) console.log(`  ${p.rate} req/s: ${line(p.summary, p.adapterActivity, p.engineUse)}`);
     console.log(`capacity: ${r.capacity.rate} req/s (${r.capacity.bound}) at >= ${r.capacity.target * 100}% within ${r.config.slo} s`);
   }
 }
