@@ -137,7 +137,7 @@ class CudaBackend : public Backend {
   // buffers they point into move.
   void buildPiecePointers();
   // Whether this step's projections take the fused LoRA layout (lora_fused.h).
-  bool fusedLoraStep() const { return lora_ && stepHasLora_ && o_.loraKernel == LoraKernel::kFused; }
+  bool fusedLoraStep() const { return lora_ && stepHasLora() && o_.loraKernel == LoraKernel::kFused; }
   // How a fused step's projection over `input` (in features, augmented rows ld apart) takes its
   // shrink. The one place that decides it, so that the decode attention taking the o shrink
   // (oLoraEpilogue) and the projection itself agree.
@@ -357,7 +357,6 @@ class CudaBackend : public Backend {
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
   cuda::LoraItems loraItems_{};
-  bool stepHasLora_ = false;
   // The pool slots this step's LoRA kernels cover: one past the highest slot the batch uses,
   // rounded up to a power of two (at most the pool's); 0 without adapter tokens. The GEMMs that
   // read every slot's A rows or B columns (tail rows, shrink tiles, padding columns) read the
@@ -366,6 +365,7 @@ class CudaBackend : public Backend {
   // low. TROUPE_LORA_SLOT_BUCKETS=0 covers every slot, for comparing.
   int stepSlots_ = 0;
   bool slotBuckets_ = true;
+  bool stepHasLora() const { return stepSlots_ > 0; }
   // Slots that group g's slot-ordered extents cover this step: stepSlots_ where one slot's padding
   // columns come before the next slot's (split rows, or one held module), else the pool's.
   int coveredSlots(cuda::WeightGroup g) const;

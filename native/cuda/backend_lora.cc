@@ -139,7 +139,7 @@ bool CudaBackend::bf16Rows(int l, cuda::WeightGroup g, std::initializer_list<Lor
   if (!(bf16Rows_ >> g & 1u) || map_.tokens < bf16RowsTokens_) return false;
   const cuda::GpuLayer& L = w_->layers[l];
   if (g == cuda::kQkvWeight && (L.qkvBias || L.qNorm)) return false;
-  if (!lora_ || !stepHasLora_) return true;
+  if (!lora_ || !stepHasLora()) return true;
   const int noOffsets[cuda::kMaxLoraSlices] = {};
   if (lora_->slices(l, modules, noOffsets).count == 0) return true;
   // The fused layout's one GEMM over [x | LoRA columns] (fusedProjection; q/k/v's pieces with
@@ -343,7 +343,7 @@ void CudaBackend::projectAugmented(int l, const cuda::AugmentedRows& xa, const c
 
 void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules, const bf16_t* x, int ldx) {
   shrinkStarted_ = false;
-  if (!lora_ || !stepHasLora_ || o_.loraKernel != LoraKernel::kMmaOverlap) return;
+  if (!lora_ || !stepHasLora() || o_.loraKernel != LoraKernel::kMmaOverlap) return;
   const int noOffsets[cuda::kMaxLoraSlices] = {};
   const cuda::LoraSlices sl = lora_->slices(layer, modules, noOffsets);
   if (sl.count == 0) return;
@@ -359,7 +359,7 @@ void CudaBackend::startLora(int layer, std::initializer_list<LoraModule> modules
 
 void CudaBackend::applyLora(int layer, std::initializer_list<LoraModule> modules, const int* offsets, const bf16_t* x,
                             int ldx, float* y, int ldy) {
-  if (!lora_ || !stepHasLora_) return;
+  if (!lora_ || !stepHasLora()) return;
   const cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
   if (sl.count == 0) return;
   timer_.mark("lora", stream_);

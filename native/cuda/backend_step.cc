@@ -61,9 +61,8 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   Plan p;
   uploadInputs(b, p);
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
-  stepHasLora_ = p.loraItems > 0;
   stepSlots_ = 0;
-  if (stepHasLora_) {
+  if (p.loraItems > 0) {
     int highest = 0;
     for (int slot : p.loraSlotsUsed) highest = std::max(highest, slot);
     int covered = 1;
@@ -75,7 +74,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   if (graphed) {
     // A replayed graph reads the item count from device memory: launch for the most items a
     // step of this size can have.
-    if (stepHasLora_) {
+    if (stepHasLora()) {
       // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
       // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
       // most floor(T / chunk) + (slots used) items; the blocks past the real ones only exit.
@@ -114,7 +113,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   } else {
     check(cudaStreamSynchronize(stream_), "step");
   }
-  if (graphed && spans_.enabled()) spans_.end("b" + std::to_string(p.n) + (stepHasLora_ ? " with adapters" : ""));
+  if (graphed && spans_.enabled()) spans_.end("b" + std::to_string(p.n) + (stepHasLora() ? " with adapters" : ""));
   timer_.end(stream_);
 }
 
