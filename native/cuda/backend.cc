@@ -237,10 +237,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
       !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, o.maxLoraRank)) {
-    int held = 0;
-    for (int m = 0; m < kNumLoraModules; ++m)
-      held += cuda::weightGroupOf(m) == cuda::kQkvWeight && (o.loraModuleMask >> m & 1u);
-    const int rows = o.loraSlots * held * o.maxLoraRank;
+    const int rows = o.loraSlots * cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * o.maxLoraRank;
     if (rows * 16 <= (c.numHeads + 2 * c.numKvHeads) * c.headDim) tail[cuda::kQkvWeight] = rows;
   }
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);

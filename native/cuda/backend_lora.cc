@@ -210,10 +210,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
 }
 
 int CudaBackend::coveredSlots(cuda::WeightGroup g) const {
-  int held = 0;
-  for (int m = 0; m < kNumLoraModules; ++m)
-    held += cuda::weightGroupOf(m) == g && lora_->holds(static_cast<LoraModule>(m)) ? 1 : 0;
-  return w_->splitRows[g] || held <= 1 ? stepSlots_ : lora_->slots();
+  return w_->splitRows[g] || cuda::heldInGroup(g, o_.loraModuleMask) <= 1 ? stepSlots_ : lora_->slots();
 }
 
 int CudaBackend::paddingUsed(cuda::WeightGroup g) const {

@@ -99,11 +99,17 @@ inline int splitPieces(const LoraSlices& sl) {
   return pieces;
 }
 
+// The modules of group g that the pool holds (mask: bits by LoraModule).
+inline int heldInGroup(WeightGroup g, uint32_t mask) {
+  int held = 0;
+  for (int m = 0; m < kNumLoraModules; ++m) held += weightGroupOf(m) == g && ((mask >> m) & 1u) ? 1 : 0;
+  return held;
+}
+
 // Padding columns of a group's weight: its held modules' blocks (one with split rows), rounded up
 // to 8 so that rows stay 16-byte aligned; zero without a pool.
 inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask, bool split) {
-  int held = 0;
-  for (int m = 0; m < kNumLoraModules; ++m) held += weightGroupOf(m) == g && ((mask >> m) & 1u) ? 1 : 0;
+  int held = heldInGroup(g, mask);
   if (split) held = std::min(held, 1);
   const long long cols = static_cast<long long>(held) * slots * maxRank;
   return static_cast<int>((cols + 7) / 8 * 8);
