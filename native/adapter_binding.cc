@@ -1,6 +1,6 @@
 // The addon's adapter functions: host adapters read by native code (readAdapter), their
 // explicit release (destroyHostAdapter), filling an engine's pool slot from one
-// (fillLoraSlot), and the slot table's test hooks. Reads and fills run on libuv's thread pool
+// (fillLoraSlot), exchanging two slots' adapters (swapLoraSlots), and the slot table's test hooks. Reads and fills run on libuv's thread pool
 // and return promises, so a loader keeps several in flight and its thread stays free.
 #include <napi.h>
 
@@ -189,6 +189,14 @@ Napi::Value FillLoraSlot(const Napi::CallbackInfo& info) {
                      [engine, host, slot, slices] { engine->backend->loadLoraSlot(slot, host->weights(slices)); });
 }
 
+Napi::Value SwapLoraSlots(const Napi::CallbackInfo& info) {
+  if (info.Length() != 3) throw ArgError("swapLoraSlots(handle, a, b): expected 3 arguments");
+  auto engine = lookupEngine(info[0], "swapLoraSlots");
+  const int a = slotValue(info, 1, "swapLoraSlots");
+  const int b = slotValue(info, 2, "swapLoraSlots");
+  return startWorker(info.Env(), "troupe.swapLoraSlots", [engine, a, b] { engine->backend->swapLoraSlots(a, b); });
+}
+
 SlotTable& tableOf(const std::shared_ptr<EngineEntry>& e, const char* fn) {
   SlotTable* t = e->backend->loraSlotTable();
   if (!t) throw std::invalid_argument(std::string(fn) + ": this engine has no LoRA pool (loraSlots 0)");
@@ -239,6 +247,7 @@ void initAdapterExports(Napi::Env env, Napi::Object exports) {
   exports.Set("readAdapter", Napi::Function::New<guarded<ReadAdapter>>(env, "readAdapter"));
   exports.Set("destroyHostAdapter", Napi::Function::New<guarded<DestroyHostAdapter>>(env, "destroyHostAdapter"));
   exports.Set("fillLoraSlot", Napi::Function::New<guarded<FillLoraSlot>>(env, "fillLoraSlot"));
+  exports.Set("swapLoraSlots", Napi::Function::New<guarded<SwapLoraSlots>>(env, "swapLoraSlots"));
   exports.Set("holdLoraSlotWrites", Napi::Function::New<guarded<HoldLoraSlotWrites>>(env, "holdLoraSlotWrites"));
   exports.Set("releaseLoraSlotWrites",
               Napi::Function::New<guarded<ReleaseLoraSlotWrites>>(env, "releaseLoraSlotWrites"));

@@ -240,6 +240,10 @@ class Backend {
   virtual void step(const StepBatch& batch, StepOutput& out) = 0;
   virtual void loadLoraSlot(int slot, const AdapterWeights& adapter) = 0;
   virtual void clearLoraSlot(int slot) = 0;
+  // Exchanges what slots a and b hold (either may be empty), so that an adapter a batch uses can
+  // move into a low slot without a copy from host memory; like a fill, it waits for the steps
+  // using either slot and returns once the exchange is done.
+  virtual void swapLoraSlots(int a, int b) = 0;
   // The pool's slot states (tests hold writes through it); null without a LoRA pool.
   virtual SlotTable* loraSlotTable() = 0;
 };

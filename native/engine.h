@@ -24,6 +24,7 @@ class CpuBackend : public Backend {
   void step(const StepBatch& batch, StepOutput& out) override;
   void loadLoraSlot(int slot, const AdapterWeights& adapter) override { lora_.load(slot, adapter); }
   void clearLoraSlot(int slot) override { lora_.clear(slot); }
+  void swapLoraSlots(int a, int b) override { lora_.swap(a, b); }
   SlotTable* loraSlotTable() override { return &lora_.table(); }
 
  private:

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cpu/gemm.h"
 #include "tensor_file.h"
@@ -145,6 +146,23 @@ void LoraPool::clear(int slot) {
   SlotTable::Writer writer = table_.write(slot);
   slots_[slot] = Slot{};
   writer.commit(false);
+}
+
+void checkSwap(int a, int b, int slots) {
+  for (int s : {a, b})
+    if (s < 0 || s >= slots)
+      throw std::invalid_argument("swapLoraSlots: slot " + std::to_string(s) + " is outside [0, " +
+                                  std::to_string(slots) + ")");
+  if (a == b) throw std::invalid_argument("swapLoraSlots: both slots are " + std::to_string(a));
+}
+
+void LoraPool::swap(int a, int b) {
+  checkSwap(a, b, slots());
+  auto writers = table_.writePair(a, b);
+  std::swap(slots_[a], slots_[b]);
+  const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
+  writers.first.commit(bHeld);
+  writers.second.commit(aHeld);
 }
 
 void LoraPool::apply(int layer, LoraModule m, const float* x, size_t ldx, float* y, size_t ldy,

@@ -25,6 +25,9 @@ void loraModuleDims(const ModelConfig& config, int* in, int* out);
 std::vector<char> checkAdapter(AdapterWeights& adapter, int slot, int slots, int maxRank, int layers,
                                uint32_t moduleMask, const int* in, const int* out);
 
+// Throws std::invalid_argument unless a and b are distinct slots of a pool of `slots`.
+void checkSwap(int a, int b, int slots);
+
 // The factor's slice as float32, row-major (takeRows x takeCols); widening bf16 and f16 is exact.
 void factorToFloat(const FactorView& v, float* dst);
 
@@ -36,6 +39,7 @@ class LoraPool {
   // slots run.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
+  void swap(int a, int b);
   SlotTable& table() { return table_; }
   int slots() const { return static_cast<int>(slots_.size()); }
 

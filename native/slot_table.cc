@@ -1,5 +1,6 @@
 #include "slot_table.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -57,7 +58,17 @@ SlotTable::Writer SlotTable::write(int slot) {
     cv_.wait(lock, [&] { return !st.held; });
     st.parked = false;
   }
-  return Writer(this, slot);
+  return Writer(this, slot, st.loaded);
+}
+
+std::pair<SlotTable::Writer, SlotTable::Writer> SlotTable::writePair(int a, int b) {
+  checkSlot(a, "writePair");
+  checkSlot(b, "writePair");
+  if (a == b) throw std::invalid_argument("writePair: both slots are " + std::to_string(a));
+  Writer first = write(std::min(a, b));
+  Writer second = write(std::max(a, b));
+  if (a < b) return {std::move(first), std::move(second)};
+  return {std::move(second), std::move(first)};
 }
 
 SlotTable::Writer::~Writer() {

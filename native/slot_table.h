@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "backend.h"
@@ -54,12 +55,16 @@ class SlotTable {
   // failed), the slot counts as empty if `dirty` was set, else it keeps what it held.
   class Writer {
    public:
-    Writer(Writer&& o) noexcept : table_(o.table_), slot_(o.slot_), dirty_(o.dirty_) { o.table_ = nullptr; }
+    Writer(Writer&& o) noexcept : table_(o.table_), slot_(o.slot_), dirty_(o.dirty_), wasLoaded_(o.wasLoaded_) {
+      o.table_ = nullptr;
+    }
     Writer(const Writer&) = delete;
     Writer& operator=(const Writer&) = delete;
     ~Writer();
     // The slot's memory is being changed: a failure from here on leaves it empty.
     void dirty() { dirty_ = true; }
+    // Whether the slot held an adapter when the write began.
+    bool wasLoaded() const { return wasLoaded_; }
     // Ends the write; `loaded` says whether the slot now holds an adapter. `publish` runs under
     // the table's lock (a CUDA fill records its event there, so a step that leases the slot
     // next waits for that record).
@@ -76,13 +81,18 @@ class SlotTable {
 
    private:
     friend class SlotTable;
-    Writer(SlotTable* t, int slot) : table_(t), slot_(slot) {}
+    Writer(SlotTable* t, int slot, bool wasLoaded) : table_(t), slot_(slot), wasLoaded_(wasLoaded) {}
     SlotTable* table_;
     int slot_;
     bool dirty_ = false;
+    bool wasLoaded_;
   };
   // `slot` must be in range (the pool checks it first, naming the call).
   Writer write(int slot);
+  // Writes of two distinct slots at once (a swap of their adapters), taken in slot order, so that
+  // two such pairs, or a pair and a single write, never wait for each other in a circle. The
+  // first is `a`'s.
+  std::pair<Writer, Writer> writePair(int a, int b);
 
   // Test hooks: while slot s is held, a write of s stops once it has claimed the slot (steps
   // that use s then wait too) until release(s). waitFor blocks until a write of s is stopped

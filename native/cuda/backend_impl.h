@@ -72,6 +72,7 @@ class CudaBackend : public Backend {
   void step(const StepBatch& batch, StepOutput& out) override;
   void loadLoraSlot(int slot, const AdapterWeights& adapter) override;
   void clearLoraSlot(int slot) override;
+  void swapLoraSlots(int a, int b) override;
   SlotTable* loraSlotTable() override { return lora_ ? &lora_->table() : nullptr; }
 
  private:

@@ -393,5 +393,11 @@ void CudaBackend::clearLoraSlot(int slot) {
   lora_->clear(slot);
 }
 
+void CudaBackend::swapLoraSlots(int a, int b) {
+  if (!lora_) throw std::invalid_argument("swapLoraSlots: this engine has no LoRA pool (loraSlots 0)");
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  lora_->swap(a, b);
+}
+
 }  // namespace cuda_engine
 }  // namespace troupe

@@ -290,6 +290,70 @@ void GpuLoraPool::clear(int slot) {
   writer.commit(false, [&] { record(slot); });
 }
 
+std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot) const {
+  std::vector<Region> out;
+  auto add = [&](const void* base, size_t pitch, size_t width, size_t rows) {
+    out.push_back(Region{static_cast<uint8_t*>(const_cast<void*>(base)), pitch, width, rows});
+  };
+  for (int l = 0; l < layers_; ++l) {
+    for (int m = 0; m < kNumLoraModules; ++m) {
+      if (!holds(static_cast<LoraModule>(m))) continue;
+      const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
+      const size_t inBytes = static_cast<size_t>(in_[m]) * 2;
+      add(a_[idx] + slot * aSlotStride_[m], inBytes, inBytes, maxRank_);
+      add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(maxRank_) * 2, out_[m]);
+      if (bt_[idx]) {
+        const size_t outBytes = static_cast<size_t>(out_[m]) * 2;
+        add(bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], outBytes, outBytes, maxRank_);
+      }
+      const WeightGroup g = weightGroupOf(m);
+      const bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
+      if (tail && loraColumnBlock(m, mask_) == 0) {
+        const size_t rows = aSlotStride_[m] / in_[m];
+        add(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2, inBytes, rows);
+      }
+    }
+    if (!normW_.empty()) {
+      const size_t bytes = static_cast<size_t>(maxRank_) * nsOutputs_ * 4;
+      add(normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, bytes, bytes, 1);
+    }
+  }
+  add(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, kNumLoraModules * 4, kNumLoraModules * 4, 1);
+  add(scaling_.get() + slot, 4, 4, 1);
+  return out;
+}
+
+void GpuLoraPool::swap(int a, int b) {
+  checkSwap(a, b, slots_);
+  auto writers = table_.writePair(a, b);
+  std::lock_guard<std::mutex> lock(enqueueMu_);
+  writers.first.dirty();
+  writers.second.dirty();
+  const std::vector<Region> ra = regions(a), rb = regions(b);
+  uint8_t* stage = staging_.get();
+  auto copy = [&](void* dst, size_t dstPitch, const void* src, size_t srcPitch, size_t width, size_t rows) {
+    check(cudaMemcpy2DAsync(dst, dstPitch, src, srcPitch, width, rows, cudaMemcpyDeviceToDevice, stream_),
+          "LoRA slot swap");
+  };
+  for (size_t i = 0; i < ra.size(); ++i) {
+    const Region& x = ra[i];
+    const Region& y = rb[i];
+    // Through staging a piece at a time: a's rows out, b's into a, a's old rows into b.
+    if (x.width > kStagingBytes) throw std::logic_error("swapLoraSlots: a row exceeds the staging buffer");
+    const size_t perPiece = kStagingBytes / x.width;
+    for (size_t r = 0; r < x.rows; r += perPiece) {
+      const size_t n = std::min(perPiece, x.rows - r);
+      copy(stage, x.width, x.at + r * x.pitch, x.pitch, x.width, n);
+      copy(x.at + r * x.pitch, x.pitch, y.at + r * y.pitch, y.pitch, x.width, n);
+      copy(y.at + r * y.pitch, y.pitch, stage, x.width, x.width, n);
+    }
+  }
+  check(cudaStreamSynchronize(stream_), "LoRA slot swap");
+  const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
+  writers.first.commit(bHeld, [&] { record(a); });
+  writers.second.commit(aHeld, [&] { record(b); });
+}
+
 void GpuLoraPool::record(int slot) {
   settled_[slot].store(false);
   check(cudaEventRecord(ready_[slot], stream_), "cudaEventRecord");

@@ -44,6 +44,8 @@ class GpuLoraPool {
   // SlotTable), and return once the slot's copies are done, so the host values may go.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
+  // Exchanges two slots' factors, ranks and scaling by device copies through the staging buffer.
+  void swap(int a, int b);
   SlotTable& table() { return table_; }
   // Makes `stream` wait for the last write of `slot`; the caller holds a lease on the slot.
   void waitFor(int slot, cudaStream_t stream) const;
@@ -80,6 +82,13 @@ class GpuLoraPool {
  private:
   // Records ready_[slot] after the slot's write on the fill stream.
   void record(int slot);
+  // One piece of a slot's memory: `rows` rows of `width` bytes, `pitch` bytes apart.
+  struct Region {
+    uint8_t* at;
+    size_t pitch, width, rows;
+  };
+  // Every piece of `slot`'s memory, in the same order for every slot.
+  std::vector<Region> regions(int slot) const;
   // Enqueues the copies and conversions of the adapter's factors into `slot` (enqueueMu_ held).
   void enqueueFactors(int slot, const AdapterWeights& adapter);
 

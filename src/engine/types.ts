@@ -306,6 +306,12 @@ export interface NativeAddon {
    * use the slot run meanwhile; one that uses it waits for the fill.
    */
   fillLoraSlot(handle: number, slot: number, host: number, slices?: AdapterSlice[]): Promise<void>;
+  /**
+   * Exchanges what pool slots a and b hold (either may be empty) by copies within the engine's
+   * memory, off this thread; like a fill it waits for the steps using either slot, and steps that
+   * use neither run meanwhile.
+   */
+  swapLoraSlots(handle: number, a: number, b: number): Promise<void>;
   /** Test hooks: writes (fills, clears) of the slot stop once they have claimed it, until released. */
   holdLoraSlotWrites(handle: number, slot: number): void;
   releaseLoraSlotWrites(handle: number, slot: number): void;
