@@ -157,6 +157,17 @@ async function fillsAndSteps(four, bytes) {
   }
   figures.cpuToGpu = { GBps: gbps(bytes, median(fills)), ms: median(fills) * 1e3 };
   console.log(`${tag}CPU to GPU: ${figures.cpuToGpu.GBps.toFixed(1)} GB/s (${figures.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`);
+  // Two held slots exchanging their adapters inside GPU memory (what the scheduler does to bring
+  // a wanted adapter into a low slot): each adapter's bytes are read and written one and a half
+  // times, through the pool's staging buffer.
+  const swaps = [];
+  for (let k = 0; k < 8; k++) {
+    const t = process.hrtime.bigint();
+    await addon.swapLoraSlots(h, 1 + (k % 2), 3);
+    if (k >= 2) swaps.push(seconds(t));
+  }
+  figures.slotSwap = { ms: median(swaps) * 1e3, adapterGBps: gbps(bytes, median(swaps)) };
+  console.log(`${tag}slot swap: ${figures.slotSwap.ms.toFixed(2)} ms (${figures.slotSwap.adapterGBps.toFixed(1)} GB/s of one adapter's bytes)`);
 
   // Decode steps of 32 rows (base and slot 0) over 256-token contexts, alone and while slots
   // 1-3 are filled over and over; the steps yield to the event loop so fills complete.

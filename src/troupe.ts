@@ -86,6 +86,8 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         contextLength: plan.contextLength,
         maxLoraRank: plan.engine.maxLoraRank,
         loraModules: plan.engine.loraModules,
+        // For comparing: adapters then stay in the slots they were copied into.
+        compactSlots: process.env.TROUPE_LORA_COMPACT !== '0',
       },
     });
     await tokenizerReady;

@@ -1,7 +1,7 @@
 // The lifecycle of one LoRA adapter as a statechart, and the adapter's only owner: its context
 // holds the pool slot, the pinned flag, the requests using it, a pending removal and its CPU
 // copy, and its transitions emit the loader commands ('command' events). Residency (disk ->
-// CPU -> GPU slot and back) and admission (open, or unloading while requests still use it)
+// CPU -> GPU slot and back, and from one slot to another) and admission (open, or unloading while requests still use it)
 // are parallel regions: a draining adapter must still be loadable, because requests queued
 // before the unload request have to run to completion.
 //
@@ -49,6 +49,17 @@ export type AdapterEvent =
   | { type: 'LOAD_FAILED'; error: string }
   | { type: 'COPY'; slot: number }
   | { type: 'SLOT_READY'; slot: number }
+  /**
+   * Move to pool slot `slot` (so that the batches that use it cover fewer slots, or to leave its
+   * slot to an adapter that will): the engines exchange the two slots' contents, and `partner`,
+   * the adapter that holds `slot` (null for a free slot), takes this one's (it hears GIVE_SLOT).
+   * Emits the exchange.
+   */
+  | { type: 'MOVE'; slot: number; partner: string | null }
+  /** Another adapter's MOVE takes its slot: it moves to that adapter's `slot`. */
+  | { type: 'GIVE_SLOT'; slot: number }
+  /** The exchange failed: the engines left both slots empty. */
+  | { type: 'MOVE_FAILED'; error: string }
   /**
    * Leave the slot. `started` and `ended` (default 0): requests that started running on it and
    * running requests that ended, which it has not heard of yet, heard with it (as a START and a
@@ -128,7 +139,7 @@ export const adapterMachine = setup({
         : {},
     ),
     storeError: assign(({ event }) => (event.type === 'LOAD_FAILED' ? { error: event.error } : {})),
-    storeSlot: assign(({ event }) => (event.type === 'COPY' ? { slot: event.slot } : {})),
+    storeSlot: assign(({ event }) => (event.type === 'COPY' || event.type === 'MOVE' || event.type === 'GIVE_SLOT' ? { slot: event.slot } : {})),
     clearSlot: assign({ slot: null }),
     // Leaving its slot, it hears the starts and ends the EVICT carries.
     leaveSlot: assign(({ context, event }) => {
@@ -160,6 +171,13 @@ export const adapterMachine = setup({
       command({ kind: 'copy-to-slot', name: context.name, slot: event.type === 'COPY' ? event.slot : context.slot! }),
     ),
     dropCpuCopy: emit(({ context }) => command({ kind: 'drop-cpu', name: context.name })),
+    swapSlots: emit(({ context, event }) =>
+      command({
+        kind: 'swap-slots',
+        slots: [context.slot!, event.type === 'MOVE' ? event.slot : context.slot!],
+        names: [context.name, event.type === 'MOVE' ? event.partner : null],
+      }),
+    ),
     // Failing or leaving for good frees whatever it still holds.
     freeAll: enqueueActions(({ context, enqueue }) => {
       if (context.slot !== null) enqueue.emit(command({ kind: 'clear-slot', slot: context.slot }));
@@ -174,6 +192,9 @@ export const adapterMachine = setup({
     // Never evicts an adapter a running request uses, nor one whose CPU copy is being read again.
     evictable: ({ context, event }) => idleWith(context, event),
     evictableWithCopy: ({ context, event }) => idleWith(context, event) && context.cpuCopy,
+    // Moves only while no request runs on it (a step reads its slot) and no read of it is in flight.
+    movable: ({ context }) => context.running === 0 && !context.rereading,
+    hasCpuCopy: ({ context }) => context.cpuCopy,
     hasRunning: ({ context }) => context.running > 0,
     canRelease: ({ context, event }) => {
       if (event.type !== 'RELEASE') return false;
@@ -191,7 +212,12 @@ export const adapterMachine = setup({
     removalAskedAndUnused: ({ context }) => context.removal && context.users === 0 && !context.copyQueued,
     copyQueued: ({ context }) => context.copyQueued,
     /** Unloading completes once no request uses it and no read or copy of it is in flight. */
-    drained: and([({ context }) => context.users === 0 && !context.rereading, not(inResidency('loading')), not(inResidency('h2dInFlight'))]),
+    drained: and([
+      ({ context }) => context.users === 0 && !context.rereading,
+      not(inResidency('loading')),
+      not(inResidency('h2dInFlight')),
+      not(inResidency('moving')),
+    ]),
   },
 }).createMachine({
   id: 'adapter',
@@ -263,6 +289,8 @@ export const adapterMachine = setup({
                 LOAD_FAILED: { guard: 'rereading', actions: ['storeError', 'endRereading'] },
                 // The slot keeps its weights (they live in the engines); the CPU copy is read again.
                 LOADER_RESTARTED: { actions: ['markRereading', 'readFromDisk'] },
+                MOVE: { guard: 'movable', target: '#adapter.live.residency.moving', actions: ['swapSlots', 'storeSlot'] },
+                GIVE_SLOT: { guard: 'movable', target: '#adapter.live.residency.moving', actions: 'storeSlot' },
               },
               states: {
                 unpinned: {
@@ -274,8 +302,25 @@ export const adapterMachine = setup({
                     ],
                   },
                 },
-                // A pinned adapter has no EVICT transition: it keeps its slot until unloaded.
+                // A pinned adapter has no EVICT transition: it keeps a slot until unloaded.
                 pinned: {},
+              },
+            },
+            // Its weights go from one slot to another inside the engines (MOVE or GIVE_SLOT);
+            // no step runs on it meanwhile.
+            moving: {
+              on: {
+                SLOT_READY: [
+                  { guard: 'sameSlotPinned', target: 'gpuResident.pinned' },
+                  { guard: 'sameSlot', target: 'gpuResident.unpinned' },
+                ],
+                // Both slots were left empty: copied again from its CPU copy when next wanted.
+                MOVE_FAILED: [
+                  { guard: 'hasCpuCopy', target: 'cpuLoaded', actions: 'clearSlot' },
+                  { target: 'registered', actions: 'clearSlot' },
+                ],
+                // The exchange may have been lost with the loader: read again and copy into the new slot.
+                LOADER_RESTARTED: { target: 'h2dInFlight', actions: ['markRereading', 'readFromDisk', 'copyToSlot'] },
               },
             },
           },

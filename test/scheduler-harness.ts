@@ -1,5 +1,5 @@
 // Drives a Scheduler without an engine: a fake "GPU" picks tokens deterministically and a
-// fake loader answers load/copy commands.
+// fake loader answers load, copy and swap commands.
 import { DEFAULT_SAMPLING, type SamplingOptions } from '../src/api.js';
 import type { LoraModule, StepBatch, StepResult } from '../src/engine/types.js';
 import { Scheduler, type LoaderCommand, type SchedulerOptions, type SeqInit, type TokenEvent } from '../src/scheduler/index.js';
@@ -82,6 +82,9 @@ export function serveLoader(s: Scheduler, specs: Record<string, LoaderSpec> = {}
         else s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: spec.rank ?? 8, targetModules: spec.targetModules ?? ['q_proj', 'v_proj'] });
       } else if (c.kind === 'copy-to-slot') {
         s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
+      } else if (c.kind === 'swap-slots') {
+        s.onLoaderEvent({ kind: 'slot-ready', name: c.names[0], slot: c.slots[1] });
+        if (c.names[1] !== null) s.onLoaderEvent({ kind: 'slot-ready', name: c.names[1], slot: c.slots[0] });
       }
     }
   }

@@ -133,7 +133,14 @@ describe('slots and eviction', () => {
   }
 
   test('lru evicts the adapter least recently used by a step', () => {
-    expect(evictionVictim('lru')).toEqual({ victim: 'B', copy: [{ kind: 'copy-to-slot', name: 'C', slot: 1 }] });
+    // B gives up slot 1; A, idle in slot 0, moves there, so that C, wanted, takes the lower slot.
+    expect(evictionVictim('lru')).toEqual({
+      victim: 'B',
+      copy: [
+        { kind: 'swap-slots', slots: [0, 1], names: ['A', null] },
+        { kind: 'copy-to-slot', name: 'C', slot: 0 },
+      ],
+    });
   });
 
   test('fifo evicts the adapter loaded first', () => {
@@ -165,11 +172,12 @@ describe('slots and eviction', () => {
     runUntilDone(s, 'a');
     s.submit(seq('b', { lora: 'B', maxNewTokens: 2 }));
     runUntilDone(s, 'b');
-    // P was loaded first and never used, yet B displaced A, not P.
+    // P was loaded first and never used, yet B displaced A, not P. P stays resident, but moved
+    // up into A's slot (inside the GPU) so that B, wanted, took the lower one.
     expect(stateOf(s, 'P')).toBe('gpuResident.pinned');
-    expect(slotOf(s, 'P')).toBe(0);
+    expect(slotOf(s, 'P')).toBe(1);
     expect(stateOf(s, 'A')).toBe('cpuLoaded');
-    expect(slotOf(s, 'B')).toBe(1);
+    expect(slotOf(s, 'B')).toBe(0);
   });
 
   test('max_loaded_loras keeps at most that many CPU copies, dropping the least recently used', () => {

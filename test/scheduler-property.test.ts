@@ -6,7 +6,8 @@
 //   its loaded set is the model's: SGLang's, at most --max-loaded-loras names, the least recently
 //   used unpinned one evicted past it, and every name once loaded servable again;
 // - no slot is shared, and a step only uses the slot its adapter holds;
-// - pinned adapters, and adapters a running request uses, are never evicted;
+// - pinned adapters, and adapters a running request uses, are never evicted (and adapters move
+//   between slots only while no request runs on them);
 // - each adapter's refcount is the number of its live requests (and of running requests aborted
 //   while a step in flight has their rows, until that step is done), and returns to zero;
 // - once the loader answers, every waiting request for an adapter that loaded runs to its end,
@@ -109,6 +110,13 @@ class FakeLoader {
         return this.s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: fail ? 'copy failed' : 'not in CPU memory' });
       }
       this.s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
+    } else if (c.kind === 'swap-slots') {
+      // Inside the engines: no CPU copy needed. A failure leaves both slots empty.
+      for (const [i, n] of c.names.entries()) {
+        if (n === null) continue;
+        if (fail) this.s.onLoaderEvent({ kind: 'move-failed', name: n, error: 'swap failed' });
+        else this.s.onLoaderEvent({ kind: 'slot-ready', name: n, slot: c.slots[1 - i]! });
+      }
     } else if (c.kind === 'drop-cpu') {
       this.cpu.delete(c.name);
     }
@@ -217,11 +225,22 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
     const a = adapters.get(t.adapter as Name);
     if (t.from === 'loading' && t.to === 'cpuLoaded') loaded.confirm(t.adapter as Name);
     if (t.to === 'failed') loaded.failed(t.adapter as Name);
-    if (t.from === 'gpuResident.pinned') expect(['unloading', 'unloaded'], `pinned ${t.adapter} left its slot`).toContain(t.to);
+    // A pinned adapter may move to another slot, and leaves slots only when a move fails (both
+    // slots are then empty) or it is unloaded.
+    if (t.from === 'gpuResident.pinned') expect(['unloading', 'unloaded', 'moving'], `pinned ${t.adapter} left its slot`).toContain(t.to);
+    if (t.from === 'moving' && t.to !== 'gpuResident.pinned' && t.to !== 'gpuResident.unpinned' && t.to !== 'unloading') {
+      expect(/swap failed|restarted/.test(t.reason), `${t.adapter} left a move for ${t.to}: ${t.reason}`).toBe(true);
+    }
     if (t.from === 'gpuResident.unpinned' && (t.to === 'cpuLoaded' || t.to === 'registered')) {
       expect(
         running().some((r) => r.init.lora === t.adapter),
         `${t.adapter} evicted while a request runs on it`,
+      ).toBe(false);
+    }
+    if (t.to === 'moving') {
+      expect(
+        running().some((r) => r.init.lora === t.adapter),
+        `${t.adapter} moved while a request runs on it`,
       ).toBe(false);
     }
     if (t.to === 'failed' && a) a.failed = true;

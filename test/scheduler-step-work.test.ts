@@ -47,7 +47,7 @@ describe("a step's work", () => {
     serveLoader(s);
     const third = step(s)!;
     expect(third.ids).toEqual(Array.from({ length: 20 }, (_, i) => `b${i}`));
-    expect(new Set(third.batch.loraSlots)).toEqual(new Set([1]));
+    expect(new Set(third.batch.loraSlots)).toEqual(new Set([s.adapters(['B'])[0]!.slot]));
   });
 
   test('does not look at the waiting queue again until something it reads has changed', () => {
@@ -67,8 +67,11 @@ describe("a step's work", () => {
     asked.mockClear();
     for (let k = 0; k < 3; k++) expect(step(s)!.ids).toEqual(['a', 'b']);
     expect(asked.mock.calls.filter((c) => c[0] === 'C')).toHaveLength(0);
-    // A request ends: the queue is looked at, and C takes its place.
+    // A request ends: the queue is looked at. C, in slot 2, first moves into A's slot 0 (so that
+    // its steps with B cover 2 slots, not 4), then takes A's place.
     expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 6 });
+    expect(step(s)!.ids).toEqual(['b']);
+    expect(serveLoader(s)).toEqual([{ kind: 'swap-slots', slots: [2, 0], names: ['C', 'A'] }]);
     expect(step(s)!.ids).toEqual(['b', 'c0', 'c1', 'c2']);
   });
 

@@ -1,5 +1,5 @@
 // The loader actor: reads adapter weights from disk into CPU memory and copies them into
-// engine pool slots, off the step loop's thread. The scheduler decides what to load where;
+// engine pool slots (or from one slot to another), off the step loop's thread. The scheduler decides what to load where;
 // this only executes its commands and reports back. A CPU copy is a native host adapter
 // (read by native code, page-locked on a GPU machine); under tensor parallelism every rank's
 // slot is filled with that rank's slice of the same host copy.
@@ -17,7 +17,7 @@ import { planTensorParallel, type RankShard } from '../model/tensor-parallel.js'
 import { Mailbox } from './mailbox.js';
 import { poolMismatch } from './plan.js';
 import { KeyedQueue, Limit } from './keyed-queue.js';
-import { fillSlot } from './ranks.js';
+import { fillSlot, swapSlots } from './ranks.js';
 import type { LoaderCommand, LoaderEvent, LoaderMsg, LoaderOutMsg, LoaderOutReplies, LoaderReplies, LoaderWorkerData } from './protocol.js';
 
 if (!parentPort) throw new Error('loader.worker must run in a worker thread');
@@ -90,6 +90,20 @@ async function run(cmd: LoaderCommand): Promise<void> {
     case 'clear-slot':
       for (const h of p.handles) p.native.clearLoraSlot(h, cmd.slot);
       return;
+    case 'swap-slots': {
+      const [from, to] = cmd.slots;
+      const [mover, partner] = cmd.names;
+      try {
+        await swapSlots(p.native, p.handles, from, to);
+      } catch (err) {
+        const error = `moving from slot ${from} to slot ${to} failed: ${toWire(err).message}`;
+        for (const name of cmd.names) if (name !== null) emit({ kind: 'move-failed', name, error });
+        return;
+      }
+      emit({ kind: 'slot-ready', name: mover, slot: to });
+      if (partner !== null) emit({ kind: 'slot-ready', name: partner, slot: from });
+      return;
+    }
     case 'drop-cpu':
       dropCopy(cmd.name, p);
       return;
@@ -106,6 +120,8 @@ function keysOf(cmd: LoaderCommand): string[] {
       return [`adapter:${cmd.name}`, `slot:${cmd.slot}`];
     case 'clear-slot':
       return [`slot:${cmd.slot}`];
+    case 'swap-slots':
+      return [...cmd.slots.map((s) => `slot:${s}`), ...cmd.names.flatMap((n) => (n === null ? [] : [`adapter:${n}`]))];
   }
 }
 

@@ -1,7 +1,7 @@
 // What every tensor-parallel rank receives together: building the engines (they meet in
 // collectives while they start), running a step (rank 0 samples, so its result is the step's;
-// settled rather than raced, so no rank is left running when the caller moves on), and an
-// adapter's slices for a pool slot.
+// settled rather than raced, so no rank is left running when the caller moves on), an
+// adapter's slices for a pool slot, and two slots' exchange.
 import type { EngineInfo, ModelConfig, NativeAddon, StepBatch, StepResult } from '../engine/types.js';
 import { adapterSlices, type RankShard } from '../model/tensor-parallel.js';
 import type { Mailbox } from './mailbox.js';
@@ -42,6 +42,21 @@ export async function fillSlot(
   results.forEach((r, i) => {
     if (r.status === 'fulfilled') native.clearLoraSlot(handles[i]!, slot);
   });
+  throw failed.reason;
+}
+
+/**
+ * Exchanges pool slots a and b of every rank, all ranks at once. If any rank fails, both slots
+ * are cleared on every rank, so that the ranks agree that they are empty.
+ */
+export async function swapSlots(native: NativeAddon, handles: number[], a: number, b: number): Promise<void> {
+  const results = await Promise.allSettled(handles.map((h) => native.swapLoraSlots(h, a, b)));
+  const failed = results.find((r) => r.status === 'rejected');
+  if (!failed) return;
+  for (const h of handles) {
+    native.clearLoraSlot(h, a);
+    native.clearLoraSlot(h, b);
+  }
   throw failed.reason;
 }
 

@@ -11,7 +11,7 @@ export interface Placement {
   slot: number | null;
 }
 
-const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
+const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
 /** Residencies whose CPU copy may be dropped for another adapter (pinned ones never are). */
 const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
 /**
@@ -20,8 +20,8 @@ const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
  * them; a set of thousands that every swap adds to and takes from would rebuild its table now
  * and then, inside a step.
  */
-const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned']);
-export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned';
+const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
+export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned' | 'moving';
 
 export class AdapterIndex {
   private readonly byResidency = new Map<string, Set<string>>();
@@ -103,6 +103,22 @@ export class AdapterIndex {
     if (this.freeSlots === 0) return null;
     const i = this.owners.indexOf(null);
     return i >= 0 ? i : null;
+  }
+
+  /** The adapter filed in `slot`, or null. */
+  owner(slot: number): string | null {
+    return this.owners[slot] ?? null;
+  }
+
+  /**
+   * Two slots' owners change places before their machines hear of it (MOVE and GIVE_SLOT): each
+   * machine's transition then finds its new slot already its own, where filing one adapter into
+   * a slot the other still held would be refused.
+   */
+  exchangeSlots(a: number, b: number): void {
+    const owner = this.owners[a]!;
+    this.owners[a] = this.owners[b]!;
+    this.owners[b] = owner;
   }
 
   add(name: string, pinned: boolean, at: Placement): void {

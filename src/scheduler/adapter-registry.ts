@@ -25,6 +25,8 @@ export interface RegistryLimits {
   evictionPolicy: 'lru' | 'fifo';
   maxLoraRank: number;
   loraModules: readonly LoraModule[];
+  /** Moves wanted adapters into lower slots (see placement's compact); default true. */
+  compactSlots?: boolean;
 }
 
 export class AdapterRegistry implements PlacementHost {
@@ -215,7 +217,10 @@ export class AdapterRegistry implements PlacementHost {
       const { rank, targetModules, bytes } = ev;
       this.send(ev.name, { type: 'CPU_LOADED', rank, targetModules, bytes: bytes ?? 0 }, `read from disk (rank ${rank})`);
     } else if (ev.kind === 'slot-ready') {
-      this.send(ev.name, { type: 'SLOT_READY', slot: ev.slot }, `copied into slot ${ev.slot}`);
+      const moved = before === 'moving';
+      this.send(ev.name, { type: 'SLOT_READY', slot: ev.slot }, moved ? `moved into slot ${ev.slot}` : `copied into slot ${ev.slot}`);
+    } else if (ev.kind === 'move-failed') {
+      this.send(ev.name, { type: 'MOVE_FAILED', error: ev.error }, ev.error);
     } else {
       this.send(ev.name, { type: 'LOAD_FAILED', error: ev.error }, `load failed: ${ev.error}`);
     }

@@ -7,6 +7,8 @@
 // The walk stops as soon as nothing further can change: once no slot can be had and no read
 // is possible (or none is needed), later adapters cannot fare better, because every adapter
 // they could displace could have been displaced by the earlier ones too.
+//
+// Then one resident adapter that a waiting request wants may move to a lower slot (compact).
 import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
 import type { AdapterIndex } from './adapter-index.js';
 import { pickVictim } from './victim-policy.js';
@@ -14,6 +16,8 @@ import { pickVictim } from './victim-policy.js';
 export interface PlacementLimits {
   maxLoaded: number | null;
   evictionPolicy: 'lru' | 'fifo';
+  /** Whether wanted adapters move to lower slots (compact); default true. */
+  compactSlots?: boolean;
 }
 
 /** What placement needs from the registry: the indexes, and the adapters' machines. */
@@ -29,6 +33,11 @@ export interface PlacementHost {
 }
 
 export function place(host: PlacementHost): void {
+  fill(host);
+  if (host.limits.compactSlots !== false) compact(host);
+}
+
+function fill(host: PlacementHost): void {
   const { index } = host;
   let slotsOpen = true;
   let cpuOpen = true;
@@ -80,8 +89,24 @@ function makeCpuRoom(host: PlacementHost, forName: string, forSeq: number): bool
   return true;
 }
 
-/** A free slot, or one an adapter gives up for `forName`; null when none may. */
+/**
+ * A free slot, or one an adapter gives up for `forName`; null when none may. With compaction, an
+ * adapter that nothing runs on or waits for, in a slot that batches cover with fewer slots, moves
+ * up into that slot and leaves its own to `forName` (the copy waits for the move, which takes a
+ * fraction of the copy's time).
+ */
 function takeSlot(host: PlacementHost, forName: string, forSeq: number): number | null {
+  const slot = freeOrGivenSlot(host, forName, forSeq);
+  if (slot === null || host.limits.compactSlots === false) return slot;
+  const lower = lowerPlace(host, slot, { type: 'MOVE', slot, partner: null });
+  if (lower === null) return slot;
+  const owner = host.index.owner(lower)!;
+  host.index.exchangeSlots(lower, slot);
+  host.send(owner, { type: 'MOVE', slot, partner: null }, `moving from slot ${lower} to slot ${slot}, which "${forName}" would have taken: nothing runs on it or waits for it`);
+  return lower;
+}
+
+function freeOrGivenSlot(host: PlacementHost, forName: string, forSeq: number): number | null {
   const { index } = host;
   const free = index.lowestFreeSlot();
   if (free !== null) return free;
@@ -98,4 +123,57 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   const slot = host.slot(victim.name)!;
   host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);
   return slot;
+}
+
+/**
+ * A step's LoRA kernels read every pool slot up to the highest its batch uses, rounded up to a
+ * power of two (the CUDA engine's slot buckets), so once the pool holds more adapters than run
+ * together, a batch that uses one high slot pays for all below it. So the adapter that waiting
+ * requests want soonest among those resident, if it would need fewer slots lower down, moves: into a free
+ * slot or, in exchange, into that of an adapter that nothing runs on or waits for. Only while
+ * no request runs on it (steps read its slot) and one move at a time: a move copies the two
+ * slots' weights inside the GPU, a fraction of a step's time (bench/gpu-adapter-load.js), where
+ * the high slots cost every step that reaches them.
+ */
+function compact(host: PlacementHost): void {
+  const { index } = host;
+  if (index.inResidency('moving').size > 0) return;
+  let best: { name: string; from: number; to: number; seq: number } | null = null;
+  for (const residency of ['gpuResident.unpinned', 'gpuResident.pinned'] as const) {
+    for (const name of index.inResidency(residency)) {
+      const seq = index.demand.seq(name);
+      if (seq === null || (best !== null && seq > best.seq) || host.inUse(name)) continue;
+      const from = host.slot(name)!;
+      const to = lowerPlace(host, from, { type: 'GIVE_SLOT', slot: from });
+      if (to !== null) best = { name, from, to, seq };
+    }
+  }
+  if (best === null) return;
+  const { name, from, to } = best;
+  const partner = index.owner(to);
+  const move: AdapterEvent = { type: 'MOVE', slot: to, partner };
+  if (!host.can(name, move)) return;
+  // Each machine then finds its new slot its own (see exchangeSlots).
+  index.exchangeSlots(from, to);
+  host.send(name, move, `moving from slot ${from} to slot ${to}, so that its batches cover fewer slots: a waiting request wants it`);
+  if (partner !== null) host.send(partner, { type: 'GIVE_SLOT', slot: from }, `"${name}" takes its slot ${to}; nothing runs on it or waits for it`);
+}
+
+/**
+ * The lowest slot under `from` that a batch covers with fewer slots (the slots up to one past it,
+ * rounded up to a power of two) and that is free or held by an adapter that nothing runs on or
+ * waits for and whose machine takes `ask`, the event that would send it to `from`.
+ */
+function lowerPlace(host: PlacementHost, from: number, ask: AdapterEvent): number | null {
+  const { index } = host;
+  let covered = 1;
+  while (covered <= from) covered *= 2;
+  // Covered by half as many: one past the slot at most covered / 2.
+  for (let slot = 0; 2 * (slot + 1) <= covered; slot++) {
+    const owner = index.owner(slot);
+    if (owner === null) return slot;
+    if (index.demand.has(owner) || host.inUse(owner)) continue;
+    if (host.can(owner, ask)) return slot;
+  }
+  return null;
 }

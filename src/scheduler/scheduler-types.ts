@@ -30,6 +30,8 @@ export interface SchedulerOptions {
   contextLength: number;
   maxLoraRank: number;
   loraModules: LoraModule[];
+  /** false: adapters stay in the slots they were copied into (see placement's compact). */
+  compactSlots?: boolean;
 }
 
 export interface SchedulerStats {

@@ -70,6 +70,7 @@ export class Scheduler {
       evictionPolicy: opts.evictionPolicy,
       maxLoraRank: opts.maxLoraRank,
       loraModules: opts.loraModules,
+      compactSlots: opts.compactSlots,
     });
     this.walk = new AdmissionWalk({
       opts,

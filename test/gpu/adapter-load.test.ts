@@ -163,6 +163,27 @@ describe('adapter loading on the GPU', () => {
     });
   });
 
+  it('swaps slots (one of them empty) with the results the adapters gave where they were, graphs included', async () => {
+    const ref = engine('cuda');
+    const gpu = engine('cuda');
+    for (const h of [ref, gpu])
+      for (const [slot, name] of ['F32', 'BF16', 'late'].entries()) await addon.fillLoraSlot(h, slot, await host(name));
+    const rows = [0, 1, 2, 3, 4, 5];
+    const steps = (slots: number[]): SeqStep[][] => [prefill(rows, slots), ...[0, 1, 2].map((d) => decode(rows, d, slots))];
+    const want = steps(SLOTS).map((seqs) => run(ref, seqs));
+    // Graphs captured with the adapters where they were are replayed after the swaps.
+    steps(SLOTS).forEach((seqs) => run(gpu, seqs));
+    await addon.swapLoraSlots(gpu, 0, 3); // F32 into the empty slot 3
+    await addon.swapLoraSlots(gpu, 2, 1); // late and BF16 change places
+    const moved = SLOTS.map((s) => [-1, 3, 2, 1][s + 1]!);
+    const got = steps(moved).map((seqs) => run(gpu, seqs));
+    got.forEach((r, k) => {
+      expect(Array.from(r.tokens)).toEqual(Array.from(want[k]!.tokens));
+      expect(maxDiff(logprobs(r, rows.length), logprobs(want[k]!, rows.length))).toBeLessThan(1e-3);
+    });
+    expect(() => run(gpu, prefill([1], [-1, 0]))).toThrow(/LoRA slot 0 holds no adapter/);
+  });
+
   it('prints disk-to-CPU and CPU-to-GPU speed for a rank-16 adapter on all seven modules', async () => {
     const bytes = (await readAdapterHost(addon, adapterDir('BF16'), ckpt.config, { pageLocked: true })).host;
     addon.destroyHostAdapter(bytes.handle);
