@@ -42,10 +42,19 @@ const PATHS: Array<{ name: string; pinned?: boolean; events: AdapterEvent[] }> =
   },
   {
     name: 'moves to another slot, and gives its slot to another adapter',
-    events: [...toSlot, { type: 'MOVE', slot: 0, partner: 'b' }, { type: 'SLOT_READY', slot: 0 }, { type: 'GIVE_SLOT', slot: 3 }, { type: 'SLOT_READY', slot: 3 }],
+    events: [
+      ...toSlot,
+      { type: 'MOVE', slot: 0, partner: 'b' },
+      { type: 'SLOT_READY', slot: 0 },
+      { type: 'GIVE_SLOT', slot: 3 },
+      { type: 'SLOT_READY', slot: 3 },
+    ],
   },
   { name: 'a pinned adapter moves', pinned: true, events: [...toSlot, { type: 'GIVE_SLOT', slot: 2 }, { type: 'SLOT_READY', slot: 2 }] },
-  { name: 'a move fails: back to its CPU copy', events: [...toSlot, { type: 'MOVE', slot: 0, partner: null }, { type: 'MOVE_FAILED', error: 'boom' }] },
+  {
+    name: 'a move fails: back to its CPU copy',
+    events: [...toSlot, { type: 'MOVE', slot: 0, partner: null }, { type: 'MOVE_FAILED', error: 'boom' }],
+  },
   {
     name: 'a move fails after the loader restarted and its read failed: back to disk',
     events: [...toSlot, { type: 'LOADER_RESTARTED' }, failed, { type: 'MOVE', slot: 0, partner: null }, { type: 'MOVE_FAILED', error: 'boom' }],

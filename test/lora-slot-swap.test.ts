@@ -5,7 +5,18 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LORA_MODULES } from '../src/engine/types.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
-import { SMALL_MODEL, addon, createEngine, drive, loadSlot, makeBatch, openCheckpoint, prompt, tempDir, type DriveRequest } from './engine-fixtures.js';
+import {
+  SMALL_MODEL,
+  addon,
+  createEngine,
+  drive,
+  loadSlot,
+  makeBatch,
+  openCheckpoint,
+  prompt,
+  tempDir,
+  type DriveRequest,
+} from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;
 const tmp = tempDir('slot-swap');

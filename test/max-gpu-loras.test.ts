@@ -1,6 +1,7 @@
 // --max-gpu-loras: troupe's own flag for a GPU adapter pool larger than one batch. Its rules
 // against --max-loras-per-batch and --max-loaded-loras, and on the real engine: adapters that
-// leave a batch keep their slots and come back with no copy, with the same outputs.
+// leave a batch stay on the GPU (moving between slots inside it) and come back with no copy,
+// with the same outputs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { planEngine } from '../src/actors/plan.js';
 import { parseArgs } from '../src/config/parse.js';
@@ -68,7 +69,11 @@ describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine', () => {
     expect(await greedy('g0')).toEqual(first);
     const copies = transitions.filter((t) => t.to === 'h2dInFlight').map((t) => t.adapter);
     expect(copies.sort()).toEqual(NAMES);
-    expect(transitions.filter((t) => t.from === 'gpuResident.unpinned')).toEqual([]);
-    expect((await engine.adapters()).map((a) => [a.name, a.state])).toEqual(NAMES.map((n) => [n, 'gpuResident.unpinned']));
+    // Adapters only moved between slots inside the engine: each new one took slot 0, the one
+    // there moving up, and g0 came back to slot 0 by an exchange with g2, with its first outputs.
+    expect(new Set(transitions.filter((t) => t.from === 'gpuResident.unpinned').map((t) => t.to))).toEqual(new Set(['moving']));
+    const adapters = await engine.adapters();
+    expect(adapters.map((a) => [a.name, a.state])).toEqual(NAMES.map((n) => [n, 'gpuResident.unpinned']));
+    expect(adapters.find((a) => a.name === 'g0')!.slot).toBe(0);
   });
 });

@@ -102,7 +102,11 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   if (lower === null) return slot;
   const owner = host.index.owner(lower)!;
   host.index.exchangeSlots(lower, slot);
-  host.send(owner, { type: 'MOVE', slot, partner: null }, `moving from slot ${lower} to slot ${slot}, which "${forName}" would have taken: nothing runs on it or waits for it`);
+  host.send(
+    owner,
+    { type: 'MOVE', slot, partner: null },
+    `moving from slot ${lower} to slot ${slot}, which "${forName}" would have taken: nothing runs on it or waits for it`,
+  );
   return lower;
 }
 

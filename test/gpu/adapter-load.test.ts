@@ -166,8 +166,7 @@ describe('adapter loading on the GPU', () => {
   it('swaps slots (one of them empty) with the results the adapters gave where they were, graphs included', async () => {
     const ref = engine('cuda');
     const gpu = engine('cuda');
-    for (const h of [ref, gpu])
-      for (const [slot, name] of ['F32', 'BF16', 'late'].entries()) await addon.fillLoraSlot(h, slot, await host(name));
+    for (const h of [ref, gpu]) for (const [slot, name] of ['F32', 'BF16', 'late'].entries()) await addon.fillLoraSlot(h, slot, await host(name));
     const rows = [0, 1, 2, 3, 4, 5];
     const steps = (slots: number[]): SeqStep[][] => [prefill(rows, slots), ...[0, 1, 2].map((d) => decode(rows, d, slots))];
     const want = steps(SLOTS).map((seqs) => run(ref, seqs));
