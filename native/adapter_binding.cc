@@ -1,7 +1,7 @@
 // The addon's adapter functions: host adapters read by native code (readAdapter), their
 // explicit release (destroyHostAdapter), filling an engine's pool slot from one
-// (fillLoraSlot), exchanging two slots' adapters (swapLoraSlots), and the slot table's test hooks. Reads and fills run on libuv's thread pool
-// and return promises, so a loader keeps several in flight and its thread stays free.
+// (fillLoraSlot), exchanging two slots' adapters (swapLoraSlots), and the slot table's test hooks. Reads and fills run
+// on libuv's thread pool and return promises, so a loader keeps several in flight and its thread stays free.
 #include <napi.h>
 
 #include <cmath>

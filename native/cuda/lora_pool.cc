@@ -301,7 +301,8 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot) const {
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
       const size_t inBytes = static_cast<size_t>(in_[m]) * 2;
       add(a_[idx] + slot * aSlotStride_[m], inBytes, inBytes, maxRank_);
-      add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(maxRank_) * 2, out_[m]);
+      add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(maxRank_) * 2,
+          out_[m]);
       if (bt_[idx]) {
         const size_t outBytes = static_cast<size_t>(out_[m]) * 2;
         add(bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], outBytes, outBytes, maxRank_);
