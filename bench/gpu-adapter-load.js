@@ -158,8 +158,7 @@ async function fillsAndSteps(four, bytes) {
   figures.cpuToGpu = { GBps: gbps(bytes, median(fills)), ms: median(fills) * 1e3 };
   console.log(`${tag}CPU to GPU: ${figures.cpuToGpu.GBps.toFixed(1)} GB/s (${figures.cpuToGpu.ms.toFixed(2)} ms per adapter) on ${result.gpu}`);
   // Two held slots exchanging their adapters inside GPU memory (what the scheduler does to bring
-  // a wanted adapter into a low slot): each adapter's bytes are read and written one and a half
-  // times, through the pool's staging buffer.
+  // a wanted adapter into a low slot): both adapters' bytes read and written once, by one launch.
   const swaps = [];
   for (let k = 0; k < 8; k++) {
     const t = process.hrtime.bigint();

@@ -55,8 +55,12 @@ class Events {
   }
 }
 
-const keysOf = (c) =>
-  c.kind === 'copy-to-slot' ? [`adapter:${c.name}`, `slot:${c.slot}`] : c.kind === 'clear-slot' ? [`slot:${c.slot}`] : [`adapter:${c.name}`];
+function keysOf(c) {
+  if (c.kind === 'copy-to-slot') return [`adapter:${c.name}`, `slot:${c.slot}`];
+  if (c.kind === 'clear-slot') return [`slot:${c.slot}`];
+  if (c.kind === 'swap-slots') return [...c.slots.map((s) => `slot:${s}`), ...c.names.filter((n) => n !== null).map((n) => `adapter:${n}`)];
+  return [`adapter:${c.name}`];
+}
 
 /**
  * Work that takes `ms` and runs at most `limit` at a time, first come first served; a place
@@ -144,6 +148,11 @@ class SimLoader {
           ? { kind: 'slot-ready', name: cmd.name, slot: cmd.slot }
           : { kind: 'load-failed', name: cmd.name, error: 'not in CPU memory' },
       );
+    } else if (cmd.kind === 'swap-slots') {
+      // Inside the GPU, a small fraction of a copy's time: modelled as done at once.
+      const [mover, partner] = cmd.names;
+      this.answer({ kind: 'slot-ready', name: mover, slot: cmd.slots[1] });
+      if (partner !== null) this.answer({ kind: 'slot-ready', name: partner, slot: cmd.slots[0] });
     } else if (cmd.kind === 'drop-cpu') {
       this.onCpu.delete(cmd.name);
     }

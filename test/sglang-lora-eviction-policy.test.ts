@@ -32,13 +32,17 @@ function victimOf(s: Scheduler, names: string[], candidates: string[]): string {
   for (const n of names.filter((x) => !candidates.includes(x))) s.submit(seq(`busy-${n}`, { lora: n, maxNewTokens: 50 }));
   serveLoader(s);
   step(s);
-  const before = new Map(s.adapters().map((a) => [a.name, a.slot]));
+  const resident = s
+    .adapters()
+    .filter((a) => a.slot !== null)
+    .map((a) => a.name);
   s.submit(seq('needs-a-slot', { lora: 'new', maxNewTokens: 1 }));
   const copy = s.takeCommands().find((c) => c.kind === 'copy-to-slot');
-  expect(copy, 'the new adapter is copied into a slot').toBeDefined();
-  const taken = [...before].filter(([, slot]) => slot === (copy as { slot: number }).slot).map(([n]) => n);
+  expect(copy, 'the new adapter is copied into a slot').toMatchObject({ name: 'new' });
+  // The victim leaves the GPU; an idle adapter in a lower slot may move into the victim's slot
+  // and leave its own to the new one (compaction), which changes no victim.
+  const taken = resident.filter((n) => s.adapters([n])[0]!.state === 'cpuLoaded');
   expect(taken).toHaveLength(1);
-  expect(s.adapters([taken[0]!])[0]!.state).toBe('cpuLoaded');
   return taken[0]!;
 }
 
@@ -86,15 +90,21 @@ describe('test_lora_eviction_policy.py', () => {
   test('test_policy_remove: an unloaded adapter leaves the order, so the next least recently used goes', async () => {
     const s = used('lru', ['lora1', 'lora2', 'lora3']);
     await s.removeAdapter('lora1');
-    // Its slot is free again: the next adapter takes it, and the one after evicts lora2.
+    // Its slot is free again: the next adapter takes it, and the one after evicts lora2 (an idle
+    // adapter may move into lora2's slot and leave the newer one its own, lower slot).
     s.submit(seq('takes-the-free-slot', { lora: 'new', maxNewTokens: 1 }));
     runAll(s);
     s.addAdapter({ name: 'newer', path: '/newer', pinned: false });
     serveLoader(s);
     s.submit(seq('needs-a-slot', { lora: 'newer', maxNewTokens: 1 }));
-    const copy = s.takeCommands().find((c) => c.kind === 'copy-to-slot') as { slot: number };
+    expect(s.takeCommands().find((c) => c.kind === 'copy-to-slot')).toMatchObject({ name: 'newer' });
     expect(s.adapters().find((a) => a.name === 'lora2')).toMatchObject({ state: 'cpuLoaded', slot: null });
-    expect(copy.slot).toBe(1);
+    expect(
+      s
+        .adapters()
+        .filter((a) => a.state === 'cpuLoaded')
+        .map((a) => a.name),
+    ).toEqual(['lora2']);
   });
 
   test('test_eviction_policy_factory: lru and fifo are accepted, any other policy is refused', () => {

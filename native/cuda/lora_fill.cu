@@ -69,7 +69,43 @@ __global__ void metaKernel(int32_t* ranks, float* scaling, LoraSlotMeta meta) {
   if (t == 0) *scaling = meta.scaling;
 }
 
+template <class U>
+__device__ __forceinline__ void swapUnits(const SwapRegion& r, uint64_t start, uint64_t step) {
+  const uint64_t perRow = r.width / sizeof(U);
+  const uint64_t n = perRow * r.rows;
+  for (uint64_t k = start; k < n; k += step) {
+    const uint64_t at = (k / perRow) * r.pitch + (k % perRow) * sizeof(U);
+    U* pa = reinterpret_cast<U*>(r.a + at);
+    U* pb = reinterpret_cast<U*>(r.b + at);
+    const U va = *pa, vb = *pb;
+    *pa = vb;
+    *pb = va;
+  }
+}
+
+// blockIdx.y: the region; the x blocks and their threads walk its units.
+__global__ void swapKernel(const SwapRegion* regions) {
+  const SwapRegion r = regions[blockIdx.y];
+  const uint64_t start = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
+  const uint64_t step = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  if (r.unit == 16)
+    swapUnits<uint4>(r, start, step);
+  else if (r.unit == 4)
+    swapUnits<uint32_t>(r, start, step);
+  else
+    swapUnits<uint16_t>(r, start, step);
+}
+
 }  // namespace
+
+void loraSwapRegions(const SwapRegion* regions, int count, cudaStream_t s) {
+  // Regions of a slot run from a few bytes (its ranks) to a few MB (a layer's A rows): 16 blocks a
+  // region keep the large ones spread over the GPU; the small ones' blocks leave at once.
+  for (int first = 0; first < count; first += 65535) {
+    const int n = count - first < 65535 ? count - first : 65535;
+    swapKernel<<<dim3(16, n), 256, 0, s>>>(regions + first);
+  }
+}
 
 void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, int64_t srcPitch, int64_t col0,
                       bf16_t* dst, int64_t dstPitch, int* bad, cudaStream_t s) {

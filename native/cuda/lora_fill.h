@@ -1,6 +1,7 @@
 // Kernels that write a LoRA pool slot on the loader's stream: a factor's slice converted from the
-// host dtype (f32, f16 or bf16, as the adapter file holds it) to the pool's bf16 layout, and the
-// slot's per-module ranks and scaling. Plain C++ types only, so host code can include this.
+// host dtype (f32, f16 or bf16, as the adapter file holds it) to the pool's bf16 layout, the
+// slot's per-module ranks and scaling, and two slots' contents exchanged. Plain C++ types only, so host code can
+// include this.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -36,6 +37,18 @@ struct LoraSlotMeta {
 };
 // ranks[0, 7) and *scaling of one slot, written in stream order (no host staging to keep alive).
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s);
+
+// One piece of two slots' memory to exchange: `rows` rows of `width` bytes at a and at b, each
+// `pitch` bytes after the last; `unit` (16, 4 or 2) divides the width, the pitch and both addresses.
+struct SwapRegion {
+  uint8_t* a;
+  uint8_t* b;
+  uint64_t pitch, width, rows;
+  uint32_t unit;
+};
+// Exchanges the bytes of every region (count of them, the table in device memory) in one launch;
+// a region's two places must not overlap.
+void loraSwapRegions(const SwapRegion* regions, int count, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -330,25 +330,23 @@ void GpuLoraPool::swap(int a, int b) {
   std::lock_guard<std::mutex> lock(enqueueMu_);
   writers.first.dirty();
   writers.second.dirty();
+  // One table of the two slots' pieces, side by side, exchanged by one launch: a copy a piece
+  // (a few thousand for an 8B model) would cost more in calls than the bytes take to move.
   const std::vector<Region> ra = regions(a), rb = regions(b);
-  uint8_t* stage = staging_.get();
-  auto copy = [&](void* dst, size_t dstPitch, const void* src, size_t srcPitch, size_t width, size_t rows) {
-    check(cudaMemcpy2DAsync(dst, dstPitch, src, srcPitch, width, rows, cudaMemcpyDeviceToDevice, stream_),
-          "LoRA slot swap");
-  };
+  std::vector<SwapRegion> table;
+  table.reserve(ra.size());
   for (size_t i = 0; i < ra.size(); ++i) {
     const Region& x = ra[i];
     const Region& y = rb[i];
-    // Through staging a piece at a time: a's rows out, b's into a, a's old rows into b.
-    if (x.width > kStagingBytes) throw std::logic_error("swapLoraSlots: a row exceeds the staging buffer");
-    const size_t perPiece = kStagingBytes / x.width;
-    for (size_t r = 0; r < x.rows; r += perPiece) {
-      const size_t n = std::min(perPiece, x.rows - r);
-      copy(stage, x.width, x.at + r * x.pitch, x.pitch, x.width, n);
-      copy(x.at + r * x.pitch, x.pitch, y.at + r * y.pitch, y.pitch, x.width, n);
-      copy(y.at + r * y.pitch, y.pitch, stage, x.width, x.width, n);
-    }
+    const uintptr_t bits = reinterpret_cast<uintptr_t>(x.at) | reinterpret_cast<uintptr_t>(y.at) | x.pitch | x.width;
+    const uint32_t unit = bits % 16 == 0 ? 16 : bits % 4 == 0 ? 4 : 2;
+    table.push_back(SwapRegion{x.at, y.at, x.pitch, x.width, x.rows, unit});
   }
+  const size_t bytes = table.size() * sizeof(SwapRegion);
+  if (bytes > kStagingBytes) throw std::logic_error("swapLoraSlots: the slot's pieces exceed the staging buffer");
+  check(cudaMemcpyAsync(staging_.get(), table.data(), bytes, cudaMemcpyHostToDevice, stream_), "LoRA slot swap");
+  loraSwapRegions(reinterpret_cast<const SwapRegion*>(staging_.get()), static_cast<int>(table.size()), stream_);
+  check(cudaGetLastError(), "LoRA slot swap launch");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
   const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
   writers.first.commit(bHeld, [&] { record(a); });

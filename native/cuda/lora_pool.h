@@ -44,7 +44,7 @@ class GpuLoraPool {
   // SlotTable), and return once the slot's copies are done, so the host values may go.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
-  // Exchanges two slots' factors, ranks and scaling by device copies through the staging buffer.
+  // Exchanges two slots' factors, ranks and scaling inside device memory, in one launch.
   void swap(int a, int b);
   SlotTable& table() { return table_; }
   // Makes `stream` wait for the last write of `slot`; the caller holds a lease on the slot.

@@ -20,6 +20,12 @@ const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
  * them; a set of thousands that every swap adds to and takes from would rebuild its table now
  * and then, inside a step.
  */
+/**
+ * Residencies that keep an adapter's place in slotOrder: a move between slots is not a new load,
+ * so neither fifo's order nor lru's changes with it (a moving adapter is never evicted: its
+ * machine refuses EVICT).
+ */
+const KEEPS_SLOT_ORDER = new Set(['gpuResident.unpinned', 'moving']);
 const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
 export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned' | 'moving';
 
@@ -201,7 +207,7 @@ export class AdapterIndex {
         if (pinned) this.pinnedCpuCopies--;
       }
       if (this.keepsCpuOrder && !(to.residency !== null && DROPPABLE.has(to.residency))) this.cpuOrder.delete(name);
-      if (from.residency === 'gpuResident.unpinned') this.slotOrder.delete(name);
+      if (KEEPS_SLOT_ORDER.has(from.residency) && !(to.residency !== null && KEEPS_SLOT_ORDER.has(to.residency))) this.slotOrder.delete(name);
     }
     if (from.slot !== null && from.slot !== to.slot && this.owners[from.slot] === name) {
       this.owners[from.slot] = null;
