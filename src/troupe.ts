@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, type EngineLog, type LocalTroupeEngine } from './actors/engine.js';
-import { chooseDevice, gpuLoraSlots, planEngine, planRanks } from './actors/plan.js';
+import { chooseDevice, compactsSlots, gpuLoraSlots, planEngine, planRanks } from './actors/plan.js';
 import { initRanks } from './actors/ranks.js';
 import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
@@ -86,8 +86,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         contextLength: plan.contextLength,
         maxLoraRank: plan.engine.maxLoraRank,
         loraModules: plan.engine.loraModules,
-        // For comparing: adapters then stay in the slots they were copied into.
-        compactSlots: process.env.TROUPE_LORA_COMPACT !== '0',
+        compactSlots: compactsSlots(info.loraKernel, process.env.TROUPE_LORA_COMPACT),
       },
     });
     await tokenizerReady;

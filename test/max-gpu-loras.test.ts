@@ -3,7 +3,7 @@
 // leave a batch stay on the GPU (moving between slots inside it) and come back with no copy,
 // with the same outputs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { planEngine } from '../src/actors/plan.js';
+import { compactsSlots, planEngine } from '../src/actors/plan.js';
 import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import type { AdapterTransition } from '../src/scheduler/index.js';
@@ -35,12 +35,25 @@ describe('--max-gpu-loras', () => {
   });
 });
 
-describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine', () => {
+describe('moving adapters to low slots', () => {
+  it('is on where the kernels read every slot up to the highest a step uses, and TROUPE_LORA_COMPACT decides otherwise', () => {
+    expect(compactsSlots('fused', undefined)).toBe(true);
+    for (const kernel of ['cpu', 'mma-overlap', 'none']) expect(compactsSlots(kernel, undefined)).toBe(false);
+    expect(compactsSlots('cpu', '1')).toBe(true);
+    expect(compactsSlots('fused', '0')).toBe(false);
+    expect(() => compactsSlots('fused', 'yes')).toThrow('TROUPE_LORA_COMPACT must be 0 or 1, got "yes"');
+  });
+});
+
+describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine, adapters moved to low slots', () => {
   const NAMES = ['g0', 'g1', 'g2'];
   let world: World;
   let engine: LocalTroupeEngine;
   const transitions: AdapterTransition[] = [];
   beforeAll(async () => {
+    // The CPU engine gains nothing from low slots; moving is asked for so that the exchange runs
+    // through the loader and the engine as it does on a GPU.
+    process.env.TROUPE_LORA_COMPACT = '1';
     world = makeWorld('gpu-loras');
     engine = await startEngine(world, [
       '--lora-paths',
@@ -53,6 +66,7 @@ describe('--max-loras-per-batch 2 --max-gpu-loras 3 on the engine', () => {
     engine.onAdapterTransition((ts) => transitions.push(...ts));
   });
   afterAll(async () => {
+    delete process.env.TROUPE_LORA_COMPACT;
     await engine?.close();
     world?.cleanup();
   });

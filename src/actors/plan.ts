@@ -109,6 +109,18 @@ export function gpuLoraSlots(opts: Pick<ServeOptions, 'maxGpuLoras' | 'maxLorasP
   return opts.maxGpuLoras ?? opts.maxLorasPerBatch;
 }
 
+/**
+ * Whether the scheduler moves the adapters that requests want to low pool slots: where the
+ * engine's kernels read every slot up to the highest a step uses (CUDA's fused kernels), so a
+ * batch in low slots reads fewer; elsewhere (the CPU, the other CUDA kernels, which read each
+ * step's slots alone) a move would only cost its copy. TROUPE_LORA_COMPACT=0 or 1 decides instead.
+ */
+export function compactsSlots(loraKernel: string, env: string | undefined): boolean {
+  if (env === undefined || env === '') return loraKernel === 'fused';
+  if (env === '0' || env === '1') return env === '1';
+  throw new RangeError(`TROUPE_LORA_COMPACT must be 0 or 1, got ${JSON.stringify(env)}`);
+}
+
 /** What one rank's executor is given to build its engine. */
 export interface RankPlan {
   config: ModelConfig;
