@@ -3,6 +3,7 @@
 // host memory. Runs on the CPU backend; test/gpu/adapter-load.test.ts runs the same on CUDA.
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { swapSlots } from '../src/actors/ranks.js';
 import { LORA_MODULES } from '../src/engine/types.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 import {
@@ -33,8 +34,8 @@ afterAll(() => {
   tmp.cleanup();
 });
 
-function engine(): number {
-  const h = createEngine(ckpt, { loraSlots: 3, maxLoraRank: 8 });
+function engine(slots = 3): number {
+  const h = createEngine(ckpt, { loraSlots: slots, maxLoraRank: 8 });
   handles.push(h);
   return h;
 }
@@ -72,5 +73,16 @@ describe('swapLoraSlots', () => {
       'swapLoraSlots(handle, a, b): expected 3 arguments',
     );
     expect(() => addon.swapLoraSlots(h, 0.5, 1)).toThrow('swapLoraSlots: slot must be an integer');
+  });
+
+  it('across ranks: a rank that refuses leaves both slots empty on every rank, so the ranks agree', async () => {
+    const whole = engine();
+    const small = engine(1);
+    adapters.forEach((dir, i) => loadSlot(whole, i, dir, ckpt));
+    await expect(swapSlots(addon, [whole, small], 0, 1)).rejects.toThrow('swapLoraSlots: slot 1 is outside [0, 1)');
+    for (const slot of [0, 1]) {
+      const batch = makeBatch([{ tokens: prompt(3, 5), cached: 0, blocks: [0], slot }]);
+      expect(() => addon.step(whole, batch)).toThrow(`LoRA slot ${slot} holds no adapter`);
+    }
   });
 });

@@ -54,8 +54,13 @@ export async function swapSlots(native: NativeAddon, handles: number[], a: numbe
   const failed = results.find((r) => r.status === 'rejected');
   if (!failed) return;
   for (const h of handles) {
-    native.clearLoraSlot(h, a);
-    native.clearLoraSlot(h, b);
+    for (const slot of [a, b]) {
+      try {
+        native.clearLoraSlot(h, slot);
+      } catch {
+        // A rank that refuses the slot itself refused the exchange too: its failure says why.
+      }
+    }
   }
   throw failed.reason;
 }
