@@ -300,6 +300,27 @@ describe('gateway metrics of any engine', () => {
     expect((await app.request('/get_server_info')).status).toBe(401);
   });
 
+  it('counts and times moves between pool slots as their own load stage', async () => {
+    const metrics = new EngineMetrics(4, () => ({ slots: 4, slotsUsed: 2, cpuAdapters: 2, byState: {} }));
+    const at = (adapter: string, from: string, to: string, time: number) => ({ adapter, from, to, reason: '', time });
+    metrics.transitions([
+      at('a', 'cpuLoaded', 'h2dInFlight', 1000),
+      at('a', 'h2dInFlight', 'gpuResident.unpinned', 1009),
+      at('a', 'gpuResident.unpinned', 'moving', 2000),
+      at('b', 'gpuResident.pinned', 'moving', 2000),
+      at('a', 'moving', 'gpuResident.unpinned', 2000.5),
+      at('b', 'moving', 'gpuResident.pinned', 2000.5),
+    ]);
+    const m = parseMetrics(await metrics.registry.metrics());
+    const value = (name: string, adapter: string, stage: string): number | undefined =>
+      m.get(name)?.find((x) => x.labels.adapter === adapter && x.labels.stage === stage)?.value;
+    expect(value('troupe_adapter_loads_total', 'a', 'cpu_to_gpu')).toBe(1);
+    expect(value('troupe_adapter_loads_total', 'a', 'slot_move')).toBe(1);
+    expect(value('troupe_adapter_loads_total', 'b', 'slot_move')).toBe(1);
+    expect(value('troupe_adapter_load_seconds_sum', 'a', 'slot_move')).toBeCloseTo(0.0005, 6);
+    expect(value('troupe_adapter_load_seconds_sum', 'a', 'cpu_to_gpu')).toBeCloseTo(0.009, 6);
+  });
+
   it('leaves the adapter info out when LoRA is off, as vLLM does', async () => {
     const registry = new Registry();
     registerGatewayMetrics([registry], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: null, load: async () => load() });

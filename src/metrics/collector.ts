@@ -1,5 +1,6 @@
 // Prometheus metrics of one engine, fed by the engine facade: finished requests per adapter,
-// and adapter transitions (loads, evictions, load times) as the scheduler publishes them.
+// and adapter transitions (loads, moves between slots, evictions, load times) as the scheduler
+// publishes them.
 // Each engine has its own registry so several engines in one process do not collide.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AdapterCounters, AdapterTransition } from '../scheduler/index.js';
@@ -14,6 +15,9 @@ export interface FinishedRequest {
   promptTokens: number;
   completionTokens: number;
 }
+
+/** The load stage that ends when an adapter enters a pool slot, by the state it leaves. */
+const TO_GPU_STAGES: Record<string, string> = { h2dInFlight: 'cpu_to_gpu', moving: 'slot_move' };
 
 export class EngineMetrics {
   readonly registry = new Registry();
@@ -55,7 +59,7 @@ export class EngineMetrics {
     });
     this.loads = new Counter({
       name: 'troupe_adapter_loads_total',
-      help: 'Completed adapter loads per stage: disk_to_cpu (read and checked) and cpu_to_gpu (copied into a pool slot).',
+      help: 'Completed adapter loads per stage: disk_to_cpu (read and checked), cpu_to_gpu (copied into a pool slot) and slot_move (moved from one pool slot to another inside the GPU).',
       labelNames: ['adapter', 'stage'],
       registers,
     });
@@ -73,7 +77,7 @@ export class EngineMetrics {
     });
     this.loadSeconds = new Histogram({
       name: 'troupe_adapter_load_seconds',
-      help: 'Time of each adapter load stage: disk_to_cpu and cpu_to_gpu.',
+      help: 'Time of each adapter load stage: disk_to_cpu, cpu_to_gpu and slot_move.',
       labelNames: ['adapter', 'stage'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
@@ -119,13 +123,8 @@ export class EngineMetrics {
   transitions(ts: readonly AdapterTransition[]): void {
     for (const t of ts) {
       const { adapter } = t;
-      if (t.to === 'loading' || t.to === 'h2dInFlight') this.started.set(adapter, t.time);
-      const stage =
-        t.from === 'loading' && t.to === 'cpuLoaded'
-          ? 'disk_to_cpu'
-          : t.from === 'h2dInFlight' && t.to.startsWith('gpuResident')
-            ? 'cpu_to_gpu'
-            : null;
+      if (t.to === 'loading' || t.to === 'h2dInFlight' || t.to === 'moving') this.started.set(adapter, t.time);
+      const stage = t.to.startsWith('gpuResident') ? TO_GPU_STAGES[t.from] : t.from === 'loading' && t.to === 'cpuLoaded' ? 'disk_to_cpu' : undefined;
       if (stage) {
         this.loads.inc({ adapter, stage });
         const since = this.started.get(adapter);
