@@ -8,30 +8,17 @@
 // from must not be handed to another read.
 import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
-import { LORA_MODULES, type AdapterFile, type AdapterTensor, type HostAdapter } from '../src/engine/types.js';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import type { AdapterFile, AdapterTensor, HostAdapter } from '../src/engine/types.js';
 import { loadAdapterWeights, readAdapterHost, readAdapterLayout } from '../src/model/adapter.js';
-import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
-import { SMALL_MODEL, addon, createEngine, drive, openCheckpoint, prompt, tempDir, type DriveRequest } from './engine-fixtures.js';
+import { SMALL_MODEL, addon, drive, prompt, smallWorld, type DriveRequest } from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;
 // Makes the first piece of the file several times longer to read than the next one, so while one
 // thread reads it, another reads the next piece and finishes (and fails) first.
 const LONG_GAP = 12_000_000;
-const tmp = tempDir('adapter-pieces');
-makeRandomCheckpoint(join(tmp.dir, 'base'), SMALL_MODEL, 41, 'BF16');
-const ckpt = openCheckpoint(join(tmp.dir, 'base'));
-const adapters = [51, 52].map((seed) => {
-  const dir = join(tmp.dir, `adapter-${seed}`);
-  makeRandomAdapter(dir, { rank: 8, alpha: 16, targetModules: [...LORA_MODULES], seed, dtype: 'BF16', bStd: 0.2 }, SMALL_MODEL);
-  return dir;
-});
-const handles: number[] = [];
-afterAll(() => {
-  for (const h of handles) addon.destroyEngine(h);
-  tmp.cleanup();
-});
-
+const world = smallWorld('adapter-pieces', 41, [51, 52]);
+const { ckpt, adapters } = world;
 /**
  * The adapter's tensors copied into `file` in reverse order, 600-900 KB apart at offsets that are
  * 4 more than a multiple of 64, and LONG_GAP more after the first; the reader's spec for it,
@@ -52,15 +39,11 @@ function spread(dir: string, file: string): AdapterFile {
   writeFileSync(file, out);
   return { ...src, file, tensors: src.tensors.map((t, i) => ({ ...t, offset: offsets.get(i)! })) };
 }
-const files = adapters.map((dir, i) => spread(dir, join(tmp.dir, `spread-${i}.bin`)));
+const files = adapters.map((dir, i) => spread(dir, join(world.dir, `spread-${i}.bin`)));
 const layout = files[0]!;
 const inFileOrder = [...layout.tensors].sort((a, b) => a.offset - b.offset);
 
-function engine(): number {
-  const h = createEngine(ckpt, { loraSlots: 2, maxLoraRank: 8 });
-  handles.push(h);
-  return h;
-}
+const engine = (): number => world.engine({ loraSlots: 2, maxLoraRank: 8 });
 const REQS: DriveRequest[] = [
   { prompt: prompt(9, 1), slot: 0, blocks: [0, 1, 2, 3], decodes: 2 },
   { prompt: prompt(7, 2), slot: 1, blocks: [4, 5, 6, 7], decodes: 2 },

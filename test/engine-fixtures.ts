@@ -4,11 +4,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { afterAll } from 'vitest';
 import { ADDON_RELATIVE_PATH, loadNative } from '../src/engine/native.js';
 import { packageRoot } from '../src/paths.js';
 import { LORA_MODULES, type EngineOptions, type NativeAddon, type SampleParams, type StepBatch, type StepResult } from '../src/engine/types.js';
 import { openCheckpoint, type Checkpoint } from '../src/model/checkpoint.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
+import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
 
 export const addon: NativeAddon = loadNative();
 
@@ -38,6 +40,33 @@ export const SMALL_MODEL = {
 export function tempDir(prefix: string): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), `troupe-${prefix}-`));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * A small random bf16 checkpoint (seed `base`) and one rank-8 adapter on every module per seed of
+ * `adapterSeeds`, in a temporary folder; engines made by engine() are destroyed, and the folder
+ * removed, after the calling file's tests.
+ */
+export function smallWorld(prefix: string, base: number, adapterSeeds: number[]) {
+  const tmp = tempDir(prefix);
+  makeRandomCheckpoint(join(tmp.dir, 'base'), SMALL_MODEL, base, 'BF16');
+  const ckpt = openCheckpoint(join(tmp.dir, 'base'));
+  const adapters = adapterSeeds.map((seed) => {
+    const dir = join(tmp.dir, `adapter-${seed}`);
+    makeRandomAdapter(dir, { rank: 8, alpha: 16, targetModules: [...LORA_MODULES], seed, dtype: 'BF16', bStd: 0.2 }, SMALL_MODEL);
+    return dir;
+  });
+  const handles: number[] = [];
+  afterAll(() => {
+    for (const h of handles) addon.destroyEngine(h);
+    tmp.cleanup();
+  });
+  const engine = (over: Partial<EngineOptions>): number => {
+    const h = createEngine(ckpt, over);
+    handles.push(h);
+    return h;
+  };
+  return { dir: tmp.dir, ckpt, adapters, engine };
 }
 
 export function engineOptions(over: Partial<EngineOptions> = {}): EngineOptions {

@@ -1,44 +1,14 @@
 // swapLoraSlots: two pool slots exchange their adapters (one may be empty) inside the engine, so
 // the scheduler can move an adapter a batch wants into a low slot without copying it again from
 // host memory. Runs on the CPU backend; test/gpu/adapter-load.test.ts runs the same on CUDA.
-import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { swapSlots } from '../src/actors/ranks.js';
-import { LORA_MODULES } from '../src/engine/types.js';
-import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
-import {
-  SMALL_MODEL,
-  addon,
-  createEngine,
-  drive,
-  loadSlot,
-  makeBatch,
-  openCheckpoint,
-  prompt,
-  tempDir,
-  type DriveRequest,
-} from './engine-fixtures.js';
+import { SMALL_MODEL, addon, drive, loadSlot, makeBatch, prompt, smallWorld, type DriveRequest } from './engine-fixtures.js';
 
 const VOCAB = SMALL_MODEL.vocab_size;
-const tmp = tempDir('slot-swap');
-makeRandomCheckpoint(join(tmp.dir, 'base'), SMALL_MODEL, 61, 'BF16');
-const ckpt = openCheckpoint(join(tmp.dir, 'base'));
-const adapters = [71, 72].map((seed) => {
-  const dir = join(tmp.dir, `adapter-${seed}`);
-  makeRandomAdapter(dir, { rank: 8, alpha: 16, targetModules: [...LORA_MODULES], seed, dtype: 'BF16', bStd: 0.2 }, SMALL_MODEL);
-  return dir;
-});
-const handles: number[] = [];
-afterAll(() => {
-  for (const h of handles) addon.destroyEngine(h);
-  tmp.cleanup();
-});
-
-function engine(slots = 3): number {
-  const h = createEngine(ckpt, { loraSlots: slots, maxLoraRank: 8 });
-  handles.push(h);
-  return h;
-}
+const world = smallWorld('slot-swap', 61, [71, 72]);
+const { ckpt, adapters } = world;
+const engine = (slots = 3): number => world.engine({ loraSlots: slots, maxLoraRank: 8 });
 /** Two requests, on the slots given (adapter 0's and adapter 1's), and one of the base model. */
 const requests = (slotOf0: number, slotOf1: number): DriveRequest[] => [
   { prompt: prompt(9, 1), slot: slotOf0, blocks: [0, 1, 2, 3], decodes: 2 },

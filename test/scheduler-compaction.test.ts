@@ -20,18 +20,22 @@ function useInTurn(s: Scheduler, ...names: string[]): void {
   }
 }
 
+/** A pool of 8 slots after A to E were used in turn: E in slot 0, then A, B, C and D. */
+function fiveUsed(o: Parameters<typeof newScheduler>[0] = {}): Scheduler {
+  const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 8, ...o });
+  add(s, 'A', 'B', 'C', 'D', 'E');
+  useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+  return s;
+}
+
 describe('moving adapters to low slots', () => {
   test('each new adapter takes the lowest slot an idle adapter can leave it, the idle one moving up', () => {
-    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 8 });
-    add(s, 'A', 'B', 'C', 'D', 'E');
-    useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+    const s = fiveUsed();
     expect(['E', 'A', 'B', 'C', 'D'].map((n) => slotOf(s, n))).toEqual([0, 1, 2, 3, 4]);
   });
 
   test('a wanted adapter in a high slot trades places with an idle one in slot 0, and its steps use slot 0', () => {
-    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 8 });
-    add(s, 'A', 'B', 'C', 'D', 'E');
-    useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+    const s = fiveUsed();
     s.submit(seq('d', { lora: 'D', maxNewTokens: 2 }));
     expect(s.takeCommands()).toEqual([{ kind: 'swap-slots', slots: [4, 0], names: ['D', 'E'] }]);
     expect([stateOf(s, 'D'), stateOf(s, 'E')]).toEqual(['moving', 'moving']);
@@ -65,9 +69,7 @@ describe('moving adapters to low slots', () => {
   });
 
   test('one move at a time, the adapter wanted soonest first', () => {
-    const s = newScheduler({ maxLorasPerBatch: 3, gpuSlots: 8 });
-    add(s, 'A', 'B', 'C', 'D', 'E');
-    useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+    const s = fiveUsed({ maxLorasPerBatch: 3 });
     s.submit(seq('c', { lora: 'C', maxNewTokens: 1 }));
     s.submit(seq('d', { lora: 'D', maxNewTokens: 1 }));
     expect(s.takeCommands()).toEqual([{ kind: 'swap-slots', slots: [3, 0], names: ['C', 'E'] }]);
@@ -83,9 +85,7 @@ describe('moving adapters to low slots', () => {
   });
 
   test('a failed exchange leaves both adapters to be copied again from CPU memory, and their requests still run', () => {
-    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 8 });
-    add(s, 'A', 'B', 'C', 'D', 'E');
-    useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+    const s = fiveUsed();
     s.submit(seq('d', { lora: 'D', maxNewTokens: 1 }));
     expect(s.takeCommands()).toEqual([{ kind: 'swap-slots', slots: [4, 0], names: ['D', 'E'] }]);
     for (const name of ['D', 'E']) s.onLoaderEvent({ kind: 'move-failed', name, error: 'moving from slot 4 to slot 0 failed: device lost' });
@@ -100,9 +100,7 @@ describe('moving adapters to low slots', () => {
   });
 
   test('compactSlots false leaves every adapter in the slot it was copied into', () => {
-    const s = newScheduler({ maxLorasPerBatch: 2, gpuSlots: 8, compactSlots: false });
-    add(s, 'A', 'B', 'C', 'D', 'E');
-    useInTurn(s, 'A', 'B', 'C', 'D', 'E');
+    const s = fiveUsed({ compactSlots: false });
     expect(['A', 'B', 'C', 'D', 'E'].map((n) => slotOf(s, n))).toEqual([0, 1, 2, 3, 4]);
     s.submit(seq('e', { lora: 'E', maxNewTokens: 1 }));
     expect(s.takeCommands()).toEqual([]);
