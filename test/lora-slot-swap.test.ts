@@ -45,6 +45,13 @@ describe('swapLoraSlots', () => {
     expect(() => addon.swapLoraSlots(h, 0.5, 1)).toThrow('swapLoraSlots: slot must be an integer');
   });
 
+  it('across ranks: every rank exchanges the slots', async () => {
+    const ranks = [engine(), engine()];
+    for (const h of ranks) adapters.forEach((dir, i) => loadSlot(h, i, dir, ckpt));
+    await swapSlots(addon, ranks, 0, 1);
+    for (const h of ranks) expect(drive(h, requests(1, 0), VOCAB)).toEqual(want);
+  });
+
   it('across ranks: a rank that refuses leaves both slots empty on every rank, so the ranks agree', async () => {
     const whole = engine();
     const small = engine(1);
