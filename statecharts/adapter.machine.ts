@@ -349,6 +349,8 @@ export const adapterMachine = setup({
       on: {
         RELEASE: { guard: 'canRelease', actions: 'release' },
         LOAD_FAILED: { actions: 'copyFailedToo' },
+        // The copy queued behind the failed read is lost with the loader: no report will come.
+        LOADER_RESTARTED: { guard: 'copyQueued', actions: 'copyFailedToo' },
         UNLOAD: [{ guard: not('copyQueued'), target: 'unloaded' }, { actions: 'markRemoval' }],
         // An unload asked while the adapter was still loading completes once the load failed
         // and the requests that waited for it are ended.

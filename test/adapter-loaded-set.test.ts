@@ -169,4 +169,24 @@ describe('the loaded set', () => {
     expect(stateOf(s, 'A')).toBe('loading');
     expect(runAll(s).out.get('c')!.finish).toMatchObject({ type: 'length' });
   });
+
+  test('a failed adapter whose queued copy is lost with a second loader restart leaves, and its unload completes', async () => {
+    const s = newScheduler();
+    add(s, 'A');
+    serveLoader(s);
+    s.submit(seq('a', { lora: 'A', maxNewTokens: 1 }));
+    s.takeCommands();
+    s.loaderRestarted();
+    s.takeCommands(); // the read and the copy issued again
+    s.onLoaderEvent({ kind: 'load-failed', name: 'A', error: 'disk gone' });
+    const unloaded = s.removeAdapter('A');
+    expect(stateOf(s, 'A')).toBe('failed');
+    // The new loader never had the copy, so its failure will not be reported.
+    s.loaderRestarted();
+    await unloaded;
+    expect(s.adapters()).toEqual([]);
+    s.addAdapter({ name: 'A', path: '/A', pinned: false });
+    s.submit(seq('b', { lora: 'A', maxNewTokens: 1 }));
+    expect(runAll(s).out.get('b')!.finish).toMatchObject({ type: 'length' });
+  });
 });

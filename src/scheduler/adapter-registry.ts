@@ -243,10 +243,13 @@ export class AdapterRegistry implements PlacementHost {
     const event: AdapterEvent = { type: 'LOADER_RESTARTED' };
     for (const name of this.actors.names()) {
       if (!this.actors.can(name, event)) continue;
+      const residency = this.residency(name);
       const reason =
-        this.residency(name) === 'cpuLoaded'
+        residency === 'cpuLoaded'
           ? 'the loader restarted and its CPU copy is gone; read from disk again when needed'
-          : 'the loader restarted; its read or copy is issued again';
+          : residency === null
+            ? 'the loader restarted: the copy queued behind its failed read is gone, so it may leave'
+            : 'the loader restarted; its read or copy is issued again';
       this.send(name, event, reason);
     }
   }
