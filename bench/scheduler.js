@@ -142,7 +142,7 @@ const SHAPES = (() => {
   }));
 })();
 
-/** Answers every command at once; returns how many slot copies it made. */
+/** Answers every command at once (copies, reads and exchanges); returns how many slot copies it made. */
 function serveLoader(s) {
   let copies = 0;
   for (;;) {
@@ -152,6 +152,11 @@ function serveLoader(s) {
       if (c.kind === 'copy-to-slot') copies++;
       if (c.kind === 'load-cpu') s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: 8, targetModules: ['q_proj', 'v_proj'], bytes: 0 });
       else if (c.kind === 'copy-to-slot') s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
+      else if (c.kind === 'swap-slots') {
+        // An exchange of two slots, which moving adapters to low slots asks for.
+        s.onLoaderEvent({ kind: 'slot-ready', name: c.names[0], slot: c.slots[1] });
+        if (c.names[1] !== null) s.onLoaderEvent({ kind: 'slot-ready', name: c.names[1], slot: c.slots[0] });
+      }
     }
   }
 }
