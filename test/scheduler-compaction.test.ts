@@ -12,11 +12,12 @@ const add = (s: Scheduler, ...names: string[]): void => {
   for (const name of names) s.addAdapter({ name, path: `/${name}`, pinned: false });
 };
 
-/** Runs one request for each adapter in turn, each to its end. */
+/** Runs one request for each adapter in turn, each to its end; every adapter's CPU copy is 4 KB. */
 function useInTurn(s: Scheduler, ...names: string[]): void {
+  const loader = Object.fromEntries(names.map((n) => [n, { bytes: 4096 }]));
   for (const name of names) {
     s.submit(seq(`${name}-warm`, { lora: name, maxNewTokens: 1 }));
-    runAll(s);
+    runAll(s, { loader });
   }
 }
 
@@ -39,6 +40,8 @@ describe('moving adapters to low slots', () => {
     s.submit(seq('d', { lora: 'D', maxNewTokens: 2 }));
     expect(s.takeCommands()).toEqual([{ kind: 'swap-slots', slots: [4, 0], names: ['D', 'E'] }]);
     expect([stateOf(s, 'D'), stateOf(s, 'E')]).toEqual(['moving', 'moving']);
+    // Its weights stay on the GPU while they move.
+    expect(s.adapterDetails().find((a) => a.name === 'D')).toMatchObject({ slot: 0, gpuBytes: 4096, cpuBytes: 4096 });
     // Nothing runs on it while its weights move.
     expect(step(s)).toBeNull();
     s.onLoaderEvent({ kind: 'slot-ready', name: 'D', slot: 0 });

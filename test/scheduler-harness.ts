@@ -66,6 +66,8 @@ export interface LoaderSpec {
   rank?: number;
   targetModules?: LoraModule[];
   failWith?: string;
+  /** The CPU copy's size (none when absent). */
+  bytes?: number;
 }
 
 /** Answers every pending loader command at once; returns the commands it saw. */
@@ -79,7 +81,10 @@ export function serveLoader(s: Scheduler, specs: Record<string, LoaderSpec> = {}
       const spec = specs['name' in c ? c.name : ''] ?? {};
       if (c.kind === 'load-cpu') {
         if (spec.failWith) s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: spec.failWith });
-        else s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: spec.rank ?? 8, targetModules: spec.targetModules ?? ['q_proj', 'v_proj'] });
+        else {
+          const { rank = 8, targetModules = ['q_proj', 'v_proj'], bytes } = spec;
+          s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank, targetModules, ...(bytes === undefined ? {} : { bytes }) });
+        }
       } else if (c.kind === 'copy-to-slot') {
         s.onLoaderEvent({ kind: 'slot-ready', name: c.name, slot: c.slot });
       } else if (c.kind === 'swap-slots') {

@@ -51,7 +51,7 @@ export function adapterStatus(snap: AdapterSnapshot, label: string, loaded: bool
 export function adapterDetail(snap: AdapterSnapshot, label: string, loaded: boolean, last: AdapterTransition | null): AdapterDetail {
   const ctx = snap.context;
   const res = residencyOf(snap) ?? '';
-  const inSlot = res === 'h2dInFlight' || res.startsWith('gpuResident');
+  const inSlot = res === 'h2dInFlight' || res === 'moving' || res.startsWith('gpuResident');
   return {
     ...adapterStatus(snap, label, loaded),
     refcount: ctx.users,
