@@ -40,8 +40,9 @@ describe('moving adapters to low slots', () => {
     s.submit(seq('d', { lora: 'D', maxNewTokens: 2 }));
     expect(s.takeCommands()).toEqual([{ kind: 'swap-slots', slots: [4, 0], names: ['D', 'E'] }]);
     expect([stateOf(s, 'D'), stateOf(s, 'E')]).toEqual(['moving', 'moving']);
-    // Its weights stay on the GPU while they move.
+    // Its weights stay on the GPU while they move, and load balancers still see it there.
     expect(s.adapterDetails().find((a) => a.name === 'D')).toMatchObject({ slot: 0, gpuBytes: 4096, cpuBytes: 4096 });
+    expect(s.load().residentAdapters).toEqual(['A', 'B', 'C', 'D', 'E']);
     // Nothing runs on it while its weights move.
     expect(step(s)).toBeNull();
     s.onLoaderEvent({ kind: 'slot-ready', name: 'D', slot: 0 });

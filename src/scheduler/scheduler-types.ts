@@ -43,7 +43,7 @@ export interface SchedulerStats {
 
 /** What a load balancer weighs this server by: the queues, the KV cache, and where adapters stand. */
 export interface SchedulerLoad extends SchedulerStats {
-  /** Adapters in a GPU pool slot, ready to run (sorted by name). */
+  /** Adapters in a GPU pool slot, ready to run or moving to another slot (sorted by name). */
   residentAdapters: string[];
   /** Adapters that waiting requests name, in the order admission will reach them. */
   waitingAdapters: string[];

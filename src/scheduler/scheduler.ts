@@ -401,7 +401,12 @@ export class Scheduler {
     const index = this.registry.index;
     return {
       ...this.stats(),
-      residentAdapters: [...index.inResidency('gpuResident.pinned'), ...index.inResidency('gpuResident.unpinned')].sort(),
+      // An adapter moving between slots stays on the GPU: its move takes a fraction of a step.
+      residentAdapters: [
+        ...index.inResidency('gpuResident.pinned'),
+        ...index.inResidency('gpuResident.unpinned'),
+        ...index.inResidency('moving'),
+      ].sort(),
       waitingAdapters: [...index.demand.names()],
       preempted: { ...this.preempted },
       steps: this.flights.sent(),
