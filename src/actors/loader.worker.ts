@@ -1,8 +1,8 @@
 // The loader actor: reads adapter weights from disk into CPU memory and copies them into
-// engine pool slots (or from one slot to another), off the step loop's thread. The scheduler decides what to load where;
-// this only executes its commands and reports back. A CPU copy is a native host adapter
-// (read by native code, page-locked on a GPU machine); under tensor parallelism every rank's
-// slot is filled with that rank's slice of the same host copy.
+// engine pool slots (or from one slot to another), off the step loop's thread. The scheduler
+// decides what to load where; this only executes its commands and reports back. A CPU copy is a
+// native host adapter (read by native code, page-locked on a GPU machine); under tensor
+// parallelism every rank's slot is filled with that rank's slice of the same host copy.
 //
 // Commands run at once unless they name the same adapter or the same slot: those keep the
 // order they came in (a copy waits for its adapter's read and for the clear of its slot before

@@ -20,14 +20,14 @@ const DROPPABLE = new Set(['cpuLoaded', 'gpuResident.unpinned']);
  * them; a set of thousands that every swap adds to and takes from would rebuild its table now
  * and then, inside a step.
  */
+const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
+export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned' | 'moving';
 /**
  * Residencies that keep an adapter's place in slotOrder: a move between slots is not a new load,
  * so neither fifo's order nor lru's changes with it (a moving adapter is never evicted: its
  * machine refuses EVICT).
  */
 const KEEPS_SLOT_ORDER = new Set(['gpuResident.unpinned', 'moving']);
-const LISTED = new Set(['loading', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
-export type ListedResidency = 'loading' | 'h2dInFlight' | 'gpuResident.unpinned' | 'gpuResident.pinned' | 'moving';
 
 export class AdapterIndex {
   private readonly byResidency = new Map<string, Set<string>>();
@@ -122,8 +122,8 @@ export class AdapterIndex {
    * a slot the other still held would be refused.
    */
   exchangeSlots(a: number, b: number): void {
-    const owner = this.owners[a]!;
-    this.owners[a] = this.owners[b]!;
+    const owner = this.owners[a] ?? null;
+    this.owners[a] = this.owners[b] ?? null;
     this.owners[b] = owner;
   }
 
