@@ -90,10 +90,6 @@ std::vector<int> parseChunkSizes(const std::string& text) {
   return sizes;
 }
 
-// loraKernel auto: the fused kernel while its padding columns add at most this share to the
-// base weights' bytes (see the constructor).
-constexpr double kFusedMaxPadShare = 0.25;
-
 }  // namespace
 
 CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& tensors, const EngineOptions& o) try
@@ -199,23 +195,26 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     split[g] = cuda::loraSplitRows(group, o.loraModuleMask, o.loraSlots, o.maxLoraRank, splitRows);
     pad[g] = cuda::loraPadColumns(group, o.loraSlots, o.maxLoraRank, o.loraModuleMask, split[g]);
   }
-  if (o_.loraKernel == LoraKernel::kAuto) {
-    // The fused kernel's padding columns hold every slot's B beside every slice's rows (zeros
-    // off the block diagonal), and its GEMMs read them all: worth it while they add little to
-    // the weights. 8 slots of rank 64 on all modules add 20% to Llama-3.1-8B's, where fused
-    // still beat mma-overlap on the H200 (+47% against +55% at batch 32, +34% against +59% in
-    // prefill, bench/results/2026-11-29-h200-lora-fused.json); past kFusedMaxPadShare (16 slots
-    // of rank 64: 39%, 26% with gate/up's split rows) the others keep B compact.
-    double padded = 0, base = 0;
-    for (int g = 0; g < cuda::kNumWeightGroups; ++g) {
-      int64_t rows = 0, in = 0;
-      cuda::weightGroupShape(c, static_cast<cuda::WeightGroup>(g), rows, in);
-      padded += static_cast<double>(rows) * pad[g];
-      base += static_cast<double>(rows) * in;
+  // TROUPE_LORA_KERNEL names the kernels where the engine options leave the choice to the engine
+  // (servers), for comparing them through HTTP.
+  if (const char* env = std::getenv("TROUPE_LORA_KERNEL"); env && o_.loraKernel == LoraKernel::kAuto) {
+    std::string names;
+    for (int k = 1; k < static_cast<int>(LoraKernel::kNumLoraKernels); ++k) {
+      if (std::string(env) == kLoraKernelNames[k]) o_.loraKernel = static_cast<LoraKernel>(k);
+      names += std::string(k == 1 ? "" : ", ") + kLoraKernelNames[k];
     }
-    o_.loraKernel = prop.major < 8                       ? LoraKernel::kFma
-                    : padded <= kFusedMaxPadShare * base ? LoraKernel::kFused
-                                                         : LoraKernel::kMmaOverlap;
+    if (o_.loraKernel == LoraKernel::kAuto)
+      throw std::invalid_argument("TROUPE_LORA_KERNEL: expected one of " + names + "; got \"" + env + "\"");
+  }
+  if (o_.loraKernel == LoraKernel::kAuto) {
+    // The fused kernel keeps B in the weights' padding columns, as many bytes as the others keep in
+    // the pool, and its GEMMs read the slots up to the highest a step uses (the scheduler moves the
+    // adapters that requests want to low slots). It was once left to pools of up to about 10 slots
+    // of rank 64 (its GEMMs then read every slot). On an H200 at Llama-3.1-8B's shapes, a decode
+    // step of 32 over 8 rank-64 adapters then took +22% to +23% over the base step with 32, 64 or
+    // 128 slots against +93% to +97% with mma-overlap, and through HTTP (64 adapters over 32 slots)
+    // 6.48 ms against 9.80 (bench/results/2026-12-04-h200-lora-fused-large-pools.json).
+    o_.loraKernel = prop.major < 8 ? LoraKernel::kFma : LoraKernel::kFused;
   }
   if (o_.loraKernel != LoraKernel::kFma) {
     const bool pdl = o_.loraKernel == LoraKernel::kMmaPdl;

@@ -96,9 +96,8 @@ export interface EngineOptions {
    * (compute capability 8.0+), mma with programmatic dependent launch (9.0+), or mma with each
    * shrink on a second stream beside the base projection, or fused: the mma shrink, with the
    * expand folded into the base projection's GEMM (B factors in padding columns of the base
-   * weights). Absent: fused on 8.0+ while its padding adds at most a quarter to the base weights
-   * (8 slots of rank 64 on every module of an 8B model: a fifth), else mma-overlap; fma below
-   * 8.0. Tests and benchmarks compare them; the server keeps the default.
+   * weights). Absent: fused on 8.0+, fma below (TROUPE_LORA_KERNEL names one for engines that
+   * leave it absent, such as the server's). Tests and benchmarks compare them.
    */
   loraKernel?: 'fma' | 'mma' | 'mma-pdl' | 'mma-overlap' | 'fused';
   /** Tensor parallelism; absent = one rank holding the whole model. */

@@ -182,25 +182,45 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   const named = (prefix: string): string => ref.adapters.find((a) => a.startsWith(prefix))!;
   const placed = (batch: Row[], place: Record<string, number>): Row[] =>
     batch.filter((r) => r.slot < 0 || r.model in place).map((r) => (r.slot < 0 ? r : { ...r, slot: place[r.model]! }));
-  it.each([
-    { rank: 16, covered: 1, buckets: '1', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
-    { rank: 16, covered: 8, buckets: '0', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
-    { rank: 16, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r8')]: 1 }, others: { 5: named('r16') } },
-    { rank: 64, covered: 1, buckets: '1', place: { [named('r64')]: 0 }, others: { 1: named('r16'), 6: named('r64') } },
-    { rank: 64, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1 }, others: { 4: named('r8') } },
-    { rank: 64, covered: 8, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1, [named('r8')]: 6 }, others: { 2: named('r64') } },
-    // sgmv's decode steps add the deltas by a GEMM over the padding columns alone.
-    { rank: 16, covered: 1, buckets: '1', place: { [named('r16')]: 0 }, others: { 3: named('r8') }, backend: 'sgmv' as const },
-    { rank: 64, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1 }, others: { 4: named('r8') }, backend: 'sgmv' as const },
-  ])(
-    'pool of 8 at rank $rank, the batch covering $covered slot(s) (slot buckets: $buckets, $backend)',
-    ({ rank, covered, buckets, place, others, backend }) =>
+  it.each(
+    [
+      { rank: 16, covered: 1, buckets: '1', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
+      { rank: 16, covered: 8, buckets: '0', place: { [named('r16')]: 0 }, others: { 3: named('r8'), 7: named('r16') } },
+      { rank: 16, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r8')]: 1 }, others: { 5: named('r16') } },
+      { rank: 64, covered: 1, buckets: '1', place: { [named('r64')]: 0 }, others: { 1: named('r16'), 6: named('r64') } },
+      { rank: 64, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1 }, others: { 4: named('r8') } },
+      { rank: 64, covered: 8, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1, [named('r8')]: 6 }, others: { 2: named('r64') } },
+      // sgmv's decode steps add the deltas by a GEMM over the padding columns alone.
+      { rank: 16, covered: 1, buckets: '1', place: { [named('r16')]: 0 }, others: { 3: named('r8') }, backend: 'sgmv' as const },
+      { rank: 64, covered: 2, buckets: '1', place: { [named('r16')]: 0, [named('r64')]: 1 }, others: { 4: named('r8') }, backend: 'sgmv' as const },
+      // Pools larger than the fused layout once took (its kernels are the default at every size).
+      {
+        rank: 64,
+        covered: 32,
+        buckets: '1',
+        place: { [named('r16')]: 0, [named('r64')]: 20, [named('r8')]: 31 },
+        others: { 7: named('r64') },
+        pool: 32,
+      },
+      {
+        rank: 64,
+        covered: 16,
+        buckets: '1',
+        place: { [named('r64')]: 9, [named('r16')]: 15 },
+        others: { 3: named('r8'), 40: named('r16') },
+        pool: 64,
+      },
+      { rank: 16, covered: 128, buckets: '1', place: { [named('r16')]: 100, [named('r8')]: 2 }, others: { 64: named('r16') }, pool: 128 },
+    ].map((c) => ({ pool: 8, backend: 'csgmv' as const, ...c })),
+  )(
+    'pool of $pool at rank $rank, the batch covering $covered slot(s) (slot buckets: $buckets, $backend)',
+    ({ rank, covered, buckets, place, others, backend, pool }) =>
       withEnv({ TROUPE_LORA_SLOT_BUCKETS: buckets }, () =>
         check(
-          `rank-${rank} pool of 8, ${covered} slot(s) covered, slot buckets ${buckets}, ${backend ?? 'csgmv'}`,
-          { maxLoraRank: rank, loraBackend: backend ?? 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+          `rank-${rank} pool of ${pool}, ${covered} slot(s) covered, slot buckets ${buckets}, ${backend}`,
+          { maxLoraRank: rank, loraBackend: backend, loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
           placed(rank === 16 ? small : rows, place),
-          8,
+          pool,
           others,
         ),
       ),
