@@ -63,8 +63,13 @@ void* GpuWeights::alloc(size_t n) {
   const cudaError_t e = cudaMalloc(&p, n);
   if (e != cudaSuccess) {
     cudaGetLastError();
+    // With the fused LoRA layout the pool's B factors (and q/k/v's A rows) live in the weights.
+    const std::string lora = loraBytes_ == 0 ? ""
+                                             : "; " + std::to_string(loraBytes_ >> 20) +
+                                                   " MiB of the weights hold the LoRA pool's factors, which fewer "
+                                                   "pool slots or a lower maximum rank would shrink";
     throw std::runtime_error("CUDA out of memory loading the weights (" + std::to_string(bytes >> 20) +
-                             " MiB placed, " + std::to_string(n >> 20) + " MiB more needed)");
+                             " MiB placed, " + std::to_string(n >> 20) + " MiB more needed" + lora + ")");
   }
   allocations_.push_back(p);
   bytes += n;
@@ -85,6 +90,7 @@ GpuWeights::GpuWeights(const ModelConfig& c, const std::vector<TensorRef>& tenso
       splitRows[g] = split && split[g] && pad[g] > 0;
       ld[g] = static_cast<int>(ins[g]) + pad[g];
       tail[g] = tailRows ? tailRows[g] : 0;
+      loraBytes_ += static_cast<size_t>(c.numLayers) * 2 * ((total[g] + tail[g]) * pad[g] + tail[g] * ins[g]);
     }
     auto matrix = [&](int64_t rows, int64_t cols) { return static_cast<bf16_t*>(alloc(rows * cols * 2)); };
     // A group's matrix, its padding columns zeroed: the pool fills only the slots it loads, and

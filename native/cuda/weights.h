@@ -53,6 +53,7 @@ class GpuWeights {
 
  private:
   std::vector<void*> allocations_;
+  size_t loraBytes_ = 0;  // the pool's columns and tail rows, for the out-of-memory message
   void* alloc(size_t bytes);
 };
 
