@@ -78,11 +78,14 @@ extern const char* const kLoraModuleNames[kNumLoraModules];
 // (compute capability 8.0), optionally launched with programmatic dependent launch (9.0) or with
 // the shrink on a second stream beside the base projection; or kFused: the mma shrink, and the
 // expand folded into the base projection's GEMM (cuda/lora_fused.h).
-// kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+) while its padding
-// columns stay small beside the weights, else kMmaOverlap; kFma below 8.0.
+// kAuto: kFused where tensor cores run mma.sync (compute capability 8.0+), kFma below.
 enum class LoraKernel { kAuto, kFma, kMma, kMmaPdl, kMmaOverlap, kFused, kNumLoraKernels };
 // The engine option's names, by LoraKernel ("auto" is never given: it is the option left out).
 extern const char* const kLoraKernelNames[static_cast<int>(LoraKernel::kNumLoraKernels)];
+// The kernel a name gives (kAuto where none has it), and the names for a message that refuses one
+// ("fma", "mma", ... or "fused").
+LoraKernel loraKernelNamed(const std::string& name);
+std::string loraKernelNameList();
 
 struct EngineOptions {
   std::string device = "cpu";

@@ -211,14 +211,9 @@ EngineOptions parseOptions(const Napi::Value& v) {
     e.loraChunkSize = integer(o, "loraChunkSize", w, 1);
   if (o.Has("loraKernel") && !o.Get("loraKernel").IsUndefined()) {
     const std::string kernel = string(o, "loraKernel", w);
-    constexpr int first = static_cast<int>(LoraKernel::kFma), count = static_cast<int>(LoraKernel::kNumLoraKernels);
-    std::string names;
-    for (int k = first; k < count; ++k) {
-      if (kernel == kLoraKernelNames[k]) e.loraKernel = static_cast<LoraKernel>(k);
-      names += std::string(k == first ? "" : k + 1 == count ? " or " : ", ") + "\"" + kLoraKernelNames[k] + "\"";
-    }
+    e.loraKernel = loraKernelNamed(kernel);
     if (e.loraKernel == LoraKernel::kAuto)
-      throw ArgError(w + ".loraKernel must be " + names + ", got \"" + kernel + "\"");
+      throw ArgError(w + ".loraKernel must be " + loraKernelNameList() + ", got \"" + kernel + "\"");
   }
   if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined()) e.cudaDevice = integer(o, "cudaDevice", w, 0);
   if (o.Has("customAllReduce") && !o.Get("customAllReduce").IsUndefined())

@@ -17,6 +17,20 @@ const char* const kLoraModuleNames[kNumLoraModules] = {"q_proj",    "k_proj",  "
 const char* const kLoraKernelNames[static_cast<int>(LoraKernel::kNumLoraKernels)] = {"auto",    "fma",         "mma",
                                                                                      "mma-pdl", "mma-overlap", "fused"};
 
+LoraKernel loraKernelNamed(const std::string& name) {
+  for (int k = static_cast<int>(LoraKernel::kFma); k < static_cast<int>(LoraKernel::kNumLoraKernels); ++k)
+    if (name == kLoraKernelNames[k]) return static_cast<LoraKernel>(k);
+  return LoraKernel::kAuto;
+}
+
+std::string loraKernelNameList() {
+  constexpr int first = static_cast<int>(LoraKernel::kFma), count = static_cast<int>(LoraKernel::kNumLoraKernels);
+  std::string names;
+  for (int k = first; k < count; ++k)
+    names += std::string(k == first ? "" : k + 1 == count ? " or " : ", ") + "\"" + kLoraKernelNames[k] + "\"";
+  return names;
+}
+
 void loraModuleDims(const ModelConfig& c, int* in, int* out) {
   const int h = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, inter = c.intermediateSize;
   const int ins[kNumLoraModules] = {h, h, h, q, h, h, inter};

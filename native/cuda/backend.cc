@@ -198,13 +198,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // TROUPE_LORA_KERNEL names the kernels where the engine options leave the choice to the engine
   // (servers), for comparing them through HTTP.
   if (const char* env = std::getenv("TROUPE_LORA_KERNEL"); env && o_.loraKernel == LoraKernel::kAuto) {
-    std::string names;
-    for (int k = 1; k < static_cast<int>(LoraKernel::kNumLoraKernels); ++k) {
-      if (std::string(env) == kLoraKernelNames[k]) o_.loraKernel = static_cast<LoraKernel>(k);
-      names += std::string(k == 1 ? "" : ", ") + kLoraKernelNames[k];
-    }
+    o_.loraKernel = loraKernelNamed(env);
     if (o_.loraKernel == LoraKernel::kAuto)
-      throw std::invalid_argument("TROUPE_LORA_KERNEL: expected one of " + names + "; got \"" + env + "\"");
+      throw std::invalid_argument("TROUPE_LORA_KERNEL: expected " + loraKernelNameList() + "; got \"" + env + "\"");
   }
   if (o_.loraKernel == LoraKernel::kAuto) {
     // The fused kernel keeps B in the weights' padding columns, as many bytes as the others keep in
