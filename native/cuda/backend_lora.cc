@@ -152,9 +152,10 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
                                   const bf16_t* x, int ldx, const bf16_t* W, float* y, int N, bool accumulate,
                                   cuda::ElemType yType) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
-  // The augment writes the padding columns the GEMMs below read, the step's covered slots' (a
-  // prefill of 8 x 512 over 8 rank-64 adapters in the first slots of a pool of 128 had written
-  // every slot's zeros: 16x the columns, and ran 26% over the base prefill against 14% with 32).
+  // The augment writes the padding columns the GEMMs below read, the step's covered slots'. Writing
+  // every slot's zeros, a prefill of 8 x 512 over 8 rank-64 adapters in the first slots of a pool of
+  // 128 ran +25.9% over the base prefill; with the covered slots only, +14.8% (H200, Llama-8B's
+  // shapes; bench/results/2026-12-04-h200-lora-prefill-covered-padding.json).
   cuda::AugmentedRows xa = augmented(g);
   xa.pad = paddingUsed(g);
   const size_t slab = loraMid_.size() / loraPieces_;
