@@ -60,6 +60,11 @@ const variants = parseVariants(process.env.LORA_VARIANTS);
 // server with more GPU slots than adapters a batch has.
 const pool = Number(process.env.LORA_POOL ?? 8);
 if (!(Number.isInteger(pool) && pool >= 8)) throw new Error(`LORA_POOL must be an integer of at least 8, not ${process.env.LORA_POOL}`);
+// LORA_POOL_RANK=64 gives the engines a pool of that max rank (each run's adapters' rank unless
+// said), as a server whose --max-lora-rank is set for larger adapters than the batch's.
+const poolRank = process.env.LORA_POOL_RANK === undefined ? undefined : Number(process.env.LORA_POOL_RANK);
+if (poolRank !== undefined && !(Number.isInteger(poolRank) && ranks.every((r) => r <= poolRank)))
+  throw new Error(`LORA_POOL_RANK must be an integer no smaller than every rank of LORA_RANKS, not ${process.env.LORA_POOL_RANK}`);
 
 // What the steps read: the adapters' bytes beside each overhead (bench/lora-roofline.js), the floor
 // from the copy bandwidth that bench/gpu_peft.py measured in the same run.
@@ -76,6 +81,7 @@ const result = {
   baseStepBytes: baseBytes,
   copyBandwidthTBs: copyBytesPerS ? copyBytesPerS / 1e12 : undefined,
   pool: pool > 8 ? pool : undefined,
+  poolRank,
   variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
   peft,
@@ -88,7 +94,7 @@ for (const rank of ranks) {
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
       const engines = variants.map((variant) => {
-        const options = loraEngineOptions(w, { rank, loraBackend, loraKernel, slots: pool });
+        const options = loraEngineOptions(w, { rank: poolRank ?? rank, loraBackend, loraKernel, slots: pool });
         const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
         adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
         const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
