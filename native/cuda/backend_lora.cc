@@ -152,12 +152,7 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
                                   const bf16_t* x, int ldx, const bf16_t* W, float* y, int N, bool accumulate,
                                   cuda::ElemType yType) {
   const int ld = w_->ld[g], pad = w_->pad[g], in = ld - pad, T = map_.tokens;
-  // The augment writes the padding columns the GEMMs below read, the step's covered slots'. Writing
-  // every slot's zeros, a prefill of 8 x 512 over 8 rank-64 adapters in the first slots of a pool of
-  // 128 ran +25.9% over the base prefill; with the covered slots only, +14.8% (H200, Llama-8B's
-  // shapes; bench/results/2026-12-04-h200-lora-prefill-covered-padding.json).
-  cuda::AugmentedRows xa = augmented(g);
-  xa.pad = paddingUsed(g);
+  const cuda::AugmentedRows xa = augmented(g);
   const size_t slab = loraMid_.size() / loraPieces_;
   // The tiled shrink's outputs: each token's own slot only, in the split's slabs.
   cuda::LoraMid tiled;
@@ -266,7 +261,11 @@ cuda::AugmentedRows CudaBackend::augmented(cuda::WeightGroup g) {
   cuda::AugmentedRows xa;
   xa.data = xa_.get();
   xa.ld = w_->ld[g];
-  xa.pad = w_->pad[g];
+  // The kernels that write the rows write the padding columns that the step's GEMMs read, the
+  // covered slots'. Writing every slot's zeros, a prefill of 8 x 512 over 8 rank-64 adapters in the
+  // first slots of a pool of 128 ran +25.9% over the base prefill; with the covered slots only,
+  // +14.8% (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-prefill-covered-padding.json).
+  xa.pad = paddingUsed(g);
   xa.slicePitch = w_->splitRows[g] ? xaTokens_ * xa.ld : 0;
   return xa;
 }

@@ -66,8 +66,6 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
 bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   const cuda::DecodeGemmLora& lo = a.lora;
   if (!normShrinkKept_ || !lo.A || lo.B || lo.spread || lo.module != kO) return false;
-  const cuda::WeightGroup g = cuda::kGateUpWeight;
-  const int ld = w_->ld[g], in = ld - w_->pad[g];
   const cuda::LoraSlices sl = lora_->gateUpSlices(l);
   const int outputs = sl.count * sl.maxRank;
   // Only where gate/up would take the item shrink, which this replaces (the sizes the GEMM takes,
@@ -106,7 +104,9 @@ cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {
   cs.tiles = normShrinkTiles();
   cs.outputs = sl.count * sl.maxRank, cs.slices = sl.count, cs.slots = lora_->slots();
   cs.rankModule = sl.module[0], cs.n = lora_->normShrinkN(l), cs.scaling = lora_->scaling();
+  // The norm's columns form every slot's block (rmsnorm_delta.h), so it writes the whole padding.
   cs.xa = augmented(cuda::kGateUpWeight);
+  cs.xa.pad = w_->pad[cuda::kGateUpWeight];
   return cs;
 }
 
@@ -176,7 +176,7 @@ cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   e.scaling = lora_->scaling();
   e.xa = xa_.get();
   e.ld = ld;
-  e.pad = w_->pad[g];
+  e.pad = paddingUsed(g);
   e.partial = oPartial_.get();
   e.tickets = oTickets_.get();
   return e;
