@@ -246,21 +246,29 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   check(cudaMemcpy(invFreq_.get(), rope.invFreq().data(), rope.invFreq().size() * 4, cudaMemcpyHostToDevice), "upload");
 
   if (pooled) {
-    // Where o's and down's decode GEMM may take their LoRA (loraGemmArgs: one GPU, every slot's A
-    // rows in its shrink tiles), the norm after it adds their deltas from a transposed copy of B.
-    uint32_t transposedB = 0;
-    if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused &&
-        o.loraSlots * o.maxLoraRank <= cuda::kDecodeGemmLoraMaxRows &&
+    // Where o's and down's decode GEMM may take their LoRA (loraGemmArgs: one GPU, the step's slots'
+    // A rows in its shrink tiles), the norm after it adds their deltas from a transposed copy of B.
+    // Only steps whose slots lie in the first kDecodeGemmLoraMaxRows / maxRank can (slot buckets), so
+    // only those slots keep the copy. With every slot required to, pools of more than 8 rank-16
+    // slots kept none, and their GEMMs added the deltas themselves: a decode step of 32 rows over 8
+    // rank-16 adapters in the first 8 of 128 slots took +15.5% over the base step that way, +11.0%
+    // with the norms (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
+    uint32_t transposedB = 0, lowTransposedB = 0;
+    const int lowSlots = o.maxLoraRank > 0 ? cuda::kDecodeGemmLoraMaxRows / o.maxLoraRank : 0;
+    if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused && lowSlots > 0 &&
         cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
-      if (loraInGemm_ >> cuda::kOWeight & 1u) transposedB |= 1u << kO;
-      if (loraInGemm_ >> cuda::kDownWeight & 1u) transposedB |= 1u << kDown;
+      if (loraInGemm_ >> cuda::kOWeight & 1u) lowTransposedB |= 1u << kO;
+      if (loraInGemm_ >> cuda::kDownWeight & 1u) lowTransposedB |= 1u << kDown;
     }
     // The kernels after a GEMM with tail rows read its group's B transposed.
     for (int m = 0; m < kNumLoraModules; ++m)
       if (w_->tail[cuda::weightGroupOf(m)] > 0) transposedB |= 1u << m;
     transposedB &= o.loraModuleMask;
-    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB);
-    // Gate's and up's outputs together within what the GEMM's parts hold.
+    lowTransposedB &= o.loraModuleMask & ~transposedB;
+    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB,
+                                                lowTransposedB, lowSlots);
+    // Gate's and up's outputs together within what the GEMM's parts hold (keepNormShrink: every
+    // slot keeping o's transposed B).
     if (gateUpInO_ && lora_->bTransposed(0, kO) && 2 * o.maxLoraRank <= cuda::kNormShrinkMaxOutputs) {
       std::vector<const float*> normW;
       for (int l = 0; l < c.numLayers; ++l) normW.push_back(w_->layers[l].postNorm);

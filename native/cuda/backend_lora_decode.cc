@@ -48,7 +48,8 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   // layer's down (the final norm reads only the sampled rows): o's to the norm before gate/up,
   // down's to the next layer's before q/k/v.
   const LoraModule m = g == cuda::kOWeight ? kO : kDown;
-  const bool later = lora_->bTransposed(l, m) && (g == cuda::kOWeight || l + 1 < c_.numLayers);
+  const bool later = lora_->bTransposed(l, m) && coveredSlots(g) <= lora_->transposedSlots(m) &&
+                     (g == cuda::kOWeight || l + 1 < c_.numLayers);
   if (later) lo.B = nullptr;
   if (decodeGemm_->supports(a, kDecodeGemmSplits)) return a;
   // More A rows than shrink tiles fit beside the weights' (rank 64 at 8 slots): down's shrink

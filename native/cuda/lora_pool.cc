@@ -23,7 +23,7 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 }  // namespace
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w,
-                         uint32_t transposedB)
+                         uint32_t transposedB, uint32_t lowTransposedB, int lowSlots)
     : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
@@ -40,6 +40,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
         w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_, w.splitRows[g]))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
+    btSlots_[m] = (transposedB >> m & 1u) ? slots_ : (lowTransposedB >> m & 1u) ? std::min(lowSlots, slots_) : 0;
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
@@ -93,7 +94,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
                                     static_cast<size_t>(block) * slots_ * maxRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
-      if (transposedB >> m & 1u) bt_[idx] = alloc(static_cast<size_t>(slots_) * maxRank_ * out_[m]);
+      if (btSlots_[m] > 0) bt_[idx] = alloc(static_cast<size_t>(btSlots_[m]) * maxRank_ * out_[m]);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -149,12 +150,8 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     enqueueFactors(slot, ad);
     // The transposed copies from B as written above (zeros where the adapter skips a layer).
     for (int l = 0; l < layers_; ++l)
-      for (int m = 0; m < kNumLoraModules; ++m) {
-        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-        if (bt_[idx] && meta.ranks[m])
-          loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
-                         bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
-      }
+      for (int m = 0; m < kNumLoraModules; ++m)
+        if (slot < btSlots_[m] && meta.ranks[m]) transposeB(l, m, slot);
     // What o's delta adds to gate/up's shrink through the norm, from the factors as written above.
     if (!normW_.empty() && meta.ranks[kO])
       for (int l = 0; l < layers_; ++l) {
@@ -197,9 +194,19 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   }
 }
 
+void GpuLoraPool::transposeB(int layer, int m, int slot) {
+  const size_t idx = static_cast<size_t>(layer) * kNumLoraModules + m;
+  if (!bt_[idx]) return;  // a module the pool does not hold
+  loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
+                 bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+}
+
 bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
   const LoraSlices gu = gateUpSlices(0);
-  if (!bt_[kO] || gu.count == 0 || gu.in != out_[kO] || static_cast<int>(normW.size()) != layers_) return false;
+  // n is made from o's transposed B at every slot's fill.
+  if (!bt_[kO] || btSlots_[kO] < slots_ || gu.count == 0 || gu.in != out_[kO] ||
+      static_cast<int>(normW.size()) != layers_)
+    return false;
   nsOutputs_ = gu.count * maxRank_;
   normShrinkN_.ensure(static_cast<size_t>(layers_) * slots_ * maxRank_ * nsOutputs_);
   normW_ = normW;
@@ -290,7 +297,7 @@ void GpuLoraPool::clear(int slot) {
   writer.commit(false, [&] { record(slot); });
 }
 
-std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot) const {
+std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const {
   std::vector<Region> out;
   auto add = [&](const void* base, size_t pitch, size_t width, size_t rows) {
     out.push_back(Region{static_cast<uint8_t*>(const_cast<void*>(base)), pitch, width, rows});
@@ -303,7 +310,7 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot) const {
       add(a_[idx] + slot * aSlotStride_[m], inBytes, inBytes, maxRank_);
       add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(maxRank_) * 2,
           out_[m]);
-      if (bt_[idx]) {
+      if (bt_[idx] && std::max(slot, other) < btSlots_[m]) {
         const size_t outBytes = static_cast<size_t>(out_[m]) * 2;
         add(bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], outBytes, outBytes, maxRank_);
       }
@@ -332,7 +339,7 @@ void GpuLoraPool::swap(int a, int b) {
   writers.second.dirty();
   // One table of the two slots' pieces, side by side, exchanged by one launch: a copy a piece
   // (a few thousand for an 8B model) would cost more in calls than the bytes take to move.
-  const std::vector<Region> ra = regions(a), rb = regions(b);
+  const std::vector<Region> ra = regions(a, b), rb = regions(b, a);
   std::vector<SwapRegion> table;
   table.reserve(ra.size());
   for (size_t i = 0; i < ra.size(); ++i) {
@@ -347,6 +354,13 @@ void GpuLoraPool::swap(int a, int b) {
   check(cudaMemcpyAsync(staging_.get(), table.data(), bytes, cudaMemcpyHostToDevice, stream_), "LoRA slot swap");
   loraSwapRegions(reinterpret_cast<const SwapRegion*>(staging_.get()), static_cast<int>(table.size()), stream_);
   check(cudaGetLastError(), "LoRA slot swap launch");
+  // A slot that keeps a transposed copy of B which the other does not: made again from the B it
+  // received (its rank may be 0 there, where no kernel reads the copy).
+  for (int l = 0; l < layers_; ++l)
+    for (int m = 0; m < kNumLoraModules; ++m)
+      for (int s : {a, b})
+        if (s < btSlots_[m] && std::max(a, b) >= btSlots_[m]) transposeB(l, m, s);
+  check(cudaGetLastError(), "LoRA slot swap transposes");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
   const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
   writers.first.commit(bHeld, [&] { record(a); });

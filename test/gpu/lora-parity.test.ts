@@ -79,16 +79,23 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
    * An engine of `slots` slots with the adapters of `batch` loaded in the slots its rows name (and
    * `others` in theirs, which the batch does not use); the batch checked against PEFT.
    */
-  const check = (label: string, { graphs, ...lora }: Layout, batch: Row[], slots = 4, others: Record<number, string> = {}): void => {
+  const check = (label: string, layout: Layout, batch: Row[], slots = 4, others: Record<number, string> = {}): void => {
+    const loaded = new Map<number, string>(Object.entries(others).map(([slot, name]) => [Number(slot), name]));
+    for (const r of batch) if (r.slot >= 0) loaded.set(r.slot, r.model);
+    verify(label, prepare(layout, slots, loaded), batch);
+  };
+  /** An engine of `slots` slots with adapter `name` in each slot of `loaded`. */
+  const prepare = ({ graphs, ...lora }: Layout, slots: number, loaded: Map<number, string>): number => {
     const h = addon.createEngine(
       ckpt.config,
       ckpt.tensors,
       engineOptions({ device: 'cuda', blockSize: BLOCK, kvBlocks: rows.length * 16, loraSlots: slots, cudaGraphMaxBs: graphs, ...lora }),
     );
     handles.push(h);
-    const loaded = new Map<number, string>(Object.entries(others).map(([slot, name]) => [Number(slot), name]));
-    for (const r of batch) if (r.slot >= 0) loaded.set(r.slot, r.model);
     for (const [slot, name] of loaded) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
+    return h;
+  };
+  const verify = (label: string, h: number, batch: Row[]): void => {
     const m = run(h, batch);
     console.log(
       `LoRA parity (${label}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
@@ -211,6 +218,17 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
         pool: 64,
       },
       { rank: 16, covered: 128, buckets: '1', place: { [named('r16')]: 100, [named('r8')]: 2 }, others: { 64: named('r16') }, pool: 128 },
+      // The norms add o's and down's deltas from a transposed copy of B that only the first 128 / rank
+      // slots keep: a step whose slots lie there.
+      {
+        rank: 16,
+        covered: 8,
+        buckets: '1',
+        place: { [named('r16')]: 0, [named('r8')]: 5 },
+        others: { 7: named('r16'), 20: named('r8'), 100: named('r16') },
+        pool: 128,
+      },
+      { rank: 32, covered: 4, buckets: '1', place: { [named('r16')]: 0, [named('r8')]: 3 }, others: { 6: named('r16') }, pool: 8 },
     ].map((c) => ({ pool: 8, backend: 'csgmv' as const, ...c })),
   )(
     'pool of $pool at rank $rank, the batch covering $covered slot(s) (slot buckets: $buckets, $backend)',
@@ -225,6 +243,25 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
         ),
       ),
   );
+
+  // A move (swapLoraSlots) between a slot that keeps o's and down's B transposed for the norms and
+  // one that does not makes the copy again from the B that arrived; between two such slots it
+  // exchanges the copies.
+  it('pool of 128 at rank 16, an adapter moved into the low slots and between them', async () => {
+    const layout: Layout = { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
+    const h = prepare(
+      layout,
+      128,
+      new Map([
+        [2, named('r8')],
+        [3, named('r8')],
+        [100, named('r16')],
+      ]),
+    );
+    await addon.swapLoraSlots(h, 100, 3); // r16 into slot 3, that slot's r8 out to 100
+    await addon.swapLoraSlots(h, 3, 6); // r16 on into the free slot 6
+    verify('rank-16 pool of 128 after moves', h, placed(small, { [named('r16')]: 6, [named('r8')]: 2 }));
+  });
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
     const base = ref.cases.base!;
