@@ -95,6 +95,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     for (const [slot, name] of loaded) loadSlot(h, slot, join(dir, 'adapters', name), ckpt);
     return h;
   };
+  /** The batch run on engine h, checked against PEFT. */
   const verify = (label: string, h: number, batch: Row[]): void => {
     const m = run(h, batch);
     console.log(
