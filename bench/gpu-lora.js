@@ -18,8 +18,9 @@
 // adapters' ranks. LORA_VARIANTS (bench/engine-variants.js: `default;TROUPE_LORA_IN_GEMM=0`) times
 // engines made with other environment switches beside each other, each round taking every variant
 // in turn, and labels each run with its variant. LORA_POOL and LORA_POOL_RANK give the engines more
-// slots or a larger max rank than the 8 adapters need (see below). LORA_MODULES=o_proj (bench/gpu-steps.js) gives the
-// engines' pools those modules alone, for adapters written on them alone. Each run with adapters
+// slots or a larger max rank than the 8 adapters need (see below). LORA_MODULES=o_proj
+// (bench/gpu-steps.js) gives the engines' pools those modules alone, for adapters written on them
+// alone. Each run with adapters
 // also carries what their bytes alone would add (bench/lora-roofline.js): at the base step's own
 // bandwidth, and at the copy bandwidth that gpu_peft.py measured in the same run.
 import { readFileSync, writeFileSync } from 'node:fs';
