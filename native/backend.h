@@ -94,6 +94,9 @@ struct EngineOptions {
   double memFractionStatic = 0.9;
   int loraSlots = 0;
   int maxLoraRank = 0;
+  // Ranks per pool slot: an adapter takes loraSlotSpan(rank) consecutive slots (lora.h); 0 means
+  // maxLoraRank, one slot an adapter.
+  int loraSlotRank = 0;
   uint32_t loraModuleMask = 0;  // bit m set: the pool holds module m
   int threads = 0;
   int cudaGraphMaxBs = 0;
@@ -116,6 +119,7 @@ struct EngineInfo {
   int blockSize = 0;
   int loraSlots = 0;
   int maxLoraRank = 0;
+  int loraSlotRank = 0;
   // How the tensor-parallel ranks exchange activations: "none" (one rank), "host" (through host
   // memory), "nccl", or "p2p+nccl" (small messages through peer-to-peer kernels).
   std::string collective = "none";

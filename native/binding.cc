@@ -133,6 +133,7 @@ Napi::Value EngineInfoFn(const Napi::CallbackInfo& info) {
   o.Set("blockSize", i.blockSize);
   o.Set("loraSlots", i.loraSlots);
   o.Set("maxLoraRank", i.maxLoraRank);
+  o.Set("loraSlotRank", i.loraSlotRank);
   o.Set("collective", i.collective);
   o.Set("loraKernel", i.loraKernel);
   return o;

@@ -41,7 +41,7 @@ CpuBackend::CpuBackend(const ModelConfig& c, const std::vector<TensorRef>& tenso
       threads_(o.threads > 0 ? o.threads : omp_get_num_procs()),
       weights_(loadWeights(config_, tensors, o.tp.vocabCount)),
       rope_(c),
-      lora_(config_, o.loraSlots, o.maxLoraRank, o.loraModuleMask) {
+      lora_(config_, o.loraSlots, o.maxLoraRank, o.loraModuleMask, o.loraSlotRank) {
   long long blocks = o.kvBlocks;
   if (blocks == 0) {
     const long long perToken = 2ll * config_.numLayers * config_.numKvHeads * config_.headDim * sizeof(float);
@@ -66,6 +66,7 @@ EngineInfo CpuBackend::info() const {
   i.blockSize = cache_.blockSize;
   i.loraSlots = lora_.slots();
   i.maxLoraRank = options_.maxLoraRank;
+  i.loraSlotRank = lora_.slotRank();
   i.collective = tp_.size > 1 ? "host" : "none";
   i.loraKernel = lora_.slots() > 0 ? "cpu" : "none";
   return i;

@@ -200,6 +200,7 @@ EngineOptions parseOptions(const Napi::Value& v) {
   e.memFractionStatic = number(o, "memFractionStatic", w);
   e.loraSlots = integer(o, "loraSlots", w, 0);
   e.maxLoraRank = integer(o, "maxLoraRank", w, 0);
+  if (o.Has("loraSlotRank") && !o.Get("loraSlotRank").IsUndefined()) e.loraSlotRank = integer(o, "loraSlotRank", w, 1);
   e.threads = integer(o, "threads", w, 0);
   e.cudaGraphMaxBs = integer(o, "cudaGraphMaxBs", w, 0);
   if (o.Has("loraBackend") && !o.Get("loraBackend").IsUndefined()) {

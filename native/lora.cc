@@ -41,9 +41,23 @@ void loraModuleDims(const ModelConfig& c, int* in, int* out) {
   }
 }
 
-LoraPool::LoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask)
-    : layers_(c.numLayers), maxRank_(maxRank), moduleMask_(moduleMask), slots_(slots > 0 ? slots : 0), table_(slots) {
+LoraPool::LoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, int slotRank)
+    : layers_(c.numLayers),
+      maxRank_(maxRank),
+      slotRank_(slotRank > 0 ? slotRank : maxRank),
+      moduleMask_(moduleMask),
+      slots_(slots > 0 ? slots : 0),
+      table_(slots) {
+  if (slotRank_ > maxRank_ && !slots_.empty())
+    throw std::invalid_argument("createEngine: loraSlotRank " + std::to_string(slotRank_) + " exceeds maxLoraRank " +
+                                std::to_string(maxRank_));
   loraModuleDims(c, in_, out_);
+}
+
+int loraSlotSpan(int rank, int slotRank) {
+  int span = 1;
+  while (static_cast<long long>(span) * slotRank < rank) span *= 2;
+  return span;
 }
 
 namespace {
@@ -75,8 +89,8 @@ void checkFactor(FactorView& v, int64_t rows, int64_t cols, const std::string& w
 
 }  // namespace
 
-std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxRank, int layers, uint32_t moduleMask,
-                               const int* in, const int* out) {
+std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxRank, int slotRank, int layers,
+                               uint32_t moduleMask, const int* in, const int* out) {
   const std::string where = "loadLoraSlot: slot " + std::to_string(slot) + ": ";
   if (slot < 0 || slot >= slots) {
     throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) + " is outside [0, " +
@@ -85,6 +99,13 @@ std::vector<char> checkAdapter(AdapterWeights& ad, int slot, int slots, int maxR
   if (ad.rank < 1 || ad.rank > maxRank) {
     throw std::invalid_argument(where + "adapter rank " + std::to_string(ad.rank) + " is outside [1, " +
                                 std::to_string(maxRank) + "] (max LoRA rank)");
+  }
+  const int span = loraSlotSpan(ad.rank, slotRank);
+  if (slot % span != 0 || slot + span > slots) {
+    throw std::invalid_argument(where + "an adapter of rank " + std::to_string(ad.rank) + " takes " +
+                                std::to_string(span) + " slots of rank " + std::to_string(slotRank) +
+                                ", from a multiple of " + std::to_string(span) + " within [0, " +
+                                std::to_string(slots) + ")");
   }
   std::vector<char> seen(static_cast<size_t>(layers) * kNumLoraModules, 0);
   for (auto& w : ad.weights) {
@@ -135,7 +156,7 @@ void factorToFloat(const FactorView& v, float* dst) {
 
 void LoraPool::load(int slot, const AdapterWeights& adapter) {
   AdapterWeights ad = adapter;
-  checkAdapter(ad, slot, slots(), maxRank_, layers_, moduleMask_, in_, out_);
+  checkAdapter(ad, slot, slots(), maxRank_, slotRank_, layers_, moduleMask_, in_, out_);
   SlotTable::Writer writer = table_.write(slot);
   Slot s;
   s.rank = ad.rank;

@@ -1,5 +1,6 @@
-// The LoRA pool: loraSlots slots, each holding one adapter's A and B for every layer and module
-// it targets, at the adapter's own rank (at most maxLoraRank).
+// The LoRA pool: loraSlots slots; an adapter's A and B for every layer and module it targets, at
+// its own rank (at most maxLoraRank), sit in its first slot, and the rest of the slots its rank
+// takes (loraSlotSpan) stay empty.
 #pragma once
 
 #include <vector>
@@ -22,8 +23,13 @@ void loraModuleDims(const ModelConfig& config, int* in, int* out);
 // in/out sizes per module, which each factor's slice must have) before slot `slot` takes it, and
 // gives flat factors their shape; throws std::invalid_argument naming the problem. Returns, per
 // layer * kNumLoraModules + module, whether the adapter gives that factor.
-std::vector<char> checkAdapter(AdapterWeights& adapter, int slot, int slots, int maxRank, int layers,
+std::vector<char> checkAdapter(AdapterWeights& adapter, int slot, int slots, int maxRank, int slotRank, int layers,
                                uint32_t moduleMask, const int* in, const int* out);
+
+// The consecutive slots an adapter of `rank` takes in a pool of `slotRank` ranks a slot: the
+// least power of two of them that holds its rank (src/engine/lora-slots.ts). checkAdapter wants
+// its first slot a multiple of that power.
+int loraSlotSpan(int rank, int slotRank);
 
 // Throws std::invalid_argument unless a and b are distinct slots of a pool of `slots`.
 void checkSwap(int a, int b, int slots);
@@ -33,7 +39,8 @@ void factorToFloat(const FactorView& v, float* dst);
 
 class LoraPool {
  public:
-  LoraPool(const ModelConfig& config, int slots, int maxRank, uint32_t moduleMask);
+  // slotRank: ranks a slot (0: maxRank); an adapter takes loraSlotSpan(rank, slotRank) slots.
+  LoraPool(const ModelConfig& config, int slots, int maxRank, uint32_t moduleMask, int slotRank = 0);
 
   // Safe beside a step (see SlotTable): the new values are built while steps that use other
   // slots run.
@@ -42,6 +49,7 @@ class LoraPool {
   void swap(int a, int b);
   SlotTable& table() { return table_; }
   int slots() const { return static_cast<int>(slots_.size()); }
+  int slotRank() const { return slotRank_; }
 
   // y[t] += scaling * B (A x[t]) for every token t of every group whose slot targets module m.
   // The caller holds a lease on the groups' slots.
@@ -64,6 +72,7 @@ class LoraPool {
 
   int layers_;
   int maxRank_;
+  int slotRank_;  // ranks a slot (loraSlotSpan)
   uint32_t moduleMask_;
   int in_[kNumLoraModules];
   int out_[kNumLoraModules];

@@ -11,6 +11,7 @@ import { Supervisor } from './actors/supervisor.js';
 import type { ServeOptions } from './config/options.js';
 import { resolveServeOptions } from './config/validate.js';
 import { loadNative } from './engine/native.js';
+import type { EngineInfo } from './engine/types.js';
 import { badRequest } from './errors.js';
 import { readAdapterInfo } from './model/adapter.js';
 import { openCheckpoint } from './model/checkpoint.js';
@@ -55,10 +56,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     const inits = await initRanks(executors, ranks);
     const info = inits[0]!.info;
     const tp = options.tpSize > 1 ? `, tensor parallel over ${options.tpSize} ranks (${info.collective})` : '';
-    log(
-      'info',
-      `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${info.loraSlots} LoRA slots (rank <= ${info.maxLoraRank}, ${info.loraKernel} kernels)${tp}`,
-    );
+    log('info', `engine on ${info.deviceName}: ${info.kvBlocks} KV blocks of ${info.blockSize} tokens, ${loraPoolText(info)}${tp}`);
     await supervisor.initLoader({
       type: 'init',
       handles: inits.map((i) => i.handle),
@@ -76,7 +74,8 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         chunkedPrefillSize: options.chunkedPrefillSize,
         // Counts the base model too, so it stays at least 1 when the pool has no slots.
         maxLorasPerBatch: options.maxLorasPerBatch,
-        gpuSlots: gpuLoraSlots(options),
+        gpuSlots: plan.loraEnabled ? info.loraSlots : gpuLoraSlots(options),
+        loraSlotRank: plan.loraEnabled ? info.loraSlotRank : undefined,
         maxLoadedLoras: options.maxLoadedLoras,
         evictionPolicy: options.loraEvictionPolicy,
         overlapLoading: options.enableLoraOverlapLoading,
@@ -97,4 +96,13 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
     await Promise.allSettled([supervisor.close(), tokenizer.close()]);
     throw err;
   }
+}
+
+/** The engine's LoRA pool in words, for the start-up log. */
+function loraPoolText(info: EngineInfo): string {
+  const cut =
+    info.loraSlotRank < info.maxLoraRank
+      ? ` of rank ${info.loraSlotRank}, an adapter taking 1-${info.maxLoraRank / info.loraSlotRank} by its rank`
+      : '';
+  return `${info.loraSlots} LoRA slots${cut} (rank <= ${info.maxLoraRank}, ${info.loraKernel} kernels)`;
 }

@@ -204,7 +204,8 @@ describe('observability', () => {
             sse += new TextDecoder().decode(value);
           }
         };
-        await readUntil(/event: snapshot\ndata: .*"poolSlots":2/);
+        // Two adapters of rank 16 (demo-b's), cut into slots of rank 8.
+        await readUntil(/event: snapshot\ndata: .*"poolSlots":4/);
 
         await generateIds(app, [PROMPTS[0]!], ['a'], 4);
         await generateIds(app, [PROMPTS[0]!], ['b'], 4);
@@ -213,8 +214,8 @@ describe('observability', () => {
         await reader.cancel();
 
         const state = await (await app.request('/debug/adapters/state')).json();
-        expect(state.poolSlots).toBe(2);
-        expect(state.slotsUsed).toBeLessThanOrEqual(2);
+        expect(state.poolSlots).toBe(4);
+        expect(state.slotsUsed).toBeLessThanOrEqual(4);
         const xs = state.adapters.find((s: { name: string }) => s.name === 'x');
         expect(xs).toMatchObject({
           state: 'gpuResident.unpinned',
@@ -243,7 +244,7 @@ describe('observability', () => {
         expect(value('troupe_adapter_loads_total{adapter="a",stage="disk_to_cpu"}')).toBe(1);
         expect(value('troupe_adapter_evictions_total{adapter="a",from="cpu"}')).toBeGreaterThanOrEqual(1);
         expect(value('troupe_adapter_load_seconds_count{adapter="x",stage="disk_to_cpu"}')).toBe(1);
-        expect(value('troupe_lora_pool_slots')).toBe(2);
+        expect(value('troupe_lora_pool_slots')).toBe(4);
         expect(value('troupe_lora_pool_slots_used')).toBe(state.slotsUsed);
       },
     );

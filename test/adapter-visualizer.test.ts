@@ -74,7 +74,7 @@ describe.skipIf(missing !== null)(`the visualizer page in Chromium${missing ? ` 
     const state = (await (await fetch(`${server.base}/debug/adapters/state`)).json()) as { adapters: Array<{ name: string; state: string }> };
     expect(state.adapters.map((a) => a.name)).toEqual(['demo-a', 'demo-b']);
     for (const a of state.adapters) await waitForStateCell(a.name, a.state);
-    expect(await page.locator('#pool').textContent()).toMatch(/\/ 3 pool slots used, 2 adapters/);
+    expect(await page.locator('#pool').textContent()).toMatch(/\/ 6 pool slots used, 2 adapters/);
   });
 
   it('shows a new adapter being loaded, used by a request and unloaded', async () => {

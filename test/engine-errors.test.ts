@@ -144,6 +144,32 @@ describe('adapter errors', () => {
   });
 });
 
+describe('a pool cut into slots of a lower rank', () => {
+  it('takes an adapter only at a multiple of its span, within the pool', () => {
+    const cut = createEngine(ckpt, { kvBlocks: 8, loraSlots: 4, maxLoraRank: 16, loraSlotRank: 8, loraModules: ['q_proj', 'down_proj'] });
+    try {
+      expect(addon.engineInfo(cut)).toMatchObject({ loraSlots: 4, maxLoraRank: 16, loraSlotRank: 8 });
+      const wide = loadAdapterWeights(join(tmp.dir, 'wide'), ckpt.config).weights;
+      for (const slot of [1, 3]) {
+        expect(() => addon.loadLoraSlot(cut, slot, wide)).toThrow(
+          /an adapter of rank 16 takes 2 slots of rank 8, from a multiple of 2 within \[0, 4\)/,
+        );
+      }
+      addon.loadLoraSlot(cut, 2, wide);
+      // Without loraSlotRank, one slot an adapter: the max rank.
+      expect(addon.engineInfo(h).loraSlotRank).toBe(8);
+    } finally {
+      addon.destroyEngine(cut);
+    }
+  });
+
+  it('refuses a slot rank above the max rank', () => {
+    expect(() => createEngine(ckpt, { kvBlocks: 8, loraSlots: 4, maxLoraRank: 16, loraSlotRank: 32 })).toThrow(
+      /loraSlotRank 32 exceeds maxLoraRank 16/,
+    );
+  });
+});
+
 describe('handles', () => {
   it('fails clearly on a destroyed handle', () => {
     const other = createEngine(ckpt, { kvBlocks: 2 });

@@ -51,8 +51,8 @@ describe('Recency', () => {
 describe('using an adapter', () => {
   test('moves it to the back of the eviction orders without changing a Map', () => {
     const index = new AdapterIndex(4, 'lru');
-    for (let i = 0; i < 3; i++) index.add(`a${i}`, false, { residency: 'gpuResident.unpinned', slot: i });
-    index.add('c', false, { residency: 'cpuLoaded', slot: null });
+    for (let i = 0; i < 3; i++) index.add(`a${i}`, false, { residency: 'gpuResident.unpinned', slot: i, span: 1 });
+    index.add('c', false, { residency: 'cpuLoaded', slot: null, span: 1 });
     const sets = vi.spyOn(Map.prototype, 'set');
     const deletes = vi.spyOn(Map.prototype, 'delete');
     for (let k = 0; k < 100; k++) index.touch(`a${k % 2}`);
@@ -78,9 +78,9 @@ describe('using an adapter', () => {
 
   test('moving adapters between slots and CPU memory changes no table holding every registered adapter, without a CPU budget', () => {
     const index = new AdapterIndex(2, 'lru', false);
-    const cpu = { residency: 'cpuLoaded', slot: null };
+    const cpu = { residency: 'cpuLoaded', slot: null, span: 1 };
     for (let i = 0; i < 1000; i++) index.add(`a${i}`, false, cpu);
-    index.move('a0', false, cpu, { residency: 'gpuResident.unpinned', slot: 0 });
+    index.move('a0', false, cpu, { residency: 'gpuResident.unpinned', slot: 0, span: 1 });
     const changed = [
       vi.spyOn(Set.prototype, 'add'),
       vi.spyOn(Set.prototype, 'delete'),
@@ -89,9 +89,9 @@ describe('using an adapter', () => {
     ];
     for (const spy of changed) spy.mockClear();
     // a0 leaves its slot for a1, which is copied in; both are used by a step.
-    index.move('a0', false, { residency: 'gpuResident.unpinned', slot: 0 }, cpu);
-    index.move('a1', false, cpu, { residency: 'h2dInFlight', slot: 0 });
-    index.move('a1', false, { residency: 'h2dInFlight', slot: 0 }, { residency: 'gpuResident.unpinned', slot: 0 });
+    index.move('a0', false, { residency: 'gpuResident.unpinned', slot: 0, span: 1 }, cpu);
+    index.move('a1', false, cpu, { residency: 'h2dInFlight', slot: 0, span: 1 });
+    index.move('a1', false, { residency: 'h2dInFlight', slot: 0, span: 1 }, { residency: 'gpuResident.unpinned', slot: 0, span: 1 });
     index.touch('a1');
     const sizes = changed.flatMap((spy) => spy.mock.contexts.map((table) => (table as Set<unknown>).size));
     expect(sizes.length).toBeGreaterThan(0);

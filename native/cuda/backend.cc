@@ -105,6 +105,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                                 std::to_string(count) + " visible");
   }
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+  // The fused layout gives each slot the max rank's columns (lora_fused.h), one adapter a slot.
+  if (o.loraSlotRank != 0 && o.loraSlotRank != o.maxLoraRank)
+    throw std::invalid_argument("createEngine: the CUDA backend lays one adapter a slot, so loraSlotRank (" +
+                                std::to_string(o.loraSlotRank) + ") must equal maxLoraRank (" +
+                                std::to_string(o.maxLoraRank) + ")");
   headsPerKv_ = c.numHeads / c.numKvHeads;
   if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
     throw std::invalid_argument(
@@ -325,6 +330,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   info_.blockSize = o.blockSize;
   info_.loraSlots = o.loraSlots;
   info_.maxLoraRank = o.maxLoraRank;
+  info_.loraSlotRank = o.maxLoraRank;
   info_.collective = comm_->name();
   info_.loraKernel = lora_ ? kLoraKernelNames[static_cast<int>(o_.loraKernel)] : "none";
 } catch (const std::exception& e) {

@@ -120,7 +120,7 @@ GpuLoraPool::~GpuLoraPool() {
 
 void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   AdapterWeights ad = adapter;
-  const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, layers_, mask_, in_, out_);
+  const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, maxRank_, layers_, mask_, in_, out_);
   // A module the adapter targets must be targeted in every layer (the per-module rank is per
   // slot); a layer it skips gets zero factors, which add nothing.
   LoraSlotMeta meta{};

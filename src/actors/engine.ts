@@ -44,7 +44,7 @@ export interface LocalTroupeEngine extends TroupeEngine {
   stats(): Promise<SchedulerStats>;
   /** Prometheus metrics of this engine (GET /metrics). */
   readonly metrics: EngineMetrics;
-  /** GPU LoRA pool slots (--max-gpu-loras). */
+  /** GPU LoRA pool slots (--max-gpu-loras adapters of the max rank, cut by the slot rank). */
   readonly poolSlots: number;
   /** Every adapter's status with its refcount, bytes and last transition, fresh from the scheduler. */
   adapterDetails(): Promise<AdapterDetail[]>;
@@ -80,7 +80,7 @@ export class Engine implements LocalTroupeEngine {
       modelName: options.servedModelName ?? options.modelPath,
       blockSize: engineInfo.blockSize,
       numBlocks: engineInfo.kvBlocks,
-      maxLoras: plan.loraEnabled ? this.poolSlots : null,
+      maxLoras: plan.loraEnabled ? gpuLoraSlots(options) : null,
       load: () => supervisor.actors.scheduler.call({ type: 'load' }),
     });
     supervisor.actors.scheduler.serve((msg) => this.onScheduler(msg));
@@ -124,7 +124,7 @@ export class Engine implements LocalTroupeEngine {
   }
 
   get poolSlots(): number {
-    return gpuLoraSlots(this.options);
+    return this.plan.loraEnabled ? this.engineInfo.loraSlots : gpuLoraSlots(this.options);
   }
 
   adapterDetails(): Promise<AdapterDetail[]> {

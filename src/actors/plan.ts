@@ -5,6 +5,7 @@ import { availableParallelism } from 'node:os';
 import type { ServeOptions } from '../config/options.js';
 import { LORA_MODULES, type EngineOptions, type LoraModule, type ModelConfig, type NativeAddon, type TensorRef } from '../engine/types.js';
 import { badRequest } from '../errors.js';
+import { loraPoolSlots, loraSlotRank } from '../engine/lora-slots.js';
 import type { AdapterInfo } from '../model/adapter.js';
 import { planTensorParallel, rankOptions, shardTensor } from '../model/tensor-parallel.js';
 
@@ -80,6 +81,7 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
   } else {
     loraModules = [...LORA_MODULES];
   }
+  const slotRank = loraSlotRank(device, maxLoraRank);
 
   return {
     loraEnabled,
@@ -89,8 +91,9 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
       blockSize,
       kvBlocks,
       memFractionStatic: opts.memFractionStatic,
-      loraSlots: loraEnabled ? gpuLoraSlots(opts) : 0,
+      loraSlots: loraEnabled ? loraPoolSlots(gpuLoraSlots(opts), maxLoraRank, slotRank) : 0,
       maxLoraRank: loraEnabled ? maxLoraRank : 0,
+      loraSlotRank: loraEnabled ? slotRank : undefined,
       loraModules: loraEnabled ? loraModules : [],
       threads: 0,
       cudaGraphMaxBs: opts.cudaGraphMaxBs,
@@ -102,8 +105,10 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
 }
 
 /**
- * GPU pool slots: --max-gpu-loras, by default --max-loras-per-batch (SGLang's pool). More slots
- * than one batch uses keep adapters on the GPU between their batches.
+ * The adapters of --max-lora-rank that the GPU pool holds: --max-gpu-loras, by default
+ * --max-loras-per-batch (SGLang's pool). More than one batch uses keep adapters on the GPU
+ * between their batches. Engines that cut the pool into slots of a lower rank hold more adapters
+ * of lower ranks (lora-slots.ts).
  */
 export function gpuLoraSlots(opts: Pick<ServeOptions, 'maxGpuLoras' | 'maxLorasPerBatch'>): number {
   return opts.maxGpuLoras ?? opts.maxLorasPerBatch;

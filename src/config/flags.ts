@@ -137,14 +137,14 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'int',
     default: 8,
     group: 'lora',
-    help: 'Most distinct adapters in one batch, the base model counting as one; also the number of GPU pool slots unless --max-gpu-loras is given.',
+    help: "Most distinct adapters in one batch, the base model counting as one; also the pool's size in adapters of --max-lora-rank unless --max-gpu-loras is given.",
   },
   {
     name: 'max-gpu-loras',
     kind: 'int',
     default: null,
     group: 'lora',
-    help: "troupe's own (SGLang has no such flag): GPU pool slots, so adapters keep their slot after leaving a batch and come back with no copy. At least --max-loras-per-batch, which still caps the adapters of one batch, and at most --max-loaded-loras when that is set; defaults to --max-loras-per-batch.",
+    help: "troupe's own (SGLang has no such flag): the pool's size in adapters of --max-lora-rank (the CPU backend fits more of lower ranks), so adapters keep their slot after leaving a batch and come back with no copy. At least --max-loras-per-batch, which still caps the adapters of one batch, and at most --max-loaded-loras when that is set; defaults to --max-loras-per-batch.",
   },
   {
     name: 'max-loaded-loras',

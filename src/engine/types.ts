@@ -85,6 +85,11 @@ export interface EngineOptions {
   loraSlots: number;
   maxLoraRank: number;
   loraModules: LoraModule[];
+  /**
+   * Ranks per pool slot (lora-slots.ts): an adapter takes loraSlotSpan(rank) consecutive slots.
+   * Absent: maxLoraRank, one slot an adapter (the CUDA backend's only layout).
+   */
+  loraSlotRank?: number;
   /** Worker threads for the CPU backend; 0 = all cores. */
   threads: number;
   cudaGraphMaxBs: number;
@@ -119,6 +124,7 @@ export interface EngineInfo {
   blockSize: number;
   loraSlots: number;
   maxLoraRank: number;
+  loraSlotRank: number;
   /** How tensor-parallel ranks exchange activations: none (one rank), host (through host memory), nccl, or p2p+nccl (small messages through peer-to-peer kernels). */
   collective: 'none' | 'host' | 'nccl' | 'p2p+nccl';
   /** How LoRA deltas are computed: none (no LoRA pool), cpu, or the CUDA loraKernel in use (after the automatic choice). */

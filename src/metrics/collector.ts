@@ -82,7 +82,11 @@ export class EngineMetrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
-    new Gauge({ name: 'troupe_lora_pool_slots', help: 'LoRA pool slots on the GPU (--max-gpu-loras).', registers }).set(poolSlots);
+    new Gauge({
+      name: 'troupe_lora_pool_slots',
+      help: 'LoRA pool slots (--max-gpu-loras adapters of --max-lora-rank; an adapter takes the slots its rank needs).',
+      registers,
+    }).set(poolSlots);
     new Gauge({
       name: 'troupe_lora_pool_slots_used',
       help: 'Pool slots holding an adapter or receiving one.',

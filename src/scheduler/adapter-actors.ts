@@ -111,7 +111,7 @@ export class AdapterActors {
       pinned: input.pinned,
       snap: first,
       label: adapterStateLabel(first),
-      placed: { residency: residencyOf(first), slot: null },
+      placed: { residency: residencyOf(first), slot: null, span: 1 },
       nodes: first._nodes,
       last: null,
       removal: null,
@@ -160,6 +160,11 @@ export class AdapterActors {
     return this.records.get(name)?.label ?? null;
   }
 
+  /** Its rank once read: set by a transition of its own, so the snapshot need not be current. */
+  rank(name: string): number | null {
+    return this.records.get(name)?.snap.context.rank ?? null;
+  }
+
   placement(name: string): Placement | null {
     return this.records.get(name)?.placed ?? null;
   }
@@ -198,7 +203,7 @@ export class AdapterActors {
     const rec = this.records.get(name);
     if (!rec) return null;
     this.settle(rec);
-    return adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last);
+    return adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last, rec.placed.span);
   }
 
   /** Resolves once the adapter's read from disk has ended (at once if none is in flight); null if it is gone. */
@@ -446,7 +451,10 @@ export class AdapterActors {
     const slot = snap.context.slot;
     let placed = rec.placed;
     if (residency !== placed.residency || slot !== placed.slot) {
-      placed = { residency, slot };
+      // A run keeps its span from slot to slot (a move exchanges runs of one size); a new one
+      // takes its rank's.
+      const span = slot === null ? 1 : placed.slot !== null ? placed.span : this.index.spanFor(snap.context.rank);
+      placed = { residency, slot, span };
       this.index.move(rec.name, rec.pinned, rec.placed, placed);
       rec.placed = placed;
     }

@@ -1,7 +1,8 @@
 // Views over the adapters by residency, kept current from their machines' transitions: who
-// holds which slot, which are pinned, how many CPU copies exist, the eviction orders, and how
+// holds which slots (an adapter holds `span` of them from its own: lora-slots.ts), which are pinned, how many CPU copies exist, the eviction orders, and how
 // many wanted adapters sit in each residency. Every question placement asks is answered from
 // here in time that depends on slots and wanted adapters, never on how many are registered.
+import { loraSlotSpan } from '../engine/lora-slots.js';
 import { Demand } from './demand.js';
 import { Recency } from './recency.js';
 
@@ -9,6 +10,8 @@ import { Recency } from './recency.js';
 export interface Placement {
   residency: string | null;
   slot: number | null;
+  /** The slots it holds from `slot` on (1 while it holds none). */
+  span: number;
 }
 
 const HOLDS_CPU = new Set(['loading', 'cpuLoaded', 'h2dInFlight', 'gpuResident.unpinned', 'gpuResident.pinned', 'moving']);
@@ -31,8 +34,11 @@ const KEEPS_SLOT_ORDER = new Set(['gpuResident.unpinned', 'moving']);
 
 export class AdapterIndex {
   private readonly byResidency = new Map<string, Set<string>>();
+  /** Per slot, the adapter holding it: an adapter's name in each slot of its span. */
   private readonly owners: Array<string | null>;
   private freeSlots: number;
+  /** Each slot holder's span. */
+  private readonly spans = new Map<string, number>();
   /** Pinned adapters until they are gone (failed ones included: they still count against the pin limit). */
   readonly pinned = new Set<string>();
   private cpuCopies = 0;
@@ -54,6 +60,8 @@ export class AdapterIndex {
     private readonly policy: 'lru' | 'fifo',
     /** Whether a CPU budget picks which copy to drop from cpuOrder. */
     private readonly keepsCpuOrder = true,
+    /** Ranks a pool slot (lora-slots.ts); 0: every adapter takes one slot. */
+    private readonly slotRank = 0,
   ) {
     this.owners = new Array<string | null>(slots).fill(null);
     this.freeSlots = slots;
@@ -105,26 +113,55 @@ export class AdapterIndex {
     return this.wantedIn.get(residency) ?? 0;
   }
 
-  lowestFreeSlot(): number | null {
-    if (this.freeSlots === 0) return null;
-    const i = this.owners.indexOf(null);
-    return i >= 0 ? i : null;
+  /** The lowest run of `span` free slots that starts at a multiple of `span`, or null. */
+  lowestFreeSlot(span = 1): number | null {
+    if (this.freeSlots < span) return null;
+    if (span === 1) {
+      const i = this.owners.indexOf(null);
+      return i >= 0 ? i : null;
+    }
+    for (let at = 0; at + span <= this.owners.length; at += span) {
+      if (this.runOwners(at, span).length === 0) return at;
+    }
+    return null;
   }
 
-  /** The adapter filed in `slot`, or null. */
+  /** The adapter filed in `slot` (in any slot of its span), or null. */
   owner(slot: number): string | null {
     return this.owners[slot] ?? null;
   }
 
+  /** The slots an adapter of `rank` takes (1 while its rank is unknown). */
+  spanFor(rank: number | null): number {
+    return loraSlotSpan(rank, this.slotRank);
+  }
+
+  /** The slots a slot holder holds from its own (1 for any other adapter). */
+  spanOf(name: string): number {
+    return this.spans.get(name) ?? 1;
+  }
+
+  /** The distinct adapters holding slots in [at, at + span), lowest first. */
+  runOwners(at: number, span: number): string[] {
+    const names: string[] = [];
+    for (let s = at; s < at + span; s++) {
+      const owner = this.owners[s] ?? null;
+      if (owner !== null && names[names.length - 1] !== owner) names.push(owner);
+    }
+    return names;
+  }
+
   /**
-   * Two slots' owners change places before their machines hear of it (MOVE and GIVE_SLOT): each
-   * machine's transition then finds its new slot already its own, where filing one adapter into
-   * a slot the other still held would be refused.
+   * Two runs of `span` slots exchange owners before their machines hear of it (MOVE and
+   * GIVE_SLOT): each machine's transition then finds its new slots already its own, where filing
+   * one adapter into slots the other still held would be refused.
    */
-  exchangeSlots(a: number, b: number): void {
-    const owner = this.owners[a] ?? null;
-    this.owners[a] = this.owners[b] ?? null;
-    this.owners[b] = owner;
+  exchangeSlots(a: number, b: number, span = 1): void {
+    for (let i = 0; i < span; i++) {
+      const owner = this.owners[a + i] ?? null;
+      this.owners[a + i] = this.owners[b + i] ?? null;
+      this.owners[b + i] = owner;
+    }
   }
 
   add(name: string, pinned: boolean, at: Placement): void {
@@ -145,7 +182,7 @@ export class AdapterIndex {
   remove(name: string, pinned: boolean, last: Placement): void {
     this.changes++;
     this.moves++;
-    this.unfile(name, pinned, last, { residency: null, slot: null });
+    this.unfile(name, pinned, last, { residency: null, slot: null, span: 1 });
     this.pinned.delete(name);
   }
 
@@ -191,12 +228,15 @@ export class AdapterIndex {
       if (at.residency === 'gpuResident.unpinned') this.slotOrder.add(name, true);
     }
     if (at.slot !== null && this.owners[at.slot] !== name) {
-      if (this.owners[at.slot] !== null) {
-        throw new Error(`internal error: slot ${at.slot} is given to "${name}" but held by "${this.owners[at.slot]}"`);
+      for (let s = at.slot; s < at.slot + at.span; s++) {
+        const holder = this.owners[s];
+        if (holder === undefined) throw new Error(`internal error: slot ${s} of "${name}" is outside the pool's ${this.owners.length}`);
+        if (holder !== null) throw new Error(`internal error: slot ${s} is given to "${name}" but held by "${holder}"`);
       }
-      this.owners[at.slot] = name;
-      this.freeSlots--;
+      this.owners.fill(name, at.slot, at.slot + at.span);
+      this.freeSlots -= at.span;
     }
+    if (at.slot !== null) this.spans.set(name, at.span);
   }
 
   private unfile(name: string, pinned: boolean, from: Placement, to: Placement): void {
@@ -210,8 +250,12 @@ export class AdapterIndex {
       if (KEEPS_SLOT_ORDER.has(from.residency) && !(to.residency !== null && KEEPS_SLOT_ORDER.has(to.residency))) this.slotOrder.delete(name);
     }
     if (from.slot !== null && from.slot !== to.slot && this.owners[from.slot] === name) {
-      this.owners[from.slot] = null;
-      this.freeSlots++;
+      for (let s = from.slot; s < from.slot + from.span; s++) {
+        if (this.owners[s] !== name) continue;
+        this.owners[s] = null;
+        this.freeSlots++;
+      }
     }
+    if (to.slot === null) this.spans.delete(name);
   }
 }

@@ -17,8 +17,10 @@ import { place, type PlacementHost } from './placement.js';
 export type { AdapterCounters, AdapterDetail, AdapterTransition } from './adapter-view.js';
 
 export interface RegistryLimits {
-  /** GPU pool slots (--max-gpu-loras). */
+  /** GPU pool slots (--max-gpu-loras, cut by the slot rank: lora-slots.ts). */
   slots: number;
+  /** Ranks a slot; absent: maxLoraRank, one slot an adapter. */
+  slotRank?: number;
   /** Most pinned adapters (--max-loras-per-batch - 1). */
   maxPinned: number;
   maxLoaded: number | null;
@@ -41,7 +43,7 @@ export class AdapterRegistry implements PlacementHost {
   private residentSlotsAt = -1;
 
   constructor(readonly limits: RegistryLimits) {
-    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy, limits.maxLoaded !== null);
+    this.index = new AdapterIndex(limits.slots, limits.evictionPolicy, limits.maxLoaded !== null, limits.slotRank ?? limits.maxLoraRank);
     this.catalog = new AdapterCatalog(limits.maxLoaded);
     this.actors = new AdapterActors(this.index, (name) => this.catalog.isLoaded(name));
   }
@@ -376,6 +378,10 @@ export class AdapterRegistry implements PlacementHost {
 
   slot(name: string): number | null {
     return this.actors.placement(name)?.slot ?? null;
+  }
+
+  rank(name: string): number | null {
+    return this.actors.rank(name);
   }
 
   inUse(name: string): boolean {

@@ -20,6 +20,8 @@ export interface AdapterDetail extends AdapterStatus {
   /** Size of its weights (float32) while held in CPU memory, and while copied into or held by a slot. */
   cpuBytes: number;
   gpuBytes: number;
+  /** The pool slots it holds from `slot` on (its rank's span: engine/lora-slots.ts); 0 without a slot. */
+  slotSpan: number;
   lastTransition: AdapterTransition | null;
 }
 
@@ -48,7 +50,13 @@ export function adapterStatus(snap: AdapterSnapshot, label: string, loaded: bool
   };
 }
 
-export function adapterDetail(snap: AdapterSnapshot, label: string, loaded: boolean, last: AdapterTransition | null): AdapterDetail {
+export function adapterDetail(
+  snap: AdapterSnapshot,
+  label: string,
+  loaded: boolean,
+  last: AdapterTransition | null,
+  slotSpan: number,
+): AdapterDetail {
   const ctx = snap.context;
   const res = residencyOf(snap) ?? '';
   const inSlot = res === 'h2dInFlight' || res === 'moving' || res.startsWith('gpuResident');
@@ -58,6 +66,7 @@ export function adapterDetail(snap: AdapterSnapshot, label: string, loaded: bool
     running: ctx.running,
     cpuBytes: ctx.cpuCopy ? ctx.bytes : 0,
     gpuBytes: inSlot ? ctx.bytes : 0,
+    slotSpan: ctx.slot === null ? 0 : slotSpan,
     lastTransition: last,
   };
 }

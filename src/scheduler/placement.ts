@@ -11,7 +11,7 @@
 // Then one resident adapter that a waiting request wants may move to a lower slot (compact).
 import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
 import type { AdapterIndex } from './adapter-index.js';
-import { pickVictim } from './victim-policy.js';
+import { pickRun, pickVictim } from './victim-policy.js';
 
 export interface PlacementLimits {
   maxLoaded: number | null;
@@ -26,6 +26,8 @@ export interface PlacementHost {
   readonly limits: PlacementLimits;
   residency(name: string): string | null;
   slot(name: string): number | null;
+  /** Its rank, once read (the slots it takes follow from it: AdapterIndex.spanFor). */
+  rank(name: string): number | null;
   /** Whether a running request uses it: such an adapter never goes, so its machine need not be asked. */
   inUse(name: string): boolean;
   can(name: string, event: AdapterEvent): boolean;
@@ -90,18 +92,20 @@ function makeCpuRoom(host: PlacementHost, forName: string, forSeq: number): bool
 }
 
 /**
- * A free slot, or one an adapter gives up for `forName`; null when none may. With compaction, an
- * adapter that nothing runs on or waits for, in a slot that batches cover with fewer slots, moves
- * up into that slot and leaves its own to `forName` (the copy waits for the move, which takes a
- * fraction of the copy's time).
+ * The first of a free run of the slots `forName` takes, or of one that adapters give up for it;
+ * null when none may. With compaction, an adapter that nothing runs on or waits for, in a run that
+ * batches cover with fewer slots, moves up into that run and leaves its own to `forName` (the copy
+ * waits for the move, which takes a fraction of the copy's time).
  */
 function takeSlot(host: PlacementHost, forName: string, forSeq: number): number | null {
-  const slot = freeOrGivenSlot(host, forName, forSeq);
+  const span = host.index.spanFor(host.rank(forName));
+  const slot = freeOrGivenSlot(host, forName, forSeq, span);
   if (slot === null || host.limits.compactSlots === false) return slot;
-  const lower = lowerPlace(host, slot, { type: 'MOVE', slot, partner: null });
+  const lower = lowerPlace(host, slot, span, { type: 'MOVE', slot, partner: null });
   if (lower === null) return slot;
-  const owner = host.index.owner(lower)!;
-  host.index.exchangeSlots(lower, slot);
+  const owner = host.index.owner(lower);
+  if (owner === null) return lower;
+  host.index.exchangeSlots(lower, slot, span);
   host.send(
     owner,
     { type: 'MOVE', slot, partner: null },
@@ -110,23 +114,20 @@ function takeSlot(host: PlacementHost, forName: string, forSeq: number): number 
   return lower;
 }
 
-function freeOrGivenSlot(host: PlacementHost, forName: string, forSeq: number): number | null {
+function freeOrGivenSlot(host: PlacementHost, forName: string, forSeq: number, span: number): number | null {
   const { index } = host;
-  const free = index.lowestFreeSlot();
+  const free = index.lowestFreeSlot(span);
   if (free !== null) return free;
+  const busy = (name: string): boolean => host.inUse(name);
+  const canGo = (name: string): boolean => host.can(name, { type: 'EVICT' });
   const policy = host.limits.evictionPolicy;
-  const victim = pickVictim(
-    index.slotOrder,
-    index,
-    forSeq,
-    (name) => host.inUse(name),
-    (name) => host.can(name, { type: 'EVICT' }),
-    policy,
-  );
-  if (!victim) return null;
-  const slot = host.slot(victim.name)!;
-  host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${slot} for "${forName}" (${victim.why})`);
-  return slot;
+  const run = pickRun(index, span, (name) => host.slot(name)!, forSeq, busy, canGo, policy);
+  if (!run) return null;
+  const takes = span > 1 ? `, which takes slots ${run.slot}-${run.slot + span - 1}` : '';
+  for (const victim of run.victims) {
+    host.send(victim.name, { type: 'EVICT' }, `evicted from slot ${host.slot(victim.name)} for "${forName}"${takes} (${victim.why})`);
+  }
+  return run.slot;
 }
 
 /**
@@ -148,7 +149,7 @@ function compact(host: PlacementHost): void {
       const seq = index.demand.seq(name);
       if (seq === null || (best !== null && seq > best.seq) || host.inUse(name)) continue;
       const from = host.slot(name)!;
-      const to = lowerPlace(host, from, { type: 'GIVE_SLOT', slot: from });
+      const to = lowerPlace(host, from, index.spanOf(name), { type: 'GIVE_SLOT', slot: from });
       if (to !== null) best = { name, from, to, seq };
     }
   }
@@ -157,25 +158,28 @@ function compact(host: PlacementHost): void {
   const partner = index.owner(to);
   const move: AdapterEvent = { type: 'MOVE', slot: to, partner };
   if (!host.can(name, move)) return;
-  // Each machine then finds its new slot its own (see exchangeSlots).
-  index.exchangeSlots(from, to);
+  // Each machine then finds its new slots its own (see exchangeSlots).
+  index.exchangeSlots(from, to, index.spanOf(name));
   host.send(name, move, `moving from slot ${from} to slot ${to}, so that its batches cover fewer slots: a waiting request wants it`);
   if (partner !== null) host.send(partner, { type: 'GIVE_SLOT', slot: from }, `"${name}" takes its slot ${to}; nothing runs on it or waits for it`);
 }
 
 /**
- * The lowest slot under `from` that a batch covers with fewer slots (the slots up to one past it,
- * rounded up to a power of two) and that is free or held by an adapter that nothing runs on or
- * waits for and whose machine takes `ask`, the event that would send it to `from`.
+ * The lowest run of `span` slots under the run at `from` that a batch covers with fewer slots
+ * (the slots up to one past the run, rounded up to a power of two), and that is free or held by
+ * one adapter of the same span that nothing runs on or waits for and whose machine takes `ask`,
+ * the event that would send it to `from`.
  */
-function lowerPlace(host: PlacementHost, from: number, ask: AdapterEvent): number | null {
+function lowerPlace(host: PlacementHost, from: number, span: number, ask: AdapterEvent): number | null {
   const { index } = host;
   let covered = 1;
-  while (covered <= from) covered *= 2;
-  // Covered by half as many: one past the slot at most covered / 2.
-  for (let slot = 0; 2 * (slot + 1) <= covered; slot++) {
-    const owner = index.owner(slot);
-    if (owner === null) return slot;
+  while (covered < from + span) covered *= 2;
+  // Covered by half as many: one past the run at most covered / 2.
+  for (let slot = 0; 2 * (slot + span) <= covered; slot += span) {
+    const owners = index.runOwners(slot, span);
+    if (owners.length === 0) return slot;
+    const owner = owners[0]!;
+    if (owners.length > 1 || index.spanOf(owner) !== span || host.slot(owner) !== slot) continue;
     if (index.demand.has(owner) || host.inUse(owner)) continue;
     if (host.can(owner, ask)) return slot;
   }

@@ -10,8 +10,10 @@ export interface SchedulerOptions {
   chunkedPrefillSize: number;
   /** Distinct adapters per step, the base model counting as one. */
   maxLorasPerBatch: number;
-  /** GPU pool slots (--max-gpu-loras); at least maxLorasPerBatch, which it defaults to. */
+  /** GPU pool slots (--max-gpu-loras, cut by the slot rank); at least maxLorasPerBatch, which it defaults to. */
   gpuSlots?: number;
+  /** Ranks a pool slot (lora-slots.ts); absent: maxLoraRank, one slot an adapter. */
+  loraSlotRank?: number;
   maxLoadedLoras: number | null;
   evictionPolicy: 'lru' | 'fifo';
   /** false: no step runs while a copy that a waiting request needs is in flight. */

@@ -69,6 +69,7 @@ export class Scheduler {
       maxLoaded: opts.maxLoadedLoras,
       evictionPolicy: opts.evictionPolicy,
       maxLoraRank: opts.maxLoraRank,
+      slotRank: opts.loraSlotRank,
       loraModules: opts.loraModules,
       compactSlots: opts.compactSlots,
     });

@@ -56,3 +56,46 @@ export function pickVictim(
   }
   return null;
 }
+
+/** A run of slots for an adapter that takes more than one, and the adapters that leave it. */
+export interface RunVictims {
+  slot: number;
+  victims: Victim[];
+}
+
+/**
+ * The run of `span` slots (from a multiple of `span`) that an adapter wanted at `forSeq` takes
+ * when none is free: pickVictim's choice among the resident adapters whose leaving, with that of
+ * every other adapter in the run around them, frees one; each of those others must be one the
+ * choice could have made too (not busy, not wanted sooner, its machine letting it go). An adapter
+ * of `span` slots or more frees a run alone.
+ */
+export function pickRun(
+  index: AdapterIndex,
+  span: number,
+  slotOf: (name: string) => number,
+  forSeq: number,
+  busy: (name: string) => boolean,
+  canGo: (name: string) => boolean,
+  policy: string,
+): RunVictims | null {
+  const runOf = (name: string): number => {
+    const slot = slotOf(name);
+    return index.spanOf(name) >= span ? slot : slot - (slot % span);
+  };
+  const othersGo = (name: string): boolean =>
+    index.runOwners(runOf(name), span).every((other) => {
+      if (other === name) return true;
+      if (busy(other)) return false;
+      const seq = index.demand.seq(other);
+      return (seq === null || seq > forSeq) && canGo(other);
+    });
+  const first = pickVictim(index.slotOrder, index, forSeq, busy, (name) => canGo(name) && othersGo(name), policy);
+  if (!first) return null;
+  const slot = runOf(first.name);
+  const victims = [first];
+  for (const other of index.runOwners(slot, span)) {
+    if (other !== first.name) victims.push({ name: other, why: `it shares the run with "${first.name}"` });
+  }
+  return { slot, victims };
+}

@@ -179,7 +179,7 @@ const log = [];
 const fmtBytes = (b) => b === 0 ? '0' : b < 1048576 ? (b / 1024).toFixed(1) + ' KiB' : (b / 1048576).toFixed(2) + ' MiB';
 const fmtTime = (t) => new Date(t).toISOString().slice(11, 23);
 function render() {
-  document.getElementById('pool').textContent = adapters.filter((a) => a.slot !== null).length + ' / ' + slots + ' pool slots used, ' + adapters.length + ' adapters';
+  document.getElementById('pool').textContent = adapters.reduce((n, a) => n + (a.slot === null ? 0 : a.slotSpan), 0) + ' / ' + slots + ' pool slots used, ' + adapters.length + ' adapters';
   const by = new Map();
   for (const a of adapters) { const id = stateId(a.state); if (id) (by.get(id) || by.set(id, []).get(id)).push(a.name); }
   const sel = adapters.find((a) => a.name === selected);
@@ -199,7 +199,7 @@ function render() {
     tr.dataset.adapter = a.name; tr.dataset.state = a.state; tr.dataset.refcount = String(a.refcount);
     if (a.name === selected) tr.className = 'selected';
     const t = a.lastTransition;
-    const cells = [a.name, a.state, a.slot === null ? '-' : String(a.slot), a.pinned ? 'yes' : 'no', a.refcount + ' (' + a.running + ' running)',
+    const cells = [a.name, a.state, a.slot === null ? '-' : a.slotSpan > 1 ? a.slot + '-' + (a.slot + a.slotSpan - 1) : String(a.slot), a.pinned ? 'yes' : 'no', a.refcount + ' (' + a.running + ' running)',
       t ? t.from + ' \\u2192 ' + t.to : '-', fmtBytes(a.cpuBytes), fmtBytes(a.gpuBytes)];
     cells.forEach((text, i) => {
       const td = document.createElement('td');

@@ -34,7 +34,7 @@ function monitorOf(engine: TroupeEngine): AdapterMonitor | null {
 }
 
 function body(monitor: AdapterMonitor, adapters: AdapterDetail[]): AdapterStateBody {
-  return { poolSlots: monitor.poolSlots, slotsUsed: adapters.filter((a) => a.slot !== null).length, adapters };
+  return { poolSlots: monitor.poolSlots, slotsUsed: adapters.reduce((n, a) => n + (a.slot === null ? 0 : a.slotSpan), 0), adapters };
 }
 
 export function registerAdapterDebugRoutes(app: Hono, engine: TroupeEngine): void {

@@ -1,0 +1,37 @@
+// How adapters of different ranks share the LoRA pool. The pool is sized for --max-gpu-loras
+// adapters of --max-lora-rank; an engine may cut it into slots of a lower rank (the slot rank),
+// so that an adapter takes only the slots its rank needs and more small adapters stay resident in
+// the same memory. An adapter takes a power of two of consecutive slots, starting at a multiple of
+// that power (buddy placement): a run freed by one adapter then fits any adapter of its size or
+// less, and a run of the max rank's size is always one whole place of the pool's.
+
+/** The smallest slot rank an engine cuts its pool into. */
+export const MIN_LORA_SLOT_RANK = 8;
+
+/**
+ * The slot rank an engine of `device` cuts a pool of `maxRank` into. The CPU backend computes each
+ * adapter at its own rank wherever it sits, so any cut works there; the CUDA backend's fused
+ * kernels lay one adapter a slot, so its slots keep the max rank. A max rank that is not a power
+ * of two keeps whole slots too: its halves would not hold a max-rank adapter's run.
+ */
+export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number): number {
+  if (device === 'cuda' || maxRank <= MIN_LORA_SLOT_RANK || !isPowerOfTwo(maxRank)) return maxRank;
+  return MIN_LORA_SLOT_RANK;
+}
+
+/** Slots of the pool: `places` adapters of `maxRank`, cut into slots of `slotRank`. */
+export function loraPoolSlots(places: number, maxRank: number, slotRank: number): number {
+  return slotRank > 0 && maxRank > slotRank ? (places * maxRank) / slotRank : places;
+}
+
+/** The consecutive slots an adapter of `rank` takes in a pool of `slotRank` (1 for an unknown rank). */
+export function loraSlotSpan(rank: number | null, slotRank: number): number {
+  if (rank === null || slotRank <= 0 || rank <= slotRank) return 1;
+  let span = 1;
+  while (span * slotRank < rank) span *= 2;
+  return span;
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
