@@ -5,7 +5,8 @@
 // - the scheduler accepts and refuses exactly what the model says (names, pins, refusals), and
 //   its loaded set is the model's: SGLang's, at most --max-loaded-loras names, the least recently
 //   used unpinned one evicted past it, and every name once loaded servable again;
-// - no slot is shared, and a step only uses the slot its adapter holds;
+// - no slot is shared, and a step only uses the slot its adapter holds; in a pool cut into slots
+//   of rank 8, each adapter holds the run of slots its rank needs, from a multiple of its length;
 // - pinned adapters, and adapters a running request uses, are never evicted (and adapters move
 //   between slots only while no request runs on them);
 // - each adapter's refcount is the number of its live requests (and of running requests aborted
@@ -25,6 +26,7 @@ import {
   type TokenEvent,
 } from '../src/scheduler/index.js';
 import type { Sequence } from '../src/scheduler/sequence.js';
+import { loraSlotSpan } from '../src/engine/lora-slots.js';
 import { fakeResult, options, seq } from './scheduler-harness.js';
 
 const NAMES = ['A', 'B', 'C', 'D'] as const;
@@ -75,10 +77,14 @@ const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
     maxRunningRequests: fc.integer({ min: 1, max: 3 }),
     // Never, or after a few steps of waiting for a place: running requests give theirs up.
     maxPlaceWaitSteps: fc.constantFrom(0, 1, 3),
+    // One slot an adapter, or a pool of max rank 32 cut into slots of rank 8 (lora-slots.ts), where
+    // the adapters' ranks (CUT_RANKS) take one to four slots.
+    cut: fc.boolean(),
   })
-  .map(({ extraSlots, limitCpu, ...o }) => ({
+  .map(({ extraSlots, limitCpu, cut, ...o }) => ({
     ...o,
-    gpuSlots: o.maxLorasPerBatch + extraSlots,
+    gpuSlots: (o.maxLorasPerBatch + extraSlots) * (cut ? 4 : 1),
+    ...(cut ? { maxLoraRank: 32, loraSlotRank: 8 } : {}),
     maxLoadedLoras: limitCpu === null ? null : o.maxLorasPerBatch + extraSlots + limitCpu,
     // Small enough that requests are preempted.
     blockSize: 4,
@@ -86,11 +92,17 @@ const config: fc.Arbitrary<Partial<SchedulerOptions>> = fc
     chunkedPrefillSize: 16,
   }));
 
+/** The adapters' ranks in a pool cut into slots of rank 8 (8 everywhere else): runs of 1, 2, 4 and 2 slots. */
+const CUT_RANKS: Record<Name, number> = { A: 8, B: 16, C: 32, D: 12 };
+
 /** Runs commands in order; a copy fails when it holds no CPU copy of the adapter, as the real loader's does. */
 class FakeLoader {
   private queue: LoaderCommand[] = [];
   private readonly cpu = new Set<string>();
-  constructor(private readonly s: Scheduler) {}
+  constructor(
+    private readonly s: Scheduler,
+    private readonly cut: boolean,
+  ) {}
 
   get idle(): boolean {
     this.queue.push(...this.s.takeCommands());
@@ -104,7 +116,8 @@ class FakeLoader {
     if (c.kind === 'load-cpu') {
       if (fail) return this.s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: 'disk read failed' });
       this.cpu.add(c.name);
-      this.s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank: 8, targetModules: ['q_proj'], bytes: 64 });
+      const rank = this.cut ? CUT_RANKS[c.name as Name] : 8;
+      this.s.onLoaderEvent({ kind: 'cpu-loaded', name: c.name, rank, targetModules: ['q_proj'], bytes: 64 });
     } else if (c.kind === 'copy-to-slot') {
       if (fail || !this.cpu.has(c.name)) {
         return this.s.onLoaderEvent({ kind: 'load-failed', name: c.name, error: fail ? 'copy failed' : 'not in CPU memory' });
@@ -202,7 +215,7 @@ interface ModelRequest {
 async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise<void> {
   const o = options(opts);
   const s = new Scheduler(o);
-  const loader = new FakeLoader(s);
+  const loader = new FakeLoader(s, o.loraSlotRank !== undefined);
   const adapters = new Map<Name, ModelAdapter>();
   const requests = new Map<string, ModelRequest>();
   const unloads: Array<{ name: Name; done: boolean }> = [];
@@ -268,9 +281,17 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
         .sort(),
       'the loaded set',
     ).toEqual([...loaded.order].sort());
-    const slots = details.filter((d) => d.slot !== null).map((d) => d.slot!);
-    expect(new Set(slots).size, 'a slot is shared').toBe(slots.length);
-    for (const slot of slots) expect(slot).toBeLessThan(o.gpuSlots!);
+    const taken = new Set<number>();
+    for (const d of details) {
+      if (d.slot === null) continue;
+      const span = o.loraSlotRank === undefined ? 1 : loraSlotSpan(CUT_RANKS[d.name as Name], o.loraSlotRank);
+      expect([d.slotSpan, d.slot % span], `${d.name}'s run`).toEqual([span, 0]);
+      for (let k = d.slot; k < d.slot + span; k++) {
+        expect(taken.has(k), `slot ${k} is shared`).toBe(false);
+        taken.add(k);
+        expect(k).toBeLessThan(o.gpuSlots!);
+      }
+    }
     for (const r of requests.values()) {
       if (r.finish === null && r.lora !== null) expect(adapters.has(r.lora), `${r.lora} unloaded while a request uses it`).toBe(true);
     }
