@@ -1,6 +1,6 @@
 // Views over the adapters by residency, kept current from their machines' transitions: who
-// holds which slots (an adapter holds `span` of them from its own: lora-slots.ts), which are pinned, how many CPU copies exist, the eviction orders, and how
-// many wanted adapters sit in each residency. Every question placement asks is answered from
+// holds which slots (an adapter holds a run of them: lora-slots.ts), which are pinned, how many
+// CPU copies exist, the eviction orders, and how many wanted adapters sit in each residency. Every question placement asks is answered from
 // here in time that depends on slots and wanted adapters, never on how many are registered.
 import { loraSlotSpan } from '../engine/lora-slots.js';
 import { Demand } from './demand.js';
@@ -37,8 +37,6 @@ export class AdapterIndex {
   /** Per slot, the adapter holding it: an adapter's name in each slot of its span. */
   private readonly owners: Array<string | null>;
   private freeSlots: number;
-  /** Each slot holder's span. */
-  private readonly spans = new Map<string, number>();
   /** Pinned adapters until they are gone (failed ones included: they still count against the pin limit). */
   readonly pinned = new Set<string>();
   private cpuCopies = 0;
@@ -136,9 +134,12 @@ export class AdapterIndex {
     return loraSlotSpan(rank, this.slotRank);
   }
 
-  /** The slots a slot holder holds from its own (1 for any other adapter). */
-  spanOf(name: string): number {
-    return this.spans.get(name) ?? 1;
+  /** The slots from `slot` on that its holder holds (0 for a free slot). */
+  runLength(slot: number): number {
+    const owner = this.owners[slot] ?? null;
+    let n = 0;
+    while (owner !== null && this.owners[slot + n] === owner) n++;
+    return n;
   }
 
   /** The distinct adapters holding slots in [at, at + span), lowest first. */
@@ -236,7 +237,6 @@ export class AdapterIndex {
       this.owners.fill(name, at.slot, at.slot + at.span);
       this.freeSlots -= at.span;
     }
-    if (at.slot !== null) this.spans.set(name, at.span);
   }
 
   private unfile(name: string, pinned: boolean, from: Placement, to: Placement): void {
@@ -256,6 +256,5 @@ export class AdapterIndex {
         this.freeSlots++;
       }
     }
-    if (to.slot === null) this.spans.delete(name);
   }
 }

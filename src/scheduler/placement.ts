@@ -149,7 +149,7 @@ function compact(host: PlacementHost): void {
       const seq = index.demand.seq(name);
       if (seq === null || (best !== null && seq > best.seq) || host.inUse(name)) continue;
       const from = host.slot(name)!;
-      const to = lowerPlace(host, from, index.spanOf(name), { type: 'GIVE_SLOT', slot: from });
+      const to = lowerPlace(host, from, index.runLength(from), { type: 'GIVE_SLOT', slot: from });
       if (to !== null) best = { name, from, to, seq };
     }
   }
@@ -159,7 +159,7 @@ function compact(host: PlacementHost): void {
   const move: AdapterEvent = { type: 'MOVE', slot: to, partner };
   if (!host.can(name, move)) return;
   // Each machine then finds its new slots its own (see exchangeSlots).
-  index.exchangeSlots(from, to, index.spanOf(name));
+  index.exchangeSlots(from, to, index.runLength(from));
   host.send(name, move, `moving from slot ${from} to slot ${to}, so that its batches cover fewer slots: a waiting request wants it`);
   if (partner !== null) host.send(partner, { type: 'GIVE_SLOT', slot: from }, `"${name}" takes its slot ${to}; nothing runs on it or waits for it`);
 }
@@ -179,7 +179,7 @@ function lowerPlace(host: PlacementHost, from: number, span: number, ask: Adapte
     const owners = index.runOwners(slot, span);
     if (owners.length === 0) return slot;
     const owner = owners[0]!;
-    if (owners.length > 1 || index.spanOf(owner) !== span || host.slot(owner) !== slot) continue;
+    if (owners.length > 1 || host.slot(owner) !== slot || index.runLength(slot) !== span) continue;
     if (index.demand.has(owner) || host.inUse(owner)) continue;
     if (host.can(owner, ask)) return slot;
   }

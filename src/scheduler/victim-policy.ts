@@ -81,7 +81,7 @@ export function pickRun(
 ): RunVictims | null {
   const runOf = (name: string): number => {
     const slot = slotOf(name);
-    return index.spanOf(name) >= span ? slot : slot - (slot % span);
+    return index.runLength(slot) >= span ? slot : slot - (slot % span);
   };
   const othersGo = (name: string): boolean =>
     index.runOwners(runOf(name), span).every((other) => {
