@@ -1,7 +1,8 @@
 // Views over the adapters by residency, kept current from their machines' transitions: who
 // holds which slots (an adapter holds a run of them: lora-slots.ts), which are pinned, how many
-// CPU copies exist, the eviction orders, and how many wanted adapters sit in each residency. Every question placement asks is answered from
-// here in time that depends on slots and wanted adapters, never on how many are registered.
+// CPU copies exist, the eviction orders, and how many wanted adapters sit in each residency.
+// Every question placement asks is answered from here in time that depends on slots and wanted
+// adapters, never on how many are registered.
 import { loraSlotSpan } from '../engine/lora-slots.js';
 import { Demand } from './demand.js';
 import { Recency } from './recency.js';
@@ -119,9 +120,15 @@ export class AdapterIndex {
       return i >= 0 ? i : null;
     }
     for (let at = 0; at + span <= this.owners.length; at += span) {
-      if (this.runOwners(at, span).length === 0) return at;
+      if (this.runFree(at, span)) return at;
     }
     return null;
+  }
+
+  /** Whether no adapter holds any of the slots [at, at + span). */
+  runFree(at: number, span: number): boolean {
+    for (let s = at; s < at + span; s++) if (this.owners[s] !== null) return false;
+    return true;
   }
 
   /** The adapter filed in `slot` (in any slot of its span), or null. */

@@ -176,10 +176,10 @@ function lowerPlace(host: PlacementHost, from: number, span: number, ask: Adapte
   while (covered < from + span) covered *= 2;
   // Covered by half as many: one past the run at most covered / 2.
   for (let slot = 0; 2 * (slot + span) <= covered; slot += span) {
-    const owners = index.runOwners(slot, span);
-    if (owners.length === 0) return slot;
-    const owner = owners[0]!;
-    if (owners.length > 1 || host.slot(owner) !== slot || index.runLength(slot) !== span) continue;
+    if (index.runFree(slot, span)) return slot;
+    // Held by one adapter whose run is this one: the first slot its own, the run its length.
+    const owner = index.owner(slot);
+    if (owner === null || host.slot(owner) !== slot || index.runLength(slot) !== span) continue;
     if (index.demand.has(owner) || host.inUse(owner)) continue;
     if (host.can(owner, ask)) return slot;
   }
