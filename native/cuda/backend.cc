@@ -139,6 +139,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   gemvEarly_ = prop.major >= 9;
   normPdl_ = prop.major >= 9;
   if (const char* env = std::getenv("TROUPE_CUDA_NORM_PDL")) normPdl_ = normPdl_ && std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_NORM_AT_GEMM_START"))
+    normAtGemmStart_ = normPdl_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV_EARLY")) gemvEarly_ = gemvEarly_ && std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_BF16_ROWS"))
     bf16Rows_ =

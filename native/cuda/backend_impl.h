@@ -249,6 +249,10 @@ class CudaBackend : public Backend {
   // after, for comparing). H200, Llama-8B's shapes, a decode step of 32: 5.17 ms against 5.28, and
   // over 8 rank-64 adapters 6.27 against 6.45 (bench/results/2026-12-04-h200-norm-pdl.json).
   bool normPdl_ = false;
+  // With normPdl_, the decode GEMM before a norm releases it as its blocks start rather than once
+  // their products are summed (DecodeGemmArgs::releaseAtStart), so that rmsnormDelta's reads of B
+  // fall beside the GEMM's weights. TROUPE_CUDA_NORM_AT_GEMM_START=1 takes it, for comparing.
+  bool normAtGemmStart_ = false;
   // The delta that the next RMSNorm of the residual adds (makeRows), set by o's or down's GEMM.
   std::optional<cuda::ResidualDelta> pendingDelta_;
   // Decode steps over one attention split take the o projection's shrink in the attention kernel

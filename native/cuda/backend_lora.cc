@@ -69,6 +69,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         makeRows(input, made, in);
         timer_.mark(name, stream_);
         a.releaseEarly = normPdl_;
+        a.releaseAtStart = normAtGemmStart_;
         const bool gateUpBegun = g == cuda::kOWeight && gateUpInO_ && gateUpShrinkInO(l, a);
         if (g == cuda::kOWeight && !gateUpBegun) a.prefetch = gateUpPrefetch(l);
         decodeGemm_->run(a, loraGemmSplits(a), stream_, true);

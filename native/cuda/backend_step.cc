@@ -222,6 +222,7 @@ void CudaBackend::project(int M, int N, int K, const bf16_t* W, int ldw, const b
   } else if (decodeGemm_ && accumulate && decodeGemm_->supports(a, kDecodeGemmSplits)) {
     // The projections that add into the residual (o, down): see decode_gemm.h.
     a.releaseEarly = normPdl_;
+    a.releaseAtStart = normAtGemmStart_;
     a.prefetch = prefetch;
     decodeGemm_->run(a, kDecodeGemmSplits, stream_, true);
   } else {

@@ -90,6 +90,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // block holding gate/up's A rows (DecodeGemmNormShrink). A launch where it did not stops here.
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   if (smemAddr(smemRaw) % 1024 != 0) __trap();
+  if (args.releaseAtStart) pdlLaunchDependents();
   bf16_t* smem = reinterpret_cast<bf16_t*>(smemRaw);
   __shared__ uint64_t full[kStages], empty[kStages], nsBar;
   __shared__ bool last;

@@ -128,6 +128,10 @@ struct DecodeGemmArgs {
   // splits meet and Y is written: a kernel launched early (an RMSNorm, pdl.cuh) then waits for
   // the writes on the multiprocessors rather than being launched after them.
   bool releaseEarly = false;
+  // Lets it start launching as each block starts: the norm after it then reads its B rows (and the
+  // kernels it releases theirs) while the GEMM streams its weights, off the step's path, and waits
+  // on the multiprocessors beside the GEMM's blocks for its writes.
+  bool releaseAtStart = false;
 };
 
 class DecodeGemm {

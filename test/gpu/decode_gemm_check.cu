@@ -350,8 +350,9 @@ int checks() {
 // plain norm, rmsnormDelta after the plain GEMM), o behind a kernel that holds the shared memory
 // as the attention before it does, so that the GEMM's blocks find room only as that kernel's leave,
 // the shrink tiles reading A from memory as a decode step does (and o's GEMM asking L2 for gate/up's
-// A rows as it does), rmsnormDelta over rows that have no adapter, and the parts again over values
-// that are not zeros, which read slower (bench/results/2026-12-04-h200-lora-norm-mids.json).
+// A rows as it does; the norm released as the GEMM starts), rmsnormDelta over rows that have no
+// adapter, and the parts again over values that are not zeros, which read slower
+// (bench/results/2026-12-04-h200-lora-norm-mids.json).
 void benchDeltaInNorm(cudaStream_t st, int sms) {
   const int T = 32, slots = 8, copies = 4, iters = 64, H = 4096, maxR = 64;
   float *gu = nullptr, *Y = nullptr, *mid = nullptr;
@@ -396,7 +397,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
       const size_t aElems = static_cast<size_t>(slots) * R * K;
       CK(cudaMalloc(&A, aElems * copies * 2));
       CK(cudaMemset(A, 0, aElems * copies * 2));
-      bool coldA = false, prefetch = false;
+      bool coldA = false, prefetch = false, atStart = false;
       CK(cudaMalloc(&Bt, btElems * copies * 2));
       CK(cudaMemset(Bt, 0, btElems * copies * 2));
       auto before = [&](cudaStream_t s2) {
@@ -435,7 +436,7 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
         if (!gemm.supports(args(0, f), 2)) return -1.0;
         auto call = [&](int i, cudaStream_t s2) {
           DecodeGemmArgs a = args(i, f);
-          a.releaseEarly = true;
+          a.releaseEarly = true, a.releaseAtStart = atStart;
           gemm.run(a, 2, s2, true);
           if (norm == Norm::kNone) return;
           if (norm == Norm::kPlain || (norm == Norm::kDefault && f != Form::kTiles))
@@ -477,6 +478,19 @@ void benchDeltaInNorm(cudaStream_t st, int sms) {
                       time(Form::kTiles, Norm::kNone), time(Form::kTiles));
           prefetch = false;
         }
+        // The norm released as the GEMM's blocks start (releaseAtStart) against once their products
+        // are summed (in brackets): its B rows read beside the weights.
+        const double plain = time(Form::kBase, Norm::kPlain), delta = time(Form::kTiles);
+        const double held = silu ? 0 : time(Form::kTiles, Norm::kDefault, true);
+        atStart = true;
+        const double plainAtStart = time(Form::kBase, Norm::kPlain), deltaAtStart = time(Form::kTiles);
+        const double heldAtStart = silu ? 0 : time(Form::kTiles, Norm::kDefault, true);
+        atStart = false;
+        std::printf("%-4s 8 rank-16 slots, A from memory, the norm released at the GEMM's start: the GEMM and rmsnorm "
+                    "%6.2f (%6.2f), with shrink tiles and rmsnormDelta %6.2f (%6.2f)",
+                    silu ? "down" : "o", plainAtStart, plain, deltaAtStart, delta);
+        if (!silu) std::printf(", behind a kernel holding shared memory %6.2f (%6.2f)", heldAtStart, held);
+        std::printf("\n");
         coldA = false;
         rowSlot = dNoSlot;
         std::printf("%-4s the GEMM and rmsnormDelta over rows without adapters %6.2f (rmsnorm %6.2f)\n",
