@@ -14,7 +14,15 @@ export const MIN_LORA_SLOT_RANK = 8;
  * kernels lay one adapter a slot, so its slots keep the max rank. A max rank that is not a power
  * of two keeps whole slots too: its halves would not hold a max-rank adapter's run.
  */
-export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number): number {
+export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number, env = process.env.TROUPE_LORA_SLOT_RANK): number {
+  if (env !== undefined && env !== '') {
+    // For comparing layouts: the CUDA backend checks that its fused kernels take it.
+    const rank = Number(env);
+    if (!Number.isInteger(rank) || rank < 1 || rank > maxRank) {
+      throw new RangeError(`TROUPE_LORA_SLOT_RANK must be an integer from 1 to the max LoRA rank ${maxRank}, got ${JSON.stringify(env)}`);
+    }
+    return rank;
+  }
   if (device === 'cuda' || maxRank <= MIN_LORA_SLOT_RANK || !isPowerOfTwo(maxRank)) return maxRank;
   return MIN_LORA_SLOT_RANK;
 }
