@@ -371,10 +371,13 @@ void GpuLoraPool::swap(int a, int b) {
   checkSwap(a, b, slots_);
   // The runs of the larger of the two adapters' spans (an empty slot's is 0).
   const int span = std::max({spans_[a], spans_[b], 1});
-  if (a % span != 0 || b % span != 0 || std::max(a, b) + span > slots_ || std::abs(a - b) < span)
+  bool whole = a % span == 0 && b % span == 0 && std::max(a, b) + span <= slots_ && std::abs(a - b) >= span;
+  // Nothing else starts inside either run: the exchange moves the runs' slots as they are.
+  for (int i = 1; whole && i < span; ++i) whole = spans_[a + i] == 0 && spans_[b + i] == 0;
+  if (!whole)
     throw std::invalid_argument("swapLoraSlots: runs of " + std::to_string(span) + " slots from " + std::to_string(a) +
                                 " and " + std::to_string(b) + " are not two whole runs of the pool's " +
-                                std::to_string(slots_));
+                                std::to_string(slots_) + " that hold one adapter each at most");
   auto writers = table_.writePair(a, b);
   std::lock_guard<std::mutex> lock(enqueueMu_);
   writers.first.dirty();
