@@ -107,12 +107,14 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
   // Slots of a lower rank than the max (lora_runs.h): a power of two of 8 or more that divides it, so
   // that runs of slots hold every rank and the kernels' 8-column pieces stay in one slot.
+  // The max rank a power of two too: its place is then a whole number of runs of any span.
   const int slotRank = o.loraSlotRank > 0 ? o.loraSlotRank : o.maxLoraRank;
+  auto powerOfTwo = [](int n) { return n > 0 && (n & (n - 1)) == 0; };
   if (o.loraSlotRank > 0 && o.loraSlotRank != o.maxLoraRank &&
-      (slotRank < 8 || (slotRank & (slotRank - 1)) != 0 || o.maxLoraRank % slotRank != 0))
+      (slotRank < 8 || !powerOfTwo(slotRank) || !powerOfTwo(o.maxLoraRank) || o.maxLoraRank % slotRank != 0))
     throw std::invalid_argument("createEngine: loraSlotRank " + std::to_string(o.loraSlotRank) +
                                 " must be a power of two of 8 or more that divides maxLoraRank (" +
-                                std::to_string(o.maxLoraRank) + ")");
+                                std::to_string(o.maxLoraRank) + "), itself a power of two");
   headsPerKv_ = c.numHeads / c.numKvHeads;
   if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
     throw std::invalid_argument(

@@ -393,7 +393,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // from 16-byte loads, every token's loads of a round at once. B past a slot's rank may hold
     // anything, so those products are skipped (tokens without an adapter have rank 0).
     // A token's columns run on from its slot's (lora_runs.h); the rounds stop at the thread's
-    // largest rank, so no load reaches past a run's columns into the tile's next row.
+    // largest rank. A token of a smaller rank then reads B past its run (other adapters' columns,
+    // the tile's next row, past the tile's last row at most the max rank's width into the pair
+    // sums that follow it in shared memory), products the rank check below leaves out.
     int rank[4][2], bOff[4][2], most = 0;
 #pragma unroll
     for (int j = 0; j < 4; ++j)

@@ -96,6 +96,11 @@ class GpuLoraPool {
  private:
   // Records ready_[slot] after the slot's write on the fill stream.
   void record(int slot);
+  // The run bookkeeping (spans_, runOf_): the run from `slot` freed, or taken by `span` slots.
+  void unplace(int slot);
+  void place(int slot, int span);
+  // Throws unless `slot` is free or the first of its run (fn names the call for the message).
+  void checkRunStart(int slot, const char* fn) const;
   // One piece of a slot's memory: `rows` rows of `width` bytes, `pitch` bytes apart.
   struct Region {
     uint8_t* at;
@@ -126,6 +131,7 @@ class GpuLoraPool {
   int nsOutputs_ = 0;
   DeviceBuffer<float> normShrinkN_;  // [layer][slot][slotRank][nsOutputs_]
   std::vector<int> spans_;           // per slot: the slots its adapter takes, 0 when empty
+  std::vector<int> runOf_;           // per slot: the first slot of the run it lies in, -1 when free
   DeviceBuffer<int32_t> ranks_;      // [slot * 7 + module]
   DeviceBuffer<float> scaling_;      // [slot]
   cudaStream_t stream_ = nullptr;

@@ -209,8 +209,10 @@ bool rmsnormDeltaSupported(int H, int maxRank) {
 void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, int ldy, const ResidualDelta& d,
                   cudaStream_t s, bool pdl) {
   if (T == 0) return;
+  // Slots of a lower rank: B's rows are read as far as the slots that keep it, which it must say.
+  const bool runs = d.slotRank && d.slotRank != d.maxRank;
   if (!rmsnormDeltaSupported(H, d.maxRank) || ldy % 4 != 0 || !alignedTo(h, 16) || !alignedTo(w, 16) ||
-      !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8))
+      !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8) || (runs && d.btSlots <= 0))
     throw std::invalid_argument("rmsnormDelta: unsupported shape or alignment");
   const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
   const NormShrinkColumns& cs = d.columns;

@@ -16,10 +16,13 @@ export const MIN_LORA_SLOT_RANK = 8;
  */
 export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number, env = process.env.TROUPE_LORA_SLOT_RANK): number {
   if (env !== undefined && env !== '') {
-    // For comparing layouts: the CUDA backend checks that its fused kernels take it.
+    // For comparing layouts (the CUDA backend checks that its fused kernels take it). A power of
+    // two that divides a power-of-two max rank, so that runs of slots tile the pool's places.
     const rank = Number(env);
-    if (!Number.isInteger(rank) || rank < 1 || rank > maxRank) {
-      throw new RangeError(`TROUPE_LORA_SLOT_RANK must be an integer from 1 to the max LoRA rank ${maxRank}, got ${JSON.stringify(env)}`);
+    if (!isPowerOfTwo(rank) || !isPowerOfTwo(maxRank) || rank > maxRank) {
+      throw new RangeError(
+        `TROUPE_LORA_SLOT_RANK must be a power of two up to the max LoRA rank ${maxRank} (itself a power of two), got ${JSON.stringify(env)}`,
+      );
     }
     return rank;
   }
