@@ -30,7 +30,7 @@ constexpr int kLoraTailMaxRank = 16;
 // [slot][U][out[j]]. Values past a slot's rank (A's rows, B's, the outputs) may hold anything.
 struct LoraTailDelta {
   int tailColumn = 0, count = 0, maxRank = 0;
-  int slotRank = 0;  // 0: maxRank
+  int slotRank = 0, slots = 0;  // slotRank 0: maxRank; slots: the pool's (the tail's rows hold every slot's)
   int outOffset[kMaxLoraSlices] = {}, out[kMaxLoraSlices] = {}, module[kMaxLoraSlices] = {};
   const bf16_t* bt[kMaxLoraSlices] = {};
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model

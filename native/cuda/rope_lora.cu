@@ -93,10 +93,10 @@ __global__ void __launch_bounds__(kThreads)
   // The token's shrink outputs, scaled and rounded to bf16 as the fused layout's LoRA columns are.
   if (slot >= 0 && threadIdx.x < d.count * d.maxRank) {
     const int jj = threadIdx.x / d.maxRank, r = threadIdx.x % d.maxRank;
-    // Ranks past the token's are read (then skipped) within the run's first slot's columns, so that
-    // no read passes the row's last tail column.
+    // Ranks past the pool's last slot read that slot's last column instead (then skipped past the
+    // token's rank), so that no read passes the row's last tail column.
     const int U = d.slotRank ? d.slotRank : d.maxRank;
-    const int rr = r < min(d.ranks[slot * d.rankPitch + d.module[jj]], d.maxRank) ? r : 0;
+    const int rr = d.slots ? min(r, (d.slots - slot) * U - 1) : r;
     const float s = d.scaling[slot] * row[d.tailColumn + lora_runs::slotMajorRow(slot, jj, rr, d.count, U)];
     v[jj][r] = __uint_as_float(static_cast<uint32_t>(toB(s)) << 16);
   }
