@@ -1,7 +1,6 @@
 #include "cuda/lora_pool.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -31,7 +30,6 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       slotRank_(slotRank > 0 ? slotRank : maxRank),
       mask_(moduleMask),
       spans_(slots, 0),
-      runOf_(slots, -1),
       table_(slots) {
   loraModuleDims(c, in_, out_);
   if (slotRank_ > maxRank_ || maxRank_ % slotRank_ != 0)
@@ -142,13 +140,6 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, slotRank_, layers_, mask_, in_, out_);
   // The run of slots it takes, and its ranks' width there: slots that no other adapter holds.
   const int span = loraSlotSpan(ad.rank, slotRank_), width = span * slotRank_;
-  checkRunStart(slot, "loadLoraSlot");
-  for (int s = slot + 1; s < slot + span; ++s)
-    if (runOf_[s] >= 0 && runOf_[s] != slot)
-      throw std::invalid_argument("loadLoraSlot: slot " + std::to_string(slot) + ": an adapter of rank " +
-                                  std::to_string(ad.rank) + " takes slots " + std::to_string(slot) + "-" +
-                                  std::to_string(slot + span - 1) + ", and slot " + std::to_string(s) +
-                                  " holds the adapter of slot " + std::to_string(runOf_[s]));
   // A module the adapter targets must be targeted in every layer (the per-module rank is per
   // slot); a layer it skips gets zero factors, which add nothing.
   LoraSlotMeta meta{};
@@ -162,8 +153,8 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   {
     std::lock_guard<std::mutex> lock(enqueueMu_);
     writer.dirty();
-    // Whatever the slot held goes; the new run is the slot's once the fill has succeeded.
-    unplace(slot);
+    // The slot's run is the new adapter's once the fill has succeeded; runs it overwrites are gone.
+    for (int s = slot; s < slot + span; ++s) spans_[s] = 0;
     for (int l = 0; l < layers_; ++l) {
       for (int m = 0; m < kNumLoraModules; ++m) {
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
@@ -227,7 +218,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
           "slot " +
           std::to_string(slot) + " was left empty");
     }
-    place(slot, span);
+    spans_[slot] = span;
     writer.commit(true, [&] { record(slot); });
   }
 }
@@ -339,7 +330,7 @@ void GpuLoraPool::clear(int slot) {
   setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, LoraSlotMeta{},
                   stream_);
   check(cudaGetLastError(), "LoRA slot clear launch");
-  unplace(slot);
+  spans_[slot] = 0;
   writer.commit(false, [&] { record(slot); });
 }
 
@@ -379,18 +370,12 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
 
 void GpuLoraPool::swap(int a, int b) {
   checkSwap(a, b, slots_);
-  checkRunStart(a, "swapLoraSlots");
-  checkRunStart(b, "swapLoraSlots");
-  // The runs of the larger of the two adapters' spans (an empty slot's is 0).
+  // The runs of the larger of the two adapters' spans (an empty slot's is 0), whole and apart.
   const int span = std::max({spans_[a], spans_[b], 1});
-  bool whole = a % span == 0 && b % span == 0 && std::max(a, b) + span <= slots_ && std::abs(a - b) >= span;
-  // Nothing else lies inside either run: the exchange moves the runs' slots as they are.
-  for (int i = 1; whole && i < span; ++i)
-    whole = (runOf_[a + i] < 0 || runOf_[a + i] == a) && (runOf_[b + i] < 0 || runOf_[b + i] == b);
-  if (!whole)
+  if (a % span != 0 || b % span != 0 || std::max(a, b) + span > slots_ || (a < b ? b - a : a - b) < span)
     throw std::invalid_argument("swapLoraSlots: runs of " + std::to_string(span) + " slots from " + std::to_string(a) +
                                 " and " + std::to_string(b) + " are not two whole runs of the pool's " +
-                                std::to_string(slots_) + " that hold one adapter each at most");
+                                std::to_string(slots_) + " slots");
   auto writers = table_.writePair(a, b);
   std::lock_guard<std::mutex> lock(enqueueMu_);
   writers.first.dirty();
@@ -425,30 +410,10 @@ void GpuLoraPool::swap(int a, int b) {
         if (s + span <= btSlots_[m] && std::max(a, b) + span > btSlots_[m]) transposeB(l, m, s, span * slotRank_);
   check(cudaGetLastError(), "LoRA slot swap transposes");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
-  const int spanA = spans_[a], spanB = spans_[b];
-  unplace(a);
-  unplace(b);
-  if (spanB) place(a, spanB);
-  if (spanA) place(b, spanA);
+  for (int i = 0; i < span; ++i) std::swap(spans_[a + i], spans_[b + i]);
   const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
   writers.first.commit(bHeld, [&] { record(a); });
   writers.second.commit(aHeld, [&] { record(b); });
-}
-
-void GpuLoraPool::unplace(int slot) {
-  for (int s = slot; s < slot + spans_[slot]; ++s) runOf_[s] = -1;
-  spans_[slot] = 0;
-}
-
-void GpuLoraPool::place(int slot, int span) {
-  for (int s = slot; s < slot + span; ++s) runOf_[s] = slot;
-  spans_[slot] = span;
-}
-
-void GpuLoraPool::checkRunStart(int slot, const char* fn) const {
-  if (runOf_[slot] >= 0 && runOf_[slot] != slot)
-    throw std::invalid_argument(std::string(fn) + ": slot " + std::to_string(slot) +
-                                " lies in the run of the adapter in slot " + std::to_string(runOf_[slot]));
 }
 
 void GpuLoraPool::record(int slot) {

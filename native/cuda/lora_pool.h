@@ -96,11 +96,6 @@ class GpuLoraPool {
  private:
   // Records ready_[slot] after the slot's write on the fill stream.
   void record(int slot);
-  // The run bookkeeping (spans_, runOf_): the run from `slot` freed, or taken by `span` slots.
-  void unplace(int slot);
-  void place(int slot, int span);
-  // Throws unless `slot` is free or the first of its run (fn names the call for the message).
-  void checkRunStart(int slot, const char* fn) const;
   // One piece of a slot's memory: `rows` rows of `width` bytes, `pitch` bytes apart.
   struct Region {
     uint8_t* at;
@@ -130,10 +125,12 @@ class GpuLoraPool {
   std::vector<const float*> normW_;  // keepNormShrink's
   int nsOutputs_ = 0;
   DeviceBuffer<float> normShrinkN_;  // [layer][slot][slotRank][nsOutputs_]
-  std::vector<int> spans_;           // per slot: the slots its adapter takes, 0 when empty
-  std::vector<int> runOf_;           // per slot: the first slot of the run it lies in, -1 when free
-  DeviceBuffer<int32_t> ranks_;      // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;      // [slot]
+  // Per slot: the slots its adapter takes, 0 when empty. The scheduler places the runs (an evicted
+  // adapter's run stays until a fill or a move overwrites it), so a fill or a move here only checks
+  // alignment and bounds; written under enqueueMu_ by fills and moves, read by steps for slots they lease.
+  std::vector<int> spans_;
+  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Per slot: ready_ is known to have completed since its last record, so a step need not make
