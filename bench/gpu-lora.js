@@ -67,6 +67,18 @@ if (!(Number.isInteger(pool) && pool >= 8)) throw new Error(`LORA_POOL must be a
 const poolRank = process.env.LORA_POOL_RANK === undefined ? undefined : Number(process.env.LORA_POOL_RANK);
 if (poolRank !== undefined && !(Number.isInteger(poolRank) && ranks.every((r) => r <= poolRank)))
   throw new Error(`LORA_POOL_RANK must be an integer no smaller than every rank of LORA_RANKS, not ${process.env.LORA_POOL_RANK}`);
+// LORA_SLOT_RANK=16 cuts the pool into slots of that rank (src/engine/lora-slots.ts): LORA_POOL
+// places of the pool's rank become more slots, and each adapter takes the run of slots its rank
+// needs, the adapters' runs one after another from slot 0.
+const slotRank = process.env.LORA_SLOT_RANK === undefined ? undefined : Number(process.env.LORA_SLOT_RANK);
+if (slotRank !== undefined && !(Number.isInteger(slotRank) && slotRank >= 8 && ranks.every((r) => slotRank <= (poolRank ?? r))))
+  throw new Error(`LORA_SLOT_RANK must be an integer from 8 to the pool's rank, not ${process.env.LORA_SLOT_RANK}`);
+/** The slots an adapter of `rank` takes in slots of `slotRank` (src/engine/lora-slots.ts). */
+const spanOf = (rank) => {
+  let n = 1;
+  while (slotRank !== undefined && n * slotRank < rank) n *= 2;
+  return n;
+};
 
 // What the steps read: the adapters' bytes beside each overhead (bench/lora-roofline.js), the floor
 // from the copy bandwidth that bench/gpu_peft.py measured in the same run.
@@ -84,6 +96,7 @@ const result = {
   copyBandwidthTBs: copyBytesPerS ? copyBytesPerS / 1e12 : undefined,
   pool: pool > 8 ? pool : undefined,
   poolRank,
+  slotRank,
   variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
   peft,
@@ -96,9 +109,12 @@ for (const rank of ranks) {
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
       const engines = variants.map((variant) => {
-        const options = loraEngineOptions(w, { rank: poolRank ?? rank, loraBackend, loraKernel, slots: pool });
+        const places = poolRank ?? rank;
+        const slots = slotRank === undefined ? pool : (pool * places) / slotRank;
+        const options = loraEngineOptions(w, { rank: places, loraBackend, loraKernel, slots, slotRank });
         const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
-        adapters.forEach((a, i) => addon.loadLoraSlot(h, i, a));
+        w.slotStride = spanOf(rank);
+        adapters.forEach((a, i) => addon.loadLoraSlot(h, i * w.slotStride, a));
         const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
         return { variant, h, step: (b) => addon.step(h, b), byRound };
       });

@@ -83,15 +83,19 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
   const source = randomTokenSource(7);
   const randomTokens = (len) => source(len).map((t) => t % vocab);
   const blocks = (i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k);
-  const slot = (i, distinct) => (distinct === 0 ? -1 : i % distinct);
+  // Adapter k's pool slot is k slotStride (a pool cut into slots of a lower rank places each
+  // adapter at a multiple of its span: src/engine/lora-slots.ts).
+  const slot = (i, distinct) => (distinct === 0 ? -1 : (i % distinct) * workload.slotStride);
   const timed = async (step, seqs) => {
     const b = greedyBatch(seqs, maxBlocks);
     const t0 = performance.now();
     const r = await step(b);
     return { r, ms: performance.now() - t0 };
   };
-  return {
+  const workload = {
     BLOCK,
+    /** The slots between two adapters' first ones (1 unless a run sets it). */
+    slotStride: 1,
     CONTEXT,
     ROWS,
     maxBlocks,
@@ -134,6 +138,7 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
       return { ms, tokensPerS: (8 * PROMPT) / (ms / 1000) };
     },
   };
+  return workload;
 }
 
 const LORA_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
@@ -155,7 +160,7 @@ export function benchLoraModules(spec = process.env.LORA_MODULES) {
  * bench/gpu-lora-profile.js) for workload `w`: 8 slots of `rank` on all seven modules (or
  * LORA_MODULES's).
  */
-export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused', slots = 8, modules = benchLoraModules() }) {
+export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel = 'fused', slots = 8, modules = benchLoraModules(), slotRank }) {
   return {
     device: 'cuda',
     blockSize: w.BLOCK,
@@ -163,6 +168,7 @@ export function loraEngineOptions(w, { rank, loraBackend = 'csgmv', loraKernel =
     memFractionStatic: 0.85,
     loraSlots: slots,
     maxLoraRank: rank,
+    loraSlotRank: slotRank,
     loraModules: modules,
     threads: 0,
     cudaGraphMaxBs: 64,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "cpu/gemm.h"
+#include "cuda/lora_runs.h"
 #include "tensor_file.h"
 
 namespace troupe {
@@ -54,11 +55,7 @@ LoraPool::LoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t module
   loraModuleDims(c, in_, out_);
 }
 
-int loraSlotSpan(int rank, int slotRank) {
-  int span = 1;
-  while (static_cast<long long>(span) * slotRank < rank) span *= 2;
-  return span;
-}
+int loraSlotSpan(int rank, int slotRank) { return cuda::lora_runs::span(rank, slotRank); }
 
 namespace {
 

@@ -31,8 +31,15 @@ function useInTurn(s: Scheduler, ...names: string[]): void {
 
 describe('slot rank and spans', () => {
   test('the CPU backend cuts a power-of-two max rank into slots of rank 8; CUDA keeps one adapter a slot', () => {
-    expect([loraSlotRank('cpu', 64), loraSlotRank('cpu', 8), loraSlotRank('cpu', 4), loraSlotRank('cpu', 24)]).toEqual([8, 8, 4, 24]);
-    expect(loraSlotRank('cuda', 64)).toBe(64);
+    expect([loraSlotRank('cpu', 64, ''), loraSlotRank('cpu', 8, ''), loraSlotRank('cpu', 4, ''), loraSlotRank('cpu', 24, '')]).toEqual([8, 8, 4, 24]);
+    expect(loraSlotRank('cuda', 64, '')).toBe(64);
+    // TROUPE_LORA_SLOT_RANK names one, for comparing layouts; the engines check that they take it.
+    expect(loraSlotRank('cuda', 64, '16')).toBe(16);
+    expect(() => loraSlotRank('cpu', 16, '32')).toThrow(
+      /TROUPE_LORA_SLOT_RANK must be a power of two up to the max LoRA rank 16 \(itself a power of two\), got "32"/,
+    );
+    expect(() => loraSlotRank('cpu', 24, '8')).toThrow(/max LoRA rank 24/);
+    expect(() => loraSlotRank('cpu', 16, '3')).toThrow(/got "3"/);
     expect([loraPoolSlots(4, 64, 8), loraPoolSlots(4, 64, 64), loraPoolSlots(3, 24, 24)]).toEqual([32, 4, 3]);
     expect([4, 8, 9, 12, 16, 24, 32, 64].map((r) => loraSlotSpan(r, 8))).toEqual([1, 1, 2, 2, 2, 4, 4, 8]);
     expect(loraSlotSpan(null, 8)).toBe(1);

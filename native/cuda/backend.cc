@@ -105,11 +105,16 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                                 std::to_string(count) + " visible");
   }
   if (c.numHeads % c.numKvHeads != 0) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
-  // The fused layout gives each slot the max rank's columns (lora_fused.h), one adapter a slot.
-  if (o.loraSlotRank != 0 && o.loraSlotRank != o.maxLoraRank)
-    throw std::invalid_argument("createEngine: the CUDA backend lays one adapter a slot, so loraSlotRank (" +
-                                std::to_string(o.loraSlotRank) + ") must equal maxLoraRank (" +
-                                std::to_string(o.maxLoraRank) + ")");
+  // Slots of a lower rank than the max (lora_runs.h): a power of two of 8 or more that divides it, so
+  // that runs of slots hold every rank and the kernels' 8-column pieces stay in one slot.
+  // The max rank a power of two too: its place is then a whole number of runs of any span.
+  const int slotRank = o.loraSlotRank > 0 ? o.loraSlotRank : o.maxLoraRank;
+  auto powerOfTwo = [](int n) { return n > 0 && (n & (n - 1)) == 0; };
+  if (o.loraSlotRank > 0 && o.loraSlotRank != o.maxLoraRank &&
+      (slotRank < 8 || !powerOfTwo(slotRank) || !powerOfTwo(o.maxLoraRank) || o.maxLoraRank % slotRank != 0))
+    throw std::invalid_argument("createEngine: loraSlotRank " + std::to_string(o.loraSlotRank) +
+                                " must be a power of two of 8 or more that divides maxLoraRank (" +
+                                std::to_string(o.maxLoraRank) + "), itself a power of two");
   headsPerKv_ = c.numHeads / c.numKvHeads;
   if (!cuda::decodeAttentionSupported(c.headDim, headsPerKv_)) {
     throw std::invalid_argument(
@@ -199,8 +204,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   bool split[cuda::kNumWeightGroups] = {};
   for (int g = 0; g < cuda::kNumWeightGroups && pooled; ++g) {
     const auto group = static_cast<cuda::WeightGroup>(g);
-    split[g] = cuda::loraSplitRows(group, o.loraModuleMask, o.loraSlots, o.maxLoraRank, splitRows);
-    pad[g] = cuda::loraPadColumns(group, o.loraSlots, o.maxLoraRank, o.loraModuleMask, split[g]);
+    split[g] = cuda::loraSplitRows(group, o.loraModuleMask, o.loraSlots, slotRank, splitRows);
+    pad[g] = cuda::loraPadColumns(group, o.loraSlots, slotRank, o.loraModuleMask, split[g]);
   }
   // TROUPE_LORA_KERNEL names the kernels where the engine options leave the choice to the engine
   // (servers), for comparing them through HTTP.
@@ -228,6 +233,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                                   "." + std::to_string(prop.minor));
     }
   }
+  // Only the fused layout's padding columns run on from slot to slot.
+  if (pooled && slotRank != o.maxLoraRank && o_.loraKernel != LoraKernel::kFused)
+    throw std::invalid_argument("createEngine: slots of a rank below maxLoraRank need the fused LoRA kernel");
   stream_ = cuda::createStream(cuda::StreamWork::kStep);
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
@@ -239,7 +247,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
       !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, o.maxLoraRank)) {
-    const int rows = o.loraSlots * cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * o.maxLoraRank;
+    const int rows = o.loraSlots * cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * slotRank;
     if (rows * 16 <= (c.numHeads + 2 * c.numKvHeads) * c.headDim) tail[cuda::kQkvWeight] = rows;
   }
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
@@ -261,7 +269,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     // rank-16 adapters in the first 8 of 128 slots took +15.5% over the base step that way, +11.0%
     // with the norms (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
     uint32_t transposedB = 0, lowTransposedB = 0;
-    const int lowSlots = o.maxLoraRank > 0 ? cuda::kDecodeGemmLoraMaxRows / o.maxLoraRank : 0;
+    const int lowSlots = slotRank > 0 ? cuda::kDecodeGemmLoraMaxRows / slotRank : 0;
     if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused && lowSlots > 0 &&
         cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
       if (loraInGemm_ >> cuda::kOWeight & 1u) lowTransposedB |= 1u << kO;
@@ -273,7 +281,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     transposedB &= o.loraModuleMask;
     lowTransposedB &= o.loraModuleMask & ~transposedB;
     lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB,
-                                                lowTransposedB, lowSlots);
+                                                lowTransposedB, lowSlots, slotRank);
     // Gate's and up's outputs together within what the GEMM's parts hold (keepNormShrink: every
     // slot keeping o's transposed B).
     if (gateUpInO_ && lora_->bTransposed(0, kO) && 2 * o.maxLoraRank <= cuda::kNormShrinkMaxOutputs) {
@@ -332,7 +340,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   info_.blockSize = o.blockSize;
   info_.loraSlots = o.loraSlots;
   info_.maxLoraRank = o.maxLoraRank;
-  info_.loraSlotRank = o.maxLoraRank;
+  info_.loraSlotRank = slotRank;
   info_.collective = comm_->name();
   info_.loraKernel = lora_ ? kLoraKernelNames[static_cast<int>(o_.loraKernel)] : "none";
 } catch (const std::exception& e) {

@@ -79,6 +79,7 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
           cuda::ResidualDelta d;
           d.bt = lora_->bTransposed(l, m), d.rowSlot = dRowSlot_, d.ranks = lora_->ranks();
           d.rankPitch = kNumLoraModules, d.module = m, d.maxRank = sl.maxRank, d.mid = loraMid_.get();
+          d.slotRank = lora_->slotRank(), d.btSlots = lora_->transposedSlots(m);
           if (gateUpBegun) d.columns = gateUpColumns(l);
           pendingDelta_ = d;
         }
@@ -183,13 +184,14 @@ void CudaBackend::fusedProjection(int l, const cuda::LoraSlices& sl, cuda::Weigh
       // The shrink as one GEMM over every slot's A rows (tensor cores at full rate, A read once),
       // of which each token keeps its own slot's columns: the tiled shrink reads a slot's A again
       // for every 16 tokens, and at rank 64 took about 4x the GEMM growth the padding costs.
-      const int cols = sl.count * stepSlots_ * sl.maxRank;  // A's rows are slot-major
+      const int cols = sl.count * stepSlots_ * sl.slotRank;  // A's rows are slot-major
       project(T, cols, in, sl.a[0], in, x, ldx, loraMid_.get(), false);
       cuda::LoraMid every;
       every.data = loraMid_.get();
       every.tokenPitch = cols;
-      every.slicePitch = sl.maxRank;
-      every.slotPitch = sl.count * sl.maxRank;
+      every.slicePitch = sl.slotRank;
+      every.slotPitch = every.spanPitch = sl.count * sl.slotRank;
+      every.slotRank = sl.slotRank;
       augment(every, x, stream_);
     } else {
       lora(x, stream_);
@@ -218,7 +220,7 @@ int CudaBackend::paddingUsed(cuda::WeightGroup g) const {
   const int covered = coveredSlots(g), pad = w_->pad[g];
   // Fewer than the pool's only where the group's columns are one block, slot k's at k maxRank.
   if (covered >= lora_->slots()) return pad;
-  return std::min(pad, (covered * lora_->maxRank() + 7) / 8 * 8);
+  return std::min(pad, (covered * lora_->slotRank() + 7) / 8 * 8);
 }
 
 int CudaBackend::qkvTailUsed() const { return w_->tail[cuda::kQkvWeight] / lora_->slots() * stepSlots_; }
@@ -235,7 +237,16 @@ cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16
   // of 4.56 at rank 64 (bench/results/2026-12-02-h200-lora-a-slot-major.json).
   cuda::LoraSlices per = sl;
   int rows = sl.maxRank;
-  if (cuda::loraAContiguous(sl)) per.count = 1, rows = sl.count * sl.maxRank;
+  if (cuda::loraAContiguous(sl)) {
+    // One product over the max rank's rows of all slices from the adapter's first slot: its run's
+    // rows, slot-major (lora_runs.h), and past them rows it leaves alone (the pool has them).
+    per.count = 1, rows = sl.count * sl.maxRank;
+    own.slicePitch = sl.slotRank;
+    own.slotRank = sl.slotRank;
+    own.spanPitch = sl.count * sl.slotRank;
+  } else if (sl.slotRank != sl.maxRank) {
+    throw std::logic_error("LoRA chunk shrink: slots of a lower rank need the pool's one matrix of A rows");
+  }
   // Every class's pointers in one launch: the classes' chunks follow one another in the table
   // (planLoraChunks), so class c's entries are a run of each of the three arrays.
   const cuda::LoraChunkClass& last = loraChunkClasses_.back();

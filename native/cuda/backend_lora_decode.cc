@@ -41,7 +41,8 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = in, a.accumulate = true;
   cuda::DecodeGemmLora& lo = a.lora;
   // Every slot's A rows of the module, and B in the weight's padding columns (lora_fused.h).
-  lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.slotRank, lo.maxRank = sl.maxRank;
+  lo.slotRank = sl.slotRank;
   lo.B = W + in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = g == cuda::kOWeight ? kO : kDown, lo.scaling = lora_->scaling(), lo.mid = loraMid_.get();
   // The deltas go to the norm after the GEMM where the pool keeps B transposed, except the last
@@ -75,7 +76,8 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
     return false;
   cuda::DecodeGemmArgs with = a;
   cuda::DecodeGemmNormShrink& ns = with.normShrink;
-  ns.A = sl.a[0], ns.rows = lora_->slots() * outputs, ns.outputs = outputs;
+  ns.A = sl.a[0], ns.rows = lora_->slots() * sl.count * sl.slotRank, ns.outputs = outputs;
+  ns.slices = sl.count, ns.slotRank = sl.slotRank;
   ns.normW = w_->layers[l].postNorm, ns.partial = normShrinkParts_.get();
   if (!decodeGemm_->supports(with, loraGemmSplits(a))) return false;
   a = with;
@@ -95,6 +97,12 @@ cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
   if (!gateUpPrefetch_ || !gateUpItemShrink(sl) || sl.count > 2) return pf;
   for (int j = 0; j < sl.count; ++j) pf.a[j] = sl.a[j], pf.slotStride[j] = sl.aSlotStride[j];
   pf.bytes = static_cast<size_t>(sl.maxRank) * sl.in * sizeof(bf16_t), pf.slices = sl.count, pf.rowSlot = dRowSlot_;
+  if (sl.slotRank != sl.maxRank) {
+    // An adapter's rows of both slices lie together from its first slot's (lora_runs.h): the max
+    // rank's rows of both, which the pool has past its last slot too.
+    pf.slices = 1;
+    pf.bytes *= sl.count;
+  }
   return cuda::DecodeGemm::prefetchSupported(pf) ? pf : cuda::DecodeGemmPrefetch{};
 }
 
@@ -130,7 +138,8 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
   a.W = W, a.ldw = ld, a.X = x, a.ldx = ldx, a.Y = y, a.ldy = N, a.M = map_.tokens, a.N = N, a.K = sl.in;
   a.accumulate = accumulate;
   cuda::DecodeGemmLora& lo = a.lora;
-  lo.A = sl.a[0], lo.lda = sl.in, lo.rows = coveredSlots(g) * sl.count * sl.maxRank, lo.maxRank = sl.maxRank;
+  lo.A = sl.a[0], lo.lda = sl.in, lo.rows = coveredSlots(g) * sl.count * sl.slotRank, lo.maxRank = sl.maxRank;
+  lo.slotRank = sl.slotRank;
   lo.B = W + sl.in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.spread = true;
   lo.modules = sl.count, lo.splitRows = w_->splitRows[g];
@@ -140,7 +149,7 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
 
 cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, int N) const {
   cuda::LoraTailDelta d;
-  d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank;
+  d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank, d.slotRank = sl.slotRank, d.slots = lora_->slots();
   for (int j = 0; j < sl.count; ++j) {
     d.outOffset[j] = sl.outOffset[j], d.out[j] = sl.out[j], d.module[j] = sl.module[j];
     d.bt[j] = lora_->bTransposed(l, static_cast<LoraModule>(sl.module[j]));
@@ -169,6 +178,7 @@ cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   e.a = sl.a[0];
   e.aSlotStride = sl.aSlotStride[0];
   e.maxRank = sl.maxRank;
+  e.slots = lora_->slots(), e.slotRank = sl.slotRank;
   e.in = in;
   e.rowSlot = dRowSlot_;
   e.ranks = lora_->ranks();

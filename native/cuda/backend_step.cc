@@ -63,8 +63,9 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
   stepSlots_ = 0;
   if (p.loraItems > 0) {
+    // The last slot of each adapter's run (lora_runs.h).
     int highest = 0;
-    for (int slot : p.loraSlotsUsed) highest = std::max(highest, slot);
+    for (int slot : p.loraSlotsUsed) highest = std::max(highest, slot + std::max(lora_->span(slot), 1) - 1);
     int covered = 1;
     while (covered <= highest) covered *= 2;
     stepSlots_ = slotBuckets_ ? std::min(covered, lora_->slots()) : lora_->slots();

@@ -268,8 +268,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int h = 0; h < 4; ++h) {
         const int t = tokenOf(j, h), row = aTile * kTileRows + rowOf(h) - row0;
         const LoraRowPlace p = loraRowPlace(lora, row);
-        if (t < args.M && row < lora.rows && p.slot == tokSlot[t])
-          __stcg(mine + t * kSpreadPartPitch + p.module * lora.maxRank + p.rank, accA[j][h]);
+        const int q = t < args.M ? loraOwnRank(lora, p, tokSlot[t]) : -1;
+        if (row < lora.rows && q >= 0 && q < lora.maxRank)
+          __stcg(mine + t * kSpreadPartPitch + p.module * lora.maxRank + q, accA[j][h]);
       }
     __threadfence();
     groupSync(group);
@@ -338,14 +339,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int h = 0; h < 4; ++h) acc[j][h] = sum[j][h];
   }
   if (shrinkTile) {
-    // Of the tile's A rows, each token's own slot's up to its rank, scaled; then this tile counts
-    // itself done. (A slot's rows lie in one tile: maxRank divides 64 or 64 divides maxRank.)
+    // Of the tile's A rows, each token's own adapter's up to its rank, scaled; then this tile
+    // counts itself done. (A slot's rows lie in one tile: the slot rank divides 64 or 64 divides it.)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
-        const int t = tokenOf(j, h), slot = rowOf(h) / lora.maxRank, r = rowOf(h) % lora.maxRank;
-        if (t < args.M && slot == tokSlot[t] && r < tokRank[t * kDecodeGemmMaxModules])
+        const int t = tokenOf(j, h);
+        const int r = t < args.M ? loraOwnRank(lora, loraRowPlace(lora, rowOf(h)), tokSlot[t]) : -1;
+        if (r >= 0 && r < tokRank[t * kDecodeGemmMaxModules])
           __stcg(lora.mid + t * lora.maxRank + r, tokScale[t] * acc[j][h]);
       }
     if (hasDelta) {
@@ -391,17 +393,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Token 8 j + 2 q + e's delta on the thread's two rows (h = e and e + 2), eight ranks a round
     // from 16-byte loads, every token's loads of a round at once. B past a slot's rank may hold
     // anything, so those products are skipped (tokens without an adapter have rank 0).
-    int rank[4][2], bOff[4][2];
+    // A token's columns run on from its slot's (lora_runs.h); the rounds stop at the thread's
+    // largest rank. A token of a smaller rank then reads B past its run (other adapters' columns,
+    // the tile's next row, past the tile's last row at most the max rank's width into the pair
+    // sums that follow it in shared memory), products the rank check below leaves out.
+    int rank[4][2], bOff[4][2], most = 0;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int t = tokenOf(j, e);
         rank[j][e] = tokRank[t * kDecodeGemmMaxModules];
-        bOff[j][e] = (rowOf(e) - row0) * bPitch + max(tokSlot[t], 0) * lora.maxRank;
+        most = max(most, rank[j][e]);
+        bOff[j][e] = (rowOf(e) - row0) * bPitch + max(tokSlot[t], 0) * loraSlotRank(lora);
       }
     float delta[4][4] = {};
-    for (int c = 0; c < lora.maxRank; c += 8) {
+    for (int c = 0; c < most; c += 8) {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -497,7 +504,7 @@ int kTilesOf(const DecodeGemmArgs& a) {
 // whole number of tiles, so that a weight tile lies in one module.
 bool modulesSupported(const DecodeGemmArgs& a) {
   const DecodeGemmLora& l = a.lora;
-  if (l.modules < 1 || l.modules > kDecodeGemmMaxModules || l.rows % (l.modules * l.maxRank) != 0) return false;
+  if (l.modules < 1 || l.modules > kDecodeGemmMaxModules || l.rows % (l.modules * loraSlotRank(l)) != 0) return false;
   if (l.modules > 1 && !l.spread) return false;
   for (int j = 0; j < l.modules; ++j)
     if (l.moduleRow[j] % kTileRows != 0 || l.moduleRow[j] >= a.N ||
@@ -516,14 +523,18 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
                               weightBlocks < sms && aTiles(l) <= weightBlocks
                         : l.rows <= kDecodeGemmLoraMaxRows && aligned16(l.mid) && l.mid;
   const DecodeGemmNormShrink& ns = a.normShrink;
+  // The next projection's rows: whole slots of its slices, 8 rows (one mma's) in one slot.
+  const int nsSlot = ns.slices > 0 ? ns.slices * (ns.slotRank ? ns.slotRank : ns.outputs / ns.slices) : 0;
   const bool normShrink =
-      !ns.A || (!l.B && !l.spread && ns.outputs >= 4 && ns.outputs % 4 == 0 && ns.outputs <= kNormShrinkMaxOutputs &&
-                ns.rows >= ns.outputs && ns.rows % ns.outputs == 0 && ns.rows <= kNormShrinkMaxRows &&
-                aligned16(ns.A) && a.N % 8 == 0 && ns.normW && ns.partial);
+      !ns.A ||
+      (!l.B && !l.spread && ns.outputs >= 4 && ns.outputs % 4 == 0 && ns.outputs <= kNormShrinkMaxOutputs &&
+       ns.slices > 0 && ns.outputs % ns.slices == 0 && nsSlot % 8 == 0 && ns.rows >= nsSlot && ns.rows % nsSlot == 0 &&
+       ns.rows <= kNormShrinkMaxRows && aligned16(ns.A) && a.N % 8 == 0 && ns.normW && ns.partial);
+  const int U = loraSlotRank(l);
   return form && normShrink && modulesSupported(a) && l.rows >= 8 && l.rows % 8 == 0 && l.maxRank >= 8 &&
-         l.maxRank % 8 == 0 && (kTileRows % l.maxRank == 0 || l.maxRank % kTileRows == 0) && l.rows % l.maxRank == 0 &&
-         l.lda % 8 == 0 && (!l.B || l.ldb % 8 == 0) && aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks &&
-         l.scaling;
+         l.maxRank % 8 == 0 && U >= 8 && U % 8 == 0 && l.maxRank % U == 0 &&
+         (kTileRows % U == 0 || U % kTileRows == 0) && l.rows % U == 0 && l.lda % 8 == 0 && (!l.B || l.ldb % 8 == 0) &&
+         aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
 
 }  // namespace

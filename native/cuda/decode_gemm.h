@@ -57,9 +57,13 @@ constexpr int kDecodeGemmMaxRows = 32;
 // kDecodeGemmSpreadMaxRows and a spare block.
 constexpr int kDecodeGemmLoraMaxRows = 128;
 constexpr int kDecodeGemmSpreadMaxRows = 2048, kDecodeGemmSpreadMaxRank = 128, kDecodeGemmMaxModules = 3;
+// With a pool cut into slots of slotRank (lora_runs.h), "slot k" above is an adapter's run of
+// slots from k: its rank q at row (k + q / U) modules U + j U + q % U (U the slot rank) and at B's
+// column k U + q.
 struct DecodeGemmLora {
   const bf16_t* A = nullptr;
   int lda = 0, rows = 0, maxRank = 0;
+  int slotRank = 0;  // 0: maxRank
   const bf16_t* B = nullptr;
   int ldb = 0;
   const int32_t* rowSlot = nullptr;
@@ -90,6 +94,7 @@ constexpr int kNormShrinkMaxOutputs = 32, kNormShrinkMaxRows = 256;
 struct DecodeGemmNormShrink {
   const bf16_t* A = nullptr;
   int rows = 0, outputs = 0;
+  int slices = 1, slotRank = 0;  // A's rows slot-major over slots of slotRank (0: outputs / slices)
   const float* normW = nullptr;  // the norm's weights, N of them
   float* partial = nullptr;      // [weight tile][kDecodeGemmMaxRows tokens][kNormShrinkMaxOutputs]
 };

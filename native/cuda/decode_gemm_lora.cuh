@@ -33,7 +33,8 @@ __device__ __forceinline__ void loraWriteColumn(const DecodeGemmArgs& args, cons
                                                 float sum, const int* tokSlot, const int* tokRank,
                                                 const float* tokScale) {
   const LoraRowPlace p = loraRowPlace(args.lora, row);
-  const bool own = p.slot == tokSlot[t] && p.rank < tokRank[t * kDecodeGemmMaxModules + p.module];
+  const int q = loraOwnRank(args.lora, p, tokSlot[t]);
+  const bool own = q >= 0 && q < tokRank[t * kDecodeGemmMaxModules + p.module];
   sg.columns[static_cast<size_t>(t) * args.lora.rows + p.column] = toB(own ? sum * tokScale[t] : 0.0f);
 }
 
@@ -72,8 +73,9 @@ __device__ __forceinline__ void spreadColumns(const DecodeGemmArgs& args, const 
     for (int e = 0; e < 2; ++e) {
       row[e] = t * kTileRows + lane + 32 * e;
       const LoraRowPlace p = loraRowPlace(lora, row[e]);
-      at[e] = p.module * lora.maxRank + p.rank;
-      own[e] = row[e] < lora.rows && p.slot == tokSlot[m] && p.rank < tokRank[m * kDecodeGemmMaxModules + p.module];
+      const int q = loraOwnRank(lora, p, tokSlot[m]);
+      own[e] = row[e] < lora.rows && q >= 0 && q < tokRank[m * kDecodeGemmMaxModules + p.module];
+      at[e] = p.module * lora.maxRank + (own[e] ? q : 0);
     }
     float v[2] = {0, 0};
     if (__any_sync(0xffffffffu, own[0] || own[1])) {
@@ -142,7 +144,10 @@ __device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int 
     uint4 b[2];
 #pragma unroll
     for (int c = 0; c < 2; ++c) b[c] = *reinterpret_cast<const uint4*>(aS + offset(n0 + g, 4 * c + q));
-    const int slot = n0 / ns.outputs, col = n0 % ns.outputs + 2 * q;
+    // Rows n0 + 2 q and + 1: slot s's slice j at place p (lora_runs.h); a token keeps them as its
+    // outputs j R + (s - its slot) U + p, R the max rank, where that rank is its adapter's.
+    const int U = ns.slotRank ? ns.slotRank : ns.outputs / ns.slices, R = ns.outputs / ns.slices;
+    const int s = n0 / (ns.slices * U), within = n0 % (ns.slices * U), j = within / U, p = within % U + 2 * q;
 #pragma unroll
     for (int m = 0; m < 2; ++m) {
       float d[4] = {};
@@ -154,11 +159,12 @@ __device__ __forceinline__ void normShrinkParts(const DecodeGemmArgs& args, int 
       // Rows g and g + 8 of the tile are tokens; columns 2 q and + 1 outputs of one slot.
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int t = 16 * m + 8 * e + g;
-        if (t < args.M && tokSlot[t] == slot)
-          __stcg(reinterpret_cast<float2*>(
-                     ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) * kNormShrinkMaxOutputs + col),
-                 make_float2(d[2 * e], d[2 * e + 1]));
+        const int t = 16 * m + 8 * e + g, rank = (s - tokSlot[t]) * U + p;
+        if (t < args.M && tokSlot[t] >= 0 && s >= tokSlot[t] && rank < R)
+          __stcg(
+              reinterpret_cast<float2*>(
+                  ns.partial + (static_cast<size_t>(weightTile) * kTokens + t) * kNormShrinkMaxOutputs + j * R + rank),
+              make_float2(d[2 * e], d[2 * e + 1]));
       }
     }
   }

@@ -64,15 +64,24 @@ __host__ __device__ inline int spreadReaders(int kTiles, int splits, int xStages
   return n;
 }
 
-// Where A's row `row` of a LoRA group goes: its slot, module and rank, and its shrink output's
-// column (the padding's order: module, slot, rank).
+__host__ __device__ inline int loraSlotRank(const DecodeGemmLora& l) { return l.slotRank ? l.slotRank : l.maxRank; }
+
+// Where A's row `row` of a LoRA group goes: its slot, module and place in the slot, and its shrink
+// output's column (the padding's order: module, slot, rank).
 struct LoraRowPlace {
   int slot, module, rank, column;
 };
 __host__ __device__ inline LoraRowPlace loraRowPlace(const DecodeGemmLora& l, int row) {
-  const int r = row % l.maxRank, slotModule = row / l.maxRank;
+  const int U = loraSlotRank(l), r = row % U, slotModule = row / U;
   const int slot = slotModule / l.modules, module = slotModule % l.modules;
-  return {slot, module, r, module * (l.rows / l.modules) + slot * l.maxRank + r};
+  return {slot, module, r, module * (l.rows / l.modules) + slot * U + r};
+}
+
+// Which rank of the adapter whose run starts at slot `first` the row holds (lora_runs.h), or -1
+// where the row's slot lies before the run; past the run the rank exceeds every rank the adapter
+// has, which the callers' rank checks then refuse.
+__host__ __device__ inline int loraOwnRank(const DecodeGemmLora& l, const LoraRowPlace& p, int first) {
+  return first >= 0 && p.slot >= first ? (p.slot - first) * loraSlotRank(l) + p.rank : -1;
 }
 
 #if TROUPE_DECODE_GEMM_BODY

@@ -69,9 +69,12 @@ void ropeKv(const bf16_t* qkv, const float* invFreq, const TokenMap& map, const 
 // (slot k's maxRank from in + k maxRank), which the kernel writes: the token's scaled shrink
 // outputs under its slot's, zero under every other (lora_o_epilogue.cuh). Off while a is null.
 struct OLoraEpilogue {
-  const bf16_t* a = nullptr;  // o's A factors: slot k's [maxRank][in] at a + k aSlotStride
+  const bf16_t* a = nullptr;  // o's A factors: slot k's [slotRank][in] at a + k aSlotStride
   size_t aSlotStride = 0;
   int maxRank = 0, in = 0;
+  // The pool's slots and their rank (0: maxRank): an adapter's rows and columns run on from its
+  // slot's (lora_runs.h), as far as the pool's last slot.
+  int slots = 0, slotRank = 0;
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model
   const int32_t* ranks = nullptr;    // slot k's rank for o at ranks[k rankPitch + module]
   int rankPitch = 0, module = 0;

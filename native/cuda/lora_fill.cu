@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/lora_fill.h"
+#include "cuda/lora_runs.h"
 
 namespace troupe {
 namespace cuda {
@@ -51,11 +52,19 @@ __global__ void transposeBKernel(const bf16_t* b, int64_t ld, int out, bf16_t* b
 __device__ __forceinline__ float toFloat(bf16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
 
 // Block r, warp w: outputs w, w + warps, ... of rank r, each a dot over the H features.
-__global__ void normShrinkNKernel(const bf16_t* bt, const float* w, const bf16_t* a, int H, int C, float* n) {
+__global__ void normShrinkNKernel(const bf16_t* bt, const float* w, const bf16_t* a, int H, int C, int width,
+                                  LoraRunRows run, float* n) {
   const int r = blockIdx.x, lane = threadIdx.x & 31, warps = blockDim.x / 32;
   for (int c = threadIdx.x / 32; c < C; c += warps) {
+    // Column c is slice c / maxRank's rank c % maxRank; past the run's width its A row lies in
+    // other slots (or past the pool), and no token reads it.
+    const int j = c / run.maxRank, q = c % run.maxRank;
+    if (q >= width) {
+      if (lane == 0) n[r * C + c] = 0;
+      continue;
+    }
     const bf16_t* bRow = bt + static_cast<int64_t>(r) * H;
-    const bf16_t* aRow = a + static_cast<int64_t>(c) * H;
+    const bf16_t* aRow = a + lora_runs::runRow(j, q, run.slices, run.slotRank) * H;
     float s = 0;
     for (int i = lane; i < H; i += 32) s = fmaf(toFloat(bRow[i]) * w[i], toFloat(aRow[i]), s);
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -121,8 +130,9 @@ void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cud
   transposeBKernel<<<dim3((out + 255) / 256, R), 256, 0, s>>>(b, ld, out, bt);
 }
 
-void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n, cudaStream_t s) {
-  normShrinkNKernel<<<R, 256, 0, s>>>(bt, w, a, H, C, n);
+void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, LoraRunRows run, float* n,
+                     cudaStream_t s) {
+  normShrinkNKernel<<<R, 256, 0, s>>>(bt, w, a, H, C, R, run, n);
 }
 
 void setLoraSlotMeta(int32_t* ranks, float* scaling, const LoraSlotMeta& meta, cudaStream_t s) {

@@ -25,10 +25,17 @@ void loraFactorToBf16(const void* src, int dtype, int64_t rows, int64_t cols, in
 // into [R][out], where each rank's values for a run of outputs lie together.
 void loraTransposeB(const bf16_t* b, int64_t ld, int out, int R, bf16_t* bt, cudaStream_t s);
 
-// n[r * C + c] = sum over i < H of bt[r H + i] w[i] a[c H + i] for r < R, c < C: what a delta of
-// one slot's B (transposed, [R][H]) adds, through a norm's weights w, to the shrink of that slot's
-// A rows [C][H] (rmsnorm_delta.h's NormShrinkColumns).
-void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, float* n, cudaStream_t s);
+// Where a group's A rows of one adapter lie from its first slot's (lora_runs.h): output column c
+// (slice c / maxRank's rank c % maxRank) is row lora_runs::runRow of slices slices of slotRank.
+struct LoraRunRows {
+  int slices, slotRank, maxRank;
+};
+// n[r * C + c] = sum over i < H of bt[r H + i] w[i] a[row(c) H + i] for r < R, c < C (zero where c's
+// rank is R or more): what a delta of one adapter's B (transposed, the R ranks of its run, [R][H])
+// adds, through a norm's weights w, to the shrink of its A rows (rmsnorm_delta.h's
+// NormShrinkColumns).
+void loraNormShrinkN(const bf16_t* bt, const float* w, const bf16_t* a, int H, int R, int C, LoraRunRows run, float* n,
+                     cudaStream_t s);
 
 constexpr int kLoraMetaModules = 7;  // kNumLoraModules
 struct LoraSlotMeta {

@@ -40,38 +40,43 @@ struct AugmentWork {
   bool vec;             // 16-byte loads and stores (alignment checked on the host)
 };
 
+// Where the shrink output of slice j's rank q of the adapter from `slot` is in token t's mid.
+__device__ __forceinline__ const float* midAt(const LoraMid& m, int t, int slot, int j, int q) {
+  const int within = m.slotRank ? q / m.slotRank * m.spanPitch + q % m.slotRank : q;
+  return m.data + static_cast<size_t>(t) * m.tokenPitch + slot * m.slotPitch + j * m.slicePitch + within;
+}
+
 // The scaled shrink output under padding column c of token t's row `row` (zero where the column is
-// another slot's, past the slot's rank for its module, or in the rounding tail). A select, not a
-// product: values past the slot's rank (and other slots') may be anything. The pieces are summed
+// another adapter's, past the adapter's rank for its module, or in the rounding tail). A select,
+// not a product: values past the rank (and other adapters') may be anything. The pieces are summed
 // in slab order, as the expand kernels sum them.
 __device__ __forceinline__ float paddingValue(const AugmentWork& w, int t, int slot, int row, int c) {
-  const int R = w.sl.maxRank, block = w.slots * R;
-  const int j = paddingSlice(w.xa, row, c, block, w.sl.count), k = (c % block) / R, r = c % R;
-  if (j >= w.sl.count || k != slot || r >= __ldg(w.ranks + slot * kModules + w.sl.module[j])) return 0.0f;
-  const float* p =
-      w.mid.data + static_cast<size_t>(t) * w.mid.tokenPitch + slot * w.mid.slotPitch + j * w.mid.slicePitch + r;
+  const int U = w.sl.slotRank ? w.sl.slotRank : w.sl.maxRank, block = w.slots * U;
+  const int j = paddingSlice(w.xa, row, c, block, w.sl.count), q = c % block - slot * U;
+  if (j >= w.sl.count || q < 0 || q >= __ldg(w.ranks + slot * kModules + w.sl.module[j])) return 0.0f;
+  const float* p = midAt(w.mid, t, slot, j, q);
   float v = 0.0f;
   for (int i = 0; i < w.mid.pieces; ++i) v += __ldcg(p + i * w.mid.slab);
   return v * __ldg(w.scaling + slot);
 }
 
-// Eight padding columns from c0. With maxRank a multiple of 8 they share their slice and slot, so
-// the rank and the eight sums are looked up once; otherwise column by column.
+// Eight padding columns from c0. With the slot rank a multiple of 8 they share their slice and
+// slot, so the rank and the eight sums are looked up once; otherwise column by column.
 __device__ __forceinline__ void paddingChunk(const AugmentWork& w, int t, int row, int c0, float (&v)[kChunk]) {
   const int slot = __ldg(w.rowSlot + t);
-  const int R = w.sl.maxRank, block = w.slots * R;
-  if (R % kChunk != 0) {
+  const int U = w.sl.slotRank ? w.sl.slotRank : w.sl.maxRank, block = w.slots * U;
+  if (U % kChunk != 0) {
 #pragma unroll
     for (int e = 0; e < kChunk; ++e) v[e] = slot >= 0 ? paddingValue(w, t, slot, row, c0 + e) : 0.0f;
     return;
   }
-  const int j = paddingSlice(w.xa, row, c0, block, w.sl.count), k = (c0 % block) / R, r0 = c0 % R;
+  const int j = paddingSlice(w.xa, row, c0, block, w.sl.count), r0 = c0 % block - slot * U;
 #pragma unroll
   for (int e = 0; e < kChunk; ++e) v[e] = 0.0f;
-  if (slot < 0 || j >= w.sl.count || k != slot) return;
+  if (slot < 0 || j >= w.sl.count || r0 < 0) return;
   const int rank = __ldg(w.ranks + slot * kModules + w.sl.module[j]);
-  const float* p =
-      w.mid.data + static_cast<size_t>(t) * w.mid.tokenPitch + slot * w.mid.slotPitch + j * w.mid.slicePitch + r0;
+  if (r0 >= rank) return;
+  const float* p = midAt(w.mid, t, slot, j, r0);
   for (int i = 0; i < w.mid.pieces; ++i) {
 #pragma unroll
     for (int e = 0; e < kChunk; ++e) v[e] += __ldcg(p + i * w.mid.slab + e);

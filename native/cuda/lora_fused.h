@@ -115,15 +115,18 @@ inline int loraPadColumns(WeightGroup g, int slots, int maxRank, uint32_t mask, 
   return static_cast<int>((cols + 7) / 8 * 8);
 }
 
-// Where a step's shrink outputs are for loraAugment: value (t, slice j, slot k, rank r) is the sum
-// over `pieces` slabs `slab` floats apart of data[t tokenPitch + j slicePitch + k slotPitch + r].
-// The segmented shrinks write each token's own slot only (slotPitch 0, slicePitch maxRank); a
-// GEMM over every slot's A rows writes them all (a prefill's shrink in backend_lora.cc).
+// Where a step's shrink outputs are for loraAugment: value (t, slice j, the rank q of the adapter
+// from slot k) is the sum over `pieces` slabs `slab` floats apart of data[t tokenPitch + j
+// slicePitch + k slotPitch + (q / slotRank) spanPitch + q % slotRank] (slotRank 0: + q). The
+// segmented shrinks write each token's own adapter only (slotPitch 0, slicePitch maxRank); a GEMM
+// over every slot's A rows writes them all (a prefill's shrink in backend_lora.cc), an adapter's
+// ranks past a slot's in the next slot's (spanPitch = slotPitch, lora_runs.h).
 struct LoraMid {
   const float* data = nullptr;
   size_t slab = 0;
   int pieces = 1;
   int tokenPitch = 0, slicePitch = 0, slotPitch = 0;
+  int slotRank = 0, spanPitch = 0;
 };
 
 // A projection's augmented activation rows: token t's row at data + t ld, of in + pad columns; with
@@ -143,10 +146,10 @@ struct AugmentedRows {
 void loraAugment(const LoraSlices& sl, int slots, const int32_t* rowSlot, const int32_t* ranks, const float* scaling,
                  const LoraMid& mid, const bf16_t* x, int ldx, int T, const AugmentedRows& xa, cudaStream_t st);
 
-// Whether a group's A factors lie as one matrix, [slot][slice][maxRank][in] (the pool lays them
+// Whether a group's A factors lie as one matrix, [slot][slice][slotRank][in] (the pool lays them
 // so), which that GEMM reads: every slot's rows, and a slot's slices one after another.
 inline bool loraAContiguous(const LoraSlices& sl) {
-  const size_t block = static_cast<size_t>(sl.maxRank) * sl.in;
+  const size_t block = static_cast<size_t>(sl.slotRank ? sl.slotRank : sl.maxRank) * sl.in;
   for (int j = 0; j < sl.count; ++j)
     if (sl.aSlotStride[j] != sl.count * block || sl.a[j] != sl.a[0] + j * block) return false;
   return sl.count > 0;

@@ -20,6 +20,7 @@
 #include "cuda/device.h"
 #include "cuda/lora_augmented.cuh"
 #include "cuda/lora_fused.h"
+#include "cuda/lora_runs.h"
 #include "cuda/pdl.cuh"
 
 namespace troupe {
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   // The rows this kernel reads are made by the kernel just before it; under programmatic launch it
   // lets this one start (pdl.cuh), so the look-ups and the A factors below are on their way while
   // that kernel finishes.
-  const int n = sl.in, R = sl.maxRank, block = slots * R, pieces = n / 8;
+  const int n = sl.in, R = sl.maxRank, U = sl.slotRank ? sl.slotRank : R, block = slots * U, pieces = n / 8;
   if (blockIdx.x < T) {
     // The token's rows and their padding.
     pdlWait();
@@ -75,12 +76,13 @@ __global__ void __launch_bounds__(kThreads)
       bf16_t* row = augmentedRow(xa, t, rowIdx);
       if (src + static_cast<size_t>(t) * ld != row)
         for (int p = threadIdx.x; p < pieces; p += kThreads) reinterpret_cast<uint4*>(row)[p] = __ldg(from + p);
-      // Module block j, slot k, rank r at in + j S R + k R + r (split rows: row j's in + k R + r):
-      // the token's own slot's columns of the modules here are the other blocks' (zero past its
-      // rank); the rest are zero.
+      // Module block j, the rank q of the adapter from slot k at in + j S U + k U + q (split rows:
+      // row j's in + k U + q): the token's own run of columns of the modules here are the other
+      // blocks' (zero past its rank); the rest are zero.
+      const int run = slot >= 0 ? loraRunColumns(slot, slots, U, R) : 0;
       for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
-        const int j = paddingSlice(xa, rowIdx, c, block, sl.count), k = (c % block) / R;
-        if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+        const int j = paddingSlice(xa, rowIdx, c, block, sl.count);
+        if (!(j < sl.count && lora_runs::rankOfColumn(c % block, slot, run, U) >= 0)) row[n + c] = 0;
       }
     }
     return;
@@ -108,12 +110,14 @@ __global__ void __launch_bounds__(kThreads)
   if (tok <= 0) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, group = warp / kKSplit, part = warp % kKSplit;
   // This warp's group's outputs (none past the step's: its loads then repeat the last one's).
+  // Output i is slice i / R's rank i % R; ranks past the run's columns are left out.
   const int first = chunk * kOut + group * kOutW, mine = min(kOutW, sl.count * R - first);
+  const int run = loraRunColumns(slot, slots, U, R);
   const uint4* a[kOutW];
 #pragma unroll
   for (int o = 0; o < kOutW; ++o) {
-    const int i = max(first + min(o, mine - 1), 0), j = i / R, r = i % R;
-    a[o] = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+    const int i = max(first + min(o, mine - 1), 0), j = i / R, r = min(i % R, run - 1);
+    a[o] = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + lora_runs::sliceRow(r, sl.count, U) * n);
   }
   // Row offsets in pieces; tokens past tok repeat the last (their products are not taken).
   int x[kTok];
@@ -134,7 +138,7 @@ __global__ void __launch_bounds__(kThreads)
     wSum = threadIdx.x % kSums;
   }
   const int wo = wSum / kTok, wk = wSum % kTok, wFirst = chunk * kOut + wGroup * kOutW;
-  const bool writes = wGroup < kGroups && wo < min(kOutW, sl.count * R - wFirst) && wk < tok;
+  const bool writes = wGroup < kGroups && wo < min(kOutW, sl.count * R - wFirst) && wk < tok && (wFirst + wo) % R < run;
   int wRank = 0;
   float wScale = 0.0f;
   if (writes) {
@@ -199,7 +203,7 @@ __global__ void __launch_bounds__(kThreads)
   // A select, not a product: A rows past the slot's rank may hold anything.
   sum = r < wRank ? sum * wScale : 0.0f;
   const int t = items.perm[begin + wk];
-  loraColumns(xa, n, t, j, block, slot, R)[r] = toB(sum);
+  loraColumns(xa, n, t, j, block, slot, U)[r] = toB(sum);
 }
 
 template <int kThreads, int kOutW, int kKSplit>

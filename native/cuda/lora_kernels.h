@@ -37,8 +37,9 @@ constexpr int kLoraTileTokens = 16;
 struct LoraSlices {
   int count = 0;
   int in = 0;                       // input features (shared)
-  int maxRank = 0;                  // row pitch of A, column pitch of B and of mid slices
-  const bf16_t* a[kMaxLoraSlices];  // per slice: slot k's [maxRank][in] at a + k aSlotStride
+  int maxRank = 0;                  // the widest adapter: the pitch of mid slices
+  int slotRank = 0;                 // a slot's A rows and B columns (lora_runs.h); maxRank unless cut
+  const bf16_t* a[kMaxLoraSlices];  // per slice: slot k's [slotRank][in] at a + k aSlotStride
   const bf16_t* b[kMaxLoraSlices];  // per slice: slot k's [out][rank] at b + k bSlotStride, rows bLd apart
   size_t aSlotStride[kMaxLoraSlices];
   size_t bSlotStride[kMaxLoraSlices];

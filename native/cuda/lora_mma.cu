@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) float red[kWarps][kTok][kRedPitch];
   loadTokens(items, t, tok);
   const int k0 = piece * pieceLen;
-  shrinkTile<kVec>(tok, x, ldx, sl.a[s] + t.slot * sl.aSlotStride[s], sl.in, rank, k0, min(sl.in, k0 + pieceLen),
+  shrinkTile<kVec>(tok, x, ldx, sl.a[s] + t.slot * sl.aSlotStride[s], sl.in, rank, sl.count,
+                   sl.slotRank ? sl.slotRank : sl.maxRank, k0, min(sl.in, k0 + pieceLen),
                    mid + piece * midSlab + s * sl.maxRank, sl.count * sl.maxRank, red);
 }
 // v as hi + lo, each a bf16: two values per register as the A fragments take them.

@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "cuda/lora_kernels.h"
+#include "cuda/lora_runs.h"
 #include "cuda/pdl.cuh"
 
 namespace troupe {
@@ -110,17 +111,20 @@ __device__ __forceinline__ void shrinkPass(const bf16_t* xa, const bf16_t* xb, c
 }
 
 // One tile's shrink over features [k0, kEnd): out[tok[i] * midPitch + r] = x[tok[i]][k0, kEnd) .
-// A[r][k0, kEnd) for the 16 token rows tok (-1: none) and r < rank; A's rows `in` apart. The warps
-// split the features in chunks and their sums meet in red in a fixed order.
+// A[r][k0, kEnd) for the 16 token rows tok (-1: none) and r < rank; A's rows `in` apart, rank r's
+// at lora_runs::sliceRow(r, slices, slotRank) (a pool cut into slots of slotRank: the adapter's
+// rows run on from slot to slot, its group's slices between them), so a pass stays in one slot.
+// The warps split the features in chunks and their sums meet in red in a fixed order.
 template <bool kVec>
 __device__ __forceinline__ void shrinkTile(const int* tok, const bf16_t* x, int ldx, const bf16_t* A, int in, int rank,
-                                           int k0, int kEnd, float* out, int midPitch, float (*red)[kTok][kRedPitch]) {
+                                           int slices, int slotRank, int k0, int kEnd, float* out, int midPitch,
+                                           float (*red)[kTok][kRedPitch]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
   const bf16_t* xa = tok[g] >= 0 ? x + static_cast<size_t>(tok[g]) * ldx : nullptr;
   const bf16_t* xb = tok[g + 8] >= 0 ? x + static_cast<size_t>(tok[g + 8]) * ldx : nullptr;
-  for (int r0 = 0; r0 < rank; r0 += kPassRanks) {
-    const int rn = min(kPassRanks, rank - r0);
-    const bf16_t* Ar = A + static_cast<size_t>(r0) * in;
+  for (int r0 = 0; r0 < rank;) {
+    const int rn = min(min(kPassRanks, rank - r0), slotRank - r0 % slotRank);
+    const bf16_t* Ar = A + lora_runs::sliceRow(r0, slices, slotRank) * in;
     float(*wr)[kRedPitch] = red[warp];
     switch ((rn + 7) / 8) {
       case 1:
@@ -156,6 +160,7 @@ __device__ __forceinline__ void shrinkTile(const int* tok, const bf16_t* x, int 
           ((red[0][i][r] + red[1][i][r]) + red[2][i][r]) + red[3][i][r];
     }
     __syncthreads();  // red is rewritten by the next pass
+    r0 += rn;
   }
 }
 

@@ -25,7 +25,10 @@ __device__ void oLoraEpilogue(const OLoraEpilogue& e, int t, int part, int parts
   for (int i = 0; i < kMine; ++i)
     if (threadIdx.x + i * kThreads < kFeatures) scratch[threadIdx.x + i * kThreads] = mine[i];
   __syncthreads();
-  const int slot = e.rowSlot[t], R = e.maxRank;
+  const int slot = e.rowSlot[t], U = e.slotRank ? e.slotRank : e.maxRank;
+  // The rows of A from the token's slot on that its adapter may have (o holds one slice, so they
+  // follow one another): the max rank's, or fewer where the pool ends first.
+  const int R = e.slotRank && slot >= 0 ? min(e.maxRank, (e.slots - slot) * U) : e.maxRank;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (slot >= 0) {
     // A warp to each row of A, its lanes on the row's 8-feature pieces; kBatch rows' loads are in
@@ -63,7 +66,7 @@ __device__ void oLoraEpilogue(const OLoraEpilogue& e, int t, int part, int parts
 #pragma unroll
         for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
         const int r = r0 + b * kWarps;
-        if (lane == 0 && r < R) e.partial[(static_cast<size_t>(t) * parts + part) * R + r] = s;
+        if (lane == 0 && r < R) e.partial[(static_cast<size_t>(t) * parts + part) * e.maxRank + r] = s;
       }
     }
   }
@@ -80,11 +83,11 @@ __device__ void oLoraEpilogue(const OLoraEpilogue& e, int t, int part, int parts
   const float scale = slot >= 0 ? e.scaling[slot] : 0.0f;
   bf16_t* cols = e.xa + static_cast<size_t>(t) * e.ld + e.in;
   for (int c = threadIdx.x; c < e.pad; c += kThreads) {
-    // The token's own slot's columns hold its sums (zero past its rank); every other is zero.
-    const int r = c - slot * R;
+    // The token's own adapter's columns hold its sums (zero past its rank); every other is zero.
+    const int r = c - slot * U;
     float v = 0.0f;
     if (slot >= 0 && r >= 0 && r < rank) {
-      for (int p = 0; p < parts; ++p) v += __ldcg(e.partial + (static_cast<size_t>(t) * parts + p) * R + r);
+      for (int p = 0; p < parts; ++p) v += __ldcg(e.partial + (static_cast<size_t>(t) * parts + p) * e.maxRank + r);
       v *= scale;
     }
     cols[c] = __bfloat16_as_ushort(__float2bfloat16_rn(v));

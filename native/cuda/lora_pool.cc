@@ -23,9 +23,18 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 }  // namespace
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w,
-                         uint32_t transposedB, uint32_t lowTransposedB, int lowSlots)
-    : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
+                         uint32_t transposedB, uint32_t lowTransposedB, int lowSlots, int slotRank)
+    : layers_(c.numLayers),
+      slots_(slots),
+      maxRank_(maxRank),
+      slotRank_(slotRank > 0 ? slotRank : maxRank),
+      mask_(moduleMask),
+      spans_(slots, 0),
+      table_(slots) {
   loraModuleDims(c, in_, out_);
+  if (slotRank_ > maxRank_ || maxRank_ % slotRank_ != 0)
+    throw std::invalid_argument("LoRA pool: slot rank " + std::to_string(slotRank_) + " does not divide max rank " +
+                                std::to_string(maxRank_));
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   b_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
   bt_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
@@ -37,18 +46,21 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     const WeightGroup g = weightGroupOf(m);
     inWeights_[m] = w.pad[g] > 0;
     if (holds(static_cast<LoraModule>(m)) && inWeights_[m] &&
-        w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_, w.splitRows[g]))
+        w.pad[g] < loraPadColumns(g, slots_, slotRank_, mask_, w.splitRows[g]))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
+    // Only the padding columns run on from slot to slot: B's own [slots][out][maxRank] does not.
+    if (holds(static_cast<LoraModule>(m)) && !inWeights_[m] && slotRank_ != maxRank_)
+      throw std::logic_error("LoRA pool: slots of a rank below the max rank need B in the weights' padding");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
     btSlots_[m] = (transposedB >> m & 1u) ? slots_ : (lowTransposedB >> m & 1u) ? std::min(lowSlots, slots_) : 0;
-    bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
+    bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(slotRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
     void* p = nullptr;
     if (cudaMalloc(&p, n * 2) != cudaSuccess) {
       cudaGetLastError();
       throw std::runtime_error("CUDA out of memory allocating the LoRA pool (" + std::to_string(slots_) +
-                               " slots, max rank " + std::to_string(maxRank_) + ")");
+                               " slots of rank " + std::to_string(slotRank_) + ")");
     }
     allocations_.push_back(p);
     bytes_ += n * 2;
@@ -59,11 +71,11 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   for (int m = 0; m < kNumLoraModules; ++m)
     if (holds(static_cast<LoraModule>(m))) ++heldInGroup[weightGroupOf(m)];
   for (int m = 0; m < kNumLoraModules; ++m)
-    aSlotStride_[m] = static_cast<size_t>(heldInGroup[weightGroupOf(m)]) * maxRank_ * in_[m];
+    aSlotStride_[m] = static_cast<size_t>(heldInGroup[weightGroupOf(m)]) * slotRank_ * in_[m];
   tail_.assign(static_cast<size_t>(layers_) * kNumWeightGroups, nullptr);
   for (int g = 0; g < kNumWeightGroups; ++g) {
     if (!w.tail[g]) continue;
-    if (w.tail[g] != slots_ * heldInGroup[g] * maxRank_)
+    if (w.tail[g] != slots_ * heldInGroup[g] * slotRank_)
       throw std::logic_error("LoRA pool: the base weights' tail rows do not fit the pool's A rows");
     int64_t rows = 0, in = 0;
     weightGroupShape(c, static_cast<WeightGroup>(g), rows, in);
@@ -80,7 +92,12 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     for (int g = 0; g < kNumWeightGroups; ++g) {
       for (int m = 0; m < kNumLoraModules; ++m)
         if (weightGroupOf(m) == g && holds(static_cast<LoraModule>(m))) {
-          groupA[g] = alloc(static_cast<size_t>(slots_) * aSlotStride_[m]);
+          // With slots of a lower rank, max rank / slot rank - 1 more slots' rows, zeroed: kernels
+          // that read the max rank's rows from an adapter's first slot then stay inside it.
+          const size_t slack = static_cast<size_t>(maxRank_ / slotRank_ - 1) * aSlotStride_[m];
+          groupA[g] = alloc(static_cast<size_t>(slots_) * aSlotStride_[m] + slack);
+          if (slack)
+            check(cudaMemset(groupA[g] + static_cast<size_t>(slots_) * aSlotStride_[m], 0, slack * 2), "cudaMemset");
           break;
         }
     }
@@ -88,13 +105,13 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
       if (!holds(static_cast<LoraModule>(m))) continue;
       const WeightGroup g = weightGroupOf(m);
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * maxRank_ * in_[m];
+      a_[idx] = groupA[g] + static_cast<size_t>(loraColumnBlock(m, mask_)) * slotRank_ * in_[m];
       // With split rows each module's rows hold only their own block.
       const int block = w.splitRows[g] ? 0 : loraColumnBlock(m, mask_);
       b_[idx] = inWeights_[m] ? w.layers[l].matrix(g) + static_cast<size_t>(row0[m]) * bLd_[m] + (w.ld[g] - w.pad[g]) +
-                                    static_cast<size_t>(block) * slots_ * maxRank_
+                                    static_cast<size_t>(block) * slots_ * slotRank_
                               : alloc(static_cast<size_t>(slots_) * out_[m] * maxRank_);
-      if (btSlots_[m] > 0) bt_[idx] = alloc(static_cast<size_t>(btSlots_[m]) * maxRank_ * out_[m]);
+      if (btSlots_[m] > 0) bt_[idx] = alloc(static_cast<size_t>(btSlots_[m]) * slotRank_ * out_[m]);
     }
   }
   ranks_.ensure(static_cast<size_t>(slots_) * kNumLoraModules + 1);
@@ -120,7 +137,9 @@ GpuLoraPool::~GpuLoraPool() {
 
 void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   AdapterWeights ad = adapter;
-  const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, maxRank_, layers_, mask_, in_, out_);
+  const std::vector<char> seen = checkAdapter(ad, slot, slots_, maxRank_, slotRank_, layers_, mask_, in_, out_);
+  // The run of slots it takes, and its ranks' width there: slots that no other adapter holds.
+  const int span = loraSlotSpan(ad.rank, slotRank_), width = span * slotRank_;
   // A module the adapter targets must be targeted in every layer (the per-module rank is per
   // slot); a layer it skips gets zero factors, which add nothing.
   LoraSlotMeta meta{};
@@ -134,15 +153,18 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
   {
     std::lock_guard<std::mutex> lock(enqueueMu_);
     writer.dirty();
+    // The slot's run is the new adapter's once the fill has succeeded; runs it overwrites are gone.
+    for (int s = slot; s < slot + span; ++s) spans_[s] = 0;
     for (int l = 0; l < layers_; ++l) {
       for (int m = 0; m < kNumLoraModules; ++m) {
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
         if (!meta.ranks[m] || seen[idx]) continue;
         // Both factors zeroed: never-written pool memory may hold NaN patterns, and NaN * 0 is NaN.
-        check(cudaMemsetAsync(a_[idx] + slot * aSlotStride_[m], 0, static_cast<size_t>(maxRank_) * in_[m] * 2, stream_),
-              "cudaMemsetAsync");
+        for (int s = slot; s < slot + span; ++s)
+          check(cudaMemsetAsync(a_[idx] + s * aSlotStride_[m], 0, static_cast<size_t>(slotRank_) * in_[m] * 2, stream_),
+                "cudaMemsetAsync");
         check(cudaMemset2DAsync(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, 0,
-                                static_cast<size_t>(maxRank_) * 2, out_[m], stream_),
+                                static_cast<size_t>(inWeights_[m] ? width : maxRank_) * 2, out_[m], stream_),
               "cudaMemset2DAsync");
       }
     }
@@ -151,15 +173,16 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
     // The transposed copies from B as written above (zeros where the adapter skips a layer).
     for (int l = 0; l < layers_; ++l)
       for (int m = 0; m < kNumLoraModules; ++m)
-        if (slot < btSlots_[m] && meta.ranks[m]) transposeB(l, m, slot);
+        if (slot + span <= btSlots_[m] && meta.ranks[m]) transposeB(l, m, slot, width);
     // What o's delta adds to gate/up's shrink through the norm, from the factors as written above.
     if (!normW_.empty() && meta.ranks[kO])
       for (int l = 0; l < layers_; ++l) {
         const LoraSlices gu = gateUpSlices(l);
         loraNormShrinkN(
-            bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * maxRank_ * out_[kO],
-            normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], maxRank_, nsOutputs_,
-            normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, stream_);
+            bt_[static_cast<size_t>(l) * kNumLoraModules + kO] + static_cast<size_t>(slot) * slotRank_ * out_[kO],
+            normW_[l], gu.a[0] + slot * gu.aSlotStride[0], out_[kO], width, nsOutputs_,
+            LoraRunRows{gu.count, slotRank_, maxRank_},
+            normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * slotRank_ * nsOutputs_, stream_);
       }
     // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
     for (int l = 0; l < layers_; ++l)
@@ -168,14 +191,19 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
         bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
         const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
         if (!tail || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) continue;
+        // A run's slots lie one after another in both places: one copy for the run.
         const size_t rows = aSlotStride_[m] / in_[m];
         check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
                                 a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
-                                static_cast<size_t>(in_[m]) * 2, rows, cudaMemcpyDeviceToDevice, stream_),
+                                static_cast<size_t>(in_[m]) * 2, rows * span, cudaMemcpyDeviceToDevice, stream_),
               "LoRA slot fill");
       }
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
+    // The run's other slots hold no adapter of their own: rank 0 makes every kernel skip them.
+    for (int s = slot + 1; s < slot + span; ++s)
+      setLoraSlotMeta(ranks_.get() + static_cast<size_t>(s) * kNumLoraModules, scaling_.get() + s, LoraSlotMeta{},
+                      stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");
     // The caller's host values (JS memory, or a host adapter it may free next) are read until
     // here, and the conversions' verdict is known only then: the slot is published after.
@@ -190,15 +218,16 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
           "slot " +
           std::to_string(slot) + " was left empty");
     }
+    spans_[slot] = span;
     writer.commit(true, [&] { record(slot); });
   }
 }
 
-void GpuLoraPool::transposeB(int layer, int m, int slot) {
+void GpuLoraPool::transposeB(int layer, int m, int slot, int width) {
   const size_t idx = static_cast<size_t>(layer) * kNumLoraModules + m;
   if (!bt_[idx]) return;  // a module the pool does not hold
-  loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
-                 bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+  loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], width,
+                 bt_[idx] + static_cast<size_t>(slot) * slotRank_ * out_[m], stream_);
 }
 
 bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
@@ -208,7 +237,7 @@ bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
       static_cast<int>(normW.size()) != layers_)
     return false;
   nsOutputs_ = gu.count * maxRank_;
-  normShrinkN_.ensure(static_cast<size_t>(layers_) * slots_ * maxRank_ * nsOutputs_);
+  normShrinkN_.ensure(static_cast<size_t>(layers_) * slots_ * slotRank_ * nsOutputs_);
   normW_ = normW;
   return true;
 }
@@ -276,7 +305,14 @@ void GpuLoraPool::enqueueFactors(int slot, const AdapterWeights& ad) {
   for (const auto& w : ad.weights) {
     const int m = w.module;
     const size_t idx = static_cast<size_t>(w.layer) * kNumLoraModules + m;
-    factor(w.a, a_[idx] + slot * aSlotStride_[m], in_[m]);
+    // A's rows go slotRank at a time to the run's slots, one after another (lora_runs.h); B's
+    // columns run on from slot to slot.
+    for (int64_t r = 0; r < w.a.takeRows; r += slotRank_) {
+      FactorView rows = w.a;
+      rows.row0 = w.a.row0 + r;
+      rows.takeRows = std::min<int64_t>(slotRank_, w.a.takeRows - r);
+      factor(rows, a_[idx] + (slot + r / slotRank_) * aSlotStride_[m], in_[m]);
+    }
     factor(w.b, b_[idx] + slot * bSlotStride_[m], bLd_[m]);
   }
   flushChunk();
@@ -294,6 +330,7 @@ void GpuLoraPool::clear(int slot) {
   setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, LoraSlotMeta{},
                   stream_);
   check(cudaGetLastError(), "LoRA slot clear launch");
+  spans_[slot] = 0;
   writer.commit(false, [&] { record(slot); });
 }
 
@@ -307,12 +344,12 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
       if (!holds(static_cast<LoraModule>(m))) continue;
       const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
       const size_t inBytes = static_cast<size_t>(in_[m]) * 2;
-      add(a_[idx] + slot * aSlotStride_[m], inBytes, inBytes, maxRank_);
-      add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(maxRank_) * 2,
-          out_[m]);
+      add(a_[idx] + slot * aSlotStride_[m], inBytes, inBytes, slotRank_);
+      const int bWidth = inWeights_[m] ? slotRank_ : maxRank_;
+      add(b_[idx] + slot * bSlotStride_[m], static_cast<size_t>(bLd_[m]) * 2, static_cast<size_t>(bWidth) * 2, out_[m]);
       if (bt_[idx] && std::max(slot, other) < btSlots_[m]) {
         const size_t outBytes = static_cast<size_t>(out_[m]) * 2;
-        add(bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], outBytes, outBytes, maxRank_);
+        add(bt_[idx] + static_cast<size_t>(slot) * slotRank_ * out_[m], outBytes, outBytes, slotRank_);
       }
       const WeightGroup g = weightGroupOf(m);
       const bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
@@ -322,8 +359,8 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
       }
     }
     if (!normW_.empty()) {
-      const size_t bytes = static_cast<size_t>(maxRank_) * nsOutputs_ * 4;
-      add(normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * maxRank_ * nsOutputs_, bytes, bytes, 1);
+      const size_t bytes = static_cast<size_t>(slotRank_) * nsOutputs_ * 4;
+      add(normShrinkN_.get() + (static_cast<size_t>(l) * slots_ + slot) * slotRank_ * nsOutputs_, bytes, bytes, 1);
     }
   }
   add(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, kNumLoraModules * 4, kNumLoraModules * 4, 1);
@@ -333,13 +370,24 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
 
 void GpuLoraPool::swap(int a, int b) {
   checkSwap(a, b, slots_);
+  // The runs of the larger of the two adapters' spans (an empty slot's is 0), whole and apart.
+  const int span = std::max({spans_[a], spans_[b], 1});
+  if (a % span != 0 || b % span != 0 || std::max(a, b) + span > slots_ || (a < b ? b - a : a - b) < span)
+    throw std::invalid_argument("swapLoraSlots: runs of " + std::to_string(span) + " slots from " + std::to_string(a) +
+                                " and " + std::to_string(b) + " are not two whole runs of the pool's " +
+                                std::to_string(slots_) + " slots");
   auto writers = table_.writePair(a, b);
   std::lock_guard<std::mutex> lock(enqueueMu_);
   writers.first.dirty();
   writers.second.dirty();
-  // One table of the two slots' pieces, side by side, exchanged by one launch: a copy a piece
+  // One table of the two runs' pieces, side by side, exchanged by one launch: a copy a piece
   // (a few thousand for an 8B model) would cost more in calls than the bytes take to move.
-  const std::vector<Region> ra = regions(a, b), rb = regions(b, a);
+  std::vector<Region> ra, rb;
+  for (int i = 0; i < span; ++i) {
+    const std::vector<Region> x = regions(a + i, b + i), y = regions(b + i, a + i);
+    ra.insert(ra.end(), x.begin(), x.end());
+    rb.insert(rb.end(), y.begin(), y.end());
+  }
   std::vector<SwapRegion> table;
   table.reserve(ra.size());
   for (size_t i = 0; i < ra.size(); ++i) {
@@ -354,14 +402,15 @@ void GpuLoraPool::swap(int a, int b) {
   check(cudaMemcpyAsync(staging_.get(), table.data(), bytes, cudaMemcpyHostToDevice, stream_), "LoRA slot swap");
   loraSwapRegions(reinterpret_cast<const SwapRegion*>(staging_.get()), static_cast<int>(table.size()), stream_);
   check(cudaGetLastError(), "LoRA slot swap launch");
-  // A slot that keeps a transposed copy of B which the other does not: made again from the B it
+  // A run that keeps a transposed copy of B which the other does not: made again from the B it
   // received (its rank may be 0 there, where no kernel reads the copy).
   for (int l = 0; l < layers_; ++l)
     for (int m = 0; m < kNumLoraModules; ++m)
       for (int s : {a, b})
-        if (s < btSlots_[m] && std::max(a, b) >= btSlots_[m]) transposeB(l, m, s);
+        if (s + span <= btSlots_[m] && std::max(a, b) + span > btSlots_[m]) transposeB(l, m, s, span * slotRank_);
   check(cudaGetLastError(), "LoRA slot swap transposes");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
+  for (int i = 0; i < span; ++i) std::swap(spans_[a + i], spans_[b + i]);
   const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
   writers.first.commit(bHeld, [&] { record(a); });
   writers.second.commit(aHeld, [&] { record(b); });
@@ -396,6 +445,7 @@ LoraSlices GpuLoraPool::slices(int layer, std::initializer_list<LoraModule> modu
     const size_t idx = static_cast<size_t>(layer) * kNumLoraModules + m;
     s.in = in_[m];
     s.maxRank = maxRank_;
+    s.slotRank = slotRank_;
     s.a[s.count] = a_[idx];
     s.b[s.count] = b_[idx];
     s.aSlotStride[s.count] = aSlotStride_[m];

@@ -1,9 +1,13 @@
-// The LoRA pool on the GPU: per layer and targeted module, each slot's A [maxRank][in] in bf16 (a
-// group's modules in one allocation, [slot][module][maxRank][in], which a prefill's shrink reads as
-// one matrix), and B either in the padding columns of the base weight, where the fused kernel reads
-// it (lora_fused.h: slot k's [out][maxRank] at column in + j S R + k R of the module's rows, in + k
-// R with split rows), or, when the weights have no padding, in its own [slots][out][maxRank]; plus
-// each slot's rank per module and scaling. Where the weights have tail rows for a group
+// The LoRA pool on the GPU: per layer and targeted module, each slot's A [slotRank][in] in bf16 (a
+// group's modules in one allocation, [slot][module][slotRank][in], which a prefill's shrink reads
+// as one matrix), and B either in the padding columns of the base weight, where the fused kernel
+// reads it (lora_fused.h: slot k's [out][slotRank] at column in + j S U + k U of the module's rows,
+// in + k U with split rows, U the slot rank), or, when the weights have no padding, in its own
+// [slots][out][maxRank]; plus each slot's rank per module and scaling. An adapter of rank r takes
+// loraSlotSpan(r, U) slots from its own (lora.h): its rank row q lies in slot k + q / U at q % U
+// (loraSlotRow), so its B columns and its transposed B rows run on from slot to slot, and its
+// first slot holds its ranks and scaling (the others' are 0). Without a slot rank below the max
+// rank, every adapter takes one slot. Where the weights have tail rows for a group
 // (GpuWeights::tail), each slot's A rows of the group are copied there too, [slot][module][maxRank]
 // rows after the base rows, at the weight's pitch. Nothing here moves after construction, so
 // captured CUDA graphs keep reading the right memory whatever is filled. A slot is filled on the
@@ -36,8 +40,9 @@ class GpuLoraPool {
   // the modules (bits) whose B each slot also keeps as [maxRank][out] (bTransposed); lowTransposedB:
   // those whose B only the first lowSlots slots keep so (the kernels that read it read only steps
   // whose slots lie there).
+  // slotRank: ranks a slot (0: maxRank); below maxRank only with B in the weights' padding.
   GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights,
-              uint32_t transposedB = 0, uint32_t lowTransposedB = 0, int lowSlots = 0);
+              uint32_t transposedB = 0, uint32_t lowTransposedB = 0, int lowSlots = 0, int slotRank = 0);
   ~GpuLoraPool();
   GpuLoraPool(const GpuLoraPool&) = delete;
   GpuLoraPool& operator=(const GpuLoraPool&) = delete;
@@ -46,7 +51,8 @@ class GpuLoraPool {
   // SlotTable), and return once the slot's copies are done, so the host values may go.
   void load(int slot, const AdapterWeights& adapter);
   void clear(int slot);
-  // Exchanges two slots' factors, ranks and scaling inside device memory, in one launch.
+  // Exchanges two runs of slots (the larger span of the adapters at a and b) inside device memory:
+  // their factors, ranks and scaling, in one launch.
   void swap(int a, int b);
   SlotTable& table() { return table_; }
   // Makes `stream` wait for the last write of `slot`; the caller holds a lease on the slot.
@@ -54,10 +60,14 @@ class GpuLoraPool {
 
   int slots() const { return slots_; }
   int maxRank() const { return maxRank_; }
+  int slotRank() const { return slotRank_; }
+  // The slots the adapter in `slot` takes (0 for an empty slot); read by a step while it holds a
+  // lease on the slot, which keeps fills and swaps of it away.
+  int span(int slot) const { return spans_[slot]; }
   bool holds(LoraModule m) const { return (mask_ >> m) & 1u; }
   // The slices of one fused projection at `layer` (modules not held are left out).
   LoraSlices slices(int layer, std::initializer_list<LoraModule> modules, const int* outOffsets) const;
-  // Module m's B at `layer` as [slot][maxRank][out] (a rank's outputs contiguous) for the first
+  // Module m's B at `layer` as [slot][slotRank][out] (a rank's outputs contiguous) for the first
   // transposedSlots(m) slots, where the pool was asked to keep it; else nullptr.
   const bf16_t* bTransposed(int layer, LoraModule m) const {
     return bt_[static_cast<size_t>(layer) * kNumLoraModules + m];
@@ -65,7 +75,8 @@ class GpuLoraPool {
   int transposedSlots(LoraModule m) const { return btSlots_[m]; }
   // Keeps, at each fill, what o's delta adds through the norm after it to gate/up's shrink
   // (rmsnorm_delta.h's NormShrinkColumns): per layer and slot n = B_o^T diag(w) A^T,
-  // [slot][maxRank][outputs] for gate/up's held modules' A rows (outputs of them, maxRank each).
+  // [slot][slotRank][outputs] for gate/up's held modules' A rows (outputs of them, maxRank each:
+  // an adapter's rows run on from slot to slot, as its transposed B's do).
   // normW: each layer's weights of that norm. Needs o's B kept transposed and gate or up held;
   // call it before the first fill. Returns whether it is kept.
   bool keepNormShrink(const std::vector<const float*>& normW);
@@ -76,7 +87,7 @@ class GpuLoraPool {
   }
   // Layer l's n for every slot, or nullptr where it is not kept.
   const float* normShrinkN(int layer) const {
-    return normW_.empty() ? nullptr : normShrinkN_.get() + static_cast<size_t>(layer) * slots_ * maxRank_ * nsOutputs_;
+    return normW_.empty() ? nullptr : normShrinkN_.get() + static_cast<size_t>(layer) * slots_ * slotRank_ * nsOutputs_;
   }
   const int32_t* ranks() const { return ranks_.get(); }
   const float* scaling() const { return scaling_.get(); }
@@ -93,12 +104,13 @@ class GpuLoraPool {
   // Every piece of `slot`'s memory, in the same order for every slot; the transposed copies of B
   // only where `other` has them too (slot and other both below transposedSlots).
   std::vector<Region> regions(int slot, int other) const;
-  // Module m's transposed copy of `slot`'s B, made from B as it is in the pool (fill stream).
-  void transposeB(int layer, int m, int slot);
+  // Module m's transposed copy of the run of `width` ranks from `slot`'s B, made from B as it is in
+  // the pool (fill stream).
+  void transposeB(int layer, int m, int slot, int width);
   // Enqueues the copies and conversions of the adapter's factors into `slot` (enqueueMu_ held).
   void enqueueFactors(int slot, const AdapterWeights& adapter);
 
-  int layers_, slots_, maxRank_;
+  int layers_, slots_, maxRank_, slotRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
   std::vector<bf16_t*> a_, b_;         // [layer * 7 + module]; b_: slot 0's first column in the weight
@@ -112,9 +124,13 @@ class GpuLoraPool {
   size_t bSlotStride_[kNumLoraModules] = {};
   std::vector<const float*> normW_;  // keepNormShrink's
   int nsOutputs_ = 0;
-  DeviceBuffer<float> normShrinkN_;  // [layer][slot][maxRank][nsOutputs_]
-  DeviceBuffer<int32_t> ranks_;      // [slot * 7 + module]
-  DeviceBuffer<float> scaling_;      // [slot]
+  DeviceBuffer<float> normShrinkN_;  // [layer][slot][slotRank][nsOutputs_]
+  // Per slot: the slots its adapter takes, 0 when empty. The scheduler places the runs (an evicted
+  // adapter's run stays until a fill or a move overwrites it), so a fill or a move here only checks
+  // alignment and bounds; written under enqueueMu_ by fills and moves, read by steps for slots they lease.
+  std::vector<int> spans_;
+  DeviceBuffer<int32_t> ranks_;  // [slot * 7 + module]
+  DeviceBuffer<float> scaling_;  // [slot]
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> ready_;  // per slot: its last write
   // Per slot: ready_ is known to have completed since its last record, so a step need not make

@@ -18,6 +18,7 @@
 #include "cuda/device.h"
 #include "cuda/lora_augmented.cuh"
 #include "cuda/lora_fused.h"
+#include "cuda/lora_runs.h"
 
 namespace troupe {
 namespace cuda {
@@ -40,7 +41,10 @@ __global__ void __launch_bounds__(kThreads)
   bf16_t* xs = reinterpret_cast<bf16_t*>(smem);
   const int t = blockIdx.x, cut = blockIdx.y, cuts = gridDim.y, n = sl.in;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int slot = rowSlot[t], R = sl.maxRank, block = slots * R;
+  const int slot = rowSlot[t], R = sl.maxRank, U = sl.slotRank ? sl.slotRank : R, block = slots * U;
+  // Output i is slice i / R's rank i % R of the adapter's run from `slot` (lora_runs.h); ranks past
+  // the run's columns read its last row and write nothing.
+  const int run = slot >= 0 ? loraRunColumns(slot, slots, U, R) : 0;
   const int pieces = n / 8;
   // This block's outputs are i = cut + cuts o. With fewer of them than warps (a rank-16 down
   // projection has 16 over the whole step), `share` warps split each output's row and add up
@@ -53,8 +57,9 @@ __global__ void __launch_bounds__(kThreads)
   // are read and their outputs zeroed after, so no load queues behind another.
   uint4 head[kInFlight];
   if (slot >= 0 && first < mine) {
-    const int i = cut + cuts * first, j = i / R, r = i % R;
-    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+    const int i = cut + cuts * first, j = i / R, r = min(i % R, run - 1);
+    const uint4* a =
+        reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + lora_runs::sliceRow(r, sl.count, U) * n);
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       const int c = part * 32 + lane + stride * u;
@@ -116,12 +121,12 @@ __global__ void __launch_bounds__(kThreads)
     const bool inPlace = S == RowSource::kCopy && in.bf16 + static_cast<size_t>(t) * in.ld == row;
     for (int c = cut * perCut + threadIdx.x; !inPlace && c < min(pieces, (cut + 1) * perCut); c += kThreads)
       reinterpret_cast<uint4*>(row)[c] = reinterpret_cast<const uint4*>(xs)[c];
-    // Padding columns: module block j, slot k, rank r at in + j S R + k R + r (split rows: row j's
-    // in + k R + r). The token's own slot's columns of the modules here are the warps' below (zero
-    // past its rank); the rest zero.
+    // Padding columns: module block j, the rank q of the adapter from slot k at in + j S U + k U + q
+    // (split rows: row j's in + k U + q). The token's own run of columns of the modules here are
+    // the warps' below (zero past its rank); the rest zero.
     for (int c = cut * padCut + threadIdx.x; c < min(xa.pad, (cut + 1) * padCut); c += kThreads) {
-      const int j = paddingSlice(xa, rowIdx, c, block, sl.count), k = (c % block) / R;
-      if (!(slot >= 0 && k == slot && j < sl.count)) row[n + c] = 0;
+      const int j = paddingSlice(xa, rowIdx, c, block, sl.count);
+      if (!(j < sl.count && lora_runs::rankOfColumn(c % block, slot, run, U) >= 0)) row[n + c] = 0;
     }
   }
   if (slot < 0) return;
@@ -130,7 +135,8 @@ __global__ void __launch_bounds__(kThreads)
   const uint4* x = reinterpret_cast<const uint4*>(xs);
   for (int o = first; o < mine; o += groups) {
     const int i = cut + cuts * o, j = i / R, r = i % R;
-    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] + static_cast<size_t>(r) * n);
+    const uint4* a = reinterpret_cast<const uint4*>(sl.a[j] + slot * sl.aSlotStride[j] +
+                                                    lora_runs::sliceRow(min(r, run - 1), sl.count, U) * n);
     float v = 0;
     // Eight 16-byte pieces a lane in flight at once; the first eight of the first output came early.
     for (int c0 = part * 32 + lane; c0 < pieces; c0 += stride * kInFlight) {
@@ -151,8 +157,8 @@ __global__ void __launch_bounds__(kThreads)
     // share > 1 leaves each warp one output at most, so this loop runs once and the sums wait below.
     if (share > 1) {
       if (lane == 0) partial[warp] = v;
-    } else if (lane == 0) {
-      loraColumns(xa, n, t, j, block, slot, R)[r] = toB(v * scale);
+    } else if (lane == 0 && r < run) {
+      loraColumns(xa, n, t, j, block, slot, U)[r] = toB(v * scale);
     }
   }
   if (share == 1) return;
@@ -161,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
     const int i = cut + cuts * first, j = i / R, r = i % R;
     float v = 0;
     for (int w = warp; w < warp + share; ++w) v += partial[w];
-    loraColumns(xa, n, t, j, block, slot, R)[r] = toB(v * scale);
+    if (r < run) loraColumns(xa, n, t, j, block, slot, U)[r] = toB(v * scale);
   }
 }
 

@@ -23,12 +23,14 @@ namespace cuda {
 constexpr int kLoraTailMaxRank = 16;
 
 // Token t's row of the GEMM's output holds its outputs (f32) and from column tailColumn the shrink
-// outputs of every slot: slot k's module j rank r at tailColumn + (k count + j) maxRank + r.
-// Module j of the `count` held ones covers the row's outputs [outOffset[j], outOffset[j] + out[j]);
-// its rank for slot k is ranks[k rankPitch + module[j]], and bt[j] is its B as
-// [slot][maxRank][out[j]]. Values past a slot's rank (A's rows, B's, the outputs) may hold anything.
+// outputs of every slot: the adapter from slot k's module j rank r at tailColumn +
+// lora_runs::slotMajorRow(k, j, r, count, U) (U the slot rank; (k count + j) maxRank + r without
+// one). Module j of the `count` held ones covers the row's outputs [outOffset[j], outOffset[j] +
+// out[j]); its rank for slot k is ranks[k rankPitch + module[j]], and bt[j] is its B as
+// [slot][U][out[j]]. Values past a slot's rank (A's rows, B's, the outputs) may hold anything.
 struct LoraTailDelta {
   int tailColumn = 0, count = 0, maxRank = 0;
+  int slotRank = 0, slots = 0;  // slotRank 0: maxRank; slots: the pool's (the tail's rows hold every slot's)
   int outOffset[kMaxLoraSlices] = {}, out[kMaxLoraSlices] = {}, module[kMaxLoraSlices] = {};
   const bf16_t* bt[kMaxLoraSlices] = {};
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model

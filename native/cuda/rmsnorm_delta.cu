@@ -24,6 +24,7 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
 #include "cuda/lora_augmented.cuh"
+#include "cuda/lora_runs.h"
 #include "cuda/pdl.cuh"
 #include "cuda/rmsnorm_delta.h"
 
@@ -51,6 +52,10 @@ __global__ void __launch_bounds__(kThreads)
   // alone, not on its rank (one dependent read fewer before them); the rank masks the products.
   const int slot = d.rowSlot[t];
   const int rank = slot >= 0 ? min(d.ranks[slot * d.rankPitch + d.module], kR) : 0;
+  // The adapter's ranks run on from slot to slot (lora_runs.h); loads stop at the last row the
+  // pool has (their products past the rank are not taken).
+  const int U = d.slotRank ? d.slotRank : kR;
+  const int btLast = d.btSlots && slot >= 0 ? min(kR, (d.btSlots - slot) * U) - 1 : kR - 1;
   uint2 b[kR];
   float4 w4 = make_float4(0, 0, 0, 0);
   // Columns (kCols): thread c < outputs of the first block finishes output c; its n values, the
@@ -65,7 +70,9 @@ __global__ void __launch_bounds__(kThreads)
   float colScale = 0;
   if (finisher) {
 #pragma unroll
-    for (int r = 0; r < kR; ++r) nv[r] = cs.n[(static_cast<size_t>(slot) * kR + r) * cs.outputs + threadIdx.x];
+    for (int r = 0; r < kR; ++r)
+      nv[r] = cs.n[(static_cast<size_t>(slot) * U + min(r, loraRunColumns(slot, cs.slots, U, kR) - 1)) * cs.outputs +
+                   threadIdx.x];
     colRank = min(d.ranks[slot * d.rankPitch + cs.rankModule + threadIdx.x / kR], kR);
     colScale = cs.scaling[slot];
   }
@@ -74,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
     if (slot >= 0)
 #pragma unroll
       for (int r = 0; r < kR; ++r)
-        b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * kR + r) * H + n0);
+        b[r] = *reinterpret_cast<const uint2*>(d.bt + (static_cast<size_t>(slot) * U + min(r, btLast)) * H + n0);
   }
   pdlWait();
   // This block's share of the tiles' parts (kCols): thread i takes pair i / 16 of outputs of the
@@ -162,12 +169,13 @@ __global__ void __launch_bounds__(kThreads)
     // Every padding column other than the token's own slot's (which the first block writes), by
     // all of the last block's threads: its features may be fewer than the columns.
     const AugmentedRows& xa = cs.xa;
-    const int block = cs.slots * kR;
+    const int block = cs.slots * U, run = slot >= 0 ? loraRunColumns(slot, cs.slots, U, kR) : 0;
     if (part == parts - 1)
       for (int i = 0; i < augmentedRowCount(xa, cs.slices); ++i)
         for (int c = threadIdx.x; c < xa.pad; c += kThreads) {
-          const int j = paddingSlice(xa, i, c, block, cs.slices), k = (c % block) / kR;
-          if (!(slot >= 0 && k == slot && j < cs.slices)) augmentedRow(xa, t, i)[H + c] = toB(0.0f);
+          const int j = paddingSlice(xa, i, c, block, cs.slices);
+          if (!(j < cs.slices && lora_runs::rankOfColumn(c % block, slot, run, U) >= 0))
+            augmentedRow(xa, t, i)[H + c] = toB(0.0f);
         }
   }
   if (!active) return;
@@ -177,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
   *reinterpret_cast<uint2*>(y + static_cast<size_t>(t) * ldy + n0) = normed;
   if constexpr (kCols) {
     const AugmentedRows& xa = cs.xa;
-    const int rows = augmentedRowCount(xa, cs.slices), block = cs.slots * kR;
+    const int rows = augmentedRowCount(xa, cs.slices), block = cs.slots * U;
     for (int i = 1; i < rows; ++i) *reinterpret_cast<uint2*>(augmentedRow(xa, t, i) + n0) = normed;
     if (finisher) {
       const int c = threadIdx.x, j = c / kR, r = c % kR;
@@ -185,7 +193,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < parts; ++i) v += reinterpret_cast<const float*>(clusterCols)[i * 32 + c];
       // A select, not a product: A rows past the slot's rank may hold anything.
       const float out = r < colRank ? colScale * k0 * (v + nd) : 0.0f;
-      loraColumns(xa, H, t, j, block, slot, kR)[r] = toB(out);
+      if (r < loraRunColumns(slot, cs.slots, U, kR)) loraColumns(xa, H, t, j, block, slot, U)[r] = toB(out);
     }
   }
 #endif
@@ -201,15 +209,18 @@ bool rmsnormDeltaSupported(int H, int maxRank) {
 void rmsnormDelta(float* h, const float* w, bf16_t* y, int T, int H, float eps, int ldy, const ResidualDelta& d,
                   cudaStream_t s, bool pdl) {
   if (T == 0) return;
+  // Slots of a lower rank: B's rows are read as far as the slots that keep it, which it must say.
+  const bool runs = d.slotRank && d.slotRank != d.maxRank;
   if (!rmsnormDeltaSupported(H, d.maxRank) || ldy % 4 != 0 || !alignedTo(h, 16) || !alignedTo(w, 16) ||
-      !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8))
+      !alignedTo(y, 8) || !alignedTo(d.mid, 16) || !alignedTo(d.bt, 8) || (runs && d.btSlots <= 0))
     throw std::invalid_argument("rmsnormDelta: unsupported shape or alignment");
   const int parts = (H + kBlockFeatures - 1) / kBlockFeatures;
   const NormShrinkColumns& cs = d.columns;
   const bool cols = cs.partial != nullptr;
-  if (cols && (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 ||
-               cs.tiles > parts * 16 || H < 4 * cs.outputs || !cs.n || !cs.scaling || y != cs.xa.data ||
-               ldy != cs.xa.ld || cs.slots * d.maxRank * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
+  if (cols &&
+      (cs.outputs != cs.slices * d.maxRank || cs.outputs > 32 || cs.slices < 1 || cs.tiles < 1 ||
+       cs.tiles > parts * 16 || H < 4 * cs.outputs || !cs.n || !cs.scaling || y != cs.xa.data || ldy != cs.xa.ld ||
+       cs.slots * (d.slotRank ? d.slotRank : d.maxRank) * (cs.xa.slicePitch ? 1 : cs.slices) > cs.xa.pad))
     throw std::invalid_argument("rmsnormDelta: unsupported LoRA columns");
   auto kernel = d.maxRank == 8    ? (cols ? rmsnormDeltaKernel<8, true> : rmsnormDeltaKernel<8, false>)
                 : d.maxRank == 16 ? (cols ? rmsnormDeltaKernel<16, true> : rmsnormDeltaKernel<16, false>)

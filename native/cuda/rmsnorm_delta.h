@@ -16,28 +16,30 @@ namespace troupe {
 namespace cuda {
 
 // The next projection's LoRA columns, finished from the parts the GEMM before left
-// (decode_gemm.h's DecodeGemmNormShrink): token t's output c (slice c / R's rank c % R, slot k) is
-// scaling[k] (1 / rms) (sum over tiles of partial[tile][t][c] + sum over r < the delta's rank of
-// mid[t][r] n[k][r][c]), where n = B^T diag(w) A^T is what the delta adds to the parts
-// (GpuLoraPool::normShrinkN), written as the item shrink writes its columns into xa: zero outside
-// the token's own slot and rank. The normed rows go to every one of the token's rows in xa.
+// (decode_gemm.h's DecodeGemmNormShrink): token t's output c (slice c / R's rank c % R, the adapter
+// from slot k) is scaling[k] (1 / rms) (sum over tiles of partial[tile][t][c] + sum over r < the
+// delta's rank of mid[t][r] n[k U + r][c]), where n = B^T diag(w) A^T is what the delta adds to the
+// parts (GpuLoraPool::normShrinkN, its rows running on from slot to slot), written as the item
+// shrink writes its columns into xa: zero outside the token's own adapter's columns and rank. The
+// normed rows go to every one of the token's rows in xa.
 struct NormShrinkColumns {
   const float* partial = nullptr;  // [tile][32 tokens][32]
   int tiles = 0, outputs = 0, slices = 0, slots = 0;
   int rankModule = 0;        // the first slice's module in ranks (the others follow it)
-  const float* n = nullptr;  // [slot][maxRank][outputs]
+  const float* n = nullptr;  // [slot][slotRank][outputs]
   const float* scaling = nullptr;
   AugmentedRows xa;  // y is xa.data, ldy xa.ld
 };
 
 // Token t (slot rowSlot[t], -1 for none) adds sum over r < min(ranks[slot rankPitch + module],
-// maxRank) of bt[(slot maxRank + r) H + n] mid[t maxRank + r] to h[t H + n] for every n < H; B and
-// mid past a slot's rank may hold anything.
+// maxRank) of bt[(slot U + r) H + n] mid[t maxRank + r] to h[t H + n] for every n < H (U the
+// pool's slot rank); B and mid past a slot's rank may hold anything.
 struct ResidualDelta {
-  const bf16_t* bt = nullptr;  // [slot][maxRank][H] (GpuLoraPool::bTransposed)
+  const bf16_t* bt = nullptr;  // [slot][slotRank][H] (GpuLoraPool::bTransposed) for btSlots slots
   const int32_t* rowSlot = nullptr;
   const int32_t* ranks = nullptr;
   int rankPitch = 0, module = 0, maxRank = 0;
+  int slotRank = 0, btSlots = 0;  // 0: maxRank, and any slot (B is read no further than the rank)
   const float* mid = nullptr;
   NormShrinkColumns columns;  // where columns.partial is set
 };

@@ -10,6 +10,7 @@
 
 #include "cuda/bf16_pack.cuh"
 #include "cuda/device.h"
+#include "cuda/lora_runs.h"
 #include "cuda/lora_tail.h"
 #include "cuda/pdl.cuh"
 
@@ -79,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   uint2 b1[kLoraTailMaxRank] = {}, b2[kLoraTailMaxRank] = {};
   if (j >= 0) {
     rank = min(d.ranks[slot * d.rankPitch + module], d.maxRank);
-    bt += static_cast<size_t>(slot) * d.maxRank * out;
+    bt += static_cast<size_t>(slot) * (d.slotRank ? d.slotRank : d.maxRank) * out;
 #pragma unroll
     for (int r = 0; r < kLoraTailMaxRank; ++r) {
       if (r >= rank) continue;
@@ -92,7 +93,11 @@ __global__ void __launch_bounds__(kThreads)
   // The token's shrink outputs, scaled and rounded to bf16 as the fused layout's LoRA columns are.
   if (slot >= 0 && threadIdx.x < d.count * d.maxRank) {
     const int jj = threadIdx.x / d.maxRank, r = threadIdx.x % d.maxRank;
-    const float s = d.scaling[slot] * row[d.tailColumn + (slot * d.count + jj) * d.maxRank + r];
+    // Ranks past the pool's last slot read that slot's last column instead (then skipped past the
+    // token's rank), so that no read passes the row's last tail column.
+    const int U = d.slotRank ? d.slotRank : d.maxRank;
+    const int rr = d.slots ? min(r, (d.slots - slot) * U - 1) : r;
+    const float s = d.scaling[slot] * row[d.tailColumn + lora_runs::slotMajorRow(slot, jj, rr, d.count, U)];
     v[jj][r] = __uint_as_float(static_cast<uint32_t>(toB(s)) << 16);
   }
   __syncthreads();

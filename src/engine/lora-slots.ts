@@ -14,7 +14,18 @@ export const MIN_LORA_SLOT_RANK = 8;
  * kernels lay one adapter a slot, so its slots keep the max rank. A max rank that is not a power
  * of two keeps whole slots too: its halves would not hold a max-rank adapter's run.
  */
-export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number): number {
+export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number, env = process.env.TROUPE_LORA_SLOT_RANK): number {
+  if (env !== undefined && env !== '') {
+    // For comparing layouts (the CUDA backend checks that its fused kernels take it). A power of
+    // two that divides a power-of-two max rank, so that runs of slots tile the pool's places.
+    const rank = Number(env);
+    if (!isPowerOfTwo(rank) || !isPowerOfTwo(maxRank) || rank > maxRank) {
+      throw new RangeError(
+        `TROUPE_LORA_SLOT_RANK must be a power of two up to the max LoRA rank ${maxRank} (itself a power of two), got ${JSON.stringify(env)}`,
+      );
+    }
+    return rank;
+  }
   if (device === 'cuda' || maxRank <= MIN_LORA_SLOT_RANK || !isPowerOfTwo(maxRank)) return maxRank;
   return MIN_LORA_SLOT_RANK;
 }

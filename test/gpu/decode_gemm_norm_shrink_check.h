@@ -78,7 +78,7 @@ inline int checkNormShrink(DecodeGemm& gemm, const NormShrinkCase& c, Rng& rng, 
   bf16_t* dXa = reinterpret_cast<bf16_t*>(upload(std::vector<uint16_t>(xaElems, kNaN16)));
   for (int k = 0; k < S; ++k)
     loraNormShrinkN(dBt + static_cast<size_t>(k) * R * c.N, dNormW, dAgu + static_cast<size_t>(k) * C * c.N, c.N, R, C,
-                    dN + static_cast<size_t>(k) * R * C, st);
+                    LoraRunRows{C / R, R, R}, dN + static_cast<size_t>(k) * R * C, st);
 
   DecodeGemmArgs a;
   a.W = dW, a.ldw = c.K, a.X = dX, a.ldx = c.K, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = c.K;

@@ -74,7 +74,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 128, graphs: 32 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ];
-  type Layout = Pick<EngineOptions, 'maxLoraRank' | 'loraBackend' | 'loraChunkSize' | 'loraKernel'> & { graphs: number };
+  type Layout = Pick<EngineOptions, 'maxLoraRank' | 'loraSlotRank' | 'loraBackend' | 'loraChunkSize' | 'loraKernel'> & { graphs: number };
   /**
    * An engine of `slots` slots with the adapters of `batch` loaded in the slots its rows name (and
    * `others` in theirs, which the batch does not use); the batch checked against PEFT.
@@ -262,6 +262,55 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     await addon.swapLoraSlots(h, 100, 3); // r16 into slot 3, that slot's r8 out to 100
     await addon.swapLoraSlots(h, 3, 6); // r16 on into the free slot 6
     verify('rank-16 pool of 128 after moves', h, placed(small, { [named('r16')]: 6, [named('r8')]: 2 }));
+  });
+
+  // A pool cut into slots of a lower rank (lora_runs.h): each adapter takes the slots its rank
+  // needs, a power of two of them from a multiple of that power, its ranks running on from slot to
+  // slot. Other adapters sit in the slots around, so a rank read from the wrong slot would show.
+  it.each([
+    // Rank 16 in slots of 8: the norms' deltas, gate/up's shrink begun in o's GEMM, q/k/v's tail rows.
+    { rank: 16, slotRank: 8, pool: 8, place: { [named('r16')]: 0, [named('r8')]: 2 }, others: { 3: named('r8'), 4: named('r16') } },
+    { rank: 16, slotRank: 8, pool: 8, place: { [named('r8')]: 1, [named('r16')]: 6 }, others: { 0: named('r8'), 2: named('r16') } },
+    // Rank 32 in slots of 8 and 16.
+    { rank: 32, slotRank: 8, pool: 16, place: { [named('r16')]: 2, [named('r8')]: 0 }, others: { 1: named('r8'), 4: named('r16') } },
+    { rank: 32, slotRank: 16, pool: 8, place: { [named('r16')]: 1, [named('r8')]: 0 }, others: { 2: named('r16') } },
+    // Rank 64 in slots of 16: a rank-64 adapter's run of four slots beside single-slot ones.
+    {
+      rank: 64,
+      slotRank: 16,
+      pool: 32,
+      place: { [named('r16')]: 0, [named('r8')]: 1, [named('r64')]: 4 },
+      others: { 2: named('r16'), 8: named('r64') },
+    },
+    { rank: 64, slotRank: 16, pool: 32, place: { [named('r64')]: 28, [named('r16')]: 5 }, others: { 0: named('r64'), 27: named('r8') } },
+  ])('rank-$rank pool of $pool slots of rank $slotRank, adapters at $place', ({ rank, slotRank, pool, place, others }) =>
+    check(
+      `rank-${rank} pool of ${pool} slots of rank ${slotRank}`,
+      { maxLoraRank: rank, loraSlotRank: slotRank, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+      placed(rank <= 32 ? small : rows, place),
+      pool,
+      others,
+    ),
+  );
+
+  // A move of a run into a free run: into the first 128 / 16 slots, which keep o's and down's B
+  // transposed for the norms (made again from the B that arrived), and out again.
+  it('rank-64 pool of 32 slots of rank 16, a run of four slots moved', async () => {
+    const layout: Layout = { maxLoraRank: 64, loraSlotRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
+    const h = prepare(
+      layout,
+      32,
+      new Map([
+        [0, named('r8')],
+        [1, named('r16')],
+        [20, named('r64')],
+      ]),
+    );
+    const batch = (at: number): Row[] => placed(rows, { [named('r64')]: at, [named('r8')]: 0, [named('r16')]: 1 });
+    await addon.swapLoraSlots(h, 20, 4);
+    verify('rank-64 pool of slots of rank 16, a run moved to slot 4', h, batch(4));
+    await addon.swapLoraSlots(h, 4, 12);
+    verify('rank-64 pool of slots of rank 16, a run moved on to slot 12', h, batch(12));
   });
 
   it('each adapter changes the continuation (the test would see a missing delta)', () => {
