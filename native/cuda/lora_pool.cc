@@ -23,7 +23,7 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 }  // namespace
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w,
-                         uint32_t transposedB, uint32_t lowTransposedB, int lowSlots)
+                         const int* transposedSlots)
     : layers_(c.numLayers), slots_(slots), maxRank_(maxRank), mask_(moduleMask), table_(slots) {
   loraModuleDims(c, in_, out_);
   a_.assign(static_cast<size_t>(layers_) * kNumLoraModules, nullptr);
@@ -40,7 +40,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
         w.pad[g] < loraPadColumns(g, slots_, maxRank_, mask_, w.splitRows[g]))
       throw std::logic_error("LoRA pool: the base weights have too few padding columns");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
-    btSlots_[m] = (transposedB >> m & 1u) ? slots_ : (lowTransposedB >> m & 1u) ? std::min(lowSlots, slots_) : 0;
+    btSlots_[m] = transposedSlots && holds(static_cast<LoraModule>(m)) ? std::min(transposedSlots[m], slots_) : 0;
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(maxRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
@@ -63,8 +63,10 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   tail_.assign(static_cast<size_t>(layers_) * kNumWeightGroups, nullptr);
   for (int g = 0; g < kNumWeightGroups; ++g) {
     if (!w.tail[g]) continue;
-    if (w.tail[g] != slots_ * heldInGroup[g] * maxRank_)
+    const int perSlot = heldInGroup[g] * maxRank_;
+    if (perSlot == 0 || w.tail[g] % perSlot != 0 || w.tail[g] > slots_ * perSlot)
       throw std::logic_error("LoRA pool: the base weights' tail rows do not fit the pool's A rows");
+    tailSlots_[g] = w.tail[g] / perSlot;
     int64_t rows = 0, in = 0;
     weightGroupShape(c, static_cast<WeightGroup>(g), rows, in);
     tailLd_[g] = w.ld[g];
@@ -163,17 +165,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
       }
     // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
     for (int l = 0; l < layers_; ++l)
-      for (int m = 0; m < kNumLoraModules; ++m) {
-        const WeightGroup g = weightGroupOf(m);
-        bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
-        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-        if (!tail || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) continue;
-        const size_t rows = aSlotStride_[m] / in_[m];
-        check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
-                                a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
-                                static_cast<size_t>(in_[m]) * 2, rows, cudaMemcpyDeviceToDevice, stream_),
-              "LoRA slot fill");
-      }
+      for (int m = 0; m < kNumLoraModules; ++m) copyTail(l, m, slot);
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     check(cudaGetLastError(), "LoRA slot fill launch");
@@ -199,6 +191,19 @@ void GpuLoraPool::transposeB(int layer, int m, int slot) {
   if (!bt_[idx]) return;  // a module the pool does not hold
   loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], maxRank_,
                  bt_[idx] + static_cast<size_t>(slot) * maxRank_ * out_[m], stream_);
+}
+
+void GpuLoraPool::copyTail(int layer, int m, int slot) {
+  const WeightGroup g = weightGroupOf(m);
+  bf16_t* tail = tail_[static_cast<size_t>(layer) * kNumWeightGroups + g];
+  const size_t idx = static_cast<size_t>(layer) * kNumLoraModules + m;
+  // Once a group: its first held module's A rows start the slot's rows of every held module.
+  if (!tail || slot >= tailSlots_[g] || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) return;
+  const size_t rows = aSlotStride_[m] / in_[m];
+  check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
+                          a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
+                          static_cast<size_t>(in_[m]) * 2, rows, cudaMemcpyDeviceToDevice, stream_),
+        "LoRA tail rows");
 }
 
 bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
@@ -316,7 +321,7 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
       }
       const WeightGroup g = weightGroupOf(m);
       const bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
-      if (tail && loraColumnBlock(m, mask_) == 0) {
+      if (tail && loraColumnBlock(m, mask_) == 0 && std::max(slot, other) < tailSlots_[g]) {
         const size_t rows = aSlotStride_[m] / in_[m];
         add(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2, inBytes, rows);
       }
@@ -354,12 +359,15 @@ void GpuLoraPool::swap(int a, int b) {
   check(cudaMemcpyAsync(staging_.get(), table.data(), bytes, cudaMemcpyHostToDevice, stream_), "LoRA slot swap");
   loraSwapRegions(reinterpret_cast<const SwapRegion*>(staging_.get()), static_cast<int>(table.size()), stream_);
   check(cudaGetLastError(), "LoRA slot swap launch");
-  // A slot that keeps a transposed copy of B which the other does not: made again from the B it
-  // received (its rank may be 0 there, where no kernel reads the copy).
+  // A slot that keeps a transposed copy of B, or tail rows, which the other does not: made again
+  // from the factors it received (its rank may be 0 there, where no kernel reads them).
   for (int l = 0; l < layers_; ++l)
     for (int m = 0; m < kNumLoraModules; ++m)
-      for (int s : {a, b})
+      for (int s : {a, b}) {
         if (s < btSlots_[m] && std::max(a, b) >= btSlots_[m]) transposeB(l, m, s);
+        const int tailSlots = tailSlots_[weightGroupOf(m)];
+        if (s < tailSlots && std::max(a, b) >= tailSlots) copyTail(l, m, s);
+      }
   check(cudaGetLastError(), "LoRA slot swap transposes");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
   const bool aHeld = writers.first.wasLoaded(), bHeld = writers.second.wasLoaded();
