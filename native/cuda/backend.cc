@@ -240,15 +240,18 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // Only the fused kernel reads B from the weights' padding; the others keep it in the pool.
   if (o_.loraKernel != LoraKernel::kFused) std::fill(pad, pad + cuda::kNumWeightGroups, 0);
   // Tail rows (loraTail_): one GPU and the fused layout; q/k/v in one shared weight and nothing
-  // (biases, per-head norms) between its GEMM and RoPE. The GEMM reads every slot's A rows whether
-  // the batch uses the slot or not (the item shrink reads only the batch's), so q/k/v takes them
-  // only while they add at most a sixteenth to its rows (Llama-8B: 8 slots of rank 16, as measured).
+  // (biases, per-head norms) between its GEMM and RoPE. The GEMM reads the step's slots' A rows
+  // whether the batch uses them or not (the item shrink reads only the batch's), so the first slots
+  // keep them while they add at most a sixteenth to q/k/v's rows (Llama-8B: 8 slots of rank 16, as
+  // measured), and steps over more slots take the item shrink.
   int tail[cuda::kNumWeightGroups] = {};
   shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
       !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, o.maxLoraRank)) {
-    const int rows = o.loraSlots * cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * slotRank;
-    if (rows * 16 <= (c.numHeads + 2 * c.numKvHeads) * c.headDim) tail[cuda::kQkvWeight] = rows;
+    const int perSlot = cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * slotRank;
+    const int slots =
+        perSlot > 0 ? std::min(o.loraSlots, (c.numHeads + 2 * c.numKvHeads) * c.headDim / (16 * perSlot)) : 0;
+    tail[cuda::kQkvWeight] = slots * perSlot;
   }
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
@@ -268,20 +271,21 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     // slots kept none, and their GEMMs added the deltas themselves: a decode step of 32 rows over 8
     // rank-16 adapters in the first 8 of 128 slots took +15.5% over the base step that way, +11.0%
     // with the norms (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
-    uint32_t transposedB = 0, lowTransposedB = 0;
+    int transposedSlots[kNumLoraModules] = {};
     const int lowSlots = slotRank > 0 ? cuda::kDecodeGemmLoraMaxRows / slotRank : 0;
     if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused && lowSlots > 0 &&
         cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
-      if (loraInGemm_ >> cuda::kOWeight & 1u) lowTransposedB |= 1u << kO;
-      if (loraInGemm_ >> cuda::kDownWeight & 1u) lowTransposedB |= 1u << kDown;
+      if (loraInGemm_ >> cuda::kOWeight & 1u) transposedSlots[kO] = lowSlots;
+      if (loraInGemm_ >> cuda::kDownWeight & 1u) transposedSlots[kDown] = lowSlots;
     }
-    // The kernels after a GEMM with tail rows read its group's B transposed.
-    for (int m = 0; m < kNumLoraModules; ++m)
-      if (w_->tail[cuda::weightGroupOf(m)] > 0) transposedB |= 1u << m;
-    transposedB &= o.loraModuleMask;
-    lowTransposedB &= o.loraModuleMask & ~transposedB;
-    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedB,
-                                                lowTransposedB, lowSlots, slotRank);
+    // RoPE after a GEMM with tail rows reads its group's B transposed, for the slots the rows hold.
+    for (int m = 0; m < kNumLoraModules; ++m) {
+      const cuda::WeightGroup g = cuda::weightGroupOf(m);
+      const int perSlot = cuda::heldInGroup(g, o.loraModuleMask) * slotRank;
+      if (w_->tail[g] > 0 && perSlot > 0) transposedSlots[m] = w_->tail[g] / perSlot;
+    }
+    lora_ = std::make_unique<cuda::GpuLoraPool>(c, o.loraSlots, o.maxLoraRank, o.loraModuleMask, *w_, transposedSlots,
+                                                slotRank);
     // Gate's and up's outputs together within what the GEMM's parts hold (keepNormShrink: every
     // slot keeping o's transposed B).
     if (gateUpInO_ && lora_->bTransposed(0, kO) && 2 * o.maxLoraRank <= cuda::kNormShrinkMaxOutputs) {

@@ -50,7 +50,8 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   if (fusedLoraStep()) {
     const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
-    if (w_->tail[g] > 0 && sl.count > 0 && d.decode && yType == cuda::ElemType::F32) {
+    if (w_->tail[g] > 0 && stepSlots_ <= lora_->tailSlots(g) && sl.count > 0 && d.decode &&
+        yType == cuda::ElemType::F32) {
       // Every slot's shrink outputs after each token's q, k and v, for ropeKvLora (lora_tail.h),
       // which adds the deltas.
       const bf16_t* x = makeRows(input, made, in);
@@ -223,7 +224,10 @@ int CudaBackend::paddingUsed(cuda::WeightGroup g) const {
   return std::min(pad, (covered * lora_->slotRank() + 7) / 8 * 8);
 }
 
-int CudaBackend::qkvTailUsed() const { return w_->tail[cuda::kQkvWeight] / lora_->slots() * stepSlots_; }
+int CudaBackend::qkvTailUsed() const {
+  const cuda::WeightGroup g = cuda::kQkvWeight;
+  return w_->tail[g] / lora_->tailSlots(g) * stepSlots_;
+}
 
 cuda::LoraMid CudaBackend::shrinkByChunks(const cuda::LoraSlices& sl, const bf16_t* x, int ldx) {
   // Each token's shrink outputs for its own slot only, as the segmented shrinks leave them.

@@ -149,7 +149,7 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
 
 cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, int N) const {
   cuda::LoraTailDelta d;
-  d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank, d.slotRank = sl.slotRank, d.slots = lora_->slots();
+  d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank, d.slotRank = sl.slotRank, d.slots = stepSlots_;
   for (int j = 0; j < sl.count; ++j) {
     d.outOffset[j] = sl.outOffset[j], d.out[j] = sl.out[j], d.module[j] = sl.module[j];
     d.bt[j] = lora_->bTransposed(l, static_cast<LoraModule>(sl.module[j]));

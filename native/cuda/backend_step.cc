@@ -78,9 +78,10 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     if (stepHasLora()) {
       // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
       // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
-      // most floor(T / chunk) + (slots used) items; the blocks past the real ones only exit.
+      // most floor(T / chunk) + (slots used) items, the slots used no more than the step's covered
+      // slots (stepSlots_, a key of the graph); the blocks past the real ones only exit.
       const int chunk = o_.loraChunkSize;
-      loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, o_.loraSlots));
+      loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, stepSlots_));
       const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }

@@ -23,7 +23,7 @@ int dtypeCode(DType d) { return d == DType::F32 ? 0 : d == DType::F16 ? 1 : 2; }
 }  // namespace
 
 GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& w,
-                         uint32_t transposedB, uint32_t lowTransposedB, int lowSlots, int slotRank)
+                         const int* transposedSlots, int slotRank)
     : layers_(c.numLayers),
       slots_(slots),
       maxRank_(maxRank),
@@ -52,7 +52,7 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
     if (holds(static_cast<LoraModule>(m)) && !inWeights_[m] && slotRank_ != maxRank_)
       throw std::logic_error("LoRA pool: slots of a rank below the max rank need B in the weights' padding");
     bLd_[m] = inWeights_[m] ? w.ld[g] : maxRank_;
-    btSlots_[m] = (transposedB >> m & 1u) ? slots_ : (lowTransposedB >> m & 1u) ? std::min(lowSlots, slots_) : 0;
+    btSlots_[m] = transposedSlots && holds(static_cast<LoraModule>(m)) ? std::min(transposedSlots[m], slots_) : 0;
     bSlotStride_[m] = inWeights_[m] ? static_cast<size_t>(slotRank_) : static_cast<size_t>(out_[m]) * maxRank_;
   }
   auto alloc = [&](size_t n) {
@@ -75,8 +75,10 @@ GpuLoraPool::GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t 
   tail_.assign(static_cast<size_t>(layers_) * kNumWeightGroups, nullptr);
   for (int g = 0; g < kNumWeightGroups; ++g) {
     if (!w.tail[g]) continue;
-    if (w.tail[g] != slots_ * heldInGroup[g] * slotRank_)
+    const int perSlot = heldInGroup[g] * slotRank_;
+    if (perSlot == 0 || w.tail[g] % perSlot != 0 || w.tail[g] > slots_ * perSlot)
       throw std::logic_error("LoRA pool: the base weights' tail rows do not fit the pool's A rows");
+    tailSlots_[g] = w.tail[g] / perSlot;
     int64_t rows = 0, in = 0;
     weightGroupShape(c, static_cast<WeightGroup>(g), rows, in);
     tailLd_[g] = w.ld[g];
@@ -186,18 +188,7 @@ void GpuLoraPool::load(int slot, const AdapterWeights& adapter) {
       }
     // The tail rows' copy of the slot's A rows, as written above, a group's modules together.
     for (int l = 0; l < layers_; ++l)
-      for (int m = 0; m < kNumLoraModules; ++m) {
-        const WeightGroup g = weightGroupOf(m);
-        bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
-        const size_t idx = static_cast<size_t>(l) * kNumLoraModules + m;
-        if (!tail || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) continue;
-        // A run's slots lie one after another in both places: one copy for the run.
-        const size_t rows = aSlotStride_[m] / in_[m];
-        check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
-                                a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
-                                static_cast<size_t>(in_[m]) * 2, rows * span, cudaMemcpyDeviceToDevice, stream_),
-              "LoRA slot fill");
-      }
+      for (int m = 0; m < kNumLoraModules; ++m) copyTail(l, m, slot, span);
     check(cudaMemcpyAsync(badHost_.get(), bad_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream_), "LoRA slot fill");
     setLoraSlotMeta(ranks_.get() + static_cast<size_t>(slot) * kNumLoraModules, scaling_.get() + slot, meta, stream_);
     // The run's other slots hold no adapter of their own: rank 0 makes every kernel skip them.
@@ -228,6 +219,21 @@ void GpuLoraPool::transposeB(int layer, int m, int slot, int width) {
   if (!bt_[idx]) return;  // a module the pool does not hold
   loraTransposeB(b_[idx] + slot * bSlotStride_[m], bLd_[m], out_[m], width,
                  bt_[idx] + static_cast<size_t>(slot) * slotRank_ * out_[m], stream_);
+}
+
+void GpuLoraPool::copyTail(int layer, int m, int slot, int count) {
+  const WeightGroup g = weightGroupOf(m);
+  bf16_t* tail = tail_[static_cast<size_t>(layer) * kNumWeightGroups + g];
+  const size_t idx = static_cast<size_t>(layer) * kNumLoraModules + m;
+  // Once a group: its first held module's A rows start the slot's rows of every held module. A
+  // run's slots lie one after another in both places: one copy for those the tail rows hold.
+  const int slots = std::min(count, tailSlots_[g] - slot);
+  if (!tail || slots <= 0 || !holds(static_cast<LoraModule>(m)) || loraColumnBlock(m, mask_) != 0) return;
+  const size_t rows = aSlotStride_[m] / in_[m];
+  check(cudaMemcpy2DAsync(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2,
+                          a_[idx] + slot * aSlotStride_[m], static_cast<size_t>(in_[m]) * 2,
+                          static_cast<size_t>(in_[m]) * 2, rows * slots, cudaMemcpyDeviceToDevice, stream_),
+        "LoRA tail rows");
 }
 
 bool GpuLoraPool::keepNormShrink(const std::vector<const float*>& normW) {
@@ -353,7 +359,7 @@ std::vector<GpuLoraPool::Region> GpuLoraPool::regions(int slot, int other) const
       }
       const WeightGroup g = weightGroupOf(m);
       const bf16_t* tail = tail_[static_cast<size_t>(l) * kNumWeightGroups + g];
-      if (tail && loraColumnBlock(m, mask_) == 0) {
+      if (tail && loraColumnBlock(m, mask_) == 0 && std::max(slot, other) < tailSlots_[g]) {
         const size_t rows = aSlotStride_[m] / in_[m];
         add(tail + slot * rows * tailLd_[g], static_cast<size_t>(tailLd_[g]) * 2, inBytes, rows);
       }
@@ -402,12 +408,18 @@ void GpuLoraPool::swap(int a, int b) {
   check(cudaMemcpyAsync(staging_.get(), table.data(), bytes, cudaMemcpyHostToDevice, stream_), "LoRA slot swap");
   loraSwapRegions(reinterpret_cast<const SwapRegion*>(staging_.get()), static_cast<int>(table.size()), stream_);
   check(cudaGetLastError(), "LoRA slot swap launch");
-  // A run that keeps a transposed copy of B which the other does not: made again from the B it
-  // received (its rank may be 0 there, where no kernel reads the copy).
+  // A run that keeps a transposed copy of B, or a slot that keeps tail rows, which the other does
+  // not: made again from the factors it received (its rank may be 0 there, where no kernel reads
+  // them). The tail rows were swapped slot by slot where both slots keep them (regions).
   for (int l = 0; l < layers_; ++l)
-    for (int m = 0; m < kNumLoraModules; ++m)
+    for (int m = 0; m < kNumLoraModules; ++m) {
       for (int s : {a, b})
         if (s + span <= btSlots_[m] && std::max(a, b) + span > btSlots_[m]) transposeB(l, m, s, span * slotRank_);
+      const int tailSlots = tailSlots_[weightGroupOf(m)];
+      for (int i = 0; i < span; ++i)
+        for (int s : {a + i, b + i})
+          if (s < tailSlots && std::max(a, b) + i >= tailSlots) copyTail(l, m, s, 1);
+    }
   check(cudaGetLastError(), "LoRA slot swap transposes");
   check(cudaStreamSynchronize(stream_), "LoRA slot swap");
   for (int i = 0; i < span; ++i) std::swap(spans_[a + i], spans_[b + i]);

@@ -36,13 +36,13 @@ namespace cuda {
 class GpuLoraPool {
  public:
   // weights: outlive the pool; where a group has padding columns, enough for these slots, ranks
-  // and modules (loraPadColumns), and the pool keeps that group's B factors there. transposedB:
-  // the modules (bits) whose B each slot also keeps as [maxRank][out] (bTransposed); lowTransposedB:
-  // those whose B only the first lowSlots slots keep so (the kernels that read it read only steps
-  // whose slots lie there).
-  // slotRank: ranks a slot (0: maxRank); below maxRank only with B in the weights' padding.
+  // and modules (loraPadColumns), and the pool keeps that group's B factors there; where a group
+  // has tail rows, the first tail / (held modules x slotRank) slots keep their A rows there too.
+  // transposedSlots[m] (none if null): how many of the first slots also keep module m's B as
+  // [slotRank][out] a slot (bTransposed); the kernels that read it read only steps whose slots lie
+  // there. slotRank: ranks a slot (0: maxRank); below maxRank only with B in the weights' padding.
   GpuLoraPool(const ModelConfig& c, int slots, int maxRank, uint32_t moduleMask, const GpuWeights& weights,
-              uint32_t transposedB = 0, uint32_t lowTransposedB = 0, int lowSlots = 0, int slotRank = 0);
+              const int* transposedSlots = nullptr, int slotRank = 0);
   ~GpuLoraPool();
   GpuLoraPool(const GpuLoraPool&) = delete;
   GpuLoraPool& operator=(const GpuLoraPool&) = delete;
@@ -73,6 +73,8 @@ class GpuLoraPool {
     return bt_[static_cast<size_t>(layer) * kNumLoraModules + m];
   }
   int transposedSlots(LoraModule m) const { return btSlots_[m]; }
+  // The first slots whose A rows group g's tail rows hold (0 without tail rows).
+  int tailSlots(WeightGroup g) const { return tailSlots_[g]; }
   // Keeps, at each fill, what o's delta adds through the norm after it to gate/up's shrink
   // (rmsnorm_delta.h's NormShrinkColumns): per layer and slot n = B_o^T diag(w) A^T,
   // [slot][slotRank][outputs] for gate/up's held modules' A rows (outputs of them, maxRank each:
@@ -107,16 +109,20 @@ class GpuLoraPool {
   // Module m's transposed copy of the run of `width` ranks from `slot`'s B, made from B as it is in
   // the pool (fill stream).
   void transposeB(int layer, int m, int slot, int width);
+  // The tail rows' copy of module m's group's A rows of the `count` slots from `slot` (those of them
+  // that the tail rows hold), from A as it is in the pool.
+  void copyTail(int layer, int m, int slot, int count);
   // Enqueues the copies and conversions of the adapter's factors into `slot` (enqueueMu_ held).
   void enqueueFactors(int slot, const AdapterWeights& adapter);
 
   int layers_, slots_, maxRank_, slotRank_;
   uint32_t mask_;
   int in_[kNumLoraModules], out_[kNumLoraModules];
-  std::vector<bf16_t*> a_, b_;         // [layer * 7 + module]; b_: slot 0's first column in the weight
-  std::vector<bf16_t*> bt_;            // [layer * 7 + module]: bTransposed's, or nullptr
-  int btSlots_[kNumLoraModules] = {};  // the slots that keep bt_'s copy, per module
-  std::vector<bf16_t*> tail_;          // [layer * 4 + group]: the weight's tail rows, or nullptr
+  std::vector<bf16_t*> a_, b_;            // [layer * 7 + module]; b_: slot 0's first column in the weight
+  std::vector<bf16_t*> bt_;               // [layer * 7 + module]: bTransposed's, or nullptr
+  int btSlots_[kNumLoraModules] = {};     // the slots that keep bt_'s copy, per module
+  int tailSlots_[kNumWeightGroups] = {};  // the slots whose A rows tail_ holds, per group
+  std::vector<bf16_t*> tail_;             // [layer * 4 + group]: the weight's tail rows, or nullptr
   int tailLd_[kNumWeightGroups] = {};
   size_t aSlotStride_[kNumLoraModules] = {};  // from one slot's A rows of a module to the next slot's
   bool inWeights_[kNumLoraModules] = {};      // B in the base weight's padding columns

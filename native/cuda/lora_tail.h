@@ -1,6 +1,6 @@
-// The LoRA tail rows of a decode step. The pool keeps every slot's q/k/v A rows as rows after the
-// q/k/v weight's (GpuWeights::tail), so the one q/k/v GEMM over the normed rows writes, after each
-// token's q, k and v, its x . A^T for every slot. RoPE, which reads those outputs next, adds each
+// The LoRA tail rows of a decode step. The pool keeps its first slots' q/k/v A rows as rows after
+// the q/k/v weight's (GpuWeights::tail), so the one q/k/v GEMM over the normed rows of a step whose
+// slots lie there writes, after each token's q, k and v, its x . A^T for each of the step's slots. RoPE, which reads those outputs next, adds each
 // token's own slot's delta, bf16(scaling x . A^T) . B^T from a transposed copy of B, before it
 // rotates. No shrink launch stands between the norm and the GEMM, and the GEMM reads no padding
 // columns. (The same form for gate/up, its deltas added by SiLU-and-mul, measured level or slower
@@ -23,14 +23,14 @@ namespace cuda {
 constexpr int kLoraTailMaxRank = 16;
 
 // Token t's row of the GEMM's output holds its outputs (f32) and from column tailColumn the shrink
-// outputs of every slot: the adapter from slot k's module j rank r at tailColumn +
+// outputs of the step's slots: the adapter from slot k's module j rank r at tailColumn +
 // lora_runs::slotMajorRow(k, j, r, count, U) (U the slot rank; (k count + j) maxRank + r without
 // one). Module j of the `count` held ones covers the row's outputs [outOffset[j], outOffset[j] +
 // out[j]); its rank for slot k is ranks[k rankPitch + module[j]], and bt[j] is its B as
 // [slot][U][out[j]]. Values past a slot's rank (A's rows, B's, the outputs) may hold anything.
 struct LoraTailDelta {
   int tailColumn = 0, count = 0, maxRank = 0;
-  int slotRank = 0, slots = 0;  // slotRank 0: maxRank; slots: the pool's (the tail's rows hold every slot's)
+  int slotRank = 0, slots = 0;  // slotRank 0: maxRank; slots: those the step's tail columns hold, from 0
   int outOffset[kMaxLoraSlices] = {}, out[kMaxLoraSlices] = {}, module[kMaxLoraSlices] = {};
   const bf16_t* bt[kMaxLoraSlices] = {};
   const int32_t* rowSlot = nullptr;  // each token's slot, -1 for the base model

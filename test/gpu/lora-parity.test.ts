@@ -229,6 +229,15 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
         others: { 7: named('r16'), 20: named('r8'), 100: named('r16') },
         pool: 128,
       },
+      // The tail rows (q/k/v's A rows after the weight's) are kept for the first slots only.
+      {
+        rank: 16,
+        covered: 4,
+        buckets: '1',
+        place: { [named('r16')]: 0, [named('r8')]: 3 },
+        others: { 5: named('r16'), 100: named('r8') },
+        pool: 128,
+      },
       { rank: 32, covered: 4, buckets: '1', place: { [named('r16')]: 0, [named('r8')]: 3 }, others: { 6: named('r16') }, pool: 8 },
     ].map((c) => ({ pool: 8, backend: 'csgmv' as const, ...c })),
   )(
@@ -260,6 +269,8 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       ]),
     );
     await addon.swapLoraSlots(h, 100, 3); // r16 into slot 3, that slot's r8 out to 100
+    // Slots 0-3 are those whose q/k/v A rows follow the weight's at this model's shape (tail rows).
+    verify('rank-16 pool of 128 after a move into slot 3', h, placed(small, { [named('r16')]: 3, [named('r8')]: 2 }));
     await addon.swapLoraSlots(h, 3, 6); // r16 on into the free slot 6
     verify('rank-16 pool of 128 after moves', h, placed(small, { [named('r16')]: 6, [named('r8')]: 2 }));
   });
