@@ -225,7 +225,7 @@ async function play(opts: Partial<SchedulerOptions>, actions: Action[]): Promise
   // as users until the step is done, so that its slot is not refilled under the step.
   const heldByStep: string[] = [];
   let nextId = 0;
-  const running = (): Sequence[] => (s as unknown as { running: Sequence[] }).running;
+  const running = (): Sequence[] => (s as unknown as { queues: { running: Sequence[] } }).queues.running;
   const loaded = new LoadedSetModel(o.maxLoadedLoras, (n) => adapters.get(n)?.pinned ?? false);
   const pinnedCount = (): number => [...adapters.values()].filter((x) => x.pinned).length;
   const users = (n: Name): number => [...requests.values()].filter((r) => r.lora === n && r.finish === null).length;

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, test, vi } from 'vitest';
 import { AdapterActors } from '../src/scheduler/adapter-actors.js';
 import { AdapterRegistry } from '../src/scheduler/adapter-registry.js';
 import { adapterMachine } from '../statecharts/adapter.machine.js';
-import { Scheduler } from '../src/scheduler/index.js';
+import { StepPlanner } from '../src/scheduler/step-planner.js';
 import { fakeResult, newScheduler, runAll, sampling, seq, serveLoader, step } from './scheduler-harness.js';
 
 afterEach(() => {
@@ -84,7 +84,7 @@ describe("a step's work", () => {
     expect(step(s)!.ids).toEqual(['a', 'b']);
     // The first decode step counts the requests the step before admitted.
     expect(step(s)!.ids).toEqual(['a', 'b']);
-    const counts = vi.spyOn(Scheduler.prototype as unknown as { countStepAdapters(): void }, 'countStepAdapters');
+    const counts = vi.spyOn(StepPlanner.prototype as unknown as { countStepAdapters(): void }, 'countStepAdapters');
     // Decode steps over the same running requests: the adapters counted before stand.
     expect(step(s)!.ids).toEqual(['a', 'b']);
     expect(step(s)!.events.find((e) => e.id === 'a')?.finish).toEqual({ type: 'length', length: 4 });
