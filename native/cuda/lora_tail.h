@@ -1,12 +1,12 @@
 // The LoRA tail rows of a decode step. The pool keeps its first slots' q/k/v A rows as rows after
 // the q/k/v weight's (GpuWeights::tail), so the one q/k/v GEMM over the normed rows of a step whose
-// slots lie there writes, after each token's q, k and v, its x . A^T for each of the step's slots. RoPE, which reads those outputs next, adds each
-// token's own slot's delta, bf16(scaling x . A^T) . B^T from a transposed copy of B, before it
-// rotates. No shrink launch stands between the norm and the GEMM, and the GEMM reads no padding
-// columns. (The same form for gate/up, its deltas added by SiLU-and-mul, measured level or slower
-// in six forms, also with cuBLAS's tile tuned: the GEMM ends about 4.6 us a layer sooner, but the
-// SiLU kernel, which cannot start before cuBLAS's last block ends, then spends 7-15 us reading B
-// and adding the deltas against the plain kernel's 2.4.)
+// slots lie there writes, after each token's q, k and v, its x . A^T for each of the step's slots.
+// RoPE, which reads those outputs next, adds each token's own slot's delta, bf16(scaling x . A^T) .
+// B^T from a transposed copy of B, before it rotates. No shrink launch stands between the norm and
+// the GEMM, and the GEMM reads no padding columns. (The same form for gate/up, its deltas added by
+// SiLU-and-mul, measured level or slower in six forms, also with cuBLAS's tile tuned: the GEMM ends
+// about 4.6 us a layer sooner, but the SiLU kernel, which cannot start before cuBLAS's last block
+// ends, then spends 7-15 us reading B and adding the deltas against the plain kernel's 2.4.)
 #pragma once
 
 #include <cuda_runtime_api.h>
