@@ -75,9 +75,7 @@ export class AdapterActors {
   private readonly scope: AdapterScope;
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private readonly labelCounts = new Map<string, number>();
-  /** Adapters with acquisitions their machines have not heard yet, longest pending first. */
-  private readonly unsettled = new Set<AdapterRecord>();
-  /** The same for starts and ends (countStarted, countEnded). */
+  /** Adapters with starts or ends their machines have not heard yet, longest pending first. */
   private readonly uncounted = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
@@ -265,7 +263,7 @@ export class AdapterActors {
       this.send(name, { type: 'ACQUIRE' }, reason);
       return;
     }
-    if (rec.acquired++ === 0) this.unsettled.add(rec);
+    rec.acquired++;
   }
 
   /**
@@ -380,7 +378,6 @@ export class AdapterActors {
     if (rec.acquired > 0 && (acquisitionsToo || !this.takesBeforePending(rec, event))) {
       event = { type: 'COUNTS', acquired: rec.acquired, started, ended };
       rec.acquired = 0;
-      this.unsettled.delete(rec);
     }
     this.deliver(rec, event, COUNTS_REASON);
   }
@@ -390,7 +387,6 @@ export class AdapterActors {
     const count = rec.acquired;
     if (count === 0) return;
     rec.acquired = 0;
-    this.unsettled.delete(rec);
     this.deliver(rec, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
   }
 
@@ -475,7 +471,6 @@ export class AdapterActors {
 
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
-    this.unsettled.delete(rec);
     this.uncounted.delete(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
