@@ -1,123 +1,41 @@
 // Hosts the adapters' statecharts: starts them, sends them events they must accept, forwards
 // the loader commands their transitions emit, and follows every transition to keep the index
-// current and to publish it. Nothing here decides anything about an adapter.
-//
-// Each adapter is its machine's snapshot, advanced by the machine's own transition function
-// (XState's actor logic interface) under one shared actor scope whose actions run as an
-// actor runs them. An actor per adapter would add a mailbox, a system and an inspection
-// path per adapter and per event, and nothing here uses them.
-import { createEmptyActor, type ActorScope, type ExecutableActionObject } from 'xstate';
+// current and to publish it. Nothing here decides anything about an adapter. Each machine steps
+// under one shared scope (adapter-scope.ts), and the requests it has not heard of yet wait in
+// its record (pending-counts.ts).
 import type { AdapterStatus } from '../api.js';
 import { TroupeError } from '../errors.js';
-import {
-  adapterMachine,
-  adapterStateLabel,
-  residencyOf,
-  type AdapterCommandEvent,
-  type AdapterEvent,
-  type AdapterInput,
-  type AdapterSnapshot,
-} from '../../statecharts/adapter.machine.js';
+import { adapterStateLabel, residencyOf, type AdapterEvent, type AdapterInput, type AdapterSnapshot } from '../../statecharts/adapter.machine.js';
 import type { AdapterIndex, Placement } from './adapter-index.js';
-import {
-  ACQUIRE_INDEPENDENT,
-  ACQUIRE_MONOTONE,
-  COUNTS_REASON,
-  endedReason,
-  needsAcquisitions,
-  startedReason,
-  takesCountsLater,
-} from './adapter-pending.js';
+import { endedReason, startedReason } from './adapter-pending.js';
+import { newRecord, type AdapterRecord } from './adapter-record.js';
+import { AdapterScope } from './adapter-scope.js';
 import { adapterDetail, adapterStatus, type AdapterDetail, type AdapterTransition } from './adapter-view.js';
 import type { LoaderCommand } from './loader.js';
+import { PendingCounts } from './pending-counts.js';
 
 const now = (): number => performance.timeOrigin + performance.now();
-
-interface AdapterRecord {
-  readonly name: string;
-  readonly pinned: boolean;
-  snap: AdapterSnapshot;
-  /** Derived from the machine's snapshot: the published label and where the index files it. */
-  label: string;
-  placed: Placement;
-  /** The state nodes `label` and `placed.residency` were read from (see observe). */
-  nodes: AdapterSnapshot['_nodes'];
-  last: AdapterTransition | null;
-  removal: { promise: Promise<void>; resolve: () => void } | null;
-  /** Callers waiting for its read from disk to end. */
-  readWaiters: Array<(status: AdapterStatus | null) => void>;
-  /**
-   * Requests that named it since its machine last heard of any (see acquire): they reach the
-   * machine as one counted ACQUIRE before it is read, or sent an event that depends on them.
-   */
-  acquired: number;
-  /**
-   * Requests that started running, and running requests that ended, since its machine last heard
-   * of any (see countStarted): they reach it as one COUNTS before anything else, or the ends with
-   * the EVICT that sends it from its slot.
-   */
-  started: number;
-  ended: number;
-}
 
 function describe(event: AdapterEvent): string {
   const { type, ...rest } = event;
   return Object.keys(rest).length > 0 ? `${type} ${JSON.stringify(rest)}` : type;
 }
 
-type AdapterScope = ActorScope<AdapterSnapshot, AdapterEvent, ActorScope<AdapterSnapshot, AdapterEvent>['system'], AdapterCommandEvent>;
-
 export class AdapterActors {
   private readonly records = new Map<string, AdapterRecord>();
-  private commands: LoaderCommand[] = [];
-  /** What the running transition's actions put off until its snapshot is taken (emits do). */
-  private readonly deferred: Array<() => void> = [];
-  private readonly scope: AdapterScope;
+  private readonly scope = new AdapterScope();
+  private readonly pending = new PendingCounts((rec, event, reason) => this.deliver(rec, event, reason));
   private readonly listeners = new Set<(t: AdapterTransition) => void>();
   private readonly labelCounts = new Map<string, number>();
-  /** Adapters with starts or ends their machines have not heard yet, longest pending first. */
-  private readonly uncounted = new Set<AdapterRecord>();
 
   /** `isLoaded` says whether a name is in the loaded set clients see (kept by the registry's catalog). */
   constructor(
     private readonly index: AdapterIndex,
     private readonly isLoaded: (name: string) => boolean,
-  ) {
-    // As XState's pure transition() builds its scope, but once, not per event: the machine has
-    // no children, delays or sends, so `self` and its system only receive inspection events,
-    // which nobody inspects.
-    const self = createEmptyActor();
-    this.scope = {
-      self: self as unknown as AdapterScope['self'],
-      id: self.id,
-      sessionId: self.sessionId,
-      logger: console.log,
-      system: self.system,
-      defer: (fn) => this.deferred.push(fn),
-      emit: (e) => this.commands.push(e.command),
-      stopChild: () => {},
-      actionExecutor: (action: ExecutableActionObject) => action.exec?.(action.info, action.params),
-    };
-  }
+  ) {}
 
   start(input: AdapterInput, reason: string): void {
-    const first = adapterMachine.getInitialSnapshot(this.scope, input);
-    this.runDeferred();
-    if (first.status === 'error') throw first.error;
-    const rec: AdapterRecord = {
-      name: input.name,
-      pinned: input.pinned,
-      snap: first,
-      label: adapterStateLabel(first),
-      placed: { residency: residencyOf(first), slot: null, span: 1 },
-      nodes: first._nodes,
-      last: null,
-      removal: null,
-      readWaiters: [],
-      acquired: 0,
-      started: 0,
-      ended: 0,
-    };
+    const rec = newRecord(input, this.scope.initial(input));
     this.records.set(rec.name, rec);
     this.index.add(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, 1);
@@ -136,7 +54,7 @@ export class AdapterActors {
   snapshot(name: string): AdapterSnapshot | null {
     const rec = this.records.get(name);
     if (!rec) return null;
-    this.settle(rec);
+    this.pending.settle(rec);
     return rec.snap;
   }
 
@@ -193,14 +111,14 @@ export class AdapterActors {
   status(name: string): AdapterStatus | null {
     const rec = this.records.get(name);
     if (!rec) return null;
-    this.settle(rec);
+    this.pending.settle(rec);
     return adapterStatus(rec.snap, rec.label, this.isLoaded(name));
   }
 
   detail(name: string): AdapterDetail | null {
     const rec = this.records.get(name);
     if (!rec) return null;
-    this.settle(rec);
+    this.pending.settle(rec);
     return adapterDetail(rec.snap, rec.label, this.isLoaded(name), rec.last, rec.placed.span);
   }
 
@@ -217,9 +135,7 @@ export class AdapterActors {
   }
 
   takeCommands(): LoaderCommand[] {
-    const out = this.commands;
-    this.commands = [];
-    return out;
+    return this.scope.takeCommands();
   }
 
   subscribe(listener: (t: AdapterTransition) => void): () => void {
@@ -227,182 +143,65 @@ export class AdapterActors {
     return () => this.listeners.delete(listener);
   }
 
-  /**
-   * Whether a running request uses it: its machine's count with the starts and ends it has not
-   * heard yet (the machine's guards stay the rule). Acquisitions change no running count.
-   */
+  /** Whether a running request uses it, with the starts and ends its machine has not heard yet. */
   inUse(name: string): boolean {
     const rec = this.records.get(name);
-    return rec !== undefined && rec.snap.context.running + rec.started - rec.ended > 0;
+    return rec !== undefined && this.pending.inUse(rec);
   }
 
   can(name: string, event: AdapterEvent): boolean {
     const rec = this.records.get(name);
-    if (!rec) return false;
-    const asked = this.withPending(rec, event, false);
-    if (rec.acquired > 0 && !ACQUIRE_INDEPENDENT.has(asked.type)) {
-      // takesBeforePending's question is this one: a yes needs no second asking (an EVICT that
-      // placement asks about for each slot it frees), a no is asked again after the acquisitions.
-      if (ACQUIRE_MONOTONE.has(asked.type) && rec.snap.status === 'active' && rec.snap.can(asked)) return true;
-      this.settleAcquired(rec);
-    }
-    return rec.snap.status === 'active' && rec.snap.can(asked);
+    return rec !== undefined && this.pending.can(rec, event);
   }
 
-  /**
-   * A new request names it. Requests arrive one by one, and between two steps hundreds may, so
-   * the machine hears them as one counted ACQUIRE when it is next read or sent an event that is
-   * not ACQUIRE_INDEPENDENT (ACQUIRE
-   * only counts users: it moves no state, emits nothing and is never published, so nobody can
-   * tell the difference). Where the machine would refuse it (failed, or unloading: the caller
-   * has a bug), it hears it at once, so the error names this call.
-   */
+  /** A new request names it: its machine hears it later, with others (PendingCounts.acquire). */
   acquire(name: string, reason: string): void {
     const rec = this.records.get(name);
-    if (rec === undefined || rec.label === 'failed' || rec.label === 'unloading') {
-      this.send(name, { type: 'ACQUIRE' }, reason);
-      return;
-    }
-    rec.acquired++;
+    if (rec === undefined || !this.pending.acquire(rec)) this.send(name, { type: 'ACQUIRE' }, reason);
   }
 
   /**
-   * `count` requests of it started running in one step. A resident adapter's machine hears them
-   * in one COUNTS when it is next read or sent another event, or in a step with time to spare
-   * (settleOne), not in the step that turns a batch over, where every transition adds to its
-   * time. COUNTS only counts requests: it moves no state, emits nothing and is never
-   * published. Meanwhile inUse counts them, and the index's version changes as a transition
-   * would change it, so placement walks again as it would have. Where the machine would refuse
-   * START (not resident: the caller has a bug), it hears it at once, so the error names this call.
+   * `count` requests of it started running in one step: its machine hears them later, in one
+   * COUNTS (PendingCounts.started). Meanwhile the index's version changes as a transition would
+   * change it, so placement walks again as it would have.
    */
   countStarted(name: string, count: number): void {
     const rec = this.records.get(name);
-    if (rec === undefined || count < 1 || !takesCountsLater(rec.label)) {
+    if (rec === undefined || !this.pending.started(rec, count)) {
       this.send(name, { type: 'START', count }, startedReason(count));
       return;
     }
-    rec.started += count;
-    this.uncounted.add(rec);
     this.index.transitioned();
   }
 
-  /**
-   * `count` running requests of it ended in one step: heard in one COUNTS, as countStarted's
-   * requests are, or with the EVICT that sends it from its slot. A release the machine would
-   * refuse (more than run or use it) is sent at once.
-   */
+  /** `count` running requests of it ended in one step: heard later, as countStarted's are. */
   countEnded(name: string, count: number): void {
     const rec = this.records.get(name);
-    const ctx = rec?.snap.context;
-    if (
-      rec === undefined ||
-      ctx === undefined ||
-      count < 1 ||
-      !takesCountsLater(rec.label) ||
-      ctx.running + rec.started - rec.ended < count ||
-      ctx.users + rec.acquired - rec.ended < count
-    ) {
+    if (rec === undefined || !this.pending.ended(rec, count)) {
       this.send(name, { type: 'RELEASE', running: true, count }, endedReason(count));
       return;
     }
-    rec.ended += count;
-    this.uncounted.add(rec);
     this.index.transitioned();
   }
 
-  /**
-   * Lets the machine whose starts or ends have waited longest hear all that is pending for it;
-   * false when none has any. For a step that sent no events: heard then, they are not heard in
-   * the step where its requests end and it leaves its slot, where every transition adds to the
-   * time of a step that turns a batch over. Acquisitions alone wait: they are heard with the
-   * adapter's next starts, and until then no event needs them (each step settling one had
-   * every waiting adapter hear its new requests again and again).
-   */
+  /** Lets the machine whose starts or ends waited longest hear them (PendingCounts.settleOne). */
   settleOne(): boolean {
-    for (const rec of this.uncounted) {
-      this.settle(rec);
-      return true;
-    }
-    return false;
-  }
-
-  /** Whether its machine may take `event` before the acquisitions it has not heard yet. */
-  private takesBeforePending(rec: AdapterRecord, event: AdapterEvent): boolean {
-    if (rec.acquired === 0 || ACQUIRE_INDEPENDENT.has(event.type)) return true;
-    return ACQUIRE_MONOTONE.has(event.type) && rec.snap.status === 'active' && rec.snap.can(event);
-  }
-
-  /** Lets its machine hear all that is pending for it. */
-  private settle(rec: AdapterRecord): void {
-    this.settleCounts(rec, true);
-    this.settleAcquired(rec);
-  }
-
-  /**
-   * `event` as its machine is to hear it (`take`: it is sent now, not only asked about), once it
-   * has heard the starts and ends pending for it: an EVICT carries them (as when a batch turns
-   * over and its adapter leaves its slot), so they cost no transition of their own; any other
-   * event hears them first, with the acquisitions it needs.
-   */
-  private withPending(rec: AdapterRecord, event: AdapterEvent, take: boolean): AdapterEvent {
-    if (rec.started === 0 && rec.ended === 0) return event;
-    if (event.type === 'EVICT') {
-      const carried: AdapterEvent = { type: 'EVICT', started: rec.started + (event.started ?? 0), ended: rec.ended + (event.ended ?? 0) };
-      // Only asked about (can), they stay pending.
-      if (take) {
-        rec.started = 0;
-        rec.ended = 0;
-        this.uncounted.delete(rec);
-      }
-      return carried;
-    }
-    this.settleCounts(rec, needsAcquisitions(event));
-    return event;
-  }
-
-  /**
-   * Lets its machine hear the starts and ends it has not heard yet (and the acquisitions, with
-   * `acquisitionsToo` or where the ends need them), before anything else reaches or reads it: one
-   * COUNTS, which the machine takes as all acquisitions, then all starts, then all ends. The
-   * guards only ask that no more requests end than run and use it, so counting every start before
-   * any end passes them whenever the order they happened in did, and leaves the same counts
-   * (test/adapter-pending-counts.test.ts checks this against every reachable resident state).
-   */
-  private settleCounts(rec: AdapterRecord, acquisitionsToo: boolean): void {
-    const { started, ended } = rec;
-    if (started === 0 && ended === 0) return;
-    rec.started = 0;
-    rec.ended = 0;
-    this.uncounted.delete(rec);
-    let event: AdapterEvent = { type: 'COUNTS', acquired: 0, started, ended };
-    if (rec.acquired > 0 && (acquisitionsToo || !this.takesBeforePending(rec, event))) {
-      event = { type: 'COUNTS', acquired: rec.acquired, started, ended };
-      rec.acquired = 0;
-    }
-    this.deliver(rec, event, COUNTS_REASON);
-  }
-
-  /** Lets its machine hear the acquisitions it has not heard yet. */
-  private settleAcquired(rec: AdapterRecord): void {
-    const count = rec.acquired;
-    if (count === 0) return;
-    rec.acquired = 0;
-    this.deliver(rec, { type: 'ACQUIRE', count }, count === 1 ? 'a request names it' : `${count} requests name it`);
+    return this.pending.settleOne();
   }
 
   /** Sends an event the machine must accept: one it does not is a bug in the caller, reported with the adapter, its state and the event. */
   send(name: string, event: AdapterEvent, reason: string): void {
     const rec = this.records.get(name);
     if (!rec) throw new TroupeError('internal', `internal error: ${describe(event)} for adapter "${name}", which is not registered`);
-    this.deliver(rec, this.withPending(rec, event, true), reason);
+    this.deliver(rec, this.pending.withPending(rec, event, true), reason);
   }
 
   /** send(), once the starts and ends pending for it are heard. */
   private deliver(rec: AdapterRecord, event: AdapterEvent, reason: string): void {
     const name = rec.name;
-    if (!this.takesBeforePending(rec, event)) this.settleAcquired(rec);
+    if (!this.pending.takesBefore(rec, event)) this.pending.settleAcquired(rec);
     const before = rec.snap;
-    const snap = this.transition(before, event);
+    const snap = this.scope.transition(before, event);
     // An event the machine takes makes a new snapshot, except a transition that only emits
     // commands; only an unchanged snapshot needs the slower question (a refused event changes nothing).
     if (snap === before && !(before.status === 'active' && before.can(event))) {
@@ -412,29 +211,12 @@ export class AdapterActors {
     // commands), then it is followed.
     rec.snap = snap;
     this.index.transitioned();
-    this.runDeferred();
+    this.scope.runDeferred();
     this.observe(rec, snap, reason);
     // An unload completes as soon as the machine says it may (no users, no transfer in flight).
     if (snap.status === 'active' && snap.context.removal && snap.can({ type: 'DRAINED' })) {
       this.send(name, { type: 'DRAINED' }, 'no request uses it any more; freed');
     }
-  }
-
-  /** The machine's next snapshot; an adapter that left (a final snapshot) takes no events. */
-  private transition(snap: AdapterSnapshot, event: AdapterEvent): AdapterSnapshot {
-    if (snap.status !== 'active') return snap;
-    try {
-      return adapterMachine.transition(snap, event, this.scope);
-    } catch (err) {
-      this.deferred.length = 0;
-      throw err;
-    }
-  }
-
-  private runDeferred(): void {
-    // Each deferred call may defer more (none does today); run until none is left.
-    for (let i = 0; i < this.deferred.length; i++) this.deferred[i]!();
-    this.deferred.length = 0;
   }
 
   /** Follows a transition into the index and publishes it; `reason` says why its event was sent. */
@@ -471,7 +253,7 @@ export class AdapterActors {
 
   private forget(rec: AdapterRecord): void {
     this.records.delete(rec.name);
-    this.uncounted.delete(rec);
+    this.pending.forget(rec);
     this.index.remove(rec.name, rec.pinned, rec.placed);
     this.countLabel(rec.label, -1);
     rec.removal?.resolve();

@@ -1,8 +1,9 @@
 // What an adapter's machine may hear later than it happened, and in which order: requests
-// naming it (ACQUIRE), and requests starting and ending (START, RELEASE). AdapterActors keeps
-// them pending and lets the machine hear them before anything that depends on them, all in one
-// COUNTS event, or the ends with the EVICT that sends it from its slot, so a step that turns a
-// batch over costs fewer statechart transitions, with the same outcome.
+// naming it (ACQUIRE), and requests starting and ending (START, RELEASE). PendingCounts
+// (pending-counts.ts) keeps them pending and lets the machine hear them before anything that
+// depends on them, all in one COUNTS event, or the ends with the EVICT that sends it from its
+// slot, so a step that turns a batch over costs fewer statechart transitions, with the same
+// outcome.
 import type { AdapterEvent } from '../../statecharts/adapter.machine.js';
 
 /**
