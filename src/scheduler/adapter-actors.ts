@@ -76,6 +76,11 @@ export class AdapterActors {
     return this.records.get(name)?.label ?? null;
   }
 
+  /** Why it failed, if it did. */
+  error(name: string): string | null {
+    return this.snapshot(name)?.context.error ?? null;
+  }
+
   /** Its rank once read: set by a transition of its own, so the snapshot need not be current. */
   rank(name: string): number | null {
     return this.records.get(name)?.snap.context.rank ?? null;
