@@ -1,5 +1,5 @@
 // Which adapters in a step stop taking new requests so that held-back requests for other
-// adapters get a place (Scheduler.schedule explains the admission rule these serve).
+// adapters get a place (AdmissionWalk.run explains the admission rule these serve).
 import type { Sequence } from './sequence.js';
 
 /**
@@ -63,11 +63,11 @@ export function soonestToFree(
 
 /**
  * The adapter of the step (null is the base model) whose running requests give up its place
- * when a request has waited too long for one (Scheduler.pauseForPlace): the one with the fewest
- * running requests, so the fewest recompute their cache; on a tie the one with the most tokens
- * left, which would hold its place longest. Pinned adapters keep theirs (their slot would not
- * free), and an adapter with a request that was paused once is not paused again, so no request
- * waits twice. Undefined when no adapter qualifies.
+ * when a request has waited too long for one (StepPlanner.pauseForPlace): the one with the
+ * fewest running requests, so the fewest recompute their cache; on a tie the one with the most
+ * tokens left, which would hold its place longest. Pinned adapters keep theirs (their slot
+ * would not free), and an adapter with a request that was paused once is not paused again, so
+ * no request waits twice. Undefined when no adapter qualifies.
  */
 export function adapterToPause(running: readonly Sequence[], pinned: ReadonlySet<string>, contextLength: number): string | null | undefined {
   const count = new Map<string | null, number>();
