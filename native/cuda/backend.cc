@@ -243,11 +243,13 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   // (biases, per-head norms) between its GEMM and RoPE. The GEMM reads the step's slots' A rows
   // whether the batch uses them or not (the item shrink reads only the batch's), so the first slots
   // keep them while they add at most a sixteenth to q/k/v's rows (Llama-8B: 8 slots of rank 16, as
-  // measured), and steps over more slots take the item shrink.
+  // measured), and steps over more slots take the item shrink. A pool cut into slots of rank 16 or
+  // less keeps them whatever its max rank, for the steps whose adapters each take one slot
+  // (stepRank_).
   int tail[cuda::kNumWeightGroups] = {};
   shape_ = cuda::AttnShape{c.numHeads, c.numKvHeads, c.headDim, o.blockSize, c.slidingWindow};
   if (pooled && o_.loraKernel == LoraKernel::kFused && tp_.size == 1 && (loraTail_ >> cuda::kQkvWeight & 1u) &&
-      !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, o.maxLoraRank)) {
+      !split[cuda::kQkvWeight] && !c.qkvBias && !c.qkNorm && cuda::ropeKvLoraSupported(shape_, slotRank)) {
     const int perSlot = cuda::heldInGroup(cuda::kQkvWeight, o.loraModuleMask) * slotRank;
     const int slots =
         perSlot > 0 ? std::min(o.loraSlots, (c.numHeads + 2 * c.numKvHeads) * c.headDim / (16 * perSlot)) : 0;
@@ -266,15 +268,16 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (pooled) {
     // Where o's and down's decode GEMM may take their LoRA (loraGemmArgs: one GPU, the step's slots'
     // A rows in its shrink tiles), the norm after it adds their deltas from a transposed copy of B.
-    // Only steps whose slots lie in the first kDecodeGemmLoraMaxRows / maxRank can (slot buckets), so
-    // only those slots keep the copy. With every slot required to, pools of more than 8 rank-16
+    // Only steps whose slots lie in the first kDecodeGemmLoraMaxRows / slot rank can (slot buckets),
+    // so only those slots keep the copy; steps of a rank (stepRank_) the norm does not take leave
+    // the deltas to the GEMM or the item shrink (loraGemmArgs). With every slot required to, pools of more than 8 rank-16
     // slots kept none, and their GEMMs added the deltas themselves: a decode step of 32 rows over 8
     // rank-16 adapters in the first 8 of 128 slots took +15.5% over the base step that way, +11.0%
     // with the norms (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
     int transposedSlots[kNumLoraModules] = {};
     const int lowSlots = slotRank > 0 ? cuda::kDecodeGemmLoraMaxRows / slotRank : 0;
     if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused && lowSlots > 0 &&
-        cuda::rmsnormDeltaSupported(c.hiddenSize, o.maxLoraRank)) {
+        cuda::rmsnormDeltaSupported(c.hiddenSize, slotRank)) {
       if (loraInGemm_ >> cuda::kOWeight & 1u) transposedSlots[kO] = lowSlots;
       if (loraInGemm_ >> cuda::kDownWeight & 1u) transposedSlots[kDown] = lowSlots;
     }

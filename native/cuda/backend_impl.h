@@ -358,7 +358,8 @@ class CudaBackend : public Backend {
   // without them.
   DeviceBuffer<const void*> piecePtrs_;
   uint64_t generation_ = 1;                            // bumped whenever a buffer a graph uses moves
-  std::map<std::tuple<int, int, int>, Graph> graphs_;  // by (batch size, stepSlots_, attention splits)
+  // By (batch size, stepSlots_, stepRank_, attention splits).
+  std::map<std::tuple<int, int, int, int>, Graph> graphs_;
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.
   std::unique_ptr<cuda::GpuLoraPool> lora_;
   cuda::LoraItems loraItems_{};
@@ -371,6 +372,16 @@ class CudaBackend : public Backend {
   int stepSlots_ = 0;
   bool slotBuckets_ = true;
   bool stepHasLora() const { return stepSlots_ > 0; }
+  // The rank a decode step's LoRA kernels are chosen and sized by: the slot rank times the longest
+  // run of slots an adapter of the batch takes (lora_runs.h), at most the pool's max rank; the
+  // pool's max rank for larger steps, and 0 without adapter tokens. Where the pool is cut into slots
+  // below its max rank, a batch of small adapters then takes the kernels of its own rank (q/k/v's
+  // tail rows, o's shrink in the attention or its GEMM, the deltas in the norms) rather than the
+  // max rank's; each value has graphs of its own.
+  int stepRank_ = 0;
+  // The pool's slices for this step: its max rank the step's (stepRank_).
+  cuda::LoraSlices stepSlices(int layer, std::initializer_list<LoraModule> modules, const int* offsets) const;
+  cuda::LoraSlices gateUpStepSlices(int layer) const;
   // Slots that group g's slot-ordered extents cover this step: stepSlots_ where one slot's padding
   // columns come before the next slot's (split rows, or one held module), else the pool's.
   int coveredSlots(cuda::WeightGroup g) const;

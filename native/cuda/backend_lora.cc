@@ -48,10 +48,10 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
     throw std::logic_error(std::string(name) + ": bf16 output where the projection writes f32");
   }
   if (fusedLoraStep()) {
-    const cuda::LoraSlices sl = lora_->slices(l, modules, offsets);
+    const cuda::LoraSlices sl = stepSlices(l, modules, offsets);
     const DecodeShrink d = decodeShrink(in, ld, input);
-    if (w_->tail[g] > 0 && stepSlots_ <= lora_->tailSlots(g) && sl.count > 0 && d.decode &&
-        yType == cuda::ElemType::F32) {
+    if (w_->tail[g] > 0 && stepSlots_ <= lora_->tailSlots(g) && cuda::ropeKvLoraSupported(shape_, sl.maxRank) &&
+        sl.count > 0 && d.decode && yType == cuda::ElemType::F32) {
       // Every slot's shrink outputs after each token's q, k and v, for ropeKvLora (lora_tail.h),
       // which adds the deltas.
       const bf16_t* x = makeRows(input, made, in);

@@ -6,6 +6,18 @@
 namespace troupe {
 namespace cuda_engine {
 
+cuda::LoraSlices CudaBackend::stepSlices(int layer, std::initializer_list<LoraModule> modules,
+                                         const int* offsets) const {
+  cuda::LoraSlices sl = lora_->slices(layer, modules, offsets);
+  if (stepRank_ > 0) sl.maxRank = stepRank_;
+  return sl;
+}
+
+cuda::LoraSlices CudaBackend::gateUpStepSlices(int layer) const {
+  const int zero[2] = {0, 0};
+  return stepSlices(layer, {kGate, kUp}, zero);
+}
+
 CudaBackend::DecodeShrink CudaBackend::decodeShrink(int in, int ld, const cuda::RowInput& input) const {
   DecodeShrink d;
   d.decode = rowShrink_ && map_.tokens <= fusedSplitMaxTokens_ && cuda::rowShrinkSupported(in, ld) &&
@@ -50,6 +62,7 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
   // down's to the next layer's before q/k/v.
   const LoraModule m = g == cuda::kOWeight ? kO : kDown;
   const bool later = lora_->bTransposed(l, m) && coveredSlots(g) <= lora_->transposedSlots(m) &&
+                     cuda::rmsnormDeltaSupported(c_.hiddenSize, sl.maxRank) &&
                      (g == cuda::kOWeight || l + 1 < c_.numLayers);
   if (later) lo.B = nullptr;
   if (decodeGemm_->supports(a, kDecodeGemmSplits)) return a;
@@ -68,11 +81,11 @@ cuda::DecodeGemmArgs CudaBackend::loraGemmArgs(int l, cuda::WeightGroup g, const
 bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   const cuda::DecodeGemmLora& lo = a.lora;
   if (!normShrinkKept_ || !lo.A || lo.B || lo.spread || lo.module != kO) return false;
-  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
+  const cuda::LoraSlices sl = gateUpStepSlices(l);
   const int outputs = sl.count * sl.maxRank;
   // Only where gate/up would take the item shrink, which this replaces (the sizes the GEMM takes,
-  // supports says).
-  if (!gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) || (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
+  // supports says), and the pool's n is laid out for the step's rank.
+  if (sl.maxRank != lora_->maxRank() || !gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) || (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
     return false;
   cuda::DecodeGemmArgs with = a;
   cuda::DecodeGemmNormShrink& ns = with.normShrink;
@@ -93,7 +106,7 @@ bool CudaBackend::gateUpItemShrink(const cuda::LoraSlices& sl) const {
 
 cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
   cuda::DecodeGemmPrefetch pf;
-  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
+  const cuda::LoraSlices sl = gateUpStepSlices(l);
   if (!gateUpPrefetch_ || !gateUpItemShrink(sl) || sl.count > 2) return pf;
   for (int j = 0; j < sl.count; ++j) pf.a[j] = sl.a[j], pf.slotStride[j] = sl.aSlotStride[j];
   pf.bytes = static_cast<size_t>(sl.maxRank) * sl.in * sizeof(bf16_t), pf.slices = sl.count, pf.rowSlot = dRowSlot_;
@@ -107,7 +120,7 @@ cuda::DecodeGemmPrefetch CudaBackend::gateUpPrefetch(int l) const {
 }
 
 cuda::NormShrinkColumns CudaBackend::gateUpColumns(int l) {
-  const cuda::LoraSlices sl = lora_->gateUpSlices(l);
+  const cuda::LoraSlices sl = gateUpStepSlices(l);
   cuda::NormShrinkColumns cs;
   cs.partial = normShrinkParts_.get();
   cs.tiles = normShrinkTiles();
@@ -168,9 +181,9 @@ cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   // Only where the o projection would take the item shrink over the attention's rows as they are.
   if (oInAttention_ == OInAttention::kOff || !fusedLoraStep() || !decodeShrink(in, ld, attentionRows()).itemShrink)
     return {};
-  if (oInAttention_ == OInAttention::kSmallRanks && lora_->maxRank() > kOInAttentionMaxRank) return {};
+  if (oInAttention_ == OInAttention::kSmallRanks && stepRank_ > kOInAttentionMaxRank) return {};
   const int zero[1] = {0};
-  const cuda::LoraSlices sl = lora_->slices(l, {kO}, zero);
+  const cuda::LoraSlices sl = stepSlices(l, {kO}, zero);
   if (sl.count != 1 || sl.in != in) return {};
   const cuda::RowInput heads = attentionRows();
   if (loraGemmArgs(l, g, sl, heads.bf16, heads.ld, hidden_.get(), c_.hiddenSize, keepsResidual()).M > 0) return {};

@@ -61,7 +61,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   Plan p;
   uploadInputs(b, p);
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
-  stepSlots_ = 0;
+  stepSlots_ = 0, stepRank_ = 0;
   if (p.loraItems > 0) {
     // The last slot of each adapter's run (lora_runs.h).
     int highest = 0;
@@ -69,6 +69,9 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     int covered = 1;
     while (covered <= highest) covered *= 2;
     stepSlots_ = slotBuckets_ ? std::min(covered, lora_->slots()) : lora_->slots();
+    int span = 1;
+    for (int slot : p.loraSlotsUsed) span = std::max(span, lora_->span(slot));
+    stepRank_ = p.T <= fusedSplitMaxTokens_ ? std::min(lora_->maxRank(), lora_->slotRank() * span) : lora_->maxRank();
   }
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   const bool graphed = graphable(b, p);
@@ -79,13 +82,13 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
       // Decode-only: sgmv items are single tokens. csgmv cuts each used slot's n tokens into
       // ceil(n / chunk) <= floor(n / chunk) + 1 chunks of at most chunk tokens, so a step has at
       // most floor(T / chunk) + (slots used) items, the slots used no more than the step's covered
-      // slots (stepSlots_, a key of the graph); the blocks past the real ones only exit.
+      // slots (stepSlots_, a key of the graph, as stepRank_ is); the blocks past the real ones only exit.
       const int chunk = o_.loraChunkSize;
       loraItems_.gridItems = o_.loraSgmv ? p.T : std::min(p.T, p.T / chunk + std::min(p.T, stepSlots_));
       const int longest = o_.loraSgmv ? 1 : std::min(p.T, chunk);
       loraItems_.gridTiles = (longest + cuda::kLoraTileTokens - 1) / cuda::kLoraTileTokens;
     }
-    Graph& g = graphs_[{p.n, stepSlots_, p.splits}];
+    Graph& g = graphs_[{p.n, stepSlots_, stepRank_, p.splits}];
     if (!g.exec || g.generation != generation_) {
       // The products of shapes cuBLAS has not been timed on are noted while capturing (gemm.h).
       gemm_->noteUntuned(gemmTune_);
