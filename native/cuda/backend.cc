@@ -270,10 +270,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
     // A rows in its shrink tiles), the norm after it adds their deltas from a transposed copy of B.
     // Only steps whose slots lie in the first kDecodeGemmLoraMaxRows / slot rank can (slot buckets),
     // so only those slots keep the copy; steps of a rank (stepRank_) the norm does not take leave
-    // the deltas to the GEMM or the item shrink (loraGemmArgs). With every slot required to, pools of more than 8 rank-16
-    // slots kept none, and their GEMMs added the deltas themselves: a decode step of 32 rows over 8
-    // rank-16 adapters in the first 8 of 128 slots took +15.5% over the base step that way, +11.0%
-    // with the norms (H200, Llama-8B's shapes; bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
+    // the deltas to the GEMM or the item shrink (loraGemmArgs). With every slot required to, pools
+    // of more than 8 rank-16 slots kept none, and their GEMMs added the deltas themselves: a decode
+    // step of 32 rows over 8 rank-16 adapters in the first 8 of 128 slots took +15.5% over the base
+    // step that way, +11.0% with the norms (H200, Llama-8B's shapes;
+    // bench/results/2026-12-04-h200-lora-low-slots-transposed.json).
     int transposedSlots[kNumLoraModules] = {};
     const int lowSlots = slotRank > 0 ? cuda::kDecodeGemmLoraMaxRows / slotRank : 0;
     if (deltaInNorm_ && decodeGemm_ && tp_.size == 1 && o_.loraKernel == LoraKernel::kFused && lowSlots > 0 &&

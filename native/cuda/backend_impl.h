@@ -357,7 +357,7 @@ class CudaBackend : public Backend {
   // (splitPieces each) of the one batched GEMM over pieces of k's rows (lora_fused.h); empty
   // without them.
   DeviceBuffer<const void*> piecePtrs_;
-  uint64_t generation_ = 1;                            // bumped whenever a buffer a graph uses moves
+  uint64_t generation_ = 1;  // bumped whenever a buffer a graph uses moves
   // By (batch size, stepSlots_, stepRank_, attention splits).
   std::map<std::tuple<int, int, int, int>, Graph> graphs_;
   // LoRA: the pool (when adapters are enabled), the step's work items and the shrink output.

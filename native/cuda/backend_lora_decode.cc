@@ -85,7 +85,8 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   const int outputs = sl.count * sl.maxRank;
   // Only where gate/up would take the item shrink, which this replaces (the sizes the GEMM takes,
   // supports says), and the pool's n is laid out for the step's rank.
-  if (sl.maxRank != lora_->maxRank() || !gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) || (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
+  if (sl.maxRank != lora_->maxRank() || !gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) ||
+      (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
     return false;
   cuda::DecodeGemmArgs with = a;
   cuda::DecodeGemmNormShrink& ns = with.normShrink;
