@@ -308,17 +308,12 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   // takes): one engine runs batches of rank 16 (q/k/v's tail rows, the norms' deltas, o's shrink in
   // the attention) and of rank 64 by turns, each from graphs of its own, with a rank-64 adapter in
   // the slots the small batches' kernels would read past their own.
+  const slotsOf16: Layout = { maxLoraRank: 64, loraSlotRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
+  /** A rank-64 pool of 32 slots of rank 16 with adapter `name` in each slot of `loaded`. */
+  const slotsOf16Engine = (loaded: Record<number, string>): number =>
+    prepare(slotsOf16, 32, new Map(Object.entries(loaded).map(([slot, name]) => [Number(slot), name])));
   it('rank-64 pool of 32 slots of rank 16, batches of rank 16 and 64 by turns', () => {
-    const layout: Layout = { maxLoraRank: 64, loraSlotRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
-    const h = prepare(
-      layout,
-      32,
-      new Map([
-        [0, named('r16')],
-        [1, named('r8')],
-        [4, named('r64')],
-      ]),
-    );
+    const h = slotsOf16Engine({ 0: named('r16'), 1: named('r8'), 4: named('r64') });
     const smallBatch = placed(small, { [named('r16')]: 0, [named('r8')]: 1 });
     const allBatch = placed(rows, { [named('r16')]: 0, [named('r8')]: 1, [named('r64')]: 4 });
     verify('rank-64 pool of slots of rank 16, a batch of rank 16', h, smallBatch);
@@ -329,16 +324,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   // A move of a run into a free run: into the first 128 / 16 slots, which keep o's and down's B
   // transposed for the norms (made again from the B that arrived), and out again.
   it('rank-64 pool of 32 slots of rank 16, a run of four slots moved', async () => {
-    const layout: Layout = { maxLoraRank: 64, loraSlotRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
-    const h = prepare(
-      layout,
-      32,
-      new Map([
-        [0, named('r8')],
-        [1, named('r16')],
-        [20, named('r64')],
-      ]),
-    );
+    const h = slotsOf16Engine({ 0: named('r8'), 1: named('r16'), 20: named('r64') });
     const batch = (at: number): Row[] => placed(rows, { [named('r64')]: at, [named('r8')]: 0, [named('r16')]: 1 });
     await addon.swapLoraSlots(h, 20, 4);
     verify('rank-64 pool of slots of rank 16, a run moved to slot 4', h, batch(4));
