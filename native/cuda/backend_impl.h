@@ -372,12 +372,12 @@ class CudaBackend : public Backend {
   int stepSlots_ = 0;
   bool slotBuckets_ = true;
   bool stepHasLora() const { return stepSlots_ > 0; }
-  // The rank a decode step's LoRA kernels are chosen and sized by: the slot rank times the longest
-  // run of slots an adapter of the batch takes (lora_runs.h), at most the pool's max rank; the
-  // pool's max rank for larger steps, and 0 without adapter tokens. Where the pool is cut into slots
-  // below its max rank, a batch of small adapters then takes the kernels of its own rank (q/k/v's
-  // tail rows, o's shrink in the attention or its GEMM, the deltas in the norms) rather than the
-  // max rank's; each value has graphs of its own.
+  // The rank a step's LoRA kernels are chosen and sized by: the slot rank times the longest run of
+  // slots an adapter of the batch takes (lora_runs.h), at most the pool's max rank; 0 without
+  // adapter tokens. Where the pool is cut into slots below its max rank, a batch of small adapters
+  // then takes the kernels of its own rank (a decode step's q/k/v tail rows, o's shrink in the
+  // attention or its GEMM, the deltas in the norms; a prefill's shrink over its rank's rows) rather
+  // than the max rank's; each value has graphs of its own.
   int stepRank_ = 0;
   // The pool's slices for this step: its max rank the step's (stepRank_).
   cuda::LoraSlices stepSlices(int layer, std::initializer_list<LoraModule> modules, const int* offsets) const;

@@ -71,7 +71,7 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
     stepSlots_ = slotBuckets_ ? std::min(covered, lora_->slots()) : lora_->slots();
     int span = 1;
     for (int slot : p.loraSlotsUsed) span = std::max(span, lora_->span(slot));
-    stepRank_ = p.T <= fusedSplitMaxTokens_ ? std::min(lora_->maxRank(), lora_->slotRank() * span) : lora_->maxRank();
+    stepRank_ = std::min(lora_->maxRank(), lora_->slotRank() * span);
   }
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
   const bool graphed = graphable(b, p);
