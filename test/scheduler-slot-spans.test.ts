@@ -3,7 +3,7 @@
 // larger adapter frees an aligned run by evicting every adapter in it, and moves between slots
 // exchange runs of one size.
 import { describe, expect, test } from 'vitest';
-import { loraPoolSlots, loraSlotRank, loraSlotSpan } from '../src/engine/lora-slots.js';
+import { cudaSlotRuns, loraPoolSlots, loraSlotRank, loraSlotSpan } from '../src/engine/lora-slots.js';
 import type { Scheduler } from '../src/scheduler/index.js';
 import { newScheduler, runAll, seq, serveLoader, step, type LoaderSpec } from './scheduler-harness.js';
 
@@ -30,9 +30,17 @@ function useInTurn(s: Scheduler, ...names: string[]): void {
 }
 
 describe('slot rank and spans', () => {
-  test('the CPU backend cuts a power-of-two max rank into slots of rank 8; CUDA keeps one adapter a slot', () => {
+  test('the CPU backend cuts a power-of-two max rank into slots of rank 8; CUDA cuts ranks 32 and 64 into slots of 16', () => {
     expect([loraSlotRank('cpu', 64, ''), loraSlotRank('cpu', 8, ''), loraSlotRank('cpu', 4, ''), loraSlotRank('cpu', 24, '')]).toEqual([8, 8, 4, 24]);
-    expect(loraSlotRank('cuda', 64, '')).toBe(64);
+    expect([8, 16, 24, 32, 64, 128].map((r) => loraSlotRank('cuda', r, ''))).toEqual([8, 16, 24, 16, 16, 128]);
+    // Whole slots where the kernels do not read runs of slots (or runs are not measured there).
+    expect(loraSlotRank('cuda', 64, '', false)).toBe(64);
+    expect([cudaSlotRuns('csgmv', undefined), cudaSlotRuns('csgmv', 'fused'), cudaSlotRuns('csgmv', 'mma'), cudaSlotRuns('sgmv', '')]).toEqual([
+      true,
+      true,
+      false,
+      false,
+    ]);
     // TROUPE_LORA_SLOT_RANK names one, for comparing layouts; the engines check that they take it.
     expect(loraSlotRank('cuda', 64, '16')).toBe(16);
     expect(() => loraSlotRank('cpu', 16, '32')).toThrow(

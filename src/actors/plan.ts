@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import type { ServeOptions } from '../config/options.js';
 import { LORA_MODULES, type EngineOptions, type LoraModule, type ModelConfig, type NativeAddon, type TensorRef } from '../engine/types.js';
 import { badRequest } from '../errors.js';
-import { loraPoolSlots, loraSlotRank } from '../engine/lora-slots.js';
+import { cudaSlotRuns, loraPoolSlots, loraSlotRank } from '../engine/lora-slots.js';
 import type { AdapterInfo } from '../model/adapter.js';
 import { planTensorParallel, rankOptions, shardTensor } from '../model/tensor-parallel.js';
 
@@ -81,7 +81,7 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
   } else {
     loraModules = [...LORA_MODULES];
   }
-  const slotRank = loraSlotRank(device, maxLoraRank);
+  const slotRank = loraSlotRank(device, maxLoraRank, undefined, cudaSlotRuns(opts.loraBackend));
 
   return {
     loraEnabled,

@@ -144,7 +144,7 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'int',
     default: null,
     group: 'lora',
-    help: "troupe's own (SGLang has no such flag): the pool's size in adapters of --max-lora-rank (the CPU backend fits more of lower ranks), so adapters keep their slot after leaving a batch and come back with no copy. At least --max-loras-per-batch, which still caps the adapters of one batch, and at most --max-loaded-loras when that is set; defaults to --max-loras-per-batch.",
+    help: "troupe's own (SGLang has no such flag): the pool's size in adapters of --max-lora-rank (a pool cut into slots of a lower rank fits more adapters of lower ranks: see Slots by rank), so adapters keep their slot after leaving a batch and come back with no copy. At least --max-loras-per-batch, which still caps the adapters of one batch, and at most --max-loaded-loras when that is set; defaults to --max-loras-per-batch.",
   },
   {
     name: 'max-loaded-loras',
