@@ -84,7 +84,7 @@ bool CudaBackend::gateUpShrinkInO(int l, cuda::DecodeGemmArgs& a) const {
   const cuda::LoraSlices sl = gateUpStepSlices(l);
   const int outputs = sl.count * sl.maxRank;
   // Only where gate/up would take the item shrink, which this replaces (the sizes the GEMM takes,
-  // supports says), and the pool's n is laid out for the step's rank.
+  // supports says), and where the pool's n, laid out by its max rank, is the step's.
   if (sl.maxRank != lora_->maxRank() || !gateUpItemShrink(sl) || !cuda::loraAContiguous(sl) ||
       (sl.count == 2 && sl.module[1] != sl.module[0] + 1))
     return false;
