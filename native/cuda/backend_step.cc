@@ -63,14 +63,15 @@ void CudaBackend::run(const StepBatch& b, StepOutput& out) {
   ensureActivations(p.T, p.decodes, p.splits, p.sampled);
   stepSlots_ = 0, stepRank_ = 0;
   if (p.loraItems > 0) {
-    // The last slot of each adapter's run (lora_runs.h).
-    int highest = 0;
-    for (int slot : p.loraSlotsUsed) highest = std::max(highest, slot + std::max(lora_->span(slot), 1) - 1);
+    // The last slot of each adapter's run (lora_runs.h), and the longest run.
+    int highest = 0, span = 1;
+    for (int slot : p.loraSlotsUsed) {
+      span = std::max(span, lora_->span(slot));
+      highest = std::max(highest, slot + std::max(lora_->span(slot), 1) - 1);
+    }
     int covered = 1;
     while (covered <= highest) covered *= 2;
     stepSlots_ = slotBuckets_ ? std::min(covered, lora_->slots()) : lora_->slots();
-    int span = 1;
-    for (int slot : p.loraSlotsUsed) span = std::max(span, lora_->span(slot));
     stepRank_ = std::min(lora_->maxRank(), lora_->slotRank() * span);
   }
   for (int slot : p.loraSlotsUsed) lora_->waitFor(slot, stream_);
