@@ -18,7 +18,8 @@
 // (or, on a checkpoint where transformers' own bf16 forward drifts further from its float32 one,
 // within a quarter above that drift, as cpu-vs-cuda.test.ts allows), and the greedy choice is
 // transformers' wherever its top-2 gap exceeds that bar. The same holds for a batch mixing the
-// base model and three adapters against PEFT (csgmv and sgmv), and --tp-size 2 against one rank.
+// base model and four adapters against PEFT (csgmv and sgmv, and over runs of slots of rank 16), and
+// --tp-size 2 against one rank.
 // Turning the family's difference off must break parity, so passing shows the engine runs it.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +35,7 @@ import {
   describeParity,
   readLoraReference,
   readReference,
+  runStart,
   servedGreedyMatches,
   teacherForced,
   type Parity,
@@ -78,6 +80,9 @@ describe.each(families)('%s on the CUDA backend', (family) => {
   const BAR = Math.max(0.05, 1.25 * ref.bf16MaxAbsDiff);
   const baseRows: Row[] = ref.cases.map((c) => ({ slot: -1, c }));
   const loraRows: Row[] = ['base', ...lora.adapters].flatMap((model, mi) => lora.cases[model]!.map((c) => ({ slot: mi - 1, c })));
+  // The same rows with each adapter at the start of its run in a pool cut into slots of rank 16.
+  const runRows: Row[] = loraRows.map((r) => (r.slot < 0 ? r : { ...r, slot: runStart(lora.adapters[r.slot]!) }));
+  const slotsOf16 = { loraSlots: 16, maxLoraRank: 64, loraSlotRank: 16 };
 
   /** A fresh engine for one test, destroyed after it (a 7B model's copies add up). */
   async function withEngine<T>(
@@ -128,7 +133,7 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     { loraBackend: 'csgmv' as const, loraChunkSize: 1, graphs: 0 },
     { loraBackend: 'sgmv' as const, loraChunkSize: 16, graphs: 32 },
   ])(
-    'a batch of the base model and three adapters matches PEFT: $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
+    'a batch of the base model and four adapters matches PEFT: $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
     async ({ loraBackend, loraChunkSize, graphs }) => {
       const opts = { loraSlots: 4, maxLoraRank: 64, cudaGraphMaxBs: graphs, loraBackend, loraChunkSize };
       const p = await withEngine(ckpt.config, loraRows, opts, async (h) => {
@@ -138,6 +143,17 @@ describe.each(families)('%s on the CUDA backend', (family) => {
       expectParity(p, BAR, loraRows.length * 8, `${family} LoRA (${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs})`);
     },
   );
+
+  // What a server on one GPU runs by default: each adapter over the run of slots its rank needs, a
+  // step's kernels sized by its batch's rank.
+  it('the same batch over runs of slots of rank 16 matches PEFT (csgmv, fused kernels, graphs up to 32)', async () => {
+    const opts = { ...slotsOf16, cudaGraphMaxBs: 32, loraBackend: 'csgmv' as const, loraChunkSize: 16, loraKernel: 'fused' as const };
+    const p = await withEngine(ckpt.config, runRows, opts, async (h) => {
+      for (const name of lora.adapters) loadSlot(h, runStart(name), join(dir, 'adapters', name), ckpt);
+      return againstReference(await teacherForced((b) => addon.step(h, b), runRows, vocab, { blockSize: BLOCK, chunks: 1 }), runRows, BAR);
+    });
+    expectParity(p, BAR, runRows.length * 8, `${family} LoRA over runs of slots of rank 16`);
+  });
 
   describe('tensor parallelism', () => {
     const options = engineOptions({
@@ -150,13 +166,16 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     });
     let one: Position[][];
 
-    /** The mixed batch on a group of tp ranks (prefill in two chunks), closed after. */
-    async function run(tp: number, gpuIdStep: number, check: (g: RankGroup) => void): Promise<Position[][]> {
-      const g = await startRanks(ckpt, tp, options, { count: gpus, gpuIdStep });
+    /**
+     * The mixed batch on a group of tp ranks (prefill in two chunks), closed after; with `runs`, over
+     * a pool cut into slots of rank 16.
+     */
+    async function run(tp: number, gpuIdStep: number, check: (g: RankGroup) => void, runs = false): Promise<Position[][]> {
+      const g = await startRanks(ckpt, tp, runs ? { ...options, ...slotsOf16 } : options, { count: gpus, gpuIdStep });
       try {
         check(g);
-        for (const [slot, name] of lora.adapters.entries()) await g.loadSlot(slot, join(dir, 'adapters', name));
-        return await teacherForced((b) => g.step(b), loraRows, vocab, { blockSize: BLOCK, chunks: 2 });
+        for (const [slot, name] of lora.adapters.entries()) await g.loadSlot(runs ? runStart(name) : slot, join(dir, 'adapters', name));
+        return await teacherForced((b) => g.step(b), runs ? runRows : loraRows, vocab, { blockSize: BLOCK, chunks: 2 });
       } finally {
         await g.close();
       }
@@ -170,6 +189,11 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     it("tp 2 on one GPU (host collectives) matches tp 1, each rank holding its heads' biases", async () => {
       const many = await run(2, 0, (g) => expect(g.info.collective).toBe('host'));
       expectParity(againstRun(many, one, BAR), BAR, loraRows.length * 8, `${family} tp 2, one GPU`);
+    });
+
+    it('tp 2 on one GPU over runs of slots of rank 16 matches tp 1', async () => {
+      const many = await run(2, 0, (g) => expect(g.info.collective).toBe('host'), true);
+      expectParity(againstRun(many, one, BAR), BAR, loraRows.length * 8, `${family} tp 2, one GPU, slots of rank 16`);
     });
 
     it.skipIf(gpus < 2)('tp 2 on GPUs 0 and 1 matches tp 1', async () => {

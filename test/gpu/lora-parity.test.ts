@@ -1,6 +1,6 @@
 // Multi-LoRA on the CUDA backend against transformers + PEFT (TROUPE_GPU_TESTS=1, after
-// make_checkpoint.py --refs and make_adapters.py). One batch mixes the base model and three
-// adapters (rank 8 on q/v, ranks 16 and 64 on all seven modules); teacher-forced on PEFT's greedy
+// make_checkpoint.py --refs and make_adapters.py). One batch mixes the base model and four
+// adapters (rank 8 on q/v, ranks 16, 64 and 32 on all seven modules); teacher-forced on PEFT's greedy
 // continuation, every token's logprob is within 0.05 of PEFT's and the greedy choice is PEFT's
 // wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
 // every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
@@ -108,7 +108,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
 
   const kernels: Array<NonNullable<EngineOptions['loraKernel']>> = ['fma', 'mma', 'mma-pdl', 'mma-overlap', 'fused'];
   it.each(kernels.flatMap((loraKernel) => layouts.map((l) => ({ ...l, loraKernel }))))(
-    'mixed batch of base and three adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
+    'mixed batch of base and four adapters: $loraKernel, $loraBackend, chunk $loraChunkSize, graphs up to $graphs',
     ({ loraKernel, loraBackend, loraChunkSize, graphs }) =>
       check(
         `${loraKernel}, ${loraBackend}, chunk ${loraChunkSize}, graphs ${graphs}`,
@@ -294,11 +294,20 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       others: { 2: named('r16'), 8: named('r64') },
     },
     { rank: 64, slotRank: 16, pool: 32, place: { [named('r64')]: 28, [named('r16')]: 5 }, others: { 0: named('r64'), 27: named('r8') } },
+    // Rank 32 over two slots of 16: alone in a rank-32 pool, and beside a run of four in a rank-64 one.
+    { rank: 32, slotRank: 16, pool: 8, place: { [named('r32')]: 2, [named('r16')]: 0 }, others: { 1: named('r8'), 4: named('r32') } },
+    {
+      rank: 64,
+      slotRank: 16,
+      pool: 32,
+      place: { [named('r32')]: 6, [named('r64')]: 8, [named('r8')]: 0 },
+      others: { 2: named('r32'), 4: named('r16') },
+    },
   ])('rank-$rank pool of $pool slots of rank $slotRank, adapters at $place', ({ rank, slotRank, pool, place, others }) =>
     check(
       `rank-${rank} pool of ${pool} slots of rank ${slotRank}`,
       { maxLoraRank: rank, loraSlotRank: slotRank, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
-      placed(rank <= 32 ? small : rows, place),
+      placed(rows, place),
       pool,
       others,
     ),
@@ -306,18 +315,19 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
 
   // A decode step takes the kernels of its batch's rank (the longest run of slots an adapter of it
   // takes): one engine runs batches of rank 16 (q/k/v's tail rows, the norms' deltas, o's shrink in
-  // the attention) and of rank 64 by turns, each from graphs of its own, with a rank-64 adapter in
-  // the slots the small batches' kernels would read past their own.
+  // the attention), 64 and 32 by turns, each from graphs of its own, with adapters of higher rank
+  // in the slots the smaller batches' kernels would read past their own.
   const slotsOf16: Layout = { maxLoraRank: 64, loraSlotRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 };
   /** A rank-64 pool of 32 slots of rank 16 with adapter `name` in each slot of `loaded`. */
   const slotsOf16Engine = (loaded: Record<number, string>): number =>
     prepare(slotsOf16, 32, new Map(Object.entries(loaded).map(([slot, name]) => [Number(slot), name])));
-  it('rank-64 pool of 32 slots of rank 16, batches of rank 16 and 64 by turns', () => {
-    const h = slotsOf16Engine({ 0: named('r16'), 1: named('r8'), 4: named('r64') });
+  it('rank-64 pool of 32 slots of rank 16, batches of rank 16, 64 and 32 by turns', () => {
+    const h = slotsOf16Engine({ 0: named('r16'), 1: named('r8'), 2: named('r32'), 4: named('r64') });
     const smallBatch = placed(small, { [named('r16')]: 0, [named('r8')]: 1 });
-    const allBatch = placed(rows, { [named('r16')]: 0, [named('r8')]: 1, [named('r64')]: 4 });
+    const allBatch = placed(rows, { [named('r16')]: 0, [named('r8')]: 1, [named('r32')]: 2, [named('r64')]: 4 });
     verify('rank-64 pool of slots of rank 16, a batch of rank 16', h, smallBatch);
     verify('rank-64 pool of slots of rank 16, a batch of rank 64', h, allBatch);
+    verify('rank-64 pool of slots of rank 16, a batch of rank 32', h, placed(rows, { [named('r16')]: 0, [named('r32')]: 2 }));
     verify('rank-64 pool of slots of rank 16, a batch of rank 16 again', h, smallBatch);
   });
 

@@ -6,11 +6,12 @@
 
 Any family make_checkpoint.py writes: the model class comes from its config.json.
 
-Writes MODEL/adapters/{r8-qv,r16-all,r64-all}: rank 8 on q_proj and v_proj, ranks 16 and 64 on all
-seven modules (the last with rsLoRA scaling), every factor random (B too, so each adapter changes
-the output). MODEL/lora-reference.json holds, per adapter and for the base model, transformers +
-PEFT's greedy continuation of each prompt (24 tokens) and, teacher-forced on it, each token's
-logprob and the top-2 gap, computed in float32 on the bf16 weights as reference.json is.
+Writes MODEL/adapters/{r8-qv,r16-all,r64-all,r32-all}: rank 8 on q_proj and v_proj, ranks 16, 64
+and 32 on all seven modules (rank 64 with rsLoRA scaling), every factor random (B too, so each
+adapter changes the output). MODEL/lora-reference.json holds, per adapter and for the base model,
+transformers + PEFT's greedy continuation of each prompt (24 tokens) and, teacher-forced on it,
+each token's logprob and the top-2 gap, computed in float32 on the bf16 weights as reference.json
+is.
 """
 import argparse
 import json
@@ -28,6 +29,8 @@ ADAPTERS = {
     "r8-qv": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
     "r16-all": dict(r=16, lora_alpha=32, target_modules=ALL),
     "r64-all": dict(r=64, lora_alpha=16, target_modules=ALL, use_rslora=True),
+    # Last, so that the others keep their slots in tests that load adapter i into slot i.
+    "r32-all": dict(r=32, lora_alpha=64, target_modules=ALL),
 }
 CONTINUATION = 24
 

@@ -30,6 +30,18 @@ export interface LoraReference {
 export const readReference = (dir: string): Reference => JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as Reference;
 export const readLoraReference = (dir: string): LoraReference => JSON.parse(readFileSync(join(dir, 'lora-reference.json'), 'utf8')) as LoraReference;
 
+/**
+ * Where make_adapters.py's adapters go in a pool of max rank 64 cut into 16 slots of rank 16: each
+ * at the start of the run of slots its rank needs (r8 and r16 one, r32 two, r64 four), a run of n
+ * slots starting at a multiple of n.
+ */
+export function runStart(adapter: string): number {
+  const starts: Record<string, number> = { r8: 0, r16: 1, r32: 2, r64: 4 };
+  const start = starts[adapter.split('-')[0]!];
+  if (start === undefined) throw new Error(`no run of slots for adapter ${adapter}`);
+  return start;
+}
+
 export interface Row {
   slot: number;
   c: RefCase;

@@ -1,6 +1,6 @@
 // --tp-size 2 on the CUDA backend against --tp-size 1 (TROUPE_GPU_TESTS=1, after
-// make_checkpoint.py --refs and make_adapters.py): one batch mixes the base model and three
-// adapters (ranks 8, 16 and 64), teacher-forced on PEFT's greedy continuation. Every token's
+// make_checkpoint.py --refs and make_adapters.py): one batch mixes the base model and four
+// adapters (ranks 8, 16, 64 and 32), teacher-forced on PEFT's greedy continuation. Every token's
 // logprob at tp 2 is within 0.05 of tp 1's, and the greedy choice is tp 1's wherever tp 1's
 // top-2 gap exceeds 0.05. Two ranks on one GPU (--gpu-id-step 0) exchange activations through
 // host memory; with two GPUs visible, ranks on GPUs 0 and 1 run over the peer-to-peer kernels
@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { addon, engineOptions, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
 import { startRanks, type RankGroup } from '../tp-fixtures.js';
+import { runStart } from './parity-fixtures.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
@@ -22,9 +23,16 @@ const vocab = ckpt.config.vocabSize;
 const rows = ['base', ...ref.adapters].flatMap((model, mi) => ref.cases[model]!.map((c) => ({ slot: mi - 1, c })));
 const gpus = addon.cudaDeviceCount();
 
-/** Per row and position: the logprobs of the reference token, the argmax and the top-2 gap. */
-async function run(group: RankGroup): Promise<Array<Array<{ lp: number; top: number; gap: number }>>> {
-  for (const [slot, name] of ref.adapters.entries()) await group.loadSlot(slot, join(dir, 'adapters', name));
+/**
+ * Per row and position: the logprobs of the reference token, the argmax and the top-2 gap; adapter i
+ * in slot `place[i]` (by default slot i).
+ */
+async function run(
+  group: RankGroup,
+  place: number[] = ref.adapters.map((_, i) => i),
+): Promise<Array<Array<{ lp: number; top: number; gap: number }>>> {
+  for (const [i, name] of ref.adapters.entries()) await group.loadSlot(place[i]!, join(dir, 'adapters', name));
+  const slotOf = (slot: number): number => (slot < 0 ? slot : place[slot]!);
   const maxBlocks = 16;
   const blocks = rows.map((_, i) => Array.from({ length: maxBlocks }, (_, k) => i * maxBlocks + k));
   const out = rows.map(() => [] as Array<{ lp: number; top: number; gap: number }>);
@@ -37,7 +45,7 @@ async function run(group: RankGroup): Promise<Array<Array<{ lp: number; top: num
   const opts = { maxBlocksPerSeq: maxBlocks, returnLogits: true };
   let r = await group.step(
     makeBatch(
-      rows.map(({ slot, c }, i) => ({ tokens: c.prompt, cached: 0, blocks: blocks[i]!, slot })),
+      rows.map(({ slot, c }, i) => ({ tokens: c.prompt, cached: 0, blocks: blocks[i]!, slot: slotOf(slot) })),
       opts,
     ),
   );
@@ -47,7 +55,7 @@ async function run(group: RankGroup): Promise<Array<Array<{ lp: number; top: num
       tokens: [c.continuation[pos - 1]!],
       cached: c.prompt.length + pos - 1,
       blocks: blocks[i]!,
-      slot,
+      slot: slotOf(slot),
     }));
     r = await group.step(makeBatch(seqs, opts));
     record(r.logits!, pos);
@@ -98,6 +106,15 @@ describe('tensor parallelism on the GPU matches one rank', () => {
     groups.push(g);
     expect(g.info.collective).toBe('host');
     compare(await run(g), 'tp 2, one GPU, host');
+  });
+
+  // A pool of max rank 64 cut into 16 slots of rank 16: each adapter takes the run of slots its rank
+  // needs (runStart), and a step's kernels take its batch's rank.
+  it('tp 2 on one GPU (host collectives), slots of rank 16', async () => {
+    const runs = { ...options, loraSlots: 16, loraSlotRank: 16 };
+    const g = await startRanks(ckpt, 2, runs, { count: gpus, gpuIdStep: 0 });
+    groups.push(g);
+    compare(await run(g, ref.adapters.map(runStart)), 'tp 2, one GPU, host, slots of rank 16');
   });
 
   // By default the decode steps' all-reduces (16 rows) take the peer-to-peer kernels and the
