@@ -34,6 +34,8 @@ import { nvidiaSmi } from './serve-server.js';
 tuneAtFirstCapture();
 
 const root = new URL('..', import.meta.url);
+// The server's own rules for cutting the pool into slots.
+const { cudaSlotRuns, loraPoolSlots, loraSlotRank, loraSlotSpan } = await import(new URL('dist/src/engine/lora-slots.js', root).href);
 const { loadNative } = await import(new URL('dist/src/engine/native.js', root).href);
 const { openCheckpoint } = await import(new URL('dist/src/model/checkpoint.js', root).href);
 const { loadAdapterWeights } = await import(new URL('dist/src/model/adapter.js', root).href);
@@ -67,18 +69,15 @@ if (!(Number.isInteger(pool) && pool >= 8)) throw new Error(`LORA_POOL must be a
 const poolRank = process.env.LORA_POOL_RANK === undefined ? undefined : Number(process.env.LORA_POOL_RANK);
 if (poolRank !== undefined && !(Number.isInteger(poolRank) && ranks.every((r) => r <= poolRank)))
   throw new Error(`LORA_POOL_RANK must be an integer no smaller than every rank of LORA_RANKS, not ${process.env.LORA_POOL_RANK}`);
-// LORA_SLOT_RANK=16 cuts the pool into slots of that rank (src/engine/lora-slots.ts): LORA_POOL
-// places of the pool's rank become more slots, and each adapter takes the run of slots its rank
-// needs, the adapters' runs one after another from slot 0.
-const slotRank = process.env.LORA_SLOT_RANK === undefined ? undefined : Number(process.env.LORA_SLOT_RANK);
-if (slotRank !== undefined && !(Number.isInteger(slotRank) && slotRank >= 8 && ranks.every((r) => slotRank <= (poolRank ?? r))))
+// The pool is cut into slots as a server's is (src/engine/lora-slots.ts: slots of rank 16 in CUDA
+// pools of max rank 32 and 64 with csgmv and the fused kernels); LORA_SLOT_RANK=64 names the slot
+// rank instead. LORA_POOL places of the pool's rank become more slots, and each adapter takes the
+// run of slots its rank needs, the adapters' runs one after another from slot 0.
+const slotRankEnv = process.env.LORA_SLOT_RANK === undefined ? undefined : Number(process.env.LORA_SLOT_RANK);
+if (slotRankEnv !== undefined && !(Number.isInteger(slotRankEnv) && slotRankEnv >= 8 && ranks.every((r) => slotRankEnv <= (poolRank ?? r))))
   throw new Error(`LORA_SLOT_RANK must be an integer from 8 to the pool's rank, not ${process.env.LORA_SLOT_RANK}`);
-/** The slots an adapter of `rank` takes in slots of `slotRank` (src/engine/lora-slots.ts). */
-const spanOf = (rank) => {
-  let n = 1;
-  while (slotRank !== undefined && n * slotRank < rank) n *= 2;
-  return n;
-};
+/** The slot rank of a pool of max rank `places` run by `loraBackend` and `loraKernel`. */
+const slotRankOf = (places, loraBackend, loraKernel) => slotRankEnv ?? loraSlotRank('cuda', places, '', cudaSlotRuns(loraBackend, loraKernel));
 
 // What the steps read: the adapters' bytes beside each overhead (bench/lora-roofline.js), the floor
 // from the copy bandwidth that bench/gpu_peft.py measured in the same run.
@@ -96,7 +95,7 @@ const result = {
   copyBandwidthTBs: copyBytesPerS ? copyBytesPerS / 1e12 : undefined,
   pool: pool > 8 ? pool : undefined,
   poolRank,
-  slotRank,
+  slotRank: slotRankEnv,
   variants: variants.length > 1 ? variants.map((v) => v.label) : undefined,
   runs: [],
   peft,
@@ -110,10 +109,10 @@ for (const rank of ranks) {
     for (const loraKernel of kernels) {
       const engines = variants.map((variant) => {
         const places = poolRank ?? rank;
-        const slots = slotRank === undefined ? pool : (pool * places) / slotRank;
-        const options = loraEngineOptions(w, { rank: places, loraBackend, loraKernel, slots, slotRank });
+        const slotRank = slotRankOf(places, loraBackend, loraKernel);
+        const options = loraEngineOptions(w, { rank: places, loraBackend, loraKernel, slots: loraPoolSlots(pool, places, slotRank), slotRank });
         const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
-        w.slotStride = spanOf(rank);
+        w.slotStride = loraSlotSpan(rank, slotRank);
         adapters.forEach((a, i) => addon.loadLoraSlot(h, i * w.slotStride, a));
         const byRound = counts.map(() => ({ decodeMs: [], prefillMs: [], prefillTokensPerS: [] }));
         return { variant, h, step: (b) => addon.step(h, b), byRound };
@@ -136,6 +135,7 @@ for (const rank of ranks) {
           const overhead = (key) => median(times[key].map((ms, i) => ms / byRound[0][key][i] - 1));
           const run = {
             rank,
+            slotRank: slotRankOf(poolRank ?? rank, loraBackend, loraKernel),
             loraBackend,
             loraKernel,
             variant: variants.length > 1 ? variant.label : undefined,

@@ -81,7 +81,7 @@ export function planEngine(opts: ServeOptions, config: ModelConfig, device: 'cpu
   } else {
     loraModules = [...LORA_MODULES];
   }
-  const slotRank = loraSlotRank(device, maxLoraRank, undefined, cudaSlotRuns(opts.loraBackend, opts.tpSize));
+  const slotRank = loraSlotRank(device, maxLoraRank, undefined, cudaSlotRuns(opts.loraBackend));
 
   return {
     loraEnabled,

@@ -42,11 +42,11 @@ export function loraSlotRank(device: 'cpu' | 'cuda', maxRank: number, env = proc
 /**
  * Whether a CUDA engine's default slot rank may cut its pool (`cudaRuns` of loraSlotRank): the fused
  * LoRA kernel reads runs of slots, the others do not (TROUPE_LORA_KERNEL may name one), and runs of
- * slots are checked against PEFT and timed on one GPU with the csgmv backend, not with sgmv or
- * with tensor parallelism.
+ * slots are checked against PEFT with the csgmv backend (on one GPU and with --tp-size 2, Llama,
+ * Qwen2 and Qwen3), not with sgmv.
  */
-export function cudaSlotRuns(loraBackend: 'csgmv' | 'sgmv', tpSize: number, kernel = process.env.TROUPE_LORA_KERNEL): boolean {
-  return loraBackend === 'csgmv' && tpSize === 1 && (kernel === undefined || kernel === '' || kernel === 'fused');
+export function cudaSlotRuns(loraBackend: 'csgmv' | 'sgmv', kernel = process.env.TROUPE_LORA_KERNEL): boolean {
+  return loraBackend === 'csgmv' && (kernel === undefined || kernel === '' || kernel === 'fused');
 }
 
 /** Slots of the pool: `places` adapters of `maxRank`, cut into slots of `slotRank`. */
