@@ -107,9 +107,9 @@ for (const rank of ranks) {
   const loraBytes = (distinct) => adapters.slice(0, distinct).reduce((n, a) => n + adapterBytes(a), 0);
   for (const loraBackend of backends) {
     for (const loraKernel of kernels) {
+      const places = poolRank ?? rank;
+      const slotRank = slotRankOf(places, loraBackend, loraKernel);
       const engines = variants.map((variant) => {
-        const places = poolRank ?? rank;
-        const slotRank = slotRankOf(places, loraBackend, loraKernel);
         const options = loraEngineOptions(w, { rank: places, loraBackend, loraKernel, slots: loraPoolSlots(pool, places, slotRank), slotRank });
         const h = withEnv(variant.env, () => addon.createEngine(ckpt.config, ckpt.tensors, options));
         w.slotStride = loraSlotSpan(rank, slotRank);
@@ -135,7 +135,7 @@ for (const rank of ranks) {
           const overhead = (key) => median(times[key].map((ms, i) => ms / byRound[0][key][i] - 1));
           const run = {
             rank,
-            slotRank: slotRankOf(poolRank ?? rank, loraBackend, loraKernel),
+            slotRank,
             loraBackend,
             loraKernel,
             variant: variants.length > 1 ? variant.label : undefined,
