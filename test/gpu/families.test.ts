@@ -144,7 +144,7 @@ describe.each(families)('%s on the CUDA backend', (family) => {
     },
   );
 
-  // What a server on one GPU runs by default: each adapter over the run of slots its rank needs, a
+  // What a server runs by default: each adapter over the run of slots its rank needs, a
   // step's kernels sized by its batch's rank.
   it('the same batch over runs of slots of rank 16 matches PEFT (csgmv, fused kernels, graphs up to 32)', async () => {
     const opts = { ...slotsOf16, cudaGraphMaxBs: 32, loraBackend: 'csgmv' as const, loraChunkSize: 16, loraKernel: 'fused' as const };
