@@ -9,7 +9,9 @@
 // and after the streams, also says how busy the server's engine was, how long its decode steps
 // took, and how long it stood idle before each step sent ahead (engineUse).
 //   node bench/serve-overhead.js [--model DIR] [--streams 32] [--context 512] [--output 128]
-//     [--device auto] [--out FILE] [-- extra troupe serve flags]
+//     [--device auto] [--sampling JSON] [--out FILE] [-- extra troupe serve flags]
+// --sampling adds sampling_params to every request (e.g. '{"frequency_penalty":0.5}': penalized
+// rows sample past the greedy path; the step alone stays greedy).
 // Without --model, the generated demo model (demo-model/, written when missing). `npm run build`
 // first. Writes bench/results/<date>-<tag>-serve-overhead.json (tag: the GPU, e.g. h200, or cpu).
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -34,6 +36,7 @@ const OPTIONS = {
   context: ['string', '512', 'prompt length in tokens'],
   output: ['string', '128', 'tokens generated per request'],
   device: ['string', 'auto', 'troupe serve --device'],
+  sampling: ['string', '{}', 'sampling_params (JSON) added to every request'],
   out: ['string', undefined, 'JSON result file'],
   help: ['boolean', false, 'this text'],
 };
@@ -52,6 +55,15 @@ for (const [name, n] of [
 ]) {
   if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v[name]}`);
 }
+
+let sampling;
+try {
+  sampling = JSON.parse(v.sampling);
+} catch (e) {
+  throw new Error(`--sampling must be a JSON object of sampling_params: ${e.message}`, { cause: e });
+}
+if (sampling === null || typeof sampling !== 'object' || Array.isArray(sampling))
+  throw new Error(`--sampling must be a JSON object, got ${v.sampling}`);
 
 const serveArgs = [...(v.model ? ['--model-path', v.model] : []), '--device', v.device, '--log-level', 'warning', ...extra];
 const { options } = resolveServeArgs(serveArgs);
@@ -112,7 +124,7 @@ let engineUse;
 try {
   const body = (ids) => ({
     input_ids: ids,
-    sampling_params: { max_new_tokens: OUTPUT, temperature: 0, ignore_eos: true },
+    sampling_params: { max_new_tokens: OUTPUT, temperature: 0, ignore_eos: true, ...sampling },
     stream: true,
   });
   await streamGenerate(server.base, body(prompts[0].slice(0, 16))); // warm-up
@@ -157,6 +169,7 @@ const result = {
   streams: STREAMS,
   context: CONTEXT,
   output: OUTPUT,
+  sampling,
   serveArgs,
   stepAloneMs: alone.ms,
   stepAloneContext: MID_CONTEXT,

@@ -90,9 +90,16 @@ export interface EnginePair {
  * Samples `steps` tokens for each request, prefill first; the resident engine gets each
  * request's values in its first step only. Every decode step feeds the prompt's first token
  * again rather than the sampled one, so that an unpenalized greedy row keeps choosing the same
- * token and a penalty's history visibly steers the choice.
+ * token and a penalty's history visibly steers the choice. `topLogprobs` gives each step's count
+ * of alternatives (none unless given).
  */
-export function decode(engines: EnginePair, reqs: Req[], slots: number[], steps: number): { perRow: number[][]; resident: number[][] } {
+export function decode(
+  engines: EnginePair,
+  reqs: Req[],
+  slots: number[],
+  steps: number,
+  topLogprobs: (step: number) => number = () => 0,
+): { perRow: number[][]; resident: number[][] } {
   const blocksFor = (tokens: number): number => Math.ceil(tokens / engines.blockSize);
   const got = { perRow: reqs.map(() => [] as number[]), resident: reqs.map(() => [] as number[]) };
   for (let k = 0; k <= steps - 1; k++) {
@@ -110,7 +117,7 @@ export function decode(engines: EnginePair, reqs: Req[], slots: number[], steps:
           penaltyPromptLen: penalized ? r.prompt.length : 0,
         };
       });
-      const batch = makeBatch(seqs);
+      const batch = makeBatch(seqs, { topLogprobs: topLogprobs(k) });
       // The resident engine holds the blocks of the step before.
       const before = reqs.map((r) => (k === 0 ? 0 : blocksFor(r.prompt.length + k - 1)));
       const result =

@@ -25,6 +25,7 @@
 #include "cuda/lora_pool.h"
 #include "cuda/lora_tail.h"
 #include "cuda/rmsnorm_delta.h"
+#include "cuda/sample_table.h"
 #include "cuda/timing.h"
 #include "cuda/weights.h"
 
@@ -401,6 +402,13 @@ class CudaBackend : public Backend {
   bool sampleFilters_ = true;
   PinnedBuffer<cuda::SampleRow> hostRows_;
   DeviceBuffer<cuda::SampleRow> rows_;
+  // The resident form's values on the device (rank 0, made by its first resident step), and
+  // each step's rows of it. TROUPE_CUDA_SAMPLE_TABLE=0 sends resident rows' values and penalty
+  // lists every step as the per-row form's, for comparing.
+  bool sampleTable_ = true;
+  std::unique_ptr<cuda::SampleTable> table_;
+  PinnedBuffer<cuda::SampleStep> hostSteps_;
+  DeviceBuffer<cuda::SampleStep> steps_;
   PinnedBuffer<int32_t> hostPen_;
   DeviceBuffer<int32_t> pen_;
   DeviceBuffer<float> penOrig_;

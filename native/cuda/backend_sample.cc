@@ -26,7 +26,16 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   for (int i = 0; i < n; ++i)
     if (b.sample[i]) seqOf.push_back(i);
 
-  // Per row: mode, draw, penalties (unique seen tokens with their generated counts).
+  // Per row: mode, draw, penalties (unique seen tokens with their generated counts). Rows of the
+  // resident form send only their slot, mode and draw (cuda::SampleStep): their values, and the
+  // counts of a penalized sequence, live in the table on the device.
+  const bool resident = b.resident && sampleTable_;
+  if (resident && !table_) table_ = std::make_unique<cuda::SampleTable>(V, stream_);
+  if (resident) {
+    table_->begin();
+    hostSteps_.ensure(S);
+    steps_.ensure(S);
+  }
   hostRows_.ensure(S);
   rows_.ensure(S);
   std::vector<int32_t> penTok, penCnt;
@@ -41,6 +50,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
       // This sequence alone fails; kHost keeps the kernel off its row, and no host loop takes it.
       out.errors[i] = "invalid sampling values: " + bad;
       row.mode = cuda::kHost;
+      if (resident) hostSteps_[r] = cuda::SampleStep{b.seqSlots[i], cuda::kHost, 0.0f, 0, 0};
       continue;
     }
     row.temperature = b.temperature[i];
@@ -58,8 +68,11 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
     row.presence = b.presencePenalty[i];
     row.repetition = b.repetitionPenalty[i];
     row.penStart = static_cast<int32_t>(penTok.size());
+    if (resident) row.countRow = table_->prepare(b, i, row);
     const Penalties pen = penaltiesOf(b, i);
-    if (pen.active() && pen.uniqueCount >= 0) {
+    if (row.countRow >= 0) {
+      // Counted on the device.
+    } else if (pen.active() && pen.uniqueCount >= 0) {
       // Counted by the engine as the tokens came.
       penTok.insert(penTok.end(), pen.unique, pen.unique + pen.uniqueCount);
       penCnt.insert(penCnt.end(), pen.generatedCounts, pen.generatedCounts + pen.uniqueCount);
@@ -72,6 +85,7 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
       }
     }
     row.penEnd = static_cast<int32_t>(penTok.size());
+    if (resident) hostSteps_[r] = cuda::SampleStep{b.seqSlots[i], row.mode, row.u, row.penStart, row.penEnd};
   }
   const size_t P = penTok.size();
   hostPen_.ensure(2 * P + 1);
@@ -79,8 +93,18 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   penOrig_.ensure(P + 1);
   std::copy(penTok.begin(), penTok.end(), hostPen_.get());
   std::copy(penCnt.begin(), penCnt.end(), hostPen_.get() + P);
-  check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
+  cuda::SampleInputs in;
+  if (resident) {
+    table_->upload();
+    check(
+        cudaMemcpyAsync(steps_.get(), hostSteps_.get(), S * sizeof(cuda::SampleStep), cudaMemcpyHostToDevice, stream_),
         "sampling upload");
+    in.step = steps_.get(), in.table = table_->rows(), in.counts = table_->counts();
+  } else {
+    check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
+          "sampling upload");
+    in.rows = rows_.get();
+  }
   if (P > 0) check(cudaMemcpyAsync(pen_.get(), hostPen_.get(), 2 * P * 4, cudaMemcpyHostToDevice, stream_), "upload");
 
   // Raw logits the host needs, copied before the penalties change them.
@@ -107,15 +131,15 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   bool greedyOnly = gpuTopN == 0;
   for (int r = 0; r < S && greedyOnly; ++r) {
     const cuda::SampleRow& row = hostRows_[r];
-    greedyOnly = row.mode == cuda::kHost || (row.mode == cuda::kGreedy && row.penStart == row.penEnd);
+    greedyOnly =
+        row.mode == cuda::kHost || (row.mode == cuda::kGreedy && row.penStart == row.penEnd && row.countRow < 0);
   }
   if (greedyOnly) {
     greedyPartials_.ensure((cuda::greedyPartialsBytes(S, V) + 3) / 4);
-    cuda::sampleGreedyRows(logits_.get(), S, V, rows_.get(), greedyPartials_.get(), outInts_.get(), outFloats_.get(),
-                           stream_);
+    cuda::sampleGreedyRows(logits_.get(), S, V, in, greedyPartials_.get(), outInts_.get(), outFloats_.get(), stream_);
   } else {
-    cuda::sampleRows(logits_.get(), S, V, rows_.get(), pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN,
-                     outInts_.get(), outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
+    cuda::sampleRows(logits_.get(), S, V, in, pen_.get(), pen_.get() + P, penOrig_.get(), gpuTopN, outInts_.get(),
+                     outFloats_.get(), outInts_.get() + S, outFloats_.get() + S, stream_);
   }
   check(cudaGetLastError(), "sampling launch");
   const size_t outCount = S + static_cast<size_t>(S) * gpuTopN;
@@ -152,6 +176,10 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
   for (int k = 0; k < hostCount; ++k) {
     const int r = hostRows[k], i = seqOf[r];
     sampleSequence(b, i, hostLogits_.get() + (allRows ? static_cast<size_t>(r) : k) * V, V, topN, out);
+  }
+  if (resident) {
+    for (int r : hostRows) table_->countHostToken(b, seqOf[r], out.tokens[seqOf[r]]);
+    table_->uploadHostCounts();
   }
 }
 

@@ -39,6 +39,8 @@ bool CudaBackend::graphable(const StepBatch& b, const Plan& p) const {
 }
 
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  // Before anything may throw: the engine's table has stored the update whatever this step does.
+  if (table_ && b.resident) table_->updated(b.seqUpdate);
   // The slots this batch uses stay as they are until it ends (run() waits for their copies on
   // the GPU, and synchronizes before returning); fills of other slots go on meanwhile.
   std::optional<SlotTable::Lease> lease;

@@ -66,6 +66,26 @@ class DeviceBuffer {
     size_ = count;
     return true;
   }
+  // As ensure, keeping the first `keep` elements (copied on stream s, which it then waits for, so
+  // that the old memory may go).
+  bool grow(size_t count, size_t keep, cudaStream_t s) {
+    if (count <= size_) return false;
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, count * sizeof(T));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA out of memory allocating " + std::to_string(count * sizeof(T) >> 20) +
+                               " MiB: " + cudaGetErrorString(e));
+    }
+    if (keep > 0) {
+      check(cudaMemcpyAsync(p, ptr_, keep * sizeof(T), cudaMemcpyDeviceToDevice, s), "device copy");
+      check(cudaStreamSynchronize(s), "device copy");
+    }
+    release();
+    ptr_ = static_cast<T*>(p);
+    size_ = count;
+    return true;
+  }
   void release() {
     if (ptr_) cudaFree(ptr_);
     ptr_ = nullptr;

@@ -186,26 +186,53 @@ void siluMul(const bf16_t* gu, bf16_t* act, int T, int inter, cudaStream_t s, in
 // the host.
 enum SampleMode : int32_t { kGreedy = 0, kSample = 1, kHost = 2, kFiltered = 3 };
 struct SampleRow {
-  float temperature;
-  float u;  // the uniform draw for (seed, draws)
-  int32_t mode;
-  int32_t penStart, penEnd;  // unique seen tokens in penTokens/penCounts
-  float frequency, presence, repetition;
-  int32_t topK;  // kFiltered: 0 off
-  float topP;    // 1 off
-  float minP;    // 0 off
+  float temperature = 1;
+  float u = 0;  // the uniform draw for (seed, draws)
+  int32_t mode = kGreedy;
+  int32_t penStart = 0, penEnd = 0;  // unique seen tokens in penTokens/penCounts
+  float frequency = 0, presence = 0, repetition = 1;
+  int32_t topK = 0;  // kFiltered: 0 off
+  float topP = 1;    // 1 off
+  float minP = 0;    // 0 off
+  // The row of SampleInputs::counts that holds this sequence's token counts (-1: none; the
+  // penalties then come from penStart..penEnd).
+  int32_t countRow = -1;
 };
-// logits: rows x vocab (modified in place by the penalties). topN <= kMaxTopN.
+// A step's row of a sequence whose sampling values live on the device (SampleInputs::table):
+// what changes from step to step.
+struct SampleStep {
+  int32_t slot;  // the sequence's entry of the table
+  int32_t mode;
+  float u;
+  int32_t penStart, penEnd;  // as SampleRow's, for a sequence without a count row
+};
+// Where the sampled rows' values come from: rows[r] for row r, or (step set) the table entry of
+// step[r].slot with step[r]'s draw, mode and penalty range. counts: [count row][vocab] of
+// 2 x (times generated) + (seen in the prompt or output), read for the penalties of rows with a
+// count row, and incremented for the token the kernel samples for them.
+struct SampleInputs {
+  const SampleRow* rows = nullptr;
+  const SampleStep* step = nullptr;
+  const SampleRow* table = nullptr;
+  int32_t* counts = nullptr;
+};
+// logits: rows x vocab (modified in place by penalties from penStart..penEnd; rows with a count
+// row are left as they are). topN <= kMaxTopN.
 constexpr int kMaxTopN = 64;
-void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
+void sampleRows(float* logits, int rows, int vocab, const SampleInputs& params, const int32_t* penTokens,
                 const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
                 int32_t* topIds, float* topValues, cudaStream_t s);
-// sampleRows for launches whose rows are all kGreedy without penalties (penStart == penEnd) or
-// kHost (left alone), asking no top-N: one pass over each row, split over several blocks a row.
+// sampleRows for launches whose rows are all kGreedy without penalties or kHost (left alone),
+// asking no top-N: one pass over each row, split over several blocks a row.
 // partials: greedyPartialsBytes(rows, vocab) of device memory.
 size_t greedyPartialsBytes(int rows, int vocab);
-void sampleGreedyRows(float* logits, int rows, int vocab, const SampleRow* params, void* partials, int32_t* outTokens,
-                      float* outLogprobs, cudaStream_t s);
+void sampleGreedyRows(float* logits, int rows, int vocab, const SampleInputs& params, void* partials,
+                      int32_t* outTokens, float* outLogprobs, cudaStream_t s);
+// Writes table[slots[i]] = rows[i] for i < n.
+void scatterSampleRows(SampleRow* table, const int32_t* slots, const SampleRow* rows, int n, cudaStream_t s);
+// For i < n, entry (count row, token, value) of SampleInputs::counts: value >= 0 sets the count to
+// it; -1 counts one more generated token. A launch names each (row, token) once.
+void setTokenCounts(int32_t* counts, int vocab, const int3* entries, int n, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace troupe

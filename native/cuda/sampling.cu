@@ -1,5 +1,6 @@
 // Sampling on the GPU, one block per sampled row, following native/sampling.cc: log-softmax
-// statistics and the top-N on the raw logits, then the penalties (in place), then greedy argmax
+// statistics and the top-N on the raw logits, then the penalties (in place from a row's list of
+// seen tokens, or as each later pass reads a logit from a sequence's count row), then greedy argmax
 // or an inverse-CDF draw in token-id order, or (kFiltered) a draw under top-k, top-p and min-p in
 // the order of the weights (sample_filter.cuh). Rows of mode kHost are left to the host. The degenerate cases follow
 // native/sampling.h: NaN logits count as -Inf (rewritten in place first), +Inf logits share the
@@ -67,6 +68,25 @@ __device__ __forceinline__ float logprobOf(float v, float m, float logSum) {
   return (v - m) - logSum;
 }
 
+// Row r's values (SampleInputs).
+__device__ __forceinline__ SampleRow rowOf(const SampleInputs& in, int r) {
+  if (!in.step) return in.rows[r];
+  const SampleStep st = in.step[r];
+  SampleRow p = in.table[st.slot];
+  p.u = st.u, p.mode = st.mode, p.penStart = st.penStart, p.penEnd = st.penEnd;
+  return p;
+}
+
+// A logit after the penalties for count c (SampleInputs::counts), in the order native/sampling.cc
+// takes them; the same arithmetic as the penStart..penEnd path below.
+__device__ __forceinline__ float penalized(float l, int32_t c, const SampleRow& p) {
+  if (c == 0) return l;
+  const int gen = c >> 1;
+  if (p.repetition != 1.0f) l = l > 0 ? l / p.repetition : l * p.repetition;
+  l -= p.frequency * static_cast<float>(gen) + (gen > 0 ? p.presence : 0.0f);
+  return l != l ? -INFINITY : l;
+}
+
 // Unnormalized probability of a penalized logit x (no NaN) given the row's max mp and 1 / T.
 // exp((x - mp) * invT) would be NaN for the cases handled first (Inf - Inf, -Inf * 0).
 __device__ __forceinline__ float weight(float x, float mp, float invT) {
@@ -80,12 +100,15 @@ __device__ __forceinline__ float weight(float x, float mp, float invT) {
 // their code: with it compiled in, a row without a top-N took 37 us against 32.
 template <bool kTop>
 __global__ void __launch_bounds__(kThreads, 1)
-    sampleKernel(float* logits, int vocab, const SampleRow* params, const int32_t* penTokens, const int32_t* penCounts,
+    sampleKernel(float* logits, int vocab, SampleInputs params, const int32_t* penTokens, const int32_t* penCounts,
                  float* penOrig, int topN, int32_t* outTokens, float* outLogprobs, int32_t* topIds, float* topValues) {
   const int r = blockIdx.x;
-  const SampleRow p = params[r];
+  const SampleRow p = rowOf(params, r);
   if (p.mode == kHost) return;
   float* x = logits + static_cast<size_t>(r) * vocab;
+  // A sequence's counts on the device: its logits stay raw, each pass below penalizing as it reads.
+  int32_t* counts = p.countRow >= 0 ? params.counts + static_cast<size_t>(p.countRow) * vocab : nullptr;
+  const auto val = [&](int i) { return counts ? penalized(x[i], counts[i], p) : x[i]; };
   using FloatReduce = cub::BlockReduce<float, kThreads>;
   using BestReduce = cub::BlockReduce<Best, kThreads>;
   using Scan = cub::BlockScan<double, kThreads>;
@@ -112,8 +135,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     m = fmaxf(m, v);
     if (better(v, i, best.v, best.i)) best = Best{v, i};
   }
-  const bool penalized = p.penStart < p.penEnd;
-  if (p.mode == kGreedy && !penalized) {
+  const bool hasPenalty = p.penStart < p.penEnd || counts;
+  if (p.mode == kGreedy && !hasPenalty) {
     best = BestReduce(tmp.b).Reduce(best, BestOp());
     if (threadIdx.x == 0) chosen = best.i < 0 ? 0 : best.i;
     __syncthreads();
@@ -226,16 +249,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   if (p.mode == kGreedy) {
-    if (penalized) {  // otherwise chosen is the raw argmax, above
+    if (hasPenalty) {  // otherwise chosen is the raw argmax, above
       Best b{-INFINITY, -1};
-      for (int i = threadIdx.x; i < vocab; i += kThreads)
-        if (better(x[i], i, b.v, b.i)) b = Best{x[i], i};
+      for (int i = threadIdx.x; i < vocab; i += kThreads) {
+        const float v = val(i);
+        if (better(v, i, b.v, b.i)) b = Best{v, i};
+      }
       b = BestReduce(tmp.b).Reduce(b, BestOp());
       if (threadIdx.x == 0) chosen = b.i < 0 ? 0 : b.i;
     }
   } else {
     float mp = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += kThreads) mp = fmaxf(mp, x[i]);
+    for (int i = threadIdx.x; i < vocab; i += kThreads) mp = fmaxf(mp, val(i));
     mp = FloatReduce(tmp.f).Reduce(mp, MaxOp());
     if (threadIdx.x == 0) sf = mp;
     __syncthreads();
@@ -244,14 +269,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (p.mode == kFiltered) {
       __shared__ sample_filter::Shared<kThreads> fsh;
       const int tok = sample_filter::draw(
-          vocab, [&](int i) { return weight(x[i], mp, invT); }, p.topK, p.topP, p.minP, p.u, fsh);
+          vocab, [&](int i) { return weight(val(i), mp, invT); }, p.topK, p.topP, p.minP, p.u, fsh);
       if (threadIdx.x == 0) chosen = tok;
     } else {
       // Each thread owns a contiguous chunk, so a scan of chunk sums walks the ids in order.
       const int chunk = (vocab + kThreads - 1) / kThreads;
       const int lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
       double local = 0;
-      for (int i = lo; i < hi; ++i) local += weight(x[i], mp, invT);
+      for (int i = lo; i < hi; ++i) local += weight(val(i), mp, invT);
       double before, total;
       __syncthreads();
       Scan(tmp.s).ExclusiveSum(local, before, total);
@@ -262,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         double cum = before;
         int tok = -1, last = lo;
         for (int i = lo; i < hi; ++i) {
-          const float w = weight(x[i], mp, invT);
+          const float w = weight(val(i), mp, invT);
           if (w > 0) last = i;
           cum += w;
           if (cum > target) {
@@ -279,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (missed) {  // rounding put the target past the end: the last token with mass
         if (local > 0) {
           int last = hi - 1;
-          while (last > lo && !(weight(x[last], mp, invT) > 0)) --last;
+          while (last > lo && !(weight(val(last), mp, invT) > 0)) --last;
           atomicMax(&chosen, last);
         }
         __syncthreads();
@@ -299,6 +324,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     outTokens[r] = tok;
     outLogprobs[r] = logprobOf(raw, maxRaw, logSum);
+    // Every pass has read the counts: the token is counted for the next step.
+    if (counts) counts[tok] = (counts[tok] | 1) + 2;
   }
 }
 
@@ -343,9 +370,9 @@ struct CombinePartsOp {
 };
 
 __global__ void __launch_bounds__(kGreedyThreads)
-    greedyPartKernel(float* logits, int vocab, const SampleRow* params, SoftmaxPart* parts) {
+    greedyPartKernel(float* logits, int vocab, SampleInputs params, SoftmaxPart* parts) {
   const int r = blockIdx.y, part = blockIdx.x, count = gridDim.x;
-  if (params[r].mode == kHost) return;
+  if (rowOf(params, r).mode == kHost) return;
   float* x = logits + static_cast<size_t>(r) * vocab;
   // Parts of whole 16-byte groups, so that each starts aligned where the row is.
   const int per = ((vocab + count - 1) / count + 3) & ~3;
@@ -365,10 +392,10 @@ __global__ void __launch_bounds__(kGreedyThreads)
   if (threadIdx.x == 0) parts[static_cast<size_t>(r) * count + part] = total;
 }
 
-__global__ void greedyCombineKernel(const float* logits, int vocab, const SampleRow* params, const SoftmaxPart* parts,
+__global__ void greedyCombineKernel(const float* logits, int vocab, SampleInputs params, const SoftmaxPart* parts,
                                     int count, int32_t* outTokens, float* outLogprobs) {
   const int r = blockIdx.x, lane = threadIdx.x;
-  if (params[r].mode == kHost) return;
+  if (rowOf(params, r).mode == kHost) return;
   SoftmaxPart p{-INFINITY, 0.0f, Best{-INFINITY, -1}};
   for (int j = lane; j < count; j += 32) p = combineParts(p, parts[static_cast<size_t>(r) * count + j]);
 #pragma unroll
@@ -391,9 +418,22 @@ __global__ void greedyCombineKernel(const float* logits, int vocab, const Sample
 // of at least 4096 logits.
 int greedyParts(int rows, int vocab) { return max(1, min(min(32, 256 / max(rows, 1)), vocab / 4096)); }
 
+__global__ void scatterRowsKernel(SampleRow* table, const int32_t* slots, const SampleRow* rows, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) table[slots[i]] = rows[i];
+}
+
+__global__ void setCountsKernel(int32_t* counts, int vocab, const int3* entries, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int3 e = entries[i];
+  int32_t& c = counts[static_cast<size_t>(e.x) * vocab + e.y];
+  c = e.z >= 0 ? e.z : (c | 1) + 2;
+}
+
 }  // namespace
 
-void sampleRows(float* logits, int rows, int vocab, const SampleRow* params, const int32_t* penTokens,
+void sampleRows(float* logits, int rows, int vocab, const SampleInputs& params, const int32_t* penTokens,
                 const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,
                 int32_t* topIds, float* topValues, cudaStream_t s) {
   if (topN > 0)
@@ -408,13 +448,21 @@ size_t greedyPartialsBytes(int rows, int vocab) {
   return static_cast<size_t>(rows) * greedyParts(rows, vocab) * sizeof(SoftmaxPart);
 }
 
-void sampleGreedyRows(float* logits, int rows, int vocab, const SampleRow* params, void* partials, int32_t* outTokens,
-                      float* outLogprobs, cudaStream_t s) {
+void sampleGreedyRows(float* logits, int rows, int vocab, const SampleInputs& params, void* partials,
+                      int32_t* outTokens, float* outLogprobs, cudaStream_t s) {
   if (rows == 0) return;
   const int count = greedyParts(rows, vocab);
   SoftmaxPart* parts = static_cast<SoftmaxPart*>(partials);
   greedyPartKernel<<<dim3(count, rows), kGreedyThreads, 0, s>>>(logits, vocab, params, parts);
   greedyCombineKernel<<<rows, 32, 0, s>>>(logits, vocab, params, parts, count, outTokens, outLogprobs);
+}
+
+void scatterSampleRows(SampleRow* table, const int32_t* slots, const SampleRow* rows, int n, cudaStream_t s) {
+  if (n > 0) scatterRowsKernel<<<(n + 127) / 128, 128, 0, s>>>(table, slots, rows, n);
+}
+
+void setTokenCounts(int32_t* counts, int vocab, const int3* entries, int n, cudaStream_t s) {
+  if (n > 0) setCountsKernel<<<(n + 255) / 256, 256, 0, s>>>(counts, vocab, entries, n);
 }
 
 }  // namespace cuda

@@ -4,7 +4,9 @@
 // vocabulary that is not a multiple of 4 (scalar loads) and one smaller than a warp's share, and a
 // greedy row with a penalty (its own argmax pass). Top-N ids must match exactly (value
 // descending, id ascending), their logprobs within 1e-4; greedy tokens exactly. The rows without a
-// penalty also go through sampleGreedyRows (a row split over several blocks). With --bench it
+// penalty also go through sampleGreedyRows (a row split over several blocks), and every row through
+// the resident form (values from a table by slot, the penalty from a row of token counts, which the
+// kernel must then have counted its token in). With --bench it
 // times sampleRows over 1 and 32 rows of a 128k vocabulary at several top-N widths, and
 // sampleGreedyRows.
 //
@@ -82,8 +84,9 @@ Reference reference(const Row& row, int topN) {
 bool close(float a, float b) { return a == b || std::fabs(a - b) <= 1e-4f; }
 
 // One launch over rows of one vocabulary size (sampleGreedyRows where greedySplit, which takes no
-// penalty or top-N); the failures it finds.
-int check(const std::vector<Row>& rows, int topN, bool greedySplit = false) {
+// penalty or top-N; resident: the rows' values from a table, in reverse slot order, and penalties
+// from count rows); the failures it finds.
+int check(const std::vector<Row>& rows, int topN, bool greedySplit = false, bool resident = false) {
   const int vocab = static_cast<int>(rows[0].logits.size()), n = static_cast<int>(rows.size());
   std::vector<float> flat;
   std::vector<SampleRow> params;
@@ -100,8 +103,26 @@ int check(const std::vector<Row>& rows, int topN, bool greedySplit = false) {
     p.topP = 1;
     params.push_back(p);
   }
+  // The resident form: row i's values at slot n - 1 - i, its penalized token seen in the prompt.
+  std::vector<SampleRow> table(n);
+  std::vector<SampleStep> steps(n);
+  std::vector<int32_t> counts(static_cast<size_t>(n) * vocab, 0);
+  for (int i = 0; i < n; ++i) {
+    table[n - 1 - i] = params[i];
+    table[n - 1 - i].countRow = i;
+    steps[i] = SampleStep{n - 1 - i, params[i].mode, params[i].u, 0, 0};
+    if (rows[i].penalized >= 0) counts[static_cast<size_t>(i) * vocab + rows[i].penalized] = 1;
+  }
   float* dLogits = upload(flat);
   SampleRow* dParams = upload(params);
+  SampleRow* dTable = upload(table);
+  SampleStep* dSteps = upload(steps);
+  int32_t* dCounts = upload(counts);
+  SampleInputs in;
+  if (resident)
+    in.step = dSteps, in.table = dTable, in.counts = dCounts;
+  else
+    in.rows = dParams;
   int32_t* dPenTokens = upload(penTokens);
   int32_t* dPenCounts = upload(penCounts);
   float* dPenOrig = upload(std::vector<float>(penTokens.size() + 1));
@@ -112,9 +133,9 @@ int check(const std::vector<Row>& rows, int topN, bool greedySplit = false) {
   void* dPartials = nullptr;
   if (greedySplit) {
     CK(cudaMalloc(&dPartials, greedyPartialsBytes(n, vocab)));
-    sampleGreedyRows(dLogits, n, vocab, dParams, dPartials, dTokens, dLogprobs, nullptr);
+    sampleGreedyRows(dLogits, n, vocab, in, dPartials, dTokens, dLogprobs, nullptr);
   } else {
-    sampleRows(dLogits, n, vocab, dParams, dPenTokens, dPenCounts, dPenOrig, topN, dTokens, dLogprobs, dTopIds,
+    sampleRows(dLogits, n, vocab, in, dPenTokens, dPenCounts, dPenOrig, topN, dTokens, dLogprobs, dTopIds,
                dTopValues, nullptr);
   }
   CK(cudaGetLastError());
@@ -125,23 +146,30 @@ int check(const std::vector<Row>& rows, int topN, bool greedySplit = false) {
   CK(cudaMemcpy(logprobs.data(), dLogprobs, n * sizeof(float), cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(topIds.data(), dTopIds, topIds.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(topValues.data(), dTopValues, topValues.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  std::vector<int32_t> countsAfter(counts.size());
+  CK(cudaMemcpy(countsAfter.data(), dCounts, counts.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
   int failed = 0;
   for (int i = 0; i < n; ++i) {
     const Reference ref = reference(rows[i], topN);
     bool ok = tokens[i] == ref.token && close(logprobs[i], ref.logprob);
     for (int k = 0; k < topN; ++k)
       ok = ok && topIds[i * topN + k] == ref.top[k] && close(topValues[i * topN + k], ref.topLogprobs[k]);
+    // The resident form counts the token as generated (2 per time, 1 once seen); nothing else.
+    for (int v = 0; v < vocab && resident && !greedySplit; ++v) {
+      const size_t at = static_cast<size_t>(i) * vocab + v;
+      ok = ok && countsAfter[at] == (v == tokens[i] ? (counts[at] | 1) + 2 : counts[at]);
+    }
     if (!ok) {
       ++failed;
-      std::printf("FAIL %s%s (vocab %d, top %d): token %d (want %d), logprob %g (want %g)", rows[i].name.c_str(),
-                  greedySplit ? " (split)" : "", vocab, topN, tokens[i], ref.token, logprobs[i], ref.logprob);
+      std::printf("FAIL %s%s%s (vocab %d, top %d): token %d (want %d), logprob %g (want %g)", rows[i].name.c_str(),
+                  greedySplit ? " (split)" : "", resident ? " (resident)" : "", vocab, topN, tokens[i], ref.token, logprobs[i], ref.logprob);
       for (int k = 0; k < std::min(topN, 4); ++k)
         std::printf(" | top %d: %d %g (want %d %g)", k, topIds[i * topN + k], topValues[i * topN + k], ref.top[k],
                     ref.topLogprobs[k]);
       std::printf("\n");
     }
   }
-  for (void* p : std::initializer_list<void*>{dLogits, dParams, dPenTokens, dPenCounts, dPenOrig, dTokens, dLogprobs,
+  for (void* p : std::initializer_list<void*>{dLogits, dParams, dTable, dSteps, dCounts, dPenTokens, dPenCounts, dPenOrig, dTokens, dLogprobs,
                                               dTopIds, dTopValues, dPartials})
     CK(cudaFree(p));
   return failed;
@@ -207,7 +235,7 @@ int bench() {
     float* dFloats = upload(std::vector<float>(static_cast<size_t>(n) * (kMaxTopN + 1) + 1));
     for (int topN : {0, 1, 5, 20, 64}) {
       const double us = timeCalls(5, 50, [&](int) {
-        sampleRows(dLogits, n, vocab, dParams, dInts, dInts, dFloats, topN, dInts, dFloats, dInts + n, dFloats + n,
+        sampleRows(dLogits, n, vocab, SampleInputs{dParams}, dInts, dInts, dFloats, topN, dInts, dFloats, dInts + n, dFloats + n,
                    nullptr);
       });
       std::printf("%2d rows x %d logits, top %2d: %7.1f us\n", n, vocab, topN, us);
@@ -215,7 +243,7 @@ int bench() {
     void* dPartials = nullptr;
     CK(cudaMalloc(&dPartials, greedyPartialsBytes(n, vocab)));
     const double us = timeCalls(5, 50, [&](int) {
-      sampleGreedyRows(dLogits, n, vocab, dParams, dPartials, dInts, dFloats, nullptr);
+      sampleGreedyRows(dLogits, n, vocab, SampleInputs{dParams}, dPartials, dInts, dFloats, nullptr);
     });
     std::printf("%2d rows x %d logits, greedy split over blocks: %7.1f us\n", n, vocab, us);
     CK(cudaFree(dPartials));
@@ -233,14 +261,14 @@ int main(int argc, char** argv) {
     const std::vector<Row> rows = rowsOf(vocab);
     for (int topN : {0, 1, 5, 20, kMaxTopN}) {
       if (topN > vocab) continue;
-      failed += check(rows, topN);
-      cases += static_cast<int>(rows.size());
+      failed += check(rows, topN) + check(rows, topN, false, true);
+      cases += 2 * static_cast<int>(rows.size());
     }
     std::vector<Row> plain;
     for (const Row& row : rows)
       if (row.penalized < 0) plain.push_back(row);
-    failed += check(plain, 0, true);
-    cases += static_cast<int>(plain.size());
+    failed += check(plain, 0, true) + check(plain, 0, true, true);
+    cases += 2 * static_cast<int>(plain.size());
   }
   std::printf("%d of %d rows failed\n", failed, cases);
   return failed > 0;
