@@ -409,6 +409,7 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::SampleTable> table_;
   PinnedBuffer<cuda::SampleStep> hostSteps_;
   DeviceBuffer<cuda::SampleStep> steps_;
+  DeviceBuffer<float> countOrig_;  // SampleInputs::orig
   PinnedBuffer<int32_t> hostPen_;
   DeviceBuffer<int32_t> pen_;
   DeviceBuffer<float> penOrig_;

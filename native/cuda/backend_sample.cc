@@ -100,6 +100,12 @@ void CudaBackend::sample(const StepBatch& b, const Plan& p, StepOutput& out) {
         cudaMemcpyAsync(steps_.get(), hostSteps_.get(), S * sizeof(cuda::SampleStep), cudaMemcpyHostToDevice, stream_),
         "sampling upload");
     in.step = steps_.get(), in.table = table_->rows(), in.counts = table_->counts();
+    bool counted = false;
+    for (int r = 0; r < S && !counted; ++r) counted = hostRows_[r].countRow >= 0;
+    if (counted) {
+      countOrig_.ensure(static_cast<size_t>(S) * V);
+      in.orig = countOrig_.get();
+    }
   } else {
     check(cudaMemcpyAsync(rows_.get(), hostRows_.get(), S * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice, stream_),
           "sampling upload");

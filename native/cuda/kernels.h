@@ -209,15 +209,16 @@ struct SampleStep {
 // Where the sampled rows' values come from: rows[r] for row r, or (step set) the table entry of
 // step[r].slot with step[r]'s draw, mode and penalty range. counts: [count row][vocab] of
 // 2 x (times generated) + (seen in the prompt or output), read for the penalties of rows with a
-// count row, and incremented for the token the kernel samples for them.
+// count row, and incremented for the token the kernel samples for them. orig: [rows][vocab] where
+// such rows keep the raw values of the logits their penalties change (with counts only).
 struct SampleInputs {
   const SampleRow* rows = nullptr;
   const SampleStep* step = nullptr;
   const SampleRow* table = nullptr;
   int32_t* counts = nullptr;
+  float* orig = nullptr;
 };
-// logits: rows x vocab (modified in place by penalties from penStart..penEnd; rows with a count
-// row are left as they are). topN <= kMaxTopN.
+// logits: rows x vocab (modified in place by the penalties). topN <= kMaxTopN.
 constexpr int kMaxTopN = 64;
 void sampleRows(float* logits, int rows, int vocab, const SampleInputs& params, const int32_t* penTokens,
                 const int32_t* penCounts, float* penOrig, int topN, int32_t* outTokens, float* outLogprobs,

@@ -119,8 +119,9 @@ int check(const std::vector<Row>& rows, int topN, bool greedySplit = false, bool
   SampleStep* dSteps = upload(steps);
   int32_t* dCounts = upload(counts);
   SampleInputs in;
+  float* dOrig = upload(std::vector<float>(flat.size()));
   if (resident)
-    in.step = dSteps, in.table = dTable, in.counts = dCounts;
+    in.step = dSteps, in.table = dTable, in.counts = dCounts, in.orig = dOrig;
   else
     in.rows = dParams;
   int32_t* dPenTokens = upload(penTokens);
@@ -169,7 +170,7 @@ int check(const std::vector<Row>& rows, int topN, bool greedySplit = false, bool
       std::printf("\n");
     }
   }
-  for (void* p : std::initializer_list<void*>{dLogits, dParams, dTable, dSteps, dCounts, dPenTokens, dPenCounts, dPenOrig, dTokens, dLogprobs,
+  for (void* p : std::initializer_list<void*>{dLogits, dParams, dTable, dSteps, dCounts, dOrig, dPenTokens, dPenCounts, dPenOrig, dTokens, dLogprobs,
                                               dTopIds, dTopValues, dPartials})
     CK(cudaFree(p));
   return failed;
