@@ -55,14 +55,7 @@ class DeviceBuffer {
   bool ensure(size_t count) {
     if (count <= size_) return false;
     release();
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, count * sizeof(T));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA out of memory allocating " + std::to_string(count * sizeof(T) >> 20) +
-                               " MiB of activations: " + cudaGetErrorString(e));
-    }
-    ptr_ = static_cast<T*>(p);
+    ptr_ = allocate(count);
     size_ = count;
     return true;
   }
@@ -70,19 +63,13 @@ class DeviceBuffer {
   // that the old memory may go).
   bool grow(size_t count, size_t keep, cudaStream_t s) {
     if (count <= size_) return false;
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, count * sizeof(T));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA out of memory allocating " + std::to_string(count * sizeof(T) >> 20) +
-                               " MiB: " + cudaGetErrorString(e));
-    }
+    T* p = allocate(count);
     if (keep > 0) {
       check(cudaMemcpyAsync(p, ptr_, keep * sizeof(T), cudaMemcpyDeviceToDevice, s), "device copy");
       check(cudaStreamSynchronize(s), "device copy");
     }
     release();
-    ptr_ = static_cast<T*>(p);
+    ptr_ = p;
     size_ = count;
     return true;
   }
@@ -95,6 +82,17 @@ class DeviceBuffer {
   size_t size() const { return size_; }
 
  private:
+  static T* allocate(size_t count) {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, count * sizeof(T));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA out of memory allocating " + std::to_string(count * sizeof(T) >> 20) +
+                               " MiB of activations: " + cudaGetErrorString(e));
+    }
+    return static_cast<T*>(p);
+  }
+
   T* ptr_ = nullptr;
   size_t size_ = 0;
 };
