@@ -153,6 +153,16 @@ struct SeqUpdate : SamplingColumns {
   Span<int32_t> slots;
 };
 
+// A resident row's penalty counts, kept by the engine as tokens arrive (sequence_table.h): its
+// distinct tokens in the order first seen, how often each was generated (0: the prompt only), and
+// the smallest and largest of them (so that a step checks them against the vocabulary at once).
+struct CountedTokens {
+  const int32_t* unique = nullptr;
+  const int32_t* generated = nullptr;
+  int32_t count = 0;
+  int32_t minId = 0, maxId = 0;
+};
+
 // Views of the typed arrays of one StepBatch; they stay valid for the synchronous step call.
 // The sampling columns and the block table are the rows' own, or (when seqSlots is set) views
 // of the engine's per-sequence table (sequence_table.h), filled before the backend sees the batch.
@@ -165,11 +175,10 @@ struct StepBatch : SamplingColumns {
   // The resident form's block table: row i's blocks new since its slot's last step, at
   // blockAppends[blockAppendStarts[i], blockAppendStarts[i + 1]) (all of them after a fill).
   Span<int32_t> blockAppends, blockAppendStarts;
-  // The resident form's penalty counts, kept by the engine as tokens arrive: row i's distinct
-  // tokens and their generated counts at [penaltyUniqueStarts[i], penaltyUniqueStarts[i + 1]) of
-  // penaltyUnique and penaltyGeneratedCounts (empty for rows without a penalty). The backends
-  // read them instead of counting penaltyTokens each step.
-  Span<int32_t> penaltyUnique, penaltyGeneratedCounts, penaltyUniqueStarts;
+  // The resident form's penalty counts, a row each (none for rows without a penalty): views of the
+  // engine's own, neither copied nor walked by a step; the backends read them instead of counting
+  // penaltyTokens.
+  Span<CountedTokens> penaltyCounts;
   bool resident = false;
   int maxBlocksPerSeq = 0;
   int topLogprobs = 0;

@@ -140,17 +140,19 @@ std::string samplingError(const StepBatch& b, size_t i, int vocabSize) {
     return "penaltyPromptLens " + std::to_string(promptLen) + " is outside [0, " + std::to_string(he - hs) +
            "], the length of its penalty tokens";
   }
-  // The tokens themselves, or (the resident form) the engine's distinct tokens.
-  const bool counted = b.penaltyUniqueStarts.size == b.numSeqs() + 1;
-  const int32_t* ids = counted ? b.penaltyUnique.data : b.penaltyTokens.data;
-  const int from = counted ? b.penaltyUniqueStarts[i] : hs, to = counted ? b.penaltyUniqueStarts[i + 1] : he;
-  for (int j = from; j < to; ++j) {
-    const int tok = ids[j];
-    if (tok < 0 || tok >= vocabSize) {
-      return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) +
-             ")";
-    }
+  const auto outside = [&](int32_t tok) {
+    return "penalty token id " + std::to_string(tok) + " is outside the vocabulary [0, " + std::to_string(vocabSize) +
+           ")";
+  };
+  // The resident form's distinct tokens by their extremes; the per-row form's tokens one by one.
+  if (b.penaltyCounts.size == b.numSeqs()) {
+    const CountedTokens& c = b.penaltyCounts[i];
+    if (c.count > 0 && c.minId < 0) return outside(c.minId);
+    if (c.count > 0 && c.maxId >= vocabSize) return outside(c.maxId);
+    return {};
   }
+  for (int j = hs; j < he; ++j)
+    if (b.penaltyTokens[j] < 0 || b.penaltyTokens[j] >= vocabSize) return outside(b.penaltyTokens[j]);
   return {};
 }
 
@@ -158,11 +160,11 @@ Penalties penaltiesOf(const StepBatch& b, size_t i) {
   const int hs = b.penaltyStarts[i];
   Penalties p{b.frequencyPenalty[i],     b.presencePenalty[i],        b.repetitionPenalty[i],
               b.penaltyTokens.data + hs, b.penaltyStarts[i + 1] - hs, b.penaltyPromptLens[i]};
-  if (b.penaltyUniqueStarts.size == b.numSeqs() + 1) {
-    const int us = b.penaltyUniqueStarts[i];
-    p.unique = b.penaltyUnique.data + us;
-    p.generatedCounts = b.penaltyGeneratedCounts.data + us;
-    p.uniqueCount = b.penaltyUniqueStarts[i + 1] - us;
+  if (b.penaltyCounts.size == b.numSeqs()) {
+    const CountedTokens& c = b.penaltyCounts[i];
+    p.unique = c.unique;
+    p.generatedCounts = c.generated;
+    p.uniqueCount = c.count;
   }
   return p;
 }

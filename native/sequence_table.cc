@@ -21,6 +21,8 @@ Span<T> view(const std::vector<T>& v) {
 void SequenceTable::Entry::count(int32_t token, bool isGenerated) {
   auto [it, added] = at.emplace(token, static_cast<int32_t>(unique.size()));
   if (added) {
+    minId = unique.empty() ? token : std::min(minId, token);
+    maxId = unique.empty() ? token : std::max(maxId, token);
     unique.push_back(token);
     generated.push_back(0);
   }
@@ -140,9 +142,7 @@ void SequenceTable::viewColumns(StepBatch& b) {
   // The samplers read the counts: the rows send no tokens (empty ranges, prompt length 0).
   penaltyPromptLens_.assign(n, 0);
   penaltyStarts_.assign(n + 1, 0);
-  penaltyUniqueStarts_.assign(n + 1, 0);
-  penaltyUnique_.clear();
-  penaltyGeneratedCounts_.clear();
+  penaltyCounts_.assign(n, CountedTokens{});
   for (size_t i = 0; i < n; ++i) {
     const Entry& e = slots_[static_cast<size_t>(b.seqSlots[i])];
     temperature_[i] = e.temperature;
@@ -153,12 +153,10 @@ void SequenceTable::viewColumns(StepBatch& b) {
     presencePenalty_[i] = e.presencePenalty;
     repetitionPenalty_[i] = e.repetitionPenalty;
     seeds_[i] = e.seed;
-    // Only rows that sample read the counts.
-    if (e.penalized && i < b.sample.size && b.sample[i]) {
-      penaltyUnique_.insert(penaltyUnique_.end(), e.unique.begin(), e.unique.end());
-      penaltyGeneratedCounts_.insert(penaltyGeneratedCounts_.end(), e.generated.begin(), e.generated.end());
-    }
-    penaltyUniqueStarts_[i + 1] = static_cast<int32_t>(penaltyUnique_.size());
+    // Views, valid until record() counts the step's tokens after it.
+    if (e.penalized)
+      penaltyCounts_[i] =
+          CountedTokens{e.unique.data(), e.generated.data(), static_cast<int32_t>(e.unique.size()), e.minId, e.maxId};
   }
   b.temperature = view(temperature_);
   b.topK = view(topK_);
@@ -171,9 +169,7 @@ void SequenceTable::viewColumns(StepBatch& b) {
   b.penaltyPromptLens = view(penaltyPromptLens_);
   b.penaltyStarts = view(penaltyStarts_);
   b.penaltyTokens = Span<int32_t>{};
-  b.penaltyUnique = view(penaltyUnique_);
-  b.penaltyGeneratedCounts = view(penaltyGeneratedCounts_);
-  b.penaltyUniqueStarts = view(penaltyUniqueStarts_);
+  b.penaltyCounts = view(penaltyCounts_);
 }
 
 void SequenceTable::record(const StepBatch& b, const StepOutput& out) {

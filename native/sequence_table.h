@@ -40,6 +40,7 @@ class SequenceTable {
     // A penalized slot's prompt and generated tokens counted as they arrive: distinct tokens in
     // the order first seen, how often each was generated, and where each sits in `unique`.
     std::vector<int32_t> unique, generated;
+    int32_t minId = 0, maxId = 0;  // of unique
     std::unordered_map<int32_t, int32_t> at;
     void count(int32_t token, bool isGenerated);
   };
@@ -54,7 +55,7 @@ class SequenceTable {
   // The columns of the step being run, which the batch's spans view.
   std::vector<float> temperature_, topP_, minP_, frequencyPenalty_, presencePenalty_, repetitionPenalty_;
   std::vector<int32_t> topK_, penaltyStarts_, penaltyPromptLens_, blockTables_;
-  std::vector<int32_t> penaltyUnique_, penaltyGeneratedCounts_, penaltyUniqueStarts_;
+  std::vector<CountedTokens> penaltyCounts_;
   std::vector<uint32_t> seeds_;
 };
 

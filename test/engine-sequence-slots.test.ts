@@ -94,4 +94,39 @@ describe('sampling slots', () => {
     expect(r.errors?.[1]).toBeNull();
     expect(r.tokens[1]).toBeGreaterThanOrEqual(0);
   });
+
+  it('fail only the rows whose stored penalty tokens fall outside the vocabulary, at every step they sample', () => {
+    const vocab = SMALL_MODEL.vocab_size;
+    const rows = (tokens: number[][]) =>
+      makeBatch(
+        tokens.map((penaltyTokens, i) => ({
+          tokens: prompt(3, 51 + i),
+          cached: 0,
+          blocks: [55 + i],
+          repetitionPenalty: 1.5,
+          penaltyTokens,
+          penaltyPromptLen: penaltyTokens.length,
+        })),
+      );
+    const slots = [60, 61, 62];
+    const filled = addon.step(
+      resident,
+      residentForm(
+        rows([
+          [5, vocab + 3, 2],
+          [7, -1],
+          [4, 6],
+        ]),
+        slots,
+        [0, 1, 2],
+      ),
+    );
+    const later = addon.step(resident, residentForm(rows([[], [], []]), slots, []));
+    for (const r of [filled, later]) {
+      expect(r.errors?.[0]).toMatch(new RegExp(`penalty token id ${vocab + 3} is outside the vocabulary \\[0, ${vocab}\\)`));
+      expect(r.errors?.[1]).toMatch(/penalty token id -1 is outside the vocabulary/);
+      expect(r.errors?.[2]).toBeNull();
+      expect(r.tokens[2]).toBeGreaterThanOrEqual(0);
+    }
+  });
 });
