@@ -282,6 +282,9 @@ class CudaBackend : public Backend {
   bool gateUpPrefetch_ = true;
   // What o's GEMM at layer l asks of L2 for gate/up (nothing where it is off or does not apply).
   cuda::DecodeGemmPrefetch gateUpPrefetch(int l) const;
+  // The item shrink's block shape for o and gate/up (lora_fused.h's ItemShrinkShape; {} picks by
+  // the outputs): TROUPE_LORA_O_ITEM_SHAPE / TROUPE_LORA_GATE_UP_ITEM_SHAPE as outPerWarp,warps.
+  cuda::ItemShrinkShape oItemShape_, gateUpItemShape_;
   // Whether a decode step's gate/up takes the item shrink over the norm's rows, at slices sl.
   bool gateUpItemShrink(const cuda::LoraSlices& sl) const;
   bool normShrinkKept_ = false;          // the pool keeps what o's delta adds (normShrinkN)

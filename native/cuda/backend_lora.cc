@@ -110,7 +110,11 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         // The decode attention (oLoraEpilogue) or the norm wrote the rows and their LoRA columns.
       } else if (d.itemShrink) {
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
-                             stream_, itemPdl_, {}, g == cuda::kOWeight && oGemmEarly_);
+                             stream_, itemPdl_,
+                             g == cuda::kOWeight        ? oItemShape_
+                             : g == cuda::kGateUpWeight ? gateUpItemShape_
+                                                        : cuda::ItemShrinkShape{},
+                             g == cuda::kOWeight && oGemmEarly_);
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa, sms_,
                             stream_);

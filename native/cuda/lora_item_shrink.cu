@@ -270,15 +270,18 @@ void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& 
   // on memory four times a thread, not seven). Every warp of a block on every output of it, and
   // few outputs a block while a step has few of them, so that more blocks share the A reads: one a
   // warp up to 16 outputs (rank-16 o 2.7 us against 3.2 with two), two up to 32, four above; past
-  // 128 on short rows two groups of four warps (rank-64 q/k/v 7.0 us against 7.6). A warp to each
-  // output (its own features) was slower at every group: 8-55 us.
+  // 32 on short rows two groups of four warps (rank-64 q/k/v 7.0 us against 7.6; in a decode step
+  // of 32 rows over 8 rank-64 adapters on an H100, o's and gate/up's that way took the step to
+  // +18.3% over the base step against +19.0% with one group, 0.1 ms less;
+  // bench/results/2026-12-05-h100-lora-item-shapes.json). A warp to each output (its own
+  // features) was slower at every group: 8-55 us.
   const bool longRows = sl.in > 8192;
   const int outputs = sl.count * sl.maxRank, warps = (longRows ? 512 : 256) / 32;
   if (shape.outPerWarp == 0)
-    shape = outputs <= 16                ? ItemShrinkShape{1, warps}
-            : outputs <= 32              ? ItemShrinkShape{2, warps}
-            : outputs > 128 && !longRows ? ItemShrinkShape{4, warps / 2}
-                                         : ItemShrinkShape{4, warps};
+    shape = outputs <= 16   ? ItemShrinkShape{1, warps}
+            : outputs <= 32 ? ItemShrinkShape{2, warps}
+            : !longRows     ? ItemShrinkShape{4, warps / 2}
+                            : ItemShrinkShape{4, warps};
   const Launch go = longRows ? pickOut<512>(shape.outPerWarp, shape.warpsPerOutput)
                              : pickOut<256>(shape.outPerWarp, shape.warpsPerOutput);
   if (!go) throw std::invalid_argument("LoRA item shrink: no kernel of that shape");
