@@ -1,23 +1,30 @@
 // Multi-LoRA on the CUDA backend against transformers + PEFT (TROUPE_GPU_TESTS=1, after
 // make_checkpoint.py --refs and make_adapters.py). One batch mixes the base model and four
 // adapters (rank 8 on q/v, ranks 16, 64 and 32 on all seven modules); teacher-forced on PEFT's greedy
-// continuation, every token's logprob is within 0.05 of PEFT's and the greedy choice is PEFT's
-// wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
+// continuation, every token's logprob is within 0.05 of PEFT's (or a quarter above transformers'
+// own bf16 drift from float32 on the checkpoint, where reference.json records a larger one) and
+// the greedy choice is PEFT's wherever its top-2 gap exceeds 0.05. Both kernel layouts and several chunk sizes run, each with
 // every way of running the LoRA kernels (engine option loraKernel). A pool of rank 16 (the base
 // model and the two adapters that fit it) also runs the decode GEMM taking o's and down's LoRA
 // deltas itself, and the item shrink in its place (TROUPE_LORA_IN_GEMM). At rank 64 the fused
 // layout's decode GEMM spreads q/k/v's and down's shrink over its weight blocks and adds their
 // deltas from the padding columns; with TROUPE_LORA_IN_GEMM=0 they take the item shrink instead, as
 // o does.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { withEnv } from '../../bench/engine-variants.js';
 import { addon, engineOptions, loadSlot, logSoftmax, makeBatch, openCheckpoint, type SeqStep } from '../engine-fixtures.js';
 import type { EngineOptions } from '../../src/engine/types.js';
 
 const dir = process.env.TROUPE_GPU_CHECKPOINT ?? '/tmp/troupe-llama-1b';
 const BAR = 0.05;
+// The references are float32 forwards on the bf16 weights; the engine rounds to bf16 as
+// transformers' bf16 forward does, whose own distance from them is the floor of any bar (the
+// tensor-core kernels at chunk 1 were 0.0510 from PEFT on an H100, transformers' drift 0.0529).
+const refFile = join(dir, 'reference.json');
+const bf16Drift = existsSync(refFile) ? (JSON.parse(readFileSync(refFile, 'utf8')) as { bf16MaxAbsDiff: number }).bf16MaxAbsDiff : 0;
+const TOL = Math.max(BAR, 1.25 * bf16Drift);
 const BLOCK = 16;
 
 interface Case {
@@ -65,8 +72,11 @@ function run(handle: number, rows: Row[]): { maxDiff: number; checked: number; m
 }
 
 describe('multi-LoRA on the GPU matches PEFT', () => {
+  // Each case's engines go when it ends: the file's cases together do not fit an 80 GB GPU.
   const handles: number[] = [];
-  afterAll(() => handles.forEach((h) => addon.destroyEngine(h)));
+  afterEach(() => {
+    while (handles.length > 0) addon.destroyEngine(handles.pop()!);
+  });
 
   const layouts = [
     { loraBackend: 'csgmv' as const, loraChunkSize: 16, graphs: 32 },
@@ -99,9 +109,9 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   const verify = (label: string, h: number, batch: Row[]): void => {
     const m = run(h, batch);
     console.log(
-      `LoRA parity (${label}): max |logprob diff| ${m.maxDiff.toFixed(4)}; greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
+      `LoRA parity (${label}): max |logprob diff| ${m.maxDiff.toFixed(4)} (bar ${TOL.toFixed(4)}); greedy agrees at ${m.checked - m.mismatches}/${m.checked} positions with top-2 gap > ${BAR}`,
     );
-    expect(m.maxDiff).toBeLessThanOrEqual(BAR);
+    expect(m.maxDiff).toBeLessThanOrEqual(TOL);
     expect(m.mismatches).toBe(0);
     expect(m.checked).toBeGreaterThan(batch.length * 8);
   };
