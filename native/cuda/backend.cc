@@ -30,6 +30,23 @@ namespace cuda_engine {
 
 namespace {
 
+// An item shrink block shape from the environment variable var ({} where it is unset): W,S with
+// the kernels instantiated for rows of up to 8,192 features (o's and gate/up's).
+cuda::ItemShrinkShape parseItemShape(const char* var) {
+  cuda::ItemShrinkShape shape;
+  const char* env = std::getenv(var);
+  if (!env) return shape;
+  auto among = [](int v, std::initializer_list<int> ok) { return std::find(ok.begin(), ok.end(), v) != ok.end(); };
+  char end = 0;
+  if (std::sscanf(env, "%d,%d%c", &shape.outPerWarp, &shape.warpsPerOutput, &end) != 2 ||
+      !among(shape.outPerWarp, {1, 2, 4}) || !among(shape.warpsPerOutput, {1, 2, 4, 8}))
+    throw std::invalid_argument(std::string(var) +
+                                " must be W,S with W (outputs a warp) 1, 2 or 4 and S (warps an output) 1, 2, 4 or 8, "
+                                "not \"" +
+                                env + "\"");
+  return shape;
+}
+
 // A switch naming weight groups (TROUPE_LORA_IN_GEMM, TROUPE_CUDA_BF16_ROWS): 0, or names of
 // `names` comma-separated, each once; their groups' bits.
 unsigned parseGroups(const char* var, const std::string& text,
@@ -165,22 +182,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_IN_O")) gateUpInO_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_PREFETCH")) gateUpPrefetch_ = std::string(env) != "0";
-  auto itemShape = [](const char* var) {
-    cuda::ItemShrinkShape shape;
-    if (const char* env = std::getenv(var)) {
-      // The kernels instantiated for rows of up to 8,192 features (o's and gate/up's).
-      auto among = [](int v, std::initializer_list<int> ok) { return std::find(ok.begin(), ok.end(), v) != ok.end(); };
-      char end = 0;
-      if (std::sscanf(env, "%d,%d%c", &shape.outPerWarp, &shape.warpsPerOutput, &end) != 2 ||
-          !among(shape.outPerWarp, {1, 2, 4}) || !among(shape.warpsPerOutput, {1, 2, 4, 8}))
-        throw std::invalid_argument(
-            std::string(var) +
-            " must be W,S with W (outputs a warp) 1, 2 or 4 and S (warps an output) 1, 2, 4 or 8, not \"" + env + "\"");
-    }
-    return shape;
-  };
-  oItemShape_ = itemShape("TROUPE_LORA_O_ITEM_SHAPE");
-  gateUpItemShape_ = itemShape("TROUPE_LORA_GATE_UP_ITEM_SHAPE");
+  oItemShape_ = parseItemShape("TROUPE_LORA_O_ITEM_SHAPE");
+  gateUpItemShape_ = parseItemShape("TROUPE_LORA_GATE_UP_ITEM_SHAPE");
   if (const char* env = std::getenv("TROUPE_LORA_SLOT_BUCKETS")) slotBuckets_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_TAIL"))
     loraTail_ = parseGroups("TROUPE_LORA_TAIL", env, {{"qkv", cuda::kQkvWeight}});
