@@ -182,6 +182,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
                               {{"qkv", cuda::kQkvWeight}, {"o", cuda::kOWeight}, {"down", cuda::kDownWeight}});
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_IN_O")) gateUpInO_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_PREFETCH")) gateUpPrefetch_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_LORA_O_ROWS_EARLY")) oRowsEarly_ = std::string(env) != "0";
   oItemShape_ = parseItemShape("TROUPE_LORA_O_ITEM_SHAPE");
   gateUpItemShape_ = parseItemShape("TROUPE_LORA_GATE_UP_ITEM_SHAPE");
   if (const char* env = std::getenv("TROUPE_LORA_SLOT_BUCKETS")) slotBuckets_ = std::string(env) != "0";
@@ -432,6 +433,11 @@ void CudaBackend::ensureActivations(int T, int decodes, int splits, int sampled)
     // last block of its token is done, so zero once, as allocated.
     if (oTickets_.ensure(t)) {
       check(cudaMemset(oTickets_.get(), 0, oTickets_.size() * 4), "cudaMemset");
+      moved = true;
+    }
+    // The o item shrink's rows-ready count for its GEMM (oLateGemm), which sets it back to zero.
+    if (oRowsReady_.ensure(2)) {
+      check(cudaMemset(oRowsReady_.get(), 0, 2 * sizeof(unsigned)), "cudaMemset");
       moved = true;
     }
     if (moved) buildPiecePointers();

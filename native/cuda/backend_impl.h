@@ -235,6 +235,16 @@ class CudaBackend : public Backend {
   // (bench/results/2026-12-02-h200-lora-o-gemm-early.json). TROUPE_LORA_O_GEMM_EARLY=0 releases
   // it after the sums, for comparing.
   bool oGemmEarly_ = true;
+  // Further: o's GEMM reads the attention's rows as they are, once the item shrink's first blocks
+  // count them written, and waits for the shrink only before its LoRA columns' stages
+  // (decode_gemm.h's DecodeGemmLateColumns), so that it streams its weights and rows under the
+  // shrink as the base step's does. TROUPE_LORA_O_ROWS_EARLY=0 waits for the shrink first.
+  bool oRowsEarly_ = true;
+  DeviceBuffer<unsigned> oRowsReady_;  // [2], zero between steps
+  // o's decode GEMM in that form at layer l over the attention's rows and xa's columns, or M = 0
+  // where it does not apply.
+  cuda::DecodeGemmArgs oLateGemm(int l, const cuda::RowInput& rows, const cuda::AugmentedRows& xa, float* y, int N,
+                                 bool accumulate) const;
   // Decode steps whose o and down projections take their LoRA inside the decode GEMM leave the
   // deltas B s to the RMSNorm of the residual after it (rmsnorm_delta.h), so that the GEMM's weight
   // tiles do not wait for its shrink tiles: a decode step of 32 rows over 8 rank-16 adapters on an

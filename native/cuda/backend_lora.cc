@@ -109,12 +109,19 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
       if ((g == cuda::kOWeight && oColumnsMade_) || columnsMade) {
         // The decode attention (oLoraEpilogue) or the norm wrote the rows and their LoRA columns.
       } else if (d.itemShrink) {
+        const cuda::DecodeGemmArgs late =
+            g == cuda::kOWeight ? oLateGemm(l, rows, xa, y, N, accumulate) : cuda::DecodeGemmArgs{};
         cuda::loraItemShrink(rows, sl, loraItems_, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa,
                              stream_, itemPdl_,
                              g == cuda::kOWeight        ? oItemShape_
                              : g == cuda::kGateUpWeight ? gateUpItemShape_
                                                         : cuda::ItemShrinkShape{},
-                             g == cuda::kOWeight && oGemmEarly_);
+                             g == cuda::kOWeight && oGemmEarly_, late.M > 0 ? oRowsReady_.get() : nullptr);
+        if (late.M > 0) {
+          timer_.mark(name, stream_);
+          decodeGemm_->run(late, kDecodeGemmSplits, stream_, true);
+          return;
+        }
       } else {
         cuda::loraRowShrink(rows, sl, lora_->slots(), dRowSlot_, lora_->ranks(), lora_->scaling(), T, xa, sms_,
                             stream_);

@@ -176,6 +176,24 @@ int CudaBackend::loraGemmSplits(const cuda::DecodeGemmArgs& a) const {
   return decodeGemm_->supports(a, kDecodeGemmSplits) ? kDecodeGemmSplits : 1;
 }
 
+cuda::DecodeGemmArgs CudaBackend::oLateGemm(int l, const cuda::RowInput& rows, const cuda::AugmentedRows& xa, float* y,
+                                            int N, bool accumulate) const {
+  const cuda::WeightGroup g = cuda::kOWeight;
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens, K = in + paddingUsed(g);
+  const bf16_t* W = w_->layers[l].matrix(g);
+  // Only where the item shrink releases the GEMM as it starts, and where project() would take the
+  // decode GEMM over xa's rows (its choice, mirrored).
+  if (!oRowsEarly_ || !oGemmEarly_ || !itemPdl_ || !decodeGemm_ || !accumulate ||
+      rows.source != cuda::RowSource::kCopy || xa.slicePitch != 0 || gemvTakes(T, K, W, ld, xa.data, xa.ld))
+    return {};
+  cuda::DecodeGemmArgs a;
+  a.W = W, a.ldw = ld, a.X = rows.bf16, a.ldx = rows.ld, a.Y = y, a.ldy = N, a.M = T, a.N = N, a.K = K;
+  a.accumulate = true, a.releaseEarly = normPdl_, a.releaseAtStart = normAtGemmStart_, a.prefetch = gateUpPrefetch(l);
+  a.late.X = xa.data + in, a.late.ld = xa.ld, a.late.count = paddingUsed(g);
+  a.late.ready = oRowsReady_.get(), a.late.target = T;
+  return decodeGemm_->supports(a, kDecodeGemmSplits) ? a : cuda::DecodeGemmArgs{};
+}
+
 cuda::OLoraEpilogue CudaBackend::oLoraEpilogue(int l) {
   const cuda::WeightGroup g = cuda::kOWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g];

@@ -117,6 +117,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   // A weight tile's parts of the next projection's shrink (DecodeGemmNormShrink), from its A rows
   // copied at the start after the stages.
   const bool normShrink = hasLora && args.normShrink.A != nullptr && !shrinkTile;
+  // The late columns' first K stage (DecodeGemmLateColumns), past every stage without them.
+  const DecodeGemmLateColumns& late = args.late;
+  const bool lateColumns = late.count > 0;
+  const int lateStage = lateColumns ? (args.K - late.count) / kStageK : INT_MAX;
   // The weight tile's padding stages read its module's block of the columns where rows are split.
   int cBase = 0;
   if (spread && lora.splitRows) {
@@ -160,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto stageX = [&](int i) { return stageW(i) + kTileRows * kStageK; };
 
   if (warp == kConsumerWarps) {  // the copying warp
-    if (lane == 0) {
+    {
       // Stage i's K stage: the A part's first (spread), then the block's own.
       auto kOf = [&](int i) { return i < na ? ka0 + i : kt0 + i - na; };
       auto issueW = [&](int i) {
@@ -169,9 +173,20 @@ __global__ void __launch_bounds__(kThreads, 1)
           tensorCopy(stageW(i) + c * kTileRows * kBox, i < na ? &aMap : rowsMap, kOf(i) * kStageK + c * kBox,
                      i < na ? aTile * kTileRows : row0, &full[i % kStages]);
       };
-      bool columnsReady = false;
+      bool columnsReady = false, lateWaited = false;
       auto issueX = [&](int i) {
         const int k = kOf(i);
+        if (k >= lateStage) {
+          // The late columns, once the kernel that writes them has completed.
+          if (!lateWaited) {
+            pdlWait();
+            lateWaited = true;
+          }
+          for (int c = 0; c < kCopies; ++c)
+            tensorCopy(stageX(i) + c * kTokens * kBox, &cMap, (k - lateStage) * kStageK + c * kBox, 0,
+                       &full[i % kStages]);
+          return;
+        }
         if (spread && i >= na && k >= sg.xStages) {
           // The padding columns' stages read the shrink outputs, once every A tile's are written.
           if (!columnsReady) {
@@ -187,23 +202,41 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int c = 0; c < kCopies; ++c)
           tensorCopy(stageX(i) + c * kTokens * kBox, &xMap, k * kStageK + c * kBox, 0, &full[i % kStages]);
       };
-      // The next projection's A rows (the pool's, written before the grid began).
-      if (normShrink) {
-        barrierExpect(&nsBar, args.normShrink.rows * kBox * 2);
-        tensorCopy(extra, &nsMap, row0, 0, &nsBar);
-      }
-      for (int i = 0; i < kStages && i < total; ++i) issueW(i);
-      pdlWait();
-      for (int i = 0; i < total; ++i) {
-        if (i >= kStages) {
-          barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
-          issueW(i);
+      if (lane == 0) {
+        // The next projection's A rows (the pool's, written before the grid began).
+        if (normShrink) {
+          barrierExpect(&nsBar, args.normShrink.rows * kBox * 2);
+          tensorCopy(extra, &nsMap, row0, 0, &nsBar);
         }
-        issueX(i);
+        for (int i = 0; i < kStages && i < total; ++i) issueW(i);
+        if (lateColumns) {
+          // The rows are written once the kernel before has counted them ready; the last block to
+          // pass sets the counts back.
+          while (loadAcquire(late.ready) < static_cast<unsigned>(late.target)) __nanosleep(64);
+          asm volatile("fence.proxy.async.global;" ::: "memory");
+          if (atomicAdd(late.ready + 1, 1u) == gridDim.x - 1) {
+            late.ready[0] = 0;
+            late.ready[1] = 0;
+          }
+        } else {
+          pdlWait();
+        }
       }
-      // Every block copies them (the one that writes the tile is known only at the end); none may
-      // end before its copy has landed.
-      if (normShrink) barrierWait(&nsBar, 0);
+      // The multiplying warps read Y once the rows' kernel is known to be done (their barrier 4).
+      __syncwarp();
+      if (lateColumns) asm volatile("bar.arrive 4, %0;" ::"n"(kThreads) : "memory");
+      if (lane == 0) {
+        for (int i = 0; i < total; ++i) {
+          if (i >= kStages) {
+            barrierWait(&empty[i % kStages], ((i / kStages) - 1) & 1);
+            issueW(i);
+          }
+          issueX(i);
+        }
+        // Every block copies them (the one that writes the tile is known only at the end); none may
+        // end before its copy has landed.
+        if (normShrink) barrierWait(&nsBar, 0);
+      }
     }
     // The next projection's A factors once this block's last stage is on its way.
     __syncwarp();
@@ -222,7 +255,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int row = row0 + (warp & 3) * 16 + (lane >> 2) + 8 * e;
       if (row < args.N) nw[e] = args.normShrink.normW[row];
     }
-  pdlWait();
+  if (lateColumns) {
+    asm volatile("bar.sync 4, %0;" ::"n"(kThreads) : "memory");
+  } else {
+    pdlWait();
+  }
 
   // Group warp / 4 takes the stages i with i % 2 == warp / 4, all 64 rows, its own sums.
   const int group = warp >> 2;
@@ -549,6 +586,14 @@ bool loraSupported(const DecodeGemmArgs& a, int weightBlocks, int sms) {
          aligned16(l.A) && aligned16(l.B) && l.rowSlot && l.ranks && l.scaling;
 }
 
+// The late columns: after whole K stages of X, in 16-byte pieces, on a GEMM without LoRA.
+bool lateSupported(const DecodeGemmArgs& a) {
+  const DecodeGemmLateColumns& l = a.late;
+  if (l.count == 0) return true;
+  return l.count > 0 && l.count < a.K && (a.K - l.count) % kStageK == 0 && l.count % 8 == 0 && l.ld % 8 == 0 &&
+         l.ld >= l.count && aligned16(l.X) && l.ready && l.target >= 1 && !a.lora.A && !a.normShrink.A;
+}
+
 }  // namespace
 
 // cp.async.bulk.prefetch's terms: 16-byte starts and sizes.
@@ -567,7 +612,7 @@ bool DecodeGemm::supports(const DecodeGemmArgs& a, int splits) const {
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && aligned16(a.W) && aligned16(a.X) && splits >= 1 && kTiles >= splits &&
          tiles <= kMaxTiles && static_cast<long long>(tiles) * splits <= sms_ &&
          (!a.lora.A || loraSupported(a, tiles * splits, sms_)) && (!a.normShrink.A || a.lora.A) &&
-         prefetchSupported(a.prefetch);
+         prefetchSupported(a.prefetch) && lateSupported(a);
 }
 
 void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
@@ -577,7 +622,7 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
   // Spread, the weights' rows run on through the padding columns, and the grid has spare blocks
   // on every multiprocessor past the weights' (spreadColumns deals them the columns' work).
   const CUtensorMap wMap = bf16TensorMap(a.W, spread ? a.K + padColumns(a.lora) : a.K, a.N, a.ldw, kBox, kTileRows);
-  const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
+  const CUtensorMap xMap = bf16TensorMap(a.X, a.K - a.late.count, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.K, a.lora.rows, a.lora.lda, kBox, kTileRows) : wMap;
   SpreadGrid sg;
   const int blocks = gridTiles(a) * splits;
@@ -587,7 +632,9 @@ void DecodeGemm::run(const DecodeGemmArgs& a, int splits, cudaStream_t st, bool 
     sg.columns = columns_.get(), sg.parts = aParts_.get();
     sg.readers = spreadReaders(kTiles, splits, sg.xStages) * ((a.N + kTileRows - 1) / kTileRows);
   }
-  const CUtensorMap cMap = spread ? bf16TensorMap(sg.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens) : xMap;
+  const CUtensorMap cMap = spread         ? bf16TensorMap(sg.columns, a.lora.rows, a.M, a.lora.rows, kBox, kTokens)
+                           : a.late.count ? bf16TensorMap(a.late.X, a.late.count, a.M, a.late.ld, kBox, kTokens)
+                                          : xMap;
   const DecodeGemmNormShrink& ns = a.normShrink;
   const CUtensorMap nsMap = ns.A ? bf16TensorMap(ns.A, a.N, ns.rows, a.N, kBox, ns.rows) : xMap;
   // B's tile after the stages where the block adds the deltas itself.

@@ -114,6 +114,22 @@ struct DecodeGemmPrefetch {
   const int32_t* rowSlot = nullptr;
 };
 
+// The last `count` of the K columns from the kernel launched just before this GEMM (o's item
+// shrink, which lets it launch as that kernel's blocks start): X holds the first K - count columns
+// (the attention's rows, written before that kernel), and X + K - count the rest, ld apart. The
+// blocks copy their first weight stages at once and the rows' stages once `ready` counts `target`
+// (that kernel's first blocks count themselves there once the kernel before them has completed, so
+// the rows are written), and wait for that kernel itself only before the columns' stages: the
+// weights stream under the attention as in a step without adapters, and the shrink's work runs
+// beside the GEMM's. K - count a multiple of 256; the last block to pass sets ready[0] and ready[1]
+// back to 0 for the next launch. Not with lora or normShrink.
+struct DecodeGemmLateColumns {
+  const bf16_t* X = nullptr;
+  int ld = 0, count = 0;
+  unsigned* ready = nullptr;  // [2]: the count, and the blocks that have read it
+  int target = 0;
+};
+
 // Y[m][n] = sum over k < K of X[m][k] W[n][k] (+ Y[m][n] when accumulating) for m < M, n < N: row
 // m of Y at Y + m ldy (f32), of X at X + m ldx and row n of W at W + n ldw (bf16); plus the LoRA
 // deltas when lora.A is set.
@@ -129,6 +145,7 @@ struct DecodeGemmArgs {
   DecodeGemmLora lora;
   DecodeGemmNormShrink normShrink;
   DecodeGemmPrefetch prefetch;
+  DecodeGemmLateColumns late;
   // Lets the kernel after it start launching once each block's products are summed, before the
   // splits meet and Y is written: a kernel launched early (an RMSNorm, pdl.cuh) then waits for
   // the writes on the multiprocessors rather than being launched after them.

@@ -193,13 +193,16 @@ void loraRowShrink(const RowInput& row, const LoraSlices& sl, int slots, const i
 // rows over 8,192 features), zero for the measured choice by the group's size. releaseAtStart:
 // a grid launched early after this one (pdl.cuh) may start as soon as every block of this one has
 // begun, rather than once their sums are taken; it must still wait for this grid before reading.
+// rowsReady: each of the first T blocks adds 1 there once the kernel before this one has completed
+// (decode_gemm.h's DecodeGemmLateColumns reads it).
 struct ItemShrinkShape {
   int outPerWarp = 0, warpsPerOutput = 0;
 };
 bool itemShrinkSupported(int in, int ldxa, int ld);
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
-                    cudaStream_t st, bool pdl = false, ItemShrinkShape shape = {}, bool releaseAtStart = false);
+                    cudaStream_t st, bool pdl = false, ItemShrinkShape shape = {}, bool releaseAtStart = false,
+                    unsigned* rowsReady = nullptr);
 
 }  // namespace cuda
 }  // namespace troupe

@@ -59,7 +59,7 @@ template <int kThreads, int kOutW, int kKSplit>
 __global__ void __launch_bounds__(kThreads)
     itemShrinkKernel(const bf16_t* src, int ld, LoraSlices sl, LoraItems items, int slots, const int32_t* rowSlot,
                      const int32_t* ranks, const float* scaling, int T, int chunks, AugmentedRows xa,
-                     bool releaseAtStart) {
+                     bool releaseAtStart, unsigned* rowsReady) {
   if (releaseAtStart) pdlLaunchDependents();
   constexpr int kWarps = kThreads / 32, kGroups = kWarps / kKSplit, kOut = kOutW * kGroups;
   static_assert(kWarps % kKSplit == 0, "whole groups of warps");
@@ -70,6 +70,12 @@ __global__ void __launch_bounds__(kThreads)
   if (blockIdx.x < T) {
     // The token's rows and their padding.
     pdlWait();
+    // The kernel before has completed: a GEMM launched after this one may read the rows it wrote
+    // (decode_gemm.h's DecodeGemmLateColumns).
+    if (rowsReady && threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(rowsReady, 1u);
+    }
     const int t = blockIdx.x, slot = rowSlot[t];
     const uint4* from = reinterpret_cast<const uint4*>(src + static_cast<size_t>(t) * ld);
     for (int rowIdx = 0; rowIdx < augmentedRowCount(xa, sl.count); ++rowIdx) {
@@ -209,17 +215,17 @@ __global__ void __launch_bounds__(kThreads)
 template <int kThreads, int kOutW, int kKSplit>
 void launch(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots, const int32_t* rowSlot,
             const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa, cudaStream_t st, bool pdl,
-            bool releaseAtStart) {
+            bool releaseAtStart, unsigned* rowsReady) {
   constexpr int kOut = kOutW * (kThreads / 32 / kKSplit);
   const int chunks = (sl.count * sl.maxRank + kOut - 1) / kOut;
   const int blocks = T + std::max(items.gridItems, 1) * std::max(items.gridTiles, 1) * kSubTiles * chunks;
   launchPdl(itemShrinkKernel<kThreads, kOutW, kKSplit>, dim3(blocks), dim3(kThreads), st, pdl,
             "LoRA item shrink launch", row.bf16, row.ld, sl, items, slots, rowSlot, ranks, scaling, T, chunks, xa,
-            releaseAtStart);
+            releaseAtStart, rowsReady);
 }
 
 using Launch = void (*)(const RowInput&, const LoraSlices&, const LoraItems&, int, const int32_t*, const int32_t*,
-                        const float*, int, const AugmentedRows&, cudaStream_t, bool, bool);
+                        const float*, int, const AugmentedRows&, cudaStream_t, bool, bool, unsigned*);
 
 template <int kThreads, int kOutW>
 Launch pickSplit(int kSplit) {
@@ -260,7 +266,7 @@ bool itemShrinkSupported(int in, int ldxa, int ld) { return in % 8 == 0 && ldxa 
 
 void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& items, int slots,
                     const int32_t* rowSlot, const int32_t* ranks, const float* scaling, int T, const AugmentedRows& xa,
-                    cudaStream_t st, bool pdl, ItemShrinkShape shape, bool releaseAtStart) {
+                    cudaStream_t st, bool pdl, ItemShrinkShape shape, bool releaseAtStart, unsigned* rowsReady) {
   if (T == 0) return;
   if (row.source != RowSource::kCopy)
     throw std::invalid_argument("LoRA item shrink: make the rows first (rmsnorm or siluMul into xa), then pass them");
@@ -285,7 +291,7 @@ void loraItemShrink(const RowInput& row, const LoraSlices& sl, const LoraItems& 
   const Launch go = longRows ? pickOut<512>(shape.outPerWarp, shape.warpsPerOutput)
                              : pickOut<256>(shape.outPerWarp, shape.warpsPerOutput);
   if (!go) throw std::invalid_argument("LoRA item shrink: no kernel of that shape");
-  go(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl, releaseAtStart);
+  go(row, sl, items, slots, rowSlot, ranks, scaling, T, xa, st, pdl, releaseAtStart, rowsReady);
 }
 
 }  // namespace cuda

@@ -104,6 +104,117 @@ int check(DecodeGemm& gemm, const Case& c, Rng& rng, cudaStream_t st) {
   return bad ? 1 : 0;
 }
 
+// The late columns (DecodeGemmLateColumns) as o's GEMM meets them: a kernel that writes the rows
+// slowly and lets the next start at once, then one that lets the GEMM start at once, counts its
+// first blocks ready once the rows' kernel is done and writes the columns slowly after. The
+// buffers hold NaN before each round, so a stage copied before its kernel wrote it shows.
+__device__ void spinMicroseconds(int us) {
+  const long long until = clock64() + static_cast<long long>(us) * 1500;
+  while (clock64() < until) {
+  }
+}
+
+__global__ void slowRows(const bf16_t* src, bf16_t* rows, int n) {
+  pdlLaunchDependents();
+  spinMicroseconds(20);
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) rows[i] = src[i];
+}
+
+__global__ void slowColumns(const bf16_t* src, bf16_t* cols, int M, int count, int ldc, unsigned* ready, int T) {
+  pdlLaunchDependents();
+  pdlWait();
+  if (static_cast<int>(blockIdx.x) < T) {
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(ready, 1u);
+    }
+    return;
+  }
+  spinMicroseconds(10);
+  const int b = blockIdx.x - T, blocks = gridDim.x - T;
+  for (int i = b * blockDim.x + threadIdx.x; i < M * count; i += blocks * blockDim.x)
+    cols[static_cast<size_t>(i / count) * ldc + i % count] = src[i];
+}
+
+struct LateCase {
+  int M, N, K0, count, splits;
+};
+
+int checkLate(DecodeGemm& gemm, const LateCase& c, Rng& rng, cudaStream_t st) {
+  const int K = c.K0 + c.count, ldw = K + 8, ldc = c.count + 16;
+  std::vector<uint16_t> W(static_cast<size_t>(c.N) * ldw), X(static_cast<size_t>(c.M) * c.K0),
+      C(static_cast<size_t>(c.M) * c.count);
+  for (auto& v : W) v = toBf16(rng.sym());
+  for (auto& v : X) v = toBf16(rng.sym());
+  for (auto& v : C) v = toBf16(rng.sym());
+  std::vector<float> Y0(static_cast<size_t>(c.M) * c.N);
+  for (auto& v : Y0) v = 4 * rng.sym();
+  bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
+  bf16_t* dXs = reinterpret_cast<bf16_t*>(upload(X));
+  bf16_t* dCs = reinterpret_cast<bf16_t*>(upload(C));
+  const std::vector<uint16_t> nanRows(X.size(), kNaN16), nanCols(static_cast<size_t>(c.M) * ldc, kNaN16);
+  bf16_t* dX = reinterpret_cast<bf16_t*>(upload(nanRows));
+  bf16_t* dC = reinterpret_cast<bf16_t*>(upload(nanCols));
+  float* dY = upload(Y0);
+  unsigned* ready = upload(std::vector<unsigned>{0, 0});
+  DecodeGemmArgs a;
+  a.W = dW, a.ldw = ldw, a.X = dX, a.ldx = c.K0, a.Y = dY, a.ldy = c.N, a.M = c.M, a.N = c.N, a.K = K;
+  a.accumulate = true;
+  a.late.X = dC, a.late.ld = ldc, a.late.count = c.count, a.late.ready = ready, a.late.target = c.M;
+  int bad = 0;
+  if (!gemm.supports(a, c.splits)) {
+    std::printf("FAIL late columns M %d N %d K0 %d count %d: not supported\n", c.M, c.N, c.K0, c.count);
+    bad = 1;
+  }
+  std::vector<float> first;
+  for (int round = 0; round < 3 && !bad; ++round) {
+    CK(cudaMemcpyAsync(dY, Y0.data(), Y0.size() * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(dX, nanRows.data(), nanRows.size() * 2, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(dC, nanCols.data(), nanCols.size() * 2, cudaMemcpyHostToDevice, st));
+    slowRows<<<8, 256, 0, st>>>(dXs, dX, static_cast<int>(X.size()));
+    launchPdl(slowColumns, dim3(c.M + 6), dim3(128), st, true, "slowColumns", dCs, dC, c.M, c.count, ldc, ready, c.M);
+    gemm.run(a, c.splits, st, true);
+    std::vector<float> Y(Y0.size());
+    std::vector<unsigned> counts(2);
+    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
+    CK(cudaMemcpyAsync(counts.data(), ready, 8, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (counts[0] != 0 || counts[1] != 0) {
+      std::printf("FAIL late columns: the counts were left at %u, %u\n", counts[0], counts[1]);
+      bad = 1;
+    }
+    if (round == 0) {
+      first = Y;
+    } else if (std::memcmp(Y.data(), first.data(), Y.size() * 4) != 0) {
+      std::printf("FAIL late columns: round %d differs from the first\n", round);
+      bad = 1;
+    }
+  }
+  double worst = 0;
+  if (!bad) {
+    for (int m = 0; m < c.M; ++m)
+      for (int n = 0; n < c.N; ++n) {
+        double sum = Y0[static_cast<size_t>(m) * c.N + n], mag = 0;
+        for (int k = 0; k < K; ++k) {
+          const float x = k < c.K0 ? fromBf16(X[static_cast<size_t>(m) * c.K0 + k])
+                                   : fromBf16(C[static_cast<size_t>(m) * c.count + k - c.K0]);
+          const double p = static_cast<double>(fromBf16(W[static_cast<size_t>(n) * ldw + k])) * x;
+          sum += p;
+          mag += std::fabs(p);
+        }
+        const double bound = mag / 16384 + 1e-5, err = std::fabs(first[static_cast<size_t>(m) * c.N + n] - sum);
+        if (!(err <= bound)) ++bad;
+        worst = std::max(worst, err / bound);
+      }
+  }
+  std::printf("%s late columns M %2d N %5d K0 %5d count %4d splits %d: worst %.3f of the bound\n", bad ? "FAIL" : "ok  ",
+              c.M, c.N, c.K0, c.count, c.splits, worst);
+  for (void* p : {static_cast<void*>(dW), static_cast<void*>(dXs), static_cast<void*>(dCs), static_cast<void*>(dX),
+                  static_cast<void*>(dC), static_cast<void*>(dY), static_cast<void*>(ready)})
+    cudaFree(p);
+  return bad ? 1 : 0;
+}
+
 // modules > 1 (spread only): a group such as q/k/v, module j's output rows from moduleRow(j), its
 // A rows slot-major; split: each row's padding holds only its own module's block. oneSlot: every
 // token of slot 0 (one adapter for the whole batch).
@@ -338,6 +449,9 @@ int checks() {
   };
   for (const LoraCase& c : spreadModuleCases) failed += checkLora(gemm, c, LoraForm::kSpread, rng, st);
   failed += norm_shrink_check::normShrinkChecks(gemm, rng, st);
+  // o's shape over 8 rank-64 slots, fewer tokens than a tile, columns that end inside a stage.
+  const LateCase lateCases[] = {{32, 4096, 4096, 512, 2}, {7, 1000, 2048, 136, 2}, {32, 512, 256, 64, 1}};
+  for (const LateCase& c : lateCases) failed += checkLate(gemm, c, rng, st);
   std::printf("%d failed\n", failed);
   return failed == 0 ? 0 : 1;
 }

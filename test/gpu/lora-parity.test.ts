@@ -193,6 +193,18 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
       ),
     ));
 
+  // Above rank 16 o takes the item shrink, and its decode GEMM reads the attention's rows before
+  // the shrink ends and the LoRA columns after (the default), or waits for the shrink first.
+  it.each(['1', '0'])("rank-64 pool, o's GEMM reading the rows before its shrink ends: %s", (value) =>
+    withEnv({ TROUPE_LORA_O_ROWS_EARLY: value }, () =>
+      check(
+        `rank-64 pool, o's rows early: ${value}`,
+        { maxLoraRank: 64, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        rows,
+      ),
+    ),
+  );
+
   // A decode step's GEMMs over every slot's A rows and B columns cover only the slots up to the
   // batch's highest (rounded up to a power of two): with the batch's adapters in low slots of a pool
   // of 8 they read 1 or 2 slots' rows, and a batch that uses slot 6 reads all 8. The unused slots
