@@ -190,6 +190,7 @@ export class Engine implements LocalTroupeEngine {
 
   /** Validates, tokenizes and submits; the sink hears the rest. Throws for a request that cannot start. */
   private async start(req: GenerateRequest, sink: RequestSink): Promise<LiveRequest> {
+    const arrived = performance.now();
     this.assertUsable();
     // Embedding callers reach here without the HTTP parsers: the same rules, so a bad value fails this request alone.
     req = checkRequest(req, { maxTopLogprobsNum: this.options.maxTopLogprobsNum, vocabSize: this.config.vocabSize });
@@ -215,15 +216,24 @@ export class Engine implements LocalTroupeEngine {
     this.assertUsable();
 
     const detach = (): void => req.signal?.removeEventListener('abort', onAbort);
+    const metered = req.logMetrics !== false;
     const count = (outcome: 'ok' | 'aborted' | 'error', o?: GenerateOutput): void => {
-      if (req.logMetrics === false) return;
-      this.metrics.request({ lora: req.lora, outcome, promptTokens: o?.promptTokens ?? 0, completionTokens: o?.completionTokens ?? 0 });
+      if (!metered) return;
+      const { promptTokens = 0, completionTokens = 0, e2eLatency } = o ?? {};
+      this.metrics.request({ lora: req.lora, outcome, promptTokens, completionTokens, e2eSeconds: e2eLatency, ttftSeconds: live.ttft });
     };
-    const live: LiveRequest = new LiveRequest(id, req, promptIds.length, {
-      chunk: sink.chunk?.bind(sink),
-      done: (o) => (detach(), count(o.finishReason.type === 'abort' ? 'aborted' : 'ok', o), sink.done(o)),
-      error: (e) => (detach(), count('error'), sink.error(e)),
-    });
+    const live: LiveRequest = new LiveRequest(
+      id,
+      req,
+      promptIds.length,
+      {
+        chunk: sink.chunk?.bind(sink),
+        firstToken: metered ? (s) => this.metrics.firstToken(s) : undefined,
+        done: (o) => (detach(), count(o.finishReason.type === 'abort' ? 'aborted' : 'ok', o), sink.done(o)),
+        error: (e) => (detach(), count('error'), sink.error(e)),
+      },
+      arrived,
+    );
     const onAbort = (): void => this.abortRequest(live, 'the request was aborted');
     if (req.signal?.aborted) {
       live.finish({ type: 'abort', message: 'the request was aborted' });

@@ -6,6 +6,8 @@ import type { DetokState } from '../tokenizer/pool.js';
 
 export interface RequestSink {
   chunk?(c: GenerateChunk): void;
+  /** The first generated token arrived, `seconds` after the request did. */
+  firstToken?(seconds: number): void;
   done(o: GenerateOutput): void;
   error(e: Error): void;
 }
@@ -20,6 +22,8 @@ export class LiveRequest {
   promptTokens: number;
   /** Set once the request is answered; later events for it are ignored. */
   finished: FinishReason | null = null;
+  /** Seconds from the request's arrival to its first generated token; null until then. */
+  ttft: number | null = null;
   private readonly maxStop: number;
 
   constructor(
@@ -27,6 +31,7 @@ export class LiveRequest {
     readonly req: GenerateRequest,
     promptTokens: number,
     private readonly sink: RequestSink,
+    /** When the request arrived (performance.now()), before its prompt was tokenized. */
     private readonly start = performance.now(),
   ) {
     this.promptTokens = promptTokens;
@@ -40,6 +45,10 @@ export class LiveRequest {
   addTokens(ev: TokenEvent): void {
     this.promptTokens = ev.promptTokens;
     if (ev.token < 0) return;
+    if (this.ttft === null) {
+      this.ttft = (performance.now() - this.start) / 1000;
+      this.sink.firstToken?.(this.ttft);
+    }
     this.ids.push(ev.token);
     if (this.req.returnLogprob) {
       this.logprobs.push(ev.logprob);

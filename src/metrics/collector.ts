@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AdapterCounters, AdapterTransition } from '../scheduler/index.js';
 import { registerGatewayMetrics, type GatewayMetricsSource } from './gateway.js';
+import { RequestMetrics } from './requests.js';
 
 /** The `adapter` label of requests for the base model. */
 export const BASE_LABEL = '(base)';
@@ -14,6 +15,9 @@ export interface FinishedRequest {
   outcome: 'ok' | 'aborted' | 'error';
   promptTokens: number;
   completionTokens: number;
+  /** From its arrival to its end, and to its first token (null: none); absent for errors. */
+  e2eSeconds?: number;
+  ttftSeconds?: number | null;
 }
 
 /** The load stage that ends when an adapter enters a pool slot, by the state it leaves. */
@@ -30,6 +34,7 @@ export class EngineMetrics {
   private readonly failures: Counter<'adapter'>;
   private readonly evictions: Counter<'adapter' | 'from'>;
   private readonly loadSeconds: Histogram<'adapter' | 'stage'>;
+  private readonly latency: RequestMetrics;
   /** When each adapter's current read or copy began, to time it when it lands. */
   private readonly started = new Map<string, number>();
 
@@ -114,6 +119,12 @@ export class EngineMetrics {
       },
     });
     if (gateway) registerGatewayMetrics([this.registry, this.gatewayRegistry], gateway);
+    this.latency = new RequestMetrics(registers, gateway?.modelName ?? null);
+  }
+
+  /** A request's first generated token, `seconds` after it arrived. */
+  firstToken(seconds: number): void {
+    this.latency.firstToken(seconds);
   }
 
   request(r: FinishedRequest): void {
@@ -122,6 +133,15 @@ export class EngineMetrics {
     if (r.outcome === 'error') return;
     this.promptTokens.inc({ adapter }, r.promptTokens);
     this.generatedTokens.inc({ adapter }, r.completionTokens);
+    if (r.e2eSeconds !== undefined) {
+      const latency = {
+        promptTokens: r.promptTokens,
+        completionTokens: r.completionTokens,
+        e2eSeconds: r.e2eSeconds,
+        ttftSeconds: r.ttftSeconds ?? null,
+      };
+      this.latency.finished(latency, r.outcome === 'ok');
+    }
   }
 
   transitions(ts: readonly AdapterTransition[]): void {
