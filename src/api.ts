@@ -74,7 +74,8 @@ export interface GenerateOutput {
   finishReason: FinishReason;
   promptTokens: number;
   completionTokens: number;
-  e2eLatency: number; // seconds
+  /** Seconds from the request's arrival (before its prompt is tokenized) to this output. */
+  e2eLatency: number;
   outputTokenLogprobs?: TokenLogprob[];
   outputTopLogprobs?: TokenLogprob[][];
 }
