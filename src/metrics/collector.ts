@@ -1,6 +1,6 @@
 // Prometheus metrics of one engine, fed by the engine facade: finished requests per adapter,
-// and adapter transitions (loads, moves between slots, evictions, load times) as the scheduler
-// publishes them.
+// their latencies (requests.ts), and adapter transitions (loads, moves between slots, evictions,
+// load times) as the scheduler publishes them.
 // Each engine has its own registry so several engines in one process do not collide.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AdapterCounters, AdapterTransition } from '../scheduler/index.js';
