@@ -1,4 +1,4 @@
-// Request latency histograms and token totals in /metrics, under troupe's names and SGLang's and
+// Request latency histograms (queue, first token, per token, between tokens, end to end) and token totals in /metrics, under troupe's names and SGLang's and
 // vLLM's: what each kind of ending observes (EngineMetrics fed by hand), then the same series
 // moving as requests run through a real server on the demo model.
 import { describe, expect, it } from 'vitest';
@@ -43,7 +43,9 @@ async function scrape(m: EngineMetrics): Promise<Sample[]> {
 describe('request latency metrics', () => {
   it('observes a normal end under every name: end to end, per output token after the first, tokens', async () => {
     const m = metrics('m');
-    m.firstToken(0.1);
+    m.firstToken(0.1, 0.04);
+    m.nextToken(0.02);
+    m.nextToken(0.03);
     m.request({ lora: 'a', outcome: 'ok', promptTokens: 7, completionTokens: 5, e2eSeconds: 0.5, ttftSeconds: 0.1 });
     const s = await scrape(m);
     const own = (name: string, labels = {}) => value(s, name, labels);
@@ -60,6 +62,18 @@ describe('request latency metrics', () => {
     for (const name of [vllmE2e, sglangE2e]) expect(own(`${name}_sum`, { model_name: 'm' })).toBeCloseTo(0.5, 9);
     for (const name of [vllmTpot, sglangTpot]) expect(own(`${name}_count`, { model_name: 'm' })).toBe(1);
     for (const name of [vllmTtft, sglangTtft]) expect(own(`${name}_sum`, { model_name: 'm' })).toBeCloseTo(0.1, 9);
+    // The gaps between tokens, one observation each.
+    for (const [i, name] of REQUEST_METRIC_NAMES.itl.entries()) {
+      const labels = i === 0 ? {} : { model_name: 'm' };
+      expect(own(`${name}_count`, labels)).toBe(2);
+      expect(own(`${name}_sum`, labels)).toBeCloseTo(0.05, 9);
+      expect(own(`${name}_bucket`, { ...labels, le: '0.02' })).toBe(1);
+    }
+    const [queue, vllmQueue, sglangQueue] = REQUEST_METRIC_NAMES.queue;
+    expect(own(`${queue}_sum`)).toBeCloseTo(0.04, 9);
+    expect(own(`${queue}_bucket`, { le: '0.04' })).toBe(1);
+    expect(own(`${queue}_bucket`, { le: '0.02' })).toBe(0);
+    for (const name of [vllmQueue, sglangQueue]) expect(own(`${name}_count`, { model_name: 'm' })).toBe(1);
     for (const name of REQUEST_METRIC_NAMES.promptTokens) expect(own(name, { model_name: 'm' })).toBe(7);
     for (const name of REQUEST_METRIC_NAMES.generationTokens) expect(own(name, { model_name: 'm' })).toBe(5);
   });
@@ -105,11 +119,14 @@ describe('request latency metrics through HTTP', () => {
     expect((await generate({ text: 'The king said', sampling_params: sampling, log_metrics: false })).status).toBe(200);
     const after = await read();
     const grew = (name: string) => total(after, name) - total(before, name);
-    for (const names of [REQUEST_METRIC_NAMES.e2e, REQUEST_METRIC_NAMES.ttft, REQUEST_METRIC_NAMES.tpot])
+    for (const names of [REQUEST_METRIC_NAMES.e2e, REQUEST_METRIC_NAMES.ttft, REQUEST_METRIC_NAMES.tpot, REQUEST_METRIC_NAMES.queue])
       for (const name of names) expect(grew(`${name}_count`), name).toBe(2);
+    // Three gaps in each request's four tokens.
+    for (const name of REQUEST_METRIC_NAMES.itl) expect(grew(`${name}_count`), name).toBe(6);
     for (const name of REQUEST_METRIC_NAMES.generationTokens) expect(grew(name), name).toBe(8);
-    // Each request's first token comes before its last.
+    // Each request's first token comes before its last, and after its wait for a step.
     expect(grew(`${REQUEST_METRIC_NAMES.e2e[0]}_sum`)).toBeGreaterThan(grew(`${REQUEST_METRIC_NAMES.ttft[0]}_sum`));
+    expect(grew(`${REQUEST_METRIC_NAMES.ttft[0]}_sum`)).toBeGreaterThan(grew(`${REQUEST_METRIC_NAMES.queue[0]}_sum`));
     const labelled = after.filter((s) => s.name === `${REQUEST_METRIC_NAMES.e2e[2]}_count`);
     expect(labelled).toHaveLength(1);
     expect(labelled[0]!.labels.model_name).toBeTruthy();

@@ -1,5 +1,6 @@
-import { describe, expect, test } from 'vitest';
+import { describe, expect, test, vi } from 'vitest';
 import { TroupeError } from '../src/errors.js';
+import type { TokenEvent } from '../src/scheduler/index.js';
 import { fakeResult, newScheduler, runAll, sampling, seq, step } from './scheduler-harness.js';
 
 describe('continuous batching', () => {
@@ -33,6 +34,29 @@ describe('continuous batching', () => {
     expect(s.stats()).toMatchObject({ waiting: 1, running: 2 });
     const { out } = runAll(s);
     expect(out.get('c')!.tokens).toEqual([100, 101]);
+  });
+});
+
+describe('queue time', () => {
+  test("a request's first token event says how long it waited for a step, and no later event does", () => {
+    let clock = 1000;
+    const now = vi.spyOn(performance, 'now').mockImplementation(() => clock);
+    try {
+      const s = newScheduler({ maxRunningRequests: 1 });
+      s.submit(seq('a', { maxNewTokens: 2 }));
+      s.submit(seq('b', { maxNewTokens: 2 }));
+      const events: TokenEvent[] = [];
+      for (let i = 0; i < 10 && s.hasWork(); i++) {
+        clock += 250;
+        events.push(...(step(s)?.events ?? []));
+      }
+      const of = (id: string) => events.filter((e) => e.id === id && e.token >= 0);
+      // a ran in the first step, 250 ms after both arrived; b after a's two steps.
+      expect(of('a').map((e) => e.queueSeconds)).toEqual([0.25, undefined]);
+      expect(of('b').map((e) => e.queueSeconds)).toEqual([0.75, undefined]);
+    } finally {
+      now.mockRestore();
+    }
   });
 });
 

@@ -228,7 +228,8 @@ export class Engine implements LocalTroupeEngine {
       promptIds.length,
       {
         chunk: sink.chunk?.bind(sink),
-        firstToken: metered ? (s) => this.metrics.firstToken(s) : undefined,
+        firstToken: metered ? (s, queue) => this.metrics.firstToken(s, queue) : undefined,
+        nextToken: metered ? (s) => this.metrics.nextToken(s) : undefined,
         done: (o) => (detach(), count(o.finishReason.type === 'abort' ? 'aborted' : 'ok', o), sink.done(o)),
         error: (e) => (detach(), count('error'), sink.error(e)),
       },

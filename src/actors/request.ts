@@ -6,8 +6,13 @@ import type { DetokState } from '../tokenizer/pool.js';
 
 export interface RequestSink {
   chunk?(c: GenerateChunk): void;
-  /** The first generated token arrived, `seconds` after the request did. */
-  firstToken?(seconds: number): void;
+  /**
+   * The first generated token arrived, `seconds` after the request did; `queueSeconds`: how long
+   * the request waited in the scheduler before a step first took it (null where not told).
+   */
+  firstToken?(seconds: number, queueSeconds: number | null): void;
+  /** A later generated token arrived, `seconds` after the one before it. */
+  nextToken?(seconds: number): void;
   done(o: GenerateOutput): void;
   error(e: Error): void;
 }
@@ -24,6 +29,8 @@ export class LiveRequest {
   finished: FinishReason | null = null;
   /** Seconds from the request's arrival to its first generated token; null until then. */
   ttft: number | null = null;
+  /** performance.now() when its latest generated token arrived. */
+  private lastTokenAt = 0;
   private readonly maxStop: number;
 
   constructor(
@@ -45,10 +52,14 @@ export class LiveRequest {
   addTokens(ev: TokenEvent): void {
     this.promptTokens = ev.promptTokens;
     if (ev.token < 0) return;
+    const now = performance.now();
     if (this.ttft === null) {
-      this.ttft = (performance.now() - this.start) / 1000;
-      this.sink.firstToken?.(this.ttft);
+      this.ttft = (now - this.start) / 1000;
+      this.sink.firstToken?.(this.ttft, ev.queueSeconds ?? null);
+    } else {
+      this.sink.nextToken?.((now - this.lastTokenAt) / 1000);
     }
+    this.lastTokenAt = now;
     this.ids.push(ev.token);
     if (this.req.returnLogprob) {
       this.logprobs.push(ev.logprob);

@@ -122,9 +122,14 @@ export class EngineMetrics {
     this.latency = new RequestMetrics(registers, gateway?.modelName ?? null);
   }
 
-  /** A request's first generated token, `seconds` after it arrived. */
-  firstToken(seconds: number): void {
-    this.latency.firstToken(seconds);
+  /** A request's first generated token, `seconds` after it arrived, having waited `queueSeconds` in the scheduler (null: not known). */
+  firstToken(seconds: number, queueSeconds: number | null = null): void {
+    this.latency.firstToken(seconds, queueSeconds);
+  }
+
+  /** A request's later token, `seconds` after the one before it. */
+  nextToken(seconds: number): void {
+    this.latency.nextToken(seconds);
   }
 
   request(r: FinishedRequest): void {

@@ -1,24 +1,28 @@
-// Request latencies as Prometheus histograms (time to first token, time per output token, end to
-// end) and the token totals, under troupe's names and, where the engine has a served model name,
-// under the names SGLang's and vLLM's Grafana dashboards read, labelled with model_name as
-// theirs are. No adapter label: thousands of adapter names times twenty buckets would swamp a
-// scrape; the per-adapter request and token counters are collector.ts's.
-import { Counter, Histogram, type Registry } from 'prom-client';
+// Request latencies as Prometheus histograms (queue time, time to first token, time per output
+// token, the gaps between tokens, end to end) and the token totals, under troupe's names and,
+// where the engine has a served model name, under the names SGLang's and vLLM's dashboards read,
+// labelled with model_name as theirs are. Each figure is one histogram, observed once; the other
+// names republish its series when scraped, so a token costs one observation, not three. No
+// adapter label: thousands of adapter names times twenty buckets would swamp a scrape; the
+// per-adapter request and token counters are collector.ts's.
+import { Counter, Histogram, type Metric, type Registry } from 'prom-client';
 
 /** The names each figure is published under: troupe's, then vLLM's, then SGLang's. */
 export const REQUEST_METRIC_NAMES = {
+  queue: ['troupe_request_queue_time_seconds', 'vllm:request_queue_time_seconds', 'sglang:queue_time_seconds'],
   ttft: ['troupe_request_time_to_first_token_seconds', 'vllm:time_to_first_token_seconds', 'sglang:time_to_first_token_seconds'],
-  tpot: ['troupe_request_time_per_output_token_seconds', 'vllm:time_per_output_token_seconds', 'sglang:time_per_output_token_seconds'],
+  tpot: ['troupe_request_time_per_output_token_seconds', 'vllm:request_time_per_output_token_seconds', 'sglang:time_per_output_token_seconds'],
+  itl: ['troupe_request_inter_token_latency_seconds', 'vllm:inter_token_latency_seconds', 'sglang:inter_token_latency_seconds'],
   e2e: ['troupe_request_e2e_latency_seconds', 'vllm:e2e_request_latency_seconds', 'sglang:e2e_request_latency_seconds'],
   // troupe's own token totals are per adapter (troupe_adapter_*_tokens_total).
   promptTokens: ['vllm:prompt_tokens_total', 'sglang:prompt_tokens_total'],
   generationTokens: ['vllm:generation_tokens_total', 'sglang:generation_tokens_total'],
 } as const;
 
-// SGLang's and vLLM's bounds, with finer ones below 10 ms per token: a GPU decode step of a batch
+// SGLang's and vLLM's bounds, with finer ones below 10 ms a token: a GPU decode step of a batch
 // takes 4-8 ms, so their coarsest per-token bucket would hold every request of a healthy server.
-const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
-const TPOT_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5];
+const WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
+const TOKEN_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5];
 const E2E_BUCKETS = [0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480];
 
 const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
@@ -33,48 +37,73 @@ export interface RequestLatency {
   ttftSeconds: number | null;
 }
 
-/** One figure under each of its names: the same value goes to every one. */
-type Sink = (value: number) => void;
+/** `source`'s series under `name`, each with `model_name` added, read from it at every scrape. */
+function republish(registers: Registry[], source: Histogram, name: string, help: string, modelName: string): void {
+  const metric = {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    reset() {},
+    async get() {
+      const data = await source.get();
+      const values = data.values.map((v) => ({
+        ...v,
+        metricName: (v.metricName ?? name).replace(data.name, name),
+        labels: { ...v.labels, model_name: modelName },
+      }));
+      return { ...data, name, help, values };
+    },
+  };
+  for (const r of registers) r.registerMetric(metric as unknown as Metric);
+}
 
 export class RequestMetrics {
-  private readonly ttft: Sink[];
-  private readonly tpot: Sink[];
-  private readonly e2e: Sink[];
-  private readonly promptTokens: Sink[];
-  private readonly generationTokens: Sink[];
+  private readonly queue: Histogram;
+  private readonly ttft: Histogram;
+  private readonly tpot: Histogram;
+  private readonly itl: Histogram;
+  private readonly e2e: Histogram;
+  private readonly promptTokens: Array<(n: number) => void>;
+  private readonly generationTokens: Array<(n: number) => void>;
 
   /** `modelName` null: troupe's names only. */
   constructor(registers: Registry[], modelName: string | null) {
-    const labels = { model_name: modelName ?? '' };
-    const histogram = (names: readonly string[], help: string, buckets: number[]): Sink[] =>
-      names.slice(0, modelName === null ? 1 : names.length).map((name, i) => {
-        // troupe's own series carry no labels; vLLM's and SGLang's carry model_name, as theirs do.
-        const own = i === 0;
-        const h = new Histogram<'model_name'>({
-          name,
-          help: own ? help : `${help} Same as ${names[0]}, under ${ENGINES[i]}'s name.`,
-          labelNames: own ? [] : ['model_name'],
-          buckets,
-          registers,
-        });
-        return own ? (v) => h.observe(v) : (v) => h.observe(labels, v);
-      });
-    const counter = (names: readonly string[], help: string): Sink[] =>
+    const histogram = (names: readonly string[], help: string, buckets: number[]): Histogram => {
+      const own = new Histogram({ name: names[0]!, help, buckets, registers });
+      if (modelName !== null)
+        names
+          .slice(1)
+          .forEach((name, i) => republish(registers, own, name, `${help} Same as ${names[0]}, under ${ENGINES[i + 1]}'s name.`, modelName));
+      return own;
+    };
+    const counter = (names: readonly string[], help: string): Array<(n: number) => void> =>
       modelName === null
         ? []
         : names.map((name) => {
             const c = new Counter<'model_name'>({ name, help, labelNames: ['model_name'], registers });
-            return (v) => c.inc(labels, v);
+            const labels = { model_name: modelName };
+            return (n) => c.inc(labels, n);
           });
+    this.queue = histogram(
+      REQUEST_METRIC_NAMES.queue,
+      'Time a request waited in the scheduler, from its submission (after tokenization) to the first step built with it: for room in the batch or the KV cache, or for its adapter to load. Observed with its first token.',
+      WAIT_BUCKETS,
+    );
     this.ttft = histogram(
       REQUEST_METRIC_NAMES.ttft,
       "Time from a request's arrival (before tokenization) to its first generated token, observed as that token arrives.",
-      TTFT_BUCKETS,
+      WAIT_BUCKETS,
     );
     this.tpot = histogram(
       REQUEST_METRIC_NAMES.tpot,
-      'Time per output token after the first, of each request that ended normally with two tokens or more: (end to end - time to first token) / (tokens - 1).',
-      TPOT_BUCKETS,
+      'Time per output token after the first, one observation per request that ended normally with two tokens or more: (end to end - time to first token) / (tokens - 1).',
+      TOKEN_BUCKETS,
+    );
+    this.itl = histogram(
+      REQUEST_METRIC_NAMES.itl,
+      "Time between a request's consecutive generated tokens as they arrive, one observation per token after the first.",
+      TOKEN_BUCKETS,
     );
     this.e2e = histogram(
       REQUEST_METRIC_NAMES.e2e,
@@ -91,19 +120,25 @@ export class RequestMetrics {
     );
   }
 
-  firstToken(seconds: number): void {
-    for (const f of this.ttft) f(seconds);
+  /** A request's first token, `seconds` after it arrived, having waited `queueSeconds` in the scheduler (null: not known). */
+  firstToken(seconds: number, queueSeconds: number | null): void {
+    this.ttft.observe(seconds);
+    if (queueSeconds !== null) this.queue.observe(queueSeconds);
+  }
+
+  /** A later token, `seconds` after the request's one before it. */
+  nextToken(seconds: number): void {
+    this.itl.observe(seconds);
   }
 
   /** A request that ended, normally or aborted; only normal ends count toward the latencies. */
   finished(r: RequestLatency, normal: boolean): void {
-    for (const f of this.promptTokens) f(r.promptTokens);
-    for (const f of this.generationTokens) f(r.completionTokens);
+    for (const inc of this.promptTokens) inc(r.promptTokens);
+    for (const inc of this.generationTokens) inc(r.completionTokens);
     if (!normal) return;
-    for (const f of this.e2e) f(r.e2eSeconds);
+    this.e2e.observe(r.e2eSeconds);
     if (r.ttftSeconds !== null && r.completionTokens >= 2) {
-      const perToken = Math.max(0, r.e2eSeconds - r.ttftSeconds) / (r.completionTokens - 1);
-      for (const f of this.tpot) f(perToken);
+      this.tpot.observe(Math.max(0, r.e2eSeconds - r.ttftSeconds) / (r.completionTokens - 1));
     }
   }
 }

@@ -160,6 +160,7 @@ export class AdmissionWalk {
       const chunk = Math.min(s.pending, budget);
       if (!st.kv.grow(s.blocks, s.start + chunk)) break;
       s.status = 'running';
+      if (s.firstRunAt < 0) s.firstRunAt = performance.now();
       if (st.paused.size > 0) st.paused.delete(s);
       admitted.push(s);
       if (d < 0) d = distinct.push(lora) - 1;

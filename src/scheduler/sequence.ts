@@ -28,6 +28,8 @@ export interface TokenEvent {
   topLogprobs: number[];
   finish: FinishReason | null;
   promptTokens: number;
+  /** With a sequence's first token only: seconds from its submission to the first step built with it. */
+  queueSeconds?: number;
 }
 
 /** A request as its sequence keeps it: without the prompt's array, which it copies (see Sequence.tokenOffset). */
@@ -49,6 +51,9 @@ export class Sequence {
   generated = 0;
   /** Tokens whose K/V is in the cache. */
   computed = 0;
+  /** performance.now() on the scheduler's thread when it was submitted, and when a step first took it (-1: not yet). */
+  readonly submittedAt = performance.now();
+  firstRunAt = -1;
   blocks: number[] = [];
   status: 'waiting' | 'running' | 'finished' = 'waiting';
   /** How often it was preempted (its KV dropped and recomputed). */
@@ -188,7 +193,7 @@ export class Sequence {
    * none were asked. Every sampling row makes one each step, so it is built in place.
    */
   tokenEvent(finish: FinishReason | null, id: number, logprob: number, topIds: number[] | null, topLogprobs: number[] | null): TokenEvent {
-    return {
+    const ev: TokenEvent = {
       id: this.id,
       token: id,
       logprob,
@@ -197,6 +202,8 @@ export class Sequence {
       finish,
       promptTokens: this.promptLength,
     };
+    if (id >= 0 && this.generated === 1 && this.firstRunAt >= 0) ev.queueSeconds = (this.firstRunAt - this.submittedAt) / 1000;
+    return ev;
   }
 }
 
