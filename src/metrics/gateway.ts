@@ -44,7 +44,8 @@ export const GATEWAY_METRIC_NAMES = {
   loraInfo: ['troupe_lora_requests_info', 'vllm:lora_requests_info'],
   cacheInfo: ['vllm:cache_config_info', 'sglang:cache_config_info'],
 } as const;
-const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
+/** Whose names those are, in that order. */
+export const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
 
 /** One call shared by every gauge of a scrape: prom-client collects them all in the same tick. */
 function sharedWhileInFlight<T>(fetch: () => Promise<T>): () => Promise<T> {

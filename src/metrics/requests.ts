@@ -6,6 +6,7 @@
 // adapter label: thousands of adapter names times twenty buckets would swamp a scrape; the
 // per-adapter request and token counters are collector.ts's.
 import { Counter, Histogram, type Metric, type Registry } from 'prom-client';
+import { ENGINES } from './gateway.js';
 
 /** The names each figure is published under: troupe's, then vLLM's, then SGLang's. */
 export const REQUEST_METRIC_NAMES = {
@@ -24,8 +25,6 @@ export const REQUEST_METRIC_NAMES = {
 const WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 const TOKEN_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5];
 const E2E_BUCKETS = [0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480];
-
-const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
 
 /** How a request that ended normally (stop, length or a stop string) went. */
 export interface RequestLatency {
@@ -58,25 +57,47 @@ function republish(registers: Registry[], source: Histogram, name: string, help:
   for (const r of registers) r.registerMetric(metric as unknown as Metric);
 }
 
+type Figure = 'queue' | 'ttft' | 'tpot' | 'itl' | 'e2e';
+
+const FIGURES: Record<Figure, { help: string; buckets: number[] }> = {
+  queue: {
+    help: 'Time a request waited in the scheduler, from its submission (after tokenization) to the first step built with it: for room in the batch or the KV cache, or for its adapter to load. Observed with its first token.',
+    buckets: WAIT_BUCKETS,
+  },
+  ttft: {
+    help: "Time from a request's arrival (before tokenization) to its first generated token, observed as that token arrives.",
+    buckets: WAIT_BUCKETS,
+  },
+  tpot: {
+    help: 'Time per output token after the first, one observation per request that ended normally with two tokens or more: (end to end - time to first token) / (tokens - 1).',
+    buckets: TOKEN_BUCKETS,
+  },
+  itl: {
+    help: "Time between a request's consecutive generated tokens as they arrive, one observation per token after the first.",
+    buckets: TOKEN_BUCKETS,
+  },
+  e2e: {
+    help: "Time from a request's arrival to its last token, of each request that ended normally (not aborted, not failed).",
+    buckets: E2E_BUCKETS,
+  },
+};
+
 export class RequestMetrics {
-  private readonly queue: Histogram;
-  private readonly ttft: Histogram;
-  private readonly tpot: Histogram;
-  private readonly itl: Histogram;
-  private readonly e2e: Histogram;
+  private readonly h = {} as Record<Figure, Histogram>;
   private readonly promptTokens: Array<(n: number) => void>;
   private readonly generationTokens: Array<(n: number) => void>;
 
   /** `modelName` null: troupe's names only. */
   constructor(registers: Registry[], modelName: string | null) {
-    const histogram = (names: readonly string[], help: string, buckets: number[]): Histogram => {
-      const own = new Histogram({ name: names[0]!, help, buckets, registers });
+    for (const [figure, { help, buckets }] of Object.entries(FIGURES) as Array<[Figure, (typeof FIGURES)[Figure]]>) {
+      const names = REQUEST_METRIC_NAMES[figure];
+      const own = new Histogram({ name: names[0], help, buckets, registers });
       if (modelName !== null)
         names
           .slice(1)
           .forEach((name, i) => republish(registers, own, name, `${help} Same as ${names[0]}, under ${ENGINES[i + 1]}'s name.`, modelName));
-      return own;
-    };
+      this.h[figure] = own;
+    }
     const counter = (names: readonly string[], help: string): Array<(n: number) => void> =>
       modelName === null
         ? []
@@ -85,31 +106,6 @@ export class RequestMetrics {
             const labels = { model_name: modelName };
             return (n) => c.inc(labels, n);
           });
-    this.queue = histogram(
-      REQUEST_METRIC_NAMES.queue,
-      'Time a request waited in the scheduler, from its submission (after tokenization) to the first step built with it: for room in the batch or the KV cache, or for its adapter to load. Observed with its first token.',
-      WAIT_BUCKETS,
-    );
-    this.ttft = histogram(
-      REQUEST_METRIC_NAMES.ttft,
-      "Time from a request's arrival (before tokenization) to its first generated token, observed as that token arrives.",
-      WAIT_BUCKETS,
-    );
-    this.tpot = histogram(
-      REQUEST_METRIC_NAMES.tpot,
-      'Time per output token after the first, one observation per request that ended normally with two tokens or more: (end to end - time to first token) / (tokens - 1).',
-      TOKEN_BUCKETS,
-    );
-    this.itl = histogram(
-      REQUEST_METRIC_NAMES.itl,
-      "Time between a request's consecutive generated tokens as they arrive, one observation per token after the first.",
-      TOKEN_BUCKETS,
-    );
-    this.e2e = histogram(
-      REQUEST_METRIC_NAMES.e2e,
-      "Time from a request's arrival to its last token, of each request that ended normally (not aborted, not failed).",
-      E2E_BUCKETS,
-    );
     this.promptTokens = counter(
       REQUEST_METRIC_NAMES.promptTokens,
       'Prompt tokens of finished requests (ended or aborted): troupe_adapter_prompt_tokens_total summed over adapters.',
@@ -122,13 +118,13 @@ export class RequestMetrics {
 
   /** A request's first token, `seconds` after it arrived, having waited `queueSeconds` in the scheduler (null: not known). */
   firstToken(seconds: number, queueSeconds: number | null): void {
-    this.ttft.observe(seconds);
-    if (queueSeconds !== null) this.queue.observe(queueSeconds);
+    this.h.ttft.observe(seconds);
+    if (queueSeconds !== null) this.h.queue.observe(queueSeconds);
   }
 
   /** A later token, `seconds` after the request's one before it. */
   nextToken(seconds: number): void {
-    this.itl.observe(seconds);
+    this.h.itl.observe(seconds);
   }
 
   /** A request that ended, normally or aborted; only normal ends count toward the latencies. */
@@ -136,9 +132,9 @@ export class RequestMetrics {
     for (const inc of this.promptTokens) inc(r.promptTokens);
     for (const inc of this.generationTokens) inc(r.completionTokens);
     if (!normal) return;
-    this.e2e.observe(r.e2eSeconds);
+    this.h.e2e.observe(r.e2eSeconds);
     if (r.ttftSeconds !== null && r.completionTokens >= 2) {
-      this.tpot.observe(Math.max(0, r.e2eSeconds - r.ttftSeconds) / (r.completionTokens - 1));
+      this.h.tpot.observe(Math.max(0, r.e2eSeconds - r.ttftSeconds) / (r.completionTokens - 1));
     }
   }
 }
