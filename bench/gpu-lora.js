@@ -27,7 +27,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { parseVariants, withEnv } from './engine-variants.js';
-import { loraEngineOptions, loraWorkload, median, tuneAtFirstCapture } from './gpu-steps.js';
+import { benchLoraModules, loraEngineOptions, loraWorkload, median, tuneAtFirstCapture } from './gpu-steps.js';
 import { adapterBytes, baseStepBytes, loraRoofline } from './lora-roofline.js';
 import { nvidiaSmi } from './serve-server.js';
 
@@ -90,6 +90,9 @@ const result = {
   model: 'random weights, Llama-3.1-8B shape, bf16',
   rows: w.ROWS,
   context: w.CONTEXT,
+  prefill: w.PREFILL,
+  // Left out where the pool holds all seven modules.
+  modules: process.env.LORA_MODULES ? benchLoraModules().join(', ') : undefined,
   rounds,
   baseStepBytes: baseBytes,
   copyBandwidthTBs: copyBytesPerS ? copyBytesPerS / 1e12 : undefined,

@@ -77,7 +77,8 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
     ROWS = rows,
     STEPS = steps,
     WARMUP = warmup;
-  const PROMPT = 512;
+  const PROMPT = 512,
+    PROMPTS = 8;
   // A row's blocks also hold a 512-token prefill prompt when the context is shorter.
   const maxBlocks = Math.ceil(Math.max(CONTEXT + STEPS + 8, PROMPT) / BLOCK);
   const source = randomTokenSource(7);
@@ -98,6 +99,8 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
     slotStride: 1,
     CONTEXT,
     ROWS,
+    /** The prefill's shape, as results files record it. */
+    PREFILL: { prompts: PROMPTS, tokens: PROMPT },
     maxBlocks,
     /** KV blocks the workload uses. */
     kvBlocks: (ROWS + 8) * maxBlocks,
@@ -125,7 +128,7 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
     async prefill(step, distinct) {
       const times = [];
       for (let rep = 0; rep < 4; rep++) {
-        const seqs = Array.from({ length: 8 }, (_, i) => ({
+        const seqs = Array.from({ length: PROMPTS }, (_, i) => ({
           tokens: randomTokens(PROMPT),
           cached: 0,
           blocks: blocks(ROWS + i).slice(0, Math.ceil(PROMPT / BLOCK)),
@@ -135,7 +138,7 @@ export function loraWorkload({ rows = 32, context = 512, block = 16, vocab = Inf
         if (rep > 0) times.push(ms);
       }
       const ms = median(times);
-      return { ms, tokensPerS: (8 * PROMPT) / (ms / 1000) };
+      return { ms, tokensPerS: (PROMPTS * PROMPT) / (ms / 1000) };
     },
   };
   return workload;
