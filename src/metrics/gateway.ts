@@ -18,9 +18,10 @@
 // it now, which is what adapter affinity is for. max_lora is then the pool's slots
 // (--max-gpu-loras, which is --max-loras-per-batch unless given), so running plus waiting
 // adapters below it means room for one more without evicting.
-import { Counter, Gauge, type Metric, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { SchedulerLoad } from '../scheduler/index.js';
 import { DECODE_STEP_BUCKETS, LORA_SLOT_BUCKETS, type EngineTimes } from '../scheduler/engine-time.js';
+import { registerScrapedHistogram } from './scraped-histogram.js';
 
 export interface GatewayMetricsSource {
   /** Served model name, the model_name label of the vLLM and SGLang gauges. */
@@ -138,33 +139,18 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
   );
   // Histograms of the decode steps. prom-client's Histogram counts observations itself; the
   // scheduler already keeps the counts, so these metrics hand them over as they are.
-  const histogram = (name: string, help: string, bounds: readonly number[], read: (e: EngineTimes) => { buckets: number[]; sum: number }) => {
-    const metric = {
-      name,
-      help,
-      type: 'histogram',
-      aggregator: 'sum',
-      reset() {},
-      async get() {
-        const { engine } = await snapshot();
-        const { buckets, sum } = read(engine);
-        const bucket = (le: string, value: number) => ({ metricName: `${name}_bucket`, labels: { le }, value });
-        return {
-          name,
-          help,
-          type: 'histogram',
-          aggregator: 'sum',
-          values: [
-            ...bounds.map((bound, i) => bucket(String(bound), buckets[i] ?? 0)),
-            bucket('+Inf', engine.decodeSteps),
-            { metricName: `${name}_sum`, labels: {}, value: sum },
-            { metricName: `${name}_count`, labels: {}, value: engine.decodeSteps },
-          ],
-        };
-      },
-    };
-    registers[0]?.registerMetric(metric as unknown as Metric);
-  };
+  const histogram = (name: string, help: string, bounds: readonly number[], read: (e: EngineTimes) => { buckets: number[]; sum: number }) =>
+    registerScrapedHistogram(registers.slice(0, 1), name, help, async () => {
+      const { engine } = await snapshot();
+      const { buckets, sum } = read(engine);
+      const bucket = (le: string, value: number) => ({ metricName: `${name}_bucket`, labels: { le }, value });
+      return [
+        ...bounds.map((bound, i) => bucket(String(bound), buckets[i] ?? 0)),
+        bucket('+Inf', engine.decodeSteps),
+        { metricName: `${name}_sum`, labels: {}, value: sum },
+        { metricName: `${name}_count`, labels: {}, value: engine.decodeSteps },
+      ];
+    });
   histogram(
     'troupe_engine_decode_step_duration_seconds',
     "Decode steps' times in the engine: the buckets show the steps held by one-time costs (a batch size's first CUDA graph, cuBLAS's timing of its shapes) apart from the steady state.",

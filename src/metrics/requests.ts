@@ -5,8 +5,9 @@
 // names republish its series when scraped, so a token costs one observation, not three. No
 // adapter label: thousands of adapter names times twenty buckets would swamp a scrape; the
 // per-adapter request and token counters are collector.ts's.
-import { Counter, Histogram, type Metric, type Registry } from 'prom-client';
+import { Counter, Histogram, type Registry } from 'prom-client';
 import { ENGINES } from './gateway.js';
+import { registerScrapedHistogram } from './scraped-histogram.js';
 
 /** The names each figure is published under: troupe's, then vLLM's, then SGLang's. */
 export const REQUEST_METRIC_NAMES = {
@@ -38,23 +39,14 @@ export interface RequestLatency {
 
 /** `source`'s series under `name`, each with `model_name` added, read from it at every scrape. */
 function republish(registers: Registry[], source: Histogram, name: string, help: string, modelName: string): void {
-  const metric = {
-    name,
-    help,
-    type: 'histogram',
-    aggregator: 'sum',
-    reset() {},
-    async get() {
-      const data = await source.get();
-      const values = data.values.map((v) => ({
-        ...v,
-        metricName: (v.metricName ?? name).replace(data.name, name),
-        labels: { ...v.labels, model_name: modelName },
-      }));
-      return { ...data, name, help, values };
-    },
-  };
-  for (const r of registers) r.registerMetric(metric as unknown as Metric);
+  registerScrapedHistogram(registers, name, help, async () => {
+    const data = await source.get();
+    return data.values.map((v) => ({
+      ...v,
+      metricName: (v.metricName ?? name).replace(data.name, name),
+      labels: { ...v.labels, model_name: modelName },
+    }));
+  });
 }
 
 type Figure = 'queue' | 'ttft' | 'tpot' | 'itl' | 'e2e';
