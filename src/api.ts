@@ -73,6 +73,8 @@ export interface GenerateOutput {
   outputIds: number[];
   finishReason: FinishReason;
   promptTokens: number;
+  /** Of the prompt's tokens, those whose keys and values came from the prefix cache (SGLang's cached_tokens). */
+  cachedTokens: number;
   completionTokens: number;
   /** Seconds from the request's arrival (before its prompt is tokenized) to this output. */
   e2eLatency: number;
@@ -159,6 +161,11 @@ export interface TroupeEngine {
   abort(rid: string, message?: string): boolean;
   /** Ends every live request so; returns how many there were. */
   abortAll(message?: string): number;
+  /**
+   * Forgets every prefix the KV cache keeps (SGLang's /flush_cache): later requests compute
+   * their prompts in full until their blocks are kept again. Running requests go on as they were.
+   */
+  flushCache(): Promise<void>;
   loadAdapter(spec: AdapterSpec): Promise<AdapterStatus>;
   unloadAdapter(name: string): Promise<void>;
   /**

@@ -81,6 +81,7 @@ export async function createEngine(given: CreateEngineOptions): Promise<LocalTro
         overlapLoading: options.enableLoraOverlapLoading,
         maxPlaceWaitSteps: options.maxPlaceWaitSteps,
         overlapSchedule: !options.disableOverlapSchedule,
+        prefixCache: !options.disableRadixCache,
         eosTokenIds: ckpt.config.eosTokenIds,
         contextLength: plan.contextLength,
         maxLoraRank: plan.engine.maxLoraRank,

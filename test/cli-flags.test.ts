@@ -35,9 +35,14 @@ describe('flag parsing', () => {
     expect(options).toMatchObject({ port: 8080, maxLorasPerBatch: 4, host: '0.0.0.0' });
   });
 
-  it('takes --enable-metrics, --disable-radix-cache and --trust-remote-code from SGLang command lines, which change nothing', () => {
-    expect(validate('--enable-metrics', '--disable-radix-cache', '--trust-remote-code').options).toEqual(validate().options);
+  it('takes --enable-metrics and --trust-remote-code from SGLang command lines, which change nothing', () => {
+    expect(validate('--enable-metrics', '--trust-remote-code').options).toEqual(validate().options);
     expect(validate('--enable-metrics=false').options).toEqual(validate().options);
+  });
+
+  it('keeps prefixes in the KV cache unless --disable-radix-cache, as SGLang does', () => {
+    expect(validate().options.disableRadixCache).toBe(false);
+    expect(validate('--disable-radix-cache').options).toEqual({ ...validate().options, disableRadixCache: true });
   });
 
   it('takes list flags up to the next flag', () => {

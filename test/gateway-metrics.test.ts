@@ -7,7 +7,7 @@ import { Registry } from 'prom-client';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { createApp } from '../src/http/app.js';
 import { EngineMetrics } from '../src/metrics/collector.js';
-import { GATEWAY_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
+import { GATEWAY_METRIC_NAMES, PREFIX_METRIC_NAMES, registerGatewayMetrics } from '../src/metrics/gateway.js';
 import { DECODE_STEP_BUCKETS, LORA_SLOT_BUCKETS } from '../src/scheduler/engine-time.js';
 import type { SchedulerLoad } from '../src/scheduler/index.js';
 import { useDemoServer } from './demo-server.js';
@@ -189,6 +189,7 @@ describe('gateway metrics of any engine', () => {
       waits: 0,
       waitSeconds: 0,
     },
+    prefixCache: { queriedTokens: 0, hitTokens: 0 },
     ...over,
   });
 
@@ -222,6 +223,27 @@ describe('gateway metrics of any engine', () => {
     current = load({ preempted: { cache: 2, place: 3 } });
     expect(byReason(parseMetrics(await registry.metrics()))).toEqual({ kv_cache: 2, place: 3 });
     expect(parseMetrics(await gatewayOnly.metrics()).has('troupe_requests_preempted_total')).toBe(false);
+  });
+
+  it("counts the prompt tokens looked up in the prefix cache and found there, with SGLang's hit rate, on /metrics only", async () => {
+    const registry = new Registry();
+    const gatewayOnly = new Registry();
+    let current = load();
+    registerGatewayMetrics([registry, gatewayOnly], { modelName: 'm', blockSize: 16, numBlocks: 10, maxLoras: 4, load: async () => current });
+    const read = async () => {
+      const m = parseMetrics(await registry.metrics());
+      return [
+        ...PREFIX_METRIC_NAMES.queries.map((n) => only(m, n).value),
+        ...PREFIX_METRIC_NAMES.hits.map((n) => only(m, n).value),
+        only(m, PREFIX_METRIC_NAMES.hitRate).value,
+      ];
+    };
+    expect(await read()).toEqual([0, 0, 0, 0, 0]);
+    current = load({ prefixCache: { queriedTokens: 400, hitTokens: 100 } });
+    expect(await read()).toEqual([400, 400, 100, 100, 0.25]);
+    const m = parseMetrics(await registry.metrics());
+    expect(only(m, 'vllm:prefix_cache_hits_total').labels).toEqual({ model_name: 'm' });
+    expect(parseMetrics(await gatewayOnly.metrics()).has(PREFIX_METRIC_NAMES.hitRate)).toBe(false);
   });
 
   it("shows the decode steps' times and LoRA slots reached as Prometheus histograms, on /metrics only", async () => {

@@ -71,7 +71,7 @@ interface Item {
   text: string;
   output_ids: number[];
   index?: number;
-  meta_info: { id: string; finish_reason: { type: string } | null; prompt_tokens: number; completion_tokens: number };
+  meta_info: { id: string; finish_reason: { type: string } | null; prompt_tokens: number; completion_tokens: number; cached_tokens: number };
 }
 
 async function errorMessage(res: Response, status: number): Promise<string> {
@@ -98,6 +98,24 @@ describe('troupe serve over HTTP', () => {
       if (item.meta_info.finish_reason?.type !== 'stop') expect(item.meta_info.completion_tokens).toBe(32);
     }
     expect(items[0]!.text).not.toBe(items[1]!.text);
+  });
+
+  it("reads a repeated prompt's beginning from the prefix cache until /flush_cache", async () => {
+    const ask = async () => {
+      const res = await generate({ text: PROMPT.repeat(4), sampling_params: { max_new_tokens: 4, temperature: 0 } });
+      expect(res.status).toBe(200);
+      return (await res.json()) as Item;
+    };
+    const first = await ask();
+    const second = await ask();
+    expect(second.text).toBe(first.text);
+    expect(second.meta_info.cached_tokens).toBeGreaterThan(0);
+    expect(second.meta_info.cached_tokens).toBeLessThan(second.meta_info.prompt_tokens);
+    const flush = await fetch(`${base}/flush_cache`, { method: 'POST' });
+    expect(flush.status).toBe(200);
+    const third = await ask();
+    expect(third.meta_info.cached_tokens).toBe(0);
+    expect(third.text).toBe(first.text);
   });
 
   it('answers a single prompt with one object', async () => {

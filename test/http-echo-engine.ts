@@ -55,6 +55,7 @@ export class EchoEngine implements TroupeEngine {
       outputIds: ids,
       finishReason,
       promptTokens: prompt.length,
+      cachedTokens: 0,
       completionTokens: n,
       e2eLatency: 0.25,
     };
@@ -106,6 +107,12 @@ export class EchoEngine implements TroupeEngine {
     this.hanging.clear();
     for (const end of ends) end(message ?? 'aborted');
     return ends.length;
+  }
+
+  /** How many times /flush_cache reached the engine. */
+  flushes = 0;
+  async flushCache(): Promise<void> {
+    this.flushes++;
   }
 
   async loadAdapter(spec: AdapterSpec): Promise<AdapterStatus> {

@@ -393,7 +393,7 @@ describe('invariants under a mixed load', () => {
       const base = (Number(id.slice(1)) + 1) * 1000;
       expect(got.get(id)).toEqual(Array.from({ length: n }, (_, d) => base + d));
     }
-    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 12, totalBlocks: 12 });
+    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 12, totalBlocks: 12, cachedBlocks: 0 });
     expect(s.adapters().filter((a) => a.state.startsWith('gpuResident')).length).toBeLessThanOrEqual(3);
     expect(s.adapters().filter((a) => a.state !== 'registered').length).toBeLessThanOrEqual(3);
   });

@@ -37,14 +37,14 @@ describe('a step that fails one row', () => {
     expect(s.takeFailures()).toEqual([{ id: 'a', message }]);
     expect(s.takeFailures()).toEqual([]);
     // a's blocks are free again: only b's two blocks (7 tokens in cache, block size 4) are held.
-    expect(s.stats()).toEqual({ waiting: 0, running: 1, freeBlocks: 6, totalBlocks: 8 });
+    expect(s.stats()).toEqual({ waiting: 0, running: 1, freeBlocks: 6, totalBlocks: 8, cachedBlocks: 0 });
     expect(s.abort('a')).toBeNull();
 
     const { out, steps } = runAll(s);
     for (const st of steps) expect(st.ids).toEqual(['b']);
     expect(out.get('b')).toEqual({ tokens: [102, 103, 104, 105], finish: { type: 'length', length: 6 } });
     expect(out.has('a')).toBe(false);
-    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8 });
+    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8, cachedBlocks: 0 });
     // Both sequences' tokens went back to the pool, the failed one's too.
     expect((s as unknown as { tokenPool: { inUse(): number } }).tokenPool.inUse()).toBe(0);
   });

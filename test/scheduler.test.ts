@@ -115,7 +115,7 @@ describe('KV cache', () => {
     s.submit(seq('b', { prompt: 5, maxNewTokens: 2 }));
     const r = step(s)!;
     expect(r.ids).toEqual(['a']);
-    expect(s.stats()).toEqual({ waiting: 1, running: 1, freeBlocks: 1, totalBlocks: 4 });
+    expect(s.stats()).toEqual({ waiting: 1, running: 1, freeBlocks: 1, totalBlocks: 4, cachedBlocks: 0 });
     const { out, steps } = runAll(s);
     expect(out.get('a')!.finish).toEqual({ type: 'length', length: 4 });
     expect(out.get('b')!.tokens).toEqual([100, 101]);
@@ -182,7 +182,7 @@ describe('stop conditions', () => {
     s.submit(seq('z', { maxNewTokens: 0 }));
     expect(s.schedule()).toBeNull();
     expect(s.takeEvents()).toEqual([
-      { id: 'z', token: -1, logprob: 0, topIds: [], topLogprobs: [], finish: { type: 'length', length: 0 }, promptTokens: 3 },
+      { id: 'z', token: -1, logprob: 0, topIds: [], topLogprobs: [], finish: { type: 'length', length: 0 }, promptTokens: 3, cachedTokens: 0 },
     ]);
     expect(s.hasWork()).toBe(false);
   });
@@ -193,7 +193,7 @@ describe('stop conditions', () => {
     step(s);
     expect(s.stats().freeBlocks).toBe(5);
     expect(s.abort('a')).toMatchObject({ id: 'a', token: -1, finish: { type: 'abort' }, promptTokens: 9 });
-    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8 });
+    expect(s.stats()).toEqual({ waiting: 0, running: 0, freeBlocks: 8, totalBlocks: 8, cachedBlocks: 0 });
     expect(s.abort('a')).toBeNull();
     expect(s.hasWork()).toBe(false);
   });

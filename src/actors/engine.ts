@@ -123,6 +123,10 @@ export class Engine implements LocalTroupeEngine {
     return this.supervisor.actors.scheduler.call({ type: 'stats' });
   }
 
+  flushCache(): Promise<void> {
+    return this.supervisor.actors.scheduler.call({ type: 'flushCache' });
+  }
+
   get poolSlots(): number {
     return this.plan.loraEnabled ? this.engineInfo.loraSlots : gpuLoraSlots(this.options);
   }

@@ -71,6 +71,8 @@ export type SchedulerMsg =
   | { type: 'stats' }
   /** stats plus the adapters held in GPU slots and wanted by waiting requests, for /metrics. */
   | { type: 'load' }
+  /** Forgets every cached prefix (/flush_cache). */
+  | { type: 'flushCache' }
   /** The loader was replaced; `port` is the new one's channel (transferred). */
   | { type: 'loaderRestarted'; port: import('node:worker_threads').MessagePort };
 export interface SchedulerReplies {
@@ -83,6 +85,7 @@ export interface SchedulerReplies {
   adapterDetails: AdapterDetail[];
   stats: SchedulerStats;
   load: SchedulerLoad;
+  flushCache: void;
   loaderRestarted: void;
 }
 

@@ -25,6 +25,8 @@ export class LiveRequest {
   text = '';
   detok: DetokState = { prefixOffset: 0, readOffset: 0 };
   promptTokens: number;
+  /** Of the prompt's tokens, those read from the prefix cache (as the scheduler's events say). */
+  cachedTokens = 0;
   /** Set once the request is answered; later events for it are ignored. */
   finished: FinishReason | null = null;
   /** Seconds from the request's arrival to its first generated token; null until then. */
@@ -51,6 +53,7 @@ export class LiveRequest {
 
   addTokens(ev: TokenEvent): void {
     this.promptTokens = ev.promptTokens;
+    this.cachedTokens = ev.cachedTokens;
     if (ev.token < 0) return;
     const now = performance.now();
     if (this.ttft === null) {
@@ -127,6 +130,7 @@ export class LiveRequest {
       outputIds: [...this.ids],
       finishReason,
       promptTokens: this.promptTokens,
+      cachedTokens: this.cachedTokens,
       completionTokens: this.ids.length,
       e2eLatency: (performance.now() - this.start) / 1000,
     };

@@ -196,6 +196,9 @@ main.serve(async (msg): Promise<SchedulerReplies[SchedulerMsg['type']]> => {
       return scheduler().stats();
     case 'load':
       return scheduler().load();
+    case 'flushCache':
+      scheduler().flushCache();
+      return;
     case 'loaderRestarted':
       // Events the old loader sent but that are not yet handled describe copies that are gone.
       loaderPort.close();

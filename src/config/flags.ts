@@ -272,7 +272,7 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: 'bool',
     default: false,
     group: 'runtime',
-    help: 'Taken so SGLang command lines start unchanged: troupe has no prefix (radix) cache, so there is none to disable.',
+    help: "Compute every prompt in full. By default the KV cache keeps each request's full blocks (--page-size tokens) for later requests that start with the same tokens under the same adapter, as SGLang's radix cache does, until their room is needed.",
   },
   {
     name: 'device',

@@ -46,6 +46,8 @@ export interface ServeOptions {
   disableCustomAllReduce: boolean;
   /** --disable-overlap-schedule: each step scheduled only after the last one ends. */
   disableOverlapSchedule: boolean;
+  /** --disable-radix-cache: no computed blocks kept for later requests with the same prefix. */
+  disableRadixCache: boolean;
   memFractionStatic: number;
   device: 'auto' | 'cpu' | 'cuda';
   /** Steps a request may wait for a place before an adapter's running requests give theirs up; 0: never. */

@@ -115,6 +115,7 @@ export function validateFlags(flags: RawFlags): Validated {
     gpuIdStep: atLeast('gpu-id-step', 0)!,
     cudaGraphMaxBs: bool('disable-cuda-graph') ? 0 : atLeast('cuda-graph-max-bs', 0)!,
     disableOverlapSchedule: bool('disable-overlap-schedule') ?? false,
+    disableRadixCache: bool('disable-radix-cache') ?? false,
     disableCustomAllReduce: bool('disable-custom-all-reduce') ?? false,
     memFractionStatic,
     device: str('device') as 'auto' | 'cpu' | 'cuda',

@@ -1,6 +1,6 @@
 // SGLang's request-control routes (entrypoints/http_server.py): POST /abort_request ends a
 // running or waiting request by its rid, or every request with abort_all, and GET or POST
-// /flush_cache empties the prefix cache. Both answer as SGLang does: an empty 200 for an
+// /flush_cache empties the prefix cache (scheduler/prefix-cache.ts). Both answer as SGLang does: an empty 200 for an
 // abort (an rid no request has is not an error), a line of text for a flush.
 import type { Hono } from 'hono';
 import type { TroupeEngine } from '../api.js';
@@ -47,7 +47,11 @@ export function registerControlRoutes(app: Hono, engine: TroupeEngine, log: Log)
     return c.body(null, 200);
   });
 
-  // troupe keeps no prefix cache, so there is never anything to flush and, unlike SGLang with
-  // requests running, nothing to refuse: the answer is SGLang's for a flush that succeeded.
-  app.on(['GET', 'POST'], '/flush_cache', (c) => c.text(FLUSH_CACHE_REPLY, 200));
+  // Unlike SGLang, a flush with requests running is done too: they keep the blocks they hold,
+  // which are simply no longer kept for others. So the answer is always SGLang's for a success.
+  app.on(['GET', 'POST'], '/flush_cache', async (c) => {
+    await engine.flushCache();
+    log('info', '/flush_cache: the prefix cache is empty');
+    return c.text(FLUSH_CACHE_REPLY, 200);
+  });
 }

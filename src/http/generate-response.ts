@@ -35,8 +35,7 @@ export function toWireItem(out: GenerateOutput | GenerateChunk, item: GenerateIt
     finish_reason: finish,
     prompt_tokens: out.promptTokens,
     completion_tokens: out.completionTokens,
-    // No prefix cache yet: every prompt token is computed.
-    cached_tokens: 0,
+    cached_tokens: out.cachedTokens,
     e2e_latency: out.e2eLatency,
   };
   if (item.request.returnLogprob) {

@@ -45,6 +45,12 @@ export const GATEWAY_METRIC_NAMES = {
   loraInfo: ['troupe_lora_requests_info', 'vllm:lora_requests_info'],
   cacheInfo: ['vllm:cache_config_info', 'sglang:cache_config_info'],
 } as const;
+/** The prefix cache's figures (on /metrics only): troupe's names, then vLLM's; SGLang's hit rate. */
+export const PREFIX_METRIC_NAMES = {
+  queries: ['troupe_prefix_cache_queries_tokens_total', 'vllm:prefix_cache_queries_total'],
+  hits: ['troupe_prefix_cache_hits_tokens_total', 'vllm:prefix_cache_hits_total'],
+  hitRate: 'sglang:cache_hit_rate',
+} as const;
 /** Whose names those are, in that order. */
 export const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
 
@@ -173,6 +179,41 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
     "Time the engine stood idle before those steps, from the end of the step before: the host's share per step (the result's reply, the next step's message and its inputs) when the scheduler is ahead.",
     (l) => l.engine.waitSeconds,
   );
+
+  // The prefix cache: prompt tokens looked up and found, as vLLM counts them, and their ratio,
+  // SGLang's figure. From the start, in the snapshot's totals.
+  const prefixTotals = [
+    [
+      PREFIX_METRIC_NAMES.queries,
+      'Prompt tokens of the requests admitted so far, looked up in the prefix cache.',
+      (l: SchedulerLoad) => l.prefixCache.queriedTokens,
+    ],
+    [PREFIX_METRIC_NAMES.hits, 'Of those, the tokens read from the prefix cache instead of computed.', (l: SchedulerLoad) => l.prefixCache.hitTokens],
+  ] as const;
+  for (const [[own, vllm], help, read] of prefixTotals) {
+    total(own, help, read);
+    new Counter({
+      name: vllm,
+      help: `${help} Same as ${own}, under vLLM's name.`,
+      labelNames: ['model_name'],
+      registers: registers.slice(0, 1),
+      async collect() {
+        const value = read(await snapshot());
+        this.reset();
+        this.inc({ model_name: source.modelName }, value);
+      },
+    });
+  }
+  new Gauge({
+    name: PREFIX_METRIC_NAMES.hitRate,
+    help: "Fraction of the admitted requests' prompt tokens read from the prefix cache since the start (0 before any).",
+    labelNames: ['model_name'],
+    registers: registers.slice(0, 1),
+    async collect() {
+      const { queriedTokens, hitTokens } = (await snapshot()).prefixCache;
+      this.set({ model_name: source.modelName }, queriedTokens > 0 ? hitTokens / queriedTokens : 0);
+    },
+  });
 
   // Info gauges: the labels carry the figures. Both pickers' cache scorers read them.
   new Gauge({

@@ -8,6 +8,7 @@ import { mergeByArrival } from './arrival-order.js';
 import type { BlockManager } from './block-manager.js';
 import type { SchedulerOptions } from './scheduler-types.js';
 import type { Sequence } from './sequence.js';
+import { returnCachedPrefix, takeCachedPrefix } from './sequence-prefix.js';
 
 /** The scheduler's state the walk reads and changes. */
 export interface WalkState {
@@ -157,10 +158,23 @@ export class AdmissionWalk {
         waiting[kept++] = s;
         continue;
       }
+      // Its tokens that a cached prefix already holds need no computing (sequence-prefix.ts).
+      takeCachedPrefix(s, st.kv);
       const chunk = Math.min(s.pending, budget);
-      if (!st.kv.grow(s.blocks, s.start + chunk)) break;
+      if (!st.kv.grow(s.blocks, s.start + chunk)) {
+        returnCachedPrefix(s, st.kv);
+        break;
+      }
       s.status = 'running';
-      if (s.firstRunAt < 0) s.firstRunAt = performance.now();
+      if (s.firstRunAt < 0) {
+        s.firstRunAt = performance.now();
+        s.cachedTokens = s.computed;
+        const prefix = st.kv.prefix;
+        if (prefix !== null) {
+          prefix.queriedTokens += s.promptLength;
+          prefix.hitTokens += s.cachedTokens;
+        }
+      }
       if (st.paused.size > 0) st.paused.delete(s);
       admitted.push(s);
       if (d < 0) d = distinct.push(lora) - 1;

@@ -34,13 +34,21 @@ export interface SchedulerOptions {
   loraModules: LoraModule[];
   /** false: adapters stay in the slots they were copied into (see placement's compact). */
   compactSlots?: boolean;
+  /**
+   * Keeps computed blocks for later requests with the same prefix under the same adapter
+   * (prefix-cache.ts; on unless --disable-radix-cache); absent or false: every prompt is computed.
+   */
+  prefixCache?: boolean;
 }
 
 export interface SchedulerStats {
   waiting: number;
   running: number;
+  /** Blocks a request may take now: free, or cached with no request holding them. */
   freeBlocks: number;
   totalBlocks: number;
+  /** Blocks the prefix cache keeps for later requests (held by requests or not). */
+  cachedBlocks: number;
 }
 
 /** What a load balancer weighs this server by: the queues, the KV cache, and where adapters stand. */
@@ -55,6 +63,8 @@ export interface SchedulerLoad extends SchedulerStats {
   steps: { total: number; ahead: number };
   /** Where the engine's time went in the steps completed so far (as their results report it). */
   engine: EngineTimes;
+  /** Prompt tokens of the requests admitted so far, and those of them read from the prefix cache. */
+  prefixCache: { queriedTokens: number; hitTokens: number };
 }
 
 /** A sequence that one step failed on its own while the rest of the batch went on. */

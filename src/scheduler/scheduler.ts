@@ -44,7 +44,7 @@ export class Scheduler {
     if (!Number.isInteger(slots) || slots < opts.maxLorasPerBatch) {
       throw new RangeError(`gpuSlots must be an integer of at least maxLorasPerBatch (${opts.maxLorasPerBatch}), got ${slots}`);
     }
-    this.kv = new BlockManager(opts.blockSize, opts.numBlocks);
+    this.kv = new BlockManager(opts.blockSize, opts.numBlocks, opts.prefixCache ?? false);
     this.registry = new AdapterRegistry({
       slots,
       maxPinned: opts.maxLorasPerBatch - 1,
@@ -74,6 +74,8 @@ export class Scheduler {
   }
 
   onLoaderEvent(ev: LoaderEvent): void {
+    // Blocks computed with an earlier copy of its weights match no request from now on.
+    if (ev.kind === 'cpu-loaded') this.kv.prefix?.weightsRead(ev.name);
     const failed = this.registry.onLoaderEvent(ev);
     if (failed !== null) {
       const message = `adapter "${failed}" failed to load: ${this.registry.error(failed) ?? 'unknown error'}`;
@@ -188,6 +190,11 @@ export class Scheduler {
     return events;
   }
 
+  /** Forgets every cached prefix (SGLang's /flush_cache): later requests compute theirs again. */
+  flushCache(): void {
+    this.kv.flushPrefixes();
+  }
+
   /** Sequences the engine failed alone in the last steps (malformed sampling values); already dropped. */
   takeFailures(): StepFailure[] {
     return this.queues.takeFailures();
@@ -221,6 +228,7 @@ export class Scheduler {
       running: this.queues.running.length,
       freeBlocks: this.kv.freeCount,
       totalBlocks: this.kv.numBlocks,
+      cachedBlocks: this.kv.prefix?.cachedBlocks ?? 0,
     };
   }
 
@@ -239,6 +247,7 @@ export class Scheduler {
       preempted: { ...this.planner.preempted },
       steps: this.flights.sent(),
       engine: this.engineTime.totals(),
+      prefixCache: { queriedTokens: this.kv.prefix?.queriedTokens ?? 0, hitTokens: this.kv.prefix?.hitTokens ?? 0 },
     };
   }
 

@@ -9,6 +9,7 @@ import type { BlockManager } from './block-manager.js';
 import type { SchedulerOptions, StepFailure } from './scheduler-types.js';
 import type { SequenceSlots } from './sequence-slots.js';
 import type { Sequence, TokenEvent } from './sequence.js';
+import { keepComputedBlocks } from './sequence-prefix.js';
 import type { StepFlights } from './step-flights.js';
 
 export class SequenceQueues {
@@ -49,6 +50,7 @@ export class SequenceQueues {
     this.running.splice(this.running.indexOf(s), 1);
     this.freeEngineState(s);
     s.computed = 0;
+    s.keptBlocks = 0;
     s.leaveSteps();
     s.preemptions++;
     s.status = 'waiting';
@@ -117,6 +119,7 @@ export class SequenceQueues {
         continue;
       }
       s.computed += e.chunk;
+      keepComputedBlocks(s, this.kv);
       if (!e.sample) continue;
       const k = Math.min(s.init.topLogprobsNum, width);
       const id = result.tokens[i]!;

@@ -28,6 +28,8 @@ export interface TokenEvent {
   topLogprobs: number[];
   finish: FinishReason | null;
   promptTokens: number;
+  /** Of those, the ones read from the prefix cache rather than computed. */
+  cachedTokens: number;
   /** With a sequence's first token only: seconds from its submission to the first step built with it. */
   queueSeconds?: number;
 }
@@ -51,6 +53,13 @@ export class Sequence {
   generated = 0;
   /** Tokens whose K/V is in the cache. */
   computed = 0;
+  /** Prompt tokens it found in the prefix cache when it was first admitted (SGLang's cached_tokens). */
+  cachedTokens = 0;
+  /** Its blocks' prefix-cache keys made so far, under prefixScope (sequence-prefix.ts). */
+  prefixKeys: string[] = [];
+  prefixScope = '';
+  /** Its first blocks that the prefix cache keeps (all their tokens computed). */
+  keptBlocks = 0;
   /** performance.now() on the scheduler's thread when it was submitted, and when a step first took it (-1: not yet). */
   readonly submittedAt = performance.now();
   firstRunAt = -1;
@@ -201,6 +210,7 @@ export class Sequence {
       topLogprobs: topLogprobs ?? NO_ALTERNATIVES,
       finish,
       promptTokens: this.promptLength,
+      cachedTokens: this.cachedTokens,
     };
     if (id >= 0 && this.generated === 1 && this.firstRunAt >= 0) ev.queueSeconds = (this.firstRunAt - this.submittedAt) / 1000;
     return ev;
