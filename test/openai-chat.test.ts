@@ -33,7 +33,7 @@ describe('POST /v1/chat/completions', () => {
       object: 'chat.completion',
       model: 'demo:demo-a',
       choices: [{ index: 0, message: { role: 'assistant', content: `[demo-a] ${prompt} -> ABC` }, logprobs: null, finish_reason: 'length' }],
-      usage: { prompt_tokens: prompt.length, completion_tokens: 3, total_tokens: prompt.length + 3 },
+      usage: { prompt_tokens: prompt.length, completion_tokens: 3, total_tokens: prompt.length + 3, prompt_tokens_details: { cached_tokens: 0 } },
     });
   });
 

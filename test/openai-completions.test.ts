@@ -25,7 +25,7 @@ describe('POST /v1/completions', () => {
       object: 'text_completion',
       model: 'demo',
       choices: [{ index: 0, text: '[base] hello -> ABC', logprobs: null, finish_reason: 'length' }],
-      usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 },
+      usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8, prompt_tokens_details: { cached_tokens: 0 } },
     });
     expect(typeof body.created).toBe('number');
     const req = engine.requests[0]!;
@@ -67,7 +67,7 @@ describe('POST /v1/completions', () => {
       [2, '[base] cde -> AB'],
       [3, '[base] cde -> AB'],
     ]);
-    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 8, total_tokens: 13 });
+    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 8, total_tokens: 13, prompt_tokens_details: { cached_tokens: 0 } });
     // Consecutive seeds, so seeded choices differ from each other but repeat across calls.
     expect(engine.requests.map((r) => r.sampling.seed)).toEqual([7, 8, 7, 8]);
   });

@@ -87,7 +87,10 @@ describe('OpenAI API on the demo model', () => {
     expect(done).toBe(true);
     const usage = events.pop()!;
     expect(usage.choices).toEqual([]);
-    expect(usage.usage).toEqual(body.usage);
+    expect(usage.usage).toEqual({ ...body.usage, prompt_tokens_details: { cached_tokens: expect.any(Number) } });
+    // The same messages a second time: their beginning comes from the prefix cache.
+    expect(body.usage.prompt_tokens_details.cached_tokens).toBe(0);
+    expect(usage.usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(0);
     expect(events[0]!.choices[0].delta).toEqual({ role: 'assistant', content: '' });
     expect(events[events.length - 1]!.choices[0]).toMatchObject({ delta: {}, finish_reason: 'length' });
     expect(events.map((e) => e.choices[0].delta.content ?? '').join('')).toBe(body.choices[0].message.content);

@@ -12,6 +12,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** OpenAI's: of the prompt tokens, those read from the prefix cache. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 /** n choices per prompt; choice index = prompt index * n + j, as OpenAI numbers them. */
@@ -23,15 +25,24 @@ export function makeJobs(prompts: Prompt[], common: CommonRequest, returnLogprob
   return fanOut(items, common.n).map((item) => item.request);
 }
 
-/** OpenAI counts each prompt once however many choices it has. */
+/** OpenAI counts each prompt once however many choices it has (its cached tokens as its first choice found them). */
 export function usageOf(outs: Array<GenerateOutput | GenerateChunk>, n: number): Usage {
   let prompt = 0;
+  let cached = 0;
   let completion = 0;
   outs.forEach((o, i) => {
-    if (i % n === 0) prompt += o.promptTokens;
+    if (i % n === 0) {
+      prompt += o.promptTokens;
+      cached += o.cachedTokens;
+    }
     completion += o.completionTokens;
   });
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: cached },
+  };
 }
 
 export function finishReasonOf(f: FinishReason | null): string | null {
