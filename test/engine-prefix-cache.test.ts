@@ -10,6 +10,7 @@ import { parseArgs } from '../src/config/parse.js';
 import { validateFlags } from '../src/config/validate.js';
 import { DEMO_MODEL, makeDemo } from '../src/model/demo.js';
 import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
+import { prompt } from './engine-fixtures.js';
 
 let dir = '';
 let cached: LocalTroupeEngine;
@@ -48,11 +49,7 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Prompt ids from a seeded LCG, inside the vocabulary. */
-function promptIds(seed: number, length: number): number[] {
-  let x = seed;
-  return Array.from({ length }, () => 1 + ((x = (x * 1103515245 + 12345) % 2147483648) % (DEMO_MODEL.vocab_size - 1)));
-}
+const promptIds = (seed: number, length: number): number[] => prompt(length, seed, DEMO_MODEL.vocab_size);
 
 const request = (inputIds: number[], lora: string | null): GenerateInput => ({
   inputIds,
