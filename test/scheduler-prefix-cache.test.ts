@@ -166,6 +166,29 @@ describe('the prefix cache', () => {
     expect(s.stats()).toMatchObject({ running: 0, freeBlocks: 16 });
   });
 
+  it('holds back requests whose beginning another request is computing, then serves it to them from the cache', () => {
+    const { s, m } = cachingModel();
+    for (const id of ['a', 'b', 'c']) m.submit(id, [...range(1, 12), ...range(100 * id.charCodeAt(0), 3)]);
+    m.step();
+    // a prefilled alone; b and c waited for its three blocks and read them.
+    expect(s.stats()).toMatchObject({ running: 1, waiting: 2 });
+    m.runAll();
+    expect(['a', 'b', 'c'].map((id) => m.cached(id))).toEqual([0, 12, 12]);
+  });
+
+  it('lets a held-back request go on when the request computing its beginning leaves first', () => {
+    const { s, m } = cachingModel({ chunkedPrefillSize: 8 });
+    m.submit('a', range(1, 30));
+    m.submit('b', range(1, 30));
+    m.step();
+    expect(s.stats()).toMatchObject({ running: 1, waiting: 1 });
+    // a has computed one block of 8 tokens' chunk: b takes that one and computes the rest itself.
+    s.abort('a');
+    m.runAll();
+    expect(m.cached('b')).toBe(8);
+    expect(m.truth.get('b')!.done).toBe(true);
+  });
+
   it('forgets everything on flushCache, while requests that hold blocks go on', () => {
     const { s, m } = cachingModel();
     m.submit('a', range(1, 10), null, 8);

@@ -8,7 +8,7 @@ import { mergeByArrival } from './arrival-order.js';
 import type { BlockManager } from './block-manager.js';
 import type { SchedulerOptions } from './scheduler-types.js';
 import type { Sequence } from './sequence.js';
-import { returnCachedPrefix, takeCachedPrefix } from './sequence-prefix.js';
+import { claimPrefix, returnCachedPrefix, takeCachedPrefix, waitsForPrefix } from './sequence-prefix.js';
 
 /** The scheduler's state the walk reads and changes. */
 export interface WalkState {
@@ -49,7 +49,7 @@ export class AdmissionWalk {
   /** Arrivals of the requests a walk admitted, by adapter, reported to each adapter in one event. */
   private readonly started = new Map<string, number[]>();
   /** The versions when the walk last admitted nothing with no prefill running (queue -1: none). */
-  private readonly idle = { queue: -1, placement: -1 };
+  private readonly idle = { queue: -1, placement: -1, prefix: -1 };
   /** When the longest wait for a place seen by the last walk began (a step count), or -1. */
   oldestPlaceWait = -1;
 
@@ -84,7 +84,9 @@ export class AdmissionWalk {
     // and with it which one drains (soonestToFree), stays. Free KV blocks only fall meanwhile.
     const full = budget === st.opts.chunkedPrefillSize;
     const placement = st.registry.index.placementVersion;
-    if (full && this.idle.queue === st.queueVersion() && this.idle.placement === placement) return n;
+    // And blocks that waiting requests wait for as others compute them (prefix.version).
+    const prefixVersion = st.kv.prefix?.version ?? 0;
+    if (full && this.idle.queue === st.queueVersion() && this.idle.placement === placement && this.idle.prefix === prefixVersion) return n;
     const before = n;
     const max = st.opts.maxLorasPerBatch;
     const distinct = st.distinct;
@@ -158,13 +160,20 @@ export class AdmissionWalk {
         waiting[kept++] = s;
         continue;
       }
-      // Its tokens that a cached prefix already holds need no computing (sequence-prefix.ts).
+      // Its tokens that a cached prefix already holds need no computing (sequence-prefix.ts), and
+      // those that an admitted request is computing now it waits for.
       takeCachedPrefix(s, st.kv);
+      if (waitsForPrefix(s, st.kv)) {
+        returnCachedPrefix(s, st.kv);
+        waiting[kept++] = s;
+        continue;
+      }
       const chunk = Math.min(s.pending, budget);
       if (!st.kv.grow(s.blocks, s.start + chunk)) {
         returnCachedPrefix(s, st.kv);
         break;
       }
+      claimPrefix(s, st.kv);
       s.status = 'running';
       if (s.firstRunAt < 0) {
         s.firstRunAt = performance.now();
@@ -194,6 +203,7 @@ export class AdmissionWalk {
     if (n > before) st.bumpQueueVersion();
     this.idle.queue = full && n === before ? st.queueVersion() : -1;
     this.idle.placement = placement;
+    this.idle.prefix = prefixVersion;
     return n;
   }
 }

@@ -27,6 +27,14 @@ export class PrefixCache {
   /** Prompt tokens of the requests admitted so far, and those of them found cached (for /metrics). */
   queriedTokens = 0;
   hitTokens = 0;
+  /**
+   * Blocks that admitted requests are computing now, by key (with how many compute each): a
+   * request whose next block is one of them waits to read it rather than compute it again, as
+   * SGLang's in-batch prefix caching holds back requests that share a prefix being prefilled.
+   */
+  private readonly computing = new Map<string, number>();
+  /** Changes whenever a block stops being computed (kept, or its request left): a waiting request may then go on. */
+  version = 0;
 
   get idleCount(): number {
     return this.idle.size;
@@ -48,6 +56,24 @@ export class PrefixCache {
 
   lookup(key: string): number | undefined {
     return this.blockByKey.get(key);
+  }
+
+  isComputing(key: string): boolean {
+    return this.computing.has(key);
+  }
+
+  /** A request admitted to compute the block of this key. */
+  claim(key: string): void {
+    this.computing.set(key, (this.computing.get(key) ?? 0) + 1);
+  }
+
+  /** That request kept the block, or left before it had computed it. */
+  unclaim(key: string): void {
+    const n = this.computing.get(key);
+    if (n === undefined) return;
+    if (n > 1) this.computing.set(key, n - 1);
+    else this.computing.delete(key);
+    this.version++;
   }
 
   isCached(block: number): boolean {

@@ -1,5 +1,6 @@
 // A request's part in the prefix cache (prefix-cache.ts): the cached blocks it starts from when
-// admitted, and its own blocks kept for later requests as their tokens are computed.
+// admitted, the blocks it is computing (which requests with the same beginning wait for), and its
+// own blocks kept for later requests as their tokens are computed.
 import type { BlockManager } from './block-manager.js';
 import { blockKey } from './prefix-cache.js';
 import type { Sequence } from './sequence.js';
@@ -33,6 +34,36 @@ export function takeCachedPrefix(s: Sequence, kv: BlockManager): void {
   s.keptBlocks = s.blocks.length;
 }
 
+/**
+ * Whether the first block `s` would compute is one another admitted request is computing now:
+ * it then waits (a step or a few) and reads it, rather than computing the same keys and values.
+ * Call after takeCachedPrefix.
+ */
+export function waitsForPrefix(s: Sequence, kv: BlockManager): boolean {
+  const prefix = kv.prefix;
+  if (prefix === null) return false;
+  const next = s.blocks.length;
+  if (next >= Math.floor((s.tokenCount - 1) / kv.blockSize)) return false;
+  return prefix.isComputing(keyAt(s, kv, next));
+}
+
+/** Once admitted: marks the full blocks of its tokens that it will compute, for waitsForPrefix. */
+export function claimPrefix(s: Sequence, kv: BlockManager): void {
+  const prefix = kv.prefix;
+  if (prefix === null) return;
+  const end = Math.floor(s.tokenCount / kv.blockSize);
+  for (let i = s.keptBlocks; i < end; i++) prefix.claim(keyAt(s, kv, i));
+  s.claimedBlocks = end;
+}
+
+/** Its claims on blocks it has not kept, given up as it leaves the running list. */
+export function releasePrefixClaims(s: Sequence, kv: BlockManager): void {
+  const prefix = kv.prefix;
+  if (prefix === null) return;
+  for (let i = s.keptBlocks; i < s.claimedBlocks; i++) prefix.unclaim(keyAt(s, kv, i));
+  s.claimedBlocks = 0;
+}
+
 /** Gives back the cached blocks takeCachedPrefix took, where the request was not admitted after all. */
 export function returnCachedPrefix(s: Sequence, kv: BlockManager): void {
   kv.release(s.blocks);
@@ -45,7 +76,9 @@ export function keepComputedBlocks(s: Sequence, kv: BlockManager): void {
   if (kv.prefix === null) return;
   const size = kv.blockSize;
   while ((s.keptBlocks + 1) * size <= s.computed) {
-    kv.keep(s.blocks[s.keptBlocks]!, keyAt(s, kv, s.keptBlocks));
+    const key = keyAt(s, kv, s.keptBlocks);
+    kv.keep(s.blocks[s.keptBlocks]!, key);
+    if (s.keptBlocks < s.claimedBlocks) kv.prefix.unclaim(key);
     s.keptBlocks++;
   }
 }

@@ -9,7 +9,7 @@ import type { BlockManager } from './block-manager.js';
 import type { SchedulerOptions, StepFailure } from './scheduler-types.js';
 import type { SequenceSlots } from './sequence-slots.js';
 import type { Sequence, TokenEvent } from './sequence.js';
-import { keepComputedBlocks } from './sequence-prefix.js';
+import { keepComputedBlocks, releasePrefixClaims } from './sequence-prefix.js';
 import type { StepFlights } from './step-flights.js';
 
 export class SequenceQueues {
@@ -167,6 +167,7 @@ export class SequenceQueues {
 
   /** Gives back what the engine holds for a sequence leaving the running list: its KV blocks and its sequence slot. */
   private freeEngineState(s: Sequence): void {
+    releasePrefixClaims(s, this.kv);
     this.kv.release(s.blocks);
     this.seqSlots.release(s);
   }

@@ -60,6 +60,8 @@ export class Sequence {
   prefixScope = '';
   /** Its first blocks that the prefix cache keeps (all their tokens computed). */
   keptBlocks = 0;
+  /** While it runs: its blocks up to here (from keptBlocks) are marked as being computed by it. */
+  claimedBlocks = 0;
   /** performance.now() on the scheduler's thread when it was submitted, and when a step first took it (-1: not yet). */
   readonly submittedAt = performance.now();
   firstRunAt = -1;
