@@ -19,7 +19,7 @@ export interface DetokState {
 
 function startThreads(data: TokenizerWorkerData, threads: number): Piscina {
   return new Piscina({
-    filename: workerUrl('tokenizer.worker.js', import.meta.url).href,
+    filename: workerUrl('tokenizer-tasks.cjs', import.meta.url).href,
     workerData: data,
     minThreads: threads,
     maxThreads: threads,
