@@ -189,6 +189,7 @@ describe('gateway metrics of any engine', () => {
       waits: 0,
       waitSeconds: 0,
     },
+    cachedBlocks: 0,
     prefixCache: { queriedTokens: 0, hitTokens: 0 },
     ...over,
   });
@@ -236,11 +237,12 @@ describe('gateway metrics of any engine', () => {
         ...PREFIX_METRIC_NAMES.queries.map((n) => only(m, n).value),
         ...PREFIX_METRIC_NAMES.hits.map((n) => only(m, n).value),
         only(m, PREFIX_METRIC_NAMES.hitRate).value,
+        only(m, PREFIX_METRIC_NAMES.blocks).value,
       ];
     };
-    expect(await read()).toEqual([0, 0, 0, 0, 0]);
-    current = load({ prefixCache: { queriedTokens: 400, hitTokens: 100 } });
-    expect(await read()).toEqual([400, 400, 100, 100, 0.25]);
+    expect(await read()).toEqual([0, 0, 0, 0, 0, 0]);
+    current = load({ prefixCache: { queriedTokens: 400, hitTokens: 100 }, cachedBlocks: 7 });
+    expect(await read()).toEqual([400, 400, 100, 100, 0.25, 7]);
     const m = parseMetrics(await registry.metrics());
     expect(only(m, 'vllm:prefix_cache_hits_total').labels).toEqual({ model_name: 'm' });
     expect(parseMetrics(await gatewayOnly.metrics()).has(PREFIX_METRIC_NAMES.hitRate)).toBe(false);

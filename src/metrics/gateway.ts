@@ -50,6 +50,7 @@ export const PREFIX_METRIC_NAMES = {
   queries: ['troupe_prefix_cache_queries_tokens_total', 'vllm:prefix_cache_queries_total'],
   hits: ['troupe_prefix_cache_hits_tokens_total', 'vllm:prefix_cache_hits_total'],
   hitRate: 'sglang:cache_hit_rate',
+  blocks: 'troupe_prefix_cache_blocks',
 } as const;
 /** Whose names those are, in that order. */
 export const ENGINES = ['troupe', 'vLLM', 'SGLang'] as const;
@@ -204,6 +205,14 @@ export function registerGatewayMetrics(registers: Registry[], source: GatewayMet
       },
     });
   }
+  new Gauge({
+    name: PREFIX_METRIC_NAMES.blocks,
+    help: 'KV cache blocks the prefix cache keeps for later requests, held by running requests or idle (idle ones count as free).',
+    registers: registers.slice(0, 1),
+    async collect() {
+      this.set((await snapshot()).cachedBlocks);
+    },
+  });
   new Gauge({
     name: PREFIX_METRIC_NAMES.hitRate,
     help: "Fraction of the admitted requests' prompt tokens read from the prefix cache since the start (0 before any).",
