@@ -11,6 +11,9 @@ import { LORA_MODULES, type EngineOptions, type NativeAddon, type SampleParams, 
 import { openCheckpoint, type Checkpoint } from '../src/model/checkpoint.js';
 import { loadAdapterWeights } from '../src/model/adapter.js';
 import { makeRandomAdapter, makeRandomCheckpoint } from '../src/model/demo.js';
+import { parseArgs } from '../src/config/parse.js';
+import { validateFlags } from '../src/config/validate.js';
+import { createEngine as createServeEngine, type LocalTroupeEngine } from '../src/troupe.js';
 
 export const addon: NativeAddon = loadNative();
 
@@ -272,4 +275,14 @@ export function drive(handle: number, reqs: DriveRequest[], vocab: number): Driv
     });
   }
   return state.map((s) => s.out);
+}
+
+/**
+ * troupe's engine on the CPU over the demo model that makeDemo wrote to `dir`, as `troupe serve`
+ * builds it: its adapters a and b, three adapters a batch, KV blocks of 8 tokens, and `extra` flags.
+ */
+export function demoEngine(dir: string, extra: string[]): Promise<LocalTroupeEngine> {
+  const flags = ['--model-path', dir, '--device', 'cpu', '--lora-paths', `a=${join(dir, 'adapters', 'demo-a')}`];
+  flags.push(`b=${join(dir, 'adapters', 'demo-b')}`, '--max-loras-per-batch', '3', '--page-size', '8', ...extra);
+  return createServeEngine(validateFlags(parseArgs(flags).flags).options);
 }

@@ -9,38 +9,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateInput, GenerateOutput } from '../src/api.js';
-import { parseArgs } from '../src/config/parse.js';
-import { validateFlags } from '../src/config/validate.js';
 import { DEMO_MODEL, makeDemo } from '../src/model/demo.js';
-import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
+import type { LocalTroupeEngine } from '../src/troupe.js';
+import { demoEngine } from './engine-fixtures.js';
 
 let dir = '';
 let serial: LocalTroupeEngine;
 let overlap: LocalTroupeEngine;
 
-function flags(extra: string[]): string[] {
-  return [
-    '--model-path',
-    dir,
-    '--device',
-    'cpu',
-    '--lora-paths',
-    `a=${join(dir, 'adapters', 'demo-a')}`,
-    `b=${join(dir, 'adapters', 'demo-b')}`,
-    '--max-loras-per-batch',
-    '3',
-    // Small enough that the workload below preempts requests for KV room.
-    '--max-total-tokens',
-    '256',
-    '--chunked-prefill-size',
-    '32',
-    '--page-size',
-    '8',
-    ...extra,
-  ];
-}
-
-const start = (extra: string[]): Promise<LocalTroupeEngine> => createEngine(validateFlags(parseArgs(flags(extra)).flags).options);
+// Small enough that the workload below preempts requests for KV room.
+const start = (extra: string[]): Promise<LocalTroupeEngine> =>
+  demoEngine(dir, ['--max-total-tokens', '256', '--chunked-prefill-size', '32', ...extra]);
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'troupe-overlap-'));

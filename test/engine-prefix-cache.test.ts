@@ -6,37 +6,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateInput, GenerateOutput } from '../src/api.js';
-import { parseArgs } from '../src/config/parse.js';
-import { validateFlags } from '../src/config/validate.js';
 import { DEMO_MODEL, makeDemo } from '../src/model/demo.js';
-import { createEngine, type LocalTroupeEngine } from '../src/troupe.js';
-import { prompt } from './engine-fixtures.js';
+import type { LocalTroupeEngine } from '../src/troupe.js';
+import { demoEngine, prompt } from './engine-fixtures.js';
 
 let dir = '';
 let cached: LocalTroupeEngine;
 let full: LocalTroupeEngine;
 
-const start = (extra: string[]): Promise<LocalTroupeEngine> =>
-  createEngine(
-    validateFlags(
-      parseArgs([
-        '--model-path',
-        dir,
-        '--device',
-        'cpu',
-        '--lora-paths',
-        `a=${join(dir, 'adapters', 'demo-a')}`,
-        `b=${join(dir, 'adapters', 'demo-b')}`,
-        '--max-loras-per-batch',
-        '3',
-        '--page-size',
-        '8',
-        '--chunked-prefill-size',
-        '24',
-        ...extra,
-      ]).flags,
-    ).options,
-  );
+const start = (extra: string[]): Promise<LocalTroupeEngine> => demoEngine(dir, ['--chunked-prefill-size', '24', ...extra]);
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'troupe-prefix-'));
