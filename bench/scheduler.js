@@ -41,13 +41,14 @@ import { runInNewContext } from 'node:vm';
 import { Worker, isMainThread, resourceLimits } from 'node:worker_threads';
 import { fakeResult } from './fake-step.js';
 
-const USAGE = `usage: node bench/scheduler.js [--runs N] [--workload fixed|served] [--baseline FILE] [--out FILE] [--tail]
+const USAGE = `usage: node bench/scheduler.js [--runs N] [--workload fixed|served] [--baseline FILE] [--out FILE] [--tail] [--no-prefix-cache]
   Times the scheduler's steps with 10, 1,000 and 10,000 registered adapters (run \`npm run build\` first).
   --runs N         runs pooled per row, each with a new scheduler (default 3)
   --workload W     fixed: 16-token prompts, 32 output tokens (default); served: prompts 8-512, outputs 8-256
   --baseline FILE  an earlier result whose rows are kept as \`before\`
   --out FILE       where to write the result (default bench/results/<date>-cpu-scheduler.json)
-  --tail           also report what the slowest 1% of steps did`;
+  --tail           also report what the slowest 1% of steps did
+  --no-prefix-cache  the scheduler without its prefix cache (--disable-radix-cache); by default with it, as served`;
 const root = new URL('..', import.meta.url);
 // The scheduler runs on its own thread in the server, with the heap limits the supervisor gives
 // it: the steps are timed on such a thread, so what is measured is what ships.
@@ -75,7 +76,8 @@ function option(flag) {
   return value;
 }
 const TAIL = args.includes('--tail');
-const flags = args.filter((a) => a !== '--tail');
+const PREFIX_CACHE = !args.includes('--no-prefix-cache');
+const flags = args.filter((a) => a !== '--tail' && a !== '--no-prefix-cache');
 const known = new Set(['--runs', '--workload', '--baseline', '--out']);
 for (let i = 0; i < flags.length; i += 2) {
   if (!known.has(flags[i])) throw new RangeError(`unknown option ${flags[i]}\n${USAGE}`);
@@ -114,6 +116,7 @@ const OPTIONS = {
   contextLength: 4096,
   maxLoraRank: 16,
   loraModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
+  prefixCache: PREFIX_CACHE,
 };
 const WORKLOAD = option('--workload') ?? 'fixed';
 if (WORKLOAD !== 'fixed' && WORKLOAD !== 'served') throw new RangeError(`--workload must be fixed or served, got ${WORKLOAD}\n${USAGE}`);
@@ -325,7 +328,7 @@ const result = {
   device: `cpu: ${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
   node: process.version,
   commit,
-  setup: `max-loras-per-batch ${OPTIONS.maxLorasPerBatch}, ${WAITING} waiting requests over ${DISTINCT} adapters (fewer when fewer are registered), fake loader answering at once`,
+  setup: `max-loras-per-batch ${OPTIONS.maxLorasPerBatch}, ${WAITING} waiting requests over ${DISTINCT} adapters (fewer when fewer are registered), fake loader answering at once, prefix cache ${OPTIONS.prefixCache ? 'on' : 'off'}`,
   workload:
     WORKLOAD === 'fixed' ? 'fixed: 16-token prompts, 32 output tokens' : 'served: prompts 8-512 tokens, outputs 8-256, uniform from a fixed seed',
   // As V8 applied them to the thread the steps ran on (the scheduler thread's, see above).
