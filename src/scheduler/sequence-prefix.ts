@@ -47,21 +47,28 @@ export function waitsForPrefix(s: Sequence, kv: BlockManager): boolean {
   return prefix.isComputing(keyAt(s, kv, next));
 }
 
-/** Once admitted: marks the full blocks of its tokens that it will compute, for waitsForPrefix. */
+/**
+ * Once admitted: marks the next block of its prompt it will compute as being computed by it, for
+ * waitsForPrefix (one at a time, the next as each is kept, so a long prompt's keys are made as
+ * its blocks are computed, not all at once here).
+ */
 export function claimPrefix(s: Sequence, kv: BlockManager): void {
-  const prefix = kv.prefix;
-  if (prefix === null) return;
-  const end = Math.floor(s.tokenCount / kv.blockSize);
-  for (let i = s.keptBlocks; i < end; i++) prefix.claim(keyAt(s, kv, i));
-  s.claimedBlocks = end;
+  s.claimEnd = Math.floor(s.tokenCount / kv.blockSize);
+  claimNext(s, kv);
 }
 
-/** Its claims on blocks it has not kept, given up as it leaves the running list. */
+function claimNext(s: Sequence, kv: BlockManager): void {
+  s.claimedBlock = -1;
+  if (kv.prefix === null || s.keptBlocks >= s.claimEnd) return;
+  kv.prefix.claim(keyAt(s, kv, s.keptBlocks));
+  s.claimedBlock = s.keptBlocks;
+}
+
+/** Its claim on a block it has not kept, given up as it leaves the running list. */
 export function releasePrefixClaims(s: Sequence, kv: BlockManager): void {
-  const prefix = kv.prefix;
-  if (prefix === null) return;
-  for (let i = s.keptBlocks; i < s.claimedBlocks; i++) prefix.unclaim(keyAt(s, kv, i));
-  s.claimedBlocks = 0;
+  if (s.claimedBlock >= 0) kv.prefix?.unclaim(keyAt(s, kv, s.claimedBlock));
+  s.claimedBlock = -1;
+  s.claimEnd = 0;
 }
 
 /** Gives back the cached blocks takeCachedPrefix took, where the request was not admitted after all. */
@@ -75,10 +82,13 @@ export function returnCachedPrefix(s: Sequence, kv: BlockManager): void {
 export function keepComputedBlocks(s: Sequence, kv: BlockManager): void {
   if (kv.prefix === null) return;
   const size = kv.blockSize;
+  const claimed = s.claimedBlock;
   while ((s.keptBlocks + 1) * size <= s.computed) {
-    const key = keyAt(s, kv, s.keptBlocks);
-    kv.keep(s.blocks[s.keptBlocks]!, key);
-    if (s.keptBlocks < s.claimedBlocks) kv.prefix.unclaim(key);
+    kv.keep(s.blocks[s.keptBlocks]!, keyAt(s, kv, s.keptBlocks));
     s.keptBlocks++;
+  }
+  if (claimed >= 0 && claimed < s.keptBlocks) {
+    kv.prefix.unclaim(keyAt(s, kv, claimed));
+    claimNext(s, kv);
   }
 }

@@ -60,8 +60,9 @@ export class Sequence {
   prefixScope = '';
   /** Its first blocks that the prefix cache keeps (all their tokens computed). */
   keptBlocks = 0;
-  /** While it runs: its blocks up to here (from keptBlocks) are marked as being computed by it. */
-  claimedBlocks = 0;
+  /** While it runs: the block of its prompt it marks as being computed by it (-1: none), and where its prompt's full blocks end. */
+  claimedBlock = -1;
+  claimEnd = 0;
   /** performance.now() on the scheduler's thread when it was submitted, and when a step first took it (-1: not yet). */
   readonly submittedAt = performance.now();
   firstRunAt = -1;
