@@ -144,6 +144,8 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV"))
     gemvRows_ = parseCount("TROUPE_CUDA_GEMV", env, 0, cuda::kGemvLimitRows);
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
+  if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_GEMM"))
+    gateUpSplits_ = parseCount("TROUPE_CUDA_GATE_UP_GEMM", env, 0, 4);
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE")) gemmTune_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE_AFTER"))
     gemmTuneAfter_ = parseCount("TROUPE_CUDA_GEMM_TUNE_AFTER", env, 0, 1 << 30);
@@ -280,6 +282,10 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   if (decodeGemmEnabled_ && cuda::DecodeGemm::available()) decodeGemm_ = std::make_unique<cuda::DecodeGemm>(sms_);
+  if (gateUpSplits_ > 0 && cuda::GateUpGemm::available()) {
+    gateUpGemm_ = std::make_unique<cuda::GateUpGemm>(sms_);
+    gateUpGemm_->reserve(c.intermediateSize, gateUpSplits_);
+  }
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;
 
@@ -395,6 +401,7 @@ CudaBackend::~CudaBackend() {
   comm_.reset();
   gemm_.reset();
   decodeGemm_.reset();
+  gateUpGemm_.reset();
   w_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }

@@ -17,6 +17,7 @@
 #include "cuda/collective.h"
 #include "cuda/decode_gemm.h"
 #include "cuda/device.h"
+#include "cuda/gate_up_gemm.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/lora_chunks.h"
@@ -128,6 +129,10 @@ class CudaBackend : public Backend {
   // prefetch: what the decode GEMM, where it takes the product, asks of L2 (DecodeGemmPrefetch).
   void project(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx, float* Y, bool accumulate,
                cuda::ElemType yType = cuda::ElemType::F32, const cuda::DecodeGemmPrefetch& prefetch = {});
+  // gate/up's whole product without adapters (N = gate's and up's rows) over K features of X, as
+  // silu(gate) x up into act_ (N / 2 columns a row) by the gate/up GEMM, where forward() asked for
+  // it and the kernel takes the shape; false (nothing run) otherwise.
+  bool gateUpAct(int M, int N, int K, const bf16_t* W, int ldw, const bf16_t* X, int ldx);
   // The fused kernel's augmented rows for group g at this step (lora_fused.h), and layer l's GEMM
   // over their columns [col0, col0 + K) with W's same columns (per slice with split rows, slice j
   // writing sl.out[j] columns of y from sl.outOffset[j]).
@@ -189,6 +194,16 @@ class CudaBackend : public Backend {
   // The decode GEMM of our own for the projections that add into the residual (decode_gemm.h),
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;
+  // A decode step's gate/up GEMM and SiLU-and-mul as one kernel of our own (gate_up_gemm.h),
+  // writing down's input rows in steps without adapters: no siluMul launch, and no cuBLAS launch
+  // gap after the norm. TROUPE_CUDA_GATE_UP_GEMM=0 keeps cuBLAS and siluMul, =N (1-4) splits K
+  // into N parts (default 1: on an H100 at Llama-8B's shape, 86.8 us behind a 2 us kernel in one
+  // part, 100-104 in 2-4, against 85.6 for cuBLAS and siluMul; in the engine the base step took
+  // 6.80-6.81 ms against 6.83-6.87; bench/results/2026-12-06-h100-gate-up-gemm.json). Steps with
+  // adapters keep cuBLAS: reading the item shrink's LoRA columns, split rows' padding stages ran
+  // once for each half and the step took longer (7.53 against 7.50 ms at rank 16, 8.23 against 8.09
+  // at rank 64).
+  int gateUpSplits_ = 1;
   // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
   // TROUPE_CUDA_GEMM_TUNE=0 keeps cublasGemmEx's default, for comparing.
   bool gemmTune_ = true;
@@ -334,6 +349,10 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::GpuWeights> w_;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::DecodeGemm> decodeGemm_;
+  std::unique_ptr<cuda::GateUpGemm> gateUpGemm_;
+  // Set by forward() for the gate/up projection: where the product is one GEMM over the rows (no
+  // LoRA pass after it), gateUpAct takes it into act_ and actMade_ says so.
+  bool gateUpActWanted_ = false, actMade_ = false;
   EngineInfo info_;
   std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
   cuda::AttnShape shape_{};

@@ -144,6 +144,10 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
   }
   const bf16_t* x = makeRows(input, made, in);
   timer_.mark(name, stream_);
+  // gate/up with no deltas to add after the product: the gate/up GEMM may take it whole.
+  if (g == cuda::kGateUpWeight && (!lora_ || !stepHasLora() || lora_->slices(l, modules, offsets).count == 0) &&
+      gateUpAct(T, N, in, W, ld, x, in))
+    return;
   startLora(l, modules, x, in);
   project(T, N, in, W, ld, x, in, y, accumulate, yType);
   applyLora(l, modules, offsets, x, in, y, N);

@@ -5,7 +5,8 @@
 // it splits each 64-row tile's K over two blocks so that every multiprocessor streams. Measured on
 // an H200 at Llama-8B's shapes (bench/results/2026-12-01-h200-decode-gemm.json): down 35.1 us
 // behind siluMul against 36.4 for cuBLAS, o 13.9 behind a 2 us kernel against 14.7; cuBLAS stays
-// for q/k/v (whole tiles here: 18.3 against 17.3) and gate/up (more tiles than multiprocessors).
+// for q/k/v (whole tiles here: 18.3 against 17.3); gate/up, with more tiles than multiprocessors,
+// has a GEMM of its own (gate_up_gemm.h).
 //
 // The form: 64 weight rows a tile and every token (up to 32) a tile; the tensor memory accelerator
 // copies four 64-wide K boxes of the weights and of the token rows a stage (48 KB, 128-byte

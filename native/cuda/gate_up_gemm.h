@@ -1,0 +1,56 @@
+// gate/up and SiLU-and-mul of a decode step in one kernel (compute capability 9.0): for m < M (up
+// to 32 tokens) and n < inter, act[m][n] = silu(g) u, where g = sum over k < K of X[m][k] W[n][k] and
+// u = sum over k of X[m][k] W[inter + n][k] (gate's rows, then up's, ldw apart; X's rows ldx apart,
+// act's ldAct; bf16 in and out, f32 sums). Unlike the decode GEMM (decode_gemm.h), whose blocks are
+// all resident at once, one a weight tile, this grid's blocks go through several (tile, K part)
+// units each, so that gate/up's 448 tiles of Llama-8B need no more blocks than the GPU holds.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/device.h"
+#include "cuda/kernels.h"
+
+namespace troupe {
+namespace cuda {
+
+//
+// Split rows (lora_fused.h): where X2 is set, up's rows read their features past xK from X2 (rows
+// ldx apart) instead of X: gate's and up's LoRA columns are then each their own token row's, the
+// first xK features being the same in both. Those stages run twice, each with the other half's
+// weight rows zero (copied from past the tensor's end), so one product covers both.
+struct GateUpGemmArgs {
+  const bf16_t* W = nullptr;
+  int ldw = 0;
+  const bf16_t* X = nullptr;
+  const bf16_t* X2 = nullptr;
+  int ldx = 0;
+  bf16_t* act = nullptr;
+  int ldAct = 0;
+  int M = 0, inter = 0, K = 0, xK = 0;
+};
+
+class GateUpGemm {
+ public:
+  explicit GateUpGemm(int sms);
+  // Whether this build has the kernel for the current device.
+  static bool available();
+  // 1 <= M <= 32; inter a multiple of 32; K a multiple of 8 with at least `splits` stages of 256
+  // (the last may be part zeros); with X2, xK a multiple of 256 below K; leading dimensions
+  // multiples of 8; W, X, X2 and act 16-byte aligned.
+  bool supports(const GateUpGemmArgs& a, int splits) const;
+  // The workspace of calls up to inter features in `splits` parts, allocated now: a call that needs
+  // more allocates it itself, which a stream being captured into a graph does not allow.
+  void reserve(int inter, int splits);
+  // pdl: may start while the kernel before drains (its first weight stages then stream); X is read
+  // only after that kernel completes.
+  void run(const GateUpGemmArgs& a, int splits, cudaStream_t st, bool pdl);
+
+ private:
+  int sms_;
+  DeviceBuffer<float> partials_;     // each unit's sums, [tile][split][64 rows x 32 tokens]
+  DeviceBuffer<unsigned> counters_;  // each tile's splits done
+};
+
+}  // namespace cuda
+}  // namespace troupe

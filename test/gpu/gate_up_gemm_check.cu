@@ -1,0 +1,213 @@
+// Stand-alone check of the gate/up GEMM with SiLU-and-mul (native/cuda/gate_up_gemm.cu) against a
+// host reference: 1 to 32 tokens, one to three K parts, padded leading dimensions, LoRA columns
+// past a whole stage, split rows, and Llama-8B's shape against cuBLAS's sums. Every case runs three rounds back to back
+// with programmatic launch and must give the same bits each round. With --bench it times Llama-8B's gate/up at 32
+// decode tokens, replayed from a CUDA graph behind a 2 us kernel (as behind the norm), against cuBLAS's GEMM followed
+// by siluMul.
+//   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/gugemm \
+//        test/gpu/gate_up_gemm_check.cu native/cuda/gate_up_gemm.cu native/cuda/tensor_map.cc \
+//        native/cuda/kernels.cu native/cuda/gemm.cc -lcublas -lcublasLt -lcuda && /tmp/gugemm [--bench]
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "check_util.h"
+#include "cuda/gate_up_gemm.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+
+using namespace kernel_check;
+using namespace troupe::cuda;
+
+namespace {
+
+struct Case {
+  int M, inter, K, pad, splits;
+  bool byCublas;  // sums from cuBLAS (large shapes), else from the host
+  int xK = 0;     // split rows: up's rows read features from xK on from a second row (X2)
+};
+
+double siluHost(double x) { return x / (1.0 + std::exp(-x)); }
+
+int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, Rng& rng, cudaStream_t st) {
+  const int ldw = c.K + c.pad, ldx = c.K + c.pad, ldAct = c.inter + c.pad;
+  std::vector<uint16_t> W(static_cast<size_t>(2) * c.inter * ldw), X(static_cast<size_t>(c.M) * ldx);
+  for (auto& v : W) v = toBf16(rng.sym());
+  for (auto& v : X) v = toBf16(rng.sym());
+  // X2's features below xK are NaN: both halves must read those from X.
+  std::vector<uint16_t> X2(X.size());
+  for (size_t i = 0; i < X2.size(); ++i) X2[i] = static_cast<int>(i % ldx) < c.xK ? kNaN16 : toBf16(rng.sym());
+  auto xAt = [&](int m, int n, int k) {
+    const size_t at = static_cast<size_t>(m) * ldx + k;
+    return c.xK > 0 && n >= c.inter && k >= c.xK ? X2[at] : X[at];
+  };
+  std::vector<uint16_t> act0(static_cast<size_t>(c.M) * ldAct, kNaN16);
+  bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
+  bf16_t* dX = reinterpret_cast<bf16_t*>(upload(X));
+  bf16_t* dX2 = reinterpret_cast<bf16_t*>(upload(X2));
+  bf16_t* dAct = reinterpret_cast<bf16_t*>(upload(act0));
+  GateUpGemmArgs a;
+  a.W = dW, a.ldw = ldw, a.X = dX, a.ldx = ldx, a.act = dAct, a.ldAct = ldAct, a.M = c.M, a.inter = c.inter, a.K = c.K;
+  if (c.xK > 0) a.X2 = dX2, a.xK = c.xK;
+  int bad = 0;
+  if (!gemm.supports(a, c.splits)) {
+    std::printf("FAIL M %d inter %d K %d splits %d: not supported\n", c.M, c.inter, c.K, c.splits);
+    bad = 1;
+  }
+  // The sums, [token][gate's inter, then up's], and each sum's bound (its |products| added).
+  std::vector<double> sums(static_cast<size_t>(c.M) * 2 * c.inter), bounds(sums.size());
+  if (c.byCublas) {
+    float* dY = nullptr;
+    CK(cudaMalloc(&dY, sums.size() * 4));
+    cublas.linear(c.M, 2 * c.inter, c.K, dW, ldw, dX, ldx, dY, ElemType::F32, 1, 0);
+    std::vector<float> Y(sums.size());
+    CK(cudaMemcpyAsync(Y.data(), dY, Y.size() * 4, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaFree(dY));
+    for (size_t i = 0; i < Y.size(); ++i) sums[i] = Y[i], bounds[i] = c.K / 4.0;  // |x w| averages 1/4
+  } else {
+    for (int m = 0; m < c.M; ++m)
+      for (int n = 0; n < 2 * c.inter; ++n) {
+        double s = 0, b = 0;
+        for (int k = 0; k < c.K; ++k) {
+          const double p = static_cast<double>(fromBf16(xAt(m, n, k))) * fromBf16(W[static_cast<size_t>(n) * ldw + k]);
+          s += p, b += std::fabs(p);
+        }
+        sums[static_cast<size_t>(m) * 2 * c.inter + n] = s, bounds[static_cast<size_t>(m) * 2 * c.inter + n] = b;
+      }
+  }
+  std::vector<uint16_t> first;
+  for (int round = 0; round < 3 && !bad; ++round) {
+    CK(cudaMemcpyAsync(dAct, act0.data(), act0.size() * 2, cudaMemcpyHostToDevice, st));
+    gemm.run(a, c.splits, st, true);
+    std::vector<uint16_t> act(act0.size());
+    CK(cudaMemcpyAsync(act.data(), dAct, act.size() * 2, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (round == 0) {
+      first = act;
+    } else if (std::memcmp(act.data(), first.data(), act.size() * 2) != 0) {
+      std::printf("FAIL M %d inter %d K %d splits %d: round %d differs from the first\n", c.M, c.inter, c.K, c.splits,
+                  round);
+      bad = 1;
+    }
+  }
+  double worst = 0;
+  for (int m = 0; m < c.M && !bad; ++m)
+    for (int n = 0; n < ldAct; ++n) {
+      const uint16_t got = first[static_cast<size_t>(m) * ldAct + n];
+      if (n >= c.inter) {
+        // Past inter the row's padding stays as it was.
+        if (got != kNaN16) {
+          std::printf("FAIL M %d inter %d: token %d wrote column %d past inter\n", c.M, c.inter, m, n);
+          bad = 1;
+        }
+        continue;
+      }
+      const size_t at = static_cast<size_t>(m) * 2 * c.inter;
+      const double gs = sums[at + n], us = sums[at + c.inter + n];
+      const double want = siluHost(gs) * us;
+      // The sums' f32 error (a few ulps of their bounds) through silu' (at most 1.1) and the other
+      // factor, and bf16's rounding of the result.
+      const double tol =
+          1e-5 * (bounds[at + n] * std::fabs(us) * 1.1 + bounds[at + c.inter + n] * std::fabs(siluHost(gs)) +
+                  bounds[at + n] * bounds[at + c.inter + n] * 1e-5) +
+          std::fabs(want) / 128 + 1e-6;
+      const double err = std::fabs(fromBf16(got) - want);
+      if (!(err <= tol)) {
+        std::printf("FAIL M %d inter %d K %d splits %d: token %d feature %d: %g against %g\n", c.M, c.inter, c.K,
+                    c.splits, m, n, fromBf16(got), want);
+        bad = 1;
+        break;
+      }
+      worst = std::max(worst, err / tol);
+    }
+  if (!bad)
+    std::printf("ok   M %2d inter %5d K %5d pad %d splits %d xK %d: worst %.3f of the bound\n", c.M, c.inter, c.K,
+                c.pad, c.splits, c.xK, worst);
+  CK(cudaFree(dW));
+  CK(cudaFree(dX));
+  CK(cudaFree(dX2));
+  CK(cudaFree(dAct));
+  return bad;
+}
+
+int checks() {
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  if (!GateUpGemm::available()) {
+    std::printf("FAIL the gate/up GEMM is not available on %s\n", prop.name);
+    return 1;
+  }
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  GateUpGemm gemm(prop.multiProcessorCount);
+  Gemm cublas(st);
+  Rng rng{7};
+  // More units than blocks (1,024 / 32 tiles x 2 parts over 132), a unit a block, a token alone,
+  // three parts of an odd stage count, padded rows; K past a whole stage (LoRA columns); split
+  // rows (one and two padding stages a half, 8 slots of rank 16 and of rank 64 at 1,024
+  // features); then Llama-8B's shape.
+  const Case cases[] = {{32, 4096, 1024, 0, 2, false},       {32, 512, 1024, 0, 1, false},
+                        {1, 256, 512, 0, 2, false},          {7, 1024, 1792, 8, 3, false},
+                        {32, 64, 256, 0, 1, false},          {32, 1024, 1088, 0, 2, false},
+                        {32, 1024, 1152, 0, 2, false, 1024}, {9, 512, 1536, 8, 3, false, 1024},
+                        {32, 14336, 4096, 0, 2, true},       {20, 14336, 4096, 0, 1, true}};
+  int failed = 0;
+  for (const Case& c : cases) failed += check(gemm, cublas, c, rng, st);
+  std::printf("%d failed\n", failed);
+  return failed > 0 ? 1 : 0;
+}
+
+int bench() {
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf(
+      "%s, %d SMs; 32 tokens; us a call replayed from a CUDA graph behind a 2 us kernel, 4 copies of the "
+      "weights\n",
+      prop.name, prop.multiProcessorCount);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  Gemm cublas(st);
+  GateUpGemm gemm(prop.multiProcessorCount);
+  const int T = 32, inter = 14336, K = 4096, copies = 4, iters = 64;
+  const size_t wElems = static_cast<size_t>(2) * inter * K;
+  bf16_t *W = nullptr, *X = nullptr, *act = nullptr;
+  float* gu = nullptr;
+  CK(cudaMalloc(&W, wElems * copies * 2));
+  noiseBf16Kernel<<<1024, 256>>>(reinterpret_cast<uint16_t*>(W), wElems * copies, 1, 0.05f);
+  CK(cudaMalloc(&X, static_cast<size_t>(T) * K * 2));
+  noiseBf16Kernel<<<64, 256>>>(reinterpret_cast<uint16_t*>(X), static_cast<size_t>(T) * K, 2, 1.0f);
+  CK(cudaMalloc(&act, static_cast<size_t>(T) * inter * 2));
+  CK(cudaMalloc(&gu, static_cast<size_t>(T) * 2 * inter * 4));
+  CK(cudaDeviceSynchronize());
+  auto before = [&](cudaStream_t s) { shortKernel<<<prop.multiProcessorCount, 128, 0, s>>>(); };
+  const double alone = graphCallUs(st, iters, before, [](int, cudaStream_t) {});
+  const double cb = graphCallUs(st, iters, before, [&](int i, cudaStream_t s) {
+    cublas.linear(T, 2 * inter, K, W + (i % copies) * wElems, K, X, K, gu, ElemType::F32, 1, 0);
+    siluMul(gu, act, T, inter, s, inter);
+  });
+  const double cbGemm = graphCallUs(st, iters, before, [&](int i, cudaStream_t s) {
+    (void)s;
+    cublas.linear(T, 2 * inter, K, W + (i % copies) * wElems, K, X, K, gu, ElemType::F32, 1, 0);
+  });
+  std::printf("the 2 us kernel alone %6.2f; cuBLAS and siluMul %6.2f (cuBLAS alone %6.2f)\n", alone, cb, cbGemm);
+  for (int splits : {1, 2, 3, 4}) {
+    GateUpGemmArgs a;
+    a.W = W, a.ldw = K, a.X = X, a.ldx = K, a.act = act, a.ldAct = inter, a.M = T, a.inter = inter, a.K = K;
+    gemm.run(a, splits, st, false);  // its workspace, before the capture
+    CK(cudaStreamSynchronize(st));
+    const double ours = graphCallUs(st, iters, before, [&](int i, cudaStream_t s) {
+      a.W = W + (i % copies) * wElems;
+      gemm.run(a, splits, s, true);
+    });
+    std::printf("ours, %d part%s: %6.2f\n", splits, splits > 1 ? "s" : "", ours);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return checksOrBench(argc, argv, checks, bench); }
