@@ -505,13 +505,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }  // namespace
 
 bool DecodeGemm::available() {
-  // The kernel takes its stages from the start of its dynamic shared memory, which is 1 KB aligned
-  // where its static part is whole kilobytes (the extern declaration's alignment pads it so); a
-  // build where it is not leaves the projections to cuBLAS rather than reach the kernel's trap.
-  static const bool built = sm90aKernelsRun(&gDecodeGemmBuilt) && [] {
-    cudaFuncAttributes attr{};
-    return cudaFuncGetAttributes(&attr, decodeGemmKernel) == cudaSuccess && attr.sharedSizeBytes % 1024 == 0;
-  }();
+  static const bool built = sm90aStagedKernelRuns(&gDecodeGemmBuilt, reinterpret_cast<const void*>(&decodeGemmKernel));
   return built;
 }
 

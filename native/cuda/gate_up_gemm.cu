@@ -204,10 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }  // namespace
 
 bool GateUpGemm::available() {
-  static const bool built = sm90aKernelsRun(&gGateUpGemmBuilt) && [] {
-    cudaFuncAttributes attr{};
-    return cudaFuncGetAttributes(&attr, gateUpGemmKernel) == cudaSuccess && attr.sharedSizeBytes % 1024 == 0;
-  }();
+  static const bool built = sm90aStagedKernelRuns(&gGateUpGemmBuilt, reinterpret_cast<const void*>(&gateUpGemmKernel));
   return built;
 }
 

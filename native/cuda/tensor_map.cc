@@ -57,6 +57,12 @@ bool sm90aKernelsRun(const void* builtFlag) {
   return true;
 }
 
+bool sm90aStagedKernelRuns(const void* builtFlag, const void* kernel) {
+  cudaFuncAttributes attr{};
+  return sm90aKernelsRun(builtFlag) && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
+         attr.sharedSizeBytes % 1024 == 0;
+}
+
 CUtensorMap bf16TensorMap(const bf16_t* base, int cols, int rows, int ld, int boxCols, int boxRows) {
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};

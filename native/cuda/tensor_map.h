@@ -16,6 +16,11 @@ bool tensorMapsAvailable();
 // here: a device of compute capability 9.0, that unit's sm_90a code in this build (builtFlag: its
 // __device__ int, 1 where that code was compiled), and the driver's tensor maps.
 bool sm90aKernelsRun(const void* builtFlag);
+// The same for one kernel that takes its 1 KB aligned stages from the start of its dynamic shared
+// memory: also that its static part is whole kilobytes (the extern declaration's alignment pads it
+// so), where a build that did not would reach the kernel's trap instead of leaving its work to
+// cuBLAS.
+bool sm90aStagedKernelRuns(const void* builtFlag, const void* kernel);
 
 // A [rows][cols] bf16 matrix (rows ld apart) in boxes of boxCols x boxRows, 128-byte swizzled
 // (boxCols x 2 bytes at most 128), with zeros for boxes past its ends.
