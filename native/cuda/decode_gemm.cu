@@ -278,19 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // One stage's products into sums: the A part's stages, then the block's own, each in a loop of
   // its own (a branch between two sums around wgmma serializes it).
   auto stage = [&](int i, float(&sums)[4][4]) {
-    barrierWait(&full[i % kStages], (i / kStages) & 1);
-    const bf16_t* w = stageW(i);
-    const bf16_t* x = stageX(i);
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-    for (int kk = 0; kk < kStageK / 16; ++kk) {
-      const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
-      wgmma32(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
-    }
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    __syncwarp();
-    if (lane == 0) barrierArrive(&empty[i % kStages]);
+    multiplyStage(stageW(i), stageX(i), &full[i % kStages], &empty[i % kStages], (i / kStages) & 1, sums);
   };
   float acc[4][4] = {};
   int i = group;

@@ -170,6 +170,24 @@ __device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b
         "+f"(d[3][2]), "+f"(d[3][3])
       : "l"(a), "l"(b));
 }
+
+// One stage's products into sums by a warpgroup: wait for the stage's copies (full, of this
+// parity), multiply its four boxes of weight rows w by its token rows x, and free the stage
+// (empty counts a warp).
+__device__ __forceinline__ void multiplyStage(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
+                                              unsigned parity, float (&sums)[4][4]) {
+  barrierWait(full, parity);
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < kStageK / 16; ++kk) {
+    const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
+    wgmma32(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) barrierArrive(empty);
+}
 #endif
 
 }  // namespace decode_gemm

@@ -109,19 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   pdlWait();
   const int group = warp >> 2;
   auto stage = [&](int n, float(&sums)[4][4]) {
-    barrierWait(&full[n % kStages], (n / kStages) & 1);
-    const bf16_t* w = stageW(n);
-    const bf16_t* x = stageX(n);
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-    for (int kk = 0; kk < kStageK / 16; ++kk) {
-      const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
-      wgmma32(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
-    }
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    __syncwarp();
-    if (lane == 0) barrierArrive(&empty[n % kStages]);
+    multiplyStage(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
   };
   // acc[j][h]: row 16 (warp & 3) + g (+ 8 for h >= 2) of the tile, token 8 j + 2 q + (h & 1).
   const int r0 = (warp & 3) * 16 + g;
