@@ -14,7 +14,6 @@
 namespace troupe {
 namespace cuda {
 
-//
 // Split rows (lora_fused.h): where X2 is set, up's rows read their features past xK from X2 (rows
 // ldx apart) instead of X: gate's and up's LoRA columns are then each their own token row's, the
 // first xK features being the same in both. Those stages run twice, each with the other half's
