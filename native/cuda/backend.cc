@@ -146,6 +146,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_GEMM"))
     gateUpSplits_ = parseCount("TROUPE_CUDA_GATE_UP_GEMM", env, 0, 4);
+  if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_SHRINK")) gateUpShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE")) gemmTune_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE_AFTER"))
     gemmTuneAfter_ = parseCount("TROUPE_CUDA_GEMM_TUNE_AFTER", env, 0, 1 << 30);

@@ -199,10 +199,10 @@ class CudaBackend : public Backend {
   // gap after the norm. TROUPE_CUDA_GATE_UP_GEMM=0 keeps cuBLAS and siluMul, =N (1-4) splits K
   // into N parts (default 1: on an H100 at Llama-8B's shape, 86.8 us behind a 2 us kernel in one
   // part, 100-104 in 2-4, against 85.6 for cuBLAS and siluMul; in the engine the base step took
-  // 6.80-6.81 ms against 6.83-6.87; bench/results/2026-12-06-h100-gate-up-gemm.json). Steps with
-  // adapters keep cuBLAS: reading the item shrink's LoRA columns, split rows' padding stages ran
-  // once for each half and the step took longer (7.53 against 7.50 ms at rank 16, 8.23 against 8.09
-  // at rank 64).
+  // 6.80-6.81 ms against 6.83-6.87; bench/results/2026-12-06-h100-gate-up-gemm.json). With
+  // gate/up adapters it reads the LoRA columns it makes itself (gateUpShrink_); reading the item
+  // shrink's, the step took longer than with cuBLAS (7.53 against 7.50 ms at rank 16, 8.23 against
+  // 8.09 at rank 64), so that form is not offered.
   int gateUpSplits_ = 1;
   // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
   // TROUPE_CUDA_GEMM_TUNE=0 keeps cublasGemmEx's default, for comparing.
@@ -353,6 +353,11 @@ class CudaBackend : public Backend {
   // Set by forward() for the gate/up projection: where the product is one GEMM over the rows (no
   // LoRA pass after it), gateUpAct takes it into act_ and actMade_ says so.
   bool gateUpActWanted_ = false, actMade_ = false;
+  // With adapters, the gate/up GEMM makes gate/up's LoRA columns itself, with no shrink kernel
+  // before it (TROUPE_LORA_GATE_UP_SHRINK=0: the item or row shrink makes them, and cuBLAS reads
+  // them); its arguments for layer l's step, or M = 0 where it does not apply.
+  bool gateUpShrink_ = true;
+  cuda::GateUpGemmArgs gateUpLoraArgs(int l, const cuda::LoraSlices& sl, const cuda::AugmentedRows& xa) const;
   EngineInfo info_;
   std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty
   cuda::AttnShape shape_{};

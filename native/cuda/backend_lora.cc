@@ -104,8 +104,19 @@ void CudaBackend::projection(int l, cuda::WeightGroup g, const char* name, std::
         rows.bf16 = makeRows(input, xa_.get(), in, ld);
         rows.ld = ld;
       }
-      timer_.mark("lora", stream_);
       const cuda::AugmentedRows xa = augmented(g);
+      if (g == cuda::kGateUpWeight && !columnsMade) {
+        // gate/up's GEMM makes its LoRA columns itself (gate_up_gemm.h), from the normed rows in xa.
+        const cuda::GateUpGemmArgs gu = gateUpLoraArgs(l, sl, xa);
+        if (gu.M > 0) {
+          if (rows.source != cuda::RowSource::kCopy) makeRows(input, xa.data, in, ld);
+          timer_.mark(name, stream_);
+          gateUpGemm_->run(gu, gateUpSplits_, stream_, true);
+          actMade_ = true;
+          return;
+        }
+      }
+      timer_.mark("lora", stream_);
       if ((g == cuda::kOWeight && oColumnsMade_) || columnsMade) {
         // The decode attention (oLoraEpilogue) or the norm wrote the rows and their LoRA columns.
       } else if (d.itemShrink) {

@@ -161,6 +161,27 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
   return decodeGemm_->supports(a, 1) ? a : cuda::DecodeGemmArgs{};
 }
 
+cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& sl,
+                                                 const cuda::AugmentedRows& xa) const {
+  const cuda::WeightGroup g = cuda::kGateUpWeight;
+  const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
+  if (!gateUpActWanted_ || !gateUpShrink_ || tp_.size != 1 || sl.in != in || !cuda::loraAContiguous(sl) ||
+      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || gemvTakes(T, in, w_->layers[l].matrix(g), ld, xa.data, ld))
+    return {};
+  cuda::GateUpGemmArgs a;
+  a.W = w_->layers[l].matrix(g), a.ldw = ld, a.X = xa.data, a.ldx = xa.ld;
+  a.X2 = xa.slicePitch ? xa.data + xa.slicePitch : nullptr;
+  a.act = act_.get(), a.ldAct = c_.intermediateSize, a.M = T, a.inter = c_.intermediateSize;
+  a.K = in + paddingUsed(g), a.xK = in;
+  cuda::DecodeGemmLora& lo = a.lora;
+  // Every covered slot's A rows of both modules (slot-major), and their columns in the padding's
+  // order, as the item shrink writes them.
+  lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.count * sl.slotRank, lo.maxRank = sl.maxRank;
+  lo.slotRank = sl.slotRank, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
+  lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.modules = sl.count;
+  return gateUpGemm_->supports(a, gateUpSplits_) ? a : cuda::GateUpGemmArgs{};
+}
+
 cuda::LoraTailDelta CudaBackend::tailDelta(int l, const cuda::LoraSlices& sl, int N) const {
   cuda::LoraTailDelta d;
   d.tailColumn = N, d.count = sl.count, d.maxRank = sl.maxRank, d.slotRank = sl.slotRank, d.slots = stepSlots_;

@@ -7,7 +7,8 @@
 // warpgroups that take alternate stages across units. At a unit's end the second group hands its
 // sums to the first, which writes the unit's part; the last part of a tile to finish adds the
 // parts in part order and, its gate rows' warps meeting its up rows' through shared memory, writes
-// silu(gate) x up as bf16.
+// silu(gate) x up as bf16. With LoRA the grid's first units are the A tiles' (gate_up_plan.h), whose
+// last part writes the LoRA columns that the weight units' last stages read.
 #include <cuda.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "cuda/bf16_pack.cuh"
 #include "cuda/decode_gemm_ops.cuh"
 #include "cuda/gate_up_gemm.h"
+#include "cuda/gate_up_plan.h"
 #include "cuda/pdl.cuh"
 #include "cuda/silu.cuh"
 #include "cuda/tensor_map.h"
@@ -36,10 +38,16 @@ constexpr int kGateUpSmemBytes = kSmemBytes + (2 * kUnitSumsFloats + kUpFloats) 
 
 __device__ int gGateUpGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 
+using gate_up::kMaxAParts;
+using gate_up::kMaxATiles;
+using gate_up::Plan;
+using gate_up::Unit;
+static_assert(kMaxATiles * kTileRows == kDecodeGemmSpreadMaxRows, "an A tile for every 64 of the most A rows");
+
 __global__ void __launch_bounds__(kThreads, 1)
     gateUpGemmKernel(GateUpGemmArgs args, const __grid_constant__ CUtensorMap wMap,
-                     const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap x2Map, int tiles,
-                     int kTiles, int xStages, int padStages, int splits, float* partials, unsigned* counters) {
+                     const __grid_constant__ CUtensorMap xMap, const __grid_constant__ CUtensorMap x2Map,
+                     const __grid_constant__ CUtensorMap aMap, Plan plan, float* partials, unsigned* counters) {
 #if TROUPE_DECODE_GEMM_BODY
   extern __shared__ __align__(1024) uint8_t smemRaw[];
   if (smemAddr(smemRaw) % 1024 != 0) __trap();
@@ -49,9 +57,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ bool last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
-  const int units = tiles * splits;
-  // Unit u: tile u % tiles over K stages [kt0, kt0 + count) of part u / tiles.
-  auto partStart = [&](int part) { return part * kTiles / splits; };
+  const int units = plan.units();
+  // With LoRA, past the tiles' counters: the A tiles whose columns are written, and the blocks
+  // that have read that count (the last of them sets both back to 0 for the next launch).
+  unsigned* ready = counters + plan.readyCounter();
+  unsigned* readers = ready + 1;
   initStageBarriers(full, empty, kStages, kConsumerWarps / 2);
   auto stageW = [&](int n) { return smem + (n % kStages) * kStageElems; };
   auto stageX = [&](int n) { return stageW(n) + kTileRows * kStageK; };
@@ -61,45 +71,65 @@ __global__ void __launch_bounds__(kThreads, 1)
       asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wMap)) : "memory");
       asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
       if (args.X2) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x2Map)) : "memory");
-      // Stage s of a unit: K stage s, or with split rows past xStages gate's then up's padding
-      // stages (half 0, 1), the other half's rows copied from past the weights' last row (zeros).
-      auto kOf = [&](int s) { return s < xStages ? s : xStages + (s - xStages) % padStages; };
-      auto halfOf = [&](int s) { return s < xStages ? -1 : (s - xStages) / padStages; };
+      if (plan.aTiles) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
+      // A weight unit's stage s (Plan::stageK, stageHalf): with split rows, the other half's rows
+      // of a padding stage are copied from past the weights' last row (zeros). An A unit's stages
+      // are x stages.
       const int beyond = 2 * args.inter;
-      auto issueW = [&](int n, int tile, int s) {
-        const int k = kOf(s), half = halfOf(s);
+      auto issueW = [&](int n, const Unit& x, int s) {
+        const int k = plan.stageK(s), half = plan.stageHalf(s);
         barrierExpect(&full[n % kStages], (kTileRows + kTokens) * kStageK * 2);
         for (int c = 0; c < kCopies; ++c) {
           bf16_t* w = stageW(n) + c * kTileRows * kBox;
-          tensorCopy(w, &wMap, k * kStageK + c * kBox, half == 1 ? beyond : tile * kHalfRows, &full[n % kStages]);
-          tensorCopy(w + kHalfRows * kBox, &wMap, k * kStageK + c * kBox,
-                     half == 0 ? beyond : args.inter + tile * kHalfRows, &full[n % kStages]);
+          const int kc = k * kStageK + c * kBox;
+          if (x.isA) {
+            tensorCopy(w, &aMap, kc, x.tile * kTileRows, &full[n % kStages]);
+            tensorCopy(w + kHalfRows * kBox, &aMap, kc, x.tile * kTileRows + kHalfRows, &full[n % kStages]);
+          } else {
+            tensorCopy(w, &wMap, kc, half == 1 ? beyond : x.tile * kHalfRows, &full[n % kStages]);
+            tensorCopy(w + kHalfRows * kBox, &wMap, kc, half == 0 ? beyond : args.inter + x.tile * kHalfRows,
+                       &full[n % kStages]);
+          }
         }
       };
-      auto issueX = [&](int n, int s) {
-        const CUtensorMap* map = halfOf(s) == 1 ? &x2Map : &xMap;
+      // The LoRA columns are read only once every A tile's are written (by other blocks, so through
+      // global memory and then the tensor copies' proxy).
+      bool seen = plan.aTiles == 0;
+      auto issueX = [&](int n, const Unit& x, int s) {
+        if (!x.isA && plan.readsColumns(s) && !seen) {
+          while (loadAcquire(ready) < static_cast<unsigned>(plan.aTiles)) __nanosleep(64);
+          asm volatile("fence.proxy.async.global;" ::: "memory");
+          seen = true;
+        }
+        const CUtensorMap* map = plan.stageHalf(s) == 1 ? &x2Map : &xMap;
         for (int c = 0; c < kCopies; ++c)
-          tensorCopy(stageX(n) + c * kTokens * kBox, map, kOf(s) * kStageK + c * kBox, 0, &full[n % kStages]);
+          tensorCopy(stageX(n) + c * kTokens * kBox, map, plan.stageK(s) * kStageK + c * kBox, 0, &full[n % kStages]);
       };
-      // The first stages' weights before the wait (written before the grid began), then every
-      // stage's token rows after it.
+      // The first stages' weights (and A rows) before the wait (written before the grid began),
+      // then every stage's token rows after it.
       int n = 0;
       for (int u = blockIdx.x; u < units && n < kStages; u += gridDim.x) {
-        const int tile = u % tiles, part = u / tiles, kt0 = partStart(part), count = partStart(part + 1) - kt0;
-        for (int i = 0; i < count && n < kStages; ++i, ++n) issueW(n, tile, kt0 + i);
+        const Unit x = plan.unit(u);
+        for (int i = 0; i < x.count && n < kStages; ++i, ++n) issueW(n, x, x.kt0 + i);
       }
       const int early = n;
       pdlWait();
       n = 0;
       for (int u = blockIdx.x; u < units; u += gridDim.x) {
-        const int tile = u % tiles, part = u / tiles, kt0 = partStart(part), count = partStart(part + 1) - kt0;
-        for (int i = 0; i < count; ++i, ++n) {
+        const Unit x = plan.unit(u);
+        for (int i = 0; i < x.count; ++i, ++n) {
           if (n >= early) {
             barrierWait(&empty[n % kStages], ((n / kStages) - 1) & 1);
-            issueW(n, tile, kt0 + i);
+            issueW(n, x, x.kt0 + i);
           }
-          issueX(n, kt0 + i);
+          issueX(n, x, x.kt0 + i);
         }
+      }
+      // Every block counts itself once past its wait (or without one); a block that waited saw
+      // every A tile done, so the last one may set the counts back.
+      if (plan.aTiles && atomicAdd(readers, 1u) == gridDim.x - 1) {
+        atomicExch(ready, 0u);
+        atomicExch(readers, 0u);
       }
     }
     __syncwarp();
@@ -116,9 +146,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto tokenOf = [&](int j, int h) { return 8 * j + 2 * q + (h & 1); };
   int n = 0, parity = 0;
   for (int u = blockIdx.x; u < units; u += gridDim.x, parity ^= 1) {
-    const int tile = u % tiles, part = u / tiles, kt0 = partStart(part), count = partStart(part + 1) - kt0;
+    const Unit x = plan.unit(u);
     float acc[4][4] = {};
-    for (int i = 0; i < count; ++i, ++n)
+    for (int i = 0; i < x.count; ++i, ++n)
       if (n % 2 == group) stage(n, acc);
     // The second group's sums to the first, in this unit's buffer: the first group read the other
     // one before it last met the second here.
@@ -134,29 +164,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 4; ++h) acc[j][h] += handed[((warp & 3) * 16 + j * 4 + h) * 32 + lane];
-    if (splits > 1) {
+    if (x.parts > 1) {
       // The unit's part through the workspace; the tile's last part to finish adds them all in part
       // order (the same sum whichever finishes last).
-      float4* mine = reinterpret_cast<float4*>(partials + (static_cast<size_t>(tile) * splits + part) * kPartFloats);
+      const size_t first = plan.partIndex(x) - x.part;
+      float4* mine = reinterpret_cast<float4*>(partials + (first + x.part) * kPartFloats);
 #pragma unroll
       for (int j = 0; j < 4; ++j) __stcg(mine + j * 128 + tid, make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
       __threadfence();
       firstGroupSync();
       if (tid == 0) {
-        last = atomicAdd(counters + tile, 1u) == static_cast<unsigned>(splits - 1);
-        if (last) counters[tile] = 0;  // ready for the next launch
+        unsigned* done = counters + plan.counter(x);
+        last = atomicAdd(done, 1u) == static_cast<unsigned>(x.parts - 1);
+        if (last) *done = 0;  // ready for the next launch
       }
       firstGroupSync();
       if (!last) continue;
       __threadfence();
       float sum[4][4] = {};
-      for (int p = 0; p < splits; ++p) {
-        const float4* theirs =
-            reinterpret_cast<const float4*>(partials + (static_cast<size_t>(tile) * splits + p) * kPartFloats);
+      for (int p = 0; p < x.parts; ++p) {
+        const float4* theirs = reinterpret_cast<const float4*>(partials + (first + p) * kPartFloats);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const float4 v =
-              p == part ? make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]) : __ldcg(theirs + j * 128 + tid);
+              p == x.part ? make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]) : __ldcg(theirs + j * 128 + tid);
           sum[j][0] += v.x, sum[j][1] += v.y, sum[j][2] += v.z, sum[j][3] += v.w;
         }
       }
@@ -164,6 +195,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int h = 0; h < 4; ++h) acc[j][h] = sum[j][h];
+    }
+    if (x.isA) {
+      // The A tile's shrink outputs as LoRA columns: each token's own slot's, scaled, below its
+      // module's rank; zero in every other column, which the padding stages multiply as well.
+      const DecodeGemmLora& lora = args.lora;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int row = x.tile * kTileRows + r0 + (h >= 2 ? 8 : 0), t = tokenOf(j, h);
+          if (row >= lora.rows || t >= args.M) continue;
+          const LoraRowPlace p = loraRowPlace(lora, row);
+          const int slot = lora.rowSlot[t], r = loraOwnRank(lora, p, slot);
+          const bool own = r >= 0 && r < min(lora.ranks[slot * lora.rankPitch + lora.module + p.module], lora.maxRank);
+          // Split rows: module j's columns in its own row, from xK; else one block of every module's.
+          bf16_t* row0 = const_cast<bf16_t*>(args.X2 && p.module == 1 ? args.X2 : args.X);
+          const int column = args.X2 ? p.column - p.module * (lora.rows / lora.modules) : p.column;
+          row0[static_cast<size_t>(t) * args.ldx + args.xK + column] = toB(own ? acc[j][h] * lora.scaling[slot] : 0.0f);
+        }
+      asm volatile("fence.proxy.async.global;" ::: "memory");
+      __threadfence();
+      firstGroupSync();
+      if (tid == 0) atomicAdd(ready, 1u);
+      continue;
     }
     // Up's rows (warps 2 and 3 of the group) meet gate's (warps 0 and 1) in shared memory.
     if (r0 >= kHalfRows)
@@ -177,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int h = 0; h < 4; ++h) {
-          const int row = r0 + (h >= 2 ? 8 : 0), t = tokenOf(j, h), f = tile * kHalfRows + row;
+          const int row = r0 + (h >= 2 ? 8 : 0), t = tokenOf(j, h), f = x.tile * kHalfRows + row;
           if (t < args.M && f < args.inter) {
             const float up = upSums[row * kTokens + t];
             args.act[static_cast<size_t>(t) * args.ldAct + f] = toB(silu(acc[j][h]) * up);
@@ -203,48 +258,50 @@ GateUpGemm::GateUpGemm(int sms) : sms_(std::max(sms, 1)) {
 
 namespace {
 
-// A call's K stages: those over the features both halves read, and with X2 each half's stages
-// past them.
-struct Stages {
-  int x, pad, total;
-};
-Stages stagesOf(const GateUpGemmArgs& a) {
-  if (!a.X2) {
-    const int x = (a.K + kStageK - 1) / kStageK;
-    return {x, 0, x};
-  }
-  const int x = a.xK / kStageK, pad = (a.K - a.xK + kStageK - 1) / kStageK;
-  return {x, pad, x + 2 * pad};
+Plan planOf(const GateUpGemmArgs& a, int splits) {
+  return gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, splits, a.lora.A ? a.lora.rows : 0, a.loraParts,
+                           kHalfRows, kStageK, kTileRows);
+}
+
+// The LoRA part's own conditions (GateUpGemmArgs::lora).
+bool loraSupported(const GateUpGemmArgs& a) {
+  const DecodeGemmLora& l = a.lora;
+  if (!l.A) return true;
+  const int modules = a.X2 ? 2 : l.modules;
+  return a.xK > 0 && a.xK % kStageK == 0 && l.modules == modules && modules >= 1 && modules <= 2 &&
+         l.rows % (8 * modules) == 0 && l.rows <= kMaxATiles * kTileRows && a.K - a.xK == l.rows / (a.X2 ? 2 : 1) &&
+         l.lda % 8 == 0 && l.lda >= a.xK && aligned16(l.A) && l.maxRank > 0 && l.rowSlot && l.ranks && l.scaling &&
+         a.loraParts >= 1 && a.loraParts <= kMaxAParts;
 }
 
 }  // namespace
 
 bool GateUpGemm::supports(const GateUpGemmArgs& a, int splits) const {
   const bool split = !a.X2 || (a.xK % kStageK == 0 && a.xK > 0 && a.xK < a.K && aligned16(a.X2));
-  return available() && split && a.M >= 1 && a.M <= kTokens && a.inter >= kHalfRows && a.inter % kHalfRows == 0 &&
-         a.K >= kStageK && a.K % 8 == 0 && splits >= 1 && stagesOf(a).total >= splits && a.ldw % 8 == 0 &&
-         a.ldx % 8 == 0 && a.ldAct % 8 == 0 && a.ldw >= a.K && a.ldx >= a.K && a.ldAct >= a.inter && aligned16(a.W) &&
-         aligned16(a.X) && aligned16(a.act);
+  return available() && split && loraSupported(a) && a.M >= 1 && a.M <= kTokens && a.inter >= kHalfRows &&
+         a.inter % kHalfRows == 0 && a.K >= kStageK && a.K % 8 == 0 && splits >= 1 &&
+         planOf(a, splits).kTiles >= splits && a.ldw % 8 == 0 && a.ldx % 8 == 0 && a.ldAct % 8 == 0 && a.ldw >= a.K &&
+         a.ldx >= a.K && a.ldAct >= a.inter && aligned16(a.W) && aligned16(a.X) && aligned16(a.act);
 }
 
 void GateUpGemm::reserve(int inter, int splits) {
-  const int tiles = (inter + kHalfRows - 1) / kHalfRows;
-  partials_.ensure(static_cast<size_t>(tiles) * splits * kPartFloats);
-  if (counters_.ensure(tiles)) check(cudaMemset(counters_.get(), 0, tiles * sizeof(unsigned)), "cudaMemset");
+  const int tiles = (inter + kHalfRows - 1) / kHalfRows, counters = gate_up::reservedCounters(tiles);
+  partials_.ensure(gate_up::reservedParts(tiles, splits) * kPartFloats);
+  if (counters_.ensure(counters)) check(cudaMemset(counters_.get(), 0, counters * sizeof(unsigned)), "cudaMemset");
 }
 
 void GateUpGemm::run(const GateUpGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("gate/up GEMM: unsupported shape");
-  const Stages s = stagesOf(a);
-  const int tiles = a.inter / kHalfRows, units = tiles * splits;
+  const Plan p = planOf(a, splits);
+  const int units = p.aTiles * p.aParts + p.tiles * splits;
   reserve(a.inter, splits);
   // Both maps end at K: a last stage reaching past it lands zeros in the weights and the rows.
   const CUtensorMap wMap = bf16TensorMap(a.W, a.K, 2 * a.inter, a.ldw, kBox, kHalfRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);
   const CUtensorMap x2Map = a.X2 ? bf16TensorMap(a.X2, a.K, a.M, a.ldx, kBox, kTokens) : xMap;
+  const CUtensorMap aMap = a.lora.A ? bf16TensorMap(a.lora.A, a.xK, a.lora.rows, a.lora.lda, kBox, kHalfRows) : wMap;
   launchPdlShared(gateUpGemmKernel, dim3(std::min(units, sms_)), dim3(kThreads), kGateUpSmemBytes, st, pdl,
-                  "gate/up GEMM launch", a, wMap, xMap, x2Map, tiles, s.total, s.x, s.pad, splits, partials_.get(),
-                  counters_.get());
+                  "gate/up GEMM launch", a, wMap, xMap, x2Map, aMap, p, partials_.get(), counters_.get());
 }
 
 }  // namespace cuda

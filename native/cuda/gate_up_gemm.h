@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "cuda/decode_gemm.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 
@@ -18,6 +19,15 @@ namespace cuda {
 // ldx apart) instead of X: gate's and up's LoRA columns are then each their own token row's, the
 // first xK features being the same in both. Those stages run twice, each with the other half's
 // weight rows zero (copied from past the tensor's end), so one product covers both.
+//
+// LoRA (lora.A set): the GEMM also makes the LoRA columns that its last K stages read, X's (and
+// X2's) features from xK on, which it writes itself, so that no shrink kernel runs before it. Its
+// first units multiply every slot's A rows (lora.rows of them, as DecodeGemmLora lays them, over
+// xK features) by the token rows, each A tile's K over loraParts units so that they end long
+// before any weight tile reaches its columns; the tile's last part writes each token's own slot's
+// outputs, scaled, below its rank, and zeros elsewhere (decode_gemm.h's column order: one block of
+// every module's, or with split rows module j's in row X or X2). The copying warps wait for every A
+// tile before the columns' stages. K - xK must be the columns a row holds.
 struct GateUpGemmArgs {
   const bf16_t* W = nullptr;
   int ldw = 0;
@@ -27,6 +37,8 @@ struct GateUpGemmArgs {
   bf16_t* act = nullptr;
   int ldAct = 0;
   int M = 0, inter = 0, K = 0, xK = 0;
+  DecodeGemmLora lora;  // A, lda, rows, maxRank, slotRank, rowSlot, ranks, rankPitch, module, scaling, modules
+  int loraParts = 4;
 };
 
 class GateUpGemm {

@@ -134,6 +134,147 @@ int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, Rng& rng, cudaStream_t 
   return bad;
 }
 
+// With LoRA: the GEMM makes the LoRA columns itself (slots x 2 modules of A rows over xK
+// features; split rows or one block of both modules) and reads them in its last stages. Tokens of
+// every slot and of none, ranks below the max, three rounds bit-equal, and the columns it wrote
+// checked as well as act.
+struct LoraCase {
+  int M, inter, xK, slots, rank, splits, loraParts;
+  bool split;
+};
+
+int checkLora(GateUpGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
+  const int modules = 2, rows = c.slots * modules * c.rank, cols = c.split ? rows / 2 : rows, K = c.xK + cols;
+  const int ldw = K + 8, ldx = K + 8, ldAct = c.inter;
+  constexpr int kPitch = 7, kGate = 4;  // the pool's ranks, [slot][module]; gate's index
+  std::vector<uint16_t> W(static_cast<size_t>(2) * c.inter * ldw), A(static_cast<size_t>(rows) * c.xK);
+  for (auto& v : W) v = toBf16(rng.sym());
+  for (auto& v : A) v = toBf16(rng.sym() * 0.25f);
+  // Token rows: x then NaN in the columns the GEMM writes (X2's x part NaN too: never read).
+  std::vector<uint16_t> X(static_cast<size_t>(c.M) * ldx, kNaN16), X2(X.size(), kNaN16);
+  for (int m = 0; m < c.M; ++m)
+    for (int k = 0; k < c.xK; ++k) X[static_cast<size_t>(m) * ldx + k] = toBf16(rng.sym());
+  std::vector<int32_t> slot(c.M), ranks(static_cast<size_t>(c.slots) * kPitch, 0);
+  std::vector<float> scaling(c.slots);
+  for (int m = 0; m < c.M; ++m) slot[m] = m % (c.slots + 1) - 1;  // -1: no adapter
+  for (int k = 0; k < c.slots; ++k) {
+    scaling[k] = 0.5f + k;
+    for (int j = 0; j < modules; ++j) ranks[k * kPitch + kGate + j] = (k + j) % 2 ? c.rank : c.rank / 2;
+  }
+  // The columns, [token][module][slot][rank] as bf16 (host sums in double), then the sums.
+  std::vector<uint16_t> col(static_cast<size_t>(c.M) * rows, 0);
+  for (int m = 0; m < c.M; ++m)
+    for (int row = 0; row < rows; ++row) {
+      const int k = row / (modules * c.rank), j = row / c.rank % modules, r = row % c.rank;
+      if (slot[m] != k || r >= ranks[k * kPitch + kGate + j]) continue;
+      double sum = 0;
+      for (int f = 0; f < c.xK; ++f)
+        sum += static_cast<double>(fromBf16(X[static_cast<size_t>(m) * ldx + f])) *
+               fromBf16(A[static_cast<size_t>(row) * c.xK + f]);
+      col[static_cast<size_t>(m) * rows + j * (rows / 2) + k * c.rank + r] =
+          toBf16(static_cast<float>(sum * scaling[k]));
+    }
+  // Row n's LoRA column c for token m: with split rows gate's rows read module 0's block, up's
+  // module 1's; else every row reads both blocks.
+  auto colOf = [&](int m, int n, int cc) {
+    const int j = c.split ? (n >= c.inter ? 1 : 0) : 0;
+    return fromBf16(col[static_cast<size_t>(m) * rows + j * (rows / 2) + cc]);
+  };
+  std::vector<double> sums(static_cast<size_t>(c.M) * 2 * c.inter), bounds(sums.size()), slack(sums.size());
+  for (int m = 0; m < c.M; ++m)
+    for (int n = 0; n < 2 * c.inter; ++n) {
+      double s = 0, b = 0, sl = 0;
+      const uint16_t* w = &W[static_cast<size_t>(n) * ldw];
+      for (int k = 0; k < c.xK; ++k) {
+        const double p = static_cast<double>(fromBf16(X[static_cast<size_t>(m) * ldx + k])) * fromBf16(w[k]);
+        s += p, b += std::fabs(p);
+      }
+      for (int cc = 0; cc < cols; ++cc) {
+        const double p = static_cast<double>(colOf(m, n, cc)) * fromBf16(w[c.xK + cc]);
+        s += p, b += std::fabs(p), sl += std::fabs(p) / 128;  // a column a bf16 step apart
+      }
+      const size_t at = static_cast<size_t>(m) * 2 * c.inter + n;
+      sums[at] = s, bounds[at] = b, slack[at] = sl;
+    }
+  bf16_t* dW = reinterpret_cast<bf16_t*>(upload(W));
+  bf16_t* dA = reinterpret_cast<bf16_t*>(upload(A));
+  bf16_t* dX = reinterpret_cast<bf16_t*>(upload(X));
+  bf16_t* dX2 = reinterpret_cast<bf16_t*>(upload(X2));
+  std::vector<uint16_t> act0(static_cast<size_t>(c.M) * ldAct, kNaN16);
+  bf16_t* dAct = reinterpret_cast<bf16_t*>(upload(act0));
+  int32_t* dSlot = upload(slot);
+  int32_t* dRanks = upload(ranks);
+  float* dScaling = upload(scaling);
+  GateUpGemmArgs a;
+  a.W = dW, a.ldw = ldw, a.X = dX, a.X2 = c.split ? dX2 : nullptr, a.ldx = ldx, a.act = dAct, a.ldAct = ldAct;
+  a.M = c.M, a.inter = c.inter, a.K = K, a.xK = c.xK, a.loraParts = c.loraParts;
+  DecodeGemmLora& l = a.lora;
+  l.A = dA, l.lda = c.xK, l.rows = rows, l.maxRank = c.rank, l.rowSlot = dSlot, l.ranks = dRanks;
+  l.rankPitch = kPitch, l.module = kGate, l.scaling = dScaling, l.modules = modules;
+  char what[160];
+  std::snprintf(what, sizeof what, "LoRA M %d inter %d xK %d slots %d rank %d splits %d parts %d %s", c.M, c.inter,
+                c.xK, c.slots, c.rank, c.splits, c.loraParts, c.split ? "split rows" : "one block");
+  int bad = 0;
+  if (!gemm.supports(a, c.splits)) {
+    std::printf("FAIL %s: not supported\n", what);
+    bad = 1;
+  }
+  std::vector<uint16_t> first, gotX(X.size()), gotX2(X.size());
+  for (int round = 0; round < 3 && !bad; ++round) {
+    CK(cudaMemcpyAsync(dAct, act0.data(), act0.size() * 2, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(dX, X.data(), X.size() * 2, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(dX2, X2.data(), X2.size() * 2, cudaMemcpyHostToDevice, st));
+    gemm.run(a, c.splits, st, true);
+    std::vector<uint16_t> act(act0.size());
+    CK(cudaMemcpyAsync(act.data(), dAct, act.size() * 2, cudaMemcpyDeviceToHost, st));
+    CK(cudaMemcpyAsync(gotX.data(), dX, X.size() * 2, cudaMemcpyDeviceToHost, st));
+    CK(cudaMemcpyAsync(gotX2.data(), dX2, X.size() * 2, cudaMemcpyDeviceToHost, st));
+    CK(cudaStreamSynchronize(st));
+    if (round == 0) {
+      first = act;
+    } else if (std::memcmp(act.data(), first.data(), act.size() * 2) != 0) {
+      std::printf("FAIL %s: round %d differs from the first\n", what, round);
+      bad = 1;
+    }
+  }
+  // The columns it wrote: the host's, or one bf16 step from them.
+  for (int m = 0; m < c.M && !bad; ++m)
+    for (int cc = 0; cc < rows && !bad; ++cc) {
+      const int j = cc / (rows / 2), within = cc % (rows / 2);
+      const uint16_t got = c.split ? (j ? gotX2 : gotX)[static_cast<size_t>(m) * ldx + c.xK + within]
+                                   : gotX[static_cast<size_t>(m) * ldx + c.xK + cc];
+      const float want = fromBf16(col[static_cast<size_t>(m) * rows + cc]), g = fromBf16(got);
+      if (!(std::fabs(g - want) <= std::fabs(want) / 128)) {
+        std::printf("FAIL %s: token %d (slot %d) column %d: %g against %g\n", what, m, slot[m], cc, g, want);
+        bad = 1;
+      }
+    }
+  double worst = 0;
+  for (int m = 0; m < c.M && !bad; ++m)
+    for (int n = 0; n < c.inter; ++n) {
+      const size_t at = static_cast<size_t>(m) * 2 * c.inter;
+      const double gs = sums[at + n], us = sums[at + c.inter + n], want = siluHost(gs) * us;
+      const double tol =
+          (1e-5 * bounds[at + n] + slack[at + n]) * std::fabs(us) * 1.1 +
+          (1e-5 * bounds[at + c.inter + n] + slack[at + c.inter + n]) * std::fabs(siluHost(gs)) +
+          (1e-5 * bounds[at + n] + slack[at + n]) * (1e-5 * bounds[at + c.inter + n] + slack[at + c.inter + n]) +
+          std::fabs(want) / 128 + 1e-6;
+      const double err = std::fabs(fromBf16(first[static_cast<size_t>(m) * ldAct + n]) - want);
+      if (!(err <= tol)) {
+        std::printf("FAIL %s: token %d feature %d: %g against %g\n", what, m, n,
+                    fromBf16(first[static_cast<size_t>(m) * ldAct + n]), want);
+        bad = 1;
+      }
+      worst = std::max(worst, err / tol);
+    }
+  if (!bad) std::printf("ok   %s: worst %.3f of the bound\n", what, worst);
+  for (void* p :
+       {static_cast<void*>(dW), static_cast<void*>(dA), static_cast<void*>(dX), static_cast<void*>(dX2),
+        static_cast<void*>(dAct), static_cast<void*>(dSlot), static_cast<void*>(dRanks), static_cast<void*>(dScaling)})
+    CK(cudaFree(p));
+  return bad;
+}
+
 int checks() {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -157,6 +298,14 @@ int checks() {
                         {32, 14336, 4096, 0, 2, true},       {20, 14336, 4096, 0, 1, true}};
   int failed = 0;
   for (const Case& c : cases) failed += check(gemm, cublas, c, rng, st);
+  // Split rows and one block; one and several A parts; more A tiles than one (8 slots of rank 64:
+  // 16); one weight part and two.
+  const LoraCase loraCases[] = {{32, 1024, 1024, 8, 16, 1, 4, true},
+                                {32, 1024, 1024, 8, 16, 2, 1, false},
+                                {13, 512, 2048, 8, 64, 1, 4, true},
+                                {32, 2048, 1024, 4, 32, 1, 3, true},
+                                {1, 256, 512, 2, 16, 2, 2, false}};
+  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, rng, st);
   std::printf("%d failed\n", failed);
   return failed > 0 ? 1 : 0;
 }

@@ -173,6 +173,17 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     ),
   );
 
+  // A decode step's gate/up GEMM makes gate/up's LoRA columns itself by default (in every case
+  // above); at 0 the item shrink makes them and cuBLAS's GEMM reads them.
+  it("adapters up to rank 16, gate/up's LoRA columns by the item shrink", () =>
+    withEnv({ TROUPE_LORA_GATE_UP_SHRINK: '0' }, () =>
+      check(
+        'rank-16 pool, gate/up shrink in its GEMM: 0',
+        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
+        small,
+      ),
+    ));
+
   // o's decode GEMM asks L2 for gate/up's A factors by default (in every case above); at 0 it does
   // not. A prefetch cannot change a result, only a fault or a wrong address could.
   it("adapters up to rank 16, gate/up's A not prefetched by o's decode GEMM", () =>
