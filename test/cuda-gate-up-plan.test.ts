@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 
-it('gives every stage of every tile one block, and each block its A units before the stages that wait for them', () => {
+it('gives every stage of every tile one block, and every unit that others wait for a place before theirs', () => {
   const bin = join(mkdtempSync(join(tmpdir(), 'gate-up-plan-')), 'check');
   execFileSync('g++', ['-std=c++17', '-O2', '-Inative', '-o', bin, 'test/gpu/gate_up_plan_check.cc'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = execFileSync(bin, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  expect(out.trim().split('\n').at(-1)).toBe('560 cases, 0 failed');
+  expect(out.trim().split('\n').at(-1)).toBe('704 cases, 0 failed');
 });

@@ -144,8 +144,11 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   if (const char* env = std::getenv("TROUPE_CUDA_GEMV"))
     gemvRows_ = parseCount("TROUPE_CUDA_GEMV", env, 0, cuda::kGemvLimitRows);
   if (const char* env = std::getenv("TROUPE_CUDA_DECODE_GEMM")) decodeGemmEnabled_ = std::string(env) != "0";
-  if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_GEMM"))
-    gateUpSplits_ = parseCount("TROUPE_CUDA_GATE_UP_GEMM", env, 0, 4);
+  if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_GEMM")) {
+    const std::string v = env;
+    gateUpGemmOn_ = v != "0";
+    gateUpSplits_ = v == "0" || v == "balanced" ? 0 : parseCount("TROUPE_CUDA_GATE_UP_GEMM", v, 1, 4);
+  }
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_SHRINK")) gateUpShrink_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE")) gemmTune_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE_AFTER"))
@@ -283,9 +286,9 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   w_ = std::make_unique<cuda::GpuWeights>(c, tensors, stream_, tp_.vocabCount, tp_.vocabPart, pad, split, tail);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   if (decodeGemmEnabled_ && cuda::DecodeGemm::available()) decodeGemm_ = std::make_unique<cuda::DecodeGemm>(sms_);
-  if (gateUpSplits_ > 0 && cuda::GateUpGemm::available()) {
+  if (gateUpGemmOn_ && cuda::GateUpGemm::available()) {
     gateUpGemm_ = std::make_unique<cuda::GateUpGemm>(sms_);
-    gateUpGemm_->reserve(c.intermediateSize, gateUpSplits_);
+    gateUpGemm_->reserve(c.intermediateSize);
   }
   qDim_ = c.numHeads * c.headDim;
   kvDim_ = c.numKvHeads * c.headDim;

@@ -195,15 +195,19 @@ class CudaBackend : public Backend {
   // where the build and the device have it; TROUPE_CUDA_DECODE_GEMM=0 keeps them on cuBLAS.
   bool decodeGemmEnabled_ = true;
   // A decode step's gate/up GEMM and SiLU-and-mul as one kernel of our own (gate_up_gemm.h),
-  // writing down's input rows in steps without adapters: no siluMul launch, and no cuBLAS launch
-  // gap after the norm. TROUPE_CUDA_GATE_UP_GEMM=0 keeps cuBLAS and siluMul, =N (1-4) splits K
-  // into N parts (default 1: on an H100 at Llama-8B's shape, 86.8 us behind a 2 us kernel in one
-  // part, 100-104 in 2-4, against 85.6 for cuBLAS and siluMul; in the engine the base step took
-  // 6.80-6.81 ms against 6.83-6.87; bench/results/2026-12-06-h100-gate-up-gemm.json). With
-  // gate/up adapters it reads the LoRA columns it makes itself (gateUpShrink_); reading the item
-  // shrink's, the step took longer than with cuBLAS (7.53 against 7.50 ms at rank 16, 8.23 against
-  // 8.09 at rank 64), so that form is not offered.
-  int gateUpSplits_ = 1;
+  // writing down's input rows: no siluMul launch, and no cuBLAS launch gap after the norm.
+  // TROUPE_CUDA_GATE_UP_GEMM=0 keeps cuBLAS and siluMul, =N (1-4) splits every tile's K into N
+  // parts, =balanced (the default) takes the plan whose longest block is shortest. On an H100 at
+  // Llama-8B's shape one part took 86.8 us behind a 2 us kernel, 2-4 parts 100-104 (a last arriver
+  // adding them), against 85.6 for cuBLAS and siluMul; in the engine the base step took 6.80-6.81
+  // ms against 6.83-6.87 (bench/results/2026-12-06-h100-gate-up-gemm.json). One part leaves 52 of
+  // the 448 tiles to a fourth round of 132 blocks, 16 stages each (18 with LoRA's padding stages),
+  // which the balanced plan spreads over every block. With gate/up adapters it reads the LoRA
+  // columns it makes itself (gateUpShrink_); reading the item shrink's, the step took longer than
+  // with cuBLAS (7.53 against 7.50 ms at rank 16, 8.23 against 8.09 at rank 64), so that form is
+  // not offered.
+  bool gateUpGemmOn_ = true;
+  int gateUpSplits_ = 0;
   // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
   // TROUPE_CUDA_GEMM_TUNE=0 keeps cublasGemmEx's default, for comparing.
   bool gemmTune_ = true;

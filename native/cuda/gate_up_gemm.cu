@@ -1,14 +1,14 @@
 // The decode step's gate/up GEMM and SiLU-and-mul (gate_up_gemm.h). A unit is one tile of 32 gate
-// rows and the 32 up rows of the same features over one of K's parts; block b takes units b, b +
-// gridDim.x, ... (the tiles of part 0 first, so that a tile's parts run far apart and the one that
-// ends last rarely waits). Its stages are the decode GEMM's (decode_gemm_ops.cuh): four 64-K boxes
-// of the 64 weight rows (gate's 32 then up's, each a 32-row box, 1 KB aligned, so the pair reads as
-// one 64-row swizzled tile) and of the token rows, a copying warp running up to kStages ahead of two
-// warpgroups that take alternate stages across units. At a unit's end the second group hands its
-// sums to the first, which writes the unit's part; the last part of a tile to finish adds the
-// parts in part order and, its gate rows' warps meeting its up rows' through shared memory, writes
-// silu(gate) x up as bf16. With LoRA the grid's first units are the A tiles' (gate_up_plan.h), whose
-// last part writes the LoRA columns that the weight units' last stages read.
+// rows and the 32 up rows of the same features over some or all of K's stages; block b takes units
+// b, b + gridDim.x, ... in the plan's order (gate_up_plan.h: LoRA A tiles' units, whole tiles,
+// then the parts of tiles split over the grid). Its stages are the decode GEMM's
+// (decode_gemm_ops.cuh): four 64-K boxes of the 64 weight rows (gate's 32 then up's, each a 32-row
+// box, 1 KB aligned, so the pair reads as one 64-row swizzled tile) and of the token rows, a copying
+// warp running up to kStages ahead of two warpgroups that take alternate stages across units. At a
+// unit's end the second group hands its sums to the first; a split tile's parts but the last leave
+// theirs in a workspace, and the last adds them in part order; then, its gate rows' warps meeting
+// its up rows' through shared memory, the first group writes silu(gate) x up as bf16, or for an A
+// tile the LoRA columns that the weight units' last stages read.
 #include <cuda.h>
 
 #include <algorithm>
@@ -55,7 +55,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* unitSums = reinterpret_cast<float*>(smem + kStages * kStageElems);
   float* upSums = unitSums + 2 * kUnitSumsFloats;
   __shared__ uint64_t full[kStages], empty[kStages];
-  __shared__ bool last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
   const int units = plan.units();
   // With LoRA, past the tiles' counters: the A tiles whose columns are written, and the blocks
@@ -165,22 +164,26 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int h = 0; h < 4; ++h) acc[j][h] += handed[((warp & 3) * 16 + j * 4 + h) * 32 + lane];
     if (x.parts > 1) {
-      // The unit's part through the workspace; the tile's last part to finish adds them all in part
-      // order (the same sum whichever finishes last).
+      // A split tile's parts meet in the workspace: every part but the last leaves its sums there
+      // and counts itself, without waiting; the last (after all the others in every block's order,
+      // gate_up_plan.h) waits for their counts and adds the parts in part order.
       const size_t first = plan.partIndex(x) - x.part;
-      float4* mine = reinterpret_cast<float4*>(partials + (first + x.part) * kPartFloats);
+      unsigned* done = counters + plan.counter(x);
+      if (x.part < x.parts - 1) {
+        float4* mine = reinterpret_cast<float4*>(partials + (first + x.part) * kPartFloats);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) __stcg(mine + j * 128 + tid, make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
-      __threadfence();
-      firstGroupSync();
+        for (int j = 0; j < 4; ++j)
+          __stcg(mine + j * 128 + tid, make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
+        __threadfence();
+        firstGroupSync();
+        if (tid == 0) atomicAdd(done, 1u);
+        continue;
+      }
       if (tid == 0) {
-        unsigned* done = counters + plan.counter(x);
-        last = atomicAdd(done, 1u) == static_cast<unsigned>(x.parts - 1);
-        if (last) *done = 0;  // ready for the next launch
+        while (loadAcquire(done) < static_cast<unsigned>(x.parts - 1)) __nanosleep(32);
+        *done = 0;  // ready for the next launch: every other part has counted itself
       }
       firstGroupSync();
-      if (!last) continue;
-      __threadfence();
       float sum[4][4] = {};
       for (int p = 0; p < x.parts; ++p) {
         const float4* theirs = reinterpret_cast<const float4*>(partials + (first + p) * kPartFloats);
@@ -258,10 +261,31 @@ GateUpGemm::GateUpGemm(int sms) : sms_(std::max(sms, 1)) {
 
 namespace {
 
-Plan planOf(const GateUpGemmArgs& a, int splits) {
-  return gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, splits, a.lora.A ? a.lora.rows : 0, a.loraParts,
-                           kHalfRows, kStageK, kTileRows);
+// The stages' worth of a unit's epilogue and of a split part's meeting in the workspace, for
+// balancing: on an H100 at Llama-8B's shape, 32 gate/up tiles a unit took 86.8 us in one part and
+// 100.2 in two (a last arriver adding the parts), about 1.35 us a stage.
+constexpr double kEpilogueStages = 0.5, kFixupStages = 1.0;
+// Uniform parts the workspace is reserved for.
+constexpr int kMaxSplits = 4;
+
+}  // namespace
+
+Plan GateUpGemm::planOf(const GateUpGemmArgs& a, int splits) const {
+  const int tiles = a.inter / kHalfRows;
+  Plan p = gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, splits > 0 ? splits : 1, a.lora.A ? a.lora.rows : 0,
+                             a.loraParts, kHalfRows, kStageK, kTileRows,
+                             gate_up::reservedWeightParts(tiles, kMaxSplits, sms_));
+  if (splits > 0) return p;
+  // Balanced plans are searched once a shape (a few milliseconds on the host).
+  const auto key = std::make_tuple(p.tiles, p.kTiles, p.xStages, p.padStages, p.aTiles, p.aParts);
+  auto it = balanced_.find(key);
+  if (it == balanced_.end())
+    it = balanced_.emplace(key, gate_up::balancedPlan(p, sms_, kEpilogueStages, kFixupStages)).first;
+  p.whole = it->second.whole, p.tailParts = it->second.tailParts;
+  return p;
 }
+
+namespace {
 
 // The LoRA part's own conditions (GateUpGemmArgs::lora).
 bool loraSupported(const GateUpGemmArgs& a) {
@@ -279,22 +303,24 @@ bool loraSupported(const GateUpGemmArgs& a) {
 bool GateUpGemm::supports(const GateUpGemmArgs& a, int splits) const {
   const bool split = !a.X2 || (a.xK % kStageK == 0 && a.xK > 0 && a.xK < a.K && aligned16(a.X2));
   return available() && split && loraSupported(a) && a.M >= 1 && a.M <= kTokens && a.inter >= kHalfRows &&
-         a.inter % kHalfRows == 0 && a.K >= kStageK && a.K % 8 == 0 && splits >= 1 &&
-         planOf(a, splits).kTiles >= splits && a.ldw % 8 == 0 && a.ldx % 8 == 0 && a.ldAct % 8 == 0 && a.ldw >= a.K &&
-         a.ldx >= a.K && a.ldAct >= a.inter && aligned16(a.W) && aligned16(a.X) && aligned16(a.act);
+         a.inter % kHalfRows == 0 && a.K >= kStageK && a.K % 8 == 0 && splits >= 0 && splits <= kMaxSplits &&
+         gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, 1, 0, 1, kHalfRows, kStageK, kTileRows, 0).kTiles >=
+             splits &&
+         a.ldw % 8 == 0 && a.ldx % 8 == 0 && a.ldAct % 8 == 0 && a.ldw >= a.K && a.ldx >= a.K && a.ldAct >= a.inter &&
+         aligned16(a.W) && aligned16(a.X) && aligned16(a.act);
 }
 
-void GateUpGemm::reserve(int inter, int splits) {
+void GateUpGemm::reserve(int inter) {
   const int tiles = (inter + kHalfRows - 1) / kHalfRows, counters = gate_up::reservedCounters(tiles);
-  partials_.ensure(gate_up::reservedParts(tiles, splits) * kPartFloats);
+  partials_.ensure(gate_up::reservedParts(tiles, kMaxSplits, sms_) * kPartFloats);
   if (counters_.ensure(counters)) check(cudaMemset(counters_.get(), 0, counters * sizeof(unsigned)), "cudaMemset");
 }
 
 void GateUpGemm::run(const GateUpGemmArgs& a, int splits, cudaStream_t st, bool pdl) {
   if (!supports(a, splits)) throw std::invalid_argument("gate/up GEMM: unsupported shape");
   const Plan p = planOf(a, splits);
-  const int units = p.aTiles * p.aParts + p.tiles * splits;
-  reserve(a.inter, splits);
+  const int units = p.units();
+  reserve(a.inter);
   // Both maps end at K: a last stage reaching past it lands zeros in the weights and the rows.
   const CUtensorMap wMap = bf16TensorMap(a.W, a.K, 2 * a.inter, a.ldw, kBox, kHalfRows);
   const CUtensorMap xMap = bf16TensorMap(a.X, a.K, a.M, a.ldx, kBox, kTokens);

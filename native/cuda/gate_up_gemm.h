@@ -8,8 +8,12 @@
 
 #include <cuda_runtime_api.h>
 
+#include <map>
+#include <tuple>
+
 #include "cuda/decode_gemm.h"
 #include "cuda/device.h"
+#include "cuda/gate_up_plan.h"
 #include "cuda/kernels.h"
 
 namespace troupe {
@@ -46,21 +50,26 @@ class GateUpGemm {
   explicit GateUpGemm(int sms);
   // Whether this build has the kernel for the current device.
   static bool available();
-  // 1 <= M <= 32; inter a multiple of 32; K a multiple of 8 with at least `splits` stages of 256
-  // (the last may be part zeros); with X2, xK a multiple of 256 below K; leading dimensions
-  // multiples of 8; W, X, X2 and act 16-byte aligned.
+  // splits: every tile's K in that many parts (1 to 4), or 0 for the plan whose longest block is
+  // shortest (gate_up_plan.h's balancedPlan: whole tiles, and the tiles that do not fill a round
+  // of the grid split over every block). 1 <= M <= 32; inter a multiple of 32; K a multiple of 8
+  // with at least `splits` stages of 256 (the last may be part zeros); with X2, xK a multiple of
+  // 256 below K; leading dimensions multiples of 8; W, X, X2 and act 16-byte aligned.
   bool supports(const GateUpGemmArgs& a, int splits) const;
-  // The workspace of calls up to inter features in `splits` parts, allocated now: a call that needs
-  // more allocates it itself, which a stream being captured into a graph does not allow.
-  void reserve(int inter, int splits);
+  // The workspace of calls up to inter features, allocated now: a call that needs more allocates
+  // it itself, which a stream being captured into a graph does not allow.
+  void reserve(int inter);
   // pdl: may start while the kernel before drains (its first weight stages then stream); X is read
   // only after that kernel completes.
   void run(const GateUpGemmArgs& a, int splits, cudaStream_t st, bool pdl);
 
  private:
+  gate_up::Plan planOf(const GateUpGemmArgs& a, int splits) const;
   int sms_;
-  DeviceBuffer<float> partials_;     // each unit's sums, [tile][split][64 rows x 32 tokens]
-  DeviceBuffer<unsigned> counters_;  // each tile's splits done
+  DeviceBuffer<float> partials_;     // split tiles' parts, then the A tiles' (gate_up_plan.h)
+  DeviceBuffer<unsigned> counters_;  // each tile's parts done, then the LoRA columns' counts
+  // Balanced plans by (tiles, kTiles, xStages, padStages, aTiles, aParts).
+  mutable std::map<std::tuple<int, int, int, int, int, int>, gate_up::Plan> balanced_;
 };
 
 }  // namespace cuda

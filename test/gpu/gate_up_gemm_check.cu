@@ -1,9 +1,10 @@
 // Stand-alone check of the gate/up GEMM with SiLU-and-mul (native/cuda/gate_up_gemm.cu) against a
-// host reference: 1 to 32 tokens, one to three K parts, padded leading dimensions, LoRA columns
-// past a whole stage, split rows, and Llama-8B's shape against cuBLAS's sums. Every case runs three rounds back to back
-// with programmatic launch and must give the same bits each round. With --bench it times Llama-8B's gate/up at 32
-// decode tokens, replayed from a CUDA graph behind a 2 us kernel (as behind the norm), against cuBLAS's GEMM followed
-// by siluMul.
+// host reference: 1 to 32 tokens, one to three K parts and the balanced plan, padded leading
+// dimensions, LoRA columns past a whole stage, split rows, the GEMM's own LoRA shrink, and
+// Llama-8B's shape against cuBLAS's sums. Every case runs three rounds back to back with
+// programmatic launch and must give the same bits each round. With --bench it times Llama-8B's
+// gate/up at 32 decode tokens, replayed from a CUDA graph behind a 2 us kernel (as behind the
+// norm), against cuBLAS's GEMM followed by siluMul.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/gugemm \
 //        test/gpu/gate_up_gemm_check.cu native/cuda/gate_up_gemm.cu native/cuda/tensor_map.cc \
 //        native/cuda/kernels.cu native/cuda/gemm.cc -lcublas -lcublasLt -lcuda && /tmp/gugemm [--bench]
@@ -290,21 +291,23 @@ int checks() {
   // More units than blocks (1,024 / 32 tiles x 2 parts over 132), a unit a block, a token alone,
   // three parts of an odd stage count, padded rows; K past a whole stage (LoRA columns); split
   // rows (one and two padding stages a half, 8 slots of rank 16 and of rank 64 at 1,024
-  // features); then Llama-8B's shape.
-  const Case cases[] = {{32, 4096, 1024, 0, 2, false},       {32, 512, 1024, 0, 1, false},
-                        {1, 256, 512, 0, 2, false},          {7, 1024, 1792, 8, 3, false},
-                        {32, 64, 256, 0, 1, false},          {32, 1024, 1088, 0, 2, false},
-                        {32, 1024, 1152, 0, 2, false, 1024}, {9, 512, 1536, 8, 3, false, 1024},
-                        {32, 14336, 4096, 0, 2, true},       {20, 14336, 4096, 0, 1, true}};
+  // features); then Llama-8B's shape; the balanced plan (splits 0), which splits the tiles of a
+  // small shape over every block.
+  const Case cases[] = {
+      {32, 4096, 1024, 0, 2, false},       {32, 512, 1024, 0, 1, false},      {1, 256, 512, 0, 2, false},
+      {7, 1024, 1792, 8, 3, false},        {32, 64, 256, 0, 1, false},        {32, 1024, 1088, 0, 2, false},
+      {32, 1024, 1152, 0, 2, false, 1024}, {9, 512, 1536, 8, 3, false, 1024}, {32, 14336, 4096, 0, 2, true},
+      {20, 14336, 4096, 0, 1, true},       {32, 14336, 4096, 0, 0, true},     {7, 1024, 1792, 8, 0, false},
+      {32, 1024, 1152, 0, 0, false, 1024}};
   int failed = 0;
   for (const Case& c : cases) failed += check(gemm, cublas, c, rng, st);
   // Split rows and one block; one and several A parts; more A tiles than one (8 slots of rank 64:
-  // 16); one weight part and two.
-  const LoraCase loraCases[] = {{32, 1024, 1024, 8, 16, 1, 4, true},
-                                {32, 1024, 1024, 8, 16, 2, 1, false},
-                                {13, 512, 2048, 8, 64, 1, 4, true},
-                                {32, 2048, 1024, 4, 32, 1, 3, true},
-                                {1, 256, 512, 2, 16, 2, 2, false}};
+  // 16); one weight part and two, and the balanced plan (splits 0), Llama-8B's shape at rank 16
+  // among them.
+  const LoraCase loraCases[] = {{32, 1024, 1024, 8, 16, 1, 4, true}, {32, 1024, 1024, 8, 16, 2, 1, false},
+                                {13, 512, 2048, 8, 64, 1, 4, true},  {32, 2048, 1024, 4, 32, 1, 3, true},
+                                {1, 256, 512, 2, 16, 2, 2, false},   {32, 2048, 1024, 4, 32, 0, 3, true},
+                                {13, 512, 2048, 8, 64, 0, 4, true},  {32, 14336, 4096, 8, 16, 0, 4, true}};
   for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, rng, st);
   std::printf("%d failed\n", failed);
   return failed > 0 ? 1 : 0;
@@ -343,7 +346,7 @@ int bench() {
     cublas.linear(T, 2 * inter, K, W + (i % copies) * wElems, K, X, K, gu, ElemType::F32, 1, 0);
   });
   std::printf("the 2 us kernel alone %6.2f; cuBLAS and siluMul %6.2f (cuBLAS alone %6.2f)\n", alone, cb, cbGemm);
-  for (int splits : {1, 2, 3, 4}) {
+  for (int splits : {0, 1, 2, 3, 4}) {
     GateUpGemmArgs a;
     a.W = W, a.ldw = K, a.X = X, a.ldx = K, a.act = act, a.ldAct = inter, a.M = T, a.inter = inter, a.K = K;
     gemm.run(a, splits, st, false);  // its workspace, before the capture
@@ -352,7 +355,11 @@ int bench() {
       a.W = W + (i % copies) * wElems;
       gemm.run(a, splits, s, true);
     });
-    std::printf("ours, %d part%s: %6.2f\n", splits, splits > 1 ? "s" : "", ours);
+    if (splits == 0) {
+      std::printf("ours, balanced: %6.2f\n", ours);
+    } else {
+      std::printf("ours, %d part%s: %6.2f\n", splits, splits > 1 ? "s" : "", ours);
+    }
   }
   return 0;
 }
