@@ -199,13 +199,13 @@ class CudaBackend : public Backend {
   // TROUPE_CUDA_GATE_UP_GEMM=0 keeps cuBLAS and siluMul, =N (1-4) splits every tile's K into N
   // parts, =balanced (the default) takes the plan whose longest block is shortest. On an H100 at
   // Llama-8B's shape one part took 86.8 us behind a 2 us kernel, 2-4 parts 100-104 (a last arriver
-  // adding them), against 85.6 for cuBLAS and siluMul; in the engine the base step took 6.80-6.81
-  // ms against 6.83-6.87 (bench/results/2026-12-06-h100-gate-up-gemm.json). One part leaves 52 of
-  // the 448 tiles to a fourth round of 132 blocks, 16 stages each (18 with LoRA's padding stages),
-  // which the balanced plan spreads over every block. With gate/up adapters it reads the LoRA
-  // columns it makes itself (gateUpShrink_); reading the item shrink's, the step took longer than
-  // with cuBLAS (7.53 against 7.50 ms at rank 16, 8.23 against 8.09 at rank 64), so that form is
-  // not offered.
+  // adding them), against 85.6 for cuBLAS and siluMul (bench/results/2026-12-06-h100-gate-up-gemm.json).
+  // One part leaves 52 of the 448 tiles to a fourth round of 132 blocks, 16 stages each, which the
+  // balanced plan spreads over every block: 86.95 us against 90.09 for one part and 89.72 for
+  // cuBLAS and siluMul, and base steps of 32 rows 6.96 ms against 7.04-7.07 with cuBLAS
+  // (bench/results/2026-12-06-h100-gate-up-shrink.json). With gate/up adapters it runs where it
+  // makes their LoRA columns itself (gateUpShrinkRows_); reading the item shrink's, split rows'
+  // padding stages run once a half and the step was level with cuBLAS's at best.
   bool gateUpGemmOn_ = true;
   int gateUpSplits_ = 0;
   // cuBLAS's products in a step's graph run the kernel timed fastest for their shape (gemm.h);
@@ -358,9 +358,12 @@ class CudaBackend : public Backend {
   // LoRA pass after it), gateUpAct takes it into act_ and actMade_ says so.
   bool gateUpActWanted_ = false, actMade_ = false;
   // With adapters, the gate/up GEMM makes gate/up's LoRA columns itself, with no shrink kernel
-  // before it (TROUPE_LORA_GATE_UP_SHRINK=0: the item or row shrink makes them, and cuBLAS reads
-  // them); its arguments for layer l's step, or M = 0 where it does not apply.
-  bool gateUpShrink_ = true;
+  // before it, where the covered slots' A rows of both modules are at most this many
+  // (TROUPE_LORA_GATE_UP_SHRINK; 0: never). Above it the item or row shrink makes them and cuBLAS
+  // reads them: on an H100 with 8 adapters, 256 rows (rank 16) took 7.655 ms a step against 7.70,
+  // 1,024 (rank 64) 8.44 against 8.34, the GEMM's A units then outlasting the shrink kernel that
+  // runs beside the norm. gateUpLoraArgs: its arguments for layer l's step, or M = 0.
+  int gateUpShrinkRows_ = 256;
   cuda::GateUpGemmArgs gateUpLoraArgs(int l, const cuda::LoraSlices& sl, const cuda::AugmentedRows& xa) const;
   EngineInfo info_;
   std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty

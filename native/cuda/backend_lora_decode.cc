@@ -153,6 +153,7 @@ cuda::DecodeGemmArgs CudaBackend::qkvGemmArgs(const cuda::LoraSlices& sl, const 
   a.accumulate = accumulate;
   cuda::DecodeGemmLora& lo = a.lora;
   lo.A = sl.a[0], lo.lda = sl.in, lo.rows = coveredSlots(g) * sl.count * sl.slotRank, lo.maxRank = sl.maxRank;
+  if (lo.rows > gateUpShrinkRows_) return {};
   lo.slotRank = sl.slotRank;
   lo.B = W + sl.in, lo.ldb = ld, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.spread = true;
@@ -165,7 +166,7 @@ cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& 
                                                  const cuda::AugmentedRows& xa) const {
   const cuda::WeightGroup g = cuda::kGateUpWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  if (!gateUpActWanted_ || !gateUpShrink_ || tp_.size != 1 || sl.in != in || !cuda::loraAContiguous(sl) ||
+  if (!gateUpActWanted_ || gateUpShrinkRows_ == 0 || tp_.size != 1 || sl.in != in || !cuda::loraAContiguous(sl) ||
       (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || gemvTakes(T, in, w_->layers[l].matrix(g), ld, xa.data, ld))
     return {};
   cuda::GateUpGemmArgs a;
@@ -177,6 +178,7 @@ cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& 
   // Every covered slot's A rows of both modules (slot-major), and their columns in the padding's
   // order, as the item shrink writes them.
   lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.count * sl.slotRank, lo.maxRank = sl.maxRank;
+  if (lo.rows > gateUpShrinkRows_) return {};
   lo.slotRank = sl.slotRank, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.modules = sl.count;
   return gateUpGemm_->supports(a, gateUpSplits_) ? a : cuda::GateUpGemmArgs{};
