@@ -151,6 +151,7 @@ CudaBackend::CudaBackend(const ModelConfig& full, const std::vector<TensorRef>& 
   }
   if (const char* env = std::getenv("TROUPE_LORA_GATE_UP_SHRINK"))
     gateUpShrinkRows_ = parseCount("TROUPE_LORA_GATE_UP_SHRINK", env, 0, cuda::kDecodeGemmSpreadMaxRows);
+  if (const char* env = std::getenv("TROUPE_CUDA_GATE_UP_PAIRED")) gateUpPaired_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE")) gemmTune_ = std::string(env) != "0";
   if (const char* env = std::getenv("TROUPE_CUDA_GEMM_TUNE_AFTER"))
     gemmTuneAfter_ = parseCount("TROUPE_CUDA_GEMM_TUNE_AFTER", env, 0, 1 << 30);

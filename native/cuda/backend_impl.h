@@ -364,6 +364,9 @@ class CudaBackend : public Backend {
   // 1,024 (rank 64) 8.44 against 8.34, the GEMM's A units then outlasting the shrink kernel that
   // runs beside the norm. gateUpLoraArgs: its arguments for layer l's step, or M = 0.
   int gateUpShrinkRows_ = 256;
+  // Split rows' padding stages in that GEMM take gate's and up's columns at once, each half's rows
+  // over its own token rows (gate_up_gemm.h); TROUPE_CUDA_GATE_UP_PAIRED=0 runs them once a half.
+  bool gateUpPaired_ = true;
   cuda::GateUpGemmArgs gateUpLoraArgs(int l, const cuda::LoraSlices& sl, const cuda::AugmentedRows& xa) const;
   EngineInfo info_;
   std::vector<bool> noSlots_;  // the slot states of an engine without a pool: all empty

@@ -173,7 +173,7 @@ cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& 
   a.W = w_->layers[l].matrix(g), a.ldw = ld, a.X = xa.data, a.ldx = xa.ld;
   a.X2 = xa.slicePitch ? xa.data + xa.slicePitch : nullptr;
   a.act = act_.get(), a.ldAct = c_.intermediateSize, a.M = T, a.inter = c_.intermediateSize;
-  a.K = in + paddingUsed(g), a.xK = in;
+  a.K = in + paddingUsed(g), a.xK = in, a.paired = gateUpPaired_;
   cuda::DecodeGemmLora& lo = a.lora;
   // Every covered slot's A rows of both modules (slot-major), and their columns in the padding's
   // order, as the item shrink writes them.

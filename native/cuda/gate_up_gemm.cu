@@ -8,7 +8,8 @@
 // unit's end the second group hands its sums to the first; a split tile's parts but the last leave
 // theirs in a workspace, and the last adds them in part order; then, its gate rows' warps meeting
 // its up rows' through shared memory, the first group writes silu(gate) x up as bf16, or for an A
-// tile the LoRA columns that the weight units' last stages read.
+// tile the LoRA columns that the weight units' last stages read. With split rows, a paired padding
+// stage multiplies both halves' rows by both halves' token rows in one product 64 tokens wide.
 #include <cuda.h>
 
 #include <algorithm>
@@ -36,7 +37,46 @@ constexpr int kUnitSumsFloats = 4 * 16 * 32;
 constexpr int kUpFloats = kHalfRows * kTokens;
 constexpr int kGateUpSmemBytes = kSmemBytes + (2 * kUnitSumsFloats + kUpFloats) * 4;
 
+// A paired padding stage (gate_up_plan.h): two 64-K boxes of the 64 weight rows and of 64 token
+// rows (X's 32, then X2's), in the same shared memory as a stage of four boxes of 32 token rows.
+constexpr int kPairedTokens = 2 * kTokens;
+constexpr int kPairedStageBytes = (kTileRows + kPairedTokens) * (kCopies / 2) * kBox * 2;
+static_assert(kPairedTokens * (kCopies / 2) == kTokens * kCopies, "a paired stage's token rows fill a stage's");
+
 __device__ int gGateUpGemmBuilt = TROUPE_DECODE_GEMM_BODY;
+
+#if TROUPE_DECODE_GEMM_BODY
+// d (64 rows x 64 token rows, f32) += A (64 x 16, K-major) * B (64 x 16, K-major).
+__device__ __forceinline__ void wgmma64(float (&d)[8][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+      "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(a), "l"(b));
+}
+
+// multiplyStage's paired padding stage: two boxes, 64 token rows each.
+__device__ __forceinline__ void multiplyPairedStage(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
+                                                    unsigned parity, float (&sums)[8][4]) {
+  barrierWait(full, parity);
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < kCopies / 2 * (kBox / 16); ++kk) {
+    const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
+    wgmma64(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kPairedTokens * kBox + k16 * 16));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) barrierArrive(empty);
+}
+#endif
 
 using gate_up::kMaxAParts;
 using gate_up::kMaxATiles;
@@ -71,16 +111,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xMap)) : "memory");
       if (args.X2) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&x2Map)) : "memory");
       if (plan.aTiles) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&aMap)) : "memory");
-      // A weight unit's stage s (Plan::stageK, stageHalf): with split rows, the other half's rows
-      // of a padding stage are copied from past the weights' last row (zeros). An A unit's stages
-      // are x stages.
+      // A weight unit's stage s (Plan::stageColumn, stageHalf): with split rows, the other half's
+      // rows of an unpaired padding stage are copied from past the weights' last row (zeros); a
+      // paired padding stage is two boxes wide, both halves' rows. An A unit's stages are x stages.
       const int beyond = 2 * args.inter;
       auto issueW = [&](int n, const Unit& x, int s) {
-        const int k = plan.stageK(s), half = plan.stageHalf(s);
-        barrierExpect(&full[n % kStages], (kTileRows + kTokens) * kStageK * 2);
-        for (int c = 0; c < kCopies; ++c) {
+        const int k = plan.stageColumn(s), half = plan.stageHalf(s);
+        const bool paired = !x.isA && plan.pairedStage(s);
+        barrierExpect(&full[n % kStages], paired ? kPairedStageBytes : (kTileRows + kTokens) * kStageK * 2);
+        for (int c = 0; c < (paired ? kCopies / 2 : kCopies); ++c) {
           bf16_t* w = stageW(n) + c * kTileRows * kBox;
-          const int kc = k * kStageK + c * kBox;
+          const int kc = k + c * kBox;
           if (x.isA) {
             tensorCopy(w, &aMap, kc, x.tile * kTileRows, &full[n % kStages]);
             tensorCopy(w + kHalfRows * kBox, &aMap, kc, x.tile * kTileRows + kHalfRows, &full[n % kStages]);
@@ -100,9 +141,19 @@ __global__ void __launch_bounds__(kThreads, 1)
           asm volatile("fence.proxy.async.global;" ::: "memory");
           seen = true;
         }
+        if (!x.isA && plan.pairedStage(s)) {
+          // Each box 64 token rows: X's, then X2's (up's rows multiply these).
+          for (int c = 0; c < kCopies / 2; ++c) {
+            bf16_t* rows = stageX(n) + c * kPairedTokens * kBox;
+            const int kc = plan.stageColumn(s) + c * kBox;
+            tensorCopy(rows, &xMap, kc, 0, &full[n % kStages]);
+            tensorCopy(rows + kTokens * kBox, &x2Map, kc, 0, &full[n % kStages]);
+          }
+          return;
+        }
         const CUtensorMap* map = plan.stageHalf(s) == 1 ? &x2Map : &xMap;
         for (int c = 0; c < kCopies; ++c)
-          tensorCopy(stageX(n) + c * kTokens * kBox, map, plan.stageK(s) * kStageK + c * kBox, 0, &full[n % kStages]);
+          tensorCopy(stageX(n) + c * kTokens * kBox, map, plan.stageColumn(s) + c * kBox, 0, &full[n % kStages]);
       };
       // The first stages' weights (and A rows) before the wait (written before the grid began),
       // then every stage's token rows after it.
@@ -140,15 +191,32 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto stage = [&](int n, float(&sums)[4][4]) {
     multiplyStage(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
   };
+  auto pairedStage = [&](int n, float(&sums)[8][4]) {
+    multiplyPairedStage(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
+  };
   // acc[j][h]: row 16 (warp & 3) + g (+ 8 for h >= 2) of the tile, token 8 j + 2 q + (h & 1).
   const int r0 = (warp & 3) * 16 + g;
   auto tokenOf = [&](int j, int h) { return 8 * j + 2 * q + (h & 1); };
   int n = 0, parity = 0;
   for (int u = blockIdx.x; u < units; u += gridDim.x, parity ^= 1) {
     const Unit x = plan.unit(u);
-    float acc[4][4] = {};
+    float acc[4][4] = {}, paired[8][4] = {};
     for (int i = 0; i < x.count; ++i, ++n)
-      if (n % 2 == group) stage(n, acc);
+      if (n % 2 != group)
+        continue;
+      else if (!x.isA && plan.pairedStage(x.kt0 + i))
+        pairedStage(n, paired);
+      else
+        stage(n, acc);
+    if (plan.paired && !x.isA) {
+      // Paired padding stages' sums: gate's rows (warps 0 and 1 of a group) over X's tokens (the
+      // product's first 32 columns), up's over X2's (the last 32).
+      const bool up = (warp & 3) >= 2;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) acc[j][h] += up ? paired[j + 4][h] : paired[j][h];
+    }
     // The second group's sums to the first, in this unit's buffer: the first group read the other
     // one before it last met the second here.
     float* handed = unitSums + parity * kUnitSumsFloats;
@@ -272,12 +340,12 @@ constexpr int kMaxSplits = 4;
 
 Plan GateUpGemm::planOf(const GateUpGemmArgs& a, int splits) const {
   const int tiles = a.inter / kHalfRows;
-  Plan p = gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, splits > 0 ? splits : 1, a.lora.A ? a.lora.rows : 0,
-                             a.loraParts, kHalfRows, kStageK, kTileRows,
+  Plan p = gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, a.paired, splits > 0 ? splits : 1,
+                             a.lora.A ? a.lora.rows : 0, a.loraParts, kHalfRows, kStageK, kTileRows,
                              gate_up::reservedWeightParts(tiles, kMaxSplits, sms_));
   if (splits > 0) return p;
   // Balanced plans are searched once a shape (a few milliseconds on the host).
-  const auto key = std::make_tuple(p.tiles, p.kTiles, p.xStages, p.padStages, p.aTiles, p.aParts);
+  const auto key = std::make_tuple(p.tiles, p.kTiles, p.xStages, p.padStages, p.aTiles, p.aParts, p.paired);
   auto it = balanced_.find(key);
   if (it == balanced_.end())
     it = balanced_.emplace(key, gate_up::balancedPlan(p, sms_, kEpilogueStages, kFixupStages)).first;
@@ -304,8 +372,8 @@ bool GateUpGemm::supports(const GateUpGemmArgs& a, int splits) const {
   const bool split = !a.X2 || (a.xK % kStageK == 0 && a.xK > 0 && a.xK < a.K && aligned16(a.X2));
   return available() && split && loraSupported(a) && a.M >= 1 && a.M <= kTokens && a.inter >= kHalfRows &&
          a.inter % kHalfRows == 0 && a.K >= kStageK && a.K % 8 == 0 && splits >= 0 && splits <= kMaxSplits &&
-         gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, 1, 0, 1, kHalfRows, kStageK, kTileRows, 0).kTiles >=
-             splits &&
+         gate_up::makePlan(a.inter, a.K, a.xK, a.X2 != nullptr, a.paired, 1, 0, 1, kHalfRows, kStageK, kTileRows, 0)
+                 .kTiles >= splits &&
          a.ldw % 8 == 0 && a.ldx % 8 == 0 && a.ldAct % 8 == 0 && a.ldw >= a.K && a.ldx >= a.K && a.ldAct >= a.inter &&
          aligned16(a.W) && aligned16(a.X) && aligned16(a.act);
 }

@@ -21,8 +21,10 @@ namespace cuda {
 
 // Split rows (lora_fused.h): where X2 is set, up's rows read their features past xK from X2 (rows
 // ldx apart) instead of X: gate's and up's LoRA columns are then each their own token row's, the
-// first xK features being the same in both. Those stages run twice, each with the other half's
-// weight rows zero (copied from past the tensor's end), so one product covers both.
+// first xK features being the same in both. Paired (the default), each padding stage covers half
+// as many columns for both halves at once, its token rows X's then X2's (a product 64 token rows
+// wide, of which gate's rows keep the first 32 columns and up's the last); unpaired, those stages
+// run twice, each with the other half's weight rows zero (copied from past the tensor's end).
 //
 // LoRA (lora.A set): the GEMM also makes the LoRA columns that its last K stages read, X's (and
 // X2's) features from xK on, which it writes itself, so that no shrink kernel runs before it. Its
@@ -43,6 +45,7 @@ struct GateUpGemmArgs {
   int M = 0, inter = 0, K = 0, xK = 0;
   DecodeGemmLora lora;  // A, lda, rows, maxRank, slotRank, rowSlot, ranks, rankPitch, module, scaling, modules
   int loraParts = 4;
+  bool paired = true;  // split rows' padding stages: both halves at once (above)
 };
 
 class GateUpGemm {
@@ -68,8 +71,8 @@ class GateUpGemm {
   int sms_;
   DeviceBuffer<float> partials_;     // split tiles' parts, then the A tiles' (gate_up_plan.h)
   DeviceBuffer<unsigned> counters_;  // each tile's parts done, then the LoRA columns' counts
-  // Balanced plans by (tiles, kTiles, xStages, padStages, aTiles, aParts).
-  mutable std::map<std::tuple<int, int, int, int, int, int>, gate_up::Plan> balanced_;
+  // Balanced plans by (tiles, kTiles, xStages, padStages, aTiles, aParts, paired).
+  mutable std::map<std::tuple<int, int, int, int, int, int, bool>, gate_up::Plan> balanced_;
 };
 
 }  // namespace cuda

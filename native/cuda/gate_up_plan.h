@@ -33,11 +33,15 @@ struct Unit {
 // stages; then tiles [whole, tiles) in tailParts parts each (tile whole + v % (tiles - whole), part
 // v / (tiles - whole)). Block b takes units b, b + blocks, ... in order, so a block's A units come
 // before its weight units, and every unit that is not its tile's last part comes before every last
-// part (a last part waits for its tile's other parts). halves (split rows): a weight unit's stages
-// past xStages are gate's padStages then up's, each over the same K stages from xStages.
+// part (a last part waits for the others). halves (split rows): a weight unit's stages past
+// xStages are its padStages padding stages: gate's then up's over the same columns, each with the
+// other half's rows zero; or, paired, each stage half as wide in K and both halves at once, each
+// half's rows over its own token rows (a product twice as wide in tokens), so that every padding
+// stage carries only columns that count.
 struct Plan {
   int tiles, kTiles, xStages, padStages, aTiles, aParts, whole, tailParts;
-  bool halves;
+  bool halves, paired;
+  int stageK;        // K columns of a stage (a paired padding stage's: half as many)
   size_t aPartBase;  // the A units' parts in the workspace, after the weight tiles' reserved ones
   TROUPE_GU_PLAN int aUnits() const { return aTiles * aParts; }
   TROUPE_GU_PLAN int units() const { return aUnits() + whole + (tiles - whole) * tailParts; }
@@ -57,10 +61,18 @@ struct Plan {
     x.count = (x.part + 1) * stages / x.parts - x.kt0;
     return x;
   }
-  // A weight unit's stage s: the K stage it reads, and the half whose rows it multiplies (-1: both;
-  // with split rows 0 for gate's padding stages, 1 for up's, the other half's rows then zero).
-  TROUPE_GU_PLAN int stageK(int s) const { return !halves || s < xStages ? s : xStages + (s - xStages) % padStages; }
-  TROUPE_GU_PLAN int stageHalf(int s) const { return !halves || s < xStages ? -1 : (s - xStages) / padStages; }
+  // A weight unit's stage s: whether it is a paired padding stage, the first K column it reads, and
+  // the half whose rows it multiplies (-1: both, over one set of token rows; with split rows and
+  // unpaired, 0 for gate's padding stages, 1 for up's, the other half's rows then zero).
+  TROUPE_GU_PLAN bool pairedStage(int s) const { return paired && halves && s >= xStages; }
+  TROUPE_GU_PLAN int stageColumn(int s) const {
+    if (!halves || s < xStages) return s * stageK;
+    const int j = s - xStages;
+    return xStages * stageK + (paired ? j * (stageK / 2) : (j % padStages) * stageK);
+  }
+  TROUPE_GU_PLAN int stageHalf(int s) const {
+    return !halves || s < xStages || paired ? -1 : (s - xStages) / padStages;
+  }
   // Whether a weight unit's stage reads the LoRA columns that the A units write.
   TROUPE_GU_PLAN bool readsColumns(int s) const { return aTiles > 0 && s >= xStages; }
   // Each part's place in the workspace (the split weight tiles' parts, then kMaxAParts for each A
@@ -87,16 +99,19 @@ inline size_t reservedParts(int tiles, int splits, int blocks) {
 inline int reservedCounters(int tiles) { return tiles + kMaxATiles + 2; }
 
 // The plan of a call whose K stages are stageK wide and whose LoRA A rows (aRows, 0 for none) lie
-// in tiles of tileRows: every weight tile in `splits` parts.
-inline Plan makePlan(int inter, int K, int xK, bool halves, int splits, int aRows, int loraParts, int halfRows,
-                     int stageK, int tileRows, size_t aPartBase) {
+// in tiles of tileRows: every weight tile in `splits` parts; paired: split rows' padding stages
+// take both halves at once (Plan).
+inline Plan makePlan(int inter, int K, int xK, bool halves, bool paired, int splits, int aRows, int loraParts,
+                     int halfRows, int stageK, int tileRows, size_t aPartBase) {
   Plan p{};
-  p.tiles = inter / halfRows, p.halves = halves, p.aPartBase = aPartBase;
+  p.tiles = inter / halfRows, p.halves = halves, p.paired = halves && paired, p.stageK = stageK;
+  p.aPartBase = aPartBase;
   p.whole = splits == 1 ? p.tiles : 0, p.tailParts = splits;
   const int all = (K + stageK - 1) / stageK;
   p.xStages = halves || aRows > 0 ? xK / stageK : all;
-  p.padStages = halves ? (K - xK + stageK - 1) / stageK : 0;
-  p.kTiles = halves ? p.xStages + 2 * p.padStages : all;
+  const int padK = p.paired ? stageK / 2 : stageK;
+  p.padStages = halves ? (K - xK + padK - 1) / padK : 0;
+  p.kTiles = halves ? p.xStages + (p.paired ? 1 : 2) * p.padStages : all;
   p.aTiles = aRows > 0 ? (aRows + tileRows - 1) / tileRows : 0;
   p.aParts = aRows > 0 ? (loraParts < p.xStages ? loraParts : p.xStages) : 0;
   return p;

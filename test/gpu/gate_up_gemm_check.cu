@@ -1,10 +1,10 @@
 // Stand-alone check of the gate/up GEMM with SiLU-and-mul (native/cuda/gate_up_gemm.cu) against a
 // host reference: 1 to 32 tokens, one to three K parts and the balanced plan, padded leading
-// dimensions, LoRA columns past a whole stage, split rows, the GEMM's own LoRA shrink, and
-// Llama-8B's shape against cuBLAS's sums. Every case runs three rounds back to back with
-// programmatic launch and must give the same bits each round. With --bench it times Llama-8B's
-// gate/up at 32 decode tokens, replayed from a CUDA graph behind a 2 us kernel (as behind the
-// norm), against cuBLAS's GEMM followed by siluMul.
+// dimensions, LoRA columns past a whole stage, split rows (paired padding stages and not), the
+// GEMM's own LoRA shrink, and Llama-8B's shape against cuBLAS's sums. Every case runs three rounds
+// back to back with programmatic launch and must give the same bits each round. With --bench it
+// times Llama-8B's gate/up at 32 decode tokens, replayed from a CUDA graph behind a 2 us kernel (as
+// behind the norm), against cuBLAS's GEMM followed by siluMul.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -Inative -Itest/gpu -o /tmp/gugemm \
 //        test/gpu/gate_up_gemm_check.cu native/cuda/gate_up_gemm.cu native/cuda/tensor_map.cc \
 //        native/cuda/kernels.cu native/cuda/gemm.cc -lcublas -lcublasLt -lcuda && /tmp/gugemm [--bench]
@@ -33,7 +33,7 @@ struct Case {
 
 double siluHost(double x) { return x / (1.0 + std::exp(-x)); }
 
-int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, Rng& rng, cudaStream_t st) {
+int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, bool paired, Rng& rng, cudaStream_t st) {
   const int ldw = c.K + c.pad, ldx = c.K + c.pad, ldAct = c.inter + c.pad;
   std::vector<uint16_t> W(static_cast<size_t>(2) * c.inter * ldw), X(static_cast<size_t>(c.M) * ldx);
   for (auto& v : W) v = toBf16(rng.sym());
@@ -53,6 +53,7 @@ int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, Rng& rng, cudaStream_t 
   GateUpGemmArgs a;
   a.W = dW, a.ldw = ldw, a.X = dX, a.ldx = ldx, a.act = dAct, a.ldAct = ldAct, a.M = c.M, a.inter = c.inter, a.K = c.K;
   if (c.xK > 0) a.X2 = dX2, a.xK = c.xK;
+  a.paired = paired;
   int bad = 0;
   if (!gemm.supports(a, c.splits)) {
     std::printf("FAIL M %d inter %d K %d splits %d: not supported\n", c.M, c.inter, c.K, c.splits);
@@ -126,8 +127,8 @@ int check(GateUpGemm& gemm, Gemm& cublas, const Case& c, Rng& rng, cudaStream_t 
       worst = std::max(worst, err / tol);
     }
   if (!bad)
-    std::printf("ok   M %2d inter %5d K %5d pad %d splits %d xK %d: worst %.3f of the bound\n", c.M, c.inter, c.K,
-                c.pad, c.splits, c.xK, worst);
+    std::printf("ok   M %2d inter %5d K %5d pad %d splits %d xK %d%s: worst %.3f of the bound\n", c.M, c.inter, c.K,
+                c.pad, c.splits, c.xK, c.xK > 0 && paired ? " paired" : "", worst);
   CK(cudaFree(dW));
   CK(cudaFree(dX));
   CK(cudaFree(dX2));
@@ -144,7 +145,7 @@ struct LoraCase {
   bool split;
 };
 
-int checkLora(GateUpGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
+int checkLora(GateUpGemm& gemm, const LoraCase& c, bool paired, Rng& rng, cudaStream_t st) {
   const int modules = 2, rows = c.slots * modules * c.rank, cols = c.split ? rows / 2 : rows, K = c.xK + cols;
   const int ldw = K + 8, ldx = K + 8, ldAct = c.inter;
   constexpr int kPitch = 7, kGate = 4;  // the pool's ranks, [slot][module]; gate's index
@@ -208,13 +209,14 @@ int checkLora(GateUpGemm& gemm, const LoraCase& c, Rng& rng, cudaStream_t st) {
   float* dScaling = upload(scaling);
   GateUpGemmArgs a;
   a.W = dW, a.ldw = ldw, a.X = dX, a.X2 = c.split ? dX2 : nullptr, a.ldx = ldx, a.act = dAct, a.ldAct = ldAct;
-  a.M = c.M, a.inter = c.inter, a.K = K, a.xK = c.xK, a.loraParts = c.loraParts;
+  a.M = c.M, a.inter = c.inter, a.K = K, a.xK = c.xK, a.loraParts = c.loraParts, a.paired = paired;
   DecodeGemmLora& l = a.lora;
   l.A = dA, l.lda = c.xK, l.rows = rows, l.maxRank = c.rank, l.rowSlot = dSlot, l.ranks = dRanks;
   l.rankPitch = kPitch, l.module = kGate, l.scaling = dScaling, l.modules = modules;
   char what[160];
   std::snprintf(what, sizeof what, "LoRA M %d inter %d xK %d slots %d rank %d splits %d parts %d %s", c.M, c.inter,
-                c.xK, c.slots, c.rank, c.splits, c.loraParts, c.split ? "split rows" : "one block");
+                c.xK, c.slots, c.rank, c.splits, c.loraParts,
+                c.split ? (paired ? "split rows paired" : "split rows") : "one block");
   int bad = 0;
   if (!gemm.supports(a, c.splits)) {
     std::printf("FAIL %s: not supported\n", what);
@@ -300,7 +302,10 @@ int checks() {
       {20, 14336, 4096, 0, 1, true},       {32, 14336, 4096, 0, 0, true},     {7, 1024, 1792, 8, 0, false},
       {32, 1024, 1152, 0, 0, false, 1024}};
   int failed = 0;
-  for (const Case& c : cases) failed += check(gemm, cublas, c, rng, st);
+  // Split rows' cases both with paired padding stages and without.
+  for (const Case& c : cases)
+    for (bool paired : {true, false})
+      if (paired || c.xK > 0) failed += check(gemm, cublas, c, paired, rng, st);
   // Split rows and one block; one and several A parts; more A tiles than one (8 slots of rank 64:
   // 16); one weight part and two, and the balanced plan (splits 0), Llama-8B's shape at rank 16
   // among them.
@@ -308,7 +313,9 @@ int checks() {
                                 {13, 512, 2048, 8, 64, 1, 4, true},  {32, 2048, 1024, 4, 32, 1, 3, true},
                                 {1, 256, 512, 2, 16, 2, 2, false},   {32, 2048, 1024, 4, 32, 0, 3, true},
                                 {13, 512, 2048, 8, 64, 0, 4, true},  {32, 14336, 4096, 8, 16, 0, 4, true}};
-  for (const LoraCase& c : loraCases) failed += checkLora(gemm, c, rng, st);
+  for (const LoraCase& c : loraCases)
+    for (bool paired : {true, false})
+      if (paired || c.split) failed += checkLora(gemm, c, paired, rng, st);
   std::printf("%d failed\n", failed);
   return failed > 0 ? 1 : 0;
 }

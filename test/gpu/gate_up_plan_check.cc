@@ -1,14 +1,14 @@
 // The gate/up GEMM's plan (native/cuda/gate_up_plan.h) on the host: over shapes with and without
 // LoRA A units, split rows or one block of columns, 1 to 4 K parts and the balanced plan, 1 to 4 A
 // parts and grids smaller and larger than the units (where GateUpGemm::supports takes them), it
-// checks that every unit goes to one block, that each weight tile's parts take each of its K
-// stages once (with split rows each padding stage once a half, the other half zero), that each A
-// tile's parts take each stage below xK once, that every A unit comes before every weight unit
-// (a copying warp waits for every A tile's columns at its first stage that reads them) and in each
-// kind every part that is not its tile's last before every last part (a last part waits for the
-// others), that some block reads the columns (the last reader resets the count), that the parts
-// and counters fall in what reserve() sets aside, and that the balanced plan's longest block is no
-// longer than one part's. Needs no GPU:
+// checks that every unit goes to one block, that each weight tile's parts take each of its K stages
+// once (with split rows each padding column once a half: unpaired the other half zero, or paired
+// both halves in a stage half as wide), that each A tile's parts take each stage below xK once,
+// that every A unit comes before every weight unit (a copying warp waits for every A tile's columns
+// at its first stage that reads them) and in each kind every part that is not its tile's last
+// before every last part (a last part waits for the others), that some block reads the columns (the
+// last reader resets the count), that the parts and counters fall in what reserve() sets aside, and
+// that the balanced plan's longest block is no longer than one part's. Needs no GPU:
 //   g++ -std=c++17 -O2 -Inative -o /tmp/gate_up_plan_check test/gpu/gate_up_plan_check.cc
 //   /tmp/gate_up_plan_check
 #include <cstdio>
@@ -38,9 +38,10 @@ int checkPlan(const Shape& sh, const Plan& p, int splits, int blocks, const char
     return 1;
   };
   const int grid = blocks < p.units() ? blocks : p.units();
-  const int kAll = (K + kStageK - 1) / kStageK;
-  // (tile, K stage, half + 1) of the weight units, (A tile, stage) of the A units.
-  std::vector<int> weightTaken(static_cast<size_t>(p.tiles) * kAll * 3, 0);
+  // (tile, 128-column chunk of K, half + 1) of the weight units, (A tile, stage) of the A units.
+  constexpr int kChunk = kStageK / 2;
+  const int chunks = (K + kStageK - 1) / kStageK * 2;
+  std::vector<int> weightTaken(static_cast<size_t>(p.tiles) * chunks * 3, 0);
   std::vector<int> aTaken(static_cast<size_t>(p.aTiles) * p.xStages, 0);
   std::set<size_t> parts;
   std::vector<int> seen(p.units(), 0);
@@ -79,28 +80,34 @@ int checkPlan(const Shape& sh, const Plan& p, int splits, int blocks, const char
       }
       if (x.tile >= p.tiles || x.kt0 + x.count > p.kTiles) return fail("a weight unit past its tile's stages");
       for (int s = x.kt0; s < x.kt0 + x.count; ++s) {
-        const int k = p.stageK(s), half = p.stageHalf(s);
-        if (k < 0 || k >= kAll) return fail("a stage past K");
-        if (half >= 0 && (!sh.halves || k * kStageK < sh.xK)) return fail("a half stage below xK");
-        if (p.readsColumns(s) != (sh.aRows > 0 && (k + 1) * kStageK > sh.xK))
+        // A paired padding stage is half a stage wide and takes both halves.
+        const int k = p.stageColumn(s), half = p.stageHalf(s), width = p.pairedStage(s) ? kChunk : kStageK;
+        if (k < 0 || k >= K || k % kChunk != 0) return fail("a stage past K, or off a chunk");
+        if ((half >= 0 || p.pairedStage(s)) && (!sh.halves || k < sh.xK)) return fail("a half stage below xK");
+        if (p.pairedStage(s) != (p.paired && sh.halves && k >= sh.xK)) return fail("a paired stage out of place");
+        if (p.readsColumns(s) != (sh.aRows > 0 && k + width > sh.xK))
           return fail("stage " + std::to_string(s) +
                       " waits for the columns where it should not, or reads them unwaited");
         someReader = someReader || p.readsColumns(s);
-        ++weightTaken[(static_cast<size_t>(x.tile) * kAll + k) * 3 + (half + 1)];
+        for (int c = k / kChunk; c < (k + width) / kChunk; ++c)
+          for (int h = -1; h <= 1; ++h)
+            if (p.pairedStage(s) ? h >= 0 : h == half)
+              ++weightTaken[(static_cast<size_t>(x.tile) * chunks + c) * 3 + (h + 1)];
       }
     }
   }
   for (int u = 0; u < p.units(); ++u)
     if (seen[u] != 1) return fail("unit " + std::to_string(u) + " taken " + std::to_string(seen[u]) + " times");
   for (int t = 0; t < p.tiles; ++t)
-    for (int k = 0; k < kAll; ++k) {
-      const bool pad = sh.halves && k * kStageK >= sh.xK;
+    for (int c = 0; c < chunks; ++c) {
+      if (c * kChunk >= K) continue;  // zeros past K, taken or not
+      const bool pad = sh.halves && c * kChunk >= sh.xK;
       for (int h = -1; h <= 1; ++h) {
         const int want = pad ? (h >= 0 ? 1 : 0) : (h < 0 ? 1 : 0);
-        const int got = weightTaken[(static_cast<size_t>(t) * kAll + k) * 3 + (h + 1)];
+        const int got = weightTaken[(static_cast<size_t>(t) * chunks + c) * 3 + (h + 1)];
         if (got != want)
-          return fail("tile " + std::to_string(t) + " stage " + std::to_string(k) + " half " + std::to_string(h) +
-                      " taken " + std::to_string(got) + " times");
+          return fail("tile " + std::to_string(t) + " columns from " + std::to_string(c * kChunk) + " half " +
+                      std::to_string(h) + " taken " + std::to_string(got) + " times");
       }
     }
   for (size_t i = 0; i < aTaken.size(); ++i)
@@ -113,15 +120,16 @@ int checkPlan(const Shape& sh, const Plan& p, int splits, int blocks, const char
 
 // splits 1-4: every tile in that many parts; 0: the balanced plan, which must be no longer than
 // one part's.
-int checkOne(const Shape& sh, int splits, int loraParts, int blocks) {
+int checkOne(const Shape& sh, bool paired, int splits, int loraParts, int blocks) {
   const int K = sh.xK + sh.columns, tiles = sh.inter / kHalfRows;
   const size_t base = reservedWeightParts(tiles, kMaxSplits, blocks);
-  Plan p = makePlan(sh.inter, K, sh.xK, sh.halves, splits > 0 ? splits : 1, sh.aRows, loraParts, kHalfRows, kStageK,
-                    kTileRows, base);
+  Plan p = makePlan(sh.inter, K, sh.xK, sh.halves, paired, splits > 0 ? splits : 1, sh.aRows, loraParts, kHalfRows,
+                    kStageK, kTileRows, base);
   if (p.kTiles < splits) return -1;  // refused by GateUpGemm::supports
   char what[200];
   std::snprintf(what, sizeof what, "inter %d xK %d columns %d %s A rows %d splits %d A parts %d blocks %d", sh.inter,
-                sh.xK, sh.columns, sh.halves ? "split rows" : "one block", sh.aRows, splits, loraParts, blocks);
+                sh.xK, sh.columns, sh.halves ? (paired ? "split rows paired" : "split rows") : "one block", sh.aRows,
+                splits, loraParts, blocks);
   if (splits == 0) {
     const Plan one = p;
     p = balancedPlan(p, blocks, 0.5, 1.0);
@@ -144,19 +152,21 @@ int main() {
       {256, 512, 64, false, 64},      {2048, 1024, 1024, true, 2048}, {1024, 1024, 64, false, 0}};
   int cases = 0, failed = 0;
   for (const Shape& sh : shapes)
-    for (int splits = 0; splits <= kMaxSplits; ++splits)
-      for (int loraParts = 1; loraParts <= kMaxAParts; ++loraParts)
-        for (int blocks : {1, 7, 132, 4000}) {
-          const int r = checkOne(sh, splits, loraParts, blocks);
-          if (r < 0) continue;
-          ++cases;
-          failed += r;
-        }
+    for (bool paired : {true, false})
+      for (int splits = 0; splits <= kMaxSplits; ++splits)
+        for (int loraParts = 1; loraParts <= kMaxAParts; ++loraParts)
+          for (int blocks : {1, 7, 132, 4000}) {
+            if (paired && !sh.halves) continue;  // the same plan
+            const int r = checkOne(sh, paired, splits, loraParts, blocks);
+            if (r < 0) continue;
+            ++cases;
+            failed += r;
+          }
   // What the balanced plan makes of Llama-8B's gate/up on 132 blocks, without and with rank-16
   // adapters' LoRA (split rows, 16 A units).
   for (const Shape& sh : {shapes[0], shapes[1]}) {
     const int K = sh.xK + sh.columns;
-    const Plan one = makePlan(sh.inter, K, sh.xK, sh.halves, 1, sh.aRows, 4, kHalfRows, kStageK, kTileRows, 0);
+    const Plan one = makePlan(sh.inter, K, sh.xK, sh.halves, true, 1, sh.aRows, 4, kHalfRows, kStageK, kTileRows, 0);
     const Plan b = balancedPlan(one, 132, 0.5, 1.0);
     std::printf("inter %d K %d A rows %d: %d whole tiles, %d in %d parts; longest block %.1f stages against %.1f\n",
                 sh.inter, K, sh.aRows, b.whole, b.tiles - b.whole, b.tailParts, longestBlock(b, 132, 0.5, 1.0),

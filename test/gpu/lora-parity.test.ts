@@ -173,16 +173,18 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
     ),
   );
 
-  // A decode step's gate/up GEMM makes gate/up's LoRA columns itself by default (in every case
-  // above); at 0 the item shrink makes them and cuBLAS's GEMM reads them.
-  it("adapters up to rank 16, gate/up's LoRA columns by the item shrink", () =>
-    withEnv({ TROUPE_LORA_GATE_UP_SHRINK: '0' }, () =>
-      check(
-        'rank-16 pool, gate/up shrink in its GEMM: 0',
-        { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 },
-        small,
-      ),
-    ));
+  // A decode step's gate/up GEMM makes gate/up's LoRA columns itself by default up to 256 A rows
+  // (the rank-16 cases above), its padding stages taking gate's and up's columns at once; at
+  // TROUPE_LORA_GATE_UP_SHRINK=0 the item shrink makes them and cuBLAS's GEMM reads them, at
+  // TROUPE_CUDA_GATE_UP_PAIRED=0 the padding stages run once a half.
+  it.each([
+    ['TROUPE_LORA_GATE_UP_SHRINK', 'gate/up shrink in its GEMM'],
+    ['TROUPE_CUDA_GATE_UP_PAIRED', "gate/up GEMM's paired padding stages"],
+  ])('adapters up to rank 16, %s=0', (name, label) =>
+    withEnv({ [name]: '0' }, () =>
+      check(`rank-16 pool, ${label}: 0`, { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 }, small),
+    ),
+  );
 
   // o's decode GEMM asks L2 for gate/up's A factors by default (in every case above); at 0 it does
   // not. A prefetch cannot change a result, only a fault or a wrong address could.
