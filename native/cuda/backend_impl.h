@@ -363,7 +363,7 @@ class CudaBackend : public Backend {
   // reads them: on an H100 with 8 adapters, 256 rows (rank 16) took 7.655 ms a step against 7.70,
   // 1,024 (rank 64) 8.44 against 8.34, the GEMM's A units then outlasting the shrink kernel that
   // runs beside the norm. gateUpLoraArgs: its arguments for layer l's step, or M = 0.
-  int gateUpShrinkRows_ = 256;
+  int gateUpShrinkRows_ = 1024;
   // Split rows' padding stages in that GEMM take gate's and up's columns at once, each half's rows
   // over its own token rows (gate_up_gemm.h); TROUPE_CUDA_GATE_UP_PAIRED=0 runs them once a half.
   bool gateUpPaired_ = true;
