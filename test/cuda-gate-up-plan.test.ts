@@ -11,5 +11,5 @@ it('gives every stage of every tile one block, and every unit that others wait f
   const bin = join(mkdtempSync(join(tmpdir(), 'gate-up-plan-')), 'check');
   execFileSync('g++', ['-std=c++17', '-O2', '-Inative', '-o', bin, 'test/gpu/gate_up_plan_check.cc'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = execFileSync(bin, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  expect(out.trim().split('\n').at(-1)).toBe('704 cases, 0 failed');
+  expect(out.trim().split('\n').at(-1)).toBe('1024 cases, 0 failed');
 });

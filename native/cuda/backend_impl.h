@@ -360,12 +360,14 @@ class CudaBackend : public Backend {
   // With adapters, the gate/up GEMM makes gate/up's LoRA columns itself, with no shrink kernel
   // before it, where the covered slots' A rows of both modules are at most this many
   // (TROUPE_LORA_GATE_UP_SHRINK; 0: never). Above it the item or row shrink makes them and cuBLAS
-  // reads them: on an H100 with 8 adapters, 256 rows (rank 16) took 7.655 ms a step against 7.70,
-  // 1,024 (rank 64) 8.44 against 8.34, the GEMM's A units then outlasting the shrink kernel that
-  // runs beside the norm. gateUpLoraArgs: its arguments for layer l's step, or M = 0.
+  // reads them. On an H100 with 8 adapters and paired padding stages, 256 rows (rank 16) took
+  // 7.46-7.535 ms a step against 7.57-7.62 with cuBLAS, 1,024 (rank 64) 8.43-8.45 against
+  // 8.47-8.50 (bench/results/2026-12-06-h100-gate-up-paired.json); more rows are unmeasured, and
+  // the A units grow with them. gateUpLoraArgs: its arguments for layer l's step, or M = 0.
   int gateUpShrinkRows_ = 1024;
   // Split rows' padding stages in that GEMM take gate's and up's columns at once, each half's rows
-  // over its own token rows (gate_up_gemm.h); TROUPE_CUDA_GATE_UP_PAIRED=0 runs them once a half.
+  // over its own token rows (gate_up_gemm.h); TROUPE_CUDA_GATE_UP_PAIRED=0 runs them once a half
+  // (7.65 ms a step at rank 16 against 7.46-7.535 paired, on the H100 above).
   bool gateUpPaired_ = true;
   cuda::GateUpGemmArgs gateUpLoraArgs(int l, const cuda::LoraSlices& sl, const cuda::AugmentedRows& xa) const;
   EngineInfo info_;
