@@ -180,7 +180,7 @@ describe('multi-LoRA on the GPU matches PEFT', () => {
   it.each([
     ['TROUPE_LORA_GATE_UP_SHRINK', 'gate/up shrink in its GEMM'],
     ['TROUPE_CUDA_GATE_UP_PAIRED', "gate/up GEMM's paired padding stages"],
-  ])('adapters up to rank 16, %s=0', (name, label) =>
+  ])('adapters up to rank 16, gate/up GEMM with %s=0', (name, label) =>
     withEnv({ [name]: '0' }, () =>
       check(`rank-16 pool, ${label}: 0`, { maxLoraRank: 16, loraBackend: 'csgmv', loraChunkSize: 16, loraKernel: 'fused', graphs: 32 }, small),
     ),
