@@ -171,22 +171,45 @@ __device__ __forceinline__ void wgmma32(float (&d)[4][4], uint64_t a, uint64_t b
       : "l"(a), "l"(b));
 }
 
+// d (64 rows x 64 tokens, f32) += A (64 x 16, K-major) * B (64 x 16, K-major).
+__device__ __forceinline__ void wgmma64(float (&d)[8][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+      "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(a), "l"(b));
+}
+__device__ __forceinline__ void wgmma(float (&d)[4][4], uint64_t a, uint64_t b) { wgmma32(d, a, b); }
+__device__ __forceinline__ void wgmma(float (&d)[8][4], uint64_t a, uint64_t b) { wgmma64(d, a, b); }
+
 // One stage's products into sums by a warpgroup: wait for the stage's copies (full, of this
-// parity), multiply its four boxes of weight rows w by its token rows x, and free the stage
-// (empty counts a warp).
-__device__ __forceinline__ void multiplyStage(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
-                                              unsigned parity, float (&sums)[4][4]) {
+// parity), multiply its `boxes` boxes of weight rows w by its token rows x (8 x columns of sums
+// rows a box), and free the stage (empty counts a warp).
+template <int boxes, int columns>
+__device__ __forceinline__ void multiplyBoxes(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
+                                              unsigned parity, float (&sums)[columns][4]) {
   barrierWait(full, parity);
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
-  for (int kk = 0; kk < kStageK / 16; ++kk) {
+  for (int kk = 0; kk < boxes * (kBox / 16); ++kk) {
     const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
-    wgmma32(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kTokens * kBox + k16 * 16));
+    wgmma(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * 8 * columns * kBox + k16 * 16));
   }
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
   asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
   __syncwarp();
   if ((threadIdx.x & 31) == 0) barrierArrive(empty);
+}
+// A stage of four boxes of 32 token rows.
+__device__ __forceinline__ void multiplyStage(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
+                                              unsigned parity, float (&sums)[4][4]) {
+  multiplyBoxes<kCopies>(w, x, full, empty, parity, sums);
 }
 #endif
 

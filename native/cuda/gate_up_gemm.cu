@@ -45,39 +45,6 @@ static_assert(kPairedTokens * (kCopies / 2) == kTokens * kCopies, "a paired stag
 
 __device__ int gGateUpGemmBuilt = TROUPE_DECODE_GEMM_BODY;
 
-#if TROUPE_DECODE_GEMM_BODY
-// d (64 rows x 64 token rows, f32) += A (64 x 16, K-major) * B (64 x 16, K-major).
-__device__ __forceinline__ void wgmma64(float (&d)[8][4], uint64_t a, uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
-      "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
-        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
-        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
-        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-      : "l"(a), "l"(b));
-}
-
-// multiplyStage's paired padding stage: two boxes, 64 token rows each.
-__device__ __forceinline__ void multiplyPairedStage(const bf16_t* w, const bf16_t* x, uint64_t* full, uint64_t* empty,
-                                                    unsigned parity, float (&sums)[8][4]) {
-  barrierWait(full, parity);
-  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-  for (int kk = 0; kk < kCopies / 2 * (kBox / 16); ++kk) {
-    const int c = kk / (kBox / 16), k16 = kk % (kBox / 16);
-    wgmma64(sums, wgDesc(w + c * kTileRows * kBox + k16 * 16), wgDesc(x + c * kPairedTokens * kBox + k16 * 16));
-  }
-  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-  __syncwarp();
-  if ((threadIdx.x & 31) == 0) barrierArrive(empty);
-}
-#endif
-
 using gate_up::kMaxAParts;
 using gate_up::kMaxATiles;
 using gate_up::Plan;
@@ -192,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     multiplyStage(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
   };
   auto pairedStage = [&](int n, float(&sums)[8][4]) {
-    multiplyPairedStage(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
+    multiplyBoxes<kCopies / 2>(stageW(n), stageX(n), &full[n % kStages], &empty[n % kStages], (n / kStages) & 1, sums);
   };
   // acc[j][h]: row 16 (warp & 3) + g (+ 8 for h >= 2) of the tile, token 8 j + 2 q + (h & 1).
   const int r0 = (warp & 3) * 16 + g;
