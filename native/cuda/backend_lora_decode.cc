@@ -166,8 +166,12 @@ cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& 
                                                  const cuda::AugmentedRows& xa) const {
   const cuda::WeightGroup g = cuda::kGateUpWeight;
   const int ld = w_->ld[g], in = ld - w_->pad[g], T = map_.tokens;
-  if (!gateUpActWanted_ || gateUpShrinkRows_ == 0 || tp_.size != 1 || sl.in != in || !cuda::loraAContiguous(sl) ||
-      (sl.count == 2 && sl.module[1] != sl.module[0] + 1) || gemvTakes(T, in, w_->layers[l].matrix(g), ld, xa.data, ld))
+  // Every covered slot's A rows of both modules (slot-major), and their columns in the padding's
+  // order, as the item shrink writes them.
+  const int rows = coveredSlots(g) * sl.count * sl.slotRank;
+  if (!gateUpActWanted_ || gateUpShrinkRows_ == 0 || rows > gateUpShrinkRows_ || tp_.size != 1 || sl.in != in ||
+      !cuda::loraAContiguous(sl) || (sl.count == 2 && sl.module[1] != sl.module[0] + 1) ||
+      gemvTakes(T, in, w_->layers[l].matrix(g), ld, xa.data, ld))
     return {};
   cuda::GateUpGemmArgs a;
   a.W = w_->layers[l].matrix(g), a.ldw = ld, a.X = xa.data, a.ldx = xa.ld;
@@ -175,10 +179,7 @@ cuda::GateUpGemmArgs CudaBackend::gateUpLoraArgs(int l, const cuda::LoraSlices& 
   a.act = act_.get(), a.ldAct = c_.intermediateSize, a.M = T, a.inter = c_.intermediateSize;
   a.K = in + paddingUsed(g), a.xK = in, a.paired = gateUpPaired_;
   cuda::DecodeGemmLora& lo = a.lora;
-  // Every covered slot's A rows of both modules (slot-major), and their columns in the padding's
-  // order, as the item shrink writes them.
-  lo.A = sl.a[0], lo.lda = in, lo.rows = coveredSlots(g) * sl.count * sl.slotRank, lo.maxRank = sl.maxRank;
-  if (lo.rows > gateUpShrinkRows_) return {};
+  lo.A = sl.a[0], lo.lda = in, lo.rows = rows, lo.maxRank = sl.maxRank;
   lo.slotRank = sl.slotRank, lo.rowSlot = dRowSlot_, lo.ranks = lora_->ranks(), lo.rankPitch = kNumLoraModules;
   lo.module = sl.module[0], lo.scaling = lora_->scaling(), lo.modules = sl.count;
   return gateUpGemm_->supports(a, gateUpSplits_) ? a : cuda::GateUpGemmArgs{};
